@@ -1,0 +1,125 @@
+"""Stage 7, write: make the output package equal the emitted files, atomically.
+
+The writer owns ``OUT/PACKAGE/``. It computes the change (:class:`Plan`: added,
+modified, deleted files) against what is on disk. ``--check`` stops there. Otherwise
+the new tree is assembled in a sibling temporary directory (with any file the
+generator did not write copied over unchanged, so nothing of the user's is lost) and
+swapped in with two renames; a build killed at any point leaves either the old
+package or the new one, and the next build restores the old one if it finds the swap
+half done. Only files that carry the generated marker are ever deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .emit import GENERATED_MARKER
+
+__all__ = ["Plan", "apply_plan", "plan_changes"]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Relative paths to ``added``, ``modified`` and ``deleted`` files; ``files`` is
+    the full new content."""
+
+    root: Path
+    files: dict[str, str]
+    added: tuple[str, ...]
+    modified: tuple[str, ...]
+    deleted: tuple[str, ...]
+
+    @property
+    def stale(self) -> bool:
+        return bool(self.added or self.modified or self.deleted)
+
+    def summary(self) -> str:
+        lines = [f"  added    {p}" for p in self.added]
+        lines += [f"  modified {p}" for p in self.modified]
+        lines += [f"  deleted  {p}" for p in self.deleted]
+        head = (f"{self.root}: {len(self.added)} added, {len(self.modified)} modified, "
+                f"{len(self.deleted)} deleted, "
+                f"{len(self.files) - len(self.added) - len(self.modified)} unchanged")
+        return "\n".join([head, *lines])
+
+
+def _backup(root: Path) -> Path:
+    return root.with_name(f".{root.name}.atdata-gen-old")
+
+
+def _recover(root: Path) -> None:
+    old = _backup(root)
+    if old.exists():
+        if not root.exists():
+            os.rename(old, root)
+        else:
+            shutil.rmtree(old)
+
+
+def plan_changes(root: Path, files: dict[str, str]) -> Plan:
+    """Compare ``files`` with the package directory ``root``."""
+    _recover(root)
+    existing: dict[str, Path] = {}
+    if root.is_dir():
+        for path in root.rglob("*"):
+            if path.is_file() and "__pycache__" not in path.parts:
+                existing[path.relative_to(root).as_posix()] = path
+    added, modified = [], []
+    for rel, text in sorted(files.items()):
+        path = existing.get(rel)
+        if path is None:
+            added.append(rel)
+        elif path.read_bytes() != text.encode("utf-8"):
+            modified.append(rel)
+    deleted = []
+    for rel, path in sorted(existing.items()):
+        if rel in files or not (rel.endswith(".py") or rel == "py.typed"):
+            continue
+        try:
+            head = path.read_text(encoding="utf-8")[:2000]
+        except (OSError, UnicodeDecodeError):
+            continue
+        if GENERATED_MARKER in head:
+            deleted.append(rel)
+    return Plan(root, files, tuple(added), tuple(modified), tuple(deleted))
+
+
+def apply_plan(plan: Plan) -> None:
+    """Write the plan: build the new tree beside ``plan.root``, then swap it in."""
+    if not plan.stale:
+        return
+    root = plan.root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.atdata-gen-", dir=root.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a package directory is not
+    try:
+        if root.is_dir():
+            deleted = set(plan.deleted)
+            for path in root.rglob("*"):
+                rel = path.relative_to(root).as_posix()
+                if (path.is_file() and rel not in plan.files and rel not in deleted
+                        and "__pycache__" not in path.parts):
+                    dest = tmp / rel
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(path, dest)
+        for rel, text in plan.files.items():
+            dest = tmp / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with open(dest, "w", encoding="utf-8", newline="\n") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+        old = _backup(root)
+        if root.exists():
+            os.rename(root, old)
+        os.rename(tmp, root)
+        if old.exists():
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _recover(root)
+        raise

@@ -1,0 +1,68 @@
+"""``[tool.atdata-gen]`` in ``pyproject.toml``: defaults for the CLI.
+
+Keys: ``sources`` (list of paths), ``out`` (directory that receives the package),
+``package`` (import name), ``externals``, ``include``, ``exclude``. Paths are relative
+to the directory holding ``pyproject.toml``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Config", "ConfigError", "load_config"]
+
+
+class ConfigError(ValueError):
+    """``pyproject.toml`` is missing, unreadable, or has a wrong ``[tool.atdata-gen]``."""
+
+
+@dataclass(frozen=True)
+class Config:
+    root: Path
+    sources: list[str] = field(default_factory=list)
+    out: str = "generated"
+    package: str = "atdata_lexicons"
+    externals: list[str] = field(default_factory=list)
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _strings(table: dict[str, Any], key: str, where: str) -> list[str]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: [tool.atdata-gen] {key} must be a list of strings")
+    return value
+
+
+def load_config(directory: Path) -> Config:
+    """Read ``directory/pyproject.toml``; raises :class:`ConfigError`."""
+    path = directory / "pyproject.toml"
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: not found (give SOURCE arguments, or run where "
+                          "pyproject.toml has [tool.atdata-gen])") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    table = data.get("tool", {}).get("atdata-gen")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: no [tool.atdata-gen] table")
+    where = str(path)
+    for key in ("out", "package"):
+        if key in table and not isinstance(table[key], str):
+            raise ConfigError(f"{where}: [tool.atdata-gen] {key} must be a string")
+    known = {"sources", "out", "package", "externals", "include", "exclude", "check"}
+    return Config(
+        root=directory,
+        sources=_strings(table, "sources", where),
+        out=table.get("out", "generated"),
+        package=table.get("package", "atdata_lexicons"),
+        externals=_strings(table, "externals", where),
+        include=_strings(table, "include", where),
+        exclude=_strings(table, "exclude", where),
+        extra={k: v for k, v in table.items() if k not in known},
+    )

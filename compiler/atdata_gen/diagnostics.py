@@ -1,0 +1,138 @@
+"""Diagnostics: what the compiler says about its input, with rule IDs and real locations.
+
+Every stage reports problems as :class:`Diagnostic` values into a :class:`Reporter`;
+nothing is raised for a user error until the pipeline decides to stop. Output forms:
+``text`` (``path:line:col: severity RULE_ID message``), ``json`` (a list of objects)
+and ``github`` (GitHub Actions workflow commands).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+
+class Severity(enum.IntEnum):
+    """How bad a finding is; ordered so that ``max()`` gives the worst."""
+
+    INFO = 0
+    WARNING = 1
+    ERROR = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Span:
+    """A location in a source file: 1-based ``line`` and ``column`` (in code points),
+    plus the JSON pointer (RFC 6901) of the value it belongs to, when there is one."""
+
+    path: str
+    line: int = 0
+    column: int = 0
+    pointer: str = ""
+
+    def __str__(self) -> str:
+        if self.line:
+            return f"{self.path}:{self.line}:{self.column}"
+        return self.path
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Diagnostic:
+    """One finding: where (``span``), which rule (``rule``, e.g. ``LEX_REF_UNRESOLVED``),
+    how bad (``severity``) and why (``message``). ``related`` holds secondary
+    locations (e.g. the previous definition)."""
+
+    span: Span
+    rule: str
+    severity: Severity
+    message: str
+    related: tuple[Span, ...] = field(default=(), compare=False)
+
+    def as_text(self) -> str:
+        text = f"{self.span}: {self.severity.label} {self.rule} {self.message}"
+        if self.span.pointer:
+            text += f" (at {self.span.pointer})"
+        for other in self.related:
+            text += f"\n  {other}: related location"
+        return text
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "path": self.span.path,
+            "line": self.span.line,
+            "column": self.span.column,
+            "pointer": self.span.pointer,
+            "rule": self.rule,
+            "severity": self.severity.label,
+            "message": self.message,
+            "related": [str(s) for s in self.related],
+        }
+
+    def as_github(self) -> str:
+        kind = {Severity.ERROR: "error", Severity.WARNING: "warning"}.get(
+            self.severity, "notice"
+        )
+        message = self.message.replace("%", "%25").replace("\n", "%0A")
+        return (
+            f"::{kind} file={self.span.path},line={self.span.line},"
+            f"col={self.span.column},title={self.rule}::{message}"
+        )
+
+
+class Reporter:
+    """Collects diagnostics from every stage; sorted and de-duplicated on read."""
+
+    def __init__(self) -> None:
+        self._items: set[Diagnostic] = set()
+
+    def add(self, diagnostic: Diagnostic) -> None:
+        self._items.add(diagnostic)
+
+    def report(
+        self, span: Span, rule: str, message: str, severity: Severity = Severity.ERROR
+    ) -> None:
+        self.add(Diagnostic(span, rule, severity, message))
+
+    def extend(self, diagnostics: Iterable[Diagnostic]) -> None:
+        self._items.update(diagnostics)
+
+    def __iter__(self) -> Iterator[Diagnostic]:
+        return iter(sorted(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self if d.severity is Severity.ERROR]
+
+    @property
+    def has_errors(self) -> bool:
+        return any(d.severity is Severity.ERROR for d in self._items)
+
+
+def render(diagnostics: Iterable[Diagnostic], fmt: str) -> str:
+    """Render diagnostics as ``text``, ``json`` or ``github``; raises ``ValueError`` for
+    another ``fmt``."""
+    items = sorted(diagnostics)
+    if fmt == "text":
+        return "\n".join(d.as_text() for d in items)
+    if fmt == "json":
+        return json.dumps([d.as_json() for d in items], indent=2, ensure_ascii=False)
+    if fmt == "github":
+        return "\n".join(d.as_github() for d in items)
+    raise ValueError(f"unknown diagnostics format {fmt!r}")
+
+
+class CompileError(Exception):
+    """Raised by the pipeline when a stage reported errors; carries them all."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:
+        self.diagnostics = sorted(diagnostics)
+        super().__init__(f"{len(self.diagnostics)} error(s)")

@@ -1,0 +1,224 @@
+"""Stage 4, link: schemas → :class:`LinkedModel` (refs resolved, names assigned).
+
+* Indexes every def by :class:`DefId` (emitted schemas and ``--external`` ones).
+* Reports duplicate NSIDs (``LEX_NSID_DUPLICATE``) and unresolvable references
+  (``LEX_REF_UNRESOLVED``, both for ``ref`` and union members).
+* Builds the name table, once: the module of each NSID, the Python name of each def
+  and of each inline object, and the Python name of each field. Names come from
+  :mod:`atdata_gen.naming`; collisions are settled in source order.
+
+Reference cycles (``app.bsky.feed.defs#threadViewPost`` → itself,
+``app.bsky.embed.record`` ↔ ``app.bsky.embed.recordWithMedia``) are legal and need
+nothing here: references stay symbolic, and the back end emits them lazily.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from ..diagnostics import Reporter
+from .. import naming
+from .model import (
+    ArrayType,
+    Def,
+    DefId,
+    IRType,
+    ObjectType,
+    RecordDef,
+    RefType,
+    Schema,
+    SubscriptionDef,
+    UnionType,
+    XrpcDef,
+)
+
+__all__ = ["LinkedModel", "NameTable", "ObjectPath", "link", "walk_objects"]
+
+ObjectPath = tuple[DefId, tuple[str, ...]]
+"""Address of an object type: its def and the path inside it (``()`` for the def
+itself, ``("input",)``, ``("properties", "foo", "items")``, …)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NameTable:
+    """Python names, assigned once. ``modules``: NSID → module path parts (relative
+    to the package); ``defs``: def → name (class, alias or constant; for queries,
+    procedures and subscriptions the base name of their classes); ``objects``:
+    object path → class name; ``fields``: object path → field names, in field
+    order."""
+
+    modules: Mapping[str, tuple[str, ...]]
+    defs: Mapping[DefId, str]
+    objects: Mapping[ObjectPath, str]
+    fields: Mapping[ObjectPath, tuple[str, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkedModel:
+    """Everything the back ends need: the ``schemas`` to emit (sorted by NSID), the
+    ``externals`` that are only referenced, every def by id, and the names."""
+
+    schemas: tuple[Schema, ...]
+    externals: tuple[Schema, ...]
+    defs: Mapping[DefId, Def]
+    names: NameTable
+
+    def owner_is_emitted(self, ref: DefId) -> bool:
+        return any(s.nsid == ref.nsid for s in self.schemas)
+
+    def resolve(self, ref: DefId) -> Def | None:
+        return self.defs.get(ref)
+
+
+def walk_objects(d: Def) -> Iterator[tuple[tuple[str, ...], ObjectType]]:
+    """Every object type inside a def, with its path, parents before children."""
+
+    def walk(t: IRType | None, path: tuple[str, ...]) -> Iterator[
+            tuple[tuple[str, ...], ObjectType]]:
+        if isinstance(t, ObjectType):
+            yield path, t
+            for f in t.fields:
+                yield from walk(f.type, (*path, "properties", f.name))
+        elif isinstance(t, ArrayType):
+            yield from walk(t.items, (*path, "items"))
+
+    body = d.body
+    if isinstance(body, RecordDef):
+        yield from walk(body.object, ())
+    elif isinstance(body, XrpcDef):
+        yield from walk(body.params, ("params",))
+        if body.input is not None and isinstance(body.input.schema, ObjectType):
+            yield from walk(body.input.schema, ("input",))
+        if body.output is not None and isinstance(body.output.schema, ObjectType):
+            yield from walk(body.output.schema, ("output",))
+    elif isinstance(body, SubscriptionDef):
+        yield from walk(body.params, ("params",))
+    elif isinstance(body, ObjectType | ArrayType):
+        yield from walk(body, ())
+
+
+def _refs_in(d: Def) -> Iterator[tuple[DefId, RefType | UnionType]]:
+    def walk(t: object) -> Iterator[tuple[DefId, RefType | UnionType]]:
+        if isinstance(t, RefType):
+            yield t.target, t
+        elif isinstance(t, UnionType):
+            for r in t.refs:
+                yield r, t
+        elif isinstance(t, ArrayType):
+            yield from walk(t.items)
+        elif isinstance(t, ObjectType):
+            for f in t.fields:
+                yield from walk(f.type)
+
+    body = d.body
+    if isinstance(body, RecordDef):
+        yield from walk(body.object)
+    elif isinstance(body, XrpcDef):
+        yield from walk(body.params)
+        for b in (body.input, body.output):
+            if b is not None:
+                yield from walk(b.schema)
+    elif isinstance(body, SubscriptionDef):
+        yield from walk(body.params)
+        yield from walk(body.message)
+    else:
+        yield from walk(body)
+
+
+def _module_paths(nsids: list[str]) -> dict[str, tuple[str, ...]]:
+    """NSID → module path. An NSID whose module path is also a package (because a
+    longer NSID lives below it) becomes that package's ``__init__``."""
+    paths: dict[str, tuple[str, ...]] = {}
+    taken: set[tuple[str, ...]] = set()
+    for nsid in sorted(nsids):
+        parts = tuple(naming.module_name(s) for s in nsid.split("."))
+        candidate, n = parts, 1
+        while candidate in taken:
+            n += 1
+            candidate = (*parts[:-1], f"{parts[-1]}_{n}")
+        taken.add(candidate)
+        paths[nsid] = candidate
+    packages = {p[:i] for p in paths.values() for i in range(1, len(p))}
+    return {
+        nsid: (*p, "__init__") if p in packages else p for nsid, p in paths.items()
+    }
+
+
+def _name_defs(schema: Schema, defs: dict[DefId, str],
+               objects: dict[ObjectPath, str], fields: dict[ObjectPath, tuple[str, ...]]
+               ) -> None:
+    scope = naming.Scope()
+    last = schema.nsid.rsplit(".", 1)[-1]
+    # Primary names first, so that `main` gets the NSID's name.
+    ordered = sorted(schema.defs, key=lambda d: d.id.name != "main")
+    for d in ordered:
+        base = last if d.id.name == "main" else d.id.name
+        if d.kind == "token":
+            defs[d.id] = scope.claim(naming.constant_name(base))
+        elif d.kind == "permission-set":
+            defs[d.id] = scope.claim("PERMISSION_SET")
+        elif d.kind in ("query", "procedure", "subscription"):
+            pascal = naming.pascal_case(base)
+            defs[d.id] = scope.claim(pascal)
+            for suffix in ("Params", "Input", "Output", "Message"):
+                scope.claim(pascal + suffix)
+        else:
+            defs[d.id] = scope.claim(naming.pascal_case(base))
+    for d in schema.defs:
+        for path, obj in walk_objects(d):
+            key = (d.id, path)
+            if not path:
+                objects[key] = defs[d.id]
+            elif path[0] in ("params", "input", "output") and len(path) == 1:
+                objects[key] = defs[d.id] + path[0].capitalize()
+            else:
+                parent = objects.get((d.id, path[:-2])) or defs[d.id]
+                words = [p for p in path[-2:] if p not in ("properties",)]
+                wanted = parent + "".join(naming.pascal_case(w) for w in words)
+                objects[key] = scope.claim(wanted)
+            field_scope = naming.Scope()
+            fields[key] = tuple(
+                field_scope.claim(naming.field_name(f.name)) for f in obj.fields
+            )
+
+
+def link(schemas: list[Schema], externals: list[Schema], reporter: Reporter
+         ) -> LinkedModel:
+    """Index, check references, and assign names. Problems are reported; the model
+    is always returned so that later stages can report more in the same run."""
+    by_nsid: dict[str, Schema] = {}
+    for s in [*schemas, *externals]:
+        first = by_nsid.get(s.nsid)
+        if first is not None:
+            if first.origin.sha256 != s.origin.sha256 or s in schemas:
+                reporter.report(
+                    s.span, "LEX_NSID_DUPLICATE",
+                    f"NSID {s.nsid!r} is defined again (first in {first.origin.path})")
+            continue
+        by_nsid[s.nsid] = s
+    emitted = sorted((s for s in schemas if by_nsid.get(s.nsid) is s),
+                     key=lambda s: s.nsid)
+    ext = sorted((s for s in externals if by_nsid.get(s.nsid) is s),
+                 key=lambda s: s.nsid)
+    defs: dict[DefId, Def] = {}
+    for s in [*emitted, *ext]:
+        for d in s.defs:
+            defs[d.id] = d
+    for s in emitted:
+        for d in s.defs:
+            for target, where in _refs_in(d):
+                if target not in defs:
+                    what = "union member" if isinstance(where, UnionType) else "ref"
+                    reporter.report(
+                        where.span, "LEX_REF_UNRESOLVED",
+                        f"{what} {str(target)!r} does not resolve to any def "
+                        f"(add its Lexicon to the sources or to --external)")
+    def_names: dict[DefId, str] = {}
+    objects: dict[ObjectPath, str] = {}
+    fields: dict[ObjectPath, tuple[str, ...]] = {}
+    for s in [*emitted, *ext]:
+        _name_defs(s, def_names, objects, fields)
+    names = NameTable(_module_paths([s.nsid for s in emitted]), def_names, objects,
+                      fields)
+    return LinkedModel(tuple(emitted), tuple(ext), defs, names)

@@ -1,0 +1,272 @@
+"""The intermediate representation: frozen dataclasses that know nothing of JSON.
+
+Front ends (Lexicon files, and later schema records) lower into these types; the
+linker, the lint and compatibility checks and the back ends read them. No stage
+mutates another stage's output: a stage that adds information builds new values.
+
+A :class:`DefId` names a def globally: ``nsid`` plus def ``name`` (``main`` for the
+primary def). Types (:data:`IRType`) are values; a :class:`RefType` points at a
+:class:`DefId`, resolved by the linker into a :class:`~atdata_gen.ir.link.LinkedModel`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..diagnostics import Span
+
+__all__ = [
+    "ArrayType",
+    "BlobType",
+    "Body",
+    "BooleanType",
+    "BytesType",
+    "CidLinkType",
+    "Def",
+    "DefId",
+    "Field",
+    "IRType",
+    "IntegerType",
+    "NullType",
+    "ObjectType",
+    "Origin",
+    "PermissionSetDef",
+    "RecordDef",
+    "RefType",
+    "Schema",
+    "StringType",
+    "SubscriptionDef",
+    "TokenDef",
+    "UnionType",
+    "UnknownType",
+    "XrpcDef",
+]
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class DefId:
+    """Global name of a def: ``nsid`` and def ``name``. ``str()`` gives the ``$type``
+    form: ``nsid`` for ``main``, else ``nsid#name``."""
+
+    nsid: str
+    name: str = "main"
+
+    def __str__(self) -> str:
+        return self.nsid if self.name == "main" else f"{self.nsid}#{self.name}"
+
+    @classmethod
+    def parse(cls, ref: str, base_nsid: str) -> DefId:
+        """Resolve a Lexicon reference (``#def``, ``nsid#def`` or ``nsid``) written in
+        the Lexicon ``base_nsid`` (spec § "References")."""
+        if ref.startswith("#"):
+            return cls(base_nsid, ref[1:])
+        nsid, _, name = ref.partition("#")
+        return cls(nsid, name or "main")
+
+
+@dataclass(frozen=True, slots=True)
+class BooleanType:
+    default: bool | None = None
+    const: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IntegerType:
+    minimum: int | None = None
+    maximum: int | None = None
+    enum: tuple[int, ...] | None = None
+    default: int | None = None
+    const: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StringType:
+    """``max_bytes`` / ``min_bytes`` are the Lexicon ``maxLength`` / ``minLength``
+    (UTF-8 bytes); graphemes are extended grapheme clusters."""
+
+    format: str | None = None
+    max_bytes: int | None = None
+    min_bytes: int | None = None
+    max_graphemes: int | None = None
+    min_graphemes: int | None = None
+    known_values: tuple[str, ...] | None = None
+    enum: tuple[str, ...] | None = None
+    default: str | None = None
+    const: str | None = None
+    pattern: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BytesType:
+    min_length: int | None = None
+    max_length: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CidLinkType:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class BlobType:
+    """``accept``: MIME globs; ``max_size``: bytes."""
+
+    accept: tuple[str, ...] | None = None
+    max_size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NullType:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownType:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RefType:
+    target: DefId
+    span: Span = field(compare=False, default=Span(""))
+
+
+@dataclass(frozen=True, slots=True)
+class UnionType:
+    refs: tuple[DefId, ...]
+    closed: bool
+    span: Span = field(compare=False, default=Span(""))
+
+
+@dataclass(frozen=True, slots=True)
+class ArrayType:
+    items: IRType
+    min_length: int | None = None
+    max_length: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One property of an object (or params): wire ``name``, ``type``, whether it is
+    ``required`` and ``nullable`` (Lexicon spec: three states, absent / null /
+    value)."""
+
+    name: str
+    type: IRType
+    required: bool
+    nullable: bool
+    description: str | None
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectType:
+    fields: tuple[Field, ...]
+    span: Span = field(compare=False, default=Span(""))
+
+
+IRType = (
+    BooleanType
+    | IntegerType
+    | StringType
+    | BytesType
+    | CidLinkType
+    | BlobType
+    | NullType
+    | UnknownType
+    | RefType
+    | UnionType
+    | ArrayType
+    | ObjectType
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordDef:
+    """A record: ``key`` is the record key type (``tid``, ``nsid``, ``any``,
+    ``literal:<value>``) and ``object`` its body."""
+
+    key: str
+    object: ObjectType
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """Input or output of an XRPC method: ``encoding`` (MIME) and optional schema
+    (an :class:`ObjectType`, :class:`RefType` or :class:`UnionType`)."""
+
+    encoding: str
+    schema: ObjectType | RefType | UnionType | None
+    description: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class XrpcDef:
+    """A query or procedure (``kind``): params, input, output and error names."""
+
+    kind: str
+    params: ObjectType | None
+    input: Body | None
+    output: Body | None
+    errors: tuple[tuple[str, str | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionDef:
+    params: ObjectType | None
+    message: UnionType | None
+    errors: tuple[tuple[str, str | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenDef:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PermissionSetDef:
+    """Kept as data (spec § "permission-set"): title, detail and the permission
+    objects as plain JSON values."""
+
+    title: str | None
+    detail: str | None
+    permissions: tuple[Any, ...]
+
+
+DefBody = (
+    IRType | RecordDef | XrpcDef | SubscriptionDef | TokenDef | PermissionSetDef
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Def:
+    """A named def: its ``id``, the Lexicon ``kind`` it was written as (``record``,
+    ``object``, ``string``, ``query``, …), the ``body`` and where it came from."""
+
+    id: DefId
+    kind: str
+    body: DefBody
+    description: str | None
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a schema came from: ``path`` (file) or AT-URI, and the sha256 of its
+    bytes."""
+
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    """One Lexicon (one NSID): description, revision and defs in source order."""
+
+    nsid: str
+    description: str | None
+    revision: int | None
+    defs: tuple[Def, ...]
+    origin: Origin
+    span: Span = field(compare=False)

@@ -1,0 +1,98 @@
+"""Naming: wire names → Python identifiers. The one place that decides names.
+
+Every function returns a plain-ASCII identifier that is not a keyword (Python
+identifiers are NFKC-normalized by the parser, so non-ASCII letters could make two
+different wire names collide after normalization; we never emit them). Collisions
+are settled by :class:`Scope`, first come first served, in a deterministic order.
+"""
+
+from __future__ import annotations
+
+import builtins
+import keyword
+import re
+
+__all__ = ["Scope", "module_name", "pascal_case", "snake_case", "constant_name"]
+
+_CAMEL_1 = re.compile(r"([a-z0-9])([A-Z])")
+_CAMEL_2 = re.compile(r"([A-Z]+)([A-Z][a-z])")
+_NON_IDENT = re.compile(r"[^A-Za-z0-9]+")
+
+RESERVED_FIELD_NAMES = frozenset(
+    {
+        # pydantic BaseModel API
+        "model_config", "model_fields", "model_computed_fields", "model_extra",
+        "model_fields_set", "model_construct", "model_copy", "model_dump",
+        "model_dump_json", "model_json_schema", "model_parametrized_name",
+        "model_post_init", "model_rebuild", "model_validate", "model_validate_json",
+        "model_validate_strings", "dict", "json", "parse_obj", "parse_raw",
+        "parse_file", "from_orm", "construct", "copy", "schema", "schema_json",
+        "validate", "update_forward_refs", "fields", "register",
+        # atdata_runtime.lex API
+        "py_type", "lex_id", "lex_def", "lex_type", "lex_key",
+        "from_wire", "from_json", "to_wire", "to_json",
+    }
+)
+_BUILTINS = frozenset(dir(builtins))
+
+
+def _words(name: str) -> list[str]:
+    text = _CAMEL_2.sub(r"\1_\2", _CAMEL_1.sub(r"\1_\2", name))
+    return [w for w in _NON_IDENT.sub("_", text).split("_") if w]
+
+
+def snake_case(name: str) -> str:
+    """``createdAt`` → ``created_at``; ``cid-link`` → ``cid_link``; non-ASCII and
+    punctuation become word breaks; never empty, never starts with a digit or ``_``."""
+    words = [w.lower() for w in _words(name)]
+    out = "_".join(words) or "field"
+    return f"f_{out}" if out[0].isdigit() else out
+
+
+def pascal_case(name: str) -> str:
+    """``threadViewPost`` → ``ThreadViewPost``; never empty, never starts with a
+    digit, never a keyword (``None`` → ``None_``)."""
+    out = "".join(w[:1].upper() + w[1:] for w in _words(name)) or "Def"
+    if out[0].isdigit():
+        out = f"D{out}"
+    return f"{out}_" if keyword.iskeyword(out) else out
+
+
+def constant_name(name: str) -> str:
+    """``requestLess`` → ``REQUEST_LESS`` (for tokens)."""
+    out = "_".join(w.upper() for w in _words(name)) or "TOKEN"
+    return f"T_{out}" if out[0].isdigit() else out
+
+
+def module_name(segment: str) -> str:
+    """One NSID segment → a module or package name (``getTimeline`` →
+    ``get_timeline``; ``8`` → ``n8``; ``import`` → ``import_``)."""
+    out = snake_case(segment)
+    if out.startswith("f_") and segment[:1].isdigit():
+        out = "n" + out[2:]
+    return f"{out}_" if keyword.iskeyword(out) or keyword.issoftkeyword(out) else out
+
+
+def field_name(wire: str) -> str:
+    """A property's Python name before collision handling: snake case, with Python
+    keywords, builtins and names the model API uses escaped by a trailing ``_``."""
+    out = snake_case(wire)
+    if keyword.iskeyword(out) or out in _BUILTINS or out in RESERVED_FIELD_NAMES:
+        out += "_"
+    return out
+
+
+class Scope:
+    """A namespace in which every name is taken once: :meth:`claim` returns the
+    wanted name, or the first free ``name_2``, ``name_3``, …"""
+
+    def __init__(self, reserved: frozenset[str] | set[str] = frozenset()) -> None:
+        self._taken: set[str] = set(reserved)
+
+    def claim(self, wanted: str) -> str:
+        name, n = wanted, 1
+        while name in self._taken:
+            n += 1
+            name = f"{wanted}_{n}"
+        self._taken.add(name)
+        return name

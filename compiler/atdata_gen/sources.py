@@ -1,0 +1,255 @@
+"""Stage 1, load: files and directories → :class:`SourceDoc` (decoded JSON plus spans).
+
+A :class:`SourceDoc` keeps the original text so that every JSON pointer (RFC 6901) in
+it maps to ``file:line:column`` (:meth:`SourceDoc.span`). The position index is built
+lazily, the first time a diagnostic needs it, so clean builds pay nothing for it.
+
+No file is ever skipped silently: unreadable files, invalid UTF-8, JSON syntax errors
+and duplicate object keys are all reported with their location (rules ``SRC_*``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from json.decoder import scanstring  # type: ignore[attr-defined]
+from pathlib import Path
+from typing import Any
+
+from .diagnostics import Reporter, Severity, Span
+
+__all__ = ["SourceDoc", "discover", "escape_pointer", "load_paths", "load_text"]
+
+
+def escape_pointer(token: str) -> str:
+    """Escape one JSON pointer reference token (RFC 6901 § 3)."""
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+
+
+def _index_positions(text: str) -> dict[str, int]:
+    """Map every JSON pointer in ``text`` to the offset where its value starts (for a
+    member, where its key starts). ``text`` must be valid JSON."""
+    positions: dict[str, int] = {}
+
+    def value(i: int, pointer: str, at: int) -> int:
+        i = _WS.match(text, i).end()  # type: ignore[union-attr]
+        positions.setdefault(pointer, at if at >= 0 else i)
+        ch = text[i]
+        if ch == "{":
+            i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
+            if text[i] == "}":
+                return i + 1
+            while True:
+                key_at = i
+                key, i = scanstring(text, i + 1)
+                i = _WS.match(text, i).end()  # type: ignore[union-attr]
+                i = value(i + 1, f"{pointer}/{escape_pointer(key)}", key_at)
+                i = _WS.match(text, i).end()  # type: ignore[union-attr]
+                if text[i] == "}":
+                    return i + 1
+                i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
+        if ch == "[":
+            i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
+            if text[i] == "]":
+                return i + 1
+            n = 0
+            while True:
+                i = value(i, f"{pointer}/{n}", -1)
+                n += 1
+                i = _WS.match(text, i).end()  # type: ignore[union-attr]
+                if text[i] == "]":
+                    return i + 1
+                i += 1
+        if ch == '"':
+            return int(scanstring(text, i + 1)[1])
+        for word in ("true", "false", "null"):
+            if text.startswith(word, i):
+                return i + len(word)
+        m = _NUMBER.match(text, i)
+        assert m is not None
+        return m.end()
+
+    value(0, "", -1)
+    return positions
+
+
+@dataclass(eq=False)
+class SourceDoc:
+    """One loaded JSON document: ``path`` (as given, for messages), ``text``, decoded
+    ``value``, ``sha256`` of the bytes, and a lazily built pointer → offset index."""
+
+    path: str
+    text: str
+    value: Any
+    sha256: str
+    rel: str = ""
+    _positions: dict[str, int] | None = field(default=None, repr=False)
+    _line_starts: list[int] | None = field(default=None, repr=False)
+
+    def offset(self, pointer: str) -> int | None:
+        if self._positions is None:
+            self._positions = _index_positions(self.text)
+        return self._positions.get(pointer)
+
+    def position(self, offset: int) -> tuple[int, int]:
+        """1-based (line, column) of a character offset."""
+        if self._line_starts is None:
+            starts = [0]
+            starts.extend(m.end() for m in re.finditer("\n", self.text))
+            self._line_starts = starts
+        import bisect
+
+        line = bisect.bisect_right(self._line_starts, offset)
+        return line, offset - self._line_starts[line - 1] + 1
+
+    def span(self, pointer: str = "") -> Span:
+        """The span of the value at ``pointer``; falls back to the nearest existing
+        parent pointer (e.g. for a missing required key, the object that lacks it)."""
+        probe = pointer
+        while True:
+            off = self.offset(probe)
+            if off is not None:
+                line, col = self.position(off)
+                return Span(self.path, line, col, pointer)
+            if not probe:
+                return Span(self.path, 1, 1, pointer)
+            probe = probe.rsplit("/", 1)[0]
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, val in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = val
+    return out
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _find_duplicate(text: str, key: str) -> int:
+    """Offset of the second occurrence of ``"key":`` in ``text`` (best effort)."""
+    needle = json.dumps(key)
+    first = text.find(needle)
+    second = text.find(needle, first + 1) if first >= 0 else -1
+    return second if second >= 0 else max(first, 0)
+
+
+def load_text(
+    path: str, data: bytes, reporter: Reporter, rel: str = ""
+) -> SourceDoc | None:
+    """Decode ``data`` (UTF-8 JSON) into a :class:`SourceDoc`; report and return
+    ``None`` on invalid UTF-8 (``SRC_ENCODING``), JSON syntax (``SRC_JSON_SYNTAX``) or
+    duplicate keys (``SRC_JSON_DUPLICATE_KEY``, RFC 8259 § 4 says names SHOULD be
+    unique; we require it so that no value is silently lost)."""
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        reporter.report(
+            Span(path, 1, 1),
+            "SRC_ENCODING",
+            f"file is not valid UTF-8 (byte {exc.start}: {exc.reason})",
+        )
+        return None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    try:
+        value = json.loads(text, object_pairs_hook=_reject_duplicates)
+    except _DuplicateKey as exc:
+        doc = SourceDoc(path, text, None, digest)
+        line, col = doc.position(_find_duplicate(text, exc.key))
+        reporter.report(
+            Span(path, line, col),
+            "SRC_JSON_DUPLICATE_KEY",
+            f"duplicate object key {exc.key!r}",
+        )
+        return None
+    except json.JSONDecodeError as exc:
+        reporter.report(
+            Span(path, exc.lineno, exc.colno), "SRC_JSON_SYNTAX", exc.msg
+        )
+        return None
+    except RecursionError:
+        reporter.report(Span(path, 1, 1), "SRC_JSON_SYNTAX", "JSON nesting too deep")
+        return None
+    return SourceDoc(path, text, value, digest, rel or Path(path).name)
+
+
+def _matches(rel: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(rel, p) for p in patterns)
+
+
+def discover(
+    roots: Iterable[str | Path],
+    reporter: Reporter,
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> list[tuple[Path, str]]:
+    """Expand files and directories into a sorted list of ``(path, relative path)``
+    for every ``*.json`` file (the relative path is what generated headers cite).
+
+    ``include`` / ``exclude`` are glob patterns matched against the path relative to
+    its root (``app/bsky/*.json``); a file is taken when it matches an include (or
+    there are none) and no exclude. A root that does not exist is an error
+    (``SRC_NOT_FOUND``); a directory with no JSON file is a warning
+    (``SRC_EMPTY``)."""
+    found: dict[str, tuple[Path, str]] = {}
+    for root in roots:
+        root_path = Path(root)
+        if root_path.is_file():
+            found.setdefault(str(root_path), (root_path, root_path.name))
+            continue
+        if not root_path.is_dir():
+            reporter.report(
+                Span(str(root_path)), "SRC_NOT_FOUND", "no such file or directory"
+            )
+            continue
+        count = 0
+        for path in sorted(root_path.rglob("*.json")):
+            rel = path.relative_to(root_path).as_posix()
+            if include and not _matches(rel, include):
+                continue
+            if exclude and _matches(rel, exclude):
+                continue
+            found.setdefault(str(path), (path, rel))
+            count += 1
+        if count == 0:
+            reporter.report(
+                Span(str(root_path)),
+                "SRC_EMPTY",
+                "directory holds no JSON file (after include/exclude)",
+                Severity.WARNING,
+            )
+    return [found[k] for k in sorted(found)]
+
+
+def load_paths(
+    paths: Iterable[tuple[Path, str]], reporter: Reporter
+) -> list[SourceDoc]:
+    """Read and decode each path (see :func:`load_text`); unreadable files are
+    reported as ``SRC_READ``."""
+    docs: list[SourceDoc] = []
+    for path, rel in paths:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            reporter.report(Span(str(path)), "SRC_READ", exc.strerror or str(exc))
+            continue
+        doc = load_text(str(path), data, reporter, rel)
+        if doc is not None:
+            docs.append(doc)
+    return docs

@@ -1,0 +1,47 @@
+"""String formats against the official interop vectors (every line of every file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from atdata_runtime.formats import FORMAT_CHECKS
+
+from .conftest import INTEROP
+
+_FILE_FORMAT = {
+    "atidentifier": "at-identifier", "aturi": "at-uri", "cid": "cid",
+    "datetime": "datetime", "did": "did", "handle": "handle", "language": "language",
+    "nsid": "nsid", "recordkey": "record-key", "tid": "tid", "uri": "uri",
+}
+
+
+def _vectors() -> list[tuple[str, str, bool]]:
+    out = []
+    for path in sorted((INTEROP / "syntax").glob("*.txt")):
+        fmt = _FILE_FORMAT[path.name.split("_")[0]]
+        valid = path.name.endswith("_valid.txt")
+        for line in path.read_text(encoding="utf-8").split("\n"):
+            if line and not line.startswith("#"):
+                out.append((fmt, line, valid))
+    return out
+
+
+VECTORS = _vectors()
+
+
+def test_every_format_file_is_covered() -> None:
+    formats = {fmt for fmt, _, _ in VECTORS}
+    assert formats == set(FORMAT_CHECKS), formats ^ set(FORMAT_CHECKS)
+    assert len(VECTORS) > 500
+
+
+@pytest.mark.parametrize(("fmt", "value", "valid"), VECTORS,
+                         ids=[f"{f}-{i}" for i, (f, _, _) in enumerate(VECTORS)])
+def test_syntax_vector(fmt: str, value: str, valid: bool) -> None:
+    assert FORMAT_CHECKS[fmt](value) is valid, (fmt, value)
+
+
+def test_vectors_path_exists() -> None:
+    assert Path(INTEROP).is_dir()
