@@ -1,27 +1,36 @@
 """``atdata-gen``: the command line. Exit codes: 0 ok · 1 stale (``--check``) or
 findings · 2 error (bad input, bad usage, internal failure). No traceback is shown
-for a user error."""
+for a user error.
+
+Heavy modules (libcst, pydantic) are imported only when a build has work to do: an
+up-to-date package is recognised from its manifest
+(:mod:`atdata_gen.backend.manifest`) without them.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import click
 
 from . import __version__
-from .backend.format import FormatError
-from .backend.write import apply_plan, plan_changes
-from .checks.lint import RULES
+from .backend.manifest import MANIFEST_NAME, fingerprint, is_fresh, manifest_text
 from .config import ConfigError, load_config
-from .diagnostics import Severity, render
-from .pipeline import BuildOptions, build
+from .diagnostics import Reporter, Severity, render
+from .sources import discover
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 
 _FORMAT = click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]),
                        default="text", show_default=True,
                        help="How to print diagnostics.")
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_ERROR)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,13 +59,12 @@ def build_cmd(sources: tuple[Path, ...], out: Path | None, package: str | None,
 
     With no SOURCE, reads [tool.atdata-gen] from ./pyproject.toml.
     """
-    root = Path.cwd()
     if not sources:
         try:
-            cfg = load_config(root)
+            cfg = load_config(Path.cwd())
         except ConfigError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_ERROR)
+            _fail(str(exc))
+            return
         sources = tuple(cfg.root / s for s in cfg.sources)
         out = out or cfg.root / cfg.out
         package = package or cfg.package
@@ -64,18 +72,38 @@ def build_cmd(sources: tuple[Path, ...], out: Path | None, package: str | None,
         include = include or tuple(cfg.include)
         exclude = exclude or tuple(cfg.exclude)
     if out is None:
-        click.echo("error: --out is required when SOURCE is given", err=True)
-        sys.exit(EXIT_ERROR)
+        _fail("--out is required when SOURCE is given")
+        return
     package = package or "atdata_lexicons"
-    if not package.isidentifier():
-        click.echo(f"error: package name {package!r} is not an identifier", err=True)
-        sys.exit(EXIT_ERROR)
+    if not (package.isascii() and package.isidentifier()):
+        _fail(f"package name {package!r} is not an identifier")
+    root = out / package
+
+    # Fast path: nothing changed since the manifest was written.
+    probe = Reporter()
+    found = discover(sources, probe, include=include, exclude=exclude)
+    found_ext = discover(externals, probe)
+    print_ = None
+    if not probe.has_errors:
+        try:
+            print_ = fingerprint(found, found_ext, package, [*include, "|", *exclude])
+        except OSError:
+            print_ = None
+    if print_ is not None and is_fresh(root, print_):
+        if not quiet and fmt == "text":
+            click.echo(f"{root}: up to date")
+        sys.exit(EXIT_OK)
+
+    from .backend.format import FormatError
+    from .backend.write import apply_plan, plan_changes
+    from .pipeline import BuildOptions, build
+
     options = BuildOptions(sources, package, externals, include, exclude)
     try:
         result = build(options)
     except FormatError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_ERROR)
+        _fail(str(exc))
+        return
     shown = [d for d in result.reporter
              if not quiet or d.severity >= Severity.WARNING]
     if fmt != "text" or shown:
@@ -83,11 +111,14 @@ def build_cmd(sources: tuple[Path, ...], out: Path | None, package: str | None,
         if text:
             click.echo(text, err=fmt == "text")
     if result.files is None:
-        n = len(result.reporter.errors)
         if fmt == "text":
-            click.echo(f"error: {n} error(s); nothing written", err=True)
+            click.echo(f"error: {len(result.reporter.errors)} error(s); nothing written",
+                       err=True)
         sys.exit(EXIT_ERROR)
-    plan = plan_changes(out / package, result.files)
+    files = dict(result.files)
+    if print_ is not None:
+        files[MANIFEST_NAME] = manifest_text(print_, files)
+    plan = plan_changes(root, files)
     if check:
         if plan.stale:
             click.echo(plan.summary(), err=True)
@@ -95,16 +126,21 @@ def build_cmd(sources: tuple[Path, ...], out: Path | None, package: str | None,
                        err=True)
             sys.exit(EXIT_FINDINGS)
         if not quiet and fmt == "text":
-            click.echo(f"{plan.root}: up to date ({len(plan.files)} files)")
+            click.echo(f"{root}: up to date ({len(plan.files)} files)")
         sys.exit(EXIT_OK)
     apply_plan(plan)
     if not quiet and fmt == "text":
         click.echo(plan.summary())
+    if os.environ.get("ATDATA_GEN_TIMINGS"):
+        click.echo(" ".join(f"{k}={v:.3f}s" for k, v in result.timings.items()),
+                   err=True)
 
 
 @main.command("rules")
 def rules_cmd() -> None:
     """List the lint rules (ID, severity, purpose)."""
+    from .checks.lint import RULES
+
     for r in sorted(RULES.values(), key=lambda r: r.id):
         click.echo(f"{r.id:32} {r.severity.label:8} {r.purpose}")
 

@@ -8,6 +8,7 @@ emission only runs when no stage reported an error.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,8 @@ STAGES = ("load", "parse", "lower", "link", "lint", "emit", "format", "write")
 class BuildOptions:
     """What to compile: ``sources`` (files/dirs), ``externals`` (resolved, not
     emitted), ``include`` / ``exclude`` globs, the ``package`` name, and whether to
-    run the formatter."""
+    run the formatter; ``workdir`` is where scratch files go (best: beside the
+    output), ``jobs`` how many processes emit (default: CPU count)."""
 
     sources: Sequence[str | Path]
     package: str = "atdata_lexicons"
@@ -40,6 +42,8 @@ class BuildOptions:
     include: Sequence[str] = ()
     exclude: Sequence[str] = ()
     format: bool = True
+    workdir: Path | None = None
+    jobs: int | None = None
 
 
 @dataclass
@@ -51,6 +55,8 @@ class BuildResult:
     model: LinkedModel | None = None
     files: dict[str, str] | None = None
     docs: list[SourceDoc] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds spent per stage (wall clock)."""
 
 
 def _front(docs: list[SourceDoc], reporter: Reporter) -> list[Schema]:
@@ -66,14 +72,21 @@ def compile_sources(options: BuildOptions, reporter: Reporter | None = None
                     ) -> BuildResult:
     """Run load → lint; no emission."""
     reporter = Reporter() if reporter is None else reporter
+    t = [time.perf_counter()]
     docs = load_paths(discover(options.sources, reporter, include=options.include,
                                exclude=options.exclude), reporter)
     ext_docs = load_paths(discover(options.externals, reporter), reporter)
+    t.append(time.perf_counter())
     schemas = _front(docs, reporter)
     externals = _front(ext_docs, reporter)
+    t.append(time.perf_counter())
     model = link(schemas, externals, reporter)
+    t.append(time.perf_counter())
     lint(model, reporter)
-    return BuildResult(reporter, model, None, docs)
+    t.append(time.perf_counter())
+    timings = dict(zip(("load", "parse+lower", "link", "lint"),
+                       (b - a for a, b in zip(t, t[1:])), strict=True))
+    return BuildResult(reporter, model, None, docs, timings)
 
 
 def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
@@ -82,8 +95,12 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
     if result.reporter.has_errors or result.model is None:
         return result
     rels = {s.nsid: _rel_of(s, result.docs) for s in result.model.schemas}
-    files = emit_package(result.model, options.package, rels)
-    result.files = format_sources(files) if options.format else files
+    t0 = time.perf_counter()
+    files = emit_package(result.model, options.package, rels, options.jobs)
+    t1 = time.perf_counter()
+    result.files = format_sources(files, options.workdir) if options.format else files
+    result.timings["emit"] = t1 - t0
+    result.timings["format"] = time.perf_counter() - t1
     return result
 
 

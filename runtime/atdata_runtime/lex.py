@@ -32,11 +32,11 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar, Union
 
-import regex
 from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler
 from pydantic_core import PydanticCustomError, core_schema
 
 from .formats import FORMAT_CHECKS
+from .text import count_graphemes
 
 __all__ = [
     "Blob",
@@ -60,17 +60,6 @@ T = TypeVar("T")
 
 JsonObject = dict[str, Any]
 """The Python form of Lexicon ``unknown``: any JSON object (data model "unknown")."""
-
-_GRAPHEME_RE: Final = regex.compile(r"\X")
-
-
-def count_graphemes(text: str) -> int:
-    """Number of extended grapheme clusters in ``text`` (Unicode UAX #29)."""
-    if text.isascii():
-        # ASCII graphemes are single code points except CR LF, which is one cluster.
-        return len(text) - text.count("\r\n")
-    return len(_GRAPHEME_RE.findall(text))
-
 
 class _NonNull:
     """Annotation marker: the field may be absent (default ``None``) but not ``null``."""

@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .emit import GENERATED_MARKER
+from .manifest import GENERATED_MARKER
 
 __all__ = ["Plan", "apply_plan", "plan_changes"]
 
@@ -106,13 +106,14 @@ def apply_plan(plan: Plan) -> None:
                     dest = tmp / rel
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(path, dest)
+        made: set[Path] = set()
         for rel, text in plan.files.items():
             dest = tmp / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.parent not in made:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                made.add(dest.parent)
             with open(dest, "w", encoding="utf-8", newline="\n") as fh:
                 fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
         old = _backup(root)
         if root.exists():
             os.rename(root, old)

@@ -65,7 +65,8 @@ class LinkedModel:
     names: NameTable
 
     def owner_is_emitted(self, ref: DefId) -> bool:
-        return any(s.nsid == ref.nsid for s in self.schemas)
+        """True when the Lexicon defining ``ref`` is emitted (not external)."""
+        return ref.nsid in self.names.modules
 
     def resolve(self, ref: DefId) -> Def | None:
         return self.defs.get(ref)
