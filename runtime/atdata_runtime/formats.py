@@ -247,3 +247,48 @@ FORMAT_CHECKS: Final[dict[str, Callable[[str], bool]]] = {
     "uri": is_uri,
 }
 """Lexicon ``format`` name → check, for every format the Lexicon spec defines."""
+
+
+# --- Fast paths for pydantic-core ------------------------------------------------------
+# Each entry is (pattern, min_length, max_length) for pydantic-core's native (Rust)
+# regex. A string within the bounds that matches the pattern is valid for the format;
+# the converse need not hold (a long DID, a datetime in year 0000, a language tag with
+# several variants), so a rejected string is re-checked by the exact check above.
+# Patterns are anchored with ^…$ (Rust's $ is the end of the text). ``\.``-free
+# character classes keep them free of engine differences.
+_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
+_TLD = r"[a-zA-Z](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
+_HANDLE = rf"(?:{_LABEL}\.)+{_TLD}"
+_DID = r"did:[a-z]+:[a-zA-Z0-9._:%-]*[a-zA-Z0-9._-]"
+_NSID = (r"[a-zA-Z](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
+         r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)+\.[a-zA-Z][a-zA-Z0-9]{0,62}")
+_RKEY = r"(?:[a-zA-Z0-9_~.:-]*[a-zA-Z0-9_~:-][a-zA-Z0-9_~.:-]*|\.{3,})"
+_YEAR = r"(?:[0-9]{3}[1-9]|[0-9]{2}[1-9]0|[0-9][1-9]00|[1-9]000)"
+_LEAP_YEAR = (r"(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])"
+              r"|(?:[02468][048]|[13579][26])00)")
+_MONTH_DAY = (r"(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+              r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
+              r"|02-(?:0[1-9]|1[0-9]|2[0-8]))")
+_TIME = r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,20})?"
+_TZ = r"(?:Z|\+(?:[01][0-9]|2[0-3]):[0-5][0-9]|-(?:(?:[01][0-9]|2[0-3]):(?:0[1-9]|[1-5][0-9])|(?:0[1-9]|1[0-9]|2[0-3]):00))"
+_LANG = (r"(?:[a-z]{2,3}(?:-[a-zA-Z]{3}){0,3}|[a-z]{5,8})(?:-[a-zA-Z]{4})?"
+         r"(?:-(?:[a-zA-Z]{2}|[0-9]{3}))?(?:-(?:[a-zA-Z0-9]{5,8}|[0-9][a-zA-Z0-9]{3}))?"
+         r"(?:-[0-9a-wyzA-WYZ](?:-[a-zA-Z0-9]{2,8})+)?(?:-[xX](?:-[a-zA-Z0-9]{1,8})+)?")
+
+FAST_PATTERNS: Final[dict[str, tuple[str, int | None, int | None]]] = {
+    "did": (rf"^{_DID}$", None, 2048),
+    "handle": (rf"^{_HANDLE}$", None, 253),
+    "nsid": (rf"^{_NSID}$", None, 317),
+    "tid": (r"^[234567abcdefghij][234567abcdefghijklmnopqrstuvwxyz]{12}$", None, None),
+    "record-key": (rf"^{_RKEY}$", 1, 512),
+    "cid": (r"^(?:[a-zA-PR-Z0-9+=]|Q[a-ln-zA-Z0-9+=]|Qm[ac-zA-Z0-9+=])[a-zA-Z0-9+=]*$",
+            8, 256),
+    "uri": (r"^[a-zA-Z][a-zA-Z0-9+.-]*:(?://)?[^\s/]\S*$", None, 8192),
+    "at-identifier": (rf"^(?:{_DID}|{_HANDLE})$", None, 253),
+    "at-uri": (rf"^at://(?:{_DID}|{_HANDLE})(?:/{_NSID}(?:/{_RKEY})?)?"
+               r"(?:#/[a-zA-Z0-9._~:@!$&%')(*+,;=\-\[\]/\\]*)?$", None, 253),
+    "datetime": (rf"^(?:{_YEAR}-{_MONTH_DAY}|{_LEAP_YEAR}-02-29){_TIME}{_TZ}$",
+                 None, None),
+    "language": (rf"^{_LANG}$", None, None),
+}
+"""Lexicon ``format`` → a sound fast path for pydantic-core (see the comment above)."""

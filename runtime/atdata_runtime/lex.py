@@ -26,16 +26,18 @@ Nothing here reads Lexicon files: generated modules carry everything they need.
 from __future__ import annotations
 
 import base64
+import functools
 import binascii
 import fnmatch
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler
 from pydantic_core import PydanticCustomError, core_schema
 
-from .formats import FORMAT_CHECKS
+from .formats import FAST_PATTERNS, FORMAT_CHECKS
 from .text import count_graphemes
 
 __all__ = [
@@ -126,27 +128,14 @@ class String:
         self.min_graphemes = min_graphemes
         self.known_values = tuple(known_values)
 
-    def validator(self) -> Callable[[str], str] | None:
-        """A function checking every constraint of this string, or ``None`` if
-        there are none to check."""
+    def length_validator(self) -> Callable[[str], str] | None:
+        """A function checking the UTF-8 byte and grapheme bounds, or ``None`` when
+        there are none (formats are checked in pydantic-core, see
+        :func:`format_schema`)."""
         max_b, min_b = self.max_length, self.min_length
         max_g, min_g = self.max_graphemes, self.min_graphemes
-        fmt = self.format
-        check = FORMAT_CHECKS[fmt] if fmt is not None else None
         if max_b is None and min_b is None and max_g is None and min_g is None:
-            if check is None:
-                return None
-
-            def validate_format(value: str) -> str:
-                if not check(value):
-                    raise _err(
-                        "string_format",
-                        "String is not a valid {format}",
-                        format=fmt,
-                    )
-                return value
-
-            return validate_format
+            return None
 
         def validate(value: str) -> str:
             n = len(value)
@@ -187,10 +176,6 @@ class String:
                         count=g,
                         min=min_g,
                     )
-            if check is not None and not check(value):
-                raise _err(
-                    "string_format", "String is not a valid {format}", format=fmt
-                )
             return value
 
         return validate
@@ -198,11 +183,40 @@ class String:
     def __get_pydantic_core_schema__(
         self, source: Any, handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
-        inner = handler(source)
-        fn = self.validator()
-        if fn is None:
-            return inner
-        return core_schema.no_info_after_validator_function(fn, inner)
+        schema = handler(source)
+        if self.format is not None:
+            schema = core_schema.chain_schema([schema, format_schema(self.format)])
+        fn = self.length_validator()
+        if fn is not None:
+            schema = core_schema.no_info_after_validator_function(fn, schema)
+        return schema
+
+
+@functools.cache
+def format_schema(fmt: str) -> core_schema.CoreSchema:
+    """pydantic-core schema checking the Lexicon string format ``fmt``: the native
+    (Rust) fast path of :data:`~atdata_runtime.formats.FAST_PATTERNS` first, the exact
+    Python check only for strings the fast path does not accept. Errors have type
+    ``string_format``."""
+    pattern, min_len, max_len = FAST_PATTERNS[fmt]
+    check = FORMAT_CHECKS[fmt]
+
+    def exact(value: Any) -> str:
+        if not isinstance(value, str) or not check(value):
+            raise ValueError(fmt)
+        return value
+
+    return core_schema.union_schema(
+        [
+            core_schema.str_schema(
+                pattern=pattern, min_length=min_len, max_length=max_len, strict=True
+            ),
+            core_schema.no_info_plain_validator_function(exact),
+        ],
+        mode="left_to_right",
+        custom_error_type="string_format",
+        custom_error_message=f"String is not a valid {fmt}",
+    )
 
 
 class Integer:
@@ -468,9 +482,7 @@ class Blob(BaseModel):
 
     py_type: Literal["blob"] = Field(default="blob", alias="$type")
     ref: CidLink
-    mime_type: Annotated[str, String(max_length=255)] = Field(
-        alias="mimeType", strict=True
-    )
+    mime_type: str = Field(alias="mimeType", strict=True)
     size: Annotated[int, Integer(minimum=0)]
 
 
@@ -478,13 +490,18 @@ class BlobConstraint:
     """Constraints of a Lexicon ``blob`` field (spec § "blob"): ``accept`` is a list of
     MIME types with ``*`` globs (``image/*``, ``*/*``); ``max_size`` is in bytes."""
 
-    __slots__ = ("accept", "max_size")
+    __slots__ = ("_accept_re", "accept", "max_size")
 
     def __init__(
         self, *, accept: Sequence[str] = (), max_size: int | None = None
     ) -> None:
         self.accept = tuple(accept)
         self.max_size = max_size
+        self._accept_re = (
+            re.compile("|".join(fnmatch.translate(p) for p in self.accept))
+            if self.accept and "*/*" not in self.accept
+            else None
+        )
 
     def _check(self, blob: Blob) -> Blob:
         if self.max_size is not None and blob.size > self.max_size:
@@ -494,9 +511,7 @@ class BlobConstraint:
                 size=blob.size,
                 max=self.max_size,
             )
-        if self.accept and not any(
-            fnmatch.fnmatchcase(blob.mime_type, pattern) for pattern in self.accept
-        ):
+        if self._accept_re is not None and not self._accept_re.match(blob.mime_type):
             raise _err(
                 "blob_mime_type",
                 "Blob MIME type {mime!r} is not accepted ({accept})",
@@ -512,20 +527,6 @@ class BlobConstraint:
 
 
 _UNRECOGNIZED_TAG: Final = "\x00unrecognized"
-
-
-def _union_tag_of(value: Any) -> str | None:
-    if isinstance(value, dict):
-        tag = value.get("$type")
-        if not isinstance(tag, str):
-            return None
-    elif isinstance(value, LexObject):
-        tag = value.lex_type
-    elif isinstance(value, Unrecognized):
-        tag = value.py_type
-    else:
-        return None
-    return tag[:-5] if tag.endswith("#main") else tag
 
 
 def _with_type(value: Any, handler: core_schema.SerializerFunctionWrapHandler) -> Any:
@@ -559,13 +560,28 @@ class _Union:
                 handler.generate_schema(member)
             )
         closed = self.closed
+        for tag in list(choices):
+            if tag != _UNRECOGNIZED_TAG:
+                choices.setdefault(f"{tag}#main", choices[tag])
         known = frozenset(choices)
+        unrecognized = _UNRECOGNIZED_TAG
 
         def discriminate(value: Any) -> str | None:
-            tag = _union_tag_of(value)
-            if tag is None or tag in known or closed:
+            # Hot path: one call per union value. Dicts come from the wire; models
+            # from Python code. `nsid` and `nsid#main` are both keys of `choices`.
+            if type(value) is dict:
+                tag = value.get("$type")
+                if type(tag) is not str:
+                    return None
+            elif isinstance(value, LexObject):
+                return value.lex_type
+            elif isinstance(value, Unrecognized):
+                tag = value.py_type
+            else:
+                return None
+            if tag in known or closed:
                 return tag
-            return _UNRECOGNIZED_TAG
+            return unrecognized
 
         schema = core_schema.tagged_union_schema(
             choices,
