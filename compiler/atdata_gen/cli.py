@@ -51,10 +51,13 @@ def main() -> None:
 @click.option("--check", is_flag=True,
               help="Write nothing; exit 1 when the output is stale.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only errors and warnings.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="Worker processes for emission (default: CPU count).")
 @_FORMAT
 def build_cmd(sources: tuple[Path, ...], out: Path | None, package: str | None,
               externals: tuple[Path, ...], include: tuple[str, ...],
-              exclude: tuple[str, ...], check: bool, quiet: bool, fmt: str) -> None:
+              exclude: tuple[str, ...], check: bool, quiet: bool, jobs: int | None,
+              fmt: str) -> None:
     """Compile SOURCE files and directories into OUT/PACKAGE.
 
     With no SOURCE, reads [tool.atdata-gen] from ./pyproject.toml.
@@ -98,7 +101,7 @@ def build_cmd(sources: tuple[Path, ...], out: Path | None, package: str | None,
     from .backend.write import apply_plan, plan_changes
     from .pipeline import BuildOptions, build
 
-    options = BuildOptions(sources, package, externals, include, exclude)
+    options = BuildOptions(sources, package, externals, include, exclude, jobs=jobs)
     try:
         result = build(options)
     except FormatError as exc:

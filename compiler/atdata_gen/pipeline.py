@@ -8,13 +8,15 @@ emission only runs when no stage reported an error.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .backend.emit import emit_package
 from .backend.format import format_sources
+from .backend.package import assemble_package
+from .backend.parallel import EmitPool
 from .checks.lint import lint
 from .diagnostics import Reporter
 from .frontend.lexicon import parse_document
@@ -89,19 +91,54 @@ def compile_sources(options: BuildOptions, reporter: Reporter | None = None
     return BuildResult(reporter, model, None, docs, timings)
 
 
+_PARALLEL_MIN_FILES = 64
+"""Below this many source files, emission runs in-process (forking costs more)."""
+
+
 def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
     """Run the whole pipeline up to (not including) writing."""
-    result = compile_sources(options, reporter)
-    if result.reporter.has_errors or result.model is None:
+    jobs = options.jobs if options.jobs is not None else (os.cpu_count() or 1)
+    pool = None
+    if jobs > 1 and EmitPool.available() and _count_json(options.sources) >= (
+            _PARALLEL_MIN_FILES):
+        pool = EmitPool(jobs)
+    try:
+        result = compile_sources(options, reporter)
+        if result.reporter.has_errors or result.model is None:
+            return result
+        model = result.model
+        rels = {s.nsid: _rel_of(s, result.docs) for s in model.schemas}
+        t0 = time.perf_counter()
+        if pool is not None:
+            codes = pool.emit(model, rels)
+        else:
+            from .backend.emit import emit_modules
+
+            codes = emit_modules(model, rels, range(len(model.schemas)))
+        files = assemble_package(model, options.package, codes)
+        t1 = time.perf_counter()
+        result.files = (format_sources(files, options.workdir) if options.format
+                        else files)
+        result.timings["emit"] = t1 - t0
+        result.timings["format"] = time.perf_counter() - t1
         return result
-    rels = {s.nsid: _rel_of(s, result.docs) for s in result.model.schemas}
-    t0 = time.perf_counter()
-    files = emit_package(result.model, options.package, rels, options.jobs)
-    t1 = time.perf_counter()
-    result.files = format_sources(files, options.workdir) if options.format else files
-    result.timings["emit"] = t1 - t0
-    result.timings["format"] = time.perf_counter() - t1
-    return result
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _count_json(roots: Sequence[str | Path]) -> int:
+    n = 0
+    for root in roots:
+        path = Path(root)
+        if path.is_file():
+            n += 1
+        elif path.is_dir():
+            for _ in path.rglob("*.json"):
+                n += 1
+                if n >= _PARALLEL_MIN_FILES:
+                    return n
+    return n
 
 
 def _rel_of(schema: Schema, docs: list[SourceDoc]) -> str:

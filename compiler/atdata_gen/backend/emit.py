@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import functools
 import keyword
-import multiprocessing
-import os
 import re
 import textwrap
 from collections.abc import Sequence
@@ -27,6 +25,7 @@ import libcst as cst
 
 from .. import __version__
 from .manifest import GENERATED_MARKER
+from .printer import print_module
 from ..ir.link import LinkedModel, walk_objects
 from ..ir.model import (
     ArrayType,
@@ -53,7 +52,7 @@ from ..ir.model import (
     XrpcDef,
 )
 
-__all__ = ["GENERATED_MARKER", "emit_package"]
+__all__ = ["emit_modules"]
 
 
 _NO_WS = cst.SimpleWhitespace("")
@@ -627,7 +626,7 @@ class _ModuleEmitter:
             blanks = 2 if isinstance(first, cst.ClassDef) else 1
             late[0] = first.with_changes(leading_lines=[_BLANK] * blanks)
         module = cst.Module(body=[*head, *self.body, *tail, *late])
-        return module.code
+        return print_module(module)
 
     def schema_rel(self) -> str:
         return self.model_rel.get(self.schema.nsid, self.schema.origin.path)
@@ -650,53 +649,13 @@ class _ModuleEmitter:
             relative=[cst.Dot()] * level)
 
 
-_PARALLEL_MIN = 64
-"""Below this many Lexicons, emission runs in-process (forking costs more)."""
-
-_FORK_STATE: tuple[LinkedModel, dict[str, str]] | None = None
-
-
-def _emit_one(index: int) -> str:
-    assert _FORK_STATE is not None
-    model, rels = _FORK_STATE
-    schema = model.schemas[index]
-    path = model.names.modules[schema.nsid]
-    return _ModuleEmitter(model, schema, path, model_rel=rels).module()
-
-
-def _emit_all(model: LinkedModel, rels: dict[str, str], jobs: int) -> list[str]:
-    """Module sources in schema order; forks ``jobs`` workers when that pays."""
-    global _FORK_STATE
-    _FORK_STATE = (model, rels)
-    try:
-        n = len(model.schemas)
-        if (jobs > 1 and n >= _PARALLEL_MIN
-                and "fork" in multiprocessing.get_all_start_methods()):
-            ctx = multiprocessing.get_context("fork")
-            with ctx.Pool(jobs) as pool:
-                return pool.map(_emit_one, range(n), chunksize=max(1, n // (jobs * 4)))
-        return [_emit_one(i) for i in range(n)]
-    finally:
-        _FORK_STATE = None
-
-
-def emit_package(model: LinkedModel, package: str, rels: dict[str, str],
-                 jobs: int | None = None) -> dict[str, str]:
-    """Emit every schema of ``model``; returns ``{relative file path: source text}``
-    for the package directory ``package/`` (``__init__.py`` files included), before
-    formatting. ``jobs`` worker processes (default: the CPU count) share the work;
-    the output does not depend on it."""
-    jobs = jobs if jobs is not None else (os.cpu_count() or 1)
-    files: dict[str, str] = {}
-    for schema, code in zip(model.schemas, _emit_all(model, rels, jobs), strict=True):
-        files["/".join(model.names.modules[schema.nsid]) + ".py"] = code
-    packages = {tuple(p.split("/")[:i]) for p in files for i in
-                range(0, p.count("/"))}
-    for pkg in sorted(packages):
-        init = "/".join((*pkg, "__init__.py"))
-        if init not in files:
-            label = ".".join((package, *pkg))
-            files[init] = (f'"""Package ``{label}``.\n\n{GENERATED_MARKER} '
-                           f'{__version__}. Do not edit."""\n')
-    files["py.typed"] = ""
-    return files
+def emit_modules(model: LinkedModel, rels: dict[str, str],
+                 indices: Sequence[int]) -> list[str]:
+    """Source text (before formatting) of the modules of ``model.schemas[i]`` for
+    each ``i`` in ``indices``; ``rels`` maps NSID → source path cited in headers."""
+    out = []
+    for index in indices:
+        schema = model.schemas[index]
+        path = model.names.modules[schema.nsid]
+        out.append(_ModuleEmitter(model, schema, path, model_rel=rels).module())
+    return out
