@@ -185,7 +185,40 @@ def load_text(
     except RecursionError:
         reporter.report(Span(path, 1, 1), "SRC_JSON_SYNTAX", "JSON nesting too deep")
         return None
-    return SourceDoc(path, text, value, digest, rel or Path(path).name)
+    doc = SourceDoc(path, text, value, digest, rel or Path(path).name)
+    if _SURROGATE_ESCAPE.search(text):
+        bad = _lone_surrogate(value, "")
+        if bad is not None:
+            reporter.report(doc.span(bad), "SRC_INVALID_UNICODE",
+                            "string holds a lone UTF-16 surrogate escape; Lexicon "
+                            "strings must be valid Unicode (data model spec)")
+            return None
+    return doc
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(value: Any, pointer: str) -> str | None:
+    """JSON pointer of the first key or string holding a lone surrogate (JSON allows
+    ``"\\ud800"``; json.loads keeps it; it cannot be encoded as UTF-8)."""
+    if isinstance(value, str):
+        return pointer if _SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{pointer}/{escape_pointer(key)}"
+            if _SURROGATE.search(key):
+                return here
+            found = _lone_surrogate(item, here)
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _lone_surrogate(item, f"{pointer}/{i}")
+            if found is not None:
+                return found
+    return None
 
 
 def _matches(rel: str, patterns: Sequence[str]) -> bool:

@@ -51,6 +51,7 @@ __all__ = [
     "LexObject",
     "LexRecord",
     "Opt",
+    "StrictLiteral",
     "String",
     "Unrecognized",
     "WIRE_CONFIG",
@@ -248,6 +249,20 @@ class Integer:
             # A Literal (const) annotation: check strictly first, then the value.
             return core_schema.chain_schema([base, handler(source)])
         return base
+
+
+class StrictLiteral:
+    """A string ``const`` or closed ``enum`` (``Literal[...]`` annotation): a strict
+    JSON string first, then one of the literal values (spec § "string")."""
+
+    __slots__ = ()
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.chain_schema(
+            [core_schema.str_schema(strict=True), handler(source)]
+        )
 
 
 class Boolean:

@@ -309,7 +309,7 @@ class _ModuleEmitter:
                     values = [t.const] if t.const is not None else list(t.enum or ())
                     return sub("_t.Annotated",
                                sub("_t.Literal", *[literal(v) for v in values]),
-                               dotted("_pd.Strict()") if False else call("_pd.Strict"))
+                               call("_lex.StrictLiteral"))
                 if not kw:
                     return dotted("_pd.StrictStr")
                 return sub("_t.Annotated", dotted("_pd.StrictStr"),

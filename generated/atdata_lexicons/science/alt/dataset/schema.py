@@ -115,16 +115,16 @@ class JsonSchemaFormat(_lex.LexObject):
     lex_type: _t.ClassVar[str] = "science.alt.dataset.schema#jsonSchemaFormat"
 
     type_: _t.Annotated[
-        _t.Literal["science.alt.dataset.schema#jsonSchemaFormat"], _pd.Strict()
+        _t.Literal["science.alt.dataset.schema#jsonSchemaFormat"], _lex.StrictLiteral()
     ] = _pd.Field(validation_alias="$type", serialization_alias="$type")
     """Union discriminator."""
 
     schema_: _t.Annotated[
-        _t.Literal["http://json-schema.org/draft-07/schema#"], _pd.Strict()
+        _t.Literal["http://json-schema.org/draft-07/schema#"], _lex.StrictLiteral()
     ] = _pd.Field(validation_alias="$schema", serialization_alias="$schema")
     """JSON Schema dialect."""
 
-    type__2: _t.Annotated[_t.Literal["object"], _pd.Strict()] = _pd.Field(
+    type__2: _t.Annotated[_t.Literal["object"], _lex.StrictLiteral()] = _pd.Field(
         validation_alias="type", serialization_alias="type"
     )
     """Always 'object'."""
