@@ -146,7 +146,10 @@ def docstring_literal(text: str, indent: str = "") -> cst.SimpleString:
     control characters are escaped, so it parses to exactly ``text``."""
     body = _DOC_UNSAFE.sub(_doc_escape, text)
     if "\n" in body:
-        body = body + "\n" + indent
+        body = "\n".join(
+            [body.split("\n", 1)[0]]
+            + [indent + line if line else line for line in body.split("\n")[1:]]
+        ) + "\n" + indent
     return cst.SimpleString(f'"""{body}"""')
 
 
@@ -419,9 +422,25 @@ class _ModuleEmitter:
             else:
                 value = None
             lines.append(ann_assign(py, annotation, value, blank=1 if lines else 0))
-            if f.description:
-                lines.append(doc_stmt(_wrap(f.description, 76), "    "))
+            doc = _wrap(f.description, 76) if f.description else ""
+            known = self.known_values(f.type)
+            if known:
+                doc += ("\n\n" if doc else "") + _wrap(
+                    "Known values (open set): " + ", ".join(f"``{v}``" for v in known),
+                    76)
+            if doc:
+                lines.append(doc_stmt(doc, "    "))
         return lines
+
+    def known_values(self, t: IRType) -> tuple[str, ...]:
+        """``knownValues`` of a string field, also through a ref to a string def."""
+        if isinstance(t, RefType):
+            d = self.model.resolve(t.target)
+            if d is not None and isinstance(d.body, StringType):
+                t = d.body
+        if isinstance(t, StringType) and t.known_values:
+            return t.known_values
+        return ()
 
     def object_class(self, d: Def, obj: ObjectType, path: tuple[str, ...],
                      description: str | None, record_key: str | None = None) -> None:

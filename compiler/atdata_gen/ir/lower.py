@@ -181,4 +181,4 @@ def lower_document(doc: lx.LexiconDoc, reporter: Reporter) -> Schema:
     low = _Lowerer(doc, reporter)
     defs = tuple(low.definition(name, node) for name, node in doc.defs)
     return Schema(doc.id, doc.description, doc.revision, defs,
-                  Origin(doc.source.path, doc.source.sha256), doc.source.span(""))
+                  Origin(doc.source.path, doc.source.sha256), doc.source.span("/id"))

@@ -137,4 +137,8 @@ class CodeReference(_lex.LexObject):
     """Branch name (informational)."""
 
     language: _lex.Opt[_t.Annotated[_pd.StrictStr, _lex.String(max_length=50)]] = None
-    """Programming language."""
+    """Programming language.
+
+    Known values (open set): ``python``, ``typescript``, ``javascript``,
+    ``rust``
+    """

@@ -48,7 +48,11 @@ class LensVerification(_lex.LexRecord):
             serialization_alias="verificationMethod",
         )
     )
-    """How it was verified."""
+    """How it was verified.
+
+    Known values (open set): ``codeReview``, ``formalProof``, ``signedHash``,
+    ``automatedTest``
+    """
 
     code_hash: _lex.Opt[CodeHash] = _pd.Field(
         default=None, validation_alias="codeHash", serialization_alias="codeHash"

@@ -42,7 +42,10 @@ class Schema(_lex.LexRecord):
     schema_type: _t.Annotated[_pd.StrictStr, _lex.String(max_length=50)] = _pd.Field(
         validation_alias="schemaType", serialization_alias="schemaType"
     )
-    """Which schema language 'schema' uses."""
+    """Which schema language 'schema' uses.
+
+    Known values (open set): ``jsonSchema``
+    """
 
     schema_: _t.Annotated[
         JsonSchemaFormat | _lex.Unrecognized, _lex.union(closed=False)
