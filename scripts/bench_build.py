@@ -27,7 +27,7 @@ BIN = Path(sys.executable).parent
 
 def timed(cmd: list[str]) -> float:
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
@@ -40,10 +40,25 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix=".bench-build-", dir=ROOT))
     try:
-        ours = [str(BIN / "atdata-gen"), "build", str(OFFICIAL), "--out",
-                str(work / "ours"), "--package", "bench_pkg", "-q"]
-        theirs = [str(BIN / "atproto"), "gen", "--lexicon-dir", str(OFFICIAL),
-                  "models", "--output-dir", str(work / "marshalx")]
+        ours = [
+            str(BIN / "atdata-gen"),
+            "build",
+            str(OFFICIAL),
+            "--out",
+            str(work / "ours"),
+            "--package",
+            "bench_pkg",
+            "-q",
+        ]
+        theirs = [
+            str(BIN / "atproto"),
+            "gen",
+            "--lexicon-dir",
+            str(OFFICIAL),
+            "models",
+            "--output-dir",
+            str(work / "marshalx"),
+        ]
         cold, noop, mx = [], [], []
         for _ in range(args.runs):
             shutil.rmtree(work / "ours", ignore_errors=True)
@@ -57,14 +72,22 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     med = statistics.median
-    print(f"build of {len(list(OFFICIAL.rglob('*.json')))} official Lexicons, "
-          f"median of {args.runs} whole-process runs")
-    print(f"  atdata-gen cold build        {med(cold):6.2f} s  ({n_ours} files)  "
-          f"runs: {', '.join(f'{t:.2f}' for t in cold)}")
-    print(f"  atdata-gen no-op --check     {med(noop):6.2f} s  "
-          f"runs: {', '.join(f'{t:.2f}' for t in noop)}")
-    print(f"  MarshalX atproto gen models  {med(mx):6.2f} s  ({n_mx} files)  "
-          f"runs: {', '.join(f'{t:.2f}' for t in mx)}")
+    print(
+        f"build of {len(list(OFFICIAL.rglob('*.json')))} official Lexicons, "
+        f"median of {args.runs} whole-process runs"
+    )
+    print(
+        f"  atdata-gen cold build        {med(cold):6.2f} s  ({n_ours} files)  "
+        f"runs: {', '.join(f'{t:.2f}' for t in cold)}"
+    )
+    print(
+        f"  atdata-gen no-op --check     {med(noop):6.2f} s  "
+        f"runs: {', '.join(f'{t:.2f}' for t in noop)}"
+    )
+    print(
+        f"  MarshalX atproto gen models  {med(mx):6.2f} s  ({n_mx} files)  "
+        f"runs: {', '.join(f'{t:.2f}' for t in mx)}"
+    )
     print(f"  ratio cold build / MarshalX: {med(cold) / med(mx):.2f}")
 
 

@@ -27,28 +27,45 @@ sys.path.insert(0, str(ROOT / "tests"))
 RECORD = {
     "$type": "app.bsky.feed.post",
     "text": "Our new dataset of 1.2M annotated cell images is out! Details and the "
-            "loader in the paper: https://example.com/paper 🔬",
+    "loader in the paper: https://example.com/paper 🔬",
     "langs": ["en"],
-    "facets": [{
-        "index": {"byteStart": 97, "byteEnd": 122},
-        "features": [{"$type": "app.bsky.richtext.facet#link",
-                      "uri": "https://example.com/paper"}],
-    }],
+    "facets": [
+        {
+            "index": {"byteStart": 97, "byteEnd": 122},
+            "features": [
+                {
+                    "$type": "app.bsky.richtext.facet#link",
+                    "uri": "https://example.com/paper",
+                }
+            ],
+        }
+    ],
     "reply": {
-        "root": {"uri": "at://did:plc:z72i7hdynmk6r22z27h6tvur/app.bsky.feed.post/3kfqh2lwwpl2x",
-                 "cid": "bafyreib2rxk3rybk3aobmv5cjuql3bm2twh4jo5uxgf5u3tjoqlzhxygje"},
-        "parent": {"uri": "at://did:plc:z72i7hdynmk6r22z27h6tvur/app.bsky.feed.post/3kfqh2lwwpl2x",
-                   "cid": "bafyreib2rxk3rybk3aobmv5cjuql3bm2twh4jo5uxgf5u3tjoqlzhxygje"},
+        "root": {
+            "uri": "at://did:plc:z72i7hdynmk6r22z27h6tvur/app.bsky.feed.post/3kfqh2lwwpl2x",
+            "cid": "bafyreib2rxk3rybk3aobmv5cjuql3bm2twh4jo5uxgf5u3tjoqlzhxygje",
+        },
+        "parent": {
+            "uri": "at://did:plc:z72i7hdynmk6r22z27h6tvur/app.bsky.feed.post/3kfqh2lwwpl2x",
+            "cid": "bafyreib2rxk3rybk3aobmv5cjuql3bm2twh4jo5uxgf5u3tjoqlzhxygje",
+        },
     },
     "embed": {
         "$type": "app.bsky.embed.images",
-        "images": [{
-            "alt": "Fluorescence microscopy of HeLa cells",
-            "image": {"$type": "blob",
-                      "ref": {"$link": "bafkreibme22gw2h7y2h7tg2fhqotaqjucnbc24deqo72b6mkl2egezxhvy"},
-                      "mimeType": "image/jpeg", "size": 482133},
-            "aspectRatio": {"width": 1600, "height": 1200},
-        }],
+        "images": [
+            {
+                "alt": "Fluorescence microscopy of HeLa cells",
+                "image": {
+                    "$type": "blob",
+                    "ref": {
+                        "$link": "bafkreibme22gw2h7y2h7tg2fhqotaqjucnbc24deqo72b6mkl2egezxhvy"
+                    },
+                    "mimeType": "image/jpeg",
+                    "size": 482133,
+                },
+                "aspectRatio": {"width": 1600, "height": 1200},
+            }
+        ],
     },
     "createdAt": "2026-11-22T09:30:00.000Z",
 }
@@ -67,14 +84,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20000)
     args = ap.parse_args()
 
-    from conftest import OFFICIAL, compile_to  # noqa: PLC0415
+    from atproto import models
+    from conftest import OFFICIAL, compile_to
 
-    from atproto import models  # noqa: PLC0415
-
-    with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as tmp:
+    with tempfile.TemporaryDirectory(
+        dir="/dev/shm" if Path("/dev/shm").is_dir() else None
+    ) as tmp:
         compile_to(Path(tmp), [OFFICIAL], "bench_pkg")
         sys.path.insert(0, tmp)
-        from bench_pkg.app.bsky.feed.post import Post  # noqa: PLC0415
+        from bench_pkg.app.bsky.feed.post import Post
 
         text = json.dumps(RECORD)
         assert Post.from_json(text).to_wire() == RECORD
@@ -91,11 +109,17 @@ def main() -> None:
             for label, (fn, arg) in cases.items():
                 results[label].append(rate(fn, arg, args.n))
         med = {k: statistics.median(v) for k, v in results.items()}
-        print(f"validate app.bsky.feed.post: median of {args.runs} runs x {args.n} records")
+        print(
+            f"validate app.bsky.feed.post: median of {args.runs} runs x {args.n} records"
+        )
         for label, value in med.items():
             print(f"  {label:38} {value:10,.0f} records/s")
-        print(f"  ratio ours/atproto (text): {med['ours   from_json(text)'] / med['atproto model_validate_json(text)']:.2f}")
-        print(f"  ratio ours/atproto (dict): {med['ours   from_wire(dict)'] / med['atproto model_validate(dict)']:.2f}")
+        print(
+            f"  ratio ours/atproto (text): {med['ours   from_json(text)'] / med['atproto model_validate_json(text)']:.2f}"
+        )
+        print(
+            f"  ratio ours/atproto (dict): {med['ours   from_wire(dict)'] / med['atproto model_validate(dict)']:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from atdata_gen.backend.write import apply_plan, plan_changes
 from atdata_gen.diagnostics import Reporter, render
 from atdata_gen.pipeline import BuildOptions, build
@@ -24,8 +23,9 @@ def require_corpus() -> None:
         pytest.fail(f"shared corpus not found at {CORPUS}")
 
 
-def compile_to(tmp: Path, sources: list[Path], package: str,
-               externals: list[Path] | None = None) -> Path:
+def compile_to(
+    tmp: Path, sources: list[Path], package: str, externals: list[Path] | None = None
+) -> Path:
     """Build ``sources`` into ``tmp/package`` and return ``tmp``; fails the test
     with the rendered diagnostics if the build has errors."""
     reporter = Reporter()

@@ -18,8 +18,11 @@ CLI = [sys.executable, "-m", "atdata_gen.cli"]
 def _structure(node: Any) -> Any:
     """Everything but descriptions (and the non-standard 'pattern')."""
     if isinstance(node, dict):
-        return {k: _structure(v) for k, v in node.items()
-                if k not in ("description", "pattern")}
+        return {
+            k: _structure(v)
+            for k, v in node.items()
+            if k not in ("description", "pattern")
+        }
     if isinstance(node, list):
         return [_structure(v) for v in node]
     return node
@@ -31,23 +34,41 @@ def test_own_lexicons_match_live_atdata_structurally() -> None:
     assert [p.name for p in ours] == [p.name for p in theirs]
     for a, b in zip(ours, theirs, strict=True):
         assert _structure(json.loads(a.read_text())) == _structure(
-            json.loads(b.read_text())), a.name
+            json.loads(b.read_text())
+        ), a.name
 
 
 def test_generated_is_fresh() -> None:
-    proc = subprocess.run([*CLI, "build", "--check"], cwd=ROOT, capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [*CLI, "build", "--check"], cwd=ROOT, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr + "\nrun: uv run atdata-gen build"
 
 
 def _build(out: Path, seed: str) -> dict[str, bytes]:
     env = dict(os.environ, PYTHONHASHSEED=seed)
-    proc = subprocess.run([*CLI, "build", str(OFFICIAL), str(ATDATA_LEXICONS),
-                           "--out", str(out), "--package", "det", "-q"],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [
+            *CLI,
+            "build",
+            str(OFFICIAL),
+            str(ATDATA_LEXICONS),
+            "--out",
+            str(out),
+            "--package",
+            "det",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
-    return {p.relative_to(out).as_posix(): p.read_bytes()
-            for p in sorted(out.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(out).as_posix(): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_output_is_byte_identical_across_runs_and_hash_seeds(tmp_path: Path) -> None:
@@ -60,9 +81,17 @@ def test_output_is_byte_identical_across_runs_and_hash_seeds(tmp_path: Path) -> 
 def test_check_reports_stale_and_build_fixes_it(tmp_path: Path) -> None:
     src = tmp_path / "lex"
     (src / "com" / "example").mkdir(parents=True)
-    doc = {"lexicon": 1, "id": "com.example.thing", "defs": {"main": {
-        "type": "record", "key": "tid", "record": {"type": "object", "properties": {
-            "n": {"type": "integer"}}}}}}
+    doc = {
+        "lexicon": 1,
+        "id": "com.example.thing",
+        "defs": {
+            "main": {
+                "type": "record",
+                "key": "tid",
+                "record": {"type": "object", "properties": {"n": {"type": "integer"}}},
+            }
+        },
+    }
     (src / "com" / "example" / "thing.json").write_text(json.dumps(doc))
     out = tmp_path / "out"
     args = [*CLI, "build", str(src), "--out", str(out), "--package", "pkg"]
@@ -73,7 +102,8 @@ def test_check_reports_stale_and_build_fixes_it(tmp_path: Path) -> None:
     user_file.write_text("X = 1\n")
     (src / "com" / "example" / "thing.json").unlink()
     (src / "com" / "example" / "other.json").write_text(
-        json.dumps(dict(doc, id="com.example.other")))
+        json.dumps(dict(doc, id="com.example.other"))
+    )
     assert subprocess.run(args, capture_output=True).returncode == 0
     assert not (out / "pkg" / "com" / "example" / "thing.py").exists()
     assert (out / "pkg" / "com" / "example" / "other.py").exists()
@@ -82,13 +112,18 @@ def test_check_reports_stale_and_build_fixes_it(tmp_path: Path) -> None:
 
 def test_errors_exit_2_with_locations_and_write_nothing(tmp_path: Path) -> None:
     src = tmp_path / "bad.json"
-    src.write_text('{\n  "lexicon": 1,\n  "id": "com.example.bad",\n  "defs": {\n'
-                   '    "main": {"type": "object", "properties": {\n'
-                   '      "x": {"type": "ref", "ref": "#missing"},\n'
-                   '      "y": {"type": "strnig"}}}}}\n')
+    src.write_text(
+        '{\n  "lexicon": 1,\n  "id": "com.example.bad",\n  "defs": {\n'
+        '    "main": {"type": "object", "properties": {\n'
+        '      "x": {"type": "ref", "ref": "#missing"},\n'
+        '      "y": {"type": "strnig"}}}}}\n'
+    )
     out = tmp_path / "out"
-    proc = subprocess.run([*CLI, "build", str(src), "--out", str(out), "--format",
-                           "json"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [*CLI, "build", str(src), "--out", str(out), "--format", "json"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     found = {(d["rule"], d["line"]) for d in json.loads(proc.stdout)}
     assert ("LEX_REF_UNRESOLVED", 6) in found
@@ -100,7 +135,10 @@ def test_errors_exit_2_with_locations_and_write_nothing(tmp_path: Path) -> None:
 def test_json_syntax_error_is_located(tmp_path: Path) -> None:
     src = tmp_path / "broken.json"
     src.write_text('{"lexicon": 1,\n "id": "a.b.c",\n "defs": {,}}')
-    proc = subprocess.run([*CLI, "build", str(src), "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [*CLI, "build", str(src), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert f"{src}:3:" in proc.stderr and "SRC_JSON_SYNTAX" in proc.stderr

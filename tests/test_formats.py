@@ -5,15 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from atdata_runtime.formats import FORMAT_CHECKS
 
 from .conftest import INTEROP
 
 _FILE_FORMAT = {
-    "atidentifier": "at-identifier", "aturi": "at-uri", "cid": "cid",
-    "datetime": "datetime", "did": "did", "handle": "handle", "language": "language",
-    "nsid": "nsid", "recordkey": "record-key", "tid": "tid", "uri": "uri",
+    "atidentifier": "at-identifier",
+    "aturi": "at-uri",
+    "cid": "cid",
+    "datetime": "datetime",
+    "did": "did",
+    "handle": "handle",
+    "language": "language",
+    "nsid": "nsid",
+    "recordkey": "record-key",
+    "tid": "tid",
+    "uri": "uri",
 }
 
 
@@ -37,8 +44,11 @@ def test_every_format_file_is_covered() -> None:
     assert len(VECTORS) > 500
 
 
-@pytest.mark.parametrize(("fmt", "value", "valid"), VECTORS,
-                         ids=[f"{f}-{i}" for i, (f, _, _) in enumerate(VECTORS)])
+@pytest.mark.parametrize(
+    ("fmt", "value", "valid"),
+    VECTORS,
+    ids=[f"{f}-{i}" for i, (f, _, _) in enumerate(VECTORS)],
+)
 def test_syntax_vector(fmt: str, value: str, valid: bool) -> None:
     assert FORMAT_CHECKS[fmt](value) is valid, (fmt, value)
 
@@ -53,19 +63,22 @@ _ADAPTERS: dict[str, object] = {}
 def _adapter(fmt: str):  # type: ignore[no-untyped-def]
     from typing import Annotated
 
-    from pydantic import StrictStr, TypeAdapter
-
     from atdata_runtime.lex import String
+    from pydantic import StrictStr, TypeAdapter
 
     if fmt not in _ADAPTERS:
         _ADAPTERS[fmt] = TypeAdapter(Annotated[StrictStr, String(format=fmt)])
     return _ADAPTERS[fmt]
 
 
-@pytest.mark.parametrize(("fmt", "value", "valid"), VECTORS,
-                         ids=[f"{f}-{i}" for i, (f, _, _) in enumerate(VECTORS)])
-def test_syntax_vector_through_model_validation(fmt: str, value: str,
-                                                valid: bool) -> None:
+@pytest.mark.parametrize(
+    ("fmt", "value", "valid"),
+    VECTORS,
+    ids=[f"{f}-{i}" for i, (f, _, _) in enumerate(VECTORS)],
+)
+def test_syntax_vector_through_model_validation(
+    fmt: str, value: str, valid: bool
+) -> None:
     """The path generated models take: the native fast pattern, then the exact
     check; errors are typed ``string_format``."""
     from pydantic import ValidationError

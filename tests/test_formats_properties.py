@@ -3,26 +3,34 @@ exact check accepts too (property test over strings from each format's alphabet)
 
 from __future__ import annotations
 
+from atdata_runtime.formats import FAST_PATTERNS, FORMAT_CHECKS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic_core import SchemaValidator, ValidationError, core_schema
 
-from atdata_runtime.formats import FAST_PATTERNS, FORMAT_CHECKS
-
-_ALPHABET = st.sampled_from(list("abcdefghijklmnopqrstuvwxyzABCQZ0123456789.:-_~%/#@+=T"
-                                 " \n"))
+_ALPHABET = st.sampled_from(
+    list("abcdefghijklmnopqrstuvwxyzABCQZ0123456789.:-_~%/#@+=T \n")
+)
 _SEEDS = {
-    "did": "did:plc:abc", "handle": "a.b.co", "nsid": "a.b.c", "tid": "3kabc2xyz22aa",
-    "record-key": "self", "cid": "bafyreib2rxk3", "uri": "https://x.y/z",
-    "at-identifier": "did:web:x.y", "at-uri": "at://did:plc:abc/a.b.c/self",
-    "datetime": "2024-02-29T23:59:59.123+05:30", "language": "en-GB",
+    "did": "did:plc:abc",
+    "handle": "a.b.co",
+    "nsid": "a.b.c",
+    "tid": "3kabc2xyz22aa",
+    "record-key": "self",
+    "cid": "bafyreib2rxk3",
+    "uri": "https://x.y/z",
+    "at-identifier": "did:web:x.y",
+    "at-uri": "at://did:plc:abc/a.b.c/self",
+    "datetime": "2024-02-29T23:59:59.123+05:30",
+    "language": "en-GB",
 }
 
 
 def _fast(fmt: str) -> SchemaValidator:
     pattern, lo, hi = FAST_PATTERNS[fmt]
-    return SchemaValidator(core_schema.str_schema(pattern=pattern, min_length=lo,
-                                                  max_length=hi))
+    return SchemaValidator(
+        core_schema.str_schema(pattern=pattern, min_length=lo, max_length=hi)
+    )
 
 
 @settings(max_examples=300, deadline=None)

@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from atdata_gen.diagnostics import Reporter
 from atdata_gen.pipeline import BuildOptions, build
 
@@ -24,8 +23,11 @@ ERRORS = sorted(p.name for p in (GOLDEN / "errors").iterdir())
 
 
 def _tree(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): p.read_text(encoding="utf-8")
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_text(encoding="utf-8")
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _diff(expected: dict[str, str], actual: dict[str, str]) -> str:
@@ -33,9 +35,14 @@ def _diff(expected: dict[str, str], actual: dict[str, str]) -> str:
     for rel in sorted(set(expected) | set(actual)):
         a, b = expected.get(rel), actual.get(rel)
         if a != b:
-            out.extend(difflib.unified_diff(
-                (a or "").splitlines(keepends=True), (b or "").splitlines(keepends=True),
-                f"expected/{rel}", f"actual/{rel}"))
+            out.extend(
+                difflib.unified_diff(
+                    (a or "").splitlines(keepends=True),
+                    (b or "").splitlines(keepends=True),
+                    f"expected/{rel}",
+                    f"actual/{rel}",
+                )
+            )
     return "".join(out)
 
 
@@ -67,14 +74,23 @@ def _render(reporter: Reporter, root: Path) -> str:
 def test_golden_diagnostics(case: str) -> None:
     root = GOLDEN / "errors" / case
     reporter = Reporter()
-    result = build(BuildOptions([root / "input"], "golden", jobs=1, format=False),
-                   reporter)
+    result = build(
+        BuildOptions([root / "input"], "golden", jobs=1, format=False), reporter
+    )
     assert result.files is None, "an error case must not produce output"
     actual = _render(reporter, root)
     expected_path = root / "expected.txt"
     if UPDATE:
         expected_path.write_text(actual, encoding="utf-8")
     expected = expected_path.read_text(encoding="utf-8")
-    assert actual == expected, "".join(difflib.unified_diff(
-        expected.splitlines(keepends=True), actual.splitlines(keepends=True),
-        "expected.txt", "actual")) + HINT
+    assert actual == expected, (
+        "".join(
+            difflib.unified_diff(
+                expected.splitlines(keepends=True),
+                actual.splitlines(keepends=True),
+                "expected.txt",
+                "actual",
+            )
+        )
+        + HINT
+    )

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from atdata_gen.diagnostics import Reporter, Severity
 from atdata_gen.pipeline import BuildOptions, build
 
@@ -41,8 +40,9 @@ def test_catalog_compiles(path: Path) -> None:
 
 
 @pytest.mark.parametrize("case", INVALID, ids=[c["name"] for c in INVALID])
-def test_invalid_vector_rejected_with_location(tmp_path: Path,
-                                               case: dict[str, object]) -> None:
+def test_invalid_vector_rejected_with_location(
+    tmp_path: Path, case: dict[str, object]
+) -> None:
     reporter = _build(tmp_path, case["lexicon"])
     errors = [d for d in reporter if d.severity is Severity.ERROR]
     assert errors, f"{case['name']} was accepted"

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from atdata_gen.checks.lint import RULES
 from atdata_gen.diagnostics import Reporter, Severity
 from atdata_gen.pipeline import BuildOptions, compile_sources
@@ -15,8 +14,9 @@ from atdata_gen.pipeline import BuildOptions, compile_sources
 GOLDEN_ERRORS = Path(__file__).parent / "golden" / "errors"
 
 
-def _diagnose(tmp_path: Path, defs: dict[str, object], nsid: str = "com.example.lint"
-              ) -> list[tuple[str, Severity]]:
+def _diagnose(
+    tmp_path: Path, defs: dict[str, object], nsid: str = "com.example.lint"
+) -> list[tuple[str, Severity]]:
     path = tmp_path / "doc.json"
     path.write_text(json.dumps({"lexicon": 1, "id": nsid, "defs": defs}, indent=1))
     reporter = Reporter()
@@ -25,20 +25,38 @@ def _diagnose(tmp_path: Path, defs: dict[str, object], nsid: str = "com.example.
 
 
 CASES: dict[str, tuple[dict[str, object], Severity]] = {
-    "LEX_UNION_DUPLICATE_REF": ({"a": {"type": "object", "properties": {}},
-                                 "main": {"type": "object", "properties": {
-                                     "u": {"type": "union", "refs": ["#a", "#a"]}}}},
-                                Severity.WARNING),
-    "LEX_KNOWN_VALUES_WITH_ENUM": ({"main": {"type": "string", "enum": ["a"],
-                                             "knownValues": ["a", "b"]}},
-                                   Severity.WARNING),
-    "LEX_REF_TO_XRPC": ({"main": {"type": "query"}, "o": {"type": "object",
-                         "properties": {"q": {"type": "ref", "ref": "#main"}}}},
-                        Severity.ERROR),
-    "LEX_REQUIRED_UNDEFINED": ({"main": {"type": "object", "required": ["ghost"],
-                                         "properties": {}}}, Severity.WARNING),
-    "LEX_NULLABLE_UNDEFINED": ({"main": {"type": "object", "nullable": ["ghost"],
-                                         "properties": {}}}, Severity.WARNING),
+    "LEX_UNION_DUPLICATE_REF": (
+        {
+            "a": {"type": "object", "properties": {}},
+            "main": {
+                "type": "object",
+                "properties": {"u": {"type": "union", "refs": ["#a", "#a"]}},
+            },
+        },
+        Severity.WARNING,
+    ),
+    "LEX_KNOWN_VALUES_WITH_ENUM": (
+        {"main": {"type": "string", "enum": ["a"], "knownValues": ["a", "b"]}},
+        Severity.WARNING,
+    ),
+    "LEX_REF_TO_XRPC": (
+        {
+            "main": {"type": "query"},
+            "o": {
+                "type": "object",
+                "properties": {"q": {"type": "ref", "ref": "#main"}},
+            },
+        },
+        Severity.ERROR,
+    ),
+    "LEX_REQUIRED_UNDEFINED": (
+        {"main": {"type": "object", "required": ["ghost"], "properties": {}}},
+        Severity.WARNING,
+    ),
+    "LEX_NULLABLE_UNDEFINED": (
+        {"main": {"type": "object", "nullable": ["ghost"], "properties": {}}},
+        Severity.WARNING,
+    ),
 }
 
 
@@ -50,10 +68,17 @@ def test_rule_fires(tmp_path: Path, rule: str) -> None:
 
 @pytest.mark.parametrize("rule", sorted(CASES))
 def test_rule_does_not_fire_on_clean_input(tmp_path: Path, rule: str) -> None:
-    clean = {"main": {"type": "object", "required": ["a"], "properties": {
-        "a": {"type": "string", "knownValues": ["x"]},
-        "u": {"type": "union", "refs": ["#b"]}}},
-        "b": {"type": "object", "properties": {}}}
+    clean = {
+        "main": {
+            "type": "object",
+            "required": ["a"],
+            "properties": {
+                "a": {"type": "string", "knownValues": ["x"]},
+                "u": {"type": "union", "refs": ["#b"]},
+            },
+        },
+        "b": {"type": "object", "properties": {}},
+    }
     assert _diagnose(tmp_path, clean) == []
 
 

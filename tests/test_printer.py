@@ -7,7 +7,6 @@ import ast
 
 import libcst as cst
 import pytest
-
 from atdata_gen.backend import emit, printer
 from atdata_gen.pipeline import BuildOptions, build, compile_sources
 
@@ -29,7 +28,8 @@ def test_printer_matches_libcst_on_the_corpus(monkeypatch: pytest.MonkeyPatch) -
 def test_fallback_handles_unknown_nodes() -> None:
     module = cst.parse_module("x = [i for i in range(3)]\nif x:\n    pass\n")
     assert ast.dump(ast.parse(printer.print_module(module))) == ast.dump(
-        ast.parse(module.code))
+        ast.parse(module.code)
+    )
 
 
 def test_parallel_emission_equals_serial() -> None:

@@ -9,30 +9,54 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from pydantic import ValidationError
-
 from atdata_gen.ir.link import LinkedModel
 from atdata_gen.ir.model import DefId
 from atdata_gen.pipeline import BuildOptions, compile_sources
 from atdata_gen.testing.strategies import mutation_sites, wire_data
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from .conftest import OFFICIAL
 
 TARGETS = [
     # (def, module, class, atproto SDK model path)
-    (DefId("app.bsky.feed.post"), "app.bsky.feed.post", "Post", "AppBskyFeedPost.Record"),
-    (DefId("app.bsky.actor.profile"), "app.bsky.actor.profile", "Profile",
-     "AppBskyActorProfile.Record"),
-    (DefId("app.bsky.feed.defs", "postView"), "app.bsky.feed.defs", "PostView",
-     "AppBskyFeedDefs.PostView"),
-    (DefId("com.atproto.repo.strongRef"), "com.atproto.repo.strong_ref", "StrongRef",
-     "ComAtprotoRepoStrongRef.Main"),
-    (DefId("app.bsky.feed.threadgate"), "app.bsky.feed.threadgate", "Threadgate",
-     "AppBskyFeedThreadgate.Record"),
-    (DefId("app.bsky.graph.list"), "app.bsky.graph.list", "List",
-     "AppBskyGraphList.Record"),
+    (
+        DefId("app.bsky.feed.post"),
+        "app.bsky.feed.post",
+        "Post",
+        "AppBskyFeedPost.Record",
+    ),
+    (
+        DefId("app.bsky.actor.profile"),
+        "app.bsky.actor.profile",
+        "Profile",
+        "AppBskyActorProfile.Record",
+    ),
+    (
+        DefId("app.bsky.feed.defs", "postView"),
+        "app.bsky.feed.defs",
+        "PostView",
+        "AppBskyFeedDefs.PostView",
+    ),
+    (
+        DefId("com.atproto.repo.strongRef"),
+        "com.atproto.repo.strong_ref",
+        "StrongRef",
+        "ComAtprotoRepoStrongRef.Main",
+    ),
+    (
+        DefId("app.bsky.feed.threadgate"),
+        "app.bsky.feed.threadgate",
+        "Threadgate",
+        "AppBskyFeedThreadgate.Record",
+    ),
+    (
+        DefId("app.bsky.graph.list"),
+        "app.bsky.graph.list",
+        "List",
+        "AppBskyGraphList.Record",
+    ),
 ]
 IDS = [str(t[0]) for t in TARGETS]
 
@@ -60,31 +84,49 @@ def _sdk(path: str) -> Any:
     return obj
 
 
-SETTINGS = settings(max_examples=60, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow,
-                                           HealthCheck.function_scoped_fixture,
-                                           HealthCheck.filter_too_much])
+SETTINGS = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.filter_too_much,
+    ],
+)
 
 
 @pytest.mark.parametrize(("target", "module", "name", "sdk"), TARGETS, ids=IDS)
 @SETTINGS
 @given(data=st.data())
-def test_valid_records_round_trip_exactly(corpus_package: str, target: DefId,
-                                          module: str, name: str, sdk: str,
-                                          data: st.DataObject) -> None:
+def test_valid_records_round_trip_exactly(
+    corpus_package: str,
+    target: DefId,
+    module: str,
+    name: str,
+    sdk: str,
+    data: st.DataObject,
+) -> None:
     record = data.draw(wire_data(linked(), target))
     cls = _cls(corpus_package, module, name)
     text = json.dumps(record, ensure_ascii=False)
     assert json.dumps(cls.from_wire(record).to_wire(), ensure_ascii=False) == text
-    assert json.dumps(json.loads(cls.from_json(text).to_json()),
-                      ensure_ascii=False) == text
+    assert (
+        json.dumps(json.loads(cls.from_json(text).to_json()), ensure_ascii=False)
+        == text
+    )
 
 
 @pytest.mark.parametrize(("target", "module", "name", "sdk"), TARGETS, ids=IDS)
 @SETTINGS
 @given(data=st.data())
-def test_every_mutation_is_rejected(corpus_package: str, target: DefId, module: str,
-                                    name: str, sdk: str, data: st.DataObject) -> None:
+def test_every_mutation_is_rejected(
+    corpus_package: str,
+    target: DefId,
+    module: str,
+    name: str,
+    sdk: str,
+    data: st.DataObject,
+) -> None:
     record = data.draw(wire_data(linked(), target))
     sites = mutation_sites(linked(), target, record)
     if not sites:
@@ -100,13 +142,17 @@ def test_every_mutation_is_rejected(corpus_package: str, target: DefId, module: 
 @pytest.mark.parametrize(("target", "module", "name", "sdk"), TARGETS, ids=IDS)
 @SETTINGS
 @given(data=st.data())
-def test_atproto_sdk_agrees_on_valid_records(corpus_package: str, target: DefId,
-                                             module: str, name: str, sdk: str,
-                                             data: st.DataObject) -> None:
+def test_atproto_sdk_agrees_on_valid_records(
+    corpus_package: str,
+    target: DefId,
+    module: str,
+    name: str,
+    sdk: str,
+    data: st.DataObject,
+) -> None:
     record = data.draw(wire_data(linked(), target, unknown_fields=False))
     ours = _cls(corpus_package, module, name).from_wire(record)
-    theirs = _sdk(sdk).model_validate(record,
-                                      context={"strict_string_format": True})
+    theirs = _sdk(sdk).model_validate(record, context={"strict_string_format": True})
     assert ours.to_wire() == record
     assert theirs is not None
 
@@ -117,8 +163,12 @@ def test_mutation_kinds_cover_the_issue_list() -> None:
     kinds: set[str] = set()
     model = linked()
 
-    @settings(max_examples=40, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @settings(
+        max_examples=40,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
     @given(data=st.data())
     def collect(data: st.DataObject) -> None:
         target = data.draw(st.sampled_from([t[0] for t in TARGETS]))
@@ -126,5 +176,10 @@ def test_mutation_kinds_cover_the_issue_list() -> None:
         kinds.update(m.kind for m in mutation_sites(model, target, record))
 
     collect()
-    assert {"utf8_too_long", "graphemes_too_long", "required_missing",
-            "bad_format", "null_not_allowed"} <= kinds, kinds
+    assert {
+        "utf8_too_long",
+        "graphemes_too_long",
+        "required_missing",
+        "bad_format",
+        "null_not_allowed",
+    } <= kinds, kinds

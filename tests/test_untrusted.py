@@ -12,21 +12,60 @@ import json
 import sys
 from pathlib import Path
 
+from atdata_gen.diagnostics import Reporter
+from atdata_gen.pipeline import BuildOptions, build
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from atdata_gen.diagnostics import Reporter
-from atdata_gen.pipeline import BuildOptions, build
-
 HOSTILE_TEXT = [
-    '"""', "'''", '\\', '\\"""', "\n", "\r\n", "\x00", "\u2028", "\ufeff", "\ud800",
+    '"""',
+    "'''",
+    "\\",
+    '\\"""',
+    "\n",
+    "\r\n",
+    "\x00",
+    "\u2028",
+    "\ufeff",
+    "\ud800",
     "__import__('os').system('touch /tmp/atdata-gen-pwned')",
     '"); import os; os.system("touch /tmp/atdata-gen-pwned"); ("',
-    "class", "None", "True", "def", "lambda", "import", "__init__", "__class__",
-    "model_config", "model_dump", "py_type", "lex_id", "schema", "json", "dict",
-    "ｆｏｏ", "fоо",  # fullwidth letters, Cyrillic 'о'
-    "foo", "Foo", "foo_bar", "fooBar", "FOO_BAR", "1st", "-", "$type", "$bytes", "#",
-    "é", "👩‍👩‍👧", "a b", "", "_private", "__dunder__", "{x}", "%s", "\t",
+    "class",
+    "None",
+    "True",
+    "def",
+    "lambda",
+    "import",
+    "__init__",
+    "__class__",
+    "model_config",
+    "model_dump",
+    "py_type",
+    "lex_id",
+    "schema",
+    "json",
+    "dict",
+    "ｆｏｏ",
+    "fоо",  # fullwidth letters, Cyrillic 'о'
+    "foo",
+    "Foo",
+    "foo_bar",
+    "fooBar",
+    "FOO_BAR",
+    "1st",
+    "-",
+    "$type",
+    "$bytes",
+    "#",
+    "é",
+    "👩‍👩‍👧",
+    "a b",
+    "",
+    "_private",
+    "__dunder__",
+    "{x}",
+    "%s",
+    "\t",
 ]
 TEXT = st.one_of(
     st.sampled_from(HOSTILE_TEXT),
@@ -36,17 +75,37 @@ TEXT = st.one_of(
 NAME = TEXT.filter(lambda s: s != "")
 
 ALLOWED_CALLS = {
-    ("_pd", "Field"), ("_lex", "StrictLiteral"), ("_lex", "String"), ("_lex", "Integer"),
-    ("_lex", "Boolean"), ("_lex", "Bytes"), ("_lex", "BlobConstraint"),
+    ("_pd", "Field"),
+    ("_lex", "StrictLiteral"),
+    ("_lex", "String"),
+    ("_lex", "Integer"),
+    ("_lex", "Boolean"),
+    ("_lex", "Bytes"),
+    ("_lex", "BlobConstraint"),
     ("_lex", "union"),
 }
-SAFE_NAMES = {"_t", "_pd", "_lex", "str", "int", "bool", "bytes", "list", "dict",
-              "None", "True", "False", "annotations", "__all__"}
+SAFE_NAMES = {
+    "_t",
+    "_pd",
+    "_lex",
+    "str",
+    "int",
+    "bool",
+    "bytes",
+    "list",
+    "dict",
+    "None",
+    "True",
+    "False",
+    "annotations",
+    "__all__",
+}
 
 
 def _field(data: st.DataObject) -> dict[str, object]:
-    kind = data.draw(st.sampled_from(["string", "integer", "boolean", "object-ref",
-                                      "array"]))
+    kind = data.draw(
+        st.sampled_from(["string", "integer", "boolean", "object-ref", "array"])
+    )
     desc = data.draw(TEXT)
     if kind == "string":
         field: dict[str, object] = {"type": "string", "description": desc}
@@ -56,17 +115,24 @@ def _field(data: st.DataObject) -> dict[str, object]:
         elif choice == "const":
             field["const"] = data.draw(TEXT)
         elif choice == "enum":
-            field["enum"] = data.draw(st.lists(TEXT, min_size=1, max_size=3,
-                                               unique=True))
+            field["enum"] = data.draw(
+                st.lists(TEXT, min_size=1, max_size=3, unique=True)
+            )
         elif choice == "known":
             field["knownValues"] = data.draw(st.lists(TEXT, max_size=3))
         return field
     if kind == "integer":
-        return {"type": "integer", "description": desc,
-                "default": data.draw(st.integers(-2**70, 2**70))}
+        return {
+            "type": "integer",
+            "description": desc,
+            "default": data.draw(st.integers(-(2**70), 2**70)),
+        }
     if kind == "boolean":
-        return {"type": "boolean", "description": desc,
-                "const": data.draw(st.booleans())}
+        return {
+            "type": "boolean",
+            "description": desc,
+            "const": data.draw(st.booleans()),
+        }
     if kind == "array":
         return {"type": "array", "items": {"type": "string"}, "description": desc}
     return {"type": "ref", "ref": "#other", "description": desc}
@@ -77,48 +143,92 @@ def hostile_lexicon(draw: st.DrawFn) -> dict[str, object]:
     data = draw(st.data())
     props = {draw(NAME): _field(data) for _ in range(draw(st.integers(1, 6)))}
     defs: dict[str, object] = {
-        "main": {"type": "record", "key": "tid", "description": draw(TEXT),
-                 "record": {"type": "object", "properties": props,
-                            "required": [k for k in props if draw(st.booleans())]}},
-        "other": {"type": "object", "description": draw(TEXT),
-                  "properties": {draw(NAME): {"type": "string"}}},
+        "main": {
+            "type": "record",
+            "key": "tid",
+            "description": draw(TEXT),
+            "record": {
+                "type": "object",
+                "properties": props,
+                "required": [k for k in props if draw(st.booleans())],
+            },
+        },
+        "other": {
+            "type": "object",
+            "description": draw(TEXT),
+            "properties": {draw(NAME): {"type": "string"}},
+        },
     }
     for _ in range(draw(st.integers(0, 3))):
-        defs[draw(NAME)] = draw(st.sampled_from([
-            {"type": "token", "description": draw(TEXT)},
-            {"type": "object", "properties": {draw(NAME): {"type": "integer"}}},
-            {"type": "string", "knownValues": [draw(TEXT)]},
-        ]))
-    return {"lexicon": 1, "id": "com.example.hostile", "description": draw(TEXT),
-            "defs": defs}
+        defs[draw(NAME)] = draw(
+            st.sampled_from(
+                [
+                    {"type": "token", "description": draw(TEXT)},
+                    {"type": "object", "properties": {draw(NAME): {"type": "integer"}}},
+                    {"type": "string", "knownValues": [draw(TEXT)]},
+                ]
+            )
+        )
+    return {
+        "lexicon": 1,
+        "id": "com.example.hostile",
+        "description": draw(TEXT),
+        "defs": defs,
+    }
 
 
 def _check_static(tree: ast.Module, path: str) -> None:
     defined = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
-    defined |= {n.target.id for n in tree.body
-                if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
-    defined |= {(a.asname or a.name) for n in tree.body
-                if isinstance(n, ast.Import | ast.ImportFrom) for a in n.names}
+    defined |= {
+        n.target.id
+        for n in tree.body
+        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+    }
+    defined |= {
+        (a.asname or a.name)
+        for n in tree.body
+        if isinstance(n, ast.Import | ast.ImportFrom)
+        for a in n.names
+    }
     for node in tree.body:
         if isinstance(node, ast.Expr):
             assert isinstance(node.value, ast.Constant), path
         elif isinstance(node, ast.Import):
             assert {a.name for a in node.names} <= {"typing", "pydantic"}, path
         elif isinstance(node, ast.ImportFrom):
-            assert node.level > 0 or node.module in ("__future__", "atdata_runtime"), path
+            assert node.level > 0 or node.module in ("__future__", "atdata_runtime"), (
+                path
+            )
         elif isinstance(node, ast.ClassDef):
             assert not node.decorator_list and not node.keywords, path
             for item in node.body:
-                assert isinstance(item, ast.AnnAssign | ast.Expr), (path, ast.dump(item))
+                assert isinstance(item, ast.AnnAssign | ast.Expr), (
+                    path,
+                    ast.dump(item),
+                )
                 if isinstance(item, ast.Expr):
                     assert isinstance(item.value, ast.Constant), path
         else:
             assert isinstance(node, ast.AnnAssign), (path, ast.dump(node))
     for node in ast.walk(tree):
-        assert not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda
-                              | ast.Assign | ast.AugAssign | ast.Global | ast.Delete
-                              | ast.With | ast.For | ast.While | ast.If | ast.Try
-                              | ast.Await | ast.Yield | ast.NamedExpr), path
+        assert not isinstance(
+            node,
+            ast.FunctionDef
+            | ast.AsyncFunctionDef
+            | ast.Lambda
+            | ast.Assign
+            | ast.AugAssign
+            | ast.Global
+            | ast.Delete
+            | ast.With
+            | ast.For
+            | ast.While
+            | ast.If
+            | ast.Try
+            | ast.Await
+            | ast.Yield
+            | ast.NamedExpr,
+        ), path
         if isinstance(node, ast.Call):
             f = node.func
             assert isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name), path
@@ -132,10 +242,15 @@ def _check_static(tree: ast.Module, path: str) -> None:
 _COUNTER = [0]
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(doc=hostile_lexicon())
-def test_hostile_lexicons_cannot_inject_code(tmp_path: Path, doc: dict[str, object]) -> None:
+def test_hostile_lexicons_cannot_inject_code(
+    tmp_path: Path, doc: dict[str, object]
+) -> None:
     canary = Path("/tmp/atdata-gen-pwned")
     canary.unlink(missing_ok=True)
     _COUNTER[0] += 1
@@ -159,8 +274,11 @@ def test_hostile_lexicons_cannot_inject_code(tmp_path: Path, doc: dict[str, obje
     sys.path.insert(0, str(case / "out"))
     try:
         module = importlib.import_module(f"{package}.com.example.hostile")
-        record_cls = next(getattr(module, n) for n in module.__all__
-                          if getattr(getattr(module, n), "lex_def", None) == "main")
+        record_cls = next(
+            getattr(module, n)
+            for n in module.__all__
+            if getattr(getattr(module, n), "lex_def", None) == "main"
+        )
         record_cls.model_rebuild()
         assert record_cls.lex_type == "com.example.hostile"
     finally:

@@ -23,9 +23,14 @@ from .sources import discover
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 
-_FORMAT = click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]),
-                       default="text", show_default=True,
-                       help="How to print diagnostics.")
+_FORMAT = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "github"]),
+    default="text",
+    show_default=True,
+    help="How to print diagnostics.",
+)
 
 
 def _fail(message: str) -> None:
@@ -41,23 +46,45 @@ def main() -> None:
 
 @main.command("build")
 @click.argument("sources", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path),
-              help="Directory that receives the package directory NAME/.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Directory that receives the package directory NAME/.",
+)
 @click.option("--package", help="Import name of the generated package.")
-@click.option("--external", "externals", multiple=True, type=click.Path(path_type=Path),
-              help="Lexicons that are referenced but not emitted (repeatable).")
+@click.option(
+    "--external",
+    "externals",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Lexicons that are referenced but not emitted (repeatable).",
+)
 @click.option("--include", multiple=True, help="Glob of source files to take.")
 @click.option("--exclude", multiple=True, help="Glob of source files to skip.")
-@click.option("--check", is_flag=True,
-              help="Write nothing; exit 1 when the output is stale.")
+@click.option(
+    "--check", is_flag=True, help="Write nothing; exit 1 when the output is stale."
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only errors and warnings.")
-@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
-              help="Worker processes for emission (default: CPU count).")
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes for emission (default: CPU count).",
+)
 @_FORMAT
-def build_cmd(sources: tuple[Path, ...], out: Path | None, package: str | None,
-              externals: tuple[Path, ...], include: tuple[str, ...],
-              exclude: tuple[str, ...], check: bool, quiet: bool, jobs: int | None,
-              fmt: str) -> None:
+def build_cmd(
+    sources: tuple[Path, ...],
+    out: Path | None,
+    package: str | None,
+    externals: tuple[Path, ...],
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    check: bool,
+    quiet: bool,
+    jobs: int | None,
+    fmt: str,
+) -> None:
     """Compile SOURCE files and directories into OUT/PACKAGE.
 
     With no SOURCE, reads [tool.atdata-gen] from ./pyproject.toml.
@@ -107,16 +134,17 @@ def build_cmd(sources: tuple[Path, ...], out: Path | None, package: str | None,
     except FormatError as exc:
         _fail(str(exc))
         return
-    shown = [d for d in result.reporter
-             if not quiet or d.severity >= Severity.WARNING]
+    shown = [d for d in result.reporter if not quiet or d.severity >= Severity.WARNING]
     if fmt != "text" or shown:
         text = render(shown if fmt == "text" else list(result.reporter), fmt)
         if text:
             click.echo(text, err=fmt == "text")
     if result.files is None:
         if fmt == "text":
-            click.echo(f"error: {len(result.reporter.errors)} error(s); nothing written",
-                       err=True)
+            click.echo(
+                f"error: {len(result.reporter.errors)} error(s); nothing written",
+                err=True,
+            )
         sys.exit(EXIT_ERROR)
     files = dict(result.files)
     if print_ is not None:
@@ -125,8 +153,9 @@ def build_cmd(sources: tuple[Path, ...], out: Path | None, package: str | None,
     if check:
         if plan.stale:
             click.echo(plan.summary(), err=True)
-            click.echo("error: generated code is stale; run `atdata-gen build`",
-                       err=True)
+            click.echo(
+                "error: generated code is stale; run `atdata-gen build`", err=True
+            )
             sys.exit(EXIT_FINDINGS)
         if not quiet and fmt == "text":
             click.echo(f"{root}: up to date ({len(plan.files)} files)")
@@ -135,8 +164,9 @@ def build_cmd(sources: tuple[Path, ...], out: Path | None, package: str | None,
     if not quiet and fmt == "text":
         click.echo(plan.summary())
     if os.environ.get("ATDATA_GEN_TIMINGS"):
-        click.echo(" ".join(f"{k}={v:.3f}s" for k, v in result.timings.items()),
-                   err=True)
+        click.echo(
+            " ".join(f"{k}={v:.3f}s" for k, v in result.timings.items()), err=True
+        )
 
 
 @main.command("rules")

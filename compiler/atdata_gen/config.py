@@ -44,8 +44,10 @@ def load_config(directory: Path) -> Config:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: not found (give SOURCE arguments, or run where "
-                          "pyproject.toml has [tool.atdata-gen])") from exc
+        raise ConfigError(
+            f"{path}: not found (give SOURCE arguments, or run where "
+            "pyproject.toml has [tool.atdata-gen])"
+        ) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     table = data.get("tool", {}).get("atdata-gen")

@@ -12,7 +12,7 @@ import builtins
 import keyword
 import re
 
-__all__ = ["Scope", "module_name", "pascal_case", "snake_case", "constant_name"]
+__all__ = ["Scope", "constant_name", "module_name", "pascal_case", "snake_case"]
 
 _CAMEL_1 = re.compile(r"([a-z0-9])([A-Z])")
 _CAMEL_2 = re.compile(r"([A-Z]+)([A-Z][a-z])")
@@ -21,16 +21,46 @@ _NON_IDENT = re.compile(r"[^A-Za-z0-9]+")
 RESERVED_FIELD_NAMES = frozenset(
     {
         # pydantic BaseModel API
-        "model_config", "model_fields", "model_computed_fields", "model_extra",
-        "model_fields_set", "model_construct", "model_copy", "model_dump",
-        "model_dump_json", "model_json_schema", "model_parametrized_name",
-        "model_post_init", "model_rebuild", "model_validate", "model_validate_json",
-        "model_validate_strings", "dict", "json", "parse_obj", "parse_raw",
-        "parse_file", "from_orm", "construct", "copy", "schema", "schema_json",
-        "validate", "update_forward_refs", "fields", "register",
+        "model_config",
+        "model_fields",
+        "model_computed_fields",
+        "model_extra",
+        "model_fields_set",
+        "model_construct",
+        "model_copy",
+        "model_dump",
+        "model_dump_json",
+        "model_json_schema",
+        "model_parametrized_name",
+        "model_post_init",
+        "model_rebuild",
+        "model_validate",
+        "model_validate_json",
+        "model_validate_strings",
+        "dict",
+        "json",
+        "parse_obj",
+        "parse_raw",
+        "parse_file",
+        "from_orm",
+        "construct",
+        "copy",
+        "schema",
+        "schema_json",
+        "validate",
+        "update_forward_refs",
+        "fields",
+        "register",
         # atdata_runtime.lex API
-        "py_type", "lex_id", "lex_def", "lex_type", "lex_key",
-        "from_wire", "from_json", "to_wire", "to_json",
+        "py_type",
+        "lex_id",
+        "lex_def",
+        "lex_type",
+        "lex_key",
+        "from_wire",
+        "from_json",
+        "to_wire",
+        "to_json",
     }
 )
 _BUILTINS = frozenset(dir(builtins))

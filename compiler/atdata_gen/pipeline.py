@@ -8,6 +8,7 @@ emission only runs when no stage reported an error.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from .ir.lower import lower_document
 from .ir.model import Schema
 from .sources import SourceDoc, discover, load_paths
 
-__all__ = ["BuildOptions", "BuildResult", "STAGES", "build", "compile_sources"]
+__all__ = ["STAGES", "BuildOptions", "BuildResult", "build", "compile_sources"]
 
 STAGES = ("load", "parse", "lower", "link", "lint", "emit", "format", "write")
 """The stage names, in order (for documentation and ``--help``)."""
@@ -70,13 +71,18 @@ def _front(docs: list[SourceDoc], reporter: Reporter) -> list[Schema]:
     return out
 
 
-def compile_sources(options: BuildOptions, reporter: Reporter | None = None
-                    ) -> BuildResult:
+def compile_sources(
+    options: BuildOptions, reporter: Reporter | None = None
+) -> BuildResult:
     """Run load → lint; no emission."""
     reporter = Reporter() if reporter is None else reporter
     t = [time.perf_counter()]
-    docs = load_paths(discover(options.sources, reporter, include=options.include,
-                               exclude=options.exclude), reporter)
+    docs = load_paths(
+        discover(
+            options.sources, reporter, include=options.include, exclude=options.exclude
+        ),
+        reporter,
+    )
     ext_docs = load_paths(discover(options.externals, reporter), reporter)
     t.append(time.perf_counter())
     schemas = _front(docs, reporter)
@@ -86,8 +92,13 @@ def compile_sources(options: BuildOptions, reporter: Reporter | None = None
     t.append(time.perf_counter())
     lint(model, reporter)
     t.append(time.perf_counter())
-    timings = dict(zip(("load", "parse+lower", "link", "lint"),
-                       (b - a for a, b in zip(t, t[1:])), strict=True))
+    timings = dict(
+        zip(
+            ("load", "parse+lower", "link", "lint"),
+            (b - a for a, b in itertools.pairwise(t)),
+            strict=True,
+        )
+    )
     return BuildResult(reporter, model, None, docs, timings)
 
 
@@ -99,8 +110,11 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
     """Run the whole pipeline up to (not including) writing."""
     jobs = options.jobs if options.jobs is not None else (os.cpu_count() or 1)
     pool = None
-    if jobs > 1 and EmitPool.available() and _count_json(options.sources) >= (
-            _PARALLEL_MIN_FILES):
+    if (
+        jobs > 1
+        and EmitPool.available()
+        and _count_json(options.sources) >= (_PARALLEL_MIN_FILES)
+    ):
         pool = EmitPool(jobs)
     try:
         result = compile_sources(options, reporter)
@@ -117,8 +131,9 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
             codes = emit_modules(model, rels, range(len(model.schemas)))
         files = assemble_package(model, options.package, codes)
         t1 = time.perf_counter()
-        result.files = (format_sources(files, options.workdir) if options.format
-                        else files)
+        result.files = (
+            format_sources(files, options.workdir) if options.format else files
+        )
         result.timings["emit"] = t1 - t0
         result.timings["format"] = time.perf_counter() - t1
         return result

@@ -164,8 +164,7 @@ def load_text(
             f"file is not valid UTF-8 (byte {exc.start}: {exc.reason})",
         )
         return None
-    if text.startswith("\ufeff"):
-        text = text[1:]
+    text = text.removeprefix("\ufeff")
     try:
         value = json.loads(text, object_pairs_hook=_reject_duplicates)
     except _DuplicateKey as exc:
@@ -178,9 +177,7 @@ def load_text(
         )
         return None
     except json.JSONDecodeError as exc:
-        reporter.report(
-            Span(path, exc.lineno, exc.colno), "SRC_JSON_SYNTAX", exc.msg
-        )
+        reporter.report(Span(path, exc.lineno, exc.colno), "SRC_JSON_SYNTAX", exc.msg)
         return None
     except RecursionError:
         reporter.report(Span(path, 1, 1), "SRC_JSON_SYNTAX", "JSON nesting too deep")
@@ -189,9 +186,12 @@ def load_text(
     if _SURROGATE_ESCAPE.search(text):
         bad = _lone_surrogate(value, "")
         if bad is not None:
-            reporter.report(doc.span(bad), "SRC_INVALID_UNICODE",
-                            "string holds a lone UTF-16 surrogate escape; Lexicon "
-                            "strings must be valid Unicode (data model spec)")
+            reporter.report(
+                doc.span(bad),
+                "SRC_INVALID_UNICODE",
+                "string holds a lone UTF-16 surrogate escape; Lexicon "
+                "strings must be valid Unicode (data model spec)",
+            )
             return None
     return doc
 

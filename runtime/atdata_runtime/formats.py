@@ -160,8 +160,10 @@ def is_datetime(value: str) -> bool:
     hour, minute, second = int(m["h"]), int(m["mi"]), int(m["s"])
     if not (1 <= month <= 12 and 1 <= day <= _DAYS_IN_MONTH[month]):
         return False
-    if month == 2 and day == 29 and not (
-        year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if (
+        month == 2
+        and day == 29
+        and not (year % 4 == 0 and (year % 100 != 0 or year % 400 == 0))
     ):
         return False
     if hour > 23 or minute > 59 or second > 59:
@@ -197,11 +199,34 @@ def is_uri(value: str) -> bool:
 # --- Language (BCP 47 / RFC 5646 § 2.1, validity per § 2.2.9 and § 4.1) --------------
 _GRANDFATHERED: Final = frozenset(
     s.lower()
-    for s in (
-        "en-GB-oed i-ami i-bnn i-default i-enochian i-hak i-klingon i-lux i-mingo "
-        "i-navajo i-pwn i-tao i-tay i-tsu sgn-BE-FR sgn-BE-NL sgn-CH-DE art-lojban "
-        "cel-gaulish no-bok no-nyn zh-guoyu zh-hakka zh-min zh-min-nan zh-xiang"
-    ).split()
+    for s in [
+        "en-GB-oed",
+        "i-ami",
+        "i-bnn",
+        "i-default",
+        "i-enochian",
+        "i-hak",
+        "i-klingon",
+        "i-lux",
+        "i-mingo",
+        "i-navajo",
+        "i-pwn",
+        "i-tao",
+        "i-tay",
+        "i-tsu",
+        "sgn-BE-FR",
+        "sgn-BE-NL",
+        "sgn-CH-DE",
+        "art-lojban",
+        "cel-gaulish",
+        "no-bok",
+        "no-nyn",
+        "zh-guoyu",
+        "zh-hakka",
+        "zh-min",
+        "zh-min-nan",
+        "zh-xiang",
+    ]
 )
 _LANGTAG_RE: Final = re.compile(
     r"(?P<language>[a-z]{2,3}(?:-[a-zA-Z]{3}){0,3}|[a-z]{5,8})"
@@ -225,11 +250,7 @@ def is_language(value: str) -> bool:
     variants = [v.lower() for v in m["variants"].split("-") if v]
     if len(set(variants)) != len(variants):
         return False
-    singletons = [
-        part.lower()
-        for part in m["extensions"].split("-")
-        if len(part) == 1
-    ]
+    singletons = [part.lower() for part in m["extensions"].split("-") if len(part) == 1]
     return len(set(singletons)) == len(singletons)
 
 
@@ -260,20 +281,28 @@ _LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
 _TLD = r"[a-zA-Z](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
 _HANDLE = rf"(?:{_LABEL}\.)+{_TLD}"
 _DID = r"did:[a-z]+:[a-zA-Z0-9._:%-]*[a-zA-Z0-9._-]"
-_NSID = (r"[a-zA-Z](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
-         r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)+\.[a-zA-Z][a-zA-Z0-9]{0,62}")
+_NSID = (
+    r"[a-zA-Z](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
+    r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)+\.[a-zA-Z][a-zA-Z0-9]{0,62}"
+)
 _RKEY = r"(?:[a-zA-Z0-9_~.:-]*[a-zA-Z0-9_~:-][a-zA-Z0-9_~.:-]*|\.{3,})"
 _YEAR = r"(?:[0-9]{3}[1-9]|[0-9]{2}[1-9]0|[0-9][1-9]00|[1-9]000)"
-_LEAP_YEAR = (r"(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])"
-              r"|(?:[02468][048]|[13579][26])00)")
-_MONTH_DAY = (r"(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
-              r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
-              r"|02-(?:0[1-9]|1[0-9]|2[0-8]))")
+_LEAP_YEAR = (
+    r"(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])"
+    r"|(?:[02468][048]|[13579][26])00)"
+)
+_MONTH_DAY = (
+    r"(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
+    r"|02-(?:0[1-9]|1[0-9]|2[0-8]))"
+)
 _TIME = r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,20})?"
 _TZ = r"(?:Z|\+(?:[01][0-9]|2[0-3]):[0-5][0-9]|-(?:(?:[01][0-9]|2[0-3]):(?:0[1-9]|[1-5][0-9])|(?:0[1-9]|1[0-9]|2[0-3]):00))"
-_LANG = (r"(?:[a-z]{2,3}(?:-[a-zA-Z]{3}){0,3}|[a-z]{5,8})(?:-[a-zA-Z]{4})?"
-         r"(?:-(?:[a-zA-Z]{2}|[0-9]{3}))?(?:-(?:[a-zA-Z0-9]{5,8}|[0-9][a-zA-Z0-9]{3}))?"
-         r"(?:-[0-9a-wyzA-WYZ](?:-[a-zA-Z0-9]{2,8})+)?(?:-[xX](?:-[a-zA-Z0-9]{1,8})+)?")
+_LANG = (
+    r"(?:[a-z]{2,3}(?:-[a-zA-Z]{3}){0,3}|[a-z]{5,8})(?:-[a-zA-Z]{4})?"
+    r"(?:-(?:[a-zA-Z]{2}|[0-9]{3}))?(?:-(?:[a-zA-Z0-9]{5,8}|[0-9][a-zA-Z0-9]{3}))?"
+    r"(?:-[0-9a-wyzA-WYZ](?:-[a-zA-Z0-9]{2,8})+)?(?:-[xX](?:-[a-zA-Z0-9]{1,8})+)?"
+)
 
 FAST_PATTERNS: Final[dict[str, tuple[str, int | None, int | None]]] = {
     "did": (rf"^{_DID}$", None, 2048),
@@ -281,14 +310,26 @@ FAST_PATTERNS: Final[dict[str, tuple[str, int | None, int | None]]] = {
     "nsid": (rf"^{_NSID}$", None, 317),
     "tid": (r"^[234567abcdefghij][234567abcdefghijklmnopqrstuvwxyz]{12}$", None, None),
     "record-key": (rf"^{_RKEY}$", 1, 512),
-    "cid": (r"^(?:[a-zA-PR-Z0-9+=]|Q[a-ln-zA-Z0-9+=]|Qm[ac-zA-Z0-9+=])[a-zA-Z0-9+=]*$",
-            8, 256),
+    "cid": (
+        r"^(?:[a-zA-PR-Z0-9+=]|Q[a-ln-zA-Z0-9+=]|Qm[ac-zA-Z0-9+=])[a-zA-Z0-9+=]*$",
+        8,
+        256,
+    ),
     "uri": (r"^[a-zA-Z][a-zA-Z0-9+.-]*:(?://)?[^\s/]\S*$", None, 8192),
     "at-identifier": (rf"^(?:{_DID}|{_HANDLE})$", None, 253),
-    "at-uri": (rf"^at://(?:{_DID}|{_HANDLE})(?:/{_NSID}(?:/{_RKEY})?)?"
-               r"(?:#/[a-zA-Z0-9._~:@!$&%')(*+,;=\-\[\]/\\]*)?$", None, 253),
-    "datetime": (rf"^(?:{_YEAR}-{_MONTH_DAY}|{_LEAP_YEAR}-02-29){_TIME}{_TZ}$",
-                 None, None),
+    "at-uri": (
+        (
+            rf"^at://(?:{_DID}|{_HANDLE})(?:/{_NSID}(?:/{_RKEY})?)?"
+            r"(?:#/[a-zA-Z0-9._~:@!$&%')(*+,;=\-\[\]/\\]*)?$"
+        ),
+        None,
+        253,
+    ),
+    "datetime": (
+        rf"^(?:{_YEAR}-{_MONTH_DAY}|{_LEAP_YEAR}-02-29){_TIME}{_TZ}$",
+        None,
+        None,
+    ),
     "language": (rf"^{_LANG}$", None, None),
 }
 """Lexicon ``format`` → a sound fast path for pydantic-core (see the comment above)."""

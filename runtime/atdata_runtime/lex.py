@@ -26,13 +26,13 @@ Nothing here reads Lexicon files: generated modules carry everything they need.
 from __future__ import annotations
 
 import base64
-import functools
 import binascii
 import fnmatch
+import functools
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar, Union
+from typing import Annotated, Any, ClassVar, Final, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler
 from pydantic_core import PydanticCustomError, core_schema
@@ -41,6 +41,7 @@ from .formats import FAST_PATTERNS, FORMAT_CHECKS
 from .text import count_graphemes
 
 __all__ = [
+    "WIRE_CONFIG",
     "Blob",
     "BlobConstraint",
     "Boolean",
@@ -54,7 +55,6 @@ __all__ = [
     "StrictLiteral",
     "String",
     "Unrecognized",
-    "WIRE_CONFIG",
     "count_graphemes",
     "union",
 ]
@@ -64,6 +64,7 @@ T = TypeVar("T")
 JsonObject = dict[str, Any]
 """The Python form of Lexicon ``unknown``: any JSON object (data model "unknown")."""
 
+
 class _NonNull:
     """Annotation marker: the field may be absent (default ``None``) but not ``null``."""
 
@@ -72,7 +73,7 @@ class _NonNull:
     ) -> core_schema.CoreSchema:
         schema = handler(source)
         if schema.get("type") == "nullable":
-            return schema["schema"]  # type: ignore[typeddict-item,no-any-return]
+            return schema["schema"]  # type: ignore[no-any-return]
         return schema
 
     def __repr__(self) -> str:
@@ -81,7 +82,7 @@ class _NonNull:
 
 NON_NULL: Final = _NonNull()
 
-Opt = Annotated[Union[T, None], NON_NULL]
+Opt = Annotated[T | None, NON_NULL]
 """``Opt[T]``: an optional, non-nullable field. Absent reads as ``None``; an explicit
 ``null`` on the wire is rejected (Lexicon spec, "nullable" and "required")."""
 
@@ -395,9 +396,10 @@ class LexObject(BaseModel):
     lex_id: ClassVar[str] = ""
     lex_def: ClassVar[str] = ""
     lex_type: ClassVar[str] = ""
+
     # -- validation -----------------------------------------------------------------
     @classmethod
-    def from_wire(cls: type[_M], data: Any) -> _M:
+    def from_wire(cls, data: Any) -> Self:
         """Validate decoded JSON (``dict``) as this model; raises
         ``pydantic.ValidationError`` with the JSON path of each problem."""
         inst = cls.model_validate(data, by_alias=True, by_name=False)
@@ -405,7 +407,7 @@ class LexObject(BaseModel):
         return inst
 
     @classmethod
-    def from_json(cls: type[_M], raw: str | bytes | bytearray) -> _M:
+    def from_json(cls, raw: str | bytes | bytearray) -> Self:
         """Validate a JSON document as this model (see :meth:`from_wire`)."""
         inst = cls.model_validate_json(raw, by_alias=True, by_name=False)
         object.__setattr__(inst, "__pydantic_private__", {"raw": raw})
@@ -442,9 +444,6 @@ class LexObject(BaseModel):
         )
 
     __hash__ = None  # type: ignore[assignment]
-
-
-_M = TypeVar("_M", bound=LexObject)
 
 
 class LexRecord(LexObject):
@@ -538,7 +537,9 @@ class BlobConstraint:
     def __get_pydantic_core_schema__(
         self, source: Any, handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
-        return core_schema.no_info_after_validator_function(self._check, handler(source))
+        return core_schema.no_info_after_validator_function(
+            self._check, handler(source)
+        )
 
 
 _UNRECOGNIZED_TAG: Final = "\x00unrecognized"
@@ -571,9 +572,7 @@ class _Union:
                 choices[_UNRECOGNIZED_TAG] = handler.generate_schema(member)
                 continue
             tag = member.lex_type
-            choices[tag[:-5] if tag.endswith("#main") else tag] = (
-                handler.generate_schema(member)
-            )
+            choices[tag.removesuffix("#main")] = handler.generate_schema(member)
         closed = self.closed
         for tag in list(choices):
             if tag != _UNRECOGNIZED_TAG:

@@ -2,30 +2,45 @@
 
 import json
 
-from pydantic import ValidationError
-
 from example_pkg.com.example.dataset.image_run import HfCheckpoint, ImageRun
 from example_pkg.science.alt.dataset.entry import Entry
+from pydantic import ValidationError
 
 wire = {
     "$type": "com.example.dataset.imageRun",
     "dataset": "at://did:plc:abc123/science.alt.dataset.entry/3kabc2xyz22",
     "title": "resnet on tiny images",
     "bestLoss": None,
-    "checkpoint": {"$type": "science.alt.dataset.storageHttp", "shards": [
-        {"url": "https://example.com/ckpt-000000.tar",
-         "checksum": {"algorithm": "sha256", "digest": "ab" * 32}}]},
+    "checkpoint": {
+        "$type": "science.alt.dataset.storageHttp",
+        "shards": [
+            {
+                "url": "https://example.com/ckpt-000000.tar",
+                "checksum": {"algorithm": "sha256", "digest": "ab" * 32},
+            }
+        ],
+    },
     "createdAt": "2026-11-22T10:00:00Z",
 }
 run = ImageRun.from_wire(wire)
-print("validated:", type(run).__name__, "epochs (default) =", run.epochs,
-      "| checkpoint is", type(run.checkpoint).__name__)
+print(
+    "validated:",
+    type(run).__name__,
+    "epochs (default) =",
+    run.epochs,
+    "| checkpoint is",
+    type(run.checkpoint).__name__,
+)
 assert run.to_wire() == wire, "round trip must be exact"
 print("round trip: exact")
 
-built = ImageRun(dataset=wire["dataset"], title="from python",
-                 created_at="2026-11-22T10:00:00Z", best_loss="0.25",
-                 checkpoint=HfCheckpoint(repo="lab/model"))
+built = ImageRun(
+    dataset=wire["dataset"],
+    title="from python",
+    created_at="2026-11-22T10:00:00Z",
+    best_loss="0.25",
+    checkpoint=HfCheckpoint(repo="lab/model"),
+)
 print("built in Python:", json.dumps(built.to_wire()))
 
 try:

@@ -24,8 +24,6 @@ from typing import Any
 import libcst as cst
 
 from .. import __version__
-from .manifest import GENERATED_MARKER
-from .printer import print_module
 from ..ir.link import LinkedModel, walk_objects
 from ..ir.model import (
     ArrayType,
@@ -51,6 +49,8 @@ from ..ir.model import (
     UnknownType,
     XrpcDef,
 )
+from .manifest import GENERATED_MARKER
+from .printer import print_module
 
 __all__ = ["emit_modules"]
 
@@ -61,7 +61,7 @@ _EQ = cst.AssignEqual(whitespace_before=_NO_WS, whitespace_after=_NO_WS)
 
 
 # -- safe node builders ----------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def name(ident: str) -> cst.Name:
     """A Name node; refuses anything but a plain ASCII identifier. (Nodes are
     immutable, so one node is shared by every use of a name.)"""
@@ -82,7 +82,7 @@ def dotted(path: str) -> cst.BaseExpression:
     return _dotted(path)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _dotted(path: str) -> cst.BaseExpression:
     parts = path.split(".")
     node: cst.BaseExpression = name(parts[0])
@@ -127,7 +127,9 @@ def _quote(text: str) -> str:
     return r
 
 
-_DOC_UNSAFE = re.compile(r'[\\"\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff\ud800-\udfff]')
+_DOC_UNSAFE = re.compile(
+    r'[\\"\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff\ud800-\udfff]'
+)
 """Characters a docstring cannot carry verbatim: backslash, quote, control
 characters (but tab and newline), Unicode line separators, BOM, lone surrogates."""
 
@@ -146,19 +148,28 @@ def docstring_literal(text: str, indent: str = "") -> cst.SimpleString:
     control characters are escaped, so it parses to exactly ``text``."""
     body = _DOC_UNSAFE.sub(_doc_escape, text)
     if "\n" in body:
-        body = "\n".join(
-            [body.split("\n", 1)[0]]
-            + [indent + line if line else line for line in body.split("\n")[1:]]
-        ) + "\n" + indent
+        body = (
+            "\n".join(
+                [body.split("\n", 1)[0]]
+                + [indent + line if line else line for line in body.split("\n")[1:]]
+            )
+            + "\n"
+            + indent
+        )
     return cst.SimpleString(f'"""{body}"""')
 
 
 def _wrap(text: str, width: int = 80) -> str:
     paragraphs = [p.strip() for p in text.strip().split("\n\n")]
     return "\n\n".join(
-        textwrap.fill(" ".join(p.split()), width=width, break_long_words=False,
-                      break_on_hyphens=False)
-        for p in paragraphs if p
+        textwrap.fill(
+            " ".join(p.split()),
+            width=width,
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+        for p in paragraphs
+        if p
     )
 
 
@@ -170,8 +181,9 @@ def sub(base: str | cst.BaseExpression, *args: cst.BaseExpression) -> cst.Subscr
     )
 
 
-def call(func: str, *args: cst.BaseExpression, **kwargs: cst.BaseExpression
-         ) -> cst.Call:
+def call(
+    func: str, *args: cst.BaseExpression, **kwargs: cst.BaseExpression
+) -> cst.Call:
     arglist = [cst.Arg(a) for a in args]
     arglist += [cst.Arg(v, keyword=name(k), equal=_EQ) for k, v in kwargs.items()]
     return cst.Call(dotted(func), arglist)
@@ -185,14 +197,15 @@ def union_of(items: Sequence[cst.BaseExpression]) -> cst.BaseExpression:
 
 
 def stmt(node: cst.BaseSmallStatement, blank: int = 0) -> cst.SimpleStatementLine:
-    return cst.SimpleStatementLine(
-        [node], leading_lines=[_BLANK] * blank
-    )
+    return cst.SimpleStatementLine([node], leading_lines=[_BLANK] * blank)
 
 
-def ann_assign(target: str, annotation: cst.BaseExpression,
-               value: cst.BaseExpression | None = None, blank: int = 0
-               ) -> cst.SimpleStatementLine:
+def ann_assign(
+    target: str,
+    annotation: cst.BaseExpression,
+    value: cst.BaseExpression | None = None,
+    blank: int = 0,
+) -> cst.SimpleStatementLine:
     return stmt(cst.AnnAssign(name(target), cst.Annotation(annotation), value), blank)
 
 
@@ -201,8 +214,11 @@ def doc_stmt(text: str, indent: str = "", blank: int = 0) -> cst.SimpleStatement
 
 
 def _natural(text: str) -> tuple[tuple[int, int | str], ...]:
-    return tuple((0, int(part)) if part.isdigit() else (1, part)
-                 for part in re.split(r"(\d+)", text) if part)
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part)
+        for part in re.split(r"(\d+)", text)
+        if part
+    )
 
 
 def _export_order(item: str) -> tuple[int, tuple[tuple[int, int | str], ...]]:
@@ -227,8 +243,16 @@ def _import_order(node: cst.ImportFrom, alias: str) -> tuple[int, str, str]:
     return -len(node.relative), module.lower(), imported.lower()
 
 
-_LEAF_TYPES = (BooleanType, IntegerType, StringType, BytesType, CidLinkType, BlobType,
-               NullType, UnknownType)
+_LEAF_TYPES = (
+    BooleanType,
+    IntegerType,
+    StringType,
+    BytesType,
+    CidLinkType,
+    BlobType,
+    NullType,
+    UnknownType,
+)
 _LEAF_CACHE: dict[IRType, tuple[cst.BaseExpression, frozenset[str]]] = {}
 
 
@@ -254,7 +278,9 @@ class _ModuleEmitter:
         self.imports[target] = alias
         return alias
 
-    def class_ref(self, target: DefId, path: tuple[str, ...] = ()) -> cst.BaseExpression:
+    def class_ref(
+        self, target: DefId, path: tuple[str, ...] = ()
+    ) -> cst.BaseExpression:
         cls = self.model.names.objects[(target, path)]
         alias = self.module_alias(target.nsid)
         return name(cls) if alias is None else dotted(f"{alias}.{cls}")
@@ -275,12 +301,17 @@ class _ModuleEmitter:
             return hit[0]
         return self._ann(t, owner, path)
 
-    def _ann(self, t: IRType, owner: DefId, path: tuple[str, ...]) -> cst.BaseExpression:
+    def _ann(
+        self, t: IRType, owner: DefId, path: tuple[str, ...]
+    ) -> cst.BaseExpression:
         match t:
             case BooleanType():
                 if t.const is not None:
-                    return sub("_t.Annotated", sub("_t.Literal", literal(t.const)),
-                               call("_lex.Boolean"))
+                    return sub(
+                        "_t.Annotated",
+                        sub("_t.Literal", literal(t.const)),
+                        call("_lex.Boolean"),
+                    )
                 return dotted("_pd.StrictBool")
             case IntegerType():
                 kw: dict[str, cst.BaseExpression] = {}
@@ -289,34 +320,45 @@ class _ModuleEmitter:
                 if t.maximum is not None:
                     kw["maximum"] = literal(t.maximum)
                 if t.const is not None:
-                    return sub("_t.Annotated", sub("_t.Literal", literal(t.const)),
-                               call("_lex.Integer", **kw))
+                    return sub(
+                        "_t.Annotated",
+                        sub("_t.Literal", literal(t.const)),
+                        call("_lex.Integer", **kw),
+                    )
                 if t.enum:
                     kw["enum"] = literal(tuple(t.enum))
-                    return sub("_t.Annotated",
-                               sub("_t.Literal", *[literal(v) for v in t.enum]),
-                               call("_lex.Integer", **kw))
+                    return sub(
+                        "_t.Annotated",
+                        sub("_t.Literal", *[literal(v) for v in t.enum]),
+                        call("_lex.Integer", **kw),
+                    )
                 if not kw:
                     return dotted("_pd.StrictInt")
                 return sub("_t.Annotated", dotted("int"), call("_lex.Integer", **kw))
             case StringType():
                 kw = {}
-                for attr, key in (("format", "format"), ("max_bytes", "max_length"),
-                                  ("min_bytes", "min_length"),
-                                  ("max_graphemes", "max_graphemes"),
-                                  ("min_graphemes", "min_graphemes")):
+                for attr, key in (
+                    ("format", "format"),
+                    ("max_bytes", "max_length"),
+                    ("min_bytes", "min_length"),
+                    ("max_graphemes", "max_graphemes"),
+                    ("min_graphemes", "min_graphemes"),
+                ):
                     value = getattr(t, attr)
                     if value is not None:
                         kw[key] = literal(value)
                 if t.const is not None or t.enum:
                     values = [t.const] if t.const is not None else list(t.enum or ())
-                    return sub("_t.Annotated",
-                               sub("_t.Literal", *[literal(v) for v in values]),
-                               call("_lex.StrictLiteral"))
+                    return sub(
+                        "_t.Annotated",
+                        sub("_t.Literal", *[literal(v) for v in values]),
+                        call("_lex.StrictLiteral"),
+                    )
                 if not kw:
                     return dotted("_pd.StrictStr")
-                return sub("_t.Annotated", dotted("_pd.StrictStr"),
-                           call("_lex.String", **kw))
+                return sub(
+                    "_t.Annotated", dotted("_pd.StrictStr"), call("_lex.String", **kw)
+                )
             case BytesType():
                 kw = {}
                 if t.min_length is not None:
@@ -334,8 +376,11 @@ class _ModuleEmitter:
                     kw["max_size"] = literal(t.max_size)
                 if not kw:
                     return dotted("_lex.Blob")
-                return sub("_t.Annotated", dotted("_lex.Blob"),
-                           call("_lex.BlobConstraint", **kw))
+                return sub(
+                    "_t.Annotated",
+                    dotted("_lex.Blob"),
+                    call("_lex.BlobConstraint", **kw),
+                )
             case NullType():
                 return cst.Name("None")
             case UnknownType():
@@ -368,8 +413,9 @@ class _ModuleEmitter:
         if d.kind == "token":
             return dotted("_pd.StrictStr")
         body = d.body
-        assert not isinstance(body, RecordDef | XrpcDef | SubscriptionDef | TokenDef |
-                              PermissionSetDef)
+        assert not isinstance(
+            body, RecordDef | XrpcDef | SubscriptionDef | TokenDef | PermissionSetDef
+        )
         return self.ann(body, target, ())
 
     def union_ann(self, t: UnionType) -> cst.BaseExpression:
@@ -381,8 +427,11 @@ class _ModuleEmitter:
                 continue
             seen.add(ref)
             d = self.model.resolve(ref)
-            if d is None or d.kind not in ("object", "record") or \
-                    not self.model.owner_is_emitted(ref):
+            if (
+                d is None
+                or d.kind not in ("object", "record")
+                or not self.model.owner_is_emitted(ref)
+            ):
                 unrecognized = True
                 continue
             members.append(self.class_ref(ref))
@@ -392,8 +441,9 @@ class _ModuleEmitter:
         return sub("_t.Annotated", union_of(members), call("_lex.union", closed=closed))
 
     # .. defs ..........................................................................
-    def field_lines(self, obj: ObjectType, owner: DefId, path: tuple[str, ...]
-                    ) -> list[cst.BaseStatement]:
+    def field_lines(
+        self, obj: ObjectType, owner: DefId, path: tuple[str, ...]
+    ) -> list[cst.BaseStatement]:
         lines: list[cst.BaseStatement] = []
         py_names = self.model.names.fields[(owner, path)]
         for f, py in zip(obj.fields, py_names, strict=True):
@@ -427,7 +477,8 @@ class _ModuleEmitter:
             if known:
                 doc += ("\n\n" if doc else "") + _wrap(
                     "Known values (open set): " + ", ".join(f"``{v}``" for v in known),
-                    76)
+                    76,
+                )
             if doc:
                 lines.append(doc_stmt(doc, "    "))
         return lines
@@ -442,38 +493,70 @@ class _ModuleEmitter:
             return t.known_values
         return ()
 
-    def object_class(self, d: Def, obj: ObjectType, path: tuple[str, ...],
-                     description: str | None, record_key: str | None = None) -> None:
+    def object_class(
+        self,
+        d: Def,
+        obj: ObjectType,
+        path: tuple[str, ...],
+        description: str | None,
+        record_key: str | None = None,
+    ) -> None:
         cls = self.model.names.objects[(d.id, path)]
         is_def = not path
-        where = str(d.id) + ("" if is_def else " › " + ".".join(
-            p for p in path if p != "properties"))
-        kind = "record" if record_key is not None else ("object" if is_def else
-                                                         "inline object")
+        where = str(d.id) + (
+            "" if is_def else " › " + ".".join(p for p in path if p != "properties")
+        )
+        kind = (
+            "record"
+            if record_key is not None
+            else ("object" if is_def else "inline object")
+        )
         doc = _wrap(description) + "\n\n" if description else ""
         doc += f"Lexicon: ``{where}`` ({kind}"
         doc += f", record key ``{record_key}``)." if record_key else ")."
         body: list[cst.BaseStatement] = [doc_stmt(doc, "    ")]
-        body.append(ann_assign("lex_id", sub("_t.ClassVar", dotted("str")),
-                               literal(d.id.nsid), blank=1))
-        body.append(ann_assign("lex_def", sub("_t.ClassVar", dotted("str")),
-                               literal(d.id.name if is_def else "")))
-        body.append(ann_assign("lex_type", sub("_t.ClassVar", dotted("str")),
-                               literal(str(d.id) if is_def else "")))
+        body.append(
+            ann_assign(
+                "lex_id", sub("_t.ClassVar", dotted("str")), literal(d.id.nsid), blank=1
+            )
+        )
+        body.append(
+            ann_assign(
+                "lex_def",
+                sub("_t.ClassVar", dotted("str")),
+                literal(d.id.name if is_def else ""),
+            )
+        )
+        body.append(
+            ann_assign(
+                "lex_type",
+                sub("_t.ClassVar", dotted("str")),
+                literal(str(d.id) if is_def else ""),
+            )
+        )
         if record_key is not None:
-            body.append(ann_assign("lex_key", sub("_t.ClassVar", dotted("str")),
-                                   literal(record_key)))
+            body.append(
+                ann_assign(
+                    "lex_key", sub("_t.ClassVar", dotted("str")), literal(record_key)
+                )
+            )
         if is_def and not any(f.name == "$type" for f in obj.fields):
             type_values = [str(d.id)]
             if d.id.name == "main":
                 type_values.append(f"{d.id.nsid}#main")
-            body.append(ann_assign(
-                "py_type",
-                sub("_t.Literal", *[literal(v) for v in type_values]),
-                call("_pd.Field", default=literal(str(d.id)),
-                     validation_alias=literal("$type"),
-                     serialization_alias=literal("$type")),
-                blank=1))
+            body.append(
+                ann_assign(
+                    "py_type",
+                    sub("_t.Literal", *[literal(v) for v in type_values]),
+                    call(
+                        "_pd.Field",
+                        default=literal(str(d.id)),
+                        validation_alias=literal("$type"),
+                        serialization_alias=literal("$type"),
+                    ),
+                    blank=1,
+                )
+            )
         fields = self.field_lines(obj, d.id, path)
         if fields:
             first = fields[0]
@@ -483,12 +566,17 @@ class _ModuleEmitter:
         base = "_lex.LexRecord" if record_key is not None else "_lex.LexObject"
         self.add_class(cls, base, body)
 
-    def add_class(self, cls: str, base: str, body: list[cst.BaseStatement],
-                  late: bool = False) -> None:
-        (self.late if late else self.body).append(cst.ClassDef(
-            name=name(cls), body=cst.IndentedBlock(body),
-            bases=[cst.Arg(dotted(base))] if base else [],
-            leading_lines=[_BLANK, _BLANK]))
+    def add_class(
+        self, cls: str, base: str, body: list[cst.BaseStatement], late: bool = False
+    ) -> None:
+        (self.late if late else self.body).append(
+            cst.ClassDef(
+                name=name(cls),
+                body=cst.IndentedBlock(body),
+                bases=[cst.Arg(dotted(base))] if base else [],
+                leading_lines=[_BLANK, _BLANK],
+            )
+        )
         self.exports.append(cls)
 
     def alias(self, alias: str, value: cst.BaseExpression, doc: str) -> None:
@@ -508,18 +596,22 @@ class _ModuleEmitter:
         if body is None:
             return cst.Name("None")
         if body.schema is None or not body.encoding.startswith("application/json"):
-            if body.schema is None:
-                self.alias(f"{base}{which}", dotted("bytes"),
-                           f"{which} body of ``{d.id}``: raw bytes "
-                           f"({body.encoding}).")
-                return name(f"{base}{which}")
+            self.alias(
+                f"{base}{which}",
+                dotted("bytes"),
+                f"{which} body of ``{d.id}``: raw bytes ({body.encoding}).",
+            )
+            return name(f"{base}{which}")
         schema = body.schema
         if isinstance(schema, ObjectType):
             self.object_class(d, schema, (which.lower(),), body.description)
             return name(self.model.names.objects[(d.id, (which.lower(),))])
         assert schema is not None
-        self.alias(f"{base}{which}", self.ann(schema, d.id, (which.lower(),)),
-                   f"{which} body of ``{d.id}`` ({body.encoding}).")
+        self.alias(
+            f"{base}{which}",
+            self.ann(schema, d.id, (which.lower(),)),
+            f"{which} body of ``{d.id}`` ({body.encoding}).",
+        )
         return name(f"{base}{which}")
 
     def xrpc(self, d: Def, body: XrpcDef | SubscriptionDef) -> None:
@@ -531,30 +623,48 @@ class _ModuleEmitter:
             params = name(self.model.names.objects[(d.id, ("params",))])
         self.inline_objects(d, skip_root=True)
         kind = "subscription" if isinstance(body, SubscriptionDef) else body.kind
-        doc = (_wrap(d.description) + "\n\n" if d.description else "")
+        doc = _wrap(d.description) + "\n\n" if d.description else ""
         doc += f"Lexicon: ``{d.id}`` ({kind})."
         members.append(doc_stmt(doc, "    "))
-        members.append(ann_assign("lex_id", dotted("_t.Final"), literal(d.id.nsid),
-                                  blank=1))
+        members.append(
+            ann_assign("lex_id", dotted("_t.Final"), literal(d.id.nsid), blank=1)
+        )
         members.append(ann_assign("kind", dotted("_t.Final"), literal(kind)))
         members.append(ann_assign("params", dotted("_t.Final"), params))
         if isinstance(body, XrpcDef):
             inp = self.body_alias(d, "Input", body.input)
             out = self.body_alias(d, "Output", body.output)
             members.append(ann_assign("input", dotted("_t.Final"), inp))
-            members.append(ann_assign("input_encoding", dotted("_t.Final"), literal(
-                body.input.encoding if body.input else None)))
+            members.append(
+                ann_assign(
+                    "input_encoding",
+                    dotted("_t.Final"),
+                    literal(body.input.encoding if body.input else None),
+                )
+            )
             members.append(ann_assign("output", dotted("_t.Final"), out))
-            members.append(ann_assign("output_encoding", dotted("_t.Final"), literal(
-                body.output.encoding if body.output else None)))
+            members.append(
+                ann_assign(
+                    "output_encoding",
+                    dotted("_t.Final"),
+                    literal(body.output.encoding if body.output else None),
+                )
+            )
         else:
             if body.message is not None:
-                self.alias(f"{base}Message", self.ann(body.message, d.id, ("message",)),
-                           f"Messages of ``{d.id}``.")
-                members.append(ann_assign("message", dotted("_t.Final"),
-                                          name(f"{base}Message")))
-        members.append(ann_assign("errors", dotted("_t.Final"),
-                                  literal(tuple(n for n, _ in body.errors))))
+                self.alias(
+                    f"{base}Message",
+                    self.ann(body.message, d.id, ("message",)),
+                    f"Messages of ``{d.id}``.",
+                )
+                members.append(
+                    ann_assign("message", dotted("_t.Final"), name(f"{base}Message"))
+                )
+        members.append(
+            ann_assign(
+                "errors", dotted("_t.Final"), literal(tuple(n for n, _ in body.errors))
+            )
+        )
         self.add_class(base, "", members, late=True)
 
     def definition(self, d: Def) -> None:
@@ -569,25 +679,35 @@ class _ModuleEmitter:
         elif isinstance(body, XrpcDef | SubscriptionDef):
             self.xrpc(d, body)
         elif isinstance(body, TokenDef):
-            self.body.append(ann_assign(py, dotted("_t.Final"), literal(str(d.id)),
-                                        blank=2))
-            doc = (_wrap(d.description) + "\n\n" if d.description else "")
+            self.body.append(
+                ann_assign(py, dotted("_t.Final"), literal(str(d.id)), blank=2)
+            )
+            doc = _wrap(d.description) + "\n\n" if d.description else ""
             self.body.append(doc_stmt(doc + f"Token ``{d.id}``."))
             self.exports.append(py)
         elif isinstance(body, PermissionSetDef):
-            data = {"title": body.title, "detail": body.detail,
-                    "permissions": list(body.permissions)}
+            data = {
+                "title": body.title,
+                "detail": body.detail,
+                "permissions": list(body.permissions),
+            }
             self.uses_any = True
-            self.body.append(ann_assign(
-                py, sub("_t.Final", sub("dict", dotted("str"), dotted("_t.Any"))),
-                literal(data), blank=2))
+            self.body.append(
+                ann_assign(
+                    py,
+                    sub("_t.Final", sub("dict", dotted("str"), dotted("_t.Any"))),
+                    literal(data),
+                    blank=2,
+                )
+            )
             self.body.append(doc_stmt(f"Permission set ``{d.id}``, kept as data."))
             self.exports.append(py)
         else:
             self.inline_objects(d, skip_root=False)
-            doc = (_wrap(d.description) + "\n\n" if d.description else "")
-            self.alias(py, self.ann(body, d.id, ()), doc + f"Lexicon: ``{d.id}`` "
-                       f"({d.kind}).")
+            doc = _wrap(d.description) + "\n\n" if d.description else ""
+            self.alias(
+                py, self.ann(body, d.id, ()), doc + f"Lexicon: ``{d.id}`` ({d.kind})."
+            )
 
     # .. module ........................................................................
     def module(self) -> str:
@@ -596,45 +716,99 @@ class _ModuleEmitter:
             self.definition(d)
         s = self.schema
         doc = f"Lexicon ``{s.nsid}``"
-        doc += (": " + _wrap(s.description, 70) if s.description else ".")
-        doc += (f"\n\n{GENERATED_MARKER} {__version__} from ``{self.schema_rel()}`` "
-                f"(sha256 {s.origin.sha256[:16]}).\nDo not edit: "
-                "``atdata-gen build`` overwrites this file.")
+        doc += ": " + _wrap(s.description, 70) if s.description else "."
+        doc += (
+            f"\n\n{GENERATED_MARKER} {__version__} from ``{self.schema_rel()}`` "
+            f"(sha256 {s.origin.sha256[:16]}).\nDo not edit: "
+            "``atdata-gen build`` overwrites this file."
+        )
         head: list[cst.BaseStatement] = [doc_stmt(doc)]
-        head.append(stmt(cst.ImportFrom(module=name("__future__"),
-                                        names=[cst.ImportAlias(name("annotations"))]),
-                         blank=1))
+        head.append(
+            stmt(
+                cst.ImportFrom(
+                    module=name("__future__"),
+                    names=[cst.ImportAlias(name("annotations"))],
+                ),
+                blank=1,
+            )
+        )
         used = _ROOTS_USED
         if "_t" in used:
-            head.append(stmt(cst.Import([cst.ImportAlias(
-                name("typing"), asname=cst.AsName(name("_t")))]), blank=1))
+            head.append(
+                stmt(
+                    cst.Import(
+                        [cst.ImportAlias(name("typing"), asname=cst.AsName(name("_t")))]
+                    ),
+                    blank=1,
+                )
+            )
         if "_pd" in used:
-            head.append(stmt(cst.Import([cst.ImportAlias(
-                name("pydantic"), asname=cst.AsName(name("_pd")))]), blank=1))
+            head.append(
+                stmt(
+                    cst.Import(
+                        [
+                            cst.ImportAlias(
+                                name("pydantic"), asname=cst.AsName(name("_pd"))
+                            )
+                        ]
+                    ),
+                    blank=1,
+                )
+            )
         if "_lex" in used:
-            head.append(stmt(cst.ImportFrom(module=name("atdata_runtime"), names=[
-                cst.ImportAlias(name("lex"), asname=cst.AsName(name("_lex")))]),
-                blank=0 if "_pd" in used else 1))
-        head.append(ann_assign(
-            "__all__", sub("list", dotted("str")),
-            cst.List([cst.Element(literal(e))
-                      for e in sorted(self.exports, key=_export_order)]), blank=1))
+            head.append(
+                stmt(
+                    cst.ImportFrom(
+                        module=name("atdata_runtime"),
+                        names=[
+                            cst.ImportAlias(
+                                name("lex"), asname=cst.AsName(name("_lex"))
+                            )
+                        ],
+                    ),
+                    blank=0 if "_pd" in used else 1,
+                )
+            )
+        head.append(
+            ann_assign(
+                "__all__",
+                sub("list", dotted("str")),
+                cst.List(
+                    [
+                        cst.Element(literal(e))
+                        for e in sorted(self.exports, key=_export_order)
+                    ]
+                ),
+                blank=1,
+            )
+        )
         tail: list[cst.BaseStatement] = []
-        imports = [(self.relative_import(target, alias), target, alias)
-                   for target, alias in self.imports.items()]
+        imports = [
+            (self.relative_import(target, alias), target, alias)
+            for target, alias in self.imports.items()
+        ]
         imports.sort(key=lambda item: _import_order(item[0], item[2]))
         for node, _, _ in imports:
             line = stmt(node, blank=2 if not tail else 0)
             if not tail:
-                line = line.with_changes(leading_lines=[
-                    _BLANK, _BLANK,
-                    cst.EmptyLine(comment=cst.Comment(
-                        "# Other Lexicons' modules are imported last, so that reference "
-                        "cycles")),
-                    cst.EmptyLine(comment=cst.Comment(
-                        "# between Lexicons import cleanly; pydantic resolves the "
-                        "annotations on first use.")),
-                ])
+                line = line.with_changes(
+                    leading_lines=[
+                        _BLANK,
+                        _BLANK,
+                        cst.EmptyLine(
+                            comment=cst.Comment(
+                                "# Other Lexicons' modules are imported last, so that reference "
+                                "cycles"
+                            )
+                        ),
+                        cst.EmptyLine(
+                            comment=cst.Comment(
+                                "# between Lexicons import cleanly; pydantic resolves the "
+                                "annotations on first use."
+                            )
+                        ),
+                    ]
+                )
             tail.append(line)
         late = list(self.late)
         if late and tail:
@@ -644,7 +818,7 @@ class _ModuleEmitter:
             # 1 before anything else.
             blanks = 2 if isinstance(first, cst.ClassDef) else 1
             late[0] = first.with_changes(leading_lines=[_BLANK] * blanks)
-        module = cst.Module(body=[*head, *self.body, *tail, *late])
+        module = cst.Module(body=[*head, *self.body, *tail, *late])  # type: ignore[list-item]
         return print_module(module)
 
     def schema_rel(self) -> str:
@@ -656,8 +830,11 @@ class _ModuleEmitter:
         mod = [p for p in target if p != "__init__"]
         cur_pkg = list(self.path[:-1])
         common = 0
-        while (common < len(cur_pkg) and common < len(mod) - 1
-               and cur_pkg[common] == mod[common]):
+        while (
+            common < len(cur_pkg)
+            and common < len(mod) - 1
+            and cur_pkg[common] == mod[common]
+        ):
             common += 1
         level = len(cur_pkg) - common + 1
         rest = mod[common:-1]
@@ -665,11 +842,13 @@ class _ModuleEmitter:
         return cst.ImportFrom(
             module=module_node,  # type: ignore[arg-type]
             names=[cst.ImportAlias(name(mod[-1]), asname=cst.AsName(name(alias)))],
-            relative=[cst.Dot()] * level)
+            relative=[cst.Dot()] * level,
+        )
 
 
-def emit_modules(model: LinkedModel, rels: dict[str, str],
-                 indices: Sequence[int]) -> list[str]:
+def emit_modules(
+    model: LinkedModel, rels: dict[str, str], indices: Sequence[int]
+) -> list[str]:
     """Source text (before formatting) of the modules of ``model.schemas[i]`` for
     each ``i`` in ``indices``; ``rels`` maps NSID → source path cited in headers."""
     out = []

@@ -31,14 +31,15 @@ class FormatError(RuntimeError):
 
 def _ruff() -> str:
     try:
-        from ruff.__main__ import find_ruff_bin
+        from ruff.__main__ import find_ruff_bin  # type: ignore[import-untyped]
     except ImportError as exc:  # pragma: no cover - ruff is a dependency
         raise FormatError("ruff is not installed (pip install ruff)") from exc
     return str(find_ruff_bin())
 
 
-def format_sources(files: dict[str, str], workdir: Path | None = None
-                   ) -> dict[str, str]:
+def format_sources(
+    files: dict[str, str], workdir: Path | None = None
+) -> dict[str, str]:
     """Format every ``*.py`` entry of ``{relative path: text}``; other entries are
     returned unchanged. The files are formatted in a temporary directory under
     ``workdir`` (default: the system's), best placed beside the output so that it is
@@ -62,9 +63,19 @@ def format_sources(files: dict[str, str], workdir: Path | None = None
             with open(target, "w", encoding="utf-8", newline="\n") as fh:
                 fh.write(text)
         proc = subprocess.run(
-            [_ruff(), "format", "--config", str(root / "ruff.toml"), "--no-cache",
-             "--quiet", str(root / "src")],
-            capture_output=True, text=True, check=False)
+            [
+                _ruff(),
+                "format",
+                "--config",
+                str(root / "ruff.toml"),
+                "--no-cache",
+                "--quiet",
+                str(root / "src"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if proc.returncode != 0:
             raise FormatError(f"ruff format failed: {proc.stderr.strip()}")
         out = dict(files)

@@ -45,8 +45,9 @@ def _compiler_digest() -> str:
     h = hashlib.sha256(__version__.encode())
     root = Path(__file__).resolve().parent.parent
     paths = sorted(root.rglob("*.py"))
-    paths += [Path(m.__file__ or "") for m in (atdata_runtime.formats,
-                                                atdata_runtime.text)]
+    paths += [
+        Path(m.__file__ or "") for m in (atdata_runtime.formats, atdata_runtime.text)
+    ]
     for path in paths:
         h.update(path.name.encode())
         h.update(path.read_bytes())
@@ -57,8 +58,12 @@ def _compiler_digest() -> str:
     return h.hexdigest()
 
 
-def fingerprint(sources: Iterable[tuple[Path, str]], externals: Iterable[tuple[Path, str]],
-                package: str, options: Sequence[str] = ()) -> str:
+def fingerprint(
+    sources: Iterable[tuple[Path, str]],
+    externals: Iterable[tuple[Path, str]],
+    package: str,
+    options: Sequence[str] = (),
+) -> str:
     """sha256 over everything the output depends on. Raises ``OSError`` if an input
     cannot be read (the caller then runs the full build, which reports it)."""
     h = hashlib.sha256(_compiler_digest().encode())
@@ -75,8 +80,11 @@ def manifest_text(print_: str, files: dict[str, str]) -> str:
     body = {
         "generator": f"atdata-gen {__version__}",
         "inputs": print_,
-        "files": {rel: hashlib.sha256(text.encode("utf-8")).hexdigest()
-                  for rel, text in sorted(files.items()) if rel != MANIFEST_NAME},
+        "files": {
+            rel: hashlib.sha256(text.encode("utf-8")).hexdigest()
+            for rel, text in sorted(files.items())
+            if rel != MANIFEST_NAME
+        },
     }
     return json.dumps(body, indent=1, sort_keys=True) + "\n"
 

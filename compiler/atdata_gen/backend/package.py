@@ -9,8 +9,9 @@ from .manifest import GENERATED_MARKER
 __all__ = ["assemble_package"]
 
 
-def assemble_package(model: LinkedModel, package: str, codes: list[str]
-                     ) -> dict[str, str]:
+def assemble_package(
+    model: LinkedModel, package: str, codes: list[str]
+) -> dict[str, str]:
     """``{relative path: text}`` for the package directory: one module per schema
     (``codes`` in schema order), an ``__init__.py`` for every package directory that
     is not itself a Lexicon's module, and ``py.typed`` (PEP 561)."""
@@ -22,7 +23,9 @@ def assemble_package(model: LinkedModel, package: str, codes: list[str]
         init = "/".join((*pkg, "__init__.py"))
         if init not in files:
             label = ".".join((package, *pkg))
-            files[init] = (f'"""Package ``{label}``.\n\n{GENERATED_MARKER} '
-                           f'{__version__}. Do not edit."""\n')
+            files[init] = (
+                f'"""Package ``{label}``.\n\n{GENERATED_MARKER} '
+                f'{__version__}. Do not edit."""\n'
+            )
     files["py.typed"] = ""
     return files

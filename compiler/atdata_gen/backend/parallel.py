@@ -12,7 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import traceback
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Self
 
 from ..ir.link import LinkedModel
 
@@ -36,7 +36,7 @@ def _worker(conn: Connection) -> None:
         model, rels, indices = job
         try:
             conn.send(("ok", emit.emit_modules(model, rels, indices)))
-        except BaseException:  # report, never hang the parent
+        except BaseException:  # noqa: BLE001 - report any failure, never hang the parent
             conn.send(("error", traceback.format_exc()))
 
 
@@ -86,7 +86,7 @@ class EmitPool:
                 proc.kill()
         self._workers = []
 
-    def __enter__(self) -> EmitPool:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -118,14 +118,18 @@ def _small(node: cst.BaseSmallStatement) -> str | None:
         text = f"{_expr(node.target)}: {_expr(node.annotation.annotation)}"
         return text + (f" = {_expr(node.value)}" if node.value is not None else "")
     if isinstance(node, cst.Import):
-        names = [f"{_dotted(a.name)}" + (f" as {_expr(a.asname.name)}" if a.asname
-                                          else "") for a in node.names]
+        names = [
+            f"{_dotted(a.name)}" + (f" as {_expr(a.asname.name)}" if a.asname else "")
+            for a in node.names
+        ]
         return "import " + ", ".join(names)
     if isinstance(node, cst.ImportFrom) and isinstance(node.names, Sequence):
         dots = "." * len(node.relative)
         module = _dotted(node.module) if node.module is not None else ""
-        names = [f"{_expr(a.name)}" + (f" as {_expr(a.asname.name)}" if a.asname
-                                        else "") for a in node.names]
+        names = [
+            f"{_expr(a.name)}" + (f" as {_expr(a.asname.name)}" if a.asname else "")
+            for a in node.names
+        ]
         return f"from {dots}{module} import {', '.join(names)}"
     return None
 
@@ -144,8 +148,12 @@ def _statement(node: cst.BaseStatement, indent: str, out: list[str]) -> None:
             tail = f"  {comment.value}" if comment else ""
             out.append(f"{indent}{'; '.join(p for p in parts if p)}{tail}\n")
             return
-    elif (isinstance(node, cst.ClassDef) and isinstance(node.body, cst.IndentedBlock)
-          and not node.decorators and not node.keywords):
+    elif (
+        isinstance(node, cst.ClassDef)
+        and isinstance(node.body, cst.IndentedBlock)
+        and not node.decorators
+        and not node.keywords
+    ):
         _lines(node.leading_lines, indent, out)
         bases = f"({_args(node.bases)})" if node.bases else ""
         out.append(f"{indent}class {node.name.value}{bases}:\n")
@@ -155,8 +163,10 @@ def _statement(node: cst.BaseStatement, indent: str, out: list[str]) -> None:
         return
     # Anything else: libcst's printer, re-indented.
     text = _FALLBACK.code_for_node(node)
-    out.extend(indent + line if line.strip() else line
-               for line in text.splitlines(keepends=True))
+    out.extend(
+        indent + line if line.strip() else line
+        for line in text.splitlines(keepends=True)
+    )
 
 
 def print_module(module: cst.Module) -> str:

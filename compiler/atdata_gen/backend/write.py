@@ -41,9 +41,11 @@ class Plan:
         lines = [f"  added    {p}" for p in self.added]
         lines += [f"  modified {p}" for p in self.modified]
         lines += [f"  deleted  {p}" for p in self.deleted]
-        head = (f"{self.root}: {len(self.added)} added, {len(self.modified)} modified, "
-                f"{len(self.deleted)} deleted, "
-                f"{len(self.files) - len(self.added) - len(self.modified)} unchanged")
+        head = (
+            f"{self.root}: {len(self.added)} added, {len(self.modified)} modified, "
+            f"{len(self.deleted)} deleted, "
+            f"{len(self.files) - len(self.added) - len(self.modified)} unchanged"
+        )
         return "\n".join([head, *lines])
 
 
@@ -68,14 +70,15 @@ def plan_changes(root: Path, files: dict[str, str]) -> Plan:
         for path in root.rglob("*"):
             if path.is_file() and "__pycache__" not in path.parts:
                 existing[path.relative_to(root).as_posix()] = path
-    added, modified = [], []
+    added: list[str] = []
+    modified: list[str] = []
     for rel, text in sorted(files.items()):
-        path = existing.get(rel)
-        if path is None:
+        current = existing.get(rel)
+        if current is None:
             added.append(rel)
-        elif path.read_bytes() != text.encode("utf-8"):
+        elif current.read_bytes() != text.encode("utf-8"):
             modified.append(rel)
-    deleted = []
+    deleted: list[str] = []
     for rel, path in sorted(existing.items()):
         if rel in files or not (rel.endswith(".py") or rel == "py.typed"):
             continue
@@ -101,8 +104,12 @@ def apply_plan(plan: Plan) -> None:
             deleted = set(plan.deleted)
             for path in root.rglob("*"):
                 rel = path.relative_to(root).as_posix()
-                if (path.is_file() and rel not in plan.files and rel not in deleted
-                        and "__pycache__" not in path.parts):
+                if (
+                    path.is_file()
+                    and rel not in plan.files
+                    and rel not in deleted
+                    and "__pycache__" not in path.parts
+                ):
                     dest = tmp / rel
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(path, dest)

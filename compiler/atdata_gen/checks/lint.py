@@ -21,10 +21,14 @@ from ..frontend.lexicon import PRIMARY_TYPES
 from ..ir.link import LinkedModel
 from ..ir.model import (
     ArrayType,
+    BlobType,
     BooleanType,
+    BytesType,
+    CidLinkType,
     Def,
     IntegerType,
     IRType,
+    NullType,
     ObjectType,
     RecordDef,
     RefType,
@@ -32,10 +36,11 @@ from ..ir.model import (
     StringType,
     SubscriptionDef,
     UnionType,
+    UnknownType,
     XrpcDef,
 )
 
-__all__ = ["LintRule", "RULES", "lint"]
+__all__ = ["RULES", "LintRule", "lint"]
 
 Finding = tuple[Span, str]
 
@@ -55,11 +60,14 @@ class LintRule:
 RULES: dict[str, LintRule] = {}
 
 
-def rule(id: str, purpose: str, target: str, severity: Severity = Severity.ERROR
-         ) -> Callable[[Callable[..., Iterator[Finding]]], Callable[..., Iterator[Finding]]]:
+def rule(
+    id: str, purpose: str, target: str, severity: Severity = Severity.ERROR
+) -> Callable[[Callable[..., Iterator[Finding]]], Callable[..., Iterator[Finding]]]:
     """Register a lint rule (decorator)."""
 
-    def register(fn: Callable[..., Iterator[Finding]]) -> Callable[..., Iterator[Finding]]:
+    def register(
+        fn: Callable[..., Iterator[Finding]],
+    ) -> Callable[..., Iterator[Finding]]:
         assert id not in RULES, id
         RULES[id] = LintRule(id, purpose, severity, target, fn)
         return fn
@@ -75,29 +83,43 @@ def _nsid_invalid(model: LinkedModel, schema: Schema) -> Iterator[Finding]:
 
 
 # -- def rules -------------------------------------------------------------------------
-@rule("LEX_PRIMARY_NOT_MAIN",
-      "record, query, procedure, subscription and permission-set defs must be named "
-      "'main' (spec: Primary Types).", "def")
+@rule(
+    "LEX_PRIMARY_NOT_MAIN",
+    "record, query, procedure, subscription and permission-set defs must be named "
+    "'main' (spec: Primary Types).",
+    "def",
+)
 def _primary_not_main(model: LinkedModel, d: Def) -> Iterator[Finding]:
     if d.kind in PRIMARY_TYPES and d.id.name != "main":
         yield d.span, f"{d.kind} def {d.id.name!r} must be named 'main'"
 
 
-@rule("LEX_PARAMS_NOT_PRIMITIVE",
-      "params properties are boolean, integer, string, unknown, or arrays of "
-      "boolean/integer/string (spec: params).", "def")
+@rule(
+    "LEX_PARAMS_NOT_PRIMITIVE",
+    "params properties are boolean, integer, string, unknown, or arrays of "
+    "boolean/integer/string (spec: params).",
+    "def",
+)
 def _params_primitive(model: LinkedModel, d: Def) -> Iterator[Finding]:
     body = d.body
     params = body.params if isinstance(body, XrpcDef | SubscriptionDef) else None
     for f in params.fields if params else ():
         if isinstance(f.type, ArrayType) and not isinstance(
-                f.type.items, BooleanType | IntegerType | StringType):
-            yield f.span, f"params array {f.name!r} must hold booleans, integers or strings"
+            f.type.items, BooleanType | IntegerType | StringType
+        ):
+            yield (
+                f.span,
+                f"params array {f.name!r} must hold booleans, integers or strings",
+            )
 
 
 # -- type rules ------------------------------------------------------------------------
-@rule("LEX_REF_TO_TOKEN", "A ref must not point at a token (tokens are values, not "
-      "types; use a string with knownValues).", "type")
+@rule(
+    "LEX_REF_TO_TOKEN",
+    "A ref must not point at a token (tokens are values, not "
+    "types; use a string with knownValues).",
+    "type",
+)
 def _ref_to_token(model: LinkedModel, t: IRType, span: Span) -> Iterator[Finding]:
     if isinstance(t, RefType):
         target = model.resolve(t.target)
@@ -105,35 +127,54 @@ def _ref_to_token(model: LinkedModel, t: IRType, span: Span) -> Iterator[Finding
             yield t.span, f"ref {str(t.target)!r} points at a token"
 
 
-@rule("LEX_REF_TO_XRPC", "A ref must point at a data type, not a query, procedure, "
-      "subscription or permission-set.", "type")
+@rule(
+    "LEX_REF_TO_XRPC",
+    "A ref must point at a data type, not a query, procedure, "
+    "subscription or permission-set.",
+    "type",
+)
 def _ref_to_xrpc(model: LinkedModel, t: IRType, span: Span) -> Iterator[Finding]:
     if isinstance(t, RefType):
         target = model.resolve(t.target)
         if target is not None and target.kind in (
-                "query", "procedure", "subscription", "permission-set"):
+            "query",
+            "procedure",
+            "subscription",
+            "permission-set",
+        ):
             yield t.span, f"ref {str(t.target)!r} points at a {target.kind}"
 
 
-@rule("LEX_UNION_MEMBER_NOT_OBJECT",
-      "Union members must be object or record defs (spec: union).", "type")
+@rule(
+    "LEX_UNION_MEMBER_NOT_OBJECT",
+    "Union members must be object or record defs (spec: union).",
+    "type",
+)
 def _union_member_kind(model: LinkedModel, t: IRType, span: Span) -> Iterator[Finding]:
     if isinstance(t, UnionType):
         for r in t.refs:
             target = model.resolve(r)
             if target is not None and target.kind not in ("object", "record"):
-                yield t.span, f"union member {str(r)!r} is a {target.kind}, not an object"
+                yield (
+                    t.span,
+                    f"union member {str(r)!r} is a {target.kind}, not an object",
+                )
 
 
-@rule("LEX_UNION_EMPTY_CLOSED", "A closed union with no refs can hold no value.",
-      "type")
+@rule(
+    "LEX_UNION_EMPTY_CLOSED", "A closed union with no refs can hold no value.", "type"
+)
 def _union_empty_closed(model: LinkedModel, t: IRType, span: Span) -> Iterator[Finding]:
     if isinstance(t, UnionType) and t.closed and not t.refs:
         yield t.span, "closed union has no refs, so no value is valid"
 
 
-@rule("LEX_UNION_DUPLICATE_REF", "A union lists each member once.", "type",
-      Severity.WARNING)
+@rule(
+    "LEX_UNION_DUPLICATE_REF",
+    "A union lists each member once.",
+    "type",
+    Severity.WARNING,
+)
 def _union_duplicate(model: LinkedModel, t: IRType, span: Span) -> Iterator[Finding]:
     if isinstance(t, UnionType):
         seen: set[str] = set()
@@ -143,12 +184,18 @@ def _union_duplicate(model: LinkedModel, t: IRType, span: Span) -> Iterator[Find
             seen.add(str(r))
 
 
-@rule("LEX_CONST_WITH_DEFAULT", "const and default are exclusive (spec: string, "
-      "integer, boolean).", "type")
+@rule(
+    "LEX_CONST_WITH_DEFAULT",
+    "const and default are exclusive (spec: string, integer, boolean).",
+    "type",
+)
 def _const_default(model: LinkedModel, t: IRType, span: Span) -> Iterator[Finding]:
-    if isinstance(t, StringType | IntegerType | BooleanType):
-        if t.const is not None and t.default is not None:
-            yield span, "has both 'const' and 'default'"
+    if (
+        isinstance(t, StringType | IntegerType | BooleanType)
+        and t.const is not None
+        and t.default is not None
+    ):
+        yield span, "has both 'const' and 'default'"
 
 
 @rule("LEX_RANGE_INVERTED", "Lower bounds must not exceed upper bounds.", "type")
@@ -157,8 +204,10 @@ def _range_inverted(model: LinkedModel, t: IRType, span: Span) -> Iterator[Findi
     if isinstance(t, IntegerType):
         pairs.append(("minimum/maximum", t.minimum, t.maximum))
     elif isinstance(t, StringType):
-        pairs += [("minLength/maxLength", t.min_bytes, t.max_bytes),
-                  ("minGraphemes/maxGraphemes", t.min_graphemes, t.max_graphemes)]
+        pairs += [
+            ("minLength/maxLength", t.min_bytes, t.max_bytes),
+            ("minGraphemes/maxGraphemes", t.min_graphemes, t.max_graphemes),
+        ]
     elif isinstance(t, ArrayType):
         pairs.append(("minLength/maxLength", t.min_length, t.max_length))
     for what, lo, hi in pairs:
@@ -194,8 +243,9 @@ def _integer_violation(t: IntegerType, value: int) -> str | None:
     return None
 
 
-@rule("LEX_DEFAULT_INVALID", "A default must satisfy its own type's constraints.",
-      "type")
+@rule(
+    "LEX_DEFAULT_INVALID", "A default must satisfy its own type's constraints.", "type"
+)
 def _default_invalid(model: LinkedModel, t: IRType, span: Span) -> Iterator[Finding]:
     for key in ("default", "const"):
         value: Any = getattr(t, key, None)
@@ -210,8 +260,12 @@ def _default_invalid(model: LinkedModel, t: IRType, span: Span) -> Iterator[Find
             yield span, f"{key} {value!r} {problem}"
 
 
-@rule("LEX_KNOWN_VALUES_WITH_ENUM", "knownValues is redundant next to a closed enum.",
-      "type", Severity.WARNING)
+@rule(
+    "LEX_KNOWN_VALUES_WITH_ENUM",
+    "knownValues is redundant next to a closed enum.",
+    "type",
+    Severity.WARNING,
+)
 def _known_with_enum(model: LinkedModel, t: IRType, span: Span) -> Iterator[Finding]:
     if isinstance(t, StringType) and t.enum is not None and t.known_values is not None:
         yield span, "has both 'enum' (closed) and 'knownValues' (open)"
@@ -240,9 +294,24 @@ def _types_of(d: Def) -> Iterator[tuple[IRType, Span]]:
     elif isinstance(body, SubscriptionDef):
         yield from walk(body.params, d.span)
         yield from walk(body.message, d.span)
-    elif not isinstance(body, tuple) and hasattr(body, "__dataclass_fields__"):
-        if isinstance(body, IRType):  # type: ignore[misc,arg-type]
-            yield from walk(body, d.span)
+    elif isinstance(body, _IR_TYPES):
+        yield from walk(body, d.span)
+
+
+_IR_TYPES = (
+    BooleanType,
+    IntegerType,
+    StringType,
+    ArrayType,
+    ObjectType,
+    RefType,
+    UnionType,
+    BytesType,
+    CidLinkType,
+    BlobType,
+    NullType,
+    UnknownType,
+)
 
 
 def lint(model: LinkedModel, reporter: Reporter) -> None:

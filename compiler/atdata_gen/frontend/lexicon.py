@@ -267,8 +267,14 @@ class _Parser:
         self.reporter.report(self.doc.span(pointer), rule, message, Severity.WARNING)
 
     # -- typed getters --------------------------------------------------------------
-    def _get(self, obj: dict[str, Any], key: str, ptr: str, kinds: tuple[type, ...],
-             what: str) -> Any:
+    def _get(
+        self,
+        obj: dict[str, Any],
+        key: str,
+        ptr: str,
+        kinds: tuple[type, ...],
+        what: str,
+    ) -> Any:
         if key not in obj:
             return None
         value = obj[key]
@@ -287,8 +293,9 @@ class _Parser:
     def str_(self, obj: dict[str, Any], key: str, ptr: str) -> str | None:
         return self._get(obj, key, ptr, (str,), "a string")  # type: ignore[no-any-return]
 
-    def int_(self, obj: dict[str, Any], key: str, ptr: str, *, minimum: int | None = None
-             ) -> int | None:
+    def int_(
+        self, obj: dict[str, Any], key: str, ptr: str, *, minimum: int | None = None
+    ) -> int | None:
         value = self._get(obj, key, ptr, (int,), "an integer")
         if value is not None and minimum is not None and value < minimum:
             self.error(
@@ -302,8 +309,9 @@ class _Parser:
     def bool_(self, obj: dict[str, Any], key: str, ptr: str) -> bool | None:
         return self._get(obj, key, ptr, (bool,), "a boolean")  # type: ignore[no-any-return]
 
-    def list_(self, obj: dict[str, Any], key: str, ptr: str, item: type,
-              what: str) -> tuple[Any, ...] | None:
+    def list_(
+        self, obj: dict[str, Any], key: str, ptr: str, item: type, what: str
+    ) -> tuple[Any, ...] | None:
         value = self._get(obj, key, ptr, (list,), f"an array of {what}")
         if value is None:
             return None
@@ -319,8 +327,9 @@ class _Parser:
             out.append(v)
         return tuple(out)
 
-    def check_keys(self, obj: dict[str, Any], ptr: str, allowed: frozenset[str],
-                   type_name: str) -> None:
+    def check_keys(
+        self, obj: dict[str, Any], ptr: str, allowed: frozenset[str], type_name: str
+    ) -> None:
         for key in obj:
             if key in allowed or key == "description" or key == "type":
                 continue
@@ -333,11 +342,15 @@ class _Parser:
             )
 
     # -- nodes ----------------------------------------------------------------------
-    def node(self, value: Any, ptr: str, allowed: frozenset[str], where: str
-             ) -> LexNode | None:
+    def node(
+        self, value: Any, ptr: str, allowed: frozenset[str], where: str
+    ) -> LexNode | None:
         if not isinstance(value, dict):
-            self.error(ptr, "LEX_NOT_OBJECT",
-                       f"a {where} must be a JSON object, not {_json_kind(value)}")
+            self.error(
+                ptr,
+                "LEX_NOT_OBJECT",
+                f"a {where} must be a JSON object, not {_json_kind(value)}",
+            )
             return None
         kind = value.get("type")
         if not isinstance(kind, str):
@@ -355,7 +368,8 @@ class _Parser:
             )
             return None
         description = self.str_(value, "description", ptr)
-        return _BUILDERS[kind](self, value, ptr, description)
+        node: LexNode | None = _BUILDERS[kind](self, value, ptr, description)
+        return node
 
     def null(self, v: dict[str, Any], p: str, d: str | None) -> LexNode:
         self.check_keys(v, p, frozenset(), "null")
@@ -367,11 +381,14 @@ class _Parser:
 
     def integer(self, v: dict[str, Any], p: str, d: str | None) -> LexNode:
         self.check_keys(
-            v, p, frozenset({"minimum", "maximum", "enum", "default", "const"}),
+            v,
+            p,
+            frozenset({"minimum", "maximum", "enum", "default", "const"}),
             "integer",
         )
         return LexInteger(
-            p, d,
+            p,
+            d,
             minimum=self.int_(v, "minimum", p),
             maximum=self.int_(v, "maximum", p),
             enum=self.list_(v, "enum", p, int, "integers"),
@@ -381,25 +398,43 @@ class _Parser:
 
     def string(self, v: dict[str, Any], p: str, d: str | None) -> LexNode:
         self.check_keys(
-            v, p,
-            frozenset({"format", "maxLength", "minLength", "maxGraphemes",
-                       "minGraphemes", "knownValues", "enum", "default", "const"}),
+            v,
+            p,
+            frozenset(
+                {
+                    "format",
+                    "maxLength",
+                    "minLength",
+                    "maxGraphemes",
+                    "minGraphemes",
+                    "knownValues",
+                    "enum",
+                    "default",
+                    "const",
+                }
+            ),
             "string",
         )
         fmt = self.str_(v, "format", p)
         if fmt is not None and fmt not in _FORMATS:
-            self.error(f"{p}/format", "LEX_STRING_FORMAT_UNKNOWN",
-                       f"unknown string format {fmt!r} "
-                       f"(known: {', '.join(sorted(_FORMATS))})")
+            self.error(
+                f"{p}/format",
+                "LEX_STRING_FORMAT_UNKNOWN",
+                f"unknown string format {fmt!r} (known: {', '.join(sorted(_FORMATS))})",
+            )
             fmt = None
         pattern = self.str_(v, "pattern", p)
         if pattern is not None:
             self.reporter.report(
-                self.doc.span(f"{p}/pattern"), "LEX_NONSTANDARD_KEY",
+                self.doc.span(f"{p}/pattern"),
+                "LEX_NONSTANDARD_KEY",
                 "'pattern' is not part of the Lexicon spec; it is kept as "
-                "documentation and not enforced", Severity.INFO)
+                "documentation and not enforced",
+                Severity.INFO,
+            )
         return LexString(
-            p, d,
+            p,
+            d,
             format=fmt,
             max_length=self.int_(v, "maxLength", p, minimum=0),
             min_length=self.int_(v, "minLength", p, minimum=0),
@@ -414,8 +449,12 @@ class _Parser:
 
     def bytes_(self, v: dict[str, Any], p: str, d: str | None) -> LexNode:
         self.check_keys(v, p, frozenset({"minLength", "maxLength"}), "bytes")
-        return LexBytes(p, d, self.int_(v, "minLength", p, minimum=0),
-                        self.int_(v, "maxLength", p, minimum=0))
+        return LexBytes(
+            p,
+            d,
+            self.int_(v, "minLength", p, minimum=0),
+            self.int_(v, "maxLength", p, minimum=0),
+        )
 
     def cid_link(self, v: dict[str, Any], p: str, d: str | None) -> LexNode:
         self.check_keys(v, p, frozenset(), "cid-link")
@@ -423,8 +462,12 @@ class _Parser:
 
     def blob(self, v: dict[str, Any], p: str, d: str | None) -> LexNode:
         self.check_keys(v, p, frozenset({"accept", "maxSize"}), "blob")
-        return LexBlob(p, d, self.list_(v, "accept", p, str, "strings"),
-                       self.int_(v, "maxSize", p, minimum=0))
+        return LexBlob(
+            p,
+            d,
+            self.list_(v, "accept", p, str, "strings"),
+            self.int_(v, "maxSize", p, minimum=0),
+        )
 
     def unknown(self, v: dict[str, Any], p: str, d: str | None) -> LexNode:
         self.check_keys(v, p, frozenset(), "unknown")
@@ -456,25 +499,34 @@ class _Parser:
         items = self.node(v["items"], f"{p}/items", FIELD_TYPES, "array item")
         if items is None:
             return None
-        return LexArray(p, d, items, self.int_(v, "minLength", p, minimum=0),
-                        self.int_(v, "maxLength", p, minimum=0))
+        return LexArray(
+            p,
+            d,
+            items,
+            self.int_(v, "minLength", p, minimum=0),
+            self.int_(v, "maxLength", p, minimum=0),
+        )
 
-    def _properties(self, v: dict[str, Any], p: str, allowed: frozenset[str],
-                    where: str) -> tuple[tuple[str, LexNode], ...]:
+    def _properties(
+        self, v: dict[str, Any], p: str, allowed: frozenset[str], where: str
+    ) -> tuple[tuple[str, LexNode], ...]:
         props = self._get(v, "properties", p, (dict,), "an object")
         out: list[tuple[str, LexNode]] = []
         for name, value in (props or {}).items():
-            node = self.node(value, f"{p}/properties/{escape_pointer(name)}",
-                             allowed, where)
+            node = self.node(
+                value, f"{p}/properties/{escape_pointer(name)}", allowed, where
+            )
             if node is not None:
                 out.append((name, node))
         return tuple(out)
 
     def object_(self, v: dict[str, Any], p: str, d: str | None) -> LexNode:
-        self.check_keys(v, p, frozenset({"properties", "required", "nullable"}),
-                        "object")
+        self.check_keys(
+            v, p, frozenset({"properties", "required", "nullable"}), "object"
+        )
         return LexObject(
-            p, d,
+            p,
+            d,
             properties=self._properties(v, p, FIELD_TYPES, "property"),
             required=self.list_(v, "required", p, str, "strings") or (),
             nullable=self.list_(v, "nullable", p, str, "strings") or (),
@@ -483,7 +535,8 @@ class _Parser:
     def params(self, v: dict[str, Any], p: str, d: str | None) -> LexNode:
         self.check_keys(v, p, frozenset({"properties", "required"}), "params")
         return LexParams(
-            p, d,
+            p,
+            d,
             properties=self._properties(v, p, PARAM_TYPES, "params property"),
             required=self.list_(v, "required", p, str, "strings") or (),
         )
@@ -498,16 +551,23 @@ class _Parser:
             return None
         for key in value:
             if key not in ("encoding", "schema", "description"):
-                self.warn(f"{p}/{escape_pointer(key)}", "LEX_UNKNOWN_KEY",
-                          f"unknown key {key!r} in a body (ignored)")
+                self.warn(
+                    f"{p}/{escape_pointer(key)}",
+                    "LEX_UNKNOWN_KEY",
+                    f"unknown key {key!r} in a body (ignored)",
+                )
         encoding = self.str_(value, "encoding", p)
         if encoding is None:
             self.error(p, "LEX_FIELD_MISSING", "a body needs an 'encoding' string")
             return None
         schema = None
         if "schema" in value:
-            schema = self.node(value["schema"], f"{p}/schema",
-                               frozenset({"object", "ref", "union"}), "body schema")
+            schema = self.node(
+                value["schema"],
+                f"{p}/schema",
+                frozenset({"object", "ref", "union"}),
+                "body schema",
+            )
         return LexBody(p, self.str_(value, "description", p), encoding, schema)
 
     def errors(self, v: dict[str, Any], p: str) -> tuple[LexError, ...]:
@@ -524,8 +584,9 @@ class _Parser:
     def _params_of(self, v: dict[str, Any], p: str) -> LexParams | None:
         if "parameters" not in v:
             return None
-        node = self.node(v["parameters"], f"{p}/parameters", frozenset({"params"}),
-                         "parameters")
+        node = self.node(
+            v["parameters"], f"{p}/parameters", frozenset({"params"}), "parameters"
+        )
         return node if isinstance(node, LexParams) else None
 
     def _body_of(self, v: dict[str, Any], key: str, p: str) -> LexBody | None:
@@ -536,21 +597,30 @@ class _Parser:
         key = self.str_(v, "key", p)
         if key is None:
             if "key" not in v:
-                self.warn(p, "LEX_RECORD_KEY_MISSING",
-                          "a record should name its record key type; 'any' assumed")
+                self.warn(
+                    p,
+                    "LEX_RECORD_KEY_MISSING",
+                    "a record should name its record key type; 'any' assumed",
+                )
             key = "any"
         elif key not in ("tid", "nsid", "any") and not (
             key.startswith("literal:") and len(key) > len("literal:")
         ):
-            self.error(f"{p}/key", "LEX_RECORD_KEY",
-                       f"record key type {key!r} is not tid, nsid, any or literal:…")
+            self.error(
+                f"{p}/key",
+                "LEX_RECORD_KEY",
+                f"record key type {key!r} is not tid, nsid, any or literal:…",
+            )
         if "record" not in v:
             self.error(p, "LEX_FIELD_MISSING", "a 'record' needs a 'record' object")
             return None
         body = v["record"]
         if not isinstance(body, dict) or body.get("type") != "object":
-            self.error(f"{p}/record", "LEX_RECORD_NOT_OBJECT",
-                       "a record's 'record' must be a definition of type 'object'")
+            self.error(
+                f"{p}/record",
+                "LEX_RECORD_NOT_OBJECT",
+                "a record's 'record' must be a definition of type 'object'",
+            )
             return None
         obj = self.node(body, f"{p}/record", frozenset({"object"}), "record body")
         if not isinstance(obj, LexObject):
@@ -559,26 +629,40 @@ class _Parser:
 
     def query(self, v: dict[str, Any], p: str, d: str | None) -> LexNode:
         self.check_keys(v, p, frozenset({"parameters", "output", "errors"}), "query")
-        return LexQuery(p, d, self._params_of(v, p), self._body_of(v, "output", p),
-                        self.errors(v, p))
+        return LexQuery(
+            p,
+            d,
+            self._params_of(v, p),
+            self._body_of(v, "output", p),
+            self.errors(v, p),
+        )
 
     def procedure(self, v: dict[str, Any], p: str, d: str | None) -> LexNode:
-        self.check_keys(v, p, frozenset({"parameters", "input", "output", "errors"}),
-                        "procedure")
-        return LexProcedure(p, d, self._params_of(v, p), self._body_of(v, "input", p),
-                            self._body_of(v, "output", p), self.errors(v, p))
+        self.check_keys(
+            v, p, frozenset({"parameters", "input", "output", "errors"}), "procedure"
+        )
+        return LexProcedure(
+            p,
+            d,
+            self._params_of(v, p),
+            self._body_of(v, "input", p),
+            self._body_of(v, "output", p),
+            self.errors(v, p),
+        )
 
     def subscription(self, v: dict[str, Any], p: str, d: str | None) -> LexNode:
-        self.check_keys(v, p, frozenset({"parameters", "message", "errors"}),
-                        "subscription")
+        self.check_keys(
+            v, p, frozenset({"parameters", "message", "errors"}), "subscription"
+        )
         message = None
         if "message" in v:
             m, mp = v["message"], f"{p}/message"
             if not isinstance(m, dict):
                 self.error(mp, "LEX_NOT_OBJECT", "'message' must be a JSON object")
             elif "schema" in m:
-                node = self.node(m["schema"], f"{mp}/schema", frozenset({"union"}),
-                                 "message schema")
+                node = self.node(
+                    m["schema"], f"{mp}/schema", frozenset({"union"}), "message schema"
+                )
                 if isinstance(node, LexUnion):
                     message = node
         return LexSubscription(p, d, self._params_of(v, p), message, self.errors(v, p))
@@ -592,20 +676,36 @@ class _Parser:
                 self.error(pp, "LEX_NOT_OBJECT", "a permission must be a JSON object")
                 continue
             if perm.get("type") != "permission":
-                self.warn(pp, "LEX_PERMISSION_TYPE",
-                          "a permission should have type 'permission'")
+                self.warn(
+                    pp,
+                    "LEX_PERMISSION_TYPE",
+                    "a permission should have type 'permission'",
+                )
             if not isinstance(perm.get("resource"), str):
-                self.error(pp, "LEX_FIELD_MISSING",
-                           "a permission needs a string 'resource'")
+                self.error(
+                    pp, "LEX_FIELD_MISSING", "a permission needs a string 'resource'"
+                )
                 continue
             out.append(perm)
-        return LexPermissionSet(p, d, self.str_(v, "title", p),
-                                self.str_(v, "detail", p), tuple(out))
+        return LexPermissionSet(
+            p, d, self.str_(v, "title", p), self.str_(v, "detail", p), tuple(out)
+        )
 
 
 _FORMATS = frozenset(
-    {"at-identifier", "at-uri", "cid", "datetime", "did", "handle", "language", "nsid",
-     "record-key", "tid", "uri"}
+    {
+        "at-identifier",
+        "at-uri",
+        "cid",
+        "datetime",
+        "did",
+        "handle",
+        "language",
+        "nsid",
+        "record-key",
+        "tid",
+        "uri",
+    }
 )
 
 _BUILDERS: dict[str, Any] = {
@@ -657,23 +757,29 @@ def parse_document(doc: SourceDoc, reporter: Reporter) -> LexiconDoc | None:
         return None
     ok = True
     if v.get("lexicon") != 1 or isinstance(v.get("lexicon"), bool):
-        p.error("/lexicon" if "lexicon" in v else "", "LEX_VERSION",
-                f"'lexicon' must be the integer 1, not {v.get('lexicon')!r}")
+        p.error(
+            "/lexicon" if "lexicon" in v else "",
+            "LEX_VERSION",
+            f"'lexicon' must be the integer 1, not {v.get('lexicon')!r}",
+        )
         ok = False
     nsid = v.get("id")
     if not isinstance(nsid, str):
-        p.error("/id" if "id" in v else "", "LEX_ID",
-                "'id' must be a string NSID")
+        p.error("/id" if "id" in v else "", "LEX_ID", "'id' must be a string NSID")
         ok = False
     defs = v.get("defs")
     if not isinstance(defs, dict):
-        p.error("/defs" if "defs" in v else "", "LEX_DEFS",
-                "'defs' must be a JSON object")
+        p.error(
+            "/defs" if "defs" in v else "", "LEX_DEFS", "'defs' must be a JSON object"
+        )
         ok = False
     for key in v:
         if key not in ("lexicon", "id", "revision", "description", "defs", "$type"):
-            p.warn(f"/{escape_pointer(key)}", "LEX_UNKNOWN_KEY",
-                   f"unknown top-level key {key!r} (ignored)")
+            p.warn(
+                f"/{escape_pointer(key)}",
+                "LEX_UNKNOWN_KEY",
+                f"unknown top-level key {key!r} (ignored)",
+            )
     if not ok:
         return None
     assert isinstance(nsid, str) and isinstance(defs, dict)

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from ..diagnostics import Reporter
 from .. import naming
+from ..diagnostics import Reporter
 from .model import (
     ArrayType,
     Def,
@@ -75,8 +75,9 @@ class LinkedModel:
 def walk_objects(d: Def) -> Iterator[tuple[tuple[str, ...], ObjectType]]:
     """Every object type inside a def, with its path, parents before children."""
 
-    def walk(t: IRType | None, path: tuple[str, ...]) -> Iterator[
-            tuple[tuple[str, ...], ObjectType]]:
+    def walk(
+        t: IRType | None, path: tuple[str, ...]
+    ) -> Iterator[tuple[tuple[str, ...], ObjectType]]:
         if isinstance(t, ObjectType):
             yield path, t
             for f in t.fields:
@@ -141,14 +142,15 @@ def _module_paths(nsids: list[str]) -> dict[str, tuple[str, ...]]:
         taken.add(candidate)
         paths[nsid] = candidate
     packages = {p[:i] for p in paths.values() for i in range(1, len(p))}
-    return {
-        nsid: (*p, "__init__") if p in packages else p for nsid, p in paths.items()
-    }
+    return {nsid: (*p, "__init__") if p in packages else p for nsid, p in paths.items()}
 
 
-def _name_defs(schema: Schema, defs: dict[DefId, str],
-               objects: dict[ObjectPath, str], fields: dict[ObjectPath, tuple[str, ...]]
-               ) -> None:
+def _name_defs(
+    schema: Schema,
+    defs: dict[DefId, str],
+    objects: dict[ObjectPath, str],
+    fields: dict[ObjectPath, tuple[str, ...]],
+) -> None:
     scope = naming.Scope()
     last = schema.nsid.rsplit(".", 1)[-1]
     # Primary names first, so that `main` gets the NSID's name.
@@ -184,8 +186,9 @@ def _name_defs(schema: Schema, defs: dict[DefId, str],
             )
 
 
-def link(schemas: list[Schema], externals: list[Schema], reporter: Reporter
-         ) -> LinkedModel:
+def link(
+    schemas: list[Schema], externals: list[Schema], reporter: Reporter
+) -> LinkedModel:
     """Index, check references, and assign names. Problems are reported; the model
     is always returned so that later stages can report more in the same run."""
     by_nsid: dict[str, Schema] = {}
@@ -194,14 +197,18 @@ def link(schemas: list[Schema], externals: list[Schema], reporter: Reporter
         if first is not None:
             if first.origin.sha256 != s.origin.sha256 or s in schemas:
                 reporter.report(
-                    s.span, "LEX_NSID_DUPLICATE",
-                    f"NSID {s.nsid!r} is defined again (first in {first.origin.path})")
+                    s.span,
+                    "LEX_NSID_DUPLICATE",
+                    f"NSID {s.nsid!r} is defined again (first in {first.origin.path})",
+                )
             continue
         by_nsid[s.nsid] = s
-    emitted = sorted((s for s in schemas if by_nsid.get(s.nsid) is s),
-                     key=lambda s: s.nsid)
-    ext = sorted((s for s in externals if by_nsid.get(s.nsid) is s),
-                 key=lambda s: s.nsid)
+    emitted = sorted(
+        (s for s in schemas if by_nsid.get(s.nsid) is s), key=lambda s: s.nsid
+    )
+    ext = sorted(
+        (s for s in externals if by_nsid.get(s.nsid) is s), key=lambda s: s.nsid
+    )
     defs: dict[DefId, Def] = {}
     for s in [*emitted, *ext]:
         for d in s.defs:
@@ -212,14 +219,17 @@ def link(schemas: list[Schema], externals: list[Schema], reporter: Reporter
                 if target not in defs:
                     what = "union member" if isinstance(where, UnionType) else "ref"
                     reporter.report(
-                        where.span, "LEX_REF_UNRESOLVED",
+                        where.span,
+                        "LEX_REF_UNRESOLVED",
                         f"{what} {str(target)!r} does not resolve to any def "
-                        f"(add its Lexicon to the sources or to --external)")
+                        f"(add its Lexicon to the sources or to --external)",
+                    )
     def_names: dict[DefId, str] = {}
     objects: dict[ObjectPath, str] = {}
     fields: dict[ObjectPath, tuple[str, ...]] = {}
     for s in [*emitted, *ext]:
         _name_defs(s, def_names, objects, fields)
-    names = NameTable(_module_paths([s.nsid for s in emitted]), def_names, objects,
-                      fields)
+    names = NameTable(
+        _module_paths([s.nsid for s in emitted]), def_names, objects, fields
+    )
     return LinkedModel(tuple(emitted), tuple(ext), defs, names)

@@ -55,13 +55,22 @@ class _Lowerer:
             case lx.LexBoolean():
                 return BooleanType(node.default, node.const)
             case lx.LexInteger():
-                return IntegerType(node.minimum, node.maximum, node.enum, node.default,
-                                   node.const)
+                return IntegerType(
+                    node.minimum, node.maximum, node.enum, node.default, node.const
+                )
             case lx.LexString():
-                return StringType(node.format, node.max_length, node.min_length,
-                                  node.max_graphemes, node.min_graphemes,
-                                  node.known_values, node.enum, node.default,
-                                  node.const, node.pattern)
+                return StringType(
+                    node.format,
+                    node.max_length,
+                    node.min_length,
+                    node.max_graphemes,
+                    node.min_graphemes,
+                    node.known_values,
+                    node.enum,
+                    node.default,
+                    node.const,
+                    node.pattern,
+                )
             case lx.LexBytes():
                 return BytesType(node.min_length, node.max_length)
             case lx.LexCidLink():
@@ -73,16 +82,23 @@ class _Lowerer:
             case lx.LexUnknown():
                 return UnknownType()
             case lx.LexRef():
-                return RefType(DefId.parse(node.ref, self.nsid),
-                               self.src.span(node.pointer + "/ref"))
+                return RefType(
+                    DefId.parse(node.ref, self.nsid),
+                    self.src.span(node.pointer + "/ref"),
+                )
             case lx.LexUnion():
-                return UnionType(tuple(DefId.parse(r, self.nsid) for r in node.refs),
-                                 node.closed, self.src.span(node.pointer + "/refs")
-                                 if node.refs else self.src.span(node.pointer))
+                return UnionType(
+                    tuple(DefId.parse(r, self.nsid) for r in node.refs),
+                    node.closed,
+                    self.src.span(node.pointer + "/refs")
+                    if node.refs
+                    else self.src.span(node.pointer),
+                )
             case lx.LexArray():
                 assert node.items is not None
-                return ArrayType(self.type(node.items), node.min_length,
-                                 node.max_length)
+                return ArrayType(
+                    self.type(node.items), node.min_length, node.max_length
+                )
             case lx.LexObject() | lx.LexParams():
                 return self.object(node)
         raise AssertionError(f"not a field type: {type(node).__name__}")
@@ -97,11 +113,18 @@ class _Lowerer:
                         self.src.span(f"{node.pointer}/{key}/{i}"),
                         f"LEX_{key.upper()}_UNDEFINED",
                         f"{name!r} is listed in {key!r} but is not a property",
-                        Severity.WARNING)
+                        Severity.WARNING,
+                    )
         req, nul = set(node.required), set(nullable)
         fields = tuple(
-            Field(name, self.type(prop), name in req, name in nul, prop.description,
-                  self.src.span(prop.pointer))
+            Field(
+                name,
+                self.type(prop),
+                name in req,
+                name in nul,
+                prop.description,
+                self.src.span(prop.pointer),
+            )
             for name, prop in node.properties
         )
         return ObjectType(fields, self.src.span(node.pointer))
@@ -127,25 +150,40 @@ class _Lowerer:
                 assert node.record is not None
                 body = RecordDef(node.key, self.object(node.record))
             case lx.LexQuery():
-                body = XrpcDef("query", self.params(node.parameters), None,
-                               self.body(node.output), _errors(node.errors))
+                body = XrpcDef(
+                    "query",
+                    self.params(node.parameters),
+                    None,
+                    self.body(node.output),
+                    _errors(node.errors),
+                )
             case lx.LexProcedure():
-                body = XrpcDef("procedure", self.params(node.parameters),
-                               self.body(node.input), self.body(node.output),
-                               _errors(node.errors))
+                body = XrpcDef(
+                    "procedure",
+                    self.params(node.parameters),
+                    self.body(node.input),
+                    self.body(node.output),
+                    _errors(node.errors),
+                )
             case lx.LexSubscription():
                 message = self.type(node.message) if node.message else None
                 assert message is None or isinstance(message, UnionType)
-                body = SubscriptionDef(self.params(node.parameters), message,
-                                       _errors(node.errors))
+                body = SubscriptionDef(
+                    self.params(node.parameters), message, _errors(node.errors)
+                )
             case lx.LexToken():
                 body = TokenDef()
             case lx.LexPermissionSet():
                 body = PermissionSetDef(node.title, node.detail, node.permissions)
             case _:
                 body = self.type(node)
-        return Def(DefId(self.nsid, name), kind, body, node.description,
-                   self.src.span(node.pointer))
+        return Def(
+            DefId(self.nsid, name),
+            kind,
+            body,
+            node.description,
+            self.src.span(node.pointer),
+        )
 
 
 def _errors(errors: tuple[lx.LexError, ...]) -> tuple[tuple[str, str | None], ...]:
@@ -180,5 +218,11 @@ def lower_document(doc: lx.LexiconDoc, reporter: Reporter) -> Schema:
     here are reported as warnings)."""
     low = _Lowerer(doc, reporter)
     defs = tuple(low.definition(name, node) for name, node in doc.defs)
-    return Schema(doc.id, doc.description, doc.revision, defs,
-                  Origin(doc.source.path, doc.source.sha256), doc.source.span("/id"))
+    return Schema(
+        doc.id,
+        doc.description,
+        doc.revision,
+        defs,
+        Origin(doc.source.path, doc.source.sha256),
+        doc.source.span("/id"),
+    )

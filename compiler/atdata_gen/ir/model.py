@@ -234,9 +234,7 @@ class PermissionSetDef:
     permissions: tuple[Any, ...]
 
 
-DefBody = (
-    IRType | RecordDef | XrpcDef | SubscriptionDef | TokenDef | PermissionSetDef
-)
+DefBody = IRType | RecordDef | XrpcDef | SubscriptionDef | TokenDef | PermissionSetDef
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,9 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from hypothesis import strategies as st
-
 from atdata_runtime.text import count_graphemes, utf8_length
+from hypothesis import strategies as st
 
 from ..ir.link import LinkedModel
 from ..ir.model import (
@@ -63,15 +62,24 @@ _DID = st.one_of(
     st.text(_B32, min_size=24, max_size=24).map(lambda s: f"did:plc:{s}"),
     _HANDLE.map(lambda h: f"did:web:{h}"),
 )
-_NSID = st.builds(lambda a, b, c: f"com.{a}.{b}.{c}",
-                  _LABEL.filter(lambda s: s[0].isalpha()),
-                  _LABEL.filter(lambda s: s[0].isalpha()),
-                  st.text(string.ascii_letters, min_size=1, max_size=10))
-_TID = st.builds(lambda a, b: a + b, st.sampled_from("234567abcdefghij"),
-                 st.text(_B32, min_size=12, max_size=12))
-_RKEY = st.one_of(_TID, st.just("self"),
-                  st.text(string.ascii_letters + string.digits + "-_.~:",
-                          min_size=1, max_size=20).filter(lambda s: s not in (".", "..")))
+_NSID = st.builds(
+    lambda a, b, c: f"com.{a}.{b}.{c}",
+    _LABEL.filter(lambda s: s[0].isalpha()),
+    _LABEL.filter(lambda s: s[0].isalpha()),
+    st.text(string.ascii_letters, min_size=1, max_size=10),
+)
+_TID = st.builds(
+    lambda a, b: a + b,
+    st.sampled_from("234567abcdefghij"),
+    st.text(_B32, min_size=12, max_size=12),
+)
+_RKEY = st.one_of(
+    _TID,
+    st.just("self"),
+    st.text(
+        string.ascii_letters + string.digits + "-_.~:", min_size=1, max_size=20
+    ).filter(lambda s: s not in (".", "..")),
+)
 _DATETIME = st.datetimes(
     min_value=__import__("datetime").datetime(1970, 1, 1),
     max_value=__import__("datetime").datetime(2100, 1, 1),
@@ -87,12 +95,22 @@ _FORMATS: dict[str, st.SearchStrategy[str]] = {
     "at-identifier": st.one_of(_DID, _HANDLE),
     "at-uri": st.builds(lambda a, c, r: f"at://{a}/{c}/{r}", _DID, _NSID, _RKEY),
     "datetime": _DATETIME,
-    "language": st.sampled_from(["en", "pt-BR", "ja", "zh-Hant", "es-419", "de-CH-1901"]),
+    "language": st.sampled_from(
+        ["en", "pt-BR", "ja", "zh-Hant", "es-419", "de-CH-1901"]
+    ),
 }
 _BAD_FORMATS = {
-    "did": "did:PLC:x", "handle": "not a handle", "nsid": "no", "tid": "0000000000000",
-    "record-key": "..", "cid": "Qmb", "uri": "no scheme", "at-identifier": "@bad",
-    "at-uri": "https://x.y", "datetime": "2024-13-01T00:00:00Z", "language": "JA",
+    "did": "did:PLC:x",
+    "handle": "not a handle",
+    "nsid": "no",
+    "tid": "0000000000000",
+    "record-key": "..",
+    "cid": "Qmb",
+    "uri": "no scheme",
+    "at-identifier": "@bad",
+    "at-uri": "https://x.y",
+    "datetime": "2024-13-01T00:00:00Z",
+    "language": "JA",
 }
 # One grapheme per code point: letters, digits, punctuation, a few multi-byte ones.
 _ALPHABET = st.sampled_from(
@@ -104,10 +122,10 @@ def _text(t: StringType) -> st.SearchStrategy[str]:
     max_g = t.max_graphemes if t.max_graphemes is not None else 40
     max_chars = min(max_g, 40, (t.max_bytes // 4 if t.max_bytes is not None else 40))
     min_chars = max(t.min_graphemes or 0, t.min_bytes or 0)
-    if min_chars > max_chars:
-        max_chars = min_chars
+    max_chars = max(max_chars, min_chars)
     return st.text(_ALPHABET, min_size=min_chars, max_size=max_chars).filter(
-        lambda s: _string_ok(t, s))
+        lambda s: _string_ok(t, s)
+    )
 
 
 def _string_ok(t: StringType, value: str) -> bool:
@@ -156,23 +174,30 @@ class _Gen:
                         return st.one_of(st.sampled_from(known), _text(t))
                 return _text(t)
             case BytesType():
-                return st.binary(min_size=t.min_length or 0,
-                                 max_size=min(t.max_length or 16, 16)).map(
-                    lambda b: {"$bytes": base64.b64encode(b).decode().rstrip("=")})
+                return st.binary(
+                    min_size=t.min_length or 0, max_size=min(t.max_length or 16, 16)
+                ).map(lambda b: {"$bytes": base64.b64encode(b).decode().rstrip("=")})
             case CidLinkType():
                 return st.sampled_from(_CIDS).map(lambda c: {"$link": c})
             case BlobType():
                 mimes = [_mime(a) for a in (t.accept or ("image/png",))]
                 return st.builds(
-                    lambda cid, mime, size: {"$type": "blob", "ref": {"$link": cid},
-                                             "mimeType": mime, "size": size},
-                    st.sampled_from(_CIDS), st.sampled_from(mimes),
-                    st.integers(0, t.max_size if t.max_size is not None else 10**6))
+                    lambda cid, mime, size: {
+                        "$type": "blob",
+                        "ref": {"$link": cid},
+                        "mimeType": mime,
+                        "size": size,
+                    },
+                    st.sampled_from(_CIDS),
+                    st.sampled_from(mimes),
+                    st.integers(0, t.max_size if t.max_size is not None else 10**6),
+                )
             case NullType():
                 return st.none()
             case UnknownType():
                 return st.fixed_dictionaries(
-                    {}, optional={"note": st.text(max_size=5), "n": st.integers(0, 9)})
+                    {}, optional={"note": st.text(max_size=5), "n": st.integers(0, 9)}
+                )
             case ArrayType():
                 lo = t.min_length or 0
                 hi = max(lo, min(t.max_length if t.max_length is not None else 3, 3))
@@ -184,11 +209,17 @@ class _Gen:
             case RefType():
                 return self.ref(t.target, depth, tagged=False)
             case UnionType():
-                members = [self.ref(r, depth, tagged=True) for r in t.refs
-                           if self._is_object(r)]
+                members = [
+                    self.ref(r, depth, tagged=True)
+                    for r in t.refs
+                    if self._is_object(r)
+                ]
                 if not t.closed:
-                    members.append(st.just({"$type": "com.example.unknown#thing",
-                                            "kept": [1, "two"]}))
+                    members.append(
+                        st.just(
+                            {"$type": "com.example.unknown#thing", "kept": [1, "two"]}
+                        )
+                    )
                 return st.one_of(members) if members else st.nothing()
         raise AssertionError(t)
 
@@ -203,14 +234,16 @@ class _Gen:
         if isinstance(body, RecordDef):
             return self.obj(body.object, depth + 1, type_tag=str(target))
         if isinstance(body, ObjectType):
-            tag: st.SearchStrategy[str | None] = (st.just(str(target)) if tagged
-                                                  else st.sampled_from([None, str(target)]))
+            tag: st.SearchStrategy[str | None] = (
+                st.just(str(target)) if tagged else st.sampled_from([None, str(target)])
+            )
             return tag.flatmap(lambda tg: self.obj(body, depth + 1, type_tag=tg))
         assert not isinstance(body, tuple)
         return self.of(body, depth)  # type: ignore[arg-type]
 
-    def obj(self, t: ObjectType, depth: int, type_tag: str | None
-            ) -> st.SearchStrategy[dict[str, Any]]:
+    def obj(
+        self, t: ObjectType, depth: int, type_tag: str | None
+    ) -> st.SearchStrategy[dict[str, Any]]:
         required: dict[str, st.SearchStrategy[Any]] = {}
         optional: dict[str, st.SearchStrategy[Any]] = {}
         for f in t.fields:
@@ -228,8 +261,13 @@ class _Gen:
         return st.fixed_dictionaries(required, optional=optional)
 
 
-def wire_data(model: LinkedModel, target: DefId, *, max_depth: int = 4,
-              unknown_fields: bool = True) -> st.SearchStrategy[Any]:
+def wire_data(
+    model: LinkedModel,
+    target: DefId,
+    *,
+    max_depth: int = 4,
+    unknown_fields: bool = True,
+) -> st.SearchStrategy[Any]:
     """Valid wire data (decoded JSON) for the def ``target`` of ``model``: a record
     carries its ``$type``."""
     return _Gen(model, max_depth, unknown_fields).ref(target, 0, tagged=False)
@@ -245,8 +283,9 @@ class Mutation:
     apply: Callable[[Any], Any]
 
 
-def _set(path: tuple[str | int, ...], value: Any, *, delete: bool = False
-         ) -> Callable[[Any], Any]:
+def _set(
+    path: tuple[str | int, ...], value: Any, *, delete: bool = False
+) -> Callable[[Any], Any]:
     def edit(data: Any) -> Any:
         out = copy.deepcopy(data)
         node = out
@@ -257,6 +296,7 @@ def _set(path: tuple[str | int, ...], value: Any, *, delete: bool = False
         else:
             node[path[-1]] = value
         return out
+
     return edit
 
 
@@ -268,14 +308,25 @@ def mutation_sites(model: LinkedModel, target: DefId, data: Any) -> list[Mutatio
         match t:
             case StringType() if isinstance(value, str) and path:
                 if t.max_bytes is not None and t.const is None and not t.enum:
-                    out.append(Mutation("utf8_too_long", path,
-                                        _set(path, "é" * (t.max_bytes // 2 + 1))))
+                    out.append(
+                        Mutation(
+                            "utf8_too_long",
+                            path,
+                            _set(path, "é" * (t.max_bytes // 2 + 1)),
+                        )
+                    )
                 if t.max_graphemes is not None and t.const is None and not t.enum:
-                    out.append(Mutation("graphemes_too_long", path,
-                                        _set(path, "a\u0301" * (t.max_graphemes + 1))))
+                    out.append(
+                        Mutation(
+                            "graphemes_too_long",
+                            path,
+                            _set(path, "a\u0301" * (t.max_graphemes + 1)),
+                        )
+                    )
                 if t.format is not None:
-                    out.append(Mutation("bad_format", path,
-                                        _set(path, _BAD_FORMATS[t.format])))
+                    out.append(
+                        Mutation("bad_format", path, _set(path, _BAD_FORMATS[t.format]))
+                    )
                 if t.enum:
                     out.append(Mutation("not_in_enum", path, _set(path, "\x00nope")))
             case IntegerType() if isinstance(value, int) and path:
@@ -284,20 +335,35 @@ def mutation_sites(model: LinkedModel, target: DefId, data: Any) -> list[Mutatio
                 out.append(Mutation("wrong_type", path, _set(path, str(value))))
             case ArrayType() if isinstance(value, list):
                 if t.max_length is not None and value:
-                    out.append(Mutation("array_too_long", path,
-                                        _set(path, value * (t.max_length + 1))))
+                    out.append(
+                        Mutation(
+                            "array_too_long",
+                            path,
+                            _set(path, value * (t.max_length + 1)),
+                        )
+                    )
                 for i, item in enumerate(value):
                     walk(t.items, item, (*path, i))
             case ObjectType() if isinstance(value, dict):
                 for f in t.fields:
                     if f.name in value:
                         if f.required:
-                            out.append(Mutation("required_missing", (*path, f.name),
-                                                _set((*path, f.name), None, delete=True)))
+                            out.append(
+                                Mutation(
+                                    "required_missing",
+                                    (*path, f.name),
+                                    _set((*path, f.name), None, delete=True),
+                                )
+                            )
                         if value[f.name] is not None:
                             if not f.nullable:
-                                out.append(Mutation("null_not_allowed", (*path, f.name),
-                                                    _set((*path, f.name), None)))
+                                out.append(
+                                    Mutation(
+                                        "null_not_allowed",
+                                        (*path, f.name),
+                                        _set((*path, f.name), None),
+                                    )
+                                )
                             walk(f.type, value[f.name], (*path, f.name))
             case RefType():
                 d = model.resolve(t.target)
@@ -309,10 +375,20 @@ def mutation_sites(model: LinkedModel, target: DefId, data: Any) -> list[Mutatio
                 refs = {str(r) for r in t.refs}
                 if tag in refs or (isinstance(tag, str) and f"{tag}#main" in refs):
                     if t.closed:
-                        out.append(Mutation("closed_union_unknown_type", path,
-                                            _set((*path, "$type"), "com.example.nope#x")))
-                    out.append(Mutation("union_type_missing", path,
-                                        _set((*path, "$type"), None, delete=True)))
+                        out.append(
+                            Mutation(
+                                "closed_union_unknown_type",
+                                path,
+                                _set((*path, "$type"), "com.example.nope#x"),
+                            )
+                        )
+                    out.append(
+                        Mutation(
+                            "union_type_missing",
+                            path,
+                            _set((*path, "$type"), None, delete=True),
+                        )
+                    )
                     ref = DefId.parse(tag, "") if "#" in tag else DefId(tag)
                     walk(RefType(ref), value, path)
             case _:
