@@ -19,7 +19,7 @@ from . import __version__
 from .backend.manifest import MANIFEST_NAME, fingerprint, is_fresh, manifest_text
 from .config import ConfigError, load_config
 from .diagnostics import Reporter, Severity, render
-from .sources import discover
+from .sources import discover, split_external
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 
@@ -112,11 +112,17 @@ def build_cmd(
     # Fast path: nothing changed since the manifest was written.
     probe = Reporter()
     found = discover(sources, probe, include=include, exclude=exclude)
-    found_ext = discover(externals, probe)
+    split = [split_external(e) for e in externals]
+    found_ext = discover([root_ for root_, _ in split], probe)
     print_ = None
     if not probe.has_errors:
         try:
-            print_ = fingerprint(found, found_ext, package, [*include, "|", *exclude])
+            print_ = fingerprint(
+                found,
+                found_ext,
+                package,
+                [*include, "|", *exclude, "|", *(f"{r}={p}" for r, p in split)],
+            )
         except OSError:
             print_ = None
     if print_ is not None and is_fresh(root, print_):

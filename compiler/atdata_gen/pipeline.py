@@ -24,7 +24,7 @@ from .frontend.lexicon import parse_document
 from .ir.link import LinkedModel, link
 from .ir.lower import lower_document
 from .ir.model import Schema
-from .sources import SourceDoc, discover, load_paths
+from .sources import SourceDoc, discover, load_paths, split_external
 
 __all__ = ["STAGES", "BuildOptions", "BuildResult", "build", "compile_sources"]
 
@@ -83,12 +83,25 @@ def compile_sources(
         ),
         reporter,
     )
-    ext_docs = load_paths(discover(options.externals, reporter), reporter)
+    ext_docs: list[SourceDoc] = []
+    ext_packages: dict[str, str] = {}
+    for entry in options.externals:
+        root, package = split_external(entry)
+        docs_here = load_paths(discover([root], reporter), reporter)
+        ext_docs += docs_here
+        if package is not None:
+            for d in docs_here:
+                ext_packages[d.path] = package
     t.append(time.perf_counter())
     schemas = _front(docs, reporter)
     externals = _front(ext_docs, reporter)
+    packages_by_nsid = {
+        s.nsid: ext_packages[s.origin.path]
+        for s in externals
+        if s.origin.path in ext_packages
+    }
     t.append(time.perf_counter())
-    model = link(schemas, externals, reporter)
+    model = link(schemas, externals, reporter, packages_by_nsid)
     t.append(time.perf_counter())
     lint(model, reporter)
     t.append(time.perf_counter())

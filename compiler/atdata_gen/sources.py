@@ -22,7 +22,14 @@ from typing import Any
 
 from .diagnostics import Reporter, Severity, Span
 
-__all__ = ["SourceDoc", "discover", "escape_pointer", "load_paths", "load_text"]
+__all__ = [
+    "SourceDoc",
+    "discover",
+    "escape_pointer",
+    "load_paths",
+    "load_text",
+    "split_external",
+]
 
 
 def escape_pointer(token: str) -> str:
@@ -286,3 +293,14 @@ def load_paths(
         if doc is not None:
             docs.append(doc)
     return docs
+
+
+def split_external(entry: str | Path) -> tuple[Path, str | None]:
+    """``DIR`` or ``DIR=PACKAGE``: the Lexicons in DIR are resolved but not emitted;
+    with PACKAGE (an importable package built from exactly those Lexicons) refs into
+    them import its classes, otherwise they are typed as opaque JSON objects."""
+    text = str(entry)
+    root, eq, package = text.rpartition("=")
+    if eq and root and all(p.isidentifier() for p in package.split(".")):
+        return Path(root), package
+    return Path(text), None

@@ -263,6 +263,7 @@ class _ModuleEmitter:
     schema: Schema
     path: tuple[str, ...]
     imports: dict[tuple[str, ...], str] = field(default_factory=dict)
+    abs_imports: dict[str, str] = field(default_factory=dict)
     body: list[cst.BaseStatement] = field(default_factory=list)
     late: list[cst.BaseStatement] = field(default_factory=list)
     exports: list[str] = field(default_factory=list)
@@ -271,6 +272,13 @@ class _ModuleEmitter:
     # .. references ....................................................................
     def module_alias(self, nsid: str) -> str | None:
         """Alias of the module of ``nsid`` (None when it is this module)."""
+        external = self.model.names.external_modules.get(nsid)
+        if external is not None and nsid not in self.model.names.modules:
+            package, parts = external
+            mod = ".".join((package, *(p for p in parts if p != "__init__")))
+            alias = "_" + mod.replace(".", "_")
+            self.abs_imports[mod] = alias
+            return alias
         target = self.model.names.modules[nsid]
         if target == self.path:
             return None
@@ -407,7 +415,7 @@ class _ModuleEmitter:
         if d is None:
             return dotted("_lex.JsonObject")
         if d.kind in ("object", "record"):
-            if not self.model.owner_is_emitted(target):
+            if not self.model.has_class(target):
                 return dotted("_lex.JsonObject")
             return self.class_ref(target)
         if d.kind == "token":
@@ -430,7 +438,7 @@ class _ModuleEmitter:
             if (
                 d is None
                 or d.kind not in ("object", "record")
-                or not self.model.owner_is_emitted(ref)
+                or not self.model.has_class(ref)
             ):
                 unrecognized = True
                 continue
@@ -755,20 +763,22 @@ class _ModuleEmitter:
                     blank=1,
                 )
             )
+        # Third-party section (isort): `from` imports sorted by module name.
+        from_imports: list[tuple[str, str, str]] = []
         if "_lex" in used:
-            head.append(
-                stmt(
-                    cst.ImportFrom(
-                        module=name("atdata_runtime"),
-                        names=[
-                            cst.ImportAlias(
-                                name("lex"), asname=cst.AsName(name("_lex"))
-                            )
-                        ],
-                    ),
-                    blank=0 if "_pd" in used else 1,
-                )
+            from_imports.append(("atdata_runtime", "lex", "_lex"))
+        for mod, alias in self.abs_imports.items():
+            parent, _, leaf = mod.rpartition(".")
+            from_imports.append((parent, leaf, alias))
+        from_imports.sort(key=lambda item: (item[0].lower(), item[1].lower()))
+        for n, (mod, leaf, alias) in enumerate(from_imports):
+            mod_node = _dotted(mod)
+            assert isinstance(mod_node, cst.Name | cst.Attribute)
+            node = cst.ImportFrom(
+                module=mod_node,
+                names=[cst.ImportAlias(name(leaf), asname=cst.AsName(name(alias)))],
             )
+            head.append(stmt(node, blank=1 if n == 0 and "_pd" not in used else 0))
         head.append(
             ann_assign(
                 "__all__",

@@ -52,6 +52,8 @@ class NameTable:
     defs: Mapping[DefId, str]
     objects: Mapping[ObjectPath, str]
     fields: Mapping[ObjectPath, tuple[str, ...]]
+    external_modules: Mapping[str, tuple[str, tuple[str, ...]]]
+    """NSID → (package, module path) for externals given with ``DIR=PACKAGE``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,11 @@ class LinkedModel:
     def owner_is_emitted(self, ref: DefId) -> bool:
         """True when the Lexicon defining ``ref`` is emitted (not external)."""
         return ref.nsid in self.names.modules
+
+    def has_class(self, ref: DefId) -> bool:
+        """True when ``ref``'s class can be imported: emitted here, or external with a
+        package."""
+        return ref.nsid in self.names.modules or ref.nsid in self.names.external_modules
 
     def resolve(self, ref: DefId) -> Def | None:
         return self.defs.get(ref)
@@ -187,7 +194,10 @@ def _name_defs(
 
 
 def link(
-    schemas: list[Schema], externals: list[Schema], reporter: Reporter
+    schemas: list[Schema],
+    externals: list[Schema],
+    reporter: Reporter,
+    external_packages: Mapping[str, str] | None = None,
 ) -> LinkedModel:
     """Index, check references, and assign names. Problems are reported; the model
     is always returned so that later stages can report more in the same run."""
@@ -229,7 +239,22 @@ def link(
     fields: dict[ObjectPath, tuple[str, ...]] = {}
     for s in [*emitted, *ext]:
         _name_defs(s, def_names, objects, fields)
+    groups: dict[str, list[str]] = {}
+    emitted_nsids = {s.nsid for s in emitted}
+    for s in ext:
+        package = (external_packages or {}).get(s.nsid)
+        if package is not None and s.nsid not in emitted_nsids:
+            groups.setdefault(package, []).append(s.nsid)
+    external_modules = {
+        nsid: (package, path)
+        for package, nsids in sorted(groups.items())
+        for nsid, path in _module_paths(nsids).items()
+    }
     names = NameTable(
-        _module_paths([s.nsid for s in emitted]), def_names, objects, fields
+        _module_paths([s.nsid for s in emitted]),
+        def_names,
+        objects,
+        fields,
+        external_modules,
     )
     return LinkedModel(tuple(emitted), tuple(ext), defs, names)
