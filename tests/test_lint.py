@@ -86,3 +86,29 @@ def test_every_rule_is_exercised() -> None:
     pinned = "".join(p.read_text() for p in GOLDEN_ERRORS.glob("*/expected.txt"))
     for rule in RULES:
         assert rule in CASES or f" {rule} " in pinned, f"{rule} has no test"
+
+
+def test_every_rule_id_in_the_code_is_catalogued() -> None:
+    import re
+
+    from atdata_gen.diagnostics import STAGE_RULES
+
+    root = Path(__file__).resolve().parent.parent / "compiler" / "atdata_gen"
+    used: set[str] = set()
+    for path in root.rglob("*.py"):
+        used |= set(re.findall(r'"((?:LEX|SRC)_[A-Z_]+)"', path.read_text()))
+    used |= {"LEX_REQUIRED_UNDEFINED", "LEX_NULLABLE_UNDEFINED"}  # built by f-string
+    catalogued = set(STAGE_RULES) | set(RULES)
+    assert used <= catalogued, sorted(used - catalogued)
+
+
+def test_readme_rule_table_is_the_catalogue() -> None:
+    from atdata_gen.cli import rules_table
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start, end = "<!-- rules:start -->\n", "\n<!-- rules:end -->"
+    assert start in readme and end in readme
+    table = readme.split(start, 1)[1].split(end, 1)[0]
+    assert table == rules_table("markdown"), (
+        "README rule table is stale: run ./scripts/update-golden"
+    )

@@ -176,12 +176,45 @@ def build_cmd(
 
 
 @main.command("rules")
-def rules_cmd() -> None:
-    """List the lint rules (ID, severity, purpose)."""
-    from .checks.lint import RULES
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "markdown", "json"]),
+    default="text",
+    show_default=True,
+)
+def rules_cmd(fmt: str) -> None:
+    """List the rule catalogue (ID, severity, purpose)."""
+    click.echo(rules_table(fmt))
 
-    for r in sorted(RULES.values(), key=lambda r: r.id):
-        click.echo(f"{r.id:32} {r.severity.label:8} {r.purpose}")
+
+def rules_table(fmt: str) -> str:
+    """The lint rule catalogue as ``text``, ``markdown`` (the README's table) or
+    ``json``."""
+    import json
+
+    from .checks.lint import RULES
+    from .diagnostics import STAGE_RULES
+
+    rows = [
+        (rid, stage, "error", purpose) for rid, (stage, purpose) in STAGE_RULES.items()
+    ]
+    rows += [(r.id, "lint", r.severity.label, r.purpose) for r in RULES.values()]
+    order = {"load": 0, "parse": 1, "lower": 2, "link": 3, "lint": 4}
+    rows.sort(key=lambda row: (order[row[1]], row[0]))
+    if fmt == "json":
+        return json.dumps(
+            [
+                {"id": i, "stage": st, "severity": sev, "purpose": p}
+                for i, st, sev, p in rows
+            ],
+            indent=2,
+        )
+    if fmt == "markdown":
+        lines = ["| rule | stage | checks |", "|---|---|---|"]
+        lines += [f"| `{i}` | {st} | {p} |" for i, st, _, p in rows]
+        return "\n".join(lines)
+    return "\n".join(f"{i:30} {st:6} {p}" for i, st, _, p in rows)
 
 
 if __name__ == "__main__":  # pragma: no cover

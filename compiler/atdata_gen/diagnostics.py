@@ -136,3 +136,65 @@ class CompileError(Exception):
     def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:
         self.diagnostics = sorted(diagnostics)
         super().__init__(f"{len(self.diagnostics)} error(s)")
+
+
+STAGE_RULES: dict[str, tuple[str, str]] = {
+    # load (atdata_gen.sources)
+    "SRC_NOT_FOUND": ("load", "A SOURCE path does not exist."),
+    "SRC_EMPTY": ("load", "A source directory holds no JSON file (warning)."),
+    "SRC_READ": ("load", "A file could not be read."),
+    "SRC_ENCODING": ("load", "A file is not UTF-8."),
+    "SRC_JSON_SYNTAX": ("load", "A file is not valid JSON (RFC 8259)."),
+    "SRC_JSON_DUPLICATE_KEY": (
+        "load",
+        "An object repeats a key (a value would be lost).",
+    ),
+    "SRC_INVALID_UNICODE": ("load", "A string holds a lone UTF-16 surrogate escape."),
+    # parse (atdata_gen.frontend.lexicon)
+    "LEX_NOT_OBJECT": ("parse", "A document, def or body is not a JSON object."),
+    "LEX_VERSION": ("parse", "'lexicon' is not the integer 1."),
+    "LEX_ID": ("parse", "'id' is not a string."),
+    "LEX_DEFS": ("parse", "'defs' is not an object."),
+    "LEX_TYPE_MISSING": ("parse", "A definition has no string 'type'."),
+    "LEX_TYPE_UNKNOWN": ("parse", "'type' is not a type of the Lexicon language."),
+    "LEX_TYPE_NOT_ALLOWED": (
+        "parse",
+        "A type appears where the spec does not allow it (e.g. a top-level ref).",
+    ),
+    "LEX_FIELD_TYPE": ("parse", "A key of a definition has the wrong JSON type."),
+    "LEX_FIELD_RANGE": ("parse", "A length or size bound is negative."),
+    "LEX_FIELD_MISSING": ("parse", "A required key of a definition is missing."),
+    "LEX_UNKNOWN_KEY": ("parse", "A key the spec does not define (warning; ignored)."),
+    "LEX_NONSTANDARD_KEY": (
+        "parse",
+        "A known non-standard key such as 'pattern' (info; kept as documentation).",
+    ),
+    "LEX_STRING_FORMAT_UNKNOWN": (
+        "parse",
+        "A string 'format' the spec does not define.",
+    ),
+    "LEX_RECORD_KEY": (
+        "parse",
+        "A record key type is not tid, nsid, any or literal:….",
+    ),
+    "LEX_RECORD_KEY_MISSING": (
+        "parse",
+        "A record does not name its key type (warning).",
+    ),
+    "LEX_RECORD_NOT_OBJECT": ("parse", "A record's 'record' is not an object def."),
+    "LEX_PERMISSION_TYPE": ("parse", "A permission lacks type 'permission' (warning)."),
+    # lower (atdata_gen.ir.lower)
+    "LEX_REQUIRED_UNDEFINED": (
+        "lower",
+        "'required' names a missing property (warning).",
+    ),
+    "LEX_NULLABLE_UNDEFINED": (
+        "lower",
+        "'nullable' names a missing property (warning).",
+    ),
+    # link (atdata_gen.ir.link)
+    "LEX_NSID_DUPLICATE": ("link", "Two files define the same NSID."),
+    "LEX_REF_UNRESOLVED": ("link", "A ref or union member names no known def."),
+}
+"""Diagnostics of the load, parse, lower and link stages: rule ID → (stage,
+purpose). Lint rules live in :data:`atdata_gen.checks.lint.RULES`."""
