@@ -103,6 +103,37 @@ def module_name(segment: str) -> str:
     return f"{out}_" if keyword.iskeyword(out) or keyword.issoftkeyword(out) else out
 
 
+SAMPLE_RESERVED = frozenset(
+    {
+        # atdata_runtime.sample.PackableSample API
+        "pack",
+        "packed",
+        "unpack",
+        "from_bytes",
+        "as_wds",
+        "to_dict",
+        "unknown_fields",
+        "sample_fields",
+        "schema_name",
+        "schema_version",
+        "schema_source",
+        "schema_cid",
+        "schema_description",
+        "schema_metadata",
+        "schema_array_formats",
+    }
+)
+
+
+def sample_field_name(wire: str) -> str:
+    """A sample field's Python name: like :func:`field_name`, with the sample API's
+    names escaped instead of the model API's."""
+    out = snake_case(wire)
+    if keyword.iskeyword(out) or out in _BUILTINS or out in SAMPLE_RESERVED:
+        out += "_"
+    return out
+
+
 def field_name(wire: str) -> str:
     """A property's Python name before collision handling: snake case, with Python
     keywords, builtins and names the model API uses escaped by a trailing ``_``."""

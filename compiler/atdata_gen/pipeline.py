@@ -21,9 +21,10 @@ from .backend.parallel import EmitPool
 from .checks.lint import lint
 from .diagnostics import Reporter
 from .frontend.lexicon import parse_document
-from .ir.link import LinkedModel, link
+from .frontend.schema_record import is_schema_record, parse_schema_record
+from .ir.link import LinkedModel, link, link_samples
 from .ir.lower import lower_document
-from .ir.model import Schema
+from .ir.model import SampleSchema, Schema
 from .sources import SourceDoc, discover, load_paths, split_external
 
 __all__ = ["STAGES", "BuildOptions", "BuildResult", "build", "compile_sources"]
@@ -62,9 +63,18 @@ class BuildResult:
     """Seconds spent per stage (wall clock)."""
 
 
-def _front(docs: list[SourceDoc], reporter: Reporter) -> list[Schema]:
+def _front(
+    docs: list[SourceDoc], reporter: Reporter, samples: list[SampleSchema] | None = None
+) -> list[Schema]:
+    """Parse and lower each document: Lexicons into ``Schema``s (returned), schema
+    records into ``SampleSchema``s (appended to ``samples``, when given)."""
     out = []
     for doc in docs:
+        if samples is not None and is_schema_record(doc.value):
+            sample = parse_schema_record(doc, reporter)
+            if sample is not None:
+                samples.append(sample)
+            continue
         parsed = parse_document(doc, reporter)
         if parsed is not None:
             out.append(lower_document(parsed, reporter))
@@ -93,7 +103,8 @@ def compile_sources(
             for d in docs_here:
                 ext_packages[d.path] = package
     t.append(time.perf_counter())
-    schemas = _front(docs, reporter)
+    samples: list[SampleSchema] = []
+    schemas = _front(docs, reporter, samples)
     externals = _front(ext_docs, reporter)
     packages_by_nsid = {
         s.nsid: ext_packages[s.origin.path]
@@ -102,6 +113,7 @@ def compile_sources(
     }
     t.append(time.perf_counter())
     model = link(schemas, externals, reporter, packages_by_nsid)
+    model = link_samples(model, samples, reporter)
     t.append(time.perf_counter())
     lint(model, reporter)
     t.append(time.perf_counter())
@@ -143,6 +155,16 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
 
             codes = emit_modules(model, rels, range(len(model.schemas)))
         files = assemble_package(model, options.package, codes)
+        if model.samples:
+            from .backend.emit_samples import emit_samples
+
+            sample_rels = {
+                (s.name, s.version): _rel_of_path(s.origin.path, result.docs)
+                for s in model.samples
+            }
+            files = assemble_package(
+                model, options.package, codes, emit_samples(model, sample_rels)
+            )
         t1 = time.perf_counter()
         result.files = (
             format_sources(files, options.workdir) if options.format else files
@@ -167,6 +189,13 @@ def _count_json(roots: Sequence[str | Path]) -> int:
                 if n >= _PARALLEL_MIN_FILES:
                     return n
     return n
+
+
+def _rel_of_path(path: str, docs: list[SourceDoc]) -> str:
+    for d in docs:
+        if d.path == path:
+            return d.rel
+    return Path(path).name
 
 
 def _rel_of(schema: Schema, docs: list[SourceDoc]) -> str:

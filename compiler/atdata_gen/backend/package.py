@@ -10,7 +10,10 @@ __all__ = ["assemble_package"]
 
 
 def assemble_package(
-    model: LinkedModel, package: str, codes: list[str]
+    model: LinkedModel,
+    package: str,
+    codes: list[str],
+    extra: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """``{relative path: text}`` for the package directory: one module per schema
     (``codes`` in schema order), an ``__init__.py`` for every package directory that
@@ -18,6 +21,7 @@ def assemble_package(
     files: dict[str, str] = {}
     for schema, code in zip(model.schemas, codes, strict=True):
         files["/".join(model.names.modules[schema.nsid]) + ".py"] = code
+    files.update(extra or {})
     packages = {tuple(p.split("/")[:i]) for p in files for i in range(p.count("/"))}
     for pkg in sorted(packages):
         init = "/".join((*pkg, "__init__.py"))

@@ -104,6 +104,7 @@ _EXPR: dict[type, Callable[[Any], str]] = {
     cst.List: _list,
     cst.Tuple: _tuple,
     cst.Dict: _dict,
+    cst.Ellipsis: lambda n: "...",
 }
 
 
@@ -151,10 +152,11 @@ def _statement(node: cst.BaseStatement, indent: str, out: list[str]) -> None:
     elif (
         isinstance(node, cst.ClassDef)
         and isinstance(node.body, cst.IndentedBlock)
-        and not node.decorators
         and not node.keywords
     ):
         _lines(node.leading_lines, indent, out)
+        for decorator in node.decorators:
+            out.append(f"{indent}@{_expr(decorator.decorator)}\n")
         bases = f"({_args(node.bases)})" if node.bases else ""
         out.append(f"{indent}class {node.name.value}{bases}:\n")
         inner = indent + "    "

@@ -14,8 +14,9 @@ nothing here: references stay symbolic, and the back end emits them lazily.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from .. import naming
 from ..diagnostics import Reporter
@@ -27,6 +28,7 @@ from .model import (
     ObjectType,
     RecordDef,
     RefType,
+    SampleSchema,
     Schema,
     SubscriptionDef,
     UnionType,
@@ -54,6 +56,10 @@ class NameTable:
     fields: Mapping[ObjectPath, tuple[str, ...]]
     external_modules: Mapping[str, tuple[str, tuple[str, ...]]]
     """NSID → (package, module path) for externals given with ``DIR=PACKAGE``."""
+    samples: Mapping[tuple[str, str], tuple[tuple[str, ...], str, tuple[str, ...]]] = (
+        field(default_factory=dict)
+    )
+    """(schema name, version) → (module path, class name, field names)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +71,7 @@ class LinkedModel:
     externals: tuple[Schema, ...]
     defs: Mapping[DefId, Def]
     names: NameTable
+    samples: tuple[SampleSchema, ...] = ()
 
     def owner_is_emitted(self, ref: DefId) -> bool:
         """True when the Lexicon defining ``ref`` is emitted (not external)."""
@@ -258,3 +265,41 @@ def link(
         external_modules,
     )
     return LinkedModel(tuple(emitted), tuple(ext), defs, names)
+
+
+def link_samples(
+    model: LinkedModel, samples: list[SampleSchema], reporter: Reporter
+) -> LinkedModel:
+    """Add sample schemas to ``model``: one module per (name, version) under
+    ``samples/``, class named after the schema (its last dotted segment), field names
+    from the name table. The same name and version twice with different fields is
+    an error (``SCHEMA_DUPLICATE``); identical duplicates are merged."""
+    by_key: dict[tuple[str, str], SampleSchema] = {}
+    for s in samples:
+        first = by_key.get((s.name, s.version))
+        if first is None:
+            by_key[(s.name, s.version)] = s
+        elif first.fields != s.fields:
+            reporter.report(
+                s.span,
+                "SCHEMA_DUPLICATE",
+                f"schema {s.name!r} version {s.version} is defined again with "
+                f"different fields (first in {first.origin.path}); bump the version",
+            )
+    ordered = [by_key[k] for k in sorted(by_key)]
+    taken = {p[0] for p in model.names.modules.values() if p}
+    module_scope = naming.Scope()
+    names: dict[tuple[str, str], tuple[tuple[str, ...], str, tuple[str, ...]]] = {}
+    for s in ordered:
+        version = re.sub(r"[^0-9A-Za-z]+", "_", s.version)
+        module = module_scope.claim(f"{naming.snake_case(s.name)}_v{version}")
+        package = "samples" if "samples" not in taken else "samples_"
+        field_scope = naming.Scope()
+        fields = tuple(
+            field_scope.claim(naming.sample_field_name(f.name)) for f in s.fields
+        )
+        cls = naming.pascal_case(s.name.rsplit(".", 1)[-1])
+        names[(s.name, s.version)] = ((package, module), cls, fields)
+    return replace(
+        model, names=replace(model.names, samples=names), samples=tuple(ordered)
+    )

@@ -166,8 +166,28 @@ class ObjectType:
     span: Span = field(compare=False, default=Span(""))
 
 
+@dataclass(frozen=True, slots=True)
+class FloatType:
+    """A JSON Schema ``number``: an IEEE-754 double on the msgpack wire."""
+
+
+@dataclass(frozen=True, slots=True)
+class NDArrayType:
+    """An n-dimensional array (atdata's ``ndarray`` shim): ``dtype`` is a numpy dtype
+    name (``None``: any), ``shape`` its dims (``None`` entries are wildcards; ``None``
+    shape: any rank), ``dims`` the dimension names; ``shim_version`` the version of
+    the shim the schema referenced."""
+
+    dtype: str | None = None
+    shape: tuple[int | None, ...] | None = None
+    dims: tuple[str, ...] | None = None
+    shim_version: str = "1.0.0"
+
+
 IRType = (
-    BooleanType
+    FloatType
+    | NDArrayType
+    | BooleanType
     | IntegerType
     | StringType
     | BytesType
@@ -268,3 +288,38 @@ class Schema:
     defs: tuple[Def, ...]
     origin: Origin
     span: Span = field(compare=False)
+
+
+# -- sample schemas (atdata schema records) --------------------------------------------
+
+
+SampleFieldType = (
+    BooleanType
+    | IntegerType
+    | FloatType
+    | StringType
+    | BytesType
+    | NDArrayType
+    | ArrayType
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SampleSchema:
+    """A sample type from a ``science.alt.dataset.schema`` record: ``name`` and
+    ``version`` (semver), the ``fields`` in wire order (``required`` = not
+    optional), ``array_formats`` (format name → version) and provenance: the source
+    ``origin`` (file), and the record's AT-URI and CID when known."""
+
+    name: str
+    version: str
+    description: str | None
+    fields: tuple[Field, ...]
+    array_formats: tuple[tuple[str, str], ...]
+    origin: Origin
+    uri: str | None
+    cid: str | None
+    span: Span = field(compare=False)
+    metadata_json: str | None = None
+    """The record's free-form ``metadata`` (licence, tags, …) as JSON text, kept
+    opaque."""

@@ -1,0 +1,323 @@
+"""Stage 6 for sample schemas: :class:`~atdata_gen.ir.model.SampleSchema` → a module
+with one typed PackableSample class.
+
+The class is a keyword-only dataclass (any field order is valid, also an optional
+field before a required one), deriving from
+:class:`atdata_runtime.sample.PackableSample`, with ``sample_fields`` (the wire
+schema the codec uses), class attributes naming the schema (name, version, source,
+CID), annotations that say what is known (``NDArray[np.uint8]``), and per-field
+docstrings with dtype, shape and dimension names. Like every emitted module it is a
+libcst tree built from checked names and ``repr`` literals.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import libcst as cst
+
+from .. import __version__
+from ..ir.link import LinkedModel
+from ..ir.model import (
+    ArrayType,
+    BooleanType,
+    BytesType,
+    Field,
+    FloatType,
+    IntegerType,
+    NDArrayType,
+    SampleSchema,
+    StringType,
+)
+from .emit import (
+    _BLANK,
+    _ROOTS_USED,
+    _wrap,
+    ann_assign,
+    call,
+    doc_stmt,
+    dotted,
+    literal,
+    name,
+    stmt,
+    sub,
+    union_of,
+)
+from .manifest import GENERATED_MARKER
+from .printer import print_module
+
+__all__ = ["emit_samples", "sample_module_path"]
+
+_NUMPY_SCALARS = {
+    "bool": "bool_",
+    "int8": "int8",
+    "int16": "int16",
+    "int32": "int32",
+    "int64": "int64",
+    "uint8": "uint8",
+    "uint16": "uint16",
+    "uint32": "uint32",
+    "uint64": "uint64",
+    "float16": "float16",
+    "float32": "float32",
+    "float64": "float64",
+    "complex64": "complex64",
+    "complex128": "complex128",
+}
+
+
+def _numpy_scalar(dtype: str | None) -> str | None:
+    if dtype is None:
+        return None
+    try:
+        import numpy as np
+
+        canonical = np.dtype(dtype).name
+    except TypeError:
+        return None
+    return _NUMPY_SCALARS.get(canonical)
+
+
+def _kind(t: Any) -> str:
+    return {
+        BooleanType: "bool",
+        IntegerType: "int",
+        FloatType: "float",
+        StringType: "str",
+        BytesType: "bytes",
+        NDArrayType: "ndarray",
+        ArrayType: "list",
+    }[type(t)]
+
+
+def _spec(f: Field, py: str | None, t: Any) -> cst.BaseExpression:
+    kwargs: dict[str, cst.BaseExpression] = {}
+    if py is not None and not f.required:
+        kwargs["optional"] = cst.Name("True")
+    if isinstance(t, NDArrayType):
+        if t.dtype is not None:
+            kwargs["dtype"] = literal(t.dtype)
+        if t.shape is not None:
+            kwargs["shape"] = literal(tuple(t.shape))
+        if t.dims is not None:
+            kwargs["dims"] = literal(tuple(t.dims))
+    if isinstance(t, ArrayType):
+        kwargs["items"] = _spec(f, None, t.items)
+    args = [
+        literal(py or ""),
+        literal(f.name if py is not None else ""),
+        literal(_kind(t)),
+    ]
+    return call("_sample.FieldSpec", *args, **kwargs)
+
+
+def _annotation(t: Any) -> cst.BaseExpression:
+    if isinstance(t, BooleanType):
+        return dotted("bool")
+    if isinstance(t, IntegerType):
+        return dotted("int")
+    if isinstance(t, FloatType):
+        return dotted("float")
+    if isinstance(t, StringType):
+        return dotted("str")
+    if isinstance(t, BytesType):
+        return dotted("bytes")
+    if isinstance(t, ArrayType):
+        return sub("list", _annotation(t.items))
+    assert isinstance(t, NDArrayType)
+    scalar = _numpy_scalar(t.dtype)
+    return sub("_npt.NDArray", dotted(f"_np.{scalar}") if scalar else dotted("_t.Any"))
+
+
+def _field_doc(f: Field, t: Any) -> str:
+    parts = [_wrap(f.description, 76)] if f.description else []
+    if isinstance(t, NDArrayType):
+        shape = (
+            "any rank"
+            if t.shape is None
+            else "(" + ", ".join("*" if d is None else str(d) for d in t.shape) + ")"
+        )
+        line = f"ndarray, dtype {t.dtype or 'any'}, shape {shape}"
+        if t.dims:
+            line += ", dimensions (" + ", ".join(t.dims) + ")"
+        parts.append(line + f" (ndarray shim {t.shim_version}).")
+    if not f.required:
+        parts.append("Optional: absent or None on the wire reads as None.")
+    return "\n\n".join(parts)
+
+
+def sample_module_path(model: LinkedModel, schema: SampleSchema) -> tuple[str, ...]:
+    """Module path (relative to the package) of a sample schema's class."""
+    return model.names.samples[(schema.name, schema.version)][0]
+
+
+def _module(model: LinkedModel, schema: SampleSchema, rel: str) -> str:
+    _ROOTS_USED.clear()
+    _, cls, py_names = model.names.samples[(schema.name, schema.version)]
+    source = schema.uri or rel
+    doc = _wrap(schema.description) + "\n\n" if schema.description else ""
+    doc += f"Sample schema ``{schema.name}`` version {schema.version}"
+    doc += f" ({schema.uri}, CID {schema.cid})." if schema.uri else "."
+    body: list[cst.BaseStatement] = [doc_stmt(doc, "    ")]
+    class_vars: list[tuple[str, cst.BaseExpression, cst.BaseExpression]] = [
+        ("schema_name", sub("_t.ClassVar", dotted("str")), literal(schema.name)),
+        ("schema_version", sub("_t.ClassVar", dotted("str")), literal(schema.version)),
+        ("schema_source", sub("_t.ClassVar", dotted("str")), literal(source)),
+        (
+            "schema_cid",
+            sub("_t.ClassVar", union_of([dotted("str"), cst.Name("None")])),
+            literal(schema.cid),
+        ),
+        (
+            "schema_description",
+            sub("_t.ClassVar", union_of([dotted("str"), cst.Name("None")])),
+            literal(schema.description),
+        ),
+        (
+            "schema_array_formats",
+            sub(
+                "_t.ClassVar",
+                union_of([sub("dict", dotted("str"), dotted("str")), cst.Name("None")]),
+            ),
+            literal(dict(schema.array_formats) if schema.array_formats else None),
+        ),
+        (
+            "schema_metadata",
+            sub(
+                "_t.ClassVar",
+                union_of(
+                    [sub("dict", dotted("str"), dotted("_t.Any")), cst.Name("None")]
+                ),
+            ),
+            literal(json.loads(schema.metadata_json) if schema.metadata_json else None),
+        ),
+    ]
+    for i, (attr, attr_ann, attr_value) in enumerate(class_vars):
+        body.append(ann_assign(attr, attr_ann, attr_value, blank=1 if i == 0 else 0))
+    specs = cst.Tuple(
+        [
+            cst.Element(_spec(f, py, f.type))
+            for f, py in zip(schema.fields, py_names, strict=True)
+        ]
+    )
+    body.append(
+        ann_assign(
+            "sample_fields",
+            sub(
+                "_t.ClassVar", sub("tuple", dotted("_sample.FieldSpec"), cst.Ellipsis())
+            ),
+            specs,
+        )
+    )
+    for f, py in zip(schema.fields, py_names, strict=True):
+        ann = _annotation(f.type)
+        value: cst.BaseExpression | None = None
+        if not f.required:
+            ann = union_of([ann, cst.Name("None")])
+            value = cst.Name("None")
+        body.append(ann_assign(py, ann, value, blank=1))
+        text = _field_doc(f, f.type)
+        if py != f.name:
+            text = (text + "\n\n" if text else "") + f"Wire name: ``{f.name}``."
+        if text:
+            body.append(doc_stmt(text, "    "))
+    decorator = cst.Decorator(
+        call("_dc.dataclass", kw_only=cst.Name("True"), eq=cst.Name("False"))
+    )
+    klass = cst.ClassDef(
+        name=name(cls),
+        body=cst.IndentedBlock(body),
+        bases=[cst.Arg(dotted("_sample.PackableSample"))],
+        decorators=[decorator],
+        leading_lines=[_BLANK, _BLANK],
+    )
+    header = (
+        f"Sample schema ``{schema.name}`` {schema.version}.\n\n"
+        f"{GENERATED_MARKER} {__version__} from ``{rel}`` "
+        f"(sha256 {schema.origin.sha256[:16]}).\n"
+        "Do not edit: ``atdata-gen build`` overwrites this file."
+    )
+    head: list[cst.BaseStatement] = [doc_stmt(header)]
+    head.append(
+        stmt(
+            cst.ImportFrom(
+                module=name("__future__"), names=[cst.ImportAlias(name("annotations"))]
+            ),
+            blank=1,
+        )
+    )
+    head.append(
+        stmt(
+            cst.Import(
+                [cst.ImportAlias(name("dataclasses"), asname=cst.AsName(name("_dc")))]
+            ),
+            blank=1,
+        )
+    )
+    head.append(
+        stmt(
+            cst.Import([cst.ImportAlias(name("typing"), asname=cst.AsName(name("_t")))])
+        )
+    )
+    uses_np = "_np" in _ROOTS_USED
+    uses_npt = "_npt" in _ROOTS_USED
+    third = []
+    if uses_np:
+        third.append(
+            stmt(
+                cst.Import(
+                    [cst.ImportAlias(name("numpy"), asname=cst.AsName(name("_np")))]
+                )
+            )
+        )
+    if uses_npt:
+        third.append(
+            stmt(
+                cst.Import(
+                    [
+                        cst.ImportAlias(
+                            cst.Attribute(name("numpy"), name("typing")),
+                            asname=cst.AsName(name("_npt")),
+                        )
+                    ]
+                )
+            )
+        )
+    third.append(
+        stmt(
+            cst.ImportFrom(
+                module=name("atdata_runtime"),
+                names=[
+                    cst.ImportAlias(name("sample"), asname=cst.AsName(name("_sample")))
+                ],
+            )
+        )
+    )
+    first = third[0]
+    third[0] = first.with_changes(leading_lines=[_BLANK])
+    head.extend(third)
+    head.append(
+        ann_assign(
+            "__all__",
+            sub("list", dotted("str")),
+            cst.List([cst.Element(literal(cls))]),
+            blank=1,
+        )
+    )
+    return print_module(cst.Module(body=[*head, klass]))  # type: ignore[list-item]
+
+
+def emit_samples(
+    model: LinkedModel, rels: dict[tuple[str, str], str]
+) -> dict[str, str]:
+    """``{relative path: source}`` of the sample modules of ``model`` (before
+    formatting). ``rels`` maps (name, version) → the source path cited."""
+    out = {}
+    for schema in model.samples:
+        key = (schema.name, schema.version)
+        path = model.names.samples[key][0]
+        out["/".join(path) + ".py"] = _module(
+            model, schema, rels.get(key, schema.origin.path)
+        )
+    return out

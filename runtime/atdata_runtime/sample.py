@@ -1,0 +1,435 @@
+"""PackableSample: typed samples and their msgpack codec, wire-compatible with atdata.
+
+A sample is one msgpack map, field name → value, in the schema's field order, packed
+with msgpack's defaults, exactly as atdata 0.7.0b1 writes it (``msgpack.packb`` of
+the instance's fields; ``None`` for an absent optional field; numpy arrays in the
+compact layout of :mod:`atdata_runtime.ndarray`; numpy scalars as Python values).
+For the same sample both libraries produce byte-identical payloads.
+
+Generated sample classes are keyword-only dataclasses deriving from
+:class:`PackableSample` with a ``sample_fields`` tuple of :class:`FieldSpec` (wire
+name, kind, optionality, array dtype/shape). Keyword-only fields make any field
+order valid, including an optional field before a required one.
+
+Reading is forward compatible: keys the class does not know are kept (and written
+back by :meth:`PackableSample.pack`) or dropped with one warning
+(``unknown="drop"``), or refused (``unknown="error"``); a missing optional field
+reads as ``None``; a missing required field is an error naming it. Array dtype and
+shape constraints are checked on write always, on read when asked
+(``validate=True``).
+
+Large payloads are encoded with one copy of the array data and decoded without
+copying it: arrays are read-only views into the payload (``copy=True`` for
+writable arrays).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final, Literal, Self
+
+import msgpack  # type: ignore[import-untyped]
+import numpy as np
+from numpy.typing import NDArray
+
+from .ndarray import ArrayFormatError, BufferLike, array_header, decode_array
+
+__all__ = [
+    "FieldSpec",
+    "PackableSample",
+    "SampleFormatError",
+    "Unknown",
+]
+
+Unknown = Literal["keep", "drop", "error"]
+"""What to do with payload keys a class does not declare."""
+
+_LARGE: Final = 1 << 20
+"""Payloads (or array totals) from this size take the zero-copy paths."""
+
+
+class SampleFormatError(ValueError):
+    """A payload that does not fit its sample class: a missing required field, an
+    unknown key under ``unknown="error"``, a wrong type, or an array whose dtype or
+    shape breaks the schema. Names the field and, when known, the shard member."""
+
+    def __init__(
+        self, reason: str, *, field: str | None = None, member: str | None = None
+    ) -> None:
+        self.reason, self.field, self.member = reason, field, member
+        where = []
+        if member:
+            where.append(f"member {member!r}")
+        if field:
+            where.append(f"field {field!r}")
+        super().__init__((", ".join(where) + ": " if where else "") + reason)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """One field of a sample schema.
+
+    ``name``: the Python attribute; ``wire``: the msgpack key; ``kind``: ``int``,
+    ``float``, ``bool``, ``str``, ``bytes``, ``ndarray`` or ``list`` (with ``items``);
+    ``optional``: absent/``None`` allowed. For ``ndarray``: ``dtype`` (numpy dtype
+    name, ``None`` = any), ``shape`` (dims, ``None`` = any size; ``None`` = any rank)
+    and ``dims`` (dimension names, documentation)."""
+
+    name: str
+    wire: str
+    kind: str
+    optional: bool = False
+    dtype: str | None = None
+    shape: tuple[int | None, ...] | None = None
+    dims: tuple[str, ...] | None = None
+    items: FieldSpec | None = None
+
+    def check_array(self, value: Any, member: str | None = None) -> None:
+        """Raise :class:`SampleFormatError` unless ``value`` is an ndarray of this
+        field's dtype and shape."""
+        if not isinstance(value, np.ndarray):
+            raise SampleFormatError(
+                f"expected a numpy array, got {type(value).__name__}",
+                field=self.wire,
+                member=member,
+            )
+        if self.dtype is not None and value.dtype != np.dtype(self.dtype):
+            raise SampleFormatError(
+                f"dtype {value.dtype} does not match the schema's {self.dtype}",
+                field=self.wire,
+                member=member,
+            )
+        if self.shape is not None and (
+            value.ndim != len(self.shape)
+            or any(
+                want is not None and got != want
+                for got, want in zip(value.shape, self.shape, strict=True)
+            )
+        ):
+            want_text = (
+                "(" + ", ".join("*" if d is None else str(d) for d in self.shape) + ")"
+            )
+            raise SampleFormatError(
+                f"shape {value.shape} does not match the schema's {want_text}",
+                field=self.wire,
+                member=member,
+            )
+
+
+def _map_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x80 | n,))
+    if n < 1 << 16:
+        return b"\xde" + struct.pack(">H", n)
+    return b"\xdf" + struct.pack(">I", n)
+
+
+def _bin_header(n: int) -> bytes:
+    if n < 1 << 8:
+        return b"\xc4" + bytes((n,))
+    if n < 1 << 16:
+        return b"\xc5" + struct.pack(">H", n)
+    return b"\xc6" + struct.pack(">I", n)
+
+
+_BIN_MARKERS: Final = {0xC4: (1, "B"), 0xC5: (2, ">H"), 0xC6: (4, ">I")}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class _Codec:
+    """Pack/unpack functions of one sample class, built once from its fields."""
+
+    def __init__(self, cls: type[PackableSample]) -> None:
+        self.cls = cls
+        self.fields = cls.sample_fields
+        self.by_wire = {f.wire: f for f in self.fields}
+        self.arrays = frozenset(f.wire for f in self.fields if f.kind == "ndarray")
+        self.warned: set[frozenset[str]] = set()
+
+    # -- writing ------------------------------------------------------------------------
+    def pack(self, sample: PackableSample, member: str | None = None) -> bytes:
+        values: list[tuple[str, Any]] = []
+        array_bytes = 0
+        for f in self.fields:
+            value = getattr(sample, f.name)
+            if value is None:
+                if not f.optional:
+                    raise SampleFormatError(
+                        "required field is None", field=f.wire, member=member
+                    )
+            elif f.kind == "ndarray":
+                f.check_array(value, member)
+                array_bytes += value.nbytes
+            else:
+                value = _plain(value)
+            values.append((f.wire, value))
+        extra = sample.unknown_fields
+        if extra:
+            values.extend((k, v) for k, v in extra.items() if k not in self.by_wire)
+        if array_bytes < _LARGE:
+            payload: bytes = msgpack.packb({k: self._small(k, v) for k, v in values})
+            return payload
+        return self._pack_large(values)
+
+    def _small(self, wire: str, value: Any) -> Any:
+        if wire in self.arrays and value is not None:
+            return array_header(value) + np.ascontiguousarray(value).tobytes()
+        return value
+
+    def _pack_large(self, values: list[tuple[str, Any]]) -> bytes:
+        # The same bytes msgpack.packb would produce, with each array's data copied
+        # once (by join) instead of four times.
+        chunks: list[BufferLike] = [_map_header(len(values))]
+        for wire, value in values:
+            chunks.append(msgpack.packb(wire))
+            if wire in self.arrays and value is not None:
+                header = array_header(value)
+                data = np.ascontiguousarray(value)
+                chunks.append(_bin_header(len(header) + data.nbytes))
+                chunks.append(header)
+                chunks.append(data.data.cast("B") if data.size else b"")
+            else:
+                chunks.append(msgpack.packb(value))
+        return b"".join(chunks)
+
+    # -- reading ------------------------------------------------------------------------
+    def unpack(
+        self,
+        payload: BufferLike,
+        member: str | None,
+        unknown: Unknown,
+        validate: bool,
+        copy: bool,
+    ) -> PackableSample:
+        if len(payload) >= _LARGE and self.arrays:
+            data, views = self._unpack_large(payload, member)
+        else:
+            try:
+                data = msgpack.unpackb(payload, raw=False)
+            except (ValueError, msgpack.UnpackException) as exc:
+                raise SampleFormatError(
+                    f"payload is not msgpack: {exc}", member=member
+                ) from None
+            views = {}
+        if not isinstance(data, dict):
+            raise SampleFormatError("payload is not a msgpack map", member=member)
+        kwargs: dict[str, Any] = {}
+        for f in self.fields:
+            if f.wire in views:
+                value = views.pop(f.wire)
+                data.pop(f.wire, None)
+            else:
+                value = data.pop(f.wire, None)
+                if value is not None and f.kind == "ndarray":
+                    if not isinstance(value, bytes | bytearray):
+                        raise SampleFormatError(
+                            f"expected array bytes, got {type(value).__name__}",
+                            field=f.wire,
+                            member=member,
+                        )
+                    try:
+                        value = decode_array(value, copy=copy)
+                    except ArrayFormatError as exc:
+                        raise exc.located(field=f.wire, member=member) from None
+            if value is None:
+                if not f.optional:
+                    raise SampleFormatError(
+                        "required field is missing", field=f.wire, member=member
+                    )
+            elif validate and f.kind == "ndarray":
+                f.check_array(value, member)
+            kwargs[f.name] = value
+        sample = self.cls(**kwargs)
+        if data:
+            self._unknown(sample, data, unknown, member)
+        return sample
+
+    def _unknown(
+        self,
+        sample: PackableSample,
+        data: dict[str, Any],
+        unknown: Unknown,
+        member: str | None,
+    ) -> None:
+        if unknown == "keep":
+            sample.unknown_fields = data
+        elif unknown == "error":
+            raise SampleFormatError(
+                f"unknown field(s) {', '.join(map(repr, sorted(data)))}", member=member
+            )
+        else:
+            keys = frozenset(data)
+            if keys not in self.warned:
+                self.warned.add(keys)
+                warnings.warn(
+                    f"{self.cls.__name__}: dropping field(s) not in its schema: "
+                    f"{', '.join(sorted(keys))} (written by a newer schema version?)",
+                    stacklevel=4,
+                )
+
+    def _unpack_large(
+        self, payload: BufferLike, member: str | None
+    ) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
+        # Walk the top-level map with msgpack's Unpacker, but for array fields take a
+        # view of the payload at the bin value's offset and skip it, so the array
+        # data is never copied into a bytes object.
+        view = memoryview(payload).cast("B")
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(view) + 16)
+        unpacker.feed(view)
+        try:
+            n = unpacker.read_map_header()
+            data: dict[str, Any] = {}
+            arrays: dict[str, NDArray[Any]] = {}
+            for _ in range(n):
+                key = unpacker.unpack()
+                pos = unpacker.tell()
+                marker = view[pos] if pos < len(view) else -1
+                if key in self.arrays and marker in _BIN_MARKERS:
+                    size, fmt = _BIN_MARKERS[marker]
+                    length = struct.unpack_from(fmt, view, pos + 1)[0]
+                    try:
+                        arrays[key] = decode_array(view, pos + 1 + size, length)
+                    except ArrayFormatError as exc:
+                        raise exc.located(field=key, member=member) from None
+                    unpacker.skip()
+                else:
+                    data[key] = unpacker.unpack()
+        except (ValueError, msgpack.UnpackException, msgpack.OutOfData) as exc:
+            raise SampleFormatError(
+                f"payload is not a msgpack map: {exc}", member=member
+            ) from None
+        return data, arrays
+
+
+@dataclass(kw_only=True, eq=False)
+class PackableSample:
+    """Base of generated (and hand-written) sample classes.
+
+    Subclasses are keyword-only dataclasses that set ``sample_fields``; generated
+    ones also set ``schema_name``, ``schema_version``, ``schema_source`` (file path or
+    AT-URI) and ``schema_cid``. ``unknown_fields`` holds payload keys the class does
+    not declare (kept by default, written back by :meth:`pack`).
+    """
+
+    sample_fields: ClassVar[tuple[FieldSpec, ...]] = ()
+    schema_name: ClassVar[str] = ""
+    schema_version: ClassVar[str] = ""
+    schema_source: ClassVar[str] = ""
+    schema_cid: ClassVar[str | None] = None
+    schema_description: ClassVar[str | None] = None
+    schema_metadata: ClassVar[dict[str, Any] | None] = None
+    schema_array_formats: ClassVar[dict[str, str] | None] = None
+
+    unknown_fields: dict[str, Any] | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
+
+    @classmethod
+    def _codec(cls) -> _Codec:
+        codec: _Codec | None = cls.__dict__.get("_atdata_codec")
+        if codec is None:
+            codec = _Codec(cls)
+            cls._atdata_codec = codec  # type: ignore[attr-defined]
+        return codec
+
+    def pack(self, *, member: str | None = None) -> bytes:
+        """The msgpack payload of this sample (atdata-compatible bytes). Raises
+        :class:`SampleFormatError` when a required field is ``None`` or an array
+        breaks the schema's dtype/shape."""
+        return self._codec().pack(self, member)
+
+    @property
+    def packed(self) -> bytes:
+        """Alias of :meth:`pack` (atdata's name)."""
+        return self.pack()
+
+    @classmethod
+    def unpack(
+        cls,
+        payload: BufferLike,
+        *,
+        member: str | None = None,
+        unknown: Unknown = "keep",
+        validate: bool = False,
+        copy: bool = False,
+    ) -> Self:
+        """Decode one payload. ``member`` (the shard member name) is used in errors;
+        ``unknown``: keep / drop (one warning per key set) / error; ``validate``:
+        check array dtypes and shapes; ``copy``: writable arrays instead of
+        read-only views. Raises :class:`SampleFormatError` or
+        :class:`~atdata_runtime.ndarray.ArrayFormatError`."""
+        sample = cls._codec().unpack(payload, member, unknown, validate, copy)
+        assert isinstance(sample, cls)
+        return sample
+
+    @classmethod
+    def from_bytes(cls, payload: BufferLike) -> Self:
+        """Alias of :meth:`unpack` with defaults (atdata's name)."""
+        return cls.unpack(payload)
+
+    def as_wds(self, key: str) -> dict[str, Any]:
+        """A WebDataset sample dict: ``{"__key__": key, "msgpack": payload}``. Keys
+        must not contain dots (WebDataset splits member names at the first dot)."""
+        if "." in key:
+            raise ValueError(f"sample key {key!r} contains a dot")
+        return {"__key__": key, "msgpack": self.pack(member=f"{key}.msgpack")}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Field wire name → value (arrays as they are)."""
+        return {f.wire: getattr(self, f.name) for f in self.sample_fields}
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, PackableSample)
+        for f in self.sample_fields:
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+                if not (
+                    isinstance(a, np.ndarray)
+                    and isinstance(b, np.ndarray)
+                    and a.dtype == b.dtype
+                    and np.array_equal(a, b)
+                ):
+                    return False
+            elif a != b:
+                return False
+        return (self.unknown_fields or {}) == (other.unknown_fields or {})
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def sample_class(
+    name: str, fields: Iterable[FieldSpec], *, module: str = __name__, **class_vars: Any
+) -> type[PackableSample]:
+    """A PackableSample subclass built at run time (for schemas that were not
+    compiled ahead of time): keyword-only fields from ``fields``, optional ones
+    defaulting to ``None``; ``class_vars`` sets ``schema_name`` etc."""
+    specs = tuple(fields)
+    annotations: list[tuple[str, Any, Any]] = []
+    for f in specs:
+        default = dataclasses.field(default=None) if f.optional else dataclasses.MISSING
+        annotations.append((f.name, Any, default))
+    namespace: dict[str, Any] = {
+        "sample_fields": specs,
+        "__module__": module,
+        **class_vars,
+    }
+    cls = dataclasses.make_dataclass(
+        name,
+        [(n, t) if d is dataclasses.MISSING else (n, t, d) for n, t, d in annotations],
+        bases=(PackableSample,),
+        namespace=namespace,
+        kw_only=True,
+        eq=False,
+    )
+    return cls
