@@ -30,7 +30,7 @@ import struct
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, Literal, Self
+from typing import Any, ClassVar, Final, Generic, Literal, Self, TypeVar
 
 import msgpack  # type: ignore[import-untyped]
 import numpy as np
@@ -41,6 +41,7 @@ from .ndarray import ArrayFormatError, BufferLike, array_header, decode_array
 __all__ = [
     "FieldSpec",
     "PackableSample",
+    "SampleBatch",
     "SampleFormatError",
     "Unknown",
 ]
@@ -383,6 +384,15 @@ class PackableSample:
             raise ValueError(f"sample key {key!r} contains a dot")
         return {"__key__": key, "msgpack": self.pack(member=f"{key}.msgpack")}
 
+    @classmethod
+    def batch_class(cls) -> type[SampleBatch[Any]]:
+        """The batch class of this sample class: the generated ``<Name>Batch`` (it
+        registers itself), or a generic one made on first use."""
+        batch: type[SampleBatch[Any]] | None = cls.__dict__.get("_atdata_batch")
+        if batch is None:
+            batch = type(f"{cls.__name__}Batch", (SampleBatch,), {"sample_type": cls})
+        return batch
+
     def to_dict(self) -> dict[str, Any]:
         """Field wire name → value (arrays as they are)."""
         return {f.wire: getattr(self, f.name) for f in self.sample_fields}
@@ -433,3 +443,68 @@ def sample_class(
         eq=False,
     )
     return cls
+
+
+S = TypeVar("S", bound=PackableSample)
+
+
+class SampleBatch(Generic[S]):
+    """A batch of samples of one class: each array field stacked into one array with
+    a new first axis (all samples must agree on its shape; the error names the
+    sample that does not), every other field a list. ``samples`` and ``keys`` keep
+    the originals. Generated ``<Name>Batch`` classes declare typed attributes and set
+    ``sample_type``; they register themselves as their sample class's batch class.
+    """
+
+    sample_type: ClassVar[type[PackableSample]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        sample_type = cls.__dict__.get("sample_type")
+        if sample_type is not None and "_atdata_batch" not in sample_type.__dict__:
+            sample_type._atdata_batch = cls
+
+    def __init__(self, samples: list[S], keys: list[str] | None = None) -> None:
+        self.samples = samples
+        self.keys = keys or [str(i) for i in range(len(samples))]
+
+    @classmethod
+    def from_samples(cls, samples: list[S], keys: list[str] | None = None) -> Self:
+        """Build a batch; raises :class:`SampleFormatError` when array fields of the
+        samples differ in shape or dtype, or are missing in some samples only."""
+        batch = cls(samples, keys)
+        for spec in cls.sample_type.sample_fields:
+            values = [getattr(s, spec.name) for s in samples]
+            if spec.kind == "ndarray" and values:
+                setattr(batch, spec.name, _stack(spec, values, batch.keys))
+            else:
+                setattr(batch, spec.name, values)
+        return batch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} samples)"
+
+
+def _stack(spec: FieldSpec, values: list[Any], keys: list[str]) -> Any:
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    first = present[0]
+    for key, value in zip(keys, values, strict=True):
+        if value is None:
+            raise SampleFormatError(
+                "is None in some samples of the batch but not in others; cannot stack",
+                field=spec.wire,
+                member=f"{key}.msgpack",
+            )
+        if value.shape != first.shape or value.dtype != first.dtype:
+            raise SampleFormatError(
+                f"shape {value.shape} {value.dtype} differs from the batch's first "
+                f"sample ({first.shape} {first.dtype}); cannot stack",
+                field=spec.wire,
+                member=f"{key}.msgpack",
+            )
+    return np.stack(values)

@@ -147,6 +147,43 @@ def _field_doc(f: Field, t: Any) -> str:
     return "\n\n".join(parts)
 
 
+def _batch_class(
+    schema: SampleSchema, cls: str, py_names: tuple[str, ...]
+) -> cst.ClassDef:
+    body: list[cst.BaseStatement] = [
+        doc_stmt(
+            f"A batch of ``{cls}``: array fields stacked along a new first axis, "
+            "other fields as lists\n(see ``atdata_runtime.sample.SampleBatch``).",
+            "    ",
+        )
+    ]
+    body.append(
+        ann_assign(
+            "sample_type",
+            sub("_t.ClassVar", sub("type", dotted("_sample.PackableSample"))),
+            name(cls),
+            blank=1,
+        )
+    )
+    for i, (f, py) in enumerate(zip(schema.fields, py_names, strict=True)):
+        if isinstance(f.type, NDArrayType):
+            ann = _annotation(f.type)
+            if not f.required:
+                ann = union_of([ann, cst.Name("None")])
+        else:
+            item = _annotation(f.type)
+            if not f.required:
+                item = union_of([item, cst.Name("None")])
+            ann = sub("list", item)
+        body.append(ann_assign(py, ann, blank=1 if i == 0 else 0))
+    return cst.ClassDef(
+        name=name(f"{cls}Batch"),
+        body=cst.IndentedBlock(body),
+        bases=[cst.Arg(sub("_sample.SampleBatch", name(cls)))],
+        leading_lines=[_BLANK, _BLANK],
+    )
+
+
 def sample_module_path(model: LinkedModel, schema: SampleSchema) -> tuple[str, ...]:
     """Module path (relative to the package) of a sample schema's class."""
     return model.names.samples[(schema.name, schema.version)][0]
@@ -232,6 +269,7 @@ def _module(model: LinkedModel, schema: SampleSchema, rel: str) -> str:
         decorators=[decorator],
         leading_lines=[_BLANK, _BLANK],
     )
+    batch = _batch_class(schema, cls, py_names)
     header = (
         f"Sample schema ``{schema.name}`` {schema.version}.\n\n"
         f"{GENERATED_MARKER} {__version__} from ``{rel}`` "
@@ -301,11 +339,11 @@ def _module(model: LinkedModel, schema: SampleSchema, rel: str) -> str:
         ann_assign(
             "__all__",
             sub("list", dotted("str")),
-            cst.List([cst.Element(literal(cls))]),
+            cst.List([cst.Element(literal(cls)), cst.Element(literal(f"{cls}Batch"))]),
             blank=1,
         )
     )
-    return print_module(cst.Module(body=[*head, klass]))  # type: ignore[list-item]
+    return print_module(cst.Module(body=[*head, klass, batch]))  # type: ignore[list-item]
 
 
 def emit_samples(

@@ -13,7 +13,7 @@ import numpy as _np
 import numpy.typing as _npt
 from atdata_runtime import sample as _sample
 
-__all__: list[str] = ["CellImage"]
+__all__: list[str] = ["CellImage", "CellImageBatch"]
 
 
 @_dc.dataclass(kw_only=True, eq=False)
@@ -84,3 +84,18 @@ class CellImage(_sample.PackableSample):
 
     raw: bytes | None = None
     """Optional: absent or None on the wire reads as None."""
+
+
+class CellImageBatch(_sample.SampleBatch[CellImage]):
+    """A batch of ``CellImage``: array fields stacked along a new first axis, other fields as lists
+    (see ``atdata_runtime.sample.SampleBatch``).
+    """
+
+    sample_type: _t.ClassVar[type[_sample.PackableSample]] = CellImage
+
+    note: list[str | None]
+    image: _npt.NDArray[_np.uint16]
+    labels: list[list[list[int]]]
+    class_: list[str]
+    pixel_size: list[float | None]
+    raw: list[bytes | None]

@@ -1,0 +1,341 @@
+"""Typed datasets over WebDataset shards: ``Dataset[ImageSample](urls)``.
+
+Shards are tar files whose members are ``<key>.msgpack`` (one sample each), as atdata
+writes them. URLs use brace notation (``data-{000000..000009}.tar``) and may be local
+paths, ``http(s)://`` or ``s3://`` URLs, or anything else fsspec opens
+(``storage_options`` go to fsspec, e.g. ``{"endpoint_url": …}`` for an
+S3-compatible server). Tar parsing is webdataset's (``tar_file_iterator``,
+``group_by_keys``); decoding is :mod:`atdata_runtime.sample`.
+
+Splitting: each (node, worker) pair reads a disjoint share, so that a
+``torch.utils.data.DataLoader`` with workers under distributed training sees every
+sample exactly once per epoch. Shards are dealt round-robin when there are at least
+as many shards as consumers; otherwise every consumer reads every shard and keeps
+every n-th sample. Rank and world size come from ``torch.distributed`` when it is
+initialised, else from ``RANK``/``WORLD_SIZE``; the worker from
+``torch.utils.data.get_worker_info()``; all can be given explicitly. torch is
+optional.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO, ClassVar, Generic, Self, TypeVar
+
+import braceexpand
+import fsspec  # type: ignore[import-untyped]
+from tqdm import tqdm  # type: ignore[import-untyped]
+from webdataset import tariterators  # type: ignore[import-untyped]
+
+from .sample import PackableSample, SampleBatch, SampleFormatError, Unknown
+
+__all__ = ["Dataset", "ShardWriter", "Split", "expand_urls", "write_samples"]
+
+T = TypeVar("T", bound=PackableSample)
+
+
+def expand_urls(urls: str | Sequence[str]) -> list[str]:
+    """Expand brace notation (``a-{000..009}.tar``, ``{x,y}``) in one URL or a list;
+    order is kept."""
+    items = [urls] if isinstance(urls, str) else list(urls)
+    out: list[str] = []
+    for item in items:
+        out.extend(braceexpand.braceexpand(item))
+    return out
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which share of the data this consumer reads: node ``rank`` of ``world_size``,
+    DataLoader ``worker`` of ``num_workers``."""
+
+    rank: int = 0
+    world_size: int = 1
+    worker: int = 0
+    num_workers: int = 1
+
+    @property
+    def consumers(self) -> int:
+        return self.world_size * self.num_workers
+
+    @property
+    def index(self) -> int:
+        return self.rank * self.num_workers + self.worker
+
+    @classmethod
+    def detect(cls) -> Split:
+        """The current consumer, from torch (if importable) or the environment."""
+        rank, world = (
+            int(os.environ.get("RANK", "0")),
+            int(os.environ.get("WORLD_SIZE", "1")),
+        )
+        worker, workers = 0, 1
+        try:
+            import torch.distributed as dist  # type: ignore[import-not-found]
+            from torch.utils.data import (  # type: ignore[import-not-found]
+                get_worker_info,
+            )
+        except ImportError:
+            pass
+        else:
+            if dist.is_available() and dist.is_initialized():
+                rank, world = dist.get_rank(), dist.get_world_size()
+            info = get_worker_info()
+            if info is not None:
+                worker, workers = info.id, info.num_workers
+        return cls(rank, world, worker, workers)
+
+
+def _open(url: str, storage_options: dict[str, Any]) -> BinaryIO:
+    if "://" not in url or url.startswith("file://"):
+        return open(url.removeprefix("file://"), "rb", buffering=1 << 20)
+    return fsspec.open(url, "rb", **storage_options).open()  # type: ignore[no-any-return]
+
+
+def iter_shard(
+    url: str, storage_options: dict[str, Any] | None = None
+) -> Iterator[tuple[str, bytes]]:
+    """``(key, payload)`` for each sample of one shard, in tar order. Raises
+    :class:`SampleFormatError` for a sample without a ``.msgpack`` member."""
+    with _open(url, storage_options or {}) as stream:
+        files = (dict(f, __url__=url) for f in tariterators.tar_file_iterator(stream))
+        for item in tariterators.group_by_keys(files):
+            key = item["__key__"]
+            payload = item.get("msgpack")
+            if payload is None:
+                raise SampleFormatError(
+                    f"sample has no .msgpack member (has: "
+                    f"{', '.join(k for k in item if not k.startswith('__'))})",
+                    member=f"{url}:{key}",
+                )
+            yield key, payload
+
+
+class Dataset(Generic[T]):
+    """Typed samples from WebDataset shards. ``Dataset[ImageSample](urls)`` binds the
+    sample class; iterating yields ``ImageSample`` instances (``ordered()``,
+    ``shuffled()``), or typed batches with ``batch_size``.
+
+    ``unknown``, ``validate`` and ``copy`` are passed to
+    :meth:`PackableSample.unpack`; ``split`` (``None`` = detect per iteration)
+    selects this consumer's share; ``progress`` shows a progress bar."""
+
+    sample_type: ClassVar[type[PackableSample]]
+    _bound: ClassVar[dict[type[PackableSample], type[Dataset[Any]]]] = {}
+
+    def __class_getitem__(cls, item: Any) -> Any:
+        if isinstance(item, type) and issubclass(item, PackableSample):
+            bound = cls._bound.get(item)
+            if bound is None:
+                bound = type(f"Dataset[{item.__name__}]", (cls,), {"sample_type": item})
+                cls._bound[item] = bound
+            return bound
+        return super().__class_getitem__(item)  # type: ignore[misc]
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        *,
+        storage_options: dict[str, Any] | None = None,
+        unknown: Unknown = "keep",
+        validate: bool = False,
+        copy: bool = False,
+        split: Split | None = None,
+        progress: bool = False,
+    ) -> None:
+        if not hasattr(type(self), "sample_type"):
+            raise TypeError("bind a sample class first: Dataset[MySample](urls)")
+        self.shards = expand_urls(urls)
+        if not self.shards:
+            raise ValueError("no shard URLs")
+        self.storage_options = dict(storage_options or {})
+        self.unknown: Unknown = unknown
+        self.validate = validate
+        self.copy = copy
+        self.split = split
+        self.progress = progress
+
+    # -- iteration --------------------------------------------------------------------
+    def _plan(self, shards: list[str]) -> tuple[list[str], int, int]:
+        split = self.split or Split.detect()
+        n, k = split.consumers, split.index
+        if n <= 1:
+            return shards, 1, 0
+        if len(shards) >= n:
+            return shards[k::n], 1, 0
+        return shards, n, k  # fewer shards than consumers: every n-th sample
+
+    def _payloads(self, shards: list[str]) -> Iterator[tuple[str, bytes]]:
+        mine, stride, offset = self._plan(shards)
+        index = 0
+        for url in tqdm(mine, desc="shards", unit="shard", disable=not self.progress):
+            for key, payload in iter_shard(url, self.storage_options):
+                if stride == 1 or index % stride == offset:
+                    yield key, payload
+                index += 1
+
+    def ordered(
+        self, batch_size: int | None = None, *, drop_last: bool = False
+    ) -> Iterator[Any]:
+        """Samples in shard order (this consumer's share), or batches of
+        ``batch_size`` (:class:`SampleBatch`; the last one may be smaller unless
+        ``drop_last``)."""
+        samples = self._decode_keyed(self._payloads(self.shards))
+        return self._maybe_batch(samples, batch_size, drop_last)
+
+    def shuffled(
+        self,
+        *,
+        buffer: int = 1000,
+        seed: int | None = None,
+        epoch: int = 0,
+        batch_size: int | None = None,
+        drop_last: bool = False,
+    ) -> Iterator[Any]:
+        """Samples in random order: shards shuffled (the same order on every
+        consumer for a given ``seed`` and ``epoch``), then samples through a shuffle
+        buffer of ``buffer`` samples."""
+        rng = random.Random(None if seed is None else seed * 1_000_003 + epoch)
+        shards = list(self.shards)
+        rng.shuffle(shards)
+        keyed = self._shuffle_buffer(
+            self._decode_keyed(self._payloads(shards)), buffer, rng
+        )
+        return self._maybe_batch(keyed, batch_size, drop_last)
+
+    def __iter__(self) -> Iterator[T]:
+        return self.ordered()
+
+    def _decode_keyed(
+        self, items: Iterable[tuple[str, bytes]]
+    ) -> Iterator[tuple[str, T]]:
+        unpack = self.sample_type.unpack
+        for key, payload in items:
+            sample = unpack(
+                payload,
+                member=f"{key}.msgpack",
+                unknown=self.unknown,
+                validate=self.validate,
+                copy=self.copy,
+            )
+            yield key, sample  # type: ignore[misc]
+
+    @staticmethod
+    def _shuffle_buffer(
+        items: Iterator[tuple[str, T]], size: int, rng: random.Random
+    ) -> Iterator[tuple[str, T]]:
+        pool: list[tuple[str, T]] = []
+        for item in items:
+            if len(pool) < size:
+                pool.append(item)
+                continue
+            i = rng.randrange(len(pool))
+            pool[i], item = item, pool[i]
+            yield item
+        rng.shuffle(pool)
+        yield from pool
+
+    def _maybe_batch(
+        self, keyed: Iterator[tuple[str, T]], batch_size: int | None, drop_last: bool
+    ) -> Iterator[Any]:
+        if batch_size is None:
+            return (sample for _, sample in keyed)
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        return self._batches(keyed, batch_size, drop_last)
+
+    def _batches(
+        self, keyed: Iterator[tuple[str, T]], size: int, drop_last: bool
+    ) -> Iterator[SampleBatch[T]]:
+        batch_cls = self.sample_type.batch_class()
+        chunk: list[tuple[str, T]] = []
+        for item in keyed:
+            chunk.append(item)
+            if len(chunk) == size:
+                yield batch_cls.from_samples(
+                    [s for _, s in chunk],
+                    keys=[k for k, _ in chunk],
+                )
+                chunk = []
+        if chunk and not drop_last:
+            yield batch_cls.from_samples(
+                [s for _, s in chunk],
+                keys=[k for k, _ in chunk],
+            )
+
+
+class ShardWriter:
+    """Write samples into WebDataset shards ``pattern % index`` (e.g.
+    ``out/data-%06d.tar``), starting a new shard after ``maxcount`` samples or
+    ``maxsize`` bytes. Members are ``<key>.msgpack``; keys default to
+    ``uuid1(0, 0)`` as atdata's writer uses and must not contain dots. Arrays are
+    checked against the schema (dtype/shape) on write. ``shards`` lists the files
+    written."""
+
+    def __init__(
+        self,
+        pattern: str,
+        *,
+        maxcount: int = 100_000,
+        maxsize: float = 3e9,
+        progress: bool = False,
+        start: int = 0,
+    ) -> None:
+        import webdataset as wds
+
+        if "%" not in pattern:
+            raise ValueError(
+                "pattern needs a %-format for the shard index, e.g. data-%06d.tar"
+            )
+        self.shards: list[str] = []
+        self.count = 0
+        self._writer = wds.ShardWriter(
+            pattern,
+            maxcount=maxcount,
+            maxsize=maxsize,
+            start_shard=start,
+            verbose=0,
+            post=self.shards.append,
+        )
+        self._bar = tqdm(desc="writing", unit="sample", disable=not progress)
+
+    def write(self, sample: PackableSample, key: str | None = None) -> str:
+        """Write one sample; returns its key."""
+        key = key if key is not None else str(uuid.uuid1(0, 0))
+        self._writer.write(sample.as_wds(key))
+        self.count += 1
+        self._bar.update()
+        return key
+
+    def close(self) -> None:
+        self._writer.close()
+        self._bar.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_samples(
+    samples: Iterable[PackableSample],
+    pattern: str,
+    *,
+    maxcount: int = 100_000,
+    maxsize: float = 3e9,
+    key: Callable[[int, PackableSample], str] | None = None,
+    progress: bool = False,
+) -> list[str]:
+    """Write ``samples`` to shards (see :class:`ShardWriter`); returns the shard
+    paths."""
+    with ShardWriter(
+        pattern, maxcount=maxcount, maxsize=maxsize, progress=progress
+    ) as writer:
+        for i, sample in enumerate(samples):
+            writer.write(sample, None if key is None else key(i, sample))
+    return writer.shards
