@@ -357,3 +357,70 @@ def test_golden_sample_record_round_trips_to_its_record(tmp_path: Path) -> None:
         assert mod.CellImage.schema_cid == wrapped["cid"]
     finally:
         sys.path.remove(str(tmp_path))
+
+
+HOSTILE = [
+    "class",
+    "None",
+    "__init__",
+    "pack",
+    "unknown_fields",
+    "schema_name",
+    "a b",
+    "é",
+    "ｆｏｏ",
+    "1st",
+    '"""',
+    "\\",
+    "x\ny",
+    "__import__('os')",
+    "sample_fields",
+]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    names=st.lists(
+        st.sampled_from(HOSTILE) | st.text(min_size=1, max_size=8),
+        min_size=1,
+        max_size=6,
+        unique=True,
+    ),
+    desc=st.sampled_from(HOSTILE) | st.text(max_size=20),
+)
+def test_hostile_schema_records_compile_to_safe_code(
+    names: list[str], desc: str
+) -> None:
+    import ast
+    import tempfile
+
+    record = {
+        "name": "Hostile",
+        "version": "1.0.0",
+        "schemaType": "jsonSchema",
+        "description": desc,
+        "schema": {
+            "type": "object",
+            "required": names[:1],
+            "properties": {n: {"type": "string", "description": desc} for n in names},
+        },
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "h.json"
+        src.write_text(json.dumps(record))
+        reporter = Reporter()
+        result = build(BuildOptions([src], "hostile_samples", jobs=1), reporter)
+        if result.files is None:
+            assert reporter.errors  # e.g. a lone surrogate in the text
+            return
+        code = result.files["samples/hostile_v1_0_0.py"]
+        tree = ast.parse(code)
+        calls = {ast.unparse(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+        assert calls <= {"_dc.dataclass", "_sample.FieldSpec"}, calls
+        namespace: dict[str, Any] = {}
+        exec(compile(tree, "hostile", "exec"), namespace)  # noqa: S102 - the test's point
+        cls = namespace["Hostile"]
+        assert [f.wire for f in cls.sample_fields] == names
+        values = {f.name: "v" for f in cls.sample_fields}
+        sample = cls(**values)
+        assert list(msgpack.unpackb(sample.pack())) == names

@@ -4,8 +4,9 @@ Shards are tar files whose members are ``<key>.msgpack`` (one sample each), as a
 writes them. URLs use brace notation (``data-{000000..000009}.tar``) and may be local
 paths, ``http(s)://`` or ``s3://`` URLs, or anything else fsspec opens
 (``storage_options`` go to fsspec, e.g. ``{"endpoint_url": …}`` for an
-S3-compatible server). Tar parsing is webdataset's (``tar_file_iterator``,
-``group_by_keys``); decoding is :mod:`atdata_runtime.sample`.
+S3-compatible server). Shards are written with webdataset's ``ShardWriter`` and read
+with :mod:`atdata_runtime.tar` (a lean streaming reader, checked against ``tarfile``
+and webdataset); decoding is :mod:`atdata_runtime.sample`.
 
 Splitting: each (node, worker) pair reads a disjoint share, so that a
 ``torch.utils.data.DataLoader`` with workers under distributed training sees every
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,13 +31,20 @@ from typing import Any, BinaryIO, ClassVar, Generic, Self, TypeVar
 import braceexpand
 import fsspec  # type: ignore[import-untyped]
 from tqdm import tqdm  # type: ignore[import-untyped]
-from webdataset import tariterators  # type: ignore[import-untyped]
 
 from .sample import PackableSample, SampleBatch, SampleFormatError, Unknown
+from .tar import TarFormatError, iter_samples
 
 __all__ = ["Dataset", "ShardWriter", "Split", "expand_urls", "write_samples"]
 
 T = TypeVar("T", bound=PackableSample)
+
+
+def _quiet(progress: bool | None) -> bool:
+    """Progress bars: on when asked, off when told; by default only on a terminal."""
+    if progress is None:
+        return not sys.stderr.isatty()
+    return not progress
 
 
 def expand_urls(urls: str | Sequence[str]) -> list[str]:
@@ -102,17 +111,17 @@ def iter_shard(
     """``(key, payload)`` for each sample of one shard, in tar order. Raises
     :class:`SampleFormatError` for a sample without a ``.msgpack`` member."""
     with _open(url, storage_options or {}) as stream:
-        files = (dict(f, __url__=url) for f in tariterators.tar_file_iterator(stream))
-        for item in tariterators.group_by_keys(files):
-            key = item["__key__"]
-            payload = item.get("msgpack")
-            if payload is None:
-                raise SampleFormatError(
-                    f"sample has no .msgpack member (has: "
-                    f"{', '.join(k for k in item if not k.startswith('__'))})",
-                    member=f"{url}:{key}",
-                )
-            yield key, payload
+        try:
+            for key, group in iter_samples(stream):
+                payload = group.get("msgpack")
+                if payload is None:
+                    raise SampleFormatError(
+                        f"sample has no .msgpack member (has: {', '.join(group)})",
+                        member=f"{url}:{key}",
+                    )
+                yield key, payload
+        except TarFormatError as exc:
+            raise TarFormatError(f"{url}: {exc}") from None
 
 
 class Dataset(Generic[T]):
@@ -122,7 +131,8 @@ class Dataset(Generic[T]):
 
     ``unknown``, ``validate`` and ``copy`` are passed to
     :meth:`PackableSample.unpack`; ``split`` (``None`` = detect per iteration)
-    selects this consumer's share; ``progress`` shows a progress bar."""
+    selects this consumer's share; ``progress`` shows a progress bar (default: when
+    stderr is a terminal; ``False`` turns it off)."""
 
     sample_type: ClassVar[type[PackableSample]]
     _bound: ClassVar[dict[type[PackableSample], type[Dataset[Any]]]] = {}
@@ -145,7 +155,7 @@ class Dataset(Generic[T]):
         validate: bool = False,
         copy: bool = False,
         split: Split | None = None,
-        progress: bool = False,
+        progress: bool | None = None,
     ) -> None:
         if not hasattr(type(self), "sample_type"):
             raise TypeError("bind a sample class first: Dataset[MySample](urls)")
@@ -172,7 +182,9 @@ class Dataset(Generic[T]):
     def _payloads(self, shards: list[str]) -> Iterator[tuple[str, bytes]]:
         mine, stride, offset = self._plan(shards)
         index = 0
-        for url in tqdm(mine, desc="shards", unit="shard", disable=not self.progress):
+        for url in tqdm(
+            mine, desc="shards", unit="shard", disable=_quiet(self.progress)
+        ):
             for key, payload in iter_shard(url, self.storage_options):
                 if stride == 1 or index % stride == offset:
                     yield key, payload
@@ -282,10 +294,10 @@ class ShardWriter:
         *,
         maxcount: int = 100_000,
         maxsize: float = 3e9,
-        progress: bool = False,
+        progress: bool | None = None,
         start: int = 0,
     ) -> None:
-        import webdataset as wds
+        import webdataset as wds  # type: ignore[import-untyped]
 
         if "%" not in pattern:
             raise ValueError(
@@ -301,7 +313,7 @@ class ShardWriter:
             verbose=0,
             post=self.shards.append,
         )
-        self._bar = tqdm(desc="writing", unit="sample", disable=not progress)
+        self._bar = tqdm(desc="writing", unit="sample", disable=_quiet(progress))
 
     def write(self, sample: PackableSample, key: str | None = None) -> str:
         """Write one sample; returns its key."""
@@ -329,7 +341,7 @@ def write_samples(
     maxcount: int = 100_000,
     maxsize: float = 3e9,
     key: Callable[[int, PackableSample], str] | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> list[str]:
     """Write ``samples`` to shards (see :class:`ShardWriter`); returns the shard
     paths."""

@@ -18,6 +18,7 @@ never a copy; pass ``copy=True`` for a writable array. Malformed input raises
 from __future__ import annotations
 
 import ast
+import math
 import re
 import struct
 from typing import Any, Final
@@ -118,6 +119,22 @@ def encode_array(array: NDArray[Any]) -> list[BufferLike]:
     return [header, data.data.cast("B") if data.size else b""]
 
 
+_DTYPES: dict[bytes, np.dtype[Any]] = {}
+
+
+def _dtype_of(code: bytes) -> np.dtype[Any]:
+    dtype = _DTYPES.get(code)
+    if dtype is None:
+        try:
+            text = code.decode("ascii")
+        except UnicodeDecodeError:
+            raise ArrayFormatError("dtype is not ASCII") from None
+        dtype = _checked_dtype(text)
+        if len(_DTYPES) < 256:
+            _DTYPES[code] = dtype
+    return dtype
+
+
 def decode_array(
     buffer: BufferLike,
     offset: int = 0,
@@ -129,38 +146,37 @@ def decode_array(
     or ``.npy``). Returns a view into ``buffer`` (read-only when ``buffer`` is) unless
     ``copy``. Raises :class:`ArrayFormatError` for truncated or inconsistent
     headers, absurd ``ndim``, a size that does not match the data, or object dtypes.
+    ``buffer`` must be bytes-like with one-byte items.
     """
-    view = memoryview(buffer).cast("B")
-    end = len(view) if length is None else offset + length
-    if end > len(view) or offset < 0:
+    size = len(buffer)
+    end = size if length is None else offset + length
+    if end > size or offset < 0:
         raise ArrayFormatError("array bytes run past the end of the payload")
-    if bytes(view[offset : offset + 6]) == NPY_MAGIC:
-        return _decode_npy(view, offset, end, copy)
     if end - offset < 2:
         raise ArrayFormatError(f"array buffer too short ({end - offset} bytes)")
-    dlen = view[offset]
+    dlen = buffer[offset]
+    if dlen == 0x93 and buffer[offset : offset + 6] == NPY_MAGIC:
+        return _decode_npy(memoryview(buffer).cast("B"), offset, end, copy)
     pos = offset + 1
     if pos + dlen + 1 > end:
         raise ArrayFormatError("array header truncated in the dtype")
-    try:
-        dtype_text = bytes(view[pos : pos + dlen]).decode("ascii")
-    except UnicodeDecodeError:
-        raise ArrayFormatError("dtype is not ASCII") from None
-    dtype = _checked_dtype(dtype_text)
+    dtype = _dtype_of(bytes(buffer[pos : pos + dlen]))
     pos += dlen
-    ndim = view[pos]
+    ndim = buffer[pos]
     pos += 1
     if ndim > MAX_NDIM:
         raise ArrayFormatError(f"ndim {ndim} is more than {MAX_NDIM}")
     if pos + 8 * ndim > end:
         raise ArrayFormatError(f"array header truncated in the shape ({ndim} dims)")
-    shape = struct.unpack_from(f"<{ndim}q", view, pos)
-    pos += 8 * ndim
-    return _view(view, dtype, shape, pos, end, copy, fortran=False)
+    shape = struct.unpack_from(_SHAPE_FORMATS[ndim], buffer, pos)
+    return _view(buffer, dtype, shape, pos + 8 * ndim, end, copy, fortran=False)
+
+
+_SHAPE_FORMATS: Final = [f"<{n}q" for n in range(MAX_NDIM + 1)]
 
 
 def _view(
-    view: memoryview,
+    buffer: BufferLike,
     dtype: np.dtype[Any],
     shape: tuple[int, ...],
     start: int,
@@ -169,17 +185,15 @@ def _view(
     *,
     fortran: bool,
 ) -> NDArray[Any]:
-    if any(d < 0 for d in shape):
+    count = math.prod(shape)
+    if shape and min(shape) < 0:
         raise ArrayFormatError(f"negative dimension in shape {shape}")
-    count = 1
-    for d in shape:
-        count *= d
     expected = count * dtype.itemsize
     if expected != end - start:
         raise ArrayFormatError(
             f"shape {shape} of {dtype.str} needs {expected} bytes, found {end - start}"
         )
-    flat = np.frombuffer(view, dtype=dtype, count=count, offset=start)
+    flat = np.frombuffer(buffer, dtype=dtype, count=count, offset=start)
     array = flat.reshape(shape, order="F" if fortran else "C")
     return array.copy() if copy else array
 

@@ -26,6 +26,7 @@ writable arrays).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import struct
 import warnings
 from collections.abc import Iterable
@@ -49,8 +50,13 @@ __all__ = [
 Unknown = Literal["keep", "drop", "error"]
 """What to do with payload keys a class does not declare."""
 
-_LARGE: Final = 1 << 20
+_LARGE: Final = 1 << 16
 """Payloads (or array totals) from this size take the zero-copy paths."""
+
+
+@functools.lru_cache(maxsize=256)
+def _np_dtype(name: str) -> np.dtype[Any]:
+    return np.dtype(name)
 
 
 class SampleFormatError(ValueError):
@@ -98,7 +104,7 @@ class FieldSpec:
                 field=self.wire,
                 member=member,
             )
-        if self.dtype is not None and value.dtype != np.dtype(self.dtype):
+        if self.dtype is not None and value.dtype != _np_dtype(self.dtype):
             raise SampleFormatError(
                 f"dtype {value.dtype} does not match the schema's {self.dtype}",
                 field=self.wire,
@@ -280,35 +286,127 @@ class _Codec:
     def _unpack_large(
         self, payload: BufferLike, member: str | None
     ) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
-        # Walk the top-level map with msgpack's Unpacker, but for array fields take a
-        # view of the payload at the bin value's offset and skip it, so the array
-        # data is never copied into a bytes object.
+        # Walk the top-level map by hand: array fields become views of the payload at
+        # their bin value's offset (no copy at all); other values are decoded by
+        # msgpack from their own slice, found by skipping over headers.
         view = memoryview(payload).cast("B")
-        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(view) + 16)
-        unpacker.feed(view)
         try:
-            n = unpacker.read_map_header()
+            pos, n = _container_header(view, 0, map_=True)
             data: dict[str, Any] = {}
             arrays: dict[str, NDArray[Any]] = {}
             for _ in range(n):
-                key = unpacker.unpack()
-                pos = unpacker.tell()
-                marker = view[pos] if pos < len(view) else -1
+                end = _skip(view, pos)
+                key = msgpack.unpackb(view[pos:end], raw=False)
+                pos = end
+                marker = view[pos]
                 if key in self.arrays and marker in _BIN_MARKERS:
                     size, fmt = _BIN_MARKERS[marker]
                     length = struct.unpack_from(fmt, view, pos + 1)[0]
+                    start = pos + 1 + size
                     try:
-                        arrays[key] = decode_array(view, pos + 1 + size, length)
+                        arrays[key] = decode_array(view, start, length)
                     except ArrayFormatError as exc:
                         raise exc.located(field=key, member=member) from None
-                    unpacker.skip()
+                    pos = start + length
                 else:
-                    data[key] = unpacker.unpack()
-        except (ValueError, msgpack.UnpackException, msgpack.OutOfData) as exc:
+                    end = _skip(view, pos)
+                    data[key] = msgpack.unpackb(view[pos:end], raw=False)
+                    pos = end
+            if pos != len(view):
+                raise ValueError(f"{len(view) - pos} bytes after the map")
+        except (ValueError, IndexError, struct.error, msgpack.UnpackException) as exc:
             raise SampleFormatError(
                 f"payload is not a msgpack map: {exc}", member=member
             ) from None
         return data, arrays
+
+
+_FIXED_SIZES: Final = {
+    0xC0: 1,
+    0xC2: 1,
+    0xC3: 1,
+    0xCA: 5,
+    0xCB: 9,
+    0xCC: 2,
+    0xCD: 3,
+    0xCE: 5,
+    0xCF: 9,
+    0xD0: 2,
+    0xD1: 3,
+    0xD2: 5,
+    0xD3: 9,
+    0xD4: 3,
+    0xD5: 4,
+    0xD6: 6,
+    0xD7: 10,
+    0xD8: 18,
+}
+_LENGTH_PREFIXED: Final = {  # marker -> (length bytes, struct format, extra type byte)
+    0xC4: (1, ">B", 0),
+    0xC5: (2, ">H", 0),
+    0xC6: (4, ">I", 0),
+    0xC7: (1, ">B", 1),
+    0xC8: (2, ">H", 1),
+    0xC9: (4, ">I", 1),
+    0xD9: (1, ">B", 0),
+    0xDA: (2, ">H", 0),
+    0xDB: (4, ">I", 0),
+}
+
+
+def _container_header(view: memoryview, pos: int, *, map_: bool) -> tuple[int, int]:
+    """(position after the header, entry count) of a map (or array) at ``pos``."""
+    marker = view[pos]
+    if map_:
+        if 0x80 <= marker <= 0x8F:
+            return pos + 1, marker & 0x0F
+        if marker == 0xDE:
+            return pos + 3, struct.unpack_from(">H", view, pos + 1)[0]
+        if marker == 0xDF:
+            return pos + 5, struct.unpack_from(">I", view, pos + 1)[0]
+        raise ValueError(f"expected a map at byte {pos}, found 0x{marker:02x}")
+    if 0x90 <= marker <= 0x9F:
+        return pos + 1, marker & 0x0F
+    if marker == 0xDC:
+        return pos + 3, struct.unpack_from(">H", view, pos + 1)[0]
+    if marker == 0xDD:
+        return pos + 5, struct.unpack_from(">I", view, pos + 1)[0]
+    raise ValueError(f"expected an array at byte {pos}")
+
+
+def _skip(view: memoryview, pos: int) -> int:
+    """Offset just past the msgpack value at ``pos`` (headers only; no decoding)."""
+    pending = 1
+    while pending:
+        pending -= 1
+        marker = view[pos]
+        if marker <= 0x7F or marker >= 0xE0:
+            pos += 1
+        elif marker <= 0x8F:
+            pos, n = pos + 1, 2 * (marker & 0x0F)
+            pending += n
+        elif marker <= 0x9F:
+            pos, n = pos + 1, marker & 0x0F
+            pending += n
+        elif marker <= 0xBF:
+            pos += 1 + (marker & 0x1F)
+        elif marker in _FIXED_SIZES:
+            pos += _FIXED_SIZES[marker]
+        elif marker in _LENGTH_PREFIXED:
+            width, fmt, extra = _LENGTH_PREFIXED[marker]
+            length = struct.unpack_from(fmt, view, pos + 1)[0]
+            pos += 1 + width + extra + length
+        elif marker in (0xDC, 0xDD):
+            pos, n = _container_header(view, pos, map_=False)
+            pending += n
+        elif marker in (0xDE, 0xDF):
+            pos, n = _container_header(view, pos, map_=True)
+            pending += 2 * n
+        else:
+            raise ValueError(f"invalid msgpack marker 0x{marker:02x} at byte {pos}")
+        if pos > len(view):
+            raise ValueError("truncated msgpack value")
+    return pos
 
 
 @dataclass(kw_only=True, eq=False)
