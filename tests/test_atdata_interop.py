@@ -35,7 +35,9 @@ CLASSES = [
     "OptionalSample",
     "ListSample",
     "NestedSample",
+    "RecordArraySample",
 ]
+POINT = np.dtype([("x", "<f4"), ("y", "<f4"), ("id", "<i8")])
 
 
 @pytest.fixture(scope="session")
@@ -170,6 +172,10 @@ def _values(name: str, i: int) -> dict[str, Any]:
             "values": [j * 1.5 for j in range(i)],
             "embedding": np.arange(i * 4, dtype=np.float64).reshape(i, 4),
         }
+    if name == "RecordArraySample":
+        points = np.zeros(i, POINT)
+        points["x"], points["y"], points["id"] = np.arange(i), -np.arange(i), range(i)
+        return {"points": points, "name": f"r{i}"}
     return {"grid": [[j, -j] for j in range(i)], "tags": ["a"] * i, "weight": 1e-3 * i}
 
 
@@ -177,7 +183,7 @@ def _to_json(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return {
             "__ndarray__": {
-                "dtype": value.dtype.str,
+                "dtype": value.dtype.descr if value.dtype.names else value.dtype.str,
                 "shape": list(value.shape),
                 "b64": base64.b64encode(value.tobytes()).decode(),
             }
@@ -190,9 +196,14 @@ def _to_json(value: Any) -> Any:
 def _from_json(value: Any) -> Any:
     if isinstance(value, dict) and "__ndarray__" in value:
         spec = value["__ndarray__"]
-        return np.frombuffer(
-            base64.b64decode(spec["b64"]), np.dtype(spec["dtype"])
-        ).reshape(spec["shape"])
+        dtype = (
+            np.dtype([tuple(f) for f in spec["dtype"]])
+            if isinstance(spec["dtype"], list)
+            else np.dtype(spec["dtype"])
+        )
+        return np.frombuffer(base64.b64decode(spec["b64"]), dtype).reshape(
+            spec["shape"]
+        )
     if isinstance(value, dict) and "__bytes__" in value:
         return base64.b64decode(value["__bytes__"])
     return value
@@ -237,6 +248,7 @@ def test_atdata_records_compile_to_matching_classes(
         },
         "ListSample": {"words": "list", "values": "list", "embedding": "ndarray"},
         "NestedSample": {"grid": "list", "tags": "list", "weight": "float"},
+        "RecordArraySample": {"points": "ndarray", "name": "str"},
     }[name]
     assert kinds == expected
 

@@ -424,3 +424,51 @@ def test_hostile_schema_records_compile_to_safe_code(
         values = {f.name: "v" for f in cls.sample_fields}
         sample = cls(**values)
         assert list(msgpack.unpackb(sample.pack())) == names
+
+
+def test_structured_shim_round_trip(tmp_path: Path) -> None:
+    shim = "https://alt.science/schemas/atdata-structured-bytes/1.0.0#/$defs/structured"
+    record = {
+        "$type": "science.alt.dataset.schema",
+        "name": "Tracks",
+        "version": "1.0.0",
+        "schemaType": "jsonSchema",
+        "schema": {
+            "$type": "science.alt.dataset.schema#jsonSchemaFormat",
+            "$schema": "http://json-schema.org/draft-07/schema#",
+            "type": "object",
+            "properties": {"points": {"$ref": shim}},
+            "required": ["points"],
+            "arrayFormatVersions": {"structuredBytes": "1.0.0"},
+        },
+        "createdAt": "2026-01-01T00:00:00+00:00",
+        "atdataSchemaVersion": 1,
+    }
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "t.json").write_text(json.dumps(record))
+    compile_to(tmp_path / "out", [tmp_path / "src"], "tracks_pkg")
+    sys.path.insert(0, str(tmp_path / "out"))
+    try:
+        cls = importlib.import_module("tracks_pkg.samples.tracks_v1_0_0").Tracks
+        dt = np.dtype([("t", "<f8"), ("xy", "<f4", (2,)), ("tag", "S4")])
+        points = np.zeros(3, dt)
+        points["t"] = [0.5, 1.5, 2.5]
+        sample = cls(points=points)
+        payload = sample.pack()
+        assert msgpack.unpackb(payload)["points"][:6] == b"\x93NUMPY"
+        back = cls.unpack(payload)
+        assert back.points.dtype == dt and np.array_equal(back.points, points)
+        assert json.dumps(
+            schema_record(cls, created_at=record["createdAt"])
+        ) == json.dumps(record)
+    finally:
+        sys.path.remove(str(tmp_path / "out"))
+
+
+def test_npy_object_dtypes_are_refused_even_when_structured() -> None:
+    for descr in ("[('a', '|O')]", "'|O'", "[('a', [('b', '|O')])]", "[(1, '<f4')]"):
+        header = "{'descr': " + descr + ", 'fortran_order': False, 'shape': (1,), }"
+        header += " " * (-(len(header) + 11) % 64) + "\n"
+        raw = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode()
+        with pytest.raises(ArrayFormatError):
+            decode_array(raw + b"\x00" * 8)

@@ -18,6 +18,7 @@ never a copy; pass ``copy=True`` for a writable array. Malformed input raises
 from __future__ import annotations
 
 import ast
+import io
 import math
 import re
 import struct
@@ -37,6 +38,7 @@ __all__ = [
     "array_header",
     "decode_array",
     "encode_array",
+    "encode_npy",
 ]
 
 NPY_MAGIC: Final = b"\x93NUMPY"
@@ -91,6 +93,59 @@ def _checked_dtype(text: str) -> np.dtype[Any]:
     if dtype.hasobject:
         raise ArrayFormatError("object dtype refused")
     return dtype
+
+
+_MAX_FIELDS: Final = 256
+
+
+def _checked_descr(descr: Any, depth: int = 0) -> np.dtype[Any]:
+    """A dtype from a ``.npy`` ``descr``: a simple dtype string, or (structured
+    arrays) a list of ``(name, descr[, shape])`` built only from checked parts."""
+    if isinstance(descr, str):
+        return _checked_dtype(descr)
+    if (
+        not isinstance(descr, list)
+        or not descr
+        or len(descr) > _MAX_FIELDS
+        or depth > 4
+    ):
+        raise ArrayFormatError("unsupported .npy descr")
+    fields: list[Any] = []
+    for entry in descr:
+        if not isinstance(entry, tuple) or len(entry) not in (2, 3):
+            raise ArrayFormatError("unsupported structured dtype entry")
+        name, sub_descr = entry[0], entry[1]
+        if not isinstance(name, str):
+            raise ArrayFormatError("structured dtype field names must be strings")
+        item: list[Any] = [name, _checked_descr(sub_descr, depth + 1)]
+        if len(entry) == 3:
+            shape = entry[2]
+            if (
+                not isinstance(shape, tuple)
+                or len(shape) > MAX_NDIM
+                or not all(isinstance(d, int) and 0 <= d < 1 << 31 for d in shape)
+            ):
+                raise ArrayFormatError("unsupported structured sub-array shape")
+            item.append(shape)
+        fields.append(tuple(item))
+    try:
+        dtype = np.dtype(fields)
+    except (TypeError, ValueError) as exc:
+        raise ArrayFormatError(f"invalid structured dtype: {exc}") from None
+    if dtype.hasobject:
+        raise ArrayFormatError("object dtype refused")
+    return dtype
+
+
+def encode_npy(array: NDArray[Any]) -> bytes:
+    """``.npy`` bytes of ``array`` (``np.save``, no pickle): how atdata writes
+    structured (compound dtype) arrays. Raises :class:`ArrayFormatError` for object
+    dtypes."""
+    if array.dtype.hasobject:
+        raise ArrayFormatError(f"cannot encode dtype {array.dtype}")
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
 
 
 def array_header(array: NDArray[Any]) -> bytes:
@@ -226,15 +281,14 @@ def _decode_npy(view: memoryview, offset: int, end: int, copy: bool) -> NDArray[
     except (ValueError, SyntaxError, KeyError, TypeError, MemoryError, RecursionError):
         raise ArrayFormatError("malformed .npy header") from None
     if (
-        not isinstance(descr, str)
-        or not isinstance(shape, tuple)
+        not isinstance(shape, tuple)
         or not all(isinstance(d, int) for d in shape)
         or len(shape) > MAX_NDIM
     ):
-        raise ArrayFormatError("unsupported .npy header (descr or shape)")
+        raise ArrayFormatError("unsupported .npy header (shape)")
     return _view(
         view,
-        _checked_dtype(descr),
+        _checked_descr(descr),
         shape,
         start + hlen,
         end,

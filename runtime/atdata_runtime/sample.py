@@ -37,7 +37,13 @@ import msgpack  # type: ignore[import-untyped]
 import numpy as np
 from numpy.typing import NDArray
 
-from .ndarray import ArrayFormatError, BufferLike, array_header, decode_array
+from .ndarray import (
+    ArrayFormatError,
+    BufferLike,
+    array_header,
+    decode_array,
+    encode_npy,
+)
 
 __all__ = [
     "FieldSpec",
@@ -159,7 +165,9 @@ class _Codec:
         self.cls = cls
         self.fields = cls.sample_fields
         self.by_wire = {f.wire: f for f in self.fields}
-        self.arrays = frozenset(f.wire for f in self.fields if f.kind == "ndarray")
+        self.arrays = frozenset(
+            f.wire for f in self.fields if f.kind in ("ndarray", "structured")
+        )
         self.warned: set[frozenset[str]] = set()
 
     # -- writing ------------------------------------------------------------------------
@@ -173,7 +181,7 @@ class _Codec:
                     raise SampleFormatError(
                         "required field is None", field=f.wire, member=member
                     )
-            elif f.kind == "ndarray":
+            elif f.kind in ("ndarray", "structured"):
                 f.check_array(value, member)
                 array_bytes += value.nbytes
             else:
@@ -189,6 +197,8 @@ class _Codec:
 
     def _small(self, wire: str, value: Any) -> Any:
         if wire in self.arrays and value is not None:
+            if value.dtype.names is not None:  # structured: .npy, as atdata writes it
+                return encode_npy(value)
             return array_header(value) + np.ascontiguousarray(value).tobytes()
         return value
 
@@ -198,7 +208,11 @@ class _Codec:
         chunks: list[BufferLike] = [_map_header(len(values))]
         for wire, value in values:
             chunks.append(msgpack.packb(wire))
-            if wire in self.arrays and value is not None:
+            if wire in self.arrays and value is not None and value.dtype.names:
+                npy = encode_npy(value)
+                chunks.append(_bin_header(len(npy)))
+                chunks.append(npy)
+            elif wire in self.arrays and value is not None:
                 header = array_header(value)
                 data = np.ascontiguousarray(value)
                 chunks.append(_bin_header(len(header) + data.nbytes))
@@ -236,7 +250,7 @@ class _Codec:
                 data.pop(f.wire, None)
             else:
                 value = data.pop(f.wire, None)
-                if value is not None and f.kind == "ndarray":
+                if value is not None and f.kind in ("ndarray", "structured"):
                     if not isinstance(value, bytes | bytearray):
                         raise SampleFormatError(
                             f"expected array bytes, got {type(value).__name__}",
@@ -252,7 +266,7 @@ class _Codec:
                     raise SampleFormatError(
                         "required field is missing", field=f.wire, member=member
                     )
-            elif validate and f.kind == "ndarray":
+            elif validate and f.kind in ("ndarray", "structured"):
                 f.check_array(value, member)
             kwargs[f.name] = value
         sample = self.cls(**kwargs)
@@ -573,7 +587,7 @@ class SampleBatch(Generic[S]):
         batch = cls(samples, keys)
         for spec in cls.sample_type.sample_fields:
             values = [getattr(s, spec.name) for s in samples]
-            if spec.kind == "ndarray" and values:
+            if spec.kind in ("ndarray", "structured") and values:
                 setattr(batch, spec.name, _stack(spec, values, batch.keys))
             else:
                 setattr(batch, spec.name, values)

@@ -15,13 +15,18 @@ from typing import Any
 
 from .sample import FieldSpec, PackableSample
 
-__all__ = ["NDARRAY_SHIM", "schema_record"]
+__all__ = ["NDARRAY_SHIM", "STRUCTURED_SHIM", "schema_record"]
 
 NDARRAY_SHIM = (
     "https://alt.science/schemas/atdata-ndarray-bytes/{version}#/$defs/ndarray"
 )
 """The ``$ref`` of atdata's ndarray shim; ``{version}`` is 1.0.0, or 1.1.0 when the
 field carries dtype/shape/dimension-name annotations."""
+
+STRUCTURED_SHIM = (
+    "https://alt.science/schemas/atdata-structured-bytes/1.0.0#/$defs/structured"
+)
+"""The ``$ref`` of atdata's structured-array shim."""
 
 _PRIMITIVES: dict[str, dict[str, Any]] = {
     "str": {"type": "string"},
@@ -39,6 +44,8 @@ def _property(spec: FieldSpec) -> dict[str, Any]:
         if spec.items is None:
             raise ValueError(f"list field {spec.wire!r} has no item type")
         return {"type": "array", "items": _property(spec.items)}
+    if spec.kind == "structured":
+        return {"$ref": STRUCTURED_SHIM}
     if spec.kind == "ndarray":
         annotated = (
             spec.dtype is not None or spec.shape is not None or spec.dims is not None
@@ -83,7 +90,7 @@ def schema_record(
     required = [spec.wire for spec in specs if not spec.optional]
     if required:
         body["required"] = required
-    arrays = [spec for spec in specs if spec.kind == "ndarray"]
+    arrays = [spec for spec in specs if spec.kind in ("ndarray", "structured")]
     formats = getattr(cls, "schema_array_formats", None)
     if formats:
         body["arrayFormatVersions"] = dict(formats)

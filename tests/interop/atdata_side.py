@@ -61,10 +61,29 @@ class NestedSample:
     weight: float
 
 
+@atdata.packable
+class RecordArraySample:
+    points: NDArray
+    name: str
+
+
 CLASSES = {
     c.__name__: c
-    for c in (ImageSample, ScalarSample, OptionalSample, ListSample, NestedSample)
+    for c in (
+        ImageSample,
+        ScalarSample,
+        OptionalSample,
+        ListSample,
+        NestedSample,
+        RecordArraySample,
+    )
 }
+
+
+def _dtype(spec):
+    if isinstance(spec, list):  # structured: a descr list
+        return np.dtype([tuple(f) for f in spec])
+    return np.dtype(spec)
 
 
 def decode(value):
@@ -72,7 +91,7 @@ def decode(value):
         spec = value["__ndarray__"]
         data = base64.b64decode(spec["b64"])
         return (
-            np.frombuffer(data, dtype=np.dtype(spec["dtype"]))
+            np.frombuffer(data, dtype=_dtype(spec["dtype"]))
             .reshape(spec["shape"])
             .copy()
         )
@@ -87,7 +106,7 @@ def encode(value):
     if isinstance(value, np.ndarray):
         return {
             "__ndarray__": {
-                "dtype": value.dtype.str,
+                "dtype": value.dtype.descr if value.dtype.names else value.dtype.str,
                 "shape": list(value.shape),
                 "b64": base64.b64encode(np.ascontiguousarray(value).tobytes()).decode(),
             }

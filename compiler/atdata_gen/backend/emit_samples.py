@@ -80,6 +80,8 @@ def _numpy_scalar(dtype: str | None) -> str | None:
 
 
 def _kind(t: Any) -> str:
+    if isinstance(t, NDArrayType) and t.format == "structuredBytes":
+        return "structured"
     return {
         BooleanType: "bool",
         IntegerType: "int",
@@ -126,13 +128,20 @@ def _annotation(t: Any) -> cst.BaseExpression:
     if isinstance(t, ArrayType):
         return sub("list", _annotation(t.items))
     assert isinstance(t, NDArrayType)
+    if t.format == "structuredBytes":
+        return sub("_npt.NDArray", dotted("_np.void"))
     scalar = _numpy_scalar(t.dtype)
     return sub("_npt.NDArray", dotted(f"_np.{scalar}") if scalar else dotted("_t.Any"))
 
 
 def _field_doc(f: Field, t: Any) -> str:
     parts = [_wrap(f.description, 76)] if f.description else []
-    if isinstance(t, NDArrayType):
+    if isinstance(t, NDArrayType) and t.format == "structuredBytes":
+        parts.append(
+            f"Structured (compound dtype) array, sent as .npy "
+            f"(structured shim {t.shim_version})."
+        )
+    elif isinstance(t, NDArrayType):
         shape = (
             "any rank"
             if t.shape is None

@@ -144,12 +144,22 @@ class _Parser:
             )
             return None
         kind, version = m["kind"], m["version"]
+        if kind == "structured-bytes" and m["def"] == "structured":
+            if version != "1.0.0":
+                self.error(
+                    f"{ptr}/$ref",
+                    "SCHEMA_UNSUPPORTED",
+                    f"structured shim version {version} is not supported "
+                    "(supported: 1.0.0)",
+                )
+                return None
+            return NDArrayType(shim_version=version, format="structuredBytes")
         if kind != "ndarray-bytes" or m["def"] != "ndarray":
             self.error(
                 f"{ptr}/$ref",
                 "SCHEMA_UNSUPPORTED",
                 f"array shim {kind!r} ({version}) is not supported yet "
-                "(supported: ndarray-bytes 1.0.0 and 1.1.0)",
+                "(supported: ndarray-bytes 1.0.0 and 1.1.0, structured-bytes 1.0.0)",
             )
             return None
         if version not in _NDARRAY_VERSIONS:

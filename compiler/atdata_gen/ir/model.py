@@ -182,6 +182,9 @@ class NDArrayType:
     shape: tuple[int | None, ...] | None = None
     dims: tuple[str, ...] | None = None
     shim_version: str = "1.0.0"
+    format: str = "ndarrayBytes"
+    """``ndarrayBytes`` (compact layout) or ``structuredBytes`` (a structured,
+    compound-dtype array as ``.npy``)."""
 
 
 IRType = (
