@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import http.server
 import importlib
+import os
 import socket
 import subprocess
 import sys
@@ -229,3 +230,47 @@ def test_reads_from_s3_compatible_server(
         client.upload_file(shard, "bucket-a", f"data/{Path(shard).name}")
     url = "s3://bucket-a/data/s3-{000000..000002}.tar"
     assert list(Dataset[cls](url, storage_options=options)) == samples
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("torch is not installed (scripts/setup installs it in CI)")
+        pytest.skip("torch is optional and not installed here")
+    return torch
+
+
+@pytest.mark.parametrize(
+    ("ranks", "workers", "n_shards"), [(1, 2, 6), (2, 2, 8), (2, 3, 3)]
+)
+def test_torch_dataloader_sees_every_sample_once(
+    pkg: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ranks: int,
+    workers: int,
+    n_shards: int,
+) -> None:
+    torch = _torch()
+    cls = pkg[0].ImageSample
+    samples = _images(cls, 8 * n_shards)
+    shards = write_samples(samples, str(tmp_path / "t-%06d.tar"), maxcount=8)
+    for shuffle in (False, True):
+        seen: Counter[str] = Counter()
+        for rank in range(ranks):
+            monkeypatch.setenv("RANK", str(rank))
+            monkeypatch.setenv("WORLD_SIZE", str(ranks))
+            view = Dataset[cls](shards).torch(batch_size=4, shuffle=shuffle, seed=5)
+            view.set_epoch(1)
+            loader = torch.utils.data.DataLoader(
+                view,
+                batch_size=None,
+                num_workers=workers,
+                multiprocessing_context="fork",
+            )
+            for batch in loader:
+                assert batch.image.shape[1:] == (3, 4, 4)
+                seen.update(batch.label)
+        assert seen == Counter(s.label for s in samples), shuffle

@@ -84,8 +84,8 @@ class Split:
         )
         worker, workers = 0, 1
         try:
-            import torch.distributed as dist  # type: ignore[import-not-found]
-            from torch.utils.data import (  # type: ignore[import-not-found]
+            import torch.distributed as dist  # type: ignore[import-not-found,unused-ignore]
+            from torch.utils.data import (  # type: ignore[import-not-found,unused-ignore]
                 get_worker_info,
             )
         except ImportError:
@@ -221,6 +221,44 @@ class Dataset(Generic[T]):
 
     def __iter__(self) -> Iterator[T]:
         return self.ordered()
+
+    def torch(
+        self,
+        *,
+        shuffle: bool = False,
+        seed: int | None = None,
+        buffer: int = 1000,
+        batch_size: int | None = None,
+        drop_last: bool = False,
+    ) -> Any:
+        """This dataset as a ``torch.utils.data.IterableDataset`` (torch must be
+        installed). Each DataLoader worker (and each distributed rank) reads its own
+        share, detected in the worker. Batch here and let the DataLoader pass batches
+        through: ``DataLoader(ds.torch(batch_size=32), batch_size=None,
+        num_workers=4)``. With ``shuffle``, call ``set_epoch(n)`` on the returned
+        object each epoch (as with ``DistributedSampler``)."""
+        from torch.utils.data import IterableDataset  # type: ignore[import-not-found,unused-ignore]
+
+        outer = self
+
+        class TorchView(IterableDataset):  # type: ignore[misc,type-arg,unused-ignore]
+            epoch = 0
+
+            def set_epoch(self, epoch: int) -> None:
+                self.epoch = epoch
+
+            def __iter__(self) -> Iterator[Any]:
+                if shuffle:
+                    return outer.shuffled(
+                        buffer=buffer,
+                        seed=seed,
+                        epoch=self.epoch,
+                        batch_size=batch_size,
+                        drop_last=drop_last,
+                    )
+                return outer.ordered(batch_size, drop_last=drop_last)
+
+        return TorchView()
 
     def _decode_keyed(
         self, items: Iterable[tuple[str, bytes]]
