@@ -145,12 +145,20 @@ def test_optional_field_before_required_field(tmp_path: Path) -> None:
         (
             {
                 "m": {
-                    "$ref": "https://alt.science/schemas/atdata-sparse-bytes/1.0.0#/$defs/sparse"
+                    "$ref": "https://alt.science/schemas/atdata-sparse-bytes/2.0.0#/$defs/sparse"
                 }
             },
             "SCHEMA_UNSUPPORTED",
         ),
         ({"m": {"type": "object", "properties": {}}}, "SCHEMA_UNSUPPORTED"),
+        (
+            {
+                "m": {
+                    "$ref": "https://alt.science/schemas/atdata-hologram/1.0.0#/$defs/h"
+                }
+            },
+            "SCHEMA_UNSUPPORTED",
+        ),
         ({"m": {"$ref": "https://example.com/x"}}, "SCHEMA_REF"),
         ({"m": {"type": "array"}}, "SCHEMA_FIELD"),
         (
@@ -472,3 +480,65 @@ def test_npy_object_dtypes_are_refused_even_when_structured() -> None:
         raw = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode()
         with pytest.raises(ArrayFormatError):
             decode_array(raw + b"\x00" * 8)
+
+
+def test_library_encoded_shims_round_trip_their_bytes(tmp_path: Path) -> None:
+    from atdata_runtime.sample import EncodedBlob
+
+    base = "https://alt.science/schemas/atdata-"
+    props = {
+        "sp": {"$ref": f"{base}sparse-bytes/1.0.0#/$defs/sparse"},
+        "tt": {"$ref": f"{base}arrow-tensor/1.0.0#/$defs/tensor"},
+        "st": {"$ref": f"{base}safetensors/1.0.0#/$defs/safetensors"},
+        "df": {"$ref": f"{base}dataframe/1.0.0#/$defs/dataframe"},
+    }
+    record = {
+        "$type": "science.alt.dataset.schema",
+        "name": "Mixed",
+        "version": "1.0.0",
+        "schemaType": "jsonSchema",
+        "schema": {
+            "$type": "science.alt.dataset.schema#jsonSchemaFormat",
+            "$schema": "http://json-schema.org/draft-07/schema#",
+            "type": "object",
+            "properties": props,
+            "required": ["sp", "tt", "st", "df"],
+        },
+        "createdAt": "2026-01-01T00:00:00+00:00",
+        "atdataSchemaVersion": 1,
+    }
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "m.json").write_text(json.dumps(record))
+    compile_to(tmp_path / "out", [tmp_path / "src"], "mixed_pkg")
+    sys.path.insert(0, str(tmp_path / "out"))
+    try:
+        cls = importlib.import_module("mixed_pkg.samples.mixed_v1_0_0").Mixed
+        assert {f.wire: f.encoding for f in cls.sample_fields} == {
+            "sp": "sparse",
+            "tt": "arrow_tensor",
+            "st": "safetensors",
+            "df": "dataframe",
+        }
+        payload = msgpack.packb(
+            {
+                "sp": b"PK\x03\x04zip",
+                "tt": b"\xff\xff\xff\xff",
+                "st": b"\x08\x00",
+                "df": b"PAR1..PAR1",
+            }
+        )
+        sample = cls.unpack(payload)
+        assert sample.df == EncodedBlob("dataframe", b"PAR1..PAR1")
+        assert sample.pack() == payload
+        assert json.dumps(
+            schema_record(cls, created_at=record["createdAt"])
+        ) == json.dumps(record)
+        with pytest.raises(SampleFormatError, match="EncodedBlob"):
+            cls(sp=b"raw", tt=sample.tt, st=sample.st, df=sample.df).pack()
+        try:
+            import pandas  # noqa: F401
+        except ImportError:
+            with pytest.raises(ImportError, match="pandas"):
+                sample.df.decode()
+    finally:
+        sys.path.remove(str(tmp_path / "out"))

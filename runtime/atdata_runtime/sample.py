@@ -46,6 +46,8 @@ from .ndarray import (
 )
 
 __all__ = [
+    "ENCODINGS",
+    "EncodedBlob",
     "FieldSpec",
     "PackableSample",
     "SampleBatch",
@@ -100,6 +102,9 @@ class FieldSpec:
     shape: tuple[int | None, ...] | None = None
     dims: tuple[str, ...] | None = None
     items: FieldSpec | None = None
+    encoding: str | None = None
+    """For ``kind="encoded"``: ``sparse``, ``arrow_tensor``, ``safetensors`` or
+    ``dataframe`` (atdata's other array shims)."""
 
     def check_array(self, value: Any, member: str | None = None) -> None:
         """Raise :class:`SampleFormatError` unless ``value`` is an ndarray of this
@@ -184,6 +189,14 @@ class _Codec:
             elif f.kind in ("ndarray", "structured"):
                 f.check_array(value, member)
                 array_bytes += value.nbytes
+            elif f.kind == "encoded":
+                if not isinstance(value, EncodedBlob) or value.format != f.encoding:
+                    raise SampleFormatError(
+                        f"expected EncodedBlob({f.encoding!r}, ...), got {value!r:.60}",
+                        field=f.wire,
+                        member=member,
+                    )
+                value = value.data
             else:
                 value = _plain(value)
             values.append((f.wire, value))
@@ -245,12 +258,22 @@ class _Codec:
             raise SampleFormatError("payload is not a msgpack map", member=member)
         kwargs: dict[str, Any] = {}
         for f in self.fields:
+            value: Any
             if f.wire in views:
                 value = views.pop(f.wire)
                 data.pop(f.wire, None)
             else:
                 value = data.pop(f.wire, None)
-                if value is not None and f.kind in ("ndarray", "structured"):
+                if value is not None and f.kind == "encoded":
+                    if not isinstance(value, bytes):
+                        raise SampleFormatError(
+                            f"expected bytes, got {type(value).__name__}",
+                            field=f.wire,
+                            member=member,
+                        )
+                    assert f.encoding is not None
+                    value = EncodedBlob(f.encoding, value)
+                elif value is not None and f.kind in ("ndarray", "structured"):
                     if not isinstance(value, bytes | bytearray):
                         raise SampleFormatError(
                             f"expected array bytes, got {type(value).__name__}",
@@ -421,6 +444,86 @@ def _skip(view: memoryview, pos: int) -> int:
         if pos > len(view):
             raise ValueError("truncated msgpack value")
     return pos
+
+
+ENCODINGS: Final = {
+    "sparse": ("scipy", "a scipy.sparse matrix, saved with scipy.sparse.save_npz"),
+    "arrow_tensor": ("pyarrow", "a pyarrow.Tensor in Arrow IPC format"),
+    "safetensors": ("safetensors", "a dict of numpy arrays in safetensors format"),
+    "dataframe": ("pandas", "a pandas.DataFrame in Parquet format"),
+}
+"""Encodings of atdata's non-ndarray array shims: format → (library, what it is)."""
+
+
+@dataclass(frozen=True)
+class EncodedBlob:
+    """A field value in one of atdata's library-specific encodings (see
+    :data:`ENCODINGS`): the exact bytes on the wire plus their ``format``. It
+    round-trips unchanged without the library; :meth:`decode` / :meth:`encode`
+    convert with the library when it is installed (``ImportError`` naming the
+    package otherwise). Nothing here unpickles: each decoder is the library's safe
+    loader."""
+
+    format: str
+    data: bytes
+
+    def decode(self) -> Any:
+        """The library object (scipy sparse matrix, pyarrow Tensor, dict of arrays,
+        DataFrame)."""
+        import io
+
+        library = ENCODINGS[self.format][0]
+        try:
+            if self.format == "sparse":
+                import scipy.sparse as sp  # type: ignore[import-not-found,import-untyped,unused-ignore]
+
+                return sp.load_npz(io.BytesIO(self.data))
+            if self.format == "arrow_tensor":
+                import pyarrow as pa  # type: ignore[import-not-found,import-untyped,unused-ignore]
+
+                return pa.ipc.read_tensor(pa.py_buffer(self.data))
+            if self.format == "safetensors":
+                from safetensors.numpy import (  # type: ignore[import-not-found,import-untyped,unused-ignore]
+                    load,
+                )
+
+                return load(self.data)
+            import pandas as pd  # type: ignore[import-not-found,import-untyped,unused-ignore]
+
+            return pd.read_parquet(io.BytesIO(self.data))
+        except ImportError as exc:
+            raise ImportError(
+                f"decoding {self.format!r} needs the {library!r} "
+                f"package: pip install {library}"
+            ) from exc
+
+    @classmethod
+    def encode(cls, value: Any, format: str) -> EncodedBlob:
+        """Encode a library object as atdata does (``format`` from
+        :data:`ENCODINGS`)."""
+        import io
+
+        if format == "sparse":
+            import scipy.sparse as sp  # type: ignore[import-not-found,import-untyped,unused-ignore]
+
+            buf = io.BytesIO()
+            sp.save_npz(buf, value)
+            return cls(format, buf.getvalue())
+        if format == "arrow_tensor":
+            import pyarrow as pa  # type: ignore[import-not-found,import-untyped,unused-ignore]
+
+            sink = pa.BufferOutputStream()
+            pa.ipc.write_tensor(value, sink)
+            return cls(format, sink.getvalue().to_pybytes())
+        if format == "safetensors":
+            from safetensors.numpy import save  # type: ignore[import-not-found,import-untyped,unused-ignore]
+
+            return cls(format, save(value))
+        if format == "dataframe":
+            buf = io.BytesIO()
+            value.to_parquet(buf, engine="fastparquet")
+            return cls(format, buf.getvalue())
+        raise ValueError(f"unknown encoding {format!r}")
 
 
 @dataclass(kw_only=True, eq=False)

@@ -28,6 +28,14 @@ STRUCTURED_SHIM = (
 )
 """The ``$ref`` of atdata's structured-array shim."""
 
+ENCODED_SHIMS: dict[str, str] = {
+    "sparse": "https://alt.science/schemas/atdata-sparse-bytes/1.0.0#/$defs/sparse",
+    "arrow_tensor": "https://alt.science/schemas/atdata-arrow-tensor/1.0.0#/$defs/tensor",
+    "safetensors": "https://alt.science/schemas/atdata-safetensors/1.0.0#/$defs/safetensors",
+    "dataframe": "https://alt.science/schemas/atdata-dataframe/1.0.0#/$defs/dataframe",
+}
+"""The ``$ref`` of atdata's library-encoded shims, by encoding."""
+
 _PRIMITIVES: dict[str, dict[str, Any]] = {
     "str": {"type": "string"},
     "int": {"type": "integer"},
@@ -46,6 +54,12 @@ def _property(spec: FieldSpec) -> dict[str, Any]:
         return {"type": "array", "items": _property(spec.items)}
     if spec.kind == "structured":
         return {"$ref": STRUCTURED_SHIM}
+    if spec.kind == "encoded":
+        if spec.encoding not in ENCODED_SHIMS:
+            raise ValueError(
+                f"field {spec.wire!r} has unknown encoding {spec.encoding!r}"
+            )
+        return {"$ref": ENCODED_SHIMS[spec.encoding]}
     if spec.kind == "ndarray":
         annotated = (
             spec.dtype is not None or spec.shape is not None or spec.dims is not None

@@ -82,6 +82,8 @@ def _numpy_scalar(dtype: str | None) -> str | None:
 def _kind(t: Any) -> str:
     if isinstance(t, NDArrayType) and t.format == "structuredBytes":
         return "structured"
+    if isinstance(t, NDArrayType) and t.format != "ndarrayBytes":
+        return "encoded"
     return {
         BooleanType: "bool",
         IntegerType: "int",
@@ -106,6 +108,8 @@ def _spec(f: Field, py: str | None, t: Any) -> cst.BaseExpression:
             kwargs["dims"] = literal(tuple(t.dims))
     if isinstance(t, ArrayType):
         kwargs["items"] = _spec(f, None, t.items)
+    if isinstance(t, NDArrayType) and _kind(t) == "encoded":
+        kwargs["encoding"] = literal(t.format)
     args = [
         literal(py or ""),
         literal(f.name if py is not None else ""),
@@ -128,6 +132,8 @@ def _annotation(t: Any) -> cst.BaseExpression:
     if isinstance(t, ArrayType):
         return sub("list", _annotation(t.items))
     assert isinstance(t, NDArrayType)
+    if t.format not in ("ndarrayBytes", "structuredBytes"):
+        return dotted("_sample.EncodedBlob")
     if t.format == "structuredBytes":
         return sub("_npt.NDArray", dotted("_np.void"))
     scalar = _numpy_scalar(t.dtype)
@@ -136,7 +142,15 @@ def _annotation(t: Any) -> cst.BaseExpression:
 
 def _field_doc(f: Field, t: Any) -> str:
     parts = [_wrap(f.description, 76)] if f.description else []
-    if isinstance(t, NDArrayType) and t.format == "structuredBytes":
+    if isinstance(t, NDArrayType) and t.format not in (
+        "ndarrayBytes",
+        "structuredBytes",
+    ):
+        parts.append(
+            f"Encoded as {t.format} (atdata's {t.format} shim "
+            f"{t.shim_version}); ``.decode()`` needs that library."
+        )
+    elif isinstance(t, NDArrayType) and t.format == "structuredBytes":
         parts.append(
             f"Structured (compound dtype) array, sent as .npy "
             f"(structured shim {t.shim_version})."

@@ -12,10 +12,12 @@ Accepted inputs (all as JSON documents):
   ``fields: [{name, fieldType | type: {$type | kind: primitive | ndarray | array …},
   optional}]``.
 
-Array fields ``$ref`` atdata's shims. The ndarray shim (1.0.0, and 1.1.0 with
-``dtype``, ``shape`` and ``dimensionNames`` beside the ``$ref``) maps to
-:class:`~atdata_gen.ir.model.NDArrayType`. The other shims (sparse, structured, arrow
-tensor, safetensors, dataframe) and nested objects are reported as
+Array fields ``$ref`` atdata's shims, all mapped to
+:class:`~atdata_gen.ir.model.NDArrayType` with their ``format``: the ndarray shim
+(1.0.0, and 1.1.0 with ``dtype``, ``shape`` and ``dimensionNames`` beside the
+``$ref``), the structured-array shim (``.npy`` of a compound dtype), and the
+library-encoded shims (sparse, arrow tensor, safetensors, dataframe: opaque bytes,
+decoded on demand). Unknown shims, other versions and nested objects are reported as
 ``SCHEMA_UNSUPPORTED`` errors: never silently typed as ``str``.
 
 Field names are untrusted: they stay wire names here; the name table turns them
@@ -52,6 +54,13 @@ _SHIM_RE = re.compile(
     r"#/\$defs/(?P<def>\w+)"
 )
 _NDARRAY_VERSIONS = ("1.0.0", "1.1.0")
+_ENCODED_SHIMS = {
+    ("sparse-bytes", "sparse"): "sparse",
+    ("arrow-tensor", "tensor"): "arrow_tensor",
+    ("safetensors", "safetensors"): "safetensors",
+    ("dataframe", "dataframe"): "dataframe",
+}
+"""atdata's library-encoded array shims: (shim, def) → encoding."""
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,199}")
 _SEMVER_RE = re.compile(
     r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
@@ -144,6 +153,17 @@ class _Parser:
             )
             return None
         kind, version = m["kind"], m["version"]
+        encoded = _ENCODED_SHIMS.get((kind, m["def"]))
+        if encoded is not None:
+            if version != "1.0.0":
+                self.error(
+                    f"{ptr}/$ref",
+                    "SCHEMA_UNSUPPORTED",
+                    f"{kind} shim version {version} is not supported "
+                    "(supported: 1.0.0)",
+                )
+                return None
+            return NDArrayType(shim_version=version, format=encoded)
         if kind == "structured-bytes" and m["def"] == "structured":
             if version != "1.0.0":
                 self.error(
@@ -288,14 +308,11 @@ class _Parser:
         if kind == "array":
             inner = self.list_type(ft.get("items"), f"{ptr}/items")
             return ArrayType(inner) if inner is not None else None
-        if kind in (
-            "sparse",
-            "structured",
-            "arrow_tensor",
-            "safetensors",
-            "dataframe",
-            "ref",
-        ):
+        if kind == "structured":
+            return NDArrayType(format="structuredBytes")
+        if kind in ("sparse", "arrow_tensor", "safetensors", "dataframe"):
+            return NDArrayType(format=kind)
+        if kind == "ref":
             self.error(
                 ptr, "SCHEMA_UNSUPPORTED", f"field type {kind!r} is not supported yet"
             )

@@ -183,8 +183,10 @@ class NDArrayType:
     dims: tuple[str, ...] | None = None
     shim_version: str = "1.0.0"
     format: str = "ndarrayBytes"
-    """``ndarrayBytes`` (compact layout) or ``structuredBytes`` (a structured,
-    compound-dtype array as ``.npy``)."""
+    """``ndarrayBytes`` (compact layout), ``structuredBytes`` (a structured,
+    compound-dtype array as ``.npy``), or one of atdata's library encodings:
+    ``sparse``, ``arrow_tensor``, ``safetensors``, ``dataframe`` (opaque bytes on
+    the wire)."""
 
 
 IRType = (
