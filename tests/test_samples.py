@@ -542,3 +542,35 @@ def test_library_encoded_shims_round_trip_their_bytes(tmp_path: Path) -> None:
                 sample.df.decode()
     finally:
         sys.path.remove(str(tmp_path / "out"))
+
+
+def test_generated_sample_code_is_ruff_and_mypy_clean(tmp_path: Path) -> None:
+    import subprocess
+
+    from .conftest import ROOT
+
+    golden = Path(__file__).parent / "golden" / "sample_records" / "input"
+    compile_to(tmp_path, [RECORDS, golden], "clean_samples")
+    for args in (
+        ["ruff", "check", "--isolated", "clean_samples"],
+        ["ruff", "format", "--check", "--isolated", "clean_samples"],
+        [
+            "mypy",
+            "--strict",
+            "--config-file",
+            str(ROOT / "pyproject.toml"),
+            "-p",
+            "clean_samples",
+        ],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", *args], cwd=tmp_path, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    header = (
+        tmp_path / "clean_samples" / "samples" / "lab_cell_image_v2_0_0_rc_1.py"
+    ).read_text()
+    assert (
+        "Record: ``at://did:plc:lab123/science.alt.dataset.schema/3kcellimage1``"
+        in header
+    )

@@ -293,8 +293,11 @@ def _module(model: LinkedModel, schema: SampleSchema, rel: str) -> str:
         leading_lines=[_BLANK, _BLANK],
     )
     batch = _batch_class(schema, cls, py_names)
+    provenance = (
+        f"Record: ``{schema.uri}`` (CID ``{schema.cid}``).\n\n" if schema.uri else ""
+    )
     header = (
-        f"Sample schema ``{schema.name}`` {schema.version}.\n\n"
+        f"Sample schema ``{schema.name}`` {schema.version}.\n\n{provenance}"
         f"{GENERATED_MARKER} {__version__} from ``{rel}`` "
         f"(sha256 {schema.origin.sha256[:16]}).\n"
         "Do not edit: ``atdata-gen build`` overwrites this file."
