@@ -50,3 +50,36 @@ except ValidationError as exc:
     print("rejected as expected:", first["loc"], first["type"], "-", first["msg"])
 
 print("atdata entry model:", Entry.lex_type, "record key:", Entry.lex_key)
+
+# -- a sample schema record compiled to a typed PackableSample class -------------------
+import tempfile  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from atdata_runtime.dataset import Dataset, write_samples  # noqa: E402
+from example_pkg.samples.cell_crop_v1_0_0 import CellCrop  # noqa: E402
+
+rng = np.random.default_rng(0)
+crops = [
+    CellCrop(
+        image=rng.integers(0, 255, (3, 32, 32), dtype=np.uint8),
+        label=["healthy", "mitotic"][i % 2],
+    )
+    for i in range(100)
+]
+with tempfile.TemporaryDirectory() as tmp:
+    shards = write_samples(crops, f"{tmp}/cells-%06d.tar", maxcount=25, progress=False)
+    print(f"wrote {len(shards)} shards of CellCrop samples")
+    dataset = Dataset[CellCrop](f"{tmp}/cells-{{000000..000003}}.tar")
+    for batch in dataset.ordered(batch_size=32):
+        print(
+            f"batch: image {batch.image.shape} {batch.image.dtype}, "
+            f"labels {batch.label[:2]}…"
+        )
+        break
+    assert list(dataset.ordered()) == crops
+    print("read back: all 100 samples equal")
+try:
+    CellCrop(image=np.zeros((3, 32, 31), np.uint8), label="x").pack()
+except ValueError as exc:
+    print("rejected as expected:", exc)
