@@ -1,8 +1,12 @@
 """Use the package compiled by scripts/run-example: validate, round-trip, reject."""
 
 import json
+import tempfile
 
+import numpy as np
+from atdata_runtime.dataset import Dataset, write_samples
 from example_pkg.com.example.dataset.image_run import HfCheckpoint, ImageRun
+from example_pkg.samples.cell_crop_v1_0_0 import CellCrop
 from example_pkg.science.alt.dataset.entry import Entry
 from pydantic import ValidationError
 
@@ -52,12 +56,6 @@ except ValidationError as exc:
 print("atdata entry model:", Entry.lex_type, "record key:", Entry.lex_key)
 
 # -- a sample schema record compiled to a typed PackableSample class -------------------
-import tempfile  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from atdata_runtime.dataset import Dataset, write_samples  # noqa: E402
-from example_pkg.samples.cell_crop_v1_0_0 import CellCrop  # noqa: E402
 
 rng = np.random.default_rng(0)
 crops = [
