@@ -175,6 +175,167 @@ def build_cmd(
         )
 
 
+def _materialize(spec: str, paths: tuple[Path, ...], tmp: Path) -> list[Path]:
+    """``git:REV`` → the given paths as they were at REV, written under ``tmp``
+    (read from history with ``git archive``, no checkout)."""
+    import subprocess
+
+    rev = spec.removeprefix("git:") or "HEAD"
+    top = subprocess.run(
+        ["git", "rev-parse", "--show-toplevel"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if top.returncode != 0:
+        raise click.UsageError(f"{spec}: not inside a git repository")
+    root = Path(top.stdout.strip())
+    rels = [str(p.resolve().relative_to(root)) for p in paths]
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", rev, "--", *rels],
+        cwd=root,
+        capture_output=True,
+        check=False,
+    )
+    if archive.returncode != 0:
+        raise click.UsageError(f"{spec}: {archive.stderr.decode(errors='replace')}")
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(tmp, filter="data")
+    return [tmp / r for r in rels]
+
+
+@main.command("check")
+@click.argument("sources", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--against",
+    "against",
+    multiple=True,
+    required=False,
+    help="The previous version: files/directories, or git:REV.",
+)
+@click.option(
+    "--external",
+    "externals",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Lexicons referenced but not compared (repeatable).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["backward", "forward", "full"]),
+    default="full",
+    show_default=True,
+    help="BACKWARD: new accepts old data; FORWARD: old readers accept new "
+    "data; FULL: both (the Lexicon spec's rule).",
+)
+@_FORMAT
+def check_cmd(
+    sources: tuple[Path, ...],
+    against: tuple[str, ...],
+    externals: tuple[Path, ...],
+    mode: str,
+    fmt: str,
+) -> None:
+    """Compare SOURCE schemas with a previous version (--against); report every
+    change with its rule ID; exit 1 when a change breaks compatibility in --mode.
+
+    With no SOURCE, compares the [tool.atdata-gen] sources with git:HEAD.
+    """
+    import json as _json
+    import tempfile
+
+    from .checks.compat import Direction, compare
+    from .pipeline import BuildOptions, compile_sources
+
+    if not sources:
+        try:
+            cfg = load_config(Path.cwd())
+        except ConfigError as exc:
+            _fail(str(exc))
+            return
+        sources = tuple(cfg.root / s for s in cfg.sources)
+        externals = externals or tuple(cfg.root / e for e in cfg.externals)
+        against = against or ("git:HEAD",)
+    if not against:
+        _fail("--against is required when SOURCE is given")
+    direction = {
+        "backward": Direction.BACKWARD,
+        "forward": Direction.FORWARD,
+        "full": Direction.FULL,
+    }[mode]
+    with tempfile.TemporaryDirectory(prefix="atdata-gen-check-") as tmp:
+        old_paths: list[Path] = []
+        for i, spec in enumerate(against):
+            if spec.startswith("git:"):
+                old_paths += _materialize(spec, sources, Path(tmp) / str(i))
+            else:
+                old_paths.append(Path(spec))
+        reporter = Reporter()
+        new = compile_sources(BuildOptions(sources, externals=externals), reporter)
+        old_reporter = Reporter()
+        old = compile_sources(
+            BuildOptions(old_paths, externals=externals), old_reporter
+        )
+        errors = reporter.errors + old_reporter.errors
+        if errors or new.model is None or old.model is None:
+            click.echo(render(errors, "text"), err=True)
+            _fail("cannot compare: the schemas do not compile")
+            return
+        findings = compare(old.model, new.model)
+    breaking = [f for f in findings if f.breaks & direction]
+    if fmt == "json":
+        click.echo(
+            _json.dumps(
+                [
+                    {
+                        "rule": f.rule,
+                        "message": f.message,
+                        "severity": f.severity(direction).label,
+                        "breaks": [
+                            d.name
+                            for d in (Direction.BACKWARD, Direction.FORWARD)
+                            if f.breaks & d
+                        ],
+                        "current": str(f.current),
+                        "previous": str(f.previous),
+                    }
+                    for f in findings
+                ],
+                indent=2,
+            )
+        )
+    else:
+        from .diagnostics import Diagnostic
+
+        diags = [
+            Diagnostic(
+                f.current,
+                f.rule,
+                f.severity(direction),
+                f.message
+                + (
+                    f" (previously at {f.previous})"
+                    if f.previous.path and f.previous != f.current
+                    else ""
+                ),
+            )
+            for f in findings
+        ]
+        text = render(diags, fmt)
+        if text:
+            click.echo(text)
+        if fmt == "text":
+            click.echo(
+                f"{len(findings)} change(s), {len(breaking)} breaking "
+                f"{mode.upper()} compatibility",
+                err=True,
+            )
+    sys.exit(EXIT_FINDINGS if breaking else EXIT_OK)
+
+
 @main.command("rules")
 @click.option(
     "--format",
@@ -200,7 +361,23 @@ def rules_table(fmt: str) -> str:
         (rid, stage, "error", purpose) for rid, (stage, purpose) in STAGE_RULES.items()
     ]
     rows += [(r.id, "lint", r.severity.label, r.purpose) for r in RULES.values()]
-    order = {"load": 0, "parse": 1, "lower": 2, "link": 3, "lint": 4}
+    from .checks.compat import COMPAT_RULES, Direction
+
+    for c in COMPAT_RULES.values():
+        breaks = "/".join(
+            d.name or ""
+            for d in (Direction.BACKWARD, Direction.FORWARD)
+            if c.breaks & d
+        )
+        rows.append(
+            (
+                c.id,
+                "check",
+                "error" if breaks else "info",
+                f"{c.purpose} Breaks: {breaks or 'nothing'}.",
+            )
+        )
+    order = {"load": 0, "parse": 1, "lower": 2, "link": 3, "lint": 4, "check": 5}
     rows.sort(key=lambda row: (order[row[1]], row[0]))
     if fmt == "json":
         return json.dumps(
