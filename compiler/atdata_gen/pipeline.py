@@ -199,7 +199,4 @@ def _rel_of_path(path: str, docs: list[SourceDoc]) -> str:
 
 
 def _rel_of(schema: Schema, docs: list[SourceDoc]) -> str:
-    for d in docs:
-        if d.path == schema.origin.path:
-            return d.rel
-    return Path(schema.origin.path).name
+    return _rel_of_path(schema.origin.path, docs)
