@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -175,165 +176,155 @@ def build_cmd(
         )
 
 
-def _materialize(spec: str, paths: tuple[Path, ...], tmp: Path) -> list[Path]:
-    """``git:REV`` → the given paths as they were at REV, written under ``tmp``
-    (read from history with ``git archive``, no checkout)."""
-    import subprocess
-
-    rev = spec.removeprefix("git:") or "HEAD"
-    top = subprocess.run(
-        ["git", "rev-parse", "--show-toplevel"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if top.returncode != 0:
-        raise click.UsageError(f"{spec}: not inside a git repository")
-    root = Path(top.stdout.strip())
-    rels = [str(p.resolve().relative_to(root)) for p in paths]
-    archive = subprocess.run(
-        ["git", "archive", "--format=tar", rev, "--", *rels],
-        cwd=root,
-        capture_output=True,
-        check=False,
-    )
-    if archive.returncode != 0:
-        raise click.UsageError(f"{spec}: {archive.stderr.decode(errors='replace')}")
-    import io
-    import tarfile
-
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(tmp, filter="data")
-    return [tmp / r for r in rels]
-
-
 @main.command("check")
 @click.argument("sources", nargs=-1, type=click.Path(path_type=Path))
 @click.option(
     "--against",
     "against",
     multiple=True,
-    required=False,
-    help="The previous version: files/directories, or git:REV.",
+    help="The previous version: files/directories and/or git:REV (repeatable; "
+    "together they form the previous side). Default: git:HEAD.",
 )
 @click.option(
     "--external",
     "externals",
     multiple=True,
     type=click.Path(path_type=Path),
-    help="Lexicons referenced but not compared (repeatable).",
+    help="Lexicons referenced but not compared (repeatable); a SOURCE shadows the "
+    "external Lexicon with the same NSID.",
 )
 @click.option(
     "--mode",
     type=click.Choice(["backward", "forward", "full"]),
-    default="full",
-    show_default=True,
+    default=None,
     help="BACKWARD: new accepts old data; FORWARD: old readers accept new "
-    "data; FULL: both (the Lexicon spec's rule).",
+    "data; FULL: both (the Lexicon spec's rule; default, or check.mode).",
+)
+@click.option(
+    "--transitive",
+    is_flag=True,
+    help="Check against every earlier version: each git revision that changed "
+    "the sources, and every earlier version of each sample schema.",
+)
+@click.option(
+    "--fail-on",
+    type=click.Choice(["error", "warning", "info"]),
+    default=None,
+    help="Lowest severity that exits 1 (default: error, or check.fail_on).",
 )
 @_FORMAT
 def check_cmd(
     sources: tuple[Path, ...],
     against: tuple[str, ...],
     externals: tuple[Path, ...],
-    mode: str,
+    mode: str | None,
+    transitive: bool,
+    fail_on: str | None,
     fmt: str,
 ) -> None:
-    """Compare SOURCE schemas with a previous version (--against); report every
-    change with its rule ID; exit 1 when a change breaks compatibility in --mode.
+    """Compare SOURCE schemas (Lexicons and schema records) with a previous
+    version; report every change with its rule ID; exit 1 when one breaks
+    compatibility in --mode (0 clean, 2 error).
 
-    With no SOURCE, compares the [tool.atdata-gen] sources with git:HEAD.
+    With no SOURCE, compares the [tool.atdata-gen] sources with git:HEAD and reads
+    [tool.atdata-gen.check] (mode, use, except, ignore, ignore_only, fail_on).
     """
-    import json as _json
-    import tempfile
+    from dataclasses import replace
 
-    from .checks.compat import Direction, compare
-    from .pipeline import BuildOptions, compile_sources
+    from .checks.policy import MODES, CheckPolicy, PolicyError
+    from .checks.runner import CheckError, run_check
 
-    if not sources:
-        try:
-            cfg = load_config(Path.cwd())
-        except ConfigError as exc:
+    table: dict[str, object] = {}
+    try:
+        cfg = load_config(Path.cwd())
+        table = cfg.check
+        if not sources:
+            sources = tuple(cfg.root / s for s in cfg.sources)
+            externals = externals or tuple(cfg.root / e for e in cfg.externals)
+    except ConfigError as exc:
+        if not sources:
             _fail(str(exc))
-            return
-        sources = tuple(cfg.root / s for s in cfg.sources)
-        externals = externals or tuple(cfg.root / e for e in cfg.externals)
-        against = against or ("git:HEAD",)
-    if not against:
-        _fail("--against is required when SOURCE is given")
-    direction = {
-        "backward": Direction.BACKWARD,
-        "forward": Direction.FORWARD,
-        "full": Direction.FULL,
-    }[mode]
-    with tempfile.TemporaryDirectory(prefix="atdata-gen-check-") as tmp:
-        old_paths: list[Path] = []
-        for i, spec in enumerate(against):
-            if spec.startswith("git:"):
-                old_paths += _materialize(spec, sources, Path(tmp) / str(i))
-            else:
-                old_paths.append(Path(spec))
-        reporter = Reporter()
-        new = compile_sources(BuildOptions(sources, externals=externals), reporter)
-        old_reporter = Reporter()
-        old = compile_sources(
-            BuildOptions(old_paths, externals=externals), old_reporter
+    try:
+        policy = CheckPolicy.from_table(table, "pyproject.toml")
+    except PolicyError as exc:
+        _fail(str(exc))
+        return
+    if mode is not None:
+        policy = replace(policy, mode=MODES[mode])
+    if fail_on is not None:
+        policy = replace(policy, fail_on=Severity[fail_on.upper()])
+    try:
+        result = run_check(
+            sources,
+            against or ("git:HEAD",),
+            externals=externals,
+            policy=policy,
+            transitive=transitive,
         )
-        errors = reporter.errors + old_reporter.errors
-        if errors or new.model is None or old.model is None:
-            click.echo(render(errors, "text"), err=True)
-            _fail("cannot compare: the schemas do not compile")
-            return
-        findings = compare(old.model, new.model)
-    breaking = [f for f in findings if f.breaks & direction]
-    if fmt == "json":
+    except CheckError as exc:
+        if exc.diagnostics:
+            click.echo(render(exc.diagnostics, "text"), err=True)
+        _fail(str(exc))
+        return
+    findings = result.findings
+    failing = [f for f in findings if policy.fails(f)]
+    click.echo(render_findings(findings, policy, fmt), nl=False)
+    if fmt == "text":
+        mode_name = (policy.mode.name or "").upper()
         click.echo(
+            f"{len(findings)} change(s), {len(failing)} failing {mode_name} "
+            f"compatibility (compared with {', '.join(result.compared)})",
+            err=True,
+        )
+    sys.exit(EXIT_FINDINGS if failing else EXIT_OK)
+
+
+def render_findings(findings: list[Any], policy: Any, fmt: str) -> str:
+    """Findings as ``text`` (``path:line:col: severity RULE message (previously at
+    …)``), ``json`` or ``github`` workflow commands; ends with a newline unless
+    empty."""
+    import json as _json
+
+    from .checks.compat import COMPAT_RULES
+    from .checks.runner import locate
+    from .diagnostics import Diagnostic
+
+    if fmt == "json":
+        return (
             _json.dumps(
                 [
                     {
                         "rule": f.rule,
+                        "category": COMPAT_RULES[f.rule].category,
                         "message": f.message,
-                        "severity": f.severity(direction).label,
-                        "breaks": [
-                            d.name
-                            for d in (Direction.BACKWARD, Direction.FORWARD)
-                            if f.breaks & d
-                        ],
-                        "current": str(f.current),
-                        "previous": str(f.previous),
+                        "severity": f.severity(policy.mode).label,
+                        "breaks": f.breaks.names,
+                        "subject": f.subject,
+                        "current": str(f.current) if f.current.path else None,
+                        "previous": str(f.previous) if f.previous.path else None,
                     }
                     for f in findings
                 ],
                 indent=2,
             )
+            + "\n"
         )
-    else:
-        from .diagnostics import Diagnostic
-
-        diags = [
-            Diagnostic(
-                f.current,
-                f.rule,
-                f.severity(direction),
-                f.message
-                + (
-                    f" (previously at {f.previous})"
-                    if f.previous.path and f.previous != f.current
-                    else ""
-                ),
-            )
-            for f in findings
-        ]
-        text = render(diags, fmt)
-        if text:
-            click.echo(text)
-        if fmt == "text":
-            click.echo(
-                f"{len(findings)} change(s), {len(breaking)} breaking "
-                f"{mode.upper()} compatibility",
-                err=True,
-            )
-    sys.exit(EXIT_FINDINGS if breaking else EXIT_OK)
+    diags = [
+        Diagnostic(
+            locate(f),
+            f.rule,
+            f.severity(policy.mode),
+            f.message
+            + (
+                f" (previously at {f.previous})"
+                if f.previous.path and f.previous != f.current and f.current.path
+                else ""
+            ),
+        )
+        for f in findings
+    ]
+    text = render(diags, fmt)
+    return text + "\n" if text else ""
 
 
 @main.command("rules")
@@ -361,21 +352,13 @@ def rules_table(fmt: str) -> str:
         (rid, stage, "error", purpose) for rid, (stage, purpose) in STAGE_RULES.items()
     ]
     rows += [(r.id, "lint", r.severity.label, r.purpose) for r in RULES.values()]
-    from .checks.compat import COMPAT_RULES, Direction
+    from .checks.compat import COMPAT_RULES
 
     for c in COMPAT_RULES.values():
-        breaks = "/".join(
-            d.name or ""
-            for d in (Direction.BACKWARD, Direction.FORWARD)
-            if c.breaks & d
-        )
+        breaks = "/".join(c.breaks.names) or "nothing"
+        severity = "error" if c.breaks else c.severity.label
         rows.append(
-            (
-                c.id,
-                "check",
-                "error" if breaks else "info",
-                f"{c.purpose} Breaks: {breaks or 'nothing'}.",
-            )
+            (c.id, "check", severity, f"{c.purpose} [{c.category}; breaks {breaks}]")
         )
     order = {"load": 0, "parse": 1, "lower": 2, "link": 3, "lint": 4, "check": 5}
     rows.sort(key=lambda row: (order[row[1]], row[0]))

@@ -1,7 +1,8 @@
 """``[tool.atdata-gen]`` in ``pyproject.toml``: defaults for the CLI.
 
 Keys: ``sources`` (list of paths), ``out`` (directory that receives the package),
-``package`` (import name), ``externals``, ``include``, ``exclude``. Paths are relative
+``package`` (import name), ``externals``, ``include``, ``exclude``, and the
+``check`` sub-table (``[tool.atdata-gen.check]``, see :mod:`atdata_gen.checks.policy`). Paths are relative
 to the directory holding ``pyproject.toml``.
 """
 
@@ -28,6 +29,9 @@ class Config:
     externals: list[str] = field(default_factory=list)
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
+    check: dict[str, Any] = field(default_factory=dict)
+    """The raw ``[tool.atdata-gen.check]`` table (parsed by
+    :class:`atdata_gen.checks.policy.CheckPolicy`)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -35,6 +39,13 @@ def _strings(table: dict[str, Any], key: str, where: str) -> list[str]:
     value = table.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where}: [tool.atdata-gen] {key} must be a list of strings")
+    return value
+
+
+def _table(table: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = table.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: [tool.atdata-gen.{key}] must be a table")
     return value
 
 
@@ -66,5 +77,6 @@ def load_config(directory: Path) -> Config:
         externals=_strings(table, "externals", where),
         include=_strings(table, "include", where),
         exclude=_strings(table, "exclude", where),
+        check=_table(table, "check", where),
         extra={k: v for k, v in table.items() if k not in known},
     )

@@ -5,17 +5,25 @@ accepts old data; **FORWARD** — old readers still accept new data; **FULL** �
 The Lexicon spec's "Lexicon Evolution" rule (old data must validate under the new
 Lexicon and new data under the old one) is FULL, the default.
 
-Each rule is one registered unit (:func:`compat_rule`): an ID, a one-line purpose,
-the directions it breaks (empty = informational), and a pure handler that receives
-the previous and current element and yields findings. Pairs are matched by def id
-(Lexicons) and by schema name (sample schemas); additions and deletions are findings
-of their own.
+Each rule is one registered unit (:func:`rule`): an ID, a one-line purpose (the
+handler's docstring), the directions it breaks (empty = not a data break), a
+category, the severity it has when it does not break the checked direction, and a
+pure handler. The walker (:class:`_Walker`) pairs elements — defs by NSID and name,
+properties by name, types by position, sample schemas by name across versions — and
+hands each pair to every rule registered for that target; a missing side is
+``None``, so additions and deletions are findings of their own.
+
+Semver (schema records only): the bump a change needs is MAJOR when a finding breaks
+the checked direction, MINOR for any other change of the data shape, PATCH for
+descriptions and metadata (semver.org § 8, 7, 6). For ``0.y.z`` a minor bump counts
+as major and a patch bump as minor (semver.org § 4, as Cargo reads it).
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..diagnostics import Severity, Span
@@ -42,651 +50,819 @@ from ..ir.model import (
 )
 
 __all__ = [
+    "CATEGORIES",
     "COMPAT_RULES",
+    "At",
+    "Bump",
     "CompatRule",
     "Direction",
     "Finding",
     "compare",
+    "needed_bump",
+    "rule",
 ]
 
 
 class Direction(enum.Flag):
-    """Which compatibility a change breaks."""
+    """Which compatibility a change breaks: BACKWARD (new schema rejects old data),
+    FORWARD (old readers reject new data), FULL (both)."""
 
     NONE = 0
     BACKWARD = enum.auto()
     FORWARD = enum.auto()
     FULL = BACKWARD | FORWARD
 
+    @property
+    def names(self) -> list[str]:
+        return [
+            d.name or "" for d in (Direction.BACKWARD, Direction.FORWARD) if self & d
+        ]
 
-B, F, BOTH, INFO = Direction.BACKWARD, Direction.FORWARD, Direction.FULL, Direction.NONE
+
+B, F, BOTH, NONE = Direction.BACKWARD, Direction.FORWARD, Direction.FULL, Direction.NONE
+
+
+class Bump(enum.IntEnum):
+    """A semver bump (semver.org): what a change needs or a version move gives."""
+
+    NONE = 0
+    PATCH = 1
+    MINOR = 2
+    MAJOR = 3
 
 
 @dataclass(frozen=True, order=True)
 class Finding:
     """One change: ``rule``, the ``current`` and ``previous`` locations, the
-    ``message`` (past tense, values quoted) and the directions it ``breaks``."""
+    ``message`` (past tense, values quoted), the directions it ``breaks`` and the
+    ``subject`` (NSID or sample-schema name, for ``ignore`` globs). Ordered and
+    compared by (current location, rule, message)."""
 
     current: Span
     rule: str
     message: str
     previous: Span = field(compare=False)
     breaks: Direction = field(compare=False, default=Direction.NONE)
+    subject: str = field(compare=False, default="")
 
     def severity(self, mode: Direction) -> Severity:
-        return (
-            Severity.ERROR
-            if self.breaks & mode
-            else (Severity.WARNING if self.breaks else Severity.INFO)
-        )
+        """ERROR when the change breaks ``mode``; else the rule's own severity
+        (WARNING for a break in the other direction, INFO for plain changes)."""
+        if self.breaks & mode:
+            return Severity.ERROR
+        return COMPAT_RULES[self.rule].severity
+
+
+@dataclass(frozen=True)
+class At:
+    """Where a pair sits: a human label (``where``), both locations, the subject,
+    and — for ``semver`` rules — the bump the schema's changes need."""
+
+    where: str
+    prev: Span
+    curr: Span
+    subject: str
+    needed: Bump = Bump.NONE
+    because: tuple[str, ...] = ()
+    """For ``semver`` rules: the rule IDs that decide ``needed``."""
+
+
+Handler = Callable[[Any, Any, At], Iterable[str]]
 
 
 @dataclass(frozen=True)
 class CompatRule:
-    """A registered rule: ``id``, ``purpose``, ``breaks``, ``target`` and handler."""
+    """A registered rule. ``target`` is what the walker hands it: ``def``
+    (:class:`Def` pairs), ``xrpc`` (:class:`XrpcDef`/:class:`SubscriptionDef`),
+    ``field`` (:class:`Field`), ``type`` (IR types), ``schema`` and ``semver``
+    (:class:`SampleSchema`). ``on`` restricts ``type`` handlers to pairs where both
+    sides are of the same class, one of ``on``."""
 
     id: str
     purpose: str
     breaks: Direction
+    category: str
     target: str
+    severity: Severity
+    handler: Handler
+    on: type | tuple[type, ...] | None = None
 
 
 COMPAT_RULES: dict[str, CompatRule] = {}
+CATEGORIES = ("DEF", "FIELD", "CONSTRAINT", "UNION", "XRPC", "SAMPLE", "SEMVER")
+"""Rule categories, usable in ``use`` / ``except`` like rule IDs."""
 
 
-def compat_rule(id: str, purpose: str, breaks: Direction, target: str) -> None:
-    """Register a rule's metadata (the comparison code below emits its findings)."""
-    assert id not in COMPAT_RULES, id
-    COMPAT_RULES[id] = CompatRule(id, purpose, breaks, target)
+def rule(
+    id: str,
+    breaks: Direction,
+    category: str,
+    target: str,
+    *,
+    on: type | tuple[type, ...] | None = None,
+    severity: Severity | None = None,
+) -> Callable[[Handler], Handler]:
+    """Register the decorated handler as rule ``id``; its docstring's first line is
+    the purpose. ``severity`` defaults to WARNING for rules that break some
+    direction (when that direction is not checked) and INFO otherwise."""
+    assert category in CATEGORIES, category
 
-
-for _id, _purpose, _breaks, _target in [
-    ("DEF_DELETED", "A def was deleted.", BOTH, "def"),
-    ("DEF_ADDED", "A def was added (compatible).", INFO, "def"),
-    ("DEF_KIND_CHANGED", "A def's type changed.", BOTH, "def"),
-    ("RECORD_KEY_CHANGED", "A record's key type changed.", BOTH, "def"),
-    (
-        "FIELD_DELETED",
-        (
-            "A property was deleted (new writers may reuse the name "
-            "with another type; a required one breaks old readers)."
-        ),
-        F,
-        "field",
-    ),
-    (
-        "FIELD_REQUIRED_ADDED",
-        "A required property was added: old data lacks it.",
-        B,
-        "field",
-    ),
-    (
-        "FIELD_OPTIONAL_ADDED",
-        "An optional property was added (compatible).",
-        INFO,
-        "field",
-    ),
-    ("FIELD_MADE_REQUIRED", "An optional property became required.", B, "field"),
-    ("FIELD_MADE_OPTIONAL", "A required property became optional.", F, "field"),
-    (
-        "FIELD_NULLABLE_ADDED",
-        "A property became nullable: new data may be null.",
-        F,
-        "field",
-    ),
-    (
-        "FIELD_NULLABLE_REMOVED",
-        "A property stopped being nullable: old data may hold null.",
-        B,
-        "field",
-    ),
-    ("TYPE_CHANGED", "A value's type changed.", BOTH, "type"),
-    (
-        "FORMAT_ADDED",
-        "A string format was added: old data may not satisfy it.",
-        B,
-        "type",
-    ),
-    (
-        "FORMAT_REMOVED",
-        "A string format was removed: new data may break old readers.",
-        F,
-        "type",
-    ),
-    ("FORMAT_CHANGED", "A string format changed.", BOTH, "type"),
-    ("CONST_CHANGED", "A const value was added, removed or changed.", BOTH, "type"),
-    (
-        "ENUM_NARROWED",
-        "Values were removed from an enum: old data may use them.",
-        B,
-        "type",
-    ),
-    (
-        "ENUM_EXTENDED",
-        "Values were added to an enum: old readers reject them.",
-        F,
-        "type",
-    ),
-    (
-        "KNOWN_VALUES_CHANGED",
-        "knownValues changed (open set; informational).",
-        INFO,
-        "type",
-    ),
-    (
-        "BOUND_NARROWED",
-        "A length, size or range bound got stricter: old data may break it.",
-        B,
-        "type",
-    ),
-    (
-        "BOUND_WIDENED",
-        "A length, size or range bound got looser: new data may break old readers.",
-        F,
-        "type",
-    ),
-    ("BLOB_ACCEPT_NARROWED", "A blob accepts fewer MIME types.", B, "type"),
-    ("BLOB_ACCEPT_WIDENED", "A blob accepts more MIME types.", F, "type"),
-    (
-        "UNION_CLOSED",
-        "An open union was closed: old data may hold other types.",
-        B,
-        "type",
-    ),
-    (
-        "UNION_OPENED",
-        "A closed union was opened: new data may hold types old readers reject.",
-        F,
-        "type",
-    ),
-    ("UNION_REF_REMOVED", "A union member was removed.", B, "type"),
-    (
-        "UNION_REF_ADDED",
-        "A closed union gained a member: old readers reject it.",
-        F,
-        "type",
-    ),
-    ("REF_TARGET_CHANGED", "A ref points at another def.", BOTH, "type"),
-    ("DEFAULT_CHANGED", "A default changed (informational).", INFO, "type"),
-    ("XRPC_ENCODING_CHANGED", "An input or output encoding changed.", BOTH, "def"),
-    ("XRPC_BODY_CHANGED", "An input or output body was added or removed.", BOTH, "def"),
-    ("XRPC_ERROR_REMOVED", "An error name was removed.", F, "def"),
-    ("SAMPLE_ARRAY_DTYPE_CHANGED", "An array's dtype changed.", BOTH, "field"),
-    ("SAMPLE_ARRAY_SHAPE_NARROWED", "An array's shape got stricter.", B, "field"),
-    ("SAMPLE_ARRAY_SHAPE_WIDENED", "An array's shape got looser.", F, "field"),
-    ("SAMPLE_ARRAY_DIMS_CHANGED", "An array's dimension names changed.", INFO, "field"),
-    (
-        "SAMPLE_ARRAY_FORMAT_CHANGED",
-        "An array's shim or format version changed.",
-        BOTH,
-        "field",
-    ),
-    ("SCHEMA_DELETED", "A sample schema was deleted.", BOTH, "schema"),
-    ("SCHEMA_ADDED", "A sample schema was added (compatible).", INFO, "schema"),
-]:
-    compat_rule(_id, _purpose, _breaks, _target)
-
-
-class _Comparer:
-    def __init__(self, prev: LinkedModel, curr: LinkedModel) -> None:
-        self.prev, self.curr = prev, curr
-        self.out: list[Finding] = []
-
-    def add(self, rule: str, message: str, prev: Span, curr: Span) -> None:
-        self.out.append(Finding(curr, rule, message, prev, COMPAT_RULES[rule].breaks))
-
-    # -- types ------------------------------------------------------------------------
-    def types(self, a: Any, b: Any, where: str, sa: Span, sb: Span) -> None:
-        if type(a) is not type(b):
-            self.add(
-                "TYPE_CHANGED",
-                f"The type of {where} changed from {_kind(a)!r} to {_kind(b)!r}.",
-                sa,
-                sb,
-            )
-            return
-        if isinstance(a, StringType):
-            self.string(a, b, where, sa, sb)
-        elif isinstance(a, IntegerType):
-            self.integer(a, b, where, sa, sb)
-        elif isinstance(a, BooleanType):
-            self.consts(a.const, b.const, where, sa, sb)
-            self.defaults(a.default, b.default, where, sa, sb)
-        elif isinstance(a, BytesType | ArrayType):
-            self.bounds(
-                "length",
-                a.min_length,
-                b.min_length,
-                a.max_length,
-                b.max_length,
-                where,
-                sa,
-                sb,
-            )
-            if isinstance(a, ArrayType):
-                self.types(a.items, b.items, f"the items of {where}", sa, sb)
-        elif isinstance(a, BlobType):
-            self.bounds("size", None, None, a.max_size, b.max_size, where, sa, sb)
-            old, new = set(a.accept or ("*/*",)), set(b.accept or ("*/*",))
-            if old - new:
-                self.add(
-                    "BLOB_ACCEPT_NARROWED",
-                    f"{where} no longer accepts {', '.join(sorted(old - new))}.",
-                    sa,
-                    sb,
-                )
-            if new - old:
-                self.add(
-                    "BLOB_ACCEPT_WIDENED",
-                    f"{where} now accepts {', '.join(sorted(new - old))}.",
-                    sa,
-                    sb,
-                )
-        elif isinstance(a, RefType):
-            if a.target != b.target:
-                self.add(
-                    "REF_TARGET_CHANGED",
-                    f"The ref of {where} changed from "
-                    f"{str(a.target)!r} to {str(b.target)!r}.",
-                    a.span,
-                    b.span,
-                )
-        elif isinstance(a, UnionType):
-            self.union(a, b, where)
-        elif isinstance(a, ObjectType):
-            self.fields(a.fields, b.fields, where, b.span)
-        elif isinstance(a, NDArrayType):
-            self.ndarray(a, b, where, sa, sb)
-
-    def string(
-        self, a: StringType, b: StringType, where: str, sa: Span, sb: Span
-    ) -> None:
-        if a.format != b.format:
-            if a.format is None:
-                self.add(
-                    "FORMAT_ADDED", f"Format {b.format!r} was added to {where}.", sa, sb
-                )
-            elif b.format is None:
-                self.add(
-                    "FORMAT_REMOVED",
-                    f"Format {a.format!r} was removed from {where}.",
-                    sa,
-                    sb,
-                )
-            else:
-                self.add(
-                    "FORMAT_CHANGED",
-                    f"The format of {where} changed from {a.format!r} to {b.format!r}.",
-                    sa,
-                    sb,
-                )
-        self.consts(a.const, b.const, where, sa, sb)
-        self.enums(a.enum, b.enum, where, sa, sb)
-        if (a.known_values or ()) != (b.known_values or ()):
-            self.add(
-                "KNOWN_VALUES_CHANGED", f"The knownValues of {where} changed.", sa, sb
-            )
-        self.bounds(
-            "UTF-8 length",
-            a.min_bytes,
-            b.min_bytes,
-            a.max_bytes,
-            b.max_bytes,
-            where,
-            sa,
-            sb,
+    def register(handler: Handler) -> Handler:
+        assert id not in COMPAT_RULES, id
+        purpose = (handler.__doc__ or "").strip().splitlines()[0]
+        default = Severity.WARNING if breaks else Severity.INFO
+        COMPAT_RULES[id] = CompatRule(
+            id, purpose, breaks, category, target, severity or default, handler, on
         )
-        self.bounds(
+        return handler
+
+    return register
+
+
+# -- defs -----------------------------------------------------------------------------
+
+
+@rule("DEF_DELETED", B, "DEF", "def")
+def _def_deleted(d: Def | None, e: Def | None, at: At) -> Iterator[str]:
+    """A def was deleted: old data of that type no longer validates."""
+    if d is not None and e is None:
+        yield f"Def {str(d.id)!r} ({d.kind}) was deleted."
+
+
+@rule("DEF_ADDED", NONE, "DEF", "def")
+def _def_added(d: Def | None, e: Def | None, at: At) -> Iterator[str]:
+    """A def was added (compatible)."""
+    if d is None and e is not None:
+        yield f"Def {str(e.id)!r} ({e.kind}) was added."
+
+
+@rule("DEF_KIND_CHANGED", BOTH, "DEF", "def")
+def _def_kind(d: Def | None, e: Def | None, at: At) -> Iterator[str]:
+    """A def's type changed (e.g. object → record, query → procedure)."""
+    if d is not None and e is not None and d.kind != e.kind:
+        yield f"Def {str(d.id)!r} changed from {d.kind!r} to {e.kind!r}."
+
+
+@rule("RECORD_KEY_CHANGED", BOTH, "DEF", "def")
+def _record_key(d: Def | None, e: Def | None, at: At) -> Iterator[str]:
+    """A record's key type changed: existing records sit under keys of the old kind."""
+    if (
+        d is not None
+        and e is not None
+        and isinstance(d.body, RecordDef)
+        and isinstance(e.body, RecordDef)
+        and d.body.key != e.body.key
+    ):
+        yield (
+            f"The record key of {str(d.id)!r} changed from "
+            f"{d.body.key!r} to {e.body.key!r}."
+        )
+
+
+# -- XRPC and subscriptions -----------------------------------------------------------
+
+
+@rule("XRPC_BODY_CHANGED", BOTH, "XRPC", "xrpc")
+def _xrpc_body(a: Any, b: Any, at: At) -> Iterator[str]:
+    """A query/procedure input or output was added or removed."""
+    if isinstance(a, XrpcDef) and isinstance(b, XrpcDef):
+        for which in ("input", "output"):
+            x, y = getattr(a, which), getattr(b, which)
+            if (x is None) != (y is None):
+                state = "added" if x is None else "removed"
+                yield f"The {which} of {at.where!r} was {state}."
+
+
+@rule("XRPC_ENCODING_CHANGED", BOTH, "XRPC", "xrpc")
+def _xrpc_encoding(a: Any, b: Any, at: At) -> Iterator[str]:
+    """A query/procedure input or output encoding (MIME type) changed."""
+    if isinstance(a, XrpcDef) and isinstance(b, XrpcDef):
+        for which in ("input", "output"):
+            x, y = getattr(a, which), getattr(b, which)
+            if x is not None and y is not None and x.encoding != y.encoding:
+                yield (
+                    f"The {which} encoding of {at.where!r} changed from "
+                    f"{x.encoding!r} to {y.encoding!r}."
+                )
+
+
+@rule("XRPC_ERROR_REMOVED", F, "XRPC", "xrpc")
+def _xrpc_error(a: Any, b: Any, at: At) -> Iterator[str]:
+    """An error name was removed: clients matching on it no longer see it."""
+    for err in sorted({n for n, _ in a.errors} - {n for n, _ in b.errors}):
+        yield f"Error {err!r} of {at.where!r} was removed."
+
+
+# -- properties and params ------------------------------------------------------------
+
+
+@rule("FIELD_DELETED", F, "FIELD", "field")
+def _field_deleted(f: Field | None, g: Field | None, at: At) -> Iterator[str]:
+    """A property was deleted: a required one breaks old readers, and new writers
+    may reuse the name with another type (rest.li#54)."""
+    if f is not None and g is None:
+        yield f"Property {f.name!r} of {at.where} was deleted."
+
+
+@rule("FIELD_REQUIRED_ADDED", B, "FIELD", "field")
+def _field_required_added(f: Field | None, g: Field | None, at: At) -> Iterator[str]:
+    """A required property (or XRPC param) was added: old data lacks it."""
+    if f is None and g is not None and g.required:
+        yield f"A required property {g.name!r} was added to {at.where}."
+
+
+@rule("FIELD_OPTIONAL_ADDED", NONE, "FIELD", "field")
+def _field_optional_added(f: Field | None, g: Field | None, at: At) -> Iterator[str]:
+    """An optional property was added (compatible)."""
+    if f is None and g is not None and not g.required:
+        yield f"An optional property {g.name!r} was added to {at.where}."
+
+
+@rule("FIELD_MADE_REQUIRED", B, "FIELD", "field")
+def _field_made_required(f: Field | None, g: Field | None, at: At) -> Iterator[str]:
+    """An optional property became required: old data may lack it."""
+    if f is not None and g is not None and g.required and not f.required:
+        yield f"Property {f.name!r} of {at.where} became required."
+
+
+@rule("FIELD_MADE_OPTIONAL", F, "FIELD", "field")
+def _field_made_optional(f: Field | None, g: Field | None, at: At) -> Iterator[str]:
+    """A required property became optional: old readers reject data without it."""
+    if f is not None and g is not None and f.required and not g.required:
+        yield f"Property {f.name!r} of {at.where} became optional."
+
+
+@rule("FIELD_NULLABLE_ADDED", F, "FIELD", "field")
+def _field_nullable_added(f: Field | None, g: Field | None, at: At) -> Iterator[str]:
+    """A property became nullable: new data may hold null."""
+    if f is not None and g is not None and g.nullable and not f.nullable:
+        yield f"Property {f.name!r} of {at.where} became nullable."
+
+
+@rule("FIELD_NULLABLE_REMOVED", B, "FIELD", "field")
+def _field_nullable_removed(f: Field | None, g: Field | None, at: At) -> Iterator[str]:
+    """A property stopped being nullable: old data may hold null."""
+    if f is not None and g is not None and f.nullable and not g.nullable:
+        yield f"Property {f.name!r} of {at.where} is no longer nullable."
+
+
+# -- types ----------------------------------------------------------------------------
+
+
+@rule("TYPE_CHANGED", BOTH, "FIELD", "type")
+def _type_changed(a: Any, b: Any, at: At) -> Iterator[str]:
+    """A value's type changed (string → integer, ref → union, …)."""
+    if type(a) is not type(b):
+        yield f"The type of {at.where} changed from {_kind(a)!r} to {_kind(b)!r}."
+
+
+@rule("FORMAT_ADDED", B, "CONSTRAINT", "type", on=StringType)
+def _format_added(a: StringType, b: StringType, at: At) -> Iterator[str]:
+    """A string format was added: old data may not satisfy it."""
+    if a.format is None and b.format is not None:
+        yield f"Format {b.format!r} was added to {at.where}."
+
+
+@rule("FORMAT_REMOVED", F, "CONSTRAINT", "type", on=StringType)
+def _format_removed(a: StringType, b: StringType, at: At) -> Iterator[str]:
+    """A string format was removed: new data may break old readers."""
+    if a.format is not None and b.format is None:
+        yield f"Format {a.format!r} was removed from {at.where}."
+
+
+@rule("FORMAT_CHANGED", BOTH, "CONSTRAINT", "type", on=StringType)
+def _format_changed(a: StringType, b: StringType, at: At) -> Iterator[str]:
+    """A string format changed to another format."""
+    if a.format is not None and b.format is not None and a.format != b.format:
+        yield (f"The format of {at.where} changed from {a.format!r} to {b.format!r}.")
+
+
+@rule(
+    "CONST_CHANGED",
+    BOTH,
+    "CONSTRAINT",
+    "type",
+    on=(StringType, IntegerType, BooleanType),
+)
+def _const_changed(a: Any, b: Any, at: At) -> Iterator[str]:
+    """A const value was added, removed or changed."""
+    if a.const != b.const:
+        yield f"The const of {at.where} changed from {a.const!r} to {b.const!r}."
+
+
+@rule("ENUM_NARROWED", B, "CONSTRAINT", "type", on=(StringType, IntegerType))
+def _enum_narrowed(a: Any, b: Any, at: At) -> Iterator[str]:
+    """Values were removed from an enum (or an enum was added): old data may use
+    them."""
+    if b.enum is not None and (a.enum is None or set(a.enum) - set(b.enum)):
+        removed = sorted(map(str, set(a.enum) - set(b.enum))) if a.enum else ["(any)"]
+        yield f"The enum of {at.where} no longer allows {', '.join(removed)}."
+
+
+@rule("ENUM_EXTENDED", F, "CONSTRAINT", "type", on=(StringType, IntegerType))
+def _enum_extended(a: Any, b: Any, at: At) -> Iterator[str]:
+    """Values were added to an enum (or the enum was dropped): old readers reject
+    them."""
+    if a.enum is not None and (b.enum is None or set(b.enum) - set(a.enum)):
+        added = sorted(map(str, set(b.enum) - set(a.enum))) if b.enum else ["(any)"]
+        yield f"The enum of {at.where} now also allows {', '.join(added)}."
+
+
+@rule("KNOWN_VALUES_CHANGED", NONE, "CONSTRAINT", "type", on=StringType)
+def _known_values(a: StringType, b: StringType, at: At) -> Iterator[str]:
+    """knownValues changed (an open set: informational)."""
+    old, new = set(a.known_values or ()), set(b.known_values or ())
+    if old != new:
+        parts = []
+        if new - old:
+            parts.append(f"added {', '.join(sorted(new - old))}")
+        if old - new:
+            parts.append(f"removed {', '.join(sorted(old - new))}")
+        yield f"The knownValues of {at.where} changed: {'; '.join(parts)}."
+
+
+@rule(
+    "DEFAULT_CHANGED",
+    NONE,
+    "CONSTRAINT",
+    "type",
+    on=(StringType, IntegerType, BooleanType),
+)
+def _default_changed(a: Any, b: Any, at: At) -> Iterator[str]:
+    """A default changed (readers that fill it in now see another value)."""
+    if a.default != b.default:
+        yield (
+            f"The default of {at.where} changed from {a.default!r} to {b.default!r}."
+        )
+
+
+def _bounds(a: Any, b: Any) -> Iterator[tuple[str, Any, Any, Any, Any]]:
+    """(what, old min, new min, old max, new max) for each bound pair of a type."""
+    if isinstance(a, StringType):
+        yield "UTF-8 length", a.min_bytes, b.min_bytes, a.max_bytes, b.max_bytes
+        yield (
             "grapheme count",
             a.min_graphemes,
             b.min_graphemes,
             a.max_graphemes,
             b.max_graphemes,
-            where,
-            sa,
-            sb,
         )
-        self.defaults(a.default, b.default, where, sa, sb)
+    elif isinstance(a, IntegerType):
+        yield "value", a.minimum, b.minimum, a.maximum, b.maximum
+    elif isinstance(a, BytesType | ArrayType):
+        yield "length", a.min_length, b.min_length, a.max_length, b.max_length
+    elif isinstance(a, BlobType):
+        yield "size", None, None, a.max_size, b.max_size
 
-    def integer(
-        self, a: IntegerType, b: IntegerType, where: str, sa: Span, sb: Span
-    ) -> None:
-        self.consts(a.const, b.const, where, sa, sb)
-        self.enums(a.enum, b.enum, where, sa, sb)
-        self.bounds("value", a.minimum, b.minimum, a.maximum, b.maximum, where, sa, sb)
-        self.defaults(a.default, b.default, where, sa, sb)
 
-    def consts(self, a: Any, b: Any, where: str, sa: Span, sb: Span) -> None:
-        if a != b:
-            self.add(
-                "CONST_CHANGED",
-                f"The const of {where} changed from {a!r} to {b!r}.",
-                sa,
-                sb,
+def _stricter_lo(x: int | None, y: int | None) -> bool:
+    return y is not None and (x is None or y > x)
+
+
+def _stricter_hi(x: int | None, y: int | None) -> bool:
+    return y is not None and (x is None or y < x)
+
+
+def _range(lo: int | None, hi: int | None) -> str:
+    return f"{'-' if lo is None else lo}..{'-' if hi is None else hi}"
+
+
+_BOUNDED = (StringType, IntegerType, BytesType, ArrayType, BlobType)
+
+
+@rule("BOUND_NARROWED", B, "CONSTRAINT", "type", on=_BOUNDED)
+def _bound_narrowed(a: Any, b: Any, at: At) -> Iterator[str]:
+    """A length, grapheme, size or range bound got stricter: old data may break it."""
+    for what, lo_a, lo_b, hi_a, hi_b in _bounds(a, b):
+        if _stricter_lo(lo_a, lo_b) or _stricter_hi(hi_a, hi_b):
+            yield (
+                f"The {what} bounds of {at.where} narrowed: "
+                f"{_range(lo_a, hi_a)} → {_range(lo_b, hi_b)}."
             )
 
-    def defaults(self, a: Any, b: Any, where: str, sa: Span, sb: Span) -> None:
-        if a != b:
-            self.add(
-                "DEFAULT_CHANGED",
-                f"The default of {where} changed from {a!r} to {b!r}.",
-                sa,
-                sb,
+
+@rule("BOUND_WIDENED", F, "CONSTRAINT", "type", on=_BOUNDED)
+def _bound_widened(a: Any, b: Any, at: At) -> Iterator[str]:
+    """A length, grapheme, size or range bound got looser: new data may break old
+    readers."""
+    for what, lo_a, lo_b, hi_a, hi_b in _bounds(a, b):
+        if _stricter_lo(lo_b, lo_a) or _stricter_hi(hi_b, hi_a):
+            yield (
+                f"The {what} bounds of {at.where} widened: "
+                f"{_range(lo_a, hi_a)} → {_range(lo_b, hi_b)}."
             )
 
-    def enums(self, a: Any, b: Any, where: str, sa: Span, sb: Span) -> None:
-        if a == b:
-            return
-        if b is not None and (a is None or set(a) - set(b)):
-            removed = sorted(map(str, set(a) - set(b))) if a is not None else ["(any)"]
-            self.add(
-                "ENUM_NARROWED",
-                f"The enum of {where} no longer allows {', '.join(removed)}.",
-                sa,
-                sb,
+
+def _covered(mime: str, patterns: Iterable[str]) -> bool:
+    """True when one of the MIME ``patterns`` (``*/*``, ``image/*``, exact) accepts
+    every type ``mime`` (itself possibly a pattern) accepts (Lexicon spec § blob)."""
+    for p in patterns:
+        if p in ("*/*", mime):
+            return True
+        if p.endswith("/*") and mime.startswith(p[:-1]) and mime != "*/*":
+            return True
+    return False
+
+
+def _accept_gained(a: BlobType, b: BlobType) -> list[str]:
+    old, new = a.accept or ("*/*",), b.accept or ("*/*",)
+    return sorted({m for m in new if not _covered(m, old)})
+
+
+@rule("BLOB_ACCEPT_NARROWED", B, "CONSTRAINT", "type", on=BlobType)
+def _blob_narrowed(a: BlobType, b: BlobType, at: At) -> Iterator[str]:
+    """A blob accepts fewer MIME types."""
+    if gone := _accept_gained(b, a):
+        yield f"The blob {at.where} no longer accepts {', '.join(gone)}."
+
+
+@rule("BLOB_ACCEPT_WIDENED", F, "CONSTRAINT", "type", on=BlobType)
+def _blob_widened(a: BlobType, b: BlobType, at: At) -> Iterator[str]:
+    """A blob accepts more MIME types."""
+    if new := _accept_gained(a, b):
+        yield f"The blob {at.where} now accepts {', '.join(new)}."
+
+
+# -- unions and refs ------------------------------------------------------------------
+
+
+@rule("UNION_CLOSED", B, "UNION", "type", on=UnionType)
+def _union_closed(a: UnionType, b: UnionType, at: At) -> Iterator[str]:
+    """An open union was closed: old data may hold other types."""
+    if b.closed and not a.closed:
+        yield f"The union {at.where} was closed."
+
+
+@rule("UNION_OPENED", F, "UNION", "type", on=UnionType)
+def _union_opened(a: UnionType, b: UnionType, at: At) -> Iterator[str]:
+    """A closed union was opened: new data may hold types old readers reject."""
+    if a.closed and not b.closed:
+        yield f"The union {at.where} was opened."
+
+
+@rule("UNION_REF_REMOVED", B, "UNION", "type", on=UnionType)
+def _union_ref_removed(a: UnionType, b: UnionType, at: At) -> Iterator[str]:
+    """A union member was removed: old data may hold it."""
+    for ref in sorted({str(r) for r in a.refs} - {str(r) for r in b.refs}):
+        yield f"Member {ref!r} was removed from the union {at.where}."
+
+
+@rule("UNION_REF_ADDED", F, "UNION", "type", on=UnionType)
+def _union_ref_added(a: UnionType, b: UnionType, at: At) -> Iterator[str]:
+    """A closed union gained a member: old readers reject it."""
+    if b.closed:
+        for ref in sorted({str(r) for r in b.refs} - {str(r) for r in a.refs}):
+            yield f"Member {ref!r} was added to the closed union {at.where}."
+
+
+@rule("REF_TARGET_CHANGED", BOTH, "UNION", "type", on=RefType)
+def _ref_target(a: RefType, b: RefType, at: At) -> Iterator[str]:
+    """A ref points at another def."""
+    if a.target != b.target:
+        yield (
+            f"The ref of {at.where} changed from "
+            f"{str(a.target)!r} to {str(b.target)!r}."
+        )
+
+
+# -- sample schemas -------------------------------------------------------------------
+
+
+@rule("SAMPLE_ARRAY_DTYPE_CHANGED", BOTH, "SAMPLE", "type", on=NDArrayType)
+def _dtype(a: NDArrayType, b: NDArrayType, at: At) -> Iterator[str]:
+    """An array's dtype changed."""
+    if a.dtype != b.dtype:
+        yield (
+            f"The dtype of {at.where} changed from "
+            f"{a.dtype or 'any'!r} to {b.dtype or 'any'!r}."
+        )
+
+
+def _shape_change(a: NDArrayType, b: NDArrayType) -> tuple[bool, bool]:
+    """(narrowed, widened): a shape change that is neither strictly narrower nor
+    strictly wider (e.g. ``(3, *)`` → ``(*, 4)``) is both."""
+    if a.shape == b.shape:
+        return False, False
+    narrowed = _shape_narrower(b.shape, a.shape)
+    widened = _shape_narrower(a.shape, b.shape)
+    return narrowed or not widened, widened or not narrowed
+
+
+@rule("SAMPLE_ARRAY_SHAPE_NARROWED", B, "SAMPLE", "type", on=NDArrayType)
+def _shape_narrowed(a: NDArrayType, b: NDArrayType, at: At) -> Iterator[str]:
+    """An array's shape got stricter: old arrays may not fit."""
+    if _shape_change(a, b)[0]:
+        yield (
+            f"The shape of {at.where} narrowed from "
+            f"{_shape(a.shape)} to {_shape(b.shape)}."
+        )
+
+
+@rule("SAMPLE_ARRAY_SHAPE_WIDENED", F, "SAMPLE", "type", on=NDArrayType)
+def _shape_widened(a: NDArrayType, b: NDArrayType, at: At) -> Iterator[str]:
+    """An array's shape got looser: new arrays may not fit old readers."""
+    if _shape_change(a, b)[1]:
+        yield (
+            f"The shape of {at.where} widened from "
+            f"{_shape(a.shape)} to {_shape(b.shape)}."
+        )
+
+
+@rule("SAMPLE_ARRAY_DIMS_CHANGED", NONE, "SAMPLE", "type", on=NDArrayType)
+def _dims(a: NDArrayType, b: NDArrayType, at: At) -> Iterator[str]:
+    """An array's dimension names changed (same bytes, new meaning: review it)."""
+    if a.dims != b.dims:
+        yield (
+            f"The dimension names of {at.where} changed from "
+            f"{list(a.dims or ())} to {list(b.dims or ())}."
+        )
+
+
+@rule("SAMPLE_ARRAY_FORMAT_CHANGED", BOTH, "SAMPLE", "type", on=NDArrayType)
+def _array_format(a: NDArrayType, b: NDArrayType, at: At) -> Iterator[str]:
+    """An array's shim or array-format version changed: the bytes differ."""
+    if (a.format, a.shim_version) != (b.format, b.shim_version):
+        yield (
+            f"The array format of {at.where} changed from "
+            f"{a.format} {a.shim_version} to {b.format} {b.shim_version}."
+        )
+
+
+@rule("SCHEMA_DELETED", B, "SAMPLE", "schema")
+def _schema_deleted(
+    s: SampleSchema | None, t: SampleSchema | None, at: At
+) -> Iterator[str]:
+    """A sample schema was deleted: its datasets lose their type."""
+    if s is not None and t is None:
+        yield f"Sample schema {s.name!r} ({s.version}) was deleted."
+
+
+@rule("SCHEMA_ADDED", NONE, "SAMPLE", "schema")
+def _schema_added(
+    s: SampleSchema | None, t: SampleSchema | None, at: At
+) -> Iterator[str]:
+    """A sample schema was added (compatible)."""
+    if s is None and t is not None:
+        yield f"Sample schema {t.name!r} ({t.version}) was added."
+
+
+@rule("SCHEMA_DOC_CHANGED", NONE, "SAMPLE", "schema")
+def _schema_doc(
+    s: SampleSchema | None, t: SampleSchema | None, at: At
+) -> Iterator[str]:
+    """A sample schema's description, metadata or a field description changed
+    (a PATCH change)."""
+    if s is None or t is None:
+        return
+    what = []
+    if s.description != t.description:
+        what.append("description")
+    if s.metadata_json != t.metadata_json:
+        what.append("metadata")
+    new = {f.name: f.description for f in t.fields}
+    changed = [
+        f.name for f in s.fields if f.name in new and new[f.name] != f.description
+    ]
+    what += [f"the description of field {n!r}" for n in changed]
+    if what:
+        listed = ", ".join(what[:-1]) + " and " + what[-1] if len(what) > 1 else what[0]
+        yield f"The {listed} of sample schema {s.name!r} changed."
+
+
+@rule("SCHEMA_VERSION_CONFLICT", NONE, "SEMVER", "semver", severity=Severity.ERROR)
+def _version_conflict(s: SampleSchema, t: SampleSchema, at: At) -> Iterator[str]:
+    """Two schema records share a name and version but differ (versions are
+    immutable once published)."""
+    if s.version == t.version and _content(s) != _content(t):
+        yield (
+            f"Sample schema {s.name!r} version {s.version} differs from the "
+            "published one with the same version; bump the version."
+        )
+
+
+@rule(
+    "SCHEMA_VERSION_BUMP_TOO_SMALL", NONE, "SEMVER", "semver", severity=Severity.ERROR
+)
+def _bump(s: SampleSchema, t: SampleSchema, at: At) -> Iterator[str]:
+    """The declared version moved less than the change needs (MAJOR for breaking
+    changes, MINOR for compatible additions, PATCH for documentation)."""
+    if s.version == t.version:
+        return
+    declared = declared_bump(s.version, t.version)
+    if declared < at.needed:
+        hint = ""
+        if at.needed is Bump.MAJOR:
+            hint = (
+                f" Declare a new major version, and offer a migration lens "
+                f"(atdata-gen new-lens {s.name}@{s.version} {t.name}@{t.version})."
             )
-        if a is not None and (b is None or set(b) - set(a)):
-            added = sorted(map(str, set(b) - set(a))) if b is not None else ["(any)"]
-            self.add(
-                "ENUM_EXTENDED",
-                f"The enum of {where} now also allows {', '.join(added)}.",
-                sa,
-                sb,
-            )
+        yield (
+            f"Sample schema {s.name!r} moved {s.version} → {t.version} "
+            f"({declared.name}), but its changes ({', '.join(at.because)}) need a "
+            f"{at.needed.name} bump.{hint}"
+        )
 
-    def bounds(
-        self,
-        what: str,
-        lo_a: int | None,
-        lo_b: int | None,
-        hi_a: int | None,
-        hi_b: int | None,
-        where: str,
-        sa: Span,
-        sb: Span,
-    ) -> None:
-        def stricter_lo(x: int | None, y: int | None) -> bool:
-            return y is not None and (x is None or y > x)
 
-        def stricter_hi(x: int | None, y: int | None) -> bool:
-            return y is not None and (x is None or y < x)
+# -- the walker -----------------------------------------------------------------------
 
-        def show(lo: int | None, hi: int | None) -> str:
-            return f"{'-' if lo is None else lo}..{'-' if hi is None else hi}"
 
-        change = f"{show(lo_a, hi_a)} → {show(lo_b, hi_b)}"
-        if stricter_lo(lo_a, lo_b) or stricter_hi(hi_a, hi_b):
-            self.add(
-                "BOUND_NARROWED",
-                f"The {what} bounds of {where} narrowed: {change}.",
-                sa,
-                sb,
-            )
-        if stricter_lo(lo_b, lo_a) or stricter_hi(hi_b, hi_a):
-            self.add(
-                "BOUND_WIDENED",
-                f"The {what} bounds of {where} widened: {change}.",
-                sa,
-                sb,
-            )
+def _content(s: SampleSchema) -> tuple[Any, ...]:
+    return (s.fields, s.description, s.metadata_json, s.array_formats)
 
-    def union(self, a: UnionType, b: UnionType, where: str) -> None:
-        if a.closed != b.closed:
-            rule = "UNION_CLOSED" if b.closed else "UNION_OPENED"
-            state = "closed" if b.closed else "opened"
-            self.add(rule, f"The union {where} was {state}.", a.span, b.span)
-        old, new = {str(r) for r in a.refs}, {str(r) for r in b.refs}
-        for ref in sorted(old - new):
-            self.add(
-                "UNION_REF_REMOVED",
-                f"Member {ref!r} was removed from the union {where}.",
-                a.span,
-                b.span,
-            )
-        if b.closed:
-            for ref in sorted(new - old):
-                self.add(
-                    "UNION_REF_ADDED",
-                    f"Member {ref!r} was added to the closed union {where}.",
-                    a.span,
-                    b.span,
-                )
 
-    def fields(
-        self,
-        a: tuple[Field, ...],
-        b: tuple[Field, ...],
-        where: str,
-        container: Span | None = None,
-    ) -> None:
-        old = {f.name: f for f in a}
-        new = {f.name: f for f in b}
-        for name, f in old.items():
-            g = new.get(name)
-            label = f"property {name!r} of {where}"
-            if g is None:
-                self.add(
-                    "FIELD_DELETED",
-                    f"Property {name!r} of {where} was deleted.",
-                    f.span,
-                    container or f.span,
-                )
+def _semver(version: str) -> tuple[int, int, int]:
+    core = version.split("+", 1)[0].split("-", 1)[0]
+    parts = [int(p) if p.isdigit() else 0 for p in core.split(".")][:3]
+    return (parts + [0, 0, 0])[0], (parts + [0, 0, 0])[1], (parts + [0, 0, 0])[2]
+
+
+def declared_bump(old: str, new: str) -> Bump:
+    """The bump a version move declares (semver.org § 6–8; for ``0.y.z`` a minor
+    move counts as MAJOR and a patch move as MINOR, semver.org § 4). A move
+    backwards or none declares NONE."""
+    a, b = _semver(old), _semver(new)
+    if b <= a:
+        return Bump.NONE
+    if b[0] != a[0]:
+        return Bump.MAJOR
+    if b[1] != a[1]:
+        return Bump.MAJOR if a[0] == 0 else Bump.MINOR
+    return Bump.MINOR if a[0] == 0 else Bump.PATCH
+
+
+def needed_bump(findings: Iterable[Finding], mode: Direction) -> Bump:
+    """The bump ``findings`` (of one schema pair) need under ``mode``: MAJOR when one
+    breaks ``mode``, PATCH when all are documentation, MINOR otherwise."""
+    need = Bump.NONE
+    for f in findings:
+        if f.breaks & mode:
+            return Bump.MAJOR
+        if COMPAT_RULES[f.rule].category != "SEMVER":
+            doc = f.rule == "SCHEMA_DOC_CHANGED"
+            need = max(need, Bump.PATCH if doc else Bump.MINOR)
+    return need
+
+
+_BY_TARGET: dict[str, list[CompatRule]] = {}
+
+
+def _rules_for(target: str) -> list[CompatRule]:
+    if not _BY_TARGET:
+        for r in COMPAT_RULES.values():
+            _BY_TARGET.setdefault(r.target, []).append(r)
+    return _BY_TARGET.get(target, [])
+
+
+class _Walker:
+    """Pairs elements of two linked models and runs the registered rules."""
+
+    def __init__(self, prev: LinkedModel, curr: LinkedModel, mode: Direction) -> None:
+        self.prev, self.curr, self.mode = prev, curr, mode
+        self.out: list[Finding] = []
+
+    def emit(self, target: str, a: Any, b: Any, at: At) -> None:
+        for r in _rules_for(target):
+            if r.on is not None and not (type(a) is type(b) and isinstance(a, r.on)):
                 continue
-            if f.required and not g.required:
-                self.add(
-                    "FIELD_MADE_OPTIONAL",
-                    f"Property {name!r} of {where} became optional.",
-                    f.span,
-                    g.span,
+            for message in r.handler(a, b, at):
+                self.out.append(
+                    Finding(at.curr, r.id, message, at.prev, r.breaks, at.subject)
                 )
-            if g.required and not f.required:
-                self.add(
-                    "FIELD_MADE_REQUIRED",
-                    f"Property {name!r} of {where} became required.",
-                    f.span,
-                    g.span,
-                )
-            if g.nullable and not f.nullable:
-                self.add(
-                    "FIELD_NULLABLE_ADDED",
-                    f"Property {name!r} of {where} became nullable.",
-                    f.span,
-                    g.span,
-                )
-            if f.nullable and not g.nullable:
-                self.add(
-                    "FIELD_NULLABLE_REMOVED",
-                    f"Property {name!r} of {where} is no longer nullable.",
-                    f.span,
-                    g.span,
-                )
-            self.types(f.type, g.type, label, f.span, g.span)
-        for name, g in new.items():
-            if name in old:
-                continue
-            rule = "FIELD_REQUIRED_ADDED" if g.required else "FIELD_OPTIONAL_ADDED"
-            kind = "required" if g.required else "optional"
-            self.add(
-                rule,
-                f"A {kind} property {name!r} was added to {where}.",
-                _NOWHERE,
-                g.span,
-            )
 
-    def ndarray(
-        self, a: NDArrayType, b: NDArrayType, where: str, sa: Span, sb: Span
-    ) -> None:
-        if (a.format, a.shim_version) != (b.format, b.shim_version):
-            self.add(
-                "SAMPLE_ARRAY_FORMAT_CHANGED",
-                f"The array format of {where} "
-                f"changed from {a.format} {a.shim_version} to {b.format} "
-                f"{b.shim_version}.",
-                sa,
-                sb,
-            )
-        if a.dtype != b.dtype:
-            self.add(
-                "SAMPLE_ARRAY_DTYPE_CHANGED",
-                f"The dtype of {where} changed from "
-                f"{a.dtype or 'any'!r} to {b.dtype or 'any'!r}.",
-                sa,
-                sb,
-            )
-        if a.shape != b.shape:
-            narrowed = _shape_narrower(b.shape, a.shape)
-            widened = _shape_narrower(a.shape, b.shape)
-            if narrowed or not widened:
-                self.add(
-                    "SAMPLE_ARRAY_SHAPE_NARROWED",
-                    f"The shape of {where} changed "
-                    f"from {_shape(a.shape)} to {_shape(b.shape)}.",
-                    sa,
-                    sb,
-                )
-            if widened or not narrowed:
-                self.add(
-                    "SAMPLE_ARRAY_SHAPE_WIDENED",
-                    f"The shape of {where} changed "
-                    f"from {_shape(a.shape)} to {_shape(b.shape)}.",
-                    sa,
-                    sb,
-                )
-        if a.dims != b.dims:
-            self.add(
-                "SAMPLE_ARRAY_DIMS_CHANGED",
-                f"The dimension names of {where} changed from {a.dims} to {b.dims}.",
-                sa,
-                sb,
-            )
-
-    # -- defs -------------------------------------------------------------------------
+    # Lexicons ------------------------------------------------------------------------
     def defs(self) -> None:
         prev = {d.id: d for s in self.prev.schemas for d in s.defs}
         curr = {d.id: d for s in self.curr.schemas for d in s.defs}
-        for did, d in sorted(prev.items()):
-            e = curr.get(did)
-            if e is None:
-                self.add(
-                    "DEF_DELETED",
-                    f"Def {str(did)!r} ({d.kind}) was deleted.",
-                    d.span,
-                    _file_span(self.curr, did, d.span),
-                )
-            else:
-                self.definition(d, e)
-        for did, e in sorted(curr.items()):
-            if did not in prev:
-                self.add(
-                    "DEF_ADDED",
-                    f"Def {str(did)!r} ({e.kind}) was added.",
-                    _NOWHERE,
-                    e.span,
-                )
-
-    def definition(self, d: Def, e: Def) -> None:
-        name = str(d.id)
-        if d.kind != e.kind:
-            self.add(
-                "DEF_KIND_CHANGED",
-                f"Def {name!r} changed from {d.kind!r} to {e.kind!r}.",
-                d.span,
-                e.span,
+        for did in sorted(prev.keys() | curr.keys()):
+            d, e = prev.get(did), curr.get(did)
+            at = At(
+                str(did),
+                d.span if d else _NOWHERE,
+                e.span if e else _file_span(self.curr, did, d.span if d else _NOWHERE),
+                did.nsid,
             )
-            return
-        a, b = d.body, e.body
+            self.emit("def", d, e, at)
+            if d is not None and e is not None and d.kind == e.kind:
+                self.body(d.body, e.body, at)
+
+    def body(self, a: Any, b: Any, at: At) -> None:
         if isinstance(a, RecordDef) and isinstance(b, RecordDef):
-            if a.key != b.key:
-                self.add(
-                    "RECORD_KEY_CHANGED",
-                    f"The record key of {name!r} changed from {a.key!r} to {b.key!r}.",
-                    d.span,
-                    e.span,
-                )
-            self.fields(a.object.fields, b.object.fields, name, b.object.span)
-        elif isinstance(a, XrpcDef) and isinstance(b, XrpcDef):
+            self.fields(
+                a.object.fields,
+                b.object.fields,
+                replace(at, curr=b.object.span or at.curr),
+            )
+        elif isinstance(a, XrpcDef | SubscriptionDef) and isinstance(
+            b, XrpcDef | SubscriptionDef
+        ):
+            self.emit("xrpc", a, b, at)
             self.fields(
                 a.params.fields if a.params else (),
                 b.params.fields if b.params else (),
-                f"the params of {name}",
+                replace(at, where=f"the params of {at.where}"),
             )
-            for which, x, y in (
-                ("input", a.input, b.input),
-                ("output", a.output, b.output),
-            ):
-                if (x is None) != (y is None):
-                    state = "added" if x is None else "removed"
-                    self.add(
-                        "XRPC_BODY_CHANGED",
-                        f"The {which} of {name!r} was {state}.",
-                        d.span,
-                        e.span,
+            pairs: list[tuple[Any, Any, str]] = []
+            if isinstance(a, XrpcDef) and isinstance(b, XrpcDef):
+                pairs = [
+                    (getattr(x, "schema", None), getattr(y, "schema", None), which)
+                    for which, x, y in (
+                        ("input", a.input, b.input),
+                        ("output", a.output, b.output),
                     )
-                elif x is not None and y is not None:
-                    if x.encoding != y.encoding:
-                        self.add(
-                            "XRPC_ENCODING_CHANGED",
-                            f"The {which} encoding of "
-                            f"{name!r} changed from {x.encoding!r} to "
-                            f"{y.encoding!r}.",
-                            d.span,
-                            e.span,
-                        )
-                    if x.schema is not None and y.schema is not None:
-                        self.types(
-                            x.schema, y.schema, f"the {which} of {name}", d.span, e.span
-                        )
-            self.errors(a.errors, b.errors, name, d.span, e.span)
-        elif isinstance(a, SubscriptionDef) and isinstance(b, SubscriptionDef):
-            self.fields(
-                a.params.fields if a.params else (),
-                b.params.fields if b.params else (),
-                f"the params of {name}",
-            )
-            if a.message is not None and b.message is not None:
-                self.union(a.message, b.message, f"the messages of {name}")
-            self.errors(a.errors, b.errors, name, d.span, e.span)
-        elif not isinstance(a, tuple) and _is_type(a) and _is_type(b):
-            self.types(a, b, name, d.span, e.span)
+                ]
+            elif isinstance(a, SubscriptionDef) and isinstance(b, SubscriptionDef):
+                pairs = [(a.message, b.message, "messages")]
+            for x, y, which in pairs:
+                if x is not None and y is not None:
+                    self.types(x, y, replace(at, where=f"the {which} of {at.where}"))
+        elif _is_type(a) and _is_type(b):
+            self.types(a, b, at)
 
-    def errors(
-        self,
-        a: tuple[tuple[str, str | None], ...],
-        b: tuple[tuple[str, str | None], ...],
-        name: str,
-        sa: Span,
-        sb: Span,
-    ) -> None:
-        for err in sorted({n for n, _ in a} - {n for n, _ in b}):
-            self.add(
-                "XRPC_ERROR_REMOVED", f"Error {err!r} of {name!r} was removed.", sa, sb
+    def fields(self, a: tuple[Field, ...], b: tuple[Field, ...], at: At) -> None:
+        old = {f.name: f for f in a}
+        new = {f.name: f for f in b}
+        for name in [*old, *(n for n in new if n not in old)]:
+            f, g = old.get(name), new.get(name)
+            here = replace(
+                at,
+                prev=f.span if f else _NOWHERE,
+                curr=g.span if g else at.curr,
             )
-
-    # -- sample schemas ---------------------------------------------------------------
-    def samples(self) -> None:
-        prev = _latest(self.prev.samples)
-        curr = _latest(self.curr.samples)
-        for name, s in sorted(prev.items()):
-            t = curr.get(name)
-            if t is None:
-                self.add(
-                    "SCHEMA_DELETED",
-                    f"Sample schema {name!r} was deleted.",
-                    s.span,
-                    s.span,
+            self.emit("field", f, g, here)
+            if f is not None and g is not None:
+                self.types(
+                    f.type,
+                    g.type,
+                    replace(here, where=f"property {name!r} of {at.where}"),
                 )
+
+    def types(self, a: Any, b: Any, at: At) -> None:
+        at = replace(
+            at,
+            prev=getattr(a, "span", None) or at.prev,
+            curr=getattr(b, "span", None) or at.curr,
+        )
+        self.emit("type", a, b, at)
+        if type(a) is not type(b):
+            return
+        if isinstance(a, ArrayType):
+            self.types(a.items, b.items, replace(at, where=f"the items of {at.where}"))
+        elif isinstance(a, ObjectType):
+            self.fields(a.fields, b.fields, at)
+
+    # Sample schemas ------------------------------------------------------------------
+    def samples(self, transitive: bool) -> None:
+        prev_all = {(s.name, s.version): s for s in self.prev.samples}
+        curr_all = {(s.name, s.version): s for s in self.curr.samples}
+        prev, curr = _latest(self.prev.samples), _latest(self.curr.samples)
+        for name in sorted(prev.keys() | curr.keys()):
+            s, t = prev.get(name), curr.get(name)
+            at = At(
+                f"sample schema {name}",
+                s.span if s else _NOWHERE,
+                t.span if t else (s.span if s else _NOWHERE),
+                name,
+            )
+            if s is None or t is None:
+                self.emit("schema", s, t, at)
                 continue
-            self.fields(
-                s.fields, t.fields, f"sample schema {name} ({s.version} → {t.version})"
-            )
-        for name, t in sorted(curr.items()):
-            if name not in prev:
-                self.add(
-                    "SCHEMA_ADDED",
-                    f"Sample schema {name!r} was added.",
-                    _NOWHERE,
-                    t.span,
+            earlier = [s]
+            if transitive:
+                earlier = [
+                    x
+                    for k, x in sorted({**prev_all, **curr_all}.items())
+                    if k[0] == name and _semver(x.version) < _semver(t.version)
+                ] or [s]
+            for old in earlier:
+                self.schema_pair(old, t, at)
+        for key in sorted(prev_all.keys() & curr_all.keys()):
+            s, t = prev_all[key], curr_all[key]
+            if (s, t) != (prev.get(key[0]), curr.get(key[0])):
+                self.emit(
+                    "semver",
+                    s,
+                    t,
+                    At(f"sample schema {key[0]}", s.span, t.span, key[0]),
                 )
+
+    def schema_pair(self, s: SampleSchema, t: SampleSchema, at: At) -> None:
+        where = f"sample schema {s.name} ({s.version} → {t.version})"
+        start = len(self.out)
+        self.emit("schema", s, t, replace(at, prev=s.span, curr=t.span))
+        self.fields(
+            s.fields, t.fields, replace(at, where=where, prev=s.span, curr=t.span)
+        )
+        changes = self.out[start:]
+        need = needed_bump(changes, self.mode)
+        because = sorted(
+            {f.rule for f in changes if need is not Bump.MAJOR or f.breaks & self.mode}
+        )
+        self.emit(
+            "semver",
+            s,
+            t,
+            replace(at, prev=s.span, curr=t.span, needed=need, because=tuple(because)),
+        )
 
 
 _NOWHERE = Span("")
@@ -699,11 +875,6 @@ def _latest(samples: tuple[SampleSchema, ...]) -> dict[str, SampleSchema]:
         if s.name not in out or _semver(s.version) > _semver(out[s.name].version):
             out[s.name] = s
     return out
-
-
-def _semver(version: str) -> tuple[int, ...]:
-    core = version.split("+", 1)[0].split("-", 1)[0]
-    return tuple(int(p) for p in core.split(".") if p.isdigit())
 
 
 def _shape(shape: tuple[int | None, ...] | None) -> str:
@@ -757,7 +928,7 @@ def _kind(t: Any) -> str:
         FloatType: "number",
         NDArrayType: "ndarray",
     }
-    return names.get(type(t), type(t).__name__)
+    return names.get(type(t), type(t).__name__.removesuffix("Type").lower())
 
 
 def _file_span(model: LinkedModel, did: DefId, fallback: Span) -> Span:
@@ -767,9 +938,20 @@ def _file_span(model: LinkedModel, did: DefId, fallback: Span) -> Span:
     return fallback
 
 
-def compare(previous: LinkedModel, current: LinkedModel) -> list[Finding]:
-    """Every change between two linked models, sorted and de-duplicated."""
-    c = _Comparer(previous, current)
-    c.defs()
-    c.samples()
-    return sorted(set(c.out))
+def compare(
+    previous: LinkedModel,
+    current: LinkedModel,
+    mode: Direction = Direction.FULL,
+    *,
+    transitive: bool = False,
+) -> list[Finding]:
+    """Every change from ``previous`` to ``current``, sorted and de-duplicated.
+
+    ``mode`` only decides which bump sample-schema changes need (semver rules); the
+    directions each finding breaks are on the finding. With ``transitive``, the
+    latest version of each sample schema is also compared with every earlier version
+    present on either side."""
+    w = _Walker(previous, current, mode)
+    w.defs()
+    w.samples(transitive)
+    return sorted(set(w.out))

@@ -209,10 +209,16 @@ def link(
     """Index, check references, and assign names. Problems are reported; the model
     is always returned so that later stages can report more in the same run."""
     by_nsid: dict[str, Schema] = {}
+    sources = {id(s) for s in schemas}
     for s in [*schemas, *externals]:
         first = by_nsid.get(s.nsid)
         if first is not None:
-            if first.origin.sha256 != s.origin.sha256 or s in schemas:
+            # A source shadows an external with the same NSID (checking or building
+            # one changed file against its whole directory given as --external).
+            shadowed = id(first) in sources and id(s) not in sources
+            if not shadowed and (
+                first.origin.sha256 != s.origin.sha256 or id(s) in sources
+            ):
                 reporter.report(
                     s.span,
                     "LEX_NSID_DUPLICATE",

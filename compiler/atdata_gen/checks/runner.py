@@ -1,0 +1,172 @@
+"""Run a compatibility check: resolve the previous side (paths or ``git:REV``),
+compile both sides, compare, and apply the policy.
+
+``git:REV`` reads the given source paths as they were at ``REV`` with ``git
+archive`` (no checkout, the working tree is untouched). Locations on that side are
+reported as ``REV:path:line:col`` (git's own ``rev:path`` notation). With
+``transitive``, every earlier revision of ``REV``'s history that changed the sources
+is compared too (newest first, at most ``history_limit``), and sample schemas are
+compared with every earlier version present.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ..diagnostics import Diagnostic, Reporter, Span
+from ..ir.link import LinkedModel
+from ..pipeline import BuildOptions, compile_sources
+from .compat import Finding, compare
+from .policy import CheckPolicy
+
+__all__ = ["CheckError", "CheckResult", "git_history", "run_check"]
+
+
+class CheckError(Exception):
+    """The check could not run: a side does not compile (``diagnostics``), or a
+    ``git:`` revision cannot be read."""
+
+    def __init__(self, message: str, diagnostics: Sequence[Diagnostic] = ()) -> None:
+        super().__init__(message)
+        self.diagnostics = list(diagnostics)
+
+
+@dataclass
+class CheckResult:
+    """The kept findings (sorted, de-duplicated), the previous versions compared
+    (labels), and how many findings the policy dropped."""
+
+    findings: list[Finding]
+    compared: list[str] = field(default_factory=list)
+    dropped: int = 0
+
+
+def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, check=False)
+
+
+def _toplevel(cwd: Path) -> Path:
+    top = _git(["rev-parse", "--show-toplevel"], cwd)
+    if top.returncode != 0:
+        raise CheckError(f"{cwd}: not inside a git repository")
+    return Path(top.stdout.decode().strip())
+
+
+def git_history(rev: str, paths: Sequence[Path], cwd: Path, limit: int) -> list[str]:
+    """Commits reachable from ``rev`` (``rev`` itself first) that changed ``paths``,
+    newest first, at most ``limit``; raises :class:`CheckError`."""
+    root = _toplevel(cwd)
+    rels = [str(p.resolve().relative_to(root)) for p in paths]
+    out = _git(["rev-list", f"--max-count={limit}", rev, "--", *rels], root)
+    if out.returncode != 0:
+        raise CheckError(f"git:{rev}: {out.stderr.decode(errors='replace').strip()}")
+    revs = out.stdout.decode().split()
+    head = _git(["rev-parse", "--verify", f"{rev}^{{commit}}"], root)
+    if head.returncode != 0:
+        raise CheckError(f"git:{rev}: {head.stderr.decode(errors='replace').strip()}")
+    first = head.stdout.decode().strip()
+    return [first, *(r for r in revs if r != first)][:limit]
+
+
+def materialize(rev: str, paths: Sequence[Path], cwd: Path, tmp: Path) -> list[Path]:
+    """``paths`` as they were at ``rev``, written under ``tmp`` (mirroring their
+    path from the repository root); raises :class:`CheckError`. Paths that did not
+    exist at ``rev`` are left out (everything in them counts as added)."""
+    root = _toplevel(cwd)
+    rels = [str(p.resolve().relative_to(root)) for p in paths]
+    present = []
+    for rel in rels:
+        probe = _git(["cat-file", "-e", f"{rev}:{rel}"], root)
+        if probe.returncode == 0:
+            present.append(rel)
+        elif _git(["rev-parse", "--verify", f"{rev}^{{commit}}"], root).returncode:
+            raise CheckError(f"git:{rev}: unknown revision")
+    tmp.mkdir(parents=True, exist_ok=True)
+    if not present:
+        return []
+    archive = _git(["archive", "--format=tar", rev, "--", *present], root)
+    if archive.returncode != 0:
+        raise CheckError(f"git:{rev}: {archive.stderr.decode(errors='replace')}")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(tmp, filter="data")
+    return [tmp / r for r in present]
+
+
+def _compile(
+    paths: Sequence[Path], externals: Sequence[Path], label: str
+) -> LinkedModel:
+    reporter = Reporter()
+    result = compile_sources(BuildOptions(paths, externals=externals), reporter)
+    if reporter.has_errors or result.model is None:
+        raise CheckError(
+            f"cannot compare: the {label} schemas do not compile", reporter.errors
+        )
+    return result.model
+
+
+def _relabel(findings: list[Finding], prefix: str, label: str) -> list[Finding]:
+    """Previous-side locations under the scratch ``prefix`` become ``label:rel``."""
+    out = []
+    for f in findings:
+        p = f.previous.path
+        if p.startswith(prefix):
+            f = replace(f, previous=replace(f.previous, path=label + p[len(prefix) :]))
+        out.append(f)
+    return out
+
+
+def run_check(
+    sources: Sequence[Path],
+    against: Sequence[str],
+    *,
+    externals: Sequence[Path] = (),
+    policy: CheckPolicy | None = None,
+    transitive: bool = False,
+    cwd: Path | None = None,
+    history_limit: int = 50,
+) -> CheckResult:
+    """Compare ``sources`` (the current side) with ``against`` (files/directories
+    and ``git:REV`` specs; together they are the previous side). Raises
+    :class:`CheckError` when a side cannot be read or compiled."""
+    policy = policy or CheckPolicy()
+    cwd = cwd or Path.cwd()
+    current = _compile(sources, externals, "current")
+    plain = [Path(a) for a in against if not a.startswith("git:")]
+    revs = [a.removeprefix("git:") or "HEAD" for a in against if a.startswith("git:")]
+    findings: set[Finding] = set()
+    compared: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="atdata-gen-check-") as tmp:
+        sides: list[tuple[str, list[Path], dict[str, str]]] = []
+        if not revs:
+            sides.append((", ".join(map(str, plain)), plain, {}))
+        for rev in revs:
+            history = (
+                git_history(rev, sources, cwd, history_limit) if transitive else [rev]
+            )
+            for i, commit in enumerate(history):
+                scratch = Path(tmp) / f"{len(sides)}"
+                paths = materialize(commit, sources, cwd, scratch)
+                label = rev if i == 0 else commit[:12]
+                sides.append(
+                    (f"git:{label}", [*paths, *plain], {f"{scratch}/": f"{label}:"})
+                )
+        for label, paths, prefixes in sides:
+            previous = _compile(paths, externals, f"previous ({label})")
+            found = compare(previous, current, policy.mode, transitive=transitive)
+            for prefix, name in prefixes.items():
+                found = _relabel(found, prefix, name)
+            findings.update(found)
+            compared.append(label)
+    kept = sorted(f for f in findings if policy.keeps(f))
+    return CheckResult(kept, compared, len(findings) - len(kept))
+
+
+def locate(f: Finding) -> Span:
+    """The location a finding is reported at (current side, else previous)."""
+    return f.current if f.current.path else f.previous
