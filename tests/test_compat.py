@@ -60,7 +60,7 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "FIELD_OPTIONAL_ADDED": (_record({"a": S}), _record({"a": S, "b": S})),
     "FIELD_MADE_REQUIRED": (_record({"a": S}), _record({"a": S}, ["a"])),
     "FIELD_MADE_OPTIONAL": (_record({"a": S}, ["a"]), _record({"a": S})),
-    "RECORD_KEY_CHANGED": (_record({"a": S}), _record({"a": S}, key="any")),
+    "RECORD_KEY_CHANGED": (_record({"a": S}), _record({"a": S}, key="nsid")),
     "TYPE_CHANGED": (_record({"a": S}), _record({"a": {"type": "integer"}})),
     "FORMAT_ADDED": (
         _record({"a": S}),

@@ -125,6 +125,8 @@ class At:
     needed: Bump = Bump.NONE
     because: tuple[str, ...] = ()
     """For ``semver`` rules: the rule IDs that decide ``needed``."""
+    pinned: bool = False
+    """Inside a changed ref's targets: findings stay at the ref's location."""
 
 
 Handler = Callable[[Any, Any, At], Iterable[str]]
@@ -196,16 +198,26 @@ def _def_added(d: Def | None, e: Def | None, at: At) -> Iterator[str]:
         yield f"Def {str(e.id)!r} ({e.kind}) was added."
 
 
+_SWAPPABLE = frozenset({"object", "record"})
+
+
 @rule("DEF_KIND_CHANGED", BOTH, "DEF", "def")
 def _def_kind(d: Def | None, e: Def | None, at: At) -> Iterator[str]:
-    """A def's type changed (e.g. object → record, query → procedure)."""
-    if d is not None and e is not None and d.kind != e.kind:
+    """A def's type changed (e.g. string → object, query → procedure)."""
+    changed = d is not None and e is not None and d.kind != e.kind
+    if changed and d is not None and e is not None and {d.kind, e.kind} - _SWAPPABLE:
         yield f"Def {str(d.id)!r} changed from {d.kind!r} to {e.kind!r}."
 
 
-@rule("RECORD_KEY_CHANGED", BOTH, "DEF", "def")
-def _record_key(d: Def | None, e: Def | None, at: At) -> Iterator[str]:
-    """A record's key type changed: existing records sit under keys of the old kind."""
+@rule("DEF_OBJECT_RECORD_SWAPPED", NONE, "DEF", "def", severity=Severity.WARNING)
+def _def_swapped(d: Def | None, e: Def | None, at: At) -> Iterator[str]:
+    """A def switched between object and record: the same data shape (compared
+    property by property), but refs and unions to it change meaning."""
+    if d is not None and e is not None and {d.kind, e.kind} == _SWAPPABLE:
+        yield f"Def {str(d.id)!r} changed from {d.kind!r} to {e.kind!r}."
+
+
+def _key_change(d: Def | None, e: Def | None) -> tuple[str, str] | None:
     if (
         d is not None
         and e is not None
@@ -213,10 +225,30 @@ def _record_key(d: Def | None, e: Def | None, at: At) -> Iterator[str]:
         and isinstance(e.body, RecordDef)
         and d.body.key != e.body.key
     ):
-        yield (
-            f"The record key of {str(d.id)!r} changed from "
-            f"{d.body.key!r} to {e.body.key!r}."
-        )
+        return d.body.key, e.body.key
+    return None
+
+
+@rule("RECORD_KEY_CHANGED", BOTH, "DEF", "def")
+def _record_key(d: Def | None, e: Def | None, at: At) -> Iterator[str]:
+    """A record's key type changed between disjoint kinds (``tid`` ↔ ``nsid`` ↔
+    ``literal:…``): existing records sit under keys the new type rejects."""
+    if (change := _key_change(d, e)) and "any" not in change:
+        yield f"The record key of {at.where!r} changed from {change[0]!r} to {change[1]!r}."
+
+
+@rule("RECORD_KEY_NARROWED", B, "DEF", "def")
+def _record_key_narrowed(d: Def | None, e: Def | None, at: At) -> Iterator[str]:
+    """A record's key type narrowed from ``any``: existing keys may not fit."""
+    if (change := _key_change(d, e)) and change[0] == "any":
+        yield f"The record key of {at.where!r} narrowed from 'any' to {change[1]!r}."
+
+
+@rule("RECORD_KEY_WIDENED", F, "DEF", "def")
+def _record_key_widened(d: Def | None, e: Def | None, at: At) -> Iterator[str]:
+    """A record's key type widened to ``any``: old readers reject the new keys."""
+    if (change := _key_change(d, e)) and change[1] == "any":
+        yield f"The record key of {at.where!r} widened from {change[0]!r} to 'any'."
 
 
 # -- XRPC and subscriptions -----------------------------------------------------------
@@ -502,9 +534,19 @@ def _union_opened(a: UnionType, b: UnionType, at: At) -> Iterator[str]:
 
 @rule("UNION_REF_REMOVED", B, "UNION", "type", on=UnionType)
 def _union_ref_removed(a: UnionType, b: UnionType, at: At) -> Iterator[str]:
-    """A union member was removed: old data may hold it."""
-    for ref in sorted({str(r) for r in a.refs} - {str(r) for r in b.refs}):
-        yield f"Member {ref!r} was removed from the union {at.where}."
+    """A member was removed from a closed union: old data may hold it."""
+    if b.closed:
+        for ref in sorted({str(r) for r in a.refs} - {str(r) for r in b.refs}):
+            yield f"Member {ref!r} was removed from the closed union {at.where}."
+
+
+@rule("OPEN_UNION_REF_REMOVED", NONE, "UNION", "type", on=UnionType)
+def _open_union_ref_removed(a: UnionType, b: UnionType, at: At) -> Iterator[str]:
+    """A member was removed from an open union: old data still validates, but new
+    readers no longer type it (it becomes an unknown member)."""
+    if not b.closed:
+        for ref in sorted({str(r) for r in a.refs} - {str(r) for r in b.refs}):
+            yield f"Member {ref!r} was removed from the open union {at.where}."
 
 
 @rule("UNION_REF_ADDED", F, "UNION", "type", on=UnionType)
@@ -517,7 +559,8 @@ def _union_ref_added(a: UnionType, b: UnionType, at: At) -> Iterator[str]:
 
 @rule("REF_TARGET_CHANGED", BOTH, "UNION", "type", on=RefType)
 def _ref_target(a: RefType, b: RefType, at: At) -> Iterator[str]:
-    """A ref points at another def."""
+    """A ref points at another def: data carrying the old target's ``$type`` is
+    rejected (the two targets are also compared property by property)."""
     if a.target != b.target:
         yield (
             f"The ref of {at.where} changed from "
@@ -719,6 +762,7 @@ class _Walker:
     def __init__(self, prev: LinkedModel, curr: LinkedModel, mode: Direction) -> None:
         self.prev, self.curr, self.mode = prev, curr, mode
         self.out: list[Finding] = []
+        self.seen: set[tuple[DefId, DefId]] = set()
 
     def emit(self, target: str, a: Any, b: Any, at: At) -> None:
         for r in _rules_for(target):
@@ -742,8 +786,11 @@ class _Walker:
                 did.nsid,
             )
             self.emit("def", d, e, at)
-            if d is not None and e is not None and d.kind == e.kind:
-                self.body(d.body, e.body, at)
+            if d is not None and e is not None:
+                if d.kind == e.kind:
+                    self.body(d.body, e.body, at)
+                elif {d.kind, e.kind} == _SWAPPABLE:
+                    self.types(_object_of(d.body), _object_of(e.body), at)
 
     def body(self, a: Any, b: Any, at: At) -> None:
         if isinstance(a, RecordDef) and isinstance(b, RecordDef):
@@ -783,11 +830,13 @@ class _Walker:
         new = {f.name: f for f in b}
         for name in [*old, *(n for n in new if n not in old)]:
             f, g = old.get(name), new.get(name)
-            here = replace(
-                at,
-                prev=f.span if f else _NOWHERE,
-                curr=g.span if g else at.curr,
-            )
+            here = at
+            if not at.pinned:
+                here = replace(
+                    at,
+                    prev=f.span if f else _NOWHERE,
+                    curr=g.span if g else at.curr,
+                )
             self.emit("field", f, g, here)
             if f is not None and g is not None:
                 self.types(
@@ -797,15 +846,26 @@ class _Walker:
                 )
 
     def types(self, a: Any, b: Any, at: At) -> None:
-        at = replace(
-            at,
-            prev=getattr(a, "span", None) or at.prev,
-            curr=getattr(b, "span", None) or at.curr,
-        )
+        if not at.pinned:
+            at = replace(
+                at,
+                prev=getattr(a, "span", None) or at.prev,
+                curr=getattr(b, "span", None) or at.curr,
+            )
         self.emit("type", a, b, at)
         if type(a) is not type(b):
             return
-        if isinstance(a, ArrayType):
+        if isinstance(a, RefType) and a.target != b.target:
+            key = (a.target, b.target)
+            d, e = self.prev.resolve(a.target), self.curr.resolve(b.target)
+            if key not in self.seen and d is not None and e is not None:
+                self.seen.add(key)
+                inner = replace(at, where=f"the ref target of {at.where}", pinned=True)
+                if d.kind != e.kind:
+                    self.emit("type", d.body, e.body, inner)
+                else:
+                    self.body(d.body, e.body, inner)
+        elif isinstance(a, ArrayType):
             self.types(a.items, b.items, replace(at, where=f"the items of {at.where}"))
         elif isinstance(a, ObjectType):
             self.fields(a.fields, b.fields, at)
@@ -863,6 +923,10 @@ class _Walker:
             t,
             replace(at, prev=s.span, curr=t.span, needed=need, because=tuple(because)),
         )
+
+
+def _object_of(body: Any) -> Any:
+    return body.object if isinstance(body, RecordDef) else body
 
 
 _NOWHERE = Span("")

@@ -139,8 +139,29 @@ def _string_ok(t: StringType, value: str) -> bool:
     )
 
 
-def _mime(pattern: str) -> str:
-    return pattern.replace("*/*", "application/octet-stream").replace("*", "png")
+def _mimes(pattern: str) -> list[str]:
+    """Concrete MIME types a pattern accepts (several, so that a narrowed
+    ``accept`` can be witnessed)."""
+    if pattern == "*/*":
+        return ["application/octet-stream", "image/png", "video/mp4"]
+    if pattern.endswith("/*"):
+        return [pattern[:-1] + sub for sub in ("png", "jpeg", "webp")]
+    return [pattern]
+
+
+def _edge_text(t: StringType) -> st.SearchStrategy[str]:
+    """Strings at the upper bounds: as many graphemes as allowed, and as many UTF-8
+    bytes as allowed within that grapheme count (combining marks make a grapheme
+    longer)."""
+    g = t.max_graphemes if t.max_graphemes is not None else 5000
+    b = t.max_bytes if t.max_bytes is not None else 20000
+    n = min(g, b, 5000)
+    out = ["a" * n]
+    if t.max_bytes is not None and t.max_graphemes is not None and g < b:
+        per = b // g  # bytes per grapheme: "e" + combining acute (2 bytes) each
+        cluster = "e" + "\u0301" * ((per - 1) // 2)
+        out.append(cluster * g)
+    return st.sampled_from([s for s in out if _string_ok(t, s)] or [""])
 
 
 @dataclass
@@ -148,6 +169,8 @@ class _Gen:
     model: LinkedModel
     max_depth: int
     unknown_fields: bool
+    edges: bool = False
+    unknown_names: tuple[str, ...] = ()
 
     def of(self, t: IRType, depth: int) -> st.SearchStrategy[Any]:
         match t:
@@ -172,6 +195,8 @@ class _Gen:
                     known = [v for v in t.known_values if _string_ok(t, v)]
                     if known:
                         return st.one_of(st.sampled_from(known), _text(t))
+                if self.edges and (t.max_bytes, t.max_graphemes) != (None, None):
+                    return st.one_of(_text(t), _edge_text(t))
                 return _text(t)
             case BytesType():
                 return st.binary(
@@ -180,7 +205,7 @@ class _Gen:
             case CidLinkType():
                 return st.sampled_from(_CIDS).map(lambda c: {"$link": c})
             case BlobType():
-                mimes = [_mime(a) for a in (t.accept or ("image/png",))]
+                mimes = [m for a in (t.accept or ("*/*",)) for m in _mimes(a)]
                 return st.builds(
                     lambda cid, mime, size: {
                         "$type": "blob",
@@ -190,7 +215,7 @@ class _Gen:
                     },
                     st.sampled_from(_CIDS),
                     st.sampled_from(mimes),
-                    st.integers(0, t.max_size if t.max_size is not None else 10**6),
+                    st.integers(0, t.max_size if t.max_size is not None else 10**9),
                 )
             case NullType():
                 return st.none()
@@ -203,7 +228,12 @@ class _Gen:
                 hi = max(lo, min(t.max_length if t.max_length is not None else 3, 3))
                 if depth >= self.max_depth:
                     hi = lo
-                return st.lists(self.of(t.items, depth + 1), min_size=lo, max_size=hi)
+                items = st.lists(self.of(t.items, depth + 1), min_size=lo, max_size=hi)
+                if self.edges and t.max_length is not None and 3 < t.max_length:
+                    n = min(t.max_length, 5000)
+                    edge = self.of(t.items, depth + 1).map(lambda x: [x] * n)
+                    return st.one_of(items, edge)
+                return items
             case ObjectType():
                 return self.obj(t, depth, type_tag=None)
             case RefType():
@@ -258,6 +288,10 @@ class _Gen:
             required = {"$type": st.just(type_tag), **required}
         if self.unknown_fields and depth < self.max_depth:
             optional["zzUnknownField"] = st.just({"kept": True})
+        declared = {f.name for f in t.fields}
+        for name in self.unknown_names:
+            if name not in declared:
+                optional[name] = st.sampled_from([{"kept": True}, 12345, "text", None])
         return st.fixed_dictionaries(required, optional=optional)
 
 
@@ -267,10 +301,19 @@ def wire_data(
     *,
     max_depth: int = 4,
     unknown_fields: bool = True,
+    edges: bool = False,
+    unknown_names: tuple[str, ...] = (),
 ) -> st.SearchStrategy[Any]:
     """Valid wire data (decoded JSON) for the def ``target`` of ``model``: a record
-    carries its ``$type``."""
-    return _Gen(model, max_depth, unknown_fields).ref(target, 0, tagged=False)
+    carries its ``$type``.
+
+    ``edges`` also draws values at the upper bounds (strings of the maximum grapheme
+    count and UTF-8 length, arrays of the maximum length); ``unknown_names`` are
+    extra undeclared property names added to objects with assorted values (the
+    compatibility oracle uses them to witness a deleted property reused by new
+    writers)."""
+    gen = _Gen(model, max_depth, unknown_fields, edges, tuple(unknown_names))
+    return gen.ref(target, 0, tagged=False)
 
 
 @dataclass(frozen=True)
