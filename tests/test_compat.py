@@ -4,6 +4,7 @@ rule catalogue; per-rule fixture directories and the data oracle come next)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -161,3 +162,205 @@ def test_git_revision_as_previous(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1, proc.stderr
     assert "FIELD_DELETED" in proc.stdout and "'b'" in proc.stdout
+
+
+# -- real-world edits of the official corpus ------------------------------------------
+
+
+def _corpus_edit(
+    tmp_path: Path, rel: str, edit: Any
+) -> tuple[list[tuple[str, str]], Path]:
+    """Copy the official corpus, apply ``edit`` to one Lexicon, run the CLI check
+    and return (rule, message) pairs and the edited file."""
+    import shutil
+
+    copy = tmp_path / "current"
+    shutil.copytree(OFFICIAL, copy)
+    path = copy / rel
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc, indent=2))
+    proc = subprocess.run(
+        [*CLI, "check", str(copy), "--against", str(OFFICIAL), "--format", "json"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode in (0, 1), proc.stderr
+    return [(f["rule"], f["message"]) for f in json.loads(proc.stdout)], path
+
+
+def test_corpus_property_removed(tmp_path: Path) -> None:
+    def edit(doc: dict[str, Any]) -> None:
+        del doc["defs"]["main"]["record"]["properties"]["langs"]
+
+    found, _ = _corpus_edit(tmp_path, "app/bsky/feed/post.json", edit)
+    assert found == [
+        (
+            "FIELD_DELETED",
+            "Property 'langs' of app.bsky.feed.post was deleted.",
+        )
+    ]
+
+
+def test_corpus_union_closed(tmp_path: Path) -> None:
+    def edit(doc: dict[str, Any]) -> None:
+        doc["defs"]["main"]["record"]["properties"]["embed"]["closed"] = True
+
+    found, _ = _corpus_edit(tmp_path, "app/bsky/feed/post.json", edit)
+    assert found == [
+        ("UNION_CLOSED", "The union property 'embed' of app.bsky.feed.post was closed.")
+    ]
+
+
+def test_corpus_max_length_lowered(tmp_path: Path) -> None:
+    def edit(doc: dict[str, Any]) -> None:
+        doc["defs"]["main"]["record"]["properties"]["text"]["maxLength"] = 1000
+
+    found, _ = _corpus_edit(tmp_path, "app/bsky/feed/post.json", edit)
+    assert found == [
+        (
+            "BOUND_NARROWED",
+            (
+                "The UTF-8 length bounds of property 'text' of app.bsky.feed.post "
+                "narrowed: -..3000 → -..1000."
+            ),
+        )
+    ]
+
+
+def test_corpus_record_key_changed(tmp_path: Path) -> None:
+    def edit(doc: dict[str, Any]) -> None:
+        doc["defs"]["main"]["key"] = "tid"
+
+    found, _ = _corpus_edit(tmp_path, "app/bsky/actor/profile.json", edit)
+    assert found == [
+        (
+            "RECORD_KEY_CHANGED",
+            (
+                "The record key of 'app.bsky.actor.profile' changed from "
+                "'literal:self' to 'tid'."
+            ),
+        )
+    ]
+
+
+def test_text_output_gives_both_locations(tmp_path: Path) -> None:
+    old, new = CASES["FIELD_DELETED"]
+    _rules(tmp_path, old, new)
+    proc = subprocess.run(
+        [*CLI, "check", "new", "--against", "old"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1
+    (line,) = proc.stdout.splitlines()
+    assert line.startswith("new/doc.json:")
+    assert " error FIELD_DELETED Property 'b' of com.ex.doc was deleted." in line
+    assert "(previously at old/doc.json:" in line
+
+
+def test_own_lexicons_across_git_history() -> None:
+    """This repository's lexicons/ compared with every earlier revision that
+    changed them: no breaking change was ever committed."""
+    root = Path(__file__).parent.parent
+    if subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True
+    ).returncode:
+        pytest.fail("the test suite must run inside the git checkout")
+    from atdata_gen.checks.runner import run_check
+
+    result = run_check([root / "lexicons"], ["git:HEAD"], transitive=True, cwd=root)
+    assert result.compared and result.compared[0] == "git:HEAD"
+    assert [f for f in result.findings if f.breaks] == []
+
+
+def test_git_history_catches_a_change_two_revisions_back(tmp_path: Path) -> None:
+    """--transitive: v1 had 'b', v2 deleted it and v3 re-adds it as an integer.
+    Against HEAD (v2→v3) that is only an added property; against history the type
+    change from v1 is caught."""
+    repo = tmp_path / "repo"
+    (repo / "lex").mkdir(parents=True)
+    doc = repo / "lex" / "doc.json"
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
+    for i, props in enumerate([{"a": S, "b": S}, {"a": S}], start=1):
+        doc.write_text(json.dumps(_record(props)))
+        subprocess.run([*git, "add", "."], cwd=repo, check=True)
+        subprocess.run([*git, "commit", "-qm", f"v{i}"], cwd=repo, check=True)
+    doc.write_text(json.dumps(_record({"a": S, "b": {"type": "integer"}})))
+    plain = subprocess.run(
+        [*CLI, "check", "lex", "--format", "json", "--against", "git:HEAD"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    assert [f["rule"] for f in json.loads(plain.stdout)] == ["FIELD_OPTIONAL_ADDED"]
+    deep = subprocess.run(
+        [*CLI, "check", "lex", "--format", "json", "--transitive"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    assert deep.returncode == 1, deep.stderr
+    rules = {f["rule"]: f for f in json.loads(deep.stdout)}
+    assert "TYPE_CHANGED" in rules
+    # Located in the earlier revision, in git's rev:path notation.
+    previous = rules["TYPE_CHANGED"]["previous"]
+    assert re.match(r"[0-9a-f]{12}:lex/doc\.json:\d+:\d+$", previous), previous
+
+
+# -- [tool.atdata-gen.check] -----------------------------------------------------------
+
+
+def _project(tmp_path: Path, check_table: str) -> Path:
+    old, new = CASES["FIELD_DELETED"]
+    _rules(tmp_path, old, new)
+    doc = json.loads((tmp_path / "new" / "doc.json").read_text())
+    doc["defs"]["other"] = {"type": "object", "properties": {}}
+    (tmp_path / "new" / "doc.json").write_text(json.dumps(doc))
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.atdata-gen]\nsources = ["new"]\n\n[tool.atdata-gen.check]\n'
+        + check_table
+    )
+    return tmp_path
+
+
+def _run(project: Path, *extra: str) -> tuple[int, list[str]]:
+    proc = subprocess.run(
+        [*CLI, "check", "new", "--against", "old", "--format", "json", *extra],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode == 2:
+        return 2, [proc.stderr]
+    return proc.returncode, sorted(f["rule"] for f in json.loads(proc.stdout))
+
+
+@pytest.mark.parametrize(
+    ("table", "code", "rules"),
+    [
+        ("", 1, ["DEF_ADDED", "FIELD_DELETED"]),
+        ('mode = "backward"\n', 0, ["DEF_ADDED", "FIELD_DELETED"]),
+        ('use = ["FIELD"]\n', 1, ["FIELD_DELETED"]),
+        ('use = ["DEF_ADDED"]\n', 0, ["DEF_ADDED"]),
+        ('use = ["FIELD", "DEF_ADDED"]\n', 1, ["DEF_ADDED", "FIELD_DELETED"]),
+        ('use = ["FIELD"]\nexcept = ["FIELD_DELETED"]\n', 0, []),
+        ('ignore = ["com.ex.*"]\n', 0, []),
+        ('ignore = ["app.*"]\n', 1, ["DEF_ADDED", "FIELD_DELETED"]),
+        (
+            '[tool.atdata-gen.check.ignore_only]\nFIELD_DELETED = ["com.ex.doc"]\n',
+            0,
+            ["DEF_ADDED"],
+        ),
+        ('fail_on = "info"\nexcept = ["FIELD"]\n', 1, ["DEF_ADDED"]),
+    ],
+)
+def test_check_policy(tmp_path: Path, table: str, code: int, rules: list[str]) -> None:
+    assert _run(_project(tmp_path, table)) == (code, rules)
+
+
+def test_check_policy_rejects_unknown_rules(tmp_path: Path) -> None:
+    code, (err,) = _run(_project(tmp_path, 'use = ["FIELD_GONE"]\n'))
+    assert code == 2 and "'FIELD_GONE' is neither a rule ID nor a category" in err
