@@ -364,3 +364,42 @@ def test_check_policy(tmp_path: Path, table: str, code: int, rules: list[str]) -
 def test_check_policy_rejects_unknown_rules(tmp_path: Path) -> None:
     code, (err,) = _run(_project(tmp_path, 'use = ["FIELD_GONE"]\n'))
     assert code == 2 and "'FIELD_GONE' is neither a rule ID nor a category" in err
+
+
+def test_single_changed_file_with_external(tmp_path: Path) -> None:
+    """One changed Lexicon checked on its own: refs resolve through --external,
+    whose copy of the same NSID the source shadows."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(OFFICIAL, repo / "lex")
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
+    subprocess.run([*git, "add", "."], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "v1"], cwd=repo, check=True)
+    post = repo / "lex" / "app" / "bsky" / "feed" / "post.json"
+    doc = json.loads(post.read_text())
+    doc["defs"]["main"]["record"]["properties"]["reply"]["ref"] = (
+        "com.atproto.repo.strongRef"
+    )
+    post.write_text(json.dumps(doc, indent=2))
+    proc = subprocess.run(
+        [
+            *CLI,
+            "check",
+            "lex/app/bsky/feed/post.json",
+            "--external",
+            "lex",
+            "--format",
+            "json",
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1, proc.stderr
+    found = json.loads(proc.stdout)
+    assert {f["rule"] for f in found} >= {"REF_TARGET_CHANGED", "FIELD_DELETED"}
+    ref = next(f for f in found if f["rule"] == "REF_TARGET_CHANGED")
+    assert ref["current"].startswith("lex/app/bsky/feed/post.json:")
+    assert ref["previous"].startswith("HEAD:lex/app/bsky/feed/post.json:")

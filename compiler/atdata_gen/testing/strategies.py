@@ -190,7 +190,14 @@ class _Gen:
                 if t.enum:
                     return st.sampled_from(t.enum)
                 if t.format is not None:
-                    return _FORMATS[t.format].filter(lambda s: _string_ok(t, s))
+                    values = _FORMATS[t.format].filter(lambda s: _string_ok(t, s))
+                    if self.edges and t.format == "uri" and t.max_bytes is not None:
+                        # A URI as long as allowed (the path pads it).
+                        n = min(t.max_bytes, t.max_graphemes or t.max_bytes)
+                        long = "https://example.com/" + "a" * max(0, n - 20)
+                        if _string_ok(t, long):
+                            values = st.one_of(values, st.just(long))
+                    return values
                 if t.known_values:
                     known = [v for v in t.known_values if _string_ok(t, v)]
                     if known:
