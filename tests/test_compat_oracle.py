@@ -25,11 +25,12 @@ from atdata_gen.ir.model import DefId
 from atdata_gen.testing.oracle import (
     Report,
     Side,
-    _objects,
     check_pair,
     compile_side,
+    deleted_properties,
     judge,
     mutate,
+    object_defs,
 )
 
 from .conftest import OFFICIAL, require_corpus
@@ -39,7 +40,7 @@ LEXICON_RULES = sorted(
     p.name
     for p in BREAKING.iterdir()
     if (p / "previous" / "doc.json").exists()
-    and _objects(json.loads((p / "previous" / "doc.json").read_text()))
+    and object_defs(json.loads((p / "previous" / "doc.json").read_text()))
 )
 TARGETS = [
     "app.bsky.feed.post",
@@ -58,19 +59,8 @@ def _judge_fixture(case: Path, root: Path) -> Report:
     docs = [
         json.loads((case / s / "doc.json").read_text()) for s in ("previous", "current")
     ]
-    defs = {DefId("com.example.doc", n) for d in docs for n, _ in _objects(d)}
-    old = dict(_objects(docs[0]))
-    new = dict(_objects(docs[1]))
-    gone = tuple(
-        sorted(
-            {
-                p
-                for n, o in old.items()
-                for p in o["properties"]
-                if p not in new.get(n, {}).get("properties", {})
-            }
-        )
-    )
+    defs = {DefId("com.example.doc", n) for d in docs for n, _ in object_defs(d)}
+    gone = deleted_properties(docs[0], docs[1])
     report = Report()
     judge(prev, curr, defs, defs, gone, report, case.name)
     return report

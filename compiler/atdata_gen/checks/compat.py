@@ -715,8 +715,10 @@ def _content(s: SampleSchema) -> tuple[Any, ...]:
 
 def _semver(version: str) -> tuple[int, int, int]:
     core = version.split("+", 1)[0].split("-", 1)[0]
-    parts = [int(p) if p.isdigit() else 0 for p in core.split(".")][:3]
-    return (parts + [0, 0, 0])[0], (parts + [0, 0, 0])[1], (parts + [0, 0, 0])[2]
+    major, minor, patch = (
+        [int(p) if p.isdigit() else 0 for p in core.split(".")] + [0, 0, 0]
+    )[:3]
+    return major, minor, patch
 
 
 def declared_bump(old: str, new: str) -> Bump:
@@ -875,6 +877,7 @@ class _Walker:
         prev_all = {(s.name, s.version): s for s in self.prev.samples}
         curr_all = {(s.name, s.version): s for s in self.curr.samples}
         prev, curr = _latest(self.prev.samples), _latest(self.curr.samples)
+        every = sorted({**prev_all, **curr_all}.items())
         for name in sorted(prev.keys() | curr.keys()):
             s, t = prev.get(name), curr.get(name)
             at = At(
@@ -890,7 +893,7 @@ class _Walker:
             if transitive:
                 earlier = [
                     x
-                    for k, x in sorted({**prev_all, **curr_all}.items())
+                    for k, x in every
                     if k[0] == name and _semver(x.version) < _semver(t.version)
                 ] or [s]
             for old in earlier:

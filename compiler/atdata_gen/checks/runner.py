@@ -58,35 +58,36 @@ def _toplevel(cwd: Path) -> Path:
     return Path(top.stdout.decode().strip())
 
 
-def git_history(rev: str, paths: Sequence[Path], cwd: Path, limit: int) -> list[str]:
-    """Commits reachable from ``rev`` (``rev`` itself first) that changed ``paths``,
-    newest first, at most ``limit``; raises :class:`CheckError`."""
-    root = _toplevel(cwd)
-    rels = [str(p.resolve().relative_to(root)) for p in paths]
+def _commit(rev: str, root: Path) -> str:
+    """The commit id ``rev`` names; raises :class:`CheckError`."""
+    out = _git(["rev-parse", "--verify", f"{rev}^{{commit}}"], root)
+    if out.returncode != 0:
+        raise CheckError(f"git:{rev}: unknown revision")
+    return out.stdout.decode().strip()
+
+
+def git_history(rev: str, rels: Sequence[str], root: Path, limit: int) -> list[str]:
+    """Commits reachable from ``rev`` (``rev`` itself first) that changed the
+    repository-relative paths ``rels``, newest first, at most ``limit``; raises
+    :class:`CheckError`."""
+    first = _commit(rev, root)
     out = _git(["rev-list", f"--max-count={limit}", rev, "--", *rels], root)
     if out.returncode != 0:
         raise CheckError(f"git:{rev}: {out.stderr.decode(errors='replace').strip()}")
     revs = out.stdout.decode().split()
-    head = _git(["rev-parse", "--verify", f"{rev}^{{commit}}"], root)
-    if head.returncode != 0:
-        raise CheckError(f"git:{rev}: {head.stderr.decode(errors='replace').strip()}")
-    first = head.stdout.decode().strip()
     return [first, *(r for r in revs if r != first)][:limit]
 
 
-def materialize(rev: str, paths: Sequence[Path], cwd: Path, tmp: Path) -> list[Path]:
-    """``paths`` as they were at ``rev``, written under ``tmp`` (mirroring their
-    path from the repository root); raises :class:`CheckError`. Paths that did not
-    exist at ``rev`` are left out (everything in them counts as added)."""
-    root = _toplevel(cwd)
-    rels = [str(p.resolve().relative_to(root)) for p in paths]
-    present = []
-    for rel in rels:
-        probe = _git(["cat-file", "-e", f"{rev}:{rel}"], root)
-        if probe.returncode == 0:
-            present.append(rel)
-        elif _git(["rev-parse", "--verify", f"{rev}^{{commit}}"], root).returncode:
-            raise CheckError(f"git:{rev}: unknown revision")
+def materialize(rev: str, rels: Sequence[str], root: Path, tmp: Path) -> list[Path]:
+    """The repository-relative paths ``rels`` as they were at ``rev`` (a verified
+    commit), written under ``tmp`` with the same relative paths; raises
+    :class:`CheckError`. Paths that did not exist at ``rev`` are left out
+    (everything in them counts as added)."""
+    present = [
+        rel
+        for rel in rels
+        if _git(["cat-file", "-e", f"{rev}:{rel}"], root).returncode == 0
+    ]
     tmp.mkdir(parents=True, exist_ok=True)
     if not present:
         return []
@@ -142,25 +143,31 @@ def run_check(
     findings: set[Finding] = set()
     compared: list[str] = []
     with tempfile.TemporaryDirectory(prefix="atdata-gen-check-") as tmp:
-        sides: list[tuple[str, list[Path], dict[str, str]]] = []
+        # (label, paths, (scratch prefix, label it stands for) or None)
+        sides: list[tuple[str, list[Path], tuple[str, str] | None]] = []
         if not revs:
-            sides.append((", ".join(map(str, plain)), plain, {}))
-        for rev in revs:
-            history = (
-                git_history(rev, sources, cwd, history_limit) if transitive else [rev]
-            )
-            for i, commit in enumerate(history):
-                scratch = Path(tmp) / f"{len(sides)}"
-                paths = materialize(commit, sources, cwd, scratch)
-                label = rev if i == 0 else commit[:12]
-                sides.append(
-                    (f"git:{label}", [*paths, *plain], {f"{scratch}/": f"{label}:"})
+            sides.append((", ".join(map(str, plain)), plain, None))
+        else:
+            root = _toplevel(cwd)
+            rels = [str(p.resolve().relative_to(root)) for p in sources]
+            for rev in revs:
+                history = (
+                    git_history(rev, rels, root, history_limit)
+                    if transitive
+                    else [_commit(rev, root)]
                 )
-        for label, paths, prefixes in sides:
+                for i, commit in enumerate(history):
+                    scratch = Path(tmp) / f"{len(sides)}"
+                    paths = materialize(commit, rels, root, scratch)
+                    label = rev if i == 0 else commit[:12]
+                    sides.append(
+                        (f"git:{label}", [*paths, *plain], (f"{scratch}/", f"{label}:"))
+                    )
+        for label, paths, scratch_label in sides:
             previous = _compile(paths, externals, f"previous ({label})")
             found = compare(previous, current, policy.mode, transitive=transitive)
-            for prefix, name in prefixes.items():
-                found = _relabel(found, prefix, name)
+            if scratch_label is not None:
+                found = _relabel(found, *scratch_label)
             findings.update(found)
             compared.append(label)
     kept = sorted(f for f in findings if policy.keeps(f))

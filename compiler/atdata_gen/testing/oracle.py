@@ -13,8 +13,8 @@ type and checked against the other side's key type (Lexicon spec § "Record Key
 Type").
 
 :meth:`Oracle.counterexample` looks for a record that breaks a direction (hypothesis
-``find``, shrunk); :meth:`Oracle.holds` draws records and reports the first one that
-breaks it, if any. The property tests assert: every direction the checker calls
+``find``, shrunk) within a bounded number of draws; ``None`` means the direction
+held for every record drawn. The property tests assert: every direction the checker calls
 compatible holds, and every direction a finding breaks has a counterexample.
 """
 
@@ -25,7 +25,7 @@ import itertools
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,10 @@ from hypothesis.errors import NoSuchExample, Unsatisfiable
 from pydantic import TypeAdapter, ValidationError
 
 from ..backend.write import apply_plan, plan_changes
+from ..checks.compat import compare
 from ..diagnostics import Reporter, render
 from ..ir.link import LinkedModel
-from ..ir.model import DefId, RecordDef
+from ..ir.model import ArrayType, DefId, ObjectType, RecordDef, RefType, UnionType
 from ..pipeline import BuildOptions, build
 from .strategies import _NSID, _RKEY, _TID, wire_data
 
@@ -201,13 +202,6 @@ class Oracle:
             # Unsatisfiable: the writing side admits (almost) no values here.
             return None
 
-    def holds(
-        self, did: DefId, direction: str, max_examples: int = 100
-    ) -> tuple[Any, str | None] | None:
-        """Draw up to ``max_examples`` records on the writing side; return the first
-        one the reading side rejects (shrunk), or ``None`` when all are accepted."""
-        return self.counterexample(did, direction, max_examples)
-
 
 def directions(names: Sequence[str]) -> list[str]:
     """``["BACKWARD", "FORWARD"]`` filtered to ``names`` (stable order)."""
@@ -228,7 +222,9 @@ class Mutation:
     doc: dict[str, Any]
 
 
-def _objects(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def object_defs(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(def name, object JSON) for every record and object def of a Lexicon
+    document, by name."""
     out = []
     for name, d in sorted(doc.get("defs", {}).items()):
         if d.get("type") == "record" and isinstance(d.get("record"), dict):
@@ -246,7 +242,7 @@ def mutate(doc: dict[str, Any], rng: Any) -> Mutation | None:
     ``accept``/``maxSize`` changed; a record key changed. ``None`` when nothing
     applies."""
     doc = json.loads(json.dumps(doc))
-    objects = _objects(doc)
+    objects = object_defs(doc)
     if not objects:
         return None
     name, obj = rng.choice(objects)
@@ -444,8 +440,6 @@ class Report:
 
 
 def _refs(t: Any) -> list[DefId]:
-    from ..ir.model import ArrayType, ObjectType, RefType, UnionType
-
     if isinstance(t, RefType):
         return [t.target]
     if isinstance(t, UnionType):
@@ -457,6 +451,22 @@ def _refs(t: Any) -> list[DefId]:
     if isinstance(t, RecordDef):
         return _refs(t.object)
     return []
+
+
+def deleted_properties(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, ...]:
+    """Names of properties of record/object defs in Lexicon document ``old`` that
+    the same def in ``new`` no longer declares (sorted, unique)."""
+    after = dict(object_defs(new))
+    return tuple(
+        sorted(
+            {
+                p
+                for name, obj in object_defs(old)
+                for p in obj["properties"]
+                if p not in after.get(name, {}).get("properties", {})
+            }
+        )
+    )
 
 
 def reach(model: LinkedModel, did: DefId) -> set[DefId]:
@@ -507,16 +517,12 @@ def check_pair(
     except AssertionError:
         report.skipped += 1
         return
-    old_obj = dict(_objects(original)).get(mutation.def_name, {})
-    new_obj = dict(_objects(mutation.doc)).get(mutation.def_name, {})
-    gone = tuple(
-        sorted(set(old_obj.get("properties", {})) - set(new_obj.get("properties", {})))
-    )
+    gone = deleted_properties(original, mutation.doc)
     nsid = mutation.doc["id"]
     judge(
         previous,
         current,
-        {DefId(nsid, n) for n, _ in _objects(mutation.doc)},
+        {DefId(nsid, n) for n, _ in object_defs(mutation.doc)},
         {DefId(nsid, mutation.def_name), DefId(nsid, "main")},
         gone,
         report,
@@ -545,10 +551,6 @@ def judge(
     finding on one of ``data_defs`` breaks needs a counterexample; every direction
     the findings leave compatible must hold for the ``checked`` defs (present on
     both sides). ``gone`` names deleted properties (drawn as undeclared ones)."""
-    from dataclasses import replace
-
-    from ..checks.compat import compare
-
     report.pairs += 1
     a, b = previous.model, current.model
     if only is not None:
@@ -595,7 +597,7 @@ def judge(
         for direction in ("BACKWARD", "FORWARD"):
             if direction in claimed:
                 continue
-            bad = oracle.holds(did, direction, hold_examples)
+            bad = oracle.counterexample(did, direction, hold_examples)
             if bad is None:
                 report.held += 1
             else:
