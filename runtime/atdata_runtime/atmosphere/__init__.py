@@ -1,0 +1,48 @@
+"""The network half of the runtime: AT Protocol identity, login, verified reads,
+exactly-once writes, blobs, publishing and loading (``science.alt.dataset.*``)."""
+
+from .cid import blob_cid, record_cid
+from .client import AtmosphereClient, FetchedRecord, WriteResult
+from .errors import (
+    AtmosphereError,
+    AuthError,
+    BlobVerificationError,
+    IdentityError,
+    PublishConflictError,
+    RecordNotFoundError,
+    RecordValidationError,
+    RecordVerificationError,
+    RetryExhaustedError,
+    ShardChecksumError,
+)
+from .identity import DidDocument, IdentityResolver
+from .records import AtUri, parse_schema_rkey, schema_rkey, validate_record
+from .retry import RetryPolicy
+from .session import Secret, SessionStore
+
+__all__ = [
+    "AtUri",
+    "AtmosphereClient",
+    "AtmosphereError",
+    "AuthError",
+    "BlobVerificationError",
+    "DidDocument",
+    "FetchedRecord",
+    "IdentityError",
+    "IdentityResolver",
+    "PublishConflictError",
+    "RecordNotFoundError",
+    "RecordValidationError",
+    "RecordVerificationError",
+    "RetryExhaustedError",
+    "RetryPolicy",
+    "Secret",
+    "SessionStore",
+    "ShardChecksumError",
+    "WriteResult",
+    "blob_cid",
+    "parse_schema_rkey",
+    "record_cid",
+    "schema_rkey",
+    "validate_record",
+]

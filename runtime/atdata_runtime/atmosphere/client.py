@@ -1,0 +1,458 @@
+"""The AT Protocol client of the runtime, on the ``atproto`` SDK's XRPC transport.
+
+What it adds to the SDK:
+
+* **Login** with an app password or a saved session (:mod:`.session`, mode 0600),
+  refreshed by the SDK and re-saved on every change; no Bluesky profile fetch (a
+  bare PDS has no AppView). Passwords and tokens are :class:`~.session.Secret`\\ s
+  and never appear in reprs, logs or errors.
+* **Reads go to the owner's PDS**: the AT-URI authority is resolved
+  (:class:`~.identity.IdentityResolver`) and the request is sent there.
+* **Every record fetched is verified**: its DAG-CBOR CID is recomputed
+  (:func:`~.cid.record_cid`) and compared with the CID the server returned, then it
+  is validated with the generated ``science.alt.dataset.*`` models. Blobs are checked
+  against their CID (raw codec, sha-256).
+* **Retries** (:class:`~.retry.RetryPolicy`) on every call, and **exactly-once
+  writes**: :meth:`AtmosphereClient.create_record` takes the record key from the
+  caller; when a retried ``createRecord`` finds the key taken, it reads the record
+  back and succeeds if it is the same record (same CID), so a lost response never
+  produces a second record and never an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from os import PathLike
+from typing import Any
+
+from .cid import DataModelError, blob_cid, record_cid
+from .errors import (
+    AuthError,
+    BlobVerificationError,
+    PublishConflictError,
+    RecordNotFoundError,
+    RecordVerificationError,
+)
+from .identity import IdentityResolver
+from .records import AtUri, validate_record
+from .retry import RetryPolicy
+from .session import SavedSession, Secret, SessionStore, default_session_path
+
+__all__ = ["AtmosphereClient", "FetchedRecord", "WriteResult"]
+
+log = logging.getLogger("atdata_runtime.atmosphere")
+
+_JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class FetchedRecord:
+    """A record read from a repository: ``uri`` (DID authority), ``cid`` (verified)
+    and ``value`` (the JSON form, validated)."""
+
+    uri: str
+    cid: str
+    value: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """Outcome of an exactly-once write: ``created`` is ``False`` when the same
+    record was already there (a retry or a re-run), which is not an error."""
+
+    uri: str
+    cid: str
+    created: bool
+
+
+def _sdk_client(base_url: str, timeout: float) -> Any:
+    from atproto_client import Client
+    from atproto_client.request import Request
+
+    return Client(base_url=base_url, request=Request(timeout=timeout))
+
+
+def _xrpc_error(exc: BaseException) -> str | None:
+    response = getattr(exc, "response", None)
+    content = getattr(response, "content", None)
+    return getattr(content, "error", None) or (
+        content.get("error") if isinstance(content, dict) else None
+    )
+
+
+def _xrpc_message(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    content = getattr(response, "content", None)
+    msg = getattr(content, "message", None) or (
+        content.get("message") if isinstance(content, dict) else None
+    )
+    return str(msg or _xrpc_error(exc) or exc)
+
+
+class AtmosphereClient:
+    """A client for one PDS account (after :meth:`login`) that can also read any
+    repository on the network.
+
+    ``resolver`` resolves identities (default: the public PLC directory);
+    ``retry`` is the retry policy of every request; ``timeout`` is the per-request
+    timeout in seconds (blob uploads get 30 s + 1 s per MB on top).
+    """
+
+    def __init__(
+        self,
+        *,
+        pds_url: str | None = None,
+        resolver: IdentityResolver | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.resolver = resolver or IdentityResolver()
+        self.retry = retry or RetryPolicy()
+        self.timeout = timeout
+        self.pds_url = pds_url.rstrip("/") if pds_url else None
+        self._sdk: Any = _sdk_client(self.pds_url, timeout) if self.pds_url else None
+        self._readers: dict[str, Any] = {}
+        self._store: SessionStore | None = None
+        self._did: str | None = None
+        self._handle: str | None = None
+
+    def __repr__(self) -> str:
+        who = self._handle or self._did or "anonymous"
+        return f"AtmosphereClient({who}, pds={self.pds_url!r})"
+
+    # -- login --------------------------------------------------------------------
+    @classmethod
+    def login(
+        cls,
+        identifier: str,
+        password: str | Secret | None = None,
+        *,
+        pds_url: str | None = None,
+        session_file: str | PathLike[str] | None = None,
+        save_session: bool = True,
+        resolver: IdentityResolver | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float = 30.0,
+    ) -> AtmosphereClient:
+        """Log in as ``identifier`` (handle or DID). A saved session (``session_file``,
+        default :func:`~.session.default_session_path`) is reused when it is for this
+        account and still valid (the SDK refreshes it); otherwise ``password`` (an app
+        password) creates a new session. The session file is (re)written with mode
+        0600 whenever the session changes, unless ``save_session`` is false. The PDS
+        is ``pds_url`` or the one named in the account's DID document. Raises
+        :class:`AuthError` when neither works."""
+        resolver = resolver or IdentityResolver()
+        if pds_url is None:
+            pds_url = resolver.pds_endpoint(identifier)
+        client = cls(pds_url=pds_url, resolver=resolver, retry=retry, timeout=timeout)
+        path = session_file or default_session_path(identifier, client.pds_url)
+        client._store = SessionStore(path) if save_session else None
+        secret = password if isinstance(password, Secret) else (
+            Secret(password) if password is not None else None
+        )
+        store = SessionStore(path)
+        saved = store.load()
+        if saved is not None and saved.pds == client.pds_url and identifier.lower() in (
+            saved.did,
+            saved.handle.lower(),
+        ):
+            try:
+                client._resume(saved)
+                return client
+            except Exception as exc:  # noqa: BLE001 - fall back to the password
+                log.info("saved session for %s not usable (%s)", identifier, type(exc).__name__)
+        if secret is None:
+            raise AuthError(client.pds_url or "", f"no valid saved session for {identifier} and no password")
+        client._password_login(identifier, secret)
+        return client
+
+    def _watch(self) -> None:
+        from atproto_client import SessionEvent
+
+        def changed(event: Any, session: Any) -> None:
+            if event in (SessionEvent.CREATE, SessionEvent.REFRESH) and self._store:
+                self._save(session)
+
+        self._sdk.on_session_change(changed)
+
+    def _save(self, session: Any) -> None:
+        assert self._store is not None and self.pds_url is not None
+        self._store.save(
+            SavedSession(
+                pds=self.pds_url,
+                did=session.did,
+                handle=session.handle,
+                session=Secret(session.encode()),
+            )
+        )
+
+    def _password_login(self, identifier: str, password: Secret) -> None:
+        from atproto_client.exceptions import BadRequestError, UnauthorizedError
+
+        self._watch()
+        try:
+            self.retry.run(
+                lambda: self._sdk.login(
+                    identifier, password.reveal(), fetch_bsky_profile=False
+                ),
+                what=f"{self.pds_url} createSession",
+            )
+        except (BadRequestError, UnauthorizedError) as exc:
+            raise AuthError(
+                self.pds_url or "", f"login as {identifier} failed: {_xrpc_message(exc)}"
+            ) from None
+        session = self._sdk._session
+        self._did, self._handle = session.did, session.handle
+
+    def _resume(self, saved: SavedSession) -> None:
+        self._watch()
+        self._sdk.login(session_string=saved.session.reveal(), fetch_bsky_profile=False)
+        data = self.retry.run(
+            lambda: self._sdk.invoke_query(
+                "com.atproto.server.getSession", output_encoding=_JSON
+            ).content,
+            what=f"{self.pds_url} getSession",
+        )
+        if data.get("did") != saved.did:
+            raise AuthError(self.pds_url or "", "saved session is for another account")
+        self._did, self._handle = saved.did, str(data.get("handle", saved.handle))
+
+    def logout(self) -> None:
+        """Forget the session (delete the session file)."""
+        if self._store is not None:
+            self._store.clear()
+        self._did = self._handle = None
+
+    @property
+    def did(self) -> str:
+        """DID of the logged-in account; ``AuthError`` when not logged in."""
+        if self._did is None:
+            raise AuthError(self.pds_url or "", "not logged in")
+        return self._did
+
+    @property
+    def handle(self) -> str:
+        if self._handle is None:
+            raise AuthError(self.pds_url or "", "not logged in")
+        return self._handle
+
+    # -- reads --------------------------------------------------------------------
+    def _reader(self, authority: str) -> tuple[str, Any]:
+        """(DID, SDK client for the PDS hosting ``authority``)."""
+        if self._did is not None and authority in (self._did, self._handle):
+            return self._did, self._sdk
+        doc = self.resolver.resolve(authority)
+        if self._did == doc.did:
+            return doc.did, self._sdk
+        if doc.pds == self.pds_url and self._sdk is not None:
+            return doc.did, self._sdk
+        reader = self._readers.get(doc.pds)
+        if reader is None:
+            reader = self._readers[doc.pds] = _sdk_client(doc.pds, self.timeout)
+        return doc.did, reader
+
+    def _verified(self, uri: str, collection: str, cid: Any, value: Any, validate: bool) -> FetchedRecord:
+        if not isinstance(cid, str) or not isinstance(value, dict):
+            raise RecordVerificationError(uri, "response carries no CID or no record value")
+        try:
+            actual = record_cid(value)
+        except DataModelError as exc:
+            raise RecordVerificationError(uri, f"record is not in the data model: {exc}") from None
+        if actual != cid:
+            raise RecordVerificationError(
+                uri, f"record content hashes to {actual}, server says {cid}"
+            )
+        if validate:
+            validate_record(uri, collection, value)
+        return FetchedRecord(uri=uri, cid=cid, value=value)
+
+    def try_get_record(self, uri: str | AtUri, *, validate: bool = True) -> FetchedRecord | None:
+        """The record at ``uri`` from its owner's PDS, verified (CID) and validated,
+        or ``None`` when it does not exist. Raises :class:`RecordVerificationError`
+        / :class:`~.errors.RecordValidationError` naming the AT-URI."""
+        from atproto_client import models
+        from atproto_client.exceptions import BadRequestError
+
+        at = uri if isinstance(uri, AtUri) else AtUri.parse(uri)
+        did, sdk = self._reader(at.authority)
+        at = at.with_authority(did)
+
+        def fetch() -> Any:
+            return sdk.invoke_query(
+                "com.atproto.repo.getRecord",
+                params=models.ComAtprotoRepoGetRecord.Params(
+                    repo=did, collection=at.collection, rkey=at.rkey
+                ),
+                output_encoding=_JSON,
+            ).content
+
+        try:
+            data = self.retry.run(fetch, what=str(at))
+        except BadRequestError as exc:
+            if _xrpc_error(exc) == "RecordNotFound":
+                return None
+            raise
+        return self._verified(str(at), at.collection, data.get("cid"), data.get("value"), validate)
+
+    def get_record(self, uri: str | AtUri, *, validate: bool = True) -> FetchedRecord:
+        """As :meth:`try_get_record`; a missing record is :class:`RecordNotFoundError`."""
+        record = self.try_get_record(uri, validate=validate)
+        if record is None:
+            raise RecordNotFoundError(str(uri), "record not found")
+        return record
+
+    def list_records(
+        self, repo: str, collection: str, *, validate: bool = True, page: int = 100
+    ) -> Iterator[FetchedRecord]:
+        """Every record of ``collection`` in ``repo`` (DID or handle), each verified;
+        pages through ``com.atproto.repo.listRecords``."""
+        from atproto_client import models
+
+        did, sdk = self._reader(repo)
+        cursor: str | None = None
+        while True:
+            params = models.ComAtprotoRepoListRecords.Params(
+                repo=did, collection=collection, limit=page, cursor=cursor
+            )
+
+            def fetch(params: Any = params) -> Any:
+                return sdk.invoke_query(
+                    "com.atproto.repo.listRecords", params=params, output_encoding=_JSON
+                ).content
+
+            data = self.retry.run(fetch, what=f"at://{did}/{collection}")
+            for item in data.get("records") or []:
+                yield self._verified(
+                    str(item.get("uri")), collection, item.get("cid"), item.get("value"), validate
+                )
+            cursor = data.get("cursor")
+            if not cursor or not data.get("records"):
+                return
+
+    # -- writes -------------------------------------------------------------------
+    def create_record(
+        self, collection: str, rkey: str, record: dict[str, Any], *, validate: bool = True
+    ) -> WriteResult:
+        """Create ``record`` at ``at://{did}/{collection}/{rkey}`` exactly once.
+
+        The record is validated first (our models). If the key is already taken by
+        the same record (same CID) — a retry whose first response was lost, or a
+        re-run — the result has ``created=False``. If it is taken by a different
+        record, :class:`PublishConflictError`. The PDS is asked not to validate
+        (it does not know ``science.alt.dataset.*``)."""
+        from atproto_client.exceptions import BadRequestError
+
+        did = self.did
+        uri = f"at://{did}/{collection}/{rkey}"
+        if validate:
+            validate_record(uri, collection, record)
+        cid = record_cid(record)
+        body = json.dumps(
+            {
+                "repo": did,
+                "collection": collection,
+                "rkey": rkey,
+                "record": record,
+                "validate": False,
+            },
+            ensure_ascii=False,
+        ).encode("utf-8")
+        attempts = {"n": 0}
+
+        def already_there() -> WriteResult | None:
+            existing = self.try_get_record(uri, validate=False)
+            if existing is None:
+                return None
+            if existing.cid != cid:
+                raise PublishConflictError(
+                    uri,
+                    f"a different record already exists here (CID {existing.cid}, "
+                    f"ours would be {cid})",
+                )
+            return WriteResult(uri=uri, cid=cid, created=False)
+
+        def write() -> WriteResult:
+            attempts["n"] += 1
+            if attempts["n"] > 1:
+                # The previous attempt may have been applied with its response lost.
+                found = already_there()
+                if found is not None:
+                    return found
+            try:
+                data = self._sdk.invoke_procedure(
+                    "com.atproto.repo.createRecord",
+                    content=body,
+                    headers={"Content-Type": _JSON},
+                    output_encoding=_JSON,
+                ).content
+            except BadRequestError as exc:
+                if "exist" not in _xrpc_message(exc).lower():
+                    raise
+                found = already_there()
+                if found is None:
+                    raise
+                return found
+            if data.get("cid") != cid:
+                raise RecordVerificationError(
+                    uri, f"server stored CID {data.get('cid')}, we computed {cid}"
+                )
+            return WriteResult(uri=uri, cid=cid, created=True)
+
+        return self.retry.run(write, what=uri)
+
+    def upload_blob(self, data: bytes, mime_type: str) -> dict[str, Any]:
+        """Upload ``data`` (``com.atproto.repo.uploadBlob``) and return the blob
+        object for a record (``$type: blob``, ``ref.$link``, ``mimeType``, ``size``).
+        Idempotent (blobs are content-addressed), so retried freely; the CID the PDS
+        returns is checked against our own."""
+        expected = blob_cid(data)
+        timeout = self.timeout + 30.0 + len(data) / 1e6
+
+        def upload() -> Any:
+            return self._sdk.invoke_procedure(
+                "com.atproto.repo.uploadBlob",
+                data=data,
+                input_encoding=mime_type,
+                output_encoding=_JSON,
+                timeout=timeout,
+            ).content
+
+        blob = self.retry.run(upload, what=f"{self.pds_url} uploadBlob")["blob"]
+        link = blob.get("ref", {}).get("$link")
+        if link != expected:
+            raise BlobVerificationError(
+                f"{self.pds_url}", f"uploaded blob has CID {link}, content hashes to {expected}"
+            )
+        return {
+            "$type": "blob",
+            "ref": {"$link": link},
+            "mimeType": blob.get("mimeType", mime_type),
+            "size": int(blob.get("size", len(data))),
+        }
+
+    def blob_url(self, repo: str, cid: str) -> str:
+        """``com.atproto.sync.getBlob`` URL of a blob, on its owner's PDS."""
+        doc = self.resolver.resolve(repo)
+        pds = self.pds_url if doc.did == self._did and self.pds_url else doc.pds
+        return f"{pds}/xrpc/com.atproto.sync.getBlob?did={doc.did}&cid={cid}"
+
+    def get_blob(self, repo: str, cid: str) -> bytes:
+        """The bytes of a blob, checked against ``cid``."""
+        from atproto_client import models
+
+        did, sdk = self._reader(repo)
+
+        def fetch() -> Any:
+            return sdk.invoke_query(
+                "com.atproto.sync.getBlob",
+                params=models.ComAtprotoSyncGetBlob.Params(did=did, cid=cid),
+                timeout=self.timeout + 300.0,
+            ).content
+
+        data = self.retry.run(fetch, what=f"blob {cid} of {did}")
+        if blob_cid(data) != cid:
+            raise BlobVerificationError(f"at://{did}", f"blob content does not hash to {cid}")
+        return bytes(data)
