@@ -98,13 +98,16 @@ class SourceDoc:
     value: Any
     sha256: str
     rel: str = ""
+    base: str = ""
+    """JSON pointer of ``value`` inside ``text`` (a document embedded in a larger
+    file, e.g. one record of ``atdata-gen.lock``); spans are located in ``text``."""
     _positions: dict[str, int] | None = field(default=None, repr=False)
     _line_starts: list[int] | None = field(default=None, repr=False)
 
     def offset(self, pointer: str) -> int | None:
         if self._positions is None:
             self._positions = _index_positions(self.text)
-        return self._positions.get(pointer)
+        return self._positions.get(self.base + pointer)
 
     def position(self, offset: int) -> tuple[int, int]:
         """1-based (line, column) of a character offset."""

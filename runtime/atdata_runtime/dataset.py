@@ -21,6 +21,7 @@ optional.
 from __future__ import annotations
 
 import os
+import hashlib
 import random
 import sys
 import uuid
@@ -105,12 +106,36 @@ def _open(url: str, storage_options: dict[str, Any]) -> BinaryIO:
     return fsspec.open(url, "rb", **storage_options).open()  # type: ignore[no-any-return]
 
 
+class _Sha256Reader:
+    """Passes reads through and hashes them (checksums verified while streaming)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.hash = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.stream.read(n)
+        self.hash.update(data)
+        return data
+
+    def drain(self) -> str:
+        while self.read(1 << 20):
+            pass
+        return self.hash.hexdigest()
+
+
 def iter_shard(
-    url: str, storage_options: dict[str, Any] | None = None
+    url: str,
+    storage_options: dict[str, Any] | None = None,
+    sha256: str | None = None,
 ) -> Iterator[tuple[str, bytes]]:
     """``(key, payload)`` for each sample of one shard, in tar order. Raises
-    :class:`SampleFormatError` for a sample without a ``.msgpack`` member."""
-    with _open(url, storage_options or {}) as stream:
+    :class:`SampleFormatError` for a sample without a ``.msgpack`` member. With
+    ``sha256`` (hex), the bytes are hashed as they stream and, once the shard has
+    been read to its end, a mismatch raises
+    :class:`~atdata_runtime.atmosphere.errors.ShardChecksumError` naming the URL."""
+    with _open(url, storage_options or {}) as raw:
+        stream: Any = _Sha256Reader(raw) if sha256 else raw
         try:
             for key, group in iter_samples(stream):
                 payload = group.get("msgpack")
@@ -122,6 +147,14 @@ def iter_shard(
                 yield key, payload
         except TarFormatError as exc:
             raise TarFormatError(f"{url}: {exc}") from None
+        if sha256:
+            actual = stream.drain()
+            if actual != sha256.lower():
+                from .atmosphere.errors import ShardChecksumError
+
+                raise ShardChecksumError(
+                    url, f"shard sha256 is {actual}, its entry says {sha256}"
+                )
 
 
 class Dataset(Generic[T]):
@@ -156,6 +189,7 @@ class Dataset(Generic[T]):
         copy: bool = False,
         split: Split | None = None,
         progress: bool | None = None,
+        checksums: dict[str, str] | None = None,
     ) -> None:
         if not hasattr(type(self), "sample_type"):
             raise TypeError("bind a sample class first: Dataset[MySample](urls)")
@@ -168,6 +202,22 @@ class Dataset(Generic[T]):
         self.copy = copy
         self.split = split
         self.progress = progress
+        self.checksums = dict(checksums or {})
+        """Shard URL → expected sha256 (hex), verified while streaming."""
+
+    @classmethod
+    def from_atproto(cls, uri: str, **kwargs: Any) -> Dataset[Any]:
+        """The dataset published at ``uri`` (a ``science.alt.dataset.entry``
+        AT-URI), typed by its schema record; see
+        :func:`atdata_runtime.atmosphere.load.load_dataset` for ``kwargs``
+        (``client``, ``lock``, ``storage_options``…). On a bound class
+        (``Dataset[ImageSample].from_atproto(…)``) that class is used."""
+        from .atmosphere.load import load_dataset
+
+        bound = cls.__dict__.get("sample_type")
+        if bound is not None:
+            kwargs.setdefault("sample_type", bound)
+        return load_dataset(uri, **kwargs)  # type: ignore[no-any-return]
 
     # -- iteration --------------------------------------------------------------------
     def _plan(self, shards: list[str]) -> tuple[list[str], int, int]:
@@ -185,7 +235,9 @@ class Dataset(Generic[T]):
         for url in tqdm(
             mine, desc="shards", unit="shard", disable=_quiet(self.progress)
         ):
-            for key, payload in iter_shard(url, self.storage_options):
+            for key, payload in iter_shard(
+                url, self.storage_options, self.checksums.get(url)
+            ):
                 if stride == 1 or index % stride == offset:
                     yield key, payload
                 index += 1

@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 import libcst as cst
+from atdata_runtime.sample import FieldSpec
 
 from .. import __version__
 from ..ir.link import LinkedModel
@@ -95,27 +96,40 @@ def _kind(t: Any) -> str:
     }[type(t)]
 
 
-def _spec(f: Field, py: str | None, t: Any) -> cst.BaseExpression:
+def field_spec(f: Field, py: str | None, t: Any) -> FieldSpec:
+    """The runtime :class:`FieldSpec` of field ``f`` (Python name ``py``; ``None`` for
+    a list's item type ``t``, which has no name of its own)."""
+    nd = isinstance(t, NDArrayType)
+    return FieldSpec(
+        py or "",
+        f.name if py is not None else "",
+        _kind(t),
+        optional=py is not None and not f.required,
+        dtype=t.dtype if nd else None,
+        shape=tuple(t.shape) if nd and t.shape is not None else None,
+        dims=tuple(t.dims) if nd and t.dims is not None else None,
+        items=field_spec(f, None, t.items) if isinstance(t, ArrayType) else None,
+        encoding=t.format if nd and _kind(t) == "encoded" else None,
+    )
+
+
+def _spec_cst(spec: FieldSpec) -> cst.BaseExpression:
     kwargs: dict[str, cst.BaseExpression] = {}
-    if py is not None and not f.required:
+    if spec.optional:
         kwargs["optional"] = cst.Name("True")
-    if isinstance(t, NDArrayType):
-        if t.dtype is not None:
-            kwargs["dtype"] = literal(t.dtype)
-        if t.shape is not None:
-            kwargs["shape"] = literal(tuple(t.shape))
-        if t.dims is not None:
-            kwargs["dims"] = literal(tuple(t.dims))
-    if isinstance(t, ArrayType):
-        kwargs["items"] = _spec(f, None, t.items)
-    if isinstance(t, NDArrayType) and _kind(t) == "encoded":
-        kwargs["encoding"] = literal(t.format)
-    args = [
-        literal(py or ""),
-        literal(f.name if py is not None else ""),
-        literal(_kind(t)),
-    ]
+    for attr in ("dtype", "shape", "dims"):
+        if getattr(spec, attr) is not None:
+            kwargs[attr] = literal(getattr(spec, attr))
+    if spec.items is not None:
+        kwargs["items"] = _spec_cst(spec.items)
+    if spec.encoding is not None:
+        kwargs["encoding"] = literal(spec.encoding)
+    args = [literal(spec.name), literal(spec.wire), literal(spec.kind)]
     return call("_sample.FieldSpec", *args, **kwargs)
+
+
+def _spec(f: Field, py: str | None, t: Any) -> cst.BaseExpression:
+    return _spec_cst(field_spec(f, py, t))
 
 
 def _annotation(t: Any) -> cst.BaseExpression:

@@ -1,0 +1,425 @@
+"""Publishing schema records and dataset entries, exactly once and resumable.
+
+Schema records go to ``science.alt.dataset.schema`` under the deterministic key of
+:func:`~.records.schema_rkey`. A version is immutable: publishing the same name and
+version again is a no-op when the content is the same (``createdAt`` aside), and a
+:class:`~.errors.PublishConflictError` advising a version bump when it differs. The
+same holds for a record of that name and version under any other key (atdata 0.7
+keys its schema records by TID), found by listing the collection.
+
+Dataset entries go to ``science.alt.dataset.entry`` under a TID chosen by the client
+and saved in a journal before the first attempt, with everything already done
+(checksums, uploaded blobs, S3 objects). A re-run after a crash reads the journal,
+skips the finished steps and writes the entry under the same key: never twice.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..tar import iter_samples
+from .client import AtmosphereClient, FetchedRecord, WriteResult
+from .errors import AtmosphereError, PublishConflictError
+from .records import ENTRY, SCHEMA, is_semver, schema_rkey
+
+__all__ = [
+    "BLOB_LIMIT",
+    "BlobStorage",
+    "HttpStorage",
+    "S3Storage",
+    "ShardInfo",
+    "find_schema_versions",
+    "new_tid",
+    "publish_entry",
+    "publish_schema",
+    "publish_schemas",
+    "shard_info",
+]
+
+BLOB_LIMIT = 52_428_800
+"""``maxSize`` of a shard blob in ``science.alt.dataset.storageBlobs`` (50 MiB)."""
+
+_TID_CHARS = "234567abcdefghijklmnopqrstuvwxyz"
+
+
+def new_tid(now_us: int | None = None, clock_id: int | None = None) -> str:
+    """A TID (AT Protocol "Record Key" spec § TID): 64 bits — a zero bit, 53 bits of
+    microseconds since the Unix epoch, 10 bits of clock id — in base32-sortable,
+    13 characters."""
+    us = time.time_ns() // 1000 if now_us is None else now_us
+    clock = random.randrange(1024) if clock_id is None else clock_id
+    n = (us & ((1 << 53) - 1)) << 10 | clock
+    return "".join(_TID_CHARS[(n >> (60 - 5 * i)) & 31] for i in range(13))
+
+
+def _semver_key(version: str) -> tuple[Any, ...]:
+    """Precedence key (semver.org § 11): build metadata ignored; a pre-release is
+    lower than its release; identifiers compare numerically or lexically."""
+    core, _, _build = version.partition("+")
+    main, dash, pre = core.partition("-")
+    nums = tuple(int(x) for x in main.split("."))
+    if not dash:
+        return (nums, 1, ())
+    ids = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split("."))
+    return (nums, 0, ids)
+
+
+def _content(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k != "createdAt"}
+
+
+def find_schema_versions(
+    client: AtmosphereClient, repo: str, name: str
+) -> list[FetchedRecord]:
+    """Every schema record named ``name`` in ``repo``, whatever its key (TIDs as
+    atdata writes them, or ours), oldest version first."""
+    found = [
+        r
+        for r in client.list_records(repo, SCHEMA, validate=False)
+        if r.value.get("name") == name and is_semver(str(r.value.get("version", "")))
+    ]
+    return sorted(found, key=lambda r: _semver_key(str(r.value["version"])))
+
+
+@dataclass(frozen=True)
+class SchemaPublication:
+    """Outcome of :func:`publish_schema`: the write, and the previously published
+    version it was checked against (``None`` for the first version)."""
+
+    write: WriteResult
+    previous: FetchedRecord | None
+
+
+CheckHook = Callable[[FetchedRecord, dict[str, Any]], None]
+"""Called with (previous published version, new record) before publishing; raises
+to refuse (the compiler passes ``atdata-gen check``)."""
+
+
+def publish_schema(
+    client: AtmosphereClient,
+    record: dict[str, Any],
+    *,
+    check: CheckHook | None = None,
+    existing: list[FetchedRecord] | None = None,
+) -> SchemaPublication:
+    """Publish one schema record (a JSON dict, validated here) to the logged-in
+    account. ``existing`` is the account's schema records (listed once by
+    :func:`publish_schemas`; listed here when ``None``). Raises
+    :class:`PublishConflictError` when this name and version exist with different
+    content; whatever ``check`` raises; the client's errors."""
+    name, version = str(record.get("name", "")), str(record.get("version", ""))
+    rkey = schema_rkey(name, version)
+    uri = f"at://{client.did}/{SCHEMA}/{rkey}"
+    if existing is None:
+        existing = list(client.list_records(client.did, SCHEMA, validate=False))
+    same_name = sorted(
+        (
+            r
+            for r in existing
+            if r.value.get("name") == name and is_semver(str(r.value.get("version", "")))
+        ),
+        key=lambda r: _semver_key(str(r.value["version"])),
+    )
+    for r in same_name:
+        if r.value.get("version") == version:
+            if _content(r.value) != _content(record):
+                raise PublishConflictError(
+                    r.uri,
+                    f"schema {name} {version} is already published with different "
+                    "content; versions are immutable: bump the version "
+                    "(atdata-gen check tells which bump)",
+                )
+            return SchemaPublication(
+                WriteResult(uri=r.uri, cid=r.cid, created=False),
+                _previous(same_name, version),
+            )
+    previous = _previous(same_name, version)
+    if previous is not None and check is not None:
+        check(previous, record)
+    return SchemaPublication(client.create_record(SCHEMA, rkey, record), previous)
+
+
+def _previous(records: list[FetchedRecord], version: str) -> FetchedRecord | None:
+    key = _semver_key(version)
+    older = [r for r in records if _semver_key(str(r.value["version"])) < key]
+    return older[-1] if older else None
+
+
+def publish_schemas(
+    client: AtmosphereClient,
+    records: Iterable[dict[str, Any]],
+    *,
+    check: CheckHook | None = None,
+    progress: Callable[[int, SchemaPublication], None] | None = None,
+) -> list[SchemaPublication]:
+    """Publish many schema records; the collection is listed once. A re-run after a
+    crash (or a partial failure) creates only the missing ones. ``progress`` is
+    called after each record with its index."""
+    existing = list(client.list_records(client.did, SCHEMA, validate=False))
+    out = []
+    for i, record in enumerate(records):
+        pub = publish_schema(client, record, check=check, existing=existing)
+        if pub.write.created:
+            existing.append(FetchedRecord(pub.write.uri, pub.write.cid, record))
+        out.append(pub)
+        if progress is not None:
+            progress(i, pub)
+    return out
+
+
+# -- dataset entries ------------------------------------------------------------------
+@dataclass(frozen=True)
+class ShardInfo:
+    """One local shard: ``path``, ``size`` (bytes), ``sha256`` (hex) and ``samples``
+    (number of distinct sample keys in the tar)."""
+
+    path: str
+    size: int
+    sha256: str
+    samples: int
+
+
+class _HashingReader:
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self.fh.read(n)
+        self.hash.update(data)
+        self.size += len(data)
+        return data
+
+    def readinto(self, buf: Any) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+
+def shard_info(path: str | os.PathLike[str]) -> ShardInfo:
+    """Size, sha256 and sample count of a local tar shard, in one pass."""
+    with open(path, "rb") as fh:
+        reader = _HashingReader(fh)
+        samples = sum(1 for _ in iter_samples(reader))  # type: ignore[arg-type]
+        while reader.read(1 << 20):
+            pass
+    return ShardInfo(str(path), reader.size, reader.hash.hexdigest(), samples)
+
+
+@dataclass(frozen=True)
+class HttpStorage:
+    """Shards served over HTTP(S): shard *i* is at ``urls[i]``."""
+
+    urls: Sequence[str]
+
+
+@dataclass(frozen=True)
+class S3Storage:
+    """Shards uploaded to an S3-compatible bucket under ``prefix`` (object key =
+    prefix + file name). ``options`` go to s3fs (``key``, ``secret``,
+    ``client_kwargs``…); credentials are never written to the record."""
+
+    bucket: str
+    prefix: str = ""
+    endpoint: str | None = None
+    region: str | None = None
+    options: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class BlobStorage:
+    """Shards uploaded as PDS blobs (``application/x-tar``, at most 50 MiB each)."""
+
+
+Storage = HttpStorage | S3Storage | BlobStorage
+
+
+class _Journal:
+    """A JSON file of finished steps, rewritten atomically after each one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            self.data = {}
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".journal-")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(self.data, fh, indent=1, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+
+def _checksum(info: ShardInfo) -> dict[str, str]:
+    return {"algorithm": "sha256", "digest": info.sha256}
+
+
+def publish_entry(
+    client: AtmosphereClient,
+    shards: Sequence[str | os.PathLike[str]],
+    *,
+    schema_uri: str,
+    name: str,
+    storage: Storage,
+    description: str | None = None,
+    tags: Sequence[str] = (),
+    license: str | None = None,
+    journal_dir: str | os.PathLike[str] = ".atdata-gen/journal",
+    progress: Callable[[str, int, int], None] | None = None,
+) -> WriteResult:
+    """Publish a ``science.alt.dataset.entry`` for local tar ``shards``.
+
+    Computes each shard's sha256, size and sample count; uploads the shards
+    (PDS blobs, or S3 objects) or takes their HTTP URLs; writes the entry with its
+    ``size`` (samples, bytes, shards) and per-shard checksums, pointing at
+    ``schema_uri``. ``progress(step, done, total)`` reports ``"hash"``,
+    ``"upload"`` and ``"entry"`` steps. Resumable: the journal (one file per
+    account, schema and shard set in ``journal_dir``) records the chosen TID and
+    every finished upload, so a re-run finishes the job without duplicates.
+    Raises ``ValueError`` for a blob over 50 MiB or a URL count that does not
+    match, and the client's errors."""
+    paths = [str(p) for p in shards]
+    if not paths:
+        raise ValueError("no shards to publish")
+    ident = hashlib.sha256(
+        json.dumps([client.did, schema_uri, name, [os.path.abspath(p) for p in paths]]).encode()
+    ).hexdigest()[:20]
+    journal = _Journal(Path(journal_dir) / f"entry-{ident}.json")
+    infos: list[ShardInfo] = []
+    cached = {s["path"]: s for s in journal.data.get("shards", [])}
+    for i, p in enumerate(paths):
+        st = os.stat(p)
+        hit = cached.get(p)
+        if hit and hit["size"] == st.st_size and hit.get("mtime") == st.st_mtime_ns:
+            infos.append(ShardInfo(p, hit["size"], hit["sha256"], hit["samples"]))
+        else:
+            infos.append(shard_info(p))
+        if progress:
+            progress("hash", i + 1, len(paths))
+    journal.data["shards"] = [
+        {**vars(info), "mtime": os.stat(info.path).st_mtime_ns} for info in infos
+    ]
+    journal.data.setdefault("rkey", new_tid())
+    journal.save()
+
+    if isinstance(storage, BlobStorage):
+        for info in infos:
+            if info.size > BLOB_LIMIT:
+                raise ValueError(
+                    f"{info.path}: {info.size} bytes is over the 50 MiB blob limit of "
+                    "science.alt.dataset.storageBlobs; write smaller shards"
+                )
+        uploaded: dict[str, Any] = journal.data.setdefault("blobs", {})
+        blobs = []
+        for i, info in enumerate(infos):
+            blob = uploaded.get(info.sha256)
+            if blob is None:
+                blob = client.upload_blob(Path(info.path).read_bytes(), "application/x-tar")
+                uploaded[info.sha256] = blob
+                journal.save()
+            blobs.append({"blob": blob, "checksum": _checksum(info)})
+            if progress:
+                progress("upload", i + 1, len(infos))
+        store: dict[str, Any] = {"$type": "science.alt.dataset.storageBlobs", "blobs": blobs}
+    elif isinstance(storage, S3Storage):
+        store = _upload_s3(storage, infos, journal, progress)
+    else:
+        if len(storage.urls) != len(infos):
+            raise ValueError(f"{len(infos)} shards but {len(storage.urls)} URLs")
+        store = {
+            "$type": "science.alt.dataset.storageHttp",
+            "shards": [
+                {"url": url, "checksum": _checksum(info)}
+                for url, info in zip(storage.urls, infos, strict=True)
+            ],
+        }
+    record: dict[str, Any] = {
+        "$type": ENTRY,
+        "name": name,
+        "schemaRef": schema_uri,
+        "storage": store,
+        "size": {
+            "samples": sum(i.samples for i in infos),
+            "bytes": sum(i.size for i in infos),
+            "shards": len(infos),
+        },
+        "createdAt": journal.data.setdefault(
+            "createdAt", _dt.datetime.now(_dt.UTC).isoformat().replace("+00:00", "Z")
+        ),
+    }
+    if description:
+        record["description"] = description
+    if tags:
+        record["tags"] = list(tags)
+    if license:
+        record["license"] = license
+    journal.save()
+    rkey = journal.data["rkey"]
+    done = client.try_get_record(f"at://{client.did}/{ENTRY}/{rkey}", validate=False)
+    if done is not None:
+        result = WriteResult(done.uri, done.cid, created=False)
+        if _content(done.value) != _content(record):
+            raise PublishConflictError(done.uri, "the journal's entry key holds another record")
+    else:
+        result = client.create_record(ENTRY, rkey, record)
+    journal.data["uri"] = result.uri
+    journal.save()
+    if progress:
+        progress("entry", 1, 1)
+    return result
+
+
+def _upload_s3(
+    storage: S3Storage,
+    infos: list[ShardInfo],
+    journal: _Journal,
+    progress: Callable[[str, int, int], None] | None,
+) -> dict[str, Any]:
+    import fsspec
+
+    options = dict(storage.options)
+    if storage.endpoint:
+        options.setdefault("client_kwargs", {})["endpoint_url"] = storage.endpoint
+    fs = fsspec.filesystem("s3", **options)
+    done: dict[str, str] = journal.data.setdefault("s3", {})
+    shards = []
+    for i, info in enumerate(infos):
+        key = storage.prefix + Path(info.path).name
+        if done.get(key) != info.sha256:
+            try:
+                fs.put_file(info.path, f"{storage.bucket}/{key}")
+            except Exception as exc:
+                raise AtmosphereError(
+                    f"s3://{storage.bucket}/{key}", f"upload failed: {exc}", rule="S3_UPLOAD_FAILED"
+                ) from exc
+            done[key] = info.sha256
+            journal.save()
+        shards.append({"key": key, "checksum": _checksum(info)})
+        if progress:
+            progress("upload", i + 1, len(infos))
+    store: dict[str, Any] = {
+        "$type": "science.alt.dataset.storageS3",
+        "bucket": storage.bucket,
+        "shards": shards,
+    }
+    if storage.region:
+        store["region"] = storage.region
+    if storage.endpoint:
+        store["endpoint"] = storage.endpoint
+    return store
+
