@@ -155,6 +155,9 @@ def _encode(value: Any, out: bytearray, pointer: str) -> None:
             _head(3, len(raw), out)
             out += raw
             _encode(value[k], out, f"{pointer}/{k}")
+    elif isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        # JSON has one number type: "123.0" is the integer 123 (interop vectors).
+        _encode(int(value), out, pointer)
     elif isinstance(value, float):
         raise DataModelError(
             f"{pointer or '/'}: float {value!r} is not in the AT Protocol data model"

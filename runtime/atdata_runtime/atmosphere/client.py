@@ -414,8 +414,8 @@ class AtmosphereClient:
         def upload() -> Any:
             return self._sdk.invoke_procedure(
                 "com.atproto.repo.uploadBlob",
-                data=data,
-                input_encoding=mime_type,
+                content=data,
+                headers={"Content-Type": mime_type},
                 output_encoding=_JSON,
                 timeout=timeout,
             ).content
