@@ -64,7 +64,9 @@ def test_bytes_that_look_like_a_cid_stay_bytes() -> None:
     assert b"\xd8\x2a" not in encoded
 
 
-@given(st.dictionaries(st.text(max_size=8), st.integers(-(2**63), 2**64 - 1), max_size=6))
+@given(
+    st.dictionaries(st.text(max_size=8), st.integers(-(2**63), 2**64 - 1), max_size=6)
+)
 def test_cid_matches_libipld_on_plain_maps(value: dict[str, int]) -> None:
     import hashlib
 
@@ -76,7 +78,9 @@ def test_cid_matches_libipld_on_plain_maps(value: dict[str, int]) -> None:
 
 
 def test_blob_cid_is_raw_sha256() -> None:
-    assert blob_cid(b"") == "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+    assert (
+        blob_cid(b"") == "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+    )
 
 
 @pytest.mark.parametrize(
@@ -190,7 +194,9 @@ def test_retry_is_bounded_in_attempts_and_time() -> None:
     assert len(slept) == 2
     policy, slept = _policy(deadline=1.0)
     with pytest.raises(RetryExhaustedError):
-        policy.run(lambda: (_ for _ in ()).throw(_Err(429, {"retry-after": "5"})), what="x")
+        policy.run(
+            lambda: (_ for _ in ()).throw(_Err(429, {"retry-after": "5"})), what="x"
+        )
     assert slept == []
 
 
@@ -237,13 +243,21 @@ def test_lock_is_deterministic_and_verified(tmp_path: Path) -> None:
 def test_dynamic_class_reads_atdata_shards() -> None:
     from atdata_runtime.dataset import Dataset
 
-    record = json.loads((CORPUS / "atdata/records/OptionalSample.schema.json").read_text())
-    cls = compile_schema_record(record, uri="at://did:plc:abc/science.alt.dataset.schema/x")
+    record = json.loads(
+        (CORPUS / "atdata/records/OptionalSample.schema.json").read_text()
+    )
+    cls = compile_schema_record(
+        record, uri="at://did:plc:abc/science.alt.dataset.schema/x"
+    )
     assert cls.schema_name == "OptionalSample"
-    samples = list(Dataset[cls](str(CORPUS / "atdata/shards/optional-000000.tar"), progress=False))
+    samples = list(
+        Dataset[cls](str(CORPUS / "atdata/shards/optional-000000.tar"), progress=False)
+    )
     assert samples and all(type(s) is cls for s in samples)
 
 
 def test_dynamic_class_refuses_bad_records_with_pointer() -> None:
     with pytest.raises(SchemaCompileError, match=r"/value/name.*SCHEMA_NAME"):
-        compile_schema_record({"name": "__import__('os')", "version": "1.0.0"}, uri="at://x")
+        compile_schema_record(
+            {"name": "__import__('os')", "version": "1.0.0"}, uri="at://x"
+        )

@@ -128,7 +128,9 @@ def test_check_hook_sees_previous_version(
     publish_schema(client, schema("ListSample"))
     seen: list[str] = []
     v2 = dict(schema("ListSample"), version="1.1.0")
-    publish_schema(client, v2, check=lambda prev, new: seen.append(prev.value["version"]))
+    publish_schema(
+        client, v2, check=lambda prev, new: seen.append(prev.value["version"])
+    )
     assert seen == ["1.0.0"]
 
 
@@ -188,7 +190,9 @@ def test_batch_of_100_through_faults_is_exactly_once(
         proxy.enabled = True
         records = [dict(schema(), name=f"Batch{i}") for i in range(100)]
         pubs = publish_schemas(client, records)
-    stored = list(AtmosphereClient(resolver=resolver(net)).list_records(client.did, SCHEMA))
+    stored = list(
+        AtmosphereClient(resolver=resolver(net)).list_records(client.did, SCHEMA)
+    )
     names = sorted(r.value["name"] for r in stored)
     assert names == sorted(f"Batch{i}" for i in range(100))
     injected = {k: v for k, v in proxy.counts.items() if k != "pass"}
@@ -239,12 +243,33 @@ def test_blob_entry_resumes_after_crash(
 
     client.create_record = crash_before_entry  # type: ignore[method-assign]
     with pytest.raises(ConnectionError):
-        publish_entry(client, shards, schema_uri=pub.write.uri, name="l", storage=BlobStorage(), journal_dir=journal)
+        publish_entry(
+            client,
+            shards,
+            schema_uri=pub.write.uri,
+            name="l",
+            storage=BlobStorage(),
+            journal_dir=journal,
+        )
     client.create_record = real  # type: ignore[method-assign]
     (state,) = journal.iterdir()
     assert json.loads(state.read_text())["blobs"]  # the upload is remembered
-    first = publish_entry(client, shards, schema_uri=pub.write.uri, name="l", storage=BlobStorage(), journal_dir=journal)
-    second = publish_entry(client, shards, schema_uri=pub.write.uri, name="l", storage=BlobStorage(), journal_dir=journal)
+    first = publish_entry(
+        client,
+        shards,
+        schema_uri=pub.write.uri,
+        name="l",
+        storage=BlobStorage(),
+        journal_dir=journal,
+    )
+    second = publish_entry(
+        client,
+        shards,
+        schema_uri=pub.write.uri,
+        name="l",
+        storage=BlobStorage(),
+        journal_dir=journal,
+    )
     assert first.created and not second.created and first.uri == second.uri
     entries = list(client.list_records(client.did, "science.alt.dataset.entry"))
     assert len(entries) == 1
@@ -277,13 +302,23 @@ def test_invalid_record_is_rejected_with_pointer(
     resp = httpx.post(
         f"{net.pds_url}/xrpc/com.atproto.repo.createRecord",
         headers={"Authorization": f"Bearer {session['accessJwt']}"},
-        json={"repo": client.did, "collection": "science.alt.dataset.entry", "record": bad, "validate": False},
+        json={
+            "repo": client.did,
+            "collection": "science.alt.dataset.entry",
+            "record": bad,
+            "validate": False,
+        },
     )
     uri = resp.json()["uri"]
     with pytest.raises(RecordValidationError) as info:
         client.get_record(uri)
     text = str(info.value)
-    assert uri in text and "/name" in text and "/schemaRef" in text and "RECORD_INVALID" in text
+    assert (
+        uri in text
+        and "/name" in text
+        and "/schemaRef" in text
+        and "RECORD_INVALID" in text
+    )
 
 
 def test_http_checksum_mismatch_is_detected(
@@ -303,14 +338,23 @@ def test_http_checksum_mismatch_is_detected(
     fake = tmp_path / "other.tar"
     shutil.copy(SHARDS / "scalar-000000.tar", fake)
     entry = publish_entry(
-        client, [fake], schema_uri=pub.write.uri, name="x", storage=HttpStorage([url]), journal_dir=tmp_path / "j"
+        client,
+        [fake],
+        schema_uri=pub.write.uri,
+        name="x",
+        storage=HttpStorage([url]),
+        journal_dir=tmp_path / "j",
     )
-    ds = load_dataset(entry.uri, client=client, progress=False, storage_options={"block_size": 0})
+    ds = load_dataset(
+        entry.uri, client=client, progress=False, storage_options={"block_size": 0}
+    )
     with pytest.raises(ShardChecksumError, match="sha256"):
         list(ds)
 
 
-def test_s3_entry_round_trip(net: LocalNetwork, account: Account, tmp_path: Path) -> None:
+def test_s3_entry_round_trip(
+    net: LocalNetwork, account: Account, tmp_path: Path
+) -> None:
     from moto.server import ThreadedMotoServer
 
     port = free_port()
@@ -321,7 +365,9 @@ def test_s3_entry_round_trip(net: LocalNetwork, account: Account, tmp_path: Path
         creds = {"key": "testing", "secret": "testing"}
         import s3fs
 
-        s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, **creds).mkdir("shards")
+        s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, **creds).mkdir(
+            "shards"
+        )
         client = login(net, account, tmp_path)
         pub = publish_schema(client, schema("ScalarSample"))
         entry = publish_entry(
@@ -335,7 +381,11 @@ def test_s3_entry_round_trip(net: LocalNetwork, account: Account, tmp_path: Path
         record = client.get_record(entry.uri).value
         assert record["storage"]["shards"][0]["key"] == "v1/scalar-000000.tar"
         assert "testing" not in json.dumps(record)
-        samples = list(load_dataset(entry.uri, client=client, progress=False, storage_options=creds))
+        samples = list(
+            load_dataset(
+                entry.uri, client=client, progress=False, storage_options=creds
+            )
+        )
         assert len(samples) == record["size"]["samples"] > 0
     finally:
         server.stop()

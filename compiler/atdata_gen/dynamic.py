@@ -36,7 +36,9 @@ class SchemaCompileError(ValueError):
         lines = [
             f"{d.span.pointer or '/'}: {d.message} [{d.rule}]" for d in self.diagnostics
         ]
-        super().__init__(f"{where}: schema record does not compile: " + "; ".join(lines))
+        super().__init__(
+            f"{where}: schema record does not compile: " + "; ".join(lines)
+        )
 
 
 def compile_schema_record(
@@ -79,6 +81,10 @@ def compile_schema_record(
         schema_source=uri or "",
         schema_cid=cid,
         schema_description=schema.description,
-        schema_array_formats=dict(schema.array_formats) if schema.array_formats else None,
-        schema_metadata=json.loads(schema.metadata_json) if schema.metadata_json else None,
+        schema_array_formats=dict(schema.array_formats)
+        if schema.array_formats
+        else None,
+        schema_metadata=json.loads(schema.metadata_json)
+        if schema.metadata_json
+        else None,
     )

@@ -160,9 +160,11 @@ def read_lock(path: Path, reporter: Reporter) -> Lock | None:
     for i, item in enumerate(schemas):
         ptr = f"/schemas/{i}"
         keys = ("uri", "requested", "did", "cid")
-        if not isinstance(item, dict) or not all(
-            isinstance(item.get(k), str) for k in keys
-        ) or not isinstance(item.get("value"), dict):
+        if (
+            not isinstance(item, dict)
+            or not all(isinstance(item.get(k), str) for k in keys)
+            or not isinstance(item.get("value"), dict)
+        ):
             reporter.report(
                 doc.span(ptr),
                 "LOCK_FORMAT",
@@ -183,7 +185,9 @@ def read_lock(path: Path, reporter: Reporter) -> Lock | None:
             )
             continue
         entries.append(
-            LockEntry(item["uri"], item["requested"], item["did"], item["cid"], item["value"])
+            LockEntry(
+                item["uri"], item["requested"], item["did"], item["cid"], item["value"]
+            )
         )
     if len(reporter.errors) > errors_before:
         return None

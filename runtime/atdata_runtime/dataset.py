@@ -20,8 +20,8 @@ optional.
 
 from __future__ import annotations
 
-import os
 import hashlib
+import os
 import random
 import sys
 import uuid
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, ClassVar, Generic, Self, TypeVar
 
 import braceexpand
-import fsspec  # type: ignore[import-untyped]
+import fsspec
 from tqdm import tqdm  # type: ignore[import-untyped]
 
 from .sample import PackableSample, SampleBatch, SampleFormatError, Unknown

@@ -84,7 +84,9 @@ class FaultProxy:
             x -= p
         return "pass"
 
-    async def _forward(self, request: web.Request, body: bytes) -> tuple[int, Any, bytes]:
+    async def _forward(
+        self, request: web.Request, body: bytes
+    ) -> tuple[int, Any, bytes]:
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         async with self._session.request(

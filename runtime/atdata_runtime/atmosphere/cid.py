@@ -87,7 +87,9 @@ def from_json(value: Any, pointer: str = "") -> Any:
             try:
                 return base64.b64decode(data + "=" * (-len(data) % 4), validate=True)
             except ValueError as exc:
-                raise DataModelError(f"{pointer or '/'}: invalid base64 in $bytes") from exc
+                raise DataModelError(
+                    f"{pointer or '/'}: invalid base64 in $bytes"
+                ) from exc
         return {
             k: from_json(v, f"{pointer}/{k.replace('~', '~0').replace('/', '~1')}")
             for k, v in value.items()
@@ -163,7 +165,9 @@ def _encode(value: Any, out: bytearray, pointer: str) -> None:
             f"{pointer or '/'}: float {value!r} is not in the AT Protocol data model"
         )
     else:
-        raise DataModelError(f"{pointer or '/'}: {type(value).__name__} is not encodable")
+        raise DataModelError(
+            f"{pointer or '/'}: {type(value).__name__} is not encodable"
+        )
 
 
 def dag_cbor(value: Any) -> bytes:

@@ -150,22 +150,36 @@ class AtmosphereClient:
         client = cls(pds_url=pds_url, resolver=resolver, retry=retry, timeout=timeout)
         path = session_file or default_session_path(identifier, client.pds_url)
         client._store = SessionStore(path) if save_session else None
-        secret = password if isinstance(password, Secret) else (
-            Secret(password) if password is not None else None
+        secret = (
+            password
+            if isinstance(password, Secret)
+            else (Secret(password) if password is not None else None)
         )
         store = SessionStore(path)
         saved = store.load()
-        if saved is not None and saved.pds == client.pds_url and identifier.lower() in (
-            saved.did,
-            saved.handle.lower(),
+        if (
+            saved is not None
+            and saved.pds == client.pds_url
+            and identifier.lower()
+            in (
+                saved.did,
+                saved.handle.lower(),
+            )
         ):
             try:
                 client._resume(saved)
                 return client
             except Exception as exc:  # noqa: BLE001 - fall back to the password
-                log.info("saved session for %s not usable (%s)", identifier, type(exc).__name__)
+                log.info(
+                    "saved session for %s not usable (%s)",
+                    identifier,
+                    type(exc).__name__,
+                )
         if secret is None:
-            raise AuthError(client.pds_url or "", f"no valid saved session for {identifier} and no password")
+            raise AuthError(
+                client.pds_url or "",
+                f"no valid saved session for {identifier} and no password",
+            )
         client._password_login(identifier, secret)
         return client
 
@@ -202,7 +216,8 @@ class AtmosphereClient:
             )
         except (BadRequestError, UnauthorizedError) as exc:
             raise AuthError(
-                self.pds_url or "", f"login as {identifier} failed: {_xrpc_message(exc)}"
+                self.pds_url or "",
+                f"login as {identifier} failed: {_xrpc_message(exc)}",
             ) from None
         session = self._sdk._session
         self._did, self._handle = session.did, session.handle
@@ -211,9 +226,11 @@ class AtmosphereClient:
         self._watch()
         self._sdk.login(session_string=saved.session.reveal(), fetch_bsky_profile=False)
         data = self.retry.run(
-            lambda: self._sdk.invoke_query(
-                "com.atproto.server.getSession", output_encoding=_JSON
-            ).content,
+            lambda: (
+                self._sdk.invoke_query(
+                    "com.atproto.server.getSession", output_encoding=_JSON
+                ).content
+            ),
             what=f"{self.pds_url} getSession",
         )
         if data.get("did") != saved.did:
@@ -254,13 +271,19 @@ class AtmosphereClient:
             reader = self._readers[doc.pds] = _sdk_client(doc.pds, self.timeout)
         return doc.did, reader
 
-    def _verified(self, uri: str, collection: str, cid: Any, value: Any, validate: bool) -> FetchedRecord:
+    def _verified(
+        self, uri: str, collection: str, cid: Any, value: Any, validate: bool
+    ) -> FetchedRecord:
         if not isinstance(cid, str) or not isinstance(value, dict):
-            raise RecordVerificationError(uri, "response carries no CID or no record value")
+            raise RecordVerificationError(
+                uri, "response carries no CID or no record value"
+            )
         try:
             actual = record_cid(value)
         except DataModelError as exc:
-            raise RecordVerificationError(uri, f"record is not in the data model: {exc}") from None
+            raise RecordVerificationError(
+                uri, f"record is not in the data model: {exc}"
+            ) from None
         if actual != cid:
             raise RecordVerificationError(
                 uri, f"record content hashes to {actual}, server says {cid}"
@@ -269,7 +292,9 @@ class AtmosphereClient:
             validate_record(uri, collection, value)
         return FetchedRecord(uri=uri, cid=cid, value=value)
 
-    def try_get_record(self, uri: str | AtUri, *, validate: bool = True) -> FetchedRecord | None:
+    def try_get_record(
+        self, uri: str | AtUri, *, validate: bool = True
+    ) -> FetchedRecord | None:
         """The record at ``uri`` from its owner's PDS, verified (CID) and validated,
         or ``None`` when it does not exist. Raises :class:`RecordVerificationError`
         / :class:`~.errors.RecordValidationError` naming the AT-URI."""
@@ -295,7 +320,9 @@ class AtmosphereClient:
             if _xrpc_error(exc) == "RecordNotFound":
                 return None
             raise
-        return self._verified(str(at), at.collection, data.get("cid"), data.get("value"), validate)
+        return self._verified(
+            str(at), at.collection, data.get("cid"), data.get("value"), validate
+        )
 
     def get_record(self, uri: str | AtUri, *, validate: bool = True) -> FetchedRecord:
         """As :meth:`try_get_record`; a missing record is :class:`RecordNotFoundError`."""
@@ -326,7 +353,11 @@ class AtmosphereClient:
             data = self.retry.run(fetch, what=f"at://{did}/{collection}")
             for item in data.get("records") or []:
                 yield self._verified(
-                    str(item.get("uri")), collection, item.get("cid"), item.get("value"), validate
+                    str(item.get("uri")),
+                    collection,
+                    item.get("cid"),
+                    item.get("value"),
+                    validate,
                 )
             cursor = data.get("cursor")
             if not cursor or not data.get("records"):
@@ -334,7 +365,12 @@ class AtmosphereClient:
 
     # -- writes -------------------------------------------------------------------
     def create_record(
-        self, collection: str, rkey: str, record: dict[str, Any], *, validate: bool = True
+        self,
+        collection: str,
+        rkey: str,
+        record: dict[str, Any],
+        *,
+        validate: bool = True,
     ) -> WriteResult:
         """Create ``record`` at ``at://{did}/{collection}/{rkey}`` exactly once.
 
@@ -424,7 +460,8 @@ class AtmosphereClient:
         link = blob.get("ref", {}).get("$link")
         if link != expected:
             raise BlobVerificationError(
-                f"{self.pds_url}", f"uploaded blob has CID {link}, content hashes to {expected}"
+                f"{self.pds_url}",
+                f"uploaded blob has CID {link}, content hashes to {expected}",
             )
         return {
             "$type": "blob",
@@ -454,5 +491,7 @@ class AtmosphereClient:
 
         data = self.retry.run(fetch, what=f"blob {cid} of {did}")
         if blob_cid(data) != cid:
-            raise BlobVerificationError(f"at://{did}", f"blob content does not hash to {cid}")
+            raise BlobVerificationError(
+                f"at://{did}", f"blob content does not hash to {cid}"
+            )
         return bytes(data)

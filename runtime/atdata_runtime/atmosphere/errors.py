@@ -29,7 +29,9 @@ class AtmosphereError(Exception):
         self.reason = reason
         if rule is not None:
             self.rule = rule
-        super().__init__(f"{uri}: {reason} [{self.rule}]" if uri else f"{reason} [{self.rule}]")
+        super().__init__(
+            f"{uri}: {reason} [{self.rule}]" if uri else f"{reason} [{self.rule}]"
+        )
 
 
 class AuthError(AtmosphereError):

@@ -89,7 +89,9 @@ class IdentityResolver:
     def _get_json(self, url: str, params: dict[str, str] | None = None) -> Any:
         def once() -> Any:
             self.lookups += 1
-            resp = httpx.get(url, params=params, timeout=self.timeout, follow_redirects=True)
+            resp = httpx.get(
+                url, params=params, timeout=self.timeout, follow_redirects=True
+            )
             if resp.status_code == 429 or resp.status_code >= 500:
                 resp.raise_for_status()
             return resp
@@ -115,12 +117,16 @@ class IdentityResolver:
         elif did.startswith("did:web:"):
             msid = did[len("did:web:") :]
             if ":" in msid:
-                raise IdentityError(did, "did:web with a path is not allowed in AT Protocol")
+                raise IdentityError(
+                    did, "did:web with a path is not allowed in AT Protocol"
+                )
             host = unquote(msid)
             scheme = "http" if host.split(":")[0] == "localhost" else "https"
             url = f"{scheme}://{host}/.well-known/did.json"
         else:
-            raise IdentityError(did, "only did:plc and did:web are AT Protocol DID methods")
+            raise IdentityError(
+                did, "only did:plc and did:web are AT Protocol DID methods"
+            )
         doc = self._get_json(url)
         if not isinstance(doc, dict) or doc.get("id") != did:
             raise IdentityError(did, f"document at {url} is not the document of {did}")
@@ -170,19 +176,27 @@ class IdentityResolver:
                 )
                 self.lookups += 1
                 if resp.status_code == 200:
-                    did = resp.text.strip().splitlines()[0] if resp.text.strip() else None
+                    did = (
+                        resp.text.strip().splitlines()[0] if resp.text.strip() else None
+                    )
             except httpx.HTTPError as exc:
                 errors.append(f"https well-known: {type(exc).__name__}")
         if did is None or not is_did(did):
             raise IdentityError(handle, "handle did not resolve: " + "; ".join(errors))
         if handle not in (h.lower() for h in self.did_document(did).handles):
-            raise IdentityError(handle, f"DID document of {did} does not claim this handle")
+            raise IdentityError(
+                handle, f"DID document of {did} does not claim this handle"
+            )
         self._store(self._handles, handle, did)
         return did
 
     def resolve(self, identifier: str) -> DidDocument:
         """DID document for a DID or a handle (the AT-URI authority)."""
-        did = identifier if identifier.startswith("did:") else self.resolve_handle(identifier)
+        did = (
+            identifier
+            if identifier.startswith("did:")
+            else self.resolve_handle(identifier)
+        )
         return self.did_document(did)
 
     def pds_endpoint(self, identifier: str) -> str:

@@ -81,7 +81,9 @@ def _locked_class(lock: Path, schema: FetchedRecord) -> type[PackableSample] | N
         )
         return None
     try:
-        config = tomllib.loads((lock.parent / "pyproject.toml").read_text(encoding="utf-8"))
+        config = tomllib.loads(
+            (lock.parent / "pyproject.toml").read_text(encoding="utf-8")
+        )
         package = config["tool"]["atdata-gen"].get("package", "atdata_lexicons")
         samples = importlib.import_module(f"{package}.samples")
     except (OSError, KeyError, ValueError, ImportError):
@@ -107,7 +109,9 @@ def _sha256_of_blob_cid(cid: str) -> str | None:
 
 def _checksum(entry: dict[str, Any]) -> str | None:
     checksum = entry.get("checksum") or {}
-    if str(checksum.get("algorithm", "")).lower() == "sha256" and checksum.get("digest"):
+    if str(checksum.get("algorithm", "")).lower() == "sha256" and checksum.get(
+        "digest"
+    ):
         return str(checksum["digest"]).lower()
     return None
 
@@ -131,7 +135,9 @@ def resolve_dataset(
     schema_uri = str(entry.value["schemaRef"])
     schema_at = AtUri.parse(schema_uri)
     if schema_at.collection != SCHEMA:
-        raise AtmosphereError(entry.uri, f"schemaRef {schema_uri} is not a schema record")
+        raise AtmosphereError(
+            entry.uri, f"schemaRef {schema_uri} is not a schema record"
+        )
     schema = client.get_record(schema_at)
     source = "given"
     cls = sample_type
@@ -154,7 +160,9 @@ def resolve_dataset(
         for shard in storage["shards"]:
             url = str(shard["url"])
             if not url.startswith(("https://", "http://")):
-                raise AtmosphereError(entry.uri, f"shard URL {url!r} is not http(s)", rule="SHARD_URL")
+                raise AtmosphereError(
+                    entry.uri, f"shard URL {url!r} is not http(s)", rule="SHARD_URL"
+                )
             urls.append(url)
             if (digest := _checksum(shard)) is not None:
                 checksums[url] = digest
@@ -179,7 +187,9 @@ def resolve_dataset(
                 checksums[url] = digest
         options["block_size"] = 0
     else:
-        raise AtmosphereError(entry.uri, f"storage {kind!r} is not supported", rule="STORAGE_UNSUPPORTED")
+        raise AtmosphereError(
+            entry.uri, f"storage {kind!r} is not supported", rule="STORAGE_UNSUPPORTED"
+        )
     return ResolvedDataset(entry, schema, cls, urls, checksums, options, source)
 
 
@@ -199,7 +209,14 @@ def load_dataset(
 
     r = resolve_dataset(uri, client=client, sample_type=sample_type, lock=lock)
     options = {**r.storage_options, **(storage_options or {})}
-    if "client_kwargs" in r.storage_options and storage_options and "client_kwargs" in storage_options:
-        options["client_kwargs"] = {**r.storage_options["client_kwargs"], **storage_options["client_kwargs"]}
-    ds = Dataset[r.sample_type](r.urls, storage_options=options, checksums=r.checksums, **kwargs)  # type: ignore[valid-type]
-    return ds
+    if (
+        "client_kwargs" in r.storage_options
+        and storage_options
+        and "client_kwargs" in storage_options
+    ):
+        options["client_kwargs"] = {
+            **r.storage_options["client_kwargs"],
+            **storage_options["client_kwargs"],
+        }
+    bound: Any = Dataset[r.sample_type]  # type: ignore[name-defined]
+    return bound(r.urls, storage_options=options, checksums=r.checksums, **kwargs)

@@ -119,14 +119,14 @@ def publish_schema(
     content; whatever ``check`` raises; the client's errors."""
     name, version = str(record.get("name", "")), str(record.get("version", ""))
     rkey = schema_rkey(name, version)
-    uri = f"at://{client.did}/{SCHEMA}/{rkey}"
     if existing is None:
         existing = list(client.list_records(client.did, SCHEMA, validate=False))
     same_name = sorted(
         (
             r
             for r in existing
-            if r.value.get("name") == name and is_semver(str(r.value.get("version", "")))
+            if r.value.get("name") == name
+            and is_semver(str(r.value.get("version", "")))
         ),
         key=lambda r: _semver_key(str(r.value["version"])),
     )
@@ -211,7 +211,7 @@ def shard_info(path: str | os.PathLike[str]) -> ShardInfo:
     """Size, sha256 and sample count of a local tar shard, in one pass."""
     with open(path, "rb") as fh:
         reader = _HashingReader(fh)
-        samples = sum(1 for _ in iter_samples(reader))  # type: ignore[arg-type]
+        samples = sum(1 for _ in iter_samples(reader))  # type: ignore[arg-type,misc]
         while reader.read(1 << 20):
             pass
     return ShardInfo(str(path), reader.size, reader.hash.hexdigest(), samples)
@@ -297,7 +297,9 @@ def publish_entry(
     if not paths:
         raise ValueError("no shards to publish")
     ident = hashlib.sha256(
-        json.dumps([client.did, schema_uri, name, [os.path.abspath(p) for p in paths]]).encode()
+        json.dumps(
+            [client.did, schema_uri, name, [os.path.abspath(p) for p in paths]]
+        ).encode()
     ).hexdigest()[:20]
     journal = _Journal(Path(journal_dir) / f"entry-{ident}.json")
     infos: list[ShardInfo] = []
@@ -329,13 +331,18 @@ def publish_entry(
         for i, info in enumerate(infos):
             blob = uploaded.get(info.sha256)
             if blob is None:
-                blob = client.upload_blob(Path(info.path).read_bytes(), "application/x-tar")
+                blob = client.upload_blob(
+                    Path(info.path).read_bytes(), "application/x-tar"
+                )
                 uploaded[info.sha256] = blob
                 journal.save()
             blobs.append({"blob": blob, "checksum": _checksum(info)})
             if progress:
                 progress("upload", i + 1, len(infos))
-        store: dict[str, Any] = {"$type": "science.alt.dataset.storageBlobs", "blobs": blobs}
+        store: dict[str, Any] = {
+            "$type": "science.alt.dataset.storageBlobs",
+            "blobs": blobs,
+        }
     elif isinstance(storage, S3Storage):
         store = _upload_s3(storage, infos, journal, progress)
     else:
@@ -374,7 +381,9 @@ def publish_entry(
     if done is not None:
         result = WriteResult(done.uri, done.cid, created=False)
         if _content(done.value) != _content(record):
-            raise PublishConflictError(done.uri, "the journal's entry key holds another record")
+            raise PublishConflictError(
+                done.uri, "the journal's entry key holds another record"
+            )
     else:
         result = client.create_record(ENTRY, rkey, record)
     journal.data["uri"] = result.uri
@@ -405,7 +414,9 @@ def _upload_s3(
                 fs.put_file(info.path, f"{storage.bucket}/{key}")
             except Exception as exc:
                 raise AtmosphereError(
-                    f"s3://{storage.bucket}/{key}", f"upload failed: {exc}", rule="S3_UPLOAD_FAILED"
+                    f"s3://{storage.bucket}/{key}",
+                    f"upload failed: {exc}",
+                    rule="S3_UPLOAD_FAILED",
                 ) from exc
             done[key] = info.sha256
             journal.save()
@@ -422,4 +433,3 @@ def _upload_s3(
     if storage.endpoint:
         store["endpoint"] = storage.endpoint
     return store
-

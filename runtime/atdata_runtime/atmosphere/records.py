@@ -67,7 +67,9 @@ class AtUri:
             raise ValueError(f"{uri!r} is not a valid AT-URI")
         parts = uri[len("at://") :].split("#")[0].split("?")[0].split("/")
         if len(parts) != 3 or not parts[1] or not parts[2]:
-            raise ValueError(f"{uri!r} is not a record AT-URI (at://authority/collection/rkey)")
+            raise ValueError(
+                f"{uri!r} is not a record AT-URI (at://authority/collection/rkey)"
+            )
         authority, collection, rkey = parts
         if not (is_did(authority) or is_handle(authority)):
             raise ValueError(f"{uri!r}: authority {authority!r} is not a DID or handle")
@@ -101,12 +103,16 @@ def schema_rkey(name: str, version: str) -> str:
     Raises ``ValueError`` when ``version`` is not semver 2.0.0, or the escaped key
     passes the 512-character limit."""
     if not is_semver(version):
-        raise ValueError(f"schema version {version!r} is not a semantic version (semver 2.0.0)")
+        raise ValueError(
+            f"schema version {version!r} is not a semantic version (semver 2.0.0)"
+        )
     if not name:
         raise ValueError("schema name is empty")
     key = f"{_escape(name)}:{version.replace('+', '~2B')}"
     if len(key) > 512:
-        raise ValueError(f"record key for schema {name!r} {version} is over 512 characters")
+        raise ValueError(
+            f"record key for schema {name!r} {version} is over 512 characters"
+        )
     assert is_record_key(key), key
     return key
 
@@ -149,7 +155,9 @@ _MODELS: dict[str, Any] | None = None
 
 
 def _pointer(loc: tuple[Any, ...]) -> str:
-    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in loc) or "/"
+    return (
+        "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in loc) or "/"
+    )
 
 
 def validate_record(uri: str, collection: str, value: Any) -> Any:
@@ -175,4 +183,6 @@ def validate_record(uri: str, collection: str, value: Any) -> Any:
         problems = "; ".join(
             f"{_pointer(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()[:10]
         )
-        raise RecordValidationError(uri, f"invalid {collection} record: {problems}") from None
+        raise RecordValidationError(
+            uri, f"invalid {collection} record: {problems}"
+        ) from None

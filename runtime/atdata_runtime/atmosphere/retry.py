@@ -87,7 +87,7 @@ def classify(exc: BaseException) -> tuple[bool, float | None, str]:
     try:
         from atproto_client.exceptions import NetworkError
     except ImportError:  # pragma: no cover - atproto is a dependency
-        NetworkError = ()  # type: ignore[assignment,misc]  # noqa: N806
+        NetworkError = ()  # type: ignore[assignment,misc,unused-ignore]
     if isinstance(exc, NetworkError):
         cause = exc.__cause__
         return True, None, type(cause).__name__ if cause else type(exc).__name__
@@ -131,7 +131,7 @@ class RetryPolicy:
         while True:
             try:
                 return fn()
-            except Exception as exc:  # noqa: BLE001 - classified below
+            except Exception as exc:
                 retryable, hint, reason = classify(exc)
                 if not retryable:
                     raise

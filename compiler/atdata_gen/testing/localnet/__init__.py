@@ -93,7 +93,9 @@ class _Proc:
             text=True,
             start_new_session=True,
         )
-        threading.Thread(target=self._pump, args=(self.popen.stdout,), daemon=True).start()
+        threading.Thread(
+            target=self._pump, args=(self.popen.stdout,), daemon=True
+        ).start()
 
     def _pump(self, stream: IO[str] | None) -> None:
         assert stream is not None
