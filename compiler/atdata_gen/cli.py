@@ -20,6 +20,7 @@ from . import __version__
 from .backend.manifest import MANIFEST_NAME, fingerprint, is_fresh, manifest_text
 from .config import ConfigError, load_config
 from .diagnostics import Reporter, Severity, render
+from .lock import LOCK_NAME, Lock, read_lock
 from .sources import discover, split_external
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
@@ -73,6 +74,20 @@ def main() -> None:
     default=None,
     help="Worker processes for emission (default: CPU count).",
 )
+@click.option(
+    "--lock",
+    "lock_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Lock file of pinned remote schemas (default: atdata-gen.lock beside "
+    "pyproject.toml).",
+)
+@click.option(
+    "--frozen",
+    is_flag=True,
+    help="Fail when the lock is missing or does not pin every schema listed in "
+    "[tool.atdata-gen] schemas (CI: never fetch, never guess).",
+)
 @_FORMAT
 def build_cmd(
     sources: tuple[Path, ...],
@@ -84,12 +99,16 @@ def build_cmd(
     check: bool,
     quiet: bool,
     jobs: int | None,
+    lock_path: Path | None,
+    frozen: bool,
     fmt: str,
 ) -> None:
     """Compile SOURCE files and directories into OUT/PACKAGE.
 
-    With no SOURCE, reads [tool.atdata-gen] from ./pyproject.toml.
+    With no SOURCE, reads [tool.atdata-gen] from ./pyproject.toml. Schema records
+    pinned in atdata-gen.lock (``atdata-gen pull``) are compiled too, offline.
     """
+    wanted: list[str] = []
     if not sources:
         try:
             cfg = load_config(Path.cwd())
@@ -102,6 +121,9 @@ def build_cmd(
         externals = externals or tuple(cfg.root / e for e in cfg.externals)
         include = include or tuple(cfg.include)
         exclude = exclude or tuple(cfg.exclude)
+        wanted = list(cfg.schemas)
+        lock_path = lock_path or cfg.root / LOCK_NAME
+    lock = _load_lock(lock_path, wanted, frozen, fmt)
     if out is None:
         _fail("--out is required when SOURCE is given")
         return
@@ -122,7 +144,15 @@ def build_cmd(
                 found,
                 found_ext,
                 package,
-                [*include, "|", *exclude, "|", *(f"{r}={p}" for r, p in split)],
+                [
+                    *include,
+                    "|",
+                    *exclude,
+                    "|",
+                    *(f"{r}={p}" for r, p in split),
+                    "|",
+                    lock.doc.sha256 if lock and lock.doc else "",
+                ],
             )
         except OSError:
             print_ = None
@@ -135,7 +165,15 @@ def build_cmd(
     from .backend.write import apply_plan, plan_changes
     from .pipeline import BuildOptions, build
 
-    options = BuildOptions(sources, package, externals, include, exclude, jobs=jobs)
+    options = BuildOptions(
+        sources,
+        package,
+        externals,
+        include,
+        exclude,
+        jobs=jobs,
+        extra_docs=lock.source_docs() if lock else (),
+    )
     try:
         result = build(options)
     except FormatError as exc:
@@ -174,6 +212,40 @@ def build_cmd(
         click.echo(
             " ".join(f"{k}={v:.3f}s" for k, v in result.timings.items()), err=True
         )
+
+
+def _load_lock(
+    path: Path | None, wanted: list[str], frozen: bool, fmt: str
+) -> Lock | None:
+    """Read and verify the lock; with ``frozen``, require it to pin ``wanted``.
+    Exits 2 on a broken lock, 1 on a missing or stale one."""
+    if path is None:
+        if frozen:
+            _fail("--frozen needs a lock file: give --lock or use [tool.atdata-gen]")
+        return None
+    reporter = Reporter()
+    lock = read_lock(path, reporter)
+    if reporter.has_errors:
+        click.echo(render(list(reporter), fmt), err=fmt == "text")
+        sys.exit(EXIT_ERROR)
+    if frozen:
+        if lock is None and wanted:
+            click.echo(
+                f"{path}: error: no lock file, but [tool.atdata-gen] schemas lists "
+                f"{len(wanted)} schema(s); run `atdata-gen pull` [LOCK_MISSING]",
+                err=True,
+            )
+            sys.exit(EXIT_FINDINGS)
+        missing = [u for u in wanted if lock is None or lock.find(u) is None]
+        if missing:
+            for uri in missing:
+                click.echo(
+                    f"{path}: error: {uri} is not pinned; run `atdata-gen pull` "
+                    "[LOCK_STALE]",
+                    err=True,
+                )
+            sys.exit(EXIT_FINDINGS)
+    return lock
 
 
 @main.command("check")
@@ -375,6 +447,16 @@ def rules_table(fmt: str) -> str:
         lines += [f"| `{i}` | {st} | {p} |" for i, st, _, p in rows]
         return "\n".join(lines)
     return "\n".join(f"{i:30} {st:6} {p}" for i, st, _, p in rows)
+
+
+def _register_network_commands() -> None:
+    from .remote import publish_group, pull_cmd
+
+    main.add_command(pull_cmd)
+    main.add_command(publish_group)
+
+
+_register_network_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover

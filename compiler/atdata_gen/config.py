@@ -29,6 +29,8 @@ class Config:
     externals: list[str] = field(default_factory=list)
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
+    schemas: list[str] = field(default_factory=list)
+    """Remote schema records (AT-URIs) to pin in ``atdata-gen.lock``."""
     check: dict[str, Any] = field(default_factory=dict)
     """The raw ``[tool.atdata-gen.check]`` table (parsed by
     :class:`atdata_gen.checks.policy.CheckPolicy`)."""
@@ -68,7 +70,16 @@ def load_config(directory: Path) -> Config:
     for key in ("out", "package"):
         if key in table and not isinstance(table[key], str):
             raise ConfigError(f"{where}: [tool.atdata-gen] {key} must be a string")
-    known = {"sources", "out", "package", "externals", "include", "exclude", "check"}
+    known = {
+        "sources",
+        "out",
+        "package",
+        "externals",
+        "include",
+        "exclude",
+        "check",
+        "schemas",
+    }
     return Config(
         root=directory,
         sources=_strings(table, "sources", where),
@@ -77,6 +88,7 @@ def load_config(directory: Path) -> Config:
         externals=_strings(table, "externals", where),
         include=_strings(table, "include", where),
         exclude=_strings(table, "exclude", where),
+        schemas=_strings(table, "schemas", where),
         check=_table(table, "check", where),
         extra={k: v for k, v in table.items() if k not in known},
     )

@@ -48,6 +48,8 @@ class BuildOptions:
     format: bool = True
     workdir: Path | None = None
     jobs: int | None = None
+    extra_docs: Sequence[SourceDoc] = ()
+    """Already-loaded source documents (the records pinned in ``atdata-gen.lock``)."""
 
 
 @dataclass
@@ -93,6 +95,7 @@ def compile_sources(
         ),
         reporter,
     )
+    docs = [*docs, *options.extra_docs]
     ext_docs: list[SourceDoc] = []
     ext_packages: dict[str, str] = {}
     for entry in options.externals:

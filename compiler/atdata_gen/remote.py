@@ -1,0 +1,323 @@
+"""``atdata-gen pull`` and ``atdata-gen publish``: the network commands.
+
+Connection settings come from options or the environment: ``ATDATA_HANDLE`` (the
+account), ``ATDATA_PASSWORD`` (an app password; only needed when no saved session
+is valid), ``ATDATA_PDS_URL`` (default: from the account's DID document),
+``ATDATA_PLC_URL`` (default ``https://plc.directory``) and ``ATDATA_HANDLE_SERVICE``
+(a service answering ``com.atproto.identity.resolveHandle``, e.g. a PDS for its own
+handles). Passwords are never accepted as command-line arguments (they would land
+in shell history and ``ps``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import ConfigError, load_config
+from .lock import LOCK_NAME, LockEntry, read_lock, write_lock
+
+__all__ = ["publish_group", "pull_cmd"]
+
+EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+
+
+def _resolver() -> Any:
+    from atdata_runtime.atmosphere import IdentityResolver
+
+    return IdentityResolver(
+        plc_url=os.environ.get("ATDATA_PLC_URL", "https://plc.directory"),
+        handle_service=os.environ.get("ATDATA_HANDLE_SERVICE") or None,
+    )
+
+
+def _lock_path(explicit: Path | None) -> tuple[Path, list[str]]:
+    try:
+        cfg = load_config(Path.cwd())
+    except ConfigError:
+        return explicit or Path.cwd() / LOCK_NAME, []
+    return explicit or cfg.root / LOCK_NAME, list(cfg.schemas)
+
+
+def _error(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+@click.command("pull")
+@click.argument("uris", nargs=-1)
+@click.option(
+    "--update", is_flag=True, help="Re-fetch every pinned record; report CID changes."
+)
+@click.option("--lock", "lock_path", type=click.Path(path_type=Path), default=None)
+def pull_cmd(uris: tuple[str, ...], update: bool, lock_path: Path | None) -> None:
+    """Pin remote schema records (AT-URIs) in atdata-gen.lock.
+
+    With no URI, pins the [tool.atdata-gen] schemas. A record is fetched from its
+    owner's PDS, verified against its CID, validated, and compiled before anything
+    is written; on any error the lock is left as it was.
+    """
+    from atdata_runtime.atmosphere import AtmosphereClient, AtmosphereError, AtUri
+
+    from .diagnostics import Reporter, render
+    from .dynamic import SchemaCompileError, compile_schema_record
+
+    path, configured = _lock_path(lock_path)
+    reporter = Reporter()
+    lock = read_lock(path, reporter)
+    if reporter.has_errors:
+        click.echo(render(list(reporter), "text"), err=True)
+        sys.exit(EXIT_ERROR)
+    entries = {e.requested: e for e in (lock.entries if lock else [])}
+    targets = list(dict.fromkeys([*uris] or configured))
+    if update:
+        targets = list(dict.fromkeys([*targets, *entries]))
+    if not targets:
+        _error(
+            "nothing to pull: give AT-URIs or list them in [tool.atdata-gen] schemas"
+        )
+    client = AtmosphereClient(resolver=_resolver())
+    changed = 0
+    for uri in targets:
+        old = entries.get(uri)
+        if old is not None and not update:
+            continue
+        try:
+            at = AtUri.parse(uri)
+            if at.collection != "science.alt.dataset.schema":
+                _error(f"{uri}: not a science.alt.dataset.schema record")
+            record = client.get_record(at)
+            compile_schema_record(record.value, uri=record.uri, cid=record.cid)
+        except (AtmosphereError, SchemaCompileError, ValueError) as exc:
+            _error(str(exc))
+            return
+        did = AtUri.parse(record.uri).authority
+        entries[uri] = LockEntry(record.uri, uri, did, record.cid, record.value)
+        if old is None:
+            click.echo(f"pinned {record.uri} ({record.cid})")
+            changed += 1
+        elif old.cid != record.cid:
+            click.echo(f"changed {record.uri}: {old.cid} -> {record.cid}")
+            changed += 1
+    wrote = write_lock(path, list(entries.values()))
+    click.echo(f"{path}: {'updated' if wrote else 'unchanged'} ({len(entries)} pinned)")
+
+
+# -- publish ----------------------------------------------------------------------
+
+
+def _login() -> Any:
+    from atdata_runtime.atmosphere import AtmosphereClient, AtmosphereError
+
+    handle = os.environ.get("ATDATA_HANDLE")
+    if not handle:
+        _error(
+            "set ATDATA_HANDLE (and ATDATA_PASSWORD unless a saved session is valid)"
+        )
+    try:
+        return AtmosphereClient.login(
+            str(handle),
+            os.environ.get("ATDATA_PASSWORD") or None,
+            pds_url=os.environ.get("ATDATA_PDS_URL") or None,
+            resolver=_resolver(),
+        )
+    except AtmosphereError as exc:
+        _error(str(exc))
+
+
+def _load_schema(spec: str, version: str | None) -> dict[str, Any]:
+    """A schema record from a JSON file (plain or ``{uri, cid, value}``) or from a
+    ``module:Class`` PackableSample class."""
+    path = Path(spec)
+    if path.suffix == ".json" or path.exists():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            _error(f"{spec}: {exc}")
+        if isinstance(data, dict) and isinstance(data.get("value"), dict):
+            data = data["value"]
+    else:
+        module, _, attr = spec.partition(":")
+        if not attr:
+            _error(f"{spec}: give a .json schema record or module:Class")
+        from atdata_runtime.schema import schema_record
+
+        cls = getattr(importlib.import_module(module), attr)
+        data = schema_record(cls)
+    if version:
+        data = dict(data, version=version)
+    return dict(data)
+
+
+def _check_hook(policy_root: Path | None) -> Any:
+    """The ``atdata-gen check`` hook: compares the previous published version with
+    the new record under the project's check policy, prints the findings, and
+    refuses when a SEMVER rule fails (the version bump is smaller than the changes
+    need, or the version is reused)."""
+
+    def hook(previous: Any, record: dict[str, Any]) -> None:
+        from .checks.compat import COMPAT_RULES
+        from .checks.policy import CheckPolicy
+        from .checks.runner import run_check
+        from .cli import render_findings
+
+        policy = CheckPolicy()
+        if policy_root is not None:
+            try:
+                table = load_config(policy_root).check
+                policy = CheckPolicy.from_table(table, "pyproject.toml")
+            except (ConfigError, ValueError) as exc:
+                _error(str(exc))
+        with tempfile.TemporaryDirectory(prefix="atdata-gen-publish-") as tmp:
+            prev = Path(tmp) / "previous" / "schema.json"
+            curr = Path(tmp) / "current" / "schema.json"
+            prev.parent.mkdir()
+            curr.parent.mkdir()
+            prev.write_text(
+                json.dumps(
+                    {"uri": previous.uri, "cid": previous.cid, "value": previous.value}
+                )
+            )
+            curr.write_text(json.dumps(record))
+            result = run_check([curr], [str(prev)], policy=policy)
+        # The version is the contract: a breaking change under a MAJOR bump is
+        # declared (and migrates through a lens); what is refused is a bump too
+        # small for the changes, or a reused version (the SEMVER rules).
+        failing = [
+            f
+            for f in result.findings
+            if policy.fails(f) and COMPAT_RULES[f.rule].category == "SEMVER"
+        ]
+        if result.findings:
+            click.echo(render_findings(result.findings, policy, "text"), err=True)
+        if failing:
+            _error(
+                f"refusing to publish {record.get('name')} {record.get('version')}: "
+                f"atdata-gen check against {previous.uri} fails"
+            )
+
+    return hook
+
+
+@click.group("publish")
+def publish_group() -> None:
+    """Publish schema records and dataset entries to your PDS."""
+
+
+@publish_group.command("schema")
+@click.argument("specs", nargs=-1, required=True)
+@click.option("--version", help="Override the record's version (semver).")
+@click.option(
+    "--no-check",
+    is_flag=True,
+    help="Skip atdata-gen check against the previous version.",
+)
+def publish_schema_cmd(
+    specs: tuple[str, ...], version: str | None, no_check: bool
+) -> None:
+    """Publish schema records (FILE.json or module:Class), each under the record
+    key {name}:{version}. Re-publishing identical content is a no-op; a changed
+    record under an existing version is refused (bump the version)."""
+    from atdata_runtime.atmosphere import AtmosphereError
+    from atdata_runtime.atmosphere.publish import publish_schemas
+
+    records = [_load_schema(s, version) for s in specs]
+    client = _login()
+    try:
+        root = load_config(Path.cwd()).root
+    except ConfigError:
+        root = None
+    hook = None if no_check else _check_hook(root)
+
+    def progress(i: int, pub: Any) -> None:
+        state = "published" if pub.write.created else "already published"
+        click.echo(f"[{i + 1}/{len(records)}] {state}: {pub.write.uri}")
+
+    try:
+        publish_schemas(client, records, check=hook, progress=progress)
+    except (AtmosphereError, ValueError) as exc:
+        _error(str(exc))
+
+
+@publish_group.command("entry")
+@click.argument(
+    "shards", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False)
+)
+@click.option(
+    "--schema", "schema_uri", required=True, help="AT-URI of the schema record."
+)
+@click.option("--name", required=True, help="Display name of the dataset.")
+@click.option("--description")
+@click.option("--license")
+@click.option("--tag", "tags", multiple=True)
+@click.option(
+    "--blobs", is_flag=True, help="Upload shards as PDS blobs (≤ 50 MiB each)."
+)
+@click.option("--http-url", "urls", multiple=True, help="URL of each shard, in order.")
+@click.option("--s3-bucket")
+@click.option("--s3-prefix", default="")
+@click.option("--s3-endpoint")
+@click.option("--journal-dir", default=".atdata-gen/journal", show_default=True)
+def publish_entry_cmd(
+    shards: tuple[str, ...],
+    schema_uri: str,
+    name: str,
+    description: str | None,
+    license: str | None,
+    tags: tuple[str, ...],
+    blobs: bool,
+    urls: tuple[str, ...],
+    s3_bucket: str | None,
+    s3_prefix: str,
+    s3_endpoint: str | None,
+    journal_dir: str,
+) -> None:
+    """Publish a dataset entry for local tar SHARDS (checksums, counts and sizes
+    computed here). Resumable: re-run the same command after a failure."""
+    from atdata_runtime.atmosphere import AtmosphereError
+    from atdata_runtime.atmosphere.publish import (
+        BlobStorage,
+        HttpStorage,
+        S3Storage,
+        publish_entry,
+    )
+
+    chosen = sum([blobs, bool(urls), bool(s3_bucket)])
+    if chosen != 1:
+        _error("choose exactly one storage: --blobs, --http-url … or --s3-bucket")
+    storage: Any
+    if blobs:
+        storage = BlobStorage()
+    elif urls:
+        storage = HttpStorage(list(urls))
+    else:
+        storage = S3Storage(str(s3_bucket), s3_prefix, endpoint=s3_endpoint)
+    client = _login()
+
+    def progress(step: str, done: int, total: int) -> None:
+        click.echo(f"{step}: {done}/{total}", err=True)
+
+    try:
+        result = publish_entry(
+            client,
+            list(shards),
+            schema_uri=schema_uri,
+            name=name,
+            storage=storage,
+            description=description,
+            tags=tags,
+            license=license,
+            journal_dir=journal_dir,
+            progress=progress,
+        )
+    except (AtmosphereError, ValueError, OSError) as exc:
+        _error(str(exc))
+        return
+    click.echo(("published " if result.created else "already published ") + result.uri)
