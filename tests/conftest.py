@@ -10,6 +10,7 @@ import pytest
 from atdata_gen.backend.write import apply_plan, plan_changes
 from atdata_gen.diagnostics import Reporter, render
 from atdata_gen.pipeline import BuildOptions, build
+from atdata_gen.testing.localnet import LocalNetwork
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpus"
@@ -48,3 +49,11 @@ def corpus_package(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield "corpus_pkg"
     finally:
         sys.path.remove(str(out))
+
+
+@pytest.fixture(scope="session")
+def net() -> Iterator[LocalNetwork]:
+    """A real PLC directory + PDS on loopback for the whole session (per xdist
+    worker). Fails, never skips, when it cannot start."""
+    with LocalNetwork.start() as network:
+        yield network

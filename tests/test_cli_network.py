@@ -17,7 +17,6 @@ from atdata_runtime.atmosphere import AtmosphereClient, IdentityResolver
 from atdata_runtime.atmosphere.load import resolve_dataset
 
 from .conftest import CORPUS, ROOT
-from .test_publish_pds import net  # noqa: F401  (session fixture)
 
 RECORDS = CORPUS / "atdata" / "records"
 SHARDS = CORPUS / "atdata" / "shards"
@@ -25,7 +24,7 @@ CLI = [sys.executable, "-m", "atdata_gen.cli"]
 
 
 @pytest.fixture
-def account(net: LocalNetwork) -> Account:  # noqa: F811
+def account(net: LocalNetwork) -> Account:
     return net.create_account(f"cli{free_port()}")
 
 
@@ -50,7 +49,7 @@ def run(
 
 
 def test_publish_pull_build_frozen_load(
-    net: LocalNetwork,  # noqa: F811
+    net: LocalNetwork,
     account: Account,
     tmp_path: Path,
 ) -> None:
@@ -135,7 +134,7 @@ def test_publish_pull_build_frozen_load(
 
 
 def test_publish_refuses_breaking_minor_bump(
-    net: LocalNetwork,  # noqa: F811
+    net: LocalNetwork,
     account: Account,
     tmp_path: Path,
 ) -> None:
@@ -150,7 +149,7 @@ def test_publish_refuses_breaking_minor_bump(
     )
     assert first.returncode == 0, first.stderr
     v2 = json.loads(json.dumps(v1))
-    removed = sorted(v2["schema"]["properties"])[0]
+    removed = min(v2["schema"]["properties"])
     del v2["schema"]["properties"][removed]
     v2["schema"]["required"] = [
         r for r in v2["schema"].get("required", []) if r != removed

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +41,6 @@ from .conftest import CORPUS
 
 RECORDS = CORPUS / "atdata" / "records"
 SHARDS = CORPUS / "atdata" / "shards"
-
-
-@pytest.fixture(scope="session")
-def net() -> Iterator[LocalNetwork]:
-    with LocalNetwork.start() as network:
-        yield network
 
 
 _accounts = iter(range(10_000))

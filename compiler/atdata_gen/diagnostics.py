@@ -195,6 +195,14 @@ STAGE_RULES: dict[str, tuple[str, str]] = {
     # link (atdata_gen.ir.link)
     "LEX_NSID_DUPLICATE": ("link", "Two files define the same NSID."),
     "LEX_REF_UNRESOLVED": ("link", "A ref or union member names no known def."),
+    # lock (atdata_gen.lock, atdata-gen build --frozen)
+    "LOCK_FORMAT": ("load", "atdata-gen.lock is not a lock of a known version."),
+    "LOCK_CID_MISMATCH": (
+        "load",
+        "A pinned record does not hash to its CID (edited by hand).",
+    ),
+    "LOCK_MISSING": ("load", "--frozen: [tool.atdata-gen] schemas but no lock."),
+    "LOCK_STALE": ("load", "--frozen: a listed schema is not pinned in the lock."),
 }
 """Diagnostics of the load, parse, lower and link stages: rule ID → (stage,
 purpose). Lint rules live in :data:`atdata_gen.checks.lint.RULES`."""

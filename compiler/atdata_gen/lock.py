@@ -138,7 +138,7 @@ def read_lock(path: Path, reporter: Reporter) -> Lock | None:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        reporter.report(Span(str(path), 0, 0, ""), "SRC_UNREADABLE", str(exc))
+        reporter.report(Span(str(path), 0, 0, ""), "SRC_READ", str(exc))
         return None
     doc = load_text(str(path), raw, reporter)
     if doc is None:
