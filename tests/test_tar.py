@@ -115,3 +115,32 @@ def test_malformed_archives_are_located() -> None:
         list(iter_files(io.BytesIO(bytes(corrupt))))
     with pytest.raises(TarFormatError, match="truncated header"):
         list(iter_files(io.BytesIO(raw[:100])))
+
+
+def test_short_reads_are_completed() -> None:
+    """A network stream may return fewer bytes than asked for; members stay whole."""
+    import io
+
+    from atdata_runtime.tar import iter_files as _iter
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for i in range(3):
+            data = bytes(range(256)) * (7 + i)
+            info = tarfile.TarInfo(f"s{i}.bin")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    raw = buf.getvalue()
+
+    class Trickle(io.RawIOBase):
+        def __init__(self) -> None:
+            self.pos = 0
+
+        def read(self, n: int = -1) -> bytes:
+            n = min(n if n >= 0 else len(raw), 100)
+            out = raw[self.pos : self.pos + n]
+            self.pos += len(out)
+            return out
+
+    files = list(_iter(Trickle()))  # type: ignore[arg-type]
+    assert [len(d) for _, d in files] == [256 * 7, 256 * 8, 256 * 9]

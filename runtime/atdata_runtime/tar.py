@@ -75,7 +75,24 @@ def iter_files(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
     offset = 0
     long_name: str | None = None
     pax: dict[str, str] = {}
-    read = stream.read
+    raw_read = stream.read
+
+    def read(n: int) -> bytes:
+        # Network streams (HTTP, S3) may return fewer bytes than asked for before
+        # the end: read until ``n`` bytes or end of stream.
+        data = raw_read(n)
+        if len(data) == n or not data:
+            return data
+        parts = [data]
+        got = len(data)
+        while got < n:
+            more = raw_read(n - got)
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        return b"".join(parts)
+
     while True:
         header = read(_BLOCK)
         if not header:
