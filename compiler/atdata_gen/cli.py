@@ -12,15 +12,17 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+if TYPE_CHECKING:
+    from .lock import Lock
+
 from . import __version__
 from .backend.manifest import MANIFEST_NAME, fingerprint, is_fresh, manifest_text
-from .config import ConfigError, load_config
+from .config import LOCK_NAME, ConfigError, load_config
 from .diagnostics import Reporter, Severity, render
-from .lock import LOCK_NAME, Lock, read_lock
 from .sources import discover, split_external
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
@@ -223,11 +225,15 @@ def _load_lock(
         if frozen:
             _fail("--frozen needs a lock file: give --lock or use [tool.atdata-gen]")
         return None
-    reporter = Reporter()
-    lock = read_lock(path, reporter)
-    if reporter.has_errors:
-        click.echo(render(list(reporter), fmt), err=fmt == "text")
-        sys.exit(EXIT_ERROR)
+    lock = None
+    if path.exists():  # the lock module (and the CID code) only when there is one
+        from .lock import read_lock
+
+        reporter = Reporter()
+        lock = read_lock(path, reporter)
+        if reporter.has_errors:
+            click.echo(render(list(reporter), fmt), err=fmt == "text")
+            sys.exit(EXIT_ERROR)
     if frozen:
         if lock is None and wanted:
             click.echo(

@@ -16,6 +16,10 @@ from typing import Any
 __all__ = ["Config", "ConfigError", "load_config"]
 
 
+LOCK_NAME = "atdata-gen.lock"
+"""File name of the lock of pinned remote schema records (beside pyproject.toml)."""
+
+
 class ConfigError(ValueError):
     """``pyproject.toml`` is missing, unreadable, or has a wrong ``[tool.atdata-gen]``."""
 

@@ -39,12 +39,12 @@ from typing import Any
 
 from atdata_runtime.atmosphere.cid import DataModelError, record_cid
 
+from .config import LOCK_NAME
 from .diagnostics import Reporter, Span
 from .sources import SourceDoc, load_text
 
 __all__ = ["LOCK_NAME", "Lock", "LockEntry", "read_lock", "write_lock"]
 
-LOCK_NAME = "atdata-gen.lock"
 LOCK_VERSION = 1
 
 

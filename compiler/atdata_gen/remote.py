@@ -21,8 +21,7 @@ from typing import Any
 
 import click
 
-from .config import ConfigError, load_config
-from .lock import LOCK_NAME, LockEntry, read_lock, write_lock
+from .config import LOCK_NAME, ConfigError, load_config
 
 __all__ = ["publish_group", "pull_cmd"]
 
@@ -68,6 +67,7 @@ def pull_cmd(uris: tuple[str, ...], update: bool, lock_path: Path | None) -> Non
 
     from .diagnostics import Reporter, render
     from .dynamic import SchemaCompileError, compile_schema_record
+    from .lock import LockEntry, read_lock, write_lock
 
     path, configured = _lock_path(lock_path)
     reporter = Reporter()

@@ -106,19 +106,23 @@ def _open(url: str, storage_options: dict[str, Any]) -> BinaryIO:
     return fsspec.open(url, "rb", **storage_options).open()  # type: ignore[no-any-return]
 
 
-class _Sha256Reader:
-    """Passes reads through and hashes them (checksums verified while streaming)."""
+class Sha256Reader:
+    """Passes reads through and hashes them (checksums verified while streaming);
+    ``size`` counts the bytes read."""
 
     def __init__(self, stream: BinaryIO) -> None:
         self.stream = stream
         self.hash = hashlib.sha256()
+        self.size = 0
 
     def read(self, n: int = -1) -> bytes:
         data = self.stream.read(n)
         self.hash.update(data)
+        self.size += len(data)
         return data
 
     def drain(self) -> str:
+        """Read to the end; the hex sha256 of everything read."""
         while self.read(1 << 20):
             pass
         return self.hash.hexdigest()
@@ -135,7 +139,7 @@ def iter_shard(
     been read to its end, a mismatch raises
     :class:`~atdata_runtime.atmosphere.errors.ShardChecksumError` naming the URL."""
     with _open(url, storage_options or {}) as raw:
-        stream: Any = _Sha256Reader(raw) if sha256 else raw
+        stream: Any = Sha256Reader(raw) if sha256 else raw
         try:
             for key, group in iter_samples(stream):
                 payload = group.get("msgpack")

@@ -149,13 +149,13 @@ class AtmosphereClient:
             pds_url = resolver.pds_endpoint(identifier)
         client = cls(pds_url=pds_url, resolver=resolver, retry=retry, timeout=timeout)
         path = session_file or default_session_path(identifier, client.pds_url)
-        client._store = SessionStore(path) if save_session else None
+        store = SessionStore(path)
+        client._store = store if save_session else None
         secret = (
             password
             if isinstance(password, Secret)
             else (Secret(password) if password is not None else None)
         )
-        store = SessionStore(path)
         saved = store.load()
         if (
             saved is not None

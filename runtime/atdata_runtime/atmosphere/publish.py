@@ -25,8 +25,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
+from ..dataset import Sha256Reader
 from ..tar import iter_samples
 from .client import AtmosphereClient, FetchedRecord, WriteResult
 from .errors import AtmosphereError, PublishConflictError
@@ -83,9 +84,14 @@ def find_schema_versions(
 ) -> list[FetchedRecord]:
     """Every schema record named ``name`` in ``repo``, whatever its key (TIDs as
     atdata writes them, or ours), oldest version first."""
+    return _versions_of(client.list_records(repo, SCHEMA, validate=False), name)
+
+
+def _versions_of(records: Iterable[FetchedRecord], name: str) -> list[FetchedRecord]:
+    """The schema records named ``name`` with a semver version, oldest first."""
     found = [
         r
-        for r in client.list_records(repo, SCHEMA, validate=False)
+        for r in records
         if r.value.get("name") == name and is_semver(str(r.value.get("version", "")))
     ]
     return sorted(found, key=lambda r: _semver_key(str(r.value["version"])))
@@ -121,15 +127,7 @@ def publish_schema(
     rkey = schema_rkey(name, version)
     if existing is None:
         existing = list(client.list_records(client.did, SCHEMA, validate=False))
-    same_name = sorted(
-        (
-            r
-            for r in existing
-            if r.value.get("name") == name
-            and is_semver(str(r.value.get("version", "")))
-        ),
-        key=lambda r: _semver_key(str(r.value["version"])),
-    )
+    same_name = _versions_of(existing, name)
     for r in same_name:
         if r.value.get("version") == version:
             if _content(r.value) != _content(record):
@@ -189,32 +187,13 @@ class ShardInfo:
     samples: int
 
 
-class _HashingReader:
-    def __init__(self, fh: Any) -> None:
-        self.fh = fh
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data: bytes = self.fh.read(n)
-        self.hash.update(data)
-        self.size += len(data)
-        return data
-
-    def readinto(self, buf: Any) -> int:
-        data = self.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
-
-
 def shard_info(path: str | os.PathLike[str]) -> ShardInfo:
     """Size, sha256 and sample count of a local tar shard, in one pass."""
     with open(path, "rb") as fh:
-        reader = _HashingReader(fh)
-        samples = sum(1 for _ in iter_samples(reader))  # type: ignore[arg-type,misc]
-        while reader.read(1 << 20):
-            pass
-    return ShardInfo(str(path), reader.size, reader.hash.hexdigest(), samples)
+        reader = Sha256Reader(fh)
+        samples = sum(1 for _ in iter_samples(cast(BinaryIO, reader)))
+        digest = reader.drain()
+    return ShardInfo(str(path), reader.size, digest, samples)
 
 
 @dataclass(frozen=True)
