@@ -1,10 +1,14 @@
-"""Shared fixtures: paths to the shared corpus and a compiled-package factory."""
+"""Shared fixtures: paths to the shared corpus, a compiled-package factory, the local
+PDS network, and the atdata 0.7.0b1 side process."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from atdata_gen.backend.write import apply_plan, plan_changes
@@ -13,6 +17,7 @@ from atdata_gen.pipeline import BuildOptions, build
 from atdata_gen.testing.localnet import LocalNetwork
 
 ROOT = Path(__file__).resolve().parent.parent
+ATDATA_SIDE = Path(__file__).parent / "interop" / "atdata_side.py"
 CORPUS = ROOT.parent / "shared" / "corpus"
 OFFICIAL = CORPUS / "lexicons" / "atproto-official"
 ATDATA_LEXICONS = CORPUS / "atdata" / "lexicons"
@@ -57,3 +62,28 @@ def net() -> Iterator[LocalNetwork]:
     worker). Fails, never skips, when it cannot start."""
     with LocalNetwork.start() as network:
         yield network
+
+
+@pytest.fixture(scope="session")
+def atdata_python() -> str:
+    """The python of the Python 3.12 environment with atdata 0.7.0b1
+    (``scripts/atdata-env``, created once per machine)."""
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "atdata-env")], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"cannot create the atdata 0.7.0b1 environment:\n{proc.stderr}")
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def side(python: str, *args: str, data: Any = None) -> Any:
+    """Run ``tests/interop/atdata_side.py ARGS`` in the atdata environment with
+    ``data`` as JSON on stdin; its JSON stdout, or the test fails with its stderr."""
+    proc = subprocess.run(
+        [python, str(ATDATA_SIDE), *args],
+        capture_output=True,
+        text=True,
+        input=None if data is None else json.dumps(data),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)

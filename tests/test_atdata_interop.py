@@ -15,20 +15,17 @@ import base64
 import importlib
 import io
 import json
-import subprocess
 import sys
 import tarfile
 import uuid
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from atdata_runtime.schema import schema_record
 
-from .conftest import ROOT, compile_to
+from .conftest import compile_to, side
 
-SIDE = Path(__file__).parent / "interop" / "atdata_side.py"
 CLASSES = [
     "ImageSample",
     "ScalarSample",
@@ -38,27 +35,6 @@ CLASSES = [
     "RecordArraySample",
 ]
 POINT = np.dtype([("x", "<f4"), ("y", "<f4"), ("id", "<i8")])
-
-
-@pytest.fixture(scope="session")
-def atdata_python() -> str:
-    proc = subprocess.run(
-        [str(ROOT / "scripts" / "atdata-env")], capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"cannot create the atdata 0.7.0b1 environment:\n{proc.stderr}")
-    return proc.stdout.strip().splitlines()[-1]
-
-
-def side(python: str, *args: str, data: Any = None) -> Any:
-    proc = subprocess.run(
-        [python, str(SIDE), *args],
-        capture_output=True,
-        text=True,
-        input=None if data is None else json.dumps(data),
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout)
 
 
 def _samples(name: str) -> list[dict[str, Any]]:

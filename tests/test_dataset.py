@@ -4,15 +4,12 @@ worker so every sample is seen exactly once per epoch."""
 
 from __future__ import annotations
 
-import functools
-import http.server
 import importlib
 import os
 import socket
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -21,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from atdata_gen.testing.httpdir import serve_directory
 from atdata_runtime.dataset import Dataset, Split, expand_urls, write_samples
 from atdata_runtime.sample import SampleFormatError
 
@@ -164,18 +162,9 @@ def test_reads_over_http(pkg: Any, tmp_path: Path) -> None:
     cls = pkg[0].ImageSample
     samples = _images(cls, 25)
     write_samples(samples, str(tmp_path / "h-%06d.tar"), maxcount=10)
-    handler = functools.partial(
-        http.server.SimpleHTTPRequestHandler, directory=str(tmp_path)
-    )
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/h-{{000000..000002}}.tar"
+    with serve_directory(tmp_path) as base:
+        url = f"{base}/h-{{000000..000002}}.tar"
         assert list(Dataset[cls](url)) == samples
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,24 @@ process for many jobs: importing atdata takes seconds).
   (``sample.packed``);
 * ``write CLASS PATH``: stdin = samples → ``atdata.write_samples`` to PATH;
 * ``read CLASS URL``: → the samples of ``atdata.Dataset[CLASS](URL).ordered()``;
-* ``schema CLASS``: → the schema record atdata's SchemaPublisher builds for CLASS.
+* ``schema CLASS``: → the schema record atdata's SchemaPublisher builds for CLASS;
+* ``publish`` (batch only; job keys ``pds``, ``did``, ``handle``, ``password``,
+  ``path``, ``http_base``, ``data``): atdata writes the samples to a shard, publishes
+  the schema, an entry with the shard as a PDS blob and an entry with the shard's
+  HTTP URL (atdata's placeholder checksums) → their AT-URIs;
+* ``load`` (batch only; ``pds``, ``did``, ``class``, ``schema``, ``own_schema``,
+  ``entries``): atdata's ``SchemaLoader`` fetches the schema, atdata builds its
+  dynamic type from it, and reads each entry (blob entries with
+  ``DatasetLoader.to_dataset``, HTTP entries with ``atdata.load_dataset``) → the
+  record and the samples per entry. Where atdata cannot build a type from a record
+  (``type_error``; ``own_type_error`` is the same attempt on atdata's own published
+  record ``own_schema``), the entries are read with atdata's class for ``class``.
+
+Two workarounds for atdata against a loopback PDS, here and not in our product:
+atdata's ``login`` fetches a Bluesky profile that a PDS without an AppView cannot
+serve (we log in with ``fetch_bsky_profile=False`` and hand atdata the client), and
+atdata resolves PDS endpoints only through the public ``plc.directory`` (we pre-fill
+its endpoint cache for the test account's DID).
 
 Samples travel as JSON: arrays as ``{"__ndarray__": {"dtype", "shape", "b64"}}``,
 bytes as ``{"__bytes__": b64}``.
@@ -118,6 +135,84 @@ def encode(value):
     return value
 
 
+def _atmosphere(job, *, authenticated):
+    import atdata.atmosphere as atmosphere_module
+    from atdata.atmosphere import Atmosphere
+    from atproto import Client
+
+    atmosphere_module._pds_endpoint_cache[job["did"]] = job["pds"]
+    if not authenticated:
+        return Atmosphere(base_url=job["pds"])
+    client = Client(base_url=job["pds"])
+    client.login(job["handle"], job["password"], fetch_bsky_profile=False)
+    atmo = Atmosphere(_client=client)
+    atmo._session = {"did": job["did"], "handle": job["handle"]}
+    return atmo
+
+
+def publish(job):
+    from pathlib import Path
+
+    from atdata.atmosphere.records import DatasetPublisher
+
+    name = job["class"]
+    cls = CLASSES[name]
+    atmo = _atmosphere(job, authenticated=True)
+    shard = Path(job["path"]) / f"{name}.tar"
+    atdata.write_samples(
+        [cls(**{k: decode(v) for k, v in s.items()}) for s in job["data"]], shard
+    )
+    schema_uri = str(SchemaPublisher(atmo).publish(cls, version="1.0.0"))
+    publisher = DatasetPublisher(atmo)
+    blobs = publisher.publish_with_blobs(
+        [shard.read_bytes()], schema_uri, name=f"{name} blobs"
+    )
+    http = publisher.publish(
+        atdata.Dataset[cls](f"{job['http_base']}/{shard.name}"),
+        name=f"{name} http",
+        schema_uri=schema_uri,
+    )
+    return {"schema": schema_uri, "blobs": str(blobs), "http": str(http)}
+
+
+def _dynamic_type(schema):
+    from atdata._schema_codec import _schema_to_type
+
+    try:
+        return _schema_to_type(schema, use_cache=False), None
+    except TypeError as exc:  # atdata orders dataclass fields as the record does
+        return None, str(exc)
+
+
+def load(job):
+    from atdata.atmosphere.records import DatasetLoader
+    from atdata.atmosphere.schema import SchemaLoader
+
+    atmo = _atmosphere(job, authenticated=False)
+    loader = SchemaLoader(atmo)
+    schema = loader.get(job["schema"])
+    dynamic, error = _dynamic_type(schema)
+    sample_type = dynamic or CLASSES[job["class"]]
+    out = {
+        "schema": schema,
+        "type": dynamic and dynamic.__name__,
+        "type_error": error,
+        "own_type_error": _dynamic_type(loader.get(job["own_schema"]))[1],
+        "entries": {},
+    }
+    for uri in job["entries"]:
+        record = DatasetLoader(atmo).get(uri)
+        if "storageBlobs" in record["storage"]["$type"]:
+            ds = DatasetLoader(atmo).to_dataset(uri, sample_type)
+        else:
+            ds = atdata.load_dataset(
+                uri, None if dynamic else sample_type, split="train", atmosphere=atmo
+            )
+        samples = [{k: encode(v) for k, v in vars(s).items()} for s in ds.ordered()]
+        out["entries"][uri] = {"record": record, "samples": samples}
+    return out
+
+
 def run(command, name, path=None, data=None):
     cls = CLASSES[name]
     if command in ("pack", "write"):
@@ -141,12 +236,20 @@ def run(command, name, path=None, data=None):
     raise SystemExit(f"unknown command {command}")
 
 
+NETWORK = {"publish": publish, "load": load}
+
+
 def main() -> None:
     if sys.argv[1] == "batch":
         # stdin: [{"command", "class", "path"?, "data"?}, ...] -> list of results
         jobs = json.load(sys.stdin)
         json.dump(
-            [run(j["command"], j["class"], j.get("path"), j.get("data")) for j in jobs],
+            [
+                NETWORK[j["command"]](j)
+                if j["command"] in NETWORK
+                else run(j["command"], j["class"], j.get("path"), j.get("data"))
+                for j in jobs
+            ],
             sys.stdout,
         )
         return

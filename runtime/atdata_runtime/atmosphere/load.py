@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import pkgutil
 import tomllib
 import warnings
@@ -32,6 +33,8 @@ from .cid import cid_to_bytes
 from .client import AtmosphereClient, FetchedRecord
 from .errors import AtmosphereError
 from .records import ENTRY, SCHEMA, AtUri
+
+log = logging.getLogger("atdata_runtime.atmosphere")
 
 __all__ = ["ResolvedDataset", "find_lock", "load_dataset", "resolve_dataset"]
 
@@ -50,6 +53,13 @@ class ResolvedDataset:
     checksums: dict[str, str]
     storage_options: dict[str, Any] = field(default_factory=dict)
     class_source: str = "dynamic"
+
+    @property
+    def unverified(self) -> list[str]:
+        """Shard URLs the entry gives no usable checksum for (atdata 0.7 writes
+        ``{"algorithm": "none", "digest": ""}`` for HTTP and S3 shards); these are
+        read without verification and :func:`load_dataset` logs a warning."""
+        return [url for url in self.urls if url not in self.checksums]
 
 
 def find_lock(start: Path | None = None) -> Path | None:
@@ -208,6 +218,13 @@ def load_dataset(
     from ..dataset import Dataset
 
     r = resolve_dataset(uri, client=client, sample_type=sample_type, lock=lock)
+    if r.unverified:
+        log.warning(
+            "%s: %d of %d shards have no sha256 checksum and are read unverified",
+            r.entry.uri,
+            len(r.unverified),
+            len(r.urls),
+        )
     options = {**r.storage_options, **(storage_options or {})}
     if (
         "client_kwargs" in r.storage_options
