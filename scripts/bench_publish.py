@@ -1,17 +1,21 @@
 """Figures for publishing and loading on a real local PDS (medians of several runs).
 
-* records/s publishing 200 schema records (ours: verified, exactly-once writes);
+* records/s publishing 200 schema records (ours: verified, exactly-once writes,
+  version lookup), and atdata 0.7.0b1's ``SchemaPublisher`` on the same PDS in the
+  same run (its own Python 3.12 environment, ``scripts/atdata-env``; login and
+  imports excluded on both sides);
 * median ms to pull (fetch, verify CID, validate) and compile one remote schema;
-* MB/s loading a 100 MB dataset (4 shards of 25 MB) from PDS blobs, sha256 verified.
+* MB/s loading a 100 MB dataset (4 shards of 25 MB) from PDS blobs, sha256 verified,
+  and atdata's ``DatasetLoader.to_dataset`` reading the same entry.
 
-atdata 0.7's publisher in the same run is not measured yet (see the closing note of
-issue 5).
+Usage: ``scripts/bench_publish [RUNS]`` (default 3).
 """
 
 from __future__ import annotations
 
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +34,32 @@ from atdata_runtime.dataset import Dataset, write_samples
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = ROOT.parent / "shared" / "corpus" / "atdata" / "records"
+SIDE = ROOT / "tests" / "interop" / "atdata_side.py"
+
+
+def atdata(jobs: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Run ``jobs`` in one atdata 0.7.0b1 process (see tests/interop/atdata_side.py)."""
+    env = subprocess.run(
+        [str(ROOT / "scripts" / "atdata-env")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    python = env.stdout.strip().splitlines()[-1]
+    proc = subprocess.run(
+        [python, str(SIDE), "batch"],
+        check=False,
+        input=json.dumps(jobs),
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode:
+        raise SystemExit(f"atdata side failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+def figures(values: list[float]) -> str:
+    return f"median {statistics.median(values):.1f} (runs: {', '.join(f'{v:.1f}' for v in values)})"
 
 
 def main() -> None:
@@ -51,9 +81,26 @@ def main() -> None:
             t = time.perf_counter()
             publish_schemas(client, records)
             rates.append(200 / (time.perf_counter() - t))
+        jobs: list[dict[str, object]] = []
+        for run in range(runs):
+            acct = net.create_account(f"atdata{run}")
+            jobs.append(
+                {
+                    "command": "bench_publish",
+                    "class": "ImageSample",
+                    "count": 200,
+                    "pds": net.pds_url,
+                    "did": acct.did,
+                    "handle": acct.handle,
+                    "password": acct.password,
+                }
+            )
+        theirs = [200 / float(r["seconds"]) for r in atdata(jobs)]  # type: ignore[arg-type]
+        print(f"publish 200 schema records, ours:   {figures(rates)} records/s")
+        print(f"publish 200 schema records, atdata: {figures(theirs)} records/s")
         print(
-            f"publish 200 schema records: median {statistics.median(rates):.1f} records/s "
-            f"(runs: {', '.join(f'{r:.1f}' for r in rates)})"
+            "  ratio ours/atdata (medians): "
+            f"{statistics.median(rates) / statistics.median(theirs):.2f}"
         )
 
         reader = AtmosphereClient(
@@ -98,9 +145,26 @@ def main() -> None:
                 for _ in Dataset.from_atproto(entry.uri, client=reader, progress=False)
             )
             speeds.append(total / 1e6 / (time.perf_counter() - t))
+        (result,) = atdata(
+            [
+                {
+                    "command": "bench_load",
+                    "class": "ImageSample",
+                    "entry": entry.uri,
+                    "runs": runs,
+                    "pds": net.pds_url,
+                    "did": client.did,
+                }
+            ]
+        )
+        assert result["samples"] == n, result
+        theirs = [total / 1e6 / float(t) for t in result["seconds"]]  # type: ignore[attr-defined]
+        what = f"load {total / 1e6:.0f} MB ({len(shards)} shards, {n} samples) from PDS blobs"
+        print(f"{what}, ours (sha256 verified): {figures(speeds)} MB/s")
+        print(f"{what}, atdata (unverified):    {figures(theirs)} MB/s")
         print(
-            f"load {total / 1e6:.0f} MB ({len(shards)} shards, {n} samples) from PDS blobs: "
-            f"median {statistics.median(speeds):.1f} MB/s"
+            "  ratio ours/atdata (medians): "
+            f"{statistics.median(speeds) / statistics.median(theirs):.2f}"
         )
 
 

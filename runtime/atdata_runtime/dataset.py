@@ -21,6 +21,7 @@ optional.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import random
 import sys
@@ -100,9 +101,28 @@ class Split:
         return cls(rank, world, worker, workers)
 
 
+_HTTP_OPTIONS = {"headers", "timeout", "block_size"}
+
+
 def _open(url: str, storage_options: dict[str, Any]) -> BinaryIO:
+    """A binary stream for one shard: local paths directly; ``http(s)://`` with
+    :class:`~atdata_runtime.httpstream.HttpShardStream` (streaming, resumable) when
+    ``storage_options`` hold only ``headers``/``timeout`` (``block_size`` is
+    ignored); anything else through fsspec with ``storage_options``."""
     if "://" not in url or url.startswith("file://"):
         return open(url.removeprefix("file://"), "rb", buffering=1 << 20)
+    if (
+        url.startswith(("http://", "https://"))
+        and set(storage_options) <= _HTTP_OPTIONS
+    ):
+        from .httpstream import HttpShardStream
+
+        raw = HttpShardStream(
+            url,
+            headers=storage_options.get("headers"),
+            timeout=float(storage_options.get("timeout", 30.0)),
+        )
+        return io.BufferedReader(raw, 1 << 20)
     return fsspec.open(url, "rb", **storage_options).open()  # type: ignore[no-any-return]
 
 

@@ -21,6 +21,9 @@ process for many jobs: importing atdata takes seconds).
   (``type_error``; ``own_type_error`` is the same attempt on atdata's own published
   record ``own_schema``), the entries are read with atdata's class for ``class``.
 
+``bench_publish`` and ``bench_load`` time atdata's publisher and blob reader for
+``scripts/bench_publish``.
+
 Two workarounds for atdata against a loopback PDS, here and not in our product:
 atdata's ``login`` fetches a Bluesky profile that a PDS without an AppView cannot
 serve (we log in with ``fetch_bsky_profile=False`` and hand atdata the client), and
@@ -236,7 +239,40 @@ def run(command, name, path=None, data=None):
     raise SystemExit(f"unknown command {command}")
 
 
-NETWORK = {"publish": publish, "load": load}
+def bench_publish(job):
+    """Seconds for atdata's SchemaPublisher to publish ``count`` ImageSample schema
+    records (named Bench0..), login excluded."""
+    import time
+
+    publisher = SchemaPublisher(_atmosphere(job, authenticated=True))
+    t = time.perf_counter()
+    for i in range(job["count"]):
+        publisher.publish(ImageSample, name=f"Bench{i}", version="1.0.0")
+    return {"seconds": time.perf_counter() - t}
+
+
+def bench_load(job):
+    """Seconds for atdata to read every sample of the blob entry ``entry`` with its
+    ImageSample class, ``runs`` times."""
+    import time
+
+    from atdata.atmosphere.records import DatasetLoader
+
+    loader = DatasetLoader(_atmosphere(job, authenticated=False))
+    seconds, count = [], 0
+    for _ in range(job["runs"]):
+        t = time.perf_counter()
+        count = sum(1 for _ in loader.to_dataset(job["entry"], ImageSample).ordered())
+        seconds.append(time.perf_counter() - t)
+    return {"seconds": seconds, "samples": count}
+
+
+NETWORK = {
+    "publish": publish,
+    "load": load,
+    "bench_publish": bench_publish,
+    "bench_load": bench_load,
+}
 
 
 def main() -> None:
