@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from atdata_gen.testing.faults import FaultProxy
+from atdata_gen.testing.firehose import repo_ops
 from atdata_gen.testing.localnet import Account, LocalNetwork, free_port
 from atdata_runtime.atmosphere import (
     AtmosphereClient,
@@ -192,6 +193,10 @@ def test_batch_of_100_through_faults_is_exactly_once(
     assert set(injected) == set(rates), injected
     assert sum(client.retry.stats.values()) >= sum(injected.values()) - 2
     assert sum(not p.write.created for p in pubs) >= 1  # a lost response was seen
+    # The firehose shows every write the PDS committed: 100 creates, nothing else.
+    ops = repo_ops(net.pds_url, client.did)
+    assert [op.action for op in ops] == ["create"] * 100
+    assert len({op.path for op in ops}) == 100
     print("faults injected:", dict(proxy.counts), "retries:", dict(client.retry.stats))
 
 
@@ -218,6 +223,9 @@ def test_pds_killed_mid_batch_then_resumed(
     assert sum(p.write.created for p in pubs) == 18
     stored = [r.value["name"] for r in client.list_records(client.did, SCHEMA)]
     assert sorted(stored) == sorted(r["name"] for r in records)
+    ops = repo_ops(net.pds_url, client.did)  # replayed across the restart
+    assert [op.action for op in ops] == ["create"] * 30
+    assert len({op.path for op in ops}) == 30
 
 
 def test_blob_entry_resumes_after_crash(
