@@ -28,7 +28,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO, ClassVar, Generic, Self, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Generic, Self, TypeVar
 
 import braceexpand
 import fsspec
@@ -37,9 +37,13 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 from .sample import PackableSample, SampleBatch, SampleFormatError, Unknown
 from .tar import TarFormatError, iter_samples
 
+if TYPE_CHECKING:
+    from .lens import Lens, LensGraph
+
 __all__ = ["Dataset", "ShardWriter", "Split", "expand_urls", "write_samples"]
 
 T = TypeVar("T", bound=PackableSample)
+U = TypeVar("U", bound=PackableSample)
 
 
 def _quiet(progress: bool | None) -> bool:
@@ -228,6 +232,30 @@ class Dataset(Generic[T]):
         self.progress = progress
         self.checksums = dict(checksums or {})
         """Shard URL → expected sha256 (hex), verified while streaming."""
+        self.stored_type: type[PackableSample] = type(self).sample_type
+        """The class the shards are decoded with (differs from ``sample_type``
+        after :meth:`as_type`)."""
+        self.lens: Lens[Any, Any] | None = None
+        """The lens from ``stored_type`` to ``sample_type`` (``None``: same)."""
+
+    def as_type(self, target: type[U], *, graph: LensGraph | None = None) -> Dataset[U]:
+        """This dataset read as ``target``: each sample is decoded with its stored
+        class and viewed through the shortest chain of lenses to ``target``
+        (:meth:`atdata_runtime.lens.LensGraph.find` on ``graph``, default the
+        global :data:`~atdata_runtime.lens.lenses`: registered lenses, and
+        structural ones between versions of a schema). Raises
+        :class:`~atdata_runtime.lens.LensNotFoundError` naming the nearest classes
+        when no chain exists."""
+        from .lens import compose, lenses
+
+        step = (graph or lenses).find(self.sample_type, target)
+        bound: Any = Dataset[target]  # type: ignore[valid-type]
+        view: Dataset[U] = object.__new__(bound)
+        view.__dict__.update(self.__dict__)
+        view.lens = step if self.lens is None else compose(self.lens, step)
+        if view.lens.source is view.lens.target:
+            view.lens = None
+        return view
 
     @classmethod
     def from_atproto(cls, uri: str, **kwargs: Any) -> Dataset[Any]:
@@ -339,7 +367,8 @@ class Dataset(Generic[T]):
     def _decode_keyed(
         self, items: Iterable[tuple[str, bytes]]
     ) -> Iterator[tuple[str, T]]:
-        unpack = self.sample_type.unpack
+        unpack = self.stored_type.unpack
+        get = None if self.lens is None else self.lens.getter
         for key, payload in items:
             sample = unpack(
                 payload,
@@ -348,7 +377,7 @@ class Dataset(Generic[T]):
                 validate=self.validate,
                 copy=self.copy,
             )
-            yield key, sample  # type: ignore[misc]
+            yield key, sample if get is None else get(sample)  # type: ignore[misc]
 
     @staticmethod
     def _shuffle_buffer(
