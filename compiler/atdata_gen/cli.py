@@ -455,6 +455,49 @@ def rules_table(fmt: str) -> str:
     return "\n".join(f"{i:30} {st:6} {p}" for i, st, _, p in rows)
 
 
+@main.command("new-lens")
+@click.argument("source")
+@click.argument("target")
+@click.option(
+    "-o",
+    "--out",
+    "out_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the module here (refuses to overwrite); default: print it.",
+)
+def new_lens_cmd(source: str, target: str, out_file: Path | None) -> None:
+    """Write a starter lens module from schema SOURCE to TARGET (``Name@version``,
+    or ``Name`` for the highest version), between the classes `atdata-gen build`
+    generated. Same-named fields of the same type are mapped; the rest are TODOs
+    that mypy flags."""
+    from .lensgen import LensGenError, find_sample_class, starter_lens
+
+    try:
+        cfg = load_config(Path.cwd())
+    except ConfigError as exc:
+        _fail(str(exc))
+        return
+    out = cfg.root / cfg.out
+    try:
+        text = starter_lens(
+            find_sample_class(out, cfg.package, source),
+            find_sample_class(out, cfg.package, target),
+        )
+    except LensGenError as exc:
+        _fail(f"{exc} [LENS_SCHEMA_UNRESOLVED]")
+        return
+    if out_file is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        with open(out_file, "x", encoding="utf-8") as fh:
+            fh.write(text)
+    except FileExistsError:
+        _fail(f"{out_file} exists; not overwriting it")
+    click.echo(f"wrote {out_file}", err=True)
+
+
 def _register_network_commands() -> None:
     from .remote import publish_group, pull_cmd
 

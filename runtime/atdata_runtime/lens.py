@@ -431,7 +431,19 @@ lenses = LensGraph()
 here unless given another graph."""
 
 
-def lens(fn: Callable[[A], B] | None = None, *, graph: LensGraph | None = None) -> Any:
+@typing.overload
+def lens(fn: Callable[[A], B], *, graph: LensGraph | None = None) -> Lens[A, B]: ...
+
+
+@typing.overload
+def lens(
+    fn: None = None, *, graph: LensGraph | None = None
+) -> Callable[[Callable[[A], B]], Lens[A, B]]: ...
+
+
+def lens(
+    fn: Callable[[A], B] | None = None, *, graph: LensGraph | None = None
+) -> Lens[A, B] | Callable[[Callable[[A], B]], Lens[A, B]]:
     """Decorator: make ``fn(source: A) -> B`` the getter of a lens from ``A`` to
     ``B`` (both read from the annotations) and register it in ``graph`` (default
     :data:`lenses`). Returns the :class:`Lens`; add a putter with

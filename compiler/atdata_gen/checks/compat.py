@@ -706,6 +706,18 @@ def _bump(s: SampleSchema, t: SampleSchema, at: At) -> Iterator[str]:
         )
 
 
+@rule("SCHEMA_MAJOR_CHANGE", NONE, "SEMVER", "semver")
+def _major(s: SampleSchema, t: SampleSchema, at: At) -> Iterator[str]:
+    """A new major version of a sample schema: data of the old version reads as
+    the new one through a migration lens."""
+    if at.needed is Bump.MAJOR and declared_bump(s.version, t.version) is Bump.MAJOR:
+        yield (
+            f"Sample schema {s.name!r} {s.version} → {t.version} is a MAJOR change "
+            f"({', '.join(at.because)}); migrate data of {s.version} with a lens: "
+            f"atdata-gen new-lens {s.name}@{s.version} {t.name}@{t.version}"
+        )
+
+
 # -- the walker -----------------------------------------------------------------------
 
 
