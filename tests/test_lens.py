@@ -55,8 +55,8 @@ def _v1(i: int) -> Any:
 
 def _migration(graph: LensGraph) -> Lens[Any, Any]:
     def v1_to_v2(source: ImageV1) -> ImageV2:  # type: ignore[valid-type]
-        caption, _, rest = source.label.partition(",")
-        return ImageV2(image=source.image, caption=caption, tags=[rest] if rest else [])
+        caption, sep, rest = source.label.partition(",")
+        return ImageV2(image=source.image, caption=caption, tags=[rest] if sep else [])
 
     made: Lens[Any, Any] = lens(v1_to_v2, graph=graph)
 

@@ -24,9 +24,9 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import libcst as cst
+from atdata_runtime.lens import same_field_type
 from atdata_runtime.sample import FieldSpec, PackableSample
 
 from .backend.emit import call, docstring_literal, dotted, literal, name
@@ -97,10 +97,7 @@ def _type_text(spec: FieldSpec) -> str:
 
 
 def _same(a: FieldSpec, b: FieldSpec) -> bool:
-    def key(f: FieldSpec) -> tuple[Any, ...]:
-        return (f.kind, f.dtype, f.shape, f.encoding, f.items and key(f.items))
-
-    return key(a) == key(b) and (b.optional or not a.optional)
+    return same_field_type(a, b) and (b.optional or not a.optional)
 
 
 def _plan(source: type[PackableSample], target: type[PackableSample]) -> _Plan:

@@ -62,6 +62,7 @@ __all__ = [
     "compose",
     "lens",
     "lenses",
+    "same_field_type",
     "structural_lens",
 ]
 
@@ -280,7 +281,10 @@ def _fields(cls: type[PackableSample]) -> dict[str, FieldSpec]:
     return {f.wire: f for f in cls.sample_fields}
 
 
-def _same_type(a: FieldSpec, b: FieldSpec) -> bool:
+def same_field_type(a: FieldSpec, b: FieldSpec) -> bool:
+    """Whether two fields hold the same type (kind, dtype, shape, encoding, item
+    type), whatever their names and optionality."""
+
     def shape(f: FieldSpec) -> tuple[Any, ...]:
         return (
             f.kind,
@@ -316,7 +320,7 @@ def structural_lens(
                 return None
             added.append(spec.name)
             continue
-        if not _same_type(have, spec) or have.optional != spec.optional:
+        if not same_field_type(have, spec) or have.optional != spec.optional:
             return None
         shared.append((have.name, spec.name))
 
@@ -477,13 +481,15 @@ def check_lens_laws(
     views: Iterable[B] = (),
     max_examples: int = 100,
     generate: bool = True,
+    derandomize: bool = True,
 ) -> None:
     """Check the laws ``item`` claims: GetPut on each of ``samples`` and PutGet on
     each pair of ``views`` × ``samples``, then (``generate``) on up to
     ``max_examples`` samples and views that hypothesis generates from the two
     classes' fields (``atdata_runtime.strategies``; hypothesis must be installed).
     Equality is :meth:`PackableSample.__eq__` (arrays by dtype and value; NaN is
-    not generated). Raises :class:`LensLawError` with the (shrunk)
+    not generated). ``derandomize`` (default) makes the generated examples the
+    same on every run, so a CI result reproduces. Raises :class:`LensLawError` with the (shrunk)
     counterexample."""
     getput = GET_PUT in item.laws
     putget = PUT_GET in item.laws
@@ -503,6 +509,7 @@ def check_lens_laws(
         max_examples=max_examples,
         database=None,
         deadline=None,
+        derandomize=derandomize,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
 
