@@ -4,6 +4,7 @@ PDS network, and the atdata 0.7.0b1 side process."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -74,6 +75,20 @@ def atdata_python() -> str:
     if proc.returncode != 0:
         pytest.fail(f"cannot create the atdata 0.7.0b1 environment:\n{proc.stderr}")
     return proc.stdout.strip().splitlines()[-1]
+
+
+def run_cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m atdata_gen.cli ARGS`` in ``cwd``, with the repository's
+    compiler, runtime and generated packages on ``PYTHONPATH`` and ``env`` added to
+    the environment; output captured as text."""
+    path = os.pathsep.join(str(ROOT / p) for p in ("compiler", "runtime", "generated"))
+    return subprocess.run(
+        [sys.executable, "-m", "atdata_gen.cli", *args],
+        cwd=cwd,
+        env={**os.environ, **env, "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+    )
 
 
 def side(python: str, *args: str, data: Any = None) -> Any:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -36,7 +35,7 @@ from atdata_runtime.atmosphere.publish import (
 from atdata_runtime.dataset import write_samples
 from atdata_runtime.schema import schema_record
 
-from .conftest import ROOT, side
+from .conftest import run_cli, side
 from .test_atdata_interop import CLASSES, _equal, _from_json, _samples, _to_json
 
 PACKAGE = "atdata_pds_pkg"
@@ -45,21 +44,12 @@ PACKAGE = "atdata_pds_pkg"
 def _cli(
     args: list[str], cwd: Path, net: LocalNetwork
 ) -> subprocess.CompletedProcess[str]:
-    env = dict(
-        os.environ,
+    return run_cli(
+        args,
+        cwd,
         ATDATA_PDS_URL=net.pds_url,
         ATDATA_PLC_URL=net.plc_url,
         ATDATA_HANDLE_SERVICE=net.pds_url,
-        PYTHONPATH=os.pathsep.join(
-            [str(ROOT / "compiler"), str(ROOT / "runtime"), str(ROOT / "generated")]
-        ),
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "atdata_gen.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
     )
 
 

@@ -6,7 +6,6 @@ through the generated class the lock pins."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,11 +15,10 @@ from atdata_gen.testing.localnet import Account, LocalNetwork, free_port
 from atdata_runtime.atmosphere import AtmosphereClient, IdentityResolver
 from atdata_runtime.atmosphere.load import resolve_dataset
 
-from .conftest import CORPUS, ROOT
+from .conftest import CORPUS, run_cli
 
 RECORDS = CORPUS / "atdata" / "records"
 SHARDS = CORPUS / "atdata" / "shards"
-CLI = [sys.executable, "-m", "atdata_gen.cli"]
 
 
 @pytest.fixture
@@ -31,20 +29,15 @@ def account(net: LocalNetwork) -> Account:
 def run(
     args: list[str], cwd: Path, net: LocalNetwork, account: Account, home: Path
 ) -> subprocess.CompletedProcess[str]:
-    env = dict(
-        os.environ,
+    return run_cli(
+        args,
+        cwd,
         ATDATA_HANDLE=account.handle,
         ATDATA_PASSWORD=account.password,
         ATDATA_PDS_URL=net.pds_url,
         ATDATA_PLC_URL=net.plc_url,
         ATDATA_HANDLE_SERVICE=net.pds_url,
         XDG_STATE_HOME=str(home),
-        PYTHONPATH=os.pathsep.join(
-            [str(ROOT / "compiler"), str(ROOT / "runtime"), str(ROOT / "generated")]
-        ),
-    )
-    return subprocess.run(
-        [*CLI, *args], cwd=cwd, env=env, capture_output=True, text=True
     )
 
 

@@ -17,20 +17,9 @@ import pytest
 from atdata_runtime.dataset import Dataset, write_samples
 from atdata_runtime.lens import check_lens_laws, lenses
 
-from .conftest import CORPUS, ROOT
+from .conftest import CORPUS, ROOT, run_cli
 
 V1 = json.loads((CORPUS / "atdata" / "records" / "ImageSample.schema.json").read_text())
-CLI = [sys.executable, "-m", "atdata_gen.cli"]
-
-
-def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join([str(ROOT / "compiler"), str(ROOT / "runtime")]),
-    )
-    return subprocess.run(
-        [*CLI, *args], cwd=cwd, env=env, capture_output=True, text=True
-    )
 
 
 @pytest.fixture(scope="module")
@@ -47,26 +36,26 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "pyproject.toml").write_text(
         '[tool.atdata-gen]\nsources = ["schemas"]\nout = "gen"\npackage = "lensproj"\n'
     )
-    built = _cli(["build"], root)
+    built = run_cli(["build"], root)
     assert built.returncode == 0, built.stderr
     return root
 
 
 def test_unknown_schema_is_a_located_error(project: Path) -> None:
-    proc = _cli(["new-lens", "ImageSample@9.9.9", "ImageSample@2.0.0"], project)
+    proc = run_cli(["new-lens", "ImageSample@9.9.9", "ImageSample@2.0.0"], project)
     assert proc.returncode == 2
     assert "no version 9.9.9 (have: 1.0.0, 2.0.0)" in proc.stderr
     assert "LENS_SCHEMA_UNRESOLVED" in proc.stderr
 
 
 def test_starter_lens_flags_todos_then_migrates(project: Path, tmp_path: Path) -> None:
-    made = _cli(
+    made = run_cli(
         ["new-lens", "ImageSample@1.0.0", "ImageSample@2.0.0", "-o", "mig.py"], project
     )
     assert made.returncode == 0, made.stderr
     text = (project / "mig.py").read_text()
     assert "image=source.image" in text and "label=source.label" in text
-    again = _cli(
+    again = run_cli(
         ["new-lens", "ImageSample@1.0.0", "ImageSample@2.0.0", "-o", "mig.py"], project
     )
     assert again.returncode == 2 and "not overwriting" in again.stderr
