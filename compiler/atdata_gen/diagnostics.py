@@ -195,6 +195,42 @@ STAGE_RULES: dict[str, tuple[str, str]] = {
     # link (atdata_gen.ir.link)
     "LEX_NSID_DUPLICATE": ("link", "Two files define the same NSID."),
     "LEX_REF_UNRESOLVED": ("link", "A ref or union member names no known def."),
+    # schema records (atdata_gen.frontend.schema_record, ir.link.link_samples)
+    "SCHEMA_BODY": ("parse", "A schema record lacks a usable JSON Schema body."),
+    "SCHEMA_FIELD": ("parse", "A field of a schema record has a malformed type."),
+    "SCHEMA_NAME": ("parse", "A schema name is not a dotted identifier."),
+    "SCHEMA_VERSION": ("parse", "A schema version is not semver 2.0.0."),
+    "SCHEMA_RECORD_VERSION": (
+        "parse",
+        "atdataSchemaVersion is not a version this compiler reads.",
+    ),
+    "SCHEMA_REF": ("parse", "A $ref is not one of atdata's array shims."),
+    "SCHEMA_UNSUPPORTED": (
+        "parse",
+        "A field type atdata-gen cannot type (nested object, unknown shim version).",
+    ),
+    "SCHEMA_DUPLICATE": (
+        "link",
+        "The same schema name and version with different fields.",
+    ),
+    # lens records (atdata_gen.frontend.lens_record, ir.link.link_lenses)
+    "LENS_RECORD": ("parse", "A lens record lacks a required string or object."),
+    "LENS_CODE_REF": (
+        "parse",
+        "A code reference's commit is not a full hash or its path not module:fn.",
+    ),
+    "LENS_SCHEMA_URI": (
+        "parse",
+        "sourceSchema/targetSchema is not the AT-URI of a schema record.",
+    ),
+    "LENS_VERSION_RANGE": (
+        "link",
+        "A version range is not npm semver syntax, or excludes the resolved schema.",
+    ),
+    "LENS_SCHEMA_UNRESOLVED": (
+        "link",
+        "A lens record's schema is neither in the sources nor pinned in the lock.",
+    ),
     # lock (atdata_gen.lock, atdata-gen build --frozen)
     "LOCK_FORMAT": ("load", "atdata-gen.lock is not a lock of a known version."),
     "LOCK_CID_MISMATCH": (

@@ -20,11 +20,12 @@ from .backend.package import assemble_package
 from .backend.parallel import EmitPool
 from .checks.lint import lint
 from .diagnostics import Reporter
+from .frontend.lens_record import is_lens_record, parse_lens_record
 from .frontend.lexicon import parse_document
 from .frontend.schema_record import is_schema_record, parse_schema_record
-from .ir.link import LinkedModel, link, link_samples
+from .ir.link import LinkedModel, link, link_lenses, link_samples
 from .ir.lower import lower_document
-from .ir.model import SampleSchema, Schema
+from .ir.model import LensRecord, Origin, SampleSchema, Schema
 from .sources import SourceDoc, discover, load_paths, split_external
 
 __all__ = ["STAGES", "BuildOptions", "BuildResult", "build", "compile_sources"]
@@ -66,12 +67,21 @@ class BuildResult:
 
 
 def _front(
-    docs: list[SourceDoc], reporter: Reporter, samples: list[SampleSchema] | None = None
+    docs: list[SourceDoc],
+    reporter: Reporter,
+    samples: list[SampleSchema] | None = None,
+    lenses: list[LensRecord] | None = None,
 ) -> list[Schema]:
     """Parse and lower each document: Lexicons into ``Schema``s (returned), schema
-    records into ``SampleSchema``s (appended to ``samples``, when given)."""
+    records into ``SampleSchema``s (appended to ``samples``, when given), lens
+    records into ``LensRecord``s (appended to ``lenses``, when given)."""
     out = []
     for doc in docs:
+        if lenses is not None and is_lens_record(doc.value):
+            lens = parse_lens_record(doc, reporter)
+            if lens is not None:
+                lenses.append(lens)
+            continue
         if samples is not None and is_schema_record(doc.value):
             sample = parse_schema_record(doc, reporter)
             if sample is not None:
@@ -107,7 +117,8 @@ def compile_sources(
                 ext_packages[d.path] = package
     t.append(time.perf_counter())
     samples: list[SampleSchema] = []
-    schemas = _front(docs, reporter, samples)
+    lens_records: list[LensRecord] = []
+    schemas = _front(docs, reporter, samples, lens_records)
     externals = _front(ext_docs, reporter)
     packages_by_nsid = {
         s.nsid: ext_packages[s.origin.path]
@@ -117,6 +128,7 @@ def compile_sources(
     t.append(time.perf_counter())
     model = link(schemas, externals, reporter, packages_by_nsid)
     model = link_samples(model, samples, reporter)
+    model = link_lenses(model, lens_records, reporter)
     t.append(time.perf_counter())
     lint(model, reporter)
     t.append(time.perf_counter())
@@ -165,9 +177,16 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
                 (s.name, s.version): _rel_of_path(s.origin.path, result.docs)
                 for s in model.samples
             }
-            files = assemble_package(
-                model, options.package, codes, emit_samples(model, sample_rels)
-            )
+            extra = emit_samples(model, sample_rels)
+            if model.lenses:
+                from .backend.emit_lenses import emit_lenses
+
+                lens_rels = {
+                    lens.module: _rel_of_origin(lens.record.origin, result.docs)
+                    for lens in model.lenses
+                }
+                extra.update(emit_lenses(model, lens_rels))
+            files = assemble_package(model, options.package, codes, extra)
         t1 = time.perf_counter()
         result.files = (
             format_sources(files, options.workdir) if options.format else files
@@ -199,6 +218,15 @@ def _rel_of_path(path: str, docs: list[SourceDoc]) -> str:
         if d.path == path:
             return d.rel
     return Path(path).name
+
+
+def _rel_of_origin(origin: Origin, docs: list[SourceDoc]) -> str:
+    """The path to cite for a record: its document's ``rel`` (for a record pinned
+    in the lock, ``atdata-gen.lock#i``)."""
+    for d in docs:
+        if d.path == origin.path and d.sha256 == origin.sha256:
+            return d.rel
+    return _rel_of_path(origin.path, docs)
 
 
 def _rel_of(schema: Schema, docs: list[SourceDoc]) -> str:

@@ -22,7 +22,7 @@ def assemble_package(
     for schema, code in zip(model.schemas, codes, strict=True):
         files["/".join(model.names.modules[schema.nsid]) + ".py"] = code
     files.update(extra or {})
-    packages = {tuple(p.split("/")[:i]) for p in files for i in range(p.count("/"))}
+    packages = {tuple(p.split("/")[:i]) for p in files for i in range(p.count("/") + 1)}
     for pkg in sorted(packages):
         init = "/".join((*pkg, "__init__.py"))
         if init not in files:

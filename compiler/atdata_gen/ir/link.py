@@ -14,6 +14,7 @@ nothing here: references stay symbolic, and the back end emits them lazily.
 
 from __future__ import annotations
 
+import keyword
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,7 @@ from .model import (
     Def,
     DefId,
     IRType,
+    LensRecord,
     ObjectType,
     RecordDef,
     RefType,
@@ -35,7 +37,16 @@ from .model import (
     XrpcDef,
 )
 
-__all__ = ["LinkedModel", "NameTable", "ObjectPath", "link", "walk_objects"]
+__all__ = [
+    "LinkedLens",
+    "LinkedModel",
+    "NameTable",
+    "ObjectPath",
+    "link",
+    "link_lenses",
+    "link_samples",
+    "walk_objects",
+]
 
 ObjectPath = tuple[DefId, tuple[str, ...]]
 """Address of an object type: its def and the path inside it (``()`` for the def
@@ -63,6 +74,18 @@ class NameTable:
 
 
 @dataclass(frozen=True, slots=True)
+class LinkedLens:
+    """A lens record with its two schemas resolved: ``source`` and ``target`` are
+    sample schemas of the model; ``module`` the stub's module path (relative to the
+    package)."""
+
+    record: LensRecord
+    source: SampleSchema
+    target: SampleSchema
+    module: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class LinkedModel:
     """Everything the back ends need: the ``schemas`` to emit (sorted by NSID), the
     ``externals`` that are only referenced, every def by id, and the names."""
@@ -72,6 +95,7 @@ class LinkedModel:
     defs: Mapping[DefId, Def]
     names: NameTable
     samples: tuple[SampleSchema, ...] = ()
+    lenses: tuple[LinkedLens, ...] = ()
 
     def owner_is_emitted(self, ref: DefId) -> bool:
         """True when the Lexicon defining ``ref`` is emitted (not external)."""
@@ -309,3 +333,95 @@ def link_samples(
     return replace(
         model, names=replace(model.names, samples=names), samples=tuple(ordered)
     )
+
+
+def _resolve_schema(uri: str, samples: tuple[SampleSchema, ...]) -> SampleSchema | None:
+    """The sample schema ``uri`` names: the one published under exactly that
+    AT-URI; else, for a ``{name}:{version}`` record key (atdata-gen's keys), the
+    one of that name and version whose AT-URI has the same authority, or that has
+    no AT-URI (a local schema file)."""
+    from atdata_runtime.atmosphere.records import AtUri, parse_schema_rkey
+
+    for s in samples:
+        if s.uri == uri:
+            return s
+    at = AtUri.parse(uri)
+    key = parse_schema_rkey(at.rkey)
+    if key is None:
+        return None
+    for s in samples:
+        if (s.name, s.version) == key and (
+            s.uri is None or AtUri.parse(s.uri).authority == at.authority
+        ):
+            return s
+    return None
+
+
+def link_lenses(
+    model: LinkedModel, lenses: list[LensRecord], reporter: Reporter
+) -> LinkedModel:
+    """Add lens records to ``model``: resolve their source and target schema
+    AT-URIs among the model's sample schemas (the sources and the lock), check the
+    resolved versions against the records' version ranges, and name one stub
+    module per lens under ``lenses/`` (snake case of the lens name, in order of
+    name, then source). Reports ``LENS_SCHEMA_UNRESOLVED`` (an AT-URI names no
+    compiled schema: pull it, or add its record to the sources) and
+    ``LENS_VERSION_RANGE`` (the resolved version is outside the declared range);
+    such a lens is left out."""
+    from ..frontend.lens_record import version_range
+
+    linked: list[tuple[LensRecord, SampleSchema, SampleSchema]] = []
+    for rec in sorted(lenses, key=lambda r: (r.name, r.source, r.target, r.uri or "")):
+        ends = []
+        for uri, span, range_, range_span, side in (
+            (
+                rec.source,
+                rec.source_span,
+                rec.source_range,
+                rec.source_range_span,
+                "source",
+            ),
+            (
+                rec.target,
+                rec.target_span,
+                rec.target_range,
+                rec.target_range_span,
+                "target",
+            ),
+        ):
+            schema = _resolve_schema(uri, model.samples)
+            if schema is None:
+                reporter.report(
+                    span,
+                    "LENS_SCHEMA_UNRESOLVED",
+                    f"lens {rec.name!r}: {side} schema {uri} is not among the "
+                    "compiled schema records (run `atdata-gen pull " + uri + "`, "
+                    "or add the record's JSON to the sources)",
+                )
+                continue
+            if range_ is not None:
+                import semantic_version
+
+                if not version_range(range_).match(
+                    semantic_version.Version(schema.version)
+                ):
+                    reporter.report(
+                        range_span,
+                        "LENS_VERSION_RANGE",
+                        f"lens {rec.name!r}: {side} schema {uri} has version "
+                        f"{schema.version}, outside the declared range {range_!r}",
+                    )
+                    continue
+            ends.append(schema)
+        if len(ends) == 2:
+            linked.append((rec, ends[0], ends[1]))
+    taken = {p[0] for p in model.names.modules.values() if p}
+    package = "lenses" if "lenses" not in taken else "lenses_"
+    scope = naming.Scope({"__init__"})
+    out = []
+    for rec, src, dst in linked:
+        module = naming.snake_case(rec.name)
+        if keyword.iskeyword(module) or keyword.issoftkeyword(module):
+            module += "_"
+        out.append(LinkedLens(rec, src, dst, (package, scope.claim(module))))
+    return replace(model, lenses=tuple(out))

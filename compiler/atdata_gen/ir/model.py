@@ -328,3 +328,45 @@ class SampleSchema:
     metadata_json: str | None = None
     """The record's free-form ``metadata`` (licence, tags, …) as JSON text, kept
     opaque."""
+
+
+# -- lens records (science.alt.dataset.lens) --------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CodeRef:
+    """A ``codeReference`` of a lens record: code at a fixed ``commit`` of a
+    ``repository``, ``path`` = ``module:function`` (checked to be dotted Python
+    identifiers), ``branch`` and ``language`` informational."""
+
+    repository: str
+    commit: str
+    path: str
+    branch: str | None = None
+    language: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LensRecord:
+    """A lens record: ``name``, the ``source`` and ``target`` schema AT-URIs, the
+    ``getter`` (source → target) and ``putter`` (target, source → source) code
+    references, the optional semver ranges (npm syntax) of the two schemas, and
+    provenance (``origin`` file, record AT-URI and CID when known). ``source_span``
+    / ``target_span`` locate the two AT-URIs (for resolution errors)."""
+
+    name: str
+    description: str | None
+    source: str
+    target: str
+    getter: CodeRef
+    putter: CodeRef
+    source_range: str | None
+    target_range: str | None
+    origin: Origin
+    uri: str | None
+    cid: str | None
+    span: Span = field(compare=False)
+    source_span: Span = field(compare=False)
+    target_span: Span = field(compare=False)
+    source_range_span: Span = field(compare=False)
+    target_range_span: Span = field(compare=False)
