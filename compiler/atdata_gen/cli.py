@@ -123,7 +123,7 @@ def build_cmd(
         externals = externals or tuple(cfg.root / e for e in cfg.externals)
         include = include or tuple(cfg.include)
         exclude = exclude or tuple(cfg.exclude)
-        wanted = list(cfg.schemas)
+        wanted = [*cfg.schemas, *cfg.lenses]
         lock_path = lock_path or cfg.root / LOCK_NAME
     lock = _load_lock(lock_path, wanted, frozen, fmt)
     if out is None:

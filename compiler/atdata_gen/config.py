@@ -1,7 +1,8 @@
 """``[tool.atdata-gen]`` in ``pyproject.toml``: defaults for the CLI.
 
 Keys: ``sources`` (list of paths), ``out`` (directory that receives the package),
-``package`` (import name), ``externals``, ``include``, ``exclude``, and the
+``package`` (import name), ``externals``, ``include``, ``exclude``, ``schemas`` and ``lenses`` (AT-URIs
+to pin), and the
 ``check`` sub-table (``[tool.atdata-gen.check]``, see :mod:`atdata_gen.checks.policy`). Paths are relative
 to the directory holding ``pyproject.toml``.
 """
@@ -35,6 +36,8 @@ class Config:
     exclude: list[str] = field(default_factory=list)
     schemas: list[str] = field(default_factory=list)
     """Remote schema records (AT-URIs) to pin in ``atdata-gen.lock``."""
+    lenses: list[str] = field(default_factory=list)
+    """Remote lens records (AT-URIs) to pin (with their schemas) and emit stubs for."""
     check: dict[str, Any] = field(default_factory=dict)
     """The raw ``[tool.atdata-gen.check]`` table (parsed by
     :class:`atdata_gen.checks.policy.CheckPolicy`)."""
@@ -83,6 +86,7 @@ def load_config(directory: Path) -> Config:
         "exclude",
         "check",
         "schemas",
+        "lenses",
     }
     return Config(
         root=directory,
@@ -93,6 +97,7 @@ def load_config(directory: Path) -> Config:
         include=_strings(table, "include", where),
         exclude=_strings(table, "exclude", where),
         schemas=_strings(table, "schemas", where),
+        lenses=_strings(table, "lenses", where),
         check=_table(table, "check", where),
         extra={k: v for k, v in table.items() if k not in known},
     )

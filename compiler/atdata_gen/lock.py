@@ -1,4 +1,4 @@
-"""``atdata-gen.lock``: remote schema records pinned by CID.
+"""``atdata-gen.lock``: remote schema and lens records pinned by CID.
 
 The lock is JSON, written deterministically (keys sorted, two-space indent, entries
 sorted by AT-URI, a final newline), so it diffs cleanly and two pulls of the same
@@ -14,8 +14,12 @@ records produce the same bytes::
           "uri": "at://did:plc:…/science.alt.dataset.schema/ImageSample:1.0.0",
           "value": { … the record, exactly as fetched … }
         }
-      ]
+      ],
+      "lenses": [ … lens records (science.alt.dataset.lens), same shape … ]
     }
+
+``lenses`` is written only when a lens record is pinned (``atdata-gen pull`` of a
+lens AT-URI, which also pins the lens's two schemas).
 
 Each entry is also a schema-record source document (``uri``, ``cid``, ``value``), so
 ``atdata-gen build`` compiles pinned schemas offline, with diagnostics located in the
@@ -38,12 +42,20 @@ from pathlib import Path
 from typing import Any
 
 from atdata_runtime.atmosphere.cid import DataModelError, record_cid
+from atdata_runtime.atmosphere.records import LENS
 
 from .config import LOCK_NAME
 from .diagnostics import Reporter, Span
 from .sources import SourceDoc, load_text
 
-__all__ = ["LOCK_NAME", "Lock", "LockEntry", "read_lock", "write_lock"]
+__all__ = [
+    "LOCK_NAME",
+    "Lock",
+    "LockEntry",
+    "is_lens_entry",
+    "read_lock",
+    "write_lock",
+]
 
 LOCK_VERSION = 1
 
@@ -84,11 +96,12 @@ class Lock:
         return None
 
     def source_docs(self) -> list[SourceDoc]:
-        """One schema-record source document per entry, located in the lock file."""
+        """One record source document per entry (schema or lens record), located
+        in the lock file."""
         if self.doc is None:
             return []
         out = []
-        for i, e in enumerate(self.entries):
+        for key, i, e in _lists(self.entries):
             value = e.to_json()
             out.append(
                 SourceDoc(
@@ -98,19 +111,35 @@ class Lock:
                     sha256=hashlib.sha256(
                         json.dumps(value, sort_keys=True).encode()
                     ).hexdigest(),
-                    rel=f"{LOCK_NAME}#{i}",
-                    base=f"/schemas/{i}",
+                    rel=f"{LOCK_NAME}#/{key}/{i}",
+                    base=f"/{key}/{i}",
                 )
             )
         return out
 
 
+def is_lens_entry(entry: LockEntry) -> bool:
+    """Whether ``entry`` pins a lens record (else a schema record)."""
+    return entry.value.get("$type") == LENS
+
+
+def _lists(entries: Sequence[LockEntry]) -> list[tuple[str, int, LockEntry]]:
+    """``(list key, index, entry)`` in file order: schemas, then lenses, each
+    sorted by AT-URI."""
+    out = []
+    for key, want in (("schemas", False), ("lenses", True)):
+        chosen = sorted(
+            (e for e in entries if is_lens_entry(e) is want), key=lambda e: e.uri
+        )
+        out += [(key, i, e) for i, e in enumerate(chosen)]
+    return out
+
+
 def render_lock(entries: Sequence[LockEntry]) -> str:
     """The lock file text for ``entries`` (deterministic)."""
-    data = {
-        "lockVersion": LOCK_VERSION,
-        "schemas": [e.to_json() for e in sorted(entries, key=lambda e: e.uri)],
-    }
+    data: dict[str, Any] = {"lockVersion": LOCK_VERSION, "schemas": []}
+    for key, _, e in _lists(entries):
+        data.setdefault(key, []).append(e.to_json())
     return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
@@ -153,12 +182,16 @@ def read_lock(path: Path, reporter: Reporter) -> Lock | None:
         )
         return None
     entries = []
-    schemas = data.get("schemas")
-    if not isinstance(schemas, list):
-        reporter.report(doc.span("/schemas"), "LOCK_FORMAT", "'schemas' must be a list")
-        return None
-    for i, item in enumerate(schemas):
-        ptr = f"/schemas/{i}"
+    items: list[tuple[str, Any]] = []
+    for key in ("schemas", "lenses"):
+        listed = data.get(key, [] if key == "lenses" else None)
+        if not isinstance(listed, list):
+            reporter.report(
+                doc.span(f"/{key}"), "LOCK_FORMAT", f"'{key}' must be a list"
+            )
+            return None
+        items += [(f"/{key}/{i}", item) for i, item in enumerate(listed)]
+    for ptr, item in items:
         keys = ("uri", "requested", "did", "cid")
         if (
             not isinstance(item, dict)

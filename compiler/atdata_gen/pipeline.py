@@ -174,7 +174,7 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
             from .backend.emit_samples import emit_samples
 
             sample_rels = {
-                (s.name, s.version): _rel_of_path(s.origin.path, result.docs)
+                (s.name, s.version): _rel_of_origin(s.origin, result.docs)
                 for s in model.samples
             }
             extra = emit_samples(model, sample_rels)
@@ -222,7 +222,7 @@ def _rel_of_path(path: str, docs: list[SourceDoc]) -> str:
 
 def _rel_of_origin(origin: Origin, docs: list[SourceDoc]) -> str:
     """The path to cite for a record: its document's ``rel`` (for a record pinned
-    in the lock, ``atdata-gen.lock#i``)."""
+    in the lock, ``atdata-gen.lock#/schemas/i``)."""
     for d in docs:
         if d.path == origin.path and d.sha256 == origin.sha256:
             return d.rel

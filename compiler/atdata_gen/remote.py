@@ -42,7 +42,7 @@ def _lock_path(explicit: Path | None) -> tuple[Path, list[str]]:
         cfg = load_config(Path.cwd())
     except ConfigError:
         return explicit or Path.cwd() / LOCK_NAME, []
-    return explicit or cfg.root / LOCK_NAME, list(cfg.schemas)
+    return explicit or cfg.root / LOCK_NAME, [*cfg.schemas, *cfg.lenses]
 
 
 def _error(message: str) -> None:
@@ -57,17 +57,21 @@ def _error(message: str) -> None:
 )
 @click.option("--lock", "lock_path", type=click.Path(path_type=Path), default=None)
 def pull_cmd(uris: tuple[str, ...], update: bool, lock_path: Path | None) -> None:
-    """Pin remote schema records (AT-URIs) in atdata-gen.lock.
+    """Pin remote schema and lens records (AT-URIs) in atdata-gen.lock.
 
-    With no URI, pins the [tool.atdata-gen] schemas. A record is fetched from its
-    owner's PDS, verified against its CID, validated, and compiled before anything
-    is written; on any error the lock is left as it was.
+    With no URI, pins the [tool.atdata-gen] schemas and lenses. A record is
+    fetched from its owner's PDS, verified against its CID, validated, and
+    compiled before anything is written; a lens record also pins the two schema
+    records it names. On any error the lock is left as it was.
     """
     from atdata_runtime.atmosphere import AtmosphereClient, AtmosphereError, AtUri
+    from atdata_runtime.atmosphere.records import LENS, SCHEMA
 
     from .diagnostics import Reporter, render
     from .dynamic import SchemaCompileError, compile_schema_record
+    from .frontend.lens_record import parse_lens_record
     from .lock import LockEntry, read_lock, write_lock
+    from .sources import load_text
 
     path, configured = _lock_path(lock_path)
     reporter = Reporter()
@@ -81,20 +85,39 @@ def pull_cmd(uris: tuple[str, ...], update: bool, lock_path: Path | None) -> Non
         targets = list(dict.fromkeys([*targets, *entries]))
     if not targets:
         _error(
-            "nothing to pull: give AT-URIs or list them in [tool.atdata-gen] schemas"
+            "nothing to pull: give AT-URIs or list them in [tool.atdata-gen] "
+            "schemas / lenses"
         )
     client = AtmosphereClient(resolver=_resolver())
     changed = 0
-    for uri in targets:
+    seen: set[str] = set()
+    while targets:
+        uri = targets.pop(0)
+        if uri in seen:
+            continue
+        seen.add(uri)
         old = entries.get(uri)
         if old is not None and not update:
             continue
         try:
             at = AtUri.parse(uri)
-            if at.collection != "science.alt.dataset.schema":
-                _error(f"{uri}: not a science.alt.dataset.schema record")
+            if at.collection not in (SCHEMA, LENS):
+                _error(f"{uri}: not a {SCHEMA} or {LENS} record")
             record = client.get_record(at)
-            compile_schema_record(record.value, uri=record.uri, cid=record.cid)
+            if at.collection == SCHEMA:
+                compile_schema_record(record.value, uri=record.uri, cid=record.cid)
+            else:
+                raw = json.dumps(
+                    {"uri": record.uri, "cid": record.cid, "value": record.value}
+                ).encode()
+                found = Reporter()
+                doc = load_text(record.uri, raw, found)
+                lens = parse_lens_record(doc, found) if doc is not None else None
+                if lens is None:
+                    click.echo(render(list(found), "text"), err=True)
+                    _error(f"{record.uri}: not a usable lens record")
+                    return
+                targets += [lens.source, lens.target]
         except (AtmosphereError, SchemaCompileError, ValueError) as exc:
             _error(str(exc))
             return
@@ -318,6 +341,143 @@ def publish_entry_cmd(
             progress=progress,
         )
     except (AtmosphereError, ValueError, OSError) as exc:
+        _error(str(exc))
+        return
+    click.echo(("published " if result.created else "already published ") + result.uri)
+
+
+def _import_attr(spec: str) -> Any:
+    """``module:attr`` imported from the current directory (as ``python -m``)."""
+    from .frontend.lens_record import CODE_PATH_RE
+
+    if not CODE_PATH_RE.fullmatch(spec):
+        _error(f"{spec!r} is not module:function")
+    module, _, attr = spec.partition(":")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        _error(f"cannot import {spec}: {exc}")
+    return obj
+
+
+def _schema_uri(cls: type[Any], given: str | None, side: str) -> str:
+    if given:
+        return given
+    source = str(getattr(cls, "schema_source", ""))
+    if source.startswith("at://"):
+        return source
+    _error(
+        f"the {side} class {cls.__name__} was not compiled from a published schema "
+        f"record (schema_source {source!r}): give --{side}-schema AT-URI"
+    )
+    return ""
+
+
+@publish_group.command("lens")
+@click.argument("spec")
+@click.option(
+    "--putter",
+    "putter_spec",
+    help="module:function of the putter (default: the lens's own, from .putter).",
+)
+@click.option("--source-schema", help="AT-URI (default: the source class's record).")
+@click.option("--target-schema", help="AT-URI (default: the target class's record).")
+@click.option(
+    "--source-version",
+    help="Semver range of source versions (npm syntax; default: exactly the "
+    "source class's version).",
+)
+@click.option("--target-version", help="Semver range of target versions.")
+@click.option("--name", help="Display name (default: the getter's name).")
+@click.option("--description", help="Default: the getter's docstring, first line.")
+@click.option("--remote", help="Git remote to cite (default: origin, else any).")
+@click.option(
+    "--dry-run", is_flag=True, help="Print the record; do not log in or publish."
+)
+def publish_lens_cmd(
+    spec: str,
+    putter_spec: str | None,
+    source_schema: str | None,
+    target_schema: str | None,
+    source_version: str | None,
+    target_version: str | None,
+    name: str | None,
+    description: str | None,
+    remote: str | None,
+    dry_run: bool,
+) -> None:
+    """Publish a lens record for SPEC (``module:function``: an ``@lens`` getter,
+    or a plain getter with --putter). The code reference comes from git: the
+    remote URL, the commit, and the module:function path at that commit. Refuses
+    when the function's file is dirty or untracked, or the commit is on no remote
+    branch. Re-publishing the same lens is a no-op."""
+    import datetime as dt
+    import typing
+
+    from atdata_runtime.atmosphere import AtmosphereError
+    from atdata_runtime.atmosphere.publish import publish_lens
+    from atdata_runtime.atmosphere.records import LENS
+    from atdata_runtime.lens import Lens
+
+    from .frontend.lens_record import version_range
+    from .gitref import GitRefError, code_reference
+
+    obj = _import_attr(spec)
+    if isinstance(obj, Lens):
+        getter, putter = obj.getter, obj.putter_fn
+        source, target = obj.source, obj.target
+    else:
+        getter, putter = obj, None
+        hints = typing.get_type_hints(obj) if callable(obj) else {}
+        params = [v for k, v in hints.items() if k != "return"]
+        if len(params) != 1 or "return" not in hints:
+            _error(f"{spec}: annotate the getter as (source: A) -> B")
+        source, target = params[0], hints["return"]
+    if putter_spec:
+        putter = _import_attr(putter_spec)
+    if putter is None:
+        _error(f"{spec}: the lens has no putter: add @{spec}.putter or give --putter")
+    try:
+        getter_ref = code_reference(getter, remote=remote)
+        putter_ref = code_reference(putter, remote=remote)
+    except GitRefError as exc:
+        _error(str(exc))
+        return
+    ranges = {
+        "sourceSchemaVersion": source_version
+        or getattr(source, "schema_version", None),
+        "targetSchemaVersion": target_version
+        or getattr(target, "schema_version", None),
+    }
+    for key, text in ranges.items():
+        if text is not None:
+            try:
+                version_range(str(text))
+            except ValueError:
+                _error(f"{key} {text!r} is not a semver range (npm syntax)")
+    doc = (getattr(getter, "__doc__", None) or "").strip()
+    record: dict[str, Any] = {
+        "$type": LENS,
+        "name": name or getattr(getter, "__name__", spec.partition(":")[2]),
+        "sourceSchema": _schema_uri(source, source_schema, "source"),
+        "targetSchema": _schema_uri(target, target_schema, "target"),
+        "getterCode": getter_ref.to_record(),
+        "putterCode": putter_ref.to_record(),
+        "language": "python",
+        "createdAt": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
+    }
+    if description or doc:
+        record["description"] = (description or doc.splitlines()[0])[:1000]
+    record.update({k: str(v) for k, v in ranges.items() if v is not None})
+    if dry_run:
+        click.echo(json.dumps(record, indent=2, sort_keys=True))
+        return
+    client = _login()
+    try:
+        result = publish_lens(client, record)
+    except (AtmosphereError, ValueError) as exc:
         _error(str(exc))
         return
     click.echo(("published " if result.created else "already published ") + result.uri)

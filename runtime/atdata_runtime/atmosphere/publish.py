@@ -1,4 +1,5 @@
-"""Publishing schema records and dataset entries, exactly once and resumable.
+"""Publishing schema records, lens records and dataset entries, exactly once and
+resumable.
 
 Schema records go to ``science.alt.dataset.schema`` under the deterministic key of
 :func:`~.records.schema_rkey`. A version is immutable: publishing the same name and
@@ -31,7 +32,7 @@ from ..dataset import Sha256Reader
 from ..tar import iter_samples
 from .client import AtmosphereClient, FetchedRecord, WriteResult
 from .errors import AtmosphereError, PublishConflictError
-from .records import ENTRY, SCHEMA, is_semver, schema_rkey
+from .records import ENTRY, LENS, SCHEMA, is_semver, schema_rkey
 
 __all__ = [
     "BLOB_LIMIT",
@@ -42,6 +43,7 @@ __all__ = [
     "find_schema_versions",
     "new_tid",
     "publish_entry",
+    "publish_lens",
     "publish_schema",
     "publish_schemas",
     "shard_info",
@@ -173,6 +175,21 @@ def publish_schemas(
         if progress is not None:
             progress(i, pub)
     return out
+
+
+# -- lenses ---------------------------------------------------------------------------
+def publish_lens(client: AtmosphereClient, record: dict[str, Any]) -> WriteResult:
+    """Publish a ``science.alt.dataset.lens`` record (a JSON dict, validated here)
+    to the logged-in account, exactly once: when the account already holds a lens
+    record with the same content (``createdAt`` aside), that one is returned with
+    ``created=False``; otherwise it is created under a TID chosen before the first
+    attempt (a retried write whose response was lost is found by that key, see
+    :meth:`AtmosphereClient.create_record`). Raises the client's errors and
+    :class:`~.errors.RecordValidationError`."""
+    for existing in client.list_records(client.did, LENS, validate=False):
+        if _content(existing.value) == _content(record):
+            return WriteResult(uri=existing.uri, cid=existing.cid, created=False)
+    return client.create_record(LENS, new_tid(), record)
 
 
 # -- dataset entries ------------------------------------------------------------------
