@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import itertools
+import operator
 import typing
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -60,6 +61,7 @@ __all__ = [
     "LensNotFoundError",
     "check_lens_laws",
     "compose",
+    "field_copier",
     "lens",
     "lenses",
     "same_field_type",
@@ -324,10 +326,9 @@ def structural_lens(
             return None
         shared.append((have.name, spec.name))
 
-    def get(a: A) -> B:
-        values = {t: getattr(a, s) for s, t in shared}
-        values.update(dict.fromkeys(added))
-        return target(**values)
+    get = field_copier(
+        [s for s, _ in shared], target, [t for _, t in shared], dict.fromkeys(added)
+    )
 
     def put(b: B, a: A) -> A:
         return dataclasses.replace(a, **{s: getattr(b, t) for s, t in shared})
@@ -342,6 +343,27 @@ def structural_lens(
         laws=frozenset(laws),
         origin="structural",
     )
+
+
+def field_copier(
+    source_names: Sequence[str],
+    target: type[B],
+    target_names: Sequence[str],
+    constants: dict[str, Any] | None = None,
+) -> Callable[[Any], B]:
+    """A function making a ``target`` sample from any object: attribute
+    ``source_names[i]`` becomes field ``target_names[i]``, ``constants`` fill the
+    rest (through ``target``'s own ``__init__``). The hot path of structural
+    lenses and of converting between two generated classes of one schema: the
+    values are read with one ``operator.attrgetter`` call."""
+    names = tuple(target_names)
+    extra = dict(constants or {})
+    if not names:
+        return lambda _: target(**extra)
+    read: Callable[[Any], Any] = operator.attrgetter(*source_names)
+    if len(names) == 1:
+        return lambda a: target(**{names[0]: read(a)}, **extra)
+    return lambda a: target(**dict(zip(names, read(a), strict=True)), **extra)
 
 
 class LensGraph:
