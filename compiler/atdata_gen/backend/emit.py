@@ -209,6 +209,28 @@ def ann_assign(
     return stmt(cst.AnnAssign(name(target), cst.Annotation(annotation), value), blank)
 
 
+def import_as(module: str, alias: str, blank: int = 0) -> cst.SimpleStatementLine:
+    """``import module as alias`` (``module`` may be dotted)."""
+    return stmt(
+        cst.Import([cst.ImportAlias(_dotted(module), asname=cst.AsName(name(alias)))]),  # type: ignore[arg-type]
+        blank,
+    )
+
+
+def from_import(
+    module: str, item: str, alias: str | None = None, blank: int = 0
+) -> cst.SimpleStatementLine:
+    """``from module import item [as alias]`` (``module`` may be dotted)."""
+    asname = None if alias is None else cst.AsName(name(alias))
+    return stmt(
+        cst.ImportFrom(
+            module=_dotted(module),  # type: ignore[arg-type]
+            names=[cst.ImportAlias(name(item), asname=asname)],
+        ),
+        blank,
+    )
+
+
 def doc_stmt(text: str, indent: str = "", blank: int = 0) -> cst.SimpleStatementLine:
     return stmt(cst.Expr(docstring_literal(text, indent)), blank)
 

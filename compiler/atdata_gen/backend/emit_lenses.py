@@ -33,6 +33,8 @@ from .emit import (
     call,
     doc_stmt,
     dotted,
+    from_import,
+    import_as,
     literal,
     name,
     stmt,
@@ -131,31 +133,10 @@ def _module(model: LinkedModel, lens: LinkedLens, rel: str) -> str:
         "Do not edit: ``atdata-gen build`` overwrites this file."
     )
     body: list[cst.BaseStatement] = [doc_stmt(header)]
-    body.append(
-        stmt(
-            cst.ImportFrom(
-                module=name("__future__"), names=[cst.ImportAlias(name("annotations"))]
-            ),
-            blank=1,
-        )
-    )
-    body.append(
-        stmt(
-            cst.Import(
-                [cst.ImportAlias(name("typing"), asname=cst.AsName(name("_t")))]
-            ),
-            blank=1,
-        )
-    )
-    for mod, alias in (("lens", "_lens"), ("lensref", "_lensref")):
-        line = stmt(
-            cst.ImportFrom(
-                module=name("atdata_runtime"),
-                names=[cst.ImportAlias(name(mod), asname=cst.AsName(name(alias)))],
-            ),
-            blank=1 if mod == "lens" else 0,
-        )
-        body.append(line)
+    body.append(from_import("__future__", "annotations", blank=1))
+    body.append(import_as("typing", "_t", blank=1))
+    body.append(from_import("atdata_runtime", "lens", "_lens", blank=1))
+    body.append(from_import("atdata_runtime", "lensref", "_lensref"))
     first = _sample_import(model, lens, src, "_source")
     body.append(first.with_changes(leading_lines=[_BLANK]))
     body.append(_sample_import(model, lens, dst, "_target"))

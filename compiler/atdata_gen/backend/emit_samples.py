@@ -39,9 +39,10 @@ from .emit import (
     call,
     doc_stmt,
     dotted,
+    from_import,
+    import_as,
     literal,
     name,
-    stmt,
     sub,
     union_of,
 )
@@ -317,61 +318,15 @@ def _module(model: LinkedModel, schema: SampleSchema, rel: str) -> str:
         "Do not edit: ``atdata-gen build`` overwrites this file."
     )
     head: list[cst.BaseStatement] = [doc_stmt(header)]
-    head.append(
-        stmt(
-            cst.ImportFrom(
-                module=name("__future__"), names=[cst.ImportAlias(name("annotations"))]
-            ),
-            blank=1,
-        )
-    )
-    head.append(
-        stmt(
-            cst.Import(
-                [cst.ImportAlias(name("dataclasses"), asname=cst.AsName(name("_dc")))]
-            ),
-            blank=1,
-        )
-    )
-    head.append(
-        stmt(
-            cst.Import([cst.ImportAlias(name("typing"), asname=cst.AsName(name("_t")))])
-        )
-    )
-    uses_np = "_np" in _ROOTS_USED
-    uses_npt = "_npt" in _ROOTS_USED
+    head.append(from_import("__future__", "annotations", blank=1))
+    head.append(import_as("dataclasses", "_dc", blank=1))
+    head.append(import_as("typing", "_t"))
     third = []
-    if uses_np:
-        third.append(
-            stmt(
-                cst.Import(
-                    [cst.ImportAlias(name("numpy"), asname=cst.AsName(name("_np")))]
-                )
-            )
-        )
-    if uses_npt:
-        third.append(
-            stmt(
-                cst.Import(
-                    [
-                        cst.ImportAlias(
-                            cst.Attribute(name("numpy"), name("typing")),
-                            asname=cst.AsName(name("_npt")),
-                        )
-                    ]
-                )
-            )
-        )
-    third.append(
-        stmt(
-            cst.ImportFrom(
-                module=name("atdata_runtime"),
-                names=[
-                    cst.ImportAlias(name("sample"), asname=cst.AsName(name("_sample")))
-                ],
-            )
-        )
-    )
+    if "_np" in _ROOTS_USED:
+        third.append(import_as("numpy", "_np"))
+    if "_npt" in _ROOTS_USED:
+        third.append(import_as("numpy.typing", "_npt"))
+    third.append(from_import("atdata_runtime", "sample", "_sample"))
     first = third[0]
     third[0] = first.with_changes(leading_lines=[_BLANK])
     head.extend(third)

@@ -26,6 +26,7 @@ from atdata_runtime.atmosphere.records import LENS, SCHEMA, AtUri
 from ..diagnostics import Reporter
 from ..ir.model import CodeRef, LensRecord, Origin
 from ..sources import SourceDoc
+from .schema_record import unwrap_record
 
 __all__ = ["CODE_PATH_RE", "is_lens_record", "parse_lens_record", "version_range"]
 
@@ -39,10 +40,9 @@ _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 
 def is_lens_record(value: Any) -> bool:
     """True when a decoded JSON document is a lens record (plain or wrapped)."""
+    value = unwrap_record(value)[0]
     if not isinstance(value, dict):
         return False
-    if isinstance(value.get("value"), dict) and "uri" in value:
-        value = value["value"]
     return value.get("$type") == LENS or (
         "getterCode" in value and "sourceSchema" in value
     )
@@ -144,11 +144,7 @@ class _Parser:
 def parse_lens_record(doc: SourceDoc, reporter: Reporter) -> LensRecord | None:
     """Parse one lens record document; report problems (rules ``LENS_*``, located
     by JSON pointer) and return ``None`` when the record cannot be compiled."""
-    value, base, uri, cid = doc.value, "", None, None
-    if isinstance(value, dict) and isinstance(value.get("value"), dict):
-        uri = value.get("uri") if isinstance(value.get("uri"), str) else None
-        cid = value.get("cid") if isinstance(value.get("cid"), str) else None
-        value, base = value["value"], "/value"
+    value, base, uri, cid = unwrap_record(doc.value)
     p = _Parser(doc, reporter, base)
     if not isinstance(value, dict):
         p.error("", "LENS_RECORD", "a lens record must be a JSON object")

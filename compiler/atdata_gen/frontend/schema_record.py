@@ -46,7 +46,7 @@ from ..ir.model import (
 )
 from ..sources import SourceDoc, escape_pointer
 
-__all__ = ["is_schema_record", "parse_schema_record"]
+__all__ = ["is_schema_record", "parse_schema_record", "unwrap_record"]
 
 SCHEMA_NSID = "science.alt.dataset.schema"
 _SHIM_RE = re.compile(
@@ -69,12 +69,27 @@ _SEMVER_RE = re.compile(
 _DTYPE_RE = re.compile(r"[<>|=]?[a-z]+[0-9]*")
 
 
+def unwrap_record(value: Any) -> tuple[Any, str, str | None, str | None]:
+    """``(record, JSON pointer of the record, AT-URI, CID)`` of a decoded document:
+    a record wrapped as ``com.atproto.repo.getRecord`` returns it (``{"uri",
+    "cid", "value"}``, also how the lock pins it), or a bare record (pointer
+    ``""``, no AT-URI or CID)."""
+    if isinstance(value, dict) and isinstance(value.get("value"), dict):
+        uri, cid = value.get("uri"), value.get("cid")
+        return (
+            value["value"],
+            "/value",
+            uri if isinstance(uri, str) else None,
+            cid if isinstance(cid, str) else None,
+        )
+    return value, "", None, None
+
+
 def is_schema_record(value: Any) -> bool:
     """True when a decoded JSON document looks like a schema record (any form)."""
+    value = unwrap_record(value)[0]
     if not isinstance(value, dict):
         return False
-    if isinstance(value.get("value"), dict) and "uri" in value:
-        value = value["value"]
     return (
         value.get("$type") == SCHEMA_NSID
         or "schemaType" in value
@@ -351,11 +366,7 @@ def parse_schema_record(doc: SourceDoc, reporter: Reporter) -> SampleSchema | No
     """Parse one schema record document; report problems (rules ``SCHEMA_*``) and
     return ``None`` when the record cannot be compiled."""
     p = _Parser(doc, reporter)
-    value, base, uri, cid = doc.value, "", None, None
-    if isinstance(value, dict) and isinstance(value.get("value"), dict):
-        uri = value.get("uri") if isinstance(value.get("uri"), str) else None
-        cid = value.get("cid") if isinstance(value.get("cid"), str) else None
-        value, base = value["value"], "/value"
+    value, base, uri, cid = unwrap_record(doc.value)
     if not isinstance(value, dict):
         p.error(base, "SCHEMA_BODY", "a schema record must be a JSON object")
         return None
