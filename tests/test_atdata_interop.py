@@ -114,6 +114,8 @@ def classes(
     sys.path.insert(0, str(out))
     result = {}
     for path in sorted((out / "interop_pkg" / "samples").glob("*.py")):
+        if path.stem == "__init__":
+            continue
         module = importlib.import_module(f"interop_pkg.samples.{path.stem}")
         cls = getattr(module, module.__all__[0])
         result[cls.schema_name] = cls
