@@ -18,8 +18,6 @@ names, versions and field names from records never become code.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import re
 import sys
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ from pathlib import Path
 
 import libcst as cst
 from atdata_runtime.lens import same_field_type
-from atdata_runtime.sample import FieldSpec, PackableSample
+from atdata_runtime.sample import FieldSpec, PackableSample, generated_sample_classes
 
 from .backend.emit import call, docstring_literal, dotted, literal, name
 from .backend.format import format_sources
@@ -52,23 +50,13 @@ def find_sample_class(out: Path, package: str, ref: str) -> type[PackableSample]
     if str(out) not in sys.path:
         sys.path.insert(0, str(out))
     try:
-        samples = importlib.import_module(f"{package}.samples")
+        classes = generated_sample_classes(package)
     except ImportError as exc:
         raise LensGenError(
             f"no generated samples package {package}.samples under {out} "
             "(run atdata-gen build first)"
         ) from exc
-    found: list[type[PackableSample]] = []
-    for info in pkgutil.iter_modules(samples.__path__):
-        module = importlib.import_module(f"{package}.samples.{info.name}")
-        for value in vars(module).values():
-            if (
-                isinstance(value, type)
-                and issubclass(value, PackableSample)
-                and value.__module__ == module.__name__
-                and value.schema_name == schema
-            ):
-                found.append(value)
+    found = [c for c in classes if c.schema_name == schema]
     if not found:
         raise LensGenError(f"no generated sample class for schema {schema!r}")
     if not version:

@@ -53,6 +53,7 @@ __all__ = [
     "SampleBatch",
     "SampleFormatError",
     "Unknown",
+    "generated_sample_classes",
 ]
 
 Unknown = Literal["keep", "drop", "error"]
@@ -631,6 +632,28 @@ class PackableSample:
         return (self.unknown_fields or {}) == (other.unknown_fields or {})
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def generated_sample_classes(package: str) -> list[type[PackableSample]]:
+    """The sample classes ``atdata-gen build`` generated into ``package``: every
+    :class:`PackableSample` subclass defined in a module of ``{package}.samples``
+    (imported here), in module order. Raises ``ImportError`` when the package has
+    no ``samples`` subpackage (nothing built, or not on ``sys.path``)."""
+    import importlib
+    import pkgutil
+
+    samples = importlib.import_module(f"{package}.samples")
+    found: list[type[PackableSample]] = []
+    for info in pkgutil.iter_modules(samples.__path__, f"{samples.__name__}."):
+        module = importlib.import_module(info.name)
+        found += [
+            value
+            for value in vars(module).values()
+            if isinstance(value, type)
+            and issubclass(value, PackableSample)
+            and value.__module__ == module.__name__
+        ]
+    return found
 
 
 def sample_class(

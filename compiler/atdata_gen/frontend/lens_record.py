@@ -28,7 +28,13 @@ from ..ir.model import CodeRef, LensRecord, Origin
 from ..sources import SourceDoc
 from .schema_record import unwrap_record
 
-__all__ = ["CODE_PATH_RE", "is_lens_record", "parse_lens_record", "version_range"]
+__all__ = [
+    "CODE_PATH_RE",
+    "in_range",
+    "is_lens_record",
+    "parse_lens_record",
+    "version_range",
+]
 
 CODE_PATH_RE = re.compile(
     r"(?P<module>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)"
@@ -54,6 +60,14 @@ def version_range(text: str) -> Any:
     import semantic_version
 
     return semantic_version.NpmSpec(text)
+
+
+def in_range(text: str, version: str) -> bool:
+    """Whether semver ``version`` satisfies the npm range ``text`` (both already
+    checked). Raises ``ValueError`` for either malformed."""
+    import semantic_version
+
+    return bool(version_range(text).match(semantic_version.Version(version)))
 
 
 class _Parser:

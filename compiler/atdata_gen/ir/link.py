@@ -368,7 +368,7 @@ def link_lenses(
     compiled schema: pull it, or add its record to the sources) and
     ``LENS_VERSION_RANGE`` (the resolved version is outside the declared range);
     such a lens is left out."""
-    from ..frontend.lens_record import version_range
+    from ..frontend.lens_record import in_range
 
     linked: list[tuple[LensRecord, SampleSchema, SampleSchema]] = []
     for rec in sorted(lenses, key=lambda r: (r.name, r.source, r.target, r.uri or "")):
@@ -399,19 +399,14 @@ def link_lenses(
                     "or add the record's JSON to the sources)",
                 )
                 continue
-            if range_ is not None:
-                import semantic_version
-
-                if not version_range(range_).match(
-                    semantic_version.Version(schema.version)
-                ):
-                    reporter.report(
-                        range_span,
-                        "LENS_VERSION_RANGE",
-                        f"lens {rec.name!r}: {side} schema {uri} has version "
-                        f"{schema.version}, outside the declared range {range_!r}",
-                    )
-                    continue
+            if range_ is not None and not in_range(range_, schema.version):
+                reporter.report(
+                    range_span,
+                    "LENS_VERSION_RANGE",
+                    f"lens {rec.name!r}: {side} schema {uri} has version "
+                    f"{schema.version}, outside the declared range {range_!r}",
+                )
+                continue
             ends.append(schema)
         if len(ends) == 2:
             linked.append((rec, ends[0], ends[1]))

@@ -18,17 +18,15 @@ accepted, never local paths.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-import pkgutil
 import tomllib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..sample import PackableSample
+from ..sample import PackableSample, generated_sample_classes
 from .cid import cid_to_bytes
 from .client import AtmosphereClient, FetchedRecord
 from .errors import AtmosphereError
@@ -95,18 +93,12 @@ def _locked_class(lock: Path, schema: FetchedRecord) -> type[PackableSample] | N
             (lock.parent / "pyproject.toml").read_text(encoding="utf-8")
         )
         package = config["tool"]["atdata-gen"].get("package", "atdata_lexicons")
-        samples = importlib.import_module(f"{package}.samples")
+        classes = generated_sample_classes(package)
     except (OSError, KeyError, ValueError, ImportError):
         return None
-    for info in pkgutil.iter_modules(samples.__path__, f"{samples.__name__}."):
-        module = importlib.import_module(info.name)
-        for obj in vars(module).values():
-            if (
-                isinstance(obj, type)
-                and issubclass(obj, PackableSample)
-                and getattr(obj, "schema_cid", None) == schema.cid
-            ):
-                return obj
+    for cls in classes:
+        if cls.schema_cid == schema.cid:
+            return cls
     return None
 
 
