@@ -23,6 +23,7 @@ from . import __version__
 from .backend.manifest import MANIFEST_NAME, fingerprint, is_fresh, manifest_text
 from .config import LOCK_NAME, ConfigError, load_config
 from .diagnostics import Reporter, Severity, render
+from .naming import package_name_problem
 from .sources import discover, split_external
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
@@ -130,9 +131,10 @@ def build_cmd(
         _fail("--out is required when SOURCE is given")
         return
     package = package or "atdata_lexicons"
-    if not (package.isascii() and package.isidentifier()):
-        _fail(f"package name {package!r} is not an identifier")
-    root = out / package
+    problem = package_name_problem(package)
+    if problem:
+        _fail(f"--package {package!r}: {problem}")
+    root = out.joinpath(*package.split("."))
 
     # Fast path: nothing changed since the manifest was written.
     probe = Reporter()

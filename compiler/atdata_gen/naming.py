@@ -12,7 +12,14 @@ import builtins
 import keyword
 import re
 
-__all__ = ["Scope", "constant_name", "module_name", "pascal_case", "snake_case"]
+__all__ = [
+    "Scope",
+    "constant_name",
+    "module_name",
+    "package_name_problem",
+    "pascal_case",
+    "snake_case",
+]
 
 _CAMEL_1 = re.compile(r"([a-z0-9])([A-Z])")
 _CAMEL_2 = re.compile(r"([A-Z]+)([A-Z][a-z])")
@@ -157,3 +164,23 @@ class Scope:
             name = f"{wanted}_{n}"
         self._taken.add(name)
         return name
+
+
+def package_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be the import name of a generated package, or ``None``.
+
+    A package name is a dotted path of ASCII identifiers (``my_lexicons`` or
+    ``myproject.lexicons``), none of them a keyword (Python reference, § 2.3
+    "Identifiers and keywords"); ASCII only, so NFKC normalization cannot change it.
+    A dotted name is written to ``OUT/myproject/lexicons/``.
+    """
+    if not name:
+        return "the package name is empty"
+    for part in name.split("."):
+        if not part:
+            return "empty segment in the dotted name"
+        if not (part.isascii() and part.isidentifier()):
+            return f"segment {part!r} is not an ASCII identifier"
+        if keyword.iskeyword(part):
+            return f"segment {part!r} is a Python keyword"
+    return None
