@@ -27,10 +27,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "runtime"))
 
-from atdata_runtime.dataset import Dataset, write_samples
-from atdata_runtime.lens import LensGraph, lens
-from atdata_runtime.lensref import CodeReference, RecordLens
-from atdata_runtime.sample import FieldSpec, PackableSample
+from atdata_runtime.lenses import LensGraph, lens
+from atdata_runtime.lenses.records import CodeReference, RecordLens
+from atdata_runtime.samples import FieldSpec, PackableSample
+from atdata_runtime.shards import Dataset, write_samples
 
 
 def _image_class(name: str, version: str, label: str, extra: tuple[str, ...]) -> Any:

@@ -30,7 +30,7 @@ from atdata_runtime.atmosphere.publish import (
     publish_entry,
     publish_schemas,
 )
-from atdata_runtime.dataset import Dataset, write_samples
+from atdata_runtime.shards import Dataset, write_samples
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = ROOT.parent / "shared" / "corpus" / "atdata" / "records"

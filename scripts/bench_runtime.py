@@ -29,8 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "runtime"))
 
-from atdata_runtime.dataset import Dataset, write_samples
-from atdata_runtime.sample import FieldSpec, PackableSample
+from atdata_runtime.samples import FieldSpec, PackableSample
+from atdata_runtime.shards import Dataset, write_samples
 
 
 @dataclasses.dataclass(kw_only=True, eq=False)

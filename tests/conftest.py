@@ -79,9 +79,9 @@ def atdata_python() -> str:
 
 def run_cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """``python -m atdata_gen.cli ARGS`` in ``cwd``, with the repository's
-    compiler, runtime and generated packages on ``PYTHONPATH`` and ``env`` added to
+    compiler and runtime packages on ``PYTHONPATH`` and ``env`` added to
     the environment; output captured as text."""
-    path = os.pathsep.join(str(ROOT / p) for p in ("compiler", "runtime", "generated"))
+    path = os.pathsep.join(str(ROOT / p) for p in ("compiler", "runtime"))
     return subprocess.run(
         [sys.executable, "-m", "atdata_gen.cli", *args],
         cwd=cwd,

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from atdata_runtime.schema import schema_record
+from atdata_runtime.samples.schema import schema_record
 
 from .conftest import compile_to, side
 

@@ -32,8 +32,8 @@ from atdata_runtime.atmosphere.publish import (
     publish_entry,
     publish_schema,
 )
-from atdata_runtime.dataset import write_samples
-from atdata_runtime.schema import schema_record
+from atdata_runtime.samples.schema import schema_record
+from atdata_runtime.shards import write_samples
 
 from .conftest import run_cli, side
 from .test_atdata_interop import CLASSES, _equal, _from_json, _samples, _to_json

@@ -29,7 +29,7 @@ from atdata_runtime.atmosphere import (
 from atdata_runtime.atmosphere.cid import DataModelError, blob_cid, dag_cbor, from_json
 from atdata_runtime.atmosphere.publish import _semver_key, new_tid
 from atdata_runtime.atmosphere.session import SavedSession
-from atdata_runtime.formats import is_record_key, is_tid
+from atdata_runtime.lex.formats import is_record_key, is_tid
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -241,7 +241,7 @@ def test_lock_is_deterministic_and_verified(tmp_path: Path) -> None:
 
 
 def test_dynamic_class_reads_atdata_shards() -> None:
-    from atdata_runtime.dataset import Dataset
+    from atdata_runtime.shards import Dataset
 
     record = json.loads(
         (CORPUS / "atdata/records/OptionalSample.schema.json").read_text()

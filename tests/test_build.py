@@ -1,5 +1,5 @@
 """Build behaviour: this repo's lexicons match the live atdata ones structurally,
-generated/ is fresh, output is deterministic, --check and the exit codes work."""
+runtime/atdata_runtime/lexicons/ is fresh, output is deterministic, --check and the exit codes work."""
 
 from __future__ import annotations
 
@@ -286,7 +286,7 @@ def test_generated_code_needs_only_the_runtime() -> None:
     """Training code imports generated modules without the compiler's dependencies."""
     code = (
         "import sys\n"
-        "import atdata_lexicons.science.alt.dataset.entry as e\n"
+        "import atdata_runtime.lexicons.science.alt.dataset.entry as e\n"
         "e.Entry.model_rebuild()\n"
         "heavy = {'libcst', 'jinja2', 'click', 'atdata_gen', 'hypothesis'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
@@ -295,7 +295,7 @@ def test_generated_code_needs_only_the_runtime() -> None:
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        env=dict(os.environ, PYTHONPATH=str(ROOT / "generated")),
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "runtime")),
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 from atdata_gen.testing.httpdir import serve_directory
-from atdata_runtime.dataset import Dataset, Split, expand_urls, write_samples
-from atdata_runtime.sample import SampleFormatError
+from atdata_runtime.samples import SampleFormatError
+from atdata_runtime.shards import Dataset, Split, expand_urls, write_samples
 
 from .conftest import CORPUS, compile_to
 

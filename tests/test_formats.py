@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from atdata_runtime.formats import FORMAT_CHECKS
+from atdata_runtime.lex.formats import FORMAT_CHECKS
 
 from .conftest import INTEROP
 

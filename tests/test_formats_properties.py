@@ -3,7 +3,7 @@ exact check accepts too (property test over strings from each format's alphabet)
 
 from __future__ import annotations
 
-from atdata_runtime.formats import FAST_PATTERNS, FORMAT_CHECKS
+from atdata_runtime.lex.formats import FAST_PATTERNS, FORMAT_CHECKS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic_core import SchemaValidator, ValidationError, core_schema

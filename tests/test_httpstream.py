@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 from atdata_runtime.atmosphere.errors import AtmosphereError, RetryExhaustedError
-from atdata_runtime.atmosphere.retry import RetryPolicy
-from atdata_runtime.httpstream import HttpShardStream
+from atdata_runtime.net.retry import RetryPolicy
+from atdata_runtime.shards.http import HttpShardStream
 
 BODY = os.urandom(3 * (1 << 20) + 12345)
 

@@ -10,8 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from atdata_runtime.dataset import Dataset, write_samples
-from atdata_runtime.lens import (
+from atdata_runtime.lenses import (
     GET_PUT,
     PUT_GET,
     Lens,
@@ -24,7 +23,8 @@ from atdata_runtime.lens import (
     lens,
     structural_lens,
 )
-from atdata_runtime.sample import FieldSpec, PackableSample, sample_class
+from atdata_runtime.samples import FieldSpec, PackableSample, sample_class
+from atdata_runtime.shards import Dataset, write_samples
 
 
 def version(name: str, ver: str, *fields: FieldSpec) -> type[PackableSample]:

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from atdata_gen.testing.localnet import Account, LocalNetwork, free_port
 from atdata_runtime.atmosphere import AtmosphereClient, IdentityResolver
-from atdata_runtime.dataset import Dataset, write_samples
-from atdata_runtime.lens import GET_PUT, PUT_GET, LensGraph, check_lens_laws
+from atdata_runtime.lenses import GET_PUT, PUT_GET, LensGraph, check_lens_laws
+from atdata_runtime.shards import Dataset, write_samples
 
 from .conftest import ROOT, run_cli
 
@@ -33,7 +33,7 @@ LENS_CODE = '''"""Migrations of lab.Image."""
 
 from __future__ import annotations
 
-from atdata_runtime.lens import lens
+from atdata_runtime.lenses import lens
 from authorgen.samples.lab_image_v1_0_0 import Image as V1
 from authorgen.samples.lab_image_v2_0_0 import Image as V2
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from atdata_runtime.dataset import Dataset, write_samples
-from atdata_runtime.lens import GET_PUT, LensGraph, check_lens_laws
-from atdata_runtime.lensref import CodeReference, LensBindingError, RecordLens
+from atdata_runtime.lenses import GET_PUT, LensGraph, check_lens_laws
+from atdata_runtime.lenses.records import CodeReference, LensBindingError, RecordLens
+from atdata_runtime.shards import Dataset, write_samples
 
 from .conftest import ROOT, compile_to
 
@@ -30,7 +30,7 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 IMPL = """
 from __future__ import annotations
 
-from atdata_runtime.lens import lens
+from atdata_runtime.lenses import lens
 from {package}.samples.lab_image_v1_0_0 import Image as V1
 from {package}.samples.lab_image_v2_0_0 import Image as V2
 

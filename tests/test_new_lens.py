@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from atdata_runtime.dataset import Dataset, write_samples
-from atdata_runtime.lens import check_lens_laws, lenses
+from atdata_runtime.lenses import check_lens_laws, lenses
+from atdata_runtime.shards import Dataset, write_samples
 
 from .conftest import CORPUS, ROOT, run_cli
 

@@ -36,7 +36,7 @@ from atdata_runtime.atmosphere.publish import (
     publish_schemas,
 )
 from atdata_runtime.atmosphere.records import SCHEMA
-from atdata_runtime.dataset import Dataset
+from atdata_runtime.shards import Dataset
 
 from .conftest import CORPUS
 

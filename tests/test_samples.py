@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from atdata_gen.diagnostics import Reporter
 from atdata_gen.pipeline import BuildOptions, build
-from atdata_runtime.ndarray import ArrayFormatError, decode_array, encode_array
-from atdata_runtime.sample import FieldSpec, SampleFormatError, sample_class
-from atdata_runtime.schema import schema_record
+from atdata_runtime.samples import FieldSpec, SampleFormatError, sample_class
+from atdata_runtime.samples.ndarray import ArrayFormatError, decode_array, encode_array
+from atdata_runtime.samples.schema import schema_record
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -483,7 +483,7 @@ def test_npy_object_dtypes_are_refused_even_when_structured() -> None:
 
 
 def test_library_encoded_shims_round_trip_their_bytes(tmp_path: Path) -> None:
-    from atdata_runtime.sample import EncodedBlob
+    from atdata_runtime.samples import EncodedBlob
 
     base = "https://alt.science/schemas/atdata-"
     props = {

@@ -9,7 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from atdata_runtime.tar import TarFormatError, iter_files, iter_samples
+from atdata_runtime.shards.tar import TarFormatError, iter_files, iter_samples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -121,7 +121,7 @@ def test_short_reads_are_completed() -> None:
     """A network stream may return fewer bytes than asked for; members stay whole."""
     import io
 
-    from atdata_runtime.tar import iter_files as _iter
+    from atdata_runtime.shards.tar import iter_files as _iter
 
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:

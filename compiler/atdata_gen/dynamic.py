@@ -4,7 +4,7 @@ For a schema that was not compiled ahead of time (not pinned in the lock, not in
 ``generated/``), the loader still needs a class with the same codec. This runs the
 same front end and naming as ``atdata-gen build`` (so field names and specs are what
 the generated class would have) and builds the class with
-:func:`atdata_runtime.sample.sample_class`. Nothing from the record is ever
+:func:`atdata_runtime.samples.sample_class`. Nothing from the record is ever
 executed or imported: the record only supplies data (names, kinds, dtypes, shapes),
 and names are checked by the front end before use.
 """
@@ -15,7 +15,7 @@ import hashlib
 import json
 from typing import Any
 
-from atdata_runtime.sample import PackableSample, sample_class
+from atdata_runtime.samples import PackableSample, sample_class
 
 from .backend.emit_samples import field_spec
 from .diagnostics import Reporter

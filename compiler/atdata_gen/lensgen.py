@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import libcst as cst
-from atdata_runtime.lens import same_field_type
-from atdata_runtime.sample import FieldSpec, PackableSample, generated_sample_classes
+from atdata_runtime.lenses import same_field_type
+from atdata_runtime.samples import FieldSpec, PackableSample, generated_sample_classes
 
 from .backend.emit import call, docstring_literal, dotted, literal, name
 from .backend.format import format_sources
@@ -166,7 +166,7 @@ def starter_lens(source: type[PackableSample], target: type[PackableSample]) -> 
         f"Mapped: {', '.join(t for _, t in plan.mapped) or 'none'}. "
         f"To write (each TODO is a type error until done): {todo_names}.\n"
         "Check the laws once finished: "
-        "atdata_runtime.lens.check_lens_laws(<lens>)."
+        "atdata_runtime.lenses.check_lens_laws(<lens>)."
     )
     text = "\n".join(
         [
@@ -177,7 +177,7 @@ def starter_lens(source: type[PackableSample], target: type[PackableSample]) -> 
             "",
             "import dataclasses",
             "",
-            "from atdata_runtime.lens import lens",
+            "from atdata_runtime.lenses import lens",
             cst.Module([imp(source, src_alias), imp(target, dst_alias)]).code,
             "",
             "class TODO:",

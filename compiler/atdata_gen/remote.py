@@ -170,7 +170,7 @@ def _load_schema(spec: str, version: str | None) -> dict[str, Any]:
         module, _, attr = spec.partition(":")
         if not attr:
             _error(f"{spec}: give a .json schema record or module:Class")
-        from atdata_runtime.schema import schema_record
+        from atdata_runtime.samples.schema import schema_record
 
         cls = getattr(importlib.import_module(module), attr)
         data = schema_record(cls)
@@ -419,7 +419,7 @@ def publish_lens_cmd(
     from atdata_runtime.atmosphere import AtmosphereError
     from atdata_runtime.atmosphere.publish import publish_lens
     from atdata_runtime.atmosphere.records import LENS
-    from atdata_runtime.lens import Lens
+    from atdata_runtime.lenses import Lens
 
     from .frontend.lens_record import version_range
     from .gitref import GitRefError, code_reference

@@ -4,7 +4,7 @@ import json
 import tempfile
 
 import numpy as np
-from atdata_runtime.dataset import Dataset, write_samples
+from atdata_runtime.shards import Dataset, write_samples
 from example_pkg.com.example.dataset.image_run import HfCheckpoint, ImageRun
 from example_pkg.samples.cell_crop_v1_0_0 import CellCrop
 from example_pkg.science.alt.dataset.entry import Entry

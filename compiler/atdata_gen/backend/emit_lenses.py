@@ -12,7 +12,7 @@ One module per lens record under ``lenses/``::
     lens: Lens[Source, Target] = binding.lens()
 
 The docstrings carry the code references and the version ranges. The stub never
-contains the lens's code: :class:`atdata_runtime.lensref.RecordLens` binds to an
+contains the lens's code: :class:`atdata_runtime.lenses.records.RecordLens` binds to an
 implementation installed in the user's environment (signature checked), or raises
 ``NotImplementedError`` naming the repository, commit and path. Every string from
 the record enters the tree as a ``repr`` literal or an escaped docstring; every
@@ -135,8 +135,8 @@ def _module(model: LinkedModel, lens: LinkedLens, rel: str) -> str:
     body: list[cst.BaseStatement] = [doc_stmt(header)]
     body.append(from_import("__future__", "annotations", blank=1))
     body.append(import_as("typing", "_t", blank=1))
-    body.append(from_import("atdata_runtime", "lens", "_lens", blank=1))
-    body.append(from_import("atdata_runtime", "lensref", "_lensref"))
+    body.append(from_import("atdata_runtime", "lenses", "_lens", blank=1))
+    body.append(from_import("atdata_runtime.lenses", "records", "_lensref"))
     first = _sample_import(model, lens, src, "_source")
     body.append(first.with_changes(leading_lines=[_BLANK]))
     body.append(_sample_import(model, lens, dst, "_target"))
@@ -198,7 +198,7 @@ def _module(model: LinkedModel, lens: LinkedLens, rel: str) -> str:
     )
     raises = (
         "Raises ``NotImplementedError`` when the implementation is not installed "
-        "here, ``atdata_runtime.lensref.LensBindingError`` when it does not fit "
+        "here, ``atdata_runtime.lenses.records.LensBindingError`` when it does not fit "
         "this signature."
     )
     body.append(
@@ -232,7 +232,7 @@ def _module(model: LinkedModel, lens: LinkedLens, rel: str) -> str:
     body.append(
         doc_stmt(
             "The lens as a ``Lens`` (register it: "
-            "``atdata_runtime.lens.lenses.register(lens)``). It claims no law until "
+            "``atdata_runtime.lenses.lenses.register(lens)``). It claims no law until "
             "``check_lens_laws`` has checked it."
         )
     )

@@ -3,7 +3,7 @@ with one typed PackableSample class.
 
 The class is a keyword-only dataclass (any field order is valid, also an optional
 field before a required one), deriving from
-:class:`atdata_runtime.sample.PackableSample`, with ``sample_fields`` (the wire
+:class:`atdata_runtime.samples.PackableSample`, with ``sample_fields`` (the wire
 schema the codec uses), class attributes naming the schema (name, version, source,
 CID), annotations that say what is known (``NDArray[np.uint8]``), and per-field
 docstrings with dtype, shape and dimension names. Like every emitted module it is a
@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 import libcst as cst
-from atdata_runtime.sample import FieldSpec
+from atdata_runtime.samples import FieldSpec
 
 from .. import __version__
 from ..ir.link import LinkedModel
@@ -191,7 +191,7 @@ def _batch_class(
     body: list[cst.BaseStatement] = [
         doc_stmt(
             f"A batch of ``{cls}``: array fields stacked along a new first axis, "
-            "other fields as lists\n(see ``atdata_runtime.sample.SampleBatch``).",
+            "other fields as lists\n(see ``atdata_runtime.samples.SampleBatch``).",
             "    ",
         )
     ]
@@ -326,7 +326,7 @@ def _module(model: LinkedModel, schema: SampleSchema, rel: str) -> str:
         third.append(import_as("numpy", "_np"))
     if "_npt" in _ROOTS_USED:
         third.append(import_as("numpy.typing", "_npt"))
-    third.append(from_import("atdata_runtime", "sample", "_sample"))
+    third.append(from_import("atdata_runtime", "samples", "_sample"))
     first = third[0]
     third[0] = first.with_changes(leading_lines=[_BLANK])
     head.extend(third)

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from atdata_runtime.formats import FORMAT_CHECKS, is_nsid
-from atdata_runtime.text import count_graphemes
+from atdata_runtime.lex.formats import FORMAT_CHECKS, is_nsid
+from atdata_runtime.lex.text import count_graphemes
 
 from ..diagnostics import Diagnostic, Reporter, Severity, Span
 from ..frontend.lexicon import PRIMARY_TYPES

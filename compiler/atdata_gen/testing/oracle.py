@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from atdata_runtime.formats import is_nsid, is_record_key, is_tid
+from atdata_runtime.lex.formats import is_nsid, is_record_key, is_tid
 from hypothesis import HealthCheck, Phase, find, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample, Unsatisfiable

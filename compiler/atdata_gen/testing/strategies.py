@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from atdata_runtime.text import count_graphemes, utf8_length
+from atdata_runtime.lex.text import count_graphemes, utf8_length
 from hypothesis import strategies as st
 
 from ..ir.link import LinkedModel

@@ -1,6 +1,7 @@
 """The network half of the runtime: AT Protocol identity, login, verified reads,
 exactly-once writes, blobs, publishing and loading (``science.alt.dataset.*``)."""
 
+from ..net.retry import RetryPolicy
 from .cid import blob_cid, record_cid
 from .client import AtmosphereClient, FetchedRecord, WriteResult
 from .errors import (
@@ -17,7 +18,6 @@ from .errors import (
 )
 from .identity import DidDocument, IdentityResolver
 from .records import AtUri, parse_schema_rkey, schema_rkey, validate_record
-from .retry import RetryPolicy
 from .session import Secret, SessionStore
 
 __all__ = [

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from os import PathLike
 from typing import Any
 
+from ..net.retry import RetryPolicy
 from .cid import DataModelError, blob_cid, record_cid
 from .errors import (
     AuthError,
@@ -38,7 +39,6 @@ from .errors import (
 )
 from .identity import IdentityResolver
 from .records import AtUri, validate_record
-from .retry import RetryPolicy
 from .session import SavedSession, Secret, SessionStore, default_session_path
 
 __all__ = ["AtmosphereClient", "FetchedRecord", "WriteResult"]

@@ -29,9 +29,9 @@ from urllib.parse import unquote
 
 import httpx
 
-from ..formats import is_did, is_handle
+from ..lex.formats import is_did, is_handle
+from ..net.retry import RetryPolicy
 from .errors import IdentityError
-from .retry import RetryPolicy
 
 __all__ = ["DidDocument", "IdentityResolver"]
 

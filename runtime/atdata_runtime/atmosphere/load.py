@@ -1,4 +1,4 @@
-"""Loading a published dataset: entry AT-URI → typed :class:`~atdata_runtime.dataset.Dataset`.
+"""Loading a published dataset: entry AT-URI → typed :class:`~atdata_runtime.shards.Dataset`.
 
 1. The entry and its schema record are fetched from their owners' PDSs, verified
    against their CIDs and validated (:class:`~.client.AtmosphereClient`).
@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..sample import PackableSample, generated_sample_classes
+from ..samples.codec import PackableSample, generated_sample_classes
+from ..shards.dataset import Dataset
 from .cid import cid_to_bytes
 from .client import AtmosphereClient, FetchedRecord
 from .errors import AtmosphereError
@@ -148,9 +149,7 @@ def resolve_dataset(
         cls = _locked_class(lock, schema) if lock is not None else None
         source = "lock"
     if cls is None:
-        from atdata_gen.dynamic import compile_schema_record
-
-        cls = compile_schema_record(schema.value, uri=schema.uri, cid=schema.cid)
+        cls = _compile_in_process(schema)
         source = "dynamic"
     storage = entry.value["storage"]
     kind = storage.get("$type", "")
@@ -195,6 +194,24 @@ def resolve_dataset(
     return ResolvedDataset(entry, schema, cls, urls, checksums, options, source)
 
 
+def _compile_in_process(schema: FetchedRecord) -> type[PackableSample]:
+    """Compile a fetched schema record into a class with the compiler, which is a
+    separate distribution (``atdata-gen``): the runtime never needs it when the
+    sample class is given or pinned in ``atdata-gen.lock``."""
+    try:
+        from atdata_gen.dynamic import compile_schema_record
+    except ImportError as exc:
+        raise AtmosphereError(
+            schema.uri,
+            "no sample class was given and atdata-gen.lock does not pin this "
+            "schema record, so it must be compiled in-process, which needs the "
+            "compiler: `pip install atdata-gen` (or pass sample_type=, or run "
+            "`atdata-gen pull` and build)",
+            rule="COMPILER_NOT_INSTALLED",
+        ) from exc
+    return compile_schema_record(schema.value, uri=schema.uri, cid=schema.cid)
+
+
 def load_dataset(
     uri: str,
     *,
@@ -206,9 +223,7 @@ def load_dataset(
 ) -> Any:
     """``Dataset[SampleClass]`` for a published entry (see :func:`resolve_dataset`);
     ``storage_options`` are merged over the entry's (e.g. S3 credentials);
-    ``kwargs`` go to :class:`~atdata_runtime.dataset.Dataset`."""
-    from ..dataset import Dataset
-
+    ``kwargs`` go to :class:`~atdata_runtime.shards.Dataset`."""
     r = resolve_dataset(uri, client=client, sample_type=sample_type, lock=lock)
     if r.unverified:
         log.warning(

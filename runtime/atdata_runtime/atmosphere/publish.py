@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from ..dataset import Sha256Reader
-from ..tar import iter_samples
+from ..shards.dataset import Sha256Reader
+from ..shards.tar import iter_samples
 from .client import AtmosphereClient, FetchedRecord, WriteResult
 from .errors import AtmosphereError, PublishConflictError
 from .records import ENTRY, LENS, SCHEMA, is_semver, schema_rkey

@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..formats import is_at_uri, is_did, is_handle, is_nsid, is_record_key
+from ..lex.formats import is_at_uri, is_did, is_handle, is_nsid, is_record_key
 from .errors import RecordValidationError
 
 __all__ = [
@@ -143,10 +143,10 @@ def parse_schema_rkey(rkey: str) -> tuple[str, str] | None:
 
 
 def _models() -> dict[str, Any]:
-    from atdata_lexicons.science.alt.dataset.entry import Entry
-    from atdata_lexicons.science.alt.dataset.label import Label
-    from atdata_lexicons.science.alt.dataset.lens import Lens
-    from atdata_lexicons.science.alt.dataset.schema import Schema
+    from atdata_runtime.lexicons.science.alt.dataset.entry import Entry
+    from atdata_runtime.lexicons.science.alt.dataset.label import Label
+    from atdata_runtime.lexicons.science.alt.dataset.lens import Lens
+    from atdata_runtime.lexicons.science.alt.dataset.schema import Schema
 
     return {m.lex_type: m for m in (Schema, Entry, Lens, Label)}
 

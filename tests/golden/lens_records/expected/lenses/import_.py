@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import typing as _t
 
-from atdata_runtime import lens as _lens
-from atdata_runtime import lensref as _lensref
+from atdata_runtime import lenses as _lens
+from atdata_runtime.lenses import records as _lensref
 
 from ..samples import lab_image_v2_0_0 as _source
 from ..samples import lab_image_v1_0_0 as _target
@@ -62,7 +62,7 @@ def get(source: Source) -> Target:
 
     Getter: ``other.pkg:down`` in https://example.org/other.git at commit ``fedcba9876543210fedcba9876543210fedcba98``.
 
-    Raises ``NotImplementedError`` when the implementation is not installed here, ``atdata_runtime.lensref.LensBindingError`` when it does not fit this signature.
+    Raises ``NotImplementedError`` when the implementation is not installed here, ``atdata_runtime.lenses.records.LensBindingError`` when it does not fit this signature.
     """
     return binding.get(source)
 
@@ -72,10 +72,10 @@ def put(view: Target, source: Source) -> Source:
 
     Putter: ``other.pkg:up`` in https://example.org/other.git at commit ``fedcba9876543210fedcba9876543210fedcba98``.
 
-    Raises ``NotImplementedError`` when the implementation is not installed here, ``atdata_runtime.lensref.LensBindingError`` when it does not fit this signature.
+    Raises ``NotImplementedError`` when the implementation is not installed here, ``atdata_runtime.lenses.records.LensBindingError`` when it does not fit this signature.
     """
     return binding.put(view, source)
 
 
 lens: _t.Final[_lens.Lens[Source, Target]] = binding.lens()
-"""The lens as a ``Lens`` (register it: ``atdata_runtime.lens.lenses.register(lens)``). It claims no law until ``check_lens_laws`` has checked it."""
+"""The lens as a ``Lens`` (register it: ``atdata_runtime.lenses.lenses.register(lens)``). It claims no law until ``check_lens_laws`` has checked it."""

@@ -12,7 +12,7 @@ import dataclasses as _dc
 import typing as _t
 
 import numpy.typing as _npt
-from atdata_runtime import sample as _sample
+from atdata_runtime import samples as _sample
 
 __all__: list[str] = ["Image", "ImageBatch"]
 
@@ -45,7 +45,7 @@ class Image(_sample.PackableSample):
 
 class ImageBatch(_sample.SampleBatch[Image]):
     """A batch of ``Image``: array fields stacked along a new first axis, other fields as lists
-    (see ``atdata_runtime.sample.SampleBatch``).
+    (see ``atdata_runtime.samples.SampleBatch``).
     """
 
     sample_type: _t.ClassVar[type[_sample.PackableSample]] = Image

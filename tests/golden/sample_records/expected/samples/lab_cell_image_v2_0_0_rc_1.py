@@ -13,7 +13,7 @@ import typing as _t
 
 import numpy as _np
 import numpy.typing as _npt
-from atdata_runtime import sample as _sample
+from atdata_runtime import samples as _sample
 
 __all__: list[str] = ["CellImage", "CellImageBatch"]
 
@@ -90,7 +90,7 @@ class CellImage(_sample.PackableSample):
 
 class CellImageBatch(_sample.SampleBatch[CellImage]):
     """A batch of ``CellImage``: array fields stacked along a new first axis, other fields as lists
-    (see ``atdata_runtime.sample.SampleBatch``).
+    (see ``atdata_runtime.samples.SampleBatch``).
     """
 
     sample_type: _t.ClassVar[type[_sample.PackableSample]] = CellImage

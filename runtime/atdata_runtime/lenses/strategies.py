@@ -17,7 +17,7 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from .sample import EncodedBlob, FieldSpec, PackableSample, _np_dtype
+from ..samples.codec import EncodedBlob, FieldSpec, PackableSample, _np_dtype
 
 __all__ = ["field_values", "samples"]
 

@@ -2,11 +2,13 @@
 
 Shards are tar files whose members are ``<key>.msgpack`` (one sample each), as atdata
 writes them. URLs use brace notation (``data-{000000..000009}.tar``) and may be local
-paths, ``http(s)://`` or ``s3://`` URLs, or anything else fsspec opens
-(``storage_options`` go to fsspec, e.g. ``{"endpoint_url": …}`` for an
-S3-compatible server). Shards are written with webdataset's ``ShardWriter`` and read
-with :mod:`atdata_runtime.tar` (a lean streaming reader, checked against ``tarfile``
-and webdataset); decoding is :mod:`atdata_runtime.sample`.
+paths (core), ``http(s)://`` (the ``http`` extra) or ``s3://`` URLs (the ``s3`` extra),
+or anything else fsspec opens (``storage_options`` go to fsspec, e.g.
+``{"endpoint_url": …}`` for an S3-compatible server). Shards are written by
+:class:`ShardWriter` (stdlib ``tarfile``, each shard renamed into place when
+complete) and read with :mod:`atdata_runtime.shards.tar` (a lean streaming reader,
+checked against ``tarfile`` and webdataset); decoding is
+:mod:`atdata_runtime.samples`.
 
 Splitting: each (node, worker) pair reads a disjoint share, so that a
 ``torch.utils.data.DataLoader`` with workers under distributed training sees every
@@ -20,25 +22,28 @@ optional.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import random
 import sys
+import tarfile
+import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Generic, Self, TypeVar
 
 import braceexpand
-import fsspec
 from tqdm import tqdm  # type: ignore[import-untyped]
 
-from .sample import PackableSample, SampleBatch, SampleFormatError, Unknown
+from ..samples.codec import PackableSample, SampleBatch, SampleFormatError, Unknown
+from .errors import ShardChecksumError
 from .tar import TarFormatError, iter_samples
 
 if TYPE_CHECKING:
-    from .lens import Lens, LensGraph
+    from ..lenses.core import Lens, LensGraph
 
 __all__ = ["Dataset", "ShardWriter", "Split", "expand_urls", "write_samples"]
 
@@ -110,7 +115,7 @@ _HTTP_OPTIONS = {"headers", "timeout", "block_size"}
 
 def _open(url: str, storage_options: dict[str, Any]) -> BinaryIO:
     """A binary stream for one shard: local paths directly; ``http(s)://`` with
-    :class:`~atdata_runtime.httpstream.HttpShardStream` (streaming, resumable) when
+    :class:`~atdata_runtime.shards.http.HttpShardStream` (streaming, resumable) when
     ``storage_options`` hold only ``headers``/``timeout`` (``block_size`` is
     ignored); anything else through fsspec with ``storage_options``."""
     if "://" not in url or url.startswith("file://"):
@@ -119,7 +124,7 @@ def _open(url: str, storage_options: dict[str, Any]) -> BinaryIO:
         url.startswith(("http://", "https://"))
         and set(storage_options) <= _HTTP_OPTIONS
     ):
-        from .httpstream import HttpShardStream
+        from .http import HttpShardStream
 
         raw = HttpShardStream(
             url,
@@ -127,6 +132,13 @@ def _open(url: str, storage_options: dict[str, Any]) -> BinaryIO:
             timeout=float(storage_options.get("timeout", 30.0)),
         )
         return io.BufferedReader(raw, 1 << 20)
+    try:
+        import fsspec
+    except ImportError as exc:
+        raise ImportError(
+            f"{url}: reading this URL needs fsspec and its filesystem: "
+            "pip install 'atdata-runtime[s3]' for s3://"
+        ) from exc
     return fsspec.open(url, "rb", **storage_options).open()  # type: ignore[no-any-return]
 
 
@@ -161,7 +173,7 @@ def iter_shard(
     :class:`SampleFormatError` for a sample without a ``.msgpack`` member. With
     ``sha256`` (hex), the bytes are hashed as they stream and, once the shard has
     been read to its end, a mismatch raises
-    :class:`~atdata_runtime.atmosphere.errors.ShardChecksumError` naming the URL."""
+    :class:`~atdata_runtime.shards.errors.ShardChecksumError` naming the URL."""
     with _open(url, storage_options or {}) as raw:
         stream: Any = Sha256Reader(raw) if sha256 else raw
         try:
@@ -178,8 +190,6 @@ def iter_shard(
         if sha256:
             actual = stream.drain()
             if actual != sha256.lower():
-                from .atmosphere.errors import ShardChecksumError
-
                 raise ShardChecksumError(
                     url, f"shard sha256 is {actual}, its entry says {sha256}"
                 )
@@ -241,12 +251,12 @@ class Dataset(Generic[T]):
     def as_type(self, target: type[U], *, graph: LensGraph | None = None) -> Dataset[U]:
         """This dataset read as ``target``: each sample is decoded with its stored
         class and viewed through the shortest chain of lenses to ``target``
-        (:meth:`atdata_runtime.lens.LensGraph.find` on ``graph``, default the
-        global :data:`~atdata_runtime.lens.lenses`: registered lenses, and
+        (:meth:`atdata_runtime.lenses.LensGraph.find` on ``graph``, default the
+        global :data:`~atdata_runtime.lenses.lenses`: registered lenses, and
         structural ones between versions of a schema). Raises
-        :class:`~atdata_runtime.lens.LensNotFoundError` naming the nearest classes
+        :class:`~atdata_runtime.lenses.LensNotFoundError` naming the nearest classes
         when no chain exists."""
-        from .lens import compose, lenses
+        from ..lenses.core import compose, lenses
 
         step = (graph or lenses).find(self.sample_type, target)
         bound: Any = Dataset[target]  # type: ignore[valid-type]
@@ -264,7 +274,13 @@ class Dataset(Generic[T]):
         :func:`atdata_runtime.atmosphere.load.load_dataset` for ``kwargs``
         (``client``, ``lock``, ``storage_options``…). On a bound class
         (``Dataset[ImageSample].from_atproto(…)``) that class is used."""
-        from .atmosphere.load import load_dataset
+        try:
+            from ..atmosphere.load import load_dataset
+        except ImportError as exc:
+            raise ImportError(
+                f"Dataset.from_atproto needs the atproto extra ({exc.name} is "
+                "missing): pip install 'atdata-runtime[atproto]'"
+            ) from exc
 
         bound = cls.__dict__.get("sample_type")
         if bound is not None:
@@ -425,11 +441,20 @@ class Dataset(Generic[T]):
 
 class ShardWriter:
     """Write samples into WebDataset shards ``pattern % index`` (e.g.
-    ``out/data-%06d.tar``), starting a new shard after ``maxcount`` samples or
-    ``maxsize`` bytes. Members are ``<key>.msgpack``; keys default to
-    ``uuid1(0, 0)`` as atdata's writer uses and must not contain dots. Arrays are
-    checked against the schema (dtype/shape) on write. ``shards`` lists the files
-    written."""
+    ``out/data-%06d.tar``), starting a new shard after ``maxcount`` samples or once
+    a shard holds ``maxsize`` bytes of member payloads (checked before each sample,
+    as WebDataset's ``ShardWriter`` counts). Members are ``<key>.msgpack`` (POSIX pax tar, mode
+    0444, mtime 0); keys default to ``uuid1(0, 0)`` as atdata's writer uses and must
+    not contain dots. Arrays are checked against the schema (dtype/shape) on write.
+
+    Each shard is written to a hidden temporary file beside it and renamed into
+    place when it is complete (POSIX ``rename``): a crash or an exception leaves no
+    partial shard under the shard's name. ``shards`` lists the completed files.
+
+    Raises ``ValueError`` for a pattern without a ``%`` index or a key with a dot,
+    ``OSError`` from the file system; after an error the current shard is discarded
+    and the writer is closed.
+    """
 
     def __init__(
         self,
@@ -440,41 +465,105 @@ class ShardWriter:
         progress: bool | None = None,
         start: int = 0,
     ) -> None:
-        import webdataset as wds  # type: ignore[import-untyped]
-
         if "%" not in pattern:
             raise ValueError(
                 "pattern needs a %-format for the shard index, e.g. data-%06d.tar"
             )
+        self.pattern = pattern
+        self.maxcount = maxcount
+        self.maxsize = maxsize
         self.shards: list[str] = []
         self.count = 0
-        self._writer = wds.ShardWriter(
-            pattern,
-            maxcount=maxcount,
-            maxsize=maxsize,
-            start_shard=start,
-            verbose=0,
-            post=self.shards.append,
-        )
+        self._index = start
+        self._tar: tarfile.TarFile | None = None
+        self._file: BinaryIO | None = None
+        self._tmp = ""
+        self._final = ""
+        self._in_shard = 0
+        self._bytes = 0
         self._bar = tqdm(desc="writing", unit="sample", disable=_quiet(progress))
+
+    def _roll(self) -> None:
+        self._finish()
+        final = self.pattern % self._index
+        self._index += 1
+        directory, name = os.path.split(final)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{name}.", suffix=".partial", dir=directory or "."
+        )
+        self._file = os.fdopen(fd, "wb")
+        # Closed in _finish/_abort: the shard outlives this call.
+        self._tar = tarfile.open(  # noqa: SIM115
+            fileobj=self._file, mode="w", format=tarfile.PAX_FORMAT
+        )
+        self._tmp, self._final, self._in_shard, self._bytes = tmp, final, 0, 0
+
+    def _finish(self) -> None:
+        if self._tar is None or self._file is None:
+            return
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.chmod(self._tmp, 0o644)
+        os.replace(self._tmp, self._final)
+        self.shards.append(self._final)
+        self._tar = self._file = None
+
+    def _abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self._tmp)
+        self._tar = self._file = None
 
     def write(self, sample: PackableSample, key: str | None = None) -> str:
         """Write one sample; returns its key."""
         key = key if key is not None else str(uuid.uuid1(0, 0))
-        self._writer.write(sample.as_wds(key))
+        if "." in key or "/" in key or not key:
+            raise ValueError(
+                f"sample key {key!r} must be non-empty, without '.' or '/' "
+                "(WebDataset splits member names at the first dot)"
+            )
+        payload = sample.pack(member=f"{key}.msgpack")
+        try:
+            if (
+                self._tar is None
+                or self._in_shard >= self.maxcount
+                or self._bytes >= self.maxsize
+            ):
+                self._roll()
+            assert self._tar is not None
+            info = tarfile.TarInfo(f"{key}.msgpack")
+            info.size = len(payload)
+            info.mode = 0o444
+            self._tar.addfile(info, io.BytesIO(payload))
+        except BaseException:
+            self._abort()
+            raise
+        self._in_shard += 1
+        self._bytes += len(payload)
         self.count += 1
         self._bar.update()
         return key
 
     def close(self) -> None:
-        self._writer.close()
-        self._bar.close()
+        """Complete the current shard (renamed into place) and close."""
+        try:
+            self._finish()
+        finally:
+            self._abort()
+            self._bar.close()
 
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:
+            self._abort()
+            self._bar.close()
+        else:
+            self.close()
 
 
 def write_samples(

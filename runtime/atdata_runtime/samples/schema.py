@@ -1,6 +1,6 @@
 """Class → schema record: the ``science.alt.dataset.schema`` record of a sample class.
 
-:func:`schema_record` builds, from a :class:`~atdata_runtime.sample.PackableSample`
+:func:`schema_record` builds, from a :class:`~atdata_runtime.samples.PackableSample`
 class (generated or hand-written), the record atdata 0.7's ``SchemaPublisher``
 builds for the same class: same keys, same order, same JSON Schema body, same array
 shim references; only ``createdAt`` differs (it is the publication time). For a
@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any
 
-from .sample import FieldSpec, PackableSample
+from .codec import FieldSpec, PackableSample
 
 __all__ = ["NDARRAY_SHIM", "STRUCTURED_SHIM", "schema_record"]
 

@@ -96,7 +96,7 @@ class String:
 
     ``max_length`` / ``min_length`` count UTF-8 bytes; ``max_graphemes`` /
     ``min_graphemes`` count extended grapheme clusters; ``format`` is one of
-    :data:`atdata_runtime.formats.FORMAT_CHECKS`. ``known_values`` is documentation
+    :data:`atdata_runtime.lex.formats.FORMAT_CHECKS`. ``known_values`` is documentation
     only (the set is open). Errors are pydantic ``ValidationError`` entries of types
     ``string_utf8_too_long``, ``string_utf8_too_short``, ``string_graphemes_too_long``,
     ``string_graphemes_too_short`` and ``string_format``.
@@ -197,7 +197,7 @@ class String:
 @functools.cache
 def format_schema(fmt: str) -> core_schema.CoreSchema:
     """pydantic-core schema checking the Lexicon string format ``fmt``: the native
-    (Rust) fast path of :data:`~atdata_runtime.formats.FAST_PATTERNS` first, the exact
+    (Rust) fast path of :data:`~atdata_runtime.lex.formats.FAST_PATTERNS` first, the exact
     Python check only for strings the fast path does not accept. Errors have type
     ``string_format``."""
     pattern, min_len, max_len = FAST_PATTERNS[fmt]

@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from .sample import FieldSpec, PackableSample
+from ..samples.codec import FieldSpec, PackableSample
 
 __all__ = [
     "GET_PUT",
@@ -510,7 +510,7 @@ def check_lens_laws(
     lens record claims none, so name them: ``laws=(GET_PUT, PUT_GET)``): GetPut on each of ``samples`` and PutGet on
     each pair of ``views`` × ``samples``, then (``generate``) on up to
     ``max_examples`` samples and views that hypothesis generates from the two
-    classes' fields (``atdata_runtime.strategies``; hypothesis must be installed).
+    classes' fields (``atdata_runtime.lenses.strategies``; hypothesis must be installed).
     Equality is :meth:`PackableSample.__eq__` (arrays by dtype and value; NaN is
     not generated). ``derandomize`` (default) makes the generated examples the
     same on every run, so a CI result reproduces. Raises :class:`LensLawError` with the (shrunk)

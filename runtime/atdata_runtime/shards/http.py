@@ -11,7 +11,7 @@ answer must start at that position (``Content-Range``, § 14.4); a server that
 ignores ranges and answers ``200`` is read again from the start with the bytes
 already delivered skipped. ``Accept-Encoding: identity`` keeps byte positions those
 of the resource itself. Connection failures, 5xx and 429 are retried with the
-runtime's :class:`~atdata_runtime.atmosphere.retry.RetryPolicy` (backoff with
+runtime's :class:`~atdata_runtime.net.retry.RetryPolicy` (backoff with
 jitter, server hints, bounded attempts and time).
 """
 
@@ -24,8 +24,8 @@ from typing import Any
 
 import httpx
 
-from .atmosphere.errors import AtmosphereError, RetryExhaustedError
-from .atmosphere.retry import RetryPolicy
+from ..net.errors import NetworkError, RetryExhaustedError
+from ..net.retry import RetryPolicy
 
 __all__ = ["HttpShardStream"]
 
@@ -40,8 +40,8 @@ class HttpShardStream(io.RawIOBase):
     ``reconnects`` counts mid-body resumptions.
 
     Raises ``httpx.HTTPStatusError`` for a 4xx answer,
-    :class:`~atdata_runtime.atmosphere.errors.RetryExhaustedError` when the retry
-    budget runs out, and :class:`~atdata_runtime.atmosphere.errors.AtmosphereError`
+    :class:`~atdata_runtime.net.errors.RetryExhaustedError` when the retry
+    budget runs out, and :class:`~atdata_runtime.net.errors.NetworkError`
     (rule ``HTTP_RANGE``) for a 206 answer that does not resume at ``position``."""
 
     def __init__(
@@ -88,7 +88,7 @@ class HttpShardStream(io.RawIOBase):
                     response.headers.get("content-range", "")
                 )
                 if match is None or int(match.group(1)) != self.position:
-                    raise AtmosphereError(
+                    raise NetworkError(
                         self.url,
                         f"asked for bytes from {self.position}, got Content-Range "
                         f"{response.headers.get('content-range')!r}",

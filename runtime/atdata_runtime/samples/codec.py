@@ -3,7 +3,7 @@
 A sample is one msgpack map, field name → value, in the schema's field order, packed
 with msgpack's defaults, exactly as atdata 0.7.0b1 writes it (``msgpack.packb`` of
 the instance's fields; ``None`` for an absent optional field; numpy arrays in the
-compact layout of :mod:`atdata_runtime.ndarray`; numpy scalars as Python values).
+compact layout of :mod:`atdata_runtime.samples.ndarray`; numpy scalars as Python values).
 For the same sample both libraries produce byte-identical payloads.
 
 Generated sample classes are keyword-only dataclasses deriving from
@@ -583,7 +583,7 @@ class PackableSample:
         ``unknown``: keep / drop (one warning per key set) / error; ``validate``:
         check array dtypes and shapes; ``copy``: writable arrays instead of
         read-only views. Raises :class:`SampleFormatError` or
-        :class:`~atdata_runtime.ndarray.ArrayFormatError`."""
+        :class:`~atdata_runtime.samples.ndarray.ArrayFormatError`."""
         sample = cls._codec().unpack(payload, member, unknown, validate, copy)
         assert isinstance(sample, cls)
         return sample

@@ -13,7 +13,7 @@ for the named module **in the local environment only**:
 * installed → the function is imported and its signature checked against the
   stub's generated classes: the getter must be ``(source: A) -> B``, the putter
   ``(view: B, source: A) -> A``, either as plain functions or as an
-  :func:`atdata_runtime.lens.lens` object (its getter / putter). A class of the
+  :func:`atdata_runtime.lenses.lens` object (its getter / putter). A class of the
   same schema name, version and wire fields generated into another package (the
   implementation's own generated code) is accepted: samples are converted field by
   field at the boundary. A mismatch raises :class:`LensBindingError`
@@ -37,8 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from .lens import Lens, LensError, _hints, _label, field_copier, same_field_type
-from .sample import PackableSample
+from ..samples.codec import PackableSample
+from .core import Lens, LensError, _hints, _label, field_copier, same_field_type
 
 __all__ = ["CodeReference", "LensBindingError", "RecordLens"]
 
@@ -341,10 +341,10 @@ class RecordLens(Generic[A, B]):
         return fn(view, source)
 
     def lens(self) -> Lens[A, B]:
-        """This binding as a :class:`~atdata_runtime.lens.Lens` (for
-        :class:`~atdata_runtime.lens.LensGraph` and ``Dataset.as_type``). It claims
+        """This binding as a :class:`~atdata_runtime.lenses.Lens` (for
+        :class:`~atdata_runtime.lenses.LensGraph` and ``Dataset.as_type``). It claims
         no law: a lens record's code is unverified until
-        :func:`~atdata_runtime.lens.check_lens_laws` says otherwise."""
+        :func:`~atdata_runtime.lenses.check_lens_laws` says otherwise."""
         made = Lens(
             self.source,
             self.target,

@@ -1,0 +1,50 @@
+"""Lenses: typed getter/putter pairs between sample types, their laws, the graph of
+registered lenses, and lens records bound to installed code.
+
+- :mod:`.core`: ``@lens``, ``Lens``, ``compose``, structural lenses between schema
+  versions, ``LensGraph`` (shortest paths), ``check_lens_laws``;
+- :mod:`.records`: ``RecordLens``, binding a ``science.alt.dataset.lens`` record's
+  code reference to an installed implementation;
+- :mod:`.strategies`: hypothesis strategies from sample fields (the ``testing``
+  extra).
+
+Uses :mod:`atdata_runtime.samples` only.
+"""
+
+from .core import (
+    GET_PUT,
+    PUT_GET,
+    Lens,
+    LensError,
+    LensGraph,
+    LensLawError,
+    LensNotFoundError,
+    check_lens_laws,
+    compose,
+    field_copier,
+    lens,
+    lenses,
+    same_field_type,
+    structural_lens,
+)
+from .records import CodeReference, LensBindingError, RecordLens
+
+__all__ = [
+    "GET_PUT",
+    "PUT_GET",
+    "CodeReference",
+    "Lens",
+    "LensBindingError",
+    "LensError",
+    "LensGraph",
+    "LensLawError",
+    "LensNotFoundError",
+    "RecordLens",
+    "check_lens_laws",
+    "compose",
+    "field_copier",
+    "lens",
+    "lenses",
+    "same_field_type",
+    "structural_lens",
+]

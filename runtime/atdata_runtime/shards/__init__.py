@@ -1,0 +1,27 @@
+"""Shard I/O: WebDataset tar shards of packed samples, and the typed
+:class:`Dataset` over them.
+
+- :mod:`.tar`: a bounded, streaming tar reader (members grouped into samples by key);
+- :mod:`.dataset`: ``Dataset[T]``, ``ShardWriter``, ``write_samples``, splits;
+- :mod:`.http`: resumable HTTP shard streams (the ``http`` extra: ``httpx``).
+
+Local shards need only the core; ``http(s)://`` needs the ``http`` extra, ``s3://``
+the ``s3`` extra. Uses :mod:`atdata_runtime.samples` and, for ``Dataset.as_type``,
+:mod:`atdata_runtime.lenses`.
+"""
+
+from .dataset import Dataset, ShardWriter, Split, expand_urls, write_samples
+from .errors import ShardChecksumError
+from .tar import TarFormatError, iter_files, iter_samples
+
+__all__ = [
+    "Dataset",
+    "ShardChecksumError",
+    "ShardWriter",
+    "Split",
+    "TarFormatError",
+    "expand_urls",
+    "iter_files",
+    "iter_samples",
+    "write_samples",
+]
