@@ -3,7 +3,9 @@
 Every function returns a plain-ASCII identifier that is not a keyword (Python
 identifiers are NFKC-normalized by the parser, so non-ASCII letters could make two
 different wire names collide after normalization; we never emit them). Collisions
-are settled by :class:`Scope`, first come first served, in a deterministic order.
+of def, module and class names are settled by :class:`Scope`, first come first
+served, in a deterministic order; field names by :func:`field_names`, which never
+depends on the order of the fields.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from __future__ import annotations
 import builtins
 import keyword
 import re
+from collections.abc import Callable, Sequence
 
 __all__ = [
     "Scope",
     "constant_name",
+    "field_names",
     "module_name",
     "package_name_problem",
     "pascal_case",
@@ -148,6 +152,64 @@ def field_name(wire: str) -> str:
     if keyword.iskeyword(out) or out in _BUILTINS or out in RESERVED_FIELD_NAMES:
         out += "_"
     return out
+
+
+def field_names(
+    wires: Sequence[str], base: Callable[[str], str] = field_name
+) -> tuple[str, ...]:
+    """The Python names of one object's fields (``wires``, the distinct wire names),
+    in the same order: a name depends on the field's own wire name and on the *set*
+    of its siblings' names, never on their order, so inserting, moving or deleting
+    a sibling cannot silently hand a name to another field.
+
+    ``base`` gives each field's wanted name (:func:`field_name` for record models,
+    :func:`sample_field_name` for samples). The rule:
+
+    1. a wire name that is its own wanted name (already a snake-case identifier,
+       not a keyword, builtin or reserved name) keeps exactly that name;
+    2. every other (converted) wire name gets its wanted name when no rule-1 name
+       took it; when several converted wire names want the same name, the one
+       that sorts first (code-point order of the wire names) gets it;
+    3. the others of each group, in that order, get the first free ``name_2``,
+       ``name_3``, … (groups taken in the order of their wanted names).
+
+    So ``foo_bar`` stays ``foo_bar`` whatever is added next to it, and a ``fooBar``
+    added next to it becomes ``foo_bar_2``. A name changes only when a sibling that
+    ranks before the field in its group (rule 1, then code-point order) is added or
+    removed; ``atdata-gen check`` reports that as ``FIELD_PYTHON_NAME_CHANGED``.
+    """
+    wanted = [base(w) for w in wires]
+    out: dict[str, str] = {w: w for w, b in zip(wires, wanted, strict=True) if w == b}
+    taken = set(out.values())
+    groups: dict[str, list[str]] = {}
+    for w, b in zip(wires, wanted, strict=True):
+        if w not in out:
+            groups.setdefault(b, []).append(w)
+    rest: list[tuple[str, str]] = []
+    for b in sorted(groups):
+        members = sorted(groups[b])
+        if b not in taken:
+            out[members.pop(0)] = b
+            taken.add(b)
+        rest += [(b, w) for w in members]
+    for b, w in rest:
+        out[w] = _suffixed(b, taken)
+    # A repeated wire name (invalid input, reported elsewhere) still gets its own
+    # Python name, so that the emitted class stays valid.
+    seen: set[str] = set()
+    names = []
+    for w in wires:
+        names.append(out[w] if w not in seen else _suffixed(out[w], taken))
+        seen.add(w)
+    return tuple(names)
+
+
+def _suffixed(name: str, taken: set[str]) -> str:
+    n = 2
+    while f"{name}_{n}" in taken:
+        n += 1
+    taken.add(f"{name}_{n}")
+    return f"{name}_{n}"
 
 
 class Scope:

@@ -16,18 +16,25 @@ hands each pair to every rule registered for that target; a missing side is
 Semver (schema records only): the bump a change needs is MAJOR when a finding breaks
 the checked direction, MINOR for any other change of the data shape, PATCH for
 descriptions and metadata (semver.org § 8, 7, 6). For ``0.y.z`` a minor bump counts
-as major and a patch bump as minor (semver.org § 4, as Cargo reads it).
+as major and a patch bump as minor (semver.org § 4, as Cargo reads it). A declared
+MAJOR bump allows every change (semver.org § 8: "incompatible API changes"): the
+schema's breaking findings are then reported as info, next to
+``SCHEMA_MAJOR_CHANGE`` and its ``atdata-gen new-lens`` suggestion.
+
+Besides data, a change can break the *generated code*: rules registered with
+``major=True`` (``FIELD_PYTHON_NAME_CHANGED``) break no data direction, but need a
+MAJOR bump and are errors.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..diagnostics import Severity, Span
-from ..ir.link import LinkedModel
+from ..ir.link import LinkedModel, walk_objects
 from ..ir.model import (
     ArrayType,
     BlobType,
@@ -57,6 +64,7 @@ __all__ = [
     "CompatRule",
     "Direction",
     "Finding",
+    "PyName",
     "compare",
     "needed_bump",
     "rule",
@@ -104,13 +112,24 @@ class Finding:
     previous: Span = field(compare=False)
     breaks: Direction = field(compare=False, default=Direction.NONE)
     subject: str = field(compare=False, default="")
+    allowed: bool = field(compare=False, default=False)
+    """A break of a sample schema whose declared version is a MAJOR bump (the
+    message says so): reported as INFO."""
 
     def severity(self, mode: Direction) -> Severity:
-        """ERROR when the change breaks ``mode``; else the rule's own severity
-        (WARNING for a break in the other direction, INFO for plain changes)."""
+        """INFO when ``allowed`` by a declared MAJOR bump; else ERROR when the change
+        breaks ``mode``; else the rule's own severity (WARNING for a break in the
+        other direction, INFO for plain changes, ERROR for ``major`` rules)."""
+        if self.allowed:
+            return Severity.INFO
         if self.breaks & mode:
             return Severity.ERROR
         return COMPAT_RULES[self.rule].severity
+
+    def needs_major(self, mode: Direction) -> bool:
+        """True when the change breaks ``mode`` or its rule is a ``major`` rule
+        (breaks the generated code)."""
+        return bool(self.breaks & mode) or COMPAT_RULES[self.rule].major
 
 
 @dataclass(frozen=True)
@@ -137,7 +156,8 @@ class CompatRule:
     """A registered rule. ``target`` is what the walker hands it: ``def``
     (:class:`Def` pairs), ``xrpc`` (:class:`XrpcDef`/:class:`SubscriptionDef`),
     ``field`` (:class:`Field`), ``type`` (IR types), ``schema`` and ``semver``
-    (:class:`SampleSchema`). ``on`` restricts ``type`` handlers to pairs where both
+    (:class:`SampleSchema`), ``names`` (:class:`PyName`, the two sides of one
+    generated attribute). ``on`` restricts ``type`` handlers to pairs where both
     sides are of the same class, one of ``on``."""
 
     id: str
@@ -148,6 +168,8 @@ class CompatRule:
     severity: Severity
     handler: Handler
     on: type | tuple[type, ...] | None = None
+    major: bool = False
+    """The change breaks the generated code (not data): needs a MAJOR bump."""
 
 
 COMPAT_RULES: dict[str, CompatRule] = {}
@@ -163,18 +185,30 @@ def rule(
     *,
     on: type | tuple[type, ...] | None = None,
     severity: Severity | None = None,
+    major: bool = False,
 ) -> Callable[[Handler], Handler]:
     """Register the decorated handler as rule ``id``; its docstring's first line is
     the purpose. ``severity`` defaults to WARNING for rules that break some
-    direction (when that direction is not checked) and INFO otherwise."""
+    direction (when that direction is not checked), ERROR for ``major`` rules
+    (which break the generated code, not data) and INFO otherwise."""
     assert category in CATEGORIES, category
 
     def register(handler: Handler) -> Handler:
         assert id not in COMPAT_RULES, id
         purpose = (handler.__doc__ or "").strip().splitlines()[0]
-        default = Severity.WARNING if breaks else Severity.INFO
+        default = (
+            Severity.ERROR if major else Severity.WARNING if breaks else Severity.INFO
+        )
         COMPAT_RULES[id] = CompatRule(
-            id, purpose, breaks, category, target, severity or default, handler, on
+            id,
+            purpose,
+            breaks,
+            category,
+            target,
+            severity or default,
+            handler,
+            on,
+            major,
         )
         return handler
 
@@ -336,6 +370,33 @@ def _field_nullable_removed(f: Field | None, g: Field | None, at: At) -> Iterato
     """A property stopped being nullable: old data may hold null."""
     if f is not None and g is not None and f.nullable and not g.nullable:
         yield f"Property {f.name!r} of {at.where} is no longer nullable."
+
+
+@dataclass(frozen=True)
+class PyName:
+    """One side of a generated attribute: its Python name ``python``, the ``field``
+    it names on this side, and the Python name the *other* side gives that field's
+    wire name (``None`` when the other side has no such field)."""
+
+    python: str
+    field: Field
+    elsewhere: str | None
+
+
+@rule("FIELD_PYTHON_NAME_CHANGED", NONE, "FIELD", "names", major=True)
+def _python_name(a: PyName, b: PyName, at: At) -> Iterator[str]:
+    """A generated attribute now names another property: an error (code, not data).
+
+    Code using the attribute silently reads a different field; the data is
+    unaffected, so no direction breaks, but the change needs a MAJOR bump. Names
+    come from ``naming.field_names``; issue 13 § 4."""
+    if a.field.name != b.field.name:
+        now = f"now {a.elsewhere!r}" if a.elsewhere else "deleted"
+        yield (
+            f"Python name {a.python!r} of {at.where} now names property "
+            f"{b.field.name!r}; it named {a.field.name!r} ({now}): code using "
+            f".{a.python} silently reads another field."
+        )
 
 
 # -- types ----------------------------------------------------------------------------
@@ -749,10 +810,11 @@ def declared_bump(old: str, new: str) -> Bump:
 
 def needed_bump(findings: Iterable[Finding], mode: Direction) -> Bump:
     """The bump ``findings`` (of one schema pair) need under ``mode``: MAJOR when one
-    breaks ``mode``, PATCH when all are documentation, MINOR otherwise."""
+    breaks ``mode`` or the generated code (:meth:`Finding.needs_major`), PATCH when
+    all are documentation, MINOR otherwise."""
     need = Bump.NONE
     for f in findings:
-        if f.breaks & mode:
+        if f.needs_major(mode):
             return Bump.MAJOR
         if COMPAT_RULES[f.rule].category != "SEMVER":
             doc = f.rule == "SCHEMA_DOC_CHANGED"
@@ -801,10 +863,40 @@ class _Walker:
             )
             self.emit("def", d, e, at)
             if d is not None and e is not None:
+                self.lexicon_names(d, e, at)
                 if d.kind == e.kind:
                     self.body(d.body, e.body, at)
                 elif {d.kind, e.kind} == _SWAPPABLE:
                     self.types(_object_of(d.body), _object_of(e.body), at)
+
+    def lexicon_names(self, d: Def, e: Def, at: At) -> None:
+        """The Python field names of each object both defs hold at the same path."""
+        old = dict(walk_objects(d))
+        for path, obj in walk_objects(e):
+            prev = old.get(path)
+            a = self.prev.names.fields.get((d.id, path))
+            b = self.curr.names.fields.get((e.id, path))
+            if prev is None or a is None or b is None:
+                continue
+            label = "/".join((str(e.id), *path)) if path else str(e.id)
+            self.names(
+                dict(zip(a, prev.fields, strict=True)),
+                dict(zip(b, obj.fields, strict=True)),
+                replace(at, where=label),
+            )
+
+    def names(self, a: dict[str, Field], b: dict[str, Field], at: At) -> None:
+        """Pair the Python names (name → field) of one object on both sides."""
+        a_of = {f.name: py for py, f in a.items()}
+        b_of = {f.name: py for py, f in b.items()}
+        for py in sorted(a.keys() & b.keys()):
+            f, g = a[py], b[py]
+            self.emit(
+                "names",
+                PyName(py, f, b_of.get(f.name)),
+                PyName(py, g, a_of.get(g.name)),
+                replace(at, prev=f.span, curr=g.span),
+            )
 
     def body(self, a: Any, b: Any, at: At) -> None:
         if isinstance(a, RecordDef) and isinstance(b, RecordDef):
@@ -927,17 +1019,48 @@ class _Walker:
         self.fields(
             s.fields, t.fields, replace(at, where=where, prev=s.span, curr=t.span)
         )
+        self.names(
+            _py_names(self.prev.names.samples, s),
+            _py_names(self.curr.names.samples, t),
+            replace(at, where=f"sample schema {s.name} ({s.version} → {t.version})"),
+        )
         changes = self.out[start:]
         need = needed_bump(changes, self.mode)
         because = sorted(
-            {f.rule for f in changes if need is not Bump.MAJOR or f.breaks & self.mode}
+            {
+                f.rule
+                for f in changes
+                if need is not Bump.MAJOR or f.needs_major(self.mode)
+            }
         )
+        if declared_bump(s.version, t.version) is Bump.MAJOR:
+            # semver.org § 8: a MAJOR version may make incompatible changes. The
+            # breaks are still reported (as info), with the migration command.
+            note = (
+                f" Allowed by the MAJOR version {t.version}; migrate data of "
+                f"{s.version} with a lens (atdata-gen new-lens {s.name}@{s.version} "
+                f"{t.name}@{t.version})."
+            )
+            self.out[start:] = [
+                replace(f, message=f.message + note, allowed=True)
+                if f.breaks or COMPAT_RULES[f.rule].major
+                else f
+                for f in changes
+            ]
         self.emit(
             "semver",
             s,
             t,
             replace(at, prev=s.span, curr=t.span, needed=need, because=tuple(because)),
         )
+
+
+def _py_names(
+    table: Mapping[tuple[str, str], tuple[Any, str, tuple[str, ...]]],
+    s: SampleSchema,
+) -> dict[str, Field]:
+    entry = table.get((s.name, s.version))
+    return dict(zip(entry[2], s.fields, strict=True)) if entry else {}
 
 
 def _object_of(body: Any) -> Any:

@@ -218,10 +218,7 @@ def _name_defs(
                 words = [p for p in path[-2:] if p not in ("properties",)]
                 wanted = parent + "".join(naming.pascal_case(w) for w in words)
                 objects[key] = scope.claim(wanted)
-            field_scope = naming.Scope()
-            fields[key] = tuple(
-                field_scope.claim(naming.field_name(f.name)) for f in obj.fields
-            )
+            fields[key] = naming.field_names([f.name for f in obj.fields])
 
 
 def link(
@@ -324,9 +321,8 @@ def link_samples(
         version = re.sub(r"[^0-9A-Za-z]+", "_", s.version)
         module = module_scope.claim(f"{naming.snake_case(s.name)}_v{version}")
         package = "samples" if "samples" not in taken else "samples_"
-        field_scope = naming.Scope()
-        fields = tuple(
-            field_scope.claim(naming.sample_field_name(f.name)) for f in s.fields
+        fields = naming.field_names(
+            [f.name for f in s.fields], naming.sample_field_name
         )
         cls = naming.pascal_case(s.name.rsplit(".", 1)[-1])
         names[(s.name, s.version)] = ((package, module), cls, fields)

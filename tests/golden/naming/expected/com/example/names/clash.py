@@ -23,15 +23,15 @@ class Clash(_lex.LexRecord):
     lex_type: _t.ClassVar[str] = "com.example.names.clash"
     lex_key: _t.ClassVar[str] = "any"
 
-    foo_bar: _lex.Opt[_pd.StrictStr] = _pd.Field(
+    foo_bar_3: _lex.Opt[_pd.StrictStr] = _pd.Field(
         default=None, validation_alias="fooBar", serialization_alias="fooBar"
     )
 
-    foo_bar_2: _lex.Opt[_pd.StrictStr] = _pd.Field(
+    foo_bar: _lex.Opt[_pd.StrictStr] = _pd.Field(
         default=None, validation_alias="FooBar", serialization_alias="FooBar"
     )
 
-    foo_bar_3: _lex.Opt[_pd.StrictStr] = _pd.Field(
+    foo_bar_2: _lex.Opt[_pd.StrictStr] = _pd.Field(
         default=None, validation_alias="foo-bar", serialization_alias="foo-bar"
     )
 
@@ -39,7 +39,7 @@ class Clash(_lex.LexRecord):
         default=None, validation_alias="class", serialization_alias="class"
     )
 
-    type_: _lex.Opt[_pd.StrictStr] = _pd.Field(
+    type__2: _lex.Opt[_pd.StrictStr] = _pd.Field(
         default=None, validation_alias="type", serialization_alias="type"
     )
 
@@ -57,7 +57,7 @@ class Clash(_lex.LexRecord):
         default=None, validation_alias="pyType", serialization_alias="pyType"
     )
 
-    type__2: _lex.Opt[
+    type_: _lex.Opt[
         _t.Annotated[_t.Literal["com.example.names.clash"], _lex.StrictLiteral()]
     ] = _pd.Field(default=None, validation_alias="$type", serialization_alias="$type")
 
