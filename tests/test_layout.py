@@ -1,0 +1,111 @@
+"""The runtime's layout is its architecture: each subpackage imports only those below
+it, and nothing in the runtime imports the compiler at module level.
+
+Layers, bottom first: ``lex``, ``lexicons`` (generated), ``samples``, ``lenses``,
+``net``, ``shards``, ``atmosphere``. An import inside a
+function that points upward is allowed only where listed in ``DELEGATES`` (a thin
+delegate kept for the seed's spelling, e.g. ``Dataset.from_atproto``).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from .conftest import ROOT
+
+RUNTIME = ROOT / "runtime" / "atdata_runtime"
+LAYERS = ["lex", "lexicons", "samples", "lenses", "net", "shards", "atmosphere"]
+ALLOWED = {layer: set(LAYERS[: i + 1]) for i, layer in enumerate(LAYERS)}
+DELEGATES = {
+    ("shards/dataset.py", "atmosphere"),  # Dataset.from_atproto → load_dataset
+    ("atmosphere/load.py", "atdata_gen"),  # compile a fetched record, if installed
+}
+
+
+def _imports(path: Path, root: Path = RUNTIME) -> list[tuple[str, bool]]:
+    """``(part, at_module_level)`` for every import of a runtime part (or of the
+    compiler, as ``"atdata_gen"``) in ``path``; type-only imports (under ``if
+    TYPE_CHECKING:``) are left out."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = path.relative_to(root).parts[:-1]
+    top_level = {id(node) for node in tree.body}
+    type_only: set[int] = set()
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            type_only |= {id(n) for n in ast.walk(node)}
+    found: list[tuple[str, bool]] = []
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
+        modules: list[list[str]] = []
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = list(package[: len(package) - node.level + 1])
+            modules = [[*base, *(node.module or "").split(".")]]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            modules = [node.module.split(".")]
+        elif isinstance(node, ast.Import):
+            modules = [a.name.split(".") for a in node.names]
+        for parts in modules:
+            parts = [p for p in parts if p]
+            if parts[:1] == ["atdata_runtime"]:
+                parts = parts[1:]
+            elif parts[:1] == ["atdata_gen"]:
+                pass
+            elif not (isinstance(node, ast.ImportFrom) and node.level):
+                continue  # a third-party or standard-library module
+            if not parts and isinstance(node, ast.ImportFrom):
+                # `from atdata_runtime import lex`: the names are the parts
+                found += [(a.name, id(node) in top_level) for a in node.names]
+            elif parts:
+                found.append((parts[0], id(node) in top_level))
+    return found
+
+
+def test_each_part_imports_only_the_parts_below_it() -> None:
+    wrong = []
+    for path in sorted(RUNTIME.rglob("*.py")):
+        rel = path.relative_to(RUNTIME)
+        if len(rel.parts) == 1:
+            continue  # atdata_runtime/__init__.py imports nothing (checked below)
+        part = rel.parts[0]
+        for target, module_level in _imports(path):
+            if target == "atdata_gen":
+                if module_level or (str(rel), target) not in DELEGATES:
+                    wrong.append(f"{rel}: imports the compiler")
+                continue
+            if target in ALLOWED[part]:
+                continue
+            if not module_level and (str(rel), target) in DELEGATES:
+                continue
+            wrong.append(f"{rel}: {part} imports {target}")
+    assert wrong == []
+
+
+def test_the_top_level_imports_nothing() -> None:
+    tree = ast.parse((RUNTIME / "__init__.py").read_text(encoding="utf-8"))
+    assert not [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+
+
+def test_every_runtime_module_is_in_a_part() -> None:
+    """No flat room again: every module lives in one of the named parts."""
+    loose = [p.name for p in RUNTIME.glob("*.py") if p.name != "__init__.py"]
+    assert loose == []
+    parts = {p.name for p in RUNTIME.iterdir() if (p / "__init__.py").exists()}
+    assert parts == set(ALLOWED)
+
+
+def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
+    """The check can fail: an upward import in a bottom layer is reported."""
+    (tmp_path / "lex").mkdir()
+    fake = tmp_path / "lex" / "probe.py"
+    fake.write_text(
+        "from ..shards import Dataset\nfrom atdata_runtime import lenses\n"
+        "def f():\n    import atdata_gen\n",
+        encoding="utf-8",
+    )
+    assert _imports(fake, tmp_path) == [
+        ("shards", True),
+        ("lenses", True),
+        ("atdata_gen", False),
+    ]
