@@ -13,6 +13,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,6 +90,7 @@ def test_each_wheel_holds_one_distribution(wheels: Path) -> None:
 TRAINING = r"""
 import importlib.util, json, sys
 from pathlib import Path
+from typing import Any
 import numpy as np
 from atdata_runtime.shards import Dataset, write_samples
 from atdata_runtime.lexicons.science.alt.dataset.schema import Schema
@@ -194,3 +196,25 @@ def test_missing_extras_and_compiler_say_what_to_install(
     rule, _, message = run.stdout.partition(" | ")
     assert rule == "COMPILER_NOT_INSTALLED"
     assert "pip install atdata-gen" in message
+
+
+def test_the_pre_commit_bundle_has_the_members_dependencies() -> None:
+    """The root distribution (what pre-commit installs from this repository) lists
+    exactly the runtime's core and atproto dependencies plus the compiler's."""
+    import tomllib
+
+    def load(path: Path) -> dict[str, Any]:
+        return tomllib.loads(path.read_text(encoding="utf-8"))["project"]  # type: ignore[no-any-return]
+
+    root = load(ROOT / "pyproject.toml")
+    runtime = load(ROOT / "runtime" / "pyproject.toml")
+    compiler = load(ROOT / "compiler" / "pyproject.toml")
+    members = {
+        *runtime["dependencies"],
+        *runtime["optional-dependencies"]["atproto"],
+        *(d for d in compiler["dependencies"] if not d.startswith("atdata-runtime")),
+    }
+    assert set(root["dependencies"]) == members
+    assert root["scripts"] == compiler["scripts"]
+    assert root["version"] == runtime["version"] == compiler["version"]
+    assert f"atdata-runtime[atproto]=={runtime['version']}" in compiler["dependencies"]

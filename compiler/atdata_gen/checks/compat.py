@@ -29,6 +29,7 @@ MAJOR bump and are errors.
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -55,6 +56,7 @@ from ..ir.model import (
     UnionType,
     XrpcDef,
 )
+from .recdiff import describe_differences
 
 __all__ = [
     "CATEGORIES",
@@ -736,11 +738,18 @@ def _schema_doc(
 @rule("SCHEMA_VERSION_CONFLICT", NONE, "SEMVER", "semver", severity=Severity.ERROR)
 def _version_conflict(s: SampleSchema, t: SampleSchema, at: At) -> Iterator[str]:
     """Two schema records share a name and version but differ (versions are
-    immutable once published)."""
+    immutable once published). The message names the first JSON pointers that
+    differ (``createdAt`` aside), previous value first."""
     if s.version == t.version and _content(s) != _content(t):
+        where = ""
+        if s.record_json is not None and t.record_json is not None:
+            found = describe_differences(
+                json.loads(s.record_json), json.loads(t.record_json)
+            )
+            where = f" ({found})" if found else ""
         yield (
             f"Sample schema {s.name!r} version {s.version} differs from the "
-            "published one with the same version; bump the version."
+            f"published one with the same version{where}; bump the version."
         )
 
 

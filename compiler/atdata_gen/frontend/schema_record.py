@@ -445,4 +445,5 @@ def parse_schema_record(doc: SourceDoc, reporter: Reporter) -> SampleSchema | No
         json.dumps(metadata, ensure_ascii=False)
         if isinstance(metadata, dict)
         else None,
+        json.dumps(value, ensure_ascii=False),
     )

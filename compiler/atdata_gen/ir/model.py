@@ -328,6 +328,10 @@ class SampleSchema:
     metadata_json: str | None = None
     """The record's free-form ``metadata`` (licence, tags, …) as JSON text, kept
     opaque."""
+    record_json: str | None = field(default=None, compare=False)
+    """The whole record as read (JSON text): not compared (``createdAt`` differs
+    between copies of one version), only quoted when two copies conflict
+    (``SCHEMA_VERSION_CONFLICT`` names the JSON pointers that differ)."""
 
 
 # -- lens records (science.alt.dataset.lens) --------------------------------------------
