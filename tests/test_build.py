@@ -125,7 +125,7 @@ def test_errors_exit_2_with_locations_and_write_nothing(tmp_path: Path) -> None:
         text=True,
     )
     assert proc.returncode == 2
-    found = {(d["rule"], d["line"]) for d in json.loads(proc.stdout)}
+    found = {(d["rule"], d["line"]) for d in json.loads(proc.stdout)["diagnostics"]}
     assert ("LEX_REF_UNRESOLVED", 6) in found
     assert ("LEX_TYPE_UNKNOWN", 7) in found
     assert "Traceback" not in proc.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,11 +21,17 @@ if TYPE_CHECKING:
     from .lock import Lock
 
 from . import __version__
-from .backend.manifest import MANIFEST_NAME, fingerprint, is_fresh, manifest_text
-from .config import LOCK_NAME, ConfigError, load_config
-from .diagnostics import Reporter, Severity, render
+from .backend.manifest import (
+    MANIFEST_NAME,
+    fingerprint,
+    is_fresh,
+    manifest_text,
+    replay,
+)
+from .config import LOCK_NAME, ConfigError, load_config, shown_path
+from .diagnostics import Diagnostic, Reporter, Severity, Span, render
 from .naming import package_name_problem
-from .sources import discover, split_external
+from .sources import discover, external_problems, split_external
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 
@@ -40,6 +47,16 @@ _FORMAT = click.option(
 
 def _fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+def _fail_with(diagnostics: Iterable[Diagnostic], fmt: str) -> None:
+    """Print located errors in ``fmt`` and exit 2."""
+    items = list(diagnostics)
+    if fmt == "text":
+        click.echo(render(items, "text"), err=True)
+    else:
+        click.echo(render(items, fmt, base=github_base() if fmt == "github" else None))
     sys.exit(EXIT_ERROR)
 
 
@@ -61,8 +78,10 @@ def main() -> None:
     "--external",
     "externals",
     multiple=True,
-    type=click.Path(path_type=Path),
-    help="Lexicons that are referenced but not emitted (repeatable).",
+    metavar="DIR[=PACKAGE]",
+    help="Lexicons in DIR are referenced but not emitted (repeatable). With "
+    "=PACKAGE, DIR was compiled into the importable PACKAGE and refs use its "
+    "classes; otherwise they are typed as plain JSON objects.",
 )
 @click.option("--include", multiple=True, help="Glob of source files to take.")
 @click.option("--exclude", multiple=True, help="Glob of source files to skip.")
@@ -91,12 +110,19 @@ def main() -> None:
     help="Fail when the lock is missing or does not pin every schema listed in "
     "[tool.atdata-gen] schemas (CI: never fetch, never guess).",
 )
+@click.option(
+    "--fail-on",
+    type=click.Choice(["error", "warning", "info"]),
+    default=None,
+    help="Exit 1 when a diagnostic at or above this severity is reported (also "
+    "when replayed by an up-to-date build). Errors always exit 2.",
+)
 @_FORMAT
 def build_cmd(
     sources: tuple[Path, ...],
     out: Path | None,
     package: str | None,
-    externals: tuple[Path, ...],
+    externals: tuple[str, ...],
     include: tuple[str, ...],
     exclude: tuple[str, ...],
     check: bool,
@@ -104,37 +130,56 @@ def build_cmd(
     jobs: int | None,
     lock_path: Path | None,
     frozen: bool,
+    fail_on: str | None,
     fmt: str,
 ) -> None:
     """Compile SOURCE files and directories into OUT/PACKAGE.
 
-    With no SOURCE, reads [tool.atdata-gen] from ./pyproject.toml. Schema records
-    pinned in atdata-gen.lock (``atdata-gen pull``) are compiled too, offline.
+    With no SOURCE, reads [tool.atdata-gen] from the nearest pyproject.toml (this
+    directory or a parent). Schema records pinned in atdata-gen.lock (``atdata-gen
+    pull``) are compiled too, offline. An up-to-date build replays the warnings of
+    the build that wrote the output. With --format json, prints one JSON object:
+    status (up-to-date, written, stale, error), the package path, the changed files
+    and every diagnostic.
     """
+    report = _BuildReport(fmt, quiet, fail_on)
     wanted: list[str] = []
     if not sources:
         try:
             cfg = load_config(Path.cwd())
         except ConfigError as exc:
-            _fail(str(exc))
+            report.finish("error", EXIT_ERROR, exc.diagnostics)
             return
-        sources = tuple(cfg.root / s for s in cfg.sources)
-        out = out or cfg.root / cfg.out
+        sources = tuple(Path(shown_path(cfg.root / s)) for s in cfg.sources)
+        out = out or Path(shown_path(cfg.root / cfg.out))
         package = package or cfg.package
-        externals = externals or tuple(cfg.root / e for e in cfg.externals)
+        externals = externals or tuple(shown_path(cfg.root / e) for e in cfg.externals)
         include = include or tuple(cfg.include)
         exclude = exclude or tuple(cfg.exclude)
         wanted = [*cfg.schemas, *cfg.lenses]
         lock_path = lock_path or cfg.root / LOCK_NAME
-    lock = _load_lock(lock_path, wanted, frozen, fmt)
     if out is None:
-        _fail("--out is required when SOURCE is given")
-        return
+        raise click.UsageError("--out is required when SOURCE is given")
     package = package or "atdata_lexicons"
     problem = package_name_problem(package)
     if problem:
-        _fail(f"--package {package!r}: {problem}")
+        report.fail(f"--package {package!r}: {problem}")
     root = out.joinpath(*package.split("."))
+    report.root = root
+    from .backend.write import OutputPathError, output_path_problem
+
+    blocker = output_path_problem(root)
+    if blocker is not None:
+        report.finish(
+            "error", EXIT_ERROR, [_out_diagnostic(OutputPathError(blocker), out)]
+        )
+    live = external_problems(externals, out)
+    if any(d.severity is Severity.ERROR for d in live):
+        report.finish("error", EXIT_ERROR, live)
+    lock, lock_diags, lock_exit = _load_lock(lock_path, wanted, frozen)
+    if lock_exit:
+        status = "error" if lock_exit == EXIT_ERROR else "stale"
+        report.finish(status, lock_exit, lock_diags)
 
     # Fast path: nothing changed since the manifest was written.
     probe = Reporter()
@@ -153,7 +198,11 @@ def build_cmd(
                     "|",
                     *exclude,
                     "|",
-                    *(f"{r}={p}" for r, p in split),
+                    # relative to the package: the same from any directory
+                    *(
+                        f"{Path(os.path.relpath(r, root)).as_posix()}={p}"
+                        for r, p in split
+                    ),
                     "|",
                     lock.doc.sha256 if lock and lock.doc else "",
                 ],
@@ -161,9 +210,7 @@ def build_cmd(
         except OSError:
             print_ = None
     if print_ is not None and is_fresh(root, print_):
-        if not quiet and fmt == "text":
-            click.echo(f"{root}: up to date")
-        sys.exit(EXIT_OK)
+        report.finish("up-to-date", EXIT_OK, [*replay(root), *live])
 
     from .backend.format import FormatError
     from .backend.write import apply_plan, plan_changes
@@ -181,52 +228,163 @@ def build_cmd(
     try:
         result = build(options)
     except FormatError as exc:
-        _fail(str(exc))
+        report.fail(str(exc))
         return
-    shown = [d for d in result.reporter if not quiet or d.severity >= Severity.WARNING]
-    if fmt != "text" or shown:
-        text = render(shown if fmt == "text" else list(result.reporter), fmt)
-        if text:
-            click.echo(text, err=fmt == "text")
+    diagnostics = [*result.reporter, *live]
     if result.files is None:
-        if fmt == "text":
-            click.echo(
-                f"error: {len(result.reporter.errors)} error(s); nothing written",
-                err=True,
-            )
-        sys.exit(EXIT_ERROR)
+        report.finish("error", EXIT_ERROR, diagnostics)
+        return
     files = dict(result.files)
     if print_ is not None:
-        files[MANIFEST_NAME] = manifest_text(print_, files)
-    plan = plan_changes(root, files)
+        kept = [d for d in result.reporter if d.severity < Severity.ERROR]
+        files[MANIFEST_NAME] = manifest_text(print_, files, kept, root)
+    try:
+        plan = plan_changes(root, files)
+        if not check:
+            apply_plan(plan)
+    except OutputPathError as exc:  # appeared while building
+        report.finish("error", EXIT_ERROR, [*diagnostics, _out_diagnostic(exc, out)])
+        return
+    report.plan = plan
     if check:
         if plan.stale:
-            click.echo(plan.summary(), err=True)
-            click.echo(
-                "error: generated code is stale; run `atdata-gen build`", err=True
-            )
-            sys.exit(EXIT_FINDINGS)
-        if not quiet and fmt == "text":
-            click.echo(f"{root}: up to date ({len(plan.files)} files)")
-        sys.exit(EXIT_OK)
-    apply_plan(plan)
-    if not quiet and fmt == "text":
-        click.echo(plan.summary())
+            report.finish("stale", EXIT_FINDINGS, diagnostics)
+        report.finish("up-to-date", EXIT_OK, diagnostics)
     if os.environ.get("ATDATA_GEN_TIMINGS"):
         click.echo(
             " ".join(f"{k}={v:.3f}s" for k, v in result.timings.items()), err=True
         )
+    report.finish("written" if plan.stale else "up-to-date", EXIT_OK, diagnostics)
+
+
+def _out_diagnostic(exc: Any, out: Path) -> Diagnostic:
+    """``OUT_NOT_DIRECTORY`` for an :class:`~atdata_gen.backend.write.OutputPathError`."""
+    what = "--out" if Path(exc.path) == out else "the package path OUT/PACKAGE"
+    return Diagnostic(
+        Span(str(exc.path)),
+        "OUT_NOT_DIRECTORY",
+        Severity.ERROR,
+        f"{what} is a file, not a directory; atdata-gen writes the package "
+        "directory there and never renames or deletes your file (move it, or choose "
+        "another --out or --package)",
+    )
+
+
+class _BuildReport:
+    """How ``build`` ends: prints the diagnostics and the outcome in ``fmt`` and
+    exits. ``text``: diagnostics on stderr, the summary on stdout; ``json``: exactly
+    one JSON object on stdout; ``github``: workflow commands with repository-relative
+    paths."""
+
+    def __init__(self, fmt: str, quiet: bool, fail_on: str | None) -> None:
+        self.fmt, self.quiet = fmt, quiet
+        self.fail_on = Severity[fail_on.upper()] if fail_on else None
+        self.root: Path | None = None
+        self.plan: Any = None
+
+    def fail(self, message: str) -> None:
+        """An error without a location (bad option value): exit 2."""
+        if self.fmt == "json":
+            self._json("error", EXIT_ERROR, [], message)
+            sys.exit(EXIT_ERROR)
+        _fail(message)
+
+    def _json(
+        self, status: str, code: int, diagnostics: list[Diagnostic], error: str = ""
+    ) -> None:
+        import json
+
+        plan = self.plan
+        doc: dict[str, Any] = {
+            "status": status,
+            "exit_code": code,
+            "package": str(self.root) if self.root else None,
+            "added": list(plan.added) if plan else [],
+            "modified": list(plan.modified) if plan else [],
+            "deleted": list(plan.deleted) if plan else [],
+            "diagnostics": [d.as_json() for d in sorted(diagnostics)],
+        }
+        if error:
+            doc["error"] = error
+        click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+
+    def finish(self, status: str, code: int, diagnostics: Iterable[Diagnostic]) -> None:
+        diagnostics = sorted(set(diagnostics))
+        failing = [
+            d
+            for d in diagnostics
+            if self.fail_on is not None and d.severity >= self.fail_on
+        ]
+        if code == EXIT_OK and failing:
+            code = EXIT_FINDINGS
+        if self.fmt == "json":
+            self._json(status, code, diagnostics)
+            sys.exit(code)
+        if self.fmt == "github":
+            text = render(diagnostics, "github", base=github_base())
+            if text:
+                click.echo(text)
+            sys.exit(code)
+        shown = [
+            d for d in diagnostics if not self.quiet or d.severity >= Severity.WARNING
+        ]
+        if shown:
+            click.echo(render(shown, "text"), err=True)
+        errors = sum(d.severity is Severity.ERROR for d in diagnostics)
+        plan = self.plan
+        if status == "error":
+            click.echo(f"error: {errors} error(s); nothing written", err=True)
+        elif status == "stale":
+            if plan is not None:
+                click.echo(plan.summary(), err=True)
+                click.echo(
+                    "error: generated code is stale; run `atdata-gen build`", err=True
+                )
+        elif not self.quiet:
+            if status == "written" and plan is not None:
+                click.echo(plan.summary())
+            elif plan is not None:
+                click.echo(f"{self.root}: up to date ({len(plan.files)} files)")
+            else:
+                click.echo(f"{self.root}: up to date")
+        if failing and status != "error":
+            assert self.fail_on is not None
+            click.echo(
+                f"error: {len(failing)} diagnostic(s) at or above --fail-on "
+                f"{self.fail_on.label}",
+                err=True,
+            )
+        sys.exit(code)
+
+
+def github_base() -> Path:
+    """What GitHub annotation paths are relative to: the git toplevel of the current
+    directory, or the current directory outside a repository."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError:
+        return Path.cwd()
+    top = proc.stdout.strip()
+    return Path(top) if proc.returncode == 0 and top else Path.cwd()
 
 
 def _load_lock(
-    path: Path | None, wanted: list[str], frozen: bool, fmt: str
-) -> Lock | None:
+    path: Path | None, wanted: list[str], frozen: bool
+) -> tuple[Lock | None, list[Diagnostic], int]:
     """Read and verify the lock; with ``frozen``, require it to pin ``wanted``.
-    Exits 2 on a broken lock, 1 on a missing or stale one."""
+    Returns the lock, its diagnostics and the exit code to stop with (2 on a broken
+    lock, 1 on a missing or stale one, 0 to go on)."""
     if path is None:
         if frozen:
             _fail("--frozen needs a lock file: give --lock or use [tool.atdata-gen]")
-        return None
+        return None, [], EXIT_OK
     lock = None
     if path.exists():  # the lock module (and the CID code) only when there is one
         from .lock import read_lock
@@ -234,26 +392,39 @@ def _load_lock(
         reporter = Reporter()
         lock = read_lock(path, reporter)
         if reporter.has_errors:
-            click.echo(render(list(reporter), fmt), err=fmt == "text")
-            sys.exit(EXIT_ERROR)
+            return None, list(reporter), EXIT_ERROR
     if frozen:
+        where = Span(shown_path(path))
         if lock is None and wanted:
-            click.echo(
-                f"{path}: error: no lock file, but [tool.atdata-gen] schemas lists "
-                f"{len(wanted)} schema(s); run `atdata-gen pull` [LOCK_MISSING]",
-                err=True,
+            return (
+                None,
+                [
+                    Diagnostic(
+                        where,
+                        "LOCK_MISSING",
+                        Severity.ERROR,
+                        f"no lock file, but [tool.atdata-gen] schemas lists "
+                        f"{len(wanted)} schema(s); run `atdata-gen pull`",
+                    )
+                ],
+                EXIT_FINDINGS,
             )
-            sys.exit(EXIT_FINDINGS)
         missing = [u for u in wanted if lock is None or lock.find(u) is None]
         if missing:
-            for uri in missing:
-                click.echo(
-                    f"{path}: error: {uri} is not pinned; run `atdata-gen pull` "
-                    "[LOCK_STALE]",
-                    err=True,
-                )
-            sys.exit(EXIT_FINDINGS)
-    return lock
+            return (
+                lock,
+                [
+                    Diagnostic(
+                        where,
+                        "LOCK_STALE",
+                        Severity.ERROR,
+                        f"{uri} is not pinned; run `atdata-gen pull`",
+                    )
+                    for uri in missing
+                ],
+                EXIT_FINDINGS,
+            )
+    return lock, [], EXIT_OK
 
 
 @main.command("check")
@@ -315,17 +486,22 @@ def check_cmd(
     from .checks.runner import CheckError, run_check
 
     table: dict[str, object] = {}
+    file: Any = "pyproject.toml"
     try:
         cfg = load_config(Path.cwd())
-        table = cfg.check
+        table, file = cfg.check, cfg.file
         if not sources:
-            sources = tuple(cfg.root / s for s in cfg.sources)
-            externals = externals or tuple(cfg.root / e for e in cfg.externals)
+            sources = tuple(Path(shown_path(cfg.root / s)) for s in cfg.sources)
+            externals = externals or tuple(
+                Path(shown_path(cfg.root / e)) for e in cfg.externals
+            )
     except ConfigError as exc:
-        if not sources:
-            _fail(str(exc))
+        # With SOURCE arguments a missing configuration is fine; a broken one
+        # (an unknown key, a wrong value) is an error either way.
+        if not sources or not exc.missing:
+            _fail_with(exc.diagnostics, fmt)
     try:
-        policy = CheckPolicy.from_table(table, "pyproject.toml")
+        policy = CheckPolicy.from_table(table, file)
     except PolicyError as exc:
         _fail(str(exc))
         return
@@ -343,27 +519,46 @@ def check_cmd(
         )
     except CheckError as exc:
         if exc.diagnostics:
-            click.echo(render(exc.diagnostics, "text"), err=True)
+            if fmt == "github":
+                revs = tuple(a.removeprefix("git:") + ":" for a in against)
+                base = github_base()
+                located = [
+                    replace(
+                        d, span=replace(d.span, path=_unlabel(d.span.path, revs, base))
+                    )
+                    for d in exc.diagnostics
+                ]
+                click.echo(render(located, fmt, base=base))
+            else:
+                click.echo(render(exc.diagnostics, "text"), err=True)
         _fail(str(exc))
         return
     findings = result.findings
     failing = [f for f in findings if policy.fails(f)]
-    click.echo(render_findings(findings, policy, fmt), nl=False)
+    labels = [c.removeprefix("git:") + ":" for c in result.compared]
+    click.echo(render_findings(findings, policy, fmt, labels), nl=False)
+    for note in result.notes:
+        click.echo(f"info: {note}", err=True)
     if fmt == "text":
         mode_name = (policy.mode.name or "").upper()
         click.echo(
             f"{len(findings)} change(s), {len(failing)} failing {mode_name} "
-            f"compatibility (compared with {', '.join(result.compared)})",
+            f"compatibility (compared with {', '.join(result.compared) or 'nothing'})",
             err=True,
         )
     sys.exit(EXIT_FINDINGS if failing else EXIT_OK)
 
 
-def render_findings(findings: list[Any], policy: Any, fmt: str) -> str:
+def render_findings(
+    findings: list[Any], policy: Any, fmt: str, labels: Iterable[str] = ()
+) -> str:
     """Findings as ``text`` (``path:line:col: severity RULE message (previously at
     …)``), ``json`` or ``github`` workflow commands; ends with a newline unless
-    empty."""
+    empty. ``github`` paths are repository-relative: a previous-side location
+    ``REV:path`` (``labels`` lists the ``REV:`` prefixes) becomes ``path``, and a
+    file-system path is made relative to the git toplevel."""
     import json as _json
+    from dataclasses import replace
 
     from .checks.compat import COMPAT_RULES
     from .checks.runner import locate
@@ -403,8 +598,30 @@ def render_findings(findings: list[Any], policy: Any, fmt: str) -> str:
         )
         for f in findings
     ]
-    text = render(diags, fmt)
+    if fmt == "github":
+        prefixes, base = tuple(labels), github_base()
+        diags = [
+            replace(d, span=replace(d.span, path=_unlabel(d.span.path, prefixes, base)))
+            for d in diags
+        ]
+        text = render(diags, fmt, base=base)
+    else:
+        text = render(diags, fmt)
     return text + "\n" if text else ""
+
+
+def _unlabel(path: str, prefixes: tuple[str, ...], top: Path) -> str:
+    """``REV:path`` (git's notation for a previous-side location, ``path`` relative
+    to the repository root ``top``; ``prefixes`` are the ``REV:`` labels, and a
+    12-digit commit from ``--transitive`` is one too) → the file's path under
+    ``top``; any other path unchanged."""
+    import re
+
+    for prefix in (*prefixes, "HEAD:"):
+        if path.startswith(prefix):
+            return str(top / path[len(prefix) :])
+    m = re.match(r"[0-9a-f]{12}:", path)
+    return str(top / path[m.end() :]) if m else path
 
 
 @main.command("rules")
@@ -415,9 +632,19 @@ def render_findings(findings: list[Any], policy: Any, fmt: str) -> str:
     default="text",
     show_default=True,
 )
-def rules_cmd(fmt: str) -> None:
-    """List the rule catalogue (ID, severity, purpose)."""
-    click.echo(rules_table(fmt))
+@click.argument("rule_id", required=False)
+def rules_cmd(fmt: str, rule_id: str | None) -> None:
+    """List the rule catalogue (ID, severity, purpose), or explain RULE_ID with an
+    example (run, so the output is what atdata-gen really reports)."""
+    if rule_id is None:
+        click.echo(rules_table(fmt))
+        return
+    from .explain import RuleNotFound, explain
+
+    try:
+        click.echo(explain(rule_id))
+    except RuleNotFound as exc:
+        _fail(str(exc))
 
 
 def rules_table(fmt: str) -> str:
@@ -440,7 +667,15 @@ def rules_table(fmt: str) -> str:
         rows.append(
             (c.id, "check", severity, f"{c.purpose} [{c.category}; breaks {breaks}]")
         )
-    order = {"load": 0, "parse": 1, "lower": 2, "link": 3, "lint": 4, "check": 5}
+    order = {
+        "config": 0,
+        "load": 1,
+        "parse": 2,
+        "lower": 3,
+        "link": 4,
+        "lint": 5,
+        "check": 6,
+    }
     rows.sort(key=lambda row: (order[row[1]], row[0]))
     if fmt == "json":
         return json.dumps(
@@ -478,7 +713,7 @@ def new_lens_cmd(source: str, target: str, out_file: Path | None) -> None:
     try:
         cfg = load_config(Path.cwd())
     except ConfigError as exc:
-        _fail(str(exc))
+        _fail_with(exc.diagnostics, "text")
         return
     out = cfg.root / cfg.out
     try:

@@ -1,28 +1,138 @@
 """``[tool.atdata-gen]`` in ``pyproject.toml``: defaults for the CLI.
 
 Keys: ``sources`` (list of paths), ``out`` (directory that receives the package),
-``package`` (import name), ``externals``, ``include``, ``exclude``, ``schemas`` and ``lenses`` (AT-URIs
-to pin), and the
-``check`` sub-table (``[tool.atdata-gen.check]``, see :mod:`atdata_gen.checks.policy`). Paths are relative
-to the directory holding ``pyproject.toml``.
+``package`` (import name), ``externals``, ``include``, ``exclude``, ``schemas`` and
+``lenses`` (AT-URIs to pin), and the ``check`` sub-table
+(``[tool.atdata-gen.check]``, see :mod:`atdata_gen.checks.policy`).
+
+Discovery (as ruff and pytest do it): the nearest ``pyproject.toml`` in the current
+directory or one of its parents is *the* project file; when it has no
+``[tool.atdata-gen]`` table, that is reported (``CONFIG_NO_TABLE``), no further
+parent is tried. Paths are relative to the directory holding that file.
+
+Every key of every ``[tool.atdata-gen…]`` table is checked: an unknown one is an
+error (``CONFIG_UNKNOWN_KEY``) located at its line, with a did-you-mean
+(:func:`unknown_keys`, shared with the check policy).
 """
 
 from __future__ import annotations
 
+import os
+import re
 import tomllib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Config", "ConfigError", "load_config"]
+from .diagnostics import Diagnostic, Severity, Span, did_you_mean
+
+__all__ = [
+    "CHECK_KEYS",
+    "CONFIG_KEYS",
+    "Config",
+    "ConfigError",
+    "TomlFile",
+    "find_pyproject",
+    "load_config",
+    "shown_path",
+    "unknown_keys",
+]
 
 
 LOCK_NAME = "atdata-gen.lock"
 """File name of the lock of pinned remote schema records (beside pyproject.toml)."""
 
+CONFIG_KEYS = (
+    "sources",
+    "out",
+    "package",
+    "externals",
+    "include",
+    "exclude",
+    "schemas",
+    "lenses",
+    "check",
+)
+"""The keys of ``[tool.atdata-gen]``."""
+
+CHECK_KEYS = ("mode", "use", "except", "ignore", "ignore_only", "fail_on")
+"""The keys of ``[tool.atdata-gen.check]``."""
+
 
 class ConfigError(ValueError):
-    """``pyproject.toml`` is missing, unreadable, or has a wrong ``[tool.atdata-gen]``."""
+    """``pyproject.toml`` is missing, unreadable, or has a wrong ``[tool.atdata-gen]``.
+
+    ``diagnostics`` holds the located problems (rules ``CONFIG_*``; all of them, not
+    only the first); ``missing`` is true when there is simply no configuration (no
+    ``pyproject.toml``, or no ``[tool.atdata-gen]`` table in the nearest one), which
+    a command given explicit arguments may ignore."""
+
+    def __init__(
+        self, diagnostics: Iterable[Diagnostic], *, missing: bool = False
+    ) -> None:
+        self.diagnostics = sorted(diagnostics)
+        self.missing = missing
+        super().__init__("\n".join(d.as_text() for d in self.diagnostics))
+
+
+@dataclass(frozen=True)
+class TomlFile:
+    """A TOML file for messages: its ``path`` as shown and its ``text`` (searched
+    for key lines; tomllib keeps no positions)."""
+
+    path: str
+    text: str = ""
+
+    def line_of(self, table: str, key: str) -> int:
+        """1-based line of ``key = …`` (or ``key.… =``, or a ``[table.key]`` header)
+        inside ``[table]``; 0 when not found."""
+        lines = self.text.splitlines()
+        header = re.compile(r"\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+        assign = re.compile(rf"\s*[\"']?{re.escape(key)}[\"']?\s*[=.]")
+
+        def norm(name: str) -> str:
+            return re.sub(r"[\s\"']", "", name)
+
+        current = ""
+        for i, line in enumerate(lines, 1):
+            m = header.match(line)
+            if m:
+                current = norm(m.group(1))
+                if current == f"{table}.{key}" or current.startswith(f"{table}.{key}."):
+                    return i
+                continue
+            if current == table and assign.match(line):
+                return i
+        return 0
+
+    def span(self, table: str = "", key: str = "") -> Span:
+        line = self.line_of(table, key) if key else 0
+        column = 0
+        if line:
+            text = self.text.splitlines()[line - 1]
+            column = len(text) - len(text.lstrip()) + 1
+        return Span(self.path, line, column)
+
+
+def unknown_keys(
+    table: Mapping[str, Any], known: Iterable[str], name: str, file: TomlFile
+) -> list[Diagnostic]:
+    """One ``CONFIG_UNKNOWN_KEY`` error per key of ``table`` (the TOML table
+    ``[name]``) that is not in ``known``, located in ``file`` and with a
+    did-you-mean when a known key is close."""
+    known = tuple(known)
+    return [
+        Diagnostic(
+            file.span(name, key),
+            "CONFIG_UNKNOWN_KEY",
+            Severity.ERROR,
+            f"unknown key {key!r} in [{name}]"
+            + (did_you_mean(key, known) or f" (known: {', '.join(sorted(known))})"),
+        )
+        for key in table
+        if key not in known
+    ]
 
 
 @dataclass(frozen=True)
@@ -40,64 +150,119 @@ class Config:
     """Remote lens records (AT-URIs) to pin (with their schemas) and emit stubs for."""
     check: dict[str, Any] = field(default_factory=dict)
     """The raw ``[tool.atdata-gen.check]`` table (parsed by
-    :class:`atdata_gen.checks.policy.CheckPolicy`)."""
-    extra: dict[str, Any] = field(default_factory=dict)
+    :class:`atdata_gen.checks.policy.CheckPolicy`; its keys are already checked)."""
+    file: TomlFile = field(default_factory=lambda: TomlFile("pyproject.toml"))
+    """The ``pyproject.toml`` it was read from (for located messages)."""
 
 
-def _strings(table: dict[str, Any], key: str, where: str) -> list[str]:
-    value = table.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where}: [tool.atdata-gen] {key} must be a list of strings")
-    return value
+def find_pyproject(start: Path) -> Path | None:
+    """The nearest ``pyproject.toml`` in ``start`` or one of its parents."""
+    start = start.resolve()
+    for directory in (start, *start.parents):
+        candidate = directory / "pyproject.toml"
+        if candidate.is_file():
+            return candidate
+    return None
 
 
-def _table(table: dict[str, Any], key: str, where: str) -> dict[str, Any]:
-    value = table.get(key, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: [tool.atdata-gen.{key}] must be a table")
-    return value
+def shown_path(path: Path | str) -> str:
+    """``path`` as messages show it: relative to the current directory when it is
+    below it, else absolute."""
+    full = os.path.abspath(path)
+    try:
+        rel = os.path.relpath(full)
+    except ValueError:  # another drive (Windows)
+        return full
+    return full if rel.split(os.sep)[0] == os.pardir else rel
 
 
 def load_config(directory: Path) -> Config:
-    """Read ``directory/pyproject.toml``; raises :class:`ConfigError`."""
-    path = directory / "pyproject.toml"
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
+    """Read ``[tool.atdata-gen]`` from the nearest ``pyproject.toml`` at or above
+    ``directory``. Raises :class:`ConfigError` (rules ``CONFIG_NOT_FOUND``,
+    ``CONFIG_NO_TABLE`` — both with ``missing`` set —, ``CONFIG_SYNTAX``,
+    ``CONFIG_VALUE``, ``CONFIG_UNKNOWN_KEY``)."""
+    path = find_pyproject(directory)
+    if path is None:
         raise ConfigError(
-            f"{path}: not found (give SOURCE arguments, or run where "
-            "pyproject.toml has [tool.atdata-gen])"
+            [
+                Diagnostic(
+                    Span(shown_path(directory / "pyproject.toml")),
+                    "CONFIG_NOT_FOUND",
+                    Severity.ERROR,
+                    "no pyproject.toml here or in any parent directory (give SOURCE "
+                    "arguments, or add [tool.atdata-gen] to a pyproject.toml)",
+                )
+            ],
+            missing=True,
+        )
+    file = TomlFile(shown_path(path))
+    try:
+        file = TomlFile(file.path, path.read_text(encoding="utf-8"))
+        data = tomllib.loads(file.text)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(
+            [Diagnostic(Span(file.path), "CONFIG_SYNTAX", Severity.ERROR, str(exc))]
         ) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
-    table = data.get("tool", {}).get("atdata-gen")
+    tool = data.get("tool", {})
+    table = tool.get("atdata-gen") if isinstance(tool, dict) else None
     if not isinstance(table, dict):
-        raise ConfigError(f"{path}: no [tool.atdata-gen] table")
-    where = str(path)
-    for key in ("out", "package"):
-        if key in table and not isinstance(table[key], str):
-            raise ConfigError(f"{where}: [tool.atdata-gen] {key} must be a string")
-    known = {
-        "sources",
-        "out",
-        "package",
-        "externals",
-        "include",
-        "exclude",
-        "check",
-        "schemas",
-        "lenses",
-    }
-    return Config(
-        root=directory,
-        sources=_strings(table, "sources", where),
-        out=table.get("out", "generated"),
-        package=table.get("package", "atdata_lexicons"),
-        externals=_strings(table, "externals", where),
-        include=_strings(table, "include", where),
-        exclude=_strings(table, "exclude", where),
-        schemas=_strings(table, "schemas", where),
-        lenses=_strings(table, "lenses", where),
-        check=_table(table, "check", where),
-        extra={k: v for k, v in table.items() if k not in known},
+        raise ConfigError(
+            [
+                Diagnostic(
+                    Span(file.path),
+                    "CONFIG_NO_TABLE",
+                    Severity.ERROR,
+                    "the nearest pyproject.toml has no [tool.atdata-gen] table "
+                    "(configuration is not searched for further up)",
+                )
+            ],
+            missing=True,
+        )
+    name = "tool.atdata-gen"
+    problems = unknown_keys(table, CONFIG_KEYS, name, file)
+
+    def value(key: str, problem: str) -> None:
+        problems.append(
+            Diagnostic(
+                file.span(name, key),
+                "CONFIG_VALUE",
+                Severity.ERROR,
+                f"[{name}] {key} {problem}",
+            )
+        )
+
+    def strings(key: str) -> list[str]:
+        v = table.get(key, [])
+        if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+            value(key, "must be a list of strings")
+            return []
+        return v
+
+    def string(key: str, default: str) -> str:
+        v = table.get(key, default)
+        if not isinstance(v, str):
+            value(key, "must be a string")
+            return default
+        return v
+
+    check = table.get("check", {})
+    if not isinstance(check, dict):
+        value("check", "must be a table ([tool.atdata-gen.check])")
+        check = {}
+    problems += unknown_keys(check, CHECK_KEYS, f"{name}.check", file)
+    config = Config(
+        root=path.parent,
+        sources=strings("sources"),
+        out=string("out", "generated"),
+        package=string("package", "atdata_lexicons"),
+        externals=strings("externals"),
+        include=strings("include"),
+        exclude=strings("exclude"),
+        schemas=strings("schemas"),
+        lenses=strings("lenses"),
+        check=check,
+        file=file,
     )
+    if problems:
+        raise ConfigError(problems)
+    return config

@@ -8,8 +8,10 @@ and ``github`` (GitHub Actions workflow commands).
 
 from __future__ import annotations
 
+import difflib
 import enum
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -74,15 +76,58 @@ class Diagnostic:
             "related": [str(s) for s in self.related],
         }
 
-    def as_github(self) -> str:
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Diagnostic:
+        """The inverse of :meth:`as_json`; raises ``ValueError`` (or ``KeyError``,
+        ``TypeError``) for a malformed object."""
+        related = []
+        for text in data.get("related") or ():  # type: ignore[attr-defined]
+            parts = str(text).rsplit(":", 2)
+            if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                related.append(Span(parts[0], int(parts[1]), int(parts[2])))
+            else:
+                related.append(Span(str(text)))
+        return cls(
+            Span(
+                str(data["path"]),
+                int(data.get("line") or 0),  # type: ignore[call-overload]
+                int(data.get("column") or 0),  # type: ignore[call-overload]
+                str(data.get("pointer") or ""),
+            ),
+            str(data["rule"]),
+            Severity[str(data["severity"]).upper()],
+            str(data["message"]),
+            tuple(related),
+        )
+
+    def as_github(self, base: str | os.PathLike[str] | None = None) -> str:
+        """A GitHub Actions workflow command; with ``base``, a file-system path is
+        made relative to it (the repository root: annotations need
+        repository-relative paths)."""
         kind = {Severity.ERROR: "error", Severity.WARNING: "warning"}.get(
             self.severity, "notice"
         )
         message = self.message.replace("%", "%25").replace("\n", "%0A")
+        path = self.span.path
+        if base is not None and path:
+            path = relative_to_base(path, base)
         return (
-            f"::{kind} file={self.span.path},line={self.span.line},"
+            f"::{kind} file={path},line={self.span.line},"
             f"col={self.span.column},title={self.rule}::{message}"
         )
+
+
+def relative_to_base(path: str, base: str | os.PathLike[str]) -> str:
+    """``path`` (relative to the current directory, or absolute) relative to
+    ``base`` in POSIX form, when it lies below ``base``; else ``path`` unchanged."""
+    full = os.path.abspath(path)
+    try:
+        rel = os.path.relpath(full, os.path.abspath(base))
+    except ValueError:
+        return path
+    if rel.split(os.sep)[0] == os.pardir:
+        return path
+    return rel.replace(os.sep, "/")
 
 
 class Reporter:
@@ -117,17 +162,35 @@ class Reporter:
         return any(d.severity is Severity.ERROR for d in self._items)
 
 
-def render(diagnostics: Iterable[Diagnostic], fmt: str) -> str:
-    """Render diagnostics as ``text``, ``json`` or ``github``; raises ``ValueError`` for
-    another ``fmt``."""
+def render(
+    diagnostics: Iterable[Diagnostic],
+    fmt: str,
+    base: str | os.PathLike[str] | None = None,
+) -> str:
+    """Render diagnostics as ``text``, ``json`` or ``github`` (paths relative to
+    ``base`` when given); raises ``ValueError`` for another ``fmt``."""
     items = sorted(diagnostics)
     if fmt == "text":
         return "\n".join(d.as_text() for d in items)
     if fmt == "json":
         return json.dumps([d.as_json() for d in items], indent=2, ensure_ascii=False)
     if fmt == "github":
-        return "\n".join(d.as_github() for d in items)
+        return "\n".join(d.as_github(base) for d in items)
     raise ValueError(f"unknown diagnostics format {fmt!r}")
+
+
+def closest(word: str, candidates: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The candidate closest to ``word`` (difflib ratio at least ``cutoff``,
+    compared case-insensitively), or ``None`` when none is close."""
+    pool = {c.lower(): c for c in candidates if c != word}
+    best = difflib.get_close_matches(word.lower(), list(pool), n=1, cutoff=cutoff)
+    return pool[best[0]] if best else None
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the :func:`closest` candidate, or ``""``."""
+    best = closest(word, candidates)
+    return f"; did you mean {best!r}?" if best is not None else ""
 
 
 class CompileError(Exception):
@@ -139,6 +202,33 @@ class CompileError(Exception):
 
 
 STAGE_RULES: dict[str, tuple[str, str]] = {
+    # config (atdata_gen.config, atdata-gen build options)
+    "CONFIG_NOT_FOUND": (
+        "config",
+        "No SOURCE given and no pyproject.toml here or in a parent directory.",
+    ),
+    "CONFIG_NO_TABLE": (
+        "config",
+        "The nearest pyproject.toml has no [tool.atdata-gen] table.",
+    ),
+    "CONFIG_SYNTAX": ("config", "pyproject.toml is not valid TOML."),
+    "CONFIG_UNKNOWN_KEY": (
+        "config",
+        "A key of a [tool.atdata-gen…] table that atdata-gen does not know.",
+    ),
+    "CONFIG_VALUE": ("config", "A [tool.atdata-gen] value has the wrong type."),
+    "OUT_NOT_DIRECTORY": (
+        "config",
+        "--out, or a directory of the package path OUT/PACKAGE, is a file.",
+    ),
+    "EXTERNAL_PACKAGE_NAME": (
+        "config",
+        "--external DIR=PACKAGE: PACKAGE is not a dotted identifier.",
+    ),
+    "EXTERNAL_PACKAGE_NOT_FOUND": (
+        "config",
+        "--external DIR=PACKAGE: PACKAGE is not importable here (warning).",
+    ),
     # load (atdata_gen.sources)
     "SRC_NOT_FOUND": ("load", "A SOURCE path does not exist."),
     "SRC_EMPTY": ("load", "A source directory holds no JSON file (warning)."),

@@ -20,12 +20,13 @@ from json.decoder import scanstring  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any
 
-from .diagnostics import Reporter, Severity, Span
+from .diagnostics import Diagnostic, Reporter, Severity, Span
 
 __all__ = [
     "SourceDoc",
     "discover",
     "escape_pointer",
+    "external_problems",
     "load_paths",
     "load_text",
     "split_external",
@@ -307,3 +308,56 @@ def split_external(entry: str | Path) -> tuple[Path, str | None]:
     if eq and root and all(p.isidentifier() for p in package.split(".")):
         return Path(root), package
     return Path(text), None
+
+
+def external_problems(
+    entries: Iterable[str | Path], out: Path | None = None
+) -> list[Diagnostic]:
+    """Check ``--external`` entries of the form ``DIR=PACKAGE`` (an entry naming an
+    existing path is a plain ``DIR``): ``EXTERNAL_PACKAGE_NAME`` (error) when
+    PACKAGE is not a dotted identifier without keywords;
+    ``EXTERNAL_PACKAGE_NOT_FOUND`` (warning) when its top-level package is neither
+    importable here (:func:`importlib.util.find_spec`) nor a directory in ``out``
+    (where generated packages usually sit side by side), since the generated code
+    imports it."""
+    import importlib.util
+
+    from .naming import package_name_problem
+
+    found: list[Diagnostic] = []
+    for entry in entries:
+        text = str(entry)
+        root, eq, package = text.rpartition("=")
+        if not (eq and root) or Path(text).exists():
+            continue
+        problem = package_name_problem(package)
+        if problem:
+            found.append(
+                Diagnostic(
+                    Span(text),
+                    "EXTERNAL_PACKAGE_NAME",
+                    Severity.ERROR,
+                    f"--external DIR=PACKAGE: PACKAGE {package!r} is not a "
+                    f"package name: {problem}",
+                )
+            )
+            continue
+        top = package.split(".")[0]
+        if out is not None and (out / top).is_dir():
+            continue
+        try:
+            spec = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            found.append(
+                Diagnostic(
+                    Span(text),
+                    "EXTERNAL_PACKAGE_NOT_FOUND",
+                    Severity.WARNING,
+                    f"--external DIR=PACKAGE: package {top!r} cannot be imported "
+                    "here, and the generated code imports its classes (install it, "
+                    "or build it into the same --out)",
+                )
+            )
+    return found

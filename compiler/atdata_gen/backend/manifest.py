@@ -8,6 +8,11 @@ write, so ``build`` and ``build --check`` can stop without parsing anything. Any
 mismatch (an edited input, an edited or missing output file, a new compiler) falls
 back to the full pipeline, which decides.
 
+The manifest also keeps the warnings and infos of the build that wrote it
+(``diagnostics``, paths relative to the package directory), so a no-op ``build`` and
+``build --check`` can replay them (:func:`replay`): a warning is never seen once and
+then lost.
+
 The manifest is deterministic (sorted keys, no timestamps) and safe to commit.
 """
 
@@ -15,11 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 
 from .. import __version__
+from ..diagnostics import Diagnostic, Span
 
 __all__ = [
     "GENERATED_MARKER",
@@ -27,6 +35,7 @@ __all__ = [
     "fingerprint",
     "is_fresh",
     "manifest_text",
+    "replay",
 ]
 
 MANIFEST_NAME = ".atdata-gen.json"
@@ -39,14 +48,15 @@ def _compiler_digest() -> str:
     """sha256 of the compiler's own code: every module of ``atdata_gen`` and the
     runtime modules it imports (formats, text); not the rest of the runtime, which
     the generated code uses but the compiler's output does not depend on."""
-    import atdata_runtime.formats
-    import atdata_runtime.text
+    import atdata_runtime.lex.formats
+    import atdata_runtime.lex.text
 
     h = hashlib.sha256(__version__.encode())
     root = Path(__file__).resolve().parent.parent
     paths = sorted(root.rglob("*.py"))
     paths += [
-        Path(m.__file__ or "") for m in (atdata_runtime.formats, atdata_runtime.text)
+        Path(m.__file__ or "")
+        for m in (atdata_runtime.lex.formats, atdata_runtime.lex.text)
     ]
     for path in paths:
         h.update(path.name.encode())
@@ -75,9 +85,40 @@ def fingerprint(
     return h.hexdigest()
 
 
-def manifest_text(print_: str, files: dict[str, str]) -> str:
-    """The manifest for ``files`` (relative path → text) built from ``print_``."""
+def _moved(span: Span, frm: Path | None, to: Path | None) -> Span:
+    """``span`` with a file-system path re-expressed relative to ``to`` (``None``:
+    the current directory; the result is relative only when it does not leave
+    ``to``, else absolute), read relative to ``frm`` (``None``: the current
+    directory)."""
+    if not span.path:
+        return span
+    full = Path(os.path.abspath(Path(frm or Path.cwd()) / span.path))
+    try:
+        rel = os.path.relpath(full, to or Path.cwd())
+    except ValueError:
+        return replace(span, path=str(full))
+    if to is None and rel.split(os.sep)[0] == os.pardir:
+        return replace(span, path=str(full))
+    return replace(span, path=Path(rel).as_posix() if to else rel)
+
+
+def manifest_text(
+    print_: str,
+    files: dict[str, str],
+    diagnostics: Iterable[Diagnostic] = (),
+    root: Path | None = None,
+) -> str:
+    """The manifest for ``files`` (relative path → text) built from ``print_``,
+    keeping ``diagnostics`` (their paths made relative to the package directory
+    ``root``)."""
+    kept = sorted(
+        replace(d, span=_moved(d.span, None, root), related=())
+        if root is not None
+        else d
+        for d in diagnostics
+    )
     body = {
+        "diagnostics": [d.as_json() for d in kept],
         "generator": f"atdata-gen {__version__}",
         "inputs": print_,
         "files": {
@@ -116,3 +157,17 @@ def is_fresh(root: Path, print_: str, marker: str = GENERATED_MARKER) -> bool:
             except (OSError, UnicodeDecodeError):
                 continue
     return True
+
+
+def replay(root: Path) -> list[Diagnostic]:
+    """The diagnostics kept in ``root``'s manifest, their paths shown as the build
+    would (relative to the current directory when below it); ``[]`` when the
+    manifest has none or cannot be read."""
+    try:
+        data = json.loads((root / MANIFEST_NAME).read_text(encoding="utf-8"))
+        return [
+            replace(d, span=_moved(d.span, root, None))
+            for d in map(Diagnostic.from_json, data.get("diagnostics") or [])
+        ]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []

@@ -7,6 +7,11 @@ generator did not write copied over unchanged, so nothing of the user's is lost)
 swapped in with two renames; a build killed at any point leaves either the old
 package or the new one, and the next build restores the old one if it finds the swap
 half done. Only files that carry the generated marker are ever deleted.
+
+The package path may be nested (a dotted package ``a.b`` is ``OUT/a/b/``); missing
+parent directories are created. When the package path, or a directory on the way to
+it, exists as something other than a directory, nothing is touched:
+:class:`OutputPathError` is raised before any rename.
 """
 
 from __future__ import annotations
@@ -19,7 +24,37 @@ from pathlib import Path
 
 from .manifest import GENERATED_MARKER
 
-__all__ = ["Plan", "apply_plan", "plan_changes"]
+__all__ = [
+    "OutputPathError",
+    "Plan",
+    "apply_plan",
+    "output_path_problem",
+    "plan_changes",
+]
+
+
+class OutputPathError(ValueError):
+    """``path`` (the package directory or one of its parents) exists but is not a
+    directory; the writer refuses to touch it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        super().__init__(
+            f"{path}: exists and is not a directory; atdata-gen writes the package "
+            "directory there and never replaces a file (move it, or choose another "
+            "--out or --package)"
+        )
+
+
+def output_path_problem(root: Path) -> Path | None:
+    """The nearest of ``root`` and its parents that exists and is not a directory
+    (a file, or a dangling link), or ``None`` when the package can be written."""
+    for path in (root, *root.parents):
+        if path.is_dir():
+            return None
+        if path.exists() or path.is_symlink():
+            return path
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +98,11 @@ def _recover(root: Path) -> None:
 
 
 def plan_changes(root: Path, files: dict[str, str]) -> Plan:
-    """Compare ``files`` with the package directory ``root``."""
+    """Compare ``files`` with the package directory ``root``; raises
+    :class:`OutputPathError` when ``root`` or a parent of it is a file."""
+    problem = output_path_problem(root)
+    if problem is not None:
+        raise OutputPathError(problem)
     _recover(root)
     existing: dict[str, Path] = {}
     if root.is_dir():
@@ -92,10 +131,15 @@ def plan_changes(root: Path, files: dict[str, str]) -> Plan:
 
 
 def apply_plan(plan: Plan) -> None:
-    """Write the plan: build the new tree beside ``plan.root``, then swap it in."""
+    """Write the plan: build the new tree beside ``plan.root`` (creating missing
+    parent directories), then swap it in; raises :class:`OutputPathError` when
+    ``plan.root`` or a parent of it is a file (nothing is renamed then)."""
     if not plan.stale:
         return
     root = plan.root
+    problem = output_path_problem(root)
+    if problem is not None:
+        raise OutputPathError(problem)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.atdata-gen-", dir=root.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; a package directory is not

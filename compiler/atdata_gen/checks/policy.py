@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import CHECK_KEYS, TomlFile, unknown_keys
 from ..diagnostics import Severity
 from .compat import CATEGORIES, COMPAT_RULES, Direction, Finding
 
@@ -54,16 +55,16 @@ class CheckPolicy:
     fail_on: Severity = Severity.ERROR
 
     @classmethod
-    def from_table(cls, table: Mapping[str, Any], where: str) -> CheckPolicy:
-        """Parse a TOML table; raises :class:`PolicyError` naming ``where`` and the
-        key."""
-        known = {"mode", "use", "except", "ignore", "ignore_only", "fail_on"}
-        for key in table:
-            if key not in known:
-                raise PolicyError(
-                    f"{where}: [tool.atdata-gen.check] unknown key {key!r} "
-                    f"(known: {', '.join(sorted(known))})"
-                )
+    def from_table(cls, table: Mapping[str, Any], where: str | TomlFile) -> CheckPolicy:
+        """Parse a TOML table; raises :class:`PolicyError` naming ``where`` (the
+        file, located at the key's line when ``where`` is a :class:`TomlFile`) and
+        the key; unknown keys are ``CONFIG_UNKNOWN_KEY`` errors with a
+        did-you-mean (the check :func:`atdata_gen.config.load_config` makes)."""
+        file = where if isinstance(where, TomlFile) else TomlFile(where)
+        where = file.path
+        unknown = unknown_keys(table, CHECK_KEYS, "tool.atdata-gen.check", file)
+        if unknown:
+            raise PolicyError("\n".join(d.as_text() for d in unknown))
         mode = table.get("mode", "full")
         if mode not in MODES:
             raise PolicyError(f"{where}: check.mode must be one of {sorted(MODES)}")

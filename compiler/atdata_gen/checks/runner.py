@@ -7,6 +7,12 @@ reported as ``REV:path:line:col`` (git's own ``rev:path`` notation). With
 ``transitive``, every earlier revision of ``REV``'s history that changed the sources
 is compared too (newest first, at most ``history_limit``), and sample schemas are
 compared with every earlier version present.
+
+``git:HEAD`` in a repository without a commit yet (a pre-commit hook on the first
+commit) has nothing to compare with: that side is skipped with a note
+(:attr:`CheckResult.notes`), not an error. No location ever names the temporary
+directory a revision is read into, not even in the errors of a side that does not
+compile.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ class CheckResult:
     findings: list[Finding]
     compared: list[str] = field(default_factory=list)
     dropped: int = 0
+    notes: list[str] = field(default_factory=list)
+    """Informational lines (e.g. a ``git:HEAD`` side skipped: no commit yet)."""
 
 
 def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
@@ -56,6 +64,15 @@ def _toplevel(cwd: Path) -> Path:
     if top.returncode != 0:
         raise CheckError(f"{cwd}: not inside a git repository")
     return Path(top.stdout.decode().strip())
+
+
+def _unborn(root: Path) -> bool:
+    """True when the repository at ``root`` has no commit yet (HEAD names a branch
+    that does not exist)."""
+    head = _git(["rev-parse", "--verify", "-q", "HEAD"], root)
+    if head.returncode == 0:
+        return False
+    return _git(["symbolic-ref", "-q", "HEAD"], root).returncode == 0
 
 
 def _commit(rev: str, root: Path) -> str:
@@ -100,24 +117,41 @@ def materialize(rev: str, rels: Sequence[str], root: Path, tmp: Path) -> list[Pa
 
 
 def _compile(
-    paths: Sequence[Path], externals: Sequence[Path], label: str
+    paths: Sequence[Path],
+    externals: Sequence[Path],
+    label: str,
+    scratch: tuple[str, str] | None = None,
 ) -> LinkedModel:
     reporter = Reporter()
     result = compile_sources(BuildOptions(paths, externals=externals), reporter)
     if reporter.has_errors or result.model is None:
-        raise CheckError(
-            f"cannot compare: the {label} schemas do not compile", reporter.errors
-        )
+        errors = reporter.errors
+        if scratch is not None:  # never cite the temporary checkout
+            prefix, as_label = scratch
+            errors = [
+                replace(
+                    d,
+                    span=replace(d.span, path=as_label + d.span.path[len(prefix) :]),
+                )
+                if d.span.path.startswith(prefix)
+                else d
+                for d in errors
+            ]
+        raise CheckError(f"cannot compare: the {label} schemas do not compile", errors)
     return result.model
 
 
 def _relabel(findings: list[Finding], prefix: str, label: str) -> list[Finding]:
-    """Previous-side locations under the scratch ``prefix`` become ``label:rel``."""
+    """Locations under the scratch ``prefix`` become ``label:rel``: the previous
+    side's, and the current one's where a finding has only the previous location
+    (a deleted def is reported where it was)."""
     out = []
     for f in findings:
-        p = f.previous.path
-        if p.startswith(prefix):
-            f = replace(f, previous=replace(f.previous, path=label + p[len(prefix) :]))
+        for side in ("previous", "current"):
+            at = getattr(f, side)
+            if at.path.startswith(prefix):
+                at = replace(at, path=label + at.path[len(prefix) :])
+                f = replace(f, **{side: at})
         out.append(f)
     return out
 
@@ -142,6 +176,7 @@ def run_check(
     revs = [a.removeprefix("git:") or "HEAD" for a in against if a.startswith("git:")]
     findings: set[Finding] = set()
     compared: list[str] = []
+    notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="atdata-gen-check-") as tmp:
         # (label, paths, (scratch prefix, label it stands for) or None)
         sides: list[tuple[str, list[Path], tuple[str, str] | None]] = []
@@ -151,6 +186,12 @@ def run_check(
             root = _toplevel(cwd)
             rels = [str(p.resolve().relative_to(root)) for p in sources]
             for rev in revs:
+                if rev == "HEAD" and _unborn(root):
+                    notes.append(
+                        "git:HEAD: the repository has no commit yet; nothing to "
+                        "compare with (every schema is new)"
+                    )
+                    continue
                 history = (
                     git_history(rev, rels, root, history_limit)
                     if transitive
@@ -163,15 +204,17 @@ def run_check(
                     sides.append(
                         (f"git:{label}", [*paths, *plain], (f"{scratch}/", f"{label}:"))
                     )
+            if not sides and plain:  # every git side skipped (no commit yet)
+                sides.append((", ".join(map(str, plain)), plain, None))
         for label, paths, scratch_label in sides:
-            previous = _compile(paths, externals, f"previous ({label})")
+            previous = _compile(paths, externals, f"previous ({label})", scratch_label)
             found = compare(previous, current, policy.mode, transitive=transitive)
             if scratch_label is not None:
                 found = _relabel(found, *scratch_label)
             findings.update(found)
             compared.append(label)
     kept = sorted(f for f in findings if policy.keeps(f))
-    return CheckResult(kept, compared, len(findings) - len(kept))
+    return CheckResult(kept, compared, len(findings) - len(kept), notes)
 
 
 def locate(f: Finding) -> Span:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..diagnostics import Reporter, Severity
+from ..diagnostics import Reporter, Severity, did_you_mean
 from ..sources import SourceDoc, escape_pointer
 
 __all__ = [
@@ -338,7 +338,8 @@ class _Parser:
             self.warn(
                 f"{ptr}/{escape_pointer(key)}",
                 "LEX_UNKNOWN_KEY",
-                f"unknown key {key!r} in a {type_name!r} definition (ignored)",
+                f"unknown key {key!r} in a {type_name!r} definition (ignored)"
+                + did_you_mean(key, [*allowed, "description"]),
             )
 
     # -- nodes ----------------------------------------------------------------------
@@ -357,7 +358,12 @@ class _Parser:
             self.error(ptr, "LEX_TYPE_MISSING", f"a {where} needs a string 'type'")
             return None
         if kind not in _BUILDERS:
-            self.error(f"{ptr}/type", "LEX_TYPE_UNKNOWN", f"unknown type {kind!r}")
+            self.error(
+                f"{ptr}/type",
+                "LEX_TYPE_UNKNOWN",
+                f"unknown type {kind!r}"
+                + (did_you_mean(kind, allowed) or did_you_mean(kind, _BUILDERS)),
+            )
             return None
         if kind not in allowed:
             self.error(
@@ -554,7 +560,8 @@ class _Parser:
                 self.warn(
                     f"{p}/{escape_pointer(key)}",
                     "LEX_UNKNOWN_KEY",
-                    f"unknown key {key!r} in a body (ignored)",
+                    f"unknown key {key!r} in a body (ignored)"
+                    + did_you_mean(key, ("encoding", "schema", "description")),
                 )
         encoding = self.str_(value, "encoding", p)
         if encoding is None:
@@ -774,11 +781,12 @@ def parse_document(doc: SourceDoc, reporter: Reporter) -> LexiconDoc | None:
         )
         ok = False
     for key in v:
-        if key not in ("lexicon", "id", "revision", "description", "defs", "$type"):
+        top = ("lexicon", "id", "revision", "description", "defs", "$type")
+        if key not in top:
             p.warn(
                 f"/{escape_pointer(key)}",
                 "LEX_UNKNOWN_KEY",
-                f"unknown top-level key {key!r} (ignored)",
+                f"unknown top-level key {key!r} (ignored)" + did_you_mean(key, top),
             )
     if not ok:
         return None

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 from .. import naming
-from ..diagnostics import Reporter
+from ..diagnostics import Reporter, closest
 from .model import (
     ArrayType,
     Def,
@@ -221,6 +221,21 @@ def _name_defs(
             fields[key] = naming.field_names([f.name for f in obj.fields])
 
 
+def _ref_hint(target: DefId, defs: Mapping[DefId, Def]) -> str:
+    """A did-you-mean for an unresolved ref: the closest def name of the same
+    NSID, else the closest NSID (with the same def name when it has one)."""
+    names = [d.name for d in defs if d.nsid == target.nsid]
+    if names:
+        name = closest(target.name, names)
+        return f"; did you mean {str(DefId(target.nsid, name))!r}?" if name else ""
+    # NSIDs share long prefixes (com.example.…): only a near-identical one is a typo.
+    nsid = closest(target.nsid, {d.nsid for d in defs}, cutoff=0.9)
+    if nsid is None:
+        return ""
+    wanted = DefId(nsid, target.name)
+    return f"; did you mean {str(wanted if wanted in defs else DefId(nsid))!r}?"
+
+
 def link(
     schemas: list[Schema],
     externals: list[Schema],
@@ -265,8 +280,11 @@ def link(
                     reporter.report(
                         where.span,
                         "LEX_REF_UNRESOLVED",
-                        f"{what} {str(target)!r} does not resolve to any def "
-                        f"(add its Lexicon to the sources or to --external)",
+                        f"{what} {str(target)!r} does not resolve to any def"
+                        + (
+                            _ref_hint(target, defs)
+                            or " (add its Lexicon to the sources or to --external)"
+                        ),
                     )
     def_names: dict[DefId, str] = {}
     objects: dict[ObjectPath, str] = {}
