@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +24,42 @@ CORPUS = ROOT.parent / "shared" / "corpus"
 OFFICIAL = CORPUS / "lexicons" / "atproto-official"
 ATDATA_LEXICONS = CORPUS / "atdata" / "lexicons"
 INTEROP = CORPUS / "interop"
+
+
+UV = shutil.which("uv") or "uv"
+
+
+@pytest.fixture(scope="session")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Both wheels (and the pre-commit bundle), built from this checkout with
+    ``uv build``."""
+    out = tmp_path_factory.mktemp("wheels")
+    subprocess.run(
+        [UV, "build", "--all-packages", "--wheel", "-q", "-o", str(out)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+def make_venv(where: Path, wheels: Path, *specs: str) -> Path:
+    """A fresh venv at ``where`` with ``specs`` installed (``uv pip``; our wheels
+    from ``wheels``, everything else from the package index); returns its python."""
+    subprocess.run(
+        [UV, "venv", "-q", "--python", sys.executable, str(where)],
+        check=True,
+        capture_output=True,
+    )
+    python = where / "bin" / "python"
+    proc = subprocess.run(
+        [UV, "pip", "install", "-q", "--python", str(python)]
+        + ["--find-links", str(wheels), *specs],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return python
 
 
 def require_corpus() -> None:

@@ -8,50 +8,18 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import CORPUS, ROOT, run_cli
+from .conftest import CORPUS, ROOT, make_venv, run_cli
 
 pytestmark = pytest.mark.slow
 
-UV = shutil.which("uv") or "uv"
 ATDATA = CORPUS / "atdata"
-
-
-@pytest.fixture(scope="module")
-def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("wheels")
-    subprocess.run(
-        [UV, "build", "--all-packages", "--wheel", "-q", "-o", str(out)],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
-    return out
-
-
-def _venv(where: Path, wheels: Path, *specs: str) -> Path:
-    subprocess.run(
-        [UV, "venv", "-q", "--python", sys.executable, str(where)],
-        check=True,
-        capture_output=True,
-    )
-    python = where / "bin" / "python"
-    proc = subprocess.run(
-        [UV, "pip", "install", "-q", "--python", str(python)]
-        + ["--find-links", str(wheels), *specs],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return python
 
 
 def _wheel(wheels: Path, name: str) -> zipfile.ZipFile:
@@ -118,7 +86,7 @@ print(json.dumps({
 
 
 def test_runtime_wheel_alone_runs_training_code(wheels: Path, tmp_path: Path) -> None:
-    python = _venv(tmp_path / "venv", wheels, "atdata-runtime")
+    python = make_venv(tmp_path / "venv", wheels, "atdata-runtime")
     # The user's build (the compiler, here from the source tree) into their package.
     proc = run_cli(
         [
@@ -184,13 +152,13 @@ except AtmosphereError as exc:
 def test_missing_extras_and_compiler_say_what_to_install(
     wheels: Path, tmp_path: Path
 ) -> None:
-    core = _venv(tmp_path / "core", wheels, "atdata-runtime")
+    core = make_venv(tmp_path / "core", wheels, "atdata-runtime")
     run = subprocess.run(
         [str(core), "-c", MISSING_EXTRA], capture_output=True, text=True
     )
     assert run.returncode == 0, run.stderr
     assert "pip install 'atdata-runtime[atproto]'" in run.stdout
-    net = _venv(tmp_path / "net", wheels, "atdata-runtime[atproto]")
+    net = make_venv(tmp_path / "net", wheels, "atdata-runtime[atproto]")
     run = subprocess.run([str(net), "-c", NO_COMPILER], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     rule, _, message = run.stdout.partition(" | ")
