@@ -103,6 +103,15 @@ def test_check_policy_from_table_uses_the_shared_message() -> None:
     )
 
 
+def test_pull_does_not_ignore_a_broken_config(tmp_path: Path) -> None:
+    _project(tmp_path, GOOD + "schemass = []\n")
+    proc = run_cli(["pull"], tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "unknown key 'schemass' in [tool.atdata-gen]; did you mean 'schemas'?" in (
+        proc.stderr
+    )
+
+
 # -- 2. discovery ----------------------------------------------------------------------
 def test_config_is_found_in_a_parent_directory(tmp_path: Path) -> None:
     _project(tmp_path, GOOD)

@@ -40,9 +40,17 @@ def _resolver() -> Any:
 def _lock_path(explicit: Path | None) -> tuple[Path, list[str]]:
     try:
         cfg = load_config(Path.cwd())
-    except ConfigError:
+    except ConfigError as exc:
+        if not exc.missing:  # an unknown key or a wrong value: never ignored
+            _config_error(exc)
         return explicit or Path.cwd() / LOCK_NAME, []
     return explicit or cfg.root / LOCK_NAME, [*cfg.schemas, *cfg.lenses]
+
+
+def _config_error(exc: ConfigError) -> None:
+    """Print the located ``CONFIG_*`` errors and exit 2."""
+    click.echo(str(exc), err=True)
+    sys.exit(EXIT_ERROR)
 
 
 def _error(message: str) -> None:
@@ -255,7 +263,9 @@ def publish_schema_cmd(
     client = _login()
     try:
         root = load_config(Path.cwd()).root
-    except ConfigError:
+    except ConfigError as exc:
+        if not exc.missing:
+            _config_error(exc)
         root = None
     hook = None if no_check else _check_hook(root)
 
