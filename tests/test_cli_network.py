@@ -162,3 +162,7 @@ def test_publish_refuses_breaking_minor_bump(
     path.write_text(json.dumps(changed))
     conflict = run(["publish", "schema", str(path)], tmp_path, net, account, home)
     assert conflict.returncode == 2 and "SCHEMA_VERSION_CONFLICT" in conflict.stderr
+    # …naming what differs (issue 13 § 5)
+    assert '(/description: "scalar fields" != "edited after publication")' in (
+        conflict.stderr
+    )

@@ -135,7 +135,10 @@ def pull_cmd(uris: tuple[str, ...], update: bool, lock_path: Path | None) -> Non
             click.echo(f"pinned {record.uri} ({record.cid})")
             changed += 1
         elif old.cid != record.cid:
-            click.echo(f"changed {record.uri}: {old.cid} -> {record.cid}")
+            click.echo(
+                f"changed {record.uri}: {old.cid} -> {record.cid}"
+                + _differs(old.value, record.value)
+            )
             changed += 1
     wrote = write_lock(path, list(entries.values()))
     click.echo(f"{path}: {'updated' if wrote else 'unchanged'} ({len(entries)} pinned)")
@@ -161,6 +164,33 @@ def _login() -> Any:
         )
     except AtmosphereError as exc:
         _error(str(exc))
+
+
+def _differs(old: Any, new: Any) -> str:
+    """`` (/pointer: old != new; …)``: where two copies of a record differ."""
+    from .checks.recdiff import describe_differences
+
+    found = describe_differences(old, new)
+    return f" ({found})" if found else ""
+
+
+def _conflict(client: Any, exc: Any, records: list[dict[str, Any]]) -> str:
+    """What differs between the record already at ``exc.uri`` and the one of
+    ``records`` with its name and version (``SCHEMA_VERSION_CONFLICT``); ``""``
+    when it cannot be told (the record is gone, the network fails)."""
+    from atdata_runtime.atmosphere import AtmosphereError
+
+    try:
+        there = client.try_get_record(exc.uri, validate=False)
+    except AtmosphereError:
+        return ""
+    if there is None:
+        return ""
+    key = (there.value.get("name"), there.value.get("version"))
+    for record in records:
+        if (record.get("name"), record.get("version")) == key:
+            return _differs(there.value, record)
+    return ""
 
 
 def _load_schema(spec: str, version: str | None) -> dict[str, Any]:
@@ -256,7 +286,7 @@ def publish_schema_cmd(
     """Publish schema records (FILE.json or module:Class), each under the record
     key {name}:{version}. Re-publishing identical content is a no-op; a changed
     record under an existing version is refused (bump the version)."""
-    from atdata_runtime.atmosphere import AtmosphereError
+    from atdata_runtime.atmosphere import AtmosphereError, PublishConflictError
     from atdata_runtime.atmosphere.publish import publish_schemas
 
     records = [_load_schema(s, version) for s in specs]
@@ -275,6 +305,8 @@ def publish_schema_cmd(
 
     try:
         publish_schemas(client, records, check=hook, progress=progress)
+    except PublishConflictError as exc:
+        _error(f"{exc}{_conflict(client, exc, records)}")
     except (AtmosphereError, ValueError) as exc:
         _error(str(exc))
 
