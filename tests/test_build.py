@@ -206,11 +206,11 @@ def test_external_with_package_imports_its_classes(tmp_path: Path) -> None:
     code = (
         "from app_pkg.org.demo.drawing import Drawing\n"
         "from base_pkg.com.example.shape import Shape\n"
-        "d = Drawing.from_wire({'shape': {'sides': 4},"
+        "d = Drawing.from_wire({'$type': 'org.demo.drawing', 'shape': {'sides': 4},"
         " 'any': {'$type': 'com.example.shape', 'sides': 5}})\n"
         "assert type(d.shape) is Shape and type(d.any_) is Shape\n"
         "try:\n"
-        "    Drawing.from_wire({'shape': {'sides': 2}})\n"
+        "    Drawing.from_wire({'$type': 'org.demo.drawing', 'shape': {'sides': 2}})\n"
         "except Exception:\n"
         "    print('rejected')\n"
     )

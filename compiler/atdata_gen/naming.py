@@ -68,8 +68,10 @@ RESERVED_FIELD_NAMES = frozenset(
         "lex_def",
         "lex_type",
         "lex_key",
+        "lex_params",
         "from_wire",
         "from_json",
+        "from_query",
         "to_wire",
         "to_json",
     }

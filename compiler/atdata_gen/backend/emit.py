@@ -530,6 +530,7 @@ class _ModuleEmitter:
         path: tuple[str, ...],
         description: str | None,
         record_key: str | None = None,
+        params: bool = False,
     ) -> None:
         cls = self.model.names.objects[(d.id, path)]
         is_def = not path
@@ -587,14 +588,43 @@ class _ModuleEmitter:
                     blank=1,
                 )
             )
+        if params:
+            kinds = {f.name: self.param_kind(f.type) for f in obj.fields}
+            body.append(
+                ann_assign(
+                    "lex_params",
+                    sub("_t.ClassVar", sub("dict", dotted("str"), dotted("str"))),
+                    literal({k: v for k, v in kinds.items() if v is not None}),
+                )
+            )
         fields = self.field_lines(obj, d.id, path)
         if fields:
             first = fields[0]
             assert isinstance(first, cst.SimpleStatementLine)
             fields[0] = first.with_changes(leading_lines=[_BLANK])
         body.extend(fields)
-        base = "_lex.LexRecord" if record_key is not None else "_lex.LexObject"
+        if record_key is not None:
+            base = "_lex.LexRecord"
+        else:
+            base = "_lex.LexParams" if params else "_lex.LexObject"
         self.add_class(cls, base, body)
+
+    def param_kind(self, t: IRType) -> str | None:
+        """The Lexicon type of an XRPC parameter, as :meth:`LexParams.from_query`
+        reads it (``integer``, ``boolean``, ``string``, ``unknown``, ``…[]``);
+        ``None`` for a type params cannot hold (a parse or lint error)."""
+        if isinstance(t, ArrayType):
+            item = self.param_kind(t.items)
+            return None if item is None or item.endswith("[]") else item + "[]"
+        if isinstance(t, BooleanType):
+            return "boolean"
+        if isinstance(t, IntegerType):
+            return "integer"
+        if isinstance(t, StringType):
+            return "string"
+        if isinstance(t, UnknownType):
+            return "unknown"
+        return None
 
     def add_class(
         self, cls: str, base: str, body: list[cst.BaseStatement], late: bool = False
@@ -649,7 +679,9 @@ class _ModuleEmitter:
         members: list[cst.BaseStatement] = []
         params: cst.BaseExpression = cst.Name("None")
         if body.params is not None:
-            self.object_class(d, body.params, ("params",), "Query parameters.")
+            self.object_class(
+                d, body.params, ("params",), "Query parameters.", params=True
+            )
             params = name(self.model.names.objects[(d.id, ("params",))])
         self.inline_objects(d, skip_root=True)
         kind = "subscription" if isinstance(body, SubscriptionDef) else body.kind

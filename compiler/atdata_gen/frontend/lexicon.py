@@ -675,6 +675,7 @@ class _Parser:
         return LexSubscription(p, d, self._params_of(v, p), message, self.errors(v, p))
 
     def permission_set(self, v: dict[str, Any], p: str, d: str | None) -> LexNode:
+        self.check_keys(v, p, _PERMISSION_SET_KEYS, "permission-set")
         perms = self._get(v, "permissions", p, (list,), "an array of permissions")
         out: list[dict[str, Any]] = []
         for i, perm in enumerate(perms or ()):
@@ -688,6 +689,16 @@ class _Parser:
                     "LEX_PERMISSION_TYPE",
                     "a permission should have type 'permission'",
                 )
+            resource = perm.get("resource")
+            allowed = (
+                _PERMISSION_KEYS.get(resource) if isinstance(resource, str) else None
+            )
+            self.check_keys(
+                perm,
+                pp,
+                _PERMISSION_COMMON | (allowed or _PERMISSION_ANY),
+                f"{resource} permission" if allowed else "permission",
+            )
             if not isinstance(perm.get("resource"), str):
                 self.error(
                     pp, "LEX_FIELD_MISSING", "a permission needs a string 'resource'"
@@ -698,6 +709,23 @@ class _Parser:
             p, d, self.str_(v, "title", p), self.str_(v, "detail", p), tuple(out)
         )
 
+
+_PERMISSION_SET_KEYS = frozenset(
+    {"title", "title:lang", "detail", "detail:lang", "permissions"}
+)
+"""Keys of a permission-set def besides ``type`` and ``description`` (Lexicon spec
+§ "permission-set")."""
+_PERMISSION_COMMON = frozenset({"resource"})
+_PERMISSION_KEYS: dict[str, frozenset[str]] = {
+    "repo": frozenset({"collection", "action"}),
+    "rpc": frozenset({"lxm", "aud", "inheritAud"}),
+    "blob": frozenset({"accept"}),
+    "account": frozenset({"attr", "action"}),
+    "identity": frozenset({"attr"}),
+    "include": frozenset({"nsid", "aud"}),
+}
+"""Parameters of a permission per resource (Permissions spec, "Resource Types")."""
+_PERMISSION_ANY = frozenset().union(*_PERMISSION_KEYS.values())
 
 _FORMATS = frozenset(
     {

@@ -236,6 +236,21 @@ def _ref_hint(target: DefId, defs: Mapping[DefId, Def]) -> str:
     return f"; did you mean {str(wanted if wanted in defs else DefId(nsid))!r}?"
 
 
+def _only_in_unused(
+    target: DefId, unused: list[Schema], used: Mapping[str, Schema]
+) -> str:
+    """Says so when ``target`` is defined only in a copy of its NSID that was not
+    used (a rejected duplicate, or an external shadowed by a source)."""
+    for s in unused:
+        if s.nsid == target.nsid and any(d.id == target for d in s.defs):
+            kept = used[s.nsid].origin.path
+            return (
+                f": it is defined only in {s.origin.path}, a copy of NSID "
+                f"{s.nsid!r} that is not used (the copy in {kept} is kept)"
+            )
+    return ""
+
+
 def link(
     schemas: list[Schema],
     externals: list[Schema],
@@ -246,9 +261,11 @@ def link(
     is always returned so that later stages can report more in the same run."""
     by_nsid: dict[str, Schema] = {}
     sources = {id(s) for s in schemas}
+    unused: list[Schema] = []  # the copies of a duplicate NSID that are not used
     for s in [*schemas, *externals]:
         first = by_nsid.get(s.nsid)
         if first is not None:
+            unused.append(s)
             # A source shadows an external with the same NSID (checking or building
             # one changed file against its whole directory given as --external).
             shadowed = id(first) in sources and id(s) not in sources
@@ -258,7 +275,9 @@ def link(
                 reporter.report(
                     s.span,
                     "LEX_NSID_DUPLICATE",
-                    f"NSID {s.nsid!r} is defined again (first in {first.origin.path})",
+                    f"NSID {s.nsid!r} is defined twice: this copy "
+                    f"({s.origin.path}) is rejected, the copy in "
+                    f"{first.origin.path} is kept",
                 )
             continue
         by_nsid[s.nsid] = s
@@ -282,7 +301,8 @@ def link(
                         "LEX_REF_UNRESOLVED",
                         f"{what} {str(target)!r} does not resolve to any def"
                         + (
-                            _ref_hint(target, defs)
+                            _only_in_unused(target, unused, by_nsid)
+                            or _ref_hint(target, defs)
                             or " (add its Lexicon to the sources or to --external)"
                         ),
                     )

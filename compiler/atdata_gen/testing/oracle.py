@@ -73,9 +73,13 @@ class Side:
         d = self.model.resolve(did)
         return d.body.key if d is not None and isinstance(d.body, RecordDef) else None
 
-    def accepts(self, did: DefId, data: Any, rkey: str | None) -> bool:
+    def accepts(
+        self, did: DefId, data: Any, rkey: str | None, as_record: bool = True
+    ) -> bool:
         """True when the generated model of ``did`` validates ``data`` (and the key
-        type accepts ``rkey``, for records)."""
+        type accepts ``rkey``, for records). ``as_record=False`` validates a record
+        def's data where an object def's data lives, nested in another value (no
+        ``$type`` needed): the data was written for an object def."""
         cls = self.cls(did)
         if cls is None:
             return False
@@ -83,7 +87,9 @@ class Side:
         if rkey is not None and key is not None and not key_ok(key, rkey):
             return False
         try:
-            if hasattr(cls, "from_wire"):
+            if hasattr(cls, "from_wire") and not as_record:
+                cls.model_validate(data, by_alias=True, by_name=False)
+            elif hasattr(cls, "from_wire"):
                 cls.from_wire(data)
             else:  # a def that is a plain type alias (string, integer, …)
                 TypeAdapter(cls).validate_python(data, strict=True)
@@ -168,11 +174,13 @@ class Oracle:
             _keys(writer.key_type(did)),
         )
 
-    def _breaks(self, reader: Side, did: DefId) -> Any:
+    def _breaks(self, writer: Side, reader: Side, did: DefId) -> Any:
+        as_record = writer.key_type(did) is not None
+
         def check(example: tuple[Any, str | None]) -> bool:
             self.records += 1
             data, rkey = example
-            return not reader.accepts(did, data, rkey)
+            return not reader.accepts(did, data, rkey, as_record)
 
         return check
 
@@ -195,7 +203,7 @@ class Oracle:
         try:
             return find(  # type: ignore[no-any-return]
                 self._strategy(writer, did),
-                self._breaks(reader, did),
+                self._breaks(writer, reader, did),
                 settings=settings(_SETTINGS, max_examples=max_examples),
             )
         except (NoSuchExample, Unsatisfiable):

@@ -18,7 +18,11 @@ Semantics follow the Lexicon spec (atproto.com/specs/lexicon) and the data model
   def; an open union keeps an unknown ``$type`` as :class:`Unrecognized`;
 * unknown fields are kept and re-serialized (the spec's rule not to clobber data);
 * ``bytes`` is ``{"$bytes": base64}``, ``cid-link`` is ``{"$link": cid}``, ``blob`` is
-  ``{"$type": "blob", "ref": {"$link": …}, "mimeType": …, "size": …}``.
+  ``{"$type": "blob", "ref": {"$link": …}, "mimeType": …, "size": …}``;
+* ``unknown`` is a plain JSON object, never one of those three (:data:`JsonObject`);
+* a record validated as a record (:meth:`LexRecord.from_wire`) carries ``$type``,
+  exactly its NSID; objects inside it may omit ``$type`` (unions may not);
+* XRPC parameters parse query strings (:meth:`LexParams.from_query`).
 
 Nothing here reads Lexicon files: generated modules carry everything they need.
 """
@@ -31,11 +35,18 @@ import fnmatch
 import functools
 import json
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Final, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler
-from pydantic_core import PydanticCustomError, core_schema
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    ValidationError,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError, core_schema
 
 from .formats import FAST_PATTERNS, FORMAT_CHECKS
 from .text import count_graphemes
@@ -50,19 +61,59 @@ __all__ = [
     "Integer",
     "JsonObject",
     "LexObject",
+    "LexParams",
     "LexRecord",
     "Opt",
     "StrictLiteral",
     "String",
     "Unrecognized",
+    "WireBytes",
     "count_graphemes",
     "union",
 ]
 
 T = TypeVar("T")
 
-JsonObject = dict[str, Any]
-"""The Python form of Lexicon ``unknown``: any JSON object (data model "unknown")."""
+
+def _err(kind: str, message: str, **ctx: Any) -> PydanticCustomError:
+    return PydanticCustomError(kind, message, ctx or None)
+
+
+def _check_unknown(value: dict[str, Any]) -> dict[str, Any]:
+    # Data model spec, "unknown" and "Special Types": an object with `$link` or
+    # `$bytes`, or with `$type: "blob"`, is a cid-link, bytes or a blob, not an object
+    # (indigo's atdata.Parse reads them so, and its `unknown` then rejects them).
+    if "$link" in value:
+        raise _err("unknown_special", "unknown must be a plain object, not a $link")
+    if "$bytes" in value:
+        raise _err("unknown_special", "unknown must be a plain object, not $bytes")
+    if "$type" in value:
+        kind = value["$type"]
+        if kind == "blob":
+            raise _err("unknown_special", "unknown must be a plain object, not a blob")
+        if not isinstance(kind, str) or not kind:
+            raise _err("unknown_type", "$type must be a non-empty string")
+    return value
+
+
+class _Unknown:
+    """Annotation marker of :data:`JsonObject`: a dict that is no data-model special."""
+
+    __slots__ = ()
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(
+            _check_unknown, handler(source)
+        )
+
+
+JsonObject = Annotated[dict[str, Any], _Unknown()]
+"""The Python form of Lexicon ``unknown``: a JSON object (data model "unknown"), but
+not a ``{"$link": …}``, ``{"$bytes": …}`` or ``{"$type": "blob", …}`` (those are
+other data-model types; errors ``unknown_special``), and a ``$type``, if any, is a
+non-empty string (``unknown_type``)."""
 
 
 class _NonNull:
@@ -85,10 +136,6 @@ NON_NULL: Final = _NonNull()
 Opt = Annotated[T | None, NON_NULL]
 """``Opt[T]``: an optional, non-nullable field. Absent reads as ``None``; an explicit
 ``null`` on the wire is rejected (Lexicon spec, "nullable" and "required")."""
-
-
-def _err(kind: str, message: str, **ctx: Any) -> PydanticCustomError:
-    return PydanticCustomError(kind, message, ctx)
 
 
 class String:
@@ -280,12 +327,50 @@ class Boolean:
         return base
 
 
+class WireBytes(bytes):
+    """``bytes`` read from a ``$bytes`` string that is not in canonical form; ``wire``
+    is that string, written back unchanged by :meth:`LexObject.to_wire`. Compares,
+    hashes and behaves as the plain ``bytes`` value."""
+
+    wire: str
+
+    def __new__(cls, data: bytes, wire: str) -> Self:
+        inst = super().__new__(cls, data)
+        inst.wire = wire
+        return inst
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (WireBytes, (bytes(self), self.wire))
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii").rstrip("=")
+
+
 def _b64decode(text: str) -> bytes:
-    # The data model allows base64 with or without padding (RFC 4648 § 4).
+    # Data model spec, "bytes": RFC 4648 § 4 base64 ("standard" alphabet), written
+    # without padding. Readers are lenient as the peers are: indigo's
+    # base64.RawStdEncoding accepts non-zero trailing bits ("123"), @atproto's
+    # Buffer.from(…, "base64") also accepts padding ("AQ=="). A string that is not
+    # the canonical encoding of its bytes is kept (WireBytes) so that
+    # from_wire(x).to_wire() == x holds for every valid value; the URL-safe
+    # alphabet, whitespace, partial or inner padding and a lone last character are
+    # rejected.
     try:
-        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+        if "=" in text:
+            data = base64.b64decode(text, validate=True)
+        else:
+            data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise _err("bytes_base64", "$bytes is not valid base64: {e}", e=str(exc))
+        raise _err(
+            "bytes_base64", "$bytes is not valid base64 ({reason})", reason=str(exc)
+        ) from None
+    if _b64encode(data) == text:
+        return data
+    return WireBytes(data, text)
+
+
+_BYTES_SHAPE: Final = 'an object {"$bytes": "<base64>"}'
 
 
 def _bytes_from_wire(value: Any) -> bytes:
@@ -295,16 +380,21 @@ def _bytes_from_wire(value: Any) -> bytes:
         text = value.get("$bytes")
         if isinstance(text, str):
             return _b64decode(text)
-    raise _err("bytes_type", 'Expected {{"$bytes": <base64>}} or bytes')
+    raise _err("bytes_type", "Expected {shape} or bytes", shape=_BYTES_SHAPE)
 
 
 def _bytes_to_wire(value: bytes) -> dict[str, str]:
-    return {"$bytes": base64.b64encode(value).decode("ascii").rstrip("=")}
+    if type(value) is WireBytes:
+        return {"$bytes": value.wire}
+    return {"$bytes": _b64encode(value)}
 
 
 class Bytes:
     """A Lexicon ``bytes`` value (spec § "bytes"). Python form: ``bytes``. Wire (JSON)
-    form: ``{"$bytes": "<base64, no padding>"}``. ``min_length`` / ``max_length``
+    form: ``{"$bytes": "<base64, no padding>"}``; ``bytes`` built in Python are
+    written in that canonical form, ``bytes`` read from the wire are written back as
+    they came (see :class:`WireBytes`: padding and non-zero trailing bits are
+    accepted, as indigo and @atproto accept them). ``min_length`` / ``max_length``
     count bytes."""
 
     __slots__ = ("max_length", "min_length")
@@ -331,14 +421,14 @@ class Bytes:
         if self.max_length is not None and len(data) > self.max_length:
             raise _err(
                 "bytes_too_long",
-                "Bytes are {size} long, more than {max} allowed",
+                "Bytes value is {size} bytes long, more than {max} allowed",
                 size=len(data),
                 max=self.max_length,
             )
         if self.min_length is not None and len(data) < self.min_length:
             raise _err(
                 "bytes_too_short",
-                "Bytes are {size} long, fewer than {min} required",
+                "Bytes value is {size} bytes long, fewer than {min} required",
                 size=len(data),
                 min=self.min_length,
             )
@@ -446,11 +536,105 @@ class LexObject(BaseModel):
     __hash__ = None  # type: ignore[assignment]
 
 
+_MISSING: Final = object()
+
+
+def _located(
+    title: str, problems: Sequence[InitErrorDetails], after: ValidationError | None
+) -> ValidationError:
+    """A ``ValidationError`` of ``problems``, then the errors of ``after`` (their
+    messages as rendered, their locations and inputs kept)."""
+    details = list(problems)
+    for e in after.errors() if after is not None else ():
+        details.append(
+            InitErrorDetails(
+                type=PydanticCustomError(e["type"], e["msg"]),
+                loc=tuple(e["loc"]),
+                input=e["input"],
+            )
+        )
+    return ValidationError.from_exception_data(title, details)
+
+
 class LexRecord(LexObject):
     """Base of models generated from a Lexicon ``record`` def. ``lex_key`` is the
-    record key type (``tid``, ``nsid``, ``any`` or ``literal:<value>``)."""
+    record key type (``tid``, ``nsid``, ``any`` or ``literal:<value>``).
+
+    :meth:`from_wire` / :meth:`from_json` validate a *record* (data model spec,
+    "``$type``": a record carries it, and it is the bare NSID): a missing ``$type``
+    (``record_type_missing``) and ``nsid#main`` (``record_type_main``) are errors
+    located at ``$type``, as in ``@atproto/lexicon``'s ``assertValidRecord``.
+    Objects nested in the record may omit ``$type`` (union members may not). A
+    record built in Python (``Post(text=…)``) needs no ``$type``: :meth:`to_wire`
+    writes it."""
 
     lex_key: ClassVar[str] = "any"
+
+    @classmethod
+    def _record_problem(cls, data: Any) -> InitErrorDetails | None:
+        if not isinstance(data, dict):
+            return None  # pydantic reports the wrong type
+        kind = data.get("$type", _MISSING)
+        if kind is _MISSING:
+            return InitErrorDetails(
+                type=_err(
+                    "record_type_missing",
+                    "A record must have $type ({expected})",
+                    expected=repr(cls.lex_type),
+                ),
+                loc=("$type",),
+                input=data,
+            )
+        if kind == f"{cls.lex_type}#main":
+            return InitErrorDetails(
+                type=_err(
+                    "record_type_main",
+                    "A record's $type is its bare NSID {expected}, not {actual}",
+                    expected=repr(cls.lex_type),
+                    actual=repr(kind),
+                ),
+                loc=("$type",),
+                input=kind,
+            )
+        return None
+
+    @classmethod
+    def from_wire(cls, data: Any) -> Self:
+        """Validate decoded JSON as a record of this type (see the class doc)."""
+        problem = cls._record_problem(data)
+        try:
+            inst = super().from_wire(data)
+        except ValidationError as exc:
+            if problem is None:
+                raise
+            raise _located(cls.__name__, [problem], exc) from None
+        if problem is not None:
+            raise _located(cls.__name__, [problem], None)
+        return inst
+
+    @classmethod
+    def from_json(cls, raw: str | bytes | bytearray) -> Self:
+        """Validate a JSON document as a record of this type (see the class doc)."""
+        try:
+            inst = super().from_json(raw)
+        except ValidationError as exc:
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                raise exc from None
+            problem = cls._record_problem(data)
+            if problem is None:
+                raise
+            raise _located(cls.__name__, [problem], exc) from None
+        if (
+            "py_type" in inst.model_fields_set
+            and inst.__dict__.get("py_type") == cls.lex_type
+        ):
+            return inst  # fast path: the validated `$type` field says all
+        problem = cls._record_problem(json.loads(raw))
+        if problem is not None:
+            raise _located(cls.__name__, [problem], None)
+        return inst
 
     def to_wire(self) -> dict[str, Any]:
         """As :meth:`LexObject.to_wire`; a record always carries ``$type`` (its NSID)."""
@@ -458,6 +642,122 @@ class LexRecord(LexObject):
         if "$type" not in out:
             out = {"$type": self.lex_type, **out}
         return out
+
+
+def _query_integer(text: str) -> int:
+    if _INTEGER_RE.fullmatch(text) is None:
+        raise _err(
+            "query_integer",
+            "Query parameter must be a decimal integer, not {value}",
+            value=repr(text),
+        )
+    return int(text)
+
+
+def _query_boolean(text: str) -> bool:
+    if text == "true":
+        return True
+    if text == "false":
+        return False
+    raise _err(
+        "query_boolean",
+        "Query parameter must be true or false, not {value}",
+        value=repr(text),
+    )
+
+
+def _query_unknown(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise _err(
+            "query_json", "Query parameter of type unknown must be JSON text"
+        ) from None
+
+
+_INTEGER_RE: Final = re.compile(r"-?[0-9]+")
+_QUERY_PARSERS: Final[dict[str, Callable[[str], Any]]] = {
+    "integer": _query_integer,
+    "boolean": _query_boolean,
+    "string": str,
+    "unknown": _query_unknown,
+}
+
+
+class LexParams(LexObject):
+    """Base of the ``…Params`` models of queries, procedures and subscriptions
+    (Lexicon spec § "params"). ``lex_params`` (set by the generator) maps each
+    parameter's wire name to its Lexicon type: ``boolean``, ``integer``, ``string``
+    or ``unknown``, with ``[]`` for an array of them."""
+
+    lex_params: ClassVar[Mapping[str, str]] = {}
+
+    @classmethod
+    def from_query(cls, query: str | Mapping[str, str | Sequence[str]]) -> Self:
+        """Validate HTTP query parameters (XRPC spec, "Lexicon HTTP Endpoints"): a
+        query string (``"limit=20&tag=a&tag=b"``, a leading ``?`` allowed) or a
+        mapping of name → value or list of values. Values are text, read per the
+        Lexicon type: integers in decimal (``-?[0-9]+``), booleans ``true`` /
+        ``false``, strings as they are, ``unknown`` as JSON text; an array is the
+        repeated key (``tag=a&tag=b``). A parameter that is not an array given more
+        than once, and unparsable text, are errors located at the name (and index).
+        Then the values are validated as :meth:`from_wire` does (constraints,
+        formats, required). Unknown parameters are kept as strings."""
+        if isinstance(query, str):
+            pairs = urllib.parse.parse_qsl(
+                query.removeprefix("?"), keep_blank_values=True, strict_parsing=False
+            )
+            items: dict[str, list[str]] = {}
+            for key, value in pairs:
+                items.setdefault(key, []).append(value)
+        else:
+            items = {
+                key: [value] if isinstance(value, str) else list(value)
+                for key, value in query.items()
+            }
+        data: dict[str, Any] = {}
+        problems: list[InitErrorDetails] = []
+        for key, values in items.items():
+            kind = cls.lex_params.get(key)
+            if kind is None:
+                data[key] = values[0] if len(values) == 1 else values
+                continue
+            is_array = kind.endswith("[]")
+            parse = _QUERY_PARSERS[kind.removesuffix("[]")]
+            if not is_array and len(values) != 1:
+                problems.append(
+                    InitErrorDetails(
+                        type=_err(
+                            "query_repeated",
+                            "Query parameter is not an array but is given {count} "
+                            "times",
+                            count=len(values),
+                        ),
+                        loc=(key,),
+                        input=values,
+                    )
+                )
+                continue
+            out = []
+            for i, text in enumerate(values):
+                try:
+                    if not isinstance(text, str):
+                        raise _err(
+                            "query_text",
+                            "Query parameter values are text, not {given}",
+                            given=type(text).__name__,
+                        )
+                    out.append(parse(text))
+                except PydanticCustomError as exc:
+                    problems.append(
+                        InitErrorDetails(
+                            type=exc, loc=(key, i) if is_array else (key,), input=text
+                        )
+                    )
+            data[key] = out if is_array else out[0] if out else None
+        if problems:
+            raise _located(cls.__name__, problems, None)
+        return cls.from_wire(data)
 
 
 class Unrecognized(BaseModel):
@@ -528,8 +828,8 @@ class BlobConstraint:
         if self._accept_re is not None and not self._accept_re.match(blob.mime_type):
             raise _err(
                 "blob_mime_type",
-                "Blob MIME type {mime!r} is not accepted ({accept})",
-                mime=blob.mime_type,
+                "Blob MIME type {mime} is not accepted ({accept})",
+                mime=repr(blob.mime_type),
                 accept=", ".join(self.accept),
             )
         return blob
@@ -571,11 +871,12 @@ class _Union:
             if member is Unrecognized:
                 choices[_UNRECOGNIZED_TAG] = handler.generate_schema(member)
                 continue
-            tag = member.lex_type
-            choices[tag.removesuffix("#main")] = handler.generate_schema(member)
+            tag = member.lex_type.removesuffix("#main")
+            choices[tag] = handler.generate_schema(member)
         closed = self.closed
-        for tag in list(choices):
-            if tag != _UNRECOGNIZED_TAG:
+        listed = sorted(k for k in choices if k != _UNRECOGNIZED_TAG)
+        for tag in listed:
+            if "#" not in tag:  # a main def: `nsid#main` names it too
                 choices.setdefault(f"{tag}#main", choices[tag])
         known = frozenset(choices)
         unrecognized = _UNRECOGNIZED_TAG
@@ -603,7 +904,7 @@ class _Union:
             custom_error_type="union_type",
             custom_error_message=(
                 "Union value must be an object whose $type is one of: "
-                + ", ".join(sorted(k for k in known if k != _UNRECOGNIZED_TAG))
+                + ", ".join(listed)
             ),
         )
         schema["serialization"] = core_schema.wrap_serializer_function_ser_schema(

@@ -14,7 +14,7 @@ from atdata_runtime import lex as _lex
 __all__: list[str] = ["ResolveLabel", "ResolveLabelOutput", "ResolveLabelParams"]
 
 
-class ResolveLabelParams(_lex.LexObject):
+class ResolveLabelParams(_lex.LexParams):
     """Query parameters.
 
     Lexicon: ``science.alt.dataset.resolveLabel › params`` (inline object).
@@ -23,6 +23,11 @@ class ResolveLabelParams(_lex.LexObject):
     lex_id: _t.ClassVar[str] = "science.alt.dataset.resolveLabel"
     lex_def: _t.ClassVar[str] = ""
     lex_type: _t.ClassVar[str] = ""
+    lex_params: _t.ClassVar[dict[str, str]] = {
+        "handle": "string",
+        "name": "string",
+        "version": "string",
+    }
 
     handle: _pd.StrictStr
     """Handle or DID of the publisher."""

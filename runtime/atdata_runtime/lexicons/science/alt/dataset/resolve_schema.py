@@ -14,7 +14,7 @@ from atdata_runtime import lex as _lex
 __all__: list[str] = ["ResolveSchema", "ResolveSchemaOutput", "ResolveSchemaParams"]
 
 
-class ResolveSchemaParams(_lex.LexObject):
+class ResolveSchemaParams(_lex.LexParams):
     """Query parameters.
 
     Lexicon: ``science.alt.dataset.resolveSchema › params`` (inline object).
@@ -23,6 +23,11 @@ class ResolveSchemaParams(_lex.LexObject):
     lex_id: _t.ClassVar[str] = "science.alt.dataset.resolveSchema"
     lex_def: _t.ClassVar[str] = ""
     lex_type: _t.ClassVar[str] = ""
+    lex_params: _t.ClassVar[dict[str, str]] = {
+        "handle": "string",
+        "schemaId": "string",
+        "version": "string",
+    }
 
     handle: _pd.StrictStr
     """Handle or DID of the publisher."""

@@ -14,7 +14,7 @@ from atdata_runtime import lex as _lex
 __all__: list[str] = ["GetThing", "GetThingOutput", "GetThingParams"]
 
 
-class GetThingParams(_lex.LexObject):
+class GetThingParams(_lex.LexParams):
     """Query parameters.
 
     Lexicon: ``com.example.api.getThing › params`` (inline object).
@@ -23,6 +23,11 @@ class GetThingParams(_lex.LexObject):
     lex_id: _t.ClassVar[str] = "com.example.api.getThing"
     lex_def: _t.ClassVar[str] = ""
     lex_type: _t.ClassVar[str] = ""
+    lex_params: _t.ClassVar[dict[str, str]] = {
+        "id": "string",
+        "limit": "integer",
+        "tags": "string[]",
+    }
 
     id_: _t.Annotated[_pd.StrictStr, _lex.String(format="at-uri")] = _pd.Field(
         validation_alias="id", serialization_alias="id"

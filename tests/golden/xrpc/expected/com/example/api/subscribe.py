@@ -20,7 +20,7 @@ __all__: list[str] = [
 ]
 
 
-class SubscribeParams(_lex.LexObject):
+class SubscribeParams(_lex.LexParams):
     """Query parameters.
 
     Lexicon: ``com.example.api.subscribe › params`` (inline object).
@@ -29,6 +29,7 @@ class SubscribeParams(_lex.LexObject):
     lex_id: _t.ClassVar[str] = "com.example.api.subscribe"
     lex_def: _t.ClassVar[str] = ""
     lex_type: _t.ClassVar[str] = ""
+    lex_params: _t.ClassVar[dict[str, str]] = {"cursor": "integer"}
 
     cursor: _lex.Opt[_pd.StrictInt] = None
 
