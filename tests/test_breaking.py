@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from atdata_gen.checks.compat import COMPAT_RULES
 from atdata_gen.checks.policy import CheckPolicy
+from atdata_gen.checks.report import render_findings
 from atdata_gen.checks.runner import run_check
-from atdata_gen.cli import render_findings
 
 HERE = Path(__file__).parent / "breaking"
 UPDATE = bool(os.environ.get("ATDATA_GEN_UPDATE_GOLDEN"))

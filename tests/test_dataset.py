@@ -112,7 +112,9 @@ def test_batch_shape_mismatch_names_the_sample(pkg: Any, tmp_path: Path) -> None
         samples, str(tmp_path / "m-%06d.tar"), key=lambda i, s: f"k{i}"
     )
     with pytest.raises(SampleFormatError, match=r"'k3\.msgpack'.*'image'.*\(3, 5, 5\)"):
-        list(Dataset[cls](shards).ordered(batch_size=4))
+        list(Dataset[cls](shards, ragged="error").ordered(batch_size=4))
+    (batch,) = Dataset[cls](shards).ordered(batch_size=4)  # default: ragged="list"
+    assert [a.shape for a in batch.image] == [(3, 4, 4)] * 3 + [(3, 5, 5)]
 
 
 def test_optional_arrays_in_batches(pkg: Any, tmp_path: Path) -> None:

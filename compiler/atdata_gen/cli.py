@@ -28,8 +28,9 @@ from .backend.manifest import (
     manifest_text,
     replay,
 )
+from .checks.report import render_findings, unlabel
 from .config import LOCK_NAME, ConfigError, load_config, shown_path
-from .diagnostics import Diagnostic, Reporter, Severity, Span, render
+from .diagnostics import Diagnostic, Reporter, Severity, Span, github_base, render
 from .naming import package_name_problem
 from .sources import discover, external_problems, split_external
 
@@ -357,24 +358,6 @@ class _BuildReport:
         sys.exit(code)
 
 
-def github_base() -> Path:
-    """What GitHub annotation paths are relative to: the git toplevel of the current
-    directory, or the current directory outside a repository."""
-    import subprocess
-
-    try:
-        proc = subprocess.run(
-            ["git", "rev-parse", "--show-toplevel"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    except OSError:
-        return Path.cwd()
-    top = proc.stdout.strip()
-    return Path(top) if proc.returncode == 0 and top else Path.cwd()
-
-
 def _load_lock(
     path: Path | None, wanted: list[str], frozen: bool
 ) -> tuple[Lock | None, list[Diagnostic], int]:
@@ -524,7 +507,7 @@ def check_cmd(
                 base = github_base()
                 located = [
                     replace(
-                        d, span=replace(d.span, path=_unlabel(d.span.path, revs, base))
+                        d, span=replace(d.span, path=unlabel(d.span.path, revs, base))
                     )
                     for d in exc.diagnostics
                 ]
@@ -547,81 +530,6 @@ def check_cmd(
             err=True,
         )
     sys.exit(EXIT_FINDINGS if failing else EXIT_OK)
-
-
-def render_findings(
-    findings: list[Any], policy: Any, fmt: str, labels: Iterable[str] = ()
-) -> str:
-    """Findings as ``text`` (``path:line:col: severity RULE message (previously at
-    …)``), ``json`` or ``github`` workflow commands; ends with a newline unless
-    empty. ``github`` paths are repository-relative: a previous-side location
-    ``REV:path`` (``labels`` lists the ``REV:`` prefixes) becomes ``path``, and a
-    file-system path is made relative to the git toplevel."""
-    import json as _json
-    from dataclasses import replace
-
-    from .checks.compat import COMPAT_RULES
-    from .checks.runner import locate
-    from .diagnostics import Diagnostic
-
-    if fmt == "json":
-        return (
-            _json.dumps(
-                [
-                    {
-                        "rule": f.rule,
-                        "category": COMPAT_RULES[f.rule].category,
-                        "message": f.message,
-                        "severity": f.severity(policy.mode).label,
-                        "breaks": f.breaks.names,
-                        "subject": f.subject,
-                        "current": str(f.current) if f.current.path else None,
-                        "previous": str(f.previous) if f.previous.path else None,
-                    }
-                    for f in findings
-                ],
-                indent=2,
-            )
-            + "\n"
-        )
-    diags = [
-        Diagnostic(
-            locate(f),
-            f.rule,
-            f.severity(policy.mode),
-            f.message
-            + (
-                f" (previously at {f.previous})"
-                if f.previous.path and f.previous != f.current and f.current.path
-                else ""
-            ),
-        )
-        for f in findings
-    ]
-    if fmt == "github":
-        prefixes, base = tuple(labels), github_base()
-        diags = [
-            replace(d, span=replace(d.span, path=_unlabel(d.span.path, prefixes, base)))
-            for d in diags
-        ]
-        text = render(diags, fmt, base=base)
-    else:
-        text = render(diags, fmt)
-    return text + "\n" if text else ""
-
-
-def _unlabel(path: str, prefixes: tuple[str, ...], top: Path) -> str:
-    """``REV:path`` (git's notation for a previous-side location, ``path`` relative
-    to the repository root ``top``; ``prefixes`` are the ``REV:`` labels, and a
-    12-digit commit from ``--transitive`` is one too) → the file's path under
-    ``top``; any other path unchanged."""
-    import re
-
-    for prefix in (*prefixes, "HEAD:"):
-        if path.startswith(prefix):
-            return str(top / path[len(prefix) :])
-    m = re.match(r"[0-9a-f]{12}:", path)
-    return str(top / path[m.end() :]) if m else path
 
 
 @main.command("rules")

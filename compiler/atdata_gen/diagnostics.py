@@ -12,8 +12,10 @@ import difflib
 import enum
 import json
 import os
+import subprocess
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 class Severity(enum.IntEnum):
@@ -332,3 +334,19 @@ STAGE_RULES: dict[str, tuple[str, str]] = {
 }
 """Diagnostics of the load, parse, lower and link stages: rule ID → (stage,
 purpose). Lint rules live in :data:`atdata_gen.checks.lint.RULES`."""
+
+
+def github_base() -> Path:
+    """What GitHub annotation paths are relative to: the git toplevel of the current
+    directory, or the current directory outside a repository."""
+    try:
+        proc = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError:
+        return Path.cwd()
+    top = proc.stdout.strip()
+    return Path(top) if proc.returncode == 0 and top else Path.cwd()

@@ -118,7 +118,7 @@ def module_name(segment: str) -> str:
 
 SAMPLE_RESERVED = frozenset(
     {
-        # atdata_runtime.sample.PackableSample API
+        # atdata_runtime.samples.PackableSample API
         "pack",
         "packed",
         "unpack",
@@ -134,8 +134,16 @@ SAMPLE_RESERVED = frozenset(
         "schema_description",
         "schema_metadata",
         "schema_array_formats",
+        "batch_class",
+        # atdata_runtime.samples.SampleBatch API (a field is a batch attribute too)
+        "samples",
+        "keys",
+        "sample_type",
+        "from_samples",
     }
 )
+"""Sample field names escaped with ``_``; a superset of
+``atdata_runtime.samples.codec.RESERVED_NAMES`` (checked by a test)."""
 
 
 def sample_field_name(wire: str) -> str:

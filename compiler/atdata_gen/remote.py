@@ -227,7 +227,7 @@ def _check_hook(policy_root: Path | None) -> Any:
         from .checks.compat import COMPAT_RULES
         from .checks.policy import CheckPolicy
         from .checks.runner import run_check
-        from .cli import render_findings
+        from .checks.report import render_findings
 
         policy = CheckPolicy()
         if policy_root is not None:

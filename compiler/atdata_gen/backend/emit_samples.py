@@ -190,8 +190,9 @@ def _batch_class(
 ) -> cst.ClassDef:
     body: list[cst.BaseStatement] = [
         doc_stmt(
-            f"A batch of ``{cls}``: array fields stacked along a new first axis, "
-            "other fields as lists\n(see ``atdata_runtime.samples.SampleBatch``).",
+            f"A batch of ``{cls}``: array fields stacked along a new first axis "
+            "(or, when their\nsamples differ, per the ``ragged`` policy), other "
+            "fields as lists (see\n``atdata_runtime.samples.SampleBatch``).",
             "    ",
         )
     ]
@@ -204,8 +205,18 @@ def _batch_class(
         )
     )
     for i, (f, py) in enumerate(zip(schema.fields, py_names, strict=True)):
-        if isinstance(f.type, NDArrayType):
+        spec = field_spec(f, py, f.type)
+        if spec.kind in ("ndarray", "structured"):
+            # SampleBatch's policy: stacked when the schema guarantees it, else
+            # stacked or (ragged="list") the per-sample values.
             ann = _annotation(f.type)
+            if not spec.always_stacks:
+                ann = union_of(
+                    [
+                        ann,
+                        sub("list", union_of([_annotation(f.type), cst.Name("None")])),
+                    ]
+                )
             if not f.required:
                 ann = union_of([ann, cst.Name("None")])
         else:
@@ -303,7 +314,7 @@ def _module(model: LinkedModel, schema: SampleSchema, rel: str) -> str:
     klass = cst.ClassDef(
         name=name(cls),
         body=cst.IndentedBlock(body),
-        bases=[cst.Arg(dotted("_sample.PackableSample"))],
+        bases=[cst.Arg(sub("_sample.PackableSample", literal(f"{cls}Batch")))],
         decorators=[decorator],
         leading_lines=[_BLANK, _BLANK],
     )

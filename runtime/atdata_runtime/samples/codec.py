@@ -28,10 +28,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import struct
+import typing
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, Generic, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, Literal, Self, TypeVar
 
 import msgpack  # type: ignore[import-untyped]
 import numpy as np
@@ -47,9 +48,11 @@ from .ndarray import (
 
 __all__ = [
     "ENCODINGS",
+    "RESERVED_NAMES",
     "EncodedBlob",
     "FieldSpec",
     "PackableSample",
+    "Ragged",
     "SampleBatch",
     "SampleFormatError",
     "Unknown",
@@ -58,6 +61,12 @@ __all__ = [
 
 Unknown = Literal["keep", "drop", "error"]
 """What to do with payload keys a class does not declare."""
+
+Ragged = Literal["list", "pad", "error"]
+"""How a batch holds an array field that cannot be stacked (``None`` in some samples
+only, or shapes or dtypes that differ): ``"list"`` the per-sample values, ``"pad"``
+a ``numpy.ma.MaskedArray`` padded to the largest shape (``None`` samples and padding
+masked), ``"error"`` :class:`SampleFormatError` naming the sample."""
 
 _LARGE: Final = 1 << 16
 """Payloads (or array totals) from this size take the zero-copy paths."""
@@ -106,6 +115,20 @@ class FieldSpec:
     encoding: str | None = None
     """For ``kind="encoded"``: ``sparse``, ``arrow_tensor``, ``safetensors`` or
     ``dataframe`` (atdata's other array shims)."""
+
+    @property
+    def always_stacks(self) -> bool:
+        """Whether a batch always stacks this field into one array (whatever the
+        ``ragged`` policy): an ndarray field that is required, with a fixed dtype
+        and every dimension fixed. A sample breaking that is a
+        :class:`SampleFormatError` when batched."""
+        return (
+            self.kind == "ndarray"
+            and not self.optional
+            and self.dtype is not None
+            and self.shape is not None
+            and all(d is not None for d in self.shape)
+        )
 
     def check_array(self, value: Any, member: str | None = None) -> None:
         """Raise :class:`SampleFormatError` unless ``value`` is an ndarray of this
@@ -170,6 +193,17 @@ class _Codec:
     def __init__(self, cls: type[PackableSample]) -> None:
         self.cls = cls
         self.fields = cls.sample_fields
+        if not self.fields and dataclasses.is_dataclass(cls):
+            unpacked = [
+                f.name for f in dataclasses.fields(cls) if f.name != "unknown_fields"
+            ]
+            if unpacked:
+                raise TypeError(
+                    f"{cls.__module__}.{cls.__qualname__} declares no sample_fields "
+                    f"but has dataclass fields ({', '.join(unpacked)}): packing it "
+                    "would lose them. Derive it from PackableSample without setting "
+                    "sample_fields (they come from the annotations), or list them."
+                )
         self.by_wire = {f.wire: f for f in self.fields}
         self.arrays = frozenset(
             f.wire for f in self.fields if f.kind in ("ndarray", "structured")
@@ -246,7 +280,7 @@ class _Codec:
         copy: bool,
     ) -> PackableSample:
         if len(payload) >= _LARGE and self.arrays:
-            data, views = self._unpack_large(payload, member)
+            data, views = self._unpack_large(payload, member, copy)
         else:
             try:
                 data = msgpack.unpackb(payload, raw=False)
@@ -322,7 +356,7 @@ class _Codec:
                 )
 
     def _unpack_large(
-        self, payload: BufferLike, member: str | None
+        self, payload: BufferLike, member: str | None, copy: bool
     ) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
         # Walk the top-level map by hand: array fields become views of the payload at
         # their bin value's offset (no copy at all); other values are decoded by
@@ -342,7 +376,7 @@ class _Codec:
                     length = struct.unpack_from(fmt, view, pos + 1)[0]
                     start = pos + 1 + size
                     try:
-                        arrays[key] = decode_array(view, start, length)
+                        arrays[key] = decode_array(view, start, length, copy=copy)
                     except ArrayFormatError as exc:
                         raise exc.located(field=key, member=member) from None
                     pos = start + length
@@ -527,14 +561,33 @@ class EncodedBlob:
         raise ValueError(f"unknown encoding {format!r}")
 
 
+if TYPE_CHECKING:
+    from typing_extensions import TypeVar as _TypeVarDefault
+
+    B_co = _TypeVarDefault(
+        "B_co", bound="SampleBatch[Any]", covariant=True, default="SampleBatch[Any]"
+    )
+else:
+    B_co = TypeVar("B_co", covariant=True)
+
+
 @dataclass(kw_only=True, eq=False)
-class PackableSample:
+class PackableSample(Generic[B_co]):
     """Base of generated (and hand-written) sample classes.
 
-    Subclasses are keyword-only dataclasses that set ``sample_fields``; generated
-    ones also set ``schema_name``, ``schema_version``, ``schema_source`` (file path or
-    AT-URI) and ``schema_cid``. ``unknown_fields`` holds payload keys the class does
-    not declare (kept by default, written back by :meth:`pack`).
+    Subclasses are keyword-only dataclasses. Generated ones set ``sample_fields``
+    and ``schema_name``, ``schema_version``, ``schema_source`` (file path or AT-URI)
+    and ``schema_cid``. A hand-written subclass that does not set ``sample_fields``
+    gets them from its annotations when the class is defined (see
+    :mod:`atdata_runtime.samples.annotations`); an annotation that cannot be packed
+    raises ``TypeError`` there, naming the class, the field and why.
+    ``unknown_fields`` holds payload keys the class does not declare (kept by
+    default, written back by :meth:`pack`).
+
+    The type parameter is the class's batch class, for type checkers only:
+    ``class ImageSample(PackableSample["ImageSampleBatch"])`` makes
+    ``Dataset[ImageSample].ordered(batch_size=n)`` an ``Iterator[ImageSampleBatch]``;
+    a bare ``PackableSample`` base means ``SampleBatch[Any]``.
     """
 
     sample_fields: ClassVar[tuple[FieldSpec, ...]] = ()
@@ -549,6 +602,21 @@ class PackableSample:
     unknown_fields: dict[str, Any] | None = dataclasses.field(
         default=None, repr=False, compare=False
     )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__eq__" not in cls.__dict__:
+            # Before @dataclass runs: it keeps an __eq__ the class defines, so a
+            # plain @dataclass keeps the array-aware comparison instead of its own
+            # tuple comparison (which raises on arrays).
+            cls.__eq__ = PackableSample.__eq__  # type: ignore[method-assign]
+        if "sample_fields" in cls.__dict__:
+            return  # generated (or listed by hand)
+        from .annotations import derive_sample_fields
+
+        cls.sample_fields = derive_sample_fields(
+            cls, cls.sample_fields, _reserved_names(), depth=1
+        )
 
     @classmethod
     def _codec(cls) -> _Codec:
@@ -606,7 +674,11 @@ class PackableSample:
         registers itself), or a generic one made on first use."""
         batch: type[SampleBatch[Any]] | None = cls.__dict__.get("_atdata_batch")
         if batch is None:
-            batch = type(f"{cls.__name__}Batch", (SampleBatch,), {"sample_type": cls})
+            batch = type(
+                f"{cls.__name__}Batch",
+                (SampleBatch,),
+                {"sample_type": cls, "__module__": cls.__module__},
+            )
         return batch
 
     def to_dict(self) -> dict[str, Any]:
@@ -687,18 +759,48 @@ S = TypeVar("S", bound=PackableSample)
 
 
 class SampleBatch(Generic[S]):
-    """A batch of samples of one class: each array field stacked into one array with
-    a new first axis (all samples must agree on its shape; the error names the
-    sample that does not), every other field a list. ``samples`` and ``keys`` keep
-    the originals. Generated ``<Name>Batch`` classes declare typed attributes and set
-    ``sample_type``; they register themselves as their sample class's batch class.
+    """A batch of samples of one class. Every non-array field is a list (one value
+    per sample, ``None`` for an absent optional one). An array field is, in this
+    order (the policy):
+
+    1. one array of shape ``(n, *shape)`` and the samples' dtype, stacked along a
+       new first axis, when every sample has it with the same shape and dtype;
+    2. ``None`` when no sample has it;
+    3. otherwise (``None`` in some samples only, or shapes/dtypes that differ), per
+       ``ragged``: ``"list"`` (the default) the per-sample values (arrays or
+       ``None``), ``"pad"`` a ``numpy.ma.MaskedArray`` of shape
+       ``(n, *largest shape)`` with ``None`` samples and the padding masked (ranks
+       and dtypes must agree), ``"error"`` :class:`SampleFormatError`.
+
+    A field whose schema fixes dtype and every dimension and is required is always
+    stacked (rule 1): a sample breaking that schema raises
+    :class:`SampleFormatError` naming it, whatever ``ragged`` says; generated batch
+    classes type it ``NDArray[...]`` and every other array field
+    ``NDArray[...] | list[NDArray[...] | None]`` (``| None`` when optional).
+
+    ``samples`` and ``keys`` keep the originals. Generated ``<Name>Batch`` classes
+    declare typed attributes and set ``sample_type``; a subclass of
+    ``SampleBatch[MySample]`` that does not set it gets it from the type argument.
+    A subclass registers itself as its sample class's batch class. Batches pickle
+    (for DataLoader workers), also the generic ones of hand-written classes.
     """
 
     sample_type: ClassVar[type[PackableSample]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        sample_type = cls.__dict__.get("sample_type")
+        sample_type: Any = cls.__dict__.get("sample_type")
+        if sample_type is None:
+            for base in getattr(cls, "__orig_bases__", ()):
+                args = typing.get_args(base)
+                if (
+                    typing.get_origin(base) is SampleBatch
+                    and args
+                    and isinstance(args[0], type)
+                    and issubclass(args[0], PackableSample)
+                ):
+                    sample_type = args[0]
+                    cls.sample_type = sample_type
         if sample_type is not None and "_atdata_batch" not in sample_type.__dict__:
             sample_type._atdata_batch = cls
 
@@ -707,14 +809,23 @@ class SampleBatch(Generic[S]):
         self.keys = keys or [str(i) for i in range(len(samples))]
 
     @classmethod
-    def from_samples(cls, samples: list[S], keys: list[str] | None = None) -> Self:
-        """Build a batch; raises :class:`SampleFormatError` when array fields of the
-        samples differ in shape or dtype, or are missing in some samples only."""
+    def from_samples(
+        cls, samples: list[S], keys: list[str] | None = None, *, ragged: Ragged = "list"
+    ) -> Self:
+        """Build a batch of ``samples`` (``keys``: their shard keys, used in errors;
+        default ``"0"``, ``"1"``…). Array fields follow the policy above under
+        ``ragged``. Raises :class:`SampleFormatError` naming the member (key) and
+        field: under ``ragged="error"`` for an array field that cannot be stacked,
+        under ``"pad"`` for ranks or dtypes that differ, always for a fixed-shape
+        required field that breaks its schema; ``ValueError`` for an unknown
+        ``ragged``."""
+        if ragged not in ("list", "pad", "error"):
+            raise ValueError(f"ragged must be 'list', 'pad' or 'error', not {ragged!r}")
         batch = cls(samples, keys)
         for spec in cls.sample_type.sample_fields:
             values = [getattr(s, spec.name) for s in samples]
             if spec.kind in ("ndarray", "structured") and values:
-                setattr(batch, spec.name, _stack(spec, values, batch.keys))
+                setattr(batch, spec.name, _stack(spec, values, batch.keys, ragged))
             else:
                 setattr(batch, spec.name, values)
         return batch
@@ -725,24 +836,91 @@ class SampleBatch(Generic[S]):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} samples)"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_batch, (self.sample_type, self.__dict__))
 
-def _stack(spec: FieldSpec, values: list[Any], keys: list[str]) -> Any:
-    present = [v for v in values if v is not None]
+
+def _rebuild_batch(
+    sample_type: type[PackableSample], state: dict[str, Any]
+) -> SampleBatch[Any]:
+    batch = object.__new__(sample_type.batch_class())
+    batch.__dict__.update(state)
+    return batch
+
+
+def _reserved_names() -> dict[str, str]:
+    """Attribute names a sample field may not take: the public API of
+    :class:`PackableSample` and :class:`SampleBatch` (a field is an attribute of
+    both the sample and its batch) → the class that owns it."""
+    global _RESERVED
+    if _RESERVED is None:
+        batch_api = ("samples", "keys", "sample_type", *vars(SampleBatch))
+        names = {n: "SampleBatch" for n in batch_api}
+        names.update({n: "PackableSample" for n in dir(PackableSample)})
+        _RESERVED = {n: owner for n, owner in names.items() if not n.startswith("_")}
+    return _RESERVED
+
+
+_RESERVED: dict[str, str] | None = None
+
+RESERVED_NAMES: Final = frozenset(_reserved_names())
+"""Python names a sample field cannot have (the sample and batch API: ``pack``,
+``unpack``, ``keys``, ``samples``, ``from_samples``, ``sample_type``,
+``batch_class``…). The compiler escapes them (``keys`` → ``keys_``); a hand-written
+class using one is refused when it is defined."""
+
+
+def _mismatch(spec: FieldSpec, key: str, why: str) -> SampleFormatError:
+    return SampleFormatError(why, field=spec.wire, member=f"{key}.msgpack")
+
+
+def _stack(spec: FieldSpec, values: list[Any], keys: list[str], ragged: Ragged) -> Any:
+    present = [(k, v) for k, v in zip(keys, values, strict=True) if v is not None]
     if not present:
         return None
-    first = present[0]
-    for key, value in zip(keys, values, strict=True):
-        if value is None:
-            raise SampleFormatError(
-                "is None in some samples of the batch but not in others; cannot stack",
-                field=spec.wire,
-                member=f"{key}.msgpack",
+    first = present[0][1]
+    odd = next(
+        (
+            (k, v)
+            for k, v in present
+            if v.shape != first.shape or v.dtype != first.dtype
+        ),
+        None,
+    )
+    if odd is None and len(present) == len(values):
+        return np.stack(values)
+    if spec.always_stacks or ragged == "error":
+        if odd is None:
+            key = next(k for k, v in zip(keys, values, strict=True) if v is None)
+            raise _mismatch(
+                spec,
+                key,
+                "is None in some samples of the batch but not in others; cannot "
+                "stack (ragged='list' or 'pad' batches it)",
             )
-        if value.shape != first.shape or value.dtype != first.dtype:
-            raise SampleFormatError(
-                f"shape {value.shape} {value.dtype} differs from the batch's first "
-                f"sample ({first.shape} {first.dtype}); cannot stack",
-                field=spec.wire,
-                member=f"{key}.msgpack",
+        raise _mismatch(
+            spec,
+            odd[0],
+            f"shape {odd[1].shape} {odd[1].dtype} differs from the batch's first "
+            f"sample ({first.shape} {first.dtype}); cannot stack"
+            + ("" if spec.always_stacks else " (ragged='list' or 'pad' batches it)"),
+        )
+    if ragged == "list":
+        return list(values)
+    for key, value in present:
+        if value.ndim != first.ndim or value.dtype != first.dtype:
+            raise _mismatch(
+                spec,
+                key,
+                f"shape {value.shape} {value.dtype} cannot be padded to the batch's "
+                f"first sample ({first.shape} {first.dtype}): rank or dtype differs",
             )
-    return np.stack(values)
+    shape = tuple(max(v.shape[d] for _, v in present) for d in range(first.ndim))
+    data = np.zeros((len(values), *shape), first.dtype)
+    mask = np.ones(data.shape, bool)
+    for i, value in enumerate(values):
+        if value is not None:
+            region: tuple[int | slice, ...] = (i, *(slice(0, n) for n in value.shape))
+            data[region] = value
+            mask[region] = False
+    return np.ma.MaskedArray(data, mask)

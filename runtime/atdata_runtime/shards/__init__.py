@@ -2,7 +2,8 @@
 :class:`Dataset` over them.
 
 - :mod:`.tar`: a bounded, streaming tar reader (members grouped into samples by key);
-- :mod:`.dataset`: ``Dataset[T]``, ``ShardWriter``, ``write_samples``, splits;
+- :mod:`.dataset`: ``Dataset[T]``, ``ShardWriter``, ``write_samples``, splits,
+  ``collate`` (the DataLoader ``collate_fn``);
 - :mod:`.http`: resumable HTTP shard streams (the ``http`` extra: ``httpx``).
 
 Local shards need only the core; ``http(s)://`` needs the ``http`` extra, ``s3://``
@@ -10,7 +11,7 @@ the ``s3`` extra. Uses :mod:`atdata_runtime.samples` and, for ``Dataset.as_type`
 :mod:`atdata_runtime.lenses`.
 """
 
-from .dataset import Dataset, ShardWriter, Split, expand_urls, write_samples
+from .dataset import Dataset, ShardWriter, Split, collate, expand_urls, write_samples
 from .errors import ShardChecksumError
 from .tar import TarFormatError, iter_files, iter_samples
 
@@ -20,6 +21,7 @@ __all__ = [
     "ShardWriter",
     "Split",
     "TarFormatError",
+    "collate",
     "expand_urls",
     "iter_files",
     "iter_samples",

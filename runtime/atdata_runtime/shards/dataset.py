@@ -33,22 +33,46 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Generic, Self, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    BinaryIO,
+    ClassVar,
+    Generic,
+    Self,
+    TypeVar,
+    overload,
+)
 
 import braceexpand
 from tqdm import tqdm  # type: ignore[import-untyped]
 
-from ..samples.codec import PackableSample, SampleBatch, SampleFormatError, Unknown
+from ..samples.codec import (
+    PackableSample,
+    Ragged,
+    SampleBatch,
+    SampleFormatError,
+    Unknown,
+)
 from .errors import ShardChecksumError
 from .tar import TarFormatError, iter_samples
 
 if TYPE_CHECKING:
     from ..lenses.core import Lens, LensGraph
 
-__all__ = ["Dataset", "ShardWriter", "Split", "expand_urls", "write_samples"]
+__all__ = [
+    "Dataset",
+    "ShardWriter",
+    "Split",
+    "collate",
+    "expand_urls",
+    "write_samples",
+]
 
-T = TypeVar("T", bound=PackableSample)
+T_co = TypeVar("T_co", bound=PackableSample, covariant=True)
 U = TypeVar("U", bound=PackableSample)
+S = TypeVar("S", bound=PackableSample)
+B = TypeVar("B", bound=SampleBatch[Any])
 
 
 def _quiet(progress: bool | None) -> bool:
@@ -195,15 +219,24 @@ def iter_shard(
                 )
 
 
-class Dataset(Generic[T]):
+class Dataset(Generic[T_co]):
     """Typed samples from WebDataset shards. ``Dataset[ImageSample](urls)`` binds the
     sample class; iterating yields ``ImageSample`` instances (``ordered()``,
     ``shuffled()``), or typed batches with ``batch_size``.
 
     ``unknown``, ``validate`` and ``copy`` are passed to
-    :meth:`PackableSample.unpack`; ``split`` (``None`` = detect per iteration)
-    selects this consumer's share; ``progress`` shows a progress bar (default: when
-    stderr is a terminal; ``False`` turns it off)."""
+    :meth:`PackableSample.unpack` (``copy=True``: writable arrays, one copy of each
+    array's data per sample; default: read-only views into the shard payload);
+    ``ragged`` is how batches hold array fields that cannot be stacked (see
+    :class:`~atdata_runtime.samples.SampleBatch`: ``"list"``, ``"pad"`` or
+    ``"error"``); ``split`` (``None`` = detect per iteration) selects this
+    consumer's share; ``progress`` shows a progress bar (default: when stderr is a
+    terminal; ``False`` turns it off).
+
+    Typed for mypy and pyright: ``ordered()`` / ``shuffled()`` are
+    ``Iterator[T]``, and with ``batch_size`` an iterator of ``T``'s batch class
+    (the ``B`` of ``class T(PackableSample[B])``, as generated classes declare;
+    ``SampleBatch[Any]`` for a bare ``PackableSample`` base)."""
 
     sample_type: ClassVar[type[PackableSample]]
     _bound: ClassVar[dict[type[PackableSample], type[Dataset[Any]]]] = {}
@@ -225,6 +258,7 @@ class Dataset(Generic[T]):
         unknown: Unknown = "keep",
         validate: bool = False,
         copy: bool = False,
+        ragged: Ragged = "list",
         split: Split | None = None,
         progress: bool | None = None,
         checksums: dict[str, str] | None = None,
@@ -238,6 +272,9 @@ class Dataset(Generic[T]):
         self.unknown: Unknown = unknown
         self.validate = validate
         self.copy = copy
+        if ragged not in ("list", "pad", "error"):
+            raise ValueError(f"ragged must be 'list', 'pad' or 'error', not {ragged!r}")
+        self.ragged: Ragged = ragged
         self.split = split
         self.progress = progress
         self.checksums = dict(checksums or {})
@@ -310,15 +347,45 @@ class Dataset(Generic[T]):
                     yield key, payload
                 index += 1
 
+    @overload
+    def ordered(
+        self, batch_size: None = None, *, drop_last: bool = False
+    ) -> Iterator[T_co]: ...
+    @overload
+    def ordered(
+        self: Dataset[PackableSample[B]], batch_size: int, *, drop_last: bool = False
+    ) -> Iterator[B]: ...
     def ordered(
         self, batch_size: int | None = None, *, drop_last: bool = False
     ) -> Iterator[Any]:
         """Samples in shard order (this consumer's share), or batches of
-        ``batch_size`` (:class:`SampleBatch`; the last one may be smaller unless
-        ``drop_last``)."""
+        ``batch_size`` (the sample class's batch class; the last one may be smaller
+        unless ``drop_last``; array fields per ``ragged``). Raises ``ValueError`` for
+        ``batch_size < 1``; while iterating, :class:`SampleFormatError` for a
+        payload that does not fit the class, or a batch that cannot be built."""
         samples = self._decode_keyed(self._payloads(self.shards))
         return self._maybe_batch(samples, batch_size, drop_last)
 
+    @overload
+    def shuffled(
+        self,
+        *,
+        buffer: int = 1000,
+        seed: int | None = None,
+        epoch: int = 0,
+        batch_size: None = None,
+        drop_last: bool = False,
+    ) -> Iterator[T_co]: ...
+    @overload
+    def shuffled(
+        self: Dataset[PackableSample[B]],
+        *,
+        buffer: int = 1000,
+        seed: int | None = None,
+        epoch: int = 0,
+        batch_size: int,
+        drop_last: bool = False,
+    ) -> Iterator[B]: ...
     def shuffled(
         self,
         *,
@@ -330,7 +397,7 @@ class Dataset(Generic[T]):
     ) -> Iterator[Any]:
         """Samples in random order: shards shuffled (the same order on every
         consumer for a given ``seed`` and ``epoch``), then samples through a shuffle
-        buffer of ``buffer`` samples."""
+        buffer of ``buffer`` samples; batches as in :meth:`ordered`."""
         rng = random.Random(None if seed is None else seed * 1_000_003 + epoch)
         shards = list(self.shards)
         rng.shuffle(shards)
@@ -339,8 +406,16 @@ class Dataset(Generic[T]):
         )
         return self._maybe_batch(keyed, batch_size, drop_last)
 
-    def __iter__(self) -> Iterator[T]:
+    def __iter__(self) -> Iterator[T_co]:
         return self.ordered()
+
+    def collate(self, samples: Sequence[PackableSample]) -> Any:
+        """A ``collate_fn`` for ``torch.utils.data.DataLoader``: a list of samples →
+        one batch of this dataset's batch class, arrays stacked (fresh, writable
+        numpy arrays) under this dataset's ``ragged`` policy:
+        ``DataLoader(ds.torch(), batch_size=16, collate_fn=ds.collate)``. See
+        :func:`collate`."""
+        return collate(samples, ragged=self.ragged)
 
     def torch(
         self,
@@ -353,10 +428,18 @@ class Dataset(Generic[T]):
     ) -> Any:
         """This dataset as a ``torch.utils.data.IterableDataset`` (torch must be
         installed). Each DataLoader worker (and each distributed rank) reads its own
-        share, detected in the worker. Batch here and let the DataLoader pass batches
-        through: ``DataLoader(ds.torch(batch_size=32), batch_size=None,
-        num_workers=4)``. With ``shuffle``, call ``set_epoch(n)`` on the returned
-        object each epoch (as with ``DistributedSampler``)."""
+        share, detected in the worker. Two ways to batch:
+
+        - in the DataLoader: ``DataLoader(ds.torch(), batch_size=16,
+          collate_fn=ds.collate, num_workers=4)`` (samples cannot go through
+          torch's default collate: it does not know sample classes);
+        - here: ``DataLoader(ds.torch(batch_size=16), batch_size=None,
+          num_workers=4)`` (batches pass through the DataLoader unchanged).
+
+        Either way a batch holds numpy arrays (``torch.from_numpy(batch.image)``
+        shares their memory; stacked arrays are writable). With ``shuffle``, call
+        ``set_epoch(n)`` on the returned object each epoch (as with
+        ``DistributedSampler``)."""
         from torch.utils.data import IterableDataset  # type: ignore[import-not-found,unused-ignore]
 
         outer = self
@@ -382,7 +465,7 @@ class Dataset(Generic[T]):
 
     def _decode_keyed(
         self, items: Iterable[tuple[str, bytes]]
-    ) -> Iterator[tuple[str, T]]:
+    ) -> Iterator[tuple[str, Any]]:
         unpack = self.stored_type.unpack
         get = None if self.lens is None else self.lens.getter
         for key, payload in items:
@@ -393,13 +476,13 @@ class Dataset(Generic[T]):
                 validate=self.validate,
                 copy=self.copy,
             )
-            yield key, sample if get is None else get(sample)  # type: ignore[misc]
+            yield key, sample if get is None else get(sample)
 
     @staticmethod
     def _shuffle_buffer(
-        items: Iterator[tuple[str, T]], size: int, rng: random.Random
-    ) -> Iterator[tuple[str, T]]:
-        pool: list[tuple[str, T]] = []
+        items: Iterator[tuple[str, S]], size: int, rng: random.Random
+    ) -> Iterator[tuple[str, S]]:
+        pool: list[tuple[str, S]] = []
         for item in items:
             if len(pool) < size:
                 pool.append(item)
@@ -411,7 +494,7 @@ class Dataset(Generic[T]):
         yield from pool
 
     def _maybe_batch(
-        self, keyed: Iterator[tuple[str, T]], batch_size: int | None, drop_last: bool
+        self, keyed: Iterator[tuple[str, Any]], batch_size: int | None, drop_last: bool
     ) -> Iterator[Any]:
         if batch_size is None:
             return (sample for _, sample in keyed)
@@ -420,23 +503,48 @@ class Dataset(Generic[T]):
         return self._batches(keyed, batch_size, drop_last)
 
     def _batches(
-        self, keyed: Iterator[tuple[str, T]], size: int, drop_last: bool
-    ) -> Iterator[SampleBatch[T]]:
+        self, keyed: Iterator[tuple[str, Any]], size: int, drop_last: bool
+    ) -> Iterator[SampleBatch[Any]]:
         batch_cls = self.sample_type.batch_class()
-        chunk: list[tuple[str, T]] = []
+        chunk: list[tuple[str, Any]] = []
         for item in keyed:
             chunk.append(item)
             if len(chunk) == size:
                 yield batch_cls.from_samples(
                     [s for _, s in chunk],
                     keys=[k for k, _ in chunk],
+                    ragged=self.ragged,
                 )
                 chunk = []
         if chunk and not drop_last:
             yield batch_cls.from_samples(
                 [s for _, s in chunk],
                 keys=[k for k, _ in chunk],
+                ragged=self.ragged,
             )
+
+
+def collate(samples: Sequence[PackableSample[B]], *, ragged: Ragged = "list") -> B:
+    """Samples of one class → one batch of their batch class (arrays stacked into
+    new, writable numpy arrays; other fields lists; array fields that cannot be
+    stacked per ``ragged``, see :class:`~atdata_runtime.samples.SampleBatch`).
+    The ``collate_fn`` for a ``torch.utils.data.DataLoader`` over samples:
+    ``DataLoader(ds.torch(), batch_size=16, collate_fn=collate)`` (or
+    ``ds.collate``, which uses the dataset's ``ragged``). Raises ``ValueError`` for
+    no samples, ``TypeError`` for samples of different classes,
+    :class:`SampleFormatError` as :meth:`SampleBatch.from_samples`."""
+    items = list(samples)
+    if not items:
+        raise ValueError("collate: no samples")
+    cls = type(items[0])
+    other = next((s for s in items if type(s) is not cls), None)
+    if other is not None:
+        raise TypeError(
+            f"collate: samples of different classes ({cls.__name__}, "
+            f"{type(other).__name__})"
+        )
+    batch: B = cls.batch_class().from_samples(items, ragged=ragged)  # type: ignore[assignment]
+    return batch
 
 
 class ShardWriter:

@@ -18,7 +18,7 @@ __all__: list[str] = ["Image", "ImageBatch"]
 
 
 @_dc.dataclass(kw_only=True, eq=False)
-class Image(_sample.PackableSample):
+class Image(_sample.PackableSample["ImageBatch"]):
     """Sample schema ``lab.Image`` version 2.0.0 (at://did:plc:lab123/science.alt.dataset.schema/3kimagev2tid, CID bafyreigoldenimagev2000000000000000000000000000000000000000)."""
 
     schema_name: _t.ClassVar[str] = "lab.Image"
@@ -48,12 +48,13 @@ class Image(_sample.PackableSample):
 
 
 class ImageBatch(_sample.SampleBatch[Image]):
-    """A batch of ``Image``: array fields stacked along a new first axis, other fields as lists
-    (see ``atdata_runtime.samples.SampleBatch``).
+    """A batch of ``Image``: array fields stacked along a new first axis (or, when their
+    samples differ, per the ``ragged`` policy), other fields as lists (see
+    ``atdata_runtime.samples.SampleBatch``).
     """
 
     sample_type: _t.ClassVar[type[_sample.PackableSample]] = Image
 
-    image: _npt.NDArray[_t.Any]
+    image: _npt.NDArray[_t.Any] | list[_npt.NDArray[_t.Any] | None]
     caption: list[str]
     width: list[int | None]

@@ -19,7 +19,7 @@ __all__: list[str] = ["CellImage", "CellImageBatch"]
 
 
 @_dc.dataclass(kw_only=True, eq=False)
-class CellImage(_sample.PackableSample):
+class CellImage(_sample.PackableSample["CellImageBatch"]):
     """A microscopy field of view with per-cell labels.
 
     Sample schema ``lab.CellImage`` version 2.0.0-rc.1 (at://did:plc:lab123/science.alt.dataset.schema/3kcellimage1, CID bafyreib2rxk3rybk3aobmv5cjuql3bm2twh4jo5uxgf5u3tjoqlzhxygje).
@@ -89,14 +89,15 @@ class CellImage(_sample.PackableSample):
 
 
 class CellImageBatch(_sample.SampleBatch[CellImage]):
-    """A batch of ``CellImage``: array fields stacked along a new first axis, other fields as lists
-    (see ``atdata_runtime.samples.SampleBatch``).
+    """A batch of ``CellImage``: array fields stacked along a new first axis (or, when their
+    samples differ, per the ``ragged`` policy), other fields as lists (see
+    ``atdata_runtime.samples.SampleBatch``).
     """
 
     sample_type: _t.ClassVar[type[_sample.PackableSample]] = CellImage
 
     note: list[str | None]
-    image: _npt.NDArray[_np.uint16]
+    image: _npt.NDArray[_np.uint16] | list[_npt.NDArray[_np.uint16] | None]
     labels: list[list[list[int]]]
     class_: list[str]
     pixel_size: list[float | None]
