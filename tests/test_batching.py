@@ -169,9 +169,7 @@ def test_writable_arrays_with_copy(size: int) -> None:
     sample = Clip(audio=np.arange(size, dtype=np.float32), name="w")
     payload = sample.pack()
     view = Clip.unpack(payload)
-    assert not view.audio.flags.writeable
-    with pytest.warns(UserWarning, match="not writable"):
-        torch.from_numpy(view.audio)
+    assert not view.audio.flags.writeable  # torch.from_numpy warns (once a process)
     copied = Clip.unpack(payload, copy=True)
     assert copied.audio.flags.writeable and copied == sample
     with warnings.catch_warnings():
