@@ -236,7 +236,7 @@ def test_our_record_equals_atdatas(
     classes: dict[str, Any], atdata_records: dict[str, Any], name: str
 ) -> None:
     theirs = atdata_records[name]
-    ours = schema_record(classes[name], created_at=theirs["createdAt"])
+    ours = schema_record(classes[name], form="flat", created_at=theirs["createdAt"])
     assert json.dumps(ours) == json.dumps(theirs)
 
 
@@ -284,3 +284,36 @@ def test_we_write_atdata_reads(
             assert _equal(_from_json(got.get(spec.wire)), getattr(want, spec.name)), (
                 spec.wire
             )
+
+
+@pytest.fixture(scope="session")
+def atdata_types_from_ours(
+    atdata_python: str, classes: dict[str, Any]
+) -> dict[tuple[str, str], Any]:
+    """What atdata 0.7 builds (``_schema_to_type``) from our record of each class,
+    in each form."""
+    jobs, keys = [], []
+    for name in CLASSES:
+        for form in ("flat", "envelope"):
+            record = schema_record(classes[name], form=form)  # type: ignore[arg-type]
+            jobs.append({"command": "from_record", "data": record})
+            keys.append((name, form))
+    results = side(atdata_python, "batch", data=jobs)
+    return dict(zip(keys, results, strict=True))
+
+
+@pytest.mark.parametrize("name", CLASSES)
+def test_atdata_reads_our_flat_records_not_the_envelope(
+    atdata_types_from_ours: dict[tuple[str, str], Any],
+    classes: dict[str, Any],
+    name: str,
+) -> None:
+    """atdata 0.7.0b1 builds its class from our flat record (the wire names of our
+    fields); it cannot read the envelope of atdata-lexicon 0.4.x (it looks for
+    ``schema.properties``), which is why README says to publish with
+    ``--schema-form flat`` for readers on atdata 0.7."""
+    flat = atdata_types_from_ours[(name, "flat")]
+    assert "error" not in flat, flat
+    assert list(flat["fields"]) == [f.wire for f in classes[name].sample_fields]
+    envelope = atdata_types_from_ours[(name, "envelope")]
+    assert envelope == {"error": "ValueError: Schema must have at least one field"}

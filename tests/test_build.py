@@ -28,14 +28,39 @@ def _structure(node: Any) -> Any:
     return node
 
 
-def test_own_lexicons_match_live_atdata_structurally() -> None:
+UPSTREAM_LEXICONS = ATDATA_LEXICONS.parent.parent / "atdata-lexicon" / "lexicons"
+
+
+def test_own_lexicons_match_upstream_atdata_lexicon_structurally() -> None:
+    """Our science.alt.dataset.* follow atdata-lexicon 0.4.x, plus exactly what keeps
+    atdata 0.7's flat schema records readable: its ``jsonSchemaFormat`` properties
+    (as they are in atdata 0.7's lexicon) and ``atdataSchemaVersion``, beside the
+    envelope's, with nothing required in ``jsonSchemaFormat``."""
     ours = sorted((ROOT / "lexicons").rglob("science/alt/dataset/*.json"))
-    theirs = sorted(ATDATA_LEXICONS.rglob("*.json"))
-    assert [p.name for p in ours] == [p.name for p in theirs]
-    for a, b in zip(ours, theirs, strict=True):
-        assert _structure(json.loads(a.read_text())) == _structure(
-            json.loads(b.read_text())
-        ), a.name
+    upstream = sorted(UPSTREAM_LEXICONS.rglob("*.json"))
+    live = {p.name: p for p in ATDATA_LEXICONS.rglob("*.json")}
+    assert [p.name for p in ours] == [p.name for p in upstream] == sorted(live)
+    for a, b in zip(ours, upstream, strict=True):
+        mine, theirs = (
+            _structure(json.loads(a.read_text())),
+            _structure(json.loads(b.read_text())),
+        )
+        if a.name == "schema.json":
+            flat = _structure(json.loads(live[a.name].read_text()))["defs"]
+            fmt = mine["defs"]["jsonSchemaFormat"]
+            for key in ("$type", "$schema", "type", "properties"):
+                assert (
+                    fmt["properties"].pop(key)
+                    == (flat["jsonSchemaFormat"]["properties"][key])
+                )
+            assert "required" not in fmt
+            fmt["required"] = theirs["defs"]["jsonSchemaFormat"]["required"]
+            props = mine["defs"]["main"]["record"]["properties"]
+            assert (
+                props.pop("atdataSchemaVersion")
+                == (flat["main"]["record"]["properties"]["atdataSchemaVersion"])
+            )
+        assert mine == theirs, a.name
 
 
 def test_generated_is_fresh() -> None:

@@ -57,6 +57,22 @@ def test_publish_pull_build_frozen_load(
     assert pub.returncode == 0, pub.stderr
     uri = pub.stdout.split("published: ")[1].split()[0]
     assert uri.endswith("/science.alt.dataset.schema/ImageSample:1.0.0")
+    # atdata's flat record went out in the pinned lexicons' form, the envelope;
+    # the same schema in the flat form is the same version, not a conflict.
+    flat = run(
+        [
+            "publish",
+            "schema",
+            "--schema-form",
+            "flat",
+            str(RECORDS / "ImageSample.schema.json"),
+        ],
+        tmp_path,
+        net,
+        account,
+        home,
+    )
+    assert flat.returncode == 0 and f"already published: {uri}" in flat.stdout
     sessions = list((home / "atdata-gen" / "sessions").iterdir())
     assert len(sessions) == 1 and (sessions[0].stat().st_mode & 0o777) == 0o600
     assert account.password not in sessions[0].read_text()
@@ -92,13 +108,20 @@ def test_publish_pull_build_frozen_load(
     assert pull.returncode == 0, pull.stderr
     lock_text = (project / "atdata-gen.lock").read_text()
     assert json.loads(lock_text)["schemas"][0]["uri"] == uri
+    pinned = json.loads(lock_text)["schemas"][0]["value"]
+    assert pinned["schema"]["draft"] == "draft-07" and "content" in pinned["schema"]
+    assert pinned["$atdataSchemaVersion"] == 1
     again = run(["pull", "--update"], project, net, account, home)
     assert (
         again.returncode == 0 and (project / "atdata-gen.lock").read_text() == lock_text
     )
     built = run(["build", "--frozen"], project, net, account, home)
     assert built.returncode == 0, built.stderr
-    module = next((project / "gen" / "labschemas" / "samples").glob("image_sample*.py"))
+    samples = project / "gen" / "labschemas" / "samples"
+    (module,) = samples.glob("image_sample_v*.py")
+    assert (
+        "from .image_sample_v1_0_0 import" in (samples / "image_sample.py").read_text()
+    )
     assert "class ImageSample(_sample.PackableSample)" in module.read_text()
     assert uri in module.read_text()
 

@@ -103,6 +103,43 @@ def test_publish_schema_and_blob_entry_then_load(
     assert [s.pack() for s in ours] == [s.pack() for s in theirs]
 
 
+def test_envelope_record_publishes_loads_and_equals_its_flat_form(
+    net: LocalNetwork, account: Account, tmp_path: Path
+) -> None:
+    """The envelope of atdata-lexicon 0.4.x through a real PDS: validated on
+    publish and on fetch, compiled in-process by the loader; the flat form of the
+    same version is a no-op, a changed one still a conflict."""
+    from atdata_runtime.samples.schema import convert_schema_record
+
+    client = login(net, account, tmp_path)
+    pub = publish_schema(client, schema("OptionalSample"), form="envelope")
+    assert pub.write.created
+    fetched = client.get_record(pub.write.uri)
+    assert fetched.value["schema"]["draft"] == "draft-07"
+    assert "properties" in fetched.value["schema"]["content"]
+    assert convert_schema_record(fetched.value, "flat") == schema("OptionalSample")
+    again = publish_schema(client, schema("OptionalSample"), form="flat")
+    assert not again.write.created and again.write.uri == pub.write.uri
+    with pytest.raises(PublishConflictError):
+        publish_schema(client, dict(schema("OptionalSample"), description="x"))
+    entry = publish_entry(
+        client,
+        [SHARDS / "optional-000000.tar"],
+        schema_uri=pub.write.uri,
+        name="optional",
+        storage=BlobStorage(),
+        journal_dir=tmp_path / "journal",
+    )
+    reader = AtmosphereClient(resolver=resolver(net))
+    resolved = resolve_dataset(entry.uri, client=reader)
+    assert resolved.class_source == "dynamic"
+    fields = {f.wire: f.optional for f in resolved.sample_type.sample_fields}
+    assert fields == {"tokens": False, "caption": False, "score": True, "mask": True}
+    assert (
+        len(list(Dataset.from_atproto(entry.uri, client=reader, progress=False))) == 16
+    )
+
+
 def test_schema_versions_are_immutable(
     net: LocalNetwork, account: Account, tmp_path: Path
 ) -> None:

@@ -84,7 +84,7 @@ def test_fixture_shards_decode_and_reencode_byte_for_byte(
 def test_record_code_class_record_is_a_fixed_point(samples_pkg: str, name: str) -> None:
     record = json.loads((RECORDS / f"{name}.schema.json").read_text())
     cls = _cls(samples_pkg, name)
-    again = schema_record(cls, created_at=record["createdAt"])
+    again = schema_record(cls, form="flat", created_at=record["createdAt"])
     assert json.dumps(again) == json.dumps(record)
 
 
@@ -133,7 +133,7 @@ def test_optional_field_before_required_field(tmp_path: Path) -> None:
             cls(class_=3, pixels=np.zeros((5, 3), np.float32)).pack()
         with pytest.raises(SampleFormatError, match="shape"):
             cls(class_=3, pixels=np.zeros((5, 4), np.uint8)).pack()
-        again = schema_record(cls, created_at="x")
+        again = schema_record(cls, form="flat", created_at="x")
         assert again["schema"]["properties"] == record["schema"]["properties"]
     finally:
         sys.path.remove(str(tmp_path / "out"))
@@ -354,7 +354,9 @@ def test_golden_sample_record_round_trips_to_its_record(tmp_path: Path) -> None:
     try:
         mod = importlib.import_module("golden_cells.samples.lab_cell_image_v2_0_0_rc_1")
         record = wrapped["value"]
-        again = schema_record(mod.CellImage, created_at=record["createdAt"])
+        again = schema_record(
+            mod.CellImage, form="flat", created_at=record["createdAt"]
+        )
         expected = json.loads(json.dumps(record))
         # JSON Schema's ["number", "null"] is written back as the optional "number".
         expected["schema"]["properties"]["pixelSize"] = {"type": "number"}
@@ -467,7 +469,7 @@ def test_structured_shim_round_trip(tmp_path: Path) -> None:
         back = cls.unpack(payload)
         assert back.points.dtype == dt and np.array_equal(back.points, points)
         assert json.dumps(
-            schema_record(cls, created_at=record["createdAt"])
+            schema_record(cls, form="flat", created_at=record["createdAt"])
         ) == json.dumps(record)
     finally:
         sys.path.remove(str(tmp_path / "out"))
@@ -531,7 +533,7 @@ def test_library_encoded_shims_round_trip_their_bytes(tmp_path: Path) -> None:
         assert sample.df == EncodedBlob("dataframe", b"PAR1..PAR1")
         assert sample.pack() == payload
         assert json.dumps(
-            schema_record(cls, created_at=record["createdAt"])
+            schema_record(cls, form="flat", created_at=record["createdAt"])
         ) == json.dumps(record)
         with pytest.raises(SampleFormatError, match="EncodedBlob"):
             cls(sp=b"raw", tt=sample.tt, st=sample.st, df=sample.df).pack()

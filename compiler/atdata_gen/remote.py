@@ -193,9 +193,11 @@ def _conflict(client: Any, exc: Any, records: list[dict[str, Any]]) -> str:
     return ""
 
 
-def _load_schema(spec: str, version: str | None) -> dict[str, Any]:
+def _load_schema(spec: str, version: str | None, form: Any) -> dict[str, Any]:
     """A schema record from a JSON file (plain or ``{uri, cid, value}``) or from a
-    ``module:Class`` PackableSample class."""
+    ``module:Class`` PackableSample class, in ``form`` (``envelope`` / ``flat``)."""
+    from atdata_runtime.samples.schema import convert_schema_record
+
     path = Path(spec)
     if path.suffix == ".json" or path.exists():
         try:
@@ -211,10 +213,14 @@ def _load_schema(spec: str, version: str | None) -> dict[str, Any]:
         from atdata_runtime.samples.schema import schema_record
 
         cls = getattr(importlib.import_module(module), attr)
-        data = schema_record(cls)
+        data = schema_record(cls, form=form)
     if version:
         data = dict(data, version=version)
-    return dict(data)
+    try:
+        return convert_schema_record(dict(data), form)
+    except ValueError as exc:
+        _error(f"{spec}: {exc}")
+        raise
 
 
 def _check_hook(policy_root: Path | None) -> Any:
@@ -226,8 +232,8 @@ def _check_hook(policy_root: Path | None) -> Any:
     def hook(previous: Any, record: dict[str, Any]) -> None:
         from .checks.compat import COMPAT_RULES
         from .checks.policy import CheckPolicy
-        from .checks.runner import run_check
         from .checks.report import render_findings
+        from .checks.runner import run_check
 
         policy = CheckPolicy()
         if policy_root is not None:
@@ -280,16 +286,26 @@ def publish_group() -> None:
     is_flag=True,
     help="Skip atdata-gen check against the previous version.",
 )
+@click.option(
+    "--schema-form",
+    "form",
+    type=click.Choice(["envelope", "flat"]),
+    default="envelope",
+    show_default=True,
+    help="How the record carries its JSON Schema: envelope (atdata-lexicon 0.4.x, "
+    "the pinned lexicons) or flat (atdata 0.7, the only form it reads).",
+)
 def publish_schema_cmd(
-    specs: tuple[str, ...], version: str | None, no_check: bool
+    specs: tuple[str, ...], version: str | None, no_check: bool, form: str
 ) -> None:
     """Publish schema records (FILE.json or module:Class), each under the record
-    key {name}:{version}. Re-publishing identical content is a no-op; a changed
-    record under an existing version is refused (bump the version)."""
+    key {name}:{version}, in --schema-form. Re-publishing identical content (in
+    either form) is a no-op; a changed record under an existing version is refused
+    (bump the version)."""
     from atdata_runtime.atmosphere import AtmosphereError, PublishConflictError
     from atdata_runtime.atmosphere.publish import publish_schemas
 
-    records = [_load_schema(s, version) for s in specs]
+    records = [_load_schema(s, version, form) for s in specs]
     client = _login()
     try:
         root = load_config(Path.cwd()).root

@@ -9,6 +9,9 @@ process for many jobs: importing atdata takes seconds).
 * ``write CLASS PATH``: stdin = samples → ``atdata.write_samples`` to PATH;
 * ``read CLASS URL``: → the samples of ``atdata.Dataset[CLASS](URL).ordered()``;
 * ``schema CLASS``: → the schema record atdata's SchemaPublisher builds for CLASS;
+* ``from_record`` (batch only; ``data`` = a schema record): → ``{"fields": {name:
+  annotation}}`` of the type atdata builds from it (``_schema_to_type``), or
+  ``{"error": message}``;
 * ``publish`` (batch only; job keys ``pds``, ``did``, ``handle``, ``password``,
   ``path``, ``http_base``, ``data``): atdata writes the samples to a shard, publishes
   the schema, an entry with the shard as a PDS blob and an entry with the shard's
@@ -267,7 +270,24 @@ def bench_load(job):
     return {"seconds": seconds, "samples": count}
 
 
+def from_record(job):
+    from atdata._schema_codec import _schema_to_type
+
+    try:
+        cls = _schema_to_type(job["data"], use_cache=False)
+    except (ValueError, TypeError, KeyError) as exc:  # what atdata 0.7 raises
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {
+        "fields": {
+            f.name: str(f.type)
+            for f in __import__("dataclasses").fields(cls)
+            if not f.name.startswith("_")
+        }
+    }
+
+
 NETWORK = {
+    "from_record": from_record,
     "publish": publish,
     "load": load,
     "bench_publish": bench_publish,

@@ -18,7 +18,7 @@ from typing import Any
 import libcst as cst
 from atdata_runtime.samples import FieldSpec
 
-from .. import __version__
+from .. import __version__, naming
 from ..ir.link import LinkedModel
 from ..ir.model import (
     ArrayType,
@@ -49,7 +49,7 @@ from .emit import (
 from .manifest import GENERATED_MARKER
 from .printer import print_module
 
-__all__ = ["emit_samples", "sample_module_path"]
+__all__ = ["emit_samples", "sample_aliases", "sample_module_path"]
 
 _NUMPY_SCALARS = {
     "bool": "bool_",
@@ -111,6 +111,7 @@ def field_spec(f: Field, py: str | None, t: Any) -> FieldSpec:
         dims=tuple(t.dims) if nd and t.dims is not None else None,
         items=field_spec(f, None, t.items) if isinstance(t, ArrayType) else None,
         encoding=t.format if nd and _kind(t) == "encoded" else None,
+        enum=t.enum if isinstance(t, StringType) else None,
     )
 
 
@@ -125,6 +126,8 @@ def _spec_cst(spec: FieldSpec) -> cst.BaseExpression:
         kwargs["items"] = _spec_cst(spec.items)
     if spec.encoding is not None:
         kwargs["encoding"] = literal(spec.encoding)
+    if spec.enum is not None:
+        kwargs["enum"] = literal(spec.enum)
     args = [literal(spec.name), literal(spec.wire), literal(spec.kind)]
     return call("_sample.FieldSpec", *args, **kwargs)
 
@@ -140,6 +143,8 @@ def _annotation(t: Any) -> cst.BaseExpression:
         return dotted("int")
     if isinstance(t, FloatType):
         return dotted("float")
+    if isinstance(t, StringType) and t.enum is not None:
+        return sub("_t.Literal", *[literal(v) for v in t.enum])
     if isinstance(t, StringType):
         return dotted("str")
     if isinstance(t, BytesType):
@@ -352,11 +357,80 @@ def _module(model: LinkedModel, schema: SampleSchema, rel: str) -> str:
     return print_module(cst.Module(body=[*head, klass, batch]))  # type: ignore[list-item]
 
 
+def _precedence(version: str) -> tuple[Any, ...]:
+    """semver.org § 11 precedence (a pre-release below its release; build metadata
+    ignored), then the text itself, so that the order is total."""
+    import semantic_version
+
+    return (semantic_version.Version(version).precedence_key[:4], version)
+
+
+def sample_aliases(model: LinkedModel) -> dict[tuple[str, ...], SampleSchema]:
+    """Alias module path → the schema it re-exports: for each schema name, one
+    module ``samples/<snake name>.py`` for its highest version (semver precedence),
+    so ``from pkg.samples.image_sample import ImageSample`` survives version bumps.
+    A name that a versioned module (or an earlier alias, names in code-point order)
+    already holds gets the first free ``_2``, ``_3``, …"""
+    latest: dict[str, SampleSchema] = {}
+    for schema in model.samples:
+        have = latest.get(schema.name)
+        if have is None or _precedence(schema.version) > _precedence(have.version):
+            latest[schema.name] = schema
+    scopes: dict[str, naming.Scope] = {}
+    taken: dict[str, set[str]] = {}
+    for path, _, _ in model.names.samples.values():
+        taken.setdefault(path[0], set()).add(path[-1])
+    out: dict[tuple[str, ...], SampleSchema] = {}
+    for schema_name in sorted(latest):
+        schema = latest[schema_name]
+        package = model.names.samples[(schema.name, schema.version)][0][0]
+        scope = scopes.setdefault(package, naming.Scope(taken.get(package, set())))
+        out[(package, scope.claim(naming.snake_case(schema.name)))] = schema
+    return out
+
+
+def _alias_module(model: LinkedModel, schema: SampleSchema) -> str:
+    path, cls, _ = model.names.samples[(schema.name, schema.version)]
+    header = _wrap(
+        f"Sample schema ``{schema.name}`` at its latest version, {schema.version} "
+        f"(module ``{path[-1]}``).\n\n"
+        "Import from here to follow the newest version this package was built "
+        "with; import the versioned module to pin one."
+    ) + (
+        f"\n\n{GENERATED_MARKER} {__version__}.\n"
+        "Do not edit: ``atdata-gen build`` overwrites this file."
+    )
+    names = [cls, f"{cls}Batch"]
+    body: list[cst.SimpleStatementLine] = [
+        doc_stmt(header),
+        from_import("__future__", "annotations", blank=1),
+        cst.SimpleStatementLine(
+            [
+                cst.ImportFrom(
+                    module=cst.Name(path[-1]),
+                    names=[cst.ImportAlias(name(n)) for n in names],
+                    relative=[cst.Dot()],
+                )
+            ],
+            leading_lines=[_BLANK],
+        ),
+        ann_assign(
+            "__all__",
+            sub("list", dotted("str")),
+            cst.List([cst.Element(literal(n)) for n in names]),
+            blank=1,
+        ),
+    ]
+    return print_module(cst.Module(body=body))
+
+
 def emit_samples(
     model: LinkedModel, rels: dict[tuple[str, str], str]
 ) -> dict[str, str]:
     """``{relative path: source}`` of the sample modules of ``model`` (before
-    formatting). ``rels`` maps (name, version) → the source path cited."""
+    formatting), and of the alias module of each schema name's latest version
+    (:func:`sample_aliases`). ``rels`` maps (name, version) → the source path
+    cited."""
     out = {}
     for schema in model.samples:
         key = (schema.name, schema.version)
@@ -364,4 +438,6 @@ def emit_samples(
         out["/".join(path) + ".py"] = _module(
             model, schema, rels.get(key, schema.origin.path)
         )
+    for path, schema in sample_aliases(model).items():
+        out["/".join(path) + ".py"] = _alias_module(model, schema)
     return out

@@ -3,22 +3,35 @@
 
 Accepted inputs (all as JSON documents):
 
-* the record as the network carries it: ``schemaType: "jsonSchema"`` and a
-  JSON Schema draft-07 body in ``schema`` (``$type`` =
-  ``science.alt.dataset.schema#jsonSchemaFormat``), optional ``arrayFormatVersions``;
+* the record as the network carries it, ``schemaType: "jsonSchema"``, in either
+  form (``$type`` = ``science.alt.dataset.schema#jsonSchemaFormat``):
+
+  - the envelope of atdata-lexicon 0.4.x: ``schema = {draft: "draft-07", content:
+    <JSON Schema>, arrayFormatVersions}``, format version ``$atdataSchemaVersion``;
+  - the flat form atdata 0.7.0b1 writes: the JSON Schema draft-07 keys in
+    ``schema`` itself, optional ``arrayFormatVersions`` beside them, format version
+    ``atdataSchemaVersion``;
+
+  both compile to the same :class:`~atdata_gen.ir.model.SampleSchema` (the form is
+  kept in ``record_form``, not compared);
 * the record wrapped as ``com.atproto.repo.getRecord`` returns it
   (``{"uri", "cid", "value"}``): the AT-URI and CID become the provenance;
 * the older field-list form of atdata's local index and the planning notes:
   ``fields: [{name, fieldType | type: {$type | kind: primitive | ndarray | array …},
   optional}]``.
 
-Array fields ``$ref`` atdata's shims, all mapped to
+Array fields ``$ref`` atdata's shims (under ``https://alt.science/schemas/`` as
+atdata 0.7 writes them, or their new ``$id`` URLs under
+``https://json-schema.alt.science/``), all mapped to
 :class:`~atdata_gen.ir.model.NDArrayType` with their ``format``: the ndarray shim
 (1.0.0, and 1.1.0 with ``dtype``, ``shape`` and ``dimensionNames`` beside the
 ``$ref``), the structured-array shim (``.npy`` of a compound dtype), and the
 library-encoded shims (sparse, arrow tensor, safetensors, dataframe: opaque bytes,
-decoded on demand). Unknown shims, other versions and nested objects are reported as
-``SCHEMA_UNSUPPORTED`` errors: never silently typed as ``str``.
+decoded on demand). A string property with a JSON Schema ``enum`` (of strings) is a
+:class:`~atdata_gen.ir.model.StringType` with that ``enum`` (typed
+``typing.Literal[...]``). Unknown shims, other versions, nested objects and
+non-string enums are reported as ``SCHEMA_UNSUPPORTED`` errors: never silently typed
+as ``str``.
 
 Field names are untrusted: they stay wire names here; the name table turns them
 into identifiers.
@@ -50,8 +63,8 @@ __all__ = ["is_schema_record", "parse_schema_record", "unwrap_record"]
 
 SCHEMA_NSID = "science.alt.dataset.schema"
 _SHIM_RE = re.compile(
-    r"https://alt\.science/schemas/atdata-(?P<kind>[a-z-]+)/(?P<version>\d+\.\d+\.\d+)"
-    r"#/\$defs/(?P<def>\w+)"
+    r"https://(?:alt\.science/schemas|json-schema\.alt\.science)"
+    r"/atdata-(?P<kind>[a-z-]+)/(?P<version>\d+\.\d+\.\d+)#/\$defs/(?P<def>\w+)"
 )
 _NDARRAY_VERSIONS = ("1.0.0", "1.1.0")
 _ENCODED_SHIMS = {
@@ -118,6 +131,8 @@ class _Parser:
         if isinstance(kind, list):
             kinds = [k for k in kind if k != "null"]
             kind = kinds[0] if len(kinds) == 1 else kind
+        if "enum" in prop:
+            return self.enum(prop, kind, ptr)
         if kind == "string":
             if prop.get("format") == "byte" or prop.get("contentEncoding") == "base64":
                 return BytesType()
@@ -159,6 +174,42 @@ class _Parser:
             f"unsupported JSON Schema type {kind!r}",
         )
         return None
+
+    def enum(self, prop: dict[str, Any], kind: Any, ptr: str) -> StringType | None:
+        """A JSON Schema ``enum``: a list of distinct strings on a ``string``
+        property (or one without ``type``) is a string restricted to them; any
+        other enum is refused where it is (never dropped)."""
+        values = prop["enum"]
+        if kind not in ("string", None):
+            self.error(
+                f"{ptr}/enum",
+                "SCHEMA_UNSUPPORTED",
+                f"'enum' is supported on string properties only, not on {kind!r}",
+            )
+            return None
+        if (
+            not isinstance(values, list)
+            or not values
+            or not all(isinstance(v, str) for v in values)
+        ):
+            self.error(
+                f"{ptr}/enum",
+                "SCHEMA_UNSUPPORTED",
+                "'enum' must be a non-empty list of strings (other enum values "
+                "are not supported)",
+            )
+            return None
+        if len(set(values)) != len(values):
+            self.error(f"{ptr}/enum", "SCHEMA_FIELD", "'enum' lists a value twice")
+            return None
+        if prop.get("format") == "byte" or prop.get("contentEncoding") == "base64":
+            self.error(
+                f"{ptr}/enum",
+                "SCHEMA_UNSUPPORTED",
+                "'enum' on a bytes (base64) property is not supported",
+            )
+            return None
+        return StringType(enum=tuple(values))
 
     def shim(self, ref: str, prop: dict[str, Any], ptr: str) -> NDArrayType | None:
         m = _SHIM_RE.fullmatch(ref)
@@ -385,16 +436,18 @@ def parse_schema_record(doc: SourceDoc, reporter: Reporter) -> SampleSchema | No
             f"version {version!r} is not a semantic version (semver.org)",
         )
         return None
-    schema_version = value.get("atdataSchemaVersion", 1)
-    if schema_version != 1:
-        p.error(
-            f"{base}/atdataSchemaVersion",
-            "SCHEMA_RECORD_VERSION",
-            f"schema record format version {schema_version!r} is not supported "
-            "(this compiler reads version 1)",
-        )
-        return None
+    for key in ("$atdataSchemaVersion", "atdataSchemaVersion"):
+        schema_version = value.get(key, 1)
+        if schema_version != 1 or isinstance(schema_version, bool):
+            p.error(
+                f"{base}/{escape_pointer(key)}",
+                "SCHEMA_RECORD_VERSION",
+                f"schema record format version {schema_version!r} is not supported "
+                "(this compiler reads version 1)",
+            )
+            return None
     formats: tuple[tuple[str, str], ...] = ()
+    form = "flat"
     if "schema" in value:
         body = value["schema"]
         if not isinstance(body, dict):
@@ -407,7 +460,27 @@ def parse_schema_record(doc: SourceDoc, reporter: Reporter) -> SampleSchema | No
                 f"schemaType {value.get('schemaType')!r} is not supported",
             )
             return None
-        if isinstance(body.get("schemaBody"), dict):  # older nested form
+        if "content" in body or "draft" in body:  # atdata-lexicon 0.4.x envelope
+            form = "envelope"
+            draft = body.get("draft")
+            if draft != "draft-07":
+                p.error(
+                    f"{base}/schema/draft" if "draft" in body else f"{base}/schema",
+                    "SCHEMA_UNSUPPORTED",
+                    f"JSON Schema draft {draft!r} is not supported (the envelope's "
+                    "'draft' must be 'draft-07')",
+                )
+                return None
+            content = body.get("content")
+            if not isinstance(content, dict):
+                p.error(
+                    f"{base}/schema/content" if "content" in body else f"{base}/schema",
+                    "SCHEMA_BODY",
+                    "the envelope's 'content' must be a JSON Schema object",
+                )
+                return None
+            fields = p.json_schema_fields(content, f"{base}/schema/content")
+        elif isinstance(body.get("schemaBody"), dict):  # older nested form
             fields = p.json_schema_fields(
                 body["schemaBody"], f"{base}/schema/schemaBody"
             )
@@ -421,6 +494,7 @@ def parse_schema_record(doc: SourceDoc, reporter: Reporter) -> SampleSchema | No
                 if isinstance(k, str) and isinstance(v, str)
             )
     elif "fields" in value:
+        form = "fields"
         fields = p.list_fields(value["fields"], f"{base}/fields")
     else:
         p.error(base, "SCHEMA_BODY", "a schema record needs 'schema' or 'fields'")
@@ -446,4 +520,5 @@ def parse_schema_record(doc: SourceDoc, reporter: Reporter) -> SampleSchema | No
         if isinstance(metadata, dict)
         else None,
         json.dumps(value, ensure_ascii=False),
+        form,
     )

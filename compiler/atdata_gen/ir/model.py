@@ -332,6 +332,10 @@ class SampleSchema:
     """The whole record as read (JSON text): not compared (``createdAt`` differs
     between copies of one version), only quoted when two copies conflict
     (``SCHEMA_VERSION_CONFLICT`` names the JSON pointers that differ)."""
+    record_form: str = field(default="flat", compare=False)
+    """How the record carried its JSON Schema: ``envelope`` (atdata-lexicon 0.4.x),
+    ``flat`` (atdata 0.7) or ``fields`` (the older field list). Not compared: the
+    same schema in either form is the same schema."""
 
 
 # -- lens records (science.alt.dataset.lens) --------------------------------------------

@@ -3,10 +3,12 @@ resumable.
 
 Schema records go to ``science.alt.dataset.schema`` under the deterministic key of
 :func:`~.records.schema_rkey`. A version is immutable: publishing the same name and
-version again is a no-op when the content is the same (``createdAt`` aside), and a
-:class:`~.errors.PublishConflictError` advising a version bump when it differs. The
-same holds for a record of that name and version under any other key (atdata 0.7
-keys its schema records by TID), found by listing the collection.
+version again is a no-op when the content is the same (``createdAt`` aside, and
+whichever form, envelope or flat, either copy has: see
+:mod:`atdata_runtime.samples.schema`), and a :class:`~.errors.PublishConflictError`
+advising a version bump when it differs. The same holds for a record of that name
+and version under any other key (atdata 0.7 keys its schema records by TID), found
+by listing the collection.
 
 Dataset entries go to ``science.alt.dataset.entry`` under a TID chosen by the client
 and saved in a journal before the first attempt, with everything already done
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
+from ..samples.schema import SchemaForm, convert_schema_record
 from ..shards.dataset import Sha256Reader
 from ..shards.tar import iter_samples
 from .client import AtmosphereClient, FetchedRecord, WriteResult
@@ -81,6 +84,16 @@ def _content(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k != "createdAt"}
 
 
+def _schema_content(record: dict[str, Any]) -> dict[str, Any]:
+    """What makes two schema records the same version: everything but
+    ``createdAt``, in one form (the flat one), so that the envelope and the flat
+    form of one schema are equal."""
+    try:
+        return _content(convert_schema_record(record, "flat"))
+    except ValueError:
+        return _content(record)
+
+
 def find_schema_versions(
     client: AtmosphereClient, repo: str, name: str
 ) -> list[FetchedRecord]:
@@ -119,12 +132,17 @@ def publish_schema(
     *,
     check: CheckHook | None = None,
     existing: list[FetchedRecord] | None = None,
+    form: SchemaForm | None = None,
 ) -> SchemaPublication:
     """Publish one schema record (a JSON dict, validated here) to the logged-in
     account. ``existing`` is the account's schema records (listed once by
-    :func:`publish_schemas`; listed here when ``None``). Raises
-    :class:`PublishConflictError` when this name and version exist with different
-    content; whatever ``check`` raises; the client's errors."""
+    :func:`publish_schemas`; listed here when ``None``). ``form``: write the record
+    in that form (``"envelope"``, ``"flat"``; ``None``: as given). A version already
+    published in the other form with the same content is not written again.
+    Raises :class:`PublishConflictError` when this name and version exist with
+    different content; whatever ``check`` raises; the client's errors."""
+    if form is not None:
+        record = convert_schema_record(record, form)
     name, version = str(record.get("name", "")), str(record.get("version", ""))
     rkey = schema_rkey(name, version)
     if existing is None:
@@ -132,7 +150,7 @@ def publish_schema(
     same_name = _versions_of(existing, name)
     for r in same_name:
         if r.value.get("version") == version:
-            if _content(r.value) != _content(record):
+            if _schema_content(r.value) != _schema_content(record):
                 raise PublishConflictError(
                     r.uri,
                     f"schema {name} {version} is already published with different "
@@ -161,13 +179,17 @@ def publish_schemas(
     *,
     check: CheckHook | None = None,
     progress: Callable[[int, SchemaPublication], None] | None = None,
+    form: SchemaForm | None = None,
 ) -> list[SchemaPublication]:
-    """Publish many schema records; the collection is listed once. A re-run after a
-    crash (or a partial failure) creates only the missing ones. ``progress`` is
-    called after each record with its index."""
+    """Publish many schema records (in ``form``, see :func:`publish_schema`); the
+    collection is listed once. A re-run after a crash (or a partial failure)
+    creates only the missing ones. ``progress`` is called after each record with
+    its index."""
     existing = list(client.list_records(client.did, SCHEMA, validate=False))
     out = []
     for i, record in enumerate(records):
+        if form is not None:
+            record = convert_schema_record(record, form)
         pub = publish_schema(client, record, check=check, existing=existing)
         if pub.write.created:
             existing.append(FetchedRecord(pub.write.uri, pub.write.cid, record))

@@ -115,6 +115,25 @@ class FieldSpec:
     encoding: str | None = None
     """For ``kind="encoded"``: ``sparse``, ``arrow_tensor``, ``safetensors`` or
     ``dataframe`` (atdata's other array shims)."""
+    enum: tuple[str, ...] | None = None
+    """For ``kind="str"`` (or a list's ``str`` items): the values allowed (JSON
+    Schema ``enum``), checked on pack and on unpack with ``validate=True``."""
+
+    def check_enum(self, value: Any, member: str | None = None) -> None:
+        """Raise :class:`SampleFormatError` unless ``value`` (a string, or for a
+        list field every item) is one of the schema's ``enum`` values."""
+        spec = self.items if self.kind == "list" and self.items is not None else self
+        allowed = spec.enum
+        if allowed is None:
+            return
+        for item in value if spec is not self else (value,):
+            if item not in allowed:
+                raise SampleFormatError(
+                    f"{item!r:.60} is not one of the schema's values "
+                    f"({', '.join(map(repr, allowed))})",
+                    field=self.wire,
+                    member=member,
+                )
 
     @property
     def always_stacks(self) -> bool:
@@ -208,6 +227,11 @@ class _Codec:
         self.arrays = frozenset(
             f.wire for f in self.fields if f.kind in ("ndarray", "structured")
         )
+        self.enums = frozenset(
+            f.wire
+            for f in self.fields
+            if f.enum is not None or (f.items is not None and f.items.enum is not None)
+        )
         self.warned: set[frozenset[str]] = set()
 
     # -- writing ------------------------------------------------------------------------
@@ -234,6 +258,8 @@ class _Codec:
                 value = value.data
             else:
                 value = _plain(value)
+                if f.wire in self.enums:
+                    f.check_enum(value, member)
             values.append((f.wire, value))
         extra = sample.unknown_fields
         if extra:
@@ -326,6 +352,8 @@ class _Codec:
                     )
             elif validate and f.kind in ("ndarray", "structured"):
                 f.check_array(value, member)
+            elif validate and f.wire in self.enums:
+                f.check_enum(value, member)
             kwargs[f.name] = value
         sample = self.cls(**kwargs)
         if data:
