@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from ..conftest import CORPUS, ROOT, make_venv
+from ..test_typing import PYRIGHT
 
 pytestmark = pytest.mark.slow
 
@@ -62,9 +63,10 @@ class Downstream:
 
 @pytest.fixture(scope="module")
 def dev_venv(wheels: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The developer's environment: atdata-gen from the wheel, pre-commit, mypy."""
+    """The developer's environment: atdata-gen from the wheel, pre-commit, mypy, and
+    torch (the training script's type checks need its types)."""
     where = tmp_path_factory.mktemp("dev") / "venv"
-    make_venv(where, wheels, "atdata-gen", "pre-commit", "mypy")
+    make_venv(where, wheels, "atdata-gen", "pre-commit", "mypy", _torch_wheel())
     return where / "bin"
 
 
@@ -72,7 +74,7 @@ def dev_venv(wheels: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def downstream(dev_venv: Path, tmp_path: Path) -> Iterator[Downstream]:
     repo = tmp_path / "mylab"
     (repo / "schemas").mkdir(parents=True)
-    for name in ("ImageSample", "OptionalSample"):
+    for name in ("ImageSample", "OptionalSample", "ScalarSample", "ListSample"):
         shutil.copy(ATDATA / "records" / f"{name}.schema.json", repo / "schemas")
     (repo / "pyproject.toml").write_text(PYPROJECT, encoding="utf-8")
     env = {
@@ -180,3 +182,130 @@ def test_pre_commit_hooks_from_the_first_commit(downstream: Downstream) -> None:
     assert fresh.returncode == 0, fresh.stdout + fresh.stderr
     samples = d.repo / "src" / "mylab_types" / "samples"
     assert (samples / "image_sample_v2_0_0.py").exists()
+
+
+TRAIN = """\
+\"\"\"The user's training script: typed samples and batches from atdata's own shards,
+then a torch DataLoader through the documented collate.\"\"\"
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import assert_type
+
+import torch
+from atdata_runtime.shards import Dataset
+from torch.utils.data import DataLoader
+
+from mylab_types.samples.image_sample import ImageSample, ImageSampleBatch
+from mylab_types.samples.list_sample import ListSample, ListSampleBatch
+from mylab_types.samples.optional_sample import OptionalSample, OptionalSampleBatch
+from mylab_types.samples.scalar_sample import ScalarSample, ScalarSampleBatch
+
+shards = sys.argv[1]
+images = Dataset[ImageSample](f"{shards}/image-000000.tar")
+assert_type(images.ordered(), Iterator[ImageSample])
+assert_type(images.ordered(batch_size=4), Iterator[ImageSampleBatch])
+first = next(iter(images))
+assert_type(first.label, str)
+counts: dict[str, int] = {}
+for batch in images.ordered(batch_size=4):
+    assert_type(batch, ImageSampleBatch)
+    assert_type(batch.label, list[str])
+    counts["image"] = counts.get("image", 0) + len(batch.label)
+for sbatch in Dataset[ScalarSample](f"{shards}/scalar-000000.tar").ordered(batch_size=5):
+    assert_type(sbatch, ScalarSampleBatch)
+    counts["scalar"] = counts.get("scalar", 0) + len(sbatch.samples)
+for lbatch in Dataset[ListSample](f"{shards}/list-000000.tar").ordered(batch_size=3):
+    assert_type(lbatch, ListSampleBatch)
+    counts["list"] = counts.get("list", 0) + len(lbatch.samples)
+optional = Dataset[OptionalSample](f"{shards}/optional-000000.tar")
+for obatch in optional.shuffled(seed=7, batch_size=2):
+    assert_type(obatch, OptionalSampleBatch)
+    counts["optional"] = counts.get("optional", 0) + len(obatch.caption)
+loader = DataLoader(images.torch(), batch_size=8, collate_fn=images.collate)
+seen = 0
+for tbatch in loader:
+    tensor = torch.from_numpy(tbatch.image)
+    seen += int(tensor.shape[0])
+counts["torch"] = seen
+print(sorted(counts.items()))
+"""
+
+
+def _torch_wheel() -> str:
+    """The CPU torch wheel this machine kind keeps on disk (as scripts/setup uses
+    it): a training venv must not download a multi-GB CUDA build."""
+    found = sorted(Path("/opt/wheels").glob("torch-*cp311*.whl"))
+    assert found, "no torch wheel in /opt/wheels (scripts/setup installs torch from it)"
+    return str(found[0])
+
+
+def test_training_code_type_checks_and_runs_on_the_runtime_alone(
+    downstream: Downstream, wheels: Path, tmp_path: Path
+) -> None:
+    d = downstream
+    assert d.run("atdata-gen", "build", "-q").returncode == 0
+    train = d.repo / "train.py"
+    train.write_text(TRAIN, encoding="utf-8")
+    # mypy --strict, in the developer's venv (atdata-gen brings the runtime).
+    d.env["MYPYPATH"] = str(d.repo / "src")
+    mypy = d.run("mypy", "--strict", "--no-incremental", "train.py")
+    assert mypy.returncode == 0, mypy.stdout
+    # pyright (strict), from npm, pinned.
+    npx = shutil.which("npx")
+    assert npx, "pyright needs Node: npx is not on PATH"
+    (d.repo / "pyrightconfig.json").write_text(
+        json.dumps(
+            {
+                "extraPaths": ["src"],
+                "typeCheckingMode": "strict",
+                "reportMissingTypeStubs": False,
+                "reportUnknownMemberType": False,
+                "reportUnknownVariableType": False,
+                "reportUnknownArgumentType": False,
+            }
+        ),
+        encoding="utf-8",
+    )
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    pyright = subprocess.run(
+        [
+            npx,
+            "--yes",
+            f"pyright@{PYRIGHT}",
+            "--pythonpath",
+            str(d.bin / "python"),
+            "--outputjson",
+            "train.py",
+        ],
+        cwd=d.repo,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "npm_config_cache": str(cache / "atdata-gen" / "npm")},
+        timeout=600,
+    )
+    report = json.loads(pyright.stdout)
+    problems = [
+        f"{x['range']['start']['line'] + 1}: {x['message']}"
+        for x in report["generalDiagnostics"]
+        if x["severity"] == "error"
+    ]
+    assert problems == []
+    assert report["summary"]["filesAnalyzed"] == 1
+    # Run it where only the light runtime (and torch) is installed.
+    python = make_venv(
+        tmp_path / "train-venv", wheels, "atdata-runtime", _torch_wheel()
+    )
+    run = subprocess.run(
+        [str(python), "-W", "error::UserWarning", str(train), str(ATDATA / "shards")],
+        cwd=d.repo,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(d.repo / "src")},
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(
+        [("image", 16), ("list", 16), ("optional", 16), ("scalar", 16), ("torch", 16)]
+    )
