@@ -64,9 +64,12 @@ def test_bytes_that_look_like_a_cid_stay_bytes() -> None:
     assert b"\xd8\x2a" not in encoded
 
 
-@given(
-    st.dictionaries(st.text(max_size=8), st.integers(-(2**63), 2**64 - 1), max_size=6)
-)
+# Plain maps: keys starting with "$" ({"$link": …}, {"$bytes": …}) are data-model
+# specials in the JSON form, not plain keys (AT Protocol "Data Model" § JSON).
+_PLAIN_KEYS = st.text(max_size=8).filter(lambda k: not k.startswith("$"))
+
+
+@given(st.dictionaries(_PLAIN_KEYS, st.integers(-(2**63), 2**64 - 1), max_size=6))
 def test_cid_matches_libipld_on_plain_maps(value: dict[str, int]) -> None:
     import hashlib
 
