@@ -62,6 +62,40 @@ def make_venv(where: Path, wheels: Path, *specs: str) -> Path:
     return python
 
 
+def flat_schema_record(
+    name: str,
+    version: str,
+    properties: dict[str, Any],
+    required: list[str] | None = None,
+    *,
+    array_formats: dict[str, str] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A ``science.alt.dataset.schema`` record in atdata 0.7's flat form (JSON
+    Schema draft-07 under ``schema``), as atdata's ``SchemaPublisher`` writes it;
+    ``required`` defaults to every property; ``extra`` keys are added (or replace
+    the defaults) at the top level."""
+    schema: dict[str, Any] = {
+        "$type": "science.alt.dataset.schema#jsonSchemaFormat",
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "type": "object",
+        "properties": properties,
+        "required": list(properties) if required is None else required,
+    }
+    if array_formats is not None:
+        schema["arrayFormatVersions"] = array_formats
+    return {
+        "$type": "science.alt.dataset.schema",
+        "name": name,
+        "version": version,
+        "schemaType": "jsonSchema",
+        "schema": schema,
+        "createdAt": "2026-01-01T00:00:00+00:00",
+        "atdataSchemaVersion": 1,
+        **extra,
+    }
+
+
 def require_corpus() -> None:
     if not CORPUS.is_dir():
         pytest.fail(f"shared corpus not found at {CORPUS}")

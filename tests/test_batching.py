@@ -23,7 +23,7 @@ from atdata_runtime.samples.codec import RESERVED_NAMES
 from atdata_runtime.shards import Dataset, collate, write_samples
 from numpy.typing import NDArray
 
-from .conftest import CORPUS, ROOT, compile_to
+from .conftest import CORPUS, ROOT, compile_to, flat_schema_record
 
 SHARDS = CORPUS / "atdata" / "shards"
 
@@ -197,21 +197,9 @@ def test_compiler_escapes_every_name_the_runtime_reserves() -> None:
 
 def test_field_names_of_the_batch_api_are_escaped(tmp_path: Path) -> None:
     wire = ["samples", "keys", "sample_type", "from_samples", "batch_class"]
-    record = {
-        "$type": "science.alt.dataset.schema",
-        "name": "Clash",
-        "version": "1.0.0",
-        "schemaType": "jsonSchema",
-        "schema": {
-            "$type": "science.alt.dataset.schema#jsonSchemaFormat",
-            "$schema": "http://json-schema.org/draft-07/schema#",
-            "type": "object",
-            "properties": {w: {"type": "integer"} for w in wire},
-            "required": wire,
-        },
-        "createdAt": "2026-01-01T00:00:00+00:00",
-        "atdataSchemaVersion": 1,
-    }
+    record = flat_schema_record(
+        "Clash", "1.0.0", {w: {"type": "integer"} for w in wire}
+    )
     (tmp_path / "clash.json").write_text(json.dumps(record))
     out = tmp_path / "out"
     compile_to(out, [tmp_path / "clash.json"], "clash_pkg")

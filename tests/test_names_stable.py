@@ -19,27 +19,16 @@ from atdata_gen.pipeline import BuildOptions, compile_sources
 from hypothesis import given
 from hypothesis import strategies as st
 
+from .conftest import flat_schema_record
+
 CLI = [sys.executable, "-m", "atdata_gen.cli"]
 I, S = {"type": "integer"}, {"type": "string"}
 
 
 def _schema(version: str, props: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "$type": "science.alt.dataset.schema",
-        "name": "Frame",
-        "version": version,
-        "schemaType": "jsonSchema",
-        "schema": {
-            "$type": "science.alt.dataset.schema#jsonSchemaFormat",
-            "$schema": "http://json-schema.org/draft-07/schema#",
-            "type": "object",
-            "properties": props,
-            "required": [],
-            "arrayFormatVersions": {"ndarrayBytes": "1.1.0"},
-        },
-        "createdAt": "2026-01-01T00:00:00+00:00",
-        "atdataSchemaVersion": 1,
-    }
+    return flat_schema_record(
+        "Frame", version, props, [], array_formats={"ndarrayBytes": "1.1.0"}
+    )
 
 
 def _lexicon(props: dict[str, Any]) -> dict[str, Any]:

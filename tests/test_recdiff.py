@@ -11,23 +11,14 @@ import pytest
 from atdata_gen.checks.recdiff import describe_differences, differences, pointer
 from atdata_gen.checks.runner import run_check
 
+from .conftest import flat_schema_record
+
 
 def _schema(label: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "$type": "science.alt.dataset.schema",
-        "name": "Frame",
-        "version": "1.0.0",
-        "schemaType": "jsonSchema",
-        "schema": {
-            "$type": "science.alt.dataset.schema#jsonSchemaFormat",
-            "$schema": "http://json-schema.org/draft-07/schema#",
-            "type": "object",
-            "properties": {"label": {"type": label}},
-            "required": ["label"],
-        },
-        "createdAt": "2026-01-01T00:00:00+00:00",
-        **extra,
-    }
+    record = flat_schema_record("Frame", "1.0.0", {"label": {"type": label}}, **extra)
+    if "atdataSchemaVersion" not in extra:
+        del record["atdataSchemaVersion"]
+    return record
 
 
 def test_check_names_the_differing_pointer(

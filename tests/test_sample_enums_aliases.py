@@ -22,25 +22,11 @@ from atdata_gen.sources import load_text
 from atdata_runtime.samples import SampleFormatError, generated_sample_classes
 from atdata_runtime.samples.schema import convert_schema_record, schema_record
 
-from .conftest import ROOT, compile_to
+from .conftest import ROOT, compile_to, flat_schema_record
 
 
 def _record(name: str, version: str, props: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "$type": "science.alt.dataset.schema",
-        "name": name,
-        "version": version,
-        "schemaType": "jsonSchema",
-        "schema": {
-            "$type": "science.alt.dataset.schema#jsonSchemaFormat",
-            "$schema": "http://json-schema.org/draft-07/schema#",
-            "type": "object",
-            "properties": props,
-            "required": list(props),
-        },
-        "createdAt": "2026-01-01T00:00:00+00:00",
-        "atdataSchemaVersion": 1,
-    }
+    return flat_schema_record(name, version, props)
 
 
 PET = _record(

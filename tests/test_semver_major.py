@@ -14,28 +14,15 @@ from atdata_gen.checks.policy import CheckPolicy
 from atdata_gen.checks.runner import run_check
 from atdata_gen.diagnostics import Severity
 
-from .conftest import run_cli
+from .conftest import flat_schema_record, run_cli
 
 I, S = {"type": "integer"}, {"type": "string"}
 
 
 def _schema(version: str, props: dict[str, Any], required: list[str]) -> Any:
-    return {
-        "$type": "science.alt.dataset.schema",
-        "name": "Frame",
-        "version": version,
-        "schemaType": "jsonSchema",
-        "schema": {
-            "$type": "science.alt.dataset.schema#jsonSchemaFormat",
-            "$schema": "http://json-schema.org/draft-07/schema#",
-            "type": "object",
-            "properties": props,
-            "required": required,
-            "arrayFormatVersions": {"ndarrayBytes": "1.1.0"},
-        },
-        "createdAt": "2026-01-01T00:00:00+00:00",
-        "atdataSchemaVersion": 1,
-    }
+    return flat_schema_record(
+        "Frame", version, props, required, array_formats={"ndarrayBytes": "1.1.0"}
+    )
 
 
 def _sides(tmp_path: Path, new_version: str, props: dict[str, Any]) -> None:

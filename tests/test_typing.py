@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,9 +58,38 @@ def test_mypy_strict(samples_dir: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
 
 
-def test_pyright_strict(samples_dir: Path, tmp_path: Path) -> None:
+def pyright(
+    files: list[str], *, project: Path, python: str, cwd: Path
+) -> tuple[dict[str, Any], list[str]]:
+    """Run the pinned pyright (``npx``) on ``files`` with the config ``project``
+    against the environment of ``python``: its JSON report, and its errors and
+    warnings as ``file:line: severity: message``. Fails the test when it cannot
+    run."""
     npx = shutil.which("npx")
     assert npx, "pyright needs Node: npx is not on PATH"
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    proc = subprocess.run(
+        [npx, "--yes", f"pyright@{PYRIGHT}", "--pythonpath", python]
+        + ["--project", str(project), "--outputjson", *files],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, npm_config_cache=str(cache / "atdata-gen" / "npm")),
+        timeout=600,
+    )
+    try:
+        report: dict[str, Any] = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(f"pyright did not run:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    problems = [
+        f"{d['file']}:{d['range']['start']['line'] + 1}: {d['severity']}: {d['message']}"
+        for d in report["generalDiagnostics"]
+        if d["severity"] in ("error", "warning")
+    ]
+    return report, problems
+
+
+def test_pyright_strict(samples_dir: Path, tmp_path: Path) -> None:
     config = tmp_path / "pyrightconfig.json"
     config.write_text(
         json.dumps(
@@ -71,33 +101,8 @@ def test_pyright_strict(samples_dir: Path, tmp_path: Path) -> None:
             }
         )
     )
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    proc = subprocess.run(
-        [
-            npx,
-            "--yes",
-            f"pyright@{PYRIGHT}",
-            "--pythonpath",
-            sys.executable,
-            "--project",
-            str(config),
-            "--outputjson",
-            *map(str, CASES),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, npm_config_cache=str(cache / "atdata-gen" / "npm")),
-        timeout=600,
+    report, problems = pyright(
+        list(map(str, CASES)), project=config, python=sys.executable, cwd=ROOT
     )
-    try:
-        report = json.loads(proc.stdout)
-    except json.JSONDecodeError:
-        pytest.fail(f"pyright did not run:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
-    problems = [
-        f"{d['file']}:{d['range']['start']['line'] + 1}: {d['severity']}: {d['message']}"
-        for d in report["generalDiagnostics"]
-        if d["severity"] in ("error", "warning")
-    ]
     assert not problems, "\n".join(problems)
     assert report["summary"]["filesAnalyzed"] == len(CASES)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from ..conftest import CORPUS, ROOT, make_venv
-from ..test_typing import PYRIGHT
+from ..test_typing import pyright
 
 pytestmark = pytest.mark.slow
 
@@ -254,8 +254,6 @@ def test_training_code_type_checks_and_runs_on_the_runtime_alone(
     mypy = d.run("mypy", "--strict", "--no-incremental", "train.py")
     assert mypy.returncode == 0, mypy.stdout
     # pyright (strict), from npm, pinned.
-    npx = shutil.which("npx")
-    assert npx, "pyright needs Node: npx is not on PATH"
     (d.repo / "pyrightconfig.json").write_text(
         json.dumps(
             {
@@ -269,29 +267,12 @@ def test_training_code_type_checks_and_runs_on_the_runtime_alone(
         ),
         encoding="utf-8",
     )
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    pyright = subprocess.run(
-        [
-            npx,
-            "--yes",
-            f"pyright@{PYRIGHT}",
-            "--pythonpath",
-            str(d.bin / "python"),
-            "--outputjson",
-            "train.py",
-        ],
+    report, problems = pyright(
+        ["train.py"],
+        project=d.repo / "pyrightconfig.json",
+        python=str(d.bin / "python"),
         cwd=d.repo,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "npm_config_cache": str(cache / "atdata-gen" / "npm")},
-        timeout=600,
     )
-    report = json.loads(pyright.stdout)
-    problems = [
-        f"{x['range']['start']['line'] + 1}: {x['message']}"
-        for x in report["generalDiagnostics"]
-        if x["severity"] == "error"
-    ]
     assert problems == []
     assert report["summary"]["filesAnalyzed"] == 1
     # Run it where only the light runtime (and torch) is installed.
