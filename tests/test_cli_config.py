@@ -387,3 +387,87 @@ def test_every_rule_example_fires_its_rule() -> None:
 def test_readme_documents_shell_completion() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "_ATDATA_GEN_COMPLETE=bash_source atdata-gen" in readme
+
+
+# -- found in a new-user trial ---------------------------------------------------------
+@pytest.mark.parametrize(
+    "package", ["json", "atdata_runtime", "atdata_gen.cli", "os.x"]
+)
+def test_a_package_that_would_shadow_stdlib_or_ours_is_refused(
+    tmp_path: Path, package: str
+) -> None:
+    _project(tmp_path, GOOD)
+    proc = run_cli(["build", "lex", "--out", "gen", "--package", package], tmp_path)
+    assert proc.returncode == 2
+    assert "PACKAGE_NAME" in proc.stderr and "shadow" in proc.stderr
+    assert not (tmp_path / "gen").exists()
+
+
+@pytest.mark.parametrize(("value", "why"), [("", "empty"), ("json", "shadow")])
+def test_a_bad_package_in_the_config_is_located(
+    tmp_path: Path, value: str, why: str
+) -> None:
+    _project(tmp_path, GOOD.replace('package = "mypkg"', f'package = "{value}"'))
+    proc = run_cli(["build"], tmp_path)
+    assert proc.returncode == 2
+    assert "pyproject.toml:7" in proc.stderr and "CONFIG_VALUE" in proc.stderr
+    assert why in proc.stderr
+    assert not (tmp_path / "gen").exists()
+
+
+def test_a_package_directory_that_is_a_source_is_refused(tmp_path: Path) -> None:
+    config = GOOD.replace('out = "gen"', 'out = "."').replace('"mypkg"', '"lex"')
+    _project(tmp_path, config)
+    before = _tree(tmp_path / "lex")
+    proc = run_cli(["build"], tmp_path)
+    assert proc.returncode == 2 and "OUT_OVERLAPS_SOURCE" in proc.stderr
+    assert _tree(tmp_path / "lex") == before
+
+
+def test_output_inside_a_source_directory_is_not_read_back(tmp_path: Path) -> None:
+    """The package may live inside a source root: its manifest (and any directory
+    holding one) is skipped by discovery, so the second build is up to date instead
+    of failing on the generator's own JSON."""
+    _project(tmp_path, GOOD.replace('out = "gen"', 'out = "lex"'))
+    assert run_cli(["build", "-q"], tmp_path).returncode == 0
+    assert (tmp_path / "lex" / "mypkg" / ".atdata-gen.json").is_file()
+    again = run_cli(["build", "--format", "json"], tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads(again.stdout)["status"] == "up-to-date"
+
+
+def test_hidden_and_tool_directories_are_not_sources(tmp_path: Path) -> None:
+    _project(tmp_path, GOOD.replace('sources = ["lex"]', 'sources = ["."]'))
+    for junk in (".venv/lib/x", "node_modules/p", ".git/objects"):
+        (tmp_path / junk).mkdir(parents=True)
+        (tmp_path / junk / "bad.json").write_text("{not json")
+    proc = run_cli(["build", "-q"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "gen" / "mypkg" / "com" / "ex" / "a.py").is_file()
+
+
+def test_rule_purposes_are_whole_sentences() -> None:
+    from atdata_gen.checks.compat import COMPAT_RULES
+
+    assert "may reuse the name" in COMPAT_RULES["FIELD_DELETED"].purpose
+    cut = [
+        r.id
+        for r in COMPAT_RULES.values()
+        if not r.purpose.rstrip().endswith((".", ")"))
+    ]
+    assert cut == []
+
+
+def test_a_nullable_schema_field_is_typed_optional(tmp_path: Path) -> None:
+    """``"type": ["integer", "null"]`` used to be typed ``int``, its null lost."""
+    from .conftest import flat_schema_record
+
+    record = flat_schema_record(
+        "Nul", "1.0.0", {"x": {"type": ["integer", "null"]}, "y": {"type": "string"}}
+    )
+    (tmp_path / "nul.json").write_text(json.dumps(record))
+    proc = run_cli(["build", "nul.json", "--out", "o", "--package", "p"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    code = (tmp_path / "o" / "p" / "samples" / "nul_v1_0_0.py").read_text()
+    assert "    x: int | None = None\n" in code
+    assert "    y: str\n" in code

@@ -164,9 +164,23 @@ def build_cmd(
     package = package or "atdata_lexicons"
     problem = package_name_problem(package)
     if problem:
-        report.fail(f"--package {package!r}: {problem}")
+        report.finish(
+            "error",
+            EXIT_ERROR,
+            [
+                Diagnostic(
+                    Span(str(out)),
+                    "PACKAGE_NAME",
+                    Severity.ERROR,
+                    f"package {package!r}: {problem}",
+                )
+            ],
+        )
     root = out.joinpath(*package.split("."))
     report.root = root
+    overlap = _source_overlap(root, sources)
+    if overlap is not None:
+        report.finish("error", EXIT_ERROR, [overlap])
     from .backend.write import OutputPathError, output_path_problem
 
     blocker = output_path_problem(root)
@@ -256,6 +270,25 @@ def build_cmd(
             " ".join(f"{k}={v:.3f}s" for k, v in result.timings.items()), err=True
         )
     report.finish("written" if plan.stale else "up-to-date", EXIT_OK, diagnostics)
+
+
+def _source_overlap(root: Path, sources: Iterable[Path]) -> Diagnostic | None:
+    """``OUT_OVERLAPS_SOURCE`` when the package directory ``root`` is a source
+    directory or contains one. (A package *inside* a source directory is fine:
+    discovery skips directories holding a generated manifest.)"""
+    package = root.resolve()
+    for source in sources:
+        src = Path(source).resolve()
+        if src == package or src.is_relative_to(package):
+            return Diagnostic(
+                Span(str(root)),
+                "OUT_OVERLAPS_SOURCE",
+                Severity.ERROR,
+                f"the package directory is, or holds, the source {source}; the "
+                "generator owns its package directory (stale files are deleted), so "
+                "choose an --out or package outside your sources",
+            )
+    return None
 
 
 def _out_diagnostic(exc: Any, out: Path) -> Diagnostic:

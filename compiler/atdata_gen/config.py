@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .diagnostics import Diagnostic, Severity, Span, did_you_mean
+from .naming import package_name_problem
 
 __all__ = [
     "CHECK_KEYS",
@@ -263,6 +264,10 @@ def load_config(directory: Path) -> Config:
         check=check,
         file=file,
     )
+    if "package" in table and isinstance(table["package"], str):
+        problem = package_name_problem(table["package"])
+        if problem:
+            value("package", f"{table['package']!r}: {problem}")
     if problems:
         raise ConfigError(problems)
     return config

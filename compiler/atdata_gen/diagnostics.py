@@ -218,7 +218,18 @@ STAGE_RULES: dict[str, tuple[str, str]] = {
         "config",
         "A key of a [tool.atdata-gen…] table that atdata-gen does not know.",
     ),
-    "CONFIG_VALUE": ("config", "A [tool.atdata-gen] value has the wrong type."),
+    "CONFIG_VALUE": (
+        "config",
+        "A [tool.atdata-gen] value has the wrong type, or is an unusable package.",
+    ),
+    "PACKAGE_NAME": (
+        "config",
+        "--package is no dotted identifier, or shadows stdlib or atdata-gen.",
+    ),
+    "OUT_OVERLAPS_SOURCE": (
+        "config",
+        "The package directory OUT/PACKAGE is, or holds, a source directory.",
+    ),
     "OUT_NOT_DIRECTORY": (
         "config",
         "--out, or a directory of the package path OUT/PACKAGE, is a file.",

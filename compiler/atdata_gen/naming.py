@@ -13,6 +13,7 @@ from __future__ import annotations
 import builtins
 import keyword
 import re
+import sys
 from collections.abc import Callable, Sequence
 
 __all__ = [
@@ -238,13 +239,18 @@ class Scope:
         return name
 
 
-def package_name_problem(name: str) -> str | None:
+def package_name_problem(name: str, *, generated: bool = True) -> str | None:
     """Why ``name`` cannot be the import name of a generated package, or ``None``.
 
     A package name is a dotted path of ASCII identifiers (``my_lexicons`` or
     ``myproject.lexicons``), none of them a keyword (Python reference, § 2.3
     "Identifiers and keywords"); ASCII only, so NFKC normalization cannot change it.
-    A dotted name is written to ``OUT/myproject/lexicons/``.
+    A dotted name is written to ``OUT/myproject/lexicons/``. Refused too: a first
+    segment that is a standard-library module (``sys.stdlib_module_names``: the
+    package would shadow ``json`` for everything on its path) or one of
+    atdata-gen's own packages (``atdata_runtime``, ``atdata_gen``), unless
+    ``generated`` is false (the name of an existing package, as in ``--external
+    DIR=PACKAGE``).
     """
     if not name:
         return "the package name is empty"
@@ -255,4 +261,23 @@ def package_name_problem(name: str) -> str | None:
             return f"segment {part!r} is not an ASCII identifier"
         if keyword.iskeyword(part):
             return f"segment {part!r} is a Python keyword"
+    top = name.split(".")[0]
+    if not generated:
+        return None
+    if top in sys.stdlib_module_names:
+        return (
+            f"{top!r} is a standard-library module: the generated package would "
+            "shadow it for every import on its path"
+        )
+    if top in _OWN_PACKAGES and name != SHIPPED_PACKAGE:
+        return (
+            f"{top!r} is atdata-gen's own package: the generated package would "
+            "shadow it (pick a name of your project's, e.g. 'mylab_types')"
+        )
     return None
+
+
+SHIPPED_PACKAGE = "atdata_runtime.lexicons"
+"""The one package inside the runtime that the compiler builds (this repository's
+``lexicons/``)."""
+_OWN_PACKAGES = frozenset({"atdata_runtime", "atdata_gen"})

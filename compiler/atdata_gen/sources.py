@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -236,6 +237,28 @@ def _matches(rel: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(rel, p) for p in patterns)
 
 
+_SKIPPED_DIRS = frozenset({"node_modules", "__pycache__", "site-packages"})
+GENERATED_MANIFEST = ".atdata-gen.json"
+"""The manifest file name of a generated package (``backend.manifest.MANIFEST_NAME``,
+repeated here so that discovery imports nothing of the backend)."""
+
+
+def _json_files(root: Path) -> list[Path]:
+    """Every ``*.json`` file below ``root``, sorted, pruning the directories that
+    :func:`discover` skips."""
+    out: list[Path] = []
+    for directory, dirs, files in os.walk(root):
+        here = Path(directory)
+        if here != root and GENERATED_MANIFEST in files:
+            dirs[:] = []
+            continue
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in _SKIPPED_DIRS]
+        out.extend(
+            here / f for f in files if f.endswith(".json") and not f.startswith(".")
+        )
+    return sorted(out)
+
+
 def discover(
     roots: Iterable[str | Path],
     reporter: Reporter,
@@ -250,7 +273,10 @@ def discover(
     its root (``app/bsky/*.json``); a file is taken when it matches an include (or
     there are none) and no exclude. A root that does not exist is an error
     (``SRC_NOT_FOUND``); a directory with no JSON file is a warning
-    (``SRC_EMPTY``)."""
+    (``SRC_EMPTY``). Directories are walked as ruff and pytest walk them: hidden
+    ones (``.git``, ``.venv``), ``node_modules``, ``__pycache__`` and any package
+    this generator wrote (it holds a ``.atdata-gen.json`` manifest, so an output
+    directory inside a source root is never read back as input) are skipped."""
     found: dict[str, tuple[Path, str]] = {}
     for root in roots:
         root_path = Path(root)
@@ -263,7 +289,7 @@ def discover(
             )
             continue
         count = 0
-        for path in sorted(root_path.rglob("*.json")):
+        for path in _json_files(root_path):
             rel = path.relative_to(root_path).as_posix()
             if include and not _matches(rel, include):
                 continue
@@ -330,7 +356,7 @@ def external_problems(
         root, eq, package = text.rpartition("=")
         if not (eq and root) or Path(text).exists():
             continue
-        problem = package_name_problem(package)
+        problem = package_name_problem(package, generated=False)
         if problem:
             found.append(
                 Diagnostic(

@@ -189,15 +189,16 @@ def rule(
     severity: Severity | None = None,
     major: bool = False,
 ) -> Callable[[Handler], Handler]:
-    """Register the decorated handler as rule ``id``; its docstring's first line is
-    the purpose. ``severity`` defaults to WARNING for rules that break some
+    """Register the decorated handler as rule ``id``; its docstring's first paragraph
+    is the purpose. ``severity`` defaults to WARNING for rules that break some
     direction (when that direction is not checked), ERROR for ``major`` rules
     (which break the generated code, not data) and INFO otherwise."""
     assert category in CATEGORIES, category
 
     def register(handler: Handler) -> Handler:
         assert id not in COMPAT_RULES, id
-        purpose = (handler.__doc__ or "").strip().splitlines()[0]
+        doc = (handler.__doc__ or "").strip().split("\n\n")[0]
+        purpose = " ".join(doc.split())
         default = (
             Severity.ERROR if major else Severity.WARNING if breaks else Severity.INFO
         )

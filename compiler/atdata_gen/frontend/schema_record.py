@@ -329,12 +329,17 @@ class _Parser:
             t = self.json_type(prop, fptr)
             if t is not None:
                 desc = prop.get("description") if isinstance(prop, dict) else None
+                # "type": [T, "null"] (JSON Schema draft-07 § 6.1.1): the value may be
+                # None, so the field is typed `T | None` like an optional one (the
+                # sample codec has one None state).
+                kinds = prop.get("type") if isinstance(prop, dict) else None
+                nullable = isinstance(kinds, list) and "null" in kinds
                 fields.append(
                     Field(
                         name,
                         t,
-                        name in required,
-                        False,
+                        name in required and not nullable,
+                        nullable,
                         desc if isinstance(desc, str) else None,
                         self.doc.span(fptr),
                     )
