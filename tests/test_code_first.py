@@ -14,7 +14,7 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Optional
+from typing import Annotated, Any, ClassVar, Literal, Optional
 
 import msgpack  # type: ignore[import-untyped]
 import numpy as np
@@ -24,8 +24,10 @@ from atdata_runtime.samples import (
     FieldSpec,
     PackableSample,
     SampleBatch,
+    SampleFormatError,
     schema_record,
 )
+from atdata_runtime.samples.schema import SCHEMA_FORMS
 from atdata_runtime.shards import Dataset, write_samples
 from numpy.typing import NDArray
 
@@ -386,3 +388,185 @@ def test_hand_written_batch_class_is_inferred_and_registered() -> None:
     assert batch.xy.shape == (2, 2)
     json.dumps(schema_record(Point))
     assert dataclasses.fields(Point)[-1].name == "xy"
+
+
+# -- Literal: a string enum, as a generated class declares it ----------------------
+
+
+def _pet() -> Any:
+    """A class with Literal fields (defined when a test runs: a runtime that
+    refuses Literal fails that test, not the module's collection)."""
+
+    @dataclass(kw_only=True)
+    class Pet(PackableSample):
+        kind: Literal["cat", "dog"]
+        tags: list[Literal["a", "b"]]
+        mood: Literal["calm", "wild"] | None = None
+        size: Optional[Literal["s", "m", "l"]] = None  # noqa: UP045 - Optional too
+        name: str
+
+    return Pet
+
+
+def test_literal_fields_are_string_enums() -> None:
+    Pet = _pet()
+    specs = {f.name: f for f in Pet.sample_fields}
+    assert specs["kind"] == FieldSpec("kind", "kind", "str", enum=("cat", "dog"))
+    assert specs["tags"] == FieldSpec(
+        "tags", "tags", "list", items=FieldSpec("", "", "str", enum=("a", "b"))
+    )
+    assert specs["mood"] == FieldSpec(
+        "mood", "mood", "str", optional=True, enum=("calm", "wild")
+    )
+    assert specs["size"].enum == ("s", "m", "l") and specs["size"].optional
+    sample = Pet(kind="dog", tags=["b", "a"], mood="calm", name="rex")
+    assert Pet.unpack(sample.pack(), validate=True) == sample
+    with pytest.raises(SampleFormatError, match=r"'mood': 'sleepy' is not one of"):
+        Pet(kind="cat", tags=[], mood="sleepy", name="x").pack()
+    props = schema_record(Pet, form="flat")["schema"]["properties"]
+    assert props["kind"] == {"type": "string", "enum": ["cat", "dog"]}
+    assert props["tags"]["items"] == {"type": "string", "enum": ["a", "b"]}
+    assert props["mood"] == {"type": "string", "enum": ["calm", "wild"]}
+
+
+@pytest.mark.parametrize("form", SCHEMA_FORMS)
+def test_literal_record_compiles_back_to_the_same_class(
+    tmp_path: Path, form: Any
+) -> None:
+    Pet = _pet()
+    stamp = "2026-01-01T00:00:00+00:00"
+    record = schema_record(Pet, form=form, created_at=stamp)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "pet.json").write_text(json.dumps(record))
+    package = f"literal_{form}_pkg"
+    compile_to(tmp_path / "out", [tmp_path / "src"], package)
+    sys.path.insert(0, str(tmp_path / "out"))
+    try:
+        gen = importlib.import_module(f"{package}.samples.pet_v1_0_0").Pet
+    finally:
+        sys.path.remove(str(tmp_path / "out"))
+    assert gen.sample_fields == Pet.sample_fields
+    assert schema_record(gen, form=form, created_at=stamp) == record
+    sample = Pet(kind="cat", tags=["a"], name="tom")
+    assert gen.unpack(sample.pack()).to_dict() == sample.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("annotation", "reason"),
+    [
+        ("Literal[1, 2]", r"only string literals .*not 1 \(int\), 2 \(int\)"),
+        ("Literal['a', True]", r"only string literals .*not True \(bool\)"),
+        ("list[Literal['a', None]]", "list items cannot be optional"),
+    ],
+)
+def test_literals_other_than_strings_are_refused(annotation: str, reason: str) -> None:
+    source = (
+        "@dataclass(kw_only=True)\n"
+        "class Bad(PackableSample):\n"
+        f"    broken: {annotation}\n"
+    )
+    with pytest.raises(TypeError, match=rf"\.Bad\.broken: .*{reason}"):
+        exec(source, globals(), {})  # noqa: S102 - the test source above
+
+
+# -- a forgotten @dataclass --------------------------------------------------------
+
+
+def test_a_class_without_dataclass_is_named_when_constructed() -> None:
+    class Plain(PackableSample):
+        label: str
+        score: float = 0.0
+
+    expected = (
+        r"Plain is not a dataclass: decorate it with @dataclass\(kw_only=True\) "
+        r".*'label', 'score'"
+    )
+    with pytest.raises(TypeError, match=expected):
+        Plain(label="x")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=expected):
+        Plain()  # every field has a default: would build an empty sample
+    with pytest.raises(TypeError, match=expected):
+        Plain.unpack(msgpack.packb({"label": "x", "score": 1.0}))
+
+
+def test_an_undecorated_subclass_that_adds_fields_is_named_when_packed() -> None:
+    class Weighted(ImageSample):
+        weight: float = 1.0
+
+    sample = Weighted(image=np.zeros(2), label="x")  # ImageSample's __init__
+    with pytest.raises(TypeError, match=r"Weighted is not a dataclass.*'weight'"):
+        sample.pack()
+    with pytest.raises(TypeError, match=r"Weighted is not a dataclass"):
+        Weighted.unpack(ImageSample(image=np.zeros(2), label="x").pack())
+
+
+def test_subclasses_without_new_fields_need_no_decorator() -> None:
+    class Same(ImageSample):
+        pass
+
+    class Empty(PackableSample):
+        pass
+
+    sample = Same(image=np.arange(3), label="x")
+    assert Same.unpack(sample.pack()) == sample
+    assert Empty(unknown_fields={"k": 1}).unknown_fields == {"k": 1}
+    with pytest.raises(TypeError, match=r"Empty\(\) takes only keyword argument"):
+        Empty(k=1)  # type: ignore[call-arg]
+
+
+# -- arrayFormatVersions: the shim versions the fields reference -------------------
+
+
+@dataclass(kw_only=True)
+class Frames(PackableSample):
+    image: NDArray[np.uint8]
+    mask: NDArray[Any] | None = None
+    tracks: NDArray[np.void] | None = None
+    label: str
+
+
+@pytest.mark.parametrize("form", SCHEMA_FORMS)
+def test_array_format_versions_are_those_of_the_referenced_shims(
+    tmp_path: Path, form: Any
+) -> None:
+    stamp = "2026-01-01T00:00:00+00:00"
+    record = schema_record(Frames, form=form, created_at=stamp)
+    body = record["schema"]
+    props = body["content"]["properties"] if form == "envelope" else body["properties"]
+    assert "/atdata-ndarray-bytes/1.1.0#" in props["image"]["$ref"]
+    assert "/atdata-ndarray-bytes/1.0.0#" in props["mask"]["$ref"]
+    assert "/atdata-structured-bytes/1.0.0#" in props["tracks"]["$ref"]
+    assert body["arrayFormatVersions"] == {
+        "ndarrayBytes": "1.1.0",
+        "structuredBytes": "1.0.0",
+    }
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "frames.json").write_text(json.dumps(record))
+    package = f"frames_{form}_pkg"
+    compile_to(tmp_path / "out", [tmp_path / "src"], package)
+    sys.path.insert(0, str(tmp_path / "out"))
+    try:
+        gen = importlib.import_module(f"{package}.samples.frames_v1_0_0").Frames
+    finally:
+        sys.path.remove(str(tmp_path / "out"))
+    assert gen.sample_fields == Frames.sample_fields
+    assert gen.schema_array_formats == body["arrayFormatVersions"]
+    assert schema_record(gen, form=form, created_at=stamp) == record
+
+
+def test_array_format_versions_also_name_library_encoded_shims() -> None:
+    @dataclass(kw_only=True)
+    class Sparse(PackableSample):
+        m: EncodedBlob = field(metadata={"encoding": "sparse"})
+        t: EncodedBlob | None = field(
+            default=None, metadata={"encoding": "safetensors"}
+        )
+
+    body = schema_record(Sparse, form="flat")["schema"]
+    assert body["arrayFormatVersions"] == {
+        "sparseBytes": "1.0.0",
+        "safetensors": "1.0.0",
+    }
+    # unannotated arrays only: what atdata 0.7 writes
+    body = schema_record(ImageSample, form="flat")["schema"]
+    assert body["arrayFormatVersions"] == {"ndarrayBytes": "1.0.0"}

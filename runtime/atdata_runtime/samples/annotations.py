@@ -20,7 +20,9 @@ Supported annotations: ``int``, ``float``, ``str``, ``bool``, ``bytes``; numpy a
 (``NDArray[np.uint8]`` / ``np.ndarray[Any, np.dtype[np.float32]]`` fix the dtype;
 bare ``NDArray``, ``np.ndarray``, ``NDArray[Any]`` or an abstract scalar type such as
 ``np.floating`` accept any dtype; ``NDArray[np.void]`` is a structured array);
-``EncodedBlob`` with ``field(metadata={"encoding": "sparse"})`` (see
+``Literal["a", "b"]`` (a string restricted to those values: the schema record's
+``enum``, as a generated class declares it, checked on pack); ``EncodedBlob`` with
+``field(metadata={"encoding": "sparse"})`` (see
 :data:`~atdata_runtime.samples.codec.ENCODINGS`); ``list[X]`` of any of these but
 arrays, nested; ``X | None`` / ``Optional[X]`` (optional: ``None`` on the wire).
 ``Annotated[X, ...]`` is read as ``X``. ``dataclasses.field(metadata=...)`` may set
@@ -29,7 +31,8 @@ name), ``shape`` (a tuple of ints or ``None``), ``dims`` (dimension names) and
 ``encoding``.
 
 Anything else raises ``TypeError`` naming the class, the field and the reason, when
-the class is defined: other unions, ``dict``, nested dataclasses, object arrays,
+the class is defined: other unions, ``Literal`` values that are not strings,
+``dict``, nested dataclasses, object arrays,
 lists of arrays or of optional items, bare ``list``, ``init=False`` fields,
 ``InitVar``, and attribute names the sample or batch API uses (``pack``, ``keys``,
 ``samples``…: rename the attribute and keep the wire name with
@@ -112,6 +115,8 @@ def _spec(hint: Any, metadata: typing.Mapping[str, Any], *, item: bool) -> Field
         if get_origin(hint) is typing.Annotated:
             hint = get_args(hint)[0]
     origin = get_origin(hint)
+    if origin is typing.Literal:
+        return _literal(hint, optional=optional, item=item)
     if hint in _PRIMITIVES:
         return FieldSpec("", "", _PRIMITIVES[hint], optional=optional)
     if hint is np.ndarray or origin is np.ndarray:
@@ -162,9 +167,32 @@ def _spec(hint: Any, metadata: typing.Mapping[str, Any], *, item: bool) -> Field
             "objects in sample schemas); flatten the fields"
         )
     raise _Refused(
-        f"{hint!r} cannot be packed: use int, float, str, bool, bytes, an "
-        "NDArray, EncodedBlob, list[...] of these, or X | None"
+        f"{hint!r} cannot be packed: use int, float, str, bool, bytes, "
+        "Literal['a', ...], an NDArray, EncodedBlob, list[...] of these, or X | None"
     )
+
+
+def _literal(hint: Any, *, optional: bool, item: bool) -> FieldSpec:
+    """The FieldSpec of ``Literal["a", "b"]``: a string field with those values as
+    its ``enum`` (what a generated class declares for a JSON Schema string enum).
+    ``None`` among the values makes the field optional."""
+    values = get_args(hint)
+    if None in values:
+        if item:
+            raise _Refused(
+                "list items cannot be optional (the schema record has no "
+                "nullable items)"
+            )
+        optional, values = True, tuple(v for v in values if v is not None)
+    others = [v for v in values if not isinstance(v, str)]
+    if others or not values:
+        raise _Refused(
+            f"{hint} cannot be packed: only string literals (a JSON Schema string "
+            f"enum), not {', '.join(f'{v!r} ({type(v).__name__})' for v in others)}"
+            if others
+            else f"{hint} has no values"
+        )
+    return FieldSpec("", "", "str", optional=optional, enum=tuple(values))
 
 
 def _defining_namespace(cls: type, depth: int) -> dict[str, Any]:

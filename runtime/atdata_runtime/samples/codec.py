@@ -608,7 +608,10 @@ class PackableSample(Generic[B_co]):
     and ``schema_cid``. A hand-written subclass that does not set ``sample_fields``
     gets them from its annotations when the class is defined (see
     :mod:`atdata_runtime.samples.annotations`); an annotation that cannot be packed
-    raises ``TypeError`` there, naming the class, the field and why.
+    raises ``TypeError`` there, naming the class, the field and why. A subclass
+    that declares fields but lacks ``@dataclass`` raises ``TypeError`` saying so when
+    it is first constructed, packed or unpacked (the decorator runs after the class
+    statement, so the class statement itself cannot tell).
     ``unknown_fields`` holds payload keys the class does not declare (kept by
     default, written back by :meth:`pack`).
 
@@ -631,6 +634,24 @@ class PackableSample(Generic[B_co]):
         default=None, repr=False, compare=False
     )
 
+    if TYPE_CHECKING:
+
+        def __init__(self, *, unknown_fields: dict[str, Any] | None = None) -> None: ...
+
+    else:
+
+        def __init__(self, *args, unknown_fields=None, **kwargs):
+            # Reached only by a subclass without an __init__ of its own (a
+            # dataclass has one): one that declares fields lacks @dataclass.
+            if type(self) is not PackableSample:
+                _require_dataclass(type(self))
+            if args or kwargs:
+                raise TypeError(
+                    f"{type(self).__qualname__}() takes only keyword argument "
+                    f"unknown_fields (got {', '.join(kwargs) or 'positional ones'})"
+                )
+            self.unknown_fields = unknown_fields
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "__eq__" not in cls.__dict__:
@@ -650,6 +671,7 @@ class PackableSample(Generic[B_co]):
     def _codec(cls) -> _Codec:
         codec: _Codec | None = cls.__dict__.get("_atdata_codec")
         if codec is None:
+            _require_dataclass(cls)
             codec = _Codec(cls)
             cls._atdata_codec = codec  # type: ignore[attr-defined]
         return codec
@@ -732,6 +754,36 @@ class PackableSample(Generic[B_co]):
         return (self.unknown_fields or {}) == (other.unknown_fields or {})
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def _require_dataclass(cls: type[PackableSample]) -> None:
+    """Raise ``TypeError`` naming the class in ``cls``'s MRO that declares sample
+    fields but has no ``__init__`` taking them: ``@dataclass`` was forgotten (the
+    decorator runs after the class statement, so this is checked at the first
+    construction, pack or unpack, not at definition)."""
+    for klass in cls.__mro__:
+        if klass is PackableSample or not issubclass(klass, PackableSample):
+            return
+        if "__init__" in klass.__dict__:
+            continue  # a dataclass, or an __init__ written by hand
+        inherited = {
+            f.name
+            for base in klass.__bases__
+            if issubclass(base, PackableSample)
+            for f in base.sample_fields
+        }
+        init_fields = {f.name for f in dataclasses.fields(klass)}
+        declared = [
+            f.name
+            for f in klass.__dict__.get("sample_fields", ())
+            if f.name not in inherited and f.name not in init_fields
+        ]
+        if declared:
+            raise TypeError(
+                f"{klass.__qualname__} is not a dataclass: decorate it with "
+                "@dataclass(kw_only=True) (without it, its fields "
+                f"{', '.join(map(repr, declared))} are not constructor arguments)"
+            )
 
 
 def generated_sample_classes(package: str) -> list[type[PackableSample]]:

@@ -27,6 +27,8 @@ form into the other; :func:`schema_record_form` tells which form a record has.
 from __future__ import annotations
 
 import datetime as _dt
+import re
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from .codec import FieldSpec, PackableSample
@@ -122,6 +124,44 @@ def _property(spec: FieldSpec) -> dict[str, Any]:
     raise ValueError(f"field {spec.wire!r} has unknown kind {spec.kind!r}")
 
 
+_SHIM_FORMATS: dict[str, str] = {
+    "ndarray-bytes": "ndarrayBytes",
+    "structured-bytes": "structuredBytes",
+    "sparse-bytes": "sparseBytes",
+    "arrow-tensor": "arrowTensor",
+    "safetensors": "safetensors",
+    "dataframe": "dataframe",
+}
+"""Shim name (in its ``$ref``) → its ``science.alt.dataset.arrayFormat`` value."""
+
+_SHIM_REF = re.compile(
+    re.escape(OLD_SHIM_BASE) + r"atdata-(?P<shim>[a-z-]+)/(?P<version>\d+\.\d+\.\d+)#"
+)
+
+
+def _array_formats(properties: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """``arrayFormatVersions`` for (flat-form) ``properties``: each array format
+    whose shim a property references, in property order, with the highest version
+    referenced. The map gives the shim versions the record uses (lexicon
+    ``science.alt.dataset.schema``): ndarrayBytes ``1.1.0`` when an array with a
+    dtype, shape or dimension names references ``atdata-ndarray-bytes/1.1.0``."""
+    used: dict[str, str] = {}
+    for prop in properties:
+        while prop.get("type") == "array":
+            prop = prop["items"]
+        m = _SHIM_REF.match(prop.get("$ref", ""))
+        if m is None:
+            continue
+        fmt, version = _SHIM_FORMATS[m["shim"]], m["version"]
+        if fmt not in used or _semver(version) > _semver(used[fmt]):
+            used[fmt] = version
+    return used
+
+
+def _semver(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
 def schema_record(
     cls: type[PackableSample],
     *,
@@ -136,8 +176,13 @@ def schema_record(
     ``description`` / ``metadata`` default to the class's ``schema_*`` attributes
     (generated classes) or the class name, ``"1.0.0"`` and nothing. ``created_at``
     defaults to now, in atdata's form (ISO 8601 with ``+00:00``). ``form``:
-    ``"envelope"`` or ``"flat"`` (module docstring). Raises ``ValueError`` for a
-    field kind the record format cannot express, or an unknown form."""
+    ``"envelope"`` or ``"flat"`` (module docstring). ``arrayFormatVersions`` is a
+    generated class's ``schema_array_formats`` as it is; for a hand-written class,
+    the array formats of its fields' shims (``ndarrayBytes``, ``structuredBytes``,
+    ``sparseBytes``…), each with the highest shim version its fields reference
+    (ndarrayBytes ``1.1.0`` when an array field has a dtype, shape or dimension
+    names). Raises ``ValueError`` for a field kind the record format cannot
+    express, or an unknown form."""
     if form not in SCHEMA_FORMS:
         raise ValueError(f"schema record form {form!r} is not one of {SCHEMA_FORMS}")
     specs = cls.sample_fields
@@ -153,12 +198,12 @@ def schema_record(
     required = [spec.wire for spec in specs if not spec.optional]
     if required:
         body["required"] = required
-    arrays = [spec for spec in specs if spec.kind in ("ndarray", "structured")]
-    formats = getattr(cls, "schema_array_formats", None)
+    if "schema_array_formats" in cls.__dict__:  # generated: the record's, as is
+        formats = cls.__dict__["schema_array_formats"]
+    else:  # hand-written: the shims its fields reference
+        formats = _array_formats(properties.values())
     if formats:
         body["arrayFormatVersions"] = dict(formats)
-    elif arrays:
-        body["arrayFormatVersions"] = {"ndarrayBytes": "1.0.0"}
     record: dict[str, Any] = {
         "$type": "science.alt.dataset.schema",
         "name": name or cls.schema_name or cls.__name__,

@@ -148,7 +148,12 @@ def _open(url: str, storage_options: dict[str, Any]) -> BinaryIO:
         url.startswith(("http://", "https://"))
         and set(storage_options) <= _HTTP_OPTIONS
     ):
-        from .http import HttpShardStream
+        try:
+            from .http import HttpShardStream
+        except ImportError as exc:
+            raise _missing_extra(
+                exc, f"{url}: reading http(s):// shards", "http"
+            ) from exc
 
         raw = HttpShardStream(
             url,
@@ -163,7 +168,32 @@ def _open(url: str, storage_options: dict[str, Any]) -> BinaryIO:
             f"{url}: reading this URL needs fsspec and its filesystem: "
             "pip install 'atdata-runtime[s3]' for s3://"
         ) from exc
-    return fsspec.open(url, "rb", **storage_options).open()  # type: ignore[no-any-return]
+    try:
+        return fsspec.open(url, "rb", **storage_options).open()  # type: ignore[no-any-return]
+    except ImportError as exc:
+        if url.startswith(("s3://", "s3a://")):
+            raise _missing_extra(
+                exc, f"{url}: reading s3:// shards", "s3", module="s3fs"
+            ) from exc
+        raise
+
+
+def _missing_extra(
+    exc: ImportError,
+    what: str,
+    extra: str,
+    note: str = "",
+    *,
+    module: str | None = None,
+) -> ModuleNotFoundError:
+    """The error for an optional dependency that is not installed: what needed it,
+    the extra that installs it and the original import error (``name``: the
+    missing module, ``module`` or the one ``exc`` names)."""
+    return ModuleNotFoundError(
+        f"{what} needs the '{extra}' extra: pip install 'atdata-runtime[{extra}]'"
+        f"{note} ({type(exc).__name__}: {exc})",
+        name=module or exc.name,
+    )
 
 
 class Sha256Reader:
@@ -440,7 +470,15 @@ class Dataset(Generic[T_co]):
         shares their memory; stacked arrays are writable). With ``shuffle``, call
         ``set_epoch(n)`` on the returned object each epoch (as with
         ``DistributedSampler``)."""
-        from torch.utils.data import IterableDataset  # type: ignore[import-not-found,unused-ignore]
+        try:
+            from torch.utils.data import IterableDataset  # type: ignore[import-not-found,unused-ignore]
+        except ImportError as exc:
+            raise _missing_extra(
+                exc,
+                "Dataset.torch()",
+                "torch",
+                " (install the CPU or CUDA build of torch you want first)",
+            ) from exc
 
         outer = self
 

@@ -1,0 +1,78 @@
+"""A runtime installed without an extra says which extra to install: the error for
+an ``http(s)://`` shard without httpx, an ``s3://`` shard without s3fs and
+``Dataset.torch()`` without torch names ``pip install 'atdata-runtime[<extra>]'``.
+
+Each case runs in a fresh interpreter where ``sys.modules[<module>] = None`` makes
+importing the module raise ``ModuleNotFoundError`` as if it were not installed (the
+dev venv has every extra); nothing of the runtime is replaced."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import ROOT
+
+SCRIPT = r"""
+import json, sys
+for module in sys.argv[1].split(","):
+    sys.modules[module] = None
+from dataclasses import dataclass
+from atdata_runtime.samples import PackableSample
+from atdata_runtime.shards import Dataset
+
+@dataclass(kw_only=True)
+class ImageSample(PackableSample):
+    label: str
+
+ds = Dataset[ImageSample](sys.argv[2])
+try:
+    ds.torch() if sys.argv[3] == "torch" else next(iter(ds))
+except ImportError as exc:
+    print(json.dumps({"type": type(exc).__name__, "message": str(exc), "name": exc.name}))
+else:
+    print(json.dumps(None))
+"""
+
+
+def _error(missing: str, url: str, action: str) -> dict[str, str] | None:
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, missing, url, action],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("missing", "url", "action", "extra", "module"),
+    [
+        ("httpx", "https://example.com/x-000000.tar", "iter", "http", "httpx"),
+        ("s3fs", "s3://bucket/x-000000.tar", "iter", "s3", "s3fs"),
+        ("torch", "x-000000.tar", "torch", "torch", "torch"),
+    ],
+)
+def test_a_missing_extra_names_the_pip_install(
+    missing: str, url: str, action: str, extra: str, module: str
+) -> None:
+    error = _error(missing, url, action)
+    assert error is not None
+    assert error["type"] == "ModuleNotFoundError"
+    assert error["name"].split(".")[0] == module
+    assert f"pip install 'atdata-runtime[{extra}]'" in error["message"]
+    if action != "torch":
+        assert error["message"].startswith(f"{url}: ")
+    assert module in error["message"]  # the original import error is kept
+
+
+def test_torch_says_to_pick_a_build_first() -> None:
+    error = _error("torch", "x-000000.tar", "torch")
+    assert error is not None
+    assert "Dataset.torch()" in error["message"]
+    assert "CPU or CUDA build of torch" in error["message"]
