@@ -60,9 +60,17 @@ def generated(ds: Dataset[ImageSample], opt: Dataset[OptionalSample]) -> None:
         assert_type(ob.tokens, list[list[int]])
 
 
-def collated(images: list[ImageSample], mine: list[Handwritten]) -> None:
+def collated(
+    images: list[ImageSample],
+    mine: list[Handwritten],
+    ds: Dataset[ImageSample],
+    hw: Dataset[Handwritten],
+) -> None:
     assert_type(collate(images), ImageSampleBatch)
     assert_type(collate(mine), SampleBatch[Any])
+    # Dataset.collate, the DataLoader's collate_fn, is typed by the dataset's class.
+    assert_type(ds.collate(images), ImageSampleBatch)
+    assert_type(hw.collate(mine), SampleBatch[Any])
 
 
 def hand_written(ds: Dataset[Handwritten], typed: Dataset[Typed]) -> None:

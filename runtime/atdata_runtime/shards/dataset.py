@@ -439,7 +439,9 @@ class Dataset(Generic[T_co]):
     def __iter__(self) -> Iterator[T_co]:
         return self.ordered()
 
-    def collate(self, samples: Sequence[PackableSample]) -> Any:
+    def collate(
+        self: Dataset[PackableSample[B]], samples: Sequence[PackableSample[B]]
+    ) -> B:
         """A ``collate_fn`` for ``torch.utils.data.DataLoader``: a list of samples →
         one batch of this dataset's batch class, arrays stacked (fresh, writable
         numpy arrays) under this dataset's ``ragged`` policy:
