@@ -417,7 +417,14 @@ def _upload_s3(
     journal: _Journal,
     progress: Callable[[str, int, int], None] | None,
 ) -> dict[str, Any]:
-    import fsspec
+    try:
+        import fsspec
+        import s3fs  # noqa: F401  (fsspec's s3:// filesystem)
+    except ImportError as exc:
+        raise ImportError(
+            f"uploading shards to S3 needs the 's3' extra ({exc.name} is missing): "
+            "pip install 'atdata-runtime[s3]'"
+        ) from exc
 
     options = dict(storage.options)
     if storage.endpoint:
