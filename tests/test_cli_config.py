@@ -471,3 +471,14 @@ def test_a_nullable_schema_field_is_typed_optional(tmp_path: Path) -> None:
     code = (tmp_path / "o" / "p" / "samples" / "nul_v1_0_0.py").read_text()
     assert "    x: int | None = None\n" in code
     assert "    y: str\n" in code
+
+
+def test_frozen_without_a_lock_is_one_json_document(tmp_path: Path) -> None:
+    _project(tmp_path, GOOD)
+    proc = run_cli(
+        ["build", "lex", "--out", "o", "--frozen", "--format", "json"], tmp_path
+    )
+    assert proc.returncode == 2
+    doc = json.loads(proc.stdout)
+    assert doc["status"] == "error"
+    assert [d["rule"] for d in doc["diagnostics"]] == ["LOCK_MISSING"]

@@ -76,3 +76,16 @@ def test_long_values_are_shortened_and_limited() -> None:
     assert text.startswith('/k0: "' + "v" * 58 + '… != "w"; /k1: ')  # 60 chars
     assert text.endswith("; … and 3 more")
     assert describe_differences(old, old) == ""
+
+
+def test_schema_records_in_two_forms_differ_only_in_content() -> None:
+    """A flat record against an envelope: the form is not a difference."""
+    from atdata_gen.checks.recdiff import schema_differences
+    from atdata_runtime.samples.schema import convert_schema_record
+
+    old = _schema("string", atdataSchemaVersion=1)
+    new = convert_schema_record(_schema("integer", atdataSchemaVersion=1), "envelope")
+    assert schema_differences(old, new) == (
+        '/schema/content/properties/label/type: "string" != "integer"'
+    )
+    assert schema_differences(old, convert_schema_record(old, "envelope")) == ""

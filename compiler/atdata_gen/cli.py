@@ -399,7 +399,19 @@ def _load_lock(
     lock, 1 on a missing or stale one, 0 to go on)."""
     if path is None:
         if frozen:
-            _fail("--frozen needs a lock file: give --lock or use [tool.atdata-gen]")
+            return (
+                None,
+                [
+                    Diagnostic(
+                        Span("--lock"),
+                        "LOCK_MISSING",
+                        Severity.ERROR,
+                        "--frozen needs a lock file: give --lock or use "
+                        "[tool.atdata-gen]",
+                    )
+                ],
+                EXIT_ERROR,
+            )
         return None, [], EXIT_OK
     lock = None
     if path.exists():  # the lock module (and the CID code) only when there is one

@@ -8,11 +8,9 @@ and ``github`` (GitHub Actions workflow commands).
 
 from __future__ import annotations
 
-import difflib
 import enum
 import json
 import os
-import subprocess
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,6 +183,8 @@ def closest(word: str, candidates: Iterable[str], cutoff: float = 0.6) -> str | 
     """The candidate closest to ``word`` (difflib ratio at least ``cutoff``,
     compared case-insensitively), or ``None`` when none is close."""
     pool = {c.lower(): c for c in candidates if c != word}
+    import difflib  # only when a hint is needed (kept off the start-up path)
+
     best = difflib.get_close_matches(word.lower(), list(pool), n=1, cutoff=cutoff)
     return pool[best[0]] if best else None
 
@@ -350,6 +350,8 @@ purpose). Lint rules live in :data:`atdata_gen.checks.lint.RULES`."""
 def github_base() -> Path:
     """What GitHub annotation paths are relative to: the git toplevel of the current
     directory, or the current directory outside a repository."""
+    import subprocess  # only for --format github (kept off the start-up path)
+
     try:
         proc = subprocess.run(
             ["git", "rev-parse", "--show-toplevel"],

@@ -167,10 +167,11 @@ def _login() -> Any:
 
 
 def _differs(old: Any, new: Any) -> str:
-    """`` (/pointer: old != new; …)``: where two copies of a record differ."""
-    from .checks.recdiff import describe_differences
+    """`` (/pointer: old != new; …)``: where two copies of a schema record differ
+    (their form aside)."""
+    from .checks.recdiff import schema_differences
 
-    found = describe_differences(old, new)
+    found = schema_differences(old, new)
     return f" ({found})" if found else ""
 
 
@@ -223,25 +224,17 @@ def _load_schema(spec: str, version: str | None, form: Any) -> dict[str, Any]:
         raise
 
 
-def _check_hook(policy_root: Path | None) -> Any:
+def _check_hook(policy: Any) -> Any:
     """The ``atdata-gen check`` hook: compares the previous published version with
-    the new record under the project's check policy, prints the findings, and
+    the new record under ``policy`` (the project's, read once per command), prints the findings, and
     refuses when a SEMVER rule fails (the version bump is smaller than the changes
     need, or the version is reused)."""
 
     def hook(previous: Any, record: dict[str, Any]) -> None:
         from .checks.compat import COMPAT_RULES
-        from .checks.policy import CheckPolicy
         from .checks.report import render_findings
         from .checks.runner import run_check
 
-        policy = CheckPolicy()
-        if policy_root is not None:
-            try:
-                table = load_config(policy_root).check
-                policy = CheckPolicy.from_table(table, "pyproject.toml")
-            except (ConfigError, ValueError) as exc:
-                _error(str(exc))
         with tempfile.TemporaryDirectory(prefix="atdata-gen-publish-") as tmp:
             prev = Path(tmp) / "previous" / "schema.json"
             curr = Path(tmp) / "current" / "schema.json"
@@ -307,13 +300,18 @@ def publish_schema_cmd(
 
     records = [_load_schema(s, version, form) for s in specs]
     client = _login()
+    from .checks.policy import CheckPolicy
+
+    policy = CheckPolicy()
     try:
-        root = load_config(Path.cwd()).root
+        cfg = load_config(Path.cwd())
+        policy = CheckPolicy.from_table(cfg.check, cfg.file)
     except ConfigError as exc:
         if not exc.missing:
             _config_error(exc)
-        root = None
-    hook = None if no_check else _check_hook(root)
+    except ValueError as exc:
+        _error(str(exc))
+    hook = None if no_check else _check_hook(policy)
 
     def progress(i: int, pub: Any) -> None:
         state = "published" if pub.write.created else "already published"

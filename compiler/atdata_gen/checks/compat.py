@@ -56,7 +56,7 @@ from ..ir.model import (
     UnionType,
     XrpcDef,
 )
-from .recdiff import describe_differences
+from .recdiff import schema_differences
 
 __all__ = [
     "CATEGORIES",
@@ -744,7 +744,7 @@ def _version_conflict(s: SampleSchema, t: SampleSchema, at: At) -> Iterator[str]
     if s.version == t.version and _content(s) != _content(t):
         where = ""
         if s.record_json is not None and t.record_json is not None:
-            found = describe_differences(
+            found = schema_differences(
                 json.loads(s.record_json), json.loads(t.record_json)
             )
             where = f" ({found})" if found else ""

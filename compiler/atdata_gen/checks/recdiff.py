@@ -2,7 +2,7 @@
 ``SCHEMA_VERSION_CONFLICT`` (and of ``pull --update``'s changed records).
 
 Pure Python on JSON values (dict, list, str, int, float, bool, None), no imports from
-the compiler, so the runtime's publisher can use the same function.
+the rest of the compiler, so the runtime's publisher can use the same function.
 
 Pointers are RFC 6901 (``~`` → ``~0``, ``/`` → ``~1``); values are rendered as
 compact JSON (``"string" != "integer"``), long ones shortened with ``…``; a member
@@ -15,7 +15,13 @@ import json
 from collections.abc import Collection, Iterator
 from typing import Any
 
-__all__ = ["IGNORED", "describe_differences", "differences", "pointer"]
+__all__ = [
+    "IGNORED",
+    "describe_differences",
+    "differences",
+    "pointer",
+    "schema_differences",
+]
 
 IGNORED = frozenset({"/createdAt"})
 """Pointers that are not content: a record's creation time may differ between two
@@ -87,3 +93,22 @@ def describe_differences(
     if len(found) > limit:
         text += f"; … and {len(found) - limit} more"
     return text
+
+
+def schema_differences(old: Any, new: Any, *, limit: int = 3) -> str:
+    """:func:`describe_differences` of two ``science.alt.dataset.schema`` records,
+    ``old`` first brought into ``new``'s form (envelope or flat, see
+    :func:`atdata_runtime.samples.schema.convert_schema_record`), so that only
+    content differences are named, at ``new``'s pointers."""
+    from atdata_runtime.samples.schema import (
+        convert_schema_record,
+        schema_record_form,
+    )
+
+    form = schema_record_form(new) if isinstance(new, dict) else None
+    if form is not None and isinstance(old, dict) and schema_record_form(old) != form:
+        try:
+            old = convert_schema_record(old, form)
+        except ValueError:
+            pass  # not convertible: compare as written
+    return describe_differences(old, new, limit=limit)
