@@ -605,21 +605,19 @@ def rules_table(fmt: str) -> str:
     ``json``."""
     import json
 
-    from .checks.lint import RULES
-    from .diagnostics import STAGE_RULES
+    from .explain import catalogue
 
     rows = [
-        (rid, stage, "error", purpose) for rid, (stage, purpose) in STAGE_RULES.items()
-    ]
-    rows += [(r.id, "lint", r.severity.label, r.purpose) for r in RULES.values()]
-    from .checks.compat import COMPAT_RULES
-
-    for c in COMPAT_RULES.values():
-        breaks = "/".join(c.breaks.names) or "nothing"
-        severity = "error" if c.breaks else c.severity.label
-        rows.append(
-            (c.id, "check", severity, f"{c.purpose} [{c.category}; breaks {breaks}]")
+        (
+            rid,
+            r.stage,
+            r.severity,
+            f"{r.purpose} [{r.category}; breaks {r.breaks}]"
+            if r.category
+            else r.purpose,
         )
+        for rid, r in catalogue().items()
+    ]
     order = {
         "config": 0,
         "load": 1,

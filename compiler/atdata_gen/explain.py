@@ -11,11 +11,19 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EXAMPLES", "RuleNotFound", "all_rule_ids", "explain", "run_example"]
+__all__ = [
+    "EXAMPLES",
+    "RuleInfo",
+    "RuleNotFound",
+    "all_rule_ids",
+    "catalogue",
+    "explain",
+    "run_example",
+]
 
 
 class RuleNotFound(LookupError):
@@ -131,30 +139,43 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
 """Rule ID → an example input that makes the compiler report that rule."""
 
 
-def _catalogue() -> dict[str, tuple[str, str, str]]:
-    """Rule ID → (stage, severity, purpose) over every catalogue."""
+@dataclass(frozen=True)
+class RuleInfo:
+    """One rule of the catalogue: ``stage``, default ``severity`` label,
+    ``purpose``; for compatibility rules also ``category`` and ``breaks`` (the
+    directions it breaks, ``BACKWARD/FORWARD`` or ``nothing``)."""
+
+    stage: str
+    severity: str
+    purpose: str
+    category: str = ""
+    breaks: str = ""
+
+
+def catalogue() -> dict[str, RuleInfo]:
+    """Rule ID → :class:`RuleInfo` over every catalogue (stage rules, lint rules,
+    compatibility rules): what ``atdata-gen rules`` lists and explains."""
     from .checks.compat import COMPAT_RULES
     from .checks.lint import RULES
     from .diagnostics import STAGE_RULES
 
-    rows = {rid: (stage, "error", p) for rid, (stage, p) in STAGE_RULES.items()}
-    rows |= {r.id: ("lint", r.severity.label, r.purpose) for r in RULES.values()}
+    rows = {rid: RuleInfo(stage, "error", p) for rid, (stage, p) in STAGE_RULES.items()}
+    rows |= {
+        r.id: RuleInfo("lint", r.severity.label, r.purpose) for r in RULES.values()
+    }
     for c in COMPAT_RULES.values():
-        breaks = "/".join(c.breaks.names) or "nothing"
-        severity = "error" if c.breaks else c.severity.label
-        rows[c.id] = (
+        rows[c.id] = RuleInfo(
             "check",
-            severity,
-            (
-                f"{c.purpose}\nCategory {c.category}; breaks {breaks} compatibility "
-                "(an error when that is the checked direction, else a warning)."
-            ),
+            "error" if c.breaks else c.severity.label,
+            c.purpose,
+            c.category,
+            "/".join(c.breaks.names) or "nothing",
         )
     return rows
 
 
 def all_rule_ids() -> list[str]:
-    return sorted(_catalogue())
+    return sorted(catalogue())
 
 
 def run_example(rule_id: str) -> tuple[str, str]:
@@ -210,15 +231,21 @@ def explain(rule_id: str) -> str:
     (with a did-you-mean) for an unknown ID; IDs are matched case-insensitively."""
     from .diagnostics import did_you_mean
 
-    rows = _catalogue()
+    rows = catalogue()
     wanted = rule_id.upper()
     if wanted not in rows:
         raise RuleNotFound(
             f"no rule {rule_id!r}{did_you_mean(wanted, rows)} (`atdata-gen rules` "
             "lists them all)"
         )
-    stage, severity, purpose = rows[wanted]
-    out = [f"{wanted}  (stage: {stage}; severity: {severity})", "", purpose]
+    rule = rows[wanted]
+    out = [f"{wanted}  (stage: {rule.stage}; severity: {rule.severity})", ""]
+    out.append(rule.purpose)
+    if rule.category:
+        out.append(
+            f"Category {rule.category}; breaks {rule.breaks} compatibility "
+            "(an error when that is the checked direction, else a warning)."
+        )
     if wanted in EXAMPLES:
         shown, reported = run_example(wanted)
         out += ["", "Example input:", _indent(shown), "", "atdata-gen reports:"]
