@@ -232,3 +232,23 @@ def test_field_names_of_the_batch_api_are_escaped(tmp_path: Path) -> None:
         env=dict(os.environ, MYPYPATH=""),
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+def test_a_batch_class_declared_after_first_use_takes_over() -> None:
+    from dataclasses import dataclass
+
+    from atdata_runtime.samples import PackableSample, SampleBatch
+    from atdata_runtime.shards import collate
+
+    @dataclass(kw_only=True)
+    class Late(PackableSample):
+        x: int
+
+    generic = Late.batch_class()  # e.g. an earlier Dataset iteration
+
+    class LateBatch(SampleBatch[Late]):
+        x: list[int]
+
+    assert generic is not LateBatch
+    assert Late.batch_class() is LateBatch
+    assert type(collate([Late(x=1), Late(x=2)])) is LateBatch

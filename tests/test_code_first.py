@@ -570,3 +570,22 @@ def test_array_format_versions_also_name_library_encoded_shims() -> None:
     # unannotated arrays only: what atdata 0.7 writes
     body = schema_record(ImageSample, form="flat")["schema"]
     assert body["arrayFormatVersions"] == {"ndarrayBytes": "1.0.0"}
+
+
+class _HookedBase(PackableSample):
+    """A base with its own ``__init_subclass__`` (one more frame between the
+    ``class`` statement and the annotation resolver)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+
+
+def test_local_names_resolve_under_a_base_with_init_subclass() -> None:
+    Alias = int
+
+    @dataclass(kw_only=True)
+    class Sub(_HookedBase):
+        x: Alias
+
+    assert [(f.name, f.kind) for f in Sub.sample_fields] == [("x", "int")]
+    assert Sub.unpack(Sub(x=3).pack()) == Sub(x=3)

@@ -94,6 +94,43 @@ def test_keys_with_dots_are_refused(pkg: Any, tmp_path: Path) -> None:
         )
 
 
+def test_a_failed_write_stops_the_writer_and_loses_no_shard_silently(
+    pkg: Any, tmp_path: Path
+) -> None:
+    from atdata_runtime.shards import ShardWriter
+
+    cls = pkg[0].ImageSample
+    a, b, c, d = _images(cls, 4)
+    writer = ShardWriter(str(tmp_path / "f-%06d.tar"), maxcount=10)
+    writer.write(a, "k1")
+    writer.write(b, "k2")
+    assert writer._tar is not None
+
+    def failing(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    writer._tar.addfile = failing  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="No space"):
+        writer.write(c, "k3")
+    # The shard in progress is discarded, and the writer refuses to go on as if
+    # nothing happened (which would silently drop k1 and k2).
+    with pytest.raises(ValueError, match="earlier write failed"):
+        writer.write(d, "k4")
+    writer.close()
+    assert writer.shards == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_shards_get_the_umask_permissions(pkg: Any, tmp_path: Path) -> None:
+    cls = pkg[0].ImageSample
+    old = os.umask(0o077)
+    try:
+        (shard,) = write_samples(_images(cls, 2), str(tmp_path / "u-%06d.tar"))
+    finally:
+        os.umask(old)
+    assert Path(shard).stat().st_mode & 0o777 == 0o600
+
+
 def test_batches_are_typed_and_stacked(pkg: Any, tmp_path: Path) -> None:
     cls = pkg[0].ImageSample
     shards = write_samples(_images(cls, 10), str(tmp_path / "b-%06d.tar"), maxcount=4)

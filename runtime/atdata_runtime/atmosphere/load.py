@@ -139,7 +139,9 @@ def resolve_dataset(
     schema_at = AtUri.parse(schema_uri)
     if schema_at.collection != SCHEMA:
         raise AtmosphereError(
-            entry.uri, f"schemaRef {schema_uri} is not a schema record"
+            entry.uri,
+            f"schemaRef {schema_uri} is not a schema record",
+            rule="NOT_A_SCHEMA",
         )
     schema = client.get_record(schema_at)
     source = "given"

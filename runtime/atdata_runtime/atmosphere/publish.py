@@ -32,6 +32,7 @@ from typing import Any, BinaryIO, cast
 
 from ..samples.schema import SchemaForm, convert_schema_record
 from ..shards.dataset import Sha256Reader
+from ..shards.errors import missing_extra
 from ..shards.tar import iter_samples
 from .client import AtmosphereClient, FetchedRecord, WriteResult
 from .errors import AtmosphereError, PublishConflictError
@@ -421,10 +422,7 @@ def _upload_s3(
         import fsspec
         import s3fs  # noqa: F401  (fsspec's s3:// filesystem)
     except ImportError as exc:
-        raise ImportError(
-            f"uploading shards to S3 needs the 's3' extra ({exc.name} is missing): "
-            "pip install 'atdata-runtime[s3]'"
-        ) from exc
+        raise missing_extra(exc, "uploading shards to S3", "s3") from exc
 
     options = dict(storage.options)
     if storage.endpoint:

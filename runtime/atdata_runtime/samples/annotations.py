@@ -50,7 +50,7 @@ from typing import Any, ClassVar, get_args, get_origin
 
 import numpy as np
 
-from .codec import EncodedBlob, FieldSpec
+from .codec import ENCODINGS, EncodedBlob, FieldSpec
 
 __all__ = ["derive_sample_fields"]
 
@@ -142,8 +142,6 @@ def _spec(hint: Any, metadata: typing.Mapping[str, Any], *, item: bool) -> Field
         if item:
             raise _Refused("lists of EncodedBlob cannot be packed")
         encoding = metadata.get("encoding")
-        from .codec import ENCODINGS
-
         if encoding not in ENCODINGS:
             raise _Refused(
                 "an EncodedBlob field needs field(metadata={'encoding': E}) with E "
@@ -196,16 +194,27 @@ def _literal(hint: Any, *, optional: bool, item: bool) -> FieldSpec:
 
 
 def _defining_namespace(cls: type, depth: int) -> dict[str, Any]:
-    """Local names of the scope whose ``class`` statement is running (a function
-    that defines the class), so that string annotations naming its locals
-    resolve."""
+    """Local names of the function whose ``class`` statement is running, so that
+    string annotations naming its locals resolve: the frame (at or above ``depth``)
+    whose code is the scope named by ``cls.__qualname__`` (``f.<locals>.S`` → ``f``),
+    in ``cls``'s module. Matching the qualified name, not just the module, skips
+    intermediate frames such as a base class's ``__init_subclass__``. A class
+    defined at module level needs nothing here (its globals are used)."""
+    parent = cls.__qualname__.rpartition(".")[0]
+    if not parent.endswith("<locals>"):
+        return {}
+    parent = parent.removesuffix(".<locals>")
+    module = sys.modules.get(cls.__module__)
     try:
         frame = sys._getframe(depth + 1)
     except ValueError:  # pragma: no cover - shallow stack
         return {}
-    module = sys.modules.get(cls.__module__)
     while frame is not None:
-        if module is not None and frame.f_globals is vars(module):
+        if (
+            frame.f_code.co_qualname == parent
+            and module is not None
+            and frame.f_globals is vars(module)
+        ):
             return dict(frame.f_locals)
         frame = frame.f_back  # type: ignore[assignment]
     return {}

@@ -664,7 +664,7 @@ class PackableSample(Generic[B_co]):
         from .annotations import derive_sample_fields
 
         cls.sample_fields = derive_sample_fields(
-            cls, cls.sample_fields, _reserved_names(), depth=1
+            cls, cls.sample_fields, _RESERVED, depth=1
         )
 
     @classmethod
@@ -720,14 +720,19 @@ class PackableSample(Generic[B_co]):
 
     @classmethod
     def batch_class(cls) -> type[SampleBatch[Any]]:
-        """The batch class of this sample class: the generated ``<Name>Batch`` (it
-        registers itself), or a generic one made on first use."""
+        """The batch class of this sample class: the generated (or declared)
+        ``<Name>Batch``, which registers itself, or a generic one made on first use
+        (replaced by a batch class declared later)."""
         batch: type[SampleBatch[Any]] | None = cls.__dict__.get("_atdata_batch")
         if batch is None:
             batch = type(
                 f"{cls.__name__}Batch",
                 (SampleBatch,),
-                {"sample_type": cls, "__module__": cls.__module__},
+                {
+                    "sample_type": cls,
+                    "__module__": cls.__module__,
+                    "_atdata_auto": True,
+                },
             )
         return batch
 
@@ -881,8 +886,12 @@ class SampleBatch(Generic[S]):
                 ):
                     sample_type = args[0]
                     cls.sample_type = sample_type
-        if sample_type is not None and "_atdata_batch" not in sample_type.__dict__:
-            sample_type._atdata_batch = cls
+        if sample_type is not None:
+            # The first named batch class wins; a generic one made on first use
+            # (``batch_class()``) gives way to a class declared later.
+            registered = sample_type.__dict__.get("_atdata_batch")
+            if registered is None or registered.__dict__.get("_atdata_auto"):
+                sample_type._atdata_batch = cls
 
     def __init__(self, samples: list[S], keys: list[str] | None = None) -> None:
         self.samples = samples
@@ -932,18 +941,16 @@ def _reserved_names() -> dict[str, str]:
     """Attribute names a sample field may not take: the public API of
     :class:`PackableSample` and :class:`SampleBatch` (a field is an attribute of
     both the sample and its batch) → the class that owns it."""
-    global _RESERVED
-    if _RESERVED is None:
-        batch_api = ("samples", "keys", "sample_type", *vars(SampleBatch))
-        names = {n: "SampleBatch" for n in batch_api}
-        names.update({n: "PackableSample" for n in dir(PackableSample)})
-        _RESERVED = {n: owner for n, owner in names.items() if not n.startswith("_")}
-    return _RESERVED
+    batch_api = ("samples", "keys", "sample_type", *vars(SampleBatch))
+    names = {n: "SampleBatch" for n in batch_api}
+    names.update({n: "PackableSample" for n in dir(PackableSample)})
+    return {n: owner for n, owner in names.items() if not n.startswith("_")}
 
 
-_RESERVED: dict[str, str] | None = None
+_RESERVED: Final = _reserved_names()
+"""Computed once, after both classes exist; read by ``__init_subclass__``."""
 
-RESERVED_NAMES: Final = frozenset(_reserved_names())
+RESERVED_NAMES: Final = frozenset(_RESERVED)
 """Python names a sample field cannot have (the sample and batch API: ``pack``,
 ``unpack``, ``keys``, ``samples``, ``from_samples``, ``sample_type``,
 ``batch_class``…). The compiler escapes them (``keys`` → ``keys_``); a hand-written
@@ -970,20 +977,21 @@ def _stack(spec: FieldSpec, values: list[Any], keys: list[str], ragged: Ragged) 
     if odd is None and len(present) == len(values):
         return np.stack(values)
     if spec.always_stacks or ragged == "error":
+        # ragged= helps only a field whose schema does not fix its shape.
+        hint = "" if spec.always_stacks else " (ragged='list' or 'pad' batches it)"
         if odd is None:
             key = next(k for k, v in zip(keys, values, strict=True) if v is None)
             raise _mismatch(
                 spec,
                 key,
                 "is None in some samples of the batch but not in others; cannot "
-                "stack (ragged='list' or 'pad' batches it)",
+                "stack" + hint,
             )
         raise _mismatch(
             spec,
             odd[0],
             f"shape {odd[1].shape} {odd[1].dtype} differs from the batch's first "
-            f"sample ({first.shape} {first.dtype}); cannot stack"
-            + ("" if spec.always_stacks else " (ragged='list' or 'pad' batches it)"),
+            f"sample ({first.shape} {first.dtype}); cannot stack" + hint,
         )
     if ragged == "list":
         return list(values)

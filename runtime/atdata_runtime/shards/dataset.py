@@ -29,7 +29,6 @@ import os
 import random
 import sys
 import tarfile
-import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -54,7 +53,7 @@ from ..samples.codec import (
     SampleFormatError,
     Unknown,
 )
-from .errors import ShardChecksumError
+from .errors import ShardChecksumError, missing_extra
 from .tar import TarFormatError, iter_samples
 
 if TYPE_CHECKING:
@@ -151,7 +150,7 @@ def _open(url: str, storage_options: dict[str, Any]) -> BinaryIO:
         try:
             from .http import HttpShardStream
         except ImportError as exc:
-            raise _missing_extra(
+            raise missing_extra(
                 exc, f"{url}: reading http(s):// shards", "http"
             ) from exc
 
@@ -164,36 +163,17 @@ def _open(url: str, storage_options: dict[str, Any]) -> BinaryIO:
     try:
         import fsspec
     except ImportError as exc:
-        raise ImportError(
-            f"{url}: reading this URL needs fsspec and its filesystem: "
-            "pip install 'atdata-runtime[s3]' for s3://"
+        raise missing_extra(
+            exc, f"{url}: reading this URL (fsspec) for s3:// and others", "s3"
         ) from exc
     try:
         return fsspec.open(url, "rb", **storage_options).open()  # type: ignore[no-any-return]
     except ImportError as exc:
         if url.startswith(("s3://", "s3a://")):
-            raise _missing_extra(
+            raise missing_extra(
                 exc, f"{url}: reading s3:// shards", "s3", module="s3fs"
             ) from exc
         raise
-
-
-def _missing_extra(
-    exc: ImportError,
-    what: str,
-    extra: str,
-    note: str = "",
-    *,
-    module: str | None = None,
-) -> ModuleNotFoundError:
-    """The error for an optional dependency that is not installed: what needed it,
-    the extra that installs it and the original import error (``name``: the
-    missing module, ``module`` or the one ``exc`` names)."""
-    return ModuleNotFoundError(
-        f"{what} needs the '{extra}' extra: pip install 'atdata-runtime[{extra}]'"
-        f"{note} ({type(exc).__name__}: {exc})",
-        name=module or exc.name,
-    )
 
 
 class Sha256Reader:
@@ -344,10 +324,7 @@ class Dataset(Generic[T_co]):
         try:
             from ..atmosphere.load import load_dataset
         except ImportError as exc:
-            raise ImportError(
-                f"Dataset.from_atproto needs the atproto extra ({exc.name} is "
-                "missing): pip install 'atdata-runtime[atproto]'"
-            ) from exc
+            raise missing_extra(exc, "Dataset.from_atproto", "atproto") from exc
 
         bound = cls.__dict__.get("sample_type")
         if bound is not None:
@@ -475,7 +452,7 @@ class Dataset(Generic[T_co]):
         try:
             from torch.utils.data import IterableDataset  # type: ignore[import-not-found,unused-ignore]
         except ImportError as exc:
-            raise _missing_extra(
+            raise missing_extra(
                 exc,
                 "Dataset.torch()",
                 "torch",
@@ -600,8 +577,10 @@ class ShardWriter:
     partial shard under the shard's name. ``shards`` lists the completed files.
 
     Raises ``ValueError`` for a pattern without a ``%`` index or a key with a dot,
-    ``OSError`` from the file system; after an error the current shard is discarded
-    and the writer is closed.
+    ``OSError`` from the file system. After an error the current shard is discarded
+    (completed shards stay) and every later ``write`` raises ``ValueError``: no
+    shard ever silently lacks samples that were written to it. Files get the
+    permissions of the umask, as ``open()`` gives them.
     """
 
     def __init__(
@@ -629,6 +608,7 @@ class ShardWriter:
         self._final = ""
         self._in_shard = 0
         self._bytes = 0
+        self._failed: BaseException | None = None
         self._bar = tqdm(desc="writing", unit="sample", disable=_quiet(progress))
 
     def _roll(self) -> None:
@@ -636,9 +616,9 @@ class ShardWriter:
         final = self.pattern % self._index
         self._index += 1
         directory, name = os.path.split(final)
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{name}.", suffix=".partial", dir=directory or "."
-        )
+        tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.partial")
+        # O_EXCL with mode 0666: a fresh file, permissions from the umask (as open()).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         self._file = os.fdopen(fd, "wb")
         # Closed in _finish/_abort: the shard outlives this call.
         self._tar = tarfile.open(  # noqa: SIM115
@@ -653,7 +633,6 @@ class ShardWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        os.chmod(self._tmp, 0o644)
         os.replace(self._tmp, self._final)
         self.shards.append(self._final)
         self._tar = self._file = None
@@ -673,6 +652,11 @@ class ShardWriter:
                 f"sample key {key!r} must be non-empty, without '.' or '/' "
                 "(WebDataset splits member names at the first dot)"
             )
+        if self._failed is not None:
+            raise ValueError(
+                "ShardWriter: an earlier write failed and its shard was discarded; "
+                "start a new writer"
+            ) from self._failed
         payload = sample.pack(member=f"{key}.msgpack")
         try:
             if (
@@ -686,8 +670,9 @@ class ShardWriter:
             info.size = len(payload)
             info.mode = 0o444
             self._tar.addfile(info, io.BytesIO(payload))
-        except BaseException:
+        except BaseException as exc:
             self._abort()
+            self._failed = exc
             raise
         self._in_shard += 1
         self._bytes += len(payload)
