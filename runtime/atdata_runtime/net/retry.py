@@ -84,6 +84,8 @@ def classify(exc: BaseException) -> tuple[bool, float | None, str]:
         return False, None, f"HTTP {status}"
     if isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError)):
         return True, None, type(exc).__name__
+    if getattr(exc, "retryable", False) is True:
+        return True, None, str(getattr(exc, "rule", type(exc).__name__))
     try:
         from atproto_client.exceptions import NetworkError
     except ImportError:  # pragma: no cover - atproto is a dependency
