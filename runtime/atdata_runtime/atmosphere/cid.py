@@ -11,6 +11,17 @@ CID into a link): definite lengths, shortest integer heads, map keys ordered by
 length then bytes (RFC 7049 § 3.9 canonical order, as DAG-CBOR requires), no floats
 (the AT Protocol data model has none). It is checked against the official interop
 vectors (``interop/data-model``).
+
+The decoder (:func:`decode_dag_cbor`) is also our own and strict, for blocks from
+untrusted servers (repository proofs, :mod:`.repo`): libipld's decoder returns a link
+and a byte string as the same ``bytes`` (so ``$link`` and ``$bytes`` could not be told
+apart) and accepts non-shortest integer heads. Ours refuses anything that is not the
+one DAG-CBOR encoding of an AT Protocol data-model value: indefinite lengths,
+non-shortest heads, floats, tags other than 42, simple values other than
+``false``/``true``/``null``, non-string or unsorted or duplicate map keys, invalid
+UTF-8, malformed CIDs and trailing bytes. Nesting is bounded (``max_depth``, default
+:data:`MAX_DEPTH` = 128 arrays/maps) and no length is trusted beyond the bytes
+present, so decoding costs at most linear time and memory in the input.
 """
 
 from __future__ import annotations
@@ -20,13 +31,21 @@ import hashlib
 from typing import Any
 
 __all__ = [
+    "MAX_DEPTH",
     "DataModelError",
+    "Link",
     "blob_cid",
     "cid_to_bytes",
+    "cid_to_str",
     "dag_cbor",
+    "decode_dag_cbor",
     "from_json",
     "record_cid",
+    "to_json",
 ]
+
+MAX_DEPTH = 128
+"""Default bound on array/map nesting accepted by :func:`decode_dag_cbor`."""
 
 _B32 = "abcdefghijklmnopqrstuvwxyz234567"
 
@@ -36,11 +55,22 @@ class DataModelError(ValueError):
     malformed ``$link`` / ``$bytes``); the message names the JSON pointer."""
 
 
-class _Link:
+class Link:
+    """A CID link of the data model (CBOR tag 42); ``raw`` is the binary CID."""
+
     __slots__ = ("raw",)
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Link) and other.raw == self.raw
+
+    def __hash__(self) -> int:
+        return hash(self.raw)
+
+    def __repr__(self) -> str:
+        return f"Link({cid_to_str(self.raw)})"
 
 
 def _b32encode(data: bytes) -> str:
@@ -62,6 +92,11 @@ def cid_to_bytes(cid: str) -> bytes:
     return raw
 
 
+def cid_to_str(raw: bytes) -> str:
+    """Base32 multibase string (``b…``) of a binary CIDv1."""
+    return _b32encode(raw)
+
+
 def _cid(codec: int, data: bytes) -> str:
     return _b32encode(bytes((1, codec, 0x12, 0x20)) + hashlib.sha256(data).digest())
 
@@ -79,7 +114,7 @@ def from_json(value: Any, pointer: str = "") -> Any:
             link = value["$link"]
             if len(value) != 1 or not isinstance(link, str):
                 raise DataModelError(f"{pointer or '/'}: malformed $link object")
-            return _Link(cid_to_bytes(link))
+            return Link(cid_to_bytes(link))
         if "$bytes" in value:
             data = value["$bytes"]
             if len(value) != 1 or not isinstance(data, str):
@@ -136,7 +171,7 @@ def _encode(value: Any, out: bytearray, pointer: str) -> None:
     elif isinstance(value, (bytes, bytearray, memoryview)):
         _head(2, len(value), out)
         out += value
-    elif isinstance(value, _Link):
+    elif isinstance(value, Link):
         out += b"\xd8\x2a"
         _head(2, len(value.raw) + 1, out)
         out.append(0)
@@ -181,3 +216,154 @@ def record_cid(record_json: Any) -> str:
     """CID of a record given in its JSON form (CIDv1, dag-cbor, sha2-256, base32).
     Raises :class:`DataModelError` for values outside the data model."""
     return _cid(0x71, dag_cbor(from_json(record_json)))
+
+
+def to_json(value: Any) -> Any:
+    """The JSON form of a data-model value (inverse of :func:`from_json`): links
+    become ``{"$link": cid}``, byte strings ``{"$bytes": base64}`` (standard
+    alphabet, no padding, AT Protocol "Data Model" spec § JSON)."""
+    if isinstance(value, Link):
+        return {"$link": cid_to_str(value.raw)}
+    if isinstance(value, bytes):
+        return {"$bytes": base64.b64encode(value).decode("ascii").rstrip("=")}
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_json(v) for v in value]
+    return value
+
+
+def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    """Unsigned LEB128 (multiformats unsigned-varint: at most 9 bytes, minimal)."""
+    n = shift = 0
+    for i in range(9):
+        if pos + i >= end:
+            raise DataModelError("truncated varint")
+        b = data[pos + i]
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            if b == 0 and i > 0:
+                raise DataModelError("varint is not minimally encoded")
+            return n, pos + i + 1
+    raise DataModelError("varint longer than 9 bytes")
+
+
+def check_cid(raw: bytes) -> None:
+    """Check that ``raw`` is a well-formed binary CIDv1 (version, codec, multihash
+    code, digest length matching the digest). Raises :class:`DataModelError`."""
+    if not raw or raw[0] != 1:
+        raise DataModelError("link is not a CIDv1")
+    _, pos = _varint(raw, 1, len(raw))
+    _, pos = _varint(raw, pos, len(raw))
+    size, pos = _varint(raw, pos, len(raw))
+    if len(raw) - pos != size:
+        raise DataModelError("CID digest length does not match its multihash")
+
+
+class _Decoder:
+    __slots__ = ("data", "max_depth", "pos")
+
+    def __init__(self, data: bytes, max_depth: int) -> None:
+        self.data = data
+        self.pos = 0
+        self.max_depth = max_depth
+
+    def fail(self, why: str) -> DataModelError:
+        return DataModelError(f"byte {self.pos}: {why}")
+
+    def head(self) -> tuple[int, int, int]:
+        data, pos = self.data, self.pos
+        if pos >= len(data):
+            raise self.fail("truncated")
+        first = data[pos]
+        major, info = first >> 5, first & 0x1F
+        if info < 24:
+            self.pos = pos + 1
+            return major, info, info
+        if info > 27:
+            raise self.fail("indefinite length or reserved value")
+        width = 1 << (info - 24)
+        if pos + 1 + width > len(data):
+            raise self.fail("truncated")
+        n = int.from_bytes(data[pos + 1 : pos + 1 + width], "big")
+        if major != 7 and n < (24 if width == 1 else 1 << (4 * width)):
+            raise self.fail("integer or length not in its shortest form")
+        self.pos = pos + 1 + width
+        return major, info, n
+
+    def take(self, n: int) -> bytes:
+        if n > len(self.data) - self.pos:
+            raise self.fail(f"length {n} runs past the end")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def value(self, depth: int) -> Any:
+        major, info, n = self.head()
+        if major == 0:
+            return n
+        if major == 1:
+            return -1 - n
+        if major == 2:
+            return self.take(n)
+        if major == 3:
+            try:
+                return self.take(n).decode("utf-8")
+            except UnicodeDecodeError:
+                raise self.fail("text is not valid UTF-8") from None
+        if major in (4, 5):
+            if depth >= self.max_depth:
+                raise self.fail(f"nesting deeper than {self.max_depth}")
+            if n > len(self.data) - self.pos:
+                raise self.fail(f"{n} items cannot fit in the bytes left")
+            if major == 4:
+                return [self.value(depth + 1) for _ in range(n)]
+            out: dict[str, Any] = {}
+            last: bytes | None = None
+            for _ in range(n):
+                kmajor, _, klen = self.head()
+                if kmajor != 3:
+                    raise self.fail("map key is not a string")
+                raw = self.take(klen)
+                if last is not None and (len(last), last) >= (len(raw), raw):
+                    raise self.fail("map keys are not sorted or not unique")
+                last = raw
+                try:
+                    key = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise self.fail("map key is not valid UTF-8") from None
+                out[key] = self.value(depth + 1)
+            return out
+        if major == 6:
+            if n != 42:
+                raise self.fail(f"tag {n} is not allowed (only 42, a CID link)")
+            bmajor, _, blen = self.head()
+            if bmajor != 2:
+                raise self.fail("tag 42 does not hold a byte string")
+            raw = self.take(blen)
+            if not raw or raw[0] != 0:
+                raise self.fail("CID link lacks the 0x00 multibase prefix")
+            check_cid(raw[1:])
+            return Link(raw[1:])
+        if info == 20:
+            return False
+        if info == 21:
+            return True
+        if info == 22:
+            return None
+        if info in (25, 26, 27):
+            raise self.fail("floats are not in the AT Protocol data model")
+        raise self.fail(f"simple value {n} is not allowed")
+
+
+def decode_dag_cbor(data: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
+    """Decode one DAG-CBOR value strictly (see the module docstring): links are
+    :class:`Link`, byte strings ``bytes``. Arrays/maps may nest ``max_depth`` deep
+    (default :data:`MAX_DEPTH`). Raises :class:`DataModelError` naming the byte
+    offset of the first problem; never anything else for any input."""
+    dec = _Decoder(bytes(data), max_depth)
+    value = dec.value(0)
+    if dec.pos != len(dec.data):
+        raise dec.fail("trailing bytes after the value")
+    return value

@@ -1,0 +1,426 @@
+"""Repository proofs: a record is checked against its repository's signed commit,
+not against what a server says (AT Protocol "Repository" and "Cryptography" specs).
+
+``com.atproto.sync.getRecord?did=&collection=&rkey=`` answers a CAR v1 file whose
+root is the repository's signed commit and whose blocks are the MST nodes on the path
+to ``{collection}/{rkey}`` and the record itself. :func:`verify_record_proof` checks,
+in order, and raises :class:`~.errors.RecordVerificationError` naming the AT-URI with
+the rule of the first failure:
+
+``REPO_CAR_INVALID``
+    CAR framing (CARv1 spec: varint-prefixed header ``{version: 1, roots: [cid]}``,
+    then varint-prefixed ``cid ‖ bytes`` sections): truncation, bad varints, a
+    header that is not version 1 with exactly one root, a CID that is not CIDv1
+    dag-cbor (0x71) sha2-256, too many bytes or blocks, or the root block missing.
+``REPO_BLOCK_CID``
+    a block whose bytes do not hash to its CID (sha2-256), or two different blocks
+    under one CID.
+``REPO_COMMIT_INVALID``
+    the root is not a v3 commit (``did``, ``version`` 3, ``data`` link, ``rev``,
+    ``prev`` link or null, ``sig`` 64 bytes; nothing else).
+``REPO_DID_MISMATCH``
+    the commit is for another repository than the one asked for.
+``REPO_SIGNING_KEY``
+    the DID document has no usable ``#atproto`` verification method (Multikey, or
+    the legacy ``EcdsaSecp256k1VerificationKey2019`` / ``EcdsaSecp256r1…``, for
+    secp256k1 or NIST P-256; AT Protocol "DID" spec).
+``REPO_BAD_SIGNATURE``
+    ``sig`` does not verify over the DAG-CBOR encoding of the commit without
+    ``sig`` (ECDSA with SHA-256, 64-byte compact ``r ‖ s``, low-S only; the
+    "Cryptography" spec § ECDSA Signature Malleability). Checked by
+    ``atproto_crypto`` (on ``cryptography``).
+``REPO_MST_PROOF``
+    the Merkle Search Tree path from the commit's ``data`` to the key: a node
+    missing from the CAR, malformed (``l``, ``e`` entries of ``p`` prefix length,
+    ``k`` key suffix, ``v`` value, ``t`` subtree), keys out of order, a key on the
+    wrong layer (layer = leading zero bits of sha2-256(key) in 2-bit chunks), a
+    subtree not below its parent's layer, the path deeper than ``max_depth``, or
+    the record block missing.
+``REPO_RECORD_INVALID``
+    the record block is not a data-model map (decoded strictly, nesting at most
+    ``max_record_depth``) in its one canonical DAG-CBOR encoding.
+
+When the verified tree proves the key absent, :func:`verify_record_proof` returns
+``None`` (the caller raises :class:`~.errors.RecordNotFoundError`).
+
+Everything is bounded: the CAR by ``max_bytes`` (default :data:`MAX_CAR_BYTES`,
+2 MiB; a proof is a few KiB), the number of blocks by ``max_blocks`` (default
+:data:`MAX_BLOCKS`, 512), the MST path by ``max_depth`` (default
+:data:`MAX_MST_DEPTH`, 64 nodes) and record nesting by ``max_record_depth`` (default
+:data:`~.cid.MAX_DEPTH`, 128). Work is linear in the CAR's size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from .cid import (
+    MAX_DEPTH,
+    DataModelError,
+    Link,
+    cid_to_str,
+    dag_cbor,
+    decode_dag_cbor,
+    to_json,
+)
+from .errors import RecordVerificationError
+
+__all__ = [
+    "MAX_BLOCKS",
+    "MAX_CAR_BYTES",
+    "MAX_MST_DEPTH",
+    "Car",
+    "VerifiedRecord",
+    "mst_layer",
+    "parse_car",
+    "signing_key",
+    "verify_commit",
+    "verify_record_proof",
+]
+
+MAX_CAR_BYTES = 2 * 1024 * 1024
+"""Default cap on the size of a ``sync.getRecord`` CAR, in bytes (2 MiB)."""
+MAX_BLOCKS = 512
+"""Default cap on the number of blocks in a proof CAR."""
+MAX_MST_DEPTH = 64
+"""Default cap on the number of MST nodes on the path from the root to a key."""
+
+_SHA256_CID_PREFIX = bytes((0x01, 0x71, 0x12, 0x20))
+"""CIDv1, dag-cbor (0x71), sha2-256 (0x12), 32-byte digest: every repository block."""
+_COMMIT_FIELDS = {"did", "version", "data", "rev", "prev", "sig"}
+
+
+def _fail(uri: str, rule: str, why: str) -> RecordVerificationError:
+    return RecordVerificationError(uri, why, rule=rule)
+
+
+@dataclass(frozen=True)
+class Car:
+    """A parsed, hash-checked CAR: ``root`` (binary CID) and ``blocks`` (binary CID →
+    block bytes)."""
+
+    root: bytes
+    blocks: dict[bytes, bytes]
+
+
+@dataclass(frozen=True)
+class VerifiedRecord:
+    """A record proven by its repository: ``cid`` and ``value`` (JSON form) of the
+    record, ``commit`` (CID of the signed commit) and its ``rev``."""
+
+    cid: str
+    value: dict[str, Any]
+    commit: str
+    rev: str
+
+
+def _varint(data: bytes, pos: int, uri: str) -> tuple[int, int]:
+    n = shift = 0
+    for i in range(9):
+        if pos + i >= len(data):
+            raise _fail(uri, "REPO_CAR_INVALID", f"truncated varint at byte {pos}")
+        b = data[pos + i]
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            if b == 0 and i > 0:
+                raise _fail(uri, "REPO_CAR_INVALID", f"non-minimal varint at {pos}")
+            return n, pos + i + 1
+    raise _fail(uri, "REPO_CAR_INVALID", f"varint longer than 9 bytes at byte {pos}")
+
+
+def parse_car(
+    data: bytes,
+    *,
+    uri: str = "",
+    max_bytes: int = MAX_CAR_BYTES,
+    max_blocks: int = MAX_BLOCKS,
+) -> Car:
+    """Parse a CAR v1 file with one root and check every block against its CID
+    (CIDv1, dag-cbor, sha2-256). Raises :class:`RecordVerificationError`
+    (``REPO_CAR_INVALID``, ``REPO_BLOCK_CID``) naming ``uri``."""
+    if len(data) > max_bytes:
+        raise _fail(
+            uri, "REPO_CAR_INVALID", f"CAR is over {max_bytes} bytes ({len(data)})"
+        )
+    size, pos = _varint(data, 0, uri)
+    if size > len(data) - pos:
+        raise _fail(uri, "REPO_CAR_INVALID", "CAR header runs past the end")
+    try:
+        header = decode_dag_cbor(data[pos : pos + size], max_depth=2)
+    except DataModelError as exc:
+        raise _fail(uri, "REPO_CAR_INVALID", f"CAR header: {exc}") from None
+    roots = header.get("roots") if isinstance(header, dict) else None
+    if (
+        not isinstance(header, dict)
+        or set(header) != {"roots", "version"}
+        or header["version"] != 1
+        or not isinstance(roots, list)
+        or len(roots) != 1
+        or not isinstance(roots[0], Link)
+    ):
+        raise _fail(
+            uri, "REPO_CAR_INVALID", "CAR header is not {version: 1, roots: [one CID]}"
+        )
+    root = roots[0].raw
+    pos += size
+    blocks: dict[bytes, bytes] = {}
+    count = 0
+    while pos < len(data):
+        count += 1
+        if count > max_blocks:
+            raise _fail(uri, "REPO_CAR_INVALID", f"CAR has over {max_blocks} blocks")
+        start = pos
+        size, pos = _varint(data, pos, uri)
+        if size < 36 or size > len(data) - pos:
+            raise _fail(
+                uri, "REPO_CAR_INVALID", f"CAR section at byte {start} is truncated"
+            )
+        cid, block = data[pos : pos + 36], data[pos + 36 : pos + size]
+        pos += size
+        if cid[:4] != _SHA256_CID_PREFIX:
+            raise _fail(
+                uri,
+                "REPO_CAR_INVALID",
+                f"block at byte {start}: CID is not CIDv1 dag-cbor sha2-256",
+            )
+        if hashlib.sha256(block).digest() != cid[4:]:
+            raise _fail(
+                uri,
+                "REPO_BLOCK_CID",
+                f"block at byte {start} does not hash to its CID {cid_to_str(cid)}",
+            )
+        if blocks.setdefault(cid, block) != block:  # pragma: no cover - sha-256
+            raise _fail(uri, "REPO_BLOCK_CID", f"two blocks for {cid_to_str(cid)}")
+    if root not in blocks:
+        raise _fail(uri, "REPO_CAR_INVALID", "CAR lacks its root (commit) block")
+    return Car(root=root, blocks=blocks)
+
+
+def signing_key(doc: dict[str, Any], did: str, *, uri: str = "") -> str:
+    """The ``did:key`` of the ``#atproto`` signing key in a DID document (its
+    ``verificationMethod`` with id ``#atproto`` or ``{did}#atproto``; type
+    ``Multikey`` or the legacy secp256k1 / P-256 2019 types, ``publicKeyMultibase``).
+    Raises :class:`RecordVerificationError` (``REPO_SIGNING_KEY``)."""
+    from atproto_crypto.did import (  # type: ignore[import-untyped]
+        get_did_key,
+        parse_did_key,
+    )
+
+    methods = doc.get("verificationMethod")
+    for method in methods if isinstance(methods, list) else []:
+        if not isinstance(method, dict) or method.get("id") not in (
+            "#atproto",
+            f"{did}#atproto",
+        ):
+            continue
+        kind, key = method.get("type"), method.get("publicKeyMultibase")
+        if not isinstance(kind, str) or not isinstance(key, str):
+            break
+        try:
+            did_key: str | None = get_did_key(kind, key)
+            if did_key is not None:
+                parse_did_key(did_key)  # secp256k1 or P-256, a point on the curve
+        except Exception:  # noqa: BLE001 - any malformed key is one finding
+            did_key = None
+        if did_key is not None:
+            return did_key
+        raise _fail(
+            uri,
+            "REPO_SIGNING_KEY",
+            f"the #atproto key of {did} ({kind}) is not a secp256k1 or P-256 key",
+        )
+    raise _fail(
+        uri, "REPO_SIGNING_KEY", f"the DID document of {did} has no #atproto key"
+    )
+
+
+def _block(car: Car, cid: bytes, uri: str, rule: str, what: str) -> Any:
+    block = car.blocks.get(cid)
+    if block is None:
+        raise _fail(uri, rule, f"the proof lacks the {what} block {cid_to_str(cid)}")
+    try:
+        return decode_dag_cbor(block, max_depth=4)
+    except DataModelError as exc:
+        raise _fail(uri, rule, f"{what} {cid_to_str(cid)}: {exc}") from None
+
+
+def verify_commit(car: Car, did: str, key: str, *, uri: str = "") -> dict[str, Any]:
+    """Check the CAR's root commit: a v3 commit of ``did`` signed by ``key`` (a
+    ``did:key``). Returns the commit. Raises :class:`RecordVerificationError`
+    (``REPO_COMMIT_INVALID``, ``REPO_DID_MISMATCH``, ``REPO_BAD_SIGNATURE``)."""
+    from atproto_crypto.verify import (  # type: ignore[import-untyped]
+        verify_signature,
+    )
+
+    commit = _block(car, car.root, uri, "REPO_COMMIT_INVALID", "commit")
+    if (
+        not isinstance(commit, dict)
+        or set(commit) != _COMMIT_FIELDS
+        or commit["version"] != 3
+        or not isinstance(commit["did"], str)
+        or not isinstance(commit["data"], Link)
+        or not isinstance(commit["rev"], str)
+        or not (commit["prev"] is None or isinstance(commit["prev"], Link))
+        or not isinstance(commit["sig"], bytes)
+    ):
+        raise _fail(
+            uri,
+            "REPO_COMMIT_INVALID",
+            "root block is not a v3 repository commit (did, version 3, data, rev, "
+            "prev, sig)",
+        )
+    if commit["did"] != did:
+        raise _fail(
+            uri,
+            "REPO_DID_MISMATCH",
+            f"the commit is for {commit['did']!r}, not {did}",
+        )
+    sig = commit["sig"]
+    unsigned = {k: v for k, v in commit.items() if k != "sig"}
+    try:
+        valid = len(sig) == 64 and verify_signature(key, dag_cbor(unsigned), sig)
+    except Exception:  # noqa: BLE001 - a malformed signature is not a valid one
+        valid = False
+    if not valid:
+        raise _fail(
+            uri,
+            "REPO_BAD_SIGNATURE",
+            f"commit {cid_to_str(car.root)} is not signed by the #atproto key of "
+            f"{did} ({key})",
+        )
+    return commit
+
+
+def mst_layer(key: bytes) -> int:
+    """The MST layer of ``key``: leading zero bits of sha2-256(key) counted in 2-bit
+    chunks (AT Protocol "Repository" spec § MST Structure; fanout 4)."""
+    zeros = 0
+    for b in hashlib.sha256(key).digest():
+        if b == 0:
+            zeros += 4
+            continue
+        zeros += (b < 64) + (b < 16) + (b < 4)
+        break
+    return zeros
+
+
+def _node(
+    car: Car, cid: bytes, uri: str
+) -> tuple[list[tuple[bytes, Link, Link | None]], Link | None]:
+    """(entries as (full key, value link, subtree link or None), left link or None)."""
+    node = _block(car, cid, uri, "REPO_MST_PROOF", "MST node")
+    bad = _fail(uri, "REPO_MST_PROOF", f"MST node {cid_to_str(cid)} is malformed")
+    if (
+        not isinstance(node, dict)
+        or set(node) != {"l", "e"}
+        or not isinstance(node["e"], list)
+        or not (node["l"] is None or isinstance(node["l"], Link))
+    ):
+        raise bad
+    entries: list[tuple[bytes, Link, Link | None]] = []
+    prev = b""
+    for entry in node["e"]:
+        if (
+            not isinstance(entry, dict)
+            or set(entry) != {"p", "k", "v", "t"}
+            or not isinstance(entry["p"], int)
+            or not 0 <= entry["p"] <= len(prev)
+            or not isinstance(entry["k"], bytes)
+            or not isinstance(entry["v"], Link)
+            or not (entry["t"] is None or isinstance(entry["t"], Link))
+        ):
+            raise bad
+        key = prev[: entry["p"]] + entry["k"]
+        if entries and key <= prev:
+            raise _fail(
+                uri, "REPO_MST_PROOF", f"MST node {cid_to_str(cid)}: keys out of order"
+            )
+        entries.append((key, entry["v"], entry["t"]))
+        prev = key
+    return entries, node["l"]
+
+
+def _find(car: Car, data: Link, key: bytes, uri: str, max_depth: int) -> Link | None:
+    cid: Link | None = data
+    above: int | None = None
+    for depth in range(max_depth):
+        assert cid is not None
+        entries, left = _node(car, cid.raw, uri)
+        if not entries:
+            if depth == 0 and left is None:
+                return None  # the empty repository
+            raise _fail(uri, "REPO_MST_PROOF", f"empty MST node {cid_to_str(cid.raw)}")
+        layers = {mst_layer(k) for k, _, _ in entries}
+        layer = layers.pop()
+        if layers or (above is not None and layer >= above):
+            raise _fail(
+                uri,
+                "REPO_MST_PROOF",
+                f"MST node {cid_to_str(cid.raw)} holds keys of the wrong layer",
+            )
+        subtree = left
+        for k, value, right in entries:
+            if k == key:
+                return value
+            if key < k:
+                break
+            subtree = right
+        if subtree is None:
+            return None
+        if layer == 0:
+            raise _fail(uri, "REPO_MST_PROOF", "MST node on layer 0 has a subtree")
+        cid, above = subtree, layer
+    raise _fail(uri, "REPO_MST_PROOF", f"MST path is deeper than {max_depth} nodes")
+
+
+def verify_record_proof(
+    car_bytes: bytes,
+    *,
+    did: str,
+    collection: str,
+    rkey: str,
+    key: str,
+    uri: str | None = None,
+    max_bytes: int = MAX_CAR_BYTES,
+    max_blocks: int = MAX_BLOCKS,
+    max_depth: int = MAX_MST_DEPTH,
+    max_record_depth: int = MAX_DEPTH,
+) -> VerifiedRecord | None:
+    """Verify a ``com.atproto.sync.getRecord`` CAR for ``at://{did}/{collection}/
+    {rkey}`` against ``key`` (the repository's ``did:key``, :func:`signing_key`).
+
+    Returns the record, or ``None`` when the signed tree proves it absent. Raises
+    :class:`RecordVerificationError` with the rule of the first failed check (see
+    the module docstring) naming the AT-URI. Limits as in the module docstring."""
+    uri = uri or f"at://{did}/{collection}/{rkey}"
+    car = parse_car(car_bytes, uri=uri, max_bytes=max_bytes, max_blocks=max_blocks)
+    commit = verify_commit(car, did, key, uri=uri)
+    found = _find(car, commit["data"], f"{collection}/{rkey}".encode(), uri, max_depth)
+    if found is None:
+        return None
+    block = car.blocks.get(found.raw)
+    if block is None:
+        raise _fail(
+            uri,
+            "REPO_MST_PROOF",
+            f"the proof lacks the record block {cid_to_str(found.raw)}",
+        )
+    try:
+        value = decode_dag_cbor(block, max_depth=max_record_depth)
+    except DataModelError as exc:
+        raise _fail(uri, "REPO_RECORD_INVALID", f"record block: {exc}") from None
+    if not isinstance(value, dict):
+        raise _fail(uri, "REPO_RECORD_INVALID", "record is not a map")
+    if dag_cbor(value) != block:
+        raise _fail(
+            uri, "REPO_RECORD_INVALID", "record block is not canonical DAG-CBOR"
+        )
+    return VerifiedRecord(
+        cid=cid_to_str(found.raw),
+        value=to_json(value),
+        commit=cid_to_str(car.root),
+        rev=commit["rev"],
+    )
