@@ -29,7 +29,19 @@ from typing import IO, Self
 
 import httpx
 
-__all__ = ["Account", "LocalNetwork", "LocalNetworkError", "free_port", "install_dir"]
+__all__ = [
+    "LOOPBACK_ENV",
+    "Account",
+    "LocalNetwork",
+    "LocalNetworkError",
+    "free_port",
+    "install_dir",
+]
+
+LOOPBACK_ENV = "ATDATA_RUNTIME_INSECURE_LOOPBACK"
+"""The runtime's test-only switch that lets URLs from the network use ``http`` and
+loopback hosts (``atdata_runtime.net.fetch.INSECURE_LOOPBACK_ENV``); set while a
+:class:`LocalNetwork` runs."""
 
 _HERE = Path(__file__).resolve().parent
 _REPO = _HERE.parents[3]
@@ -161,6 +173,7 @@ class LocalNetwork:
         assert work is not None
         net = cls(root, work, timeout)
         net._owned = owned
+        net._enable_loopback()
         try:
             net._plc = net._spawn("PLC", "plc.cjs", str(net.plc_port))
             net._plc.wait_ready(timeout)
@@ -171,6 +184,19 @@ class LocalNetwork:
         return net
 
     _owned = False
+    _loopback_was: str | None = None
+    _loopback_set = False
+
+    def _enable_loopback(self) -> None:
+        """Turn on the runtime's test-only loopback mode
+        (``ATDATA_RUNTIME_INSECURE_LOOPBACK=1``, see ``atdata_runtime.net.fetch``)
+        in ``os.environ`` while this network runs: the DID documents of the local
+        PLC name ``http://localhost:<port>`` as the PDS, which the runtime
+        otherwise refuses as a URL from the network. Child processes (CLI tests)
+        inherit it. :meth:`stop` restores the previous value."""
+        self._loopback_was = os.environ.get(LOOPBACK_ENV)
+        os.environ[LOOPBACK_ENV] = "1"
+        self._loopback_set = True
 
     def _pds_env(self) -> dict[str, str]:
         data = self.workdir / "pds"
@@ -246,6 +272,12 @@ class LocalNetwork:
         for proc in (self._pds, self._plc):
             if proc is not None:
                 proc.stop()
+        if self._loopback_set:
+            self._loopback_set = False
+            if self._loopback_was is None:
+                os.environ.pop(LOOPBACK_ENV, None)
+            else:
+                os.environ[LOOPBACK_ENV] = self._loopback_was
         if self._owned:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
