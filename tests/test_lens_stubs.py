@@ -1,7 +1,8 @@
 """Lens records → typed stub modules (``lenses/``): the stubs type-check, bind to
 an installed implementation (signature checked, also across two generated packages
-of the same schema), say what to install when it is missing, refuse standard
-library names, and a v1 dataset reads as v2 through a bound record lens."""
+of the same schema), say what to install when it is missing, bind only allowlisted packages
+(``ATDATA_LENS_PACKAGES`` here), refuse standard library names, and a v1 dataset
+reads as v2 through a bound record lens."""
 
 from __future__ import annotations
 
@@ -19,7 +20,12 @@ from typing import Any
 import numpy as np
 import pytest
 from atdata_runtime.lenses import GET_PUT, LensGraph, check_lens_laws
-from atdata_runtime.lenses.records import CodeReference, LensBindingError, RecordLens
+from atdata_runtime.lenses.records import (
+    CodeReference,
+    LensBindingError,
+    LensBindRefused,
+    RecordLens,
+)
 from atdata_runtime.shards import Dataset, write_samples
 
 from .conftest import ROOT, compile_to
@@ -76,6 +82,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                 del sys.modules[name]
 
 
+@pytest.fixture(autouse=True)
+def allowlisted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The implementations' packages on the lens allowlist (read at bind time)."""
+    monkeypatch.setenv("ATDATA_LENS_PACKAGES", "lab_lenses, mine, other")
+
+
 def _stub(name: str) -> ModuleType:
     return importlib.import_module(f"labgen.lenses.{name}")
 
@@ -97,6 +109,9 @@ def test_stub_binds_to_installed_implementation(built: Path) -> None:
     where = stub.binding.where
     assert where["getter"].startswith("lab_lenses.image:v1_to_v2 (")
     assert str(built / "lab_lenses" / "image.py") in where["getter"]
+    assert where["getter"].endswith(
+        "; not from an installed distribution — commit not verified"
+    )
     assert where["putter"].startswith("lab_lenses.image:v1_to_v2_put (")
     samples = [_v1(i) for i in range(4)]
     check_lens_laws(stub.lens, samples, laws=(GET_PUT,), max_examples=30)
@@ -144,11 +159,33 @@ def test_same_package_implementation_binds_without_conversion(built: Path) -> No
     assert rl._get is mine.v1_to_v2.getter  # no conversion layer
 
 
+def test_package_off_the_allowlist_is_refused_before_lookup(
+    built: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ATDATA_LENS_PACKAGES")
+    stub = _stub("image_v1_to_v2")
+    rl = RecordLens(
+        stub.Source,
+        stub.Target,
+        stub.GETTER_CODE,
+        stub.PUTTER_CODE,
+        name="fresh",
+        record="at://fresh",
+    )
+    with pytest.raises(LensBindRefused) as err:
+        rl.bind()
+    assert err.value.rule == "LENS_BIND_REFUSED"
+    assert "top-level package 'lab_lenses' is not on the lens allowlist" in str(
+        err.value
+    )
+    assert rl.bind(allow=["lab_lenses"])  # retried after a refusal
+
+
 def test_standard_library_and_other_languages_never_bind(built: Path) -> None:
     with pytest.raises(LensBindingError, match=r"standard-library.*LENS_BIND_REFUSED"):
         _record_lens("os:system").bind()
     rl = _record_lens("mine:v1_to_v2", language="rust")
-    with pytest.raises(NotImplementedError, match="written in rust"):
+    with pytest.raises(NotImplementedError, match="written in 'rust'"):
         rl.get(_v1(0))
 
 

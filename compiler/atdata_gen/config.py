@@ -2,7 +2,9 @@
 
 Keys: ``sources`` (list of paths), ``out`` (directory that receives the package),
 ``package`` (import name), ``externals``, ``include``, ``exclude``, ``schemas`` and
-``lenses`` (AT-URIs to pin), and the ``check`` sub-table
+``lenses`` (AT-URIs to pin), ``lens-packages`` (the top-level packages lens records
+may bind to; read by the runtime too, :mod:`atdata_runtime.lenses.records`), and the
+``check`` sub-table
 (``[tool.atdata-gen.check]``, see :mod:`atdata_gen.checks.policy`).
 
 Discovery (as ruff and pytest do it): the nearest ``pyproject.toml`` in the current
@@ -53,6 +55,7 @@ CONFIG_KEYS = (
     "exclude",
     "schemas",
     "lenses",
+    "lens-packages",
     "check",
 )
 """The keys of ``[tool.atdata-gen]``."""
@@ -149,11 +152,35 @@ class Config:
     """Remote schema records (AT-URIs) to pin in ``atdata-gen.lock``."""
     lenses: list[str] = field(default_factory=list)
     """Remote lens records (AT-URIs) to pin (with their schemas) and emit stubs for."""
+    lens_packages: list[str] = field(default_factory=list)
+    """``lens-packages``: the lens allowlist, top-level package names that generated
+    lens stubs may bind lens records to (each an identifier, no dot, no dunder, not a
+    standard-library name); the runtime reads the same key."""
     check: dict[str, Any] = field(default_factory=dict)
     """The raw ``[tool.atdata-gen.check]`` table (parsed by
     :class:`atdata_gen.checks.policy.CheckPolicy`; its keys are already checked)."""
     file: TomlFile = field(default_factory=lambda: TomlFile("pyproject.toml"))
     """The ``pyproject.toml`` it was read from (for located messages)."""
+
+
+def _lens_packages(names: list[str], value: Any) -> list[str]:
+    """``lens-packages`` checked by the runtime's own rule
+    (:func:`atdata_runtime.lenses.records.lens_package_problem`: an identifier, no
+    dot, no dunder, no standard-library or tool name); each bad entry is reported
+    through ``value`` (a located ``CONFIG_VALUE``); the valid ones are kept,
+    deduplicated, in order. The runtime is imported only when the key is set."""
+    if not names:
+        return []
+    from atdata_runtime.lenses.records import lens_package_problem
+
+    kept: list[str] = []
+    for n in names:
+        problem = lens_package_problem(n)
+        if problem:
+            value("lens-packages", f"entry {n!r} {problem}")
+        elif n not in kept:
+            kept.append(n)
+    return kept
 
 
 def find_pyproject(start: Path) -> Path | None:
@@ -261,6 +288,7 @@ def load_config(directory: Path) -> Config:
         exclude=strings("exclude"),
         schemas=strings("schemas"),
         lenses=strings("lenses"),
+        lens_packages=_lens_packages(strings("lens-packages"), value),
         check=check,
         file=file,
     )
