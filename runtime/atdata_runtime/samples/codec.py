@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import struct
+import sys
 import typing
 import warnings
 from collections.abc import Iterable
@@ -38,6 +39,7 @@ import msgpack  # type: ignore[import-untyped]
 import numpy as np
 from numpy.typing import NDArray
 
+from .errors import SampleFormatError
 from .ndarray import (
     ArrayFormatError,
     BufferLike,
@@ -47,7 +49,10 @@ from .ndarray import (
 )
 
 __all__ = [
+    "DECODED_FACTOR",
+    "DECODED_SLACK_BYTES",
     "ENCODINGS",
+    "MAX_VALUE_DEPTH",
     "RESERVED_NAMES",
     "EncodedBlob",
     "FieldSpec",
@@ -71,27 +76,28 @@ masked), ``"error"`` :class:`SampleFormatError` naming the sample."""
 _LARGE: Final = 1 << 16
 """Payloads (or array totals) from this size take the zero-copy paths."""
 
+DECODED_FACTOR: int = 8
+DECODED_SLACK_BYTES: int = 32 << 20
+"""The decoded-size budget of a payload of ``n >= 64 KiB`` bytes: its maps and
+arrays may take at most ``DECODED_SLACK_BYTES + DECODED_FACTOR * n`` bytes of
+Python objects (``sys.getsizeof`` of each container; 32 MiB + 8 × the payload by
+default). msgpack's per-container limits (``max_map_len`` ... below) cannot bound
+that: one byte (``0x80``, an empty map) decodes to a 64-byte dict, so 15 MiB of
+empty maps would take over 1 GiB. Smaller payloads are not counted (at most ~72×
+of 64 KiB). Over budget is a :class:`SampleFormatError` with rule
+``SAMPLE_TOO_LARGE``; raise these module attributes for samples that really hold
+that many tiny lists (numpy arrays are zero-copy views and cost nothing here)."""
+
+MAX_VALUE_DEPTH: Final = 32
+"""Maps and arrays nest at most this deep in a payload key the class does not
+declare (a declared field nests as deep as its type says): deeper data could be
+read but not written back (msgpack's packer stops at 511) nor hashed as a record.
+Deeper is a :class:`SampleFormatError` with rule ``SAMPLE_DEPTH``."""
+
 
 @functools.lru_cache(maxsize=256)
 def _np_dtype(name: str) -> np.dtype[Any]:
     return np.dtype(name)
-
-
-class SampleFormatError(ValueError):
-    """A payload that does not fit its sample class: a missing required field, an
-    unknown key under ``unknown="error"``, a wrong type, or an array whose dtype or
-    shape breaks the schema. Names the field and, when known, the shard member."""
-
-    def __init__(
-        self, reason: str, *, field: str | None = None, member: str | None = None
-    ) -> None:
-        self.reason, self.field, self.member = reason, field, member
-        where = []
-        if member:
-            where.append(f"member {member!r}")
-        if field:
-            where.append(f"field {field!r}")
-        super().__init__((", ".join(where) + ": " if where else "") + reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +212,160 @@ def _plain(value: Any) -> Any:
     return value
 
 
+_KIND_TYPES: Final[dict[str, tuple[type, ...]]] = {
+    "int": (int,),
+    "float": (float, int),
+    "bool": (bool,),
+    "str": (str,),
+    "bytes": (bytes,),
+    "list": (list,),
+    "ndarray": (bytes,),
+    "structured": (bytes,),
+    "encoded": (bytes,),
+}
+"""The Python types msgpack decodes (``raw=False``) that a field of each kind
+accepts. ``bool`` is not an ``int`` here (msgpack keeps them apart); a ``float``
+field takes an integer (msgpack writes ``1.0`` as a float, but a writer may send
+``1``)."""
+
+_KIND_NAMES: Final = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "a boolean",
+    "str": "a string",
+    "bytes": "bytes",
+    "list": "a list",
+    "ndarray": "array bytes",
+    "structured": "array bytes",
+    "encoded": "bytes",
+}
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, msgpack.ExtType):
+        return "an ext type"
+    return {dict: "a map", list: "a list", type(None): "nil"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _kind_error(
+    spec: FieldSpec, value: Any, path: str, member: str | None
+) -> SampleFormatError:
+    return SampleFormatError(
+        f"expected {_KIND_NAMES.get(spec.kind, spec.kind)}, got {_type_name(value)}",
+        field=path,
+        member=member,
+        rule="SAMPLE_KIND",
+    )
+
+
+_PACK_TYPES: Final[dict[str, tuple[type, ...]]] = {
+    **_KIND_TYPES,
+    "list": (list, tuple),
+}
+"""What :meth:`PackableSample.pack` accepts per kind: subclasses too (a ``StrEnum``
+member is a string), and tuples for lists (msgpack writes them as arrays)."""
+
+
+def _packable(value: Any, kind: str) -> bool:
+    return isinstance(value, _PACK_TYPES.get(kind, ())) and (
+        type(value) is not bool or kind == "bool"
+    )
+
+
+def _check_items(
+    spec: FieldSpec,
+    value: list[Any],
+    path: str,
+    member: str | None,
+    *,
+    packing: bool = False,
+) -> None:
+    """Raise :class:`SampleFormatError` (``SAMPLE_KIND``, the item's path) unless
+    every item of list field ``spec``'s ``value`` has the item kind (exactly as
+    msgpack decodes it; as :func:`_packable` when ``packing``)."""
+    items = spec.items
+    if items is None:
+        return
+    allowed = _KIND_TYPES.get(items.kind, ())
+    for i, item in enumerate(value):
+        if type(item) not in allowed and not (packing and _packable(item, items.kind)):
+            raise _kind_error(items, item, f"{path}[{i}]", member)
+        if items.kind == "list":
+            _check_items(items, item, f"{path}[{i}]", member, packing=packing)
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack ext type {code} refused (samples carry no ext types)")
+
+
+class _Budget:
+    """Counts the containers msgpack builds (its ``list_hook``/``object_hook``)
+    against :data:`DECODED_SLACK_BYTES` + :data:`DECODED_FACTOR` × payload."""
+
+    __slots__ = ("left", "limit")
+
+    def __init__(self, payload_size: int) -> None:
+        self.limit = DECODED_SLACK_BYTES + DECODED_FACTOR * payload_size
+        self.left = self.limit
+
+    def take(self, obj: Any) -> Any:
+        self.left -= sys.getsizeof(obj)
+        if self.left < 0:
+            raise _OverBudget(self.limit)
+        return obj
+
+
+class _OverBudget(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
+def _unpackb(buf: BufferLike, budget: _Budget | None = None) -> Any:
+    """``msgpack.unpackb`` with every limit set from ``len(buf)``: a string, bin or
+    array cannot be longer than the bytes that hold it, a map has at most half as
+    many entries; ext types are refused (``max_ext_len=0`` and a refusing
+    ``ext_hook``); with a ``budget``, containers are counted against it."""
+    n = len(buf)
+    if budget is None:
+        return msgpack.unpackb(
+            buf,
+            raw=False,
+            ext_hook=_refuse_ext,
+            max_ext_len=0,
+            max_str_len=n,
+            max_bin_len=n,
+            max_array_len=n,
+            max_map_len=n // 2,
+        )
+    return msgpack.unpackb(
+        buf,
+        raw=False,
+        ext_hook=_refuse_ext,
+        max_ext_len=0,
+        max_str_len=n,
+        max_bin_len=n,
+        max_array_len=n,
+        max_map_len=n // 2,
+        list_hook=budget.take,
+        object_hook=budget.take,
+    )
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether maps/arrays nest more than ``limit`` deep in ``value`` (iterative)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if type(item) is dict else item
+        stack.extend((c, depth + 1) for c in children if type(c) in (list, dict))
+    return False
+
+
 class _Codec:
     """Pack/unpack functions of one sample class, built once from its fields."""
 
@@ -233,6 +393,14 @@ class _Codec:
             if f.enum is not None or (f.items is not None and f.items.enum is not None)
         )
         self.warned: set[frozenset[str]] = set()
+        self.readers = tuple(
+            (
+                f,
+                _KIND_TYPES.get(f.kind, ()),
+                f.kind in ("list", "encoded", "ndarray", "structured"),
+            )
+            for f in self.fields
+        )
 
     # -- writing ------------------------------------------------------------------------
     def pack(self, sample: PackableSample, member: str | None = None) -> bytes:
@@ -258,6 +426,10 @@ class _Codec:
                 value = value.data
             else:
                 value = _plain(value)
+                if not _packable(value, f.kind):
+                    raise _kind_error(f, value, f.wire, member)
+                if f.kind == "list":
+                    _check_items(f, value, f.wire, member, packing=True)
                 if f.wire in self.enums:
                     f.check_enum(value, member)
             values.append((f.wire, value))
@@ -304,55 +476,67 @@ class _Codec:
         unknown: Unknown,
         validate: bool,
         copy: bool,
+        shard: str | None = None,
     ) -> PackableSample:
-        if len(payload) >= _LARGE and self.arrays:
+        try:
+            return self._unpack(payload, member, unknown, validate, copy)
+        except SampleFormatError as exc:
+            if shard is None and (member is None or exc.member):
+                raise
+            raise exc.located(member=member, shard=shard) from None
+
+    def _unpack(
+        self,
+        payload: BufferLike,
+        member: str | None,
+        unknown: Unknown,
+        validate: bool,
+        copy: bool,
+    ) -> PackableSample:
+        views: dict[str, NDArray[Any]]
+        if len(payload) >= _LARGE:
             data, views = self._unpack_large(payload, member, copy)
         else:
             try:
-                data = msgpack.unpackb(payload, raw=False)
+                data = _unpackb(payload)
             except (ValueError, msgpack.UnpackException) as exc:
                 raise SampleFormatError(
-                    f"payload is not msgpack: {exc}", member=member
+                    f"payload is not msgpack: {exc}",
+                    member=member,
+                    rule="SAMPLE_MSGPACK",
                 ) from None
             views = {}
-        if not isinstance(data, dict):
-            raise SampleFormatError("payload is not a msgpack map", member=member)
+        if type(data) is not dict:
+            raise SampleFormatError(
+                f"payload is not a msgpack map (it is {_type_name(data)})",
+                member=member,
+                rule="SAMPLE_MSGPACK",
+            )
         kwargs: dict[str, Any] = {}
-        for f in self.fields:
+        for f, allowed, special in self.readers:
             value: Any
-            if f.wire in views:
-                value = views.pop(f.wire)
-                data.pop(f.wire, None)
+            wire = f.wire
+            if wire in views:
+                value = views.pop(wire)
+                data.pop(wire, None)
             else:
-                value = data.pop(f.wire, None)
-                if value is not None and f.kind == "encoded":
-                    if not isinstance(value, bytes):
-                        raise SampleFormatError(
-                            f"expected bytes, got {type(value).__name__}",
-                            field=f.wire,
-                            member=member,
-                        )
-                    assert f.encoding is not None
-                    value = EncodedBlob(f.encoding, value)
-                elif value is not None and f.kind in ("ndarray", "structured"):
-                    if not isinstance(value, bytes | bytearray):
-                        raise SampleFormatError(
-                            f"expected array bytes, got {type(value).__name__}",
-                            field=f.wire,
-                            member=member,
-                        )
-                    try:
-                        value = decode_array(value, copy=copy)
-                    except ArrayFormatError as exc:
-                        raise exc.located(field=f.wire, member=member) from None
+                value = data.pop(wire, None)
+                if value is not None:
+                    if type(value) not in allowed:
+                        raise _kind_error(f, value, wire, member)
+                    if special:
+                        value = self._special(f, value, member, copy)
             if value is None:
                 if not f.optional:
                     raise SampleFormatError(
-                        "required field is missing", field=f.wire, member=member
+                        "required field is missing",
+                        field=wire,
+                        member=member,
+                        rule="SAMPLE_MISSING",
                     )
             elif validate and f.kind in ("ndarray", "structured"):
                 f.check_array(value, member)
-            elif validate and f.wire in self.enums:
+            elif validate and wire in self.enums:
                 f.check_enum(value, member)
             kwargs[f.name] = value
         sample = self.cls(**kwargs)
@@ -360,18 +544,48 @@ class _Codec:
             self._unknown(sample, data, unknown, member)
         return sample
 
+    @staticmethod
+    def _special(f: FieldSpec, value: Any, member: str | None, copy: bool) -> Any:
+        """A list, encoded or array field's value, checked (and decoded)."""
+        if f.kind == "list":
+            _check_items(f, value, f.wire, member)
+            return value
+        if f.kind == "encoded":
+            assert f.encoding is not None
+            return EncodedBlob(f.encoding, value)
+        try:
+            return decode_array(value, copy=copy)
+        except ArrayFormatError as exc:
+            raise exc.located(field=f.wire, member=member) from None
+
     def _unknown(
         self,
         sample: PackableSample,
-        data: dict[str, Any],
+        data: dict[Any, Any],
         unknown: Unknown,
         member: str | None,
     ) -> None:
+        for key, value in data.items():
+            if type(key) is not str:
+                raise SampleFormatError(
+                    f"map key {key!r:.60} is not a string",
+                    member=member,
+                    rule="SAMPLE_MAP_KEY",
+                )
+            if type(value) in (list, dict) and _too_deep(value, MAX_VALUE_DEPTH):
+                raise SampleFormatError(
+                    f"value nests maps/arrays more than {MAX_VALUE_DEPTH} deep",
+                    field=key,
+                    member=member,
+                    rule="SAMPLE_DEPTH",
+                )
         if unknown == "keep":
             sample.unknown_fields = data
         elif unknown == "error":
             raise SampleFormatError(
-                f"unknown field(s) {', '.join(map(repr, sorted(data)))}", member=member
+                f"unknown field(s) {', '.join(map(repr, sorted(data)))}",
+                member=member,
+                rule="SAMPLE_UNKNOWN_FIELD",
             )
         else:
             keys = frozenset(data)
@@ -380,7 +594,7 @@ class _Codec:
                 warnings.warn(
                     f"{self.cls.__name__}: dropping field(s) not in its schema: "
                     f"{', '.join(sorted(keys))} (written by a newer schema version?)",
-                    stacklevel=4,
+                    stacklevel=5,
                 )
 
     def _unpack_large(
@@ -388,15 +602,27 @@ class _Codec:
     ) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
         # Walk the top-level map by hand: array fields become views of the payload at
         # their bin value's offset (no copy at all); other values are decoded by
-        # msgpack from their own slice, found by skipping over headers.
+        # msgpack from their own slice, found by skipping over headers, with every
+        # container counted against the payload's decoded-size budget.
+        budget = _Budget(len(payload))
         view = memoryview(payload).cast("B")
         try:
+            if not self.arrays:
+                return _unpackb(view, budget), {}
             pos, n = _container_header(view, 0, map_=True)
+            if n > len(view) // 2:
+                raise ValueError(f"map of {n} entries in {len(view)} bytes")
             data: dict[str, Any] = {}
             arrays: dict[str, NDArray[Any]] = {}
             for _ in range(n):
                 end = _skip(view, pos)
-                key = msgpack.unpackb(view[pos:end], raw=False)
+                key = _unpackb(view[pos:end])
+                if type(key) is not str:
+                    raise SampleFormatError(
+                        f"map key {key!r:.60} at byte {pos} is not a string",
+                        member=member,
+                        rule="SAMPLE_MAP_KEY",
+                    )
                 pos = end
                 marker = view[pos]
                 if key in self.arrays and marker in _BIN_MARKERS:
@@ -410,13 +636,25 @@ class _Codec:
                     pos = start + length
                 else:
                     end = _skip(view, pos)
-                    data[key] = msgpack.unpackb(view[pos:end], raw=False)
+                    data[key] = _unpackb(view[pos:end], budget)
                     pos = end
             if pos != len(view):
                 raise ValueError(f"{len(view) - pos} bytes after the map")
-        except (ValueError, IndexError, struct.error, msgpack.UnpackException) as exc:
+        except _OverBudget as exc:
             raise SampleFormatError(
-                f"payload is not a msgpack map: {exc}", member=member
+                f"payload of {len(view)} bytes decodes to more than {exc.limit} bytes "
+                "of maps and arrays (codec.DECODED_SLACK_BYTES + DECODED_FACTOR × "
+                "payload)",
+                member=member,
+                rule="SAMPLE_TOO_LARGE",
+            ) from None
+        except (ValueError, IndexError, struct.error, msgpack.UnpackException) as exc:
+            if isinstance(exc, SampleFormatError):
+                raise
+            raise SampleFormatError(
+                f"payload is not a msgpack map: {exc}",
+                member=member,
+                rule="SAMPLE_MSGPACK",
             ) from None
         return data, arrays
 
@@ -693,16 +931,32 @@ class PackableSample(Generic[B_co]):
         payload: BufferLike,
         *,
         member: str | None = None,
+        shard: str | None = None,
         unknown: Unknown = "keep",
         validate: bool = False,
         copy: bool = False,
     ) -> Self:
-        """Decode one payload. ``member`` (the shard member name) is used in errors;
-        ``unknown``: keep / drop (one warning per key set) / error; ``validate``:
-        check array dtypes and shapes; ``copy``: writable arrays instead of
-        read-only views. Raises :class:`SampleFormatError` or
-        :class:`~atdata_runtime.samples.ndarray.ArrayFormatError`."""
-        sample = cls._codec().unpack(payload, member, unknown, validate, copy)
+        """Decode one payload. ``member`` (the shard member name) and ``shard`` (its
+        URL or path) are used in errors; ``unknown``: keep / drop (one warning per
+        key set) / error; ``validate``: also check array dtypes and shapes and
+        string enums against the schema; ``copy``: writable arrays instead of
+        read-only views.
+
+        Always checked, whatever ``validate`` says (cheap, and what keeps a
+        hostile payload from handing a dict to a ``str`` field): the kind of
+        every declared field (``int``, ``float``, ``bool``, ``str``, ``bytes``,
+        list items) as msgpack decodes it; no ext types; string map keys;
+        :data:`MAX_VALUE_DEPTH` for undeclared keys; msgpack's ``max_str_len``,
+        ``max_bin_len``, ``max_array_len`` (the payload size), ``max_map_len``
+        (half of it) and ``max_ext_len`` (0); from 64 KiB on, the decoded-size
+        budget :data:`DECODED_SLACK_BYTES` + :data:`DECODED_FACTOR` × size.
+
+        Raises :class:`SampleFormatError` (its ``rule`` says which check:
+        ``SAMPLE_MSGPACK``, ``SAMPLE_KIND``, ``SAMPLE_MISSING``, ``SAMPLE_MAP_KEY``,
+        ``SAMPLE_DEPTH``, ``SAMPLE_TOO_LARGE``, ``SAMPLE_UNKNOWN_FIELD``, ...) or its
+        subclass :class:`~atdata_runtime.samples.ndarray.ArrayFormatError`, naming
+        the shard, member and field path."""
+        sample = cls._codec().unpack(payload, member, unknown, validate, copy, shard)
         assert isinstance(sample, cls)
         return sample
 
