@@ -228,7 +228,7 @@ def build_cmd(
         report.finish("up-to-date", EXIT_OK, [*replay(root), *live])
 
     from .backend.format import FormatError
-    from .backend.write import apply_plan, plan_changes
+    from .backend.write import OutputLockedError, write_package
     from .pipeline import BuildOptions, build
 
     options = BuildOptions(
@@ -250,15 +250,13 @@ def build_cmd(
         report.finish("error", EXIT_ERROR, diagnostics)
         return
     files = dict(result.files)
-    if print_ is not None:
-        kept = [d for d in result.reporter if d.severity < Severity.ERROR]
-        files[MANIFEST_NAME] = manifest_text(print_, files, kept, root)
+    kept = [d for d in result.reporter if d.severity < Severity.ERROR]
+    # Always written: its `files` is what later builds may delete (ownership).
+    files[MANIFEST_NAME] = manifest_text(print_ or "", files, kept, root)
     try:
-        plan = plan_changes(root, files)
-        if not check:
-            apply_plan(plan)
-    except OutputPathError as exc:  # appeared while building
-        report.finish("error", EXIT_ERROR, [*diagnostics, _out_diagnostic(exc, out)])
+        plan = write_package(root, files, out, check=check)
+    except (OutputPathError, OutputLockedError, OSError) as exc:
+        report.finish("error", EXIT_ERROR, [*diagnostics, _write_diagnostic(exc, out)])
         return
     report.plan = plan
     if check:
@@ -294,13 +292,35 @@ def _source_overlap(root: Path, sources: Iterable[Path]) -> Diagnostic | None:
 def _out_diagnostic(exc: Any, out: Path) -> Diagnostic:
     """``OUT_NOT_DIRECTORY`` for an :class:`~atdata_gen.backend.write.OutputPathError`."""
     what = "--out" if Path(exc.path) == out else "the package path OUT/PACKAGE"
+    reason = getattr(exc, "reason", "") or "is a file, not a directory"
     return Diagnostic(
         Span(str(exc.path)),
         "OUT_NOT_DIRECTORY",
         Severity.ERROR,
-        f"{what} is a file, not a directory; atdata-gen writes the package "
-        "directory there and never renames or deletes your file (move it, or choose "
-        "another --out or --package)",
+        f"{what} {reason}; atdata-gen writes the package directory there and never "
+        "renames or deletes your file (move it, or choose another --out or --package)",
+    )
+
+
+def _write_diagnostic(exc: BaseException, out: Path) -> Diagnostic:
+    """The located error for a failed write stage: ``OUT_NOT_DIRECTORY``,
+    ``OUT_LOCKED`` (another build held the lock too long) or ``OUT_WRITE`` (an
+    ``OSError``: the path and the errno, e.g. ``ENOSPC``, ``EROFS``)."""
+    from .backend.write import OutputLockedError, OutputPathError, WriteError
+
+    if isinstance(exc, OutputPathError):
+        return _out_diagnostic(exc, out)
+    if isinstance(exc, OutputLockedError):
+        return Diagnostic(Span(str(exc.path)), "OUT_LOCKED", Severity.ERROR, str(exc))
+    if not isinstance(exc, WriteError):
+        assert isinstance(exc, OSError)
+        exc = WriteError(exc.filename or out, exc)
+    assert isinstance(exc, WriteError)
+    return Diagnostic(
+        Span(str(exc.path)),
+        "OUT_WRITE",
+        Severity.ERROR,
+        f"cannot write the package: {exc.reason}; the previous package is unchanged",
     )
 
 
