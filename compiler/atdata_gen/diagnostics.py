@@ -4,6 +4,21 @@ Every stage reports problems as :class:`Diagnostic` values into a :class:`Report
 nothing is raised for a user error until the pipeline decides to stop. Output forms:
 ``text`` (``path:line:col: severity RULE_ID message``), ``json`` (a list of objects)
 and ``github`` (GitHub Actions workflow commands).
+
+Messages quote untrusted text (Lexicon values, file names, URLs), so every form is
+made safe on output, whatever the message holds:
+
+* ``text``: control characters (C0, DEL, C1, line and paragraph separators) and
+  bidirectional overrides are shown as escapes (``\\r``, ``\\x1b``, ``\\u202e``), so
+  a value cannot start a new line (a fake diagnostic, or a workflow command that
+  GitHub Actions reads from any output line) or drive the terminal;
+* ``github``: data and properties are escaped as the Actions toolkit escapes them
+  (``@actions/core`` ``command.ts``: ``escapeData`` turns ``%``, ``\\r``, ``\\n``
+  into ``%25``, ``%0D``, ``%0A``; ``escapeProperty`` also ``:`` and ``,`` into
+  ``%3A``, ``%2C``);
+* ``json``: JSON string escapes.
+
+In all three, URLs lose their credentials (:func:`redact_urls`).
 """
 
 from __future__ import annotations
@@ -11,6 +26,8 @@ from __future__ import annotations
 import enum
 import json
 import os
+import re
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,23 +74,30 @@ class Diagnostic:
     related: tuple[Span, ...] = field(default=(), compare=False)
 
     def as_text(self) -> str:
-        text = f"{self.span}: {self.severity.label} {self.rule} {self.message}"
+        """``path:line:col: severity RULE message (at /pointer)``, one line (plus one
+        per related location); untrusted text is escaped (:func:`printable`) and
+        URLs redacted (:func:`redact_urls`)."""
+        text = (
+            f"{_safe(str(self.span))}: {self.severity.label} {self.rule} "
+            f"{_safe(self.message)}"
+        )
         if self.span.pointer:
-            text += f" (at {self.span.pointer})"
+            text += f" (at {_safe(self.span.pointer)})"
         for other in self.related:
-            text += f"\n  {other}: related location"
+            text += f"\n  {_safe(str(other))}: related location"
         return text
 
     def as_json(self) -> dict[str, object]:
+        """The diagnostic as a JSON object (URLs redacted, :func:`redact_urls`)."""
         return {
-            "path": self.span.path,
+            "path": redact_urls(self.span.path),
             "line": self.span.line,
             "column": self.span.column,
             "pointer": self.span.pointer,
             "rule": self.rule,
             "severity": self.severity.label,
-            "message": self.message,
-            "related": [str(s) for s in self.related],
+            "message": redact_urls(self.message),
+            "related": [redact_urls(str(s)) for s in self.related],
         }
 
     @classmethod
@@ -101,20 +125,156 @@ class Diagnostic:
         )
 
     def as_github(self, base: str | os.PathLike[str] | None = None) -> str:
-        """A GitHub Actions workflow command; with ``base``, a file-system path is
-        made relative to it (the repository root: annotations need
-        repository-relative paths)."""
+        """A GitHub Actions workflow command (one line, whatever the message or
+        path holds: :func:`escape_data`, :func:`escape_property`); with ``base``, a
+        file-system path is made relative to it (the repository root: annotations
+        need repository-relative paths)."""
         kind = {Severity.ERROR: "error", Severity.WARNING: "warning"}.get(
             self.severity, "notice"
         )
-        message = self.message.replace("%", "%25").replace("\n", "%0A")
+        message = self.message
+        if self.span.pointer:
+            message += f" (at {self.span.pointer})"
         path = self.span.path
         if base is not None and path:
             path = relative_to_base(path, base)
         return (
-            f"::{kind} file={path},line={self.span.line},"
-            f"col={self.span.column},title={self.rule}::{message}"
+            f"::{kind} file={escape_property(redact_urls(path))},"
+            f"line={self.span.line},col={self.span.column},"
+            f"title={escape_property(self.rule)}::"
+            f"{escape_data(redact_urls(message))}"
         )
+
+
+def escape_data(text: str) -> str:
+    """The data (message) of a GitHub Actions workflow command: ``%`` → ``%25``,
+    ``\\r`` → ``%0D``, ``\\n`` → ``%0A`` (``escapeData`` of ``@actions/core``,
+    ``src/command.ts``), so no value can end the command and start another
+    (``::add-mask::``, ``::error``)."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def escape_property(text: str) -> str:
+    """A property value (``file=``, ``title=``) of a workflow command:
+    :func:`escape_data`, and ``:`` → ``%3A``, ``,`` → ``%2C`` (``escapeProperty``
+    of ``@actions/core``), so a file name cannot add or end properties."""
+    return escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+_UNSAFE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]|\n"
+)
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (C0 but tab, DEL, C1, U+2028/U+2029) and
+    bidirectional controls (U+202A-U+202E, U+2066-U+2069) shown as Python escapes
+    (``\\n``, ``\\r``, ``\\x1b``, ``\\u202e``): one line that cannot spoof
+    another, nor move the terminal's cursor."""
+
+    def escape(m: re.Match[str]) -> str:
+        return repr(m.group())[1:-1]
+
+    return _UNSAFE.sub(escape, text)
+
+
+def _safe(text: str) -> str:
+    return printable(redact_urls(text))
+
+
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
+_SECRET_NAMES = frozenset(
+    {
+        "access_token",
+        "api-key",
+        "api_key",
+        "apikey",
+        "auth",
+        "authorization",
+        "client_secret",
+        "code",
+        "jwt",
+        "key",
+        "passwd",
+        "password",
+        "private_token",
+        "pwd",
+        "secret",
+        "session",
+        "sessionid",
+        "sig",
+        "signature",
+        "token",
+    }
+)
+_SECRET_PARTS = ("token", "secret", "password", "signature", "credential")
+_SECRET_PREFIXES = ("x-amz-", "x-goog-")
+REDACTED = "REDACTED"
+
+
+def is_secret_param(name: str) -> bool:
+    """Whether a URL query (or fragment) parameter name carries a credential:
+    ``access_token``, ``token``, ``private_token``, ``sig``, ``signature``,
+    ``key``, ``api_key``, ``code``, any ``X-Amz-*`` or ``X-Goog-*`` (pre-signed
+    S3 and GCS URLs), and any name containing ``token``, ``secret``,
+    ``password``, ``signature`` or ``credential`` (case-insensitive)."""
+    low = urllib.parse.unquote_plus(name).lower()
+    return (
+        low in _SECRET_NAMES
+        or low.startswith(_SECRET_PREFIXES)
+        or any(part in low for part in _SECRET_PARTS)
+    )
+
+
+def _redact_params(text: str, drop: bool) -> tuple[str, bool]:
+    out, changed = [], False
+    for item in text.split("&"):
+        name, eq, _ = item.partition("=")
+        if name and is_secret_param(name):
+            changed = True
+            if not drop:
+                out.append(f"{name}={REDACTED}" if eq else name)
+        else:
+            out.append(item)
+    return "&".join(out), changed
+
+
+def redact_url(url: str, *, drop: bool = False) -> str:
+    """``url`` without credentials: the user name and password (``https://u:p@h/``
+    → ``https://h/``) removed, and the value of every credential-like query or
+    fragment parameter (:func:`is_secret_param`) replaced by ``REDACTED`` (with
+    ``drop``, the parameter removed). Anything that is not a URL with a scheme
+    and ``//`` authority is returned unchanged; so are scp-like ``git@host:path``
+    addresses (the user there is the SSH account, not a secret)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return url
+    if not parts.scheme or not parts.netloc:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1] if "@" in parts.netloc else parts.netloc
+    query, q_changed = _redact_params(parts.query, drop)
+    fragment, f_changed = (
+        _redact_params(parts.fragment, drop) if "=" in parts.fragment else ("", False)
+    )
+    if netloc == parts.netloc and not q_changed and not f_changed:
+        return url
+    return urllib.parse.urlunsplit(
+        parts._replace(
+            netloc=netloc,
+            query=query,
+            fragment=fragment if f_changed else parts.fragment,
+        )
+    )
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with every URL in it passed through :func:`redact_url`: what every
+    diagnostic output form applies to paths and messages, so a ``user:pass@`` or
+    ``?access_token=`` never reaches a terminal, a log or a CI annotation."""
+    if "://" not in text:
+        return text
+    return _URL.sub(lambda m: redact_url(m.group()), text)
 
 
 def relative_to_base(path: str, base: str | os.PathLike[str]) -> str:
@@ -253,6 +413,27 @@ STAGE_RULES: dict[str, tuple[str, str]] = {
         "An object repeats a key (a value would be lost).",
     ),
     "SRC_INVALID_UNICODE": ("load", "A string holds a lone UTF-16 surrogate escape."),
+    "SRC_NOT_REGULAR": (
+        "load",
+        "A source is a FIFO, device or socket, not a regular file (never read).",
+    ),
+    "SRC_TOO_LARGE": ("load", "A source file is larger than 8 MiB (never read)."),
+    "SRC_GENERATED": (
+        "load",
+        "A source named explicitly is a generated package's .atdata-gen.json.",
+    ),
+    "SRC_JSON_TOO_DEEP": (
+        "load",
+        "JSON nesting deeper than 64 levels (checked before parsing).",
+    ),
+    "SRC_FLOAT": (
+        "load",
+        "A float (NaN, Infinity, -0.0, 1.5, 1e400): the data model has integers only.",
+    ),
+    "SRC_INTEGER_RANGE": (
+        "load",
+        "An integer outside signed 64-bit (atproto data model).",
+    ),
     # parse (atdata_gen.frontend.lexicon)
     "LEX_NOT_OBJECT": ("parse", "A document, def or body is not a JSON object."),
     "LEX_VERSION": ("parse", "'lexicon' is not the integer 1."),
@@ -303,6 +484,10 @@ STAGE_RULES: dict[str, tuple[str, str]] = {
     "SCHEMA_FIELD": ("parse", "A field of a schema record has a malformed type."),
     "SCHEMA_NAME": ("parse", "A schema name is not a dotted identifier."),
     "SCHEMA_VERSION": ("parse", "A schema version is not semver 2.0.0."),
+    "NAME_TOO_LONG": (
+        "parse",
+        "A schema/lens name or version is too long for its Lexicon or a file name.",
+    ),
     "SCHEMA_RECORD_VERSION": (
         "parse",
         "atdataSchemaVersion is not a version this compiler reads.",

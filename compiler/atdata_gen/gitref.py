@@ -13,7 +13,8 @@ what would make the reference a lie:
   a lambda) (``GIT_NOT_IMPORTABLE``).
 
 The repository URL is the remote's fetch URL with any credentials removed (an
-``https://user:token@host/…`` URL never reaches a record). Git is run as a
+``https://user:token@host/…`` URL, or one with ``?access_token=…``, never reaches a
+record: :func:`strip_credentials`). Git is run as a
 subprocess (``git`` on ``PATH``); nothing here writes to the repository.
 """
 
@@ -21,20 +22,23 @@ from __future__ import annotations
 
 import inspect
 import subprocess
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .diagnostics import redact_url, redact_urls
 
 __all__ = ["GitRefError", "SourceRef", "code_reference", "strip_credentials"]
 
 
 class GitRefError(ValueError):
-    """A code reference cannot be made honestly; ``rule`` says why (``GIT_*``)."""
+    """A code reference cannot be made honestly; ``rule`` says why (``GIT_*``).
+    URLs in the message (git's own output included) carry no credentials
+    (:func:`atdata_gen.diagnostics.redact_urls`)."""
 
     def __init__(self, rule: str, message: str) -> None:
         self.rule = rule
-        super().__init__(f"{message} [{rule}]")
+        super().__init__(f"{redact_urls(message)} [{rule}]")
 
 
 @dataclass(frozen=True)
@@ -72,14 +76,14 @@ def _git(cwd: Path, *args: str) -> str:
 
 
 def strip_credentials(url: str) -> str:
-    """``url`` without a user name or password (``https://u:t@h/r`` →
-    ``https://h/r``); scp-like ``git@host:path`` URLs are kept (the user there is
-    the SSH account, not a secret)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme and "@" in parts.netloc:
-        host = parts.netloc.rsplit("@", 1)[1]
-        return urllib.parse.urlunsplit(parts._replace(netloc=host))
-    return url
+    """``url`` without credentials, as it may be published: no user name or
+    password (``https://u:t@h/r`` → ``https://h/r``) and no credential-like query or
+    fragment parameter (``access_token``, ``token``, ``private_token``, ``sig``,
+    ``signature``, ``key``, ``api_key``, ``X-Amz-*``…:
+    :func:`atdata_gen.diagnostics.is_secret_param`), which are dropped. scp-like
+    ``git@host:path`` addresses are kept (the user there is the SSH account, not a
+    secret)."""
+    return redact_url(url, drop=True)
 
 
 def code_reference(fn: Any, *, remote: str | None = None) -> SourceRef:

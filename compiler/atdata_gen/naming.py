@@ -17,12 +17,16 @@ import sys
 from collections.abc import Callable, Sequence
 
 __all__ = [
+    "MAX_MODULE_NAME",
+    "WINDOWS_RESERVED",
     "Scope",
     "constant_name",
     "field_names",
     "module_name",
+    "module_stem",
     "package_name_problem",
     "pascal_case",
+    "sample_module_stem",
     "snake_case",
 ]
 
@@ -108,13 +112,60 @@ def constant_name(name: str) -> str:
     return f"T_{out}" if out[0].isdigit() else out
 
 
+WINDOWS_RESERVED = frozenset(
+    {"con", "prn", "aux", "nul"}
+    | {f"com{i}" for i in range(10)}
+    | {f"lpt{i}" for i in range(10)}
+)
+"""File names Windows reserves for devices, with any extension and in any case
+(``con.py``, ``AUX``, ``lpt1.pyi``): Microsoft, "Naming Files, Paths, and
+Namespaces", § Naming Conventions (CON, PRN, AUX, NUL, COM0-COM9, LPT0-LPT9; the
+superscript-digit forms cannot occur, names here are ASCII). A module or package
+named so cannot be written or imported on Windows."""
+
+MAX_MODULE_NAME = 200
+"""Longest module or package name (characters, all ASCII) the compiler derives
+from a name in its input. A file name may have 255 bytes (``NAME_MAX`` of Linux
+and macOS file systems, and NTFS); 200 leaves room for a ``_2`` collision suffix,
+``.py`` and the byte-code cache's ``.cpython-3XX.pyc``. A longer one is reported
+(``NAME_TOO_LONG``), never truncated."""
+
+
+def _escape_module(out: str) -> str:
+    """``out`` with ``_`` appended when it is a keyword, a soft keyword or a
+    Windows-reserved device name (case-insensitively): deterministic, and it
+    never changes any other name."""
+    if (
+        keyword.iskeyword(out)
+        or keyword.issoftkeyword(out)
+        or out.lower() in WINDOWS_RESERVED
+    ):
+        return f"{out}_"
+    return out
+
+
 def module_name(segment: str) -> str:
     """One NSID segment → a module or package name (``getTimeline`` →
-    ``get_timeline``; ``8`` → ``n8``; ``import`` → ``import_``)."""
+    ``get_timeline``; ``8`` → ``n8``; ``import`` → ``import_``; the Windows device
+    names of :data:`WINDOWS_RESERVED` too: ``con`` → ``con_``, ``lpt1`` →
+    ``lpt1_``)."""
     out = snake_case(segment)
     if out.startswith("f_") and segment[:1].isdigit():
         out = "n" + out[2:]
-    return f"{out}_" if keyword.iskeyword(out) or keyword.issoftkeyword(out) else out
+    return _escape_module(out)
+
+
+def module_stem(name: str) -> str:
+    """A free-form name (a schema or lens name, a version) → a module name: snake
+    case, escaped like :func:`module_name` (keywords, :data:`WINDOWS_RESERVED`).
+    The result may be longer than :data:`MAX_MODULE_NAME`; callers check."""
+    return _escape_module(snake_case(name))
+
+
+def sample_module_stem(name: str, version: str) -> str:
+    """The module name of a sample schema's version: ``image_sample_v1_0_0`` for
+    ``ImageSample`` 1.0.0 (before collision suffixes)."""
+    return f"{snake_case(name)}_v{re.sub(r'[^0-9A-Za-z]+', '_', version)}"
 
 
 SAMPLE_RESERVED = frozenset(
@@ -264,6 +315,15 @@ def package_name_problem(name: str, *, generated: bool = True) -> str | None:
     top = name.split(".")[0]
     if not generated:
         return None
+    for part in name.split("."):
+        if part.lower() in WINDOWS_RESERVED:
+            return (
+                f"segment {part!r} is a device name Windows reserves (CON, PRN, "
+                "AUX, NUL, COM0-COM9, LPT0-LPT9): the package could not be "
+                "written or imported there"
+            )
+        if len(part) > MAX_MODULE_NAME:
+            return f"segment {part[:20]!r}… is longer than {MAX_MODULE_NAME} characters"
     if top in sys.stdlib_module_names:
         return (
             f"{top!r} is a standard-library module: the generated package would "

@@ -6,15 +6,33 @@ lazily, the first time a diagnostic needs it, so clean builds pay nothing for it
 
 No file is ever skipped silently: unreadable files, invalid UTF-8, JSON syntax errors
 and duplicate object keys are all reported with their location (rules ``SRC_*``).
+
+Sources are untrusted, so loading is bounded (each limit has its own rule ID):
+
+* only regular files are read (a FIFO would block the build, ``/dev/zero`` would
+  never end): ``SRC_NOT_REGULAR``;
+* at most :data:`MAX_SOURCE_BYTES` (8 MiB) per file: ``SRC_TOO_LARGE``;
+* JSON nesting of at most :data:`MAX_JSON_DEPTH` (64) levels, checked on the raw
+  text before any recursive parser runs: ``SRC_JSON_TOO_DEEP``;
+* numbers of the atproto data model only (atproto.com/specs/data-model, § Data
+  Types: no floats; integers are signed 64-bit): ``SRC_FLOAT`` (any fraction or
+  exponent, ``NaN``, ``Infinity``, ``-0.0``, ``1e400``) and ``SRC_INTEGER_RANGE``.
+
+The limits can be changed per call (:func:`load_text`, :func:`load_paths`,
+:func:`discover` take ``max_bytes`` / ``max_depth``); the defaults are what the
+command line uses.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
+import itertools
 import json
+import math
 import os
 import re
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from json.decoder import scanstring  # type: ignore[attr-defined]
@@ -24,14 +42,35 @@ from typing import Any
 from .diagnostics import Diagnostic, Reporter, Severity, Span
 
 __all__ = [
+    "MAX_JSON_DEPTH",
+    "MAX_SOURCE_BYTES",
     "SourceDoc",
+    "SourceNotRegular",
+    "SourceTooLarge",
     "discover",
     "escape_pointer",
     "external_problems",
     "load_paths",
     "load_text",
+    "read_source",
     "split_external",
 ]
+
+MAX_SOURCE_BYTES = 8 * 1024 * 1024
+"""Largest source file read, in bytes (8 MiB; the largest official Lexicon is
+under 100 KiB). A larger file is ``SRC_TOO_LARGE``."""
+
+MAX_JSON_DEPTH = 64
+"""Deepest JSON nesting (objects and arrays, the top-level value counting as level
+1) of a source document. The official Lexicons nest at most 10 levels; 64 keeps
+every recursive stage (the JSON parser, the position index, the frontends, and the
+generated code: Python refuses more than 200 nested brackets, "too many nested
+parentheses") far from its limit. Deeper is ``SRC_JSON_TOO_DEEP``."""
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""The integer range of the atproto data model (signed 64-bit, Data Model spec §
+Data Types). Integers beyond ±(2**53 - 1) are in range but lose precision in
+JavaScript implementations (the spec warns of this); they are accepted."""
 
 
 def escape_pointer(token: str) -> str:
@@ -40,7 +79,9 @@ def escape_pointer(token: str) -> str:
 
 
 _WS = re.compile(r"[ \t\n\r]*")
-_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+_NUMBER = re.compile(
+    r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?|NaN|-?Infinity"
+)
 
 
 def _index_positions(text: str) -> dict[str, int]:
@@ -159,13 +200,171 @@ def _find_duplicate(text: str, key: str) -> int:
     return second if second >= 0 else max(first, 0)
 
 
+_STRING_TOKEN = r'"[^"\\]*(?:\\.[^"\\]*)*"'
+_STRINGS = re.compile(_STRING_TOKEN)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+_TOKENS = re.compile(_STRING_TOKEN + r"|[\[\]{},]")
+
+
+def json_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> tuple[int, str] | None:
+    """``(offset, JSON pointer)`` of the first array or object of ``text`` nested
+    deeper than ``limit`` levels (the top-level value is level 1), or ``None``.
+
+    Iterative and linear in ``len(text)``, so it is safe to run before
+    :func:`json.loads` (which recurses once per level and raises ``RecursionError``
+    near 1,000 levels) and before every recursive stage. Brackets inside strings
+    do not count. Text that is not JSON gives a best-effort answer (the JSON parser
+    then reports the syntax error)."""
+    if text.count("[") + text.count("{") <= limit:
+        return None
+    brackets = _NOT_BRACKET.sub("", _STRINGS.sub("", text))
+    steps = itertools.accumulate(map(_DEPTH_STEP.__getitem__, brackets))
+    if max(steps, default=0) <= limit:
+        return None
+    # Slow path, only for text that is too deep: find where, with its pointer.
+    stack: list[list[Any]] = []  # [is_object, key or index, expecting a key]
+    for m in _TOKENS.finditer(text):
+        tok = m.group()
+        if tok == "[" or tok == "{":
+            if len(stack) >= limit:
+                return m.start(), "".join(
+                    f"/{escape_pointer(str(key))}" for _, key, _ in stack
+                )
+            stack.append([tok == "{", None if tok == "{" else 0, tok == "{"])
+        elif tok == "]" or tok == "}":
+            if stack:
+                stack.pop()
+        elif tok == ",":
+            if stack:
+                top = stack[-1]
+                if top[0]:
+                    top[2] = True
+                else:
+                    top[1] += 1
+        elif stack and stack[-1][0] and stack[-1][2]:  # an object key
+            try:
+                key = json.loads(tok)
+            except ValueError:
+                key = tok[1:-1]
+            stack[-1][1], stack[-1][2] = key, False
+    return None
+
+
+class _BadNumber:
+    """A number the data model does not allow, kept in the decoded value (where
+    the JSON parser found it) so that its JSON pointer can be reported."""
+
+    __slots__ = ("rule", "text", "why")
+
+    def __init__(self, text: str, rule: str, why: str) -> None:
+        self.text, self.rule, self.why = text, rule, why
+
+
+def _shown(token: str) -> str:
+    return token if len(token) <= 40 else f"{token[:20]}… ({len(token)} characters)"
+
+
+def _decode(text: str) -> tuple[Any, list[_BadNumber]]:
+    """``json.loads`` with duplicate keys refused and every number checked against
+    the atproto data model (integers only, signed 64-bit); out-of-model numbers
+    become :class:`_BadNumber` markers (listed in the second value). Never raises
+    ``ValueError`` for a long integer (Python's int-str conversion limit is never
+    reached: an integer token longer than 20 characters is out of range anyway)."""
+    bad: list[_BadNumber] = []
+
+    def parse_float(token: str) -> _BadNumber:
+        value = float(token)
+        if math.isinf(value):
+            why = "overflows a 64-bit float (IEEE 754 binary64) to infinity"
+        elif value == 0 and token.startswith("-"):
+            why = "is negative zero, which only a float can hold"
+        else:
+            why = "is a float"
+        mark = _BadNumber(
+            token,
+            "SRC_FLOAT",
+            f"number {_shown(token)} {why}; the atproto data model has no floats "
+            "(integers only: Data Model spec, § Data Types)",
+        )
+        bad.append(mark)
+        return mark
+
+    def parse_constant(token: str) -> _BadNumber:
+        mark = _BadNumber(
+            token,
+            "SRC_FLOAT",
+            f"{token} is not a JSON number (RFC 8259 § 6 forbids NaN and Infinity), "
+            "and the atproto data model has no floats (Data Model spec, § Data "
+            "Types)",
+        )
+        bad.append(mark)
+        return mark
+
+    def parse_int(token: str) -> int | _BadNumber:
+        if len(token) <= 18:
+            return int(token)
+        if len(token) <= 20:
+            value = int(token)
+            if INT64_MIN <= value <= INT64_MAX:
+                return value
+        mark = _BadNumber(
+            token,
+            "SRC_INTEGER_RANGE",
+            f"integer {_shown(token)} is outside the signed 64-bit range of the "
+            "atproto data model (-2**63 … 2**63-1; Data Model spec, § Data Types)",
+        )
+        bad.append(mark)
+        return mark
+
+    value = json.loads(
+        text,
+        object_pairs_hook=_reject_duplicates,
+        parse_float=parse_float,
+        parse_int=parse_int,
+        parse_constant=parse_constant,
+    )
+    return value, bad
+
+
+_MAX_NUMBER_REPORTS = 20
+"""At most this many out-of-model numbers are reported per document."""
+
+
+def _bad_numbers(value: Any, pointer: str, out: list[tuple[str, _BadNumber]]) -> None:
+    """Append ``(pointer, marker)`` for each :class:`_BadNumber` in ``value``, in
+    document order, up to :data:`_MAX_NUMBER_REPORTS` (the depth is bounded by
+    :data:`MAX_JSON_DEPTH`, checked before decoding)."""
+    if len(out) >= _MAX_NUMBER_REPORTS:
+        return
+    if isinstance(value, _BadNumber):
+        out.append((pointer, value))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _bad_numbers(item, f"{pointer}/{escape_pointer(key)}", out)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _bad_numbers(item, f"{pointer}/{i}", out)
+
+
 def load_text(
-    path: str, data: bytes, reporter: Reporter, rel: str = ""
+    path: str,
+    data: bytes,
+    reporter: Reporter,
+    rel: str = "",
+    *,
+    max_depth: int = MAX_JSON_DEPTH,
 ) -> SourceDoc | None:
     """Decode ``data`` (UTF-8 JSON) into a :class:`SourceDoc`; report and return
-    ``None`` on invalid UTF-8 (``SRC_ENCODING``), JSON syntax (``SRC_JSON_SYNTAX``) or
-    duplicate keys (``SRC_JSON_DUPLICATE_KEY``, RFC 8259 § 4 says names SHOULD be
-    unique; we require it so that no value is silently lost)."""
+    ``None`` on invalid UTF-8 (``SRC_ENCODING``), nesting deeper than ``max_depth``
+    levels (``SRC_JSON_TOO_DEEP``, checked on the raw text first, see
+    :func:`json_too_deep`), JSON syntax (``SRC_JSON_SYNTAX``), duplicate keys
+    (``SRC_JSON_DUPLICATE_KEY``, RFC 8259 § 4 says names SHOULD be unique; we
+    require it so that no value is silently lost), numbers outside the atproto
+    data model (``SRC_FLOAT``: a fraction or exponent, ``NaN``, ``Infinity``,
+    ``-0.0``, ``1e400``; ``SRC_INTEGER_RANGE``: beyond signed 64-bit) and lone
+    surrogates (``SRC_INVALID_UNICODE``). Every report is located (line, column
+    and JSON pointer where there is one); nothing here raises for bad input."""
     digest = hashlib.sha256(data).hexdigest()
     try:
         text = data.decode("utf-8")
@@ -177,8 +376,19 @@ def load_text(
         )
         return None
     text = text.removeprefix("\ufeff")
+    deep = json_too_deep(text, max_depth)
+    if deep is not None:
+        offset, pointer = deep
+        line, col = SourceDoc(path, text, None, digest).position(offset)
+        reporter.report(
+            Span(path, line, col, pointer),
+            "SRC_JSON_TOO_DEEP",
+            f"JSON nesting deeper than {max_depth} levels (atdata-gen's limit for "
+            "Lexicons and records; the official Lexicons nest at most 10)",
+        )
+        return None
     try:
-        value = json.loads(text, object_pairs_hook=_reject_duplicates)
+        value, bad = _decode(text)
     except _DuplicateKey as exc:
         doc = SourceDoc(path, text, None, digest)
         line, col = doc.position(_find_duplicate(text, exc.key))
@@ -191,15 +401,28 @@ def load_text(
     except json.JSONDecodeError as exc:
         reporter.report(Span(path, exc.lineno, exc.colno), "SRC_JSON_SYNTAX", exc.msg)
         return None
-    except RecursionError:
-        reporter.report(Span(path, 1, 1), "SRC_JSON_SYNTAX", "JSON nesting too deep")
+    except (RecursionError, ValueError) as exc:  # defensive: bounded above
+        reporter.report(Span(path, 1, 1), "SRC_JSON_SYNTAX", f"unreadable JSON: {exc}")
         return None
     doc = SourceDoc(path, text, value, digest, rel or Path(path).name)
-    if _SURROGATE_ESCAPE.search(text):
-        bad = _lone_surrogate(value, "")
-        if bad is not None:
+    if bad:
+        found: list[tuple[str, _BadNumber]] = []
+        _bad_numbers(value, "", found)
+        for pointer, mark in found:
+            reporter.report(doc.span(pointer), mark.rule, mark.why)
+        if len(bad) > len(found):
             reporter.report(
-                doc.span(bad),
+                Span(path, 1, 1),
+                found[-1][1].rule if found else "SRC_FLOAT",
+                f"{len(bad) - len(found)} more number(s) outside the data model "
+                "not shown",
+            )
+        return None
+    if _SURROGATE_ESCAPE.search(text):
+        where = _lone_surrogate(value, "")
+        if where is not None:
+            reporter.report(
+                doc.span(where),
                 "SRC_INVALID_UNICODE",
                 "string holds a lone UTF-16 surrogate escape; Lexicon "
                 "strings must be valid Unicode (data model spec)",
@@ -243,6 +466,93 @@ GENERATED_MANIFEST = ".atdata-gen.json"
 repeated here so that discovery imports nothing of the backend)."""
 
 
+class SourceNotRegular(OSError):
+    """A source path is not a regular file (a FIFO, a device, a socket): reading it
+    could block forever or never end (rule ``SRC_NOT_REGULAR``)."""
+
+
+class SourceTooLarge(OSError):
+    """A source file is larger than the limit (rule ``SRC_TOO_LARGE``)."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a directory"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _too_large(size: int, limit: int) -> SourceTooLarge:
+    return SourceTooLarge(
+        f"file is larger than {limit} bytes ({size} bytes or more); atdata-gen "
+        "reads source files of at most 8 MiB by default"
+        if limit == MAX_SOURCE_BYTES
+        else f"file is larger than {limit} bytes ({size} bytes or more)"
+    )
+
+
+def read_source(path: str | Path, max_bytes: int = MAX_SOURCE_BYTES) -> bytes:
+    """The bytes of source file ``path``, read safely from untrusted places.
+
+    The file is opened with ``O_NONBLOCK`` (opening a FIFO never waits for a
+    writer) and checked with ``fstat`` on the open descriptor (no race with a
+    rename): only a regular file is read (symlinks are followed: a link to
+    ``/dev/zero`` is a character device and refused). At most ``max_bytes``
+    (default :data:`MAX_SOURCE_BYTES`, 8 MiB) are read, even if the file grows
+    while it is read.
+
+    Raises :class:`SourceNotRegular`, :class:`SourceTooLarge` (both ``OSError``)
+    or the ``OSError`` of ``open``/``read``."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SourceNotRegular(f"{_kind(info.st_mode)}, not a regular file")
+        if info.st_size > max_bytes:
+            raise _too_large(info.st_size, max_bytes)
+        chunks, total = [], 0
+        while True:
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:
+                raise _too_large(total, max_bytes)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _check_file(
+    path: Path, info: os.stat_result, reporter: Reporter, max_bytes: int
+) -> bool:
+    """Whether discovery may take ``path`` (``info`` its ``os.stat``): a regular
+    file of at most ``max_bytes``; else reported (``SRC_NOT_REGULAR``,
+    ``SRC_TOO_LARGE``)."""
+    if not stat.S_ISREG(info.st_mode):
+        reporter.report(
+            Span(str(path)),
+            "SRC_NOT_REGULAR",
+            f"{_kind(info.st_mode)}, not a regular file: only regular files are "
+            "read as sources (a FIFO could block the build, a device never end)",
+        )
+        return False
+    if info.st_size > max_bytes:
+        reporter.report(
+            Span(str(path)), "SRC_TOO_LARGE", str(_too_large(info.st_size, max_bytes))
+        )
+        return False
+    return True
+
+
 def _json_files(root: Path) -> list[Path]:
     """Every ``*.json`` file below ``root``, sorted, pruning the directories that
     :func:`discover` skips."""
@@ -265,6 +575,7 @@ def discover(
     *,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    max_bytes: int = MAX_SOURCE_BYTES,
 ) -> list[tuple[Path, str]]:
     """Expand files and directories into a sorted list of ``(path, relative path)``
     for every ``*.json`` file (the relative path is what generated headers cite).
@@ -276,17 +587,37 @@ def discover(
     (``SRC_EMPTY``). Directories are walked as ruff and pytest walk them: hidden
     ones (``.git``, ``.venv``), ``node_modules``, ``__pycache__`` and any package
     this generator wrote (it holds a ``.atdata-gen.json`` manifest, so an output
-    directory inside a source root is never read back as input) are skipped."""
+    directory inside a source root is never read back as input) are skipped, and
+    so are hidden files (the manifest itself).
+
+    Only regular files of at most ``max_bytes`` (default 8 MiB) are taken, found
+    in a directory or named explicitly (symlinks are followed and judged by their
+    target); anything else is an error, never read: ``SRC_NOT_REGULAR`` (a FIFO, a
+    device, a socket), ``SRC_TOO_LARGE``. A file named explicitly is taken whatever
+    its extension, except a generated package's manifest (``SRC_GENERATED``)."""
     found: dict[str, tuple[Path, str]] = {}
     for root in roots:
         root_path = Path(root)
-        if root_path.is_file():
-            found.setdefault(str(root_path), (root_path, root_path.name))
-            continue
-        if not root_path.is_dir():
+        try:
+            info = root_path.stat()
+        except OSError as exc:
+            missing = isinstance(exc, FileNotFoundError | NotADirectoryError)
             reporter.report(
-                Span(str(root_path)), "SRC_NOT_FOUND", "no such file or directory"
+                Span(str(root_path)),
+                "SRC_NOT_FOUND" if missing else "SRC_READ",
+                "no such file or directory" if missing else exc.strerror or str(exc),
             )
+            continue
+        if not stat.S_ISDIR(info.st_mode):
+            if root_path.name == GENERATED_MANIFEST:
+                reporter.report(
+                    Span(str(root_path)),
+                    "SRC_GENERATED",
+                    "this is the manifest of a package atdata-gen generated, not a "
+                    "Lexicon or record: it is never read as a source",
+                )
+            elif _check_file(root_path, info, reporter, max_bytes):
+                found.setdefault(str(root_path), (root_path, root_path.name))
             continue
         count = 0
         for path in _json_files(root_path):
@@ -295,8 +626,14 @@ def discover(
                 continue
             if exclude and _matches(rel, exclude):
                 continue
-            found.setdefault(str(path), (path, rel))
             count += 1
+            try:
+                info = path.stat()
+            except OSError as exc:  # e.g. a dangling symlink
+                reporter.report(Span(str(path)), "SRC_READ", exc.strerror or str(exc))
+                continue
+            if _check_file(path, info, reporter, max_bytes):
+                found.setdefault(str(path), (path, rel))
         if count == 0:
             reporter.report(
                 Span(str(root_path)),
@@ -308,18 +645,29 @@ def discover(
 
 
 def load_paths(
-    paths: Iterable[tuple[Path, str]], reporter: Reporter
+    paths: Iterable[tuple[Path, str]],
+    reporter: Reporter,
+    *,
+    max_bytes: int = MAX_SOURCE_BYTES,
+    max_depth: int = MAX_JSON_DEPTH,
 ) -> list[SourceDoc]:
-    """Read and decode each path (see :func:`load_text`); unreadable files are
-    reported as ``SRC_READ``."""
+    """Read (with :func:`read_source`: regular files of at most ``max_bytes``) and
+    decode each path (see :func:`load_text`); a file that cannot be read is
+    reported as ``SRC_NOT_REGULAR``, ``SRC_TOO_LARGE`` or ``SRC_READ``."""
     docs: list[SourceDoc] = []
     for path, rel in paths:
         try:
-            data = path.read_bytes()
+            data = read_source(path, max_bytes)
+        except SourceNotRegular as exc:
+            reporter.report(Span(str(path)), "SRC_NOT_REGULAR", str(exc))
+            continue
+        except SourceTooLarge as exc:
+            reporter.report(Span(str(path)), "SRC_TOO_LARGE", str(exc))
+            continue
         except OSError as exc:
             reporter.report(Span(str(path)), "SRC_READ", exc.strerror or str(exc))
             continue
-        doc = load_text(str(path), data, reporter, rel)
+        doc = load_text(str(path), data, reporter, rel, max_depth=max_depth)
         if doc is not None:
             docs.append(doc)
     return docs

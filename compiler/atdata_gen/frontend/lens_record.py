@@ -42,6 +42,12 @@ CODE_PATH_RE = re.compile(
 )
 """``module:function`` of a code reference (atdata's ``getter_path`` form)."""
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+MAX_LENS_NAME = 100
+"""Longest lens name, in UTF-8 bytes: the ``maxLength`` of ``name`` in the Lexicon
+``science.alt.dataset.lens`` (Lexicon string lengths count UTF-8 bytes; a name
+within it makes a module name of at most
+:data:`~atdata_gen.naming.MAX_MODULE_NAME` characters). Longer is
+``NAME_TOO_LONG``."""
 
 
 def is_lens_record(value: Any) -> bool:
@@ -164,6 +170,15 @@ def parse_lens_record(doc: SourceDoc, reporter: Reporter) -> LensRecord | None:
         p.error("", "LENS_RECORD", "a lens record must be a JSON object")
         return None
     name = p.string(value, "name", "", True)
+    if name is not None and len(name.encode("utf-8")) > MAX_LENS_NAME:
+        p.error(
+            "/name",
+            "NAME_TOO_LONG",
+            f"lens name is {len(name.encode('utf-8'))} bytes long; the Lexicon "
+            f"science.alt.dataset.lens allows at most {MAX_LENS_NAME} (it also "
+            "names the lens's stub module, a file)",
+        )
+        name = None
     description = p.string(value, "description", "", False)
     source = p.schema_uri(value, "sourceSchema")
     target = p.schema_uri(value, "targetSchema")

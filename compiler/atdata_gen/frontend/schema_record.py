@@ -43,6 +43,7 @@ import json
 import re
 from typing import Any
 
+from .. import naming
 from ..diagnostics import Reporter
 from ..ir.model import (
     ArrayType,
@@ -418,6 +419,41 @@ class _Parser:
         return out
 
 
+MAX_NAME_LENGTH = 100
+"""Longest schema name and version, in characters: the ``maxLength`` of ``name``
+and ``version`` in the Lexicon ``science.alt.dataset.schema`` (this repository's
+``lexicons/``; both are ASCII here, so characters are bytes). A longer one is
+``NAME_TOO_LONG``."""
+
+
+def _names_fit(p: _Parser, base: str, name: str, version: str) -> bool:
+    """Report ``NAME_TOO_LONG`` when ``name`` or ``version`` is longer than
+    :data:`MAX_NAME_LENGTH`, or the module name they make
+    (:func:`~atdata_gen.naming.sample_module_stem`) is longer than
+    :data:`~atdata_gen.naming.MAX_MODULE_NAME` (it becomes a file name: 255 bytes
+    at most)."""
+    for key, text in (("name", name), ("version", version)):
+        if len(text) > MAX_NAME_LENGTH:
+            p.error(
+                f"{base}/{key}",
+                "NAME_TOO_LONG",
+                f"schema {key} is {len(text)} characters long; the Lexicon "
+                f"science.alt.dataset.schema allows at most {MAX_NAME_LENGTH}",
+            )
+            return False
+    stem = naming.sample_module_stem(name, version)
+    if len(stem) > naming.MAX_MODULE_NAME:
+        p.error(
+            f"{base}/version",
+            "NAME_TOO_LONG",
+            f"the module name of this schema version ({stem[:24]}…) would be "
+            f"{len(stem)} characters long, more than the {naming.MAX_MODULE_NAME} "
+            "a file name leaves room for; shorten the name or the version",
+        )
+        return False
+    return True
+
+
 def parse_schema_record(doc: SourceDoc, reporter: Reporter) -> SampleSchema | None:
     """Parse one schema record document; report problems (rules ``SCHEMA_*``) and
     return ``None`` when the record cannot be compiled."""
@@ -440,6 +476,8 @@ def parse_schema_record(doc: SourceDoc, reporter: Reporter) -> SampleSchema | No
             "SCHEMA_VERSION",
             f"version {version!r} is not a semantic version (semver.org)",
         )
+        return None
+    if not _names_fit(p, base, name, version):
         return None
     for key in ("$atdataSchemaVersion", "atdataSchemaVersion"):
         schema_version = value.get(key, 1)

@@ -14,8 +14,6 @@ nothing here: references stay symbolic, and the back end emits them lazily.
 
 from __future__ import annotations
 
-import keyword
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -356,8 +354,7 @@ def link_samples(
     module_scope = naming.Scope()
     names: dict[tuple[str, str], tuple[tuple[str, ...], str, tuple[str, ...]]] = {}
     for s in ordered:
-        version = re.sub(r"[^0-9A-Za-z]+", "_", s.version)
-        module = module_scope.claim(f"{naming.snake_case(s.name)}_v{version}")
+        module = module_scope.claim(naming.sample_module_stem(s.name, s.version))
         package = "samples" if "samples" not in taken else "samples_"
         fields = naming.field_names(
             [f.name for f in s.fields], naming.sample_field_name
@@ -449,8 +446,6 @@ def link_lenses(
     scope = naming.Scope({"__init__"})
     out = []
     for rec, src, dst in linked:
-        module = naming.snake_case(rec.name)
-        if keyword.iskeyword(module) or keyword.issoftkeyword(module):
-            module += "_"
+        module = naming.module_stem(rec.name)
         out.append(LinkedLens(rec, src, dst, (package, scope.claim(module))))
     return replace(model, lenses=tuple(out))
