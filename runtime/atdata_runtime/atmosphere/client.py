@@ -8,10 +8,20 @@ What it adds to the SDK:
   and never appear in reprs, logs or errors.
 * **Reads go to the owner's PDS**: the AT-URI authority is resolved
   (:class:`~.identity.IdentityResolver`) and the request is sent there.
-* **Every record fetched is verified**: its DAG-CBOR CID is recomputed
-  (:func:`~.cid.record_cid`) and compared with the CID the server returned, then it
-  is validated with the generated ``science.alt.dataset.*`` models. Blobs are checked
-  against their CID (raw codec, sha-256).
+* **Every record fetched is verified by its repository** (``verify="repo"``, the
+  default): it is read with ``com.atproto.sync.getRecord``, whose CAR proof is
+  checked by :func:`~.repo.verify_record_proof` — every block against its CID, the
+  commit's signature against the ``#atproto`` key of the DID document, the MST path
+  from the signed commit to ``{collection}/{rkey}`` — so a server can serve only
+  what the repository's key signed (AT Protocol "Repository" and "Cryptography"
+  specs). Failures are :class:`~.errors.RecordVerificationError` with a ``REPO_*``
+  rule naming the AT-URI. Then the record is validated with the generated
+  ``science.alt.dataset.*`` models. Blobs are checked against their CID (raw
+  codec, sha-256).
+* **Opt-out**: ``verify="server-cid"`` (or ``False``) reads with plain
+  ``com.atproto.repo.getRecord`` and only checks that the record hashes to the CID
+  *the same server* returned, which proves nothing about who wrote it; a warning is
+  logged once per client. ``atdata-gen pull --unverified-reads`` is the CLI form.
 * **Retries** (:class:`~.retry.RetryPolicy`) on every call, and **exactly-once
   writes**: :meth:`AtmosphereClient.create_record` takes the record key from the
   caller; when a retried ``createRecord`` finds the key taken, it reads the record
@@ -26,8 +36,10 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from os import PathLike
-from typing import Any
+from typing import Any, Literal
 
+from ..net.errors import NetworkError
+from ..net.fetch import fetch
 from ..net.retry import RetryPolicy
 from .cid import DataModelError, blob_cid, record_cid
 from .errors import (
@@ -39,23 +51,35 @@ from .errors import (
 )
 from .identity import IdentityResolver
 from .records import AtUri, validate_record
+from .repo import MAX_CAR_BYTES, signing_key, verify_record_proof
 from .session import SavedSession, Secret, SessionStore, default_session_path
 
-__all__ = ["AtmosphereClient", "FetchedRecord", "WriteResult"]
+__all__ = ["AtmosphereClient", "FetchedRecord", "VerifyMode", "WriteResult"]
 
 log = logging.getLogger("atdata_runtime.atmosphere")
 
 _JSON = "application/json"
 
+VerifyMode = Literal["repo", "server-cid"]
+"""How reads are verified: ``"repo"`` (repository proof, the default) or
+``"server-cid"`` (the record hashes to the CID its server returned; an opt-out)."""
+
+_XRPC_ERROR_MAX = 4096
+"""Bytes of an XRPC error body read for its ``error`` name (never shown whole)."""
+
 
 @dataclass(frozen=True)
 class FetchedRecord:
     """A record read from a repository: ``uri`` (DID authority), ``cid`` (verified)
-    and ``value`` (the JSON form, validated)."""
+    and ``value`` (the JSON form, validated). ``verified`` says how: ``"repo"``
+    (proven by the repository's signed commit, whose revision is ``rev``) or
+    ``"server-cid"`` (only checked against the CID its server returned)."""
 
     uri: str
     cid: str
     value: dict[str, Any]
+    verified: VerifyMode = "repo"
+    rev: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +107,25 @@ def _xrpc_error(exc: BaseException) -> str | None:
     )
 
 
+def _error_name(body: bytes) -> str | None:
+    """The ``error`` name of an XRPC error body (an identifier of at most 64
+    characters), never anything else from the body."""
+    if len(body) > _XRPC_ERROR_MAX:
+        return None
+    try:
+        name = json.loads(body).get("error")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    if (
+        isinstance(name, str)
+        and 0 < len(name) <= 64
+        and name.isascii()
+        and name.isalnum()
+    ):
+        return name
+    return None
+
+
 def _xrpc_message(exc: BaseException) -> str:
     response = getattr(exc, "response", None)
     content = getattr(response, "content", None)
@@ -98,7 +141,13 @@ class AtmosphereClient:
 
     ``resolver`` resolves identities (default: the public PLC directory);
     ``retry`` is the retry policy of every request; ``timeout`` is the per-request
-    timeout in seconds (blob uploads get 30 s + 1 s per MB on top).
+    timeout in seconds (blob uploads get 30 s + 1 s per MB on top; a record proof
+    read has it as its total deadline, retries included).
+
+    ``verify`` (default ``"repo"``) is how reads are verified (see the module
+    docstring); ``False`` or ``"server-cid"`` opts out, with a warning logged once
+    per client; ``True`` is ``"repo"``. ``max_car_bytes`` caps one record proof
+    (default :data:`~.repo.MAX_CAR_BYTES`, 2 MiB).
     """
 
     def __init__(
@@ -108,11 +157,29 @@ class AtmosphereClient:
         resolver: IdentityResolver | None = None,
         retry: RetryPolicy | None = None,
         timeout: float = 30.0,
+        verify: VerifyMode | bool = "repo",
+        max_car_bytes: int = MAX_CAR_BYTES,
     ) -> None:
+        if verify is True:
+            verify = "repo"
+        elif verify is False:
+            verify = "server-cid"
+        if verify not in ("repo", "server-cid"):
+            raise ValueError(f"verify must be 'repo' or 'server-cid', not {verify!r}")
+        self.verify: VerifyMode = verify
+        self.max_car_bytes = max_car_bytes
+        if verify == "server-cid":
+            log.warning(
+                "reads are not repository-verified (verify=%r): a record is only "
+                "checked against the CID its own server returns, so a hostile or "
+                "impersonating server can serve any record",
+                verify,
+            )
         self.resolver = resolver or IdentityResolver()
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
         self.pds_url = pds_url.rstrip("/") if pds_url else None
+        self._pds_trusted = self.pds_url is not None
         self._sdk: Any = _sdk_client(self.pds_url, timeout) if self.pds_url else None
         self._readers: dict[str, Any] = {}
         self._store: SessionStore | None = None
@@ -136,18 +203,27 @@ class AtmosphereClient:
         resolver: IdentityResolver | None = None,
         retry: RetryPolicy | None = None,
         timeout: float = 30.0,
+        verify: VerifyMode | bool = "repo",
     ) -> AtmosphereClient:
         """Log in as ``identifier`` (handle or DID). A saved session (``session_file``,
         default :func:`~.session.default_session_path`) is reused when it is for this
         account and still valid (the SDK refreshes it); otherwise ``password`` (an app
         password) creates a new session. The session file is (re)written with mode
         0600 whenever the session changes, unless ``save_session`` is false. The PDS
-        is ``pds_url`` or the one named in the account's DID document. Raises
-        :class:`AuthError` when neither works."""
+        is ``pds_url`` or the one named in the account's DID document. ``verify`` as
+        in the constructor. Raises :class:`AuthError` when neither works."""
         resolver = resolver or IdentityResolver()
+        explicit = pds_url is not None
         if pds_url is None:
             pds_url = resolver.pds_endpoint(identifier)
-        client = cls(pds_url=pds_url, resolver=resolver, retry=retry, timeout=timeout)
+        client = cls(
+            pds_url=pds_url,
+            resolver=resolver,
+            retry=retry,
+            timeout=timeout,
+            verify=verify,
+        )
+        client._pds_trusted = explicit
         path = session_file or default_session_path(identifier, client.pds_url)
         store = SessionStore(path)
         client._store = store if save_session else None
@@ -271,9 +347,10 @@ class AtmosphereClient:
             reader = self._readers[doc.pds] = _sdk_client(doc.pds, self.timeout)
         return doc.did, reader
 
-    def _verified(
+    def _server_cid_checked(
         self, uri: str, collection: str, cid: Any, value: Any, validate: bool
     ) -> FetchedRecord:
+        """The opt-out check: ``value`` hashes to the ``cid`` its server returned."""
         if not isinstance(cid, str) or not isinstance(value, dict):
             raise RecordVerificationError(
                 uri, "response carries no CID or no record value"
@@ -290,22 +367,83 @@ class AtmosphereClient:
             )
         if validate:
             validate_record(uri, collection, value)
-        return FetchedRecord(uri=uri, cid=cid, value=value)
+        return FetchedRecord(uri=uri, cid=cid, value=value, verified="server-cid")
+
+    def _proven(self, at: AtUri, validate: bool) -> FetchedRecord | None:
+        """Read ``at`` with ``com.atproto.sync.getRecord`` and verify the proof
+        (:func:`~.repo.verify_record_proof`) against the ``#atproto`` key of the
+        authority's DID document; ``None`` when the proof shows it absent or the
+        server answers ``RecordNotFound``."""
+        doc = self.resolver.resolve(at.authority)
+        at = at.with_authority(doc.did)
+        uri = str(at)
+        key = signing_key(doc.doc, doc.did, uri=uri)
+        own = self._pds_trusted and doc.pds == self.pds_url
+        answer = fetch(
+            f"{doc.pds}/xrpc/com.atproto.sync.getRecord",
+            what="record proof (CAR)",
+            max_bytes=self.max_car_bytes,
+            deadline=self.timeout,
+            params={"did": doc.did, "collection": at.collection, "rkey": at.rkey},
+            headers={"Accept": "application/vnd.ipld.car"},
+            trusted=own,
+            retry=self.retry,
+        )
+        if answer.status != 200:
+            error = _error_name(answer.content)
+            if answer.status in (400, 404) and error == "RecordNotFound":
+                return None
+            raise NetworkError(
+                uri,
+                f"com.atproto.sync.getRecord answered HTTP {answer.status}"
+                + (f" {error}" if error else ""),
+                rule="XRPC_ERROR",
+            )
+        proven = verify_record_proof(
+            answer.content,
+            did=doc.did,
+            collection=at.collection,
+            rkey=at.rkey,
+            key=key,
+            uri=uri,
+            max_bytes=self.max_car_bytes,
+        )
+        if proven is None:
+            return None
+        if validate:
+            validate_record(uri, at.collection, proven.value)
+        return FetchedRecord(
+            uri=uri, cid=proven.cid, value=proven.value, verified="repo", rev=proven.rev
+        )
 
     def try_get_record(
         self, uri: str | AtUri, *, validate: bool = True
     ) -> FetchedRecord | None:
-        """The record at ``uri`` from its owner's PDS, verified (CID) and validated,
-        or ``None`` when it does not exist. Raises :class:`RecordVerificationError`
-        / :class:`~.errors.RecordValidationError` naming the AT-URI."""
+        """The record at ``uri`` from its owner's PDS, verified and validated, or
+        ``None`` when it does not exist (the signed tree proves it absent, or the
+        server answers ``RecordNotFound``).
+
+        By default (``verify="repo"``) the record is proven by its repository
+        (``com.atproto.sync.getRecord``; see :mod:`.repo` for the checks, their
+        ``REPO_*`` rules and the limits: CAR at most ``max_car_bytes``, default
+        2 MiB); with ``verify="server-cid"`` it is read with
+        ``com.atproto.repo.getRecord`` and only checked against the server's CID.
+        Raises :class:`RecordVerificationError` /
+        :class:`~.errors.RecordValidationError` naming the AT-URI, or a
+        :class:`~.errors.AtmosphereError` for transport failures."""
+        at = uri if isinstance(uri, AtUri) else AtUri.parse(uri)
+        if self.verify == "repo":
+            return self._proven(at, validate)
+        return self._server_record(at, validate)
+
+    def _server_record(self, at: AtUri, validate: bool) -> FetchedRecord | None:
         from atproto_client import models
         from atproto_client.exceptions import BadRequestError
 
-        at = uri if isinstance(uri, AtUri) else AtUri.parse(uri)
         did, sdk = self._reader(at.authority)
         at = at.with_authority(did)
 
-        def fetch() -> Any:
+        def fetch_record() -> Any:
             return sdk.invoke_query(
                 "com.atproto.repo.getRecord",
                 params=models.ComAtprotoRepoGetRecord.Params(
@@ -315,12 +453,12 @@ class AtmosphereClient:
             ).content
 
         try:
-            data = self.retry.run(fetch, what=str(at))
+            data = self.retry.run(fetch_record, what=str(at))
         except BadRequestError as exc:
             if _xrpc_error(exc) == "RecordNotFound":
                 return None
             raise
-        return self._verified(
+        return self._server_cid_checked(
             str(at), at.collection, data.get("cid"), data.get("value"), validate
         )
 
@@ -334,8 +472,17 @@ class AtmosphereClient:
     def list_records(
         self, repo: str, collection: str, *, validate: bool = True, page: int = 100
     ) -> Iterator[FetchedRecord]:
-        """Every record of ``collection`` in ``repo`` (DID or handle), each verified;
-        pages through ``com.atproto.repo.listRecords``."""
+        """Every record of ``collection`` in ``repo`` (DID or handle); pages through
+        ``com.atproto.repo.listRecords``.
+
+        With ``verify="repo"`` (the default) each listed record is then read and
+        proven by its repository like :meth:`try_get_record` (one
+        ``sync.getRecord`` per record): what is yielded is what the repository
+        signed, and a record deleted since the listing is skipped. Which records
+        the listing names, and whether it names them all, remains the server's word
+        (only a whole-repository export, ``sync.getRepo``, could prove
+        completeness). With ``verify="server-cid"`` each record is only checked
+        against the CID in the listing."""
         from atproto_client import models
 
         did, sdk = self._reader(repo)
@@ -345,20 +492,36 @@ class AtmosphereClient:
                 repo=did, collection=collection, limit=page, cursor=cursor
             )
 
-            def fetch(params: Any = params) -> Any:
+            def fetch_page(params: Any = params) -> Any:
                 return sdk.invoke_query(
                     "com.atproto.repo.listRecords", params=params, output_encoding=_JSON
                 ).content
 
-            data = self.retry.run(fetch, what=f"at://{did}/{collection}")
+            data = self.retry.run(fetch_page, what=f"at://{did}/{collection}")
             for item in data.get("records") or []:
-                yield self._verified(
-                    str(item.get("uri")),
-                    collection,
-                    item.get("cid"),
-                    item.get("value"),
-                    validate,
-                )
+                if self.verify == "server-cid":
+                    yield self._server_cid_checked(
+                        str(item.get("uri")),
+                        collection,
+                        item.get("cid"),
+                        item.get("value"),
+                        validate,
+                    )
+                    continue
+                try:
+                    at = AtUri.parse(str(item.get("uri")))
+                except ValueError as exc:
+                    raise RecordVerificationError(
+                        f"at://{did}/{collection}",
+                        f"listRecords named an invalid record URI: {exc}",
+                    ) from None
+                if at.collection != collection:
+                    raise RecordVerificationError(
+                        str(at), f"listRecords of {collection} named another collection"
+                    )
+                proven = self._proven(at.with_authority(did), validate)
+                if proven is not None:
+                    yield proven
             cursor = data.get("cursor")
             if not cursor or not data.get("records"):
                 return

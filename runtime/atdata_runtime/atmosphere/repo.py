@@ -350,9 +350,16 @@ def _find(car: Car, data: Link, key: bytes, uri: str, max_depth: int) -> Link | 
         assert cid is not None
         entries, left = _node(car, cid.raw, uri)
         if not entries:
+            # An empty node is the empty repository (the root, nothing below) or an
+            # intermediate layer with only a left subtree (Repository spec § MST).
             if depth == 0 and left is None:
-                return None  # the empty repository
-            raise _fail(uri, "REPO_MST_PROOF", f"empty MST node {cid_to_str(cid.raw)}")
+                return None
+            if depth == 0 or left is None or above is None or above <= 1:
+                raise _fail(
+                    uri, "REPO_MST_PROOF", f"empty MST node {cid_to_str(cid.raw)}"
+                )
+            cid, above = left, above - 1
+            continue
         layers = {mst_layer(k) for k, _, _ in entries}
         layer = layers.pop()
         if layers or (above is not None and layer >= above):
