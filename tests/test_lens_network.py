@@ -3,9 +3,10 @@
 An author publishes two versions of a schema, compiles them from the network, writes
 a migration lens in a git repository and publishes it with ``atdata-gen publish
 lens`` (refused while the file is untracked, dirty or unpushed). A consumer pins only
-the lens AT-URI (``[tool.atdata-gen] lenses``): ``pull`` pins the lens and its two
-schemas, ``build --frozen`` emits the typed stub, and with the author's package
-installed a dataset written with v1 reads as v2 through it."""
+the lens AT-URI (``[tool.atdata-gen] lenses``) and allowlists the author's package
+(``lens-packages``): ``pull`` pins the lens and its two schemas, ``build --frozen``
+emits the typed stub, and with the author's package installed a dataset written with
+v1 reads as v2 through it — refused while the package is not allowlisted."""
 
 from __future__ import annotations
 
@@ -20,7 +21,13 @@ import numpy as np
 import pytest
 from atdata_gen.testing.localnet import Account, LocalNetwork, free_port
 from atdata_runtime.atmosphere import AtmosphereClient, IdentityResolver
-from atdata_runtime.lenses import GET_PUT, PUT_GET, LensGraph, check_lens_laws
+from atdata_runtime.lenses import (
+    GET_PUT,
+    PUT_GET,
+    LensBindRefused,
+    LensGraph,
+    check_lens_laws,
+)
 from atdata_runtime.shards import Dataset, write_samples
 
 from .conftest import ROOT, run_cli
@@ -76,7 +83,11 @@ def clean_modules() -> Iterator[None]:
 
 
 def test_publish_lens_pull_build_read_v1_as_v2(
-    net: LocalNetwork, author: Account, tmp_path: Path, clean_modules: None
+    net: LocalNetwork,
+    author: Account,
+    tmp_path: Path,
+    clean_modules: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     env = {
         "ATDATA_HANDLE": author.handle,
@@ -176,6 +187,7 @@ def test_publish_lens_pull_build_read_v1_as_v2(
     (consumer / "pyproject.toml").write_text(
         '[tool.atdata-gen]\nsources = []\nout = "gen"\npackage = "consumergen"\n'
         f"lenses = [{json.dumps(lens_uri)}]\n"
+        'lens-packages = ["lab_lenses"]\n'
     )
     pulled = cli(["pull"], consumer)
     assert pulled.returncode == 0, pulled.stderr
@@ -188,10 +200,17 @@ def test_publish_lens_pull_build_read_v1_as_v2(
     stub_file = consumer / "gen" / "consumergen" / "lenses" / "image_v1_to_v2.py"
     assert lens_uri in stub_file.read_text()
 
-    # 4. With the author's package installed, v1 shards read as v2 through the stub.
+    # 4. With the author's package installed, v1 shards read as v2 through the stub,
+    # once lab_lenses is allowlisted: run outside the project, nothing allows it.
+    monkeypatch.delenv("ATDATA_LENS_PACKAGES", raising=False)
+    monkeypatch.chdir(tmp_path)
     sys.path[:0] = [str(consumer / "gen"), str(repo)]
     try:
         stub = importlib.import_module("consumergen.lenses.image_v1_to_v2")
+        with pytest.raises(LensBindRefused, match="'lab_lenses' is not on the lens"):
+            stub.binding.bind()
+        assert "lab_lenses" not in sys.modules
+        monkeypatch.chdir(consumer)  # its pyproject.toml: lens-packages
         samples = [
             stub.Source(image=np.full((2, i + 2), i, np.uint8), label=f"s{i}")
             for i in range(5)
@@ -209,6 +228,7 @@ def test_publish_lens_pull_build_read_v1_as_v2(
         ]
         assert all(type(r) is stub.Target for r in read)
         assert str(repo / "lab_lenses" / "image.py") in stub.binding.where["getter"]
+        assert stub.binding.where["getter"].endswith("commit not verified")
         check_lens_laws(stub.lens, samples, laws=(GET_PUT,), max_examples=25)
         # PutGet does not hold (width is derived from the image): caught.
         with pytest.raises(AssertionError, match="PutGet"):
