@@ -64,12 +64,25 @@ def _error(message: str) -> None:
     "--update", is_flag=True, help="Re-fetch every pinned record; report CID changes."
 )
 @click.option("--lock", "lock_path", type=click.Path(path_type=Path), default=None)
-def pull_cmd(uris: tuple[str, ...], update: bool, lock_path: Path | None) -> None:
+@click.option(
+    "--unverified-reads",
+    is_flag=True,
+    help="Read records with plain repo.getRecord, checked only against the CID "
+    "their server returns, instead of the repository's signed proof (logged).",
+)
+def pull_cmd(
+    uris: tuple[str, ...],
+    update: bool,
+    lock_path: Path | None,
+    unverified_reads: bool = False,
+) -> None:
     """Pin remote schema and lens records (AT-URIs) in atdata-gen.lock.
 
     With no URI, pins the [tool.atdata-gen] schemas and lenses. A record is
-    fetched from its owner's PDS, verified against its CID, validated, and
-    compiled before anything is written; a lens record also pins the two schema
+    fetched from its owner's PDS, proven by its repository (com.atproto.sync.
+    getRecord: the commit's signature by the key in the DID document and the MST
+    path to the record; --unverified-reads opts out), validated, and compiled
+    before anything is written; a lens record also pins the two schema
     records it names. On any error the lock is left as it was.
     """
     from atdata_runtime.atmosphere import AtmosphereClient, AtmosphereError, AtUri
@@ -96,7 +109,9 @@ def pull_cmd(uris: tuple[str, ...], update: bool, lock_path: Path | None) -> Non
             "nothing to pull: give AT-URIs or list them in [tool.atdata-gen] "
             "schemas / lenses"
         )
-    client = AtmosphereClient(resolver=_resolver())
+    client = AtmosphereClient(
+        resolver=_resolver(), verify="server-cid" if unverified_reads else "repo"
+    )
     changed = 0
     seen: set[str] = set()
     while targets:
