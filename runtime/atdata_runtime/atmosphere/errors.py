@@ -1,6 +1,12 @@
 """Errors of the network half of the runtime. Each carries a rule ID (``rule``) and,
 where one exists, the AT-URI it concerns (``uri``), so that a message always says
-where and why. None of them ever contains a password, token or session string."""
+where and why. None of them ever contains a password, token, session string or a
+response body; URLs in them go through :func:`atdata_runtime.net.redact_url`.
+
+Rule IDs of identity resolution: ``DID_INVALID`` (syntax: did:plc, hostname-level
+did:web only), ``HANDLE_INVALID``, ``DID_DOCUMENT_INVALID``,
+``PDS_ENDPOINT_REFUSED`` (the ``#atproto_pds`` endpoint is not an https origin on a
+public host), ``IDENTITY_UNRESOLVED`` (everything else)."""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ __all__ = [
     "AtmosphereError",
     "AuthError",
     "BlobVerificationError",
+    "DidDocumentError",
     "IdentityError",
     "PublishConflictError",
     "RecordNotFoundError",
@@ -38,6 +45,15 @@ class IdentityError(NetworkError):
     "Handle" spec § Handle Resolution)."""
 
     rule = "IDENTITY_UNRESOLVED"
+
+
+class DidDocumentError(IdentityError):
+    """A fetched DID document is not the document of the DID asked for, or has the
+    wrong shape (not an object, ``service``/``alsoKnownAs`` not lists, too many
+    entries, a non-string ``#atproto_pds`` endpoint). W3C DID Core § 5; AT Protocol
+    DID spec. The message never quotes the document."""
+
+    rule = "DID_DOCUMENT_INVALID"
 
 
 class RecordNotFoundError(NetworkError):

@@ -1,45 +1,203 @@
 """Identity: handle → DID → DID document → PDS endpoint (AT Protocol "DID" and
-"Handle" specs), with a TTL cache.
+"Handle" specs), with a TTL cache. Every request goes through
+:func:`atdata_runtime.net.fetch.fetch`: bounded size, one total deadline, same-origin
+redirects only, no response body in any error.
 
-* did:plc documents come from a PLC directory (``plc_url``, default
-  ``https://plc.directory``): ``GET {plc_url}/{did}``.
-* did:web documents come from ``https://{host}/.well-known/did.json`` (a ``%3A``
-  in the method-specific id is a port; ``http`` only for ``localhost``, as the
-  atproto reference implementation allows in development).
+* did:plc (``did:plc:`` + 24 characters of base32 ``a-z2-7``, the did:plc spec)
+  documents come from a PLC directory, a URL the user configured (``plc_url``,
+  default ``https://plc.directory``, trusted): ``GET {plc_url}/{did}``, the URL
+  built from the validated DID.
+* did:web documents come from ``https://{host}[:{port}]/.well-known/did.json``.
+  The method-specific id must be a hostname (RFC 1123 labels, at most 253
+  characters) with an optional ``%3A`` port and nothing else: no other
+  percent-escape, no ``:`` path (the W3C did:web spec § 3.2, and the AT Protocol DID
+  spec: "atproto only supports hostname-level did:web"). The URL is built from the
+  parsed host and port, then checked as a URL from the network: ``https`` only,
+  never a loopback/private/link-local host (and never one that resolves to such an
+  address). In the test-only loopback mode (``ATDATA_RUNTIME_INSECURE_LOOPBACK=1``,
+  see :mod:`atdata_runtime.net.fetch`) a loopback host is fetched over ``http``.
 * A handle resolves by the HTTPS well-known method
-  (``https://{handle}/.well-known/atproto-did``) or, when ``handle_service`` is set,
-  by ``com.atproto.identity.resolveHandle`` on that service (how a PDS resolves
-  handles it hosts, e.g. ``.test`` handles on a local PDS). Either way the DID
-  document must list ``at://{handle}`` in ``alsoKnownAs`` (bidirectional check);
-  otherwise :class:`~.errors.IdentityError`.
-* The PDS endpoint is the ``serviceEndpoint`` of the service with id ``#atproto_pds``
-  and type ``AtprotoPersonalDataServer``.
+  (``https://{handle}/.well-known/atproto-did``, an untrusted URL, body at most
+  :data:`~atdata_runtime.net.fetch.MAX_HANDLE_DID_BYTES`) or, when
+  ``handle_service`` is set (trusted), by ``com.atproto.identity.resolveHandle`` on
+  that service. Either way the DID document must list ``at://{handle}`` in
+  ``alsoKnownAs`` (bidirectional check); otherwise :class:`~.errors.IdentityError`.
+* The PDS endpoint is the ``serviceEndpoint`` of the service with id
+  ``#atproto_pds`` and type ``AtprotoPersonalDataServer``. It comes from the
+  network (whoever controls the DID wrote it), so it is checked like any URL from
+  the network before it is returned, and must be an origin (scheme, host, optional
+  port; no path, query, fragment or credentials; AT Protocol DID spec).
 
-Entries live ``ttl`` seconds; failures are not cached. Lookups retry like every
-other request (:class:`~.retry.RetryPolicy`).
+Limits (change them per resolver): ``timeout`` (default 10 s) is the total
+wall-clock budget of one lookup, retries included; ``max_document_bytes`` (default
+:data:`~atdata_runtime.net.fetch.MAX_DID_DOCUMENT_BYTES`, 64 KiB) caps a DID
+document. Entries live ``ttl`` seconds; failures are not cached.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
 
 import httpx
 
 from ..lex.formats import is_did, is_handle
+from ..net.errors import NetworkError
+from ..net.fetch import (
+    MAX_DID_DOCUMENT_BYTES,
+    MAX_HANDLE_DID_BYTES,
+    Fetched,
+    check_url,
+    fetch,
+    insecure_loopback,
+)
+from ..net.redact import redact_url
 from ..net.retry import RetryPolicy
-from .errors import IdentityError
+from .errors import DidDocumentError, IdentityError
 
-__all__ = ["DidDocument", "IdentityResolver"]
+__all__ = ["DidDocument", "IdentityResolver", "did_document_url", "parse_did_web"]
+
+_PLC = re.compile(r"did:plc:[a-z2-7]{24}")
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.IGNORECASE)
+_DID_WEB = re.compile(r"did:web:([A-Za-z0-9.-]{1,253})(?:%3[Aa]([0-9]{1,5}))?")
+
+MAX_SERVICES = 64
+"""Services and ``alsoKnownAs`` entries read from one DID document (more is an
+error: real documents list one or two)."""
+
+
+def parse_did_web(did: str) -> tuple[str, int | None]:
+    """``(host, port)`` of a hostname-level did:web. Raises
+    :class:`~.errors.IdentityError` (rule ``DID_INVALID``) for anything else: a
+    path, another percent-escape, a bad hostname label or port."""
+    match = _DID_WEB.fullmatch(did)
+    if match is None:
+        raise IdentityError(
+            did,
+            "did:web must be a hostname with an optional %3A port, nothing else "
+            "(AT Protocol DID spec; W3C did:web § 3.2)",
+            rule="DID_INVALID",
+        )
+    host, port_text = match.group(1).lower(), match.group(2)
+    labels = host.split(".")
+    if not all(_LABEL.fullmatch(label) for label in labels):
+        raise IdentityError(
+            did, "did:web host is not a valid hostname", rule="DID_INVALID"
+        )
+    port = None
+    if port_text is not None:
+        port = int(port_text)
+        if not 1 <= port <= 65535:
+            raise IdentityError(did, "did:web port out of range", rule="DID_INVALID")
+    return host, port
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    return bool(re.fullmatch(r"127(?:\.[0-9]{1,3}){3}", host))
+
+
+def did_document_url(
+    did: str, plc_url: str = "https://plc.directory"
+) -> tuple[str, bool]:
+    """``(url, trusted)`` of the DID document of ``did``, built from its validated
+    parts: did:plc → ``{plc_url}/{did}`` (trusted: the user's PLC directory);
+    did:web → ``https://{host}[:{port}]/.well-known/did.json`` (untrusted; ``http``
+    only for a loopback host in the test-only loopback mode). Raises
+    :class:`~.errors.IdentityError` (``DID_INVALID``) for any other DID."""
+    if did.startswith("did:plc:"):
+        if not _PLC.fullmatch(did):
+            raise IdentityError(
+                did,
+                "did:plc must be 24 base32 characters (a-z, 2-7)",
+                rule="DID_INVALID",
+            )
+        return f"{plc_url.rstrip('/')}/{did}", True
+    if did.startswith("did:web:"):
+        host, port = parse_did_web(did)
+        scheme = "http" if insecure_loopback() and _is_loopback_host(host) else "https"
+        netloc = host if port is None else f"{host}:{port}"
+        return f"{scheme}://{netloc}/.well-known/did.json", False
+    raise IdentityError(
+        did, "only did:plc and did:web are AT Protocol DID methods", rule="DID_INVALID"
+    )
+
+
+def _pds_endpoint(did: str, endpoint: str) -> str:
+    """Check a ``#atproto_pds`` endpoint as a URL from the network; return it
+    without a trailing slash."""
+    try:
+        parsed = check_url(endpoint, what="PDS endpoint", trusted=False)
+    except NetworkError as exc:
+        raise IdentityError(
+            did,
+            f"#atproto_pds endpoint refused: {exc.reason}",
+            rule="PDS_ENDPOINT_REFUSED",
+        ) from None
+    if parsed.path not in ("", "/") or parsed.query or parsed.fragment:
+        raise IdentityError(
+            did,
+            f"#atproto_pds endpoint {redact_url(endpoint)} must be an origin "
+            "(scheme, host, port; no path, query or fragment)",
+            rule="PDS_ENDPOINT_REFUSED",
+        )
+    return endpoint.rstrip("/")
+
+
+def parse_did_document(did: str, doc: Any) -> DidDocument:
+    """Check a decoded DID document of ``did`` and extract what the runtime uses.
+    Raises :class:`~.errors.DidDocumentError` (``DID_DOCUMENT_INVALID``) for a
+    document of another DID or of the wrong shape, and
+    :class:`~.errors.IdentityError` (``PDS_ENDPOINT_REFUSED``, or
+    ``IDENTITY_UNRESOLVED`` when there is none) for its PDS endpoint."""
+    if not isinstance(doc, dict):
+        raise DidDocumentError(did, "DID document is not a JSON object")
+    if doc.get("id") != did:
+        raise DidDocumentError(did, "DID document is the document of another DID")
+    services = doc.get("service", [])
+    aka = doc.get("alsoKnownAs", [])
+    if not isinstance(services, list) or not isinstance(aka, list):
+        raise DidDocumentError(
+            did, "DID document 'service'/'alsoKnownAs' is not a list"
+        )
+    if len(services) > MAX_SERVICES or len(aka) > MAX_SERVICES:
+        raise DidDocumentError(
+            did, f"DID document lists more than {MAX_SERVICES} services or aliases"
+        )
+    pds = None
+    for service in services:
+        if (
+            isinstance(service, dict)
+            and isinstance(service.get("id"), str)
+            and service["id"] in ("#atproto_pds", f"{did}#atproto_pds")
+            and service.get("type") == "AtprotoPersonalDataServer"
+        ):
+            endpoint = service.get("serviceEndpoint")
+            if not isinstance(endpoint, str):
+                raise DidDocumentError(
+                    did, "#atproto_pds serviceEndpoint is not a string"
+                )
+            pds = _pds_endpoint(did, endpoint)
+            break
+    if pds is None:
+        raise IdentityError(did, "DID document has no #atproto_pds service")
+    handles = tuple(
+        entry[len("at://") :]
+        for entry in aka
+        if isinstance(entry, str) and entry.startswith("at://")
+    )
+    return DidDocument(did=did, pds=pds, handles=handles, doc=doc)
 
 
 @dataclass(frozen=True)
 class DidDocument:
     """The parts of a DID document the runtime uses: ``did``, ``pds`` (endpoint
-    URL, no trailing slash), ``handles`` (from ``alsoKnownAs``) and the raw ``doc``."""
+    URL, checked, no trailing slash), ``handles`` (from ``alsoKnownAs``) and the raw
+    ``doc``."""
 
     did: str
     pds: str
@@ -48,8 +206,15 @@ class DidDocument:
 
 
 class IdentityResolver:
-    """Resolves identities with a TTL cache (thread-safe). ``overrides`` maps a DID
-    to a PDS URL without any lookup (for tests and private deployments)."""
+    """Resolves identities with a TTL cache (thread-safe).
+
+    ``plc_url`` and ``handle_service`` are trusted (user configuration).
+    ``timeout``: total seconds per lookup, retries included (default 10).
+    ``max_document_bytes``: cap on a DID document (default 64 KiB). Raises
+    :class:`~.errors.IdentityError` (and its rules), or the
+    :class:`~atdata_runtime.net.errors.NetworkError` kinds of
+    :func:`~atdata_runtime.net.fetch.fetch` (``RESPONSE_TOO_LARGE``,
+    ``DEADLINE_EXCEEDED``, ``URL_REFUSED``, ``REDIRECT_CROSS_ORIGIN`` ...)."""
 
     def __init__(
         self,
@@ -59,11 +224,13 @@ class IdentityResolver:
         ttl: float = 3600.0,
         timeout: float = 10.0,
         retry: RetryPolicy | None = None,
+        max_document_bytes: int = MAX_DID_DOCUMENT_BYTES,
     ) -> None:
         self.plc_url = plc_url.rstrip("/")
         self.handle_service = handle_service.rstrip("/") if handle_service else None
         self.ttl = ttl
         self.timeout = timeout
+        self.max_document_bytes = max_document_bytes
         self.retry = retry or RetryPolicy(attempts=4, deadline=30.0)
         self._docs: dict[str, tuple[float, DidDocument]] = {}
         self._handles: dict[str, tuple[float, str]] = {}
@@ -86,67 +253,45 @@ class IdentityResolver:
         with self._lock:
             table[key] = (time.monotonic() + self.ttl, value)
 
-    def _get_json(self, url: str, params: dict[str, str] | None = None) -> Any:
-        def once() -> Any:
-            self.lookups += 1
-            resp = httpx.get(
-                url, params=params, timeout=self.timeout, follow_redirects=True
-            )
-            if resp.status_code == 429 or resp.status_code >= 500:
-                resp.raise_for_status()
-            return resp
-
-        resp = self.retry.run(once, what=url)
-        if resp.status_code != 200:
-            raise IdentityError(url, f"HTTP {resp.status_code}: {resp.text[:200]}")
-        try:
-            return resp.json()
-        except ValueError as exc:
-            raise IdentityError(url, "response is not JSON") from exc
+    def _fetch(
+        self,
+        url: str,
+        *,
+        what: str,
+        max_bytes: int,
+        trusted: bool,
+        params: dict[str, str] | None = None,
+    ) -> Fetched:
+        self.lookups += 1
+        resp = fetch(
+            url,
+            what=what,
+            max_bytes=max_bytes,
+            deadline=self.timeout,
+            params=params,
+            trusted=trusted,
+            retry=self.retry,
+        )
+        if resp.status != 200:
+            raise IdentityError(redact_url(resp.url), f"{what}: HTTP {resp.status}")
+        return resp
 
     def did_document(self, did: str) -> DidDocument:
         """The DID document of ``did`` (did:plc or did:web). Raises
-        :class:`IdentityError` when it cannot be fetched or names no PDS."""
+        :class:`IdentityError` when it cannot be fetched or names no usable PDS."""
         hit = self._cached(self._docs, did)
         if hit is not None:
             return hit  # type: ignore[no-any-return]
-        if not is_did(did):
-            raise IdentityError(did, "not a valid DID")
-        if did.startswith("did:plc:"):
-            url = f"{self.plc_url}/{did}"
-        elif did.startswith("did:web:"):
-            msid = did[len("did:web:") :]
-            if ":" in msid:
-                raise IdentityError(
-                    did, "did:web with a path is not allowed in AT Protocol"
-                )
-            host = unquote(msid)
-            scheme = "http" if host.split(":")[0] == "localhost" else "https"
-            url = f"{scheme}://{host}/.well-known/did.json"
-        else:
-            raise IdentityError(
-                did, "only did:plc and did:web are AT Protocol DID methods"
-            )
-        doc = self._get_json(url)
-        if not isinstance(doc, dict) or doc.get("id") != did:
-            raise IdentityError(did, f"document at {url} is not the document of {did}")
-        pds = None
-        for service in doc.get("service") or []:
-            if (
-                isinstance(service, dict)
-                and str(service.get("id", "")).endswith("#atproto_pds")
-                and service.get("type") == "AtprotoPersonalDataServer"
-                and isinstance(service.get("serviceEndpoint"), str)
-            ):
-                pds = service["serviceEndpoint"].rstrip("/")
-        if pds is None:
-            raise IdentityError(did, "DID document has no #atproto_pds service")
-        handles = tuple(
-            aka[len("at://") :]
-            for aka in doc.get("alsoKnownAs") or []
-            if isinstance(aka, str) and aka.startswith("at://")
+        if not isinstance(did, str) or len(did) > 2048 or not is_did(did):
+            raise IdentityError(str(did)[:200], "not a valid DID", rule="DID_INVALID")
+        url, trusted = did_document_url(did, self.plc_url)
+        resp = self._fetch(
+            url,
+            what="DID document",
+            max_bytes=self.max_document_bytes,
+            trusted=trusted,
         )
-        result = DidDocument(did=did, pds=pds, handles=handles, doc=doc)
+        result = parse_did_document(did, resp.json())
         self._store(self._docs, did, result)
         return result
 
@@ -156,32 +301,39 @@ class IdentityResolver:
         hit = self._cached(self._handles, handle)
         if hit is not None:
             return hit  # type: ignore[no-any-return]
-        if not is_handle(handle):
-            raise IdentityError(handle, "not a valid handle")
+        if len(handle) > 253 or not is_handle(handle):
+            raise IdentityError(
+                handle[:253], "not a valid handle", rule="HANDLE_INVALID"
+            )
         did: str | None = None
         errors = []
         if self.handle_service is not None:
             try:
-                data = self._get_json(
+                data = self._fetch(
                     f"{self.handle_service}/xrpc/com.atproto.identity.resolveHandle",
-                    {"handle": handle},
-                )
-                did = data.get("did") if isinstance(data, dict) else None
-            except Exception as exc:  # noqa: BLE001 - try the next method
+                    what="handle resolution",
+                    max_bytes=MAX_HANDLE_DID_BYTES * 2,
+                    trusted=True,
+                    params={"handle": handle},
+                ).json()
+                found = data.get("did") if isinstance(data, dict) else None
+                did = found if isinstance(found, str) else None
+            except NetworkError as exc:  # try the next method
                 errors.append(str(exc))
         if did is None:
             try:
-                resp = httpx.get(
-                    f"https://{handle}/.well-known/atproto-did", timeout=self.timeout
-                )
-                self.lookups += 1
-                if resp.status_code == 200:
-                    did = (
-                        resp.text.strip().splitlines()[0] if resp.text.strip() else None
-                    )
-            except httpx.HTTPError as exc:
+                text = self._fetch(
+                    f"https://{handle}/.well-known/atproto-did",
+                    what="atproto-did",
+                    max_bytes=MAX_HANDLE_DID_BYTES,
+                    trusted=False,
+                ).text.strip()
+                did = text.splitlines()[0].strip() if text else None
+            except NetworkError as exc:
+                errors.append(str(exc))
+            except httpx.HTTPError as exc:  # pragma: no cover - fetch wraps these
                 errors.append(f"https well-known: {type(exc).__name__}")
-        if did is None or not is_did(did):
+        if did is None or len(did) > 2048 or not is_did(did):
             raise IdentityError(handle, "handle did not resolve: " + "; ".join(errors))
         if handle not in (h.lower() for h in self.did_document(did).handles):
             raise IdentityError(
