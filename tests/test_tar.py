@@ -107,14 +107,21 @@ def test_groups_like_webdataset(tmp_path: Path) -> None:
 
 def test_malformed_archives_are_located() -> None:
     raw = _archive([("a.msgpack", b"x" * 600)], tarfile.USTAR_FORMAT, False)
-    with pytest.raises(TarFormatError, match="truncated at byte 512"):
-        list(iter_files(io.BytesIO(raw[:900])))
+    with pytest.raises(TarFormatError, match="truncated") as info:
+        list(iter_files(io.BytesIO(raw[:900]), shard="s.tar"))
+    assert (info.value.rule, info.value.shard, info.value.member) == (
+        "TAR_TRUNCATED",
+        "s.tar",
+        "a.msgpack",
+    )
+    assert "shard 's.tar', member 'a.msgpack', header at byte 0" in str(info.value)
     corrupt = bytearray(raw)
     corrupt[10] ^= 0xFF
-    with pytest.raises(TarFormatError, match="checksum mismatch at byte 0"):
+    with pytest.raises(TarFormatError, match="header at byte 0: header checksum"):
         list(iter_files(io.BytesIO(bytes(corrupt))))
-    with pytest.raises(TarFormatError, match="truncated header"):
+    with pytest.raises(TarFormatError, match="truncated header") as info:
         list(iter_files(io.BytesIO(raw[:100])))
+    assert info.value.rule == "TAR_TRUNCATED"
 
 
 def test_short_reads_are_completed() -> None:
