@@ -55,6 +55,7 @@ def test_starter_lens_flags_todos_then_migrates(project: Path, tmp_path: Path) -
     assert made.returncode == 0, made.stderr
     text = (project / "mig.py").read_text()
     assert "image=source.image" in text and "label=source.label" in text
+    assert "[tool.atdata-gen] lens-packages" in text  # how a record binds to it
     again = run_cli(
         ["new-lens", "ImageSample@1.0.0", "ImageSample@2.0.0", "-o", "mig.py"], project
     )

@@ -11,6 +11,11 @@ each one, and that raises ``NotImplementedError`` if the lens runs unfinished. T
 putter writes the mapped fields back with ``dataclasses.replace`` and keeps the rest
 of the source.
 
+The module's docstring says how a lens record naming it gets bound
+(:mod:`atdata_runtime.lenses.records`): its top-level package must be on the
+consumer's lens allowlist (``[tool.atdata-gen] lens-packages``) and live in an
+installed package, not in the working or script directory.
+
 The module is built as a libcst tree with the compiler's safe node builders
 (identifiers checked, strings from ``repr``), then formatted with ruff: schema
 names, versions and field names from records never become code.
@@ -166,7 +171,12 @@ def starter_lens(source: type[PackableSample], target: type[PackableSample]) -> 
         f"Mapped: {', '.join(t for _, t in plan.mapped) or 'none'}. "
         f"To write (each TODO is a type error until done): {todo_names}.\n"
         "Check the laws once finished: "
-        "atdata_runtime.lenses.check_lens_laws(<lens>)."
+        "atdata_runtime.lenses.check_lens_laws(<lens>).\n\n"
+        "Imported, the lens registers itself. Published as a lens record (atdata-gen "
+        "publish lens), generated stubs bind to it only where its top-level package "
+        "is on the lens allowlist ([tool.atdata-gen] lens-packages) and is not "
+        "found in the working or the script's directory: keep it in an installed "
+        "package (src/ layout, or pip install)."
     )
     text = "\n".join(
         [

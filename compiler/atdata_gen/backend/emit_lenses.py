@@ -13,8 +13,12 @@ One module per lens record under ``lenses/``::
 
 The docstrings carry the code references and the version ranges. The stub never
 contains the lens's code: :class:`atdata_runtime.lenses.records.RecordLens` binds to an
-implementation installed in the user's environment (signature checked), or raises
-``NotImplementedError`` naming the repository, commit and path. Every string from
+implementation installed in the user's environment whose top-level package is on the
+lens allowlist (``[tool.atdata-gen] lens-packages``, read by the runtime at bind
+time; the stub's docstring names the packages to allowlist), signature checked, or
+raises ``NotImplementedError`` naming the repository, commit and path. The stub
+carries no allowlist of its own: the user's configuration decides, so a build stays
+deterministic from the sources alone. Every string from
 the record enters the tree as a ``repr`` literal or an escaped docstring; every
 name is a checked identifier (:mod:`atdata_gen.backend.emit`).
 """
@@ -22,6 +26,7 @@ name is a checked identifier (:mod:`atdata_gen.backend.emit`).
 from __future__ import annotations
 
 import libcst as cst
+from atdata_runtime.lenses.records import lens_package_problem
 
 from .. import __version__
 from ..ir.link import LinkedLens, LinkedModel
@@ -58,6 +63,32 @@ def _code_doc(role: str, ref: CodeRef) -> str:
     if ref.language:
         text += f", language {ref.language}"
     return text + "."
+
+
+def _allow_doc(rec: LensRecord) -> str:
+    """How to allowlist the record's implementation packages (names that could
+    never be allowlisted are left out: the binding refuses them anyway)."""
+    tops = []
+    for ref in (rec.getter, rec.putter):
+        top = ref.path.partition(":")[0].split(".")[0]
+        if lens_package_problem(top) is None and top not in tops:
+            tops.append(top)
+    how = (
+        "``[tool.atdata-gen] lens-packages``, ``ATDATA_LENS_PACKAGES`` or "
+        "``atdata_runtime.lenses.allow_lens_packages``"
+    )
+    if not tops:
+        return (
+            "The record names no package that may be allowlisted: binding raises "
+            "``LensBindRefused`` (``LENS_BIND_REFUSED``)."
+        )
+    names = ", ".join(f"``{t}``" for t in tops)
+    return (
+        f"Allowlist {names} (if you trust the repository) with {how}; the "
+        "standard library, the working and the script's directory are never bound, "
+        "and a distribution installed from another commit is refused "
+        "(``LENS_COMMIT_MISMATCH``)."
+    )
 
 
 def _ranges_doc(rec: LensRecord) -> str:
@@ -126,8 +157,10 @@ def _module(model: LinkedModel, lens: LinkedLens, rel: str) -> str:
         f"{_code_doc('Getter', rec.getter)}\n{_code_doc('Putter', rec.putter)}\n"
         f"{_ranges_doc(rec)}\n\n"
         "The code is never part of the record: ``get``/``put`` bind to the "
-        "implementation when it is installed here (signature checked), else raise "
+        "implementation when its top-level package is on the lens allowlist and it "
+        "is installed here (signature checked), else raise "
         "``NotImplementedError`` saying what to install.\n\n"
+        f"{_allow_doc(rec)}\n\n"
         f"{GENERATED_MARKER} {__version__} from ``{rel}`` "
         f"(sha256 {rec.origin.sha256[:16]}).\n"
         "Do not edit: ``atdata-gen build`` overwrites this file."
@@ -199,7 +232,8 @@ def _module(model: LinkedModel, lens: LinkedLens, rel: str) -> str:
     raises = (
         "Raises ``NotImplementedError`` when the implementation is not installed "
         "here, ``atdata_runtime.lenses.records.LensBindingError`` when it does not fit "
-        "this signature."
+        "this signature or may not be bound (``LENS_BIND_REFUSED``: off the lens "
+        "allowlist, or refused by name or place)."
     )
     body.append(
         _function(
