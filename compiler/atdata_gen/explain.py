@@ -52,6 +52,16 @@ def _record(properties: dict[str, Any], required: tuple[str, ...] = ()) -> str:
 
 _S = {"type": "string"}
 
+
+def _deep(arrays: int) -> str:
+    """A Lexicon whose property is an array of arrays, ``arrays`` deep (compact)."""
+    items: dict[str, Any] = {"type": "string"}
+    for _ in range(arrays):
+        items = {"type": "array", "items": items}
+    main = {"type": "object", "properties": {"a": items}}
+    return json.dumps({"lexicon": 1, "id": "com.example.rule", "defs": {"main": main}})
+
+
 EXAMPLES: dict[str, tuple[str, ...]] = {
     # (kind, input...) — kind "lexicon": one file; "check": old, new; "toml": text
     "SRC_JSON_SYNTAX": ("lexicon", '{"lexicon": 1,\n "id": "com.example.rule",,\n}'),
@@ -63,6 +73,30 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         ),
     ),
     "LEX_VERSION": ("lexicon", json.dumps({"lexicon": 2, "id": "a.b.c", "defs": {}})),
+    "SRC_FLOAT": (
+        "lexicon",
+        _lexicon({"main": {"type": "integer", "default": 0}}).replace(
+            '"default": 0', '"default": -0.0'
+        ),
+    ),
+    "SRC_INTEGER_RANGE": (
+        "lexicon",
+        _lexicon({"main": {"type": "integer", "maximum": 2**63}}),
+    ),
+    "SRC_JSON_TOO_DEEP": ("lexicon", _deep(65)),
+    "NAME_TOO_LONG": (
+        "lexicon",
+        json.dumps(
+            {
+                "$type": "science.alt.dataset.schema",
+                "name": "lab.Image",
+                "version": "1.0.0-" + "x" * 120,
+                "schemaType": "jsonSchema",
+                "schema": {"type": "object", "properties": {"a": {"type": "string"}}},
+            },
+            indent=2,
+        ),
+    ),
     "LEX_TYPE_MISSING": ("lexicon", _lexicon({"main": {"description": "no type"}})),
     "LEX_TYPE_UNKNOWN": ("lexicon", _record({"title": {"type": "strin"}})),
     "LEX_TYPE_NOT_ALLOWED": (
