@@ -11,13 +11,25 @@ the ``s3`` extra. Uses :mod:`atdata_runtime.samples` and, for ``Dataset.as_type`
 :mod:`atdata_runtime.lenses`.
 """
 
-from .dataset import Dataset, ShardWriter, Split, collate, expand_urls, write_samples
-from .errors import ShardChecksumError
-from .tar import TarFormatError, iter_files, iter_samples
+from .dataset import (
+    MAX_SHARDS,
+    Dataset,
+    ShardWriter,
+    Split,
+    collate,
+    expand_urls,
+    origin_of,
+    write_samples,
+)
+from .errors import ShardChecksumError, ShardListError
+from .tar import MAX_MEMBER_BYTES, TarFormatError, iter_files, iter_samples
 
 __all__ = [
+    "MAX_MEMBER_BYTES",
+    "MAX_SHARDS",
     "Dataset",
     "ShardChecksumError",
+    "ShardListError",
     "ShardWriter",
     "Split",
     "TarFormatError",
@@ -25,5 +37,6 @@ __all__ = [
     "expand_urls",
     "iter_files",
     "iter_samples",
+    "origin_of",
     "write_samples",
 ]

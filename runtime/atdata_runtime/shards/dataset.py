@@ -1,10 +1,17 @@
 """Typed datasets over WebDataset shards: ``Dataset[ImageSample](urls)``.
 
 Shards are tar files whose members are ``<key>.msgpack`` (one sample each), as atdata
-writes them. URLs use brace notation (``data-{000000..000009}.tar``) and may be local
-paths (core), ``http(s)://`` (the ``http`` extra) or ``s3://`` URLs (the ``s3`` extra),
-or anything else fsspec opens (``storage_options`` go to fsspec, e.g.
-``{"endpoint_url": …}`` for an S3-compatible server). Shards are written by
+writes them. URLs the user writes use brace notation (``data-{000000..000009}.tar``,
+bash's syntax as the ``braceexpand`` package implements it, at most ``max_shards``
+URLs, default :data:`MAX_SHARDS`); URLs that a record named (``urls_from="record"``,
+as :func:`~atdata_runtime.atmosphere.load.load_dataset` passes them) are used as
+they are. They may be local paths (core), ``http(s)://`` (the ``http`` extra) or
+``s3://`` URLs (the ``s3`` extra), or anything else fsspec opens (``storage_options``
+go to fsspec, e.g. ``{"client_kwargs": {"endpoint_url": …}}`` for an S3-compatible
+server). HTTP headers in ``storage_options["headers"]`` are scoped to hosts: plain
+headers go only to the origins of URLs the user passed, headers keyed by an origin
+(``{"https://data.example.org": {"X-Api-Key": …}}``) only to that origin
+(RFC 6454 origins: scheme, host, port). Shards are written by
 :class:`ShardWriter` (stdlib ``tarfile``, each shard renamed into place when
 complete) and read with :mod:`atdata_runtime.shards.tar` (a lean streaming reader,
 checked against ``tarfile`` and webdataset); decoding is
@@ -27,10 +34,11 @@ import hashlib
 import io
 import os
 import random
+import re
 import sys
 import tarfile
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import (
     TYPE_CHECKING,
@@ -38,14 +46,17 @@ from typing import (
     BinaryIO,
     ClassVar,
     Generic,
+    Literal,
     Self,
     TypeVar,
     overload,
 )
+from urllib.parse import urlsplit
 
 import braceexpand
 from tqdm import tqdm  # type: ignore[import-untyped]
 
+from ..net.redact import redact_url
 from ..samples.codec import (
     PackableSample,
     Ragged,
@@ -53,20 +64,30 @@ from ..samples.codec import (
     SampleFormatError,
     Unknown,
 )
-from .errors import ShardChecksumError, missing_extra
-from .tar import TarFormatError, iter_samples
+from .errors import ShardChecksumError, ShardListError, missing_extra
+from .tar import MAX_MEMBER_BYTES, iter_samples
 
 if TYPE_CHECKING:
     from ..lenses.core import Lens, LensGraph
 
 __all__ = [
+    "MAX_SHARDS",
     "Dataset",
     "ShardWriter",
     "Split",
     "collate",
     "expand_urls",
+    "origin_of",
     "write_samples",
 ]
+
+MAX_SHARDS = 100_000
+"""Default for ``max_shards``: the most shard URLs one :class:`Dataset` takes, after
+brace expansion (:func:`expand_urls`). A pattern that would expand to more is refused
+before anything is expanded (``SHARD_LIST_TOO_LONG``); pass ``max_shards=`` to
+change it."""
+
+UrlsFrom = Literal["user", "record"]
 
 T_co = TypeVar("T_co", bound=PackableSample, covariant=True)
 U = TypeVar("U", bound=PackableSample)
@@ -81,14 +102,191 @@ def _quiet(progress: bool | None) -> bool:
     return not progress
 
 
-def expand_urls(urls: str | Sequence[str]) -> list[str]:
-    """Expand brace notation (``a-{000..009}.tar``, ``{x,y}``) in one URL or a list;
-    order is kept."""
+_INT_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.-?(\d+))?$")
+_CHAR_RANGE = re.compile(r"^([A-Za-z])\.\.([A-Za-z])(?:\.\.-?(\d+))?$")
+_ALPHABET = braceexpand.alphabet
+
+
+def _count_expression(expr: str, cap: int) -> int | None:
+    """How many strings ``{expr}`` stands for (at most ``cap + 1``), or ``None``
+    when it is neither a range nor a sequence (braceexpand then keeps the braces)."""
+    if (m := _INT_RANGE.match(expr)) is not None:
+        start, end = int(m.group(1)), int(m.group(2))
+        step = (int(m.group(3)) or 1) if m.group(3) else 1
+        return min(abs(end - start) // step + 1, cap + 1)
+    if (m := _CHAR_RANGE.match(expr)) is not None:
+        step = (int(m.group(3)) or 1) if m.group(3) else 1
+        a, b = _ALPHABET.index(m.group(1)), _ALPHABET.index(m.group(2))
+        if a < b:
+            return len(_ALPHABET[a : b + 1 : step])
+        b = b or -len(_ALPHABET)
+        return len(_ALPHABET[a : b - 1 : -step])
+    # a sequence: top-level commas
+    parts: list[str] = []
+    start = pos = depth = 0
+    while pos < len(expr):
+        c = expr[pos]
+        if c == "\\":
+            pos += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+        elif c == "," and depth == 0:
+            parts.append(expr[start:pos])
+            start = pos + 1
+        pos += 1
+    if depth != 0 or not parts:
+        return None
+    parts.append(expr[start:])
+    return min(sum(_count_pattern(part, cap) for part in parts), cap + 1)
+
+
+def _count_pattern(pattern: str, cap: int) -> int:
+    """How many URLs ``braceexpand(pattern)`` yields, computed without expanding
+    (the same grammar), saturating at ``cap + 1``."""
+    total = 1
+    start = pos = depth = 0
+    while pos < len(pattern):
+        c = pattern[pos]
+        if c == "\\":
+            pos += 2
+            continue
+        if c == "{":
+            if depth == 0:
+                start = pos
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                expr = pattern[start + 1 : pos]
+                n = _count_expression(expr, cap)
+                if n is None:
+                    n = _count_pattern(expr, cap)
+                total = min(total * n, cap + 1)
+        pos += 1
+    if depth != 0:
+        raise ValueError("unbalanced braces")
+    return total
+
+
+def expand_urls(
+    urls: str | Sequence[str], *, max_shards: int = MAX_SHARDS
+) -> list[str]:
+    """Expand brace notation (``a-{000..009}.tar``, ``{x,y}``, nested, with ranges
+    and steps as in bash; ``\\{`` is a literal brace) in one URL or a list; order
+    is kept. For URLs the user writes, never for URLs from records.
+
+    The count is computed first, without expanding: more than ``max_shards`` URLs
+    in all (default :data:`MAX_SHARDS`, 100,000) raises
+    :class:`~atdata_runtime.shards.errors.ShardListError` (``SHARD_LIST_TOO_LONG``)
+    before any URL is built; unbalanced braces, ranges of numbers over 4,300
+    digits and nesting deeper than the interpreter's recursion limit raise it too
+    (``SHARD_PATTERN``)."""
     items = [urls] if isinstance(urls, str) else list(urls)
+    total = 0
+    for item in items:
+        if not isinstance(item, str):
+            raise ShardListError(
+                repr(item)[:80], "a shard URL must be a string", rule="SHARD_PATTERN"
+            )
+        try:
+            total += _count_pattern(item, max_shards)
+        except (ValueError, RecursionError) as exc:
+            raise ShardListError(
+                redact_url(item)[:200],
+                f"not a usable brace pattern ({type(exc).__name__})",
+                rule="SHARD_PATTERN",
+            ) from None
+        if total > max_shards:
+            raise ShardListError(
+                redact_url(item)[:200],
+                f"brace notation expands to more than max_shards={max_shards:,} "
+                "URLs; pass max_shards= to allow more",
+                rule="SHARD_LIST_TOO_LONG",
+            )
     out: list[str] = []
     for item in items:
         out.extend(braceexpand.braceexpand(item))
     return out
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_of(url: str) -> str | None:
+    """The origin of an absolute URL, ``scheme://host[:port]`` (RFC 6454 § 4:
+    scheme and host lowercased, the scheme's default port left out), or ``None``
+    for a URL without a host (a local path) or one that does not parse."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    host = parts.hostname
+    if not parts.scheme or not host:
+        return None
+    scheme = parts.scheme.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or _DEFAULT_PORTS.get(scheme) == port:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+def _scope_headers(
+    headers: Any, urls: Sequence[str], urls_from: UrlsFrom
+) -> dict[str, dict[str, str]]:
+    """``storage_options["headers"]`` → origin → the headers sent to it. Plain
+    entries (``name: value``) go to the origins of ``urls`` when the user gave
+    them (``urls_from="user"``); entries keyed by an origin (``origin: {name:
+    value}``) to that origin only, over plain ones."""
+    where = 'storage_options["headers"]'
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise ShardListError(where, "must be a mapping", rule="HEADERS_SCOPE")
+    plain: dict[str, str] = {}
+    scoped: dict[str, dict[str, str]] = {}
+    for key, value in headers.items():
+        if not isinstance(value, Mapping):
+            plain[str(key)] = str(value)
+            continue
+        origin = origin_of(str(key))
+        try:
+            parts = urlsplit(str(key))
+        except ValueError:
+            parts = None
+        if (
+            origin is None
+            or parts is None
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+            or "@" in parts.netloc
+        ):
+            raise ShardListError(
+                where,
+                f"key {redact_url(str(key))!r} holds headers but is not an origin "
+                "(scheme://host[:port])",
+                rule="HEADERS_SCOPE",
+            )
+        scoped.setdefault(origin, {}).update({str(k): str(v) for k, v in value.items()})
+    if plain:
+        if urls_from == "record":
+            raise ShardListError(
+                where,
+                f"plain headers ({', '.join(sorted(plain))}) would go to hosts that "
+                "only a record named; key them by the origin they are for: "
+                '{"https://host": {"Name": "value"}}',
+                rule="HEADERS_SCOPE",
+            )
+        for url in urls:
+            origin = origin_of(url)
+            if origin is not None and origin.startswith(("http://", "https://")):
+                scoped[origin] = {**plain, **scoped.get(origin, {})}
+    return scoped
 
 
 @dataclass(frozen=True)
@@ -202,30 +400,40 @@ def iter_shard(
     url: str,
     storage_options: dict[str, Any] | None = None,
     sha256: str | None = None,
+    *,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
+    max_sample_bytes: int | None = None,
 ) -> Iterator[tuple[str, bytes]]:
     """``(key, payload)`` for each sample of one shard, in tar order. Raises
-    :class:`SampleFormatError` for a sample without a ``.msgpack`` member. With
-    ``sha256`` (hex), the bytes are hashed as they stream and, once the shard has
-    been read to its end, a mismatch raises
-    :class:`~atdata_runtime.shards.errors.ShardChecksumError` naming the URL."""
+    :class:`SampleFormatError` for a sample without a ``.msgpack`` member, and
+    :class:`~atdata_runtime.shards.tar.TarFormatError` naming the shard (its URL
+    redacted) for a malformed tar or a member over ``max_member_bytes`` (default
+    :data:`~atdata_runtime.shards.tar.MAX_MEMBER_BYTES`, 1 GiB) or a sample over
+    ``max_sample_bytes`` (default: ``max_member_bytes``). With ``sha256`` (hex), the
+    bytes are hashed as they stream and, once the shard has been read to its end, a
+    mismatch raises :class:`~atdata_runtime.shards.errors.ShardChecksumError`
+    naming the URL."""
+    shown = redact_url(url)
     with _open(url, storage_options or {}) as raw:
         stream: Any = Sha256Reader(raw) if sha256 else raw
-        try:
-            for key, group in iter_samples(stream):
-                payload = group.get("msgpack")
-                if payload is None:
-                    raise SampleFormatError(
-                        f"sample has no .msgpack member (has: {', '.join(group)})",
-                        member=f"{url}:{key}",
-                    )
-                yield key, payload
-        except TarFormatError as exc:
-            raise TarFormatError(f"{url}: {exc}") from None
+        for key, group in iter_samples(
+            stream,
+            shard=shown,
+            max_member_bytes=max_member_bytes,
+            max_sample_bytes=max_sample_bytes,
+        ):
+            payload = group.get("msgpack")
+            if payload is None:
+                raise SampleFormatError(
+                    f"sample has no .msgpack member (has: {', '.join(group)})",
+                    member=f"{shown}:{key}",
+                )
+            yield key, payload
         if sha256:
             actual = stream.drain()
             if actual != sha256.lower():
                 raise ShardChecksumError(
-                    url, f"shard sha256 is {actual}, its entry says {sha256}"
+                    shown, f"shard sha256 is {actual}, its entry says {sha256}"
                 )
 
 
@@ -242,6 +450,32 @@ class Dataset(Generic[T_co]):
     ``"error"``); ``split`` (``None`` = detect per iteration) selects this
     consumer's share; ``progress`` shows a progress bar (default: when stderr is a
     terminal; ``False`` turns it off).
+
+    URLs and what goes with them (untrusted input, see ``SECURITY.md``):
+
+    - ``urls_from="user"`` (default): ``urls`` are the user's own; brace notation is
+      expanded (:func:`expand_urls`) and plain ``storage_options["headers"]`` go to
+      the origins of these URLs. ``"record"``: the URLs come from a record (as
+      :func:`~atdata_runtime.atmosphere.load.load_dataset` passes them): used as
+      they are, never expanded, and only headers keyed by an origin are sent
+      (plain ones raise ``HEADERS_SCOPE``).
+    - ``max_shards`` (default :data:`MAX_SHARDS`, 100,000): the most URLs, after
+      expansion (``SHARD_LIST_TOO_LONG``).
+    - ``max_member_bytes`` (default
+      :data:`~atdata_runtime.shards.tar.MAX_MEMBER_BYTES`, 1 GiB) and
+      ``max_sample_bytes`` (default: ``max_member_bytes``): the largest tar member
+      and the most bytes of one sample read into memory, in bytes (checked before
+      reading; :class:`~atdata_runtime.shards.tar.TarFormatError`
+      ``TAR_MEMBER_TOO_LARGE`` / ``TAR_SAMPLE_TOO_LARGE``).
+    - ``checksums``: shard URL (after expansion) → sha256 (hex), verified while
+      streaming; a key that is none of the URLs raises ``CHECKSUM_URL_UNKNOWN``
+      (it would verify nothing).
+    - ``storage_options["headers"]``: ``{"Name": "value"}`` for the hosts of the
+      user's URLs, or ``{"https://host[:port]": {"Name": "value"}}`` for one origin
+      (RFC 6454); each HTTP request carries only the headers of its URL's origin.
+
+    These raise :class:`~atdata_runtime.shards.errors.ShardListError` (a
+    ``ValueError``) with the rule named.
 
     Typed for mypy and pyright: ``ordered()`` / ``shuffled()`` are
     ``Iterator[T]``, and with ``batch_size`` an iterator of ``T``'s batch class
@@ -272,13 +506,48 @@ class Dataset(Generic[T_co]):
         split: Split | None = None,
         progress: bool | None = None,
         checksums: dict[str, str] | None = None,
+        urls_from: UrlsFrom = "user",
+        max_shards: int = MAX_SHARDS,
+        max_member_bytes: int = MAX_MEMBER_BYTES,
+        max_sample_bytes: int | None = None,
     ) -> None:
         if not hasattr(type(self), "sample_type"):
             raise TypeError("bind a sample class first: Dataset[MySample](urls)")
-        self.shards = expand_urls(urls)
+        if urls_from not in ("user", "record"):
+            raise ValueError(f"urls_from must be 'user' or 'record', not {urls_from!r}")
+        if isinstance(max_shards, bool) or not isinstance(max_shards, int):
+            raise TypeError(f"max_shards must be an int, not {max_shards!r}")
+        if max_shards < 1:
+            raise ValueError(f"max_shards must be at least 1, not {max_shards}")
+        if urls_from == "user":
+            self.shards = expand_urls(urls, max_shards=max_shards)
+        else:
+            self.shards = [urls] if isinstance(urls, str) else list(urls)
+            if len(self.shards) > max_shards:
+                raise ShardListError(
+                    "urls",
+                    f"{len(self.shards):,} shard URLs, more than "
+                    f"max_shards={max_shards:,}",
+                    rule="SHARD_LIST_TOO_LONG",
+                )
+            bad = next((u for u in self.shards if not isinstance(u, str)), None)
+            if bad is not None:
+                raise ShardListError(
+                    repr(bad)[:80], "a shard URL must be a string", rule="SHARD_PATTERN"
+                )
         if not self.shards:
-            raise ValueError("no shard URLs")
+            raise ShardListError("urls", "no shard URLs", rule="SHARD_LIST_EMPTY")
+        self.urls_from: UrlsFrom = urls_from
+        self.max_shards = max_shards
+        if max_member_bytes < 0 or (max_sample_bytes or 0) < 0:
+            raise ValueError("max_member_bytes and max_sample_bytes must be >= 0")
+        self.max_member_bytes = max_member_bytes
+        self.max_sample_bytes = max_sample_bytes
         self.storage_options = dict(storage_options or {})
+        self._headers = _scope_headers(
+            self.storage_options.get("headers"), self.shards, urls_from
+        )
+        """Origin → the HTTP headers sent to it (nothing to other hosts)."""
         self.unknown: Unknown = unknown
         self.validate = validate
         self.copy = copy
@@ -289,6 +558,16 @@ class Dataset(Generic[T_co]):
         self.progress = progress
         self.checksums = dict(checksums or {})
         """Shard URL → expected sha256 (hex), verified while streaming."""
+        known = set(self.shards)
+        stray = [url for url in self.checksums if url not in known]
+        if stray:
+            raise ShardListError(
+                redact_url(str(stray[0]))[:200],
+                f"a checksum is given for {len(stray)} URL(s) that are none of the "
+                "dataset's shard URLs (after brace expansion), so it would verify "
+                "nothing; key checksums by the expanded URLs",
+                rule="CHECKSUM_URL_UNKNOWN",
+            )
         self.stored_type: type[PackableSample] = type(self).sample_type
         """The class the shards are decoded with (differs from ``sample_type``
         after :meth:`as_type`)."""
@@ -332,6 +611,16 @@ class Dataset(Generic[T_co]):
         return load_dataset(uri, **kwargs)  # type: ignore[no-any-return]
 
     # -- iteration --------------------------------------------------------------------
+    def _options_for(self, url: str) -> dict[str, Any]:
+        """``storage_options`` for one shard: the headers of its origin only."""
+        if "headers" not in self.storage_options:
+            return self.storage_options
+        options = {k: v for k, v in self.storage_options.items() if k != "headers"}
+        headers = self._headers.get(origin_of(url) or "")
+        if headers:
+            options["headers"] = headers
+        return options
+
     def _plan(self, shards: list[str]) -> tuple[list[str], int, int]:
         split = self.split or Split.detect()
         n, k = split.consumers, split.index
@@ -348,7 +637,11 @@ class Dataset(Generic[T_co]):
             mine, desc="shards", unit="shard", disable=_quiet(self.progress)
         ):
             for key, payload in iter_shard(
-                url, self.storage_options, self.checksums.get(url)
+                url,
+                self._options_for(url),
+                self.checksums.get(url),
+                max_member_bytes=self.max_member_bytes,
+                max_sample_bytes=self.max_sample_bytes,
             ):
                 if stride == 1 or index % stride == offset:
                     yield key, payload

@@ -8,13 +8,42 @@ from __future__ import annotations
 
 from ..net.errors import NetworkError
 
-__all__ = ["ShardChecksumError", "missing_extra"]
+__all__ = ["ShardChecksumError", "ShardListError", "missing_extra"]
 
 
 class ShardChecksumError(NetworkError):
     """A shard's bytes do not match the checksum its entry records."""
 
     rule = "SHARD_CHECKSUM_MISMATCH"
+
+
+class ShardListError(ValueError):
+    """A :class:`~atdata_runtime.shards.Dataset` was given an unusable list of
+    shards or settings for it: ``where`` (the URL, pattern or setting concerned,
+    credentials redacted), ``reason``, and a stable ``rule``:
+
+    - ``SHARD_LIST_TOO_LONG``: brace notation expands to more URLs than
+      ``max_shards`` (or more URLs than that were given);
+    - ``SHARD_LIST_EMPTY``: no shard URLs;
+    - ``CHECKSUM_URL_UNKNOWN``: a checksum is keyed by a URL that is not one of the
+      dataset's shard URLs after expansion (it would verify nothing);
+    - ``HEADERS_SCOPE``: ``storage_options["headers"]`` cannot be scoped to hosts
+      (an origin key that is not ``scheme://host[:port]``, or plain headers for URLs
+      that a record named).
+
+    A ``ValueError``, so that code catching the old errors still does.
+    ``str()`` is ``"<where>: <reason> [<rule>]"``."""
+
+    rule = "SHARD_LIST"
+
+    def __init__(self, where: str, reason: str, *, rule: str | None = None) -> None:
+        self.where = where
+        self.reason = reason
+        if rule is not None:
+            self.rule = rule
+        super().__init__(
+            f"{where}: {reason} [{self.rule}]" if where else f"{reason} [{self.rule}]"
+        )
 
 
 def missing_extra(
