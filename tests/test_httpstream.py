@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import pytest
 from atdata_runtime.atmosphere.errors import AtmosphereError, RetryExhaustedError
+from atdata_runtime.net.errors import HttpStatusError
 from atdata_runtime.net.retry import RetryPolicy
 from atdata_runtime.shards.http import HttpShardStream
 
@@ -127,6 +127,6 @@ def test_wrong_content_range_is_refused(server: tuple[str, Behaviour]) -> None:
 
 def test_client_errors_are_not_retried(server: tuple[str, Behaviour]) -> None:
     base, behaviour = server
-    with pytest.raises(httpx.HTTPStatusError, match="404"):
+    with pytest.raises(HttpStatusError, match=r"HTTP 404 \[HTTP_STATUS\]"):
         HttpShardStream(f"{base}/missing.tar", retry=_policy())
     assert behaviour.requests == []
