@@ -311,7 +311,7 @@ def _write_diagnostic(exc: BaseException, out: Path) -> Diagnostic:
     if isinstance(exc, OutputPathError):
         return _out_diagnostic(exc, out)
     if isinstance(exc, OutputLockedError):
-        return Diagnostic(Span(str(exc.path)), "OUT_LOCKED", Severity.ERROR, str(exc))
+        return Diagnostic(Span(str(exc.path)), "OUT_LOCKED", Severity.ERROR, exc.reason)
     if not isinstance(exc, WriteError):
         assert isinstance(exc, OSError)
         exc = WriteError(exc.filename or out, exc)

@@ -190,10 +190,11 @@ class OutputLockedError(RuntimeError):
     def __init__(self, lock: Path, timeout: float, holder: str) -> None:
         self.path = lock
         who = f" (pid {holder})" if holder else ""
-        super().__init__(
-            f"{lock}: another atdata-gen build{who} is writing this package; waited "
+        self.reason = (
+            f"another atdata-gen build{who} is writing this package; waited "
             f"{timeout:g} s (set {LOCK_TIMEOUT_ENV} to wait longer)"
         )
+        super().__init__(f"{lock}: {self.reason}")
 
 
 def output_path_problem(root: Path) -> Path | None:
@@ -626,9 +627,12 @@ def _assemble(root: Path, plan: Plan, scratch: Path) -> None:
         if rel in plan.unchanged:
             _link_or_copy(root / rel, scratch / rel)
         else:
-            fd = os.open(scratch / rel, excl | os.O_CLOEXEC, 0o666)
-            with open(fd, "w", encoding="utf-8", newline="\n") as fh:
-                fh.write(text)
+            try:
+                fd = os.open(scratch / rel, excl | os.O_CLOEXEC, 0o666)
+                with open(fd, "w", encoding="utf-8", newline="\n") as fh:
+                    fh.write(text)
+            except OSError as exc:
+                raise WriteError(root / rel, exc) from exc
         placed()
 
 
@@ -636,7 +640,10 @@ def _apply(plan: Plan) -> None:
     root = plan.root
     parent = root.parent
     prefix = _prefix(root)
-    scratch = Path(tempfile.mkdtemp(prefix=f"{prefix}tmp-", dir=parent))
+    try:
+        scratch = Path(tempfile.mkdtemp(prefix=f"{prefix}tmp-", dir=parent))
+    except OSError as exc:
+        raise WriteError(parent, exc) from exc
     new: Path | None = None
     try:
         root_mode = (
@@ -650,6 +657,9 @@ def _apply(plan: Plan) -> None:
         )
         os.rename(scratch, new)
         _kill_point("staged")
+    except WriteError:
+        _remove(new or scratch)
+        raise
     except OSError as exc:
         _remove(new or scratch)
         raise WriteError(exc.filename or root, exc) from exc
