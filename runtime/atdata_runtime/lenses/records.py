@@ -232,6 +232,13 @@ def _shown(text: object) -> str:
     return f"{text[:_MAX_SHOWN]!r}… ({len(text)} characters)"
 
 
+def _plain(text: object) -> str:
+    """Untrusted text shown as is when short and printable, else as :func:`_shown`."""
+    if isinstance(text, str) and len(text) <= _MAX_SHOWN and text.isprintable():
+        return text
+    return _shown(text)
+
+
 def _identifier_problem(part: str) -> str | None:
     if not part:
         return "is empty"
@@ -558,15 +565,22 @@ def _direct_url(dist: importlib.metadata.Distribution) -> dict[str, Any] | None:
 
 
 def _owns(
-    dist: importlib.metadata.Distribution, origin: str, direct: dict[str, Any] | None
+    dist: importlib.metadata.Distribution,
+    origin: str,
+    direct: dict[str, Any] | None,
+    by_record: bool,
 ) -> bool:
-    """Whether the module file ``origin`` belongs to ``dist``: listed in its
-    ``RECORD`` below its location, or below the directory of an editable install."""
+    """Whether the module file ``origin`` belongs to ``dist``: below the directory
+    of an editable install (``dir_info.editable``), or (``by_record``) listed in its
+    ``RECORD`` below its location."""
     dir_info = direct.get("dir_info") if direct else None
-    if isinstance(dir_info, dict) and direct and isinstance(direct.get("url"), str):
-        parts = urlsplit(direct["url"])
+    url = direct.get("url") if direct else None
+    if isinstance(dir_info, dict) and dir_info.get("editable") and isinstance(url, str):
+        parts = urlsplit(url)
         if parts.scheme == "file" and _under(origin, _norm(unquote(parts.path))):
             return True
+    if not by_record:
+        return False
     base = _norm(str(dist.locate_file("")))
     if not _under(origin, base):
         return False
@@ -583,17 +597,15 @@ def _provenance(top: str, origin: str | None, ref: CodeReference, label: str) ->
     full = _norm(origin)
     names = importlib.metadata.packages_distributions().get(top, [])
     candidates = [
-        d
+        (d, True)
         for n in dict.fromkeys(names)
         for d in importlib.metadata.distributions(name=n)
     ]
-    seen = {id(d) for d in candidates}
-    for d in importlib.metadata.distributions():  # editable installs map no names
-        if id(d) not in seen:
-            candidates.append(d)
-    for dist in candidates:
+    # Editable installs map no names (their RECORD lists a .pth or a finder).
+    candidates += [(d, False) for d in importlib.metadata.distributions()]
+    for dist, by_record in candidates:
         direct = _direct_url(dist)
-        if not _owns(dist, full, direct):
+        if not _owns(dist, full, direct, by_record):
             continue
         meta = dist.metadata
         who = f"distribution {meta['Name']} {meta['Version']}"
@@ -713,8 +725,8 @@ class RecordLens(Generic[A, B]):
         record: str,
         allow: Iterable[str] | None = None,
     ) -> None:
+        # This binding's whole allowlist, or None for the default sources.
         self.allow = None if allow is None else tuple(allow)
-        """This binding's whole allowlist, or ``None`` for the default sources."""
         self.source, self.target = source, target
         self.getter_ref, self.putter_ref = getter, putter
         self.name, self.record = name, record
@@ -769,7 +781,7 @@ class RecordLens(Generic[A, B]):
         its module is not installed here; the rules of the module docstring, in
         order."""
         if ref.language is not None and ref.language.lower() != "python":
-            self._missing[role] = f"it is written in {_shown(ref.language)}"
+            self._missing[role] = f"it is written in {_plain(ref.language)}"
             return None
         parts, function = self._parse(role, ref)
         top, module_name = parts[0], ".".join(parts)
@@ -933,7 +945,8 @@ class RecordLens(Generic[A, B]):
         return NotImplementedError(
             f"{self._label(role)} is not available here "
             f"({self._missing.get(role, 'not bound')}) [LENS_UNBOUND]. Install or "
-            f"write {ref.path} from {ref.repository} at commit {ref.commit}"
+            f"write {_plain(ref.path)} from {_plain(ref.repository)} at commit "
+            f"{_plain(ref.commit)}"
         )
 
     # -- use -----------------------------------------------------------------------
