@@ -21,6 +21,7 @@ import subprocess
 import sys
 import sysconfig
 import textwrap
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -306,6 +307,22 @@ def test_allowlisted_package_binds_and_works(site: Path) -> None:
     assert getter.startswith("plainlens.v1:get (")
     assert str(site / "plainlens" / "v1.py") in getter
     assert getter.endswith("; not from an installed distribution — commit not verified")
+
+
+def test_module_built_in_memory_binds_when_allowlisted(site: Path) -> None:
+    """A module the program registered itself (``sys.modules``, no file): nothing to
+    import or locate, still only when allowlisted."""
+    module = types.ModuleType("memlens")
+    exec(IMPL, module.__dict__)  # noqa: S102 - the test's own code
+    sys.modules["memlens"] = module
+    with pytest.raises(LensBindRefused, match="'memlens' is not on the lens"):
+        _lens("memlens", allow=[]).bind()
+    rl = _lens("memlens", allow=["memlens"])
+    assert rl.bind() and rl.get(SrcA(label="a")).caption == "A"
+    assert rl.where["getter"].endswith(
+        "; no file (a namespace package or a module built in memory), not from a "
+        "distribution — commit not verified"
+    )
 
 
 def test_not_installed_is_unbound_not_refused(site: Path) -> None:

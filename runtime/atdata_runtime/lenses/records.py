@@ -15,7 +15,8 @@ the module imported:
 
 1. **Syntax** (``LENS_BIND_REFUSED``): ``path`` is ``module:function`` of at most
    :data:`MAX_CODE_PATH_LENGTH` (512) characters; every module segment and the
-   function are Python identifiers (NFKC-normal, not keywords) and none is a dunder
+   function are Python identifiers (NFKC-normal as PEP 3131 reads them, not
+   keywords) and none is a dunder
    (``__main__``, ``__init__``, ``__hello__``, ``__builtins__``…).
 2. **Never bound** (``LENS_BIND_REFUSED``), even when allowlisted: standard-library
    top-level names (``sys.stdlib_module_names``, ``sys.builtin_module_names``) and
@@ -24,10 +25,12 @@ the module imported:
 3. **Allowlist** (``LENS_BIND_REFUSED``): the top-level package is on the lens
    allowlist (see below).
 4. **Origin** (``LENS_BIND_REFUSED``): the top-level package is located with
-   :class:`importlib.machinery.PathFinder` over ``sys.path`` (or taken from an
-   already imported module's spec), and refused when it lies directly in the working
-   directory, the script's directory (``__main__.__file__``; ``sys.path[0]`` for a
-   script) or the standard library (``sysconfig`` ``stdlib``/``platstdlib`` of the
+   :class:`importlib.machinery.PathFinder` over ``sys.path`` (submodules over
+   their parent's search locations; an already imported module's spec is taken from
+   ``sys.modules``, and a module the program built in memory has no file to check),
+   and refused when it lies directly in the working directory, the script's
+   directory (``__main__.__file__``; ``sys.path[0]`` for a script) or the standard
+   library (``sysconfig`` ``stdlib``/``platstdlib`` of the
    running and the base interpreter, ``site-packages`` excepted). A module that is
    not found is unbound (below).
 5. **Provenance** (``LENS_COMMIT_MISMATCH``): when the module's file belongs to an
@@ -484,12 +487,26 @@ def _spec_places(spec: importlib.machinery.ModuleSpec) -> tuple[str, ...]:
     return (spec.origin,) if isinstance(spec.origin, str) and spec.has_location else ()
 
 
+def _imported_spec(name: str) -> importlib.machinery.ModuleSpec | None:
+    """The spec of an already imported module ``name`` (a location-less one for a
+    module the program built in memory), or ``None`` when it is not imported."""
+    module = sys.modules.get(name)
+    if module is None:
+        return None
+    spec = getattr(module, "__spec__", None)
+    if isinstance(spec, importlib.machinery.ModuleSpec):
+        return spec
+    found = importlib.machinery.ModuleSpec(name, None)
+    path = getattr(module, "__path__", None)
+    if isinstance(path, list):
+        found.submodule_search_locations = [str(p) for p in path]
+    return found
+
+
 def _top_spec(top: str) -> importlib.machinery.ModuleSpec | None:
-    module = sys.modules.get(top)
-    if module is not None:
-        spec = getattr(module, "__spec__", None)
-        return spec if isinstance(spec, importlib.machinery.ModuleSpec) else None
-    spec = importlib.machinery.PathFinder.find_spec(top, sys.path)
+    spec = _imported_spec(top) or importlib.machinery.PathFinder.find_spec(
+        top, sys.path
+    )
     if spec is not None:
         return spec
     # Other finders installed by the environment (editable installs' finders).
@@ -511,20 +528,23 @@ def _top_spec(top: str) -> importlib.machinery.ModuleSpec | None:
 def _locate(parts: list[str]) -> _Located | None | str:
     """Find the module ``parts`` names without executing anything: a
     :class:`_Located`, ``None`` when the top-level package is not installed, or the
-    reason a submodule is missing."""
+    reason a submodule is missing. Already imported modules are taken from
+    ``sys.modules`` (their spec, their ``__path__``)."""
     spec = _top_spec(parts[0])
     if spec is None:
         return None
     places = _spec_places(spec)
     for i in range(1, len(parts)):
         name = ".".join(parts[: i + 1])
-        parent = sys.modules.get(".".join(parts[:i]))
-        search = getattr(parent, "__path__", None) if parent else None
-        if search is None:
-            search = spec.submodule_search_locations
-        if search is None:
-            return f"{'.'.join(parts[:i])!r} is not a package"
-        sub = importlib.machinery.PathFinder.find_spec(name, list(search))
+        sub = _imported_spec(name)
+        if sub is None:
+            parent = sys.modules.get(".".join(parts[:i]))
+            search = getattr(parent, "__path__", None) if parent else None
+            if search is None:
+                search = spec.submodule_search_locations
+            if search is None:
+                return f"{'.'.join(parts[:i])!r} is not a package"
+            sub = importlib.machinery.PathFinder.find_spec(name, list(search))
         if sub is None:
             return f"module {name!r} is not installed"
         spec = sub
@@ -593,7 +613,10 @@ def _provenance(top: str, origin: str | None, ref: CodeReference, label: str) ->
     Raises :class:`LensCommitMismatch` when a VCS install names another repository or
     commit than ``ref``."""
     if origin is None:
-        return "namespace package, not from a distribution — commit not verified"
+        return (
+            "no file (a namespace package or a module built in memory), not from a "
+            "distribution — commit not verified"
+        )
     full = _norm(origin)
     names = importlib.metadata.packages_distributions().get(top, [])
     candidates = [
