@@ -90,9 +90,10 @@ that many tiny lists (numpy arrays are zero-copy views and cost nothing here).""
 
 MAX_VALUE_DEPTH: Final = 32
 """Maps and arrays nest at most this deep in a payload key the class does not
-declare (a declared field nests as deep as its type says): deeper data could be
-read but not written back (msgpack's packer stops at 511) nor hashed as a record.
-Deeper is a :class:`SampleFormatError` with rule ``SAMPLE_DEPTH``."""
+declare (a declared field nests as deep as its type says). msgpack itself reads
+up to 1,024 levels; recursive consumers of kept values (``json``, ``repr``, record
+hashing such as ``atmosphere.record_cid``, comparisons) hit Python's recursion limit
+near 1,000. Deeper is a :class:`SampleFormatError` with rule ``SAMPLE_DEPTH``."""
 
 
 @functools.lru_cache(maxsize=256)
@@ -296,8 +297,19 @@ def _check_items(
             _check_items(items, item, f"{path}[{i}]", member, packing=packing)
 
 
+_EXT_REFUSED: Final = "msgpack ext type refused (samples carry no ext types)"
+
+
 def _refuse_ext(code: int, data: bytes) -> Any:
-    raise ValueError(f"msgpack ext type {code} refused (samples carry no ext types)")
+    raise ValueError(f"{_EXT_REFUSED}: type {code}")
+
+
+def _msgpack_reason(exc: Exception) -> str:
+    """What msgpack's error means, in the sample's terms."""
+    text = str(exc)
+    if "max_ext_len" in text:  # an ext of 1 byte or more (type -1 never reaches
+        return _EXT_REFUSED  # the hook: msgpack decodes it as a Timestamp)
+    return text
 
 
 class _Budget:
@@ -501,7 +513,7 @@ class _Codec:
                 data = _unpackb(payload)
             except (ValueError, msgpack.UnpackException) as exc:
                 raise SampleFormatError(
-                    f"payload is not msgpack: {exc}",
+                    f"payload is not msgpack: {_msgpack_reason(exc)}",
                     member=member,
                     rule="SAMPLE_MSGPACK",
                 ) from None
@@ -652,7 +664,7 @@ class _Codec:
             if isinstance(exc, SampleFormatError):
                 raise
             raise SampleFormatError(
-                f"payload is not a msgpack map: {exc}",
+                f"payload is not a msgpack map: {_msgpack_reason(exc)}",
                 member=member,
                 rule="SAMPLE_MSGPACK",
             ) from None
