@@ -1,0 +1,378 @@
+"""Finding 3 of issue 14: did:web SSRF. Identity resolution against loopback servers
+this test starts: a did:web that smuggles a path and query, plain http, loopback
+and private hosts, cross-origin redirects, response bodies in errors, and hostile
+``#atproto_pds`` endpoints. Every server records what reached it."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from atdata_runtime.atmosphere.errors import DidDocumentError, IdentityError
+from atdata_runtime.atmosphere.identity import (
+    IdentityResolver,
+    did_document_url,
+    parse_did_document,
+)
+from atdata_runtime.net.errors import (
+    NetworkError,
+    RedirectRefusedError,
+    UnsafeUrlError,
+)
+from atdata_runtime.net.fetch import INSECURE_LOOPBACK_ENV
+from atdata_runtime.net.retry import RetryPolicy
+
+SECRET = "s3cr3t-admin-token-7f1c"
+PLC_DID = "did:plc:abcdefghijklmnopqrstuvwx"
+
+Route = Callable[[http.server.BaseHTTPRequestHandler], None]
+
+
+@dataclass
+class Server:
+    port: int
+    routes: dict[str, Route] = field(default_factory=dict)
+    hits: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+
+    @property
+    def paths(self) -> list[str]:
+        return [path for path, _ in self.hits]
+
+
+def _send(
+    handler: http.server.BaseHTTPRequestHandler,
+    status: int,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+) -> None:
+    handler.send_response(status)
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def _json(doc: Any) -> Route:
+    return lambda h: _send(
+        h, 200, json.dumps(doc).encode(), {"Content-Type": "application/json"}
+    )
+
+
+def _redirect(status: int, location: str) -> Route:
+    return lambda h: _send(h, status, headers={"Location": location})
+
+
+def _start() -> tuple[Server, Callable[[], None]]:
+    state: list[Server] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            server = state[0]
+            server.hits.append((self.path, dict(self.headers.items())))
+            route = server.routes.get(self.path.split("?")[0])
+            if route is None:
+                _send(self, 404, f"not here; {SECRET}".encode())
+            else:
+                route(self)
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.append(Server(port=srv.server_port))
+    thread = threading.Thread(
+        target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
+    thread.start()
+
+    def stop() -> None:
+        srv.shutdown()
+        srv.server_close()
+
+    return state[0], stop
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    s, stop = _start()
+    yield s
+    stop()
+
+
+@pytest.fixture
+def other() -> Iterator[Server]:
+    s, stop = _start()
+    yield s
+    stop()
+
+
+@pytest.fixture
+def loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(INSECURE_LOOPBACK_ENV, "1")
+
+
+@pytest.fixture(autouse=True)
+def _no_loopback_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a LocalNetwork started earlier in the session turns the test mode on
+    monkeypatch.delenv(INSECURE_LOOPBACK_ENV, raising=False)
+
+
+def _resolver(**kw: Any) -> IdentityResolver:
+    return IdentityResolver(
+        timeout=5.0, retry=RetryPolicy(attempts=1, sleep=lambda s: None), **kw
+    )
+
+
+def _doc(did: str, endpoint: Any = "https://pds.example.com") -> dict[str, Any]:
+    return {
+        "id": did,
+        "alsoKnownAs": ["at://alice.example.com"],
+        "service": [
+            {
+                "id": "#atproto_pds",
+                "type": "AtprotoPersonalDataServer",
+                "serviceEndpoint": endpoint,
+            }
+        ],
+    }
+
+
+# -- the reported attack ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["default", "loopback-test-mode"])
+def test_did_web_smuggling_a_path_and_query_makes_no_request(
+    server: Server, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    if mode != "default":
+        monkeypatch.setenv(INSECURE_LOOPBACK_ENV, "1")
+    server.routes["/admin/delete-user"] = lambda h: _send(h, 200, SECRET.encode())
+    did = f"did:web:localhost%3A{server.port}%2Fadmin%2Fdelete-user%3Fid%3D7%23"
+    with pytest.raises(IdentityError) as info:
+        _resolver().did_document(did)
+    assert info.value.rule == "DID_INVALID"
+    assert "hostname with an optional %3A port" in str(info.value)
+    assert server.hits == []  # /admin/delete-user was never called
+
+
+@pytest.mark.parametrize(
+    "msid",
+    [
+        "example.com:admin",  # a did:web path
+        "example.com%2Fadmin",
+        "example.com%3A443%2F",
+        "example.com%40evil.com",
+        "user%3Apass%40example.com",
+        "example.com%3A99999",
+        "example.com%3A",
+        "-bad.example.com",
+        "exa_mple.com",
+        "example..com",
+        "a" * 64 + ".com",
+        "example.com%3a80%3a81",
+    ],
+)
+def test_only_hostname_and_port_did_web_is_accepted(msid: str) -> None:
+    with pytest.raises(IdentityError) as info:
+        did_document_url(f"did:web:{msid}")
+    assert info.value.rule == "DID_INVALID"
+
+
+def test_did_web_url_is_built_from_parsed_parts() -> None:
+    assert did_document_url("did:web:Example.COM%3a8443") == (
+        "https://example.com:8443/.well-known/did.json",
+        False,
+    )
+    assert did_document_url("did:web:example.com") == (
+        "https://example.com/.well-known/did.json",
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    "did",
+    [
+        "did:plc:ABCDEFGHIJKLMNOPQRSTUVWX",
+        "did:plc:abc",
+        "did:plc:abcdefghijklmnopqrstuvw1",
+    ],
+)
+def test_did_plc_must_be_24_base32_characters(did: str) -> None:
+    with pytest.raises(IdentityError) as info:
+        did_document_url(did, "http://127.0.0.1:1")
+    assert info.value.rule == "DID_INVALID"
+
+
+# -- https only, no loopback or private hosts ----------------------------------------
+
+
+def test_plain_http_loopback_did_web_is_refused_outside_test_mode(
+    server: Server,
+) -> None:
+    server.routes["/.well-known/did.json"] = _json(_doc("x"))
+    for did in (
+        f"did:web:localhost%3A{server.port}",
+        f"did:web:127.0.0.1%3A{server.port}",
+    ):
+        with pytest.raises(UnsafeUrlError) as info:
+            _resolver().did_document(did)
+        assert info.value.rule == "URL_REFUSED"
+        assert "https" not in info.value.uri or "http" in info.value.uri
+    assert server.hits == []
+
+
+def test_names_that_resolve_to_loopback_are_refused_after_connect(
+    server: Server,
+) -> None:
+    # "127.1" is no IP literal to ipaddress, but getaddrinfo resolves it to
+    # 127.0.0.1: the connected peer is checked before anything is sent.
+    with pytest.raises(UnsafeUrlError, match="resolved to a loopback address"):
+        _resolver().did_document(f"did:web:127.1%3A{server.port}")
+    assert server.hits == []
+
+
+@pytest.mark.parametrize(
+    "host", ["10.0.0.7", "192.168.1.1", "169.254.169.254", "0.0.0.0", "172.16.0.1"]
+)
+def test_private_hosts_are_refused_even_in_test_mode(host: str, loopback: None) -> None:
+    with pytest.raises(UnsafeUrlError) as info:
+        _resolver().did_document(f"did:web:{host}")
+    assert info.value.rule == "URL_REFUSED"
+
+
+def test_loopback_test_mode_allows_http_on_loopback(
+    server: Server, loopback: None
+) -> None:
+    did = f"did:web:localhost%3A{server.port}"
+    server.routes["/.well-known/did.json"] = _json(_doc(did))
+    doc = _resolver().did_document(did)
+    assert doc.pds == "https://pds.example.com"
+    assert server.paths == ["/.well-known/did.json"]
+
+
+# -- redirects and bodies -----------------------------------------------------------
+
+
+def test_cross_origin_redirect_is_refused(
+    server: Server, other: Server, loopback: None
+) -> None:
+    did = f"did:web:localhost%3A{server.port}"
+    other.routes["/.well-known/did.json"] = _json(_doc(did))
+    for target in (
+        f"http://127.0.0.1:{other.port}/.well-known/did.json",  # other port
+        f"http://127.0.0.1:{server.port}/.well-known/did.json",  # other host
+        f"https://localhost:{server.port}/.well-known/did.json",  # other scheme
+    ):
+        server.routes["/.well-known/did.json"] = _redirect(302, target)
+        with pytest.raises(RedirectRefusedError) as info:
+            _resolver().did_document(did)
+        assert info.value.rule == "REDIRECT_CROSS_ORIGIN"
+    assert other.hits == []
+
+
+def test_same_origin_redirects_are_followed_up_to_five(
+    server: Server, loopback: None
+) -> None:
+    did = f"did:web:localhost%3A{server.port}"
+    server.routes["/.well-known/did.json"] = lambda h: _send(
+        h, 307, headers={"Location": "/hop/1"}
+    )
+    for i in range(1, 5):
+        server.routes[f"/hop/{i}"] = _redirect(302, f"/hop/{i + 1}")
+    server.routes["/hop/5"] = _json(_doc(did))
+    assert _resolver().did_document(did).did == did
+    server.routes["/hop/5"] = lambda h: _send(h, 302, headers={"Location": "/hop/6"})
+    with pytest.raises(RedirectRefusedError) as info:
+        _resolver().did_document(did)
+    assert info.value.rule == "TOO_MANY_REDIRECTS"
+
+
+@pytest.mark.parametrize("status", [200, 403, 404, 500])
+def test_errors_never_carry_the_response_body(
+    server: Server, loopback: None, status: int
+) -> None:
+    did = f"did:web:localhost%3A{server.port}"
+    body = f"<html>{SECRET}</html>".encode()
+    server.routes["/.well-known/did.json"] = lambda h: _send(h, status, body)
+    with pytest.raises(NetworkError) as info:
+        _resolver().did_document(did)
+    assert SECRET not in str(info.value)
+    assert SECRET not in repr(info.value.args)
+    assert info.value.rule in (
+        "IDENTITY_UNRESOLVED",
+        "RESPONSE_MALFORMED",
+        "RETRY_EXHAUSTED",
+    )
+
+
+# -- the PDS endpoint named by a DID document ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://pds.example.com",  # not https
+        "https://10.0.0.5:2583",
+        "https://169.254.169.254",
+        "https://localhost:2583",
+        "https://127.0.0.1",
+        "https://[::1]:2583",
+        "https://user:pw@pds.example.com",
+        "https://pds.example.com/xrpc/admin",
+        "https://pds.example.com?x=1",
+        "file:///etc/passwd",
+        "gopher://pds.example.com",
+        "",
+    ],
+)
+def test_hostile_pds_endpoints_are_refused(endpoint: str) -> None:
+    with pytest.raises(IdentityError) as info:
+        parse_did_document(PLC_DID, _doc(PLC_DID, endpoint))
+    assert info.value.rule == "PDS_ENDPOINT_REFUSED"
+    assert "pw" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        [],
+        "x",
+        {"id": "did:plc:someoneelse"},
+        {"id": PLC_DID, "service": {"id": "#atproto_pds"}},
+        {"id": PLC_DID, "alsoKnownAs": "at://x"},
+        {"id": PLC_DID, "service": [{}] * 65},
+        _doc(PLC_DID, 12),
+        _doc(PLC_DID, {"uri": "https://x"}),
+    ],
+)
+def test_malformed_documents_are_did_document_errors(doc: Any) -> None:
+    with pytest.raises(DidDocumentError) as info:
+        parse_did_document(PLC_DID, doc)
+    assert info.value.rule == "DID_DOCUMENT_INVALID"
+
+
+def test_plc_directory_is_trusted_but_its_documents_are_not(server: Server) -> None:
+    # the user's PLC directory may be plain http on loopback (no test mode) ...
+    server.routes[f"/{PLC_DID}"] = _json(_doc(PLC_DID))
+    resolver = _resolver(plc_url=f"http://127.0.0.1:{server.port}")
+    assert resolver.did_document(PLC_DID).pds == "https://pds.example.com"
+    # ... but the PDS endpoint its document names is a URL from the network
+    server.routes[f"/{PLC_DID}"] = _json(_doc(PLC_DID, "http://127.0.0.1:2583"))
+    with pytest.raises(IdentityError) as info:
+        _resolver(plc_url=f"http://127.0.0.1:{server.port}").did_document(PLC_DID)
+    assert info.value.rule == "PDS_ENDPOINT_REFUSED"
+
+
+def test_handle_well_known_is_refused_for_local_names(server: Server) -> None:
+    with pytest.raises(IdentityError) as info:
+        _resolver().resolve_handle("localhost.localhost")
+    assert "URL_REFUSED" in str(info.value)
+    assert server.hits == []
