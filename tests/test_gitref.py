@@ -21,10 +21,34 @@ from atdata_gen.gitref import GitRefError, code_reference, strip_credentials
         ("https://token@example.org:8443/x", "https://example.org:8443/x"),
         ("git@github.com:lab/x.git", "git@github.com:lab/x.git"),
         ("/srv/git/x.git", "/srv/git/x.git"),
+        # credential-like query and fragment parameters are dropped (issue 14)
+        (
+            "https://gitlab.example.org/lab/x.git?private_token=glpat-1&ref=main",
+            "https://gitlab.example.org/lab/x.git?ref=main",
+        ),
+        ("https://h.example/x.git?access_token=abc", "https://h.example/x.git"),
+        (
+            (
+                "https://u:p@h.example/x?X-Amz-Credential=a&X-Amz-Signature=b&sig=c"
+                "&api_key=d&key=e&token=f#id_token=g"
+            ),
+            "https://h.example/x",
+        ),
+        ("https://h.example/x?q=token", "https://h.example/x?q=token"),
     ],
 )
 def test_credentials_are_stripped(url: str, clean: str) -> None:
     assert strip_credentials(url) == clean
+
+
+def test_git_errors_carry_no_credentials(tmp_path: Path) -> None:
+    """git's stderr names the remote URL; a GitRefError message must not."""
+    err = GitRefError(
+        "GIT_ERROR",
+        "fatal: unable to access 'https://bob:ghp_tok@github.com/x.git/?token=t2'",
+    )
+    assert "ghp_tok" not in str(err) and "bob" not in str(err)
+    assert "t2" not in str(err) and "github.com/x.git" in str(err)
 
 
 def test_remote_url_in_reference_has_no_credentials(tmp_path: Path) -> None:
