@@ -59,6 +59,10 @@ _ORDER = {
 # -- building repositories --------------------------------------------------------
 
 
+def _block_of(value: dict[str, Any] | bytes) -> bytes:
+    return value if isinstance(value, bytes) else dag_cbor(from_json(value))
+
+
 def block_cid(data: bytes) -> bytes:
     """Binary CIDv1 dag-cbor sha2-256 of a block."""
     return bytes((1, 0x71, 0x12, 0x20)) + hashlib.sha256(data).digest()
@@ -119,15 +123,16 @@ class Repo:
 
     did: str
     key: Key
-    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    records: dict[str, dict[str, Any] | bytes] = field(default_factory=dict)
     blocks: dict[bytes, bytes] = field(default_factory=dict)
     rev: str = "3l3qo2vutsw2b"
 
     def put(
-        self, rkey: str, value: dict[str, Any], collection: str = COLLECTION
+        self, rkey: str, value: dict[str, Any] | bytes, collection: str = COLLECTION
     ) -> str:
+        """Add a record (JSON form, or raw block bytes); returns its CID."""
         self.records[f"{collection}/{rkey}"] = value
-        return cid_to_str(self.add(dag_cbor(from_json(value))))
+        return cid_to_str(self.add(_block_of(value)))
 
     def add(self, data: bytes) -> bytes:
         cid = block_cid(data)
@@ -169,8 +174,7 @@ class Repo:
 
     def mst_root(self) -> bytes:
         items = sorted(
-            (k.encode(), block_cid(dag_cbor(from_json(v))))
-            for k, v in self.records.items()
+            (k.encode(), block_cid(_block_of(v))) for k, v in self.records.items()
         )
         if not items:
             return self.add(dag_cbor({"l": None, "e": []}))
@@ -227,7 +231,7 @@ class Repo:
         cids = [commit, *self.path(data, key)]
         value = self.records.get(key.decode())
         if value is not None:
-            cids.append(block_cid(dag_cbor(from_json(value))))
+            cids.append(block_cid(_block_of(value)))
         return car(commit, [(c, self.blocks[c]) for c in cids])
 
     def did_document(self, pds: str, *, key: Key | None = None) -> dict[str, Any]:
