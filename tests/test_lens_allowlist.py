@@ -39,6 +39,7 @@ from atdata_runtime.lenses.records import (
 )
 from atdata_runtime.samples import FieldSpec, sample_class
 
+from .conftest import UV
 from .fuzz.bounded import run_bounded
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -380,12 +381,65 @@ def test_vcs_install_of_another_commit_or_repository_is_refused(site: Path) -> N
     assert _lens("mislens.v1", allow=["mislens"], repository=same, commit=OTHER).bind()
 
 
+def _git(cwd: Path, *args: str) -> str:
+    proc = subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_real_uv_git_install_is_verified_against_the_record(site: Path) -> None:
+    """``uv pip install`` from a git repository writes the PEP 610 record itself."""
+    repo = site.parent / "repo"
+    (repo / "uvlens").mkdir(parents=True)
+    (repo / "uvlens" / "__init__.py").write_text("")
+    (repo / "uvlens" / "v1.py").write_text(IMPL)
+    (repo / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools"]\n'
+        'build-backend = "setuptools.build_meta"\n\n'
+        '[project]\nname = "uvlens"\nversion = "0.2.0"\n\n'
+        '[tool.setuptools]\npackages = ["uvlens"]\n'
+    )
+    _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "lens")
+    commit = _git(repo, "rev-parse", "HEAD")
+    proc = subprocess.run(
+        [UV, "pip", "install", "-q", "--offline", "--no-build-isolation"]
+        + ["--python", sys.executable, "--target", str(site)]
+        + [f"uvlens @ git+{repo.as_uri()}@{commit}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    with pytest.raises(LensCommitMismatch, match=f"at commit '{commit}'"):
+        _lens("uvlens.v1", allow=["uvlens"], repository=str(repo)).bind()
+    rl = _lens("uvlens.v1", allow=["uvlens"], repository=str(repo), commit=commit)
+    assert rl.bind()
+    assert rl.where["getter"].endswith(
+        f"; from distribution uvlens 0.2.0 (git {repo.as_uri()} @ {commit}, "
+        "matches the record)"
+    )
+
+
 def test_index_and_directory_installs_bind_unverified(site: Path) -> None:
     _dist(site, "pypilens", _package(site, "pypilens"), None)
     rl = _lens("pypilens.v1", allow=["pypilens"])
     assert rl.bind()
     assert rl.where["getter"].endswith(
         "; from distribution pypilens 0.1.0 (no direct_url.json — commit not verified)"
+    )
+    _dist(site, "badurllens", _package(site, "badurllens"), None)
+    (site / "badurllens-0.1.0.dist-info" / "direct_url.json").write_text("{not json")
+    rl = _lens("badurllens.v1", allow=["badurllens"])
+    assert rl.bind()
+    assert rl.where["getter"].endswith(
+        "(its direct_url.json is not JSON — commit not verified)"
     )
     src = site.parent / "checkout"
     src.mkdir()

@@ -103,6 +103,7 @@ from .core import Lens, LensError, _hints, _label, field_copier, same_field_type
 __all__ = [
     "LENS_PACKAGES_ENV",
     "MAX_CODE_PATH_LENGTH",
+    "MAX_DIRECT_URL_BYTES",
     "MAX_PYPROJECT_BYTES",
     "MAX_PYPROJECT_PARENTS",
     "NEVER_BOUND",
@@ -573,15 +574,24 @@ def _repo_key(url: str) -> str:
     return f"{host}/{path}"
 
 
-def _direct_url(dist: importlib.metadata.Distribution) -> dict[str, Any] | None:
+MAX_DIRECT_URL_BYTES = 65536
+"""Largest ``direct_url.json`` read, in characters; a larger one is not used (the
+commit is then not verified)."""
+
+
+def _direct_url(dist: importlib.metadata.Distribution) -> dict[str, Any] | str | None:
+    """``dist``'s PEP 610 ``direct_url.json``: the object, ``None`` when there is
+    none, or why it cannot be used."""
     text = dist.read_text("direct_url.json")
-    if text is None or len(text) > 65536:
+    if text is None:
         return None
+    if len(text) > MAX_DIRECT_URL_BYTES:
+        return f"is over {MAX_DIRECT_URL_BYTES} characters"
     try:
         data = json.loads(text)
     except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
+        return "is not JSON"
+    return data if isinstance(data, dict) else "is not a JSON object"
 
 
 def _owns(
@@ -627,12 +637,15 @@ def _provenance(top: str, origin: str | None, ref: CodeReference, label: str) ->
     # Editable installs map no names (their RECORD lists a .pth or a finder).
     candidates += [(d, False) for d in importlib.metadata.distributions()]
     for dist, by_record in candidates:
-        direct = _direct_url(dist)
+        found = _direct_url(dist)
+        direct = found if isinstance(found, dict) else None
         if not _owns(dist, full, direct, by_record):
             continue
         meta = dist.metadata
         who = f"distribution {meta['Name']} {meta['Version']}"
         vcs = direct.get("vcs_info") if direct else None
+        if isinstance(found, str):
+            return f"from {who} (its direct_url.json {found} — commit not verified)"
         if direct is None:
             return f"from {who} (no direct_url.json — commit not verified)"
         url = direct.get("url")
