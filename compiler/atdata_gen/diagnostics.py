@@ -394,6 +394,14 @@ STAGE_RULES: dict[str, tuple[str, str]] = {
         "config",
         "--out, or a directory of the package path OUT/PACKAGE, is a file.",
     ),
+    "OUT_WRITE": (
+        "config",
+        "Writing the package failed (read-only directory, full disk); unchanged.",
+    ),
+    "OUT_LOCKED": (
+        "config",
+        "Another build held the package's lock past ATDATA_GEN_LOCK_TIMEOUT (60 s).",
+    ),
     "EXTERNAL_PACKAGE_NAME": (
         "config",
         "--external DIR=PACKAGE: PACKAGE is not a dotted identifier.",
