@@ -235,6 +235,23 @@ def origin_of(url: str) -> str | None:
     return f"{scheme}://{host}:{port}"
 
 
+def _origins(endpoints: Iterable[str]) -> Iterator[str]:
+    """The origins of ``trusted_endpoints``; ``ShardListError`` (``TRUSTED_ENDPOINT``)
+    for an entry that is not an absolute URL with a host."""
+    if isinstance(endpoints, str):
+        endpoints = [endpoints]
+    for endpoint in endpoints:
+        origin = origin_of(str(endpoint))
+        if origin is None:
+            raise ShardListError(
+                redact_url(str(endpoint))[:200],
+                "a trusted endpoint must be an absolute URL with a host "
+                "(scheme://host[:port])",
+                rule="TRUSTED_ENDPOINT",
+            )
+        yield origin
+
+
 def _scope_headers(
     headers: Any, urls: Sequence[str], urls_from: UrlsFrom
 ) -> dict[str, dict[str, str]]:
@@ -334,42 +351,54 @@ class Split:
 _HTTP_OPTIONS = {"headers", "timeout", "block_size"}
 
 
-def _open(url: str, storage_options: dict[str, Any]) -> BinaryIO:
+def _open(
+    url: str, storage_options: dict[str, Any], *, trusted: bool = True
+) -> BinaryIO:
     """A binary stream for one shard: local paths directly; ``http(s)://`` with
     :class:`~atdata_runtime.shards.http.HttpShardStream` (streaming, resumable) when
     ``storage_options`` hold only ``headers``/``timeout`` (``block_size`` is
-    ignored); anything else through fsspec with ``storage_options``."""
+    ignored), and always for an untrusted URL (one a record named: checked, no
+    cross-origin redirects, only ``headers``/``timeout`` used); anything else
+    through fsspec with ``storage_options``. Untrusted local paths are refused."""
     if "://" not in url or url.startswith("file://"):
+        if not trusted:
+            raise ShardListError(
+                redact_url(url)[:200],
+                "a URL from a record may not name a local path",
+                rule="SHARD_URL_LOCAL",
+            )
         return open(url.removeprefix("file://"), "rb", buffering=1 << 20)
-    if (
-        url.startswith(("http://", "https://"))
-        and set(storage_options) <= _HTTP_OPTIONS
+    if url.startswith(("http://", "https://")) and (
+        not trusted or set(storage_options) <= _HTTP_OPTIONS
     ):
         try:
             from .http import HttpShardStream
         except ImportError as exc:
             raise missing_extra(
-                exc, f"{url}: reading http(s):// shards", "http"
+                exc, f"{redact_url(url)}: reading http(s):// shards", "http"
             ) from exc
 
         raw = HttpShardStream(
             url,
             headers=storage_options.get("headers"),
             timeout=float(storage_options.get("timeout", 30.0)),
+            trusted=trusted,
         )
         return io.BufferedReader(raw, 1 << 20)
     try:
         import fsspec
     except ImportError as exc:
         raise missing_extra(
-            exc, f"{url}: reading this URL (fsspec) for s3:// and others", "s3"
+            exc,
+            f"{redact_url(url)}: reading this URL (fsspec) for s3:// and others",
+            "s3",
         ) from exc
     try:
         return fsspec.open(url, "rb", **storage_options).open()  # type: ignore[no-any-return]
     except ImportError as exc:
         if url.startswith(("s3://", "s3a://")):
             raise missing_extra(
-                exc, f"{url}: reading s3:// shards", "s3", module="s3fs"
+                exc, f"{redact_url(url)}: reading s3:// shards", "s3", module="s3fs"
             ) from exc
         raise
 
@@ -403,6 +432,7 @@ def iter_shard(
     *,
     max_member_bytes: int = MAX_MEMBER_BYTES,
     max_sample_bytes: int | None = None,
+    trusted: bool = True,
 ) -> Iterator[tuple[str, bytes]]:
     """``(key, payload)`` for each sample of one shard, in tar order. Raises
     :class:`SampleFormatError` for a sample without a ``.msgpack`` member, and
@@ -412,9 +442,10 @@ def iter_shard(
     ``max_sample_bytes`` (default: ``max_member_bytes``). With ``sha256`` (hex), the
     bytes are hashed as they stream and, once the shard has been read to its end, a
     mismatch raises :class:`~atdata_runtime.shards.errors.ShardChecksumError`
-    naming the URL."""
+    naming the URL. ``trusted=False``: the URL came from a record (see
+    :func:`_open`)."""
     shown = redact_url(url)
-    with _open(url, storage_options or {}) as raw:
+    with _open(url, storage_options or {}, trusted=trusted) as raw:
         stream: Any = Sha256Reader(raw) if sha256 else raw
         for key, group in iter_samples(
             stream,
@@ -459,6 +490,12 @@ class Dataset(Generic[T_co]):
       :func:`~atdata_runtime.atmosphere.load.load_dataset` passes them): used as
       they are, never expanded, and only headers keyed by an origin are sent
       (plain ones raise ``HEADERS_SCOPE``).
+    - ``trusted_endpoints``: origins (``scheme://host[:port]``) whose URLs are read
+      as the user's own even with ``urls_from="record"``. Other record-named
+      ``http(s)`` URLs are read as URLs from the network
+      (:func:`~atdata_runtime.net.fetch.check_url`: https only, no loopback or
+      private hosts, no cross-origin redirects), and local paths are refused
+      (``SHARD_URL_LOCAL``).
     - ``max_shards`` (default :data:`MAX_SHARDS`, 100,000): the most URLs, after
       expansion (``SHARD_LIST_TOO_LONG``).
     - ``max_member_bytes`` (default
@@ -510,6 +547,7 @@ class Dataset(Generic[T_co]):
         max_shards: int = MAX_SHARDS,
         max_member_bytes: int = MAX_MEMBER_BYTES,
         max_sample_bytes: int | None = None,
+        trusted_endpoints: Iterable[str] = (),
     ) -> None:
         if not hasattr(type(self), "sample_type"):
             raise TypeError("bind a sample class first: Dataset[MySample](urls)")
@@ -543,6 +581,8 @@ class Dataset(Generic[T_co]):
             raise ValueError("max_member_bytes and max_sample_bytes must be >= 0")
         self.max_member_bytes = max_member_bytes
         self.max_sample_bytes = max_sample_bytes
+        self.trusted_origins = frozenset(_origins(trusted_endpoints))
+        """Origins whose record-named URLs are read as the user's own."""
         self.storage_options = dict(storage_options or {})
         self._headers = _scope_headers(
             self.storage_options.get("headers"), self.shards, urls_from
@@ -611,6 +651,11 @@ class Dataset(Generic[T_co]):
         return load_dataset(uri, **kwargs)  # type: ignore[no-any-return]
 
     # -- iteration --------------------------------------------------------------------
+    def _trusted(self, url: str) -> bool:
+        """Whether ``url`` is the user's: given by them, or at an origin they
+        trust."""
+        return self.urls_from == "user" or origin_of(url) in self.trusted_origins
+
     def _options_for(self, url: str) -> dict[str, Any]:
         """``storage_options`` for one shard: the headers of its origin only."""
         if "headers" not in self.storage_options:
@@ -642,6 +687,7 @@ class Dataset(Generic[T_co]):
                 self.checksums.get(url),
                 max_member_bytes=self.max_member_bytes,
                 max_sample_bytes=self.max_sample_bytes,
+                trusted=self._trusted(url),
             ):
                 if stride == 1 or index % stride == offset:
                     yield key, payload

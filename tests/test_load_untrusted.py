@@ -1,0 +1,614 @@
+"""Entries are untrusted input (issue 14, findings 5, 6 and the lock half of 9).
+
+Each attack is replayed for real: loopback HTTP servers the tests start record the
+headers they receive (the user's AWS credentials, session token, custom API keys),
+moto's S3 server stands in for S3, and entries are published to the real local PDS
+(``net``) and loaded with ``load_dataset``. Nothing here talks to another address
+than 127.0.0.1; the URLs that must be refused are refused before any connection
+(the tests that check them run without the test-only loopback mode, so that the
+loopback servers would be refused too).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from atdata_gen.dynamic import compile_schema_record
+from atdata_gen.testing.localnet import Account, LocalNetwork, free_port
+from atdata_runtime.atmosphere import AtmosphereClient, IdentityResolver
+from atdata_runtime.atmosphere.client import FetchedRecord
+from atdata_runtime.atmosphere.load import (
+    CredentialScopeError,
+    EntryStorageError,
+    LockMismatchError,
+    entry_shards,
+    load_dataset,
+    resolve_dataset,
+)
+from atdata_runtime.atmosphere.publish import publish_schema
+from atdata_runtime.atmosphere.records import ENTRY
+from atdata_runtime.net.fetch import INSECURE_LOOPBACK_ENV
+from atdata_runtime.shards import Dataset, ShardListError
+
+from .conftest import CORPUS
+
+RECORDS = CORPUS / "atdata" / "records"
+SHARDS = CORPUS / "atdata" / "shards"
+SCALAR = SHARDS / "scalar-000000.tar"
+SCALAR_SHA = hashlib.sha256(SCALAR.read_bytes()).hexdigest()
+OWNER = "did:plc:abcdefghijklmnopqrstuvwx"
+ENTRY_URI = f"at://{OWNER}/{ENTRY}/3kabcdefghijk"
+
+FAKE_AWS = {
+    "AWS_ACCESS_KEY_ID": "AKIAFAKEUSERKEY00001",
+    "AWS_SECRET_ACCESS_KEY": "fake-user-secret-0000000000000000000000",
+    "AWS_SESSION_TOKEN": "FAKE-SESSION-TOKEN-of-the-user",
+}
+
+
+# -- loopback servers that record what they receive -----------------------------
+@dataclass
+class Recorder:
+    """A loopback HTTP server: every request's method, path and headers are
+    recorded; files of ``root`` are served for GET (404 otherwise, an S3-style
+    403 under ``/s3``)."""
+
+    root: Path | None = None
+    requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    url: str = ""
+
+    def headers(self, name: str) -> list[str | None]:
+        return [
+            next((v for k, v in h.items() if k.lower() == name.lower()), None)
+            for _, _, h in self.requests
+        ]
+
+
+@pytest.fixture
+def recorder_factory() -> Iterator[Any]:
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    def start(root: Path | None = None) -> Recorder:
+        rec = Recorder(root)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                rec.requests.append((self.command, self.path, dict(self.headers)))
+                path = self.path.split("?", 1)[0].lstrip("/")
+                target = (rec.root / path) if rec.root is not None else None
+                if target is not None and path and target.is_file():
+                    data = target.read_bytes()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    if self.command == "GET":
+                        self.wfile.write(data)
+                    return
+                body = b"<Error><Code>AccessDenied</Code></Error>"
+                self.send_response(403)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_HEAD = do_PUT = do_POST = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        rec.url = f"http://127.0.0.1:{server.server_port}"
+        return rec
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def scalar_cls() -> Any:
+    record = json.loads((RECORDS / "ScalarSample.schema.json").read_text())
+    return compile_schema_record(record, uri="file:ScalarSample", cid="bafytest")
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """The user's AWS credentials in the environment (fake ones), no other
+    credential source; returns where a credential_process would leave a mark."""
+    for name, value in FAKE_AWS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-creds"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv(INSECURE_LOOPBACK_ENV, "1")
+    return tmp_path / "credential-chain-was-consulted"
+
+
+def _entry(storage: dict[str, Any], uri: str = ENTRY_URI) -> FetchedRecord:
+    return FetchedRecord(
+        uri=uri,
+        cid="bafyreientry",
+        value={
+            "$type": ENTRY,
+            "name": "x",
+            "schemaRef": f"at://{OWNER}/science.alt.dataset.schema/s@1.0.0",
+            "storage": storage,
+            "createdAt": "2026-01-01T00:00:00Z",
+        },
+    )
+
+
+def _no_blobs(did: str, cid: str) -> str:
+    raise AssertionError("no blob URL expected")
+
+
+def _http(*urls: str, digest: str | None = None) -> dict[str, Any]:
+    checksum = (
+        {"algorithm": "sha256", "digest": digest}
+        if digest
+        else {"algorithm": "none", "digest": ""}
+    )
+    return {
+        "$type": "science.alt.dataset.storageHttp",
+        "shards": [{"url": u, "checksum": checksum} for u in urls],
+    }
+
+
+def _s3(endpoint: str | None, *keys: str, bucket: str = "bucket") -> dict[str, Any]:
+    storage: dict[str, Any] = {
+        "$type": "science.alt.dataset.storageS3",
+        "bucket": bucket,
+        "shards": [
+            {"key": k, "checksum": {"algorithm": "none", "digest": ""}} for k in keys
+        ],
+    }
+    if endpoint is not None:
+        storage["endpoint"] = endpoint
+    return storage
+
+
+# -- the real network: an entry published to the local PDS ----------------------
+_accounts = iter(range(10_000))
+
+
+@pytest.fixture
+def publisher(net: LocalNetwork, tmp_path: Path) -> AtmosphereClient:
+    account: Account = net.create_account(f"untr{next(_accounts)}-{free_port()}")
+    return AtmosphereClient.login(
+        account.handle,
+        account.password,
+        session_file=tmp_path / "s.session",
+        resolver=_resolver(net),
+        pds_url=net.pds_url,
+    )
+
+
+def _resolver(net: LocalNetwork) -> IdentityResolver:
+    return IdentityResolver(plc_url=net.plc_url, handle_service=net.pds_url)
+
+
+def _publish(client: AtmosphereClient, storage: dict[str, Any]) -> tuple[str, str]:
+    """(entry AT-URI, schema AT-URI) of a hostile entry written to the PDS."""
+    from atdata_runtime.atmosphere.publish import new_tid
+
+    schema = json.loads((RECORDS / "ScalarSample.schema.json").read_text())
+    pub = publish_schema(client, schema)
+    rkey = new_tid()
+    record = {
+        "$type": ENTRY,
+        "name": "hostile",
+        "schemaRef": pub.write.uri,
+        "storage": storage,
+        "createdAt": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+    }
+    write = client.create_record(ENTRY, rkey, record)
+    return write.uri, pub.write.uri
+
+
+# == finding 5: credentials go only where the user sent them ======================
+def test_record_named_s3_endpoint_gets_no_credentials(
+    net: LocalNetwork,
+    publisher: AtmosphereClient,
+    recorder_factory: Any,
+    aws_env: Path,
+) -> None:
+    """The attack: with AWS_* set, an entry naming its own S3 endpoint received a
+    signed request with the session token. Now the endpoint only ever sees
+    unsigned requests."""
+    attacker = recorder_factory()
+    uri, _ = _publish(publisher, _s3(attacker.url, "k/shard-0.tar"))
+    reader = AtmosphereClient(resolver=_resolver(net))
+    ds = load_dataset(uri, client=reader, progress=False)
+    assert ds.storage_options["anon"] is True
+    with pytest.raises(Exception):  # noqa: B017 - the attacker answers 403
+        list(ds)
+    assert attacker.requests, "the anonymous read reached the endpoint"
+    assert attacker.headers("Authorization") == [None] * len(attacker.requests)
+    assert attacker.headers("X-Amz-Security-Token") == [None] * len(attacker.requests)
+    seen = json.dumps(attacker.requests)
+    for secret in FAKE_AWS.values():
+        assert secret not in seen
+
+
+def test_trusted_endpoint_gets_signed_requests(
+    net: LocalNetwork,
+    publisher: AtmosphereClient,
+    recorder_factory: Any,
+    aws_env: Path,
+) -> None:
+    mine = recorder_factory()
+    uri, _ = _publish(publisher, _s3(mine.url, "k/shard-0.tar"))
+    reader = AtmosphereClient(resolver=_resolver(net))
+    ds = load_dataset(uri, client=reader, progress=False, trusted_endpoints=[mine.url])
+    assert "anon" not in ds.storage_options
+    with pytest.raises(Exception):  # noqa: B017 - 403 from the recorder
+        list(ds)
+    auth = [h for h in mine.headers("Authorization") if h]
+    assert auth and all(FAKE_AWS["AWS_ACCESS_KEY_ID"] in h for h in auth)
+    assert FAKE_AWS["AWS_SESSION_TOKEN"] in mine.headers("X-Amz-Security-Token")
+
+
+def test_user_endpoint_replaces_the_records_and_gets_the_credentials(
+    net: LocalNetwork,
+    publisher: AtmosphereClient,
+    recorder_factory: Any,
+    aws_env: Path,
+) -> None:
+    attacker, mine = recorder_factory(), recorder_factory()
+    uri, _ = _publish(publisher, _s3(attacker.url, "k/shard-0.tar"))
+    reader = AtmosphereClient(resolver=_resolver(net))
+    ds = load_dataset(
+        uri,
+        client=reader,
+        progress=False,
+        storage_options={"client_kwargs": {"endpoint_url": mine.url}},
+    )
+    with pytest.raises(Exception):  # noqa: B017 - 403 from the recorder
+        list(ds)
+    assert attacker.requests == []
+    assert any(
+        h and FAKE_AWS["AWS_ACCESS_KEY_ID"] in h for h in mine.headers("Authorization")
+    )
+
+
+def test_anonymous_read_consults_no_credential_source(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    recorder_factory: Any,
+    scalar_cls: Any,
+) -> None:
+    """anon=True means no credential chain lookup at all: a credential_process in
+    the user's AWS config (which would run for any lookup) never runs."""
+    marker = tmp_path / "credential-chain-was-consulted"
+    config = tmp_path / "config"
+    config.write_text(
+        "[default]\ncredential_process = sh -c 'touch "
+        f'{marker}; echo {{\\"Version\\":1,\\"AccessKeyId\\":\\"A\\",'
+        '\\"SecretAccessKey\\":\\"B\\"}\'\n'
+    )
+    for name in FAKE_AWS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv(INSECURE_LOOPBACK_ENV, "1")
+    attacker = recorder_factory()
+    shards = entry_shards(_entry(_s3(attacker.url, "k.tar")), blob_url=_no_blobs)
+    ds = Dataset[scalar_cls](
+        shards.urls, storage_options=shards.storage_options, urls_from="record"
+    )
+    with pytest.raises(Exception):  # noqa: B017 - 403 from the recorder
+        list(ds)
+    assert attacker.requests and not marker.exists()
+    assert attacker.headers("Authorization") == [None] * len(attacker.requests)
+
+
+def test_user_credentials_for_a_record_endpoint_are_refused_before_any_request(
+    net: LocalNetwork,
+    publisher: AtmosphereClient,
+    recorder_factory: Any,
+    aws_env: Path,
+) -> None:
+    """storage_options={"key", "secret"} with an entry that names the endpoint: the
+    record would redirect the user's own credentials. Refused, nothing sent."""
+    attacker = recorder_factory()
+    uri, _ = _publish(publisher, _s3(attacker.url, "k/shard-0.tar"))
+    reader = AtmosphereClient(resolver=_resolver(net))
+    for options in (
+        {"key": "AKIAUSER", "secret": "s3cr3t"},
+        {"profile": "work"},
+        {"client_kwargs": {"aws_session_token": "tok-value-9"}},
+        {"anon": False},
+    ):
+        with pytest.raises(CredentialScopeError) as info:
+            load_dataset(uri, client=reader, storage_options=options)
+        message = str(info.value)
+        assert "CREDENTIALS_SCOPE" in message and uri in message
+        assert attacker.url in message and "trusted_endpoints" in message
+        assert "s3cr3t" not in message and "tok-value-9" not in message
+    assert attacker.requests == []
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "why"),
+    [
+        ("http://s3.example.org", "must be https"),
+        ("http://127.0.0.1:9000", "loopback"),
+        ("https://169.254.169.254", "link-local"),
+        ("https://10.0.0.1:9000", "private"),
+        ("https://localhost:9000", "localhost"),
+        ("https://key:secret@s3.example.org", "credentials"),
+        ("file:///etc/passwd", "http(s)"),
+    ],
+)
+def test_record_endpoints_must_be_public_https(
+    endpoint: str, why: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(INSECURE_LOOPBACK_ENV, raising=False)
+    with pytest.raises(EntryStorageError) as info:
+        entry_shards(_entry(_s3(endpoint, "k.tar")), blob_url=_no_blobs)
+    assert info.value.rule == "S3_ENDPOINT" and why in str(info.value)
+    assert "/storage/endpoint" in str(info.value) and ENTRY_URI in str(info.value)
+    assert "secret" not in str(info.value)
+    # the user can vouch for an endpoint of their own (a LAN MinIO over http)
+    if endpoint.startswith("http://"):
+        trusted = entry_shards(
+            _entry(_s3(endpoint, "k.tar")),
+            blob_url=_no_blobs,
+            trusted_endpoints=[endpoint],
+        )
+        assert trusted.endpoint_trusted and "anon" not in trusted.storage_options
+
+
+def test_s3_bucket_and_region_are_checked() -> None:
+    with pytest.raises(EntryStorageError, match="S3_BUCKET"):
+        entry_shards(_entry(_s3(None, "k", bucket="evil/../x")), blob_url=_no_blobs)
+    storage = {**_s3(None, "k"), "region": "x.evil.example#"}
+    with pytest.raises(EntryStorageError, match="S3_REGION"):
+        entry_shards(_entry(storage), blob_url=_no_blobs)
+    # no endpoint: AWS S3 itself, the user's usual credentials (nothing anonymous)
+    aws = entry_shards(
+        _entry({**_s3(None, "k"), "region": "eu-west-1"}), blob_url=_no_blobs
+    )
+    assert aws.storage_options == {"client_kwargs": {"region_name": "eu-west-1"}}
+
+
+def _serve_shards(recorder_factory: Any, tmp_path: Path, name: str) -> Recorder:
+    root = tmp_path / name
+    root.mkdir()
+    shutil.copy(SCALAR, root / "s.tar")
+    return recorder_factory(root)
+
+
+def test_headers_go_only_to_the_origin_they_are_keyed_by(
+    net: LocalNetwork,
+    publisher: AtmosphereClient,
+    recorder_factory: Any,
+    tmp_path: Path,
+) -> None:
+    """The attack: the user's X-Api-Key went to every host an entry named. Now a
+    header keyed by one origin reaches that origin only, and plain headers (which
+    would reach hosts only the record chose) are refused."""
+    mine = _serve_shards(recorder_factory, tmp_path, "mine")
+    other = _serve_shards(recorder_factory, tmp_path, "other")
+    uri, _ = _publish(
+        publisher, _http(f"{mine.url}/s.tar", f"{other.url}/s.tar", digest=SCALAR_SHA)
+    )
+    reader = AtmosphereClient(resolver=_resolver(net))
+    key = {"X-Api-Key": "user-api-key-1"}
+    with pytest.raises(ShardListError) as info:
+        load_dataset(uri, client=reader, storage_options={"headers": key})
+    assert info.value.rule == "HEADERS_SCOPE" and uri in str(info.value)
+    assert "user-api-key-1" not in str(info.value)
+    assert mine.requests == other.requests == []
+
+    ds = load_dataset(
+        uri, client=reader, progress=False, storage_options={"headers": {mine.url: key}}
+    )
+    assert len(list(ds)) > 0
+    assert mine.headers("X-Api-Key") == ["user-api-key-1"] * len(mine.requests)
+    assert other.requests and other.headers("X-Api-Key") == [None] * len(other.requests)
+
+
+def test_user_urls_keep_plain_headers_for_their_own_hosts(
+    recorder_factory: Any, tmp_path: Path, scalar_cls: Any
+) -> None:
+    a = _serve_shards(recorder_factory, tmp_path, "a")
+    b = _serve_shards(recorder_factory, tmp_path, "b")
+    key = {"X-Api-Key": "k1"}
+    urls = [f"{a.url}/s.tar", f"{b.url}/s.tar"]
+    n = len(
+        list(
+            Dataset[scalar_cls](urls, storage_options={"headers": key}, progress=False)
+        )
+    )
+    assert (
+        n > 0 and a.headers("X-Api-Key") == ["k1"] and b.headers("X-Api-Key") == ["k1"]
+    )
+    scoped = {"headers": {a.url: {"X-Api-Key": "only-a"}}}
+    list(Dataset[scalar_cls](urls, storage_options=scoped, progress=False))
+    assert a.headers("X-Api-Key")[-1] == "only-a" and b.headers("X-Api-Key")[-1] is None
+    with pytest.raises(ShardListError, match="HEADERS_SCOPE"):
+        Dataset[scalar_cls](urls, storage_options={"headers": {f"{a.url}/path": key}})
+
+
+# == finding 6: record URLs are never brace-expanded ==============================
+def test_brace_bomb_in_a_record_is_refused_at_once() -> None:
+    """The attack: one URL of nine {0..9} groups (10⁹ URLs) ran out of memory after
+    56 s. Now it is refused before anything is expanded."""
+    bomb = "https://data.example.org/s" + "{0..9}" * 9 + ".tar"
+    start = time.monotonic()
+    with pytest.raises(EntryStorageError) as info:
+        entry_shards(_entry(_http(bomb)), blob_url=_no_blobs)
+    assert time.monotonic() - start < 1.0
+    assert info.value.rule == "SHARD_URL_BRACES"
+    assert "/storage/shards/0/url" in str(info.value)
+
+
+def test_braces_cannot_read_a_second_shard_unverified(
+    net: LocalNetwork,
+    publisher: AtmosphereClient,
+    tmp_path: Path,
+    recorder_factory: Any,
+) -> None:
+    """The attack: ``…/shard{,-again}`` with a sha256 read both shards UNVERIFIED
+    (checksums keyed by the unexpanded URL) and ``unverified`` was empty."""
+    server = _serve_shards(recorder_factory, tmp_path, "d")
+    shutil.copy(SHARDS / "image-000000.tar", tmp_path / "d" / "s-again.tar")
+    uri, _ = _publish(
+        publisher, _http(f"{server.url}/s{{,-again}}.tar", digest=SCALAR_SHA)
+    )
+    reader = AtmosphereClient(resolver=_resolver(net))
+    with pytest.raises(EntryStorageError) as info:
+        load_dataset(uri, client=reader, progress=False)
+    assert info.value.rule == "SHARD_URL_BRACES" and uri in str(info.value)
+    assert server.requests == []
+
+
+def test_user_brace_expansion_is_capped_before_expanding(scalar_cls: Any) -> None:
+    bomb = "/data/s" + "{0..9}" * 9 + ".tar"
+    start = time.monotonic()
+    with pytest.raises(ShardListError) as info:
+        Dataset[scalar_cls](bomb)
+    assert time.monotonic() - start < 1.0 and info.value.rule == "SHARD_LIST_TOO_LONG"
+    assert "max_shards=100,000" in str(info.value)
+    assert (
+        len(Dataset[scalar_cls]("/d/s{0..9}{0..9}.tar", max_shards=100).shards) == 100
+    )
+    with pytest.raises(ShardListError, match="SHARD_LIST_TOO_LONG"):
+        Dataset[scalar_cls]("/d/s{0..9}{0..9}.tar", max_shards=99)
+    with pytest.raises(ShardListError, match="SHARD_PATTERN"):
+        Dataset[scalar_cls]("/d/s{0..9.tar")
+
+
+def test_checksums_are_keyed_by_the_final_urls(scalar_cls: Any, tmp_path: Path) -> None:
+    """A checksum keyed by a brace pattern verified nothing; now it is refused."""
+    (tmp_path / "s-0.tar").write_bytes(SCALAR.read_bytes())
+    (tmp_path / "s-1.tar").write_bytes(SCALAR.read_bytes())
+    pattern = str(tmp_path / "s-{0..1}.tar")
+    with pytest.raises(ShardListError) as info:
+        Dataset[scalar_cls](pattern, checksums={pattern: SCALAR_SHA})
+    assert info.value.rule == "CHECKSUM_URL_UNKNOWN"
+    good = {str(tmp_path / f"s-{i}.tar"): SCALAR_SHA for i in range(2)}
+    assert len(list(Dataset[scalar_cls](pattern, checksums=good, progress=False))) > 0
+
+
+def test_record_urls_are_literal_and_verified_one_by_one() -> None:
+    urls = [f"https://data.example.org/s-{i}.tar" for i in range(3)]
+    shards = entry_shards(_entry(_http(*urls, digest=SCALAR_SHA)), blob_url=_no_blobs)
+    assert shards.urls == urls and set(shards.checksums) == set(urls)
+    with pytest.raises(EntryStorageError, match="SHARD_DUPLICATE"):
+        entry_shards(_entry(_http(urls[0], urls[0])), blob_url=_no_blobs)
+
+
+def test_entry_shard_count_is_capped() -> None:
+    urls = [f"https://data.example.org/s-{i}.tar" for i in range(11)]
+    with pytest.raises(EntryStorageError) as info:
+        entry_shards(_entry(_http(*urls)), blob_url=_no_blobs, max_shards=10)
+    assert info.value.rule == "ENTRY_TOO_MANY_SHARDS" and "/storage/shards" in str(
+        info.value
+    )
+    assert (
+        len(entry_shards(_entry(_http(*urls)), blob_url=_no_blobs, max_shards=11).urls)
+        == 11
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "rule"),
+    [
+        ("file:///etc/passwd", "SHARD_URL"),
+        ("/etc/passwd", "SHARD_URL"),
+        ("http://169.254.169.254/latest/meta-data/", "SHARD_URL"),
+        ("http://data.example.org/s.tar", "SHARD_URL"),
+        ("https://[::1]/s.tar", "SHARD_URL"),
+        ("gopher://data.example.org/s.tar", "SHARD_URL"),
+    ],
+)
+def test_record_shard_urls_are_checked(
+    url: str, rule: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(INSECURE_LOOPBACK_ENV, raising=False)
+    with pytest.raises(EntryStorageError) as info:
+        entry_shards(_entry(_http(url)), blob_url=_no_blobs)
+    assert info.value.rule == rule and "/storage/shards/0/url" in str(info.value)
+
+
+def test_record_local_paths_are_refused_by_the_dataset(scalar_cls: Any) -> None:
+    ds = Dataset[scalar_cls]([str(SCALAR)], urls_from="record", progress=False)
+    with pytest.raises(ShardListError, match="SHARD_URL_LOCAL"):
+        list(ds)
+
+
+@pytest.mark.parametrize("digest", ["ab" * 31, "ab" * 33, "zz" * 32, ""])
+def test_sha256_digests_must_be_64_hex_digits(digest: str) -> None:
+    storage = _http("https://data.example.org/s.tar")
+    storage["shards"][0]["checksum"] = {"algorithm": "sha256", "digest": digest}
+    with pytest.raises(EntryStorageError) as info:
+        entry_shards(_entry(storage), blob_url=_no_blobs)
+    assert info.value.rule == "SHARD_CHECKSUM_INVALID"
+    assert "/storage/shards/0/checksum/digest" in str(info.value)
+
+
+def test_urls_in_errors_are_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(INSECURE_LOOPBACK_ENV, raising=False)
+    url = "http://user:hunter2@data.example.org/s.tar?access_token=tok123"
+    for storage in (_http(url), _http(url.replace("s.tar", "s{1,2}.tar"))):
+        with pytest.raises(EntryStorageError) as info:
+            entry_shards(_entry(storage), blob_url=_no_blobs)
+        assert "hunter2" not in str(info.value) and "tok123" not in str(info.value)
+    with pytest.raises(ShardListError) as ds_info:
+        Dataset.__class_getitem__  # noqa: B018 - keep the name bound
+        from atdata_runtime.shards.dataset import expand_urls
+
+        expand_urls(url.replace("s.tar", "s" + "{0..9}" * 6), max_shards=10)
+    assert "hunter2" not in str(ds_info.value) and "tok123" not in str(ds_info.value)
+
+
+# == finding 9, lock half: a lock mismatch is an error ============================
+def test_lock_pinning_another_cid_is_an_error(
+    net: LocalNetwork,
+    publisher: AtmosphereClient,
+    tmp_path: Path,
+    recorder_factory: Any,
+) -> None:
+    """The attack: the lock pinned one CID, the PDS served another record at the
+    same AT-URI, and loading only warned and used the new record."""
+    server = _serve_shards(recorder_factory, tmp_path, "l")
+    uri, schema_uri = _publish(
+        publisher, _http(f"{server.url}/s.tar", digest=SCALAR_SHA)
+    )
+    reader = AtmosphereClient(resolver=_resolver(net))
+    schema = reader.get_record(schema_uri)
+    pinned = "bafyreiaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+    lock = tmp_path / "atdata-gen.lock"
+    lock.write_text(
+        json.dumps({"version": 1, "schemas": [{"uri": schema.uri, "cid": pinned}]})
+    )
+    with pytest.raises(LockMismatchError) as info:
+        resolve_dataset(uri, client=reader, lock=lock)
+    message = str(info.value)
+    assert info.value.rule == "LOCK_PIN_MISMATCH" and "LOCK_PIN_MISMATCH" in message
+    assert schema.uri in message and pinned in message and schema.cid in message
+    assert "atdata-gen pull --update" in message and str(lock) in message
+    with pytest.raises(LockMismatchError):
+        load_dataset(uri, client=reader, lock=lock)
+    assert server.requests == []
+    # pinned at the CID the repository has: no error (the class is compiled, as
+    # the lock's package is not importable here)
+    lock.write_text(json.dumps({"schemas": [{"uri": schema.uri, "cid": schema.cid}]}))
+    assert resolve_dataset(uri, client=reader, lock=lock).sample_type is not None
