@@ -264,3 +264,70 @@ def test_dynamic_class_refuses_bad_records_with_pointer() -> None:
         compile_schema_record(
             {"name": "__import__('os')", "version": "1.0.0"}, uri="at://x"
         )
+
+
+# -- the strict DAG-CBOR decoder (repository proofs, issue 14 finding 9) ------------
+
+
+def test_decoder_round_trips_the_interop_fixtures() -> None:
+    from atdata_runtime.atmosphere.cid import decode_dag_cbor, to_json
+
+    fixtures = json.loads((DATA_MODEL / "data-model-fixtures.json").read_text())
+    for f in fixtures:
+        raw = base64.b64decode(f["cbor_base64"] + "=" * (-len(f["cbor_base64"]) % 4))
+        value = decode_dag_cbor(raw)
+        assert dag_cbor(value) == raw
+        assert record_cid(to_json(value)) == f["cid"]
+
+
+def test_decoder_keeps_links_and_bytes_apart() -> None:
+    # libipld decodes both to bytes; the data model (and a record's CID) differ.
+    from atdata_runtime.atmosphere.cid import Link, decode_dag_cbor, to_json
+
+    cid = record_cid({"x": 1})
+    raw = bytes((1, 0x71, 0x12, 0x20)) + bytes(32)
+    value = {"l": {"$link": cid}, "b": {"$bytes": base64.b64encode(raw).decode()}}
+    decoded = decode_dag_cbor(dag_cbor(from_json(value)))
+    assert isinstance(decoded["l"], Link) and decoded["b"] == raw
+    assert record_cid(to_json(decoded)) == record_cid(value)
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"\x18\x01", "shortest"),  # 1 in a 1-byte head
+        (b"\x19\x00\x10", "shortest"),
+        (b"\x9f\x01\xff", "indefinite"),
+        (b"\xfb\x3f\xf0\x00\x00\x00\x00\x00\x00", "float"),
+        (b"\xa2\x61b\x01\x61a\x02", "sorted"),
+        (b"\xa2\x61a\x01\x61a\x02", "unique"),
+        (b"\xa1\x01\x02", "not a string"),
+        (b"\xc1\x01", "tag 1"),
+        (b"\xd8\x2a\x45\x01\x71\x12\x20\x00", "0x00"),
+        (b"\xd8\x2a\x44\x00\x01\x71\x12", "varint"),
+        (b"\x01\x01", "trailing"),
+        (b"\x62\xff\xfe", "UTF-8"),
+        (b"\x5b\x7f\xff\xff\xff\xff\xff\xff\xff", "past the end"),
+        (b"\x9b\x00\x00\x00\x01\x00\x00\x00\x00", "cannot fit"),
+        (b"\xf7", "simple value"),
+        (b"\x81" * 200 + b"\x01", "deeper than 128"),
+        (b"", "truncated"),
+    ],
+)
+def test_decoder_refuses_what_is_not_the_one_encoding(data: bytes, why: str) -> None:
+    from atdata_runtime.atmosphere.cid import decode_dag_cbor
+
+    with pytest.raises(DataModelError, match=why) as info:
+        decode_dag_cbor(data)
+    assert str(info.value).startswith("byte ")
+
+
+@given(st.binary(max_size=64))
+def test_decoder_raises_only_data_model_errors(data: bytes) -> None:
+    from atdata_runtime.atmosphere.cid import decode_dag_cbor
+
+    try:
+        value = decode_dag_cbor(data)
+    except DataModelError:
+        return
+    assert dag_cbor(value) == data  # what it accepts is canonical

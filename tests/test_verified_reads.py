@@ -741,3 +741,48 @@ def main(n: int = 200, runs: int = 5) -> None:  # pragma: no cover - a benchmark
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+# -- the CLI -----------------------------------------------------------------------
+
+
+def test_pull_refuses_a_forged_schema_and_the_opt_out_is_explicit(
+    fake: FakeNetwork, tmp_path: Any
+) -> None:
+    """``atdata-gen pull`` reads through the repository proof; a fake PDS serving a
+    self-hashed schema record (and a proof signed by its own key) is refused and
+    nothing is written. ``--unverified-reads`` is the explicit opt-out, and says so."""
+    from atdata_runtime.atmosphere import record_cid
+
+    from .conftest import flat_schema_record, run_cli
+
+    schema = "science.alt.dataset.schema"
+    record = flat_schema_record("Forged", "1.0.0", {"x": {"type": "integer"}})
+    target = f"at://{VICTIM}/{schema}/Forged:1.0.0"
+    fake.json_records["Forged:1.0.0"] = {
+        "uri": target,
+        "cid": record_cid(record),
+        "value": record,
+    }
+    fake.publish(victim_repo(3))
+    evil = Repo(VICTIM, Key(seed=666))
+    evil.put("Forged:1.0.0", record, collection=schema)
+    commit = evil.commit()
+    key = f"{schema}/Forged:1.0.0".encode()
+    data = evil.path(_data_and_key(evil, commit, "x")[0], key)
+    fake.cars["Forged:1.0.0"] = car(
+        commit,
+        [(c, evil.blocks[c]) for c in [commit, *data, block_cid(_block_of(record))]],
+    )
+    env = {"ATDATA_PLC_URL": fake.url, LOOPBACK_ENV: "1"}
+    lock = tmp_path / "atdata-gen.lock"
+    proc = run_cli(["pull", target, "--lock", str(lock)], tmp_path, **env)
+    assert proc.returncode == 2, proc.stderr
+    assert "REPO_BAD_SIGNATURE" in proc.stderr and target in proc.stderr
+    assert not lock.exists()
+    proc = run_cli(
+        ["pull", target, "--lock", str(lock), "--unverified-reads"], tmp_path, **env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "not repository-verified" in proc.stderr
+    assert lock.exists()

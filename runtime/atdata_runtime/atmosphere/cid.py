@@ -344,7 +344,10 @@ class _Decoder:
             raw = self.take(blen)
             if not raw or raw[0] != 0:
                 raise self.fail("CID link lacks the 0x00 multibase prefix")
-            check_cid(raw[1:])
+            try:
+                check_cid(raw[1:])
+            except DataModelError as exc:
+                raise self.fail(f"malformed CID link: {exc}") from None
             return Link(raw[1:])
         if info == 20:
             return False
