@@ -42,6 +42,7 @@ Errors never contain a response body, and every URL in them goes through
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -479,7 +480,9 @@ def fetch(
 
     if retry is None:
         return once()
-    return retry.run(once, what=redact_url(url))
+    # the policy never sleeps past this request's own deadline
+    bounded = dataclasses.replace(retry, deadline=min(retry.deadline, deadline))
+    return bounded.run(once, what=redact_url(url))
 
 
 def _fetch_once(

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from .errors import NetworkError as OurNetworkError
 from .errors import RetryExhaustedError
 
 __all__ = ["RetryPolicy", "classify"]
@@ -84,8 +85,10 @@ def classify(exc: BaseException) -> tuple[bool, float | None, str]:
         return False, None, f"HTTP {status}"
     if isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError)):
         return True, None, type(exc).__name__
-    if getattr(exc, "retryable", False) is True:
-        return True, None, str(getattr(exc, "rule", type(exc).__name__))
+    if isinstance(exc, OurNetworkError):
+        # the runtime's own errors: retryable only when they say so (a refused
+        # URL, an exceeded deadline or size cap would fail the same way again)
+        return getattr(exc, "retryable", False) is True, None, exc.rule
     try:
         from atproto_client.exceptions import NetworkError
     except ImportError:  # pragma: no cover - atproto is a dependency

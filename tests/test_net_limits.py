@@ -1,0 +1,488 @@
+"""Finding 4 of issue 14 (no size or deadline limits on network reads), the
+cross-origin header leak of the shard stream (finding 5's redirect half), and
+credentials in URLs in runtime error messages. Loopback servers this test starts
+trickle bytes, block, send huge or compressed bodies, and redirect to a second
+server that records what reached it."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from atdata_runtime.atmosphere.identity import IdentityResolver
+from atdata_runtime.net import redact_url
+from atdata_runtime.net.errors import (
+    DeadlineExceededError,
+    NetworkError,
+    RedirectRefusedError,
+    ResponseTooLargeError,
+    UnsafeUrlError,
+)
+from atdata_runtime.net.fetch import (
+    INSECURE_LOOPBACK_ENV,
+    MAX_DID_DOCUMENT_BYTES,
+    ResponseFormatError,
+    fetch,
+)
+from atdata_runtime.net.retry import RetryPolicy
+from atdata_runtime.shards.http import HttpShardStream
+
+from tests.fuzz.bounded import run_bounded
+
+Behaviour = Callable[["Conn"], None]
+
+
+@dataclass
+class Conn:
+    """One accepted connection: the request line's path, its headers, the socket."""
+
+    path: str
+    headers: dict[str, str]
+    wfile: Any
+    closed: bool = False
+
+    def send(self, data: bytes) -> None:
+        self.wfile.write(data)
+        self.wfile.flush()
+
+    def head(self, status: int = 200, headers: dict[str, str] | None = None) -> None:
+        lines = [f"HTTP/1.1 {status} X"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        self.send(("\r\n".join(lines) + "\r\n\r\n").encode())
+
+    def body(
+        self, data: bytes, status: int = 200, headers: dict[str, str] | None = None
+    ) -> None:
+        self.head(status, {"Content-Length": str(len(data)), **(headers or {})})
+        self.send(data)
+
+
+@dataclass
+class Server:
+    port: int
+    routes: dict[str, Behaviour] = field(default_factory=dict)
+    hits: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def _start() -> tuple[Server, Callable[[], None]]:
+    holder: list[Server] = []
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            server = holder[0]
+            while True:
+                line = self.rfile.readline(65536).decode("latin-1")
+                if not line:
+                    return
+                headers: dict[str, str] = {}
+                while (h := self.rfile.readline(65536).decode("latin-1")) not in (
+                    "\r\n",
+                    "\n",
+                    "",
+                ):
+                    name, _, value = h.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                path = line.split(" ")[1] if " " in line else "/"
+                server.hits.append((path, headers))
+                route = server.routes.get(path.split("?")[0])
+                conn = Conn(path, headers, self.wfile)
+                try:
+                    if route is None:
+                        conn.body(b"not found", 404)
+                    else:
+                        route(conn)
+                except OSError:
+                    return
+                if conn.closed:
+                    return  # the body ends with the connection
+
+    class Srv(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    srv = Srv(("127.0.0.1", 0), Handler)
+    holder.append(Server(port=srv.server_address[1]))
+    threading.Thread(
+        target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
+
+    def stop() -> None:
+        srv.shutdown()
+        srv.server_close()
+
+    return holder[0], stop
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    s, stop = _start()
+    yield s
+    stop()
+
+
+@pytest.fixture
+def other() -> Iterator[Server]:
+    s, stop = _start()
+    yield s
+    stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_loopback_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(INSECURE_LOOPBACK_ENV, raising=False)
+
+
+def _trickle(every: float, count: int, length: int | None = None) -> Behaviour:
+    def run(conn: Conn) -> None:
+        conn.head(200, {"Content-Length": str(length or count)})
+        for _ in range(count):
+            conn.send(b"x")
+            time.sleep(every)
+
+    return run
+
+
+def _byte_then_block(after: float, block: float) -> Behaviour:
+    def run(conn: Conn) -> None:
+        conn.head(200, {"Content-Length": "100"})
+        time.sleep(after)
+        conn.send(b"{")
+        time.sleep(block)
+
+    return run
+
+
+def _endless(announce: int | None) -> Behaviour:
+    def run(conn: Conn) -> None:
+        headers = {"Connection": "close"}
+        if announce is not None:
+            headers["Content-Length"] = str(announce)
+        conn.head(200, headers)
+        block = b" " * 65536
+        for _ in range(800_000_000 // 65536):
+            conn.send(block)
+        conn.closed = True
+
+    return run
+
+
+# -- deadlines --------------------------------------------------------------------
+
+
+def test_trickled_did_document_fails_at_the_total_deadline(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(INSECURE_LOOPBACK_ENV, "1")
+    server.routes["/.well-known/did.json"] = _trickle(0.25, 200)
+    resolver = IdentityResolver(timeout=2.0, retry=RetryPolicy(attempts=3))
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceededError) as info:
+        resolver.did_document(f"did:web:localhost%3A{server.port}")
+    elapsed = time.monotonic() - start
+    assert 1.9 < elapsed < 3.0
+    assert info.value.rule == "DEADLINE_EXCEEDED"
+    assert "DID document" in str(info.value) and "2 s" in str(info.value)
+
+
+def test_trickled_headers_fail_at_the_total_deadline(server: Server) -> None:
+    def headers_slowly(conn: Conn) -> None:
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}":
+            conn.send(bytes([byte]))
+            time.sleep(0.2)
+
+    server.routes["/doc"] = headers_slowly
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceededError):
+        fetch(
+            f"{server.base}/doc",
+            what="record",
+            max_bytes=1000,
+            deadline=1.5,
+            trusted=True,
+        )
+    assert time.monotonic() - start < 2.3
+
+
+def test_one_blocked_read_cannot_outlast_the_deadline(server: Server) -> None:
+    # One byte just before the deadline, then silence: a read timeout would be
+    # reset by that byte; the watchdog shuts the socket down at the deadline.
+    server.routes["/doc"] = _byte_then_block(0.8, 5.0)
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceededError):
+        fetch(
+            f"{server.base}/doc",
+            what="record",
+            max_bytes=1000,
+            deadline=1.0,
+            trusted=True,
+        )
+    assert time.monotonic() - start < 1.5
+
+
+def test_deadline_covers_retries(server: Server) -> None:
+    server.routes["/doc"] = lambda c: c.body(b"busy", 503, {"Retry-After": "1"})
+    start = time.monotonic()
+    with pytest.raises(NetworkError) as info:
+        fetch(
+            f"{server.base}/doc",
+            what="record",
+            max_bytes=100,
+            deadline=1.5,
+            trusted=True,
+            retry=RetryPolicy(attempts=20, deadline=60.0),
+        )
+    assert info.value.rule in ("DEADLINE_EXCEEDED", "RETRY_EXHAUSTED")
+    assert time.monotonic() - start < 1.9
+
+
+# -- size caps ---------------------------------------------------------------------
+
+
+def test_announced_oversize_body_is_refused_before_reading(server: Server) -> None:
+    server.routes["/doc"] = _endless(800_000_000)
+    with pytest.raises(ResponseTooLargeError) as info:
+        fetch(
+            f"{server.base}/doc",
+            what="DID document",
+            max_bytes=65536,
+            deadline=5,
+            trusted=True,
+        )
+    assert info.value.rule == "RESPONSE_TOO_LARGE" and info.value.limit == 65536
+    assert "Content-Length 800000000" in str(info.value)
+
+
+@pytest.mark.parametrize("size, ok", [(4096, True), (4097, False)])
+def test_streamed_body_is_capped_exactly(server: Server, size: int, ok: bool) -> None:
+    def unannounced(conn: Conn) -> None:
+        conn.head(200, {"Connection": "close"})
+        conn.send(b"y" * size)
+        conn.closed = True
+
+    server.routes["/doc"] = unannounced
+
+    def call() -> bytes:
+        return fetch(
+            f"{server.base}/doc", what="list", max_bytes=4096, deadline=5, trusted=True
+        ).content
+
+    if ok:
+        assert call() == b"y" * size
+    else:
+        with pytest.raises(ResponseTooLargeError, match="list is larger than"):
+            call()
+
+
+def test_compressed_bodies_are_refused(server: Server) -> None:
+    bomb = gzip.compress(b"\0" * 10_000_000)
+    server.routes["/doc"] = lambda c: c.body(bomb, headers={"Content-Encoding": "gzip"})
+    with pytest.raises(ResponseFormatError, match="gzip-encoded"):
+        fetch(
+            f"{server.base}/doc",
+            what="record",
+            max_bytes=1 << 20,
+            deadline=5,
+            trusted=True,
+        )
+    assert server.hits[0][1]["accept-encoding"] == "identity"
+
+
+@pytest.mark.parametrize("announce", [800_000_000, None])
+def test_huge_did_document_keeps_memory_bounded(
+    server: Server, announce: int | None
+) -> None:
+    server.routes["/.well-known/did.json"] = _endless(announce)
+    outcome = run_bounded(
+        f"""
+        from atdata_runtime.atmosphere.identity import IdentityResolver
+        from atdata_runtime.net.retry import RetryPolicy
+        IdentityResolver(timeout=20, retry=RetryPolicy(attempts=1)).did_document(
+            "did:web:localhost%3A{server.port}")
+        """,
+        address_space_mib=1536,
+        timeout=60,
+        env={INSECURE_LOOPBACK_ENV: "1"},
+    )
+    assert outcome.error_type == "atdata_runtime.net.errors.ResponseTooLargeError", (
+        outcome.traceback
+    )
+    assert f"{MAX_DID_DOCUMENT_BYTES} bytes" in (outcome.error or "")
+    assert outcome.max_rss_mib < 200, outcome.max_rss_mib
+
+
+# -- the shard stream --------------------------------------------------------------
+
+
+def _shard_policy() -> RetryPolicy:
+    return RetryPolicy(attempts=3, sleep=lambda s: None)
+
+
+def test_trickled_shard_stalls_at_the_timeout(server: Server) -> None:
+    server.routes["/shard.tar"] = _trickle(0.1, 40)  # 4 s in all
+    start = time.monotonic()
+    with (
+        pytest.raises(DeadlineExceededError) as info,
+        HttpShardStream(
+            f"{server.base}/shard.tar", timeout=1.0, retry=_shard_policy()
+        ) as s,
+    ):
+        while s.read(65536):
+            pass
+    assert time.monotonic() - start < 1.6
+    assert info.value.rule == "DEADLINE_EXCEEDED"
+    assert "fewer than 65536 bytes in 1 s" in str(info.value)
+
+
+def test_blocked_shard_read_returns_at_the_timeout(server: Server) -> None:
+    def part_then_block(conn: Conn) -> None:
+        conn.head(200, {"Content-Length": "100000"})
+        conn.send(b"z" * 1000)
+        time.sleep(0.6)
+        conn.send(b"z")  # resets a socket read timeout, not the stall clock
+        time.sleep(5)
+
+    server.routes["/shard.tar"] = part_then_block
+    start = time.monotonic()
+    with (
+        pytest.raises(DeadlineExceededError),
+        HttpShardStream(
+            f"{server.base}/shard.tar", timeout=1.0, retry=_shard_policy()
+        ) as s,
+    ):
+        while s.read(65536):
+            pass
+    assert time.monotonic() - start < 1.5
+
+
+def test_slow_consumer_is_not_a_stall(server: Server) -> None:
+    payload = bytes(range(256)) * 512  # 128 KiB
+    server.routes["/shard.tar"] = lambda c: c.body(payload)
+    out = io.BytesIO()
+    with HttpShardStream(
+        f"{server.base}/shard.tar", timeout=0.4, retry=_shard_policy()
+    ) as s:
+        while chunk := s.read(65536):
+            out.write(chunk)
+            time.sleep(0.6)  # longer than the timeout, between reads
+    assert out.getvalue() == payload
+
+
+def test_shard_redirect_to_another_origin_is_refused_without_headers(
+    server: Server, other: Server
+) -> None:
+    other.routes["/shard.tar"] = lambda c: c.body(b"stolen")
+    server.routes["/shard.tar"] = lambda c: c.body(
+        b"", 302, {"Location": f"{other.base}/shard.tar"}
+    )
+    with pytest.raises(RedirectRefusedError) as info:
+        HttpShardStream(
+            f"{server.base}/shard.tar",
+            headers={"X-Api-Key": "k-123"},
+            retry=_shard_policy(),
+        )
+    assert info.value.rule == "REDIRECT_CROSS_ORIGIN"
+    assert other.hits == []
+
+
+def test_shard_same_origin_redirect_keeps_headers(server: Server) -> None:
+    server.routes["/shard.tar"] = lambda c: c.body(b"", 307, {"Location": "/real.tar"})
+    server.routes["/real.tar"] = lambda c: c.body(b"data")
+    with HttpShardStream(
+        f"{server.base}/shard.tar",
+        headers={"X-Api-Key": "k-123"},
+        retry=_shard_policy(),
+    ) as s:
+        assert s.read() == b"data"
+    assert [(p, h.get("x-api-key")) for p, h in server.hits] == [
+        ("/shard.tar", "k-123"),
+        ("/real.tar", "k-123"),
+    ]
+
+
+def test_untrusted_shard_url_is_checked(server: Server) -> None:
+    with pytest.raises(UnsafeUrlError):
+        HttpShardStream(f"{server.base}/shard.tar", trusted=False)
+    assert server.hits == []
+
+
+def test_fetch_cross_origin_redirect_never_forwards_headers(
+    server: Server, other: Server
+) -> None:
+    other.routes["/doc"] = lambda c: c.body(b"{}")
+    server.routes["/doc"] = lambda c: c.body(
+        b"", 302, {"Location": f"{other.base}/doc"}
+    )
+    with pytest.raises(RedirectRefusedError):
+        fetch(
+            f"{server.base}/doc",
+            what="record",
+            max_bytes=100,
+            deadline=5,
+            trusted=True,
+            headers={"Authorization": "Bearer t0k"},
+        )
+    assert other.hits == []
+
+
+# -- credentials in URLs -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("https://user:pw@host/x", "https://host/x"),
+        ("https://u@host:8443/x?a=1", "https://host:8443/x?a=1"),
+        (
+            "https://h/p?access_token=T1&x=2&Token=T2",
+            "https://h/p?access_token=REDACTED&x=2&Token=REDACTED",
+        ),
+        (
+            (
+                "https://b.s3.amazonaws.com/k?X-Amz-Credential=AK%2F1&X-Amz-Signature=ab"
+                "&X-Amz-Security-Token=ST&X-Amz-Expires=60"
+            ),
+            (
+                "https://b.s3.amazonaws.com/k?X-Amz-Credential=REDACTED&"
+                "X-Amz-Signature=REDACTED&X-Amz-Security-Token=REDACTED&X-Amz-Expires=60"
+            ),
+        ),
+        ("https://h/p?sig=s&sv=2020", "https://h/p?sig=REDACTED&sv=2020"),
+        ("https://h/p?%61ccess_token=T", "https://h/p?%61ccess_token=REDACTED"),
+        ("http://[::1", "<unparsable URL>"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_errors_name_the_url_without_credentials(server: Server) -> None:
+    server.routes["/doc"] = _trickle(0.2, 100)
+    port = server.port
+    url = f"http://alice:hunter2@127.0.0.1:{port}/doc?access_token=T0K3N&x=1"
+    with pytest.raises(DeadlineExceededError) as info:
+        fetch(url, what="record", max_bytes=1000, deadline=0.6, trusted=True)
+    message = str(info.value)
+    assert f"http://127.0.0.1:{port}/doc?access_token=REDACTED&x=1" in message
+    assert (
+        "hunter2" not in message and "T0K3N" not in message and "alice" not in message
+    )
+    with (
+        pytest.raises(DeadlineExceededError) as info2,
+        HttpShardStream(url, timeout=0.5, retry=_shard_policy()) as s,
+    ):
+        s.read()
+    assert "hunter2" not in str(info2.value) and "T0K3N" not in str(info2.value)
+    with pytest.raises(UnsafeUrlError) as info3:
+        fetch(url, what="record", max_bytes=1, deadline=1)
+    assert "hunter2" not in str(info3.value) and "T0K3N" not in str(info3.value)
