@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import keyword
+import math
 import re
 import textwrap
 from collections.abc import Sequence
@@ -92,8 +93,11 @@ def _dotted(path: str) -> cst.BaseExpression:
 
 
 def literal(value: Any) -> cst.BaseExpression:
-    """A literal for a JSON value (str, int, bool, None, list, dict) — built from
-    ``repr``/``str`` of the value, so it always evaluates back to the value."""
+    """A literal for a JSON value (str, int, bool, None, float, list, dict) — built
+    from ``repr``/``str`` of the value, so it always evaluates back to the value
+    (``-0.0`` included: its sign is kept). Raises ``ValueError`` for a NaN or an
+    infinity (no literal evaluates to them; the frontend refuses every float in
+    its input, ``SRC_FLOAT``), ``TypeError`` for anything else."""
     if value is None or isinstance(value, bool):
         return cst.Name(repr(value))
     if isinstance(value, int):
@@ -104,7 +108,7 @@ def literal(value: Any) -> cst.BaseExpression:
         text = repr(value)
         if text in ("inf", "-inf", "nan"):
             raise ValueError("non-finite number")
-        if value < 0:
+        if math.copysign(1.0, value) < 0:  # also -0.0, which is not < 0
             return cst.UnaryOperation(cst.Minus(), cst.Float(repr(-value)))
         return cst.Float(text)
     if isinstance(value, str):

@@ -385,7 +385,7 @@ def sample_aliases(model: LinkedModel) -> dict[tuple[str, ...], SampleSchema]:
         schema = latest[schema_name]
         package = model.names.samples[(schema.name, schema.version)][0][0]
         scope = scopes.setdefault(package, naming.Scope(taken.get(package, set())))
-        out[(package, scope.claim(naming.snake_case(schema.name)))] = schema
+        out[(package, scope.claim(naming.module_stem(schema.name)))] = schema
     return out
 
 
