@@ -112,6 +112,7 @@ def main() -> None:
             CodeReference("https://example.org/x", ref, f"bench_lens_impl:{put}"),
             name="v3_to_v4",
             record="bench",
+            allow=["bench_lens_impl"],
         )
         g = LensGraph()
         g.register(v1_to_v2)
