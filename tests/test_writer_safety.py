@@ -356,7 +356,9 @@ def test_symlinked_package_root_inside_out_is_followed(tmp_path: Path) -> None:
         assert (tmp_path / "out" / "pkg").is_symlink()
     assert (real / "com" / "ex" / "other.py").is_file()
     assert not (real / "com" / "ex" / "thing.py").exists()
-    assert _build(tmp_path, "--check").returncode == 0
+    check = _build(tmp_path, "--check")
+    assert check.returncode == 0
+    assert check.stdout.strip() == "out/pkg: up to date", "no fast no-op path"
     assert _leftovers(real.parent) == [] and _leftovers(tmp_path / "out") == []
 
 
@@ -498,3 +500,37 @@ def test_file_size_limit_leaves_the_old_package_and_no_scratch(tmp_path: Path) -
     assert (rule, code, path) == ("OUT_WRITE", errno.EFBIG, str(root / "b.py"))
     assert "(EFBIG)" in message and "previous package is unchanged" in message
     assert _tree(root) == before and _leftovers(root.parent) == []
+
+
+@pytest.mark.parametrize("step", ["partial", "swapped"])
+def test_cli_build_killed_mid_write_leaves_old_or_new(
+    tmp_path: Path, step: str
+) -> None:
+    """The real CLI, ``SIGKILL``ed while writing (``ATDATA_GEN_TEST_KILL_AT``): the
+    package is the old or the new build, it imports, and the next build recovers."""
+    import signal
+
+    _sources(tmp_path, "thing")
+    assert _build(tmp_path).returncode == 0
+    pkg = tmp_path / "out" / "pkg"
+    before = _tree(pkg)
+    _sources(tmp_path, "thing", "other")
+    killed = _build(tmp_path, env={"ATDATA_GEN_TEST_KILL_AT": step})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    after = _tree(pkg)
+    assert (after == before) is (step == "partial")
+    assert (after is not None) and (("com/ex/other.py" in after) is (step == "swapped"))
+    code = "import pkg.com.ex.thing" + (
+        ", pkg.com.ex.other" if step == "swapped" else ""
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(tmp_path / "out")),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert _leftovers(tmp_path / "out") != []  # what the kill left behind
+    assert _build(tmp_path).returncode == 0
+    assert _leftovers(tmp_path / "out") == []
+    assert _build(tmp_path, "--check").returncode == 0

@@ -225,6 +225,9 @@ def build_cmd(
         except OSError:
             print_ = None
     if print_ is not None and is_fresh(root, print_):
+        from .backend.write import tidy
+
+        tidy(root)  # what a killed build left beside the package
         report.finish("up-to-date", EXIT_OK, [*replay(root), *live])
 
     from .backend.format import FormatError

@@ -100,7 +100,8 @@ def read_package_file(
     root: Path, rel: str, limit: int = MAX_FILE_BYTES
 ) -> bytes | None:
     """The bytes of the regular file ``root/rel``, or ``None`` when it is missing,
-    is reached through a symbolic link (any segment, the last included), is not a
+    is reached through a symbolic link below ``root`` (any segment of ``rel``, the
+    last included; ``root`` itself may be a link), is not a
     regular file (a FIFO is opened non-blocking and refused, never read), is larger
     than ``limit`` bytes, or cannot be read. ``rel`` must pass :func:`safe_relpath`
     (else ``None``)."""
@@ -110,7 +111,9 @@ def read_package_file(
     parts = rel.split("/")
     fds: list[int] = []
     try:
-        fds.append(os.open(root, flags | getattr(os, "O_DIRECTORY", 0)))
+        # ``root`` itself may be a link (a package root linked inside --out)
+        nofollow = getattr(os, "O_NOFOLLOW", 0)
+        fds.append(os.open(root, (flags & ~nofollow) | getattr(os, "O_DIRECTORY", 0)))
         for part in parts[:-1]:
             fds.append(
                 os.open(part, flags | getattr(os, "O_DIRECTORY", 0), dir_fd=fds[-1])

@@ -100,6 +100,7 @@ __all__ = [
     "lock_path",
     "output_path_problem",
     "plan_changes",
+    "tidy",
     "write_package",
 ]
 
@@ -246,11 +247,12 @@ def _lock_timeout() -> float:
 
 
 @contextmanager
-def _locked(root: Path, required: bool = True) -> Iterator[bool]:
+def _locked(root: Path, required: bool = True, wait: bool = True) -> Iterator[bool]:
     """Hold the package's lock; yields whether it is held. ``required=False``
     (``--check``) goes on unlocked when the lock cannot be created (a read-only
-    output). The lock file is removed on release; a waiter that then locks the
-    removed file notices (its inode is no longer the path's) and retries."""
+    output); ``wait=False`` goes on unlocked when another build holds it. The lock
+    file is removed on release; a waiter that then locks the removed file notices
+    (its inode is no longer the path's) and retries."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
@@ -273,6 +275,9 @@ def _locked(root: Path, required: bool = True) -> Iterator[bool]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
+            if not wait:
+                yield False
+                return
             if time.monotonic() >= deadline:
                 raise OutputLockedError(path, timeout, _holder(path)) from None
             time.sleep(delay)
@@ -699,6 +704,31 @@ def _apply(plan: Plan) -> None:
         _remove(old, step=True)
     except OSError:
         pass  # removed by the next build's recovery
+
+
+def tidy(root: Path) -> None:
+    """What an up-to-date build does: when a killed build left a half-done swap,
+    scratch trees or its lock file beside ``root``, recover and remove them (under
+    the lock, only if it is free; best effort, never raises). A directory listing
+    when there is nothing to do."""
+    try:
+        root = _package_dir(root, None)
+        parent = root.parent
+        names = [
+            n
+            for n in os.listdir(parent)
+            if n.startswith(_prefix(root)) or n == lock_path(root).name
+        ]
+    except (OSError, OutputPathError):
+        return
+    if not names:
+        return
+    try:
+        with _locked(root, required=False, wait=False) as held:
+            if held:
+                _recover(root)
+    except (OSError, OutputLockedError):
+        pass
 
 
 def plan_changes(root: Path, files: dict[str, str], out: Path | None = None) -> Plan:
