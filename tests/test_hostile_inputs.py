@@ -586,3 +586,22 @@ def test_load_text_never_raises_on_hostile_numbers() -> None:
         assert load_text("x.json", text.encode(), reporter) is None
         (d,) = reporter
         assert d.span.pointer == "/0" and (d.span.line, d.span.column) == (1, 2)
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "github"])
+def test_credentials_never_reach_check_output(tmp_path: Path, fmt: str) -> None:
+    def lexicon(values: list[str]) -> dict[str, Any]:
+        prop = {"type": "string", "knownValues": values}
+        return _lexicon(
+            "com.example.kv",
+            {"main": {"type": "object", "properties": {"s": prop}}},
+        )
+
+    _write(tmp_path / "old" / "kv.json", lexicon(["a"]))
+    _write(tmp_path / "new" / "kv.json", lexicon(["a", SECRET_URL]))
+    proc = _cli(["check", "new", "--against", "old", "--format", fmt], cwd=tmp_path)
+    assert proc.returncode in (0, 1), proc.stderr
+    shown = proc.stdout + proc.stderr
+    assert "example.org/x" in shown, shown
+    for secret in SECRETS:
+        assert secret not in shown, (secret, shown)

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..diagnostics import Diagnostic, github_base, render
+from ..diagnostics import Diagnostic, github_base, redact_urls, render
 
 __all__ = ["render_findings", "unlabel"]
 
@@ -26,7 +26,9 @@ def render_findings(
     …)``), ``json`` or ``github`` workflow commands; ends with a newline unless
     empty. ``github`` paths are repository-relative: a previous-side location
     ``REV:path`` (``labels`` lists the ``REV:`` prefixes) becomes ``path``, and a
-    file-system path is made relative to the git toplevel."""
+    file-system path is made relative to the git toplevel. Every form is safe to
+    print (values and file names escaped, URLs without credentials: see
+    :mod:`atdata_gen.diagnostics`)."""
     from .compat import COMPAT_RULES
     from .runner import locate
 
@@ -37,12 +39,16 @@ def render_findings(
                     {
                         "rule": f.rule,
                         "category": COMPAT_RULES[f.rule].category,
-                        "message": f.message,
+                        "message": redact_urls(f.message),
                         "severity": f.severity(policy.mode).label,
                         "breaks": f.breaks.names,
                         "subject": f.subject,
-                        "current": str(f.current) if f.current.path else None,
-                        "previous": str(f.previous) if f.previous.path else None,
+                        "current": redact_urls(str(f.current))
+                        if f.current.path
+                        else None,
+                        "previous": redact_urls(str(f.previous))
+                        if f.previous.path
+                        else None,
                     }
                     for f in findings
                 ],
