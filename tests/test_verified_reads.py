@@ -272,6 +272,7 @@ class FakeNetwork:
         self.docs: dict[str, dict[str, Any]] = {}
         self.cars: dict[str, Any] = {}
         self.json_records: dict[str, dict[str, Any]] = {}
+        self.listing: Any = {"records": []}
         self.hits: dict[str, int] = {}
         fake = self
 
@@ -301,6 +302,11 @@ class FakeNetwork:
                         self.send(400, "application/json", {"error": "RecordNotFound"})
                     else:
                         self.send(200, "application/json", rec)
+                elif name == "com.atproto.repo.listRecords":
+                    page = fake.listing
+                    self.send(
+                        200, "application/json", page(query) if callable(page) else page
+                    )
                 else:
                     self.send(404, "application/json", {"error": "NotFound"})
 
@@ -565,19 +571,53 @@ def test_list_records_yields_only_proven_records(fake: FakeNetwork) -> None:
         {"uri": uri(k), "cid": from_json_cid(v), "value": v}
         for k, v in (("r000", lens_record(0)), ("r001", lens_record(666)))
     ]
-
-    class Lister:
-        def invoke_query(self, *_: Any, **__: Any) -> Any:
-            return type("R", (), {"content": {"records": listing}})()
-
+    fake.listing = {"records": listing}
     client = fake.client()
-    client._readers[fake.url] = Lister()
     got = list(client.list_records(VICTIM, COLLECTION, validate=False))
     assert [r.value for r in got] == [lens_record(0), lens_record(1)]
     listing.append({"uri": uri("r002"), "cid": "x", "value": {}})
     with pytest.raises(RecordVerificationError) as info:
         list(client.list_records(VICTIM, COLLECTION, validate=False))
     assert info.value.rule == "REPO_BAD_SIGNATURE"
+
+
+def test_list_records_is_bounded(fake: FakeNetwork) -> None:
+    repo = victim_repo(3)
+    fake.publish(repo)
+    fake.cars["r000"] = repo.proof("r000")
+    item = {"uri": uri("r000"), "cid": "x", "value": {}}
+    fake.listing = {"records": [item], "cursor": "again"}  # an endless listing
+    with pytest.raises(RecordVerificationError) as info:
+        list(fake.client().list_records(VICTIM, COLLECTION, validate=False))
+    assert info.value.rule == "XRPC_MALFORMED" and "cursor" in str(info.value)
+    fake.listing = {"records": [item] * 20, "pad": "x" * (9 * 1024 * 1024)}
+    with pytest.raises(NetworkError) as big:
+        list(fake.client().list_records(VICTIM, COLLECTION, validate=False))
+    assert big.value.rule == "RESPONSE_TOO_LARGE"
+    fake.listing = {"records": "nope"}
+    with pytest.raises(RecordVerificationError, match="malformed"):
+        list(fake.client().list_records(VICTIM, COLLECTION, validate=False))
+
+
+def test_the_opt_out_still_checks_the_server_cid(fake: FakeNetwork) -> None:
+    """``verify="server-cid"``: a record that does not hash to the CID its server
+    gives is refused (the old check, kept for the opt-out)."""
+    fake.publish(victim_repo(3))
+    value = lens_record(1)
+    fake.json_records["r001"] = {
+        "uri": uri("r001"),
+        "cid": from_json_cid(lens_record(2)),
+        "value": value,
+    }
+    client = fake.client(verify="server-cid")
+    with pytest.raises(RecordVerificationError) as info:
+        client.get_record(uri("r001"), validate=False)
+    assert info.value.rule == "RECORD_CID_MISMATCH" and uri("r001") in str(info.value)
+    fake.json_records["r001"]["value"] = "x" * (3 * 1024 * 1024)
+    with pytest.raises(NetworkError) as big:
+        client.get_record(uri("r001"), validate=False)
+    assert big.value.rule == "RESPONSE_TOO_LARGE"
+    assert client.try_get_record(uri("absent")) is None
 
 
 def test_the_opt_out_warns_once_per_client(

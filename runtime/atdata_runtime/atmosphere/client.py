@@ -39,7 +39,7 @@ from os import PathLike
 from typing import Any, Literal
 
 from ..net.errors import NetworkError
-from ..net.fetch import fetch
+from ..net.fetch import MAX_LIST_BYTES, MAX_RECORD_BYTES, Fetched, fetch
 from ..net.retry import RetryPolicy
 from .cid import DataModelError, blob_cid, record_cid
 from .errors import (
@@ -49,7 +49,7 @@ from .errors import (
     RecordNotFoundError,
     RecordVerificationError,
 )
-from .identity import IdentityResolver
+from .identity import DidDocument, IdentityResolver
 from .records import AtUri, validate_record
 from .repo import MAX_CAR_BYTES, signing_key, verify_record_proof
 from .session import SavedSession, Secret, SessionStore, default_session_path
@@ -63,6 +63,9 @@ _JSON = "application/json"
 VerifyMode = Literal["repo", "server-cid"]
 """How reads are verified: ``"repo"`` (repository proof, the default) or
 ``"server-cid"`` (the record hashes to the CID its server returned; an opt-out)."""
+
+MAX_LIST_PAGES = 10_000
+"""Pages of ``listRecords`` followed at most (1,000,000 records at 100 a page)."""
 
 _XRPC_ERROR_MAX = 4096
 """Bytes of an XRPC error body read for its ``error`` name (never shown whole)."""
@@ -347,6 +350,50 @@ class AtmosphereClient:
             reader = self._readers[doc.pds] = _sdk_client(doc.pds, self.timeout)
         return doc.did, reader
 
+    def _where(self, authority: str) -> tuple[DidDocument, str, bool]:
+        """(DID document, PDS URL to ask, whether that URL is trusted) for the
+        repository of ``authority``: the logged-in account's own repository is read
+        from the client's ``pds_url``, any other from its DID document's PDS (a URL
+        from the network: https only, see :func:`~atdata_runtime.net.fetch.fetch`)."""
+        doc = self.resolver.resolve(authority)
+        pds = self.pds_url if doc.did == self._did and self.pds_url else doc.pds
+        return doc, pds, self._pds_trusted and pds == self.pds_url
+
+    def _xrpc(
+        self,
+        pds: str,
+        trusted: bool,
+        nsid: str,
+        params: dict[str, str],
+        *,
+        uri: str,
+        what: str,
+        max_bytes: int,
+    ) -> Fetched | None:
+        """One bounded XRPC query (``max_bytes``, total deadline ``timeout``,
+        retried by ``retry``); ``None`` for a ``RecordNotFound`` answer. Another
+        error status is a ``XRPC_ERROR`` :class:`~.errors.AtmosphereError` naming
+        ``uri``, the status and the XRPC error name, never the body."""
+        answer = fetch(
+            f"{pds}/xrpc/{nsid}",
+            what=what,
+            max_bytes=max_bytes,
+            deadline=self.timeout,
+            params=params,
+            trusted=trusted,
+            retry=self.retry,
+        )
+        if answer.status == 200:
+            return answer
+        error = _error_name(answer.content)
+        if answer.status in (400, 404) and error == "RecordNotFound":
+            return None
+        raise NetworkError(
+            uri,
+            f"{nsid} answered HTTP {answer.status}" + (f" {error}" if error else ""),
+            rule="XRPC_ERROR",
+        )
+
     def _server_cid_checked(
         self, uri: str, collection: str, cid: Any, value: Any, validate: bool
     ) -> FetchedRecord:
@@ -374,31 +421,21 @@ class AtmosphereClient:
         (:func:`~.repo.verify_record_proof`) against the ``#atproto`` key of the
         authority's DID document; ``None`` when the proof shows it absent or the
         server answers ``RecordNotFound``."""
-        doc = self.resolver.resolve(at.authority)
+        doc, pds, trusted = self._where(at.authority)
         at = at.with_authority(doc.did)
         uri = str(at)
         key = signing_key(doc.doc, doc.did, uri=uri)
-        own = self._pds_trusted and doc.pds == self.pds_url
-        answer = fetch(
-            f"{doc.pds}/xrpc/com.atproto.sync.getRecord",
+        answer = self._xrpc(
+            pds,
+            trusted,
+            "com.atproto.sync.getRecord",
+            {"did": doc.did, "collection": at.collection, "rkey": at.rkey},
+            uri=uri,
             what="record proof (CAR)",
             max_bytes=self.max_car_bytes,
-            deadline=self.timeout,
-            params={"did": doc.did, "collection": at.collection, "rkey": at.rkey},
-            headers={"Accept": "application/vnd.ipld.car"},
-            trusted=own,
-            retry=self.retry,
         )
-        if answer.status != 200:
-            error = _error_name(answer.content)
-            if answer.status in (400, 404) and error == "RecordNotFound":
-                return None
-            raise NetworkError(
-                uri,
-                f"com.atproto.sync.getRecord answered HTTP {answer.status}"
-                + (f" {error}" if error else ""),
-                rule="XRPC_ERROR",
-            )
+        if answer is None:
+            return None
         proven = verify_record_proof(
             answer.content,
             did=doc.did,
@@ -437,27 +474,24 @@ class AtmosphereClient:
         return self._server_record(at, validate)
 
     def _server_record(self, at: AtUri, validate: bool) -> FetchedRecord | None:
-        from atproto_client import models
-        from atproto_client.exceptions import BadRequestError
-
-        did, sdk = self._reader(at.authority)
-        at = at.with_authority(did)
-
-        def fetch_record() -> Any:
-            return sdk.invoke_query(
-                "com.atproto.repo.getRecord",
-                params=models.ComAtprotoRepoGetRecord.Params(
-                    repo=did, collection=at.collection, rkey=at.rkey
-                ),
-                output_encoding=_JSON,
-            ).content
-
-        try:
-            data = self.retry.run(fetch_record, what=str(at))
-        except BadRequestError as exc:
-            if _xrpc_error(exc) == "RecordNotFound":
-                return None
-            raise
+        doc, pds, trusted = self._where(at.authority)
+        at = at.with_authority(doc.did)
+        answer = self._xrpc(
+            pds,
+            trusted,
+            "com.atproto.repo.getRecord",
+            {"repo": doc.did, "collection": at.collection, "rkey": at.rkey},
+            uri=str(at),
+            what="record",
+            max_bytes=MAX_RECORD_BYTES,
+        )
+        if answer is None:
+            return None
+        data = answer.json()
+        if not isinstance(data, dict):
+            raise RecordVerificationError(
+                str(at), "getRecord answer is not an object", rule="XRPC_MALFORMED"
+            )
         return self._server_cid_checked(
             str(at), at.collection, data.get("cid"), data.get("value"), validate
         )
@@ -482,24 +516,43 @@ class AtmosphereClient:
         the listing names, and whether it names them all, remains the server's word
         (only a whole-repository export, ``sync.getRepo``, could prove
         completeness). With ``verify="server-cid"`` each record is only checked
-        against the CID in the listing."""
-        from atproto_client import models
+        against the CID in the listing.
 
-        did, sdk = self._reader(repo)
+        Limits: a page is at most :data:`~atdata_runtime.net.fetch.MAX_LIST_BYTES`
+        (8 MiB), at most :data:`MAX_LIST_PAGES` pages (10,000) are followed, and a
+        cursor seen before ends the listing with an ``XRPC_MALFORMED``
+        :class:`RecordVerificationError`, as does a malformed page."""
+        doc, pds, trusted = self._where(repo)
+        did = doc.did
+        where = f"at://{did}/{collection}"
         cursor: str | None = None
-        while True:
-            params = models.ComAtprotoRepoListRecords.Params(
-                repo=did, collection=collection, limit=page, cursor=cursor
+        seen: set[str] = set()
+        for _ in range(MAX_LIST_PAGES):
+            params = {"repo": did, "collection": collection, "limit": str(page)}
+            if cursor is not None:
+                params["cursor"] = cursor
+            answer = self._xrpc(
+                pds,
+                trusted,
+                "com.atproto.repo.listRecords",
+                params,
+                uri=where,
+                what="record list",
+                max_bytes=MAX_LIST_BYTES,
             )
-
-            def fetch_page(params: Any = params) -> Any:
-                return sdk.invoke_query(
-                    "com.atproto.repo.listRecords", params=params, output_encoding=_JSON
-                ).content
-
-            data = self.retry.run(fetch_page, what=f"at://{did}/{collection}")
+            data = answer.json() if answer is not None else {}
+            if not isinstance(data, dict) or not isinstance(
+                data.get("records", []), list
+            ):
+                raise RecordVerificationError(
+                    where, "listRecords answer is malformed", rule="XRPC_MALFORMED"
+                )
             for item in data.get("records") or []:
                 if self.verify == "server-cid":
+                    if not isinstance(item, dict):
+                        raise RecordVerificationError(
+                            where, "malformed list item", rule="XRPC_MALFORMED"
+                        )
                     yield self._server_cid_checked(
                         str(item.get("uri")),
                         collection,
@@ -509,11 +562,12 @@ class AtmosphereClient:
                     )
                     continue
                 try:
-                    at = AtUri.parse(str(item.get("uri")))
+                    at = AtUri.parse(
+                        str(item.get("uri") if isinstance(item, dict) else "")
+                    )
                 except ValueError as exc:
                     raise RecordVerificationError(
-                        f"at://{did}/{collection}",
-                        f"listRecords named an invalid record URI: {exc}",
+                        where, f"listRecords named an invalid record URI: {exc}"
                     ) from None
                 if at.collection != collection:
                     raise RecordVerificationError(
@@ -525,6 +579,18 @@ class AtmosphereClient:
             cursor = data.get("cursor")
             if not cursor or not data.get("records"):
                 return
+            if not isinstance(cursor, str) or cursor in seen:
+                raise RecordVerificationError(
+                    where,
+                    "listRecords returned a cursor it returned before",
+                    rule="XRPC_MALFORMED",
+                )
+            seen.add(cursor)
+        raise RecordVerificationError(
+            where,
+            f"listRecords did not end within {MAX_LIST_PAGES} pages",
+            rule="XRPC_MALFORMED",
+        )
 
     # -- writes -------------------------------------------------------------------
     def create_record(
