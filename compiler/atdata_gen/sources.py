@@ -17,6 +17,9 @@ Sources are untrusted, so loading is bounded (each limit has its own rule ID):
 * numbers of the atproto data model only (atproto.com/specs/data-model, § Data
   Types: no floats; integers are signed 64-bit): ``SRC_FLOAT`` (any fraction or
   exponent, ``NaN``, ``Infinity``, ``-0.0``, ``1e400``) and ``SRC_INTEGER_RANGE``.
+  This is stricter than the interop vectors, which read an integer-like ``123.0``
+  as the integer 123 (as :func:`atdata_runtime.atmosphere.cid.record_cid` does for
+  records from the network): sources are written by hand, and ``123`` says it.
 
 The limits can be changed per call (:func:`load_text`, :func:`load_paths`,
 :func:`discover` take ``max_bytes`` / ``max_depth``); the defaults are what the
@@ -279,6 +282,8 @@ def _decode(text: str) -> tuple[Any, list[_BadNumber]]:
             why = "overflows a 64-bit float (IEEE 754 binary64) to infinity"
         elif value == 0 and token.startswith("-"):
             why = "is negative zero, which only a float can hold"
+        elif value.is_integer() and INT64_MIN <= value <= INT64_MAX:
+            why = f"is written as a float (write {int(value)})"
         else:
             why = "is a float"
         mark = _BadNumber(
