@@ -258,3 +258,52 @@ def test_hostile_proofs_stay_bounded_in_a_child(tmp_path: Path) -> None:
         assert "[REPO_" in str(out.error), (name, out.error)
         assert out.max_rss_mib < 200, (name, out.max_rss_mib)
         assert isinstance(out.value, float) and out.value < 5.0, (name, out.value)
+
+
+_JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_METHOD = st.fixed_dictionaries(
+    {
+        "id": st.sampled_from(["#atproto", f"{DID}#atproto", "#other", 7]),
+        "type": st.sampled_from(
+            [
+                "Multikey",
+                "EcdsaSecp256k1VerificationKey2019",
+                "EcdsaSecp256r1VerificationKey2019",
+                "Ed25519VerificationKey2020",
+                None,
+            ]
+        ),
+        "publicKeyMultibase": st.one_of(
+            st.just(Key(seed=4).multikey),
+            st.just(Key("ES256", seed=4).multikey),
+            st.text(max_size=60).map(lambda t: "z" + t),
+            st.text(
+                alphabet="123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz",
+                max_size=300,
+            ).map(lambda t: "z" + t),
+            _JSONISH,
+        ),
+    }
+)
+
+
+@SETTINGS
+@given(st.one_of(st.lists(_METHOD, max_size=3), _JSONISH))
+def test_hostile_did_document_keys(methods: object) -> None:
+    """A DID document's ``verificationMethod`` from a hostile PLC/did:web host:
+    a did:key or a ``REPO_SIGNING_KEY`` error, nothing else, quickly."""
+    start = time.monotonic()
+    try:
+        key = signing_key({"verificationMethod": methods}, DID)
+    except RecordVerificationError as exc:
+        assert exc.rule == "REPO_SIGNING_KEY"
+    else:
+        assert key.startswith(("did:key:zQ3s", "did:key:zDn"))
+    assert time.monotonic() - start < 0.5

@@ -89,6 +89,9 @@ MAX_MST_DEPTH = 64
 
 _SHA256_CID_PREFIX = bytes((0x01, 0x71, 0x12, 0x20))
 """CIDv1, dag-cbor (0x71), sha2-256 (0x12), 32-byte digest: every repository block."""
+_MAX_MULTIBASE = 256
+"""Characters of a ``publicKeyMultibase`` (an uncompressed P-256 key in base58 is
+under 100), so that base58 decoding stays cheap."""
 _COMMIT_FIELDS = {"did", "version", "data", "rev", "prev", "sig"}
 
 
@@ -202,8 +205,8 @@ def parse_car(
 def signing_key(doc: dict[str, Any], did: str, *, uri: str = "") -> str:
     """The ``did:key`` of the ``#atproto`` signing key in a DID document (its
     ``verificationMethod`` with id ``#atproto`` or ``{did}#atproto``; type
-    ``Multikey`` or the legacy secp256k1 / P-256 2019 types, ``publicKeyMultibase``).
-    Raises :class:`RecordVerificationError` (``REPO_SIGNING_KEY``)."""
+    ``Multikey`` or the legacy secp256k1 / P-256 2019 types, ``publicKeyMultibase``
+    of at most 256 characters). Raises :class:`RecordVerificationError` (``REPO_SIGNING_KEY``)."""
     from atproto_crypto.did import (  # type: ignore[import-untyped]
         get_did_key,
         parse_did_key,
@@ -219,6 +222,12 @@ def signing_key(doc: dict[str, Any], did: str, *, uri: str = "") -> str:
         kind, key = method.get("type"), method.get("publicKeyMultibase")
         if not isinstance(kind, str) or not isinstance(key, str):
             break
+        if len(key) > _MAX_MULTIBASE:
+            raise _fail(
+                uri,
+                "REPO_SIGNING_KEY",
+                f"the #atproto key of {did} is over {_MAX_MULTIBASE} characters",
+            )
         try:
             did_key: str | None = get_did_key(kind, key)
             if did_key is not None:
