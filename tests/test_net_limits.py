@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import multiprocessing
 import socketserver
 import threading
 import time
@@ -486,3 +487,40 @@ def test_errors_name_the_url_without_credentials(server: Server) -> None:
     with pytest.raises(UnsafeUrlError) as info3:
         fetch(url, what="record", max_bytes=1, deadline=1)
     assert "hunter2" not in str(info3.value) and "T0K3N" not in str(info3.value)
+
+
+def _fetch_in_child(url: str, queue: Any) -> None:
+    start = time.monotonic()
+    try:
+        fetch(url, what="record", max_bytes=1000, deadline=1.0, trusted=True)
+        queue.put(("returned", time.monotonic() - start))
+    except NetworkError as exc:
+        queue.put((exc.rule, time.monotonic() - start))
+
+
+def test_watchdog_works_in_a_forked_child(server: Server) -> None:
+    # DataLoader workers are forked: the watchdog thread must be restarted there
+    server.routes["/doc"] = _byte_then_block(0.8, 5.0)
+    fetch(
+        f"{server.base}/missing", what="record", max_bytes=100, deadline=5, trusted=True
+    )
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_fetch_in_child, args=(f"{server.base}/doc", queue))
+    child.start()
+    rule, elapsed = queue.get(timeout=10)
+    child.join(10)
+    assert rule == "DEADLINE_EXCEEDED" and elapsed < 1.5
+
+
+def test_trickled_shard_headers_stall_at_the_timeout(server: Server) -> None:
+    def headers_slowly(conn: Conn) -> None:
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nab":
+            conn.send(bytes([byte]))
+            time.sleep(0.1)
+
+    server.routes["/shard.tar"] = headers_slowly
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceededError):
+        HttpShardStream(f"{server.base}/shard.tar", timeout=1.0, retry=_shard_policy())
+    assert time.monotonic() - start < 1.5

@@ -225,6 +225,11 @@ class _Watchdog:
     50 ms). Registering costs a lock; moving a deadline is an attribute write."""
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        # also in a forked child (DataLoader workers): the thread did not survive
+        # the fork and the lock may have been held by it
         self._guards: set[StallGuard] = set()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -257,6 +262,7 @@ class _Watchdog:
 
 
 _WATCHDOG = _Watchdog()
+os.register_at_fork(after_in_child=_WATCHDOG._reset)
 
 
 class StallGuard:
