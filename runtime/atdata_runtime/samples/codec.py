@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import struct
-import sys
 import typing
 import warnings
 from collections.abc import Iterable
@@ -50,6 +49,7 @@ from .ndarray import (
 
 __all__ = [
     "DECODED_FACTOR",
+    "DECODED_MAX_BYTES",
     "DECODED_SLACK_BYTES",
     "ENCODINGS",
     "MAX_VALUE_DEPTH",
@@ -76,17 +76,21 @@ masked), ``"error"`` :class:`SampleFormatError` naming the sample."""
 _LARGE: Final = 1 << 16
 """Payloads (or array totals) from this size take the zero-copy paths."""
 
-DECODED_FACTOR: int = 8
+DECODED_FACTOR: int = 4
 DECODED_SLACK_BYTES: int = 32 << 20
-"""The decoded-size budget of a payload of ``n >= 64 KiB`` bytes: its maps and
-arrays may take at most ``DECODED_SLACK_BYTES + DECODED_FACTOR * n`` bytes of
-Python objects (``sys.getsizeof`` of each container; 32 MiB + 8 × the payload by
-default). msgpack's per-container limits (``max_map_len`` ... below) cannot bound
-that: one byte (``0x80``, an empty map) decodes to a 64-byte dict, so 15 MiB of
-empty maps would take over 1 GiB. Smaller payloads are not counted (at most ~72×
-of 64 KiB). Over budget is a :class:`SampleFormatError` with rule
-``SAMPLE_TOO_LARGE``; raise these module attributes for samples that really hold
-that many tiny lists (numpy arrays are zero-copy views and cost nothing here)."""
+DECODED_MAX_BYTES: int = 256 << 20
+"""The decoded-size budget of a payload of ``n >= 64 KiB`` bytes: the maps and
+lists it decodes to (numpy arrays excluded: they are zero-copy views) may take at
+most ``min(DECODED_MAX_BYTES, DECODED_SLACK_BYTES + DECODED_FACTOR * n)`` bytes of
+Python objects, counted at CPython's size of each container (a list's pointer
+array included); by default ``min(256 MiB, 32 MiB + 4 × n)``. A list may also
+have at most budget / 8 items (refused by msgpack before it allocates them).
+msgpack's own per-container limits cannot bound this: one byte (``0x80``, an empty
+map) decodes to a 64-byte dict, so 15 MiB of empty maps took 1.16 GiB. Payloads
+under 64 KiB are not counted (at most ~72 × 64 KiB). Over budget is a
+:class:`SampleFormatError` with rule ``SAMPLE_TOO_LARGE``; samples that really
+hold that many small lists can raise these module attributes
+(``atdata_runtime.samples.codec.DECODED_MAX_BYTES = ...``)."""
 
 MAX_VALUE_DEPTH: Final = 32
 """Maps and arrays nest at most this deep in a payload key the class does not
@@ -314,16 +318,26 @@ def _msgpack_reason(exc: Exception) -> str:
 
 class _Budget:
     """Counts the containers msgpack builds (its ``list_hook``/``object_hook``)
-    against :data:`DECODED_SLACK_BYTES` + :data:`DECODED_FACTOR` × payload."""
+    against the decoded-size budget (:data:`DECODED_MAX_BYTES`)."""
 
     __slots__ = ("left", "limit")
 
     def __init__(self, payload_size: int) -> None:
-        self.limit = DECODED_SLACK_BYTES + DECODED_FACTOR * payload_size
+        self.limit = min(
+            DECODED_MAX_BYTES, DECODED_SLACK_BYTES + DECODED_FACTOR * payload_size
+        )
         self.left = self.limit
 
-    def take(self, obj: Any) -> Any:
-        self.left -= sys.getsizeof(obj)
+    # CPython sizes, without the cost of sys.getsizeof per container: a list is
+    # 56 bytes plus a pointer per item, a dict 64 bytes plus ~40 per entry.
+    def take_list(self, obj: list[Any]) -> list[Any]:
+        self.left -= 56 + 8 * len(obj)
+        if self.left < 0:
+            raise _OverBudget(self.limit)
+        return obj
+
+    def take_map(self, obj: dict[Any, Any]) -> dict[Any, Any]:
+        self.left -= 64 + 40 * len(obj)
         if self.left < 0:
             raise _OverBudget(self.limit)
         return obj
@@ -335,23 +349,12 @@ class _OverBudget(Exception):
         self.limit = limit
 
 
-def _unpackb(buf: BufferLike, budget: _Budget | None = None) -> Any:
+def _unpackb(buf: BufferLike) -> Any:
     """``msgpack.unpackb`` with every limit set from ``len(buf)``: a string, bin or
     array cannot be longer than the bytes that hold it, a map has at most half as
     many entries; ext types are refused (``max_ext_len=0`` and a refusing
-    ``ext_hook``); with a ``budget``, containers are counted against it."""
+    ``ext_hook``). For payloads under 64 KiB (the fast path)."""
     n = len(buf)
-    if budget is None:
-        return msgpack.unpackb(
-            buf,
-            raw=False,
-            ext_hook=_refuse_ext,
-            max_ext_len=0,
-            max_str_len=n,
-            max_bin_len=n,
-            max_array_len=n,
-            max_map_len=n // 2,
-        )
     return msgpack.unpackb(
         buf,
         raw=False,
@@ -361,9 +364,53 @@ def _unpackb(buf: BufferLike, budget: _Budget | None = None) -> Any:
         max_bin_len=n,
         max_array_len=n,
         max_map_len=n // 2,
-        list_hook=budget.take,
-        object_hook=budget.take,
     )
+
+
+class _ViewReader:
+    """A file-like view of ``view[pos:]`` for ``msgpack.Unpacker`` (which wants
+    ``bytes`` from ``read``): it copies only what the unpacker asks for."""
+
+    __slots__ = ("pos", "view")
+
+    def __init__(self, view: memoryview, pos: int) -> None:
+        self.view, self.pos = view, pos
+
+    def read(self, n: int) -> bytes:
+        start = self.pos
+        self.pos = min(start + n, len(self.view))
+        return bytes(self.view[start : self.pos])
+
+
+def _unpack_at(view: memoryview, pos: int, budget: _Budget) -> tuple[Any, int]:
+    """The msgpack value at ``view[pos]`` and the offset after it, decoded by
+    msgpack (C speed, stopping at the first limit: no walk of the value first),
+    with the limits of :func:`_unpackb` from the whole payload, lists capped at
+    budget / 8 items and every container counted against ``budget``."""
+    n = len(view)
+    items = min(n, budget.limit // 8)
+    unpacker = msgpack.Unpacker(
+        _ViewReader(view, pos),
+        read_size=min(16384, n),
+        max_buffer_size=n,
+        raw=False,
+        ext_hook=_refuse_ext,
+        max_ext_len=0,
+        max_str_len=n,
+        max_bin_len=n,
+        max_array_len=items,
+        max_map_len=min(n // 2, items),
+        list_hook=budget.take_list,
+        object_hook=budget.take_map,
+    )
+    try:
+        value = unpacker.unpack()
+    except ValueError as exc:
+        text = str(exc)
+        if items < n and ("max_array_len" in text or "max_map_len" in text):
+            raise _OverBudget(budget.limit) from None  # the budget's item cap
+        raise
+    return value, pos + unpacker.tell()
 
 
 def _too_deep(value: Any, limit: int) -> bool:
@@ -620,22 +667,24 @@ class _Codec:
         view = memoryview(payload).cast("B")
         try:
             if not self.arrays:
-                return _unpackb(view, budget), {}
+                value, pos = _unpack_at(view, 0, budget)
+                if pos != len(view):
+                    raise ValueError(f"{len(view) - pos} bytes after the map")
+                return value, {}
             pos, n = _container_header(view, 0, map_=True)
             if n > len(view) // 2:
                 raise ValueError(f"map of {n} entries in {len(view)} bytes")
             data: dict[str, Any] = {}
             arrays: dict[str, NDArray[Any]] = {}
             for _ in range(n):
-                end = _skip(view, pos)
-                key = _unpackb(view[pos:end])
+                at = pos
+                key, pos = _unpack_at(view, pos, budget)
                 if type(key) is not str:
                     raise SampleFormatError(
-                        f"map key {key!r:.60} at byte {pos} is not a string",
+                        f"map key {key!r:.60} at byte {at} is not a string",
                         member=member,
                         rule="SAMPLE_MAP_KEY",
                     )
-                pos = end
                 marker = view[pos]
                 if key in self.arrays and marker in _BIN_MARKERS:
                     size, fmt = _BIN_MARKERS[marker]
@@ -647,9 +696,7 @@ class _Codec:
                         raise exc.located(field=key, member=member) from None
                     pos = start + length
                 else:
-                    end = _skip(view, pos)
-                    data[key] = _unpackb(view[pos:end], budget)
-                    pos = end
+                    data[key], pos = _unpack_at(view, pos, budget)
             if pos != len(view):
                 raise ValueError(f"{len(view) - pos} bytes after the map")
         except _OverBudget as exc:
@@ -671,39 +718,6 @@ class _Codec:
         return data, arrays
 
 
-_FIXED_SIZES: Final = {
-    0xC0: 1,
-    0xC2: 1,
-    0xC3: 1,
-    0xCA: 5,
-    0xCB: 9,
-    0xCC: 2,
-    0xCD: 3,
-    0xCE: 5,
-    0xCF: 9,
-    0xD0: 2,
-    0xD1: 3,
-    0xD2: 5,
-    0xD3: 9,
-    0xD4: 3,
-    0xD5: 4,
-    0xD6: 6,
-    0xD7: 10,
-    0xD8: 18,
-}
-_LENGTH_PREFIXED: Final = {  # marker -> (length bytes, struct format, extra type byte)
-    0xC4: (1, ">B", 0),
-    0xC5: (2, ">H", 0),
-    0xC6: (4, ">I", 0),
-    0xC7: (1, ">B", 1),
-    0xC8: (2, ">H", 1),
-    0xC9: (4, ">I", 1),
-    0xD9: (1, ">B", 0),
-    0xDA: (2, ">H", 0),
-    0xDB: (4, ">I", 0),
-}
-
-
 def _container_header(view: memoryview, pos: int, *, map_: bool) -> tuple[int, int]:
     """(position after the header, entry count) of a map (or array) at ``pos``."""
     marker = view[pos]
@@ -722,41 +736,6 @@ def _container_header(view: memoryview, pos: int, *, map_: bool) -> tuple[int, i
     if marker == 0xDD:
         return pos + 5, struct.unpack_from(">I", view, pos + 1)[0]
     raise ValueError(f"expected an array at byte {pos}")
-
-
-def _skip(view: memoryview, pos: int) -> int:
-    """Offset just past the msgpack value at ``pos`` (headers only; no decoding)."""
-    pending = 1
-    while pending:
-        pending -= 1
-        marker = view[pos]
-        if marker <= 0x7F or marker >= 0xE0:
-            pos += 1
-        elif marker <= 0x8F:
-            pos, n = pos + 1, 2 * (marker & 0x0F)
-            pending += n
-        elif marker <= 0x9F:
-            pos, n = pos + 1, marker & 0x0F
-            pending += n
-        elif marker <= 0xBF:
-            pos += 1 + (marker & 0x1F)
-        elif marker in _FIXED_SIZES:
-            pos += _FIXED_SIZES[marker]
-        elif marker in _LENGTH_PREFIXED:
-            width, fmt, extra = _LENGTH_PREFIXED[marker]
-            length = struct.unpack_from(fmt, view, pos + 1)[0]
-            pos += 1 + width + extra + length
-        elif marker in (0xDC, 0xDD):
-            pos, n = _container_header(view, pos, map_=False)
-            pending += n
-        elif marker in (0xDE, 0xDF):
-            pos, n = _container_header(view, pos, map_=True)
-            pending += 2 * n
-        else:
-            raise ValueError(f"invalid msgpack marker 0x{marker:02x} at byte {pos}")
-        if pos > len(view):
-            raise ValueError("truncated msgpack value")
-    return pos
 
 
 ENCODINGS: Final = {
