@@ -16,8 +16,8 @@ the rule of the first failure:
     a block whose bytes do not hash to its CID (sha2-256), or two different blocks
     under one CID.
 ``REPO_COMMIT_INVALID``
-    the root is not a v3 commit (``did``, ``version`` 3, ``data`` link, ``rev``,
-    ``prev`` link or null, ``sig`` 64 bytes; nothing else).
+    the root is not a v3 commit (``did``, ``version`` 3, ``data`` link, ``rev`` a
+    TID, ``prev`` link or null, ``sig`` bytes; nothing else).
 ``REPO_DID_MISMATCH``
     the commit is for another repository than the one asked for.
 ``REPO_SIGNING_KEY``
@@ -56,6 +56,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from ..lex.formats import is_tid
 from .cid import (
     MAX_DEPTH,
     DataModelError,
@@ -272,6 +273,7 @@ def verify_commit(car: Car, did: str, key: str, *, uri: str = "") -> dict[str, A
         or not isinstance(commit["did"], str)
         or not isinstance(commit["data"], Link)
         or not isinstance(commit["rev"], str)
+        or not is_tid(commit["rev"])
         or not (commit["prev"] is None or isinstance(commit["prev"], Link))
         or not isinstance(commit["sig"], bytes)
     ):
