@@ -213,6 +213,19 @@ def _sha256_of_blob_cid(cid: str) -> str | None:
     return None
 
 
+def _shown(url: str, limit: int = 200) -> str:
+    """A URL for a message: redacted, at most ``limit`` characters."""
+    text = redact_url(url)
+    if "://" not in text and "@" in text.split("/", 1)[0]:
+        # no authority to redact (``user:pass@host/…`` without a scheme)
+        text = (
+            "…@"
+            + text.split("/", 1)[0].rpartition("@")[2]
+            + text[len(text.split("/", 1)[0]) :]
+        )
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 _KIND_NAMES: dict[type, str] = {str: "a string", dict: "an object", list: "an array"}
 
 
@@ -286,7 +299,7 @@ class _Storage:
         if "{" in url or "}" in url:
             raise self.fail(
                 pointer,
-                f"{what} URL {redact_url(url)} holds '{{' or '}}': brace notation is "
+                f"{what} URL {_shown(url)} holds '{{' or '}}': brace notation is "
                 "not expanded in records (list each shard with its own checksum)",
                 "SHARD_URL_BRACES",
             )
@@ -294,7 +307,7 @@ class _Storage:
         try:
             check_url(url, what=what, trusted=is_trusted)
         except UnsafeUrlError as exc:
-            raise self.fail(pointer, f"{exc.uri}: {exc.reason}", rule) from None
+            raise self.fail(pointer, f"{_shown(url)}: {exc.reason}", rule) from None
         return is_trusted
 
 
@@ -328,7 +341,7 @@ def entry_shards(
     def add(url: str, digest: str | None, pointer: str) -> None:
         if url in checksums or url in seen:
             raise check.fail(
-                pointer, f"{redact_url(url)} is listed twice", "SHARD_DUPLICATE"
+                pointer, f"{_shown(url)} is listed twice", "SHARD_DUPLICATE"
             )
         seen.add(url)
         urls.append(url)
@@ -526,11 +539,11 @@ def _storage_options(
             | ({"anon=False"} if user.get("anon") is False else set())
         )
         if offending:
-            origin = origin_of(r.endpoint) or redact_url(r.endpoint)
+            origin = origin_of(r.endpoint) or _shown(r.endpoint)
             raise CredentialScopeError(
                 r.entry.uri,
                 f"storage_options carry credentials ({', '.join(offending)}) but "
-                f"the entry names the S3 endpoint {redact_url(r.endpoint)}, which "
+                f"the entry names the S3 endpoint {_shown(r.endpoint)}, which "
                 "only the record chose; it is read anonymously. If you trust it "
                 f"with your credentials, pass trusted_endpoints=[{origin!r}]",
             )
