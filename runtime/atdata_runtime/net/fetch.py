@@ -23,8 +23,10 @@ Why each bound exists (issue 14, findings 3 and 4):
   loopback, private, link-local, unspecified, multicast or reserved (IANA special-
   purpose registries, RFC 6890); the address actually connected to is checked the
   same way before anything is sent, which also covers names that resolve to such
-  addresses (DNS rebinding included). Untrusted requests ignore proxy environment
-  variables, since the check must see the real peer.
+  addresses (DNS rebinding included). Untrusted requests ignore the environment
+  (``HTTP(S)_PROXY``, ``~/.netrc``, ``SSL_CERT_FILE``; httpx ``trust_env=False``):
+  the check must see the real peer, and no netrc credential may reach a host a
+  record named.
 * **Redirects** are followed by hand, at most :data:`MAX_REDIRECTS`, and only to
   the same origin (scheme, host, port; RFC 6454 § 4); anything else is
   :class:`~.errors.RedirectRefusedError` (``REDIRECT_CROSS_ORIGIN``), so a custom
