@@ -359,6 +359,7 @@ class _BuildReport:
             "added": list(plan.added) if plan else [],
             "modified": list(plan.modified) if plan else [],
             "deleted": list(plan.deleted) if plan else [],
+            "kept": [rel for rel, _ in plan.kept] if plan else [],
             "diagnostics": [d.as_json() for d in sorted(diagnostics)],
         }
         if error:

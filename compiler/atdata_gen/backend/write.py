@@ -83,7 +83,6 @@ from typing import Any
 from .manifest import (
     GENERATED_MARKER,
     MANIFEST_NAME,
-    MAX_FILE_BYTES,
     read_manifest,
     read_package_file,
 )
@@ -390,6 +389,11 @@ def _parents(rel: str) -> Iterator[str]:
         yield "/".join(parts[:i])
 
 
+_LOOKS_GENERATED_MAX = 1 << 20
+"""Unlisted ``.py`` files up to this size (1 MiB) are read to tell the user that one
+looks generated (``kept``); nothing is decided on it."""
+
+
 def _plan(root: Path, files: dict[str, str]) -> Plan:
     scan = _scan(root) if root.is_dir() else {}
     gen_dirs = {d for rel in files for d in _parents(rel)}
@@ -437,7 +441,7 @@ def _plan(root: Path, files: dict[str, str]) -> Plan:
                 deleted.append(rel)
             else:
                 kept.append((rel, "edited since atdata-gen wrote it"))
-        elif rel.endswith(".py") and e.size <= MAX_FILE_BYTES:
+        elif rel.endswith(".py") and e.size <= _LOOKS_GENERATED_MAX:
             head = (read_package_file(root, rel) or b"")[:2000]
             if GENERATED_MARKER.encode() in head:
                 kept.append((rel, "not written by atdata-gen per its manifest"))
