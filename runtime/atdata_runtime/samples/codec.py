@@ -391,7 +391,7 @@ def _unpack_at(view: memoryview, pos: int, budget: _Budget) -> tuple[Any, int]:
     items = min(n, budget.limit // 8)
     unpacker = msgpack.Unpacker(
         _ViewReader(view, pos),
-        read_size=min(16384, n),
+        read_size=min(4096, n),
         max_buffer_size=n,
         raw=False,
         ext_hook=_refuse_ext,
@@ -678,7 +678,7 @@ class _Codec:
             arrays: dict[str, NDArray[Any]] = {}
             for _ in range(n):
                 at = pos
-                key, pos = _unpack_at(view, pos, budget)
+                key, pos = _value_at(view, pos, budget)
                 if type(key) is not str:
                     raise SampleFormatError(
                         f"map key {key!r:.60} at byte {at} is not a string",
@@ -696,7 +696,7 @@ class _Codec:
                         raise exc.located(field=key, member=member) from None
                     pos = start + length
                 else:
-                    data[key], pos = _unpack_at(view, pos, budget)
+                    data[key], pos = _value_at(view, pos, budget)
             if pos != len(view):
                 raise ValueError(f"{len(view) - pos} bytes after the map")
         except _OverBudget as exc:
@@ -716,6 +716,70 @@ class _Codec:
                 rule="SAMPLE_MSGPACK",
             ) from None
         return data, arrays
+
+
+_FIXED_SIZES: Final = {
+    0xC0: 1,
+    0xC2: 1,
+    0xC3: 1,
+    0xCA: 5,
+    0xCB: 9,
+    0xCC: 2,
+    0xCD: 3,
+    0xCE: 5,
+    0xCF: 9,
+    0xD0: 2,
+    0xD1: 3,
+    0xD2: 5,
+    0xD3: 9,
+    0xD4: 3,
+    0xD5: 4,
+    0xD6: 6,
+    0xD7: 10,
+    0xD8: 18,
+}
+_LENGTH_PREFIXED: Final = {  # marker -> (length bytes, struct format, extra type byte)
+    0xC4: (1, ">B", 0),
+    0xC5: (2, ">H", 0),
+    0xC6: (4, ">I", 0),
+    0xC7: (1, ">B", 1),
+    0xC8: (2, ">H", 1),
+    0xC9: (4, ">I", 1),
+    0xD9: (1, ">B", 0),
+    0xDA: (2, ">H", 0),
+    0xDB: (4, ">I", 0),
+}
+
+
+def _scalar_end(view: memoryview, pos: int) -> int:
+    """Offset after the msgpack value at ``pos`` when it is not a map or array (O(1),
+    from its header), else -1."""
+    marker = view[pos]
+    if marker <= 0x7F or marker >= 0xE0 or 0xC0 <= marker <= 0xC3:
+        return pos + 1
+    if 0xA0 <= marker <= 0xBF:
+        return pos + 1 + (marker & 0x1F)
+    size = _FIXED_SIZES.get(marker)
+    if size is not None:
+        return pos + size
+    prefixed = _LENGTH_PREFIXED.get(marker)
+    if prefixed is not None:
+        width, fmt, extra = prefixed
+        length: int = struct.unpack_from(fmt, view, pos + 1)[0]
+        return pos + 1 + width + extra + length
+    return -1
+
+
+def _value_at(view: memoryview, pos: int, budget: _Budget) -> tuple[Any, int]:
+    """The msgpack value at ``pos`` and the offset after it: scalars (keys, strings,
+    numbers) by ``unpackb`` of their exact slice, maps and arrays by
+    :func:`_unpack_at`."""
+    end = _scalar_end(view, pos)
+    if end < 0:
+        return _unpack_at(view, pos, budget)
+    if end > len(view):
+        raise ValueError(f"msgpack value at byte {pos} runs past the payload")
+    return _unpackb(view[pos:end]), end
 
 
 def _container_header(view: memoryview, pos: int, *, map_: bool) -> tuple[int, int]:
