@@ -26,7 +26,9 @@ a copy), and only added or modified files are written. The finished tree is rena
 directory by one ``renameat2(RENAME_EXCHANGE)`` (Linux 3.15+, on ext4, xfs, btrfs,
 tmpfs, overlayfs…): at every instant the package path is the complete old tree or the
 complete new one, so a build killed at any point leaves exactly one of them, and
-readers never see a mix. The old tree (now at the ``-new-`` name) is then removed.
+each path lookup sees one whole tree (a process that is importing modules while a
+build swaps can still get some from each, as with any update of files in place).
+The old tree (now at the ``-new-`` name) is then removed.
 Where the exchange is unavailable (another OS or file system) the writer falls back to
 two renames (package → ``.PACKAGE.atdata-gen-old-*``, new → package); a kill between
 them leaves no package directory, and the next build (or ``--check``) completes the
