@@ -273,6 +273,7 @@ class FakeNetwork:
         self.cars: dict[str, Any] = {}
         self.json_records: dict[str, dict[str, Any]] = {}
         self.listing: Any = {"records": []}
+        self.faults: list[str] = []
         self.hits: dict[str, int] = {}
         fake = self
 
@@ -289,6 +290,12 @@ class FakeNetwork:
                     doc = fake.docs.get(url.path[1:])
                     self.send(200 if doc else 404, "application/json", doc or {})
                 elif name == "com.atproto.sync.getRecord":
+                    fault = fake.faults.pop(0) if fake.faults else None
+                    if fault == "stall":
+                        time.sleep(1.5)
+                    elif fault == "503":
+                        self.send(503, "application/json", {"error": "Unavailable"})
+                        return
                     data = fake.cars.get(query.get("rkey", ""))
                     if data is None:
                         self.send(400, "application/json", {"error": "RecordNotFound"})
@@ -312,11 +319,14 @@ class FakeNetwork:
 
             def send(self, status: int, kind: str, body: Any) -> None:
                 data = body if isinstance(body, bytes) else json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", kind)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (a stalled answer), as tested
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -597,6 +607,27 @@ def test_list_records_is_bounded(fake: FakeNetwork) -> None:
     fake.listing = {"records": "nope"}
     with pytest.raises(RecordVerificationError, match="malformed"):
         list(fake.client().list_records(VICTIM, COLLECTION, validate=False))
+
+
+def test_proof_reads_retry_stalls_and_5xx_within_bounds(fake: FakeNetwork) -> None:
+    """``timeout`` bounds each attempt as a whole (a stalled server cannot hold a
+    read past it); the retry policy retries stalls and 5xx, then gives up."""
+    repo = victim_repo(3)
+    fake.publish(repo)
+    fake.cars["r001"] = repo.proof("r001")
+    resolver = IdentityResolver(plc_url=fake.url)
+    client = AtmosphereClient(
+        resolver=resolver, timeout=0.5, retry=RetryPolicy(base=0.01, attempts=3)
+    )
+    fake.faults = ["stall", "503"]
+    assert client.get_record(uri("r001"), validate=False).value == lens_record(1)
+    assert set(client.retry.stats) == {"DEADLINE_EXCEEDED", "HTTP 503"}
+    fake.faults = ["stall"] * 3
+    start = time.monotonic()
+    with pytest.raises(NetworkError) as info:
+        client.get_record(uri("r001"), validate=False)
+    assert info.value.rule == "RETRY_EXHAUSTED" and uri("r001") in str(info.value)
+    assert time.monotonic() - start < 3 * 0.5 + 1.0
 
 
 def test_the_opt_out_still_checks_the_server_cid(fake: FakeNetwork) -> None:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from os import PathLike
 from typing import Any, Literal
 
-from ..net.errors import NetworkError
+from ..net.errors import DeadlineExceededError, HttpStatusError, NetworkError
 from ..net.fetch import MAX_LIST_BYTES, MAX_RECORD_BYTES, Fetched, fetch
 from ..net.retry import RetryPolicy
 from .cid import DataModelError, blob_cid, record_cid
@@ -108,6 +108,13 @@ def _xrpc_error(exc: BaseException) -> str | None:
     return getattr(content, "error", None) or (
         content.get("error") if isinstance(content, dict) else None
     )
+
+
+class _AttemptTimedOut(NetworkError):
+    """One attempt of a read ran out of its ``timeout``: retried by the policy."""
+
+    rule = "DEADLINE_EXCEEDED"
+    retryable = True
 
 
 def _error_name(body: bytes) -> str | None:
@@ -370,19 +377,31 @@ class AtmosphereClient:
         what: str,
         max_bytes: int,
     ) -> Fetched | None:
-        """One bounded XRPC query (``max_bytes``, total deadline ``timeout``,
-        retried by ``retry``); ``None`` for a ``RecordNotFound`` answer. Another
-        error status is a ``XRPC_ERROR`` :class:`~.errors.AtmosphereError` naming
-        ``uri``, the status and the XRPC error name, never the body."""
-        answer = fetch(
-            f"{pds}/xrpc/{nsid}",
-            what=what,
-            max_bytes=max_bytes,
-            deadline=self.timeout,
-            params=params,
-            trusted=trusted,
-            retry=self.retry,
-        )
+        """One bounded XRPC query: each attempt is one :func:`~atdata_runtime.net.
+        fetch.fetch` of at most ``max_bytes`` with a total deadline of ``timeout``
+        seconds; attempts that fail to connect, run out of time, or get a 5xx or
+        429 are retried by ``retry`` (its attempts and deadline). ``None`` for a
+        ``RecordNotFound`` answer. Another error status is a ``XRPC_ERROR``
+        :class:`~.errors.AtmosphereError` naming ``uri``, the status and the XRPC
+        error name, never the body."""
+
+        def attempt() -> Fetched:
+            try:
+                got = fetch(
+                    f"{pds}/xrpc/{nsid}",
+                    what=what,
+                    max_bytes=max_bytes,
+                    deadline=self.timeout,
+                    params=params,
+                    trusted=trusted,
+                )
+            except DeadlineExceededError as exc:
+                raise _AttemptTimedOut(exc.uri, exc.reason) from exc
+            if got.status == 429 or got.status >= 500:
+                raise HttpStatusError(uri, f"{nsid}: HTTP {got.status}", response=got)
+            return got
+
+        answer = self.retry.run(attempt, what=uri)
         if answer.status == 200:
             return answer
         error = _error_name(answer.content)
