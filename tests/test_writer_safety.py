@@ -539,3 +539,36 @@ def test_cli_build_killed_mid_write_leaves_old_or_new(
     assert _build(tmp_path).returncode == 0
     assert _leftovers(tmp_path / "out") == []
     assert _build(tmp_path, "--check").returncode == 0
+
+
+def _limit_file_size() -> None:
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a signal
+    resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+
+
+def test_cli_build_under_a_file_size_limit_exits_2_located(tmp_path: Path) -> None:
+    """The CLI with ``RLIMIT_FSIZE`` (a real ``EFBIG``, as from a full disk): exit 2,
+    ``OUT_WRITE`` with the path and errno, no traceback, the old package intact."""
+    _sources(tmp_path, "thing")
+    assert _build(tmp_path).returncode == 0
+    before = _tree(tmp_path / "out" / "pkg")
+    props = {f"field{i}": {"type": "string", "maxLength": i + 1} for i in range(300)}
+    doc = {"lexicon": 1, "id": "com.ex.big", "defs": {"main": {"type": "object"}}}
+    doc["defs"]["main"]["properties"] = props  # type: ignore[index]
+    (tmp_path / "lex" / "com" / "ex" / "big.json").write_text(json.dumps(doc))
+    proc = subprocess.run(
+        [*CLI, "build", "lex", "--out", "out", "--package", "pkg"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_limit_file_size,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "error OUT_WRITE cannot write the formatter's scratch files" in proc.stderr
+    assert ": File too large (EFBIG)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert _tree(tmp_path / "out" / "pkg") == before
+    assert _leftovers(tmp_path / "out") == []

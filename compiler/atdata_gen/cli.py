@@ -231,7 +231,7 @@ def build_cmd(
         report.finish("up-to-date", EXIT_OK, [*replay(root), *live])
 
     from .backend.format import FormatError
-    from .backend.write import OutputLockedError, write_package
+    from .backend.write import OutputLockedError, WriteError, write_package
     from .pipeline import BuildOptions, build
 
     options = BuildOptions(
@@ -247,6 +247,9 @@ def build_cmd(
         result = build(options)
     except FormatError as exc:
         report.fail(str(exc))
+        return
+    except WriteError as exc:  # the formatter's scratch files (a full disk)
+        report.finish("error", EXIT_ERROR, [_write_diagnostic(exc, out)])
         return
     diagnostics = [*result.reporter, *live]
     if result.files is None:
@@ -323,7 +326,7 @@ def _write_diagnostic(exc: BaseException, out: Path) -> Diagnostic:
         Span(str(exc.path)),
         "OUT_WRITE",
         Severity.ERROR,
-        f"cannot write the package: {exc.reason}; the previous package is unchanged",
+        f"{exc.doing}: {exc.reason}; the previous package is unchanged",
     )
 
 

@@ -3,13 +3,17 @@
 ``build()`` runs load → parse → lower → link → lint → emit → format and returns a
 :class:`BuildResult`; writing (or checking) is left to the caller
 (:mod:`atdata_gen.backend.write`). All diagnostics from every stage are collected;
-emission only runs when no stage reported an error.
+emission only runs when no stage reported an error. An ``OSError`` writing the
+formatter's scratch files (a full disk, a size limit) is raised as
+:class:`~atdata_gen.backend.write.WriteError` (rule ``OUT_WRITE``); nothing has been
+written to the output then.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -188,15 +192,27 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
                 extra.update(emit_lenses(model, lens_rels))
             files = assemble_package(model, options.package, codes, extra)
         t1 = time.perf_counter()
-        result.files = (
-            format_sources(files, options.workdir) if options.format else files
-        )
+        try:
+            result.files = (
+                format_sources(files, options.workdir) if options.format else files
+            )
+        except OSError as exc:  # the formatter's scratch files: full disk, limits
+            from .backend.write import WriteError
+
+            where = exc.filename or options.workdir or _format_scratch()
+            doing = "cannot write the formatter's scratch files (before any output)"
+            raise WriteError(where, exc, doing) from exc
         result.timings["emit"] = t1 - t0
         result.timings["format"] = time.perf_counter() - t1
         return result
     finally:
         if pool is not None:
             pool.close()
+
+
+def _format_scratch() -> str:
+    """Where :func:`format_sources` puts its scratch tree without a ``workdir``."""
+    return "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
 
 
 def _count_json(roots: Sequence[str | Path]) -> int:

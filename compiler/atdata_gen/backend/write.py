@@ -169,17 +169,20 @@ class WriteError(OSError):
 
     rule = "OUT_WRITE"
 
-    def __init__(self, path: Path | str, cause: OSError) -> None:
+    def __init__(
+        self, path: Path | str, cause: OSError, doing: str = "cannot write the package"
+    ) -> None:
         code = cause.errno or 0
         name = errno.errorcode.get(code, str(code))
         super().__init__(code, cause.strerror or str(cause))
         self.path = Path(path)
+        self.doing = doing
         self.reason = f"{cause.strerror or cause} ({name})"
 
     def __str__(self) -> str:
         return (
-            f"{self.path}: cannot write the package: {self.reason}; the previous "
-            "package is unchanged"
+            f"{self.path}: {self.doing}: {self.reason}; the previous package is "
+            "unchanged"
         )
 
 
