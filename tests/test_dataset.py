@@ -20,7 +20,14 @@ import numpy as np
 import pytest
 from atdata_gen.testing.httpdir import serve_directory
 from atdata_runtime.samples import SampleFormatError
-from atdata_runtime.shards import Dataset, Split, expand_urls, write_samples
+from atdata_runtime.shards import (
+    Dataset,
+    ShardListError,
+    Split,
+    TarFormatError,
+    expand_urls,
+    write_samples,
+)
 
 from .conftest import CORPUS, compile_to
 
@@ -60,6 +67,44 @@ def test_reads_atdata_fixture_shard(pkg: Any) -> None:
 def test_brace_expansion() -> None:
     assert expand_urls("d-{000..002}.tar") == ["d-000.tar", "d-001.tar", "d-002.tar"]
     assert expand_urls(["a.tar", "b-{x,y}.tar"]) == ["a.tar", "b-x.tar", "b-y.tar"]
+
+
+def test_brace_expansion_is_capped_and_record_urls_are_literal(pkg: Any) -> None:
+    cls = pkg[0].ImageSample
+    with pytest.raises(ShardListError) as info:
+        expand_urls("d-{0..9}{0..9}{0..9}.tar", max_shards=999)
+    assert info.value.rule == "SHARD_LIST_TOO_LONG"
+    assert len(expand_urls("d-{0..9}{0..9}{0..9}.tar", max_shards=1000)) == 1000
+    literal = Dataset[cls](["d-{0..9}.tar"], urls_from="record")
+    assert literal.shards == ["d-{0..9}.tar"]
+    with pytest.raises(ShardListError, match="SHARD_LIST_TOO_LONG"):
+        Dataset[cls](["a.tar", "b.tar"], urls_from="record", max_shards=1)
+
+
+def test_record_urls_may_not_name_local_files_or_other_schemes(pkg: Any) -> None:
+    cls = pkg[0].ImageSample
+    for url, rule in (
+        (str(SHARDS / "image-000000.tar"), "SHARD_URL_LOCAL"),
+        ("file://" + str(SHARDS / "image-000000.tar"), "SHARD_URL_LOCAL"),
+        ("memory://image-000000.tar", "SHARD_URL_SCHEME"),
+    ):
+        ds = Dataset[cls]([url], urls_from="record", progress=False)
+        with pytest.raises(ShardListError) as info:
+            list(ds)
+        assert info.value.rule == rule
+
+
+def test_member_and_sample_size_limits_are_dataset_settings(pkg: Any) -> None:
+    """The tar reader's ``max_member_bytes`` is a user setting of ``Dataset``."""
+    cls = pkg[0].ImageSample
+    shard = str(SHARDS / "image-000000.tar")
+    assert len(list(Dataset[cls](shard, progress=False))) == 16
+    with pytest.raises(TarFormatError) as info:
+        list(Dataset[cls](shard, max_member_bytes=64, progress=False))
+    assert info.value.rule == "TAR_MEMBER_TOO_LARGE" and shard in str(info.value)
+    with pytest.raises(TarFormatError) as sample_info:
+        list(Dataset[cls](shard, max_sample_bytes=64, progress=False))
+    assert sample_info.value.rule == "TAR_SAMPLE_TOO_LARGE"
 
 
 def test_write_by_count_and_size_then_read_back(pkg: Any, tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ from atdata_runtime.atmosphere.load import (
 from atdata_runtime.atmosphere.publish import publish_schema
 from atdata_runtime.atmosphere.records import ENTRY
 from atdata_runtime.net.fetch import INSECURE_LOOPBACK_ENV
-from atdata_runtime.shards import Dataset, ShardListError
+from atdata_runtime.shards import Dataset, ShardListError, TarFormatError
 
 from .conftest import CORPUS
 
@@ -422,6 +422,10 @@ def test_headers_go_only_to_the_origin_they_are_keyed_by(
     assert len(list(ds)) > 0
     assert mine.headers("X-Api-Key") == ["user-api-key-1"] * len(mine.requests)
     assert other.requests and other.headers("X-Api-Key") == [None] * len(other.requests)
+    # the tar reader's limits are load_dataset settings too (through Dataset)
+    small = load_dataset(uri, client=reader, progress=False, max_member_bytes=8)
+    with pytest.raises(TarFormatError, match="TAR_MEMBER_TOO_LARGE"):
+        list(small)
 
 
 def test_user_urls_keep_plain_headers_for_their_own_hosts(

@@ -349,6 +349,9 @@ class Split:
 
 
 _HTTP_OPTIONS = {"headers", "timeout", "block_size"}
+_RECORD_SCHEMES = ("http://", "https://", "s3://")
+"""The schemes a URL from a record may use (fsspec opens many more, ``memory://``
+and ``file://`` among them)."""
 
 
 def _open(
@@ -359,7 +362,9 @@ def _open(
     ``storage_options`` hold only ``headers``/``timeout`` (``block_size`` is
     ignored), and always for an untrusted URL (one a record named: checked, no
     cross-origin redirects, only ``headers``/``timeout`` used); anything else
-    through fsspec with ``storage_options``. Untrusted local paths are refused."""
+    through fsspec with ``storage_options``. Untrusted local paths
+    (``SHARD_URL_LOCAL``) and schemes other than http(s) and s3
+    (``SHARD_URL_SCHEME``) are refused."""
     if "://" not in url or url.startswith("file://"):
         if not trusted:
             raise ShardListError(
@@ -368,6 +373,12 @@ def _open(
                 rule="SHARD_URL_LOCAL",
             )
         return open(url.removeprefix("file://"), "rb", buffering=1 << 20)
+    if not trusted and not url.startswith(_RECORD_SCHEMES):
+        raise ShardListError(
+            redact_url(url)[:200],
+            "a URL from a record must be http(s):// or s3://",
+            rule="SHARD_URL_SCHEME",
+        )
     if url.startswith(("http://", "https://")) and (
         not trusted or set(storage_options) <= _HTTP_OPTIONS
     ):
@@ -494,8 +505,9 @@ class Dataset(Generic[T_co]):
       as the user's own even with ``urls_from="record"``. Other record-named
       ``http(s)`` URLs are read as URLs from the network
       (:func:`~atdata_runtime.net.fetch.check_url`: https only, no loopback or
-      private hosts, no cross-origin redirects), and local paths are refused
-      (``SHARD_URL_LOCAL``).
+      private hosts, no cross-origin redirects); local paths
+      (``SHARD_URL_LOCAL``) and schemes other than ``http(s)``/``s3``
+      (``SHARD_URL_SCHEME``) are refused when read.
     - ``max_shards`` (default :data:`MAX_SHARDS`, 100,000): the most URLs, after
       expansion (``SHARD_LIST_TOO_LONG``).
     - ``max_member_bytes`` (default

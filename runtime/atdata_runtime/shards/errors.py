@@ -27,9 +27,17 @@ class ShardListError(ValueError):
     - ``SHARD_LIST_EMPTY``: no shard URLs;
     - ``CHECKSUM_URL_UNKNOWN``: a checksum is keyed by a URL that is not one of the
       dataset's shard URLs after expansion (it would verify nothing);
+    - ``SHARD_PATTERN``: a URL that is not a string, or a brace pattern that
+      cannot be expanded (unbalanced braces, a number over 4,300 digits, nesting
+      deeper than the recursion limit);
     - ``HEADERS_SCOPE``: ``storage_options["headers"]`` cannot be scoped to hosts
       (an origin key that is not ``scheme://host[:port]``, or plain headers for URLs
-      that a record named).
+      that a record named);
+    - ``TRUSTED_ENDPOINT``: a ``trusted_endpoints`` entry that is not an absolute
+      URL with a host;
+    - ``SHARD_URL_LOCAL`` / ``SHARD_URL_SCHEME``: a URL from a record
+      (``urls_from="record"``) that names a local path, or a scheme other than
+      ``http``, ``https`` and ``s3``, refused when the shard is opened.
 
     A ``ValueError``, so that code catching the old errors still does.
     ``str()`` is ``"<where>: <reason> [<rule>]"``."""
