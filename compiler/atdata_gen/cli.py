@@ -225,9 +225,10 @@ def build_cmd(
         except OSError:
             print_ = None
     if print_ is not None and is_fresh(root, print_):
-        from .backend.write import tidy
+        if _left_by_a_kill(root):
+            from .backend.write import tidy
 
-        tidy(root)  # what a killed build left beside the package
+            tidy(root)
         report.finish("up-to-date", EXIT_OK, [*replay(root), *live])
 
     from .backend.format import FormatError
@@ -274,6 +275,18 @@ def build_cmd(
             " ".join(f"{k}={v:.3f}s" for k, v in result.timings.items()), err=True
         )
     report.finish("written" if plan.stale else "up-to-date", EXIT_OK, diagnostics)
+
+
+def _left_by_a_kill(root: Path) -> bool:
+    """Whether a killed build left its lock or scratch trees
+    (``.PACKAGE.atdata-gen.lock``, ``.PACKAGE.atdata-gen-*``) beside the package (one
+    directory listing; the writer is imported only then)."""
+    real = root.resolve()
+    try:
+        names = os.listdir(real.parent)
+    except OSError:
+        return False
+    return any(n.startswith(f".{real.name}.atdata-gen") for n in names)
 
 
 def _source_overlap(root: Path, sources: Iterable[Path]) -> Diagnostic | None:
