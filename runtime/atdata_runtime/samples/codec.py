@@ -452,6 +452,10 @@ class _Codec:
             if f.enum is not None or (f.items is not None and f.items.enum is not None)
         )
         self.warned: set[frozenset[str]] = set()
+        self.exact = {
+            f.wire: frozenset(_KIND_TYPES.get(f.kind, ())) for f in self.fields
+        }
+        """Per field, the Python types pack takes as they are (not bool for int)."""
         self.readers = tuple(
             (
                 f,
@@ -484,9 +488,11 @@ class _Codec:
                     )
                 value = value.data
             else:
-                value = _plain(value)
-                if not _packable(value, f.kind):
-                    raise _kind_error(f, value, f.wire, member)
+                cls = type(value)
+                if cls not in self.exact[f.wire]:  # exact types need no more checks
+                    value = _plain(value)
+                    if not _packable(value, f.kind):
+                        raise _kind_error(f, value, f.wire, member)
                 if f.kind == "list":
                     _check_items(f, value, f.wire, member, packing=True)
                 if f.wire in self.enums:
