@@ -773,3 +773,24 @@ def test_a_large_payload_of_real_lists_still_reads() -> None:
     grid = [[i, i + 1] for i in range(40_000)]  # ~3 bytes per pair: 120 KB
     s: Any = Scalars.unpack(Scalars(grid=grid).pack())  # type: ignore[call-arg]
     assert s.grid == grid
+
+
+def test_schema_checks_carry_their_rule() -> None:
+    cls = sample_class(
+        "Typed",
+        [
+            FieldSpec("a", "a", "ndarray", dtype="uint8", shape=(2,)),
+            FieldSpec("name", "name", "str", enum=("x", "y")),
+        ],
+    )
+    payload = msgpack.packb({"a": compact(b"<f4", (2,), b"\0" * 8), "name": "x"})
+    exc = sample_error(cls, payload, validate=True)
+    assert (exc.rule, exc.field) == ("SAMPLE_SCHEMA", "a")
+    payload = msgpack.packb({"a": compact(b"|u1", (2,), b"\0" * 2), "name": "z"})
+    exc = sample_error(cls, payload, validate=True)
+    assert (exc.rule, exc.field) == ("SAMPLE_SCHEMA", "name")
+    exc = sample_error(cls, msgpack.packb({"name": "x"}))
+    assert (exc.rule, exc.field) == ("SAMPLE_MISSING", "a")
+    extra = {"a": compact(b"|u1", (2,), b"\0" * 2), "name": "x", "q": 1}
+    exc = sample_error(cls, msgpack.packb(extra), unknown="error")
+    assert exc.rule == "SAMPLE_UNKNOWN_FIELD" and "'q'" in exc.reason

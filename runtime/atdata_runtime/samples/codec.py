@@ -15,8 +15,20 @@ Reading is forward compatible: keys the class does not know are kept (and writte
 back by :meth:`PackableSample.pack`) or dropped with one warning
 (``unknown="drop"``), or refused (``unknown="error"``); a missing optional field
 reads as ``None``; a missing required field is an error naming it. Array dtype and
-shape constraints are checked on write always, on read when asked
-(``validate=True``).
+shape constraints (and string enums) are checked on write always, on read when
+asked (``validate=True``).
+
+Payloads come from strangers, so reading always checks what is cheap (see
+:meth:`PackableSample.unpack`): each declared field's kind as msgpack decoded it
+(a dict or an ext type in a ``str`` field is refused, ``True`` is not an ``int``),
+list items, string map keys, no ext types, msgpack's ``max_*_len`` limits from the
+payload size, :data:`MAX_VALUE_DEPTH` for undeclared keys, and from 64 KiB on a
+decoded-size budget (:data:`DECODED_MAX_BYTES`). Every error is a
+:class:`SampleFormatError` naming the shard, member and field path, with a rule
+ID: ``SAMPLE_MSGPACK`` (not msgpack, ext type, declared length past the payload),
+``SAMPLE_KIND``, ``SAMPLE_MISSING``, ``SAMPLE_MAP_KEY``, ``SAMPLE_DEPTH``,
+``SAMPLE_TOO_LARGE``, ``SAMPLE_UNKNOWN_FIELD``, ``SAMPLE_SCHEMA`` (dtype, shape or
+enum), ``SAMPLE_BATCH``, and the array rules of :mod:`.ndarray`.
 
 Large payloads are encoded with one copy of the array data and decoded without
 copying it: arrays are read-only views into the payload (``copy=True`` for
@@ -144,6 +156,7 @@ class FieldSpec:
                     f"({', '.join(map(repr, allowed))})",
                     field=self.wire,
                     member=member,
+                    rule="SAMPLE_SCHEMA",
                 )
 
     @property
@@ -168,12 +181,14 @@ class FieldSpec:
                 f"expected a numpy array, got {type(value).__name__}",
                 field=self.wire,
                 member=member,
+                rule="SAMPLE_KIND",
             )
         if self.dtype is not None and value.dtype != _np_dtype(self.dtype):
             raise SampleFormatError(
                 f"dtype {value.dtype} does not match the schema's {self.dtype}",
                 field=self.wire,
                 member=member,
+                rule="SAMPLE_SCHEMA",
             )
         if self.shape is not None and (
             value.ndim != len(self.shape)
@@ -189,6 +204,7 @@ class FieldSpec:
                 f"shape {value.shape} does not match the schema's {want_text}",
                 field=self.wire,
                 member=member,
+                rule="SAMPLE_SCHEMA",
             )
 
 
@@ -474,7 +490,10 @@ class _Codec:
             if value is None:
                 if not f.optional:
                     raise SampleFormatError(
-                        "required field is None", field=f.wire, member=member
+                        "required field is None",
+                        field=f.wire,
+                        member=member,
+                        rule="SAMPLE_MISSING",
                     )
             elif f.kind in ("ndarray", "structured"):
                 f.check_array(value, member)
@@ -485,6 +504,7 @@ class _Codec:
                         f"expected EncodedBlob({f.encoding!r}, ...), got {value!r:.60}",
                         field=f.wire,
                         member=member,
+                        rule="SAMPLE_KIND",
                     )
                 value = value.data
             else:
@@ -1273,7 +1293,9 @@ class using one is refused when it is defined."""
 
 
 def _mismatch(spec: FieldSpec, key: str, why: str) -> SampleFormatError:
-    return SampleFormatError(why, field=spec.wire, member=f"{key}.msgpack")
+    return SampleFormatError(
+        why, field=spec.wire, member=f"{key}.msgpack", rule="SAMPLE_BATCH"
+    )
 
 
 def _stack(spec: FieldSpec, values: list[Any], keys: list[str], ragged: Ragged) -> Any:
