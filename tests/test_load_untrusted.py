@@ -616,3 +616,18 @@ def test_lock_pinning_another_cid_is_an_error(
     # the lock's package is not importable here)
     lock.write_text(json.dumps({"schemas": [{"uri": schema.uri, "cid": schema.cid}]}))
     assert resolve_dataset(uri, client=reader, lock=lock).sample_type is not None
+
+
+def test_trusted_endpoints_must_be_origins() -> None:
+    storage = _s3("https://s3.example.org", "k.tar")
+    with pytest.raises(ShardListError, match="TRUSTED_ENDPOINT"):
+        entry_shards(
+            _entry(storage), blob_url=_no_blobs, trusted_endpoints=["s3.example.org"]
+        )
+    # one string is one endpoint (not its characters), compared by origin
+    one = entry_shards(
+        _entry(storage),
+        blob_url=_no_blobs,
+        trusted_endpoints="HTTPS://S3.example.org:443/",
+    )
+    assert one.endpoint_trusted and "anon" not in one.storage_options

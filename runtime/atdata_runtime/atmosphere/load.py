@@ -59,7 +59,7 @@ from ..net.errors import UnsafeUrlError
 from ..net.fetch import check_url
 from ..net.redact import redact_url
 from ..samples.codec import PackableSample, generated_sample_classes
-from ..shards.dataset import MAX_SHARDS, Dataset, origin_of
+from ..shards.dataset import MAX_SHARDS, Dataset, origin_of, trusted_origins
 from ..shards.errors import ShardListError
 from .cid import DataModelError, cid_to_bytes
 from .client import AtmosphereClient, FetchedRecord
@@ -123,8 +123,9 @@ class ResolvedDataset:
     ``schema`` records, the ``sample_type``, shard ``urls`` (as the entry lists
     them) with their expected sha256 ``checksums``, ``storage_options`` for fsspec
     (``anon=True`` for an untrusted S3 endpoint), ``class_source`` (``"given"``,
-    ``"lock"`` or ``"dynamic"``), the entry's S3 ``endpoint`` and whether the user
-    trusts it (``endpoint_trusted``)."""
+    ``"lock"`` or ``"dynamic"``), the entry's S3 ``endpoint``, whether the user
+    trusts it (``endpoint_trusted``) and the origins the user trusts
+    (``trusted_endpoints``)."""
 
     entry: FetchedRecord
     schema: FetchedRecord
@@ -323,10 +324,10 @@ def entry_shards(
     ``getBlob`` URL of a blob (:meth:`AtmosphereClient.blob_url`);
     ``trusted_endpoints`` are the origins the user trusts (S3 endpoints that get
     their credentials, HTTP origins read as their own); ``max_shards`` bounds the
-    list. Nothing is fetched here. Raises :class:`EntryStorageError`."""
-    trusted = frozenset(
-        o for o in (origin_of(str(e)) for e in trusted_endpoints) if o is not None
-    )
+    list. Nothing is fetched here. Raises :class:`EntryStorageError`, and
+    :class:`~atdata_runtime.shards.errors.ShardListError` (``TRUSTED_ENDPOINT``)
+    for a trusted endpoint that is not ``scheme://host[:port]``."""
+    trusted = trusted_origins(trusted_endpoints)
     check = _Storage(entry)
     storage = entry.value.get("storage")
     if not isinstance(storage, Mapping):
@@ -440,7 +441,7 @@ def resolve_dataset(
     wrong kind, and ``atdata_gen.dynamic.SchemaCompileError`` for a schema that
     does not compile."""
     client = client or AtmosphereClient()
-    trusted = frozenset(trusted_endpoints)
+    trusted = trusted_origins(trusted_endpoints)
     at = AtUri.parse(uri)
     if at.collection != ENTRY:
         raise AtmosphereError(uri, f"not a {ENTRY} record", rule="NOT_AN_ENTRY")

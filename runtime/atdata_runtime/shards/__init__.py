@@ -19,6 +19,7 @@ from .dataset import (
     collate,
     expand_urls,
     origin_of,
+    trusted_origins,
     write_samples,
 )
 from .errors import ShardChecksumError, ShardListError
@@ -38,5 +39,6 @@ __all__ = [
     "iter_files",
     "iter_samples",
     "origin_of",
+    "trusted_origins",
     "write_samples",
 ]

@@ -78,6 +78,7 @@ __all__ = [
     "collate",
     "expand_urls",
     "origin_of",
+    "trusted_origins",
     "write_samples",
 ]
 
@@ -235,11 +236,13 @@ def origin_of(url: str) -> str | None:
     return f"{scheme}://{host}:{port}"
 
 
-def _origins(endpoints: Iterable[str]) -> Iterator[str]:
-    """The origins of ``trusted_endpoints``; ``ShardListError`` (``TRUSTED_ENDPOINT``)
-    for an entry that is not an absolute URL with a host."""
+def trusted_origins(endpoints: Iterable[str]) -> frozenset[str]:
+    """The origins (:func:`origin_of`) of ``trusted_endpoints`` (one URL or many).
+    Raises :class:`~atdata_runtime.shards.errors.ShardListError`
+    (``TRUSTED_ENDPOINT``) for an entry that is not an absolute URL with a host."""
     if isinstance(endpoints, str):
         endpoints = [endpoints]
+    origins: set[str] = set()
     for endpoint in endpoints:
         origin = origin_of(str(endpoint))
         if origin is None:
@@ -249,7 +252,8 @@ def _origins(endpoints: Iterable[str]) -> Iterator[str]:
                 "(scheme://host[:port])",
                 rule="TRUSTED_ENDPOINT",
             )
-        yield origin
+        origins.add(origin)
+    return frozenset(origins)
 
 
 def _scope_headers(
@@ -593,7 +597,7 @@ class Dataset(Generic[T_co]):
             raise ValueError("max_member_bytes and max_sample_bytes must be >= 0")
         self.max_member_bytes = max_member_bytes
         self.max_sample_bytes = max_sample_bytes
-        self.trusted_origins = frozenset(_origins(trusted_endpoints))
+        self.trusted_origins = trusted_origins(trusted_endpoints)
         """Origins whose record-named URLs are read as the user's own."""
         self.storage_options = dict(storage_options or {})
         self._headers = _scope_headers(
