@@ -298,6 +298,15 @@ def test_truncated_archives(raw: bytes, where: int) -> None:
     assert (exc.rule, exc.offset) == ("TAR_TRUNCATED", where)
 
 
+def test_signed_checksums_of_old_writers_still_read() -> None:
+    h = bytearray(tar_header("é.msgpack".encode(), 1))
+    h[148:156] = b" " * 8
+    signed = sum(b - 256 if b > 127 else b for b in h)
+    h[148:156] = b"%06o\0 " % signed
+    raw = bytes(h) + pad(b"1") + END
+    assert list(iter_files(io.BytesIO(raw))) == [("é.msgpack", b"1")]
+
+
 def test_max_member_bytes_is_the_boundary() -> None:
     raw = member("a.msgpack", b"x" * 1000) + END
     assert list(iter_files(io.BytesIO(raw), max_member_bytes=1000)) == [

@@ -134,6 +134,13 @@ def _number(field: bytes, what: str, fail: Callable[[str, str], TarFormatError])
     return int(text, 8)
 
 
+def _signed_checksum(header: bytes) -> int:
+    """The checksum some old writers compute over signed bytes (``tarfile``
+    accepts it too)."""
+    signed = sum(b - 256 if b > 127 else b for b in header)
+    return signed - sum(b - 256 if b > 127 else b for b in header[148:156]) + 8 * 32
+
+
 def _pax(data: bytes, fail: Callable[[str, str], TarFormatError]) -> dict[str, str]:
     """Records ``"<length> <key>=<value>\\n"`` of a pax extended header (POSIX
     pax, "pax Extended Header"); ``length`` counts the whole record."""
@@ -241,7 +248,7 @@ def iter_files(
             return
         stored = _number(header[148:156], "checksum", fail)
         computed = sum(header) - sum(header[148:156]) + 8 * 32
-        if stored != computed:
+        if stored != computed and stored != _signed_checksum(header):
             raise fail("header checksum mismatch", "TAR_CHECKSUM")
         typeflag = header[156]
         regular = typeflag in _REGULAR
