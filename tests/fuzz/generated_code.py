@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import PurePosixPath
 
 from atdata_gen.ir.link import LinkedModel
+from atdata_gen.naming import WINDOWS_RESERVED
 
 __all__ = ["check_files", "check_lexicon_module", "check_paths", "module_kinds"]
 
@@ -495,12 +496,18 @@ def check_files(model: LinkedModel, files: dict[str, str]) -> dict[str, str]:
 
 
 _ALLOWED_LEAVES = {"py.typed"}
+_NAME_MAX = 255
+"""Longest file name (bytes) on Linux, macOS and NTFS."""
+_PYC_SUFFIX = ".cpython-399.opt-2.pyc"
+"""The longest suffix the byte-code cache adds to a module's name."""
 
 
 def check_paths(files: Iterable[str]) -> None:
     """Every emitted path is relative, made of plain ASCII identifier segments that
-    are not keywords (the last one a ``.py`` module, or ``py.typed``), so it can
-    never leave the package directory nor collide case-insensitively."""
+    are not keywords nor Windows device names and leave room for the byte-code
+    cache's suffix within 255 bytes (the last one a ``.py`` module, or
+    ``py.typed``), so it can never leave the package directory, be unwritable, or
+    collide case-insensitively."""
     seen: dict[str, str] = {}
     for rel in files:
         p = PurePosixPath(rel)
@@ -513,6 +520,10 @@ def check_paths(files: Iterable[str]) -> None:
         for seg in [*dirs, *([stem] if stem is not None else [])]:
             if not (seg.isascii() and seg.isidentifier()) or keyword.iskeyword(seg):
                 raise AssertionError(f"path {rel!r}: segment {seg!r}")
+            if seg.lower() in WINDOWS_RESERVED:
+                raise AssertionError(f"path {rel!r}: Windows device name {seg!r}")
+            if len(seg) + len(_PYC_SUFFIX) > _NAME_MAX:
+                raise AssertionError(f"path {rel!r}: segment too long for a .pyc")
         folded = rel.lower()
         if folded in seen and seen[folded] != rel:
             raise AssertionError(f"paths {rel!r} and {seen[folded]!r} differ by case")

@@ -407,7 +407,14 @@ def _field_type(
     if kind == "ref":
         return {
             "type": "ref",
-            "ref": _ref(draw, lx, here, lx.objects + lx.tokens + lx.strings),
+            "ref": _ref(
+                draw,
+                lx,
+                here,
+                lx.objects
+                + lx.strings
+                + (lx.tokens if draw(st.integers(0, 9)) == 5 else []),
+            ),
             **desc,
         }
     if kind == "union":
@@ -883,7 +890,11 @@ def _check_outcome(result: BuildResult, docs: list[Any]) -> bool:
 
 
 def _import_all(
-    case: Path, package: str, result: BuildResult, kinds: dict[str, str]
+    case: Path,
+    package: str,
+    result: BuildResult,
+    kinds: dict[str, str],
+    data: st.DataObject | None = None,
 ) -> None:
     """Write the package under ``case/out`` and import every module, checking that
     importing has no side effect."""
@@ -918,6 +929,8 @@ def _import_all(
                     if hasattr(obj, "model_rebuild"):
                         obj.model_rebuild()
                         obj.model_json_schema(by_alias=True)
+                if data is not None:
+                    _round_trip(result, module, data)
             elif kind == "sample":
                 cls = getattr(module, module.__all__[0])
                 declared = [f.name for f in dataclasses.fields(cls)]
@@ -940,8 +953,36 @@ def _import_all(
         del sys.modules[name]
 
 
+def _round_trip(result: BuildResult, module: Any, data: st.DataObject) -> None:
+    """Valid wire data for each object/record def of ``module``'s Lexicon
+    (:func:`atdata_gen.testing.strategies.wire_data`) validates, and dumps back
+    to data that validates to the same thing."""
+    from atdata_gen.ir.model import DefId
+    from atdata_gen.testing.strategies import wire_data
+
+    model = result.model
+    assert model is not None
+    for d in model.defs.values():
+        cls_name = model.names.objects.get((d.id, ()))
+        if cls_name is None or d.kind not in ("object", "record"):
+            continue
+        if model.names.modules.get(d.id.nsid) is None:
+            continue
+        mod_path = ".".join(model.names.modules[d.id.nsid]).removesuffix(".__init__")
+        if module.__name__.partition(".")[2] != mod_path:
+            continue
+        cls = getattr(module, cls_name)
+        value = data.draw(wire_data(model, DefId(d.id.nsid, d.id.name), max_depth=2))
+        first = cls.from_wire(value).to_wire()
+        assert cls.from_wire(first).to_wire() == first, (d.id, value)
+        event(f"round-tripped a {d.kind}")
+
+
 def _property(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], docs: list[Any]
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    docs: list[Any],
+    data: st.DataObject | None = None,
 ) -> None:
     _CANARY.unlink(missing_ok=True)
     _COUNTER[0] += 1
@@ -956,7 +997,7 @@ def _property(
         check_paths(result.files)
         kinds = check_files(result.model, result.files)
         capsys.readouterr()
-        _import_all(case, package, result, kinds)
+        _import_all(case, package, result, kinds, data)
         captured = capsys.readouterr()
         assert captured.out == "" and captured.err == "", captured
     assert not _CANARY.exists(), "an input executed code"
@@ -974,15 +1015,21 @@ _SETTINGS = settings(
 )
 
 
-@settings(_SETTINGS, max_examples=60)
-@given(docs=lexicon_set())
+@settings(_SETTINGS, max_examples=150)
+@given(docs=lexicon_set(), data=st.data())
 def test_hostile_lexicons_build_or_fail_cleanly(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], docs: list[dict[str, Any]]
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    docs: list[dict[str, Any]],
+    data: st.DataObject,
 ) -> None:
-    _property(tmp_path, capsys, docs)
+    """Random hostile Lexicons build or fail with rule IDs; what builds passes
+    the whitelist, imports without side effects, and round-trips valid wire data
+    of each object and record def."""
+    _property(tmp_path, capsys, docs, data)
 
 
-@settings(_SETTINGS, max_examples=50)
+@settings(_SETTINGS, max_examples=120)
 @given(docs=samples_and_lenses())
 def test_hostile_schema_and_lens_records_build_or_fail_cleanly(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], docs: list[dict[str, Any]]
@@ -1389,7 +1436,9 @@ def test_whitelist_rejects_injected_code(
 
 
 def test_path_check_rejects_escapes() -> None:
-    for rel in ("../x.py", "/abs.py", "a/../../b.py", "a/class.py", "a\\b.py", "x.sh"):
+    bad = ["../x.py", "/abs.py", "a/../../b.py", "a/class.py", "a\\b.py", "x.sh"]
+    bad += ["a/con.py", "LPT1/x.py", "a/" + "x" * 240 + ".py", "./a.py", "a//b.py"]
+    for rel in bad:
         with pytest.raises(AssertionError):
             check_paths([rel])
     with pytest.raises(AssertionError):
@@ -1476,3 +1525,54 @@ def test_sample_alias_module_escapes_keywords_and_device_names(
     kinds = check_files(result.model, result.files)
     assert kinds[alias] == "sample_alias"
     _import_all(case, package, result, kinds)
+
+
+def test_null_fields_import_and_accept_null(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``null`` property listed in ``nullable`` was emitted ``None | None`` (the
+    module raised ``TypeError`` on import), and an optional one ``Opt[None]``
+    (which refused the only value it may hold). Found by the fuzz."""
+    doc = {
+        "lexicon": 1,
+        "id": "com.example.nulls",
+        "defs": {
+            "main": {
+                "type": "record",
+                "key": "tid",
+                "record": {
+                    "type": "object",
+                    "required": ["req", "reqNullable"],
+                    "nullable": ["reqNullable", "optNullable"],
+                    "properties": {
+                        "req": {"type": "null"},
+                        "reqNullable": {"type": "null"},
+                        "optNullable": {"type": "null"},
+                        "opt": {"type": "null"},
+                    },
+                },
+            }
+        },
+    }
+    _COUNTER[0] += 1
+    package = f"nullpkg{_COUNTER[0]}"
+    case = tmp_path / "case"
+    result = _build(case, [doc], package)
+    assert _check_outcome(result, [doc]) and result.files is not None
+    assert result.model is not None
+    kinds = check_files(result.model, result.files)
+    assert "None | None" not in result.files["com/example/nulls.py"]
+    _import_all(case, package, result, kinds)
+    sys.path.insert(0, str(case / "out"))
+    try:
+        module = importlib.import_module(f"{package}.com.example.nulls")
+        cls = module.Nulls
+        full = {"$type": "com.example.nulls", "req": None, "reqNullable": None}
+        full |= {"optNullable": None, "opt": None}
+        assert cls.from_wire(full).to_wire() == full
+        least = {"$type": "com.example.nulls", "req": None, "reqNullable": None}
+        assert cls.from_wire(least).to_wire() == least
+    finally:
+        sys.path.remove(str(case / "out"))
+        for name in [m for m in sys.modules if m.startswith(package)]:
+            del sys.modules[name]

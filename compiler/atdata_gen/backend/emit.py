@@ -484,10 +484,14 @@ class _ModuleEmitter:
             t = self.ann(f.type, owner, (*path, "properties", f.name))
             default = getattr(f.type, "default", None)
             kw: dict[str, cst.BaseExpression] = {}
+            # A `null` field already is `None`: `None | None` fails at import
+            # (TypeError), and `Opt[None]` would refuse the one value it may hold.
+            is_null = isinstance(f.type, NullType)
             if f.required:
-                annotation = union_of([t, cst.Name("None")]) if f.nullable else t
-            elif f.nullable:
-                annotation = union_of([t, cst.Name("None")])
+                nullable = f.nullable and not is_null
+                annotation = union_of([t, cst.Name("None")]) if nullable else t
+            elif f.nullable or is_null:
+                annotation = t if is_null else union_of([t, cst.Name("None")])
                 kw["default"] = cst.Name("None")
             elif default is not None:
                 annotation = t

@@ -206,9 +206,11 @@ class _Gen:
                     return st.one_of(_text(t), _edge_text(t))
                 return _text(t)
             case BytesType():
-                return st.binary(
-                    min_size=t.min_length or 0, max_size=min(t.max_length or 16, 16)
-                ).map(lambda b: {"$bytes": base64.b64encode(b).decode().rstrip("=")})
+                lo = t.min_length or 0
+                hi = max(lo, 16 if t.max_length is None else min(t.max_length, 16))
+                return st.binary(min_size=lo, max_size=hi).map(
+                    lambda b: {"$bytes": base64.b64encode(b).decode().rstrip("=")}
+                )
             case CidLinkType():
                 return st.sampled_from(_CIDS).map(lambda c: {"$link": c})
             case BlobType():

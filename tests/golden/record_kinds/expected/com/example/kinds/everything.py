@@ -128,4 +128,4 @@ class Part(_lex.LexObject):
 
     name: _lex.Opt[_pd.StrictStr] = None
 
-    nothing: _lex.Opt[None] = None
+    nothing: None = None
