@@ -43,8 +43,9 @@ the rule of the first failure:
 When the verified tree proves the key absent, :func:`verify_record_proof` returns
 ``None`` (the caller raises :class:`~.errors.RecordNotFoundError`).
 
-Everything is bounded: the CAR by ``max_bytes`` (default :data:`MAX_CAR_BYTES`,
-2 MiB; a proof is a few KiB), the number of blocks by ``max_blocks`` (default
+Everything is bounded: the CAR by ``max_bytes`` (default
+:data:`~atdata_runtime.net.fetch.MAX_CAR_BYTES`, 2 MiB, the cap its download has
+too; a proof is a few KiB), the number of blocks by ``max_blocks`` (default
 :data:`MAX_BLOCKS`, 512), the MST path by ``max_depth`` (default
 :data:`MAX_MST_DEPTH`, 64 nodes) and record nesting by ``max_record_depth`` (default
 :data:`~.cid.MAX_DEPTH`, 128). Work is linear in the CAR's size.
@@ -57,6 +58,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..lex.formats import is_tid
+from ..net.fetch import MAX_CAR_BYTES
 from .cid import (
     MAX_DEPTH,
     DataModelError,
@@ -81,8 +83,6 @@ __all__ = [
     "verify_record_proof",
 ]
 
-MAX_CAR_BYTES = 2 * 1024 * 1024
-"""Default cap on the size of a ``sync.getRecord`` CAR, in bytes (2 MiB)."""
 MAX_BLOCKS = 512
 """Default cap on the number of blocks in a proof CAR."""
 MAX_MST_DEPTH = 64
