@@ -631,3 +631,45 @@ def test_trusted_endpoints_must_be_origins() -> None:
         trusted_endpoints="HTTPS://S3.example.org:443/",
     )
     assert one.endpoint_trusted and "anon" not in one.storage_options
+
+
+def test_public_bucket_reads_anonymously_with_literal_keys(
+    monkeypatch: pytest.MonkeyPatch, scalar_cls: Any
+) -> None:
+    """A real S3 server (moto) on loopback: an entry's endpoint is read with
+    unsigned requests, and a key holding braces is one object, read as named."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    monkeypatch.setenv(INSECURE_LOOPBACK_ENV, "1")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="owner",
+            aws_secret_access_key="owner",
+        )
+        s3.create_bucket(Bucket="public", ACL="public-read")
+        s3.upload_file(
+            str(SCALAR), "public", "v1/s{0..1}.tar", ExtraArgs={"ACL": "public-read"}
+        )
+        storage = _s3(endpoint, "v1/s{0..1}.tar", bucket="public")
+        storage["shards"][0]["checksum"] = {"algorithm": "sha256", "digest": SCALAR_SHA}
+        shards = entry_shards(_entry(storage), blob_url=_no_blobs)
+        assert shards.urls == ["s3://public/v1/s{0..1}.tar"]
+        assert shards.storage_options["anon"] is True
+        ds = Dataset[scalar_cls](
+            shards.urls,
+            storage_options=shards.storage_options,
+            checksums=shards.checksums,
+            urls_from="record",
+            progress=False,
+        )
+        assert len(list(ds)) > 0
+    finally:
+        server.stop()

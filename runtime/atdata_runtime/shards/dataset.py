@@ -409,7 +409,8 @@ def _open(
             "s3",
         ) from exc
     try:
-        return fsspec.open(url, "rb", **storage_options).open()  # type: ignore[no-any-return]
+        # expand=False: a key is a name, never a glob or a pattern.
+        return fsspec.open(url, "rb", expand=False, **storage_options).open()  # type: ignore[no-any-return]
     except ImportError as exc:
         if url.startswith(("s3://", "s3a://")):
             raise missing_extra(
