@@ -91,8 +91,8 @@ from .manifest import (
 
 __all__ = [
     "DEFAULT_LOCK_TIMEOUT",
+    "ENV_LOCK_TIMEOUT",
     "KILL_STEPS",
-    "LOCK_TIMEOUT_ENV",
     "OutputLockedError",
     "OutputPathError",
     "Plan",
@@ -108,7 +108,7 @@ __all__ = [
 DEFAULT_LOCK_TIMEOUT = 60.0
 """Seconds a build waits for another build's lock on the same package."""
 
-LOCK_TIMEOUT_ENV = "ATDATA_GEN_LOCK_TIMEOUT"
+ENV_LOCK_TIMEOUT = "ATDATA_GEN_LOCK_TIMEOUT"
 """Environment variable overriding :data:`DEFAULT_LOCK_TIMEOUT` (seconds, ≥ 0)."""
 
 KILL_ENV = "ATDATA_GEN_TEST_KILL_AT"
@@ -197,7 +197,7 @@ class OutputLockedError(RuntimeError):
         who = f" (pid {holder})" if holder else ""
         self.reason = (
             f"another atdata-gen build{who} is writing this package; waited "
-            f"{timeout:g} s (set {LOCK_TIMEOUT_ENV} to wait longer)"
+            f"{timeout:g} s (set {ENV_LOCK_TIMEOUT} to wait longer)"
         )
         super().__init__(f"{lock}: {self.reason}")
 
@@ -240,7 +240,7 @@ def lock_path(root: Path) -> Path:
 
 
 def _lock_timeout() -> float:
-    raw = os.environ.get(LOCK_TIMEOUT_ENV)
+    raw = os.environ.get(ENV_LOCK_TIMEOUT)
     if raw is None:
         return DEFAULT_LOCK_TIMEOUT
     try:
