@@ -14,7 +14,9 @@ manifests, or by hand), or an unusable one, nothing is deleted; the build then w
 a manifest, and later builds delete what it lists. The manifest is untrusted (see
 :func:`~atdata_gen.backend.manifest.read_manifest`): the writer walks only the package
 directory, never follows a symbolic link inside it, and so never reads or deletes
-anything outside the package whatever the manifest says.
+anything outside the package whatever the manifest says. The user's files, links,
+empty directories and FIFOs are carried into the new tree; sockets and device files
+are not.
 
 **The swap.** The package stays a plain directory (users commit it and pre-commit
 hooks check it; a symbolic link there would not survive git on every platform). Under
@@ -632,8 +634,11 @@ def _assemble(root: Path, plan: Plan, scratch: Path) -> None:
         elif e.kind == _LINK:
             ensure(parent)
             os.symlink(os.readlink(root / rel), scratch / rel)
+        elif stat.S_ISFIFO(e.mode):
+            ensure(parent)
+            os.mkfifo(scratch / rel, stat.S_IMODE(e.mode))
         else:
-            continue  # FIFOs, sockets, devices are not carried over
+            continue  # sockets and devices are not carried over
         placed()
     excl = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     for rel, text in files.items():
