@@ -572,3 +572,28 @@ def test_cli_build_under_a_file_size_limit_exits_2_located(tmp_path: Path) -> No
     assert "Traceback" not in proc.stderr
     assert _tree(tmp_path / "out" / "pkg") == before
     assert _leftovers(tmp_path / "out") == []
+
+
+def test_concurrent_cli_builds_into_one_package(tmp_path: Path) -> None:
+    """Two real ``atdata-gen build`` processes into the same package, 3 rounds: both
+    exit 0 and the package is complete and up to date."""
+    _sources(tmp_path, "thing", "other")
+    args = [*CLI, "build", "lex", "--out", "out", "--package", "pkg", "-q"]
+    for rnd in range(3):
+        if rnd:
+            _sources(tmp_path, "thing", "other", f"extra{rnd}")
+        procs = [
+            subprocess.Popen(
+                args,
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        for p in procs:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+        assert _build(tmp_path, "--check").returncode == 0
+        assert _leftovers(tmp_path / "out") == []
