@@ -164,6 +164,12 @@ def _edge_text(t: StringType) -> st.SearchStrategy[str]:
     return st.sampled_from([s for s in out if _string_ok(t, s)] or [""])
 
 
+_REQUIRED_DEPTH = 8
+"""How far past ``max_depth`` required fields are still followed before a
+strategy gives up (:func:`hypothesis.strategies.nothing`): beyond it, a cycle of
+required refs cannot end."""
+
+
 @dataclass
 class _Gen:
     model: LinkedModel
@@ -267,6 +273,10 @@ class _Gen:
         return d is not None and d.kind in ("object", "record")
 
     def ref(self, target: DefId, depth: int, tagged: bool) -> st.SearchStrategy[Any]:
+        if depth > self.max_depth + _REQUIRED_DEPTH:
+            # Only required fields are left this deep: a def that requires itself
+            # (directly or through others) has no finite value at all.
+            return st.nothing()
         d = self.model.resolve(target)
         assert d is not None, target
         body = d.body
@@ -294,6 +304,8 @@ class _Gen:
             elif depth < self.max_depth:
                 optional[f.name] = value
         if type_tag is not None:
+            # The tag wins over a property that a Lexicon names `$type` itself.
+            optional.pop("$type", None)
             required = {"$type": st.just(type_tag), **required}
         if self.unknown_fields and depth < self.max_depth:
             optional["zzUnknownField"] = st.just({"kept": True})
@@ -320,7 +332,8 @@ def wire_data(
     count and UTF-8 length, arrays of the maximum length); ``unknown_names`` are
     extra undeclared property names added to objects with assorted values (the
     compatibility oracle uses them to witness a deleted property reused by new
-    writers)."""
+    writers). A def whose required fields refer back to it has no finite value:
+    its strategy draws nothing (hypothesis then rejects the example)."""
     gen = _Gen(model, max_depth, unknown_fields, edges, tuple(unknown_names))
     return gen.ref(target, 0, tagged=False)
 
