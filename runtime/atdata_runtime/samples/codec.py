@@ -689,10 +689,11 @@ class _Codec:
         # their bin value's offset (no copy at all); other values are decoded by
         # msgpack from their own slice, found by skipping over headers, with every
         # container counted against the payload's decoded-size budget.
-        budget = _Budget(len(payload))
+        budget: _Budget | None = None
         view = memoryview(payload).cast("B")
         try:
             if not self.arrays:
+                budget = _Budget(len(view))
                 value, pos = _unpack_at(view, 0, budget)
                 if pos != len(view):
                     raise ValueError(f"{len(view) - pos} bytes after the map")
@@ -704,7 +705,14 @@ class _Codec:
             arrays: dict[str, NDArray[Any]] = {}
             for _ in range(n):
                 at = pos
-                key, pos = _value_at(view, pos, budget)
+                marker = view[pos]
+                if 0xA0 <= marker <= 0xBF:  # fixstr, as every writer's keys are
+                    pos += 1 + (marker & 0x1F)
+                    if pos > len(view):
+                        raise ValueError(f"map key at byte {at} runs past the payload")
+                    key = str(view[at + 1 : pos], "utf-8")
+                else:
+                    key, pos, budget = _value_at(view, pos, budget)
                 if type(key) is not str:
                     raise SampleFormatError(
                         f"map key {key!r:.60} at byte {at} is not a string",
@@ -722,7 +730,7 @@ class _Codec:
                         raise exc.located(field=key, member=member) from None
                     pos = start + length
                 else:
-                    data[key], pos = _value_at(view, pos, budget)
+                    data[key], pos, budget = _value_at(view, pos, budget)
             if pos != len(view):
                 raise ValueError(f"{len(view) - pos} bytes after the map")
         except _OverBudget as exc:
@@ -796,16 +804,25 @@ def _scalar_end(view: memoryview, pos: int) -> int:
     return -1
 
 
-def _value_at(view: memoryview, pos: int, budget: _Budget) -> tuple[Any, int]:
-    """The msgpack value at ``pos`` and the offset after it: scalars (keys, strings,
-    numbers) by ``unpackb`` of their exact slice, maps and arrays by
-    :func:`_unpack_at`."""
+def _value_at(
+    view: memoryview, pos: int, budget: _Budget | None
+) -> tuple[Any, int, _Budget | None]:
+    """The msgpack value at ``pos``, the offset after it and the budget: scalars
+    (keys, strings, numbers) by ``unpackb`` of their exact slice (no length limit
+    needed: the slice is the value; ext types refused), maps and arrays by
+    :func:`_unpack_at` against ``budget`` (made for the payload on first need)."""
     end = _scalar_end(view, pos)
     if end < 0:
-        return _unpack_at(view, pos, budget)
+        if budget is None:
+            budget = _Budget(len(view))
+        value, end = _unpack_at(view, pos, budget)
+        return value, end, budget
     if end > len(view):
         raise ValueError(f"msgpack value at byte {pos} runs past the payload")
-    return _unpackb(view[pos:end]), end
+    value = msgpack.unpackb(
+        view[pos:end], raw=False, ext_hook=_refuse_ext, max_ext_len=0
+    )
+    return value, end, budget
 
 
 def _container_header(view: memoryview, pos: int, *, map_: bool) -> tuple[int, int]:
