@@ -274,6 +274,7 @@ class FakeNetwork:
         self.json_records: dict[str, dict[str, Any]] = {}
         self.listing: Any = {"records": []}
         self.faults: list[str] = []
+        self.blobs: dict[str, bytes] = {}
         self.hits: dict[str, int] = {}
         fake = self
 
@@ -309,6 +310,12 @@ class FakeNetwork:
                         self.send(400, "application/json", {"error": "RecordNotFound"})
                     else:
                         self.send(200, "application/json", rec)
+                elif name == "com.atproto.sync.getBlob":
+                    blob = fake.blobs.get(query.get("cid", ""))
+                    if blob is None:
+                        self.send(400, "application/json", {"error": "BlobNotFound"})
+                    else:
+                        self.send(200, "application/octet-stream", blob)
                 elif name == "com.atproto.repo.listRecords":
                     page = fake.listing
                     self.send(
@@ -630,6 +637,26 @@ def test_proof_reads_retry_stalls_and_5xx_within_bounds(fake: FakeNetwork) -> No
     assert time.monotonic() - start < 3 * 0.5 + 1.0
 
 
+def test_blobs_are_checked_and_capped(fake: FakeNetwork) -> None:
+    from atdata_runtime.atmosphere import BlobVerificationError, blob_cid
+
+    fake.publish(victim_repo(1))
+    data = b"shard bytes" * 1000
+    cid = blob_cid(data)
+    fake.blobs[cid] = data
+    client = fake.client()
+    assert client.get_blob(VICTIM, cid) == data
+    with pytest.raises(NetworkError) as big:
+        client.get_blob(VICTIM, cid, max_bytes=1000)
+    assert big.value.rule == "RESPONSE_TOO_LARGE"
+    fake.blobs[cid] = data + b"!"
+    with pytest.raises(BlobVerificationError):
+        client.get_blob(VICTIM, cid)
+    with pytest.raises(NetworkError) as missing:
+        client.get_blob(VICTIM, blob_cid(b"other"))
+    assert missing.value.rule == "XRPC_ERROR" and "BlobNotFound" in str(missing.value)
+
+
 def test_the_opt_out_still_checks_the_server_cid(fake: FakeNetwork) -> None:
     """``verify="server-cid"``: a record that does not hash to the CID its server
     gives is refused (the old check, kept for the opt-out)."""
@@ -768,6 +795,11 @@ def test_a_published_record_verifies_end_to_end_on_the_real_pds(
     listed = list(reader.list_records(account.did, COLLECTION, validate=False))
     assert sorted(r.cid for r in listed) == sorted(w.cid for w in written)
     assert {r.verified for r in listed} == {"repo"}
+    blob = writer.upload_blob(b"\x00blob" * 100, "application/octet-stream")
+    holder = {"$type": COLLECTION, "blob": blob}  # a PDS serves referenced blobs
+    writer.create_record(COLLECTION, "holder", holder, validate=False)
+    assert reader.get_record(f"at://{account.did}/{COLLECTION}/holder").value == holder
+    assert reader.get_blob(account.did, blob["ref"]["$link"]) == b"\x00blob" * 100
 
 
 # -- benchmark ---------------------------------------------------------------------

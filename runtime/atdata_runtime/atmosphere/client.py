@@ -64,6 +64,10 @@ VerifyMode = Literal["repo", "server-cid"]
 """How reads are verified: ``"repo"`` (repository proof, the default) or
 ``"server-cid"`` (the record hashes to the CID its server returned; an opt-out)."""
 
+MAX_BLOB_BYTES = 64 * 1024 * 1024
+"""Default cap of :meth:`AtmosphereClient.get_blob`, bytes (64 MiB; blobs read
+whole into memory; shards stream through :mod:`atdata_runtime.shards` instead)."""
+
 MAX_LIST_PAGES = 10_000
 """Pages of ``listRecords`` followed at most (1,000,000 records at 100 a page)."""
 
@@ -191,7 +195,6 @@ class AtmosphereClient:
         self.pds_url = pds_url.rstrip("/") if pds_url else None
         self._pds_trusted = self.pds_url is not None
         self._sdk: Any = _sdk_client(self.pds_url, timeout) if self.pds_url else None
-        self._readers: dict[str, Any] = {}
         self._store: SessionStore | None = None
         self._did: str | None = None
         self._handle: str | None = None
@@ -343,20 +346,6 @@ class AtmosphereClient:
         return self._handle
 
     # -- reads --------------------------------------------------------------------
-    def _reader(self, authority: str) -> tuple[str, Any]:
-        """(DID, SDK client for the PDS hosting ``authority``)."""
-        if self._did is not None and authority in (self._did, self._handle):
-            return self._did, self._sdk
-        doc = self.resolver.resolve(authority)
-        if self._did == doc.did:
-            return doc.did, self._sdk
-        if doc.pds == self.pds_url and self._sdk is not None:
-            return doc.did, self._sdk
-        reader = self._readers.get(doc.pds)
-        if reader is None:
-            reader = self._readers[doc.pds] = _sdk_client(doc.pds, self.timeout)
-        return doc.did, reader
-
     def _where(self, authority: str) -> tuple[DidDocument, str, bool]:
         """(DID document, PDS URL to ask, whether that URL is trusted) for the
         repository of ``authority``: the logged-in account's own repository is read
@@ -376,6 +365,7 @@ class AtmosphereClient:
         uri: str,
         what: str,
         max_bytes: int,
+        deadline: float | None = None,
     ) -> Fetched | None:
         """One bounded XRPC query: each attempt is one :func:`~atdata_runtime.net.
         fetch.fetch` of at most ``max_bytes`` with a total deadline of ``timeout``
@@ -391,7 +381,7 @@ class AtmosphereClient:
                     f"{pds}/xrpc/{nsid}",
                     what=what,
                     max_bytes=max_bytes,
-                    deadline=self.timeout,
+                    deadline=deadline or self.timeout,
                     params=params,
                     trusted=trusted,
                 )
@@ -724,22 +714,26 @@ class AtmosphereClient:
         pds = self.pds_url if doc.did == self._did and self.pds_url else doc.pds
         return f"{pds}/xrpc/com.atproto.sync.getBlob?did={doc.did}&cid={cid}"
 
-    def get_blob(self, repo: str, cid: str) -> bytes:
-        """The bytes of a blob, checked against ``cid``."""
-        from atproto_client import models
-
-        did, sdk = self._reader(repo)
-
-        def fetch() -> Any:
-            return sdk.invoke_query(
-                "com.atproto.sync.getBlob",
-                params=models.ComAtprotoSyncGetBlob.Params(did=did, cid=cid),
-                timeout=self.timeout + 300.0,
-            ).content
-
-        data = self.retry.run(fetch, what=f"blob {cid} of {did}")
-        if blob_cid(data) != cid:
-            raise BlobVerificationError(
-                f"at://{did}", f"blob content does not hash to {cid}"
-            )
-        return bytes(data)
+    def get_blob(
+        self, repo: str, cid: str, *, max_bytes: int = MAX_BLOB_BYTES
+    ) -> bytes:
+        """The bytes of a blob (``com.atproto.sync.getBlob`` on its owner's PDS),
+        checked against ``cid``. At most ``max_bytes`` are read (default
+        :data:`MAX_BLOB_BYTES`, 64 MiB; larger is ``RESPONSE_TOO_LARGE``), each
+        attempt within ``timeout`` + 300 s. Raises :class:`BlobVerificationError`
+        when the bytes do not hash to ``cid``."""
+        doc, pds, trusted = self._where(repo)
+        where = f"at://{doc.did}"
+        answer = self._xrpc(
+            pds,
+            trusted,
+            "com.atproto.sync.getBlob",
+            {"did": doc.did, "cid": cid},
+            uri=where,
+            what="blob",
+            max_bytes=max_bytes,
+            deadline=self.timeout + 300.0,
+        )
+        if answer is None or blob_cid(answer.content) != cid:
+            raise BlobVerificationError(where, f"blob content does not hash to {cid}")
+        return answer.content
