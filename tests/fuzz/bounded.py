@@ -4,7 +4,8 @@ The fuzz and limits suite (``tests/fuzz/``) asserts two things of every hostile
 input: the error is a clean, located one, and memory stays bounded. Memory is
 measured where it cannot be confused with the test runner's own: in a fresh
 ``python`` child whose address space is capped (``RLIMIT_AS``), whose peak RSS
-(``ru_maxrss``, KiB on Linux) is reported back, and which is killed after
+(``VmHWM`` of ``/proc/self/status``, not ``ru_maxrss``, which survives
+``execve``) is reported back, and which is killed after
 ``timeout`` seconds.
 """
 
@@ -30,7 +31,12 @@ except BaseException as _exc:  # noqa: BLE001 - reported to the parent
     _result["error"] = str(_exc)[:4000]
     _result["error_type"] = type(_exc).__module__ + "." + type(_exc).__qualname__
     _result["traceback"] = _tb.format_exc()[-4000:]
-_result["max_rss_kib"] = _resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss
+# ru_maxrss survives execve (the parent's peak would be reported): VmHWM is this
+# process image's own high-water mark.
+with open("/proc/self/status") as _status:
+    _result["max_rss_kib"] = next(
+        int(line.split()[1]) for line in _status if line.startswith("VmHWM:")
+    )
 _sys.stdout.write("\\n@@RESULT@@" + _json.dumps(_result, default=repr) + "\\n")
 """
 

@@ -26,3 +26,11 @@ def test_timeout_reports_hang() -> None:
 def test_value_round_trips() -> None:
     out = run_bounded("_result['value'] = [1, 'a']")
     assert out.error_type is None and out.value == [1, "a"]
+
+
+def test_rss_is_the_childs_own_not_the_parents() -> None:
+    ballast = bytearray(300 * 1024 * 1024)
+    ballast[::4096] = b"x" * len(ballast[::4096])  # touch every page
+    out = run_bounded("pass")
+    assert out.max_rss_mib < 150, out.max_rss_mib
+    del ballast
