@@ -461,6 +461,8 @@ def test_fetch_cross_origin_redirect_never_forwards_headers(
         ("https://h/p?sig=s&sv=2020", "https://h/p?sig=REDACTED&sv=2020"),
         ("https://h/p?%61ccess_token=T", "https://h/p?%61ccess_token=REDACTED"),
         ("http://[::1", "<unparsable URL>"),
+        ("user:secret@host/x?token=T", "host/x?token=REDACTED"),
+        ("alice@example.org", "example.org"),
     ],
 )
 def test_redact_url(url: str, shown: str) -> None:

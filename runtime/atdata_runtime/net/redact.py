@@ -55,6 +55,12 @@ def redact_url(url: str) -> str:
         netloc = parts.netloc.rpartition("@")[2]
     except ValueError:
         return "<unparsable URL>"
+    if not parts.netloc:
+        # "user:secret@host/x" parses as scheme "user": the userinfo of a URL
+        # written without its scheme is still userinfo.
+        head, slash, rest = url.partition("/")
+        if "@" in head:
+            return redact_url("//" + head.rpartition("@")[2] + slash + rest)[2:]
     query = parts.query
     if query:
         pieces = []
