@@ -755,7 +755,17 @@ def test_declared_lengths_past_the_payload_are_refused(raw: bytes) -> None:
 
 
 @pytest.mark.parametrize("cls_fields", ["scalars", "arrays"])
-def test_15_mib_of_empty_maps_stays_bounded(cls_fields: str) -> None:
+@pytest.mark.parametrize(
+    ("mib", "nested"),
+    [(15, b"\x80"), (4, b"\x80"), (4, b"\x90"), (15, b"\x91\x80")],
+    ids=["15MiB-maps", "4MiB-maps", "4MiB-lists", "15MiB-lists-of-maps"],
+)
+def test_15_mib_of_empty_maps_stays_bounded(
+    cls_fields: str, mib: int, nested: bytes
+) -> None:
+    """15 MiB: the list is longer than the budget allows and is refused before
+    msgpack allocates it; 4 MiB: it is allocated, and its maps (lists) are counted
+    until the budget runs out."""
     out = run_bounded(
         f"""
         import struct, msgpack
@@ -764,9 +774,9 @@ def test_15_mib_of_empty_maps_stays_bounded(cls_fields: str) -> None:
         if {cls_fields!r} == "arrays":
             fields.append(FieldSpec("a", "a", "ndarray", optional=True))
         cls = sample_class("S", fields)
-        n = 15 << 20
+        n = ({mib} << 20) // {len(nested)}
         payload = (b"\\x82" + msgpack.packb("x") + msgpack.packb(1) + msgpack.packb("junk")
-                   + b"\\xdd" + struct.pack(">I", n) + b"\\x80" * n)
+                   + b"\\xdd" + struct.pack(">I", n) + {nested!r} * n)
         cls.unpack(payload, member="k.msgpack", shard="s.tar")
         """,
         address_space_mib=1536,
@@ -775,7 +785,8 @@ def test_15_mib_of_empty_maps_stays_bounded(cls_fields: str) -> None:
     assert out.error_type == "atdata_runtime.samples.errors.SampleFormatError", out
     assert "[SAMPLE_TOO_LARGE]" in (out.error or "")
     assert "shard 's.tar', member 'k.msgpack'" in (out.error or "")
-    assert out.max_rss_mib < 450  # unbounded, this took 1.16 GiB
+    assert "DECODED_MAX_BYTES" in (out.error or "")
+    assert out.max_rss_mib < 250  # unbounded, 15 MiB of maps took 1.16 GiB
 
 
 def test_a_large_payload_of_real_lists_still_reads() -> None:

@@ -736,8 +736,9 @@ class _Codec:
         except _OverBudget as exc:
             raise SampleFormatError(
                 f"payload of {len(view)} bytes decodes to more than {exc.limit} bytes "
-                "of maps and arrays (codec.DECODED_SLACK_BYTES + DECODED_FACTOR × "
-                "payload)",
+                "of maps and lists, its decoded-size budget (min(DECODED_MAX_BYTES, "
+                "DECODED_SLACK_BYTES + DECODED_FACTOR × payload) of "
+                "atdata_runtime.samples.codec)",
                 member=member,
                 rule="SAMPLE_TOO_LARGE",
             ) from None
