@@ -294,6 +294,10 @@ class _ModuleEmitter:
     late: list[cst.BaseStatement] = field(default_factory=list)
     exports: list[str] = field(default_factory=list)
     uses_any: bool = False
+    expanding: set[DefId] = field(default_factory=set)
+    """Non-object defs whose annotation is being inlined (cycle detection)."""
+    cut: bool = False
+    """Set when an annotation met a def inside its own expansion."""
 
     # .. references ....................................................................
     def module_alias(self, nsid: str) -> str | None:
@@ -450,7 +454,17 @@ class _ModuleEmitter:
         assert not isinstance(
             body, RecordDef | XrpcDef | SubscriptionDef | TokenDef | PermissionSetDef
         )
-        return self.ann(body, target, ())
+        if target in self.expanding:
+            # A def that refers to itself through arrays and refs only (no object
+            # in between: `a = array of #a`) cannot be inlined; the inner level
+            # is typed Any (it recursed until RecursionError).
+            self.cut = True
+            return dotted("_t.Any")
+        self.expanding.add(target)
+        try:
+            return self.ann(body, target, ())
+        finally:
+            self.expanding.discard(target)
 
     def union_ann(self, t: UnionType) -> cst.BaseExpression:
         members: list[cst.BaseExpression] = []
@@ -775,9 +789,19 @@ class _ModuleEmitter:
         else:
             self.inline_objects(d, skip_root=False)
             doc = _wrap(d.description) + "\n\n" if d.description else ""
-            self.alias(
-                py, self.ann(body, d.id, ()), doc + f"Lexicon: ``{d.id}`` ({d.kind})."
-            )
+            self.expanding.add(d.id)
+            self.cut = False
+            try:
+                annotation = self.ann(body, d.id, ())
+            finally:
+                self.expanding.discard(d.id)
+            doc += f"Lexicon: ``{d.id}`` ({d.kind})."
+            if self.cut:
+                doc += (
+                    "\n\nIt refers to itself through arrays or refs only: where it "
+                    "recurs, values are typed ``Any`` (not checked further)."
+                )
+            self.alias(py, annotation, doc)
 
     # .. module ........................................................................
     def module(self) -> str:
