@@ -1,4 +1,5 @@
-"""The AT Protocol client of the runtime, on the ``atproto`` SDK's XRPC transport.
+"""The AT Protocol client of the runtime: writes on the ``atproto`` SDK's XRPC
+transport, reads through the bounded :func:`atdata_runtime.net.fetch.fetch`.
 
 What it adds to the SDK:
 
@@ -7,7 +8,12 @@ What it adds to the SDK:
   bare PDS has no AppView). Passwords and tokens are :class:`~.session.Secret`\\ s
   and never appear in reprs, logs or errors.
 * **Reads go to the owner's PDS**: the AT-URI authority is resolved
-  (:class:`~.identity.IdentityResolver`) and the request is sent there.
+  (:class:`~.identity.IdentityResolver`) and the request is sent to the PDS of its
+  DID document (a URL from the network: https only), or, for the logged-in
+  account's own repository, to the client's ``pds_url``. Each attempt is bounded
+  in size (proof CAR 2 MiB, record 2 MiB, list page 8 MiB, blob 64 MiB) and in
+  total time (``timeout``); error messages carry the status and XRPC error name,
+  never a response body.
 * **Every record fetched is verified by its repository** (``verify="repo"``, the
   default): it is read with ``com.atproto.sync.getRecord``, whose CAR proof is
   checked by :func:`~.repo.verify_record_proof` — every block against its CID, the
