@@ -701,7 +701,7 @@ def test_the_opt_out_warns_once_per_client(
 
 
 def test_mst_layers_match_the_repository_spec_examples() -> None:
-    # AT Protocol "Repository" spec § Mersh Search Tree: example keys and depths.
+    # AT Protocol "Repository" spec § Merkle Search Tree: example keys and depths.
     for key, layer in (
         ("2653ae71", 0),
         ("blue", 1),
