@@ -57,7 +57,6 @@ _ZERO_BLOCK: Final = bytes(_BLOCK)
 _REGULAR: Final = frozenset({ord("0"), 0, ord("7")})
 _META: Final = frozenset({ord("x"), ord("g"), ord("L"), ord("K")})
 _KEY_RE: Final = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
-_OCTAL_RE: Final = re.compile(rb"[0-7]+")
 _DECIMAL_RE: Final = re.compile(r"[0-9]{1,20}")
 _CHUNK: Final = 64 << 20
 """Members larger than this are read in chunks of this size, so that a header
@@ -129,9 +128,12 @@ def _number(field: bytes, what: str, fail: Callable[[str, str], TarFormatError])
     text = field.split(b"\0", 1)[0].strip(b" ")
     if not text:
         return 0
-    if not _OCTAL_RE.fullmatch(text):
-        raise fail(f"bad octal {what} {field!r}", "TAR_NUMBER")
-    return int(text, 8)
+    if text.isdigit():  # ASCII digits only: no sign, space or "_" reaches int()
+        try:
+            return int(text, 8)
+        except ValueError:
+            pass  # an 8 or a 9
+    raise fail(f"bad octal {what} {field!r}", "TAR_NUMBER")
 
 
 def _signed_checksum(header: bytes) -> int:
@@ -215,6 +217,13 @@ def iter_files(
     def read_member(n: int, keep: bool) -> bytes:
         # At most _CHUNK bytes per read: a header that claims more than the stream
         # holds costs one chunk before the truncation shows.
+        if n <= _CHUNK:
+            data = read(n)
+            if len(data) < n:
+                raise fail(
+                    f"member data truncated: {len(data)} of {n} bytes", "TAR_TRUNCATED"
+                )
+            return data if keep else b""
         parts: list[bytes] = []
         left = n
         while left:
