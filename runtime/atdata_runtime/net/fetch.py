@@ -45,6 +45,7 @@ Errors never contain a response body, and every URL in them goes through
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import json
 import os
@@ -493,6 +494,22 @@ def fetch(
     return bounded.run(once, what=redact_url(url))
 
 
+@functools.cache
+def _ssl_context(trusted: bool, cert_file: str | None, cert_dir: str | None) -> Any:
+    return httpx.create_ssl_context(trust_env=trusted)
+
+
+def ssl_context(trusted: bool) -> Any:
+    """The TLS context (``ssl.SSLContext``) of a request: certifi's roots, or for a
+    *trusted* URL also ``SSL_CERT_FILE``/``SSL_CERT_DIR`` as httpx reads them.
+    Built once per process and setting (loading the roots costs ~25 ms, more than a
+    local request), shared by every client; contexts are thread-safe."""
+    if not trusted:
+        return _ssl_context(False, None, None)
+    env = os.environ
+    return _ssl_context(True, env.get("SSL_CERT_FILE"), env.get("SSL_CERT_DIR"))
+
+
 def _fetch_once(
     url: str,
     *,
@@ -512,7 +529,9 @@ def _fetch_once(
     current = httpx.URL(url)
     current_trusted = trusted
     guard = StallGuard(end, url=url, check_peer=not trusted)
-    client = httpx.Client(follow_redirects=False, trust_env=trusted)
+    client = httpx.Client(
+        follow_redirects=False, trust_env=trusted, verify=ssl_context(trusted)
+    )
     try:
         with guard:
             for hop in range(MAX_REDIRECTS + 1):

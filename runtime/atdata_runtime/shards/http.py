@@ -55,7 +55,13 @@ from ..net.errors import (
     RedirectRefusedError,
     RetryExhaustedError,
 )
-from ..net.fetch import MAX_REDIRECTS, StallGuard, check_url, same_origin
+from ..net.fetch import (
+    MAX_REDIRECTS,
+    StallGuard,
+    check_url,
+    same_origin,
+    ssl_context,
+)
 from ..net.redact import redact_url
 from ..net.retry import RetryPolicy
 
@@ -109,7 +115,10 @@ class HttpShardStream(io.RawIOBase):
         self._headers = {**(headers or {}), "Accept-Encoding": "identity"}
         self._retry = retry or RetryPolicy(attempts=6, deadline=120.0)
         self._client = httpx.Client(
-            follow_redirects=False, timeout=timeout, trust_env=trusted
+            follow_redirects=False,
+            timeout=timeout,
+            trust_env=trusted,
+            verify=ssl_context(trusted),
         )
         self._guard = StallGuard(math.inf, url=url, check_peer=not trusted)
         self._guard.__enter__()
