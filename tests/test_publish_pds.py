@@ -316,15 +316,26 @@ def test_blob_entry_resumes_after_crash(
 def test_tampered_record_is_rejected_naming_the_uri(
     net: LocalNetwork, account: Account, tmp_path: Path
 ) -> None:
+    """A proxy rewrites every ``repo.getRecord`` answer: the explicit opt-out
+    (``verify="server-cid"``) still catches the CID mismatch, and the default,
+    repository-verified read is not fooled at all (it reads the signed proof)."""
     client = login(net, account, tmp_path)
     pub = publish_schema(client, schema("OptionalSample"))
     with FaultProxy(net.pds_url, {"tamper": 1.0}) as proxy:
-        reader = AtmosphereClient(
-            resolver=resolver(net), pds_url=proxy.url, retry=RetryPolicy(attempts=1)
+        trusting = login(
+            net,
+            account,
+            tmp_path,
+            pds_url=proxy.url,
+            verify="server-cid",
+            retry=RetryPolicy(attempts=1),
         )
-        reader._readers[net.pds_url] = reader._sdk
         with pytest.raises(RecordVerificationError) as info:
-            reader.get_record(pub.write.uri)
+            trusting.get_record(pub.write.uri)
+        verified = login(
+            net, account, tmp_path, pds_url=proxy.url, retry=RetryPolicy(attempts=1)
+        )
+        assert verified.get_record(pub.write.uri).cid == pub.write.cid
     assert pub.write.uri in str(info.value) and "RECORD_CID_MISMATCH" in str(info.value)
 
 
