@@ -1017,10 +1017,9 @@ def _round_trip(result: BuildResult, module: Any, data: st.DataObject) -> None:
     """Valid wire data for each object/record def of ``module``'s Lexicon
     (:func:`atdata_gen.testing.strategies.wire_data`) validates, and dumps back
     to data that validates to the same thing."""
+    from atdata_gen.ir.link import walk_objects
     from atdata_gen.ir.model import DefId
     from atdata_gen.testing.strategies import wire_data
-
-    from atdata_gen.ir.link import walk_objects
 
     model = result.model
     assert model is not None
