@@ -1806,3 +1806,48 @@ def test_defs_that_recur_through_arrays_only_build(
         sys.path.remove(str(case / "out"))
         for name in [m for m in sys.modules if m.startswith(package)]:
             del sys.modules[name]
+
+
+_CLI_CASES = {
+    "NaN": ("NaN", "SRC_FLOAT"),
+    "-0.0": ("-0.0", "SRC_FLOAT"),
+    "1e400": ("1e400", "SRC_FLOAT"),
+    "4301 digits": ("9" * 4301, "SRC_INTEGER_RANGE"),
+    "nesting 400": ("[" * 400 + "1" + "]" * 400, "SRC_JSON_TOO_DEEP"),
+    "nesting 5000": ("[" * 5000 + "1" + "]" * 5000, "SRC_JSON_TOO_DEEP"),
+}
+
+
+def test_cli_exits_2_with_a_located_error_and_writes_nothing(tmp_path: Path) -> None:
+    """End to end through ``atdata-gen build``: each hostile number or nesting,
+    placed in a permission set's data, exits 2 (bad input) with the rule ID and a
+    ``file:line:col`` location, no traceback, and nothing under ``--out``."""
+    import subprocess
+
+    for label, (text, rule) in _CLI_CASES.items():
+        case = tmp_path / label.replace(" ", "_")
+        src = case / "src" / "perm.json"
+        src.parent.mkdir(parents=True)
+        doc = ODD_PLACES["permission value"].replace(_V, text)
+        src.write_text(doc, encoding="utf-8")
+        out = case / "out"
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "atdata_gen.cli",
+                "build",
+                str(src),
+                "--out",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+        both = proc.stdout + proc.stderr
+        assert proc.returncode == 2, (label, proc.returncode, both[-2000:])
+        assert "Traceback" not in both, (label, both[-2000:])
+        assert rule in both and f"{src.name}:1:" in both, (label, both[-2000:])
+        assert not out.exists() or not any(out.rglob("*.py")), label
