@@ -455,14 +455,16 @@ def test_fetch_cross_origin_redirect_never_forwards_headers(
             ),
             (
                 "https://b.s3.amazonaws.com/k?X-Amz-Credential=REDACTED&"
-                "X-Amz-Signature=REDACTED&X-Amz-Security-Token=REDACTED&X-Amz-Expires=60"
+                "X-Amz-Signature=REDACTED&X-Amz-Security-Token=REDACTED&X-Amz-Expires=REDACTED"
             ),
         ),
         ("https://h/p?sig=s&sv=2020", "https://h/p?sig=REDACTED&sv=2020"),
         ("https://h/p?%61ccess_token=T", "https://h/p?%61ccess_token=REDACTED"),
         ("http://[::1", "<unparsable URL>"),
         ("user:secret@host/x?token=T", "host/x?token=REDACTED"),
-        ("alice@example.org", "example.org"),
+        ("alice@example.org", "alice@example.org"),  # not a URL
+        ("git@github.com:lab/x.git", "git@github.com:lab/x.git"),  # scp-like
+        ("https://h/p#access_token=T&x=1", "https://h/p#access_token=REDACTED&x=1"),
     ],
 )
 def test_redact_url(url: str, shown: str) -> None:

@@ -30,7 +30,16 @@ from .backend.manifest import (
 )
 from .checks.report import render_findings, unlabel
 from .config import LOCK_NAME, ConfigError, load_config, shown_path
-from .diagnostics import Diagnostic, Reporter, Severity, Span, github_base, render
+from .diagnostics import (
+    Diagnostic,
+    Reporter,
+    Severity,
+    Span,
+    github_base,
+    redact_urls,
+    render,
+    safe_text,
+)
 from .naming import package_name_problem
 from .sources import discover, external_problems, split_external
 
@@ -47,7 +56,7 @@ _FORMAT = click.option(
 
 
 def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {safe_text(message)}", err=True)
     sys.exit(EXIT_ERROR)
 
 
@@ -358,7 +367,7 @@ class _BuildReport:
     def fail(self, message: str) -> None:
         """An error without a location (bad option value): exit 2."""
         if self.fmt == "json":
-            self._json("error", EXIT_ERROR, [], message)
+            self._json("error", EXIT_ERROR, [], redact_urls(message))
             sys.exit(EXIT_ERROR)
         _fail(message)
 

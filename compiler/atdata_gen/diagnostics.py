@@ -27,10 +27,11 @@ import enum
 import json
 import os
 import re
-import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from atdata_runtime.net.redact import redact_url
 
 
 class Severity(enum.IntEnum):
@@ -178,94 +179,17 @@ def printable(text: str) -> str:
     return _UNSAFE.sub(escape, text)
 
 
-def _safe(text: str) -> str:
+def safe_text(text: str) -> str:
+    """``text`` fit for a terminal, a log or a CI annotation: URLs redacted
+    (:func:`redact_urls`) and control characters escaped (:func:`printable`). Every
+    message the CLI prints that may hold input or exception text goes through it."""
     return printable(redact_urls(text))
 
 
+_safe = safe_text
+
+
 _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
-_SECRET_NAMES = frozenset(
-    {
-        "access_token",
-        "api-key",
-        "api_key",
-        "apikey",
-        "auth",
-        "authorization",
-        "client_secret",
-        "code",
-        "jwt",
-        "key",
-        "passwd",
-        "password",
-        "private_token",
-        "pwd",
-        "secret",
-        "session",
-        "sessionid",
-        "sig",
-        "signature",
-        "token",
-    }
-)
-_SECRET_PARTS = ("token", "secret", "password", "signature", "credential")
-_SECRET_PREFIXES = ("x-amz-", "x-goog-")
-REDACTED = "REDACTED"
-
-
-def is_secret_param(name: str) -> bool:
-    """Whether a URL query (or fragment) parameter name carries a credential:
-    ``access_token``, ``token``, ``private_token``, ``sig``, ``signature``,
-    ``key``, ``api_key``, ``code``, any ``X-Amz-*`` or ``X-Goog-*`` (pre-signed
-    S3 and GCS URLs), and any name containing ``token``, ``secret``,
-    ``password``, ``signature`` or ``credential`` (case-insensitive)."""
-    low = urllib.parse.unquote_plus(name).lower()
-    return (
-        low in _SECRET_NAMES
-        or low.startswith(_SECRET_PREFIXES)
-        or any(part in low for part in _SECRET_PARTS)
-    )
-
-
-def _redact_params(text: str, drop: bool) -> tuple[str, bool]:
-    out, changed = [], False
-    for item in text.split("&"):
-        name, eq, _ = item.partition("=")
-        if name and is_secret_param(name):
-            changed = True
-            if not drop:
-                out.append(f"{name}={REDACTED}" if eq else name)
-        else:
-            out.append(item)
-    return "&".join(out), changed
-
-
-def redact_url(url: str, *, drop: bool = False) -> str:
-    """``url`` without credentials: the user name and password (``https://u:p@h/``
-    → ``https://h/``) removed, and the value of every credential-like query or
-    fragment parameter (:func:`is_secret_param`) replaced by ``REDACTED`` (with
-    ``drop``, the parameter removed). Anything that is not a URL with a scheme
-    and ``//`` authority is returned unchanged; so are scp-like ``git@host:path``
-    addresses (the user there is the SSH account, not a secret)."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return url
-    if not parts.scheme or not parts.netloc:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1] if "@" in parts.netloc else parts.netloc
-    query, q_changed = _redact_params(parts.query, drop)
-    fragment, f_changed = (
-        _redact_params(parts.fragment, drop) if "=" in parts.fragment else ("", False)
-    )
-    if netloc == parts.netloc and not q_changed and not f_changed:
-        return url
-    return urllib.parse.urlunsplit(
-        parts._replace(
-            netloc=netloc,
-            query=query,
-            fragment=fragment if f_changed else parts.fragment,
-        )
-    )
 
 
 def redact_urls(text: str) -> str:

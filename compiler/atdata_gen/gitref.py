@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .diagnostics import redact_url, redact_urls
+from atdata_runtime.net.redact import redact_url
+
+from .diagnostics import redact_urls
 
 __all__ = ["GitRefError", "SourceRef", "code_reference", "strip_credentials"]
 
@@ -80,7 +82,7 @@ def strip_credentials(url: str) -> str:
     password (``https://u:t@h/r`` → ``https://h/r``) and no credential-like query or
     fragment parameter (``access_token``, ``token``, ``private_token``, ``sig``,
     ``signature``, ``key``, ``api_key``, ``X-Amz-*``…:
-    :func:`atdata_gen.diagnostics.is_secret_param`), which are dropped. scp-like
+    :func:`atdata_runtime.net.redact.is_secret_param`), which are dropped. scp-like
     ``git@host:path`` addresses are kept (the user there is the SSH account, not a
     secret)."""
     return redact_url(url, drop=True)

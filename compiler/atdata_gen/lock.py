@@ -46,7 +46,7 @@ from atdata_runtime.atmosphere.records import LENS
 
 from .config import LOCK_NAME
 from .diagnostics import Reporter, Span
-from .sources import SourceDoc, load_text
+from .sources import SourceDoc, load_text, read_source
 
 __all__ = [
     "LOCK_NAME",
@@ -165,7 +165,7 @@ def read_lock(path: Path, reporter: Reporter) -> Lock | None:
     if not path.exists():
         return None
     try:
-        raw = path.read_bytes()
+        raw = read_source(path)
     except OSError as exc:
         reporter.report(Span(str(path), 0, 0, ""), "SRC_READ", str(exc))
         return None

@@ -22,6 +22,8 @@ from typing import Any
 import click
 
 from .config import LOCK_NAME, ConfigError, load_config
+from .diagnostics import safe_text
+from .sources import read_source
 
 __all__ = ["publish_group", "pull_cmd"]
 
@@ -49,12 +51,12 @@ def _lock_path(explicit: Path | None) -> tuple[Path, list[str]]:
 
 def _config_error(exc: ConfigError) -> None:
     """Print the located ``CONFIG_*`` errors and exit 2."""
-    click.echo(str(exc), err=True)
+    click.echo(safe_text(str(exc)), err=True)
     sys.exit(EXIT_ERROR)
 
 
 def _error(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {safe_text(message)}", err=True)
     sys.exit(EXIT_ERROR)
 
 
@@ -217,7 +219,7 @@ def _load_schema(spec: str, version: str | None, form: Any) -> dict[str, Any]:
     path = Path(spec)
     if path.suffix == ".json" or path.exists():
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_source(path).decode("utf-8"))
         except (OSError, ValueError) as exc:
             _error(f"{spec}: {exc}")
         if isinstance(data, dict) and isinstance(data.get("value"), dict):
