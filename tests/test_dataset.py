@@ -347,3 +347,42 @@ def test_torch_dataloader_sees_every_sample_once(
                 assert batch.image.shape[1:] == (3, 4, 4)
                 seen.update(batch.label)
         assert seen == Counter(s.label for s in samples), shuffle
+
+
+def test_sample_errors_name_the_shard_member_and_field(
+    pkg: Any, tmp_path: Path
+) -> None:
+    """A payload that does not fit the class is a SampleFormatError naming the
+    shard (URL or path, credentials redacted), the member and the field; a sample
+    without a .msgpack member names the shard and key."""
+    import io
+
+    import msgpack
+
+    image_mod, _ = pkg
+    good = image_mod.ImageSample(image=np.zeros((1, 1, 1), np.uint8), label="x")
+    payload = msgpack.unpackb(good.pack())
+    payload["label"] = {"not": "a string"}
+    shard = tmp_path / "bad-000000.tar"
+    with tarfile.open(shard, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in (
+            ("k0.msgpack", msgpack.packb(payload)),
+            ("k1.txt", b"no payload"),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(SampleFormatError) as info_:
+        list(Dataset[image_mod.ImageSample](str(shard)))
+    text = str(info_.value)
+    assert str(shard) in text and "k0.msgpack" in text and "label" in text, text
+    assert info_.value.rule == "SAMPLE_KIND"
+    kept = Dataset[image_mod.ImageSample](str(shard), unknown="drop")
+    with tarfile.open(shard, "w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("k1.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    with pytest.raises(SampleFormatError) as missing:
+        list(kept)
+    assert str(shard) in str(missing.value) and "k1" in str(missing.value)
+    assert missing.value.rule == "SAMPLE_NO_PAYLOAD"

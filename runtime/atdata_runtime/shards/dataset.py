@@ -473,7 +473,9 @@ def iter_shard(
             if payload is None:
                 raise SampleFormatError(
                     f"sample has no .msgpack member (has: {', '.join(group)})",
-                    member=f"{shown}:{key}",
+                    shard=shown,
+                    member=key,
+                    rule="SAMPLE_NO_PAYLOAD",
                 )
             yield key, payload
         if sha256:
@@ -692,12 +694,14 @@ class Dataset(Generic[T_co]):
             return shards[k::n], 1, 0
         return shards, n, k  # fewer shards than consumers: every n-th sample
 
-    def _payloads(self, shards: list[str]) -> Iterator[tuple[str, bytes]]:
+    def _payloads(self, shards: list[str]) -> Iterator[tuple[str, str, bytes]]:
+        """``(shard, key, payload)``: ``shard`` is the URL as errors name it."""
         mine, stride, offset = self._plan(shards)
         index = 0
         for url in tqdm(
             mine, desc="shards", unit="shard", disable=_quiet(self.progress)
         ):
+            shown = redact_url(url)
             for key, payload in iter_shard(
                 url,
                 self._options_for(url),
@@ -707,7 +711,7 @@ class Dataset(Generic[T_co]):
                 trusted=self._trusted(url),
             ):
                 if stride == 1 or index % stride == offset:
-                    yield key, payload
+                    yield shown, key, payload
                 index += 1
 
     @overload
@@ -837,13 +841,14 @@ class Dataset(Generic[T_co]):
         return TorchView()
 
     def _decode_keyed(
-        self, items: Iterable[tuple[str, bytes]]
+        self, items: Iterable[tuple[str, str, bytes]]
     ) -> Iterator[tuple[str, Any]]:
         unpack = self.stored_type.unpack
         get = None if self.lens is None else self.lens.getter
-        for key, payload in items:
+        for shard, key, payload in items:
             sample = unpack(
                 payload,
+                shard=shard,
                 member=f"{key}.msgpack",
                 unknown=self.unknown,
                 validate=self.validate,
