@@ -642,6 +642,11 @@ VERSIONS = rarely(
                 "1.0.0+con",
                 "1.0.0-rc.1+build.5",
                 "0.0.0-" + "a" * 100,
+                "1.0.0-a",
+                "1.0.0+a",
+                "1.0.0-a.b",
+                "1.0.0-a-b",
+                "1.0.0-A",
             ]
         ),
         st.builds(
@@ -810,8 +815,15 @@ def samples_and_lenses(draw: st.DrawFn) -> list[dict[str, Any]]:
     them."""
     docs = []
     uris = []
+    names: list[str] = []
     for i in range(draw(st.integers(1, 3))):
-        value = draw(schema_record())
+        # Often another version (or a case variant) of an earlier schema's name.
+        reuse = names and draw(st.booleans())
+        name = draw(st.sampled_from(names)) if reuse else None
+        if name is not None and draw(st.booleans()):
+            name = name.swapcase()
+        value = draw(schema_record(name=name))
+        names.append(value["name"])
         uri = f"at://did:plc:lab{i}/science.alt.dataset.schema/s{i}"
         cid = f"bafyrei{'a' * 52}{i}"
         docs.append({"uri": uri, "cid": cid, "value": value})
