@@ -675,6 +675,7 @@ def rules_table(fmt: str) -> str:
         "link": 4,
         "lint": 5,
         "check": 6,
+        "write": 7,
     }
     rows.sort(key=lambda row: (order[row[1]], row[0]))
     if fmt == "json":

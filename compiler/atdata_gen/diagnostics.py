@@ -319,11 +319,11 @@ STAGE_RULES: dict[str, tuple[str, str]] = {
         "--out, or a directory of the package path OUT/PACKAGE, is a file.",
     ),
     "OUT_WRITE": (
-        "config",
+        "write",
         "Writing the package failed (read-only directory, full disk); unchanged.",
     ),
     "OUT_LOCKED": (
-        "config",
+        "write",
         "Another build held the package's lock past ATDATA_GEN_LOCK_TIMEOUT (60 s).",
     ),
     "EXTERNAL_PACKAGE_NAME": (
