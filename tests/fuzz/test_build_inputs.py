@@ -818,7 +818,7 @@ def samples_and_lenses(draw: st.DrawFn) -> list[dict[str, Any]]:
     names: list[str] = []
     for i in range(draw(st.integers(1, 3))):
         # Often another version (or a case variant) of an earlier schema's name.
-        reuse = names and draw(st.booleans())
+        reuse = draw(st.booleans()) and bool(names)
         name = draw(st.sampled_from(names)) if reuse else None
         if name is not None and draw(st.booleans()):
             name = name.swapcase()
