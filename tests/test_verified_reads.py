@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -800,50 +799,6 @@ def test_a_published_record_verifies_end_to_end_on_the_real_pds(
     writer.create_record(COLLECTION, "holder", holder, validate=False)
     assert reader.get_record(f"at://{account.did}/{COLLECTION}/holder").value == holder
     assert reader.get_blob(account.did, blob["ref"]["$link"]) == b"\x00blob" * 100
-
-
-# -- benchmark ---------------------------------------------------------------------
-
-
-def main(n: int = 200, runs: int = 5) -> None:  # pragma: no cover - a benchmark
-    """Median wall time of reading ``n`` records, verified and unverified."""
-    import tempfile
-    from pathlib import Path
-
-    with LocalNetwork.start() as net, tempfile.TemporaryDirectory() as tmp:
-        account = net.create_account(f"bench{free_port()}")
-        writer = _writer(net, account, Path(tmp))
-        uris = [
-            writer.create_record(
-                COLLECTION, f"b{i:04d}", lens_record(i), validate=False
-            ).uri
-            for i in range(n)
-        ]
-        resolver = IdentityResolver(plc_url=net.plc_url, handle_service=net.pds_url)
-        for mode in ("repo", "server-cid"):
-            client = AtmosphereClient(resolver=resolver, verify=mode)  # type: ignore[arg-type]
-            client.get_record(uris[0], validate=False)  # warm the caches
-            times = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                for u in uris:
-                    client.get_record(u, validate=False)
-                times.append(time.perf_counter() - t0)
-            med = statistics.median(times)
-            print(
-                f"{mode:>10}: {n} get_record in {med:.3f} s median of {runs} "
-                f"({1000 * med / n:.2f} ms/record)"
-            )
-            t0 = time.perf_counter()
-            listed = list(client.list_records(account.did, COLLECTION, validate=False))
-            print(
-                f"{mode:>10}: list_records of {len(listed)} in "
-                f"{time.perf_counter() - t0:.3f} s"
-            )
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
 
 
 # -- the CLI -----------------------------------------------------------------------
