@@ -10,6 +10,7 @@ import os
 import stat
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -331,3 +332,37 @@ def test_decoder_raises_only_data_model_errors(data: bytes) -> None:
     except DataModelError:
         return
     assert dag_cbor(value) == data  # what it accepts is canonical
+
+
+@pytest.mark.parametrize("depth", [129, 980, 5000])
+def test_record_cid_of_deep_values_is_a_located_data_model_error(depth: int) -> None:
+    """Issue 14 (low): ``record_cid`` at depth 980 raised RecursionError. Nesting past
+    MAX_DEPTH (128) is a DataModelError naming the pointer, in every direction."""
+    from atdata_runtime.atmosphere.cid import (
+        MAX_DEPTH,
+        DataModelError,
+        dag_cbor,
+        to_json,
+    )
+
+    record: dict[str, Any] = {"$type": "x"}
+    cur = record
+    for _ in range(depth):
+        cur["a"] = {}
+        cur = cur["a"]
+    with pytest.raises(DataModelError) as info:
+        record_cid(record)
+    assert info.value.rule == "DATA_MODEL_TOO_DEEP"
+    assert str(info.value).startswith("/a/a/a") and str(MAX_DEPTH) in str(info.value)
+    nested: list[Any] = []
+    for _ in range(depth):
+        nested = [nested]
+    for encode in (dag_cbor, to_json):
+        with pytest.raises(DataModelError):
+            encode(nested)
+    shallow: dict[str, Any] = {"$type": "x"}
+    cur = shallow
+    for _ in range(MAX_DEPTH - 1):
+        cur["a"] = {}
+        cur = cur["a"]
+    assert record_cid(shallow).startswith("bafyrei")

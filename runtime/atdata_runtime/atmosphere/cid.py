@@ -52,7 +52,20 @@ _B32 = "abcdefghijklmnopqrstuvwxyz234567"
 
 class DataModelError(ValueError):
     """A value is not in the AT Protocol data model (float, non-string map key,
-    malformed ``$link`` / ``$bytes``); the message names the JSON pointer."""
+    malformed ``$link`` / ``$bytes``, nesting deeper than :data:`MAX_DEPTH`); the
+    message names the JSON pointer. ``rule``: ``DATA_MODEL_INVALID``, or
+    ``DATA_MODEL_TOO_DEEP`` for nesting."""
+
+    def __init__(self, message: str, rule: str = "DATA_MODEL_INVALID") -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
+def _too_deep(pointer: str) -> DataModelError:
+    return DataModelError(
+        f"{(pointer or '/')[:200]}: nested deeper than {MAX_DEPTH} arrays/maps",
+        rule="DATA_MODEL_TOO_DEEP",
+    )
 
 
 class Link:
@@ -106,9 +119,12 @@ def blob_cid(data: bytes) -> str:
     return _cid(0x55, data)
 
 
-def from_json(value: Any, pointer: str = "") -> Any:
+def from_json(value: Any, pointer: str = "", _depth: int = 0) -> Any:
     """The data-model value of decoded JSON: ``$link`` objects become links,
-    ``$bytes`` objects bytes. Raises :class:`DataModelError` naming the pointer."""
+    ``$bytes`` objects bytes. Raises :class:`DataModelError` naming the pointer
+    (also for nesting deeper than :data:`MAX_DEPTH`)."""
+    if isinstance(value, (dict, list)) and _depth >= MAX_DEPTH:
+        raise _too_deep(pointer)
     if isinstance(value, dict):
         if "$link" in value:
             link = value["$link"]
@@ -126,11 +142,13 @@ def from_json(value: Any, pointer: str = "") -> Any:
                     f"{pointer or '/'}: invalid base64 in $bytes"
                 ) from exc
         return {
-            k: from_json(v, f"{pointer}/{k.replace('~', '~0').replace('/', '~1')}")
+            k: from_json(
+                v, f"{pointer}/{k.replace('~', '~0').replace('/', '~1')}", _depth + 1
+            )
             for k, v in value.items()
         }
     if isinstance(value, list):
-        return [from_json(v, f"{pointer}/{i}") for i, v in enumerate(value)]
+        return [from_json(v, f"{pointer}/{i}", _depth + 1) for i, v in enumerate(value)]
     return value
 
 
@@ -152,7 +170,7 @@ def _head(major: int, n: int, out: bytearray) -> None:
         raise DataModelError(f"integer {n} does not fit in 64 bits")
 
 
-def _encode(value: Any, out: bytearray, pointer: str) -> None:
+def _encode(value: Any, out: bytearray, pointer: str, depth: int = 0) -> None:
     if value is None:
         out.append(0xF6)
     elif value is True:
@@ -177,10 +195,14 @@ def _encode(value: Any, out: bytearray, pointer: str) -> None:
         out.append(0)
         out += value.raw
     elif isinstance(value, list):
+        if depth >= MAX_DEPTH:
+            raise _too_deep(pointer)
         _head(4, len(value), out)
         for i, item in enumerate(value):
-            _encode(item, out, f"{pointer}/{i}")
+            _encode(item, out, f"{pointer}/{i}", depth + 1)
     elif isinstance(value, dict):
+        if depth >= MAX_DEPTH:
+            raise _too_deep(pointer)
         keys = []
         for k in value:
             if not isinstance(k, str):
@@ -191,7 +213,7 @@ def _encode(value: Any, out: bytearray, pointer: str) -> None:
         for raw, k in keys:
             _head(3, len(raw), out)
             out += raw
-            _encode(value[k], out, f"{pointer}/{k}")
+            _encode(value[k], out, f"{pointer}/{k}", depth + 1)
     elif isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
         # JSON has one number type: "123.0" is the integer 123 (interop vectors).
         _encode(int(value), out, pointer)
@@ -218,18 +240,21 @@ def record_cid(record_json: Any) -> str:
     return _cid(0x71, dag_cbor(from_json(record_json)))
 
 
-def to_json(value: Any) -> Any:
+def to_json(value: Any, _depth: int = 0) -> Any:
     """The JSON form of a data-model value (inverse of :func:`from_json`): links
     become ``{"$link": cid}``, byte strings ``{"$bytes": base64}`` (standard
-    alphabet, no padding, AT Protocol "Data Model" spec § JSON)."""
+    alphabet, no padding, AT Protocol "Data Model" spec § JSON). Raises
+    :class:`DataModelError` for nesting deeper than :data:`MAX_DEPTH`."""
+    if isinstance(value, (dict, list)) and _depth >= MAX_DEPTH:
+        raise _too_deep("")
     if isinstance(value, Link):
         return {"$link": cid_to_str(value.raw)}
     if isinstance(value, bytes):
         return {"$bytes": base64.b64encode(value).decode("ascii").rstrip("=")}
     if isinstance(value, dict):
-        return {k: to_json(v) for k, v in value.items()}
+        return {k: to_json(v, _depth + 1) for k, v in value.items()}
     if isinstance(value, list):
-        return [to_json(v) for v in value]
+        return [to_json(v, _depth + 1) for v in value]
     return value
 
 
