@@ -477,6 +477,26 @@ def test_commit_signed_by_another_key_is_refused(fake: FakeNetwork) -> None:
     refused(fake.client(), "r003", "REPO_BAD_SIGNATURE")
 
 
+def test_a_rotated_key_is_picked_up_without_waiting_for_the_cache(
+    fake: FakeNetwork,
+) -> None:
+    """The DID document is cached (TTL 1 h); after the repository's signing key
+    rotates, a commit signed by the new key fails against the cached key, so the
+    client fetches the DID document once more and verifies against its key. A
+    signature that fits neither is still refused, and the retry costs one lookup."""
+    repo = victim_repo()
+    fake.publish(repo)
+    fake.cars["r003"] = repo.proof("r003")
+    client = fake.client()
+    assert client.get_record(uri("r003"), validate=False).verified == "repo"
+    new_key = Key(seed=2)
+    fake.publish(repo, key=new_key)  # the PLC directory now names the new key
+    fake.cars["r003"] = repo.proof("r003", repo.commit(signer=new_key))
+    assert client.get_record(uri("r003"), validate=False).verified == "repo"
+    fake.cars["r003"] = repo.proof("r003", repo.commit(signer=Key(seed=3)))
+    refused(client, "r003", "REPO_BAD_SIGNATURE")
+
+
 def test_high_s_signature_is_refused(fake: FakeNetwork) -> None:
     # Cryptography spec § ECDSA Signature Malleability: only low-S is valid.
     repo = victim_repo()

@@ -451,15 +451,36 @@ class AtmosphereClient:
         )
         if answer is None:
             return None
-        proven = verify_record_proof(
-            answer.content,
-            did=doc.did,
-            collection=at.collection,
-            rkey=at.rkey,
-            key=key,
-            uri=uri,
-            max_bytes=self.max_car_bytes,
-        )
+        try:
+            proven = verify_record_proof(
+                answer.content,
+                did=doc.did,
+                collection=at.collection,
+                rkey=at.rkey,
+                key=key,
+                uri=uri,
+                max_bytes=self.max_car_bytes,
+            )
+        except RecordVerificationError as exc:
+            # The cached DID document may predate a key rotation: check once more
+            # against a freshly fetched one, and only if its key differs.
+            if exc.rule != "REPO_BAD_SIGNATURE":
+                raise
+            self.resolver.forget(doc.did)
+            fresh = signing_key(
+                self.resolver.did_document(doc.did).doc, doc.did, uri=uri
+            )
+            if fresh == key:
+                raise
+            proven = verify_record_proof(
+                answer.content,
+                did=doc.did,
+                collection=at.collection,
+                rkey=at.rkey,
+                key=fresh,
+                uri=uri,
+                max_bytes=self.max_car_bytes,
+            )
         if proven is None:
             return None
         if validate:

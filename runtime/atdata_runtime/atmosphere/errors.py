@@ -63,8 +63,14 @@ class RecordNotFoundError(NetworkError):
 
 
 class RecordVerificationError(NetworkError):
-    """A fetched record does not hash to the CID its server gave (DAG-CBOR, CIDv1,
-    sha-256; AT Protocol "Data Model" spec), or is not in the data model at all."""
+    """A fetched record is not what its repository holds. With repository-verified
+    reads (the default) the instance's ``rule`` names the failed check of the
+    ``com.atproto.sync.getRecord`` proof (``REPO_CAR_INVALID``, ``REPO_BLOCK_CID``,
+    ``REPO_COMMIT_INVALID``, ``REPO_DID_MISMATCH``, ``REPO_BAD_SIGNATURE``,
+    ``REPO_SIGNING_KEY``, ``REPO_MST_PROOF``, ``REPO_RECORD_INVALID``; see
+    :mod:`atdata_runtime.atmosphere.repo`); with the ``server-cid`` opt-out, the
+    record does not hash to the CID its server gave (DAG-CBOR, CIDv1, sha-256; AT
+    Protocol "Data Model" spec), or is not in the data model at all."""
 
     rule = "RECORD_CID_MISMATCH"
 

@@ -295,6 +295,11 @@ class IdentityResolver:
         self._store(self._docs, did, result)
         return result
 
+    def forget(self, did: str) -> None:
+        """Drop the cached DID document of ``did``, so the next lookup fetches it
+        anew (e.g. after a signature check failed: the key may have rotated)."""
+        self._docs.pop(did, None)
+
     def resolve_handle(self, handle: str) -> str:
         """The DID of ``handle``, verified against its DID document."""
         handle = handle.lower()
