@@ -57,7 +57,7 @@ from .errors import (
 )
 from .identity import DidDocument, IdentityResolver
 from .records import AtUri, validate_record
-from .repo import MAX_CAR_BYTES, signing_key, verify_record_proof
+from .repo import MAX_CAR_BYTES, VerifiedRecord, signing_key, verify_record_proof
 from .session import SavedSession, Secret, SessionStore, default_session_path
 
 __all__ = ["AtmosphereClient", "FetchedRecord", "VerifyMode", "WriteResult"]
@@ -451,8 +451,9 @@ class AtmosphereClient:
         )
         if answer is None:
             return None
-        try:
-            proven = verify_record_proof(
+
+        def verify(key: str) -> VerifiedRecord | None:
+            return verify_record_proof(
                 answer.content,
                 did=doc.did,
                 collection=at.collection,
@@ -461,6 +462,9 @@ class AtmosphereClient:
                 uri=uri,
                 max_bytes=self.max_car_bytes,
             )
+
+        try:
+            proven = verify(key)
         except RecordVerificationError as exc:
             # The cached DID document may predate a key rotation: check once more
             # against a freshly fetched one, and only if its key differs.
@@ -472,15 +476,7 @@ class AtmosphereClient:
             )
             if fresh == key:
                 raise
-            proven = verify_record_proof(
-                answer.content,
-                did=doc.did,
-                collection=at.collection,
-                rkey=at.rkey,
-                key=fresh,
-                uri=uri,
-                max_bytes=self.max_car_bytes,
-            )
+            proven = verify(fresh)
         if proven is None:
             return None
         if validate:
