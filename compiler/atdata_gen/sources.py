@@ -203,11 +203,14 @@ def _find_duplicate(text: str, key: str) -> int:
     return second if second >= 0 else max(first, 0)
 
 
-_STRING_TOKEN = r'"[^"\\]*(?:\\.[^"\\]*)*"'
-_STRINGS = re.compile(_STRING_TOKEN)
+# A string token; its closing quote is optional, so an unclosed string runs to the
+# end of the text once instead of being retried from every quote inside it (the
+# pattern is unambiguous: each character is consumed one way, nothing backtracks).
+_STRING_TOKEN = r'"[^"\\]*(?:\\.[^"\\]*)*"?'
+_STRINGS = re.compile(_STRING_TOKEN, re.S)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
-_TOKENS = re.compile(_STRING_TOKEN + r"|[\[\]{},]")
+_TOKENS = re.compile(_STRING_TOKEN + r"|[\[\]{},]", re.S)
 
 
 def json_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> tuple[int, str] | None:

@@ -169,3 +169,25 @@ def test_largest_allowed_file_of_brackets_is_bounded() -> None:
     assert not outcome.timed_out and outcome.error is None, outcome.traceback
     assert outcome.value == ["SRC_JSON_TOO_DEEP"]
     assert outcome.max_rss_mib < 300, outcome.max_rss_mib
+
+
+def test_depth_prescan_is_linear_on_unclosed_escaped_strings() -> None:
+    """Review of issue 14: an unclosed string full of ``\\"`` made the string regex
+    retry from every quote (quadratic: 36 s for 64 KiB, days for 8 MiB). Now 8 MiB
+    of it, past the depth limit, is scanned at once; the child is killed after 60 s
+    (a regression hangs nothing)."""
+    out = run_bounded(
+        """
+        import time
+        from atdata_gen.sources import json_too_deep
+        text = "[" * 70 + '"' + '\\\\"' * (4 * 1024 * 1024)
+        t0 = time.perf_counter()
+        where = json_too_deep(text)
+        _result["value"] = [where[0] if where else None, time.perf_counter() - t0]
+        """,
+        timeout=60,
+    )
+    assert not out.timed_out and out.error_type is None, out.traceback
+    offset, seconds = out.value  # type: ignore[misc]
+    assert offset == 64
+    assert seconds < 30, seconds
