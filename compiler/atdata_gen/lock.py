@@ -45,8 +45,8 @@ from atdata_runtime.atmosphere.cid import DataModelError, record_cid
 from atdata_runtime.atmosphere.records import LENS
 
 from .config import LOCK_NAME
-from .diagnostics import Reporter, Span
-from .sources import SourceDoc, load_text, read_source
+from .diagnostics import Reporter
+from .sources import SourceDoc, load_text, read_reported
 
 __all__ = [
     "LOCK_NAME",
@@ -164,10 +164,8 @@ def read_lock(path: Path, reporter: Reporter) -> Lock | None:
     location. Returns ``None`` when the file does not exist or has errors."""
     if not path.exists():
         return None
-    try:
-        raw = read_source(path)
-    except OSError as exc:
-        reporter.report(Span(str(path), 0, 0, ""), "SRC_READ", str(exc))
+    raw = read_reported(path, reporter)
+    if raw is None:
         return None
     doc = load_text(str(path), raw, reporter)
     if doc is None:

@@ -22,8 +22,8 @@ from typing import Any
 import click
 
 from .config import LOCK_NAME, ConfigError, load_config
-from .diagnostics import safe_text
-from .sources import read_source
+from .diagnostics import Reporter, render, safe_text
+from .sources import load_text, read_reported
 
 __all__ = ["publish_group", "pull_cmd"]
 
@@ -218,10 +218,15 @@ def _load_schema(spec: str, version: str | None, form: Any) -> dict[str, Any]:
 
     path = Path(spec)
     if path.suffix == ".json" or path.exists():
-        try:
-            data = json.loads(read_source(path).decode("utf-8"))
-        except (OSError, ValueError) as exc:
-            _error(f"{spec}: {exc}")
+        # the checks every build input gets: regular file, size, depth, syntax,
+        # data-model numbers, each located
+        reporter = Reporter()
+        raw = read_reported(path, reporter)
+        doc = None if raw is None else load_text(str(path), raw, reporter)
+        if doc is None or reporter.has_errors:
+            click.echo(render(list(reporter), "text"), err=True)
+            sys.exit(EXIT_ERROR)
+        data = doc.value
         if isinstance(data, dict) and isinstance(data.get("value"), dict):
             data = data["value"]
     else:

@@ -207,10 +207,10 @@ def _find_duplicate(text: str, key: str) -> int:
 # end of the text once instead of being retried from every quote inside it (the
 # pattern is unambiguous: each character is consumed one way, nothing backtracks).
 _STRING_TOKEN = r'"[^"\\]*(?:\\.[^"\\]*)*"?'
-_STRINGS = re.compile(_STRING_TOKEN, re.S)
+_STRINGS = re.compile(_STRING_TOKEN, re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
-_TOKENS = re.compile(_STRING_TOKEN + r"|[\[\]{},]", re.S)
+_TOKENS = re.compile(_STRING_TOKEN + r"|[\[\]{},]", re.DOTALL)
 
 
 def json_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> tuple[int, str] | None:
@@ -664,21 +664,29 @@ def load_paths(
     reported as ``SRC_NOT_REGULAR``, ``SRC_TOO_LARGE`` or ``SRC_READ``."""
     docs: list[SourceDoc] = []
     for path, rel in paths:
-        try:
-            data = read_source(path, max_bytes)
-        except SourceNotRegular as exc:
-            reporter.report(Span(str(path)), "SRC_NOT_REGULAR", str(exc))
-            continue
-        except SourceTooLarge as exc:
-            reporter.report(Span(str(path)), "SRC_TOO_LARGE", str(exc))
-            continue
-        except OSError as exc:
-            reporter.report(Span(str(path)), "SRC_READ", exc.strerror or str(exc))
+        data = read_reported(path, reporter, max_bytes)
+        if data is None:
             continue
         doc = load_text(str(path), data, reporter, rel, max_depth=max_depth)
         if doc is not None:
             docs.append(doc)
     return docs
+
+
+def read_reported(
+    path: Path, reporter: Reporter, max_bytes: int = MAX_SOURCE_BYTES
+) -> bytes | None:
+    """:func:`read_source`, with a failure reported at ``path`` instead of raised:
+    ``SRC_NOT_REGULAR``, ``SRC_TOO_LARGE`` or ``SRC_READ`` (then ``None``)."""
+    try:
+        return read_source(path, max_bytes)
+    except SourceNotRegular as exc:
+        reporter.report(Span(str(path)), "SRC_NOT_REGULAR", str(exc))
+    except SourceTooLarge as exc:
+        reporter.report(Span(str(path)), "SRC_TOO_LARGE", str(exc))
+    except OSError as exc:
+        reporter.report(Span(str(path)), "SRC_READ", exc.strerror or str(exc))
+    return None
 
 
 def split_external(entry: str | Path) -> tuple[Path, str | None]:
