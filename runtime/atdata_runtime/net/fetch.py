@@ -85,6 +85,7 @@ __all__ = [
     "check_url",
     "fetch",
     "insecure_loopback",
+    "refuse_address",
     "same_origin",
 ]
 
@@ -145,10 +146,38 @@ def insecure_loopback() -> bool:
     return os.environ.get(INSECURE_LOOPBACK_ENV, "") == "1"
 
 
-def _ip_refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    """Why an address may not be contacted for an untrusted URL (``None``: fine)."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+_IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_TEREDO = ipaddress.IPv6Network("2001::/32")
+_SIXTOFOUR = ipaddress.IPv6Network("2002::/16")
+_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def _embedded_ipv4(
+    ip: ipaddress.IPv6Address,
+) -> tuple[str, tuple[ipaddress.IPv4Address, ...]]:
+    """``(form, addresses)``: the IPv4 addresses an IPv6 address carries, by the
+    transition mechanism that routes it there, or ``("", ())``. IPv4-mapped
+    ``::ffff:0:0/96`` and IPv4-compatible ``::/96`` (RFC 4291 § 2.5.5), 6to4
+    ``2002::/16`` (RFC 3056 § 2), the NAT64 well-known prefix ``64:ff9b::/96``
+    (RFC 6052 § 2.1), Teredo ``2001::/32`` (RFC 4380 § 4: the server, and the
+    client, stored XOR-ed with all ones)."""
+    if ip.ipv4_mapped is not None:
+        return "IPv4-mapped", (ip.ipv4_mapped,)
+    if ip.sixtofour is not None:
+        return "6to4", (ip.sixtofour,)
+    if ip in _TEREDO and ip.teredo is not None:
+        return "Teredo", ip.teredo
+    low = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip in _NAT64:
+        return "NAT64", (low,)
+    if ip in _COMPATIBLE and int(ip) > 1:  # not :: nor ::1
+        return "IPv4-compatible", (low,)
+    return "", ()
+
+
+def _plain_refusal(ip: _IP) -> str | None:
     if ip.is_loopback:
         return None if insecure_loopback() else "a loopback address"
     for test, label in (
@@ -163,6 +192,48 @@ def _ip_refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None
     if not ip.is_global:
         return "a non-global address"
     return None
+
+
+def _ip_refusal(ip: _IP) -> str | None:
+    """Why an address may not be contacted for an untrusted URL (``None``: fine).
+    An IPv6 address that embeds IPv4 addresses (:func:`_embedded_ipv4`) is judged
+    by them: IPv4-mapped exactly as its IPv4 address (the same host on a dual-stack
+    socket); 6to4, NAT64, Teredo and IPv4-compatible ones are refused when an
+    embedded address would be, loopback included even in the test mode (they
+    reach the local machine only through a relay or a translator), and Teredo and
+    IPv4-compatible ones are then also judged as IPv6 (both are non-global)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        form, embedded = _embedded_ipv4(ip)
+        for v4 in embedded:
+            why = _plain_refusal(v4)
+            if form == "IPv4-mapped":
+                return why
+            if why is None and v4.is_loopback:
+                why = "a loopback address"
+            if why is not None:
+                article = "an" if form[0] in "AEIOU" else "a"
+                return f"{article} {form} address embedding {why} ({v4})"
+        if form in ("6to4", "NAT64"):
+            return None
+    return _plain_refusal(ip)
+
+
+def refuse_address(ip: str) -> str | None:
+    """Why the address ``ip`` (an IPv4 or IPv6 literal, an optional ``%zone``
+    ignored) may not be contacted for a URL from the network, or ``None`` when it
+    may. Refused: loopback (allowed only in the test-only loopback mode,
+    :data:`INSECURE_LOOPBACK_ENV`), unspecified, link-local, private, multicast,
+    reserved and any other non-global address (IANA special-purpose address
+    registries, RFC 6890), an IPv6 address whose embedded IPv4 address (IPv4-mapped
+    and -compatible, RFC 4291 § 2.5.5; 6to4, RFC 3056; NAT64, RFC 6052; Teredo,
+    RFC 4380) is one of those, and text that is not an address. Use it on every
+    address a name resolves to before connecting (the check :func:`fetch` makes on
+    the connected peer). Pure; reads only the environment."""
+    try:
+        parsed = ipaddress.ip_address(str(ip).split("%", 1)[0])
+    except ValueError:
+        return "not an IP address"
+    return _ip_refusal(parsed)
 
 
 def _host_refusal(host: str) -> str | None:
