@@ -399,6 +399,10 @@ STAGE_RULES: dict[str, tuple[str, str]] = {
     ),
     "LEX_RECORD_NOT_OBJECT": ("parse", "A record's 'record' is not an object def."),
     "LEX_PERMISSION_TYPE": ("parse", "A permission lacks type 'permission' (warning)."),
+    "LEX_PROPERTY_RESERVED": (
+        "parse",
+        "A property name starts with '$' (reserved by the atproto data model).",
+    ),
     # lower (atdata_gen.ir.lower)
     "LEX_REQUIRED_UNDEFINED": (
         "lower",
@@ -411,10 +415,18 @@ STAGE_RULES: dict[str, tuple[str, str]] = {
     # link (atdata_gen.ir.link)
     "LEX_NSID_DUPLICATE": ("link", "Two files define the same NSID."),
     "LEX_REF_UNRESOLVED": ("link", "A ref or union member names no known def."),
+    "LEX_TYPE_TOO_DEEP": (
+        "link",
+        "Arrays, objects and unions nest deeper than 32 levels (refs followed).",
+    ),
     # schema records (atdata_gen.frontend.schema_record, ir.link.link_samples)
     "SCHEMA_BODY": ("parse", "A schema record lacks a usable JSON Schema body."),
     "SCHEMA_FIELD": ("parse", "A field of a schema record has a malformed type."),
     "SCHEMA_NAME": ("parse", "A schema name is not a dotted identifier."),
+    "SCHEMA_PROPERTY_RESERVED": (
+        "parse",
+        "A sample field name starts with '$' (reserved by the atproto data model).",
+    ),
     "SCHEMA_VERSION": ("parse", "A schema version is not semver 2.0.0."),
     "NAME_TOO_LONG": (
         "parse",

@@ -11,6 +11,12 @@ Def types (spec § "Type-Specific Fields"): record (key ``tid`` | ``nsid`` | ``a
 ``literal:<value>``), query, procedure, subscription, permission-set, object, params,
 array, token, string, integer, boolean, bytes, cid-link, blob, null, ref, union
 (open/closed), unknown.
+
+Property names of ``object``, ``params`` and record bodies may not start with ``$``
+(``LEX_PROPERTY_RESERVED``): the atproto Data Model spec (§ "Data Types") reserves
+"data field names starting with ``$``" for the data model and protocol (``$type``,
+``$link``, ``$bytes``); a property named ``$type`` would clash with the tag every
+union member and record carries.
 """
 
 from __future__ import annotations
@@ -519,9 +525,17 @@ class _Parser:
         props = self._get(v, "properties", p, (dict,), "an object")
         out: list[tuple[str, LexNode]] = []
         for name, value in (props or {}).items():
-            node = self.node(
-                value, f"{p}/properties/{escape_pointer(name)}", allowed, where
-            )
+            ptr = f"{p}/properties/{escape_pointer(name)}"
+            if name.startswith("$"):
+                self.error(
+                    ptr,
+                    "LEX_PROPERTY_RESERVED",
+                    f"property name {name!r} starts with '$': such names are "
+                    "reserved for the data model and protocol ($type, $link, "
+                    '$bytes; atproto Data Model spec, "Data Types")',
+                )
+                continue
+            node = self.node(value, ptr, allowed, where)
             if node is not None:
                 out.append((name, node))
         return tuple(out)

@@ -34,7 +34,12 @@ non-string enums are reported as ``SCHEMA_UNSUPPORTED`` errors: never silently t
 as ``str``.
 
 Field names are untrusted: they stay wire names here; the name table turns them
-into identifiers.
+into identifiers. A field name starting with ``$`` is refused
+(``SCHEMA_PROPERTY_RESERVED``): the atproto Data Model spec (§ "Data Types")
+reserves such keys for the data model and protocol, and says readers should ignore
+unknown ones, so the field would not survive the record. The ``$``-keys a JSON
+Schema body does use (``$schema``, ``$id``, ``$defs``, ``$ref``) are keywords of
+JSON Schema beside ``properties``, never property names, and stay accepted.
 """
 
 from __future__ import annotations
@@ -327,6 +332,16 @@ class _Parser:
         fields = []
         for name, prop in props.items():
             fptr = f"{ptr}/properties/{escape_pointer(name)}"
+            if name.startswith("$"):
+                self.error(
+                    fptr,
+                    "SCHEMA_PROPERTY_RESERVED",
+                    f"property name {name!r} starts with '$': in a record, keys "
+                    "starting with '$' are reserved for the data model and "
+                    'protocol (atproto Data Model spec, "Data Types"), and '
+                    "readers may ignore them",
+                )
+                continue
             t = self.json_type(prop, fptr)
             if t is not None:
                 desc = prop.get("description") if isinstance(prop, dict) else None
@@ -401,6 +416,15 @@ class _Parser:
             fptr = f"{ptr}/{i}"
             if not isinstance(f, dict) or not isinstance(f.get("name"), str):
                 self.error(fptr, "SCHEMA_FIELD", "a field needs a string 'name'")
+                continue
+            if f["name"].startswith("$"):
+                self.error(
+                    f"{fptr}/name",
+                    "SCHEMA_PROPERTY_RESERVED",
+                    f"field name {f['name']!r} starts with '$': keys starting with "
+                    "'$' are reserved for the data model and protocol (atproto "
+                    'Data Model spec, "Data Types")',
+                )
                 continue
             key = "fieldType" if "fieldType" in f else "type"
             t = self.list_type(f.get(key), f"{fptr}/{key}")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 
 from .. import naming
 from ..diagnostics import Reporter, closest
+from .depth import check_type_depth
 from .model import (
     ArrayType,
     Def,
@@ -327,6 +328,7 @@ def link(
         fields,
         external_modules,
     )
+    check_type_depth([d for s in emitted for d in s.defs], defs, reporter)
     return LinkedModel(tuple(emitted), tuple(ext), defs, names)
 
 

@@ -97,7 +97,10 @@ class _Lowerer:
             case lx.LexArray():
                 assert node.items is not None
                 return ArrayType(
-                    self.type(node.items), node.min_length, node.max_length
+                    self.type(node.items),
+                    node.min_length,
+                    node.max_length,
+                    self.src.span(node.pointer),
                 )
             case lx.LexObject() | lx.LexParams():
                 return self.object(node)

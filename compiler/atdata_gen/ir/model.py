@@ -141,9 +141,13 @@ class UnionType:
 
 @dataclass(frozen=True, slots=True)
 class ArrayType:
+    """``span``: where the array is defined (its Lexicon node; empty for arrays of
+    schema records), for diagnostics only."""
+
     items: IRType
     min_length: int | None = None
     max_length: int | None = None
+    span: Span = field(compare=False, default=Span(""))
 
 
 @dataclass(frozen=True, slots=True)
