@@ -67,11 +67,13 @@ def _code_doc(role: str, ref: CodeRef) -> str:
 
 def _allow_doc(rec: LensRecord) -> str:
     """How to allowlist the record's implementation packages (names that could
-    never be allowlisted are left out: the binding refuses them anyway)."""
+    never be allowlisted are left out: the binding refuses them anyway). The same
+    on every Python version: which names are the standard library's is left to the
+    binding, which refuses them at run time."""
     tops = []
     for ref in (rec.getter, rec.putter):
         top = ref.path.partition(":")[0].split(".")[0]
-        if lens_package_problem(top) is None and top not in tops:
+        if lens_package_problem(top, stdlib=False) is None and top not in tops:
             tops.append(top)
     how = (
         "``[tool.atdata-gen] lens-packages``, ``ATDATA_LENS_PACKAGES`` or "

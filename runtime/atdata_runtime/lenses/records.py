@@ -257,11 +257,13 @@ def _identifier_problem(part: str) -> str | None:
     return None
 
 
-def lens_package_problem(name: object) -> str | None:
+def lens_package_problem(name: object, *, stdlib: bool = True) -> str | None:
     """Why ``name`` cannot be on the lens allowlist (``None`` when it can): it must
     be a top-level package name — an identifier (NFKC-normal, no keyword, no
-    dunder), no dot — and not a standard-library name or one of
-    :data:`NEVER_BOUND`."""
+    dunder), no dot — and not one of :data:`NEVER_BOUND` nor (unless ``stdlib`` is
+    false) a standard-library name of *this* interpreter. Generated code passes
+    ``stdlib=False``: the standard library differs between Python versions, and
+    generated modules must be the same everywhere."""
     if not isinstance(name, str):
         return "is not a string"
     if "." in name:
@@ -269,7 +271,7 @@ def lens_package_problem(name: object) -> str | None:
     problem = _identifier_problem(name)
     if problem:
         return problem
-    if name in sys.stdlib_module_names or name in sys.builtin_module_names:
+    if stdlib and (name in sys.stdlib_module_names or name in sys.builtin_module_names):
         return "is a standard-library module, never bound"
     if name in NEVER_BOUND:
         return "is a tool or script name, never bound"
