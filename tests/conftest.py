@@ -17,6 +17,7 @@ from atdata_gen.backend.write import apply_plan, plan_changes
 from atdata_gen.diagnostics import Reporter, render
 from atdata_gen.pipeline import BuildOptions, build
 from atdata_gen.testing.localnet import LocalNetwork
+from hypothesis import settings as _hypothesis_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 ATDATA_SIDE = Path(__file__).parent / "interop" / "atdata_side.py"
@@ -27,6 +28,14 @@ INTEROP = CORPUS / "interop"
 
 
 UV = shutil.which("uv") or "uv"
+
+# Property tests are deterministic (fixed seeds derived from each test), so a CI
+# run is reproducible and a failure reproduces locally; no per-example deadline
+# on a shared 2-core machine. A test's own @settings overrides single fields.
+_hypothesis_settings.register_profile(
+    "atdata", derandomize=True, deadline=None, print_blob=True
+)
+_hypothesis_settings.load_profile("atdata")
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ from atdata_runtime.atmosphere.cid import DataModelError, blob_cid, dag_cbor, fr
 from atdata_runtime.atmosphere.publish import _semver_key, new_tid
 from atdata_runtime.atmosphere.session import SavedSession
 from atdata_runtime.lex.formats import is_record_key, is_tid
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from .conftest import CORPUS, INTEROP
@@ -323,6 +323,7 @@ def test_decoder_refuses_what_is_not_the_one_encoding(data: bytes, why: str) -> 
     assert str(info.value).startswith("byte ")
 
 
+@settings(derandomize=True, max_examples=300, deadline=None)
 @given(st.binary(max_size=64))
 def test_decoder_raises_only_data_model_errors(data: bytes) -> None:
     from atdata_runtime.atmosphere.cid import decode_dag_cbor
