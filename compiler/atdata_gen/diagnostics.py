@@ -198,7 +198,13 @@ def redact_urls(text: str) -> str:
     ``?access_token=`` never reaches a terminal, a log or a CI annotation."""
     if "://" not in text:
         return text
-    return _URL.sub(lambda m: redact_url(m.group()), text)
+
+    def one(m: re.Match[str]) -> str:
+        url = m.group()
+        tail = len(url) - len(url.rstrip(").,;:!?]"))  # prose after the URL
+        return redact_url(url[: len(url) - tail]) + url[len(url) - tail :]
+
+    return _URL.sub(one, text)
 
 
 def relative_to_base(path: str, base: str | os.PathLike[str]) -> str:
