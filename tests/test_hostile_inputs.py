@@ -240,34 +240,16 @@ def test_deep_schema_record_metadata_is_refused(tmp_path: Path) -> None:
     assert hit["pointer"] == "/metadata" + "/k" * 63
 
 
-def test_deepest_accepted_lexicon_builds_and_imports(tmp_path: Path) -> None:
-    """At the limit (64 levels) the generated module still imports: the limit keeps
-    the emitted code far from Python's 200 nested brackets."""
+def test_deepest_json_accepted_lexicon_is_refused_by_type_depth(tmp_path: Path) -> None:
+    """At the JSON limit (64 levels: 59 nested arrays) a Lexicon used to build and
+    import, then fail at first use; now the type nesting limit refuses it, at the
+    first array past 32 levels (the object def is level 1)."""
     doc = _nested_arrays(MAX_JSON_DEPTH - 5)  # top, defs, main, properties, a
     assert json_too_deep(json.dumps(doc)) is None
     assert json_too_deep(json.dumps(_nested_arrays(MAX_JSON_DEPTH - 4))) is not None
     _write(tmp_path / "deep.json", doc)
-    code, diags = _build(tmp_path, tmp_path / "deep.json")
-    assert code == 0, diags
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import atdata_lexicons.com.example.deep as m; print(m.Deep.__name__)",
-        ],
-        cwd=tmp_path / "out",
-        env={
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(
-                [str(tmp_path / "out"), str(ROOT / "runtime")]
-            ),
-        },
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "Deep"
+    (hit,) = _refused(tmp_path, "LEX_TYPE_TOO_DEEP", tmp_path / "deep.json")
+    assert hit["pointer"] == "/defs/main/properties/a" + "/items" * 31
 
 
 def test_depth_scan_ignores_brackets_in_strings() -> None:
@@ -574,6 +556,10 @@ def test_new_rules_are_catalogued() -> None:
         "SRC_TOO_LARGE",
         "SRC_GENERATED",
         "NAME_TOO_LONG",
+        "LEX_PROPERTY_RESERVED",
+        "LEX_PROPERTY_DOLLAR",
+        "SCHEMA_PROPERTY_RESERVED",
+        "LEX_TYPE_TOO_DEEP",
     ):
         assert rule in rules
 
@@ -605,3 +591,367 @@ def test_credentials_never_reach_check_output(tmp_path: Path, fmt: str) -> None:
     assert "example.org/x" in shown, shown
     for secret in SECRETS:
         assert secret not in shown, (secret, shown)
+
+
+# -- `$`-prefixed property names (reserved by the atproto data model) ----------------
+_DOLLAR = {
+    "lexicon": 1,
+    "id": "com.example.dollar",
+    "defs": {
+        "main": {
+            "type": "record",
+            "key": "tid",
+            "record": {
+                "type": "object",
+                "properties": {"u": {"type": "union", "refs": ["#thing"]}},
+            },
+        },
+        "thing": {
+            "type": "object",
+            "properties": {"$type": {"type": "object", "properties": {}}},
+        },
+    },
+}
+
+
+def test_dollar_type_property_is_refused(tmp_path: Path) -> None:
+    """The fuzz's reproducer: a property named ``$type`` built (exit 0), and the
+    def could then not hold its own tagged value (``Dollar.from_wire({"$type":
+    ..., "u": {"$type": "com.example.dollar#thing"}})`` raised a
+    ValidationError)."""
+    src = tmp_path / "src" / "dollar.json"
+    src.parent.mkdir()
+    src.write_text(json.dumps(_DOLLAR), encoding="utf-8")
+    (hit,) = _refused(tmp_path, "LEX_PROPERTY_RESERVED", src)
+    assert hit["pointer"] == "/defs/thing/properties/$type"
+    text = src.read_text(encoding="utf-8")
+    assert text[_offset(text, hit["line"], hit["column"]) :].startswith('"$type"')
+    assert "Data Model" in hit["message"]
+
+
+def _offset(text: str, line: int, column: int) -> int:
+    lines = text.splitlines(keepends=True)
+    return sum(len(x) for x in lines[: line - 1]) + column - 1
+
+
+@pytest.mark.parametrize(
+    ("where", "name"),
+    [
+        ("record", "$link"),
+        ("object", "$bytes"),
+        ("params", "$type"),
+        ("input", "$type"),  # an inline object: it carries no tag of its own
+        ("inline", "$type"),
+    ],
+)
+def test_dollar_property_names_are_refused_everywhere(
+    tmp_path: Path, where: str, name: str
+) -> None:
+    prop = {"type": "string"}
+    obj = {"type": "object", "properties": {"ok": prop, name: prop}}
+    main: dict[str, Any] = {
+        "record": {"type": "record", "key": "tid", "record": obj},
+        "object": obj,
+        "params": {
+            "type": "query",
+            "parameters": {"type": "params", "properties": {name: prop}},
+        },
+        "input": {
+            "type": "procedure",
+            "input": {"encoding": "application/json", "schema": obj},
+        },
+        "inline": {"type": "object", "properties": {"o": obj}},
+    }[where]
+    _write(tmp_path / "d.json", _lexicon("com.example.dollar", {"main": main}))
+    (hit,) = _refused(tmp_path, "LEX_PROPERTY_RESERVED", tmp_path / "d.json")
+    assert hit["pointer"].endswith("/properties/" + name), hit
+
+
+@pytest.mark.parametrize(
+    ("where", "prop"),
+    [
+        ("main", {"type": "integer"}),
+        ("main", {"type": "string", "const": "com.example.other"}),
+        ("thing", {"type": "string", "const": "com.example.dollar"}),
+    ],
+)
+def test_dollar_type_of_another_kind_or_tag_is_refused(
+    tmp_path: Path, where: str, prop: dict[str, Any]
+) -> None:
+    defs: dict[str, Any] = {
+        "main": {
+            "type": "record",
+            "key": "tid",
+            "record": {"type": "object", "properties": {}},
+        },
+        "thing": {"type": "object", "properties": {}},
+    }
+    body = defs[where]["record"] if where == "main" else defs[where]
+    body["properties"]["$type"] = prop
+    _write(tmp_path / "d.json", _lexicon("com.example.dollar", defs))
+    (hit,) = _refused(tmp_path, "LEX_PROPERTY_RESERVED", tmp_path / "d.json")
+    assert hit["pointer"].endswith("/properties/$type"), hit
+
+
+def test_own_dollar_type_and_other_dollar_names_are_kept(tmp_path: Path) -> None:
+    """What atdata's own Lexicons declare (``$type`` as a string const of the def's
+    own tag, ``$schema``, ``$atdataSchemaVersion``) still builds: ``$type`` so
+    declared is harmless, other ``$`` names are a warning (LEX_PROPERTY_DOLLAR)."""
+    tag = {"type": "string", "const": "com.example.dollar#fmt"}
+    defs = {
+        "main": {
+            "type": "record",
+            "key": "tid",
+            "record": {
+                "type": "object",
+                "properties": {
+                    "$type": {"type": "string", "const": "com.example.dollar"},
+                    "$atdataSchemaVersion": {"type": "integer", "minimum": 1},
+                },
+            },
+        },
+        "fmt": {
+            "type": "object",
+            "properties": {"$type": tag, "$schema": {"type": "string"}},
+        },
+    }
+    _write(tmp_path / "d.json", _lexicon("com.example.dollar", defs))
+    code, diags = _build(tmp_path, tmp_path / "d.json")
+    assert code == 0, diags
+    warned = sorted(d["pointer"] for d in diags if d["rule"] == "LEX_PROPERTY_DOLLAR")
+    assert warned == [
+        "/defs/fmt/properties/$schema",
+        "/defs/main/record/properties/$atdataSchemaVersion",
+    ], diags
+    assert all(d["severity"] == "warning" for d in diags), diags
+
+
+def test_dollar_field_names_of_schema_records_are_refused(tmp_path: Path) -> None:
+    """A sample field named ``$x``: as a key of the record's JSON Schema it is a
+    reserved data-model key (readers may ignore it); JSON Schema's own ``$schema``
+    / ``$type`` keywords beside ``properties`` stay accepted."""
+    record = flat_schema_record(
+        "lab.Sample", "1.0.0", {"x": {"type": "string"}, "$x": {"type": "string"}}
+    )
+    _write(tmp_path / "schema.json", record)
+    (hit,) = _refused(tmp_path, "SCHEMA_PROPERTY_RESERVED", tmp_path / "schema.json")
+    assert hit["pointer"] == "/schema/properties/$x"
+    ok = flat_schema_record("lab.Sample", "1.0.0", {"x": {"type": "string"}})
+    _write(tmp_path / "ok" / "schema.json", ok)
+    code, diags = _build(tmp_path / "ok", tmp_path / "ok" / "schema.json")
+    assert code == 0, diags
+
+
+def test_dollar_field_names_of_field_list_records_are_refused(tmp_path: Path) -> None:
+    record = {
+        "name": "lab.Sample",
+        "version": "1.0.0",
+        "fields": [
+            {"name": "x", "fieldType": {"$type": "primitive", "primitive": "str"}},
+            {"name": "$x", "fieldType": {"$type": "primitive", "primitive": "str"}},
+        ],
+    }
+    _write(tmp_path / "schema.json", record)
+    (hit,) = _refused(tmp_path, "SCHEMA_PROPERTY_RESERVED", tmp_path / "schema.json")
+    assert hit["pointer"] == "/fields/1/name"
+
+
+# -- type nesting (LEX_TYPE_TOO_DEEP) ------------------------------------------------
+_NS = "com.example.deep"
+_THING = {"type": "object", "properties": {"x": {"type": "integer"}}}
+
+
+def _deep_construct(kind: str, levels: int) -> tuple[dict[str, Any], Any]:
+    """A record Lexicon whose one required property ``f`` nests ``levels`` levels
+    (the record body is level 1), and wire data of full depth for it."""
+    defs: dict[str, Any] = {}
+    inner = levels - 1
+    if kind == "constrained arrays":
+        node: dict[str, Any] = {"type": "integer", "maximum": 3}
+        data: Any = 1
+        for _ in range(inner):
+            node, data = {"type": "array", "items": node, "maxLength": 4}, [data]
+    elif kind == "union in arrays":
+        defs["thing"] = _THING
+        node = {"type": "union", "refs": ["#thing"]}
+        data = {"$type": f"{_NS}#thing", "x": 1}
+        for _ in range(inner - 2):  # the union and the member's object are levels
+            node, data = {"type": "array", "items": node, "maxLength": 4}, [data]
+    elif kind == "objects and arrays":
+        defs["thing"] = _THING
+        node = {"type": "union", "refs": ["#thing"]}
+        data = {"$type": f"{_NS}#thing", "x": 1}
+        for i in range(inner - 2):
+            if i % 2:
+                node, data = {"type": "array", "items": node, "maxLength": 4}, [data]
+            else:
+                node = {"type": "object", "properties": {"p": node}, "required": ["p"]}
+                data = {"p": data}
+    elif kind == "refs chain":
+        # defs d0 → d1 → … each an object of 7 arrays, the last holding an integer
+        per, count = 7, (inner - 1) // 8 + 1
+        leaf: dict[str, Any] = {"type": "integer"}
+        data = 1
+        for j in reversed(range(count)):
+            n = per if j else inner - 8 * (count - 1) - 1
+            node, d = leaf, data
+            for _ in range(n):
+                node, d = {"type": "array", "items": node, "maxLength": 4}, [d]
+            defs[f"d{j}"] = {
+                "type": "object",
+                "properties": {"p": node},
+                "required": ["p"],
+            }
+            leaf, data = {"type": "ref", "ref": f"#d{j}"}, {"p": d}
+        node = leaf
+    else:
+        raise AssertionError(kind)
+    defs["main"] = {
+        "type": "record",
+        "key": "tid",
+        "record": {"type": "object", "required": ["f"], "properties": {"f": node}},
+    }
+    return _lexicon(_NS, defs), {"$type": _NS, "f": data}
+
+
+_USE_DEEP = """
+import json, sys
+import atdata_lexicons.com.example.deep as m
+assert sys.getrecursionlimit() == 1000
+sys.setrecursionlimit({limit})
+data = json.loads(sys.stdin.read())
+for name in m.__all__:
+    getattr(m, name).model_rebuild()
+value = m.Deep.from_wire(data)
+assert value.to_wire() == data
+assert m.Deep.from_json(json.dumps(data)).to_wire() == data
+print("ok")
+"""
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["constrained arrays", "union in arrays", "objects and arrays", "refs chain"],
+)
+def test_type_nesting_at_the_limit_validates_deep_data(
+    tmp_path: Path, kind: str
+) -> None:
+    """At ``MAX_TYPE_DEPTH`` levels the worst constructs (arrays with
+    ``maxLength``: ~18 frames a level; a union inside them; objects between
+    them; levels spread over a chain of refs) build, and the model validates and
+    dumps data of full depth with a margin: under a recursion limit of 700, 300
+    frames short of Python's default of 1000 (measured need: ~580)."""
+    from atdata_gen.ir.depth import MAX_TYPE_DEPTH
+
+    doc, data = _deep_construct(kind, MAX_TYPE_DEPTH)
+    _write(tmp_path / "deep.json", doc)
+    code, diags = _build(tmp_path, tmp_path / "deep.json")
+    assert code == 0, diags
+    proc = subprocess.run(
+        [sys.executable, "-c", _USE_DEEP.format(limit=700)],
+        input=json.dumps(data),
+        cwd=tmp_path / "out",
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                [str(tmp_path / "out"), str(ROOT / "runtime")]
+            ),
+        },
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["constrained arrays", "union in arrays", "objects and arrays", "refs chain"],
+)
+def test_type_nesting_one_past_the_limit_is_refused(tmp_path: Path, kind: str) -> None:
+    from atdata_gen.ir.depth import MAX_TYPE_DEPTH
+
+    doc, _ = _deep_construct(kind, MAX_TYPE_DEPTH + 1)
+    _write(tmp_path / "deep.json", doc)
+    (hit,) = _refused(tmp_path, "LEX_TYPE_TOO_DEEP", tmp_path / "deep.json")
+    assert f"nested {MAX_TYPE_DEPTH + 1} levels deep" in hit["message"], hit
+    assert f"limit is {MAX_TYPE_DEPTH}" in hit["message"], hit
+
+
+def test_type_nesting_is_refused_at_the_first_deep_type(tmp_path: Path) -> None:
+    """Located at the array that opens level 33, not at the def or the leaf."""
+    doc, _ = _deep_construct("constrained arrays", 40)
+    _write(tmp_path / "deep.json", doc)
+    (hit,) = _refused(tmp_path, "LEX_TYPE_TOO_DEEP", tmp_path / "deep.json")
+    assert hit["pointer"] == "/defs/main/record/properties/f" + "/items" * 31
+
+
+def test_recursive_refs_are_not_counted_again(tmp_path: Path) -> None:
+    """Self- and mutual recursion through refs are legitimate (pydantic refers to
+    the model being built): a def of 20 levels that refers to itself and to a
+    partner that refers back builds, and validates data 100 levels deep."""
+    arrays: dict[str, Any] = {"type": "ref", "ref": "#node"}
+    for _ in range(18):
+        arrays = {"type": "array", "items": arrays, "maxLength": 4}
+    doc = _lexicon(
+        _NS,
+        {
+            "main": {
+                "type": "record",
+                "key": "tid",
+                "record": {
+                    "type": "object",
+                    "required": ["f"],
+                    "properties": {"f": {"type": "ref", "ref": "#node"}},
+                },
+            },
+            "node": {
+                "type": "object",
+                "properties": {
+                    "deep": arrays,
+                    "next": {"type": "ref", "ref": "#node"},
+                    "other": {"type": "ref", "ref": "#partner"},
+                },
+            },
+            "partner": {
+                "type": "object",
+                "properties": {"back": {"type": "ref", "ref": "#node"}},
+            },
+        },
+    )
+    _write(tmp_path / "deep.json", doc)
+    code, diags = _build(tmp_path, tmp_path / "deep.json")
+    assert code == 0, diags
+    data: Any = {}
+    for i in range(100):
+        data = {"next": data} if i % 2 else {"other": {"back": data}}
+    proc = subprocess.run(
+        [sys.executable, "-c", _USE_DEEP.format(limit=1000)],
+        input=json.dumps({"$type": _NS, "f": data}),
+        cwd=tmp_path / "out",
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                [str(tmp_path / "out"), str(ROOT / "runtime")]
+            ),
+        },
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def test_mutual_recursion_does_not_hide_a_chain(tmp_path: Path) -> None:
+    """A cycle of defs (d0 → d1 → … → d4 → d0), each 20 levels deep: each def is
+    within the limit alone, and the back edge does not stop the count before the
+    chain has added up (pydantic builds d1 inside d0, and so on)."""
+    defs: dict[str, Any] = {}
+    for j in range(5):
+        node: dict[str, Any] = {"type": "ref", "ref": f"#d{(j + 1) % 5}"}
+        for _ in range(19):
+            node = {"type": "array", "items": node}
+        defs[f"d{j}"] = {"type": "object", "properties": {"p": node}}
+    _write(tmp_path / "deep.json", _lexicon(_NS, defs))
+    hits = _refused(tmp_path, "LEX_TYPE_TOO_DEEP", tmp_path / "deep.json")
+    assert any("through" in h["message"] for h in hits), hits

@@ -321,8 +321,16 @@ STAGE_RULES: dict[str, tuple[str, str]] = {
         "The package directory OUT/PACKAGE is, or holds, a source directory.",
     ),
     "OUT_NOT_DIRECTORY": (
-        "config",
-        "--out, or a directory of the package path OUT/PACKAGE, is a file.",
+        "write",
+        "OUT/PACKAGE or a parent is a file or dangling link, or leads outside --out.",
+    ),
+    "OUT_CLASH": (
+        "write",
+        "A file or link of yours (not in the manifest) is where a generated one goes.",
+    ),
+    "OUT_MANIFEST": (
+        "write",
+        "The package's manifest was ignored or had entries dropped (warning).",
     ),
     "OUT_WRITE": (
         "write",
@@ -407,7 +415,11 @@ STAGE_RULES: dict[str, tuple[str, str]] = {
     "LEX_PERMISSION_TYPE": ("parse", "A permission lacks type 'permission' (warning)."),
     "LEX_PROPERTY_RESERVED": (
         "parse",
-        "A property name starts with '$' (reserved by the atproto data model).",
+        "A property named $link, $bytes, or $type other than the def's own tag.",
+    ),
+    "LEX_PROPERTY_DOLLAR": (
+        "parse",
+        "Another property name starting with '$', kept (warning).",
     ),
     # lower (atdata_gen.ir.lower)
     "LEX_REQUIRED_UNDEFINED": (

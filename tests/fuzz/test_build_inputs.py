@@ -1029,24 +1029,11 @@ def _round_trip(result: BuildResult, module: Any, data: st.DataObject) -> None:
     """Valid wire data for each object/record def of ``module``'s Lexicon
     (:func:`atdata_gen.testing.strategies.wire_data`) validates, and dumps back
     to data that validates to the same thing."""
-    from atdata_gen.ir.link import walk_objects
     from atdata_gen.ir.model import DefId
     from atdata_gen.testing.strategies import wire_data
 
     model = result.model
     assert model is not None
-    if any(
-        f.name.startswith("$")
-        for d in model.defs.values()
-        for _, obj in walk_objects(d)
-        for f in obj.fields
-    ):
-        # FINDING left to the frontend (E2): a property named `$type` (a reserved
-        # key of the data model) is accepted; typed as anything but the tag's
-        # string, it makes a def unable to hold its own tagged values. Builds
-        # declaring `$` names are not round-tripped until the frontend refuses
-        # them (they are still built, checked and imported).
-        return
     for d in model.defs.values():
         cls_name = model.names.objects.get((d.id, ()))
         if cls_name is None or d.kind not in ("object", "record"):
@@ -1367,13 +1354,6 @@ _result["value"] = outcomes
 """
 
 _DEPTHS = (20, 40, 64, 65, 210, 400, 5000)
-_PENDING_MODEL_DEPTH = {"lexicon nested constrained arrays": 40}
-"""FINDING, left to the frontend (E2) and re-enabled once fixed: arrays with
-``maxLength`` nested 57 deep (JSON depth 64, inside ``MAX_JSON_DEPTH``) build and
-import, but pydantic's schema generation needs ~19 frames per
-``Annotated[list[...], Field(...)]`` level and hits ``RecursionError`` at the
-model's first use (``model_rebuild``/``from_wire``). Depths above this are not
-checked for that construct until the frontend bounds type nesting."""
 
 
 @pytest.mark.parametrize("construct", sorted(NESTINGS))
@@ -1382,19 +1362,18 @@ def test_deep_nesting_builds_or_is_refused_at_the_limit(
 ) -> None:
     """Nesting up to the frontend's documented limit (``MAX_JSON_DEPTH``) builds
     into modules that pass the whitelist, import, and whose models build
-    (pydantic's schema generation recurses per level); one level more, and far
+    (pydantic's schema generation recurses per level), or, for Lexicon types
+    nested past ``MAX_TYPE_DEPTH``, is refused as ``LEX_TYPE_TOO_DEEP`` (and
+    nothing else); one level more, and far
     more (210, 400: once "too many nested parentheses" and ``RecursionError``;
     5,000), is ``SRC_JSON_TOO_DEEP``. The builds run first in a bounded child, so
     a crash of the interpreter's stack is reported, not suffered."""
+    from atdata_gen.ir.depth import MAX_TYPE_DEPTH
     from atdata_gen.sources import MAX_JSON_DEPTH
 
     assert MAX_JSON_DEPTH in _DEPTHS and MAX_JSON_DEPTH + 1 in _DEPTHS
     docs: dict[str, tuple[int, dict[str, Any]]] = {}
     for depth in _DEPTHS:
-        if depth <= MAX_JSON_DEPTH and depth > _PENDING_MODEL_DEPTH.get(
-            construct, depth
-        ):
-            continue  # see _PENDING_MODEL_DEPTH
         doc = _fill(NESTINGS[construct], depth)
         src = tmp_path / f"{construct.replace(' ', '_')}_{depth}.json"
         src.write_text(_json_text(doc), encoding="utf-8")
@@ -1410,7 +1389,12 @@ def test_deep_nesting_builds_or_is_refused_at_the_limit(
             assert not value["built"], (construct, actual, value)
             assert "SRC_JSON_TOO_DEEP" in value["rules"], (construct, actual, value)
             continue
-        assert value["built"], (construct, actual, value)
+        if not value["built"]:
+            # Deep enough in types, not only in JSON: the type nesting limit.
+            assert value["rules"] == ["LEX_TYPE_TOO_DEEP"], (construct, actual, value)
+            assert construct.startswith("lexicon"), (construct, actual, value)
+            assert actual > MAX_TYPE_DEPTH, (construct, actual, value)
+            continue
         # The child imported it and built every model; check the whitelist here.
         result = _build(tmp_path / f"case_{Path(path).stem}", [doc], "deep")
         assert _check_outcome(result, [doc])

@@ -12,11 +12,19 @@ Def types (spec § "Type-Specific Fields"): record (key ``tid`` | ``nsid`` | ``a
 array, token, string, integer, boolean, bytes, cid-link, blob, null, ref, union
 (open/closed), unknown.
 
-Property names of ``object``, ``params`` and record bodies may not start with ``$``
-(``LEX_PROPERTY_RESERVED``): the atproto Data Model spec (§ "Data Types") reserves
-"data field names starting with ``$``" for the data model and protocol (``$type``,
-``$link``, ``$bytes``); a property named ``$type`` would clash with the tag every
-union member and record carries.
+Property names starting with ``$``: the atproto Data Model spec (§ "Data Types")
+reserves "data field names starting with ``$``" for the data model and protocol
+(``$type``, ``$link``, ``$bytes``), and says implementations should ignore unknown
+ones. In ``object``, ``params`` and record-body properties:
+
+* ``$link`` and ``$bytes`` are errors (``LEX_PROPERTY_RESERVED``): an object
+  holding them reads as a CID link or bytes in JSON;
+* ``$type`` is an error (``LEX_PROPERTY_RESERVED``) unless it is declared on a
+  def's own object (an object def or a record's body) as a ``string`` whose
+  ``const``, if any, is that def's ``$type``: typed otherwise, the def could not
+  hold its own tagged values;
+* any other ``$`` name is a warning (``LEX_PROPERTY_DOLLAR``) and is kept: atdata's
+  own Lexicons declare ``$atdataSchemaVersion`` and ``$schema``.
 """
 
 from __future__ import annotations
@@ -526,19 +534,66 @@ class _Parser:
         out: list[tuple[str, LexNode]] = []
         for name, value in (props or {}).items():
             ptr = f"{p}/properties/{escape_pointer(name)}"
-            if name.startswith("$"):
-                self.error(
-                    ptr,
-                    "LEX_PROPERTY_RESERVED",
-                    f"property name {name!r} starts with '$': such names are "
-                    "reserved for the data model and protocol ($type, $link, "
-                    '$bytes; atproto Data Model spec, "Data Types")',
-                )
+            if name.startswith("$") and not self._dollar_property(name, value, p):
                 continue
             node = self.node(value, ptr, allowed, where)
             if node is not None:
                 out.append((name, node))
         return tuple(out)
+
+    def _dollar_property(self, name: str, value: Any, p: str) -> bool:
+        """Judge a property ``name`` starting with ``$`` of the object at ``p``
+        (see the module doc); report it, and return whether it is kept."""
+        ptr = f"{p}/properties/{escape_pointer(name)}"
+        spec = '(atproto Data Model spec, "Data Types")'
+        if name == "$type":
+            tags = self._own_tags(p)
+            ok = (
+                tags is not None
+                and isinstance(value, dict)
+                and value.get("type") == "string"
+                and value.get("const", next(iter(tags))) in tags
+            )
+            if ok:
+                return True
+            self.error(
+                ptr,
+                "LEX_PROPERTY_RESERVED",
+                "a property named '$type' is the data model's type tag: it may "
+                "only be declared on a def's own object, as a string whose "
+                f"'const' (if any) is that def's $type {spec}",
+            )
+            return False
+        if name in ("$link", "$bytes"):
+            self.error(
+                ptr,
+                "LEX_PROPERTY_RESERVED",
+                f"a property named {name!r} would make the object read as a "
+                f"{'CID link' if name == '$link' else 'bytes value'} in JSON: "
+                f"'$' names are reserved for the data model and protocol {spec}",
+            )
+            return False
+        self.warn(
+            ptr,
+            "LEX_PROPERTY_DOLLAR",
+            f"property name {name!r} starts with '$': such names are reserved for "
+            f"the data model and protocol, and readers may ignore them {spec}",
+        )
+        return True
+
+    def _own_tags(self, p: str) -> frozenset[str] | None:
+        """The ``$type`` values of the def whose root object is at ``p`` (an
+        object def, or a record's body), or ``None`` for any other object."""
+        parts = p.split("/")
+        nsid = self.doc.value.get("id") if isinstance(self.doc.value, dict) else None
+        if not isinstance(nsid, str) or len(parts) not in (3, 4) or parts[1] != "defs":
+            return None
+        if len(parts) == 4 and parts[3] != "record":
+            return None
+        name = parts[2].replace("~1", "/").replace("~0", "~")
+        if name == "main":
+            return frozenset({nsid, f"{nsid}#main"})
+        return frozenset({f"{nsid}#{name}"})
 
     def object_(self, v: dict[str, Any], p: str, d: str | None) -> LexNode:
         self.check_keys(
