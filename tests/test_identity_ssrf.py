@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -230,12 +231,20 @@ def test_plain_http_loopback_did_web_is_refused_outside_test_mode(
 
 
 def test_names_that_resolve_to_loopback_are_refused_after_connect(
-    server: Server,
+    server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # "127.1" is no IP literal to ipaddress, but getaddrinfo resolves it to
-    # 127.0.0.1: the connected peer is checked before anything is sent.
+    # DNS rebinding: a public-looking name whose A record is 127.0.0.1. The test
+    # cannot run a DNS server, so the resolver answers for that one name (a
+    # stand-in for DNS only); the connection, its peer check and the server are
+    # real, and the peer is checked before anything (even TLS) is sent.
+    real = socket.getaddrinfo
+
+    def resolve(host: Any, *args: Any, **kwargs: Any) -> Any:
+        return real("127.0.0.1" if host == "rebind.example" else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
     with pytest.raises(UnsafeUrlError, match="resolved to a loopback address"):
-        _resolver().did_document(f"did:web:127.1%3A{server.port}")
+        _resolver().did_document(f"did:web:rebind.example%3A{server.port}")
     assert server.hits == []
 
 

@@ -53,6 +53,7 @@ from ..net.fetch import (
     check_url,
     fetch,
     insecure_loopback,
+    is_loopback_host,
 )
 from ..net.redact import redact_url
 from ..net.retry import RetryPolicy
@@ -95,12 +96,6 @@ def parse_did_web(did: str) -> tuple[str, int | None]:
     return host, port
 
 
-def _is_loopback_host(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    return bool(re.fullmatch(r"127(?:\.[0-9]{1,3}){3}", host))
-
-
 def did_document_url(
     did: str, plc_url: str = "https://plc.directory"
 ) -> tuple[str, bool]:
@@ -119,7 +114,7 @@ def did_document_url(
         return f"{plc_url.rstrip('/')}/{did}", True
     if did.startswith("did:web:"):
         host, port = parse_did_web(did)
-        scheme = "http" if insecure_loopback() and _is_loopback_host(host) else "https"
+        scheme = "http" if insecure_loopback() and is_loopback_host(host) else "https"
         netloc = host if port is None else f"{host}:{port}"
         return f"{scheme}://{netloc}/.well-known/did.json", False
     raise IdentityError(

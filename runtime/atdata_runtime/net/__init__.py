@@ -6,6 +6,9 @@ and the base error type.
   extras);
 - :mod:`.redact`: ``redact_url`` (pure Python): every URL in a message goes
   through it;
+- :mod:`.hosts`: ``origin`` (RFC 6454 serialization), ``refuse_address``,
+  ``refuse_host``, ``is_loopback_host`` (pure Python): which addresses a URL from
+  the network may reach;
 - :mod:`.retry`: ``RetryPolicy`` (needs ``httpx``, the ``http`` extra);
 - :mod:`.fetch`: ``fetch`` (needs ``httpx``): size caps per kind, one total
   deadline per request, same-origin redirects only, SSRF checks for URLs from the
@@ -15,23 +18,32 @@ Imports nothing else of the runtime.
 """
 
 from .errors import (
+    ConnectionFailedError,
     DeadlineExceededError,
     HttpStatusError,
     NetworkError,
     RedirectRefusedError,
+    ResponseFormatError,
     ResponseTooLargeError,
     RetryExhaustedError,
     UnsafeUrlError,
 )
+from .hosts import is_loopback_host, origin, refuse_address, refuse_host
 from .redact import redact_url
 
 __all__ = [
+    "ConnectionFailedError",
     "DeadlineExceededError",
     "HttpStatusError",
     "NetworkError",
     "RedirectRefusedError",
+    "ResponseFormatError",
     "ResponseTooLargeError",
     "RetryExhaustedError",
     "UnsafeUrlError",
+    "is_loopback_host",
+    "origin",
     "redact_url",
+    "refuse_address",
+    "refuse_host",
 ]

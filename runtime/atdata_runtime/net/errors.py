@@ -10,10 +10,12 @@ credential-like query values replaced).
 from __future__ import annotations
 
 __all__ = [
+    "ConnectionFailedError",
     "DeadlineExceededError",
     "HttpStatusError",
     "NetworkError",
     "RedirectRefusedError",
+    "ResponseFormatError",
     "ResponseTooLargeError",
     "RetryExhaustedError",
     "UnsafeUrlError",
@@ -71,9 +73,12 @@ class DeadlineExceededError(NetworkError):
 
 class UnsafeUrlError(NetworkError):
     """A URL that came from the network (a record, a DID document) is refused before
-    or right after connecting: not ``https``, credentials in it, or its host is (or
+    or right after connecting (``URL_REFUSED``): it does not parse (a bad port, an
+    invalid IDNA host), is not ``https``, carries credentials, or its host is (or
     resolves to) a loopback, private, link-local, unspecified, multicast or reserved
-    address. See :mod:`atdata_runtime.net.fetch`."""
+    address, embedded in IPv6 or spelled as a non-canonical IPv4 number; or
+    (``PEER_UNVERIFIED``) the connection exposes no socket whose peer address
+    could be checked. See :mod:`atdata_runtime.net.hosts`."""
 
     rule = "URL_REFUSED"
 
@@ -96,3 +101,18 @@ class HttpStatusError(NetworkError):
     def __init__(self, uri: str, reason: str, *, response: object) -> None:
         self.response = response
         super().__init__(uri, reason)
+
+
+class ConnectionFailedError(NetworkError):
+    """The connection failed (refused, reset, TLS error, protocol error). Retryable
+    (``retryable = True``: :func:`~.retry.classify` retries it)."""
+
+    rule = "CONNECTION_FAILED"
+    retryable = True
+
+
+class ResponseFormatError(NetworkError):
+    """A body is not what its kind requires (not JSON, or compressed when identity
+    was asked for). The message names the URL and kind, never the body."""
+
+    rule = "RESPONSE_MALFORMED"

@@ -19,14 +19,18 @@ Why each bound exists (issue 14, findings 3 and 4):
 * **Where.** A URL is *trusted* when the user configured it (their PDS, their PLC
   directory): ``http`` and ``https`` are allowed. Otherwise (a URL from a record or
   a DID document) it must be ``https``, carry no ``user:pass@``, and its host must
-  not be ``localhost``/``*.localhost`` (RFC 6761 § 6.3) or an IP literal that is
+  not be ``localhost``/``*.localhost`` (RFC 6761 § 6.3), an IP literal that is
   loopback, private, link-local, unspecified, multicast or reserved (IANA special-
-  purpose registries, RFC 6890); the address actually connected to is checked the
-  same way before anything is sent, which also covers names that resolve to such
-  addresses (DNS rebinding included). Untrusted requests ignore the environment
-  (``HTTP(S)_PROXY``, ``~/.netrc``, ``SSL_CERT_FILE``; httpx ``trust_env=False``):
-  the check must see the real peer, and no netrc credential may reach a host a
-  record named.
+  purpose registries, RFC 6890), also when embedded in an IPv6 address
+  (IPv4-mapped, 6to4, NAT64, Teredo), nor a non-canonical IPv4 spelling
+  (``2130706433``, ``0x7f000001``, ``127.1``): see :mod:`.hosts`. The address
+  actually connected to is checked the same way before anything is sent
+  (:func:`~.hosts.refuse_address`), which also covers names that resolve to such
+  addresses (DNS rebinding included); a connection whose socket cannot be seen
+  is refused (fail closed). Untrusted requests ignore the environment (httpx
+  ``trust_env=False``: no ``HTTP(S)_PROXY``/``ALL_PROXY``, no
+  ``SSL_CERT_FILE``/``SSL_CERT_DIR``), so the check sees the real peer. (httpx
+  0.28 never reads ``~/.netrc`` on its own; no netrc credential is sent.)
 * **Redirects** are followed by hand, at most :data:`MAX_REDIRECTS`, and only to
   the same origin (scheme, host, port; RFC 6454 § 4); anything else is
   :class:`~.errors.RedirectRefusedError` (``REDIRECT_CROSS_ORIGIN``), so a custom
@@ -46,12 +50,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import ipaddress
 import json
+import math
 import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Self
@@ -59,12 +64,22 @@ from typing import Any, Self
 import httpx
 
 from .errors import (
+    ConnectionFailedError,
     DeadlineExceededError,
     HttpStatusError,
     NetworkError,
     RedirectRefusedError,
+    ResponseFormatError,
     ResponseTooLargeError,
     UnsafeUrlError,
+)
+from .hosts import (
+    INSECURE_LOOPBACK_ENV,
+    insecure_loopback,
+    is_loopback_host,
+    origin,
+    refuse_address,
+    refuse_host,
 )
 from .redact import redact_url
 from .retry import RetryPolicy
@@ -85,13 +100,14 @@ __all__ = [
     "check_url",
     "fetch",
     "insecure_loopback",
+    "is_loopback_host",
+    "next_hop",
+    "origin",
     "refuse_address",
+    "refuse_host",
     "same_origin",
+    "ssl_context",
 ]
-
-INSECURE_LOOPBACK_ENV = "ATDATA_RUNTIME_INSECURE_LOOPBACK"
-"""Environment variable that, set to ``1``, lets untrusted URLs use ``http`` and
-loopback hosts. For tests against a local PDS/PLC only."""
 
 MAX_DID_DOCUMENT_BYTES = 64 * 1024
 """64 KiB: a DID document. Real ones are under 2 KiB (a few keys, one or two
@@ -126,196 +142,153 @@ MAX_REDIRECTS = 5
 _REDIRECTS = (301, 302, 303, 307, 308)
 
 
-class ConnectionFailedError(NetworkError):
-    """The connection failed (refused, reset, TLS error, protocol error). Retryable
-    (``retryable = True``: :func:`~.retry.classify` retries it)."""
-
-    rule = "CONNECTION_FAILED"
-    retryable = True
-
-
-class ResponseFormatError(NetworkError):
-    """A body is not what its kind requires (not JSON, or compressed when identity
-    was asked for). The message names the URL and kind, never the body."""
-
-    rule = "RESPONSE_MALFORMED"
-
-
-def insecure_loopback() -> bool:
-    """Whether the test-only loopback mode (:data:`INSECURE_LOOPBACK_ENV`) is on."""
-    return os.environ.get(INSECURE_LOOPBACK_ENV, "") == "1"
-
-
-_IP = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-_TEREDO = ipaddress.IPv6Network("2001::/32")
-_SIXTOFOUR = ipaddress.IPv6Network("2002::/16")
-_COMPATIBLE = ipaddress.IPv6Network("::/96")
-
-
-def _embedded_ipv4(
-    ip: ipaddress.IPv6Address,
-) -> tuple[str, tuple[ipaddress.IPv4Address, ...]]:
-    """``(form, addresses)``: the IPv4 addresses an IPv6 address carries, by the
-    transition mechanism that routes it there, or ``("", ())``. IPv4-mapped
-    ``::ffff:0:0/96`` and IPv4-compatible ``::/96`` (RFC 4291 § 2.5.5), 6to4
-    ``2002::/16`` (RFC 3056 § 2), the NAT64 well-known prefix ``64:ff9b::/96``
-    (RFC 6052 § 2.1), Teredo ``2001::/32`` (RFC 4380 § 4: the server, and the
-    client, stored XOR-ed with all ones)."""
-    if ip.ipv4_mapped is not None:
-        return "IPv4-mapped", (ip.ipv4_mapped,)
-    if ip.sixtofour is not None:
-        return "6to4", (ip.sixtofour,)
-    if ip in _TEREDO and ip.teredo is not None:
-        return "Teredo", ip.teredo
-    low = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    if ip in _NAT64:
-        return "NAT64", (low,)
-    if ip in _COMPATIBLE and int(ip) > 1:  # not :: nor ::1
-        return "IPv4-compatible", (low,)
-    return "", ()
-
-
-def _plain_refusal(ip: _IP) -> str | None:
-    if ip.is_loopback:
-        return None if insecure_loopback() else "a loopback address"
-    for test, label in (
-        (ip.is_unspecified, "the unspecified address"),
-        (ip.is_link_local, "a link-local address"),
-        (ip.is_private, "a private address"),
-        (ip.is_multicast, "a multicast address"),
-        (ip.is_reserved, "a reserved address"),
-    ):
-        if test:
-            return label
-    if not ip.is_global:
-        return "a non-global address"
-    return None
-
-
-def _ip_refusal(ip: _IP) -> str | None:
-    """Why an address may not be contacted for an untrusted URL (``None``: fine).
-    An IPv6 address that embeds IPv4 addresses (:func:`_embedded_ipv4`) is judged
-    by them: IPv4-mapped exactly as its IPv4 address (the same host on a dual-stack
-    socket); 6to4, NAT64, Teredo and IPv4-compatible ones are refused when an
-    embedded address would be, loopback included even in the test mode (they
-    reach the local machine only through a relay or a translator), and Teredo and
-    IPv4-compatible ones are then also judged as IPv6 (both are non-global)."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        form, embedded = _embedded_ipv4(ip)
-        for v4 in embedded:
-            why = _plain_refusal(v4)
-            if form == "IPv4-mapped":
-                return why
-            if why is None and v4.is_loopback:
-                why = "a loopback address"
-            if why is not None:
-                article = "an" if form[0] in "AEIOU" else "a"
-                return f"{article} {form} address embedding {why} ({v4})"
-        if form in ("6to4", "NAT64"):
-            return None
-    return _plain_refusal(ip)
-
-
-def refuse_address(ip: str) -> str | None:
-    """Why the address ``ip`` (an IPv4 or IPv6 literal, an optional ``%zone``
-    ignored) may not be contacted for a URL from the network, or ``None`` when it
-    may. Refused: loopback (allowed only in the test-only loopback mode,
-    :data:`INSECURE_LOOPBACK_ENV`), unspecified, link-local, private, multicast,
-    reserved and any other non-global address (IANA special-purpose address
-    registries, RFC 6890), an IPv6 address whose embedded IPv4 address (IPv4-mapped
-    and -compatible, RFC 4291 § 2.5.5; 6to4, RFC 3056; NAT64, RFC 6052; Teredo,
-    RFC 4380) is one of those, and text that is not an address. Use it on every
-    address a name resolves to before connecting (the check :func:`fetch` makes on
-    the connected peer). Pure; reads only the environment."""
-    try:
-        parsed = ipaddress.ip_address(str(ip).split("%", 1)[0])
-    except ValueError:
-        return "not an IP address"
-    return _ip_refusal(parsed)
-
-
-def _host_refusal(host: str) -> str | None:
-    name = host.rstrip(".").lower()
-    if name == "localhost" or name.endswith(".localhost"):
-        return None if insecure_loopback() else "a localhost name"
-    try:
-        ip = ipaddress.ip_address(name)
-    except ValueError:
-        return None
-    return _ip_refusal(ip)
-
-
-def check_url(url: str, *, what: str, trusted: bool = False) -> httpx.URL:
-    """Parse and check ``url`` before any request. Trusted: ``http``/``https``.
-    Untrusted: see the module docstring. Raises :class:`~.errors.UnsafeUrlError`
-    (``URL_REFUSED``) naming the redacted URL, the kind ``what`` and why."""
-    shown = redact_url(url)
+def _parse(url: str | httpx.URL, what: str) -> tuple[httpx.URL, str]:
+    """``(parsed, ascii_host)``; every failure (httpx's own, and the ``idna``
+    errors it lets through when the host is read) is :class:`UnsafeUrlError`."""
     try:
         parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError, ValueError) as exc:
-        raise UnsafeUrlError(shown, f"{what} URL does not parse: {exc}") from None
+        parsed.host  # noqa: B018 - decodes IDNA, raises for an invalid A-label
+        host = parsed.raw_host.decode("ascii")
+    except Exception as exc:  # noqa: BLE001 - httpx, idna, UnicodeError, TypeError
+        raise UnsafeUrlError(
+            redact_url(str(url)), f"{what} URL does not parse ({type(exc).__name__})"
+        ) from None
+    return parsed, host
+
+
+def check_url(url: str | httpx.URL, *, what: str, trusted: bool = False) -> httpx.URL:
+    """Parse and check ``url`` before any request; return it parsed.
+
+    Trusted (configured by the user): ``http`` or ``https`` with a host.
+    Untrusted (from a record or a DID document): also ``https`` (``http`` only to
+    a loopback host in the test-only loopback mode), no ``user:pass@``, and a host
+    :func:`~.hosts.refuse_host` accepts (no ``localhost``, no loopback, private or
+    other special address, embedded in IPv6 or not, no non-canonical IPv4
+    spelling such as ``2130706433`` or ``127.1``). Raises
+    :class:`~.errors.UnsafeUrlError` (``URL_REFUSED``) naming the redacted URL, the
+    kind ``what`` and why, also for a URL that does not parse (bad port, invalid
+    IDNA host such as ``xn--localhost``)."""
+    shown = redact_url(str(url))
+    parsed, host = _parse(url, what)
     scheme = parsed.scheme
-    if scheme not in ("http", "https") or not parsed.host:
+    if scheme not in ("http", "https") or not host:
         raise UnsafeUrlError(shown, f"{what} URL must be http(s) with a host")
     if trusted:
         return parsed
     if parsed.userinfo:
         raise UnsafeUrlError(shown, f"{what} URL from the network carries credentials")
-    why = _host_refusal(parsed.host)
+    why = refuse_host(host)
     if why is not None:
         raise UnsafeUrlError(
             shown,
             f"{what} URL from the network names {why}; set {INSECURE_LOOPBACK_ENV}=1 "
             "only in tests to allow loopback",
         )
-    if scheme != "https":
-        name = parsed.host.rstrip(".").lower()
-        loop = name == "localhost" or name.endswith(".localhost")
-        if not loop:
-            try:
-                loop = ipaddress.ip_address(name).is_loopback
-            except ValueError:
-                loop = False
-        if not (loop and insecure_loopback()):
-            raise UnsafeUrlError(shown, f"{what} URL from the network must be https")
+    if scheme != "https" and not (insecure_loopback() and is_loopback_host(host)):
+        raise UnsafeUrlError(shown, f"{what} URL from the network must be https")
     return parsed
 
 
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
-    default = {"http": 80, "https": 443}.get(url.scheme)
-    return url.scheme, url.host.rstrip(".").lower(), url.port or default
-
-
 def same_origin(a: httpx.URL | str, b: httpx.URL | str) -> bool:
-    """Whether two URLs share scheme, host and port (RFC 6454 § 4; default ports
-    made explicit)."""
-    return _origin(httpx.URL(a)) == _origin(httpx.URL(b))
+    """Whether two URLs share scheme, host and port (RFC 6454 § 5, by
+    :func:`~.hosts.origin`; default ports made explicit); an opaque origin (no
+    host, does not parse) is never the same as any."""
+    first = origin(str(a))
+    return first != "null" and first == origin(str(b))
+
+
+def next_hop(
+    current: httpx.URL,
+    status: int,
+    location: str | None,
+    *,
+    what: str,
+    hop: int,
+    trusted: bool,
+) -> httpx.URL | None:
+    """Where a response to ``current`` sends the client next: ``None`` when
+    ``status`` is not a redirect (301, 302, 303, 307, 308; RFC 9110 § 15.4),
+    else the ``Location`` resolved against ``current`` (RFC 3986 § 5), after
+    ``hop`` redirects already followed. The target must stay in the origin of
+    ``current`` (RFC 6454) and passes :func:`check_url` again (``trusted`` as for
+    ``current``: credentials or a refused host in a same-origin ``Location`` are
+    still refused).
+
+    Raises :class:`~.errors.RedirectRefusedError`: ``REDIRECT_INVALID`` (no or
+    unparsable ``Location``), ``TOO_MANY_REDIRECTS`` (``hop`` reached
+    :data:`MAX_REDIRECTS`), ``REDIRECT_CROSS_ORIGIN`` (another origin; the target
+    is named redacted, nothing is sent there); or :class:`~.errors.UnsafeUrlError`
+    (``URL_REFUSED``)."""
+    if status not in _REDIRECTS:
+        return None
+    shown = redact_url(str(current))
+    if not location:
+        raise RedirectRefusedError(
+            shown, f"{what}: HTTP {status} without Location", rule="REDIRECT_INVALID"
+        )
+    try:
+        target = current.join(location)
+        _parse(target, what)
+    except (httpx.InvalidURL, NetworkError, TypeError, ValueError):
+        raise RedirectRefusedError(
+            shown, f"{what}: redirect Location does not parse", rule="REDIRECT_INVALID"
+        ) from None
+    if hop >= MAX_REDIRECTS:
+        raise RedirectRefusedError(
+            shown,
+            f"{what}: more than {MAX_REDIRECTS} redirects",
+            rule="TOO_MANY_REDIRECTS",
+        )
+    if not same_origin(current, target):
+        raise RedirectRefusedError(
+            shown,
+            f"{what}: redirect to another origin ({redact_url(str(target))}) "
+            "refused; headers are never sent there",
+        )
+    return check_url(target, what=what, trusted=trusted)
+
+
+_LIVE: weakref.WeakSet[StallGuard] = weakref.WeakSet()
+"""Every guard of this process, for the fork handler (their locks are renewed)."""
 
 
 class _Watchdog:
     """One daemon thread that fires guards whose deadline passed (checked every
-    50 ms). Registering costs a lock; moving a deadline is an attribute write."""
+    50 ms). Registering costs a lock; moving a deadline costs the guard's lock.
+
+    Fork-safe (DataLoader workers are forked): in the child the thread is
+    restarted, the watchdog's and every guard's lock renewed (another thread may
+    have held one at the fork), and the guards registered in the parent stay
+    registered, so a stream opened before the fork keeps its deadline."""
 
     def __init__(self) -> None:
-        self._reset()
-
-    def _reset(self) -> None:
-        # also in a forked child (DataLoader workers): the thread did not survive
-        # the fork and the lock may have been held by it
-        self._guards: set[StallGuard] = set()
+        self._guards: weakref.WeakSet[StallGuard] = weakref.WeakSet()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+
+    def after_fork_in_child(self) -> None:
+        global _LIVE
+        # threads other than the forking one are gone; nothing runs concurrently
+        self._cond = threading.Condition()
+        self._thread = None
+        _LIVE = weakref.WeakSet(list(_LIVE))
+        for guard in _LIVE:
+            guard._after_fork_in_child()
+        self._guards = weakref.WeakSet(list(self._guards))
+        if len(self._guards):
+            self._start()
+
+    def _start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(
+                target=self._run, name="atdata-net-watchdog", daemon=True
+            )
+            self._thread.start()
 
     def add(self, guard: StallGuard) -> None:
         with self._cond:
             self._guards.add(guard)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="atdata-net-watchdog", daemon=True
-                )
-                self._thread.start()
+            self._start()
             self._cond.notify()
 
     def discard(self, guard: StallGuard) -> None:
@@ -323,20 +296,21 @@ class _Watchdog:
             self._guards.discard(guard)
 
     def _run(self) -> None:
+        cond = self._cond
         while True:
-            with self._cond:
-                while not self._guards:
-                    self._cond.wait()
+            with cond:
+                while not len(self._guards):
+                    cond.wait()
                 guards = list(self._guards)
             now = time.monotonic()
             for guard in guards:
-                if not guard.fired and now >= guard.deadline:
-                    guard.fire()
+                guard._expire(now)
+            del guards
             time.sleep(0.05)
 
 
 _WATCHDOG = _Watchdog()
-os.register_at_fork(after_in_child=_WATCHDOG._reset)
+os.register_at_fork(after_in_child=_WATCHDOG.after_fork_in_child)
 
 
 class StallGuard:
@@ -344,20 +318,63 @@ class StallGuard:
 
     Pass :meth:`trace` as the httpx ``trace`` request extension: it records each
     new connection's socket and, when ``check_peer`` is set, refuses a peer address
-    an untrusted URL may not reach (see :func:`check_url`). When ``deadline``
-    (``time.monotonic()`` seconds; move it freely) passes while registered, the
-    watchdog shuts the sockets down, so a blocked read returns at once, and
-    ``fired`` is set. Use as a context manager (registers/unregisters)."""
+    an untrusted URL may not reach (:func:`~.hosts.refuse_address`), or a
+    connection whose socket it cannot see (fail closed, ``PEER_UNVERIFIED``).
+
+    :meth:`arm` sets a ``deadline`` (``time.monotonic()`` seconds) and starts a new
+    *generation*; :meth:`disarm` ends it. When the deadline of the current
+    generation passes while registered, the watchdog shuts the sockets down, so a
+    blocked read returns at once, and ``fired`` is set. The test and the shutdown
+    happen under the guard's lock, against the generation, so a read that
+    finished (and disarmed) can never have the next read's socket shut down. Use
+    as a context manager (registers/unregisters)."""
 
     def __init__(
         self, deadline: float, *, url: str = "", check_peer: bool = False
     ) -> None:
-        self.deadline = deadline
         self.url = url
         self.check_peer = check_peer
-        self.fired = False
+        self._deadline = deadline
+        self._generation = 0
+        self._fired = False
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
+        _LIVE.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+
+    @property
+    def deadline(self) -> float:
+        """The current deadline (``time.monotonic()`` seconds; ``inf``: none)."""
+        return self._deadline
+
+    @property
+    def fired(self) -> bool:
+        """Whether the current generation's deadline passed and the sockets were
+        shut down."""
+        return self._fired
+
+    @property
+    def generation(self) -> int:
+        """Counts :meth:`arm` and :meth:`disarm` calls."""
+        return self._generation
+
+    def arm(self, deadline: float) -> int:
+        """Start a new generation with ``deadline`` (``fired`` cleared); returns
+        its number."""
+        with self._lock:
+            self._generation += 1
+            self._fired = False
+            self._deadline = deadline
+            return self._generation
+
+    def disarm(self) -> None:
+        """End the current generation: no deadline until the next :meth:`arm`
+        (``fired`` is kept, for the caller to read)."""
+        with self._lock:
+            self._generation += 1
+            self._deadline = math.inf
 
     def __enter__(self) -> Self:
         _WATCHDOG.add(self)
@@ -366,42 +383,74 @@ class StallGuard:
     def __exit__(self, *exc: object) -> None:
         _WATCHDOG.discard(self)
 
-    def fire(self) -> None:
-        with self._lock:
-            self.fired = True
-            sockets = list(self._sockets)
-        for sock in sockets:
+    def _shutdown_locked(self) -> None:
+        self._fired = True
+        for sock in self._sockets:
             try:
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
             except OSError:
                 pass
 
+    def _expire(self, now: float) -> None:
+        with self._lock:
+            if not self._fired and now >= self._deadline:
+                self._shutdown_locked()
+
+    def fire(self, generation: int | None = None) -> bool:
+        """Shut the sockets down now and set ``fired``, if ``generation`` (default:
+        the current one) is still current; returns whether it fired."""
+        with self._lock:
+            if generation is not None and generation != self._generation:
+                return False
+            self._shutdown_locked()
+            return True
+
+    def _refuse(self, stream: Any, why: str, rule: str | None = None) -> None:
+        stream.close()
+        raise UnsafeUrlError(
+            redact_url(self.url),
+            f"URL from the network {why}; nothing was sent",
+            rule=rule,
+        )
+
     def trace(self, event: str, info: Mapping[str, Any]) -> None:
         if event != "connection.connect_tcp.complete":
             return
         stream: Any = info.get("return_value")
-        if stream is None:
-            return
-        sock = stream.get_extra_info("socket")
+        sock = None
+        if stream is not None:
+            try:
+                sock = stream.get_extra_info("socket")
+            except Exception:  # noqa: BLE001 - any transport without the info
+                sock = None
         if not isinstance(sock, socket.socket):
+            if self.check_peer:
+                if stream is None:
+                    raise UnsafeUrlError(
+                        redact_url(self.url),
+                        "URL from the network: the connection exposes no socket, "
+                        "its peer address cannot be checked; nothing was sent",
+                        rule="PEER_UNVERIFIED",
+                    )
+                self._refuse(
+                    stream,
+                    "connected through a transport that exposes no socket, so its "
+                    "peer address cannot be checked",
+                    rule="PEER_UNVERIFIED",
+                )
             return
         if self.check_peer:
             try:
-                peer = sock.getpeername()[0]
-                why = _ip_refusal(ipaddress.ip_address(str(peer).split("%")[0]))
-            except (OSError, ValueError):
+                why = refuse_address(str(sock.getpeername()[0]))
+            except (OSError, IndexError, TypeError):
                 why = "an unknown address"
             if why is not None:
-                stream.close()
-                raise UnsafeUrlError(
-                    redact_url(self.url),
-                    f"URL from the network resolved to {why}; nothing was sent",
-                )
+                self._refuse(stream, f"resolved to {why}")
         with self._lock:
+            self._sockets = [s for s in self._sockets if s.fileno() != -1]
             self._sockets.append(sock)
-            fired = self.fired
-        if fired:
-            self.fire()
+            if self._fired:
+                self._shutdown_locked()
 
 
 @dataclass(frozen=True)
@@ -503,7 +552,6 @@ def fetch(
     content: bytes | None = None,
     trusted: bool = False,
     retry: RetryPolicy | None = None,
-    allow_cross_origin_redirects: bool = False,
 ) -> Fetched:
     """One bounded HTTP request; returns a :class:`Fetched` for any status.
 
@@ -513,9 +561,7 @@ def fetch(
     retries together; ``trusted`` marks a URL the user configured (see the module
     docstring). ``retry``: when given, connection failures, 5xx and 429 are retried
     with it inside the same deadline (a final retryable status raises
-    :class:`~.errors.RetryExhaustedError`). ``allow_cross_origin_redirects``: follow
-    them after all, but with none of ``headers`` and the target checked as an
-    untrusted URL (for blob CDNs).
+    :class:`~.errors.RetryExhaustedError`). Redirects: see :func:`next_hop`.
 
     Raises :class:`~.errors.UnsafeUrlError` (``URL_REFUSED``),
     :class:`~.errors.RedirectRefusedError` (``REDIRECT_CROSS_ORIGIN``,
@@ -529,15 +575,16 @@ def fetch(
         raise ValueError("max_bytes must be >= 0 and deadline > 0")
     start = time.monotonic()
     end = start + deadline
-    try:
-        base = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError, ValueError) as exc:
-        raise UnsafeUrlError(
-            redact_url(url), f"{what} URL does not parse: {exc}"
-        ) from None
+    base = check_url(url, what=what, trusted=trusted)
     if params:
-        base = base.copy_merge_params(dict(params))
-    check_url(str(base), what=what, trusted=trusted)
+        try:
+            base = base.copy_merge_params(dict(params))
+        except Exception as exc:  # noqa: BLE001 - httpx raises several kinds
+            raise UnsafeUrlError(
+                redact_url(url),
+                f"{what} URL parameters do not encode ({type(exc).__name__})",
+            ) from None
+        base = check_url(base, what=what, trusted=trusted)
 
     def once() -> Fetched:
         result = _fetch_once(
@@ -550,7 +597,6 @@ def fetch(
             method=method,
             content=content,
             trusted=trusted,
-            cross_origin=allow_cross_origin_redirects,
         )
         if retry is not None and (result.status == 429 or result.status >= 500):
             raise HttpStatusError(
@@ -592,13 +638,11 @@ def _fetch_once(
     method: str,
     content: bytes | None,
     trusted: bool,
-    cross_origin: bool,
 ) -> Fetched:
     if time.monotonic() >= end:
         raise _deadline_error(url, what, deadline)
     send_headers = {**headers, "Accept-Encoding": "identity"}
     current = httpx.URL(url)
-    current_trusted = trusted
     guard = StallGuard(end, url=url, check_peer=not trusted)
     client = httpx.Client(
         follow_redirects=False, trust_env=trusted, verify=ssl_context(trusted)
@@ -607,7 +651,6 @@ def _fetch_once(
         with guard:
             for hop in range(MAX_REDIRECTS + 1):
                 guard.url = str(current)
-                guard.check_peer = not current_trusted
                 remaining = max(0.001, end - time.monotonic())
                 request = client.build_request(
                     method,
@@ -629,38 +672,15 @@ def _fetch_once(
                         f"{what}: {type(exc).__name__}",
                     ) from None
                 try:
-                    if response.status_code in _REDIRECTS:
-                        location = response.headers.get("location")
-                        if not location:
-                            raise RedirectRefusedError(
-                                redact_url(str(current)),
-                                f"{what}: HTTP {response.status_code} without Location",
-                                rule="REDIRECT_INVALID",
-                            )
-                        try:
-                            target = current.join(location)
-                        except (httpx.InvalidURL, ValueError):
-                            raise RedirectRefusedError(
-                                redact_url(str(current)),
-                                f"{what}: redirect Location does not parse",
-                                rule="REDIRECT_INVALID",
-                            ) from None
-                        if hop == MAX_REDIRECTS:
-                            raise RedirectRefusedError(
-                                redact_url(url),
-                                f"{what}: more than {MAX_REDIRECTS} redirects",
-                                rule="TOO_MANY_REDIRECTS",
-                            )
-                        if not same_origin(current, target):
-                            if not cross_origin:
-                                raise RedirectRefusedError(
-                                    redact_url(str(current)),
-                                    f"{what}: redirect to another origin "
-                                    f"({redact_url(str(target))}) refused",
-                                )
-                            send_headers = {"Accept-Encoding": "identity"}
-                            current_trusted = False
-                        check_url(str(target), what=what, trusted=current_trusted)
+                    target = next_hop(
+                        current,
+                        response.status_code,
+                        response.headers.get("location"),
+                        what=what,
+                        hop=hop,
+                        trusted=trusted,
+                    )
+                    if target is not None:
                         if response.status_code == 303 or (
                             response.status_code in (301, 302) and method == "POST"
                         ):

@@ -26,9 +26,11 @@ between reads does not count. The same budget bounds connecting and the response
 headers of each attempt. With the defaults (30 s, 64 KiB) the slowest accepted
 transfer is about 2 KiB/s.
 
-Redirects are followed by hand, at most
-:data:`~atdata_runtime.net.fetch.MAX_REDIRECTS`, and only within the origin of the
-shard URL (scheme, host, port): a redirect elsewhere is
+Redirects are followed by hand (:func:`~atdata_runtime.net.fetch.next_hop`, as
+:func:`~atdata_runtime.net.fetch.fetch` does), at most
+:data:`~atdata_runtime.net.fetch.MAX_REDIRECTS`, only within the origin of the
+shard URL (scheme, host, port), and each target is checked again like the shard
+URL: a redirect elsewhere is
 :class:`~atdata_runtime.net.errors.RedirectRefusedError`
 (``REDIRECT_CROSS_ORIGIN``), so ``headers`` (an ``Authorization`` or ``X-Api-Key``)
 never reach another origin. With ``trusted=False`` (a URL from a record) the URL
@@ -52,14 +54,13 @@ from ..net.errors import (
     DeadlineExceededError,
     HttpStatusError,
     NetworkError,
-    RedirectRefusedError,
     RetryExhaustedError,
 )
 from ..net.fetch import (
     MAX_REDIRECTS,
     StallGuard,
     check_url,
-    same_origin,
+    next_hop,
     ssl_context,
 )
 from ..net.redact import redact_url
@@ -68,7 +69,6 @@ from ..net.retry import RetryPolicy
 __all__ = ["HttpShardStream"]
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(?:\d+|\*)")
-_REDIRECTS = (301, 302, 303, 307, 308)
 
 STALL_BYTES = 64 * 1024
 """Default ``stall_bytes``: bytes that must arrive per ``timeout`` seconds of
@@ -155,32 +155,21 @@ class HttpShardStream(io.RawIOBase):
                 "GET", current, headers=headers, extensions={"trace": self._guard.trace}
             )
             response = self._client.send(request, stream=True)
-            if response.status_code not in _REDIRECTS:
+            try:
+                target = next_hop(
+                    current,
+                    response.status_code,
+                    response.headers.get("location"),
+                    what="shard",
+                    hop=hop,
+                    trusted=self._trusted,
+                )
+            except BaseException:
+                response.close()
+                raise
+            if target is None:
                 return response
             response.close()
-            location = response.headers.get("location")
-            try:
-                target = current.join(location) if location else None
-            except (httpx.InvalidURL, ValueError):
-                target = None
-            if target is None:
-                raise RedirectRefusedError(
-                    self._shown,
-                    "shard redirect without a usable Location",
-                    rule="REDIRECT_INVALID",
-                )
-            if not same_origin(current, target):
-                raise RedirectRefusedError(
-                    self._shown,
-                    f"shard redirect to another origin ({redact_url(str(target))}) "
-                    "refused; headers are never sent there",
-                )
-            if hop == MAX_REDIRECTS:
-                raise RedirectRefusedError(
-                    self._shown,
-                    f"shard: more than {MAX_REDIRECTS} redirects",
-                    rule="TOO_MANY_REDIRECTS",
-                )
             current = target
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -188,8 +177,7 @@ class HttpShardStream(io.RawIOBase):
         headers = dict(self._headers)
         if self.position:
             headers["Range"] = f"bytes={self.position}-"
-        self._guard.fired = False
-        self._guard.deadline = time.monotonic() + self.timeout
+        self._guard.arm(time.monotonic() + self.timeout)
         try:
             response = self._send(headers)
         except httpx.HTTPError:
@@ -197,7 +185,7 @@ class HttpShardStream(io.RawIOBase):
                 raise self._stalled() from None
             raise
         finally:
-            self._guard.deadline = math.inf
+            self._guard.disarm()
         try:
             if response.status_code >= 400:
                 status = response.status_code
@@ -240,8 +228,7 @@ class HttpShardStream(io.RawIOBase):
         """The next chunk, waiting at most what is left of this window's budget;
         raises the stall error when the watchdog fired."""
         start = time.monotonic()
-        self._guard.fired = False
-        self._guard.deadline = start + max(0.0, self.timeout - self._waited)
+        self._guard.arm(start + max(0.0, self.timeout - self._waited))
         try:
             chunk = next(chunks, b"")
         except httpx.TransportError:
@@ -249,7 +236,7 @@ class HttpShardStream(io.RawIOBase):
                 raise self._stalled() from None
             raise
         finally:
-            self._guard.deadline = math.inf
+            self._guard.disarm()
             self._waited += time.monotonic() - start
         if self._guard.fired or self._waited >= self.timeout:
             raise self._stalled()
