@@ -758,15 +758,35 @@ def test_declared_lengths_past_the_payload_are_refused(raw: bytes) -> None:
 @pytest.mark.parametrize("cls_fields", ["scalars", "arrays"])
 @pytest.mark.parametrize(
     ("mib", "nested"),
-    [(15, b"\x80"), (4, b"\x80"), (4, b"\x90"), (15, b"\x91\x80")],
-    ids=["15MiB-maps", "4MiB-maps", "4MiB-lists", "15MiB-lists-of-maps"],
+    [
+        (15, b"\x80"),
+        (4, b"\x80"),
+        (4, b"\x90"),
+        (15, b"\x91\x80"),
+        (12, b"\xa2ab"),
+        (90, b"\xa2ab"),
+        (12, b"\xe0"),
+        (12, b"\xcb" + bytes(8)),
+    ],
+    ids=[
+        "15MiB-maps",
+        "4MiB-maps",
+        "4MiB-lists",
+        "15MiB-lists-of-maps",
+        "12MiB-short-strings",
+        "90MiB-short-strings",
+        "12MiB-ints",
+        "12MiB-floats",
+    ],
 )
 def test_empty_maps_and_lists_stay_bounded(
     cls_fields: str, mib: int, nested: bytes
 ) -> None:
     """15 MiB: the list is longer than the budget allows and is refused before
     msgpack allocates it; 4 MiB: it is allocated, and its maps (lists) are counted
-    until the budget runs out."""
+    until the budget runs out. Strings and numbers count at their size too: 3
+    bytes (``"ab"``) become a 51-byte str, so 12 MiB of them grew RSS by 292 MiB
+    and 90 MiB by 2 GiB when only the list slots were counted."""
     out = run_bounded(
         f"""
         import struct, msgpack
@@ -788,6 +808,39 @@ def test_empty_maps_and_lists_stay_bounded(
     assert "shard 's.tar', member 'k.msgpack'" in (out.error or "")
     assert "DECODED_MAX_BYTES" in (out.error or "")
     assert out.max_rss_mib < 250  # unbounded, 15 MiB of maps took 1.16 GiB
+
+
+@pytest.mark.parametrize("cls_fields", ["scalars", "arrays"])
+def test_wide_maps_of_distinct_keys_stay_bounded(cls_fields: str) -> None:
+    """A payload map (or a value map) of millions of distinct short keys: each
+    entry is a dict slot and a fresh str, counted before they are built."""
+    out = run_bounded(
+        f"""
+        import struct, msgpack
+        from atdata_runtime.samples import FieldSpec, sample_class
+        fields = [FieldSpec("x", "x", "int")]
+        if {cls_fields!r} == "arrays":
+            fields.append(FieldSpec("a", "a", "ndarray", optional=True))
+        cls = sample_class("S", fields)
+        n = (15 << 20) // 6
+        import numpy as np
+        table = np.zeros(n, dtype=[("m", "u1"), ("k", "u1", 4), ("v", "u1")])
+        i = np.arange(n)
+        table["m"] = 0xA4  # fixstr of 4 distinct ASCII characters: 0
+        for d in range(4):
+            table["k"][:, d] = 0x30 + (i >> (6 * d)) % 64
+        del i
+        entries = table.tobytes()
+        del table
+        payload = b"\\xdf" + struct.pack(">I", n + 1) + msgpack.packb("x") + b"\\x01" + entries
+        cls.unpack(payload, member="k.msgpack", shard="s.tar")
+        """,
+        address_space_mib=1536,
+        timeout=90,
+    )
+    assert out.error_type == "atdata_runtime.samples.errors.SampleFormatError", out
+    assert "[SAMPLE_TOO_LARGE]" in (out.error or "")
+    assert out.max_rss_mib < 250
 
 
 def test_a_large_payload_of_real_lists_still_reads() -> None:

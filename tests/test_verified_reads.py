@@ -635,6 +635,64 @@ def test_list_records_is_bounded(fake: FakeNetwork) -> None:
         list(fake.client().list_records(VICTIM, COLLECTION, validate=False))
 
 
+@pytest.mark.parametrize(
+    ("item", "verify", "rule"),
+    [
+        ({"uri": "not an at-uri", "cid": "x", "value": {}}, "repo", "LIST_URI_INVALID"),
+        (
+            {"uri": f"at://{VICTIM}/app.other.thing/r000", "cid": "x", "value": {}},
+            "repo",
+            "LIST_OTHER_COLLECTION",
+        ),
+        ({"uri": "u", "value": lens_record(0)}, "server-cid", "RECORD_NO_CID"),
+        (
+            {"uri": "u", "cid": 7, "value": lens_record(0)},
+            "server-cid",
+            "RECORD_NO_CID",
+        ),
+        (
+            {"uri": "u", "cid": "x", "value": {"f": 1.5}},
+            "server-cid",
+            "RECORD_DATA_MODEL",
+        ),
+    ],
+    ids=["invalid-uri", "other-collection", "no-cid", "cid-not-a-string", "a-float"],
+)
+def test_each_listing_failure_has_its_own_rule(
+    fake: FakeNetwork, item: dict[str, Any], verify: str, rule: str
+) -> None:
+    """RECORD_CID_MISMATCH means only "does not hash to the CID"."""
+    fake.publish(victim_repo(1))
+    fake.listing = {"records": [item]}
+    with pytest.raises(RecordVerificationError) as info:
+        list(
+            fake.client(verify=verify).list_records(VICTIM, COLLECTION, validate=False)
+        )
+    assert info.value.rule == rule, str(info.value)
+    assert f"[{rule}]" in str(info.value)
+
+
+def test_an_attempt_timeout_is_a_deadline_error_and_retried(fake: FakeNetwork) -> None:
+    from atdata_runtime.atmosphere.client import _AttemptTimedOut
+    from atdata_runtime.net.errors import DeadlineExceededError
+
+    assert issubclass(_AttemptTimedOut, DeadlineExceededError)
+    repo = victim_repo(3)
+    fake.publish(repo)
+    fake.cars["r001"] = repo.proof("r001")
+    client = AtmosphereClient(
+        resolver=IdentityResolver(plc_url=fake.url),
+        timeout=0.5,
+        retry=RetryPolicy(base=0.01, attempts=1),
+    )
+    fake.faults = ["stall"]
+    with pytest.raises(NetworkError) as info:
+        client.get_record(uri("r001"), validate=False)
+    cause = info.value.__cause__ or info.value
+    assert isinstance(cause, DeadlineExceededError), repr(info.value)
+    assert cause.rule == "DEADLINE_EXCEEDED" and cause.limit > 0
+
+
 def test_proof_reads_retry_stalls_and_5xx_within_bounds(fake: FakeNetwork) -> None:
     """``timeout`` bounds each attempt as a whole (a stalled server cannot hold a
     read past it); the retry policy retries stalls and 5xx, then gives up."""

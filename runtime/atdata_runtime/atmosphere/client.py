@@ -120,10 +120,11 @@ def _xrpc_error(exc: BaseException) -> str | None:
     )
 
 
-class _AttemptTimedOut(NetworkError):
-    """One attempt of a read ran out of its ``timeout``: retried by the policy."""
+class _AttemptTimedOut(DeadlineExceededError):
+    """One attempt of a read ran out of its ``timeout``: a
+    :class:`DeadlineExceededError` (same rule, ``what`` and ``limit``) that the
+    retry policy retries (``retryable``), unlike a request's own deadline."""
 
-    rule = "DEADLINE_EXCEEDED"
     retryable = True
 
 
@@ -392,7 +393,9 @@ class AtmosphereClient:
                     trusted=trusted,
                 )
             except DeadlineExceededError as exc:
-                raise _AttemptTimedOut(exc.uri, exc.reason) from exc
+                raise _AttemptTimedOut(
+                    exc.uri, exc.reason, what=exc.what, limit=exc.limit
+                ) from exc
             if got.status == 429 or got.status >= 500:
                 raise HttpStatusError(uri, f"{nsid}: HTTP {got.status}", response=got)
             return got
@@ -415,13 +418,13 @@ class AtmosphereClient:
         """The opt-out check: ``value`` hashes to the ``cid`` its server returned."""
         if not isinstance(cid, str) or not isinstance(value, dict):
             raise RecordVerificationError(
-                uri, "response carries no CID or no record value"
+                uri, "response carries no CID or no record value", rule="RECORD_NO_CID"
             )
         try:
             actual = record_cid(value)
         except DataModelError as exc:
             raise RecordVerificationError(
-                uri, f"record is not in the data model: {exc}"
+                uri, f"record is not in the data model: {exc}", rule="RECORD_DATA_MODEL"
             ) from None
         if actual != cid:
             raise RecordVerificationError(
@@ -599,11 +602,15 @@ class AtmosphereClient:
                     )
                 except ValueError as exc:
                     raise RecordVerificationError(
-                        where, f"listRecords named an invalid record URI: {exc}"
+                        where,
+                        f"listRecords named an invalid record URI: {exc}",
+                        rule="LIST_URI_INVALID",
                     ) from None
                 if at.collection != collection:
                     raise RecordVerificationError(
-                        str(at), f"listRecords of {collection} named another collection"
+                        str(at),
+                        f"listRecords of {collection} named another collection",
+                        rule="LIST_OTHER_COLLECTION",
                     )
                 proven = self._proven(at.with_authority(did), validate)
                 if proven is not None:

@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import struct
+import sys
 import typing
 import warnings
 from collections.abc import Iterable
@@ -87,6 +89,8 @@ masked), ``"error"`` :class:`SampleFormatError` naming the sample."""
 
 _LARGE: Final = 1 << 16
 """Payloads (or array totals) from this size take the zero-copy paths."""
+_WIDE_MAP: Final = 64
+"""A large payload's top-level map of more entries is counted against the budget."""
 
 DECODED_FACTOR: int = 4
 DECODED_SLACK_BYTES: int = 32 << 20
@@ -95,11 +99,16 @@ DECODED_MAX_BYTES: int = 256 << 20
 lists it decodes to (numpy arrays excluded: they are zero-copy views) may take at
 most ``min(DECODED_MAX_BYTES, DECODED_SLACK_BYTES + DECODED_FACTOR * n)`` bytes of
 Python objects, counted at CPython's size of each container (a list's pointer
-array included); by default ``min(256 MiB, 32 MiB + 4 × n)``. A list may also
-have at most budget / 8 items (refused by msgpack before it allocates them).
-msgpack's own per-container limits cannot bound this: one byte (``0x80``, an empty
-map) decodes to a 64-byte dict, so 15 MiB of empty maps took 1.16 GiB. Payloads
-under 64 KiB are not counted (at most ~72 × 64 KiB). Over budget is a
+array included, a dict ~48 bytes per entry) and of each string (64 bytes), bytes
+(48), int and float (32) it holds, rounded up to pymalloc's blocks (a string's or
+bytes' content is not counted: it is at most 4 × its payload bytes); by default
+``min(256 MiB, 32 MiB + 4 × n)``. A list may also have at most budget / 72 items
+and a map budget / 176 entries (refused by msgpack before it allocates them, so
+decoding peaks below about twice the budget). msgpack's own per-container limits
+cannot bound this: one byte (``0x80``, an empty map) decodes to a 64-byte dict,
+so 15 MiB of empty maps took 1.16 GiB, and 3 bytes (``"ab"``) to a 51-byte str in
+an 8-byte list slot, so 90 MiB of them took 2 GiB. Payloads under 64 KiB are not
+counted (at most ~72 × 64 KiB). Over budget is a
 :class:`SampleFormatError` with rule ``SAMPLE_TOO_LARGE``; samples that really
 hold that many small lists can raise these module attributes
 (``atdata_runtime.samples.codec.DECODED_MAX_BYTES = ...``)."""
@@ -332,9 +341,35 @@ def _msgpack_reason(exc: Exception) -> str:
     return text
 
 
+_OBJECT_BYTES: Final[dict[type, int]] = {str: 64, bytes: 48, int: 32, float: 32}
+"""What one decoded scalar costs in memory beyond its content (which is at most
+:data:`DECODED_FACTOR` × its payload bytes): CPython's ``sys.getsizeof`` of a small
+one (str 49-52, bytes 33-36, int 28, float 24) rounded up to pymalloc's 16-byte
+blocks. ``None``/``True``/``False`` are singletons (0); lists and maps are counted
+by their own hooks."""
+_SLOT_BYTES: Final = 8
+"""A list's pointer to one item."""
+_ENTRY_BYTES: Final = 48
+"""A dict's cost per entry (its hash index and entry table, with growth slack)."""
+_ITEM_MAX_BYTES: Final = _SLOT_BYTES + max(_OBJECT_BYTES.values())
+"""The most one list item costs before the list's hook runs (72 bytes): the list
+item cap is the budget over this."""
+_MAP_ENTRY_MAX_BYTES: Final = _ENTRY_BYTES + 2 * max(_OBJECT_BYTES.values())
+"""The most one map entry costs (176 bytes): the map entry cap."""
+_MAP_ITEMS_BYTES: Final = 2 * max(_OBJECT_BYTES.values())
+_ZEROS: Final = itertools.repeat(0)
+
+
+def _objects_bytes(values: Iterable[Any]) -> int:
+    """The :data:`_OBJECT_BYTES` of ``values`` (C loops: no Python per item)."""
+    return sum(map(_OBJECT_BYTES.get, map(type, values), _ZEROS))
+
+
 class _Budget:
-    """Counts the containers msgpack builds (its ``list_hook``/``object_hook``)
-    against the decoded-size budget (:data:`DECODED_MAX_BYTES`)."""
+    """Counts what msgpack builds (its ``list_hook``/``object_hook``) against the
+    decoded-size budget (:data:`DECODED_MAX_BYTES`): each container at CPython's
+    size (a list 56 bytes + 8 per item, a dict its ``sys.getsizeof``) plus the
+    scalars it holds (:data:`_OBJECT_BYTES`; a map's keys and values at 64 each)."""
 
     __slots__ = ("left", "limit")
 
@@ -344,16 +379,21 @@ class _Budget:
         )
         self.left = self.limit
 
-    # CPython sizes, without the cost of sys.getsizeof per container: a list is
-    # 56 bytes plus a pointer per item, a dict 64 bytes plus ~40 per entry.
+    def take(self, cost: int) -> None:
+        self.left -= cost
+        if self.left < 0:
+            raise _OverBudget(self.limit)
+
     def take_list(self, obj: list[Any]) -> list[Any]:
-        self.left -= 56 + 8 * len(obj)
+        self.left -= 56 + _SLOT_BYTES * len(obj) + _objects_bytes(obj)
         if self.left < 0:
             raise _OverBudget(self.limit)
         return obj
 
     def take_map(self, obj: dict[Any, Any]) -> dict[Any, Any]:
-        self.left -= 64 + 40 * len(obj)
+        # Its own size (exact, one C call) and a key and value at their most:
+        # repeated keys are interned by msgpack, so only distinct ones cost.
+        self.left -= sys.getsizeof(obj) + _MAP_ITEMS_BYTES * len(obj)
         if self.left < 0:
             raise _OverBudget(self.limit)
         return obj
@@ -402,9 +442,12 @@ def _unpack_at(view: memoryview, pos: int, budget: _Budget) -> tuple[Any, int]:
     """The msgpack value at ``view[pos]`` and the offset after it, decoded by
     msgpack (C speed, stopping at the first limit: no walk of the value first),
     with the limits of :func:`_unpackb` from the whole payload, lists capped at
-    budget / 8 items and every container counted against ``budget``."""
+    at most budget / :data:`_ITEM_MAX_BYTES` items, maps budget /
+    :data:`_MAP_ENTRY_MAX_BYTES` entries (both refused before msgpack allocates them),
+    and every container counted against ``budget``."""
     n = len(view)
-    items = min(n, budget.limit // 8)
+    items = min(n, budget.limit // _ITEM_MAX_BYTES)
+    entries = min(n // 2, budget.limit // _MAP_ENTRY_MAX_BYTES)
     unpacker = msgpack.Unpacker(
         _ViewReader(view, pos),
         read_size=min(4096, n),
@@ -415,7 +458,7 @@ def _unpack_at(view: memoryview, pos: int, budget: _Budget) -> tuple[Any, int]:
         max_str_len=n,
         max_bin_len=n,
         max_array_len=items,
-        max_map_len=min(n // 2, items),
+        max_map_len=entries,
         list_hook=budget.take_list,
         object_hook=budget.take_map,
     )
@@ -423,7 +466,9 @@ def _unpack_at(view: memoryview, pos: int, budget: _Budget) -> tuple[Any, int]:
         value = unpacker.unpack()
     except ValueError as exc:
         text = str(exc)
-        if items < n and ("max_array_len" in text or "max_map_len" in text):
+        if (items < n and "max_array_len" in text) or (
+            entries < n // 2 and "max_map_len" in text
+        ):
             raise _OverBudget(budget.limit) from None  # the budget's item cap
         raise
     return value, pos + unpacker.tell()
@@ -701,6 +746,9 @@ class _Codec:
             pos, n = _container_header(view, 0, map_=True)
             if n > len(view) // 2:
                 raise ValueError(f"map of {n} entries in {len(view)} bytes")
+            if n > _WIDE_MAP:  # its keys and scalar values, at their most
+                budget = _Budget(len(view))
+                budget.take(64 + n * _MAP_ENTRY_MAX_BYTES)
             data: dict[str, Any] = {}
             arrays: dict[str, NDArray[Any]] = {}
             for _ in range(n):
@@ -820,6 +868,9 @@ def _value_at(
         return value, end, budget
     if end > len(view):
         raise ValueError(f"msgpack value at byte {pos} runs past the payload")
+    marker = view[pos]
+    if 0xA0 <= marker <= 0xBF:  # fixstr: no msgpack call (UnicodeDecodeError is a
+        return str(view[pos + 1 : end], "utf-8"), end, budget  # ValueError)
     value = msgpack.unpackb(
         view[pos:end], raw=False, ext_hook=_refuse_ext, max_ext_len=0
     )
