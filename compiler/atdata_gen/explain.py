@@ -84,6 +84,32 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         _lexicon({"main": {"type": "integer", "maximum": 2**63}}),
     ),
     "SRC_JSON_TOO_DEEP": ("lexicon", _deep(65)),
+    "LEX_TYPE_TOO_DEEP": ("lexicon", _deep(32)),
+    "LEX_PROPERTY_RESERVED": (
+        "lexicon",
+        _lexicon(
+            {
+                "main": {
+                    "type": "object",
+                    "properties": {"$type": {"type": "integer"}},
+                }
+            }
+        ),
+    ),
+    "LEX_PROPERTY_DOLLAR": ("lexicon", _record({"$schema": _S})),
+    "SCHEMA_PROPERTY_RESERVED": (
+        "lexicon",
+        json.dumps(
+            {
+                "$type": "science.alt.dataset.schema",
+                "name": "lab.Image",
+                "version": "1.0.0",
+                "schemaType": "jsonSchema",
+                "schema": {"type": "object", "properties": {"$label": _S}},
+            },
+            indent=2,
+        ),
+    ),
     "NAME_TOO_LONG": (
         "lexicon",
         json.dumps(
