@@ -20,12 +20,13 @@ from atdata_runtime.atmosphere.identity import (
     did_document_url,
     parse_did_document,
 )
+from atdata_runtime.net import is_loopback_host, origin, refuse_address
 from atdata_runtime.net.errors import (
     NetworkError,
     RedirectRefusedError,
     UnsafeUrlError,
 )
-from atdata_runtime.net.fetch import INSECURE_LOOPBACK_ENV
+from atdata_runtime.net.fetch import INSECURE_LOOPBACK_ENV, check_url, same_origin
 from atdata_runtime.net.retry import RetryPolicy
 
 SECRET = "s3cr3t-admin-token-7f1c"
@@ -385,3 +386,189 @@ def test_handle_well_known_is_refused_for_local_names(server: Server) -> None:
         _resolver().resolve_handle("localhost.localhost")
     assert "URL_REFUSED" in str(info.value)
     assert server.hits == []
+
+
+# -- IPv4 in disguise (review of the bounded HTTP layer, item 1) ----------------------
+
+# Each names 127.0.0.1 (or another refused address) in a form that a check reading
+# IP literals with ``ipaddress`` alone took for a host name, while inet_aton,
+# getaddrinfo, WHATWG URL parsing or an IPv6 transition mechanism reach the
+# refused address. Clients without a peer check (s3fs/botocore) would connect.
+DISGUISED = [
+    "https://2130706433/",  # 127.0.0.1 as one decimal number
+    "https://0x7f000001/",  # hexadecimal
+    "https://017700000001/",  # octal
+    "https://127.1/",  # short form
+    "https://0x7f.0.0.1/",  # hexadecimal part
+    "https://127.000.000.001/",  # zero-padded (octal to inet_aton)
+    "https://0177.0.0.1./",  # octal part, trailing dot
+    "https://3232235777/",  # 192.168.1.1
+    "https://2852039166/",  # 169.254.169.254 (cloud metadata)
+    "https://example.0x10/",  # WHATWG: ends in a number, so IPv4
+    "https://[2002:7f00:1::]/",  # 6to4 of 127.0.0.1
+    "https://[2002:a9fe:a9fe::]/",  # 6to4 of 169.254.169.254
+    "https://[64:ff9b::7f00:1]/",  # NAT64 of 127.0.0.1
+    "https://[64:ff9b::a00:1]/",  # NAT64 of 10.0.0.1
+    "https://[::ffff:7f00:1]/",  # IPv4-mapped 127.0.0.1
+    "https://[::ffff:10.0.0.1]/",  # IPv4-mapped 10.0.0.1
+    "https://[::127.0.0.1]/",  # IPv4-compatible
+    "https://[2001:0:808:808::80ff:fffe]/",  # Teredo, client 127.0.0.1 (XOR-ed)
+    "https://[2001:0:a00:1::f7f7:f7f7]/",  # Teredo, server 10.0.0.1
+]
+
+
+@pytest.mark.parametrize("url", DISGUISED)
+def test_disguised_ipv4_hosts_are_refused_before_connecting(url: str) -> None:
+    with pytest.raises(UnsafeUrlError) as info:
+        check_url(url, what="PDS endpoint")
+    assert info.value.rule == "URL_REFUSED"
+    with pytest.raises(IdentityError) as info2:
+        parse_did_document(PLC_DID, _doc(PLC_DID, url.rstrip("/")))
+    assert info2.value.rule == "PDS_ENDPOINT_REFUSED"
+
+
+@pytest.mark.parametrize("url", DISGUISED)
+def test_disguised_loopback_stays_refused_in_test_mode(
+    url: str, loopback: None
+) -> None:
+    # the test mode allows 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104 as written,
+    # never a spelling that only a resolver or a relay turns into them
+    if url in ("https://[::ffff:7f00:1]/",):
+        assert check_url(url, what="PDS endpoint").host == "::ffff:7f00:1"
+        return
+    with pytest.raises(UnsafeUrlError):
+        check_url(url, what="PDS endpoint")
+
+
+@pytest.mark.parametrize("host", ["2130706433", "0x7f000001", "127.1"])
+def test_did_web_with_a_numeric_host_is_refused_before_connecting(
+    host: str, server: Server, loopback: None
+) -> None:
+    with pytest.raises(UnsafeUrlError) as info:
+        _resolver().did_document(f"did:web:{host}%3A{server.port}")
+    assert info.value.rule == "URL_REFUSED" and "non-canonical" in info.value.reason
+    assert server.hits == []
+
+
+@pytest.mark.parametrize(
+    "address, why",
+    [
+        ("8.8.8.8", None),
+        ("2606:4700:4700::1111", None),
+        ("2002:808:808::1", None),  # 6to4 of a global address
+        ("64:ff9b::808:808", None),  # NAT64 of a global address
+        ("::ffff:8.8.8.8", None),
+        ("127.0.0.1", "a loopback address"),
+        ("::1", "a loopback address"),
+        ("::ffff:127.0.0.1", "a loopback address"),
+        ("10.1.2.3", "a private address"),
+        ("fe80::1%eth0", "a link-local address"),
+        ("2002:7f00:1::", "a 6to4 address embedding a loopback address (127.0.0.1)"),
+        ("64:ff9b::a9fe:a9fe", "a NAT64 address embedding a link-local address"),
+        ("::10.0.0.1", "an IPv4-compatible address embedding a private address"),
+        ("2001:0:808:808::80ff:fffe", "a Teredo address embedding a loopback"),
+        ("not an address", "not an IP address"),
+    ],
+)
+def test_refuse_address(address: str, why: str | None) -> None:
+    got = refuse_address(address)
+    assert got == why if why is None else (got or "").startswith(why)
+
+
+def test_refuse_address_honours_the_test_mode(loopback: None) -> None:
+    assert refuse_address("127.0.0.1") is None
+    assert refuse_address("::1") is None
+    assert refuse_address("::ffff:127.0.0.1") is None
+    assert refuse_address("2002:7f00:1::") is not None  # through a relay: never
+    assert refuse_address("10.0.0.1") == "a private address"
+
+
+def test_peer_check_unwraps_embedded_ipv4() -> None:
+    # the post-connect check uses the same rules (a 6to4 peer embedding
+    # 169.254.169.254 is refused even though ipaddress calls it global)
+    assert refuse_address("2002:a9fe:a9fe::1") is not None
+
+
+@pytest.mark.parametrize(
+    "host, loop",
+    [
+        ("localhost", True),
+        ("LOCALHOST.", True),
+        ("pds.localhost", True),
+        ("127.0.0.1", True),
+        ("127.9.9.9", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("::ffff:127.0.0.1", True),
+        ("127.1", False),  # refused, not loopback
+        ("2130706433", False),
+        ("example.com", False),
+        ("10.0.0.1", False),
+    ],
+)
+def test_one_loopback_test(host: str, loop: bool) -> None:
+    assert is_loopback_host(host) is loop
+
+
+# -- URLs that do not parse (item 2) --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://xn--localhost",  # invalid A-label: idna raises InvalidCodepoint
+        "https://xn--ls8h.xn--zz",
+        "https://pds.example.com:99999",
+        "https://pds.example.com:x",
+        "https://[::1",
+        "https://exa mple.com",  # httpx sends exa%20mple.com
+        "https://\udcff.example.com",
+    ],
+)
+def test_unparsable_urls_are_ruled_errors(url: str) -> None:
+    with pytest.raises(UnsafeUrlError) as info:
+        check_url(url, what="PDS endpoint")
+    assert info.value.rule == "URL_REFUSED"
+    assert any(w in info.value.reason for w in ("does not parse", "not a DNS name"))
+    with pytest.raises(IdentityError) as info2:
+        parse_did_document(PLC_DID, _doc(PLC_DID, url))
+    assert info2.value.rule == "PDS_ENDPOINT_REFUSED"
+
+
+def test_redirect_to_an_unparsable_location_is_a_ruled_error(
+    server: Server, loopback: None
+) -> None:
+    did = f"did:web:localhost%3A{server.port}"
+    server.routes["/.well-known/did.json"] = _redirect(302, "https://xn--localhost/")
+    with pytest.raises(RedirectRefusedError) as info:
+        _resolver().did_document(did)
+    assert info.value.rule in ("REDIRECT_INVALID", "REDIRECT_CROSS_ORIGIN")
+
+
+# -- origins (item 6) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("https://PDS.Example.COM/xrpc?x=1#f", "https://pds.example.com"),
+        ("HTTPS://pds.example.com:443/", "https://pds.example.com"),
+        ("http://pds.example.com:80", "http://pds.example.com"),
+        ("https://pds.example.com:8443/a", "https://pds.example.com:8443"),
+        ("https://pds.example.com./", "https://pds.example.com"),
+        ("https://u:p@pds.example.com/", "https://pds.example.com"),
+        ("https://[0:0::1]:8080/", "https://[::1]:8080"),
+        ("https://bücher.example/", "https://xn--bcher-kva.example"),
+        ("s3://bucket/key", "s3://bucket"),
+        ("/local/path.tar", "null"),
+        ("https://host:99999/", "null"),
+        ("not a url", "null"),
+    ],
+)
+def test_origin(url: str, expected: str) -> None:
+    assert origin(url) == expected
+
+
+def test_opaque_origins_are_never_the_same() -> None:
+    assert not same_origin("/a", "/a")
+    assert same_origin("https://a.example/x", "https://A.example.:443/y")

@@ -106,6 +106,7 @@ __all__ = [
     "refuse_address",
     "refuse_host",
     "same_origin",
+    "send",
     "ssl_context",
 ]
 
@@ -149,6 +150,8 @@ def _parse(url: str | httpx.URL, what: str) -> tuple[httpx.URL, str]:
         parsed = httpx.URL(url)
         parsed.host  # noqa: B018 - decodes IDNA, raises for an invalid A-label
         host = parsed.raw_host.decode("ascii")
+        if parsed.port is not None and not 0 < parsed.port <= 65535:
+            raise ValueError("port out of range")
     except Exception as exc:  # noqa: BLE001 - httpx, idna, UnicodeError, TypeError
         raise UnsafeUrlError(
             redact_url(str(url)), f"{what} URL does not parse ({type(exc).__name__})"
@@ -246,6 +249,23 @@ def next_hop(
             "refused; headers are never sent there",
         )
     return check_url(target, what=what, trusted=trusted)
+
+
+def send(client: httpx.Client, request: httpx.Request, *, what: str) -> httpx.Response:
+    """``client.send(request, stream=True)``, except that a response httpx cannot
+    take apart (it resolves every redirect's ``Location`` even when not following
+    it, and lets ``idna`` errors of an invalid host through) is
+    :class:`~.errors.RedirectRefusedError` (``REDIRECT_INVALID``) instead of a raw
+    ``ValueError``. httpx's own errors (``httpx.HTTPError``) pass through."""
+    try:
+        return client.send(request, stream=True)
+    except (httpx.InvalidURL, UnicodeError, ValueError) as exc:
+        raise RedirectRefusedError(
+            redact_url(str(request.url)),
+            f"{what}: the response does not parse, its redirect Location is not a "
+            f"usable URL ({type(exc).__name__})",
+            rule="REDIRECT_INVALID",
+        ) from None
 
 
 _LIVE: weakref.WeakSet[StallGuard] = weakref.WeakSet()
@@ -661,8 +681,8 @@ def _fetch_once(
                     extensions={"trace": guard.trace},
                 )
                 try:
-                    response = client.send(request, stream=True)
-                except UnsafeUrlError:
+                    response = send(client, request, what=what)
+                except NetworkError:
                     raise
                 except httpx.HTTPError as exc:
                     if guard.fired or time.monotonic() >= end:

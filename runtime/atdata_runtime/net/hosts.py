@@ -53,6 +53,7 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _TEREDO = ipaddress.IPv6Network("2001::/32")
 _COMPATIBLE = ipaddress.IPv6Network("::/96")
 _NUMBER = re.compile(r"[0-9]+|0x[0-9a-f]*")
+_DNS_NAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "ftp": 21}
 
 
@@ -169,8 +170,9 @@ def refuse_host(host: str) -> str | None:
     """Why the host of a URL from the network (a name or an IP literal, brackets
     and a trailing dot allowed, ASCII as sent: IDNA-encoded) may not be contacted,
     or ``None``: ``localhost`` and ``*.localhost`` (RFC 6761 § 6.3) unless in the
-    test-only loopback mode, IP literals by :func:`refuse_address`, and any
-    non-canonical IPv4 spelling (see the module docstring). A name that resolves
+    test-only loopback mode, IP literals by :func:`refuse_address`, any
+    non-canonical IPv4 spelling (see the module docstring), and anything but
+    dot-separated labels of ``a-z 0-9 - _`` (a percent-escape, a space). A name that resolves
     to a refused address is caught on the connected peer, not here."""
     name = _name(host)
     if name == "localhost" or name.endswith(".localhost"):
@@ -181,6 +183,8 @@ def refuse_host(host: str) -> str | None:
     meant = _non_canonical_ipv4(name)
     if meant is not None:
         return f"an IPv4 address in a non-canonical form (read as {meant})"
+    if not _DNS_NAME.fullmatch(name):
+        return "a host that is not a DNS name nor an IP address"
     return None
 
 

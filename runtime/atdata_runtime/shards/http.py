@@ -61,6 +61,7 @@ from ..net.fetch import (
     StallGuard,
     check_url,
     next_hop,
+    send,
     ssl_context,
 )
 from ..net.redact import redact_url
@@ -154,7 +155,7 @@ class HttpShardStream(io.RawIOBase):
             request = self._client.build_request(
                 "GET", current, headers=headers, extensions={"trace": self._guard.trace}
             )
-            response = self._client.send(request, stream=True)
+            response = send(self._client, request, what="shard")
             try:
                 target = next_hop(
                     current,
