@@ -190,13 +190,13 @@ def build_cmd(
     overlap = _source_overlap(root, sources)
     if overlap is not None:
         report.finish("error", EXIT_ERROR, [overlap])
-    from .backend.write import OutputPathError, output_path_problem
+    from .backend.write import OutputPathError, package_dir
 
-    blocker = output_path_problem(root)
-    if blocker is not None:
-        report.finish(
-            "error", EXIT_ERROR, [_out_diagnostic(OutputPathError(blocker), out)]
-        )
+    # Before the fast path: an up-to-date answer must not skip the writer's checks.
+    try:
+        package_dir(root, out)
+    except OutputPathError as exc:
+        report.finish("error", EXIT_ERROR, [_out_diagnostic(exc, out)])
     live = external_problems(externals, out)
     if any(d.severity is Severity.ERROR for d in live):
         report.finish("error", EXIT_ERROR, live)
@@ -237,11 +237,16 @@ def build_cmd(
         if _left_by_a_kill(root):
             from .backend.write import tidy
 
-            tidy(root)
+            tidy(root, out)
         report.finish("up-to-date", EXIT_OK, [*replay(root), *live])
 
     from .backend.format import FormatError
-    from .backend.write import OutputLockedError, WriteError, write_package
+    from .backend.write import (
+        OutputClashError,
+        OutputLockedError,
+        WriteError,
+        write_package,
+    )
     from .pipeline import BuildOptions, build
 
     options = BuildOptions(
@@ -271,10 +276,27 @@ def build_cmd(
     files[MANIFEST_NAME] = manifest_text(print_ or "", files, kept, root)
     try:
         plan = write_package(root, files, out, check=check)
+    except OutputClashError as exc:
+        clashes = [
+            Diagnostic(Span(str(path)), "OUT_CLASH", Severity.ERROR, why)
+            for path, why in exc.clashes
+        ]
+        report.finish("error", EXIT_ERROR, [*diagnostics, *clashes])
+        return
     except (OutputPathError, OutputLockedError, OSError) as exc:
         report.finish("error", EXIT_ERROR, [*diagnostics, _write_diagnostic(exc, out)])
         return
     report.plan = plan
+    diagnostics += [
+        Diagnostic(
+            Span(str(root / MANIFEST_NAME)),
+            "OUT_MANIFEST",
+            Severity.WARNING,
+            f"{note} (the previous manifest says which files atdata-gen wrote: "
+            "without it nothing is deleted; this build writes a new one)",
+        )
+        for note in plan.notes
+    ]
     if check:
         if plan.stale:
             report.finish("stale", EXIT_FINDINGS, diagnostics)
@@ -320,7 +342,7 @@ def _source_overlap(root: Path, sources: Iterable[Path]) -> Diagnostic | None:
 def _out_diagnostic(exc: Any, out: Path) -> Diagnostic:
     """``OUT_NOT_DIRECTORY`` for an :class:`~atdata_gen.backend.write.OutputPathError`."""
     what = "--out" if Path(exc.path) == out else "the package path OUT/PACKAGE"
-    reason = getattr(exc, "reason", "") or "is a file, not a directory"
+    reason = getattr(exc, "reason", "") or "is not a directory"
     return Diagnostic(
         Span(str(exc.path)),
         "OUT_NOT_DIRECTORY",
@@ -348,7 +370,7 @@ def _write_diagnostic(exc: BaseException, out: Path) -> Diagnostic:
         Span(str(exc.path)),
         "OUT_WRITE",
         Severity.ERROR,
-        f"{exc.doing}: {exc.reason}; the previous package is unchanged",
+        f"{exc.doing}: {exc.reason}; {exc.outcome}",
     )
 
 

@@ -17,10 +17,12 @@ The manifest is untrusted input (it sits in the user's tree and may be edited, m
 badly or planted): :func:`read_manifest` reads at most :data:`MAX_MANIFEST_BYTES`,
 refuses a manifest that is not a regular file, and keeps only ``files`` entries whose
 path is a plain relative path inside the package (:func:`safe_relpath`: no ``..``,
-no absolute or drive paths, no backslashes or NUL) with a sha256 hex digest. Listed
-files are read through :func:`read_package_file`, which never follows a symbolic link
-and reads only regular files of at most :data:`MAX_FILE_BYTES` (so a listed FIFO or
-``/dev/zero`` cannot hang or exhaust the build).
+no absolute or drive paths, no backslashes or control characters) with a sha256 hex
+digest. Listed files are read through :func:`read_package_file`, which never follows
+a symbolic link and reads only regular files of at most :data:`MAX_FILE_BYTES` (so a
+listed FIFO or ``/dev/zero`` cannot hang or exhaust the build). Why a manifest was ignored, or
+which of its entries were dropped, is reported by the build as an ``OUT_MANIFEST``
+warning (an ignored manifest deletes nothing: stale files stay until it is rewritten).
 
 The manifest also keeps the warnings and infos of the build that wrote it
 (``diagnostics``, paths relative to the package directory), so a no-op ``build`` and
@@ -81,14 +83,21 @@ MAX_PATH_CHARS = 4096
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+"""Characters no manifest path may hold: C0 (NUL, ``\\n``, ``\\r``, ``\\t``…), DEL,
+C1, the line and paragraph separators and the bidirectional controls (a name holding
+them could forge a line of the build's output)."""
+
+
 def safe_relpath(rel: object) -> bool:
     """True when ``rel`` (from a manifest) is a plain relative POSIX path that stays
     inside the package: non-empty ``/``-separated segments, none ``.`` or ``..``, no
-    leading ``/``, no backslash, drive colon or NUL, at most :data:`MAX_PATH_CHARS`
-    characters and 255 per segment (NAME_MAX)."""
+    leading ``/``, no backslash, drive colon, control character (:data:`_CONTROL`:
+    NUL, ``\\n``, ``\\r``, tab, DEL, C1, U+2028/U+2029, bidirectional controls), at
+    most :data:`MAX_PATH_CHARS` characters and 255 bytes per segment (NAME_MAX)."""
     if not isinstance(rel, str) or not rel or len(rel) > MAX_PATH_CHARS:
         return False
-    if "\\" in rel or "\0" in rel or ":" in rel or rel.startswith("/"):
+    if "\\" in rel or ":" in rel or rel.startswith("/") or _CONTROL.search(rel):
         return False
     return all(
         part not in ("", ".", "..") and len(part.encode("utf-8", "replace")) <= 255
@@ -97,14 +106,14 @@ def safe_relpath(rel: object) -> bool:
 
 
 def read_package_file(
-    root: Path, rel: str, limit: int = MAX_FILE_BYTES
+    root: Path, rel: str, limit: int = MAX_FILE_BYTES, head: bool = False
 ) -> bytes | None:
     """The bytes of the regular file ``root/rel``, or ``None`` when it is missing,
     is reached through a symbolic link below ``root`` (any segment of ``rel``, the
     last included; ``root`` itself may be a link), is not a
     regular file (a FIFO is opened non-blocking and refused, never read), is larger
-    than ``limit`` bytes, or cannot be read. ``rel`` must pass :func:`safe_relpath`
-    (else ``None``)."""
+    than ``limit`` bytes (``head``: its first ``limit`` bytes instead), or cannot be
+    read. ``rel`` must pass :func:`safe_relpath` (else ``None``)."""
     if not safe_relpath(rel):
         return None
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -121,7 +130,7 @@ def read_package_file(
         fd = os.open(parts[-1], flags | getattr(os, "O_NONBLOCK", 0), dir_fd=fds[-1])
         fds.append(fd)
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+        if not stat.S_ISREG(st.st_mode) or (st.st_size > limit and not head):
             return None
         chunks = []
         left = limit + 1
@@ -132,6 +141,8 @@ def read_package_file(
             chunks.append(chunk)
             left -= len(chunk)
         data = b"".join(chunks)
+        if head:
+            return data[:limit]
         return data if len(data) <= limit else None
     except (OSError, ValueError):
         return None
@@ -144,7 +155,9 @@ def read_package_file(
 class Manifest:
     """A validated manifest: the input fingerprint, the generated files (relative
     path → sha256 hex), the kept diagnostics (raw JSON), and ``problems``: why
-    entries were dropped (shown by the writer)."""
+    entries were dropped (the writer puts them in :attr:`Plan.notes
+    <atdata_gen.backend.write.Plan.notes>`; the build reports each as an
+    ``OUT_MANIFEST`` warning)."""
 
     inputs: str
     files: dict[str, str]
