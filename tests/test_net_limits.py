@@ -7,7 +7,9 @@ server that records what reached it."""
 from __future__ import annotations
 
 import gzip
+import inspect
 import io
+import math
 import multiprocessing
 import socketserver
 import threading
@@ -16,7 +18,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
+from atdata_runtime import net
 from atdata_runtime.atmosphere.identity import IdentityResolver
 from atdata_runtime.net import redact_url
 from atdata_runtime.net.errors import (
@@ -30,6 +34,7 @@ from atdata_runtime.net.fetch import (
     INSECURE_LOOPBACK_ENV,
     MAX_DID_DOCUMENT_BYTES,
     ResponseFormatError,
+    StallGuard,
     fetch,
 )
 from atdata_runtime.net.retry import RetryPolicy
@@ -528,3 +533,159 @@ def test_trickled_shard_headers_stall_at_the_timeout(server: Server) -> None:
     with pytest.raises(DeadlineExceededError):
         HttpShardStream(f"{server.base}/shard.tar", timeout=1.0, retry=_shard_policy())
     assert time.monotonic() - start < 1.5
+
+
+# -- review of the bounded HTTP layer (items 3-6) ---------------------------------
+
+
+def _read_stream_in_child(stream: HttpShardStream, queue: Any) -> None:
+    start = time.monotonic()
+    try:
+        while stream.read(65536):
+            pass
+        queue.put(("returned", time.monotonic() - start))
+    except NetworkError as exc:
+        queue.put((exc.rule, time.monotonic() - start))
+
+
+@pytest.mark.parametrize("lock_held", [False, True])
+def test_stream_opened_before_a_fork_keeps_its_deadline_in_the_child(
+    server: Server, lock_held: bool
+) -> None:
+    # A DataLoader opens a shard, then forks its workers. One byte every 0.9 s
+    # against a 1 s stall budget: each read is shorter than the socket timeout,
+    # so only the watchdog (which must know the parent's guard in the child)
+    # ends the read at 1 s; without it the stall shows only after the next byte
+    # (1.8 s). With lock_held another thread of the parent holds the guard's lock
+    # at the fork: the child must not inherit it locked.
+    server.routes["/shard.tar"] = _trickle(0.9, 20)
+    stream = HttpShardStream(
+        f"{server.base}/shard.tar", timeout=1.0, retry=_shard_policy()
+    )
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_read_stream_in_child, args=(stream, queue))
+    lock = stream._guard._lock
+    if lock_held:
+        lock.acquire()
+    try:
+        child.start()
+    finally:
+        if lock_held:
+            lock.release()
+    try:
+        rule, elapsed = queue.get(timeout=10)
+    finally:
+        child.join(5)
+        if child.is_alive():
+            child.kill()
+        stream.close()
+    assert rule == "DEADLINE_EXCEEDED"
+    assert elapsed < 1.45
+
+
+def test_a_finished_read_cannot_shut_down_the_next_one(server: Server) -> None:
+    # The watchdog fires against the generation it saw expire, under the guard's
+    # lock: once a read has disarmed its deadline, that expiry cannot shut down
+    # the socket the next read is using.
+    payload = b"y" * 200_000
+    server.routes["/shard.tar"] = lambda c: c.body(payload)
+    guard = StallGuard(math.inf, url=f"{server.base}/shard.tar")
+    with guard, httpx.Client() as client:
+        request = client.build_request(
+            "GET", f"{server.base}/shard.tar", extensions={"trace": guard.trace}
+        )
+        response = client.send(request, stream=True)
+        expired = guard.arm(time.monotonic() + 60)
+        guard.disarm()  # that read finished
+        current = guard.arm(time.monotonic() + 60)  # the next read
+        assert current != expired
+        assert guard.fire(expired) is False and not guard.fired
+        assert b"".join(response.iter_raw()) == payload
+        response.close()
+        assert guard.fire(current) is True and guard.fired
+    # and the watchdog itself only fires the generation whose deadline passed
+    again = StallGuard(math.inf)
+    with again:
+        again.arm(time.monotonic() - 1)
+        deadline = time.monotonic() + 2
+        while not again.fired and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert again.fired
+        again.arm(time.monotonic() + 60)
+        time.sleep(0.2)
+        assert not again.fired
+
+
+class _NoSocketStream:
+    """A transport stream that does not expose its socket (a proxy, a custom
+    httpcore backend)."""
+
+    closed = False
+
+    def get_extra_info(self, name: str) -> Any:
+        return None
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_peer_check_fails_closed_without_a_socket() -> None:
+    stream = _NoSocketStream()
+    guard = StallGuard(math.inf, url="https://u:pw@pds.example.com/", check_peer=True)
+    with pytest.raises(UnsafeUrlError) as info:
+        guard.trace("connection.connect_tcp.complete", {"return_value": stream})
+    assert info.value.rule == "PEER_UNVERIFIED" and stream.closed
+    assert "pw" not in str(info.value)
+    # trusted URLs have no peer check: nothing to refuse
+    trusting = StallGuard(math.inf, url="https://pds.example.com/")
+    trusting.trace("connection.connect_tcp.complete", {"return_value": stream})
+
+
+def test_untrusted_shard_redirect_target_is_checked_again(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # same origin, but the Location carries credentials: refused like the URL
+    # itself would be (fetch checked redirect targets, the shard stream did not)
+    monkeypatch.setenv(INSECURE_LOOPBACK_ENV, "1")
+    server.routes["/shard.tar"] = lambda c: c.body(
+        b"", 302, {"Location": f"http://u:pw@127.0.0.1:{server.port}/real.tar"}
+    )
+    server.routes["/real.tar"] = lambda c: c.body(b"data")
+    with pytest.raises(UnsafeUrlError) as info:
+        HttpShardStream(
+            f"{server.base}/shard.tar", trusted=False, retry=_shard_policy()
+        )
+    assert info.value.rule == "URL_REFUSED" and "pw" not in str(info.value)
+    assert [path for path, _ in server.hits] == ["/shard.tar"]
+
+
+def test_shard_and_fetch_share_one_redirect_rule(server: Server) -> None:
+    server.routes["/a"] = lambda c: c.body(
+        b"", 302, {"Location": "https://xn--localhost/"}
+    )
+    with pytest.raises(RedirectRefusedError) as info:
+        HttpShardStream(f"{server.base}/a", retry=_shard_policy())
+    assert info.value.rule == "REDIRECT_INVALID"
+    with pytest.raises(RedirectRefusedError) as info2:
+        fetch(f"{server.base}/a", what="record", max_bytes=10, deadline=5, trusted=True)
+    assert info2.value.rule == "REDIRECT_INVALID"
+
+
+def test_no_cross_origin_redirect_switch() -> None:
+    # the removed opt-in would have followed redirects anywhere; there is none
+    assert "allow_cross_origin_redirects" not in inspect.signature(fetch).parameters
+
+
+def test_transport_errors_live_in_net_errors() -> None:
+    from atdata_runtime.net import errors
+    from atdata_runtime.net import fetch as fetch_module
+
+    for name in ("ConnectionFailedError", "ResponseFormatError"):
+        assert name in net.__all__ and name in errors.__all__
+        assert getattr(net, name) is getattr(errors, name)
+        assert getattr(fetch_module, name) is getattr(errors, name)
+    assert errors.ConnectionFailedError.rule == "CONNECTION_FAILED"
+    assert errors.ResponseFormatError.rule == "RESPONSE_MALFORMED"
+    for name in ("origin", "refuse_address", "refuse_host", "is_loopback_host"):
+        assert name in net.__all__
