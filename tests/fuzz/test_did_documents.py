@@ -11,7 +11,9 @@ test starts; memory is measured in a bounded child."""
 from __future__ import annotations
 
 import http.server
+import ipaddress
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -311,3 +313,105 @@ def test_hostile_bodies_keep_memory_bounded() -> None:
         "ResponseTooLargeError:RESPONSE_TOO_LARGE",
     ]
     assert out.max_rss_mib < 150, out.max_rss_mib
+
+
+# -- hosts in disguise: numeric IPv4 spellings, IPv6 transition forms, bad IDNA --------
+
+_SPECIAL_V4 = st.sampled_from(
+    [
+        "127.0.0.1",
+        "127.255.0.9",
+        "10.0.0.1",
+        "192.168.1.1",
+        "172.16.0.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "255.255.255.255",
+        "8.8.8.8",  # global: may be accepted, but only when written canonically
+    ]
+)
+
+
+def _spellings(dotted: str) -> st.SearchStrategy[str]:
+    value = int(ipaddress.IPv4Address(dotted))
+    a, b, c, d = (int(x) for x in dotted.split("."))
+    return st.sampled_from(
+        [
+            dotted,
+            str(value),
+            hex(value),
+            "0" + oct(value)[2:],
+            f"{a}.{(b << 16) | (c << 8) | d}",
+            f"{a}.{b}.{(c << 8) | d}",
+            f"{hex(a)}.{b}.{c}.{d}",
+            f"0{a:o}.{b}.{c}.{d}",
+            f"{a:03d}.{b:03d}.{c:03d}.{d:03d}",
+            dotted + ".",
+            f"[::ffff:{dotted}]",
+            f"[::{dotted}]",
+            f"[2002:{a:02x}{b:02x}:{c:02x}{d:02x}::1]",
+            f"[64:ff9b::{dotted}]",
+            f"[2001:0:{a:02x}{b:02x}:{c:02x}{d:02x}::1]",  # Teredo server
+            f"[2001:0:808:808::{a ^ 255:02x}{b ^ 255:02x}:{c ^ 255:02x}{d ^ 255:02x}]",
+        ]
+    )
+
+
+hostile_hosts = st.one_of(
+    _SPECIAL_V4.flatmap(_spellings),
+    st.text(alphabet="0123456789abcdefx.", min_size=1, max_size=20),
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", max_size=12).map(
+        lambda t: "xn--" + t
+    ),
+    st.text(max_size=12),
+)
+
+
+def _reaches(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """What a resolver or WHATWG URL parsing connects to for ``host``, when that
+    is an address (independent of the code under test: inet_aton and ipaddress)."""
+    name = host.strip("[]").rstrip(".")
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(name))
+    except (OSError, ValueError):
+        return None
+
+
+@settings(derandomize=True, max_examples=800, deadline=None)
+@given(hostile_hosts)
+def test_disguised_hosts_never_become_an_accepted_special_address(host: str) -> None:
+    endpoint = f"https://{host}"
+    try:
+        result = parse_did_document(DID, {"id": DID, "service": [_pds(endpoint)]})
+    except IdentityError as exc:
+        assert exc.rule in RULES
+        return
+    parsed = check_url(result.pds, what="PDS endpoint", trusted=False)
+    target = _reaches(parsed.raw_host.decode("ascii"))
+    if target is None:
+        return  # a DNS name: its addresses are checked on the connected peer
+    # an address: only a canonical, global one, with nothing embedded that is not
+    if isinstance(target, ipaddress.IPv6Address):
+        embedded = [
+            target.ipv4_mapped,
+            target.sixtofour,
+            *(target.teredo or ()),
+        ]
+        assert all(v4 is None or v4.is_global for v4 in embedded)
+    else:
+        assert str(target) == parsed.raw_host.decode("ascii").rstrip(".")
+    assert target.is_global and not target.is_multicast
+
+
+def _pds(endpoint: str) -> dict[str, Any]:
+    return {
+        "id": "#atproto_pds",
+        "type": "AtprotoPersonalDataServer",
+        "serviceEndpoint": endpoint,
+    }
