@@ -469,7 +469,11 @@ def _refused_place(location: str) -> str | None:
     entry = os.path.dirname(full)
     where = _script_dirs().get(entry)
     if where:
-        return f"it lies in {where} ({entry})"
+        return (
+            f"it lies in {where} ({entry}), where any file could claim its name; "
+            "install the lens package (e.g. a src/ layout and `pip install -e .`) "
+            "and run from elsewhere"
+        )
     if any(_under(full, d) for d in _site_dirs()):
         return None
     for d in _stdlib_dirs():
