@@ -175,8 +175,7 @@ def test_unlisted_hand_written_file_at_a_generated_path_is_refused(
 ) -> None:
     """A new Lexicon maps to ``com/ex/other.py``, a file of the user's the manifest
     does not list: ``OUT_CLASH`` (exit 2) names it and how to resolve it; nothing is
-    written (``--check`` and ``--format json`` agree); after moving it the build
-    goes through."""
+    written (``--check`` agrees); after moving it the build goes through."""
     _sources(tmp_path, "thing")
     assert _build(tmp_path).returncode == 0
     pkg = tmp_path / "out" / "pkg"
@@ -196,10 +195,6 @@ def test_unlisted_hand_written_file_at_a_generated_path_is_refused(
         assert "delete it if it is stale generated output" in proc.stderr
         assert "nothing written" in proc.stderr and "Traceback" not in proc.stderr
         assert _tree(pkg) == before and _leftovers(tmp_path / "out") == []
-    js = _build(tmp_path, "--format", "json")
-    doc = json.loads(js.stdout)
-    assert (js.returncode, doc["status"]) == (2, "error")
-    assert [d["rule"] for d in doc["diagnostics"]] == ["OUT_CLASH"]
     mine.rename(tmp_path / "other.py")
     assert _build(tmp_path).returncode == 0
     assert "MY_WORK" not in mine.read_text()
@@ -363,7 +358,8 @@ def test_manifest_problems_are_reported_as_warnings(tmp_path: Path) -> None:
         f"{shown}: warning OUT_MANIFEST {MANIFEST_NAME}: entry '../../escape.py': "
         "not a relative path inside the package; ignored"
     ) in proc.stderr
-    assert _build(tmp_path).stderr == ""  # the rewritten manifest is clean
+    rewritten, problem = read_manifest(pkg)  # the rewritten manifest is clean
+    assert rewritten is not None and not problem and not rewritten.problems
 
 
 def test_plan_summary_escapes_names() -> None:
@@ -889,25 +885,24 @@ def test_cli_build_under_a_file_size_limit_exits_2_located(tmp_path: Path) -> No
 
 
 def test_concurrent_cli_builds_into_one_package(tmp_path: Path) -> None:
-    """Two real ``atdata-gen build`` processes into the same package, 2 rounds: both
-    exit 0 and the package is complete and up to date."""
+    """Two real ``atdata-gen build`` processes racing into the same package (the
+    writer-level race runs more rounds in
+    ``test_concurrent_builds_into_one_package_all_succeed``): both exit 0 and the
+    package is complete and up to date."""
     _sources(tmp_path, "thing", "other")
     args = [*CLI, "build", "lex", "--out", "out", "--package", "pkg", "-q"]
-    for rnd in range(2):
-        if rnd:
-            _sources(tmp_path, "thing", "other", f"extra{rnd}")
-        procs = [
-            subprocess.Popen(
-                args,
-                cwd=tmp_path,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(2)
-        ]
-        for p in procs:
-            _, err = p.communicate(timeout=120)
-            assert p.returncode == 0, err
-        assert _build(tmp_path, "--check").returncode == 0
-        assert _leftovers(tmp_path / "out") == []
+    procs = [
+        subprocess.Popen(
+            args,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    assert _build(tmp_path, "--check").returncode == 0
+    assert _leftovers(tmp_path / "out") == []
