@@ -116,6 +116,7 @@ __all__ = [
     "Plan",
     "WriteError",
     "apply_plan",
+    "carries_generated_header",
     "lock_path",
     "output_path_problem",
     "package_dir",
