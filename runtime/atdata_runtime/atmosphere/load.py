@@ -28,7 +28,10 @@ naming the entry's AT-URI, the JSON pointer and the rule:
   no localhost, loopback, private, link-local or reserved addresses, also checked
   at connect time; the test-only loopback mode
   ``ATDATA_RUNTIME_INSECURE_LOOPBACK=1`` allows loopback) unless their origin is in
-  the user's ``trusted_endpoints`` (``SHARD_URL``, ``S3_ENDPOINT``);
+  the user's ``trusted_endpoints`` (``SHARD_URL``, ``S3_ENDPOINT``); an S3
+  endpoint's host is resolved and refused when any of its addresses is, and
+  every lookup s3fs makes while reading is checked again (a DNS-rebinding name
+  is refused at connect time: :mod:`~atdata_runtime.atmosphere.s3resolver`);
 - an S3 endpoint the entry names is read **anonymously** (s3fs ``anon=True``:
   unsigned requests, no credential lookup at all), and storage options carrying
   credentials are refused for it (``CREDENTIALS_SCOPE``), unless the user trusts it:
@@ -49,14 +52,17 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..net.errors import UnsafeUrlError
 from ..net.fetch import check_url
+from ..net.hosts import refuse_address
 from ..net.redact import redact_url
 from ..samples.codec import PackableSample, generated_sample_classes
 from ..shards.dataset import MAX_SHARDS, Dataset, origin_of, trusted_origins
@@ -216,14 +222,10 @@ def _sha256_of_blob_cid(cid: str) -> str | None:
 
 def _shown(url: str, limit: int = 200) -> str:
     """A URL for a message: redacted, at most ``limit`` characters."""
-    text = redact_url(url)
-    if "://" not in text and "@" in text.split("/", 1)[0]:
-        # no authority to redact (``user:pass@host/…`` without a scheme)
-        text = (
-            "…@"
-            + text.split("/", 1)[0].rpartition("@")[2]
-            + text[len(text.split("/", 1)[0]) :]
-        )
+    if "://" in url:
+        text = redact_url(url)
+    else:  # redacted as if it had a scheme: userinfo and query secrets too
+        text = redact_url(f"https://{url}").removeprefix("https://")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -312,6 +314,50 @@ class _Storage:
         return is_trusted
 
 
+def _check_endpoint_addresses(check: _Storage, endpoint: str) -> None:
+    """Resolve the host of an S3 endpoint a record named and refuse it
+    (``S3_ENDPOINT``) when any address is refused
+    (:func:`~atdata_runtime.net.hosts.refuse_address`) or it does not resolve:
+    s3fs connects without the fetcher's check of the connected peer. (A name
+    can still rebind after this check: :func:`_pinned_config` checks every
+    lookup made while reading.) The system resolver's own timeouts bound the
+    lookup."""
+    try:
+        parts = urlsplit(endpoint)
+        host, port = parts.hostname or "", parts.port or 443
+    except ValueError:
+        return  # check_url refused it already
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise check.fail(
+            "/storage/endpoint",
+            f"{_shown(endpoint)}: host {host!r} does not resolve "
+            f"({type(exc).__name__})",
+            "S3_ENDPOINT",
+        ) from None
+    for *_, sockaddr in infos:
+        address = str(sockaddr[0])
+        why = refuse_address(address)
+        if why is not None:
+            raise check.fail(
+                "/storage/endpoint",
+                f"{_shown(endpoint)}: host {host!r} resolves to {why} ({address})",
+                "S3_ENDPOINT",
+            )
+
+
+def _pinned_config() -> dict[str, Any]:
+    """s3fs ``config_kwargs`` whose aiohttp connector checks every address it
+    resolves (:class:`~atdata_runtime.atmosphere.s3resolver.CheckedResolver`), or
+    nothing without the ``s3`` extra (nothing could read the shard then)."""
+    try:
+        from .s3resolver import CheckedResolver
+    except ImportError:
+        return {}
+    return {"connector_args": {"resolver": CheckedResolver()}}
+
+
 def entry_shards(
     entry: FetchedRecord,
     *,
@@ -372,7 +418,9 @@ def entry_shards(
             )
             client_kwargs["endpoint_url"] = endpoint
             if not endpoint_trusted:
+                _check_endpoint_addresses(check, endpoint)
                 options["anon"] = True
+                options["config_kwargs"] = _pinned_config()
         if storage.get("region") is not None:
             region = check.get(storage, "region", str, "/storage")
             if not _REGION.fullmatch(region):
@@ -529,6 +577,7 @@ def _storage_options(
     if "endpoint_url" in user_kwargs:
         # The user names the endpoint: they trust it, the entry's is not used.
         options.pop("anon", None)
+        options.pop("config_kwargs", None)
     elif r.endpoint is not None and not r.endpoint_trusted:
         offending = sorted(
             {k for k in user if k in _CREDENTIAL_OPTIONS | _SECRET_OPTIONS}
@@ -551,6 +600,14 @@ def _storage_options(
     merged = {**options, **user}
     if "client_kwargs" in options and user_kwargs:
         merged["client_kwargs"] = {**options["client_kwargs"], **user_kwargs}
+    pinned = options.get("config_kwargs")
+    if pinned and "anon" in options:  # the record's endpoint: keep its resolver
+        config = {**dict(user.get("config_kwargs") or {}), **pinned}
+        config["connector_args"] = {
+            **dict(dict(user.get("config_kwargs") or {}).get("connector_args") or {}),
+            **pinned["connector_args"],
+        }
+        merged["config_kwargs"] = config
     return merged
 
 

@@ -37,6 +37,7 @@ import random
 import re
 import sys
 import tarfile
+import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ from urllib.parse import urlsplit
 import braceexpand
 from tqdm import tqdm  # type: ignore[import-untyped]
 
+from ..net.hosts import origin
 from ..net.redact import redact_url
 from ..samples.codec import (
     PackableSample,
@@ -72,6 +74,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_SHARDS",
+    "MAX_SHARD_BYTES",
+    "SHUFFLE_BUFFER_BYTES",
     "Dataset",
     "ShardWriter",
     "Split",
@@ -88,7 +92,23 @@ brace expansion (:func:`expand_urls`). A pattern that would expand to more is re
 before anything is expanded (``SHARD_LIST_TOO_LONG``); pass ``max_shards=`` to
 change it."""
 
+MAX_SHARD_BYTES = 4 << 30
+"""Default for ``max_shard_bytes``: the largest shard (4 GiB) read to a temporary
+file to verify its sha256 before any of its samples is used (``verify="before"``).
+A larger one raises :class:`~atdata_runtime.shards.errors.ShardChecksumError`
+(``SHARD_TOO_LARGE``) once that many bytes were read."""
+
+SHUFFLE_BUFFER_BYTES = 1 << 30
+"""Default for ``buffer_bytes`` of :meth:`Dataset.shuffled`: the most payload bytes
+(1 GiB) the shuffle buffer holds, besides its ``buffer`` samples (each sample's
+arrays are views that keep its whole payload alive)."""
+
 UrlsFrom = Literal["user", "record"]
+Verify = Literal["before", "stream"]
+"""When a shard's sha256 is checked: ``"before"`` any sample of it is yielded (the
+shard is read to a temporary file first, at most ``max_shard_bytes``), or
+``"stream"``: while its samples are yielded, the mismatch raised after the last
+one (a consumer that stops early never learns of it)."""
 
 T_co = TypeVar("T_co", bound=PackableSample, covariant=True)
 U = TypeVar("U", bound=PackableSample)
@@ -213,27 +233,14 @@ def expand_urls(
     return out
 
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
 def origin_of(url: str) -> str | None:
-    """The origin of an absolute URL, ``scheme://host[:port]`` (RFC 6454 § 4:
-    scheme and host lowercased, the scheme's default port left out), or ``None``
-    for a URL without a host (a local path) or one that does not parse."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return None
-    host = parts.hostname
-    if not parts.scheme or not host:
-        return None
-    scheme = parts.scheme.lower()
-    if ":" in host:
-        host = f"[{host}]"
-    if port is None or _DEFAULT_PORTS.get(scheme) == port:
-        return f"{scheme}://{host}"
-    return f"{scheme}://{host}:{port}"
+    """The origin of an absolute URL, ``scheme://host[:port]`` as
+    :func:`atdata_runtime.net.hosts.origin` serializes it (RFC 6454 § 6.2: scheme
+    and host lowercased, IDNA, a trailing dot stripped, the default port left
+    out; the same origin the fetcher compares redirects by), or ``None`` for a URL
+    without a host (a local path) or one that does not parse."""
+    found = origin(url)
+    return None if found == "null" else found
 
 
 def trusted_origins(endpoints: Iterable[str]) -> frozenset[str]:
@@ -352,7 +359,6 @@ class Split:
         return cls(rank, world, worker, workers)
 
 
-_HTTP_OPTIONS = {"headers", "timeout", "block_size"}
 _RECORD_SCHEMES = ("http://", "https://", "s3://")
 """The schemes a URL from a record may use (fsspec opens many more, ``memory://``
 and ``file://`` among them)."""
@@ -361,14 +367,15 @@ and ``file://`` among them)."""
 def _open(
     url: str, storage_options: dict[str, Any], *, trusted: bool = True
 ) -> BinaryIO:
-    """A binary stream for one shard: local paths directly; ``http(s)://`` with
-    :class:`~atdata_runtime.shards.http.HttpShardStream` (streaming, resumable) when
-    ``storage_options`` hold only ``headers``/``timeout`` (``block_size`` is
-    ignored), and always for an untrusted URL (one a record named: checked, no
-    cross-origin redirects, only ``headers``/``timeout`` used); anything else
-    through fsspec with ``storage_options``. Untrusted local paths
-    (``SHARD_URL_LOCAL``) and schemes other than http(s) and s3
-    (``SHARD_URL_SCHEME``) are refused."""
+    """A binary stream for one shard: local paths directly; ``http(s)://`` always
+    with :class:`~atdata_runtime.shards.http.HttpShardStream` (streaming,
+    resumable, no cross-origin redirects, so headers never leave their origin;
+    untrusted URLs, those a record named, are checked as URLs from the network),
+    which uses only ``headers`` and ``timeout`` of ``storage_options`` (the other
+    options are fsspec's, for its other protocols: fsspec's HTTP client follows
+    redirects to any host with the headers attached); anything else through
+    fsspec with ``storage_options``. Untrusted local paths (``SHARD_URL_LOCAL``)
+    and schemes other than http(s) and s3 (``SHARD_URL_SCHEME``) are refused."""
     if "://" not in url or url.startswith("file://"):
         if not trusted:
             raise ShardListError(
@@ -383,9 +390,7 @@ def _open(
             "a URL from a record must be http(s):// or s3://",
             rule="SHARD_URL_SCHEME",
         )
-    if url.startswith(("http://", "https://")) and (
-        not trusted or set(storage_options) <= _HTTP_OPTIONS
-    ):
+    if url.lower().startswith(("http://", "https://")):
         try:
             from .http import HttpShardStream
         except ImportError as exc:
@@ -441,6 +446,44 @@ class Sha256Reader:
         return self.hash.hexdigest()
 
 
+def _verified_copy(
+    raw: BinaryIO, sha256: str, shown: str, max_shard_bytes: int
+) -> BinaryIO:
+    """The whole of ``raw`` in an anonymous temporary file (``tempfile``'s
+    directory, ``TMPDIR``; deleted when closed), positioned at its start, once its
+    sha256 is ``sha256``. Raises :class:`ShardChecksumError` for another digest
+    (``SHARD_CHECKSUM_MISMATCH``) or more than ``max_shard_bytes`` bytes
+    (``SHARD_TOO_LARGE``, nothing past the cap is read)."""
+    spool = tempfile.TemporaryFile(prefix="atdata-shard-")  # noqa: SIM115
+    try:
+        digest = hashlib.sha256()
+        size = 0
+        while chunk := raw.read(min(1 << 20, max_shard_bytes - size + 1)):
+            size += len(chunk)
+            if size > max_shard_bytes:
+                raise ShardChecksumError(
+                    shown,
+                    f"shard is larger than max_shard_bytes={max_shard_bytes:,} "
+                    "bytes, the most read to verify its sha256 before use "
+                    '(pass max_shard_bytes=, or verify="stream")',
+                    rule="SHARD_TOO_LARGE",
+                )
+            digest.update(chunk)
+            spool.write(chunk)
+        actual = digest.hexdigest()
+        if actual != sha256.lower():
+            raise ShardChecksumError(
+                shown,
+                f"shard sha256 is {actual}, its entry says {sha256}; "
+                "none of its samples was used",
+            )
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+    return spool
+
+
 def iter_shard(
     url: str,
     storage_options: dict[str, Any] | None = None,
@@ -449,20 +492,39 @@ def iter_shard(
     max_member_bytes: int = MAX_MEMBER_BYTES,
     max_sample_bytes: int | None = None,
     trusted: bool = True,
+    verify: Verify = "stream",
+    max_shard_bytes: int = MAX_SHARD_BYTES,
 ) -> Iterator[tuple[str, bytes]]:
     """``(key, payload)`` for each sample of one shard, in tar order. Raises
     :class:`SampleFormatError` for a sample without a ``.msgpack`` member, and
     :class:`~atdata_runtime.shards.tar.TarFormatError` naming the shard (its URL
     redacted) for a malformed tar or a member over ``max_member_bytes`` (default
     :data:`~atdata_runtime.shards.tar.MAX_MEMBER_BYTES`, 1 GiB) or a sample over
-    ``max_sample_bytes`` (default: ``max_member_bytes``). With ``sha256`` (hex), the
-    bytes are hashed as they stream and, once the shard has been read to its end, a
-    mismatch raises :class:`~atdata_runtime.shards.errors.ShardChecksumError`
-    naming the URL. ``trusted=False``: the URL came from a record (see
-    :func:`_open`)."""
+    ``max_sample_bytes`` (default: ``max_member_bytes``).
+
+    With ``sha256`` (hex) a mismatch raises
+    :class:`~atdata_runtime.shards.errors.ShardChecksumError` naming the URL:
+    ``verify="before"``: the shard is read whole to a temporary file (at most
+    ``max_shard_bytes``, default :data:`MAX_SHARD_BYTES`, 4 GiB; over it:
+    ``SHARD_TOO_LARGE``) and hashed before the first sample is yielded, so no
+    sample of a tampered shard is ever used; ``"stream"`` (the default here): the
+    bytes are hashed as they stream and the mismatch is raised once the shard has
+    been read to its end, after its samples. ``trusted=False``: the URL came from
+    a record (see :func:`_open`)."""
+    if verify not in ("before", "stream"):
+        raise ValueError(f"verify must be 'before' or 'stream', not {verify!r}")
     shown = redact_url(url)
-    with _open(url, storage_options or {}, trusted=trusted) as raw:
-        stream: Any = Sha256Reader(raw) if sha256 else raw
+    with contextlib.ExitStack() as stack:
+        raw = stack.enter_context(_open(url, storage_options or {}, trusted=trusted))
+        stream: Any = raw
+        if sha256 and verify == "before":
+            stream = stack.enter_context(
+                _verified_copy(raw, sha256, shown, max_shard_bytes)
+            )
+            raw.close()  # the connection, while the samples are used
+            sha256 = None
+        elif sha256:
+            stream = Sha256Reader(raw)
         for key, group in iter_samples(
             stream,
             shard=shown,
@@ -523,9 +585,22 @@ class Dataset(Generic[T_co]):
       and the most bytes of one sample read into memory, in bytes (checked before
       reading; :class:`~atdata_runtime.shards.tar.TarFormatError`
       ``TAR_MEMBER_TOO_LARGE`` / ``TAR_SAMPLE_TOO_LARGE``).
-    - ``checksums``: shard URL (after expansion) → sha256 (hex), verified while
-      streaming; a key that is none of the URLs raises ``CHECKSUM_URL_UNKNOWN``
-      (it would verify nothing).
+    - ``checksums``: shard URL (after expansion) → sha256 (hex); a key that is none
+      of the URLs raises ``CHECKSUM_URL_UNKNOWN`` (it would verify nothing). A
+      mismatch is a :class:`~atdata_runtime.shards.errors.ShardChecksumError`
+      (``SHARD_CHECKSUM_MISMATCH``) raised per ``verify``: ``"before"`` (the
+      default for ``urls_from="record"``) reads each shard with a checksum to a
+      temporary file (``TMPDIR``; at most ``max_shard_bytes``, default
+      :data:`MAX_SHARD_BYTES`, 4 GiB, else ``SHARD_TOO_LARGE``) and checks it
+      before any of its samples is yielded, so no sample of a tampered shard is
+      ever used; ``"stream"`` (the default for the user's own URLs) hashes while
+      the samples are yielded and raises after the shard's last sample, so a
+      consumer that stops early has used unverified samples.
+    - http(s) URLs are always read by
+      :class:`~atdata_runtime.shards.http.HttpShardStream` (no cross-origin
+      redirects: headers stay with their origin), which uses ``headers`` and
+      ``timeout`` of ``storage_options``; other options go to fsspec for the other
+      protocols (``s3://``…).
     - ``storage_options["headers"]``: ``{"Name": "value"}`` for the hosts of the
       user's URLs, or ``{"https://host[:port]": {"Name": "value"}}`` for one origin
       (RFC 6454); each HTTP request carries only the headers of its URL's origin.
@@ -567,6 +642,8 @@ class Dataset(Generic[T_co]):
         max_member_bytes: int = MAX_MEMBER_BYTES,
         max_sample_bytes: int | None = None,
         trusted_endpoints: Iterable[str] = (),
+        verify: Verify | None = None,
+        max_shard_bytes: int = MAX_SHARD_BYTES,
     ) -> None:
         if not hasattr(type(self), "sample_type"):
             raise TypeError("bind a sample class first: Dataset[MySample](urls)")
@@ -600,6 +677,18 @@ class Dataset(Generic[T_co]):
             raise ValueError("max_member_bytes and max_sample_bytes must be >= 0")
         self.max_member_bytes = max_member_bytes
         self.max_sample_bytes = max_sample_bytes
+        if verify is None:
+            verify = "before" if urls_from == "record" else "stream"
+        if verify not in ("before", "stream"):
+            raise ValueError(f"verify must be 'before' or 'stream', not {verify!r}")
+        if isinstance(max_shard_bytes, bool) or not isinstance(max_shard_bytes, int):
+            raise TypeError(f"max_shard_bytes must be an int, not {max_shard_bytes!r}")
+        if max_shard_bytes < 0:
+            raise ValueError("max_shard_bytes must be >= 0")
+        self.verify: Verify = verify
+        """When checksums are checked: ``"before"`` a shard's samples are used, or
+        ``"stream"``ing (see :data:`Verify`)."""
+        self.max_shard_bytes = max_shard_bytes
         self.trusted_origins = trusted_origins(trusted_endpoints)
         """Origins whose record-named URLs are read as the user's own."""
         self.storage_options = dict(storage_options or {})
@@ -709,6 +798,8 @@ class Dataset(Generic[T_co]):
                 max_member_bytes=self.max_member_bytes,
                 max_sample_bytes=self.max_sample_bytes,
                 trusted=self._trusted(url),
+                verify=self.verify,
+                max_shard_bytes=self.max_shard_bytes,
             ):
                 if stride == 1 or index % stride == offset:
                     yield shown, key, payload
@@ -742,6 +833,7 @@ class Dataset(Generic[T_co]):
         epoch: int = 0,
         batch_size: None = None,
         drop_last: bool = False,
+        buffer_bytes: int = SHUFFLE_BUFFER_BYTES,
     ) -> Iterator[T_co]: ...
     @overload
     def shuffled(
@@ -752,6 +844,7 @@ class Dataset(Generic[T_co]):
         epoch: int = 0,
         batch_size: int,
         drop_last: bool = False,
+        buffer_bytes: int = SHUFFLE_BUFFER_BYTES,
     ) -> Iterator[B]: ...
     def shuffled(
         self,
@@ -761,15 +854,23 @@ class Dataset(Generic[T_co]):
         epoch: int = 0,
         batch_size: int | None = None,
         drop_last: bool = False,
+        buffer_bytes: int = SHUFFLE_BUFFER_BYTES,
     ) -> Iterator[Any]:
         """Samples in random order: shards shuffled (the same order on every
         consumer for a given ``seed`` and ``epoch``), then samples through a shuffle
-        buffer of ``buffer`` samples; batches as in :meth:`ordered`."""
+        buffer of at most ``buffer`` samples and ``buffer_bytes`` bytes of their
+        payloads (default :data:`SHUFFLE_BUFFER_BYTES`, 1 GiB: a sample's arrays
+        are views that keep its payload, up to ``max_sample_bytes``, in memory);
+        when either is reached, a random sample leaves the buffer. Batches as in
+        :meth:`ordered`. Raises ``ValueError`` for ``buffer < 1`` or
+        ``buffer_bytes < 0``."""
+        if buffer < 1 or buffer_bytes < 0:
+            raise ValueError("buffer must be at least 1 and buffer_bytes >= 0")
         rng = random.Random(None if seed is None else seed * 1_000_003 + epoch)
         shards = list(self.shards)
         rng.shuffle(shards)
         keyed = self._shuffle_buffer(
-            self._decode_keyed(self._payloads(shards)), buffer, rng
+            self._decode_sized(self._payloads(shards)), buffer, buffer_bytes, rng
         )
         return self._maybe_batch(keyed, batch_size, drop_last)
 
@@ -794,6 +895,7 @@ class Dataset(Generic[T_co]):
         buffer: int = 1000,
         batch_size: int | None = None,
         drop_last: bool = False,
+        buffer_bytes: int = SHUFFLE_BUFFER_BYTES,
     ) -> Any:
         """This dataset as a ``torch.utils.data.IterableDataset`` (torch must be
         installed). Each DataLoader worker (and each distributed rank) reads its own
@@ -831,6 +933,7 @@ class Dataset(Generic[T_co]):
                 if shuffle:
                     return outer.shuffled(
                         buffer=buffer,
+                        buffer_bytes=buffer_bytes,
                         seed=seed,
                         epoch=self.epoch,
                         batch_size=batch_size,
@@ -856,20 +959,53 @@ class Dataset(Generic[T_co]):
             )
             yield key, sample if get is None else get(sample)
 
+    def _decode_sized(
+        self, items: Iterable[tuple[str, str, bytes]]
+    ) -> Iterator[tuple[str, Any, int]]:
+        """:meth:`_decode_keyed` with each sample's payload size."""
+        unpack = self.stored_type.unpack
+        get = None if self.lens is None else self.lens.getter
+        for shard, key, payload in items:
+            sample = unpack(
+                payload,
+                shard=shard,
+                member=f"{key}.msgpack",
+                unknown=self.unknown,
+                validate=self.validate,
+                copy=self.copy,
+            )
+            yield key, sample if get is None else get(sample), len(payload)
+
     @staticmethod
     def _shuffle_buffer(
-        items: Iterator[tuple[str, S]], size: int, rng: random.Random
+        items: Iterator[tuple[str, S, int]],
+        size: int,
+        max_bytes: int,
+        rng: random.Random,
     ) -> Iterator[tuple[str, S]]:
-        pool: list[tuple[str, S]] = []
+        """A shuffle buffer of at most ``size`` items and ``max_bytes`` bytes (the
+        item's size counts as soon as it arrives: a random item leaves first)."""
+        pool: list[tuple[str, S, int]] = []
+        held = 0
         for item in items:
-            if len(pool) < size:
-                pool.append(item)
+            pool.append(item)
+            held += item[2]
+            if len(pool) <= size and held <= max_bytes:
                 continue
             i = rng.randrange(len(pool))
-            pool[i], item = item, pool[i]
-            yield item
+            pool[i], pool[-1] = pool[-1], pool[i]
+            key, sample, n = pool.pop()
+            held -= n
+            yield key, sample
+            while held > max_bytes and pool:  # one large arrival can evict several
+                i = rng.randrange(len(pool))
+                pool[i], pool[-1] = pool[-1], pool[i]
+                key, sample, n = pool.pop()
+                held -= n
+                yield key, sample
         rng.shuffle(pool)
-        yield from pool
+        for key, sample, _ in pool:
+            yield key, sample
 
     def _maybe_batch(
         self, keyed: Iterator[tuple[str, Any]], batch_size: int | None, drop_last: bool

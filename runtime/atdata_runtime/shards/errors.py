@@ -12,7 +12,9 @@ __all__ = ["ShardChecksumError", "ShardListError", "missing_extra"]
 
 
 class ShardChecksumError(NetworkError):
-    """A shard's bytes do not match the checksum its entry records."""
+    """A shard's bytes do not match the checksum its entry records
+    (``SHARD_CHECKSUM_MISMATCH``), or (``SHARD_TOO_LARGE``) a shard verified
+    before use is larger than ``max_shard_bytes`` and was not read further."""
 
     rule = "SHARD_CHECKSUM_MISMATCH"
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from typing import BinaryIO, Final, Self
+from typing import BinaryIO, Final
 
 __all__ = [
     "MAX_MEMBER_BYTES",
@@ -106,16 +106,6 @@ class TarFormatError(ValueError):
             where.append(f"header at byte {offset}")
         prefix = (", ".join(where) + ": ") if where else ""
         super().__init__(f"{prefix}{reason} [{self.rule}]")
-
-    def located(self, *, shard: str | None = None) -> Self:
-        """A copy naming ``shard`` (when this one names none)."""
-        return type(self)(
-            self.reason,
-            shard=self.shard or shard,
-            member=self.member,
-            offset=self.offset,
-            rule=self.rule,
-        )
 
 
 def _number(field: bytes, what: str, fail: Callable[[str, str], TarFormatError]) -> int:
