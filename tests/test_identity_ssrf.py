@@ -572,3 +572,22 @@ def test_origin(url: str, expected: str) -> None:
 def test_opaque_origins_are_never_the_same() -> None:
     assert not same_origin("/a", "/a")
     assert same_origin("https://a.example/x", "https://A.example.:443/y")
+
+
+def test_the_loopback_hint_is_given_only_where_it_helps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The test-mode hint is offered for loopback hosts only: the mode never
+    allows link-local or private addresses, so suggesting it there misleads."""
+    monkeypatch.delenv(INSECURE_LOOPBACK_ENV, raising=False)
+    with pytest.raises(UnsafeUrlError) as loop:
+        check_url("https://127.0.0.1/x", what="shard")
+    assert INSECURE_LOOPBACK_ENV in str(loop.value)
+    for url in (
+        "https://169.254.169.254/latest",
+        "https://10.0.0.1/",
+        "https://[fe80::1]/",
+    ):
+        with pytest.raises(UnsafeUrlError) as other:
+            check_url(url, what="shard")
+        assert INSECURE_LOOPBACK_ENV not in str(other.value), url

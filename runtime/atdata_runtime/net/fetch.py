@@ -182,11 +182,12 @@ def check_url(url: str | httpx.URL, *, what: str, trusted: bool = False) -> http
         raise UnsafeUrlError(shown, f"{what} URL from the network carries credentials")
     why = refuse_host(host)
     if why is not None:
-        raise UnsafeUrlError(
-            shown,
-            f"{what} URL from the network names {why}; set {INSECURE_LOOPBACK_ENV}=1 "
-            "only in tests to allow loopback",
+        hint = (
+            f"; tests may allow loopback with {INSECURE_LOOPBACK_ENV}=1"
+            if is_loopback_host(host) and not insecure_loopback()
+            else ""
         )
+        raise UnsafeUrlError(shown, f"{what} URL from the network names {why}{hint}")
     if scheme != "https" and not (insecure_loopback() and is_loopback_host(host)):
         raise UnsafeUrlError(shown, f"{what} URL from the network must be https")
     return parsed
