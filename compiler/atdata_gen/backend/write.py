@@ -222,7 +222,7 @@ class WriteError(OSError):
         path: Path | str,
         cause: OSError,
         doing: str = "cannot write the package",
-        outcome: str = "the previous package is unchanged",
+        outcome: str = "nothing was written (any previous package is unchanged)",
     ) -> None:
         code = cause.errno or 0
         name = errno.errorcode.get(code, str(code))
