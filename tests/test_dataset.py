@@ -386,3 +386,47 @@ def test_sample_errors_name_the_shard_member_and_field(
         list(kept)
     assert str(shard) in str(missing.value) and "k1" in str(missing.value)
     assert missing.value.rule == "SAMPLE_NO_PAYLOAD"
+
+
+def test_shuffle_buffer_is_capped_by_payload_bytes(tmp_path: Path) -> None:
+    """Each buffered sample's arrays are views that pin its whole payload: 1,000
+    samples of up to max_sample_bytes each. ``buffer_bytes`` caps what the buffer
+    holds (default SHUFFLE_BUFFER_BYTES, 1 GiB); control: without a small cap,
+    the same read holds every payload."""
+    from atdata_runtime.samples import FieldSpec, sample_class
+
+    from .fuzz.bounded import run_bounded
+
+    cls = sample_class("Big", [FieldSpec("a", "a", "ndarray", dtype="uint8")])
+    write_samples(
+        (cls(a=np.full(1 << 20, i, np.uint8)) for i in range(160)),
+        str(tmp_path / "big-%06d.tar"),
+        maxcount=40,
+    )
+    code = f"""
+        import numpy as np
+        from atdata_runtime.samples import FieldSpec, sample_class
+        from atdata_runtime.shards import Dataset
+        cls = sample_class("Big", [FieldSpec("a", "a", "ndarray", dtype="uint8")])
+        ds = Dataset[cls]({str(tmp_path / "big-{000000..000003}.tar")!r}, progress=False)
+        seen = [int(s.a[0]) for s in ds.shuffled(seed=1, buffer=1000, **KW)]
+        assert sorted(seen) == list(range(160)), seen
+        _result["value"] = seen[:10]
+        """
+    capped = run_bounded(
+        code.replace("**KW", "buffer_bytes=16 << 20"),
+        address_space_mib=2048,
+        timeout=120,
+    )
+    assert capped.error is None, capped
+    full = run_bounded(code.replace("**KW", ""), address_space_mib=2048, timeout=120)
+    assert full.error is None, full
+    assert capped.value != list(range(10))  # still shuffled
+    one = run_bounded(code.replace("**KW", "buffer_bytes=0"), address_space_mib=2048)
+    assert one.error is None, one  # a buffer of one sample: the reader's own RSS
+    assert full.max_rss_mib > one.max_rss_mib + 120, (full, one)  # 160 MiB held
+    assert capped.max_rss_mib < one.max_rss_mib + 40, (capped, one)  # 16 MiB
+    assert Dataset.shuffled.__defaults__ is None  # keyword-only, documented default
+    from atdata_runtime.shards.dataset import SHUFFLE_BUFFER_BYTES
+
+    assert SHUFFLE_BUFFER_BYTES == 1 << 30

@@ -673,3 +673,227 @@ def test_public_bucket_reads_anonymously_with_literal_keys(
         assert len(list(ds)) > 0
     finally:
         server.stop()
+
+
+# == issue 14 review: headers through fsspec, S3 endpoint names, verify before use ==
+def _redirector(target: str) -> tuple[str, Any]:
+    """A loopback server answering every GET with ``302 Location: target``."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_port}", server
+
+
+@pytest.mark.parametrize(
+    "extra", [{}, {"client_kwargs": {}}, {"block_size": 0, "cache_type": "none"}]
+)
+def test_headers_never_follow_a_cross_origin_redirect_whatever_the_options(
+    recorder_factory: Any, tmp_path: Path, scalar_cls: Any, extra: dict[str, Any]
+) -> None:
+    """The attack: any storage option besides headers/timeout/block_size sent the
+    user's http(s) URLs to fsspec (aiohttp), which followed A's 302 to another
+    port with X-Api-Key attached. Now http(s) shards always go through
+    HttpShardStream, which refuses the redirect before the other host is asked."""
+    from atdata_runtime.net.errors import RedirectRefusedError
+
+    other = _serve_shards(recorder_factory, tmp_path, "other")
+    a_url, a = _redirector(f"{other.url}/s.tar")
+    try:
+        options = {"headers": {"X-Api-Key": "user-api-key-2"}, **extra}
+        ds = Dataset[scalar_cls](
+            f"{a_url}/s.tar", storage_options=options, progress=False
+        )
+        with pytest.raises(RedirectRefusedError) as info:
+            list(ds)
+        assert info.value.rule == "REDIRECT_CROSS_ORIGIN"
+        assert "user-api-key-2" not in str(info.value)
+        assert other.requests == []
+        # the same options read a shard of the origin itself
+        direct = Dataset[scalar_cls](
+            f"{other.url}/s.tar", storage_options=options, progress=False
+        )
+        assert len(list(direct)) > 0
+        assert other.headers("X-Api-Key") == ["user-api-key-2"] * len(other.requests)
+    finally:
+        a.shutdown()
+        a.server_close()
+
+
+def _loopback_name() -> str:
+    """A host name (not ``localhost``, not an IP literal) that resolves here to a
+    loopback address: the machine's own name, or one from ``/etc/hosts``."""
+    import ipaddress
+    import socket
+
+    candidates = [socket.gethostname()]
+    for line in Path("/etc/hosts").read_text().splitlines():
+        fields = line.split("#", 1)[0].split()
+        candidates += fields[1:]
+    for name in candidates:
+        if "localhost" in name.lower() or not name.replace("-", "").isalnum():
+            continue
+        try:
+            infos = socket.getaddrinfo(name, 443, type=socket.SOCK_STREAM)
+        except OSError:
+            continue
+        if infos and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos):
+            return name
+    raise AssertionError("no host name resolves to a loopback address here")
+
+
+def test_record_s3_endpoint_whose_name_resolves_to_loopback_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The attack: ``https://vm:PORT`` (``vm`` → 127.0.0.1 in /etc/hosts) passed,
+    the name check knowing only IP literals and localhost; s3fs then connected
+    without a check of the peer. Now the name is resolved and refused."""
+    monkeypatch.delenv(INSECURE_LOOPBACK_ENV, raising=False)
+    name = _loopback_name()
+    with pytest.raises(EntryStorageError) as info:
+        entry_shards(_entry(_s3(f"https://{name}:9443", "k.tar")), blob_url=_no_blobs)
+    message = str(info.value)
+    assert info.value.rule == "S3_ENDPOINT" and "/storage/endpoint" in message
+    assert name in message and "loopback" in message and "127." in message
+    with pytest.raises(EntryStorageError, match="does not resolve"):
+        entry_shards(
+            _entry(_s3("https://no-such-host.invalid", "k.tar")), blob_url=_no_blobs
+        )
+    # the user may vouch for it
+    mine = entry_shards(
+        _entry(_s3(f"https://{name}:9443", "k.tar")),
+        blob_url=_no_blobs,
+        trusted_endpoints=[f"https://{name}:9443"],
+    )
+    assert mine.endpoint_trusted and "config_kwargs" not in mine.storage_options
+
+
+def _counting_listener() -> tuple[int, list[int], Any]:
+    """A loopback TCP listener that counts connections and closes them."""
+    import socket
+
+    sock = socket.create_server(("127.0.0.1", 0))
+    accepted: list[int] = []
+
+    def run() -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            conn.close()
+
+    threading.Thread(target=run, daemon=True).start()
+    return sock.getsockname()[1], accepted, sock
+
+
+@pytest.mark.parametrize("rebound", [False, True])
+def test_s3_reads_check_every_lookup_of_a_record_endpoint(
+    monkeypatch: pytest.MonkeyPatch, scalar_cls: Any, rebound: bool
+) -> None:
+    """DNS rebinding between the check and the connection, replayed: the name is
+    accepted when the entry is resolved (test loopback mode on), and refused when
+    s3fs looks it up again to connect (the mode turned off, as a name that now
+    resolves to an internal address). The aiohttp resolver s3fs is given checks
+    every answer: no connection is made. Control: with the mode left on, the
+    same read does reach the listener."""
+    port, accepted, sock = _counting_listener()
+    name = _loopback_name()
+    monkeypatch.setenv(INSECURE_LOOPBACK_ENV, "1")
+    try:
+        shards = entry_shards(
+            _entry(_s3(f"https://{name}:{port}", "k.tar")), blob_url=_no_blobs
+        )
+        assert shards.storage_options["anon"] is True
+        if rebound:
+            monkeypatch.delenv(INSECURE_LOOPBACK_ENV)
+        ds = Dataset[scalar_cls](
+            shards.urls,
+            storage_options={
+                **shards.storage_options,
+                "config_kwargs": {
+                    **shards.storage_options["config_kwargs"],
+                    "retries": {"max_attempts": 1},
+                    "connect_timeout": 2,
+                },
+            },
+            urls_from="record",
+            progress=False,
+        )
+        start = time.monotonic()
+        with pytest.raises(Exception) as info:  # s3fs/botocore errors
+            list(ds)
+        assert time.monotonic() - start < 30
+        if rebound:
+            assert accepted == [], "the rebound name was connected to"
+            chain, exc = [], info.value
+            while exc is not None and len(chain) < 10:
+                chain.append(str(exc))
+                exc = exc.__cause__ or exc.__context__
+            assert any("S3_ENDPOINT" in text for text in chain), chain
+        else:
+            assert accepted, "control: the allowed name was connected to"
+    finally:
+        sock.close()
+
+
+def _record_dataset(
+    cls: Any, url: str, digest: str, **kw: Any
+) -> tuple[list[Any], BaseException | None]:
+    ds = Dataset[cls](
+        url, checksums={url: digest}, urls_from="record", progress=False, **kw
+    )
+    got: list[Any] = []
+    try:
+        got.extend(ds)
+    except Exception as exc:  # noqa: BLE001 - returned to the test
+        return got, exc
+    return got, None
+
+
+def test_no_sample_of_a_tampered_record_shard_is_ever_yielded(
+    monkeypatch: pytest.MonkeyPatch,
+    recorder_factory: Any,
+    tmp_path: Path,
+    scalar_cls: Any,
+) -> None:
+    """The attack: checksums were checked only after a shard's samples had been
+    yielded, so a consumer that stops early (or trains as it reads) used tampered
+    samples. Now a record's shard with a sha256 is verified before its first
+    sample (verify="before", the default for record URLs)."""
+    from atdata_runtime.shards import ShardChecksumError
+
+    monkeypatch.setenv(INSECURE_LOOPBACK_ENV, "1")
+    server = _serve_shards(recorder_factory, tmp_path, "tampered")
+    url = f"{server.url}/s.tar"
+    wrong = hashlib.sha256(b"the shard the entry describes").hexdigest()
+    got, exc = _record_dataset(scalar_cls, url, wrong)
+    assert got == [] and isinstance(exc, ShardChecksumError), exc
+    assert exc.rule == "SHARD_CHECKSUM_MISMATCH" and url in str(exc)
+    assert "none of its samples was used" in str(exc)
+    # a consumer that stops after one sample gets none either
+    ds = Dataset[scalar_cls](url, checksums={url: wrong}, urls_from="record")
+    assert ds.verify == "before"
+    with pytest.raises(ShardChecksumError):
+        next(iter(ds))
+    # the right digest reads every sample; the streaming mode is an explicit choice
+    good, exc = _record_dataset(scalar_cls, url, SCALAR_SHA)
+    assert exc is None and len(good) > 0
+    streamed, exc = _record_dataset(scalar_cls, url, wrong, verify="stream")
+    assert len(streamed) == len(good) and isinstance(exc, ShardChecksumError)
+    # the spool is bounded: a shard over max_shard_bytes is not read further
+    got, exc = _record_dataset(scalar_cls, url, SCALAR_SHA, max_shard_bytes=1024)
+    assert got == [] and isinstance(exc, ShardChecksumError), exc
+    assert exc.rule == "SHARD_TOO_LARGE" and "max_shard_bytes=1,024" in str(exc)
+    with pytest.raises(ValueError, match="verify"):
+        Dataset[scalar_cls](url, verify="later")  # type: ignore[arg-type]
