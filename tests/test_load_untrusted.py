@@ -897,3 +897,18 @@ def test_no_sample_of_a_tampered_record_shard_is_ever_yielded(
     assert exc.rule == "SHARD_TOO_LARGE" and "max_shard_bytes=1,024" in str(exc)
     with pytest.raises(ValueError, match="verify"):
         Dataset[scalar_cls](url, verify="later")  # type: ignore[arg-type]
+
+
+def test_header_scoping_uses_the_fetchers_origin() -> None:
+    """One origin for header scoping and for redirect checks: a trailing dot,
+    case and a default port do not make another origin (net.hosts.origin)."""
+    from atdata_runtime.net.hosts import origin
+    from atdata_runtime.shards import origin_of
+
+    for url in [
+        "https://Data.Example.org.:443/s.tar",
+        "https://data.example.org/s.tar",
+        "HTTPS://data.example.org./x?y",
+    ]:
+        assert origin_of(url) == origin(url) == "https://data.example.org"
+    assert origin_of("/local/path.tar") is None and origin_of("https://h:x/") is None

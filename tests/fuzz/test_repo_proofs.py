@@ -53,6 +53,7 @@ RULES = {
     "REPO_BAD_SIGNATURE",
     "REPO_MST_PROOF",
     "REPO_RECORD_INVALID",
+    "REPO_KEY_INVALID",
 }
 DID = "did:plc:fuzzfuzzfuzzfuzzfuzzfuzz"
 SETTINGS = settings(
@@ -327,3 +328,27 @@ def test_hostile_did_document_keys(methods: object) -> None:
     else:
         assert key.startswith(("did:key:zQ3s", "did:key:zDn"))
     assert time.monotonic() - start < 0.5
+
+
+@pytest.mark.parametrize(
+    ("collection", "rkey", "what"),
+    [
+        (COLLECTION, "b/c", "rkey"),
+        (f"{COLLECTION}/b", "c", "collection"),
+        ("not-an-nsid", "c", "collection"),
+        (COLLECTION, "..", "rkey"),
+    ],
+)
+def test_collection_and_rkey_must_name_one_record(
+    collection: str, rkey: str, what: str
+) -> None:
+    """The MST key is ``{collection}/{rkey}``: unchecked, ``(c, "b/c")`` and
+    ``(c + "/b", "c")`` named the same key, so a proof of one record was accepted
+    for another (here both are the record stored at ``c/b/c``)."""
+    repo = Repo(DID, Key(seed=5))
+    repo.put("b/c", lens_record(1))
+    proof = repo.proof("b/c")
+    key = signing_key(repo.did_document("https://pds.example"), DID)
+    with pytest.raises(RecordVerificationError) as info:
+        verify_record_proof(proof, did=DID, collection=collection, rkey=rkey, key=key)
+    assert info.value.rule == "REPO_KEY_INVALID" and what in str(info.value)

@@ -40,6 +40,7 @@ __all__ = [
     "dag_cbor",
     "decode_dag_cbor",
     "from_json",
+    "read_varint",
     "record_cid",
     "to_json",
 ]
@@ -258,8 +259,14 @@ def to_json(value: Any, _depth: int = 0) -> Any:
     return value
 
 
-def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
-    """Unsigned LEB128 (multiformats unsigned-varint: at most 9 bytes, minimal)."""
+def read_varint(data: bytes, pos: int, end: int | None = None) -> tuple[int, int]:
+    """``(value, offset after it)`` of the unsigned varint at ``data[pos]``, not
+    reading past ``end`` (default ``len(data)``): unsigned LEB128 as the
+    multiformats unsigned-varint spec has it (at most 9 bytes, minimally encoded).
+    Raises :class:`DataModelError` for a truncated, longer or non-minimal one (the
+    CID and CAR readers both use it)."""
+    if end is None:
+        end = len(data)
     n = shift = 0
     for i in range(9):
         if pos + i >= end:
@@ -279,9 +286,9 @@ def check_cid(raw: bytes) -> None:
     code, digest length matching the digest). Raises :class:`DataModelError`."""
     if not raw or raw[0] != 1:
         raise DataModelError("link is not a CIDv1")
-    _, pos = _varint(raw, 1, len(raw))
-    _, pos = _varint(raw, pos, len(raw))
-    size, pos = _varint(raw, pos, len(raw))
+    _, pos = read_varint(raw, 1, len(raw))
+    _, pos = read_varint(raw, pos, len(raw))
+    size, pos = read_varint(raw, pos, len(raw))
     if len(raw) - pos != size:
         raise DataModelError("CID digest length does not match its multihash")
 

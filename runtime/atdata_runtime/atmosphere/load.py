@@ -10,8 +10,8 @@
    same codec, no code generated or executed).
 3. Shards stream from HTTP(S), S3 (``s3://bucket/key``, with the entry's endpoint)
    or PDS blobs (``com.atproto.sync.getBlob`` on the owner's PDS), and every shard's
-   sha256 is verified as it is read: the entry's checksum, or for a blob without one
-   the sha-256 inside the blob's CID.
+   sha256 is verified before any of its samples is used: the entry's checksum, or
+   for a blob without one the sha-256 inside the blob's CID.
 
 An entry is untrusted input (see ``SECURITY.md``); :func:`entry_shards` turns its
 storage into shard URLs under these rules, each refusal an :class:`EntryStorageError`
@@ -131,7 +131,9 @@ class ResolvedDataset:
     (``anon=True`` for an untrusted S3 endpoint), ``class_source`` (``"given"``,
     ``"lock"`` or ``"dynamic"``), the entry's S3 ``endpoint``, whether the user
     trusts it (``endpoint_trusted``) and the origins the user trusts
-    (``trusted_endpoints``)."""
+    (``trusted_endpoints``). A validly signed *older* commit of the repository is
+    accepted as well as the newest: there is no rollback protection (that needs
+    the repository's current ``rev`` from a relay or firehose)."""
 
     entry: FetchedRecord
     schema: FetchedRecord
@@ -636,8 +638,14 @@ def load_dataset(
     trusted as the user's own (S3 endpoints that get their credentials; HTTP shard
     origins read without the network checks, ``http`` allowed); ``max_shards``
     (default 100,000) bounds the entry's shard list. ``kwargs`` go to
-    :class:`~atdata_runtime.shards.Dataset` (``max_member_bytes``, ``progress``…),
-    which reads the URLs as ``urls_from="record"``."""
+    :class:`~atdata_runtime.shards.Dataset` (``max_member_bytes``, ``progress``,
+    ``verify``, ``max_shard_bytes``…), which reads the URLs as
+    ``urls_from="record"``: each shard with a sha256 is verified before any of its
+    samples is yielded (``verify="before"``, spooled to a temporary file of at
+    most ``max_shard_bytes``, default 4 GiB). Records are verified against a
+    validly signed commit of their repository, which may be an *older* one than
+    the newest (no rollback protection: that needs a current ``rev`` from a
+    relay)."""
     r = resolve_dataset(
         uri,
         client=client,

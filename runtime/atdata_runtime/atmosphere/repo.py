@@ -7,6 +7,11 @@ to ``{collection}/{rkey}`` and the record itself. :func:`verify_record_proof` ch
 in order, and raises :class:`~.errors.RecordVerificationError` naming the AT-URI with
 the rule of the first failure:
 
+``REPO_KEY_INVALID``
+    the ``collection`` asked for is not an NSID or the ``rkey`` not a record key
+    (Lexicon "NSID" and "Record Key" specs): the MST key ``{collection}/{rkey}``
+    must name one record only (``("a", "b/c")`` and ``("a/b", "c")`` would build
+    the same key).
 ``REPO_CAR_INVALID``
     CAR framing (CARv1 spec: varint-prefixed header ``{version: 1, roots: [cid]}``,
     then varint-prefixed ``cid ‖ bytes`` sections): truncation, bad varints, a
@@ -57,7 +62,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from ..lex.formats import is_tid
+from ..lex.formats import is_nsid, is_record_key, is_tid
 from ..net.fetch import MAX_CAR_BYTES
 from .cid import (
     MAX_DEPTH,
@@ -66,6 +71,7 @@ from .cid import (
     cid_to_str,
     dag_cbor,
     decode_dag_cbor,
+    read_varint,
     to_json,
 )
 from .errors import RecordVerificationError
@@ -121,18 +127,11 @@ class VerifiedRecord:
 
 
 def _varint(data: bytes, pos: int, uri: str) -> tuple[int, int]:
-    n = shift = 0
-    for i in range(9):
-        if pos + i >= len(data):
-            raise _fail(uri, "REPO_CAR_INVALID", f"truncated varint at byte {pos}")
-        b = data[pos + i]
-        n |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            if b == 0 and i > 0:
-                raise _fail(uri, "REPO_CAR_INVALID", f"non-minimal varint at {pos}")
-            return n, pos + i + 1
-    raise _fail(uri, "REPO_CAR_INVALID", f"varint longer than 9 bytes at byte {pos}")
+    """:func:`~.cid.read_varint`, its failure a ``REPO_CAR_INVALID`` at ``pos``."""
+    try:
+        return read_varint(data, pos)
+    except DataModelError as exc:
+        raise _fail(uri, "REPO_CAR_INVALID", f"{exc} at byte {pos}") from None
 
 
 def parse_car(
@@ -414,6 +413,12 @@ def verify_record_proof(
     :class:`RecordVerificationError` with the rule of the first failed check (see
     the module docstring) naming the AT-URI. Limits as in the module docstring."""
     uri = uri or f"at://{did}/{collection}/{rkey}"
+    if not isinstance(collection, str) or not is_nsid(collection):
+        raise _fail(
+            uri, "REPO_KEY_INVALID", f"collection {collection!r:.80} is not an NSID"
+        )
+    if not isinstance(rkey, str) or not is_record_key(rkey):
+        raise _fail(uri, "REPO_KEY_INVALID", f"rkey {rkey!r:.80} is not a record key")
     car = parse_car(car_bytes, uri=uri, max_bytes=max_bytes, max_blocks=max_blocks)
     commit = verify_commit(car, did, key, uri=uri)
     found = _find(car, commit["data"], f"{collection}/{rkey}".encode(), uri, max_depth)
