@@ -12,7 +12,9 @@ the ``s3`` extra. Uses :mod:`atdata_runtime.samples` and, for ``Dataset.as_type`
 """
 
 from .dataset import (
+    MAX_SHARD_BYTES,
     MAX_SHARDS,
+    SHUFFLE_BUFFER_BYTES,
     Dataset,
     ShardWriter,
     Split,
@@ -28,6 +30,8 @@ from .tar import MAX_MEMBER_BYTES, TarFormatError, iter_files, iter_samples
 __all__ = [
     "MAX_MEMBER_BYTES",
     "MAX_SHARDS",
+    "MAX_SHARD_BYTES",
+    "SHUFFLE_BUFFER_BYTES",
     "Dataset",
     "ShardChecksumError",
     "ShardListError",
