@@ -868,3 +868,28 @@ def test_schema_checks_carry_their_rule() -> None:
     extra = {"a": compact(b"|u1", (2,), b"\0" * 2), "name": "x", "q": 1}
     exc = sample_error(cls, msgpack.packb(extra), unknown="error")
     assert exc.rule == "SAMPLE_UNKNOWN_FIELD" and "'q'" in exc.reason
+
+
+@pytest.mark.parametrize(
+    "name, payload, reason",
+    [
+        ("format-small", b"\xc1", "starts no msgpack value"),
+        ("stack-small", b"\x91" * 5000 + b"\xc0", "stack limit"),
+        (
+            "stack-large",
+            b"\x82\xa1a" + b"\x91" * 100_000 + b"\xc0" + b"\xa1b\xc4" + b"\x00",
+            "stack limit",
+        ),
+    ],
+)
+def test_msgpack_errors_always_say_why(name: str, payload: bytes, reason: str) -> None:
+    """Trial of issue 14: msgpack's own errors carry no text, so the message read
+    "payload is not msgpack:  [SAMPLE_MSGPACK]", and a too-deep map on the large
+    path was called "not a msgpack map". Each now names its reason."""
+    for cls in (Scalars, Arrays):
+        exc = sample_error(cls, payload)
+        assert exc.rule in ("SAMPLE_MSGPACK", "SAMPLE_KIND", "SAMPLE_DEPTH"), exc
+        text = str(exc)
+        assert ":  [" not in text and not text.rstrip().endswith(": ["), text
+        if exc.rule == "SAMPLE_MSGPACK":
+            assert reason in text, text

@@ -467,6 +467,10 @@ def test_fetch_cross_origin_redirect_never_forwards_headers(
         ("https://h/p?%61ccess_token=T", "https://h/p?%61ccess_token=REDACTED"),
         ("http://[::1", "<unparsable URL>"),
         ("user:secret@host/x?token=T", "host/x?token=REDACTED"),
+        (
+            "data.example.org/s.tar?access_token=T",
+            "data.example.org/s.tar?access_token=REDACTED",
+        ),
         ("alice@example.org", "alice@example.org"),  # not a URL
         ("git@github.com:lab/x.git", "git@github.com:lab/x.git"),  # scp-like
         ("https://h/p#access_token=T&x=1", "https://h/p#access_token=REDACTED&x=1"),

@@ -92,6 +92,13 @@ def redact_url(url: str, *, drop: bool = False) -> str:
         userinfo, at, host = head.rpartition("@")
         if at and ":" in userinfo:
             return redact_url("//" + host + slash + rest, drop=drop)[2:]
+        if "?" in url and not any(c.isspace() for c in url):
+            # "host/path?token=…" written without a scheme: its query still counts
+            path, _, query = url.partition("?")
+            query, frag_sep, fragment = query.partition("#")
+            redacted, changed = _redact_params(query, drop)
+            if changed:
+                return f"{path}?{redacted}{frag_sep}{fragment}"
         return url
     netloc = parts.netloc.rpartition("@")[2]
     query, q_changed = _redact_params(parts.query, drop)

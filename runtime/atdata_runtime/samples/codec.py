@@ -338,7 +338,11 @@ def _msgpack_reason(exc: Exception) -> str:
     text = str(exc)
     if "max_ext_len" in text:  # an ext of 1 byte or more (type -1 never reaches
         return _EXT_REFUSED  # the hook: msgpack decodes it as a Timestamp)
-    return text
+    if isinstance(exc, msgpack.StackError):  # msgpack's errors carry no text
+        return text or "nested deeper than msgpack's stack limit"
+    if isinstance(exc, msgpack.FormatError):
+        return text or "a byte that starts no msgpack value (e.g. 0xc1)"
+    return text or type(exc).__name__
 
 
 _OBJECT_BYTES: Final[dict[type, int]] = {str: 64, bytes: 48, int: 32, float: 32}
@@ -794,7 +798,7 @@ class _Codec:
             if isinstance(exc, SampleFormatError):
                 raise
             raise SampleFormatError(
-                f"payload is not a msgpack map: {_msgpack_reason(exc)}",
+                f"payload is not valid msgpack: {_msgpack_reason(exc)}",
                 member=member,
                 rule="SAMPLE_MSGPACK",
             ) from None
