@@ -97,7 +97,9 @@ def test_every_rule_id_in_the_code_is_catalogued() -> None:
     used: set[str] = set()
     for path in root.rglob("*.py"):
         used |= set(
-            re.findall(r'"((?:LEX|SRC|SCHEMA|LENS|LOCK|OUT|NAME)_[A-Z_]+)"', path.read_text())
+            re.findall(
+                r'"((?:LEX|SRC|SCHEMA|LENS|LOCK|OUT|NAME)_[A-Z_]+)"', path.read_text()
+            )
         )
     used |= {"LEX_REQUIRED_UNDEFINED", "LEX_NULLABLE_UNDEFINED"}  # built by f-string
     # constants' names in __all__, not rules
