@@ -430,3 +430,64 @@ def test_shuffle_buffer_is_capped_by_payload_bytes(tmp_path: Path) -> None:
     from atdata_runtime.shards.dataset import SHUFFLE_BUFFER_BYTES
 
     assert SHUFFLE_BUFFER_BYTES == 1 << 30
+
+
+_SIZE_PARAMETERS = ["max_member_bytes", "max_sample_bytes", "max_shard_bytes"]
+
+
+@pytest.mark.parametrize("name", _SIZE_PARAMETERS)
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (True, TypeError),
+        (False, TypeError),
+        ("abc", TypeError),
+        ("1024", TypeError),
+        (1.5, TypeError),
+        (-1, ValueError),
+    ],
+)
+def test_byte_limits_are_checked_at_construction(
+    pkg: Any, name: str, value: Any, error: type[Exception]
+) -> None:
+    """The trial: ``max_member_bytes=True`` was accepted (later "a limit of True
+    bytes") and ``"abc"`` a raw TypeError mid-read. Now each byte limit is an
+    int >= 0 (not a bool), checked when the Dataset is built, the parameter
+    named."""
+    cls = pkg[0].ImageSample
+    with pytest.raises(error, match=name):
+        Dataset[cls](str(SHARDS / "image-000000.tar"), **{name: value})
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [(True, TypeError), ("abc", TypeError), (2.0, TypeError), (-1, ValueError)],
+)
+def test_buffer_bytes_is_checked_before_reading(
+    pkg: Any, value: Any, error: type[Exception]
+) -> None:
+    cls = pkg[0].ImageSample
+    ds = Dataset[cls](str(SHARDS / "image-000000.tar"), progress=False)
+    with pytest.raises(error, match="buffer_bytes"):
+        ds.shuffled(buffer_bytes=value)
+    with pytest.raises(error, match="buffer_bytes"):
+        ds.torch(shuffle=True, buffer_bytes=value)
+    with pytest.raises(TypeError, match="buffer"):
+        ds.shuffled(buffer=True)
+
+
+def test_valid_byte_limits_are_kept(pkg: Any) -> None:
+    cls = pkg[0].ImageSample
+    ds = Dataset[cls](
+        str(SHARDS / "image-000000.tar"),
+        max_member_bytes=1 << 20,
+        max_sample_bytes=None,
+        max_shard_bytes=0,
+        progress=False,
+    )
+    assert (ds.max_member_bytes, ds.max_sample_bytes, ds.max_shard_bytes) == (
+        1 << 20,
+        None,
+        0,
+    )
+    assert len(list(ds.shuffled(seed=1, buffer_bytes=0))) == len(list(ds))

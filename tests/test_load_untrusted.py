@@ -32,6 +32,7 @@ from atdata_runtime.atmosphere.load import (
     CredentialScopeError,
     EntryStorageError,
     LockMismatchError,
+    ResolvedDataset,
     entry_shards,
     load_dataset,
     resolve_dataset,
@@ -912,3 +913,262 @@ def test_header_scoping_uses_the_fetchers_origin() -> None:
     ]:
         assert origin_of(url) == origin(url) == "https://data.example.org"
     assert origin_of("/local/path.tar") is None and origin_of("https://h:x/") is None
+
+
+# == issue 14 new-user trial: checksum algorithms, trusted origins, S3 errors ==
+@pytest.mark.parametrize("algorithm", ["SHA-256", "sha-256", "SHA_256", "Sha256"])
+def test_sha256_spellings_are_verified(
+    net: LocalNetwork,
+    publisher: AtmosphereClient,
+    recorder_factory: Any,
+    tmp_path: Path,
+    algorithm: str,
+) -> None:
+    """The attack: ``{"algorithm": "SHA-256"}`` (the lexicon's own spelling) was
+    read unverified, even with a wrong digest. Now every sha256 spelling is
+    verified before a sample is used."""
+    from atdata_runtime.shards import ShardChecksumError
+
+    server = _serve_shards(recorder_factory, tmp_path, "spelled")
+    url = f"{server.url}/s.tar"
+    wrong = hashlib.sha256(b"another shard").hexdigest()
+    storage = _http(url, digest=wrong)
+    storage["shards"][0]["checksum"]["algorithm"] = algorithm
+    uri, _ = _publish(publisher, storage)
+    reader = AtmosphereClient(resolver=_resolver(net))
+    resolved = resolve_dataset(uri, client=reader)
+    assert resolved.checksums == {url: wrong} and resolved.unverified == []
+    ds = load_dataset(uri, client=reader, progress=False)
+    with pytest.raises(ShardChecksumError) as info:
+        next(iter(ds))
+    assert info.value.rule == "SHARD_CHECKSUM_MISMATCH" and url in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "algorithm", ["md5", "MD5", "sha1", "sha512", "blake3", "crc32", "sha256x"]
+)
+def test_other_checksum_algorithms_are_refused(algorithm: str) -> None:
+    """md5 (or any algorithm this runtime does not verify) used to mean: read
+    unverified, with a log warning only. Now the entry is refused, naming the
+    AT-URI and the shard's JSON pointer."""
+    storage = _http("https://data.example.org/s.tar", digest="ab" * 16)
+    storage["shards"][0]["checksum"]["algorithm"] = algorithm
+    with pytest.raises(EntryStorageError) as info:
+        entry_shards(_entry(storage), blob_url=_no_blobs)
+    message = str(info.value)
+    assert info.value.rule == "CHECKSUM_ALGORITHM", message
+    assert message.startswith(f"{ENTRY_URI}: /storage/shards/0/checksum/algorithm")
+    assert repr(algorithm) in message
+    if algorithm.lower() in ("md5", "sha1"):
+        assert "weak" in message
+    # the same for an S3 shard
+    s3 = _s3("https://s3.example.org", "k.tar")
+    s3["shards"][0]["checksum"] = {"algorithm": algorithm, "digest": "ab" * 16}
+    with pytest.raises(EntryStorageError, match="CHECKSUM_ALGORITHM"):
+        entry_shards(
+            _entry(s3), blob_url=_no_blobs, trusted_endpoints=["https://s3.example.org"]
+        )
+
+
+@pytest.mark.parametrize(
+    "checksum",
+    [
+        {"algorithm": "none", "digest": ""},
+        {"algorithm": "NONE", "digest": ""},
+        {"algorithm": "", "digest": ""},
+        {"digest": ""},
+    ],
+)
+def test_no_checksum_is_listed_as_unverified(checksum: dict[str, str]) -> None:
+    url = "https://data.example.org/s.tar"
+    storage = {
+        "$type": "science.alt.dataset.storageHttp",
+        "shards": [
+            {"url": url, "checksum": checksum},
+            {
+                "url": url + "2",
+                "checksum": {"algorithm": "SHA-256", "digest": SCALAR_SHA},
+            },
+        ],
+    }
+    entry = _entry(storage)
+    shards = entry_shards(entry, blob_url=_no_blobs)
+    assert shards.checksums == {url + "2": SCALAR_SHA}
+    resolved = ResolvedDataset(
+        entry,
+        entry,
+        object,
+        shards.urls,
+        shards.checksums,  # type: ignore[arg-type]
+    )
+    assert resolved.unverified == [url]
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://127.0.0.1:18777/shard",
+        "https://u:p@a.example",
+        "https://a.example?x",
+        "https://a.example?",
+        "https://a.example#top",
+        "ftp://a.example",
+        "s3://bucket",
+        "https://*.example.org",
+        "https://a.example//",
+        "https://a.example:99999",
+        "a.example",
+    ],
+)
+def test_trusted_endpoints_are_bare_origins_only(
+    endpoint: str, scalar_cls: Any
+) -> None:
+    """Trust used to be widened silently (a path, user:pass@ or a query dropped)
+    or to do nothing (ftp://, a wildcard). Now anything but an origin is
+    refused, by entry_shards, load_dataset and Dataset alike."""
+    storage = _s3("https://s3.example.org", "k.tar")
+    with pytest.raises(ShardListError) as info:
+        entry_shards(_entry(storage), blob_url=_no_blobs, trusted_endpoints=[endpoint])
+    assert info.value.rule == "TRUSTED_ENDPOINT"
+    assert "u:p" not in str(info.value)
+    with pytest.raises(ShardListError, match="TRUSTED_ENDPOINT"):
+        Dataset[scalar_cls](
+            "https://a.example/s.tar", urls_from="record", trusted_endpoints=[endpoint]
+        )
+    # headers keyed by the same non-origin are refused the same way
+    with pytest.raises(ShardListError, match="HEADERS_SCOPE"):
+        Dataset[scalar_cls](
+            "https://a.example/s.tar",
+            storage_options={"headers": {endpoint: {"X-Api-Key": "k"}}},
+        )
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["http://127.0.0.1:18777", "http://127.0.0.1:18777/", "HTTPS://A.Example:443/"],
+)
+def test_bare_origins_are_trusted(origin: str, scalar_cls: Any) -> None:
+    ds = Dataset[scalar_cls](
+        "https://a.example/s.tar", urls_from="record", trusted_endpoints=[origin]
+    )
+    assert len(ds.trusted_origins) == 1
+    assert origin.lower().rstrip("/").removesuffix(":443") in ds.trusted_origins
+
+
+@pytest.mark.parametrize("trust", [False, True])
+@pytest.mark.parametrize(
+    "suffix", ["/admin", "/admin/", "/?x=1", "/#f", "?versionId=1"]
+)
+def test_record_s3_endpoint_with_a_path_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+    recorder_factory: Any,
+    suffix: str,
+    trust: bool,
+) -> None:
+    """The attack: ``endpoint: "http://127.0.0.1:18777/admin"`` sent
+    ``HEAD /admin/bkt/shard``. Now a record's endpoint must be an origin, even
+    at a trusted origin; nothing is requested."""
+    monkeypatch.setenv(INSECURE_LOOPBACK_ENV, "1")
+    server = recorder_factory()
+    endpoint = server.url + suffix
+    with pytest.raises(EntryStorageError) as info:
+        entry_shards(
+            _entry(_s3(endpoint, "shard.tar", bucket="bkt")),
+            blob_url=_no_blobs,
+            trusted_endpoints=[server.url] if trust else [],
+        )
+    assert info.value.rule == "S3_ENDPOINT", info.value
+    assert "/storage/endpoint" in str(info.value) and ENTRY_URI in str(info.value)
+    assert "must be an origin" in str(info.value)
+    assert server.requests == []
+
+
+def test_s3_errors_name_the_shard_and_the_entry(
+    monkeypatch: pytest.MonkeyPatch, recorder_factory: Any, scalar_cls: Any
+) -> None:
+    """The trial saw a bare ``PermissionError: Forbidden`` from s3fs. Now it is a
+    ShardReadError (SHARD_READ) naming the shard URL and the entry, the original
+    error kept as __cause__ and named in the message."""
+    from atdata_runtime.net.errors import NetworkError
+    from atdata_runtime.shards.errors import ShardReadError
+
+    monkeypatch.setenv(INSECURE_LOOPBACK_ENV, "1")
+    server = recorder_factory()  # answers 403 AccessDenied to everything
+    entry = _entry(_s3(server.url, "k/shard-0.tar", bucket="bkt"))
+    shards = entry_shards(entry, blob_url=_no_blobs)
+    ds = Dataset[scalar_cls](
+        shards.urls,
+        storage_options=shards.storage_options,
+        urls_from="record",
+        progress=False,
+        entry=ENTRY_URI,
+    )
+    with pytest.raises(ShardReadError) as info:
+        next(iter(ds))
+    exc = info.value
+    assert isinstance(exc, NetworkError) and exc.rule == "SHARD_READ"
+    assert exc.uri == "s3://bkt/k/shard-0.tar" and exc.entry == ENTRY_URI
+    assert str(exc).startswith("s3://bkt/k/shard-0.tar: opening the shard failed: ")
+    assert ENTRY_URI in str(exc) and str(exc).endswith("[SHARD_READ]")
+    assert exc.__cause__ is not None
+    assert f"{type(exc.__cause__).__name__}: " in str(exc)
+    assert server.requests  # the endpoint answered: this is its error
+
+
+def test_s3_errors_without_credentials_are_located(
+    monkeypatch: pytest.MonkeyPatch,
+    recorder_factory: Any,
+    tmp_path: Path,
+    scalar_cls: Any,
+) -> None:
+    """botocore's NoCredentialsError (the user's own endpoint, no credentials
+    configured anywhere) is located too, and keeps its class name."""
+    from atdata_runtime.shards.errors import ShardReadError
+
+    for name in [*FAKE_AWS, "AWS_PROFILE", "AWS_DEFAULT_PROFILE"]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-creds"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    server = recorder_factory()
+    ds = Dataset[scalar_cls](
+        "s3://bkt/k.tar",
+        storage_options={"client_kwargs": {"endpoint_url": server.url}},
+        progress=False,
+    )
+    with pytest.raises(ShardReadError) as info:
+        next(iter(ds))
+    assert info.value.rule == "SHARD_READ" and info.value.entry is None
+    assert "NoCredentialsError" in str(info.value), info.value
+    assert type(info.value.__cause__).__name__ == "NoCredentialsError"
+
+
+def test_s3_read_errors_are_located_and_redacted(scalar_cls: Any) -> None:
+    """An error while *reading* an fsspec shard (not only opening it) is a
+    ShardReadError too, and URLs in the original message are redacted."""
+    import fsspec
+    from atdata_runtime.shards.errors import ShardReadError
+
+    class Failing(fsspec.AbstractFileSystem):  # type: ignore[misc]
+        protocol = "failing14"
+
+        def _open(self, path: str, mode: str = "rb", **kw: Any) -> Any:
+            class Broken:
+                def read(self, n: int = -1) -> bytes:
+                    raise OSError(
+                        38, "read https://h.example/x?X-Amz-Signature=topsecret"
+                    )
+
+                def close(self) -> None:
+                    pass
+
+            return Broken()
+
+    fsspec.register_implementation("failing14", Failing, clobber=True)
+    ds = Dataset[scalar_cls]("failing14://bkt/k.tar", progress=False, entry=ENTRY_URI)
+    with pytest.raises(ShardReadError) as info:
+        next(iter(ds))
+    message = str(info.value)
+    assert "reading the shard failed: OSError: " in message
+    assert "topsecret" not in message and "h.example" in message
+    assert ENTRY_URI in message and isinstance(info.value.__cause__, OSError)

@@ -39,6 +39,18 @@ naming the entry's AT-URI, the JSON pointer and the rule:
   ``storage_options={"client_kwargs": {"endpoint_url": …}}``, which replaces the
   entry's endpoint. An entry without an endpoint is read from AWS S3 itself with
   the user's usual credentials (the bucket name is checked: ``S3_BUCKET``);
+- a checksum's algorithm is compared case-insensitively without ``-``/``_``
+  (``SHA-256`` as the lexicon's description spells it, ``sha256`` as atdata
+  writes it); ``none`` or empty (atdata 0.7 writes ``none``) means no
+  checksum (the shard is read unverified, listed in
+  :attr:`ResolvedDataset.unverified`); any other algorithm, md5 and sha1
+  included, is refused (``CHECKSUM_ALGORITHM``): a shard is never read
+  unverified while its entry claims a checksum;
+- an S3 endpoint must be exactly an origin, no path (``S3_ENDPOINT``);
+- an S3 (or other fsspec) shard that cannot be opened or read is a
+  :class:`~atdata_runtime.shards.errors.ShardReadError` (``SHARD_READ``) naming
+  the redacted URL and the entry's AT-URI, with the original error as
+  ``__cause__``;
 - sha256 digests must be 64 hex digits (``SHARD_CHECKSUM_INVALID``); a blob's CID
   must be a base32 CIDv1 (``BLOB_CID``);
 - HTTP headers the user gives go only to the origins they are keyed by
@@ -65,7 +77,13 @@ from ..net.fetch import check_url
 from ..net.hosts import refuse_address
 from ..net.redact import redact_url
 from ..samples.codec import PackableSample, generated_sample_classes
-from ..shards.dataset import MAX_SHARDS, Dataset, origin_of, trusted_origins
+from ..shards.dataset import (
+    MAX_SHARDS,
+    Dataset,
+    bare_origin,
+    origin_of,
+    trusted_origins,
+)
 from ..shards.errors import ShardListError
 from .cid import DataModelError, cid_to_bytes
 from .client import AtmosphereClient, FetchedRecord
@@ -196,6 +214,17 @@ def _locked_class(lock: Path, schema: FetchedRecord) -> type[PackableSample] | N
 
 
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+_WEAK = frozenset({"md5", "sha1", "md4"})
+"""Algorithms named as weak in ``CHECKSUM_ALGORITHM`` messages."""
+
+
+def _algorithm_name(algorithm: str) -> str:
+    """A checksum algorithm's name compared normalized: lowercased, without
+    ``-``, ``_`` and surrounding spaces (the lexicon's description says
+    ``SHA-256``, atdata writes ``sha256``)."""
+    return re.sub(r"[-_]", "", algorithm.strip().lower())
+
+
 _BASE32_CID = re.compile(r"b[a-z2-7]{7,200}")
 _BUCKET = re.compile(r"[A-Za-z0-9._-]{1,255}")
 """Bucket names botocore accepts (its ``VALID_BUCKET``; AWS's own rules are
@@ -275,8 +304,12 @@ class _Storage:
         return items
 
     def checksum(self, item: Mapping[str, Any], pointer: str) -> str | None:
-        """The sha256 hex digest an item declares, ``None`` when it declares none
-        usable (algorithm ``none``, or one this runtime does not verify)."""
+        """The sha256 hex digest an item declares, ``None`` when it declares no
+        checksum (no ``checksum``, or algorithm ``none`` or empty).
+        The algorithm name is compared normalized (:func:`_algorithm_name`:
+        ``SHA-256``, ``sha_256`` and ``sha256`` are one). Any other algorithm is
+        refused (``CHECKSUM_ALGORITHM``): the shard would be read unverified
+        while the entry claims a checksum."""
         checksum = item.get("checksum")
         if checksum is None:
             return None
@@ -284,9 +317,21 @@ class _Storage:
         if not isinstance(checksum, Mapping):
             raise self.fail(pointer, "must be an object", "ENTRY_INVALID")
         algorithm = checksum.get("algorithm", "")
-        if not isinstance(algorithm, str) or algorithm.lower() != "sha256":
-            return None
+        if not isinstance(algorithm, str):
+            raise self.fail(f"{pointer}/algorithm", "must be a string", "ENTRY_INVALID")
+        name = _algorithm_name(algorithm)
         digest = checksum.get("digest")
+        if name in ("", "none"):  # no checksum: its digest, if any, means nothing
+            return None
+        if name != "sha256":
+            weak = " (a weak hash: collisions can be made)" if name in _WEAK else ""
+            raise self.fail(
+                f"{pointer}/algorithm",
+                f"checksum algorithm {algorithm[:40]!r}{weak} is not one this "
+                "runtime verifies (sha256; 'none' for no checksum): the shard is "
+                "not read unverified while its entry claims a checksum",
+                "CHECKSUM_ALGORITHM",
+            )
         if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest):
             raise self.fail(
                 f"{pointer}/digest",
@@ -418,6 +463,14 @@ def entry_shards(
             endpoint_trusted = check.url(
                 endpoint, "/storage/endpoint", "S3 endpoint", "S3_ENDPOINT", trusted
             )
+            if bare_origin(endpoint) is None:
+                raise check.fail(
+                    "/storage/endpoint",
+                    f"{_shown(endpoint)}: an S3 endpoint must be an origin, "
+                    "https://host[:port] (no path, query, fragment or user:pass@: "
+                    "a path would prefix every request)",
+                    "S3_ENDPOINT",
+                )
             client_kwargs["endpoint_url"] = endpoint
             if not endpoint_trusted:
                 _check_endpoint_addresses(check, endpoint)
@@ -671,6 +724,7 @@ def load_dataset(
             urls_from="record",
             max_shards=max_shards,
             trusted_endpoints=r.trusted_endpoints,
+            entry=r.entry.uri,
             **kwargs,
         )
     except ShardListError as exc:

@@ -66,7 +66,7 @@ from ..samples.codec import (
     SampleFormatError,
     Unknown,
 )
-from .errors import ShardChecksumError, ShardListError, missing_extra
+from .errors import ShardChecksumError, ShardListError, ShardReadError, missing_extra
 from .tar import MAX_MEMBER_BYTES, iter_samples
 
 if TYPE_CHECKING:
@@ -243,24 +243,77 @@ def origin_of(url: str) -> str | None:
     return None if found == "null" else found
 
 
+_ORIGIN_HOST = re.compile(
+    r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?|\[[0-9a-f:.]{2,45}\]"
+)
+"""A serialized origin's host: an LDH name (after IDNA, lowercased) or an IP
+literal (RFC 3986 § 3.2.2); no ``*`` wildcard, no spaces."""
+
+
+def bare_origin(text: str) -> str | None:
+    """The origin (:func:`origin_of`) of ``text`` when ``text`` is exactly an
+    origin, ``http(s)://host[:port]`` with at most a trailing ``/``; ``None`` for
+    anything more (``user:pass@``, a path, ``?``, ``#``), another scheme, a
+    wildcard or otherwise invalid host, or a bad port. Used for
+    ``trusted_endpoints`` (``TRUSTED_ENDPOINT``) and for the origin keys of
+    ``storage_options["headers"]`` (``HEADERS_SCOPE``), so that nothing is
+    silently widened to a whole origin or silently ignored."""
+    if any(c in text for c in "?#@\\") or any(c.isspace() for c in text):
+        return None
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or parts.path not in ("", "/"):
+        return None
+    found = origin_of(text)
+    if found is None:
+        return None
+    host = found.partition("://")[2]
+    if host.startswith("["):
+        host = host[: host.index("]") + 1]
+    else:
+        host = host.rpartition(":")[0] if ":" in host else host
+    return found if _ORIGIN_HOST.fullmatch(host) else None
+
+
 def trusted_origins(endpoints: Iterable[str]) -> frozenset[str]:
     """The origins (:func:`origin_of`) of ``trusted_endpoints`` (one URL or many).
     Raises :class:`~atdata_runtime.shards.errors.ShardListError`
-    (``TRUSTED_ENDPOINT``) for an entry that is not an absolute URL with a host."""
+    (``TRUSTED_ENDPOINT``) for an entry that is not exactly an origin
+    (:func:`bare_origin`: ``http(s)://host[:port]``, optionally a trailing ``/``;
+    no credentials, path, query, fragment or wildcard)."""
     if isinstance(endpoints, str):
         endpoints = [endpoints]
     origins: set[str] = set()
     for endpoint in endpoints:
-        origin = origin_of(str(endpoint))
+        origin = bare_origin(endpoint) if isinstance(endpoint, str) else None
         if origin is None:
             raise ShardListError(
                 redact_url(str(endpoint))[:200],
-                "a trusted endpoint must be an absolute URL with a host "
-                "(scheme://host[:port])",
+                "a trusted endpoint must be exactly an origin, "
+                "http(s)://host[:port] (no user:pass@, path, query, fragment or "
+                "wildcard: trust is granted to whole origins only)",
                 rule="TRUSTED_ENDPOINT",
             )
         origins.add(origin)
     return frozenset(origins)
+
+
+def check_size(name: str, value: object, *, optional: bool = False) -> int | None:
+    """``value`` as a byte limit named ``name``: an ``int`` (not a ``bool``) of at
+    least 0, or ``None`` when ``optional``. Raises ``TypeError`` / ``ValueError``
+    naming the parameter (rather than a later "limit of True bytes")."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"{name} must be an int (bytes), not {type(value).__name__} "
+            f"{repr(value)[:60]}"
+        )
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0 bytes, not {value}")
+    return value
 
 
 def _scope_headers(
@@ -281,19 +334,8 @@ def _scope_headers(
         if not isinstance(value, Mapping):
             plain[str(key)] = str(value)
             continue
-        origin = origin_of(str(key))
-        try:
-            parts = urlsplit(str(key))
-        except ValueError:
-            parts = None
-        if (
-            origin is None
-            or parts is None
-            or parts.path not in ("", "/")
-            or parts.query
-            or parts.fragment
-            or "@" in parts.netloc
-        ):
+        origin = bare_origin(key) if isinstance(key, str) else None
+        if origin is None:
             raise ShardListError(
                 where,
                 f"key {redact_url(str(key))!r} holds headers but is not an origin "
@@ -364,8 +406,56 @@ _RECORD_SCHEMES = ("http://", "https://", "s3://")
 and ``file://`` among them)."""
 
 
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+
+
+def _read_error(
+    url: str, exc: Exception, doing: str, entry: str | None
+) -> ShardReadError:
+    """A :class:`ShardReadError` (``SHARD_READ``) for ``exc`` raised by fsspec (or
+    s3fs, botocore, aiohttp) while ``doing`` something with shard ``url``: the
+    original class name and message, URLs in it redacted, at most 300
+    characters."""
+    text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group()), str(exc))
+    text = text if len(text) <= 300 else text[:299] + "…"
+    return ShardReadError(
+        redact_url(url)[:200],
+        f"{doing} the shard failed: {type(exc).__name__}: {text}",
+        entry=entry,
+    )
+
+
+class _FsspecShard:
+    """A file fsspec opened, whose errors on reading are :class:`ShardReadError`
+    (``SHARD_READ``) naming the shard and the entry (``__cause__``: the original
+    error)."""
+
+    def __init__(self, file: Any, url: str, entry: str | None) -> None:
+        self.file, self.url, self.entry = file, url, entry
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self.file.read(n)  # type: ignore[no-any-return]
+        except Exception as exc:
+            raise _read_error(self.url, exc, "reading", self.entry) from exc
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # nothing more is read from it
+            self.file.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def _open(
-    url: str, storage_options: dict[str, Any], *, trusted: bool = True
+    url: str,
+    storage_options: dict[str, Any],
+    *,
+    trusted: bool = True,
+    entry: str | None = None,
 ) -> BinaryIO:
     """A binary stream for one shard: local paths directly; ``http(s)://`` always
     with :class:`~atdata_runtime.shards.http.HttpShardStream` (streaming,
@@ -375,7 +465,10 @@ def _open(
     options are fsspec's, for its other protocols: fsspec's HTTP client follows
     redirects to any host with the headers attached); anything else through
     fsspec with ``storage_options``. Untrusted local paths (``SHARD_URL_LOCAL``)
-    and schemes other than http(s) and s3 (``SHARD_URL_SCHEME``) are refused."""
+    and schemes other than http(s) and s3 (``SHARD_URL_SCHEME``) are refused. An
+    error of fsspec (s3fs, botocore…) while opening or reading is a
+    :class:`~atdata_runtime.shards.errors.ShardReadError` (``SHARD_READ``) naming
+    the redacted URL and ``entry`` (the AT-URI of the entry that listed it)."""
     if "://" not in url or url.startswith("file://"):
         if not trusted:
             raise ShardListError(
@@ -415,13 +508,16 @@ def _open(
         ) from exc
     try:
         # expand=False: a key is a name, never a glob or a pattern.
-        return fsspec.open(url, "rb", expand=False, **storage_options).open()  # type: ignore[no-any-return]
+        opened = fsspec.open(url, "rb", expand=False, **storage_options).open()
     except ImportError as exc:
         if url.startswith(("s3://", "s3a://")):
             raise missing_extra(
                 exc, f"{redact_url(url)}: reading s3:// shards", "s3", module="s3fs"
             ) from exc
         raise
+    except Exception as exc:
+        raise _read_error(url, exc, "opening", entry) from exc
+    return _FsspecShard(opened, url, entry)  # type: ignore[return-value]
 
 
 class Sha256Reader:
@@ -494,6 +590,7 @@ def iter_shard(
     trusted: bool = True,
     verify: Verify = "stream",
     max_shard_bytes: int = MAX_SHARD_BYTES,
+    entry: str | None = None,
 ) -> Iterator[tuple[str, bytes]]:
     """``(key, payload)`` for each sample of one shard, in tar order. Raises
     :class:`SampleFormatError` for a sample without a ``.msgpack`` member, and
@@ -510,12 +607,16 @@ def iter_shard(
     sample of a tampered shard is ever used; ``"stream"`` (the default here): the
     bytes are hashed as they stream and the mismatch is raised once the shard has
     been read to its end, after its samples. ``trusted=False``: the URL came from
-    a record (see :func:`_open`)."""
+    a record (see :func:`_open`). ``entry``: the AT-URI of the entry that listed
+    the shard, named in :class:`~atdata_runtime.shards.errors.ShardReadError`
+    (``SHARD_READ``, an fsspec error opening or reading the shard)."""
     if verify not in ("before", "stream"):
         raise ValueError(f"verify must be 'before' or 'stream', not {verify!r}")
     shown = redact_url(url)
     with contextlib.ExitStack() as stack:
-        raw = stack.enter_context(_open(url, storage_options or {}, trusted=trusted))
+        raw = stack.enter_context(
+            _open(url, storage_options or {}, trusted=trusted, entry=entry)
+        )
         stream: Any = raw
         if sha256 and verify == "before":
             stream = stack.enter_context(
@@ -644,6 +745,7 @@ class Dataset(Generic[T_co]):
         trusted_endpoints: Iterable[str] = (),
         verify: Verify | None = None,
         max_shard_bytes: int = MAX_SHARD_BYTES,
+        entry: str | None = None,
     ) -> None:
         if not hasattr(type(self), "sample_type"):
             raise TypeError("bind a sample class first: Dataset[MySample](urls)")
@@ -672,19 +774,20 @@ class Dataset(Generic[T_co]):
         if not self.shards:
             raise ShardListError("urls", "no shard URLs", rule="SHARD_LIST_EMPTY")
         self.urls_from: UrlsFrom = urls_from
+        self.entry = entry
+        """The AT-URI of the entry the URLs come from (``load_dataset`` sets it),
+        named in shard read errors; ``None`` for URLs of the user's own."""
         self.max_shards = max_shards
-        if max_member_bytes < 0 or (max_sample_bytes or 0) < 0:
-            raise ValueError("max_member_bytes and max_sample_bytes must be >= 0")
+        check_size("max_member_bytes", max_member_bytes)
         self.max_member_bytes = max_member_bytes
-        self.max_sample_bytes = max_sample_bytes
+        self.max_sample_bytes = check_size(
+            "max_sample_bytes", max_sample_bytes, optional=True
+        )
         if verify is None:
             verify = "before" if urls_from == "record" else "stream"
         if verify not in ("before", "stream"):
             raise ValueError(f"verify must be 'before' or 'stream', not {verify!r}")
-        if isinstance(max_shard_bytes, bool) or not isinstance(max_shard_bytes, int):
-            raise TypeError(f"max_shard_bytes must be an int, not {max_shard_bytes!r}")
-        if max_shard_bytes < 0:
-            raise ValueError("max_shard_bytes must be >= 0")
+        check_size("max_shard_bytes", max_shard_bytes)
         self.verify: Verify = verify
         """When checksums are checked: ``"before"`` a shard's samples are used, or
         ``"stream"``ing (see :data:`Verify`)."""
@@ -800,6 +903,7 @@ class Dataset(Generic[T_co]):
                 trusted=self._trusted(url),
                 verify=self.verify,
                 max_shard_bytes=self.max_shard_bytes,
+                entry=self.entry,
             ):
                 if stride == 1 or index % stride == offset:
                     yield shown, key, payload
@@ -864,8 +968,11 @@ class Dataset(Generic[T_co]):
         when either is reached, a random sample leaves the buffer. Batches as in
         :meth:`ordered`. Raises ``ValueError`` for ``buffer < 1`` or
         ``buffer_bytes < 0``."""
-        if buffer < 1 or buffer_bytes < 0:
-            raise ValueError("buffer must be at least 1 and buffer_bytes >= 0")
+        if isinstance(buffer, bool) or not isinstance(buffer, int):
+            raise TypeError(f"buffer must be an int, not {repr(buffer)[:60]}")
+        if buffer < 1:
+            raise ValueError(f"buffer must be at least 1, not {buffer}")
+        check_size("buffer_bytes", buffer_bytes)
         rng = random.Random(None if seed is None else seed * 1_000_003 + epoch)
         shards = list(self.shards)
         rng.shuffle(shards)
@@ -910,7 +1017,9 @@ class Dataset(Generic[T_co]):
         Either way a batch holds numpy arrays (``torch.from_numpy(batch.image)``
         shares their memory; stacked arrays are writable). With ``shuffle``, call
         ``set_epoch(n)`` on the returned object each epoch (as with
-        ``DistributedSampler``)."""
+        ``DistributedSampler``). ``buffer_bytes`` is checked here (an ``int`` >= 0:
+        ``TypeError`` / ``ValueError``)."""
+        check_size("buffer_bytes", buffer_bytes)
         try:
             from torch.utils.data import IterableDataset  # type: ignore[import-not-found,unused-ignore]
         except ImportError as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..net.errors import NetworkError
 
-__all__ = ["ShardChecksumError", "ShardListError", "missing_extra"]
+__all__ = ["ShardChecksumError", "ShardListError", "ShardReadError", "missing_extra"]
 
 
 class ShardChecksumError(NetworkError):
@@ -17,6 +17,22 @@ class ShardChecksumError(NetworkError):
     before use is larger than ``max_shard_bytes`` and was not read further."""
 
     rule = "SHARD_CHECKSUM_MISMATCH"
+
+
+class ShardReadError(NetworkError):
+    """Opening or reading a shard through fsspec (``s3://`` and the other
+    protocols it handles) failed (``SHARD_READ``): ``uri`` is the shard URL
+    (redacted), and, for shards an entry listed, ``entry`` is its AT-URI (else
+    ``None``). The message holds the original error's class name and message
+    (URLs in it redacted, at most 300 characters); the original exception is
+    ``__cause__``. HTTP(S) shards raise the fetcher's own
+    :class:`~atdata_runtime.net.errors.NetworkError` subclasses instead."""
+
+    rule = "SHARD_READ"
+
+    def __init__(self, uri: str, reason: str, *, entry: str | None = None) -> None:
+        self.entry = entry
+        super().__init__(uri, f"{reason} (entry {entry})" if entry else reason)
 
 
 class ShardListError(ValueError):
@@ -35,8 +51,10 @@ class ShardListError(ValueError):
     - ``HEADERS_SCOPE``: ``storage_options["headers"]`` cannot be scoped to hosts
       (an origin key that is not ``scheme://host[:port]``, or plain headers for URLs
       that a record named);
-    - ``TRUSTED_ENDPOINT``: a ``trusted_endpoints`` entry that is not an absolute
-      URL with a host;
+    - ``TRUSTED_ENDPOINT``: a ``trusted_endpoints`` entry that is not exactly an
+      origin: ``http``/``https``, a host (no ``*`` wildcard), an optional port and
+      at most a trailing ``/`` (no ``user:pass@``, path, query or fragment, which
+      would silently be widened to the whole origin);
     - ``SHARD_URL_LOCAL`` / ``SHARD_URL_SCHEME``: a URL from a record
       (``urls_from="record"``) that names a local path, or a scheme other than
       ``http``, ``https`` and ``s3``, refused when the shard is opened.
