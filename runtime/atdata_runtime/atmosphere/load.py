@@ -687,8 +687,8 @@ def load_dataset(
     :class:`CredentialScopeError` (``CREDENTIALS_SCOPE``). HTTP ``headers`` must be
     keyed by the origin they are for (``{"headers": {"https://host": {…}}}``);
     plain headers raise :class:`~atdata_runtime.shards.errors.ShardListError`
-    (``HEADERS_SCOPE``). ``trusted_endpoints``: origins (``scheme://host[:port]``)
-    trusted as the user's own (S3 endpoints that get their credentials; HTTP shard
+    (``HEADERS_SCOPE``). ``trusted_endpoints``: origins (exactly
+    ``http(s)://host[:port]``, else ``TRUSTED_ENDPOINT``) trusted as the user's own (S3 endpoints that get their credentials; HTTP shard
     origins read without the network checks, ``http`` allowed); ``max_shards``
     (default 100,000) bounds the entry's shard list. ``kwargs`` go to
     :class:`~atdata_runtime.shards.Dataset` (``max_member_bytes``, ``progress``,
@@ -698,7 +698,9 @@ def load_dataset(
     most ``max_shard_bytes``, default 4 GiB). Records are verified against a
     validly signed commit of their repository, which may be an *older* one than
     the newest (no rollback protection: that needs a current ``rev`` from a
-    relay)."""
+    relay). An S3 shard that cannot be opened or read raises
+    :class:`~atdata_runtime.shards.errors.ShardReadError` (``SHARD_READ``) naming
+    the shard URL and the entry's AT-URI."""
     r = resolve_dataset(
         uri,
         client=client,

@@ -671,7 +671,12 @@ class Dataset(Generic[T_co]):
       :func:`~atdata_runtime.atmosphere.load.load_dataset` passes them): used as
       they are, never expanded, and only headers keyed by an origin are sent
       (plain ones raise ``HEADERS_SCOPE``).
-    - ``trusted_endpoints``: origins (``scheme://host[:port]``) whose URLs are read
+    - ``entry``: the AT-URI of the entry the URLs come from (``load_dataset`` sets
+      it), named in :class:`~atdata_runtime.shards.errors.ShardReadError`
+      (``SHARD_READ``): an error of fsspec (s3fs, botocore) opening or reading a
+      shard, which keeps the original error as ``__cause__``.
+    - ``trusted_endpoints``: origins (``http(s)://host[:port]``, nothing more:
+      ``TRUSTED_ENDPOINT``) whose URLs are read
       as the user's own even with ``urls_from="record"``. Other record-named
       ``http(s)`` URLs are read as URLs from the network
       (:func:`~atdata_runtime.net.fetch.check_url`: https only, no loopback or
@@ -685,7 +690,9 @@ class Dataset(Generic[T_co]):
       ``max_sample_bytes`` (default: ``max_member_bytes``): the largest tar member
       and the most bytes of one sample read into memory, in bytes (checked before
       reading; :class:`~atdata_runtime.shards.tar.TarFormatError`
-      ``TAR_MEMBER_TOO_LARGE`` / ``TAR_SAMPLE_TOO_LARGE``).
+      ``TAR_MEMBER_TOO_LARGE`` / ``TAR_SAMPLE_TOO_LARGE``). These, and
+      ``max_shard_bytes``, must be an ``int`` >= 0, not a ``bool``
+      (``TypeError`` / ``ValueError`` naming the parameter, raised here).
     - ``checksums``: shard URL (after expansion) → sha256 (hex); a key that is none
       of the URLs raises ``CHECKSUM_URL_UNKNOWN`` (it would verify nothing). A
       mismatch is a :class:`~atdata_runtime.shards.errors.ShardChecksumError`
@@ -966,8 +973,9 @@ class Dataset(Generic[T_co]):
         payloads (default :data:`SHUFFLE_BUFFER_BYTES`, 1 GiB: a sample's arrays
         are views that keep its payload, up to ``max_sample_bytes``, in memory);
         when either is reached, a random sample leaves the buffer. Batches as in
-        :meth:`ordered`. Raises ``ValueError`` for ``buffer < 1`` or
-        ``buffer_bytes < 0``."""
+        :meth:`ordered`. Raises ``TypeError`` for a ``buffer`` or ``buffer_bytes``
+        that is not an ``int`` (or is a ``bool``), ``ValueError`` for
+        ``buffer < 1`` or ``buffer_bytes < 0`` (0: a buffer of one sample)."""
         if isinstance(buffer, bool) or not isinstance(buffer, int):
             raise TypeError(f"buffer must be an int, not {repr(buffer)[:60]}")
         if buffer < 1:
