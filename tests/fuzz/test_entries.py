@@ -44,6 +44,7 @@ SECRET = "hunter2secret"
 TRUSTED = "https://s3.trusted.example"
 
 RULES = {
+    "CHECKSUM_ALGORITHM",
     "ENTRY_INVALID",
     "ENTRY_NO_SHARDS",
     "ENTRY_TOO_MANY_SHARDS",

@@ -24,7 +24,7 @@ from .dataset import (
     trusted_origins,
     write_samples,
 )
-from .errors import ShardChecksumError, ShardListError
+from .errors import ShardChecksumError, ShardListError, ShardReadError
 from .tar import MAX_MEMBER_BYTES, TarFormatError, iter_files, iter_samples
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "Dataset",
     "ShardChecksumError",
     "ShardListError",
+    "ShardReadError",
     "ShardWriter",
     "Split",
     "TarFormatError",
