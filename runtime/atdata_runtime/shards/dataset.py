@@ -1063,18 +1063,9 @@ class Dataset(Generic[T_co]):
     def _decode_keyed(
         self, items: Iterable[tuple[str, str, bytes]]
     ) -> Iterator[tuple[str, Any]]:
-        unpack = self.stored_type.unpack
-        get = None if self.lens is None else self.lens.getter
-        for shard, key, payload in items:
-            sample = unpack(
-                payload,
-                shard=shard,
-                member=f"{key}.msgpack",
-                unknown=self.unknown,
-                validate=self.validate,
-                copy=self.copy,
-            )
-            yield key, sample if get is None else get(sample)
+        """``(key, sample)`` for each ``(shard, key, payload)``."""
+        for key, sample, _ in self._decode_sized(items):
+            yield key, sample
 
     def _decode_sized(
         self, items: Iterable[tuple[str, str, bytes]]
