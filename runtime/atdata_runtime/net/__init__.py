@@ -17,6 +17,8 @@ and the base error type.
 Imports nothing else of the runtime.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     ConnectionFailedError,
     DeadlineExceededError,
@@ -28,8 +30,23 @@ from .errors import (
     RetryExhaustedError,
     UnsafeUrlError,
 )
-from .hosts import is_loopback_host, origin, refuse_address, refuse_host
 from .redact import redact_url
+
+if TYPE_CHECKING:
+    from .hosts import is_loopback_host, origin, refuse_address, refuse_host
+
+_FROM_HOSTS = frozenset({"is_loopback_host", "origin", "refuse_address", "refuse_host"})
+
+
+def __getattr__(name: str) -> Any:
+    # .hosts (ipaddress, socket) loads on first use: the compiler imports this
+    # package for redact_url on every CLI start.
+    if name in _FROM_HOSTS:
+        from . import hosts
+
+        return getattr(hosts, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ConnectionFailedError",
