@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import keyword
+import re
 from collections.abc import Iterable
 from pathlib import PurePosixPath
 
@@ -451,9 +452,48 @@ def _check_lens_module(tree: ast.Module, path: str) -> None:
     )
 
 
+_RECORD_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")
+_RECORD_VALUE = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*", re.ASCII)
+
+
+def _check_records(node: ast.stmt, path: str) -> None:
+    """The top-level ``__init__``'s record registry (``emit_registry``):
+    ``RECORDS: dict[str, str] = {"<nsid>": "<module>:<class>", ...}``, sorted."""
+    if not (
+        isinstance(node, ast.AnnAssign)
+        and isinstance(node.target, ast.Name)
+        and node.target.id == "RECORDS"
+        and ast.unparse(node.annotation) == "dict[str, str]"
+        and isinstance(node.value, ast.Dict)
+    ):
+        raise _fail(path, node, "not RECORDS: dict[str, str] = {...}")
+    keys: list[str] = []
+    for k, v in zip(node.value.keys, node.value.values, strict=True):
+        if not (
+            isinstance(k, ast.Constant)
+            and isinstance(k.value, str)
+            and _RECORD_KEY.fullmatch(k.value)
+            and isinstance(v, ast.Constant)
+            and isinstance(v.value, str)
+            and _RECORD_VALUE.fullmatch(v.value)
+            and not any(keyword.iskeyword(p) for p in re.split("[.:]", v.value))
+        ):
+            raise _fail(path, node, "RECORDS entry of an unexpected shape")
+        keys.append(k.value)
+    if keys != sorted(set(keys)):
+        raise _fail(path, node, "RECORDS keys unsorted or repeated")
+
+
 def _check_package_init(tree: ast.Module, path: str) -> None:
-    if len(tree.body) != 1 or not _docstring(tree.body[0]):
-        raise AssertionError(f"{path}: a package __init__ holds only its docstring")
+    body = tree.body
+    if path == "__init__.py" and len(body) == 2 and _docstring(body[0]):
+        _check_records(body[1], path)
+        return
+    if len(body) != 1 or not _docstring(body[0]):
+        raise AssertionError(
+            f"{path}: a package __init__ holds only its docstring (the top-level "
+            "one also its RECORDS registry)"
+        )
 
 
 def module_kinds(model: LinkedModel, files: Iterable[str]) -> dict[str, str]:
