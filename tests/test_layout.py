@@ -2,7 +2,7 @@
 it, and nothing in the runtime imports the compiler at module level.
 
 Layers, bottom first: ``lex``, ``lexicons`` (generated), ``samples``, ``lenses``,
-``net``, ``shards``, ``atmosphere``. An import inside a
+``net``, ``shards``, ``atmosphere``, ``firehose``. An import inside a
 function that points upward is allowed only where listed in ``DELEGATES`` (a thin
 delegate kept for the seed's spelling, e.g. ``Dataset.from_atproto``).
 """
@@ -15,7 +15,16 @@ from pathlib import Path
 from .conftest import ROOT
 
 RUNTIME = ROOT / "runtime" / "atdata_runtime"
-LAYERS = ["lex", "lexicons", "samples", "lenses", "net", "shards", "atmosphere"]
+LAYERS = [
+    "lex",
+    "lexicons",
+    "samples",
+    "lenses",
+    "net",
+    "shards",
+    "atmosphere",
+    "firehose",
+]
 ALLOWED = {layer: set(LAYERS[: i + 1]) for i, layer in enumerate(LAYERS)}
 DELEGATES = {
     ("shards/dataset.py", "atmosphere"),  # Dataset.from_atproto → load_dataset
