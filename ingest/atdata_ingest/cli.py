@@ -23,7 +23,7 @@ DSN's password never appears in a process listing; prefer the variable (or an
 Exit statuses (:mod:`atdata_ingest.exits`): 0 done or clean stop; 78 bad settings
 (the message names the variable); 74 the database is unavailable; 75 buffer
 overflow, 73 another ingester holds the lock (``run``); 70 a bug; 2 bad usage
-(argparse). No traceback is shown for any of these but 70; every message has its
+(argparse's, and a token name or scope refused). No traceback is shown for any of these but 70; every message has its
 DSN passwords redacted.
 """
 
@@ -52,6 +52,7 @@ log = logging.getLogger("atdata_ingest.cli")
 
 PROG: Final = "atdata-ingest"
 LOG_LEVEL_ENV: Final = f"{ENV_PREFIX}LOG_LEVEL"
+EXIT_USAGE: Final = 2
 
 _T = TypeVar("_T")
 
@@ -295,52 +296,62 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
     settings = _settings(database_url=args.database_url)
     if args.token_command == "add":
-        if (args.rate is None) != (args.burst is None):
-            raise ConfigError("--rate and --burst: give both or neither")
-        scope = {
-            "collections": list(args.collection),
-            "event_types": list(args.event_type),
-            "repos": list(args.repo),
-        }
+        scope: dict[str, list[str]] = {}
+        for key, given in (
+            ("collections", args.collection),
+            ("event_types", args.event_type),
+            ("repos", args.repo),
+        ):
+            if given:
+                scope[key] = list(given)
+        limits: dict[str, Any] = {}
+        if args.rate is not None:
+            limits["rate"] = args.rate
+        if args.burst is not None:
+            limits["burst"] = args.burst
 
-        async def add(conn: Any) -> Any:
-            return await tokens.create_token(
-                conn, args.name, scope=scope, rate=args.rate, burst=args.burst
-            )
+        async def add(conn: Any) -> str:
+            return await tokens.create_token(conn, args.name, scope=scope, **limits)
 
-        created = _db(settings, add)
-        plaintext = getattr(created, "token", created)
+        try:
+            plaintext = _db(settings, add)
+        except tokens.TokenError as exc:
+            raise _Usage(str(exc)) from None
         sys.stderr.write(
-            f"token {args.name!r} created; it is shown once, store it now:\n"
+            f"token {args.name!r} created; it is shown once (only its SHA-256 is "
+            "stored): keep it now\n"
         )
         sys.stdout.write(f"{plaintext}\n")
         return exits.OK
     if args.token_command == "list":
 
-        async def listing(conn: Any) -> Any:
+        async def listing(conn: Any) -> list[Any]:
             return await tokens.list_tokens(conn)
 
-        _print_json([_token_info(t) for t in _db(settings, listing)])
+        _print_json([_token_json(t) for t in _db(settings, listing)])
         return exits.OK
 
-    async def revoke(conn: Any) -> Any:
+    async def revoke(conn: Any) -> bool:
         return await tokens.revoke_token(conn, args.name)
 
     if not _db(settings, revoke):
-        sys.stderr.write(f"{PROG}: no active token named {args.name!r}\n")
+        sys.stderr.write(f"{PROG}: no live token named {args.name!r}\n")
         return 1
     print(f"token {args.name!r} revoked")
     return exits.OK
 
 
-def _token_info(token: Any) -> Any:
-    if isinstance(token, Mapping):
-        return dict(token)
-    if hasattr(token, "__dataclass_fields__"):
-        import dataclasses
-
-        return dataclasses.asdict(token)
-    return token
+def _token_json(token: Any) -> dict[str, Any]:
+    """A :class:`tokens.TokenInfo` as JSON-ready data (it has no hash)."""
+    return {
+        "id": token.id,
+        "name": token.name,
+        "scope": token.scope.to_json(),
+        "rate_per_second": token.rate_per_second,
+        "burst": token.burst,
+        "created_at": token.created_at,
+        "revoked_at": token.revoked_at,
+    }
 
 
 def _cmd_trim(args: argparse.Namespace) -> int:
@@ -356,8 +367,19 @@ def _cmd_trim(args: argparse.Namespace) -> int:
             conn, retention_days=settings.retention_days, dry_run=args.dry_run
         )
 
-    _print_json(_token_info(_db(settings, work)))
+    report = _db(settings, work)
+    _print_json(report.as_dict())
+    if report.busy:
+        sys.stderr.write(f"{PROG}: another trim is running; nothing done\n")
+    elif report.blocked:
+        sys.stderr.write(
+            f"{PROG}: locked, left for the next trim: {', '.join(report.blocked)}\n"
+        )
     return exits.OK
+
+
+class _Usage(Exception):
+    """Bad arguments found after parsing (exit 2, as argparse's own)."""
 
 
 # -- the parser -----------------------------------------------------------------------
@@ -529,7 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
         "migrate",
         help="create the tables and today's partitions (idempotent)",
         description="Create every table, index and the daily partitions of "
-        "today and the next two days when missing.",
+        "today and the next two days when missing (idempotent: safe to run again, "
+        "and from several processes at once).",
     )
     _dsn_option(mig)
     mig.set_defaults(handler=_cmd_migrate)
@@ -562,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="T",
         choices=["commit", "identity", "account", "sync", "info"],
-        help="allowed event type; repeatable",
+        help="allowed event type: commit, identity, account, sync, info; repeatable",
     )
     add.add_argument(
         "--repo", action="append", default=[], metavar="DID",
@@ -609,8 +632,9 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser(
         "status",
         help="print the cursor row and health as JSON",
-        description="Print the cursor row (last_seq, source, buffer fill, "
-        "dead-letter count, ...) and the lag against the newest event time.",
+        description="Print, as JSON, the cursor row (last_seq, source, buffer "
+        "fill, dead-letter count, ...) and the health: lag_seconds between now and "
+        "the newest stored event time.",
     )
     _dsn_option(st)
     st.set_defaults(handler=_cmd_status)
@@ -628,6 +652,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         what = "error" if exc.status == exits.CONFIG else "failed"
         sys.stderr.write(f"{PROG}: {what}: {redact(str(exc))}\n")
         return exc.status
+    except _Usage as exc:
+        sys.stderr.write(f"{PROG}: error: {redact(str(exc))}\n")
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return exits.OK
     except Exception as exc:  # noqa: BLE001 - a bug: the traceback, redacted
