@@ -1,0 +1,653 @@
+"""The ingester: relay WebSocket → decode → bounded buffer → batched COPY.
+
+::
+
+    relay ──ws──▶ reader task ──▶ bounded buffer ──▶ writer task ──▶ PostgreSQL
+                  decode_frame     (sealed batches     COPY + cursor
+                  verify (policy)   of whole frames)   in one transaction
+
+One process, one asyncio event loop, two tasks:
+
+- the **reader** connects to ``<relay>/xrpc/com.atproto.sync.subscribeRepos``
+  (``?cursor=<last seq read>``, none when the cursor is 0), decodes each frame
+  (:func:`atdata_runtime.firehose.frames.decode_frame`), verifies commit signatures
+  when the policy says (:mod:`atdata_runtime.firehose.verify`), turns the events into
+  rows (:mod:`.rows`) and appends them to the buffer. A frame that cannot be decoded
+  or verified becomes a dead letter (rule, reason, location, first bytes) in the
+  same batch stream: it is counted, never silently dropped, and never stalls the
+  stream.
+- the **writer** takes a batch when ``batch_max`` events are buffered or
+  ``flush_ms`` after the oldest unflushed event was read, whichever comes first,
+  and writes it with the cursor in one transaction (:class:`.writer.BatchWriter`).
+
+Backpressure (seed 002 §12): the buffer is bounded (``buffer_max`` events,
+``buffer_max_bytes``), counting batches being written until they commit. Above the
+high watermark (``high_water`` × ``buffer_max``) the reader stops pulling from the
+socket for up to ``pause_ms`` (``websockets`` then stops reading the socket:
+``max_queue`` is small, so TCP backpressure reaches the relay). If the buffer does
+not drain in that time the reader reads on; when the buffer is full the process
+exits **on purpose** with status 75 (:class:`~.exits.BufferOverflow`): nothing is
+lost, the supervisor restarts it and it resumes from the committed cursor.
+
+Faults: a WebSocket disconnect, error frame or close is reconnected with
+exponential backoff and jitter from the last seq *read* (everything read is in the
+buffer), never an exit; a lost database pauses the writer (the reader keeps
+buffering until full) and is retried for ``db_retry_seconds`` (then exit 74).
+SIGTERM/SIGINT: stop reading, flush and commit everything buffered, exit 0.
+
+Seqs: a seq at or below the last one read is a duplicate (dropped, counted); a jump
+of more than one is a gap (counted in ``ingest_cursor.gaps`` and logged, not fatal:
+relay seqs need not be contiguous). ``#info`` (``OutdatedCursor``) is logged and
+stored. ``#identity`` drops the verifier's cached DID document. Frames of an
+unknown type are ignored (Event Stream spec: consumers ignore unknown message
+types) and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Final, Literal, Protocol
+
+import websockets
+from atdata_runtime.firehose.frames import Frame, FrameError, decode_frame
+from websockets.asyncio.client import connect as ws_connect
+
+from . import exits
+from .config import Settings
+from .exits import BufferOverflow, IngestExit
+from .rows import DeadRow, EventRow, RecordValidator, dead_letter_row, event_rows
+from .writer import Batch, BatchWriter
+
+__all__ = ["Ingester", "Stats", "Verifier", "main", "run"]
+
+log = logging.getLogger("atdata_ingest.ingester")
+
+_WS_MAX_QUEUE: Final = 8
+"""Messages ``websockets`` buffers before it stops reading the socket."""
+_YIELD_EVERY: Final = 32
+"""Frames the reader processes before it lets the writer run (a ready ``recv``
+does not suspend)."""
+_HEARTBEAT_SECONDS: Final = 5.0
+_MAX_SEQ_JUMP: Final = 1 << 40
+"""A dead-lettered frame's seq (from an unvalidated body) moves the cursor only
+when it is above the last seq read and at most this far above it."""
+_MESSAGE_TOO_BIG: Final = 1009  # WebSocket close code (RFC 6455 § 7.4.1)
+
+
+class Verifier(Protocol):
+    """What the ingester needs of :class:`atdata_runtime.firehose.verify.CommitVerifier`."""
+
+    def wants(self, frame: Frame) -> bool: ...
+
+    async def check(self, frame: Frame) -> Any: ...
+
+    def forget(self, did: str) -> None: ...
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters since the process started (the summary line and tests)."""
+
+    frames: int = 0
+    events_read: int = 0
+    events_stored: int = 0
+    batches: int = 0
+    dead_letters: int = 0
+    duplicates: int = 0
+    gaps: int = 0
+    unknown: int = 0
+    reconnects: int = 0
+    error_frames: int = 0
+    verified: int = 0
+    last_committed_seq: int = 0
+    last_event_time: float | None = None  # epoch seconds of the newest committed
+
+
+class _Buffer:
+    """Sealed batches (FIFO) plus the open one. ``events``/``nbytes`` count
+    everything read and not yet committed, batches being written included."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.max_events = settings.buffer_max
+        self.max_bytes = settings.buffer_max_bytes
+        self.high = max(1, int(settings.buffer_max * settings.high_water))
+        self.batch_max = settings.batch_max
+        self.sealed: deque[Batch] = deque()
+        self.open: Batch | None = None
+        self.events = 0
+        self.nbytes = 0
+        self.stopping = False
+        self.changed = asyncio.Event()  # a batch was sealed / became non-empty / stop
+        self.space = asyncio.Event()  # events fell below the high watermark
+
+    @property
+    def fill(self) -> float:
+        return self.events / self.max_events
+
+    def add(
+        self,
+        rows: list[EventRow],
+        dead: DeadRow | None,
+        seq: int | None,
+        event_time: Any,
+        nbytes: int,
+        gap: int,
+        last_committed: int,
+    ) -> None:
+        n = len(rows) + (dead is not None)
+        if self.events + n > self.max_events or self.nbytes + nbytes > self.max_bytes:
+            raise BufferOverflow(
+                f"buffer full ({self.events} events of {self.max_events}, "
+                f"{self.nbytes} bytes of {self.max_bytes}): the database is not "
+                f"keeping up. Exiting on purpose (75); the last committed seq is "
+                f"{last_committed}, a restart resumes after it"
+            )
+        batch = self.open
+        if batch is None:
+            batch = self.open = Batch(first_read=time.monotonic())
+            self.changed.set()
+        if rows:
+            batch.rows.extend(rows)
+        if dead is not None:
+            batch.dead.append(dead)
+        if seq is not None:
+            batch.add_seq(seq)
+        if event_time is not None:
+            batch.last_event_time = event_time
+        batch.gaps += gap
+        batch.nbytes += nbytes
+        self.events += n
+        self.nbytes += nbytes
+        if batch.events >= self.batch_max:
+            self.sealed.append(batch)
+            self.open = None
+            self.changed.set()
+
+    def take(self) -> Batch | None:
+        """The oldest sealed batch, else the open one (``None`` when empty)."""
+        if self.sealed:
+            return self.sealed.popleft()
+        batch, self.open = self.open, None
+        return batch if batch is not None and batch.events else None
+
+    def release(self, batch: Batch) -> None:
+        self.events -= batch.events
+        self.nbytes -= batch.nbytes
+        if self.events < self.high:
+            self.space.set()
+
+    def empty(self) -> bool:
+        return not self.sealed and (self.open is None or not self.open.events)
+
+
+def _make_verifier(settings: Settings) -> Verifier | None:
+    if settings.verify == "none":
+        return None
+    try:
+        from atdata_runtime.firehose.verify import CommitVerifier
+    except ImportError as exc:  # pragma: no cover - the module ships with frames
+        log.warning("commit verification unavailable (%s); verify=none", exc)
+        return None
+    return CommitVerifier(policy=settings.verify)  # type: ignore[no-any-return]
+
+
+class Ingester:
+    """One run of the ingester (see the module doc). :meth:`run` returns the exit
+    status; :meth:`stop` asks for a clean stop (flush, commit, 0)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        verifier: Verifier | None | Literal["settings"] = "settings",
+    ) -> None:
+        self.settings = settings
+        self.relay = settings.require_relay()
+        self.writer = BatchWriter(settings, source=self.relay)
+        self.buffer: _Buffer | None = None
+        self.stats = Stats()
+        self.validate = RecordValidator(settings.validate)
+        self._verifier_arg = verifier
+        self.verifier: Verifier | None = None
+        self.last_read = 0
+        self._stop = asyncio.Event()
+        self._stop_count = 0
+        self._skip = 0  # seqs skipped after a frame too big for the WebSocket
+        self._pause_until: float | None = None
+        self._gap_logs = 0
+
+    # -- control ------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop reading, flush everything buffered, commit, then :meth:`run`
+        returns 0. A second call gives up the flush (the cursor is intact: a
+        restart re-reads what was buffered)."""
+        self._stop_count += 1
+        self._stop.set()
+        if self._stop_count == 1:
+            log.info("stop requested: closing the relay stream, flushing the buffer")
+        else:
+            log.warning("stop requested again: exiting without flushing")
+
+    async def run(self) -> int:
+        """Ingest until stopped or a fatal condition; return the exit status (see
+        :mod:`.exits`)."""
+        try:
+            return await self._run()
+        except IngestExit as exc:
+            log.error("exit %d: %s", exc.status, exc)
+            return exc.status
+        finally:
+            await self.writer.close()
+
+    async def _run(self) -> int:
+        s = self.settings
+        if self.relay.startswith("ws://"):
+            log.warning("relay %s is plaintext ws://", self.relay)
+        arg = self._verifier_arg
+        self.verifier = _make_verifier(s) if arg == "settings" else arg
+        self.buffer = buffer = _Buffer(s)
+        last_seq = await self.writer.open()
+        self.last_read = self.stats.last_committed_seq = last_seq
+        log.info(
+            "ingesting %s into %s from cursor %d (batch %d, flush %d ms, buffer %d, "
+            "verify %s, validate %s)",
+            self.relay,
+            s.redacted_database_url,
+            last_seq,
+            s.batch_max,
+            s.flush_ms,
+            s.buffer_max,
+            s.verify,
+            s.validate,
+        )
+        reader: asyncio.Task[Any] = asyncio.create_task(self._reader(), name="reader")
+        writer: asyncio.Task[Any] = asyncio.create_task(self._writer(), name="writer")
+        summary: asyncio.Task[Any] = asyncio.create_task(self._summary())
+        stop: asyncio.Task[Any] = asyncio.create_task(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {reader, writer, stop}, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in (reader, writer):
+                if task in done:
+                    exc = task.exception()
+                    if exc is not None:
+                        raise exc
+                    raise RuntimeError(f"the {task.get_name()} task ended")  # a bug
+            # clean stop: no more reading; flush what was read
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            buffer.stopping = True
+            buffer.changed.set()
+            self._stop.clear()
+            again = asyncio.create_task(self._stop.wait())
+            done, _ = await asyncio.wait(
+                {writer, again}, return_when=asyncio.FIRST_COMPLETED
+            )
+            again.cancel()
+            if writer not in done:
+                log.warning(
+                    "stopped without flushing %d buffered events (cursor %d)",
+                    buffer.events,
+                    self.writer.last_seq,
+                )
+                return exits.TEMPFAIL
+            exc = writer.exception()
+            if exc is not None:
+                raise exc
+            log.info(
+                "stopped cleanly: cursor %d, %d events stored by this run",
+                self.writer.last_seq,
+                self.stats.events_stored,
+            )
+            return exits.OK
+        finally:
+            for task in (reader, writer, summary, stop):
+                task.cancel()
+            for task in (reader, writer, summary, stop):
+                with contextlib.suppress(BaseException):
+                    await task
+
+    # -- the reader ---------------------------------------------------------------------
+    async def _reader(self) -> None:
+        s = self.settings
+        attempt = 0
+        while True:
+            cursor = self.last_read + self._skip
+            url = s.subscribe_url(cursor)
+            got = False
+            try:
+                async with ws_connect(
+                    url,
+                    max_size=s.max_frame_bytes,
+                    max_queue=_WS_MAX_QUEUE,
+                    compression=None,
+                    open_timeout=10,
+                    user_agent_header="atdata-ingest",
+                ) as ws:
+                    log.info("connected to %s", url)
+                    async for message in ws:
+                        if not got:
+                            got = True
+                            attempt = 0
+                        await self._on_message(message)
+                reason = "the relay closed the stream"
+            except BufferOverflow:
+                raise
+            except websockets.ConnectionClosed as exc:
+                reason = f"connection closed ({exc})"
+                sent = exc.sent
+                if sent is not None and sent.code == _MESSAGE_TOO_BIG:
+                    self._too_big()
+                    reason += "; skipping the oversized frame"
+            except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            except websockets.InvalidURI as exc:
+                raise exits.ConfigError(f"ATDATA_INGEST_RELAY_URL: {exc}") from None
+            attempt += 1
+            self.stats.reconnects += 1
+            cap = min(
+                s.reconnect_max_seconds, s.reconnect_min_seconds * 2 ** (attempt - 1)
+            )
+            delay = cap * (0.5 + random.random() / 2)
+            log.warning(
+                "relay stream ended (%s) after seq %d; reconnecting in %.2f s "
+                "(attempt %d)",
+                reason,
+                self.last_read,
+                delay,
+                attempt,
+            )
+            await asyncio.sleep(delay)
+
+    def _too_big(self) -> None:
+        """The frame after ``last_read`` was over ``max_frame_bytes``: dead-letter it
+        (no bytes: the WebSocket refused them) and skip one more seq at the next
+        connection (seqs are usually contiguous; a non-contiguous relay costs
+        another round)."""
+        assert self.buffer is not None
+        self._skip += 1
+        dead = dead_letter_row(
+            b"",
+            rule="FRAME_TOO_BIG",
+            reason=f"a frame after seq {self.last_read} is over "
+            f"{self.settings.max_frame_bytes} bytes (WebSocket close 1009); "
+            f"resuming at cursor {self.last_read + self._skip}",
+            location="",
+        )
+        self.buffer.add([], dead, None, None, 0, 0, self.writer.last_seq)
+        self.stats.dead_letters += 1
+
+    async def _backpressure(self) -> None:
+        buffer = self.buffer
+        assert buffer is not None
+        if buffer.events < buffer.high:
+            self._pause_until = None
+            return
+        now = time.monotonic()
+        if self._pause_until is None:
+            self._pause_until = now + self.settings.pause_ms / 1000
+            log.info(
+                "buffer above the high watermark (%d of %d events): pausing reads "
+                "for up to %d ms",
+                buffer.events,
+                buffer.max_events,
+                self.settings.pause_ms,
+            )
+        remaining = self._pause_until - now
+        if remaining <= 0:
+            return  # read on: the buffer fills, then exit 75 by design
+        buffer.space.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(buffer.space.wait(), remaining)
+
+    async def _on_message(self, message: bytes | str) -> None:
+        stats = self.stats
+        stats.frames += 1
+        if stats.frames % _YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+        buffer = self.buffer
+        assert buffer is not None
+        if buffer.events >= buffer.high:
+            await self._backpressure()
+        else:
+            self._pause_until = None
+        data = message.encode() if isinstance(message, str) else message
+        try:
+            frame = decode_frame(data, max_bytes=self.settings.max_frame_bytes)
+        except FrameError as exc:
+            self._dead(data, exc.rule, exc.reason, exc.location, exc.seq, exc.repo)
+            return
+        self._skip = 0
+        kind = frame.kind
+        if kind == "error":
+            stats.error_frames += 1
+            log.warning(
+                "relay error frame %s: %s", frame.error, frame.error_message or ""
+            )
+            return
+        if kind == "unknown":
+            stats.unknown += 1
+            if stats.unknown <= 10:
+                log.info("ignoring a frame of unknown type %r", frame.t)
+            return
+        if kind == "info":
+            info = frame.event()
+            log.warning(
+                "relay #info %s: %s",
+                getattr(info, "name", "?"),
+                getattr(info, "message", "") or "",
+            )
+            rows, nbytes = event_rows(info, self.validate, seq_hint=self.last_read)
+            buffer.add(rows, None, None, None, nbytes, 0, self.writer.last_seq)
+            stats.events_read += len(rows)
+            return
+        seq = frame.seq
+        assert seq is not None
+        last = self.last_read
+        if seq <= last:
+            stats.duplicates += 1
+            if stats.duplicates <= 10 or stats.duplicates % 1000 == 0:
+                log.info("dropping duplicate seq %d (last read %d)", seq, last)
+            return
+        gap = 0
+        if last and seq > last + 1:
+            gap = 1
+            stats.gaps += 1
+            self._gap_logs += 1
+            if self._gap_logs <= 20 or self._gap_logs % 1000 == 0:
+                log.info(
+                    "seq gap: %d follows %d (%d gaps so far)", seq, last, stats.gaps
+                )
+        verified: bool | None = None
+        verifier = self.verifier
+        if verifier is not None:
+            if kind == "identity" and frame.did:
+                verifier.forget(frame.did)
+            elif verifier.wants(frame):
+                result = await verifier.check(frame)
+                ok = getattr(result, "ok", result)
+                if ok is False:
+                    self.last_read = seq
+                    self._dead(
+                        data,
+                        getattr(result, "rule", "SIG_INVALID"),
+                        getattr(result, "reason", "commit signature does not verify"),
+                        "/body/commit",
+                        seq,
+                        frame.did,
+                        gap=gap,
+                    )
+                    return
+                if ok is True:
+                    verified = True
+                    stats.verified += 1
+        try:
+            event = frame.event(verified=verified)
+            rows, nbytes = event_rows(event, self.validate, seq_hint=last)
+        except Exception as exc:  # noqa: BLE001 - hostile input must not stop the reader
+            self.last_read = seq
+            self._dead(
+                data,
+                "ROW_ENCODE",
+                f"{type(exc).__name__}: {exc}",
+                "",
+                seq,
+                frame.did,
+                gap=gap,
+            )
+            return
+        self.last_read = seq
+        buffer.add(rows, None, seq, frame.time, nbytes, gap, self.writer.last_seq)
+        stats.events_read += len(rows)
+
+    def _dead(
+        self,
+        data: bytes,
+        rule: str,
+        reason: str,
+        location: str | None,
+        seq: int | None,
+        repo: str | None,
+        *,
+        gap: int = 0,
+    ) -> None:
+        """A dead letter for a frame; its seq moves the cursor when it is plausible
+        (above the last seq read, by less than :data:`_MAX_SEQ_JUMP`)."""
+        assert self.buffer is not None
+        where = location or ""
+        if repo:
+            where = f"{repo} {where}".strip()
+        cursor_seq: int | None = None
+        if seq is not None and self.last_read < seq <= self.last_read + _MAX_SEQ_JUMP:
+            cursor_seq = seq
+            self.last_read = seq
+        elif seq is not None and seq == self.last_read:
+            cursor_seq = seq  # a verified-bad commit already counted as read
+        row = dead_letter_row(data, rule=rule, reason=reason, location=where, seq=seq)
+        self.buffer.add(
+            [], row, cursor_seq, None, len(row[4] or b""), gap, self.writer.last_seq
+        )
+        self.stats.dead_letters += 1
+        n = self.stats.dead_letters
+        if n <= 20 or n % 1000 == 0:
+            log.warning(
+                "dead letter %d: seq %s %s: %s [%s]", n, seq, where, reason, rule
+            )
+
+    # -- the writer ---------------------------------------------------------------------
+    async def _next_batch(self) -> Batch | None:
+        """The next batch to write: a sealed one, the open one once ``flush_ms``
+        old (or at a stop), ``None`` when stopping with nothing left; waits
+        otherwise (a heartbeat every few seconds when idle)."""
+        buffer = self.buffer
+        assert buffer is not None
+        flush = self.settings.flush_ms / 1000
+        while True:
+            if buffer.sealed:
+                return buffer.sealed.popleft()
+            batch = buffer.open
+            if batch is not None and batch.events:
+                age = time.monotonic() - batch.first_read
+                if buffer.stopping or age >= flush:
+                    return buffer.take()
+                timeout = flush - age
+            elif buffer.stopping:
+                return None
+            else:
+                timeout = _HEARTBEAT_SECONDS
+            buffer.changed.clear()
+            try:
+                await asyncio.wait_for(buffer.changed.wait(), timeout)
+            except TimeoutError:
+                if batch is None or not batch.events:
+                    await self.writer.heartbeat(
+                        buffer_fill=buffer.fill, buffer_max=buffer.max_events
+                    )
+
+    async def _writer(self) -> None:
+        buffer = self.buffer
+        assert buffer is not None
+        stats = self.stats
+        while True:
+            batch = await self._next_batch()
+            if batch is None:
+                return
+            result = await self.writer.write(
+                batch, buffer_fill=buffer.fill, buffer_max=buffer.max_events
+            )
+            buffer.release(batch)
+            stats.batches += 1
+            stats.events_stored += result.stored
+            stats.last_committed_seq = result.last_seq
+            if batch.last_event_time is not None:
+                stats.last_event_time = batch.last_event_time.timestamp()
+
+    async def _summary(self) -> None:
+        every = self.settings.log_interval_seconds
+        stats = self.stats
+        before, then = stats.events_stored, time.monotonic()
+        while True:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            rate = (stats.events_stored - before) / max(now - then, 1e-9)
+            before, then = stats.events_stored, now
+            lag = (
+                f"{(time.time() - stats.last_event_time) * 1000:.0f} ms"
+                if stats.last_event_time is not None
+                else "n/a"
+            )
+            buffer = self.buffer
+            fill = buffer.fill if buffer is not None else 0.0
+            log.info(
+                "%.0f events/s, cursor %d, lag %s, buffer %.0f%%, %d dead letters, "
+                "%d gaps, %d duplicates, %d reconnects, %d db reconnects",
+                rate,
+                stats.last_committed_seq,
+                lag,
+                fill * 100,
+                stats.dead_letters,
+                stats.gaps,
+                stats.duplicates,
+                stats.reconnects,
+                self.writer.reconnects,
+            )
+
+
+async def run(settings: Settings, *, install_signals: bool = False) -> int:
+    """Run the ingester until stopped; return the exit status (:mod:`.exits`).
+    ``install_signals``: SIGTERM/SIGINT call :meth:`Ingester.stop`."""
+    try:
+        ingester = Ingester(settings)
+    except IngestExit as exc:
+        log.error("exit %d: %s", exc.status, exc)
+        return exc.status
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    if install_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, ingester.stop)
+            installed.append(sig)
+    try:
+        return await ingester.run()
+    except Exception:
+        log.exception("exit %d: unexpected error", exits.SOFTWARE)
+        return exits.SOFTWARE
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def main(settings: Settings) -> int:
+    """``atdata-ingest run``: run the ingester in a new event loop with
+    SIGTERM/SIGINT handlers (stop reading, flush, commit, 0); return the exit
+    status."""
+    return asyncio.run(run(settings, install_signals=True))

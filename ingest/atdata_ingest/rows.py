@@ -1,0 +1,432 @@
+"""Events → row tuples for binary COPY into ``ingest_events`` and
+``ingest_dead_letters``.
+
+A row of :data:`ROW_COLUMNS` (``schema.EVENT_COLUMNS`` without ``indexed_at``,
+which PostgreSQL fills with the batch transaction's ``now()``), in that order:
+
+- a ``#commit`` gives one row per record operation (``idx`` = the operation's index,
+  ``action`` create/update/delete, ``record`` the record in the JSON data model for
+  create/update, NULL for delete), or one row ``event_type='commit'`` without
+  ``action`` when it has no operations (``record``: the commit's body without its
+  CAR);
+- ``#identity``, ``#account``, ``#sync`` give one row (``idx`` 0, ``record``: the
+  event's body as JSON, never the CAR bytes);
+- ``#info`` has no ``seq`` (Sync spec, "Firehose"): its row takes the ``seq`` of the
+  last event read before it and ``idx`` -1, so that it sorts before that seq's
+  operations and never collides with them.
+
+``record`` is JSON text (asyncpg's binary ``jsonb`` codec takes ``str``). PostgreSQL's
+``jsonb`` cannot hold U+0000 (a valid DAG-CBOR string character): such a record is
+stored with U+0000 replaced by U+FFFD and ``valid`` set to ``RECORD_NUL``.
+
+``valid`` (create/update only): ``'ok'`` when the record validates against its
+generated model (a :class:`~atdata_runtime.lex.LexRecord` found by NSID in the
+generated packages' record registries), else a short text ``"<error type> at
+<JSON pointer>"`` of the first problem; NULL when no model is known or the
+validation policy skips the collection.
+
+A dead-letter row (:data:`DEAD_COLUMNS`) keeps a frame that could not be decoded or
+verified: ``(seq, rule, reason, location, frame[:64 KiB], frame size)``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Final, TypeAlias
+
+import orjson
+import pydantic
+from atdata_runtime.firehose.events import (
+    Account,
+    Commit,
+    Create,
+    Delete,
+    Identity,
+    Info,
+    Sync,
+    Update,
+)
+
+from .schema import EVENT_COLUMNS
+
+__all__ = [
+    "DEAD_COLUMNS",
+    "DEAD_FRAME_BYTES",
+    "ROW_COLUMNS",
+    "DeadRow",
+    "EventRow",
+    "RecordValidator",
+    "dead_letter_row",
+    "event_rows",
+    "model_lookup",
+    "set_model_lookup",
+]
+
+log = logging.getLogger(__name__)
+
+ROW_COLUMNS: Final = EVENT_COLUMNS[:-1]
+"""The columns a row tuple fills, in order (``indexed_at`` is left to its default)."""
+assert EVENT_COLUMNS[-1] == "indexed_at"
+
+DEAD_COLUMNS: Final = ("seq", "rule", "reason", "location", "frame", "frame_size")
+DEAD_FRAME_BYTES: Final = 64 * 1024
+"""How much of a dead-lettered frame is kept."""
+_TEXT_MAX: Final = 2000  # reason / location characters kept
+
+EventRow: TypeAlias = tuple[Any, ...]
+DeadRow: TypeAlias = tuple[
+    int | None, str, str, str | None, bytes | None, int
+]  # DEAD_COLUMNS
+
+_ROW_OVERHEAD: Final = 160
+"""Bytes counted per row besides its record text, for the buffer's byte bound."""
+
+# -- record models ------------------------------------------------------------------
+
+ModelLookup: TypeAlias = Callable[[str], "type[Any] | None"]
+
+_PACKAGES: Final = ("atdata_runtime.lexicons", "atdata_ingest.lexicons")
+_DATASET_PREFIX: Final = "science.alt.dataset."
+
+
+def _default_lookup() -> ModelLookup:
+    """The generated packages' record registries (``RECORDS``), when present; else a
+    lookup of ``science.alt.dataset.*`` models in ``atdata_runtime.lexicons`` by
+    module name (packages generated before registries existed)."""
+    try:
+        from atdata_runtime.lex.registry import RecordRegistry, RecordRegistryError
+
+        packages = []
+        for name in _PACKAGES:
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                continue
+            packages.append(name)
+        registry = RecordRegistry(*packages)
+        return registry.get
+    except (ImportError, RecordRegistryError):
+        return _dataset_model
+
+
+_DATASET_MODELS: dict[str, type[Any] | None] = {}
+
+
+def _snake(name: str) -> str:
+    out = []
+    for ch in name:
+        if ch.isupper():
+            out.append("_")
+            out.append(ch.lower())
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _dataset_model(nsid: str) -> type[Any] | None:
+    if not nsid.startswith(_DATASET_PREFIX):
+        return None
+    if nsid in _DATASET_MODELS:
+        return _DATASET_MODELS[nsid]
+    name = nsid[len(_DATASET_PREFIX) :]
+    found: type[Any] | None = None
+    if name.isascii() and name.isidentifier():
+        try:
+            module = importlib.import_module(
+                f"atdata_runtime.lexicons.science.alt.dataset.{_snake(name)}"
+            )
+        except ImportError:
+            module = None
+        for value in vars(module).values() if module is not None else ():
+            if isinstance(value, type) and getattr(value, "lex_type", None) == nsid:
+                found = value
+                break
+        # only NSIDs of existing modules are cached: the cache stays bounded
+        if module is not None:
+            _DATASET_MODELS[nsid] = found
+    return found
+
+
+_lookup: ModelLookup | None = None
+
+
+def model_lookup() -> ModelLookup:
+    """The function NSID → generated record model (or ``None``) used for the
+    ``valid`` column (built on first use)."""
+    global _lookup
+    if _lookup is None:
+        _lookup = _default_lookup()
+    return _lookup
+
+
+def set_model_lookup(lookup: ModelLookup | None) -> None:
+    """Replace the NSID → model lookup (``None``: back to the default)."""
+    global _lookup
+    _lookup = lookup
+
+
+class RecordValidator:
+    """Computes the ``valid`` column under a policy: ``all`` (every record whose
+    NSID has a generated model), ``dataset`` (``science.alt.dataset.*`` only) or
+    ``none``. Models are looked up once per NSID (the cache is bounded: unknown
+    NSIDs beyond :attr:`MAX_CACHED` are looked up each time)."""
+
+    MAX_CACHED: Final = 4096
+
+    def __init__(self, policy: str, lookup: ModelLookup | None = None) -> None:
+        if policy not in ("all", "dataset", "none"):
+            raise ValueError(f"validate policy {policy!r}")
+        self.policy = policy
+        self._lookup = lookup
+        self._models: dict[str, Any] = {}
+
+    def _model(self, nsid: str) -> Any:
+        try:
+            return self._models[nsid]
+        except KeyError:
+            pass
+        lookup = self._lookup or model_lookup()
+        try:
+            model = lookup(nsid)
+        except Exception as exc:  # noqa: BLE001 - a broken registry entry must not stop ingestion
+            log.warning("no record model for %s: %s", nsid, exc)
+            model = None
+        if len(self._models) < self.MAX_CACHED:
+            self._models[nsid] = model
+        return model
+
+    def __call__(self, collection: str, record: dict[str, Any]) -> str | None:
+        """``'ok'``, the first problem as ``"<type> at <JSON pointer>"``, or
+        ``None`` (no model / skipped by the policy)."""
+        if self.policy == "none" or (
+            self.policy == "dataset" and not collection.startswith(_DATASET_PREFIX)
+        ):
+            return None
+        model = self._model(collection)
+        if model is None:
+            return None
+        try:
+            model.from_wire(record)
+        except pydantic.ValidationError as exc:
+            return _first_problem(exc)
+        except Exception as exc:  # noqa: BLE001 - hostile input must not crash the reader
+            return f"{type(exc).__name__}"[:200]
+        return "ok"
+
+
+def _pointer(loc: Sequence[int | str]) -> str:
+    return "/" + "/".join(str(p).replace("~", "~0").replace("/", "~1") for p in loc)
+
+
+def _first_problem(exc: pydantic.ValidationError) -> str:
+    errors = exc.errors(include_url=False, include_context=False, include_input=False)
+    if not errors:
+        return "invalid"
+    first = errors[0]
+    text = f"{first.get('type', 'invalid')} at {_pointer(first.get('loc', ()))}"
+    return text[:200]
+
+
+# -- rows ---------------------------------------------------------------------------
+
+
+def _nul_free(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_nul_free(k): _nul_free(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nul_free(v) for v in value]
+    return value
+
+
+_dumps = orjson.dumps
+
+
+def _record_json(record: Any) -> tuple[str, bool]:
+    """JSON text of ``record`` for ``jsonb``, and whether U+0000 had to be
+    replaced."""
+    text = _dumps(record).decode()
+    if "\\u0000" in text:
+        fixed = _dumps(_nul_free(record)).decode()
+        return fixed, fixed != text
+    return text, False
+
+
+def _iso(t: _dt.datetime | None) -> str | None:
+    return None if t is None else t.isoformat().replace("+00:00", "Z")
+
+
+def _body(obj: dict[str, Any]) -> str:
+    return _dumps({k: v for k, v in obj.items() if v is not None}).decode()
+
+
+def event_rows(
+    event: Any, validate: RecordValidator, *, seq_hint: int = 0
+) -> tuple[list[EventRow], int]:
+    """The rows of one decoded frame (``Commit``, ``Identity``, ``Account``,
+    ``Sync``, ``Info``; a bare ``Create``/``Update``/``Delete`` gives its own row),
+    and the bytes they hold (for the buffer's byte bound). ``seq_hint`` is the seq
+    an ``#info`` row takes. Raises ``TypeError`` for anything else."""
+    if isinstance(event, Commit):
+        if not event.ops:
+            body = _body(
+                {
+                    "seq": event.seq,
+                    "repo": event.repo,
+                    "rev": event.rev,
+                    "since": event.since,
+                    "commit": {"$link": event.commit_cid},
+                    "tooBig": event.too_big or None,
+                    "time": _iso(event.time),
+                }
+            )
+            row = (
+                event.seq,
+                0,
+                "commit",
+                None,
+                event.repo,
+                None,
+                None,
+                None,
+                None,
+                event.rev,
+                event.commit_cid,
+                body,
+                None,
+                event.verified,
+                event.time,
+            )
+            return [row], len(body) + _ROW_OVERHEAD
+        rows: list[EventRow] = []
+        size = 0
+        for op in event.ops:
+            row, n = _op_row(op, validate, event.verified)
+            rows.append(row)
+            size += n
+        return rows, size
+    if isinstance(event, Create | Update | Delete):
+        row, n = _op_row(event, validate, event.verified)
+        return [row], n
+    if isinstance(event, Identity):
+        body = _body(
+            {
+                "seq": event.seq,
+                "did": event.did,
+                "handle": event.handle,
+                "time": _iso(event.time),
+            }
+        )
+        head = (event.seq, 0, "identity", None, event.did, None, None, None, None)
+        return [(*head, None, None, body, None, None, event.time)], len(
+            body
+        ) + _ROW_OVERHEAD
+    if isinstance(event, Account):
+        body = _body(
+            {
+                "seq": event.seq,
+                "did": event.did,
+                "active": event.active,
+                "status": event.status,
+                "time": _iso(event.time),
+            }
+        )
+        head = (event.seq, 0, "account", None, event.did, None, None, None, None)
+        return [(*head, None, None, body, None, None, event.time)], len(
+            body
+        ) + _ROW_OVERHEAD
+    if isinstance(event, Sync):
+        body = _body(
+            {
+                "seq": event.seq,
+                "did": event.did,
+                "rev": event.rev,
+                "commit": {"$link": event.commit_cid} if event.commit_cid else None,
+                "time": _iso(event.time),
+            }
+        )
+        head = (event.seq, 0, "sync", None, event.did, None, None, None, None)
+        return [
+            (*head, event.rev, event.commit_cid, body, None, None, event.time)
+        ], len(body) + _ROW_OVERHEAD
+    if isinstance(event, Info):
+        text, _ = _record_json(
+            {"name": event.name, "message": event.message, **event.extra}
+        )
+        head = (seq_hint, -1, "info", None, "", None, None, None, None)
+        return [(*head, None, None, text, None, None, None)], len(text) + _ROW_OVERHEAD
+    raise TypeError(f"not a firehose event: {type(event).__name__}")
+
+
+def _op_row(
+    op: Create | Update | Delete, validate: RecordValidator, verified: bool | None
+) -> tuple[EventRow, int]:
+    row: EventRow
+    if isinstance(op, Delete):
+        row = (
+            op.seq,
+            op.idx,
+            "commit",
+            "delete",
+            op.repo,
+            op.collection,
+            op.rkey,
+            None,
+            op.prev_cid,
+            op.rev,
+            op.commit_cid,
+            None,
+            None,
+            op.verified if op.verified is not None else verified,
+            op.time,
+        )
+        return row, _ROW_OVERHEAD
+    text, replaced = _record_json(op.record)
+    valid = "RECORD_NUL" if replaced else validate(op.collection, op.record)
+    row = (
+        op.seq,
+        op.idx,
+        "commit",
+        "create" if isinstance(op, Create) else "update",
+        op.repo,
+        op.collection,
+        op.rkey,
+        op.cid,
+        op.prev_cid if isinstance(op, Update) else None,
+        op.rev,
+        op.commit_cid,
+        text,
+        valid,
+        op.verified if op.verified is not None else verified,
+        op.time,
+    )
+    return row, len(text) + _ROW_OVERHEAD
+
+
+def dead_letter_row(
+    frame: bytes,
+    *,
+    rule: str,
+    reason: str,
+    location: str | None = None,
+    seq: int | None = None,
+) -> DeadRow:
+    """A row of :data:`DEAD_COLUMNS`: the first :data:`DEAD_FRAME_BYTES` of
+    ``frame`` and its size; ``reason``/``location`` cut to 2000 characters (and
+    U+0000 removed: PostgreSQL text cannot hold it)."""
+    return (
+        seq,
+        _clean(rule)[:64] or "UNKNOWN",
+        _clean(reason)[:_TEXT_MAX],
+        None if location is None else _clean(location)[:_TEXT_MAX],
+        bytes(frame[:DEAD_FRAME_BYTES]),
+        len(frame),
+    )
+
+
+def _clean(text: str) -> str:
+    return str(text).replace("\x00", "\ufffd")
