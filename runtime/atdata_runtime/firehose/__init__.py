@@ -2,7 +2,12 @@
 decoding (:mod:`.frames`), ``match``-friendly events (:mod:`.events`), commit
 signature checks (:mod:`.verify`) and typed subscriptions over a relay or the
 ingestion service (:mod:`.subscribe`). Needs the ``firehose`` extra (cbrrr,
-websockets)."""
+websockets); :mod:`.verify` also the ``atproto`` extra.
+
+The names of :mod:`.frames` and :mod:`.verify` are exported lazily (on first use),
+so that importing the events alone stays cheap."""
+
+from typing import TYPE_CHECKING, Any
 
 from .events import (
     Account,
@@ -16,14 +21,59 @@ from .events import (
     Sync,
 )
 
+if TYPE_CHECKING:
+    from .frames import (
+        MAX_FRAME_BYTES,
+        Frame,
+        FrameError,
+        FrameOp,
+        decode_frame,
+        to_event,
+        to_events,
+    )
+    from .verify import CommitVerifier, Verdict, VerifyPolicy
+
+_LAZY = {
+    "MAX_FRAME_BYTES": "frames",
+    "Frame": "frames",
+    "FrameError": "frames",
+    "FrameOp": "frames",
+    "decode_frame": "frames",
+    "to_event": "frames",
+    "to_events": "frames",
+    "CommitVerifier": "verify",
+    "Verdict": "verify",
+    "VerifyPolicy": "verify",
+}
+
+
+def __getattr__(name: str) -> Any:
+    part = _LAZY.get(name)
+    if part is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{part}", __name__), name)
+
+
 __all__ = [
+    "MAX_FRAME_BYTES",
     "Account",
     "Commit",
+    "CommitVerifier",
     "Create",
     "Delete",
     "Event",
+    "Frame",
+    "FrameError",
+    "FrameOp",
     "Identity",
     "Info",
     "RecordEvent",
     "Sync",
+    "Verdict",
+    "VerifyPolicy",
+    "decode_frame",
+    "to_event",
+    "to_events",
 ]
