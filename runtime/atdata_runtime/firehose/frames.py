@@ -98,6 +98,7 @@ __all__ = [
     "DATASET_PREFIX",
     "MAX_CAR_BLOCKS",
     "MAX_FRAME_BYTES",
+    "MAX_ITEMS",
     "MAX_RECORD_DEPTH",
     "Frame",
     "FrameError",
@@ -119,6 +120,15 @@ records and their MST paths (a few nodes each): well under a thousand blocks."""
 MAX_RECORD_DEPTH: Final = 128
 """Cap on nested maps/arrays in one record (the top-level map is depth 1), as
 :data:`atdata_runtime.atmosphere.cid.MAX_DEPTH` for repository proofs."""
+MAX_ITEMS: Final = 200_000
+"""Cap on the CBOR items (every value, map key and tag counts one) of a frame's
+header and body together, and again of all its records together. Decoded, an item
+is a Python object of 30 to 130 bytes while it may take one byte on the wire, so
+without this cap a 3 MiB frame of nested empty arrays would cost 400 MiB and a
+second of CPU; with it a frame's decoded size stays under ~30 MiB. Frames over
+:data:`MAX_ITEMS` bytes (and records once their bytes add up past it) are
+pre-scanned item by item before cbrrr decodes them; smaller ones cannot exceed it
+(an item takes at least one byte)."""
 DATASET_PREFIX: Final = "science.alt.dataset."
 """NSID prefix of the atdata collections (``science.alt.dataset.schema``, …)."""
 
@@ -570,6 +580,73 @@ def _checked_block(
     return block
 
 
+class _ScanError(ValueError):
+    """:func:`_scan` found too many items (``rule`` ``…_ITEMS``), too deep a
+    nesting (``…_TOO_DEEP``) or malformed CBOR (``…_CBOR``)."""
+
+    def __init__(self, kind: str, why: str) -> None:
+        super().__init__(why)
+        self.kind = kind
+
+
+def _scan(
+    data: bytes | memoryview, pos: int, end: int, budget: int, max_depth: int
+) -> tuple[int, int]:
+    """``(items, offset after)`` of the one CBOR value at ``data[pos:end]``,
+    counting items without building them: at most ``budget`` items and
+    ``max_depth`` nested arrays/maps (an empty one counts). Lengths are skipped,
+    never trusted past ``end``. Raises :class:`_ScanError`. Not a validator:
+    cbrrr checks the encoding afterwards."""
+    items = 0
+    depth = 0
+    remaining = 1
+    stack: list[int] = []
+    while True:
+        if remaining == 0:
+            if not stack:
+                return items, pos
+            remaining = stack.pop()
+            depth -= 1
+            continue
+        remaining -= 1
+        if pos >= end:
+            raise _ScanError("CBOR", f"truncated at byte {pos}")
+        b = data[pos]
+        pos += 1
+        items += 1
+        if items > budget:
+            raise _ScanError("ITEMS", f"more than {budget} CBOR items")
+        major, n = b >> 5, b & 0x1F
+        if n >= 24:
+            if n > 27:
+                raise _ScanError("CBOR", f"indefinite length at byte {pos - 1}")
+            width = 1 << (n - 24)
+            if pos + width > end:
+                raise _ScanError("CBOR", f"truncated at byte {pos}")
+            n = int.from_bytes(data[pos : pos + width], "big")
+            pos += width
+        if major == 2 or major == 3:
+            if n > end - pos:
+                raise _ScanError("CBOR", f"string at byte {pos} runs past the end")
+            pos += n
+        elif major == 4 or major == 5:
+            if depth >= max_depth:
+                raise _ScanError(
+                    "TOO_DEEP", f"nested deeper than {max_depth} maps/arrays"
+                )
+            if n:
+                n = n * 2 if major == 5 else n
+                if n > end - pos:
+                    raise _ScanError(
+                        "CBOR", f"{n} items at byte {pos} cannot fit in the bytes left"
+                    )
+                stack.append(remaining)
+                remaining = n
+                depth += 1
+        elif major == 6:
+            remaining += 1
+
+
 def _too_deep(value: Any, limit: int) -> bool:
     """Whether ``value`` nests more than ``limit`` maps/arrays (level by level,
     no recursion)."""
@@ -590,8 +667,35 @@ def _too_deep(value: Any, limit: int) -> bool:
 
 
 def _record(
-    block: memoryview, link: str, location: str, seq: int, did: str
-) -> dict[str, Any]:
+    block: memoryview,
+    link: str,
+    location: str,
+    seq: int,
+    did: str,
+    scan: int | None,
+) -> tuple[dict[str, Any], int]:
+    """``(record in the JSON data model, its items)`` of ``block``; the items are
+    counted when ``scan`` is an item budget (a pre-scan, see :data:`MAX_ITEMS`),
+    else (``None``) bounded by the block's bytes."""
+    scanned = False
+    items = len(block)
+    if scan is not None:
+        try:
+            items, _ = _scan(block, 0, len(block), scan, MAX_RECORD_DEPTH)
+        except _ScanError as exc:
+            rule = "RECORD_TOO_DEEP" if exc.kind == "TOO_DEEP" else f"RECORD_{exc.kind}"
+            raise FrameError(
+                rule,
+                f"the records of this frame hold more than {MAX_ITEMS} CBOR items "
+                f"(at record {link})"
+                if exc.kind == "ITEMS"
+                else f"record {link}: {exc}",
+                location=location,
+                seq=seq,
+                repo=did,
+                cid=link,
+            ) from None
+        scanned = True
     try:
         value, used = _decode(block, None, True)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is one finding
@@ -613,7 +717,11 @@ def _record(
             repo=did,
             cid=link,
         )
-    if len(block) > MAX_RECORD_DEPTH and _too_deep(value, MAX_RECORD_DEPTH):
+    if (
+        not scanned
+        and len(block) > MAX_RECORD_DEPTH
+        and _too_deep(value, MAX_RECORD_DEPTH)
+    ):
         raise FrameError(
             "RECORD_TOO_DEEP",
             f"record {link} nests deeper than {MAX_RECORD_DEPTH} maps/arrays",
@@ -622,7 +730,7 @@ def _record(
             repo=did,
             cid=link,
         )
-    return value
+    return value, items
 
 
 def _real_link(
@@ -660,6 +768,9 @@ def _commit_ops(
 ) -> tuple[FrameOp, ...]:
     seq, did = m.seq, m.repo
     out = []
+    # Items of the records so far: exact for scanned ones, their bytes for the
+    # others (an upper bound); a record that could pass MAX_ITEMS is scanned.
+    items = 0
     for i, op in enumerate(m.ops):
         where = f"/body/ops/{i}"
         action = op.action
@@ -700,7 +811,9 @@ def _commit_ops(
         raw = _real_link(op.cid, links, where + "/cid", seq, did)
         _sha256_cid(raw, link, where + "/cid", seq, did)
         block = _checked_block(blocks, raw, link, where + "/cid", seq, did)
-        record = _record(block, link, where + "/cid", seq, did)
+        scan = None if items + len(block) <= MAX_ITEMS else MAX_ITEMS - items
+        record, used = _record(block, link, where + "/cid", seq, did, scan)
+        items += used
         out.append(FrameOp(action, collection, rkey, link, record, prev_cid))
     return tuple(out)
 
@@ -729,6 +842,18 @@ def decode_frame(
     size = len(data)
     if size > max_bytes:
         raise FrameError("FRAME_TOO_BIG", f"frame of {size} bytes is over {max_bytes}")
+    if size > MAX_ITEMS:
+        try:
+            items, end = _scan(data, 0, size, MAX_ITEMS, MAX_RECORD_DEPTH)
+            if end < size:
+                _scan(data, end, size, MAX_ITEMS - items, MAX_RECORD_DEPTH)
+        except _ScanError as exc:
+            why = (
+                f"more than {MAX_ITEMS} CBOR items in the header and body"
+                if exc.kind == "ITEMS"
+                else str(exc)
+            )
+            raise FrameError(f"FRAME_{exc.kind}", f"frame: {why}") from None
     links: dict[str, bytes] = {}
 
     def cid_ctor(raw: bytes) -> dict[str, str]:
