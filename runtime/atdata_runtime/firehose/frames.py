@@ -14,6 +14,10 @@ the first failure:
     the header or the body is not one DAG-CBOR object (cbrrr's strict decoder:
     shortest heads, sorted unique map keys, tag 42 only), the body is missing, or
     bytes follow it.
+``FRAME_ITEMS`` / ``FRAME_TOO_DEEP``
+    the header and body hold more than :data:`MAX_ITEMS` CBOR items, or the body
+    nests deeper than :data:`MAX_RECORD_DEPTH` maps/arrays (unknown fields are
+    kept and would be serialized again).
 ``FRAME_HEADER``
     the header is not a map, ``op`` is not the integer 1 or -1, or ``op`` 1 has no
     string ``t``. (The spec says ``t`` "should not" be in an error frame's header:
@@ -43,10 +47,11 @@ the first failure:
     an operation's ``action`` is not ``create``/``update``/``delete``; its
     ``path`` is not ``{collection}/{rkey}`` with an NSID and a record key (Lexicon
     "NSID" and "Record Key" specs); a create or update without a CID.
-``RECORD_CBOR`` / ``RECORD_TOO_DEEP``
+``RECORD_CBOR`` / ``RECORD_TOO_DEEP`` / ``RECORD_ITEMS``
     a record block is not one DAG-CBOR map in the JSON data model (cbrrr's
-    ``atjson_mode``: no floats, no ``$link``/``$bytes`` keys), or nests deeper than
-    :data:`MAX_RECORD_DEPTH` maps/arrays.
+    ``atjson_mode``: no floats, no ``$link``/``$bytes`` keys), nests deeper than
+    :data:`MAX_RECORD_DEPTH` maps/arrays, or the frame's records hold more than
+    :data:`MAX_ITEMS` CBOR items together.
 
 Only the blocks the events use are hashed: the commit block and the record blocks
 of creates and updates (MST nodes are not read, so they are neither hashed nor
@@ -62,9 +67,11 @@ them): ``Frame.kind`` is ``"unknown"`` and ``message`` the union's
 ``ConsumerTooSlow``, …) and ``error_message``; the caller decides (reconnect, give
 up).
 
-Everything is bounded by the frame's size (itself at most ``max_bytes``): cbrrr
-decodes without recursion and never allocates more items than bytes present, the
-CAR has at most :data:`MAX_CAR_BLOCKS` blocks, and work is linear in the frame.
+Everything is bounded: the frame by ``max_bytes``; decoded objects by
+:data:`MAX_ITEMS` (cbrrr decodes without recursion and never allocates more items
+than bytes present, but an item of one byte becomes a Python object of up to 130);
+nesting by :data:`MAX_RECORD_DEPTH`; the CAR by :data:`MAX_CAR_BLOCKS` blocks.
+Work is linear in the frame.
 Decoding a frame costs tens of microseconds (``scripts/bench_frames``).
 """
 
@@ -901,6 +908,17 @@ def decode_frame(
         )
     if type(body) is not dict:
         raise FrameError("FRAME_BODY", "body is not a map", location="/body")
+    if MAX_RECORD_DEPTH < size <= MAX_ITEMS and _too_deep(body, MAX_RECORD_DEPTH):
+        # (a larger frame was pre-scanned, depth included). Unknown fields are kept
+        # by the models and serialized again: a deep one must not get that far.
+        seq, did = _hint(body)
+        raise FrameError(
+            "FRAME_TOO_DEEP",
+            f"body nests deeper than {MAX_RECORD_DEPTH} maps/arrays",
+            location="/body",
+            seq=seq,
+            repo=did,
+        )
 
     if op == -1:
         error, message = body.get("error"), body.get("message")
