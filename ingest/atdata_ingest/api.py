@@ -1,0 +1,1022 @@
+"""The consumer API of the ingestion service (seed 002 §9-10): other apps read
+events from this log, never from the relay.
+
+Endpoints (FastAPI; the OpenAPI document is served at ``/openapi.json``):
+
+- ``GET /events?since=&event_type=&collection=&repo=&action=&limit=``: a page of
+  the log in ``(seq, idx)`` order, rows with ``seq > since`` only. ``limit``
+  defaults to 100, at most 1000 (more is a 422). A page never ends in the middle
+  of a commit: it holds every matching row of each ``seq`` it includes, so a
+  consumer that resumes from ``cursor`` (the highest ``seq`` included, or
+  ``since`` when the page is empty) loses nothing. The one exception to the
+  ``limit`` is a single commit with more matching operations than ``limit``: that
+  commit is returned whole (a commit holds at most 200 operations,
+  ``com.atproto.sync.subscribeRepos#commit`` ``ops`` maxLength). ``more`` says
+  that rows after ``cursor`` matched already.
+- ``GET /events/stream?since=&…``: the same filters as server-sent events
+  (``text/event-stream``). Each row is one SSE event whose ``data`` is the row's
+  JSON; the *last* row of each ``seq`` carries ``id: <seq>``, so the
+  ``Last-Event-ID`` a client reconnects with never skips half a commit (the rows
+  of a partly received commit come again: at-least-once). Resumes from
+  ``Last-Event-ID`` (the header wins over ``since``: an ``EventSource``
+  reconnects to the same URL), else ``since``, else the current cursor (live
+  tail). New rows are found by ``LISTEN ingest_events`` (the ingester runs
+  ``NOTIFY ingest_events, '<last seq>'`` in each batch transaction) with a poll
+  of ``ingest_cursor`` every ``poll_seconds`` as the fallback; a ``: ping``
+  comment is sent after ``heartbeat_seconds`` of silence. The buffer of a
+  connection is one page (``stream_page`` rows) plus the server's socket buffer:
+  a client that does not take a chunk within ``send_timeout_seconds`` is
+  dropped (it reconnects and resumes from the log), never buffered without
+  limit.
+- ``GET /health``: no authentication (the deployment platform probes it; it
+  shows only the ingester's status). 200 with ``status`` ``ok`` or ``stopped``
+  (no ingester recorded as running: the API still serves the log); 503 with
+  ``stale`` when an ingester is recorded as running (``ingest_cursor.
+  ingester_pid`` set) and the cursor row has not been updated for
+  ``stale_after_seconds`` (0 turns this off), or ``unavailable`` when PostgreSQL
+  does not answer within 2 s.
+
+Authentication (:mod:`.tokens`): ``Authorization: Bearer atdi_<id>_<secret>`` on
+``/events`` and ``/events/stream``; the request's filters must be inside the
+token's scope (403 ``ScopeDenied``); each request, and each stream opened, takes
+one from the token's bucket (:mod:`.ratelimit`; 429 with ``Retry-After``); at most
+``max_streams_per_token`` streams per token are open at once (429
+``TooManyStreams``). The API is read-only: its connections run with
+``default_transaction_read_only`` on.
+
+Every error has one JSON shape, ``{"error": Name, "message": text}``:
+401 ``AuthRequired`` / ``InvalidToken``, 403 ``ScopeDenied``, 404 ``NotFound``,
+405 ``MethodNotAllowed``, 422 ``InvalidRequest``, 429 ``RateLimitExceeded`` /
+``TooManyStreams``, 503 ``Unavailable`` (PostgreSQL down, or too many streams
+overall), 500 ``InternalServerError``.
+
+Run it with :func:`serve` (the CLI's ``atdata-ingest serve``) or any ASGI server
+on ``create_app(database_url)`` with a single worker (buckets and stream counts
+are per process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as _dt
+import logging
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Annotated, Any, Final, Literal
+
+import asyncpg
+import orjson
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message, Receive, Scope, Send
+
+from . import __version__
+from .ratelimit import RateLimiter, retry_after_header
+from .schema import EVENT_COLUMNS
+from .tokens import (
+    DID_PATTERN,
+    EVENT_TYPES,
+    MAX_DID_LENGTH,
+    MAX_NSID_LENGTH,
+    MAX_TOKEN_LENGTH,
+    NSID_GLOB_PATTERN,
+    AuthError,
+    TokenInfo,
+    verify_token,
+)
+
+__all__ = [
+    "MAX_LIMIT",
+    "NOTIFY_CHANNEL",
+    "ApiLimits",
+    "Filters",
+    "create_app",
+    "fetch_page",
+    "serve",
+]
+
+log = logging.getLogger("atdata_ingest.api")
+
+#: The channel the ingester NOTIFYs (payload: the last committed ``seq``, decimal).
+NOTIFY_CHANNEL: Final = "ingest_events"
+#: ``limit`` of ``GET /events``: default and maximum (seed 002 §9).
+DEFAULT_LIMIT: Final = 100
+MAX_LIMIT: Final = 1000
+MAX_SEQ: Final = 2**63 - 1
+#: Rows of one ``seq`` a page may hold beyond ``limit`` (a commit has at most 200
+#: operations; more means a bug upstream, answered with a 500, never truncated).
+MAX_ROWS_PER_SEQ: Final = 10_000
+_ACTIONS: Final = ("create", "update", "delete")
+_COLUMNS_SQL: Final = ", ".join(EVENT_COLUMNS)
+_RECORD_AT: Final = EVENT_COLUMNS.index("record")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApiLimits:
+    """Bounds and timings of the API (seconds unless named otherwise)."""
+
+    #: rows fetched per query by a stream (its buffer)
+    stream_page: int = 500
+    #: bytes of SSE text per write to the socket (a chunk holds whole events)
+    stream_chunk_bytes: int = 64 * 1024
+    heartbeat_seconds: float = 15.0
+    poll_seconds: float = 1.0
+    #: a write that does not complete within this drops the client
+    send_timeout_seconds: float = 15.0
+    max_streams_per_token: int = 4
+    max_streams: int = 256
+    #: /health answers 503 "stale" after this long without a cursor update (0: off)
+    stale_after_seconds: float = 60.0
+    pool_min: int = 1
+    pool_max: int = 8
+    statement_timeout_ms: int = 10_000
+    health_timeout_seconds: float = 2.0
+
+
+# --------------------------------------------------------------------------- models
+
+
+class ErrorBody(BaseModel):
+    """Every error response (XRPC-like)."""
+
+    error: str = Field(description="AuthRequired, InvalidToken, ScopeDenied, …")
+    message: str
+
+
+class EventRow(BaseModel):
+    """One row of ``ingest_events`` (see :data:`atdata_ingest.schema.EVENT_COLUMNS`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seq: int = Field(description="the frame's seq (relay sequence number)")
+    idx: int = Field(description="operation index within the commit, else 0")
+    event_type: str = Field(description="commit | identity | account | sync | info")
+    action: str | None = Field(description="create | update | delete (commits)")
+    repo: str = Field(description="the repository's DID")
+    collection: str | None = Field(description="NSID of the record's collection")
+    rkey: str | None
+    cid: str | None = Field(description="record CID (create, update)")
+    prev_cid: str | None = Field(description="previous record CID (update, delete)")
+    rev: str | None = Field(description="the commit's revision TID")
+    commit_cid: str | None = Field(description="CID of the signed commit block")
+    record: dict[str, Any] | None = Field(
+        description="the record in the JSON data model; other events: their body"
+    )
+    valid: str | None = Field(description="'ok', a lexicon rule ID, or null")
+    verified: bool | None = Field(description="commit signature good; null: unchecked")
+    event_time: _dt.datetime | None = Field(description="the event's time field")
+    indexed_at: _dt.datetime = Field(description="when this service stored it")
+
+
+class EventsPage(BaseModel):
+    """A page of ``GET /events``."""
+
+    events: list[EventRow]
+    cursor: int = Field(
+        description="highest seq included, or since when the page is empty: "
+        "pass it as since= to continue"
+    )
+    more: bool = Field(description="rows after cursor matched already")
+
+
+class Health(BaseModel):
+    """``GET /health``. Times are seconds; null when unknown."""
+
+    status: Literal["ok", "stopped", "stale", "unavailable"]
+    last_seq: int | None = Field(description="seq of the last committed event")
+    source: str | None = Field(description="relay or PDS the seq space belongs to")
+    lag_seconds: float | None = Field(description="now - newest event_time")
+    staleness_seconds: float | None = Field(description="now - cursor update time")
+    newest_event_time: _dt.datetime | None
+    cursor_updated_at: _dt.datetime | None
+    buffer_fill: float | None = Field(description="the ingester's buffer fill")
+    buffer_max: int | None = Field(description="the ingester's buffer size (events)")
+    dead_letters: int | None = Field(description="frames kept in ingest_dead_letters")
+    gaps: int | None = Field(description="seq gaps the ingester detected")
+    ingester_pid: int | None
+    ingester_started_at: _dt.datetime | None
+    streams: int = Field(description="SSE connections open on this API process")
+    listening: bool = Field(description="LISTEN ingest_events connection is up")
+    version: str
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+_AUTH_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
+    401: _err("AuthRequired (no bearer token) or InvalidToken (unknown, revoked)"),
+    403: _err("ScopeDenied: a filter is outside the token's scope"),
+    422: _err("InvalidRequest: a parameter is missing, malformed or out of range"),
+    429: {
+        **_err("RateLimitExceeded or TooManyStreams; see Retry-After"),
+        "headers": {
+            "Retry-After": {
+                "description": "seconds to wait (integer)",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+    },
+    503: _err("Unavailable: PostgreSQL does not answer"),
+}
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ApiError(Exception):
+    """An error response: ``status``, ``error`` name, ``message``, extra headers."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(f"{status} {error}: {message}")
+        self.status = status
+        self.error = error
+        self.message = message
+        self.headers = headers or {}
+
+
+def _error_response(
+    status: int, error: str, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        orjson.dumps({"error": error, "message": message}),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+#: Exceptions that mean "PostgreSQL is not answering" (503, not 500).
+_UNAVAILABLE: Final = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections
+    asyncpg.exceptions.InvalidCatalogNameError,  # the database was dropped
+)
+
+_HTTP_NAMES: Final = {
+    400: "InvalidRequest",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    406: "NotAcceptable",
+    413: "PayloadTooLarge",
+    415: "UnsupportedMediaType",
+}
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def on_api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return _error_response(exc.status, exc.error, exc.message, exc.headers)
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        name = _HTTP_NAMES.get(exc.status_code, "Error")
+        return _error_response(
+            exc.status_code, name, str(exc.detail), dict(exc.headers or {})
+        )
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        parts = []
+        for e in exc.errors()[:5]:
+            where = ".".join(str(p) for p in e.get("loc", ()))
+            parts.append(f"{where}: {e.get('msg', 'invalid')}")
+        return _error_response(422, "InvalidRequest", "; ".join(parts) or "invalid")
+
+    async def on_unavailable(request: Request, exc: Exception) -> Response:
+        log.warning("PostgreSQL unavailable: %s: %s", type(exc).__name__, exc)
+        return _error_response(
+            503, "Unavailable", "the event log is unavailable", {"Retry-After": "1"}
+        )
+
+    async def on_bug(request: Request, exc: Exception) -> Response:
+        return _error_response(500, "InternalServerError", "internal error")
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    for cls in _UNAVAILABLE:
+        app.add_exception_handler(cls, on_unavailable)
+    app.add_exception_handler(Exception, on_bug)
+
+
+# --------------------------------------------------------------------------- queries
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Filters:
+    """The filters of ``/events`` and ``/events/stream`` (syntax already checked).
+
+    ``collection`` is an NSID (exact match), ``*`` (any operation), or a prefix
+    glob ``a.b.*`` (collections starting with ``a.b.``, compared byte-wise under
+    the ``C`` collation whatever the database's collation is)."""
+
+    event_type: str | None = None
+    collection: str | None = None
+    repo: str | None = None
+    action: str | None = None
+
+    def where(self) -> tuple[str, list[Any]]:
+        """``(sql, params)``: the WHERE condition with ``$1`` standing for
+        ``since``; filter values are only ever parameters ``$2…``."""
+        clauses = ["seq > $1"]
+        params: list[Any] = []
+
+        def param(value: Any) -> str:
+            params.append(value)
+            return f"${len(params) + 1}"
+
+        if self.event_type is not None:
+            clauses.append(f"event_type = {param(self.event_type)}")
+        if self.action is not None:
+            clauses.append(f"action = {param(self.action)}")
+        if self.repo is not None:
+            clauses.append(f"repo = {param(self.repo)}")
+        c = self.collection
+        if c == "*":
+            clauses.append("collection IS NOT NULL")
+        elif c is not None and c.endswith(".*"):
+            prefix = c[:-1]  # "a.b." ; the upper bound "a.b/" ('/' follows '.')
+            clauses.append(
+                f'collection COLLATE "C" >= {param(prefix)} '
+                f'AND collection COLLATE "C" < {param(prefix[:-1] + "/")}'
+            )
+        elif c is not None:
+            clauses.append(f"collection = {param(c)}")
+        return " AND ".join(clauses), params
+
+
+async def fetch_page(
+    conn: Any, filters: Filters, since: int, limit: int
+) -> tuple[list[Any], bool]:
+    """``(rows, more)``: the matching rows with ``seq > since`` in ``(seq, idx)``
+    order, whole commits only (see the module docstring), at most ``limit`` rows
+    unless one commit alone has more; ``more`` when matching rows remain after the
+    last ``seq`` returned. ``conn``: an asyncpg connection or pool."""
+    where, params = filters.where()
+    n = len(params) + 2
+    rows = list(
+        await conn.fetch(
+            f"SELECT {_COLUMNS_SQL} FROM ingest_events WHERE {where} "
+            f"ORDER BY seq, idx LIMIT ${n}",
+            since,
+            *params,
+            limit + 1,
+        )
+    )
+    if len(rows) <= limit:
+        return rows, False
+    last = rows[limit - 1]["seq"]
+    if rows[limit]["seq"] != last:
+        return rows[:limit], True
+    k = limit - 1
+    while k >= 0 and rows[k]["seq"] == last:
+        k -= 1
+    if k >= 0:  # drop the commit the limit cut; it starts the next page
+        return rows[: k + 1], True
+    # One commit has more matching rows than limit: return it whole.
+    whole = list(
+        await conn.fetch(
+            f"SELECT {_COLUMNS_SQL} FROM ingest_events WHERE {where} "
+            f"AND seq = ${n} ORDER BY idx LIMIT ${n + 1}",
+            since,
+            *params,
+            last,
+            MAX_ROWS_PER_SEQ + 1,
+        )
+    )
+    if len(whole) > MAX_ROWS_PER_SEQ:
+        raise ApiError(
+            500,
+            "InternalServerError",
+            f"seq {last} has more than {MAX_ROWS_PER_SEQ} rows (SEQ_TOO_LARGE)",
+        )
+    more = await conn.fetchval(
+        f"SELECT EXISTS (SELECT 1 FROM ingest_events WHERE {where})", last, *params
+    )
+    return whole, bool(more)
+
+
+def _row_dict(row: Any) -> dict[str, Any]:
+    d = dict(zip(EVENT_COLUMNS, row, strict=True))
+    rec = row[_RECORD_AT]
+    if rec is not None:
+        d["record"] = orjson.Fragment(rec)  # jsonb text, embedded as is
+    return d
+
+
+def _page_body(rows: Sequence[Any], cursor: int, more: bool) -> bytes:
+    return orjson.dumps(
+        {"events": [_row_dict(r) for r in rows], "cursor": cursor, "more": more}
+    )
+
+
+def _sse_chunks(rows: Sequence[Any], chunk_bytes: int) -> Iterator[bytes]:
+    """SSE text of ``rows`` (whole commits), in chunks of about ``chunk_bytes``
+    that hold whole events. The last row of each ``seq`` carries ``id: <seq>``."""
+    parts: list[bytes] = []
+    size = 0
+    for i, row in enumerate(rows):
+        seq = row["seq"]
+        data = orjson.dumps(_row_dict(row))
+        last_of_seq = i + 1 == len(rows) or rows[i + 1]["seq"] != seq
+        event = b"data: " + data + (b"\nid: %d\n\n" % seq if last_of_seq else b"\n\n")
+        parts.append(event)
+        size += len(event)
+        if size >= chunk_bytes:
+            yield b"".join(parts)
+            parts, size = [], 0
+    if parts:
+        yield b"".join(parts)
+
+
+# --------------------------------------------------------------------------- notifier
+
+
+def _on_close(closed: asyncio.Event) -> Any:
+    def callback(conn: Any) -> None:
+        closed.set()
+
+    return callback
+
+
+class SeqNotifier:
+    """The newest committed ``seq`` known to this process, and a broadcast wake-up
+    for streams. Fed by ``LISTEN ingest_events`` (payload: the seq) on a dedicated
+    connection that is re-opened with backoff when it drops, and by a poll of
+    ``ingest_cursor.last_seq`` every ``poll_seconds`` (the fallback)."""
+
+    def __init__(self, dsn: str, pool: Any, poll_seconds: float) -> None:
+        self._dsn = dsn
+        self._pool = pool
+        self._poll_seconds = poll_seconds
+        self.latest = 0
+        self.listening = False
+        self._changed = asyncio.Event()
+        self._poke = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def bump(self, seq: int) -> None:
+        """Record that ``seq`` is committed; wake every waiter when it is news."""
+        if seq > self.latest:
+            self.latest = seq
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
+
+    async def wait_beyond(self, seq: int) -> None:
+        """Return once :attr:`latest` > ``seq`` (callers bound it with a timeout)."""
+        while self.latest <= seq:
+            await self._changed.wait()
+
+    def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        if len(payload) <= 20 and payload.isdigit():
+            self.bump(int(payload))
+        else:
+            self._poke.set()  # unknown payload: ask the table
+
+    async def poll_once(self) -> None:
+        value = await self._pool.fetchval(
+            "SELECT last_seq FROM ingest_cursor", timeout=self._poll_seconds + 5
+        )
+        if value is not None:
+            self.bump(int(value))
+
+    async def _poll_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), self._poll_seconds)
+            self._poke.clear()
+            try:
+                await self.poll_once()
+            except Exception as exc:  # noqa: BLE001 - the poll must survive anything
+                log.debug("cursor poll failed: %s", exc)
+
+    async def _listen_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            conn = None
+            try:
+                conn = await asyncpg.connect(self._dsn, timeout=10)
+                closed = asyncio.Event()
+                conn.add_termination_listener(_on_close(closed))
+                await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+                self.listening = True
+                backoff = 0.1
+                self._poke.set()  # catch up on what was committed while away
+                while not closed.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(closed.wait(), 10.0)
+                    if not closed.is_set():
+                        await conn.execute("SELECT 1", timeout=10)  # liveness
+            except Exception as exc:  # noqa: BLE001 - reconnect whatever happened
+                log.debug("LISTEN connection lost: %s", exc)
+            finally:
+                self.listening = False
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def start(self) -> None:
+        with contextlib.suppress(*_UNAVAILABLE):
+            await self.poll_once()
+        self._tasks = [
+            asyncio.create_task(self._listen_loop(), name="api-listen"),
+            asyncio.create_task(self._poll_loop(), name="api-poll"),
+        ]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclasses.dataclass
+class _State:
+    dsn: str
+    limits: ApiLimits
+    limiter: RateLimiter
+    pool: Any = None
+    notifier: SeqNotifier | None = None
+    streams: dict[str, int] = dataclasses.field(default_factory=dict)
+    streams_total: int = 0
+    dropped_slow: int = 0
+    closing: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+
+def _state(request: Request) -> _State:
+    st = request.app.state.ingest
+    assert isinstance(st, _State)
+    return st
+
+
+# --------------------------------------------------------------------------- SSE
+
+
+class _SlowClient(Exception):
+    pass
+
+
+class EventStreamResponse(Response):
+    """One SSE connection (see the module docstring). Releases its stream slot when
+    it ends, however it ends."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self, state: _State, token_id: str, filters: Filters, start: int
+    ) -> None:
+        super().__init__(status_code=200, media_type=self.media_type)
+        self._st = state
+        self._token_id = token_id
+        self._filters = filters
+        self._start = start
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(self._watch(receive, stop))
+        closing = asyncio.create_task(self._st.closing.wait())
+        try:
+            await self._send(
+                send,
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"text/event-stream; charset=utf-8"),
+                        (b"cache-control", b"no-cache"),
+                        (b"x-accel-buffering", b"no"),
+                    ],
+                },
+            )
+            await self._run(send, stop, closing)
+            await self._send(
+                send, {"type": "http.response.body", "body": b"", "more_body": False}
+            )
+        except _SlowClient:
+            self._st.dropped_slow += 1
+            log.warning(
+                "stream of token %s dropped: the client did not read for %.1fs",
+                self._token_id,
+                self._st.limits.send_timeout_seconds,
+            )
+        finally:
+            watcher.cancel()
+            closing.cancel()
+            self._release()
+
+    def _release(self) -> None:
+        st = self._st
+        st.streams_total -= 1
+        n = st.streams.get(self._token_id, 1) - 1
+        if n <= 0:
+            st.streams.pop(self._token_id, None)
+        else:
+            st.streams[self._token_id] = n
+
+    @staticmethod
+    async def _watch(receive: Receive, stop: asyncio.Event) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                stop.set()
+                return
+
+    async def _send(self, send: Send, message: Message) -> None:
+        try:
+            await asyncio.wait_for(send(message), self._st.limits.send_timeout_seconds)
+        except TimeoutError:
+            raise _SlowClient from None
+
+    async def _body(self, send: Send, data: bytes) -> None:
+        await self._send(
+            send, {"type": "http.response.body", "body": data, "more_body": True}
+        )
+
+    async def _run(self, send: Send, stop: asyncio.Event, closing: Any) -> None:
+        st, lim = self._st, self._st.limits
+        notifier = st.notifier
+        assert notifier is not None
+        cursor = scanned = self._start
+        await self._body(send, b"retry: 2000\n: from seq %d\n\n" % cursor)
+        while not stop.is_set():
+            horizon = notifier.latest  # every seq <= horizon is committed
+            try:
+                rows, more = await fetch_page(
+                    st.pool, self._filters, max(cursor, scanned), lim.stream_page
+                )
+            except _UNAVAILABLE as exc:
+                log.warning("stream ends, PostgreSQL unavailable: %s", exc)
+                await self._body(send, b": unavailable\n\n")
+                return
+            if stop.is_set():
+                return
+            if rows:
+                for chunk in _sse_chunks(rows, lim.stream_chunk_bytes):
+                    await self._body(send, chunk)
+                cursor = max(cursor, int(rows[-1]["seq"]))
+            if more:
+                continue
+            scanned = max(scanned, horizon, cursor)
+            news = asyncio.create_task(notifier.wait_beyond(scanned))
+            stopped = asyncio.create_task(stop.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    {news, stopped, closing},
+                    timeout=lim.heartbeat_seconds,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                news.cancel()
+                stopped.cancel()
+            if stopped in done or closing in done:
+                return
+            if not done:
+                await self._body(send, b": ping\n\n")
+
+
+# --------------------------------------------------------------------------- app
+
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    bearerFormat="atdi_<id>_<secret>",
+    description="A consumer token from `atdata-ingest token add`.",
+)
+
+_NSID_GLOB_RE: Final = f"^(?:{NSID_GLOB_PATTERN})$"
+_DID_RE: Final = f"^(?:{DID_PATTERN})$"
+
+_Since = Annotated[
+    int, Query(ge=0, le=MAX_SEQ, description="return rows with seq > since")
+]
+_EventType = Annotated[
+    Literal["commit", "identity", "account", "sync", "info"] | None,
+    Query(description="event type"),
+]
+_Collection = Annotated[
+    str | None,
+    Query(
+        max_length=MAX_NSID_LENGTH + 2,
+        pattern=_NSID_GLOB_RE,
+        description="an NSID, an NSID prefix + '.*' (science.alt.dataset.*), or '*'",
+    ),
+]
+_Repo = Annotated[
+    str | None,
+    Query(max_length=MAX_DID_LENGTH, pattern=_DID_RE, description="a DID"),
+]
+_Action = Annotated[
+    Literal["create", "update", "delete"] | None,
+    Query(description="operation action (commits)"),
+]
+_Limit = Annotated[
+    int, Query(ge=1, le=MAX_LIMIT, description=f"rows per page, at most {MAX_LIMIT}")
+]
+
+assert set(EVENT_TYPES) == {"commit", "identity", "account", "sync", "info"}
+
+
+async def _authorize(
+    request: Request,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> TokenInfo:
+    """The request's live token, with one request taken from its bucket."""
+    st = _state(request)
+    if creds is None:
+        raise ApiError(
+            401,
+            "AuthRequired",
+            "Authorization: Bearer <token> required",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    if len(creds.credentials) > MAX_TOKEN_LENGTH:
+        raise ApiError(401, "InvalidToken", "malformed token")
+    try:
+        token = await verify_token(st.pool, creds.credentials)
+    except AuthError as exc:
+        raise ApiError(
+            401, "InvalidToken", exc.reason, {"WWW-Authenticate": "Bearer"}
+        ) from None
+    wait = st.limiter.check(token.id, token.rate_per_second, token.burst)
+    if wait > 0:
+        raise ApiError(
+            429,
+            "RateLimitExceeded",
+            f"rate limit of {token.rate_per_second:g}/s (burst {token.burst}) exceeded",
+            {"Retry-After": retry_after_header(wait)},
+        )
+    return token
+
+
+def _check_scope(token: TokenInfo, f: Filters) -> None:
+    reason = token.scope.denies(
+        collection=f.collection,
+        event_type=f.event_type,
+        repo=f.repo,
+        action=f.action,
+    )
+    if reason is not None:
+        raise ApiError(403, "ScopeDenied", reason)
+
+
+def create_app(
+    database_url: str,
+    *,
+    limits: ApiLimits | None = None,
+    limiter: RateLimiter | None = None,
+) -> FastAPI:
+    """The consumer API over the log in ``database_url`` (a PostgreSQL DSN). The
+    asyncpg pool and the LISTEN connection open in the app's lifespan (so building
+    the app, e.g. for its OpenAPI document, needs no database)."""
+    lim = limits or ApiLimits()
+    st = _State(dsn=database_url, limits=lim, limiter=limiter or RateLimiter())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        st.closing = asyncio.Event()
+        st.pool = await asyncpg.create_pool(
+            database_url,
+            min_size=lim.pool_min,
+            max_size=lim.pool_max,
+            command_timeout=lim.statement_timeout_ms / 1000 + 5,
+            server_settings={
+                "application_name": "atdata-ingest-api",
+                "default_transaction_read_only": "on",
+                "statement_timeout": str(lim.statement_timeout_ms),
+            },
+        )
+        st.notifier = SeqNotifier(database_url, st.pool, lim.poll_seconds)
+        await st.notifier.start()
+        try:
+            yield
+        finally:
+            st.closing.set()
+            await st.notifier.stop()
+            await st.pool.close()
+
+    app = FastAPI(
+        title="atdata-ingest consumer API",
+        version=__version__,
+        description=(
+            "Filtered, ordered events of the atdata firehose log (seed 002 §9). "
+            "Errors are {error, message}."
+        ),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.ingest = st
+    _install_error_handlers(app)
+
+    @app.get(
+        "/events",
+        response_model=EventsPage,
+        responses=_AUTH_ERRORS,
+        summary="A page of events after since",
+    )
+    async def get_events(
+        token: Annotated[TokenInfo, Depends(_authorize)],
+        since: _Since,
+        event_type: _EventType = None,
+        collection: _Collection = None,
+        repo: _Repo = None,
+        action: _Action = None,
+        limit: _Limit = DEFAULT_LIMIT,
+    ) -> Response:
+        f = Filters(event_type, collection, repo, action)
+        _check_scope(token, f)
+        rows, more = await fetch_page(st.pool, f, since, limit)
+        cursor = int(rows[-1]["seq"]) if rows else since
+        return Response(_page_body(rows, cursor, more), media_type="application/json")
+
+    @app.get(
+        "/events/stream",
+        responses={
+            200: {
+                "description": "server-sent events: `data: <EventRow JSON>`, "
+                "`id: <seq>` on the last row of each seq, `: ping` heartbeats",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            **_AUTH_ERRORS,
+        },
+        response_class=Response,
+        summary="Events after since, then live, as server-sent events",
+    )
+    async def stream_events(
+        token: Annotated[TokenInfo, Depends(_authorize)],
+        since: Annotated[
+            int | None,
+            Query(
+                ge=0,
+                le=MAX_SEQ,
+                description="start after this seq (default: the current cursor)",
+            ),
+        ] = None,
+        event_type: _EventType = None,
+        collection: _Collection = None,
+        repo: _Repo = None,
+        action: _Action = None,
+        last_event_id: Annotated[
+            str | None,
+            Header(
+                alias="Last-Event-ID",
+                max_length=19,
+                pattern=r"^[0-9]{1,19}$",
+                description="resume after this seq (wins over since)",
+            ),
+        ] = None,
+    ) -> Response:
+        f = Filters(event_type, collection, repo, action)
+        _check_scope(token, f)
+        if last_event_id is not None:
+            start = int(last_event_id)
+            if start > MAX_SEQ:
+                raise ApiError(422, "InvalidRequest", "Last-Event-ID out of range")
+        elif since is not None:
+            start = since
+        else:
+            start = int(await st.pool.fetchval("SELECT last_seq FROM ingest_cursor"))
+        if st.streams_total >= lim.max_streams:
+            raise ApiError(
+                503,
+                "Unavailable",
+                f"too many streams open ({lim.max_streams})",
+                {"Retry-After": "5"},
+            )
+        if st.streams.get(token.id, 0) >= lim.max_streams_per_token:
+            raise ApiError(
+                429,
+                "TooManyStreams",
+                f"at most {lim.max_streams_per_token} streams per token",
+                {"Retry-After": "5"},
+            )
+        st.streams[token.id] = st.streams.get(token.id, 0) + 1
+        st.streams_total += 1
+        return EventStreamResponse(st, token.id, f, start)
+
+    @app.get(
+        "/health",
+        response_model=Health,
+        responses={503: {"model": Health, "description": "stale or unavailable"}},
+        summary="The ingester's progress (no authentication)",
+    )
+    async def health() -> Response:
+        body = await _health(st)
+        code = 503 if body["status"] in ("stale", "unavailable") else 200
+        return Response(
+            orjson.dumps(body), status_code=code, media_type="application/json"
+        )
+
+    return app
+
+
+_HEALTH_SQL: Final = """
+SELECT c.source, c.last_seq, c.updated_at, c.buffer_fill, c.buffer_max,
+       c.dead_letters, c.gaps, c.ingester_pid, c.ingester_started_at,
+       coalesce(c.last_event_time,
+                (SELECT max(e.event_time) FROM ingest_events e
+                  WHERE e.seq = c.last_seq)) AS newest_event_time,
+       now() AS now
+  FROM ingest_cursor c
+"""
+
+
+async def _health(st: _State) -> dict[str, Any]:
+    notifier = st.notifier
+    body: dict[str, Any] = {
+        "status": "unavailable",
+        "last_seq": None,
+        "source": None,
+        "lag_seconds": None,
+        "staleness_seconds": None,
+        "newest_event_time": None,
+        "cursor_updated_at": None,
+        "buffer_fill": None,
+        "buffer_max": None,
+        "dead_letters": None,
+        "gaps": None,
+        "ingester_pid": None,
+        "ingester_started_at": None,
+        "streams": st.streams_total,
+        "listening": bool(notifier and notifier.listening),
+        "version": __version__,
+    }
+    timeout = st.limits.health_timeout_seconds
+    try:
+        row = await asyncio.wait_for(st.pool.fetchrow(_HEALTH_SQL), timeout)
+    except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+        log.warning("health: PostgreSQL unavailable: %s", exc)
+        return body
+    if row is None:
+        return body
+    now: _dt.datetime = row["now"]
+    newest = row["newest_event_time"]
+    staleness = (now - row["updated_at"]).total_seconds()
+    body.update(
+        last_seq=row["last_seq"],
+        source=row["source"],
+        lag_seconds=(now - newest).total_seconds() if newest is not None else None,
+        staleness_seconds=staleness,
+        newest_event_time=newest,
+        cursor_updated_at=row["updated_at"],
+        buffer_fill=row["buffer_fill"],
+        buffer_max=row["buffer_max"],
+        dead_letters=row["dead_letters"],
+        gaps=row["gaps"],
+        ingester_pid=row["ingester_pid"],
+        ingester_started_at=row["ingester_started_at"],
+    )
+    running = row["ingester_pid"] is not None
+    stale_after = st.limits.stale_after_seconds
+    if not running:
+        body["status"] = "stopped"
+    elif stale_after > 0 and staleness > stale_after:
+        body["status"] = "stale"
+    else:
+        body["status"] = "ok"
+    return body
+
+
+def serve(
+    database_url: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    limits: ApiLimits | None = None,
+    log_level: str = "info",
+) -> None:
+    """Run the API with uvicorn until SIGTERM/SIGINT (one worker; open streams get
+    5 s to end at shutdown). ``atdata-ingest serve`` calls this."""
+    import uvicorn
+
+    uvicorn.run(
+        create_app(database_url, limits=limits),
+        host=host,
+        port=port,
+        log_level=log_level,
+        proxy_headers=False,
+        server_header=False,
+        timeout_graceful_shutdown=5,
+        access_log=False,
+    )

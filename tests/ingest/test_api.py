@@ -1,0 +1,763 @@
+"""The consumer API (atdata_ingest.api) against a real PostgreSQL and a real
+uvicorn on a loopback port: filters, ordering, the limit, pagination that never
+cuts a commit, bearer tokens (hashed, scoped, revoked), rate limits, server-sent
+events (live rows, Last-Event-ID resume, poll fallback, slow clients dropped,
+streams per token), /health and the error shape."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+import uvicorn
+from atdata_ingest.api import NOTIFY_CHANNEL, ApiLimits, create_app
+from atdata_ingest.schema import EVENT_COLUMNS
+from atdata_ingest.tokens import create_token, revoke_token
+
+UTC = dt.UTC
+T0 = dt.datetime(2025, 1, 1, tzinfo=UTC)
+
+# --------------------------------------------------------------------------- helpers
+
+
+@dataclasses.dataclass
+class Row:
+    """One ingest_events row (the columns of schema.EVENT_COLUMNS)."""
+
+    seq: int
+    idx: int = 0
+    event_type: str = "commit"
+    action: str | None = "create"
+    repo: str = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa"
+    collection: str | None = "app.bsky.feed.post"
+    rkey: str | None = "3kabc"
+    cid: str | None = "bafyreib2rxk3rh6kzwq"
+    prev_cid: str | None = None
+    rev: str | None = "3kabcrev"
+    commit_cid: str | None = "bafyreicommit"
+    record: dict[str, Any] | None = None
+    valid: str | None = "ok"
+    verified: bool | None = None
+    event_time: dt.datetime | None = None
+    indexed_at: dt.datetime | None = None
+
+    def values(self) -> tuple[Any, ...]:
+        rec = self.record if self.record is not None else {"text": f"r{self.seq}"}
+        return (
+            self.seq,
+            self.idx,
+            self.event_type,
+            self.action,
+            self.repo,
+            self.collection,
+            self.rkey,
+            self.cid,
+            self.prev_cid,
+            self.rev,
+            self.commit_cid,
+            orjson.dumps(rec).decode(),
+            self.valid,
+            self.verified,
+            self.event_time or T0 + dt.timedelta(seconds=self.seq),
+            self.indexed_at or dt.datetime.now(UTC),
+        )
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def _insert(dsn: str, rows: Sequence[Row], notify: bool) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            await conn.copy_records_to_table(
+                "ingest_events",
+                records=[r.values() for r in rows],
+                columns=list(EVENT_COLUMNS),
+            )
+            if rows:
+                last = max(r.seq for r in rows)
+                await conn.execute(
+                    "UPDATE ingest_cursor SET last_seq = greatest(last_seq, $1), "
+                    "updated_at = now()",
+                    last,
+                )
+                if notify:
+                    await conn.execute(
+                        "SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(last)
+                    )
+    finally:
+        await conn.close()
+
+
+def insert(dsn: str, rows: Sequence[Row], *, notify: bool = True) -> None:
+    """COPY rows, advance the cursor and NOTIFY in one transaction, as the
+    ingester does."""
+    run(_insert(dsn, rows, notify))
+
+
+async def _sql(dsn: str, query: str, *args: Any) -> Any:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetch(query, *args)
+    finally:
+        await conn.close()
+
+
+def sql(dsn: str, query: str, *args: Any) -> Any:
+    return run(_sql(dsn, query, *args))
+
+
+async def _token(dsn: str, name: str, scope: Any, rate: float, burst: int) -> str:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await create_token(conn, name, scope, rate, burst)
+    finally:
+        await conn.close()
+
+
+def token(
+    dsn: str,
+    name: str,
+    scope: Any = None,
+    rate: float = 10_000.0,
+    burst: int = 100_000,
+) -> str:
+    return str(run(_token(dsn, name, scope, rate, burst)))
+
+
+def wait_until(pred: Callable[[], bool], what: str, deadline: float = 30.0) -> None:
+    """Wait for a condition the server reaches on its own (a bound, not a timed
+    assertion: the deadline only keeps a broken build from hanging)."""
+    end = time.monotonic() + deadline
+    while not pred():
+        if time.monotonic() > end:
+            raise AssertionError(f"never happened: {what}")
+        time.sleep(0.02)
+
+
+class LiveApi:
+    """create_app(...) served by a real uvicorn on 127.0.0.1 in a thread."""
+
+    def __init__(self, dsn: str, limits: ApiLimits | None = None) -> None:
+        self.dsn = dsn
+        self.app = create_app(dsn, limits=limits)
+        self.state = self.app.state.ingest
+        # proto IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only
+        # then (a plain socket.socket() costs 40 ms of Nagle per response).
+        self._sock = socket.socket(
+            socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
+        )
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=1,
+        )
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self.server.serve(sockets=[self._sock])),
+            daemon=True,
+        )
+
+    def __enter__(self) -> LiveApi:
+        self._thread.start()
+        wait_until(lambda: self.server.started, "uvicorn started")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self._thread.join(30)
+        self._sock.close()
+
+    def client(self, tok: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {tok}"} if tok else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+@pytest.fixture
+def api(pg_dsn: str) -> Iterator[LiveApi]:
+    with LiveApi(pg_dsn) as live:
+        yield live
+
+
+def key(e: dict[str, Any]) -> tuple[int, int]:
+    return (e["seq"], e["idx"])
+
+
+def walk(
+    client: httpx.Client, params: dict[str, Any], since: int = 0
+) -> tuple[list[tuple[int, int]], int]:
+    """Follow cursor/more to the end; (row keys, pages)."""
+    seen: list[tuple[int, int]] = []
+    pages = 0
+    while True:
+        r = client.get("/events", params={**params, "since": since})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        pages += 1
+        seqs = [e["seq"] for e in body["events"]]
+        assert all(s > since for s in seqs)
+        seen += [key(e) for e in body["events"]]
+        assert body["cursor"] == (seqs[-1] if seqs else since)
+        since = body["cursor"]
+        if not body["more"]:
+            return seen, pages
+        assert seqs, "more=true with an empty page would loop forever"
+
+
+# --------------------------------------------------------------------------- data
+
+DATASET = "science.alt.dataset.entry"
+COLLECTIONS = [
+    "app.bsky.feed.post",
+    "app.bsky.feed.like",
+    DATASET,
+    "science.alt.dataset.schema",
+    "science.alt.datasetx.fake",  # shares a string prefix, not the NSID prefix
+    "science.alt.dataset.lens.v2",
+]
+REPOS = [f"did:plc:{c * 24}" for c in "abcd"]
+
+
+def mixed_log(seed: int, commits: int) -> list[Row]:
+    """Commits of 1-7 operations over several collections and repos, with
+    identity/account/sync events between them; seq increasing with gaps."""
+    rnd = random.Random(seed)
+    rows: list[Row] = []
+    seq = 10
+    for _ in range(commits):
+        seq += rnd.choice((1, 1, 1, 2, 5))
+        repo = rnd.choice(REPOS)
+        kind = rnd.random()
+        if kind < 0.08:
+            rows.append(
+                Row(
+                    seq,
+                    event_type=rnd.choice(("identity", "account", "sync")),
+                    action=None,
+                    repo=repo,
+                    collection=None,
+                    rkey=None,
+                    cid=None,
+                    record={"did": repo, "seq": seq},
+                )
+            )
+            continue
+        for idx in range(rnd.randint(1, 7)):
+            rows.append(
+                Row(
+                    seq,
+                    idx,
+                    action=rnd.choice(("create", "create", "update", "delete")),
+                    repo=repo,
+                    collection=rnd.choice(COLLECTIONS),
+                    rkey=f"k{seq}x{idx}",
+                )
+            )
+    return rows
+
+
+def matches(r: Row, p: dict[str, Any]) -> bool:
+    c = p.get("collection")
+    if c == "*":
+        ok_c = r.collection is not None
+    elif c is not None and c.endswith(".*"):
+        ok_c = r.collection is not None and r.collection.startswith(c[:-1])
+    else:
+        ok_c = c is None or r.collection == c
+    return (
+        ok_c
+        and p.get("event_type") in (None, r.event_type)
+        and p.get("repo") in (None, r.repo)
+        and p.get("action") in (None, r.action)
+    )
+
+
+# --------------------------------------------------------------------------- /events
+
+
+FILTERS: list[dict[str, Any]] = [
+    {},
+    {"event_type": "commit"},
+    {"event_type": "account"},
+    {"collection": DATASET},
+    {"collection": "science.alt.dataset.*"},
+    {"collection": "science.alt.*"},
+    {"collection": "science.alt.dataset.lens.*"},
+    {"collection": "*"},
+    {"repo": REPOS[1]},
+    {"action": "delete"},
+    {"collection": "app.bsky.*", "repo": REPOS[2], "action": "create"},
+    {"collection": "science.alt.dataset.*", "event_type": "commit"},
+    {"collection": "no.such.thing"},
+]
+
+
+def test_filters_ordering_and_pagination_walk_the_log_exactly_once(
+    api: LiveApi,
+) -> None:
+    """Every filter returns exactly the matching rows in (seq, idx) order, and a
+    walk by cursor/more at small limits (pages edges fall inside multi-op commits)
+    sees each row once and never half a commit per page."""
+    rows = mixed_log(seed=15, commits=120)
+    random.Random(1).shuffle(rows)  # insertion order must not matter
+    insert(api.dsn, rows)
+    tok = token(api.dsn, "all")
+    with api.client(tok) as c:
+        for params in FILTERS:
+            expected = sorted((r.seq, r.idx) for r in rows if matches(r, params))
+            for limit in (1, 3, 7, 1000):
+                seen, pages = walk(c, {**params, "limit": limit})
+                assert seen == expected, (params, limit)
+                if limit == 1000:
+                    assert pages == 1
+            # Each page holds whole commits: every (seq) of a page has all its
+            # matching rows.
+            by_seq: dict[int, int] = {}
+            for s, _ in expected:
+                by_seq[s] = by_seq.get(s, 0) + 1
+            since = 0
+            while True:
+                body = c.get("/events", params={**params, "since": since, "limit": 4})
+                page = body.json()
+                counts: dict[int, int] = {}
+                for e in page["events"]:
+                    counts[e["seq"]] = counts.get(e["seq"], 0) + 1
+                assert all(counts[s] == by_seq[s] for s in counts), params
+                since = page["cursor"]
+                if not page["more"]:
+                    break
+
+
+def test_a_commit_larger_than_the_limit_comes_whole(api: LiveApi) -> None:
+    rows = [Row(5, i, rkey=f"a{i}") for i in range(7)] + [Row(6), Row(9, 0), Row(9, 1)]
+    insert(api.dsn, rows)
+    with api.client(token(api.dsn, "t")) as c:
+        page = c.get("/events", params={"since": 0, "limit": 3}).json()
+        assert [key(e) for e in page["events"]] == [(5, i) for i in range(7)]
+        assert page == {**page, "cursor": 5, "more": True}
+        page = c.get("/events", params={"since": 5, "limit": 2}).json()
+        assert [key(e) for e in page["events"]] == [(6, 0)]  # (9, *) not cut
+        assert (page["cursor"], page["more"]) == (6, True)
+        page = c.get("/events", params={"since": 6, "limit": 1}).json()
+        assert [key(e) for e in page["events"]] == [(9, 0), (9, 1)]
+        assert (page["cursor"], page["more"]) == (9, False)
+        # a big last commit: more is false when nothing follows
+        page = c.get("/events", params={"since": 0, "limit": 1}).json()
+        assert len(page["events"]) == 7 and page["more"] is True
+
+
+def test_limit_default_cap_and_row_shape(api: LiveApi) -> None:
+    insert(api.dsn, [Row(s, rkey=f"r{s}") for s in range(1, 1201)])
+    with api.client(token(api.dsn, "t")) as c:
+        page = c.get("/events", params={"since": 0}).json()
+        assert len(page["events"]) == 100 and page["more"] is True
+        assert page["cursor"] == 100
+        page = c.get("/events", params={"since": 0, "limit": 1000}).json()
+        assert len(page["events"]) == 1000 and page["cursor"] == 1000
+        for bad in ({"limit": 1001}, {"limit": 0}, {"limit": "x"}, {"since": -1}, {}):
+            r = c.get("/events", params={"since": 0, **bad} if bad else {})
+            assert r.status_code == 422, bad
+            assert set(r.json()) == {"error", "message"}
+            assert r.json()["error"] == "InvalidRequest"
+        e = c.get("/events", params={"since": 41, "limit": 1}).json()["events"][0]
+        assert list(e) == list(EVENT_COLUMNS)
+        assert e["record"] == {"text": "r42"}
+        assert dt.datetime.fromisoformat(e["event_time"]) == T0 + dt.timedelta(
+            seconds=42
+        )
+        # since beyond the log: empty page, cursor stays at since
+        page = c.get("/events", params={"since": 5000}).json()
+        assert page == {"events": [], "cursor": 5000, "more": False}
+
+
+def test_hostile_parameters_are_refused_never_5xx(api: LiveApi) -> None:
+    insert(api.dsn, [Row(1)])
+    hostile = [
+        {"collection": "app.bsky'; DROP TABLE ingest_events; --"},
+        {"collection": "%"},
+        {"collection": "app.%.post"},
+        {"collection": "app.*.post"},
+        {"collection": "*.post"},
+        {"collection": "a" * 400},
+        {"collection": "app.bsky.feed.post\x00"},
+        {"repo": "did:plc:x' OR '1'='1"},
+        {"repo": "did:" + "a" * 5000},
+        {"event_type": "commit' OR 1=1"},
+        {"action": "drop"},
+        {"since": "9" * 40},
+        {"since": "1e3"},
+    ]
+    with api.client(token(api.dsn, "t")) as c:
+        for params in hostile:
+            r = c.get("/events", params={"since": 0, **params})
+            assert r.status_code == 422, (params, r.text)
+            assert r.json()["error"] == "InvalidRequest"
+        assert len(c.get("/events", params={"since": 0}).json()["events"]) == 1
+
+
+# --------------------------------------------------------------------------- auth
+
+
+def test_auth_required_invalid_and_revoked(api: LiveApi) -> None:
+    insert(api.dsn, [Row(1)])
+    good = token(api.dsn, "good")
+    other = token(api.dsn, "other")
+    tid = good.split("_")[1]
+    forged = f"atdi_{tid}_{'A' * 43}"  # right id, wrong secret
+    with httpx.Client(base_url=api.url) as c:
+        r = c.get("/events", params={"since": 0})
+        assert r.status_code == 401
+        assert r.json()["error"] == "AuthRequired"
+        assert r.headers["www-authenticate"] == "Bearer"
+        for bad in (
+            "nope",
+            forged,
+            "atdi_0000000000000000_" + "A" * 43,
+            good + "x",
+            "x" * 5000,
+        ):
+            r = c.get(
+                "/events",
+                params={"since": 0},
+                headers={"Authorization": f"Bearer {bad}"},
+            )
+            assert r.status_code == 401, bad
+            assert r.json()["error"] == "InvalidToken"
+            assert bad not in r.text
+        r = c.get("/events", params={"since": 0}, headers={"Authorization": good})
+        assert r.status_code == 401  # no "Bearer " scheme
+        auth = {"Authorization": f"Bearer {good}"}
+        assert c.get("/events", params={"since": 0}, headers=auth).status_code == 200
+        assert run(_revoke(api.dsn, "good")) is True
+        r = c.get("/events", params={"since": 0}, headers=auth)
+        assert r.status_code == 401
+        assert r.json() == {"error": "InvalidToken", "message": "token revoked"}
+        r = c.get("/events/stream", params={"since": 0}, headers=auth)
+        assert r.status_code == 401
+        other_auth = {"Authorization": f"Bearer {other}"}
+        assert (
+            c.get("/events", params={"since": 0}, headers=other_auth).status_code == 200
+        )
+        # /health needs no token
+        assert c.get("/health").status_code == 200
+
+
+async def _revoke(dsn: str, name: str) -> bool:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await revoke_token(conn, name)
+    finally:
+        await conn.close()
+
+
+def test_out_of_scope_filters_are_refused_in_scope_served(api: LiveApi) -> None:
+    rows = mixed_log(seed=3, commits=80)
+    rows.append(
+        Row(10**6, event_type="account", action=None, repo=REPOS[0], collection=None)
+    )
+    insert(api.dsn, rows)
+    ds = token(api.dsn, "datasets", {"collections": ["science.alt.dataset.*"]})
+    one_repo = token(
+        api.dsn, "repo", {"repos": [REPOS[0]], "event_types": ["commit", "account"]}
+    )
+    refused = {
+        ds: [
+            {},
+            {"event_type": "commit"},
+            {"collection": "app.bsky.feed.post"},
+            {"collection": "science.alt.*"},
+            {"collection": "*"},
+            {"collection": "science.alt.datasetx.fake"},
+            {"collection": "science.alt.dataset"},
+        ],
+        one_repo: [
+            {},
+            {"repo": REPOS[1]},
+            {"collection": DATASET},  # no repo filter
+            {"repo": REPOS[0]},  # no event type filter
+            {"repo": REPOS[0], "event_type": "identity"},
+        ],
+    }
+    allowed = {
+        ds: [
+            {"collection": DATASET},
+            {"collection": "science.alt.dataset.*"},
+            {"collection": "science.alt.dataset.lens.*", "repo": REPOS[1]},
+        ],
+        one_repo: [
+            {"repo": REPOS[0], "event_type": "account"},
+            {"repo": REPOS[0], "event_type": "commit"},
+            {"repo": REPOS[0], "collection": "app.bsky.*"},  # implies commit
+        ],
+    }
+    with httpx.Client(base_url=api.url) as c:
+        for tok, cases in refused.items():
+            auth = {"Authorization": f"Bearer {tok}"}
+            for params in cases:
+                for path in ("/events", "/events/stream"):
+                    r = c.get(path, params={"since": 0, **params}, headers=auth)
+                    assert r.status_code == 403, (path, params)
+                    assert r.json()["error"] == "ScopeDenied"
+        for tok, cases in allowed.items():
+            auth = {"Authorization": f"Bearer {tok}"}
+            for params in cases:
+                seen, _ = walk(
+                    httpx.Client(base_url=api.url, headers=auth), {**params, "limit": 9}
+                )
+                assert seen == sorted(
+                    (r.seq, r.idx) for r in rows if matches(r, params)
+                )
+                assert seen, params  # the data set has rows for every case
+
+
+# --------------------------------------------------------------------------- rate
+
+
+def test_429_with_retry_after_under_a_burst_other_tokens_unaffected(
+    api: LiveApi,
+) -> None:
+    insert(api.dsn, [Row(1)])
+    slow = token(api.dsn, "slow", rate=0.01, burst=5)  # refills 1 per 100 s
+    fast = token(api.dsn, "fast")
+
+    async def burst(tok: str, n: int) -> list[httpx.Response]:
+        async with httpx.AsyncClient(
+            base_url=api.url, headers={"Authorization": f"Bearer {tok}"}, timeout=30
+        ) as c:
+            return list(
+                await asyncio.gather(
+                    *(c.get("/events", params={"since": 0}) for _ in range(n))
+                )
+            )
+
+    got = run(burst(slow, 30))
+    codes = sorted(r.status_code for r in got)
+    assert codes == [200] * 5 + [429] * 25
+    for r in got:
+        if r.status_code == 429:
+            assert r.json()["error"] == "RateLimitExceeded"
+            assert set(r.json()) == {"error", "message"}
+            retry = r.headers["retry-after"]
+            assert retry.isdigit() and 1 <= int(retry) <= 100
+    assert [r.status_code for r in run(burst(fast, 30))] == [200] * 30
+    with api.client(slow) as c:  # still limited; a stream is refused too
+        assert c.get("/events", params={"since": 0}).status_code == 429
+        assert c.get("/events/stream").status_code == 429
+
+
+# --------------------------------------------------------------------------- SSE
+
+
+def sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """Parse SSE: yield {"data": obj, "id": str|None} per event; comments skipped."""
+    data: list[str] = []
+    ev_id: str | None = None
+    for line in lines:
+        if line == "":
+            if data:
+                yield {"data": orjson.loads("\n".join(data)), "id": ev_id}
+            data, ev_id = [], None
+        elif line.startswith(":"):
+            continue
+        elif line.startswith("data: "):
+            data.append(line[6:])
+        elif line.startswith("id: "):
+            ev_id = line[4:]
+
+
+def take(it: Iterator[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    return [next(it) for _ in range(n)]
+
+
+FAST = ApiLimits(heartbeat_seconds=0.2, poll_seconds=0.2, send_timeout_seconds=1.0)
+
+
+def test_sse_live_events_ids_and_last_event_id_resume(pg_dsn: str) -> None:
+    insert(pg_dsn, [Row(1), Row(2, 0), Row(2, 1)])
+    tok = token(pg_dsn, "t")
+    with LiveApi(pg_dsn, FAST) as live, live.client(tok) as c:
+        with c.stream("GET", "/events/stream", params={"since": 1}) as r:
+            assert r.status_code == 200
+            assert r.headers["content-type"].startswith("text/event-stream")
+            events = sse_events(r.iter_lines())
+            got = take(events, 2)  # the backlog after since=1
+            assert [(e["data"]["seq"], e["data"]["idx"], e["id"]) for e in got] == [
+                (2, 0, None),  # no id inside a commit ...
+                (2, 1, "2"),  # ... the last row of the seq carries it
+            ]
+            # committed after connect, announced by NOTIFY as the ingester does
+            insert(pg_dsn, [Row(5, i) for i in range(3)] + [Row(6)])
+            got = take(events, 4)
+            assert [(e["data"]["seq"], e["data"]["idx"]) for e in got] == [
+                (5, 0),
+                (5, 1),
+                (5, 2),
+                (6, 0),
+            ]
+            assert [e["id"] for e in got] == [None, None, "5", "6"]
+            assert got[0]["data"]["record"] == {"text": "r5"}
+        # reconnect as an EventSource does: same URL, Last-Event-ID header
+        insert(pg_dsn, [Row(8), Row(9, 0), Row(9, 1)])
+        with c.stream(
+            "GET", "/events/stream", params={"since": 1}, headers={"Last-Event-ID": "6"}
+        ) as r:
+            got = take(sse_events(r.iter_lines()), 3)
+            assert [(e["data"]["seq"], e["data"]["idx"]) for e in got] == [
+                (8, 0),
+                (9, 0),
+                (9, 1),
+            ]
+        # no since, no Last-Event-ID: live tail from the current cursor
+        with c.stream("GET", "/events/stream") as r:
+            events = sse_events(r.iter_lines())
+            wait_until(lambda: live.state.streams_total == 1, "stream open")
+            insert(pg_dsn, [Row(12, collection=DATASET)])
+            assert next(events)["data"]["seq"] == 12
+        # filters apply to the stream; rows committed without NOTIFY arrive by
+        # the poll of ingest_cursor
+        with c.stream(
+            "GET", "/events/stream", params={"since": 12, "collection": DATASET}
+        ) as r:
+            events = sse_events(r.iter_lines())
+            insert(
+                pg_dsn,
+                [Row(13), Row(14, collection=DATASET), Row(15)],
+                notify=False,
+            )
+            e = next(events)
+            assert (e["data"]["seq"], e["id"]) == (14, "14")
+        r = c.get("/events/stream", headers={"Last-Event-ID": "12; drop"})
+        assert r.status_code == 422
+
+
+def test_sse_heartbeats_and_streams_per_token(pg_dsn: str) -> None:
+    tok = token(pg_dsn, "t")
+    other = token(pg_dsn, "o")
+    limits = dataclasses.replace(FAST, max_streams_per_token=2)
+    with LiveApi(pg_dsn, limits) as live, live.client(tok) as c:
+        with (
+            c.stream("GET", "/events/stream", params={"since": 0}) as s1,
+            c.stream("GET", "/events/stream", params={"since": 0}) as s2,
+        ):
+            assert s1.status_code == s2.status_code == 200
+            lines = s1.iter_lines()
+            comments = [next(lines) for _ in range(6)]
+            assert ": ping" in comments  # idle: heartbeats
+            r = c.get("/events/stream", params={"since": 0})
+            assert r.status_code == 429
+            assert r.json()["error"] == "TooManyStreams"
+            assert int(r.headers["retry-after"]) >= 1
+            with live.client(other).stream("GET", "/events/stream") as s3:
+                assert s3.status_code == 200  # other tokens unaffected
+        # closed streams give their slots back
+        wait_until(lambda: live.state.streams_total == 0, "streams released")
+        with c.stream("GET", "/events/stream") as s4:
+            assert s4.status_code == 200
+
+
+def test_sse_slow_client_is_dropped_not_buffered(pg_dsn: str) -> None:
+    """A client that stops reading is disconnected once a write blocks for
+    send_timeout_seconds; the server holds one page, not the backlog."""
+    big = {"text": "x" * 20_000}
+    insert(pg_dsn, [Row(s, record=big) for s in range(1, 1501)])  # ~30 MB of SSE
+    tok = token(pg_dsn, "t")
+    limits = dataclasses.replace(FAST, stream_page=50, send_timeout_seconds=0.5)
+    with LiveApi(pg_dsn, limits) as live:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", live.port))
+        s.sendall(
+            f"GET /events/stream?since=0 HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {tok}\r\n\r\n".encode()
+        )
+        try:
+            wait_until(lambda: live.state.dropped_slow == 1, "slow client dropped")
+            wait_until(lambda: live.state.streams_total == 0, "slot released")
+            # the server is still serving others
+            with live.client(tok) as c, c.stream("GET", "/events/stream") as r:
+                assert r.status_code == 200
+        finally:
+            s.close()
+
+
+# --------------------------------------------------------------------------- health
+
+
+def test_health_ok_stopped_stale_and_unavailable(pg: Any, pg_dsn: str) -> None:
+    insert(pg_dsn, [Row(7, event_time=dt.datetime.now(UTC) - dt.timedelta(hours=1))])
+    limits = dataclasses.replace(FAST, stale_after_seconds=60)
+    with LiveApi(pg_dsn, limits) as live, httpx.Client(base_url=live.url) as c:
+        h = c.get("/health")
+        assert h.status_code == 200
+        body = h.json()
+        assert body["status"] == "stopped"  # no ingester recorded as running
+        assert body["last_seq"] == 7
+        assert 3500 < body["lag_seconds"] < 3700 + 600
+        assert body["staleness_seconds"] >= 0
+        sql(
+            pg_dsn,
+            "UPDATE ingest_cursor SET ingester_pid = 4242, buffer_fill = 0.25, "
+            "buffer_max = 20000, dead_letters = 3, updated_at = now()",
+        )
+        body = c.get("/health").json()
+        assert body["status"] == "ok"
+        assert (body["ingester_pid"], body["buffer_fill"], body["dead_letters"]) == (
+            4242,
+            0.25,
+            3,
+        )
+        sql(pg_dsn, "UPDATE ingest_cursor SET updated_at = now() - interval '5 min'")
+        h = c.get("/health")
+        assert h.status_code == 503 and h.json()["status"] == "stale"
+        # the database disappears: 503 unavailable, /events 503 Unavailable
+        tok = token(pg_dsn, "t")
+        name = urlsplit(pg_dsn).path.lstrip("/")
+        sql(pg.dsn, f'DROP DATABASE "{name}" WITH (FORCE)')
+        h = c.get("/health")
+        assert h.status_code == 503 and h.json()["status"] == "unavailable"
+        r = c.get(
+            "/events", params={"since": 0}, headers={"Authorization": f"Bearer {tok}"}
+        )
+        assert r.status_code == 503
+        assert r.json()["error"] == "Unavailable"
+
+
+# --------------------------------------------------------------------------- misc
+
+
+def test_openapi_document_and_error_shape(api: LiveApi) -> None:
+    with httpx.Client(base_url=api.url) as c:
+        doc = c.get("/openapi.json").json()
+        assert doc == api.app.openapi()
+        for path in ("/events", "/events/stream"):
+            responses = doc["paths"][path]["get"]["responses"]
+            assert {"200", "401", "403", "422", "429"} <= set(responses)
+            assert doc["paths"][path]["get"]["security"] == [{"HTTPBearer": []}]
+        assert (
+            "Retry-After"
+            in doc["paths"]["/events"]["get"]["responses"]["429"]["headers"]
+        )
+        assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+        assert {"200", "503"} <= set(doc["paths"]["/health"]["get"]["responses"])
+        r = c.get("/nope")
+        assert r.status_code == 404 and r.json()["error"] == "NotFound"
+        r = c.post("/events")
+        assert r.status_code == 405 and r.json()["error"] == "MethodNotAllowed"
