@@ -19,6 +19,7 @@ from .events import (
     Info,
     RecordEvent,
     Sync,
+    Update,
 )
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ __all__ = [
     "Info",
     "RecordEvent",
     "Sync",
+    "Update",
     "Verdict",
     "VerifyPolicy",
     "decode_frame",
