@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from atdata_runtime.lex import LexRecord
 from atdata_runtime.lex.registry import RecordRegistry
@@ -136,20 +136,21 @@ def _pointer(loc: Sequence[int | str], data: Any) -> str:
     member's ``$type`` tag) and is left out, unless it is the last one (the name of
     a missing field)."""
     out: list[str] = []
-    node = data
+    node: Any = data
     last = len(loc) - 1
     for i, part in enumerate(loc):
-        if isinstance(node, dict) and isinstance(part, str) and part in node:
-            out.append(_escape(part))
-            node = node[part]
-        elif (
-            isinstance(node, list)
-            and isinstance(part, int)
-            and not isinstance(part, bool)
-            and 0 <= part < len(node)
-        ):
-            out.append(str(part))
-            node = node[part]
-        elif i == last:
+        if isinstance(node, dict) and isinstance(part, str):
+            obj = cast("dict[str, Any]", node)
+            if part in obj:
+                out.append(_escape(part))
+                node = obj[part]
+                continue
+        elif isinstance(node, list) and type(part) is int:
+            items = cast("Sequence[Any]", node)
+            if 0 <= part < len(items):
+                out.append(str(part))
+                node = items[part]
+                continue
+        if i == last:
             out.append(_escape(str(part)))
     return "".join("/" + p for p in out)
