@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -176,7 +176,7 @@ class LiveApi:
             daemon=True,
         )
 
-    def __enter__(self) -> LiveApi:
+    def __enter__(self) -> Self:
         self._thread.start()
         wait_until(lambda: self.server.started, "uvicorn started")
         return self
