@@ -27,6 +27,8 @@ variable                           default             meaning
                                                        models (``valid`` column): ``all``
                                                        records with a known model,
                                                        ``dataset``, ``none``
+``ATDATA_INGEST_PLC_URL``          ``https://plc.directory`` the PLC directory that resolves
+                                                       ``did:plc`` keys for ``VERIFY``
 ``ATDATA_INGEST_SYNCHRONOUS_COMMIT`` ``true``          PostgreSQL ``synchronous_commit`` of
                                                        the writer's session (``false``:
                                                        faster; a *server* crash may lose
@@ -163,6 +165,7 @@ class Settings:
     pause_ms: int = 250
     verify: str = "dataset"
     validate: str = "all"
+    plc_url: str = "https://plc.directory"
     synchronous_commit: bool = True
     db_retry_seconds: float = 60.0
     reconnect_min_seconds: float = 0.5
@@ -210,6 +213,12 @@ class Settings:
             raise ConfigError(
                 f"{_var('validate')}: {self.validate!r} is not one of "
                 f"{', '.join(_VALIDATE)}"
+            )
+        plc = urlsplit(self.plc_url)
+        if plc.scheme not in ("https", "http") or not plc.hostname or plc.query:
+            raise ConfigError(
+                f"{_var('plc_url')}: {redact_url(self.plc_url)!r} is not an https:// "
+                "URL of a PLC directory"
             )
         if not isinstance(self.synchronous_commit, bool):
             raise ConfigError(
@@ -299,6 +308,7 @@ _FIELD_TYPES: Final[dict[str, type]] = {
     "pause_ms": int,
     "verify": str,
     "validate": str,
+    "plc_url": str,
     "synchronous_commit": bool,
     "db_retry_seconds": float,
     "reconnect_min_seconds": float,

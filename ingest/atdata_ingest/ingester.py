@@ -40,7 +40,7 @@ of more than one is a gap (counted in ``ingest_cursor.gaps`` and logged, not fat
 relay seqs need not be contiguous). ``#info`` (``OutdatedCursor``) is logged and
 stored. ``#identity`` drops the verifier's cached DID document. Frames of an
 unknown type are ignored (Event Stream spec: consumers ignore unknown message
-types) and counted.
+types) and counted; their seq still moves the cursor.
 """
 
 from __future__ import annotations
@@ -82,11 +82,14 @@ _MESSAGE_TOO_BIG: Final = 1009  # WebSocket close code (RFC 6455 § 7.4.1)
 
 
 class Verifier(Protocol):
-    """What the ingester needs of :class:`atdata_runtime.firehose.verify.CommitVerifier`."""
+    """What the ingester needs of :class:`atdata_runtime.firehose.verify.CommitVerifier`:
+    ``required`` (the policy), ``acheck`` (a ``Verdict`` with ``verified``; a bad
+    commit raises :class:`FrameError` ``SIG_INVALID``/``COMMIT_*``), ``forget``
+    (drop a DID's cached key on ``#identity``)."""
 
-    def wants(self, frame: Frame) -> bool: ...
+    def required(self, frame: Frame) -> bool: ...
 
-    async def check(self, frame: Frame) -> Any: ...
+    async def acheck(self, frame: Frame) -> Any: ...
 
     def forget(self, did: str) -> None: ...
 
@@ -188,14 +191,22 @@ class _Buffer:
 
 
 def _make_verifier(settings: Settings) -> Verifier | None:
+    """The policy's :class:`~atdata_runtime.firehose.verify.CommitVerifier`
+    (``None`` for ``verify=none``), resolving ``did:plc`` with ``plc_url`` (5 s per
+    lookup, two attempts)."""
     if settings.verify == "none":
         return None
-    try:
-        from atdata_runtime.firehose.verify import CommitVerifier
-    except ImportError as exc:  # pragma: no cover - the module ships with frames
-        log.warning("commit verification unavailable (%s); verify=none", exc)
-        return None
-    return CommitVerifier(policy=settings.verify)  # type: ignore[no-any-return]
+    from atdata_runtime.atmosphere.identity import IdentityResolver
+    from atdata_runtime.firehose.verify import CommitVerifier
+    from atdata_runtime.net.retry import RetryPolicy
+
+    resolver = IdentityResolver(
+        plc_url=settings.plc_url,
+        timeout=5.0,
+        retry=RetryPolicy(attempts=2, deadline=5.0),
+    )
+    policy: Any = settings.verify
+    return CommitVerifier(resolver, policy=policy)
 
 
 class Ingester:
@@ -435,9 +446,17 @@ class Ingester:
             )
             return
         if kind == "unknown":
+            # ignored (Event Stream spec), but its seq is passed: no false gap
             stats.unknown += 1
             if stats.unknown <= 10:
                 log.info("ignoring a frame of unknown type %r", frame.t)
+            useq = frame.seq
+            if (
+                useq is not None
+                and self.last_read < useq <= self.last_read + _MAX_SEQ_JUMP
+            ):
+                self.last_read = useq
+                buffer.add([], None, useq, None, 0, 0, self.writer.last_seq)
             return
         if kind == "info":
             info = frame.event()
@@ -472,23 +491,23 @@ class Ingester:
         if verifier is not None:
             if kind == "identity" and frame.did:
                 verifier.forget(frame.did)
-            elif verifier.wants(frame):
-                result = await verifier.check(frame)
-                ok = getattr(result, "ok", result)
-                if ok is False:
+            elif verifier.required(frame):
+                try:
+                    verdict = await verifier.acheck(frame)
+                except FrameError as exc:  # SIG_INVALID, COMMIT_*: a bad commit
                     self.last_read = seq
                     self._dead(
                         data,
-                        getattr(result, "rule", "SIG_INVALID"),
-                        getattr(result, "reason", "commit signature does not verify"),
-                        "/body/commit",
+                        exc.rule,
+                        exc.reason,
+                        exc.location or "/body/commit",
                         seq,
                         frame.did,
                         gap=gap,
                     )
                     return
-                if ok is True:
-                    verified = True
+                verified = verdict.verified
+                if verified:
                     stats.verified += 1
         try:
             event = frame.event(verified=verified)

@@ -20,10 +20,9 @@ which PostgreSQL fills with the batch transaction's ``now()``), in that order:
 stored with U+0000 replaced by U+FFFD and ``valid`` set to ``RECORD_NUL``.
 
 ``valid`` (create/update only): ``'ok'`` when the record validates against its
-generated model (a :class:`~atdata_runtime.lex.LexRecord` found by NSID in the
-generated packages' record registries), else a short text ``"<error type> at
-<JSON pointer>"`` of the first problem; NULL when no model is known or the
-validation policy skips the collection.
+generated model (:func:`.records.validate_record`: the generated packages' record
+registries), else a short text ``"<RULE> <JSON pointer>"`` of the first problem;
+NULL when no model is known or the validation policy skips the collection.
 
 A dead-letter row (:data:`DEAD_COLUMNS`) keeps a frame that could not be decoded or
 verified: ``(seq, rule, reason, location, frame[:64 KiB], frame size)``.
@@ -32,13 +31,11 @@ verified: ``(seq, rule, reason, location, frame[:64 KiB], frame size)``.
 from __future__ import annotations
 
 import datetime as _dt
-import importlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Final, TypeAlias
 
 import orjson
-import pydantic
 from atdata_runtime.firehose.events import (
     Account,
     Commit,
@@ -61,8 +58,6 @@ __all__ = [
     "RecordValidator",
     "dead_letter_row",
     "event_rows",
-    "model_lookup",
-    "set_model_lookup",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,150 +79,44 @@ DeadRow: TypeAlias = tuple[
 _ROW_OVERHEAD: Final = 160
 """Bytes counted per row besides its record text, for the buffer's byte bound."""
 
-# -- record models ------------------------------------------------------------------
+# -- record validation --------------------------------------------------------------
 
-ModelLookup: TypeAlias = Callable[[str], "type[Any] | None"]
-
-_PACKAGES: Final = ("atdata_runtime.lexicons", "atdata_ingest.lexicons")
 _DATASET_PREFIX: Final = "science.alt.dataset."
-
-
-def _default_lookup() -> ModelLookup:
-    """The generated packages' record registries (``RECORDS``), when present; else a
-    lookup of ``science.alt.dataset.*`` models in ``atdata_runtime.lexicons`` by
-    module name (packages generated before registries existed)."""
-    try:
-        from atdata_runtime.lex.registry import RecordRegistry, RecordRegistryError
-
-        packages = []
-        for name in _PACKAGES:
-            try:
-                importlib.import_module(name)
-            except ImportError:
-                continue
-            packages.append(name)
-        registry = RecordRegistry(*packages)
-        return registry.get
-    except (ImportError, RecordRegistryError):
-        return _dataset_model
-
-
-_DATASET_MODELS: dict[str, type[Any] | None] = {}
-
-
-def _snake(name: str) -> str:
-    out = []
-    for ch in name:
-        if ch.isupper():
-            out.append("_")
-            out.append(ch.lower())
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def _dataset_model(nsid: str) -> type[Any] | None:
-    if not nsid.startswith(_DATASET_PREFIX):
-        return None
-    if nsid in _DATASET_MODELS:
-        return _DATASET_MODELS[nsid]
-    name = nsid[len(_DATASET_PREFIX) :]
-    found: type[Any] | None = None
-    if name.isascii() and name.isidentifier():
-        try:
-            module = importlib.import_module(
-                f"atdata_runtime.lexicons.science.alt.dataset.{_snake(name)}"
-            )
-        except ImportError:
-            module = None
-        for value in vars(module).values() if module is not None else ():
-            if isinstance(value, type) and getattr(value, "lex_type", None) == nsid:
-                found = value
-                break
-        # only NSIDs of existing modules are cached: the cache stays bounded
-        if module is not None:
-            _DATASET_MODELS[nsid] = found
-    return found
-
-
-_lookup: ModelLookup | None = None
-
-
-def model_lookup() -> ModelLookup:
-    """The function NSID → generated record model (or ``None``) used for the
-    ``valid`` column (built on first use)."""
-    global _lookup
-    if _lookup is None:
-        _lookup = _default_lookup()
-    return _lookup
-
-
-def set_model_lookup(lookup: ModelLookup | None) -> None:
-    """Replace the NSID → model lookup (``None``: back to the default)."""
-    global _lookup
-    _lookup = lookup
+RecordCheck: TypeAlias = Callable[[str, Any], "str | None"]
 
 
 class RecordValidator:
     """Computes the ``valid`` column under a policy: ``all`` (every record whose
-    NSID has a generated model), ``dataset`` (``science.alt.dataset.*`` only) or
-    ``none``. Models are looked up once per NSID (the cache is bounded: unknown
-    NSIDs beyond :attr:`MAX_CACHED` are looked up each time)."""
+    NSID has a generated model: :func:`.records.validate_record`), ``dataset``
+    (``science.alt.dataset.*`` only) or ``none``. ``check`` replaces
+    :func:`.records.validate_record` (tests)."""
 
-    MAX_CACHED: Final = 4096
-
-    def __init__(self, policy: str, lookup: ModelLookup | None = None) -> None:
+    def __init__(self, policy: str, check: RecordCheck | None = None) -> None:
         if policy not in ("all", "dataset", "none"):
             raise ValueError(f"validate policy {policy!r}")
         self.policy = policy
-        self._lookup = lookup
-        self._models: dict[str, Any] = {}
+        if check is None:
+            from .records import validate_record
 
-    def _model(self, nsid: str) -> Any:
-        try:
-            return self._models[nsid]
-        except KeyError:
-            pass
-        lookup = self._lookup or model_lookup()
-        try:
-            model = lookup(nsid)
-        except Exception as exc:  # noqa: BLE001 - a broken registry entry must not stop ingestion
-            log.warning("no record model for %s: %s", nsid, exc)
-            model = None
-        if len(self._models) < self.MAX_CACHED:
-            self._models[nsid] = model
-        return model
+            check = validate_record
+        self._check = check
+        self._broken: set[str] = set()
 
     def __call__(self, collection: str, record: dict[str, Any]) -> str | None:
-        """``'ok'``, the first problem as ``"<type> at <JSON pointer>"``, or
-        ``None`` (no model / skipped by the policy)."""
+        """``'ok'``, the first problem (``"<RULE> <JSON pointer>"``), or ``None``
+        (no model, skipped by the policy, or a broken registry entry: logged once
+        per NSID)."""
         if self.policy == "none" or (
             self.policy == "dataset" and not collection.startswith(_DATASET_PREFIX)
         ):
             return None
-        model = self._model(collection)
-        if model is None:
-            return None
         try:
-            model.from_wire(record)
-        except pydantic.ValidationError as exc:
-            return _first_problem(exc)
-        except Exception as exc:  # noqa: BLE001 - hostile input must not crash the reader
-            return f"{type(exc).__name__}"[:200]
-        return "ok"
-
-
-def _pointer(loc: Sequence[int | str]) -> str:
-    return "/" + "/".join(str(p).replace("~", "~0").replace("/", "~1") for p in loc)
-
-
-def _first_problem(exc: pydantic.ValidationError) -> str:
-    errors = exc.errors(include_url=False, include_context=False, include_input=False)
-    if not errors:
-        return "invalid"
-    first = errors[0]
-    text = f"{first.get('type', 'invalid')} at {_pointer(first.get('loc', ()))}"
-    return text[:200]
+            return self._check(collection, record)
+        except LookupError as exc:  # RecordRegistryError: a stale generated package
+            if collection not in self._broken and len(self._broken) < 1000:
+                self._broken.add(collection)
+                log.error("record model of %s unusable: %s", collection, exc)
+            return None
 
 
 # -- rows ---------------------------------------------------------------------------

@@ -150,10 +150,16 @@ class WriteResult:
 def is_connection_error(exc: BaseException) -> bool:
     """Whether ``exc`` means the connection (or the server) went away or cannot
     take work right now, so that the same batch is worth retrying on a new
-    connection: socket errors, timeouts, asyncpg's closed-connection errors,
+    connection: socket errors, timeouts, asyncpg's closed-connection and
+    protocol-state errors,
     SQLSTATE classes 08 (connection), 57 (operator intervention: shutdown,
     recovery), 53 (insufficient resources) and 40 (serialization/deadlock)."""
-    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
+    if isinstance(
+        exc,
+        OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.InternalClientError,
+    ):
+        # InternalClientError: asyncpg's protocol state after the server ended the
+        # session (pg_terminate_backend, shutdown) while idle
         return True
     if isinstance(exc, asyncpg.PostgresError):
         state = getattr(exc, "sqlstate", None) or ""
@@ -236,6 +242,9 @@ class BatchWriter:
                 "tcp_keepalives_idle": "30",
                 "tcp_keepalives_interval": "10",
                 "tcp_keepalives_count": "3",
+                # a backend waiting on a lock for a vanished ingester ends (and
+                # frees the advisory lock) within a second (PostgreSQL 14+)
+                "client_connection_check_interval": "1000",
             },
         )
         try:
@@ -315,7 +324,9 @@ class BatchWriter:
     async def open(self) -> int:
         """Connect, migrate the schema, create today's partitions, check or claim
         the cursor's source; return the committed cursor (``last_seq``)."""
-        conn = await self.connect()
+        # a grace for the lock: the backend of a previous ingester that just died
+        # may still be finishing (client_connection_check_interval)
+        conn = await self.connect(lock_grace=min(5.0, self.settings.db_retry_seconds))
         await migrate(conn)
         self._partitions_at = time.monotonic()
         async with conn.transaction():

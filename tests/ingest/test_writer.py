@@ -1,0 +1,486 @@
+"""The batch writer against a real PostgreSQL 15 with rows of real PDS frames.
+
+Frames come from the real local PDS (``realistic_frames``), renumbered by the replay
+relay's templates (frame ``k`` has seq ``k``). What is checked: events and the
+cursor commit together (a SIGKILL between COPY and COMMIT leaves neither), the
+cursor guard drops stored seqs, a retried committed batch is a no-op, dead letters
+are stored and counted, a refused row does not stall the batch, one ingester per
+database, the relay recorded in the cursor, a lost connection is retried, and
+writes are COPYs, never one INSERT per event (``pg_stat_statements``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from atdata_ingest.config import Settings
+from atdata_ingest.exits import ConfigError, LockHeld
+from atdata_ingest.rows import RecordValidator, dead_letter_row, event_rows
+from atdata_ingest.schema import migrate
+from atdata_ingest.testing.postgres import PostgresCluster
+from atdata_ingest.testing.relay import ReplayRelay, realistic_frames
+from atdata_ingest.writer import KILL_ENV, NOTIFY_CHANNEL, Batch, BatchWriter
+from atdata_runtime.firehose.events import Create
+from atdata_runtime.firehose.frames import FrameError, decode_frame
+
+SOURCE = "ws://127.0.0.1:1"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def templates(net: Any) -> list[bytes]:
+    """Real frames of the local PDS (accounts, commits, identity, sync)."""
+    return realistic_frames(net)
+
+
+@pytest.fixture
+def relay_frames(templates: list[bytes]) -> ReplayRelay:
+    """An unstarted relay over real PDS frames: ``.frame(k)`` is frame ``k``."""
+    return ReplayRelay(templates)
+
+
+def _settings(dsn: str, **kw: Any) -> Settings:
+    return Settings(database_url=dsn, relay_url=SOURCE, **kw)
+
+
+def make_batch(relay: ReplayRelay, seqs: range | list[int]) -> Batch:
+    """The batch the ingester would build from frames ``seqs``."""
+    validate = RecordValidator("all")
+    batch = Batch()
+    for k in seqs:
+        frame = decode_frame(relay.frame(k))
+        rows, nbytes = event_rows(frame.event(), validate, seq_hint=k - 1)
+        batch.rows.extend(rows)
+        batch.nbytes += nbytes
+        assert frame.seq == k
+        batch.add_seq(k)
+        batch.last_event_time = frame.time
+    return batch
+
+
+def expected_rows(relay: ReplayRelay, seqs: range) -> int:
+    return len(make_batch(relay, seqs).rows)
+
+
+async def _fetch(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(await conn.fetch(query, *args))
+    finally:
+        await conn.close()
+
+
+def fetch(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    return asyncio.run(_fetch(dsn, query, *args))
+
+
+def cursor(dsn: str) -> asyncpg.Record:
+    return fetch(dsn, "SELECT * FROM ingest_cursor")[0]
+
+
+def stored_keys(dsn: str) -> list[tuple[int, int]]:
+    return [
+        (r["seq"], r["idx"])
+        for r in fetch(dsn, "SELECT seq, idx FROM ingest_events ORDER BY seq, idx")
+    ]
+
+
+# -- one transaction ---------------------------------------------------------------
+
+
+def test_batch_and_cursor_commit_together_and_notify(
+    pg_dsn: str, relay_frames: ReplayRelay
+) -> None:
+    batch = make_batch(relay_frames, range(1, 61))
+
+    async def go() -> tuple[Any, list[str]]:
+        listener = await asyncpg.connect(pg_dsn)
+        heard: list[str] = []
+        await listener.add_listener(NOTIFY_CHANNEL, lambda *a: heard.append(a[3]))
+        writer = BatchWriter(_settings(pg_dsn), source=SOURCE)
+        try:
+            assert await writer.open() == 0
+            result = await writer.write(batch, buffer_fill=0.25, buffer_max=4000)
+            for _ in range(100):
+                if heard:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            await writer.close()
+            await listener.close()
+        return result, heard
+
+    result, heard = asyncio.run(go())
+    assert result.stored == len(batch.rows) > 60  # commits carry several ops
+    assert result.last_seq == 60
+    assert heard == ["60"]
+    row = cursor(pg_dsn)
+    assert row["last_seq"] == 60
+    assert row["source"] == SOURCE
+    assert row["buffer_fill"] == pytest.approx(0.25)
+    assert row["buffer_max"] == 4000
+    assert row["last_event_time"] == batch.last_event_time
+    assert row["ingester_pid"] == os.getpid()
+    keys = stored_keys(pg_dsn)
+    assert len(keys) == len(set(keys)) == len(batch.rows)
+    assert {k[0] for k in keys} == set(range(1, 61))
+    # records are the JSON data model; every row type is there
+    kinds = fetch(
+        pg_dsn,
+        "SELECT event_type, action, count(*) AS n, count(record) AS r "
+        "FROM ingest_events GROUP BY 1, 2",
+    )
+    seen = {(k["event_type"], k["action"]) for k in kinds}
+    assert ("commit", "create") in seen and ("identity", None) in seen
+    for k in kinds:
+        if k["action"] == "delete":
+            assert k["r"] == 0
+        else:
+            assert k["r"] == k["n"]
+
+
+def test_cursor_guard_drops_already_stored_seqs(
+    pg_dsn: str, relay_frames: ReplayRelay
+) -> None:
+    async def go() -> tuple[Any, Any]:
+        writer = BatchWriter(_settings(pg_dsn), source=SOURCE)
+        try:
+            await writer.open()
+            first = await writer.write(make_batch(relay_frames, range(1, 41)))
+            # a relay replaying 21..60 after a reconnect, as one batch
+            second = await writer.write(make_batch(relay_frames, range(21, 61)))
+        finally:
+            await writer.close()
+        return first, second
+
+    first, second = asyncio.run(go())
+    assert second.dropped == expected_rows(relay_frames, range(21, 41)) > 0
+    assert second.stored == expected_rows(relay_frames, range(41, 61))
+    keys = stored_keys(pg_dsn)
+    assert len(keys) == len(set(keys)) == first.stored + second.stored
+    assert cursor(pg_dsn)["last_seq"] == 60
+
+
+def test_retried_committed_batch_is_a_no_op(
+    pg_dsn: str, relay_frames: ReplayRelay
+) -> None:
+    """A batch whose COMMIT outcome was unknown is written again: nothing is
+    stored twice, not even rows without a seq of their own (#info)."""
+    from atdata_runtime.firehose.events import Info
+
+    batch = make_batch(relay_frames, range(1, 11))
+    rows, _ = event_rows(
+        Info("OutdatedCursor", "too old"), RecordValidator("all"), seq_hint=10
+    )
+    batch.rows.extend(rows)
+
+    async def go() -> tuple[Any, Any]:
+        writer = BatchWriter(_settings(pg_dsn), source=SOURCE)
+        try:
+            await writer.open()
+            return await writer.write(batch), await writer.write(batch)
+        finally:
+            await writer.close()
+
+    first, again = asyncio.run(go())
+    assert first.stored == len(batch.rows)
+    assert again.already_committed and again.stored == 0
+    infos = fetch(pg_dsn, "SELECT seq, idx, record FROM ingest_events WHERE idx = -1")
+    assert [(r["seq"], r["idx"]) for r in infos] == [(10, -1)]
+    assert len(stored_keys(pg_dsn)) == len(batch.rows)
+
+
+def test_dead_letters_stored_counted_and_move_the_cursor(
+    pg_dsn: str, relay_frames: ReplayRelay
+) -> None:
+    batch = make_batch(relay_frames, range(1, 6))
+    relay = relay_frames
+    relay.inject("bad_cid", at_seq=6)
+    relay.inject("garbage", at_seq=7)
+    for k in (6, 7):
+        data = relay.frame(k)
+        with pytest.raises(FrameError) as info:
+            decode_frame(data)
+        err = info.value
+        batch.dead.append(
+            dead_letter_row(
+                data, rule=err.rule, reason=err.reason, location=err.location,
+                seq=err.seq,
+            )
+        )  # fmt: skip
+        if err.seq is not None:
+            batch.add_seq(err.seq)
+
+    async def go() -> None:
+        writer = BatchWriter(_settings(pg_dsn), source=SOURCE)
+        try:
+            await writer.open()
+            await writer.write(batch)
+        finally:
+            await writer.close()
+
+    asyncio.run(go())
+    dead = fetch(
+        pg_dsn,
+        "SELECT seq, rule, reason, location, frame, frame_size "
+        "FROM ingest_dead_letters ORDER BY id",
+    )
+    assert [(d["seq"], d["rule"]) for d in dead] == [
+        (6, "BLOCK_CID_MISMATCH"),
+        (None, "FRAME_CBOR"),
+    ]
+    assert all(d["reason"] and d["frame"] for d in dead)
+    assert dead[1]["frame"] == relay.frame(7) and dead[1]["frame_size"] == len(
+        relay.frame(7)
+    )
+    row = cursor(pg_dsn)
+    assert row["dead_letters"] == 2
+    assert row["last_seq"] == 6  # the bad-CID frame's seq is passed
+
+
+def test_refused_row_is_dead_lettered_and_the_rest_stored(
+    pg_dsn: str, relay_frames: ReplayRelay
+) -> None:
+    """PostgreSQL refuses U+0000 in text: that one row becomes a dead letter
+    (ROW_REJECTED), the batch's other rows and the cursor commit."""
+    batch = make_batch(relay_frames, range(1, 31))
+    bad = Create(
+        seq=31,
+        repo="did:plc:aaaaaaaaaaaaaaaaaaaaaaaa",
+        collection="app.bsky.feed.post",
+        rkey="bad\x00key",
+        cid="bafyreib2rxk3rh6kzwq",
+        record={"$type": "app.bsky.feed.post", "text": "nul \x00 inside"},
+        rev="3kabcdefghijk",
+        time=batch.last_event_time,
+    )
+    rows, _ = event_rows(bad, RecordValidator("all"))
+    assert rows[0][12] == "RECORD_NUL"  # jsonb cannot hold U+0000 either
+    batch.rows.extend(rows)
+    batch.add_seq(31)
+
+    async def go() -> Any:
+        writer = BatchWriter(_settings(pg_dsn), source=SOURCE)
+        try:
+            await writer.open()
+            return await writer.write(batch)
+        finally:
+            await writer.close()
+
+    result = asyncio.run(go())
+    assert result.stored == len(batch.rows) - 1
+    assert result.dead_letters == 1
+    dead = fetch(pg_dsn, "SELECT seq, rule, reason FROM ingest_dead_letters")
+    assert [(d["seq"], d["rule"]) for d in dead] == [(31, "ROW_REJECTED")]
+    assert "0x00" in dead[0]["reason"]
+    assert cursor(pg_dsn)["last_seq"] == 31
+    assert len(stored_keys(pg_dsn)) == len(batch.rows) - 1
+
+
+# -- single ingester, one relay ----------------------------------------------------
+
+
+def test_second_writer_is_refused_by_the_advisory_lock(pg_dsn: str) -> None:
+    async def go() -> None:
+        first = BatchWriter(_settings(pg_dsn, db_retry_seconds=0), source=SOURCE)
+        second = BatchWriter(_settings(pg_dsn, db_retry_seconds=0), source=SOURCE)
+        try:
+            await first.open()
+            with pytest.raises(LockHeld, match="another ingester"):
+                await second.open()
+            await first.close()
+            await second.open()  # free again
+        finally:
+            await first.close()
+            await second.close()
+
+    asyncio.run(go())
+
+
+def test_cursor_of_another_relay_is_a_config_error(
+    pg_dsn: str, relay_frames: ReplayRelay
+) -> None:
+    async def go() -> None:
+        writer = BatchWriter(_settings(pg_dsn), source=SOURCE)
+        try:
+            await writer.open()
+            await writer.write(make_batch(relay_frames, range(1, 4)))
+        finally:
+            await writer.close()
+        other = BatchWriter(_settings(pg_dsn), source="wss://relay.example")
+        try:
+            with pytest.raises(ConfigError, match="not the source of the stored"):
+                await other.open()
+        finally:
+            await other.close()
+
+    asyncio.run(go())
+    assert cursor(pg_dsn)["source"] == SOURCE
+
+
+def test_empty_cursor_takes_the_new_relay(pg_dsn: str) -> None:
+    async def go() -> None:
+        for source in (SOURCE, "wss://relay.example"):
+            writer = BatchWriter(_settings(pg_dsn), source=source)
+            try:
+                assert await writer.open() == 0
+            finally:
+                await writer.close()
+
+    asyncio.run(go())
+    assert cursor(pg_dsn)["source"] == "wss://relay.example"
+
+
+# -- a lost connection --------------------------------------------------------------
+
+
+def test_lost_connection_is_retried_with_the_same_batch(
+    pg_dsn: str, relay_frames: ReplayRelay
+) -> None:
+    async def go() -> Any:
+        writer = BatchWriter(_settings(pg_dsn), source=SOURCE)
+        admin = await asyncpg.connect(pg_dsn)
+        try:
+            await writer.open()
+            await writer.write(make_batch(relay_frames, range(1, 11)))
+            assert writer.conn is not None
+            pid = writer.conn.get_server_pid()
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+            result = await writer.write(make_batch(relay_frames, range(11, 21)))
+            assert writer.reconnects == 1
+            return result
+        finally:
+            await writer.close()
+            await admin.close()
+
+    result = asyncio.run(go())
+    assert result.attempts == 2
+    assert cursor(pg_dsn)["last_seq"] == 20
+    keys = stored_keys(pg_dsn)
+    assert len(keys) == len(set(keys)) == expected_rows(relay_frames, range(1, 21))
+
+
+# -- SIGKILL inside the transaction ---------------------------------------------------
+
+_KILL_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, pickle, sys
+    from atdata_ingest.config import Settings
+    from atdata_ingest.writer import BatchWriter
+
+    dsn, source, path = sys.argv[1:4]
+    batches = pickle.load(open(path, "rb"))
+
+    async def go():
+        writer = BatchWriter(Settings(database_url=dsn, relay_url=source), source=source)
+        await writer.open()
+        for batch in batches:
+            await writer.write(batch)
+            print("committed", batch.max_seq, flush=True)
+        await writer.close()
+
+    asyncio.run(go())
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("point", "committed"), [("after-copy", 20), ("after-commit", 40)]
+)
+def test_sigkill_inside_the_batch_transaction(
+    pg_dsn: str, relay_frames: ReplayRelay, tmp_path: Path, point: str, committed: int
+) -> None:
+    """SIGKILL after the second batch's COPY, before its COMMIT: neither its rows
+    nor the cursor advance; after its COMMIT: both did."""
+    batches = [make_batch(relay_frames, range(1, 21))]
+    batches.append(make_batch(relay_frames, range(21, 41)))
+    batches.append(make_batch(relay_frames, range(41, 61)))
+    path = tmp_path / "batches.pkl"
+    path.write_bytes(pickle.dumps(batches))
+    env = {**os.environ, KILL_ENV: f"{point}:2"}
+    done = subprocess.run(
+        [sys.executable, "-c", _KILL_SCRIPT, pg_dsn, SOURCE, str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    # the kill comes before the second batch is reported, in both cases
+    assert done.stdout.split() == ["committed", "20"]
+    assert cursor(pg_dsn)["last_seq"] == committed
+    keys = stored_keys(pg_dsn)
+    assert (
+        len(keys)
+        == len(set(keys))
+        == expected_rows(relay_frames, range(1, committed + 1))
+    )
+    assert {k[0] for k in keys} == set(range(1, committed + 1))
+
+
+# -- COPY, never one INSERT per event -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pg_statements() -> Iterator[PostgresCluster]:
+    """A cluster with ``pg_stat_statements`` loaded (statements counted)."""
+    with PostgresCluster(
+        settings={
+            "shared_preload_libraries": "pg_stat_statements",
+            "pg_stat_statements.track_utility": "on",
+        }
+    ) as cluster:
+        yield cluster
+
+
+def test_batches_are_copies_not_inserts_per_event(
+    pg_statements: PostgresCluster, relay_frames: ReplayRelay
+) -> None:
+    dsn = pg_statements.create_database("copies")
+
+    async def go() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await migrate(conn)
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            await conn.execute("SELECT pg_stat_statements_reset()")
+        finally:
+            await conn.close()
+        writer = BatchWriter(_settings(dsn), source=SOURCE)
+        try:
+            await writer.open()
+            for lo in range(1, 301, 100):
+                await writer.write(make_batch(relay_frames, range(lo, lo + 100)))
+        finally:
+            await writer.close()
+        conn = await asyncpg.connect(dsn)
+        try:
+            return list(
+                await conn.fetch(
+                    "SELECT query, calls, rows FROM pg_stat_statements s "
+                    "JOIN pg_database d ON d.oid = s.dbid "
+                    "WHERE d.datname = 'copies' AND query ILIKE '%ingest_events%'"
+                )
+            )
+        finally:
+            await conn.close()
+
+    stats = asyncio.run(go())
+    total = expected_rows(relay_frames, range(1, 301))
+    inserts = [s for s in stats if s["query"].lstrip().upper().startswith("INSERT")]
+    copies = [s for s in stats if s["query"].lstrip().upper().startswith("COPY")]
+    assert not inserts, inserts
+    assert sum(s["calls"] for s in copies) == 3  # one COPY per batch
+    assert sum(s["rows"] for s in copies) == total > 300
