@@ -36,8 +36,10 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import FrameType
 from typing import Any, Final, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -280,15 +282,32 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.port is not None:
         overrides["api_port"] = args.port
     settings = _settings(**overrides)
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.api_host,
-        port=settings.api_port,
-        log_level=args.log_level.lower(),
-        proxy_headers=False,
-    )
+    app = create_app(settings.database_url)
+    # uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal to the
+    # handler it found: this one turns SIGTERM into exit 0 (a clean stop), as
+    # KeyboardInterrupt does for SIGINT.
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        uvicorn.run(
+            app,
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level=args.log_level.lower(),
+            proxy_headers=False,
+        )
+    except _Stopped:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return exits.OK
+
+
+class _Stopped(Exception):
+    """SIGTERM after uvicorn's graceful shutdown."""
+
+
+def _raise_stopped(signum: int, frame: FrameType | None) -> None:
+    raise _Stopped
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
