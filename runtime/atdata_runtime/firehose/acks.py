@@ -125,6 +125,15 @@ class AckTracker:
         """Events handed out and not finished."""
         return self._outstanding
 
+    def accepts(self, seq: int) -> bool:
+        """Whether :meth:`add` takes an event of ``seq``: a ``seq`` above the last
+        one, or the last one while it is open. Anything else is a duplicate of
+        what was handed out (or acknowledged) already."""
+        tail = self._groups[-1] if self._groups else None
+        if tail is not None and tail.seq == seq and not tail.closed:
+            return True
+        return self._last is None or seq > self._last
+
     def _tail(self, seq: int) -> _Group:
         """The group of ``seq``, creating it (and closing the previous one) when
         ``seq`` is new; ``ACK_SEQ_ORDER`` when ``seq`` lies in the past."""

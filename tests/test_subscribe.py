@@ -1,0 +1,934 @@
+"""The typed subscription (atdata_runtime.firehose.subscribe) against the real local
+PDS (``@atproto/pds`` on loopback: its own ``subscribeRepos``), a real PLC
+directory for signature checks, and, for the ingestion service's client, a small
+real HTTP server (Starlette under uvicorn) that serves the documented ``/events``
+shapes. Nothing is mocked.
+
+The PDS drops the sequenced events of a deleted account (only the ``#account``
+tombstone stays), so every test subscribes *before* it writes: the events are
+seen live, in order, as a consumer sees them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from atdata_gen.testing.localnet import Account as PdsAccount
+from atdata_gen.testing.localnet import LocalNetwork, free_port
+from atdata_runtime.atmosphere import IdentityResolver
+from atdata_runtime.firehose import Account, Create, Delete, Event, Identity, Sync
+from atdata_runtime.firehose.events import Update
+from atdata_runtime.firehose.subscribe import (
+    FileCursorStore,
+    IngestService,
+    Relay,
+    Subscription,
+    SubscriptionError,
+    event_from_row,
+)
+from atdata_runtime.firehose.verify import CommitVerifier
+from atdata_runtime.lexicons.science.alt.dataset.schema import Schema
+
+from .conftest import CORPUS
+
+SCHEMA = "science.alt.dataset.schema"
+OTHER = "com.example.subscribe.item"
+GUARD = 90.0  # seconds: a hang guard, never an assertion about speed
+
+_names = iter(range(10_000))
+
+
+def _record(name: str = "ImageSample") -> dict[str, Any]:
+    path = CORPUS / "atdata" / "records" / f"{name}.schema.json"
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+class Repo:
+    """One account on the local PDS, written to with plain XRPC calls."""
+
+    def __init__(self, net: LocalNetwork, account: PdsAccount) -> None:
+        self.net = net
+        self.account = account
+        self.did = account.did
+        resp = httpx.post(
+            f"{net.pds_url}/xrpc/com.atproto.server.createSession",
+            json={"identifier": account.handle, "password": account.password},
+        )
+        resp.raise_for_status()
+        self.auth = {"Authorization": f"Bearer {resp.json()['accessJwt']}"}
+
+    def _post(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        resp = httpx.post(
+            f"{self.net.pds_url}/xrpc/{method}",
+            headers=self.auth,
+            json=body,
+            timeout=30,
+        )
+        assert resp.status_code == 200, resp.text
+        return resp.json() if resp.content else {}
+
+    def put(self, collection: str, rkey: str, record: dict[str, Any]) -> str:
+        """putRecord (create or update); returns the record's CID."""
+        out = self._post(
+            "com.atproto.repo.putRecord",
+            {
+                "repo": self.did,
+                "collection": collection,
+                "rkey": rkey,
+                "record": record,
+                "validate": False,
+            },
+        )
+        return str(out["cid"])
+
+    def delete(self, collection: str, rkey: str) -> None:
+        self._post(
+            "com.atproto.repo.deleteRecord",
+            {"repo": self.did, "collection": collection, "rkey": rkey},
+        )
+
+    def delete_account(self) -> None:
+        """``com.atproto.admin.deleteAccount`` with the network's admin password
+        (the user-facing ``server.deleteAccount`` needs an emailed token)."""
+        resp = httpx.post(
+            f"{self.net.pds_url}/xrpc/com.atproto.admin.deleteAccount",
+            auth=("admin", self.net.admin_password),
+            json={"did": self.did},
+            timeout=30,
+        )
+        assert resp.status_code == 200, resp.text
+
+
+def new_repo(net: LocalNetwork) -> Repo:
+    return Repo(net, net.create_account(f"sub{next(_names)}-{free_port()}"))
+
+
+def verifier(net: LocalNetwork) -> CommitVerifier:
+    return CommitVerifier(
+        IdentityResolver(plc_url=net.plc_url, handle_service=net.pds_url),
+        policy="dataset",
+    )
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.to_thread(fn, *args)
+
+
+async def running(sub: Subscription, body: Callable[[], Awaitable[None]]) -> None:
+    """Run ``sub`` while ``body`` runs; wait for ``sub`` to stop by itself (its
+    ``until`` or a handler calling stop), under the hang guard."""
+    task = asyncio.create_task(sub.run())
+    try:
+        await body()
+        await asyncio.wait_for(asyncio.shield(task), GUARD)
+    finally:
+        if not task.done():
+            sub.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 10)
+    task.result()
+
+
+# --------------------------------------------------------------------------- relay
+
+
+def test_relay_sees_create_update_delete_and_account_deletion(
+    net: LocalNetwork, tmp_path: Path
+) -> None:
+    """Subscribed to one repository and the schema collection: the typed handlers
+    see the schema created (validated by the generated model), an invalid record
+    routed to on_invalid, the update, the delete and the account's deletion, in
+    stream order; records of another collection are filtered out; the dataset
+    commits' signatures were checked against the DID document's key; the cursor
+    file holds the last seq."""
+    repo = new_repo(net)
+    store = FileCursorStore(tmp_path / "cursor")
+    store.save(0)  # from the start of the PDS's stream: nothing is missed
+    sub = Subscription(
+        Relay(net.pds_url),
+        collections=[SCHEMA],
+        repos=[repo.did],
+        cursor=store,
+        save_interval=0,
+        verify=verifier(net),
+        on_invalid=lambda ev, exc: invalid.append((ev, exc)),
+    )
+    order: list[Event] = []
+    typed: list[tuple[Create | Update, Schema]] = []
+    deletes: list[Delete] = []
+    invalid: list[tuple[Event, Exception]] = []
+
+    @sub.records(Schema)
+    def schema(event: Create | Update, record: Schema) -> None:
+        typed.append((event, record))
+
+    @sub.on(Delete, collection=SCHEMA)
+    async def deleted(event: Delete) -> None:
+        deletes.append(event)
+
+    @sub.handler
+    def everything(event: Event) -> None:
+        order.append(event)
+        match event:
+            case Account(active=False, status="deleted"):
+                sub.stop()
+            case _:
+                pass
+
+    first = _record("ImageSample")
+    second = {**first, "version": "1.1.0", "description": "updated"}
+    broken = {k: v for k, v in _record("ScalarSample").items() if k != "name"}
+
+    async def writes() -> None:
+        cid1 = await in_thread(repo.put, SCHEMA, "s1", first)
+        await in_thread(repo.put, OTHER, "x1", {"$type": OTHER, "n": 1})
+        await in_thread(repo.put, SCHEMA, "bad", broken)
+        cid2 = await in_thread(repo.put, SCHEMA, "s1", second)
+        await in_thread(repo.delete, SCHEMA, "s1")
+        await in_thread(repo.delete_account)
+        cids.extend([cid1, cid2])
+
+    cids: list[str] = []
+    asyncio.run(running(sub, writes))
+
+    # the account's creation (#identity, #sync, #account active) comes first
+    born = [
+        e
+        for e in order
+        if isinstance(e, Identity | Sync) or getattr(e, "active", False)
+    ]
+    assert born and order[: len(born)] == born
+    kinds = [type(e).__name__ for e in order[len(born) :]]
+    assert kinds == ["Create", "Create", "Update", "Delete", "Account"], order
+    assert all(getattr(e, "did", getattr(e, "repo", None)) == repo.did for e in order)
+    seqs = [e.seq for e in order]  # type: ignore[union-attr]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+    created, updated = typed
+    assert isinstance(created[0], Create) and created[0].cid == cids[0]
+    assert created[1].name == "ImageSample" and created[1].version == first["version"]
+    assert isinstance(updated[0], Update) and updated[0].cid == cids[1]
+    assert updated[1].version == "1.1.0" and updated[1].description == "updated"
+    assert updated[0].uri == f"at://{repo.did}/{SCHEMA}/s1"
+    # dataset commits verified against the key in the local PLC's DID document
+    assert created[0].verified is True and updated[0].verified is True
+
+    assert [getattr(ev, "rkey", None) for ev, _ in invalid] == ["bad"]
+    assert "name" in str(invalid[0][1])
+    assert [d.rkey for d in deletes] == ["s1"]
+    account = order[-1]
+    assert isinstance(account, Account) and account.did == repo.did
+    assert (account.active, account.status) == (False, "deleted")
+
+    assert sub.stats.invalid == 1 and sub.stats.filtered >= 1
+    assert sub.cursor == account.seq
+    assert store.load() == account.seq
+
+
+def test_restart_resumes_from_the_stored_cursor(
+    net: LocalNetwork, tmp_path: Path
+) -> None:
+    """A consumer stops after three events; a second subscription (a restart)
+    with the same cursor file sees every later event exactly from there: no gap.
+    Then a handler fails fatally (on_error raises): that event is not
+    acknowledged and is delivered again after the next restart (at least once)."""
+    repo = new_repo(net)
+    store = FileCursorStore(tmp_path / "cursor")
+    store.save(0)
+    rkeys = [f"r{i}" for i in range(8)]
+
+    def make(**kw: Any) -> Subscription:
+        return Subscription(
+            Relay(net.pds_url),
+            collections=["com.example.subscribe.*"],
+            repos=[repo.did],
+            cursor=store,
+            save_interval=0,
+            verify="none",
+            **kw,
+        )
+
+    async def write_all() -> None:
+        for rkey in rkeys:
+            await in_thread(repo.put, OTHER, rkey, {"$type": OTHER, "k": rkey})
+
+    seen1: list[Create] = []
+    sub1 = make()
+
+    @sub1.on(Create)
+    def one(event: Create) -> None:
+        seen1.append(event)
+        if len(seen1) == 3:
+            sub1.stop()
+
+    asyncio.run(running(sub1, write_all))
+    assert [e.rkey for e in seen1] == rkeys[:3]
+    assert store.load() == seen1[-1].seq  # all three finished: all acknowledged
+
+    # restart: a handler that fails fatally on the 6th record
+    seen2: list[Create] = []
+
+    def fatal(event: Event, exc: Exception) -> None:
+        raise RuntimeError("stop here")
+
+    sub2 = make(on_error=fatal)
+
+    @sub2.on(Create)
+    def two(event: Create) -> None:
+        seen2.append(event)
+        if event.rkey == "r5":
+            raise ValueError("handler bug")
+
+    async def nothing() -> None:
+        return None
+
+    with pytest.raises(SubscriptionError) as err:
+        asyncio.run(running(sub2, nothing))
+    assert err.value.rule == "SUB_HANDLER"
+    assert [e.rkey for e in seen2] == rkeys[3:6]  # from the cursor on: no gap
+    assert store.load() == seen2[-2].seq  # r5 failed: not acknowledged
+
+    seen3: list[Create] = []
+    sub3 = make()
+
+    @sub3.on(Create)
+    def three(event: Create) -> None:
+        seen3.append(event)
+        if event.rkey == rkeys[-1]:
+            sub3.stop()
+
+    asyncio.run(running(sub3, nothing))
+    assert [e.rkey for e in seen3] == rkeys[5:]  # r5 again, then the rest
+    assert seen3[0].seq == seen2[-1].seq
+    assert store.load() == seen3[-1].seq
+
+
+def test_per_repo_order_with_concurrency(net: LocalNetwork) -> None:
+    """Two repositories, concurrency 4: the slow repo's first handler (a plain
+    function, in the thread pool) blocks until the fast repo's last event has
+    been handled (a coroutine) — possible only if repos run in parallel. Events
+    of each repo are handled one at a time, in stream order. While the slow one
+    is blocked the cursor stays below its seq, though later events finished."""
+    slow, fast = new_repo(net), new_repo(net)
+    release = threading.Event()
+    sub = Subscription(
+        Relay(net.pds_url),
+        collections=[OTHER],
+        repos=[slow.did, fast.did],
+        cursor=0,
+        concurrency=4,
+        verify="none",
+    )
+    handled: dict[str, list[str]] = {slow.did: [], fast.did: []}
+    in_flight: dict[str, int] = {slow.did: 0, fast.did: 0}
+    peaks: dict[str, int] = {slow.did: 0, fast.did: 0}
+    lock = threading.Lock()
+    blocked_seq: list[int] = []
+    cursor_while_blocked: list[int | None] = []
+
+    def enter(did: str) -> None:
+        with lock:
+            in_flight[did] += 1
+            peaks[did] = max(peaks[did], in_flight[did])
+
+    def leave(did: str, rkey: str) -> None:
+        with lock:
+            in_flight[did] -= 1
+            handled[did].append(rkey)
+
+    @sub.on(Create, repo=slow.did)
+    def on_slow(event: Create) -> None:
+        enter(slow.did)
+        if event.rkey == "a0":
+            blocked_seq.append(event.seq)
+            assert release.wait(GUARD), "the fast repo never ran beside the slow one"
+        leave(slow.did, event.rkey)
+        if event.rkey == "a2":
+            sub.stop()
+
+    @sub.on(Create, repo=fast.did)
+    async def on_fast(event: Create) -> None:
+        enter(fast.did)
+        await asyncio.sleep(0)
+        leave(fast.did, event.rkey)
+        if event.rkey == "b2":
+            cursor_while_blocked.append(sub.cursor)
+            release.set()
+
+    async def writes() -> None:
+        for i in range(3):
+            await in_thread(slow.put, OTHER, f"a{i}", {"$type": OTHER, "i": i})
+            await in_thread(fast.put, OTHER, f"b{i}", {"$type": OTHER, "i": i})
+
+    asyncio.run(running(sub, writes))
+    assert handled[slow.did] == ["a0", "a1", "a2"]
+    assert handled[fast.did] == ["b0", "b1", "b2"]
+    assert peaks == {slow.did: 1, fast.did: 1}
+    (cursor,) = cursor_while_blocked
+    assert cursor is None or cursor < blocked_seq[0]
+    assert sub.cursor is not None and sub.cursor > blocked_seq[0]
+
+
+def test_backpressure_bounds_events_in_flight(net: LocalNetwork) -> None:
+    """max_pending 2 with both handlers blocked: at most two events are handed out
+    and the source is not read further (received stays at most max_pending + 1)
+    until they finish; then every event arrives, in order."""
+    repo = new_repo(net)
+    for i in range(6):
+        repo.put(OTHER, f"p{i}", {"$type": OTHER, "i": i})
+    sub = Subscription(
+        Relay(net.pds_url),
+        collections=[OTHER],
+        repos=[repo.did],
+        cursor=0,
+        concurrency=2,
+        max_pending=2,
+        verify="none",
+    )
+    gate = asyncio.Event()
+    seen: list[str] = []
+    peak_received: list[int] = []
+    others: list[Event] = []  # the account's #identity, #sync, #account (same lane)
+    sub.on(Identity, Sync, Account)(others.append)
+
+    @sub.on(Create)
+    async def handler(event: Create) -> None:
+        if event.rkey == "p0":
+            # the reader is stuck on the second slot: p1 is queued, p2 read at most
+            while sub.stats.delivered < 2:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+            read = sub.stats.received - sub.stats.filtered - len(others)
+            peak_received.append(read)
+            gate.set()
+        await gate.wait()
+        seen.append(event.rkey)
+        if event.rkey == "p5":
+            sub.stop()
+
+    async def nothing() -> None:
+        return None
+
+    asyncio.run(running(sub, nothing))
+    assert seen == [f"p{i}" for i in range(6)]
+    assert peak_received[0] <= 3
+
+
+def test_async_iteration_acknowledges_after_each_event(
+    net: LocalNetwork, tmp_path: Path
+) -> None:
+    """``async for`` yields events in order; closing the generator saves the cursor
+    of the events whose loop body finished (the last one, where we broke out, is
+    not acknowledged)."""
+    repo = new_repo(net)
+    for i in range(3):
+        repo.put(OTHER, f"i{i}", {"$type": OTHER, "i": i})
+    store = FileCursorStore(tmp_path / "cursor")
+    store.save(0)
+    sub = Subscription(
+        Relay(net.pds_url),
+        repos=[repo.did],
+        collections=[OTHER],
+        cursor=store,
+        verify="none",
+    )
+
+    async def main() -> list[Event]:
+        got: list[Event] = []
+        async with contextlib.aclosing(sub.events()) as events:
+            async for event in events:
+                if isinstance(event, Create):  # the account's #identity, #account pass
+                    got.append(event)
+                if len(got) == 3:
+                    break
+        return got
+
+    got = asyncio.run(asyncio.wait_for(main(), GUARD))
+    assert [e.rkey for e in got] == ["i0", "i1", "i2"]  # type: ignore[union-attr]
+    assert store.load() == got[1].seq  # type: ignore[union-attr]
+
+    with pytest.raises(SubscriptionError) as err:
+        sub.handler(lambda ev: None)
+        sub.events()
+    assert err.value.rule == "SUB_MODE"
+
+
+def test_run_forever_in_a_thread_and_stop_from_another(net: LocalNetwork) -> None:
+    """The sync wrapper: run_forever blocks its thread; stop() from the test's
+    thread ends it cleanly (the until predicate ends the other run)."""
+    repo = new_repo(net)
+    repo.put(OTHER, "t0", {"$type": OTHER})
+    sub = Subscription(
+        Relay(net.pds_url),
+        repos=[repo.did],
+        collections=[OTHER],
+        cursor=0,
+        verify="none",
+    )
+    seen = threading.Event()
+    sub.handler(lambda ev: seen.set())
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            sub.run_forever()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    assert seen.wait(GUARD)
+    sub.stop()
+    thread.join(GUARD)
+    assert not thread.is_alive() and not errors
+    assert sub.cursor is not None
+
+    got: list[Event] = []
+    sub2 = Subscription(
+        Relay(net.pds_url),
+        repos=[repo.did],
+        collections=[OTHER],
+        cursor=0,
+        verify="none",
+    )
+    sub2.handler(got.append)
+    sub2.run_forever(until=lambda ev: isinstance(ev, Create) and ev.rkey == "t0")
+    assert [e.rkey for e in got if isinstance(e, Create)] == ["t0"]
+    assert isinstance(got[-1], Create)
+
+
+def test_relay_refusals_are_final(net: LocalNetwork) -> None:
+    """A cursor ahead of the PDS's stream (FutureCursor error frame) and a server
+    refusing the upgrade (HTTP 403) stop the subscription with a rule; a dead
+    port is retried, then given up after max_reconnects."""
+    sub = Subscription(Relay(net.pds_url), cursor=10**12, verify="none")
+    with pytest.raises(SubscriptionError) as err:
+        asyncio.run(asyncio.wait_for(sub.run(), GUARD))
+    assert err.value.rule == "SUB_FUTURE_CURSOR"
+
+    # a server that answers the upgrade with 403 (Starlette: no WebSocket route)
+    service = Service([])
+    wrong = Subscription(Relay(service.url), verify="none")
+
+    async def refused() -> None:
+        async with service.serving():
+            await wrong.run()
+
+    with pytest.raises(SubscriptionError) as err:
+        asyncio.run(asyncio.wait_for(refused(), GUARD))
+    assert err.value.rule == "SUB_HTTP" and "403" in str(err.value)
+
+    dead = Subscription(
+        Relay(f"http://127.0.0.1:{free_port()}"),
+        verify="none",
+        backoff=(0.01, 0.02),
+        max_reconnects=2,
+    )
+    with pytest.raises(SubscriptionError) as err:
+        asyncio.run(asyncio.wait_for(dead.run(), GUARD))
+    assert err.value.rule == "SUB_RECONNECTS"
+    assert dead.stats.reconnects == 3
+
+
+# ----------------------------------------------------------------- configuration
+
+
+def test_bad_arguments_have_rules(tmp_path: Path) -> None:
+    relay = Relay("wss://relay.example")
+    cases: list[tuple[Callable[[], Any], str]] = [
+        (lambda: Subscription(relay, collections=["not an nsid"]), "SUB_FILTER"),
+        (lambda: Subscription(relay, collections=["a..b.*"]), "SUB_FILTER"),
+        (lambda: Subscription(relay, repos=["alice.test"]), "SUB_FILTER"),
+        (lambda: Subscription(relay, concurrency=0), "SUB_CONFIG"),
+        (lambda: Subscription(relay, concurrency=4, max_pending=2), "SUB_CONFIG"),
+        (lambda: Subscription(relay, cursor=-1), "SUB_CONFIG"),
+        (lambda: Subscription(relay, verify="some"), "SUB_CONFIG"),  # type: ignore[arg-type]
+        (lambda: Relay("ftp://relay.example"), "SUB_CONFIG"),
+        (lambda: Relay("wss://relay.example/?cursor=5"), "SUB_CONFIG"),
+        (lambda: Relay("wss://relay.example:99999"), "SUB_CONFIG"),
+        (lambda: IngestService("http://svc.example", ""), "SUB_CONFIG"),
+        (lambda: IngestService("http://svc.example", "a\nb"), "SUB_CONFIG"),
+        (lambda: IngestService("http://svc.example", "t", limit=1001), "SUB_CONFIG"),
+    ]
+    for make, rule in cases:
+        with pytest.raises(SubscriptionError) as err:
+            make()
+        assert err.value.rule == rule, make
+    sub = Subscription(relay)
+    with pytest.raises(SubscriptionError, match="SUB_CONFIG"):
+        sub.on(Account, collection=SCHEMA)
+    (tmp_path / "cursor").write_text("12x\n")
+    with pytest.raises(SubscriptionError) as err:
+        FileCursorStore(tmp_path / "cursor").load()
+    assert err.value.rule == "CURSOR_STORE"
+
+
+def test_relay_endpoint() -> None:
+    assert Relay("https://bsky.network").endpoint(None) == (
+        "wss://bsky.network/xrpc/com.atproto.sync.subscribeRepos"
+    )
+    assert Relay("http://localhost:2583/").endpoint(7) == (
+        "ws://localhost:2583/xrpc/com.atproto.sync.subscribeRepos?cursor=7"
+    )
+    url = "wss://relay.example/xrpc/com.atproto.sync.subscribeRepos"
+    assert Relay(url).endpoint(0) == url + "?cursor=0"
+
+
+def test_file_cursor_store_is_atomic(tmp_path: Path) -> None:
+    """save() replaces the file in one rename (no temporary file is left behind);
+    load() of a missing file is None."""
+    store = FileCursorStore(tmp_path / "sub" / "cursor")
+    assert store.load() is None
+    for seq in (0, 5, 10**15):
+        store.save(seq)
+        assert store.load() == seq
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["cursor"]
+    with pytest.raises(SubscriptionError, match="CURSOR_SAVE"):
+        store.save(-1)
+    (tmp_path / "sub" / "cursor").write_bytes(b"9" * 100)
+    with pytest.raises(SubscriptionError, match="CURSOR_STORE"):
+        store.load()
+
+
+# ------------------------------------------------------------ service rows
+
+
+def _row(**over: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "seq": 10,
+        "idx": 0,
+        "event_type": "commit",
+        "action": "create",
+        "repo": "did:plc:abc",
+        "collection": SCHEMA,
+        "rkey": "s1",
+        "cid": "bafyreidqb44epkqh27qwjrf63lobmdni7ct72llwcowzbncz3synvitdry",
+        "prev_cid": None,
+        "rev": "3n3mguuq27k2c",
+        "commit_cid": "bafyreicd4xz6ncptolrofoawhcj7a3ftwcem6osc2m4zczaer4wzllqewy",
+        "record": _record(),
+        "valid": "ok",
+        "verified": True,
+        "event_time": "2026-01-01T00:00:00Z",
+        "indexed_at": "2026-01-01T00:00:01+00:00",
+    }
+    row.update(over)
+    return row
+
+
+def test_rows_become_events() -> None:
+    ev = event_from_row(_row())
+    assert isinstance(ev, Create) and ev.verified is True and ev.idx == 0
+    assert ev.model(Schema).name == "ImageSample"
+    assert ev.time is not None and ev.time.tzinfo is not None
+    upd = event_from_row(_row(action="update", prev_cid="bafyold"))
+    assert isinstance(upd, Update) and upd.prev_cid == "bafyold"
+    dele = event_from_row(_row(action="delete", cid=None, record=None))
+    assert isinstance(dele, Delete)
+    acc = event_from_row(
+        _row(
+            event_type="account",
+            action=None,
+            collection=None,
+            rkey=None,
+            record={"active": False, "status": "deleted", "did": "did:plc:abc"},
+        )
+    )
+    assert acc == Account(10, "did:plc:abc", acc.time, False, "deleted")  # type: ignore[union-attr]
+    ident = event_from_row(
+        _row(event_type="identity", action=None, record={"handle": "a.test"})
+    )
+    assert isinstance(ident, Identity) and ident.handle == "a.test"
+    assert event_from_row(_row(action=None, record={"ops": []})) is None  # empty commit
+
+
+@pytest.mark.parametrize(
+    ("over", "pointer"),
+    [
+        ({"seq": -1}, "/seq"),
+        ({"seq": True}, "/seq"),
+        ({"event_type": "bogus"}, "/event_type"),
+        ({"action": "replace"}, "/action"),
+        ({"repo": "not-a-did"}, "/repo"),
+        ({"collection": "x"}, "/collection"),
+        ({"record": []}, "/record"),
+        ({"record": None}, "/record"),
+        ({"verified": "yes"}, "/verified"),
+        ({"event_time": "yesterday"}, "/event_time"),
+        ({"rkey": "k" * 600}, "/rkey"),
+        ({"event_type": "account", "record": {"active": "no"}}, "/record/active"),
+    ],
+)
+def test_hostile_rows_are_refused_with_a_pointer(
+    over: dict[str, Any], pointer: str
+) -> None:
+    with pytest.raises(SubscriptionError) as err:
+        event_from_row(_row(**over), "/events/3")
+    assert err.value.rule == "SUB_ROW"
+    assert err.value.location == "/events/3" + pointer
+
+
+# ------------------------------------------------------ service client, real HTTP
+
+
+class Service:
+    """A real HTTP server (uvicorn) with the documented ``/events`` and
+    ``/events/stream`` shapes over a list of rows; records the requests."""
+
+    def __init__(self, rows: list[dict[str, Any]], token: str = "atdi_test") -> None:
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse, Response, StreamingResponse
+        from starlette.routing import Route
+
+        self.rows = rows
+        self.requests: list[dict[str, str]] = []
+        self.fail_next: list[int] = []
+        self.raw_stream: bytes | None = None
+        self.ignore_filters = False
+
+        def allowed(request: Request) -> Response | None:
+            self.requests.append(dict(request.query_params))
+            if request.headers.get("authorization") != f"Bearer {token}":
+                return JSONResponse({"error": "InvalidToken", "message": "no"}, 401)
+            if self.fail_next:
+                status = self.fail_next.pop(0)
+                return JSONResponse(
+                    {"error": "Busy", "message": "later"}, status, {"Retry-After": "0"}
+                )
+            return None
+
+        def matching(request: Request) -> list[dict[str, Any]]:
+            since = int(request.query_params.get("since", "0"))
+            repo = None if self.ignore_filters else request.query_params.get("repo")
+            return [
+                r for r in self.rows if r["seq"] > since and repo in (None, r["repo"])
+            ]
+
+        async def events(request: Request) -> Response:
+            refused = allowed(request)
+            if refused is not None:
+                return refused
+            limit = int(request.query_params.get("limit", "100"))
+            rows = matching(request)
+            page = rows[:limit]
+            while (
+                len(page) < len(rows)
+                and page
+                and rows[len(page)]["seq"] == page[-1]["seq"]
+            ):
+                page = page[:-1]  # never cut a commit
+            since = int(request.query_params.get("since", "0"))
+            cursor = page[-1]["seq"] if page else since
+            return JSONResponse(
+                {"events": page, "cursor": cursor, "more": len(page) < len(rows)}
+            )
+
+        async def stream(request: Request) -> Response:
+            refused = allowed(request)
+            if refused is not None:
+                return refused
+            rows = matching(request)
+            raw = self.raw_stream
+
+            async def body() -> AsyncIterator[bytes]:
+                if raw is not None:
+                    yield raw
+                    return
+                yield b"retry: 2000\r\n: hello\r\n\r\n"
+                for i, row in enumerate(rows):
+                    last = i + 1 == len(rows) or rows[i + 1]["seq"] != row["seq"]
+                    text = b"data: " + json.dumps(row).encode()
+                    text += b"\nid: %d\n\n" % row["seq"] if last else b"\n\n"
+                    for k in range(0, len(text), 7):  # split lines across chunks
+                        yield text[k : k + 7]
+                while True:
+                    await asyncio.sleep(0.05)
+                    yield b": ping\n\n"
+
+            return StreamingResponse(body(), media_type="text/event-stream")
+
+        self.app = Starlette(
+            routes=[Route("/events", events), Route("/events/stream", stream)]
+        )
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
+        import uvicorn
+
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="off",
+        )
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        try:
+            yield
+        finally:
+            server.should_exit = True
+            await task
+
+
+def _commit_rows() -> list[dict[str, Any]]:
+    """seq 11: two operations of one commit; seq 12: an account deletion of
+    another repo; seq 13: an empty commit; seq 14: a create; seq 15: a malformed
+    row."""
+    a, b = "did:plc:aaaa", "did:plc:bbbb"
+    return [
+        _row(seq=11, idx=0, repo=a, rkey="s1"),
+        _row(seq=11, idx=1, repo=a, rkey="s2", action="update"),
+        _row(
+            seq=12,
+            idx=0,
+            repo=b,
+            event_type="account",
+            action=None,
+            collection=None,
+            rkey=None,
+            cid=None,
+            record={"active": False, "status": "deleted"},
+        ),
+        _row(seq=13, idx=0, repo=a, action=None, collection=None, rkey=None, record={}),
+        _row(seq=14, idx=0, repo=a, rkey="s3"),
+        _row(seq=15, idx=0, repo=a, rkey="s4", cid=None),  # a create without CID
+    ]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["poll", "sse"])
+def test_service_client_over_real_http(stream: bool, tmp_path: Path) -> None:
+    """Polling (two rows a page, a 503 and a 429 retried after Retry-After) and
+    the event stream (lines split across chunks, CRLF, comments, heartbeats):
+    the same events, in order, typed; the malformed row goes to on_malformed;
+    the cursor reaches the last seq; a restart from the stored cursor
+    asks the service for ``since=<cursor>`` and sees nothing twice."""
+    service = Service(_commit_rows())
+    if not stream:
+        service.fail_next = [503, 429]
+    store = FileCursorStore(tmp_path / "cursor")
+    malformed: list[Exception] = []
+    seen: list[Event] = []
+
+    def make() -> Subscription:
+        sub = Subscription(
+            IngestService(
+                service.url, "atdi_test", stream=stream, limit=2, poll_interval=0.05
+            ),
+            cursor=store,
+            save_interval=0,
+            backoff=(0.01, 0.05),
+            on_malformed=malformed.append,
+        )
+
+        @sub.handler
+        def handler(event: Event) -> None:
+            seen.append(event)
+
+        return sub
+
+    sub = make()
+
+    async def main(sub: Subscription) -> None:
+        async with service.serving():
+            task = asyncio.create_task(sub.run())
+            while sub.cursor != 15:
+                await asyncio.sleep(0.02)
+                if task.done():
+                    task.result()
+            sub.stop()
+            await task
+
+    asyncio.run(asyncio.wait_for(main(sub), GUARD))
+    assert [(type(e).__name__, getattr(e, "rkey", None)) for e in seen] == [
+        ("Create", "s1"),
+        ("Update", "s2"),
+        ("Account", None),
+        ("Create", "s3"),
+    ]
+    assert len(malformed) == 1 and "SUB_ROW" in str(malformed[0])
+    assert store.load() == 15
+    if not stream:
+        assert sub.stats.reconnects == 2
+        assert all(r["limit"] == "2" for r in service.requests)
+
+    service.rows.append(_row(seq=16, idx=0, repo="did:plc:aaaa", rkey="s5"))
+    service.requests.clear()
+    seen.clear()
+    sub2 = make()
+
+    async def again() -> None:
+        async with service.serving():
+            task = asyncio.create_task(sub2.run())
+            while sub2.cursor != 16:
+                await asyncio.sleep(0.02)
+                if task.done():
+                    task.result()
+            sub2.stop()
+            await task
+
+    asyncio.run(asyncio.wait_for(again(), GUARD))
+    assert service.requests[0]["since"] == "15"
+    assert [getattr(e, "rkey", None) for e in seen] == ["s5"]
+
+
+def test_service_filters_go_to_the_server_and_are_checked_again() -> None:
+    """One repo filter is sent as repo=; a server that ignores it still cannot
+    deliver another repo's events; a refused token is final (SUB_AUTH)."""
+    service = Service(_commit_rows())
+    service.ignore_filters = True
+    seen: list[Event] = []
+    sub = Subscription(
+        IngestService(service.url, "atdi_test", poll_interval=0.05),
+        repos=["did:plc:bbbb"],
+        cursor=0,
+    )
+    sub.handler(seen.append)
+
+    async def main() -> None:
+        async with service.serving():
+            task = asyncio.create_task(sub.run())
+            while sub.cursor != 15:
+                await asyncio.sleep(0.02)
+                if task.done():
+                    task.result()
+            sub.stop()
+            await task
+            bad = Subscription(IngestService(service.url, "wrong"), cursor=0)
+            with pytest.raises(SubscriptionError) as err:
+                await bad.run()
+            assert err.value.rule == "SUB_AUTH"
+
+    asyncio.run(asyncio.wait_for(main(), GUARD))
+    assert service.requests[0]["repo"] == "did:plc:bbbb"
+    assert [type(e) for e in seen] == [Account]
+
+
+def test_service_stream_line_cap() -> None:
+    """A server-sent event line over the cap ends the subscription (SUB_SSE_LINE)
+    instead of growing the buffer."""
+    from atdata_runtime.firehose import subscribe
+
+    service = Service([])
+    service.raw_stream = b"data: " + b"x" * (subscribe.MAX_SSE_LINE_BYTES + 10)
+    sub = Subscription(IngestService(service.url, "atdi_test", stream=True), cursor=0)
+
+    async def main() -> None:
+        async with service.serving():
+            await sub.run()
+
+    with pytest.raises(SubscriptionError) as err:
+        asyncio.run(asyncio.wait_for(main(), GUARD))
+    assert err.value.rule == "SUB_SSE_LINE"
