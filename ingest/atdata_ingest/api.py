@@ -323,17 +323,22 @@ class Filters:
     """The filters of ``/events`` and ``/events/stream`` (syntax already checked).
 
     ``collection`` is an NSID (exact match), ``*`` (any operation), or a prefix
-    glob ``a.b.*`` (collections starting with ``a.b.``, compared byte-wise under
-    the ``C`` collation whatever the database's collation is)."""
+    glob ``a.b.*``: collections starting with ``a.b.``, the byte range
+    ``["a.b.", "a.b/")`` (``/`` follows ``.``). That range is a prefix only in
+    byte order: under a ``C``/``POSIX`` column collation (``byte_order``) it is
+    written plainly and uses the ``(collection, seq)`` index; under any other
+    collation it is compared ``COLLATE "C"``, which is right but cannot use an
+    index built in another collation (declare the column ``COLLATE "C"``)."""
 
     event_type: str | None = None
     collection: str | None = None
     repo: str | None = None
     action: str | None = None
 
-    def where(self) -> tuple[str, list[Any]]:
+    def where(self, *, byte_order: bool = False) -> tuple[str, list[Any]]:
         """``(sql, params)``: the WHERE condition with ``$1`` standing for
-        ``since``; filter values are only ever parameters ``$2…``."""
+        ``since``; filter values are only ever parameters ``$2…``.
+        ``byte_order``: the collection column's collation is C or POSIX."""
         clauses = ["seq > $1"]
         params: list[Any] = []
 
@@ -352,9 +357,9 @@ class Filters:
             clauses.append("collection IS NOT NULL")
         elif c is not None and c.endswith(".*"):
             prefix = c[:-1]  # "a.b." ; the upper bound "a.b/" ('/' follows '.')
+            col = "collection" if byte_order else 'collection COLLATE "C"'
             clauses.append(
-                f'collection COLLATE "C" >= {param(prefix)} '
-                f'AND collection COLLATE "C" < {param(prefix[:-1] + "/")}'
+                f"{col} >= {param(prefix)} AND {col} < {param(prefix[:-1] + '/')}"
             )
         elif c is not None:
             clauses.append(f"collection = {param(c)}")
@@ -362,13 +367,14 @@ class Filters:
 
 
 async def fetch_page(
-    conn: Any, filters: Filters, since: int, limit: int
+    conn: Any, filters: Filters, since: int, limit: int, *, byte_order: bool = False
 ) -> tuple[list[Any], bool]:
     """``(rows, more)``: the matching rows with ``seq > since`` in ``(seq, idx)``
     order, whole commits only (see the module docstring), at most ``limit`` rows
     unless one commit alone has more; ``more`` when matching rows remain after the
-    last ``seq`` returned. ``conn``: an asyncpg connection or pool."""
-    where, params = filters.where()
+    last ``seq`` returned. ``conn``: an asyncpg connection or pool; ``byte_order``:
+    see :meth:`Filters.where`."""
+    where, params = filters.where(byte_order=byte_order)
     n = len(params) + 2
     rows = list(
         await conn.fetch(
@@ -561,6 +567,7 @@ class _State:
     streams: dict[str, int] = dataclasses.field(default_factory=dict)
     streams_total: int = 0
     dropped_slow: int = 0
+    byte_order: bool = False
     closing: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
 
@@ -663,7 +670,11 @@ class EventStreamResponse(Response):
             horizon = notifier.latest  # every seq <= horizon is committed
             try:
                 rows, more = await fetch_page(
-                    st.pool, self._filters, max(cursor, scanned), lim.stream_page
+                    st.pool,
+                    self._filters,
+                    max(cursor, scanned),
+                    lim.stream_page,
+                    byte_order=st.byte_order,
                 )
             except _UNAVAILABLE as exc:
                 log.warning("stream ends, PostgreSQL unavailable: %s", exc)
@@ -804,8 +815,17 @@ def create_app(
                 "application_name": "atdata-ingest-api",
                 "default_transaction_read_only": "on",
                 "statement_timeout": str(lim.statement_timeout_ms),
+                # Plans for the values at hand: a generic plan cannot tell a rare
+                # collection from a common one and scans the whole seq index.
+                "plan_cache_mode": "force_custom_plan",
             },
         )
+        st.byte_order = bool(await st.pool.fetchval(_BYTE_ORDER_SQL))
+        if not st.byte_order:
+            log.warning(
+                "ingest_events.collection does not use the C collation: "
+                "collection=prefix.* filters cannot use the (collection, seq) index"
+            )
         st.notifier = SeqNotifier(database_url, st.pool, lim.poll_seconds)
         await st.notifier.start()
         try:
@@ -846,7 +866,9 @@ def create_app(
     ) -> Response:
         f = Filters(event_type, collection, repo, action)
         _check_scope(token, f)
-        rows, more = await fetch_page(st.pool, f, since, limit)
+        rows, more = await fetch_page(
+            st.pool, f, since, limit, byte_order=st.byte_order
+        )
         cursor = int(rows[-1]["seq"]) if rows else since
         return Response(_page_body(rows, cursor, more), media_type="application/json")
 
@@ -930,6 +952,18 @@ def create_app(
 
     return app
 
+
+#: Whether ``ingest_events.collection`` compares in byte order (C/POSIX): its
+#: own collation, else the database's (libc provider).
+_BYTE_ORDER_SQL: Final = """
+SELECT CASE WHEN co.collname <> 'default' THEN co.collname IN ('C', 'POSIX')
+            ELSE d.datlocprovider = 'c' AND d.datcollate IN ('C', 'POSIX') END
+  FROM pg_attribute a
+  JOIN pg_collation co ON co.oid = a.attcollation
+  CROSS JOIN pg_database d
+ WHERE a.attrelid = 'ingest_events'::regclass AND a.attname = 'collection'
+   AND d.datname = current_database()
+"""
 
 _HEALTH_SQL: Final = """
 SELECT c.source, c.last_seq, c.updated_at, c.buffer_fill, c.buffer_max,

@@ -22,7 +22,7 @@ import httpx
 import orjson
 import pytest
 import uvicorn
-from atdata_ingest.api import NOTIFY_CHANNEL, ApiLimits, create_app
+from atdata_ingest.api import NOTIFY_CHANNEL, ApiLimits, Filters, create_app, fetch_page
 from atdata_ingest.schema import EVENT_COLUMNS
 from atdata_ingest.tokens import create_token, revoke_token
 
@@ -761,3 +761,42 @@ def test_openapi_document_and_error_shape(api: LiveApi) -> None:
         assert r.status_code == 404 and r.json()["error"] == "NotFound"
         r = c.post("/events")
         assert r.status_code == 405 and r.json()["error"] == "MethodNotAllowed"
+
+
+def test_prefix_globs_are_byte_prefixes_under_any_collation(pg_dsn: str) -> None:
+    """Under a non-C collation (ICU en here) a plain range is not a prefix test:
+    'App.bsky.feed.post' sorts between 'app.bsky.' and 'app.bsky/'. The API sees
+    the collation and compares COLLATE "C" instead."""
+    sql(
+        pg_dsn,
+        'ALTER TABLE ingest_events ALTER COLUMN collection TYPE text COLLATE "en-x-icu"',
+    )
+    rows = [
+        Row(1, collection="app.bsky.feed.post"),
+        Row(2, collection="App.bsky.feed.post"),
+        Row(3, collection="app.bskyx.feed.post"),
+        Row(4, collection="app.bsky.graph.follow"),
+    ]
+    insert(pg_dsn, rows)
+    params = {"collection": "app.bsky.*"}
+    expected = [(r.seq, r.idx) for r in rows if matches(r, params)]
+    assert expected == [(1, 0), (4, 0)]
+    with LiveApi(pg_dsn) as live, live.client(token(pg_dsn, "t")) as c:
+        assert live.state.byte_order is False
+        assert walk(c, params)[0] == expected
+
+    async def plain_range() -> list[int]:
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            got, _ = await fetch_page(
+                conn, Filters(collection="app.bsky.*"), 0, 10, byte_order=True
+            )
+            return [r["seq"] for r in got]
+        finally:
+            await conn.close()
+
+    assert run(plain_range()) == [1, 2, 4]  # why the C comparison is needed
+
+
+def test_c_collation_is_detected(api: LiveApi) -> None:
+    assert api.state.byte_order is True  # the test cluster is initdb --locale=C
