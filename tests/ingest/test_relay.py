@@ -13,6 +13,7 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import cbrrr
@@ -25,8 +26,10 @@ from atdata_ingest.testing.relay import (
     RelayError,
     ReplayRelay,
     info_frame,
+    load_frames,
     realistic_frames,
     record_frames,
+    save_frames,
 )
 from atdata_runtime.atmosphere.repo import parse_car, signing_key, verify_commit
 from atdata_runtime.lexicons.science.alt.dataset.entry import Entry
@@ -286,6 +289,26 @@ def test_bad_templates_are_refused(frames: list[bytes]) -> None:
         ReplayRelay([])
     with pytest.raises(ValueError):
         ReplayRelay(frames, bursts=[(1, 10, 100.0)])  # bursts need a base rate
+
+
+def test_frames_file_round_trip_and_template_of(
+    frames: list[bytes], tmp_path: Path
+) -> None:
+    path = str(tmp_path / "frames.bin")
+    assert save_frames(path, frames) == len(frames)
+    assert load_frames(path) == frames
+    (tmp_path / "bad.bin").write_bytes(b"not frames")
+    with pytest.raises(RelayError) as info:
+        load_frames(str(tmp_path / "bad.bin"))
+    assert info.value.rule == "RELAY_FILE_INVALID"
+    Path(path).write_bytes(Path(path).read_bytes()[:-1])
+    with pytest.raises(RelayError, match="truncated"):
+        load_frames(path)
+    relay = ReplayRelay(frames)
+    n = relay.templates
+    assert n == len(frames)
+    assert relay.template_of(n + 3) == decode(frames[2])
+    assert decode(relay.frame(n + 3))[1]["seq"] == n + 3
 
 
 # ---------------------------------------------------------------- controls

@@ -39,6 +39,7 @@ and ``com.atproto.sync.subscribeRepos`` (Sync spec); the CAR v1 format
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import bisect
 import contextlib
@@ -894,6 +895,19 @@ class ReplayRelay:
             return self._replacement(seq, repl[0], t)
         return self._templates[(seq - 1) % self._n].frame(seq, t)
 
+    def template_of(self, seq: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Header and body (decoded, with the template's own ``seq`` and ``time``)
+        of the template that frame ``seq`` is made from, to compute what a
+        consumer should have stored for it (injections not applied)."""
+        tpl = self._templates[(seq - 1) % self._n]
+        return dict(tpl.header), dict(tpl.body)
+
+    @property
+    def templates(self) -> int:
+        """How many template frames there are (frame ``k`` is template
+        ``(k - 1) % templates``)."""
+        return self._n
+
     def _replacement(self, seq: int, kind: str, now: bytes) -> bytes:
         if kind == "garbage":
             rnd = random.Random(seq)
@@ -977,10 +991,9 @@ class ReplayRelay:
 
     def _flush(self, conn: _Conn) -> None:
         transport = conn.ws.transport
-        pending = conn.ws.protocol.data_to_send()
-        if transport.is_closing():  # the peer is gone: connection_lost is due
-            return
-        for data in pending:
+        for data in conn.ws.protocol.data_to_send():
+            if transport.is_closing():  # the peer is gone: connection_lost is due
+                return
             if data:
                 transport.write(data)
                 conn.bytes_sent += len(data)
@@ -996,11 +1009,13 @@ class ReplayRelay:
                 async with asyncio.timeout(_CHECK_S):
                     await ws.drain()
                 return True
-            except TimeoutError:
+            except TimeoutError:  # (an OSError: before the clause below)
                 self._advance()
                 if backlog() > self.max_queue:
                     await self._too_slow(conn)
                     return False
+            except OSError:  # reset by the peer while waiting
+                return False
 
     async def _too_slow(self, conn: _Conn) -> None:
         """Drop a slow consumer: the frames not yet written are discarded; the
@@ -1010,9 +1025,12 @@ class ReplayRelay:
         self.too_slow_drops += 1
         conn.closed = "ConsumerTooSlow"
         ws = conn.ws
-        ws.protocol.send_binary(error_frame("ConsumerTooSlow", "consumer too slow"))
+        if ws.protocol.state is not State.OPEN:
+            return
+        if conn.kind == "repos":  # Jetstream has no error frames: only the close
+            ws.protocol.send_binary(error_frame("ConsumerTooSlow", "consumer too slow"))
+            conn.frames_sent += 1
         ws.protocol.send_close(1008, "ConsumerTooSlow")
-        conn.frames_sent += 1
         self._flush(conn)
         try:
             async with asyncio.timeout(self.drop_grace):
@@ -1269,76 +1287,16 @@ class SeedResult:
         return sum(self.ops.values())
 
 
-_WORDS: Final = [
-    "the",
-    "a",
-    "dataset",
-    "model",
-    "sample",
-    "shard",
-    "firehose",
-    "relay",
-    "atproto",
-    "lexicon",
-    "schema",
-    "science",
-    "open",
-    "data",
-    "weights",
-    "benchmark",
-    "training",
-    "eval",
-    "image",
-    "text",
-    "audio",
-    "graph",
-    "protein",
-    "genome",
-    "climate",
-    "ocean",
-    "city",
-    "river",
-    "forest",
-    "night",
-    "morning",
-    "coffee",
-    "code",
-    "python",
-    "rust",
-    "release",
-    "paper",
-    "review",
-    "tuesday",
-    "finally",
-    "works",
-    "broken",
-    "fixed",
-    "shipped",
-    "tiny",
-    "huge",
-    "fast",
-    "slow",
-    "new",
-    "old",
-    "beta",
-    "alpha",
-    "thread",
-    "notes",
-    "idea",
-    "question",
-    "answer",
-]
-_FLAVOURS: Final = (
-    "",
-    "",
-    "",
-    " 🚀",
-    " ✨",
-    " — ça marche",
-    " データ",
-    " 🧬🔬",
-    " ¿qué?",
+_WORD_TEXT: Final = (
+    "the a dataset model sample shard firehose relay atproto lexicon schema "
+    "science open data weights benchmark training eval image text audio "
+    "graph protein genome climate ocean city river forest night morning "
+    "coffee code python rust release paper review tuesday finally works "
+    "broken fixed shipped tiny huge fast slow new old beta alpha thread "
+    "notes idea question answer"
 )
+_WORDS: Final = tuple(_WORD_TEXT.split())
+_FLAVOURS: Final = ("", "", "", " 🚀", " ✨", " — ça marche", " データ", " 🧬🔬")
 _LANGS: Final = (["en"], ["en"], ["en"], ["de"], ["ja"], ["es", "en"], ["fr"])
 _FIELDS: Final = ("integer", "number", "string", "boolean")
 
@@ -1892,3 +1850,277 @@ def realistic_frames(
             cached = tuple(f for f in frames if _frame_repo(f)[0] in dids)
             _CACHE[key] = cached
     return list(cached)
+
+
+# --------------------------------------------------------- files and the CLI
+
+_MAGIC: Final = b"ATDATA-REPLAY-FRAMES 1\n"
+
+
+def save_frames(path: str, frames: Iterable[bytes]) -> int:
+    """Write ``frames`` to ``path`` (a magic line, then per frame a 4-byte
+    big-endian length and the bytes); returns how many."""
+    n = 0
+    with open(path, "wb") as fh:
+        fh.write(_MAGIC)
+        for frame in frames:
+            if len(frame) > MAX_FRAME_BYTES:
+                raise RelayError(
+                    "RELAY_TEMPLATE_TOO_BIG", f"{len(frame)} bytes", f"frame {n}"
+                )
+            fh.write(len(frame).to_bytes(4, "big"))
+            fh.write(frame)
+            n += 1
+    return n
+
+
+def load_frames(path: str, max_frames: int = 1_000_000) -> list[bytes]:
+    """The frames of a :func:`save_frames` file. Raises :class:`RelayError`
+    ``RELAY_FILE_INVALID`` on a wrong magic line, a truncated file, a frame over
+    :data:`MAX_FRAME_BYTES` or more than ``max_frames`` frames."""
+    frames: list[bytes] = []
+    with open(path, "rb") as fh:
+        if fh.read(len(_MAGIC)) != _MAGIC:
+            raise RelayError("RELAY_FILE_INVALID", "not a frames file", path)
+        while head := fh.read(4):
+            size = int.from_bytes(head, "big")
+            if len(head) != 4 or size > MAX_FRAME_BYTES or len(frames) >= max_frames:
+                raise RelayError(
+                    "RELAY_FILE_INVALID",
+                    "bad frame length",
+                    f"{path} frame {len(frames)}",
+                )
+            frame = fh.read(size)
+            if len(frame) != size:
+                raise RelayError(
+                    "RELAY_FILE_INVALID", "truncated", f"{path} frame {len(frames)}"
+                )
+            frames.append(frame)
+    return frames
+
+
+def _command(relay: ReplayRelay, line: str) -> str:
+    """One control line of ``serve`` (see :func:`main`); returns the JSON answer."""
+    words = line.split()
+    if not words:
+        return ""
+    cmd, args = words[0], words[1:]
+    out: Any = "ok"
+    if cmd == "pause":
+        relay.pause()
+    elif cmd == "resume":
+        relay.resume()
+    elif cmd == "rate":
+        relay.set_rate(None if args[0] == "none" else float(args[0]))
+    elif cmd == "total":
+        relay.set_total(None if args[0] == "none" else int(args[0]))
+    elif cmd == "burst":
+        out = {"start": relay.burst(int(args[0]), float(args[1]))}
+    elif cmd == "disconnect":
+        out = {"dropped": relay.disconnect_all()}
+    elif cmd == "inject":
+        relay.inject(args[0], int(args[1]))  # type: ignore[arg-type]
+    elif cmd == "stats":
+        out = {
+            "head": relay.head,
+            "last_seq_sent": relay.last_seq_sent,
+            "connections_accepted": relay.connections_accepted,
+            "too_slow_drops": relay.too_slow_drops,
+            "connections": [
+                {
+                    "id": c.id,
+                    "kind": c.kind,
+                    "cursor": c.cursor,
+                    "frames_sent": c.frames_sent,
+                    "bytes_sent": c.bytes_sent,
+                    "last_seq": c.last_seq,
+                    "closed": c.closed,
+                }
+                for c in relay.connections()
+            ],
+        }
+    else:
+        raise ValueError(f"unknown command {cmd!r}")
+    return orjson.dumps(out).decode()
+
+
+def _read_main(url: str, count: int, raw: bool) -> int:
+    """``read``: count ``count`` messages from ``url``; prints ``frames/s``
+    (timed from the first message). ``raw`` parses only WebSocket frame headers
+    over a plain socket (no per-message Python objects), to measure the relay
+    rather than the reader."""
+    if raw:
+        import base64
+        import os
+        import socket
+
+        u = urlsplit(url)
+        sock = socket.create_connection((u.hostname or "127.0.0.1", u.port or 80))
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall(
+            (
+                f"GET {u.path}?{u.query} HTTP/1.1\r\nHost: {u.hostname}:{u.port}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        buf = bytearray()
+        while b"\r\n\r\n" not in buf:
+            buf += sock.recv(65536)
+        del buf[: buf.index(b"\r\n\r\n") + 4]
+        got, pos, t0 = 0, 0, 0.0
+        while got < count:
+            data = sock.recv(1 << 20)
+            if not data:
+                break
+            if not t0:
+                t0 = time.perf_counter()
+            buf += data
+            while len(buf) - pos >= 2:
+                ln, hl = buf[pos + 1] & 0x7F, 2
+                if ln == 126:
+                    ln, hl = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
+                elif ln == 127:
+                    ln, hl = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
+                if len(buf) - pos < hl + ln:
+                    break
+                pos += hl + ln
+                got += 1
+            del buf[:pos]
+            pos = 0
+        sock.close()
+    else:
+
+        async def run() -> tuple[int, float]:
+            async with connect(url, max_size=MAX_FRAME_BYTES, compression=None) as ws:
+                n, start = 0, 0.0
+                async for _ in ws:
+                    start = start or time.perf_counter()
+                    n += 1
+                    if n >= count:
+                        break
+                ws.transport.abort()
+            return n, start
+
+        got, t0 = asyncio.run(run())
+    dt = time.perf_counter() - t0
+    print(f"{got} {dt:.3f} {got / dt:.0f}")
+    return 0
+
+
+def _bench(frames: list[bytes], count: int, runs: int) -> None:
+    """Throughput of the relay (frames/s, median of ``runs``) to a reader in
+    another process: the raw reader, then a ``websockets`` client."""
+    import statistics
+    import subprocess
+
+    for raw in (True, False):
+        rates = []
+        for _ in range(runs):
+            with ReplayRelay(frames, total=None) as relay:
+                argv = [sys.executable, "-m", __spec__.name if __spec__ else __name__]
+                argv += ["read", relay.repos_url + "?cursor=0", str(count)]
+                proc = subprocess.run(
+                    argv + (["--raw"] if raw else []),
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                rates.append(float(proc.stdout.split()[-1]))
+        reader = "raw socket reader" if raw else "websockets client"
+        print(
+            f"relay -> {reader}: median {statistics.median(rates):,.0f} frames/s "
+            f"(runs: {', '.join(f'{r:,.0f}' for r in rates)}; {count:,} frames each, "
+            f"{sum(map(len, frames)) / len(frames):,.0f} bytes/frame on average)"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m atdata_ingest.testing.relay``:
+
+    - ``record OUT [--accounts 8 --records 60]``: start a local network
+      (``atdata_gen.testing.localnet``), seed it, save the frames to ``OUT``
+      (their DIDs resolve only on that network's PLC: signatures can be
+      verified only while it runs);
+    - ``serve FRAMES [--total N|none] [--rate R] [--max-queue Q] [--port P]
+      [--close-at-end]``: serve a frames file; prints ``ready ws://...`` and then
+      takes control lines on stdin (``pause``, ``resume``, ``rate R|none``,
+      ``total N|none``, ``burst COUNT RATE``, ``disconnect``, ``inject KIND SEQ``,
+      ``stats``), answering each with one JSON line; ends at EOF or SIGTERM;
+    - ``read URL COUNT [--raw]``: read and time ``COUNT`` messages;
+    - ``bench [--frames FILE] [--count 200000] [--runs 3]``: relay throughput.
+    """
+    parser = argparse.ArgumentParser(prog="python -m atdata_ingest.testing.relay")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    rec = sub.add_parser("record")
+    rec.add_argument("out")
+    rec.add_argument("--accounts", type=int, default=8)
+    rec.add_argument("--records", type=int, default=60)
+    srv = sub.add_parser("serve")
+    srv.add_argument("frames")
+    srv.add_argument("--total", default="templates")
+    srv.add_argument("--rate", type=float, default=None)
+    srv.add_argument("--max-queue", type=int, default=10_000)
+    srv.add_argument("--port", type=int, default=0)
+    srv.add_argument("--close-at-end", action="store_true")
+    rd = sub.add_parser("read")
+    rd.add_argument("url")
+    rd.add_argument("count", type=int)
+    rd.add_argument("--raw", action="store_true")
+    bn = sub.add_parser("bench")
+    bn.add_argument("--frames")
+    bn.add_argument("--count", type=int, default=200_000)
+    bn.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    if args.cmd == "read":
+        return _read_main(args.url, args.count, args.raw)
+    if args.cmd == "serve":
+        total: Any = args.total
+        if total != "templates":
+            total = None if total == "none" else int(total)
+        relay = ReplayRelay(
+            load_frames(args.frames),
+            total=total,
+            rate=args.rate,
+            max_queue=args.max_queue,
+            port=args.port,
+            close_at_end=args.close_at_end,
+        )
+        import signal
+
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        with relay:
+            print(f"ready {relay.url}", flush=True)
+            for line in sys.stdin:
+                try:
+                    answer = _command(relay, line)
+                except (ValueError, IndexError, RelayError) as exc:
+                    answer = orjson.dumps({"error": str(exc)}).decode()
+                if answer:
+                    print(answer, flush=True)
+        return 0
+    if args.cmd in ("record", "bench") and not (args.cmd == "bench" and args.frames):
+        from atdata_gen.testing.localnet import LocalNetwork
+
+        with LocalNetwork.start() as net:
+            t0 = time.perf_counter()
+            accounts = getattr(args, "accounts", 8)
+            records = getattr(args, "records", 60)
+            frames = realistic_frames(net, accounts, records)
+            print(
+                f"realistic_frames({accounts} accounts x {records} records): "
+                f"{len(frames)} frames in {time.perf_counter() - t0:.1f} s",
+                flush=True,
+            )
+            if args.cmd == "record":
+                save_frames(args.out, frames)
+                return 0
+            _bench(frames, args.count, args.runs)
+        return 0
+    _bench(load_frames(args.frames), args.count, args.runs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
