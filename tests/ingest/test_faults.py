@@ -612,3 +612,51 @@ def test_sigkill_of_the_supervisor_leaves_no_ingester(
             finish(nxt, dsn, templates, n)
     assert "EX_CANTCREAT" not in nxt.log(), nxt.log()
     assert len(nxt.children()) == 1
+
+
+# -- the check itself can fail ------------------------------------------------------------
+
+_ROW = (
+    "INSERT INTO ingest_events (seq, idx, event_type, repo) VALUES ({}, {}, 'c', 'd')"
+)
+
+
+def test_the_check_finds_duplicates_gaps_and_wrong_counts(
+    dsn: str, templates: list[bytes]
+) -> None:
+    """:func:`check_exactly_once` on a log written by hand: right, then with a
+    duplicate (seq, idx), a missing seq, a missing operation row, a dead letter."""
+    n = len(templates)
+    want = expected_rows(templates, n)
+    multi = next(seq for seq, k in want.items() if k > 1)
+
+    async def write(conn: asyncpg.Connection) -> None:
+        await conn.executemany(
+            "INSERT INTO ingest_events (seq, idx, event_type, repo) "
+            "VALUES ($1, $2, 'commit', 'did:plc:x')",
+            [(seq, idx) for seq, k in want.items() for idx in range(k)],
+        )
+        await conn.execute("UPDATE ingest_cursor SET last_seq = $1", n)
+
+    _sql(dsn, write)
+    check_exactly_once(dsn, templates, n)
+    dead = "INSERT INTO ingest_dead_letters (seq, rule, reason, frame_size) VALUES "
+    faults = [
+        (_ROW.format(5, 0), "DELETE FROM ingest_events WHERE seq = 5 AND idx = 0",
+         "duplicates"),
+        ("UPDATE ingest_events SET seq = -seq WHERE seq = 7",
+         "UPDATE ingest_events SET seq = 7 WHERE seq = -7", "missing (gaps)"),
+        (f"DELETE FROM ingest_events WHERE seq = {multi} AND idx = 1",
+         _ROW.format(multi, 1), "differ"),
+        (_ROW.format(n + 1, 0), f"DELETE FROM ingest_events WHERE seq = {n + 1}",
+         "never sent"),
+        (dead + "(3, 'X', 'y', 0)", "DELETE FROM ingest_dead_letters", "dead letters"),
+    ]  # fmt: skip
+    for break_it, repair, message in faults:
+        _sql(dsn, lambda c, q=break_it: c.execute(q))
+        with pytest.raises(AssertionError, match=re.escape(message)):
+            check_exactly_once(dsn, templates, n)
+        _sql(dsn, lambda c, q=repair: c.execute(q))
+        if message == "duplicates":  # both copies went: put one back
+            _sql(dsn, lambda c: c.execute(_ROW.format(5, 0)))
+        check_exactly_once(dsn, templates, n)
