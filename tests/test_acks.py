@@ -153,6 +153,19 @@ class TrackerMachine(RuleBasedStateMachine):
     def counts(self) -> None:
         assert self.tracker.pending == sum(self.running.values())
         assert self.tracker.last_seq == self._last()
+        closed = [s for s in self.seqs if s in self.closed]
+        assert self.tracker.closed_seq == (max(closed) if closed else self.start)
+
+    @invariant()
+    def accepts_what_add_takes(self) -> None:
+        last = self._last()
+        if last is None:
+            assert self.tracker.accepts(0)
+            return
+        is_open = bool(self.seqs) and self.seqs[-1] not in self.closed
+        assert self.tracker.accepts(last) == is_open
+        assert self.tracker.accepts(last + 1)
+        assert not self.tracker.accepts(last - 1)
 
 
 TestTrackerMachine = TrackerMachine.TestCase

@@ -35,6 +35,8 @@ from atdata_runtime.firehose.subscribe import (
 )
 from atdata_runtime.firehose.verify import CommitVerifier
 from atdata_runtime.lexicons.science.alt.dataset.schema import Schema
+from hypothesis import given
+from hypothesis import strategies as st
 
 from .conftest import CORPUS
 
@@ -693,6 +695,7 @@ class Service:
         self.fail_next: list[int] = []
         self.raw_stream: bytes | None = None
         self.ignore_filters = False
+        self.drop_after: list[int] = []  # end a stream after this many rows, once
 
         def allowed(request: Request) -> Response | None:
             self.requests.append(dict(request.query_params))
@@ -737,6 +740,7 @@ class Service:
                 return refused
             rows = matching(request)
             raw = self.raw_stream
+            drop = self.drop_after.pop(0) if self.drop_after else None
 
             async def body() -> AsyncIterator[bytes]:
                 if raw is not None:
@@ -744,6 +748,8 @@ class Service:
                     return
                 yield b"retry: 2000\r\n: hello\r\n\r\n"
                 for i, row in enumerate(rows):
+                    if i == drop:
+                        return  # the connection ends in the middle of a commit
                     last = i + 1 == len(rows) or rows[i + 1]["seq"] != row["seq"]
                     text = b"data: " + json.dumps(row).encode()
                     text += b"\nid: %d\n\n" % row["seq"] if last else b"\n\n"
@@ -884,6 +890,42 @@ def test_service_client_over_real_http(stream: bool, tmp_path: Path) -> None:
     assert [getattr(e, "rkey", None) for e in seen] == ["s5"]
 
 
+def test_service_stream_cut_inside_a_commit_loses_nothing() -> None:
+    """The stream ends after the first of the two rows of seq 11 (one commit):
+    the client resumes after the last *whole* seq, so the second row arrives,
+    and the first is not handled twice."""
+    service = Service(_commit_rows())
+    service.drop_after = [1, 3]
+    seen: list[Event] = []
+    sub = Subscription(
+        IngestService(service.url, "atdi_test", stream=True),
+        backoff=(0.01, 0.02),
+    )
+    sub.handler(seen.append)
+
+    async def main() -> None:
+        async with service.serving():
+            task = asyncio.create_task(sub.run())
+            while sub.cursor != 15:
+                await asyncio.sleep(0.02)
+                if task.done():
+                    task.result()
+            sub.stop()
+            await task
+
+    asyncio.run(asyncio.wait_for(main(), GUARD))
+    assert [(getattr(e, "seq", None), getattr(e, "idx", 0)) for e in seen] == [
+        (11, 0),
+        (11, 1),
+        (12, 0),
+        (14, 0),
+    ]
+    assert sub.stats.duplicates >= 1 and sub.stats.reconnects == 2
+    # nothing was whole at the first cut (seq 11 half read): resume from the start
+    assert "since" not in service.requests[0] and "since" not in service.requests[1]
+    assert service.requests[2]["since"] == "12"  # the second cut: after seq 12
+
+
 def test_service_filters_go_to_the_server_and_are_checked_again() -> None:
     """One repo filter is sent as repo=; a server that ignores it still cannot
     deliver another repo's events; a refused token is final (SUB_AUTH)."""
@@ -914,6 +956,41 @@ def test_service_filters_go_to_the_server_and_are_checked_again() -> None:
     asyncio.run(asyncio.wait_for(main(), GUARD))
     assert service.requests[0]["repo"] == "did:plc:bbbb"
     assert [type(e) for e in seen] == [Account]
+
+
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=30))
+def test_sse_parsing_does_not_depend_on_chunking(cuts: list[int]) -> None:
+    """The same server-sent event text, cut into chunks anywhere (also between
+    CR and LF), gives the same messages."""
+    from atdata_runtime.firehose.subscribe import _sse_messages
+
+    text = (
+        b"retry: 2000\r\n: comment\r\n\r\n"
+        b"data: one\r\nid: 5\r\n\r\n"
+        b"data: two\ndata: lines\n\n"
+        b"data:three\rid: 6\r\r"
+        b"id: 7\n\n"
+        b": ping\n\n"
+    )
+    chunks, pos = [], 0
+    for n in cuts:
+        chunks.append(text[pos : pos + n])
+        pos += n
+    chunks.append(text[pos:])
+
+    async def collect() -> list[tuple[str | None, str | None]]:
+        async def gen() -> AsyncIterator[bytes]:
+            for c in chunks:
+                yield c
+
+        return [m async for m in _sse_messages(gen(), "http://x")]
+
+    assert asyncio.run(collect()) == [
+        ("5", "one"),
+        (None, "two\nlines"),
+        ("6", "three"),
+        ("7", None),
+    ]
 
 
 def test_service_stream_line_cap() -> None:

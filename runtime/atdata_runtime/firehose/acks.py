@@ -101,11 +101,12 @@ class AckTracker:
     acknowledged.
     """
 
-    __slots__ = ("_cursor", "_groups", "_last", "_outstanding")
+    __slots__ = ("_closed", "_cursor", "_groups", "_last", "_outstanding")
 
     def __init__(self, cursor: int | None = None) -> None:
         self._cursor = cursor
         self._last = cursor  # highest seq added or closed
+        self._closed = cursor  # highest seq closed
         self._groups: deque[_Group] = deque()
         self._outstanding = 0
 
@@ -119,6 +120,13 @@ class AckTracker:
         """The highest ``seq`` handed out or closed: where a reconnect resumes
         reading (events after it are new; events up to it are duplicates)."""
         return self._last
+
+    @property
+    def closed_seq(self) -> int | None:
+        """The highest closed ``seq`` (all of its events handed out; the starting
+        cursor at first): where a reconnect resumes reading without losing the
+        rest of a ``seq`` whose events were only partly handed out."""
+        return self._closed
 
     @property
     def pending(self) -> int:
@@ -149,8 +157,9 @@ class AckTracker:
         group = _Group(seq)
         self._groups.append(group)
         self._last = seq
-        if tail is not None:
+        if tail is not None and not tail.closed:
             tail.closed = True
+            self._closed = tail.seq
             self._advance()  # the previous seq may have finished already
         return group
 
@@ -178,6 +187,7 @@ class AckTracker:
             self._tail(seq).closed = True
         else:
             return None
+        self._closed = seq
         return self._advance()
 
     def done(self, ticket: Ticket) -> int | None:
@@ -203,5 +213,6 @@ class AckTracker:
     def __repr__(self) -> str:
         return (
             f"AckTracker(cursor={self._cursor}, last_seq={self._last}, "
+            f"closed_seq={self._closed}, "
             f"pending={self._outstanding}, seqs={len(self._groups)})"
         )

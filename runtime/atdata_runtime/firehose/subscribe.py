@@ -79,7 +79,14 @@ import signal
 import tempfile
 import threading
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+)
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -788,9 +795,12 @@ class IngestService:
             stats.connects += 1
             while True:
                 params = {"since": str(since), "limit": str(limit), **exact}
-                async with client.stream("GET", base, params=params) as resp:
+                body = bytearray()
+                async with (  # one deadline for the whole page
+                    asyncio.timeout(self.timeout),
+                    client.stream("GET", base, params=params) as resp,
+                ):
                     self._status(resp.status_code, resp.headers, base)
-                    body = bytearray()
                     async for chunk in resp.aiter_raw():
                         body += chunk
                         if len(body) > MAX_PAGE_BYTES:
@@ -918,16 +928,20 @@ async def _lines(chunks: AsyncIterator[bytes], base: str) -> AsyncIterator[str]:
     Standard, "Server-sent events", parsing), each at most
     :data:`MAX_SSE_LINE_BYTES` (``SUB_SSE_LINE``)."""
     buf = bytearray()
+    scanned = 0  # bytes of buf known to hold no line end
     async for chunk in chunks:
         buf += chunk
         start = 0
         while True:
-            m = _EOL.search(buf, start)
+            m = _EOL.search(buf, max(start, scanned))
             if m is None or (m.group() == b"\r" and m.end() == len(buf)):
-                break  # no line end yet (or a CR that may be half of a CRLF)
+                # no line end yet (or a CR that may be half of a CRLF)
+                scanned = len(buf) - 1 if m is not None else len(buf)
+                break
             yield buf[start : m.start()].decode("utf-8", "replace")
             start = m.end()
         del buf[:start]
+        scanned = max(0, scanned - start)
         if len(buf) > MAX_SSE_LINE_BYTES:
             raise SubscriptionError(
                 "SUB_SSE_LINE",
@@ -1452,7 +1466,9 @@ class _Session:
         sub = self.sub
         failures = 0
         while True:
-            resume = self.tracker.last_seq
+            # after the last seq read whole: the rest of a partly read one comes
+            # again (its events already handed out are dropped as duplicates)
+            resume = self.tracker.closed_seq
             try:
                 items = sub.source._items(resume, sub.where, self.stats, sub.verifier)
                 async for item in items:
