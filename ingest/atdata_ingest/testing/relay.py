@@ -28,13 +28,23 @@ and ``com.atproto.sync.subscribeRepos`` (Sync spec); the CAR v1 format
 (https://ipld.io/specs/transport/car/carv1/); Jetstream's JSON events
 (https://github.com/bluesky-social/jetstream, README "Consuming Jetstream").
 
-    frames = realistic_frames(net)                       # ~1,000 real frames
+    frames = realistic_frames(net)       # ~320 real frames, ~480 record operations
     with ReplayRelay(frames, total=100_000, rate=20_000) as relay:
         relay.url                # ws://127.0.0.1:PORT (append /xrpc/...?cursor=N)
         relay.burst(50_000, 200_000)
         relay.inject("garbage", at_seq=70_000)
         relay.disconnect_all()
         relay.wait_sent(100_000)
+
+Cycling through the templates repeats commits (same ``rev``, same CIDs) under new
+``seq`` numbers: fine for a log keyed by ``seq``, not for a consumer that checks
+``rev`` order per repository. ``python -m atdata_ingest.testing.relay`` records
+frames to a file, serves a file in its own process (controlled over stdin), and
+measures the relay's throughput (:func:`main`).
+
+A consumer that stops reading and then closes gracefully waits for the relay's
+close frame behind the frames still in flight; ``websockets`` then waits out its
+``close_timeout`` (10 s by default): abort the transport, or lower it.
 """
 
 from __future__ import annotations
@@ -485,9 +495,11 @@ class ReplayRelay:
     - ``max_queue``: the outbound queue bound per connection, in frames: when the
       frames produced since the client subscribed but not yet handed to its
       socket exceed it, the client gets an error frame ``ConsumerTooSlow`` and is
-      closed (code 1008), as real relays do. A connection replaying old frames
-      (a cursor behind the head) is sent them with backpressure and is not
-      counted as slow for them; with ``rate=None`` nobody is ever too slow.
+      closed (code 1008), as real relays do. Size it in seconds of ``rate``: on
+      a loaded 2-core machine a reader can stall for a few hundred milliseconds.
+      A connection replaying old frames (a cursor behind the head) is sent them
+      with backpressure and is not counted as slow for them; with ``rate=None``
+      nobody is ever too slow.
     - ``drop_grace``: seconds a dropped client is given to read its buffered
       frames, the error frame and the close frame before the TCP connection is
       aborted.
@@ -505,7 +517,7 @@ class ReplayRelay:
         total: int | None | Literal["templates"] = "templates",
         rate: float | None = None,
         bursts: Iterable[tuple[int, int, float]] = (),
-        max_queue: int = 10_000,
+        max_queue: int = 50_000,
         close_at_end: bool = False,
         drop_grace: float = 5.0,
         host: str = "127.0.0.1",
@@ -2060,7 +2072,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     srv.add_argument("frames")
     srv.add_argument("--total", default="templates")
     srv.add_argument("--rate", type=float, default=None)
-    srv.add_argument("--max-queue", type=int, default=10_000)
+    srv.add_argument("--max-queue", type=int, default=50_000)
     srv.add_argument("--port", type=int, default=0)
     srv.add_argument("--close-at-end", action="store_true")
     rd = sub.add_parser("read")
