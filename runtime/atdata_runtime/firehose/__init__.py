@@ -23,6 +23,7 @@ from .events import (
 )
 
 if TYPE_CHECKING:
+    from .acks import AckError, AckTracker
     from .frames import (
         MAX_FRAME_BYTES,
         Frame,
@@ -31,6 +32,14 @@ if TYPE_CHECKING:
         decode_frame,
         to_event,
         to_events,
+    )
+    from .subscribe import (
+        CursorStore,
+        FileCursorStore,
+        IngestService,
+        Relay,
+        Subscription,
+        SubscriptionError,
     )
     from .verify import CommitVerifier, Verdict, VerifyPolicy
 
@@ -45,6 +54,14 @@ _LAZY = {
     "CommitVerifier": "verify",
     "Verdict": "verify",
     "VerifyPolicy": "verify",
+    "AckError": "acks",
+    "AckTracker": "acks",
+    "CursorStore": "subscribe",
+    "FileCursorStore": "subscribe",
+    "IngestService": "subscribe",
+    "Relay": "subscribe",
+    "Subscription": "subscribe",
+    "SubscriptionError": "subscribe",
 }
 
 
@@ -60,17 +77,25 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "MAX_FRAME_BYTES",
     "Account",
+    "AckError",
+    "AckTracker",
     "Commit",
     "CommitVerifier",
     "Create",
+    "CursorStore",
     "Delete",
     "Event",
+    "FileCursorStore",
     "Frame",
     "FrameError",
     "FrameOp",
     "Identity",
     "Info",
+    "IngestService",
     "RecordEvent",
+    "Relay",
+    "Subscription",
+    "SubscriptionError",
     "Sync",
     "Update",
     "Verdict",
