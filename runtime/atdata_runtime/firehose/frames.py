@@ -86,6 +86,7 @@ from typing import Any, Final, Literal, NamedTuple, TypeAlias
 from cbrrr import _cbrrr
 from pydantic import TypeAdapter, ValidationError
 
+from ..lex import LexObject
 from ..lex.formats import is_nsid, is_record_key
 from ..lexicons.com.atproto.sync import subscribe_repos as _sr
 from .events import (
@@ -153,6 +154,9 @@ _LINK_HEAD: Final = b"\xd8\x2a\x58\x25\x00"
 """CBOR tag 42, a byte string of 37 bytes, the 0x00 multibase prefix: a 36-byte
 CID as a DAG-CBOR link, for cbrrr's C base32 encoder (see :func:`_link_of`)."""
 _MAX_REASON: Final = 300
+_NOT_CONTAINER_HEAD: Final = bytes(b for b in range(256) if not 0x80 <= b <= 0xBF)
+"""Bytes that cannot start an array or map head (``bytes.translate`` deletes
+them)."""
 
 
 class FrameError(ValueError):
@@ -510,13 +514,10 @@ def _parse_car(
     # Hot loop: one CAR section per iteration; offsets only (blocks are sliced
     # when used), one- and two-byte varints inline.
     blocks: dict[bytes, tuple[int, int]] = {}
-    count = 0
     startswith = data.startswith
-    while pos < end:
-        count += 1
-        if count > max_blocks:
-            raise bad(f"CAR has more than {max_blocks} blocks")
-        start = pos
+    for _ in range(max_blocks):
+        if pos >= end:
+            break
         b = data[pos]
         if b < 0x80:
             size = b
@@ -529,18 +530,24 @@ def _parse_car(
                 size, pos = _varint(data, pos, end)
             except ValueError as exc:
                 raise bad(f"CAR section length: {exc}") from None
-        if size < 37 or size > end - pos:
-            raise bad(
-                f"CAR section at byte {start} of {size} bytes is truncated or "
-                "too short for a CID and a block"
-            )
-        if not startswith(_CID_PREFIX, pos):
-            raise bad(
-                f"CAR section at byte {start}: CID is not CIDv1 dag-cbor sha2-256"
-            )
+        if size < 37 or size > end - pos or not startswith(_CID_PREFIX, pos):
+            raise bad(_section_problem(data, pos, size, end))
         blocks[data[pos : pos + 36]] = (pos + 36, pos + size)
         pos += size
+    else:
+        if pos < end:
+            raise bad(f"CAR has more than {max_blocks} blocks")
     return bytes(roots[0]), _Blocks(view, blocks)
+
+
+def _section_problem(data: bytes, pos: int, size: int, end: int) -> str:
+    """Why the CAR section whose CID starts at ``pos`` (``size`` bytes) is bad."""
+    if size < 37 or size > end - pos:
+        return (
+            f"CAR section at byte {pos} of {size} bytes is truncated or too short "
+            "for a CID and a block"
+        )
+    return f"CAR section at byte {pos}: CID is not CIDv1 dag-cbor sha2-256"
 
 
 class _Blocks:
@@ -727,6 +734,9 @@ def _record(
     if (
         not scanned
         and len(block) > MAX_RECORD_DEPTH
+        # every array/map head is one byte in 0x80-0xbf: fewer such bytes than the
+        # limit, fewer containers, so no deeper nesting (most records stop here)
+        and len(bytes(block).translate(None, _NOT_CONTAINER_HEAD)) > MAX_RECORD_DEPTH
         and _too_deep(value, MAX_RECORD_DEPTH)
     ):
         raise FrameError(
@@ -825,6 +835,39 @@ def _commit_ops(
     return tuple(out)
 
 
+def _check_depth(
+    value: Any, limit: int, location: str, seq: int | None, did: str | None
+) -> None:
+    if _too_deep(value, limit):
+        raise FrameError(
+            "FRAME_TOO_DEEP",
+            f"body nests deeper than {MAX_RECORD_DEPTH} maps/arrays",
+            location=location,
+            seq=seq,
+            repo=did,
+        )
+
+
+def _check_extras(m: Any, body: dict[str, Any]) -> None:
+    """Refuse unknown fields nested deeper than :data:`MAX_RECORD_DEPTH` (counting
+    from the body): the body's own, and a commit's operations'."""
+    if not isinstance(m, LexObject):  # Unrecognized: all of it is unknown
+        seq, did = _hint(body)
+        _check_depth(body, MAX_RECORD_DEPTH, "/body", seq, did)
+        return
+    extra = m.__pydantic_extra__
+    if extra:
+        seq, did = _hint(body)
+        _check_depth(extra, MAX_RECORD_DEPTH, "/body", seq, did)
+    if isinstance(m, _sr.Commit):
+        for i, op in enumerate(m.ops):
+            extra = op.__pydantic_extra__
+            if extra:
+                _check_depth(
+                    extra, MAX_RECORD_DEPTH - 2, f"/body/ops/{i}", m.seq, m.repo
+                )
+
+
 def decode_frame(
     data: bytes | bytearray | memoryview,
     *,
@@ -908,19 +951,15 @@ def decode_frame(
         )
     if type(body) is not dict:
         raise FrameError("FRAME_BODY", "body is not a map", location="/body")
-    if MAX_RECORD_DEPTH < size <= MAX_ITEMS and _too_deep(body, MAX_RECORD_DEPTH):
-        # (a larger frame was pre-scanned, depth included). Unknown fields are kept
-        # by the models and serialized again: a deep one must not get that far.
-        seq, did = _hint(body)
-        raise FrameError(
-            "FRAME_TOO_DEEP",
-            f"body nests deeper than {MAX_RECORD_DEPTH} maps/arrays",
-            location="/body",
-            seq=seq,
-            repo=did,
-        )
+    # Nesting: a frame over MAX_ITEMS bytes was pre-scanned, depth included; one of
+    # at most MAX_RECORD_DEPTH bytes cannot nest deeper. Otherwise the models'
+    # fixed fields are shallow and validated, but unknown fields are kept (and
+    # would be serialized again): those are checked, see _check_extras.
+    deep_check = MAX_RECORD_DEPTH < size <= MAX_ITEMS
 
     if op == -1:
+        if deep_check:
+            _check_depth(body, MAX_RECORD_DEPTH, "/body", None, None)
         error, message = body.get("error"), body.get("message")
         if type(error) is not str or not (message is None or type(message) is str):
             raise FrameError(
@@ -965,6 +1004,8 @@ def decode_frame(
             repo=did,
         ) from None
 
+    if deep_check:
+        _check_extras(m, body)
     if isinstance(m, _sr.Commit):
         return _commit_frame(m, t, size, links, max_blocks)
     if isinstance(m, _sr.Sync):
