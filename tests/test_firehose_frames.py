@@ -749,6 +749,10 @@ def test_body_fields_are_validated_by_the_generated_models(post_frame: bytes) ->
         return join(header, {**copy.deepcopy(body), **changes})
 
     refused(with_(seq=True), "FRAME_BODY", "/body/seq")
+    # wire names only: the Python name of a field is an unknown field
+    renamed = copy.deepcopy(body)
+    renamed["too_big"] = renamed.pop("tooBig")
+    refused(join(header, renamed), "FRAME_BODY", "/body/tooBig")
     refused(with_(repo="alice"), "FRAME_BODY", "/body/repo")
     refused(with_(rev="not-a-tid"), "FRAME_BODY", "/body/rev")
     refused(with_(time="2026-13-01T00:00:00Z"), "FRAME_BODY", "/body/time")

@@ -984,7 +984,8 @@ def decode_frame(
         )
     body["$type"] = full
     try:
-        m = _MESSAGE.validate_python(body)
+        # Wire names only, as LexObject.from_wire: "too_big" is not "tooBig".
+        m = _MESSAGE.validate_python(body, by_alias=True, by_name=False)
     except ValidationError as exc:
         first = exc.errors(
             include_url=False, include_input=False, include_context=False
