@@ -800,3 +800,9 @@ def test_prefix_globs_are_byte_prefixes_under_any_collation(pg_dsn: str) -> None
 
 def test_c_collation_is_detected(api: LiveApi) -> None:
     assert api.state.byte_order is True  # the test cluster is initdb --locale=C
+
+
+def test_the_api_listens_on_the_channel_the_writer_notifies() -> None:
+    from atdata_ingest import writer
+
+    assert writer.NOTIFY_CHANNEL == NOTIFY_CHANNEL
