@@ -123,6 +123,17 @@ async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.to_thread(fn, *args)
 
 
+async def seen(what: Callable[[], bool]) -> None:
+    """Wait until ``what()`` (under the hang guard). The PDS drops the stream's
+    events of an account when it deletes it, including ones it has not sent
+    yet: a test deletes an account only once its earlier events were seen."""
+    for _ in range(int(GUARD / 0.02)):
+        if what():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("not seen in time")
+
+
 async def running(sub: Subscription, body: Callable[[], Awaitable[None]]) -> None:
     """Run ``sub`` while ``body`` runs; wait for ``sub`` to stop by itself (its
     ``until`` or a handler calling stop), under the hang guard."""
@@ -194,6 +205,7 @@ def test_relay_sees_create_update_delete_and_account_deletion(
         await in_thread(repo.put, SCHEMA, "bad", broken)
         cid2 = await in_thread(repo.put, SCHEMA, "s1", second)
         await in_thread(repo.delete, SCHEMA, "s1")
+        await seen(lambda: bool(deletes))
         await in_thread(repo.delete_account)
         cids.extend([cid1, cid2])
 
@@ -1009,3 +1021,187 @@ def test_service_stream_line_cap() -> None:
     with pytest.raises(SubscriptionError) as err:
         asyncio.run(asyncio.wait_for(main(), GUARD))
     assert err.value.rule == "SUB_SSE_LINE"
+
+
+# --------------------------------------- the whole chain: PDS → ingester → API
+
+
+class Chain:
+    """The ingestion service for real: a private PostgreSQL 15 cluster, the
+    ingester (``python -m atdata_ingest run``, reading the local PDS, verifying
+    dataset commits against the local PLC) and the API (``... serve``), as
+    child processes."""
+
+    def __init__(self, net: LocalNetwork, tmp: Path) -> None:
+        import os
+        import subprocess
+        import sys
+
+        import asyncpg  # type: ignore[import-untyped,unused-ignore]
+        from atdata_ingest.schema import migrate
+        from atdata_ingest.testing.postgres import PostgresCluster
+
+        self.pg = PostgresCluster()
+        self.pg.__enter__()
+        self.procs: list[subprocess.Popen[bytes]] = []
+        try:
+            self.dsn = self.pg.create_database("chain")
+
+            async def setup() -> None:
+                conn = await asyncpg.connect(self.dsn)
+                try:
+                    await migrate(conn)
+                    # resume after seq 1 (not 0: 0 is the live tail), so the
+                    # ingester reads the PDS's stream from its start
+                    await conn.execute("UPDATE ingest_cursor SET last_seq = 1")
+                finally:
+                    await conn.close()
+
+            asyncio.run(setup())
+            env = {
+                **os.environ,
+                "ATDATA_INGEST_DATABASE_URL": self.dsn,
+                "ATDATA_INGEST_RELAY_URL": net.pds_url,
+                "ATDATA_INGEST_PLC_URL": net.plc_url,
+                "ATDATA_INGEST_VERIFY": "dataset",
+                "ATDATA_INGEST_RECONNECT_MIN_SECONDS": "0.1",
+                "ATDATA_INGEST_RECONNECT_MAX_SECONDS": "1",
+            }
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+            for argv, name in (
+                (["run"], "ingester"),
+                (["serve", "--port", str(self.port)], "api"),
+            ):
+                log = (tmp / f"{name}.log").open("wb")
+                self.procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "atdata_ingest", *argv],
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+            self.logs = tmp
+            for _ in range(int(GUARD / 0.1)):
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{self.url}/health", timeout=2).status_code < 600:
+                        break
+                for proc in self.procs:
+                    assert proc.poll() is None, self.tail()
+                threading.Event().wait(0.1)
+        except BaseException:
+            self.close()
+            raise
+
+    def token(self, name: str, scope: dict[str, Any]) -> str:
+        import asyncpg
+        from atdata_ingest.tokens import create_token
+
+        async def make() -> str:
+            conn = await asyncpg.connect(self.dsn)
+            try:
+                return await create_token(conn, name, scope, rate=1000, burst=1000)
+            finally:
+                await conn.close()
+
+        return asyncio.run(make())
+
+    def tail(self) -> str:
+        return "\n".join(
+            p.read_text(errors="replace")[-3000:]
+            for p in sorted(self.logs.glob("*.log"))
+        )
+
+    def close(self) -> None:
+        import signal
+
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except Exception:  # noqa: BLE001 - last resort, our own child
+                proc.kill()
+                proc.wait(10)
+        self.pg.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def chain(
+    net: LocalNetwork, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Chain] | Any:
+    c = Chain(net, tmp_path_factory.mktemp("chain"))
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["poll", "sse"])
+def test_whole_chain_pds_ingester_postgres_api_subscription(
+    net: LocalNetwork, chain: Chain, stream: bool, tmp_path: Path
+) -> None:
+    """Writes on the local PDS, ingested into PostgreSQL by the real ingester,
+    read through the real API with a token scoped to the repository: the typed
+    subscription sees the schema created (validated by the generated model,
+    signature verified by the ingester), updated and deleted, and the account's
+    deletion, in order; a restart from the stored cursor asks for exactly what
+    comes after it."""
+    repo = new_repo(net)
+    token = chain.token(f"consumer-{next(_names)}", {"repos": [repo.did]})
+    store = FileCursorStore(tmp_path / "cursor")
+    service = IngestService(chain.url, token, stream=stream, poll_interval=0.1)
+    sub = Subscription(service, repos=[repo.did], cursor=store, save_interval=0)
+    order: list[Event] = []
+    typed: list[tuple[Create | Update, Schema]] = []
+
+    @sub.records(Schema)
+    def schema(event: Create | Update, record: Schema) -> None:
+        typed.append((event, record))
+
+    @sub.handler
+    def everything(event: Event) -> None:
+        order.append(event)
+        if isinstance(event, Account) and not event.active:
+            sub.stop()
+
+    first = _record("ImageSample")
+    second = {**first, "version": "2.0.0"}
+
+    async def writes() -> None:
+        await in_thread(repo.put, SCHEMA, "s1", first)
+        await in_thread(repo.put, OTHER, "x1", {"$type": OTHER})
+        await in_thread(repo.put, SCHEMA, "s1", second)
+        await in_thread(repo.delete, SCHEMA, "s1")
+        await seen(lambda: any(isinstance(e, Delete) for e in order))
+        await in_thread(repo.delete_account)
+
+    try:
+        asyncio.run(running(sub, writes))
+    except BaseException:
+        print(chain.tail())
+        raise
+    born = [
+        e
+        for e in order
+        if isinstance(e, Identity | Sync) or getattr(e, "active", False)
+    ]
+    assert order[: len(born)] == born
+    got = [
+        (type(e).__name__, getattr(e, "collection", None)) for e in order[len(born) :]
+    ]
+    assert got == [
+        ("Create", SCHEMA),
+        ("Create", OTHER),
+        ("Update", SCHEMA),
+        ("Delete", SCHEMA),
+        ("Account", None),
+    ]
+    account = order[-1]
+    assert isinstance(account, Account) and account.status == "deleted"
+    (c, created), (u, updated) = typed
+    assert created.name == "ImageSample" and updated.version == "2.0.0"
+    assert c.verified is True and u.verified is True  # by the ingester, PLC key
+    assert store.load() == account.seq
