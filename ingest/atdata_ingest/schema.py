@@ -86,7 +86,7 @@ CREATE TABLE IF NOT EXISTS ingest_events (
     event_type text NOT NULL,
     action text,
     repo text NOT NULL,
-    collection text,
+    collection text COLLATE "C",  -- NSIDs are ASCII: prefix globs use the index
     rkey text,
     cid text,
     prev_cid text,

@@ -43,6 +43,7 @@ __all__ = [
     "Info",
     "RecordEvent",
     "Sync",
+    "Update",
 ]
 
 _M = TypeVar("_M")
