@@ -106,6 +106,7 @@ class Stats:
     duplicates: int = 0
     gaps: int = 0
     unknown: int = 0
+    connects: int = 0
     reconnects: int = 0
     error_frames: int = 0
     verified: int = 0
@@ -345,6 +346,7 @@ class Ingester:
                     user_agent_header="atdata-ingest",
                 ) as ws:
                     log.info("connected to %s", url)
+                    self.stats.connects += 1
                     async for message in ws:
                         if not got:
                             got = True

@@ -1,0 +1,472 @@
+"""The ingester end to end: the replay relay (real PDS frames) or the real local PDS
+→ WebSocket → decode → buffer → COPY into a real PostgreSQL 15.
+
+Shown: every seq stored exactly once and resumed at cursor + 1 after a clean stop;
+SIGTERM flushes what was read (nothing lost); malformed frames land in the
+dead-letter table and the stream goes on; relay disconnects reconnect with no gap
+and no duplicate; a database that stops writing (table locked) makes the buffer
+overflow, the process exits 75 on purpose, and the next run resumes from the cursor
+with nothing lost; records published on the real PDS arrive as typed rows (create,
+update, delete, #identity, #account), dataset commits with verified signatures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from atdata_ingest import exits
+from atdata_ingest.config import Settings
+from atdata_ingest.ingester import Ingester
+from atdata_ingest.testing.relay import ReplayRelay, realistic_frames
+from atdata_runtime.firehose.frames import decode_frame
+
+from ..conftest import flat_schema_record
+
+REPO = Path(__file__).resolve().parents[2]
+HANG_GUARD = 180.0  # seconds: a hung test fails instead of blocking the run
+
+
+@pytest.fixture(scope="module")
+def templates(net: Any) -> list[bytes]:
+    """Real frames of the local PDS (accounts, commits, identity, sync)."""
+    return realistic_frames(net)
+
+
+def settings_for(dsn: str, url: str, **kw: Any) -> Settings:
+    values: dict[str, Any] = {
+        "verify": "none",
+        "log_interval_seconds": 1.0,
+        "reconnect_min_seconds": 0.05,
+        "reconnect_max_seconds": 0.5,
+        "db_retry_seconds": 30.0,
+    }
+    values.update(kw)
+    return Settings(database_url=dsn, relay_url=url, **values)
+
+
+async def ingest_until(
+    settings: Settings, done: Callable[[Ingester], bool]
+) -> tuple[int, Ingester]:
+    """Run an ingester until ``done(ingester)`` (then a clean stop) or until it
+    exits by itself; return its exit status."""
+    ingester = Ingester(settings)
+    task = asyncio.create_task(ingester.run())
+    deadline = time.monotonic() + HANG_GUARD
+    while not task.done() and not done(ingester):
+        if time.monotonic() > deadline:
+            ingester.stop()
+            await task
+            raise AssertionError(f"hang guard: {ingester.stats}")
+        await asyncio.sleep(0.02)
+    if not task.done():
+        ingester.stop()
+    return await task, ingester
+
+
+def committed(n: int) -> Callable[[Ingester], bool]:
+    return lambda ing: ing.stats.last_committed_seq >= n
+
+
+async def _fetch(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(await conn.fetch(query, *args))
+    finally:
+        await conn.close()
+
+
+def fetch(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    return asyncio.run(_fetch(dsn, query, *args))
+
+
+def cursor(dsn: str) -> asyncpg.Record:
+    return fetch(dsn, "SELECT * FROM ingest_cursor")[0]
+
+
+def rows_per_frame(relay: ReplayRelay, seq: int) -> int:
+    frame = decode_frame(relay.frame(seq))
+    if frame.kind == "commit":
+        return max(1, len(frame.ops))
+    return 1
+
+
+def assert_exactly_once(dsn: str, relay: ReplayRelay, seqs: set[int] | range) -> None:
+    """Each seq of ``seqs`` is stored with exactly the rows of its frame (no
+    duplicate ``(seq, idx)``), and no other seq is stored."""
+    keys = [
+        (r["seq"], r["idx"])
+        for r in fetch(dsn, "SELECT seq, idx FROM ingest_events WHERE idx >= 0")
+    ]
+    dupes = [k for k, n in Counter(keys).items() if n > 1]
+    assert not dupes, dupes[:10]
+    per_seq = Counter(seq for seq, _ in keys)
+    want = set(seqs)
+    assert set(per_seq) == want, (
+        sorted(want - set(per_seq))[:10],
+        sorted(set(per_seq) - want)[:10],
+    )
+    relay_n = {s: rows_per_frame(relay, s) for s in want}
+    wrong = {s: (per_seq[s], relay_n[s]) for s in want if per_seq[s] != relay_n[s]}
+    assert not wrong, list(wrong.items())[:10]
+
+
+# -- exactly once, resume ----------------------------------------------------------
+
+
+def test_every_seq_once_and_resume_after_a_clean_stop(
+    pg_dsn: str, templates: list[bytes]
+) -> None:
+    with ReplayRelay(templates, total=None, rate=3000) as relay:
+        s = settings_for(pg_dsn, relay.url)
+        rc, first = asyncio.run(ingest_until(s, committed(400)))
+        assert rc == exits.OK
+        stop_at = cursor(pg_dsn)["last_seq"]
+        assert stop_at >= 400
+        assert first.stats.dead_letters == first.stats.duplicates == 0
+        assert_exactly_once(pg_dsn, relay, range(1, stop_at + 1))
+
+        rc, second = asyncio.run(ingest_until(s, committed(stop_at + 400)))
+        assert rc == exits.OK
+        conns = relay.connections()
+        assert conns[-1].cursor == stop_at  # resumed at cursor + 1
+        assert conns[-1].seqs[0][0] == stop_at + 1
+        end = cursor(pg_dsn)["last_seq"]
+        assert_exactly_once(pg_dsn, relay, range(1, end + 1))
+        assert cursor(pg_dsn)["gaps"] == 0
+        assert second.stats.gaps == second.stats.duplicates == 0
+
+
+def test_sigterm_flushes_everything_read(pg_dsn: str, templates: list[bytes]) -> None:
+    """``atdata-ingest run`` with batches that would not flush for 10 s: at SIGTERM
+    nothing is committed yet; after it, everything read is, and the exit is 0."""
+    with ReplayRelay(templates, total=None, rate=2000) as relay:
+        env = {
+            **os.environ,
+            "ATDATA_INGEST_DATABASE_URL": pg_dsn,
+            "ATDATA_INGEST_RELAY_URL": relay.url,
+            "ATDATA_INGEST_VERIFY": "none",
+            "ATDATA_INGEST_FLUSH_MS": "10000",
+            "ATDATA_INGEST_BATCH_MAX": "10000",
+            "ATDATA_INGEST_BUFFER_MAX": "50000",
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "atdata_ingest", "run"],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            relay.wait_for(lambda: relay.frames_sent >= 1000, timeout=HANG_GUARD)
+            before = cursor(pg_dsn)["last_seq"]
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=HANG_GUARD)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == exits.OK, out
+        assert before == 0, "the first batch flushed before SIGTERM: test is moot"
+        after = cursor(pg_dsn)["last_seq"]
+        assert after > 0 and "stopped cleanly" in out, out
+        assert_exactly_once(pg_dsn, relay, range(1, after + 1))
+
+
+# -- malformed frames ----------------------------------------------------------------
+
+
+def test_malformed_frames_are_dead_lettered_and_the_stream_goes_on(
+    pg_dsn: str, templates: list[bytes]
+) -> None:
+    total = 240
+    with ReplayRelay(templates, total=total) as relay:
+        relay.inject("garbage", at_seq=50)
+        relay.inject("truncated", at_seq=60)
+        relay.inject("bad_cid", at_seq=70)
+        relay.inject("unknown_type", at_seq=80)
+        relay.inject("info", at_seq=90, message="replay window passed")
+        relay.inject("error_frame", at_seq=100, error="InjectedError")
+        s = settings_for(pg_dsn, relay.url)
+        rc, ing = asyncio.run(ingest_until(s, committed(total)))
+    assert rc == exits.OK
+    dead = fetch(
+        pg_dsn,
+        "SELECT seq, rule, reason, frame_size, length(frame) AS kept "
+        "FROM ingest_dead_letters ORDER BY id",
+    )
+    assert [(d["seq"], d["rule"]) for d in dead] == [
+        (None, "FRAME_CBOR"),  # garbage: no header decodes
+        (None, "FRAME_CBOR"),  # truncated: the body does not decode
+        (70, "BLOCK_CID_MISMATCH"),
+    ]
+    assert all(d["reason"] and d["kept"] == d["frame_size"] > 0 for d in dead)
+    row = cursor(pg_dsn)
+    assert row["dead_letters"] == 3 and row["last_seq"] == total
+    assert row["gaps"] == 2  # the two frames whose seq could not be read
+    assert ing.stats.unknown == 1 and ing.stats.error_frames == 1
+    assert ing.stats.reconnects >= 1  # the relay closes after its error frame
+    info = fetch(
+        pg_dsn, "SELECT seq, record FROM ingest_events WHERE event_type = 'info'"
+    )
+    assert [r["seq"] for r in info] == [89]
+    assert "replay window passed" in info[0]["record"]
+    assert_exactly_once(pg_dsn, relay, set(range(1, total + 1)) - {50, 60, 70, 80})
+
+
+# -- relay disconnects -----------------------------------------------------------------
+
+
+def test_relay_disconnects_reconnect_without_gap_or_duplicate(
+    pg_dsn: str, templates: list[bytes]
+) -> None:
+    with ReplayRelay(templates, total=None, rate=3000) as relay:
+        s = settings_for(pg_dsn, relay.url)
+        kicks: list[int] = []
+        marks = [0]
+
+        def done(ing: Ingester) -> bool:
+            # kick each connection once it has delivered 200 more committed seqs
+            seq = ing.stats.last_committed_seq
+            connected = ing.stats.connects == len(kicks) + 1
+            if len(kicks) < 3 and connected and seq >= marks[-1] + 200:
+                kicks.append(relay.disconnect_all())
+                marks.append(seq)
+            return (
+                len(kicks) == 3 and ing.stats.connects == 4 and seq >= marks[-1] + 200
+            )
+
+        rc, ing = asyncio.run(ingest_until(s, done))
+        assert rc == exits.OK
+        assert kicks == [1, 1, 1]
+        assert ing.stats.connects >= 4 and ing.stats.reconnects >= 3
+        assert ing.stats.gaps == ing.stats.duplicates == 0
+        conns = relay.connections()
+        # each connection resumes right after the last seq the ingester read
+        for prev, nxt in itertools.pairwise(conns):
+            assert nxt.cursor is not None and nxt.cursor <= (prev.last_seq or 0)
+            assert nxt.seqs[0][0] == nxt.cursor + 1
+        end = cursor(pg_dsn)["last_seq"]
+        assert_exactly_once(pg_dsn, relay, range(1, end + 1))
+        assert cursor(pg_dsn)["gaps"] == 0
+
+
+# -- overflow ----------------------------------------------------------------------------
+
+
+def test_overflow_exits_75_and_the_restart_resumes_from_the_cursor(
+    pg_dsn: str, templates: list[bytes]
+) -> None:
+    """The events table is locked by another session, so COPY waits: the buffer
+    fills, the reader pauses above the high watermark, then reads on, and the
+    process exits 75 (by design). Nothing committed is lost, and the next run
+    continues from the cursor."""
+    with ReplayRelay(templates, total=None, rate=4000) as relay:
+        small = settings_for(
+            pg_dsn, relay.url, buffer_max=2000, batch_max=200, pause_ms=100
+        )
+
+        async def overflow() -> tuple[int, Ingester, int]:
+            locker = await asyncpg.connect(pg_dsn)
+            try:
+                locked = False
+
+                async def lock_when_started(ing: Ingester) -> None:
+                    nonlocal locked
+                    while ing.stats.last_committed_seq < 300:
+                        await asyncio.sleep(0.01)
+                    tx = locker.transaction()
+                    await tx.start()
+                    await locker.execute(
+                        "LOCK TABLE ingest_events IN ACCESS EXCLUSIVE MODE"
+                    )
+                    locked = True
+
+                ingester = Ingester(small)
+                task = asyncio.create_task(ingester.run())
+                await asyncio.wait_for(lock_when_started(ingester), HANG_GUARD)
+                rc = await asyncio.wait_for(task, HANG_GUARD)
+                assert locked
+                stored = ingester.stats.last_committed_seq
+            finally:
+                await locker.close()  # releases the lock
+            return rc, ingester, stored
+
+        rc, ing, stored = asyncio.run(overflow())
+        assert rc == exits.TEMPFAIL
+        assert ing.stats.events_read > 2000 > ing.stats.events_stored
+        at_exit = cursor(pg_dsn)["last_seq"]
+        assert at_exit == stored >= 300
+        assert_exactly_once(pg_dsn, relay, range(1, at_exit + 1))
+
+        rc, again = asyncio.run(
+            ingest_until(settings_for(pg_dsn, relay.url), committed(at_exit + 600))
+        )
+        assert rc == exits.OK
+        assert relay.connections()[-1].cursor == at_exit
+        end = cursor(pg_dsn)["last_seq"]
+        assert_exactly_once(pg_dsn, relay, range(1, end + 1))
+        assert again.stats.gaps == 0
+
+
+# -- the real local PDS ----------------------------------------------------------------
+
+
+class _Pds:
+    """XRPC writes to the local PDS as one account."""
+
+    def __init__(self, url: str, handle: str, password: str) -> None:
+        self.url = url
+        self.http = httpx.Client(base_url=url, timeout=30)
+        session = self._call(
+            "com.atproto.server.createSession",
+            {"identifier": handle, "password": password},
+        )
+        self.did = session["did"]
+        self.http.headers["Authorization"] = f"Bearer {session['accessJwt']}"
+
+    def _call(self, nsid: str, body: dict[str, Any]) -> dict[str, Any]:
+        resp = self.http.post(f"/xrpc/{nsid}", json=body)
+        assert resp.status_code == 200, resp.text
+        return resp.json()  # type: ignore[no-any-return]
+
+    def put(self, collection: str, rkey: str, record: dict[str, Any]) -> str:
+        out = self._call(
+            "com.atproto.repo.putRecord",
+            {
+                "repo": self.did,
+                "collection": collection,
+                "rkey": rkey,
+                "record": record,
+            },
+        )
+        return str(out["cid"])
+
+    def create(self, collection: str, record: dict[str, Any]) -> tuple[str, str]:
+        out = self._call(
+            "com.atproto.repo.createRecord",
+            {"repo": self.did, "collection": collection, "record": record},
+        )
+        return str(out["uri"]).rsplit("/", 1)[1], str(out["cid"])
+
+    def delete(self, collection: str, rkey: str) -> None:
+        self._call(
+            "com.atproto.repo.deleteRecord",
+            {"repo": self.did, "collection": collection, "rkey": rkey},
+        )
+
+
+def test_records_published_on_the_local_pds_arrive_typed(pg_dsn: str, net: Any) -> None:
+    s = settings_for(pg_dsn, net.pds_url, verify="dataset", plc_url=net.plc_url)
+    published: dict[str, Any] = {}
+
+    async def go() -> tuple[int, Ingester]:
+        ingester = Ingester(s)
+        task = asyncio.create_task(ingester.run())
+        deadline = time.monotonic() + HANG_GUARD
+        while ingester.stats.connects == 0:
+            assert not task.done() and time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+
+        def publish() -> None:
+            account = net.create_account(
+                f"ing{os.getpid() % 10000}x{time.time_ns() % 10**6}"
+            )
+            pds = _Pds(net.pds_url, account.handle, account.password)
+            published["did"] = pds.did
+            post = {
+                "$type": "app.bsky.feed.post",
+                "text": "ingested",
+                "createdAt": "2026-01-01T00:00:00.000Z",
+            }
+            rkey, cid = pds.create("app.bsky.feed.post", post)
+            published["post"] = (rkey, cid)
+            profile = {"$type": "app.bsky.actor.profile", "displayName": "one"}
+            pds.put("app.bsky.actor.profile", "self", profile)
+            profile["displayName"] = "two"
+            published["profile_cid"] = pds.put(
+                "app.bsky.actor.profile", "self", profile
+            )
+            schema = flat_schema_record(
+                "IngestedSample", "1.0.0", {"x": {"type": "integer"}}
+            )
+            published["schema_cid"] = pds.put(
+                "science.alt.dataset.schema", "IngestedSample:1.0.0", schema
+            )
+            pds.delete("app.bsky.feed.post", rkey)
+
+        await asyncio.to_thread(publish)
+        did = published["did"]
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            while True:
+                n = await conn.fetchval(
+                    "SELECT count(*) FROM ingest_events WHERE repo = $1 "
+                    "AND action = 'delete'",
+                    did,
+                )
+                if n or task.done() or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await conn.close()
+        ingester.stop()
+        return await task, ingester
+
+    rc, ing = asyncio.run(go())
+    assert rc == exits.OK
+    did = published["did"]
+    rows = fetch(
+        pg_dsn,
+        "SELECT seq, idx, event_type, action, collection, rkey, cid, prev_cid, "
+        "record, valid, verified FROM ingest_events WHERE repo = $1 "
+        "ORDER BY seq, idx",
+        did,
+    )
+    kinds = [(r["event_type"], r["action"], r["collection"]) for r in rows]
+    post_rkey, post_cid = published["post"]
+    assert ("identity", None, None) in kinds and ("account", None, None) in kinds
+    assert ("commit", None, None) in kinds  # the repository's first, empty commit
+    ops = [k for k in kinds if k[0] == "commit" and k[1] is not None]
+    assert ops == [
+        ("commit", "create", "app.bsky.feed.post"),
+        ("commit", "create", "app.bsky.actor.profile"),
+        ("commit", "update", "app.bsky.actor.profile"),
+        ("commit", "create", "science.alt.dataset.schema"),
+        ("commit", "delete", "app.bsky.feed.post"),
+    ]
+    by_op = {(r["action"], r["collection"]): r for r in rows if r["action"]}
+    post = by_op[("create", "app.bsky.feed.post")]
+    assert (post["rkey"], post["cid"]) == (post_rkey, post_cid)
+    assert '"text": "ingested"' in post["record"]
+    assert post["valid"] == "ok"  # the generated app.bsky.feed.post model
+    assert post["verified"] is None  # policy dataset: not a dataset commit
+    update = by_op[("update", "app.bsky.actor.profile")]
+    assert update["cid"] == published["profile_cid"]
+    assert '"displayName": "two"' in update["record"]
+    schema = by_op[("create", "science.alt.dataset.schema")]
+    assert schema["cid"] == published["schema_cid"]
+    assert schema["verified"] is True  # signature checked against the PLC key
+    assert schema["valid"] == "ok"
+    deleted = by_op[("delete", "app.bsky.feed.post")]
+    assert deleted["record"] is None and deleted["rkey"] == post_rkey
+    keys = [
+        (r["seq"], r["idx"])
+        for r in fetch(pg_dsn, "SELECT seq, idx FROM ingest_events")
+    ]
+    assert len(keys) == len(set(keys))
+    assert ing.stats.dead_letters == 0
+    assert cursor(pg_dsn)["source"] == net.pds_url.replace("http://", "ws://")
