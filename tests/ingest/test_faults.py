@@ -314,7 +314,9 @@ def test_sigkill_mid_batch_by_the_kill_hook(
     kills = log.count("killed by SIGKILL")
     assert kills >= 3, log
     assert log.count(f"ATDATA_INGEST_TEST_KILL_AT={point}: SIGKILL now") == kills
-    assert len(ing.children()) == kills + 1
+    # the last kill may come after the last commit: then the stop can meet the
+    # supervisor in its backoff, before a new child
+    assert kills <= len(ing.children()) <= kills + 1
 
 
 @pytest.mark.slow
@@ -498,10 +500,9 @@ def test_deployment_sigterm_then_a_new_supervisor(
         with ingesting(
             tmp_path, relay.url, dsn, "--batch-max", "200", name="new"
         ) as new:
-            first = len(relay.connections())
             finish(new, dsn, templates, n)
-            resumed = relay.connections()[first]
-    assert resumed.cursor == stopped_at
+        conns = relay.connections()
+    assert [c.cursor for c in conns] == [None, stopped_at], conns
 
 
 @pytest.mark.slow
@@ -527,12 +528,13 @@ def test_deployment_overlap_waits_for_the_lock(
             assert old.stop() == 0, old.log()
             handed_over = cursor(dsn)
             assert handed_over < n, "the stream ended before the hand-over"
-            first = len(relay.connections())
             log = finish(new, dsn, templates, n)
-            taken_over = relay.connections()[first]
+            conns = relay.connections()
     assert "another ingester holds the lock" in log
     assert len(new.children()) >= 2
-    assert taken_over.cursor == handed_over
+    # the refused children never connected; the one that took over asked for
+    # exactly the old one's last cursor
+    assert [c.cursor for c in conns] == [None, handed_over], conns
 
 
 # -- 6. the supervisor with the real ingester ---------------------------------------------
