@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,8 +24,17 @@ import pytest
 from atdata_gen.testing.localnet import Account as PdsAccount
 from atdata_gen.testing.localnet import LocalNetwork, free_port
 from atdata_runtime.atmosphere import IdentityResolver
-from atdata_runtime.firehose import Account, Create, Delete, Event, Identity, Sync
+from atdata_runtime.firehose import (
+    Account,
+    Create,
+    Delete,
+    Event,
+    Identity,
+    Info,
+    Sync,
+)
 from atdata_runtime.firehose.events import Update
+from atdata_runtime.firehose.frames import decode_frame
 from atdata_runtime.firehose.subscribe import (
     FileCursorStore,
     IngestService,
@@ -1205,3 +1215,85 @@ def test_whole_chain_pds_ingester_postgres_api_subscription(
     assert created.name == "ImageSample" and updated.version == "2.0.0"
     assert c.verified is True and u.verified is True  # by the ingester, PLC key
     assert store.load() == account.seq
+
+
+# ------------------------------------------- the replay relay: faults at scale
+
+
+def test_replay_relay_faults_lose_nothing_and_duplicate_nothing(
+    net: LocalNetwork,
+) -> None:
+    """Real frames of the local PDS replayed by the replay relay, with three
+    malformed frames (garbage, truncated, a record block that does not match its
+    CID), an ``#info`` frame, frames over ``max_frame_bytes`` (each closes the
+    connection with 1009: skipped, not retried forever) and a relay crash
+    (every TCP connection aborted, then more frames): every other frame's events
+    arrive exactly once, in order, and the cursor reaches the last seq."""
+    from atdata_ingest.testing.relay import ReplayRelay, realistic_frames
+
+    templates = realistic_frames(net, n_accounts=2, records_per_account=15)
+    n = len(templates)
+    total = 2 * n + 3
+    sizes = sorted({len(t) for t in templates})
+    # a cap in a gap of the sizes (seq rewriting changes a size by <= 4 bytes)
+    gaps = [(b - a, a) for a, b in itertools.pairwise(sizes) if a >= 1100]
+    _, below = max(g for g in gaps if g[0] > 8)
+    cap = below + 4
+    big = {k for k in range(1, total + 1) if len(templates[(k - 1) % n]) > cap}
+    assert big and len(big) < total // 4
+    injected = {7: "garbage", 13: "truncated", 21: "bad_cid"}
+    half = total // 2
+    assert half not in injected
+    with ReplayRelay(templates, total=half) as relay:  # the rest after the crash
+        for seq, kind in injected.items():
+            relay.inject(kind, at_seq=seq)  # type: ignore[arg-type]
+        # sent once, before frame 2 (frames 1-2: the first account's #identity,
+        # #account: small), so no oversized frame closes the connection first
+        assert not {1, 2} & big
+        relay.inject("info", at_seq=2)
+        expected: list[tuple[int, int]] = []
+        for k in range(1, total + 1):
+            if k in injected or k in big:
+                continue
+            for ev in decode_frame(relay.frame(k)).events():
+                expected.append((k, getattr(ev, "idx", 0)))
+        malformed: list[Exception] = []
+        got: list[tuple[int, int]] = []
+        infos: list[Info] = []
+        crashed: list[int] = []
+        sub = Subscription(
+            Relay(relay.url, max_frame_bytes=cap),
+            cursor=0,
+            verify="none",
+            backoff=(0.01, 0.05),
+            on_malformed=malformed.append,
+        )
+
+        @sub.handler
+        def handler(event: Event) -> None:
+            if isinstance(event, Info):
+                infos.append(event)
+                return
+            got.append((event.seq, getattr(event, "idx", 0)))
+
+        async def main() -> None:
+            task = asyncio.create_task(sub.run())
+            await seen(lambda: sub.cursor == half or task.done())
+            # the relay crashes while the connection is idle, then has more frames:
+            # only a new connection can get them
+            crashed.append(await in_thread(relay.disconnect_all))
+            await in_thread(relay.set_total, total)
+            await seen(lambda: sub.cursor == total or task.done())
+            sub.stop()
+            await task
+
+        asyncio.run(asyncio.wait_for(main(), GUARD))
+    assert got == expected
+    assert [i.name for i in infos] == ["OutdatedCursor"]
+    rules = sorted(getattr(e, "rule", "") for e in malformed)
+    assert rules.count("FRAME_TOO_BIG") == len(big)
+    too_big = {getattr(e, "seq", 0) for e in malformed if "FRAME_TOO_BIG" in str(e)}
+    assert too_big == big
+    assert "BLOCK_CID_MISMATCH" in rules and len(malformed) == len(big) + 3
+    assert crashed[0] >= 1 and sub.stats.reconnects == len(big) + 1
+    assert sub.cursor == total

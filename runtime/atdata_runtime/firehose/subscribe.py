@@ -48,7 +48,8 @@ Delivery rules:
   ``#identity``/``#account``/``#sync`` by ``did``) are handled one at a time in
   stream order; different repositories run in parallel, up to ``concurrency``
   handlers at once (coroutines as tasks, plain functions in a thread pool of
-  that size).
+  that size). With ``concurrency=1`` (the default) every event is handled in
+  stream order.
 * **Backpressure.** At most ``max_pending`` events are handed out and not
   finished; when that many are, the source is not read (the WebSocket's TCP
   window closes; the next page is not fetched).
@@ -59,7 +60,15 @@ Delivery rules:
   goes to ``on_invalid``; nothing from the network crashes the loop.
 * **Reconnects.** Connection failures, 5xx, 429 and relay errors other than
   ``FutureCursor`` reconnect after exponential backoff with full jitter
-  (``backoff`` base and cap in seconds), resuming after the last ``seq`` read.
+  (``backoff`` base and cap in seconds), resuming after the last ``seq`` read
+  whole (events of it already handed out are dropped as duplicates).
+* **Signatures.** From a relay, commits are checked against the repository's
+  DID-document key by :class:`~.verify.CommitVerifier` (``verify``: policy
+  ``dataset`` by default, i.e. commits touching ``science.alt.dataset.*``;
+  ``all``; ``none``; or a verifier of your own); a bad signature makes the frame
+  malformed (``SIG_INVALID`` to ``on_malformed``), a key that cannot be
+  resolved leaves ``verified`` ``None``. The ingestion service verifies on its
+  side; its events carry its ``verified``.
 
 Errors are :class:`SubscriptionError` with a rule ID (``SUB_*``, ``CURSOR_*``).
 """
@@ -142,6 +151,10 @@ MAX_PENDING: Final = 1024
 
 _MAX_CURSOR_FILE = 64
 _PAGE_LIMIT_MAX = 1000
+_MESSAGE_TOO_BIG = 1009  # WebSocket close code (RFC 6455 § 7.4.1)
+_MAX_SEQ_JUMP = 1 << 40
+"""A malformed frame's seq (from an unvalidated body) moves the cursor only when
+it is above the last seq read and at most this far above it."""
 _DID_MAX = 2048
 
 E = TypeVar("E")
@@ -435,7 +448,7 @@ class Relay:
         verifier: CommitVerifier | None,
     ) -> AsyncIterator[_Item]:
         from websockets.asyncio.client import connect
-        from websockets.exceptions import InvalidStatus
+        from websockets.exceptions import ConnectionClosed, InvalidStatus
 
         url = self.endpoint(cursor)
         try:
@@ -458,30 +471,60 @@ class Relay:
                     location=redact_url(url),
                 ) from None
             raise _Retryable(f"HTTP {status} at the handshake") from None
+        last = cursor  # the seq of the last frame read
         async with ws:
             stats.connects += 1
-            async for message in ws:
-                if isinstance(message, str):
-                    err = FrameError("FRAME_CBOR", "a text message (frames are binary)")
-                    yield _Item(None, error=err)
-                    continue
-                try:
-                    frame = decode_frame(message, max_bytes=self.max_frame_bytes)
-                    if frame.kind == "error":
-                        _relay_error(frame, url)
-                    verified = None
-                    if verifier is not None and frame.kind in ("commit", "sync"):
-                        verified = (await verifier.acheck(frame)).verified
-                    elif verifier is not None and frame.kind == "identity":
-                        verifier.forget(frame.did or "")
-                except FrameError as exc:
-                    yield _Item(exc.seq, error=exc)  # the whole frame is skipped
-                    continue
-                event = frame.event(verified=verified)
-                if event is None:  # an unknown t: clients ignore it (Event Stream)
-                    continue
-                for item in _flatten(event):
-                    yield item
+            try:
+                async for message in ws:
+                    if isinstance(message, str):
+                        err = FrameError(
+                            "FRAME_CBOR", "a text message (frames are binary)"
+                        )
+                        yield _Item(None, error=err)
+                        continue
+                    try:
+                        frame = decode_frame(message, max_bytes=self.max_frame_bytes)
+                        if frame.kind == "error":
+                            _relay_error(frame, url)
+                        verified = None
+                        if verifier is not None and frame.kind in ("commit", "sync"):
+                            verified = (await verifier.acheck(frame)).verified
+                        elif verifier is not None and frame.kind == "identity":
+                            verifier.forget(frame.did or "")
+                    except FrameError as exc:
+                        seq = exc.seq
+                        if (
+                            seq is not None
+                            and last is not None
+                            and not last < seq <= last + _MAX_SEQ_JUMP
+                        ):
+                            seq = None  # an unvalidated seq moves nothing
+                        if seq is not None:
+                            last = seq
+                        yield _Item(seq, error=exc)  # the whole frame is skipped
+                        continue
+                    if frame.seq is not None:
+                        last = frame.seq
+                    event = frame.event(verified=verified)
+                    if event is None:  # an unknown t: ignored (Event Stream spec)
+                        continue
+                    for item in _flatten(event):
+                        yield item
+            except ConnectionClosed as exc:
+                if exc.sent is None or exc.sent.code != _MESSAGE_TOO_BIG:
+                    raise
+                # The frame after `last` is over max_frame_bytes: reading it again
+                # would loop forever. Skip its seq (seqs are usually contiguous;
+                # a gap costs another round), as a malformed frame.
+                skipped = None if last is None else last + 1
+                err = FrameError(
+                    "FRAME_TOO_BIG",
+                    f"a frame after seq {last} is over {self.max_frame_bytes} bytes "
+                    f"(WebSocket close 1009); skipping seq {skipped}",
+                    seq=skipped,
+                )
+                yield _Item(skipped, error=err)
+                raise _Retryable("a frame over max_frame_bytes") from None
 
 
 def _relay_error(frame: Frame, url: str) -> None:
@@ -1063,6 +1106,10 @@ class Subscription:
     seconds between cursor saves (0: on every advance). ``backoff``: base and cap
     of the reconnect delay (seconds); ``max_reconnects``: consecutive failures
     before :class:`SubscriptionError` (``SUB_RECONNECTS``; ``None``: forever).
+    ``verify``: the commit signature policy of a :class:`Relay` source
+    (``dataset``, ``all``, ``none``) or a configured
+    :class:`~.verify.CommitVerifier` (its resolver, e.g. a private PLC
+    directory); ignored for the ingestion service, which verifies itself.
 
     Callbacks (plain functions or coroutines; if one raises, the subscription
     stops with :class:`SubscriptionError` ``SUB_HANDLER`` and the event is not
@@ -1111,6 +1158,10 @@ class Subscription:
             )
         if not save_interval >= 0 or not 0 < backoff[0] <= backoff[1]:
             raise SubscriptionError("SUB_CONFIG", "save_interval/backoff out of range")
+        if max_reconnects is not None and (
+            not isinstance(max_reconnects, int) or max_reconnects < 0
+        ):
+            raise SubscriptionError("SUB_CONFIG", "max_reconnects must be >= 0 or None")
         if isinstance(cursor, bool) or not (
             cursor is None
             or (isinstance(cursor, int) and cursor >= 0)
@@ -1231,7 +1282,8 @@ class Subscription:
         """Stop: the source is no longer read, handlers already running finish,
         events not started are left unacknowledged (they come again next time),
         the cursor is saved, and :meth:`run` returns. Safe from any thread,
-        handler or signal handler; idempotent."""
+        handler or signal handler; idempotent. Called before :meth:`run`, it
+        makes that run return at once."""
         self._stop_requested = True
         loop, event = self._loop, self._stop_event
         if loop is None or event is None or loop.is_closed():
@@ -1500,7 +1552,7 @@ class _Session:
                 "subscription: %s; reconnecting in %.2fs (after seq %s)",
                 reason[:300],
                 delay,
-                self.tracker.last_seq,
+                self.tracker.closed_seq,
             )
             await asyncio.sleep(delay)
 
