@@ -30,8 +30,8 @@ one before it until the cap). A child that stayed up ``reset_after`` seconds
 and the delay chosen (``restart_in=…s``).
 
 **Stopping.** SIGTERM, SIGINT or SIGHUP to the supervisor is forwarded to the
-child (each signal received is forwarded once: a second Ctrl-C reaches the child
-too); the supervisor waits up to ``stop_timeout`` seconds (default 25 s, below
+child (SIGHUP as SIGTERM, which the ingester handles; each signal received is
+forwarded once: a second Ctrl-C reaches the child too); the supervisor waits up to ``stop_timeout`` seconds (default 25 s, below
 systemd's default ``TimeoutStopSec``) for the child's clean stop (stop reading,
 flush, commit, exit 0), SIGKILLs it after that, and exits 0. A signal during a
 backoff wait ends the wait at once.
@@ -321,7 +321,7 @@ def _wait(
                 "supervise: received %s, forwarding to child pid=%d",
                 signal.Signals(sig).name, child.pid,
             )  # fmt: skip
-            _send(child, sig)
+            _send(child, signal.SIGTERM if sig == signal.SIGHUP else sig)
             if deadline is None:
                 deadline = time.monotonic() + stop_timeout
         try:
