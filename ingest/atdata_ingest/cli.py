@@ -20,11 +20,12 @@ variables** (the child is ``python -m atdata_ingest run`` without options), so a
 DSN's password never appears in a process listing; prefer the variable (or an
 ``EnvironmentFile=``) for the DSN anyway.
 
-Exit statuses (:mod:`atdata_ingest.exits`): 0 done or clean stop; 78 bad settings
-(the message names the variable); 74 the database is unavailable; 75 buffer
-overflow, 73 another ingester holds the lock (``run``); 70 a bug; 2 bad usage
-(argparse's, and a token name or scope refused). No traceback is shown for any of these but 70; every message has its
-DSN passwords redacted.
+Exit statuses (:mod:`atdata_ingest.exits`): 0 done or clean stop (SIGTERM and
+SIGINT included, for ``serve`` too); 78 bad settings (the message names the
+variable); 74 the database is unavailable; 75 buffer overflow and 73 another
+ingester holds the lock (``run``); 70 a bug (with its traceback); 2 bad usage
+(argparse's, and a token name or scope refused); 1 ``token revoke`` of no live
+token. Every message and log line has its DSN passwords redacted.
 """
 
 from __future__ import annotations
