@@ -39,7 +39,10 @@ variable                           default             meaning
 ``ATDATA_INGEST_RECONNECT_MIN_SECONDS`` 0.5            first relay reconnect delay
 ``ATDATA_INGEST_RECONNECT_MAX_SECONDS`` 30             reconnect delay cap (exponential,
                                                        full jitter)
-``ATDATA_INGEST_MAX_FRAME_BYTES``  5242880             largest WebSocket message accepted
+``ATDATA_INGEST_MAX_FRAME_BYTES``  3145728             largest WebSocket message accepted
+                                                       (the frame decoder's default: a
+                                                       commit's CAR is at most 2,000,000
+                                                       bytes by its Lexicon)
 ``ATDATA_INGEST_LOG_INTERVAL_SECONDS`` 10              period of the INFO summary line
 ``ATDATA_INGEST_RETENTION_DAYS``   7                   days of events kept (``trim``)
 ``ATDATA_INGEST_API_HOST``         ``127.0.0.1``       consumer API address (``serve``)
@@ -170,7 +173,7 @@ class Settings:
     db_retry_seconds: float = 60.0
     reconnect_min_seconds: float = 0.5
     reconnect_max_seconds: float = 30.0
-    max_frame_bytes: int = 5 << 20
+    max_frame_bytes: int = 3 << 20  # atdata_runtime.firehose.frames.MAX_FRAME_BYTES
     log_interval_seconds: float = 10.0
     retention_days: int = 7
     api_host: str = "127.0.0.1"

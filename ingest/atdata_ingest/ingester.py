@@ -315,6 +315,7 @@ class Ingester:
             exc = writer.exception()
             if exc is not None:
                 raise exc
+            await self.writer.mark_stopped()
             log.info(
                 "stopped cleanly: cursor %d, %d events stored by this run",
                 self.writer.last_seq,

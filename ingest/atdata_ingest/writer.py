@@ -551,6 +551,23 @@ class BatchWriter:
             log.warning("heartbeat: %s: %s", type(exc).__name__, exc)
             await self._drop_connection()
 
+    async def mark_stopped(self) -> None:
+        """After a clean stop: ``buffer_fill`` 0 and ``ingester_pid`` NULL (nobody
+        is ingesting). Best effort: errors are logged."""
+        conn = self.conn
+        if conn is None or conn.is_closed():
+            return
+        try:
+            await conn.execute(
+                "UPDATE ingest_cursor SET updated_at = now(), buffer_fill = 0, "
+                "ingester_pid = NULL WHERE id AND ingester_pid = $1",
+                self.pid,
+            )
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            log.warning("final status: %s: %s", type(exc).__name__, exc)
+
     async def _maybe_partitions(self) -> None:
         now = time.monotonic()
         if now - self._partitions_at < _PARTITION_EVERY:

@@ -16,6 +16,7 @@ import asyncio
 import itertools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ import httpx
 import pytest
 from atdata_ingest import exits
 from atdata_ingest.config import Settings
-from atdata_ingest.ingester import Ingester
+from atdata_ingest.ingester import Ingester, run
 from atdata_ingest.testing.relay import ReplayRelay, realistic_frames
 from atdata_runtime.firehose.frames import decode_frame
 
@@ -133,8 +134,11 @@ def test_every_seq_once_and_resume_after_a_clean_stop(
         s = settings_for(pg_dsn, relay.url)
         rc, first = asyncio.run(ingest_until(s, committed(400)))
         assert rc == exits.OK
-        stop_at = cursor(pg_dsn)["last_seq"]
+        row = cursor(pg_dsn)
+        stop_at = row["last_seq"]
         assert stop_at >= 400
+        assert row["ingester_pid"] is None and row["buffer_fill"] == 0  # stopped
+        assert row["buffer_max"] == s.buffer_max and row["ingester_started_at"]
         assert first.stats.dead_letters == first.stats.duplicates == 0
         assert_exactly_once(pg_dsn, relay, range(1, stop_at + 1))
 
@@ -470,3 +474,68 @@ def test_records_published_on_the_local_pds_arrive_typed(pg_dsn: str, net: Any) 
     assert len(keys) == len(set(keys))
     assert ing.stats.dead_letters == 0
     assert cursor(pg_dsn)["source"] == net.pds_url.replace("http://", "ws://")
+
+
+# -- exit statuses ------------------------------------------------------------------------
+
+
+def test_unreachable_database_exits_74_after_the_retry_window() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    settings = settings_for(
+        f"postgresql://postgres:secret-pw@127.0.0.1:{port}/nowhere",
+        "ws://127.0.0.1:1",
+        db_retry_seconds=0.5,
+    )
+    assert asyncio.run(run(settings)) == exits.IOERR
+
+
+def test_unreachable_database_message_has_no_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = settings_for(
+        f"postgresql://postgres:secret-pw@127.0.0.1:{port}/nowhere",
+        "ws://127.0.0.1:1",
+        db_retry_seconds=0.2,
+    )
+    assert asyncio.run(run(settings)) == exits.IOERR
+    assert "unavailable" in caplog.text
+    assert "secret-pw" not in caplog.text and "secret-pw" not in repr(settings)
+
+
+def test_another_ingester_holding_the_lock_exits_73(
+    pg_dsn: str, templates: list[bytes]
+) -> None:
+    with ReplayRelay(templates, total=None, rate=500) as relay:
+        s = settings_for(pg_dsn, relay.url, db_retry_seconds=0.5)
+
+        async def go() -> int:
+            first = Ingester(s)
+            task = asyncio.create_task(first.run())
+            while first.stats.connects == 0:
+                assert not task.done()
+                await asyncio.sleep(0.02)
+            try:
+                return await run(s)
+            finally:
+                first.stop()
+                assert await task == exits.OK
+
+        assert asyncio.run(go()) == exits.CANTCREAT
+
+
+def test_a_cursor_of_another_relay_exits_78(
+    pg_dsn: str, templates: list[bytes]
+) -> None:
+    with ReplayRelay(templates, total=50) as relay:
+        rc, _ = asyncio.run(
+            ingest_until(settings_for(pg_dsn, relay.url), committed(50))
+        )
+        assert rc == exits.OK
+    other = settings_for(pg_dsn, "wss://relay.example.com")
+    assert asyncio.run(run(other)) == exits.CONFIG
+    assert cursor(pg_dsn)["last_seq"] == 50
