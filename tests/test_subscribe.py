@@ -948,6 +948,48 @@ def test_service_stream_cut_inside_a_commit_loses_nothing() -> None:
     assert service.requests[2]["since"] == "12"  # the second cut: after seq 12
 
 
+def test_failing_handlers_and_invalid_records_never_stop_the_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With the default callbacks, a handler that raises is logged and its event
+    acknowledged; a record that fails its model is logged and skipped by the
+    typed handler (the plain handler still sees the event); the run goes on to
+    the last seq."""
+    rows = _commit_rows()
+    rows[1]["record"] = {k: v for k, v in _record().items() if k != "name"}
+    service = Service(rows)
+    typed: list[str] = []
+    plain: list[str] = []
+    sub = Subscription(
+        IngestService(service.url, "atdi_test", poll_interval=0.05),
+        cursor=0,
+        concurrency=3,
+    )
+
+    @sub.records(Schema)
+    async def typed_handler(event: Create | Update, record: Schema) -> None:
+        typed.append(event.rkey)
+
+    @sub.on(Create, Update)
+    def plain_handler(event: Create | Update) -> None:
+        plain.append(event.rkey)
+        if event.rkey == "s3":
+            raise RuntimeError("handler bug")
+
+    async def main() -> None:
+        async with service.serving():
+            task = asyncio.create_task(sub.run())
+            await seen(lambda: sub.cursor == 15 or task.done())
+            sub.stop()
+            await task
+
+    asyncio.run(asyncio.wait_for(main(), GUARD))
+    assert typed == ["s1", "s3"] and plain == ["s1", "s2", "s3"]
+    assert (sub.stats.invalid, sub.stats.handler_errors) == (1, 1)
+    assert sub.cursor == 15
+    assert "handler bug" in caplog.text and "invalid record" in caplog.text
+
+
 def test_service_filters_go_to_the_server_and_are_checked_again() -> None:
     """One repo filter is sent as repo=; a server that ignores it still cannot
     deliver another repo's events; a refused token is final (SUB_AUTH)."""

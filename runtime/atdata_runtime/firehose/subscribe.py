@@ -1637,6 +1637,8 @@ class _Session:
                         break
                     if done:
                         self.sub.stop()
+        except Exception as exc:  # noqa: BLE001 - a bug here must stop the run loudly
+            self.fail(exc)
         finally:
             if self.lanes.get(key) is lane:
                 del self.lanes[key]
@@ -1692,7 +1694,12 @@ class _Session:
 
     @staticmethod
     def _log_error(event: Event, exc: Exception) -> None:
-        log.error("subscription: handler failed on %s: %r", _describe(event), exc)
+        log.error(
+            "subscription: handler failed on %s: %r",
+            _describe(event),
+            exc,
+            exc_info=exc,
+        )
 
     @staticmethod
     def _log_invalid(event: Event, exc: Exception) -> None:
