@@ -59,6 +59,7 @@ too; a proof is a few KiB), the number of blocks by ``max_blocks`` (default
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,8 +82,11 @@ __all__ = [
     "MAX_CAR_BYTES",
     "MAX_MST_DEPTH",
     "Car",
+    "MstEntries",
     "VerifiedRecord",
+    "mst_find",
     "mst_layer",
+    "mst_node",
     "parse_car",
     "signing_key",
     "verify_commit",
@@ -317,20 +321,29 @@ def mst_layer(key: bytes) -> int:
     return zeros
 
 
-def _node(
-    car: Car, cid: bytes, uri: str
-) -> tuple[list[tuple[bytes, Link, Link | None]], Link | None]:
-    """(entries as (full key, value link, subtree link or None), left link or None)."""
-    node = _block(car, cid, uri, "REPO_MST_PROOF", "MST node")
-    bad = _fail(uri, "REPO_MST_PROOF", f"MST node {cid_to_str(cid)} is malformed")
+MstEntries = list[tuple[bytes, Link, Link | None]]
+"""An MST node's entries: ``(full key, value link, right subtree link or None)``."""
+
+
+def mst_node(node: Any, cid: bytes, *, uri: str = "") -> tuple[MstEntries, Link | None]:
+    """Check one decoded MST node (links as :class:`~.cid.Link`, keys as
+    ``bytes``): ``{"l": link | None, "e": [{"p": int, "k": bytes, "v": link,
+    "t": link | None}, …]}`` with keys rebuilt from their prefixes in strictly
+    increasing order ("Repository" spec § MST Structure). Returns ``(entries,
+    left subtree link or None)``. Raises :class:`RecordVerificationError`
+    (``REPO_MST_PROOF``) naming ``cid``."""
+
+    def bad() -> RecordVerificationError:
+        return _fail(uri, "REPO_MST_PROOF", f"MST node {cid_to_str(cid)} is malformed")
+
     if (
         not isinstance(node, dict)
         or set(node) != {"l", "e"}
         or not isinstance(node["e"], list)
         or not (node["l"] is None or isinstance(node["l"], Link))
     ):
-        raise bad
-    entries: list[tuple[bytes, Link, Link | None]] = []
+        raise bad()
+    entries: MstEntries = []
     prev = b""
     for entry in node["e"]:
         if (
@@ -342,7 +355,7 @@ def _node(
             or not isinstance(entry["v"], Link)
             or not (entry["t"] is None or isinstance(entry["t"], Link))
         ):
-            raise bad
+            raise bad()
         key = prev[: entry["p"]] + entry["k"]
         if entries and key <= prev:
             raise _fail(
@@ -353,22 +366,39 @@ def _node(
     return entries, node["l"]
 
 
-def _find(car: Car, data: Link, key: bytes, uri: str, max_depth: int) -> Link | None:
-    cid: Link | None = data
+def _node(car: Car, cid: bytes, uri: str) -> tuple[MstEntries, Link | None]:
+    return mst_node(_block(car, cid, uri, "REPO_MST_PROOF", "MST node"), cid, uri=uri)
+
+
+def mst_find(
+    node_at: Callable[[bytes], tuple[MstEntries, Link | None]],
+    data: bytes,
+    key: bytes,
+    *,
+    uri: str = "",
+    max_depth: int = MAX_MST_DEPTH,
+) -> Link | None:
+    """Walk the MST whose root node is ``data`` (binary CID) to ``key``.
+
+    ``node_at(cid)`` gives the checked node of a binary CID (:func:`mst_node` of
+    its decoded block; it may raise anything, e.g. for a block it does not have:
+    that propagates). Returns the value link stored under ``key``, or ``None`` when
+    the tree proves ``key`` absent. Raises :class:`RecordVerificationError`
+    (``REPO_MST_PROOF``): an empty node where none may be, keys of mixed layers or
+    not below the parent's layer, a subtree under layer 0, a path deeper than
+    ``max_depth`` nodes ("Repository" spec § MST Structure)."""
+    cid = data
     above: int | None = None
     for depth in range(max_depth):
-        assert cid is not None
-        entries, left = _node(car, cid.raw, uri)
+        entries, left = node_at(cid)
         if not entries:
             # An empty node is the empty repository (the root, nothing below) or an
             # intermediate layer with only a left subtree (Repository spec § MST).
             if depth == 0 and left is None:
                 return None
             if depth == 0 or left is None or above is None or above <= 1:
-                raise _fail(
-                    uri, "REPO_MST_PROOF", f"empty MST node {cid_to_str(cid.raw)}"
-                )
-            cid, above = left, above - 1
+                raise _fail(uri, "REPO_MST_PROOF", f"empty MST node {cid_to_str(cid)}")
+            cid, above = left.raw, above - 1
             continue
         layers = {mst_layer(k) for k, _, _ in entries}
         layer = layers.pop()
@@ -376,7 +406,7 @@ def _find(car: Car, data: Link, key: bytes, uri: str, max_depth: int) -> Link | 
             raise _fail(
                 uri,
                 "REPO_MST_PROOF",
-                f"MST node {cid_to_str(cid.raw)} holds keys of the wrong layer",
+                f"MST node {cid_to_str(cid)} holds keys of the wrong layer",
             )
         subtree = left
         for k, value, right in entries:
@@ -389,8 +419,14 @@ def _find(car: Car, data: Link, key: bytes, uri: str, max_depth: int) -> Link | 
             return None
         if layer == 0:
             raise _fail(uri, "REPO_MST_PROOF", "MST node on layer 0 has a subtree")
-        cid, above = subtree, layer
+        cid, above = subtree.raw, layer
     raise _fail(uri, "REPO_MST_PROOF", f"MST path is deeper than {max_depth} nodes")
+
+
+def _find(car: Car, data: Link, key: bytes, uri: str, max_depth: int) -> Link | None:
+    return mst_find(
+        lambda cid: _node(car, cid, uri), data.raw, key, uri=uri, max_depth=max_depth
+    )
 
 
 def verify_record_proof(
