@@ -48,10 +48,16 @@ Sections (``--only`` picks some; all by default):
   ``pg_xact_commit_timestamp(xmin)`` of the row (``track_commit_timestamp``),
   i.e. when the batch's transaction committed, not ``indexed_at`` (which is taken
   before the COPY); the first 10 % of frames are left out (connection start-up);
-* ``overload``: ``run --supervise`` at a steady rate with a burst at 10 times that
-  rate: the ingester child's RSS (``/proc/<pid>/status`` ``VmRSS``, every 20 ms)
-  before and during the burst, the child's exits with 75 (buffer overflow) and
-  restarts, and the exactly-once check at the end;
+* ``overload``: ``run --supervise`` (``--verify none`` by default: with
+  verification inline the reader is slower than PostgreSQL and a burst waits in
+  TCP and the relay, not in our buffer) at 25 % of the measured rate, with a burst
+  at 10 times that rate: the ingester child's RSS (``/proc/<pid>/status``
+  ``VmRSS``, every 20 ms) before and during the burst, the child's exits with 75
+  (buffer overflow) and restarts, and the exactly-once check at the end; once with
+  the default settings (backpressure: the reader waits up to ``PAUSE_MS`` above
+  the high watermark) and once with ``PAUSE_MS=0`` (the reader reads on, the
+  buffer fills, the child exits 75 on purpose and the supervisor restarts it from
+  the cursor);
 * ``api``: ``GET /events?since=&limit=1000`` reads/s by one client (keep-alive,
   following ``cursor``) against ``atdata-ingest serve`` (uvicorn), on the log a
   throughput run left, unfiltered and with a ``collection`` filter;
@@ -541,9 +547,12 @@ def ours_overload(
     steady: float,
     steady_seconds: float,
     burst_seconds: float,
+    verify: str,
     work: Path,
+    settings: dict[str, str] | None = None,
 ) -> dict[str, float]:
-    """``run --supervise`` with the relay at ``steady`` frames/s, a burst of
+    """``run --supervise --verify VERIFY`` (plus ``settings``, environment
+    variables) with the relay at ``steady`` frames/s, a burst of
     ``10 * steady`` frames/s for ``burst_seconds`` after ``steady_seconds``, then
     steady again for ``steady_seconds``."""
     before = int(steady * steady_seconds)
@@ -555,9 +564,10 @@ def ours_overload(
         ATDATA_INGEST_DATABASE_URL=dsn,
         ATDATA_INGEST_PLC_URL=net.plc_url,
         ATDATA_INGEST_LOG_INTERVAL_SECONDS="1",
+        **(settings or {}),
     )
     argv = _ingester_argv(
-        "", "dataset", "--supervise", "--backoff-initial", "0.2", "--backoff-max", "2"
+        "", verify, "--supervise", "--backoff-initial", "0.2", "--backoff-max", "2"
     )
     rss: list[tuple[int, int, int]] = []  # (last seq sent, child pid, KiB)
     stop = threading.Event()
@@ -898,11 +908,15 @@ def report_throughput(
 
 
 def _auto_rates(
-    ours: dict[tuple[str, str], list[dict[str, float]]], fractions: Sequence[float]
+    ours: dict[tuple[str, str], list[dict[str, float]]],
+    fractions: Sequence[float],
+    verify: str = "dataset",
 ) -> list[float]:
-    runs = ours.get(("mixed", "dataset"))
+    """``fractions`` of the measured mixed-stream frames/s with ``verify``
+    (rounded to 100), else of 2,000 frames/s."""
+    runs = ours.get(("mixed", verify))
     if not runs:
-        return [1000.0 * f / fractions[0] for f in fractions]
+        return [max(100.0, round(2000 * f / 100) * 100) for f in fractions]
     top = median_of(runs)["frames_s"]
     return [max(100.0, round(top * f / 100) * 100) for f in fractions]
 
@@ -934,8 +948,16 @@ def main() -> None:
         "--steady-rate",
         type=float,
         default=0.0,
-        help="overload: steady frames/s (default: 25%% of the measured rate, "
-        "else 500); the burst is 10 times it",
+        help="overload: steady frames/s (default: 25%% of the measured rate with "
+        "--overload-verify, else 500); the burst is 10 times it",
+    )
+    ap.add_argument(
+        "--overload-verify",
+        choices=VERIFY_MODES,
+        default="none",
+        help="overload: the ingester's --verify (default none: the reader then "
+        "outruns PostgreSQL, so a burst fills our buffer; with verification inline "
+        "the reader is the slower side and a burst queues in TCP and the relay)",
     )
     ap.add_argument("--steady-seconds", type=float, default=10.0)
     ap.add_argument("--burst-seconds", type=float, default=5.0)
@@ -1049,40 +1071,45 @@ def main() -> None:
                     )
 
             if "overload" in only:
-                steady = args.steady_rate or _auto_rates(ours, (0.25,))[0]
-                if not ours and not args.steady_rate:
-                    steady = 500.0
+                ov = args.overload_verify
+                steady = args.steady_rate or _auto_rates(ours, (0.25,), ov)[0]
                 print(
-                    f"\noverload: run --supervise, relay {steady:,.0f} frames/s for "
-                    f"{args.steady_seconds:.0f} s, then {10 * steady:,.0f} frames/s for "
-                    f"{args.burst_seconds:.0f} s, then {steady:,.0f} frames/s again "
-                    f"(mixed, --verify dataset); median of {runs}"
+                    f"\noverload: run --supervise --verify {ov}, relay {steady:,.0f} "
+                    f"frames/s for {args.steady_seconds:.0f} s, then "
+                    f"{10 * steady:,.0f} frames/s for {args.burst_seconds:.0f} s, then "
+                    f"{steady:,.0f} frames/s again (mixed); median of {runs}"
                 )
-                m = median_of(
-                    [
-                        ours_overload(
-                            pg,
-                            net,
-                            mixed,
-                            steady,
-                            args.steady_seconds,
-                            args.burst_seconds,
-                            work,
-                        )
-                        for _ in range(runs)
-                    ]
-                )
-                print(
-                    f"  ingester RSS: peak {m['rss_steady_mib']:.0f} MiB before the "
-                    f"burst, peak {m['rss_peak_mib']:.0f} MiB overall (median "
-                    f"{m['rss_burst_median_mib']:.0f} MiB from the burst on)"
-                )
-                print(
-                    f"  exits with 75 (buffer overflow): {m['exits_75']:.0f}, children "
-                    f"started: {m['children']:.0f}, relay ConsumerTooSlow drops: "
-                    f"{m['relay_drops']:.0f}; all {m['frames']:,.0f} frames stored "
-                    "exactly once"
-                )
+                for label, extra in (
+                    ("default settings", {}),
+                    ("PAUSE_MS=0 (no wait above the watermark)", {
+                        "ATDATA_INGEST_PAUSE_MS": "0"
+                    }),
+                ):  # fmt: skip
+                    m = median_of(
+                        [
+                            ours_overload(
+                                pg,
+                                net,
+                                mixed,
+                                steady,
+                                args.steady_seconds,
+                                args.burst_seconds,
+                                ov,
+                                work,
+                                extra,
+                            )
+                            for _ in range(runs)
+                        ]
+                    )
+                    print(
+                        f"  {label}: ingester RSS peak {m['rss_steady_mib']:.0f} MiB "
+                        f"before the burst, {m['rss_peak_mib']:.0f} MiB overall "
+                        f"(median {m['rss_burst_median_mib']:.0f} MiB from the burst "
+                        f"on); exits with 75: {m['exits_75']:.0f}, children started: "
+                        f"{m['children']:.0f}, relay ConsumerTooSlow drops: "
+                        f"{m['relay_drops']:.0f}; all {m['frames']:,.0f} frames stored "
+                        "exactly once"
+                    )
 
             if "api" in only and api_dsn is not None:
                 rows = _sql(api_dsn, "SELECT count(*) FROM ingest_events")
