@@ -52,8 +52,9 @@ import random
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol, TypeAlias
 
 import websockets
 from atdata_runtime.firehose.frames import Frame, FrameError, decode_frame
@@ -79,6 +80,11 @@ _MAX_SEQ_JUMP: Final = 1 << 40
 """A dead-lettered frame's seq (from an unvalidated body) moves the cursor only
 when it is above the last seq read and at most this far above it."""
 _MESSAGE_TOO_BIG: Final = 1009  # WebSocket close code (RFC 6455 § 7.4.1)
+_MAX_PENDING: Final = 2000
+"""Frames read while an earlier one waits for its signature check (DID
+resolution); beyond it the reader waits."""
+
+_Finish: TypeAlias = Callable[["asyncio.Future[Any] | None"], None]
 
 
 class Verifier(Protocol):
@@ -234,6 +240,9 @@ class Ingester:
         self._skip = 0  # seqs skipped after a frame too big for the WebSocket
         self._pause_until: float | None = None
         self._gap_logs = 0
+        self._pending: deque[tuple[asyncio.Future[Any] | None, _Finish]] = deque()
+        self._pending_changed = asyncio.Event()
+        self._room = asyncio.Event()
 
     # -- control ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -281,13 +290,16 @@ class Ingester:
         )
         reader: asyncio.Task[Any] = asyncio.create_task(self._reader(), name="reader")
         writer: asyncio.Task[Any] = asyncio.create_task(self._writer(), name="writer")
+        sequencer: asyncio.Task[Any] = asyncio.create_task(
+            self._sequencer(), name="sequencer"
+        )
         summary: asyncio.Task[Any] = asyncio.create_task(self._summary())
         stop: asyncio.Task[Any] = asyncio.create_task(self._stop.wait())
         try:
             done, _ = await asyncio.wait(
-                {reader, writer, stop}, return_when=asyncio.FIRST_COMPLETED
+                {reader, writer, sequencer, stop}, return_when=asyncio.FIRST_COMPLETED
             )
-            for task in (reader, writer):
+            for task in (reader, writer, sequencer):
                 if task in done:
                     exc = task.exception()
                     if exc is not None:
@@ -297,6 +309,15 @@ class Ingester:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+            # frames waiting for a signature check join the buffer first
+            draining = asyncio.create_task(self._drain())
+            done, _ = await asyncio.wait(
+                {draining, sequencer}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if sequencer in done:
+                draining.cancel()
+                exc = sequencer.exception()
+                raise exc if exc is not None else RuntimeError("sequencer ended")
             buffer.stopping = True
             buffer.changed.set()
             self._stop.clear()
@@ -323,9 +344,12 @@ class Ingester:
             )
             return exits.OK
         finally:
-            for task in (reader, writer, summary, stop):
+            for task in (reader, writer, sequencer, summary, stop):
                 task.cancel()
-            for task in (reader, writer, summary, stop):
+            for check, _ in self._pending:
+                if check is not None:
+                    check.cancel()
+            for task in (reader, writer, sequencer, summary, stop):
                 with contextlib.suppress(BaseException):
                     await task
 
@@ -387,18 +411,17 @@ class Ingester:
         (no bytes: the WebSocket refused them) and skip one more seq at the next
         connection (seqs are usually contiguous; a non-contiguous relay costs
         another round)."""
-        assert self.buffer is not None
         self._skip += 1
-        dead = dead_letter_row(
-            b"",
-            rule="FRAME_TOO_BIG",
-            reason=f"a frame after seq {self.last_read} is over "
+        reason = (
+            f"a frame after seq {self.last_read} is over "
             f"{self.settings.max_frame_bytes} bytes (WebSocket close 1009); "
-            f"resuming at cursor {self.last_read + self._skip}",
-            location="",
+            f"resuming at cursor {self.last_read + self._skip}"
         )
-        self.buffer.add([], dead, None, None, 0, 0, self.writer.last_seq)
-        self.stats.dead_letters += 1
+        self._emit(
+            lambda _: self._dead_row(
+                b"", "FRAME_TOO_BIG", reason, "", None, None, None, 0
+            )
+        )
 
     async def _backpressure(self) -> None:
         buffer = self.buffer
@@ -423,6 +446,42 @@ class Ingester:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(buffer.space.wait(), remaining)
 
+    # -- the ordered pipeline -------------------------------------------------------------
+    def _emit(self, finish: _Finish, task: asyncio.Future[Any] | None = None) -> None:
+        """Hand a frame's result to the buffer in read order: ``finish(task)`` runs
+        now when nothing waits before it and ``task`` (a signature check) is
+        ``None``, else in turn by :meth:`_sequencer` once ``task`` is done. Order
+        matters: the cursor must never pass a seq whose rows are not stored."""
+        if task is None and not self._pending:
+            finish(None)
+            return
+        self._pending.append((task, finish))
+        self._pending_changed.set()
+
+    async def _sequencer(self) -> None:
+        """Finishes pending frames in read order (see :meth:`_emit`)."""
+        pending = self._pending
+        while True:
+            if not pending:
+                self._room.set()
+                self._pending_changed.clear()
+                await self._pending_changed.wait()
+                continue
+            task, finish = pending[0]
+            if task is not None and not task.done():
+                await asyncio.wait({task})
+            pending.popleft()
+            finish(task)
+            if len(pending) < _MAX_PENDING // 2:
+                self._room.set()
+
+    async def _drain(self) -> None:
+        """Wait until every pending frame is in the buffer (a clean stop)."""
+        while self._pending:
+            self._room.clear()
+            await self._room.wait()
+
+    # -- one message --------------------------------------------------------------------
     async def _on_message(self, message: bytes | str) -> None:
         stats = self.stats
         stats.frames += 1
@@ -434,6 +493,9 @@ class Ingester:
             await self._backpressure()
         else:
             self._pause_until = None
+        if len(self._pending) >= _MAX_PENDING:
+            self._room.clear()
+            await self._room.wait()
         data = message.encode() if isinstance(message, str) else message
         try:
             frame = decode_frame(data, max_bytes=self.settings.max_frame_bytes)
@@ -454,12 +516,9 @@ class Ingester:
             if stats.unknown <= 10:
                 log.info("ignoring a frame of unknown type %r", frame.t)
             useq = frame.seq
-            if (
-                useq is not None
-                and self.last_read < useq <= self.last_read + _MAX_SEQ_JUMP
-            ):
+            if useq is not None and self._plausible(useq):
                 self.last_read = useq
-                buffer.add([], None, useq, None, 0, 0, self.writer.last_seq)
+                self._emit(lambda _: self._add([], None, useq, None, 0, 0))
             return
         if kind == "info":
             info = frame.event()
@@ -469,8 +528,8 @@ class Ingester:
                 getattr(info, "message", "") or "",
             )
             rows, nbytes = event_rows(info, self.validate, seq_hint=self.last_read)
-            buffer.add(rows, None, None, None, nbytes, 0, self.writer.last_seq)
             stats.events_read += len(rows)
+            self._emit(lambda _: self._add(rows, None, None, None, nbytes, 0))
             return
         seq = frame.seq
         assert seq is not None
@@ -489,47 +548,76 @@ class Ingester:
                 log.info(
                     "seq gap: %d follows %d (%d gaps so far)", seq, last, stats.gaps
                 )
-        verified: bool | None = None
+        self.last_read = seq
+        task: asyncio.Future[Any] | None = None
         verifier = self.verifier
         if verifier is not None:
             if kind == "identity" and frame.did:
                 verifier.forget(frame.did)
             elif verifier.required(frame):
-                try:
-                    verdict = await verifier.acheck(frame)
-                except FrameError as exc:  # SIG_INVALID, COMMIT_*: a bad commit
-                    self.last_read = seq
-                    self._dead(
+                # DID resolution may take a while: later frames are read and
+                # decoded meanwhile, and wait for this one in order
+                task = asyncio.ensure_future(verifier.acheck(frame))
+
+        def finish(done: asyncio.Future[Any] | None) -> None:
+            verified: bool | None = None
+            if done is not None:
+                exc = None if done.cancelled() else done.exception()
+                if isinstance(exc, FrameError):  # SIG_INVALID, COMMIT_*
+                    self._dead_row(
                         data,
                         exc.rule,
                         exc.reason,
                         exc.location or "/body/commit",
                         seq,
                         frame.did,
-                        gap=gap,
+                        seq,
+                        gap,
                     )
                     return
-                verified = verdict.verified
-                if verified:
-                    stats.verified += 1
-        try:
-            event = frame.event(verified=verified)
-            rows, nbytes = event_rows(event, self.validate, seq_hint=last)
-        except Exception as exc:  # noqa: BLE001 - hostile input must not stop the reader
-            self.last_read = seq
-            self._dead(
-                data,
-                "ROW_ENCODE",
-                f"{type(exc).__name__}: {exc}",
-                "",
-                seq,
-                frame.did,
-                gap=gap,
-            )
-            return
-        self.last_read = seq
-        buffer.add(rows, None, seq, frame.time, nbytes, gap, self.writer.last_seq)
-        stats.events_read += len(rows)
+                if done.cancelled() or exc is not None:
+                    reason = "cancelled" if exc is None else f"{exc!r}"
+                    log.warning("seq %d: signature not checked: %s", seq, reason)
+                else:
+                    verified = done.result().verified
+                    if verified:
+                        stats.verified += 1
+            try:
+                event = frame.event(verified=verified)
+                rows, nbytes = event_rows(event, self.validate, seq_hint=last)
+            except Exception as exc:  # noqa: BLE001 - hostile input must not stop us
+                self._dead_row(
+                    data,
+                    "ROW_ENCODE",
+                    f"{type(exc).__name__}: {exc}",
+                    "",
+                    seq,
+                    frame.did,
+                    seq,
+                    gap,
+                )
+                return
+            stats.events_read += len(rows)
+            self._add(rows, None, seq, frame.time, nbytes, gap)
+
+        self._emit(finish, task)
+
+    def _add(
+        self,
+        rows: list[EventRow],
+        dead: DeadRow | None,
+        seq: int | None,
+        event_time: Any,
+        nbytes: int,
+        gap: int,
+    ) -> None:
+        assert self.buffer is not None
+        self.buffer.add(rows, dead, seq, event_time, nbytes, gap, self.writer.last_seq)
+
+    def _plausible(self, seq: int) -> bool:
+        """Whether a seq read from an unvalidated body may move the cursor: above
+        the last seq read, by less than :data:`_MAX_SEQ_JUMP`."""
+        return self.last_read < seq <= self.last_read + _MAX_SEQ_JUMP
 
     def _dead(
         self,
@@ -539,25 +627,35 @@ class Ingester:
         location: str | None,
         seq: int | None,
         repo: str | None,
-        *,
-        gap: int = 0,
     ) -> None:
-        """A dead letter for a frame; its seq moves the cursor when it is plausible
-        (above the last seq read, by less than :data:`_MAX_SEQ_JUMP`)."""
-        assert self.buffer is not None
+        """A dead letter for a frame that does not decode; its seq moves the cursor
+        when it is plausible (:meth:`_plausible`)."""
+        cursor_seq: int | None = None
+        if seq is not None and self._plausible(seq):
+            cursor_seq = seq
+            self.last_read = seq
+        self._emit(
+            lambda _: self._dead_row(
+                data, rule, reason, location, seq, repo, cursor_seq, 0
+            )
+        )
+
+    def _dead_row(
+        self,
+        data: bytes,
+        rule: str,
+        reason: str,
+        location: str | None,
+        seq: int | None,
+        repo: str | None,
+        cursor_seq: int | None,
+        gap: int,
+    ) -> None:
         where = location or ""
         if repo:
             where = f"{repo} {where}".strip()
-        cursor_seq: int | None = None
-        if seq is not None and self.last_read < seq <= self.last_read + _MAX_SEQ_JUMP:
-            cursor_seq = seq
-            self.last_read = seq
-        elif seq is not None and seq == self.last_read:
-            cursor_seq = seq  # a verified-bad commit already counted as read
         row = dead_letter_row(data, rule=rule, reason=reason, location=where, seq=seq)
-        self.buffer.add(
-            [], row, cursor_seq, None, len(row[4] or b""), gap, self.writer.last_seq
-        )
+        self._add([], row, cursor_seq, None, len(row[4] or b""), gap)
         self.stats.dead_letters += 1
         n = self.stats.dead_letters
         if n <= 20 or n % 1000 == 0:

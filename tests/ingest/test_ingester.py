@@ -26,12 +26,18 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import cbrrr
 import httpx
 import pytest
 from atdata_ingest import exits
 from atdata_ingest.config import Settings
 from atdata_ingest.ingester import Ingester, run
-from atdata_ingest.testing.relay import ReplayRelay, realistic_frames
+from atdata_ingest.testing.relay import (
+    ReplayRelay,
+    car_blocks,
+    realistic_frames,
+    split_frame,
+)
 from atdata_runtime.firehose.frames import decode_frame
 
 from ..conftest import flat_schema_record
@@ -539,3 +545,83 @@ def test_a_cursor_of_another_relay_exits_78(
     other = settings_for(pg_dsn, "wss://relay.example.com")
     assert asyncio.run(run(other)) == exits.CONFIG
     assert cursor(pg_dsn)["last_seq"] == 50
+
+
+# -- signatures -----------------------------------------------------------------------------
+
+
+def _uvarint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def forged_signature(frame: bytes) -> bytes:
+    """``frame`` (a commit) with one bit of the commit's signature flipped, and the
+    commit block's CID, the CAR root and the frame's ``commit`` recomputed: every
+    hash checks, only the signature is wrong."""
+    header, body, _ = split_frame(frame)
+    car = body["blocks"]
+    blocks = car_blocks(car)
+    old = body["commit"].cid_bytes
+    off, n = blocks[old]
+    commit = cbrrr.decode_dag_cbor(car[off : off + n])
+    sig = bytearray(commit["sig"])
+    sig[10] ^= 1
+    commit["sig"] = bytes(sig)
+    block = cbrrr.encode_dag_cbor(commit)
+    cid = cbrrr.CID.cidv1_dag_cbor_sha256_32_from(block)
+    sections = [(cid.cid_bytes, block)]
+    sections += [(c, car[o : o + k]) for c, (o, k) in blocks.items() if c != old]
+    head = cbrrr.encode_dag_cbor({"version": 1, "roots": [cid]})
+    body["blocks"] = (
+        _uvarint(len(head))
+        + head
+        + b"".join(_uvarint(len(c) + len(b)) + c + b for c, b in sections)
+    )
+    body["commit"] = cid
+    return cbrrr.encode_dag_cbor(header) + cbrrr.encode_dag_cbor(body)
+
+
+def test_bad_signature_is_dead_lettered_in_order_with_verification_on(
+    pg_dsn: str, templates: list[bytes], net: Any
+) -> None:
+    """verify=dataset against the local PLC: dataset commits are verified
+    (``verified`` true), a commit with a forged signature is a SIG_INVALID dead
+    letter, and every other frame, read while DID keys were being resolved, is
+    stored exactly once (the cursor never passed a frame still being checked)."""
+    dataset = [
+        i
+        for i, t in enumerate(templates)
+        if decode_frame(t).kind == "commit" and decode_frame(t).touches_datasets
+    ]
+    bad = dataset[len(dataset) // 2]
+    frames = list(templates)
+    frames[bad] = forged_signature(templates[bad])
+    with ReplayRelay(frames, total=len(frames)) as relay:
+        s = settings_for(pg_dsn, relay.url, verify="dataset", plc_url=net.plc_url)
+        rc, ing = asyncio.run(ingest_until(s, committed(len(frames))))
+    assert rc == exits.OK
+    dead = fetch(pg_dsn, "SELECT seq, rule, reason FROM ingest_dead_letters")
+    assert [(d["seq"], d["rule"]) for d in dead] == [(bad + 1, "SIG_INVALID")]
+    assert "not signed by" in dead[0]["reason"]
+    assert_exactly_once(pg_dsn, relay, set(range(1, len(frames) + 1)) - {bad + 1})
+    flags = fetch(
+        pg_dsn,
+        "SELECT DISTINCT seq, verified FROM ingest_events "
+        "WHERE event_type = 'commit' AND seq = ANY($1::bigint[])",
+        [i + 1 for i in dataset if i != bad],
+    )
+    assert {f["verified"] for f in flags} == {True}
+    assert len(flags) == len(dataset) - 1
+    others = fetch(
+        pg_dsn,
+        "SELECT count(*) AS n FROM ingest_events WHERE verified IS NOT NULL "
+        "AND NOT (seq = ANY($1::bigint[]))",
+        [i + 1 for i in dataset],
+    )
+    assert others[0]["n"] == 0  # policy dataset: nothing else is checked
+    assert ing.stats.verified == len(dataset) - 1
