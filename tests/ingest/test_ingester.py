@@ -625,3 +625,40 @@ def test_bad_signature_is_dead_lettered_in_order_with_verification_on(
     )
     assert others[0]["n"] == 0  # policy dataset: nothing else is checked
     assert ing.stats.verified == len(dataset) - 1
+
+
+# -- settings ------------------------------------------------------------------------------
+
+
+def test_settings_from_the_environment_name_the_bad_variable() -> None:
+    env = {
+        "DATABASE_URL": "postgresql://u:pw@db/x",
+        "ATDATA_INGEST_RELAY_URL": "https://relay.example/xrpc/com.atproto.sync.subscribeRepos/",
+        "ATDATA_INGEST_BATCH_MAX": "800",
+        "ATDATA_INGEST_SYNCHRONOUS_COMMIT": "off",
+    }
+    s = Settings.from_env(env, flush_ms="75")
+    assert s.relay_url == "wss://relay.example"
+    assert (
+        s.subscribe_url(0) == "wss://relay.example/xrpc/com.atproto.sync.subscribeRepos"
+    )
+    assert s.subscribe_url(42).endswith("subscribeRepos?cursor=42")
+    assert (s.batch_max, s.flush_ms, s.synchronous_commit) == (800, 75, False)
+    assert "pw" not in repr(s) and "pw" not in s.redacted_database_url
+    bad = {
+        "ATDATA_INGEST_BATCH_MAX": "0",
+        "ATDATA_INGEST_FLUSH_MS": "fast",
+        "ATDATA_INGEST_VERIFY": "some",
+        "ATDATA_INGEST_SYNCHRONOUS_COMMIT": "maybe",
+        "ATDATA_INGEST_RELAY_URL": "ftp://relay.example",
+        "ATDATA_INGEST_BUFFER_MAX": "100",  # smaller than a batch
+    }
+    for var, value in bad.items():
+        with pytest.raises(exits.ConfigError, match=var) as info:
+            Settings.from_env({**env, var: value})
+        assert info.value.status == exits.CONFIG
+        assert "pw" not in str(info.value)
+    with pytest.raises(exits.ConfigError, match="ATDATA_INGEST_DATABASE_URL"):
+        Settings.from_env({})
+    with pytest.raises(exits.ConfigError, match="credentials"):
+        Settings.from_env({**env, "ATDATA_INGEST_RELAY_URL": "wss://u:p@relay.example"})
