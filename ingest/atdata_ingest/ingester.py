@@ -274,7 +274,18 @@ class Ingester:
         arg = self._verifier_arg
         self.verifier = _make_verifier(s) if arg == "settings" else arg
         self.buffer = buffer = _Buffer(s)
-        last_seq = await self.writer.open()
+        # a stop while the database is still being reached ends the run at once
+        opening = asyncio.create_task(self.writer.open())
+        stopped = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({opening, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not opening.done():
+            opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await opening
+            log.info("stopped before ingesting anything")
+            return exits.OK
+        last_seq = opening.result()
         self.last_read = self.stats.last_committed_seq = last_seq
         log.info(
             "ingesting %s into %s from cursor %d (batch %d, flush %d ms, buffer %d, "

@@ -513,6 +513,27 @@ def test_unreachable_database_message_has_no_password(
     assert "secret-pw" not in caplog.text and "secret-pw" not in repr(settings)
 
 
+def test_a_stop_while_the_database_is_unreachable_exits_0() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = settings_for(
+        f"postgresql://postgres@127.0.0.1:{port}/nowhere",
+        "ws://127.0.0.1:1",
+        db_retry_seconds=3600,
+    )
+
+    async def go() -> int:
+        ingester = Ingester(settings)
+        task = asyncio.create_task(ingester.run())
+        await asyncio.sleep(0.3)  # retrying the connection by now
+        assert not task.done()
+        ingester.stop()
+        return await asyncio.wait_for(task, HANG_GUARD)
+
+    assert asyncio.run(go()) == exits.OK
+
+
 def test_another_ingester_holding_the_lock_exits_73(
     pg_dsn: str, templates: list[bytes]
 ) -> None:
