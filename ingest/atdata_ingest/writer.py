@@ -393,7 +393,7 @@ class BatchWriter:
                 result = await self._write_once(
                     batch, buffer_fill, buffer_max, attempt, isolate
                 )
-                await self._maybe_partitions()
+                await self._partitions_between_batches()
                 return result
             except (ConfigError, LockHeld, DatabaseUnavailable):
                 raise
@@ -567,6 +567,17 @@ class BatchWriter:
             if not is_connection_error(exc):
                 raise
             log.warning("final status: %s: %s", type(exc).__name__, exc)
+
+    async def _partitions_between_batches(self) -> None:
+        """:meth:`_maybe_partitions` after a committed batch: a lost connection
+        here is logged (the next batch reconnects), never a retry of the batch."""
+        try:
+            await self._maybe_partitions()
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            log.warning("partitions: %s: %s", type(exc).__name__, exc)
+            await self._drop_connection()
 
     async def _maybe_partitions(self) -> None:
         now = time.monotonic()
