@@ -595,7 +595,9 @@ class Ingester:
                         stats.verified += 1
             try:
                 event = frame.event(verified=verified)
-                rows, nbytes = event_rows(event, self.validate, seq_hint=last)
+                rows, nbytes = event_rows(
+                    event, self.validate, seq_hint=last, verified=verified
+                )
             except Exception as exc:  # noqa: BLE001 - hostile input must not stop us
                 self._dead_row(
                     data,

@@ -154,12 +154,17 @@ def _body(obj: dict[str, Any]) -> str:
 
 
 def event_rows(
-    event: Any, validate: RecordValidator, *, seq_hint: int = 0
+    event: Any,
+    validate: RecordValidator,
+    *,
+    seq_hint: int = 0,
+    verified: bool | None = None,
 ) -> tuple[list[EventRow], int]:
     """The rows of one decoded frame (``Commit``, ``Identity``, ``Account``,
     ``Sync``, ``Info``; a bare ``Create``/``Update``/``Delete`` gives its own row),
     and the bytes they hold (for the buffer's byte bound). ``seq_hint`` is the seq
-    an ``#info`` row takes. Raises ``TypeError`` for anything else."""
+    an ``#info`` row takes; ``verified`` the signature verdict of a ``#sync``
+    (commits carry their own). Raises ``TypeError`` for anything else."""
     if isinstance(event, Commit):
         if not event.ops:
             body = _body(
@@ -240,7 +245,7 @@ def event_rows(
         )
         head = (event.seq, 0, "sync", None, event.did, None, None, None, None)
         return [
-            (*head, event.rev, event.commit_cid, body, None, None, event.time)
+            (*head, event.rev, event.commit_cid, body, None, verified, event.time)
         ], len(body) + _ROW_OVERHEAD
     if isinstance(event, Info):
         text, _ = _record_json(

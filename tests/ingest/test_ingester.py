@@ -683,3 +683,23 @@ def test_settings_from_the_environment_name_the_bad_variable() -> None:
         Settings.from_env({})
     with pytest.raises(exits.ConfigError, match="credentials"):
         Settings.from_env({**env, "ATDATA_INGEST_RELAY_URL": "wss://u:p@relay.example"})
+
+
+def test_verify_all_checks_every_commit_and_sync(
+    pg_dsn: str, templates: list[bytes], net: Any
+) -> None:
+    with ReplayRelay(templates, total=len(templates)) as relay:
+        s = settings_for(pg_dsn, relay.url, verify="all", plc_url=net.plc_url)
+        rc, ing = asyncio.run(ingest_until(s, committed(len(templates))))
+    assert rc == exits.OK
+    flags = fetch(
+        pg_dsn,
+        "SELECT event_type, verified, count(*) AS n FROM ingest_events "
+        "GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    by_type = {(f["event_type"], f["verified"]): f["n"] for f in flags}
+    assert by_type.get(("commit", True)) and by_type.get(("sync", True))
+    assert ("commit", None) not in by_type and ("sync", None) not in by_type
+    assert all(v is None for t, v in by_type if t in ("identity", "account"))
+    assert ing.stats.dead_letters == 0
+    assert_exactly_once(pg_dsn, relay, range(1, len(templates) + 1))
