@@ -53,7 +53,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol, TypeAlias
 
 import websockets
@@ -116,6 +116,7 @@ class Stats:
     reconnects: int = 0
     error_frames: int = 0
     verified: int = 0
+    not_verified: dict[str, int] = field(default_factory=dict)  # verdict rule -> n
     last_committed_seq: int = 0
     last_event_time: float | None = None  # epoch seconds of the newest committed
 
@@ -590,9 +591,15 @@ class Ingester:
                     reason = "cancelled" if exc is None else f"{exc!r}"
                     log.warning("seq %d: signature not checked: %s", seq, reason)
                 else:
-                    verified = done.result().verified
+                    verdict = done.result()
+                    verified = verdict.verified
                     if verified:
                         stats.verified += 1
+                    else:
+                        rule = str(getattr(verdict, "rule", None) or "NOT_CHECKED")
+                        counts = stats.not_verified
+                        if rule in counts or len(counts) < 100:
+                            counts[rule] = counts.get(rule, 0) + 1
             try:
                 event = frame.event(verified=verified)
                 rows, nbytes = event_rows(
@@ -740,9 +747,17 @@ class Ingester:
             )
             buffer = self.buffer
             fill = buffer.fill if buffer is not None else 0.0
+            unverified = (
+                " (not verified: "
+                + ", ".join(f"{k} {v}" for k, v in sorted(stats.not_verified.items()))
+                + ")"
+                if stats.not_verified
+                else ""
+            )
             log.info(
                 "%.0f events/s, cursor %d, lag %s, buffer %.0f%%, %d dead letters, "
-                "%d gaps, %d duplicates, %d reconnects, %d db reconnects",
+                "%d gaps, %d duplicates, %d reconnects, %d db reconnects, "
+                "%d verified%s",
                 rate,
                 stats.last_committed_seq,
                 lag,
@@ -752,6 +767,8 @@ class Ingester:
                 stats.duplicates,
                 stats.reconnects,
                 self.writer.reconnects,
+                stats.verified,
+                unverified,
             )
 
 
