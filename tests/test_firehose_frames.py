@@ -2,16 +2,22 @@
 (``atdata_runtime.firehose.frames`` / ``.verify``) on real frames of the real local
 PDS (``@atproto/pds`` with its PLC directory on loopback): what was written
 (createRecord, putRecord, deleteRecord, applyWrites) is what the decoded events say,
-CIDs included; commit signatures verify against the DID document's key; and hostile
-frames, made from the real ones, fail with the right rule and location."""
+CIDs included; commit signatures verify against the DID document's key, each
+operation is proven against the signed MST (forged records under a genuine
+signature are refused), replays and future revs are not called verified, and key
+refreshes a relay can force are rate-limited; the pipelined ``start`` keeps each
+DID's order; and hostile frames, made from the real ones, fail with the right rule
+and location."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import hashlib
 import pickle
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,14 +43,18 @@ from atdata_runtime.firehose import (
     Update,
 )
 from atdata_runtime.firehose.frames import (
+    MAX_CAR_HEADER_BYTES,
+    MAX_COMMIT_BYTES,
     MAX_FRAME_BYTES,
     MAX_ITEMS,
     MAX_RECORD_DEPTH,
+    MAX_SEQ,
     Frame,
     FrameError,
     decode_frame,
+    prove_ops,
 )
-from atdata_runtime.firehose.verify import CommitVerifier
+from atdata_runtime.firehose.verify import CommitVerifier, Verdict, _tid_seconds
 from cbrrr import CID, _cbrrr
 
 from .conftest import flat_schema_record
@@ -225,6 +235,24 @@ def stream(net: LocalNetwork) -> Stream:
         alice,
         "com.atproto.repo.createRecord",
         {"repo": did, "collection": THING, "rkey": "thing-1", "record": w["thing"]},
+    )
+    # enough records for an MST of several layers under the schema's key
+    w["bulk_res"] = _xrpc(
+        net,
+        alice,
+        "com.atproto.repo.applyWrites",
+        {
+            "repo": did,
+            "writes": [
+                {
+                    "$type": "com.atproto.repo.applyWrites#create",
+                    "collection": THING,
+                    "rkey": f"bulk-{i:02}",
+                    "value": {"$type": THING, "i": i},
+                }
+                for i in range(40)
+            ],
+        },
     )
     w["schema"] = flat_schema_record(
         "FramesSample", "1.0.0", {"x": {"type": "integer"}}
@@ -454,29 +482,37 @@ def test_dataset_commit_verifies_against_the_did_document_key(
     schema = decode_frame(stream.raw_commit(w["schema_res"]["commit"]["cid"]))
     assert schema.touches_datasets and verifier.required(schema)
     verdict = verifier.check(schema)
-    assert verdict.verified is True, verdict
+    assert verdict == Verdict(True, verdict.reason, None), verdict
     assert verifier.stats["lookups"] == 1
-    assert verifier.verify(schema) is True
-    assert verifier.stats["lookups"] == 1  # cached
+    assert verifier.last_rev(stream.alice.did) == (
+        w["schema_res"]["commit"]["rev"],
+        schema.data_cid,
+    )
     post = decode_frame(stream.raw_commit(w["post_res"]["commit"]["cid"]))
     assert not verifier.required(post)
-    assert verifier.check(post).verified is None
-    assert verifier.stats["verified"] == 2 and verifier.stats["not_required"] == 1
+    assert verifier.check(post) == Verdict(None, "not required by the policy", None)
+    assert verifier.stats["verified"] == 1 and verifier.stats["not_required"] == 1
 
 
 def test_every_real_commit_and_sync_verifies_with_policy_all(
     stream: Stream, resolver: IdentityResolver
 ) -> None:
+    """Signatures, operation proofs (the local PDS sends the MST nodes of creates,
+    updates and deletes: Sync 1.1) and revs, in stream order."""
     verifier = CommitVerifier(resolver, policy="all")
     checked = 0
+    kinds = set()
     for frame in stream.of(stream.alice.did):
         verdict = verifier.check(frame)
         if frame.kind in ("commit", "sync"):
             assert verdict.verified is True, (frame.seq, verdict)
             checked += 1
+            kinds |= {type(e).__name__ for e in frame.events()}
         else:
             assert verdict.verified is None
-    assert checked >= 7 and verifier.stats["lookups"] == 1
+    assert checked >= 8 and verifier.stats["lookups"] == 1
+    assert kinds >= {"Create", "Update", "Delete", "Sync"}
+    assert verifier.stats["incomplete"] == verifier.stats["stale"] == 0
     none = CommitVerifier(resolver, policy="none")
     assert all(not none.required(f) for f in stream.of(stream.alice.did))
     with pytest.raises(ValueError, match="policy"):
@@ -504,26 +540,23 @@ def _recommit(raw: bytes, change: Callable[[dict[str, Any]], None]) -> bytes:
     return join(header, body)
 
 
+def _flip_sig(commit: dict[str, Any]) -> None:
+    sig = bytearray(commit["sig"])
+    sig[10] ^= 0x01
+    commit["sig"] = bytes(sig)
+
+
 def test_a_flipped_signature_byte_is_sig_invalid(
     stream: Stream, resolver: IdentityResolver
 ) -> None:
     raw = stream.raw_commit(stream.writes["schema_res"]["commit"]["cid"])
-
-    def flip(commit: dict[str, Any]) -> None:
-        sig = bytearray(commit["sig"])
-        sig[10] ^= 0x01
-        commit["sig"] = bytes(sig)
-
-    forged = decode_frame(_recommit(raw, flip))  # consistent: decodes
+    forged = decode_frame(_recommit(raw, _flip_sig))  # consistent: decodes
     verifier = CommitVerifier(resolver)
     with pytest.raises(FrameError) as info:
         verifier.check(forged)
     assert info.value.rule == "SIG_INVALID"
     assert (info.value.seq, info.value.repo) == (forged.seq, stream.alice.did)
-    assert verifier.stats == {
-        "verified": 0,
-        "not_required": 0,
-        "unresolved": 0,
+    assert {k: v for k, v in verifier.stats.items() if v} == {
         "invalid": 1,
         "lookups": 1,
     }
@@ -531,7 +564,7 @@ def test_a_flipped_signature_byte_is_sig_invalid(
     stale = CommitVerifier(resolver, refresh_after=0.0)
     with pytest.raises(FrameError, match="SIG_INVALID"):
         stale.check(forged)
-    assert stale.stats["lookups"] == 2
+    assert stale.stats["lookups"] == 2 and stale.stats["forced_lookups"] == 1
     # The original still verifies: the flip, not the re-encoding, broke it.
     assert verifier.check(decode_frame(raw)).verified is True
 
@@ -539,20 +572,26 @@ def test_a_flipped_signature_byte_is_sig_invalid(
 def test_a_commit_of_another_repo_or_rev_is_refused(
     stream: Stream, resolver: IdentityResolver
 ) -> None:
+    """The commit block must be the body's: refused when decoding, signed or not
+    (COMMIT_MISMATCH); the verifier still checks frames made otherwise."""
     raw = stream.raw_commit(stream.writes["schema_res"]["commit"]["cid"])
-    header, body = split(raw)
     verifier = CommitVerifier(resolver)
 
+    header, body = split(raw)
     body["repo"] = stream.bob.did  # bob's key resolves; the commit says alice
+    err = refused(join(header, body), "COMMIT_MISMATCH", "/body/repo")
+    assert err.repo == stream.bob.did and err.cid == body["commit"].encode()
+    frame = decode_frame(raw)
     with pytest.raises(FrameError) as info:
-        verifier.check(decode_frame(join(header, body)))
+        verifier.check(dataclasses.replace(frame, did=stream.bob.did))
     assert info.value.rule == "COMMIT_REPO_MISMATCH"
-    assert info.value.repo == stream.bob.did
 
     header, body = split(raw)
     body["rev"] = "2222222222222"
+    refused(join(header, body), "COMMIT_MISMATCH", "/body/rev")
+    message = frame.message.model_copy(update={"rev": "2222222222222"})
     with pytest.raises(FrameError) as info:
-        verifier.check(decode_frame(join(header, body)))
+        verifier.check(dataclasses.replace(frame, message=message))
     assert (info.value.rule, info.value.location) == (
         "COMMIT_REV_MISMATCH",
         "/body/rev",
@@ -566,14 +605,88 @@ def test_a_commit_of_another_repo_or_rev_is_refused(
     assert info.value.rule == "COMMIT_INVALID"
 
 
+def test_commit_blocks_are_checked_against_the_body_when_decoding(
+    stream: Stream,
+) -> None:
+    """version, did and rev of the (hash-checked) commit block, for every commit
+    and #sync: no key needed."""
+    raw = stream.raw_commit(stream.writes["post_res"]["commit"]["cid"])
+
+    def setting(**changes: Any) -> Callable[[dict[str, Any]], None]:
+        return lambda commit: commit.update(changes)
+
+    refused(_recommit(raw, setting(version=2)), "COMMIT_MISMATCH", "/body/commit")
+    refused(_recommit(raw, setting(version="3")), "COMMIT_MISMATCH", "/body/commit")
+    refused(
+        _recommit(raw, setting(did=stream.bob.did)), "COMMIT_MISMATCH", "/body/repo"
+    )
+    refused(
+        _recommit(raw, setting(rev="2222222222222")), "COMMIT_MISMATCH", "/body/rev"
+    )
+    refused(
+        _recommit(raw, setting(data=b"\x01" * 36)), "COMMIT_INVALID", "/body/blocks"
+    )
+    raw_data = CID(b"\x01\x55\x12\x20" + bytes(32))
+    refused(_recommit(raw, setting(data=raw_data)), "COMMIT_INVALID", "/body/blocks")
+    big = _recommit(raw, setting(pad="x" * MAX_COMMIT_BYTES))
+    err = refused(big, "COMMIT_INVALID", "/body/blocks")
+    assert str(MAX_COMMIT_BYTES) in err.reason
+
+    def as_list(commit: dict[str, Any]) -> None:
+        items = [list(item) for item in commit.items()]
+        commit.clear()
+        commit["x"] = items  # type: ignore[assignment]
+
+    refused(_recommit(raw, as_list), "COMMIT_INVALID", "/body/blocks")
+    refused(
+        _recommit(raw, lambda commit: commit.pop("version")),
+        "COMMIT_INVALID",
+        "/body/blocks",
+    )
+
+
+def _sync_frame(stream: Stream) -> bytes:
+    return next(
+        raw
+        for raw in stream.frames
+        if split(raw)[0].get("t") == "#sync"
+        and split(raw)[1]["did"] == stream.alice.did
+    )
+
+
+def test_a_sync_root_must_be_the_bodys_commit(stream: Stream) -> None:
+    raw = _sync_frame(stream)
+    assert decode_frame(raw).commit_data is not None
+    header, body = split(raw)
+    junk = cbrrr.encode_dag_cbor({"hello": 1})
+    body["blocks"] = write_car([CID(cid_of(junk))], [(cid_of(junk), junk)])
+    refused(join(header, body), "COMMIT_INVALID", "/body/blocks")
+    # the account's first commit, as a version 2 commit
+    _, sections = read_car(split(raw)[1]["blocks"])
+    commit = cbrrr.decode_dag_cbor(sections[0][1])
+    assert isinstance(commit, dict) and commit["version"] == 3
+    old = cbrrr.encode_dag_cbor(dict(commit, version=2))
+    body["blocks"] = write_car([CID(cid_of(old))], [(cid_of(old), old)])
+    refused(join(header, body), "COMMIT_MISMATCH", "/body/blocks")
+    header, body = split(raw)
+    body["rev"] = "2222222222222"
+    refused(join(header, body), "COMMIT_MISMATCH", "/body/rev")
+    header, body = split(raw)
+    body["did"] = stream.bob.did
+    refused(join(header, body), "COMMIT_MISMATCH", "/body/did")
+    header, body = split(raw)
+    body["blocks"] = write_car([CID(cid_of(b"\x01"))], [(cid_of(b"\x01"), b"\x01")])
+    refused(join(header, body), "COMMIT_INVALID", "/body/blocks")
+
+
 def test_an_unresolvable_did_is_not_verified_and_is_cached(
     stream: Stream, resolver: IdentityResolver
 ) -> None:
     raw = stream.raw_commit(stream.writes["schema_res"]["commit"]["cid"])
-    header, body = split(raw)
     nobody = "did:plc:" + "".join(
         secrets.choice("abcdefghijklmnopqrstuvwxyz234567") for _ in range(24)
     )
+    header, body = split(_recommit(raw, lambda commit: commit.update(did=nobody)))
     body["repo"] = nobody
     frame = decode_frame(join(header, body))
     verifier = CommitVerifier(resolver, negative_ttl=3600)
@@ -585,9 +698,14 @@ def test_an_unresolvable_did_is_not_verified_and_is_cached(
     verifier.forget(nobody)
     verifier.check(frame)
     assert verifier.stats["lookups"] == 2
+    # a second forget within refresh_interval is deferred: no lookup per #identity
+    for _ in range(3):
+        verifier.forget(nobody)
+        assert verifier.check(frame).rule == "IDENTITY_UNRESOLVED"
+    assert verifier.stats["lookups"] == 2
 
 
-def test_an_identity_frame_drops_the_cached_key(
+def test_an_identity_frame_drops_the_cached_key_once_per_interval(
     stream: Stream, resolver: IdentityResolver
 ) -> None:
     frames = stream.of(stream.alice.did)
@@ -598,8 +716,50 @@ def test_an_identity_frame_drops_the_cached_key(
     assert verifier.check(schema).verified is True
     identity = next(f for f in frames if f.kind == "identity")
     assert verifier.check(identity).verified is None
-    assert verifier.check(schema).verified is True
+    # the key was dropped and fetched again (the rev is now a replay)
+    assert verifier.check(schema).rule == "REV_STALE"
     assert verifier.stats["lookups"] == 2
+    # a relay interleaving #identity frames gets no further lookups
+    for _ in range(5):
+        verifier.check(identity)
+        verifier.check(schema)
+    assert verifier.stats["lookups"] == 2
+    # ... and a bad signature with the suspect key is no verdict either way
+    forged = decode_frame(
+        _recommit(stream.raw_commit(schema.commit_cid or ""), _flip_sig)
+    )
+    verdict = verifier.check(forged)
+    assert (verdict.verified, verdict.rule) == (None, "KEY_REFRESH_LIMITED")
+    assert verifier.stats["lookups"] == 2 and verifier.stats["limited"] == 1
+    # once the interval has passed, the deferred refresh happens
+    short = CommitVerifier(resolver, refresh_interval=0.2)
+    short.check(schema)
+    short.forget(stream.alice.did)
+    short.check(schema)
+    short.forget(stream.alice.did)  # deferred
+    time.sleep(0.3)
+    short.check(schema)
+    assert short.stats["lookups"] == 3
+
+
+def test_forged_signatures_force_one_refresh_per_interval(
+    stream: Stream, resolver: IdentityResolver
+) -> None:
+    raw = stream.raw_commit(stream.writes["schema_res"]["commit"]["cid"])
+    forged = decode_frame(_recommit(raw, _flip_sig))
+    verifier = CommitVerifier(resolver, refresh_after=0.0, refresh_interval=3600)
+    for _ in range(5):
+        with pytest.raises(FrameError, match="SIG_INVALID"):
+            verifier.check(forged)
+    assert verifier.stats["lookups"] == 2 and verifier.stats["forced_lookups"] == 1
+
+    async def main() -> None:
+        for _ in range(3):
+            with pytest.raises(FrameError, match="SIG_INVALID"):
+                await verifier.acheck(forged)
+
+    asyncio.run(main())
+    assert verifier.stats["lookups"] == 2 and verifier.stats["invalid"] == 8
 
 
 def test_async_checks_share_one_lookup_per_did(
@@ -611,17 +771,62 @@ def test_async_checks_share_one_lookup_per_did(
     post = decode_frame(stream.raw_commit(stream.writes["post_res"]["commit"]["cid"]))
     verifier = CommitVerifier(resolver)
 
-    async def main() -> list[bool | None]:
+    async def main() -> list[Verdict]:
         return list(
             await asyncio.gather(
-                *(verifier.averify(schema) for _ in range(8)), verifier.averify(post)
+                *(verifier.acheck(schema) for _ in range(8)), verifier.acheck(post)
             )
         )
 
-    assert asyncio.run(main()) == [True] * 8 + [None]
+    verdicts = asyncio.run(main())
+    # one lookup; the first check in call order wins, the others are replays
+    assert [v.verified for v in verdicts] == [True] + [None] * 8
+    assert [v.rule for v in verdicts[1:8]] == ["REV_STALE"] * 7
     assert verifier.stats["lookups"] == 1
     # a second event loop works with the same verifier (cached key)
-    assert asyncio.run(verifier.averify(schema)) is True
+    assert asyncio.run(verifier.acheck(schema)).rule == "REV_STALE"
+
+
+def test_start_pipelines_lookups_and_keeps_each_dids_order(
+    stream: Stream, resolver: IdentityResolver
+) -> None:
+    alice = [f for f in stream.of(stream.alice.did) if f.kind in ("commit", "sync")]
+    bob = [f for f in stream.of(stream.bob.did) if f.kind in ("commit", "sync")]
+    assert len(alice) >= 8 and bob
+
+    async def main() -> None:
+        verifier = CommitVerifier(resolver, policy="all")
+        # bob's key first, so his frames need no lookup below
+        assert (await verifier.start(bob[0])).verified is True
+        futures = [verifier.start(f) for f in alice]
+        # nothing awaited yet: alice's frames wait for one lookup, in order
+        assert not any(f.done() for f in futures)
+        assert verifier.pending == len(alice)
+        later = verifier.start(bob[-1])
+        # another DID with a cached key does not wait behind alice's lookup
+        assert later.done() and later.result().verified is True
+        verdicts = [await f for f in futures]  # the caller awaits in stream order
+        assert [v.verified for v in verdicts] == [True] * len(alice), verdicts
+        assert verifier.pending == 0 and verifier.stats["lookups"] == 2
+        # a cached key: the future is done at once
+        assert verifier.start(alice[-1]).done()
+
+        # the order is start()'s: newest first makes the older ones replays
+        fresh = CommitVerifier(resolver, policy="all")
+        backwards = [fresh.start(f) for f in reversed(alice[-3:])]
+        rules = [(await f).rule for f in backwards]
+        assert rules == [None, "REV_STALE", "REV_STALE"]
+
+        # a bad commit's future raises, and the DID's later frames still run
+        raw = stream.raw_commit(stream.writes["schema_res"]["commit"]["cid"])
+        forged = decode_frame(_recommit(raw, _flip_sig))
+        other = CommitVerifier(resolver, policy="all")
+        bad, good = other.start(forged), other.start(alice[-1])
+        with pytest.raises(FrameError, match="SIG_INVALID"):
+            await bad
+        assert (await good).verified is True
+
+    asyncio.run(main())
 
 
 def test_check_with_key_agrees_with_the_did_document(
@@ -637,6 +842,190 @@ def test_check_with_key_agrees_with_the_did_document(
         verifier.check_with_key(frame, key)
         with pytest.raises(FrameError, match="SIG_INVALID"):
             verifier.check_with_key(frame, bob_key)
+
+
+# -- revs: replays and clocks ------------------------------------------------------
+
+
+def test_replayed_and_reordered_commits_are_not_verified(
+    stream: Stream, resolver: IdentityResolver
+) -> None:
+    frames = [f for f in stream.of(stream.alice.did) if f.kind == "commit" and f.ops]
+    first, last = frames[0], frames[-1]
+    verifier = CommitVerifier(resolver, policy="all")
+    assert verifier.check(first).verified is True
+    replay = verifier.check(first)
+    assert (replay.verified, replay.rule) == (None, "REV_STALE")
+    assert first.message.rev in replay.reason
+    assert verifier.check(last).verified is True
+    assert verifier.check(frames[1]).rule == "REV_STALE"  # older than the last
+    assert verifier.stats["stale"] == 2 and verifier.stats["verified"] == 2
+    # the signature is checked first: a forged replay is still a bad commit
+    forged = decode_frame(
+        _recommit(stream.raw_commit(first.commit_cid or ""), _flip_sig)
+    )
+    with pytest.raises(FrameError, match="SIG_INVALID"):
+        verifier.check(forged)
+    # a #sync may repeat the rev of the commit it announces, not go back
+    sync = decode_frame(_sync_frame(stream))
+    assert verifier.check(sync).rule == "REV_STALE"
+    fresh = CommitVerifier(resolver, policy="all")
+    first_commit = next(f for f in stream.of(stream.alice.did) if f.kind == "commit")
+    assert (first_commit.message.rev, first_commit.commit_cid) == (
+        sync.message.rev,
+        sync.commit_cid,
+    )
+    assert fresh.check(first_commit).verified is True
+    assert fresh.check(sync).verified is True
+    # and a commit may follow the #sync that announced it
+    other = CommitVerifier(resolver, policy="all")
+    assert other.check(sync).verified is True
+    assert other.check(first_commit).verified is True
+    assert other.check(first_commit).rule == "REV_STALE"
+
+
+def test_a_rev_from_the_future_is_not_verified(
+    stream: Stream, resolver: IdentityResolver
+) -> None:
+    frame = decode_frame(
+        stream.raw_commit(stream.writes["schema_res"]["commit"]["cid"])
+    )
+    written = _tid_seconds(frame.message.rev)
+    # a clock 6 minutes behind the rev's timestamp
+    early = CommitVerifier(resolver, clock=lambda: written - 360)
+    verdict = early.check(frame)
+    assert (verdict.verified, verdict.rule) == (None, "REV_FUTURE")
+    assert early.last_rev(stream.alice.did) is None  # not kept
+    assert early.stats["future"] == 1
+    # within the allowed 5 minutes it verifies
+    assert CommitVerifier(resolver, clock=lambda: written - 240).verify(frame) is True
+
+
+# -- operations against the signed tree --------------------------------------------
+
+
+def _forge_op(
+    raw: bytes, *, path: str | None = None, action: str | None = None
+) -> bytes:
+    """``raw`` (a real one-op commit) with its record swapped for a forged one
+    (added to the CAR under its true CID), the path optionally changed too: the
+    commit block and its signature untouched (the reviewer's forge)."""
+    header, body = split(raw)
+    roots, sections = read_car(body["blocks"])
+    forged = cbrrr.encode_dag_cbor({"$type": SCHEMA, "name": "FORGED by the relay"})
+    sections.append((cid_of(forged), forged))
+    body["blocks"] = write_car(roots, sections)
+    op = body["ops"][0]
+    op["cid"] = CID(cid_of(forged))
+    if path is not None:
+        op["path"] = path
+    if action == "delete":
+        op.update(action="delete", cid=None)
+    return join(header, body)
+
+
+def test_forged_operations_under_a_genuine_signature_are_refused(
+    stream: Stream, resolver: IdentityResolver
+) -> None:
+    raw = stream.raw_commit(stream.writes["schema_res"]["commit"]["cid"])
+    verifier = CommitVerifier(resolver, policy="dataset")
+    rkey = stream.writes["schema_rkey"]
+    cases = [
+        # the reviewer's forge: another record at an attacker-chosen path
+        (_forge_op(raw, path=f"{SCHEMA}/attacker-chosen-rkey"), "/body/ops/0/path"),
+        # another record at the real path
+        (_forge_op(raw), "/body/ops/0/cid"),
+        # a delete of a record the signed tree holds
+        (_forge_op(raw, action="delete"), "/body/ops/0/path"),
+    ]
+    for data, location in cases:
+        frame = decode_frame(data)  # consistent: it decodes
+        assert frame.touches_datasets
+        with pytest.raises(FrameError) as info:
+            verifier.check(frame)
+        assert (info.value.rule, info.value.location) == ("OP_NOT_IN_COMMIT", location)
+        assert info.value.seq == frame.seq and info.value.repo == stream.alice.did
+    assert verifier.stats["invalid"] == 3 and verifier.stats["verified"] == 0
+    # a delete of a record absent from the tree: the path is free, so the
+    # proof holds (the signed tree is all a commit promises)
+    absent = _forge_op(raw, path=f"{SCHEMA}/never-written", action="delete")
+    assert prove_ops(decode_frame(absent)) is True
+    assert rkey and verifier.check(decode_frame(raw)).verified is True
+
+
+def _mst_nodes(raw: bytes) -> list[bytes]:
+    """CIDs of the MST nodes in a commit's CAR (every block but the commit and the
+    records its operations name)."""
+    _, body = split(raw)
+    named = {body["commit"].cid_bytes}
+    named |= {op["cid"].cid_bytes for op in body["ops"] if op["cid"] is not None}
+    return [cid for cid, _ in read_car(body["blocks"])[1] if cid not in named]
+
+
+def test_operation_proofs_walk_real_multi_layer_trees(stream: Stream) -> None:
+    """After 40 more records, the schema's commit proves its key through several
+    MST nodes: dropping any node of the path leaves the proof incomplete."""
+    raw = stream.raw_commit(stream.writes["schema_res"]["commit"]["cid"])
+    frame = decode_frame(raw)
+    assert prove_ops(frame) is True
+    nodes = _mst_nodes(raw)
+    data = frame.commit_data
+    assert data in nodes
+
+    def without(target: bytes) -> Frame:
+        def drop(roots: list[CID], sections: list[tuple[bytes, bytes]]) -> None:
+            sections[:] = [x for x in sections if x[0] != target]
+
+        return decode_frame(_with_blocks(raw, drop))
+
+    needed = [node for node in nodes if prove_ops(without(node)) is False]
+    assert data in needed and len(needed) >= 2, (len(needed), len(nodes))
+    # the walk is bounded
+    with pytest.raises(FrameError) as info:
+        prove_ops(frame, max_depth=1)
+    assert info.value.rule == "MST_INVALID" and "deeper than 1" in info.value.reason
+    assert info.value.location == "/body/ops/0/path"
+    # a node that is not an MST node
+    header, body = split(raw)
+    junk = cbrrr.encode_dag_cbor({"e": [], "l": None, "x": 1})
+    forged = _recommit(
+        _with_blocks(raw, lambda roots, s: s.append((cid_of(junk), junk))),
+        lambda commit: commit.update(data=CID(cid_of(junk))),
+    )
+    with pytest.raises(FrameError) as info:
+        prove_ops(decode_frame(forged))
+    assert (info.value.rule, info.value.cid) == ("MST_INVALID", link(cid_of(junk)))
+    # a tooBig commit has nothing to prove with
+    too_big = decode_frame(join(header, dict(body, tooBig=True, blocks=b"")))
+    with pytest.raises(ValueError, match="CAR blocks"):
+        prove_ops(too_big)
+
+
+def test_missing_mst_nodes_are_no_verdict_and_bad_ones_are_errors(
+    stream: Stream, resolver: IdentityResolver
+) -> None:
+    raw = stream.raw_commit(stream.writes["schema_res"]["commit"]["cid"])
+    data = decode_frame(raw).commit_data
+    assert data is not None
+
+    def drop(roots: list[CID], sections: list[tuple[bytes, bytes]]) -> None:
+        sections[:] = [s for s in sections if s[0] != data]
+
+    verifier = CommitVerifier(resolver)
+    verdict = verifier.check(decode_frame(_with_blocks(raw, drop)))
+    assert (verdict.verified, verdict.rule) == (None, "PROOF_INCOMPLETE")
+    assert verifier.stats["incomplete"] == 1
+    # the signature was good: its rev is kept, so the full frame is now a replay
+    assert verifier.check(decode_frame(raw)).rule == "REV_STALE"
+
+    def tamper(roots: list[CID], sections: list[tuple[bytes, bytes]]) -> None:
+        for i, (cid, block) in enumerate(sections):
+            if cid == data:
+                sections[i] = (cid, block[:-1] + bytes([block[-1] ^ 1]))
+
+    with pytest.raises(FrameError) as info:
+        CommitVerifier(resolver).check(decode_frame(_with_blocks(raw, tamper)))
+    assert (info.value.rule, info.value.cid) == ("BLOCK_CID_MISMATCH", link(data))
 
 
 # -- hostile frames ----------------------------------------------------------------
@@ -802,6 +1191,75 @@ def test_operations_are_checked(post_frame: bytes) -> None:
     assert isinstance(frame.events()[0], Delete)
 
 
+def test_seq_is_a_positive_bigint(post_frame: bytes, stream: Stream) -> None:
+    header, body = split(post_frame)
+    for seq in (0, -1, MAX_SEQ + 1, 2**64 - 1):
+        err = refused(join(header, dict(body, seq=seq)), "FRAME_BODY", "/body/seq")
+        assert err.seq is None and err.repo == stream.alice.did
+    assert decode_frame(join(header, dict(body, seq=MAX_SEQ))).seq == MAX_SEQ
+    identity = next(raw for raw in stream.frames if split(raw)[0]["t"] == "#identity")
+    ih, ib = split(identity)
+    refused(join(ih, dict(ib, seq=0)), "FRAME_BODY", "/body/seq")
+    # a seq read from an unvalidated body (errors, unknown frames) is bounded too
+    err = refused(join(header, dict(body, seq=-5, rev="x")), "FRAME_BODY", "/body/rev")
+    assert err.seq is None
+    err = refused(join(header, dict(body, seq=5, rev="x")), "FRAME_BODY", "/body/rev")
+    assert err.seq == 5
+    unknown = decode_frame(join({"op": 1, "t": "#future"}, {"seq": MAX_SEQ + 1}))
+    assert unknown.kind == "unknown" and unknown.seq is None
+    assert decode_frame(join({"op": 1, "t": "#future"}, {"seq": 3})).seq == 3
+
+
+def test_a_link_shaped_map_is_never_a_link(post_frame: bytes) -> None:
+    """Whatever tag-42 links the frame holds elsewhere: the reviewer's aliasing
+    (the same CID string as a real link in blobs, or anywhere) does not help."""
+    header, body = split(post_frame)
+    real = body["ops"][0]["cid"]
+    fake = {"$link": real.encode()}
+
+    def with_(**changes: Any) -> bytes:
+        return join(header, {**copy.deepcopy(body), **changes})
+
+    ops = copy.deepcopy(body["ops"])
+    ops[0]["cid"] = fake
+    refused(with_(ops=ops, blobs=[real]), "FRAME_BODY", "/body/ops/0/cid")
+    refused(with_(ops=ops, junk=[real]), "FRAME_BODY", "/body/ops/0/cid")
+    ops = copy.deepcopy(body["ops"])
+    ops[0]["prev"] = fake
+    refused(with_(ops=ops), "FRAME_BODY", "/body/ops/0/prev")
+    refused(with_(prevData=fake, junk=real), "FRAME_BODY", "/body/prevData")
+    refused(with_(blobs=[real, fake]), "FRAME_BODY", "/body/blobs/1")
+    err = refused(with_(commit=fake, junk=body["commit"]), "FRAME_BODY", "/body/commit")
+    assert "map" in err.reason
+    # a tooBig commit's operations are not read, but are checked all the same
+    ops = copy.deepcopy(body["ops"])
+    ops[0]["cid"] = fake
+    refused(with_(tooBig=True, blocks=b"", ops=ops), "FRAME_BODY", "/body/ops/0/cid")
+    # real links everywhere are fine
+    assert decode_frame(with_(blobs=[real], prevData=real)).kind == "commit"
+
+
+def test_prev_cids_deletes_and_duplicate_paths(post_frame: bytes) -> None:
+    header, body = split(post_frame)
+    raw_codec = CID(b"\x01\x55\x12\x20" + bytes(32))
+
+    def with_(**changes: Any) -> bytes:
+        return join(header, {**copy.deepcopy(body), **changes})
+
+    refused(with_(prevData=raw_codec), "CID_UNSUPPORTED", "/body/prevData")
+    ops = copy.deepcopy(body["ops"])
+    ops[0].update(action="update", prev=raw_codec)
+    refused(with_(ops=ops), "CID_UNSUPPORTED", "/body/ops/0/prev")
+    ops = copy.deepcopy(body["ops"])
+    ops[0]["action"] = "delete"  # keeping its cid
+    refused(with_(ops=ops), "OP_CID", "/body/ops/0/cid")
+    ops = copy.deepcopy(body["ops"])
+    again = copy.deepcopy(ops[0])
+    other = dict(again, path=POST + "/other")
+    refused(with_(ops=[ops[0], other, again]), "OP_DUPLICATE", "/body/ops/2/path")
+    assert len(decode_frame(with_(ops=[ops[0], other])).ops) == 2
+
+
 def _with_blocks(
     raw: bytes, change: Callable[[list[CID], list[tuple[bytes, bytes]]], Any]
 ) -> bytes:
@@ -846,13 +1304,13 @@ def test_car_blocks_are_checked_against_their_cids(post_frame: bytes) -> None:
         _with_blocks(post_frame, drop(record_cid)), "BLOCK_MISSING", "/body/ops/0/cid"
     )
     refused(_with_blocks(post_frame, drop(commit_cid)), "BLOCK_MISSING", "/body/commit")
-    # an MST node is not read, so it is not hashed either (documented)
-    mst = next(
-        cid
-        for cid, _ in read_car(split(post_frame)[1]["blocks"])[1]
-        if cid not in (record_cid, commit_cid)
-    )
-    assert decode_frame(_with_blocks(post_frame, tamper(mst))).kind == "commit"
+    # an MST node is read (and hashed) only by the operation proofs
+    mst = decode_frame(post_frame).commit_data
+    assert mst is not None
+    frame = decode_frame(_with_blocks(post_frame, tamper(mst)))
+    with pytest.raises(FrameError) as info:
+        prove_ops(frame)
+    assert (info.value.rule, info.value.cid) == ("BLOCK_CID_MISMATCH", link(mst))
 
 
 def test_car_framing_is_checked(post_frame: bytes) -> None:
@@ -885,6 +1343,24 @@ def test_car_framing_is_checked(post_frame: bytes) -> None:
         bad(varint(len(h)) + h + body, "CAR header is not")
     h = b"\xa1\x61"  # a map whose key runs past its section
     bad(varint(len(h)) + h + body, "not DAG-CBOR")
+    # the header is capped before it is decoded: many roots, or an item bomb
+    many_roots = cbrrr.encode_dag_cbor({"version": 1, "roots": roots * 30})
+    assert len(many_roots) > MAX_CAR_HEADER_BYTES
+    bad(varint(len(many_roots)) + many_roots + body, f"over {MAX_CAR_HEADER_BYTES}")
+    n = 1_000_000
+    bomb = (
+        b"\xa3\x61x\x9a"
+        + n.to_bytes(4, "big")
+        + b"\x80" * n
+        + cbrrr.encode_dag_cbor("roots")
+        + cbrrr.encode_dag_cbor(roots)
+        + cbrrr.encode_dag_cbor("version")
+        + b"\x01"
+    )
+    bad(varint(len(bomb)) + bomb + body, f"over {MAX_CAR_HEADER_BYTES}")
+    fits = cbrrr.encode_dag_cbor({"version": 1, "roots": roots * 20})
+    assert len(fits) <= MAX_CAR_HEADER_BYTES
+    assert decode_frame(frame_with(varint(len(fits)) + fits + body)).kind == "commit"
     # a section announcing far more bytes than there are
     bad(varint(len(header)) + header + varint(2**60) + body, "is truncated")
     bad(varint(len(header)) + header + varint(36) + sections[0][0], "too short")

@@ -9,7 +9,11 @@ replaced, dropped, reordered or duplicated, then re-encoded) must either decode 
 be refused with a :class:`~atdata_runtime.firehose.frames.FrameError` of a known
 rule with a location in the frame; anything else escaping is a failure. A frame that
 decodes must keep the codec's promise: every record event's record re-encodes to
-exactly the bytes its CID names.
+exactly the bytes its CID names; and its operation proof
+(:func:`~atdata_runtime.firehose.frames.prove_ops`) gives a bool or a located
+proof rule. MST mutants (the root node's entries changed, dropped, reordered,
+duplicated, or the node replaced, and re-linked from the commit) test the proof
+walk itself.
 
 Inputs built to exhaust memory (3 MiB frames of nested arrays, of empty maps, of
 45,000 tiny CAR blocks, of records adding up to 2 MB of one-byte items; varints and
@@ -33,6 +37,7 @@ from atdata_runtime.firehose.frames import (
     Frame,
     FrameError,
     decode_frame,
+    prove_ops,
 )
 from cbrrr import CID
 from hypothesis import HealthCheck, given, settings
@@ -48,6 +53,7 @@ from ..test_firehose_frames import (
     read_car,
     read_stream,
     split,
+    varint,
     write_car,
 )
 from .bounded import run_bounded
@@ -66,10 +72,15 @@ RULES = {
     "OP_ACTION",
     "OP_PATH",
     "OP_CID",
+    "OP_DUPLICATE",
+    "COMMIT_INVALID",
+    "COMMIT_MISMATCH",
     "RECORD_CBOR",
     "RECORD_TOO_DEEP",
     "RECORD_ITEMS",
 }
+PROOF_RULES = {"OP_NOT_IN_COMMIT", "MST_INVALID", "BLOCK_CID_MISMATCH"}
+"""What :func:`prove_ops` may raise."""
 SETTINGS = settings(
     derandomize=True,
     max_examples=300,
@@ -166,12 +177,28 @@ def check(data: bytes) -> Frame | None:
                 assert CID(cid_of(block)).encode() == op.cid
         if frame.commit_block is not None:
             assert CID(cid_of(frame.commit_block)).encode() == frame.commit_cid
+            prove(frame)
     return frame
+
+
+def prove(frame: Frame) -> bool | None:
+    """:func:`prove_ops` of a decoded commit: a bool, or ``None`` after a clean,
+    located ``FrameError`` of a proof rule."""
+    try:
+        return prove_ops(frame)
+    except FrameError as exc:
+        assert exc.rule in PROOF_RULES, exc
+        assert exc.location.startswith("/body/"), exc
+        assert exc.reason and len(str(exc)) < 2000
+        return None
 
 
 def test_every_real_frame_decodes(frames: list[bytes]) -> None:
     for raw in frames:
-        assert check(raw) is not None
+        frame = check(raw)
+        assert frame is not None
+        if frame.kind == "commit":
+            assert prove_ops(frame) is True  # the local PDS sends the MST nodes
 
 
 @SETTINGS
@@ -361,6 +388,94 @@ def test_record_mutants_decode_or_fail_cleanly(
     check(join(header, body))
 
 
+def _rewrite_root(raw: bytes, node: Any) -> bytes | None:
+    """``raw`` (a commit) with the MST root node replaced by ``node`` (encoded
+    under its true CID) and the commit block's ``data`` pointing at it (the commit
+    re-encoded under its new CID: CAR root, section and body updated; the
+    signature no longer holds, which :func:`prove_ops` does not need)."""
+    header, body = split(raw)
+    roots, sections = read_car(body["blocks"])
+    old_commit = body["commit"].cid_bytes
+    try:
+        block = cbrrr.encode_dag_cbor(node)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    new_root = cid_of(block)
+    out = []
+    for cid, data in sections:
+        if cid == old_commit:
+            commit = cbrrr.decode_dag_cbor(data)
+            assert isinstance(commit, dict)
+            commit["data"] = CID(new_root)
+            data = cbrrr.encode_dag_cbor(commit)
+            cid = cid_of(data)
+            body["commit"] = CID(cid)
+            roots = [CID(cid)]
+        out.append((cid, data))
+    out.append((new_root, block))
+    body["blocks"] = write_car(roots, out)
+    return join(header, body)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_mst_mutants_prove_or_fail_cleanly(
+    frames: list[bytes], data: st.DataObject
+) -> None:
+    """A commit whose MST root node is mutated (an entry field replaced, dropped or
+    added, entries reordered or duplicated, the node replaced by any value) and
+    re-linked from the commit: :func:`prove_ops` proves, finds the proof
+    incomplete, or fails with a proof rule, never anything else."""
+    with_ops = [
+        f for f in frames if split(f)[0]["t"] == "#commit" and split(f)[1]["ops"]
+    ]
+    raw = data.draw(st.sampled_from(with_ops), label="frame")
+    frame = decode_frame(raw)
+    assert frame.commit_data is not None and frame.car_blocks is not None
+    root_block = frame.car_blocks.get(frame.commit_data)
+    assert root_block is not None
+    node: Any = cbrrr.decode_dag_cbor(bytes(root_block))
+    for _ in range(data.draw(st.integers(1, 3), label="mutations")):
+        kind = data.draw(
+            st.sampled_from(["field", "drop", "add", "swap", "dup", "value"]),
+            label="kind",
+        )
+        entries = node.get("e") if isinstance(node, dict) else None
+        if kind == "value" or not isinstance(entries, list) or not entries:
+            node = data.draw(VALUES | st.dictionaries(st.text(max_size=2), VALUES))
+            continue
+        i = data.draw(st.integers(0, len(entries) - 1), label="entry")
+        entry = entries[i]
+        if kind == "swap" and len(entries) > 1:
+            j = data.draw(st.integers(0, len(entries) - 1))
+            entries[i], entries[j] = entries[j], entries[i]
+        elif kind == "dup":
+            entries.insert(i, copy.deepcopy(entry))
+        elif isinstance(entry, dict) and entry:
+            key = data.draw(st.sampled_from(sorted(entry)), label="key")
+            if kind == "drop":
+                del entry[key]
+            elif kind == "add":
+                entry[data.draw(st.text(max_size=3))] = data.draw(VALUES)
+            else:
+                entry[key] = data.draw(
+                    VALUES
+                    | st.integers(0, 64)
+                    | st.binary(max_size=40)
+                    | st.sampled_from([CID(c) for c in _cids(raw)])
+                )
+    mutant = _rewrite_root(raw, node)
+    if mutant is None:
+        return
+    got = check(mutant)
+    if got is not None and got.kind == "commit":
+        prove(got)
+
+
+def _cids(raw: bytes) -> list[bytes]:
+    return [cid for cid, _ in read_car(split(raw)[1]["blocks"])[1]]
+
+
 # -- memory and time: bounded child processes -------------------------------------
 
 _CHILD = """
@@ -444,10 +559,30 @@ def test_hostile_sizes_stay_bounded(frames: list[bytes], tmp_path: Any) -> None:
     tiny = [cbrrr.encode_dag_cbor(i) for i in range(45_000)]
     body["blocks"] = write_car(roots, sections + [(cid_of(b), b) for b in tiny])
     blocks_frame = join(header, body)
+    # a CAR header of 1.9 million items (the header is decoded apart from the
+    # body, so the body's item budget does not cover it: its size cap does)
+    n = 1_900_000
+    bomb = (
+        b"\xa3\x61x\x9a"
+        + n.to_bytes(4, "big")
+        + b"\x80" * n
+        + cbrrr.encode_dag_cbor("roots")
+        + cbrrr.encode_dag_cbor(roots)
+        + cbrrr.encode_dag_cbor("version")
+        + b"\x01"
+    )
+    car = write_car(roots, sections)
+    old_header = cbrrr.encode_dag_cbor({"version": 1, "roots": roots})
+    rest = car[len(old_header) + 1 :]
+    assert len(old_header) < 128  # one-byte varint
+    body["blocks"] = varint(len(bomb)) + bomb + rest
+    bomb_frame = join(header, body)
+    assert len(bomb_frame) < MAX_FRAME_BYTES
     files = {
         "baseline": (text_frame, "decoded"),
         "record items": (items_frame, "RECORD_ITEMS"),
         "45k blocks": (blocks_frame, "CAR_INVALID"),
+        "CAR header bomb": (bomb_frame, "CAR_INVALID"),
     }
     cases = dict(HOSTILE)
     for name, (frame, rule) in files.items():

@@ -27,35 +27,57 @@ the first failure:
     (:mod:`atdata_runtime.lexicons.com.atproto.sync.subscribe_repos`, ``$type``
     taken from the header's ``t``): ``location`` is the JSON pointer of the first
     pydantic error (``/body/ops/0/path``); also a body ``$type`` that disagrees
-    with ``t``, a CID that is a map ``{"$link": …}`` instead of a tag-42 link, an
-    error frame body without a string ``error``, and a ``time`` out of range.
+    with ``t``, a CID field (``commit``, ``prevData``, ``blobs[]``, ``ops[].cid``,
+    ``ops[].prev``) that is anything but a tag-42 link (a map ``{"$link": …}`` is
+    not a link in the data model: it is refused by its decoded type, whatever
+    else the frame holds), an error frame body without a string ``error``, a
+    ``time`` out of range, and a ``seq`` outside ``1 … 2**63-1`` (``/body/seq``;
+    PostgreSQL ``bigint``, and the cursor is positive).
 ``CID_UNSUPPORTED``
-    the commit CID or a record CID is not CIDv1, dag-cbor (0x71), sha2-256 (the
-    only CIDs of repository blocks, "Repository" spec).
+    the commit CID, a record CID, an operation's ``prev`` or the commit's
+    ``prevData`` is not CIDv1, dag-cbor (0x71), sha2-256 (the only CIDs of
+    repository blocks, "Repository" spec).
 ``CAR_INVALID``
     the ``blocks`` CAR (CARv1: varint-prefixed header ``{version: 1, roots}``, then
     varint-prefixed ``CID ‖ block`` sections) is truncated, has a bad varint
-    (unsigned-varint: at most 9 bytes, minimal), a header that is not version 1
-    with at least one root, a section CID that is not CIDv1 dag-cbor sha2-256, more
-    than :data:`MAX_CAR_BLOCKS` blocks, or its first root is not the frame's
+    (unsigned-varint: at most 9 bytes, minimal), a header over
+    :data:`MAX_CAR_HEADER_BYTES` or not version 1 with at least one root, a
+    section CID that is not CIDv1 dag-cbor sha2-256, more than
+    :data:`MAX_CAR_BLOCKS` blocks, or its first root is not the frame's
     ``commit``.
 ``BLOCK_MISSING``
     the commit block or an operation's record block is not in the CAR.
 ``BLOCK_CID_MISMATCH``
     the commit block or a record block does not hash (sha2-256) to its CID.
-``OP_ACTION`` / ``OP_PATH`` / ``OP_CID``
+``COMMIT_INVALID``
+    the commit block (of a commit, or the root block of a ``#sync``) is over
+    :data:`MAX_COMMIT_BYTES`, not one DAG-CBOR map, not a commit object (no
+    ``did``, ``version``, ``data``, ``rev`` or ``sig``), or its ``data`` is not a
+    CIDv1 dag-cbor sha2-256 link (``/body/blocks``).
+``COMMIT_MISMATCH``
+    the commit block says another ``version`` than 3 (``/body/commit``; a
+    ``#sync``: ``/body/blocks``), another
+    ``did`` than the body's ``repo`` (``#sync``: ``did``) (``/body/repo``,
+    ``/body/did``), or another ``rev`` than the body's (``/body/rev``) ("Sync"
+    spec § Firehose Validation Best Practices). Checked for every commit, signed
+    or not: the commit block is small and already hash-checked.
+``OP_ACTION`` / ``OP_PATH`` / ``OP_CID`` / ``OP_DUPLICATE``
     an operation's ``action`` is not ``create``/``update``/``delete``; its
     ``path`` is not ``{collection}/{rkey}`` with an NSID and a record key (Lexicon
-    "NSID" and "Record Key" specs); a create or update without a CID.
+    "NSID" and "Record Key" specs); a create or update without a CID, or a delete
+    with one (``repoOp.cid``: "for deletions, null"); two operations on one path
+    in one commit (``/body/ops/<the second>/path``; the MST has one value per key).
 ``RECORD_CBOR`` / ``RECORD_TOO_DEEP`` / ``RECORD_ITEMS``
     a record block is not one DAG-CBOR map in the JSON data model (cbrrr's
     ``atjson_mode``: no floats, no ``$link``/``$bytes`` keys), nests deeper than
     :data:`MAX_RECORD_DEPTH` maps/arrays, or the frame's records hold more than
     :data:`MAX_ITEMS` CBOR items together.
 
-Only the blocks the events use are hashed: the commit block and the record blocks
-of creates and updates (MST nodes are not read, so they are neither hashed nor
-trusted). A ``tooBig`` commit (deprecated, pre-Sync 1.1: blocks left out) is not
+Only the blocks the events use are hashed here: the commit block and the record
+blocks of creates and updates. MST nodes are read (and each one hash-checked) only
+by :func:`prove_ops`, which :mod:`.verify` calls for a commit whose signature it
+checked: the signature covers the commit block only, the proof carries it down to
+every operation. A ``tooBig`` commit (deprecated, pre-Sync 1.1: blocks left out) is not
 parsed further: its event is ``Commit(too_big=True, ops=())`` (the record events
 would need records it does not carry; re-fetch the repository instead).
 
@@ -70,12 +92,34 @@ up).
 Everything is bounded: the frame by ``max_bytes``; decoded objects by
 :data:`MAX_ITEMS` (cbrrr decodes without recursion and never allocates more items
 than bytes present, but an item of one byte becomes a Python object of up to 130);
-nesting by :data:`MAX_RECORD_DEPTH`; the CAR by :data:`MAX_CAR_BLOCKS` blocks.
-Work is linear in the frame.
-Cost: a commit frame of a real PDS (one record, a CAR of about six blocks) takes
-about 23 µs of CPU to decode and 29 µs with its events built (Python 3.11, this
-project's 2-core machine): the body's validation by the generated models is about
-5 µs of it.
+nesting by :data:`MAX_RECORD_DEPTH`; the CAR by :data:`MAX_CAR_BLOCKS` blocks and
+its header by :data:`MAX_CAR_HEADER_BYTES`; the commit block by
+:data:`MAX_COMMIT_BYTES`. Work is linear in the frame.
+
+:func:`prove_ops` (operations against the signed MST, Sync 1.1) raises
+:class:`FrameError`:
+
+``OP_NOT_IN_COMMIT``
+    a create or update whose path is absent from the tree of the commit's ``data``
+    or holds another CID there (``/body/ops/<i>/cid``, or ``…/path`` when absent),
+    or a delete whose path is still in the tree (``/body/ops/<i>/path``).
+``MST_INVALID``
+    an MST node on the way is not DAG-CBOR or not a valid node (the checks of
+    :func:`~atdata_runtime.atmosphere.repo.mst_node` and
+    :func:`~atdata_runtime.atmosphere.repo.mst_find`: entry shape, key order,
+    layers, depth at most :data:`~atdata_runtime.atmosphere.repo.MAX_MST_DEPTH`).
+``BLOCK_CID_MISMATCH``
+    an MST node block does not hash to its CID.
+
+and returns ``False`` when a node it needs is not in the CAR (a commit of a PDS
+before Sync 1.1): the operations are then not proven, neither way.
+Cost: a commit frame of a real PDS (one record, a CAR of about seven blocks, an
+MST of several layers) takes about 28 µs of CPU to decode and 31 µs with its
+events built (Python 3.11, this project's loaded 2-core machine; min over runs):
+the body's validation by the generated models is about 5 µs of it, the commit
+block's checks against the body about 3 µs. :func:`prove_ops` adds about 32 µs
+(three to four MST nodes decoded and checked), paid only with a signature check
+(~300 µs).
 """
 
 from __future__ import annotations
@@ -83,8 +127,8 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Final, Literal, NamedTuple, TypeAlias
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, NoReturn, TypeAlias
 
 from cbrrr import _cbrrr
 from pydantic import TypeAdapter, ValidationError
@@ -105,9 +149,15 @@ from .events import (
     Update,
 )
 
+if TYPE_CHECKING:  # the MST walk is imported when a proof runs (keeps decoding light)
+    from ..atmosphere.cid import Link
+    from ..atmosphere.repo import MstEntries
+
 __all__ = [
     "DATASET_PREFIX",
     "MAX_CAR_BLOCKS",
+    "MAX_CAR_HEADER_BYTES",
+    "MAX_COMMIT_BYTES",
     "MAX_FRAME_BYTES",
     "MAX_ITEMS",
     "MAX_RECORD_DEPTH",
@@ -116,6 +166,7 @@ __all__ = [
     "FrameKind",
     "FrameOp",
     "decode_frame",
+    "prove_ops",
     "to_event",
     "to_events",
 ]
@@ -128,6 +179,16 @@ bytes."""
 MAX_CAR_BLOCKS: Final = 4096
 """Cap on the blocks of one commit's CAR. A commit of 200 operations carries 200
 records and their MST paths (a few nodes each): well under a thousand blocks."""
+MAX_CAR_HEADER_BYTES: Final = 1024
+"""Cap on a CAR's header, bytes. ``{version: 1, roots: [CID]}`` takes 58; the cap
+leaves room for a score of roots and keeps the header out of the item budget (it
+is decoded apart from the body)."""
+MAX_COMMIT_BYTES: Final = 8192
+"""Cap on a commit block, bytes. A v3 commit is ``did`` (a DID: at most 2,048
+characters), ``version``, ``data`` and ``prev`` (CIDs), ``rev`` (a TID) and a
+64-byte ``sig``: under 2.3 KiB."""
+MAX_SEQ: Final = 2**63 - 1
+"""Largest ``seq`` (PostgreSQL ``bigint``; sequence numbers are positive)."""
 MAX_RECORD_DEPTH: Final = 128
 """Cap on nested maps/arrays in one record (the top-level map is depth 1), as
 :data:`atdata_runtime.atmosphere.cid.MAX_DEPTH` for repository proofs."""
@@ -148,6 +209,9 @@ FrameKind: TypeAlias = Literal[
 ]
 
 _NS: Final = "com.atproto.sync.subscribeRepos"
+_COMMIT_TYPE: Final = _NS + "#commit"
+_COMMIT_KEYS: Final = frozenset(("did", "version", "data", "rev", "sig"))
+_SEQUENCED: Final = (_sr.Commit, _sr.Sync, _sr.Identity, _sr.Account)
 _MESSAGE: Final = TypeAdapter(_sr.SubscribeReposMessage)
 _decode: Final[Callable[[Any, Any, bool], tuple[Any, int]]] = _cbrrr.decode_dag_cbor
 """cbrrr's decoder: ``(buffer, cid_ctor, atjson_mode) -> (value, bytes used)``."""
@@ -246,10 +310,14 @@ class Frame:
     ``did`` of the others). ``time``: the message's ``time``, timezone-aware UTC.
     ``size``: the frame's bytes.
 
-    Commits and ``#sync``: ``commit_cid`` (CID string of the signed commit) and
+    Commits and ``#sync``: ``commit_cid`` (CID string of the signed commit),
     ``commit_block`` (its DAG-CBOR bytes, hash-checked against ``commit_cid``, for
-    :mod:`.verify`); ``ops`` (commits only): the checked operations. A ``tooBig``
-    commit has ``commit_block`` ``None`` and no ``ops``.
+    :mod:`.verify`), ``commit_data`` (binary CID of the commit's ``data``, the MST
+    root; the commit block's ``version``, ``did`` and ``rev`` were checked against
+    the body) and ``car_blocks`` (the CAR's sections, unhashed: for
+    :func:`prove_ops`; slices of ``message.blocks``, so they hold no more memory);
+    ``ops`` (commits only): the checked operations. A ``tooBig`` commit has
+    ``commit_block``, ``commit_data`` and ``car_blocks`` ``None`` and no ``ops``.
 
     Error frames: ``error`` (the error name) and ``error_message``.
     """
@@ -266,6 +334,13 @@ class Frame:
     ops: tuple[FrameOp, ...] = ()
     error: str | None = None
     error_message: str | None = None
+    commit_data: bytes | None = None
+    car_blocks: _Blocks | None = field(default=None, repr=False)
+
+    @property
+    def data_cid(self) -> str | None:
+        """``commit_data`` as a CID string (``None`` without it)."""
+        return None if self.commit_data is None else _link_of(self.commit_data)
 
     @property
     def collections(self) -> frozenset[str]:
@@ -415,9 +490,19 @@ def _link_of(raw: bytes) -> str:
 
 
 class _CarLink(bytes):
-    """A CID link in a CAR header (told apart from a byte string)."""
+    """A CID link in a CAR header or a commit block (told apart from a byte
+    string)."""
 
     __slots__ = ()
+
+
+_Links: TypeAlias = dict[int, bytes]
+"""The tag-42 links one frame's decoding made: ``id()`` of each ``{"$link": str}``
+map :func:`decode_frame`'s CID constructor returned → its binary CID. A map from
+the wire that merely looks like a link (the data model does not call it one) is
+another object, so not in it. (Identity, not a ``dict`` subclass: the models
+validate a subclass by a slower path, ~3 µs more per commit; the maps are alive in
+the decoded body while it is checked, so no ``id()`` is reused.)"""
 
 
 def _pointer(loc: tuple[int | str, ...]) -> str:
@@ -429,11 +514,12 @@ def _clip(text: str) -> str:
 
 
 def _hint(body: dict[str, Any]) -> tuple[int | None, str | None]:
-    """``(seq, did)`` read from an unvalidated body, for error messages."""
+    """``(seq, did)`` read from an unvalidated body, for error messages (a ``seq``
+    outside ``1 … MAX_SEQ`` is not given)."""
     seq = body.get("seq")
     did = body.get("repo", body.get("did"))
     return (
-        seq if type(seq) is int else None,
+        seq if type(seq) is int and 0 < seq <= MAX_SEQ else None,
         did if type(did) is str and len(did) <= 2048 else None,
     )
 
@@ -497,6 +583,8 @@ def _parse_car(
         raise bad(f"CAR header length: {exc}") from None
     if size == 0 or size > end - pos:
         raise bad(f"CAR header of {size} bytes does not fit in {end - pos}")
+    if size > MAX_CAR_HEADER_BYTES:
+        raise bad(f"CAR header of {size} bytes is over {MAX_CAR_HEADER_BYTES}")
     try:
         header, used = _decode(view[pos : pos + size], _CarLink, False)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is one finding
@@ -753,22 +841,38 @@ def _record(
     return value, items
 
 
-def _real_link(
-    link: Any, links: dict[str, bytes], location: str, seq: int, did: str
+_CID_FIELDS: Final = ("commit", "prevData")
+_OP_CID_FIELDS: Final = ("cid", "prev")
+
+
+def _raw_link(
+    links: _Links, value: object, body: dict[str, Any], pointer: str
 ) -> bytes:
-    """The binary CID of a validated ``CidLink`` that was a tag-42 link on the
-    wire (not a map ``{"$link": …}``, which the data model does not call a
-    link)."""
-    raw = links.get(link.link)
+    """The binary CID of the CID field ``value`` at ``pointer`` of the decoded
+    ``body``: it must be one of ``links`` (a tag-42 link, see :data:`_Links`), not
+    a map ``{"$link": …}`` (which the models validate as a ``cid-link`` too).
+    Every CID field of a commit (``commit``, ``prevData``, ``blobs[]``,
+    ``ops[].cid``, ``ops[].prev``) goes through here, right after validation and
+    before any use. Raises :class:`FrameError` (``FRAME_BODY``)."""
+    raw = links.get(id(value))
     if raw is None:
-        raise FrameError(
-            "FRAME_BODY",
-            "a CID must be a DAG-CBOR link (tag 42), not a map",
-            location=location,
-            seq=seq,
-            repo=did,
-        )
+        _not_a_link(body, pointer)
     return raw
+
+
+def _not_a_link(body: dict[str, Any], pointer: str) -> NoReturn:
+    value: Any = body
+    for part in pointer.split("/")[2:]:
+        value = value[int(part)] if type(value) is list else value[part]
+    seq, did = _hint(body)
+    raise FrameError(
+        "FRAME_BODY",
+        "a CID must be a DAG-CBOR link (tag 42), not "
+        + ("a map" if isinstance(value, dict) else "another value"),
+        location=pointer,
+        seq=seq,
+        repo=did,
+    )
 
 
 def _sha256_cid(raw: bytes, link: str, location: str, seq: int, did: str) -> None:
@@ -784,10 +888,14 @@ def _sha256_cid(raw: bytes, link: str, location: str, seq: int, did: str) -> Non
 
 
 def _commit_ops(
-    m: _sr.Commit, links: dict[str, bytes], blocks: _Blocks
+    m: _sr.Commit, body: dict[str, Any], links: _Links, blocks: _Blocks
 ) -> tuple[FrameOp, ...]:
+    """The checked operations of ``m``, validated from the decoded ``body`` (whose
+    operations give the binary CIDs, see :func:`_raw_link`)."""
+    raw_ops = body["ops"]
     seq, did = m.seq, m.repo
     out = []
+    paths: set[str] | None = set() if len(m.ops) > 1 else None
     # Items of the records so far: exact for scanned ones, their bytes for the
     # others (an upper bound); a record that could pass MAX_ITEMS is scanned.
     items = 0
@@ -802,21 +910,42 @@ def _commit_ops(
                 seq=seq,
                 repo=did,
             )
-        collection, _, rkey = op.path.partition("/")
+        path = op.path
+        collection, _, rkey = path.partition("/")
         if not is_nsid(collection) or not is_record_key(rkey):
             raise FrameError(
                 "OP_PATH",
-                f"path {op.path[:120]!r} is not {{NSID}}/{{record key}}",
+                f"path {path[:120]!r} is not {{NSID}}/{{record key}}",
                 location=where + "/path",
                 seq=seq,
                 repo=did,
             )
+        if paths is not None:
+            if path in paths:
+                raise FrameError(
+                    "OP_DUPLICATE",
+                    f"a second operation on {path[:120]!r} in one commit",
+                    location=where + "/path",
+                    seq=seq,
+                    repo=did,
+                )
+            paths.add(path)
+        raw_op = raw_ops[i]
         prev = op.prev
         prev_cid = None
         if prev is not None:
-            _real_link(prev, links, where + "/prev", seq, did)
             prev_cid = prev.link
+            raw = _raw_link(links, raw_op["prev"], body, where + "/prev")
+            _sha256_cid(raw, prev_cid, where + "/prev", seq, did)
         if action == "delete":
+            if op.cid is not None:
+                raise FrameError(
+                    "OP_CID",
+                    "a delete operation carries no record CID",
+                    location=where + "/cid",
+                    seq=seq,
+                    repo=did,
+                )
             out.append(FrameOp("delete", collection, rkey, None, None, prev_cid))
             continue
         if op.cid is None:
@@ -828,7 +957,7 @@ def _commit_ops(
                 repo=did,
             )
         link = op.cid.link
-        raw = _real_link(op.cid, links, where + "/cid", seq, did)
+        raw = _raw_link(links, raw_op["cid"], body, where + "/cid")
         _sha256_cid(raw, link, where + "/cid", seq, did)
         block = _checked_block(blocks, raw, link, where + "/cid", seq, did)
         scan = None if items + len(block) <= MAX_ITEMS else MAX_ITEMS - items
@@ -836,6 +965,93 @@ def _commit_ops(
         items += used
         out.append(FrameOp(action, collection, rkey, link, record, prev_cid))
     return tuple(out)
+
+
+def _commit_object(
+    block: memoryview,
+    link: str,
+    did: str,
+    rev: str,
+    seq: int,
+    did_field: str,
+) -> bytes:
+    """Check the hash-checked commit block ``block`` (CID ``link``) against the
+    body: ``version`` 3, ``did`` and ``rev`` the body's (``did_field`` names the
+    body's DID field). Returns the binary CID of its ``data``. Raises
+    :class:`FrameError` (``COMMIT_INVALID``, ``COMMIT_MISMATCH``)."""
+    size = len(block)
+    if size > MAX_COMMIT_BYTES:
+        raise FrameError(
+            "COMMIT_INVALID",
+            f"commit block {link} of {size} bytes is over {MAX_COMMIT_BYTES}",
+            location="/body/blocks",
+            seq=seq,
+            repo=did,
+            cid=link,
+        )
+    try:
+        commit, used = _decode(block, _CarLink, False)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is one finding
+        raise FrameError(
+            "COMMIT_INVALID",
+            f"commit block {link} is not DAG-CBOR: {_clip(str(exc))}",
+            location="/body/blocks",
+            seq=seq,
+            repo=did,
+            cid=link,
+        ) from None
+    if used != size or type(commit) is not dict:
+        raise FrameError(
+            "COMMIT_INVALID",
+            f"commit block {link} is not one DAG-CBOR map",
+            location="/body/blocks",
+            seq=seq,
+            repo=did,
+            cid=link,
+        )
+    get = commit.get
+    version, data = get("version"), get("data")
+    if (
+        type(version) is int
+        and version == 3
+        and get("did") == did
+        and get("rev") == rev
+        and type(data) is _CarLink
+        and len(data) == 36
+        and data.startswith(_CID_PREFIX)
+    ):
+        return bytes(data)
+    if not _COMMIT_KEYS <= commit.keys():
+        why, where, rule = (
+            f"block {link} is not a commit object (did, version, data, rev, sig)",
+            "/body/blocks",
+            "COMMIT_INVALID",
+        )
+    elif type(version) is not int or version != 3:
+        why, where, rule = (
+            f"commit {link} is not a version 3 commit",
+            "/body/commit" if did_field == "/body/repo" else "/body/blocks",
+            "COMMIT_MISMATCH",
+        )
+    elif get("did") != did:
+        why, where, rule = (
+            f"commit {link} is for another DID than the frame's {did_field[6:]}",
+            did_field,
+            "COMMIT_MISMATCH",
+        )
+    elif get("rev") != rev:
+        why, where, rule = (
+            f"the commit block's rev {str(get('rev'))[:20]!r} is not {rev}",
+            "/body/rev",
+            "COMMIT_MISMATCH",
+        )
+    else:
+        why, where, rule = (
+            f"commit {link}: data is not a CIDv1 dag-cbor sha2-256 link",
+            "/body/blocks",
+            "COMMIT_INVALID",
+        )
+    raise FrameError(rule, why, location=where, seq=seq, repo=did, cid=link)
 
 
 def _check_depth(
@@ -907,12 +1123,12 @@ def decode_frame(
                 else str(exc)
             )
             raise FrameError(f"FRAME_{exc.kind}", f"frame: {why}") from None
-    links: dict[str, bytes] = {}
+    links: _Links = {}
 
     def cid_ctor(raw: bytes) -> dict[str, str]:
-        link = _link_of(raw)
-        links[link] = raw
-        return {"$link": link}
+        link = {"$link": _link_of(raw)}
+        links[id(link)] = raw
+        return link
 
     try:
         header, used = _decode(data, cid_ctor, False)
@@ -1008,10 +1224,17 @@ def decode_frame(
             repo=did,
         ) from None
 
+    if isinstance(m, _SEQUENCED) and not 0 < m.seq <= MAX_SEQ:
+        raise FrameError(
+            "FRAME_BODY",
+            f"seq {m.seq} is not in 1 … 2**63-1",
+            location="/body/seq",
+            repo=m.repo if isinstance(m, _sr.Commit) else m.did,
+        )
     if deep_check:
         _check_extras(m, body)
     if isinstance(m, _sr.Commit):
-        return _commit_frame(m, t, size, links, max_blocks)
+        return _commit_frame(m, body, links, t, size, max_blocks)
     if isinstance(m, _sr.Sync):
         seq, did = m.seq, m.did
         time = _parse_time(m.time, seq, did)
@@ -1019,6 +1242,7 @@ def decode_frame(
         root_link = _link_of(root)
         _sha256_cid(root, root_link, "/body/blocks", seq, did)
         block = _checked_block(blocks, root, root_link, "/body/blocks", seq, did)
+        data_raw = _commit_object(block, root_link, did, m.rev, seq, "/body/did")
         return Frame(
             "sync",
             t,
@@ -1029,6 +1253,8 @@ def decode_frame(
             size=size,
             commit_cid=root_link,
             commit_block=bytes(block),
+            commit_data=data_raw,
+            car_blocks=blocks,
         )
     if isinstance(m, (_sr.Identity, _sr.Account)):
         time = _parse_time(m.time, m.seq, m.did)
@@ -1041,18 +1267,33 @@ def decode_frame(
 
 
 def _commit_frame(
-    m: _sr.Commit, t: str, size: int, links: dict[str, bytes], max_blocks: int
+    m: _sr.Commit,
+    body: dict[str, Any],
+    links: _Links,
+    t: str,
+    size: int,
+    max_blocks: int,
 ) -> Frame:
+    """The frame of a validated commit ``m``; ``body`` is the decoded body whose
+    CID fields give the binary CIDs in ``links`` (see :func:`_raw_link`)."""
     seq, did = m.seq, m.repo
     commit_link = m.commit.link
-    commit_raw = _real_link(m.commit, links, "/body/commit", seq, did)
+    commit_raw = _raw_link(links, body["commit"], body, "/body/commit")
     _sha256_cid(commit_raw, commit_link, "/body/commit", seq, did)
-    for i, blob in enumerate(m.blobs):
-        _real_link(blob, links, f"/body/blobs/{i}", seq, did)
     if m.prev_data is not None:
-        _real_link(m.prev_data, links, "/body/prevData", seq, did)
+        prev_link = m.prev_data.link
+        raw_prev = _raw_link(links, body["prevData"], body, "/body/prevData")
+        _sha256_cid(raw_prev, prev_link, "/body/prevData", seq, did)
+    if m.blobs:
+        for i, blob in enumerate(body["blobs"]):
+            _raw_link(links, blob, body, f"/body/blobs/{i}")
     time = _parse_time(m.time, seq, did)
     if m.too_big:
+        # its operations are not read, but their CID fields are links all the same
+        for i, op in enumerate(body["ops"]):
+            for name in ("cid", "prev"):
+                if op.get(name) is not None:
+                    _raw_link(links, op[name], body, f"/body/ops/{i}/{name}")
         return Frame(
             "commit",
             t,
@@ -1073,6 +1314,7 @@ def _commit_frame(
             repo=did,
         )
     block = _checked_block(blocks, commit_raw, commit_link, "/body/commit", seq, did)
+    data_raw = _commit_object(block, commit_link, did, m.rev, seq, "/body/repo")
     return Frame(
         "commit",
         t,
@@ -1083,5 +1325,158 @@ def _commit_frame(
         size=size,
         commit_cid=commit_link,
         commit_block=bytes(block),
-        ops=_commit_ops(m, links, blocks),
+        ops=_commit_ops(m, body, links, blocks),
+        commit_data=data_raw,
+        car_blocks=blocks,
     )
+
+
+# -- operation proofs -----------------------------------------------------------------
+
+
+class _NodeMissing(Exception):
+    """An MST node :func:`prove_ops` needs is not in the CAR."""
+
+
+def prove_ops(frame: Frame, *, max_depth: int | None = None) -> bool:
+    """Prove each operation of a commit frame against the Merkle Search Tree of its
+    commit's ``data`` ("Repository" spec § MST Structure; "Sync" spec § Commit
+    Validation: since Sync 1.1 a commit's CAR carries the MST nodes on the path to
+    each operation's key, for creates, updates and deletes alike).
+
+    A create or update must find its ``{collection}/{rkey}`` → ``cid`` in the
+    tree; a delete must find its path absent. Nodes are read from
+    ``frame.car_blocks``, each hash-checked (sha2-256) before it is decoded
+    (cbrrr, links as :class:`~atdata_runtime.atmosphere.cid.Link`; decoded once per
+    frame, items bounded by :data:`MAX_ITEMS` together) and walked by
+    :func:`~atdata_runtime.atmosphere.repo.mst_find` (at most ``max_depth`` nodes
+    per key; default :data:`~atdata_runtime.atmosphere.repo.MAX_MST_DEPTH`).
+
+    Only meaningful once the commit block is known to be signed (:mod:`.verify`):
+    ``commit_data`` comes from it. Returns ``True`` when every operation is proven
+    (an empty commit trivially), ``False`` when a node the proof needs is absent
+    from the CAR (nothing proven or disproven, e.g. a PDS before Sync 1.1); raises
+    :class:`FrameError` ``OP_NOT_IN_COMMIT``, ``MST_INVALID`` or
+    ``BLOCK_CID_MISMATCH`` (see the module docstring) for the first operation
+    disproven, even after an incomplete one. ``ValueError`` for a frame that is
+    not a commit with its blocks (``tooBig``)."""
+    from ..atmosphere.cid import Link
+    from ..atmosphere.errors import RecordVerificationError
+    from ..atmosphere.repo import MAX_MST_DEPTH, mst_find, mst_node
+
+    depth = MAX_MST_DEPTH if max_depth is None else max_depth
+
+    data, blocks = frame.commit_data, frame.car_blocks
+    if frame.kind != "commit" or data is None or blocks is None:
+        raise ValueError("prove_ops needs a commit frame with its CAR blocks")
+    if not frame.ops:
+        return True
+    seq, did = frame.seq, frame.did
+    nodes: dict[bytes, tuple[MstEntries, Link | None]] = {}
+    spent = 0  # items of the nodes decoded so far (bytes: an upper bound), scanned
+    where = ""
+
+    def node_at(raw: bytes) -> tuple[MstEntries, Link | None]:
+        nonlocal spent
+        got = nodes.get(raw)
+        if got is not None:
+            return got
+        block = blocks.get(raw)
+        if block is None:
+            raise _NodeMissing
+        if hashlib.sha256(block).digest() != raw[4:]:
+            link = _link_of(raw)
+            raise FrameError(
+                "BLOCK_CID_MISMATCH",
+                f"MST node {link} does not hash (sha2-256) to its CID",
+                location="/body/blocks",
+                seq=seq,
+                repo=did,
+                cid=link,
+            )
+
+        def bad(why: str) -> FrameError:
+            link = _link_of(raw)
+            return FrameError(
+                "MST_INVALID",
+                f"MST node {link}: {why}",
+                location=where,
+                seq=seq,
+                repo=did,
+                cid=link,
+            )
+
+        size = len(block)
+        if spent + size > MAX_ITEMS:
+            try:
+                items, _ = _scan(block, 0, size, MAX_ITEMS - spent, 4)
+            except _ScanError as exc:
+                raise bad(str(exc)) from None
+            spent += items
+        else:
+            spent += size
+        try:
+            value, used = _decode(block, Link, False)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is one finding
+            raise bad(f"not DAG-CBOR: {_clip(str(exc))}") from None
+        if used != size:
+            raise bad("not one DAG-CBOR value")
+        try:
+            got = mst_node(value, raw)
+        except RecordVerificationError as exc:
+            raise FrameError(
+                "MST_INVALID",
+                _clip(exc.reason),
+                location=where,
+                seq=seq,
+                repo=did,
+                cid=_link_of(raw),
+            ) from None
+        nodes[raw] = got
+        return got
+
+    complete = True
+    for i, op in enumerate(frame.ops):
+        where = f"/body/ops/{i}/path"
+        path = f"{op.collection}/{op.rkey}"
+        try:
+            found = mst_find(node_at, data, path.encode(), max_depth=depth)
+        except _NodeMissing:
+            complete = False
+            continue
+        except RecordVerificationError as exc:
+            raise FrameError(
+                "MST_INVALID",
+                _clip(f"the MST path to {path[:120]!r}: {exc.reason}"),
+                location=where,
+                seq=seq,
+                repo=did,
+            ) from None
+        if op.action == "delete":
+            if found is not None:
+                raise FrameError(
+                    "OP_NOT_IN_COMMIT",
+                    f"deleted {path[:120]!r} is still in the signed tree",
+                    location=where,
+                    seq=seq,
+                    repo=did,
+                )
+        elif found is None:
+            raise FrameError(
+                "OP_NOT_IN_COMMIT",
+                f"the signed tree has no record at {path[:120]!r}",
+                location=where,
+                seq=seq,
+                repo=did,
+                cid=op.cid,
+            )
+        elif (held := _link_of(found.raw)) != op.cid:
+            raise FrameError(
+                "OP_NOT_IN_COMMIT",
+                f"the signed tree has {held[:80]} at {path[:120]!r}, not {op.cid}",
+                location=f"/body/ops/{i}/cid",
+                seq=seq,
+                repo=did,
+                cid=op.cid,
+            )
+    return complete
