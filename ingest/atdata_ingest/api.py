@@ -8,11 +8,14 @@ Endpoints (FastAPI; the OpenAPI document is served at ``/openapi.json``):
   defaults to 100, at most 1000 (more is a 422). A page never ends in the middle
   of a commit: it holds every matching row of each ``seq`` it includes, so a
   consumer that resumes from ``cursor`` (the highest ``seq`` included, or
-  ``since`` when the page is empty) loses nothing. The one exception to the
-  ``limit`` is a single commit with more matching operations than ``limit``: that
-  commit is returned whole (a commit holds at most 200 operations,
-  ``com.atproto.sync.subscribeRepos#commit`` ``ops`` maxLength). ``more`` says
-  that rows after ``cursor`` matched already.
+  ``since`` when the page is empty) loses nothing. A page also holds at most
+  ``page_bytes`` (8 MiB) of record JSON, the records' text as PostgreSQL prints
+  it (``octet_length(record::text)``), which is what the page embeds. Both
+  bounds give way only to a page's *first* commit, which always comes whole: a
+  commit holds at most 200 operations and a 2,000,000-byte CAR
+  (``com.atproto.sync.subscribeRepos#commit`` ``ops`` and ``blocks``
+  maxLength), so a commit is bounded. ``more`` says that rows after ``cursor``
+  matched already.
 - ``GET /events/stream?since=&…``: the same filters as server-sent events
   (``text/event-stream``). Each row is one SSE event whose ``data`` is the row's
   JSON; the *last* row of each ``seq`` carries ``id: <seq>``, so the
@@ -22,37 +25,53 @@ Endpoints (FastAPI; the OpenAPI document is served at ``/openapi.json``):
   reconnects to the same URL), else ``since``, else the current cursor (live
   tail). New rows are found by ``LISTEN ingest_events`` (the ingester runs
   ``NOTIFY ingest_events, '<last seq>'`` in each batch transaction) with a poll
-  of ``ingest_cursor`` every ``poll_seconds`` as the fallback; a ``: ping``
-  comment is sent after ``heartbeat_seconds`` of silence. The buffer of a
-  connection is one page (``stream_page`` rows) plus the server's socket buffer:
-  a client that does not take a chunk within ``send_timeout_seconds`` is
-  dropped (it reconnects and resumes from the log), never buffered without
-  limit.
+  of ``ingest_cursor`` every ``poll_seconds`` as the fallback. After
+  ``heartbeat_seconds`` without a write the server sends ``: ping`` and, when it
+  has scanned the log past the last id sent, ``id: <scanned seq>`` in the same
+  message: a message with an id and no data sets the client's last event ID
+  without dispatching an event (HTML Living Standard, "Server-sent events",
+  dispatch), so a filtered stream that matched nothing for a while resumes from
+  where the server had scanned, not from its last match. Pages are bounded like
+  ``/events`` (``stream_page`` rows, ``page_bytes``); the buffer of a connection
+  is one page plus the server's socket buffer: a client that does not take a
+  chunk within ``send_timeout_seconds`` is dropped (it reconnects and resumes
+  from the log), never buffered without limit.
 - ``GET /health``: no authentication (the deployment platform probes it; it
-  shows only the ingester's status). 200 with ``status`` ``ok`` or ``stopped``
-  (no ingester recorded as running: the API still serves the log); 503 with
-  ``stale`` when an ingester is recorded as running (``ingest_cursor.
-  ingester_pid`` set) and the cursor row has not been updated for
-  ``stale_after_seconds`` (0 turns this off), or ``unavailable`` when PostgreSQL
-  does not answer within 2 s.
+  shows only the ingester's status), answered from a cache of
+  ``health_cache_seconds`` (1 s; concurrent misses share one query). 200 with
+  ``status`` ``ok`` or ``stopped`` (no ingester recorded as running: the API
+  still serves the log); 503 with ``stale`` when an ingester is recorded as
+  running (``ingest_cursor.ingester_pid`` set) and the cursor row has not been
+  updated for ``stale_after_seconds`` (0 turns this off), or ``unavailable`` when
+  PostgreSQL does not answer within ``health_timeout_seconds``.
 
 Authentication (:mod:`.tokens`): ``Authorization: Bearer atdi_<id>_<secret>`` on
 ``/events`` and ``/events/stream``; the request's filters must be inside the
 token's scope (403 ``ScopeDenied``); each request, and each stream opened, takes
 one from the token's bucket (:mod:`.ratelimit`; 429 with ``Retry-After``); at most
 ``max_streams_per_token`` streams per token are open at once (429
-``TooManyStreams``). The API is read-only: its connections run with
+``TooManyStreams``). Failed authentications are throttled per client address and
+for the process (:class:`~.ratelimit.AuthThrottle`: 429 ``RateLimitExceeded``
+before any lookup). Every 401 carries ``WWW-Authenticate: Bearer`` (RFC 6750
+§3), with ``error="invalid_token"`` for a token that was presented; a 403 carries
+``error="insufficient_scope"``. The API is read-only: its connections run with
 ``default_transaction_read_only`` on.
+
+Work is metered: requests take a connection from the request pool
+(``pool_max``) within ``acquire_timeout_seconds`` or are answered 503
+``Unavailable`` (never queued without bound); streams read from a pool of their
+own (``stream_pool_max``), so open streams never starve ``/events``.
 
 Every error has one JSON shape, ``{"error": Name, "message": text}``:
 401 ``AuthRequired`` / ``InvalidToken``, 403 ``ScopeDenied``, 404 ``NotFound``,
 405 ``MethodNotAllowed``, 422 ``InvalidRequest``, 429 ``RateLimitExceeded`` /
-``TooManyStreams``, 503 ``Unavailable`` (PostgreSQL down, or too many streams
-overall), 500 ``InternalServerError``.
+``TooManyStreams``, 503 ``Unavailable`` (PostgreSQL down, no connection free in
+time, or too many streams overall), 500 ``InternalServerError``.
 
 Run it with :func:`serve` (the CLI's ``atdata-ingest serve``) or any ASGI server
 on ``create_app(database_url)`` with a single worker (buckets and stream counts
-are per process).
+are per process). :func:`serve` ends open streams at once on SIGTERM/SIGINT; under
+another server they end when the app's lifespan shuts down.
 """
 
 from __future__ import annotations
@@ -62,7 +81,11 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import logging
+import signal
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from types import FrameType
 from typing import Annotated, Any, Final, Literal
 
 import asyncpg
@@ -76,7 +99,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from . import __version__
-from .ratelimit import RateLimiter, retry_after_header
+from .ratelimit import AuthThrottle, RateLimiter, retry_after_header
 from .schema import EVENT_COLUMNS
 from .tokens import (
     DID_PATTERN,
@@ -93,6 +116,7 @@ from .tokens import (
 __all__ = [
     "MAX_LIMIT",
     "NOTIFY_CHANNEL",
+    "PAGE_BYTES",
     "ApiLimits",
     "Filters",
     "create_app",
@@ -108,6 +132,8 @@ NOTIFY_CHANNEL: Final = "ingest_events"
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
 MAX_SEQ: Final = 2**63 - 1
+#: Bytes of record JSON a page holds (its first commit excepted): ``page_bytes``.
+PAGE_BYTES: Final = 8 * 1024 * 1024
 #: Rows of one ``seq`` a page may hold beyond ``limit`` (a commit has at most 200
 #: operations; more means a bug upstream, answered with a 500, never truncated).
 MAX_ROWS_PER_SEQ: Final = 10_000
@@ -122,8 +148,13 @@ class ApiLimits:
 
     #: rows fetched per query by a stream (its buffer)
     stream_page: int = 500
+    #: bytes of record JSON per page of /events and of a stream (a page's first
+    #: commit comes whole even when it is larger)
+    page_bytes: int = PAGE_BYTES
     #: bytes of SSE text per write to the socket (a chunk holds whole events)
     stream_chunk_bytes: int = 64 * 1024
+    #: a heartbeat (``: ping``, with ``id: <scanned seq>``) after this long
+    #: without a write
     heartbeat_seconds: float = 15.0
     poll_seconds: float = 1.0
     #: a write that does not complete within this drops the client
@@ -132,10 +163,32 @@ class ApiLimits:
     max_streams: int = 256
     #: /health answers 503 "stale" after this long without a cursor update (0: off)
     stale_after_seconds: float = 60.0
+    #: /health answers from a cache this old at most (0: every request queries)
+    health_cache_seconds: float = 1.0
+    #: the request pool (/events, token lookups, /health)
     pool_min: int = 1
     pool_max: int = 8
+    #: a request that gets no connection within this is answered 503 Unavailable
+    acquire_timeout_seconds: float = 2.0
+    #: the pool streams read from (they queue among themselves, never in front of
+    #: requests) and the cursor poll
+    stream_pool_max: int = 2
     statement_timeout_ms: int = 10_000
     health_timeout_seconds: float = 2.0
+    #: failed authentications per client address: refill per second, bucket size
+    auth_fail_per_ip_rate: float = 1.0
+    auth_fail_per_ip_burst: int = 20
+    #: failed authentications of the whole process (addresses that succeeded in
+    #: the last ``auth_trust_seconds`` skip this bucket)
+    auth_fail_rate: float = 50.0
+    auth_fail_burst: int = 200
+    auth_trust_seconds: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.page_bytes < 1 or self.stream_page < 1:
+            raise ValueError("page_bytes and stream_page must be >= 1")
+        if self.pool_max < 1 or self.stream_pool_max < 1:
+            raise ValueError("pool_max and stream_pool_max must be >= 1")
 
 
 # --------------------------------------------------------------------------- models
@@ -209,21 +262,59 @@ def _err(description: str) -> dict[str, Any]:
     return {"model": ErrorBody, "description": description}
 
 
-_AUTH_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
-    401: _err("AuthRequired (no bearer token) or InvalidToken (unknown, revoked)"),
-    403: _err("ScopeDenied: a filter is outside the token's scope"),
-    422: _err("InvalidRequest: a parameter is missing, malformed or out of range"),
-    429: {
-        **_err("RateLimitExceeded or TooManyStreams; see Retry-After"),
+_RETRY_AFTER: Final = {
+    "Retry-After": {
+        "description": "seconds to wait (integer)",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+_BUG: Final[dict[int | str, dict[str, Any]]] = {
+    500: _err("InternalServerError: a bug (the message says nothing more)")
+}
+_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
+    401: {
+        **_err(
+            "AuthRequired (no bearer token) or InvalidToken (malformed, unknown, "
+            "revoked)"
+        ),
         "headers": {
-            "Retry-After": {
-                "description": "seconds to wait (integer)",
-                "schema": {"type": "integer", "minimum": 1},
+            "WWW-Authenticate": {
+                "description": 'Bearer (RFC 6750 §3); Bearer error="invalid_token" '
+                "when a token was presented",
+                "schema": {"type": "string"},
             }
         },
     },
-    503: _err("Unavailable: PostgreSQL does not answer"),
+    403: {
+        **_err("ScopeDenied: a filter is outside the token's scope"),
+        "headers": {
+            "WWW-Authenticate": {
+                "description": 'Bearer error="insufficient_scope" (RFC 6750 §3.1)',
+                "schema": {"type": "string"},
+            }
+        },
+    },
+    422: _err("InvalidRequest: a parameter is missing, malformed or out of range"),
+    429: {
+        **_err(
+            "RateLimitExceeded (the token's rate, or too many failed "
+            "authentications from this address or overall) or TooManyStreams "
+            "(the token's open streams); see Retry-After"
+        ),
+        "headers": _RETRY_AFTER,
+    },
+    **_BUG,
 }
+
+
+def _unavailable(stream: bool) -> dict[int | str, dict[str, Any]]:
+    why = (
+        "Unavailable: PostgreSQL does not answer, or no database connection is "
+        "free within the acquire timeout"
+    )
+    if stream:
+        why += ", or the server has its maximum of streams open (max_streams)"
+    return {503: {**_err(why + "; see Retry-After"), "headers": _RETRY_AFTER}}
 
 
 # --------------------------------------------------------------------------- errors
@@ -366,54 +457,151 @@ class Filters:
         return " AND ".join(clauses), params
 
 
+def _page_sql(where: str, n: int) -> str:
+    """The page query: at most ``$n`` matching rows in ``(seq, idx)`` order, each
+    with its record as JSON text (``record::text``, computed once per row, after
+    the LIMIT) when that text is at most ``$n+1`` bytes, else NULL, and the
+    text's length in bytes (NULL for a NULL record) as a last column."""
+    cols = ", ".join(
+        f"CASE WHEN octet_length(s.t) <= ${n + 1} THEN s.t END"
+        if c == "record"
+        else f"s.{c}"
+        for c in EVENT_COLUMNS
+    )
+    return (
+        f"SELECT {cols}, octet_length(s.t) "
+        f"FROM (SELECT q.*, q.record::text AS t "
+        f"FROM (SELECT {_COLUMNS_SQL} FROM ingest_events WHERE {where} "
+        f"ORDER BY seq, idx LIMIT ${n}) q ORDER BY q.seq, q.idx OFFSET 0) s "
+        f"ORDER BY s.seq, s.idx"
+    )
+
+
+_FILL_SQL: Final = """
+SELECT e.seq, e.idx, e.record::text
+  FROM ingest_events e
+  JOIN unnest($1::bigint[], $2::integer[]) AS k(seq, idx)
+    ON e.seq = k.seq AND e.idx = k.idx
+ WHERE e.seq >= $3 AND e.seq <= $4
+"""
+
+Row = tuple[Any, ...]
+"""One ``ingest_events`` row: the values of :data:`EVENT_COLUMNS` in order, the
+record as JSON text (or None)."""
+
+
+def _commit_start(rows: Sequence[Row], i: int) -> int:
+    """Index of the first row of the ``seq`` of ``rows[i]`` (rows in seq order)."""
+    seq = rows[i][0]
+    while i > 0 and rows[i - 1][0] == seq:
+        i -= 1
+    return i
+
+
 async def fetch_page(
-    conn: Any, filters: Filters, since: int, limit: int, *, byte_order: bool = False
-) -> tuple[list[Any], bool]:
+    conn: Any,
+    filters: Filters,
+    since: int,
+    limit: int,
+    *,
+    byte_order: bool = False,
+    max_bytes: int = PAGE_BYTES,
+) -> tuple[list[Row], bool]:
     """``(rows, more)``: the matching rows with ``seq > since`` in ``(seq, idx)``
-    order, whole commits only (see the module docstring), at most ``limit`` rows
-    unless one commit alone has more; ``more`` when matching rows remain after the
-    last ``seq`` returned. ``conn``: an asyncpg connection or pool; ``byte_order``:
-    see :meth:`Filters.where`."""
+    order (:data:`Row` tuples), whole commits only, at most ``limit`` rows and
+    ``max_bytes`` bytes of record JSON, except that the first commit comes whole
+    however large (see the module docstring); ``more`` when matching rows remain
+    after the last ``seq`` returned. ``conn``: an asyncpg connection (or pool);
+    ``byte_order``: see :meth:`Filters.where`.
+
+    Memory: the first query carries a record inline only when its text is at
+    most ``max_bytes // (limit + 1)`` bytes, so it transfers at most
+    ``max_bytes`` of records however large they are; the larger records of the
+    rows kept are fetched by a second query (at most ``max_bytes`` plus the first
+    commit). Raises :class:`ApiError` 503 when rows vanish between the two
+    (retention dropped their partition), 500 ``SEQ_TOO_LARGE`` for a seq of more
+    than :data:`MAX_ROWS_PER_SEQ` rows."""
+    if limit < 1 or max_bytes < 1:
+        raise ValueError("limit and max_bytes must be >= 1")
     where, params = filters.where(byte_order=byte_order)
     n = len(params) + 2
-    rows = list(
-        await conn.fetch(
-            f"SELECT {_COLUMNS_SQL} FROM ingest_events WHERE {where} "
-            f"ORDER BY seq, idx LIMIT ${n}",
-            since,
-            *params,
-            limit + 1,
-        )
-    )
-    if len(rows) <= limit:
-        return rows, False
-    last = rows[limit - 1]["seq"]
-    if rows[limit]["seq"] != last:
-        return rows[:limit], True
-    k = limit - 1
-    while k >= 0 and rows[k]["seq"] == last:
-        k -= 1
-    if k >= 0:  # drop the commit the limit cut; it starts the next page
-        return rows[: k + 1], True
-    # One commit has more matching rows than limit: return it whole.
-    whole = list(
-        await conn.fetch(
+    inline = max(1, max_bytes // (limit + 1))
+    got = await conn.fetch(_page_sql(where, n), since, *params, limit + 1, inline)
+    rows: list[Row] = [tuple(r) for r in got]  # EVENT_COLUMNS + record size
+    if not rows:
+        return [], False
+    end = len(rows) if len(rows) <= limit else _commit_start(rows, limit)
+    if end == 0:
+        # One commit has more matching rows than limit: return it whole.
+        return await _whole_commit(conn, where, params, since, rows[0][0])
+    # Keep whole commits while the record bytes fit (the first one always).
+    cut, total, i = end, 0, 0
+    while i < end:
+        j, size, seq = i, 0, rows[i][0]
+        while j < end and rows[j][0] == seq:
+            size += rows[j][-1] or 0
+            j += 1
+        if i > 0 and total + size > max_bytes:
+            cut = i
+            break
+        total += size
+        i = j
+    page = rows[:cut]
+    more = cut < len(rows)
+    withheld = [
+        (k, r)
+        for k, r in enumerate(page)
+        if r[_RECORD_AT] is None and r[-1] is not None
+    ]
+    if withheld:
+        filled = {
+            (f[0], f[1]): f[2]
+            for f in await conn.fetch(
+                _FILL_SQL,
+                [r[0] for _, r in withheld],
+                [r[1] for _, r in withheld],
+                page[0][0],
+                page[-1][0],
+            )
+        }
+        for k, r in withheld:
+            text = filled.get((r[0], r[1]))
+            if text is None:
+                raise ApiError(
+                    503,
+                    "Unavailable",
+                    f"seq {r[0]} was trimmed while its page was read; retry",
+                    {"Retry-After": "1"},
+                )
+            page[k] = (*r[:_RECORD_AT], text, *r[_RECORD_AT + 1 :])
+    return [r[:-1] for r in page], more
+
+
+async def _whole_commit(
+    conn: Any, where: str, params: list[Any], since: int, seq: int
+) -> tuple[list[Row], bool]:
+    """Every matching row of ``seq`` (a commit with more rows than the page's
+    limit), and whether rows after it match."""
+    n = len(params) + 2
+    whole = [
+        tuple(r)
+        for r in await conn.fetch(
             f"SELECT {_COLUMNS_SQL} FROM ingest_events WHERE {where} "
             f"AND seq = ${n} ORDER BY idx LIMIT ${n + 1}",
             since,
             *params,
-            last,
+            seq,
             MAX_ROWS_PER_SEQ + 1,
         )
-    )
+    ]
     if len(whole) > MAX_ROWS_PER_SEQ:
         raise ApiError(
             500,
             "InternalServerError",
-            f"seq {last} has more than {MAX_ROWS_PER_SEQ} rows (SEQ_TOO_LARGE)",
+            f"seq {seq} has more than {MAX_ROWS_PER_SEQ} rows (SEQ_TOO_LARGE)",
         )
     more = await conn.fetchval(
-        f"SELECT EXISTS (SELECT 1 FROM ingest_events WHERE {where})", last, *params
+        f"SELECT EXISTS (SELECT 1 FROM ingest_events WHERE {where})", seq, *params
     )
     return whole, bool(more)
 
@@ -438,9 +626,9 @@ def _sse_chunks(rows: Sequence[Any], chunk_bytes: int) -> Iterator[bytes]:
     parts: list[bytes] = []
     size = 0
     for i, row in enumerate(rows):
-        seq = row["seq"]
+        seq = row[0]
         data = orjson.dumps(_row_dict(row))
-        last_of_seq = i + 1 == len(rows) or rows[i + 1]["seq"] != seq
+        last_of_seq = i + 1 == len(rows) or rows[i + 1][0] != seq
         event = b"data: " + data + (b"\nid: %d\n\n" % seq if last_of_seq else b"\n\n")
         parts.append(event)
         size += len(event)
@@ -562,19 +750,54 @@ class _State:
     dsn: str
     limits: ApiLimits
     limiter: RateLimiter
+    throttle: AuthThrottle
     pool: Any = None
+    stream_pool: Any = None
     notifier: SeqNotifier | None = None
     streams: dict[str, int] = dataclasses.field(default_factory=dict)
     streams_total: int = 0
     dropped_slow: int = 0
     byte_order: bool = False
     closing: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    loop: asyncio.AbstractEventLoop | None = None
+    #: /health: the last body, when it expires (monotonic), the query in flight
+    health_body: dict[str, Any] | None = None
+    health_expires: float = 0.0
+    health_task: asyncio.Task[dict[str, Any]] | None = None
+    health_queries: int = 0
+
+    def request_close(self) -> None:
+        """End every open stream now (thread- and signal-safe)."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.closing.set)
 
 
 def _state(request: Request) -> _State:
     st = request.app.state.ingest
     assert isinstance(st, _State)
     return st
+
+
+@contextlib.asynccontextmanager
+async def _connection(st: _State) -> AsyncIterator[Any]:
+    """A connection of the request pool, within ``acquire_timeout_seconds``, else
+    :class:`ApiError` 503 ``Unavailable`` (a busy server sheds load rather than
+    queueing requests without bound)."""
+    timeout = st.limits.acquire_timeout_seconds
+    try:
+        conn = await st.pool.acquire(timeout=timeout)
+    except TimeoutError:
+        raise ApiError(
+            503,
+            "Unavailable",
+            f"no database connection free within {timeout:g}s",
+            {"Retry-After": "1"},
+        ) from None
+    try:
+        yield conn
+    finally:
+        await st.pool.release(conn)
 
 
 # --------------------------------------------------------------------------- SSE
@@ -664,37 +887,55 @@ class EventStreamResponse(Response):
         st, lim = self._st, self._st.limits
         notifier = st.notifier
         assert notifier is not None
-        cursor = scanned = self._start
+        loop = asyncio.get_running_loop()
+        # cursor: last seq sent; scanned: every matching row <= it was sent;
+        # last_id: the last id: the client holds.
+        cursor = scanned = last_id = self._start
         await self._body(send, b"retry: 2000\n: from seq %d\n\n" % cursor)
+        written = loop.time()
         while not stop.is_set():
             horizon = notifier.latest  # every seq <= horizon is committed
             try:
-                rows, more = await fetch_page(
-                    st.pool,
-                    self._filters,
-                    max(cursor, scanned),
-                    lim.stream_page,
-                    byte_order=st.byte_order,
-                )
-            except _UNAVAILABLE as exc:
+                async with st.stream_pool.acquire() as conn:
+                    rows, more = await fetch_page(
+                        conn,
+                        self._filters,
+                        max(cursor, scanned),
+                        lim.stream_page,
+                        byte_order=st.byte_order,
+                        max_bytes=lim.page_bytes,
+                    )
+            except (*_UNAVAILABLE, ApiError) as exc:
                 log.warning("stream ends, PostgreSQL unavailable: %s", exc)
                 await self._body(send, b": unavailable\n\n")
                 return
-            if stop.is_set():
+            if stop.is_set() or closing.done():
                 return
             if rows:
                 for chunk in _sse_chunks(rows, lim.stream_chunk_bytes):
                     await self._body(send, chunk)
-                cursor = max(cursor, int(rows[-1]["seq"]))
+                cursor = max(cursor, int(rows[-1][0]))
+                last_id = max(last_id, cursor)
+                written = loop.time()
             if more:
                 continue
             scanned = max(scanned, horizon, cursor)
+            idle = loop.time() - written
+            if idle >= lim.heartbeat_seconds:
+                if scanned > last_id:
+                    # id without data: moves Last-Event-ID, dispatches nothing
+                    await self._body(send, b": ping\nid: %d\n\n" % scanned)
+                    last_id = scanned
+                else:
+                    await self._body(send, b": ping\n\n")
+                written = loop.time()
+                idle = 0.0
             news = asyncio.create_task(notifier.wait_beyond(scanned))
             stopped = asyncio.create_task(stop.wait())
             try:
                 done, _ = await asyncio.wait(
                     {news, stopped, closing},
-                    timeout=lim.heartbeat_seconds,
+                    timeout=lim.heartbeat_seconds - idle,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
             finally:
@@ -702,8 +943,6 @@ class EventStreamResponse(Response):
                 stopped.cancel()
             if stopped in done or closing in done:
                 return
-            if not done:
-                await self._body(send, b": ping\n\n")
 
 
 # --------------------------------------------------------------------------- app
@@ -748,11 +987,21 @@ _Limit = Annotated[
 assert set(EVENT_TYPES) == {"commit", "identity", "account", "sync", "info"}
 
 
+_INVALID_TOKEN: Final = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+
+
+def _client_address(request: Request) -> str:
+    """The peer's address (the direct peer: proxy headers are not trusted)."""
+    return request.client.host if request.client is not None else ""
+
+
 async def _authorize(
     request: Request,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> TokenInfo:
-    """The request's live token, with one request taken from its bucket."""
+    """The request's live token, with one request taken from its bucket. Failed
+    authentications are counted per address and for the process; while either
+    bucket is empty a presented token is refused (429) before any lookup."""
     st = _state(request)
     if creds is None:
         raise ApiError(
@@ -761,14 +1010,25 @@ async def _authorize(
             "Authorization: Bearer <token> required",
             {"WWW-Authenticate": "Bearer"},
         )
-    if len(creds.credentials) > MAX_TOKEN_LENGTH:
-        raise ApiError(401, "InvalidToken", "malformed token")
-    try:
-        token = await verify_token(st.pool, creds.credentials)
-    except AuthError as exc:
+    address = _client_address(request)
+    wait = st.throttle.check(address)
+    if wait > 0:
         raise ApiError(
-            401, "InvalidToken", exc.reason, {"WWW-Authenticate": "Bearer"}
-        ) from None
+            429,
+            "RateLimitExceeded",
+            "too many failed authentications; retry later",
+            {"Retry-After": retry_after_header(wait)},
+        )
+    if len(creds.credentials) > MAX_TOKEN_LENGTH:
+        st.throttle.failed(address)
+        raise ApiError(401, "InvalidToken", "malformed token", _INVALID_TOKEN)
+    try:
+        async with _connection(st) as conn:
+            token = await verify_token(conn, creds.credentials)
+    except AuthError as exc:
+        st.throttle.failed(address)
+        raise ApiError(401, "InvalidToken", exc.reason, _INVALID_TOKEN) from None
+    st.throttle.succeeded(address)
     wait = st.limiter.check(token.id, token.rate_per_second, token.burst)
     if wait > 0:
         raise ApiError(
@@ -788,7 +1048,12 @@ def _check_scope(token: TokenInfo, f: Filters) -> None:
         action=f.action,
     )
     if reason is not None:
-        raise ApiError(403, "ScopeDenied", reason)
+        raise ApiError(
+            403,
+            "ScopeDenied",
+            reason,
+            {"WWW-Authenticate": 'Bearer error="insufficient_scope"'},
+        )
 
 
 def create_app(
@@ -796,43 +1061,76 @@ def create_app(
     *,
     limits: ApiLimits | None = None,
     limiter: RateLimiter | None = None,
+    throttle: AuthThrottle | None = None,
 ) -> FastAPI:
     """The consumer API over the log in ``database_url`` (a PostgreSQL DSN). The
-    asyncpg pool and the LISTEN connection open in the app's lifespan (so building
-    the app, e.g. for its OpenAPI document, needs no database)."""
+    asyncpg pools and the LISTEN connection open in the app's lifespan (so
+    building the app, e.g. for its OpenAPI document, needs no database).
+    ``limiter``/``throttle`` default to ones built from ``limits``."""
     lim = limits or ApiLimits()
-    st = _State(dsn=database_url, limits=lim, limiter=limiter or RateLimiter())
+    st = _State(
+        dsn=database_url,
+        limits=lim,
+        limiter=limiter or RateLimiter(),
+        throttle=throttle
+        or AuthThrottle(
+            per_ip_rate=lim.auth_fail_per_ip_rate,
+            per_ip_burst=lim.auth_fail_per_ip_burst,
+            global_rate=lim.auth_fail_rate,
+            global_burst=lim.auth_fail_burst,
+            trust_seconds=lim.auth_trust_seconds,
+        ),
+    )
+    server_settings = {
+        "application_name": "atdata-ingest-api",
+        "default_transaction_read_only": "on",
+        "statement_timeout": str(lim.statement_timeout_ms),
+        # Plans for the values at hand: a generic plan cannot tell a rare
+        # collection from a common one and scans the whole seq index.
+        "plan_cache_mode": "force_custom_plan",
+    }
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         st.closing = asyncio.Event()
+        st.loop = asyncio.get_running_loop()
         st.pool = await asyncpg.create_pool(
             database_url,
-            min_size=lim.pool_min,
+            min_size=min(lim.pool_min, lim.pool_max),
             max_size=lim.pool_max,
             command_timeout=lim.statement_timeout_ms / 1000 + 5,
-            server_settings={
-                "application_name": "atdata-ingest-api",
-                "default_transaction_read_only": "on",
-                "statement_timeout": str(lim.statement_timeout_ms),
-                # Plans for the values at hand: a generic plan cannot tell a rare
-                # collection from a common one and scans the whole seq index.
-                "plan_cache_mode": "force_custom_plan",
-            },
+            server_settings=server_settings,
         )
-        st.byte_order = bool(await st.pool.fetchval(_BYTE_ORDER_SQL))
-        if not st.byte_order:
-            log.warning(
-                "ingest_events.collection does not use the C collation: "
-                "collection=prefix.* filters cannot use the (collection, seq) index"
-            )
-        st.notifier = SeqNotifier(database_url, st.pool, lim.poll_seconds)
-        await st.notifier.start()
         try:
+            st.stream_pool = await asyncpg.create_pool(
+                database_url,
+                min_size=min(lim.pool_min, lim.stream_pool_max),
+                max_size=lim.stream_pool_max,
+                command_timeout=lim.statement_timeout_ms / 1000 + 5,
+                server_settings={
+                    **server_settings,
+                    "application_name": "atdata-ingest-api-streams",
+                },
+            )
+        except BaseException:
+            await st.pool.close()
+            raise
+        try:
+            st.byte_order = bool(await st.pool.fetchval(_BYTE_ORDER_SQL))
+            if not st.byte_order:
+                log.warning(
+                    "ingest_events.collection does not use the C collation: "
+                    "collection=prefix.* filters cannot use the (collection, seq) "
+                    "index"
+                )
+            st.notifier = SeqNotifier(database_url, st.stream_pool, lim.poll_seconds)
+            await st.notifier.start()
             yield
         finally:
             st.closing.set()
-            await st.notifier.stop()
+            if st.notifier is not None:
+                await st.notifier.stop()
+            await st.stream_pool.close()
             await st.pool.close()
 
     app = FastAPI(
@@ -852,7 +1150,7 @@ def create_app(
     @app.get(
         "/events",
         response_model=EventsPage,
-        responses=_AUTH_ERRORS,
+        responses={**_ERRORS, **_unavailable(stream=False)},
         summary="A page of events after since",
     )
     async def get_events(
@@ -866,21 +1164,43 @@ def create_app(
     ) -> Response:
         f = Filters(event_type, collection, repo, action)
         _check_scope(token, f)
-        rows, more = await fetch_page(
-            st.pool, f, since, limit, byte_order=st.byte_order
-        )
-        cursor = int(rows[-1]["seq"]) if rows else since
+        async with _connection(st) as conn:
+            rows, more = await fetch_page(
+                conn,
+                f,
+                since,
+                limit,
+                byte_order=st.byte_order,
+                max_bytes=lim.page_bytes,
+            )
+        cursor = int(rows[-1][0]) if rows else since
         return Response(_page_body(rows, cursor, more), media_type="application/json")
 
     @app.get(
         "/events/stream",
         responses={
             200: {
-                "description": "server-sent events: `data: <EventRow JSON>`, "
-                "`id: <seq>` on the last row of each seq, `: ping` heartbeats",
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "description": (
+                    "Server-sent events (text/event-stream), never ending. Each "
+                    "matching row is one message `data: <EventRow JSON>`; the last "
+                    "row of each seq also carries `id: <seq>` (reconnect with "
+                    "Last-Event-ID). After heartbeat_seconds without a write: "
+                    "`: ping`, with `id: <seq scanned>` when the server has "
+                    "scanned past the last id sent (an id without data moves "
+                    "Last-Event-ID and dispatches no event). `retry: 2000` first; "
+                    "`: unavailable` before the server ends a stream it cannot "
+                    "feed."
+                ),
+                "content": {
+                    "text/event-stream": {
+                        "schema": {"type": "string"},
+                        "example": 'retry: 2000\n: from seq 41\n\ndata: {"seq": '
+                        '42, "idx": 0, ...}\nid: 42\n\n: ping\nid: 57\n\n',
+                    }
+                },
             },
-            **_AUTH_ERRORS,
+            **_ERRORS,
+            **_unavailable(stream=True),
         },
         response_class=Response,
         summary="Events after since, then live, as server-sent events",
@@ -918,7 +1238,8 @@ def create_app(
         elif since is not None:
             start = since
         else:
-            start = int(await st.pool.fetchval("SELECT last_seq FROM ingest_cursor"))
+            async with _connection(st) as conn:
+                start = int(await conn.fetchval("SELECT last_seq FROM ingest_cursor"))
         if st.streams_total >= lim.max_streams:
             raise ApiError(
                 503,
@@ -940,11 +1261,14 @@ def create_app(
     @app.get(
         "/health",
         response_model=Health,
-        responses={503: {"model": Health, "description": "stale or unavailable"}},
+        responses={
+            503: {"model": Health, "description": "stale or unavailable"},
+            **_BUG,
+        },
         summary="The ingester's progress (no authentication)",
     )
     async def health() -> Response:
-        body = await _health(st)
+        body = await _cached_health(st)
         code = 503 if body["status"] in ("stale", "unavailable") else 200
         return Response(
             orjson.dumps(body), status_code=code, media_type="application/json"
@@ -974,6 +1298,31 @@ SELECT c.source, c.last_seq, c.updated_at, c.buffer_fill, c.buffer_max,
        now() AS now
   FROM ingest_cursor c
 """
+
+
+async def _cached_health(st: _State) -> dict[str, Any]:
+    """:func:`_health`, at most ``health_cache_seconds`` old; concurrent misses
+    wait for one query. ``streams`` and ``listening`` are always current."""
+    if st.health_body is None or time.monotonic() >= st.health_expires:
+        task = st.health_task
+        if task is None:
+            task = asyncio.create_task(_health(st))
+            st.health_task = task
+            st.health_queries += 1
+        try:
+            body = await asyncio.shield(task)
+        finally:
+            if task.done() and st.health_task is task:
+                st.health_task = None
+        if st.health_task is None or st.health_body is None:
+            st.health_body = body
+            st.health_expires = time.monotonic() + st.limits.health_cache_seconds
+    notifier = st.notifier
+    return {
+        **st.health_body,
+        "streams": st.streams_total,
+        "listening": bool(notifier and notifier.listening),
+    }
 
 
 async def _health(st: _State) -> dict[str, Any]:
@@ -1040,17 +1389,48 @@ def serve(
     limits: ApiLimits | None = None,
     log_level: str = "info",
 ) -> None:
-    """Run the API with uvicorn until SIGTERM/SIGINT (one worker; open streams get
-    5 s to end at shutdown). ``atdata-ingest serve`` calls this."""
+    """Run the API with uvicorn (one worker) until SIGTERM or SIGINT, then return.
+    ``atdata-ingest serve`` calls this.
+
+    At the signal the server stops accepting connections and every open stream
+    ends at once (its last write is a clean end of the chunked body, so an
+    ``EventSource`` reconnects elsewhere); other requests get up to 5 s to finish
+    (``timeout_graceful_shutdown``), then are cancelled. SIGTERM returns
+    normally (a clean stop); SIGINT raises :class:`KeyboardInterrupt` after the
+    same shutdown, as Python does. No ``Server`` header and no access log
+    (tokens never reach a log; the API logs its own warnings)."""
     import uvicorn
 
-    uvicorn.run(
-        create_app(database_url, limits=limits),
+    app = create_app(database_url, limits=limits)
+    st: _State = app.state.ingest
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            st.request_close()  # streams would hold the shutdown until cancelled
+
+    config = uvicorn.Config(
+        app,
         host=host,
         port=port,
         log_level=log_level,
+        lifespan="on",
         proxy_headers=False,
         server_header=False,
         timeout_graceful_shutdown=5,
         access_log=False,
     )
+    server = _Server(config)
+    main = threading.current_thread() is threading.main_thread()
+    # uvicorn restores the handler it found, then raises the signal it caught
+    # again: a SIGTERM then lands here instead of killing the process.
+    previous = signal.signal(signal.SIGTERM, _stopped) if main else None
+    try:
+        server.run()
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM after uvicorn's graceful shutdown: nothing more to do."""

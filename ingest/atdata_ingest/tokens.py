@@ -73,6 +73,8 @@ _ID_HEX: Final = 16
 MAX_TOKEN_LENGTH: Final = 128
 _TOKEN_RE: Final = re.compile(r"atdi_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: A token id; a name of this shape is refused (it could be another token's id).
+_ID_RE: Final = re.compile(r"[0-9a-f]{16}")
 
 # NSID syntax (atproto spec "NSID"): domain segments of letters, digits and
 # hyphens, a name segment of letters and digits; at most 317 characters.
@@ -292,14 +294,19 @@ async def create_token(
     rate: float = 20.0,
     burst: int = 40,
 ) -> str:
-    """Create a token named ``name`` (1-64 of ``[A-Za-z0-9._-]``, unique) and return
-    its plaintext, the only time it exists outside the consumer.
+    """Create a token named ``name`` (1-64 of ``[A-Za-z0-9._-]``, unique, and not
+    16 lowercase hex digits, the shape of an id: :func:`revoke_token` takes either)
+    and return its plaintext, the only time it exists outside the consumer.
 
     ``rate``: requests per second refilled into the bucket (0 < rate <= 10000);
     ``burst``: bucket size (1..100000). Raises :class:`TokenError`: ``TOKEN_NAME``,
     ``TOKEN_SCOPE``, ``TOKEN_RATE``, ``TOKEN_EXISTS`` (the name is taken)."""
     if not isinstance(name, str) or _NAME_RE.fullmatch(name) is None:
         raise TokenError("TOKEN_NAME", "name must be 1-64 of [A-Za-z0-9._-]")
+    if _ID_RE.fullmatch(name):
+        raise TokenError(
+            "TOKEN_NAME", "a name may not be 16 lowercase hex digits (an id's shape)"
+        )
     if scope is None:
         scope = TokenScope()
     elif not isinstance(scope, TokenScope):
@@ -327,14 +334,34 @@ async def create_token(
     return token
 
 
-async def revoke_token(conn: _Queryable, name_or_id: str) -> bool:
-    """Revoke the token whose name or id is ``name_or_id``; ``True`` when a live
-    token was revoked now, ``False`` when none matched or it was already revoked.
-    Takes effect on the next request (tokens are looked up per request)."""
+async def revoke_token(
+    conn: _Queryable,
+    name_or_id: str | None = None,
+    *,
+    name: str | None = None,
+    id: str | None = None,
+) -> bool:
+    """Revoke one token, named by exactly one of: ``name=`` (its name), ``id=``
+    (its 16-hex id), or positional ``name_or_id``, which is an id when it has the
+    id's shape (16 lowercase hex digits; :func:`create_token` refuses such names,
+    so it cannot be a name) and a name otherwise. At most one row is revoked.
+
+    ``True`` when a live token was revoked now, ``False`` when none matched or it
+    was already revoked. Takes effect on the next request (tokens are looked up
+    per request). Raises :class:`TypeError` unless exactly one is given."""
+    given = [v for v in (name_or_id, name, id) if v is not None]
+    if len(given) != 1:
+        raise TypeError("revoke_token: give exactly one of name_or_id, name=, id=")
+    if name_or_id is not None:
+        if _ID_RE.fullmatch(name_or_id):
+            id = name_or_id
+        else:
+            name = name_or_id
+    column, value = ("id", id) if id is not None else ("name", name)
     row = await conn.fetchrow(
-        "UPDATE ingest_tokens SET revoked_at = now() "
-        "WHERE (name = $1 OR id = $1) AND revoked_at IS NULL RETURNING id",
-        name_or_id,
+        f"UPDATE ingest_tokens SET revoked_at = now() "
+        f"WHERE {column} = $1 AND revoked_at IS NULL RETURNING id",
+        value,
     )
     return row is not None
 

@@ -117,6 +117,7 @@ def test_verify_revoke_and_list(pg_dsn: str) -> None:
         ("a b", None, 1, 1, "TOKEN_NAME"),
         ("x" * 65, None, 1, 1, "TOKEN_NAME"),
         ("-lead", None, 1, 1, "TOKEN_NAME"),
+        ("0123456789abcdef", None, 1, 1, "TOKEN_NAME"),  # an id's shape
         ("ok", {"collections": []}, 1, 1, "TOKEN_SCOPE"),
         ("ok", {"collections": "app.bsky.*"}, 1, 1, "TOKEN_SCOPE"),
         ("ok", {"collections": ["app.*.post"]}, 1, 1, "TOKEN_SCOPE"),
@@ -145,6 +146,47 @@ def test_create_token_refuses_bad_input(
             await create_token(conn, name, scope, rate, burst)
         assert e.value.rule == rule
         assert await conn.fetchval("SELECT count(*) FROM ingest_tokens") == 0
+
+    db(pg_dsn, go)
+
+
+def test_revoke_by_name_or_id_revokes_exactly_one_row(pg_dsn: str) -> None:
+    """A name of an id's shape is refused, and a row that has one anyway (made
+    before the rule) is never revoked by another token's id: positional
+    name_or_id of an id's shape means the id, name=/id= say which."""
+
+    async def go(conn: asyncpg.Connection) -> None:
+        tok = await create_token(conn, "alpha")
+        token_id, _ = parse_token(tok)
+        assert (await create_token(conn, "DEADBEEFDEADBEEF")).startswith("atdi_")
+        # a legacy row whose name is alpha's id (what the old create allowed)
+        await conn.execute(
+            "INSERT INTO ingest_tokens (id, name, hash) VALUES ($1, $2, $3)",
+            "f" * 16,
+            token_id,
+            b"\0" * 32,
+        )
+
+        async def live() -> set[str]:
+            rows = await conn.fetch(
+                "SELECT name FROM ingest_tokens WHERE revoked_at IS NULL"
+            )
+            return {r["name"] for r in rows}
+
+        assert await live() == {"alpha", token_id, "DEADBEEFDEADBEEF"}
+        assert await revoke_token(conn, token_id) is True  # the id: alpha only
+        assert await live() == {token_id, "DEADBEEFDEADBEEF"}
+        assert await revoke_token(conn, id=token_id) is False  # already revoked
+        assert await revoke_token(conn, name=token_id) is True  # the legacy row
+        assert await live() == {"DEADBEEFDEADBEEF"}
+        assert await revoke_token(conn, id="DEADBEEFDEADBEEF") is False  # a name
+        assert await revoke_token(conn, "DEADBEEFDEADBEEF") is True  # not id-shaped
+        assert await revoke_token(conn, name="nobody") is False
+        for bad in ((), ("alpha",)):
+            with pytest.raises(TypeError):
+                await revoke_token(conn, *bad, **({"name": "x"} if bad else {}))
+        with pytest.raises(TypeError):
+            await revoke_token(conn, name="a", id="b")
 
     db(pg_dsn, go)
 
