@@ -83,6 +83,9 @@ _MESSAGE_TOO_BIG: Final = 1009  # WebSocket close code (RFC 6455 § 7.4.1)
 _MAX_PENDING: Final = 2000
 """Frames read while an earlier one waits for its signature check (DID
 resolution); beyond it the reader waits."""
+_MAX_PENDING_BYTES: Final = 64 << 20
+"""The same bound in frame bytes (pending frames keep their bytes for a dead
+letter)."""
 
 _Finish: TypeAlias = Callable[["asyncio.Future[Any] | None"], None]
 
@@ -241,7 +244,8 @@ class Ingester:
         self._skip = 0  # seqs skipped after a frame too big for the WebSocket
         self._pause_until: float | None = None
         self._gap_logs = 0
-        self._pending: deque[tuple[asyncio.Future[Any] | None, _Finish]] = deque()
+        self._pending: deque[tuple[asyncio.Future[Any] | None, _Finish, int]] = deque()
+        self._pending_bytes = 0
         self._pending_changed = asyncio.Event()
         self._room = asyncio.Event()
 
@@ -358,7 +362,7 @@ class Ingester:
         finally:
             for task in (reader, writer, sequencer, summary, stop):
                 task.cancel()
-            for check, _ in self._pending:
+            for check, _, _ in self._pending:
                 if check is not None:
                     check.cancel()
             for task in (reader, writer, sequencer, summary, stop):
@@ -459,7 +463,9 @@ class Ingester:
             await asyncio.wait_for(buffer.space.wait(), remaining)
 
     # -- the ordered pipeline -------------------------------------------------------------
-    def _emit(self, finish: _Finish, task: asyncio.Future[Any] | None = None) -> None:
+    def _emit(
+        self, finish: _Finish, task: asyncio.Future[Any] | None = None, size: int = 0
+    ) -> None:
         """Hand a frame's result to the buffer in read order: ``finish(task)`` runs
         now when nothing waits before it and ``task`` (a signature check) is
         ``None``, else in turn by :meth:`_sequencer` once ``task`` is done. Order
@@ -467,7 +473,8 @@ class Ingester:
         if task is None and not self._pending:
             finish(None)
             return
-        self._pending.append((task, finish))
+        self._pending.append((task, finish, size))
+        self._pending_bytes += size
         self._pending_changed.set()
 
     async def _sequencer(self) -> None:
@@ -479,12 +486,16 @@ class Ingester:
                 self._pending_changed.clear()
                 await self._pending_changed.wait()
                 continue
-            task, finish = pending[0]
+            task, finish, size = pending[0]
             if task is not None and not task.done():
                 await asyncio.wait({task})
             pending.popleft()
+            self._pending_bytes -= size
             finish(task)
-            if len(pending) < _MAX_PENDING // 2:
+            if (
+                len(pending) < _MAX_PENDING // 2
+                and self._pending_bytes < _MAX_PENDING_BYTES // 2
+            ):
                 self._room.set()
 
     async def _drain(self) -> None:
@@ -505,7 +516,10 @@ class Ingester:
             await self._backpressure()
         else:
             self._pause_until = None
-        if len(self._pending) >= _MAX_PENDING:
+        if (
+            len(self._pending) >= _MAX_PENDING
+            or self._pending_bytes >= _MAX_PENDING_BYTES
+        ):
             self._room.clear()
             await self._room.wait()
         data = message.encode() if isinstance(message, str) else message
@@ -620,7 +634,7 @@ class Ingester:
             stats.events_read += len(rows)
             self._add(rows, None, seq, frame.time, nbytes, gap)
 
-        self._emit(finish, task)
+        self._emit(finish, task, len(data))
 
     def _add(
         self,
@@ -657,7 +671,8 @@ class Ingester:
         self._emit(
             lambda _: self._dead_row(
                 data, rule, reason, location, seq, repo, cursor_seq, 0
-            )
+            ),
+            size=len(data),
         )
 
     def _dead_row(
