@@ -6,7 +6,7 @@
                   decode_frame     (sealed batches     COPY + cursor
                   verify (policy)   of whole frames)   in one transaction
 
-One process, one asyncio event loop, two tasks:
+One process, one asyncio event loop, two main tasks:
 
 - the **reader** connects to ``<relay>/xrpc/com.atproto.sync.subscribeRepos``
   (``?cursor=<last seq read>``, none when the cursor is 0), decodes each frame
@@ -15,7 +15,10 @@ One process, one asyncio event loop, two tasks:
   rows (:mod:`.rows`) and appends them to the buffer. A frame that cannot be decoded
   or verified becomes a dead letter (rule, reason, location, first bytes) in the
   same batch stream: it is counted, never silently dropped, and never stalls the
-  stream.
+  stream. A signature check may wait for a DID resolution: it runs as a task, the
+  reader goes on reading and decoding, and a sequencer hands results to the buffer
+  strictly in read order (at most 2,000 frames / 64 MiB wait behind a check), so
+  the cursor never passes a frame still being checked.
 - the **writer** takes a batch when ``batch_max`` events are buffered or
   ``flush_ms`` after the oldest unflushed event was read, whichever comes first,
   and writes it with the cursor in one transaction (:class:`.writer.BatchWriter`).
