@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 __all__ = ["PostgresCluster", "PostgresUnavailable", "bindir"]
 
@@ -186,7 +187,7 @@ class PostgresCluster:
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> PostgresCluster:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
