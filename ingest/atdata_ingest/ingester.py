@@ -95,13 +95,15 @@ _Finish: TypeAlias = Callable[["asyncio.Future[Any] | None"], None]
 
 class Verifier(Protocol):
     """What the ingester needs of :class:`atdata_runtime.firehose.verify.CommitVerifier`:
-    ``required`` (the policy), ``acheck`` (a ``Verdict`` with ``verified``; a bad
-    commit raises :class:`FrameError` ``SIG_INVALID``/``COMMIT_*``), ``forget``
-    (drop a DID's cached key on ``#identity``)."""
+    ``required`` (the policy), ``start`` (a future of a ``Verdict`` with
+    ``verified`` and ``rule``, already done when the key is cached; a bad commit
+    fails it with :class:`FrameError` ``SIG_INVALID``/``COMMIT_*``/...; frames of
+    one DID settle in call order), ``forget`` (drop a DID's cached key on
+    ``#identity``)."""
 
     def required(self, frame: Frame) -> bool: ...
 
-    async def acheck(self, frame: Frame) -> Any: ...
+    def start(self, frame: Frame) -> asyncio.Future[Any]: ...
 
     def forget(self, did: str) -> None: ...
 
@@ -471,10 +473,11 @@ class Ingester:
     ) -> None:
         """Hand a frame's result to the buffer in read order: ``finish(task)`` runs
         now when nothing waits before it and ``task`` (a signature check) is
-        ``None``, else in turn by :meth:`_sequencer` once ``task`` is done. Order
-        matters: the cursor must never pass a seq whose rows are not stored."""
-        if task is None and not self._pending:
-            finish(None)
+        ``None`` or done, else in turn by :meth:`_sequencer` once ``task`` is
+        done. Order matters: the cursor must never pass a seq whose rows are not
+        stored."""
+        if not self._pending and (task is None or task.done()):
+            finish(task)
             return
         self._pending.append((task, finish, size))
         self._pending_bytes += size
@@ -586,7 +589,7 @@ class Ingester:
             elif verifier.required(frame):
                 # DID resolution may take a while: later frames are read and
                 # decoded meanwhile, and wait for this one in order
-                task = asyncio.ensure_future(verifier.acheck(frame))
+                task = verifier.start(frame)
 
         def finish(done: asyncio.Future[Any] | None) -> None:
             verified: bool | None = None
