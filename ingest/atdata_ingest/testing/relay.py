@@ -1383,7 +1383,9 @@ class _Seeder:
 
     def _post(self) -> dict[str, Any]:
         rng = self.rng
-        text = _sentence(rng, 3, 40)
+        # at most 200 characters (so at most 200 graphemes): with a link or a tag
+        # appended the post stays within app.bsky.feed.post's 300 graphemes
+        text = _sentence(rng, 3, 40)[:200]
         record: dict[str, Any] = {
             "$type": "app.bsky.feed.post",
             "text": text,
