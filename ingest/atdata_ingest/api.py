@@ -490,7 +490,7 @@ Row = tuple[Any, ...]
 record as JSON text (or None)."""
 
 
-def _commit_start(rows: Sequence[Row], i: int) -> int:
+def _commit_start(rows: Sequence[Any], i: int) -> int:
     """Index of the first row of the ``seq`` of ``rows[i]`` (rows in seq order)."""
     seq = rows[i][0]
     while i > 0 and rows[i - 1][0] == seq:
@@ -527,44 +527,45 @@ async def fetch_page(
     n = len(params) + 2
     inline = max(1, max_bytes // (limit + 1))
     got = await conn.fetch(_page_sql(where, n), since, *params, limit + 1, inline)
-    rows: list[Row] = [tuple(r) for r in got]  # EVENT_COLUMNS + record size
-    if not rows:
+    if not got:
         return [], False
-    end = len(rows) if len(rows) <= limit else _commit_start(rows, limit)
+    # got: asyncpg records of EVENT_COLUMNS + the record's size (last)
+    end = len(got) if len(got) <= limit else _commit_start(got, limit)
     if end == 0:
         # One commit has more matching rows than limit: return it whole.
-        return await _whole_commit(conn, where, params, since, rows[0][0])
+        return await _whole_commit(conn, where, params, since, got[0][0])
     # Keep whole commits while the record bytes fit (the first one always).
-    cut, total, i = end, 0, 0
-    while i < end:
-        j, size, seq = i, 0, rows[i][0]
-        while j < end and rows[j][0] == seq:
-            size += rows[j][-1] or 0
-            j += 1
-        if i > 0 and total + size > max_bytes:
-            cut = i
-            break
-        total += size
-        i = j
-    page = rows[:cut]
-    more = cut < len(rows)
+    cut = end
+    if sum(r[-1] or 0 for r in got[:end]) > max_bytes:
+        total, i = 0, 0
+        while i < end:
+            j, size, seq = i, 0, got[i][0]
+            while j < end and got[j][0] == seq:
+                size += got[j][-1] or 0
+                j += 1
+            if i > 0 and total + size > max_bytes:
+                cut = i
+                break
+            total += size
+            i = j
+    page: list[Row] = [r[:-1] for r in got[:cut]]
+    more = cut < len(got)
     withheld = [
-        (k, r)
-        for k, r in enumerate(page)
-        if r[_RECORD_AT] is None and r[-1] is not None
+        k for k in range(cut) if got[k][_RECORD_AT] is None and got[k][-1] is not None
     ]
     if withheld:
         filled = {
             (f[0], f[1]): f[2]
             for f in await conn.fetch(
                 _FILL_SQL,
-                [r[0] for _, r in withheld],
-                [r[1] for _, r in withheld],
+                [page[k][0] for k in withheld],
+                [page[k][1] for k in withheld],
                 page[0][0],
                 page[-1][0],
             )
         }
-        for k, r in withheld:
+        for k in withheld:
+            r = page[k]
             text = filled.get((r[0], r[1]))
             if text is None:
                 raise ApiError(
@@ -574,7 +575,7 @@ async def fetch_page(
                     {"Retry-After": "1"},
                 )
             page[k] = (*r[:_RECORD_AT], text, *r[_RECORD_AT + 1 :])
-    return [r[:-1] for r in page], more
+    return page, more
 
 
 async def _whole_commit(
