@@ -224,6 +224,16 @@ class EventRow(BaseModel):
     verified: bool | None = Field(description="commit signature good; null: unchecked")
     event_time: _dt.datetime | None = Field(description="the event's time field")
     indexed_at: _dt.datetime = Field(description="when this service stored it")
+    verify_rule: str | None = Field(
+        default=None,
+        description="why a checked commit or #sync is not verified (REV_STALE, "
+        "PROOF_INCOMPLETE, IDENTITY_UNRESOLVED, ...); null when verified or "
+        "unchecked",
+    )
+
+
+_missing = set(EVENT_COLUMNS) - set(EventRow.model_fields)
+assert not _missing, f"EventRow lacks the log's columns {sorted(_missing)}"
 
 
 class EventsPage(BaseModel):
@@ -253,6 +263,11 @@ class Health(BaseModel):
     gaps: int | None = Field(description="seq gaps the ingester detected")
     ingester_pid: int | None
     ingester_started_at: _dt.datetime | None
+    last_info: dict[str, Any] | None = Field(
+        description="the last #info frame the ingester read, "
+        "{name, message, after_seq, received_at} (an #info has no seq of its own: "
+        "a consumer past after_seq never meets its row in /events)"
+    )
     streams: int = Field(description="SSE connections open on this API process")
     listening: bool = Field(description="LISTEN ingest_events connection is up")
     version: str
@@ -1296,6 +1311,7 @@ SELECT c.source, c.last_seq, c.updated_at, c.buffer_fill, c.buffer_max,
        coalesce(c.last_event_time,
                 (SELECT max(e.event_time) FROM ingest_events e
                   WHERE e.seq = c.last_seq)) AS newest_event_time,
+       to_jsonb(c) -> 'last_info' AS last_info,  -- NULL before schema 2
        now() AS now
   FROM ingest_cursor c
 """
@@ -1342,6 +1358,7 @@ async def _health(st: _State) -> dict[str, Any]:
         "gaps": None,
         "ingester_pid": None,
         "ingester_started_at": None,
+        "last_info": None,
         "streams": st.streams_total,
         "listening": bool(notifier and notifier.listening),
         "version": __version__,
@@ -1370,6 +1387,9 @@ async def _health(st: _State) -> dict[str, Any]:
         gaps=row["gaps"],
         ingester_pid=row["ingester_pid"],
         ingester_started_at=row["ingester_started_at"],
+        last_info=(
+            orjson.Fragment(row["last_info"]) if row["last_info"] is not None else None
+        ),
     )
     running = row["ingester_pid"] is not None
     stale_after = st.limits.stale_after_seconds

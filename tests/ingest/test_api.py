@@ -69,25 +69,18 @@ class Row:
     event_time: dt.datetime | None = None
     indexed_at: dt.datetime | None = None
 
+    verify_rule: str | None = None
+
     def values(self) -> tuple[Any, ...]:
+        """The row in the order of EVENT_COLUMNS (whatever the schema's version)."""
         rec = self.record if self.record is not None else {"text": f"r{self.seq}"}
-        return (
-            self.seq,
-            self.idx,
-            self.event_type,
-            self.action,
-            self.repo,
-            self.collection,
-            self.rkey,
-            self.cid,
-            self.prev_cid,
-            self.rev,
-            self.commit_cid,
-            orjson.dumps(rec).decode(),
-            self.valid,
-            self.verified,
-            self.event_time or T0 + dt.timedelta(seconds=self.seq),
-            self.indexed_at or dt.datetime.now(UTC),
+        special = {
+            "record": orjson.dumps(rec).decode(),
+            "event_time": self.event_time or T0 + dt.timedelta(seconds=self.seq),
+            "indexed_at": self.indexed_at or dt.datetime.now(UTC),
+        }
+        return tuple(
+            special[c] if c in special else getattr(self, c) for c in EVENT_COLUMNS
         )
 
 
@@ -741,6 +734,18 @@ def test_health_ok_stopped_stale_and_unavailable(pg: Any, pg_dsn: str) -> None:
         )
         body = c.get("/health").json()
         assert body["status"] == "ok"
+        assert body["last_info"] is None
+        info = {"name": "OutdatedCursor", "message": "m", "after_seq": 7}
+        sql(
+            pg_dsn, "ALTER TABLE ingest_cursor ADD COLUMN IF NOT EXISTS last_info jsonb"
+        )
+        sql(
+            pg_dsn,
+            "UPDATE ingest_cursor SET last_info = $1::jsonb",
+            orjson.dumps(info).decode(),
+        )
+        body = c.get("/health").json()
+        assert body["last_info"] == info
         assert (body["ingester_pid"], body["buffer_fill"], body["dead_letters"]) == (
             4242,
             0.25,
