@@ -37,10 +37,8 @@ import json
 import logging
 import os
 import re
-import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from types import FrameType
 from typing import Any, Final, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -273,9 +271,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from .api import create_app
+    from .api import serve
 
     overrides: dict[str, Any] = {"database_url": args.database_url}
     if args.host is not None:
@@ -283,32 +279,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.port is not None:
         overrides["api_port"] = args.port
     settings = _settings(**overrides)
-    app = create_app(settings.database_url)
-    # uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal to the
-    # handler it found: this one turns SIGTERM into exit 0 (a clean stop), as
-    # KeyboardInterrupt does for SIGINT.
-    previous = signal.signal(signal.SIGTERM, _raise_stopped)
-    try:
-        uvicorn.run(
-            app,
-            host=settings.api_host,
-            port=settings.api_port,
-            log_level=args.log_level.lower(),
-            proxy_headers=False,
-        )
-    except _Stopped:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    # Returns on SIGTERM after a graceful shutdown that also ends open streams
+    # (a clean stop, exit 0); SIGINT ends as KeyboardInterrupt, which main() turns
+    # into 0 as well.
+    serve(
+        settings.database_url,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level=args.log_level.lower(),
+    )
     return exits.OK
-
-
-class _Stopped(Exception):
-    """SIGTERM after uvicorn's graceful shutdown."""
-
-
-def _raise_stopped(signum: int, frame: FrameType | None) -> None:
-    raise _Stopped
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
