@@ -65,7 +65,7 @@ def event_row(seq: int, indexed_at: dt.datetime) -> tuple[Any, ...]:
         "event_time": indexed_at,
         "indexed_at": indexed_at,
     }
-    return tuple(values[c] for c in EVENT_COLUMNS)
+    return tuple(values.get(c) for c in EVENT_COLUMNS)  # later columns: NULL
 
 
 async def copy_rows(
