@@ -3,12 +3,22 @@ events from this log, never from the relay.
 
 Endpoints (FastAPI; the OpenAPI document is served at ``/openapi.json``):
 
-- ``GET /events?since=&event_type=&collection=&repo=&action=&limit=``: a page of
-  the log in ``(seq, idx)`` order, rows with ``seq > since`` only. ``limit``
-  defaults to 100, at most 1000 (more is a 422). A page never ends in the middle
-  of a commit: it holds every matching row of each ``seq`` it includes, so a
-  consumer that resumes from ``cursor`` (the highest ``seq`` included, or
-  ``since`` when the page is empty) loses nothing. A page also holds at most
+- ``GET /events?since=&event_type=&collection=&repo=&action=&include=&limit=``:
+  a page of the log in ``(seq, idx)`` order, rows with ``seq > since`` only.
+  ``limit`` defaults to 100, at most 1000 (more is a 422). ``include`` (e.g.
+  ``account,identity,sync``) returns the repository events of those types as
+  well (of every repo, or of ``repo=``), whatever ``collection=``/``action=``
+  select: those filters match commit operations only, and an indexer of
+  ``science.alt.dataset.*`` must still learn that an account was deleted or
+  taken down (``#account``), a handle changed (``#identity``) or a repo was
+  reset (``#sync``). A page never ends in the middle of a commit: it holds
+  every matching row of each ``seq`` it includes, so a consumer that resumes
+  from ``cursor`` loses nothing. ``cursor`` is the highest ``seq`` included
+  when ``more``; otherwise the *scanned horizon*, ``ingest_cursor.last_seq`` in
+  the page query's own snapshot (at least ``since``; see
+  :func:`_next_cursor` for why no event committed later can have a lower
+  seq), so a filtered consumer moves over seqs that matched nothing instead of
+  scanning them again. A page also holds at most
   ``page_bytes`` (8 MiB) of record JSON, the records' text as PostgreSQL prints
   it (``octet_length(record::text)``), which is what the page embeds. Both
   bounds give way only to a page's *first* commit, which always comes whole: a
@@ -16,9 +26,9 @@ Endpoints (FastAPI; the OpenAPI document is served at ``/openapi.json``):
   (``com.atproto.sync.subscribeRepos#commit`` ``ops`` and ``blocks``
   maxLength), so a commit is bounded. ``more`` says that rows after ``cursor``
   matched already.
-- ``GET /events/stream?since=&…``: the same filters as server-sent events
-  (``text/event-stream``). Each row is one SSE event whose ``data`` is the row's
-  JSON; the *last* row of each ``seq`` carries ``id: <seq>``, so the
+- ``GET /events/stream?since=&…``: the same filters (``include`` too) as
+  server-sent events (``text/event-stream``). Each row is one SSE event whose
+  ``data`` is the row's JSON; the *last* row of each ``seq`` carries ``id: <seq>``, so the
   ``Last-Event-ID`` a client reconnects with never skips half a commit (the rows
   of a partly received commit come again: at-least-once). Resumes from
   ``Last-Event-ID`` (the header wins over ``since``: an ``EventSource``
@@ -47,7 +57,9 @@ Endpoints (FastAPI; the OpenAPI document is served at ``/openapi.json``):
 
 Authentication (:mod:`.tokens`): ``Authorization: Bearer atdi_<id>_<secret>`` on
 ``/events`` and ``/events/stream``; the request's filters must be inside the
-token's scope (403 ``ScopeDenied``); each request, and each stream opened, takes
+token's scope (403 ``ScopeDenied``; a token scoped to collections may ask for
+``include``d repository events, a token scoped to event types only for the
+types it lists); each request, and each stream opened, takes
 one from the token's bucket (:mod:`.ratelimit`; 429 with ``Retry-After``); at most
 ``max_streams_per_token`` streams per token are open at once (429
 ``TooManyStreams``). Failed authentications are throttled per client address and
@@ -86,7 +98,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from types import FrameType
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, NamedTuple
 
 import asyncpg
 import orjson
@@ -117,8 +129,10 @@ __all__ = [
     "MAX_LIMIT",
     "NOTIFY_CHANNEL",
     "PAGE_BYTES",
+    "REPO_EVENT_TYPES",
     "ApiLimits",
     "Filters",
+    "Page",
     "create_app",
     "fetch_page",
     "serve",
@@ -138,6 +152,9 @@ PAGE_BYTES: Final = 8 * 1024 * 1024
 #: operations; more means a bug upstream, answered with a 500, never truncated).
 MAX_ROWS_PER_SEQ: Final = 10_000
 _ACTIONS: Final = ("create", "update", "delete")
+#: Repository events, bound to no collection, that ``include=`` adds to a
+#: selection (the ``event_type`` of their rows).
+REPO_EVENT_TYPES: Final = ("account", "identity", "sync")
 _COLUMNS_SQL: Final = ", ".join(EVENT_COLUMNS)
 _RECORD_AT: Final = EVENT_COLUMNS.index("record")
 
@@ -241,8 +258,14 @@ class EventsPage(BaseModel):
 
     events: list[EventRow]
     cursor: int = Field(
-        description="highest seq included, or since when the page is empty: "
-        "pass it as since= to continue"
+        description="pass it as since= to continue. With more: the highest seq "
+        "included. Without more: the scanned horizon, the log's committed "
+        "seq (ingest_cursor.last_seq) in the snapshot the page was read from "
+        "(one less when the filters can match #info rows, which take the seq "
+        "of the event before them), and never below since or the highest seq "
+        "included: no matching row at or below it is missing from the page, "
+        "and a row committed later has a higher seq, so a filtered consumer "
+        "moves past seqs that matched nothing"
     )
     more: bool = Field(description="rows after cursor matched already")
 
@@ -434,17 +457,50 @@ class Filters:
     byte order: under a ``C``/``POSIX`` column collation (``byte_order``) it is
     written plainly and uses the ``(collection, seq)`` index; under any other
     collation it is compared ``COLLATE "C"``, which is right but cannot use an
-    index built in another collation (declare the column ``COLLATE "C"``)."""
+    index built in another collation (declare the column ``COLLATE "C"``).
+
+    ``include`` (a subset of :data:`REPO_EVENT_TYPES`): repository events of
+    those types are selected *as well as* the rows the other filters select,
+    restricted only by ``repo`` (they belong to no collection and have no
+    action). The selection is ``main OR (event_type IN include AND repo)``."""
 
     event_type: str | None = None
     collection: str | None = None
     repo: str | None = None
     action: str | None = None
+    include: tuple[str, ...] = ()
 
-    def where(self, *, byte_order: bool = False) -> tuple[str, list[Any]]:
-        """``(sql, params)``: the WHERE condition with ``$1`` standing for
-        ``since``; filter values are only ever parameters ``$2…``.
-        ``byte_order``: the collection column's collation is C or POSIX."""
+    def extra_types(self) -> tuple[str, ...]:
+        """The types of ``include`` whose rows the other filters do not select
+        already (in :data:`REPO_EVENT_TYPES` order): all of them when
+        ``collection`` or ``action`` narrows the selection to commit operations,
+        else those other than ``event_type`` (none without ``event_type``:
+        every row of every type is selected then)."""
+        narrowed = self.collection is not None or self.action is not None
+        return tuple(
+            t
+            for t in REPO_EVENT_TYPES
+            if t in self.include
+            and (narrowed or (self.event_type is not None and self.event_type != t))
+        )
+
+    def can_match_info(self) -> bool:
+        """Whether ``#info`` rows can match (they have no collection, no action
+        and no DID: ``repo`` is ``''``)."""
+        return (
+            self.collection is None
+            and self.action is None
+            and self.repo is None
+            and self.event_type in (None, "info")
+        )
+
+    def branches(self, *, byte_order: bool = False) -> tuple[list[str], list[Any]]:
+        """``(conditions, params)``: one condition per disjoint part of the
+        selection, the rows of the filters first, then one per type of
+        :meth:`extra_types`; each starts with ``seq > $1`` (``$1`` stands for
+        ``since``), and filter values are only ever parameters ``$2…`` shared by
+        all of them. Each part can walk an index of its own in seq order:
+        ``(collection, seq)``, ``(event_type, seq)`` or ``(repo, seq)``."""
         clauses = ["seq > $1"]
         params: list[Any] = []
 
@@ -456,8 +512,9 @@ class Filters:
             clauses.append(f"event_type = {param(self.event_type)}")
         if self.action is not None:
             clauses.append(f"action = {param(self.action)}")
-        if self.repo is not None:
-            clauses.append(f"repo = {param(self.repo)}")
+        repo = None if self.repo is None else param(self.repo)
+        if repo is not None:
+            clauses.append(f"repo = {repo}")
         c = self.collection
         if c == "*":
             clauses.append("collection IS NOT NULL")
@@ -469,14 +526,48 @@ class Filters:
             )
         elif c is not None:
             clauses.append(f"collection = {param(c)}")
-        return " AND ".join(clauses), params
+        out = [" AND ".join(clauses)]
+        for kind in self.extra_types():
+            extra = ["seq > $1", f"event_type = {param(kind)}"]
+            if repo is not None:
+                extra.append(f"repo = {repo}")
+            out.append(" AND ".join(extra))
+        return out, params
+
+    def where(self, *, byte_order: bool = False) -> tuple[str, list[Any]]:
+        """``(sql, params)``: the whole selection as one condition (the
+        :meth:`branches` OR-ed), ``$1`` standing for ``since``; filter values
+        are only ever parameters ``$2…``. ``byte_order``: the collection
+        column's collation is C or POSIX."""
+        parts, params = self.branches(byte_order=byte_order)
+        if len(parts) == 1:
+            return parts[0], params
+        return " OR ".join(f"({p})" for p in parts), params
 
 
-def _page_sql(where: str, n: int) -> str:
+def _source_sql(parts: Sequence[str], n: int) -> str:
+    """At most ``$n`` rows of the selection in ``(seq, idx)`` order: one ordered,
+    limited scan per part (:meth:`Filters.branches`; the parts are disjoint, so
+    ``UNION ALL`` neither loses nor repeats a row), merged."""
+    scans = [
+        f"SELECT {_COLUMNS_SQL} FROM ingest_events WHERE {p} "
+        f"ORDER BY seq, idx LIMIT ${n}"
+        for p in parts
+    ]
+    if len(scans) == 1:
+        return scans[0]
+    union = " UNION ALL ".join(f"({s})" for s in scans)
+    return f"SELECT * FROM ({union}) u ORDER BY seq, idx LIMIT ${n}"
+
+
+def _page_sql(parts: Sequence[str], n: int) -> str:
     """The page query: at most ``$n`` matching rows in ``(seq, idx)`` order, each
     with its record as JSON text (``record::text``, computed once per row, after
-    the LIMIT) when that text is at most ``$n+1`` bytes, else NULL, and the
-    text's length in bytes (NULL for a NULL record) as a last column."""
+    the LIMIT) when that text is at most ``$n+1`` bytes, else NULL, then the
+    text's length in bytes (NULL for a NULL record), then
+    ``ingest_cursor.last_seq`` (the horizon) read by the same statement, so in
+    the same snapshot as the rows. The cursor row is the left side of the join:
+    an empty page is one row of NULLs and the horizon."""
     cols = ", ".join(
         f"CASE WHEN octet_length(s.t) <= ${n + 1} THEN s.t END"
         if c == "record"
@@ -484,11 +575,10 @@ def _page_sql(where: str, n: int) -> str:
         for c in EVENT_COLUMNS
     )
     return (
-        f"SELECT {cols}, octet_length(s.t) "
-        f"FROM (SELECT q.*, q.record::text AS t "
-        f"FROM (SELECT {_COLUMNS_SQL} FROM ingest_events WHERE {where} "
-        f"ORDER BY seq, idx LIMIT ${n}) q ORDER BY q.seq, q.idx OFFSET 0) s "
-        f"ORDER BY s.seq, s.idx"
+        f"SELECT {cols}, octet_length(s.t), c.last_seq "
+        f"FROM ingest_cursor c LEFT JOIN (SELECT q.*, q.record::text AS t "
+        f"FROM ({_source_sql(parts, n)}) q ORDER BY q.seq, q.idx OFFSET 0) s "
+        f"ON true ORDER BY s.seq, s.idx"
     )
 
 
@@ -513,6 +603,48 @@ def _commit_start(rows: Sequence[Any], i: int) -> int:
     return i
 
 
+class Page(NamedTuple):
+    """What :func:`fetch_page` returns."""
+
+    #: the matching rows (:data:`Row` tuples), whole commits, ``(seq, idx)`` order
+    rows: list[Row]
+    #: rows after ``cursor`` matched already (fetch again at once)
+    more: bool
+    #: the ``since`` of the next page: the last seq of ``rows`` when ``more``,
+    #: else the scanned horizon (:func:`_next_cursor`), never below ``since``
+    cursor: int
+    #: ``ingest_cursor.last_seq`` in the page query's snapshot (0 when the
+    #: cursor row is missing): every seq up to it was committed and visible
+    horizon: int
+
+
+def _next_cursor(f: Filters, since: int, rows: Sequence[Row], horizon: int) -> int:
+    """The cursor of a page that says ``more: false``: the scanned horizon.
+
+    ``horizon`` is ``ingest_cursor.last_seq`` read by the same statement as the
+    rows (one statement, one snapshot under READ COMMITTED). The ingester
+    advances ``last_seq`` in the transaction that stores the batch, and its
+    cursor guard stores only seqs above the ``last_seq`` it locked (one
+    ingester at a time: the advisory lock), so every event with a seq up to
+    ``horizon`` was committed before that snapshot and the query saw it: when
+    fewer rows than the limit matched, no matching row with seq <= horizon was
+    left out, and any row committed later has a seq above ``horizon``. The
+    cursor may then move to ``horizon`` even when nothing matched, so a
+    filtered consumer does not scan the same seqs again. Reading ``last_seq``
+    *after* the page (another snapshot) would not be safe: a batch committed in
+    between would be skipped.
+
+    One exception: an ``#info`` row takes the seq of the event read before it
+    (:mod:`.rows`) and may be committed in a later batch at a seq equal to
+    ``horizon``. When the filters can match ``#info`` rows the cursor stops one
+    short of ``horizon`` (the next page rescans that one seq). A seq space
+    restarted on purpose (``ingest_cursor`` reset to 0 for a new source) is
+    not covered: every consumer cursor is void then."""
+    last = int(rows[-1][0]) if rows else since
+    safe = horizon - 1 if f.can_match_info() else horizon
+    return max(since, last, safe)
+
+
 async def fetch_page(
     conn: Any,
     filters: Filters,
@@ -521,13 +653,14 @@ async def fetch_page(
     *,
     byte_order: bool = False,
     max_bytes: int = PAGE_BYTES,
-) -> tuple[list[Row], bool]:
-    """``(rows, more)``: the matching rows with ``seq > since`` in ``(seq, idx)``
+) -> Page:
+    """A :class:`Page` of the matching rows with ``seq > since`` in ``(seq, idx)``
     order (:data:`Row` tuples), whole commits only, at most ``limit`` rows and
     ``max_bytes`` bytes of record JSON, except that the first commit comes whole
     however large (see the module docstring); ``more`` when matching rows remain
-    after the last ``seq`` returned. ``conn``: an asyncpg connection (or pool);
-    ``byte_order``: see :meth:`Filters.where`.
+    after the last ``seq`` returned; ``cursor`` where the next page starts.
+    ``conn``: an asyncpg connection (or pool); ``byte_order``: see
+    :meth:`Filters.where`.
 
     Memory: the first query carries a record inline only when its text is at
     most ``max_bytes // (limit + 1)`` bytes, so it transfers at most
@@ -538,35 +671,39 @@ async def fetch_page(
     than :data:`MAX_ROWS_PER_SEQ` rows."""
     if limit < 1 or max_bytes < 1:
         raise ValueError("limit and max_bytes must be >= 1")
-    where, params = filters.where(byte_order=byte_order)
+    parts, params = filters.branches(byte_order=byte_order)
     n = len(params) + 2
     inline = max(1, max_bytes // (limit + 1))
-    got = await conn.fetch(_page_sql(where, n), since, *params, limit + 1, inline)
-    if not got:
-        return [], False
-    # got: asyncpg records of EVENT_COLUMNS + the record's size (last)
+    got = await conn.fetch(_page_sql(parts, n), since, *params, limit + 1, inline)
+    # got: asyncpg records of EVENT_COLUMNS + the record's size + the horizon;
+    # an empty page is one row of NULLs with the horizon (none: no cursor row)
+    horizon = int(got[0][-1]) if got and got[0][-1] is not None else 0
+    if not got or got[0][0] is None:
+        return Page([], False, _next_cursor(filters, since, (), horizon), horizon)
     end = len(got) if len(got) <= limit else _commit_start(got, limit)
     if end == 0:
         # One commit has more matching rows than limit: return it whole.
-        return await _whole_commit(conn, where, params, since, got[0][0])
+        whole, more = await _whole_commit(conn, filters, byte_order, since, got[0][0])
+        cursor = whole[-1][0] if more else _next_cursor(filters, since, whole, horizon)
+        return Page(whole, more, int(cursor), horizon)
     # Keep whole commits while the record bytes fit (the first one always).
     cut = end
-    if sum(r[-1] or 0 for r in got[:end]) > max_bytes:
+    if sum(r[-2] or 0 for r in got[:end]) > max_bytes:
         total, i = 0, 0
         while i < end:
             j, size, seq = i, 0, got[i][0]
             while j < end and got[j][0] == seq:
-                size += got[j][-1] or 0
+                size += got[j][-2] or 0
                 j += 1
             if i > 0 and total + size > max_bytes:
                 cut = i
                 break
             total += size
             i = j
-    page: list[Row] = [r[:-1] for r in got[:cut]]
+    page: list[Row] = [r[:-2] for r in got[:cut]]
     more = cut < len(got)
     withheld = [
-        k for k in range(cut) if got[k][_RECORD_AT] is None and got[k][-1] is not None
+        k for k in range(cut) if got[k][_RECORD_AT] is None and got[k][-2] is not None
     ]
     if withheld:
         filled = {
@@ -590,19 +727,23 @@ async def fetch_page(
                     {"Retry-After": "1"},
                 )
             page[k] = (*r[:_RECORD_AT], text, *r[_RECORD_AT + 1 :])
-    return page, more
+    cursor = int(page[-1][0]) if more else _next_cursor(filters, since, page, horizon)
+    return Page(page, more, cursor, horizon)
 
 
 async def _whole_commit(
-    conn: Any, where: str, params: list[Any], since: int, seq: int
+    conn: Any, filters: Filters, byte_order: bool, since: int, seq: int
 ) -> tuple[list[Row], bool]:
     """Every matching row of ``seq`` (a commit with more rows than the page's
-    limit), and whether rows after it match."""
+    limit), and whether rows after it match (one ``EXISTS`` per part of the
+    selection, each on its own index)."""
+    parts, params = filters.branches(byte_order=byte_order)
+    where = " OR ".join(f"({p})" for p in parts)
     n = len(params) + 2
     whole = [
         tuple(r)
         for r in await conn.fetch(
-            f"SELECT {_COLUMNS_SQL} FROM ingest_events WHERE {where} "
+            f"SELECT {_COLUMNS_SQL} FROM ingest_events WHERE ({where}) "
             f"AND seq = ${n} ORDER BY idx LIMIT ${n + 1}",
             since,
             *params,
@@ -616,9 +757,10 @@ async def _whole_commit(
             "InternalServerError",
             f"seq {seq} has more than {MAX_ROWS_PER_SEQ} rows (SEQ_TOO_LARGE)",
         )
-    more = await conn.fetchval(
-        f"SELECT EXISTS (SELECT 1 FROM ingest_events WHERE {where})", seq, *params
+    exists = " OR ".join(
+        f"EXISTS (SELECT 1 FROM ingest_events WHERE {p})" for p in parts
     )
+    more = await conn.fetchval(f"SELECT {exists}", seq, *params)
     return whole, bool(more)
 
 
@@ -905,15 +1047,16 @@ class EventStreamResponse(Response):
         assert notifier is not None
         loop = asyncio.get_running_loop()
         # cursor: last seq sent; scanned: every matching row <= it was sent;
-        # last_id: the last id: the client holds.
-        cursor = scanned = last_id = self._start
+        # last_id: the last id: the client holds; known: the newest committed
+        # seq seen (what a wake-up must go beyond).
+        cursor = scanned = last_id = known = self._start
         await self._body(send, b"retry: 2000\n: from seq %d\n\n" % cursor)
         written = loop.time()
         while not stop.is_set():
-            horizon = notifier.latest  # every seq <= horizon is committed
+            known = max(known, notifier.latest)
             try:
                 async with st.stream_pool.acquire() as conn:
-                    rows, more = await fetch_page(
+                    page = await fetch_page(
                         conn,
                         self._filters,
                         max(cursor, scanned),
@@ -927,15 +1070,18 @@ class EventStreamResponse(Response):
                 return
             if stop.is_set() or closing.done():
                 return
+            rows = page.rows
             if rows:
                 for chunk in _sse_chunks(rows, lim.stream_chunk_bytes):
                     await self._body(send, chunk)
                 cursor = max(cursor, int(rows[-1][0]))
                 last_id = max(last_id, cursor)
                 written = loop.time()
-            if more:
+            if page.more:
                 continue
-            scanned = max(scanned, horizon, cursor)
+            # the page's cursor: the horizon of its snapshot (see _next_cursor)
+            scanned = max(scanned, cursor, page.cursor)
+            known = max(known, page.horizon, scanned)
             idle = loop.time() - written
             if idle >= lim.heartbeat_seconds:
                 if scanned > last_id:
@@ -946,7 +1092,7 @@ class EventStreamResponse(Response):
                     await self._body(send, b": ping\n\n")
                 written = loop.time()
                 idle = 0.0
-            news = asyncio.create_task(notifier.wait_beyond(scanned))
+            news = asyncio.create_task(notifier.wait_beyond(known))
             stopped = asyncio.create_task(stop.wait())
             try:
                 done, _ = await asyncio.wait(
@@ -999,6 +1145,41 @@ _Action = Annotated[
 _Limit = Annotated[
     int, Query(ge=1, le=MAX_LIMIT, description=f"rows per page, at most {MAX_LIMIT}")
 ]
+_INCLUDE_ITEM: Final = "|".join(REPO_EVENT_TYPES)
+#: 1 to 3 of the repository event types, comma-separated
+_INCLUDE_RE: Final = (
+    f"^(?:{_INCLUDE_ITEM})(?:,(?:{_INCLUDE_ITEM})){{0,{len(REPO_EVENT_TYPES) - 1}}}$"
+)
+_Include = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        pattern=_INCLUDE_RE,
+        description=(
+            "repository events to return as well, comma-separated: "
+            "account, identity, sync. Their rows (of every repo, or of repo= "
+            "when given) pass the other filters: with collection= or action= "
+            "(which select commit operations only) a consumer still learns "
+            "that an account was deleted or taken down (#account), a handle "
+            "changed (#identity) or a repo was reset (#sync). A token scoped "
+            "to collections may ask for them (public repository metadata, "
+            "bound to no collection); a token scoped to event_types must list "
+            "each type asked for. Example: "
+            "collection=science.alt.dataset.*&include=account,identity,sync"
+        ),
+        examples=["account,identity,sync"],
+    ),
+]
+
+
+def _include_types(value: str | None) -> tuple[str, ...]:
+    """The types of ``include=`` (syntax already checked), in
+    :data:`REPO_EVENT_TYPES` order, each once."""
+    if not value:
+        return ()
+    wanted = set(value.split(","))
+    return tuple(t for t in REPO_EVENT_TYPES if t in wanted)
+
 
 assert set(EVENT_TYPES) == {"commit", "identity", "account", "sync", "info"}
 
@@ -1062,6 +1243,7 @@ def _check_scope(token: TokenInfo, f: Filters) -> None:
         event_type=f.event_type,
         repo=f.repo,
         action=f.action,
+        include=f.include,
     )
     if reason is not None:
         raise ApiError(
@@ -1176,12 +1358,13 @@ def create_app(
         collection: _Collection = None,
         repo: _Repo = None,
         action: _Action = None,
+        include: _Include = None,
         limit: _Limit = DEFAULT_LIMIT,
     ) -> Response:
-        f = Filters(event_type, collection, repo, action)
+        f = Filters(event_type, collection, repo, action, _include_types(include))
         _check_scope(token, f)
         async with _connection(st) as conn:
-            rows, more = await fetch_page(
+            page = await fetch_page(
                 conn,
                 f,
                 since,
@@ -1189,8 +1372,10 @@ def create_app(
                 byte_order=st.byte_order,
                 max_bytes=lim.page_bytes,
             )
-        cursor = int(rows[-1][0]) if rows else since
-        return Response(_page_body(rows, cursor, more), media_type="application/json")
+        return Response(
+            _page_body(page.rows, page.cursor, page.more),
+            media_type="application/json",
+        )
 
     @app.get(
         "/events/stream",
@@ -1235,6 +1420,7 @@ def create_app(
         collection: _Collection = None,
         repo: _Repo = None,
         action: _Action = None,
+        include: _Include = None,
         last_event_id: Annotated[
             str | None,
             Header(
@@ -1245,7 +1431,7 @@ def create_app(
             ),
         ] = None,
     ) -> Response:
-        f = Filters(event_type, collection, repo, action)
+        f = Filters(event_type, collection, repo, action, _include_types(include))
         _check_scope(token, f)
         if last_event_id is not None:
             start = int(last_event_id)

@@ -28,6 +28,14 @@ glob inside it, and a request without a collection filter is refused (403
 selects commit operations only, so it satisfies an ``event_types`` scope that lists
 ``commit``.
 
+Repository events (``#account``, ``#identity``, ``#sync``) belong to no
+collection. A request may ask for them alongside its other filters
+(``include=account,identity,sync`` in the API); a token scoped to
+``collections`` may do so (decision: they are public repository metadata, and
+an indexer of some collections must learn that an account was deleted, taken
+down or reset), whereas an ``event_types`` scope must list each type asked for
+and a ``repos`` scope still requires ``repo=``, which restricts them as well.
+
 Errors raised here are :class:`TokenError` (``.rule``: ``TOKEN_NAME``,
 ``TOKEN_SCOPE``, ``TOKEN_RATE``, ``TOKEN_EXISTS``) for bad input to
 :func:`create_token`, and :class:`AuthError` (``.rule``: ``AUTH_MALFORMED``,
@@ -200,9 +208,14 @@ class TokenScope:
         event_type: str | None,
         repo: str | None,
         action: str | None = None,
+        include: Sequence[str] = (),
     ) -> str | None:
         """``None`` when filters (already syntax-checked) are inside this scope,
-        else the reason they are not (for a 403 ``ScopeDenied``)."""
+        else the reason they are not (for a 403 ``ScopeDenied``). ``include``:
+        the repository event types asked for as well (``include=`` of the
+        API: ``account``, ``identity``, ``sync``); a ``collections`` scope
+        allows them, an ``event_types`` scope must list each, a ``repos``
+        scope needs ``repo=`` as for any request (it restricts them too)."""
         if self.collections is not None:
             if collection is None:
                 return (
@@ -221,6 +234,12 @@ class TokenScope:
                 )
             if wanted not in self.event_types:
                 return f"event_type {wanted!r} is outside the token's scope"
+            for kind in include:
+                if kind not in self.event_types:
+                    return (
+                        f"include {kind!r} is outside the token's event types "
+                        f"{list(self.event_types)}"
+                    )
         if self.repos is not None:
             if repo is None:
                 return "this token is scoped to repos: pass repo= inside the scope"

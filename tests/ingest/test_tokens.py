@@ -281,6 +281,58 @@ def test_scope_denies() -> None:
     assert TokenScope.from_json(ds.to_json()) == ds
 
 
+def test_scope_and_included_repository_events() -> None:
+    """include= (repository events besides the filters): a collections scope
+    allows them (they belong to no collection) but still needs collection=; an
+    event_types scope must list each; a repos scope still needs repo=."""
+    repo_events = ("account", "identity", "sync")
+    ds = TokenScope(collections=("science.alt.dataset.*",))
+    coll = "science.alt.dataset.entry"
+    assert (
+        ds.denies(collection=coll, event_type=None, repo=None, include=repo_events)
+        is None
+    )
+    assert ds.denies(collection=None, event_type=None, repo=None, include=("account",))
+    assert ds.denies(
+        collection="app.bsky.feed.post",
+        event_type=None,
+        repo=None,
+        include=("account",),
+    )
+    typed = TokenScope(
+        collections=("science.alt.*",), event_types=("commit", "account")
+    )
+    assert (
+        typed.denies(collection=coll, event_type=None, repo=None, include=("account",))
+        is None
+    )
+    reason = typed.denies(
+        collection=coll, event_type=None, repo=None, include=("account", "sync")
+    )
+    assert reason is not None and "include 'sync'" in reason
+    kinds = TokenScope(event_types=("commit", "account"))
+    assert (
+        kinds.denies(
+            collection=None, event_type="commit", repo=None, include=("account",)
+        )
+        is None
+    )
+    # the filters' own type is still required: include adds, never replaces
+    assert kinds.denies(
+        collection=None, event_type=None, repo=None, include=("account",)
+    )
+    repos = TokenScope(repos=("did:plc:abc",))
+    assert repos.denies(
+        collection=coll, event_type=None, repo=None, include=repo_events
+    )
+    assert (
+        repos.denies(
+            collection=coll, event_type=None, repo="did:plc:abc", include=repo_events
+        )
+        is None
+    )
+
+
 # --------------------------------------------------------------------------- buckets
 
 
