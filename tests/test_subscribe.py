@@ -718,11 +718,16 @@ class Service:
         self.raw_stream: bytes | None = None
         self.ignore_filters = False
         self.drop_after: list[int] = []  # end a stream after this many rows, once
+        #: the log's committed seq: a page without more carries it as its cursor
+        #: (the scanned horizon) when it is beyond the page's rows
+        self.horizon: int | None = None
 
         def allowed(request: Request) -> Response | None:
             self.requests.append(dict(request.query_params))
             if request.headers.get("authorization") != f"Bearer {token}":
-                return JSONResponse({"error": "InvalidToken", "message": "no"}, 401)
+                return JSONResponse(
+                    {"error": "InvalidToken", "message": "unknown token"}, 401
+                )
             if self.fail_next:
                 status = self.fail_next.pop(0)
                 return JSONResponse(
@@ -752,9 +757,10 @@ class Service:
                 page = page[:-1]  # never cut a commit
             since = int(request.query_params.get("since", "0"))
             cursor = page[-1]["seq"] if page else since
-            return JSONResponse(
-                {"events": page, "cursor": cursor, "more": len(page) < len(rows)}
-            )
+            more = len(page) < len(rows)
+            if not more and self.horizon is not None:
+                cursor = max(cursor, self.horizon)
+            return JSONResponse({"events": page, "cursor": cursor, "more": more})
 
         async def stream(request: Request) -> Response:
             refused = allowed(request)
@@ -1016,10 +1022,104 @@ def test_service_filters_go_to_the_server_and_are_checked_again() -> None:
             with pytest.raises(SubscriptionError) as err:
                 await bad.run()
             assert err.value.rule == "SUB_AUTH"
+            assert "unknown token" in str(err.value)  # the service's message
 
     asyncio.run(asyncio.wait_for(main(), GUARD))
     assert service.requests[0]["repo"] == "did:plc:bbbb"
     assert [type(e) for e in seen] == [Account]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["poll", "sse"])
+def test_a_collection_subscription_asks_for_repository_events(stream: bool) -> None:
+    """One collection pattern goes to the service as collection= with
+    include=account,identity,sync (the service's collection filter selects
+    commit operations only), so an account deletion of any repo reaches a
+    Subscription(collections=[...]) as it does from a relay; include=() asks
+    for none (a token scoped to commits); a bad include is SUB_CONFIG."""
+    rows = _commit_rows()
+    rows.insert(0, _row(seq=10, rkey="o1", collection=OTHER))  # not delivered
+    got: list[Event] = []
+
+    async def main(service: Service, sub: Subscription) -> None:
+        async with service.serving():
+            task = asyncio.create_task(sub.run())
+            await seen_or_done(lambda: sub.cursor == 15, task)
+            sub.stop()
+            await task
+
+    service = Service(rows)
+    sub = Subscription(
+        IngestService(service.url, "atdi_test", stream=stream, poll_interval=0.05),
+        collections=["science.alt.dataset.*"],
+        cursor=0,
+    )
+    sub.handler(got.append)
+    asyncio.run(asyncio.wait_for(main(service, sub), GUARD))
+    assert {(r["collection"], r["include"]) for r in service.requests} == {
+        ("science.alt.dataset.*", "account,identity,sync")
+    }
+    assert [(type(e).__name__, getattr(e, "seq", None)) for e in got] == [
+        ("Create", 11),
+        ("Update", 11),
+        ("Account", 12),
+        ("Create", 14),
+    ]
+    deleted = got[2]
+    assert isinstance(deleted, Account)
+    assert (deleted.active, deleted.status) == (False, "deleted")
+
+    service = Service(rows)
+    sub = Subscription(
+        IngestService(
+            service.url, "atdi_test", stream=stream, poll_interval=0.05, include=()
+        ),
+        collections=[SCHEMA],
+        cursor=0,
+    )
+    asyncio.run(asyncio.wait_for(main(service, sub), GUARD))
+    assert all("include" not in r for r in service.requests)
+    assert service.requests[0]["collection"] == SCHEMA
+    for bad in (("commit",), "account", ("account", "info")):
+        with pytest.raises(SubscriptionError) as err:
+            IngestService(service.url, "atdi_test", include=bad)  # type: ignore[arg-type]
+        assert err.value.rule == "SUB_CONFIG"
+
+
+async def seen_or_done(what: Callable[[], bool], task: asyncio.Task[None]) -> None:
+    """Wait until ``what()``; re-raise ``task``'s error when it ended first."""
+    await seen(lambda: what() or task.done())
+    if task.done():
+        task.result()
+
+
+def test_a_page_cursor_past_its_events_moves_the_subscription(
+    tmp_path: Path,
+) -> None:
+    """A page without more whose cursor is beyond its last event (the service's
+    scanned horizon: seqs that matched nothing) is taken as is: the stored
+    cursor reaches it, and the next request starts there."""
+    service = Service(_commit_rows())
+    service.horizon = 40
+    store = FileCursorStore(tmp_path / "cursor")
+    sub = Subscription(
+        IngestService(service.url, "atdi_test", poll_interval=0.05),
+        cursor=store,
+        save_interval=0,
+    )
+    got: list[Event] = []
+    sub.handler(got.append)
+
+    async def main() -> None:
+        async with service.serving():
+            task = asyncio.create_task(sub.run())
+            await seen_or_done(lambda: sub.cursor == 40, task)
+            await seen(lambda: len(service.requests) >= 2)
+            sub.stop()
+            await task
+
+    asyncio.run(asyncio.wait_for(main(), GUARD))
+    assert len(got) == 4 and store.load() == 40
+    assert service.requests[1]["since"] == "40"
 
 
 @given(st.lists(st.integers(1, 40), min_size=1, max_size=30))
@@ -1257,6 +1357,97 @@ def test_whole_chain_pds_ingester_postgres_api_subscription(
     assert created.name == "ImageSample" and updated.version == "2.0.0"
     assert c.verified is True and u.verified is True  # by the ingester, PLC key
     assert store.load() == account.seq
+
+
+def chain_last_seq(chain: Chain) -> int:
+    """The log's committed seq (ingest_cursor.last_seq; /health is cached)."""
+    import asyncpg
+
+    async def read() -> int:
+        conn = await asyncpg.connect(chain.dsn)
+        try:
+            return int(await conn.fetchval("SELECT last_seq FROM ingest_cursor"))
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["poll", "sse"])
+def test_whole_chain_collection_subscription_sees_the_account_deletion(
+    net: LocalNetwork, chain: Chain, stream: bool
+) -> None:
+    """The AppView case: a token scoped to ``science.alt.dataset.*`` and
+    ``Subscription(collections=["science.alt.dataset.*"])`` over the real chain.
+    The schema's create, update and delete arrive, the other collection's
+    record does not, and the account's deletion (an ``#account`` event, bound
+    to no collection) arrives too: the client asks for it with include=. A
+    subscription whose collection matches nothing moves its cursor to the
+    log's horizon (the page cursor) without a single event."""
+    start = chain_last_seq(chain)
+    repo = new_repo(net)
+    token = chain.token(
+        f"datasets-{next(_names)}", {"collections": ["science.alt.dataset.*"]}
+    )
+    service = IngestService(chain.url, token, stream=stream, poll_interval=0.1)
+    sub = Subscription(service, collections=["science.alt.dataset.*"], cursor=start)
+    mine: list[Event] = []
+
+    @sub.handler
+    def everything(event: Event) -> None:
+        if repo.did in (getattr(event, "repo", None), getattr(event, "did", None)):
+            mine.append(event)
+            if isinstance(event, Account) and not event.active:
+                sub.stop()
+
+    async def writes() -> None:
+        await in_thread(repo.put, SCHEMA, "s1", _record("ImageSample"))
+        await in_thread(repo.put, OTHER, "x1", {"$type": OTHER})
+        await in_thread(repo.put, SCHEMA, "s1", {**_record(), "version": "2.0.0"})
+        await in_thread(repo.delete, SCHEMA, "s1")
+        await seen(lambda: any(isinstance(e, Delete) for e in mine))
+        await in_thread(repo.delete_account)
+
+    try:
+        asyncio.run(running(sub, writes))
+    except BaseException:
+        print(chain.tail())
+        raise
+    born = [
+        e for e in mine if isinstance(e, Identity | Sync) or getattr(e, "active", False)
+    ]
+    assert mine[: len(born)] == born
+    got = [
+        (type(e).__name__, getattr(e, "collection", None)) for e in mine[len(born) :]
+    ]
+    assert got == [
+        ("Create", SCHEMA),
+        ("Update", SCHEMA),
+        ("Delete", SCHEMA),
+        ("Account", None),
+    ]
+    account = mine[-1]
+    assert isinstance(account, Account)
+    assert (account.active, account.status) == (False, "deleted")
+    assert sub.cursor == account.seq
+    if stream:
+        return  # a stream's horizon comes with heartbeats (tests/ingest/test_api.py)
+    horizon = chain_last_seq(chain)
+    assert horizon >= account.seq
+    nothing = Subscription(
+        IngestService(chain.url, token, poll_interval=0.1, include=()),
+        collections=["science.alt.dataset.nothing.*"],
+        cursor=start,
+    )
+    events: list[Event] = []
+    nothing.handler(events.append)
+
+    async def idle() -> None:
+        await seen(lambda: (nothing.cursor or 0) >= horizon)
+        nothing.stop()
+
+    asyncio.run(running(nothing, idle))
+    assert events == [] and (nothing.cursor or 0) >= horizon
 
 
 # ------------------------------------------- the replay relay: faults at scale

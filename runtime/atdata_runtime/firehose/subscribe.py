@@ -729,6 +729,9 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 
 
 ServerFilters = dict[str, str]
+#: The service's repository event types (``include=`` of ``GET /events``).
+_REPO_EVENT_TYPES: Final = ("account", "identity", "sync")
+_REFUSAL_BYTES: Final = 4096  # of a 401/403 body, for its message
 
 
 @dataclass(frozen=True)
@@ -747,10 +750,19 @@ class IngestService:
     ``server_filters``: send the subscription's filters to the service (one
     ``collection`` pattern, one ``repo``), as a token scoped to them requires.
     The service's ``collection=`` selects record operations only, so with a
-    collection filter no ``#account``/``#identity`` event arrives; subscribe
-    by ``repos`` alone (or without filters) to see them. Filters are always
-    checked again in the client. Signatures are the service's business (its
-    ``VERIFY`` setting): the events carry its ``verified``."""
+    collection filter the client also sends ``include=`` with the repository
+    event types of ``include`` (default ``account``, ``identity``, ``sync``:
+    every repo's, or the one ``repo``'s), and a subscription to
+    ``collections=["science.alt.dataset.*"]`` still sees ``Account(active=False,
+    status="deleted")``, handle changes and repo resets, as it would from a
+    relay (they pass the subscription's collection filter; handlers that do
+    not take them never see them). A token scoped to event types that lacks
+    one of them is refused (``SUB_AUTH``): pass ``include=()`` or the types it
+    allows. Filters are always checked again in the client. Pages without
+    ``more`` carry the service's scanned horizon as their cursor, so a
+    filtered subscription's cursor moves over seqs that matched nothing.
+    Signatures are the service's business (its ``VERIFY`` setting): the
+    events carry its ``verified``."""
 
     url: str
     token: str = field(repr=False)
@@ -759,6 +771,7 @@ class IngestService:
     poll_interval: float = 1.0
     timeout: float = 30.0
     server_filters: bool = True
+    include: tuple[str, ...] = _REPO_EVENT_TYPES
 
     def __post_init__(self) -> None:
         _http_base(self.url, "ingestion service")
@@ -776,6 +789,13 @@ class IngestService:
             raise SubscriptionError("SUB_CONFIG", "limit must be 1 .. 1000")
         if not self.poll_interval >= 0 or not self.timeout > 0:
             raise SubscriptionError("SUB_CONFIG", "poll_interval/timeout out of range")
+        if isinstance(self.include, str) or any(
+            kind not in _REPO_EVENT_TYPES for kind in self.include
+        ):
+            raise SubscriptionError(
+                "SUB_CONFIG",
+                f"include must be a tuple of {', '.join(_REPO_EVENT_TYPES)}",
+            )
 
     def _client(self) -> Any:
         import httpx
@@ -792,13 +812,35 @@ class IngestService:
         )
 
     @staticmethod
-    def _status(status: int, headers: Mapping[str, str], url: str) -> None:
+    async def _check(resp: Any, url: str) -> None:
+        """Raise for a response that is not 200 (:meth:`_status`), with the
+        service's ``message`` for a 401/403 (at most 4 KiB of body read)."""
+        if resp.status_code in (401, 403):
+            body = bytearray()
+            async for chunk in resp.aiter_raw():
+                body += chunk
+                if len(body) > _REFUSAL_BYTES:
+                    break
+            IngestService._status(resp.status_code, resp.headers, url, bytes(body))
+        IngestService._status(resp.status_code, resp.headers, url)
+
+    @staticmethod
+    def _status(
+        status: int, headers: Mapping[str, str], url: str, body: bytes = b""
+    ) -> None:
         if status == 200:
             return
         if status in (401, 403):
+            import orjson
+
+            why = ""
+            with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
+                message = orjson.loads(body[:_REFUSAL_BYTES]).get("message")
+                if isinstance(message, str) and message.isprintable():
+                    why = f": {message[:300]}"
             raise SubscriptionError(
                 "SUB_AUTH",
-                f"the service refused the token or its scope (HTTP {status})",
+                f"the service refused the token or its scope (HTTP {status}){why}",
                 location=redact_url(url),
             )
         if status == 429 or status >= 500:
@@ -811,6 +853,11 @@ class IngestService:
             return out
         if len(where.patterns) == 1:
             out["collection"] = where.patterns[0]
+            # the collection filter selects commit operations only: ask for the
+            # repository events too (they pass the subscription's filter)
+            kinds = [k for k in _REPO_EVENT_TYPES if k in self.include]
+            if kinds:
+                out["include"] = ",".join(kinds)
         if where.repos is not None and len(where.repos) == 1:
             (out["repo"],) = where.repos
         return out
@@ -843,7 +890,7 @@ class IngestService:
                     asyncio.timeout(self.timeout),
                     client.stream("GET", base, params=params) as resp,
                 ):
-                    self._status(resp.status_code, resp.headers, base)
+                    await self._check(resp, base)
                     async for chunk in resp.aiter_raw():
                         body += chunk
                         if len(body) > MAX_PAGE_BYTES:
@@ -920,7 +967,7 @@ class IngestService:
             self._client() as client,
             client.stream("GET", base, params=params, headers=headers) as resp,
         ):
-            self._status(resp.status_code, resp.headers, base)
+            await self._check(resp, base)
             stats.connects += 1
             async for ident, text in _sse_messages(resp.aiter_raw(), base):
                 seq = int(ident) if ident is not None and ident.isdigit() else None
