@@ -9,6 +9,14 @@ variable                           default             meaning
                                                        ``/xrpc/com.atproto.sync.subscribeRepos``
                                                        path may be given or left out
 ``ATDATA_INGEST_DATABASE_URL``     ``DATABASE_URL``    PostgreSQL DSN (``postgresql://``)
+``ATDATA_INGEST_START``            ``live``            where a **first** run starts (the
+                                                       stored cursor is 0, never used):
+                                                       ``live`` connects without a cursor
+                                                       (the relay's live tail), ``oldest``
+                                                       with ``?cursor=0`` (the oldest
+                                                       event the relay still has; a PDS
+                                                       replays its whole stream). Ignored
+                                                       once a seq was read
 ``ATDATA_INGEST_BATCH_MAX``        500                 events per COPY batch (1..10000)
 ``ATDATA_INGEST_FLUSH_MS``         50                  flush a batch this long after its
                                                        oldest event was read (1..10000)
@@ -74,6 +82,7 @@ SUBSCRIBE_PATH: Final = "/xrpc/com.atproto.sync.subscribeRepos"
 
 _SCHEMES: Final = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
 _VERIFY: Final = ("dataset", "all", "none")
+_START: Final = ("live", "oldest")
 _VALIDATE: Final = ("all", "dataset", "none")
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
@@ -160,6 +169,7 @@ class Settings:
 
     database_url: str
     relay_url: str = ""
+    start: str = "live"
     batch_max: int = 500
     flush_ms: int = 50
     buffer_max: int = 20_000
@@ -207,6 +217,10 @@ class Settings:
                 f"{_var('reconnect_max_seconds')}: {self.reconnect_max_seconds} is "
                 f"smaller than {_var('reconnect_min_seconds')} "
                 f"({self.reconnect_min_seconds})"
+            )
+        if self.start not in _START:
+            raise ConfigError(
+                f"{_var('start')}: {self.start!r} is not one of {', '.join(_START)}"
             )
         if self.verify not in _VERIFY:
             raise ConfigError(
@@ -286,10 +300,16 @@ class Settings:
         return redact_url(self.database_url)
 
     def subscribe_url(self, cursor: int) -> str:
-        """``<relay>/xrpc/com.atproto.sync.subscribeRepos[?cursor=<cursor>]``
-        (no cursor when ``cursor`` is 0: start at the relay's live tail)."""
+        """``<relay>/xrpc/com.atproto.sync.subscribeRepos[?cursor=<cursor>]``.
+        ``cursor`` 0 means nothing was ever read (a first start): with ``start``
+        ``live`` no cursor is sent (the relay's live tail), with ``oldest``
+        ``?cursor=0`` (Sync spec, "Firehose": a cursor older than the relay's
+        window starts at its oldest event, after an ``#info`` ``OutdatedCursor``).
+        Raises :class:`ConfigError` when ``relay_url`` is not set."""
         base = self.require_relay() + SUBSCRIBE_PATH
-        return f"{base}?cursor={cursor}" if cursor > 0 else base
+        if cursor > 0 or self.start == "oldest":
+            return f"{base}?cursor={max(cursor, 0)}"
+        return base
 
     def __repr__(self) -> str:
         shown = ", ".join(
@@ -303,6 +323,7 @@ class Settings:
 _FIELD_TYPES: Final[dict[str, type]] = {
     "database_url": str,
     "relay_url": str,
+    "start": str,
     "batch_max": int,
     "flush_ms": int,
     "buffer_max": int,
@@ -333,7 +354,7 @@ def _parse(name: str, kind: type, raw: str) -> Any:
     var = _var(name)
     text = raw.strip()
     if kind is str:
-        return text.lower() if name in ("verify", "validate") else text
+        return text.lower() if name in ("verify", "validate", "start") else text
     if kind is bool:
         low = text.lower()
         if low in _TRUE:

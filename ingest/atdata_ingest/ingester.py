@@ -30,18 +30,37 @@ socket for up to ``pause_ms`` (``websockets`` then stops reading the socket:
 ``max_queue`` is small, so TCP backpressure reaches the relay). If the buffer does
 not drain in that time the reader reads on; when the buffer is full the process
 exits **on purpose** with status 75 (:class:`~.exits.BufferOverflow`): nothing is
-lost, the supervisor restarts it and it resumes from the committed cursor.
+lost, the supervisor restarts it and it resumes from the committed cursor. The
+exit is prompt: the writer's connection is terminated, not closed (its batch may
+be blocked on a lock; the server rolls it back) and the relay stream is aborted;
+the time from the overflow to the exit is logged (``overflow to exit``).
 
 Faults: a WebSocket disconnect, error frame or close is reconnected with
 exponential backoff and jitter from the last seq *read* (everything read is in the
 buffer), never an exit; a lost database pauses the writer (the reader keeps
 buffering until full) and is retried for ``db_retry_seconds`` (then exit 74).
-SIGTERM/SIGINT: stop reading, flush and commit everything buffered, exit 0.
+SIGTERM/SIGINT: stop reading, flush and commit everything buffered, exit 0. The
+relay stream's closing handshake runs during the flush and its transport is
+aborted after it: a relay whose close frame waits behind frames never to be read
+(the ingester was behind) would otherwise hold the stop for ``websockets``'
+``close_timeout``.
+
+First start: with the stored cursor 0 the reader connects without a cursor
+(``start`` ``live``: the relay's live tail) or with ``?cursor=0`` (``oldest``:
+the oldest event the relay has; a PDS replays its whole stream); see
+:meth:`.config.Settings.subscribe_url`.
+
+Signature verdicts (:class:`~atdata_runtime.firehose.verify.Verdict`) fill
+``verified`` and ``verify_rule`` (why not verified: ``REV_STALE``,
+``PROOF_INCOMPLETE``, ``IDENTITY_UNRESOLVED``, ``COMMIT_TOO_BIG``, ...;
+``VERIFY_ERROR`` when the check itself failed unexpectedly).
 
 Seqs: a seq at or below the last one read is a duplicate (dropped, counted); a jump
 of more than one is a gap (counted in ``ingest_cursor.gaps`` and logged, not fatal:
-relay seqs need not be contiguous). ``#info`` (``OutdatedCursor``) is logged and
-stored. ``#identity`` drops the verifier's cached DID document. Frames of an
+relay seqs need not be contiguous). ``#info`` (``OutdatedCursor``) is logged,
+stored (positioned after the seq it followed, :mod:`.rows`) and kept as the
+cursor row's ``last_info`` (``{name, message, after_seq, received_at}``) for
+``/health``. ``#identity`` drops the verifier's cached DID document. Frames of an
 unknown type are ignored (Event Stream spec: consumers ignore unknown message
 types) and counted; their seq still moves the cursor.
 """
@@ -50,6 +69,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as _dt
 import logging
 import random
 import signal
@@ -60,13 +80,23 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol, TypeAlias
 
 import websockets
+from atdata_runtime.firehose.events import Info
 from atdata_runtime.firehose.frames import Frame, FrameError, decode_frame
+from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
+from websockets.protocol import State
 
 from . import exits
 from .config import Settings
 from .exits import BufferOverflow, IngestExit
-from .rows import DeadRow, EventRow, RecordValidator, dead_letter_row, event_rows
+from .rows import (
+    DeadRow,
+    EventRow,
+    RecordValidator,
+    dead_letter_row,
+    event_rows,
+    info_json,
+)
 from .writer import Batch, BatchWriter
 
 __all__ = ["Ingester", "Stats", "Verifier", "main", "run"]
@@ -89,6 +119,13 @@ resolution); beyond it the reader waits."""
 _MAX_PENDING_BYTES: Final = 64 << 20
 """The same bound in frame bytes (pending frames keep their bytes for a dead
 letter)."""
+_WS_CLOSE_TIMEOUT: Final = 2.0
+"""Seconds a closing handshake with the relay may take when the stream ends for
+another reason than a stop or an overflow (those abort the transport: a graceful
+close would wait behind the frames not read, ``websockets``' default 10 s)."""
+_VERIFY_ERROR: Final = "VERIFY_ERROR"
+"""``verify_rule`` of a frame whose check failed with an unexpected error (no
+verdict: a bug or an unconverted network error in the verifier)."""
 
 _Finish: TypeAlias = Callable[["asyncio.Future[Any] | None"], None]
 
@@ -127,6 +164,11 @@ class Stats:
     not_verified: dict[str, int] = field(default_factory=dict)  # verdict rule -> n
     last_committed_seq: int = 0
     last_event_time: float | None = None  # epoch seconds of the newest committed
+    #: relay streams aborted at a stop or an overflow with their closing
+    #: handshake still pending (behind frames not read)
+    aborted_streams: int = 0
+    #: seconds from the buffer overflow to the end of :meth:`Ingester.run`
+    overflow_to_exit: float | None = None
 
 
 class _Buffer:
@@ -159,6 +201,7 @@ class _Buffer:
         nbytes: int,
         gap: int,
         last_committed: int,
+        info: str | None = None,
     ) -> None:
         n = len(rows) + (dead is not None)
         if self.events + n > self.max_events or self.nbytes + nbytes > self.max_bytes:
@@ -180,6 +223,8 @@ class _Buffer:
             batch.add_seq(seq)
         if event_time is not None:
             batch.last_event_time = event_time
+        if info is not None:
+            batch.last_info = info
         batch.gaps += gap
         batch.nbytes += nbytes
         self.events += n
@@ -253,6 +298,9 @@ class Ingester:
         self._pending_bytes = 0
         self._pending_changed = asyncio.Event()
         self._room = asyncio.Event()
+        self._ws: ClientConnection | None = None  # the relay stream being read
+        self._overflow: BufferOverflow | None = None  # exit 75 under way
+        self._overflow_at: float | None = None  # its time.monotonic()
 
     # -- control ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -276,6 +324,14 @@ class Ingester:
             return exc.status
         finally:
             await self.writer.close()
+            if self._overflow_at is not None:
+                took = time.monotonic() - self._overflow_at
+                self.stats.overflow_to_exit = took
+                log.info(
+                    "overflow to exit: %.3f s (writer connection terminated, relay "
+                    "stream aborted)",
+                    took,
+                )
 
     async def _run(self) -> int:
         s = self.settings
@@ -320,16 +376,20 @@ class Ingester:
             done, _ = await asyncio.wait(
                 {reader, writer, sequencer, stop}, return_when=asyncio.FIRST_COMPLETED
             )
+            if self._overflow is not None:
+                # the writer may end first (WriterAborted): the cause is exit 75
+                raise self._overflow
             for task in (reader, writer, sequencer):
                 if task in done:
                     exc = task.exception()
                     if exc is not None:
                         raise exc
                     raise RuntimeError(f"the {task.get_name()} task ended")  # a bug
-            # clean stop: no more reading; flush what was read
+            # clean stop: no more reading; flush what was read. The reader's
+            # closing handshake runs meanwhile; once everything read is
+            # committed the transport is aborted (the relay's close frame may
+            # wait behind frames never to be read: websockets would wait 10 s)
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
             # frames waiting for a signature check join the buffer first
             draining = asyncio.create_task(self._drain())
             done, _ = await asyncio.wait(
@@ -357,6 +417,9 @@ class Ingester:
             exc = writer.exception()
             if exc is not None:
                 raise exc
+            self._abort_stream("stop")
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
             await self.writer.mark_stopped()
             log.info(
                 "stopped cleanly: cursor %d, %d events stored by this run",
@@ -365,6 +428,7 @@ class Ingester:
             )
             return exits.OK
         finally:
+            self._abort_stream("exit")  # no exit waits for a closing handshake
             for task in (reader, writer, sequencer, summary, stop):
                 task.cancel()
             for check, _, _ in self._pending:
@@ -389,8 +453,10 @@ class Ingester:
                     max_queue=_WS_MAX_QUEUE,
                     compression=None,
                     open_timeout=10,
+                    close_timeout=_WS_CLOSE_TIMEOUT,
                     user_agent_header="atdata-ingest",
                 ) as ws:
+                    self._ws = ws
                     log.info("connected to %s", url)
                     self.stats.connects += 1
                     async for message in ws:
@@ -411,6 +477,8 @@ class Ingester:
                 reason = f"{type(exc).__name__}: {exc}"
             except websockets.InvalidURI as exc:
                 raise exits.ConfigError(f"ATDATA_INGEST_RELAY_URL: {exc}") from None
+            finally:
+                self._ws = None
             attempt += 1
             self.stats.reconnects += 1
             cap = min(
@@ -426,6 +494,33 @@ class Ingester:
                 attempt,
             )
             await asyncio.sleep(delay)
+
+    def _abort_stream(self, why: str) -> None:
+        """Abort the relay stream's transport (no closing handshake) when it is
+        still open or closing: at a stop, once everything read is committed, and
+        at any exit. Nothing is lost: every frame read is in the buffer (flushed
+        at a stop) or, at an overflow, after the committed cursor, which the
+        restart resumes from."""
+        ws, self._ws = self._ws, None
+        if ws is None or ws.state is State.CLOSED:
+            return
+        self.stats.aborted_streams += 1
+        log.info(
+            "%s: aborting the relay stream (state %s; no closing handshake)",
+            why,
+            ws.state.name,
+        )
+        ws.transport.abort()
+
+    def _overflowed(self, exc: BufferOverflow) -> None:
+        """The buffer overflowed (exit 75 follows): terminate the writer's
+        connection (its batch may be blocked on a lock: a graceful close would
+        wait for the server; the server rolls the batch back) and abort the relay
+        stream, so that the process exits at once."""
+        if self._overflow is None:
+            self._overflow, self._overflow_at = exc, time.monotonic()
+        self.writer.abort()
+        self._abort_stream("overflow")
 
     def _too_big(self) -> None:
         """The frame after ``last_read`` was over ``max_frame_bytes``: dead-letter it
@@ -559,9 +654,17 @@ class Ingester:
                 getattr(info, "name", "?"),
                 getattr(info, "message", "") or "",
             )
-            rows, nbytes = event_rows(info, self.validate, seq_hint=self.last_read)
+            after = self.last_read
+            rows, nbytes = event_rows(info, self.validate, seq_hint=after)
+            last_info = (
+                info_json(info, after_seq=after, received_at=_dt.datetime.now(_dt.UTC))
+                if isinstance(info, Info)
+                else None
+            )
             stats.events_read += len(rows)
-            self._emit(lambda _: self._add(rows, None, None, None, nbytes, 0))
+            self._emit(
+                lambda _: self._add(rows, None, None, None, nbytes, 0, last_info)
+            )
             return
         seq = frame.seq
         assert seq is not None
@@ -593,6 +696,7 @@ class Ingester:
 
         def finish(done: asyncio.Future[Any] | None) -> None:
             verified: bool | None = None
+            rule: str | None = None
             if done is not None:
                 exc = None if done.cancelled() else done.exception()
                 if isinstance(exc, FrameError):  # SIG_INVALID, COMMIT_*
@@ -607,23 +711,31 @@ class Ingester:
                         gap,
                     )
                     return
+                counts = stats.not_verified
                 if done.cancelled() or exc is not None:
                     reason = "cancelled" if exc is None else f"{exc!r}"
                     log.warning("seq %d: signature not checked: %s", seq, reason)
+                    rule = _VERIFY_ERROR
+                    counts[rule] = counts.get(rule, 0) + 1
                 else:
                     verdict = done.result()
                     verified = verdict.verified
                     if verified:
                         stats.verified += 1
                     else:
-                        rule = str(getattr(verdict, "rule", None) or "NOT_CHECKED")
-                        counts = stats.not_verified
-                        if rule in counts or len(counts) < 100:
-                            counts[rule] = counts.get(rule, 0) + 1
+                        got = getattr(verdict, "rule", None)
+                        rule = None if got is None else str(got)
+                        key = rule or "NOT_CHECKED"
+                        if key in counts or len(counts) < 100:
+                            counts[key] = counts.get(key, 0) + 1
             try:
                 event = frame.event(verified=verified)
                 rows, nbytes = event_rows(
-                    event, self.validate, seq_hint=last, verified=verified
+                    event,
+                    self.validate,
+                    seq_hint=last,
+                    verified=verified,
+                    verify_rule=rule,
                 )
             except Exception as exc:  # noqa: BLE001 - hostile input must not stop us
                 self._dead_row(
@@ -650,9 +762,16 @@ class Ingester:
         event_time: Any,
         nbytes: int,
         gap: int,
+        info: str | None = None,
     ) -> None:
         assert self.buffer is not None
-        self.buffer.add(rows, dead, seq, event_time, nbytes, gap, self.writer.last_seq)
+        try:
+            self.buffer.add(
+                rows, dead, seq, event_time, nbytes, gap, self.writer.last_seq, info
+            )
+        except BufferOverflow as exc:
+            self._overflowed(exc)
+            raise
 
     def _plausible(self, seq: int) -> bool:
         """Whether a seq read from an unvalidated body may move the cursor: above

@@ -2,7 +2,8 @@
 ``ingest_dead_letters``.
 
 A row of :data:`ROW_COLUMNS` (``schema.EVENT_COLUMNS`` without ``indexed_at``,
-which PostgreSQL fills with the batch transaction's ``now()``), in that order:
+which PostgreSQL fills with the batch transaction's ``now()``: ``seq`` ..
+``event_time``, then ``verify_rule``), in that order:
 
 - a ``#commit`` gives one row per record operation (``idx`` = the operation's index,
   ``action`` create/update/delete, ``record`` the record in the JSON data model for
@@ -11,9 +12,14 @@ which PostgreSQL fills with the batch transaction's ``now()``), in that order:
   CAR);
 - ``#identity``, ``#account``, ``#sync`` give one row (``idx`` 0, ``record``: the
   event's body as JSON, never the CAR bytes);
-- ``#info`` has no ``seq`` (Sync spec, "Firehose"): its row takes the ``seq`` of the
-  last event read before it and ``idx`` -1, so that it sorts before that seq's
-  operations and never collides with them.
+- ``#info`` has no ``seq`` (Sync spec, "Firehose"): its row is **positioned after
+  the seq it followed**: it takes the ``seq`` of the last event read before it (0
+  when none was) and ``idx`` -1, so that it never collides with that seq's own
+  rows (``idx`` >= 0; in ``(seq, idx)`` order it sorts just before them, although
+  it arrived after them). A consumer that already read past that seq (``GET
+  /events?since=<that seq>`` is exclusive) never sees the row; so the ingester also
+  keeps the last ``#info`` in ``ingest_cursor.last_info`` (:func:`info_json`),
+  which ``/health`` can show.
 
 ``record`` is JSON text (asyncpg's binary ``jsonb`` codec takes ``str``). PostgreSQL's
 ``jsonb`` cannot hold U+0000 (a valid DAG-CBOR string character): such a record is
@@ -23,6 +29,13 @@ stored with U+0000 replaced by U+FFFD and ``valid`` set to ``RECORD_NUL``.
 generated model (:func:`.records.validate_record`: the generated packages' record
 registries), else a short text ``"<RULE> <JSON pointer>"`` of the first problem;
 NULL when no model is known or the validation policy skips the collection.
+
+``verified`` / ``verify_rule`` (commits and ``#sync``): the signature verdict
+(:class:`atdata_runtime.firehose.verify.Verdict`): ``True`` / NULL when
+signature, operation proofs and rev were all good; NULL / NULL when the policy
+did not ask for a check; NULL / the verdict's rule (``REV_STALE``,
+``PROOF_INCOMPLETE``, ``IDENTITY_UNRESOLVED``, ``COMMIT_TOO_BIG``, ...) when the
+check could not call it verified (a bad commit is a dead letter, not a row).
 
 A dead-letter row (:data:`DEAD_COLUMNS`) keeps a frame that could not be decoded or
 verified: ``(seq, rule, reason, location, frame[:64 KiB], frame size)``.
@@ -58,13 +71,14 @@ __all__ = [
     "RecordValidator",
     "dead_letter_row",
     "event_rows",
+    "info_json",
 ]
 
 log = logging.getLogger(__name__)
 
-ROW_COLUMNS: Final = EVENT_COLUMNS[:-1]
+ROW_COLUMNS: Final = tuple(c for c in EVENT_COLUMNS if c != "indexed_at")
 """The columns a row tuple fills, in order (``indexed_at`` is left to its default)."""
-assert EVENT_COLUMNS[-1] == "indexed_at"
+assert ROW_COLUMNS[-2:] == ("event_time", "verify_rule")
 
 DEAD_COLUMNS: Final = ("seq", "rule", "reason", "location", "frame", "frame_size")
 DEAD_FRAME_BYTES: Final = 64 * 1024
@@ -159,13 +173,20 @@ def event_rows(
     *,
     seq_hint: int = 0,
     verified: bool | None = None,
+    verify_rule: str | None = None,
 ) -> tuple[list[EventRow], int]:
     """The rows of one decoded frame (``Commit``, ``Identity``, ``Account``,
     ``Sync``, ``Info``; a bare ``Create``/``Update``/``Delete`` gives its own row),
     and the bytes they hold (for the buffer's byte bound). ``seq_hint`` is the seq
-    an ``#info`` row takes; ``verified`` the signature verdict of a ``#sync``
-    (commits carry their own). Raises ``TypeError`` for anything else."""
+    an ``#info`` row takes (the last seq read before it); ``verified`` the
+    signature verdict of a ``#sync`` (commits carry their own); ``verify_rule``
+    the verdict's rule for a commit or ``#sync`` not verified (ignored when the
+    event is verified; at most 64 characters kept). Raises ``TypeError`` for
+    anything else."""
+    rule = None if verify_rule is None else _clean(verify_rule)[:64] or None
     if isinstance(event, Commit):
+        if event.verified:
+            rule = None
         if not event.ops:
             body = _body(
                 {
@@ -194,17 +215,18 @@ def event_rows(
                 None,
                 event.verified,
                 event.time,
+                rule,
             )
             return [row], len(body) + _ROW_OVERHEAD
         rows: list[EventRow] = []
         size = 0
         for op in event.ops:
-            row, n = _op_row(op, validate, event.verified)
+            row, n = _op_row(op, validate, event.verified, rule)
             rows.append(row)
             size += n
         return rows, size
     if isinstance(event, Create | Update | Delete):
-        row, n = _op_row(event, validate, event.verified)
+        row, n = _op_row(event, validate, event.verified, rule)
         return [row], n
     if isinstance(event, Identity):
         body = _body(
@@ -216,7 +238,7 @@ def event_rows(
             }
         )
         head = (event.seq, 0, "identity", None, event.did, None, None, None, None)
-        return [(*head, None, None, body, None, None, event.time)], len(
+        return [(*head, None, None, body, None, None, event.time, None)], len(
             body
         ) + _ROW_OVERHEAD
     if isinstance(event, Account):
@@ -230,7 +252,7 @@ def event_rows(
             }
         )
         head = (event.seq, 0, "account", None, event.did, None, None, None, None)
-        return [(*head, None, None, body, None, None, event.time)], len(
+        return [(*head, None, None, body, None, None, event.time, None)], len(
             body
         ) + _ROW_OVERHEAD
     if isinstance(event, Sync):
@@ -244,22 +266,48 @@ def event_rows(
             }
         )
         head = (event.seq, 0, "sync", None, event.did, None, None, None, None)
+        rule = None if verified else rule
         return [
-            (*head, event.rev, event.commit_cid, body, None, verified, event.time)
+            (*head, event.rev, event.commit_cid, body, None, verified, event.time, rule)
         ], len(body) + _ROW_OVERHEAD
     if isinstance(event, Info):
         text, _ = _record_json(
             {"name": event.name, "message": event.message, **event.extra}
         )
         head = (seq_hint, -1, "info", None, "", None, None, None, None)
-        return [(*head, None, None, text, None, None, None)], len(text) + _ROW_OVERHEAD
+        return [(*head, None, None, text, None, None, None, None)], len(
+            text
+        ) + _ROW_OVERHEAD
     raise TypeError(f"not a firehose event: {type(event).__name__}")
 
 
+def info_json(info: Info, *, after_seq: int, received_at: _dt.datetime) -> str:
+    """``ingest_cursor.last_info`` of an ``#info`` frame, as JSON text:
+    ``{"name", "message", "after_seq", "received_at"}`` (``after_seq``: the seq
+    its row is positioned at, the last one read before it, 0 when none was;
+    ``received_at``: ISO 8601 UTC). ``name``/``message`` are cut to 256 / 2000
+    characters (they come from the relay) and U+0000 is replaced."""
+    text, _ = _record_json(
+        {
+            "name": info.name[:256],
+            "message": None if info.message is None else info.message[:_TEXT_MAX],
+            "after_seq": after_seq,
+            "received_at": _iso(received_at.astimezone(_dt.UTC)),
+        }
+    )
+    return text
+
+
 def _op_row(
-    op: Create | Update | Delete, validate: RecordValidator, verified: bool | None
+    op: Create | Update | Delete,
+    validate: RecordValidator,
+    verified: bool | None,
+    rule: str | None,
 ) -> tuple[EventRow, int]:
     row: EventRow
+    flag = op.verified if op.verified is not None else verified
+    if flag:
+        rule = None
     if isinstance(op, Delete):
         row = (
             op.seq,
@@ -275,8 +323,9 @@ def _op_row(
             op.commit_cid,
             None,
             None,
-            op.verified if op.verified is not None else verified,
+            flag,
             op.time,
+            rule,
         )
         return row, _ROW_OVERHEAD
     text, replaced = _record_json(op.record)
@@ -295,8 +344,9 @@ def _op_row(
         op.commit_cid,
         text,
         valid,
-        op.verified if op.verified is not None else verified,
+        flag,
         op.time,
+        rule,
     )
     return row, len(text) + _ROW_OVERHEAD
 

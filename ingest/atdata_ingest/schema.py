@@ -4,11 +4,16 @@
   committed; it is advanced in the same transaction as the batch that stored the
   events, so the log and the cursor never disagree. ``source`` is the relay or PDS
   whose ``seq`` space the cursor counts in. The ingester also keeps its status here
-  (buffer fill, dead-letter count, newest event time) for ``GET /health``.
+  (buffer fill, dead-letter count, newest event time) for ``GET /health``, and the
+  last ``#info`` frame it read (``last_info``: ``{name, message, after_seq,
+  received_at}``; an ``#info`` has no seq, so a consumer paging ``/events`` past
+  the seq it followed would never see its row).
 - ``ingest_events``: the event log, one row per record operation of a ``#commit``
   (``idx`` is the operation's index in the commit) and one row per other event
-  (``#identity``, ``#account``, ``#sync``, ``#info``, a commit without operations;
-  ``idx`` 0). Every event type is stored, nothing is filtered. Partitioned by day
+  (``#identity``, ``#account``, ``#sync``, a commit without operations: ``idx`` 0;
+  ``#info``: ``idx`` -1, see :mod:`.rows`). ``verified``/``verify_rule`` carry the
+  signature verdict (:class:`atdata_runtime.firehose.verify.Verdict`). Every event
+  type is stored, nothing is filtered. Partitioned by day
   of ``indexed_at`` so that retention drops whole partitions (seed 002 §13).
   PostgreSQL's unique indexes on a partitioned table must include the partition
   key, so uniqueness of ``(seq, idx)`` across days is enforced by the cursor guard:
@@ -19,7 +24,8 @@
   rate limits.
 
 :func:`migrate` creates all of it, idempotently (``CREATE ... IF NOT EXISTS``),
-under an advisory lock so that concurrent starts do not race.
+under an advisory lock so that concurrent starts do not race, and upgrades a
+database of an older :data:`SCHEMA_VERSION` (columns added since).
 """
 
 from __future__ import annotations
@@ -37,7 +43,9 @@ __all__ = [
     "partition_name",
 ]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+"""1: the first schema. 2: ``ingest_events.verify_rule``, ``ingest_cursor.last_info``
+(:func:`migrate` adds both to a version-1 database)."""
 
 #: The columns of ``ingest_events`` in the order the ingester COPYs them.
 EVENT_COLUMNS: Final = (
@@ -57,6 +65,9 @@ EVENT_COLUMNS: Final = (
     "verified",  # boolean: commit signature checked and good; NULL: not checked
     "event_time",  # timestamptz: the event's "time" field
     "indexed_at",  # timestamptz: when this service stored it
+    "verify_rule",  # text: why a checked commit/#sync is not verified (the
+    # Verdict's rule: REV_STALE, PROOF_INCOMPLETE, IDENTITY_UNRESOLVED,
+    # COMMIT_TOO_BIG, ...); NULL when verified or not required by the policy
 )
 
 _DDL: Final = """
@@ -76,7 +87,8 @@ CREATE TABLE IF NOT EXISTS ingest_cursor (
     dead_letters bigint NOT NULL DEFAULT 0,
     gaps bigint NOT NULL DEFAULT 0,
     ingester_pid integer,
-    ingester_started_at timestamptz
+    ingester_started_at timestamptz,
+    last_info jsonb
 );
 INSERT INTO ingest_cursor (id) VALUES (true) ON CONFLICT DO NOTHING;
 
@@ -96,7 +108,8 @@ CREATE TABLE IF NOT EXISTS ingest_events (
     valid text,
     verified boolean,
     event_time timestamptz,
-    indexed_at timestamptz NOT NULL DEFAULT now()
+    indexed_at timestamptz NOT NULL DEFAULT now(),
+    verify_rule text
 ) PARTITION BY RANGE (indexed_at);
 
 CREATE TABLE IF NOT EXISTS ingest_events_default
@@ -133,6 +146,20 @@ CREATE TABLE IF NOT EXISTS ingest_tokens (
 );
 """
 
+#: Columns added after schema 1: (table, column, type), in the order added. Each is
+#: added by :func:`migrate` to an older database (``ALTER TABLE ... ADD COLUMN IF
+#: NOT EXISTS``: a column with a NULL default is added without a table rewrite,
+#: and a partitioned table's new column reaches every partition). The DDL above
+#: ends each table with them, so old and new databases have the same column order.
+_ADDED_COLUMNS: Final = (
+    ("ingest_events", "verify_rule", "text"),  # schema 2
+    ("ingest_cursor", "last_info", "jsonb"),  # schema 2
+)
+_HAS_COLUMN: Final = (
+    "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1::regclass "
+    "AND attname = $2 AND NOT attisdropped)"
+)
+
 _LOCK_KEY: Final = 0x61746461  # "atda": serializes migrations
 
 
@@ -168,11 +195,20 @@ async def ensure_partitions(
 
 
 async def migrate(conn: asyncpg.Connection) -> None:
-    """Create every table, index and today's partitions when missing (idempotent;
-    safe to run from several processes at once)."""
+    """Create every table, index and today's partitions when missing, and add the
+    columns of later schema versions to an older database (idempotent; safe to
+    run from several processes at once). An ``ALTER TABLE`` (ACCESS EXCLUSIVE
+    lock) runs only when its column is missing, so that starting on an
+    up-to-date database does not wait behind readers of the log."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
         await conn.execute(_DDL)
+        for table, column, kind in _ADDED_COLUMNS:
+            if not await conn.fetchval(_HAS_COLUMN, table, column):
+                # identifiers from the constant above, never from input
+                await conn.execute(
+                    f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}"
+                )
         await conn.execute(
             "INSERT INTO ingest_meta (key, value) VALUES ('schema_version', $1) "
             "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",

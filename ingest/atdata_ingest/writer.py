@@ -15,7 +15,8 @@ advancement rules"):
    ``ingest_dead_letters`` (never one INSERT per event);
 4. ``UPDATE ingest_cursor``: ``last_seq`` (the batch's highest seq, dead-lettered
    frames with a seq included), the newest event time, status (buffer fill,
-   dead-letter and gap counts, pid), the batch token in ``ingest_meta``, and
+   dead-letter and gap counts, pid, the last ``#info`` read: ``last_info``), the
+   batch token in ``ingest_meta``, and
    ``pg_notify('ingest_events', '<last_seq>')``, delivered at COMMIT (the
    consumer API's stream wakes on it);
 5. COMMIT.
@@ -26,6 +27,10 @@ after that, exit 74). A row PostgreSQL refuses (class 22 data exception, e.g. a
 U+0000 in a text column; class 54 limit, e.g. an oversized index key) does not
 stall the stream: the batch is written again with savepoints, halving until the
 refused rows are found, and those become dead letters (rule ``ROW_REJECTED``).
+
+:meth:`BatchWriter.abort` (exit 75) terminates the connection without a
+graceful close: the batch in flight rolls back on the server and the restart
+resumes from the cursor.
 
 The single-ingester rule (seed 002 §0.4) is a session advisory lock taken on the
 writer's connection (and taken again after a reconnect): another holder →
@@ -63,6 +68,7 @@ __all__ = [
     "Batch",
     "BatchWriter",
     "WriteResult",
+    "WriterAborted",
     "is_connection_error",
 ]
 
@@ -93,7 +99,8 @@ UPDATE ingest_cursor SET
     buffer_max = $5::integer,
     dead_letters = dead_letters + $6::bigint,
     gaps = gaps + $7::bigint,
-    ingester_pid = $8::integer
+    ingester_pid = $8::integer,
+    last_info = COALESCE($10::jsonb, last_info)
 WHERE id
 RETURNING CASE WHEN $9::boolean
     THEN pg_notify('{NOTIFY_CHANNEL}', last_seq::text) END
@@ -102,6 +109,11 @@ _HEARTBEAT: Final = (
     "UPDATE ingest_cursor SET updated_at = now(), buffer_fill = $1::real, "
     "buffer_max = $2::integer, ingester_pid = $3::integer WHERE id"
 )
+
+
+class WriterAborted(RuntimeError):
+    """:meth:`BatchWriter.abort` was called: the writer takes no more batches (the
+    one in flight was rolled back by the server)."""
 
 
 @dataclass(slots=True)
@@ -121,6 +133,9 @@ class Batch:
     nbytes: int = 0
     first_read: float = 0.0  # time.monotonic() of the oldest frame in the batch
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: ``ingest_cursor.last_info`` (JSON text, :func:`.rows.info_json`) of the last
+    #: ``#info`` in the batch; ``None`` keeps the stored one
+    last_info: str | None = None
 
     @property
     def events(self) -> int:
@@ -227,6 +242,7 @@ class BatchWriter:
         self.pid = os.getpid()
         self.kill = _KillHook(os.environ.get(KILL_ENV))
         self.reconnects = 0
+        self.aborted = False
         self._partitions_at = 0.0
 
     # -- connection -------------------------------------------------------------------
@@ -284,8 +300,14 @@ class BatchWriter:
         attempt = 0
         while True:
             attempt += 1
+            if self.aborted:
+                raise WriterAborted("the writer was aborted")
             try:
                 self.conn = await self._connect_once()
+                if self.aborted:  # aborted while connecting
+                    self.conn.terminate()
+                    self.conn = None
+                    raise WriterAborted("the writer was aborted")
                 if attempt > 1:
                     log.info(
                         "database reconnected after %d attempts (%.1f s)",
@@ -356,6 +378,21 @@ class BatchWriter:
             "database, or reset ingest_cursor (last_seq 0) to start over."
         )
 
+    def abort(self) -> None:
+        """Terminate the connection at once, without a graceful close (the exit
+        75 path: a batch may be blocked on a lock or a slow server, and a
+        graceful close or a cancelled query would wait for the server). The
+        server rolls back the transaction in flight when it notices the closed
+        socket (within ``client_connection_check_interval``, 1 s, even while the
+        backend waits on a lock) and frees the advisory lock; nothing of that
+        batch is stored and the cursor stays where the last commit left it, so
+        the restart resumes from there. Later :meth:`write` calls (and the one in
+        flight, once it wakes) raise :class:`WriterAborted`; idempotent."""
+        self.aborted = True
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.terminate()
+
     async def close(self) -> None:
         """Close the connection (releases the advisory lock)."""
         conn, self.conn = self.conn, None
@@ -384,6 +421,11 @@ class BatchWriter:
         isolate = False
         while True:
             attempt += 1
+            if self.aborted:
+                raise WriterAborted(
+                    f"batch seq {batch.min_seq}..{batch.max_seq} not written: the "
+                    f"writer was aborted (cursor {self.last_seq})"
+                )
             try:
                 if self.conn is None or self.conn.is_closed():
                     remaining = self.settings.db_retry_seconds - (
@@ -395,9 +437,14 @@ class BatchWriter:
                 )
                 await self._partitions_between_batches()
                 return result
-            except (ConfigError, LockHeld, DatabaseUnavailable):
+            except (ConfigError, LockHeld, DatabaseUnavailable, WriterAborted):
                 raise
             except Exception as exc:
+                if self.aborted:  # the connection was terminated under us
+                    raise WriterAborted(
+                        f"batch seq {batch.min_seq}..{batch.max_seq} rolled back: "
+                        f"the writer was aborted (cursor {self.last_seq})"
+                    ) from None
                 if _is_row_error(exc) and not isolate:
                     log.warning(
                         "batch seq %s..%s refused (%s: %s); finding the refused rows",
@@ -499,6 +546,7 @@ class BatchWriter:
                 batch.gaps,
                 self.pid,
                 bool(rows) or new_seq > last_seq,
+                batch.last_info,
             )
         self.last_seq = new_seq
         self.kill("after-commit")

@@ -2,18 +2,25 @@
 → WebSocket → decode → buffer → COPY into a real PostgreSQL 15.
 
 Shown: every seq stored exactly once and resumed at cursor + 1 after a clean stop;
-SIGTERM flushes what was read (nothing lost); malformed frames land in the
-dead-letter table and the stream goes on; relay disconnects reconnect with no gap
-and no duplicate; a database that stops writing (table locked) makes the buffer
-overflow, the process exits 75 on purpose, and the next run resumes from the cursor
-with nothing lost; records published on the real PDS arrive as typed rows (create,
-update, delete, #identity, #account), dataset commits with verified signatures.
+SIGTERM flushes what was read (nothing lost); a stop while behind the relay aborts
+the stream after the flush instead of waiting for a closing handshake; malformed
+frames land in the dead-letter table and the stream goes on, an #info is also kept
+in the cursor row; relay disconnects reconnect with no gap and no duplicate; a
+database that stops writing (table locked) makes the buffer overflow, the process
+exits 75 on purpose (writer connection terminated, the time to the exit logged),
+and the next run resumes from the cursor with nothing lost; records published on
+the real PDS arrive as typed rows (create, update, delete, #identity, #account),
+dataset commits with verified signatures; replayed commits are stored with their
+verdict's rule (REV_STALE); a first start with ``start=oldest`` stores what the
+PDS published before, ``live`` does not.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
+import logging
 import os
 import signal
 import socket
@@ -28,8 +35,10 @@ from typing import Any
 import asyncpg
 import cbrrr
 import httpx
+import orjson
 import pytest
 from atdata_ingest import exits
+from atdata_ingest.cli import build_parser, run_overrides
 from atdata_ingest.config import Settings
 from atdata_ingest.ingester import Ingester, run
 from atdata_ingest.testing.relay import (
@@ -39,6 +48,7 @@ from atdata_ingest.testing.relay import (
     split_frame,
 )
 from atdata_runtime.firehose.frames import decode_frame
+from websockets.asyncio.client import connect as ws_connect
 
 from ..conftest import flat_schema_record
 
@@ -234,6 +244,16 @@ def test_malformed_frames_are_dead_lettered_and_the_stream_goes_on(
     )
     assert [r["seq"] for r in info] == [89]
     assert "replay window passed" in info[0]["record"]
+    # the #info row sits at seq 89, behind a consumer already past it: the
+    # cursor row keeps it too (for /health)
+    last = orjson.loads(row["last_info"])
+    assert {k: last[k] for k in ("name", "message", "after_seq")} == {
+        "name": "OutdatedCursor",
+        "message": "replay window passed",
+        "after_seq": 89,
+    }
+    received = dt.datetime.fromisoformat(last["received_at"])
+    assert received.tzinfo is not None and received <= dt.datetime.now(dt.UTC)
     assert_exactly_once(pg_dsn, relay, set(range(1, total + 1)) - {50, 60, 70, 80})
 
 
@@ -278,12 +298,15 @@ def test_relay_disconnects_reconnect_without_gap_or_duplicate(
 
 
 def test_overflow_exits_75_and_the_restart_resumes_from_the_cursor(
-    pg_dsn: str, templates: list[bytes]
+    pg_dsn: str, templates: list[bytes], caplog: pytest.LogCaptureFixture
 ) -> None:
     """The events table is locked by another session, so COPY waits: the buffer
     fills, the reader pauses above the high watermark, then reads on, and the
-    process exits 75 (by design). Nothing committed is lost, and the next run
-    continues from the cursor."""
+    process exits 75 (by design) while the table is still locked: the writer's
+    connection is terminated (the blocked batch rolls back) and the relay stream
+    aborted, and the time from the overflow to the exit is logged. Nothing
+    committed is lost, and the next run continues from the cursor."""
+    caplog.set_level(logging.INFO, logger="atdata_ingest")
     with ReplayRelay(templates, total=None, rate=4000) as relay:
         small = settings_for(
             pg_dsn, relay.url, buffer_max=2000, batch_max=200, pause_ms=100
@@ -308,15 +331,24 @@ def test_overflow_exits_75_and_the_restart_resumes_from_the_cursor(
                 ingester = Ingester(small)
                 task = asyncio.create_task(ingester.run())
                 await asyncio.wait_for(lock_when_started(ingester), HANG_GUARD)
-                rc = await asyncio.wait_for(task, HANG_GUARD)
+                rc = await asyncio.wait_for(task, HANG_GUARD)  # the lock is held
                 assert locked
                 stored = ingester.stats.last_committed_seq
+                # the blocked COPY was not committed behind our back
+                assert (
+                    await locker.fetchval("SELECT last_seq FROM ingest_cursor")
+                    == stored
+                )
             finally:
                 await locker.close()  # releases the lock
             return rc, ingester, stored
 
         rc, ing, stored = asyncio.run(overflow())
         assert rc == exits.TEMPFAIL
+        assert ing.writer.aborted and ing.writer.conn is None  # terminated
+        assert ing.stats.overflow_to_exit is not None
+        assert "overflow to exit: " in caplog.text
+        assert "the writer task ended" not in caplog.text  # exit 75, not a bug
         assert ing.stats.events_read > 2000 > ing.stats.events_stored
         at_exit = cursor(pg_dsn)["last_seq"]
         assert at_exit == stored >= 300
@@ -330,6 +362,31 @@ def test_overflow_exits_75_and_the_restart_resumes_from_the_cursor(
         end = cursor(pg_dsn)["last_seq"]
         assert_exactly_once(pg_dsn, relay, range(1, end + 1))
         assert again.stats.gaps == 0
+
+
+# -- a stop behind the relay -------------------------------------------------------------
+
+
+def test_a_stop_behind_the_relay_aborts_the_stream_after_the_flush(
+    pg_dsn: str, templates: list[bytes]
+) -> None:
+    """The relay sends as fast as the socket takes (the ingester is always
+    behind): at the stop, the relay's close frame waits behind frames that will
+    never be read, so the closing handshake cannot finish; the ingester flushes
+    everything it read and then aborts the stream (counted) instead of waiting
+    for ``websockets``' close timeout. Nothing read is lost."""
+    with ReplayRelay(templates, total=None, rate=None) as relay:
+        s = settings_for(pg_dsn, relay.url)
+        rc, ing = asyncio.run(ingest_until(s, committed(2000)))
+        assert rc == exits.OK
+        assert ing.stats.aborted_streams == 1
+        assert ing.stats.events_read == ing.stats.events_stored  # all flushed
+        row = cursor(pg_dsn)
+        assert row["ingester_pid"] is None  # the final status was written
+        end = row["last_seq"]
+        assert end == ing.stats.last_committed_seq >= 2000
+        assert relay.frames_sent > end  # frames were left unread at the stop
+        assert_exactly_once(pg_dsn, relay, range(1, end + 1))
 
 
 # -- the real local PDS ----------------------------------------------------------------
@@ -480,6 +537,170 @@ def test_records_published_on_the_local_pds_arrive_typed(pg_dsn: str, net: Any) 
     assert len(keys) == len(set(keys))
     assert ing.stats.dead_letters == 0
     assert cursor(pg_dsn)["source"] == net.pds_url.replace("http://", "ws://")
+
+
+def _account(net: Any, prefix: str) -> _Pds:
+    account = net.create_account(
+        f"{prefix}{os.getpid() % 10000}x{time.time_ns() % 10**6}"
+    )
+    return _Pds(net.pds_url, account.handle, account.password)
+
+
+_POST = {
+    "$type": "app.bsky.feed.post",
+    "text": "published before the ingester started",
+    "createdAt": "2026-01-01T00:00:00.000Z",
+}
+
+
+async def _wait_rows(
+    dsn: str, task: asyncio.Task[int], query: str, *args: Any, timeout: float
+) -> int:
+    """Poll ``query`` (a count) until it is positive, the run ended, or
+    ``timeout`` seconds passed; return the last count."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            n = int(await conn.fetchval(query, *args))
+            if n or task.done() or time.monotonic() > deadline:
+                return n
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+
+
+def test_first_start_oldest_stores_what_the_pds_published_before(
+    pg_dsn: str, net: Any
+) -> None:
+    """``start=oldest`` with a never-used cursor connects with ``?cursor=0``:
+    the local PDS replays its whole stream, so an account and a post made (and
+    emitted to live subscribers) before the ingester started are stored (the
+    account's #identity/#account and its commits, exactly once)."""
+    pds = _account(net, "old")
+    rkey, cid = pds.create("app.bsky.feed.post", _POST)
+    asyncio.run(_until_emitted(net, pds))  # a live tail would not see it
+    s = settings_for(pg_dsn, net.pds_url, start="oldest")
+    assert s.subscribe_url(0).endswith("subscribeRepos?cursor=0")
+
+    async def go() -> tuple[int, Ingester, int]:
+        ingester = Ingester(s)
+        task = asyncio.create_task(ingester.run())
+        n = await _wait_rows(
+            pg_dsn,
+            task,
+            "SELECT count(*) FROM ingest_events WHERE repo = $1 AND rkey = $2",
+            pds.did,
+            rkey,
+            timeout=HANG_GUARD,
+        )
+        ingester.stop()
+        return await task, ingester, n
+
+    rc, ing, n = asyncio.run(go())
+    assert rc == exits.OK and n == 1
+    rows = fetch(
+        pg_dsn,
+        "SELECT seq, idx, event_type, action, rkey, cid FROM ingest_events "
+        "WHERE repo = $1 ORDER BY seq, idx",
+        pds.did,
+    )
+    kinds = {(r["event_type"], r["action"]) for r in rows}
+    assert {("identity", None), ("account", None), ("commit", "create")} <= kinds
+    assert [r["cid"] for r in rows if r["rkey"] == rkey] == [cid]
+    keys = [
+        (r["seq"], r["idx"])
+        for r in fetch(pg_dsn, "SELECT seq, idx FROM ingest_events")
+    ]
+    assert len(keys) == len(set(keys))
+    assert min(k[0] for k in keys) <= rows[0]["seq"]
+    assert ing.stats.connects >= 1 and ing.stats.dead_letters == 0
+
+
+async def _until_emitted(net: Any, pds: _Pds) -> None:
+    """Return once the PDS has sent live subscribers everything ``pds``
+    published so far. Its sequencer emits stored events by polling, a little
+    after the write returned: on a live subscription of our own, publish marker
+    posts until one arrives (events are emitted in seq order)."""
+    url = (
+        net.pds_url.replace("http://", "ws://")
+        + "/xrpc/com.atproto.sync.subscribeRepos"
+    )
+    deadline = time.monotonic() + HANG_GUARD
+    async with ws_connect(url, max_size=8 << 20) as ws:
+        while time.monotonic() < deadline:
+            rkey, _ = await asyncio.to_thread(
+                pds.create, "app.bsky.feed.post", {**_POST, "text": "marker"}
+            )
+            wait_until = time.monotonic() + 2.0
+            while (left := wait_until - time.monotonic()) > 0:
+                try:
+                    message = await asyncio.wait_for(ws.recv(), left)
+                except TimeoutError:
+                    break
+                frame = decode_frame(message if isinstance(message, bytes) else b"")
+                if frame.did == pds.did and any(op.rkey == rkey for op in frame.ops):
+                    return
+    raise AssertionError("the PDS never emitted a marker post")
+
+
+def test_first_start_live_begins_at_the_live_tail(pg_dsn: str, net: Any) -> None:
+    """``start=live`` (the default) connects without a cursor: what the PDS
+    published (and emitted) before is not replayed (no row of an account made
+    before the start), what it publishes after the connection is stored."""
+    before = _account(net, "pre")
+    before.create("app.bsky.feed.post", _POST)
+    asyncio.run(_until_emitted(net, before))
+    s = settings_for(pg_dsn, net.pds_url)
+    assert s.start == "live" and "cursor" not in s.subscribe_url(0)
+
+    async def go() -> tuple[int, int]:
+        ingester = Ingester(s)
+        task = asyncio.create_task(ingester.run())
+        deadline = time.monotonic() + HANG_GUARD
+        while ingester.stats.connects == 0:
+            assert not task.done() and time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        after = await asyncio.to_thread(_account, net, "post")
+        n = 0
+        while not n and not task.done() and time.monotonic() < deadline:
+            # the PDS subscribes the stream just after the handshake: publish
+            # until a post arrives
+            rkey, _ = await asyncio.to_thread(
+                after.create, "app.bsky.feed.post", {**_POST, "text": "live"}
+            )
+            n = await _wait_rows(
+                pg_dsn,
+                task,
+                "SELECT count(*) FROM ingest_events WHERE repo = $1 AND rkey = $2",
+                after.did,
+                rkey,
+                timeout=2.0,
+            )
+        ingester.stop()
+        return await task, n
+
+    rc, n = asyncio.run(go())
+    assert rc == exits.OK and n == 1
+    old = fetch(
+        pg_dsn, "SELECT count(*) AS n FROM ingest_events WHERE repo = $1", before.did
+    )
+    assert old[0]["n"] == 0
+
+
+def test_start_oldest_asks_the_relay_for_cursor_0_only_when_never_used(
+    pg_dsn: str, templates: list[bytes]
+) -> None:
+    with ReplayRelay(templates, total=None, rate=3000) as relay:
+        s = settings_for(pg_dsn, relay.url, start="oldest")
+        rc, _ = asyncio.run(ingest_until(s, committed(100)))
+        assert rc == exits.OK
+        end = cursor(pg_dsn)["last_seq"]
+        rc, _ = asyncio.run(ingest_until(s, committed(end + 100)))
+        assert rc == exits.OK
+    conns = relay.connections()
+    assert [c.cursor for c in conns] == [0, end]  # then the stored cursor
+    assert conns[0].seqs[0][0] == 1
 
 
 # -- exit statuses ------------------------------------------------------------------------
@@ -648,6 +869,52 @@ def test_bad_signature_is_dead_lettered_in_order_with_verification_on(
     assert ing.stats.verified == len(dataset) - 1
 
 
+def test_replayed_commits_keep_their_verdicts_rule(
+    pg_dsn: str, templates: list[bytes], net: Any
+) -> None:
+    """The templates twice (the second time the same commits, same revs, under
+    new seqs), verify=dataset against the local PLC: the first pass of dataset
+    commits is verified (``verify_rule`` NULL), the replay is not (a rev not
+    after the DID's last: ``REV_STALE``) and says so on every operation row;
+    commits the policy does not check have neither."""
+    n = len(templates)
+    dataset = {
+        i + 1
+        for i, t in enumerate(templates)
+        if decode_frame(t).kind == "commit" and decode_frame(t).touches_datasets
+    }
+    assert dataset
+    with ReplayRelay(templates, total=2 * n) as relay:
+        s = settings_for(pg_dsn, relay.url, verify="dataset", plc_url=net.plc_url)
+        rc, ing = asyncio.run(ingest_until(s, committed(2 * n)))
+    assert rc == exits.OK
+    got = fetch(
+        pg_dsn,
+        "SELECT seq, verified, verify_rule FROM ingest_events "
+        "WHERE event_type = 'commit'",
+    )
+    flags: dict[int, set[tuple[Any, Any]]] = {}
+    for r in got:
+        flags.setdefault(r["seq"], set()).add((r["verified"], r["verify_rule"]))
+    for seq, seen in flags.items():
+        k = (seq - 1) % n + 1
+        if k not in dataset:
+            assert seen == {(None, None)}, (seq, seen)
+        elif seq <= n:
+            assert seen == {(True, None)}, (seq, seen)
+        else:
+            assert seen == {(None, "REV_STALE")}, (seq, seen)
+    assert {q for q in flags if q > n and (q - 1) % n + 1 in dataset}
+    assert ing.stats.not_verified == {"REV_STALE": len(dataset)}
+    assert ing.stats.verified == len(dataset)
+    other = fetch(
+        pg_dsn,
+        "SELECT count(*) AS n FROM ingest_events "
+        "WHERE event_type <> 'commit' AND verify_rule IS NOT NULL",
+    )
+    assert other[0]["n"] == 0
+
+
 # -- settings ------------------------------------------------------------------------------
 
 
@@ -664,6 +931,14 @@ def test_settings_from_the_environment_name_the_bad_variable() -> None:
         s.subscribe_url(0) == "wss://relay.example/xrpc/com.atproto.sync.subscribeRepos"
     )
     assert s.subscribe_url(42).endswith("subscribeRepos?cursor=42")
+    assert s.start == "live"
+    oldest = Settings.from_env({**env, "ATDATA_INGEST_START": " Oldest "})
+    assert oldest.start == "oldest"
+    assert oldest.subscribe_url(0).endswith("subscribeRepos?cursor=0")
+    assert oldest.subscribe_url(42).endswith("subscribeRepos?cursor=42")
+    args = build_parser().parse_args(["run", "--start", "OLDEST"])
+    assert run_overrides(args) == {"start": "oldest"}
+    assert Settings.from_env(env, **run_overrides(args)).start == "oldest"
     assert (s.batch_max, s.flush_ms, s.synchronous_commit) == (800, 75, False)
     assert "pw" not in repr(s) and "pw" not in s.redacted_database_url
     bad = {
@@ -673,6 +948,7 @@ def test_settings_from_the_environment_name_the_bad_variable() -> None:
         "ATDATA_INGEST_SYNCHRONOUS_COMMIT": "maybe",
         "ATDATA_INGEST_RELAY_URL": "ftp://relay.example",
         "ATDATA_INGEST_BUFFER_MAX": "100",  # smaller than a batch
+        "ATDATA_INGEST_START": "newest",
     }
     for var, value in bad.items():
         with pytest.raises(exits.ConfigError, match=var) as info:

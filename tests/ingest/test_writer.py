@@ -12,6 +12,7 @@ writes are COPYs, never one INSERT per event (``pg_stat_statements``).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import pickle
 import signal
@@ -23,19 +24,32 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 from atdata_ingest.config import Settings
 from atdata_ingest.exits import ConfigError, LockHeld
-from atdata_ingest.rows import RecordValidator, dead_letter_row, event_rows
-from atdata_ingest.schema import migrate
+from atdata_ingest.rows import RecordValidator, dead_letter_row, event_rows, info_json
+from atdata_ingest.schema import (
+    EVENT_COLUMNS,
+    SCHEMA_VERSION,
+    ensure_partitions,
+    migrate,
+)
 from atdata_ingest.testing.postgres import PostgresCluster
 from atdata_ingest.testing.relay import ReplayRelay, realistic_frames
-from atdata_ingest.writer import KILL_ENV, NOTIFY_CHANNEL, Batch, BatchWriter
-from atdata_runtime.firehose.events import Create
+from atdata_ingest.writer import (
+    KILL_ENV,
+    NOTIFY_CHANNEL,
+    Batch,
+    BatchWriter,
+    WriterAborted,
+)
+from atdata_runtime.firehose.events import Create, Info
 from atdata_runtime.firehose.frames import FrameError, decode_frame
 
 SOURCE = "ws://127.0.0.1:1"
 REPO = Path(__file__).resolve().parents[2]
+HANG_GUARD = 120.0  # seconds: a hung test fails instead of blocking the run
 
 
 @pytest.fixture(scope="module")
@@ -177,8 +191,6 @@ def test_retried_committed_batch_is_a_no_op(
 ) -> None:
     """A batch whose COMMIT outcome was unknown is written again: nothing is
     stored twice, not even rows without a seq of their own (#info)."""
-    from atdata_runtime.firehose.events import Info
-
     batch = make_batch(relay_frames, range(1, 11))
     rows, _ = event_rows(
         Info("OutdatedCursor", "too old"), RecordValidator("all"), seq_hint=10
@@ -484,3 +496,300 @@ def test_batches_are_copies_not_inserts_per_event(
     assert not inserts, inserts
     assert sum(s["calls"] for s in copies) == 3  # one COPY per batch
     assert sum(s["rows"] for s in copies) == total > 300
+
+
+# -- verify_rule, last_info ------------------------------------------------------------
+
+
+def _first(relay: ReplayRelay, kind: str) -> int:
+    """The first frame number whose frame is of ``kind`` (commits: with ops)."""
+    for k in range(1, relay.templates + 1):
+        frame = decode_frame(relay.frame(k))
+        if frame.kind == kind and (kind != "commit" or frame.ops):
+            return k
+    raise AssertionError(f"no {kind} frame among the templates")
+
+
+def test_verify_rule_and_last_info_are_stored(
+    pg_dsn: str, relay_frames: ReplayRelay
+) -> None:
+    """A commit not verified keeps its verdict's rule on every operation row; a
+    verified one has none whatever rule is passed; a #sync carries its own; an
+    #info is kept in the cursor row (last_info) and a later batch without one
+    leaves it there."""
+    validate = RecordValidator("all")
+    k_commit = _first(relay_frames, "commit")
+    k_sync = _first(relay_frames, "sync")
+    stale = decode_frame(relay_frames.frame(k_commit)).event()
+    good = decode_frame(relay_frames.frame(k_commit)).event(verified=True)
+    sync = decode_frame(relay_frames.frame(k_sync)).event()
+    rows_stale, _ = event_rows(stale, validate, verify_rule="REV_STALE")
+    rows_good, _ = event_rows(good, validate, verify_rule="REV_STALE")
+    rows_sync, _ = event_rows(
+        sync, validate, verified=None, verify_rule="IDENTITY_UNRESOLVED"
+    )
+    info = Info("OutdatedCursor", "cursor \x00 too old")
+    rows_info, _ = event_rows(info, validate, seq_hint=k_sync)
+    # the good commit stored under a later seq (the log is keyed by seq)
+    top = max(k_commit, k_sync) + 1
+    rows_good = [(top, *r[1:]) for r in rows_good]
+    at = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    first = Batch(rows=[*rows_stale, *rows_sync, *rows_info])
+    first.add_seq(max(k_commit, k_sync))
+    first.last_info = info_json(info, after_seq=k_sync, received_at=at)
+    second = Batch(rows=rows_good)
+    second.add_seq(top)
+
+    async def go() -> list[Any]:
+        writer = BatchWriter(_settings(pg_dsn), source=SOURCE)
+        try:
+            await writer.open()
+            query = "SELECT last_info FROM ingest_cursor"
+            await writer.write(first)
+            after_first = (await _fetch(pg_dsn, query))[0][0]
+            await writer.write(second)
+            return [after_first, (await _fetch(pg_dsn, query))[0][0]]
+        finally:
+            await writer.close()
+
+    after_first, after_second = asyncio.run(go())
+    got = fetch(
+        pg_dsn,
+        "SELECT seq, idx, event_type, verified, verify_rule FROM ingest_events "
+        "ORDER BY seq, idx",
+    )
+    by_seq: dict[int, set[tuple[Any, ...]]] = {}
+    for r in got:
+        by_seq.setdefault(r["seq"], set()).add(
+            (r["event_type"], r["verified"], r["verify_rule"])
+        )
+    assert by_seq[k_commit] == {("commit", None, "REV_STALE")}
+    assert len([r for r in got if r["seq"] == k_commit]) == len(rows_stale) >= 1
+    assert by_seq[k_sync] == {
+        ("sync", None, "IDENTITY_UNRESOLVED"),
+        ("info", None, None),
+    }
+    assert by_seq[top] == {("commit", True, None)}
+    last = orjson.loads(after_first)
+    assert last == {
+        "name": "OutdatedCursor",
+        "message": "cursor \ufffd too old",  # jsonb cannot hold U+0000
+        "after_seq": k_sync,
+        "received_at": "2026-01-02T03:04:05Z",
+    }
+    assert orjson.loads(after_second) == last  # no #info in the second batch
+
+
+# -- migrations ---------------------------------------------------------------------------
+
+#: ingest_meta, ingest_cursor and ingest_events exactly as schema version 1
+#: created them (before verify_rule and last_info).
+_SCHEMA_1 = """
+CREATE TABLE ingest_meta (key text PRIMARY KEY, value text NOT NULL);
+INSERT INTO ingest_meta VALUES ('schema_version', '1');
+CREATE TABLE ingest_cursor (
+    id boolean PRIMARY KEY DEFAULT true CHECK (id),
+    source text NOT NULL DEFAULT '',
+    last_seq bigint NOT NULL DEFAULT 0,
+    last_event_time timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    buffer_fill real NOT NULL DEFAULT 0,
+    buffer_max integer NOT NULL DEFAULT 0,
+    dead_letters bigint NOT NULL DEFAULT 0,
+    gaps bigint NOT NULL DEFAULT 0,
+    ingester_pid integer,
+    ingester_started_at timestamptz
+);
+INSERT INTO ingest_cursor (id, source, last_seq) VALUES (true, 'ws://127.0.0.1:1', 7);
+CREATE TABLE ingest_events (
+    seq bigint NOT NULL,
+    idx integer NOT NULL,
+    event_type text NOT NULL,
+    action text,
+    repo text NOT NULL,
+    collection text COLLATE "C",
+    rkey text,
+    cid text,
+    prev_cid text,
+    rev text,
+    commit_cid text,
+    record jsonb,
+    valid text,
+    verified boolean,
+    event_time timestamptz,
+    indexed_at timestamptz NOT NULL DEFAULT now()
+) PARTITION BY RANGE (indexed_at);
+CREATE TABLE ingest_events_default PARTITION OF ingest_events DEFAULT;
+"""
+_SCHEMA_1_ROWS = """
+INSERT INTO ingest_events (seq, idx, event_type, repo, indexed_at)
+    VALUES (7, 0, 'identity', 'did:plc:old', now()),
+           (6, 0, 'identity', 'did:plc:old', '1999-01-01');
+"""
+
+
+def test_migrate_upgrades_a_schema_1_database(
+    pg: PostgresCluster, relay_frames: ReplayRelay
+) -> None:
+    """A database made by schema 1 (with a daily partition and rows) gets
+    ``verify_rule`` on ingest_events and every partition, ``last_info`` on the
+    cursor, schema_version 2; the old rows and the cursor are kept; the writer
+    then stores rule and #info there. A second migrate on the up-to-date
+    database takes no ACCESS EXCLUSIVE lock (it does not wait behind a reader of
+    the log)."""
+    dsn = pg.create_database("schema1")
+
+    async def go() -> dict[str, Any]:
+        conn = await asyncpg.connect(dsn)
+        reader = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(_SCHEMA_1)
+            await ensure_partitions(conn)  # today's partitions, as schema 1 made
+            await conn.execute(_SCHEMA_1_ROWS)  # a daily partition and the default
+            await migrate(conn)
+            out: dict[str, Any] = {}
+            out["tables"] = [
+                r["relname"]
+                for r in await conn.fetch(
+                    "SELECT c.relname FROM pg_attribute a JOIN pg_class c "
+                    "ON c.oid = a.attrelid WHERE a.attname = 'verify_rule' "
+                    "AND NOT a.attisdropped ORDER BY 1"
+                )
+            ]
+            out["partitions"] = [
+                r[0]
+                for r in await conn.fetch(
+                    "SELECT inhrelid::regclass::text FROM pg_inherits "
+                    "WHERE inhparent = 'ingest_events'::regclass ORDER BY 1"
+                )
+            ]
+            out["version"] = await conn.fetchval(
+                "SELECT value FROM ingest_meta WHERE key = 'schema_version'"
+            )
+            out["old"] = list(
+                await conn.fetch(
+                    "SELECT seq, verify_rule FROM ingest_events ORDER BY seq"
+                )
+            )
+            out["cursor"] = await conn.fetchrow(
+                "SELECT last_seq, source, last_info FROM ingest_cursor"
+            )
+            # up to date: migrate again while a reader holds ACCESS SHARE
+            async with reader.transaction():
+                await reader.fetch("SELECT 1 FROM ingest_events LIMIT 1")
+                await conn.execute("SET lock_timeout = '10s'")
+                await migrate(conn)  # LockNotAvailableError if it ALTERed
+                await conn.execute("RESET lock_timeout")
+            return out
+        finally:
+            await reader.close()
+            await conn.close()
+
+    out = asyncio.run(go())
+    assert out["version"] == str(SCHEMA_VERSION) == "2"
+    assert set(out["tables"]) == {"ingest_events", *out["partitions"]}
+    assert "ingest_events_default" in out["partitions"] and len(out["partitions"]) > 1
+    assert [(r["seq"], r["verify_rule"]) for r in out["old"]] == [(6, None), (7, None)]
+    assert tuple(out["cursor"]) == (7, SOURCE, None)
+    # the upgraded database takes rows with the new column, in EVENT_COLUMNS order
+    names = fetch(
+        dsn,
+        "SELECT attname FROM pg_attribute WHERE attrelid = 'ingest_events'::regclass "
+        "AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+    )
+    assert tuple(r["attname"] for r in names) == EVENT_COLUMNS
+    k = _first(relay_frames, "commit")
+    rows, _ = event_rows(
+        decode_frame(relay_frames.frame(k)).event(),
+        RecordValidator("all"),
+        verify_rule="PROOF_INCOMPLETE",
+    )
+    rows = [(k + 7, *r[1:]) for r in rows]
+    batch = Batch(rows=rows)
+    batch.add_seq(k + 7)
+    batch.last_info = info_json(
+        Info("OutdatedCursor"), after_seq=7, received_at=dt.datetime.now(dt.UTC)
+    )
+
+    async def write() -> None:
+        writer = BatchWriter(_settings(dsn), source=SOURCE)
+        try:
+            assert await writer.open() == 7
+            await writer.write(batch)
+        finally:
+            await writer.close()
+
+    asyncio.run(write())
+    new = fetch(dsn, "SELECT DISTINCT verify_rule FROM ingest_events WHERE seq > 7")
+    assert [r["verify_rule"] for r in new] == ["PROOF_INCOMPLETE"]
+    info = orjson.loads(cursor(dsn)["last_info"])
+    assert (info["name"], info["message"], info["after_seq"]) == (
+        "OutdatedCursor",
+        None,
+        7,
+    )
+
+
+# -- abort (exit 75) ----------------------------------------------------------------------
+
+
+def test_abort_ends_a_write_blocked_by_a_lock_and_rolls_it_back(
+    pg_dsn: str, relay_frames: ReplayRelay
+) -> None:
+    """A batch waits on a locked table; :meth:`BatchWriter.abort` terminates the
+    connection: the write ends (WriterAborted) while the lock is still held,
+    the server ends the waiting backend (freeing the advisory lock) without
+    committing anything of the batch, and a new writer resumes from the cursor
+    the last commit left."""
+    first = make_batch(relay_frames, range(1, 21))
+    blocked = make_batch(relay_frames, range(21, 41))
+
+    async def go() -> tuple[int, int]:
+        writer = BatchWriter(_settings(pg_dsn), source=SOURCE)
+        locker = await asyncpg.connect(pg_dsn)
+        # outside the locker's transaction: pg_stat_activity is a snapshot per
+        # transaction
+        admin = await asyncpg.connect(pg_dsn)
+        try:
+            await writer.open()
+            await writer.write(first)
+            assert writer.conn is not None
+            pid = writer.conn.get_server_pid()
+            tx = locker.transaction()
+            await tx.start()
+            await locker.execute("LOCK TABLE ingest_events IN ACCESS EXCLUSIVE MODE")
+            task = asyncio.create_task(writer.write(blocked))
+            while not await admin.fetchval(
+                "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1",
+                pid,
+            ):
+                assert not task.done()
+                await asyncio.sleep(0.02)
+            writer.abort()
+            with pytest.raises(WriterAborted):
+                await asyncio.wait_for(task, HANG_GUARD)  # lock still held here
+            with pytest.raises(WriterAborted):
+                await writer.write(blocked)  # an aborted writer takes no more
+            # the server notices the closed socket while waiting on the lock
+            while await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid
+            ):
+                await asyncio.sleep(0.05)
+            await tx.rollback()
+        finally:
+            await admin.close()
+            await locker.close()
+            await writer.close()
+        again = BatchWriter(_settings(pg_dsn, db_retry_seconds=0), source=SOURCE)
+        try:
+            resumed = await again.open()  # the advisory lock is free
+            return resumed, (await again.write(blocked)).stored
+        finally:
+            await again.close()
+
+    resumed, stored = asyncio.run(asyncio.wait_for(go(), HANG_GUARD * 2))
+    assert resumed == 20
+    assert stored == len(blocked.rows)
+    keys = stored_keys(pg_dsn)
+    assert len(keys) == len(set(keys)) == expected_rows(relay_frames, range(1, 41))
+    assert cursor(pg_dsn)["last_seq"] == 40
