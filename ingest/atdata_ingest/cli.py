@@ -107,6 +107,7 @@ def _setup_logging(level: str) -> None:
 #: ``run``'s command-line options that are settings: option dest -> Settings field.
 RUN_SETTINGS: Final = {
     "relay": "relay_url",
+    "start": "start",
     "database_url": "database_url",
     "batch_max": "batch_max",
     "flush_ms": "flush_ms",
@@ -443,6 +444,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="relay or PDS, wss://host (or ws://, https://, http://); "
         "default $ATDATA_INGEST_RELAY_URL",
+    )
+    run.add_argument(
+        "--start",
+        choices=["live", "oldest"],
+        type=str.lower,
+        help="first run only (stored cursor 0): live = the relay's live tail "
+        "(default, $ATDATA_INGEST_START), oldest = ?cursor=0, the oldest event "
+        "the relay has (a PDS replays its whole stream)",
     )
     _dsn_option(run)
     run.add_argument(
