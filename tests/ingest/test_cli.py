@@ -27,6 +27,7 @@ import asyncpg
 import httpx
 import pytest
 from atdata_ingest import exits
+from atdata_ingest.schema import SCHEMA_VERSION
 from atdata_ingest.testing.postgres import PostgresCluster
 
 GUARD = 60.0
@@ -249,7 +250,7 @@ def test_migrate_then_status(empty_dsn: str) -> None:
     for _ in range(2):  # idempotent
         done = cli("migrate", "--database-url", empty_dsn)
         assert done.returncode == 0, done.stderr
-        assert "schema 1" in done.stdout
+        assert f"schema {SCHEMA_VERSION}" in done.stdout
     tables = {
         r["tablename"]
         for r in _query(
