@@ -238,11 +238,14 @@ def _rate(
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
+    """This environment without ``ATDATA_INGEST_*`` settings, plus ``extra``; a
+    first start reads the relay from its oldest frame (``START=oldest``)."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("ATDATA_INGEST_") and k != "DATABASE_URL"
     }
+    env["ATDATA_INGEST_START"] = "oldest"
     env.update(extra)
     return env
 
