@@ -118,3 +118,22 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
         ("lenses", True),
         ("atdata_gen", False),
     ]
+
+
+INGEST = ROOT / "ingest" / "atdata_ingest"
+
+
+def test_the_ingestion_service_never_imports_the_compiler_at_module_level() -> None:
+    """atdata-ingest depends on the runtime only: the compiler (atdata_gen) may be
+    imported inside a function of its dev-only ``testing/`` helpers, nowhere else."""
+    wrong = []
+    for path in sorted(INGEST.rglob("*.py")):
+        rel = path.relative_to(INGEST)
+        if rel.parts[0] == "lexicons":
+            continue  # generated: imports atdata_runtime.lex only
+        for target, module_level in _imports(path, INGEST):
+            if target != "atdata_gen":
+                continue
+            if module_level or rel.parts[0] != "testing":
+                wrong.append(f"{rel}: imports the compiler")
+    assert not wrong, wrong
