@@ -1,73 +1,40 @@
 """Settings of the ingestion service, from ``ATDATA_INGEST_*`` environment variables.
 
-=================================  ==================  =======================================
-variable                           default             meaning
-=================================  ==================  =======================================
-``ATDATA_INGEST_RELAY_URL``        (required by run)   relay or PDS: ``wss://host``, ``ws://``
-                                                       ``https://``/``http://`` (mapped to
-                                                       ``wss``/``ws``); the
-                                                       ``/xrpc/com.atproto.sync.subscribeRepos``
-                                                       path may be given or left out
-``ATDATA_INGEST_DATABASE_URL``     ``DATABASE_URL``    PostgreSQL DSN (``postgresql://``)
-``ATDATA_INGEST_START``            ``live``            where a **first** run starts (the
-                                                       stored cursor is 0, never used):
-                                                       ``live`` connects without a cursor
-                                                       (the relay's live tail), ``oldest``
-                                                       with ``?cursor=0`` (the oldest
-                                                       event the relay still has; a PDS
-                                                       replays its whole stream). Ignored
-                                                       once a seq was read
-``ATDATA_INGEST_BATCH_MAX``        500                 events per COPY batch (1..10000)
-``ATDATA_INGEST_FLUSH_MS``         50                  flush a batch this long after its
-                                                       oldest event was read (1..10000)
-``ATDATA_INGEST_BUFFER_MAX``       20000               events held in memory (read, not yet
-                                                       committed); full: exit 75
-``ATDATA_INGEST_BUFFER_MAX_BYTES`` 268435456           the same bound in bytes of records
-``ATDATA_INGEST_HIGH_WATER``       0.5                 fill fraction above which the reader
-                                                       stops reading the socket
-``ATDATA_INGEST_PAUSE_MS``         250                 how long the reader waits above the
-                                                       high watermark before it reads on
-``ATDATA_INGEST_VERIFY``           ``dataset``         commit signatures checked: ``dataset``
-                                                       (commits touching
-                                                       ``science.alt.dataset.*``), ``all``,
-                                                       ``none``
-``ATDATA_INGEST_VALIDATE``         ``all``             records validated with generated
-                                                       models (``valid`` column): ``all``
-                                                       records with a known model,
-                                                       ``dataset``, ``none``
-``ATDATA_INGEST_PLC_URL``          ``https://plc.directory`` the PLC directory that resolves
-                                                       ``did:plc`` keys for ``VERIFY``
-``ATDATA_INGEST_SYNCHRONOUS_COMMIT`` ``true``          PostgreSQL ``synchronous_commit`` of
-                                                       the writer's session (``false``:
-                                                       faster; a *server* crash may lose
-                                                       the last few hundred ms of commits,
-                                                       which the relay then replays)
-``ATDATA_INGEST_DB_RETRY_SECONDS`` 60                  how long a lost database is retried
-                                                       before exit 74
-``ATDATA_INGEST_RECONNECT_MIN_SECONDS`` 0.5            first relay reconnect delay
-``ATDATA_INGEST_RECONNECT_MAX_SECONDS`` 30             reconnect delay cap (exponential,
-                                                       full jitter)
-``ATDATA_INGEST_MAX_FRAME_BYTES``  3145728             largest WebSocket message accepted
-                                                       (the frame decoder's default: a
-                                                       commit's CAR is at most 2,000,000
-                                                       bytes by its Lexicon)
-``ATDATA_INGEST_LOG_INTERVAL_SECONDS`` 10              period of the INFO summary line
-``ATDATA_INGEST_RETENTION_DAYS``   7                   days of events kept (``trim``)
-``ATDATA_INGEST_API_HOST``         ``127.0.0.1``       consumer API address (``serve``)
-``ATDATA_INGEST_API_PORT``         8080                consumer API port
-=================================  ==================  =======================================
+Every setting is a field of :class:`Settings`; its variable is
+``ATDATA_INGEST_<FIELD>`` and its meaning, the commands that read it, its default
+and its allowed values all come from that field (its ``metadata``, its default,
+:data:`_BOUNDS` and the choice tuples). The table below, the ``--help`` epilog of
+``atdata-ingest run`` and the other commands' epilogs are generated from there
+(:func:`settings_table`, :func:`settings_help`), so they cannot drift apart.
+
+{SETTINGS_TABLE}
+
+Read outside :class:`Settings` (:data:`EXTRA_VARIABLES`):
+
+{EXTRA_VARIABLES}
 
 Every malformed value raises :class:`ConfigError` (exit status 78, which the
-supervisor does not restart) naming the variable and why. DSNs in messages go
-through :func:`atdata_runtime.net.redact_url` (no password ever printed).
+supervisor does not restart) naming where the value came from: the command-line
+option when an option gave it (``--retention-days: 0 is out of range``), else the
+variable (``ATDATA_INGEST_RETENTION_DAYS: ...``, or ``DATABASE_URL`` for the plain
+DSN variable). DSNs in messages go through :func:`atdata_runtime.net.redact_url`
+(no password ever printed).
+
+A variable with the ``ATDATA_INGEST_`` prefix that no setting reads (a typo such as
+``ATDATA_INGEST_BACH_MAX``) is not an error, so that an older binary accepts a newer
+deployment's settings: :func:`unknown_variables` finds them, with the closest known
+name, and the command line warns about each one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+import textwrap
+from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -75,10 +42,36 @@ from atdata_runtime.net import redact_url
 
 from .exits import ConfigError
 
-__all__ = ["ENV_PREFIX", "ConfigError", "Settings", "normalize_relay_url"]
+__all__ = [
+    "COMMANDS",
+    "ENV_PREFIX",
+    "EXTRA_VARIABLES",
+    "ConfigError",
+    "SettingInfo",
+    "Settings",
+    "known_variables",
+    "normalize_relay_url",
+    "setting_infos",
+    "setting_labels",
+    "settings_help",
+    "settings_table",
+    "unknown_variables",
+]
 
 ENV_PREFIX: Final = "ATDATA_INGEST_"
 SUBSCRIBE_PATH: Final = "/xrpc/com.atproto.sync.subscribeRepos"
+
+#: The commands of ``atdata-ingest`` (a setting's ``commands`` are among them).
+COMMANDS: Final = ("run", "serve", "migrate", "token", "trim", "status")
+
+#: Variables read outside :class:`Settings`: name without the prefix -> meaning.
+#: They are known names for :func:`unknown_variables`.
+EXTRA_VARIABLES: Final[dict[str, str]] = {
+    "LOG_LEVEL": "log level of every command (DEBUG, INFO, WARNING, ERROR; "
+    "default INFO; the option --log-level wins)",
+    "TEST_KILL_AT": "tests only: the ingester SIGKILLs itself at "
+    "after-copy:<n> or after-commit:<n> (atdata_ingest.writer)",
+}
 
 _SCHEMES: Final = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
 _VERIFY: Final = ("dataset", "all", "none")
@@ -86,6 +79,13 @@ _START: Final = ("live", "oldest")
 _VALIDATE: Final = ("all", "dataset", "none")
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
+
+#: field -> the values allowed (string settings with a fixed set of values).
+_CHOICES: Final[dict[str, tuple[str, ...]]] = {
+    "start": _START,
+    "verify": _VERIFY,
+    "validate": _VALIDATE,
+}
 
 #: field -> (inclusive bounds) of the numeric settings.
 _BOUNDS: Final[dict[str, tuple[float, float]]] = {
@@ -104,17 +104,46 @@ _BOUNDS: Final[dict[str, tuple[float, float]]] = {
     "api_port": (1, 65_535),
 }
 
+#: Where the value of each field came from while :meth:`Settings.from_env` builds
+#: one (field -> an option such as ``--batch-max``, or ``DATABASE_URL``); fields
+#: not in it are named by their ``ATDATA_INGEST_*`` variable.
+_labels: ContextVar[Mapping[str, str]] = ContextVar("atdata_ingest_setting_labels")
 
-def _var(field: str) -> str:
-    return f"{ENV_PREFIX}{field.upper()}"
+
+def _env_var(name: str) -> str:
+    return f"{ENV_PREFIX}{name.upper()}"
 
 
-def normalize_relay_url(url: str, *, var: str = _var("relay_url")) -> str:
+def _var(name: str) -> str:
+    """How messages name setting ``name``: the option or variable its value came
+    from (see :data:`_labels`), by default ``ATDATA_INGEST_<NAME>``."""
+    return _labels.get({}).get(name) or _env_var(name)
+
+
+def _setting(
+    default: Any,
+    doc: str,
+    *,
+    commands: Sequence[str] = ("run",),
+    shown: str | None = None,
+) -> Any:
+    """A :class:`Settings` field with its documentation: ``doc`` (what it means,
+    units; bounds and choices are appended from :data:`_BOUNDS`/:data:`_CHOICES`),
+    the ``commands`` that read it, and ``shown``, the default as the docs print it
+    (else the default's own text)."""
+    return field(
+        default=default,
+        metadata={"doc": doc, "commands": tuple(commands), "shown": shown},
+    )
+
+
+def normalize_relay_url(url: str, *, var: str = _env_var("relay_url")) -> str:
     """The relay's base WebSocket URL: ``wss://host[:port][/prefix]`` without a
     trailing slash, the ``subscribeRepos`` path, a query or a fragment
     (``http``/``https`` become ``ws``/``wss``). This canonical form is what the
-    cursor's ``source`` column stores. Raises :class:`ConfigError` for another
-    scheme, no host, credentials in the URL, or a query/fragment."""
+    cursor's ``source`` column stores. Raises :class:`ConfigError` (naming
+    ``var``) for another scheme, no host, credentials in the URL, or a
+    query/fragment."""
     text = url.strip()
     try:
         parts = urlsplit(text)
@@ -160,6 +189,9 @@ def _check_dsn(dsn: str, var: str) -> str:
     return text
 
 
+_ALL: Final = COMMANDS
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """The ingester's settings (see the module doc for each one). Constructing it
@@ -167,35 +199,107 @@ class Settings:
     ``relay_url`` may be empty for commands that do not read a relay
     (``serve``, ``trim``); :meth:`require_relay` checks it for ``run``."""
 
-    database_url: str
-    relay_url: str = ""
-    start: str = "live"
-    batch_max: int = 500
-    flush_ms: int = 50
-    buffer_max: int = 20_000
-    buffer_max_bytes: int = 256 << 20
-    high_water: float = 0.5
-    pause_ms: int = 250
-    verify: str = "dataset"
-    validate: str = "all"
-    plc_url: str = "https://plc.directory"
-    synchronous_commit: bool = True
-    db_retry_seconds: float = 60.0
-    reconnect_min_seconds: float = 0.5
-    reconnect_max_seconds: float = 30.0
-    max_frame_bytes: int = 3 << 20  # atdata_runtime.firehose.frames.MAX_FRAME_BYTES
-    log_interval_seconds: float = 10.0
-    retention_days: int = 7
-    api_host: str = "127.0.0.1"
-    api_port: int = 8080
-    application_name: str = "atdata-ingest"
+    database_url: str = field(
+        metadata={
+            "doc": "PostgreSQL DSN, postgresql://user[:password]@host[:port]/db "
+            "(also read from plain DATABASE_URL; prefer a variable or an "
+            "EnvironmentFile= to an option: options show in process listings)",
+            "commands": _ALL,
+            "shown": "$DATABASE_URL",
+        }
+    )
+    relay_url: str = _setting(
+        "",
+        "relay or PDS: wss://host, ws://, https:// or http:// (mapped to wss/ws); "
+        "the /xrpc/com.atproto.sync.subscribeRepos path may be given or left out",
+        shown="(required)",
+    )
+    start: str = _setting(
+        "live",
+        "where a FIRST run starts (the stored cursor is 0: never used): live "
+        "connects without a cursor (the relay's live tail), oldest with ?cursor=0 "
+        "(the oldest event the relay still has; a PDS replays its whole stream); "
+        "ignored once a seq was stored",
+        commands=("run", "status"),
+    )
+    batch_max: int = _setting(500, "events per COPY batch")
+    flush_ms: int = _setting(
+        50, "milliseconds after a batch's oldest event was read before it is flushed"
+    )
+    buffer_max: int = _setting(
+        20_000, "events held in memory (read, not yet committed); full: exit 75"
+    )
+    buffer_max_bytes: int = _setting(
+        256 << 20,
+        "the same bound in bytes of record data; full: exit 75",
+        shown="268435456 (256 MiB)",
+    )
+    high_water: float = _setting(
+        0.5, "buffer fill fraction above which the reader stops reading the socket"
+    )
+    pause_ms: int = _setting(
+        250,
+        "milliseconds the reader waits above the high watermark before it reads on",
+    )
+    verify: str = _setting(
+        "dataset",
+        "which commits' signatures are checked against the DID document's key "
+        "(dataset: the commits touching science.alt.dataset.*)",
+    )
+    validate: str = _setting(
+        "all",
+        "which records are validated with the generated models (the valid "
+        "column; all: every record with a known model)",
+    )
+    plc_url: str = _setting(
+        "https://plc.directory",
+        "the PLC directory that resolves did:plc signing keys for VERIFY",
+    )
+    synchronous_commit: bool = _setting(
+        True,
+        "PostgreSQL synchronous_commit of the writer's session (true/false; false "
+        "is faster, and a SERVER crash may lose the last few hundred ms of "
+        "commits, which the relay then replays)",
+    )
+    db_retry_seconds: float = _setting(
+        60.0, "seconds a lost database is retried before exit 74"
+    )
+    reconnect_min_seconds: float = _setting(0.5, "first relay reconnect delay, seconds")
+    reconnect_max_seconds: float = _setting(
+        30.0, "relay reconnect delay cap, seconds (exponential, full jitter)"
+    )
+    # atdata_runtime.firehose.frames.MAX_FRAME_BYTES
+    max_frame_bytes: int = _setting(
+        3 << 20,
+        "largest WebSocket message accepted, bytes (the frame decoder's default: a "
+        "commit's CAR is at most 2,000,000 bytes by its Lexicon)",
+        shown="3145728 (3 MiB)",
+    )
+    log_interval_seconds: float = _setting(
+        10.0, "period of the INFO summary line, seconds"
+    )
+    retention_days: int = _setting(7, "days of events kept", commands=("trim",))
+    api_host: str = _setting(
+        "127.0.0.1", "consumer API address to listen on", commands=("serve",)
+    )
+    api_port: int = _setting(8080, "consumer API TCP port", commands=("serve",))
+    application_name: str = _setting(
+        "atdata-ingest",
+        "PostgreSQL application_name of the service's sessions (pg_stat_activity; "
+        "1..63 printable ASCII characters)",
+        commands=_ALL,
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(
             self, "database_url", _check_dsn(self.database_url, _var("database_url"))
         )
         if self.relay_url:
-            object.__setattr__(self, "relay_url", normalize_relay_url(self.relay_url))
+            object.__setattr__(
+                self,
+                "relay_url",
+                normalize_relay_url(self.relay_url, var=_var("relay_url")),
+            )
         for name, (lo, hi) in _BOUNDS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -218,19 +322,12 @@ class Settings:
                 f"smaller than {_var('reconnect_min_seconds')} "
                 f"({self.reconnect_min_seconds})"
             )
-        if self.start not in _START:
-            raise ConfigError(
-                f"{_var('start')}: {self.start!r} is not one of {', '.join(_START)}"
-            )
-        if self.verify not in _VERIFY:
-            raise ConfigError(
-                f"{_var('verify')}: {self.verify!r} is not one of {', '.join(_VERIFY)}"
-            )
-        if self.validate not in _VALIDATE:
-            raise ConfigError(
-                f"{_var('validate')}: {self.validate!r} is not one of "
-                f"{', '.join(_VALIDATE)}"
-            )
+        for name, allowed in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(
+                    f"{_var(name)}: {value!r} is not one of {', '.join(allowed)}"
+                )
         plc = urlsplit(self.plc_url)
         if plc.scheme not in ("https", "http") or not plc.hostname or plc.query:
             raise ConfigError(
@@ -254,42 +351,55 @@ class Settings:
     # -- construction ---------------------------------------------------------------
     @classmethod
     def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        options: Mapping[str, str] | None = None,
+        **overrides: Any,
     ) -> Settings:
         """Settings from ``environ`` (default ``os.environ``): ``ATDATA_INGEST_<FIELD>``
         for each field, the DSN also from plain ``DATABASE_URL``. ``overrides``
-        (field names, typed values or strings, e.g. from command-line options)
-        win over the environment. Raises :class:`ConfigError` naming the variable
-        for a malformed or unknown value."""
+        (field names, typed values or strings, e.g. from command-line options;
+        ``None`` = not given) win over the environment. ``options`` maps a field
+        to the command-line option that gave its override (``{"retention_days":
+        "--retention-days"}``): a bad value is then reported under the option's
+        name instead of the variable's (:func:`setting_labels`).
+
+        Raises :class:`ConfigError` naming the option or variable for a malformed
+        value, and for an unknown field in ``overrides``."""
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for name, kind in _FIELD_TYPES.items():
-            raw = env.get(_var(name))
-            if raw is None and name == "database_url":
-                raw = env.get("DATABASE_URL")
-            if raw is not None:
-                values[name] = _parse(name, kind, raw)
-        for name, value in overrides.items():
-            if name not in _FIELD_TYPES:
-                raise ConfigError(f"unknown setting {name!r}")
-            if value is None:
-                continue
-            kind = _FIELD_TYPES[name]
-            values[name] = (
-                _parse(name, kind, value) if isinstance(value, str) else value
-            )
-        if "database_url" not in values:
-            raise ConfigError(
-                f"{_var('database_url')}: missing (set it or DATABASE_URL to a "
-                "postgresql:// DSN)"
-            )
-        return cls(**values)
+        token = _labels.set(setting_labels(env, overrides=overrides, options=options))
+        try:
+            values: dict[str, Any] = {}
+            for name, kind in _FIELD_TYPES.items():
+                raw = env.get(_env_var(name))
+                if raw is None and name == "database_url":
+                    raw = env.get("DATABASE_URL")
+                if raw is not None:
+                    values[name] = _parse(name, kind, raw)
+            for name, value in overrides.items():
+                if name not in _FIELD_TYPES:
+                    raise ConfigError(f"unknown setting {name!r}")
+                if value is None:
+                    continue
+                kind = _FIELD_TYPES[name]
+                values[name] = (
+                    _parse(name, kind, value) if isinstance(value, str) else value
+                )
+            if "database_url" not in values:
+                raise ConfigError(
+                    f"{_env_var('database_url')}: missing (set it or DATABASE_URL "
+                    "to a postgresql:// DSN)"
+                )
+            return cls(**values)
+        finally:
+            _labels.reset(token)
 
     def require_relay(self) -> str:
         """``relay_url``; raises :class:`ConfigError` when it is not set."""
         if not self.relay_url:
             raise ConfigError(
-                f"{_var('relay_url')}: missing (the relay or PDS to consume, e.g. "
+                f"{_env_var('relay_url')}: missing (the relay or PDS to consume, e.g. "
                 "wss://bsky.network)"
             )
         return self.relay_url
@@ -320,30 +430,172 @@ class Settings:
         return f"Settings(database_url={self.redacted_database_url!r}, {shown})"
 
 
+_TYPES: Final[dict[str, type]] = {"str": str, "int": int, "float": float, "bool": bool}
+
+#: field -> its type (from the annotations of :class:`Settings`).
 _FIELD_TYPES: Final[dict[str, type]] = {
-    "database_url": str,
-    "relay_url": str,
-    "start": str,
-    "batch_max": int,
-    "flush_ms": int,
-    "buffer_max": int,
-    "buffer_max_bytes": int,
-    "high_water": float,
-    "pause_ms": int,
-    "verify": str,
-    "validate": str,
-    "plc_url": str,
-    "synchronous_commit": bool,
-    "db_retry_seconds": float,
-    "reconnect_min_seconds": float,
-    "reconnect_max_seconds": float,
-    "max_frame_bytes": int,
-    "log_interval_seconds": float,
-    "retention_days": int,
-    "api_host": str,
-    "api_port": int,
-    "application_name": str,
+    f.name: _TYPES[str(f.type)] for f in dataclasses.fields(Settings)
 }
+
+
+def setting_labels(
+    environ: Mapping[str, str],
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    options: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Where each field's value comes from, for messages: the option in
+    ``options`` when ``overrides`` gives the field a value (not ``None``),
+    ``DATABASE_URL`` when the DSN comes from that plain variable, else
+    ``ATDATA_INGEST_<FIELD>`` (also for a field left at its default)."""
+    labels = {name: _env_var(name) for name in _FIELD_TYPES}
+    if _env_var("database_url") not in environ and "DATABASE_URL" in environ:
+        labels["database_url"] = "DATABASE_URL"
+    for name, value in (overrides or {}).items():
+        if value is not None and options and name in options:
+            labels[name] = options[name]
+    return labels
+
+
+# -- documentation of the settings ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SettingInfo:
+    """One setting as the docs show it: ``field`` of :class:`Settings`, its
+    ``variable``, ``default`` (as text), ``meaning`` (with bounds or choices) and
+    the ``commands`` that read it."""
+
+    field: str
+    variable: str
+    default: str
+    meaning: str
+    commands: tuple[str, ...]
+
+
+def _shown_default(f: dataclasses.Field[Any]) -> str:
+    shown = f.metadata.get("shown")
+    if shown:
+        return str(shown)
+    value = f.default
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return _num(value)
+    return str(value)
+
+
+def setting_infos() -> Iterator[SettingInfo]:
+    """Every field of :class:`Settings`, in declaration order, as
+    :class:`SettingInfo` (defaults read from the dataclass itself)."""
+    for f in dataclasses.fields(Settings):
+        meaning = str(f.metadata["doc"])
+        if f.name in _BOUNDS:
+            lo, hi = _BOUNDS[f.name]
+            meaning += f"; {_num(lo)}..{_num(hi)}"
+        if f.name in _CHOICES:
+            meaning += f"; one of {', '.join(_CHOICES[f.name])}"
+        yield SettingInfo(
+            field=f.name,
+            variable=_env_var(f.name),
+            default=_shown_default(f),
+            meaning=meaning,
+            commands=tuple(f.metadata["commands"]),
+        )
+
+
+def _selected(command: str | None) -> list[SettingInfo]:
+    return [s for s in setting_infos() if command is None or command in s.commands]
+
+
+def settings_table(*, width: int = 48) -> str:
+    """The reStructuredText table of every setting (variable, default, meaning
+    wrapped to ``width`` characters, the commands that read it) that the module
+    doc shows."""
+    infos = _selected(None)
+    head = ("variable", "default", "meaning", "read by")
+    rows: list[tuple[str, str, list[str], str]] = [
+        (
+            f"``{s.variable}``",
+            s.default,
+            textwrap.wrap(s.meaning, width) or [""],
+            ", ".join(s.commands) if s.commands != _ALL else "all",
+        )
+        for s in infos
+    ]
+    w_var = max(len(head[0]), *(len(r[0]) for r in rows))
+    w_def = max(len(head[1]), *(len(r[1]) for r in rows))
+    w_doc = max(len(head[2]), *(len(line) for r in rows for line in r[2]))
+    w_cmd = max(len(head[3]), *(len(r[3]) for r in rows))
+    rule = "  ".join("=" * w for w in (w_var, w_def, w_doc, w_cmd))
+
+    def line(a: str, b: str, c: str, d: str) -> str:
+        return f"{a:<{w_var}}  {b:<{w_def}}  {c:<{w_doc}}  {d}".rstrip()
+
+    out = [rule, line(*head), rule]
+    for var, default, doc, cmds in rows:
+        out.append(line(var, default, doc[0], cmds))
+        out.extend(line("", "", more, "") for more in doc[1:])
+    out.append(rule)
+    return "\n".join(out)
+
+
+def settings_help(
+    command: str, *, options: Mapping[str, str] | None = None, width: int = 76
+) -> str:
+    """The settings ``command`` reads, as an indented plain-text list for an
+    argparse epilog (lines start with a space: the CLI's formatter keeps them as
+    they are)::
+
+      ATDATA_INGEST_BATCH_MAX = 500  (option --batch-max)
+          events per COPY batch; 1..10000
+
+    ``options``: field -> the command's option for it, shown after the default."""
+    lines: list[str] = []
+    for s in _selected(command):
+        option = (options or {}).get(s.field)
+        head = f"  {s.variable} = {s.default}"
+        if option:
+            head += f"  (option {option})"
+        lines.append(head)
+        lines.extend(
+            textwrap.wrap(
+                s.meaning, width, initial_indent=" " * 6, subsequent_indent=" " * 6
+            )
+        )
+    return "\n".join(lines)
+
+
+# -- unknown variables -------------------------------------------------------------
+
+
+def known_variables() -> frozenset[str]:
+    """Every ``ATDATA_INGEST_*`` name something of this service reads: one per
+    :class:`Settings` field and :data:`EXTRA_VARIABLES`."""
+    return frozenset(
+        [*(_env_var(n) for n in _FIELD_TYPES), *map(_env_var, EXTRA_VARIABLES)]
+    )
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """The ``ATDATA_INGEST_*`` variables of ``environ`` that nothing reads, sorted,
+    each with the closest known name (:func:`difflib.get_close_matches` on the
+    part after the prefix, cutoff 0.6) or ``None``. Forward compatibility: they
+    are reported, never refused."""
+    known = known_variables()
+    suffixes = {name.removeprefix(ENV_PREFIX): name for name in known}
+    found: list[tuple[str, str | None]] = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in known:
+            continue
+        close = difflib.get_close_matches(
+            name.removeprefix(ENV_PREFIX).upper(), list(suffixes), n=1, cutoff=0.6
+        )
+        found.append((name, suffixes[close[0]] if close else None))
+    return found
+
+
+# -- parsing ------------------------------------------------------------------------
 
 
 def _num(x: float) -> str:
@@ -354,7 +606,7 @@ def _parse(name: str, kind: type, raw: str) -> Any:
     var = _var(name)
     text = raw.strip()
     if kind is str:
-        return text.lower() if name in ("verify", "validate", "start") else text
+        return text.lower() if name in _CHOICES else text
     if kind is bool:
         low = text.lower()
         if low in _TRUE:
@@ -370,3 +622,16 @@ def _parse(name: str, kind: type, raw: str) -> Any:
         raise ConfigError(
             f"{var}: {raw!r} is not {what} (allowed {_num(lo)}..{_num(hi)})"
         ) from None
+
+
+__doc__ = (
+    (__doc__ or "")
+    .replace("{SETTINGS_TABLE}", settings_table())
+    .replace(
+        "{EXTRA_VARIABLES}",
+        "\n".join(
+            f"- ``{_env_var(name)}``: {meaning}"
+            for name, meaning in EXTRA_VARIABLES.items()
+        ),
+    )
+)

@@ -4,7 +4,7 @@ The ingester is built to crash on purpose (seed 002 §4, "crashes are expected a
 healthy"): a full buffer exits 75, a database gone beyond the retry window exits
 74, and the last committed cursor is the only state that matters. Something must
 restart it. Under systemd that is the unit (``scripts/atdata-ingest.service``:
-``Restart=on-failure``, ``RestartPreventExitStatus=78``); without systemd it is
+``Restart=on-failure``, ``RestartPreventExitStatus=2 78``); without systemd it is
 this module.
 
 The supervisor runs the ingester as a **child process**
@@ -17,6 +17,8 @@ child exit status     supervisor
 ====================  =========================================================
 0 (clean stop)        exits 0
 78 EX_CONFIG          exits 78, no restart: the settings will not fix themselves
+2 (bad usage)         exits 2, no restart: argparse refused the command line (the
+                      child gets none, so only a broken installation does this)
 anything else         restarts after a backoff: 75 buffer overflow, 74 database
                       unavailable, 73 another ingester holds the lock, 70 a bug,
                       death by a signal (SIGKILL, the OOM killer, …)
@@ -65,7 +67,9 @@ from typing import Final
 from . import exits
 
 __all__ = [
+    "NO_RESTART",
     "STOP_SIGNALS",
+    "USAGE",
     "Backoff",
     "child_command",
     "describe_exit",
@@ -77,10 +81,18 @@ log = logging.getLogger("atdata_ingest.supervise")
 STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 """Signals that stop the supervisor cleanly (forwarded to the child)."""
 
+USAGE: Final = 2
+"""argparse's status for a command line it refuses (``atdata_ingest.cli.EXIT_USAGE``)."""
+
+#: Child statuses after which the supervisor exits with the same status instead
+#: of restarting: restarting cannot fix them (0, a clean stop, ends it too).
+NO_RESTART: Final = frozenset({exits.CONFIG, USAGE})
+
 #: Exit statuses of ``atdata-ingest run`` (:mod:`atdata_ingest.exits`), by their
-#: ``sysexits.h`` name, with what they mean here.
+#: ``sysexits.h`` name (argparse's 2 has none), with what they mean here.
 EXIT_NAMES: Final[dict[int, tuple[str, str]]] = {
     exits.OK: ("EX_OK", "clean stop"),
+    USAGE: ("USAGE", "bad usage"),
     exits.SOFTWARE: ("EX_SOFTWARE", "a bug"),
     exits.CANTCREAT: ("EX_CANTCREAT", "another ingester holds the lock"),
     exits.IOERR: ("EX_IOERR", "database unavailable"),
@@ -226,7 +238,8 @@ def supervise(
     """Run ``command`` (normally :func:`child_command`) as a child process and
     restart it by the rules of this module; return the supervisor's exit status:
     0 after a clean stop (the child's exit 0, or a stop signal to the supervisor),
-    78 when the child exits 78 (bad settings).
+    78 or 2 when the child exits with it (bad settings, bad usage:
+    :data:`NO_RESTART`).
 
     ``env``: the child's environment (default: this process's). ``max_restarts``
     (tests): give up after that many restarts and return the last child's status
@@ -278,13 +291,14 @@ def supervise(
                     child.pid, what, uptime,
                 )  # fmt: skip
                 return exits.OK
-            if returncode == exits.CONFIG:
+            if returncode in NO_RESTART:
+                fix = "the settings" if returncode == exits.CONFIG else "the command"
                 log.error(
                     "supervise: child pid=%d ended: %s uptime=%.3fs; not restarting "
-                    "(fix the settings), exiting %d",
-                    child.pid, what, uptime, exits.CONFIG,
+                    "(fix %s), exiting %d",
+                    child.pid, what, uptime, fix, returncode,
                 )  # fmt: skip
-                return exits.CONFIG
+                return returncode
             if uptime >= backoff.reset_after:
                 attempt = 0
             attempt += 1

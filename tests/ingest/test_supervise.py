@@ -29,6 +29,8 @@ import pytest
 from atdata_ingest import exits
 from atdata_ingest.supervise import (
     EXIT_NAMES,
+    NO_RESTART,
+    USAGE,
     Backoff,
     child_command,
     describe_exit,
@@ -200,7 +202,12 @@ def test_exit_statuses_are_named() -> None:
     assert describe_exit(exits.SOFTWARE).startswith("70 EX_SOFTWARE")
     assert describe_exit(-signal.SIGKILL) == "killed by SIGKILL"
     assert describe_exit(3) == "exit status 3"
-    assert set(EXIT_NAMES) == {0, 70, 73, 74, 75, 78}
+    assert describe_exit(2) == "2 USAGE (bad usage)"
+    assert set(EXIT_NAMES) == {0, 2, 70, 73, 74, 75, 78}
+    from atdata_ingest.cli import EXIT_USAGE
+
+    assert USAGE == EXIT_USAGE == 2
+    assert NO_RESTART == {exits.CONFIG, USAGE}
 
 
 def test_child_command_is_this_interpreter_without_supervise() -> None:
@@ -247,12 +254,20 @@ def test_every_failure_status_is_restarted_named_with_growing_backoff(
     assert "clean stop, exiting 0" in log
 
 
-def test_config_error_is_not_restarted(tmp_path: Path) -> None:
-    (tmp_path / "plan").write_text("78\n0\n")
+@pytest.mark.parametrize(
+    ("status", "named"),
+    [(exits.CONFIG, "78 EX_CONFIG (bad settings)"), (USAGE, "2 USAGE (bad usage)")],
+)
+def test_config_and_usage_errors_are_not_restarted(
+    tmp_path: Path, status: int, named: str
+) -> None:
+    """78 (bad settings) and 2 (argparse's bad usage): the supervisor exits with
+    the child's status after one start."""
+    (tmp_path / "plan").write_text(f"{status}\n0\n")
     rc, log = _finish(_supervisor(tmp_path, _PLANNED))
-    assert rc == exits.CONFIG, log
+    assert rc == status, log
     assert len((tmp_path / "pids").read_text().split()) == 1
-    assert "78 EX_CONFIG (bad settings)" in log and "not restarting" in log
+    assert named in log and "not restarting" in log
     assert _restarts(log) == []
 
 
@@ -384,7 +399,9 @@ def test_systemd_unit_settings() -> None:
     assert "--supervise" not in service["ExecStart"]
     assert service["Restart"] == "on-failure"
     assert service["RestartSec"] == "1"
-    assert service["RestartPreventExitStatus"] == str(exits.CONFIG)
+    # the statuses neither the unit nor --supervise restarts: 78 and argparse's 2
+    prevented = {int(x) for x in service["RestartPreventExitStatus"].split()}
+    assert prevented == NO_RESTART == {exits.CONFIG, 2}
     assert service["KillSignal"] == "SIGTERM"
     assert service["TimeoutStopSec"] == "30"
     assert service["EnvironmentFile"].startswith("/")
