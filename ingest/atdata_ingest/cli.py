@@ -164,7 +164,9 @@ EXIT_STATUSES: Final[tuple[tuple[int, tuple[str, ...], str], ...]] = (
         ("run",),
         (
             "the in-memory buffer overflowed (intentional: the restart resumes from "
-            "the committed cursor)"
+            "the committed cursor), or the stored cursor went back below what this "
+            "process committed (PostgreSQL lost acknowledged commits: the restart "
+            "resumes from the stored cursor, the relay replays the gap)"
         ),
     ),
     (
@@ -1254,7 +1256,8 @@ def _short_statuses() -> list[tuple[int, str]]:
         exits.SOFTWARE: "a bug",
         exits.CANTCREAT: "run: another ingester holds the lock",
         exits.IOERR: "PostgreSQL unreachable",
-        exits.TEMPFAIL: "run: buffer overflow (restart resumes from the cursor)",
+        exits.TEMPFAIL: "run: buffer overflow or cursor regression (restart "
+        "resumes from the stored cursor)",
         exits.CONFIG: "bad settings, authentication, or the schema missing",
     }
     return [(status, short[status]) for status, _ in exit_statuses()]
