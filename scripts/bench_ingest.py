@@ -879,9 +879,8 @@ def report_throughput(
     ]
     if lookups:
         print(
-            "  ours: DID documents fetched from the PLC per run (each #identity "
-            "frame drops its DID's cached key; the templates repeat theirs every "
-            "cycle): " + ", ".join(lookups)
+            "  ours: DID documents fetched from the PLC per run (stream/verify): "
+            + ", ".join(lookups)
         )
     if m_peer:
         notes = []
