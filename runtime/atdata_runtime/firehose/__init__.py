@@ -2,10 +2,13 @@
 decoding (:mod:`.frames`), ``match``-friendly events (:mod:`.events`), commit
 signature checks (:mod:`.verify`) and typed subscriptions over a relay or the
 ingestion service (:mod:`.subscribe`). Needs the ``firehose`` extra (cbrrr,
-websockets); :mod:`.verify` also the ``atproto`` extra.
+websockets, httpx: ``pip install 'atdata-runtime[firehose]'``).
 
-The names of :mod:`.frames` and :mod:`.verify` are exported lazily (on first use),
-so that importing the events alone stays cheap."""
+The names of :mod:`.frames`, :mod:`.verify`, :mod:`.acks` and :mod:`.subscribe`
+are exported lazily (on first use), so that importing the events alone stays
+cheap and works without the extra; using one of the others without it raises
+``ModuleNotFoundError`` naming the extra to install (as the runtime's other
+extras do: :func:`~atdata_runtime.shards.errors.missing_extra`)."""
 
 from typing import TYPE_CHECKING, Any
 
@@ -65,13 +68,37 @@ _LAZY = {
 }
 
 
+_EXTRA_MODULES = frozenset({"cbrrr", "websockets", "httpx"})
+"""The top-level modules the ``firehose`` extra installs."""
+
+
+def _missing_extra(exc: ImportError, what: str) -> ModuleNotFoundError | None:
+    """The error naming ``pip install 'atdata-runtime[firehose]'`` for ``exc``
+    when it is the import of a module of the ``firehose`` extra (``name`` kept:
+    the missing module), else ``None`` (re-raise ``exc``). ``what`` says what
+    needed it. An error that already names an extra is left alone."""
+    root = (exc.name or "").partition(".")[0]
+    if root not in _EXTRA_MODULES or "atdata-runtime[" in str(exc):
+        return None
+    from ..shards.errors import missing_extra  # only on this error path
+
+    return missing_extra(exc, what, "firehose")
+
+
 def __getattr__(name: str) -> Any:
     part = _LAZY.get(name)
     if part is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(f".{part}", __name__), name)
+    try:
+        module = importlib.import_module(f".{part}", __name__)
+    except ModuleNotFoundError as exc:
+        hint = _missing_extra(exc, f"{__name__}.{name}")
+        if hint is None:
+            raise
+        raise hint from exc
+    return getattr(module, name)
 
 
 __all__ = [

@@ -67,8 +67,11 @@ Delivery rules:
   ``dataset`` by default, i.e. commits touching ``science.alt.dataset.*``;
   ``all``; ``none``; or a verifier of your own); a bad signature makes the frame
   malformed (``SIG_INVALID`` to ``on_malformed``), a key that cannot be
-  resolved leaves ``verified`` ``None``. The ingestion service verifies on its
-  side; its events carry its ``verified``.
+  resolved leaves ``verified`` ``None`` (counted by rule in
+  ``stats.unverified``, the first logged; a private PLC directory:
+  ``plc_url=``, see :class:`Relay`). A frame read again by the same
+  subscription keeps the verdict it got the first time. The ingestion service
+  verifies on its side; its events carry its ``verified``.
 
 Errors are :class:`SubscriptionError` with a rule ID (``SUB_*``, ``CURSOR_*``).
 """
@@ -79,6 +82,7 @@ import asyncio
 import contextlib
 import datetime as _dt
 import functools
+import hashlib
 import inspect
 import logging
 import os
@@ -87,7 +91,7 @@ import re
 import signal
 import tempfile
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -104,6 +108,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from ..lex.formats import is_did, is_nsid
 from ..net.redact import redact_url
+from . import _missing_extra
 from .acks import AckTracker, Ticket
 from .events import (
     Account,
@@ -116,7 +121,14 @@ from .events import (
     Sync,
     Update,
 )
-from .frames import MAX_FRAME_BYTES, Frame, FrameError, decode_frame
+
+try:
+    from .frames import MAX_FRAME_BYTES, Frame, FrameError, decode_frame
+except ModuleNotFoundError as _exc:  # cbrrr: the firehose extra is not installed
+    _hint = _missing_extra(_exc, f"{__name__} (typed subscriptions)")
+    if _hint is None:
+        raise
+    raise _hint from _exc
 
 __all__ = [
     "MAX_FRAME_BYTES",
@@ -134,7 +146,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .verify import CommitVerifier, VerifyPolicy
+    from .verify import CommitVerifier, Verdict, VerifyPolicy
 
 log = logging.getLogger("atdata_runtime.firehose")
 
@@ -421,7 +433,23 @@ class Relay:
     Every frame is decoded by :func:`.frames.decode_frame` (CAR blocks checked
     against their CIDs); frames over ``max_frame_bytes`` close the connection
     (and reconnect). ``open_timeout`` bounds the handshake (seconds); a silent
-    peer is detected by WebSocket pings every ``ping_interval`` seconds."""
+    peer is detected by WebSocket pings every ``ping_interval`` seconds.
+
+    Commits are verified by the subscription (``Subscription(verify=...)``)
+    against the key of the repository's DID document, and ``did:plc`` DIDs are
+    resolved at ``https://plc.directory`` unless told otherwise. On a network
+    with its own PLC directory (a local or private network, DIDs that
+    ``plc.directory`` does not know) pass its URL::
+
+        Subscription(Relay("ws://127.0.0.1:2583"), plc_url="http://127.0.0.1:2582")
+        # or, to configure the resolver further:
+        Subscription(relay, verify=CommitVerifier(IdentityResolver(plc_url=...)))
+
+    (``IdentityResolver`` from :mod:`atdata_runtime.atmosphere`,
+    ``CommitVerifier`` from :mod:`.verify`.) Without it every checked commit is
+    unverified (``verified=None``, rule ``IDENTITY_UNRESOLVED`` or the
+    resolver's other rule): the first of each rule is logged at warning and all
+    are counted in :attr:`SubscriptionStats.unverified`."""
 
     url: str
     max_frame_bytes: int = MAX_FRAME_BYTES
@@ -445,10 +473,16 @@ class Relay:
         cursor: int | None,
         where: _Filter,
         stats: SubscriptionStats,
-        verifier: CommitVerifier | None,
+        checker: _Checker | None,
     ) -> AsyncIterator[_Item]:
-        from websockets.asyncio.client import connect
-        from websockets.exceptions import ConnectionClosed, InvalidStatus
+        try:
+            from websockets.asyncio.client import connect
+            from websockets.exceptions import ConnectionClosed, InvalidStatus
+        except ModuleNotFoundError as exc:
+            hint = _missing_extra(exc, "Relay (subscribeRepos over WebSocket)")
+            if hint is None:
+                raise
+            raise hint from exc
 
         url = self.endpoint(cursor)
         try:
@@ -487,10 +521,8 @@ class Relay:
                         if frame.kind == "error":
                             _relay_error(frame, url)
                         verified = None
-                        if verifier is not None and frame.kind in ("commit", "sync"):
-                            verified = (await verifier.acheck(frame)).verified
-                        elif verifier is not None and frame.kind == "identity":
-                            verifier.forget(frame.did or "")
+                        if checker is not None:
+                            verified = await checker.verified(frame, message, stats)
                     except FrameError as exc:
                         seq = exc.seq
                         if (
@@ -737,7 +769,10 @@ _REFUSAL_BYTES: Final = 4096  # of a 401/403 body, for its message
 @dataclass(frozen=True)
 class IngestService:
     """The ingestion service (``atdata-ingest serve``): ``url`` is its base URL,
-    ``token`` a consumer's bearer token (``atdi_<id>_<secret>``).
+    ``token`` a consumer's bearer token (``atdi_<id>_<secret>``). Both modes
+    read from the subscription's cursor (``since=<seq>``); without one, from
+    the service's oldest event still kept (``since=0``: ``/events/stream``
+    would otherwise start at the service's current cursor, the live tail).
 
     ``stream=False`` polls ``GET /events`` with ``since=<cursor>`` (``limit``
     rows a page, at most 1,000; the service never cuts a commit across pages),
@@ -798,7 +833,13 @@ class IngestService:
             )
 
     def _client(self) -> Any:
-        import httpx
+        try:
+            import httpx
+        except ModuleNotFoundError as exc:
+            hint = _missing_extra(exc, "IngestService (the ingestion service's API)")
+            if hint is None:
+                raise
+            raise hint from exc
 
         return httpx.AsyncClient(
             headers={
@@ -867,8 +908,9 @@ class IngestService:
         cursor: int | None,
         where: _Filter,
         stats: SubscriptionStats,
-        verifier: CommitVerifier | None,
+        checker: _Checker | None,
     ) -> AsyncIterator[_Item]:
+        del checker  # the service verifies on its side
         gen = self._sse if self.stream else self._poll
         async for item in gen(cursor, self._filters(where), stats):
             yield item
@@ -959,9 +1001,9 @@ class IngestService:
         import orjson
 
         base = _http_base(self.url, "ingestion service") + "/events/stream"
-        params = dict(exact)
-        if cursor is not None:
-            params["since"] = str(cursor)
+        # since=0 for no cursor: the oldest event, as /events; without since the
+        # service would start at its current cursor (the live tail)
+        params = {"since": str(0 if cursor is None else cursor), **exact}
         headers = {"Accept": "text/event-stream"}
         async with (
             self._client() as client,
@@ -1084,7 +1126,12 @@ class SubscriptionStats:
     ``filtered`` out, ``duplicates`` dropped (a ``seq`` at or below one already
     read), ``malformed`` frames or rows skipped, ``invalid`` records (failed
     their model), ``handler_errors``, ``connects`` and ``reconnects``, cursor
-    ``saves``; ``cursor`` is the acknowledged cursor."""
+    ``saves``; ``cursor`` is the acknowledged cursor. ``unverified``: frames of
+    a :class:`Relay` that the ``verify`` policy asked to check and that were
+    not verified (their events carry ``verified=None``), by the verdict's rule
+    (:class:`~.verify.Verdict`: ``IDENTITY_UNRESOLVED`` and the resolver's
+    other rules when the DID's key could not be resolved, ``REV_STALE``,
+    ``PROOF_INCOMPLETE``, …), each frame counted once."""
 
     received: int = 0
     delivered: int = 0
@@ -1097,27 +1144,143 @@ class SubscriptionStats:
     reconnects: int = 0
     saves: int = 0
     cursor: int | None = None
+    unverified: dict[str, int] = field(default_factory=dict)
 
 
 Source = Relay | IngestService
 
 
 def _verifier(
-    source: Source, verify: VerifyPolicy | CommitVerifier
+    source: Source, verify: VerifyPolicy | CommitVerifier, plc_url: str | None
 ) -> CommitVerifier | None:
-    """The commit verifier of a :class:`Relay` source (``None``: none needed)."""
-    from .verify import CommitVerifier
+    """The commit verifier of a :class:`Relay` source (``None``: none needed),
+    resolving DIDs at ``plc_url`` (``None``: the resolver's default,
+    ``https://plc.directory``). Raises :class:`SubscriptionError` (``SUB_CONFIG``)
+    for an unknown policy, a ``plc_url`` that is not ``http(s)://host``, or a
+    ``plc_url`` next to a verifier of one's own (whose resolver decides)."""
+    if plc_url is not None:
+        if not isinstance(plc_url, str):
+            raise SubscriptionError("SUB_CONFIG", f"plc_url {plc_url!r} is no str")
+        _http_base(plc_url, "PLC directory")
+    if isinstance(verify, str):
+        if verify not in ("dataset", "all", "none"):
+            raise SubscriptionError(
+                "SUB_CONFIG",
+                f"verify must be dataset, all, none or a CommitVerifier, "
+                f"not {verify!r}",
+            )
+        if verify == "none" or not isinstance(source, Relay):
+            return None  # nothing to import: the service verifies itself
+    try:
+        from .verify import CommitVerifier
+    except ModuleNotFoundError as exc:  # httpx, for the identity resolver
+        hint = _missing_extra(exc, "commit verification (Subscription(verify=))")
+        if hint is None:
+            raise
+        raise hint from exc
 
     if isinstance(verify, CommitVerifier):
+        if plc_url is not None:
+            raise SubscriptionError(
+                "SUB_CONFIG",
+                "plc_url= and a CommitVerifier: give the verifier an "
+                "IdentityResolver(plc_url=...) instead",
+            )
         return verify if isinstance(source, Relay) else None
-    if verify not in ("dataset", "all", "none"):
+    if not isinstance(verify, str):
         raise SubscriptionError(
             "SUB_CONFIG",
             f"verify must be dataset, all, none or a CommitVerifier, not {verify!r}",
         )
-    if verify == "none" or not isinstance(source, Relay):
-        return None
-    return CommitVerifier(policy=verify)
+    if plc_url is None:
+        return CommitVerifier(policy=verify)
+    from ..atmosphere.identity import IdentityResolver
+    from ..net.retry import RetryPolicy
+
+    # the verifier's own default resolver, at another PLC directory
+    resolver = IdentityResolver(
+        plc_url=plc_url, timeout=5.0, retry=RetryPolicy(attempts=2, deadline=5.0)
+    )
+    return CommitVerifier(resolver, policy=verify)
+
+
+_MEMO_MIN: Final = 1024
+_MEMO_MAX: Final = 65536
+_VERIFIER_RULES: Final = frozenset(
+    {"COMMIT_TOO_BIG", "PROOF_INCOMPLETE", "REV_STALE", "REV_FUTURE"}
+    | {"KEY_REFRESH_LIMITED"}
+)
+"""Rules of :class:`~.verify.Verdict` that are not the resolver's."""
+
+
+class _Checker:
+    """The commit verifier of a :class:`Relay` subscription, remembering the
+    verdicts it gave.
+
+    The verifier keeps the last verified ``rev`` of each DID (replay
+    protection), so a frame read a second time by the same subscription — the
+    next run resuming from the acknowledged cursor (events handed out and not
+    finished come again), a reconnect inside a partly handed-out ``seq``, a
+    relay sending a frame again — would now be ``REV_STALE``, and its
+    redelivered events ``verified=None`` where they were ``True``. So the
+    verdict of every frame checked is kept, keyed by ``(seq, sha-256 of the
+    frame's bytes)``: the same bytes get the same verdict without a second
+    check; a different frame under a ``seq`` already seen is checked afresh
+    (and its rev is stale). At most ``size`` verdicts (LRU); one forgotten is
+    checked again. ``stats.unverified`` counts the rules of verdicts that are
+    not ``True``, and the first of each rule is logged at warning (with the
+    ``plc_url=`` hint when the key could not be resolved)."""
+
+    def __init__(self, verifier: CommitVerifier, size: int) -> None:
+        self.verifier = verifier
+        self.size = size
+        self._memo: OrderedDict[tuple[int, bytes], Verdict] = OrderedDict()
+        self._warned: set[str] = set()
+
+    async def verified(
+        self, frame: Frame, message: bytes, stats: SubscriptionStats
+    ) -> bool | None:
+        """``verified`` for the events of ``frame`` (``message``: its bytes).
+        Raises :class:`~.frames.FrameError` for a bad commit (``SIG_INVALID``…:
+        never remembered, checked again if read again)."""
+        verifier = self.verifier
+        if frame.kind == "identity":
+            verifier.forget(frame.did or "")  # its key may have changed
+            return None
+        if frame.kind not in ("commit", "sync"):
+            return None
+        if not verifier.required(frame):
+            return (await verifier.acheck(frame)).verified  # the policy's None
+        key = (-1 if frame.seq is None else frame.seq, hashlib.sha256(message).digest())
+        verdict = self._memo.get(key)
+        if verdict is not None:
+            self._memo.move_to_end(key)
+            return verdict.verified
+        verdict = await verifier.acheck(frame)
+        self._memo[key] = verdict
+        while len(self._memo) > self.size:
+            self._memo.popitem(last=False)
+        if verdict.verified is None and verdict.rule is not None:
+            rule = verdict.rule
+            stats.unverified[rule] = stats.unverified.get(rule, 0) + 1
+            if rule not in self._warned and len(self._warned) < 64:
+                self._warned.add(rule)
+                hint = (
+                    ""
+                    if rule in _VERIFIER_RULES
+                    else "; on a network with its own PLC directory, pass "
+                    "Subscription(plc_url=...)"
+                )
+                log.warning(
+                    "subscription: seq %s of %s not verified [%s]: %s%s "
+                    "(further ones counted in stats.unverified)",
+                    frame.seq,
+                    (frame.did or "")[:200],
+                    rule,
+                    verdict.reason[:300],
+                    hint,
+                )
+        return verdict.verified
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
@@ -1145,9 +1308,11 @@ class Subscription:
     ``collections``: NSIDs or ``prefix.*`` patterns; record events of other
     collections are dropped (``#identity``, ``#account``, ``#sync``, ``#info``
     always pass). ``repos``: DIDs; events of other repositories are dropped.
-    ``cursor``: ``None`` (the source's default: a relay's live tail, the
-    service's oldest event), a ``seq`` to resume after, or a
-    :class:`CursorStore` (loaded at start, saved as events finish).
+    ``cursor``: ``None`` (the source's default: a relay's live tail; the
+    ingestion service's oldest event still kept, whether polled or streamed:
+    ``since=0``), a ``seq`` to resume after, or a :class:`CursorStore`
+    (loaded at start, saved as events finish; one that never saved is
+    ``None``).
     ``concurrency``: handlers running at once (1 .. 1024). ``max_pending``:
     events handed out and not finished (backpressure). ``save_interval``:
     seconds between cursor saves (0: on every advance). ``backoff``: base and cap
@@ -1155,8 +1320,15 @@ class Subscription:
     before :class:`SubscriptionError` (``SUB_RECONNECTS``; ``None``: forever).
     ``verify``: the commit signature policy of a :class:`Relay` source
     (``dataset``, ``all``, ``none``) or a configured
-    :class:`~.verify.CommitVerifier` (its resolver, e.g. a private PLC
-    directory); ignored for the ingestion service, which verifies itself.
+    :class:`~.verify.CommitVerifier` (its resolver, its caches); ignored for
+    the ingestion service, which verifies itself. ``plc_url``: the PLC
+    directory that resolves the ``did:plc`` DIDs of a policy's verifier
+    (default ``https://plc.directory``; a local or private network has its own:
+    see :class:`Relay`); not with a verifier of one's own. The verdicts of
+    frames this subscription checked are kept (keyed by ``seq`` and the
+    frame's SHA-256; at most ``2 * max_pending``, 1,024 .. 65,536), so an event
+    delivered again (the next run from the acknowledged cursor, a reconnect)
+    keeps its ``verified`` instead of becoming ``REV_STALE``.
 
     Callbacks (plain functions or coroutines; if one raises, the subscription
     stops with :class:`SubscriptionError` ``SUB_HANDLER`` and the event is not
@@ -1189,6 +1361,7 @@ class Subscription:
         on_invalid: Callable[[Event, Exception], Any] | None = None,
         on_malformed: Callable[[Exception], Any] | None = None,
         verify: VerifyPolicy | CommitVerifier = "dataset",
+        plc_url: str | None = None,
     ) -> None:
         if not isinstance(source, Relay | IngestService):
             raise SubscriptionError(
@@ -1225,7 +1398,14 @@ class Subscription:
         self.where = _Filter(
             matcher, _repo_set(repos), (), patterns if matcher is not None else ()
         )
-        self.verifier = _verifier(source, verify)
+        self.verifier = _verifier(source, verify, plc_url)
+        self._checker = (
+            None
+            if self.verifier is None
+            else _Checker(
+                self.verifier, min(max(2 * max_pending, _MEMO_MIN), _MEMO_MAX)
+            )
+        )
         self.store = cursor if isinstance(cursor, CursorStore) else None
         self._cursor: int | None = cursor if isinstance(cursor, int) else None
         self.concurrency = concurrency
@@ -1569,7 +1749,7 @@ class _Session:
             # again (its events already handed out are dropped as duplicates)
             resume = self.tracker.closed_seq
             try:
-                items = sub.source._items(resume, sub.where, self.stats, sub.verifier)
+                items = sub.source._items(resume, sub.where, self.stats, sub._checker)
                 async for item in items:
                     failures = 0
                     await self._feed(item, deliver)
