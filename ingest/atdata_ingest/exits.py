@@ -14,7 +14,11 @@ code  name            meaning                                                res
 74    IOERR           PostgreSQL unavailable beyond ``db_retry_seconds``     yes
 75    TEMPFAIL        the in-memory buffer overflowed (intentional: the      yes
                       restart resumes from the committed cursor, seed 002
-                      §12 "Backpressure behavior")
+                      §12 "Backpressure behavior"); or the stored cursor
+                      went back below what this process committed
+                      (PostgreSQL lost acknowledged commits: the restart
+                      resumes from the stored cursor and the relay replays
+                      the lost seqs)
 78    CONFIG          bad settings (an unknown relay for the stored cursor,  **no**
                       a malformed variable)
 ====  ==============  =====================================================  =======
@@ -34,6 +38,7 @@ __all__ = [
     "TEMPFAIL",
     "BufferOverflow",
     "ConfigError",
+    "CursorRegressed",
     "DatabaseUnavailable",
     "IngestExit",
     "LockHeld",
@@ -80,5 +85,16 @@ class BufferOverflow(IngestExit):
     """The bounded in-memory buffer is full: the database cannot keep up. Exiting
     is the designed response (exit 75); nothing is lost, the restart resumes from
     the committed cursor."""
+
+    status = TEMPFAIL
+
+
+class CursorRegressed(IngestExit):
+    """The stored cursor (``ingest_cursor.last_seq``, read under ``FOR UPDATE``)
+    is below the last seq this process committed: PostgreSQL lost commits it had
+    acknowledged (``synchronous_commit`` off and a server crash, or a failover to
+    a standby that was behind). Carrying on from memory would leave a permanent
+    hole (the lost seqs are not in the buffer any more); exiting (75) makes the
+    restart resume from the stored cursor, and the relay replays the gap."""
 
     status = TEMPFAIL

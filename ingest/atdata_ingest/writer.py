@@ -13,10 +13,17 @@ advancement rules"):
    ``(seq, idx)`` is never stored twice;
 3. binary ``COPY`` of the rows into ``ingest_events`` and of the dead letters into
    ``ingest_dead_letters`` (never one INSERT per event);
+   **Regression check**: a stored ``last_seq`` *below* the last seq this writer
+   committed (and the token not this batch's) means PostgreSQL lost commits it
+   had acknowledged (``synchronous_commit`` off and a server crash, or a
+   failover): :class:`~.exits.CursorRegressed` (exit 75, logged CRITICAL), so
+   that the restart resumes from the stored cursor and the relay replays the
+   gap; carrying on from memory would leave a permanent hole;
 4. ``UPDATE ingest_cursor``: ``last_seq`` (the batch's highest seq, dead-lettered
    frames with a seq included), the newest event time, status (buffer fill,
-   dead-letter and gap counts, pid, the last ``#info`` read: ``last_info``), the
-   batch token in ``ingest_meta``, and
+   dead-letter and gap counts, pid, the last ``#info`` read: ``last_info``, the
+   relay connection's state: :class:`RelayStatus`), the batch token in
+   ``ingest_meta``, and
    ``pg_notify('ingest_events', '<last_seq>')``, delivered at COMMIT (the
    consumer API's stream wakes on it);
 5. COMMIT.
@@ -34,7 +41,17 @@ resumes from the cursor.
 
 The single-ingester rule (seed 002 §0.4) is a session advisory lock taken on the
 writer's connection (and taken again after a reconnect): another holder →
-:class:`~.exits.LockHeld` (exit 73).
+:class:`~.exits.LockHeld` (exit 73; the message names the holder's session:
+application_name, client address, PostgreSQL backend pid, and the ingester pid
+the cursor row names).
+
+Partitions: :meth:`BatchWriter.open` runs :func:`.schema.migrate`; between
+batches and at heartbeats the next days' partitions are created
+(:func:`.schema.create_partitions`, lock timeout
+:data:`PARTITION_LOCK_TIMEOUT_RUNNING` s) when due by the wall clock: every hour,
+at a change of the UTC date, and a minute after a lock timeout (the partitions
+are made two days ahead, so a skipped attempt costs nothing). A day whose rows
+already sit in the default partition is logged and skipped.
 
 Test-only fault hook: ``ATDATA_INGEST_TEST_KILL_AT=after-copy:<n>`` (inside the
 n-th batch transaction, after COPY, before COMMIT) or ``after-commit:<n>`` makes the
@@ -57,16 +74,19 @@ from typing import Any, Final
 import asyncpg
 
 from .config import Settings
-from .exits import ConfigError, DatabaseUnavailable, LockHeld
+from .exits import ConfigError, CursorRegressed, DatabaseUnavailable, LockHeld
 from .rows import DEAD_COLUMNS, ROW_COLUMNS, DeadRow, EventRow, dead_letter_row
-from .schema import ensure_partitions, migrate
+from .schema import SCHEMA_VERSION, PartitionReport, create_partitions, migrate
 
 __all__ = [
     "INGESTER_LOCK_KEY",
     "KILL_ENV",
     "NOTIFY_CHANNEL",
+    "PARTITION_LOCK_TIMEOUT_RUNNING",
+    "RELAY_STATES",
     "Batch",
     "BatchWriter",
+    "RelayStatus",
     "WriteResult",
     "WriterAborted",
     "is_connection_error",
@@ -78,7 +98,17 @@ INGESTER_LOCK_KEY: Final = 0x6174_6461_696E_6731  # "atdaing1": one ingester per
 NOTIFY_CHANNEL: Final = "ingest_events"
 KILL_ENV: Final = "ATDATA_INGEST_TEST_KILL_AT"
 _META_KEY: Final = "ingest_batch"
-_PARTITION_EVERY: Final = 3600.0  # seconds between ensure_partitions calls
+_PARTITION_EVERY: Final = 3600.0  # seconds (wall clock) between partition checks
+_PARTITION_RETRY: Final = 60.0  # seconds after a lock timeout
+PARTITION_LOCK_TIMEOUT_RUNNING: Final = 1.0
+"""Seconds a partition's creation may wait for its locks while ingesting: every
+batch queues behind the waiting ACCESS EXCLUSIVE request meanwhile, so this bounds
+the stall (1 s at 10,000 events/s is half the default buffer, below its high
+watermark pause; at the start, with nothing buffered, :func:`.schema.migrate`
+waits up to :data:`.schema.PARTITION_LOCK_TIMEOUT`)."""
+RELAY_STATES: Final = ("connecting", "connected", "failing")
+"""Values of ``ingest_cursor.relay_state`` (NULL: no ingester running, after a
+clean stop)."""
 
 _SELECT_CURSOR: Final = (
     "SELECT c.last_seq, c.source, "
@@ -100,15 +130,74 @@ UPDATE ingest_cursor SET
     dead_letters = dead_letters + $6::bigint,
     gaps = gaps + $7::bigint,
     ingester_pid = $8::integer,
-    last_info = COALESCE($10::jsonb, last_info)
+    last_info = COALESCE($10::jsonb, last_info),
+    relay_state = $11::text,
+    relay_error = $12::text,
+    relay_state_since = $13::timestamptz,
+    last_frame_at = COALESCE($14::timestamptz, last_frame_at)
 WHERE id
 RETURNING CASE WHEN $9::boolean
     THEN pg_notify('{NOTIFY_CHANNEL}', last_seq::text) END
 """
 _HEARTBEAT: Final = (
     "UPDATE ingest_cursor SET updated_at = now(), buffer_fill = $1::real, "
-    "buffer_max = $2::integer, ingester_pid = $3::integer WHERE id"
+    "buffer_max = $2::integer, ingester_pid = $3::integer, relay_state = $4::text, "
+    "relay_error = $5::text, relay_state_since = $6::timestamptz, "
+    "last_frame_at = COALESCE($7::timestamptz, last_frame_at) WHERE id"
 )
+_LOCK_HOLDER: Final = (
+    "SELECT a.pid, a.application_name, host(a.client_addr) AS client_addr, "
+    "a.client_port, a.backend_start FROM pg_locks l "
+    "JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.granted "
+    "AND l.database = (SELECT oid FROM pg_database "
+    "WHERE datname = current_database()) "
+    # pg_advisory_lock(bigint): classid = high 32 bits, objid = low 32 bits,
+    # objsubid 1 (2: the (int4, int4) form)
+    "AND l.classid = $1::bigint::oid AND l.objid = $2::bigint::oid "
+    "AND l.objsubid = 1 LIMIT 1"
+)
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.UTC)
+
+
+def _epoch(t: float | None) -> _dt.datetime | None:
+    return None if t is None else _dt.datetime.fromtimestamp(t, _dt.UTC)
+
+
+@dataclass(slots=True)
+class RelayStatus:
+    """The relay connection as ``ingest_cursor`` shows it (schema 3), kept by the
+    ingester and written with every batch and heartbeat: ``state`` (one of
+    :data:`RELAY_STATES`), ``error`` (short, redacted: ``HTTP 404 at
+    handshake``, ``connection refused``; ``None`` when none), ``since`` (when
+    ``state`` last changed; for ``failing`` the first failure of the current run
+    of failures), ``last_frame_at`` (epoch seconds of the last frame received,
+    ``None`` before the first). ``version`` counts changes of state or error
+    (:attr:`BatchWriter.relay_pending`)."""
+
+    state: str = "connecting"
+    error: str | None = None
+    since: _dt.datetime = field(default_factory=_now)
+    last_frame_at: float | None = None
+    version: int = 0
+
+    def set(
+        self, state: str, error: str | None, since: _dt.datetime | None = None
+    ) -> bool:
+        """Change state and error; ``since`` (default now) is taken when the state
+        changes. Returns whether anything changed."""
+        if state not in RELAY_STATES:
+            raise ValueError(f"relay state {state!r}")
+        if state == self.state and error == self.error:
+            return False
+        if state != self.state:
+            self.since = since or _now()
+        self.state, self.error = state, error
+        self.version += 1
+        return True
 
 
 class WriterAborted(RuntimeError):
@@ -243,7 +332,14 @@ class BatchWriter:
         self.kill = _KillHook(os.environ.get(KILL_ENV))
         self.reconnects = 0
         self.aborted = False
-        self._partitions_at = 0.0
+        self.relay = RelayStatus()
+        #: :attr:`RelayStatus.version` last written to the cursor row
+        self.relay_written = -1
+        #: wall-clock time (epoch s) when the partitions are due next, and the UTC
+        #: date they were last checked for
+        self.partitions_due = 0.0
+        self._partitions_day: _dt.date | None = None
+        self._conflicts_logged: set[str] = set()
 
     # -- connection -------------------------------------------------------------------
     async def _connect_once(self) -> asyncpg.Connection:
@@ -268,17 +364,11 @@ class BatchWriter:
                 "SELECT pg_try_advisory_lock($1)", INGESTER_LOCK_KEY
             )
             if not locked:
-                holder = await conn.fetchval(
-                    "SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a "
-                    "ON a.pid = l.pid WHERE l.locktype = 'advisory' "
-                    "AND l.granted AND l.objid = ($1::bigint & 4294967295)::oid "
-                    "LIMIT 1",
-                    INGESTER_LOCK_KEY,
-                )
                 raise LockHeld(
                     f"another ingester holds the advisory lock of "
-                    f"{self.settings.redacted_database_url} (server pid {holder}); "
-                    "only one ingester may write a database"
+                    f"{self.settings.redacted_database_url} "
+                    f"({await _lock_holder(conn)}); only one ingester may write "
+                    "a database"
                 )
         except BaseException:
             await conn.close(timeout=2)
@@ -349,8 +439,15 @@ class BatchWriter:
         # a grace for the lock: the backend of a previous ingester that just died
         # may still be finishing (client_connection_check_interval)
         conn = await self.connect(lock_grace=min(5.0, self.settings.db_retry_seconds))
-        await migrate(conn)
-        self._partitions_at = time.monotonic()
+        try:
+            report = await migrate(conn)
+        except asyncpg.LockNotAvailableError as exc:
+            raise DatabaseUnavailable(
+                f"{self.settings.redacted_database_url}: the migration to schema "
+                f"{SCHEMA_VERSION} could not take its locks (sessions reading or "
+                f"writing the log hold them; {exc}); a restart tries again"
+            ) from None
+        self._partitions_done(report)
         async with conn.transaction():
             row = await conn.fetchrow(
                 "SELECT last_seq, source FROM ingest_cursor WHERE id FOR UPDATE"
@@ -359,14 +456,20 @@ class BatchWriter:
             last_seq, stored = int(row["last_seq"]), str(row["source"])
             if stored and stored != self.source and last_seq > 0:
                 raise ConfigError(self._source_message(stored, last_seq))
+            relay = self.relay
             await conn.execute(
                 "UPDATE ingest_cursor SET source = $1, ingester_pid = $2, "
-                "ingester_started_at = now(), updated_at = now(), buffer_max = $3 "
+                "ingester_started_at = now(), updated_at = now(), buffer_max = $3, "
+                "relay_state = $4, relay_error = $5, relay_state_since = $6 "
                 "WHERE id",
                 self.source,
                 self.pid,
                 0,
+                relay.state,
+                relay.error,
+                relay.since,
             )
+            self.relay_written = relay.version
         self.last_seq = last_seq
         return last_seq
 
@@ -507,6 +610,8 @@ class BatchWriter:
                 # the previous attempt committed; its outcome was unknown to us
                 self.last_seq = last_seq
                 return WriteResult(0, 0, batch.events, last_seq, attempt, True)
+            if last_seq < self.last_seq:
+                raise self._regressed(last_seq, batch)
             rows, dead = batch.rows, batch.dead
             dropped = 0
             if batch.min_seq is not None and batch.min_seq <= last_seq:
@@ -535,6 +640,8 @@ class BatchWriter:
                 )
             self.kill("after-copy")
             new_seq = max(last_seq, batch.max_seq or 0)
+            relay = self.relay
+            version = relay.version
             await conn.fetchval(
                 _UPDATE_CURSOR,
                 batch.token,
@@ -547,8 +654,13 @@ class BatchWriter:
                 self.pid,
                 bool(rows) or new_seq > last_seq,
                 batch.last_info,
+                relay.state,
+                relay.error,
+                relay.since,
+                _epoch(relay.last_frame_at),
             )
         self.last_seq = new_seq
+        self.relay_written = max(self.relay_written, version)
         self.kill("after-commit")
         return WriteResult(len(rows), len(dead), dropped, new_seq, attempt)
 
@@ -584,14 +696,34 @@ class BatchWriter:
             log.warning("%d rows refused by PostgreSQL, dead-lettered", len(refused))
         return stored, refused
 
+    @property
+    def relay_pending(self) -> bool:
+        """Whether :attr:`relay` changed since it was last written (the ingester
+        then asks for a :meth:`heartbeat` without waiting for the next one)."""
+        return self.relay.version != self.relay_written
+
     async def heartbeat(self, *, buffer_fill: float, buffer_max: int) -> None:
-        """Status only (no events): ``updated_at``, buffer fill, pid. Errors are
-        logged, not raised (the next batch retries the connection)."""
+        """Status only (no events): ``updated_at``, buffer fill, pid, the relay's
+        state (:attr:`relay`); creates the next partitions when due. Connection
+        errors are logged, not raised (the next batch retries the
+        connection)."""
         conn = self.conn
         if conn is None or conn.is_closed():
             return
         try:
-            await conn.execute(_HEARTBEAT, float(buffer_fill), buffer_max, self.pid)
+            relay = self.relay
+            version = relay.version
+            await conn.execute(
+                _HEARTBEAT,
+                float(buffer_fill),
+                buffer_max,
+                self.pid,
+                relay.state,
+                relay.error,
+                relay.since,
+                _epoch(relay.last_frame_at),
+            )
+            self.relay_written = max(self.relay_written, version)
             await self._maybe_partitions()
         except Exception as exc:
             if not is_connection_error(exc):
@@ -600,16 +732,20 @@ class BatchWriter:
             await self._drop_connection()
 
     async def mark_stopped(self) -> None:
-        """After a clean stop: ``buffer_fill`` 0 and ``ingester_pid`` NULL (nobody
-        is ingesting). Best effort: errors are logged."""
+        """After a clean stop: ``buffer_fill`` 0, ``ingester_pid`` NULL and
+        ``relay_state`` NULL (nobody is ingesting; ``relay_error`` and
+        ``last_frame_at`` are kept). Best effort: errors are logged."""
         conn = self.conn
         if conn is None or conn.is_closed():
             return
         try:
             await conn.execute(
                 "UPDATE ingest_cursor SET updated_at = now(), buffer_fill = 0, "
-                "ingester_pid = NULL WHERE id AND ingester_pid = $1",
+                "ingester_pid = NULL, relay_state = NULL, relay_state_since = now(), "
+                "last_frame_at = COALESCE($2::timestamptz, last_frame_at) "
+                "WHERE id AND ingester_pid = $1",
                 self.pid,
+                _epoch(self.relay.last_frame_at),
             )
         except Exception as exc:
             if not is_connection_error(exc):
@@ -628,14 +764,123 @@ class BatchWriter:
             await self._drop_connection()
 
     async def _maybe_partitions(self) -> None:
-        now = time.monotonic()
-        if now - self._partitions_at < _PARTITION_EVERY:
+        """Create the next days' partitions when due (wall clock: hourly, at a new
+        UTC date, a minute after a lock timeout; see the module doc)."""
+        now = time.time()
+        day = _dt.datetime.fromtimestamp(now, _dt.UTC).date()
+        if now < self.partitions_due and day == self._partitions_day:
             return
-        self._partitions_at = now
-        assert self.conn is not None
-        created = await ensure_partitions(self.conn)
-        if created:
-            log.info("created partitions %s", ", ".join(created))
+        conn = self.conn
+        assert conn is not None
+        # due again in a minute should this raise (a lost connection)
+        self.partitions_due = now + _PARTITION_RETRY
+        report = await create_partitions(
+            conn, today=day, lock_timeout=PARTITION_LOCK_TIMEOUT_RUNNING
+        )
+        self._partitions_done(report, day)
+
+    def _partitions_done(
+        self, report: PartitionReport, day: _dt.date | None = None
+    ) -> None:
+        """Log ``report`` and schedule the next check (wall clock)."""
+        now = time.time()
+        self._partitions_day = day or _dt.datetime.fromtimestamp(now, _dt.UTC).date()
+        if report.created:
+            log.info("created partitions %s", ", ".join(report.created))
+        for name in report.conflicting:
+            if name not in self._conflicts_logged and len(self._conflicts_logged) < 64:
+                self._conflicts_logged.add(name)
+                log.warning(
+                    "partition %s not created: ingest_events_default already holds "
+                    "rows of that day (they stay there; trim deletes them by rows)",
+                    name,
+                )
+        if report.locked:
+            log.warning(
+                "partitions %s not created: their locks were busy (sessions reading "
+                "or writing the log); trying again in %.0f s",
+                ", ".join(report.locked),
+                _PARTITION_RETRY,
+            )
+            self.partitions_due = now + _PARTITION_RETRY
+        else:
+            self.partitions_due = now + _PARTITION_EVERY
+
+    def _regressed(self, stored: int, batch: Batch) -> CursorRegressed:
+        """The exit for a stored cursor below what this writer committed (logged
+        CRITICAL: acknowledged commits were lost)."""
+        mine = self.last_seq
+        log.critical(
+            "CURSOR REGRESSED: ingest_cursor.last_seq is %d, below seq %d that this "
+            "writer committed and PostgreSQL acknowledged: the server lost "
+            "acknowledged commits (synchronous_commit off and a crash, or a "
+            "failover to a standby that was behind). Exiting (75) instead of "
+            "writing seq %s..%s over a hole: the restart resumes after seq %d and "
+            "the relay replays seqs %d..%d",
+            stored,
+            mine,
+            batch.min_seq,
+            batch.max_seq,
+            stored,
+            stored + 1,
+            mine,
+        )
+        return CursorRegressed(
+            f"cursor regressed: the stored cursor is {stored}, below seq {mine} "
+            f"committed by this writer (PostgreSQL lost acknowledged commits); "
+            f"restart to resume after seq {stored} (the relay replays the rest)"
+        )
+
+
+async def _lock_holder(conn: asyncpg.Connection) -> str:
+    """Who holds the ingester's advisory lock, for the exit-73 message: the
+    holding session (``application_name``, client address, PostgreSQL backend
+    pid, labelled as such) and the ingester pid the cursor row names (a process
+    id on the ingester's host, not the backend's). Best effort: a lookup error
+    gives a shorter text."""
+    parts: list[str] = []
+    try:
+        row = await conn.fetchrow(
+            _LOCK_HOLDER,
+            (INGESTER_LOCK_KEY >> 32) & 0xFFFFFFFF,
+            INGESTER_LOCK_KEY & 0xFFFFFFFF,
+        )
+        if row is None:
+            parts.append("holder not visible in pg_locks")
+        else:
+            app = row["application_name"]
+            addr = row["client_addr"]
+            client = (
+                "a local socket"
+                if addr is None
+                else f"{addr}:{row['client_port']}"
+                if row["client_port"] is not None
+                else str(addr)
+            )
+            started = row["backend_start"]
+            parts.append(
+                f"held by the session application_name={app!r} from {client}, "
+                f"PostgreSQL backend pid {row['pid']}"
+                + (
+                    f", connected since {started:%Y-%m-%d %H:%M:%S%z}"
+                    if started
+                    else ""
+                )
+            )
+        if await conn.fetchval("SELECT to_regclass('ingest_cursor') IS NOT NULL"):
+            cur = await conn.fetchrow(
+                "SELECT ingester_pid, ingester_started_at FROM ingest_cursor WHERE id"
+            )
+            if cur is not None and cur["ingester_pid"] is not None:
+                at = cur["ingester_started_at"]
+                parts.append(
+                    f"the cursor row names ingester pid {cur['ingester_pid']} (on "
+                    "its own host)"
+                    + (f", started {at:%Y-%m-%d %H:%M:%S%z}" if at else "")
+                )
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        parts.append(f"holder lookup failed: {type(exc).__name__}")
+    return "; ".join(parts)
 
 
 def _refused(row: EventRow, exc: BaseException) -> DeadRow:

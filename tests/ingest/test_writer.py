@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import os
 import pickle
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,18 +28,21 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
+from atdata_ingest import exits
 from atdata_ingest.config import Settings
-from atdata_ingest.exits import ConfigError, LockHeld
+from atdata_ingest.exits import ConfigError, CursorRegressed, LockHeld
 from atdata_ingest.rows import RecordValidator, dead_letter_row, event_rows, info_json
 from atdata_ingest.schema import (
     EVENT_COLUMNS,
     SCHEMA_VERSION,
     ensure_partitions,
     migrate,
+    partition_name,
 )
 from atdata_ingest.testing.postgres import PostgresCluster
 from atdata_ingest.testing.relay import ReplayRelay, realistic_frames
 from atdata_ingest.writer import (
+    INGESTER_LOCK_KEY,
     KILL_ENV,
     NOTIFY_CHANNEL,
     Batch,
@@ -360,20 +365,40 @@ def test_empty_cursor_takes_the_new_relay(pg_dsn: str) -> None:
 def test_lost_connection_is_retried_with_the_same_batch(
     pg_dsn: str, relay_frames: ReplayRelay
 ) -> None:
+    """The writer's backend is terminated while its batch transaction is under
+    way (deterministically: it waits for the cursor row, locked by another
+    session, when it is terminated): the first attempt fails, the same batch is
+    written again on a new connection, nothing twice."""
+
     async def go() -> Any:
         writer = BatchWriter(_settings(pg_dsn), source=SOURCE)
         admin = await asyncpg.connect(pg_dsn)
+        locker = await asyncpg.connect(pg_dsn)
         try:
             await writer.open()
             await writer.write(make_batch(relay_frames, range(1, 11)))
             assert writer.conn is not None
             pid = writer.conn.get_server_pid()
+            tx = locker.transaction()
+            await tx.start()
+            await locker.execute("SELECT 1 FROM ingest_cursor WHERE id FOR UPDATE")
+            task = asyncio.create_task(
+                writer.write(make_batch(relay_frames, range(11, 21)))
+            )
+            while not await admin.fetchval(
+                "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1",
+                pid,
+            ):
+                assert not task.done()
+                await asyncio.sleep(0.02)
             assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
-            result = await writer.write(make_batch(relay_frames, range(11, 21)))
+            await tx.rollback()
+            result = await asyncio.wait_for(task, HANG_GUARD)
             assert writer.reconnects == 1
             return result
         finally:
             await writer.close()
+            await locker.close()
             await admin.close()
 
     result = asyncio.run(go())
@@ -633,7 +658,8 @@ def test_migrate_upgrades_a_schema_1_database(
 ) -> None:
     """A database made by schema 1 (with a daily partition and rows) gets
     ``verify_rule`` on ingest_events and every partition, ``last_info`` on the
-    cursor, schema_version 2; the old rows and the cursor are kept; the writer
+    cursor, the relay state columns (schema 3), schema_version 3; the old rows
+    and the cursor are kept; the writer
     then stores rule and #info there. A second migrate on the up-to-date
     database takes no ACCESS EXCLUSIVE lock (it does not wait behind a reader of
     the log)."""
@@ -686,11 +712,17 @@ def test_migrate_upgrades_a_schema_1_database(
             await conn.close()
 
     out = asyncio.run(go())
-    assert out["version"] == str(SCHEMA_VERSION) == "2"
+    assert out["version"] == str(SCHEMA_VERSION) == "3"
     assert set(out["tables"]) == {"ingest_events", *out["partitions"]}
     assert "ingest_events_default" in out["partitions"] and len(out["partitions"]) > 1
     assert [(r["seq"], r["verify_rule"]) for r in out["old"]] == [(6, None), (7, None)]
     assert tuple(out["cursor"]) == (7, SOURCE, None)
+    relay_columns = fetch(
+        dsn,
+        "SELECT relay_state, relay_error, relay_state_since, last_frame_at "
+        "FROM ingest_cursor",
+    )
+    assert tuple(relay_columns[0]) == (None, None, None, None)  # schema 3, added
     # the upgraded database takes rows with the new column, in EVENT_COLUMNS order
     names = fetch(
         dsn,
@@ -793,3 +825,282 @@ def test_abort_ends_a_write_blocked_by_a_lock_and_rolls_it_back(
     keys = stored_keys(pg_dsn)
     assert len(keys) == len(set(keys)) == expected_rows(relay_frames, range(1, 41))
     assert cursor(pg_dsn)["last_seq"] == 40
+
+
+# -- lost commits (cursor regressed) ------------------------------------------------------
+
+
+def test_a_stored_cursor_below_what_was_committed_exits_75(
+    pg_dsn: str, relay_frames: ReplayRelay, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL loses acknowledged commits (``synchronous_commit`` off and a
+    crash, or a failover; here the lost tail is removed by hand, cursor row
+    first so that no batch slips in between): the next batch finds the stored
+    cursor below what this writer committed and exits 75 (CursorRegressed,
+    logged CRITICAL) without writing over the hole; a new writer resumes from
+    the stored cursor."""
+
+    async def go() -> tuple[CursorRegressed, int, int]:
+        writer = BatchWriter(_settings(pg_dsn), source=SOURCE)
+        other = await asyncpg.connect(pg_dsn)
+        try:
+            await writer.open()
+            await writer.write(make_batch(relay_frames, range(1, 11)))
+            async with other.transaction():
+                await other.execute("UPDATE ingest_cursor SET last_seq = 5")
+                await other.execute("DELETE FROM ingest_events WHERE seq > 5")
+            with pytest.raises(CursorRegressed) as info:
+                await writer.write(make_batch(relay_frames, range(11, 21)))
+        finally:
+            await other.close()
+            await writer.close()
+        again = BatchWriter(_settings(pg_dsn), source=SOURCE)
+        try:
+            resumed = await again.open()
+            # the relay replays 6..20 from the stored cursor
+            stored = (await again.write(make_batch(relay_frames, range(6, 21)))).stored
+        finally:
+            await again.close()
+        return info.value, resumed, stored
+
+    err, resumed, stored = asyncio.run(go())
+    assert err.status == exits.TEMPFAIL == 75
+    assert "cursor regressed" in str(err) and "5" in str(err)
+    assert any(
+        r.levelno == logging.CRITICAL and "CURSOR REGRESSED" in r.getMessage()
+        for r in caplog.records
+    )
+    assert resumed == 5
+    assert stored == expected_rows(relay_frames, range(6, 21))
+    keys = stored_keys(pg_dsn)
+    assert len(keys) == len(set(keys)) == expected_rows(relay_frames, range(1, 21))
+    assert {k[0] for k in keys} == set(range(1, 21))  # no hole
+
+
+# -- partitions: lock timeouts, rows in the default partition ---------------------------
+
+
+def _day(n: int) -> dt.date:
+    return dt.datetime.now(dt.UTC).date() + dt.timedelta(days=n)
+
+
+def test_partition_creation_skips_busy_locks_and_retries_later(
+    pg_dsn: str, relay_frames: ReplayRelay, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reader holds ACCESS SHARE on ingest_events while the day-after-tomorrow
+    partition is due: its creation gives up after the lock timeout (the batch is
+    written, new readers are not queued behind a waiting ACCESS EXCLUSIVE), is
+    logged, retried within a minute rather than an hour, and done once the
+    reader is gone. Without a lock timeout the write waits as long as the
+    reader (here: for ever)."""
+    name = partition_name(_day(2))
+
+    async def go() -> tuple[bool, bool, float, bool]:
+        writer = BatchWriter(_settings(pg_dsn), source=SOURCE)
+        admin = await asyncpg.connect(pg_dsn)
+        reader = await asyncpg.connect(pg_dsn)
+        try:
+            await writer.open()
+            await admin.execute(f"DROP TABLE {name}")
+            tx = reader.transaction()
+            await tx.start()
+            await reader.fetchval("SELECT count(*) FROM ingest_events")
+            writer.partitions_due = 0.0  # due now
+            await asyncio.wait_for(
+                writer.write(make_batch(relay_frames, range(1, 11))), HANG_GUARD
+            )
+            exists_while_read = await admin.fetchval(
+                "SELECT to_regclass($1) IS NOT NULL", name
+            )
+            # a new reader is not queued behind a waiting DDL
+            await asyncio.wait_for(
+                admin.fetchval("SELECT count(*) FROM ingest_events"), HANG_GUARD
+            )
+            still_reading = reader.is_in_transaction()
+            retry_in = writer.partitions_due - time.time()
+            await tx.rollback()
+            writer.partitions_due = 0.0  # the retry is due
+            await writer.heartbeat(buffer_fill=0.0, buffer_max=0)
+            exists_after = await admin.fetchval(
+                "SELECT to_regclass($1) IS NOT NULL", name
+            )
+            return exists_while_read, still_reading, retry_in, exists_after
+        finally:
+            await reader.close()
+            await admin.close()
+            await writer.close()
+
+    exists_while_read, still_reading, retry_in, exists_after = asyncio.run(go())
+    assert not exists_while_read and still_reading
+    assert 0 < retry_in <= 60  # a minute, not the hourly check
+    assert exists_after
+    assert f"partitions {name} not created: their locks were busy" in caplog.text
+    assert cursor(pg_dsn)["last_seq"] == 10
+
+
+def test_open_does_not_wait_for_partitions_behind_a_reader(pg_dsn: str) -> None:
+    """At the start, today's partitions exist and a later one is missing while a
+    reader holds ACCESS SHARE: ``open`` (``migrate``) does not wait for it and
+    schedules a retry; the start does not fail."""
+    name = partition_name(_day(2))
+
+    async def go() -> tuple[int, float, bool]:
+        admin = await asyncpg.connect(pg_dsn)
+        reader = await asyncpg.connect(pg_dsn)
+        writer = BatchWriter(_settings(pg_dsn), source=SOURCE)
+        try:
+            await admin.execute(f"DROP TABLE {name}")
+            async with reader.transaction():
+                await reader.fetchval("SELECT count(*) FROM ingest_events")
+                opened = await asyncio.wait_for(writer.open(), HANG_GUARD)
+                exists = await admin.fetchval(
+                    "SELECT to_regclass($1) IS NOT NULL", name
+                )
+            return opened, writer.partitions_due - time.time(), exists
+        finally:
+            await writer.close()
+            await reader.close()
+            await admin.close()
+
+    opened, retry_in, exists = asyncio.run(go())
+    assert opened == 0 and not exists
+    assert 0 < retry_in <= 60
+
+
+def test_an_upgrade_behind_a_reader_gives_up_instead_of_queueing(pg_dsn: str) -> None:
+    """An upgrade (a schema-3 column missing: ALTER TABLE, ACCESS EXCLUSIVE) while
+    a reader holds the cursor table: ``migrate`` tries ``attempts`` times under
+    its lock timeout, then raises LockNotAvailableError (the writer's start
+    turns it into exit 74) instead of queueing every reader behind it; once the
+    reader is gone it upgrades."""
+
+    async def go() -> tuple[type[BaseException], str, bool]:
+        conn = await asyncpg.connect(pg_dsn)
+        reader = await asyncpg.connect(pg_dsn)
+        try:
+            await conn.execute("ALTER TABLE ingest_cursor DROP COLUMN last_frame_at")
+            await conn.execute(
+                "UPDATE ingest_meta SET value = '2' WHERE key = 'schema_version'"
+            )
+            async with reader.transaction():
+                await reader.fetchval("SELECT last_seq FROM ingest_cursor")
+                with pytest.raises(asyncpg.LockNotAvailableError) as info:
+                    await asyncio.wait_for(
+                        migrate(conn, lock_timeout=0.2, attempts=2), HANG_GUARD
+                    )
+                writer = BatchWriter(_settings(pg_dsn), source=SOURCE)
+                try:
+                    with pytest.raises(exits.DatabaseUnavailable) as refused:
+                        await asyncio.wait_for(writer.open(), HANG_GUARD)
+                finally:
+                    await writer.close()
+            await migrate(conn)
+            has = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = "
+                "'ingest_cursor'::regclass AND attname = 'last_frame_at' "
+                "AND NOT attisdropped)"
+            )
+            return info.type, str(refused.value), bool(has)
+        finally:
+            await reader.close()
+            await conn.close()
+
+    kind, message, has = asyncio.run(go())
+    assert kind is asyncpg.LockNotAvailableError
+    assert "could not take its locks" in message and "schema 3" in message
+    assert has
+    assert fetch(pg_dsn, "SELECT value FROM ingest_meta WHERE key = 'schema_version'")[
+        0
+    ]["value"] == str(SCHEMA_VERSION)
+
+
+def test_rows_of_a_day_in_the_default_partition_do_not_stop_the_writer(
+    pg_dsn: str, relay_frames: ReplayRelay, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rows of a future day already sit in ``ingest_events_default`` (its daily
+    partition was missing when they were written): creating that partition
+    raises CheckViolationError; the start and the periodic check log it and go
+    on (the rows stay in the default partition), and a new UTC date makes the
+    check due at once (wall clock)."""
+    name = partition_name(_day(2))
+    at = dt.datetime.combine(_day(2), dt.time(1), dt.UTC)
+
+    async def go() -> tuple[int, bool, int]:
+        admin = await asyncpg.connect(pg_dsn)
+        writer = BatchWriter(_settings(pg_dsn), source=SOURCE)
+        try:
+            await admin.execute(f"DROP TABLE {name}")
+            await admin.execute(
+                "INSERT INTO ingest_events (seq, idx, event_type, repo, indexed_at) "
+                "VALUES (999999, 0, 'identity', 'did:plc:future', $1)",
+                at,
+            )
+            await writer.open()
+            await writer.write(make_batch(relay_frames, range(1, 11)))
+            checked_before = caplog.text.count(f"partition {name} not created")
+            # a new UTC date: due now, whatever the hourly schedule says
+            writer.partitions_due = time.time() + 3600
+            writer._partitions_day = _day(-1)
+            await admin.execute(
+                "DROP TABLE " + partition_name(_day(1))
+            )  # to see the check run
+            await writer.heartbeat(buffer_fill=0.0, buffer_max=0)
+            recreated = await admin.fetchval(
+                "SELECT to_regclass($1) IS NOT NULL", partition_name(_day(1))
+            )
+            in_default = await admin.fetchval(
+                "SELECT count(*) FROM ingest_events_default WHERE seq = 999999"
+            )
+            return checked_before, recreated, in_default
+        finally:
+            await writer.close()
+            await admin.close()
+
+    logged, recreated, in_default = asyncio.run(go())
+    assert logged == 1  # once, at the start; not repeated at each check
+    assert "already holds rows of that day" in caplog.text
+    assert recreated and in_default == 1
+    assert cursor(pg_dsn)["last_seq"] == 10
+
+
+# -- the lock holder ---------------------------------------------------------------------------
+
+
+def test_lock_held_names_the_holders_session_not_a_decoy(pg_dsn: str) -> None:
+    """Exit 73's message names the session holding the ingester's advisory lock
+    (application_name, PostgreSQL backend pid, labelled as such), matched by
+    classid, objid and objsubid: sessions holding advisory locks with the same
+    low 32 bits, or the same two halves as two int4 keys, are not it."""
+    low = INGESTER_LOCK_KEY & 0xFFFFFFFF
+    high = (INGESTER_LOCK_KEY >> 32) & 0xFFFFFFFF
+
+    async def go() -> tuple[str, int]:
+        decoys = [
+            await asyncpg.connect(
+                pg_dsn, server_settings={"application_name": f"decoy{i}"}
+            )
+            for i in range(2)
+        ]
+        holder = await asyncpg.connect(
+            pg_dsn, server_settings={"application_name": "the-holder"}
+        )
+        try:
+            await decoys[0].execute("SELECT pg_advisory_lock($1)", (7 << 32) | low)
+            await decoys[1].execute("SELECT pg_advisory_lock($1, $2)", high, low)
+            await holder.execute("SELECT pg_advisory_lock($1)", INGESTER_LOCK_KEY)
+            writer = BatchWriter(_settings(pg_dsn, db_retry_seconds=0), source=SOURCE)
+            try:
+                with pytest.raises(LockHeld) as info:
+                    await writer.open()
+            finally:
+                await writer.close()
+            return str(info.value), holder.get_server_pid()
+        finally:
+            for conn in (*decoys, holder):
+                await conn.close()
+
+    message, pid = asyncio.run(go())
+    assert "application_name='the-holder'" in message
+    assert f"PostgreSQL backend pid {pid}" in message
+    assert "decoy" not in message
+    assert "server pid" not in message
