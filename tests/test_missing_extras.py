@@ -76,3 +76,81 @@ def test_torch_says_to_pick_a_build_first() -> None:
     assert error is not None
     assert "Dataset.torch()" in error["message"]
     assert "CPU or CUDA build of torch" in error["message"]
+
+
+FIREHOSE = r"""
+import asyncio, json, sys
+for module in sys.argv[1].split(","):
+    sys.modules[module] = None
+# the events are plain dataclasses: they import without the extra
+from atdata_runtime.firehose import Account, Create, Delete, Event, Update
+
+out = {}
+def attempt(what, fn):
+    try:
+        fn()
+    except ImportError as exc:
+        out[what] = {"type": type(exc).__name__, "message": str(exc), "name": exc.name}
+    except Exception as exc:  # got as far as the network (port 9: refused)
+        out[what] = None if getattr(exc, "rule", "") == "SUB_RECONNECTS" else repr(exc)
+    else:
+        out[what] = None
+
+def package():
+    from atdata_runtime.firehose import Subscription
+
+def module():
+    from atdata_runtime.firehose.subscribe import Subscription
+
+def run(source):
+    def go():
+        from atdata_runtime.firehose.subscribe import IngestService, Relay, Subscription
+        src = (
+            Relay("ws://127.0.0.1:9") if source == "relay"
+            else IngestService("http://127.0.0.1:9", "atdi_x_y")
+        )
+        asyncio.run(Subscription(src, verify="none", max_reconnects=0).run())
+    return go
+
+attempt("package", package)
+attempt("module", module)
+attempt("relay", run("relay"))
+attempt("service", run("service"))
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize(
+    ("missing", "fails"),
+    [
+        ("cbrrr", ("package", "module", "relay", "service")),
+        ("websockets", ("relay",)),
+        ("httpx", ("service",)),
+    ],
+)
+def test_the_firehose_without_its_extra_names_the_pip_install(
+    missing: str, fails: tuple[str, ...]
+) -> None:
+    """Without cbrrr (the ``firehose`` extra not installed), importing the
+    subscription from the package or its module names
+    ``pip install 'atdata-runtime[firehose]'`` while the event classes still
+    import; without websockets a :class:`Relay`, without httpx an
+    :class:`IngestService` says the same when run."""
+    proc = subprocess.run(
+        [sys.executable, "-c", FIREHOSE, missing],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    for what, error in out.items():
+        if what not in fails:
+            assert error is None, (what, error)
+            continue
+        assert error is not None, what
+        assert error["type"] == "ModuleNotFoundError"
+        assert error["name"].split(".")[0] == missing
+        assert "pip install 'atdata-runtime[firehose]'" in error["message"], error
+        assert missing in error["message"]  # the original import error is kept

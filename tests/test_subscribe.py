@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -484,6 +485,95 @@ def test_async_iteration_acknowledges_after_each_event(
     assert err.value.rule == "SUB_MODE"
 
 
+def _creates(
+    sub: Subscription, n: int, kinds: tuple[type, ...] = (Create,)
+) -> list[Event]:
+    """The first ``n`` events of ``kinds`` of one run of ``sub`` (async
+    iteration: the last one is handed out but not finished when the loop
+    breaks, so it is not acknowledged)."""
+
+    async def main() -> list[Event]:
+        got: list[Event] = []
+        async with contextlib.aclosing(sub.events()) as events:
+            async for event in events:
+                if isinstance(event, kinds):
+                    got.append(event)
+                    if len(got) == n:
+                        break
+        return got
+
+    return asyncio.run(asyncio.wait_for(main(), GUARD))
+
+
+def test_plc_url_verifies_the_commits_of_a_private_network(
+    net: LocalNetwork, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The local network's DIDs are in its own PLC directory, not plc.directory:
+    ``Subscription(plc_url=net.plc_url)`` with the default policy verifies the
+    schema commit (``verified`` True, nothing unverified). With a PLC directory
+    that does not answer (a closed loopback port) the commit is not verified:
+    ``verified`` None, the resolver's rule counted in ``stats.unverified`` and
+    logged once with the ``plc_url=`` hint."""
+    repo = new_repo(net)
+    repo.put(SCHEMA, "s1", _record())
+
+    def first_create(plc_url: str) -> tuple[Create, Subscription]:
+        sub = Subscription(
+            Relay(net.pds_url),
+            collections=[SCHEMA],
+            repos=[repo.did],
+            cursor=0,
+            plc_url=plc_url,
+        )
+        (event,) = _creates(sub, 1)
+        assert isinstance(event, Create)
+        return event, sub
+
+    good, sub = first_create(net.plc_url)
+    assert good.verified is True
+    assert sub.stats.unverified == {}
+    assert sub.verifier is not None and sub.verifier.stats["verified"] == 1
+    with caplog.at_level(logging.WARNING, logger="atdata_runtime.firehose"):
+        bad, sub = first_create(f"http://127.0.0.1:{free_port()}")
+    assert bad.verified is None and bad.seq == good.seq
+    ((rule, count),) = sub.stats.unverified.items()
+    assert count == 1
+    assert rule not in ("REV_STALE", "PROOF_INCOMPLETE", "COMMIT_TOO_BIG"), rule
+    warned = [r.getMessage() for r in caplog.records if rule in r.getMessage()]
+    assert len(warned) == 1 and "plc_url=" in warned[0], caplog.text
+
+
+def test_a_redelivered_event_keeps_its_verdict(net: LocalNetwork) -> None:
+    """A run breaks out of its loop at the first schema Create (handed out, not
+    finished: not acknowledged); the next run of the same subscription reads
+    that commit again. The verifier already holds a later rev of the DID, so a
+    second check would call it REV_STALE and deliver it ``verified=None``: the
+    subscription reuses the verdict it gave that frame, and each commit is
+    checked once."""
+    repo = new_repo(net)
+    repo.put(SCHEMA, "s1", _record())
+    repo.put(SCHEMA, "s2", {**_record(), "version": "2.0.0"})
+    sub = Subscription(
+        Relay(net.pds_url),
+        collections=[SCHEMA],
+        repos=[repo.did],
+        cursor=0,
+        verify=verifier(net),
+    )
+    (first,) = _creates(sub, 1)
+    assert isinstance(first, Create) and first.rkey == "s1"
+    assert first.verified is True
+    assert sub.cursor is not None and sub.cursor < first.seq  # not acknowledged
+    again = _creates(sub, 2)
+    assert [getattr(e, "rkey", None) for e in again] == ["s1", "s2"]
+    assert again[0] == first  # the same event, the same verdict
+    assert all(getattr(e, "verified", None) is True for e in again)
+    assert sub.verifier is not None
+    assert sub.verifier.stats["stale"] == 0
+    assert sub.verifier.stats["verified"] == 2  # s1 and s2, once each
+    assert sub.stats.unverified == {}
+
+
 def test_run_forever_in_a_thread_and_stop_from_another(net: LocalNetwork) -> None:
     """The sync wrapper: run_forever blocks its thread; stop() from the test's
     thread ends it cleanly (the until predicate ends the other run)."""
@@ -574,6 +664,14 @@ def test_bad_arguments_have_rules(tmp_path: Path) -> None:
         (lambda: Subscription(relay, concurrency=4, max_pending=2), "SUB_CONFIG"),
         (lambda: Subscription(relay, cursor=-1), "SUB_CONFIG"),
         (lambda: Subscription(relay, verify="some"), "SUB_CONFIG"),  # type: ignore[arg-type]
+        (lambda: Subscription(relay, plc_url="ftp://plc.example"), "SUB_CONFIG"),
+        (lambda: Subscription(relay, plc_url="https://plc.example/?x"), "SUB_CONFIG"),
+        (
+            lambda: Subscription(
+                relay, verify=CommitVerifier(), plc_url="https://plc.example"
+            ),
+            "SUB_CONFIG",
+        ),
         (lambda: Relay("ftp://relay.example"), "SUB_CONFIG"),
         (lambda: Relay("wss://relay.example/?cursor=5"), "SUB_CONFIG"),
         (lambda: Relay("wss://relay.example:99999"), "SUB_CONFIG"),
@@ -950,7 +1048,8 @@ def test_service_stream_cut_inside_a_commit_loses_nothing() -> None:
     ]
     assert sub.stats.duplicates >= 1 and sub.stats.reconnects == 2
     # nothing was whole at the first cut (seq 11 half read): resume from the start
-    assert "since" not in service.requests[0] and "since" not in service.requests[1]
+    # (since=0, the oldest event: the service alone would start at its live tail)
+    assert service.requests[0]["since"] == service.requests[1]["since"] == "0"
     assert service.requests[2]["since"] == "12"  # the second cut: after seq 12
 
 
@@ -1448,6 +1547,65 @@ def test_whole_chain_collection_subscription_sees_the_account_deletion(
 
     asyncio.run(running(nothing, idle))
     assert events == [] and (nothing.cursor or 0) >= horizon
+
+
+def chain_oldest_seq(chain: Chain, did: str) -> int | None:
+    """The lowest seq of ``did``'s rows in the log (``None``: none yet)."""
+    import asyncpg
+
+    async def read() -> int | None:
+        conn = await asyncpg.connect(chain.dsn)
+        try:
+            seq = await conn.fetchval(
+                "SELECT min(seq) FROM ingest_events WHERE repo = $1", did
+            )
+            return None if seq is None else int(seq)
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["poll", "sse"])
+def test_a_service_subscription_without_a_cursor_starts_at_the_oldest_event(
+    net: LocalNetwork, chain: Chain, stream: bool
+) -> None:
+    """``cursor=None`` reads the ingestion service from its oldest event, polled
+    or streamed alike (the stream is asked ``since=0``: without it,
+    ``/events/stream`` starts at the service's current cursor). The account's
+    creation is in the log before the subscription starts, a record is written
+    after it: the first event delivered is the account's oldest row, not the
+    record."""
+    repo = new_repo(net)
+    for _ in range(int(GUARD / 0.1)):
+        oldest = chain_oldest_seq(chain, repo.did)
+        if oldest is not None:
+            break
+        threading.Event().wait(0.1)
+    else:
+        raise AssertionError(f"the account never reached the log\n{chain.tail()}")
+    token = chain.token(f"oldest-{next(_names)}", {"repos": [repo.did]})
+    service = IngestService(chain.url, token, stream=stream, poll_interval=0.1)
+    sub = Subscription(service, repos=[repo.did])
+    got: list[Event] = []
+
+    @sub.handler
+    def first(event: Event) -> None:
+        got.append(event)
+        sub.stop()
+
+    async def writes() -> None:
+        await seen(lambda: sub.stats.connects > 0)
+        await in_thread(repo.put, OTHER, "late", {"$type": OTHER})
+
+    try:
+        asyncio.run(running(sub, writes))
+    except BaseException:
+        print(chain.tail())
+        raise
+    assert got, "no event"
+    assert not isinstance(got[0], Create), got[0]  # not the record written after
+    assert getattr(got[0], "seq", None) == oldest, got[0]
 
 
 # ------------------------------------------- the replay relay: faults at scale

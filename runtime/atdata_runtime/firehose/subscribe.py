@@ -522,7 +522,9 @@ class Relay:
                             _relay_error(frame, url)
                         verified = None
                         if checker is not None:
-                            verified = await checker.verified(frame, message, stats)
+                            verified = await checker.verified(
+                                frame, message, where, stats
+                            )
                     except FrameError as exc:
                         seq = exc.seq
                         if (
@@ -1238,16 +1240,31 @@ class _Checker:
         self._warned: set[str] = set()
 
     async def verified(
-        self, frame: Frame, message: bytes, stats: SubscriptionStats
+        self,
+        frame: Frame,
+        message: bytes,
+        where: _Filter,
+        stats: SubscriptionStats,
     ) -> bool | None:
         """``verified`` for the events of ``frame`` (``message``: its bytes).
-        Raises :class:`~.frames.FrameError` for a bad commit (``SIG_INVALID``…:
-        never remembered, checked again if read again)."""
+        A frame none of whose events pass the subscription's filter ``where``
+        (another repo; a commit of other collections only) is not checked: its
+        events are dropped anyway. Raises :class:`~.frames.FrameError` for a
+        bad commit (``SIG_INVALID``…: never remembered, checked again if read
+        again)."""
         verifier = self.verifier
         if frame.kind == "identity":
             verifier.forget(frame.did or "")  # its key may have changed
             return None
         if frame.kind not in ("commit", "sync"):
+            return None
+        if where.repos is not None and frame.did not in where.repos:
+            return None
+        if (
+            frame.kind == "commit"
+            and where.collection is not None
+            and not any(map(where.collection, frame.collections))
+        ):
             return None
         if not verifier.required(frame):
             return (await verifier.acheck(frame)).verified  # the policy's None
@@ -1328,7 +1345,9 @@ class Subscription:
     frames this subscription checked are kept (keyed by ``seq`` and the
     frame's SHA-256; at most ``2 * max_pending``, 1,024 .. 65,536), so an event
     delivered again (the next run from the acknowledged cursor, a reconnect)
-    keeps its ``verified`` instead of becoming ``REV_STALE``.
+    keeps its ``verified`` instead of becoming ``REV_STALE``. Frames whose
+    events ``collections``/``repos`` drop all are not checked (no DID lookups
+    for repositories one does not follow).
 
     Callbacks (plain functions or coroutines; if one raises, the subscription
     stops with :class:`SubscriptionError` ``SUB_HANDLER`` and the event is not
