@@ -33,7 +33,11 @@ the rule of the first failure:
     ``sig`` does not verify over the DAG-CBOR encoding of the commit without
     ``sig`` (ECDSA with SHA-256, 64-byte compact ``r ‖ s``, low-S only; the
     "Cryptography" spec § ECDSA Signature Malleability). Checked by
-    ``atproto_crypto`` (on ``cryptography``).
+    :func:`verify_signature`: secp256k1 (``did:key`` multicodec ``0xe7``) keys
+    with ``coincurve`` (libsecp256k1, ~25 µs) when it is importable (the
+    ``firehose`` extra), else, and for P-256 keys, with ``atproto_crypto`` (on
+    ``cryptography``, ~250 µs); both refuse high-S, and ``r`` or ``s`` zero or
+    not below the curve order.
 ``REPO_MST_PROOF``
     the Merkle Search Tree path from the commit's ``data`` to the key: a node
     missing from the CAR, malformed (``l``, ``e`` entries of ``p`` prefix length,
@@ -59,8 +63,10 @@ too; a proof is a few KiB), the number of blocks by ``max_blocks`` (default
 from __future__ import annotations
 
 import hashlib
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from ..lex.formats import is_nsid, is_record_key, is_tid
@@ -91,6 +97,7 @@ __all__ = [
     "signing_key",
     "verify_commit",
     "verify_record_proof",
+    "verify_signature",
 ]
 
 MAX_BLOCKS = 512
@@ -250,6 +257,101 @@ def signing_key(doc: dict[str, Any], did: str, *, uri: str = "") -> str:
     )
 
 
+_K256_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+"""The order ``n`` of the secp256k1 group (SEC 2 § 2.4.1)."""
+_K256_DID_KEY = "did:key:zQ3s"
+"""Every ``did:key`` of a compressed secp256k1 key (multicodec ``0xe7 0x01``, then a
+33-byte point, base58btc) starts so; other keys take the ``atproto_crypto`` path."""
+KEY_CACHE_SIZE = 4096
+"""Parsed secp256k1 public keys kept (per ``did:key`` string, least recently used
+dropped)."""
+
+
+def _load_coincurve() -> Any:
+    try:
+        return importlib.import_module("coincurve")
+    except ImportError:  # the atproto extra alone: the cryptography path
+        return None
+
+
+_coincurve: Any = _load_coincurve()
+
+
+@lru_cache(maxsize=KEY_CACHE_SIZE)
+def _k256_key(did_key: str) -> Any:
+    """The ``coincurve.PublicKey`` of a secp256k1 ``did:key``, or ``None`` when the
+    string is not one (other curve, bad multibase, not a point on the curve)."""
+    from atproto_crypto.consts import (  # type: ignore[import-untyped]
+        SECP256K1_JWT_ALG,
+    )
+    from atproto_crypto.did import parse_did_key
+
+    try:
+        parsed = parse_did_key(did_key)
+        if parsed.jwt_alg != SECP256K1_JWT_ALG:
+            return None
+        return _coincurve.PublicKey(parsed.key_bytes)
+    except Exception:  # noqa: BLE001 - a malformed key verifies nothing
+        return None
+
+
+def _der_int(value: bytes) -> bytes:
+    """A DER INTEGER of an unsigned big-endian number (X.690 § 8.3: minimal, a
+    leading zero byte when the top bit is set)."""
+    value = value.lstrip(b"\0") or b"\0"
+    if value[0] & 0x80:
+        value = b"\0" + value
+    return b"\x02" + bytes((len(value),)) + value
+
+
+def _verify_k256_coincurve(did_key: str, data: bytes, sig: bytes) -> bool | None:
+    """The libsecp256k1 check of a 64-byte compact ``r ‖ s`` over sha256(``data``);
+    ``None`` when ``did_key`` is not a secp256k1 key coincurve parses (the caller
+    then takes the ``atproto_crypto`` path, which fails it the same way). ``r``
+    and ``s`` must be in ``[1, n)`` and ``s <= n // 2`` (low-S: the atproto
+    "Cryptography" spec § ECDSA Signature Malleability; ``secp256k1_ecdsa_verify``
+    refuses a non-normalized ``s`` as well)."""
+    key = _k256_key(did_key)
+    if key is None:
+        return None
+    if len(sig) != 64:
+        return False
+    r, s = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
+    if not (0 < r < _K256_ORDER and 0 < s <= _K256_ORDER // 2):
+        return False
+    body = _der_int(sig[:32]) + _der_int(sig[32:])
+    try:
+        return bool(key.verify(b"\x30" + bytes((len(body),)) + body, data))
+    except ValueError:  # pragma: no cover - the DER built above always parses
+        return False
+
+
+def _verify_atproto_crypto(did_key: str, data: bytes, sig: bytes) -> bool:
+    """``atproto_crypto.verify.verify_signature`` (``cryptography``): 64-byte compact
+    ``r ‖ s``, high-S refused; any exception (bad key, bad signature) is ``False``."""
+    from atproto_crypto.verify import (  # type: ignore[import-untyped]
+        verify_signature as crypto_verify,
+    )
+
+    try:
+        return len(sig) == 64 and bool(crypto_verify(did_key, data, sig))
+    except Exception:  # noqa: BLE001 - a malformed signature is not a valid one
+        return False
+
+
+def verify_signature(did_key: str, data: bytes, sig: bytes) -> bool:
+    """Whether ``sig`` (64-byte compact ``r ‖ s``, low-S) is an ECDSA-SHA256
+    signature of ``data`` by ``did_key`` (secp256k1 or P-256; atproto
+    "Cryptography" spec). Never raises: a malformed key or signature is
+    ``False``. secp256k1 keys are checked by libsecp256k1 (``coincurve``) when
+    it is installed, with the same result as ``atproto_crypto``'s."""
+    if _coincurve is not None and did_key.startswith(_K256_DID_KEY):
+        fast = _verify_k256_coincurve(did_key, data, sig)
+        if fast is not None:
+            return fast
+    return _verify_atproto_crypto(did_key, data, sig)
+
+
 def _block(car: Car, cid: bytes, uri: str, rule: str, what: str) -> Any:
     block = car.blocks.get(cid)
     if block is None:
@@ -264,10 +366,6 @@ def verify_commit(car: Car, did: str, key: str, *, uri: str = "") -> dict[str, A
     """Check the CAR's root commit: a v3 commit of ``did`` signed by ``key`` (a
     ``did:key``). Returns the commit. Raises :class:`RecordVerificationError`
     (``REPO_COMMIT_INVALID``, ``REPO_DID_MISMATCH``, ``REPO_BAD_SIGNATURE``)."""
-    from atproto_crypto.verify import (  # type: ignore[import-untyped]
-        verify_signature,
-    )
-
     commit = _block(car, car.root, uri, "REPO_COMMIT_INVALID", "commit")
     if (
         not isinstance(commit, dict)
@@ -294,11 +392,7 @@ def verify_commit(car: Car, did: str, key: str, *, uri: str = "") -> dict[str, A
         )
     sig = commit["sig"]
     unsigned = {k: v for k, v in commit.items() if k != "sig"}
-    try:
-        valid = len(sig) == 64 and verify_signature(key, dag_cbor(unsigned), sig)
-    except Exception:  # noqa: BLE001 - a malformed signature is not a valid one
-        valid = False
-    if not valid:
+    if not verify_signature(key, dag_cbor(unsigned), sig):
         raise _fail(
             uri,
             "REPO_BAD_SIGNATURE",
