@@ -30,16 +30,38 @@ socket for up to ``pause_ms`` (``websockets`` then stops reading the socket:
 ``max_queue`` is small, so TCP backpressure reaches the relay). If the buffer does
 not drain in that time the reader reads on; when the buffer is full the process
 exits **on purpose** with status 75 (:class:`~.exits.BufferOverflow`): nothing is
-lost, the supervisor restarts it and it resumes from the committed cursor. The
+lost, the supervisor restarts it and it resumes from the committed cursor. A
+frame is always admitted into an *empty* buffer, so that a single frame larger
+than the buffer (a commit of more rows than ``buffer_max``, or more bytes than
+``buffer_max_bytes``) is written alone instead of overflowing at the same seq
+after every restart. The
 exit is prompt: the writer's connection is terminated, not closed (its batch may
 be blocked on a lock; the server rolls it back) and the relay stream is aborted;
 the time from the overflow to the exit is logged (``overflow to exit``).
 
 Faults: a WebSocket disconnect, error frame or close is reconnected with
 exponential backoff and jitter from the last seq *read* (everything read is in the
-buffer), never an exit; a lost database pauses the writer (the reader keeps
-buffering until full) and is retried for ``db_retry_seconds`` (then exit 74).
-SIGTERM/SIGINT: stop reading, flush and commit everything buffered, exit 0. The
+buffer), never an exit, even when the relay URL is wrong (closed port, an HTTP
+server that is not a relay, a 403/404 at the handshake): the ingester keeps
+trying, and says so in the cursor row (``relay_state``: ``connecting``, then
+``connected`` at the handshake; ``failing`` when an attempt fails or a stream
+ends without any event within 10 s, with ``relay_state_since`` the first failure
+of the run; ``relay_error`` a short, redacted reason such as ``HTTP 404 at
+handshake`` or ``connection refused``; ``last_frame_at``), written at every
+change and every heartbeat, so that ``/health`` can tell (the API's
+``relay_unreachable``). Each distinct failure is logged at WARNING at most once a
+minute (with the count of repeats). A frame over ``max_frame_bytes`` (the
+WebSocket closes with 1009) is a ``FRAME_TOO_BIG`` dead letter and the next
+connection skips one seq after the last one read (the skip is remembered with
+the seq it counts from, and void once the reader moves on; on a first ``live``
+start before any seq it reconnects to the live tail, never ``?cursor=1``). A
+lost database pauses the writer (the reader keeps buffering until full) and is
+retried for ``db_retry_seconds`` (then exit 74); a stored cursor found *below*
+what this process committed (PostgreSQL lost acknowledged commits) is exit 75
+(:class:`~.exits.CursorRegressed`): the restart resumes from it and the relay
+replays the gap.
+SIGTERM/SIGINT: stop reading, flush and commit everything buffered, exit 0 (a
+second signal, counted whenever it arrives, gives up the flush: exit 75). The
 relay stream's closing handshake runs during the flush and its transport is
 aborted after it: a relay whose close frame waits behind frames never to be read
 (the ingester was behind) would otherwise hold the stop for ``websockets``'
@@ -62,7 +84,14 @@ stored (positioned after the seq it followed, :mod:`.rows`) and kept as the
 cursor row's ``last_info`` (``{name, message, after_seq, received_at}``) for
 ``/health``. ``#identity`` drops the verifier's cached DID document. Frames of an
 unknown type are ignored (Event Stream spec: consumers ignore unknown message
-types) and counted; their seq still moves the cursor.
+types) and counted; their seq still moves the cursor. A seq read from such a
+frame or from a dead-lettered one (an unvalidated body) moves the cursor only
+when it is at most 1,000 above the last seq read (never before the first one):
+a corrupt seq far ahead would make every later frame a dropped "duplicate".
+
+The reader lets the event loop run at least every millisecond and before every
+frame while the writer has been woken (a batch sealed or opened), so that the
+writer starts its next COPY as soon as the previous one returns.
 """
 
 from __future__ import annotations
@@ -70,9 +99,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as _dt
+import errno
 import logging
 import random
 import signal
+import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -105,13 +137,26 @@ log = logging.getLogger("atdata_ingest.ingester")
 
 _WS_MAX_QUEUE: Final = 8
 """Messages ``websockets`` buffers before it stops reading the socket."""
-_YIELD_EVERY: Final = 32
-"""Frames the reader processes before it lets the writer run (a ready ``recv``
-does not suspend)."""
+_YIELD_SECONDS: Final = 0.001
+"""Longest stretch of frames the reader processes without letting the loop run
+(a ready ``recv`` does not suspend); it also yields after every frame while the
+writer has been woken (a batch sealed or opened) so that a committed batch's
+next COPY starts at once (see :meth:`Ingester._on_message`)."""
 _HEARTBEAT_SECONDS: Final = 5.0
-_MAX_SEQ_JUMP: Final = 1 << 40
-"""A dead-lettered frame's seq (from an unvalidated body) moves the cursor only
-when it is above the last seq read and at most this far above it."""
+_MAX_SEQ_JUMP: Final = 1000
+"""A seq read from a frame that did not decode (a dead letter) or of an unknown
+type (its body is not validated) moves the cursor only when it is above the last
+seq read and at most this far above it, and never before a first seq was read
+from a frame that decoded: a corrupt seq far ahead would otherwise make every
+later frame a "duplicate" (dropped) until the relay caught up with it."""
+_RELAY_LOG_SECONDS: Final = 60.0
+"""A distinct relay failure (its short reason) is logged at WARNING at most once
+per this many seconds (with the number of repeats since), at DEBUG otherwise."""
+_STABLE_SECONDS: Final = 10.0
+"""A relay connection that ends without any event frame counts as a failure
+(``relay_state`` ``failing``) unless it stayed open this long (an idle relay
+or proxy closing an idle connection)."""
+_RELAY_ERROR_CHARS: Final = 200
 _MESSAGE_TOO_BIG: Final = 1009  # WebSocket close code (RFC 6455 § 7.4.1)
 _MAX_PENDING: Final = 2000
 """Frames read while an earlier one waits for its signature check (DID
@@ -173,7 +218,14 @@ class Stats:
 
 class _Buffer:
     """Sealed batches (FIFO) plus the open one. ``events``/``nbytes`` count
-    everything read and not yet committed, batches being written included."""
+    everything read and not yet committed, batches being written included.
+
+    :meth:`add` admits a frame while it fits both bounds, and **always into an
+    empty buffer**: a single frame larger than the buffer (more rows than
+    ``buffer_max``, more bytes than ``buffer_max_bytes``) would otherwise overflow
+    at the same seq after every restart, forever. Such a frame is written alone
+    (its batch is sealed at once when it reaches ``batch_max``); the bounds are
+    exceeded by at most that one frame."""
 
     def __init__(self, settings: Settings) -> None:
         self.max_events = settings.buffer_max
@@ -204,7 +256,9 @@ class _Buffer:
         info: str | None = None,
     ) -> None:
         n = len(rows) + (dead is not None)
-        if self.events + n > self.max_events or self.nbytes + nbytes > self.max_bytes:
+        if self.events and (
+            self.events + n > self.max_events or self.nbytes + nbytes > self.max_bytes
+        ):
             raise BufferOverflow(
                 f"buffer full ({self.events} events of {self.max_events}, "
                 f"{self.nbytes} bytes of {self.max_bytes}): the database is not "
@@ -290,8 +344,21 @@ class Ingester:
         self.verifier: Verifier | None = None
         self.last_read = 0
         self._stop = asyncio.Event()
+        self._stop_again = asyncio.Event()  # a second stop: give up the flush
         self._stop_count = 0
-        self._skip = 0  # seqs skipped after a frame too big for the WebSocket
+        # seqs to skip after frames too big for the WebSocket, counted from the
+        # last seq read when they were met (_skip_after): a skip is void once
+        # last_read moves (see _resume_cursor)
+        self._skip = 0
+        self._skip_after = 0
+        self._yielded = 0.0  # time.monotonic() when the reader last yielded
+        self._relay = self.writer.relay  # the state the cursor row shows
+        self.relay_log_seconds = _RELAY_LOG_SECONDS
+        self._relay_logged: dict[str, tuple[float, int]] = {}
+        self._fail_since: _dt.datetime | None = None  # current run of failures
+        self._conn_events = 0  # event frames on the current relay connection
+        self._conn_error: str | None = None  # its last relay error frame
+        self._status_tried = -1  # relay status version a heartbeat was tried for
         self._pause_until: float | None = None
         self._gap_logs = 0
         self._pending: deque[tuple[asyncio.Future[Any] | None, _Finish, int]] = deque()
@@ -305,10 +372,14 @@ class Ingester:
     # -- control ------------------------------------------------------------------------
     def stop(self) -> None:
         """Stop reading, flush everything buffered, commit, then :meth:`run`
-        returns 0. A second call gives up the flush (the cursor is intact: a
-        restart re-reads what was buffered)."""
+        returns 0. A second call (counted: whenever it comes, even before the
+        flush began) gives up the flush: the writer's connection is terminated
+        and :meth:`run` returns 75 (the cursor is intact: a restart re-reads
+        what was buffered)."""
         self._stop_count += 1
         self._stop.set()
+        if self._stop_count >= 2:
+            self._stop_again.set()
         if self._stop_count == 1:
             log.info("stop requested: closing the relay stream, flushing the buffer")
         else:
@@ -353,12 +424,18 @@ class Ingester:
             return exits.OK
         last_seq = opening.result()
         self.last_read = self.stats.last_committed_seq = last_seq
+        if last_seq > 0:
+            where = f"resuming after seq {last_seq}"
+        elif s.start == "live":
+            where = "first start: live tail (no cursor)"
+        else:
+            where = "first start: oldest (cursor 0)"
         log.info(
-            "ingesting %s into %s from cursor %d (batch %d, flush %d ms, buffer %d, "
+            "ingesting %s into %s, %s (batch %d, flush %d ms, buffer %d, "
             "verify %s, validate %s)",
             self.relay,
             s.redacted_database_url,
-            last_seq,
+            where,
             s.batch_max,
             s.flush_ms,
             s.buffer_max,
@@ -401,13 +478,15 @@ class Ingester:
                 raise exc if exc is not None else RuntimeError("sequencer ended")
             buffer.stopping = True
             buffer.changed.set()
-            self._stop.clear()
-            again = asyncio.create_task(self._stop.wait())
+            again = asyncio.create_task(self._stop_again.wait())
             done, _ = await asyncio.wait(
                 {writer, again}, return_when=asyncio.FIRST_COMPLETED
             )
             again.cancel()
             if writer not in done:
+                # the batch in flight may wait on a lock: terminate, the server
+                # rolls it back
+                self.writer.abort()
                 log.warning(
                     "stopped without flushing %d buffered events (cursor %d)",
                     buffer.events,
@@ -439,13 +518,27 @@ class Ingester:
                     await task
 
     # -- the reader ---------------------------------------------------------------------
+    def _resume_cursor(self) -> int:
+        """The cursor of the next connection: the last seq read, plus the seqs
+        skipped after frames too big to read when they were met right after it
+        (:meth:`_too_big`; void once ``last_read`` moved). On a first ``live``
+        start before any seq was read it stays 0 (the live tail again: the
+        oversized frame's seq is unknown, and ``?cursor=<n>`` would ask for the
+        relay's oldest events)."""
+        last = self.last_read
+        if last == 0 and self.settings.start == "live":
+            return 0
+        return last + (self._skip if self._skip_after == last else 0)
+
     async def _reader(self) -> None:
         s = self.settings
         attempt = 0
         while True:
-            cursor = self.last_read + self._skip
+            cursor = self._resume_cursor()
             url = s.subscribe_url(cursor)
-            got = False
+            opened: float | None = None  # time.monotonic() of the handshake
+            self._conn_events = 0
+            self._conn_error = None
             try:
                 async with ws_connect(
                     url,
@@ -457,43 +550,104 @@ class Ingester:
                     user_agent_header="atdata-ingest",
                 ) as ws:
                     self._ws = ws
-                    log.info("connected to %s", url)
+                    opened = time.monotonic()
+                    # while failing, the log says when events flow again instead
+                    quiet = self._fail_since is not None
+                    self._relay_state("connected", None)
+                    log.log(
+                        logging.DEBUG if quiet else logging.INFO, "connected to %s", url
+                    )
                     self.stats.connects += 1
                     async for message in ws:
-                        if not got:
-                            got = True
-                            attempt = 0
                         await self._on_message(message)
+                        if self._conn_events == 1 and attempt:
+                            attempt = 0  # a relay that sends events
+                            if self._fail_since is not None:
+                                log.info(
+                                    "relay %s: events flow again (failing since %s)",
+                                    url,
+                                    f"{self._fail_since:%Y-%m-%d %H:%M:%S}Z",
+                                )
+                            self._fail_since = None
                 reason = "the relay closed the stream"
+                short = f"closed by the relay (code {ws.close_code})"
             except BufferOverflow:
                 raise
             except websockets.ConnectionClosed as exc:
                 reason = f"connection closed ({exc})"
+                short = _closed_short(exc)
                 sent = exc.sent
                 if sent is not None and sent.code == _MESSAGE_TOO_BIG:
                     self._too_big()
                     reason += "; skipping the oversized frame"
-            except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
             except websockets.InvalidURI as exc:
                 raise exits.ConfigError(f"ATDATA_INGEST_RELAY_URL: {exc}") from None
+            except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                short = _failure_short(exc)
             finally:
                 self._ws = None
+            if self._conn_error is not None and not self._conn_events:
+                short = self._conn_error  # the relay said why, in an error frame
             attempt += 1
             self.stats.reconnects += 1
             cap = min(
                 s.reconnect_max_seconds, s.reconnect_min_seconds * 2 ** (attempt - 1)
             )
             delay = cap * (0.5 + random.random() / 2)
-            log.warning(
-                "relay stream ended (%s) after seq %d; reconnecting in %.2f s "
-                "(attempt %d)",
+            stable = opened is not None and (
+                self._conn_events > 0 or time.monotonic() - opened >= _STABLE_SECONDS
+            )
+            if stable:
+                self._relay_state("connecting", short)
+            else:
+                if opened is not None:
+                    short = f"{short} before any event"
+                if self._fail_since is None:
+                    self._fail_since = _dt.datetime.now(_dt.UTC)
+                self._relay_state("failing", short, self._fail_since)
+            self._log_relay_end(short, reason, delay, attempt)
+            await asyncio.sleep(delay)
+
+    def _relay_state(
+        self, state: str, error: str | None, since: _dt.datetime | None = None
+    ) -> None:
+        """Set the relay state the cursor row shows; a change wakes the writer,
+        which writes it at once when it has nothing else to write (else with the
+        next batch)."""
+        if error is not None:
+            error = _short_text(error)
+        if self._relay.set(state, error, since) and self.buffer is not None:
+            self.buffer.changed.set()
+
+    def _log_relay_end(self, short: str, reason: str, delay: float, n: int) -> None:
+        """Log a relay stream's end: at WARNING once per :attr:`relay_log_seconds`
+        per distinct ``short`` reason (with the repeats since), else at DEBUG."""
+        now = time.monotonic()
+        logged = self._relay_logged
+        last, repeats = logged.get(short, (None, 0))
+        if last is not None and now - last < self.relay_log_seconds:
+            logged[short] = (last, repeats + 1)
+            log.debug(
+                "relay stream ended (%s) after seq %d; reconnecting in %.2f s",
                 reason,
                 self.last_read,
                 delay,
-                attempt,
             )
-            await asyncio.sleep(delay)
+            return
+        if len(logged) >= 100:
+            logged.clear()
+        logged[short] = (now, 0)
+        log.warning(
+            "relay %s: %s (%s) after seq %d; reconnecting in %.2f s (attempt %d%s)",
+            self._relay.state,
+            short,
+            reason,
+            self.last_read,
+            delay,
+            n,
+            f"; {repeats} more since the last report" if repeats else "",
+        )
 
     def _abort_stream(self, why: str) -> None:
         """Abort the relay stream's transport (no closing handshake) when it is
@@ -524,14 +678,23 @@ class Ingester:
 
     def _too_big(self) -> None:
         """The frame after ``last_read`` was over ``max_frame_bytes``: dead-letter it
-        (no bytes: the WebSocket refused them) and skip one more seq at the next
-        connection (seqs are usually contiguous; a non-contiguous relay costs
-        another round)."""
+        (no bytes: the WebSocket refused them) and skip one more seq after
+        ``last_read`` at the next connection (seqs are usually contiguous; a
+        non-contiguous relay costs another round). The skip counts from the
+        ``last_read`` it was met at: once ``last_read`` moves (a frame read, a
+        dead letter's seq) it is void (:meth:`_resume_cursor`)."""
+        if self._skip_after != self.last_read:
+            self._skip, self._skip_after = 0, self.last_read
         self._skip += 1
+        cursor = self._resume_cursor()
+        resume = (
+            f"resuming at cursor {cursor}"
+            if cursor or self.settings.start != "live"
+            else "reconnecting to the live tail (no seq read yet)"
+        )
         reason = (
             f"a frame after seq {self.last_read} is over "
-            f"{self.settings.max_frame_bytes} bytes (WebSocket close 1009); "
-            f"resuming at cursor {self.last_read + self._skip}"
+            f"{self.settings.max_frame_bytes} bytes (WebSocket close 1009); {resume}"
         )
         self._emit(
             lambda _: self._dead_row(
@@ -609,10 +772,15 @@ class Ingester:
     async def _on_message(self, message: bytes | str) -> None:
         stats = self.stats
         stats.frames += 1
-        if stats.frames % _YIELD_EVERY == 0:
-            await asyncio.sleep(0)
         buffer = self.buffer
         assert buffer is not None
+        now = time.monotonic()
+        if buffer.changed.is_set() or now - self._yielded >= _YIELD_SECONDS:
+            # the writer was woken (or the loop has waited long enough): let it
+            # run before this frame
+            self._yielded = now
+            await asyncio.sleep(0)
+        self._relay.last_frame_at = time.time()
         if buffer.events >= buffer.high:
             await self._backpressure()
         else:
@@ -629,14 +797,17 @@ class Ingester:
         except FrameError as exc:
             self._dead(data, exc.rule, exc.reason, exc.location, exc.seq, exc.repo)
             return
-        self._skip = 0
         kind = frame.kind
         if kind == "error":
             stats.error_frames += 1
+            self._conn_error = f"error frame {frame.error}"
             log.warning(
-                "relay error frame %s: %s", frame.error, frame.error_message or ""
+                "relay error frame %s: %s",
+                _short_text(str(frame.error)),
+                _short_text(frame.error_message or ""),
             )
             return
+        self._conn_events += 1
         if kind == "unknown":
             # ignored (Event Stream spec), but its seq is passed: no false gap
             stats.unknown += 1
@@ -775,8 +946,12 @@ class Ingester:
 
     def _plausible(self, seq: int) -> bool:
         """Whether a seq read from an unvalidated body may move the cursor: above
-        the last seq read, by less than :data:`_MAX_SEQ_JUMP`."""
-        return self.last_read < seq <= self.last_read + _MAX_SEQ_JUMP
+        the last seq read, by at most :data:`_MAX_SEQ_JUMP`, and only once a seq
+        was read (or resumed from the cursor). Otherwise the frame keeps its seq
+        in its dead-letter row but the cursor stays (the next good frame moves
+        it; a relay replaying from the cursor sends the bad frame again)."""
+        last = self.last_read
+        return 0 < last < seq <= last + _MAX_SEQ_JUMP
 
     def _dead(
         self,
@@ -844,6 +1019,16 @@ class Ingester:
                 return None
             else:
                 timeout = _HEARTBEAT_SECONDS
+                writer = self.writer
+                version = writer.relay.version
+                if writer.relay_pending and version != self._status_tried:
+                    # the relay's state changed and nothing is buffered: write it
+                    # now (once per change; a batch carries it otherwise)
+                    self._status_tried = version
+                    await writer.heartbeat(
+                        buffer_fill=buffer.fill, buffer_max=buffer.max_events
+                    )
+                    continue
             buffer.changed.clear()
             try:
                 await asyncio.wait_for(buffer.changed.wait(), timeout)
@@ -875,16 +1060,25 @@ class Ingester:
         every = self.settings.log_interval_seconds
         stats = self.stats
         before, then = stats.events_stored, time.monotonic()
+        frames = stats.frames
         while True:
             await asyncio.sleep(every)
             now = time.monotonic()
             rate = (stats.events_stored - before) / max(now - then, 1e-9)
             before, then = stats.events_stored, now
-            lag = (
-                f"{(time.time() - stats.last_event_time) * 1000:.0f} ms"
-                if stats.last_event_time is not None
-                else "n/a"
-            )
+            if stats.frames == frames:
+                # nothing arrived: the newest event's age is not a lag
+                seen = self._relay.last_frame_at
+                lag = (
+                    "idle (no frame yet)"
+                    if seen is None
+                    else f"idle (no frame for {time.time() - seen:.0f} s)"
+                )
+            elif stats.last_event_time is not None:
+                lag = f"lag {(time.time() - stats.last_event_time) * 1000:.0f} ms"
+            else:
+                lag = "lag n/a"
+            frames = stats.frames
             buffer = self.buffer
             fill = buffer.fill if buffer is not None else 0.0
             unverified = (
@@ -895,7 +1089,7 @@ class Ingester:
                 else ""
             )
             log.info(
-                "%.0f events/s, cursor %d, lag %s, buffer %.0f%%, %d dead letters, "
+                "%.0f events/s, cursor %d, %s, buffer %.0f%%, %d dead letters, "
                 "%d gaps, %d duplicates, %d reconnects, %d db reconnects, "
                 "%d verified%s",
                 rate,
@@ -910,6 +1104,61 @@ class Ingester:
                 stats.verified,
                 unverified,
             )
+
+
+def _short_text(text: str) -> str:
+    """``text`` for the cursor row and the log: printable characters only (a
+    relay's error names and messages are hostile), at most
+    :data:`_RELAY_ERROR_CHARS`."""
+    clean = "".join(
+        c if c.isprintable() else "?" for c in text[: _RELAY_ERROR_CHARS * 2]
+    )
+    return (
+        clean if len(clean) <= _RELAY_ERROR_CHARS else clean[:_RELAY_ERROR_CHARS] + "…"
+    )
+
+
+def _failure_short(exc: BaseException) -> str:
+    """The short, redacted ``relay_error`` of a failed connection attempt
+    (``HTTP 404 at handshake``, ``connection refused``, ``timed out at
+    handshake``, ...): no URL, no address, nothing the relay chose but an HTTP
+    status."""
+    if isinstance(exc, websockets.InvalidStatus):
+        return f"HTTP {exc.response.status_code} at handshake"
+    if isinstance(exc, websockets.InvalidMessage):
+        return "not a WebSocket server (no valid HTTP response at handshake)"
+    if isinstance(exc, websockets.InvalidHandshake):
+        return f"handshake refused ({type(exc).__name__})"
+    if isinstance(exc, ConnectionRefusedError) or (
+        isinstance(exc, OSError) and f"[Errno {errno.ECONNREFUSED}]" in str(exc)
+    ):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return "DNS lookup failed"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "TLS certificate not accepted"
+    if isinstance(exc, ssl.SSLError):
+        return "TLS error"
+    if isinstance(exc, TimeoutError):
+        return "timed out at handshake"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    if isinstance(exc, OSError) and exc.errno:
+        return f"network error ({errno.errorcode.get(exc.errno, exc.errno)})"
+    return f"network error ({type(exc).__name__})"
+
+
+def _closed_short(exc: websockets.ConnectionClosed) -> str:
+    """The short ``relay_error`` of a stream that ended with a close (or
+    without one)."""
+    sent, rcvd = exc.sent, exc.rcvd
+    if sent is not None and sent.code == _MESSAGE_TOO_BIG:
+        return "a frame over the size limit (skipped)"
+    if rcvd is not None:
+        return f"closed by the relay (code {rcvd.code})"
+    if sent is not None:
+        return f"connection closed (code {sent.code})"
+    return "connection lost (no close frame)"
 
 
 async def run(settings: Settings, *, install_signals: bool = False) -> int:

@@ -18,6 +18,7 @@ PDS published before, ``live`` does not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import itertools
 import logging
@@ -30,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import asyncpg
 import cbrrr
@@ -689,15 +690,21 @@ def test_first_start_live_begins_at_the_live_tail(pg_dsn: str, net: Any) -> None
 
 
 def test_start_oldest_asks_the_relay_for_cursor_0_only_when_never_used(
-    pg_dsn: str, templates: list[bytes]
+    pg_dsn: str, templates: list[bytes], caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The first start asks for cursor 0 and says "first start: oldest (cursor
+    0)"; the next one resumes from the stored cursor and says "resuming after
+    seq N"."""
+    caplog.set_level(logging.INFO, logger="atdata_ingest")
     with ReplayRelay(templates, total=None, rate=3000) as relay:
         s = settings_for(pg_dsn, relay.url, start="oldest")
         rc, _ = asyncio.run(ingest_until(s, committed(100)))
         assert rc == exits.OK
+        assert "first start: oldest (cursor 0)" in caplog.text
         end = cursor(pg_dsn)["last_seq"]
         rc, _ = asyncio.run(ingest_until(s, committed(end + 100)))
         assert rc == exits.OK
+        assert f"resuming after seq {end} (" in caplog.text
     conns = relay.connections()
     assert [c.cursor for c in conns] == [0, end]  # then the stored cursor
     assert conns[0].seqs[0][0] == 1
@@ -979,3 +986,515 @@ def test_verify_all_checks_every_commit_and_sync(
     assert all(v is None for t, v in by_type if t in ("identity", "account"))
     assert ing.stats.dead_letters == 0
     assert_exactly_once(pg_dsn, relay, range(1, len(templates) + 1))
+
+
+# -- scripted relays: exact frames, exact cursors --------------------------------------
+
+_DID = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa"
+_IDENTITY_HEADER = cbrrr.encode_dag_cbor({"op": 1, "t": "#identity"})
+
+
+def identity_frame(seq: int, *, big: bool = False, bad: bool = False) -> bytes:
+    """A real ``#identity`` frame of ``seq``: ``big`` (over 3,000 bytes: past a
+    1 KiB ``max_frame_bytes``), ``bad`` (its ``time`` is not a datetime: a
+    FRAME_BODY dead letter whose seq is still read)."""
+    body = {
+        "seq": seq,
+        "did": _DID,
+        "time": "garbage" if bad else "2026-12-01T00:00:00.000Z",
+        "handle": ("a" * 3000 + ".test") if big else "ok.test",
+    }
+    return _IDENTITY_HEADER + cbrrr.encode_dag_cbor(body)
+
+
+class ScriptedRelay:
+    """A real loopback ``subscribeRepos`` WebSocket server in the test's event
+    loop. ``script(n, cursor)`` gives the frames of the n-th connection (from 1)
+    asked with ``cursor`` (``None``: none asked); they are sent, then the
+    connection stays open (idle). ``cursors`` records what was asked."""
+
+    def __init__(
+        self,
+        script: Callable[[int, int | None], list[bytes]],
+        port: int = 0,
+    ) -> None:
+        self.script = script
+        self.port = port
+        self.cursors: list[int | None] = []
+        self._server: Any = None
+
+    @classmethod
+    def ordered(cls, frames: list[tuple[int, bytes]], port: int = 0) -> ScriptedRelay:
+        """A relay of ``(position, frame)``: a connection asked with cursor ``c``
+        gets the frames whose position is above ``c`` (all without a cursor or
+        with cursor 0)."""
+        return cls(
+            lambda _n, cur: [f for pos, f in frames if not cur or pos > cur], port
+        )
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> Self:
+        from websockets.asyncio.server import serve
+
+        self._server = await serve(self._handler, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _handler(self, ws: Any) -> None:
+        from urllib.parse import parse_qs, urlsplit
+
+        query = parse_qs(urlsplit(ws.request.path).query)
+        raw = query.get("cursor")
+        cursor = int(raw[0]) if raw else None
+        self.cursors.append(cursor)
+        for frame in self.script(len(self.cursors), cursor):
+            await ws.send(frame)
+        await ws.wait_closed()  # idle until the client or the server closes
+
+
+async def run_until(
+    settings: Settings, done: Callable[[Ingester], bool]
+) -> tuple[int, Ingester]:
+    """:func:`ingest_until` inside a running loop."""
+    ingester = Ingester(settings)
+    task = asyncio.create_task(ingester.run())
+    deadline = time.monotonic() + HANG_GUARD
+    while not task.done() and not done(ingester):
+        if time.monotonic() > deadline:
+            ingester.stop()
+            await task
+            raise AssertionError(f"hang guard: {ingester.stats}")
+        await asyncio.sleep(0.02)
+    if not task.done():
+        ingester.stop()
+    return await asyncio.wait_for(task, HANG_GUARD), ingester
+
+
+def stored_seqs(dsn: str) -> list[int]:
+    return [r["seq"] for r in fetch(dsn, "SELECT seq FROM ingest_events ORDER BY seq")]
+
+
+def dead_letters(dsn: str) -> list[tuple[Any, str, str]]:
+    return [
+        (r["seq"], r["rule"], r["reason"])
+        for r in fetch(
+            dsn, "SELECT seq, rule, reason FROM ingest_dead_letters ORDER BY id"
+        )
+    ]
+
+
+def test_oversized_frames_never_skip_a_seq_that_was_not_read(pg_dsn: str) -> None:
+    """seq 4 is too big, 5 does not decode (its seq is read: the cursor moves
+    to 5), 6 is too big: the skip after 4 counted from seq 3 is void once the
+    reader moved to 5, so the reconnect after 6 asks for cursor 6 (not 7, which
+    would lose seq 7, never read)."""
+    frames = {k: identity_frame(k) for k in (1, 2, 3, 7, 8, 9)}
+    frames |= {
+        4: identity_frame(4, big=True),
+        5: identity_frame(5, bad=True),
+        6: identity_frame(6, big=True),
+    }
+
+    async def go() -> tuple[int, list[int | None]]:
+        async with ScriptedRelay.ordered(sorted(frames.items())) as relay:
+            s = settings_for(
+                pg_dsn, relay.url, max_frame_bytes=1024, start="oldest",
+                validate="none",
+            )  # fmt: skip
+            rc, _ = await run_until(s, committed(9))
+            return rc, relay.cursors
+
+    rc, cursors = asyncio.run(go())
+    assert rc == exits.OK
+    assert cursors == [0, 4, 6]
+    assert stored_seqs(pg_dsn) == [1, 2, 3, 7, 8, 9]
+    assert [(d[0], d[1]) for d in dead_letters(pg_dsn)] == [
+        (None, "FRAME_TOO_BIG"),
+        (5, "FRAME_BODY"),
+        (None, "FRAME_TOO_BIG"),
+    ]
+    assert cursor(pg_dsn)["last_seq"] == 9
+
+
+def test_a_too_big_first_frame_on_a_live_start_reconnects_to_the_live_tail(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """start=live, nothing read yet, the first frame is over the size limit: its
+    seq is unknown, so the reconnect asks for the live tail again (no cursor),
+    never ``?cursor=1`` (the relay's oldest events). The start says so."""
+    caplog.set_level(logging.INFO, logger="atdata_ingest")
+
+    def script(n: int, _cursor: int | None) -> list[bytes]:
+        if n == 1:
+            return [identity_frame(100, big=True)]
+        return [identity_frame(k) for k in (101, 102, 103)]
+
+    async def go() -> tuple[int, list[int | None]]:
+        async with ScriptedRelay(script) as relay:
+            s = settings_for(pg_dsn, relay.url, max_frame_bytes=1024, validate="none")
+            assert s.start == "live"
+            rc, _ = await run_until(s, committed(103))
+            return rc, relay.cursors
+
+    rc, cursors = asyncio.run(go())
+    assert rc == exits.OK
+    assert cursors == [None, None]
+    assert stored_seqs(pg_dsn) == [101, 102, 103]
+    (dead,) = dead_letters(pg_dsn)
+    assert dead[1] == "FRAME_TOO_BIG" and "live tail" in dead[2]
+    assert "first start: live tail (no cursor)" in caplog.text
+    assert "from cursor 0" not in caplog.text
+
+
+def test_a_far_seq_of_an_undecodable_frame_does_not_move_the_cursor(
+    pg_dsn: str,
+) -> None:
+    """Dead letters whose (unvalidated) seq is far ahead of the last seq read,
+    or that come before any seq was read, keep their seq in the dead-letter row
+    but do not move the cursor: the frames after them are stored, not dropped
+    as duplicates."""
+    frames = [
+        (0, identity_frame(10**12, bad=True)),  # before any seq was read
+        *[(k, identity_frame(k)) for k in (1, 2, 3)],
+        (3, identity_frame(5000, bad=True)),  # 4,997 ahead of seq 3
+        *[(k, identity_frame(k)) for k in (4, 5, 6)],
+    ]
+
+    async def go() -> tuple[int, Ingester]:
+        async with ScriptedRelay.ordered(frames) as relay:
+            s = settings_for(pg_dsn, relay.url, start="oldest", validate="none")
+            return await run_until(s, committed(6))
+
+    rc, ing = asyncio.run(go())
+    assert rc == exits.OK
+    assert stored_seqs(pg_dsn) == [1, 2, 3, 4, 5, 6]
+    assert [(d[0], d[1]) for d in dead_letters(pg_dsn)] == [
+        (10**12, "FRAME_BODY"),
+        (5000, "FRAME_BODY"),
+    ]
+    assert ing.stats.duplicates == 0
+    assert cursor(pg_dsn)["last_seq"] == 6
+
+
+# -- relay health in the cursor row ----------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def _not_a_relay(kind: str) -> Any:
+    """A server at a wrong relay URL: ``closed-port`` (nothing listens),
+    ``http-<status>`` (an HTTP server answering the upgrade with that status),
+    ``ws-closes`` (a WebSocket server that closes at once)."""
+    if kind == "closed-port":
+        yield f"ws://127.0.0.1:{_free_port()}"
+        return
+    if kind == "ws-closes":
+        from websockets.asyncio.server import serve
+
+        async def close(ws: Any) -> None:
+            return None
+
+        async with serve(close, "127.0.0.1", 0) as server:
+            yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        return
+    status = int(kind.removeprefix("http-"))
+
+    async def answer(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        with contextlib.suppress(Exception):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(
+                f"HTTP/1.1 {status} Whatever\r\nContent-Type: text/html\r\n"
+                "Content-Length: 5\r\nConnection: close\r\n\r\nhello".encode()
+            )
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def _relay_row(dsn: str) -> asyncpg.Record:
+    return (
+        await _fetch(
+            dsn,
+            "SELECT relay_state, relay_error, relay_state_since, last_frame_at, "
+            "ingester_pid FROM ingest_cursor",
+        )
+    )[0]
+
+
+async def _until_row(
+    dsn: str, task: asyncio.Task[int], ok: Callable[[asyncpg.Record], bool]
+) -> asyncpg.Record:
+    deadline = time.monotonic() + HANG_GUARD
+    while True:
+        row = await _relay_row(dsn)
+        if ok(row):
+            return row
+        assert not task.done() and time.monotonic() < deadline, dict(row)
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("kind", "error"),
+    [
+        ("closed-port", "connection refused"),
+        ("http-404", "HTTP 404 at handshake"),
+        ("http-403", "HTTP 403 at handshake"),
+        ("http-200", "HTTP 200 at handshake"),
+        ("ws-closes", "closed by the relay (code 1000) before any event"),
+    ],
+)
+def test_a_wrong_relay_url_is_retried_and_shown_failing(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture, kind: str, error: str
+) -> None:
+    """A wrong relay URL is retried for ever (by design) and the cursor row says
+    so: relay_state 'failing' with a short relay_error, relay_state_since at the
+    first failure (kept across retries); the failure is logged at WARNING once
+    (per minute; here the interval is made long), not on every retry. A clean
+    stop clears relay_state (nobody ingests) and keeps the error."""
+    caplog.set_level(logging.INFO, logger="atdata_ingest")
+
+    async def go() -> tuple[int, Ingester, asyncpg.Record, asyncpg.Record]:
+        async with _not_a_relay(kind) as url:
+            s = settings_for(
+                pg_dsn, url, reconnect_min_seconds=0.01, reconnect_max_seconds=0.05
+            )
+            ingester = Ingester(s)
+            ingester.relay_log_seconds = 1e9
+            task = asyncio.create_task(ingester.run())
+            first = await _until_row(
+                pg_dsn, task, lambda r: r["relay_state"] == "failing"
+            )
+            while ingester.stats.reconnects < 6:
+                assert not task.done()
+                await asyncio.sleep(0.02)
+            later = await _until_row(
+                pg_dsn,
+                task,
+                lambda r: (
+                    r["relay_state"] == "failing" and ingester.stats.reconnects >= 6
+                ),
+            )
+            ingester.stop()
+            return await asyncio.wait_for(task, HANG_GUARD), ingester, first, later
+
+    rc, ing, first, later = asyncio.run(go())
+    assert rc == exits.OK
+    assert first["relay_error"] == later["relay_error"] == error
+    assert first["relay_state_since"] == later["relay_state_since"]
+    assert first["relay_state_since"] <= dt.datetime.now(dt.UTC)
+    assert first["last_frame_at"] is None
+    warnings = [
+        r
+        for r in caplog.records
+        if r.levelno == logging.WARNING
+        and r.name == "atdata_ingest.ingester"
+        and error in r.getMessage()
+    ]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert ing.stats.reconnects >= 6
+    stopped = fetch(pg_dsn, "SELECT relay_state, relay_error FROM ingest_cursor")[0]
+    assert stopped["relay_state"] is None and stopped["relay_error"] == error
+
+
+def test_relay_state_turns_connected_when_the_relay_comes_up(pg_dsn: str) -> None:
+    """Failing (nothing listens), then a relay starts on that port: the row says
+    'connected', without an error, with the time of the last frame."""
+    port = _free_port()
+
+    async def go() -> tuple[asyncpg.Record, asyncpg.Record]:
+        s = settings_for(
+            pg_dsn, f"ws://127.0.0.1:{port}", reconnect_min_seconds=0.01,
+            reconnect_max_seconds=0.1, start="oldest", validate="none",
+        )  # fmt: skip
+        ingester = Ingester(s)
+        task = asyncio.create_task(ingester.run())
+        failing = await _until_row(
+            pg_dsn, task, lambda r: r["relay_state"] == "failing"
+        )
+        frames = [(k, identity_frame(k)) for k in (1, 2, 3)]
+        async with ScriptedRelay.ordered(frames, port=port):
+            up = await _until_row(
+                pg_dsn,
+                task,
+                lambda r: r["relay_state"] == "connected" and r["last_frame_at"],
+            )
+            while ingester.stats.last_committed_seq < 3:
+                assert not task.done()
+                await asyncio.sleep(0.02)
+            ingester.stop()
+            assert await asyncio.wait_for(task, HANG_GUARD) == exits.OK
+        return failing, up
+
+    failing, up = asyncio.run(go())
+    assert failing["relay_error"] == "connection refused"
+    assert up["relay_error"] is None
+    assert up["relay_state_since"] > failing["relay_state_since"]
+    assert up["last_frame_at"] >= up["relay_state_since"]
+    assert stored_seqs(pg_dsn) == [1, 2, 3]
+
+
+def test_the_summary_line_says_idle_when_no_frame_arrived(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After the relay went quiet the summary line says "idle" instead of a lag
+    that keeps growing."""
+    caplog.set_level(logging.INFO, logger="atdata_ingest")
+
+    def idle_summary() -> bool:
+        return any("idle (no frame for" in r.getMessage() for r in caplog.records)
+
+    async def go() -> int:
+        frames = [(k, identity_frame(k)) for k in (1, 2, 3)]
+        async with ScriptedRelay.ordered(frames) as relay:
+            s = settings_for(
+                pg_dsn, relay.url, start="oldest", validate="none",
+                log_interval_seconds=0.1,
+            )  # fmt: skip
+            rc, _ = await run_until(
+                s, lambda ing: ing.stats.last_committed_seq >= 3 and idle_summary()
+            )
+            return rc
+
+    assert asyncio.run(go()) == exits.OK
+    line = next(
+        r.getMessage() for r in caplog.records if "idle (no frame" in r.getMessage()
+    )
+    assert "events/s, cursor 3, idle (no frame for" in line and " lag " not in line
+
+
+# -- stops, lost commits, large frames ---------------------------------------------------
+
+
+def test_a_second_stop_gives_up_the_flush_even_before_the_flush_began(
+    pg_dsn: str, templates: list[bytes]
+) -> None:
+    """Two stops in a row (the second before the flush even started): the flush,
+    blocked on a locked table, is given up (exit 75, the writer's connection
+    terminated) instead of waiting for the lock; the cursor is intact."""
+    with ReplayRelay(templates, total=None, rate=3000) as relay:
+        s = settings_for(pg_dsn, relay.url)
+
+        async def go() -> tuple[int, Ingester, int]:
+            locker = await asyncpg.connect(pg_dsn)
+            ingester = Ingester(s)
+            task = asyncio.create_task(ingester.run())
+            try:
+                while ingester.stats.last_committed_seq < 200:
+                    assert not task.done()
+                    await asyncio.sleep(0.01)
+                tx = locker.transaction()
+                await tx.start()
+                await locker.execute(
+                    "LOCK TABLE ingest_events IN ACCESS EXCLUSIVE MODE"
+                )
+                while ingester.stats.events_read < ingester.stats.events_stored + 100:
+                    assert not task.done()
+                    await asyncio.sleep(0.01)
+                ingester.stop()
+                ingester.stop()
+                rc = await asyncio.wait_for(task, HANG_GUARD)  # the lock is held
+                stored = await locker.fetchval("SELECT last_seq FROM ingest_cursor")
+                return rc, ingester, stored
+            finally:
+                await locker.close()
+
+        rc, ing, stored = asyncio.run(go())
+    assert rc == exits.TEMPFAIL
+    assert ing.writer.aborted
+    assert stored == ing.stats.last_committed_seq >= 200
+    assert_exactly_once(pg_dsn, relay, range(1, stored + 1))
+
+
+def test_lost_commits_exit_75_and_the_restart_replays_the_gap(
+    pg_dsn: str, templates: list[bytes]
+) -> None:
+    """PostgreSQL loses acknowledged commits while the ingester runs (the tail
+    after seq 100 removed, cursor row first): the ingester exits 75 at its next
+    batch instead of writing on over the hole; the restart resumes from the
+    stored cursor and the relay replays the lost seqs, so the log is complete."""
+    with ReplayRelay(templates, total=None, rate=3000) as relay:
+        s = settings_for(pg_dsn, relay.url)
+
+        async def regress() -> tuple[int, Ingester]:
+            ingester = Ingester(s)
+            task = asyncio.create_task(ingester.run())
+            while ingester.stats.last_committed_seq < 300:
+                assert not task.done()
+                await asyncio.sleep(0.01)
+            conn = await asyncpg.connect(pg_dsn)
+            try:
+                async with conn.transaction():
+                    await conn.execute("UPDATE ingest_cursor SET last_seq = 100")
+                    await conn.execute("DELETE FROM ingest_events WHERE seq > 100")
+            finally:
+                await conn.close()
+            return await asyncio.wait_for(task, HANG_GUARD), ingester
+
+        rc, first = asyncio.run(regress())
+        assert rc == exits.TEMPFAIL
+        assert cursor(pg_dsn)["last_seq"] == 100
+        end_before = first.stats.last_committed_seq
+        rc, _ = asyncio.run(ingest_until(s, committed(end_before + 200)))
+        assert rc == exits.OK
+        assert relay.connections()[-1].cursor == 100
+        end = cursor(pg_dsn)["last_seq"]
+        assert_exactly_once(pg_dsn, relay, range(1, end + 1))
+
+
+def test_a_frame_larger_than_the_buffer_is_admitted_alone(
+    pg_dsn: str, templates: list[bytes]
+) -> None:
+    """buffer_max 1 event: commits of several operations are larger than the
+    whole buffer. Each is admitted into the empty buffer and written alone
+    (otherwise it would overflow at the same seq after every restart)."""
+    total = 120
+    with ReplayRelay(templates, total=total) as relay:
+        assert max(rows_per_frame(relay, k) for k in range(1, total + 1)) >= 2
+        s = settings_for(pg_dsn, relay.url, buffer_max=1, batch_max=1, pause_ms=600_000)
+        rc, ing = asyncio.run(ingest_until(s, committed(total)))
+        assert rc == exits.OK
+        assert ing.stats.overflow_to_exit is None
+        assert_exactly_once(pg_dsn, relay, range(1, total + 1))
+
+
+def test_the_buffer_admits_any_frame_when_empty_and_bounds_the_rest() -> None:
+    """The byte bound too: a frame of more bytes than ``buffer_max_bytes`` enters
+    an empty buffer; the next frame overflows (exit 75) until it is written."""
+    from atdata_ingest.exits import BufferOverflow
+    from atdata_ingest.ingester import _Buffer
+
+    s = Settings(
+        database_url="postgresql://x@127.0.0.1/x", buffer_max=10, batch_max=5,
+        buffer_max_bytes=1 << 16,
+    )  # fmt: skip
+    buffer = _Buffer(s)
+    row = (1, 0, "identity")
+    buffer.add([row] * 12, None, 1, None, 1 << 20, 0, 0)  # 12 rows, 1 MiB
+    assert buffer.events == 12 and buffer.nbytes == 1 << 20
+    with pytest.raises(BufferOverflow):
+        buffer.add([row], None, 2, None, 10, 0, 0)
+    batch = buffer.take()
+    assert batch is not None and batch.events == 12
+    buffer.release(batch)
+    buffer.add([row], None, 2, None, 10, 0, 0)  # room again
+    assert buffer.events == 1
