@@ -89,9 +89,10 @@ frame or from a dead-lettered one (an unvalidated body) moves the cursor only
 when it is at most 1,000 above the last seq read (never before the first one):
 a corrupt seq far ahead would make every later frame a dropped "duplicate".
 
-The reader lets the event loop run at least every millisecond and before every
-frame while the writer has been woken (a batch sealed or opened), so that the
-writer starts its next COPY as soon as the previous one returns.
+The reader lets the event loop run at least every millisecond (a COPY that
+returned is noticed at once) and before the next frame when the idle writer was
+woken (a batch to take), so that the writer starts its next COPY as soon as it
+can.
 """
 
 from __future__ import annotations
@@ -139,9 +140,9 @@ _WS_MAX_QUEUE: Final = 8
 """Messages ``websockets`` buffers before it stops reading the socket."""
 _YIELD_SECONDS: Final = 0.001
 """Longest stretch of frames the reader processes without letting the loop run
-(a ready ``recv`` does not suspend); it also yields after every frame while the
-writer has been woken (a batch sealed or opened) so that a committed batch's
-next COPY starts at once (see :meth:`Ingester._on_message`)."""
+(a ready ``recv`` does not suspend), so that a COPY that returned is noticed
+within about a millisecond; the reader also yields at once when the writer is
+idle and was woken (a batch to take; see :meth:`Ingester._on_message`)."""
 _HEARTBEAT_SECONDS: Final = 5.0
 _MAX_SEQ_JUMP: Final = 1000
 """A seq read from a frame that did not decode (a dead letter) or of an unknown
@@ -352,6 +353,7 @@ class Ingester:
         self._skip = 0
         self._skip_after = 0
         self._yielded = 0.0  # time.monotonic() when the reader last yielded
+        self._writing = False  # the writer is inside BatchWriter.write
         self._relay = self.writer.relay  # the state the cursor row shows
         self.relay_log_seconds = _RELAY_LOG_SECONDS
         self._relay_logged: dict[str, tuple[float, int]] = {}
@@ -775,9 +777,11 @@ class Ingester:
         buffer = self.buffer
         assert buffer is not None
         now = time.monotonic()
-        if buffer.changed.is_set() or now - self._yielded >= _YIELD_SECONDS:
-            # the writer was woken (or the loop has waited long enough): let it
-            # run before this frame
+        if now - self._yielded >= _YIELD_SECONDS or (
+            buffer.changed.is_set() and not self._writing
+        ):
+            # the idle writer was woken (a batch to take), or the loop has not
+            # run for a millisecond (a COPY may have returned): let them run
             self._yielded = now
             await asyncio.sleep(0)
         self._relay.last_frame_at = time.time()
@@ -1046,9 +1050,13 @@ class Ingester:
             batch = await self._next_batch()
             if batch is None:
                 return
-            result = await self.writer.write(
-                batch, buffer_fill=buffer.fill, buffer_max=buffer.max_events
-            )
+            self._writing = True
+            try:
+                result = await self.writer.write(
+                    batch, buffer_fill=buffer.fill, buffer_max=buffer.max_events
+                )
+            finally:
+                self._writing = False
             buffer.release(batch)
             stats.batches += 1
             stats.events_stored += result.stored
