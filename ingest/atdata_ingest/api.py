@@ -25,7 +25,14 @@ Endpoints (FastAPI; the OpenAPI document is served at ``/openapi.json``):
   commit holds at most 200 operations and a 2,000,000-byte CAR
   (``com.atproto.sync.subscribeRepos#commit`` ``ops`` and ``blocks``
   maxLength), so a commit is bounded. ``more`` says that rows after ``cursor``
-  matched already.
+  matched already. ``trimmed`` is ``null`` unless ``since`` is older than the
+  oldest seq the log still keeps (retention dropped the days after it): then
+  ``{"name": "OutdatedCursor", "since", "oldest_kept", "message"}`` and the page
+  is served from the oldest kept row, as a relay goes on after ``#info
+  OutdatedCursor`` (decision: a 410 would stall every consumer that does not
+  handle it, and the only way on is the same anyway: the oldest kept row, or a
+  backfill from elsewhere, which the consumer decides with the gap in hand).
+  ``since=0`` (from the oldest kept) never carries it.
 - ``GET /events/stream?since=&…``: the same filters (``include`` too) as
   server-sent events (``text/event-stream``). Each row is one SSE event whose
   ``data`` is the row's JSON; the *last* row of each ``seq`` carries ``id: <seq>``, so the
@@ -45,15 +52,31 @@ Endpoints (FastAPI; the OpenAPI document is served at ``/openapi.json``):
   ``/events`` (``stream_page`` rows, ``page_bytes``); the buffer of a connection
   is one page plus the server's socket buffer: a client that does not take a
   chunk within ``send_timeout_seconds`` is dropped (it reconnects and resumes
-  from the log), never buffered without limit.
+  from the log), never buffered without limit. Two named events (not rows: an
+  ``EventSource`` dispatches them to listeners of that name, never to
+  ``onmessage``): ``event: info`` with ``data`` ``EventsPage.trimmed``'s object
+  before the rows that follow a gap of trimmed seqs; ``event: error`` with
+  ``data: {"error", "message"}`` as the stream's last message when its token is
+  revoked (``InvalidToken``, ``token revoked``) or its scope no longer covers
+  the stream's filters (``ScopeDenied``): an open stream re-reads its token
+  (one lookup by primary key) every ``token_recheck_seconds`` (5 s), so a
+  revocation ends it within that time.
 - ``GET /health``: no authentication (the deployment platform probes it; it
   shows only the ingester's status), answered from a cache of
   ``health_cache_seconds`` (1 s; concurrent misses share one query). 200 with
   ``status`` ``ok`` or ``stopped`` (no ingester recorded as running: the API
-  still serves the log); 503 with ``stale`` when an ingester is recorded as
-  running (``ingest_cursor.ingester_pid`` set) and the cursor row has not been
-  updated for ``stale_after_seconds`` (0 turns this off), or ``unavailable`` when
-  PostgreSQL does not answer within ``health_timeout_seconds``.
+  still serves the log); 503 with ``relay_unreachable`` when an ingester is
+  recorded as running (``ingest_cursor.ingester_pid`` set) and its
+  ``relay_state`` (schema 3; read by name, so NULL on older schemas) is
+  ``failing``, or ``connecting`` for more than ``relay_connect_seconds`` (30 s;
+  ``relay_error`` says why), with ``stale`` when it is running and the cursor
+  row has not been updated for ``stale_after_seconds`` (0 turns this off), or
+  ``unavailable`` when PostgreSQL does not answer within
+  ``health_timeout_seconds``.
+
+Query parameters not declared for an endpoint, and declared ones given twice,
+are a 422 ``InvalidRequest`` naming the parameter and the closest declared one
+(``colection=`` must not return an unfiltered page).
 
 Authentication (:mod:`.tokens`): ``Authorization: Bearer atdi_<id>_<secret>`` on
 ``/events`` and ``/events/stream``; the request's filters must be inside the
@@ -72,7 +95,11 @@ before any lookup). Every 401 carries ``WWW-Authenticate: Bearer`` (RFC 6750
 Work is metered: requests take a connection from the request pool
 (``pool_max``) within ``acquire_timeout_seconds`` or are answered 503
 ``Unavailable`` (never queued without bound); streams read from a pool of their
-own (``stream_pool_max``), so open streams never starve ``/events``.
+own (``stream_pool_max``), so open streams never starve ``/events``. Neither
+pool keeps a floor of connections (asyncpg's floor keeper logs a traceback per
+failed reconnection while PostgreSQL is down): connections are opened on
+demand, and an outage is logged once (:class:`Outage`: one WARNING when it
+starts, one INFO when PostgreSQL answers again).
 
 Every error has one JSON shape, ``{"error": Name, "message": text}``:
 401 ``AuthRequired`` / ``InvalidToken``, 403 ``ScopeDenied``, 404 ``NotFound``,
@@ -92,7 +119,9 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as _dt
+import difflib
 import logging
+import math
 import operator
 import signal
 import threading
@@ -117,12 +146,15 @@ from .schema import EVENT_COLUMNS
 from .tokens import (
     DID_PATTERN,
     EVENT_TYPES,
+    INVALID_TOKEN,
     MAX_DID_LENGTH,
     MAX_NSID_LENGTH,
     MAX_TOKEN_LENGTH,
     NSID_GLOB_PATTERN,
     AuthError,
+    TokenError,
     TokenInfo,
+    token_by_id,
     verify_token,
 )
 
@@ -181,9 +213,21 @@ class ApiLimits:
     max_streams: int = 256
     #: /health answers 503 "stale" after this long without a cursor update (0: off)
     stale_after_seconds: float = 60.0
+    #: /health answers 503 "relay_unreachable" when a running ingester's
+    #: ``relay_state`` has been ``connecting`` for longer than this (``failing``:
+    #: at once)
+    relay_connect_seconds: float = 30.0
+    #: an open stream re-reads its token (revoked? scope?) at least this often
+    token_recheck_seconds: float = 5.0
+    #: the cursor poll re-reads the first seq stored today this often (it
+    #: spares consumers past it the probe for trimmed seqs: _oldest_sql)
+    gap_bound_seconds: float = 10.0
     #: /health answers from a cache this old at most (0: every request queries)
     health_cache_seconds: float = 1.0
-    #: the request pool (/events, token lookups, /health)
+    #: the request pool (/events, token lookups, /health); ``pool_min``
+    #: connections are opened at start (asyncpg ``init_size``), none is kept
+    #: open by force (``min_size`` 0: asyncpg's floor keeper would log a
+    #: traceback per reconnection attempt while PostgreSQL is down)
     pool_min: int = 1
     pool_max: int = 8
     #: a request that gets no connection within this is answered 503 Unavailable
@@ -207,6 +251,10 @@ class ApiLimits:
             raise ValueError("page_bytes and stream_page must be >= 1")
         if self.pool_max < 1 or self.stream_pool_max < 1:
             raise ValueError("pool_max and stream_pool_max must be >= 1")
+        if not self.token_recheck_seconds > 0 or not self.gap_bound_seconds > 0:
+            raise ValueError("token_recheck_seconds and gap_bound_seconds must be > 0")
+        if not self.relay_connect_seconds >= 0:
+            raise ValueError("relay_connect_seconds must be >= 0")
 
 
 # --------------------------------------------------------------------------- models
@@ -254,6 +302,21 @@ _missing = set(EVENT_COLUMNS) - set(EventRow.model_fields)
 assert not _missing, f"EventRow lacks the log's columns {sorted(_missing)}"
 
 
+class Trimmed(BaseModel):
+    """``EventsPage.trimmed``: rows after ``since`` are gone from the log."""
+
+    name: Literal["OutdatedCursor"] = Field(
+        description="as a relay's #info OutdatedCursor"
+    )
+    since: int = Field(description="the since= of the request")
+    oldest_kept: int = Field(
+        description="the oldest seq the log still holds (its horizon + 1 when it "
+        "holds none): rows with since < seq < oldest_kept were trimmed by "
+        "retention (or never stored here) and cannot be served"
+    )
+    message: str
+
+
 class EventsPage(BaseModel):
     """A page of ``GET /events``."""
 
@@ -269,12 +332,22 @@ class EventsPage(BaseModel):
         "moves past seqs that matched nothing"
     )
     more: bool = Field(description="rows after cursor matched already")
+    trimmed: Trimmed | None = Field(
+        default=None,
+        description="null, unless since is older than the oldest seq the log "
+        "still keeps (retention trimmed the rows after since): the page is "
+        "then served from the oldest kept row, as a relay continues after "
+        "#info OutdatedCursor, and this object says which seqs are missing. "
+        "A consumer that must not miss events stops or backfills from "
+        "elsewhere; others log it and go on. since=0 (from the oldest kept) "
+        "and a since at or past the log's committed seq never carry it",
+    )
 
 
 class Health(BaseModel):
     """``GET /health``. Times are seconds; null when unknown."""
 
-    status: Literal["ok", "stopped", "stale", "unavailable"]
+    status: Literal["ok", "stopped", "stale", "relay_unreachable", "unavailable"]
     last_seq: int | None = Field(description="seq of the last committed event")
     source: str | None = Field(description="relay or PDS the seq space belongs to")
     lag_seconds: float | None = Field(description="now - newest event_time")
@@ -287,6 +360,18 @@ class Health(BaseModel):
     gaps: int | None = Field(description="seq gaps the ingester detected")
     ingester_pid: int | None
     ingester_started_at: _dt.datetime | None
+    relay_state: str | None = Field(
+        description="the ingester's relay connection: connecting | connected | "
+        "failing (null before schema 3)"
+    )
+    relay_error: str | None = Field(
+        description="why the last connection attempt failed (at most 1000 characters)"
+    )
+    relay_state_since: _dt.datetime | None
+    relay_state_seconds: float | None = Field(description="now - relay_state_since")
+    last_frame_at: _dt.datetime | None = Field(
+        description="when the ingester last read a frame from the relay"
+    )
     last_info: dict[str, Any] | None = Field(
         description="the last #info frame the ingester read, "
         "{name, message, after_seq, received_at} (an #info has no seq of its own: "
@@ -333,7 +418,11 @@ _ERRORS: Final[dict[int | str, dict[str, Any]]] = {
             }
         },
     },
-    422: _err("InvalidRequest: a parameter is missing, malformed or out of range"),
+    422: _err(
+        "InvalidRequest: a parameter is missing, malformed, out of range, "
+        "unknown (the message names it and the closest known one) or given "
+        "more than once"
+    ),
     429: {
         **_err(
             "RateLimitExceeded (the token's rate, or too many failed "
@@ -429,7 +518,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error_response(422, "InvalidRequest", "; ".join(parts) or "invalid")
 
     async def on_unavailable(request: Request, exc: Exception) -> Response:
-        log.warning("PostgreSQL unavailable: %s: %s", type(exc).__name__, exc)
+        _state(request).outage.failed(request.url.path, exc)
         return _error_response(
             503, "Unavailable", "the event log is unavailable", {"Retry-After": "1"}
         )
@@ -566,7 +655,9 @@ def _page_sql(parts: Sequence[str], n: int) -> str:
     JSON text (``record::text``, computed once per row, after the LIMIT) when
     that text is at most ``$n+1`` bytes, else NULL, then the text's length in
     bytes (NULL for a NULL record), then ``ingest_cursor.last_seq`` (the
-    horizon) read by the same statement, so in the same snapshot as the rows.
+    horizon) read by the same statement, so in the same snapshot as the rows,
+    then the oldest seq kept (:func:`_oldest_kept`; ``$n+2`` is its bound,
+    :func:`_oldest_sql`).
 
     The cursor row is the outer side of a left join (``LIMIT 1``: the planner
     then knows it is one row), so an empty page is one row of NULLs and the
@@ -581,11 +672,31 @@ def _page_sql(parts: Sequence[str], n: int) -> str:
         for c in EVENT_COLUMNS
     )
     return (
-        f"SELECT {cols}, octet_length(s.t), c.last_seq "
-        f"FROM (SELECT last_seq FROM ingest_cursor LIMIT 1) c "
+        f"SELECT {cols}, octet_length(s.t), c.last_seq, c.oldest "
+        f"FROM (SELECT last_seq, {_oldest_sql(f'${n + 2}')} AS oldest "
+        f"FROM ingest_cursor LIMIT 1) c "
         f"LEFT JOIN (SELECT q.*, q.record::text AS t "
         f"FROM ({_source_sql(parts, n)}) q ORDER BY q.seq, q.idx OFFSET 0) s "
         f"ON true"
+    )
+
+
+def _oldest_sql(bound: str) -> str:
+    """The oldest seq the log keeps, when it matters (see :func:`_oldest_kept`):
+    NULL unless ``0 < since < bound - 1`` and ``since < last_seq``; ``bound``
+    (a parameter) is a seq still kept whatever retention did since it was
+    read (:meth:`SeqNotifier.gap_bound`; :data:`MAX_SEQ` when none is known),
+    so ``since + 1 >= bound`` cannot be behind a gap. The probe of every
+    partition's first seq costs about 0.3 ms to *plan* (the API plans each
+    page for its values, ``force_custom_plan``); with the values at hand a
+    false ``0 < since < bound - 1`` folds the CASE away before planning, so a
+    consumer at the live tail never pays for it, and a true one reads it as an
+    InitPlan in the page's own snapshot. (``::bigint``: the first use of a
+    parameter in the statement fixes its type.)"""
+    return (
+        f"CASE WHEN $1::bigint > 0 AND $1::bigint < {bound}::bigint - 1 "
+        f"AND $1::bigint < last_seq THEN coalesce("
+        f"(SELECT min(seq) FROM ingest_events), last_seq + 1) END"
     )
 
 
@@ -624,6 +735,31 @@ class Page(NamedTuple):
     #: ``ingest_cursor.last_seq`` in the page query's snapshot (0 when the
     #: cursor row is missing): every seq up to it was committed and visible
     horizon: int
+    #: the oldest seq the log keeps when rows after ``since`` were trimmed (a
+    #: gap: ``since < seq < oldest_kept`` is missing), else ``None``
+    #: (:func:`_oldest_kept`)
+    oldest_kept: int | None = None
+
+
+def _oldest_kept(since: int, oldest: int | None) -> int | None:
+    """``oldest`` (the page query's ``min(seq)`` of the log, or its horizon + 1
+    when it holds no row) when rows after ``since`` are missing, else ``None``.
+
+    Missing means ``since + 1 < oldest``: the seqs in between were committed
+    (``since`` is below the horizon, every seq up to which was committed) and
+    are gone; retention trims whole days of the oldest rows (seed 002 §13). The
+    query computes ``oldest`` only for ``0 < since < horizon`` and ``since + 1``
+    below a seq known to be kept (:func:`_oldest_sql`): ``since=0`` asks for
+    everything kept (a consumer without a cursor: nothing to miss), and
+    nothing at or after the horizon or a kept seq can have been trimmed. Read in the
+    page's snapshot, so it agrees with the rows (a partition dropped meanwhile
+    waits for the statement: DROP takes ACCESS EXCLUSIVE). Seqs a relay
+    skipped, or frames kept only as dead letters, right after ``since`` can
+    make it report a gap of rows that never were in the log; it never misses
+    a trimmed one."""
+    if oldest is None or oldest <= since + 1:
+        return None
+    return int(oldest)
 
 
 def _next_cursor(f: Filters, since: int, rows: Sequence[Row], horizon: int) -> int:
@@ -661,6 +797,7 @@ async def fetch_page(
     *,
     byte_order: bool = False,
     max_bytes: int = PAGE_BYTES,
+    gap_bound: int | None = None,
 ) -> Page:
     """A :class:`Page` of the matching rows with ``seq > since`` in ``(seq, idx)``
     order (:data:`Row` tuples), whole commits only, at most ``limit`` rows and
@@ -668,7 +805,10 @@ async def fetch_page(
     however large (see the module docstring); ``more`` when matching rows remain
     after the last ``seq`` returned; ``cursor`` where the next page starts.
     ``conn``: an asyncpg connection (or pool); ``byte_order``: see
-    :meth:`Filters.where`.
+    :meth:`Filters.where`; ``gap_bound``: a seq known to be still kept
+    (:meth:`SeqNotifier.gap_bound`), which spares consumers at or past it the
+    probe for trimmed seqs (``None``: probe whenever ``0 < since <
+    horizon``).
 
     Memory: the first query carries a record inline only when its text is at
     most ``max_bytes // (limit + 1)`` bytes, so it transfers at most
@@ -676,18 +816,25 @@ async def fetch_page(
     rows kept are fetched by a second query (at most ``max_bytes`` plus the first
     commit). Raises :class:`ApiError` 503 when rows vanish between the two
     (retention dropped their partition), 500 ``SEQ_TOO_LARGE`` for a seq of more
-    than :data:`MAX_ROWS_PER_SEQ` rows."""
+    than :data:`MAX_ROWS_PER_SEQ` rows. ``oldest_kept``: see
+    :func:`_oldest_kept` (rows after ``since`` were trimmed)."""
     if limit < 1 or max_bytes < 1:
         raise ValueError("limit and max_bytes must be >= 1")
     parts, params = filters.branches(byte_order=byte_order)
     n = len(params) + 2
     inline = max(1, max_bytes // (limit + 1))
-    got = await conn.fetch(_page_sql(parts, n), since, *params, limit + 1, inline)
-    # got: asyncpg records of EVENT_COLUMNS + the record's size + the horizon;
-    # an empty page is one row of NULLs with the horizon (none: no cursor row)
-    horizon = int(got[0][-1]) if got and got[0][-1] is not None else 0
+    bound = MAX_SEQ if gap_bound is None else gap_bound
+    got = await conn.fetch(
+        _page_sql(parts, n), since, *params, limit + 1, inline, bound
+    )
+    # got: asyncpg records of EVENT_COLUMNS + the record's size + the horizon +
+    # the oldest seq kept; an empty page is one row of NULLs with the horizon
+    # (none: no cursor row)
+    horizon = int(got[0][-2]) if got and got[0][-2] is not None else 0
+    oldest = _oldest_kept(since, got[0][-1]) if got else None
     if not got or got[0][0] is None:
-        return Page([], False, _next_cursor(filters, since, (), horizon), horizon)
+        cursor = _next_cursor(filters, since, (), horizon)
+        return Page([], False, cursor, horizon, oldest)
     if len(got) > 1:
         got.sort(key=_SEQ_IDX)  # see _page_sql: already ordered, in practice
     end = len(got) if len(got) <= limit else _commit_start(got, limit)
@@ -695,25 +842,25 @@ async def fetch_page(
         # One commit has more matching rows than limit: return it whole.
         whole, more = await _whole_commit(conn, filters, byte_order, since, got[0][0])
         cursor = whole[-1][0] if more else _next_cursor(filters, since, whole, horizon)
-        return Page(whole, more, int(cursor), horizon)
+        return Page(whole, more, int(cursor), horizon, oldest)
     # Keep whole commits while the record bytes fit (the first one always).
     cut = end
-    if sum(r[-2] or 0 for r in got[:end]) > max_bytes:
+    if sum(r[-3] or 0 for r in got[:end]) > max_bytes:
         total, i = 0, 0
         while i < end:
             j, size, seq = i, 0, got[i][0]
             while j < end and got[j][0] == seq:
-                size += got[j][-2] or 0
+                size += got[j][-3] or 0
                 j += 1
             if i > 0 and total + size > max_bytes:
                 cut = i
                 break
             total += size
             i = j
-    page: list[Row] = [r[:-2] for r in got[:cut]]
+    page: list[Row] = [r[:-3] for r in got[:cut]]
     more = cut < len(got)
     withheld = [
-        k for k in range(cut) if got[k][_RECORD_AT] is None and got[k][-2] is not None
+        k for k in range(cut) if got[k][_RECORD_AT] is None and got[k][-3] is not None
     ]
     if withheld:
         filled = {
@@ -738,7 +885,7 @@ async def fetch_page(
                 )
             page[k] = (*r[:_RECORD_AT], text, *r[_RECORD_AT + 1 :])
     cursor = int(page[-1][0]) if more else _next_cursor(filters, since, page, horizon)
-    return Page(page, more, cursor, horizon)
+    return Page(page, more, cursor, horizon, oldest)
 
 
 async def _whole_commit(
@@ -782,9 +929,27 @@ def _row_dict(row: Any) -> dict[str, Any]:
     return d
 
 
-def _page_body(rows: Sequence[Any], cursor: int, more: bool) -> bytes:
+def _trimmed(since: int, oldest_kept: int) -> dict[str, Any]:
+    """``EventsPage.trimmed`` (and the data of a stream's ``info`` event)."""
+    return {
+        "name": "OutdatedCursor",
+        "since": since,
+        "oldest_kept": oldest_kept,
+        "message": f"events after seq {since} and before seq {oldest_kept} are "
+        "no longer kept (trimmed by retention); continuing from the oldest kept",
+    }
+
+
+def _page_body(
+    rows: Sequence[Any], cursor: int, more: bool, trimmed: dict[str, Any] | None
+) -> bytes:
     return orjson.dumps(
-        {"events": [_row_dict(r) for r in rows], "cursor": cursor, "more": more}
+        {
+            "events": [_row_dict(r) for r in rows],
+            "cursor": cursor,
+            "more": more,
+            "trimmed": trimmed,
+        }
     )
 
 
@@ -817,17 +982,87 @@ def _on_close(closed: asyncio.Event) -> Any:
     return callback
 
 
+#: :meth:`SeqNotifier.gap_bound`: the first seq stored today (UTC) and the
+#: seconds until the next midnight (UTC), both by the database's clock. The
+#: condition prunes the older days' partitions at executor start; the first
+#: index entry of today's qualifies at once (the default partition, which holds
+#: rows only of days without a partition of their own, is walked in seq order
+#: until a row of today).
+_GAP_BOUND_SQL: Final = """
+SELECT (SELECT min(seq) FROM ingest_events
+         WHERE indexed_at >= date_trunc('day', now(), 'UTC')),
+       extract(epoch FROM date_trunc('day', now(), 'UTC') + interval '1 day'
+               - now())::float8
+"""
+
+
+class Outage:
+    """Whether PostgreSQL answers, as this process last saw it: one WARNING when
+    it stops answering (the first failure of a request, a stream, /health or
+    the cursor poll), DEBUG for every further failure, one INFO when it answers
+    again (the poll runs every ``poll_seconds``, so that is seen within about
+    one poll). Never a traceback: an outage is an expected state.
+    ``failures``: failures seen in all; ``outages``: outages begun."""
+
+    def __init__(self) -> None:
+        self.down_since: float | None = None
+        self.failures = 0
+        self.outages = 0
+        self._first = ""
+
+    def failed(self, where: str, exc: BaseException) -> None:
+        """Count a failure to reach PostgreSQL at ``where`` (a path, or
+        ``cursor poll``)."""
+        self.failures += 1
+        why = f"{type(exc).__name__}: {exc}"[:300]
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            self.outages += 1
+            self._first = why
+            log.warning(
+                "PostgreSQL unavailable (%s: %s); answering 503 until it is back",
+                where,
+                why,
+            )
+        else:
+            log.debug("PostgreSQL still unavailable (%s: %s)", where, why)
+
+    def ok(self) -> None:
+        """PostgreSQL answered a query."""
+        if self.down_since is not None:
+            log.info(
+                "PostgreSQL available again after %.1fs (%s)",
+                time.monotonic() - self.down_since,
+                self._first,
+            )
+            self.down_since = None
+
+
 class SeqNotifier:
     """The newest committed ``seq`` known to this process, and a broadcast wake-up
     for streams. Fed by ``LISTEN ingest_events`` (payload: the seq) on a dedicated
     connection that is re-opened with backoff when it drops, and by a poll of
-    ``ingest_cursor.last_seq`` every ``poll_seconds`` (the fallback)."""
+    ``ingest_cursor.last_seq`` every ``poll_seconds`` (the fallback), which also
+    tells ``outage`` whether PostgreSQL answers."""
 
-    def __init__(self, dsn: str, pool: Any, poll_seconds: float) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        pool: Any,
+        poll_seconds: float,
+        outage: Outage | None = None,
+        *,
+        gap_bound_seconds: float = 10.0,
+    ) -> None:
         self._dsn = dsn
         self._pool = pool
         self._poll_seconds = poll_seconds
+        self._outage = outage or Outage()
         self.latest = 0
+        self._bound: int | None = None
+        self._bound_expires = 0.0
+        self._bound_every = gap_bound_seconds
+        self._bound_read_at = -math.inf
         self.listening = False
         self._changed = asyncio.Event()
         self._poke = asyncio.Event()
@@ -857,6 +1092,28 @@ class SeqNotifier:
         )
         if value is not None:
             self.bump(int(value))
+        now = time.monotonic()
+        if now >= self._bound_read_at + self._bound_every:
+            row = await self._pool.fetchrow(
+                _GAP_BOUND_SQL, timeout=self._poll_seconds + 5
+            )
+            self._bound_read_at = now
+            self._bound = None
+            if row is not None and row[0] is not None:
+                self._bound = int(row[0])
+                self._bound_expires = now + max(0.0, float(row[1]) - 1.0)
+
+    def gap_bound(self) -> int | None:
+        """A seq the log keeps whatever retention does before the next
+        midnight (UTC): the first seq of the rows stored today, read by the
+        poll every ``gap_bound_seconds``. Retention never removes a row
+        younger than a day nor the current day's partition (:mod:`.retention`),
+        so a consumer whose ``since + 1`` reaches it cannot be behind trimmed
+        seqs (:func:`_oldest_sql`). ``None`` when unknown (no row stored
+        today, not read yet, or past the midnight it was valid until)."""
+        if self._bound is None or time.monotonic() >= self._bound_expires:
+            return None
+        return self._bound
 
     async def _poll_loop(self) -> None:
         while True:
@@ -865,8 +1122,12 @@ class SeqNotifier:
             self._poke.clear()
             try:
                 await self.poll_once()
+            except _UNAVAILABLE as exc:
+                self._outage.failed("cursor poll", exc)
             except Exception as exc:  # noqa: BLE001 - the poll must survive anything
                 log.debug("cursor poll failed: %s", exc)
+            else:
+                self._outage.ok()
 
     async def _listen_loop(self) -> None:
         backoff = 0.1
@@ -926,6 +1187,11 @@ class _State:
     streams_total: int = 0
     dropped_slow: int = 0
     byte_order: bool = False
+    outage: Outage = dataclasses.field(default_factory=Outage)
+    #: the query parameters of each endpoint (:func:`_query_names`)
+    known_params: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)
+    #: token re-reads by open streams (:attr:`ApiLimits.token_recheck_seconds`)
+    token_rechecks: int = 0
     closing: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     loop: asyncio.AbstractEventLoop | None = None
     #: /health: the last body, when it expires (monotonic), the query in flight
@@ -982,11 +1248,12 @@ class EventStreamResponse(Response):
     media_type = "text/event-stream"
 
     def __init__(
-        self, state: _State, token_id: str, filters: Filters, start: int
+        self, state: _State, token: TokenInfo, filters: Filters, start: int
     ) -> None:
         super().__init__(status_code=200, media_type=self.media_type)
         self._st = state
-        self._token_id = token_id
+        self._token = token
+        self._token_id = token.id
         self._filters = filters
         self._start = start
 
@@ -1051,6 +1318,25 @@ class EventStreamResponse(Response):
             send, {"type": "http.response.body", "body": data, "more_body": True}
         )
 
+    async def _token_refusal(self, conn: Any) -> tuple[str, str] | None:
+        """``(error, message)`` when the stream's token no longer allows it:
+        revoked or gone (``InvalidToken``), or its scope changed and no longer
+        covers the stream's filters (``ScopeDenied``); ``None`` while it does.
+        One lookup by primary key."""
+        self._st.token_rechecks += 1
+        try:
+            now = await token_by_id(conn, self._token_id)
+        except TokenError:
+            return ("ScopeDenied", "the token's stored scope is not valid")
+        if now is None or now.revoked_at is not None:
+            return ("InvalidToken", "token revoked")
+        if now.scope != self._token.scope:
+            reason = _scope_denial(now, self._filters)
+            if reason is not None:
+                return ("ScopeDenied", reason)
+            self._token = now
+        return None
+
     async def _run(self, send: Send, stop: asyncio.Event, closing: Any) -> None:
         st, lim = self._st, self._st.limits
         notifier = st.notifier
@@ -1058,40 +1344,73 @@ class EventStreamResponse(Response):
         loop = asyncio.get_running_loop()
         # cursor: last seq sent; scanned: every matching row <= it was sent;
         # last_id: the last id: the client holds; known: the newest committed
-        # seq seen (what a wake-up must go beyond).
+        # seq seen (what a wake-up must go beyond); checked: when the token was
+        # last read (verified when the stream opened); fetch: a page is due.
         cursor = scanned = last_id = known = self._start
         await self._body(send, b"retry: 2000\n: from seq %d\n\n" % cursor)
-        written = loop.time()
+        written = checked = loop.time()
+        fetch = True
         while not stop.is_set():
-            known = max(known, notifier.latest)
+            latest = notifier.latest
+            if latest > known:
+                fetch = True  # news that came after the last wait ended
+                known = latest
+            recheck = loop.time() - checked >= lim.token_recheck_seconds
+            page = None
             try:
-                async with st.stream_pool.acquire() as conn:
-                    page = await fetch_page(
-                        conn,
-                        self._filters,
-                        max(cursor, scanned),
-                        lim.stream_page,
-                        byte_order=st.byte_order,
-                        max_bytes=lim.page_bytes,
-                    )
+                if recheck or fetch:
+                    async with st.stream_pool.acquire() as conn:
+                        refusal = await self._token_refusal(conn) if recheck else None
+                        if refusal is None and fetch:
+                            page = await fetch_page(
+                                conn,
+                                self._filters,
+                                max(cursor, scanned),
+                                lim.stream_page,
+                                byte_order=st.byte_order,
+                                max_bytes=lim.page_bytes,
+                                gap_bound=notifier.gap_bound(),
+                            )
+                    if recheck:
+                        checked = loop.time()
+                    if refusal is not None:
+                        error, message = refusal
+                        log.info("stream of token %s ends: %s", self._token_id, message)
+                        await self._body(
+                            send,
+                            b"event: error\ndata: %s\n\n"
+                            % orjson.dumps({"error": error, "message": message}),
+                        )
+                        return
             except (*_UNAVAILABLE, ApiError) as exc:
-                log.warning("stream ends, PostgreSQL unavailable: %s", exc)
+                if isinstance(exc, ApiError):
+                    log.warning("stream ends: %s", exc)
+                else:
+                    st.outage.failed("/events/stream", exc)
                 await self._body(send, b": unavailable\n\n")
                 return
             if stop.is_set() or closing.done():
                 return
-            rows = page.rows
-            if rows:
-                for chunk in _sse_chunks(rows, lim.stream_chunk_bytes):
-                    await self._body(send, chunk)
-                cursor = max(cursor, int(rows[-1][0]))
-                last_id = max(last_id, cursor)
-                written = loop.time()
-            if page.more:
-                continue
-            # the page's cursor: the horizon of its snapshot (see _next_cursor)
-            scanned = max(scanned, cursor, page.cursor)
-            known = max(known, page.horizon, scanned)
+            if page is not None:
+                if page.oldest_kept is not None:
+                    # rows after the stream's position were trimmed: say so
+                    # before the rows, as a relay sends #info OutdatedCursor
+                    info = _trimmed(max(cursor, scanned), page.oldest_kept)
+                    await self._body(
+                        send, b"event: info\ndata: %s\n\n" % orjson.dumps(info)
+                    )
+                rows = page.rows
+                if rows:
+                    for chunk in _sse_chunks(rows, lim.stream_chunk_bytes):
+                        await self._body(send, chunk)
+                    cursor = max(cursor, int(rows[-1][0]))
+                    last_id = max(last_id, cursor)
+                    written = loop.time()
+                if page.more:
+                    continue
+                # the page's cursor: the horizon of its snapshot (_next_cursor)
+                scanned = max(scanned, cursor, page.cursor)
+                known = max(known, page.horizon, scanned)
             idle = loop.time() - written
             if idle >= lim.heartbeat_seconds:
                 if scanned > last_id:
@@ -1102,12 +1421,16 @@ class EventStreamResponse(Response):
                     await self._body(send, b": ping\n\n")
                 written = loop.time()
                 idle = 0.0
+            due = min(
+                lim.heartbeat_seconds - idle,
+                lim.token_recheck_seconds - (loop.time() - checked),
+            )
             news = asyncio.create_task(notifier.wait_beyond(known))
             stopped = asyncio.create_task(stop.wait())
             try:
                 done, _ = await asyncio.wait(
                     {news, stopped, closing},
-                    timeout=lim.heartbeat_seconds - idle,
+                    timeout=max(0.0, due),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
             finally:
@@ -1115,6 +1438,10 @@ class EventStreamResponse(Response):
                 stopped.cancel()
             if stopped in done or closing in done:
                 return
+            # a page when something was committed, or before a heartbeat (it
+            # carries the scanned seq); a wake-up for the token alone reads
+            # only the token
+            fetch = news in done or loop.time() - written >= lim.heartbeat_seconds
 
 
 # --------------------------------------------------------------------------- app
@@ -1182,6 +1509,62 @@ _Include = Annotated[
 ]
 
 
+#: Characters of an unknown parameter's name echoed in the 422 message.
+_ECHO_NAME: Final = 40
+
+
+def _echo(name: str) -> str:
+    """``name`` for an error message: quoted, escaped, at most ``_ECHO_NAME``
+    characters."""
+    return repr(name[:_ECHO_NAME]) + ("..." if len(name) > _ECHO_NAME else "")
+
+
+def _query_names(app: FastAPI, path: str) -> frozenset[str]:
+    """The query parameters the OpenAPI document declares for ``GET path``
+    (built once per app: the document is cached)."""
+    st: _State = app.state.ingest
+    known = st.known_params.get(path)
+    if known is None:
+        params = app.openapi()["paths"][path]["get"].get("parameters", [])
+        known = frozenset(p["name"] for p in params if p.get("in") == "query")
+        st.known_params[path] = known
+    return known
+
+
+def _only_known_params(path: str) -> Any:
+    """A dependency refusing, with 422 ``InvalidRequest``, a query parameter
+    ``GET path`` does not declare (naming it, and the closest declared one by
+    :func:`difflib.get_close_matches`) or one given more than once: a typo
+    such as ``colection=`` must not return an unfiltered page. It runs before
+    authentication (it needs no token and costs no lookup)."""
+
+    def check(request: Request) -> None:
+        known = _query_names(request.app, path)
+        seen: dict[str, int] = {}
+        for name, _ in request.query_params.multi_items():
+            seen[name] = seen.get(name, 0) + 1
+        for name, n in seen.items():
+            if name not in known:
+                close = difflib.get_close_matches(
+                    name[:_ECHO_NAME].lower(), sorted(known), n=1, cutoff=0.6
+                )
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ApiError(
+                    422,
+                    "InvalidRequest",
+                    f"unknown parameter {_echo(name)}{hint}; {path} takes "
+                    + ", ".join(sorted(known)),
+                )
+            if n > 1:
+                raise ApiError(
+                    422,
+                    "InvalidRequest",
+                    f"parameter {name!r} given {n} times; give it once",
+                )
+
+    return check
+
+
 def _include_types(value: str | None) -> tuple[str, ...]:
     """The types of ``include=`` (syntax already checked), in
     :data:`REPO_EVENT_TYPES` order, each once."""
@@ -1228,7 +1611,7 @@ async def _authorize(
         )
     if len(creds.credentials) > MAX_TOKEN_LENGTH:
         st.throttle.failed(address)
-        raise ApiError(401, "InvalidToken", "malformed token", _INVALID_TOKEN)
+        raise ApiError(401, "InvalidToken", INVALID_TOKEN, _INVALID_TOKEN)
     try:
         async with _connection(st) as conn:
             token = await verify_token(conn, creds.credentials)
@@ -1247,14 +1630,19 @@ async def _authorize(
     return token
 
 
-def _check_scope(token: TokenInfo, f: Filters) -> None:
-    reason = token.scope.denies(
+def _scope_denial(token: TokenInfo, f: Filters) -> str | None:
+    """Why ``token``'s scope does not cover ``f``, or ``None``."""
+    return token.scope.denies(
         collection=f.collection,
         event_type=f.event_type,
         repo=f.repo,
         action=f.action,
         include=f.include,
     )
+
+
+def _check_scope(token: TokenInfo, f: Filters) -> None:
+    reason = _scope_denial(token, f)
     if reason is not None:
         raise ApiError(
             403,
@@ -1305,9 +1693,14 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         st.closing = asyncio.Event()
         st.loop = asyncio.get_running_loop()
+        # min_size=0: no connection floor. asyncpg keeps a floor by reconnecting
+        # in the background and logs a WARNING with a traceback for each failed
+        # attempt while PostgreSQL is down; connections are made on demand
+        # instead, and Outage logs once per outage.
         st.pool = await asyncpg.create_pool(
             database_url,
-            min_size=min(lim.pool_min, lim.pool_max),
+            init_size=min(lim.pool_min, lim.pool_max),
+            min_size=0,
             max_size=lim.pool_max,
             command_timeout=lim.statement_timeout_ms / 1000 + 5,
             server_settings=server_settings,
@@ -1315,7 +1708,8 @@ def create_app(
         try:
             st.stream_pool = await asyncpg.create_pool(
                 database_url,
-                min_size=min(lim.pool_min, lim.stream_pool_max),
+                init_size=min(lim.pool_min, lim.stream_pool_max),
+                min_size=0,
                 max_size=lim.stream_pool_max,
                 command_timeout=lim.statement_timeout_ms / 1000 + 5,
                 server_settings={
@@ -1334,7 +1728,13 @@ def create_app(
                     "collection=prefix.* filters cannot use the (collection, seq) "
                     "index"
                 )
-            st.notifier = SeqNotifier(database_url, st.stream_pool, lim.poll_seconds)
+            st.notifier = SeqNotifier(
+                database_url,
+                st.stream_pool,
+                lim.poll_seconds,
+                st.outage,
+                gap_bound_seconds=lim.gap_bound_seconds,
+            )
             await st.notifier.start()
             yield
         finally:
@@ -1360,6 +1760,7 @@ def create_app(
 
     @app.get(
         "/events",
+        dependencies=[Depends(_only_known_params("/events"))],
         response_model=EventsPage,
         responses={**_ERRORS, **_unavailable(stream=False)},
         summary="A page of events after since",
@@ -1384,14 +1785,19 @@ def create_app(
                 limit,
                 byte_order=st.byte_order,
                 max_bytes=lim.page_bytes,
+                gap_bound=st.notifier.gap_bound() if st.notifier else None,
             )
+        trimmed = None
+        if page.oldest_kept is not None:
+            trimmed = _trimmed(since, page.oldest_kept)
         return Response(
-            _page_body(page.rows, page.cursor, page.more),
+            _page_body(page.rows, page.cursor, page.more, trimmed),
             media_type="application/json",
         )
 
     @app.get(
         "/events/stream",
+        dependencies=[Depends(_only_known_params("/events/stream"))],
         responses={
             200: {
                 "description": (
@@ -1403,7 +1809,14 @@ def create_app(
                     "scanned past the last id sent (an id without data moves "
                     "Last-Event-ID and dispatches no event). `retry: 2000` first; "
                     "`: unavailable` before the server ends a stream it cannot "
-                    "feed."
+                    "feed. Named events (not rows): `event: info` with data "
+                    '`{"name": "OutdatedCursor", "since", "oldest_kept", '
+                    '"message"}` before the rows after a gap of trimmed seqs '
+                    "(see /events trimmed); `event: error` with data "
+                    '`{"error": "InvalidToken" | "ScopeDenied", "message"}`, '
+                    "the last message of a stream whose token was revoked (or "
+                    "whose scope no longer covers its filters; re-read every "
+                    "token_recheck_seconds, 5 s)."
                 ),
                 "content": {
                     "text/event-stream": {
@@ -1471,20 +1884,23 @@ def create_app(
             )
         st.streams[token.id] = st.streams.get(token.id, 0) + 1
         st.streams_total += 1
-        return EventStreamResponse(st, token.id, f, start)
+        return EventStreamResponse(st, token, f, start)
 
     @app.get(
         "/health",
         response_model=Health,
         responses={
-            503: {"model": Health, "description": "stale or unavailable"},
+            503: {
+                "model": Health,
+                "description": "stale, relay_unreachable or unavailable",
+            },
             **_BUG,
         },
         summary="The ingester's progress (no authentication)",
     )
     async def health() -> Response:
         body = await _cached_health(st)
-        code = 503 if body["status"] in ("stale", "unavailable") else 200
+        code = 503 if body["status"] in _HEALTH_FAILING else 200
         return Response(
             orjson.dumps(body), status_code=code, media_type="application/json"
         )
@@ -1504,15 +1920,23 @@ SELECT CASE WHEN co.collname <> 'default' THEN co.collname IN ('C', 'POSIX')
    AND d.datname = current_database()
 """
 
+#: the /health statuses answered with 503
+_HEALTH_FAILING: Final = ("stale", "relay_unreachable", "unavailable")
+
 _HEALTH_SQL: Final = """
 SELECT c.source, c.last_seq, c.updated_at, c.buffer_fill, c.buffer_max,
        c.dead_letters, c.gaps, c.ingester_pid, c.ingester_started_at,
        coalesce(c.last_event_time,
                 (SELECT max(e.event_time) FROM ingest_events e
                   WHERE e.seq = c.last_seq)) AS newest_event_time,
-       to_jsonb(c) -> 'last_info' AS last_info,  -- NULL before schema 2
+       j.v -> 'last_info' AS last_info,  -- NULL before schema 2
+       -- the relay connection's state: NULL before schema 3
+       j.v ->> 'relay_state' AS relay_state,
+       left(j.v ->> 'relay_error', 1000) AS relay_error,
+       (j.v ->> 'relay_state_since')::timestamptz AS relay_state_since,
+       (j.v ->> 'last_frame_at')::timestamptz AS last_frame_at,
        now() AS now
-  FROM ingest_cursor c
+  FROM ingest_cursor c CROSS JOIN LATERAL (SELECT to_jsonb(c) AS v) j
 """
 
 
@@ -1557,6 +1981,11 @@ async def _health(st: _State) -> dict[str, Any]:
         "gaps": None,
         "ingester_pid": None,
         "ingester_started_at": None,
+        "relay_state": None,
+        "relay_error": None,
+        "relay_state_since": None,
+        "relay_state_seconds": None,
+        "last_frame_at": None,
         "last_info": None,
         "streams": st.streams_total,
         "listening": bool(notifier and notifier.listening),
@@ -1566,8 +1995,9 @@ async def _health(st: _State) -> dict[str, Any]:
     try:
         row = await asyncio.wait_for(st.pool.fetchrow(_HEALTH_SQL), timeout)
     except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
-        log.warning("health: PostgreSQL unavailable: %s", exc)
+        st.outage.failed("/health", exc)
         return body
+    st.outage.ok()
     if row is None:
         return body
     now: _dt.datetime = row["now"]
@@ -1590,10 +2020,28 @@ async def _health(st: _State) -> dict[str, Any]:
             orjson.Fragment(row["last_info"]) if row["last_info"] is not None else None
         ),
     )
+    relay_state = row["relay_state"]
+    relay_since = row["relay_state_since"] or row["ingester_started_at"]
+    relay_seconds = (now - relay_since).total_seconds() if relay_since else None
+    body.update(
+        relay_state=relay_state,
+        relay_error=row["relay_error"],
+        relay_state_since=row["relay_state_since"],
+        relay_state_seconds=relay_seconds,
+        last_frame_at=row["last_frame_at"],
+    )
     running = row["ingester_pid"] is not None
     stale_after = st.limits.stale_after_seconds
     if not running:
         body["status"] = "stopped"
+    elif relay_state == "failing" or (
+        relay_state == "connecting"
+        and relay_seconds is not None
+        and relay_seconds > st.limits.relay_connect_seconds
+    ):
+        # before "stale": an ingester that cannot reach its relay commits no
+        # batch, so its row ages too, and this says why
+        body["status"] = "relay_unreachable"
     elif stale_after > 0 and staleness > stale_after:
         body["status"] = "stale"
     else:

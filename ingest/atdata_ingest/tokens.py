@@ -57,6 +57,7 @@ import orjson
 
 __all__ = [
     "EVENT_TYPES",
+    "INVALID_TOKEN",
     "MAX_TOKEN_LENGTH",
     "AuthError",
     "TokenError",
@@ -69,6 +70,7 @@ __all__ = [
     "nsid_glob_ok",
     "parse_token",
     "revoke_token",
+    "token_by_id",
     "verify_token",
 ]
 
@@ -99,6 +101,9 @@ DID_PATTERN: Final = r"did:[a-z]+:[a-zA-Z0-9._:%-]*[a-zA-Z0-9._-]"
 MAX_DID_LENGTH: Final = 2048
 _DID_RE: Final = re.compile(DID_PATTERN)
 _MAX_SCOPE_ITEMS: Final = 256
+#: The reason of every :class:`AuthError` but ``AUTH_REVOKED``: the same words
+#: whether the token was malformed, its id unknown or its secret wrong.
+INVALID_TOKEN: Final = "invalid token"
 
 
 class TokenError(ValueError):
@@ -113,7 +118,13 @@ class TokenError(ValueError):
 class AuthError(Exception):
     """A bearer token that does not authenticate: ``rule`` is ``AUTH_MALFORMED``
     (not ``atdi_<16 hex>_<43 urlsafe>``), ``AUTH_UNKNOWN`` (no such id, or the
-    secret does not match) or ``AUTH_REVOKED`` (the right token, revoked)."""
+    secret does not match) or ``AUTH_REVOKED`` (the right token, revoked).
+
+    ``reason`` is what a client may be told: :data:`INVALID_TOKEN` for a
+    malformed and for an unknown token alike (the rule stays on the server), so
+    that a guess ``atdi_<id>_<anything>`` never tells whether ``id`` exists;
+    ``"token revoked"`` only to a client that presented the whole, right token
+    (it knows the token exists)."""
 
     def __init__(self, rule: str, reason: str) -> None:
         super().__init__(f"{rule}: {reason}")
@@ -279,12 +290,13 @@ def hash_token(token: str) -> bytes:
 
 def parse_token(token: str) -> tuple[str, str]:
     """``(id, secret)`` of ``atdi_<id>_<secret>``. Raises :class:`AuthError`
-    (``AUTH_MALFORMED``) for anything else, without echoing the input."""
+    (``AUTH_MALFORMED``, reason :data:`INVALID_TOKEN`) for anything else,
+    without echoing the input."""
     if len(token) > MAX_TOKEN_LENGTH:
-        raise AuthError("AUTH_MALFORMED", "token too long")
+        raise AuthError("AUTH_MALFORMED", INVALID_TOKEN)
     m = _TOKEN_RE.fullmatch(token)
     if m is None:
-        raise AuthError("AUTH_MALFORMED", "not an atdi_ token")
+        raise AuthError("AUTH_MALFORMED", INVALID_TOKEN)
     return m.group(1), m.group(2)
 
 
@@ -367,7 +379,9 @@ async def revoke_token(
 
     ``True`` when a live token was revoked now, ``False`` when none matched or it
     was already revoked. Takes effect on the next request (tokens are looked up
-    per request). Raises :class:`TypeError` unless exactly one is given."""
+    per request) and, on the API's open streams of the token, within its
+    ``token_recheck_seconds`` (5 s; the stream ends with an SSE ``error``
+    event). Raises :class:`TypeError` unless exactly one is given."""
     given = [v for v in (name_or_id, name, id) if v is not None]
     if len(given) != 1:
         raise TypeError("revoke_token: give exactly one of name_or_id, name=, id=")
@@ -393,10 +407,23 @@ async def list_tokens(conn: _Queryable) -> list[TokenInfo]:
     return [_info(r) for r in rows]
 
 
+async def token_by_id(conn: _Queryable, token_id: str) -> TokenInfo | None:
+    """The row of ``token_id`` (revoked too; never the hash), or ``None`` when
+    there is none: one lookup by primary key. The API's open streams re-read
+    their token with it (revocation and scope changes take effect on them too).
+    Raises :class:`TokenError` (``TOKEN_SCOPE``) for a stored scope that is not
+    valid (edited by hand)."""
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM ingest_tokens WHERE id = $1", token_id
+    )
+    return None if row is None else _info(row)
+
+
 async def verify_token(conn: _Queryable, token: str) -> TokenInfo:
     """The live token row of plaintext ``token``. Raises :class:`AuthError`
-    (``AUTH_MALFORMED``, ``AUTH_UNKNOWN``, ``AUTH_REVOKED``). The digest comparison
-    is constant-time; an unknown id costs the same hash as a wrong secret."""
+    (``AUTH_MALFORMED``, ``AUTH_UNKNOWN``: reason :data:`INVALID_TOKEN` for both;
+    ``AUTH_REVOKED``: ``"token revoked"``). The digest comparison is
+    constant-time; an unknown id costs the same hash as a wrong secret."""
     token_id, _ = parse_token(token)
     digest = hash_token(token)
     row = await conn.fetchrow(
@@ -404,7 +431,7 @@ async def verify_token(conn: _Queryable, token: str) -> TokenInfo:
     )
     stored = bytes(row["hash"]) if row is not None else b"\0" * 32
     if not hmac.compare_digest(stored, digest) or row is None:
-        raise AuthError("AUTH_UNKNOWN", "unknown token")
+        raise AuthError("AUTH_UNKNOWN", INVALID_TOKEN)
     if row["revoked_at"] is not None:
         raise AuthError("AUTH_REVOKED", "token revoked")
     return _info(row)

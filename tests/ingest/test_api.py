@@ -429,7 +429,7 @@ def test_limit_default_cap_and_row_shape(api: LiveApi) -> None:
         )
         # since beyond the log: empty page, cursor stays at since
         page = c.get("/events", params={"since": 5000}).json()
-        assert page == {"events": [], "cursor": 5000, "more": False}
+        assert page == {"events": [], "cursor": 5000, "more": False, "trimmed": None}
 
 
 def test_hostile_parameters_are_refused_never_5xx(api: LiveApi) -> None:
@@ -932,7 +932,7 @@ def test_fetch_page_bounds_rows_and_record_bytes_and_cuts_only_at_commits(
                 for limit, budget in cases:
                     since, pos = 0, 0
                     while True:
-                        page, more, cursor, horizon = await fetch_page(
+                        page, more, cursor, horizon, _ = await fetch_page(
                             conn, f, since, limit, byte_order=True, max_bytes=budget
                         )
                         assert horizon == 10**6  # the cursor row's last_seq
@@ -1585,7 +1585,7 @@ def test_include_walks_its_own_index(pg_dsn: str) -> None:
 
             n = len(params) + 2
             got = await conn.fetch(
-                "EXPLAIN " + _page_sql(parts, n), 0, *params, 101, 1000
+                "EXPLAIN " + _page_sql(parts, n), 0, *params, 101, 1000, 2**63 - 1
             )
             return "\n".join(r[0] for r in got)
         finally:
@@ -1624,6 +1624,7 @@ def test_a_page_without_more_carries_the_scanned_horizon(api: LiveApi) -> None:
             "events": [],
             "cursor": 39,
             "more": False,
+            "trimmed": None,
         }
         assert page(since=39, collection=DATASET)["cursor"] == 39
         insert(api.dsn, [Row(s, collection=DATASET) for s in range(40, 46)])
@@ -1789,3 +1790,495 @@ def test_verify_rule_is_served(api: LiveApi) -> None:
         with c.stream("GET", "/events/stream", params={"since": 0}) as r:
             got = take(sse_events(r.iter_lines()), 2)
         assert [e["data"]["verify_rule"] for e in got] == ["REV_STALE", None]
+
+
+# --------------------------------------------------------------------------- SSE
+# named events, the relay's state, unknown parameters, trimmed seqs, outages
+
+
+def sse_all(lines: Iterator[str], deadline: float = 30.0) -> Iterator[dict[str, Any]]:
+    """Every SSE message with an event name, an id or data: {"event", "id",
+    "data"} (data parsed; None when absent); comments skipped. Raises
+    AssertionError once ``deadline`` seconds have passed (checked at every line:
+    heartbeats keep lines coming; it only bounds a broken build)."""
+    data: list[str] = []
+    ev_id: str | None = None
+    name: str | None = None
+    end = time.monotonic() + deadline
+    for line in lines:
+        if time.monotonic() > end:
+            raise AssertionError(f"no end of the stream within {deadline}s")
+        if line == "":
+            if data or ev_id is not None or name is not None:
+                parsed = orjson.loads("\n".join(data)) if data else None
+                yield {"event": name, "id": ev_id, "data": parsed}
+            data, ev_id, name = [], None, None
+        elif line.startswith("data: "):
+            data.append(line[6:])
+        elif line.startswith("id: "):
+            ev_id = line[4:]
+        elif line.startswith("event: "):
+            name = line[7:]
+
+
+def until_closed(messages: Iterator[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages until the server closes the stream (bounded by the
+    deadline of :func:`sse_all`)."""
+    return list(messages)
+
+
+def until_row(messages: Iterator[dict[str, Any]], seq: int) -> list[dict[str, Any]]:
+    """The messages up to the row of ``seq`` (bounded by :func:`sse_all`)."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        out.append(m)
+        if m["event"] is None and m["data"] and m["data"].get("seq") == seq:
+            return out
+    raise AssertionError(f"the stream ended before seq {seq}: {out[-5:]}")
+
+
+async def _set_scope(dsn: str, name: str, scope: dict[str, Any]) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "UPDATE ingest_tokens SET scope = $2::jsonb WHERE name = $1",
+            name,
+            orjson.dumps(scope).decode(),
+        )
+    finally:
+        await conn.close()
+
+
+def test_revoking_a_token_ends_its_open_streams(pg_dsn: str) -> None:
+    """A stream re-reads its token every token_recheck_seconds: once revoked it
+    ends with `event: error` {"error": "InvalidToken", "message": "token
+    revoked"} as its last message, while another token's stream goes on."""
+    insert(pg_dsn, [Row(1)])
+    tok = token(pg_dsn, "doomed")
+    other = token(pg_dsn, "other")
+    limits = dataclasses.replace(FAST, token_recheck_seconds=0.2)
+    with (
+        LiveApi(pg_dsn, limits) as live,
+        live.client(tok) as c,
+        live.client(other) as o,
+        c.stream("GET", "/events/stream", params={"since": 0}) as r,
+        o.stream("GET", "/events/stream", params={"since": 0}) as r2,
+    ):
+        mine, theirs = sse_all(r.iter_lines()), sse_all(r2.iter_lines())
+        until_row(mine, 1)
+        until_row(theirs, 1)
+        assert run(_revoke(pg_dsn, "doomed")) is True
+        insert(pg_dsn, [Row(2)])
+        rest = until_closed(mine)
+        assert rest[-1] == {
+            "event": "error",
+            "id": None,
+            "data": {"error": "InvalidToken", "message": "token revoked"},
+        }
+        assert all(m["event"] is None for m in rest[:-1])
+        until_row(theirs, 2)
+        insert(pg_dsn, [Row(3)])
+        until_row(theirs, 3)  # the other token's stream is untouched
+        wait_until(lambda: live.state.streams_total == 1, "the revoked one released")
+    # a reconnect with the revoked token is refused
+    with LiveApi(pg_dsn, limits) as live, live.client(tok) as c:
+        assert c.get("/events/stream", params={"since": 0}).status_code == 401
+
+
+def test_a_scope_change_ends_the_streams_it_no_longer_covers(pg_dsn: str) -> None:
+    """A wider scope keeps the stream; a scope that no longer covers its
+    filters ends it with `event: error` ScopeDenied."""
+    insert(pg_dsn, [Row(1)])
+    tok = token(pg_dsn, "feeds", {"collections": ["app.bsky.feed.*"]})
+    limits = dataclasses.replace(FAST, token_recheck_seconds=0.2)
+    with (
+        LiveApi(pg_dsn, limits) as live,
+        live.client(tok) as c,
+        c.stream(
+            "GET",
+            "/events/stream",
+            params={"since": 0, "collection": "app.bsky.feed.post"},
+        ) as r,
+    ):
+        messages = sse_all(r.iter_lines())
+        until_row(messages, 1)
+        run(_set_scope(pg_dsn, "feeds", {"collections": ["app.bsky.*"]}))
+        seen = live.state.token_rechecks
+        wait_until(lambda: live.state.token_rechecks >= seen + 2, "two re-reads")
+        insert(pg_dsn, [Row(2)])
+        until_row(messages, 2)  # still covered: the stream goes on
+        run(_set_scope(pg_dsn, "feeds", {"collections": [DATASET]}))
+        rest = until_closed(messages)
+        assert rest[-1]["event"] == "error"
+        assert rest[-1]["data"]["error"] == "ScopeDenied"
+        assert "outside the token's scope" in rest[-1]["data"]["message"]
+
+
+RELAY_COLUMNS = (
+    ("relay_state", "text"),
+    ("relay_error", "text"),
+    ("relay_state_since", "timestamptz"),
+    ("last_frame_at", "timestamptz"),
+)
+
+
+def test_health_is_503_relay_unreachable_while_the_ingester_cannot_reach_it(
+    pg_dsn: str,
+) -> None:
+    """The cursor row's relay columns (schema 3, read by name: absent columns
+    read as null) make /health 503 relay_unreachable when the relay state is
+    failing, or connecting for longer than relay_connect_seconds, and are shown
+    in the body."""
+    insert(pg_dsn, [Row(7)])
+    limits = dataclasses.replace(FAST, health_cache_seconds=0, relay_connect_seconds=30)
+    # an older schema first: none of the columns
+    for column, _ in RELAY_COLUMNS:
+        sql(pg_dsn, f"ALTER TABLE ingest_cursor DROP COLUMN IF EXISTS {column}")
+    sql(pg_dsn, "UPDATE ingest_cursor SET ingester_pid = 4242, updated_at = now()")
+    with LiveApi(pg_dsn, limits) as live, httpx.Client(base_url=live.url) as c:
+
+        def health(code: int) -> dict[str, Any]:
+            h = c.get("/health")
+            assert h.status_code == code, h.text
+            body: dict[str, Any] = h.json()
+            return body
+
+        body = health(200)
+        assert body["status"] == "ok"
+        assert [body[k] for k, _ in RELAY_COLUMNS] == [None] * 4
+        for column, kind in RELAY_COLUMNS:
+            sql(
+                pg_dsn,
+                f"ALTER TABLE ingest_cursor ADD COLUMN IF NOT EXISTS {column} {kind}",
+            )
+
+        def relay(state: str | None, age: float, error: str | None = None) -> None:
+            sql(
+                pg_dsn,
+                "UPDATE ingest_cursor SET relay_state = $1, relay_error = $2, "
+                "relay_state_since = now() - make_interval(secs => $3), "
+                "last_frame_at = now() - interval '1 minute', updated_at = now()",
+                state,
+                error,
+                age,
+            )
+
+        relay("connected", 3600)
+        body = health(200)
+        assert (body["status"], body["relay_state"], body["relay_error"]) == (
+            "ok",
+            "connected",
+            None,
+        )
+        assert 3590 < body["relay_state_seconds"] < 3600 + 600
+        assert body["relay_state_since"] is not None
+        assert body["last_frame_at"] is not None
+        relay("connecting", 5)
+        assert health(200)["status"] == "ok"  # a reconnect takes a moment
+        relay("connecting", 31, "ConnectionRefusedError: [Errno 111]")
+        body = health(503)
+        assert body["status"] == "relay_unreachable"
+        assert body["relay_error"] == "ConnectionRefusedError: [Errno 111]"
+        relay("failing", 0, "HTTP 502 from wss://relay.example")
+        body = health(503)
+        assert (body["status"], body["relay_state"], body["relay_error"]) == (
+            "relay_unreachable",
+            "failing",
+            "HTTP 502 from wss://relay.example",
+        )
+        # no batch commits while the relay is unreachable: the row ages, and
+        # the answer still says why
+        sql(pg_dsn, "UPDATE ingest_cursor SET updated_at = now() - interval '5 min'")
+        assert health(503)["status"] == "relay_unreachable"
+        relay("connected", 1)
+        sql(pg_dsn, "UPDATE ingest_cursor SET updated_at = now() - interval '5 min'")
+        assert health(503)["status"] == "stale"
+        relay("failing", 0, "x" * 5000)
+        assert len(health(503)["relay_error"]) == 1000  # bounded
+        # no ingester running: its last relay state is history, not an outage
+        sql(pg_dsn, "UPDATE ingest_cursor SET ingester_pid = NULL")
+        body = health(200)
+        assert (body["status"], body["relay_state"]) == ("stopped", "failing")
+        # a state whose start is unknown counts from the ingester's start
+        sql(
+            pg_dsn,
+            "UPDATE ingest_cursor SET ingester_pid = 1, relay_state = 'connecting', "
+            "relay_state_since = NULL, updated_at = now(), "
+            "ingester_started_at = now() - interval '2 min'",
+        )
+        assert health(503)["status"] == "relay_unreachable"
+
+
+def test_unknown_or_repeated_parameters_are_refused_with_the_closest_name(
+    api: LiveApi,
+) -> None:
+    insert(api.dsn, [Row(1), Row(2, collection="app.bsky.feed.like")])
+    tok = token(api.dsn, "t")
+    with api.client(tok) as c:
+        for path in ("/events", "/events/stream"):
+            r = c.get(
+                path, params=[("since", "0"), ("colection", "app.bsky.feed.post")]
+            )
+            assert r.status_code == 422, r.text
+            body = r.json()
+            assert body["error"] == "InvalidRequest"
+            assert "unknown parameter 'colection'" in body["message"]
+            assert "did you mean 'collection'?" in body["message"]
+            r = c.get(path, params=[("since", "0"), ("limt", "5")])
+            assert r.status_code == 422
+            assert "did you mean 'limit'?" in r.json()["message"] or path.endswith(
+                "stream"
+            )
+            r = c.get(
+                path,
+                params=[
+                    ("since", "0"),
+                    ("collection", "app.bsky.feed.post"),
+                    ("collection", "app.bsky.feed.like"),
+                ],
+            )
+            assert r.status_code == 422
+            assert "'collection' given 2 times" in r.json()["message"]
+        # the stream takes no limit: a limit= there is unknown, not ignored
+        r = c.get("/events/stream", params={"since": 0, "limit": 5})
+        assert r.status_code == 422 and "'limit'" in r.json()["message"]
+        # hostile names: refused, echoed bounded and escaped, never a 5xx
+        for name in ("x" * 5000, "\x00", "é\u202e", "", "since[]", "SINCE", "'; --"):
+            r = c.get("/events", params=[("since", "0"), (name, "1")])
+            assert r.status_code == 422, (name, r.text)
+            assert r.json()["error"] == "InvalidRequest"
+            assert len(r.json()["message"]) < 300
+            assert "\x00" not in r.json()["message"]
+        r = c.get(
+            "/events", params=[("since", "0")] + [(f"p{i}", "1") for i in range(500)]
+        )
+        assert r.status_code == 422
+        # declared parameters still work
+        r = c.get("/events", params={"since": 0, "collection": "app.bsky.feed.post"})
+        assert [e["seq"] for e in r.json()["events"]] == [1]
+    # refused before authentication: no token needed to learn of a typo
+    with httpx.Client(base_url=api.url) as anon:
+        r = anon.get("/events", params={"since": 0, "colection": "x"})
+        assert r.status_code == 422
+
+
+def test_bad_tokens_say_invalid_token_whether_or_not_the_id_exists(
+    api: LiveApi,
+) -> None:
+    good = token(api.dsn, "good")
+    tid = good.split("_")[1]
+    with httpx.Client(base_url=api.url) as c:
+        answers = []
+        for bad in (
+            f"atdi_{tid}_wrong",  # the real id, a malformed secret
+            "atdi_0123456789abcdef_wrong",  # no such id
+            f"atdi_{tid}_{'A' * 43}",  # the real id, a wrong secret
+            f"atdi_0123456789abcdef_{'A' * 43}",
+            "nope",
+            "x" * 5000,
+        ):
+            r = c.get(
+                "/events",
+                params={"since": 0},
+                headers={"Authorization": f"Bearer {bad}"},
+            )
+            assert r.status_code == 401
+            answers.append((r.text, r.headers["www-authenticate"]))
+        assert set(answers) == {
+            (
+                '{"error":"InvalidToken","message":"invalid token"}',
+                'Bearer error="invalid_token"',
+            )
+        }
+
+
+def _trimmed_log(dsn: str) -> None:
+    """Seqs 1-20 stored 10 days ago, 21-30 9 days ago, 31-50 now, each day in
+    its own partition; then retention (7 days) drops the two old days."""
+    from atdata_ingest.retention import trim
+    from atdata_ingest.schema import ensure_partitions
+
+    now = dt.datetime.now(UTC)
+    ago10, ago9 = now - dt.timedelta(days=10), now - dt.timedelta(days=9)
+
+    async def go() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            for day in (ago10, ago9):
+                await ensure_partitions(conn, today=day.date(), ahead=0)
+        finally:
+            await conn.close()
+
+    run(go())
+    insert(dsn, [Row(s, indexed_at=ago10) for s in range(1, 21)])
+    insert(dsn, [Row(s, indexed_at=ago9) for s in range(21, 31)])
+    insert(dsn, [Row(s) for s in range(31, 51)])
+
+    async def drop() -> list[str]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            report = await trim(conn, retention_days=7)
+            return [d.name for d in report.dropped]
+        finally:
+            await conn.close()
+
+    assert len(run(drop())) == 2
+    assert sql(dsn, "SELECT min(seq) FROM ingest_events")[0][0] == 31
+
+
+def test_a_since_older_than_the_oldest_kept_seq_says_what_was_trimmed(
+    api: LiveApi,
+) -> None:
+    _trimmed_log(api.dsn)
+    with api.client(token(api.dsn, "t")) as c:
+
+        def page(**params: Any) -> dict[str, Any]:
+            r = c.get("/events", params=params)
+            assert r.status_code == 200, r.text
+            body: dict[str, Any] = r.json()
+            return body
+
+        p = page(since=10, limit=5)
+        assert p["trimmed"] == {
+            "name": "OutdatedCursor",
+            "since": 10,
+            "oldest_kept": 31,
+            "message": "events after seq 10 and before seq 31 are no longer kept "
+            "(trimmed by retention); continuing from the oldest kept",
+        }
+        assert [e["seq"] for e in p["events"]] == [31, 32, 33, 34, 35]  # served on
+        assert page(since=p["cursor"])["trimmed"] is None  # once past the gap
+        assert page(since=29)["trimmed"]["oldest_kept"] == 31  # seq 30 is gone
+        assert page(since=30)["trimmed"] is None  # nothing after 30 is missing
+        assert page(since=0)["trimmed"] is None  # from the oldest kept: no gap
+        assert page(since=50)["trimmed"] is None  # at the horizon
+        assert page(since=2**63 - 2)["trimmed"] is None  # a bigint, not int4
+        # a filter that matches nothing still learns of the gap
+        p = page(since=10, collection=DATASET)
+        assert (p["events"], p["cursor"], p["trimmed"]["oldest_kept"]) == ([], 50, 31)
+        # the stream says it first, as an `event: info`, then the rows
+        with c.stream("GET", "/events/stream", params={"since": 10}) as r:
+            got = until_row(sse_all(r.iter_lines()), 31)
+        assert got[0]["event"] == "info"
+        assert got[0]["data"] == {**page(since=10)["trimmed"]}
+        assert [m["event"] for m in got[1:]] == [None]
+    # everything trimmed: the oldest kept is the horizon + 1
+    sql(api.dsn, "DELETE FROM ingest_events")
+    with api.client(token(api.dsn, "t2")) as c:
+        p = c.get("/events", params={"since": 40}).json()
+        assert (p["events"], p["trimmed"]["oldest_kept"]) == ([], 51)
+
+
+def test_the_oldest_seq_is_probed_only_for_a_consumer_behind_the_horizon(
+    pg_dsn: str,
+) -> None:
+    """The min(seq) probe of every partition costs its planning: it is folded
+    away before planning unless 0 < since < bound - 1 (bound: a seq known to
+    be kept), and executed (an InitPlan) only when since is also below the
+    horizon."""
+    from atdata_ingest.api import MAX_SEQ, _page_sql
+
+    insert(pg_dsn, [Row(s) for s in range(1, 11)])
+    parts, params = Filters().branches()
+    query = _page_sql(parts, len(params) + 2)
+
+    async def plan(since: int, bound: int) -> str:
+        conn = await asyncpg.connect(pg_dsn, server_settings=SETTINGS)
+        try:
+            rows = await conn.fetch(
+                f"EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {query}",
+                since,
+                100,
+                10**6,
+                bound,
+            )
+            return "\n".join(r[0] for r in rows)
+        finally:
+            await conn.close()
+
+    def probe(since: int, bound: int = MAX_SEQ) -> str:
+        lines = run(plan(since, bound)).splitlines()
+        at = [i for i, ln in enumerate(lines) if "InitPlan" in ln]
+        if not at:
+            return "folded"
+        return "skipped" if "never executed" in lines[at[0] + 1] else "ran"
+
+    assert probe(5) == "ran"  # behind the horizon, nothing known kept
+    assert probe(10) == "skipped"  # at the horizon
+    assert probe(0) == "folded"  # from the oldest kept
+    assert probe(5, bound=6) == "folded"  # since + 1 reaches a kept seq
+    assert probe(5, bound=7) == "ran"
+
+
+SETTINGS = {"plan_cache_mode": "force_custom_plan", "jit": "off"}
+
+
+def test_the_gap_bound_is_the_first_seq_stored_today(pg_dsn: str) -> None:
+    """The poll reads the first seq of the rows stored today (retention keeps
+    them until the next midnight at least), and pages behind a gap still say
+    so when the bound spares the others the probe."""
+    _trimmed_log(pg_dsn)
+    limits = dataclasses.replace(FAST, gap_bound_seconds=0.1)
+    with LiveApi(pg_dsn, limits) as live, live.client(token(pg_dsn, "t")) as c:
+        notifier = live.state.notifier
+        wait_until(lambda: notifier.gap_bound() == 31, "the bound read")
+        for since, oldest in ((10, 31), (29, 31), (30, None), (45, None)):
+            p = c.get("/events", params={"since": since}).json()
+            got = p["trimmed"]["oldest_kept"] if p["trimmed"] else None
+            assert got == oldest, since
+    # nothing stored today: no bound (every page behind the horizon probes)
+    sql(pg_dsn, "DELETE FROM ingest_events WHERE indexed_at >= now() - interval '1 h'")
+    with LiveApi(pg_dsn, limits) as live:
+        notifier = live.state.notifier
+        wait_until(lambda: notifier._bound_read_at > 0, "the bound read")
+        assert notifier.gap_bound() is None
+
+
+def test_a_postgresql_outage_logs_one_warning_not_a_traceback_per_attempt(
+    pg: Any, pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While PostgreSQL is down the API answers 503 and logs one WARNING per
+    outage (and one INFO when it is back), never asyncpg's "Failed to restore
+    the pool connection floor" traceback per reconnection attempt."""
+    import logging
+
+    insert(pg_dsn, [Row(1)])
+    tok = token(pg_dsn, "t")
+    limits = dataclasses.replace(
+        FAST, poll_seconds=0.1, health_cache_seconds=0, acquire_timeout_seconds=1
+    )
+    caplog.set_level(logging.DEBUG, logger="asyncpg")
+    caplog.set_level(logging.INFO)
+    with LiveApi(pg_dsn, limits) as live, live.client(tok) as c:
+        assert c.get("/events", params={"since": 0}).status_code == 200
+        outage = live.state.outage
+        caplog.clear()
+        try:
+            for n in (1, 2):
+                pg.stop("fast")
+                seen = outage.failures
+                for _ in range(3):
+                    r = c.get("/events", params={"since": 0})
+                    assert r.status_code == 503, r.text
+                    assert r.json()["error"] == "Unavailable"
+                    h = c.get("/health")
+                    assert (h.status_code, h.json()["status"]) == (503, "unavailable")
+                # the cursor poll fails every 0.1 s; asyncpg's floor keeper
+                # would have retried (and logged) by now
+                wait_until(lambda s=seen: outage.failures >= s + 20, "polls failing")
+                assert outage.outages == n
+                pg.start()
+                wait_until(lambda: outage.down_since is None, "seen back")
+                r = c.get("/events", params={"since": 0})
+                assert r.status_code == 200, r.text
+        finally:
+            if pg.postmaster_pid() is None:
+                pg.start()
+    records = [r for r in caplog.records if r.name.startswith(("asyncpg", "atdata"))]
+    assert [r for r in records if r.name.startswith("asyncpg")] == []
+    assert [r for r in records if r.exc_info] == []
+    warnings = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert all(w.startswith("PostgreSQL unavailable (") for w in warnings)
+    back = [r.getMessage() for r in records if r.levelno == logging.INFO]
+    assert len([m for m in back if m.startswith("PostgreSQL available again")]) == 2

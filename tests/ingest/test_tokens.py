@@ -23,6 +23,7 @@ from atdata_ingest.tokens import (
     nsid_glob_ok,
     parse_token,
     revoke_token,
+    token_by_id,
     verify_token,
 )
 from hypothesis import given, settings
@@ -93,13 +94,24 @@ def test_verify_revoke_and_list(pg_dsn: str) -> None:
                 await verify_token(conn, bad)
             assert e.value.rule == rule, bad
             assert secret not in str(e.value)
+            # what a client is told: the same words, whether the id exists or not
+            assert e.value.reason == "invalid token", bad
+        for guess in (f"atdi_{token_id}_wrong", "atdi_0123456789abcdef_wrong"):
+            with pytest.raises(AuthError) as e:
+                await verify_token(conn, guess)
+            assert (e.value.rule, e.value.reason) == ("AUTH_MALFORMED", "invalid token")
         other = await create_token(conn, "consumer-2")
         assert await revoke_token(conn, token_id) is True  # by id
         assert await revoke_token(conn, "consumer-1") is False  # already revoked
         assert await revoke_token(conn, "nobody") is False
         with pytest.raises(AuthError) as e:
             await verify_token(conn, tok)
-        assert e.value.rule == "AUTH_REVOKED"
+        assert (e.value.rule, e.value.reason) == ("AUTH_REVOKED", "token revoked")
+        # the stream re-check's lookup: revoked rows too, unknown ids None
+        row = await token_by_id(conn, token_id)
+        assert row is not None and row.revoked_at is not None
+        assert row.scope == TokenScope(event_types=("commit",))
+        assert await token_by_id(conn, "f" * 16) is None
         assert (await verify_token(conn, other)).name == "consumer-2"
         assert await revoke_token(conn, "consumer-2") is True  # by name
         listed = await list_tokens(conn)
