@@ -1688,3 +1688,28 @@ def test_replay_relay_faults_lose_nothing_and_duplicate_nothing(
     assert "BLOCK_CID_MISMATCH" in rules and len(malformed) == len(big) + 3
     assert crashed[0] >= 1 and sub.stats.reconnects == len(big) + 1
     assert sub.cursor == total
+
+
+def test_named_sse_events_are_not_rows_and_error_ends_the_stream() -> None:
+    """``event: info`` notices (e.g. OutdatedCursor after retention) are logged,
+    never parsed as rows; ``event: error`` (a revoked token) ends the stream with
+    SUB_AUTH instead of being retried as a malformed row."""
+    from atdata_runtime.firehose.subscribe import _sse_messages
+
+    async def chunks(text: str) -> AsyncIterator[bytes]:
+        yield text.encode()
+
+    async def collect(text: str) -> list[tuple[str | None, str | None]]:
+        return [m async for m in _sse_messages(chunks(text), "http://svc")]
+
+    info = (
+        'event: info\ndata: {"name": "OutdatedCursor"}\n\nid: 5\ndata: {"seq": 5}\n\n'
+    )
+    assert asyncio.run(collect(info)) == [("5", '{"seq": 5}')]
+    error = (
+        'event: error\ndata: {"error": "InvalidToken", "message": "token revoked"}\n\n'
+    )
+    with pytest.raises(SubscriptionError) as caught:
+        asyncio.run(collect(error))
+    assert caught.value.rule == "SUB_AUTH"
+    assert "token revoked" in str(caught.value)

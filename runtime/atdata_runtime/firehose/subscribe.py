@@ -84,6 +84,7 @@ import datetime as _dt
 import functools
 import hashlib
 import inspect
+import json
 import logging
 import os
 import random
@@ -1084,6 +1085,17 @@ async def _lines(chunks: AsyncIterator[bytes], base: str) -> AsyncIterator[str]:
             )
 
 
+def _sse_error_message(text: str) -> str:
+    """The message of an ``event: error`` body ``{"error", "message"}``."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(body, dict):
+        return f"{body.get('error')}: {body.get('message')}"
+    return text
+
+
 async def _sse_messages(
     chunks: AsyncIterator[bytes], base: str
 ) -> AsyncIterator[tuple[str | None, str | None]]:
@@ -1095,17 +1107,34 @@ async def _sse_messages(
     data: list[str] = []
     size = 0
     ident: str | None = None
+    event: str | None = None
     async for line in _lines(chunks, base):
         if not line:
-            if data or ident is not None:
+            if event == "error":
+                # the service ends the stream: a revoked token, a scope that no
+                # longer covers the filters (final: a reconnect would be refused)
+                raise SubscriptionError(
+                    "SUB_AUTH",
+                    _sse_error_message("\n".join(data))[:500],
+                    location=redact_url(base),
+                )
+            if event not in (None, "message"):
+                # named notices (``event: info``, e.g. OutdatedCursor after
+                # retention) are not rows: logged, never parsed as events
+                log.warning(
+                    "%s: %s %s", redact_url(base), event[:40], "\n".join(data)[:500]
+                )
+            elif data or ident is not None:
                 yield ident, ("\n".join(data) if data else None)
-            data, size, ident = [], 0, None
+            data, size, ident, event = [], 0, None, None
             continue
         if line.startswith(":"):
             continue
         name, _, value = line.partition(":")
         value = value.removeprefix(" ")
-        if name == "data":
+        if name == "event":
+            event = value
+        elif name == "data":
             data.append(value)
             size += len(value) + 1
             if size > MAX_SSE_LINE_BYTES:
