@@ -539,6 +539,7 @@ class Ingester:
             cursor = self._resume_cursor()
             url = s.subscribe_url(cursor)
             opened: float | None = None  # time.monotonic() of the handshake
+            ours = False  # we ended the stream (a frame over max_frame_bytes)
             self._conn_events = 0
             self._conn_error = None
             try:
@@ -581,6 +582,7 @@ class Ingester:
                 sent = exc.sent
                 if sent is not None and sent.code == _MESSAGE_TOO_BIG:
                     self._too_big()
+                    ours = True
                     reason += "; skipping the oversized frame"
             except websockets.InvalidURI as exc:
                 raise exits.ConfigError(f"ATDATA_INGEST_RELAY_URL: {exc}") from None
@@ -598,7 +600,9 @@ class Ingester:
             )
             delay = cap * (0.5 + random.random() / 2)
             stable = opened is not None and (
-                self._conn_events > 0 or time.monotonic() - opened >= _STABLE_SECONDS
+                ours
+                or self._conn_events > 0
+                or time.monotonic() - opened >= _STABLE_SECONDS
             )
             if stable:
                 self._relay_state("connecting", short)
