@@ -222,30 +222,18 @@ def test_registry_text_is_already_formatted() -> None:
 
 def test_committed_packages_are_fresh() -> None:
     """``atdata_ingest/lexicons`` is what the compiler writes for the official
-    Lexicons (as ``build --check``; the runtime's is checked by test_build)."""
+    Lexicons, as configured by ``ingest/pyproject.toml``'s ``[tool.atdata-gen]``
+    (``build --check``; the runtime's is checked by test_build)."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "atdata_gen.cli",
-            "build",
-            str(OFFICIAL),
-            "--out",
-            "ingest",
-            "--package",
-            "atdata_ingest.lexicons",
-            "--check",
-            "-q",
-        ],
-        cwd=ROOT,
+        [sys.executable, "-m", "atdata_gen.cli", "build", "--check", "-q"],
+        cwd=ROOT / "ingest",
         capture_output=True,
         text=True,
     )
     assert proc.returncode == 0, (
         proc.stdout[-2000:]
         + proc.stderr[-2000:]
-        + "\nrun: uv run atdata-gen build ../shared/corpus/lexicons/atproto-official"
-        " --out ingest --package atdata_ingest.lexicons"
+        + "\nrun: cd ingest && uv run atdata-gen build"
     )
 
 
