@@ -1,5 +1,5 @@
 """Shared fixtures: paths to the shared corpus, a compiled-package factory, the local
-PDS network, and the atdata 0.7.0b1 side process."""
+PDS network, a private PostgreSQL cluster, and the atdata 0.7.0b1 side process."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from atdata_gen.backend.write import apply_plan, plan_changes
 from atdata_gen.diagnostics import Reporter, render
 from atdata_gen.pipeline import BuildOptions, build
 from atdata_gen.testing.localnet import LocalNetwork
+from atdata_ingest.testing.postgres import PostgresCluster
 from hypothesis import settings as _hypothesis_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,6 +144,15 @@ def net() -> Iterator[LocalNetwork]:
     worker). Fails, never skips, when it cannot start."""
     with LocalNetwork.start() as network:
         yield network
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PostgresCluster]:
+    """A private PostgreSQL 15 cluster on loopback for the session (per xdist
+    worker), run as the postgres user; fails, never skips, when PostgreSQL is
+    missing. Shared by the ingestion service's and the AppView's tests."""
+    with PostgresCluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

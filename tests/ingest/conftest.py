@@ -1,12 +1,11 @@
-"""Fixtures of the ingestion service's tests: a real PostgreSQL 15 cluster on
-loopback (one per xdist worker and session), and a fresh, migrated database for
-each test that asks for one."""
+"""Fixtures of the ingestion service's tests: a fresh, migrated database for each
+test that asks for one, in the session's real PostgreSQL 15 cluster (``pg``,
+tests/conftest.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterator
 
 import asyncpg
 import pytest
@@ -14,13 +13,6 @@ from atdata_ingest.schema import migrate
 from atdata_ingest.testing.postgres import PostgresCluster
 
 _names = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def pg() -> Iterator[PostgresCluster]:
-    """The session's cluster (fails, never skips, when PostgreSQL is missing)."""
-    with PostgresCluster() as cluster:
-        yield cluster
 
 
 @pytest.fixture

@@ -1,0 +1,286 @@
+"""The AppView's index: PostgreSQL tables folded from the ingestion log.
+
+The AppView lives in the same database as the ingestion service
+(:mod:`atdata_ingest.schema`): it reads ``ingest_events`` and never the relay. Every
+table here is prefixed ``appview_`` so that the two schemas never collide.
+
+Record tables (one per ``science.alt.dataset.*`` record type), all keyed by
+``(did, rkey)`` with these common columns:
+
+- ``uri`` (``at://did/collection/rkey``), ``cid`` (the indexed version's CID),
+  ``rev`` (the commit revision that wrote it, a TID), ``seq`` (the ingestion-log
+  ``seq`` that wrote it; NULL when it came from a backfill), ``record`` (the record
+  value as published, JSON data model), ``created_at`` (the record's ``createdAt``,
+  parsed; NULL when unparsable), ``indexed_at`` (when this version was folded in).
+
+- ``appview_schemas``: ``name``, ``version`` (semver text), ``major``/``minor``/
+  ``patch`` and ``prerelease`` (for ordering and ``^1``-style ranges), ``schema_type``,
+  ``form`` (``flat``: atdata 0.7; ``envelope``: atdata-lexicon 0.4), ``body`` (the
+  JSON Schema object, the envelope's ``content`` for the envelope form),
+  ``description``, ``field_count``, ``search`` (weighted tsvector).
+- ``appview_entries``: ``name``, ``description``, ``tags`` (text[]), ``license``,
+  ``schema_ref`` (AT-URI), ``storage`` (jsonb as published), ``storage_kind``
+  (``http`` | ``s3`` | ``blobs`` | ``external``), ``shard_count``, ``checksums``
+  (``all`` | ``some`` | ``none``), ``size_samples``/``size_bytes``/``size_shards``,
+  ``search`` (tsvector: name A, description B, tags C).
+- ``appview_lenses``: ``name``, ``source_schema``/``target_schema`` (AT-URIs),
+  ``language``, ``description``.
+- ``appview_labels``: ``name``, ``dataset_uri``, ``version``, ``description``.
+- ``appview_lens_verifications``: ``lens_uri``, ``lens_commit``, ``method``.
+
+Other tables:
+
+- ``appview_cursor``: one row, the position ``(seq, idx)`` of the last
+  ingestion-log row folded in. Advanced in the same transaction as the batch.
+- ``appview_accounts``: per DID, the current ``handle`` (``#identity``) and
+  ``active``/``status`` (``#account``). A ``deleted`` or ``takendown`` account has
+  its records purged from every record table.
+- ``appview_dead_letters``: records refused by validation, with the rule ID, the
+  JSON pointer and the reason; never indexed.
+- ``appview_schema_compat``: per publisher and schema name, the compatibility
+  verdict between each two consecutive versions (semver order), from atdata-gen's
+  checker, with its findings.
+- ``appview_repos``: backfill state per DID (``pending`` | ``backfilling`` |
+  ``synced`` | ``failed``), the ``rev`` of the snapshot read, counts, the error.
+- ``appview_pending``: live log rows of a repository being backfilled, held
+  (durably) until its snapshot is written, then applied in ``(seq, idx)`` order,
+  skipping those at or below the snapshot's ``rev``.
+
+:func:`migrate` creates it all idempotently under an advisory lock.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import asyncpg
+
+__all__ = ["RECORD_TABLES", "SCHEMA_VERSION", "migrate"]
+
+SCHEMA_VERSION: Final = 1
+
+RECORD_TABLES: Final = {
+    "science.alt.dataset.schema": "appview_schemas",
+    "science.alt.dataset.entry": "appview_entries",
+    "science.alt.dataset.lens": "appview_lenses",
+    "science.alt.dataset.label": "appview_labels",
+    "science.alt.dataset.lensVerification": "appview_lens_verifications",
+}
+"""Collection NSID → the table its records are folded into."""
+
+_LOCK_KEY: Final = 0x61707076  # 'appv'
+
+_COMMON: Final = """
+    did text NOT NULL,
+    rkey text NOT NULL,
+    uri text NOT NULL,
+    cid text NOT NULL,
+    rev text,
+    seq bigint,
+    record jsonb NOT NULL,
+    created_at timestamptz,
+    indexed_at timestamptz NOT NULL DEFAULT now(),
+"""
+
+_DDL: Final = f"""
+CREATE EXTENSION IF NOT EXISTS pg_trgm;
+
+CREATE OR REPLACE FUNCTION appview_join_tags(tags text[]) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT array_to_string(tags, ' ') $$;
+
+CREATE TABLE IF NOT EXISTS appview_meta (
+    key text PRIMARY KEY,
+    value text NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS appview_cursor (
+    id boolean PRIMARY KEY DEFAULT true CHECK (id),
+    seq bigint NOT NULL DEFAULT 0,
+    idx integer NOT NULL DEFAULT -2,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    folded bigint NOT NULL DEFAULT 0,
+    dead_letters bigint NOT NULL DEFAULT 0
+);
+INSERT INTO appview_cursor (id) VALUES (true) ON CONFLICT DO NOTHING;
+
+CREATE TABLE IF NOT EXISTS appview_schemas ({_COMMON}
+    name text NOT NULL,
+    version text NOT NULL,
+    major integer NOT NULL,
+    minor integer NOT NULL,
+    patch integer NOT NULL,
+    prerelease text NOT NULL DEFAULT '',
+    schema_type text NOT NULL,
+    form text NOT NULL,
+    body jsonb NOT NULL,
+    description text,
+    field_count integer NOT NULL DEFAULT 0,
+    search tsvector GENERATED ALWAYS AS (
+        setweight(to_tsvector('english'::regconfig, coalesce(name, '')), 'A') ||
+        setweight(to_tsvector('english'::regconfig, coalesce(description, '')), 'B')
+    ) STORED,
+    PRIMARY KEY (did, rkey)
+);
+CREATE INDEX IF NOT EXISTS appview_schemas_name
+    ON appview_schemas (did, name, major, minor, patch);
+CREATE INDEX IF NOT EXISTS appview_schemas_byname ON appview_schemas (name);
+CREATE INDEX IF NOT EXISTS appview_schemas_uri ON appview_schemas (uri);
+CREATE INDEX IF NOT EXISTS appview_schemas_recent
+    ON appview_schemas (indexed_at DESC, did DESC, rkey DESC);
+CREATE INDEX IF NOT EXISTS appview_schemas_search ON appview_schemas USING gin (search);
+CREATE INDEX IF NOT EXISTS appview_schemas_trgm
+    ON appview_schemas USING gin (name gin_trgm_ops);
+
+CREATE TABLE IF NOT EXISTS appview_entries ({_COMMON}
+    name text NOT NULL,
+    description text,
+    tags text[] NOT NULL DEFAULT '{{}}',
+    license text,
+    schema_ref text NOT NULL,
+    storage jsonb NOT NULL,
+    storage_kind text NOT NULL,
+    shard_count integer NOT NULL DEFAULT 0,
+    checksums text NOT NULL DEFAULT 'none',
+    size_samples bigint,
+    size_bytes bigint,
+    size_shards integer,
+    search tsvector GENERATED ALWAYS AS (
+        setweight(to_tsvector('english'::regconfig, coalesce(name, '')), 'A') ||
+        setweight(to_tsvector('english'::regconfig, coalesce(description, '')), 'B') ||
+        setweight(to_tsvector('english'::regconfig, appview_join_tags(tags)), 'C')
+    ) STORED,
+    PRIMARY KEY (did, rkey)
+);
+CREATE INDEX IF NOT EXISTS appview_entries_uri ON appview_entries (uri);
+CREATE INDEX IF NOT EXISTS appview_entries_schema ON appview_entries (schema_ref);
+CREATE INDEX IF NOT EXISTS appview_entries_recent
+    ON appview_entries (indexed_at DESC, did DESC, rkey DESC);
+CREATE INDEX IF NOT EXISTS appview_entries_size
+    ON appview_entries (size_bytes DESC NULLS LAST, did DESC, rkey DESC);
+CREATE INDEX IF NOT EXISTS appview_entries_tags ON appview_entries USING gin (tags);
+CREATE INDEX IF NOT EXISTS appview_entries_search ON appview_entries USING gin (search);
+CREATE INDEX IF NOT EXISTS appview_entries_trgm
+    ON appview_entries USING gin (name gin_trgm_ops);
+
+CREATE TABLE IF NOT EXISTS appview_lenses ({_COMMON}
+    name text NOT NULL,
+    source_schema text NOT NULL,
+    target_schema text NOT NULL,
+    language text,
+    description text,
+    PRIMARY KEY (did, rkey)
+);
+CREATE INDEX IF NOT EXISTS appview_lenses_uri ON appview_lenses (uri);
+CREATE INDEX IF NOT EXISTS appview_lenses_source ON appview_lenses (source_schema);
+CREATE INDEX IF NOT EXISTS appview_lenses_target ON appview_lenses (target_schema);
+CREATE INDEX IF NOT EXISTS appview_lenses_recent
+    ON appview_lenses (indexed_at DESC, did DESC, rkey DESC);
+
+CREATE TABLE IF NOT EXISTS appview_labels ({_COMMON}
+    name text NOT NULL,
+    dataset_uri text NOT NULL,
+    version text,
+    description text,
+    PRIMARY KEY (did, rkey)
+);
+CREATE INDEX IF NOT EXISTS appview_labels_name ON appview_labels (did, name);
+CREATE INDEX IF NOT EXISTS appview_labels_dataset ON appview_labels (dataset_uri);
+
+CREATE TABLE IF NOT EXISTS appview_lens_verifications ({_COMMON}
+    lens_uri text NOT NULL,
+    lens_commit text NOT NULL,
+    method text NOT NULL,
+    PRIMARY KEY (did, rkey)
+);
+CREATE INDEX IF NOT EXISTS appview_lens_verifications_lens
+    ON appview_lens_verifications (lens_uri);
+
+CREATE TABLE IF NOT EXISTS appview_accounts (
+    did text PRIMARY KEY,
+    handle text,
+    active boolean NOT NULL DEFAULT true,
+    status text,
+    seq bigint,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS appview_accounts_handle ON appview_accounts (handle);
+
+CREATE TABLE IF NOT EXISTS appview_dead_letters (
+    id bigserial PRIMARY KEY,
+    seq bigint,
+    idx integer,
+    did text NOT NULL,
+    collection text NOT NULL,
+    rkey text NOT NULL,
+    cid text,
+    rule text NOT NULL,
+    pointer text NOT NULL DEFAULT '',
+    message text NOT NULL,
+    record jsonb,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS appview_dead_letters_record
+    ON appview_dead_letters (did, collection, rkey);
+CREATE INDEX IF NOT EXISTS appview_dead_letters_rule ON appview_dead_letters (rule);
+
+CREATE TABLE IF NOT EXISTS appview_schema_compat (
+    did text NOT NULL,
+    name text NOT NULL,
+    from_version text NOT NULL,
+    to_version text NOT NULL,
+    from_uri text NOT NULL,
+    to_uri text NOT NULL,
+    verdict text NOT NULL,
+    declared_bump text,
+    needed_bump text,
+    findings jsonb NOT NULL DEFAULT '[]',
+    computed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (did, name, from_version, to_version)
+);
+
+CREATE TABLE IF NOT EXISTS appview_repos (
+    did text PRIMARY KEY,
+    state text NOT NULL DEFAULT 'pending',
+    source text,
+    rev text,
+    records integer NOT NULL DEFAULT 0,
+    error text,
+    attempts integer NOT NULL DEFAULT 0,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS appview_repos_state ON appview_repos (state);
+
+CREATE TABLE IF NOT EXISTS appview_pending (
+    did text NOT NULL,
+    seq bigint NOT NULL,
+    idx integer NOT NULL,
+    event_type text NOT NULL,
+    action text,
+    collection text,
+    rkey text,
+    cid text,
+    rev text,
+    record jsonb,
+    PRIMARY KEY (did, seq, idx)
+);
+"""
+
+
+async def migrate(conn: asyncpg.Connection) -> None:
+    """Create every AppView table, index and function when missing (idempotent;
+    safe from several processes at once: one transaction under an advisory lock).
+    The ingestion schema (:func:`atdata_ingest.schema.migrate`) is separate and must
+    be migrated too; the AppView reads ``ingest_events``. ``conn`` must not be in a
+    transaction (``ValueError``). Needs the ``pg_trgm`` extension (PostgreSQL
+    contrib; Debian's ``postgresql-15`` ships it)."""
+    if conn.is_in_transaction():
+        raise ValueError("migrate runs its own transaction: call it outside one")
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+        await conn.execute(_DDL)
+        await conn.execute(
+            "INSERT INTO appview_meta (key, value) VALUES ('schema_version', $1) "
+            "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value "
+            "WHERE appview_meta.value::int < EXCLUDED.value::int",
+            str(SCHEMA_VERSION),
+        )
