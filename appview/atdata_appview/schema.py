@@ -39,7 +39,8 @@ Other tables:
   JSON pointer and the reason; never indexed.
 - ``appview_schema_compat``: per publisher and schema name, the compatibility
   verdict between each two consecutive versions (semver order), from atdata-gen's
-  checker, with its findings.
+  checker, with its findings; ``from_cid``/``to_cid`` are the CIDs the verdict was
+  computed from (:mod:`atdata_appview.history`).
 - ``appview_repos``: backfill state per DID (``pending`` | ``backfilling`` |
   ``synced`` | ``failed``), the ``rev`` of the snapshot read, counts, the error.
 - ``appview_pending``: live log rows of a repository being backfilled, held
@@ -230,6 +231,8 @@ CREATE TABLE IF NOT EXISTS appview_schema_compat (
     to_version text NOT NULL,
     from_uri text NOT NULL,
     to_uri text NOT NULL,
+    from_cid text,
+    to_cid text,
     verdict text NOT NULL,
     declared_bump text,
     needed_bump text,
@@ -237,6 +240,8 @@ CREATE TABLE IF NOT EXISTS appview_schema_compat (
     computed_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (did, name, from_version, to_version)
 );
+ALTER TABLE appview_schema_compat
+    ADD COLUMN IF NOT EXISTS from_cid text, ADD COLUMN IF NOT EXISTS to_cid text;
 
 CREATE TABLE IF NOT EXISTS appview_repos (
     did text PRIMARY KEY,
