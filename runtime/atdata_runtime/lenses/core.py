@@ -392,14 +392,83 @@ class LensGraph:
         """The classes the graph knows, in registration order."""
         return list(self._classes)
 
-    def _neighbours(self, cls: type[Any]) -> list[Lens[Any, Any]]:
+    def _versions(self) -> dict[str, list[type[Any]]]:
+        """The known classes by ``schema_name`` (registration order), read now:
+        structural lenses only join classes of one name."""
+        groups: dict[str, list[type[Any]]] = {}
+        for cls in self._classes:
+            name = getattr(cls, "schema_name", "")
+            if name:
+                groups.setdefault(name, []).append(cls)
+        return groups
+
+    def _neighbours(
+        self, cls: type[Any], groups: dict[str, list[type[Any]]] | None = None
+    ) -> list[Lens[Any, Any]]:
         out = dict(self._edges.get(cls, {}))
-        for other in self._classes:
+        if groups is None:
+            groups = self._versions()
+        for other in groups.get(getattr(cls, "schema_name", ""), ()):
             if other not in out and other is not cls:
                 found = structural_lens(cls, other)
                 if found is not None:
                     out[other] = found
         return list(out.values())
+
+    def path(
+        self,
+        source: type[PackableSample],
+        target: type[PackableSample],
+        *,
+        max_steps: int | None = None,
+    ) -> list[Lens[Any, Any]]:
+        """The shortest chain of lenses from ``source`` to ``target``, source
+        first (``[]`` when they are the same class): the steps :meth:`find`
+        composes. Each step's ``origin`` says what it is: ``"registered"`` (a
+        lens given to :meth:`register`) or ``"structural"`` (derived by
+        :func:`structural_lens` between two known versions of one schema).
+        ``max_steps`` (``None``: no bound) is the longest chain considered.
+        Makes both classes known (:meth:`add_class`). Raises
+        :class:`LensNotFoundError` (``reachable``: the classes ``source``
+        reaches within ``max_steps`` steps, nearest first; ``reaching``: those
+        that reach ``target``, nearest first) and ``ValueError`` for a
+        ``max_steps`` below 1."""
+        if max_steps is not None and max_steps < 1:
+            raise ValueError(f"max_steps must be at least 1, not {max_steps}")
+        if source is target:
+            return []
+        self.add_class(source, target)
+        groups = self._versions()
+        via: dict[type[Any], Lens[Any, Any] | None] = {source: None}
+        depth = {source: 0}
+        queue = deque([source])
+        while queue and target not in via:
+            node = queue.popleft()
+            if max_steps is not None and depth[node] >= max_steps:
+                continue
+            for edge in self._neighbours(node, groups):
+                if edge.target not in via:
+                    via[edge.target] = edge
+                    depth[edge.target] = depth[node] + 1
+                    queue.append(edge.target)
+        if target not in via:
+            reachable = [c for c in via if c is not source]
+            into: dict[type[Any], list[type[Any]]] = {}
+            for cls in self._classes:
+                for edge in self._neighbours(cls, groups):
+                    into.setdefault(edge.target, []).append(cls)
+            reverse = self._bfs(target, lambda n: into.get(n, ()))
+            reaching = [c for c in reverse if c is not target]
+            raise LensNotFoundError(source, target, reachable, reaching)
+        chain: list[Lens[Any, Any]] = []
+        at: type[Any] = target
+        while at is not source:
+            step = via[at]
+            assert step is not None
+            chain.append(step)
+            at = step.source
+        chain.reverse()
+        return chain
 
     def _bfs(
         self, start: type[Any], step: Callable[[type[Any]], Iterable[type[Any]]]
@@ -415,41 +484,13 @@ class LensGraph:
         return parent
 
     def find(self, source: type[A], target: type[B]) -> Lens[A, B]:
-        """The lens from ``source`` to ``target`` along the shortest chain: the
-        identity when they are the same class. Raises
-        :class:`LensNotFoundError` naming the nearest classes on both sides."""
+        """The lens from ``source`` to ``target`` along the shortest chain
+        (:meth:`path`, composed): the identity when they are the same class.
+        Raises :class:`LensNotFoundError` naming the nearest classes on both
+        sides."""
         if source is target:
             return Lens.identity(source)  # type: ignore[return-value]
-        self.add_class(source, target)
-        via: dict[type[Any], Lens[Any, Any] | None] = {source: None}
-        queue = deque([source])
-        while queue and target not in via:
-            node = queue.popleft()
-            for edge in self._neighbours(node):
-                if edge.target not in via:
-                    via[edge.target] = edge
-                    queue.append(edge.target)
-        if target not in via:
-            reachable = [c for c in via if c is not source]
-            reverse = self._bfs(
-                target,
-                lambda n: [
-                    c
-                    for c in self._classes
-                    for e in self._neighbours(c)
-                    if e.target is n
-                ],
-            )
-            reaching = [c for c in reverse if c is not target]
-            raise LensNotFoundError(source, target, reachable, reaching)
-        chain: list[Lens[Any, Any]] = []
-        at: type[Any] = target
-        while at is not source:
-            step = via[at]
-            assert step is not None
-            chain.append(step)
-            at = step.source
-        return compose(*reversed(chain))
+        return compose(*self.path(source, target))
 
 
 lenses = LensGraph()
