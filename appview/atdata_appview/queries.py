@@ -1,0 +1,1054 @@
+"""Every read the AppView serves: parameterized SQL over the index tables
+(:mod:`atdata_appview.schema`), rows turned into views (:mod:`atdata_appview.views`).
+
+Used by the XRPC router (:mod:`atdata_appview.xrpc`) and the web pages. Every
+function takes ``db``: an asyncpg connection or pool (anything with ``fetch`` /
+``fetchrow`` / ``fetchval``); SQL text is built only from constants, every value
+is a ``$n`` parameter.
+
+Rules that hold for every query here:
+
+- records of an account whose ``appview_accounts.active`` is false (deactivated,
+  suspended, …) are never returned (deleted/taken-down accounts are purged by the
+  indexer);
+- lists are newest-indexed first, keyset-paginated (``cursors``: opaque, bound to
+  the query's filters; never ``OFFSET``); a page has a ``cursor`` only when a next
+  page may exist;
+- a ``repo`` / ``handle`` argument is a DID or a handle; handles resolve through
+  ``appview_accounts`` (fed by ``#identity`` events and backfill), no network call;
+  an unknown handle is :class:`QueryError` ``RepoNotFound``.
+
+Errors are :class:`QueryError` with the Lexicon error name and an HTTP status (the
+router serves them in XRPC's shape).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import re
+from collections.abc import Sequence
+from typing import Any, Final
+
+import orjson
+from atdata_runtime.lex.formats import is_did, is_handle
+
+from . import cursors
+from . import views as _v
+
+__all__ = [
+    "FACET_LIMIT",
+    "Page",
+    "Profile",
+    "QueryError",
+    "SearchPage",
+    "SearchQuery",
+    "VersionRange",
+    "describe_service",
+    "entries_of_schema",
+    "get_entries",
+    "get_entry_view",
+    "get_schema_view",
+    "labels_of_entry",
+    "lens_path",
+    "lens_view",
+    "lenses_of_schemas",
+    "list_entries",
+    "list_lenses",
+    "list_schemas",
+    "list_schemas_of",
+    "lookup_did",
+    "parse_at_uri",
+    "parse_schema_filter",
+    "parse_version_range",
+    "profile",
+    "resolve_did",
+    "resolve_label",
+    "resolve_schema",
+    "schema_history",
+    "search_entries",
+    "search_lenses",
+]
+
+Db = Any  # asyncpg.Connection | asyncpg.Pool (asyncpg is untyped)
+
+FACET_LIMIT: Final = 20
+"""Values per facet (most frequent first)."""
+
+MAX_GET_ENTRIES: Final = 25
+"""Most AT-URIs of one getEntries call (its Lexicon's ``maxLength``)."""
+
+ENTRY_NSID: Final = "science.alt.dataset.entry"
+SCHEMA_NSID: Final = "science.alt.dataset.schema"
+LENS_NSID: Final = "science.alt.dataset.lens"
+LABEL_NSID: Final = "science.alt.dataset.label"
+
+_INT_MAX: Final = 2**31 - 1
+_EPOCH: Final = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
+
+# Records of accounts not known inactive (absent from appview_accounts = active).
+_ACTIVE: Final = (
+    "NOT EXISTS (SELECT 1 FROM appview_accounts x WHERE x.did = {t}.did "
+    "AND NOT x.active)"
+)
+
+
+class QueryError(Exception):
+    """A query refused: ``name`` is the XRPC error name (``InvalidRequest`` or a
+    Lexicon error such as ``RepoNotFound``, ``InvalidCursor``, ``EntryNotFound``),
+    ``status`` the HTTP status (400, or 404 for the not-found errors, as
+    atdata-app 0.4 answers them), ``message`` a text for people."""
+
+    def __init__(self, name: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.name = name
+        self.message = message
+        self.status = status
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Page:
+    """One page of views: ``items`` (view dicts), ``cursor`` of the next page or
+    ``None`` on the last."""
+
+    items: list[dict[str, Any]]
+    cursor: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SearchPage:
+    """A page of searchDatasets: ``entries`` (entry views, best first), ``cursor``
+    (next page or ``None``), ``facets`` (``{"tags", "schemas", "storage",
+    "licenses"}`` → ``[{"value", "count"}]``, over all matches; ``None`` unless
+    asked for)."""
+
+    entries: list[dict[str, Any]]
+    cursor: str | None
+    facets: dict[str, list[dict[str, Any]]] | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Profile:
+    """A publisher: ``did``, ``handle`` (when known), ``active``/``status`` (from
+    ``#account`` events; ``status`` None when active), and ``counts`` of its
+    indexed records (``schemas``, ``entries``, ``lenses``, ``labels``)."""
+
+    did: str
+    handle: str | None
+    active: bool
+    status: str | None
+    counts: dict[str, int]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """The parameters of searchDatasets (its Lexicon): ``q`` text; ``tags`` (all
+    must match); ``schema_ref`` (AT-URI); ``schema`` (``NAME``, ``NAME@RANGE`` or
+    ``@handle/NAME@RANGE``, see :func:`parse_schema_filter`); ``repo`` (DID or
+    handle); ``storage`` kind; ``license``; ``sort`` ``relevance`` | ``recent`` |
+    ``size``; ``facets``; ``limit`` 1-100; ``cursor``."""
+
+    q: str | None = None
+    tags: tuple[str, ...] = ()
+    schema_ref: str | None = None
+    schema: str | None = None
+    repo: str | None = None
+    storage: str | None = None
+    license: str | None = None
+    sort: str = "relevance"
+    facets: bool = False
+    limit: int = 25
+    cursor: str | None = None
+
+    @classmethod
+    def from_params(cls, params: Any) -> SearchQuery:
+        """From a validated ``SearchDatasetsParams``."""
+        return cls(
+            q=params.q,
+            tags=tuple(params.tags or ()),
+            schema_ref=params.schema_ref,
+            schema=params.schema_,
+            repo=params.repo,
+            storage=params.storage,
+            license=params.license_,
+            sort=params.sort,
+            facets=params.facets,
+            limit=params.limit,
+            cursor=params.cursor,
+        )
+
+
+# --------------------------------------------------------------------------------
+# identifiers
+
+
+def parse_at_uri(uri: str) -> tuple[str, str, str]:
+    """``at://AUTHORITY/COLLECTION/RKEY`` → ``(authority, collection, rkey)``;
+    ``QueryError`` InvalidRequest when the URI does not name a record."""
+    if not uri.startswith("at://"):
+        raise QueryError("InvalidRequest", "not an AT-URI (at://…)")
+    parts = uri[5:].split("#", 1)[0].split("/")
+    if len(parts) != 3 or not all(parts):
+        raise QueryError(
+            "InvalidRequest", "AT-URI must name a record: at://DID/COLLECTION/RKEY"
+        )
+    return parts[0], parts[1], parts[2]
+
+
+async def lookup_did(db: Db, repo: str) -> str | None:
+    """The DID of ``repo`` (a DID, returned as is, or a handle, looked up in
+    ``appview_accounts``, case-insensitively, the most recently updated account
+    claiming it); ``None`` when the handle is unknown or ``repo`` is neither."""
+    if repo.startswith("did:"):
+        return repo if is_did(repo) else None
+    if not is_handle(repo):
+        return None
+    did: str | None = await db.fetchval(
+        "SELECT did FROM appview_accounts WHERE handle = $1 "
+        "ORDER BY updated_at DESC LIMIT 1",
+        repo.lower(),
+    )
+    return did
+
+
+async def resolve_did(db: Db, repo: str) -> str:
+    """As :func:`lookup_did`, but an unknown handle is ``QueryError``
+    ``RepoNotFound`` (400, as atdata-app answers an unresolvable handle)."""
+    did = await lookup_did(db, repo)
+    if did is None:
+        raise QueryError("RepoNotFound", f"repository not found: {repo[:253]}")
+    return did
+
+
+async def _record_key(db: Db, uri: str, collection: str) -> tuple[str, str] | None:
+    # (did, rkey) of a record AT-URI of ``collection``; the authority may be a handle.
+    authority, coll, rkey = parse_at_uri(uri)
+    if coll != collection:
+        return None
+    did = await lookup_did(db, authority)
+    if did is None:
+        return None
+    return did, rkey
+
+
+# --------------------------------------------------------------------------------
+# versions
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class VersionRange:
+    """Versions ``lo <= (major, minor, patch) < hi`` whose prerelease is
+    ``prerelease`` (``""``: releases only, what every range but an exact
+    prerelease version means, as npm's semver ranges do)."""
+
+    lo: tuple[int, int, int]
+    hi: tuple[int, int, int]
+    prerelease: str = ""
+
+    def contains(self, major: int, minor: int, patch: int, prerelease: str) -> bool:
+        """Whether this range holds a version."""
+        return self.lo <= (major, minor, patch) < self.hi and (
+            prerelease == self.prerelease
+        )
+
+
+ANY_VERSION: Final = VersionRange((0, 0, 0), (_INT_MAX, 0, 0))
+
+_NUM: Final = r"(?:0|[1-9][0-9]{0,8})"
+_PARTIAL_RE: Final = re.compile(
+    rf"(?P<op>\^|~|>=|<=|>|<|=)?v?(?P<major>{_NUM})(?:\.(?P<minor>{_NUM}|[xX*]))?"
+    rf"(?:\.(?P<patch>{_NUM}|[xX*]))?(?:-(?P<pre>[0-9A-Za-z.-]{{1,80}}))?"
+    r"(?:\+[0-9A-Za-z.-]{1,80})?"
+)
+
+
+def parse_version_range(text: str) -> VersionRange:
+    """A semver range: ``*`` / ``x`` (any), an exact version ``1.2.3`` (or
+    ``1.2.3-rc.1``), a partial version ``1`` / ``1.2`` (``1.x``), caret ``^1``,
+    ``^1.2``, ``^0.2.3`` (no change of the leftmost non-zero part), tilde ``~1.2``
+    (patch changes), or one comparator ``>=1.2``, ``>1.2.3``, ``<2``, ``<=1.4``.
+    ``QueryError`` InvalidRequest for anything else."""
+    text = text.strip()
+    if text in ("", "*", "x", "X"):
+        return ANY_VERSION
+    m = _PARTIAL_RE.fullmatch(text)
+    if m is None:
+        raise QueryError("InvalidRequest", f"not a version range: {text[:40]!r}")
+    op = m.group("op") or ""
+    major = int(m.group("major"))
+    minor_s, patch_s, pre = m.group("minor"), m.group("patch"), m.group("pre") or ""
+    minor = None if minor_s is None or not minor_s.isdigit() else int(minor_s)
+    patch = None if patch_s is None or not patch_s.isdigit() else int(patch_s)
+    if minor is None and patch is not None:
+        raise QueryError("InvalidRequest", f"not a version range: {text[:40]!r}")
+    if pre and (minor is None or patch is None or op not in ("", "=")):
+        raise QueryError(
+            "InvalidRequest", "a prerelease is only matched exactly (1.2.3-rc.1)"
+        )
+    full = (major, minor or 0, patch or 0)
+    if minor is None:
+        nxt = (major + 1, 0, 0)
+    elif patch is None:
+        nxt = (major, minor + 1, 0)
+    else:
+        nxt = (major, minor, patch + 1)
+    if op in ("", "="):
+        return VersionRange(full, nxt, pre)
+    if op == "^":
+        if major > 0 or minor is None:
+            hi = (major + 1, 0, 0)
+        elif minor > 0 or patch is None:
+            hi = (0, minor + 1, 0)
+        else:
+            hi = (0, 0, (patch or 0) + 1)
+        return VersionRange(full, hi)
+    if op == "~":
+        hi = (major + 1, 0, 0) if minor is None else (major, minor + 1, 0)
+        return VersionRange(full, hi)
+    if op == ">=":
+        return VersionRange(full, ANY_VERSION.hi)
+    if op == ">":
+        return VersionRange(nxt, ANY_VERSION.hi)
+    if op == "<":
+        return VersionRange((0, 0, 0), full)
+    return VersionRange((0, 0, 0), nxt)  # <=
+
+
+def parse_schema_filter(text: str) -> tuple[str | None, str, VersionRange]:
+    """``NAME``, ``NAME@RANGE`` or ``@HANDLE/NAME[@RANGE]`` → ``(handle or DID or
+    None, name, range)``."""
+    publisher: str | None = None
+    if text.startswith("@"):
+        head, sep, text = text[1:].partition("/")
+        if not sep or not head:
+            raise QueryError("InvalidRequest", "schema must be @HANDLE/NAME[@RANGE]")
+        publisher = head
+    name, sep, spec = text.partition("@")
+    if not name:
+        raise QueryError("InvalidRequest", "schema name is empty")
+    return publisher, name, parse_version_range(spec) if sep else ANY_VERSION
+
+
+# --------------------------------------------------------------------------------
+# searchDatasets
+
+# Columns the page query carries before the joins (no record, no tsvector).
+_PAGE_COLUMNS: Final = (
+    "e.did, e.rkey, e.uri, e.cid, e.name, e.description, e.tags, e.license, "
+    "e.schema_ref, e.storage, e.storage_kind, e.shard_count, e.checksums, "
+    "e.size_samples, e.size_bytes, e.size_shards, e.created_at, e.indexed_at"
+)
+
+# Relevance: full-text rank (name A, description B, tags C; cover density) plus
+# the trigram word similarity of the text to the name (so typos rank too).
+_SCORE: Final = "(ts_rank_cd(e.search, qq.tsq) + word_similarity(qq.q, e.name))::real"
+_MATCH: Final = "(e.search @@ qq.tsq OR e.name %> qq.q)"
+
+# sort -> (cursor kind, key expressions in order (all DESC), cursor value types)
+_SORTS: Final[dict[str, tuple[str, tuple[str, ...], tuple[type, ...]]]] = {
+    "relevance": (
+        "s.rel",
+        ("c.score", "c.indexed_at", "c.did", "c.rkey"),
+        (float, int, str, str),
+    ),
+    "recent": ("s.rec", ("c.indexed_at", "c.did", "c.rkey"), (int, str, str)),
+    "size": ("s.size", ("c.size_key", "c.did", "c.rkey"), (int, str, str)),
+}
+
+
+def _micros(value: _dt.datetime) -> int:
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _from_micros(value: int) -> _dt.datetime:
+    try:
+        return _EPOCH + _dt.timedelta(microseconds=value)
+    except OverflowError:
+        raise cursors.InvalidCursor("cursor timestamp out of range") from None
+
+
+class _Sql:
+    """A WHERE clause under construction: conditions with ``$n`` parameters."""
+
+    def __init__(self) -> None:
+        self.where: list[str] = []
+        self.args: list[Any] = []
+
+    def arg(self, value: Any) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}"
+
+
+async def _search_filters(db: Db, query: SearchQuery, sql: _Sql) -> None:
+    # Adds the filters of ``query`` (not the text, not the cursor) to ``sql``.
+    if query.tags:
+        sql.where.append(f"e.tags @> {sql.arg(list(query.tags))}::text[]")
+    if query.schema_ref:
+        sql.where.append(f"e.schema_ref = {sql.arg(query.schema_ref)}")
+    if query.schema:
+        publisher, name, rng = parse_schema_filter(query.schema)
+        cond = (
+            f"ss.name = {sql.arg(name)} "
+            f"AND (ss.major, ss.minor, ss.patch) >= "
+            f"({sql.arg(rng.lo[0])}, {sql.arg(rng.lo[1])}, {sql.arg(rng.lo[2])}) "
+            f"AND (ss.major, ss.minor, ss.patch) < "
+            f"({sql.arg(rng.hi[0])}, {sql.arg(rng.hi[1])}, {sql.arg(rng.hi[2])}) "
+            f"AND ss.prerelease = {sql.arg(rng.prerelease)}"
+        )
+        if publisher is not None:
+            cond += f" AND ss.did = {sql.arg(await resolve_did(db, publisher))}"
+        sql.where.append(
+            f"e.schema_ref IN (SELECT ss.uri FROM appview_schemas ss WHERE {cond})"
+        )
+    if query.repo:
+        sql.where.append(f"e.did = {sql.arg(await resolve_did(db, query.repo))}")
+    if query.storage:
+        sql.where.append(f"e.storage_kind = {sql.arg(query.storage)}")
+    if query.license:
+        sql.where.append(f"e.license = {sql.arg(query.license)}")
+    sql.where.append(_ACTIVE.format(t="e"))
+
+
+def _search_fingerprint(query: SearchQuery, text: str | None) -> bytes:
+    return cursors.fingerprint(
+        "searchDatasets",
+        text,
+        sorted(set(query.tags)),
+        query.schema_ref,
+        query.schema,
+        query.repo,
+        query.storage,
+        query.license,
+        query.sort,
+    )
+
+
+async def search_entries(db: Db, query: SearchQuery) -> SearchPage:
+    """searchDatasets: entries matching ``query`` (see :class:`SearchQuery`).
+
+    Matching: with text, an entry matches when PostgreSQL full text
+    (``websearch_to_tsquery('english', q)`` over ``appview_entries.search``: name
+    A, description B, tags C) matches, or when ``q`` is trigram-similar to a part
+    of the name (pg_trgm ``%>``, word similarity ≥ ``pg_trgm.word_similarity_
+    threshold``, 0.6 by default), so "cel crops" finds "cell crops". Without text,
+    every entry the filters keep. ``sort=relevance`` orders by ``ts_rank_cd`` +
+    ``word_similarity`` (then newest indexed); without text it is ``recent``.
+    ``sort=size``: most ``size.bytes`` first, unknown sizes last.
+
+    Errors (``QueryError``): ``InvalidCursor`` (a cursor not issued for this
+    query), ``RepoNotFound`` (unknown handle in ``repo`` or ``schema``),
+    ``InvalidRequest`` (bad ``sort``, bad schema range)."""
+    text = (query.q or "").strip() or None
+    sort = query.sort
+    if sort not in _SORTS:
+        raise QueryError(
+            "InvalidRequest", "sort must be one of relevance, recent, size"
+        )
+    if sort == "relevance" and text is None:
+        sort = "recent"
+    kind, keys, types = _SORTS[sort]
+    fp = _search_fingerprint(query, text)
+    sql = _Sql()
+    if text is not None:
+        src = (
+            f"appview_entries e, (SELECT websearch_to_tsquery('english', "
+            f"{sql.arg(text)}) AS tsq, {sql.arg(text)}::text AS q) qq"
+        )
+        sql.where.append(_MATCH)
+    else:
+        src = "appview_entries e"
+    await _search_filters(db, query, sql)
+    where = " AND ".join(sql.where)
+    facets = await _facets(db, src, where, list(sql.args)) if query.facets else None
+
+    score = _SCORE if text is not None else "0::real"
+    inner = (
+        f"SELECT {_PAGE_COLUMNS}, {score} AS score, "
+        f"coalesce(e.size_bytes, -1) AS size_key FROM {src} WHERE {where}"
+    )
+    outer_where = ""
+    if query.cursor:
+        key = cursors.decode(query.cursor, kind, types, fp)
+        values = [
+            _from_micros(int(v)) if k == "c.indexed_at" and v is not None else v
+            for k, v in zip(keys, key, strict=True)
+        ]
+        marks = ", ".join(
+            f"{sql.arg(v)}::real" if k == "c.score" else sql.arg(v)
+            for k, v in zip(keys, values, strict=True)
+        )
+        outer_where = f"WHERE ({', '.join(keys)}) < ({marks})"
+    order = ", ".join(f"{k} DESC" for k in keys)
+    limit = sql.arg(query.limit + 1)
+    rows = await db.fetch(
+        f"SELECT {_v.ENTRY_COLUMNS}, e.score, e.size_key FROM ("
+        f"SELECT * FROM ({inner}) c {outer_where} ORDER BY {order} LIMIT {limit}"
+        f") e {_v.ENTRY_JOINS} ORDER BY {order.replace('c.', 'e.')}",
+        *sql.args,
+    )
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    cursor = None
+    if more and rows:
+        last = rows[-1]
+        cursor = cursors.encode(
+            kind,
+            [
+                _micros(last["indexed_at"]) if k == "c.indexed_at" else last[k[2:]]
+                for k in keys
+            ],
+            fp,
+        )
+    return SearchPage([_v.entry_view(r) for r in rows], cursor, facets)
+
+
+async def _facets(
+    db: Db, src: str, where: str, args: list[Any]
+) -> dict[str, list[dict[str, Any]]]:
+    # Top FACET_LIMIT values of each facet over every match (one statement: the
+    # matches are read once).
+    n = FACET_LIMIT
+    rows = await db.fetch(
+        f"WITH m AS MATERIALIZED (SELECT e.tags, e.schema_ref, e.storage_kind, "
+        f"e.license FROM {src} WHERE {where}) "
+        f"(SELECT 'tags' AS facet, t AS value, count(*) AS n FROM m, unnest(m.tags) t "
+        f"GROUP BY t ORDER BY n DESC, t LIMIT {n}) "
+        f"UNION ALL (SELECT 'schemas', s.name, sum(r.n)::bigint AS n FROM "
+        f"(SELECT schema_ref, count(*) AS n FROM m GROUP BY schema_ref) r "
+        f"JOIN appview_schemas s ON s.uri = r.schema_ref "
+        f"GROUP BY s.name ORDER BY n DESC, s.name LIMIT {n}) "
+        f"UNION ALL (SELECT 'storage', storage_kind, count(*) AS n FROM m "
+        f"GROUP BY storage_kind ORDER BY n DESC, storage_kind LIMIT {n}) "
+        f"UNION ALL (SELECT 'licenses', license, count(*) AS n FROM m "
+        f"WHERE license IS NOT NULL AND license <> '' "
+        f"GROUP BY license ORDER BY n DESC, license LIMIT {n})",
+        *args,
+    )
+    out: dict[str, list[dict[str, Any]]] = {
+        "tags": [],
+        "schemas": [],
+        "storage": [],
+        "licenses": [],
+    }
+    for row in rows:
+        out[row["facet"]].append({"value": row["value"], "count": row["n"]})
+    return out
+
+
+# --------------------------------------------------------------------------------
+# entries
+
+
+async def get_entry_view(db: Db, uri: str) -> dict[str, Any] | None:
+    """getEntry: the entry view of ``uri`` (authority DID or known handle), or
+    ``None`` when not indexed (or its account is inactive)."""
+    key = await _record_key(db, uri, ENTRY_NSID)
+    if key is None:
+        return None
+    row = await db.fetchrow(
+        f"SELECT {_v.ENTRY_COLUMNS} FROM appview_entries e {_v.ENTRY_JOINS} "
+        f"WHERE e.did = $1 AND e.rkey = $2 AND {_ACTIVE.format(t='e')}",
+        *key,
+    )
+    return None if row is None else _v.entry_view(row)
+
+
+async def get_entries(db: Db, uris: Sequence[str]) -> list[dict[str, Any]]:
+    """getEntries: the entry views of ``uris`` (at most :data:`MAX_GET_ENTRIES`,
+    else ``QueryError`` InvalidRequest) in the order asked, each once; URIs not
+    indexed are left out."""
+    if len(uris) > MAX_GET_ENTRIES:
+        raise QueryError(
+            "InvalidRequest", f"at most {MAX_GET_ENTRIES} uris per getEntries"
+        )
+    dids: list[str] = []
+    rkeys: list[str] = []
+    order: list[tuple[str, str]] = []
+    for uri in uris:
+        key = await _record_key(db, uri, ENTRY_NSID)
+        if key is not None and key not in order:
+            order.append(key)
+            dids.append(key[0])
+            rkeys.append(key[1])
+    if not order:
+        return []
+    rows = await db.fetch(
+        f"SELECT {_v.ENTRY_COLUMNS} FROM unnest($1::text[], $2::text[]) AS k(did, rkey) "
+        f"JOIN appview_entries e ON e.did = k.did AND e.rkey = k.rkey "
+        f"{_v.ENTRY_JOINS} WHERE {_ACTIVE.format(t='e')}",
+        dids,
+        rkeys,
+    )
+    found = {(r["did"], r["rkey"]): r for r in rows}
+    return [_v.entry_view(found[k]) for k in order if k in found]
+
+
+async def _list(
+    db: Db,
+    *,
+    table: str,
+    alias: str,
+    columns: str,
+    joins: str,
+    view: Any,
+    kind: str,
+    filters: Sequence[tuple[str, Any]],
+    limit: int,
+    cursor: str | None,
+) -> Page:
+    # Newest indexed first, keyset (indexed_at, did, rkey) DESC.
+    sql = _Sql()
+    for column, value in filters:
+        sql.where.append(f"{alias}.{column} = {sql.arg(value)}")
+    sql.where.append(_ACTIVE.format(t=alias))
+    fp = cursors.fingerprint(kind, [v for _, v in filters], [c for c, _ in filters])
+    if cursor:
+        at, did, rkey = cursors.decode(cursor, kind, (int, str, str), fp)
+        assert isinstance(at, int)
+        sql.where.append(
+            f"({alias}.indexed_at, {alias}.did, {alias}.rkey) < "
+            f"({sql.arg(_from_micros(at))}, {sql.arg(did)}, {sql.arg(rkey)})"
+        )
+    rows = await db.fetch(
+        f"SELECT {columns} FROM {table} {alias} {joins} "
+        f"WHERE {' AND '.join(sql.where)} "
+        f"ORDER BY {alias}.indexed_at DESC, {alias}.did DESC, {alias}.rkey DESC "
+        f"LIMIT {sql.arg(limit + 1)}",
+        *sql.args,
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = None
+    if more and rows:
+        last = rows[-1]
+        next_cursor = cursors.encode(
+            kind, [_micros(last["indexed_at"]), last["did"], last["rkey"]], fp
+        )
+    return Page([view(r) for r in rows], next_cursor)
+
+
+async def list_entries(
+    db: Db, *, repo: str | None = None, limit: int = 50, cursor: str | None = None
+) -> Page:
+    """listEntries: entry views, newest indexed first, of ``repo`` (DID or handle;
+    ``RepoNotFound``) or of everyone."""
+    filters = [] if not repo else [("did", await resolve_did(db, repo))]
+    return await _list(
+        db,
+        table="appview_entries",
+        alias="e",
+        columns=_v.ENTRY_COLUMNS,
+        joins=_v.ENTRY_JOINS,
+        view=_v.entry_view,
+        kind="l.ent",
+        filters=filters,
+        limit=limit,
+        cursor=cursor,
+    )
+
+
+async def entries_of_schema(
+    db: Db, uri: str, *, limit: int = 50, cursor: str | None = None
+) -> Page:
+    """Entry views whose ``schemaRef`` is ``uri``, newest indexed first."""
+    return await _list(
+        db,
+        table="appview_entries",
+        alias="e",
+        columns=_v.ENTRY_COLUMNS,
+        joins=_v.ENTRY_JOINS,
+        view=_v.entry_view,
+        kind="l.eos",
+        filters=[("schema_ref", uri)],
+        limit=limit,
+        cursor=cursor,
+    )
+
+
+async def labels_of_entry(db: Db, uri: str, *, limit: int = 50) -> list[dict[str, Any]]:
+    """Label views naming the entry ``uri`` (``datasetUri``), newest first."""
+    rows = await db.fetch(
+        f"SELECT {_v.LABEL_COLUMNS} FROM appview_labels b "
+        f"LEFT JOIN appview_accounts acc ON acc.did = b.did "
+        f"WHERE b.dataset_uri = $1 AND {_ACTIVE.format(t='b')} "
+        f"ORDER BY b.created_at DESC NULLS LAST, b.indexed_at DESC LIMIT $2",
+        uri,
+        limit,
+    )
+    return [_v.label_view(r) for r in rows]
+
+
+# --------------------------------------------------------------------------------
+# schemas
+
+
+async def get_schema_view(db: Db, uri: str) -> dict[str, Any] | None:
+    """getSchema: the schema view of ``uri``, or ``None`` when not indexed."""
+    key = await _record_key(db, uri, SCHEMA_NSID)
+    if key is None:
+        return None
+    row = await db.fetchrow(
+        f"SELECT {_v.SCHEMA_COLUMNS} FROM appview_schemas s {_v.SCHEMA_JOINS} "
+        f"WHERE s.did = $1 AND s.rkey = $2 AND {_ACTIVE.format(t='s')}",
+        *key,
+    )
+    return None if row is None else _v.schema_view(row)
+
+
+async def list_schemas(
+    db: Db, *, repo: str | None = None, limit: int = 50, cursor: str | None = None
+) -> Page:
+    """listSchemas: schema views, newest indexed first, of ``repo`` (DID or handle;
+    ``RepoNotFound``) or of everyone."""
+    filters = [] if not repo else [("did", await resolve_did(db, repo))]
+    return await _list(
+        db,
+        table="appview_schemas",
+        alias="s",
+        columns=_v.SCHEMA_COLUMNS,
+        joins=_v.SCHEMA_JOINS,
+        view=_v.schema_view,
+        kind="l.sch",
+        filters=filters,
+        limit=limit,
+        cursor=cursor,
+    )
+
+
+async def list_schemas_of(
+    db: Db, did: str, *, limit: int = 100, cursor: str | None = None
+) -> Page:
+    """The schema views of one publisher ``did`` (a DID or handle), newest indexed
+    first."""
+    return await list_schemas(db, repo=did, limit=limit, cursor=cursor)
+
+
+_LATEST: Final = (
+    "ORDER BY (s.prerelease = '') DESC, s.major DESC, s.minor DESC, s.patch DESC, "
+    "s.prerelease DESC, s.indexed_at DESC"
+)
+
+
+async def resolve_schema(
+    db: Db, handle: str, schema_id: str, version: str | None = None
+) -> dict[str, Any] | None:
+    """resolveSchema: ``{"uri", "cid", "record"}`` (``record`` as published) of the
+    schema of publisher ``handle`` (DID or handle; ``RepoNotFound``) whose name is
+    ``schema_id`` (or whose record key is ``schema_id`` or ``schema_id:VERSION``,
+    atdata-gen's ``{name}:{version}``), at ``version``: an exact version, or a range (``^1``,
+    ``~1.2``, ``1.x``: the highest match); the latest release (semver order; a
+    prerelease only when there is no release) when absent. ``None`` when none
+    matches."""
+    did = await resolve_did(db, handle)
+    rng = parse_version_range(version) if version else None
+    sql = _Sql()
+    sql.where.append(f"s.did = {sql.arg(did)}")
+    like = schema_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    sql.where.append(
+        f"(s.name = {sql.arg(schema_id)} OR s.rkey = {sql.arg(schema_id)} "
+        f"OR s.rkey LIKE {sql.arg(like + ':%')})"
+    )
+    if rng is not None:
+        sql.where.append(
+            f"(s.major, s.minor, s.patch) >= ({sql.arg(rng.lo[0])}, "
+            f"{sql.arg(rng.lo[1])}, {sql.arg(rng.lo[2])}) AND "
+            f"(s.major, s.minor, s.patch) < ({sql.arg(rng.hi[0])}, "
+            f"{sql.arg(rng.hi[1])}, {sql.arg(rng.hi[2])}) AND "
+            f"s.prerelease = {sql.arg(rng.prerelease)}"
+        )
+    sql.where.append(_ACTIVE.format(t="s"))
+    row = await db.fetchrow(
+        f"SELECT s.uri, s.cid, s.record::text AS record FROM appview_schemas s "
+        f"WHERE {' AND '.join(sql.where)} {_LATEST} LIMIT 1",
+        *sql.args,
+    )
+    if row is None:
+        return None
+    return {"uri": row["uri"], "cid": row["cid"], "record": _json(row["record"])}
+
+
+def _json(text: str) -> Any:
+    return orjson.loads(text)
+
+
+async def schema_history(
+    db: Db, name: str, *, repo: str | None = None, limit: int = 100
+) -> dict[str, Any]:
+    """getSchemaHistory: ``{"name", "did", "handle"?, "versions": [schema views,
+    oldest first, the newest ``limit``], "verdicts": [compat verdicts between
+    consecutive versions shown]}`` from ``appview_schemas`` and
+    ``appview_schema_compat`` (written by :mod:`atdata_appview.history`).
+
+    Errors: ``SchemaNotFound`` (404), ``AmbiguousName`` (400: several publishers
+    use ``name`` and ``repo`` is absent), ``RepoNotFound``."""
+    if repo:
+        did = await resolve_did(db, repo)
+    else:
+        dids = await db.fetch(
+            f"SELECT DISTINCT s.did FROM appview_schemas s WHERE s.name = $1 "
+            f"AND {_ACTIVE.format(t='s')} LIMIT 2",
+            name,
+        )
+        if not dids:
+            raise QueryError("SchemaNotFound", f"no schema named {name!r}", 404)
+        if len(dids) > 1:
+            raise QueryError(
+                "AmbiguousName",
+                f"more than one publisher uses the schema name {name!r}: give repo",
+            )
+        did = dids[0]["did"]
+    rows = await db.fetch(
+        f"SELECT * FROM (SELECT {_v.SCHEMA_COLUMNS}, s.major, s.minor, s.patch, "
+        f"s.prerelease FROM appview_schemas s {_v.SCHEMA_JOINS} "
+        f"WHERE s.did = $1 AND s.name = $2 AND {_ACTIVE.format(t='s')} "
+        f"ORDER BY s.major DESC, s.minor DESC, s.patch DESC, (s.prerelease = '') DESC, "
+        f"s.prerelease DESC LIMIT $3) v "
+        f"ORDER BY v.major, v.minor, v.patch, (v.prerelease = ''), v.prerelease",
+        did,
+        name,
+        limit,
+    )
+    if not rows:
+        raise QueryError("SchemaNotFound", f"no schema named {name!r} in {did}", 404)
+    versions = [_v.schema_view(r) for r in rows]
+    shown = {r["version"] for r in rows}
+    compat = await db.fetch(
+        "SELECT from_version, to_version, from_uri, to_uri, verdict, declared_bump, "
+        "needed_bump, findings::text AS findings FROM appview_schema_compat "
+        "WHERE did = $1 AND name = $2",
+        did,
+        name,
+    )
+    order = {r["version"]: i for i, r in enumerate(rows)}
+    verdicts = []
+    for c in sorted(
+        (c for c in compat if c["from_version"] in shown and c["to_version"] in shown),
+        key=lambda c: order[c["to_version"]],
+    ):
+        verdict: dict[str, Any] = {
+            "fromVersion": c["from_version"],
+            "toVersion": c["to_version"],
+            "fromUri": c["from_uri"],
+            "toUri": c["to_uri"],
+            "verdict": c["verdict"],
+        }
+        if c["declared_bump"]:
+            verdict["declaredBump"] = c["declared_bump"]
+        if c["needed_bump"]:
+            verdict["neededBump"] = c["needed_bump"]
+        findings = _json(c["findings"]) if c["findings"] else []
+        verdict["findings"] = findings if isinstance(findings, list) else []
+        verdicts.append(verdict)
+    out: dict[str, Any] = {"name": name, "did": did}
+    if "handle" in versions[0]:
+        out["handle"] = versions[0]["handle"]
+    out["versions"] = versions
+    out["verdicts"] = verdicts
+    return out
+
+
+# --------------------------------------------------------------------------------
+# lenses and labels
+
+
+async def lens_view(db: Db, uri: str) -> dict[str, Any] | None:
+    """The lens view of ``uri``, or ``None`` when not indexed."""
+    key = await _record_key(db, uri, LENS_NSID)
+    if key is None:
+        return None
+    row = await db.fetchrow(
+        f"SELECT {_v.LENS_COLUMNS} FROM appview_lenses l {_v.LENS_JOINS} "
+        f"WHERE l.did = $1 AND l.rkey = $2 AND {_ACTIVE.format(t='l')}",
+        *key,
+    )
+    return None if row is None else _v.lens_view(row)
+
+
+async def list_lenses(
+    db: Db,
+    *,
+    repo: str | None = None,
+    source_schema: str | None = None,
+    target_schema: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+    kind: str = "l.lns",
+) -> Page:
+    """listLenses: lens views, newest indexed first, filtered by ``repo`` (DID or
+    handle; ``RepoNotFound``), ``source_schema`` and ``target_schema``
+    (AT-URIs)."""
+    filters: list[tuple[str, Any]] = []
+    if repo:
+        filters.append(("did", await resolve_did(db, repo)))
+    if source_schema:
+        filters.append(("source_schema", source_schema))
+    if target_schema:
+        filters.append(("target_schema", target_schema))
+    return await _list(
+        db,
+        table="appview_lenses",
+        alias="l",
+        columns=_v.LENS_COLUMNS,
+        joins=_v.LENS_JOINS,
+        view=_v.lens_view,
+        kind=kind,
+        filters=filters,
+        limit=limit,
+        cursor=cursor,
+    )
+
+
+async def search_lenses(
+    db: Db,
+    *,
+    source_schema: str | None = None,
+    target_schema: str | None = None,
+    limit: int = 25,
+    cursor: str | None = None,
+) -> Page:
+    """searchLenses: lenses from ``source_schema`` and/or to ``target_schema``,
+    newest indexed first (as atdata-app 0.4 serves it)."""
+    return await list_lenses(
+        db,
+        source_schema=source_schema,
+        target_schema=target_schema,
+        limit=limit,
+        cursor=cursor,
+        kind="l.slns",
+    )
+
+
+async def lenses_of_schemas(
+    db: Db, uris: Sequence[str], *, limit: int = 200
+) -> list[dict[str, Any]]:
+    """Lens views whose source or target is one of ``uris`` (for drawing a
+    schema's version and lens graph), newest indexed first, at most ``limit``."""
+    rows = await db.fetch(
+        f"SELECT {_v.LENS_COLUMNS} FROM appview_lenses l {_v.LENS_JOINS} "
+        f"WHERE (l.source_schema = ANY($1::text[]) OR l.target_schema = ANY($1::text[])) "
+        f"AND {_ACTIVE.format(t='l')} "
+        f"ORDER BY l.indexed_at DESC, l.did DESC, l.rkey DESC LIMIT $2",
+        list(uris),
+        limit,
+    )
+    return [_v.lens_view(r) for r in rows]
+
+
+async def lens_path(
+    db: Db, source_schema: str, target_schema: str, max_steps: int = 8
+) -> dict[str, Any]:
+    """getLensPath: ``{"sourceSchema", "targetSchema", "steps": [{"kind": "lens" |
+    "structural", "sourceSchema", "targetSchema", "lens"?: lens view}]}``, the
+    shortest chain from :func:`atdata_appview.lenspath.find_lens_path` (the
+    runtime's ``LensGraph``); ``steps`` is empty when both are the same schema.
+    Errors: ``SchemaNotFound`` (404: a schema is not indexed),
+    ``LensPathNotFound`` (404), ``InvalidRequest`` (``max_steps`` out of range)."""
+    from . import lenspath
+
+    try:
+        steps = await lenspath.find_lens_path(
+            db, source_schema, target_schema, max_steps=max_steps
+        )
+    except lenspath.SchemaNotFound as exc:
+        raise QueryError("SchemaNotFound", str(exc), 404) from None
+    except lenspath.LensPathNotFound as exc:
+        raise QueryError("LensPathNotFound", str(exc), 404) from None
+    except ValueError as exc:
+        raise QueryError("InvalidRequest", str(exc)) from None
+    out: dict[str, Any] = {
+        "sourceSchema": source_schema,
+        "targetSchema": target_schema,
+        "steps": [],
+    }
+    for step in steps:
+        item: dict[str, Any] = {
+            "kind": step.kind,
+            "sourceSchema": step.source_schema,
+            "targetSchema": step.target_schema,
+        }
+        if step.lens is not None:
+            view = await lens_view(db, step.lens["uri"])
+            if view is not None:
+                item["lens"] = view
+        out["steps"].append(item)
+    return out
+
+
+async def resolve_label(
+    db: Db, handle: str, name: str, version: str | None = None
+) -> dict[str, Any] | None:
+    """resolveLabel: ``{"uri": the labelled entry's AT-URI (datasetUri), "cid": the
+    label record's CID, "label": the label record as published}`` for the label
+    ``name`` (and ``version``, when given) of publisher ``handle`` (DID or handle;
+    ``RepoNotFound``), the most recently created; ``None`` when none."""
+    did = await resolve_did(db, handle)
+    sql = _Sql()
+    sql.where.append(f"b.did = {sql.arg(did)}")
+    sql.where.append(f"b.name = {sql.arg(name)}")
+    if version is not None:
+        sql.where.append(f"b.version = {sql.arg(version)}")
+    sql.where.append(_ACTIVE.format(t="b"))
+    row = await db.fetchrow(
+        f"SELECT b.dataset_uri, b.cid, b.record::text AS record FROM appview_labels b "
+        f"WHERE {' AND '.join(sql.where)} "
+        f"ORDER BY b.created_at DESC NULLS LAST, b.indexed_at DESC LIMIT 1",
+        *sql.args,
+    )
+    if row is None:
+        return None
+    return {"uri": row["dataset_uri"], "cid": row["cid"], "label": _json(row["record"])}
+
+
+# --------------------------------------------------------------------------------
+# publishers and the service
+
+
+async def profile(db: Db, did_or_handle: str) -> Profile | None:
+    """The publisher ``did_or_handle``: account state and record counts; ``None``
+    when the AppView knows nothing of it (no account row, no record)."""
+    did = await lookup_did(db, did_or_handle)
+    if did is None:
+        return None
+    row = await db.fetchrow(
+        "SELECT a.handle, a.active, a.status, "
+        "(SELECT count(*) FROM appview_schemas WHERE did = $1) AS schemas, "
+        "(SELECT count(*) FROM appview_entries WHERE did = $1) AS entries, "
+        "(SELECT count(*) FROM appview_lenses WHERE did = $1) AS lenses, "
+        "(SELECT count(*) FROM appview_labels WHERE did = $1) AS labels "
+        "FROM (SELECT 1) one LEFT JOIN appview_accounts a ON a.did = $1",
+        did,
+    )
+    counts = {k: int(row[k]) for k in ("schemas", "entries", "lenses", "labels")}
+    if row["active"] is None and not any(counts.values()):
+        return None
+    handle = row["handle"] if row["handle"] and is_handle(row["handle"]) else None
+    active = row["active"] is not False
+    return Profile(did, handle, active, None if active else row["status"], counts)
+
+
+async def describe_service(db: Db, service_did: str) -> dict[str, Any]:
+    """describeService: ``{"did", "availableCollections", "recordCount":
+    {collection NSID: count} (keyed by collection as atdata-app 0.4 serves it),
+    "analytics": {"activePublishers"}, "deadLetters", "cursor"}``."""
+    from .schema import RECORD_TABLES
+
+    counts = ", ".join(
+        f"(SELECT count(*) FROM {table}) AS c{i}"
+        for i, table in enumerate(RECORD_TABLES.values())
+    )
+    row = await db.fetchrow(
+        f"SELECT {counts}, c.seq, c.dead_letters, "
+        "(SELECT count(*) FROM (SELECT did FROM appview_entries UNION "
+        "SELECT did FROM appview_schemas) p) AS publishers "
+        "FROM appview_cursor c"
+    )
+    record_count = {nsid: int(row[f"c{i}"]) for i, nsid in enumerate(RECORD_TABLES)}
+    return {
+        "did": service_did,
+        "availableCollections": list(RECORD_TABLES),
+        "recordCount": record_count,
+        "analytics": {"activePublishers": int(row["publishers"])},
+        "deadLetters": int(row["dead_letters"]),
+        "cursor": max(0, int(row["seq"])),
+    }
