@@ -52,6 +52,20 @@ the rule of the first failure:
 When the verified tree proves the key absent, :func:`verify_record_proof` returns
 ``None`` (the caller raises :class:`~.errors.RecordNotFoundError`).
 
+Whole repositories (``com.atproto.sync.getRepo``, a CAR of every block of the
+repository at its current commit): :func:`verify_repo` parses the CAR (every block
+hash-checked, as above), checks the signed commit, walks the MST in key order with
+:func:`mst_walk` (only the subtrees that can hold keys under a prefix, e.g.
+``science.alt.dataset.``) and decodes every record found there. Its failures are
+:class:`RepoVerificationError` (a :class:`~.errors.RecordVerificationError` that
+also names the MST ``key`` and the block ``cid`` concerned, when there is one) with
+the rules above, ``REPO_KEY_INVALID`` for an MST key that is not
+``{NSID}/{record key}``, and ``REPO_LIMIT`` for a repository over ``max_records``
+records or ``max_items`` decoded CBOR items (see :func:`verify_repo`). Blocks are
+decoded with cbrrr (the firehose's strict C decoder, records straight into the
+JSON data model) when it is importable (the ``firehose`` extra), else with
+:func:`~.cid.decode_dag_cbor`; both refuse the same non-canonical encodings.
+
 Everything is bounded: the CAR by ``max_bytes`` (default
 :data:`~atdata_runtime.net.fetch.MAX_CAR_BYTES`, 2 MiB, the cap its download has
 too; a proof is a few KiB), the number of blocks by ``max_blocks`` (default
@@ -64,7 +78,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -87,16 +101,26 @@ __all__ = [
     "MAX_BLOCKS",
     "MAX_CAR_BYTES",
     "MAX_MST_DEPTH",
+    "MAX_MST_NODE_BYTES",
+    "MAX_REPO_BLOCKS",
+    "MAX_REPO_BYTES",
+    "MAX_REPO_ITEMS",
+    "MAX_REPO_RECORDS",
     "Car",
     "MstEntries",
+    "RepoRecord",
+    "RepoVerificationError",
     "VerifiedRecord",
+    "VerifiedRepo",
     "mst_find",
     "mst_layer",
     "mst_node",
+    "mst_walk",
     "parse_car",
     "signing_key",
     "verify_commit",
     "verify_record_proof",
+    "verify_repo",
     "verify_signature",
 ]
 
@@ -576,4 +600,413 @@ def verify_record_proof(
         value=to_json(value),
         commit=cid_to_str(car.root),
         rev=commit["rev"],
+    )
+
+
+# -- whole repositories (com.atproto.sync.getRepo) ------------------------------------
+
+MAX_REPO_BYTES = 64 * 1024 * 1024
+"""Default cap on a whole-repository CAR, bytes (64 MiB)."""
+MAX_REPO_BLOCKS = 1_000_000
+"""Default cap on the blocks of a whole-repository CAR."""
+MAX_REPO_RECORDS = 200_000
+"""Default cap on the records :func:`verify_repo` keeps (those under its prefix)."""
+MAX_REPO_ITEMS = 4_000_000
+"""Default cap on the decoded CBOR items (every value and map key counts one) of
+the records :func:`verify_repo` keeps, together. An item of one byte on the wire
+is a Python object of 30 to 130 bytes decoded: the cap keeps a repository's
+records under ~500 MiB of memory whatever their bytes hold."""
+MAX_MST_NODE_BYTES = 1024 * 1024
+"""Cap on one MST node block, bytes (a real node holds a few dozen entries of at
+most a few hundred bytes each; this bounds the memory of one decoded node)."""
+
+
+class RepoVerificationError(RecordVerificationError):
+    """A whole-repository CAR that does not verify (:func:`verify_repo`): the
+    ``rule`` of the failed check, ``uri`` (``at://{did}`` or the record's AT-URI),
+    and where known the MST ``key`` (``{collection}/{rkey}``, clipped to 300
+    characters) and the block ``cid`` (base32 string) concerned."""
+
+    def __init__(
+        self,
+        uri: str,
+        reason: str,
+        *,
+        rule: str,
+        key: str | None = None,
+        cid: str | None = None,
+    ) -> None:
+        self.key = key
+        self.cid = cid
+        super().__init__(uri, reason, rule=rule)
+
+
+@dataclass(frozen=True)
+class RepoRecord:
+    """One record of a verified repository: ``collection`` (NSID), ``rkey``,
+    ``cid`` (base32 CID string of its block) and ``value`` (JSON data model:
+    ``{"$link": …}``, ``{"$bytes": …}``)."""
+
+    collection: str
+    rkey: str
+    cid: str
+    value: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class VerifiedRepo:
+    """A repository read from a signed whole-repository CAR: ``did``, ``rev`` (the
+    commit's revision, a TID), ``commit`` (CID string of the signed commit),
+    ``records`` (those under the prefix asked for, in MST key order), ``blocks``
+    (blocks in the CAR) and ``nodes`` (MST nodes walked)."""
+
+    did: str
+    rev: str
+    commit: str
+    records: tuple[RepoRecord, ...]
+    blocks: int
+    nodes: int
+
+
+def _load_cbrrr() -> Any:
+    try:
+        return importlib.import_module("cbrrr._cbrrr").decode_dag_cbor
+    except ImportError:  # without the firehose extra: the pure-Python decoder
+        return None
+
+
+_cbrrr_decode: Any = _load_cbrrr()
+"""cbrrr's C decoder ``(buffer, cid_ctor, atjson_mode) -> (value, bytes used)``
+(strict DAG-CBOR: shortest heads, sorted unique keys, tag 42 only, no floats in
+``atjson_mode``), or ``None``."""
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest byte string above every string starting with ``prefix``
+    (``None``: no bound, for an empty prefix or one of ``0xff`` bytes only)."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return None
+    return trimmed[:-1] + bytes((trimmed[-1] + 1,))
+
+
+def mst_walk(
+    node_at: Callable[[bytes], tuple[MstEntries, Link | None]],
+    data: bytes,
+    *,
+    prefix: bytes = b"",
+    uri: str = "",
+    max_depth: int = MAX_MST_DEPTH,
+    max_nodes: int = MAX_REPO_BLOCKS,
+) -> Iterator[tuple[bytes, Link]]:
+    """Every ``(key, value link)`` of the MST whose root node is ``data`` (binary
+    CID) with a key starting with ``prefix``, in increasing key order.
+
+    ``node_at(cid)`` gives a checked node as for :func:`mst_find`. Only subtrees
+    whose key range can hold a key under ``prefix`` are read. The walk checks,
+    besides each node's own order (:func:`mst_node`), that every key lies strictly
+    between the keys around the link that led to its node (so that no key is out
+    of place or seen twice, a subtree linked twice included), the layer rules of
+    :func:`mst_find` ("Repository" spec § MST Structure), at most ``max_depth``
+    nodes from the root to any node, and at most ``max_nodes`` nodes read (each
+    node of a tree is read once: linear work). Raises
+    :class:`RepoVerificationError` (``REPO_MST_PROOF``, naming the node's CID)."""
+    low = prefix
+    high = _prefix_end(prefix)
+
+    def fail(cid: bytes, why: str) -> RepoVerificationError:
+        link = cid_to_str(cid)
+        return RepoVerificationError(
+            uri, f"MST node {link}: {why}", rule="REPO_MST_PROOF", cid=link
+        )
+
+    def wanted(lo: bytes | None, hi: bytes | None) -> bool:
+        """Whether the open key range ``(lo, hi)`` meets ``[low, high)``."""
+        return (hi is None or hi > low) and (lo is None or high is None or lo < high)
+
+    # A stack of work: ("n", cid, layer above, lo, hi, depth) visits a node whose
+    # keys must lie in (lo, hi); ("k", key, link) yields an entry. LIFO, pushed in
+    # reverse so that entries come out in key order.
+    Task = tuple[Any, ...]
+    stack: list[Task] = [("n", data, None, None, None, 0)]
+    nodes = 0
+    while stack:
+        task = stack.pop()
+        if task[0] == "k":
+            yield task[1], task[2]
+            continue
+        _, cid, above, lo, hi, depth = task
+        if depth >= max_depth:
+            raise fail(cid, f"the MST is deeper than {max_depth} nodes")
+        nodes += 1
+        if nodes > max_nodes:
+            raise fail(cid, f"the MST has more than {max_nodes} nodes")
+        entries, left = node_at(cid)
+        if not entries:
+            # the empty repository, or an intermediate layer with only a left
+            # subtree (as mst_find reads it)
+            if depth == 0 and left is None:
+                return
+            if depth == 0 or left is None or above is None or above <= 1:
+                raise fail(cid, "empty MST node")
+            stack.append(("n", left.raw, above - 1, lo, hi, depth + 1))
+            continue
+        layers = {mst_layer(k) for k, _, _ in entries}
+        layer = layers.pop()
+        if layers or (above is not None and layer >= above):
+            raise fail(cid, "holds keys of the wrong layer")
+        if (lo is not None and entries[0][0] <= lo) or (
+            hi is not None and entries[-1][0] >= hi
+        ):
+            raise fail(cid, "holds a key outside the range its parent gives it")
+        if layer == 0 and (left is not None or any(t for _, _, t in entries)):
+            raise fail(cid, "on layer 0 has a subtree")
+        work: list[Task] = []
+        bound = lo
+        subtree = left
+        for key, value, right in entries:
+            if subtree is not None and wanted(bound, key):
+                work.append(("n", subtree.raw, layer, bound, key, depth + 1))
+            if key.startswith(prefix):
+                work.append(("k", key, value))
+            bound, subtree = key, right
+        if subtree is not None and wanted(bound, hi):
+            work.append(("n", subtree.raw, layer, bound, hi, depth + 1))
+        work.reverse()
+        stack.extend(work)
+
+
+def _measure(value: Any, max_depth: int) -> int:
+    """CBOR items of a decoded value (each value and map key one), level by level
+    without recursion; ``-1`` when it nests deeper than ``max_depth`` maps/arrays
+    (the top-level container is depth 1)."""
+    if type(value) is not dict and type(value) is not list:
+        return 1
+    items = 1
+    level: list[Any] = [value]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > max_depth:
+            return -1
+        below: list[Any] = []
+        for item in level:
+            if type(item) is dict:
+                items += len(item)
+                children = item.values()
+            else:
+                children = item
+            for child in children:
+                items += 1
+                if type(child) is dict or type(child) is list:
+                    below.append(child)
+        level = below
+    return items
+
+
+def _reserved_keys(value: Any) -> bool:
+    """Whether a decoded value holds a map with a ``$link`` or ``$bytes`` key (not
+    representable in the JSON data model; cbrrr's ``atjson_mode`` refuses them)."""
+    level = [value]
+    while level:
+        below: list[Any] = []
+        for item in level:
+            if type(item) is dict:
+                if "$link" in item or "$bytes" in item:
+                    return True
+                below.extend(item.values())
+            elif type(item) is list:
+                below.extend(item)
+        level = [v for v in below if type(v) is dict or type(v) is list]
+    return False
+
+
+def _decode_node(block: bytes) -> Any:
+    if _cbrrr_decode is not None:
+        try:
+            value, used = _cbrrr_decode(block, Link, False)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is one finding
+            raise DataModelError(str(exc)[:200]) from None
+        if used != len(block):
+            raise DataModelError("trailing bytes after the value")
+        return value
+    return decode_dag_cbor(block, max_depth=4)
+
+
+def _decode_record(block: bytes, max_depth: int) -> tuple[Any, int]:
+    """``(JSON data-model value, items)`` of a record block. Raises
+    :class:`DataModelError`."""
+    if _cbrrr_decode is not None:
+        try:
+            value, used = _cbrrr_decode(block, None, True)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is one finding
+            raise DataModelError(str(exc)[:200]) from None
+        if used != len(block):
+            raise DataModelError("trailing bytes after the value")
+    else:
+        raw = decode_dag_cbor(block, max_depth=max_depth)
+        if _reserved_keys(raw):
+            raise DataModelError("a map has a reserved $link or $bytes key")
+        if dag_cbor(raw) != block:
+            raise DataModelError("not the canonical DAG-CBOR encoding")
+        value = to_json(raw)
+    items = _measure(value, max_depth)
+    if items < 0:
+        raise DataModelError(
+            f"nested deeper than {max_depth} arrays/maps", rule="DATA_MODEL_TOO_DEEP"
+        )
+    return value, items
+
+
+def verify_repo(
+    car_bytes: bytes,
+    *,
+    did: str,
+    key: str,
+    prefix: str = "",
+    max_bytes: int = MAX_REPO_BYTES,
+    max_blocks: int = MAX_REPO_BLOCKS,
+    max_depth: int = MAX_MST_DEPTH,
+    max_records: int = MAX_REPO_RECORDS,
+    max_items: int = MAX_REPO_ITEMS,
+    max_record_depth: int = MAX_DEPTH,
+) -> VerifiedRepo:
+    """Verify a whole-repository CAR (``com.atproto.sync.getRepo``) of ``did``
+    against ``key`` (its ``did:key``, :func:`signing_key`) and read the records
+    whose MST key (``{collection}/{rkey}``) starts with ``prefix`` (``""``: all).
+
+    Checks, in order: the CAR framing and every block's hash (:func:`parse_car`,
+    at most ``max_bytes`` bytes and ``max_blocks`` blocks); the root is a v3 commit
+    of ``did`` signed by ``key`` (:func:`verify_commit`); the MST from the
+    commit's ``data`` (:func:`mst_walk`: node shapes, key order and ranges,
+    layers, at most ``max_depth`` nodes deep, nodes of at most
+    :data:`MAX_MST_NODE_BYTES`); each key kept is ``{NSID}/{record key}``; each
+    record block is present and one DAG-CBOR map in the JSON data model (canonical,
+    nesting at most ``max_record_depth``); at most ``max_records`` records and
+    ``max_items`` CBOR items kept. Work is linear in the CAR's size.
+
+    Returns a :class:`VerifiedRepo`. Raises :class:`RepoVerificationError` (or
+    its base :class:`~.errors.RecordVerificationError`, from :func:`parse_car`
+    and :func:`verify_commit`) with the rule of the first failure: see the module
+    docstring."""
+    base = f"at://{did}"
+    car = parse_car(car_bytes, uri=base, max_bytes=max_bytes, max_blocks=max_blocks)
+    commit = verify_commit(car, did, key, uri=base)
+    nodes = 0
+
+    def node_at(cid: bytes) -> tuple[MstEntries, Link | None]:
+        nonlocal nodes
+        nodes += 1
+        block = car.blocks.get(cid)
+        link = cid_to_str(cid)
+        if block is None:
+            raise RepoVerificationError(
+                base,
+                f"the CAR lacks the MST node block {link}",
+                rule="REPO_MST_PROOF",
+                cid=link,
+            )
+        if len(block) > MAX_MST_NODE_BYTES:
+            raise RepoVerificationError(
+                base,
+                f"MST node {link} is over {MAX_MST_NODE_BYTES} bytes",
+                rule="REPO_MST_PROOF",
+                cid=link,
+            )
+        try:
+            value = _decode_node(block)
+        except DataModelError as exc:
+            raise RepoVerificationError(
+                base, f"MST node {link}: {exc}", rule="REPO_MST_PROOF", cid=link
+            ) from None
+        try:
+            return mst_node(value, cid, uri=base)
+        except RecordVerificationError as exc:
+            raise RepoVerificationError(
+                base, exc.reason, rule="REPO_MST_PROOF", cid=link
+            ) from None
+
+    records: list[RepoRecord] = []
+    items = 0
+    walk = mst_walk(
+        node_at,
+        commit["data"].raw,
+        prefix=prefix.encode(),
+        uri=base,
+        max_depth=max_depth,
+        max_nodes=max_blocks,
+    )
+    for raw_key, link in walk:
+        try:
+            path = raw_key.decode("ascii")
+        except UnicodeDecodeError:
+            path = raw_key.decode("ascii", "replace")
+            raise RepoVerificationError(
+                base,
+                "MST key is not ASCII",
+                rule="REPO_KEY_INVALID",
+                key=path[:300],
+            ) from None
+        collection, _, rkey = path.partition("/")
+        if not is_nsid(collection) or not is_record_key(rkey):
+            raise RepoVerificationError(
+                base,
+                f"MST key {path[:120]!r} is not {{NSID}}/{{record key}}",
+                rule="REPO_KEY_INVALID",
+                key=path[:300],
+            )
+        uri = f"{base}/{path}"
+        cid = cid_to_str(link.raw)
+        block = car.blocks.get(link.raw)
+        if block is None:
+            raise RepoVerificationError(
+                uri,
+                f"the CAR lacks the record block {cid}",
+                rule="REPO_MST_PROOF",
+                key=path,
+                cid=cid,
+            )
+        if len(records) >= max_records:
+            raise RepoVerificationError(
+                base,
+                f"the repository holds more than {max_records} records under "
+                f"{prefix!r}",
+                rule="REPO_LIMIT",
+                key=path,
+            )
+        try:
+            value, n = _decode_record(block, max_record_depth)
+        except DataModelError as exc:
+            raise RepoVerificationError(
+                uri,
+                f"record block {cid}: {exc}",
+                rule="REPO_RECORD_INVALID",
+                key=path,
+                cid=cid,
+            ) from None
+        if not isinstance(value, dict):
+            raise RepoVerificationError(
+                uri,
+                f"record block {cid} is not a map",
+                rule="REPO_RECORD_INVALID",
+                key=path,
+                cid=cid,
+            )
+        items += n
+        if items > max_items:
+            raise RepoVerificationError(
+                base,
+                f"the records under {prefix!r} hold more than {max_items} CBOR items",
+                rule="REPO_LIMIT",
+                key=path,
+                cid=cid,
+            )
+        records.append(RepoRecord(collection, rkey, cid, value))
+    return VerifiedRepo(
+        did=did,
+        rev=commit["rev"],
+        commit=cid_to_str(car.root),
+        records=tuple(records),
+        blocks=len(car.blocks),
+        nodes=nodes,
     )
