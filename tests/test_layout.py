@@ -2,7 +2,8 @@
 it, and nothing in the runtime imports the compiler at module level.
 
 Layers, bottom first: ``lex``, ``lexicons`` (generated), ``samples``, ``lenses``,
-``net``, ``shards``, ``atmosphere``, ``firehose``. An import inside a
+``net``, ``shards``, ``atmosphere``, ``firehose``, ``appview`` (the AppView client
+and names, over the AT Protocol client). An import inside a
 function that points upward is allowed only where listed in ``DELEGATES`` (a thin
 delegate kept for the seed's spelling, e.g. ``Dataset.from_atproto``).
 """
@@ -24,10 +25,12 @@ LAYERS = [
     "shards",
     "atmosphere",
     "firehose",
+    "appview",
 ]
 ALLOWED = {layer: set(LAYERS[: i + 1]) for i, layer in enumerate(LAYERS)}
 DELEGATES = {
     ("shards/dataset.py", "atmosphere"),  # Dataset.from_atproto → load_dataset
+    ("shards/dataset.py", "appview"),  # Dataset.from_atproto(NAME) → resolve, load
     ("atmosphere/load.py", "atdata_gen"),  # compile a fetched record, if installed
 }
 

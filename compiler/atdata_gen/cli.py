@@ -759,10 +759,11 @@ def new_lens_cmd(source: str, target: str, out_file: Path | None) -> None:
 
 
 def _register_network_commands() -> None:
-    from .remote import publish_group, pull_cmd
+    from .remote import publish_group, pull_cmd, search_cmd
 
     main.add_command(pull_cmd)
     main.add_command(publish_group)
+    main.add_command(search_cmd)
 
 
 _register_network_commands()

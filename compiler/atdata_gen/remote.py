@@ -3,9 +3,10 @@
 Connection settings come from options or the environment: ``ATDATA_HANDLE`` (the
 account), ``ATDATA_PASSWORD`` (an app password; only needed when no saved session
 is valid), ``ATDATA_PDS_URL`` (default: from the account's DID document),
-``ATDATA_PLC_URL`` (default ``https://plc.directory``) and ``ATDATA_HANDLE_SERVICE``
+``ATDATA_PLC_URL`` (default ``https://plc.directory``), ``ATDATA_HANDLE_SERVICE``
 (a service answering ``com.atproto.identity.resolveHandle``, e.g. a PDS for its own
-handles). Passwords are never accepted as command-line arguments (they would land
+handles) and ``ATDATA_APPVIEW_URL`` (the AppView that ``search`` asks and ``pull``
+resolves names with; ``--appview`` overrides it). Passwords are never accepted as command-line arguments (they would land
 in shell history and ``ps``).
 """
 
@@ -25,7 +26,7 @@ from .config import LOCK_NAME, ConfigError, load_config
 from .diagnostics import Reporter, render, safe_text
 from .sources import load_text, read_reported
 
-__all__ = ["publish_group", "pull_cmd"]
+__all__ = ["publish_group", "pull_cmd", "search_cmd"]
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 
@@ -60,10 +61,21 @@ def _error(message: str) -> None:
     sys.exit(EXIT_ERROR)
 
 
+_APPVIEW = click.option(
+    "--appview",
+    "appview_url",
+    metavar="URL",
+    default=None,
+    help="AppView base URL (default: the ATDATA_APPVIEW_URL setting).",
+)
+
+
 @click.command("pull")
 @click.argument("uris", nargs=-1)
 @click.option(
-    "--update", is_flag=True, help="Re-fetch every pinned record; report CID changes."
+    "--update",
+    is_flag=True,
+    help="Re-fetch every pinned record (re-resolve pinned names); report changes.",
 )
 @click.option("--lock", "lock_path", type=click.Path(path_type=Path), default=None)
 @click.option(
@@ -72,20 +84,28 @@ def _error(message: str) -> None:
     help="Read records with plain repo.getRecord, checked only against the CID "
     "their server returns, instead of the repository's signed proof (logged).",
 )
+@_APPVIEW
 def pull_cmd(
     uris: tuple[str, ...],
     update: bool,
     lock_path: Path | None,
     unverified_reads: bool = False,
+    appview_url: str | None = None,
 ) -> None:
-    """Pin remote schema and lens records (AT-URIs) in atdata-gen.lock.
+    """Pin remote schema and lens records in atdata-gen.lock: AT-URIs, or schema
+    names (@handle/CellCrop@^1, @did:plc:…/CellCrop@1.2.0, CellCrop@^1).
 
-    With no URI, pins the [tool.atdata-gen] schemas and lenses. A record is
-    fetched from its owner's PDS, proven by its repository (com.atproto.sync.
-    getRecord: the commit's signature by the key in the DID document and the MST
-    path to the record; --unverified-reads opts out), validated, and compiled
-    before anything is written; a lens record also pins the two schema
-    records it names. On any error the lock is left as it was.
+    With no argument, pins the [tool.atdata-gen] schemas and lenses. A name is
+    resolved through the AppView (--appview or ATDATA_APPVIEW_URL) to the
+    highest version in its range, falling back to the publisher's PDS
+    (listRecords) when the AppView is down or not configured; the lock records
+    the name as requested, so --update re-resolves it. A record is fetched from
+    its owner's PDS, proven by its repository (com.atproto.sync.getRecord: the
+    commit's signature by the key in the DID document and the MST path to the
+    record; --unverified-reads opts out), checked against the name (publisher,
+    name, version in range), validated, and compiled before anything is
+    written; a lens record also pins the two schema records it names. On any
+    error the lock is left as it was.
     """
     from atdata_runtime.atmosphere import AtmosphereClient, AtmosphereError, AtUri
     from atdata_runtime.atmosphere.records import LENS, SCHEMA
@@ -116,6 +136,7 @@ def pull_cmd(
     )
     changed = 0
     seen: set[str] = set()
+    names: Any = None
     while targets:
         uri = targets.pop(0)
         if uri in seen:
@@ -125,10 +146,18 @@ def pull_cmd(
         if old is not None and not update:
             continue
         try:
-            at = AtUri.parse(uri)
+            resolved = None
+            if not uri.strip().startswith("at://"):
+                names = names or _name_resolver(appview_url, client.resolver)
+                resolved = names.resolve_schema(uri)
+                at = AtUri.parse(resolved.uri)
+            else:
+                at = AtUri.parse(uri)
             if at.collection not in (SCHEMA, LENS):
                 _error(f"{uri}: not a {SCHEMA} or {LENS} record")
             record = client.get_record(at)
+            if resolved is not None:
+                resolved.check_schema(record.uri, record.value)
             if at.collection == SCHEMA:
                 compile_schema_record(record.value, uri=record.uri, cid=record.cid)
             else:
@@ -148,17 +177,210 @@ def pull_cmd(
             return
         did = AtUri.parse(record.uri).authority
         entries[uri] = LockEntry(record.uri, uri, did, record.cid, record.value)
+        named = "" if resolved is None else f"{safe_text(uri)} -> "
         if old is None:
-            click.echo(f"pinned {record.uri} ({record.cid})")
+            click.echo(f"pinned {named}{record.uri} ({record.cid})")
+            changed += 1
+        elif old.uri != record.uri:
+            click.echo(
+                f"changed {named}{old.uri} -> {record.uri} ({record.cid})"
+                + _differs(old.value, record.value)
+            )
             changed += 1
         elif old.cid != record.cid:
             click.echo(
-                f"changed {record.uri}: {old.cid} -> {record.cid}"
+                f"changed {named}{record.uri}: {old.cid} -> {record.cid}"
                 + _differs(old.value, record.value)
             )
             changed += 1
     wrote = write_lock(path, list(entries.values()))
     click.echo(f"{path}: {'updated' if wrote else 'unchanged'} ({len(entries)} pinned)")
+
+
+def _appview_client(url: str | None) -> Any:
+    """The AppView client of ``--appview URL`` or the ATDATA_APPVIEW_URL setting;
+    exits 2 with the reason when there is none or the URL is unusable."""
+    from atdata_runtime.appview import AppViewClient
+    from atdata_runtime.net import NetworkError
+
+    try:
+        return AppViewClient(url)
+    except (NetworkError, ValueError) as exc:
+        _error(str(exc))
+
+
+def _name_resolver(url: str | None, resolver: Any) -> Any:
+    """A name resolver asking the AppView of ``--appview URL`` (else the
+    setting; with neither, the publisher's PDS only)."""
+    from atdata_runtime.appview import NameResolver
+
+    return NameResolver(_appview_client(url) if url else None, resolver=resolver)
+
+
+# -- search -----------------------------------------------------------------------
+
+_SORTS = ("relevance", "recent", "size")
+_COLUMNS = ("NAME", "PUBLISHER", "SCHEMA", "SIZE", "TAGS", "AT-URI")
+_WIDTHS = (32, 24, 28, 9, 28, 0)  # 0: never cut (an AT-URI is copied whole)
+
+
+def _width(text: str) -> int:
+    """Terminal columns of ``text`` (East Asian wide/fullwidth 2, combining 0)."""
+    import unicodedata
+
+    return sum(
+        0
+        if unicodedata.combining(ch)
+        else 2
+        if unicodedata.east_asian_width(ch) in ("W", "F")
+        else 1
+        for ch in text
+    )
+
+
+def _cell(value: object, width: int) -> str:
+    """``value`` as one table cell: hostile text made inert (control, bidi and
+    other format characters escaped, one line) and cut to ``width`` columns."""
+    from atdata_runtime.appview.errors import clean_text
+
+    text = clean_text(str(value), 2000) if value is not None else "-"
+    if not width or _width(text) <= width:
+        return text
+    out, used = [], 0
+    for ch in text:
+        w = _width(ch)
+        if used + w > width - 1:
+            break
+        out.append(ch)
+        used += w
+    return "".join(out) + "…"
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(n)  # pragma: no cover
+
+
+def _row(entry: Any) -> list[str]:
+    from atdata_runtime.atmosphere.records import AtUri
+
+    schema = entry.schema_name
+    if schema is None:
+        try:
+            schema = AtUri.parse(entry.schema_ref).rkey
+        except ValueError:
+            schema = entry.schema_ref
+    elif entry.schema_version:
+        schema = f"{schema}@{entry.schema_version}"
+    size = entry.size.bytes_ if entry.size is not None else None
+    values = [
+        entry.name,
+        entry.handle or entry.did,
+        schema,
+        _size(size),
+        ", ".join(entry.tags or []) or "-",
+        entry.uri,
+    ]
+    return [_cell(v, w) for v, w in zip(values, _WIDTHS, strict=True)]
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [
+        max([_width(h), *(_width(r[i]) for r in rows)]) for i, h in enumerate(_COLUMNS)
+    ]
+
+    def line(cells: list[str] | tuple[str, ...]) -> str:
+        return "  ".join(
+            c + " " * (widths[i] - _width(c)) if i < len(cells) - 1 else c
+            for i, c in enumerate(cells)
+        )
+
+    return "\n".join([line(_COLUMNS), *(line(r) for r in rows)])
+
+
+@click.command("search")
+@click.argument("query", required=False, default=None)
+@click.option(
+    "--tag", "tags", multiple=True, help="Entries with this tag (repeatable: all)."
+)
+@click.option(
+    "--schema",
+    help="Schema name (NAME or NAME@RANGE, e.g. CellCrop@^1) or schema AT-URI.",
+)
+@click.option("--repo", help="Only this publisher (a handle or DID).")
+@click.option("--storage", help="Storage kind: http, s3, blobs or external.")
+@click.option("--license", "license_", help="Only entries with this licence.")
+@click.option(
+    "--sort", type=click.Choice(_SORTS), default=None, help="Order (default relevance)."
+)
+@click.option("--limit", type=click.IntRange(1, 100), default=25, show_default=True)
+@click.option("--cursor", help="Cursor of the next page (from --format json).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+)
+@_APPVIEW
+def search_cmd(
+    query: str | None,
+    tags: tuple[str, ...],
+    schema: str | None,
+    repo: str | None,
+    storage: str | None,
+    license_: str | None,
+    sort: str | None,
+    limit: int,
+    cursor: str | None,
+    fmt: str,
+    appview_url: str | None,
+) -> None:
+    """Search the AppView for datasets: full text over name, description and tags,
+    filtered by tags, schema, publisher, storage kind and licence.
+
+    Prints a table (name, publisher, schema@version, size, tags, AT-URI; text
+    from the records is shown inert: control and bidi characters escaped) or,
+    with --format json, the AppView's answer ({entries, cursor}) as validated
+    JSON, ASCII-escaped. Load a result with Dataset.from_atproto(AT-URI) or by
+    its name. Exit 0 (also for no result), 2 on any error.
+    """
+    from atdata_runtime.net import NetworkError
+
+    client = _appview_client(appview_url)
+    schema_ref = schema if schema and schema.startswith("at://") else None
+    try:
+        out = client.search_datasets(
+            query,
+            tags=list(tags) or None,
+            schema_ref=schema_ref,
+            schema=None if schema_ref else schema,
+            repo=repo,
+            storage=storage,
+            license=license_,
+            sort=sort,
+            limit=limit,
+            cursor=cursor,
+        )
+    except (NetworkError, ValueError) as exc:
+        _error(str(exc))
+        return
+    if fmt == "json":
+        wire = out.to_wire()
+        click.echo(json.dumps(wire, indent=2, sort_keys=True, ensure_ascii=True))
+        return
+    if not out.entries:
+        click.echo("no datasets match", err=True)
+        return
+    click.echo(_table([_row(e) for e in out.entries]))
+    if out.cursor:
+        click.echo(f"more: --cursor {_cell(out.cursor, 600)}", err=True)
 
 
 # -- publish ----------------------------------------------------------------------

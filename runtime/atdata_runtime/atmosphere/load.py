@@ -534,10 +534,14 @@ def resolve_dataset(
     lock: Path | None = None,
     trusted_endpoints: Iterable[str] = (),
     max_shards: int = MAX_SHARDS,
+    check: Callable[[FetchedRecord, FetchedRecord], None] | None = None,
 ) -> ResolvedDataset:
     """Fetch and verify entry and schema, pick the sample class and list the
     shards (see the module docstring; ``trusted_endpoints`` and ``max_shards`` as
-    :func:`entry_shards`). Raises the client's errors (naming the AT-URI),
+    :func:`entry_shards`). ``check(entry, schema)``, when given, sees both
+    verified records before any class is picked or compiled and may refuse them
+    by raising (a name's resolution checks that they are what the name asks for:
+    :meth:`atdata_runtime.appview.names.Resolved.check_entry`). Raises the client's errors (naming the AT-URI),
     :class:`LockMismatchError` (``LOCK_PIN_MISMATCH``) when the lock pins the
     schema at another CID, :class:`EntryStorageError` for a storage that is
     refused or unusable, :class:`~.errors.AtmosphereError` for a record of the
@@ -568,6 +572,8 @@ def resolve_dataset(
         max_shards=max_shards,
     )
     schema = client.get_record(schema_at)
+    if check is not None:
+        check(entry, schema)
     source = "given"
     cls = sample_type
     if cls is None:
@@ -675,6 +681,7 @@ def load_dataset(
     storage_options: dict[str, Any] | None = None,
     trusted_endpoints: Iterable[str] = (),
     max_shards: int = MAX_SHARDS,
+    check: Callable[[FetchedRecord, FetchedRecord], None] | None = None,
     **kwargs: Any,
 ) -> Any:
     """``Dataset[SampleClass]`` for a published entry (see :func:`resolve_dataset`).
@@ -690,7 +697,8 @@ def load_dataset(
     (``HEADERS_SCOPE``). ``trusted_endpoints``: origins (exactly
     ``http(s)://host[:port]``, else ``TRUSTED_ENDPOINT``) trusted as the user's own (S3 endpoints that get their credentials; HTTP shard
     origins read without the network checks, ``http`` allowed); ``max_shards``
-    (default 100,000) bounds the entry's shard list. ``kwargs`` go to
+    (default 100,000) bounds the entry's shard list; ``check`` as
+    :func:`resolve_dataset`. ``kwargs`` go to
     :class:`~atdata_runtime.shards.Dataset` (``max_member_bytes``, ``progress``,
     ``verify``, ``max_shard_bytes``…), which reads the URLs as
     ``urls_from="record"``: each shard with a sha256 is verified before any of its
@@ -708,6 +716,7 @@ def load_dataset(
         lock=lock,
         trusted_endpoints=trusted_endpoints,
         max_shards=max_shards,
+        check=check,
     )
     if r.unverified:
         log.warning(

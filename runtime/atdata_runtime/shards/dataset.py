@@ -852,12 +852,15 @@ class Dataset(Generic[T_co]):
         return view
 
     @classmethod
-    def from_atproto(cls, uri: str, **kwargs: Any) -> Dataset[Any]:
-        """The dataset published at ``uri`` (a ``science.alt.dataset.entry``
-        AT-URI), typed by its schema record; see
-        :func:`atdata_runtime.atmosphere.load.load_dataset` for ``kwargs``
-        (``client``, ``lock``, ``storage_options``…). On a bound class
-        (``Dataset[ImageSample].from_atproto(…)``) that class is used."""
+    def from_atproto(cls, name: str, **kwargs: Any) -> Dataset[Any]:
+        """The dataset published at ``name``: a ``science.alt.dataset.entry``
+        AT-URI, or a name resolved through the AppView (``@alice.example/
+        CellCrop@^1``, ``CellCrop@1.2.0``, ``CellCrop``; see
+        :mod:`atdata_runtime.appview.names`: the AppView of ``appview=`` or
+        ``ATDATA_APPVIEW_URL``, falling back to the publisher's PDS), typed by
+        its schema record. See :func:`atdata_runtime.atmosphere.load.load_dataset`
+        for ``kwargs`` (``client``, ``lock``, ``storage_options``…). On a bound
+        class (``Dataset[ImageSample].from_atproto(…)``) that class is used."""
         try:
             from ..atmosphere.load import load_dataset
         except ImportError as exc:
@@ -866,7 +869,14 @@ class Dataset(Generic[T_co]):
         bound = cls.__dict__.get("sample_type")
         if bound is not None:
             kwargs.setdefault("sample_type", bound)
-        return load_dataset(uri, **kwargs)  # type: ignore[no-any-return]
+        if isinstance(name, str) and name.strip().startswith("at://"):
+            if kwargs.get("appview") is not None:
+                raise TypeError("appview= is for names; an AT-URI needs no AppView")
+            kwargs.pop("appview", None)
+            return load_dataset(name.strip(), **kwargs)  # type: ignore[no-any-return]
+        from ..appview.load import load_named_dataset
+
+        return load_named_dataset(name, **kwargs)  # type: ignore[no-any-return]
 
     # -- iteration --------------------------------------------------------------------
     def _trusted(self, url: str) -> bool:
