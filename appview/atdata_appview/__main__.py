@@ -1,5 +1,11 @@
-"""``python -m atdata_appview``: the command line."""
+"""``python -m atdata_appview``: the same command line as ``atdata-appview``
+(:mod:`atdata_appview.cli`)."""
+
+from __future__ import annotations
+
+import sys
 
 from .cli import main
 
-main()
+if __name__ == "__main__":
+    sys.exit(main())

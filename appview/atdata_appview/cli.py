@@ -1,0 +1,1171 @@
+"""``atdata-appview``: the command line of the AppView.
+
+::
+
+    atdata-appview migrate
+    atdata-appview index [--batch-size N]
+    atdata-appview serve [--host 127.0.0.1] [--port 8080]
+    atdata-appview run [--host H] [--port P] [--batch-size N]
+    atdata-appview backfill (--pds URL | --relay URL) [--collection NSID]
+                            [--concurrency N] [--force] [--plc-url URL]
+    atdata-appview status [--format text|json]
+    atdata-appview rules [--format text|markdown|json]
+    atdata-appview dead-letters [--rule ID] [--did DID] [--limit N]
+                                [--format text|json]
+
+Every setting comes from the environment (``ATDATA_APPVIEW_*``,
+:mod:`atdata_appview.config`, whose table also fills each command's ``--help``;
+the DSN falls back to the ingester's ``ATDATA_INGEST_DATABASE_URL``); an option
+given on the command line wins over its variable, and a bad value is reported
+under the name it came from. An ``ATDATA_APPVIEW_*`` variable that no setting
+reads (a typo) draws a warning naming the closest known one.
+
+Every command that reads the database connects once, within
+:data:`CONNECT_TIMEOUT_S`, and checks both schemas (the ingester's and the
+AppView's) before anything else; ``migrate`` creates them instead. ``serve`` and
+``run`` also check that they can listen on their address before uvicorn starts.
+``run`` folds the log and serves in one process; SIGTERM or SIGINT stops both
+cleanly (the indexer finishes its batch, the server its requests).
+
+Exit statuses (those of :mod:`atdata_ingest.exits`, sysexits.h):
+
+{EXIT_STATUSES}
+
+Every message and log line has its DSN passwords redacted
+(:func:`atdata_ingest.cli.redact`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as _dt
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import textwrap
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import FrameType
+from typing import Any, Final, Literal, TypeVar
+
+from atdata_gen.diagnostics import printable
+from atdata_ingest import exits
+from atdata_ingest.cli import _Formatter, _remember_secrets, _setup_logging, redact
+from atdata_runtime.net import redact_url
+
+from .config import (
+    DSN_VARIABLES,
+    ENV_PREFIX,
+    ConfigError,
+    Settings,
+    setting_labels,
+    settings_help,
+    unknown_variables,
+)
+
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "EXIT_STATUSES",
+    "EXIT_USAGE",
+    "build_parser",
+    "main",
+    "rules_table",
+]
+
+log = logging.getLogger("atdata_appview.cli")
+
+PROG: Final = "atdata-appview"
+LOG_LEVEL_ENV: Final = f"{ENV_PREFIX}LOG_LEVEL"
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+EXIT_USAGE: Final = 2
+#: ``backfill``: some repositories could not be read (they are listed; the
+#: others were indexed).
+EXIT_PARTIAL: Final = 1
+#: Seconds one connection attempt may take before the database counts as
+#: unreachable (exit 74).
+CONNECT_TIMEOUT_S: Final = 10.0
+
+_T = TypeVar("_T")
+
+_ALL: Final = (
+    "migrate",
+    "index",
+    "serve",
+    "run",
+    "backfill",
+    "status",
+    "rules",
+    "dead-letters",
+)
+_DB_COMMANDS: Final = tuple(c for c in _ALL if c != "rules")
+
+#: ``(status, commands, meaning)``; the module doc and each ``--help`` come from it.
+EXIT_STATUSES: Final[tuple[tuple[int, tuple[str, ...], str], ...]] = (
+    (exits.OK, _ALL, "done"),
+    (
+        exits.OK,
+        ("index", "serve", "run"),
+        (
+            "a clean stop (SIGTERM or SIGINT: the indexer commits its batch, the "
+            "server finishes its requests)"
+        ),
+    ),
+    (
+        EXIT_PARTIAL,
+        ("backfill",),
+        (
+            "some repositories could not be read or verified (listed on stderr with "
+            "the reason; the others were indexed; run it again to retry them)"
+        ),
+    ),
+    (
+        EXIT_USAGE,
+        _ALL,
+        (
+            "bad usage (argparse's: an unknown command or option, a value of the "
+            "wrong type or not among the choices)"
+        ),
+    ),
+    (exits.SOFTWARE, _ALL, "a bug (the message carries its traceback)"),
+    (
+        exits.CANTCREAT,
+        ("index", "run"),
+        "another indexer folds this database (it holds the indexer's lock)",
+    ),
+    (
+        exits.CANTCREAT,
+        ("backfill",),
+        "another backfill runs on this database (BF_BUSY)",
+    ),
+    (
+        exits.IOERR,
+        _DB_COMMANDS,
+        "PostgreSQL unreachable (connection refused, timed out, shutting down)",
+    ),
+    (
+        exits.IOERR,
+        ("backfill",),
+        (
+            "the PDS or relay could not be listed (the repositories already queued "
+            "were read)"
+        ),
+    ),
+    (
+        exits.CONFIG,
+        _ALL,
+        (
+            "bad settings: a malformed option or variable (the message names it), a "
+            "wrong password, an unknown role or database"
+        ),
+    ),
+    (
+        exits.CONFIG,
+        tuple(c for c in _DB_COMMANDS if c != "migrate"),
+        "a schema missing or older than this program's (run `atdata-appview migrate`)",
+    ),
+    (
+        exits.CONFIG,
+        ("serve", "run"),
+        "the address is in use, not of this host, or needs privileges",
+    ),
+)
+
+
+def exit_statuses(command: str | None = None) -> list[tuple[int, str]]:
+    """The exit statuses of ``command`` (``None``: of any command, prefixed by
+    the commands when not all), ascending, meanings joined by ``; ``."""
+    merged: dict[int, list[str]] = {}
+    for status, commands, meaning in EXIT_STATUSES:
+        if command is None:
+            if commands != _ALL:
+                meaning = f"{', '.join(commands)}: {meaning}"
+            merged.setdefault(status, []).append(meaning)
+        elif command in commands:
+            merged.setdefault(status, []).append(meaning)
+    return [(status, "; ".join(parts)) for status, parts in sorted(merged.items())]
+
+
+def _exit_help(command: str | None) -> str:
+    lines = ["exit statuses:"]
+    for status, meaning in exit_statuses(command):
+        lines.extend(
+            textwrap.wrap(
+                meaning, 76, initial_indent=f"  {status:<4}", subsequent_indent=" " * 6
+            )
+        )
+    return "\n".join(lines)
+
+
+def _epilog(command: str | None, options: Mapping[str, str] | None = None) -> str:
+    text = settings_help(command, options=options)
+    return (
+        f"{_exit_help(command)}\n\nsettings (environment; an option given wins "
+        f"over its variable):\n{text}"
+    )
+
+
+# -- settings ---------------------------------------------------------------------
+
+
+class _Usage(Exception):
+    """Bad arguments found after parsing (exit 2, as argparse's own)."""
+
+
+def _settings(
+    options: Mapping[str, str], overrides: Mapping[str, Any]
+) -> tuple[Settings, dict[str, str]]:
+    """The command's settings and where each came from (field -> option or
+    variable)."""
+    env = os.environ
+    _remember_secrets(overrides.get("dsn"))
+    for var in DSN_VARIABLES:
+        _remember_secrets(env.get(var))
+    settings = Settings.from_env(env, options=options, **overrides)
+    return settings, setting_labels(env, overrides=overrides, options=options)
+
+
+def _overrides(args: argparse.Namespace, options: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        field: getattr(args, field)
+        for field in options
+        if getattr(args, field, None) is not None
+    }
+
+
+# -- the database -------------------------------------------------------------------
+
+_REQUIRED_TABLES: Final = (
+    "ingest_meta",
+    "ingest_cursor",
+    "ingest_events",
+    "appview_meta",
+    "appview_cursor",
+    "appview_schemas",
+    "appview_entries",
+    "appview_lenses",
+    "appview_labels",
+    "appview_lens_verifications",
+    "appview_accounts",
+    "appview_dead_letters",
+    "appview_schema_compat",
+    "appview_repos",
+    "appview_pending",
+)
+_MIGRATE: Final = "run `atdata-appview migrate`"
+_AUTH_CLASS: Final = "28"
+_NO_DATABASE: Final = "3D000"
+_PRIVILEGE: Final = "42501"
+_UNAVAILABLE: Final = ("08", "57P")
+
+
+def _missing_schema(settings: Settings, label: str, what: str) -> ConfigError:
+    return ConfigError(
+        f"{settings.redacted_dsn}: {what} ({_MIGRATE}; or check that {label} names "
+        "the ingester's database)"
+    )
+
+
+async def check_schema(conn: Any, settings: Settings, label: str) -> dict[str, int]:
+    """The schema versions (``{"ingest": n, "appview": m}``) of the database;
+    raises :class:`ConfigError` when a table is missing or a version is older
+    than this program's (a newer one is logged)."""
+    from atdata_ingest.schema import SCHEMA_VERSION as INGEST_VERSION
+
+    from .schema import SCHEMA_VERSION
+
+    rows = await conn.fetch(
+        "SELECT t, to_regclass(t) IS NOT NULL AS present FROM unnest($1::text[]) t",
+        list(_REQUIRED_TABLES),
+    )
+    missing = [r["t"] for r in rows if not r["present"]]
+    if len(missing) == len(_REQUIRED_TABLES):
+        raise _missing_schema(settings, label, "the schema is missing")
+    if missing:
+        raise _missing_schema(
+            settings, label, f"the schema is incomplete (no table {', '.join(missing)})"
+        )
+    versions: dict[str, int] = {}
+    for name, table, expected in (
+        ("ingest", "ingest_meta", INGEST_VERSION),
+        ("appview", "appview_meta", SCHEMA_VERSION),
+    ):
+        raw = await conn.fetchval(
+            f"SELECT value FROM {table} WHERE key = 'schema_version'"
+        )
+        try:
+            version = int(raw)
+        except (TypeError, ValueError):
+            raise _missing_schema(
+                settings, label, f"the {name} schema version {raw!r} is unknown"
+            ) from None
+        if version < expected:
+            raise _missing_schema(
+                settings,
+                label,
+                f"the {name} schema is version {version}, older than this "
+                f"program's {expected}",
+            )
+        if version > expected:
+            log.warning(
+                "%s: the %s schema is version %d, newer than this program's %d",
+                settings.redacted_dsn, name, version, expected,
+            )  # fmt: skip
+        versions[name] = version
+    return versions
+
+
+def _connect_error(
+    exc: BaseException, settings: Settings, label: str
+) -> exits.IngestExit:
+    import asyncpg
+
+    dsn = settings.redacted_dsn
+    detail = f"{type(exc).__name__}: {exc}"
+    state = str(getattr(exc, "sqlstate", None) or "")
+    if state.startswith(_AUTH_CLASS):
+        return ConfigError(f"{label}: {dsn}: authentication failed ({detail})")
+    if state == _NO_DATABASE:
+        return ConfigError(f"{label}: {dsn}: no such database ({detail})")
+    if isinstance(exc, asyncpg.ClientConfigurationError):
+        return ConfigError(f"{label}: {dsn}: {detail}")
+    return exits.DatabaseUnavailable(f"cannot connect to {dsn}: {detail}")
+
+
+def _query_error(
+    exc: BaseException, settings: Settings, label: str
+) -> exits.IngestExit | None:
+    import asyncpg
+
+    dsn = settings.redacted_dsn
+    if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedColumnError):
+        return _missing_schema(
+            settings, label, f"the schema is missing or incomplete ({exc})"
+        )
+    state = str(getattr(exc, "sqlstate", None) or "")
+    if state == _PRIVILEGE:
+        return ConfigError(
+            f"{label}: {dsn}: permission denied ({exc}; grant the role access to "
+            "the ingest_* and appview_* tables)"
+        )
+    if state.startswith(_UNAVAILABLE) or isinstance(
+        exc, (OSError | TimeoutError, asyncpg.ConnectionDoesNotExistError)
+    ):
+        return exits.DatabaseUnavailable(
+            f"lost the connection to {dsn}: {type(exc).__name__}: {exc}"
+        )
+    return None
+
+
+async def _with_db(
+    settings: Settings,
+    label: str,
+    work: Callable[[Any], Awaitable[_T]],
+    *,
+    schema: bool = True,
+    suffix: str = "cli",
+) -> _T:
+    """``await work(conn)`` on one connection, after checking the schemas
+    (``schema=False``: not, for ``migrate``); database errors become exits
+    (74 unreachable, 78 authentication, database, schema, privileges)."""
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(
+            settings.dsn,
+            timeout=CONNECT_TIMEOUT_S,
+            server_settings={"application_name": f"{settings.application_name} {suffix}"},
+        )  # fmt: skip
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # fmt: skip
+        raise _connect_error(exc, settings, label) from None
+    try:
+        if schema:
+            await check_schema(conn, settings, label)
+        return await work(conn)
+    except exits.IngestExit:
+        raise
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # fmt: skip
+        mapped = _query_error(exc, settings, label)
+        if mapped is None:
+            raise
+        raise mapped from None
+    finally:
+        try:
+            await conn.close(timeout=5)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            conn.terminate()
+
+
+def _db(
+    settings: Settings,
+    labels: Mapping[str, str],
+    work: Callable[[Any], Awaitable[_T]],
+    *,
+    schema: bool = True,
+) -> _T:
+    return asyncio.run(_with_db(settings, labels["dsn"], work, schema=schema))
+
+
+async def _writer_pool(settings: Settings, label: str, suffix: str) -> Any:
+    """The indexer's pool (read-write), after the schema check."""
+    import asyncpg
+
+    async def nothing(conn: Any) -> None:
+        return None
+
+    await _with_db(settings, label, nothing, suffix=suffix)
+    try:
+        return await asyncpg.create_pool(
+            settings.dsn,
+            init_size=1,
+            min_size=0,
+            max_size=max(2, min(settings.backfill_concurrency + 1, 16)),
+            timeout=CONNECT_TIMEOUT_S,
+            server_settings={
+                "application_name": f"{settings.application_name} {suffix}"
+            },
+        )
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # fmt: skip
+        raise _connect_error(exc, settings, label) from None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, _dt.datetime | _dt.date):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(_jsonable(value), indent=2, sort_keys=True) + "\n")
+
+
+def _check_listen(settings: Settings, labels: Mapping[str, str]) -> None:
+    """Bind (without listening) every address ``host`` resolves to, at ``port``,
+    as uvicorn will, then release them; :class:`ConfigError` naming the option
+    or variable when the port is in use, the address not of this host, or the
+    port privileged."""
+    host, port = settings.host, settings.port
+    host_label, port_label = labels["host"], labels["port"]
+    try:
+        infos = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ConfigError(
+            f"{host_label}: {host!r} does not resolve ({exc.strerror})"
+        ) from None
+    for family, kind, proto, _, address in dict.fromkeys(infos):
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                where = f"{host}:{port}"
+                if exc.errno == errno.EADDRINUSE:
+                    raise ConfigError(
+                        f"{port_label}: {where} is already in use (stop the other "
+                        "process or choose another port)"
+                    ) from None
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    raise ConfigError(
+                        f"{host_label}: {host!r} is not an address of this host"
+                    ) from None
+                if exc.errno == errno.EACCES:
+                    raise ConfigError(
+                        f"{port_label}: {where}: permission denied (ports below "
+                        "1024 need privileges)"
+                    ) from None
+                raise ConfigError(
+                    f"{host_label}/{port_label}: cannot listen on {where}: "
+                    f"{exc.strerror}"
+                ) from None
+
+
+# -- signals --------------------------------------------------------------------------
+
+
+def _quiet_signals() -> dict[int, Any]:
+    """Handlers for SIGTERM/SIGINT that do nothing (uvicorn installs its own
+    while it serves; a signal arriving before or after lands here)."""
+
+    def ignore(signum: int, frame: FrameType | None) -> None:
+        return None
+
+    return {sig: signal.signal(sig, ignore) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore_signals(previous: Mapping[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def _server(config: Any, on_exit: Callable[[], None]) -> Any:
+    """A ``uvicorn.Server`` whose SIGTERM/SIGINT also calls ``on_exit`` and is
+    not raised again after the shutdown (a clean stop is exit 0)."""
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            else:
+                self.should_exit = True
+            on_exit()
+
+    return _Server(config)
+
+
+def _make_indexer(pool: Any, settings: Settings) -> Any:
+    from .indexer import Indexer
+
+    return Indexer(
+        pool,
+        batch_size=settings.index_batch_size,
+        require_verified=settings.require_verified,
+    )
+
+
+async def _index_until(stop: asyncio.Event, settings: Settings, label: str) -> None:
+    pool = await _writer_pool(settings, label, "index")
+    try:
+        await _make_indexer(pool, settings).run(stop)
+    finally:
+        await pool.close()
+
+
+# -- commands -------------------------------------------------------------------------
+
+_DSN_OPTION: Final = {"dsn": "--dsn"}
+_SERVE_OPTIONS: Final = {**_DSN_OPTION, "host": "--host", "port": "--port"}
+_INDEX_OPTIONS: Final = {**_DSN_OPTION, "index_batch_size": "--batch-size"}
+_RUN_OPTIONS: Final = {**_SERVE_OPTIONS, **_INDEX_OPTIONS}
+_BACKFILL_OPTIONS: Final = {
+    **_DSN_OPTION,
+    "backfill_concurrency": "--concurrency",
+    "plc_url": "--plc-url",
+}
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from atdata_ingest.schema import SCHEMA_VERSION as INGEST_VERSION
+    from atdata_ingest.schema import migrate as migrate_ingest
+
+    from .schema import SCHEMA_VERSION
+    from .schema import migrate as migrate_appview
+
+    settings, labels = _settings(_DSN_OPTION, _overrides(args, _DSN_OPTION))
+
+    async def work(conn: Any) -> None:
+        await migrate_ingest(conn)
+        await migrate_appview(conn)
+
+    _db(settings, labels, work, schema=False)
+    print(
+        f"migrated {settings.redacted_dsn}: ingest schema {INGEST_VERSION}, "
+        f"appview schema {SCHEMA_VERSION}"
+    )
+    return exits.OK
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    settings, labels = _settings(_INDEX_OPTIONS, _overrides(args, _INDEX_OPTIONS))
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("indexing %s", settings.redacted_dsn)
+        await _index_until(stop, settings, labels["dsn"])
+
+    asyncio.run(go())
+    return exits.OK
+
+
+def _serve_checks(settings: Settings, labels: Mapping[str, str]) -> None:
+    async def nothing(conn: Any) -> None:
+        return None
+
+    _check_listen(settings, labels)
+    _db(settings, labels, nothing)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .app import create_app, server_config
+
+    settings, labels = _settings(_SERVE_OPTIONS, _overrides(args, _SERVE_OPTIONS))
+    _serve_checks(settings, labels)
+    app = create_app(settings)
+    config = server_config(app, settings, log_level=args.log_level.lower())
+    log.info(
+        "serving %s on http://%s:%d as %s",
+        settings.redacted_dsn, settings.host, settings.port, settings.service_did,
+    )  # fmt: skip
+    previous = _quiet_signals()
+    try:
+        server = _server(config, lambda: None)
+        asyncio.run(server.serve())
+    finally:
+        _restore_signals(previous)
+    if not server.started:
+        raise exits.DatabaseUnavailable(
+            f"the server did not start on {settings.host}:{settings.port} although "
+            "the checks passed (see the log above)"
+        )
+    return exits.OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .app import create_app, server_config
+
+    settings, labels = _settings(_RUN_OPTIONS, _overrides(args, _RUN_OPTIONS))
+    _serve_checks(settings, labels)
+    app = create_app(settings)
+    config = server_config(app, settings, log_level=args.log_level.lower())
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_exit() -> None:
+            loop.call_soon_threadsafe(stop.set)
+
+        server = _server(config, on_exit)
+        indexer = asyncio.create_task(_index_until(stop, settings, labels["dsn"]))
+        serving = asyncio.create_task(server.serve())
+        log.info(
+            "indexing and serving %s on http://%s:%d as %s",
+            settings.redacted_dsn, settings.host, settings.port, settings.service_did,
+        )  # fmt: skip
+        _done, _ = await asyncio.wait(
+            {indexer, serving}, return_when=asyncio.FIRST_COMPLETED
+        )
+        # whichever ends first (a signal, or a failure) ends the other
+        stop.set()
+        server.should_exit = True
+        await asyncio.wait({indexer, serving})
+        for task in (indexer, serving):
+            exc = task.exception()
+            if exc is not None:
+                raise exc
+        if not server.started:
+            raise exits.DatabaseUnavailable(
+                f"the server did not start on {settings.host}:{settings.port} "
+                "although the checks passed (see the log above)"
+            )
+
+    previous = _quiet_signals()
+    try:
+        asyncio.run(go())
+    finally:
+        _restore_signals(previous)
+    return exits.OK
+
+
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    overrides = _overrides(args, _BACKFILL_OPTIONS)
+    source = args.pds or args.relay
+    if source is not None:
+        overrides["backfill_source"] = source
+        overrides["backfill_kind"] = "pds" if args.pds else "relay"
+    options = {
+        **_BACKFILL_OPTIONS,
+        "backfill_source": "--pds" if args.pds else "--relay",
+        "backfill_kind": "--pds" if args.pds else "--relay",
+    }
+    settings, labels = _settings(options, overrides)
+    if not settings.backfill_source:
+        raise _Usage(
+            "backfill needs --pds URL or --relay URL (or ATDATA_APPVIEW_BACKFILL_SOURCE)"
+        )
+    import dataclasses
+
+    from .backfill import DEFAULT_COLLECTION, Backfiller, BackfillError
+
+    kind: Literal["pds", "relay"] = (
+        "relay" if settings.backfill_kind == "relay" else "pds"
+    )
+
+    async def go() -> Any:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        pool = await _writer_pool(settings, labels["dsn"], "backfill")
+        try:
+            backfiller = Backfiller(
+                pool,
+                source=settings.backfill_source,
+                kind=kind,
+                collection=args.collection or DEFAULT_COLLECTION,
+                plc_url=settings.plc_url,
+                concurrency=settings.backfill_concurrency,
+                force=args.force,
+            )
+            return await backfiller.run(stop=stop)
+        except BackfillError as exc:
+            if exc.rule == "BF_BUSY":
+                raise exits.LockHeld(str(exc)) from None
+            raise _SourceFailed(
+                f"{redact_url(settings.backfill_source)}: {exc}"
+            ) from None
+        finally:
+            await pool.close()
+
+    stats = asyncio.run(go())
+    summary = {
+        **dataclasses.asdict(stats),
+        "repos_per_second": stats.repos_per_second,
+        "records_per_second": stats.records_per_second,
+    }
+    _print_json(summary)
+    for did, rule in stats.failures:
+        sys.stderr.write(f"{PROG}: backfill: {printable(did)} failed [{rule}]\n")
+    if stats.failed > len(stats.failures):
+        sys.stderr.write(
+            f"{PROG}: backfill: {stats.failed - len(stats.failures)} more failed "
+            "(see the log, and appview_repos.error)\n"
+        )
+    return EXIT_PARTIAL if stats.failed else exits.OK
+
+
+class _SourceFailed(exits.IngestExit):
+    """The PDS or relay could not be listed (exit 74)."""
+
+    status = exits.IOERR
+
+
+_COUNT_TABLES: Final = {
+    "schemas": "appview_schemas",
+    "entries": "appview_entries",
+    "lenses": "appview_lenses",
+    "labels": "appview_labels",
+    "lens_verifications": "appview_lens_verifications",
+    "accounts": "appview_accounts",
+    "schema_compat": "appview_schema_compat",
+    "pending": "appview_pending",
+}
+
+
+async def status_report(conn: Any, settings: Settings) -> dict[str, Any]:
+    """What ``status`` prints: ``schema_version`` (ingest, appview), ``cursor``
+    (the ``appview_cursor`` row), ``ingest`` (``last_seq``, ``source``, whether
+    an ingester is recorded as running), ``lag`` (``events``: ingested seq minus
+    indexed seq; ``seconds``: how long the oldest row not yet folded has
+    waited), ``counts`` per table, ``repos`` per backfill state,
+    ``dead_letters`` (``total`` and ``by_rule``), ``service_did``."""
+    from .app import _HEALTH_SQL
+
+    versions = await check_schema(conn, settings, "dsn")
+    cursor = dict(await conn.fetchrow("SELECT * FROM appview_cursor"))
+    cursor.pop("id", None)
+    ingest = await conn.fetchrow(
+        "SELECT last_seq, source, ingester_pid, updated_at FROM ingest_cursor"
+    )
+    health = await conn.fetchrow(_HEALTH_SQL)
+    pending = health["oldest_pending"]
+    lag_seconds = (
+        max(0.0, (health["now"] - pending).total_seconds()) if pending else 0.0
+    )
+    counts = {}
+    for name, table in _COUNT_TABLES.items():
+        counts[name] = int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
+    repos = {
+        r["state"]: int(r["n"])
+        for r in await conn.fetch(
+            "SELECT state, count(*) AS n FROM appview_repos GROUP BY state ORDER BY 1"
+        )
+    }
+    by_rule = {
+        r["rule"]: int(r["n"])
+        for r in await conn.fetch(
+            "SELECT rule, count(*) AS n FROM appview_dead_letters GROUP BY rule "
+            "ORDER BY 2 DESC, 1"
+        )
+    }
+    return {
+        "schema_version": versions,
+        "service_did": settings.service_did,
+        "cursor": cursor,
+        "ingest": {
+            "last_seq": ingest["last_seq"] if ingest else None,
+            "source": ingest["source"] if ingest else None,
+            "ingester_running": bool(ingest and ingest["ingester_pid"] is not None),
+            "updated_at": ingest["updated_at"] if ingest else None,
+        },
+        "lag": {
+            "events": max(0, int(health["ingested_seq"]) - int(health["indexed_seq"])),
+            "seconds": lag_seconds,
+        },
+        "counts": counts,
+        "repos": repos,
+        "dead_letters": {"total": sum(by_rule.values()), "by_rule": by_rule},
+    }
+
+
+def _status_text(report: Mapping[str, Any]) -> str:
+    cursor, lag = report["cursor"], report["lag"]
+    ingest = report["ingest"]
+    lines = [
+        f"service     {report['service_did']}",
+        (
+            f"schemas     ingest {report['schema_version']['ingest']}, appview "
+            f"{report['schema_version']['appview']}"
+        ),
+        (
+            f"indexed     seq {cursor.get('seq')} (ingested {ingest['last_seq']}; "
+            f"ingester {'running' if ingest['ingester_running'] else 'stopped'})"
+        ),
+        f"lag         {lag['events']} seqs, {lag['seconds']:.1f} s",
+        "counts      " + ", ".join(f"{k} {v}" for k, v in report["counts"].items()),
+        "repos       "
+        + (", ".join(f"{k} {v}" for k, v in report["repos"].items()) or "none"),
+        f"dead letters {report['dead_letters']['total']}",
+    ]
+    for rule, n in report["dead_letters"]["by_rule"].items():
+        lines.append(f"  {printable(rule):12} {n}")
+    return "\n".join(lines)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    settings, labels = _settings(_DSN_OPTION, _overrides(args, _DSN_OPTION))
+
+    async def work(conn: Any) -> dict[str, Any]:
+        return await status_report(conn, settings)
+
+    report = _db(settings, labels, work)
+    if args.format == "json":
+        _print_json(report)
+    else:
+        print(_status_text(report))
+    return exits.OK
+
+
+def _cell(text: str) -> str:
+    """``text`` fit for one Markdown table cell (pipes escaped, one line)."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def rules_table(fmt: str) -> str:
+    """The AppView's validation rules (:data:`atdata_appview.records.RULES`, ID ->
+    summary) as ``text``, ``markdown`` (the README's table, as ``atdata-gen
+    rules --format markdown``) or ``json``, sorted by ID."""
+    from .records import RULES
+
+    rows = sorted((str(k), str(v)) for k, v in RULES.items())
+    if fmt == "json":
+        return json.dumps([{"id": i, "summary": s} for i, s in rows], indent=2)
+    if fmt == "markdown":
+        lines = ["| rule | checks |", "|---|---|"]
+        lines += [f"| `{i}` | {_cell(s)} |" for i, s in rows]
+        return "\n".join(lines)
+    width = max((len(i) for i, _ in rows), default=0)
+    return "\n".join(f"{i:<{width}}  {s}" for i, s in rows)
+
+
+def _cmd_rules(args: argparse.Namespace) -> int:
+    print(rules_table(args.format))
+    return exits.OK
+
+
+_DEAD_SQL: Final = """
+SELECT id, seq, idx, did, collection, rkey, cid, rule, pointer, message, created_at
+  FROM appview_dead_letters
+ WHERE ($1::text IS NULL OR rule = $1) AND ($2::text IS NULL OR did = $2)
+ ORDER BY id DESC
+ LIMIT $3
+"""
+
+
+def _cmd_dead_letters(args: argparse.Namespace) -> int:
+    settings, labels = _settings(_DSN_OPTION, _overrides(args, _DSN_OPTION))
+
+    async def work(conn: Any) -> list[dict[str, Any]]:
+        rows = await conn.fetch(_DEAD_SQL, args.rule, args.did, args.limit)
+        return [
+            {**dict(r), "uri": f"at://{r['did']}/{r['collection']}/{r['rkey']}"}
+            for r in rows
+        ]
+
+    rows = _db(settings, labels, work)
+    if args.format == "json":
+        _print_json(rows)
+        return exits.OK
+    for r in rows:
+        where = f"{r['uri']}{'#' + r['pointer'] if r['pointer'] else ''}"
+        print(
+            printable(
+                f"{r['created_at']:%Y-%m-%d %H:%M:%S} {r['rule']} {where}: "
+                f"{r['message']}"
+            )
+        )
+    if not rows:
+        sys.stderr.write("no dead letters\n")
+    return exits.OK
+
+
+# -- the parser -----------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def _dsn_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dsn",
+        metavar="DSN",
+        help="PostgreSQL DSN (default: $ATDATA_APPVIEW_DSN, else "
+        "$ATDATA_INGEST_DATABASE_URL, else $DATABASE_URL). Prefer a variable: "
+        "options are visible in process listings.",
+    )
+
+
+def _serve_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--host", help="address to listen on (default 127.0.0.1, $ATDATA_APPVIEW_HOST)"
+    )
+    p.add_argument(
+        "--port", type=int, help="TCP port (default 8080, $ATDATA_APPVIEW_PORT)"
+    )
+
+
+def _batch_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--batch-size",
+        dest="index_batch_size",
+        type=int,
+        metavar="N",
+        help="log rows folded per transaction (default 500, "
+        "$ATDATA_APPVIEW_INDEX_BATCH_SIZE)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``atdata-appview`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="The AppView of the atdata federation: folds "
+        "science.alt.dataset.* records from the ingestion log into a validated "
+        "PostgreSQL index and serves atdata-compatible XRPC queries and pages. "
+        "Settings come from ATDATA_APPVIEW_* variables (each command's --help "
+        "lists those it reads; all are listed below); options override them.",
+        epilog=_epilog(None),
+        formatter_class=_Formatter,
+    )
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        choices=list(LOG_LEVELS),
+        type=str.upper,
+        help=f"log level on stderr (default: ${LOG_LEVEL_ENV}, else INFO)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        name: str, options: Mapping[str, str] | None, **kw: Any
+    ) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(
+            name, epilog=_epilog(name, options), formatter_class=_Formatter, **kw
+        )
+        return p
+
+    mig = add(
+        "migrate",
+        _DSN_OPTION,
+        help="create the ingester's and the AppView's tables (idempotent)",
+        description="Create or upgrade both schemas in the one database: the "
+        "ingestion log's (atdata-ingest migrate) and the AppView's index. Safe to "
+        "run again, and from several processes at once.",
+    )
+    _dsn_option(mig)
+    mig.set_defaults(handler=_cmd_migrate)
+
+    idx = add(
+        "index",
+        _INDEX_OPTIONS,
+        help="fold the ingestion log into the index (until SIGTERM/SIGINT)",
+        description="Fold ingest_events into the appview_* tables from the "
+        "stored cursor on, in batches (each batch and the cursor in one "
+        "transaction), woken by the ingester's NOTIFY.",
+    )
+    _batch_option(idx)
+    _dsn_option(idx)
+    idx.set_defaults(handler=_cmd_index)
+
+    srv = add(
+        "serve",
+        _SERVE_OPTIONS,
+        help="serve the XRPC queries, pages, did.json and /health",
+        description="Serve the AppView with uvicorn (one worker). The address, "
+        "the database and both schemas are checked before it starts.",
+    )
+    _serve_options(srv)
+    _dsn_option(srv)
+    srv.set_defaults(handler=_cmd_serve)
+
+    run = add(
+        "run",
+        _RUN_OPTIONS,
+        help="index and serve in one process (until SIGTERM/SIGINT)",
+        description="index and serve together; a signal stops both cleanly, and "
+        "either one failing stops the other.",
+    )
+    _serve_options(run)
+    _batch_option(run)
+    _dsn_option(run)
+    run.set_defaults(handler=_cmd_run)
+
+    bf = add(
+        "backfill",
+        _BACKFILL_OPTIONS,
+        help="read whole repositories from a PDS or relay into the index",
+        description="List the repositories of a PDS (com.atproto.sync.listRepos) "
+        "or those a relay holds records of (com.atproto.sync."
+        "listReposByCollection), read each with com.atproto.sync.getRepo (a CAR "
+        "verified against its DID document's key), and index their "
+        "science.alt.dataset.* records; live rows of a repository are held while "
+        "it is read and applied after it. Repositories already synced are "
+        "skipped unless --force.",
+    )
+    src = bf.add_mutually_exclusive_group()
+    src.add_argument("--pds", metavar="URL", help="a PDS: https://host")
+    src.add_argument("--relay", metavar="URL", help="a relay: https://host")
+    bf.add_argument(
+        "--collection",
+        metavar="NSID",
+        help="with --relay: the collection to list repositories by "
+        "(listReposByCollection; default science.alt.dataset.schema)",
+    )
+    bf.add_argument(
+        "--concurrency",
+        dest="backfill_concurrency",
+        type=_positive_int,
+        metavar="N",
+        help="repositories read at once (default 8, "
+        "$ATDATA_APPVIEW_BACKFILL_CONCURRENCY)",
+    )
+    bf.add_argument(
+        "--plc-url",
+        dest="plc_url",
+        metavar="URL",
+        help="PLC directory (default https://plc.directory, $ATDATA_APPVIEW_PLC_URL)",
+    )
+    bf.add_argument(
+        "--force", action="store_true", help="read repositories already synced again"
+    )
+    _dsn_option(bf)
+    bf.set_defaults(handler=_cmd_backfill)
+
+    st = add(
+        "status",
+        _DSN_OPTION,
+        help="the index's cursor, lag, counts and dead letters",
+        description="Print the index cursor (appview_cursor), the ingester's "
+        "last seq, the lag (seqs, and seconds the oldest unfolded row waited), "
+        "row counts per table, backfill states and dead letters by rule.",
+    )
+    st.add_argument("--format", choices=["text", "json"], default="text")
+    _dsn_option(st)
+    st.set_defaults(handler=_cmd_status)
+
+    rl = add(
+        "rules",
+        None,
+        help="the validation rules (AV...) records are refused by",
+        description="List the rule IDs a record can be dead-lettered under.",
+    )
+    rl.add_argument("--format", choices=["text", "markdown", "json"], default="text")
+    rl.set_defaults(handler=_cmd_rules)
+
+    dl = add(
+        "dead-letters",
+        _DSN_OPTION,
+        help="records refused by validation, newest first",
+        description="List recent dead letters: rule, AT-URI and JSON pointer, "
+        "and why (text is printed with control characters escaped).",
+    )
+    dl.add_argument("--rule", metavar="ID", help="only this rule")
+    dl.add_argument("--did", metavar="DID", help="only this repository")
+    dl.add_argument(
+        "--limit", type=_positive_int, default=50, metavar="N", help="at most N"
+    )
+    dl.add_argument("--format", choices=["text", "json"], default="text")
+    _dsn_option(dl)
+    dl.set_defaults(handler=_cmd_dead_letters)
+    return parser
+
+
+def _log_level(option: str | None, environ: Mapping[str, str]) -> str:
+    if option:
+        return option
+    raw = environ.get(LOG_LEVEL_ENV)
+    if raw is None or not raw.strip():
+        return "INFO"
+    level = raw.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(
+            f"{LOG_LEVEL_ENV}: {raw!r} is not one of {', '.join(LOG_LEVELS)}"
+        )
+    return level
+
+
+def _warn_unknown_variables(environ: Mapping[str, str]) -> None:
+    for name, close in unknown_variables(environ):
+        hint = f"; did you mean {close}?" if close else ""
+        sys.stderr.write(
+            f"{PROG}: warning: {name} is not a setting of {PROG} (ignored){hint}\n"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status (see the module doc)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _warn_unknown_variables(os.environ)
+        args.log_level = _log_level(args.log_level, os.environ)
+        _setup_logging(args.log_level)
+        status = args.handler(args)
+    except exits.IngestExit as exc:
+        what = "error" if exc.status == exits.CONFIG else "failed"
+        sys.stderr.write(f"{PROG}: {what}: {printable(redact(str(exc)))}\n")
+        return exc.status
+    except _Usage as exc:
+        sys.stderr.write(f"{PROG}: error: {redact(str(exc))}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return exits.OK
+    except Exception as exc:  # noqa: BLE001 - a bug: the traceback, redacted
+        import traceback
+
+        text = "".join(traceback.format_exception(exc))
+        sys.stderr.write(f"{PROG}: internal error (a bug):\n{redact(text)}")
+        return exits.SOFTWARE
+    return int(status)
+
+
+def _statuses_rst() -> str:
+    return "\n".join(
+        f"- **{status}**: {meaning}" for status, meaning in exit_statuses()
+    )
+
+
+__doc__ = (__doc__ or "").replace("{EXIT_STATUSES}", _statuses_rst())
