@@ -250,7 +250,7 @@ def schema_graph(
     ``versions`` in any order (duplicates by ``version`` text: the first kept);
     ``verdicts`` are looked up by ``(from_version, to_version)`` of each two boxes
     side by side; ``lenses`` not touching a drawn version are left out (and
-    counted in the ``+N more lenses`` note). ``max_versions`` and ``max_lenses``
+    counted in the ``+N more lenses`` note; equal ones are drawn once). ``max_versions`` and ``max_lenses``
     must be at least 1 (``ValueError``)."""
     if max_versions < 1 or max_lenses < 1:
         raise ValueError("max_versions and max_lenses must be at least 1")
@@ -271,9 +271,11 @@ def schema_graph(
     down: list[tuple[int, LensLink]] = []  # other schema -> this version (row below)
     inner: list[tuple[int, int, LensLink]] = []  # between two shown versions
     touching = 0
-    for lens in sorted(
-        lenses, key=lambda x: (x.name, x.source_uri, x.target_uri, x.href or "")
-    ):
+    distinct = sorted(
+        set(lenses),
+        key=lambda x: (x.name, x.source_uri, x.target_uri, x.href or "", repr(x)),
+    )
+    for lens in distinct:
         s, t = uris.get(lens.source_uri), uris.get(lens.target_uri)
         if s is None and t is None:
             continue
@@ -289,7 +291,7 @@ def schema_graph(
     hidden = {v.uri for v in ordered} - uris.keys()
     hidden_only = sum(
         1
-        for lens in lenses
+        for lens in distinct
         if lens.source_uri not in uris
         and lens.target_uri not in uris
         and (lens.source_uri in hidden or lens.target_uri in hidden)
