@@ -53,8 +53,8 @@ When the verified tree proves the key absent, :func:`verify_record_proof` return
 ``None`` (the caller raises :class:`~.errors.RecordNotFoundError`).
 
 Whole repositories (``com.atproto.sync.getRepo``, a CAR of every block of the
-repository at its current commit): :func:`verify_repo` parses the CAR (every block
-hash-checked, as above), checks the signed commit, walks the MST in key order with
+repository at its current commit): :func:`verify_repo` parses the CAR (framing as
+above; each block hash-checked when it is read), checks the signed commit, walks the MST in key order with
 :func:`mst_walk` (only the subtrees that can hold keys under a prefix, e.g.
 ``science.alt.dataset.``) and decodes every record found there. Its failures are
 :class:`RepoVerificationError` (a :class:`~.errors.RecordVerificationError` that
@@ -858,6 +858,94 @@ def _decode_record(block: bytes, max_depth: int) -> tuple[Any, int]:
     return value, items
 
 
+class _LazyCar:
+    """A CAR's sections by binary CID (offsets into the bytes), each block hashed
+    when first used: a whole-repository CAR holds every collection, and only the
+    blocks read are checked (and a forged one is then named with its MST key)."""
+
+    __slots__ = ("checked", "data", "root", "spans", "uri")
+
+    def __init__(self, data: bytes, uri: str, max_bytes: int, max_blocks: int) -> None:
+        self.uri = uri
+        self.data = memoryview(data)
+        self.checked: set[bytes] = set()
+        if len(data) > max_bytes:
+            raise _fail(
+                uri, "REPO_CAR_INVALID", f"CAR is over {max_bytes} bytes ({len(data)})"
+            )
+        size, pos = _varint(data, 0, uri)
+        if size > len(data) - pos:
+            raise _fail(uri, "REPO_CAR_INVALID", "CAR header runs past the end")
+        try:
+            header = decode_dag_cbor(data[pos : pos + size], max_depth=2)
+        except DataModelError as exc:
+            raise _fail(uri, "REPO_CAR_INVALID", f"CAR header: {exc}") from None
+        roots = header.get("roots") if isinstance(header, dict) else None
+        if (
+            not isinstance(header, dict)
+            or set(header) != {"roots", "version"}
+            or header["version"] != 1
+            or not isinstance(roots, list)
+            or len(roots) != 1
+            or not isinstance(roots[0], Link)
+        ):
+            raise _fail(
+                uri,
+                "REPO_CAR_INVALID",
+                "CAR header is not {version: 1, roots: [one CID]}",
+            )
+        self.root: bytes = roots[0].raw
+        pos += size
+        spans: dict[bytes, tuple[int, int]] = {}
+        count = 0
+        end = len(data)
+        while pos < end:
+            count += 1
+            if count > max_blocks:
+                raise _fail(
+                    uri, "REPO_CAR_INVALID", f"CAR has over {max_blocks} blocks"
+                )
+            start = pos
+            size, pos = _varint(data, pos, uri)
+            if size < 36 or size > end - pos:
+                raise _fail(
+                    uri, "REPO_CAR_INVALID", f"CAR section at byte {start} is truncated"
+                )
+            if not data.startswith(_SHA256_CID_PREFIX, pos):
+                raise _fail(
+                    uri,
+                    "REPO_CAR_INVALID",
+                    f"block at byte {start}: CID is not CIDv1 dag-cbor sha2-256",
+                )
+            # the first section of a CID wins; a different duplicate is never read
+            spans.setdefault(data[pos : pos + 36], (pos + 36, pos + size))
+            pos += size
+        if self.root not in spans:
+            raise _fail(uri, "REPO_CAR_INVALID", "CAR lacks its root (commit) block")
+        self.spans = spans
+
+    def get(self, cid: bytes, *, key: str | None = None) -> bytes | None:
+        """The block of ``cid`` (hash-checked), or ``None`` when the CAR lacks it.
+        Raises :class:`RepoVerificationError` (``REPO_BLOCK_CID``) naming the
+        CID, and ``key`` when given."""
+        span = self.spans.get(cid)
+        if span is None:
+            return None
+        block = bytes(self.data[span[0] : span[1]])
+        if cid not in self.checked:
+            if hashlib.sha256(block).digest() != cid[4:]:
+                link = cid_to_str(cid)
+                raise RepoVerificationError(
+                    self.uri if key is None else f"{self.uri}/{key}",
+                    f"block {link} (at byte {span[0] - 36}) does not hash to its CID",
+                    rule="REPO_BLOCK_CID",
+                    key=key,
+                    cid=link,
+                )
+            self.checked.add(cid)
+        return block
+
+
 def verify_repo(
     car_bytes: bytes,
     *,
@@ -875,8 +963,11 @@ def verify_repo(
     against ``key`` (its ``did:key``, :func:`signing_key`) and read the records
     whose MST key (``{collection}/{rkey}``) starts with ``prefix`` (``""``: all).
 
-    Checks, in order: the CAR framing and every block's hash (:func:`parse_car`,
-    at most ``max_bytes`` bytes and ``max_blocks`` blocks); the root is a v3 commit
+    Checks, in order: the CAR framing (as :func:`parse_car`: at most
+    ``max_bytes`` bytes and ``max_blocks`` blocks, one root, CIDv1 dag-cbor
+    sha2-256 CIDs), the hash of each block when it is first read (the commit, the
+    MST nodes walked and the records kept: a block never read is never needed,
+    and a forged one that is read is named with its MST key); the root is a v3 commit
     of ``did`` signed by ``key`` (:func:`verify_commit`); the MST from the
     commit's ``data`` (:func:`mst_walk`: node shapes, key order and ranges,
     layers, at most ``max_depth`` nodes deep, nodes of at most
@@ -886,18 +977,20 @@ def verify_repo(
     ``max_items`` CBOR items kept. Work is linear in the CAR's size.
 
     Returns a :class:`VerifiedRepo`. Raises :class:`RepoVerificationError` (or
-    its base :class:`~.errors.RecordVerificationError`, from :func:`parse_car`
-    and :func:`verify_commit`) with the rule of the first failure: see the module
-    docstring."""
+    its base :class:`~.errors.RecordVerificationError`, for the CAR framing and
+    from :func:`verify_commit`) with the rule of the first failure: see the
+    module docstring."""
     base = f"at://{did}"
-    car = parse_car(car_bytes, uri=base, max_bytes=max_bytes, max_blocks=max_blocks)
-    commit = verify_commit(car, did, key, uri=base)
+    car = _LazyCar(car_bytes, base, max_bytes, max_blocks)
+    root = car.get(car.root)
+    assert root is not None  # _LazyCar checked it is there
+    commit = verify_commit(Car(car.root, {car.root: root}), did, key, uri=base)
     nodes = 0
 
     def node_at(cid: bytes) -> tuple[MstEntries, Link | None]:
         nonlocal nodes
         nodes += 1
-        block = car.blocks.get(cid)
+        block = car.get(cid)
         link = cid_to_str(cid)
         if block is None:
             raise RepoVerificationError(
@@ -957,7 +1050,7 @@ def verify_repo(
             )
         uri = f"{base}/{path}"
         cid = cid_to_str(link.raw)
-        block = car.blocks.get(link.raw)
+        block = car.get(link.raw, key=path)
         if block is None:
             raise RepoVerificationError(
                 uri,
@@ -1007,6 +1100,6 @@ def verify_repo(
         rev=commit["rev"],
         commit=cid_to_str(car.root),
         records=tuple(records),
-        blocks=len(car.blocks),
+        blocks=len(car.spans),
         nodes=nodes,
     )
