@@ -6,6 +6,10 @@ Layers, bottom first: ``lex``, ``lexicons`` (generated), ``samples``, ``lenses``
 and names, over the AT Protocol client). An import inside a
 function that points upward is allowed only where listed in ``DELEGATES`` (a thin
 delegate kept for the seed's spelling, e.g. ``Dataset.from_atproto``).
+
+Between the distributions (``MAY_IMPORT``): the AppView may import the runtime, the
+ingestion service and the compiler; nothing imports the AppView; the runtime
+imports neither service.
 """
 
 from __future__ import annotations
@@ -140,3 +144,100 @@ def test_the_ingestion_service_never_imports_the_compiler_at_module_level() -> N
             if module_level or rel.parts[0] != "testing":
                 wrong.append(f"{rel}: imports the compiler")
     assert not wrong, wrong
+
+
+# -- the distributions: who may import whom ----------------------------------------
+
+COMPILER = ROOT / "compiler" / "atdata_gen"
+APPVIEW = ROOT / "appview" / "atdata_appview"
+FIRST_PARTY = ("atdata_gen", "atdata_runtime", "atdata_ingest", "atdata_appview")
+#: distribution package -> the first-party packages it may import (its own too).
+MAY_IMPORT = {
+    "atdata_runtime": {"atdata_runtime", "atdata_gen"},  # atdata_gen: DELEGATES only
+    "atdata_gen": {"atdata_gen", "atdata_runtime"},
+    "atdata_ingest": {"atdata_ingest", "atdata_runtime", "atdata_gen"},
+    "atdata_appview": {
+        "atdata_appview",
+        "atdata_runtime",
+        "atdata_ingest",
+        "atdata_gen",
+    },
+}
+#: Modules of the AppView that may use the dev-only test helpers of the others
+#: (``atdata_gen.testing``: the local PDS; ``atdata_ingest.testing``: PostgreSQL).
+APPVIEW_TEST_HELPERS = ("testing/", "demo.py")
+
+
+def _first_party(path: Path) -> list[str]:
+    """The dotted names of every absolute first-party import in ``path`` (type-only
+    ones too: a type annotation naming a package is a dependency on it)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        found += [n for n in names if n.split(".")[0] in FIRST_PARTY]
+    return found
+
+
+def _import_violations(package: str, root: Path) -> list[str]:
+    wrong = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        for name in _first_party(path):
+            if name.split(".")[0] not in MAY_IMPORT[package]:
+                wrong.append(f"{package}/{rel}: imports {name}")
+    return wrong
+
+
+def test_nothing_imports_the_appview_and_the_runtime_no_service() -> None:
+    """The AppView sits on top: the compiler, the runtime and the ingestion
+    service never import it; the runtime imports neither service (its AppView
+    client speaks XRPC to it)."""
+    wrong = []
+    for package, root in (
+        ("atdata_gen", COMPILER),
+        ("atdata_runtime", RUNTIME),
+        ("atdata_ingest", INGEST),
+        ("atdata_appview", APPVIEW),
+    ):
+        wrong += _import_violations(package, root)
+    assert wrong == []
+
+
+def test_the_appview_uses_test_helpers_only_in_its_testing_code_and_demo() -> None:
+    """``atdata_gen.testing`` and ``atdata_ingest.testing`` (local PDS, private
+    PostgreSQL) are dev tools: the service's own modules never import them."""
+    wrong = []
+    for path in sorted(APPVIEW.rglob("*.py")):
+        rel = path.relative_to(APPVIEW).as_posix()
+        if rel.startswith(APPVIEW_TEST_HELPERS):
+            continue
+        for name in _first_party(path):
+            parts = name.split(".")
+            if (
+                len(parts) > 1
+                and parts[1] == "testing"
+                and parts[0] != "atdata_appview"
+            ):
+                wrong.append(f"{rel}: imports {name}")
+    assert wrong == []
+
+
+def test_the_distribution_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
+    """The check can fail: a runtime module importing either service, and type-only
+    imports, are reported."""
+    (tmp_path / "net").mkdir()
+    (tmp_path / "net" / "probe.py").write_text(
+        "from typing import TYPE_CHECKING\nimport atdata_runtime.lex\n"
+        "if TYPE_CHECKING:\n    from atdata_appview.app import create_app\n"
+        "def f():\n    import atdata_ingest.ratelimit\n",
+        encoding="utf-8",
+    )
+    assert _import_violations("atdata_runtime", tmp_path) == [
+        "atdata_runtime/net/probe.py: imports atdata_appview.app",
+        "atdata_runtime/net/probe.py: imports atdata_ingest.ratelimit",
+    ]

@@ -181,7 +181,9 @@ def exit_statuses(command: str | None = None) -> list[tuple[int, str]]:
     merged: dict[int, list[str]] = {}
     for status, commands, meaning in EXIT_STATUSES:
         if command is None:
-            if commands != _ALL:
+            if commands == _DB_COMMANDS:
+                meaning = f"every command but rules: {meaning}"
+            elif commands != _ALL:
                 meaning = f"{', '.join(commands)}: {meaning}"
             merged.setdefault(status, []).append(meaning)
         elif command in commands:

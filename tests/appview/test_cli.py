@@ -1,0 +1,283 @@
+"""``atdata-appview``'s command line, run as a process (``python -m
+atdata_appview``) against the session's real PostgreSQL cluster: exit statuses,
+settings from the environment, redaction, and what each command prints."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+from atdata_appview.cli import EXIT_STATUSES, build_parser, rules_table
+from atdata_appview.config import setting_infos
+from atdata_appview.records import RULES
+from atdata_appview.testing.log import LogWriter, append_rows
+from atdata_ingest.testing.postgres import PostgresCluster
+
+_ENV_DROP = re.compile(r"^(ATDATA_APPVIEW_|ATDATA_INGEST_|DATABASE_URL$)")
+
+
+def cli(
+    *args: str, timeout: float = 120, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``python -m atdata_appview ARGS`` with only ``env``'s settings (every
+    ATDATA_APPVIEW_*/ATDATA_INGEST_*/DATABASE_URL of this process dropped)."""
+    base = {k: v for k, v in os.environ.items() if not _ENV_DROP.match(k)}
+    return subprocess.run(
+        [sys.executable, "-m", "atdata_appview", *args],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def _fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def fresh_dsn(pg: PostgresCluster) -> Iterator[str]:
+    """A new, empty database (no schema)."""
+    yield pg.create_database(f"avcli{_closed_port()}")
+
+
+def test_migrate_creates_both_schemas_and_is_idempotent(fresh_dsn: str) -> None:
+    first = cli("migrate", ATDATA_APPVIEW_DSN=fresh_dsn)
+    assert first.returncode == 0, first.stderr
+    assert "ingest schema" in first.stdout and "appview schema 1" in first.stdout
+    tables = {
+        r["tablename"]
+        for r in _run(
+            _fetch(
+                fresh_dsn,
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'",
+            )
+        )
+    }
+    assert {"ingest_events", "ingest_cursor", "appview_entries", "appview_cursor"} <= (
+        tables
+    )
+    # a row survives a second migrate (nothing dropped or recreated)
+    _run(_fetch(fresh_dsn, "UPDATE appview_cursor SET folded = 7 RETURNING folded"))
+    again = cli("migrate", ATDATA_APPVIEW_DSN=fresh_dsn)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == first.stdout
+    assert _run(_fetch(fresh_dsn, "SELECT folded FROM appview_cursor"))[0][0] == 7
+
+
+def test_the_dsn_falls_back_to_the_ingesters_variable(fresh_dsn: str) -> None:
+    done = cli("migrate", ATDATA_INGEST_DATABASE_URL=fresh_dsn)
+    assert done.returncode == 0, done.stderr
+    status = cli("status", "--format", "json", DATABASE_URL=fresh_dsn)
+    assert status.returncode == 0, status.stderr
+
+
+def test_status_json_reports_cursor_lag_counts_and_dead_letters(
+    appview_dsn: str,
+) -> None:
+    log = LogWriter()
+    rows = [
+        log.create("did:plc:aaaa", "science.alt.dataset.label", f"3kaaaaaaaaa{i}2", {})
+        for i in range(3)
+    ]
+
+    async def seed() -> None:
+        conn = await asyncpg.connect(appview_dsn)
+        try:
+            await append_rows(conn, rows)
+            await conn.executemany(
+                "INSERT INTO appview_dead_letters (seq, idx, did, collection, rkey, "
+                "rule, pointer, message) VALUES ($1, 0, 'did:plc:aaaa', "
+                "'science.alt.dataset.label', $2, $3, '/name', 'bad')",
+                [
+                    (1, "a", "AV_INVALID_RECORD"),
+                    (2, "b", "AV_INVALID_RECORD"),
+                    (3, "c", "AV_BAD_REF"),
+                ],
+            )
+            await conn.execute(
+                "INSERT INTO appview_repos (did, state) VALUES ('did:plc:aaaa', "
+                "'synced'), ('did:plc:bbbb', 'failed')"
+            )
+        finally:
+            await conn.close()
+
+    _run(seed())
+    done = cli("status", "--format", "json", ATDATA_APPVIEW_DSN=appview_dsn)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["cursor"]["seq"] == 0
+    assert report["ingest"]["last_seq"] == rows[-1]["seq"]
+    assert report["lag"]["events"] == rows[-1]["seq"]
+    assert report["lag"]["seconds"] >= 0
+    assert report["counts"]["entries"] == 0 and report["counts"]["labels"] == 0
+    assert report["dead_letters"] == {
+        "total": 3,
+        "by_rule": {"AV_INVALID_RECORD": 2, "AV_BAD_REF": 1},
+    }
+    assert report["repos"] == {"failed": 1, "synced": 1}
+    assert report["schema_version"]["appview"] == 1
+    assert report["service_did"] == "did:web:127.0.0.1%3A8080"
+    text = cli("status", ATDATA_APPVIEW_DSN=appview_dsn)
+    assert text.returncode == 0, text.stderr
+    assert "dead letters 3" in text.stdout and "AV_INVALID_RECORD" in text.stdout
+
+
+def test_dead_letters_lists_newest_first_filtered_and_escaped(
+    appview_dsn: str,
+) -> None:
+    async def seed() -> None:
+        conn = await asyncpg.connect(appview_dsn)
+        try:
+            await conn.executemany(
+                "INSERT INTO appview_dead_letters (did, collection, rkey, rule, "
+                "pointer, message) VALUES ('did:plc:aaaa', "
+                "'science.alt.dataset.entry', $1, $2, $3, $4)",
+                [
+                    ("one", "AV_BAD_REF", "/schemaRef", "not an AT-URI"),
+                    ("two", "AV_INVALID_RECORD", "/name", "evil \x1b[31mred\x1b[0m"),
+                    ("three", "AV_BAD_REF", "", "whole"),
+                ],
+            )
+        finally:
+            await conn.close()
+
+    _run(seed())
+    env = {"ATDATA_APPVIEW_DSN": appview_dsn}
+    out = cli("dead-letters", "--rule", "AV_BAD_REF", "--format", "json", **env)
+    assert out.returncode == 0, out.stderr
+    listed = json.loads(out.stdout)
+    assert [d["rkey"] for d in listed] == ["three", "one"]
+    assert listed[1]["uri"] == "at://did:plc:aaaa/science.alt.dataset.entry/one"
+    assert listed[1]["pointer"] == "/schemaRef"
+    text = cli("dead-letters", **env)
+    assert text.returncode == 0, text.stderr
+    assert "\x1b" not in text.stdout
+    assert "entry/two#/name: evil" in text.stdout
+    assert len(text.stdout.splitlines()) == 3
+    assert (
+        cli("dead-letters", "--limit", "1", "--format", "json", **env).stdout.count(
+            '"rkey"'
+        )
+        == 1
+    )
+
+
+def test_rules_markdown_is_the_av_rule_table() -> None:
+    done = cli("rules", "--format", "markdown")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:2] == ["| rule | checks |", "|---|---|"]
+    rows = [
+        re.fullmatch(r"\| `(AV_[A-Z0-9_]+)` \| (.+) \|", line) for line in lines[2:]
+    ]
+    assert all(rows), lines
+    assert [m.group(1) for m in rows if m] == sorted(RULES)
+    assert {m.group(1): m.group(2) for m in rows if m}["AV_BAD_DID"] == RULES[
+        "AV_BAD_DID"
+    ]
+    as_json = json.loads(cli("rules", "--format", "json").stdout)
+    assert {r["id"]: r["summary"] for r in as_json} == RULES
+    assert rules_table("text").splitlines()[0].startswith(min(RULES))
+
+
+def test_an_unknown_setting_is_warned_with_the_closest_name(appview_dsn: str) -> None:
+    done = cli(
+        "status",
+        ATDATA_APPVIEW_DSN=appview_dsn,
+        ATDATA_APPVIEW_RATE_BRUST="5",
+        ATDATA_APPVIEW_ZZZ="1",
+    )
+    assert done.returncode == 0, done.stderr
+    assert (
+        "atdata-appview: warning: ATDATA_APPVIEW_RATE_BRUST is not a setting of "
+        "atdata-appview (ignored); did you mean ATDATA_APPVIEW_RATE_BURST?"
+    ) in done.stderr
+    assert "ATDATA_APPVIEW_ZZZ is not a setting of atdata-appview (ignored)\n" in (
+        done.stderr
+    )
+
+
+def test_a_bad_value_is_named_by_where_it_came_from(appview_dsn: str) -> None:
+    env = {"ATDATA_APPVIEW_DSN": appview_dsn}
+    done = cli("serve", "--port", "0", **env)
+    assert done.returncode == 78
+    assert "--port: 0 is out of range (allowed 1..65535)" in done.stderr
+    done = cli("serve", **env, ATDATA_APPVIEW_RATE_BURST="lots")
+    assert done.returncode == 78
+    assert "ATDATA_APPVIEW_RATE_BURST: 'lots' is not an integer" in done.stderr
+    done = cli("backfill", **env)
+    assert done.returncode == 2 and "--pds URL or --relay URL" in done.stderr
+
+
+def test_the_dsn_password_is_never_printed(pg: PostgresCluster) -> None:
+    secret = "hunter2-Sekr3t"
+    wrong_db = f"postgresql://postgres:{secret}@127.0.0.1:{pg.port}/no_such_db"
+    done = cli("status", ATDATA_APPVIEW_DSN=wrong_db)
+    assert done.returncode == 78, done.stderr
+    assert "no such database" in done.stderr
+    assert secret not in done.stderr + done.stdout
+    down = f"postgresql://postgres:{secret}@127.0.0.1:{_closed_port()}/x"
+    done = cli("migrate", "--dsn", down)
+    assert done.returncode == 74, done.stderr
+    assert "cannot connect to postgresql://127.0.0.1:" in done.stderr
+    assert secret not in done.stderr + done.stdout
+    done = cli("status", ATDATA_APPVIEW_DSN=f"mysql://root:{secret}@h/db")
+    assert done.returncode == 78
+    assert "must be a postgresql://" in done.stderr and secret not in done.stderr
+
+
+def test_a_database_without_the_schema_is_exit_78(fresh_dsn: str) -> None:
+    for command in ("status", "dead-letters", "serve", "index"):
+        done = cli(command, ATDATA_APPVIEW_DSN=fresh_dsn)
+        assert done.returncode == 78, (command, done.stderr)
+        assert "run `atdata-appview migrate`" in done.stderr
+
+
+def test_serve_refuses_a_port_in_use_before_starting(appview_dsn: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = cli("serve", "--port", str(port), ATDATA_APPVIEW_DSN=appview_dsn)
+    assert done.returncode == 78
+    assert f"--port: 127.0.0.1:{port} is already in use" in done.stderr
+
+
+def test_every_setting_is_in_help() -> None:
+    top = cli("--help")
+    assert top.returncode == 0
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    choices: dict[str, Any] = sub.choices  # type: ignore[assignment]
+    for info in setting_infos():
+        assert info.variable in top.stdout, info.variable
+        for command in info.commands:
+            assert info.variable in choices[command].format_help(), (command, info)
+    statuses = {status for status, _, _ in EXIT_STATUSES}
+    assert {0, 1, 2, 70, 73, 74, 78} == statuses
+    for status in statuses:
+        assert re.search(rf"^\s+{status}\s", top.stdout, re.MULTILINE), status
