@@ -50,6 +50,10 @@ cannot exist: ``@`` is not a record-key character. So a key is accepted unless i
 ``schema_rkey(name, version)``. Record keys of the ``tid`` collections are not
 required to be TIDs (other writers choose keys; the syntax is checked).
 
+Entries: atdata 0.7.0b1 writes ``metadata`` as a JSON object
+(``DatasetMetadata.to_record``) where both Lexicons say msgpack ``bytes``; such an
+object is accepted as published (the rest of the record is validated).
+
 Hostile text is kept as data (pages escape it); only U+0000 is refused.
 """
 
@@ -169,17 +173,30 @@ class Rejection:
     """A record refused by :func:`normalize`: ``rule`` (a key of :data:`RULES`),
     ``pointer`` (RFC 6901 JSON pointer into the record; ``""`` = the whole record)
     and ``message`` (why, at most :data:`MAX_MESSAGE` characters; may quote record
-    text: escape it when rendering)."""
+    text: escape it when rendering). Both are safe for a ``text`` column (no
+    U+0000, no lone surrogates)."""
 
     rule: str
     pointer: str
     message: str
 
 
+def _storable(text: str) -> str:
+    """``text`` fit for a PostgreSQL ``text`` column: U+0000 → U+FFFD, lone
+    surrogates → ``?`` (a pointer can quote a hostile key)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
 def _reject(rule: str, pointer: str, message: str) -> Rejection:
     if len(message) > MAX_MESSAGE:
         message = message[: MAX_MESSAGE - 1] + "…"
-    return Rejection(rule, pointer, message)
+    return Rejection(rule, _storable(pointer), _storable(message))
 
 
 # -- rows ---------------------------------------------------------------------------
@@ -266,7 +283,9 @@ class EntryRow(_Row):
     ones dropped, at most :data:`MAX_TAGS`; ``storage``: the storage object as
     published (JSON text); ``storage_kind``: ``http`` | ``s3`` | ``blobs`` |
     ``external``; ``shard_count``: shards (URLs, keys, blobs) listed;
-    ``checksums``: ``all`` | ``some`` | ``none`` of them carry a checksum;
+    ``checksums``: ``all`` | ``some`` | ``none`` of them carry a real checksum
+    (not atdata's ``{"algorithm": "none", "digest": ""}`` placeholder; external
+    URLs never do);
     ``size_*``: the record's ``size`` (``None`` when absent)."""
 
     table: ClassVar[str] = "appview_entries"
@@ -317,8 +336,9 @@ class LabelRow(_Row):
 @dataclasses.dataclass(frozen=True, slots=True)
 class LensVerificationRow(_Row):
     """A row of ``appview_lens_verifications``. ``method``: the
-    ``verificationMethod`` token as published (e.g.
-    ``science.alt.dataset.verificationMethod#codeReview``)."""
+    ``verificationMethod`` as published (its Lexicon's known values are the short
+    names ``codeReview``, ``formalProof``, ``signedHash``, ``automatedTest``, as
+    atdata 0.7 writes them)."""
 
     table: ClassVar[str] = "appview_lens_verifications"
     collection: ClassVar[str] = LENS_VERIFICATION
@@ -373,16 +393,19 @@ def _too_deep(value: Any, limit: int) -> list[str | int] | None:
     return None
 
 
-def _find(value: Any, bad: Callable[[Any], bool]) -> list[str | int] | None:
-    """Path of the first key or leaf for which ``bad`` is true (depth-first, in
-    order; a bad key's path ends at that key)."""
+def _find(
+    value: Any, bad: Callable[[Any], bool], bad_key: Callable[[Any], bool] | None = None
+) -> list[str | int] | None:
+    """Path of the first key (``bad_key``, default ``bad``) or leaf (``bad``) that
+    is bad (depth-first, in order; a bad key's path ends at that key)."""
+    key_check = bad if bad_key is None else bad_key
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
     while stack:
         node, path = stack.pop()
         if isinstance(node, dict):
             items = list(node.items())
             for k, _ in items:
-                if bad(k):
+                if key_check(k):
                     return [*path, str(k)]
             stack.extend((v, (*path, k)) for k, v in reversed(items))
         elif isinstance(node, list):
@@ -569,13 +592,18 @@ the compiler reads)."""
 
 _COMPILE_KEYS: Final = (
     "$type",
-    "name",
-    "version",
     "schemaType",
     "schema",
     "$atdataSchemaVersion",
     "atdataSchemaVersion",
 )
+"""The record fields the body check hands the compiler. ``name`` and ``version``
+are replaced by placeholders (:data:`_PLACEHOLDER`): a schema's name is a display
+name (atdata-lexicon: "Human-readable display name"; atdata 0.7's
+``SchemaPublisher.publish(name=…)`` takes any text), which the compiler's stricter
+identifier rule (``SCHEMA_NAME``) would refuse; the version is checked here
+(``AV_BAD_VERSION``). So the cache is keyed by the body alone."""
+_PLACEHOLDER: Final = {"name": "Sample", "version": "1.0.0"}
 _cache: OrderedDict[bytes, int | tuple[str, str]] = OrderedDict()
 _cache_lock = threading.Lock()
 _cache_stats = {"hits": 0, "misses": 0}
@@ -596,9 +624,11 @@ def schema_cache_clear() -> None:
 
 def _compile(record: Mapping[str, Any]) -> int | tuple[str, str]:
     """The field count of the schema record's sample type, or ``(pointer,
-    message)`` of the first compiler diagnostic."""
+    message)`` of the first compiler diagnostic (:func:`compile_schema_record`:
+    the front end, naming and the codec specs our loader would build)."""
     subset = {k: record[k] for k in _COMPILE_KEYS if k in record}
     key = hashlib.blake2b(_dumps(subset), digest_size=16).digest()
+    subset.update(_PLACEHOLDER)
     with _cache_lock:
         got = _cache.get(key)
         if got is not None:
@@ -618,7 +648,7 @@ def _compile(record: Mapping[str, Any]) -> int | tuple[str, str]:
             result = (pointer, f"{d.rule} at {pointer or '/'}: {d.message}")
         else:  # pragma: no cover - the error always carries diagnostics
             result = ("", str(exc))
-    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a hostile body must not stop the fold
         # The compiler's later stages (names, codec specs) refusing a record the
         # front end let through: still a body we cannot compile.
         log.warning("schema body compile failed: %r", exc)
@@ -742,6 +772,22 @@ def _tags(value: Any) -> list[str]:
     return list(seen)
 
 
+def _real_checksum(shard: Mapping[str, Any]) -> bool:
+    """Whether a shard entry carries a checksum one could verify: present, with
+    an algorithm other than ``none`` and a digest. (atdata 0.7 writes
+    ``{"algorithm": "none", "digest": ""}`` for HTTP shards it did not hash.)"""
+    checksum = shard.get("checksum")
+    if not isinstance(checksum, dict):
+        return False
+    algorithm, digest = checksum.get("algorithm"), checksum.get("digest")
+    return (
+        isinstance(algorithm, str)
+        and algorithm.strip().lower() not in ("", "none")
+        and isinstance(digest, str)
+        and digest.strip() != ""
+    )
+
+
 def _storage(
     storage: Mapping[str, Any],
 ) -> tuple[str, int, str] | Rejection:
@@ -767,9 +813,7 @@ def _storage(
             return _invalid(exc, storage, "/storage")
         return kind, len(storage["urls"]), "none"
     items: list[Any] = storage["blobs" if kind == "blobs" else "shards"]
-    with_sum = sum(
-        1 for s in items if isinstance(s, dict) and s.get("checksum") is not None
-    )
+    with_sum = sum(1 for s in items if isinstance(s, dict) and _real_checksum(s))
     checksums = "none" if with_sum == 0 else "all" if with_sum == len(items) else "some"
     return kind, len(items), checksums
 
@@ -935,7 +979,8 @@ def normalize(
         try:
             rec_any: Any = _loads(raw)
         except orjson.JSONDecodeError as exc:
-            if "recursion" in str(exc).lower():
+            why = str(exc).lower()
+            if "depth" in why or "recursion" in why:
                 return _reject(
                     "AV_RECORD_TOO_DEEP", "", f"record nests over {MAX_DEPTH} deep"
                 )
@@ -964,7 +1009,9 @@ def normalize(
         try:
             text = _json_text(rec)
         except TypeError:  # orjson.JSONEncodeError
-            path = _find(rec, _unencodable)
+            path = _find(
+                rec, _unencodable, lambda k: not isinstance(k, str) or _unencodable(k)
+            )
             pointer = _join(path) if path is not None else ""
             return _reject(
                 "AV_RECORD_ENCODING",
@@ -1003,10 +1050,18 @@ def normalize(
             if "$type" not in rec
             else f"$type {str(kind)[:200]!r} is not the collection {collection!r}",
         )
+    checked = rec
+    if collection == ENTRY:
+        meta = rec.get("metadata")
+        if isinstance(meta, dict) and "$bytes" not in meta:
+            # atdata 0.7.0b1 writes `metadata` as a JSON object (its
+            # DatasetMetadata.to_record); both Lexicons say msgpack bytes. Accepted
+            # as published (a plain object, bounded with the record).
+            checked = {k: v for k, v in rec.items() if k != "metadata"}
     try:
-        _model(collection).from_wire(rec)
+        _model(collection).from_wire(checked)
     except ValidationError as exc:
-        return _invalid(exc, rec)
+        return _invalid(exc, checked)
     except RecursionError:
         return _reject("AV_RECORD_TOO_DEEP", "", "record nests too deep to validate")
 
