@@ -34,7 +34,11 @@ Other tables:
   ingestion-log row folded in. Advanced in the same transaction as the batch.
 - ``appview_accounts``: per DID, the current ``handle`` (``#identity``) and
   ``active``/``status`` (``#account``). A ``deleted`` or ``takendown`` account has
-  its records purged from every record table.
+  its records purged from every record table; any other inactive status
+  (``deactivated``, ``suspended``, ...) keeps them, and queries hide records of
+  accounts with ``active = false``. ``rev``: the highest commit rev folded for
+  the DID (TID, compared in C collation), below which commits are stale replays
+  (:mod:`.indexer`).
 - ``appview_dead_letters``: records refused by validation, with the rule ID, the
   JSON pointer and the reason; never indexed.
 - ``appview_schema_compat``: per publisher and schema name, the compatibility
@@ -45,7 +49,8 @@ Other tables:
   ``synced`` | ``failed``), the ``rev`` of the snapshot read, counts, the error.
 - ``appview_pending``: live log rows of a repository being backfilled, held
   (durably) until its snapshot is written, then applied in ``(seq, idx)`` order,
-  skipping those at or below the snapshot's ``rev``.
+  skipping those at or below the snapshot's ``rev`` (with the log row's
+  ``verified``/``valid``/``verify_rule``, checked when applied).
 
 :func:`migrate` creates it all idempotently under an advisory lock.
 """
@@ -202,8 +207,10 @@ CREATE TABLE IF NOT EXISTS appview_accounts (
     active boolean NOT NULL DEFAULT true,
     status text,
     seq bigint,
-    updated_at timestamptz NOT NULL DEFAULT now()
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    rev text
 );
+ALTER TABLE appview_accounts ADD COLUMN IF NOT EXISTS rev text;
 CREATE INDEX IF NOT EXISTS appview_accounts_handle ON appview_accounts (handle);
 
 CREATE TABLE IF NOT EXISTS appview_dead_letters (
@@ -266,8 +273,13 @@ CREATE TABLE IF NOT EXISTS appview_pending (
     cid text,
     rev text,
     record jsonb,
+    verified boolean,
+    valid text,
+    verify_rule text,
     PRIMARY KEY (did, seq, idx)
 );
+ALTER TABLE appview_pending ADD COLUMN IF NOT EXISTS verified boolean,
+    ADD COLUMN IF NOT EXISTS valid text, ADD COLUMN IF NOT EXISTS verify_rule text;
 """
 
 
