@@ -15,8 +15,8 @@ Steps are of two kinds:
 How (bounded everywhere; nothing of a record is ever executed):
 
 1. Candidates, breadth-first from the source, at most ``max_steps`` levels
-   (:data:`MAX_STEPS`), :data:`MAX_CANDIDATES` schemas and :data:`MAX_EDGES`
-   lenses: per level one query for the lenses leaving the level's schemas and one
+   (:data:`MAX_STEPS`), :data:`MAX_CANDIDATES` schemas (at most
+   :data:`MAX_VERSIONS_PER_NAME` of one name) and :data:`MAX_EDGES` lenses: per level one query for the lenses leaving the level's schemas and one
    for the other versions of the schema names newly met (two indexed queries per
    level, never the whole table). Lens references in handle form
    (``at://handle/...``) are matched through ``appview_accounts``.
@@ -60,6 +60,7 @@ __all__ = [
     "MAX_CANDIDATES",
     "MAX_EDGES",
     "MAX_STEPS",
+    "MAX_VERSIONS_PER_NAME",
     "LensPathError",
     "LensPathNotFound",
     "SchemaNotFound",
@@ -73,6 +74,11 @@ MAX_STEPS: Final = 16
 
 MAX_CANDIDATES: Final = 500
 """At most this many schemas are gathered for one search."""
+
+MAX_VERSIONS_PER_NAME: Final = 64
+"""At most this many versions of one schema name are gathered (the given one and
+the newest): each pair of them is a candidate structural step, so the graph's work
+grows with the square of this."""
 
 MAX_EDGES: Final = 2000
 """At most this many lens records are gathered for one search."""
@@ -188,16 +194,27 @@ WITH want AS (
     FROM unnest($2::text[], $3::text[]) AS h(handle, rkey)
     JOIN appview_accounts a ON a.handle = h.handle
     JOIN appview_schemas s ON s.did = a.did AND s.rkey = h.rkey
+), ranked AS (
+    SELECT s.uri, s.did, s.rkey, s.name, s.cid,
+        row_number() OVER (
+            PARTITION BY s.did, s.name
+            ORDER BY (s.uri = ANY($1::text[]) OR s.rkey = ANY($3::text[])) DESC,
+                s.major DESC, s.minor DESC, s.patch DESC, s.uri
+        ) AS rank,
+        count(*) OVER (PARTITION BY s.did, s.name) AS versions
+    FROM want w
+    JOIN appview_schemas s ON s.did = w.did AND s.name = w.name
 )
-SELECT s.uri, s.did, s.rkey, s.name, s.cid, a.handle
-FROM want w
-JOIN appview_schemas s ON s.did = w.did AND s.name = w.name
-LEFT JOIN appview_accounts a ON a.did = s.did
-ORDER BY s.did, s.name, s.major DESC, s.minor DESC, s.patch DESC, s.uri
+SELECT r.uri, r.did, r.rkey, r.name, r.cid, r.versions, a.handle
+FROM ranked r
+LEFT JOIN appview_accounts a ON a.did = r.did
+WHERE r.rank <= $5
+ORDER BY r.rank, r.did, r.name, r.uri
 LIMIT $4
 """
-"""Every version of the schema names of the given AT-URIs (DID form, or handle
-form as (handle, rkey))."""
+"""The versions of the schema names of the given AT-URIs (DID form in ``$1``, or
+handle form as (handle, rkey) in ``$2``/``$3``): the given ones first, then the
+newest, at most ``$5`` per name and ``$4`` in all."""
 
 _EDGES_SQL: Final = """
 SELECT uri, source_schema, target_schema FROM appview_lenses
@@ -247,7 +264,6 @@ class _Gather:
         self.conn = conn
         self.max_steps = max_steps
         self.c = _Candidates()
-        self.alias: dict[str, str] = {}  # handle-form AT-URI → DID-form AT-URI
         self.by_handle: dict[tuple[str, str], str] = {}  # (handle, rkey) → AT-URI
 
     async def names(self, uris: Sequence[str], depth: int) -> list[str]:
@@ -265,17 +281,19 @@ class _Gather:
             handles,
             rkeys,
             room + 1,
+            MAX_VERSIONS_PER_NAME,
         )
         if len(rows) > room:
             self.c.truncated = True
             rows = rows[:room]
+        if any(r["versions"] > MAX_VERSIONS_PER_NAME for r in rows):
+            self.c.truncated = True
         given = set(uris)
         new: list[str] = []
         for r in rows:
             uri = r["uri"]
             if r["handle"]:
-                key = (r["handle"].lower(), r["rkey"])
-                self.by_handle[key] = uri
+                self.by_handle[(r["handle"].lower(), r["rkey"])] = uri
             if uri in self.c.nodes:
                 continue
             here = depth if uri in given else depth + 1
@@ -285,23 +303,20 @@ class _Gather:
             self.c.nodes[uri] = node
             self.c.groups.setdefault((node.did, node.name), []).append(uri)
             new.append(uri)
-        for h, k in zip(handles, rkeys, strict=True):
-            found = self.by_handle.get((h, k))
-            if found is not None:
-                self.alias[f"at://{h}/{SCHEMA_COLLECTION}/{k}"] = found
-        for uri in uris:  # a handle-form AT-URI: its DID form is at this depth
-            real = self.alias.get(uri)
-            if real is not None and real in self.c.nodes:
+        for uri in uris:  # a given AT-URI (either form) is at this depth
+            real = self.resolve(uri)
+            if real is not None:
                 node = self.c.nodes[real]
                 node.depth = min(node.depth, depth)
         return new
 
     def resolve(self, uri: str) -> str | None:
+        """The gathered schema ``uri`` names (DID form), else ``None``."""
         if uri in self.c.nodes:
             return uri
         parts = _split(uri)
-        if parts and not parts[0].startswith("did:"):
-            return self.alias.get(f"at://{parts[0].lower()}/{parts[1]}/{parts[2]}")
+        if parts and not parts[0].startswith("did:") and parts[1] == SCHEMA_COLLECTION:
+            return self.by_handle.get((parts[0].lower(), parts[2]))
         return None
 
     async def run(self, source: str) -> None:
