@@ -106,7 +106,8 @@ router = fastapi.APIRouter(include_in_schema=False)
 _env = jinja2.Environment(
     loader=jinja2.PackageLoader("atdata_appview", "templates"),
     autoescape=True,
-    undefined=jinja2.StrictUndefined,
+    # records omit optional keys: a missing one renders as nothing
+    undefined=jinja2.Undefined,
     trim_blocks=True,
     lstrip_blocks=True,
 )

@@ -89,7 +89,7 @@ embedding/override/isolate controls (UAX #9 § 2)."""
 # layout (user units; 1 unit = 1 CSS px at scale 1)
 _VW, _VH = 120, 44  # version box
 _XW, _XH = 172, 44  # other-schema box
-_GAP = 112  # between version boxes (room for a verdict label)
+_GAP = 136  # between version boxes (room for a verdict and a bump label)
 _XGAP = 24  # between other-schema boxes
 _MARGIN = 24
 _TITLE_H = 34

@@ -1,0 +1,808 @@
+"""The AppView's web pages (atdata_appview.pages) in a real browser: Debian's
+chromium driven by Playwright, against the real app (create_app) served by uvicorn
+on loopback, over a PostgreSQL index filled the way production fills it (log rows
+written as the ingester writes them, folded in by the indexer, verdicts from the
+history's checker).
+
+Every page must load with no console error and no failed request; search, facets,
+sorting and paging must give the entries the seed says; hostile record text must
+render as text (no dialog, no injected element, no page wider than the window);
+the schema page must draw its versions and verdicts. Screenshots are saved under
+``$ATDATA_TEST_ARTIFACTS`` (default: a pytest temporary directory) and their paths
+printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import socket
+import threading
+import time
+import urllib.parse
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+from atdata_appview import pages
+from atdata_appview.app import create_app
+from atdata_appview.config import Settings
+from atdata_appview.indexer import Indexer
+from atdata_appview.schema import migrate as migrate_appview
+from atdata_appview.testing.log import LogWriter, append_rows
+from atdata_ingest.schema import migrate as migrate_ingest
+from atdata_ingest.testing.postgres import PostgresCluster
+from atdata_runtime.atmosphere.cid import blob_cid, record_cid
+from atdata_runtime.atmosphere.records import schema_rkey
+from playwright.sync_api import Browser, ConsoleMessage, Page, Request, sync_playwright
+
+from ..conftest import CORPUS, require_corpus
+
+SCHEMA = "science.alt.dataset.schema"
+ENTRY = "science.alt.dataset.entry"
+LENS = "science.alt.dataset.lens"
+VERIFY = "science.alt.dataset.lensVerification"
+
+ALICE = "did:plc:" + "alice".ljust(24, "a")
+BOB = "did:plc:" + "bob".ljust(24, "b")
+MALLORY = "did:plc:" + "mallory".ljust(24, "m")
+
+SCRIPT_NAME = "<script>alert(1)</script>"
+IMG_TEXT = '"><img src=x onerror=alert(2)>'
+LONG_NAME = "Q" * 200
+ARABIC = "مجموعة\u200b بيانات الخلايا"
+HEBREW = "מערך\u200d נתונים של תאים"
+LENS_HOSTILE = "<img src=x onerror=alert(7)>"
+FIELD_HOSTILE = '"><svg onload=alert(6)>'
+BULK = 22
+NDARRAY_11 = "https://alt.science/schemas/atdata-ndarray-bytes/1.1.0#/$defs/ndarray"
+CREATED = "2026-01-01T00:00:00Z"
+
+
+def at(did: str, collection: str, rkey: str) -> str:
+    return f"at://{did}/{collection}/{rkey}"
+
+
+def schema_uri(did: str, name: str, version: str) -> str:
+    return at(did, SCHEMA, schema_rkey(name, version))
+
+
+# -- the seed -----------------------------------------------------------------------
+
+
+def cellcrop(version: str) -> dict[str, Any]:
+    """CellCrop versions: 1.1.0 adds an optional field (compatible, minor), 1.2.0
+    drops a required one with only a minor bump (breaking), 2.0.0 adds a required
+    field with a major bump (compatible)."""
+    props: dict[str, Any] = {
+        "image": {
+            "$ref": NDARRAY_11,
+            "dtype": "uint8",
+            "shape": [None, None, 3],
+            "dimensionNames": ["y", "x", "channel"],
+            "description": "RGB crop",
+        },
+        "label": {"type": "string", "enum": ["cell", "debris"]},
+        "score": {"type": "number", "minimum": 0, "maximum": 1},
+    }
+    required = ["image", "label", "score"]
+    if version != "1.0.0":
+        props["notes"] = {"type": "string", "maxLength": 500}
+    if version in ("1.2.0", "2.0.0"):
+        del props["score"]
+        required.remove("score")
+    if version == "2.0.0":
+        props["plate"] = {"type": "integer", "minimum": 1}
+        required.append("plate")
+    return {
+        "$type": SCHEMA,
+        "name": "CellCrop",
+        "version": version,
+        "schemaType": "jsonSchema",
+        "schema": {
+            "$type": "science.alt.dataset.schema#jsonSchemaFormat",
+            "$schema": "http://json-schema.org/draft-07/schema#",
+            "type": "object",
+            "properties": props,
+            "required": required,
+            "arrayFormatVersions": {"ndarrayBytes": "1.1.0"},
+        },
+        "description": "A crop of one cell from a microscopy plate",
+        "createdAt": CREATED,
+        "atdataSchemaVersion": 1,
+    }
+
+
+CELLCROP_VERSIONS = ["1.0.0", "1.1.0", "1.2.0", "2.0.0"]
+EXPECTED_VERDICTS = ["compatible", "breaking", "compatible"]
+
+
+def checksum(n: int) -> dict[str, str]:
+    return {"algorithm": "sha256", "digest": f"{n:064x}"}
+
+
+def http_storage(*urls: str) -> dict[str, Any]:
+    return {
+        "$type": "science.alt.dataset.storageHttp",
+        "shards": [{"url": u, "checksum": checksum(i)} for i, u in enumerate(urls)],
+    }
+
+
+def entry(
+    name: str,
+    schema: str,
+    storage: dict[str, Any],
+    *,
+    tags: list[str] | None = None,
+    license: str | None = None,
+    size: int | None = None,
+    description: str | None = None,
+) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "$type": ENTRY,
+        "name": name,
+        "schemaRef": schema,
+        "storage": storage,
+        "createdAt": CREATED,
+    }
+    if tags:
+        rec["tags"] = tags
+    if license:
+        rec["license"] = license
+    if size is not None:
+        rec["size"] = {"bytes": size, "samples": size // 1000, "shards": 1}
+    if description:
+        rec["description"] = description
+    return rec
+
+
+def code(path: str) -> dict[str, str]:
+    return {
+        "repository": "https://github.com/example/lenses",
+        "commit": "0123456789abcdef0123456789abcdef01234567",
+        "path": path,
+    }
+
+
+@dataclass
+class Seed:
+    """What the index holds, by name: entry name → AT-URI, and the URIs the tests
+    visit."""
+
+    entries: dict[str, str] = field(default_factory=dict)
+    schemas: dict[str, str] = field(default_factory=dict)
+    lenses: dict[str, str] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+    tags: dict[str, list[str]] = field(default_factory=dict)
+
+
+def build_seed() -> tuple[list[dict[str, Any]], Seed]:
+    """Log rows (identity events, then records) and what they index."""
+    require_corpus()
+    log = LogWriter()
+    rows: list[dict[str, Any]] = [
+        log.identity(ALICE, "alice.test"),
+        log.identity(BOB, "bob.test"),
+        log.identity(MALLORY, "mallory.test"),
+    ]
+    seed = Seed()
+    tids = (f"3l{n:011d}".replace("0", "a") for n in itertools.count(1))
+
+    def put(did: str, collection: str, rkey: str, rec: dict[str, Any]) -> str:
+        rows.append(log.create(did, collection, rkey, rec, cid=record_cid(rec)))
+        return at(did, collection, rkey)
+
+    for v in CELLCROP_VERSIONS:
+        seed.schemas[f"CellCrop@{v}"] = put(
+            ALICE, SCHEMA, schema_rkey("CellCrop", v), cellcrop(v)
+        )
+    image = json.loads((CORPUS / "atdata/records/ImageSample.schema.json").read_text())
+    seed.schemas["ImageSample@1.0.0"] = put(
+        BOB, SCHEMA, schema_rkey("ImageSample", "1.0.0"), image
+    )
+    evil = cellcrop("1.0.0") | {
+        "name": "Evil",
+        "description": "<script>alert(5)</script> " + IMG_TEXT,
+    }
+    evil["schema"] = dict(evil["schema"])
+    evil["schema"]["properties"] = {
+        FIELD_HOSTILE: {"type": "string", "description": SCRIPT_NAME, "pattern": "<b>"}
+    }
+    evil["schema"]["required"] = []
+    seed.schemas["Evil@1.0.0"] = put(
+        MALLORY, SCHEMA, schema_rkey("Evil", "1.0.0"), evil
+    )
+
+    lens = {
+        "$type": LENS,
+        "name": "crop_to_image",
+        "sourceSchema": seed.schemas["CellCrop@1.1.0"],
+        "targetSchema": seed.schemas["ImageSample@1.0.0"],
+        "getterCode": code("lenses.crop:get"),
+        "putterCode": code("lenses.crop:put"),
+        "language": "python",
+        "description": "Drops the score, keeps the image and the label",
+        "createdAt": CREATED,
+    }
+    seed.lenses["crop_to_image"] = put(BOB, LENS, next(tids), lens)
+    hostile_lens = lens | {
+        "name": LENS_HOSTILE,
+        "sourceSchema": seed.schemas["Evil@1.0.0"],
+        "targetSchema": seed.schemas["CellCrop@1.0.0"],
+        "description": SCRIPT_NAME,
+        "getterCode": code(SCRIPT_NAME),
+    }
+    seed.lenses["hostile"] = put(MALLORY, LENS, next(tids), hostile_lens)
+    put(
+        ALICE,
+        VERIFY,
+        next(tids),
+        {
+            "$type": VERIFY,
+            "lens": seed.lenses["crop_to_image"],
+            "lensCommit": "0123456789abcdef0123456789abcdef01234567",
+            "verificationMethod": "automatedTest",
+            "createdAt": CREATED,
+        },
+    )
+
+    def add_entry(did: str, rec: dict[str, Any]) -> None:
+        seed.entries[rec["name"]] = put(did, ENTRY, next(tids), rec)
+        seed.sizes[rec["name"]] = rec.get("size", {}).get("bytes", -1)
+        seed.tags[rec["name"]] = rec.get("tags", [])
+
+    add_entry(ALICE, entry(
+        "Cell crops plate 7", seed.schemas["CellCrop@1.1.0"],
+        http_storage("https://data.example.org/crops-000.tar",
+                     "https://data.example.org/crops-001.tar"),
+        tags=["microscopy", "cells"], license="MIT", size=5_000_000,
+        description="Single-cell crops from plate 7 of the screen",
+    ))  # fmt: skip
+    add_entry(ALICE, entry(
+        "Cell crops second screen", seed.schemas["CellCrop@2.0.0"],
+        {"$type": "science.alt.dataset.storageS3", "bucket": "crops",
+         "region": "eu-west-1", "shards": [{"key": "screen2/000.tar",
+                                            "checksum": checksum(9)}]},
+        tags=["microscopy"], license="CC-BY-4.0", size=9_000_000,
+    ))  # fmt: skip
+    add_entry(ALICE, entry(
+        "Debris survey", seed.schemas["CellCrop@1.0.0"],
+        {"$type": "science.alt.dataset.storageBlobs", "blobs": [
+            {"blob": {"$type": "blob", "ref": {"$link": blob_cid(b"shard-%d" % i)},
+                      "mimeType": "application/x-tar", "size": 1000 + i},
+             **({"checksum": checksum(i)} if i == 0 else {})}
+            for i in range(2)]},
+        tags=["imaging"], license="MIT", size=2_000,
+    ))  # fmt: skip
+    add_entry(BOB, entry(
+        "Tiny images", seed.schemas["ImageSample@1.0.0"],
+        http_storage("http://plain.example.net/tiny-000.tar",
+                     "https://cdn.example.net/tiny-001.tar"),
+        tags=["imaging", "benchmark"], license="Apache-2.0", size=700_000,
+    ))  # fmt: skip
+    for n in range(BULK):
+        add_entry(BOB, entry(
+            f"Bulk shard set {n:02d}", seed.schemas["ImageSample@1.0.0"],
+            http_storage(f"https://cdn.example.net/bulk-{n:02d}.tar"),
+            tags=["bulk"], license="MIT", size=10_000 + n,
+        ))  # fmt: skip
+    # hostile text
+    add_entry(MALLORY, entry(
+        SCRIPT_NAME, seed.schemas["Evil@1.0.0"],
+        http_storage("https://evil.example/x.tar"),
+        tags=["<b>bold</b>", "W" * 150], license="<i>MIT</i>",
+        description=IMG_TEXT + " " + ARABIC,
+    ))  # fmt: skip
+    add_entry(MALLORY, entry(
+        LONG_NAME, seed.schemas["Evil@1.0.0"], http_storage("https://evil.example/y.tar"),
+        description="Z" * 3000,
+    ))  # fmt: skip
+    add_entry(MALLORY, entry(
+        ARABIC, seed.schemas["Evil@1.0.0"], http_storage("https://evil.example/z.tar"),
+        tags=[HEBREW], description=HEBREW + " " + ARABIC,
+    ))  # fmt: skip
+    return rows, seed
+
+
+async def fill(dsn: str, rows: list[dict[str, Any]]) -> None:
+    """Migrate, write ``rows`` into the log and fold them in with the indexer."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate_ingest(conn)
+        await migrate_appview(conn)
+        await append_rows(conn, rows)
+    finally:
+        await conn.close()
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        indexer = Indexer(pool)
+        while await indexer.fold_once():
+            pass
+        async with pool.acquire() as conn:
+            dead = await conn.fetch(
+                "SELECT rule, pointer, message FROM appview_dead_letters"
+            )
+            assert not dead, [dict(d) for d in dead]
+    finally:
+        await pool.close()
+
+
+# -- the server and the browser --------------------------------------------------------
+
+
+@dataclass
+class Site:
+    url: str
+    seed: Seed
+    artifacts: Path
+
+    def page_of(self, kind: str, uri: str) -> str:
+        href = pages.record_href(kind, uri)
+        assert href is not None
+        return self.url + href
+
+
+class _Server(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # not the main thread
+        pass
+
+
+@pytest.fixture(scope="module")
+def site(
+    pg: PostgresCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Site]:
+    rows, seed = build_seed()
+    dsn = pg.create_database("pages_browser")
+    asyncio.run(fill(dsn, rows))
+    app = create_app(
+        Settings.from_env({"ATDATA_APPVIEW_DSN": dsn}, rate_per_second=0, pool_max=4)
+    )
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = _Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, daemon=True
+    )
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("the AppView server did not start")
+        time.sleep(0.05)
+    where = os.environ.get("ATDATA_TEST_ARTIFACTS")
+    artifacts = Path(where) if where else tmp_path_factory.mktemp("screenshots")
+    artifacts.mkdir(parents=True, exist_ok=True)
+    try:
+        yield Site(url, seed, artifacts)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(pages.CHROMIUM).exists():
+        pytest.fail(
+            f"chromium not found at {pages.CHROMIUM} (apt-get install chromium)"
+        )
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=pages.CHROMIUM, args=list(pages.CHROMIUM_ARGS)
+        )
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@dataclass
+class Watch:
+    """What a page did: console errors, failed requests, dialogs."""
+
+    errors: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    dialogs: list[str] = field(default_factory=list)
+
+    def assert_clean(self) -> None:
+        assert self.dialogs == [], f"a dialog fired: {self.dialogs}"
+        assert self.errors == [], f"console errors: {self.errors}"
+        assert self.failed == [], f"failed requests: {self.failed}"
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[tuple[Page, Watch]]:
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    p = context.new_page()
+    watch = Watch()
+
+    def on_console(m: ConsoleMessage) -> None:
+        if m.type == "error":
+            watch.errors.append(m.text)
+
+    def on_failed(r: Request) -> None:
+        watch.failed.append(f"{r.url}: {r.failure}")
+
+    def on_response(r: Any) -> None:
+        if r.status >= 400:
+            watch.failed.append(f"{r.url}: HTTP {r.status}")
+
+    p.on("console", on_console)
+    p.on("pageerror", lambda exc: watch.errors.append(f"pageerror: {exc}"))
+    p.on("requestfailed", on_failed)
+    p.on("response", on_response)
+
+    def on_dialog(d: Any) -> None:
+        watch.dialogs.append(d.message)
+        d.dismiss()
+
+    p.on("dialog", on_dialog)
+    try:
+        yield p, watch
+    finally:
+        context.close()
+
+
+def shot(site: Site, p: Page, name: str) -> Path:
+    path = site.artifacts / f"{name}.png"
+    p.screenshot(path=str(path), full_page=True)
+    print(f"screenshot: {path}")
+    return path
+
+
+def visit(p: Page, url: str, status: int = 200) -> None:
+    response = p.goto(url, wait_until="load")
+    assert response is not None
+    assert response.status == status, (url, response.status)
+
+
+def result_names(p: Page) -> list[str]:
+    return p.locator("ol.result-list li.result h3.name a").all_inner_texts()
+
+
+def no_horizontal_overflow(p: Page) -> None:
+    width = p.evaluate("document.documentElement.scrollWidth")
+    client = p.evaluate("document.documentElement.clientWidth")
+    assert width <= client, f"page is {width}px wide in a {client}px window"
+
+
+# -- tests --------------------------------------------------------------------------------
+
+
+def test_home_lists_everything_newest_first_with_facets_and_pages(
+    site: Site, page: tuple[Page, Watch]
+) -> None:
+    p, watch = page
+    visit(p, site.url + "/")
+    first = result_names(p)
+    assert len(first) == pages.PAGE_SIZE
+    shot(site, p, "home")
+    # facets count every match, not only this page
+    tag_counts = {
+        li.locator(".facet-value").inner_text(): int(li.locator(".count").inner_text())
+        for li in p.locator("[data-facet=tags] li").all()
+    }
+    expected: dict[str, int] = {}
+    for tags in site.seed.tags.values():
+        for t in tags:
+            expected[t] = expected.get(t, 0) + 1
+    assert tag_counts == expected
+    licences = p.locator("[data-facet=license] .facet-value").all_inner_texts()
+    assert set(licences) == {"MIT", "CC-BY-4.0", "Apache-2.0", "<i>MIT</i>"}
+    storage = p.locator("[data-facet=storage] .facet-value").all_inner_texts()
+    assert set(storage) == {"http", "s3", "blobs"}
+    # the next page holds the rest, no repeats
+    p.locator("a.next").click()
+    p.wait_for_load_state("load")
+    second = result_names(p)
+    assert p.locator("a.next").count() == 0
+    assert set(first).isdisjoint(second)
+    assert sorted(first + second) == sorted(site.seed.entries)
+    watch.assert_clean()
+
+
+def test_search_text_and_facets_narrow(site: Site, page: tuple[Page, Watch]) -> None:
+    p, watch = page
+    visit(p, site.url + "/")
+    p.fill(".big-search input[name=q]", "cell crops")
+    p.locator(".big-search button").click()
+    p.wait_for_load_state("load")
+    assert set(result_names(p)) == {"Cell crops plate 7", "Cell crops second screen"}
+    # the facet narrows the text search
+    p.locator("[data-facet=license] a", has_text="CC-BY-4.0").click()
+    p.wait_for_load_state("load")
+    assert result_names(p) == ["Cell crops second screen"]
+    assert "license" in p.locator(".active-filters").inner_text()
+    shot(site, p, "search-narrowed")
+    # removing the chip widens again
+    p.locator(".active-filters a.chip").click()
+    p.wait_for_load_state("load")
+    assert set(result_names(p)) == {"Cell crops plate 7", "Cell crops second screen"}
+    # two tags: entries with both
+    visit(p, site.url + "/?tags=imaging")
+    assert set(result_names(p)) == {"Debris survey", "Tiny images"}
+    p.locator("[data-facet=tags] a", has_text="benchmark").click()
+    p.wait_for_load_state("load")
+    assert result_names(p) == ["Tiny images"]
+    # schema and storage facets
+    visit(p, site.url + "/?schema=CellCrop")
+    assert set(result_names(p)) == {
+        "Cell crops plate 7",
+        "Cell crops second screen",
+        "Debris survey",
+    }
+    p.locator("[data-facet=storage] a", has_text="s3").click()
+    p.wait_for_load_state("load")
+    assert result_names(p) == ["Cell crops second screen"]
+    watch.assert_clean()
+
+
+def test_sort_by_size(site: Site, page: tuple[Page, Watch]) -> None:
+    p, watch = page
+    visit(p, site.url + "/?sort=size&tags=microscopy")
+    assert result_names(p) == ["Cell crops second screen", "Cell crops plate 7"]
+    visit(p, site.url + "/?sort=size")
+    names = result_names(p)
+    sizes = [site.seed.sizes[n] for n in names]
+    assert sizes == sorted(sizes, reverse=True)
+    assert names[0] == "Cell crops second screen"
+    watch.assert_clean()
+
+
+def test_bad_search_parameters_are_a_400_page_not_a_crash(
+    site: Site, page: tuple[Page, Watch]
+) -> None:
+    p, watch = page
+    visit(p, site.url + "/?sort=sideways", status=400)
+    assert "sort" in p.locator(".error-message").inner_text()
+    visit(p, site.url + "/?cursor=bogus", status=400)
+    assert "cursor" in p.locator(".error-message").inner_text().lower()
+    # the only console messages are chromium's notes of the 400 statuses
+    assert watch.dialogs == []
+    assert watch.errors == [
+        "Failed to load resource: the server responded with a status of 400 "
+        "(Bad Request)"
+    ] * 2
+
+
+def test_dataset_page(site: Site, page: tuple[Page, Watch]) -> None:
+    p, watch = page
+    uri = site.seed.entries["Cell crops plate 7"]
+    visit(p, site.page_of("dataset", uri))
+    assert p.locator("h1.name").inner_text() == "Cell crops plate 7"
+    assert p.locator("a.who").first.inner_text() == "@alice.test"
+    assert p.locator("a.schema-ref").inner_text() == "CellCrop@1.1.0"
+    assert p.locator(".checksums").inner_text() == "every shard has a checksum"
+    assert "4.8 MiB" in p.locator("dd.size").inner_text()
+    code = p.locator("pre.python").inner_text()
+    assert code == (
+        f'from atdata_runtime.shards import Dataset\nds = Dataset.from_atproto("{uri}")'
+    )
+    assert p.locator("pre.shell").inner_text() == (
+        f"atdata-gen pull {site.seed.schemas['CellCrop@1.1.0']}"
+    )
+    links = p.locator("td.location a")
+    assert links.count() == 2
+    for i in range(2):
+        assert links.nth(i).get_attribute("rel") == "nofollow noopener noreferrer"
+    shot(site, p, "dataset")
+    watch.assert_clean()
+    # a plain-http shard is text, not a link; blobs without checksums say "some"
+    visit(p, site.page_of("dataset", site.seed.entries["Tiny images"]))
+    assert p.locator("td.location a").all_inner_texts() == [
+        "https://cdn.example.net/tiny-001.tar"
+    ]
+    assert "http://plain.example.net/tiny-000.tar" in p.locator("table").inner_text()
+    visit(p, site.page_of("dataset", site.seed.entries["Debris survey"]))
+    assert p.locator(".checksums").inner_text() == "some shards have no checksum"
+    assert p.locator("td.location a").count() == 0
+    watch.assert_clean()
+
+
+def test_schema_page_fields_history_and_graph(
+    site: Site, page: tuple[Page, Watch]
+) -> None:
+    p, watch = page
+    uri = site.seed.schemas["CellCrop@1.1.0"]
+    visit(p, site.page_of("schema", uri))
+    # fields, typed by atdata-gen's front end
+    rows = p.locator("table.fields-table tbody tr")
+    table = {
+        rows.nth(i).locator("td").nth(0).inner_text(): [
+            rows.nth(i).locator("td").nth(j).inner_text() for j in range(1, 6)
+        ]
+        for i in range(rows.count())
+    }
+    assert table["image"][:4] == ["ndarray", "uint8", "(*, *, 3)\ny, x, channel", "yes"]
+    assert table["label"][0] == "str"
+    assert 'one of ["cell", "debris"]' in table["label"][4]
+    assert table["score"][4] == "minimum = 0\nmaximum = 1"
+    assert table["notes"][3] == "optional"
+    # the graph: one box per version, the verdicts on the edges, the lens
+    svg = p.locator(".graph-wrap svg")
+    assert svg.count() == 1
+    assert svg.locator("g.version").count() == len(CELLCROP_VERSIONS)
+    verdicts = [
+        t.strip("\u2068\u2069") for t in svg.locator("text.verdict").all_text_contents()
+    ]
+    assert verdicts == EXPECTED_VERDICTS
+    current = svg.locator("g.current text").text_content() or ""
+    assert current.strip("\u2068\u2069") == "1.1.0"
+    lens_labels = [
+        t.strip("\u2068\u2069")
+        for t in svg.locator("text.lens-label").all_text_contents()
+    ]
+    # labels are cut to 22 characters (the full text is the edge's tooltip)
+    assert sorted(lens_labels) == sorted(["crop_to_image", LENS_HOSTILE[:21] + "…"])
+    # the history lists the same verdicts
+    assert [
+        t for t in p.locator("ol.versions .verdict").all_inner_texts()
+    ] == EXPECTED_VERDICTS
+    assert p.locator("section.pull pre").first.inner_text() == f"atdata-gen pull {uri}"
+    assert (
+        "atdata-gen pull @alice.test/CellCrop@1.1.0"
+        in p.locator("section.pull").inner_text()
+    )
+    assert result_names(p) == ["Cell crops plate 7"]
+    shot(site, p, "schema")
+    watch.assert_clean()
+    # a version box links to that version's page
+    svg.locator("g.version a").nth(2).click()
+    p.wait_for_load_state("load")
+    assert p.locator("h1.name").inner_text() == "CellCrop@1.2.0"
+    watch.assert_clean()
+
+
+def test_graph_svg_alone_is_sandboxed_xml(site: Site) -> None:
+    url = site.page_of("schema", site.seed.schemas["CellCrop@1.0.0"]) + "/graph.svg"
+    r = httpx.get(url)
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "image/svg+xml"
+    assert "sandbox" in r.headers["content-security-policy"]
+    assert r.headers["x-content-type-options"] == "nosniff"
+    root = ET.fromstring(r.content)
+    ns = "{http://www.w3.org/2000/svg}"
+    versions = [g for g in root.iter(f"{ns}g") if "version" in g.get("class", "")]
+    assert len(versions) == len(CELLCROP_VERSIONS)
+    assert LENS_HOSTILE in r.text.replace("&lt;", "<").replace("&gt;", ">")
+    assert "<img" not in r.text
+
+
+def test_lens_and_profile_pages(site: Site, page: tuple[Page, Watch]) -> None:
+    p, watch = page
+    visit(p, site.page_of("lens", site.seed.lenses["crop_to_image"]))
+    assert p.locator("h1.name").inner_text() == "crop_to_image"
+    assert p.locator(".lens-ends .source").inner_text() == "CellCrop@1.1.0"
+    assert p.locator(".lens-ends .target").inner_text() == "ImageSample@1.0.0"
+    code_text = p.locator("section.code").inner_text()
+    assert "lenses.crop:get" in code_text and "lenses.crop:put" in code_text
+    assert "0123456789abcdef0123456789abcdef01234567" in code_text
+    # code references are text, never links
+    assert p.locator("section.code a").count() == 0
+    assert p.locator("section.verifications tbody tr").count() == 1
+    assert "automatedTest" in p.locator("section.verifications").inner_text()
+    shot(site, p, "lens")
+    watch.assert_clean()
+    for who in ("alice.test", ALICE):
+        visit(p, site.url + "/profile/" + urllib.parse.quote(who))
+        assert p.locator("h1.name").inner_text() == "@alice.test"
+        schemas = p.locator("section.schemas li a").all_inner_texts()
+        assert sorted(schemas) == sorted(f"CellCrop@{v}" for v in CELLCROP_VERSIONS)
+        assert set(result_names(p)) == {
+            "Cell crops plate 7",
+            "Cell crops second screen",
+            "Debris survey",
+        }
+    shot(site, p, "profile")
+    watch.assert_clean()
+
+
+def test_hostile_text_renders_inert(site: Site, page: tuple[Page, Watch]) -> None:
+    p, watch = page
+    visit(p, site.url + "/?q=" + urllib.parse.quote("script alert"))
+    visit(p, site.url + "/?tags=" + urllib.parse.quote("<b>bold</b>"))
+    assert result_names(p) == [SCRIPT_NAME]
+    visit(p, site.url + "/profile/mallory.test")
+    assert set(result_names(p)) == {SCRIPT_NAME, LONG_NAME, ARABIC}
+    no_horizontal_overflow(p)
+    shot(site, p, "hostile-profile")
+    for name in (SCRIPT_NAME, LONG_NAME, ARABIC):
+        visit(p, site.page_of("dataset", site.seed.entries[name]))
+        assert p.locator("h1.name").inner_text() == name
+        no_horizontal_overflow(p)
+    visit(p, site.page_of("dataset", site.seed.entries[SCRIPT_NAME]))
+    body = p.locator("main").inner_text()
+    assert IMG_TEXT in body and "<b>bold</b>" in body and "<i>MIT</i>" in body
+    shot(site, p, "hostile-dataset")
+    visit(p, site.page_of("dataset", site.seed.entries[ARABIC]))
+    # right-to-left text is isolated and laid out right to left
+    h1 = p.locator("h1.name")
+    assert h1.get_attribute("dir") == "auto"
+    assert h1.evaluate("e => getComputedStyle(e).direction") == "rtl"
+    assert p.locator("a.who").first.inner_text() == "@mallory.test"
+    shot(site, p, "hostile-rtl")
+    visit(p, site.page_of("schema", site.seed.schemas["Evil@1.0.0"]))
+    assert p.locator("td.field-name").inner_text() == FIELD_HOSTILE
+    assert "<script>alert(5)</script>" in p.locator(".description").inner_text()
+    visit(p, site.page_of("schema", site.seed.schemas["CellCrop@1.0.0"]))
+    shot(site, p, "hostile-graph")
+    visit(p, site.page_of("lens", site.seed.lenses["hostile"]))
+    assert p.locator("h1.name").inner_text() == LENS_HOSTILE
+    assert SCRIPT_NAME in p.locator("section.code").inner_text()
+    # nothing injected anywhere: no element a record could have named
+    for url in (
+        site.url + "/?q=" + urllib.parse.quote(SCRIPT_NAME),
+        site.page_of("dataset", site.seed.entries[SCRIPT_NAME]),
+        site.page_of("schema", site.seed.schemas["Evil@1.0.0"]),
+        site.page_of("schema", site.seed.schemas["CellCrop@1.0.0"]),
+        site.page_of("lens", site.seed.lenses["hostile"]),
+    ):
+        visit(p, url)
+        assert p.locator("script").count() == 0
+        assert p.locator("img").count() == 0
+        assert p.locator("svg").count() <= 1
+        assert p.locator("[onerror], [onload]").count() == 0
+        assert p.locator("a[href^='javascript:']").count() == 0
+    watch.assert_clean()
+
+
+def test_unknown_records_are_404_pages(site: Site, page: tuple[Page, Watch]) -> None:
+    p, watch = page
+    for path in (
+        f"/dataset/{ALICE}/3lnothinghere",
+        f"/schema/{ALICE}/Nope:1.0.0",
+        f"/lens/{BOB}/3lnothinghere",
+        "/profile/nobody.test",
+        "/profile/did:plc:" + "z" * 24,
+    ):
+        visit(p, site.url + path, status=404)
+        assert p.locator("h1").inner_text() == "Not found"
+        # the page itself loaded its stylesheet
+        assert p.evaluate("document.styleSheets.length") == 1
+    assert watch.dialogs == [] and watch.errors == [r for r in watch.errors]
+
+
+def test_pages_carry_a_strict_content_security_policy(site: Site) -> None:
+    for path in ("/", pages.record_href("dataset", site.seed.entries["Debris survey"])):
+        r = httpx.get(site.url + str(path))
+        assert r.status_code == 200
+        assert r.headers["content-security-policy"] == pages.CSP
+        assert "script-src 'none'" in pages.CSP and "'unsafe-inline'" not in pages.CSP
+        assert r.headers["x-content-type-options"] == "nosniff"
+    css = httpx.get(site.url + "/static/style.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    assert httpx.get(site.url + "/static/../pages.py").status_code == 404
+
+
+def test_render_screenshot(site: Site) -> None:
+    """The lead's helper, run as a script would (its own Playwright, in a thread:
+    this one already runs the module's)."""
+    path = site.artifacts / "render_screenshot.png"
+    url = site.page_of("schema", site.seed.schemas["CellCrop@2.0.0"])
+    results: dict[str, Any] = {}
+
+    def run() -> None:
+        results["out"] = pages.render_screenshot(url, str(path))
+        try:
+            pages.render_screenshot(site.url + "/schema/x/y", str(path) + ".404")
+        except RuntimeError as exc:
+            results["error"] = str(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(120)
+    assert results.get("out") == str(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    print(f"screenshot: {path}")
+    assert "HTTP 404" in results["error"]
+    assert not Path(str(path) + ".404").exists()
