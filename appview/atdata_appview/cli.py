@@ -133,11 +133,6 @@ EXIT_STATUSES: Final[tuple[tuple[int, tuple[str, ...], str], ...]] = (
     (exits.SOFTWARE, _ALL, "a bug (the message carries its traceback)"),
     (
         exits.CANTCREAT,
-        ("index", "run"),
-        "another indexer folds this database (it holds the indexer's lock)",
-    ),
-    (
-        exits.CANTCREAT,
         ("backfill",),
         "another backfill runs on this database (BF_BUSY)",
     ),

@@ -8,19 +8,26 @@ import asyncio
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from atdata_appview.cli import EXIT_STATUSES, build_parser, rules_table
 from atdata_appview.config import setting_infos
 from atdata_appview.records import RULES
 from atdata_appview.testing.log import LogWriter, append_rows
 from atdata_ingest.testing.postgres import PostgresCluster
+
+from ..conftest import ROOT
 
 _ENV_DROP = re.compile(r"^(ATDATA_APPVIEW_|ATDATA_INGEST_|DATABASE_URL$)")
 
@@ -278,6 +285,108 @@ def test_every_setting_is_in_help() -> None:
         for command in info.commands:
             assert info.variable in choices[command].format_help(), (command, info)
     statuses = {status for status, _, _ in EXIT_STATUSES}
-    assert {0, 1, 2, 70, 73, 74, 78} == statuses
+    assert {0, 1, 2, 70, 73, 74, 78} == statuses  # 73: backfill BF_BUSY
     for status in statuses:
         assert re.search(rf"^\s+{status}\s", top.stdout, re.MULTILINE), status
+
+
+def _free_port() -> int:
+    return _closed_port()
+
+
+def test_run_indexes_serves_and_stops_cleanly_on_sigterm(appview_dsn: str) -> None:
+    """``run``: the indexer folds a schema record from the log, the server
+    answers for it, and SIGTERM ends both with exit 0."""
+    record = json.loads(
+        (ROOT / "scripts" / "example" / "schemas" / "CellCrop.schema.json").read_text()
+    )
+    did = "did:plc:runrunrunrunrunrunrunrun"
+    log = LogWriter()
+
+    async def seed() -> None:
+        conn = await asyncpg.connect(appview_dsn)
+        try:
+            await append_rows(
+                conn,
+                [
+                    log.create(
+                        did, "science.alt.dataset.schema", "CellCrop:1.0.0", record
+                    )
+                ],
+            )
+        finally:
+            await conn.close()
+
+    _run(seed())
+    port = _free_port()
+    base = {k: v for k, v in os.environ.items() if not _ENV_DROP.match(k)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "atdata_appview", "run", "--port", str(port)],
+        env={**base, "ATDATA_APPVIEW_DSN": appview_dsn},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    uri = f"at://{did}/science.alt.dataset.schema/CellCrop:1.0.0"
+    found: dict[str, Any] | None = None
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                r = httpx.get(
+                    f"http://127.0.0.1:{port}/xrpc/science.alt.dataset.getSchema",
+                    params={"uri": uri},
+                    timeout=5,
+                )
+            except httpx.HTTPError:
+                r = None
+            if r is not None and r.status_code == 200:
+                found = r.json()
+                break
+            time.sleep(0.2)
+        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert found is not None, err
+    assert found["uri"] == uri
+    assert health.status_code == 200 and health.json()["indexed_seq"] >= 1
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+
+
+def test_the_demo_indexes_the_example_and_answers_its_queries() -> None:
+    """``scripts/appview --check`` (its Python, ``atdata_appview.demo``): a private
+    PostgreSQL, the local PDS and PLC, the ingester and ``atdata-appview run``; the
+    bundled example is published, indexed and queried, every answer checked."""
+    before = set(Path(tempfile.gettempdir()).glob("atdata-appview-demo-*"))
+    done = subprocess.run(
+        [sys.executable, "-m", "atdata_appview.demo", "--check", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    checks = [line for line in done.stdout.splitlines() if line.startswith("ok  ")]
+    assert len(checks) == 10, done.stdout
+    assert "ok  getLensPath 1.0.0 -> 2.0.0: a structural step, then alice's lens" in (
+        checks
+    )
+    assert done.stdout.rstrip().endswith("all example queries answered correctly")
+    # its work directory (logs, shards, sessions) is removed
+    assert set(Path(tempfile.gettempdir()).glob("atdata-appview-demo-*")) <= before
+
+
+def test_the_demo_refuses_a_port_in_use() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "atdata_appview.demo", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 78
+    assert f"port {port} is in use" in done.stderr
