@@ -24,16 +24,19 @@ router serves them in XRPC's shape).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import re
-from collections.abc import Sequence
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
 
 import orjson
 from atdata_runtime.lex.formats import is_did, is_handle
 
-from . import cursors
+from . import cursors, vocabulary
 from . import views as _v
 
 __all__ = [
@@ -332,28 +335,33 @@ def parse_schema_filter(text: str) -> tuple[str | None, str, VersionRange]:
 # --------------------------------------------------------------------------------
 # searchDatasets
 
-# Columns the page query carries before the joins (no record, no tsvector).
-_PAGE_COLUMNS: Final = (
-    "e.did, e.rkey, e.uri, e.cid, e.name, e.description, e.tags, e.license, "
-    "e.schema_ref, e.storage, e.storage_kind, e.shard_count, e.checksums, "
-    "e.size_samples, e.size_bytes, e.size_shards, e.created_at, e.indexed_at"
+WINDOW: Final = 500
+"""Relevance ranks the :data:`WINDOW` most recently indexed matches (all of them
+when there are fewer): ranking is per row (``ts_rank_cd`` reads every position of
+every match), so a term that half the index contains would otherwise cost a pass
+over half the index per page."""
+
+FACET_TTL_SECONDS: float = 30.0
+"""Facet counts of one query (its filters) are reused for this long (seconds)."""
+
+FACET_CACHE_SIZE: Final = 512
+
+_facet_cache: OrderedDict[bytes, tuple[float, dict[str, list[dict[str, Any]]]]] = (
+    OrderedDict()
 )
 
-# Relevance: full-text rank (name A, description B, tags C; cover density) plus
-# the trigram word similarity of the text to the name (so typos rank too).
-_SCORE: Final = "(ts_rank_cd(e.search, qq.tsq) + word_similarity(qq.q, e.name))::real"
-_MATCH: Final = "(e.search @@ qq.tsq OR e.name %> qq.q)"
-
-# sort -> (cursor kind, key expressions in order (all DESC), cursor value types)
+# The page query's sort keys, all DESC: sort -> (cursor kind, key columns of the
+# ranked/ordered subquery ``t``, the cursor's value types).
 _SORTS: Final[dict[str, tuple[str, tuple[str, ...], tuple[type, ...]]]] = {
     "relevance": (
         "s.rel",
-        ("c.score", "c.indexed_at", "c.did", "c.rkey"),
-        (float, int, str, str),
+        ("score", "indexed_at", "did", "rkey", "asof"),
+        (float, int, str, str, int),
     ),
-    "recent": ("s.rec", ("c.indexed_at", "c.did", "c.rkey"), (int, str, str)),
-    "size": ("s.size", ("c.size_key", "c.did", "c.rkey"), (int, str, str)),
+    "recent": ("s.rec", ("indexed_at", "did", "rkey"), (int, str, str)),
+    "size": ("s.size", ("size_key", "did", "rkey"), (int, str, str)),
 }
+_TIMES: Final = frozenset({"indexed_at", "asof"})
 
 
 def _micros(value: _dt.datetime) -> int:
@@ -410,7 +418,7 @@ async def _search_filters(db: Db, query: SearchQuery, sql: _Sql) -> None:
     sql.where.append(_ACTIVE.format(t="e"))
 
 
-def _search_fingerprint(query: SearchQuery, text: str | None) -> bytes:
+def _search_fingerprint(query: SearchQuery, text: str | None, sort: str) -> bytes:
     return cursors.fingerprint(
         "searchDatasets",
         text,
@@ -420,21 +428,62 @@ def _search_fingerprint(query: SearchQuery, text: str | None) -> bytes:
         query.repo,
         query.storage,
         query.license,
-        query.sort,
+        sort,
     )
 
 
-async def search_entries(db: Db, query: SearchQuery) -> SearchPage:
+def _tsquery(
+    sql: _Sql, text: str, expansions: Sequence[tuple[str, Sequence[str]]]
+) -> str:
+    # websearch_to_tsquery of the text, each unknown word OR-ed with its
+    # corrections (ts_rewrite, one per word).
+    expr = f"websearch_to_tsquery('english', {sql.arg(text)})"
+    for word, fixes in expansions:
+        target = f"plainto_tsquery('english', {sql.arg(word)})"
+        alts = " || ".join(
+            [target] + [f"plainto_tsquery('english', {sql.arg(f)})" for f in fixes]
+        )
+        expr = f"ts_rewrite({expr}, {target}, {alts})"
+    return expr
+
+
+@contextlib.asynccontextmanager
+async def _planned(db: Db) -> AsyncIterator[Any]:
+    # One connection, in a transaction planning every statement for its actual
+    # parameters: how selective a text or tag filter is decides between the
+    # inverted index and the ordered one, and a cached generic plan cannot know.
+    if hasattr(db, "acquire"):
+        async with db.acquire() as conn, conn.transaction(readonly=True):
+            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            yield conn
+    else:
+        async with db.transaction(readonly=True):
+            await db.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            yield db
+
+
+async def search_entries(db: Db, query: SearchQuery, *, pool: Any = None) -> SearchPage:
     """searchDatasets: entries matching ``query`` (see :class:`SearchQuery`).
 
-    Matching: with text, an entry matches when PostgreSQL full text
-    (``websearch_to_tsquery('english', q)`` over ``appview_entries.search``: name
-    A, description B, tags C) matches, or when ``q`` is trigram-similar to a part
-    of the name (pg_trgm ``%>``, word similarity ≥ ``pg_trgm.word_similarity_
-    threshold``, 0.6 by default), so "cel crops" finds "cell crops". Without text,
-    every entry the filters keep. ``sort=relevance`` orders by ``ts_rank_cd`` +
-    ``word_similarity`` (then newest indexed); without text it is ``recent``.
-    ``sort=size``: most ``size.bytes`` first, unknown sizes last.
+    Matching: with text, PostgreSQL full text (``websearch_to_tsquery('english',
+    q)`` over ``appview_entries.search``: name A, description B, tags C), each
+    word of the text that no entry name contains OR-ed with the nearest name words
+    by trigram similarity (:mod:`atdata_appview.vocabulary`), so "cel crops" finds
+    "cell crops". Without text, every entry the filters keep. Only entries of
+    active accounts.
+
+    Order: ``relevance`` = ``ts_rank_cd`` (cover density) + pg_trgm
+    ``word_similarity(q, name)``, then newest indexed, over the :data:`WINDOW` most
+    recently indexed matches (all of them when fewer); without text it is
+    ``recent``. ``recent``: newest indexed first. ``size``: most ``size.bytes``
+    first, unknown sizes last. Keyset pages: a relevance cursor also pins the
+    window to the rows indexed before its first page.
+
+    ``facets``: top :data:`FACET_LIMIT` tags, schema names, storage kinds and
+    licences over every match (not only the window), reused for
+    :data:`FACET_TTL_SECONDS`.
+
+    ``pool``: where a background vocabulary reload takes its connection.
 
     Errors (``QueryError``): ``InvalidCursor`` (a cursor not issued for this
     query), ``RepoNotFound`` (unknown handle in ``repo`` or ``schema``),
@@ -448,66 +497,108 @@ async def search_entries(db: Db, query: SearchQuery) -> SearchPage:
     if sort == "relevance" and text is None:
         sort = "recent"
     kind, keys, types = _SORTS[sort]
-    fp = _search_fingerprint(query, text)
-    sql = _Sql()
-    if text is not None:
-        src = (
-            f"appview_entries e, (SELECT websearch_to_tsquery('english', "
-            f"{sql.arg(text)}) AS tsq, {sql.arg(text)}::text AS q) qq"
+    fp = _search_fingerprint(query, text, sort)
+    key = cursors.decode(query.cursor, kind, types, fp) if query.cursor else None
+    async with _planned(db) as conn:
+        sql = _Sql()
+        if text is not None:
+            vocab = await vocabulary.current(conn, pool)
+            tsq = _tsquery(sql, text, vocab.expansions(text))
+            src = f"appview_entries e, (SELECT {tsq} AS tsq, {sql.arg(text)}::text AS q) qq"
+            sql.where.append("e.search @@ qq.tsq")
+        else:
+            src = "appview_entries e"
+        await _search_filters(conn, query, sql)
+        where = " AND ".join(sql.where)
+        facets = (
+            await _facets(conn, src, where, list(sql.args), fp)
+            if query.facets
+            else None
         )
-        sql.where.append(_MATCH)
-    else:
-        src = "appview_entries e"
-    await _search_filters(db, query, sql)
-    where = " AND ".join(sql.where)
-    facets = await _facets(db, src, where, list(sql.args)) if query.facets else None
-
-    score = _SCORE if text is not None else "0::real"
-    inner = (
-        f"SELECT {_PAGE_COLUMNS}, {score} AS score, "
-        f"coalesce(e.size_bytes, -1) AS size_key FROM {src} WHERE {where}"
-    )
-    outer_where = ""
-    if query.cursor:
-        key = cursors.decode(query.cursor, kind, types, fp)
-        values = [
-            _from_micros(int(v)) if k == "c.indexed_at" and v is not None else v
-            for k, v in zip(keys, key, strict=True)
-        ]
-        marks = ", ".join(
-            f"{sql.arg(v)}::real" if k == "c.score" else sql.arg(v)
-            for k, v in zip(keys, values, strict=True)
-        )
-        outer_where = f"WHERE ({', '.join(keys)}) < ({marks})"
-    order = ", ".join(f"{k} DESC" for k in keys)
-    limit = sql.arg(query.limit + 1)
-    rows = await db.fetch(
-        f"SELECT {_v.ENTRY_COLUMNS}, e.score, e.size_key FROM ("
-        f"SELECT * FROM ({inner}) c {outer_where} ORDER BY {order} LIMIT {limit}"
-        f") e {_v.ENTRY_JOINS} ORDER BY {order.replace('c.', 'e.')}",
-        *sql.args,
-    )
+        rows = await conn.fetch(*_page_sql(sql, src, where, sort, key, query.limit))
     more = len(rows) > query.limit
     rows = rows[: query.limit]
     cursor = None
     if more and rows:
         last = rows[-1]
         cursor = cursors.encode(
-            kind,
-            [
-                _micros(last["indexed_at"]) if k == "c.indexed_at" else last[k[2:]]
-                for k in keys
-            ],
-            fp,
+            kind, [_micros(last[k]) if k in _TIMES else last[k] for k in keys], fp
         )
     return SearchPage([_v.entry_view(r) for r in rows], cursor, facets)
 
 
+def _page_sql(
+    sql: _Sql, src: str, where: str, sort: str, key: list[Any] | None, limit: int
+) -> tuple[Any, ...]:
+    # The page query: candidate rows ``t`` (narrow: keys only) ordered and cut,
+    # then joined to their full rows and views' joins.
+    n = sql.arg(limit + 1)
+    if sort == "relevance":
+        asof = _from_micros(int(key[4])) if key else None
+        window_where = where + (f" AND e.indexed_at <= {sql.arg(asof)}" if asof else "")
+        keyset = ""
+        if key is not None:
+            keyset = (
+                f"WHERE (s.score, s.indexed_at, s.did, s.rkey) < ({sql.arg(key[0])}::real, "
+                f"{sql.arg(_from_micros(int(key[1])))}, {sql.arg(key[2])}, {sql.arg(key[3])})"
+            )
+        asof_col = sql.arg(asof) + "::timestamptz" if asof else "now()"
+        t = (
+            f"SELECT * FROM (SELECT w.did, w.rkey, w.indexed_at, "
+            f"(ts_rank_cd(w.search, w.tsq) + word_similarity(w.q, w.name))::real AS score "
+            f"FROM (SELECT e.did, e.rkey, e.indexed_at, e.search, e.name, qq.tsq, qq.q "
+            f"FROM {src} WHERE {window_where} "
+            f"ORDER BY e.indexed_at DESC, e.did DESC, e.rkey DESC LIMIT {WINDOW}) w) s "
+            f"{keyset} ORDER BY s.score DESC, s.indexed_at DESC, s.did DESC, s.rkey DESC "
+            f"LIMIT {n}"
+        )
+        order = "t.score DESC, t.indexed_at DESC, t.did DESC, t.rkey DESC"
+        extra = f", t.score, {asof_col} AS asof"
+    elif sort == "recent":
+        keyset = ""
+        if key is not None:
+            keyset = (
+                f" AND (e.indexed_at, e.did, e.rkey) < ({sql.arg(_from_micros(int(key[0])))}, "
+                f"{sql.arg(key[1])}, {sql.arg(key[2])})"
+            )
+        t = (
+            f"SELECT e.did, e.rkey, e.indexed_at FROM {src} WHERE {where}{keyset} "
+            f"ORDER BY e.indexed_at DESC, e.did DESC, e.rkey DESC LIMIT {n}"
+        )
+        order = "t.indexed_at DESC, t.did DESC, t.rkey DESC"
+        extra = ""
+    else:
+        keyset = ""
+        if key is not None:
+            keyset = (
+                f" AND (coalesce(e.size_bytes, -1), e.did, e.rkey) < ("
+                f"{sql.arg(key[0])}::bigint, {sql.arg(key[1])}, {sql.arg(key[2])})"
+            )
+        t = (
+            f"SELECT e.did, e.rkey, coalesce(e.size_bytes, -1) AS size_key "
+            f"FROM {src} WHERE {where}{keyset} "
+            f"ORDER BY coalesce(e.size_bytes, -1) DESC, e.did DESC, e.rkey DESC LIMIT {n}"
+        )
+        order = "t.size_key DESC, t.did DESC, t.rkey DESC"
+        extra = ", t.size_key"
+    text = (
+        f"SELECT {_v.ENTRY_COLUMNS}{extra} FROM ({t}) t "
+        f"JOIN appview_entries e ON e.did = t.did AND e.rkey = t.rkey "
+        f"{_v.ENTRY_JOINS} ORDER BY {order}"
+    )
+    return (text, *sql.args)
+
+
 async def _facets(
-    db: Db, src: str, where: str, args: list[Any]
+    db: Db, src: str, where: str, args: list[Any], fp: bytes
 ) -> dict[str, list[dict[str, Any]]]:
     # Top FACET_LIMIT values of each facet over every match (one statement: the
-    # matches are read once).
+    # matches are read once), cached per query for FACET_TTL_SECONDS.
+    now = time.monotonic()
+    hit = _facet_cache.get(fp)
+    if hit is not None and now - hit[0] < FACET_TTL_SECONDS:
+        _facet_cache.move_to_end(fp)
+        return hit[1]
     n = FACET_LIMIT
     rows = await db.fetch(
         f"WITH m AS MATERIALIZED (SELECT e.tags, e.schema_ref, e.storage_kind, "
@@ -533,6 +624,9 @@ async def _facets(
     }
     for row in rows:
         out[row["facet"]].append({"value": row["value"], "count": row["n"]})
+    _facet_cache[fp] = (now, out)
+    while len(_facet_cache) > FACET_CACHE_SIZE:
+        _facet_cache.popitem(last=False)
     return out
 
 

@@ -163,6 +163,9 @@ CREATE INDEX IF NOT EXISTS appview_entries_recent
     ON appview_entries (indexed_at DESC, did DESC, rkey DESC);
 CREATE INDEX IF NOT EXISTS appview_entries_size
     ON appview_entries (size_bytes DESC NULLS LAST, did DESC, rkey DESC);
+-- searchDatasets sort=size keyset: (coalesce(size_bytes, -1), did, rkey) < (...)
+CREATE INDEX IF NOT EXISTS appview_entries_size_key
+    ON appview_entries ((coalesce(size_bytes, -1)) DESC, did DESC, rkey DESC);
 CREATE INDEX IF NOT EXISTS appview_entries_tags ON appview_entries USING gin (tags);
 CREATE INDEX IF NOT EXISTS appview_entries_search ON appview_entries USING gin (search);
 CREATE INDEX IF NOT EXISTS appview_entries_trgm
