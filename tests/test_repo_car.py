@@ -222,7 +222,7 @@ def test_the_commit_of_another_repository_is_refused(decoder: str) -> None:
 def test_a_missing_record_block_names_its_key_and_cid(decoder: str) -> None:
     repo = build()
     commit = repo.commit()
-    gone = block_cid(dag_cbor(from_json(repo.records[f"{PREFIX}schema/k0002"])))  # type: ignore[arg-type]
+    gone = block_cid(dag_cbor(from_json(repo.records[f"{PREFIX}schema/k0002"])))
     blocks = [(c, b) for c, b in repo.blocks.items() if c != gone]
     error = refused(car(commit, blocks), "REPO_MST_PROOF", key=key_of(repo))
     assert isinstance(error, RepoVerificationError)
@@ -234,7 +234,7 @@ def test_a_record_outside_the_prefix_may_be_missing(decoder: str) -> None:
     nothing outside the prefix is decoded or needed)."""
     repo = build()
     commit = repo.commit()
-    gone = block_cid(dag_cbor(from_json(repo.records["app.bsky.feed.post/k0000"])))  # type: ignore[arg-type]
+    gone = block_cid(dag_cbor(from_json(repo.records["app.bsky.feed.post/k0000"])))
     blocks = [(c, b) for c, b in repo.blocks.items() if c != gone]
     got = verify_repo(car(commit, blocks), did=VICTIM, key=key_of(repo), prefix=PREFIX)
     assert len(got.records) == 24
@@ -284,7 +284,7 @@ def test_keys_that_are_not_collection_and_record_key_are_refused(decoder: str) -
 
 def _layered_keys(layer: int, count: int, start: str = "") -> list[bytes]:
     """``count`` keys ``{PREFIX}entry/…`` on ``layer``, sorted."""
-    out = []
+    out: list[bytes] = []
     n = 0
     while len(out) < count:
         key = f"{PREFIX}entry/{start}{n:05d}".encode()

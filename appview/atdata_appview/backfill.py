@@ -47,7 +47,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -74,13 +73,17 @@ from atdata_runtime.atmosphere.repo import (
     verify_repo,
 )
 from atdata_runtime.lex.formats import is_did, is_nsid
-from atdata_runtime.net.errors import NetworkError, ResponseTooLargeError
+from atdata_runtime.net.errors import (
+    NetworkError,
+    ResponseTooLargeError,
+    UnsafeUrlError,
+)
 from atdata_runtime.net.fetch import (
     MAX_LIST_BYTES,
     MAX_REDIRECTS,
-    StallGuard,
     check_url,
     next_hop,
+    refuse_address,
     ssl_context,
 )
 from atdata_runtime.net.redact import redact_url
@@ -90,11 +93,13 @@ from pydantic import ValidationError
 __all__ = [
     "DATASET_PREFIX",
     "DEFAULT_COLLECTION",
+    "MAX_REREADS",
     "RULES",
     "BackfillError",
     "BackfillStats",
     "Backfiller",
     "ListedRepo",
+    "RepoOutcome",
     "RepoSnapshot",
     "SnapshotRecord",
     "fetch_repo",
@@ -340,6 +345,44 @@ async def _read_bounded(
     return b"".join(parts)
 
 
+def _peer_check(url: str) -> Callable[[str, Mapping[str, Any]], Awaitable[None]]:
+    """An httpx ``trace`` extension (async) that checks the peer address of each
+    new TCP connection of a request to an untrusted ``url`` with
+    :func:`~atdata_runtime.net.hosts.refuse_address` (loopback, private,
+    link-local … refused; names that resolve there included), before anything is
+    sent. A connection whose peer address cannot be read is refused too (fail
+    closed, ``PEER_UNVERIFIED``). Raises
+    :class:`~atdata_runtime.net.errors.UnsafeUrlError`."""
+
+    async def trace(event: str, info: Mapping[str, Any]) -> None:
+        if event != "connection.connect_tcp.complete":
+            return
+        stream = info.get("return_value")
+        addr: Any = None
+        if stream is not None:
+            try:
+                addr = stream.get_extra_info("server_addr")
+            except Exception:  # noqa: BLE001 - a transport without the info
+                addr = None
+        rule: str | None = None
+        if isinstance(addr, tuple) and addr and isinstance(addr[0], str):
+            why = refuse_address(addr[0])
+            if why is not None:
+                why = f"resolved to {why}"
+        else:
+            why, rule = "exposes no peer address to check", "PEER_UNVERIFIED"
+        if why is None:
+            return
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+        raise UnsafeUrlError(
+            redact_url(url), f"URL from the network {why}; nothing was sent", rule=rule
+        )
+
+    return trace
+
+
 async def _get(
     client: httpx.AsyncClient,
     url: str,
@@ -353,20 +396,21 @@ async def _get(
     """One bounded GET (no timeout here: the caller's). ``max_bytes`` caps a 200
     body, ``error_bytes`` any other. Same-origin redirects only
     (:func:`~atdata_runtime.net.fetch.next_hop`); for an untrusted URL each new
-    connection's peer address is checked
-    (:class:`~atdata_runtime.net.fetch.StallGuard`). Raises
+    connection's peer address is checked (:func:`_peer_check`). Raises
     :class:`~atdata_runtime.net.errors.NetworkError` kinds or ``httpx.HTTPError``."""
     current = check_url(url, what=what, trusted=trusted)
     current = check_url(
         current.copy_merge_params(dict(params)), what=what, trusted=trusted
     )
     for hop in range(MAX_REDIRECTS + 1):
-        guard = StallGuard(math.inf, url=str(current), check_peer=not trusted)
+        extensions: dict[str, Any] = {}
+        if not trusted:
+            extensions["trace"] = _peer_check(str(current))
         request = client.build_request(
             "GET",
             current,
             headers={"Accept-Encoding": "identity"},
-            extensions={"trace": guard.trace},
+            extensions=extensions,
         )
         response = await client.send(request, stream=True)
         try:
@@ -750,11 +794,34 @@ async def fetch_repo(
 # -- many repositories --------------------------------------------------------------
 
 
+MAX_REREADS: Final = 3
+"""Reads of one repository in one :meth:`Backfiller.backfill_repo` call (a
+``#sync`` drained with a snapshot asks for another)."""
+
+
+@dataclass(frozen=True)
+class RepoOutcome:
+    """One repository backfilled: ``did``, ``rev`` of the snapshot, ``records``
+    verified and handed to the index, ``indexed`` (rows written) and ``rejected``
+    (dead-lettered by validation) of them, ``car_bytes`` downloaded, ``state``
+    after it (``synced``; ``gone`` for a deleted or taken-down account;
+    ``pending`` when it must be read again)."""
+
+    did: str
+    rev: str
+    records: int
+    indexed: int
+    rejected: int
+    car_bytes: int
+    state: str
+
+
 @dataclass
 class BackfillStats:
     """Figures of a :class:`Backfiller` run: repositories ``listed``, ``skipped``
     (already synced, or failed ``max_attempts`` times), ``inactive`` (the listing
-    says not active), ``synced``, ``failed``; ``records`` written, ``car_bytes``
+    says not active), ``synced``, ``failed``; ``records`` verified and handed to
+    the index, ``indexed`` and ``rejected`` (dead-lettered) of them, ``car_bytes``
     downloaded, ``seconds`` of the run; ``failures``: ``(did, rule)`` of the
     first 100 failures."""
 
@@ -764,6 +831,8 @@ class BackfillStats:
     synced: int = 0
     failed: int = 0
     records: int = 0
+    indexed: int = 0
+    rejected: int = 0
     car_bytes: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
@@ -775,7 +844,7 @@ class BackfillStats:
 
     @property
     def records_per_second(self) -> float:
-        """Records written per second of the run."""
+        """Records verified and handed to the index per second of the run."""
         return self.records / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
@@ -783,7 +852,8 @@ class BackfillStats:
         return (
             f"backfill: {self.synced} synced, {self.failed} failed, {self.skipped} "
             f"skipped, {self.inactive} inactive of {self.listed} listed; "
-            f"{self.records} records, {self.car_bytes} CAR bytes in "
+            f"{self.records} records ({self.indexed} indexed, {self.rejected} "
+            f"rejected), {self.car_bytes} CAR bytes in "
             f"{self.seconds:.2f} s ({self.repos_per_second:.1f} repos/s, "
             f"{self.records_per_second:.0f} records/s)"
         )
@@ -810,7 +880,9 @@ class Backfiller:
     ``concurrency``: repositories fetched and written at once. ``resolver``: an
     :class:`~atdata_runtime.atmosphere.identity.IdentityResolver` (default: one on
     ``plc_url``). ``force``: also redo repositories already ``synced`` and those
-    failed ``max_attempts`` times. ``fetch_options``: keyword arguments of
+    failed ``max_attempts`` times. ``require_verified``: the indexer's policy for
+    the buffered live rows applied after a snapshot (as the live fold's).
+    ``fetch_options``: keyword arguments of
     :func:`fetch_repo` (``max_car_bytes``, ``timeout``, …); ``list_options``: of
     :func:`list_repos` (``page_size``, ``max_repos``, …).
 
@@ -830,6 +902,7 @@ class Backfiller:
         plc_url: str = "https://plc.directory",
         force: bool = False,
         max_attempts: int = 5,
+        require_verified: bool = True,
         fetch_options: Mapping[str, Any] | None = None,
         list_options: Mapping[str, Any] | None = None,
         list_http: httpx.AsyncClient | None = None,
@@ -849,6 +922,7 @@ class Backfiller:
         )
         self.force = force
         self.max_attempts = max_attempts
+        self.require_verified = require_verified
         self.fetch_options = dict(fetch_options or {})
         self.list_options = dict(list_options or {})
         self._list_http = list_http
@@ -888,46 +962,75 @@ class Backfiller:
             return False
         return not (name == "failed" and attempts >= self.max_attempts)
 
-    async def _mark_failed(self, did: str, exc: BaseException) -> None:
-        """``appview_repos``: state ``failed``, the short error, one more attempt."""
-        await self.pool.execute(
-            "INSERT INTO appview_repos (did, state, source, error, attempts) "
-            "VALUES ($1, 'failed', $2, $3, 1) ON CONFLICT (did) DO UPDATE SET "
-            "state = 'failed', error = EXCLUDED.error, "
-            "attempts = appview_repos.attempts + 1, updated_at = now()",
-            did,
-            redact_url(self.source),
-            _short_error(exc),
-        )
+    async def backfill_repo(self, did: str) -> RepoOutcome:
+        """Backfill one repository: ``indexer.begin_backfill`` (committed: from
+        then on the repository's live rows are buffered), :meth:`fetch`, then
+        ``indexer.apply_snapshot`` (one transaction: the snapshot replaces the
+        repository's records, the buffered rows newer than its ``rev`` follow).
+        When a ``#sync`` drained with it asks for another read (state
+        ``pending``), the repository is read again (at most
+        :data:`MAX_REREADS` times in all).
 
-    async def backfill_repo(self, did: str) -> int:
-        """Backfill one repository: ``begin_backfill`` (committed), :meth:`fetch`,
-        then ``apply_snapshot`` in one transaction. Returns the records written.
-        On failure the repository is marked ``failed`` (with the short error,
-        one more attempt counted) and the error re-raised
-        (:class:`BackfillError`; a database error as it came)."""
+        On failure ``indexer.fail_backfill`` applies what was buffered as live
+        rows and marks the repository ``failed`` with the short error (the
+        attempt was counted by ``begin_backfill``); the error is re-raised
+        (:class:`BackfillError`; a database error as it came). A malformed DID is
+        ``BF_IDENTITY`` with nothing written."""
         from . import indexer
 
+        if not isinstance(did, str) or len(did) > 2048 or not is_did(did):
+            raise BackfillError(
+                "BF_IDENTITY",
+                "not a valid DID",
+                did=str(did)[:200],
+                cause_rule="DID_INVALID",
+            )
         source = redact_url(self.source)
         own_http = self._repo_http is None
         if own_http:
             self._repo_http = repo_client()
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                await indexer.begin_backfill(conn, did, source)
-            try:
-                snapshot = await self.fetch(did)
-                async with self.pool.acquire() as conn, conn.transaction():
-                    await indexer.apply_snapshot(
-                        conn, did, snapshot.rev, snapshot.records, source
-                    )
-            except BaseException as exc:
-                if isinstance(exc, Exception):
-                    with contextlib.suppress(Exception):
-                        await self._mark_failed(did, exc)
-                raise
-            self.stats.car_bytes += snapshot.car_bytes
-            return len(snapshot.records)
+            for _ in range(MAX_REREADS):
+                async with self.pool.acquire() as conn:
+                    await indexer.begin_backfill(conn, did, source)
+                try:
+                    snapshot = await self.fetch(did)
+                    async with self.pool.acquire() as conn:
+                        result = await indexer.apply_snapshot(
+                            conn,
+                            did,
+                            snapshot.rev,
+                            snapshot.records,
+                            source,
+                            require_verified=self.require_verified,
+                        )
+                except Exception as exc:
+                    try:
+                        async with self.pool.acquire() as conn:
+                            await indexer.fail_backfill(
+                                conn,
+                                did,
+                                _short_error(exc),
+                                require_verified=self.require_verified,
+                            )
+                    except Exception as inner:  # noqa: BLE001 - the first error wins
+                        log.warning(
+                            "backfill %s: marking it failed failed too: %s",
+                            did,
+                            type(inner).__name__,
+                        )
+                    raise
+                if result.state != "pending":
+                    break
+            return RepoOutcome(
+                did=did,
+                rev=snapshot.rev,
+                records=len(snapshot.records),
+                indexed=result.records,
+                rejected=result.rejected,
+                car_bytes=snapshot.car_bytes,
+                state=result.state,
+            )
         finally:
             if own_http and self._repo_http is not None:
                 await self._repo_http.aclose()
@@ -954,7 +1057,8 @@ class Backfiller:
         *,
         dids: Iterable[str] | None = None,
         stop: asyncio.Event | None = None,
-        on_repo: Callable[[str, int | BackfillError], Awaitable[None]] | None = None,
+        on_repo: Callable[[str, RepoOutcome | BackfillError], Awaitable[None]]
+        | None = None,
     ) -> BackfillStats:
         """Backfill every repository the source lists (or ``dids``, when given),
         ``concurrency`` at a time, under the database's backfill advisory lock.
@@ -963,7 +1067,8 @@ class Backfiller:
         repository's failure is counted and logged, and the run goes on; a
         listing failure ends the run with its :class:`BackfillError` after the
         repositories already queued. ``stop`` (set) ends it after the repositories
-        in progress. ``on_repo(did, records or error)`` is awaited after each one.
+        in progress. ``on_repo(did, outcome or error)`` is awaited after each one
+        (its exceptions are logged).
         Returns :attr:`stats` (also kept on the object)."""
         self.stats = stats = BackfillStats()
         started = time.monotonic()
@@ -990,13 +1095,13 @@ class Backfiller:
                         if stop.is_set():
                             continue
                         try:
-                            n = await self.backfill_repo(did)
+                            outcome = await self.backfill_repo(did)
                         except BackfillError as exc:
                             stats.failed += 1
                             if len(stats.failures) < 100:
                                 stats.failures.append((did, exc.rule))
                             log.warning("backfill %s", exc)
-                            result: int | BackfillError = exc
+                            result: RepoOutcome | BackfillError = exc
                         except Exception as exc:  # noqa: BLE001 - a repo's failure
                             stats.failed += 1
                             if len(stats.failures) < 100:
@@ -1011,8 +1116,11 @@ class Backfiller:
                             )
                         else:
                             stats.synced += 1
-                            stats.records += n
-                            result = n
+                            stats.records += outcome.records
+                            stats.indexed += outcome.indexed
+                            stats.rejected += outcome.rejected
+                            stats.car_bytes += outcome.car_bytes
+                            result = outcome
                         if on_repo is not None:
                             try:
                                 await on_repo(did, result)
