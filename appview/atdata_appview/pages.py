@@ -726,16 +726,40 @@ async def dataset(request: fastapi.Request, did: str, rkey: str) -> Response:
         raise _NotFound("No dataset entry is indexed at this address.")
     kind, shards, total, details = shard_rows(entry["storage"])
     schema_ref = entry["schemaRef"]
+    labels = await queries.labels_of_entry(_pool(request), uri, limit=MAX_LIST)
     return _render(
         "dataset.html",
         title=entry["name"],
         entry=entry,
+        labels=labels,
         storage_kind=entry.get("storageKind") or kind,
         shards=shards,
         shard_total=total,
         storage_details=details,
         load=load_snippet(uri),
         pull=pull_line(schema_ref) if parse_at_uri(schema_ref) else None,
+    )
+
+
+@router.get("/schemas", response_class=HTMLResponse)
+@_guarded
+async def schemas(request: fastapi.Request) -> Response:
+    """Every indexed schema version, newest indexed first (``cursor`` pages)."""
+    cursor = request.query_params.get("cursor") or None
+    if cursor is not None and len(cursor) > cursors.MAX_CURSOR:
+        raise _BadRequest("Invalid cursor.")
+    try:
+        page = await queries.list_schemas(
+            _pool(request), limit=PAGE_SIZE, cursor=cursor
+        )
+    except (queries.QueryError, cursors.InvalidCursor):
+        raise _BadRequest("Invalid cursor: it was not issued by this page.") from None
+    return _render(
+        "schemas.html",
+        title="Schemas",
+        schemas=page.items,
+        cursor=page.cursor,
+        paged=cursor is not None,
     )
 
 

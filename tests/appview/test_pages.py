@@ -42,6 +42,7 @@ from atdata_ingest.schema import migrate as migrate_ingest
 from atdata_ingest.testing.postgres import PostgresCluster
 from atdata_runtime.atmosphere.cid import blob_cid, record_cid
 from atdata_runtime.atmosphere.records import schema_rkey
+from atdata_runtime.samples.schema import convert_schema_record
 from playwright.sync_api import Browser, ConsoleMessage, Page, Request, sync_playwright
 
 from ..conftest import CORPUS, require_corpus
@@ -50,6 +51,7 @@ SCHEMA = "science.alt.dataset.schema"
 ENTRY = "science.alt.dataset.entry"
 LENS = "science.alt.dataset.lens"
 VERIFY = "science.alt.dataset.lensVerification"
+LABEL = "science.alt.dataset.label"
 
 ALICE = "did:plc:" + "alice".ljust(24, "a")
 BOB = "did:plc:" + "bob".ljust(24, "b")
@@ -204,7 +206,11 @@ def build_seed() -> tuple[list[dict[str, Any]], Seed]:
         seed.schemas[f"CellCrop@{v}"] = put(
             ALICE, SCHEMA, schema_rkey("CellCrop", v), cellcrop(v)
         )
-    image = json.loads((CORPUS / "atdata/records/ImageSample.schema.json").read_text())
+    # atdata 0.7's own record, published in atdata-lexicon 0.4's envelope form
+    image = convert_schema_record(
+        json.loads((CORPUS / "atdata/records/ImageSample.schema.json").read_text()),
+        "envelope",
+    )
     seed.schemas["ImageSample@1.0.0"] = put(
         BOB, SCHEMA, schema_rkey("ImageSample", "1.0.0"), image
     )
@@ -266,6 +272,11 @@ def build_seed() -> tuple[list[dict[str, Any]], Seed]:
         tags=["microscopy", "cells"], license="MIT", size=5_000_000,
         description="Single-cell crops from plate 7 of the screen",
     ))  # fmt: skip
+    put(ALICE, LABEL, next(tids), {
+        "$type": LABEL, "name": "stable", "version": "7",
+        "datasetUri": seed.entries["Cell crops plate 7"],
+        "description": "The release used in the paper", "createdAt": CREATED,
+    })  # fmt: skip
     add_entry(ALICE, entry(
         "Cell crops second screen", seed.schemas["CellCrop@2.0.0"],
         {"$type": "science.alt.dataset.storageS3", "bucket": "crops",
@@ -569,10 +580,16 @@ def test_bad_search_parameters_are_a_400_page_not_a_crash(
     assert "cursor" in p.locator(".error-message").inner_text().lower()
     # the only console messages are chromium's notes of the 400 statuses
     assert watch.dialogs == []
-    assert watch.errors == [
-        "Failed to load resource: the server responded with a status of 400 "
-        "(Bad Request)"
-    ] * 2
+    assert (
+        watch.errors
+        == [
+            (
+                "Failed to load resource: the server responded with a status of 400 "
+                "(Bad Request)"
+            )
+        ]
+        * 2
+    )
 
 
 def test_dataset_page(site: Site, page: tuple[Page, Watch]) -> None:
@@ -595,6 +612,11 @@ def test_dataset_page(site: Site, page: tuple[Page, Watch]) -> None:
     assert links.count() == 2
     for i in range(2):
         assert links.nth(i).get_attribute("rel") == "nofollow noopener noreferrer"
+    labels = p.locator("ul.labels li")
+    assert labels.count() == 1
+    assert labels.inner_text() == (
+        "stable version 7 by @alice.test · The release used in the paper"
+    )
     shot(site, p, "dataset")
     watch.assert_clean()
     # a plain-http shard is text, not a link; blobs without checksums say "some"
@@ -806,3 +828,189 @@ def test_render_screenshot(site: Site) -> None:
     print(f"screenshot: {path}")
     assert "HTTP 404" in results["error"]
     assert not Path(str(path) + ".404").exists()
+
+
+def test_envelope_schema_and_schema_list(site: Site, page: tuple[Page, Watch]) -> None:
+    p, watch = page
+    visit(p, site.page_of("schema", site.seed.schemas["ImageSample@1.0.0"]))
+    assert "envelope form" in p.locator("p.meta").inner_text()
+    rows = p.locator("table.fields-table tbody tr td.field-name").all_inner_texts()
+    assert rows == ["image", "label"]
+    assert (
+        p.locator("table.fields-table tbody tr").first.locator("td").nth(1).inner_text()
+        == "ndarray"
+    )
+    # the lens arrives from CellCrop@1.1.0, drawn in the row below
+    svg = p.locator(".graph-wrap svg")
+    assert svg.locator("g.version").count() == 1
+    other = (svg.locator("g.other-schema text").text_content() or "").strip(
+        "\u2068\u2069"
+    )
+    assert other == "CellCrop@1.1.0"
+    watch.assert_clean()
+    visit(p, site.url + "/schemas")
+    listed = p.locator("ol.result-list a.schema-ref").all_inner_texts()
+    assert sorted(listed) == sorted(site.seed.schemas)
+    watch.assert_clean()
+
+
+@pytest.mark.parametrize("width", [360, 768])
+def test_narrow_windows_do_not_scroll_sideways(
+    site: Site, browser: Browser, width: int
+) -> None:
+    context = browser.new_context(viewport={"width": width, "height": 800})
+    try:
+        p = context.new_page()
+        errors: list[str] = []
+        p.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        for name, url in (
+            ("home", site.url + "/"),
+            ("dataset", site.page_of("dataset", site.seed.entries[LONG_NAME])),
+            ("schema", site.page_of("schema", site.seed.schemas["CellCrop@1.1.0"])),
+            ("lens", site.page_of("lens", site.seed.lenses["hostile"])),
+        ):
+            visit(p, url)
+            no_horizontal_overflow(p)
+            if name == "schema":
+                # the graph scrolls inside its frame, the page does not
+                frame = p.locator(".graph-wrap")
+                assert frame.evaluate("e => e.scrollWidth > e.clientWidth")
+                shot(site, p, f"schema-{width}px")
+        assert errors == []
+    finally:
+        context.close()
+
+
+# -- without a browser: the error pages and the helpers -------------------------------
+
+
+def test_error_pages_name_no_internals(
+    site: Site, monkeypatch: pytest.MonkeyPatch, pg: PostgresCluster
+) -> None:
+    """A failing query is a 500 page without the exception's text; no pool is a
+    503 page. (The failure is injected: nothing in a good index makes these
+    pages fail.)"""
+    from fastapi.testclient import TestClient
+
+    secret = "postgresql://appview:hunter2@db.internal/index"
+
+    async def boom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"cannot reach {secret}")
+
+    dsn = pg.dsn_for("pages_browser")
+    app = create_app(Settings.from_env({"ATDATA_APPVIEW_DSN": dsn}, rate_per_second=0))
+    with TestClient(app) as client:
+        monkeypatch.setattr(pages.queries, "get_entry_view", boom)
+        r = client.get(f"/dataset/{ALICE}/3laaaaaaaaaa2")
+        assert r.status_code == 500
+        assert "Something went wrong" in r.text
+        assert "hunter2" not in r.text and "RuntimeError" not in r.text
+        assert r.headers["content-security-policy"] == pages.CSP
+        pool, app.state.pool = app.state.pool, None
+        try:
+            r = client.get("/schemas")
+            assert r.status_code == 503
+            assert "unavailable" in r.text
+        finally:
+            app.state.pool = pool
+
+
+def record(name: str) -> dict[str, Any]:
+    value: dict[str, Any] = json.loads(
+        (CORPUS / "atdata" / "records" / f"{name}.schema.json").read_text()
+    )
+    return value
+
+
+@pytest.mark.parametrize("form", ["flat", "envelope"])
+def test_schema_fields_of_atdata_records(form: str) -> None:
+    require_corpus()
+    types = {}
+    for name in ("ImageSample", "ListSample", "OptionalSample", "ScalarSample"):
+        rows, problems = pages.schema_fields(convert_schema_record(record(name), form))
+        assert problems == []
+        types[name] = {r.name: (r.type, r.required) for r in rows}
+    assert types == {
+        "ImageSample": {"image": ("ndarray", True), "label": ("str", True)},
+        "ListSample": {
+            "words": ("list[str]", True),
+            "values": ("list[float]", True),
+            "embedding": ("ndarray", True),
+        },
+        "OptionalSample": {
+            "tokens": ("list[int]", True),
+            "caption": ("str", True),
+            "score": ("float", False),
+            "mask": ("ndarray", False),
+        },
+        "ScalarSample": {
+            "x": ("int", True),
+            "y": ("float", True),
+            "name": ("str", True),
+            "flag": ("bool", True),
+            "blob": ("bytes", True),
+        },
+    }
+
+
+def test_schema_fields_shapes_constraints_and_records_that_do_not_compile() -> None:
+    rows, problems = pages.schema_fields(cellcrop("1.0.0"))
+    assert problems == []
+    by = {r.name: r for r in rows}
+    assert (by["image"].dtype, by["image"].shape, by["image"].dims) == (
+        "uint8",
+        "(*, *, 3)",
+        "y, x, channel",
+    )
+    assert by["image"].description == "RGB crop"
+    assert by["label"].constraints == ('one of ["cell", "debris"]',)
+    assert by["score"].constraints == ("minimum = 0", "maximum = 1")
+    broken = cellcrop("1.0.0")
+    broken["schema"]["properties"]["nested"] = {"type": "object"}
+    rows, problems = pages.schema_fields(broken)
+    assert [r.name for r in rows] == ["image", "label", "score", "nested"]
+    assert rows[3].type == '"object"'
+    assert len(problems) == 1 and problems[0].startswith("/schema/properties/nested:")
+    assert "[SCHEMA_UNSUPPORTED]" in problems[0]
+    many = cellcrop("1.0.0")
+    many["schema"]["properties"] = {f"f{i}": {"type": "string"} for i in range(900)}
+    many["schema"]["required"] = []
+    rows, _ = pages.schema_fields(many)
+    assert len(rows) == pages.MAX_FIELDS_SHOWN
+
+
+def test_shard_rows_link_only_https() -> None:
+    kind, rows, total, _ = pages.shard_rows(
+        http_storage(
+            "https://a.example/0.tar",
+            "http://b.example/1.tar",
+            "javascript:alert(1)",
+            "https://user:pw@c.example/\x01.tar",
+        )
+    )
+    assert (kind, total) == ("http", 4)
+    assert [r.href for r in rows] == ["https://a.example/0.tar", None, None, None]
+    assert rows[0].checksum == "sha256:" + "0" * 64
+    kind, rows, total, details = pages.shard_rows(
+        {"$type": "science.alt.dataset.storageS3", "bucket": "b", "endpoint": "https://s3",
+         "shards": [{"key": f"k{i}", "checksum": checksum(i)} for i in range(80)]}
+    )  # fmt: skip
+    assert (kind, total, len(rows)) == ("s3", 80, pages.MAX_SHARDS_SHOWN)
+    assert rows[0].location == "s3://b/k0" and rows[0].href is None
+    assert details == {"bucket": "b", "endpoint": "https://s3"}
+    assert pages.shard_rows("nonsense") == ("unknown", [], 0, {})
+
+
+def test_links_and_commands_are_built_from_parts() -> None:
+    uri = at(ALICE, SCHEMA, "CellCrop:1.0.0")
+    assert pages.record_href("schema", uri) == f"/schema/{ALICE}/CellCrop:1.0.0"
+    assert pages.record_href("schema", "at://did:web:x%3A8/c/r?x") == (
+        "/schema/did:web:x%253A8/r%3Fx"
+    )
+    assert pages.record_href("schema", "https://evil/x/y") is None
+    assert pages.record_href("schema", "at://a/b") is None
+    assert pages.pull_line("at://x/y/it's") == "atdata-gen pull 'at://x/y/it'\"'\"'s'"
+    assert pages.load_snippet('at://x/y/"z') == (
+        "from atdata_runtime.shards import Dataset\n"
+        'ds = Dataset.from_atproto("at://x/y/\\"z")'
+    )
