@@ -374,9 +374,29 @@ def _json_text(value: Any) -> str:
     return _dumps(value).decode()
 
 
+def _depth_within(value: Any, limit: int) -> bool:
+    """Whether no container in ``value`` is nested deeper than ``limit``."""
+    if not isinstance(value, dict | list):
+        return True
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node, depth = pop()
+        if depth > limit:
+            return False
+        children = node.values() if isinstance(node, dict) else node
+        for v in children:
+            if isinstance(v, dict | list):
+                push((v, depth + 1))
+    return True
+
+
 def _too_deep(value: Any, limit: int) -> list[str | int] | None:
     """The path of the first container nested deeper than ``limit`` (the value
-    itself is depth 1), else ``None``. Iterative."""
+    itself is depth 1), else ``None``. Iterative; paths are built only once a
+    too-deep container is known to exist."""
+    if _depth_within(value, limit):
+        return None
     stack: list[tuple[Any, int, tuple[str | int, ...]]] = [(value, 1, ())]
     while stack:
         node, depth, path = stack.pop()
@@ -391,6 +411,14 @@ def _too_deep(value: Any, limit: int) -> list[str | int] | None:
                 if isinstance(v, dict | list):
                     stack.append((v, depth + 1, (*path, i)))
     return None
+
+
+def _too_deep_rejection(path: list[str | int]) -> Rejection:
+    return _reject(
+        "AV_RECORD_TOO_DEEP",
+        _join(path),
+        f"record nests objects/arrays over {MAX_DEPTH} deep",
+    )
 
 
 def _find(
@@ -998,17 +1026,13 @@ def normalize(
                 f"record is a {type(rec_any).__name__}, not a JSON object",
             )
     rec = cast("dict[str, Any]", rec_any)
-    deep = _too_deep(rec, MAX_DEPTH)
-    if deep is not None:
-        return _reject(
-            "AV_RECORD_TOO_DEEP",
-            _join(deep),
-            f"record nests objects/arrays over {MAX_DEPTH} deep",
-        )
     if text is None:
         try:
             text = _json_text(rec)
-        except TypeError:  # orjson.JSONEncodeError
+        except TypeError:  # orjson.JSONEncodeError (also: nested over 254 deep)
+            deep = _too_deep(rec, MAX_DEPTH)
+            if deep is not None:
+                return _too_deep_rejection(deep)
             path = _find(
                 rec, _unencodable, lambda k: not isinstance(k, str) or _unencodable(k)
             )
@@ -1027,6 +1051,12 @@ def normalize(
                 "",
                 f"record is over {MAX_RECORD_BYTES} bytes of JSON",
             )
+    # Nesting needs as many containers, each one `{` or `[` in the text (more
+    # when strings hold them): with fewer than MAX_DEPTH, no walk is needed.
+    if text.count("{") + text.count("[") > MAX_DEPTH:
+        deep = _too_deep(rec, MAX_DEPTH)
+        if deep is not None:
+            return _too_deep_rejection(deep)
     if "\\u0000" in text or log_valid == "RECORD_NUL":
         path = _find(rec, _has_nul)
         if path is None and log_valid == "RECORD_NUL":

@@ -328,6 +328,30 @@ def test_typical_entry() -> None:
         ),
         (
             {
+                "$type": "science.alt.dataset.storageHttp",
+                "shards": [
+                    dict(_shard(0), checksum={"algorithm": "none", "digest": "ab"}),
+                    dict(_shard(1), checksum={"algorithm": " NONE", "digest": "ab"}),
+                ],
+            },
+            "http",
+            2,
+            "none",
+        ),
+        (
+            {
+                "$type": "science.alt.dataset.storageHttp",
+                "shards": [
+                    dict(_shard(0), checksum={"algorithm": "sha256", "digest": " "}),
+                    dict(_shard(1), checksum={"algorithm": "sha256", "digest": ""}),
+                ],
+            },
+            "http",
+            2,
+            "none",
+        ),
+        (
+            {
                 "$type": "science.alt.dataset.storageS3",
                 "bucket": "cells",
                 "region": "eu-west-1",
@@ -389,6 +413,12 @@ def test_storage_kinds(
         checksums,
     )
     assert json.loads(row.storage) == storage
+
+
+def test_tags_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rec_mod, "MAX_TAGS", 2)
+    row = _ok(_run(ENTRY, entry(tags=["a", "a", "b", "c"])))
+    assert row.tags == ["a", "b"]
 
 
 def test_optional_entry_fields_absent() -> None:
