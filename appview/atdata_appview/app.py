@@ -79,10 +79,12 @@ __all__ = [
     "SERVICE_ID",
     "SERVICE_TYPE",
     "Guard",
+    "ServerPool",
     "create_app",
     "did_document",
     "error_response",
     "health_status",
+    "open_pool",
     "server_config",
 ]
 
@@ -529,6 +531,48 @@ def _server_settings(settings: Settings) -> dict[str, str]:
     }
 
 
+class ServerPool(asyncpg.pool.Pool):  # type: ignore[misc]  # asyncpg is untyped
+    """An asyncpg pool whose :meth:`acquire` waits at most ``acquire_timeout``
+    seconds by default (``Pool.fetch``/``fetchrow``/... acquire through it too),
+    then raises :class:`TimeoutError`, which the app answers ``503 Unavailable``:
+    a busy server sheds load rather than queueing requests without bound."""
+
+    acquire_timeout: float = 2.0
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        wait = self.acquire_timeout if timeout is None else timeout
+        return super().acquire(timeout=wait)
+
+
+async def open_pool(settings: Settings) -> ServerPool:
+    """The server's pool (what :func:`asyncpg.create_pool` builds, as a
+    :class:`ServerPool`): no connection floor (asyncpg's floor keeper logs a
+    traceback per failed reconnection while PostgreSQL is down), ``pool_min``
+    connections opened at start, at most ``pool_max``; sessions read-only with
+    ``statement_timeout`` and JIT off; acquiring waits at most
+    ``acquire_timeout_seconds``."""
+    pool = ServerPool(
+        settings.dsn,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
+        init_size=settings.pool_min,
+        min_size=0,
+        max_size=settings.pool_max,
+        max_queries=50_000,
+        loop=None,
+        connect=None,
+        setup=None,
+        init=None,
+        reset=None,
+        max_inactive_connection_lifetime=300.0,
+        command_timeout=settings.statement_timeout_ms / 1000 + 5,
+        server_settings=_server_settings(settings),
+    )
+    pool.acquire_timeout = settings.acquire_timeout_seconds
+    await pool
+    return pool
+
+
 def create_app(settings: Settings, *, limiter: RateLimiter | None = None) -> FastAPI:
     """The AppView over the database of ``settings.dsn`` (see the module doc).
     The pool opens in the app's lifespan, so building the app (for its OpenAPI
@@ -537,17 +581,7 @@ def create_app(settings: Settings, *, limiter: RateLimiter | None = None) -> Fas
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # min_size 0: no connection floor (asyncpg's floor keeper logs a
-        # traceback per failed reconnection while PostgreSQL is down); pool_min
-        # connections are opened at start.
-        pool = await asyncpg.create_pool(
-            settings.dsn,
-            init_size=settings.pool_min,
-            min_size=0,
-            max_size=settings.pool_max,
-            command_timeout=settings.statement_timeout_ms / 1000 + 5,
-            server_settings=_server_settings(settings),
-        )
+        pool = await open_pool(settings)
         app.state.pool = pool
         try:
             yield

@@ -267,3 +267,29 @@ def test_guard_is_the_outermost_app_middleware(appview_dsn: str) -> None:
     app = create_app(settings(appview_dsn))
     assert [m.cls for m in app.user_middleware] == [Guard]
     assert json.loads(json.dumps(did_document(settings(appview_dsn))))["id"]
+
+
+def test_a_request_that_gets_no_connection_in_time_is_503(appview_dsn: str) -> None:
+    """The pool never queues a request longer than acquire_timeout_seconds."""
+    app = create_app(
+        settings(
+            appview_dsn, rate_per_second=0, pool_max=1, acquire_timeout_seconds=0.2
+        )
+    )
+    with TestClient(app) as c:
+        pool = c.app.state.pool  # type: ignore[attr-defined]
+        portal = c.portal
+        assert portal is not None
+        held = portal.call(pool.acquire)  # the only connection
+        try:
+            r = c.get("/xrpc/science.alt.dataset.describeService")
+            assert r.status_code == 503
+            assert r.json() == {
+                "error": "Unavailable",
+                "message": "the index is unavailable",
+            }
+            assert r.headers["retry-after"] == "1"
+            assert c.get("/health").json()["status"] == "unavailable"
+        finally:
+            portal.call(pool.release, held)
+        assert c.get("/xrpc/science.alt.dataset.describeService").status_code == 200

@@ -390,3 +390,51 @@ def test_the_demo_refuses_a_port_in_use() -> None:
         )
     assert done.returncode == 78
     assert f"port {port} is in use" in done.stderr
+
+
+def test_index_folds_the_log_and_stops_cleanly_on_sigint(appview_dsn: str) -> None:
+    record = json.loads(
+        (ROOT / "scripts" / "example" / "schemas" / "CellCrop.schema.json").read_text()
+    )
+    did = "did:plc:indexindexindexindexindex"
+    log = LogWriter()
+    rows = [log.create(did, "science.alt.dataset.schema", "CellCrop:1.0.0", record)]
+    rows.append(log.create(did, "science.alt.dataset.schema", "CellCrop:9.9.9", record))
+
+    async def seed() -> None:
+        conn = await asyncpg.connect(appview_dsn)
+        try:
+            await append_rows(conn, rows)
+        finally:
+            await conn.close()
+
+    _run(seed())
+    base = {k: v for k, v in os.environ.items() if not _ENV_DROP.match(k)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "atdata_appview", "index", "--batch-size", "1"],
+        env={**base, "ATDATA_APPVIEW_DSN": appview_dsn},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            seq = _run(_fetch(appview_dsn, "SELECT seq FROM appview_cursor"))[0][0]
+            if seq >= rows[-1]["seq"]:
+                break
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    schemas = _run(_fetch(appview_dsn, "SELECT rkey FROM appview_schemas"))
+    assert [r["rkey"] for r in schemas] == ["CellCrop:1.0.0"]
+    # the second record's key names another version: a dead letter, by rule
+    status = json.loads(
+        cli("status", "--format", "json", ATDATA_APPVIEW_DSN=appview_dsn).stdout
+    )
+    assert status["dead_letters"]["by_rule"] == {"AV_RKEY_MISMATCH": 1}
+    assert status["counts"]["schemas"] == 1
+    assert status["lag"] == {"events": 0, "seconds": 0.0}
