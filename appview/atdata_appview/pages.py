@@ -7,8 +7,9 @@
   (``relevance`` | ``recent`` | ``size``), keyset pages (``cursor``, a "next" link).
   The parameters are those of ``science.alt.dataset.searchDatasets`` and are
   validated by its generated model (a bad value: the page with the message, 400).
-- ``GET /dataset/{did}/{rkey}``: an entry: publisher, schema link, shards, size,
-  checksum status, tags, licence, and how to load it (Python, ``atdata-gen pull``).
+- ``GET /dataset/{did}/{rkey}``: an entry: publisher, schema link, shards (at most
+  :data:`MAX_SHARDS_SHOWN`), size, checksum status, tags, licence, labels, and how
+  to load it (Python, ``atdata-gen pull``).
 - ``GET /schema/{did}/{rkey}``: a schema version: the fields table (types, shapes,
   dtypes, constraints, from atdata-gen's own schema-record front end), the version
   history with the compatibility verdicts and findings, the version and lens graph
@@ -17,7 +18,14 @@
 - ``GET /profile/{did_or_handle}``: an account's schemas, entries and lenses.
 - ``GET /lens/{did}/{rkey}``: source and target schema, getter/putter code
   references (shown as text, never fetched), verifications.
-- ``GET /static/{name}``: the stylesheet and icon (a fixed list, read at import).
+- ``GET /schemas``: every indexed schema version, newest indexed first (``cursor``).
+- ``GET /static/{name}``: the stylesheet (the files of ``static/``, read at import;
+  nothing else is served). The icon is ``data:,`` so a page makes no request for
+  ``/favicon.ico``.
+
+Data comes from :mod:`atdata_appview.queries` (the XRPC queries' own functions, so
+a page and its query never disagree), except the list of ``lensVerification``
+records of a lens page (one parameterized query here, :data:`_VERIFICATIONS_SQL`).
 
 Every record string is hostile: it reaches HTML only through jinja2's autoescape
 (and SVG only through :func:`atdata_appview.svg.xml_text`), in elements marked
@@ -541,6 +549,18 @@ class _BadRequest(Exception):
 
 P = ParamSpec("P")
 
+_UNAVAILABLE: Final = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.QueryCanceledError,
+)
+"""Failures that mean PostgreSQL is not answering (or too slow: statement
+timeout): a 503 page."""
+
 
 def _guarded(
     handler: Callable[P, Awaitable[Response]],
@@ -556,11 +576,7 @@ def _guarded(
             return _render("error.html", 404, title="Not found", message=exc.what)
         except _BadRequest as exc:
             return _render("error.html", 400, title="Bad request", message=exc.message)
-        except (
-            OSError,
-            asyncpg.CannotConnectNowError,
-            asyncpg.TooManyConnectionsError,
-        ):
+        except _UNAVAILABLE:
             log.exception("page %s: database unavailable", handler.__name__)
             return _render(
                 "error.html",
