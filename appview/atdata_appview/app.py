@@ -67,7 +67,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import __version__
+from . import __version__, pages, xrpc
 from .config import Settings
 
 __all__ = [
@@ -628,7 +628,8 @@ def create_app(settings: Settings, *, limiter: RateLimiter | None = None) -> Fas
             headers=headers,
         )
 
-    _include_routers(app)
+    app.include_router(xrpc.router)
+    app.include_router(pages.router)
     app.add_middleware(
         Guard,
         settings=settings,
@@ -636,18 +637,6 @@ def create_app(settings: Settings, *, limiter: RateLimiter | None = None) -> Fas
         limiter=RateLimiter() if limiter is None else limiter,
     )
     return app
-
-
-def _include_routers(app: FastAPI) -> None:
-    """The XRPC queries (:mod:`.xrpc`) and the pages (:mod:`.pages`)."""
-    import importlib.util
-
-    for name in ("xrpc", "pages"):
-        if importlib.util.find_spec(f"atdata_appview.{name}") is None:
-            log.warning("atdata_appview.%s is missing: its routes are not served", name)
-            continue
-        module = importlib.import_module(f"atdata_appview.{name}")
-        app.include_router(module.router)
 
 
 def server_config(app: FastAPI, settings: Settings, *, log_level: str = "info") -> Any:
