@@ -127,3 +127,18 @@ def test_shortest_chain_is_chosen() -> None:
     short = graph.register(registered(nodes[0], nodes[3], "shortcut"))
     chain = graph.path(nodes[0], nodes[4])
     assert chain[0] is short and len(chain) == 2
+
+
+def test_reachable_lists_what_a_chain_leads_to_nearest_first() -> None:
+    graph, nodes = _line(5)
+    graph.add_class(A1, A2)
+    assert graph.reachable(nodes[0]) == nodes[1:]
+    assert graph.reachable(nodes[0], max_steps=2) == nodes[1:3]
+    assert graph.reachable(nodes[4]) == []
+    assert graph.reachable(A1) == [A2]  # structural
+    with pytest.raises(ValueError, match="max_steps"):
+        graph.reachable(nodes[0], max_steps=0)
+    # the same set the error of a failed search names
+    with pytest.raises(LensNotFoundError) as caught:
+        graph.path(nodes[1], A1, max_steps=2)
+    assert caught.value.reachable == graph.reachable(nodes[1], max_steps=2)

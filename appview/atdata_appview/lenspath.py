@@ -50,7 +50,7 @@ import asyncpg
 from atdata_gen.dynamic import compile_schema_record
 from atdata_gen.sources import MAX_JSON_DEPTH, json_too_deep
 from atdata_runtime.lenses import Lens, LensGraph, LensNotFoundError
-from atdata_runtime.samples import PackableSample, sample_class
+from atdata_runtime.samples import PackableSample
 
 from .history import MAX_RECORD_BYTES
 
@@ -186,42 +186,79 @@ class _Candidates:
     truncated: bool = False
 
 
-_NODES_SQL: Final = """
-WITH want AS (
-    SELECT s.did, s.name FROM appview_schemas s WHERE s.uri = ANY($1::text[])
-    UNION
-    SELECT s.did, s.name
-    FROM unnest($2::text[], $3::text[]) AS h(handle, rkey)
-    JOIN appview_accounts a ON a.handle = h.handle
-    JOIN appview_schemas s ON s.did = a.did AND s.rkey = h.rkey
-), ranked AS (
-    SELECT s.uri, s.did, s.rkey, s.name, s.cid,
-        row_number() OVER (
-            PARTITION BY s.did, s.name
-            ORDER BY (s.uri = ANY($1::text[]) OR s.rkey = ANY($3::text[])) DESC,
-                s.major DESC, s.minor DESC, s.patch DESC, s.uri
-        ) AS rank,
-        count(*) OVER (PARTITION BY s.did, s.name) AS versions
-    FROM want w
-    JOIN appview_schemas s ON s.did = w.did AND s.name = w.name
-)
-SELECT r.uri, r.did, r.rkey, r.name, r.cid, r.versions, a.handle
-FROM ranked r
-LEFT JOIN appview_accounts a ON a.did = r.did
-WHERE r.rank <= $5
-ORDER BY r.rank, r.did, r.name, r.uri
-LIMIT $4
+_VERSIONS: Final = """
+CROSS JOIN LATERAL (
+    SELECT s.uri, s.did, s.rkey, s.name, s.cid, s.major, s.minor, s.patch,
+        s.uri = ANY(g.asked) AS asked
+    FROM appview_schemas s
+    WHERE s.did = g.did AND s.name = g.name
+    ORDER BY s.uri = ANY(g.asked) DESC, s.major DESC, s.minor DESC, s.patch DESC, s.uri
+    LIMIT $VERSIONS
+) v
+LEFT JOIN appview_accounts a ON a.did = v.did
 """
-"""The versions of the schema names of the given AT-URIs (DID form in ``$1``, or
-handle form as (handle, rkey) in ``$2``/``$3``): the given ones first, then the
-newest, at most ``$5`` per name and ``$4`` in all."""
+"""The versions of each name ``g`` (``did``, ``name``, ``asked``: the AT-URIs of it
+asked for): those asked for first, then the newest, at most ``$VERSIONS``."""
 
-_EDGES_SQL: Final = """
-SELECT uri, source_schema, target_schema FROM appview_lenses
-WHERE source_schema = ANY($1::text[])
-ORDER BY source_schema, target_schema, uri
-LIMIT $2
+_NODES_SQL: Final = (
+    """
+SELECT v.uri, v.did, v.rkey, v.name, v.cid, v.major, v.minor, v.patch, v.asked,
+    a.handle
+FROM (
+    SELECT s.did, s.name, array_agg(s.uri) AS asked FROM appview_schemas s
+    WHERE s.uri = ANY($1::text[]) GROUP BY s.did, s.name
+) g"""
+    + _VERSIONS.replace("$VERSIONS", "$2")
+    + """
+ORDER BY v.asked DESC
+LIMIT $3
 """
+)
+"""Every version of the names of the schema AT-URIs ``$1`` (DID form), at most
+``$2`` per name and ``$3`` in all, those asked for first."""
+
+_LEVEL_SQL: Final = (
+    """
+WITH e AS MATERIALIZED (
+    SELECT l.uri, l.source_schema, l.target_schema FROM appview_lenses l
+    WHERE l.source_schema = ANY($1::text[])
+    ORDER BY l.source_schema, l.target_schema, l.uri
+    LIMIT $2
+), g AS (
+    SELECT s.did, s.name, array_agg(s.uri) AS asked
+    FROM (SELECT DISTINCT target_schema FROM e) t
+    JOIN appview_schemas s ON s.uri = t.target_schema
+    WHERE NOT (t.target_schema = ANY($3::text[]))
+    GROUP BY s.did, s.name
+)
+(SELECT 'lens' AS kind, e.uri, e.source_schema AS src, e.target_schema AS dst,
+    NULL::text AS did, NULL::text AS rkey, NULL::text AS name, NULL::text AS cid,
+    NULL::integer AS major, NULL::integer AS minor, NULL::integer AS patch,
+    NULL::boolean AS asked, NULL::text AS handle
+FROM e)
+UNION ALL
+(SELECT 'schema', v.uri, NULL, NULL, v.did, v.rkey, v.name, v.cid, v.major,
+    v.minor, v.patch, v.asked, a.handle
+FROM g"""
+    + _VERSIONS.replace("$VERSIONS", "$5")
+    + """
+ORDER BY v.asked DESC
+LIMIT $4)
+"""
+)
+"""One level of the search in one round trip: the lens records leaving the AT-URIs
+``$1`` (at most ``$2``), and the versions of the schema names they lead to (DID
+form) when not among the known AT-URIs ``$3`` (as :data:`_NODES_SQL`, ``$5`` per
+name, ``$4`` in all)."""
+
+_HANDLES_SQL: Final = """
+SELECT h.handle, h.rkey, s.uri
+FROM unnest($1::text[], $2::text[]) AS h(handle, rkey)
+JOIN appview_accounts a ON a.handle = h.handle
+JOIN appview_schemas s ON s.did = a.did AND s.rkey = h.rkey
+"""
+"""Schema AT-URIs in handle form, as (handle, rkey), → their indexed AT-URIs (the
+handle as ``appview_accounts`` has it now)."""
 
 _RECORDS_SQL: Final = (
     "SELECT uri, cid, record::text AS record FROM appview_schemas "
@@ -265,50 +302,89 @@ class _Gather:
         self.max_steps = max_steps
         self.c = _Candidates()
         self.by_handle: dict[tuple[str, str], str] = {}  # (handle, rkey) → AT-URI
+        self.expanded: set[str] = set()
 
-    async def names(self, uris: Sequence[str], depth: int) -> list[str]:
-        """Load the schema names of ``uris`` (all versions); return the AT-URIs
-        newly known, at ``depth`` (the given ones) or ``depth + 1`` (their other
-        versions). Unknown AT-URIs resolve to nothing."""
-        room = MAX_CANDIDATES - len(self.c.nodes)
-        if room <= 0 or not uris:
-            self.c.truncated = self.c.truncated or bool(uris)
-            return []
-        handles, rkeys = _handle_form(uris)
-        rows = await self.conn.fetch(
-            _NODES_SQL,
-            [u for u in uris if u.startswith("at://did:")],
-            handles,
-            rkeys,
-            room + 1,
-            MAX_VERSIONS_PER_NAME,
-        )
-        if len(rows) > room:
-            self.c.truncated = True
-            rows = rows[:room]
-        if any(r["versions"] > MAX_VERSIONS_PER_NAME for r in rows):
-            self.c.truncated = True
-        given = set(uris)
-        new: list[str] = []
+    def _room(self) -> int:
+        return max(MAX_CANDIDATES - len(self.c.nodes), 0)
+
+    def _add(self, rows: Sequence[Any], depth: int) -> None:
+        """Add schema rows (``_VERSIONS`` columns) at ``depth`` (unless known):
+        per name, those asked for first, then the newest, at most
+        :data:`MAX_VERSIONS_PER_NAME` (the query gives one more, to tell)."""
+        per: dict[tuple[str, str], list[Any]] = {}
         for r in rows:
+            per.setdefault((r["did"], r["name"]), []).append(r)
+        kept: list[Any] = []
+        for group in per.values():
+            group.sort(
+                key=lambda r: (
+                    not r["asked"],
+                    -r["major"],
+                    -r["minor"],
+                    -r["patch"],
+                    r["uri"],
+                )
+            )
+            if len(group) > MAX_VERSIONS_PER_NAME:
+                self.c.truncated = True
+            kept.extend(group[:MAX_VERSIONS_PER_NAME])
+        kept.sort(key=lambda r: not r["asked"])
+        room = self._room()
+        if len(kept) > room:
+            self.c.truncated = True
+            kept = kept[:room]
+        for r in kept:
             uri = r["uri"]
             if r["handle"]:
                 self.by_handle[(r["handle"].lower(), r["rkey"])] = uri
-            if uri in self.c.nodes:
-                continue
-            here = depth if uri in given else depth + 1
-            node = _Node(
-                uri, r["did"], r["rkey"], r["name"], r["cid"], r["handle"], here
-            )
-            self.c.nodes[uri] = node
-            self.c.groups.setdefault((node.did, node.name), []).append(uri)
-            new.append(uri)
-        for uri in uris:  # a given AT-URI (either form) is at this depth
-            real = self.resolve(uri)
-            if real is not None:
-                node = self.c.nodes[real]
-                node.depth = min(node.depth, depth)
-        return new
+            if uri not in self.c.nodes:
+                node = _Node(
+                    uri, r["did"], r["rkey"], r["name"], r["cid"], r["handle"], depth
+                )
+                self.c.nodes[uri] = node
+                self.c.groups.setdefault((node.did, node.name), []).append(uri)
+
+    async def _nodes(self, uris: Sequence[str], depth: int) -> None:
+        """Gather the names of ``uris`` (DID form) at ``depth``."""
+        if not uris:
+            return
+        if self._room() <= 0:
+            self.c.truncated = True
+            return
+        rows = await self.conn.fetch(
+            _NODES_SQL, list(uris), MAX_VERSIONS_PER_NAME + 1, self._room() + 1
+        )
+        self._add(rows, depth)
+
+    async def _dids(self, uris: Sequence[str]) -> dict[str, str]:
+        """Handle-form schema AT-URIs → their indexed AT-URIs (those found)."""
+        handles, rkeys = _handle_form(uris)
+        if not handles:
+            return {}
+        rows = await self.conn.fetch(_HANDLES_SQL, handles, rkeys)
+        found = {(r["handle"], r["rkey"]): r["uri"] for r in rows}
+        out: dict[str, str] = {}
+        for uri in uris:
+            parts = _split(uri)
+            if parts is not None:
+                hit = found.get((parts[0].lower(), parts[2]))
+                if hit is not None:
+                    out[uri] = hit
+        return out
+
+    async def start(self, source: str) -> str | None:
+        """Gather ``source`` (depth 0) and the other versions of its name (depth
+        1); its DID-form AT-URI, or ``None`` when it is not indexed."""
+        uri = source
+        if not source.startswith("at://did:"):
+            uri = (await self._dids([source])).get(source, "")
+            if not uri:
+                return None
+        await self._nodes([uri], 1)
+        if uri not in self.c.nodes:
+            return None
+        self.c.nodes[uri].depth = 0
+        return uri
 
     def resolve(self, uri: str) -> str | None:
         """The gathered schema ``uri`` names (DID form), else ``None``."""
@@ -319,43 +395,60 @@ class _Gather:
             return self.by_handle.get((parts[0].lower(), parts[2]))
         return None
 
-    async def run(self, source: str) -> None:
-        """Gather from ``source``: nodes up to ``max_steps`` levels away."""
-        await self.names([source], 0)
-        expanded: set[str] = set()
-        for depth in range(self.max_steps):
-            level = sorted(
-                u
-                for u, n in self.c.nodes.items()
-                if n.depth == depth and u not in expanded
+    async def expand(self, depth: int) -> bool:
+        """Gather the lenses leaving the schemas at ``depth`` and the schemas
+        they lead to (``depth + 1``; their other versions ``depth + 2``). False
+        when nothing is left to expand at any depth."""
+        level = sorted(
+            u
+            for u, n in self.c.nodes.items()
+            if n.depth == depth and u not in self.expanded
+        )
+        if not level:
+            return any(n.depth > depth for n in self.c.nodes.values())
+        self.expanded.update(level)
+        froms = list(level)
+        for uri in level:
+            n = self.c.nodes[uri]
+            if n.handle:
+                froms.append(f"at://{n.handle}/{SCHEMA_COLLECTION}/{n.rkey}")
+        room = MAX_EDGES - len(self.c.edges)
+        if room <= 0:
+            self.c.truncated = True
+            return False
+        rows = await self.conn.fetch(
+            _LEVEL_SQL,
+            froms,
+            room + 1,
+            list(self.c.nodes),
+            self._room() + 1,
+            MAX_VERSIONS_PER_NAME + 1,
+        )
+        lenses = [r for r in rows if r["kind"] == "lens"]
+        if len(lenses) > room:
+            self.c.truncated = True
+            lenses = lenses[:room]
+        self._add([r for r in rows if r["kind"] == "schema"], depth + 2)
+        # lens targets in handle form (rare): resolved, then gathered
+        other = sorted(
+            {r["dst"] for r in lenses if not r["dst"].startswith("at://did:")}
+        )
+        if other and any(self.resolve(u) is None for u in other):
+            dids = await self._dids([u for u in other if self.resolve(u) is None])
+            await self._nodes(
+                sorted(set(dids.values()) - self.c.nodes.keys()), depth + 2
             )
-            if not level:
-                if not any(n.depth > depth for n in self.c.nodes.values()):
-                    break
-                continue
-            expanded.update(level)
-            froms = list(level)
-            for uri in level:
-                n = self.c.nodes[uri]
-                if n.handle:
-                    froms.append(f"at://{n.handle}/{SCHEMA_COLLECTION}/{n.rkey}")
-            room = MAX_EDGES - len(self.c.edges)
-            if room <= 0:
-                self.c.truncated = True
-                break
-            rows = await self.conn.fetch(_EDGES_SQL, froms, room + 1)
-            if len(rows) > room:
-                self.c.truncated = True
-                rows = rows[:room]
-            targets = sorted({r["target_schema"] for r in rows})
-            await self.names([t for t in targets if self.resolve(t) is None], depth + 1)
-            for r in rows:
-                src = self.resolve(r["source_schema"])
-                dst = self.resolve(r["target_schema"])
-                if src is not None and dst is not None:
-                    self.c.edges.append(_Edge(r["uri"], src, dst))
-                    node = self.c.nodes[dst]
-                    node.depth = min(node.depth, depth + 1)
+            for alias, real in dids.items():
+                parts = _split(alias)
+                if parts is not None and real in self.c.nodes:
+                    self.by_handle[(parts[0].lower(), parts[2])] = real
+        for r in lenses:
+            src, dst = self.resolve(r["src"]), self.resolve(r["dst"])
+            if src is not None and dst is not None:
+                self.c.edges.append(_Edge(r["uri"], src, dst))
+                node = self.c.nodes[dst]
+                node.depth = min(node.depth, depth + 1)
+        return True
 
 
 def _distances(c: _Candidates, start: str, reverse: bool) -> dict[str, int]:
@@ -504,37 +597,66 @@ async def find_lens_path(
     if not 1 <= max_steps <= MAX_STEPS:
         raise ValueError(f"max_steps must be 1..{MAX_STEPS}, not {max_steps}")
     gather = _Gather(conn, max_steps)
-    await gather.run(source_uri)
-    source = gather.resolve(source_uri)
+    source = await gather.start(source_uri)
     if source is None:
         raise SchemaNotFound(source_uri)
-    target = gather.resolve(target_uri) or await _indexed(conn, target_uri)
-    if target is None:
-        raise SchemaNotFound(target_uri)
-    if source == target:
+    target = gather.resolve(target_uri)
+    if target == source:
         return []
     c = gather.c
+    failed: list[str] = []
+    over = False
+    for depth in range(max_steps):
+        more = await gather.expand(depth)
+        target = target or gather.resolve(target_uri)
+        if target is None:
+            if not more:
+                break
+            continue
+        # Every schema within depth + 1 steps is gathered now, with every lens
+        # leaving those within depth: a chain of at most depth + 1 steps found in
+        # them is a shortest one. When the search is exhausted, any chain is.
+        bound = depth + 1 if more and depth + 1 < max_steps else max_steps
+        found = await _chain(conn, c, source, target, bound)
+        failed.extend(found[1])
+        over = over or found[2]
+        if found[0] is not None:
+            return found[0]
+        if not more:
+            break
+    if target is None:
+        target = await _indexed(conn, target_uri)
+        if target is None:
+            raise SchemaNotFound(target_uri)
+        if target == source:
+            return []
+    raise await _not_found(conn, c, source, target, max_steps, failed, over)
+
+
+async def _chain(
+    conn: asyncpg.Connection, c: _Candidates, source: str, target: str, bound: int
+) -> tuple[list[Step] | None, list[str], bool]:
+    """The shortest chain of at most ``bound`` steps among the candidates (only
+    those on a candidate chain that short are compiled), or ``None``; with the
+    AT-URIs that did not compile and whether the compile budget ran out."""
     from_source = _distances(c, source, reverse=False)
-    to_target = _distances(c, target, reverse=True) if target in c.nodes else {}
+    to_target = _distances(c, target, reverse=True)
     far = MAX_STEPS + 1
     on_path = [
         n
         for u, n in c.nodes.items()
-        if from_source.get(u, far) + to_target.get(u, far) <= max_steps
+        if from_source.get(u, far) + to_target.get(u, far) <= bound
     ]
+    if not on_path:
+        return None, [], False
     classes, failed, over = await _classes_for(conn, on_path)
-    chain: list[Lens[Any, Any]] | None = None
-    lens_uri: dict[Lens[Any, Any], str] = {}
-    if source in classes and target in classes:
-        graph, lens_uri = _graph(c, classes)
-        try:
-            chain = graph.path(classes[source], classes[target], max_steps=max_steps)
-        except LensNotFoundError:
-            chain = None
-    if chain is None:
-        raise await _not_found(
-            conn, c, source, target, max_steps, from_source, failed, over
-        )
+    if source not in classes or target not in classes:
+        return None, failed, over
+    graph, lens_uri = _graph(c, classes)
+    try:
+        chain = graph.path(classes[source], classes[target], max_steps=bound)
+    except LensNotFoundError:
+        return None, failed, over
     uri_of = {cls: u for u, cls in classes.items()}
     wanted = [lens_uri[s] for s in chain if s in lens_uri]
     lens_rows = (
@@ -547,25 +669,22 @@ async def find_lens_path(
             steps.append(Step("structural", a, b, None))
         else:
             steps.append(Step("lens", a, b, lens_rows.get(lens_uri[s])))
-    return steps
+    return steps, failed, over
 
 
 async def _indexed(conn: asyncpg.Connection, uri: str) -> str | None:
     """The indexed AT-URI (DID form) of ``uri`` (DID or handle form), else
     ``None``."""
+    if uri.startswith("at://did:"):
+        found: str | None = await conn.fetchval(
+            "SELECT uri FROM appview_schemas WHERE uri = $1", uri
+        )
+        return found
     handles, rkeys = _handle_form([uri])
-    found: str | None = await conn.fetchval(
-        "SELECT s.uri FROM appview_schemas s WHERE s.uri = $1 "
-        "UNION ALL "
-        "SELECT s.uri FROM unnest($2::text[], $3::text[]) AS h(handle, rkey) "
-        "JOIN appview_accounts a ON a.handle = h.handle "
-        "JOIN appview_schemas s ON s.did = a.did AND s.rkey = h.rkey "
-        "LIMIT 1",
-        uri,
-        handles,
-        rkeys,
-    )
-    return found
+    if not handles:
+        return None
+    row = await conn.fetchrow(_HANDLES_SQL, handles, rkeys)
+    return None if row is None else str(row["uri"])
 
 
 async def _not_found(
@@ -574,22 +693,20 @@ async def _not_found(
     source: str,
     target: str,
     max_steps: int,
-    from_source: dict[str, int],
     failed: list[str],
     over: bool,
 ) -> LensPathNotFound:
     """The error, with what the source does reach: the runtime's graph over the
     whole forward candidate set."""
+    from_source = _distances(c, source, reverse=False)
     near = [n for u, n in c.nodes.items() if u in from_source]
     classes, more_failed, more_over = await _classes_for(conn, near)
     reachable: list[str] = []
     if source in classes:
         graph, _ = _graph(c, classes)
         uri_of = {cls: u for u, cls in classes.items()}
-        try:
-            graph.path(classes[source], _UNREACHABLE, max_steps=max_steps)
-        except LensNotFoundError as exc:
-            reachable = [uri_of[k] for k in exc.reachable if k in uri_of]
+        found = graph.reachable(classes[source], max_steps=max_steps)
+        reachable = [uri_of[k] for k in found if k in uri_of]
     return LensPathNotFound(
         source,
         target,
@@ -598,8 +715,3 @@ async def _not_found(
         truncated=c.truncated or over or more_over,
         uncompiled=sorted({*failed, *more_failed}),
     )
-
-
-_UNREACHABLE: Final = sample_class("Unreachable", [], module=__name__)
-"""A class no lens leads to: asking the graph for it lists what the source
-reaches."""

@@ -415,6 +415,46 @@ class LensGraph:
                     out[other] = found
         return list(out.values())
 
+    def _versions_with(
+        self, *classes: type[PackableSample]
+    ) -> dict[str, list[type[Any]]]:
+        self.add_class(*classes)
+        return self._versions()
+
+    def _search(
+        self,
+        source: type[Any],
+        target: type[Any] | None,
+        max_steps: int | None,
+        groups: dict[str, list[type[Any]]],
+    ) -> dict[type[Any], Lens[Any, Any] | None]:
+        """Breadth-first from ``source`` (until ``target``, when given): each
+        class reached → the lens that reached it first."""
+        _check_steps(max_steps)
+        via: dict[type[Any], Lens[Any, Any] | None] = {source: None}
+        depth = {source: 0}
+        queue = deque([source])
+        while queue and (target is None or target not in via):
+            node = queue.popleft()
+            if max_steps is not None and depth[node] >= max_steps:
+                continue
+            for edge in self._neighbours(node, groups):
+                if edge.target not in via:
+                    via[edge.target] = edge
+                    depth[edge.target] = depth[node] + 1
+                    queue.append(edge.target)
+        return via
+
+    def reachable(
+        self, source: type[PackableSample], *, max_steps: int | None = None
+    ) -> list[type[PackableSample]]:
+        """The classes a chain of at most ``max_steps`` lenses (``None``: any)
+        leads to from ``source``, nearest first, ``source`` left out (what
+        :class:`LensNotFoundError` lists as ``reachable``). Makes ``source``
+        known. Raises ``ValueError`` for a ``max_steps`` below 1."""
+        via = self._search(source, None, max_steps, self._versions_with(source))
+        return [c for c in via if c is not source]
+
     def path(
         self,
         source: type[PackableSample],
@@ -433,24 +473,11 @@ class LensGraph:
         reaches within ``max_steps`` steps, nearest first; ``reaching``: those
         that reach ``target``, nearest first) and ``ValueError`` for a
         ``max_steps`` below 1."""
-        if max_steps is not None and max_steps < 1:
-            raise ValueError(f"max_steps must be at least 1, not {max_steps}")
         if source is target:
+            _check_steps(max_steps)
             return []
-        self.add_class(source, target)
-        groups = self._versions()
-        via: dict[type[Any], Lens[Any, Any] | None] = {source: None}
-        depth = {source: 0}
-        queue = deque([source])
-        while queue and target not in via:
-            node = queue.popleft()
-            if max_steps is not None and depth[node] >= max_steps:
-                continue
-            for edge in self._neighbours(node, groups):
-                if edge.target not in via:
-                    via[edge.target] = edge
-                    depth[edge.target] = depth[node] + 1
-                    queue.append(edge.target)
+        groups = self._versions_with(source, target)
+        via = self._search(source, target, max_steps, groups)
         if target not in via:
             reachable = [c for c in via if c is not source]
             into: dict[type[Any], list[type[Any]]] = {}
@@ -491,6 +518,11 @@ class LensGraph:
         if source is target:
             return Lens.identity(source)  # type: ignore[return-value]
         return compose(*self.path(source, target))
+
+
+def _check_steps(max_steps: int | None) -> None:
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be at least 1, not {max_steps}")
 
 
 lenses = LensGraph()
