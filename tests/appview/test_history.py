@@ -528,3 +528,54 @@ def test_cached_verdicts_are_reused_by_cid(appview_dsn: str) -> None:
         ("compatible", "patch", "none")
     ]
     history.clear_cache()
+
+
+# -- through the log and the indexer ---------------------------------------------------
+
+
+def test_indexer_keeps_history_from_the_log(appview_dsn: str) -> None:
+    """Schema records written to the ingestion log (out of version order, over
+    several batches, then a delete) reach ``appview_schema_compat`` through the
+    indexer's history hook."""
+    from atdata_appview.indexer import Indexer
+    from atdata_appview.testing.log import LogWriter, append_rows
+
+    history.clear_cache()
+    v1 = corpus("OptionalSample")
+    v2 = bumped(v1, "1.1.0", add={"note": {"type": "string"}})
+    v3 = bumped(v2, "1.2.0", drop=["score"])
+    log = LogWriter()
+
+    def row(r: dict[str, Any]) -> dict[str, Any]:
+        rkey = schema_rkey(r["name"], r["version"])
+        return log.create(ALICE, SCHEMA, rkey, r, cid=record_cid(r))
+
+    async def fold(pool: asyncpg.Pool) -> None:
+        indexer = Indexer(pool, batch_size=2, listen=False)
+        while await indexer.fold_once():
+            pass
+
+    async def go() -> tuple[list[Any], list[Any]]:
+        async with asyncpg.create_pool(appview_dsn, min_size=1, max_size=2) as pool:
+            async with pool.acquire() as conn:
+                await append_rows(conn, [row(v3), row(v1), row(v2)])
+            await fold(pool)
+            async with pool.acquire() as conn:
+                before = await _verdicts(conn, ALICE, "OptionalSample")
+                rkey = schema_rkey("OptionalSample", "1.1.0")
+                await append_rows(conn, [log.delete(ALICE, SCHEMA, rkey)])
+            await fold(pool)
+            async with pool.acquire() as conn:
+                return before, await _verdicts(conn, ALICE, "OptionalSample")
+
+    before, after = asyncio.run(go())
+    assert [
+        (r["from_version"], r["to_version"], r["verdict"], r["needed_bump"])
+        for r in before
+    ] == [
+        ("1.0.0", "1.1.0", "compatible", "minor"),
+        ("1.1.0", "1.2.0", "breaking", "major"),
+    ]
+    assert [(r["from_version"], r["to_version"], r["verdict"]) for r in after] == [
+        ("1.0.0", "1.2.0", "breaking")  # score deleted between them, declared minor
+    ]

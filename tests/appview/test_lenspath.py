@@ -6,6 +6,7 @@ schemas the source does reach)."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from typing import Any
 
@@ -346,3 +347,65 @@ def test_candidates_are_bounded(appview_dsn: str) -> None:
         path(appview_dsn, src, far)
     assert caught.value.truncated
     assert len(caught.value.reachable) == lenspath.MAX_REACHABLE
+
+
+def test_path_over_records_indexed_from_the_log(appview_dsn: str) -> None:
+    """Schemas and a lens written to the ingestion log, folded by the indexer,
+    then searched; deleting the lens removes the chain."""
+    from atdata_appview.indexer import Indexer
+    from atdata_appview.testing.log import LogWriter, append_rows
+    from atdata_runtime.atmosphere.cid import record_cid
+    from atdata_runtime.atmosphere.records import schema_rkey
+
+    lenspath.clear_cache()
+    log = LogWriter()
+    o100 = corpus("OptionalSample")
+    o110 = bumped(o100, "1.1.0", add={"note": {"type": "string"}})
+    scalar = corpus("ScalarSample")
+    uri = {
+        r["version"] + r["name"]: f"at://{ALICE}/{SCHEMA}/"
+        + schema_rkey(r["name"], r["version"])
+        for r in (o100, o110, scalar)
+    }
+    a, b, c = (
+        uri["1.0.0OptionalSample"],
+        uri["1.1.0OptionalSample"],
+        uri["1.0.0ScalarSample"],
+    )
+    lens = lens_record("optToScalar", b, c)
+
+    def row(collection: str, r: dict[str, Any], rkey: str) -> dict[str, Any]:
+        return log.create(ALICE, collection, rkey, r, cid=record_cid(r))
+
+    async def go() -> tuple[list[Step], str]:
+        async with asyncpg.create_pool(appview_dsn, min_size=1, max_size=2) as pool:
+            indexer = Indexer(pool, listen=False)
+            async with pool.acquire() as conn:
+                await append_rows(
+                    conn,
+                    [row(LENS, lens, "optToScalar")]
+                    + [
+                        row(SCHEMA, r, schema_rkey(r["name"], r["version"]))
+                        for r in (scalar, o110, o100)
+                    ],
+                )
+            while await indexer.fold_once():
+                pass
+            async with pool.acquire() as conn:
+                steps = await find_lens_path(conn, a, c)
+                await append_rows(conn, [log.delete(ALICE, LENS, "optToScalar")])
+            while await indexer.fold_once():
+                pass
+            async with pool.acquire() as conn:
+                try:
+                    await find_lens_path(conn, a, c)
+                except LensPathNotFound as exc:
+                    return steps, str(exc)
+            raise AssertionError("the deleted lens is still a path")
+
+    steps, after = asyncio.run(go())
+    assert kinds(steps) == [
+        ("structural", a, b, None),
+        ("lens", b, c, f"at://{ALICE}/{LENS}/optToScalar"),
+    ]
+    assert "no chain" in after
