@@ -16,7 +16,8 @@ ignored). :class:`VersionRange` parses a range as ``node-semver`` does
   (``<0.0.4-0``), ``^1.2``, ``^1``, ``^0.x``;
 - hyphen ranges ``1.2 - 2.3.4`` (``>=1.2.0 <=2.3.4``);
 - comparators joined by spaces or commas (Cargo: ``>=1.0, <2``) must all hold;
-  sets joined by ``||`` are alternatives.
+  sets joined by ``||`` are alternatives (one that is just ``*`` makes the
+  whole range ``*``, as in node-semver).
 
 Prereleases follow npm: ``1.3.0-beta`` satisfies a comparator set only when it
 satisfies every comparator *and* some comparator of the set names a prerelease of
@@ -142,6 +143,7 @@ _ZERO_PRE: tuple[int | str, ...] = (0,)
 class _Comparator:
     op: str  # "<", "<=", ">", ">=", "="
     version: Version
+    any: bool = False  # written as *, x or nothing (node-semver's ANY)
 
     def test(self, v: Version) -> bool:
         a, b = v.key(), self.version.key()
@@ -159,7 +161,7 @@ class _Comparator:
         return f"{'' if self.op == '=' else self.op}{self.version}"
 
 
-_ANY = (_Comparator(">=", Version(0, 0, 0)),)
+_ANY = (_Comparator(">=", Version(0, 0, 0), any=True),)
 _NOTHING = (_Comparator("<", Version(0, 0, 0, _ZERO_PRE)),)
 
 
@@ -177,6 +179,11 @@ def _parts(
     """``(M, m, p, pre)`` of a partial version; ``None`` for a wildcard (and
     everything after a wildcard)."""
     m_, n_, p_, pre = groups[:4]
+    parts = [m_, n_, p_]
+    wild = [_is_x(x) for x in parts]
+    for i in range(2):
+        if wild[i] and parts[i + 1] is not None and not wild[i + 1]:
+            raise ValueError("a number follows a wildcard (write 1.x, not x.1)")
     major = None if _is_x(m_) else int(str(m_))
     minor = None if major is None or _is_x(n_) else int(str(n_))
     patch = None if minor is None or _is_x(p_) else int(str(p_))
@@ -284,7 +291,10 @@ def _comparator_set(text: str, whole: str) -> tuple[_Comparator, ...]:
     hyphen = _HYPHEN.fullmatch(text)
     if hyphen is not None:
         groups = hyphen.groups()
-        return _hyphen(groups[1:6], groups[7:12])
+        try:
+            return _hyphen(groups[1:6], groups[7:12])
+        except ValueError as exc:
+            raise ValueError(f"{whole[:100]!r} is not a version range: {exc}") from None
     # ">= 1.2" is ">=1.2" (node-semver allows space after an operator)
     text = re.sub(r"(<=|>=|~>|<|>|=|~|\^)\s+", r"\1", text)
     out: list[_Comparator] = []
@@ -296,14 +306,20 @@ def _comparator_set(text: str, whole: str) -> tuple[_Comparator, ...]:
                 "comparator (npm syntax: ^1.2, ~1.2.3, >=1.0 <2, 1.x, *, 1.0 - 2.0)"
             )
         op = match.group(1) or "="
-        M, m, p, pre = _parts(match.groups()[1:6])
+        try:
+            M, m, p, pre = _parts(match.groups()[1:6])
+        except ValueError as exc:
+            raise ValueError(
+                f"{whole[:100]!r} is not a version range: {token[:40]!r}: {exc}"
+            ) from None
         if op in ("~", "~>"):
             out.extend(_tilde(M, m, p, pre))
         elif op == "^":
             out.extend(_caret(M, m, p, pre))
         else:
             out.extend(_xrange(op, M, m, p, pre))
-    return tuple(out)
+    kept = tuple(c for c in out if not c.any)  # node-semver drops * beside others
+    return kept or _ANY
 
 
 @dataclass(frozen=True)
@@ -328,6 +344,12 @@ class VersionRange:
                 f"{text[:100]!r} is not a version range (ASCII, printable)"
             )
         sets = tuple(_comparator_set(part, text) for part in text.split("||"))
+        for comparators in sets:
+            # node-semver: an alternative that is just * makes the range *
+            # ("1.0.0-beta || *" does not match 1.0.0-beta)
+            if len(sets) > 1 and len(comparators) == 1 and comparators[0].any:
+                sets = (comparators,)
+                break
         return cls(text.strip(), sets)
 
     @property
