@@ -22,7 +22,8 @@ spec's "Lexicon Evolution" rule). The verdict is the Lexicon's
   IDs (``SCHEMA_*``, ``SRC_JSON_TOO_DEEP``, ``SRC_TOO_LARGE``, ...).
 
 Records are hostile input. A record's JSON text is bounded to
-:data:`MAX_RECORD_BYTES` (``SRC_TOO_LARGE``) and its nesting to the compiler's
+:data:`MAX_RECORD_BYTES` (``SRC_TOO_LARGE``), its fields to :data:`MAX_FIELDS`
+(``AV_COMPAT_TOO_MANY_FIELDS``) and its nesting to the compiler's
 :data:`atdata_gen.sources.MAX_JSON_DEPTH` (checked on the text before any recursive
 code runs: ``SRC_JSON_TOO_DEEP``); nothing in a record is executed or imported (the
 front end only reads names and types). No input makes :func:`compare_versions` or
@@ -63,6 +64,7 @@ from atdata_gen.sources import MAX_JSON_DEPTH, load_text
 __all__ = [
     "CACHE_SIZE",
     "HISTORY_RULES",
+    "MAX_FIELDS",
     "MAX_FINDINGS",
     "MAX_RECORD_BYTES",
     "MAX_VERSIONS",
@@ -71,6 +73,7 @@ __all__ = [
     "clear_cache",
     "compare_texts",
     "compare_versions",
+    "field_count",
     "recompute_history",
     "schema_history",
     "semver_key",
@@ -80,9 +83,14 @@ MODE: Final = Direction.FULL
 """The checker's mode: ``atdata-gen check``'s default (``[tool.atdata-gen.check]
 mode = "full"``)."""
 
-MAX_RECORD_BYTES: Final = 1024 * 1024
+MAX_RECORD_BYTES: Final = 256 * 1024
 """Largest schema record compared, in bytes of its JSON text (UTF-8). A larger one
 is ``incomparable`` (``SRC_TOO_LARGE``)."""
+
+MAX_FIELDS: Final = 1000
+"""Most fields (properties) of a schema record compared: compiling and comparing
+take about 0.1 ms per field, and a verdict is computed inside the indexer's batch.
+A record with more is ``incomparable`` (``AV_COMPAT_TOO_MANY_FIELDS``)."""
 
 MAX_FINDINGS: Final = 200
 """At most this many findings per verdict (the Lexicon's ``maxLength``); when there
@@ -102,6 +110,8 @@ HISTORY_RULES: Final = {
     "pair is incomparable.",
     "AV_COMPAT_TRUNCATED": "A verdict had more findings than the Lexicon allows; the "
     "most severe are kept.",
+    "AV_COMPAT_TOO_MANY_FIELDS": "A schema record has more fields than the AppView "
+    "compiles (MAX_FIELDS); the pair is incomparable.",
 }
 """Rule IDs this module adds to the compiler's (ID → summary)."""
 
@@ -233,6 +243,17 @@ def _compile(text: str | bytes, where: str) -> LinkedModel | list[Diagnostic]:
     doc = load_text(where, data, reporter, max_depth=MAX_JSON_DEPTH)
     if doc is None:
         return list(reporter.errors)
+    fields = field_count(doc.value)
+    if fields > MAX_FIELDS:
+        return [
+            Diagnostic(
+                Span(where),
+                "AV_COMPAT_TOO_MANY_FIELDS",
+                Severity.ERROR,
+                f"the record has {fields} fields; the AppView compares records of "
+                f"at most {MAX_FIELDS}",
+            )
+        ]
     schema = parse_schema_record(doc, reporter)
     if schema is None or reporter.has_errors:
         return list(reporter.errors)
@@ -240,6 +261,24 @@ def _compile(text: str | bytes, where: str) -> LinkedModel | list[Diagnostic]:
     if reporter.has_errors:
         return list(reporter.errors)
     return model
+
+
+def field_count(record: Any) -> int:
+    """How many fields a schema record declares, in any form (the properties of
+    its JSON Schema body, flat or in the envelope's ``content``, or its
+    ``fields`` list); 0 when it has none or is not a record."""
+    if not isinstance(record, dict):
+        return 0
+    body = record.get("schema")
+    if isinstance(body, dict):
+        for inner in ("content", "schemaBody"):
+            if isinstance(body.get(inner), dict):
+                body = body[inner]
+                break
+        props = body.get("properties")
+        return len(props) if isinstance(props, dict) else 0
+    fields = record.get("fields")
+    return len(fields) if isinstance(fields, list) else 0
 
 
 def _version(text: str | bytes) -> str | None:

@@ -25,7 +25,8 @@ How (bounded everywhere; nothing of a record is ever executed):
    to the target).
 3. Each kept schema record is compiled to a class
    (:func:`atdata_gen.dynamic.compile_schema_record`; records bounded to
-   :data:`atdata_appview.history.MAX_RECORD_BYTES` and the compiler's JSON depth;
+   :data:`atdata_appview.history.MAX_RECORD_BYTES`, ``MAX_FIELDS`` fields and the
+   compiler's JSON depth;
    classes cached by AT-URI and CID, :data:`CACHE_SIZE`, LRU); a record that does
    not compile is left out of the graph. Each lens record becomes a
    :class:`~atdata_runtime.lenses.Lens` whose getter raises (it is never run);
@@ -52,7 +53,7 @@ from atdata_gen.sources import MAX_JSON_DEPTH, json_too_deep
 from atdata_runtime.lenses import Lens, LensGraph, LensNotFoundError
 from atdata_runtime.samples import PackableSample
 
-from .history import MAX_RECORD_BYTES
+from .history import MAX_FIELDS, MAX_RECORD_BYTES, field_count
 
 __all__ = [
     "CACHE_SIZE",
@@ -494,7 +495,7 @@ def _compile(uri: str, cid: str, did: str, text: str) -> type[PackableSample] | 
         return None
     try:
         record = json.loads(text)
-        if not isinstance(record, dict):
+        if not isinstance(record, dict) or field_count(record) > MAX_FIELDS:
             return None
         cls = compile_schema_record(record, uri=uri, cid=cid)
     except Exception:  # noqa: BLE001 - a hostile record must not fail the query

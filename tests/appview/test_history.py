@@ -272,6 +272,12 @@ def _deep(levels: int) -> dict[str, Any]:
             "SRC_JSON_TOO_DEEP",
         ),
         (lambda r: r.update(description="x" * (2 * 1024 * 1024)), "SRC_TOO_LARGE"),
+        (
+            lambda r: r["schema"]["properties"].update(
+                {f"f{i}": {"type": "string"} for i in range(history.MAX_FIELDS)}
+            ),
+            "AV_COMPAT_TOO_MANY_FIELDS",
+        ),
         (lambda r: r.update(schema=["not", "an", "object"]), "SCHEMA_BODY"),
         (lambda r: r.update(name="bad name; import os"), "SCHEMA_NAME"),
         (lambda r: r.update(version="one"), "SCHEMA_VERSION"),
