@@ -205,8 +205,23 @@ _POISON: Final = (
     asyncpg.DataError,
     asyncpg.IntegrityConstraintViolationError,
     asyncpg.ProgramLimitExceededError,
+    ValueError,  # asyncpg's client-side encoding errors (its DataError) among them
+    OverflowError,  # an integer beyond its column, found by the binary COPY
 )
-"""Errors a row's values can cause on write: the batch is redone row by row."""
+"""Errors a row's values can cause on write: the batch is redone row by row
+(checked before :data:`_TRANSIENT`: asyncpg's encoding error is an
+``InterfaceError`` too)."""
+
+_LOST: Final = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.TransactionRollbackError,
+    asyncpg.OperatorInterventionError,
+)
+"""Errors of a history hook that end the batch (retried) rather than being
+counted: the connection or the transaction is gone."""
 
 # -- SQL (identifiers only from the constants above) ---------------------------------
 
@@ -217,14 +232,25 @@ _COLS: Final = (
 
 
 def _read_sql() -> str:
+    # Per stream (one collection, or one event type): the rows after the cursor up
+    # to the seq of the stream's (N+1)-th row (found by an index scan in seq order,
+    # OFFSET N: the index is (collection, seq) / (event_type, seq), without idx), so
+    # each stream gives at least N+1 rows or all it has, whole seqs only, and
+    # never reads its backlog beyond them. The N smallest (seq, idx) of the union
+    # are then the N next rows of the log that concern us.
     subs = []
     n = 5
     for column, values in (("collection", _COLLECTIONS), ("event_type", _EVENT_TYPES)):
         for _ in values:
+            bound = (
+                f"(SELECT seq FROM ingest_events WHERE {column} = ${n} "
+                "AND seq >= $1 AND seq <= $3 AND (seq, idx) > ($1, $2) "
+                "ORDER BY seq OFFSET $4 LIMIT 1)"
+            )
             subs.append(
                 f"(SELECT {_COLS} FROM ingest_events WHERE {column} = ${n} "
-                "AND seq >= $1 AND seq <= $3 AND (seq, idx) > ($1, $2) "
-                "ORDER BY seq, idx LIMIT $4)"
+                f"AND seq >= $1 AND seq <= least($3, {bound}) "
+                "AND (seq, idx) > ($1, $2))"
             )
             n += 1
     return (
@@ -233,6 +259,11 @@ def _read_sql() -> str:
 
 
 _READ_SQL: Final = _read_sql()
+_READ_SETTING: Final = "SET LOCAL enable_sort = off; SET LOCAL jit = off"
+"""Run before :data:`_READ_SQL` in the batch's transaction (and undone after):
+explicit sorts off, so that each stream is read in index order whatever the
+statistics (see :func:`_read_sql`); JIT off, since the disabled sort's cost would
+otherwise make PostgreSQL JIT-compile the query (seconds)."""
 _READ_ARGS: Final = (*_COLLECTIONS, *_EVENT_TYPES)
 
 _PENDING_INSERT: Final = """
@@ -924,7 +955,7 @@ async def _run_hook(
         try:
             async with conn.transaction():
                 await hook(conn, did, name)
-        except _TRANSIENT:
+        except _LOST:
             raise
         except Exception:  # history must not stall the index
             errors += 1
@@ -993,6 +1024,7 @@ async def _fold_isolated(
                 row.seq,
                 row.idx,
                 type(exc).__name__,
+                exc_info=True,
             )
             got = ApplyResult(consumed=1, rejected=1)
             if row.collection and row.rkey:
@@ -1469,6 +1501,13 @@ class Indexer:
         if (top, END_OF_SEQ) > (cseq, cidx):
             size = 0
             prefetch = max(1, min(self.batch_size, 100))
+            # Read each stream in index order whatever the statistics say: with
+            # statistics from before a burst, the planner sorts every row of the
+            # burst instead (see _read_sql); restored right after the read.
+            saved = await conn.fetchrow(
+                "SELECT current_setting('enable_sort') AS s, current_setting('jit') AS j"
+            )
+            await conn.execute(_READ_SETTING)
             async for rec in conn.cursor(
                 _READ_SQL,
                 cseq,
@@ -1484,6 +1523,11 @@ class Indexer:
                 if size >= self.max_batch_bytes and len(rows) < self.batch_size:
                     cut = True
                     break
+            await conn.execute(
+                "SELECT set_config('enable_sort', $1, true), set_config('jit', $2, true)",
+                saved["s"],
+                saved["j"],
+            )
         self._full = cut or len(rows) >= self.batch_size
         if self._full:
             nseq, nidx = rows[-1].seq, rows[-1].idx
