@@ -187,12 +187,18 @@ class _Candidates:
     truncated: bool = False
 
 
+_ACTIVE: Final = (
+    "NOT EXISTS (SELECT 1 FROM appview_accounts x WHERE x.did = {t}.did "
+    "AND NOT x.active)"
+)
+"""Records of a deactivated account are not served (as the queries do)."""
+
 _VERSIONS: Final = """
 CROSS JOIN LATERAL (
     SELECT s.uri, s.did, s.rkey, s.name, s.cid, s.major, s.minor, s.patch,
         s.uri = ANY(g.asked) AS asked
     FROM appview_schemas s
-    WHERE s.did = g.did AND s.name = g.name
+    WHERE s.did = g.did AND s.name = g.name AND $ACTIVE
     ORDER BY s.uri = ANY(g.asked) DESC, s.major DESC, s.minor DESC, s.patch DESC, s.uri
     LIMIT $VERSIONS
 ) v
@@ -209,7 +215,7 @@ FROM (
     SELECT s.did, s.name, array_agg(s.uri) AS asked FROM appview_schemas s
     WHERE s.uri = ANY($1::text[]) GROUP BY s.did, s.name
 ) g"""
-    + _VERSIONS.replace("$VERSIONS", "$2")
+    + _VERSIONS.replace("$VERSIONS", "$2").replace("$ACTIVE", _ACTIVE.format(t="s"))
     + """
 ORDER BY v.asked DESC
 LIMIT $3
@@ -223,6 +229,9 @@ _LEVEL_SQL: Final = (
 WITH e AS MATERIALIZED (
     SELECT l.uri, l.source_schema, l.target_schema FROM appview_lenses l
     WHERE l.source_schema = ANY($1::text[])
+        AND """
+    + _ACTIVE.format(t="l")
+    + """
     ORDER BY l.source_schema, l.target_schema, l.uri
     LIMIT $2
 ), g AS (
@@ -241,7 +250,7 @@ UNION ALL
 (SELECT 'schema', v.uri, NULL, NULL, v.did, v.rkey, v.name, v.cid, v.major,
     v.minor, v.patch, v.asked, a.handle
 FROM g"""
-    + _VERSIONS.replace("$VERSIONS", "$5")
+    + _VERSIONS.replace("$VERSIONS", "$5").replace("$ACTIVE", _ACTIVE.format(t="s"))
     + """
 ORDER BY v.asked DESC
 LIMIT $4)
@@ -257,6 +266,7 @@ SELECT h.handle, h.rkey, s.uri
 FROM unnest($1::text[], $2::text[]) AS h(handle, rkey)
 JOIN appview_accounts a ON a.handle = h.handle
 JOIN appview_schemas s ON s.did = a.did AND s.rkey = h.rkey
+WHERE a.active
 """
 """Schema AT-URIs in handle form, as (handle, rkey), → their indexed AT-URIs (the
 handle as ``appview_accounts`` has it now)."""
@@ -678,7 +688,9 @@ async def _indexed(conn: asyncpg.Connection, uri: str) -> str | None:
     ``None``."""
     if uri.startswith("at://did:"):
         found: str | None = await conn.fetchval(
-            "SELECT uri FROM appview_schemas WHERE uri = $1", uri
+            "SELECT s.uri FROM appview_schemas s WHERE s.uri = $1 AND "
+            + _ACTIVE.format(t="s"),
+            uri,
         )
         return found
     handles, rkeys = _handle_form([uri])

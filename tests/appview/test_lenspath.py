@@ -178,6 +178,40 @@ def test_other_publishers_schema_is_reached_only_through_lenses(
     ]
 
 
+def test_deactivated_accounts_records_are_not_used(
+    appview_dsn: str, world: dict[str, str]
+) -> None:
+    async def go(conn: asyncpg.Connection) -> str:
+        carol = "did:plc:carolcarolcarolcarol2345"
+        hop = await put(conn, SCHEMA, carol, renamed(corpus("ListSample"), "Hop"))
+        await put(conn, LENS, carol, lens_record("toHop", world["o110"], hop))
+        await put(conn, LENS, carol, lens_record("fromHop", hop, world["bobList"]))
+        await conn.execute(
+            "INSERT INTO appview_accounts (did, active, status) "
+            "VALUES ($1, false, 'deactivated')",
+            carol,
+        )
+        return hop
+
+    hop = run(go, appview_dsn)
+    with pytest.raises(LensPathNotFound) as caught:
+        path(appview_dsn, world["o110"], world["bobList"])
+    assert hop not in caught.value.reachable
+    with pytest.raises(SchemaNotFound):
+        path(appview_dsn, world["o110"], hop)
+    with pytest.raises(SchemaNotFound):
+        path(appview_dsn, hop, world["o110"])
+    run(lambda c: c.execute("UPDATE appview_accounts SET active = true"), appview_dsn)
+    assert [
+        s.lens["name"]
+        for s in path(appview_dsn, world["o110"], world["bobList"])
+        if s.lens
+    ] == [
+        "toHop",
+        "fromHop",
+    ]
+
+
 def test_unreachable_target_names_the_reachable_set(
     appview_dsn: str, world: dict[str, str]
 ) -> None:
