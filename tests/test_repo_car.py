@@ -394,6 +394,10 @@ def test_the_record_and_item_caps_hold(decoder: str) -> None:
     assert verify_repo(data, did=VICTIM, key=key, prefix=PREFIX, max_records=n)
     refused(data, "REPO_LIMIT", key=key, max_records=n - 1)
     refused(data, "REPO_LIMIT", key=key, max_items=50)
+    biggest = max(len(dag_cbor(from_json(r.value))) for r in kept.records)
+    assert verify_repo(data, did=VICTIM, key=key, max_record_bytes=biggest)
+    error = refused(data, "REPO_LIMIT", key=key, max_record_bytes=biggest - 1)
+    assert isinstance(error, RepoVerificationError) and error.key and error.cid
 
 
 def test_the_mst_depth_cap_holds(decoder: str) -> None:

@@ -80,6 +80,7 @@ from atdata_runtime.net.errors import (
 )
 from atdata_runtime.net.fetch import (
     MAX_LIST_BYTES,
+    MAX_RECORD_BYTES,
     MAX_REDIRECTS,
     check_url,
     next_hop,
@@ -667,6 +668,7 @@ async def fetch_repo(
     max_blocks: int = MAX_REPO_BLOCKS,
     max_records: int = MAX_REPO_RECORDS,
     max_items: int = MAX_REPO_ITEMS,
+    max_record_bytes: int = MAX_RECORD_BYTES,
     max_depth: int = MAX_MST_DEPTH,
     timeout: float = REPO_TIMEOUT,
 ) -> RepoSnapshot:
@@ -681,8 +683,8 @@ async def fetch_repo(
     document's ``#atproto`` key (in a thread; when the signature fails, the DID is
     resolved once more, bypassing the cache, and the CAR checked again if the key
     changed) and only records whose MST key starts with ``prefix`` are kept
-    (at most ``max_records``, ``max_items`` decoded items; ``max_blocks`` blocks,
-    MST ``max_depth``).
+    (at most ``max_records``, ``max_items`` decoded items, ``max_record_bytes``
+    bytes a record; ``max_blocks`` blocks, MST ``max_depth``).
 
     Returns a :class:`RepoSnapshot`. Raises :class:`BackfillError` (``BF_IDENTITY``,
     ``BF_SIGNING_KEY``, ``BF_FETCH_FAILED``, ``BF_REPO_UNAVAILABLE``,
@@ -764,6 +766,7 @@ async def fetch_repo(
             max_depth=max_depth,
             max_records=max_records,
             max_items=max_items,
+            max_record_bytes=max_record_bytes,
         )
 
     try:

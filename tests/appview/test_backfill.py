@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import itertools
-import os
+import secrets
 import sys
 import threading
 import time
@@ -61,7 +60,6 @@ ENTRY = "science.alt.dataset.entry"
 LENS = "science.alt.dataset.lens"
 POST = "app.bsky.feed.post"
 HANG_GUARD = 120.0
-_names = itertools.count()
 
 
 # -- records ---------------------------------------------------------------------------
@@ -120,7 +118,7 @@ class Pds:
 
     @classmethod
     async def new(cls, net: LocalNetwork, prefix: str = "bf") -> Pds:
-        name = f"{prefix}{os.getpid() % 10000}x{next(_names)}x{time.time_ns() % 10**6}"
+        name = f"{prefix[:4]}{secrets.token_hex(6)}"  # handles: 18 characters at most
         account = await asyncio.to_thread(net.create_account, name)
         async with httpx.AsyncClient(base_url=net.pds_url, timeout=30) as http:
             got = await http.post(

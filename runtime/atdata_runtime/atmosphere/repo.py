@@ -61,7 +61,8 @@ above; each block hash-checked when it is read), checks the signed commit, walks
 also names the MST ``key`` and the block ``cid`` concerned, when there is one) with
 the rules above, ``REPO_KEY_INVALID`` for an MST key that is not
 ``{NSID}/{record key}``, and ``REPO_LIMIT`` for a repository over ``max_records``
-records or ``max_items`` decoded CBOR items (see :func:`verify_repo`). Blocks are
+records or ``max_items`` decoded CBOR items, or a record block over
+``max_record_bytes`` (see :func:`verify_repo`). Blocks are
 decoded with cbrrr (the firehose's strict C decoder, records straight into the
 JSON data model) when it is importable (the ``firehose`` extra), else with
 :func:`~.cid.decode_dag_cbor`; both refuse the same non-canonical encodings.
@@ -84,7 +85,7 @@ from functools import lru_cache
 from typing import Any
 
 from ..lex.formats import is_nsid, is_record_key, is_tid
-from ..net.fetch import MAX_CAR_BYTES
+from ..net.fetch import MAX_CAR_BYTES, MAX_RECORD_BYTES
 from .cid import (
     MAX_DEPTH,
     DataModelError,
@@ -858,6 +859,9 @@ def _decode_record(block: bytes, max_depth: int) -> tuple[Any, int]:
     return value, items
 
 
+_SPAN_END = (1 << 40) - 1
+
+
 class _LazyCar:
     """A CAR's sections by binary CID (offsets into the bytes), each block hashed
     when first used: a whole-repository CAR holds every collection, and only the
@@ -896,7 +900,7 @@ class _LazyCar:
             )
         self.root: bytes = roots[0].raw
         pos += size
-        spans: dict[bytes, tuple[int, int]] = {}
+        spans: dict[bytes, int] = {}
         count = 0
         end = len(data)
         while pos < end:
@@ -917,8 +921,9 @@ class _LazyCar:
                     "REPO_CAR_INVALID",
                     f"block at byte {start}: CID is not CIDv1 dag-cbor sha2-256",
                 )
-            # the first section of a CID wins; a different duplicate is never read
-            spans.setdefault(data[pos : pos + 36], (pos + 36, pos + size))
+            # the first section of a CID wins; a different duplicate is never read.
+            # One int per block (start << 40 | end): a million blocks stay small.
+            spans.setdefault(data[pos : pos + 36], (pos + 36) << 40 | (pos + size))
             pos += size
         if self.root not in spans:
             raise _fail(uri, "REPO_CAR_INVALID", "CAR lacks its root (commit) block")
@@ -931,13 +936,14 @@ class _LazyCar:
         span = self.spans.get(cid)
         if span is None:
             return None
-        block = bytes(self.data[span[0] : span[1]])
+        start = span >> 40
+        block = bytes(self.data[start : span & _SPAN_END])
         if cid not in self.checked:
             if hashlib.sha256(block).digest() != cid[4:]:
                 link = cid_to_str(cid)
                 raise RepoVerificationError(
                     self.uri if key is None else f"{self.uri}/{key}",
-                    f"block {link} (at byte {span[0] - 36}) does not hash to its CID",
+                    f"block {link} (at byte {start - 36}) does not hash to its CID",
                     rule="REPO_BLOCK_CID",
                     key=key,
                     cid=link,
@@ -957,6 +963,7 @@ def verify_repo(
     max_depth: int = MAX_MST_DEPTH,
     max_records: int = MAX_REPO_RECORDS,
     max_items: int = MAX_REPO_ITEMS,
+    max_record_bytes: int = MAX_RECORD_BYTES,
     max_record_depth: int = MAX_DEPTH,
 ) -> VerifiedRepo:
     """Verify a whole-repository CAR (``com.atproto.sync.getRepo``) of ``did``
@@ -972,9 +979,11 @@ def verify_repo(
     commit's ``data`` (:func:`mst_walk`: node shapes, key order and ranges,
     layers, at most ``max_depth`` nodes deep, nodes of at most
     :data:`MAX_MST_NODE_BYTES`); each key kept is ``{NSID}/{record key}``; each
-    record block is present and one DAG-CBOR map in the JSON data model (canonical,
-    nesting at most ``max_record_depth``); at most ``max_records`` records and
-    ``max_items`` CBOR items kept. Work is linear in the CAR's size.
+    record block is present, at most ``max_record_bytes`` bytes (default
+    :data:`~atdata_runtime.net.fetch.MAX_RECORD_BYTES`: the memory of one decoded
+    record) and one DAG-CBOR map in the JSON data model (canonical, nesting at
+    most ``max_record_depth``); at most ``max_records`` records and ``max_items``
+    CBOR items kept. Work is linear in the CAR's size.
 
     Returns a :class:`VerifiedRepo`. Raises :class:`RepoVerificationError` (or
     its base :class:`~.errors.RecordVerificationError`, for the CAR framing and
@@ -1066,6 +1075,14 @@ def verify_repo(
                 f"{prefix!r}",
                 rule="REPO_LIMIT",
                 key=path,
+            )
+        if len(block) > max_record_bytes:
+            raise RepoVerificationError(
+                uri,
+                f"record block {cid} is over {max_record_bytes} bytes ({len(block)})",
+                rule="REPO_LIMIT",
+                key=path,
+                cid=cid,
             )
         try:
             value, n = _decode_record(block, max_record_depth)
