@@ -13,19 +13,26 @@ whatever a repository held before that comes from here. Three steps:
    document (PDS endpoint and ``#atproto`` signing key; PLC directory as
    configured), downloads ``com.atproto.sync.getRepo?did=`` (a CAR of the whole
    repository) from that PDS and verifies it with
-   :func:`atdata_runtime.atmosphere.repo.verify_repo`: every block's hash, the
-   commit's signature by the DID document's key, the Merkle Search Tree, each
-   record's DAG-CBOR. Only ``science.alt.dataset.*`` records are kept, decoded to
+   :func:`atdata_runtime.atmosphere.repo.verify_repo`: the hash of every block
+   it reads, the commit's signature by the DID document's key, the Merkle Search
+   Tree down to every ``science.alt.dataset.*`` key, each record's DAG-CBOR. Only ``science.alt.dataset.*`` records are kept, decoded to
    the JSON data model exactly as the firehose path decodes them (cbrrr's
    ``atjson_mode``), so a backfilled record and a live one compare equal.
 3. **Write** it: :class:`Backfiller` runs, per DID, ``indexer.begin_backfill``
    (the repository is ``backfilling``: live log rows for it are buffered in
    ``appview_pending``), :func:`fetch_repo`, then ``indexer.apply_snapshot`` in
    one transaction (the snapshot replaces the repository's records; buffered rows
-   newer than its ``rev`` are applied after it, in log order). A failure marks the
-   repository ``failed`` with a short error and counts the attempt; the next run
-   retries it (up to ``max_attempts``), and repositories already ``synced`` are
-   skipped unless ``force``.
+   newer than its ``rev`` are applied after it, in log order). A failure ends it
+   with ``indexer.fail_backfill`` (what was buffered is applied as live rows; the
+   repository is ``failed`` with a short error, the attempt counted); the next
+   run retries it (up to ``max_attempts``), and repositories already ``synced``
+   are skipped unless ``force``.
+
+Cost, measured on this project's shared 2-core machine with the local PDS, PLC
+and PostgreSQL on the same machine (``python -m tests.appview.test_backfill``,
+50 repositories of 20 records): 550 to 930 records/s verified and indexed at
+concurrency 4 to 8 (the PDS and PostgreSQL take most of the CPU; this process
+about 8 ms a repository, verification about 1.5 ms of it).
 
 Everything from the network is bounded: listing pages (``max_pages``), DIDs
 (``max_repos``), bytes per page (``max_page_bytes``), seconds per request
@@ -943,7 +950,8 @@ class Backfiller:
     async def fetch(self, did: str) -> RepoSnapshot:
         """The verified snapshot of ``did`` (:func:`fetch_repo` with this
         backfiller's resolver, client and ``fetch_options``)."""
-        assert self._repo_http is not None, "fetch runs inside run()/backfill_repo()"
+        if self._repo_http is None:
+            raise RuntimeError("Backfiller.fetch runs inside run() or backfill_repo()")
         return await fetch_repo(
             did, resolver=self.resolver, client=self._repo_http, **self.fetch_options
         )
