@@ -120,10 +120,20 @@ def _pointer(loc: Sequence[Any]) -> str:
     )
 
 
-def _problems(exc: pydantic.ValidationError) -> str:
+def _problems(
+    exc: pydantic.ValidationError, wire: Mapping[str, str] | None = None
+) -> str:
+    """The first problems of ``exc`` as ``/pointer: message`` (never the input);
+    ``wire`` maps Python field names to wire names for the first step."""
     errors = exc.errors(include_input=False, include_url=False)
+
+    def where(loc: Sequence[Any]) -> str:
+        if wire and loc and str(loc[0]) in wire:
+            loc = [wire[str(loc[0])], *loc[1:]]
+        return _pointer(loc)
+
     shown = "; ".join(
-        f"{_pointer(e['loc'])}: {clean_text(str(e['msg']), 200)}"
+        f"{where(e['loc'])}: {clean_text(str(e['msg']), 200)}"
         for e in errors[:_SHOWN_PROBLEMS]
     )
     more = len(errors) - _SHOWN_PROBLEMS
@@ -198,7 +208,12 @@ class AppViewClient:
         :class:`~.errors.AppViewQueryError` (4xx; :class:`~.errors.AppViewNotFound`
         for ``…NotFound`` and bare 404s)."""
         answer = self._get(method, _query_pairs(params))
-        data = answer.json()
+        try:
+            data = answer.json()
+        except ResponseFormatError as exc:
+            raise AppViewResponseError(
+                self._where(method), exc.reason, method=method, status=answer.status
+            ) from None
         try:
             return output.from_wire(data)
         except pydantic.ValidationError as exc:
@@ -290,8 +305,12 @@ class AppViewClient:
         try:
             return model(**{k: v for k, v in values.items() if v is not None})
         except pydantic.ValidationError as exc:
+            wire = {
+                name: str(f.serialization_alias or name)
+                for name, f in model.model_fields.items()
+            }
             raise ValueError(
-                f"{method}: invalid parameters: {_problems(exc)}"
+                f"{method}: invalid parameters: {_problems(exc, wire)}"
             ) from None
 
     def _iter(

@@ -50,7 +50,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..atmosphere.client import AtmosphereClient
-from ..atmosphere.errors import IdentityError
 from ..atmosphere.identity import IdentityResolver
 from ..atmosphere.records import ENTRY, SCHEMA, AtUri
 from ..lex.formats import is_did, is_handle
@@ -410,10 +409,11 @@ class NameResolver:
             return name.publisher
         try:
             return self.resolver.resolve(name.publisher).did
-        except IdentityError as exc:
+        except NetworkError as exc:  # IdentityError, or the lookup kept failing
             raise NameNotFoundError(
                 clean_text(name.text, 200),
-                f"the publisher {name.publisher} does not resolve: {exc.reason}",
+                f"the publisher {name.publisher} does not resolve: "
+                f"{clean_text(str(exc), 300)}",
             ) from exc
 
     def _no_appview(
@@ -500,17 +500,15 @@ class NameResolver:
             history = self.appview.get_schema_history(name.local, repo=did, limit=500)
         except AppViewQueryError as exc:
             if exc.error == "AmbiguousName":
-                raise AmbiguousNameError(
-                    clean_text(name.text, 200),
-                    [exc.message or "the AppView lists several publishers"],
-                ) from None
+                # several publishers use the name: which of them have a version
+                # in the range (listSchemas pages), one is not ambiguous
+                return self._schema_listing(name, did)
             if exc.error in ("SchemaNotFound", "RepoNotFound"):
                 return None
             if exc.status not in (400, 404, 501):
                 raise
-            return self._schema_listing(
-                name, did
-            )  # an AppView without getSchemaHistory
+            # an AppView without getSchemaHistory (atdata-app 0.4)
+            return self._schema_listing(name, did)
         versions = [v for v in history.versions if v.name == name.local]
         if did is not None:
             versions = [v for v in versions if v.did == did]
@@ -528,25 +526,35 @@ class NameResolver:
         )
 
     def _schema_listing(self, name: Name, did: str | None) -> Resolved | None:
+        """The schema a name names, from ``listSchemas`` pages (at most
+        :data:`MAX_APPVIEW_PAGES`): the highest version in the range of the one
+        publisher that has one (several: :class:`~.errors.AmbiguousNameError`)."""
         assert self.appview is not None
         views = [
             v
             for v in self.appview.iter_schemas(repo=did, max_pages=MAX_APPVIEW_PAGES)
-            if v.name == name.local and (did is None or v.did == did)
+            if v.name == name.local
+            and (did is None or v.did == did)
+            and name.matches_version(v.version)
         ]
-        publishers = {v.did for v in views}
-        if len(publishers) > 1:
+        best: dict[str, Any] = {}
+        for v in views:
+            best[v.did] = name.pick(
+                [v, *([best[v.did]] if v.did in best else [])], lambda x: x.version
+            )
+        if len(best) > 1:
+            shown = sorted(
+                clean_text(name.qualified(v.handle or v.did, v.version), 300)
+                for v in best.values()
+            )
             raise AmbiguousNameError(
                 clean_text(name.text, 200),
-                sorted(
-                    name.qualified(v.handle or v.did)
-                    for v in {v.did: v for v in views}.values()
-                )[:MAX_CANDIDATES_SHOWN],
-                more=len(publishers) > MAX_CANDIDATES_SHOWN,
+                shown[:MAX_CANDIDATES_SHOWN],
+                more=len(shown) > MAX_CANDIDATES_SHOWN,
             )
-        chosen = name.pick(views, lambda v: v.version)
-        if chosen is None:
+        if not best:
             return None
+        chosen = next(iter(best.values()))
         return Resolved(
             name,
             chosen.uri,
@@ -740,7 +748,13 @@ class NameResolver:
             entries = [e for e in entries if name.range.matches(e.schema_version or "")]
         if not entries:
             return None
-        publishers = {e.did: e for e in entries}
+        publishers: dict[str, _Entry] = {}
+        for e in entries:  # the newest of each publisher
+            if e.did not in publishers or (e.created, e.uri) > (
+                publishers[e.did].created,
+                publishers[e.did].uri,
+            ):
+                publishers[e.did] = e
         if len(publishers) > 1:
             shown = sorted(
                 name.qualified(e.handle or e.did) + f" ({e.uri})"
@@ -877,8 +891,8 @@ class NameResolver:
         is then read verified from the repository."""
         try:
             pds = self.resolver.resolve(did).pds
-        except IdentityError as exc:
-            return [], f"PDS of {did} (unresolved: {clean_text(exc.reason, 200)})"
+        except NetworkError as exc:  # IdentityError, or the lookup kept failing
+            return [], f"PDS of {did} (unresolved: {clean_text(str(exc), 200)})"
         where = f"PDS {redact_url(pds)} listRecords {collection} of {did}"
         records: list[dict[str, Any]] = []
         cursor: str | None = None
