@@ -240,18 +240,21 @@ def _width(text: str) -> int:
 
 def _cell(value: object, width: int) -> str:
     """``value`` as one table cell: hostile text made inert (control, bidi and
-    other format characters escaped, one line) and cut to ``width`` columns."""
+    other format characters shown as ``\\uXXXX`` escapes, so one line) and cut
+    to ``width`` columns (``0``: never), never inside an escape."""
     from atdata_runtime.appview.errors import clean_text
 
-    text = clean_text(str(value), 2000) if value is not None else "-"
-    if not width or _width(text) <= width:
-        return text
+    if value is None:
+        return "-"
+    pieces = [clean_text(ch, 1) for ch in str(value)[:2000]]
+    if not width or sum(_width(p) for p in pieces) <= width:
+        return "".join(pieces)
     out, used = [], 0
-    for ch in text:
-        w = _width(ch)
+    for piece in pieces:
+        w = _width(piece)
         if used + w > width - 1:
             break
-        out.append(ch)
+        out.append(piece)
         used += w
     return "".join(out) + "…"
 
