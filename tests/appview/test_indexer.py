@@ -456,6 +456,29 @@ def test_a_row_postgresql_refuses_is_isolated(appview_dsn: str) -> None:
     run(appview_dsn, body)
 
 
+def test_rows_of_a_malformed_did_touch_no_account(appview_dsn: str) -> None:
+    log = LogWriter()
+    bad = "did:PLC x"
+
+    async def body(pool: asyncpg.Pool) -> None:
+        await append(
+            pool,
+            [
+                log.create(bad, ENTRY, "3kaaaaaaaaaa2", entry()),
+                log.identity(bad, "mallory.test"),
+                log.account(bad, False, "deleted"),
+            ],
+        )
+        indexer = await fold(pool)
+        assert (indexer.stats.rejected, indexer.stats.skipped) == (1, 2)
+        assert await pool.fetchval("SELECT count(*) FROM appview_accounts") == 0
+        assert (
+            await pool.fetchval("SELECT rule FROM appview_dead_letters") == "AV_BAD_DID"
+        )
+
+    run(appview_dsn, body)
+
+
 # -- signatures ---------------------------------------------------------------------------
 
 
