@@ -574,7 +574,7 @@ class _Fold:
         self.ops: dict[tuple[str, str, str], IndexedRow | _Removal] = {}
         self.dead: dict[tuple[str, str, str, str | None, str], tuple[Any, ...]] = {}
         self.pending: list[_LogRow] = []
-        self.purges: list[str] = []
+        self.purges: dict[str, tuple[int, int]] = {}  # did -> (seq, idx) of its purge
         self.resync: set[str] = set()
         self.accounts: dict[str, _Account] = {}
         self.states: dict[str, str] = {}
@@ -784,7 +784,7 @@ class _Fold:
         if status in PURGE_STATUSES:
             acct.active = False
             acct.status = status
-            self._purge(row.did)
+            self._purge(row.did, (row.seq, row.idx))
         elif active:
             acct.active = True
             acct.status = None
@@ -794,12 +794,11 @@ class _Fold:
             acct.active = False
             acct.status = status
 
-    def _purge(self, did: str) -> None:
+    def _purge(self, did: str, at: tuple[int, int]) -> None:
         self.ops = {k: v for k, v in self.ops.items() if k[1] != did}
         self.dead = {k: v for k, v in self.dead.items() if k[0] != did}
         self.resync.discard(did)
-        if did not in self.purges:
-            self.purges.append(did)
+        self.purges[did] = at
 
     def _sync(self, row: _LogRow) -> None:
         acct = self._account(row.did)
@@ -880,15 +879,21 @@ class _Fold:
 
     async def _write_purges(self) -> None:
         conn = self.conn
-        dids = self.purges
+        dids = sorted(self.purges)
         for table in RECORD_TABLES.values():
             rows = await conn.fetch(_PURGE_SQL[table], dids)
             self.result.purged += len(rows)
             if table == _SCHEMAS:
                 for r in rows:
                     self.history.add((r["did"], r["name"]))
+        # buffered rows up to the purging event only: a drain goes on after it
         await conn.execute(
-            "DELETE FROM appview_pending WHERE did = ANY($1::text[])", dids
+            "DELETE FROM appview_pending p USING unnest($1::text[], $2::bigint[], "
+            "$3::int[]) AS g(did, seq, idx) WHERE p.did = g.did "
+            "AND (p.seq, p.idx) <= (g.seq, g.idx)",
+            dids,
+            [self.purges[d][0] for d in dids],
+            [self.purges[d][1] for d in dids],
         )
         await conn.execute(
             "DELETE FROM appview_schema_compat WHERE did = ANY($1::text[])", dids

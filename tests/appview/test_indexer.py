@@ -974,6 +974,51 @@ def test_account_events_during_a_backfill_apply_in_order_after_it(
     run(appview_dsn, body)
 
 
+@pytest.mark.parametrize("chunk", [1, 1000])
+def test_a_takedown_and_reactivation_drained_keep_what_follows(
+    appview_dsn: str, chunk: int
+) -> None:
+    """Buffered: a record, a takedown, a reactivation, a record. Drained one row at
+    a time or all at once: the purge drops what came before it only."""
+    log = LogWriter()
+
+    async def body(pool: asyncpg.Pool) -> None:
+        async with pool.acquire() as conn:
+            await begin_backfill(conn, A, "pds")
+        await append(
+            pool,
+            [
+                log.create(A, ENTRY, "3kaaaaaaaaab2", entry(name="before")),
+                log.account(A, False, "takendown"),
+                log.account(A, True),
+                log.create(A, ENTRY, "3kaaaaaaaaac2", entry(name="after")),
+            ],
+        )
+        await fold(pool)
+        async with pool.acquire() as conn:
+            result = await apply_snapshot(
+                conn,
+                A,
+                tid(0),
+                snap((ENTRY, "3kaaaaaaaaaa2", entry(name="snap"))),
+                "pds",
+                history=None,
+                chunk=chunk,
+            )
+        assert result.pending.consumed == 4
+        names = [
+            r["name"] for r in await pool.fetch("SELECT name FROM appview_entries")
+        ]
+        assert names == ["after"]
+        assert await pool.fetchval("SELECT count(*) FROM appview_pending") == 0
+        # reactivated after a purge (the snapshot's records went with it): queued
+        # for another backfill
+        assert result.state == "pending"
+        assert await pool.fetchval("SELECT state FROM appview_repos") == "pending"
+
+    run(appview_dsn, body)
+
+
 def test_failed_backfill_applies_what_was_buffered(appview_dsn: str) -> None:
     log = LogWriter()
 
