@@ -10,9 +10,12 @@
   what the client sends (no credentials).
 - The setting: ``ATDATA_APPVIEW_URL``, and the error without it.
 
-Name resolution over a real PDS (the fallback to ``listRecords``) is in
-``tests/test_appview_network.py``-style tests at the end of this module (fixture
-``net``).
+- On the **local network** (fixture ``net``: a real PDS and PLC): records
+  published with the runtime, backfilled (verified ``getRepo``) into a real
+  AppView; names loaded with ``Dataset.from_atproto`` and pinned with
+  ``atdata-gen pull``, through the AppView, through the PDS when the AppView is
+  down or not configured, and refused when a hostile AppView points a name at
+  another repository's record.
 """
 
 from __future__ import annotations
@@ -27,16 +30,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 import uvicorn
 from atdata_appview.app import create_app
+from atdata_appview.backfill import Backfiller
 from atdata_appview.config import Settings
 from atdata_appview.indexer import Indexer
 from atdata_appview.schema import migrate as migrate_appview
 from atdata_appview.testing.log import LogWriter, append_rows
+from atdata_gen.dynamic import compile_schema_record
 from atdata_ingest.schema import migrate as migrate_ingest
 from atdata_ingest.testing.postgres import PostgresCluster
 from atdata_runtime.appview import (
@@ -48,14 +54,24 @@ from atdata_runtime.appview import (
     AppViewQueryError,
     AppViewResponseError,
     AppViewUnavailable,
+    NameMismatchError,
     NameNotFoundError,
     NameResolver,
 )
-from atdata_runtime.atmosphere import IdentityResolver
+from atdata_runtime.atmosphere import AtmosphereClient, IdentityResolver
 from atdata_runtime.atmosphere.cid import record_cid
+from atdata_runtime.atmosphere.publish import (
+    BlobStorage,
+    new_tid,
+    publish_entry,
+    publish_schemas,
+)
 from atdata_runtime.atmosphere.records import schema_rkey
 from atdata_runtime.lexicons.science.alt.dataset import defs
 from atdata_runtime.net import RedirectRefusedError, UnsafeUrlError
+from atdata_runtime.shards import Dataset, write_samples
+
+from .conftest import run_cli
 
 SCHEMA = "science.alt.dataset.schema"
 ENTRY = "science.alt.dataset.entry"
@@ -869,3 +885,331 @@ def test_no_credentials_reach_the_appview(
             headers
         )
         assert "hunter2" not in json.dumps(headers)
+
+
+# -- a real local network: the AppView fed by a verified backfill, and the PDS -----
+
+
+@dataclass
+class Published:
+    """alice (Crop 1.0.0, 1.1.0, 2.0.0; entries "crops" on each, newer each;
+    the label "stable" on the 1.0.0 one) and bob (his own Crop 1.0.0, an entry
+    "crops" of it) on the local PDS, backfilled into a real AppView."""
+
+    net: Any
+    url: str
+    alice: Any
+    bob: Any
+    uris: dict[str, str]
+    work: Path
+
+    def resolver(self) -> IdentityResolver:
+        return IdentityResolver(
+            plc_url=self.net.plc_url, handle_service=self.net.pds_url
+        )
+
+    def reader(self) -> AtmosphereClient:
+        return AtmosphereClient(resolver=self.resolver())
+
+    def env(self) -> dict[str, str]:
+        return {
+            "ATDATA_PLC_URL": self.net.plc_url,
+            "ATDATA_HANDLE_SERVICE": self.net.pds_url,
+            "ATDATA_APPVIEW_URL": "",
+        }
+
+
+def _labels(version: str, n: int = 3) -> list[str]:
+    return [f"{version}-{i}" for i in range(n)]
+
+
+def _publish_entry(
+    client: AtmosphereClient, record: dict[str, Any], uri: str, name: str, work: Path
+) -> str:
+    cls = compile_schema_record(record, uri=uri)
+    values: dict[str, Any] = {"score": 0.5}
+    if "plate" in record["schema"]["properties"]:
+        values["plate"] = 7
+    samples = [cls(label=label, **values) for label in _labels(record["version"])]
+    out = work / "shards" / f"{name}-{record['version']}-{client.did[-6:]}"
+    out.mkdir(parents=True)
+    shards = write_samples(samples, f"{out}/s-%06d.tar", maxcount=2, progress=False)
+    return publish_entry(
+        client,
+        shards,
+        schema_uri=uri,
+        name=name,
+        storage=BlobStorage(),
+        tags=["microscopy"],
+        journal_dir=work / "journal",
+    ).uri
+
+
+async def _backfill(dsn: str, net: Any, accounts: list[Any]) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate_ingest(conn)
+        await migrate_appview(conn)
+        log = LogWriter()
+        # the identity events the ingester would have logged for the accounts
+        await append_rows(conn, [log.identity(a.did, a.handle) for a in accounts])
+    finally:
+        await conn.close()
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    try:
+        stats = await Backfiller(
+            pool, source=net.pds_url, kind="pds", plc_url=net.plc_url, force=True
+        ).run(dids=[a.did for a in accounts])
+        assert stats.failed == 0, stats.summary()
+        indexer = Indexer(pool)
+        while await indexer.fold_once():
+            pass
+    finally:
+        await pool.close()
+
+
+@pytest.fixture(scope="module")
+def published(
+    net: Any, pg: PostgresCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Published]:
+    work = tmp_path_factory.mktemp("names")
+    tag = f"{next(_dbs)}{int(time.time()) % 100000}"
+    alice, bob = net.create_account(f"nma{tag}"), net.create_account(f"nmb{tag}")
+    resolver = IdentityResolver(plc_url=net.plc_url, handle_service=net.pds_url)
+
+    def login(account: Any) -> AtmosphereClient:
+        return AtmosphereClient.login(
+            account.handle,
+            account.password,
+            pds_url=net.pds_url,
+            resolver=resolver,
+            session_file=work / f"{account.handle}.session",
+        )
+
+    a, b = login(alice), login(bob)
+    uris: dict[str, str] = {}
+    records = [
+        schema_record("Crop", v, "2026-01-01T00:00:00Z")
+        for v in ("1.0.0", "1.1.0", "2.0.0")
+    ]
+    for rec, pub in zip(records, publish_schemas(a, records), strict=True):
+        uris[f"alice Crop {rec['version']}"] = pub.write.uri
+    bob_rec = schema_record("Crop", "1.0.0", "2026-01-01T00:00:00Z")
+    uris["bob Crop 1.0.0"] = publish_schemas(b, [bob_rec])[0].write.uri
+    for rec in records:
+        v = rec["version"]
+        uris[f"alice crops {v}"] = _publish_entry(
+            a, rec, uris[f"alice Crop {v}"], "crops", work
+        )
+    uris["bob crops"] = _publish_entry(
+        b, bob_rec, uris["bob Crop 1.0.0"], "crops", work
+    )
+    uris["alice label"] = a.create_record(
+        LABEL,
+        new_tid(),
+        {
+            "$type": LABEL,
+            "name": "stable",
+            "version": "1.0.0",
+            "datasetUri": uris["alice crops 1.0.0"],
+            "createdAt": "2026-02-01T00:00:00Z",
+        },
+    ).uri
+    dsn = pg.create_database(f"avnames{next(_dbs)}")
+    asyncio.run(_backfill(dsn, net, [alice, bob]))
+    with serve_appview(dsn) as url:
+        yield Published(net, url, alice, bob, uris, work)
+
+
+def _values(ds: Any) -> list[str]:
+    return sorted(s.label for s in ds.ordered())
+
+
+def test_from_atproto_loads_a_name_through_the_appview(published: Published) -> None:
+    p = published
+    a = p.alice.handle  # fallback=False: the AppView answers, or the test fails
+    ds = Dataset.from_atproto(
+        f"@{a}/crops@^1",
+        client=p.reader(),
+        appview=p.url,
+        fallback=False,
+        progress=False,
+    )
+    assert _values(ds) == _labels("1.1.0")
+    assert ds.entry == p.uris["alice crops 1.1.0"]
+    newest = Dataset.from_atproto(
+        f"@{a}/crops", client=p.reader(), appview=p.url, fallback=False
+    )
+    assert _values(newest) == _labels("2.0.0")
+    labelled = Dataset.from_atproto(
+        f"@{a}/stable", client=p.reader(), appview=p.url, fallback=False
+    )
+    assert _values(labelled) == _labels("1.0.0")
+    by_schema = Dataset.from_atproto(
+        f"@{a}/Crop@~1.0", client=p.reader(), appview=p.url, fallback=False
+    )
+    assert _values(by_schema) == _labels("1.0.0")
+    # an AT-URI needs no AppView, and refuses one
+    direct = Dataset.from_atproto(p.uris["alice crops 2.0.0"], client=p.reader())
+    assert _values(direct) == _labels("2.0.0")
+    with pytest.raises(TypeError):
+        Dataset.from_atproto(p.uris["alice crops 2.0.0"], appview=p.url)
+
+
+def test_names_resolve_through_the_appview_with_handles(published: Published) -> None:
+    p = published
+    names = NameResolver(p.url, resolver=p.resolver())
+    got = names.resolve_schema(f"@{p.alice.handle}/Crop@^1")
+    assert (got.uri, got.via, got.did) == (
+        p.uris["alice Crop 1.1.0"],
+        "appview",
+        p.alice.did,
+    )
+    with pytest.raises(AmbiguousNameError) as info:
+        names.resolve_dataset("crops@1.0.0")
+    assert len(info.value.candidates) == 2
+    only_alice = names.resolve_dataset("crops@2")
+    assert only_alice.uri == p.uris["alice crops 2.0.0"]
+
+
+@pytest.mark.parametrize("down", ["unavailable", "unconfigured"])
+def test_the_pds_answers_when_the_appview_cannot(
+    published: Published, monkeypatch: pytest.MonkeyPatch, down: str
+) -> None:
+    p = published
+    monkeypatch.delenv(APPVIEW_URL_ENV, raising=False)
+    appview = f"http://127.0.0.1:{closed_port()}" if down == "unavailable" else None
+    names = NameResolver(appview, resolver=p.resolver())
+    cases = {
+        f"@{p.alice.handle}/crops@^1": ("alice crops 1.1.0", "entry"),
+        f"@{p.alice.handle}/crops": ("alice crops 2.0.0", "entry"),
+        f"@{p.alice.handle}/stable": ("alice crops 1.0.0", "label"),
+        f"@{p.alice.did}/Crop@2": ("alice crops 2.0.0", "entry"),
+        f"@{p.bob.handle}/crops": ("bob crops", "entry"),
+    }
+    for name, (role, kind) in cases.items():
+        got = names.resolve_dataset(name)
+        assert (got.uri, got.kind, got.via) == (p.uris[role], kind, "pds"), name
+        note = got.tried[0]
+        assert (
+            "APPVIEW_UNAVAILABLE" in note
+            if down == "unavailable"
+            else "not configured: ATDATA_APPVIEW_URL unset" in note
+        ), note
+    schema = names.resolve_schema(f"@{p.alice.handle}/Crop@>=1.0.0, <2")
+    assert (schema.uri, schema.via) == (p.uris["alice Crop 1.1.0"], "pds")
+    ds = Dataset.from_atproto(
+        f"@{p.alice.handle}/crops@^1", client=p.reader(), appview=appview
+    )
+    assert _values(ds) == _labels("1.1.0")
+    with pytest.raises(NameNotFoundError) as info:
+        names.resolve_dataset(f"@{p.alice.handle}/crops@^3")
+    text = str(info.value)
+    assert "listRecords science.alt.dataset.entry" in text
+    assert "listRecords science.alt.dataset.label" in text
+    if down == "unconfigured":
+        with pytest.raises(AppViewNotConfigured, match="ATDATA_APPVIEW_URL"):
+            names.resolve_dataset("crops@^1")
+    else:
+        with pytest.raises(AppViewUnavailable):
+            names.resolve_dataset("crops@^1")  # no publisher: nobody else to ask
+
+
+def _lock(path: Path) -> dict[str, Any]:
+    doc = json.loads((path / "atdata-gen.lock").read_text())
+    return {e["requested"]: e for e in doc["schemas"]}
+
+
+def test_pull_pins_a_name(published: Published, tmp_path: Path) -> None:
+    p = published
+    name = f"@{p.alice.handle}/Crop@^1"
+    proc = run_cli(["pull", name, "--appview", p.url], tmp_path, **p.env())
+    assert proc.returncode == 0, proc.stderr
+    assert f"pinned {name} -> {p.uris['alice Crop 1.1.0']}" in proc.stdout
+    pinned = _lock(tmp_path)[name]
+    assert (pinned["uri"], pinned["did"]) == (p.uris["alice Crop 1.1.0"], p.alice.did)
+    assert pinned["value"]["version"] == "1.1.0"
+    # the AppView down: the name resolves on the PDS
+    down = f"http://127.0.0.1:{closed_port()}"
+    second = f"@{p.alice.handle}/Crop@2"
+    proc = run_cli(["pull", second, "--appview", down], tmp_path, **p.env())
+    assert proc.returncode == 0, proc.stderr
+    assert _lock(tmp_path)[second]["uri"] == p.uris["alice Crop 2.0.0"]
+    assert _lock(tmp_path)[name]["uri"] == p.uris["alice Crop 1.1.0"]  # kept
+    # a newer version in range: --update re-resolves the name (here on the PDS)
+    a = AtmosphereClient.login(
+        p.alice.handle,
+        p.alice.password,
+        pds_url=p.net.pds_url,
+        resolver=p.resolver(),
+        session_file=p.work / "alice-again.session",
+    )
+    newer = publish_schemas(a, [schema_record("Crop", "1.2.0", "2026-03-01T00:00:00Z")])
+    proc = run_cli(["pull", "--update", "--appview", down], tmp_path, **p.env())
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        f"changed {name} -> {p.uris['alice Crop 1.1.0']} -> {newer[0].write.uri}"
+        in (proc.stdout)
+    )
+    assert _lock(tmp_path)[name]["uri"] == newer[0].write.uri
+
+
+def test_pull_without_an_appview_or_publisher_says_so(
+    published: Published, tmp_path: Path
+) -> None:
+    proc = run_cli(["pull", "Crop@^1"], tmp_path, **published.env())
+    assert proc.returncode == 2
+    assert "ATDATA_APPVIEW_URL" in proc.stderr and "@handle/Crop" in proc.stderr
+    assert not (tmp_path / "atdata-gen.lock").exists()
+
+
+def _hostile_appview(answers: dict[str, tuple[int, Any]]) -> Hostile:
+    server = Hostile()
+
+    def reply(h: BaseHTTPRequestHandler) -> None:
+        method = h.path.split("?")[0].rsplit(".", 1)[-1]
+        status, body = answers.get(method, (404, {"error": "MethodNotImplemented"}))
+        _json(h, status, body)
+
+    server.reply = reply
+    return server
+
+
+def test_a_hostile_appview_cannot_substitute_a_record(
+    published: Published, tmp_path: Path
+) -> None:
+    """The index says alice's name is bob's record (a real, verified record of
+    another repository): pull and from_atproto read it verified, see whose it
+    is, and refuse it; nothing is pinned or loaded."""
+    p = published
+    honest = AppViewClient(p.url)
+    bob_schema = honest.get_schema(p.uris["bob Crop 1.0.0"]).to_wire()
+    bob_entry = honest.get_entry(p.uris["bob crops"]).to_wire()
+    lie = bob_schema | {"did": p.alice.did}
+    server = _hostile_appview(
+        {
+            "resolveSchema": (200, {"uri": bob_schema["uri"], "cid": bob_schema["cid"],
+                                    "record": {"$type": SCHEMA} | {
+                                        k: v for k, v in bob_schema.items()
+                                        if k in ("name", "version", "schemaType",
+                                                 "schema", "createdAt")}}),
+            "getSchemaHistory": (200, {"name": "Crop", "did": p.alice.did,
+                                       "versions": [lie], "verdicts": []}),
+            "resolveLabel": (404, {"error": "LabelNotFound", "message": "none"}),
+            "searchDatasets": (200, {"entries": [bob_entry | {"did": p.alice.did,
+                                                              "name": "crops"}]}),
+        }
+    )  # fmt: skip
+    try:
+        for name in (f"@{p.alice.handle}/Crop@^1", f"@{p.alice.handle}/Crop@1.0.0"):
+            proc = run_cli(["pull", name, "--appview", server.url], tmp_path, **p.env())
+            assert proc.returncode == 2, proc.stdout
+            assert "NAME_MISMATCH" in proc.stderr
+            assert f"not in {p.alice.did}" in proc.stderr
+            assert not (tmp_path / "atdata-gen.lock").exists()
+        with pytest.raises(NameMismatchError, match=f"not in {p.alice.did}"):
+            Dataset.from_atproto(
+                f"@{p.alice.handle}/crops", client=p.reader(), appview=server.url
+            )
+    finally:
+        server.close()
