@@ -212,6 +212,7 @@ async def _send_error(
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                (b"content-security-policy", API_CSP.encode()),
                 *(headers or []),
             ],
         }

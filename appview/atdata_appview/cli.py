@@ -150,6 +150,14 @@ EXIT_STATUSES: Final[tuple[tuple[int, tuple[str, ...], str], ...]] = (
         ),
     ),
     (
+        exits.IOERR,
+        ("serve", "run"),
+        (
+            "the server did not start although the checks passed (the database or "
+            "the address changed in between; see the log)"
+        ),
+    ),
+    (
         exits.CONFIG,
         _ALL,
         (
@@ -610,17 +618,40 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         settings.redacted_dsn, settings.host, settings.port, settings.service_did,
     )  # fmt: skip
     previous = _quiet_signals()
+    server = _server(config, lambda: None)
     try:
-        server = _server(config, lambda: None)
-        asyncio.run(server.serve())
+        asyncio.run(_serve(server))
     finally:
         _restore_signals(previous)
     if not server.started:
-        raise exits.DatabaseUnavailable(
-            f"the server did not start on {settings.host}:{settings.port} although "
-            "the checks passed (see the log above)"
-        )
+        raise _StartFailed(settings)
     return exits.OK
+
+
+class _StartFailed(exits.IngestExit):
+    """uvicorn did not start after the checks passed (74: the database or the
+    address changed in between)."""
+
+    status = exits.IOERR
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(
+            f"the server did not start on {settings.host}:{settings.port} although "
+            "the checks passed (the database or the address changed in between: "
+            "see the log above)"
+        )
+
+
+async def _serve(server: Any) -> None:
+    """``server.serve()``; uvicorn's ``sys.exit`` on a failed bind becomes a
+    return with ``server.started`` false."""
+    try:
+        await server.serve()
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            server.started = False
+            return
+        raise
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -640,7 +671,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         server = _server(config, on_exit)
         indexer = asyncio.create_task(_index_until(stop, settings, labels["dsn"]))
-        serving = asyncio.create_task(server.serve())
+        serving = asyncio.create_task(_serve(server))
         log.info(
             "indexing and serving %s on http://%s:%d as %s",
             settings.redacted_dsn, settings.host, settings.port, settings.service_did,
@@ -657,10 +688,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if exc is not None:
                 raise exc
         if not server.started:
-            raise exits.DatabaseUnavailable(
-                f"the server did not start on {settings.host}:{settings.port} "
-                "although the checks passed (see the log above)"
-            )
+            raise _StartFailed(settings)
 
     previous = _quiet_signals()
     try:

@@ -68,7 +68,7 @@ SCHEMA: Final = "science.alt.dataset.schema"
 LABEL: Final = "science.alt.dataset.label"
 XRPC: Final = "/xrpc/science.alt.dataset."
 #: Seconds the example may take to be indexed (publishing is done by then).
-INDEX_TIMEOUT_S: Final = 120.0
+INDEX_TIMEOUT_S: Final = 240.0
 _NDARRAY: Final = (
     "https://alt.science/schemas/atdata-ndarray-bytes/1.1.0#/$defs/ndarray"
 )
@@ -286,7 +286,7 @@ class Demo:
             except httpx.HTTPError:
                 return False
 
-        _wait_for("the AppView's /health", healthy, 60, self.services)
+        _wait_for("the AppView's /health", healthy, 180, self.services)
 
     def login(self, account: Account) -> AtmosphereClient:
         return AtmosphereClient.login(

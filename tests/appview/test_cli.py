@@ -438,3 +438,45 @@ def test_index_folds_the_log_and_stops_cleanly_on_sigint(appview_dsn: str) -> No
     assert status["dead_letters"]["by_rule"] == {"AV_RKEY_MISMATCH": 1}
     assert status["counts"]["schemas"] == 1
     assert status["lag"] == {"events": 0, "seconds": 0.0}
+
+
+def test_serve_answers_over_http_and_stops_cleanly_on_sigterm(appview_dsn: str) -> None:
+    """``serve`` under uvicorn: did.json of the public hostname, no Server
+    header, a request head over max_header_bytes refused by the server, exit 0
+    on SIGTERM."""
+    port = _free_port()
+    base = {k: v for k, v in os.environ.items() if not _ENV_DROP.match(k)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "atdata_appview", "serve", "--port", str(port)],
+        env={
+            **base,
+            "ATDATA_APPVIEW_DSN": appview_dsn,
+            "ATDATA_APPVIEW_HOSTNAME": "appview.example.org",
+            "ATDATA_APPVIEW_MAX_HEADER_BYTES": "4096",
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        r = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                r = httpx.get(f"{url}/.well-known/did.json", timeout=5)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        big = httpx.get(f"{url}/health", headers={"x-pad": "y" * 8000}, timeout=5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert r is not None and r.status_code == 200, err
+    assert r.json()["id"] == "did:web:appview.example.org"
+    assert r.json()["service"][0]["serviceEndpoint"] == "https://appview.example.org"
+    assert "server" not in r.headers
+    assert r.headers["strict-transport-security"] == "max-age=31536000"
+    assert big.status_code in (400, 431)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
