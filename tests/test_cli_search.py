@@ -79,6 +79,14 @@ def test_filters_reach_the_appview(tmp_path: Path, appview: tuple[str, World]) -
     )  # an AT-URI is a schemaRef
     assert code == 0, err
     assert [r[-1] for r in rows(out)] == [w.uris["alice cell-crops 1.0.0"]]
+    code, out, err = search(tmp_path, url, "--storage", "http", "--repo", "bob.test")
+    assert code == 0, err
+    assert sorted(r[-1] for r in rows(out)) == sorted(
+        [w.uris["bob tiny 0.1.0"], w.uris["bob tiny 0.1.0-beta.1"]]
+    )
+    for option, value in (("--storage", "s3"), ("--license", "MIT")):
+        code, out, err = search(tmp_path, url, option, value)
+        assert (code, out) == (0, ""), err  # the seed has neither
     code, out, err = search(tmp_path, url, "--sort", "size", "--limit", "1")
     assert code == 0, err
     assert [r[0] for r in rows(out)] == ["plate-7"]
