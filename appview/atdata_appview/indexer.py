@@ -19,9 +19,10 @@ One batch = one transaction: lock the cursor row (``FOR UPDATE``: a second index
 waits), read, apply, advance the cursor and its ``folded`` / ``dead_letters``
 counters, commit. A process killed or a task cancelled mid-batch leaves the
 transaction uncommitted: nothing of the batch is applied and the next run folds it
-again, once. Writes are per batch and per table (binary COPY into a temporary
-table, then one ``INSERT ... ON CONFLICT``; deletes through ``unnest``), never one
-round trip per row.
+again, once. Writes are per batch and per table: one ``INSERT ... SELECT FROM
+unnest(<one array per column>) ON CONFLICT`` for the upserts, one ``DELETE ...
+USING unnest(...)`` for the removals (no temporary tables: nothing to bloat), never
+one round trip per row.
 
 Semantics (per log row)
 -----------------------
@@ -349,14 +350,67 @@ WHERE appview_repos.state <> 'backfilling'
 """
 
 
-def _upsert_sql(table: str, tmp: str, columns: Sequence[str]) -> str:
+_TYPES: Final = frozenset(
+    {
+        "text",
+        "integer",
+        "bigint",
+        "smallint",
+        "boolean",
+        "double precision",
+        "jsonb",
+        "timestamp with time zone",
+        "text[]",
+    }
+)
+"""Column types the upserts pass as ``unnest`` arrays (from the catalog, checked
+against this list before they are written into SQL)."""
+
+_COLUMN_TYPES: dict[str, dict[str, str]] = {}
+"""Record table → column → type (``format_type``), read once per process."""
+
+
+async def _column_types(conn: asyncpg.Connection, table: str) -> dict[str, str]:
+    got = _COLUMN_TYPES.get(table)
+    if got is None:
+        rows = await conn.fetch(
+            "SELECT attname, format_type(atttypid, atttypmod) AS type "
+            "FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 "
+            "AND NOT attisdropped",
+            table,
+        )
+        got = {r["attname"]: r["type"] for r in rows}
+        _COLUMN_TYPES[table] = got
+    return got
+
+
+def _upsert_sql(table: str, columns: Sequence[str], types: Mapping[str, str]) -> str:
+    """One statement per table and batch: the rows as one array per column
+    (``unnest``; a ``text[]`` column as the JSON text of each row's array, since
+    ``unnest`` would flatten an array of arrays), inserted or updated when the
+    stored rev is older; returns each row written with its previous CID/name."""
+    params = []
+    exprs = []
+    for i, c in enumerate(columns, 1):
+        kind = types[c]
+        if kind not in _TYPES:
+            raise TypeError(f"{table}.{c}: column type {kind!r} not supported")
+        if kind.endswith("[]"):
+            params.append(f"${i}::text[]")
+            exprs.append(
+                f"ARRAY(SELECT jsonb_array_elements_text(n.{c}::jsonb)) AS {c}"
+            )
+        else:
+            params.append(f"${i}::{kind}[]")
+            exprs.append(f"n.{c}")
     cols = ", ".join(columns)
     sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in ("did", "rkey"))
     name = "t.name" if table == _SCHEMAS else "NULL::text"
     return (
-        f"WITH o AS (SELECT t.did, t.rkey, t.cid, {name} AS name FROM {table} t "
-        f"JOIN {tmp} n ON t.did = n.did AND t.rkey = n.rkey), "
-        f"up AS (INSERT INTO {table} AS t ({cols}) SELECT {cols} FROM {tmp} "
+        f"WITH n AS (SELECT * FROM unnest({', '.join(params)}) AS n({cols})), "
+        f"o AS (SELECT t.did, t.rkey, t.cid, {name} AS name FROM {table} t "
+        "JOIN n ON t.did = n.did AND t.rkey = n.rkey), "
+        f"up AS (INSERT INTO {table} AS t ({cols}) SELECT {', '.join(exprs)} FROM n "
         f"ON CONFLICT (did, rkey) DO UPDATE SET {sets}, indexed_at = now() "
         'WHERE t.rev IS NULL OR t.rev COLLATE "C" < EXCLUDED.rev COLLATE "C" '
         f"RETURNING t.did, t.rkey, t.cid, {name} AS name) "
@@ -905,21 +959,21 @@ class _Fold:
     async def _write_upserts(self, table: str, rows: Sequence[IndexedRow]) -> None:
         conn = self.conn
         columns = type(rows[0]).columns()
-        tmp = f"_av_up_{table}"
-        await conn.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {tmp} ON COMMIT DELETE ROWS AS "
-            f"SELECT {', '.join(columns)} FROM {table} WITH NO DATA"
-        )
-        await conn.copy_records_to_table(
-            tmp,
-            records=[r.values() for r in rows],
-            columns=list(columns),
-        )
         sql = _UPSERT_SQL.get((table, columns))
+        types = await _column_types(conn, table)
         if sql is None:
-            sql = _UPSERT_SQL[(table, columns)] = _upsert_sql(table, tmp, columns)
-        written = await conn.fetch(sql)
-        await conn.execute(f"DELETE FROM {tmp}")
+            sql = _UPSERT_SQL[(table, columns)] = _upsert_sql(table, columns, types)
+        arrays: list[list[Any]] = [[] for _ in columns]
+        for r in rows:
+            for col, v in zip(arrays, r.values(), strict=True):
+                col.append(v)
+        for i, c in enumerate(columns):
+            if types[c].endswith("[]"):
+                arrays[i] = [
+                    None if v is None else orjson.dumps(list(v)).decode()
+                    for v in arrays[i]
+                ]
+        written = await conn.fetch(sql, *arrays)
         self.result.upserted += len(written)
         if table == _SCHEMAS:
             for r in written:
