@@ -3,8 +3,9 @@
 (:mod:`.semver`) and names (``@handle/CellCrop@^1``) resolved to AT-URIs through
 the AppView, falling back to the publisher's PDS (:mod:`.names`).
 
-Settings: ``ATDATA_APPVIEW_URL``, the AppView's base URL (:data:`APPVIEW_URL_ENV`).
-Needs ``httpx`` (the ``http`` or ``atproto`` extra) at first use.
+Settings: ``ATDATA_APPVIEW_URL``, the AppView's base URL (:data:`APPVIEW_URL_ENV`),
+read when a client is made. Needs the ``atproto`` extra (``httpx``; the PDS
+fallback reads records with the AT Protocol client).
 """
 
 from .client import AppViewClient, configured_url
