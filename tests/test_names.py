@@ -14,6 +14,7 @@ import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from atdata_gen.testing.localnet import install_dir
@@ -419,10 +420,10 @@ def test_best_is_the_highest_match(versions: list[str], range_text: str) -> None
 # -- checking what was resolved ---------------------------------------------------
 
 
-def _resolved(text: str, kind: str = "schema", match: str = "name") -> Resolved:
+def _resolved(text: str, kind: Any = "schema", match: Any = "name") -> Resolved:
     return Resolved(
         parse_name(text), f"at://{DID}/x.y.z/k", kind, DID, "appview", match=match
-    )  # type: ignore[arg-type]
+    )
 
 
 def test_check_schema_refuses_another_repo_name_or_version() -> None:
