@@ -1522,8 +1522,10 @@ class Indexer:
     docstring; ``history``: the schema-history hook (``None``: none);
     ``normalizer``: :func:`.records.normalize` or a stand-in.
 
-    ``stats`` accumulates every batch's :class:`ApplyResult`; ``batches`` counts
-    committed batches; ``last`` is the last batch's result."""
+    ``stats`` accumulates the :class:`ApplyResult` of every batch :meth:`fold_once`
+    committed; ``batches`` counts them (a batch that only moved the cursor over
+    rows not ours counts, with 0 rows); ``last`` is the last batch's result;
+    ``listening``: whether :meth:`run`'s LISTEN connection is up."""
 
     def __init__(
         self,
@@ -1558,6 +1560,7 @@ class Indexer:
         self.last = ApplyResult()
         self.listening = False
         self._full = False
+        self._wrote = False
         self._wake = asyncio.Event()
 
     # -- one batch -------------------------------------------------------------------
@@ -1570,16 +1573,22 @@ class Indexer:
         async with self.pool.acquire() as conn:
             try:
                 async with conn.transaction():
-                    return await self.fold_in(conn)
+                    n = await self.fold_in(conn)
             except _POISON:
                 log.warning("batch refused by PostgreSQL; redoing it row by row")
                 async with conn.transaction():
-                    return await self.fold_in(conn, isolate=True)
+                    n = await self.fold_in(conn, isolate=True)
+        if self._wrote:
+            self.stats.add(self.last)
+            self.batches += 1
+        return n
 
     async def fold_in(self, conn: asyncpg.Connection, *, isolate: bool = False) -> int:
         """:meth:`fold_once` in the caller's transaction (for tests that interleave
         it with other transactions): lock the cursor, read a batch, apply it,
-        advance the cursor. ``isolate``: apply row by row in savepoints."""
+        advance the cursor. ``isolate``: apply row by row in savepoints. Sets
+        :attr:`last`; :attr:`stats` and :attr:`batches` count what
+        :meth:`fold_once` committed."""
         if not conn.is_in_transaction():
             raise ValueError("fold_in runs in the caller's transaction: open one")
         cur = await conn.fetchrow(
@@ -1620,6 +1629,7 @@ class Indexer:
             nseq, nidx = rows[-1].seq, rows[-1].idx
         else:
             nseq, nidx = max((top, END_OF_SEQ), (cseq, cidx))
+        self._wrote = False
         if not rows and (nseq, nidx) == (cseq, cidx):
             self.last = ApplyResult()
             return 0
@@ -1642,8 +1652,7 @@ class Indexer:
             result.dead_letters,
         )
         self.last = result
-        self.stats.add(result)
-        self.batches += 1
+        self._wrote = True
         return result.consumed
 
     async def fold_all(self, *, max_batches: int | None = None) -> int:
