@@ -94,6 +94,8 @@ DSN_VARIABLES: Final = (
 EXTRA_VARIABLES: Final[dict[str, str]] = {
     "LOG_LEVEL": "log level of every command (DEBUG, INFO, WARNING, ERROR; "
     "default INFO; the option --log-level wins)",
+    "URL": "the AppView URL that clients (atdata_runtime.appview, atdata-gen search "
+    "and pull) query; not read by the server",
 }
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
