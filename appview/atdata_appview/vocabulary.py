@@ -47,8 +47,9 @@ log = logging.getLogger(__name__)
 MAX_WORDS: Final = 200_000
 """Most words kept (the most frequent)."""
 
-THRESHOLD: Final = 0.4
-"""Least trigram similarity of a correction (pg_trgm's default ``%`` is 0.3)."""
+THRESHOLD: Final = 0.3
+"""Least trigram similarity of a correction (pg_trgm's ``similarity_threshold``
+default, the one of its ``%`` operator)."""
 
 MAX_CORRECTIONS: Final = 3
 """Corrections per unknown word, most similar (then most frequent) first."""
@@ -59,6 +60,31 @@ CHECK_SECONDS: float = 5.0
 SYNC_LOAD_ROWS: Final = 20_000
 """Below this many entries a stale vocabulary is reloaded before answering (it
 takes milliseconds); above, in the background, the old one serving meanwhile."""
+
+EDIT_CANDIDATES: Final = 64
+"""Words (the most trigram-similar) checked by edit distance for one unknown word."""
+
+
+def osa_distance(a: str, b: str, limit: int) -> int:
+    """Optimal string alignment distance of ``a`` and ``b`` (insertions,
+    deletions, substitutions, adjacent transpositions), or ``limit + 1`` when it is
+    more than ``limit``."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i] + [0] * len(b)
+        for j, cb in enumerate(b, 1):
+            cost = ca != cb
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        if min(cur) > limit:
+            return limit + 1
+        prev2, prev = prev, cur
+    return min(prev[-1], limit + 1)
+
 
 _WORD_RE: Final = re.compile(r"[^\W_]+")
 _LOAD_SQL: Final = (
@@ -123,23 +149,32 @@ class Vocabulary:
         return len(self.words)
 
     def _corrections(self, word: str) -> tuple[str, ...]:
-        # The MAX_CORRECTIONS words with the highest trigram similarity to
-        # ``word`` (>= THRESHOLD), ties by document count; () when none.
+        # The MAX_CORRECTIONS nearest words: trigram similarity >= THRESHOLD, or
+        # (a transposition or a slip that trigrams rate low) among the
+        # EDIT_CANDIDATES most similar, within EDIT_DISTANCE edits (optimal
+        # string alignment); nearest by edits, then similarity, then document
+        # count. () when none.
         grams = trigrams(word)
         lists = [self.index[g] for g in grams if g in self.index]
         if not lists:
             return ()
         ids = np.concatenate(lists)
         shared = np.bincount(ids, minlength=len(self.words))
-        cand = np.nonzero(shared)[0]
+        cand = np.nonzero(shared >= 2)[0]
+        if not len(cand):
+            return ()
         common = shared[cand]
         sim = common / (len(grams) + self.size[cand] - common)
-        keep = sim >= THRESHOLD
-        if not keep.any():
-            return ()
-        cand, sim = cand[keep], sim[keep]
-        order = np.lexsort((-self.ndoc[cand], -sim))[:MAX_CORRECTIONS]
-        return tuple(self.words[int(i)] for i in cand[order])
+        top = np.lexsort((-self.ndoc[cand], -sim))[:EDIT_CANDIDATES]
+        limit = 1 if len(word) <= 5 else 2
+        scored = []
+        for i in top:
+            other = self.words[int(cand[i])]
+            edits = osa_distance(word, other, limit)
+            if sim[i] >= THRESHOLD or edits <= limit:
+                scored.append((edits, -float(sim[i]), -int(self.ndoc[cand[i]]), other))
+        scored.sort()
+        return tuple(w for *_, w in scored[:MAX_CORRECTIONS])
 
     def expansions(self, text: str) -> list[tuple[str, tuple[str, ...]]]:
         """For each word of ``text`` that no name contains, its corrections:

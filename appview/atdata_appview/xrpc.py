@@ -108,6 +108,15 @@ def _params_message(exc: pydantic.ValidationError) -> str:
     return "; ".join(parts) or "invalid parameters"
 
 
+def _nul_param(params: Any) -> str | None:
+    # The wire name of the first parameter whose text holds U+0000, else None.
+    for name, value in params.model_dump(by_alias=True).items():
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and "\x00" in v for v in values):
+            return str(name)
+    return None
+
+
 # ---------------------------------------------------------------------- handlers
 
 
@@ -239,6 +248,10 @@ async def _serve(method: Method, request: Request) -> Response:
             params = method.params.from_query(request.url.query)
         except pydantic.ValidationError as exc:
             return error_response(400, "InvalidRequest", _params_message(exc))
+        nul = _nul_param(params)
+        if nul is not None:
+            # PostgreSQL text cannot hold U+0000: no record contains it either
+            return error_response(400, "InvalidRequest", f"{nul}: contains U+0000")
     pool = request.app.state.pool
     if pool is None:
         return error_response(503, "Unavailable", "the index is unavailable")
