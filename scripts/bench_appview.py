@@ -660,8 +660,9 @@ def summarize(
         for m in methods:
             vals = {
                 k: _med(runs, target, kind, m, k)
-                for k in ("rps", "p50_ms", "p99_ms", "errors", "requests",
-                          "server_cpu_ms_per_request")
+                for k in ("rps", "p50_ms", "p99_ms", "p90_ms", "errors", "requests",
+                          "server_cpu_ms_per_request", "client_cpu_ms_per_request",
+                          "warmup_errors")
             }  # fmt: skip
             if vals["rps"]:
                 per[m] = {k: _spread(v) for k, v in vals.items() if v}
@@ -670,39 +671,54 @@ def summarize(
     return out
 
 
-def _cell(
-    summary: dict[str, Any], target: str, method: str
-) -> tuple[str, str, str, str]:
+def _cell(summary: dict[str, Any], target: str, method: str) -> tuple[str, ...]:
     s = summary.get(target, {}).get(method)
     if not s:
-        return ("—", "—", "—", "—")
-    rps, p50, p99 = s["rps"], s["p50_ms"], s["p99_ms"]
+        return ("—",) * 5
 
     def sp(x: dict[str, Any], fmt: str) -> str:
         if len(x["runs"]) == 1:
             return format(x["median"], fmt)
-        return f"{format(x['median'], fmt)} ({format(x['min'], fmt)}-{format(x['max'], fmt)})"
+        lo, hi = format(x["min"], fmt), format(x["max"], fmt)
+        return f"{format(x['median'], fmt)} ({lo}-{hi})"
 
-    return (sp(rps, ",.0f"), sp(p50, ".1f"), sp(p99, ".1f"), str(s["errors_total"]))
+    cpu = s.get("server_cpu_ms_per_request")
+    return (
+        sp(s["rps"], ",.0f"),
+        sp(s["p50_ms"], ".1f"),
+        sp(s["p99_ms"], ".1f"),
+        str(s["errors_total"]),
+        format(cpu["median"], ".2f") if cpu else "",
+    )
 
 
-def print_table(title: str, summary: dict[str, Any], methods: Sequence[str]) -> None:
+def print_table(
+    title: str, summary: dict[str, Any], methods: Sequence[str], *, cpu: bool = True
+) -> None:
+    """One line per method and server: requests/s, p50, p99 (median (min-max)
+    of the runs), errors (all runs), and the server process's CPU milliseconds
+    per request (median; PostgreSQL's not included)."""
     print(f"\n{title}")
-    head = f"{'method':24}{'':6}{'requests/s':>24}{'p50 ms':>20}{'p99 ms':>22}{'errors':>8}"
+    head = (
+        f"{'method':22}{'':5}{'requests/s':>20}{'p50 ms':>19}{'p99 ms':>21}"
+        f"{'errors':>7}" + (f"{'srv ms/req':>11}" if cpu else "")
+    )
     print(head)
     print("-" * len(head))
     for m in methods:
-        for target, label in (("ours", "ours"), ("peer", "peer")):
-            rps, p50, p99, err = _cell(summary, target, m)
+        for target in ("ours", "peer"):
+            rps, p50, p99, err, c = _cell(summary, target, m)
             name = m if target == "ours" else ""
-            print(f"{name:24}{label:6}{rps:>24}{p50:>20}{p99:>22}{err:>8}")
+            print(
+                f"{name:22}{target:5}{rps:>20}{p50:>19}{p99:>21}{err:>7}"
+                + (f"{c:>11}" if cpu else "")
+            )
         o = summary.get("ours", {}).get(m)
         p = summary.get("peer", {}).get(m)
         if o and p and p["rps"]["median"] > 0:
-            print(
-                f"{'':24}{'ratio':6}{o['rps']['median'] / p['rps']['median']:>23.1f}x"
-                f"{'':>20}{o['p99_ms']['median'] / max(p['p99_ms']['median'], 1e-9):>21.2f}x"
-            )
+            ratio = o["rps"]["median"] / p["rps"]["median"]
+            p99 = o["p99_ms"]["median"] / max(p["p99_ms"]["median"], 1e-9)
+            print(f"{'':22}{'o/p':5}{ratio:>19.2f}x{'':>19}{p99:>20.2f}x")
 
 
 def goals(
@@ -768,6 +784,14 @@ def main() -> None:
     )  # fmt: skip
     ap.add_argument("--repos", type=int, default=None, help="default 1,000")
     ap.add_argument("--records-per-repo", type=int, default=3)
+    ap.add_argument(
+        "--big-repos",
+        type=int,
+        default=None,
+        help="then this many repos more (default 100, quick 5) of --big-records "
+        "records, and the whole PDS backfilled again (0: skip)",
+    )
+    ap.add_argument("--big-records", type=int, default=30)
     ap.add_argument("--publish-concurrency", type=int, default=8)
     ap.add_argument("--backfill-concurrency", type=int, default=8)
     ap.add_argument("--out", type=Path, default=OUT)
@@ -785,6 +809,7 @@ def main() -> None:
     args.latency_duration = args.latency_duration or (1.0 if q else 4.0)
     args.warmup = args.warmup if args.warmup is not None else (0.5 if q else 2.0)
     args.repos = args.repos if args.repos is not None else (20 if q else 1000)
+    args.big_repos = args.big_repos if args.big_repos is not None else (5 if q else 100)
     only = set(args.only or SECTIONS)
 
     work = Path(tempfile.mkdtemp(prefix="atdata-bench-appview-"))
@@ -920,6 +945,13 @@ def main() -> None:
                         + "; ".join(bits),
                         flush=True,
                     )
+                    for m, r in one[target]["load"].items():
+                        if r.get("warmup_errors"):
+                            first = (r.get("warmup_error_samples") or [""])[0]
+                            print(
+                                f"    {target} {m}: {r['warmup_errors']} errors in the "
+                                f"unmeasured warm-up, first: {first[:200]}"
+                            )
                 runs.append(one)
             result["runs"] = runs
             load_summary = summarize(runs, "load", ours_methods)
@@ -973,9 +1005,48 @@ def main() -> None:
                     "publish": pub,
                     "runs": bruns,
                     **backfill_summary,
+                    "repos": args.repos,
+                    "records_per_repo": args.records_per_repo,
                     "concurrency": args.backfill_concurrency,
                     "verified": True,
                 }
+                if args.big_repos > 0:
+                    big = asyncio.run(
+                        publish_repos(
+                            net, args.big_repos, args.big_records,
+                            args.publish_concurrency, f"bg{os.getpid() % 1000}",
+                        )
+                    )  # fmt: skip
+                    big.pop("dids")
+                    big_runs = []
+                    for run in range(args.runs):
+                        dsn = pg.create_database(f"backfill_big_{run}")
+                        total = args.repos * args.records_per_repo
+                        total += args.big_repos * args.big_records
+                        big_runs.append(
+                            asyncio.run(
+                                backfill_once(
+                                    dsn, net, args.backfill_concurrency, total
+                                )
+                            )
+                        )
+                    result["backfill_all"] = {
+                        "repos": args.repos + args.big_repos,
+                        "runs": big_runs,
+                        **{
+                            k: _spread([r[k] for r in big_runs])
+                            for k in ("records_s", "repos_s", "seconds")
+                        },
+                    }
+                    r0 = result["backfill_all"]
+                    print(
+                        f"  then {args.big_repos} more repos x {args.big_records} "
+                        f"records: the whole PDS ({r0['repos']} repos, "
+                        f"{big_runs[0]['records']:,.0f} records): "
+                        f"{r0['records_s']['median']:,.0f} records/s, "
+                        f"{r0['repos_s']['median']:,.0f} repos/s (median of {args.runs})",
+                        flush=True,
+                    )
 
     load_after = os.getloadavg()
     result["machine"]["load_after"] = list(load_after)
@@ -994,6 +1065,7 @@ def main() -> None:
                 f"{args.latency_duration:.0f} s per method per run",
                 latency_summary,
                 [*METHODS, EXTRA],
+                cpu=False,
             )
         print(
             "  (peer: atdata-app 0.4.0b1 on "
@@ -1011,6 +1083,14 @@ def main() -> None:
             f"({b['records_s']['min']:,.0f}-{b['records_s']['max']:,.0f}), "
             f"{b['repos_s']['median']:,.0f} repos/s"
         )
+        if "backfill_all" in result:
+            a = result["backfill_all"]
+            print(
+                f"  with {args.big_repos} repos x {args.big_records} records more: "
+                f"{a['records_s']['median']:,.0f} records/s "
+                f"({a['records_s']['min']:,.0f}-{a['records_s']['max']:,.0f}), "
+                f"{a['repos_s']['median']:,.0f} repos/s"
+            )
     if "queries" in only:
         f = result["fold"]
         print(

@@ -22,7 +22,9 @@ recorded, then ``--duration`` seconds measured. Output per method: ``requests``,
 connection; ``error_samples``: the first five, status and body start),
 ``seconds`` (first request sent to last response of the measured phase),
 ``rps``, latency ``p50_ms``, ``p90_ms``, ``p99_ms``, ``max_ms``, ``mean_ms``,
-``bytes`` (response bodies), ``warmup_requests``/``warmup_errors``.
+``bytes`` (response bodies), ``client_cpu_ms_per_request`` (this process's CPU
+per request: what the load generator takes from the server's cores),
+``warmup_requests``/``warmup_errors``/``warmup_error_samples``.
 
     python scripts/bench_appview_load.py --url http://127.0.0.1:8080 \\
         --workload w.json --method searchDatasets --concurrency 16 --duration 8
@@ -35,6 +37,7 @@ import asyncio
 import json
 import math
 import random
+import resource
 import socket
 import sys
 import time
@@ -231,7 +234,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 warm, warm_n = await _phase(
                     conns, requests, args.warmup, args.seed + 7 * n
                 )
+            cpu0 = resource.getrusage(resource.RUSAGE_SELF)
             stats, _sent = await _phase(conns, requests, args.duration, args.seed + n)
+            cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+            client_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (
+                cpu1.ru_stime - cpu0.ru_stime
+            )
             lat = sorted(stats.latencies_ns)
             ok = len(lat)
             seconds = (stats.last_ns - stats.first_ns) / 1e9 if ok else args.duration
@@ -249,6 +257,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "mean_ms": sum(lat) / ok / 1e6 if ok else 0.0,
                 "bytes": stats.nbytes,
                 "concurrency": args.concurrency,
+                "client_cpu_ms_per_request": client_cpu
+                / max(1, ok + stats.errors)
+                * 1000,
                 "warmup_requests": warm_n,
                 "warmup_errors": warm.errors,
                 "warmup_error_samples": warm.samples,

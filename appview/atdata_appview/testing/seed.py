@@ -987,10 +987,19 @@ def generate(
 
 
 def _storage(
-    rng: random.Random, slug: str, shards: int, handle: str, shard_bytes: int
+    rng: random.Random,
+    slug: str,
+    shards: int,
+    handle: str,
+    shard_bytes: int,
+    *,
+    blobs: bool = True,
 ) -> dict[str, Any]:
-    """A storage union member of a random kind with ``shards`` shards."""
-    kind = rng.choices(("http", "s3", "blobs", "external"), (40, 30, 20, 10))[0]
+    """A storage union member of a random kind with ``shards`` shards (not
+    ``storageBlobs`` unless ``blobs``: a PDS refuses a record naming blobs it does
+    not hold)."""
+    weights = (40, 30, 20 if blobs else 0, 10)
+    kind = rng.choices(("http", "s3", "blobs", "external"), weights)[0]
     host_of = handle.split(".")[0]
 
     def checksum() -> dict[str, str]:
@@ -1104,8 +1113,9 @@ def repo_records(
     handle: str, did: str, n: int = 3, *, seed: int = 0
 ) -> list[tuple[str, str, dict[str, Any]]]:
     """``n`` records of one small repository, in write order: a schema (flat form,
-    key ``{name}:{version}``), then entries of it (and a label when ``n >= 4``):
-    ``(collection, rkey, record)``. For seeding a real PDS."""
+    key ``{name}:{version}``), then entries of it (HTTP, S3 or external storage:
+    no blobs) and, when ``n >= 4``, a label: ``(collection, rkey, record)``. For
+    seeding a real PDS."""
     rng = random.Random(f"{seed}:{did}")
     keys = _Keys(rng)
     dom = rng.choices(list(DOMAINS), [d.weight for d in DOMAINS.values()])[0]
@@ -1141,7 +1151,7 @@ def repo_records(
             "$type": ENTRY,
             "name": slug,
             "schemaRef": schema_uri,
-            "storage": _storage(rng, slug, shards, handle, 10_000_000),
+            "storage": _storage(rng, slug, shards, handle, 10_000_000, blobs=False),
             "description": f"{w} {rng.choice(d.nouns)} from {rng.choice(d.sources)}.",
             "tags": sorted({rng.choice(d.tags), rng.choice(_GENERIC_TAGS)}),
             "license": "CC-BY-4.0",
