@@ -142,7 +142,7 @@ def _git(*args: str) -> str:
     try:
         return subprocess.run(
             ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
+        ).stdout.rstrip("\n")
     except (OSError, subprocess.CalledProcessError):
         return ""
 
@@ -824,7 +824,13 @@ def main() -> None:
         "benchmark": "appview",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "commit": _git("rev-parse", "HEAD"),
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "dirty_files": [
+            line[3:]
+            for line in _git("status", "--porcelain", "--untracked-files=no").split(
+                "\n"
+            )
+            if line.strip()
+        ],
         "machine": {
             "nproc": os.cpu_count(),
             "platform": platform.platform(),
