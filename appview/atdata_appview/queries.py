@@ -33,6 +33,8 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
 
+import asyncpg
+import asyncpg.pool
 import orjson
 from atdata_runtime.lex.formats import is_did, is_handle
 
@@ -447,15 +449,23 @@ def _tsquery(
     return expr
 
 
+_CUSTOM_PLANS: Final = "SET plan_cache_mode = force_custom_plan"
+
+
 @contextlib.asynccontextmanager
 async def _planned(db: Db) -> AsyncIterator[Any]:
-    # One connection, in a transaction planning every statement for its actual
-    # parameters: how selective a text or tag filter is decides between the
-    # inverted index and the ordered one, and a cached generic plan cannot know.
+    # One connection planning every statement for its actual parameters: how
+    # selective a text or tag filter is decides between the inverted index and the
+    # ordered one, and a cached generic plan cannot know. On a pooled connection
+    # (asyncpg resets the session when it goes back: RESET ALL) a session SET, one
+    # round trip; on a caller's own connection, SET LOCAL in a transaction.
     if hasattr(db, "acquire"):
-        async with db.acquire() as conn, conn.transaction(readonly=True):
-            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        async with db.acquire() as conn:
+            await conn.execute(_CUSTOM_PLANS)
             yield conn
+    elif isinstance(db, asyncpg.pool.PoolConnectionProxy):
+        await db.execute(_CUSTOM_PLANS)
+        yield db
     else:
         async with db.transaction(readonly=True):
             await db.execute("SET LOCAL plan_cache_mode = force_custom_plan")
@@ -511,7 +521,13 @@ async def search_entries(db: Db, query: SearchQuery, *, pool: Any = None) -> Sea
         await _search_filters(conn, query, sql)
         where = " AND ".join(sql.where)
         facets = (
-            await _facets(conn, src, where, list(sql.args), fp)
+            await _facets(
+                conn,
+                src,
+                where,
+                list(sql.args),
+                fp + repr(vocabulary.database_key(conn)).encode(),
+            )
             if query.facets
             else None
         )
@@ -834,10 +850,10 @@ async def resolve_schema(
     ``~1.2``, ``1.x``: the highest match); the latest release (semver order; a
     prerelease only when there is no release) when absent. ``None`` when none
     matches."""
-    did = await resolve_did(db, handle)
     rng = parse_version_range(version) if version else None
     sql = _Sql()
-    sql.where.append(f"s.did = {sql.arg(did)}")
+    who = _publisher(sql, handle)
+    sql.where.append("s.did = d.did")
     like = schema_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     sql.where.append(
         f"(s.name = {sql.arg(schema_id)} OR s.rkey = {sql.arg(schema_id)} "
@@ -853,13 +869,33 @@ async def resolve_schema(
         )
     sql.where.append(_ACTIVE.format(t="s"))
     row = await db.fetchrow(
+        f"SELECT d.did, f.uri, f.cid, f.record FROM {who} LEFT JOIN LATERAL ("
         f"SELECT s.uri, s.cid, s.record::text AS record FROM appview_schemas s "
-        f"WHERE {' AND '.join(sql.where)} {_LATEST} LIMIT 1",
+        f"WHERE {' AND '.join(sql.where)} {_LATEST} LIMIT 1) f ON true",
         *sql.args,
     )
-    if row is None:
+    _found_publisher(row, handle)
+    if row["uri"] is None:
         return None
     return {"uri": row["uri"], "cid": row["cid"], "record": _json(row["record"])}
+
+
+def _publisher(sql: _Sql, repo: str) -> str:
+    # A one-row relation ``d(did)``: the DID of ``repo`` (a DID as is, a handle
+    # through appview_accounts), no row when the handle is unknown: the caller's
+    # lookup runs in the same statement (one round trip).
+    if repo.startswith("did:") and is_did(repo):
+        return f"(SELECT {sql.arg(repo)}::text AS did) d"
+    handle = repo.lower() if is_handle(repo) else ""
+    return (
+        f"(SELECT did FROM appview_accounts WHERE handle = {sql.arg(handle)} "
+        f"ORDER BY updated_at DESC LIMIT 1) d"
+    )
+
+
+def _found_publisher(row: Any, repo: str) -> None:
+    if row is None:
+        raise QueryError("RepoNotFound", f"repository not found: {repo[:253]}")
 
 
 def _json(text: str) -> Any:
@@ -1076,20 +1112,22 @@ async def resolve_label(
     label record's CID, "label": the label record as published}`` for the label
     ``name`` (and ``version``, when given) of publisher ``handle`` (DID or handle;
     ``RepoNotFound``), the most recently created; ``None`` when none."""
-    did = await resolve_did(db, handle)
     sql = _Sql()
-    sql.where.append(f"b.did = {sql.arg(did)}")
+    who = _publisher(sql, handle)
+    sql.where.append("b.did = d.did")
     sql.where.append(f"b.name = {sql.arg(name)}")
     if version is not None:
         sql.where.append(f"b.version = {sql.arg(version)}")
     sql.where.append(_ACTIVE.format(t="b"))
     row = await db.fetchrow(
+        f"SELECT d.did, f.dataset_uri, f.cid, f.record FROM {who} LEFT JOIN LATERAL ("
         f"SELECT b.dataset_uri, b.cid, b.record::text AS record FROM appview_labels b "
         f"WHERE {' AND '.join(sql.where)} "
-        f"ORDER BY b.created_at DESC NULLS LAST, b.indexed_at DESC LIMIT 1",
+        f"ORDER BY b.created_at DESC NULLS LAST, b.indexed_at DESC LIMIT 1) f ON true",
         *sql.args,
     )
-    if row is None:
+    _found_publisher(row, handle)
+    if row["dataset_uri"] is None:
         return None
     return {"uri": row["dataset_uri"], "cid": row["cid"], "label": _json(row["record"])}
 
@@ -1121,12 +1159,25 @@ async def profile(db: Db, did_or_handle: str) -> Profile | None:
     return Profile(did, handle, active, None if active else row["status"], counts)
 
 
+DESCRIBE_TTL_SECONDS: float = 5.0
+"""describeService's counts are reused for this long (seconds): counting every
+table is a pass over each (atdata's health check calls it)."""
+
+_describe_cache: dict[str, tuple[float, dict[str, Any]]] = {}
+
+
 async def describe_service(db: Db, service_did: str) -> dict[str, Any]:
     """describeService: ``{"did", "availableCollections", "recordCount":
     {collection NSID: count} (keyed by collection as atdata-app 0.4 serves it),
-    "analytics": {"activePublishers"}, "deadLetters", "cursor"}``."""
+    "analytics": {"activePublishers": DIDs with an indexed entry or schema},
+    "deadLetters", "cursor"}``, at most :data:`DESCRIBE_TTL_SECONDS` old."""
     from .schema import RECORD_TABLES
 
+    now = time.monotonic()
+    key = f"{service_did} {vocabulary.database_key(db)!r}"
+    hit = _describe_cache.get(key)
+    if hit is not None and now - hit[0] < DESCRIBE_TTL_SECONDS:
+        return hit[1]
     counts = ", ".join(
         f"(SELECT count(*) FROM {table}) AS c{i}"
         for i, table in enumerate(RECORD_TABLES.values())
@@ -1138,7 +1189,7 @@ async def describe_service(db: Db, service_did: str) -> dict[str, Any]:
         "FROM appview_cursor c"
     )
     record_count = {nsid: int(row[f"c{i}"]) for i, nsid in enumerate(RECORD_TABLES)}
-    return {
+    out = {
         "did": service_did,
         "availableCollections": list(RECORD_TABLES),
         "recordCount": record_count,
@@ -1146,3 +1197,5 @@ async def describe_service(db: Db, service_did: str) -> dict[str, Any]:
         "deadLetters": int(row["dead_letters"]),
         "cursor": max(0, int(row["seq"])),
     }
+    _describe_cache[key] = (now, out)
+    return out

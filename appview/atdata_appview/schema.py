@@ -163,6 +163,10 @@ CREATE INDEX IF NOT EXISTS appview_entries_recent
     ON appview_entries (indexed_at DESC, did DESC, rkey DESC);
 CREATE INDEX IF NOT EXISTS appview_entries_size
     ON appview_entries (size_bytes DESC NULLS LAST, did DESC, rkey DESC);
+-- searchDatasets relevance: the newest matches of a common term, read (and
+-- ranked) from the index alone (index-only scan: search and name included)
+CREATE INDEX IF NOT EXISTS appview_entries_recent_search
+    ON appview_entries (indexed_at DESC, did DESC, rkey DESC) INCLUDE (search, name);
 -- searchDatasets sort=size keyset: (coalesce(size_bytes, -1), did, rkey) < (...)
 CREATE INDEX IF NOT EXISTS appview_entries_size_key
     ON appview_entries ((coalesce(size_bytes, -1)) DESC, did DESC, rkey DESC);

@@ -38,6 +38,7 @@ __all__ = [
     "THRESHOLD",
     "Vocabulary",
     "current",
+    "database_key",
     "query_words",
     "reset",
 ]
@@ -98,6 +99,16 @@ _GENERATION_SQL: Final = (
     "(SELECT reltuples FROM pg_class WHERE oid = 'appview_entries'::regclass) AS rows "
     "FROM appview_cursor c"
 )
+
+
+def database_key(db: Any) -> tuple[Any, ...]:
+    """Which database ``db`` (an asyncpg connection, pooled or not, or a pool)
+    talks to: server address and database name (a pool: its identity), so that a
+    per-process cache of one database never answers for another."""
+    addr = getattr(db, "_addr", None)
+    if addr is None:
+        return ("pool", id(db))
+    return (str(addr), getattr(getattr(db, "_params", None), "database", None))
 
 
 def trigrams(word: str) -> set[str]:
@@ -227,7 +238,13 @@ async def current(db: Any, pool: Any = None) -> Vocabulary:
         return vocab
     _checked_at = now
     row = await db.fetchrow(_GENERATION_SQL)
-    generation = (row["seq"], row["folded"], row["dead_letters"], row["newest"])
+    generation = (
+        database_key(db),
+        row["seq"],
+        row["folded"],
+        row["dead_letters"],
+        row["newest"],
+    )
     if vocab is not None and vocab.generation == generation:
         return vocab
     if vocab is None or pool is None or (row["rows"] or 0) < SYNC_LOAD_ROWS:

@@ -345,6 +345,7 @@ def _fresh_caches(monkeypatch: pytest.MonkeyPatch) -> None:
     # every request sees the index as it is now (no cached vocabulary or facets)
     monkeypatch.setattr(vocabulary, "CHECK_SECONDS", 0.0)
     monkeypatch.setattr(queries, "FACET_TTL_SECONDS", 0.0)
+    monkeypatch.setattr(queries, "DESCRIBE_TTL_SECONDS", 0.0)
     vocabulary.reset()
 
 
