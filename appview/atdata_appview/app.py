@@ -186,14 +186,21 @@ class _BodyTooLarge(Exception):
 
 
 def _client_key(scope: _Scope) -> str:
-    """The rate-limit key of the request's client: its address (IPv6: the /64)."""
+    """The rate-limit key of the request's client: its address (IPv6: the /64).
+
+    An IPv4-mapped IPv6 address (``::ffff:a.b.c.d``, RFC 4291 § 2.5.5.2: how a
+    dual-stack listener on ``::`` sees IPv4 clients) is keyed by its IPv4 address,
+    so IPv4 clients never share the one all-zero /64."""
     client = scope.get("client")
     host = str(client[0]) if client else ""
     if ":" in host:
         try:
-            return ipaddress.IPv6Address(host.split("%", 1)[0]).packed[:8].hex() + "/64"
+            address = ipaddress.IPv6Address(host.split("%", 1)[0])
         except ValueError:
             return host
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return address.packed[:8].hex() + "/64"
     return host
 
 

@@ -156,18 +156,30 @@ def did_web_for_url(url: str) -> str:
     return f"did:web:{quote(host, safe='.')}"
 
 
+_DSN_NOT_SHOWN: Final = "the value is not shown: it may hold a password"
+
+
 def _check_dsn(dsn: str, var: str) -> str:
+    """``dsn`` stripped, if it is a ``postgresql://`` or ``postgres://`` URL.
+
+    A refused DSN is never quoted, not even redacted: :func:`redact_url` only
+    finds the password of a URL that parses, and a libpq ``key=value`` string
+    (``host=h password=...``) or a URL whose password landed in the port
+    (``postgresql://user:secret/db``, no ``@``) is no such URL."""
     text = dsn.strip()
     if not text:
         raise ConfigError(f"{var}: missing (a postgresql:// DSN)")
     try:
         parts = urlsplit(text)
         parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError as exc:
-        raise ConfigError(f"{var}: {redact_url(text)!r} is not a DSN ({exc})") from None
+    except ValueError:
+        raise ConfigError(
+            f"{var}: not a DSN: the port is not a number ({_DSN_NOT_SHOWN})"
+        ) from None
     if parts.scheme not in ("postgresql", "postgres"):
         raise ConfigError(
-            f"{var}: {redact_url(text)!r} must be a postgresql:// or postgres:// URL"
+            f"{var}: must be a postgresql:// or postgres:// URL (libpq's key=value "
+            f"form is not accepted; {_DSN_NOT_SHOWN})"
         )
     return text
 

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from atdata_appview.app import API_CSP, Guard, create_app, did_document
+from atdata_appview.app import API_CSP, Guard, _client_key, create_app, did_document
 from atdata_appview.config import Settings
 from atdata_appview.testing.log import LogWriter, append_rows
 from atdata_ingest.ratelimit import RateLimiter
@@ -170,6 +170,18 @@ def test_each_client_address_has_its_own_bucket(appview_dsn: str) -> None:
         return codes
 
     assert asyncio.run(go()) == [200, 200, 429, 200, 429]
+
+
+def test_ipv4_mapped_clients_are_keyed_by_their_ipv4_address() -> None:
+    """On a dual-stack listener (host ``::``) IPv4 clients arrive as
+    ``::ffff:a.b.c.d``: each is its own IPv4 bucket, not one shared all-zero /64."""
+    keys = {
+        who: _client_key({"client": (who, 1)})
+        for who in ("::ffff:1.2.3.4", "::ffff:9.9.9.9", "1.2.3.4", "2001:db8::1")
+    }
+    assert keys["::ffff:1.2.3.4"] == keys["1.2.3.4"] == "1.2.3.4"
+    assert keys["::ffff:9.9.9.9"] == "9.9.9.9"
+    assert keys["2001:db8::1"] == "20010db800000000/64"
 
 
 def test_request_bounds(appview_dsn: str) -> None:

@@ -255,6 +255,16 @@ def test_the_dsn_password_is_never_printed(pg: PostgresCluster) -> None:
     done = cli("status", ATDATA_APPVIEW_DSN=f"mysql://root:{secret}@h/db")
     assert done.returncode == 78
     assert "must be a postgresql://" in done.stderr and secret not in done.stderr
+    # DSNs that are no URL at all (libpq's key=value form, an unparsable port)
+    # are never quoted: redaction only understands URLs
+    for bad in (
+        f"host=127.0.0.1 user=postgres password={secret} dbname=x",
+        f"postgresql://postgres:{secret}/x",  # no '@': the password is the "port"
+    ):
+        done = cli("status", ATDATA_APPVIEW_DSN=bad)
+        assert done.returncode == 78, done.stderr
+        assert "ATDATA_APPVIEW_DSN" in done.stderr and "DSN" in done.stderr
+        assert secret not in done.stderr + done.stdout, done.stderr
 
 
 def test_a_database_without_the_schema_is_exit_78(fresh_dsn: str) -> None:
