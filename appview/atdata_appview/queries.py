@@ -337,7 +337,7 @@ def parse_schema_filter(text: str) -> tuple[str | None, str, VersionRange]:
 # --------------------------------------------------------------------------------
 # searchDatasets
 
-WINDOW: Final = 500
+WINDOW: Final = 300
 """Relevance ranks the :data:`WINDOW` most recently indexed matches (all of them
 when there are fewer): ranking is per row (``ts_rank_cd`` reads every position of
 every match), so a term that half the index contains would otherwise cost a pass
@@ -511,9 +511,13 @@ async def search_entries(db: Db, query: SearchQuery, *, pool: Any = None) -> Sea
     key = cursors.decode(query.cursor, kind, types, fp) if query.cursor else None
     async with _planned(db) as conn:
         sql = _Sql()
+        fixes: list[tuple[str, tuple[str, ...]]] = []
         if text is not None:
-            vocab = await vocabulary.current(conn, pool)
-            tsq = _tsquery(sql, text, vocab.expansions(text))
+            vocab = await vocabulary.current(
+                conn, pool or (db if hasattr(db, "acquire") else None)
+            )
+            fixes = vocab.expansions(text)
+            tsq = _tsquery(sql, text, fixes)
             src = f"appview_entries e, (SELECT {tsq} AS tsq, {sql.arg(text)}::text AS q) qq"
             sql.where.append("e.search @@ qq.tsq")
         else:
@@ -531,7 +535,9 @@ async def search_entries(db: Db, query: SearchQuery, *, pool: Any = None) -> Sea
             if query.facets
             else None
         )
-        rows = await conn.fetch(*_page_sql(sql, src, where, sort, key, query.limit))
+        rows = await conn.fetch(
+            *_page_sql(sql, src, where, sort, key, query.limit, fuzzy=bool(fixes))
+        )
     more = len(rows) > query.limit
     rows = rows[: query.limit]
     cursor = None
@@ -543,8 +549,23 @@ async def search_entries(db: Db, query: SearchQuery, *, pool: Any = None) -> Sea
     return SearchPage([_v.entry_view(r) for r in rows], cursor, facets)
 
 
+# Relevance: cover density rank over name (A), description (B) and tags (C); when
+# the text has words no name contains (typos), plus pg_trgm's word similarity of
+# the text to the name, so the nearest names rank first among the corrections.
+_SCORE: Final = "ts_rank_cd(w.search, w.tsq)::real"
+_FUZZY_SCORE: Final = (
+    "(ts_rank_cd(w.search, w.tsq) + word_similarity(w.q, w.name))::real"
+)
+
+
 def _page_sql(
-    sql: _Sql, src: str, where: str, sort: str, key: list[Any] | None, limit: int
+    sql: _Sql,
+    src: str,
+    where: str,
+    sort: str,
+    key: list[Any] | None,
+    limit: int,
+    fuzzy: bool = False,
 ) -> tuple[Any, ...]:
     # The page query: candidate rows ``t`` (narrow: keys only) ordered and cut,
     # then joined to their full rows and views' joins.
@@ -561,7 +582,7 @@ def _page_sql(
         asof_col = sql.arg(asof) + "::timestamptz" if asof else "now()"
         t = (
             f"SELECT * FROM (SELECT w.did, w.rkey, w.indexed_at, "
-            f"(ts_rank_cd(w.search, w.tsq) + word_similarity(w.q, w.name))::real AS score "
+            f"{_FUZZY_SCORE if fuzzy else _SCORE} AS score "
             f"FROM (SELECT e.did, e.rkey, e.indexed_at, e.search, e.name, qq.tsq, qq.q "
             f"FROM {src} WHERE {window_where} "
             f"ORDER BY e.indexed_at DESC, e.did DESC, e.rkey DESC LIMIT {WINDOW}) w) s "

@@ -11,7 +11,20 @@ Record tables (one per ``science.alt.dataset.*`` record type), all keyed by
   ``rev`` (the commit revision that wrote it, a TID), ``seq`` (the ingestion-log
   ``seq`` that wrote it; NULL when it came from a backfill), ``record`` (the record
   value as published, JSON data model), ``created_at`` (the record's ``createdAt``,
-  parsed; NULL when unparsable), ``indexed_at`` (when this version was folded in).
+  parsed; NULL when unparsable), ``indexed_at`` (when this version was folded in:
+  moved only when the record's CID changes, never by a backfill re-reading the
+  same version), ``first_indexed_at`` (when the record was first indexed; never
+  updated: "recent" pages are keyed on it, so an update between two pages moves
+  nothing; indexes ``appview_{entries,schemas,lenses}_first_indexed`` on
+  ``(first_indexed_at DESC, did DESC, rkey DESC)``).
+
+  References to other records (``schema_ref``, ``source_schema``/``target_schema``,
+  ``dataset_uri``, ``lens_uri``) are stored in DID form (``at://did:.../...``)
+  when the record names its target by a handle the AppView knows
+  (``appview_accounts``); the ``record`` column keeps the text as published. A
+  handle not known when the record is folded stays (lower-cased) in handle form
+  until an ``#identity`` claims it (:mod:`.indexer`); partial indexes
+  ``*_by_handle`` hold those rows.
 
 - ``appview_schemas``: ``name``, ``version`` (semver text), ``major``/``minor``/
   ``patch`` and ``prerelease`` (for ordering and ``^1``-style ranges), ``schema_type``,
@@ -32,6 +45,13 @@ Other tables:
 
 - ``appview_cursor``: one row, the position ``(seq, idx)`` of the last
   ingestion-log row folded in. Advanced in the same transaction as the batch.
+  Also: ``ingest_source`` (the ``ingest_cursor.source`` whose seq space the
+  position counts in), ``require_verified`` (the live fold's signature policy,
+  which drains after a backfill follow), ``horizon`` (log rows stored before it
+  belong to an earlier seq space and are never folded), ``resets`` /
+  ``reset_at`` / ``reset_reason`` (ingest cursor resets seen), ``gaps`` /
+  ``gap_at`` / ``gap_seqs`` (times the log's retention had dropped rows not yet
+  folded: ``[cursor seq, oldest retained seq]``).
 - ``appview_accounts``: per DID, the current ``handle`` (``#identity``) and
   ``active``/``status`` (``#account``). A ``deleted`` or ``takendown`` account has
   its records purged from every record table; any other inactive status
@@ -63,7 +83,7 @@ import asyncpg
 
 __all__ = ["RECORD_TABLES", "SCHEMA_VERSION", "migrate"]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 RECORD_TABLES: Final = {
     "science.alt.dataset.schema": "appview_schemas",
@@ -86,6 +106,7 @@ _COMMON: Final = """
     record jsonb NOT NULL,
     created_at timestamptz,
     indexed_at timestamptz NOT NULL DEFAULT now(),
+    first_indexed_at timestamptz NOT NULL DEFAULT now(),
 """
 
 _DDL: Final = f"""
@@ -108,6 +129,16 @@ CREATE TABLE IF NOT EXISTS appview_cursor (
     dead_letters bigint NOT NULL DEFAULT 0
 );
 INSERT INTO appview_cursor (id) VALUES (true) ON CONFLICT DO NOTHING;
+ALTER TABLE appview_cursor
+    ADD COLUMN IF NOT EXISTS ingest_source text,
+    ADD COLUMN IF NOT EXISTS require_verified boolean,
+    ADD COLUMN IF NOT EXISTS horizon timestamptz,
+    ADD COLUMN IF NOT EXISTS resets integer NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS reset_at timestamptz,
+    ADD COLUMN IF NOT EXISTS reset_reason text,
+    ADD COLUMN IF NOT EXISTS gaps integer NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS gap_at timestamptz,
+    ADD COLUMN IF NOT EXISTS gap_seqs bigint[];
 
 CREATE TABLE IF NOT EXISTS appview_schemas ({_COMMON}
     name text NOT NULL,
@@ -163,10 +194,11 @@ CREATE INDEX IF NOT EXISTS appview_entries_recent
     ON appview_entries (indexed_at DESC, did DESC, rkey DESC);
 CREATE INDEX IF NOT EXISTS appview_entries_size
     ON appview_entries (size_bytes DESC NULLS LAST, did DESC, rkey DESC);
--- searchDatasets relevance: the newest matches of a common term, read (and
--- ranked) from the index alone (index-only scan: search and name included)
+-- searchDatasets relevance: the newest matches of a common term, filtered and
+-- ranked from the index alone (index-only scan: what the filters and the rank read)
 CREATE INDEX IF NOT EXISTS appview_entries_recent_search
-    ON appview_entries (indexed_at DESC, did DESC, rkey DESC) INCLUDE (search, name);
+    ON appview_entries (indexed_at DESC, did DESC, rkey DESC)
+    INCLUDE (search, name, tags, storage_kind, license);
 -- searchDatasets sort=size keyset: (coalesce(size_bytes, -1), did, rkey) < (...)
 CREATE INDEX IF NOT EXISTS appview_entries_size_key
     ON appview_entries ((coalesce(size_bytes, -1)) DESC, did DESC, rkey DESC);
@@ -287,6 +319,43 @@ CREATE TABLE IF NOT EXISTS appview_pending (
 );
 ALTER TABLE appview_pending ADD COLUMN IF NOT EXISTS verified boolean,
     ADD COLUMN IF NOT EXISTS valid text, ADD COLUMN IF NOT EXISTS verify_rule text;
+
+-- first_indexed_at (schema 2): when the record was first indexed, never updated;
+-- on a database of schema 1, added and filled from indexed_at once
+DO $$
+DECLARE t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['appview_schemas', 'appview_entries', 'appview_lenses',
+        'appview_labels', 'appview_lens_verifications']
+    LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = t::regclass
+                AND attname = 'first_indexed_at' AND NOT attisdropped) THEN
+            EXECUTE format('ALTER TABLE %I ADD COLUMN first_indexed_at timestamptz '
+                'NOT NULL DEFAULT now()', t);
+            EXECUTE format('UPDATE %I SET first_indexed_at = indexed_at', t);
+        END IF;
+    END LOOP;
+END $$;
+-- "recent" pages keyed on first_indexed_at (an update does not move a record)
+CREATE INDEX IF NOT EXISTS appview_entries_first_indexed
+    ON appview_entries (first_indexed_at DESC, did DESC, rkey DESC);
+CREATE INDEX IF NOT EXISTS appview_schemas_first_indexed
+    ON appview_schemas (first_indexed_at DESC, did DESC, rkey DESC);
+CREATE INDEX IF NOT EXISTS appview_lenses_first_indexed
+    ON appview_lenses (first_indexed_at DESC, did DESC, rkey DESC);
+
+-- references still naming their target by handle (at://handle/...; the handle
+-- was not known when folded): few rows, re-canonicalised on an #identity
+CREATE INDEX IF NOT EXISTS appview_entries_schema_by_handle ON appview_entries
+    (schema_ref) WHERE schema_ref NOT LIKE 'at://did:%';
+CREATE INDEX IF NOT EXISTS appview_lenses_source_by_handle ON appview_lenses
+    (source_schema) WHERE source_schema NOT LIKE 'at://did:%';
+CREATE INDEX IF NOT EXISTS appview_lenses_target_by_handle ON appview_lenses
+    (target_schema) WHERE target_schema NOT LIKE 'at://did:%';
+CREATE INDEX IF NOT EXISTS appview_labels_dataset_by_handle ON appview_labels
+    (dataset_uri) WHERE dataset_uri NOT LIKE 'at://did:%';
+CREATE INDEX IF NOT EXISTS appview_lens_verifications_lens_by_handle
+    ON appview_lens_verifications (lens_uri) WHERE lens_uri NOT LIKE 'at://did:%';
 """
 
 

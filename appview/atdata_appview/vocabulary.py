@@ -34,6 +34,7 @@ import numpy as np
 __all__ = [
     "CHECK_SECONDS",
     "MAX_WORDS",
+    "RELOAD_SECONDS",
     "SYNC_LOAD_ROWS",
     "THRESHOLD",
     "Vocabulary",
@@ -57,6 +58,10 @@ MAX_CORRECTIONS: Final = 3
 
 CHECK_SECONDS: float = 5.0
 """How often (at most) a process checks whether the index moved (seconds)."""
+
+RELOAD_SECONDS: float = 60.0
+"""A large vocabulary (see :data:`SYNC_LOAD_ROWS`) is rebuilt at most this often
+(seconds): building it reads every name (``ts_stat``)."""
 
 SYNC_LOAD_ROWS: Final = 20_000
 """Below this many entries a stale vocabulary is reloaded before answering (it
@@ -135,6 +140,7 @@ class Vocabulary:
 
     def __init__(self, words: Iterable[tuple[str, int]], generation: Any = None):
         self.generation = generation
+        self.loaded_at = time.monotonic()
         self.words: list[str] = []
         self.known: dict[str, int] = {}
         counts: list[int] = []
@@ -229,8 +235,9 @@ async def current(db: Any, pool: Any = None) -> Vocabulary:
     """The process's vocabulary, (re)loaded through ``db`` when missing, and when
     the index moved (``appview_cursor`` counters or the newest ``indexed_at``
     changed; checked at most every :data:`CHECK_SECONDS`): before answering when
-    the table is small (< :data:`SYNC_LOAD_ROWS` rows) or no ``pool`` is given,
-    else in a background task on a connection of ``pool``."""
+    the table is small (< :data:`SYNC_LOAD_ROWS` rows) or no ``pool`` is given;
+    else at most every :data:`RELOAD_SECONDS`, in a background task on a
+    connection of ``pool``, the old vocabulary answering meanwhile."""
     global _current, _checked_at, _loading
     now = time.monotonic()
     vocab = _current
@@ -247,9 +254,12 @@ async def current(db: Any, pool: Any = None) -> Vocabulary:
     )
     if vocab is not None and vocab.generation == generation:
         return vocab
-    if vocab is None or pool is None or (row["rows"] or 0) < SYNC_LOAD_ROWS:
+    small = (row["rows"] or 0) < SYNC_LOAD_ROWS
+    if vocab is None or pool is None or small or vocab.generation[0] != generation[0]:
         vocab = _current = await _load(db, generation)
         return vocab
-    if _loading is None or _loading.done():
+    if now - vocab.loaded_at >= RELOAD_SECONDS and (
+        _loading is None or _loading.done()
+    ):
         _loading = asyncio.create_task(_load_in_background(pool, generation))
     return vocab

@@ -179,7 +179,9 @@ async def _search_lenses(db: Any, p: Any, request: Request) -> dict[str, Any]:
 
 
 async def _search_datasets(db: Any, p: Any, request: Request) -> dict[str, Any]:
-    page = await queries.search_entries(db, queries.SearchQuery.from_params(p))
+    page = await queries.search_entries(
+        db, queries.SearchQuery.from_params(p), pool=request.app.state.pool
+    )
     out: dict[str, Any] = {"entries": page.entries}
     if page.cursor is not None:
         out["cursor"] = page.cursor
