@@ -58,7 +58,11 @@ Other tables:
   (``deactivated``, ``suspended``, ...) keeps them, and queries hide records of
   accounts with ``active = false``. ``rev``: the highest commit rev folded for
   the DID (TID, compared in C collation), below which commits are stale replays
-  (:mod:`.indexer`).
+  (:mod:`.indexer`). ``handle`` is only what the account's events *claim*;
+  ``verified_handle`` is the handle checked both ways on the network (handle →
+  DID, and the DID document's ``alsoKnownAs``; :mod:`.handles`), the only one
+  queries resolve or show; ``handle_checked``/``handle_checked_at``: the handle
+  last checked and when.
 - ``appview_dead_letters``: records refused by validation, with the rule ID, the
   JSON pointer and the reason; never indexed.
 - ``appview_schema_compat``: per publisher and schema name, the compatibility
@@ -251,6 +255,16 @@ CREATE TABLE IF NOT EXISTS appview_accounts (
 );
 ALTER TABLE appview_accounts ADD COLUMN IF NOT EXISTS rev text;
 CREATE INDEX IF NOT EXISTS appview_accounts_handle ON appview_accounts (handle);
+-- handle verification (atdata_appview.handles): what queries resolve and show
+ALTER TABLE appview_accounts ADD COLUMN IF NOT EXISTS verified_handle text,
+    ADD COLUMN IF NOT EXISTS handle_checked text,
+    ADD COLUMN IF NOT EXISTS handle_checked_at timestamptz;
+CREATE INDEX IF NOT EXISTS appview_accounts_verified_handle
+    ON appview_accounts (verified_handle);
+CREATE INDEX IF NOT EXISTS appview_accounts_handle_unchecked ON appview_accounts (did)
+    WHERE coalesce(handle, verified_handle) IS DISTINCT FROM handle_checked;
+CREATE INDEX IF NOT EXISTS appview_accounts_handle_checked_at
+    ON appview_accounts (handle_checked_at) WHERE handle_checked IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS appview_dead_letters (
     id bigserial PRIMARY KEY,
