@@ -24,9 +24,11 @@ router serves them in XRPC's shape).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import datetime as _dt
+import logging
 import re
 import time
 from collections import OrderedDict
@@ -76,6 +78,8 @@ __all__ = [
 ]
 
 Db = Any  # asyncpg.Connection | asyncpg.Pool (asyncpg is untyped)
+
+log = logging.getLogger(__name__)
 
 FACET_LIMIT: Final = 20
 """Values per facet (most frequent first)."""
@@ -531,6 +535,7 @@ async def search_entries(db: Db, query: SearchQuery, *, pool: Any = None) -> Sea
                 where,
                 list(sql.args),
                 fp + repr(vocabulary.database_key(conn)).encode(),
+                pool or (db if hasattr(db, "acquire") else None),
             )
             if query.facets
             else None
@@ -626,32 +631,34 @@ def _page_sql(
     return (text, *sql.args)
 
 
-async def _facets(
-    db: Db, src: str, where: str, args: list[Any], fp: bytes
+_FACETS_SQL: Final = (
+    "WITH m AS MATERIALIZED (SELECT e.tags, e.schema_ref, e.storage_kind, "
+    "e.license FROM {src} WHERE {where}) "
+    "(SELECT 'tags' AS facet, t AS value, count(*) AS n FROM m, unnest(m.tags) t "
+    "GROUP BY t ORDER BY n DESC, t LIMIT {n}) "
+    "UNION ALL (SELECT 'schemas', s.name, sum(r.n)::bigint AS n FROM "
+    "(SELECT schema_ref, count(*) AS n FROM m GROUP BY schema_ref) r "
+    "JOIN appview_schemas s ON s.uri = r.schema_ref "
+    "GROUP BY s.name ORDER BY n DESC, s.name LIMIT {n}) "
+    "UNION ALL (SELECT 'storage', storage_kind, count(*) AS n FROM m "
+    "GROUP BY storage_kind ORDER BY n DESC, storage_kind LIMIT {n}) "
+    "UNION ALL (SELECT 'licenses', license, count(*) AS n FROM m "
+    "WHERE license IS NOT NULL AND license <> '' "
+    "GROUP BY license ORDER BY n DESC, license LIMIT {n})"
+)
+
+FACET_STALE_SECONDS: float = 300.0
+"""Facet counts older than :data:`FACET_TTL_SECONDS` but younger than this are
+answered at once while a background task recounts them (when a pool is at hand)."""
+
+_facet_refresh: dict[bytes, asyncio.Task[None]] = {}
+
+
+async def _count_facets(
+    db: Db, src: str, where: str, args: list[Any], key: bytes
 ) -> dict[str, list[dict[str, Any]]]:
-    # Top FACET_LIMIT values of each facet over every match (one statement: the
-    # matches are read once), cached per query for FACET_TTL_SECONDS.
-    now = time.monotonic()
-    hit = _facet_cache.get(fp)
-    if hit is not None and now - hit[0] < FACET_TTL_SECONDS:
-        _facet_cache.move_to_end(fp)
-        return hit[1]
-    n = FACET_LIMIT
     rows = await db.fetch(
-        f"WITH m AS MATERIALIZED (SELECT e.tags, e.schema_ref, e.storage_kind, "
-        f"e.license FROM {src} WHERE {where}) "
-        f"(SELECT 'tags' AS facet, t AS value, count(*) AS n FROM m, unnest(m.tags) t "
-        f"GROUP BY t ORDER BY n DESC, t LIMIT {n}) "
-        f"UNION ALL (SELECT 'schemas', s.name, sum(r.n)::bigint AS n FROM "
-        f"(SELECT schema_ref, count(*) AS n FROM m GROUP BY schema_ref) r "
-        f"JOIN appview_schemas s ON s.uri = r.schema_ref "
-        f"GROUP BY s.name ORDER BY n DESC, s.name LIMIT {n}) "
-        f"UNION ALL (SELECT 'storage', storage_kind, count(*) AS n FROM m "
-        f"GROUP BY storage_kind ORDER BY n DESC, storage_kind LIMIT {n}) "
-        f"UNION ALL (SELECT 'licenses', license, count(*) AS n FROM m "
-        f"WHERE license IS NOT NULL AND license <> '' "
-        f"GROUP BY license ORDER BY n DESC, license LIMIT {n})",
-        *args,
+        _FACETS_SQL.format(src=src, where=where, n=FACET_LIMIT), *args
     )
     out: dict[str, list[dict[str, Any]]] = {
         "tags": [],
@@ -661,10 +668,46 @@ async def _facets(
     }
     for row in rows:
         out[row["facet"]].append({"value": row["value"], "count": row["n"]})
-    _facet_cache[fp] = (now, out)
+    _facet_cache[key] = (time.monotonic(), out)
+    _facet_cache.move_to_end(key)
     while len(_facet_cache) > FACET_CACHE_SIZE:
         _facet_cache.popitem(last=False)
     return out
+
+
+async def _refresh_facets(
+    pool: Any, src: str, where: str, args: list[Any], key: bytes
+) -> None:
+    try:
+        async with _planned(pool) as conn:
+            await _count_facets(conn, src, where, args, key)
+    except Exception:  # the stale counts keep answering; recounted next time
+        log.warning("facet recount failed", exc_info=True)
+    finally:
+        _facet_refresh.pop(key, None)
+
+
+async def _facets(
+    db: Db, src: str, where: str, args: list[Any], key: bytes, pool: Any = None
+) -> dict[str, list[dict[str, Any]]]:
+    # Top FACET_LIMIT values of each facet over every match (one statement: the
+    # matches are read once); cached per query and database for
+    # FACET_TTL_SECONDS, then answered stale while a background recount runs
+    # (up to FACET_STALE_SECONDS).
+    now = time.monotonic()
+    hit = _facet_cache.get(key)
+    if hit is not None:
+        age = now - hit[0]
+        if age < FACET_TTL_SECONDS:
+            _facet_cache.move_to_end(key)
+            return hit[1]
+        if pool is not None and age < FACET_STALE_SECONDS:
+            if key not in _facet_refresh:
+                _facet_refresh[key] = asyncio.create_task(
+                    _refresh_facets(pool, src, where, list(args), key)
+                )
+            return hit[1]
+    return await _count_facets(db, src, where, args, key)
 
 
 # --------------------------------------------------------------------------------

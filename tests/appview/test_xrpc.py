@@ -18,6 +18,7 @@ import collections
 import datetime as _dt
 import itertools
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -345,6 +346,7 @@ def _fresh_caches(monkeypatch: pytest.MonkeyPatch) -> None:
     # every request sees the index as it is now (no cached vocabulary or facets)
     monkeypatch.setattr(vocabulary, "CHECK_SECONDS", 0.0)
     monkeypatch.setattr(queries, "FACET_TTL_SECONDS", 0.0)
+    monkeypatch.setattr(queries, "FACET_STALE_SECONDS", 0.0)
     monkeypatch.setattr(queries, "DESCRIBE_TTL_SECONDS", 0.0)
     vocabulary.reset()
 
@@ -1126,3 +1128,27 @@ def test_created_at_is_utc(world: tuple[World, str]) -> None:
     assert iso(t) == "2026-01-02T01:04:05.120Z"
     assert iso(t.replace(microsecond=5)) == "2026-01-02T01:04:05.000005Z"
     assert iso(t.replace(microsecond=0)) == "2026-01-02T01:04:05Z"
+
+
+def test_facets_answer_stale_while_recounted(
+    live: tuple[World, str, TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w, dsn, api = live
+    monkeypatch.setattr(queries, "FACET_STALE_SECONDS", 300.0)
+
+    def bulk_count() -> int:
+        body = get(api, "searchDatasets", {"tags": "bulk", "facets": "true"})
+        tags = {f["value"]: f["count"] for f in body["facets"]["tags"]}
+        return tags["bulk"]
+
+    before = bulk_count()
+    assert before == BULK
+    w.rows = []
+    w.add_entry(BOB, entry("Bulk late", w.schemas["ImageSample@1.0.0"], tags=["bulk"]))
+    asyncio.run(fold(dsn, w.rows))
+    # the next answer is the cached count, and it starts a recount
+    assert bulk_count() == before
+    deadline = time.monotonic() + 30
+    while bulk_count() != before + 1:
+        assert time.monotonic() < deadline, "the facets were never recounted"
+        time.sleep(0.05)
