@@ -971,8 +971,9 @@ async def schema_history(
 ) -> dict[str, Any]:
     """getSchemaHistory: ``{"name", "did", "handle"?, "versions": [schema views,
     oldest first, the newest ``limit``], "verdicts": [compat verdicts between
-    consecutive versions shown]}`` from ``appview_schemas`` and
-    ``appview_schema_compat`` (written by :mod:`atdata_appview.history`).
+    consecutive versions shown]}``: :func:`atdata_appview.history.schema_history`
+    (semver 2.0.0 order, the verdicts it stored with atdata-gen's checker) as
+    views.
 
     Errors: ``SchemaNotFound`` (404), ``AmbiguousName`` (400: several publishers
     use ``name`` and ``repo`` is absent), ``RepoNotFound``."""
@@ -992,48 +993,23 @@ async def schema_history(
                 f"more than one publisher uses the schema name {name!r}: give repo",
             )
         did = dids[0]["did"]
+    from .history import schema_history as stored_history
+
+    # the versions in semver 2.0.0 order and the verdicts between consecutive
+    # ones, as the history module orders and stores them
+    ordered, verdicts = await stored_history(db, did, name, limit)
+    uris = [r["uri"] for r in ordered]
     rows = await db.fetch(
-        f"SELECT * FROM (SELECT {_v.SCHEMA_COLUMNS}, s.major, s.minor, s.patch, "
-        f"s.prerelease FROM appview_schemas s {_v.SCHEMA_JOINS} "
-        f"WHERE s.did = $1 AND s.name = $2 AND {_ACTIVE.format(t='s')} "
-        f"ORDER BY s.major DESC, s.minor DESC, s.patch DESC, (s.prerelease = '') DESC, "
-        f"s.prerelease DESC LIMIT $3) v "
-        f"ORDER BY v.major, v.minor, v.patch, (v.prerelease = ''), v.prerelease",
-        did,
-        name,
-        limit,
+        f"SELECT {_v.SCHEMA_COLUMNS} FROM appview_schemas s {_v.SCHEMA_JOINS} "
+        f"WHERE s.uri = ANY($1::text[]) AND {_ACTIVE.format(t='s')}",
+        uris,
     )
-    if not rows:
+    found = {r["uri"]: r for r in rows}
+    if not found:
         raise QueryError("SchemaNotFound", f"no schema named {name!r} in {did}", 404)
-    versions = [_v.schema_view(r) for r in rows]
-    shown = {r["version"] for r in rows}
-    compat = await db.fetch(
-        "SELECT from_version, to_version, from_uri, to_uri, verdict, declared_bump, "
-        "needed_bump, findings::text AS findings FROM appview_schema_compat "
-        "WHERE did = $1 AND name = $2",
-        did,
-        name,
-    )
-    order = {r["version"]: i for i, r in enumerate(rows)}
-    verdicts = []
-    for c in sorted(
-        (c for c in compat if c["from_version"] in shown and c["to_version"] in shown),
-        key=lambda c: order[c["to_version"]],
-    ):
-        verdict: dict[str, Any] = {
-            "fromVersion": c["from_version"],
-            "toVersion": c["to_version"],
-            "fromUri": c["from_uri"],
-            "toUri": c["to_uri"],
-            "verdict": c["verdict"],
-        }
-        if c["declared_bump"]:
-            verdict["declaredBump"] = c["declared_bump"]
-        if c["needed_bump"]:
-            verdict["neededBump"] = c["needed_bump"]
-        findings = _json(c["findings"]) if c["findings"] else []
-        verdict["findings"] = findings if isinstance(findings, list) else []
-        verdicts.append(verdict)
+    versions = [_v.schema_view(found[u]) for u in uris if u in found]
+    shown = set(found)
+    verdicts = [v for v in verdicts if v["fromUri"] in shown and v["toUri"] in shown]
     out: dict[str, Any] = {"name": name, "did": did}
     if "handle" in versions[0]:
         out["handle"] = versions[0]["handle"]
