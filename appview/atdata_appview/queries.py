@@ -1199,25 +1199,29 @@ async def profile(db: Db, did_or_handle: str) -> Profile | None:
     return Profile(did, handle, active, None if active else row["status"], counts)
 
 
-DESCRIBE_TTL_SECONDS: float = 5.0
-"""describeService's counts are reused for this long (seconds): counting every
-table is a pass over each (atdata's health check calls it)."""
+DESCRIBE_TTL_SECONDS: float = 60.0
+"""describeService's counts are reused while the index has not moved (the
+``appview_cursor`` position and counters are the same), for at most this long
+(seconds): counting every table is a pass over each, and atdata's health check
+calls describeService."""
 
-_describe_cache: dict[str, tuple[float, dict[str, Any]]] = {}
+_describe_cache: dict[str, tuple[float, tuple[Any, ...], dict[str, Any]]] = {}
 
 
 async def describe_service(db: Db, service_did: str) -> dict[str, Any]:
     """describeService: ``{"did", "availableCollections", "recordCount":
     {collection NSID: count} (keyed by collection as atdata-app 0.4 serves it),
     "analytics": {"activePublishers": DIDs with an indexed entry or schema},
-    "deadLetters", "cursor"}``, at most :data:`DESCRIBE_TTL_SECONDS` old."""
+    "deadLetters", "cursor"}`` (see :data:`DESCRIBE_TTL_SECONDS`)."""
     from .schema import RECORD_TABLES
 
     now = time.monotonic()
     key = f"{service_did} {vocabulary.database_key(db)!r}"
+    at = await db.fetchrow("SELECT seq, idx, folded, dead_letters FROM appview_cursor")
+    position = tuple(at) if at is not None else ()
     hit = _describe_cache.get(key)
-    if hit is not None and now - hit[0] < DESCRIBE_TTL_SECONDS:
-        return hit[1]
+    if hit is not None and hit[1] == position and now - hit[0] < DESCRIBE_TTL_SECONDS:
+        return hit[2]
     counts = ", ".join(
         f"(SELECT count(*) FROM {table}) AS c{i}"
         for i, table in enumerate(RECORD_TABLES.values())
@@ -1237,5 +1241,5 @@ async def describe_service(db: Db, service_did: str) -> dict[str, Any]:
         "deadLetters": int(row["dead_letters"]),
         "cursor": max(0, int(row["seq"])),
     }
-    _describe_cache[key] = (now, out)
+    _describe_cache[key] = (now, position, out)
     return out

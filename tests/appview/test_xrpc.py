@@ -1152,3 +1152,18 @@ def test_facets_answer_stale_while_recounted(
     while bulk_count() != before + 1:
         assert time.monotonic() < deadline, "the facets were never recounted"
         time.sleep(0.05)
+
+
+def test_describe_service_follows_the_indexer_at_once(
+    live: tuple[World, str, TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w, dsn, api = live
+    monkeypatch.setattr(queries, "DESCRIBE_TTL_SECONDS", 60.0)
+    first = get(api, "describeService")
+    assert get(api, "describeService") == first
+    w.rows = []
+    w.add_entry(ALICE, entry("One more", w.schemas["CellCrop@2.0.0"]))
+    asyncio.run(fold(dsn, w.rows))
+    after = get(api, "describeService")
+    assert after["recordCount"][ENTRY] == first["recordCount"][ENTRY] + 1
+    assert after["cursor"] > first["cursor"]
