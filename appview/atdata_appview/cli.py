@@ -542,10 +542,27 @@ def _make_indexer(pool: Any, settings: Settings) -> Any:
 
 
 async def _index_until(stop: asyncio.Event, settings: Settings, label: str) -> None:
+    from .handles import run_handle_verifier
+
     pool = await _writer_pool(settings, label, "index")
+    # handle verification next to the indexer (queries resolve verified handles
+    # only); either ending (stop, or a failure) ends the other
+    tasks = [
+        asyncio.create_task(_make_indexer(pool, settings).run(stop)),
+        asyncio.create_task(run_handle_verifier(pool, settings, stop)),
+    ]
     try:
-        await _make_indexer(pool, settings).run(stop)
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        await asyncio.wait(tasks)
+        for task in tasks:
+            exc = task.exception()
+            if exc is not None:
+                raise exc
     finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await pool.close()
 
 

@@ -320,8 +320,17 @@ class Settings:
     plc_url: str = _setting(
         "https://plc.directory",
         "the PLC directory resolving did:plc documents (a backfill verifies each "
-        "repository's commit with its key)",
+        "repository's commit with its key; handle verification reads alsoKnownAs)",
         commands=("backfill", "run", "index"),
+    )
+    handle_service: str = _setting(
+        "",
+        "a trusted service whose com.atproto.identity.resolveHandle resolves "
+        "handles for verification (a PDS, or an AppView doing DNS TXT); empty: "
+        "only https://<handle>/.well-known/atproto-did. Either way the DID "
+        "document must list the handle",
+        commands=("run", "index"),
+        shown="(none)",
     )
     application_name: str = _setting(
         "atdata-appview",
@@ -401,6 +410,16 @@ class Settings:
             "plc_url",
             _check_http_url(self.plc_url, _var("plc_url"), what="a PLC directory"),
         )
+        if self.handle_service:
+            object.__setattr__(
+                self,
+                "handle_service",
+                _check_http_url(
+                    self.handle_service,
+                    _var("handle_service"),
+                    what="a handle resolution service",
+                ),
+            )
         for entry in self.proxies:
             if not entry or " " in entry:
                 raise ConfigError(
