@@ -124,8 +124,10 @@ from .records import IndexedRow, Rejection, dead_letter_json, normalize
 from .schema import RECORD_TABLES
 
 __all__ = [
+    "BACKFILL_LEASE_SECONDS",
     "END_OF_SEQ",
     "INDEXER_RULES",
+    "LEASE_CHECK_SECONDS",
     "MAX_BATCH_BYTES",
     "MAX_DEAD_LETTER_BYTES",
     "NOTIFY_CHANNEL",
@@ -138,6 +140,7 @@ __all__ = [
     "apply_rows",
     "apply_snapshot",
     "begin_backfill",
+    "expire_backfills",
     "fail_backfill",
     "status",
 ]
@@ -157,6 +160,14 @@ MAX_DEAD_LETTER_BYTES: Final = 16 * 1024
 """Default bound of a dead letter's record copy (characters of JSON text); a larger
 record is kept as ``{"$truncated": true, "size": n, "head": "<first characters>"}``."""
 
+BACKFILL_LEASE_SECONDS: Final = 900.0
+"""Default lease of a backfill: a repository ``backfilling`` for longer is taken
+to be abandoned (:func:`expire_backfills`). Far above one repository's read
+(``getRepo`` is bounded to 120 s by default, identity to 20 s)."""
+
+LEASE_CHECK_SECONDS: Final = 60.0
+"""How often :meth:`Indexer.run` looks for backfills past their lease."""
+
 PURGE_STATUSES: Final = frozenset({"deleted", "takendown"})
 """``#account`` statuses whose records are purged (Sync spec, "Account Status")."""
 
@@ -170,6 +181,12 @@ INDEXER_RULES: Final[dict[str, str]] = {
     "fold goes on",
     "AV_WRITE_FAILED": "PostgreSQL refused to store the normalized row (the batch "
     "was redone row by row and this row was left out)",
+    "AV_STALE_SNAPSHOT": "a backfill snapshot's rev is below the rev already "
+    "folded for the repository: not applied, the repository queued for another "
+    "read (appview_repos.error)",
+    "AV_LEASE_EXPIRED": "a repository stayed backfilling past the lease (the "
+    "backfill crashed or hung): its buffered rows were applied live, the "
+    "repository marked failed (appview_repos.error)",
 }
 """Rule IDs the indexer gives itself, besides :data:`.records.RULES` and the log's
 ``verify_rule`` values (``REV_STALE``, ``PROOF_INCOMPLETE``, ...)."""
@@ -240,19 +257,23 @@ def _read_sql() -> str:
     # each stream gives at least N+1 rows or all it has, whole seqs only, and
     # never reads its backlog beyond them. The N smallest (seq, idx) of the union
     # are then the N next rows of the log that concern us.
+    # Rows stored before the horizon (an earlier seq space: the ingest cursor was
+    # reset) are not ours, in the bound too (else a stream would look short).
     subs = []
     n = 5
+    h = 5 + len(_COLLECTIONS) + len(_EVENT_TYPES)
+    horizon = f"(${h}::timestamptz IS NULL OR indexed_at >= ${h}::timestamptz)"
     for column, values in (("collection", _COLLECTIONS), ("event_type", _EVENT_TYPES)):
         for _ in values:
             bound = (
                 f"(SELECT seq FROM ingest_events WHERE {column} = ${n} "
                 "AND seq >= $1 AND seq <= $3 AND (seq, idx) > ($1, $2) "
-                "ORDER BY seq OFFSET $4 LIMIT 1)"
+                f"AND {horizon} ORDER BY seq OFFSET $4 LIMIT 1)"
             )
             subs.append(
                 f"(SELECT {_COLS} FROM ingest_events WHERE {column} = ${n} "
                 f"AND seq >= $1 AND seq <= least($3, {bound}) "
-                "AND (seq, idx) > ($1, $2))"
+                f"AND (seq, idx) > ($1, $2) AND {horizon})"
             )
             n += 1
     return (
@@ -345,9 +366,44 @@ WHERE a.did = n.did
 _RESYNC: Final = """
 INSERT INTO appview_repos (did, state, updated_at)
 SELECT unnest($1::text[]), 'pending', now()
-ON CONFLICT (did) DO UPDATE SET state = 'pending', updated_at = now()
+ON CONFLICT (did) DO UPDATE SET state = 'pending', attempts = 0, updated_at = now()
 WHERE appview_repos.state <> 'backfilling'
 """
+_QUEUE_ALL: Final = (
+    "INSERT INTO appview_repos (did, state, updated_at) SELECT d.did, 'pending', "
+    "now() FROM ("
+    + " UNION ".join(f"SELECT DISTINCT did FROM {t}" for t in RECORD_TABLES.values())
+    + " UNION SELECT did FROM appview_repos) d "
+    "ON CONFLICT (did) DO UPDATE SET state = 'pending', attempts = 0, "
+    "updated_at = now() WHERE appview_repos.state <> 'backfilling'"
+)
+"""Queue every repository the index knows (records, or a backfill row) for a
+backfill: after the ingest cursor was reset, or the log lost rows not folded."""
+
+_REF_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
+    "appview_entries": ("schema_ref",),
+    "appview_lenses": ("source_schema", "target_schema"),
+    "appview_labels": ("dataset_uri",),
+    "appview_lens_verifications": ("lens_uri",),
+}
+"""Per record table, the columns holding an AT-URI of another record: stored in
+DID form when the record names its target by a known handle."""
+
+
+def _recanonical_sql(table: str, column: str) -> str:
+    # the partial index <table>_<...>_by_handle holds exactly the rows scanned
+    return (
+        f"UPDATE {table} AS t SET {column} = 'at://' || h.did || "
+        f"substr(t.{column}, length(h.handle) + 6) "
+        "FROM unnest($1::text[], $2::text[]) AS h(handle, did) "
+        f"WHERE t.{column} NOT LIKE 'at://did:%' "
+        f"AND split_part(t.{column}, '/', 3) = h.handle"
+    )
+
+
+_RECANONICAL_SQL: Final = {
+    (t, c): _recanonical_sql(t, c) for t, cols in _REF_COLUMNS.items() for c in cols
+}
 
 
 _TYPES: Final = frozenset(
@@ -411,7 +467,8 @@ def _upsert_sql(table: str, columns: Sequence[str], types: Mapping[str, str]) ->
         f"o AS (SELECT t.did, t.rkey, t.cid, {name} AS name FROM {table} t "
         "JOIN n ON t.did = n.did AND t.rkey = n.rkey), "
         f"up AS (INSERT INTO {table} AS t ({cols}) SELECT {', '.join(exprs)} FROM n "
-        f"ON CONFLICT (did, rkey) DO UPDATE SET {sets}, indexed_at = now() "
+        f"ON CONFLICT (did, rkey) DO UPDATE SET {sets}, indexed_at = CASE "
+        "WHEN t.cid = EXCLUDED.cid THEN t.indexed_at ELSE now() END "
         'WHERE t.rev IS NULL OR t.rev COLLATE "C" < EXCLUDED.rev COLLATE "C" '
         f"RETURNING t.did, t.rkey, t.cid, {name} AS name) "
         "SELECT up.did, up.rkey, up.cid, up.name, o.cid AS old_cid, "
@@ -485,7 +542,10 @@ class SnapshotResult:
 
     ``state``: the repository's state after it (``synced``; ``pending`` when a
     drained ``#sync`` asks for another backfill; ``gone`` when the account is
-    deleted or taken down, so nothing was indexed); ``records``: snapshot records
+    deleted or taken down, so nothing was indexed; ``stale`` when the snapshot's
+    rev is below the rev already folded for the DID, ``indexed_rev``: nothing of
+    it was applied, what was buffered was applied as live rows and the
+    repository is queued ``pending`` for another read); ``records``: snapshot records
     indexed; ``rejected``: refused by the normalizer (dead-lettered); ``skipped``:
     records of collections the AppView does not index; ``removed``: indexed records
     absent from the snapshot (or refused), deleted; ``kept_newer``: indexed records
@@ -500,6 +560,7 @@ class SnapshotResult:
     skipped: int = 0
     removed: int = 0
     kept_newer: int = 0
+    indexed_rev: str | None = None
     pending: ApplyResult = dataclasses.field(default_factory=ApplyResult)
 
 
@@ -877,6 +938,10 @@ class _Fold:
             await self._write_pending()
         if self.purges:
             await self._write_purges()
+        if any(a.dirty for a in self.accounts.values()):
+            # before the records: a handle claimed in this batch canonicalises
+            # the references of this batch's records too
+            await self._write_accounts()
         by_table: dict[str, tuple[list[IndexedRow], list[tuple[str, str, str | None]]]]
         by_table = {}
         for (table, did, rkey), op in self.ops.items():
@@ -901,8 +966,6 @@ class _Fold:
                         self.history.add((r["did"], r["name"]))
         if self.dead:
             await self._write_dead()
-        if any(a.dirty for a in self.accounts.values()):
-            await self._write_accounts()
         resync = sorted(self.resync - {self.draining} if self.draining else self.resync)
         if resync:
             await conn.execute(_RESYNC, resync)
@@ -958,6 +1021,7 @@ class _Fold:
 
     async def _write_upserts(self, table: str, rows: Sequence[IndexedRow]) -> None:
         conn = self.conn
+        rows = await _canonical_refs(conn, table, rows)
         columns = type(rows[0]).columns()
         sql = _UPSERT_SQL.get((table, columns))
         types = await _column_types(conn, table)
@@ -1022,6 +1086,11 @@ class _Fold:
                 [a.set_handle for a in rest],
                 [a.set_status for a in rest],
             )
+        if claimed:
+            owners = sorted(
+                {(a.handle, a.did) for a in dirty if a.set_handle and a.handle}
+            )
+            await _recanonicalize(conn, [h for h, _ in owners], [d for _, d in owners])
 
     async def _run_history(self) -> None:
         if self.collect is not None:
@@ -1030,6 +1099,109 @@ class _Fold:
         calls, errors = await _run_hook(self.conn, self.hook, self.history)
         self.result.history += calls
         self.result.history_errors += errors
+
+
+def _authority(uri: str) -> str | None:
+    """The authority of an ``at://`` URI (DID or handle), else ``None``."""
+    if not uri.startswith("at://"):
+        return None
+    end = uri.find("/", 5)
+    return uri[5:] if end < 0 else uri[5:end]
+
+
+async def _canonical_refs(
+    conn: asyncpg.Connection, table: str, rows: Sequence[IndexedRow]
+) -> Sequence[IndexedRow]:
+    """``rows`` with their reference columns (:data:`_REF_COLUMNS`) in DID form
+    where they name their target by a handle ``appview_accounts`` knows (one
+    query per table and batch); an unknown handle is kept, lower-cased, for
+    :func:`_recanonicalize`. The ``record`` column is left as published."""
+    cols = _REF_COLUMNS.get(table)
+    if not cols:
+        return rows
+    handles: set[str] = set()
+    for r in rows:
+        for c in cols:
+            auth = _authority(getattr(r, c))
+            if auth is not None and not auth.startswith("did:"):
+                handles.add(auth.lower())
+    if not handles:
+        return rows
+    known = {
+        r["handle"]: r["did"]
+        for r in await conn.fetch(
+            "SELECT handle, did FROM appview_accounts WHERE handle = ANY($1::text[])",
+            sorted(handles),
+        )
+    }
+    out: list[IndexedRow] = []
+    for r in rows:
+        changes: dict[str, str] = {}
+        for c in cols:
+            value: str = getattr(r, c)
+            auth = _authority(value)
+            if auth is not None and not auth.startswith("did:"):
+                low = auth.lower()
+                changes[c] = "at://" + known.get(low, low) + value[5 + len(auth) :]
+        out.append(dataclasses.replace(r, **changes) if changes else r)  # type: ignore[arg-type]
+    return out
+
+
+async def _recanonicalize(
+    conn: asyncpg.Connection, handles: Sequence[str], dids: Sequence[str]
+) -> int:
+    """Rewrite, in DID form, the reference columns still naming one of
+    ``handles`` (now claimed by ``dids``, pairwise); only rows in handle form are
+    read (partial indexes ``*_by_handle``). Returns the rows rewritten."""
+    total = 0
+    for sql in _RECANONICAL_SQL.values():
+        done = await conn.execute(sql, list(handles), list(dids))
+        total += int(done.rsplit(" ", 1)[-1])
+    return total
+
+
+async def _reset(conn: asyncpg.Connection, cseq: int, why: str, horizon: Any) -> None:
+    """The ingest cursor was reset (a new seq space): rewind the AppView cursor
+    to the start, ignore the log rows stored before ``horizon`` (the old space;
+    ``None``: none known, every row is read again and the rev high-water mark
+    skips stale commits), queue every known repository for a backfill (records
+    stay indexed meanwhile). In the fold's transaction."""
+    log.error(
+        "INGEST CURSOR RESET: %s; the AppView cursor (seq %d) is rewound to 0 for "
+        "the new seq space%s, and every known repository is queued for a backfill",
+        why,
+        cseq,
+        f" (log rows stored before {horizon.isoformat()} are skipped)"
+        if horizon is not None
+        else "",
+    )
+    await conn.execute(
+        "UPDATE appview_cursor SET seq = 0, idx = -2, horizon = $1, "
+        "resets = resets + 1, reset_at = now(), reset_reason = $2 WHERE id",
+        horizon,
+        _clip(why),
+    )
+    await conn.execute(_QUEUE_ALL)
+
+
+async def _gap(conn: asyncpg.Connection, cseq: int, oldest: int) -> None:
+    """The log's retention dropped rows the AppView had not folded (the oldest
+    row retained is past the cursor): recorded in ``appview_cursor`` (``gaps``,
+    ``gap_at``, ``gap_seqs``) and every known repository queued for a backfill."""
+    log.error(
+        "INGEST LOG GAP: the oldest log row retained is seq %d, the AppView cursor "
+        "is at seq %d: rows between were dropped (retention) before they were "
+        "folded; every known repository is queued for a backfill",
+        oldest,
+        cseq,
+    )
+    await conn.execute(
+        "UPDATE appview_cursor SET gaps = gaps + 1, gap_at = now(), "
+        "gap_seqs = ARRAY[$1::bigint, $2::bigint] WHERE id",
+        cseq,
+        oldest,
+    )
+    await conn.execute(_QUEUE_ALL)
 
 
 async def _run_hook(
@@ -1175,7 +1347,8 @@ async def apply_rows(
 
 async def begin_backfill(conn: asyncpg.Connection, did: str, source: str) -> None:
     """Mark repository ``did`` (a DID) ``backfilling`` (``appview_repos``:
-    ``source`` is where it is read from, ``attempts`` + 1, ``error`` cleared), in
+    ``source`` is where it is read from, ``attempts`` + 1 (reads since it was
+    last ``synced`` or queued by the fold), ``error`` cleared), in
     its own transaction or the caller's. From its commit on, the fold buffers the
     repository's live rows in ``appview_pending`` until :func:`apply_snapshot` or
     :func:`fail_backfill`. Waits for the fold's batch in flight (cursor row ``FOR
@@ -1189,7 +1362,8 @@ async def begin_backfill(conn: asyncpg.Connection, did: str, source: str) -> Non
             "INSERT INTO appview_repos (did, state, source, attempts, updated_at) "
             "VALUES ($1, 'backfilling', $2, 1, now()) ON CONFLICT (did) DO UPDATE "
             "SET state = 'backfilling', source = EXCLUDED.source, error = NULL, "
-            "attempts = appview_repos.attempts + 1, updated_at = now()",
+            "attempts = CASE WHEN appview_repos.state = 'synced' THEN 1 "
+            "ELSE appview_repos.attempts + 1 END, updated_at = now()",
             did,
             _clip(source),
         )
@@ -1252,6 +1426,114 @@ async def _drain(
     return total
 
 
+async def _policy(conn: asyncpg.Connection, require_verified: bool | None) -> bool:
+    """``require_verified``, or when ``None`` the live fold's policy as the
+    :class:`Indexer` records it in ``appview_cursor.require_verified`` (false
+    when no fold has run: then nothing was buffered either)."""
+    if require_verified is not None:
+        return require_verified
+    got = await conn.fetchval("SELECT require_verified FROM appview_cursor")
+    return bool(got)
+
+
+async def _refuse_stale(
+    conn: asyncpg.Connection,
+    did: str,
+    rev: str,
+    indexed_rev: str,
+    *,
+    chunk: int,
+    require_verified: bool,
+    max_dead_letter_bytes: int,
+    history: HistoryHook | None,
+    normalizer: Normalizer,
+) -> SnapshotResult:
+    """A snapshot older than what the index already folded (its rev below
+    ``appview_accounts.rev``): not applied (it would bring back what was deleted
+    since). What was buffered is applied as live rows; the repository is queued
+    ``pending`` for another read, with the reason in ``error``."""
+    log.warning(
+        "backfill %s: snapshot rev %s is older than the indexed rev %s; not applied",
+        did,
+        rev[:64],
+        indexed_rev[:64],
+    )
+    names: set[tuple[str, str]] = set()
+    drained = await _drain(
+        conn,
+        did,
+        floor=None,
+        chunk=chunk,
+        require_verified=require_verified,
+        max_dead_letter_bytes=max_dead_letter_bytes,
+        history=history,
+        normalizer=normalizer,
+        resync=set(),
+        collect=names,
+    )
+    await conn.execute(
+        "UPDATE appview_repos SET state = 'pending', error = $2, updated_at = now() "
+        "WHERE did = $1",
+        did,
+        _clip(
+            f"AV_STALE_SNAPSHOT: snapshot rev {rev[:64]} is older than the indexed "
+            f"rev {indexed_rev[:64]}"
+        ),
+    )
+    calls, errors = await _run_hook(conn, history, names)
+    drained.history += calls
+    drained.history_errors += errors
+    return SnapshotResult(did, rev, "stale", indexed_rev=indexed_rev, pending=drained)
+
+
+async def expire_backfills(
+    conn: asyncpg.Connection,
+    *,
+    lease_seconds: float = BACKFILL_LEASE_SECONDS,
+    limit: int = 100,
+    require_verified: bool | None = None,
+    max_dead_letter_bytes: int = MAX_DEAD_LETTER_BYTES,
+    history: HistoryHook | None = recompute_history,
+    normalizer: Normalizer = normalize,
+) -> list[str]:
+    """End the backfills whose lease expired: repositories ``backfilling`` since
+    more than ``lease_seconds`` (``appview_repos.updated_at``, set by
+    :func:`begin_backfill`; a backfiller that crashed, was killed or hung never
+    ends its own) are failed as :func:`fail_backfill` does (their buffered rows
+    applied as live ones, state ``failed``, error ``AV_LEASE_EXPIRED``), at most
+    ``limit`` of them, each in its own transaction. Returns their DIDs. A backfill
+    still running past its lease finds its repository ``failed``; its snapshot is
+    still applied if it is not older than what was folded since
+    (:func:`apply_snapshot`)."""
+    if lease_seconds <= 0 or limit < 1:
+        raise ValueError("lease_seconds > 0 and limit >= 1")
+    rows = await conn.fetch(
+        "SELECT did FROM appview_repos WHERE state = 'backfilling' "
+        "AND updated_at < now() - make_interval(secs => $1) "
+        "ORDER BY updated_at LIMIT $2",
+        float(lease_seconds),
+        limit,
+    )
+    done: list[str] = []
+    for r in rows:
+        got = await _fail(
+            conn,
+            r["did"],
+            f"AV_LEASE_EXPIRED: backfilling for more than {lease_seconds:g} s "
+            "(the backfill was interrupted)",
+            lease_seconds=lease_seconds,
+            require_verified=require_verified,
+            max_dead_letter_bytes=max_dead_letter_bytes,
+            history=history,
+            normalizer=normalizer,
+            chunk=1000,
+        )
+        if got is not None:
+            log.warning("backfill of %s: lease expired, marked failed", r["did"])
+            done.append(r["did"])
+    return done
+
+
 async def apply_snapshot(
     conn: asyncpg.Connection,
     did: str,
@@ -1259,7 +1541,7 @@ async def apply_snapshot(
     records: Sequence[tuple[str, str, str, Mapping[str, Any] | str | bytes]],
     source: str,
     *,
-    require_verified: bool = False,
+    require_verified: bool | None = None,
     max_dead_letter_bytes: int = MAX_DEAD_LETTER_BYTES,
     history: HistoryHook | None = recompute_history,
     normalizer: Normalizer = normalize,
@@ -1293,10 +1575,24 @@ async def apply_snapshot(
         raise ValueError("rev must be the snapshot commit's TID")
     async with conn.transaction():
         await _lock_repo(conn, did, source)
-        acct_status = await conn.fetchval(
-            "SELECT status FROM appview_accounts WHERE did = $1", did
+        require_verified = await _policy(conn, require_verified)
+        acct = await conn.fetchrow(
+            "SELECT status, rev FROM appview_accounts WHERE did = $1", did
         )
-        gone = acct_status in PURGE_STATUSES
+        gone = acct is not None and acct["status"] in PURGE_STATUSES
+        indexed_rev = None if acct is None else acct["rev"]
+        if not gone and indexed_rev is not None and rev < indexed_rev:
+            return await _refuse_stale(
+                conn,
+                did,
+                rev,
+                indexed_rev,
+                chunk=chunk,
+                require_verified=require_verified,
+                max_dead_letter_bytes=max_dead_letter_bytes,
+                history=history,
+                normalizer=normalizer,
+            )
         result = SnapshotResult(did, rev, "gone" if gone else "synced")
         fold = _Fold(
             conn,
@@ -1410,7 +1706,7 @@ async def fail_backfill(
     did: str,
     error: str,
     *,
-    require_verified: bool = False,
+    require_verified: bool | None = None,
     max_dead_letter_bytes: int = MAX_DEAD_LETTER_BYTES,
     history: HistoryHook | None = recompute_history,
     normalizer: Normalizer = normalize,
@@ -1424,8 +1720,47 @@ async def fail_backfill(
     ``ValueError`` for a malformed DID."""
     if not is_did(did):
         raise ValueError(f"not a DID: {did[:200]!r}")
+    got = await _fail(
+        conn,
+        did,
+        error,
+        lease_seconds=None,
+        require_verified=require_verified,
+        max_dead_letter_bytes=max_dead_letter_bytes,
+        history=history,
+        normalizer=normalizer,
+        chunk=chunk,
+    )
+    assert got is not None
+    return got
+
+
+async def _fail(
+    conn: asyncpg.Connection,
+    did: str,
+    error: str,
+    *,
+    lease_seconds: float | None,
+    require_verified: bool | None,
+    max_dead_letter_bytes: int,
+    history: HistoryHook | None,
+    normalizer: Normalizer,
+    chunk: int,
+) -> ApplyResult | None:
+    """:func:`fail_backfill`; with ``lease_seconds``, only when the repository is
+    still ``backfilling`` since more than that (else ``None``, nothing done)."""
     async with conn.transaction():
-        await _lock_repo(conn, did, None)
+        state = await _lock_repo(conn, did, None)
+        if lease_seconds is not None:
+            expired = await conn.fetchval(
+                "SELECT updated_at < now() - make_interval(secs => $2) "
+                "FROM appview_repos WHERE did = $1",
+                did,
+                float(lease_seconds),
+            )
+            if state != "backfilling" or not expired:
+                return None
+        require_verified = await _policy(conn, require_verified)
         names: set[tuple[str, str]] = set()
         got = await _drain(
             conn,
@@ -1458,13 +1793,24 @@ async def status(conn: asyncpg.Connection) -> dict[str, Any]:
     ingestion log holds beyond the cursor, >= 0), "folded" (rows consumed, ever),
     "dead_letters" (dead letters written, ever), "dead_letters_by_rule": {rule:
     rows now stored}, "records": {collection NSID: rows}, "accounts": {"inactive":
-    {status: n}}, "repos": {state: n}, "pending": rows buffered}``. Timestamps are
-    ISO 8601 strings. Counts are exact (``count(*)``) except accounts, whose total is
+    {status: n}}, "repos": {state: n}, "pending": rows buffered,
+    "ingest_source" (the seq space the cursor counts in), "require_verified" (the
+    live fold's recorded policy), "resets": {"count", "at", "reason", "horizon"}
+    (ingest cursor resets seen), "gaps": {"count", "at", "seqs"} (retention
+    dropped rows not folded: ``[cursor seq, oldest retained seq]``),
+    "oldest_log_seq", "behind_retention" (the cursor is now behind the oldest
+    retained log row: rows were lost before the next batch notices)}``.
+    Timestamps are ISO 8601 strings. Counts are exact (``count(*)``) except accounts, whose total is
     not given (``#identity`` rows of the whole network are kept)."""
     cur = await conn.fetchrow(
-        "SELECT seq, idx, updated_at, folded, dead_letters FROM appview_cursor"
+        "SELECT seq, idx, updated_at, folded, dead_letters, ingest_source, "
+        "require_verified, horizon, resets, reset_at, reset_reason, gaps, gap_at, "
+        "gap_seqs FROM appview_cursor"
     )
     last = await conn.fetchval("SELECT last_seq FROM ingest_cursor")
+    oldest = await conn.fetchval(
+        "SELECT seq FROM ingest_events ORDER BY seq, idx LIMIT 1"
+    )
     counts = await conn.fetchrow(
         "SELECT "
         + ", ".join(
@@ -1485,6 +1831,11 @@ async def status(conn: asyncpg.Connection) -> dict[str, Any]:
         "SELECT state, count(*) AS n FROM appview_repos GROUP BY state ORDER BY state"
     )
     seq = int(cur["seq"]) if cur else 0
+
+    def when(value: Any) -> str | None:
+        return None if value is None else str(value.isoformat())
+
+    behind = oldest is not None and seq > 0 and int(oldest) > seq + 1
     return {
         "cursor": {
             "seq": seq,
@@ -1500,6 +1851,21 @@ async def status(conn: asyncpg.Connection) -> dict[str, Any]:
         "accounts": {"inactive": {r["status"]: int(r["n"]) for r in inactive}},
         "repos": {r["state"]: int(r["n"]) for r in repos},
         "pending": int(counts["pending"]),
+        "ingest_source": cur["ingest_source"] if cur else None,
+        "require_verified": cur["require_verified"] if cur else None,
+        "resets": {
+            "count": int(cur["resets"]) if cur else 0,
+            "at": when(cur["reset_at"]) if cur else None,
+            "reason": cur["reset_reason"] if cur else None,
+            "horizon": when(cur["horizon"]) if cur else None,
+        },
+        "gaps": {
+            "count": int(cur["gaps"]) if cur else 0,
+            "at": when(cur["gap_at"]) if cur else None,
+            "seqs": list(cur["gap_seqs"]) if cur and cur["gap_seqs"] else None,
+        },
+        "oldest_log_seq": None if oldest is None else int(oldest),
+        "behind_retention": behind,
     }
 
 
@@ -1520,7 +1886,9 @@ class Indexer:
     has fewer than 2); ``require_verified``: refuse commits whose signature was not
     checked; ``max_batch_bytes`` / ``max_dead_letter_bytes``: see the module
     docstring; ``history``: the schema-history hook (``None``: none);
-    ``normalizer``: :func:`.records.normalize` or a stand-in.
+    ``normalizer``: :func:`.records.normalize` or a stand-in;
+    ``lease_seconds``: :meth:`run` ends backfills ``backfilling`` for longer
+    (:func:`expire_backfills`, checked every :data:`LEASE_CHECK_SECONDS`).
 
     ``stats`` accumulates the :class:`ApplyResult` of every batch :meth:`fold_once`
     committed; ``batches`` counts them (a batch that only moved the cursor over
@@ -1539,6 +1907,7 @@ class Indexer:
         history: HistoryHook | None = recompute_history,
         normalizer: Normalizer = normalize,
         listen: bool = True,
+        lease_seconds: float = BACKFILL_LEASE_SECONDS,
     ) -> None:
         if not 1 <= batch_size <= 100_000:
             raise ValueError("batch_size must be in 1..100000")
@@ -1555,6 +1924,9 @@ class Indexer:
         self.history = history
         self.normalizer = normalizer
         self.listen = listen
+        if lease_seconds <= 0:
+            raise ValueError("lease_seconds must be > 0")
+        self.lease_seconds = lease_seconds
         self.stats = ApplyResult()
         self.batches = 0
         self.last = ApplyResult()
@@ -1592,12 +1964,40 @@ class Indexer:
         if not conn.is_in_transaction():
             raise ValueError("fold_in runs in the caller's transaction: open one")
         cur = await conn.fetchrow(
-            "SELECT seq, idx FROM appview_cursor WHERE id FOR UPDATE"
+            "SELECT seq, idx, ingest_source, horizon FROM appview_cursor "
+            "WHERE id FOR UPDATE"
         )
         if cur is None:
             raise RuntimeError("appview_cursor has no row: run the AppView migration")
         cseq, cidx = int(cur["seq"]), int(cur["idx"])
-        top = int(await conn.fetchval("SELECT last_seq FROM ingest_cursor") or 0)
+        ingest = await conn.fetchrow(
+            "SELECT last_seq, source, ingester_started_at FROM ingest_cursor"
+        )
+        top = int(ingest["last_seq"] or 0) if ingest else 0
+        source = str(ingest["source"] or "") if ingest else ""
+        stored = cur["ingest_source"]
+        horizon = cur["horizon"]
+        changed = bool(stored) and bool(source) and source != stored
+        if changed or top < cseq:
+            why = (
+                f"the ingest source changed from {_clip(str(stored), 200)!r} to "
+                f"{_clip(source, 200)!r}"
+                if changed
+                else f"ingest_cursor.last_seq {top} is below the AppView cursor {cseq}"
+            )
+            horizon = ingest["ingester_started_at"] if ingest else None
+            await _reset(conn, cseq, why, horizon)
+            cseq, cidx = 0, -2
+        elif cseq > 0 and (top, END_OF_SEQ) > (cseq, cidx):
+            oldest = await conn.fetchval(
+                "SELECT seq FROM ingest_events ORDER BY seq, idx LIMIT 1"
+            )
+            if oldest is not None and int(oldest) > cseq + 1:
+                await _gap(conn, cseq, int(oldest))
+        if source and source != stored:
+            await conn.execute(
+                "UPDATE appview_cursor SET ingest_source = $1 WHERE id", source
+            )
         rows: list[_LogRow] = []
         cut = False
         if (top, END_OF_SEQ) > (cseq, cidx):
@@ -1615,6 +2015,7 @@ class Indexer:
                 top,
                 self.batch_size,
                 *_READ_ARGS,
+                horizon,
                 prefetch=prefetch,
             ):
                 row = _LogRow.of(rec)
@@ -1645,11 +2046,13 @@ class Indexer:
             result = await _fold_rows(conn, rows, **options)
         await conn.execute(
             "UPDATE appview_cursor SET seq = $1, idx = $2, updated_at = now(), "
-            "folded = folded + $3, dead_letters = dead_letters + $4 WHERE id",
+            "folded = folded + $3, dead_letters = dead_letters + $4, "
+            "require_verified = $5 WHERE id",
             nseq,
             nidx,
             result.consumed,
             result.dead_letters,
+            self.require_verified,
         )
         self.last = result
         self._wrote = True
@@ -1685,6 +2088,19 @@ class Indexer:
                 rev,
                 records,
                 source,
+                require_verified=self.require_verified,
+                max_dead_letter_bytes=self.max_dead_letter_bytes,
+                history=self.history,
+                normalizer=self.normalizer,
+            )
+
+    async def expire_backfills(self) -> list[str]:
+        """:func:`expire_backfills` on a pool connection with this indexer's
+        settings and lease."""
+        async with self.pool.acquire() as conn:
+            return await expire_backfills(
+                conn,
+                lease_seconds=self.lease_seconds,
                 require_verified=self.require_verified,
                 max_dead_letter_bytes=self.max_dead_letter_bytes,
                 history=self.history,
@@ -1736,6 +2152,9 @@ class Indexer:
     async def run(self, stop: asyncio.Event) -> None:
         """Fold until ``stop`` is set: a batch after another while batches are full,
         then wait for a NOTIFY on :data:`NOTIFY_CHANNEL` or ``poll_interval``.
+        Every :data:`LEASE_CHECK_SECONDS` (and first thing), backfills past their
+        lease are ended (:meth:`expire_backfills`), so a crashed backfiller never
+        leaves a repository's live rows buffered for good.
         Transient database errors (connection lost, serialization, server
         shutdown) are logged (a WARNING at most once a minute) and retried with a
         backoff up to 30 s; other errors propagate (after the batch rolled back).
@@ -1747,10 +2166,14 @@ class Indexer:
         stopper.add_done_callback(lambda _: self._wake.set())
         backoff = 0.0
         warned = 0.0
+        leases = 0.0
         try:
             while not stop.is_set():
                 self._wake.clear()
                 try:
+                    if time.monotonic() - leases >= LEASE_CHECK_SECONDS:
+                        await self.expire_backfills()
+                        leases = time.monotonic()
                     await self.fold_once()
                 except _TRANSIENT as exc:
                     now = time.monotonic()

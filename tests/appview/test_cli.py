@@ -146,7 +146,7 @@ def test_status_json_reports_cursor_lag_counts_and_dead_letters(
         "by_rule": {"AV_INVALID_RECORD": 2, "AV_BAD_REF": 1},
     }
     assert report["repos"] == {"failed": 1, "synced": 1}
-    assert report["schema_version"]["appview"] == 1
+    assert report["schema_version"]["appview"] == 2
     assert report["service_did"] == "did:web:127.0.0.1%3A8080"
     text = cli("status", ATDATA_APPVIEW_DSN=appview_dsn)
     assert text.returncode == 0, text.stderr

@@ -1044,7 +1044,74 @@ def test_failed_backfill_applies_what_was_buffered(appview_dsn: str) -> None:
     run(appview_dsn, body)
 
 
+def test_a_snapshot_older_than_the_index_is_not_applied(appview_dsn: str) -> None:
+    """A validly signed but older snapshot (a lagging PDS, a replayed CAR) must
+    not bring back a record deleted live since: its rev is below the rev folded
+    for the DID, so nothing of it is applied, what was buffered during the read is
+    applied as live rows, and the repository is queued ``pending`` again."""
+    log = LogWriter()
+
+    async def body(pool: asyncpg.Pool) -> None:
+        c1 = log.create(A, ENTRY, "3kaaaaaaaaaa2", entry(name="alpha"))
+        c2 = log.create(A, ENTRY, "3kaaaaaaaaab2", entry(name="beta"))
+        await append(pool, [c1, c2])
+        await fold(pool)
+        old_rev = c2["rev"]  # the repository as of c2
+        deleted = log.delete(A, ENTRY, "3kaaaaaaaaaa2")
+        await append(pool, [deleted])
+        await fold(pool)
+        async with pool.acquire() as conn:
+            await begin_backfill(conn, A, "https://pds.example")
+        live = log.create(A, ENTRY, "3kaaaaaaaaac2", entry(name="during"))
+        await append(pool, [live])
+        assert (await fold(pool)).stats.buffered == 1
+        async with pool.acquire() as conn:
+            result = await apply_snapshot(
+                conn,
+                A,
+                old_rev,
+                snap(
+                    (ENTRY, "3kaaaaaaaaaa2", entry(name="alpha")),
+                    (ENTRY, "3kaaaaaaaaab2", entry(name="beta")),
+                ),
+                "https://pds.example",
+                history=None,
+            )
+        assert result.state == "stale" and result.records == 0
+        assert result.indexed_rev == deleted["rev"] > old_rev
+        assert result.pending.upserted == 1
+        names = {
+            r["rkey"]: r["name"]
+            for r in await pool.fetch("SELECT rkey, name FROM appview_entries")
+        }
+        assert names == {"3kaaaaaaaaab2": "beta", "3kaaaaaaaaac2": "during"}
+        repo = await pool.fetchrow("SELECT state, error FROM appview_repos")
+        assert repo["state"] == "pending"
+        assert repo["error"].startswith("AV_STALE_SNAPSHOT: snapshot rev " + old_rev)
+        assert await pool.fetchval("SELECT count(*) FROM appview_pending") == 0
+        # live rows apply directly again; a snapshot at the folded rev is applied
+        async with pool.acquire() as conn:
+            await begin_backfill(conn, A, "https://pds.example")
+            again = await apply_snapshot(
+                conn,
+                A,
+                live["rev"],
+                snap(
+                    (ENTRY, "3kaaaaaaaaab2", entry(name="beta")),
+                    (ENTRY, "3kaaaaaaaaac2", entry(name="during")),
+                ),
+                "https://pds.example",
+                history=None,
+            )
+        assert again.state == "synced" and again.removed == 0
+        assert await pool.fetchval("SELECT count(*) FROM appview_entries") == 2
+
+    run(appview_dsn, body)
+
+
 def test_snapshot_keeps_records_newer_than_itself(appview_dsn: str) -> None:
+    """Without a rev high-water mark for the DID (a database indexed before it
+    existed), records newer than the snapshot are kept, record by record."""
     log = LogWriter()
 
     async def body(pool: asyncpg.Pool) -> None:
@@ -1053,6 +1120,7 @@ def test_snapshot_keeps_records_newer_than_itself(appview_dsn: str) -> None:
             [log.create(A, ENTRY, f"3kaaaaaaaaa{c}2", entry(name=c)) for c in "ab"],
         )
         await fold(pool)  # revs tid(1), tid(2)
+        await pool.execute("UPDATE appview_accounts SET rev = NULL")
         async with pool.acquire() as conn:
             result = await apply_snapshot(
                 conn,
@@ -1069,6 +1137,456 @@ def test_snapshot_keeps_records_newer_than_itself(appview_dsn: str) -> None:
         }
         # a: the snapshot's rev is not newer than the live one (equal commit): kept
         assert got == {"3kaaaaaaaaaa2": "a", "3kaaaaaaaaab2": "b"}
+
+    run(appview_dsn, body)
+
+
+# -- dates, references by handle ---------------------------------------------------------
+
+
+def test_a_backfill_of_unchanged_records_keeps_their_dates(appview_dsn: str) -> None:
+    """A snapshot that holds a record at the CID already indexed advances its rev
+    but does not re-date it (``indexed_at`` moves only with the CID, and
+    ``first_indexed_at`` never): an old entry must not become the "newest"
+    because its repository was read again."""
+    log = LogWriter()
+
+    async def dates(pool: asyncpg.Pool) -> dict[str, tuple[Any, Any, str]]:
+        return {
+            r["rkey"]: (r["indexed_at"], r["first_indexed_at"], r["rev"])
+            for r in await pool.fetch(
+                "SELECT rkey, indexed_at, first_indexed_at, rev FROM appview_entries"
+            )
+        }
+
+    async def body(pool: asyncpg.Pool) -> None:
+        rows = [log.create(A, ENTRY, f"3kaaaaaaaaa{c}2", entry(name=c)) for c in "ab"]
+        await append(pool, rows)
+        await fold(pool)
+        before = await dates(pool)
+        assert all(i == f for i, f, _ in before.values())
+        async with pool.acquire() as conn:
+            await begin_backfill(conn, A, "pds")
+            result = await apply_snapshot(
+                conn,
+                A,
+                tid(10),
+                [
+                    (ENTRY, "3kaaaaaaaaaa2", rows[0]["cid"], entry(name="a")),
+                    (ENTRY, "3kaaaaaaaaab2", "bafyreichanged", entry(name="b2")),
+                ],
+                "pds",
+                history=None,
+            )
+        assert result.state == "synced"
+        after = await dates(pool)
+        # a: same CID, rev advanced, dates kept
+        assert after["3kaaaaaaaaaa2"] == (*before["3kaaaaaaaaaa2"][:2], tid(10))
+        # b: a new version: indexed_at moves, first_indexed_at does not
+        assert after["3kaaaaaaaaab2"][0] > before["3kaaaaaaaaab2"][0]
+        assert after["3kaaaaaaaaab2"][1] == before["3kaaaaaaaaab2"][1]
+        # a live update to the same CID does not re-date it either
+        same = log.update(A, ENTRY, "3kaaaaaaaaaa2", entry(name="a"))
+        await append(pool, [dict(same, cid=rows[0]["cid"])])
+        await fold(pool)
+        assert (await dates(pool))["3kaaaaaaaaaa2"][:2] == before["3kaaaaaaaaaa2"][:2]
+
+    run(appview_dsn, body)
+
+
+def test_first_indexed_at_is_added_to_an_older_database(appview_dsn: str) -> None:
+    """Migrating a database made before ``first_indexed_at`` adds it to every
+    record table, filled from ``indexed_at``, with the "recent" indexes."""
+    from atdata_appview.schema import migrate
+
+    log = LogWriter()
+
+    async def body(pool: asyncpg.Pool) -> None:
+        await append(
+            pool,
+            [
+                log.create(A, SCHEMA, "CellCrop:1.0.0", schema()),
+                log.create(A, ENTRY, "3kaaaaaaaaaa2", entry()),
+                log.create(A, LENS, "3kaaaaaaaaab2", lens()),
+            ],
+        )
+        await fold(pool)
+        for table in RECORD_TABLES.values():
+            await pool.execute(
+                f"ALTER TABLE {table} DROP COLUMN first_indexed_at; "
+                f"UPDATE {table} SET indexed_at = '2020-01-02T03:04:05Z'"
+            )
+        async with pool.acquire() as conn:
+            await migrate(conn)
+            await migrate(conn)  # idempotent: not filled again
+        for table in RECORD_TABLES.values():
+            rows = await pool.fetch(f"SELECT indexed_at, first_indexed_at FROM {table}")
+            assert all(r["first_indexed_at"] == r["indexed_at"] for r in rows), table
+        names = {
+            r["indexname"]: r["indexdef"]
+            for r in await pool.fetch(
+                "SELECT indexname, indexdef FROM pg_indexes "
+                "WHERE indexname LIKE '%first_indexed'"
+            )
+        }
+        assert set(names) == {
+            "appview_entries_first_indexed",
+            "appview_schemas_first_indexed",
+            "appview_lenses_first_indexed",
+        }
+        assert all(
+            "(first_indexed_at DESC, did DESC, rkey DESC)" in d for d in names.values()
+        )
+
+    run(appview_dsn, body)
+
+
+def test_references_by_handle_are_stored_in_did_form(appview_dsn: str) -> None:
+    """A schemaRef (and a lens's sourceSchema/targetSchema, a label's datasetUri,
+    a verification's lens) naming its target by handle is stored in DID form when
+    the handle is known, so it joins; the record keeps the text as published. An
+    unknown handle stays (lower-cased) until an #identity claims it; a later move
+    of the handle does not rewrite references already resolved."""
+    log = LogWriter()
+    by_handle = "at://Alice.TEST/science.alt.dataset.schema/CellCrop:1.0.0"
+    thumb = "at://bob.test/science.alt.dataset.schema/Thumb:1.0.0"
+
+    async def refs(pool: asyncpg.Pool) -> dict[str, Any]:
+        row = await pool.fetchrow(
+            "SELECT (SELECT schema_ref FROM appview_entries WHERE rkey = "
+            "'3kaaaaaaaaaa2') AS schema_ref, (SELECT ARRAY[source_schema, "
+            "target_schema] FROM appview_lenses) AS lens, (SELECT dataset_uri FROM "
+            "appview_labels) AS dataset, (SELECT lens_uri FROM "
+            "appview_lens_verifications) AS verified_lens"
+        )
+        return dict(row, lens=tuple(row["lens"]))
+
+    async def body(pool: asyncpg.Pool) -> None:
+        await append(
+            pool,
+            [
+                log.identity(A, "alice.test"),
+                log.create(A, SCHEMA, "CellCrop:1.0.0", schema()),
+                log.create(A, ENTRY, "3kaaaaaaaaaa2", entry(schemaRef=by_handle)),
+                log.create(
+                    A,
+                    LENS,
+                    "3kaaaaaaaaab2",
+                    lens(sourceSchema=by_handle, targetSchema=thumb),
+                ),
+                log.create(
+                    A,
+                    LABEL,
+                    "3kaaaaaaaaac2",
+                    label(datasetUri=f"at://alice.test/{ENTRY}/3kaaaaaaaaaa2"),
+                ),
+                log.create(
+                    A,
+                    VERIFICATION,
+                    "3kaaaaaaaaad2",
+                    verification(lens=f"at://bob.test/{LENS}/3kaaaaaaaaab2"),
+                ),
+            ],
+        )
+        indexer = await fold(pool)
+        assert indexer.stats.dead_letters == 0
+        got = await refs(pool)
+        assert got["schema_ref"] == schema_uri(A)
+        assert got["lens"] == (schema_uri(A), thumb)
+        assert got["dataset"] == f"at://{A}/{ENTRY}/3kaaaaaaaaaa2"
+        assert got["verified_lens"] == f"at://bob.test/{LENS}/3kaaaaaaaaab2"
+        assert (
+            await pool.fetchval(
+                "SELECT s.name FROM appview_entries e JOIN appview_schemas s "
+                "ON s.uri = e.schema_ref"
+            )
+            == "CellCrop"
+        )
+        published = await pool.fetchval(
+            "SELECT record->>'schemaRef' FROM appview_entries"
+        )
+        assert published == by_handle
+        # bob.test is claimed: the references still in handle form follow
+        await append(pool, [log.identity(B, "Bob.Test")])
+        await fold(pool)
+        got = await refs(pool)
+        assert got["lens"] == (schema_uri(A), schema_uri(B, "Thumb"))
+        assert got["verified_lens"] == f"at://{B}/{LENS}/3kaaaaaaaaab2"
+        # alice.test moves to C: references already resolved stay A's
+        await append(pool, [log.identity(C, "alice.test")])
+        await fold(pool)
+        assert (await refs(pool))["schema_ref"] == schema_uri(A)
+        # a snapshot resolves them too
+        async with pool.acquire() as conn:
+            await apply_snapshot(
+                conn,
+                B,
+                tid(50),
+                snap((ENTRY, "3kaaaaaaaaaz2", entry(schemaRef=thumb))),
+                "pds",
+                history=None,
+            )
+        assert await pool.fetchval(
+            "SELECT schema_ref FROM appview_entries WHERE did = $1", B
+        ) == schema_uri(B, "Thumb")
+
+    run(appview_dsn, body)
+
+
+# -- the ingest cursor reset, log gaps --------------------------------------------------------
+
+
+def test_a_new_relay_rewinds_the_cursor_and_queues_backfills(appview_dsn: str) -> None:
+    """The ingester moved to another relay (its cursor reset, seqs restarting
+    low): the AppView notices the source change, folds the new seq space from the
+    start, skips the log rows stored before the ingester's restart (the old
+    space: replaying its #identity would bring an old handle back), keeps what it
+    indexed and queues every known repository for a backfill."""
+    import itertools
+
+    old = LogWriter(start=1000)
+    new = LogWriter(start=1)
+    new._rev = itertools.count(1000)  # the repository moved on
+
+    async def body(pool: asyncpg.Pool) -> None:
+        await pool.execute("UPDATE ingest_cursor SET source = 'wss://old.example'")
+        await append(
+            pool,
+            [
+                old.create(A, ENTRY, "3kaaaaaaaaaa2", entry(name="old relay")),
+                old.create(B, ENTRY, "3kaaaaaaaaaa2", entry(name="b")),
+                old.identity(A, "old.test"),
+            ],
+        )
+        await fold(pool)
+        assert await pool.fetchval("SELECT seq FROM appview_cursor") == 1002
+        await pool.execute(
+            "UPDATE ingest_cursor SET last_seq = 0, source = 'wss://new.example', "
+            "ingester_started_at = now()"
+        )
+        await append(
+            pool,
+            [
+                new.create(A, ENTRY, "3kaaaaaaaaab2", entry(name="new relay")),
+                dict(new.identity(A, "alice.test"), seq=1001),
+                dict(new.create(A, ENTRY, "3kaaaaaaaaac2", entry(name="c")), seq=1003),
+            ],
+        )
+        indexer = await fold(pool)
+        assert indexer.stats.consumed == 3
+        names = sorted(
+            r["name"] for r in await pool.fetch("SELECT name FROM appview_entries")
+        )
+        assert names == ["b", "c", "new relay", "old relay"]
+        assert (
+            await pool.fetchval("SELECT handle FROM appview_accounts WHERE did = $1", A)
+            == "alice.test"
+        )
+        states = dict(await pool.fetch("SELECT did, state FROM appview_repos"))
+        assert states == {A: "pending", B: "pending"}
+        async with pool.acquire() as conn:
+            got = await status(conn)
+        assert got["cursor"]["seq"] == 1003 and got["lag"] == 0
+        assert got["ingest_source"] == "wss://new.example"
+        assert got["resets"]["count"] == 1 and got["resets"]["horizon"] is not None
+        assert "wss://old.example" in got["resets"]["reason"]
+
+    run(appview_dsn, body)
+
+
+def test_an_ingest_cursor_set_back_is_noticed(appview_dsn: str) -> None:
+    """Same relay, ``last_seq`` set below the AppView's cursor (no restart time
+    known): the cursor rewinds, nothing new is skipped, stale replays are not
+    applied (the rev high-water mark)."""
+    import itertools
+
+    old = LogWriter(start=1000)
+    new = LogWriter(start=1)
+    new._rev = itertools.count(1000)
+
+    async def body(pool: asyncpg.Pool) -> None:
+        await append(pool, [old.create(A, ENTRY, "3kaaaaaaaaaa2", entry(name="old"))])
+        await fold(pool)
+        await pool.execute("UPDATE ingest_cursor SET last_seq = 0")
+        await append(pool, [new.create(A, ENTRY, "3kaaaaaaaaab2", entry(name="new"))])
+        await fold(pool)
+        names = sorted(
+            r["name"] for r in await pool.fetch("SELECT name FROM appview_entries")
+        )
+        assert names == ["new", "old"]
+        async with pool.acquire() as conn:
+            got = await status(conn)
+        assert got["cursor"]["seq"] == 1 and got["resets"]["count"] == 1
+        assert "below the AppView cursor 1000" in got["resets"]["reason"]
+        assert got["resets"]["horizon"] is None
+        assert await pool.fetchval("SELECT state FROM appview_repos") == "pending"
+        # the old row (seq 1000) comes round again once the new space passes it:
+        # a stale commit, skipped
+        await append(
+            pool, [dict(new.create(B, ENTRY, "3kaaaaaaaaaa2", entry()), seq=1001)]
+        )
+        indexer = await fold(pool)
+        assert indexer.stats.stale == 1 and indexer.stats.upserted == 1
+
+    run(appview_dsn, body)
+
+
+def test_rows_dropped_by_retention_before_folding_are_reported(
+    appview_dsn: str,
+) -> None:
+    """The log's retention dropped rows the AppView had not folded: ``status``
+    says the cursor is behind the oldest retained row; the next batch records the
+    gap and queues every known repository for a backfill."""
+    log = LogWriter()
+
+    async def body(pool: asyncpg.Pool) -> None:
+        await append(pool, [log.create(A, ENTRY, "3kaaaaaaaaaa2", entry())])
+        await fold(pool)
+        await append(
+            pool,
+            [
+                log.create(A, ENTRY, "3kaaaaaaaaab2", entry()),
+                log.create(B, ENTRY, "3kaaaaaaaaab2", entry()),
+                log.create(C, ENTRY, "3kaaaaaaaaac2", entry()),
+            ],
+        )
+        await pool.execute("DELETE FROM ingest_events WHERE seq <= 3")
+        async with pool.acquire() as conn:
+            before = await status(conn)
+        assert before["behind_retention"] and before["oldest_log_seq"] == 4
+        assert before["gaps"]["count"] == 0
+        await fold(pool)
+        async with pool.acquire() as conn:
+            after = await status(conn)
+        assert after["gaps"] == {"count": 1, "at": after["gaps"]["at"], "seqs": [1, 4]}
+        assert after["gaps"]["at"] is not None and not after["behind_retention"]
+        states = dict(await pool.fetch("SELECT did, state FROM appview_repos"))
+        assert states == {A: "pending"}  # the repositories the index knows
+        assert (
+            await pool.fetchval(
+                "SELECT count(*) FROM appview_entries WHERE did = $1", C
+            )
+            == 1
+        )
+        await fold(pool)  # reported once
+        async with pool.acquire() as conn:
+            assert (await status(conn))["gaps"]["count"] == 1
+
+    run(appview_dsn, body)
+
+
+# -- abandoned backfills, the drain's policy -------------------------------------------------
+
+
+def test_an_abandoned_backfill_is_expired_and_its_rows_applied(
+    appview_dsn: str,
+) -> None:
+    """A backfiller that died between ``begin_backfill`` and its snapshot leaves
+    the repository ``backfilling``; past the lease its buffered rows are applied
+    as live ones and it is marked failed, by :func:`expire_backfills` and by the
+    indexer's loop; a backfill within its lease is left alone."""
+    log = LogWriter()
+
+    async def body(pool: asyncpg.Pool) -> None:
+        async with pool.acquire() as conn:
+            await begin_backfill(conn, A, "pds")
+            await begin_backfill(conn, B, "pds")
+        await append(
+            pool,
+            [
+                log.create(A, ENTRY, "3kaaaaaaaaaa2", entry(name="a live")),
+                log.create(B, ENTRY, "3kaaaaaaaaaa2", entry(name="b live")),
+            ],
+        )
+        assert (await fold(pool)).stats.buffered == 2
+        async with pool.acquire() as conn:
+            assert await ix.expire_backfills(conn, lease_seconds=3600) == []
+        await pool.execute(
+            "UPDATE appview_repos SET updated_at = now() - interval '2 hours' "
+            "WHERE did = $1",
+            A,
+        )
+        async with pool.acquire() as conn:
+            assert await ix.expire_backfills(conn, lease_seconds=3600) == [A]
+        repo = await pool.fetchrow(
+            "SELECT state, error FROM appview_repos WHERE did = $1", A
+        )
+        assert repo["state"] == "failed"
+        assert repo["error"].startswith("AV_LEASE_EXPIRED: ")
+        assert (
+            await pool.fetchval("SELECT name FROM appview_entries WHERE did = $1", A)
+            == "a live"
+        )
+        # B: the indexer's loop ends it (first thing, then every minute)
+        await pool.execute(
+            "UPDATE appview_repos SET updated_at = now() - interval '2 hours' "
+            "WHERE did = $1",
+            B,
+        )
+        indexer = Indexer(pool, history=None, lease_seconds=3600, listen=False)
+        stop = asyncio.Event()
+        task = asyncio.create_task(indexer.run(stop))
+        await _until(pool, "SELECT count(*) FROM appview_pending", 0)
+        stop.set()
+        await task
+        assert (
+            await pool.fetchval("SELECT state FROM appview_repos WHERE did = $1", B)
+            == "failed"
+        )
+        assert (
+            await pool.fetchval("SELECT name FROM appview_entries WHERE did = $1", B)
+            == "b live"
+        )
+
+    run(appview_dsn, body)
+
+
+@pytest.mark.parametrize("live_policy", [False, True])
+def test_a_drain_follows_the_live_folds_signature_policy(
+    appview_dsn: str, live_policy: bool
+) -> None:
+    """Rows buffered during a backfill are applied after it with the policy of
+    the live fold that buffered them (recorded in ``appview_cursor``), not a
+    default of the backfiller's: an unchecked row is indexed exactly when it
+    would have been without the backfill."""
+    log = LogWriter()
+
+    async def body(pool: asyncpg.Pool) -> None:
+        first = log.create(A, ENTRY, "3kaaaaaaaaaa2", entry(name="v1"))
+        await append(pool, [first])
+        await fold(pool, require_verified=live_policy)
+        async with pool.acquire() as conn:
+            await begin_backfill(conn, A, "pds")
+        unchecked = log.update(
+            A, ENTRY, "3kaaaaaaaaaa2", entry(name="v2"), verified=None
+        )
+        await append(pool, [unchecked])
+        assert (await fold(pool, require_verified=live_policy)).stats.buffered == 1
+        assert (
+            await pool.fetchval("SELECT require_verified FROM appview_cursor")
+            is live_policy
+        )
+        async with pool.acquire() as conn:
+            result = await apply_snapshot(
+                conn,
+                A,
+                first["rev"],
+                snap((ENTRY, "3kaaaaaaaaaa2", entry(name="v1"))),
+                "pds",
+                history=None,
+            )
+        name = await pool.fetchval("SELECT name FROM appview_entries")
+        rules = [
+            r["rule"] for r in await pool.fetch("SELECT rule FROM appview_dead_letters")
+        ]
+        if live_policy:
+            assert (name, rules, result.pending.unverified) == (
+                "v1",
+                ["AV_UNCHECKED"],
+                1,
+            )
+        else:
+            assert (name, rules, result.pending.upserted) == ("v2", [], 1)
 
     run(appview_dsn, body)
 
@@ -1420,12 +1938,19 @@ def _touched(plan: Any) -> list[tuple[str, str, int]]:
     return out
 
 
-def test_a_batch_reads_only_its_rows_of_the_log(appview_dsn: str) -> None:
+@pytest.mark.parametrize("horizon", [None, "2000-01-01T00:00:00+00:00"])
+def test_a_batch_reads_only_its_rows_of_the_log(
+    appview_dsn: str, horizon: str | None
+) -> None:
     """Statistics taken when our collections were rare (6000 posts, 5 entries),
     then a burst of 3000 entries: a batch of 10 still reads a few dozen rows of the
     log (each stream's window up to the seq of its 11th row, through an index),
     whatever the cursor; never the burst's backlog beyond it (a plain ``ORDER BY
-    seq, idx LIMIT`` per stream sorts the whole burst under such statistics)."""
+    seq, idx LIMIT`` per stream sorts the whole burst under such statistics).
+    With or without a horizon (after an ingest cursor reset)."""
+    import datetime as dt
+
+    when = None if horizon is None else dt.datetime.fromisoformat(horizon)
     log = LogWriter()
     before = [_post(log, i) for i in range(6000)] + [
         log.create(A, ENTRY, f"3kbbbb{i:07d}", entry()) for i in range(5)
@@ -1446,6 +1971,7 @@ def test_a_batch_reads_only_its_rows_of_the_log(appview_dsn: str) -> None:
                     burst[-1]["seq"],
                     10,
                     *ix._READ_ARGS,
+                    when,
                 )
             plan = orjson.loads(raw) if isinstance(raw, str) else raw
             touched = [t for t in _touched(plan) if t[2]]
