@@ -217,16 +217,19 @@ def reset() -> None:
     _current, _checked_at, _loading = None, 0.0, None
 
 
-async def _load(db: Any, generation: Any) -> Vocabulary:
+async def _load(db: Any, generation: Any, *, thread: bool = False) -> Vocabulary:
     rows = await db.fetch(_LOAD_SQL, MAX_WORDS)
-    return Vocabulary(((r["word"], r["ndoc"]) for r in rows), generation)
+    words = [(r["word"], r["ndoc"]) for r in rows]
+    if thread:  # a large vocabulary is built off the event loop
+        return await asyncio.to_thread(Vocabulary, words, generation)
+    return Vocabulary(words, generation)
 
 
 async def _load_in_background(pool: Any, generation: Any) -> None:
     global _current
     try:
         async with pool.acquire() as conn:
-            _current = await _load(conn, generation)
+            _current = await _load(conn, generation, thread=True)
     except Exception:  # the old vocabulary keeps serving; retried at next check
         log.warning("search vocabulary reload failed", exc_info=True)
 

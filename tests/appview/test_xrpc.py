@@ -1167,3 +1167,26 @@ def test_describe_service_follows_the_indexer_at_once(
     after = get(api, "describeService")
     assert after["recordCount"][ENTRY] == first["recordCount"][ENTRY] + 1
     assert after["cursor"] > first["cursor"]
+
+
+def test_vocabulary_corrections() -> None:
+    v = vocabulary.Vocabulary(
+        [("cell", 50), ("celery", 1), ("crops", 20), ("debris", 3), ("nuclei", 2)]
+    )
+    assert v.corrections("cel") == ("cell", "celery")  # trigram similarity
+    assert v.corrections("debirs") == ("debris",)  # a transposition
+    assert v.corrections("crosp") == ("crops",)
+    assert v.corrections("zebra") == ()
+    assert (
+        v.expansions("Cel crops, DEBIRS 1234 and x")
+        == [
+            ("cel", ("cell", "celery")),
+            ("debirs", ("debris",)),
+            ("and", ()),
+        ][:2]
+    )
+    assert vocabulary.query_words("a ab abc ABC 123 x_y café") == ["abc", "café"]
+    assert vocabulary.osa_distance("abcd", "badc", 2) == 2
+    assert vocabulary.osa_distance("abcd", "wxyz", 2) == 3
+    # pg_trgm's trigrams: two spaces before, one after
+    assert vocabulary.trigrams("Cel") == {"  c", " ce", "cel", "el "}
