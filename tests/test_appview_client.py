@@ -39,8 +39,10 @@ import uvicorn
 from atdata_appview.app import create_app
 from atdata_appview.backfill import Backfiller
 from atdata_appview.config import Settings
+from atdata_appview.handles import make_resolver
 from atdata_appview.indexer import Indexer
 from atdata_appview.schema import migrate as migrate_appview
+from atdata_appview.testing.identity import IdentityDirectory, verify_all
 from atdata_appview.testing.log import LogWriter, append_rows
 from atdata_gen.dynamic import compile_schema_record
 from atdata_ingest.schema import migrate as migrate_ingest
@@ -308,6 +310,10 @@ async def _fill(dsn: str, rows: list[dict[str, Any]]) -> None:
         indexer = Indexer(pool)
         while await indexer.fold_once():
             pass
+        # queries resolve verified handles only (the seed's DIDs exist nowhere:
+        # a stand-in of the network's identity services tells HANDLES)
+        with IdentityDirectory(HANDLES) as network:
+            await verify_all(pool, network.resolver())
         async with pool.acquire() as c:
             dead = await c.fetch("SELECT rule, pointer FROM appview_dead_letters")
         assert not dead, [dict(d) for d in dead]
@@ -964,6 +970,9 @@ async def _backfill(dsn: str, net: Any, accounts: list[Any]) -> None:
         indexer = Indexer(pool)
         while await indexer.fold_once():
             pass
+        # the handles, verified on the local network (PDS resolveHandle + PLC)
+        verified = await verify_all(pool, make_resolver(net.plc_url, net.pds_url))
+        assert verified.verified == len(accounts), verified
     finally:
         await pool.close()
 

@@ -124,9 +124,9 @@ SELECT did, handle, verified_handle FROM (
      FROM appview_accounts
      WHERE handle_checked IS NOT NULL
        AND coalesce(handle, verified_handle) IS NOT DISTINCT FROM handle_checked
-       AND handle_checked_at < now() - make_interval(secs => $2)
+       AND handle_checked_at < now() - make_interval(secs => $2::float8)
        AND handle_checked_at < now() - make_interval(secs => CASE
-           WHEN verified_handle IS NULL THEN $3 ELSE $4 END)
+           WHEN verified_handle IS NULL THEN $3::float8 ELSE $4::float8 END)
      ORDER BY handle_checked_at
      LIMIT $1)
 ) w
@@ -188,6 +188,7 @@ class VerifyStats:
         self.lookups += other.lookups
         self.adopted += other.adopted
         self.cleared += other.cleared
+        self.reasons.update(other.reasons)
 
 
 def make_resolver(

@@ -19,7 +19,7 @@ How (bounded everywhere; nothing of a record is ever executed):
    :data:`MAX_VERSIONS_PER_NAME` of one name) and :data:`MAX_EDGES` lenses: per level one query for the lenses leaving the level's schemas and one
    for the other versions of the schema names newly met (two indexed queries per
    level, never the whole table). Lens references in handle form
-   (``at://handle/...``) are matched through ``appview_accounts``.
+   (``at://handle/...``) are matched through ``appview_accounts.verified_handle``.
 2. Pruning: only schemas on some chain of at most ``max_steps`` candidate steps
    from the source to the target are kept (distance from the source plus distance
    to the target).
@@ -101,8 +101,8 @@ SCHEMA_COLLECTION: Final = "science.alt.dataset.schema"
 class Step(NamedTuple):
     """One step of a chain: ``kind`` (``lens`` | ``structural``), the AT-URIs of
     its ``source_schema`` and ``target_schema`` (as indexed: DID authority), and
-    for ``lens`` the ``appview_lenses`` row (every column, plus ``handle`` from
-    ``appview_accounts``, ``None`` when unknown), else ``None``."""
+    for ``lens`` the ``appview_lenses`` row (every column, plus ``handle``: the
+    verified handle from ``appview_accounts``, ``None`` when none), else ``None``."""
 
     kind: str
     source_schema: str
@@ -211,7 +211,7 @@ asked for): those asked for first, then the newest, at most ``$VERSIONS``."""
 _NODES_SQL: Final = (
     """
 SELECT v.uri, v.did, v.rkey, v.name, v.cid, v.major, v.minor, v.patch, v.asked,
-    a.handle
+    a.verified_handle AS handle
 FROM (
     SELECT s.did, s.name, array_agg(s.uri) AS asked FROM appview_schemas s
     WHERE s.uri = ANY($1::text[]) GROUP BY s.did, s.name
@@ -249,7 +249,7 @@ WITH e AS MATERIALIZED (
 FROM e)
 UNION ALL
 (SELECT 'schema', v.uri, NULL, NULL, v.did, v.rkey, v.name, v.cid, v.major,
-    v.minor, v.patch, v.asked, a.handle
+    v.minor, v.patch, v.asked, a.verified_handle AS handle
 FROM g"""
     + _VERSIONS.replace("$VERSIONS", "$5").replace("$ACTIVE", _ACTIVE.format(t="s"))
     + """
@@ -265,12 +265,13 @@ name, ``$4`` in all)."""
 _HANDLES_SQL: Final = """
 SELECT h.handle, h.rkey, s.uri
 FROM unnest($1::text[], $2::text[]) AS h(handle, rkey)
-JOIN appview_accounts a ON a.handle = h.handle
+JOIN appview_accounts a ON a.verified_handle = h.handle
 JOIN appview_schemas s ON s.did = a.did AND s.rkey = h.rkey
 WHERE a.active
 """
 """Schema AT-URIs in handle form, as (handle, rkey), → their indexed AT-URIs (the
-handle as ``appview_accounts`` has it now)."""
+handle as ``appview_accounts.verified_handle`` has it now: verified, never a mere
+claim)."""
 
 _RECORDS_SQL: Final = (
     "SELECT uri, cid, record::text AS record FROM appview_schemas "
@@ -278,7 +279,7 @@ _RECORDS_SQL: Final = (
 )
 
 _LENSES_SQL: Final = """
-SELECT l.*, a.handle FROM appview_lenses l
+SELECT l.*, a.verified_handle AS handle FROM appview_lenses l
 LEFT JOIN appview_accounts a ON a.did = l.did
 WHERE l.uri = ANY($1::text[])
 """

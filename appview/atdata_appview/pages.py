@@ -611,7 +611,8 @@ MAX_LENS_ENDS: Final = 32
 shown by AT-URI)."""
 
 _VERIFICATIONS_SQL: Final = (
-    "SELECT v.uri, v.did, v.method, v.lens_commit, v.created_at, acc.handle "
+    "SELECT v.uri, v.did, v.method, v.lens_commit, v.created_at, "
+    "acc.verified_handle AS handle "
     "FROM appview_lens_verifications v "
     "LEFT JOIN appview_accounts acc ON acc.did = v.did "
     "WHERE v.lens_uri = $1 AND NOT EXISTS (SELECT 1 FROM appview_accounts x "

@@ -15,8 +15,10 @@ Rules that hold for every query here:
   the query's filters; never ``OFFSET``); a page has a ``cursor`` only when a next
   page may exist;
 - a ``repo`` / ``handle`` argument is a DID or a handle; handles resolve through
-  ``appview_accounts`` (fed by ``#identity`` events and backfill), no network call;
-  an unknown handle is :class:`QueryError` ``RepoNotFound``.
+  ``appview_accounts.verified_handle`` (a handle an account's events claimed and
+  :mod:`.handles` verified both ways on the network; a claim alone resolves
+  nothing), no network call; an unknown handle is :class:`QueryError`
+  ``RepoNotFound``. Views show the verified handle only.
 
 Errors are :class:`QueryError` with the Lexicon error name and an HTTP status (the
 router serves them in XRPC's shape).
@@ -206,14 +208,15 @@ def parse_at_uri(uri: str) -> tuple[str, str, str]:
 
 async def lookup_did(db: Db, repo: str) -> str | None:
     """The DID of ``repo`` (a DID, returned as is, or a handle, looked up in
-    ``appview_accounts``, case-insensitively, the most recently updated account
-    claiming it); ``None`` when the handle is unknown or ``repo`` is neither."""
+    ``appview_accounts.verified_handle``, case-insensitively: the account whose
+    handle :mod:`.handles` verified, never a mere claim); ``None`` when no
+    account has the handle verified or ``repo`` is neither."""
     if repo.startswith("did:"):
         return repo if is_did(repo) else None
     if not is_handle(repo):
         return None
     did: str | None = await db.fetchval(
-        "SELECT did FROM appview_accounts WHERE handle = $1 "
+        "SELECT did FROM appview_accounts WHERE verified_handle = $1 "
         "ORDER BY updated_at DESC LIMIT 1",
         repo.lower(),
     )
@@ -946,13 +949,14 @@ async def resolve_schema(
 
 def _publisher(sql: _Sql, repo: str) -> str:
     # A one-row relation ``d(did)``: the DID of ``repo`` (a DID as is, a handle
-    # through appview_accounts), no row when the handle is unknown: the caller's
+    # through appview_accounts.verified_handle, as lookup_did), no row when the
+    # handle is unknown: the caller's
     # lookup runs in the same statement (one round trip).
     if repo.startswith("did:") and is_did(repo):
         return f"(SELECT {sql.arg(repo)}::text AS did) d"
     handle = repo.lower() if is_handle(repo) else ""
     return (
-        f"(SELECT did FROM appview_accounts WHERE handle = {sql.arg(handle)} "
+        f"(SELECT did FROM appview_accounts WHERE verified_handle = {sql.arg(handle)} "
         f"ORDER BY updated_at DESC LIMIT 1) d"
     )
 
@@ -1183,7 +1187,7 @@ async def profile(db: Db, did_or_handle: str) -> Profile | None:
     if did is None:
         return None
     row = await db.fetchrow(
-        "SELECT a.handle, a.active, a.status, "
+        "SELECT a.verified_handle AS handle, a.active, a.status, "
         "(SELECT count(*) FROM appview_schemas WHERE did = $1) AS schemas, "
         "(SELECT count(*) FROM appview_entries WHERE did = $1) AS entries, "
         "(SELECT count(*) FROM appview_lenses WHERE did = $1) AS lenses, "

@@ -66,7 +66,7 @@ ENTRY_COLUMNS: Final = (
     "e.did, e.rkey, e.uri, e.cid, e.name, e.description, e.tags, e.license, "
     "e.schema_ref, e.storage::text AS storage, e.storage_kind, e.shard_count, "
     "e.checksums, e.size_samples, e.size_bytes, e.size_shards, e.created_at, "
-    "e.indexed_at, acc.handle, sch.name AS schema_name, sch.version AS schema_version"
+    "e.indexed_at, acc.verified_handle AS handle, sch.name AS schema_name, sch.version AS schema_version"
 )
 """Columns of :func:`entry_view`; needs ``appview_entries e`` and
 :data:`ENTRY_JOINS`."""
@@ -79,7 +79,7 @@ ENTRY_JOINS: Final = (
 SCHEMA_COLUMNS: Final = (
     "s.did, s.rkey, s.uri, s.cid, s.name, s.version, s.schema_type, "
     "(s.record->'schema')::text AS schema_body, s.description, s.created_at, "
-    "s.indexed_at, s.form, s.field_count, acc.handle"
+    "s.indexed_at, s.form, s.field_count, acc.verified_handle AS handle"
 )
 """Columns of :func:`schema_view`; needs ``appview_schemas s`` and
 :data:`SCHEMA_JOINS`."""
@@ -90,7 +90,7 @@ LENS_COLUMNS: Final = (
     "l.did, l.rkey, l.uri, l.cid, l.name, l.source_schema, l.target_schema, "
     "(l.record->'getterCode')::text AS getter_code, "
     "(l.record->'putterCode')::text AS putter_code, l.description, l.language, "
-    "l.created_at, l.indexed_at, acc.handle, "
+    "l.created_at, l.indexed_at, acc.verified_handle AS handle, "
     "(SELECT count(*) FROM appview_lens_verifications v WHERE v.lens_uri = l.uri) "
     "AS verifications"
 )
@@ -100,7 +100,7 @@ LENS_JOINS: Final = "LEFT JOIN appview_accounts acc ON acc.did = l.did"
 
 LABEL_COLUMNS: Final = (
     "b.did, b.rkey, b.uri, b.cid, b.name, b.dataset_uri, b.version, b.description, "
-    "b.created_at, b.indexed_at, acc.handle"
+    "b.created_at, b.indexed_at, acc.verified_handle AS handle"
 )
 """Columns of :func:`label_view`; needs ``appview_labels b`` and
 ``LEFT JOIN appview_accounts acc ON acc.did = b.did``."""

@@ -282,7 +282,8 @@ def test_lens_in_handle_form_is_followed(appview_dsn: str) -> None:
 
     async def go(conn: asyncpg.Connection) -> tuple[str, str, str]:
         await conn.execute(
-            "INSERT INTO appview_accounts (did, handle) VALUES ($1, 'alice.test')",
+            "INSERT INTO appview_accounts (did, handle, verified_handle) "
+            "VALUES ($1, 'alice.test', 'alice.test')",
             ALICE,
         )
         a = await put(conn, SCHEMA, ALICE, corpus("ScalarSample"))

@@ -37,6 +37,7 @@ from atdata_appview.app import create_app
 from atdata_appview.config import Settings
 from atdata_appview.indexer import Indexer
 from atdata_appview.schema import migrate as migrate_appview
+from atdata_appview.testing.identity import IdentityDirectory, verify_all
 from atdata_appview.testing.log import LogWriter, append_rows
 from atdata_ingest.schema import migrate as migrate_ingest
 from atdata_ingest.testing.postgres import PostgresCluster
@@ -337,6 +338,12 @@ async def fill(dsn: str, rows: list[dict[str, Any]]) -> None:
         indexer = Indexer(pool)
         while await indexer.fold_once():
             pass
+        # queries resolve verified handles only: verify the seed's against a
+        # stand-in of the network's identity services (its DIDs exist nowhere)
+        with IdentityDirectory(
+            {ALICE: "alice.test", BOB: "bob.test", MALLORY: "mallory.test"}
+        ) as network:
+            await verify_all(pool, network.resolver())
         async with pool.acquire() as conn:
             dead = await conn.fetch(
                 "SELECT rule, pointer, message FROM appview_dead_letters"

@@ -19,7 +19,7 @@ import datetime as _dt
 import itertools
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ from atdata_appview.app import create_app
 from atdata_appview.config import Settings
 from atdata_appview.indexer import Indexer
 from atdata_appview.schema import migrate as migrate_appview
+from atdata_appview.testing.identity import IdentityDirectory, verify_all
 from atdata_appview.testing.log import LogWriter, append_rows
 from atdata_ingest.schema import migrate as migrate_ingest
 from atdata_ingest.testing.postgres import PostgresCluster
@@ -305,9 +306,13 @@ def build_world() -> World:
     return w
 
 
-async def fold(dsn: str, rows: list[dict[str, Any]]) -> None:
+async def fold(
+    dsn: str, rows: list[dict[str, Any]], handles: Mapping[str, str] = HANDLES
+) -> None:
     """Write ``rows`` into the log and fold them in with the indexer (no dead
-    letters allowed)."""
+    letters allowed), then verify the handles claimed against a stand-in of the
+    network's identity services telling ``handles`` (DID → handle; the seed's
+    DIDs exist nowhere): queries resolve verified handles only."""
     conn = await asyncpg.connect(dsn)
     try:
         await append_rows(conn, rows)
@@ -318,6 +323,8 @@ async def fold(dsn: str, rows: list[dict[str, Any]]) -> None:
         indexer = Indexer(pool)
         while await indexer.fold_once():
             pass
+        with IdentityDirectory(handles) as network:
+            await verify_all(pool, network.resolver())
         async with pool.acquire() as conn:
             dead = await conn.fetch(
                 "SELECT rule, pointer, message FROM appview_dead_letters"
@@ -1084,7 +1091,7 @@ def test_inactive_accounts_are_hidden(live: tuple[World, str, TestClient]) -> No
 def test_handles_follow_identity_events(live: tuple[World, str, TestClient]) -> None:
     w, dsn, api = live
     w.rows = [w.log.identity(ALICE, "alice2.test")]
-    asyncio.run(fold(dsn, w.rows))
+    asyncio.run(fold(dsn, w.rows, {**HANDLES, ALICE: "alice2.test"}))
     got = get(api, "resolveSchema", {"handle": "alice2.test", "schemaId": "CellCrop"})
     assert got["uri"] == w.schemas["CellCrop@2.0.0"]
     entry_ = get(api, "getEntry", {"uri": w.entries["Debris survey"]})["entry"]
