@@ -102,6 +102,9 @@ __all__ = [
     "DATASET_PREFIX",
     "DEFAULT_COLLECTION",
     "MAX_REREADS",
+    "QUEUED_LIMIT",
+    "RELAY_COLLECTIONS",
+    "RETRY_BASE_SECONDS",
     "RULES",
     "BackfillError",
     "BackfillStats",
@@ -122,8 +125,23 @@ DATASET_PREFIX: Final = "science.alt.dataset."
 """MST key prefix of the records a backfill keeps (every ``science.alt.dataset.*``
 collection)."""
 DEFAULT_COLLECTION: Final = "science.alt.dataset.schema"
-"""The collection a relay is asked about (``listReposByCollection``): every
-publisher of datasets publishes schemas."""
+"""The collection :func:`list_repos` asks a relay about by default."""
+RELAY_COLLECTIONS: Final = (
+    "science.alt.dataset.schema",
+    "science.alt.dataset.entry",
+    "science.alt.dataset.lens",
+    "science.alt.dataset.label",
+    "science.alt.dataset.lensVerification",
+)
+"""The collections a :class:`Backfiller` asks a relay about (one
+``listReposByCollection`` listing each, DIDs deduplicated): every record
+collection the index holds, so a publisher of only entries, lenses or labels
+(of someone else's schemas) is found too."""
+QUEUED_LIMIT: Final = 10_000
+"""Default cap on the queued repositories (``appview_repos``) one run takes."""
+RETRY_BASE_SECONDS: Final = 60.0
+"""A ``failed`` repository is retried by a queued pass after
+``RETRY_BASE_SECONDS * 2 ** (attempts - 1)`` (capped at a day)."""
 
 MAX_LIST_PAGES: Final = 10_000
 """Default cap on listing pages."""
@@ -177,6 +195,8 @@ RULES: Final[Mapping[str, str]] = {
     "BF_BUSY": "another backfill holds the database's backfill lock",
     "BF_INDEX_FAILED": "writing the snapshot into the index failed (database "
     "error; the type is given)",
+    "BF_INTERRUPTED": "the backfill of the repository was cancelled or "
+    "interrupted (shutdown, an outer timeout): what was buffered was applied live",
 }
 """Rule ID → summary, for every :class:`BackfillError`."""
 
@@ -828,17 +848,23 @@ class RepoOutcome:
 
 @dataclass
 class BackfillStats:
-    """Figures of a :class:`Backfiller` run: repositories ``listed``, ``skipped``
-    (already synced, or failed ``max_attempts`` times), ``inactive`` (the listing
-    says not active), ``synced``, ``failed``; ``records`` verified and handed to
+    """Figures of a :class:`Backfiller` run: repositories ``listed``, ``queued``
+    (taken from ``appview_repos``: pending, failed to retry, abandoned),
+    ``expired`` (abandoned backfills ended first), ``skipped`` (already synced,
+    or failed ``max_attempts`` times), ``inactive`` (the listing says not
+    active), ``synced``, ``stale`` (every snapshot read was older than the index:
+    left ``pending``), ``failed``; ``records`` verified and handed to
     the index, ``indexed`` and ``rejected`` (dead-lettered) of them, ``car_bytes``
     downloaded, ``seconds`` of the run; ``failures``: ``(did, rule)`` of the
     first 100 failures."""
 
     listed: int = 0
+    queued: int = 0
+    expired: int = 0
     skipped: int = 0
     inactive: int = 0
     synced: int = 0
+    stale: int = 0
     failed: int = 0
     records: int = 0
     indexed: int = 0
@@ -860,8 +886,9 @@ class BackfillStats:
     def summary(self) -> str:
         """One line: counts and rates."""
         return (
-            f"backfill: {self.synced} synced, {self.failed} failed, {self.skipped} "
-            f"skipped, {self.inactive} inactive of {self.listed} listed; "
+            f"backfill: {self.synced} synced, {self.stale} stale, {self.failed} "
+            f"failed, {self.skipped} skipped, {self.inactive} inactive of "
+            f"{self.listed} listed and {self.queued} queued; "
             f"{self.records} records ({self.indexed} indexed, {self.rejected} "
             f"rejected), {self.car_bytes} CAR bytes in "
             f"{self.seconds:.2f} s ({self.repos_per_second:.1f} repos/s, "
@@ -875,6 +902,8 @@ def _short_error(exc: BaseException) -> str:
     (a database message may quote data)."""
     if isinstance(exc, BackfillError):
         text = f"{exc.rule}: {exc}"
+    elif not isinstance(exc, Exception):
+        text = f"BF_INTERRUPTED: {type(exc).__name__}"
     else:
         text = f"BF_INDEX_FAILED: {type(exc).__name__}"
     return text if len(text) <= MAX_ERROR_TEXT else text[: MAX_ERROR_TEXT - 1] + "…"
@@ -885,13 +914,20 @@ class Backfiller:
 
     ``pool``: an ``asyncpg`` pool on the AppView's database (at least
     ``concurrency + 1`` connections: one holds the run's advisory lock).
-    ``source``: the PDS or relay origin (trusted configuration), ``kind``:
-    ``"pds"`` or ``"relay"``, ``collection``: what a relay is asked for.
+    ``source``: the PDS or relay origin (trusted configuration; ``""`` when only
+    :meth:`run` with ``dids`` or ``queued_only`` is used), ``kind``: ``"pds"`` or
+    ``"relay"``, ``collection``: the one collection a relay is asked for (default
+    ``None``: each of :data:`RELAY_COLLECTIONS`, deduplicated).
     ``concurrency``: repositories fetched and written at once. ``resolver``: an
     :class:`~atdata_runtime.atmosphere.identity.IdentityResolver` (default: one on
     ``plc_url``). ``force``: also redo repositories already ``synced`` and those
-    failed ``max_attempts`` times. ``require_verified``: the indexer's policy for
-    the buffered live rows applied after a snapshot (as the live fold's).
+    failed ``max_attempts`` times. ``require_verified``: the policy for the
+    buffered live rows applied after a snapshot; ``None`` (default): the live
+    fold's, as the indexer records it (``appview_cursor.require_verified``), so
+    that a row is indexed or refused the same with or without a backfill.
+    ``lease_seconds``: a repository ``backfilling`` for longer is taken as
+    abandoned (``indexer.expire_backfills``) at the start of :meth:`run`;
+    ``queued_limit``: most repositories a run takes from ``appview_repos``.
     ``fetch_options``: keyword arguments of
     :func:`fetch_repo` (``max_car_bytes``, ``timeout``, …); ``list_options``: of
     :func:`list_repos` (``page_size``, ``max_repos``, …).
@@ -906,13 +942,15 @@ class Backfiller:
         *,
         source: str,
         kind: Literal["pds", "relay"],
-        collection: str = DEFAULT_COLLECTION,
+        collection: str | None = None,
         concurrency: int = 4,
         resolver: IdentityResolver | None = None,
         plc_url: str = "https://plc.directory",
         force: bool = False,
         max_attempts: int = 5,
-        require_verified: bool = True,
+        require_verified: bool | None = None,
+        lease_seconds: float | None = None,
+        queued_limit: int = QUEUED_LIMIT,
         fetch_options: Mapping[str, Any] | None = None,
         list_options: Mapping[str, Any] | None = None,
         list_http: httpx.AsyncClient | None = None,
@@ -933,6 +971,16 @@ class Backfiller:
         self.force = force
         self.max_attempts = max_attempts
         self.require_verified = require_verified
+        from .indexer import BACKFILL_LEASE_SECONDS
+
+        self.lease_seconds = (
+            BACKFILL_LEASE_SECONDS if lease_seconds is None else lease_seconds
+        )
+        if self.lease_seconds <= 0 or queued_limit < 0:
+            raise ValueError("lease_seconds must be > 0 and queued_limit >= 0")
+        self.queued_limit = queued_limit
+        self._sent: set[str] = set()
+        self._expired: list[str] = []
         self.fetch_options = dict(fetch_options or {})
         self.list_options = dict(list_options or {})
         self._list_http = list_http
@@ -996,7 +1044,7 @@ class Backfiller:
                 did=str(did)[:200],
                 cause_rule="DID_INVALID",
             )
-        source = redact_url(self.source)
+        source = redact_url(self.source) if self.source else "(DID document)"
         own_http = self._repo_http is None
         if own_http:
             self._repo_http = repo_client()
@@ -1015,23 +1063,12 @@ class Backfiller:
                             source,
                             require_verified=self.require_verified,
                         )
-                except Exception as exc:
-                    try:
-                        async with self.pool.acquire() as conn:
-                            await indexer.fail_backfill(
-                                conn,
-                                did,
-                                _short_error(exc),
-                                require_verified=self.require_verified,
-                            )
-                    except Exception as inner:  # noqa: BLE001 - the first error wins
-                        log.warning(
-                            "backfill %s: marking it failed failed too: %s",
-                            did,
-                            type(inner).__name__,
-                        )
+                except BaseException as exc:
+                    # cancelled or interrupted too: never leave it backfilling
+                    # (its live rows buffered); shielded from a second cancel
+                    await self._mark_failed(did, exc)
                     raise
-                if result.state != "pending":
+                if result.state not in ("pending", "stale"):
                     break
             return RepoOutcome(
                 did=did,
@@ -1047,6 +1084,40 @@ class Backfiller:
                 await self._repo_http.aclose()
                 self._repo_http = None
 
+    async def _mark_failed(self, did: str, exc: BaseException) -> None:
+        """``indexer.fail_backfill`` for ``did`` after ``exc``, on its own pool
+        connection, shielded from cancellation (a cancel while it runs does not
+        interrupt it; it goes on in the background). Its own errors are logged:
+        the first error wins (and the indexer's lease ends the backfill if even
+        this could not be written)."""
+        from . import indexer
+
+        async def mark() -> None:
+            try:
+                async with self.pool.acquire() as conn:
+                    await indexer.fail_backfill(
+                        conn,
+                        did,
+                        _short_error(exc),
+                        require_verified=self.require_verified,
+                    )
+            except Exception as inner:  # noqa: BLE001 - the first error wins
+                log.warning(
+                    "backfill %s: marking it failed failed too: %s",
+                    did,
+                    type(inner).__name__,
+                )
+
+        task = asyncio.ensure_future(mark())
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not isinstance(exc, asyncio.CancelledError):
+                raise
+            # cancelled again while marking: let the marking finish first
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(task), 30.0)
+
     # -- the run --------------------------------------------------------------------
 
     async def _listed(self, dids: Iterable[str] | None) -> AsyncIterator[ListedRepo]:
@@ -1054,34 +1125,87 @@ class Backfiller:
             for did in dids:
                 yield ListedRepo(did)
             return
-        async for repo in list_repos(
-            self.source,
-            kind=self.kind,
-            collection=self.collection,
-            client=self._list_http,
-            **self.list_options,
-        ):
-            yield repo
+        if self.kind == "pds":
+            async for repo in list_repos(
+                self.source, kind="pds", client=self._list_http, **self.list_options
+            ):
+                yield repo
+            return
+        collections = (
+            (self.collection,) if self.collection is not None else RELAY_COLLECTIONS
+        )
+        seen: set[str] = set()
+        cap = int(self.list_options.get("max_repos", MAX_LIST_REPOS))
+        for collection in collections:
+            async for repo in list_repos(
+                self.source,
+                kind="relay",
+                collection=collection,
+                client=self._list_http,
+                **self.list_options,
+            ):
+                if repo.did in seen:
+                    continue
+                if len(seen) >= cap:
+                    raise BackfillError(
+                        "BF_LIST_LIMIT",
+                        f"relay listings: more than {cap} repositories",
+                        url=redact_url(self.source),
+                    )
+                seen.add(repo.did)
+                yield repo
+
+    async def _queued(self) -> list[str]:
+        """DIDs ``appview_repos`` asks to be read: ``pending`` (queued by the
+        fold: a reactivation, a ``#sync``, an ingest cursor reset; or a stale
+        snapshot), ``failed`` under ``max_attempts`` once their backoff
+        (:data:`RETRY_BASE_SECONDS`) passed, ``backfilling`` past the lease
+        (abandoned; normally ended first by ``indexer.expire_backfills``),
+        oldest first, at most ``queued_limit``."""
+        if self.queued_limit == 0:
+            return []
+        rows = await self.pool.fetch(
+            "SELECT did FROM appview_repos WHERE "
+            "(state = 'pending' AND attempts < $1) "
+            "OR (state = 'failed' AND attempts < $1 AND updated_at < now() - "
+            "make_interval(secs => least($2 * power(2, greatest(attempts - 1, 0)), "
+            "86400))) "
+            "OR (state = 'backfilling' AND updated_at < now() - "
+            "make_interval(secs => $3)) "
+            "ORDER BY updated_at, did LIMIT $4",
+            self.max_attempts,
+            RETRY_BASE_SECONDS,
+            float(self.lease_seconds),
+            self.queued_limit,
+        )
+        return [r["did"] for r in rows]
 
     async def run(
         self,
         *,
         dids: Iterable[str] | None = None,
+        queued_only: bool = False,
         stop: asyncio.Event | None = None,
         on_repo: Callable[[str, RepoOutcome | BackfillError], Awaitable[None]]
         | None = None,
     ) -> BackfillStats:
-        """Backfill every repository the source lists (or ``dids``, when given),
-        ``concurrency`` at a time, under the database's backfill advisory lock.
-        Skips repositories the listing says are not active, those ``synced``
-        (unless ``force``) and those ``failed`` ``max_attempts`` times. A
-        repository's failure is counted and logged, and the run goes on; a
-        listing failure ends the run with its :class:`BackfillError` after the
-        repositories already queued. ``stop`` (set) ends it after the repositories
-        in progress. ``on_repo(did, outcome or error)`` is awaited after each one
+        """Backfill every repository the source lists, then those queued in
+        ``appview_repos`` (:meth:`_queued`: pending, failed to retry, abandoned)
+        — or only ``dids``, when given, or only the queued ones with
+        ``queued_only`` — ``concurrency`` at a time, under the database's
+        backfill advisory lock. First, backfills past their lease are ended
+        (``indexer.expire_backfills``: their buffered rows applied live). Skips
+        repositories the listing says are not active, those ``synced`` (unless
+        ``force``) and those ``failed`` ``max_attempts`` times. A repository's
+        failure is counted and logged, and the run goes on; a listing failure
+        ends the run with its :class:`BackfillError` after the repositories
+        already queued. ``stop`` (set) ends it after the repositories in
+        progress. ``on_repo(did, outcome or error)`` is awaited after each one
         (its exceptions are logged).
         Returns :attr:`stats` (also kept on the object)."""
         self.stats = stats = BackfillStats()
+        self._sent = set()
+        self._expired = []
         started = time.monotonic()
         queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=self.concurrency * 4)
         stop = stop or asyncio.Event()
@@ -1097,6 +1221,16 @@ class Backfiller:
                     "BF_BUSY", "another backfill is running on this database"
                 )
             try:
+                from . import indexer
+
+                async with self.pool.acquire() as conn:
+                    expired = await indexer.expire_backfills(
+                        conn,
+                        lease_seconds=self.lease_seconds,
+                        require_verified=self.require_verified,
+                    )
+                stats.expired = len(expired)
+                self._expired = expired
 
                 async def worker() -> None:
                     while True:
@@ -1126,7 +1260,10 @@ class Backfiller:
                                 "BF_INDEX_FAILED", type(exc).__name__, did=did
                             )
                         else:
-                            stats.synced += 1
+                            if outcome.state == "stale":
+                                stats.stale += 1
+                            else:
+                                stats.synced += 1
                             stats.records += outcome.records
                             stats.indexed += outcome.indexed
                             stats.rejected += outcome.rejected
@@ -1142,7 +1279,7 @@ class Backfiller:
                     asyncio.create_task(worker()) for _ in range(self.concurrency)
                 ]
                 try:
-                    await self._produce(dids, queue, stop)
+                    await self._produce(dids, queue, stop, queued_only=queued_only)
                 finally:
                     for _ in workers:
                         await queue.put(None)
@@ -1163,8 +1300,33 @@ class Backfiller:
         dids: Iterable[str] | None,
         queue: asyncio.Queue[str | None],
         stop: asyncio.Event,
+        *,
+        queued_only: bool = False,
     ) -> None:
-        """List, look up the states of each batch of DIDs, queue those wanted."""
+        """Without ``dids``: queue those ``appview_repos`` asks for first (the
+        backfills this run found abandoned, then :meth:`_queued`), then (unless ``queued_only``) list, look up the states
+        of each batch of DIDs and queue those wanted and not queued already."""
+        stats = self.stats
+        if dids is None:
+            # the abandoned backfills just ended first: read again at once
+            for did in [*self._expired, *await self._queued()]:
+                if stop.is_set():
+                    return
+                if did in self._sent:
+                    continue
+                stats.queued += 1
+                self._sent.add(did)
+                await queue.put(did)
+            if queued_only:
+                return
+        await self._produce_listed(dids, queue, stop)
+
+    async def _produce_listed(
+        self,
+        dids: Iterable[str] | None,
+        queue: asyncio.Queue[str | None],
+        stop: asyncio.Event,
+    ) -> None:
         stats = self.stats
         batch: list[ListedRepo] = []
 
@@ -1175,6 +1337,8 @@ class Backfiller:
                     return
                 if repo.active is False:
                     stats.inactive += 1
+                elif repo.did in self._sent:
+                    continue  # queued from appview_repos already
                 elif self._wanted(states.get(repo.did)):
                     await queue.put(repo.did)
                 else:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as _dt
 import errno
 import json
@@ -566,6 +567,97 @@ async def _index_until(stop: asyncio.Event, settings: Settings, label: str) -> N
         await pool.close()
 
 
+PENDING_BACKFILL_INTERVAL_S: Final = 60.0
+"""``run``: seconds between two passes over the repositories queued for a
+backfill (:func:`backfill_pending_until`)."""
+PENDING_BACKFILL_LIMIT: Final = 100
+"""``run``: most queued repositories one pass reads."""
+PENDING_BACKFILL_CONCURRENCY: Final = 2
+"""``run``: repositories a pass reads at once (at most the configured
+``backfill_concurrency``)."""
+PENDING_STOP_GRACE_S: Final = 10.0
+"""``run``: seconds a pass in progress gets to finish its repositories after a
+stop; then it is cancelled (the repositories it held are marked failed, their
+buffered rows applied)."""
+
+
+async def backfill_pending_until(
+    stop: asyncio.Event,
+    settings: Settings,
+    label: str,
+    *,
+    interval: float = PENDING_BACKFILL_INTERVAL_S,
+    limit: int = PENDING_BACKFILL_LIMIT,
+) -> None:
+    """Until ``stop``: every ``interval`` seconds (the first pass at once), read
+    the repositories the index queued for a backfill (``appview_repos``: a
+    reactivated account, a ``#sync``, an ingest cursor reset or log gap, a
+    failed read to retry, an abandoned backfill), at most ``limit`` a pass, with
+    the configured PLC directory (``plc_url``) and each DID document's PDS
+    (:meth:`.backfill.Backfiller.run` with ``queued_only``). Never raises but
+    for cancellation: a failing pass (the database away, another backfill
+    holding the lock) is logged and tried again at the next interval."""
+    from .backfill import Backfiller, BackfillError
+
+    kind: Literal["pds", "relay"] = (
+        "relay" if settings.backfill_kind == "relay" else "pds"
+    )
+    pool: Any = None
+    backfiller: Any = None
+    try:
+        while not stop.is_set():
+            try:
+                if pool is None:
+                    pool = await _writer_pool(settings, label, "backfill")
+                    backfiller = Backfiller(
+                        pool,
+                        source=settings.backfill_source,
+                        kind=kind,
+                        plc_url=settings.plc_url,
+                        concurrency=min(
+                            PENDING_BACKFILL_CONCURRENCY, settings.backfill_concurrency
+                        ),
+                        queued_limit=limit,
+                    )
+                task = asyncio.create_task(
+                    backfiller.run(queued_only=True, stop=stop),
+                    name="appview-pending-backfill",
+                )
+                stopped = asyncio.create_task(stop.wait())
+                try:
+                    await asyncio.wait(
+                        {task, stopped}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if not task.done():
+                        await asyncio.wait({task}, timeout=PENDING_STOP_GRACE_S)
+                    if not task.done():
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
+                        return
+                finally:
+                    stopped.cancel()
+                stats = task.result()
+                if stats.queued or stats.expired:
+                    log.info("queued repositories: %s", stats.summary())
+            except BackfillError as exc:
+                if exc.rule == "BF_BUSY":
+                    log.debug("queued repositories: another backfill runs")
+                else:
+                    log.warning("queued repositories: %s", exc)
+            except Exception as exc:  # noqa: BLE001 - tried again next interval
+                log.warning(
+                    "queued repositories: pass failed (%s); trying again in %g s",
+                    type(exc).__name__,
+                    interval,
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+    finally:
+        if pool is not None:
+            await pool.close()
+
+
 # -- commands -------------------------------------------------------------------------
 
 _DSN_OPTION: Final = {"dsn": "--dsn"}
@@ -689,6 +781,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         server = _server(config, on_exit)
         indexer = asyncio.create_task(_index_until(stop, settings, labels["dsn"]))
         serving = asyncio.create_task(_serve(server))
+        # repositories the index queued for a backfill (a reactivation, a
+        # #sync, a cursor reset) are read here, so they heal without an operator
+        queued = asyncio.create_task(
+            backfill_pending_until(stop, settings, labels["dsn"])
+        )
         log.info(
             "indexing and serving %s on http://%s:%d as %s",
             settings.redacted_dsn, settings.host, settings.port, settings.service_did,
@@ -699,8 +796,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # whichever ends first (a signal, or a failure) ends the other
         stop.set()
         server.should_exit = True
-        await asyncio.wait({indexer, serving})
-        for task in (indexer, serving):
+        await asyncio.wait({indexer, serving, queued})
+        for task in (indexer, serving, queued):
             exc = task.exception()
             if exc is not None:
                 raise exc
@@ -733,7 +830,7 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
         )
     import dataclasses
 
-    from .backfill import DEFAULT_COLLECTION, Backfiller, BackfillError
+    from .backfill import Backfiller, BackfillError
 
     kind: Literal["pds", "relay"] = (
         "relay" if settings.backfill_kind == "relay" else "pds"
@@ -750,10 +847,13 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
                 pool,
                 source=settings.backfill_source,
                 kind=kind,
-                collection=args.collection or DEFAULT_COLLECTION,
+                collection=args.collection,
                 plc_url=settings.plc_url,
                 concurrency=settings.backfill_concurrency,
                 force=args.force,
+                # the buffered live rows follow the live fold's policy (it records
+                # require_verified in appview_cursor), not a default of this one's
+                require_verified=None,
             )
             return await backfiller.run(stop=stop)
         except BackfillError as exc:
@@ -806,7 +906,11 @@ async def status_report(conn: Any, settings: Settings) -> dict[str, Any]:
     an ingester is recorded as running), ``lag`` (``events``: ingested seq minus
     indexed seq; ``seconds``: how long the oldest row not yet folded has
     waited), ``counts`` per table, ``repos`` per backfill state,
-    ``dead_letters`` (``total`` and ``by_rule``), ``service_did``."""
+    ``dead_letters`` (``total`` and ``by_rule``), ``service_did``, ``retention``
+    (``oldest_seq`` of the log, ``behind``: the cursor is behind it, rows were
+    dropped unfolded). ``cursor`` includes the ingest cursor resets and log
+    gaps the indexer saw (``resets``, ``reset_at``, ``reset_reason``, ``gaps``,
+    ``gap_at``, ``gap_seqs``)."""
     from .app import _HEALTH_SQL
 
     versions = await check_schema(conn, settings, "dsn")
@@ -836,6 +940,10 @@ async def status_report(conn: Any, settings: Settings) -> dict[str, Any]:
             "ORDER BY 2 DESC, 1"
         )
     }
+    oldest = await conn.fetchval(
+        "SELECT seq FROM ingest_events ORDER BY seq, idx LIMIT 1"
+    )
+    seq = int(cursor.get("seq") or 0)
     return {
         "schema_version": versions,
         "service_did": settings.service_did,
@@ -853,6 +961,12 @@ async def status_report(conn: Any, settings: Settings) -> dict[str, Any]:
         "counts": counts,
         "repos": repos,
         "dead_letters": {"total": sum(by_rule.values()), "by_rule": by_rule},
+        # the log's retention dropped rows not folded yet (the next batch
+        # records it in cursor.gaps and queues the known repositories)
+        "retention": {
+            "oldest_seq": None if oldest is None else int(oldest),
+            "behind": oldest is not None and seq > 0 and int(oldest) > seq + 1,
+        },
     }
 
 
@@ -875,6 +989,22 @@ def _status_text(report: Mapping[str, Any]) -> str:
         + (", ".join(f"{k} {v}" for k, v in report["repos"].items()) or "none"),
         f"dead letters {report['dead_letters']['total']}",
     ]
+    if cursor.get("resets"):
+        lines.append(
+            f"RESETS      {cursor['resets']} ingest cursor reset(s), last "
+            f"{cursor.get('reset_at')}: {printable(str(cursor.get('reset_reason')))}"
+        )
+    if cursor.get("gaps"):
+        lines.append(
+            f"GAPS        {cursor['gaps']} log gap(s), last {cursor.get('gap_at')} "
+            f"(seqs {cursor.get('gap_seqs')}): repositories queued for a backfill"
+        )
+    if report["retention"]["behind"]:
+        lines.append(
+            f"BEHIND      the log's oldest row is seq "
+            f"{report['retention']['oldest_seq']}: rows after the cursor were "
+            "dropped before they were indexed"
+        )
     for rule, n in report["dead_letters"]["by_rule"].items():
         lines.append(f"  {printable(rule):12} {n}")
     return "\n".join(lines)
@@ -1093,8 +1223,9 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument(
         "--collection",
         metavar="NSID",
-        help="with --relay: the collection to list repositories by "
-        "(listReposByCollection; default science.alt.dataset.schema)",
+        help="with --relay: the one collection to list repositories by "
+        "(listReposByCollection; default: each science.alt.dataset.* record "
+        "collection, deduplicated)",
     )
     bf.add_argument(
         "--concurrency",

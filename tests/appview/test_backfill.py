@@ -792,7 +792,8 @@ def test_a_backfill_indexes_every_repository_and_resumes(
     second, forced = got["second"], got["forced"]
     assert (second.synced, second.skipped) == (0, 3)
     assert (forced.synced, forced.skipped, forced.records) == (3, 0, 9)
-    assert all(got["after"][d]["attempts"] == 2 for d in got["dids"])
+    # attempts count the reads since the repository was last synced
+    assert all(got["after"][d]["attempts"] == 1 for d in got["dids"])
 
 
 def test_failures_are_marked_redacted_and_retried(
@@ -865,23 +866,62 @@ def test_only_one_backfill_runs_per_database(
 def test_a_relay_backfill_reads_the_repositories_it_names(
     net: LocalNetwork, appview_dsn: str
 ) -> None:
-    async def go(pool: asyncpg.Pool, relay: RelayIndex) -> tuple[Any, str, str, Any]:
+    """Every record collection is asked about (one listing each, DIDs once): a
+    publisher of only entries (of someone else's schema) or only lenses is read
+    too, one with both a schema and entries once."""
+
+    async def go(pool: asyncpg.Pool, relay: RelayIndex) -> tuple[Any, ...]:
         with_schema, without = await Pds.new(net), await Pds.new(net)
+        entries_only, lens_only = await Pds.new(net), await Pds.new(net)
         await with_schema.put(SCHEMA, "Relayed:1.0.0", schema("Relayed"))
+        await with_schema.put(ENTRY, "3kaaaaaaaaaa2", entry(with_schema.did, "own"))
         await without.put(POST, "3kaaaaaaaaaa2", post("no datasets"))
-        await with_schema.close()
-        await without.close()
+        await entries_only.put(
+            ENTRY,
+            "3kaaaaaaaaaa2",
+            entry(
+                entries_only.did,
+                "borrowed",
+                schemaRef=f"at://{with_schema.did}/{SCHEMA}/Relayed:1.0.0",
+            ),
+        )
+        ref = f"at://{with_schema.did}/{SCHEMA}/Relayed:1.0.0"
+        code = {"repository": "https://example.com/l", "commit": "0" * 40}
+        await lens_only.put(
+            LENS,
+            "3kaaaaaaaaaa2",
+            {
+                "$type": LENS,
+                "name": "relayed lens",
+                "sourceSchema": ref,
+                "targetSchema": ref,
+                "getterCode": {**code, "path": "m:get", "language": "python"},
+                "putterCode": {**code, "path": "m:put"},
+                "createdAt": "2026-03-01T12:00:00Z",
+            },
+        )
+        for p in (with_schema, without, entries_only, lens_only):
+            await p.close()
         stats = await Backfiller(
             pool, source=relay.url, kind="relay", plc_url=net.plc_url
         ).run()
-        rows = await pool.fetch("SELECT did, state FROM appview_repos")
-        return stats, with_schema.did, without.did, {r["did"]: r["state"] for r in rows}
+        rows = await pool.fetch("SELECT did, state, records FROM appview_repos")
+        return (
+            stats,
+            (with_schema.did, entries_only.did, lens_only.did),
+            without.did,
+            {r["did"]: (r["state"], r["records"]) for r in rows},
+        )
 
     with RelayIndex(net.pds_url) as relay:
         stats, yes, no, states = run(appview_dsn, lambda pool: go(pool, relay))
         headers = [r["headers"] for r in relay.requests]
-    assert states[yes] == "synced" and no not in states
-    assert stats.failed == 0 and stats.synced == len(states)
+        paths = [r["path"] for r in relay.requests]
+    assert [states[d] for d in yes] == [("synced", 2), ("synced", 1), ("synced", 1)]
+    assert no not in states
+    assert stats.failed == 0 and stats.synced == len(states) == stats.listed
+    for collection in bf.RELAY_COLLECTIONS:
+        assert any(f"collection={collection}" in p for p in paths), collection
     no_credentials(headers)
 
 
@@ -1021,6 +1061,241 @@ def test_live_events_during_a_backfill_are_buffered_then_applied_in_order(
     assert {k: (r["cid"], r["record"]) for k, r in seen["records"].items()} == seen[
         "pds records"
     ]
+
+
+# -- interrupted backfills, the drain's policy, queued repositories ------------------------
+
+
+def test_a_cancelled_backfill_is_marked_failed_and_its_rows_applied(
+    appview_dsn: str,
+) -> None:
+    """A backfill cancelled while it reads (shutdown, an outer timeout) is not
+    left ``backfilling``: it is marked failed (``BF_INTERRUPTED``), what was
+    buffered meanwhile is applied, later live rows apply directly, and the
+    cancellation goes on up."""
+    from atdata_appview.testing.log import LogWriter, append_rows
+
+    did = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
+    log = LogWriter()
+
+    async def go(pool: asyncpg.Pool) -> dict[str, Any]:
+        async def append(rows: list[dict[str, Any]]) -> None:
+            async with pool.acquire() as conn:
+                await append_rows(conn, rows)
+
+        await append([log.create(did, ENTRY, "e1", entry(did, "before"))])
+        await Indexer(pool, history=None).fold_all()
+        reading = asyncio.Event()
+
+        class Hanging(Backfiller):
+            async def fetch(self, did: str) -> RepoSnapshot:
+                await append([log.update(did, ENTRY, "e1", entry(did, "during"))])
+                await Indexer(pool, history=None).fold_all()
+                reading.set()
+                await asyncio.Event().wait()  # a read that never ends
+                raise AssertionError("unreachable")
+
+        task = asyncio.create_task(
+            Hanging(pool, source="https://pds.example", kind="pds").backfill_repo(did)
+        )
+        await reading.wait()
+        buffered = await pool.fetchval("SELECT count(*) FROM appview_pending")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        row = await repo_row(pool, did)
+        await append([log.create(did, ENTRY, "e2", entry(did, "after"))])
+        await Indexer(pool, history=None).fold_all()
+        names = {
+            r["rkey"]: r["name"]
+            for r in await pool.fetch("SELECT rkey, name FROM appview_entries")
+        }
+        return {
+            "buffered": buffered,
+            "row": row,
+            "names": names,
+            "pending": await pool.fetchval("SELECT count(*) FROM appview_pending"),
+        }
+
+    got = run(appview_dsn, go)
+    assert got["buffered"] == 1
+    assert got["row"]["state"] == "failed"
+    assert got["row"]["error"] == "BF_INTERRUPTED: CancelledError"
+    assert got["names"] == {"e1": "during", "e2": "after"} and got["pending"] == 0
+
+
+def test_the_drain_after_a_backfill_follows_the_live_policy(appview_dsn: str) -> None:
+    """The live indexer runs with ``require_verified`` off: an unchecked update
+    that arrives while the repository is read is applied after the snapshot,
+    as it would have been without the backfill (the Backfiller's own default
+    follows the live fold's recorded policy)."""
+    from atdata_appview.testing.log import LogWriter, append_rows
+
+    did = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
+    log = LogWriter()
+
+    async def go(pool: asyncpg.Pool) -> tuple[Any, Any]:
+        async def append(rows: list[dict[str, Any]]) -> None:
+            async with pool.acquire() as conn:
+                await append_rows(conn, rows)
+
+        first = log.create(did, ENTRY, "e1", entry(did, "v1"), verified=None)
+        await append([first])
+        live = Indexer(pool, history=None, require_verified=False)
+        await live.fold_all()
+        snap_rev = first["rev"]
+
+        class During(Backfiller):
+            async def fetch(self, did: str) -> RepoSnapshot:
+                await append(
+                    [log.update(did, ENTRY, "e1", entry(did, "v2"), verified=None)]
+                )
+                await live.fold_all()
+                return RepoSnapshot(
+                    did=did,
+                    rev=snap_rev,
+                    commit_cid="bafyx",
+                    records=[(ENTRY, "e1", first["cid"], entry(did, "v1"))],
+                    pds="https://pds.example",
+                    car_bytes=0,
+                    blocks=0,
+                    seconds=0.0,
+                )
+
+        await During(pool, source="https://pds.example", kind="pds").backfill_repo(did)
+        return (
+            await pool.fetchval("SELECT name FROM appview_entries"),
+            await pool.fetchval("SELECT count(*) FROM appview_dead_letters"),
+        )
+
+    assert run(appview_dsn, go) == ("v2", 0)
+
+
+def test_queued_repositories_are_backfilled(
+    net: LocalNetwork, appview_dsn: str
+) -> None:
+    """Repositories the index queued — an account taken down then reactivated
+    (its records purged), a ``#sync`` past the high-water mark — and one left
+    ``backfilling`` by a backfiller that died, and one failed long enough ago,
+    are read by a queued pass (no listing), each once; a failed one within its
+    backoff waits; ``atdata-appview run``'s loop does the same on its own."""
+    from atdata_appview import cli
+    from atdata_appview.config import Settings
+    from atdata_appview.indexer import begin_backfill
+    from atdata_appview.testing.log import LogWriter, append_rows
+
+    log = LogWriter()
+
+    async def go(pool: asyncpg.Pool) -> dict[str, Any]:
+        async def append(rows: list[dict[str, Any]]) -> None:
+            async with pool.acquire() as conn:
+                await append_rows(conn, rows)
+
+        pubs = [await Pds.new(net) for _ in range(6)]
+        revived, synced, abandoned, retried, waiting, by_loop = pubs
+        for i, p in enumerate(pubs):
+            await p.put(ENTRY, "3kaaaaaaaaaa2", entry(p.did, f"one {i}"))
+            await p.put(ENTRY, "3kaaaaaaaaab2", entry(p.did, f"two {i}"))
+            await p.close()
+        fold = Indexer(pool, history=None)
+        # the index saw revived's records, then its takedown and reactivation
+        await append(
+            [
+                log.create(
+                    revived.did, ENTRY, "3kaaaaaaaaaa2", entry(revived.did, "x")
+                ),
+                log.account(revived.did, False, "takendown"),
+                log.account(revived.did, True),
+                {
+                    "seq": log.identity(synced.did, None)["seq"],
+                    "event_type": "sync",
+                    "repo": synced.did,
+                    "rev": "3zzzzzzzzzzz2",
+                    "record": {"did": synced.did},
+                },
+            ]
+        )
+        await fold.fold_all()
+        before = await pool.fetchval("SELECT count(*) FROM appview_entries")
+        async with pool.acquire() as conn:
+            await begin_backfill(conn, abandoned.did, "crashed backfiller")
+        await pool.execute(
+            "INSERT INTO appview_repos (did, state, attempts, updated_at) VALUES "
+            "($1, 'failed', 1, now() - interval '1 day'), ($2, 'failed', 1, now())",
+            retried.did,
+            waiting.did,
+        )
+        await pool.execute(
+            "UPDATE appview_repos SET updated_at = now() - interval '1 day' "
+            "WHERE did = $1",
+            abandoned.did,
+        )
+        states = dict(await pool.fetch("SELECT did, state FROM appview_repos"))
+        stats = await Backfiller(pool, source="", kind="pds", plc_url=net.plc_url).run(
+            queued_only=True
+        )
+        after = dict(await pool.fetch("SELECT did, state FROM appview_repos"))
+        names = {
+            (r["did"], r["name"])
+            for r in await pool.fetch("SELECT did, name FROM appview_entries")
+        }
+        # the loop of `atdata-appview run`
+        await append([log.account(by_loop.did, False, "takendown")])
+        await append([log.account(by_loop.did, True)])
+        await fold.fold_all()
+        settings = Settings(dsn=appview_dsn, plc_url=net.plc_url)
+        stop = asyncio.Event()
+        loop = asyncio.create_task(
+            cli.backfill_pending_until(stop, settings, "dsn", interval=0.2)
+        )
+        deadline = time.monotonic() + 60
+        while (
+            await pool.fetchval(
+                "SELECT state FROM appview_repos WHERE did = $1", by_loop.did
+            )
+            != "synced"
+        ):
+            assert time.monotonic() < deadline and not loop.done()
+            await asyncio.sleep(0.1)
+        stop.set()
+        await loop
+        loop_names = await pool.fetchval(
+            "SELECT count(*) FROM appview_entries WHERE did = $1", by_loop.did
+        )
+        return {
+            "dids": [p.did for p in pubs],
+            "before": before,
+            "states": states,
+            "stats": stats,
+            "after": after,
+            "names": names,
+            "loop": loop_names,
+        }
+
+    got = run(appview_dsn, go)
+    revived, synced, abandoned, retried, waiting, _ = got["dids"]
+    assert got["before"] == 0  # purged
+    assert got["states"] == {
+        revived: "pending",
+        synced: "pending",
+        abandoned: "backfilling",
+        retried: "failed",
+        waiting: "failed",
+    }
+    stats = got["stats"]
+    assert (stats.listed, stats.queued, stats.expired) == (0, 4, 1)
+    assert (stats.synced, stats.failed) == (4, 0)
+    assert got["after"] == {
+        revived: "synced",
+        synced: "synced",
+        abandoned: "synced",
+        retried: "synced",
+        waiting: "failed",
+    }
+    for i, did in enumerate((revived, synced, abandoned, retried)):
+        assert {(did, f"one {i}"), (did, f"two {i}")} <= got["names"]
+    assert not any(d == waiting for d, _ in got["names"])
+    assert got["loop"] == 2
 
 
 # -- benchmark ---------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def fresh_dsn(pg: PostgresCluster) -> Iterator[str]:
 def test_migrate_creates_both_schemas_and_is_idempotent(fresh_dsn: str) -> None:
     first = cli("migrate", ATDATA_APPVIEW_DSN=fresh_dsn)
     assert first.returncode == 0, first.stderr
-    assert "ingest schema" in first.stdout and "appview schema 1" in first.stdout
+    assert "ingest schema" in first.stdout and "appview schema 2" in first.stdout
     tables = {
         r["tablename"]
         for r in _run(
