@@ -579,8 +579,6 @@ def test_an_ambiguous_schema_name_lists_the_publishers(served: Served) -> None:
         (f"@{ALICE}/cell-crops@^1", "alice cell-crops 1.1.0", "entry", "name"),
         (f"@{ALICE}/cell-crops@1.0.0", "alice cell-crops 1.0.0", "entry", "name"),
         (f"@{ALICE}/cell-crops", "alice cell-crops 2.0.0", "entry", "name"),
-        (f"@{ALICE}/stable", "alice plate-7", "label", "label"),
-        (f"@{ALICE}/stable@^1", "alice plate-7", "label", "label"),
         (f"@{ALICE}/CellCrop@~1.1", "alice cell-crops 1.1.0", "entry", "schema"),
         (f"@{ALICE}/CellCrop@2", "alice cell-crops 2.0.0", "entry", "schema"),
         ("plate-7", "alice plate-7", "entry", "name"),
@@ -601,6 +599,19 @@ def test_dataset_names_resolve_through_the_appview(
     rec = served.world.records[got.uri]
     schema = served.world.records[rec["schemaRef"]]
     got.check_entry(got.uri, rec, rec["schemaRef"], schema)
+
+
+@pytest.mark.parametrize("name", [f"@{ALICE}/stable", f"@{ALICE}/stable@^1"])
+def test_a_label_no_repository_proves_is_refused(served: Served, name: str) -> None:
+    """The AppView knows the label, but the label record cannot be read, verified,
+    from the publisher's repository (the seed's DIDs exist nowhere): refused,
+    never used on the index's word (labels that verify: the local network's
+    tests below)."""
+    with pytest.raises(NameMismatchError) as info:
+        _names(served, fallback=False).resolve_dataset(name)
+    text = str(info.value)
+    assert "not a label record of " + ALICE in text, text
+    assert f"PDS of {ALICE} (unresolved" in text, text
 
 
 def test_an_ambiguous_dataset_name_lists_the_publishers(served: Served) -> None:
@@ -1222,3 +1233,45 @@ def test_a_hostile_appview_cannot_substitute_a_record(
             )
     finally:
         server.close()
+
+
+def test_a_hostile_appview_cannot_substitute_a_labelled_entry(
+    published: Published,
+) -> None:
+    """The review's reproduction on the local network: the index says alice's
+    label "stable" names her crops 2.0.0 (a real, verified entry of her own
+    repository; the label really names crops 1.0.0), or a label version she never
+    published. The label record is looked up in her repository (listRecords),
+    read verified (sync.getRecord) and found to say otherwise: refused, nothing
+    is loaded. The honest AppView's label resolves to the verified label."""
+    p = published
+    a = p.alice.handle
+    honest = AppViewClient(p.url).resolve_label(p.alice.did, "stable").to_wire()
+    assert honest["uri"] == p.uris["alice crops 1.0.0"]
+    other = p.uris["alice crops 2.0.0"]
+    lies = {
+        "another entry": honest
+        | {"uri": other, "label": honest["label"] | {"datasetUri": other}},
+        "another version": honest | {"label": honest["label"] | {"version": "1.0.1"}},
+    }
+    for what, lie in lies.items():
+        server = _hostile_appview({"resolveLabel": (200, lie)})
+        try:
+            names = NameResolver(server.url, resolver=p.resolver())
+            with pytest.raises(NameMismatchError, match="not a label record") as info:
+                names.resolve_dataset(f"@{a}/stable")
+            assert info.value.rule == "NAME_MISMATCH", what
+            with pytest.raises(NameMismatchError, match="not a label record"):
+                Dataset.from_atproto(
+                    f"@{a}/stable", client=p.reader(), appview=server.url
+                )
+        finally:
+            server.close()
+    got = NameResolver(p.url, resolver=p.resolver(), fallback=False).resolve_dataset(
+        f"@{a}/stable"
+    )
+    assert (got.kind, got.uri, got.label_uri) == (
+        "label",
+        p.uris["alice crops 1.0.0"],
+        p.uris["alice label"],
+    )

@@ -9,6 +9,7 @@ are stricter, a number after a wildcard (``x.1``), is refused with a message.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -475,3 +476,38 @@ def test_check_entry_follows_what_matched() -> None:
             schema_uri,
             {"name": "S", "version": "1.0.0"},
         )
+
+
+def test_check_entry_of_a_label_needs_the_verified_label() -> None:
+    """The review's reproduction: a label resolution names an entry; unless the
+    label record read, verified, from the publisher's repository has the name, a
+    version in the range and names that very entry, the entry is refused, however
+    well its own record verifies."""
+    entry_uri = f"at://{DID}/science.alt.dataset.entry/3lotherentry22"
+    schema_uri = f"at://{DID}/science.alt.dataset.schema/Scan:9.0.0"
+    entry, schema = (
+        {"name": "Private patient scans"},
+        {"name": "Scan", "version": "9.0.0"},
+    )
+    label_uri = f"at://{DID}/science.alt.dataset.label/3llabel"
+    unverified = Resolved(
+        parse_name("@alice.test/CellCrop@^1"), entry_uri, "label", DID, "appview",
+        version="1.0.0", match="label",
+    )  # fmt: skip
+    with pytest.raises(NameMismatchError, match="no label record read") as info:
+        unverified.check_entry(entry_uri, entry, schema_uri, schema)
+    assert info.value.rule == "NAME_MISMATCH"
+    label = {"name": "CellCrop", "version": "1.0.0", "datasetUri": entry_uri}
+    verified = dataclasses.replace(unverified, label_uri=label_uri, label=label)
+    # the label's range applies, not the schema's: a label may name any entry
+    verified.check_entry(entry_uri, entry, schema_uri, schema)
+    other = f"at://{DID}/science.alt.dataset.entry/3lcellcrops22"
+    for bad, where, why in [
+        (label | {"datasetUri": other}, label_uri, f"names {other}"),
+        (label | {"name": "Other"}, label_uri, "the label is named 'Other'"),
+        (label | {"version": "2.0.0"}, label_uri, "version '2.0.0' is not in ^1"),
+        (label, f"at://{OTHER}/science.alt.dataset.label/3l", f"not in {DID}"),
+    ]:
+        wrong = dataclasses.replace(verified, label_uri=where, label=bad)
+        with pytest.raises(NameMismatchError, match=re.escape(why)):
+            wrong.check_entry(entry_uri, entry, schema_uri, schema)

@@ -30,14 +30,27 @@ publisher is :class:`~.errors.AmbiguousNameError` listing the candidates.
   label of that name (``resolveLabel``; the range applies to the label's
   version), then entries whose ``name`` is NAME, then entries whose schema's
   name is NAME, the range applying to the schema version; the newest
-  (``createdAt``) wins.
+  (``createdAt``) wins. A label, whoever named it (the AppView or the PDS's
+  listing), is only used once the label record itself is read from the
+  publisher's repository and verified (``com.atproto.repo.listRecords`` on their
+  PDS to find it, at most ``max_pds_pages`` pages, then
+  ``com.atproto.sync.getRecord``, proven by the repository's signed commit, for
+  at most :data:`MAX_LABEL_CHECKS` candidates) with the name, the version (in
+  the range) and the entry (``datasetUri``) the resolution names; an AppView
+  label that no verified label backs is refused (``NAME_MISMATCH``).
 
 What a resolution returns is only where to look: the record is then read from
 its owner's repository and verified, and :meth:`Resolved.check_schema` /
 :meth:`Resolved.check_entry` refuse it (``NAME_MISMATCH``) unless it is in the
 named publisher's repository (the handle resolved here, bidirectionally, by the
-runtime's identity resolver), has the name, and a version in the range. A hostile
-index can therefore hide records, but never substitute one.
+runtime's identity resolver), has the name, and a version in the range (for a
+label: the verified label names this entry, with the name and a version in the
+range). For a name **with** ``@publisher`` a hostile index can therefore hide
+records, but never substitute one. A name **without** ``@publisher`` trusts the
+AppView to choose the publisher: the record is checked for the name and the
+range, but whose repository it comes from is the index's word (several
+publishers are reported as ambiguous only if the index reports them). Name the
+publisher whenever it matters.
 """
 
 from __future__ import annotations
@@ -49,7 +62,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..atmosphere.client import AtmosphereClient
+from ..atmosphere.client import AtmosphereClient, FetchedRecord
 from ..atmosphere.identity import IdentityResolver
 from ..atmosphere.records import ENTRY, SCHEMA, AtUri
 from ..lex.formats import is_did, is_handle
@@ -102,6 +115,10 @@ MAX_SCHEMA_LOOKUPS = 20
 """Schema records looked up one by one to learn entries' schema versions."""
 
 MAX_CANDIDATES_SHOWN = 10
+
+MAX_LABEL_CHECKS = 5
+"""Label records read and verified (``sync.getRecord``) per label resolution: the
+newest listed ones that fit the name."""
 
 _FORBIDDEN = frozenset("@/")
 
@@ -248,8 +265,10 @@ class Resolved:
     given), ``kind`` (``schema``, ``entry``, or ``label``: an entry named by a
     label), ``did`` (the publisher), ``version`` (the schema's version, or the
     label's), ``via`` (``uri``, ``appview`` or ``pds``), ``match`` (for entries:
-    ``name`` or ``schema``, which of the entry's names matched) and ``tried``
-    (the sources asked before, with what they said)."""
+    ``name`` or ``schema``, which of the entry's names matched), ``tried`` (the
+    sources asked before, with what they said), and for ``kind="label"``
+    ``label_uri``/``label``: the label record as read, verified, from the
+    publisher's repository (``None`` otherwise)."""
 
     name: Name
     uri: str
@@ -260,6 +279,8 @@ class Resolved:
     cid: str | None = None
     match: Literal["name", "schema", "label", "uri"] = "name"
     tried: tuple[str, ...] = field(default_factory=tuple)
+    label_uri: str | None = None
+    label: dict[str, Any] | None = None
 
     def _fail(self, uri: str, why: str) -> NameMismatchError:
         return NameMismatchError(
@@ -274,6 +295,35 @@ class Resolved:
         authority = AtUri.parse(uri).authority
         if authority != self.did:
             raise self._fail(uri, f"the record is in {authority}, not in {self.did}")
+
+    def _check_label(self, entry_uri: str) -> None:
+        label, where = self.label, self.label_uri
+        if label is None or where is None:
+            raise self._fail(
+                entry_uri,
+                "no label record read, verified, from the publisher's repository "
+                "names it",
+            )
+        authority = AtUri.parse(where).authority
+        if self.did is None or authority != self.did:
+            raise self._fail(where, f"the label is in {authority}, not in {self.did}")
+        if label.get("name") != self.name.local:
+            raise self._fail(
+                where, f"the label is named {clean_text(str(label.get('name')), 100)!r}"
+            )
+        target = label.get("datasetUri")
+        if target != entry_uri:
+            raise self._fail(
+                entry_uri,
+                f"the verified label {where} names {clean_text(str(target), 300)}",
+            )
+        version = label.get("version")
+        if self.name.range is not None and not self.name.matches_version(version):
+            raise self._fail(
+                where,
+                f"the label's version {clean_text(str(version), 50)!r} is not in "
+                f"{self.name.range}",
+            )
 
     def check_schema(self, uri: str, value: dict[str, Any]) -> None:
         """Refuse the verified schema record (``uri`` with a DID authority, its
@@ -303,12 +353,16 @@ class Resolved:
         """Refuse a verified entry and its schema record unless the name asks for
         them: the publisher's repository; for a match by entry name, the entry's
         ``name``; for a match by schema, the schema's ``name``; the schema
-        version in the range (a label's range applies to the label, whose copy
-        is the index's). Raises :class:`~.errors.NameMismatchError`."""
+        version in the range. For a label (``kind="label"``) the label record
+        verified at resolution (``label``, ``label_uri``) must be in the
+        publisher's repository, have NAME, a version in the range, and name
+        this entry (``datasetUri``); the range applies to the label, not the
+        schema. Raises :class:`~.errors.NameMismatchError`."""
         if self.name.is_uri:
             return
         self._check_repo(entry_uri)
         if self.kind == "label":
+            self._check_label(entry_uri)
             return
         if self.match == "name" and entry.get("name") != self.name.local:
             raise self._fail(
@@ -685,6 +739,17 @@ class NameResolver:
                 f"the label names {out.uri}, an entry in another repository; load "
                 "it by its AT-URI if that is intended",
             )
+        listed, note = self._list_records(did, LABEL)
+        verified, notes = self._verified_label(listed, name, did, out.uri, version)
+        if verified is None:
+            raise NameMismatchError(
+                clean_text(name.text, 200),
+                f"the AppView's label {clean_text(name.local, 100)}"
+                f"@{clean_text(str(version), 50)} -> {clean_text(out.uri, 300)} is "
+                f"not a label record of {did} as its repository proves it "
+                f"({'; '.join([note, *notes])}); the index is wrong or hostile, "
+                "nothing is used",
+            )
         return Resolved(
             name,
             out.uri,
@@ -694,7 +759,57 @@ class NameResolver:
             version=version,
             cid=None,
             match="label",
+            label_uri=verified.uri,
+            label=verified.value,
         )
+
+    def _verified_label(
+        self,
+        listed: list[dict[str, Any]],
+        name: Name,
+        did: str,
+        dataset_uri: str | None,
+        version: str | None,
+    ) -> tuple[FetchedRecord | None, list[str]]:
+        """The newest label record of ``listed`` (a ``listRecords`` listing of
+        ``did``'s labels) that fits (:func:`_label_fits`), read with
+        ``com.atproto.sync.getRecord`` and verified by the repository, whose
+        verified value still fits; at most :data:`MAX_LABEL_CHECKS` read. Returns
+        it (or ``None``) and notes on the candidates refused."""
+        fitting = [
+            r
+            for r in listed
+            if isinstance(r.get("value"), dict)
+            and _label_fits(name, r["value"], dataset_uri, version)
+        ]
+        fitting.sort(
+            key=lambda r: (_created(r["value"].get("createdAt")), str(r.get("uri"))),
+            reverse=True,
+        )
+        notes: list[str] = []
+        if not fitting:
+            notes.append(f"no label of that name in {did}'s listing fits")
+        reader = AtmosphereClient(
+            resolver=self.resolver,
+            timeout=self.timeout,
+            retry=RetryPolicy(attempts=2, deadline=self.timeout),
+        )
+        for r in fitting[:MAX_LABEL_CHECKS]:
+            uri = str(r.get("uri"))
+            try:
+                record = reader.try_get_record(uri, validate=True)
+            except (NetworkError, ValueError) as exc:
+                notes.append(f"label {uri}: {clean_text(str(exc), 300)}")
+                continue
+            if record is None:
+                notes.append(f"label {uri}: not in the repository")
+                continue
+            if AtUri.parse(record.uri).authority == did and _label_fits(
+                name, record.value, dataset_uri, version
+            ):
+                return record, notes
+            notes.append(f"label {uri}: the verified record is not the listed one")
+        return None, notes
 
     @staticmethod
     def _from_view(v: Any) -> _Entry:
@@ -780,17 +895,14 @@ class NameResolver:
         notes: list[str] = []
         labels, note = self._list_records(did, LABEL)
         notes.append(note)
-        matching = [
-            r["value"]
-            for r in labels
-            if isinstance(r.get("value"), dict)
-            and r["value"].get("name") == name.local
-            and (
-                name.range is None or name.range.matches(str(r["value"].get("version")))
-            )
-        ]
-        if matching:
-            best = max(matching, key=lambda v: _created(v.get("createdAt")))
+        verified, refused = (
+            self._verified_label(labels, name, did, None, None)
+            if labels
+            else (None, [])
+        )
+        notes.extend(refused)
+        if verified is not None:
+            best = verified.value
             target = str(best.get("datasetUri"))
             try:
                 authority = AtUri.parse(target).authority
@@ -808,6 +920,8 @@ class NameResolver:
                         if isinstance(best.get("version"), str)
                         else None,
                         match="label",
+                        label_uri=verified.uri,
+                        label=best,
                     ),
                     notes,
                 )
@@ -930,6 +1044,20 @@ class NameResolver:
                 return records, f"{where} ({len(records)} records)"
             seen.add(cursor)
         return records, f"{where} ({len(records)} records in {pages} pages, the limit)"
+
+
+def _label_fits(
+    name: Name, value: dict[str, Any], dataset_uri: str | None, version: str | None
+) -> bool:
+    """Whether a label record ``value`` has NAME, a version in the name's range,
+    and (when given) the entry ``dataset_uri`` and the ``version``."""
+    if value.get("name") != name.local:
+        return False
+    if name.range is not None and not name.range.matches(str(value.get("version"))):
+        return False
+    if version is not None and value.get("version") != version:
+        return False
+    return dataset_uri is None or value.get("datasetUri") == dataset_uri
 
 
 def _record_in(uri: object, did: str, collection: str) -> bool:
