@@ -6,8 +6,10 @@ AppView, then the publisher's PDS), and the entry is loaded as any AT-URI is
 owners' repositories and verified). Before anything is compiled or read, the
 verified entry and schema are checked against the name
 (:meth:`~.names.Resolved.check_entry`: the publisher's repository, the name, a
-schema version in the range), so an index can only fail to find a dataset, never
-hand over another one.
+schema version in the range; for a label, the label record verified in the
+publisher's repository naming that entry), so for a name with ``@publisher`` an
+index can only fail to find a dataset, never hand over another one. Without
+``@publisher`` the AppView chooses whose dataset of that name it is.
 """
 
 from __future__ import annotations
