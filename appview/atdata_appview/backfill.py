@@ -6,7 +6,9 @@ whatever a repository held before that comes from here. Three steps:
 1. **List** the repositories: :func:`list_repos` pages through
    ``com.atproto.sync.listRepos`` on a PDS (every repository it hosts, with its
    ``rev`` and ``active`` flag) or ``com.atproto.sync.listReposByCollection`` on a
-   relay (only those with a record in ``collection``). Both outputs are validated
+   relay (only those with a record in ``collection``; a :class:`Backfiller` asks
+   about each of :data:`RELAY_COLLECTIONS`, so publishers of only entries,
+   lenses or labels are found too). Both outputs are validated
    with the official Lexicons' generated models
    (:mod:`atdata_ingest.lexicons.com.atproto.sync`).
 2. **Read** one repository: :func:`fetch_repo` resolves the DID to its DID
@@ -24,9 +26,20 @@ whatever a repository held before that comes from here. Three steps:
    one transaction (the snapshot replaces the repository's records; buffered rows
    newer than its ``rev`` are applied after it, in log order). A failure ends it
    with ``indexer.fail_backfill`` (what was buffered is applied as live rows; the
-   repository is ``failed`` with a short error, the attempt counted); the next
-   run retries it (up to ``max_attempts``), and repositories already ``synced``
-   are skipped unless ``force``.
+   repository is ``failed`` with a short error, the attempt counted): also when
+   the backfill is cancelled or interrupted (``BF_INTERRUPTED``; marked under
+   ``asyncio.shield``), and a backfiller killed outright leaves a lease that
+   expires (``indexer.expire_backfills``). The next run retries it (up to
+   ``max_attempts``), and repositories already ``synced`` are skipped unless
+   ``force``.
+
+   Besides the listing, a run reads the repositories the index **queued**
+   (``appview_repos``): ``pending`` ones (an account reactivated after a
+   takedown, a ``#sync`` past what was folded, an ingest cursor reset or log
+   gap, a snapshot older than the index), ``failed`` ones under
+   ``max_attempts`` after a backoff, and abandoned ``backfilling`` ones
+   (``run(queued_only=True)`` reads only those; ``atdata-appview run`` does so
+   every minute, so they heal without an operator).
 
 Cost, measured on this project's shared 2-core machine with the local PDS, PLC
 and PostgreSQL on the same machine (``python -m tests.appview.test_backfill``,

@@ -28,7 +28,19 @@ Semantics (per log row)
 -----------------------
 - **create / update**: :func:`.records.normalize` gives the table's row, upserted
   only when its ``rev`` is newer than the stored one (TIDs in C collation, so a
-  replay or an out-of-order row never regresses a record). A
+  replay or an out-of-order row never regresses a record). ``indexed_at`` moves
+  only when the CID changes (a backfill reading the same version again, or an
+  update to the same CID, advances ``rev`` but does not re-date the record);
+  ``first_indexed_at`` is set once, on insert. References to other records
+  (``schema_ref``, ``source_schema``/``target_schema``, ``dataset_uri``,
+  ``lens_uri``) naming their target by a handle are stored in DID form when the
+  handle is **verified** for a DID (``appview_accounts.verified_handle``,
+  :mod:`.handles`; an ``#identity`` claim is not enough, any PDS can claim any
+  handle), else kept in handle form (lower-cased) and rewritten by
+  :func:`canonicalize_refs` once it is (the :class:`Indexer` loop, every
+  :data:`LEASE_CHECK_SECONDS`). A reference in DID form stays bound to that DID
+  when the handle later moves; the ``record`` column keeps the text as
+  published. A
   :class:`.records.Rejection` goes to ``appview_dead_letters`` (rule, JSON pointer,
   message, a copy of the record bounded to ``max_dead_letter_bytes``; the same
   ``(did, collection, rkey, cid, rule)`` is kept once, so replays are counted once)
@@ -64,7 +76,27 @@ Semantics (per log row)
   shows them again.
 - **#sync** (Sync 1.1: the repository jumped to a new commit): when its rev is above
   the high-water mark, the repository is queued for a backfill
-  (``appview_repos.state = 'pending'``, unless already ``backfilling``).
+  (``appview_repos.state = 'pending'``, ``attempts`` 0, unless already
+  ``backfilling``). Queued repositories are read by
+  :meth:`.backfill.Backfiller.run` (``atdata-appview run`` does a pass every
+  minute).
+- **the ingest cursor reset** (the ingester moved to another relay, or its
+  ``last_seq`` was set back: ``ingest_cursor.source`` differs from the
+  ``appview_cursor.ingest_source`` recorded, or ``last_seq`` is below the
+  AppView's cursor): logged as an ERROR, counted (``appview_cursor.resets``,
+  ``reset_at``, ``reset_reason``), the cursor rewound to the start of the new
+  seq space, log rows stored before the ingester's start
+  (``ingest_cursor.ingester_started_at``, the ``horizon``; none when unknown)
+  never folded again (the old space: its ``#identity`` rows would bring old
+  handles back), and every repository the index knows queued for a backfill
+  (``pending``; its records stay indexed meanwhile).
+- **log gaps**: when the oldest row the log retains is past the cursor (``seq``
+  more than one above it: the ingester's retention dropped rows not yet folded),
+  the batch records it (``gaps``, ``gap_at``, ``gap_seqs``: cursor seq, oldest
+  seq), logs an ERROR and queues every known repository for a backfill;
+  :func:`status` reports ``behind_retention`` before that. (Relay seqs are dense;
+  a relay that skipped seqs exactly there would be taken for a gap: a backfill
+  too many, nothing lost.)
 - After a schema upsert (new or changed), removal or purge, the history hook
   (default :func:`.history.recompute_history`) runs once per ``(did, name)``
   touched, in the batch's transaction, inside a savepoint: a failing recomputation
@@ -79,7 +111,18 @@ then, in one transaction under the repository row's lock: replaces the repositor
 records with the snapshot, drains its pending rows in ``(seq, idx)`` order applying
 only those with ``rev`` above the snapshot's (rows without a rev, ``#account``,
 always), and marks it ``synced``. :func:`fail_backfill` applies the pending rows as
-live ones and marks it ``failed``.
+live ones and marks it ``failed``. A snapshot whose rev is below
+``appview_accounts.rev`` (older than what was already folded: a lagging or
+hostile PDS) is not applied at all (result ``stale``): it would bring back
+records deleted since; what was buffered is applied as live rows and the
+repository queued ``pending`` (``error`` ``AV_STALE_SNAPSHOT``). Drains apply the
+live fold's signature policy (``require_verified=None``: the
+``appview_cursor.require_verified`` the :class:`Indexer` records with each
+batch), so a row is indexed or refused the same with or without a backfill.
+A repository ``backfilling`` for longer than the lease
+(:data:`BACKFILL_LEASE_SECONDS`; its backfiller crashed or hung) is failed by
+:func:`expire_backfills` (from the :class:`Indexer` loop and at the start of a
+backfill run): its buffered rows are applied, ``error`` ``AV_LEASE_EXPIRED``.
 
 Races: the fold takes ``FOR SHARE`` on the ``appview_repos`` rows of the DIDs of its
 batch before deciding to apply or buffer; :func:`apply_snapshot` takes ``FOR
@@ -110,6 +153,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as _dt
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -140,6 +184,7 @@ __all__ = [
     "apply_rows",
     "apply_snapshot",
     "begin_backfill",
+    "canonicalize_refs",
     "expire_backfills",
     "fail_backfill",
     "status",
@@ -166,7 +211,8 @@ to be abandoned (:func:`expire_backfills`). Far above one repository's read
 (``getRepo`` is bounded to 120 s by default, identity to 20 s)."""
 
 LEASE_CHECK_SECONDS: Final = 60.0
-"""How often :meth:`Indexer.run` looks for backfills past their lease."""
+"""How often :meth:`Indexer.run` runs :meth:`Indexer.maintain` (backfills past
+their lease, references by newly verified handles)."""
 
 PURGE_STATUSES: Final = frozenset({"deleted", "takendown"})
 """``#account`` statuses whose records are purged (Sync spec, "Account Status")."""
@@ -391,13 +437,16 @@ DID form when the record names its target by a known handle."""
 
 
 def _recanonical_sql(table: str, column: str) -> str:
-    # the partial index <table>_<...>_by_handle holds exactly the rows scanned
+    # rows in handle form only, found by the partial expression index on the
+    # handle (schema.py, "*_handle"), joined to the accounts whose handle is
+    # verified (all of them, or those checked since $1)
     return (
-        f"UPDATE {table} AS t SET {column} = 'at://' || h.did || "
-        f"substr(t.{column}, length(h.handle) + 6) "
-        "FROM unnest($1::text[], $2::text[]) AS h(handle, did) "
+        f"UPDATE {table} AS t SET {column} = 'at://' || a.did || "
+        f"substr(t.{column}, length(a.verified_handle) + 6) "
+        "FROM appview_accounts AS a "
         f"WHERE t.{column} NOT LIKE 'at://did:%' "
-        f"AND split_part(t.{column}, '/', 3) = h.handle"
+        f"AND split_part(t.{column}, '/', 3) = a.verified_handle "
+        "AND ($1::timestamptz IS NULL OR a.handle_checked_at >= $1::timestamptz)"
     )
 
 
@@ -938,10 +987,6 @@ class _Fold:
             await self._write_pending()
         if self.purges:
             await self._write_purges()
-        if any(a.dirty for a in self.accounts.values()):
-            # before the records: a handle claimed in this batch canonicalises
-            # the references of this batch's records too
-            await self._write_accounts()
         by_table: dict[str, tuple[list[IndexedRow], list[tuple[str, str, str | None]]]]
         by_table = {}
         for (table, did, rkey), op in self.ops.items():
@@ -966,6 +1011,8 @@ class _Fold:
                         self.history.add((r["did"], r["name"]))
         if self.dead:
             await self._write_dead()
+        if any(a.dirty for a in self.accounts.values()):
+            await self._write_accounts()
         resync = sorted(self.resync - {self.draining} if self.draining else self.resync)
         if resync:
             await conn.execute(_RESYNC, resync)
@@ -1086,11 +1133,6 @@ class _Fold:
                 [a.set_handle for a in rest],
                 [a.set_status for a in rest],
             )
-        if claimed:
-            owners = sorted(
-                {(a.handle, a.did) for a in dirty if a.set_handle and a.handle}
-            )
-            await _recanonicalize(conn, [h for h, _ in owners], [d for _, d in owners])
 
     async def _run_history(self) -> None:
         if self.collect is not None:
@@ -1113,9 +1155,11 @@ async def _canonical_refs(
     conn: asyncpg.Connection, table: str, rows: Sequence[IndexedRow]
 ) -> Sequence[IndexedRow]:
     """``rows`` with their reference columns (:data:`_REF_COLUMNS`) in DID form
-    where they name their target by a handle ``appview_accounts`` knows (one
-    query per table and batch); an unknown handle is kept, lower-cased, for
-    :func:`_recanonicalize`. The ``record`` column is left as published."""
+    where they name their target by a handle verified for a DID
+    (``appview_accounts.verified_handle``, :mod:`.handles`; a claim in an
+    ``#identity`` is not enough: any PDS can claim any handle), one query per
+    table and batch; any other handle is kept, lower-cased, for
+    :func:`canonicalize_refs`. The ``record`` column is left as published."""
     cols = _REF_COLUMNS.get(table)
     if not cols:
         return rows
@@ -1130,7 +1174,9 @@ async def _canonical_refs(
     known = {
         r["handle"]: r["did"]
         for r in await conn.fetch(
-            "SELECT handle, did FROM appview_accounts WHERE handle = ANY($1::text[])",
+            "SELECT DISTINCT ON (verified_handle) verified_handle AS handle, did "
+            "FROM appview_accounts WHERE verified_handle = ANY($1::text[]) "
+            "ORDER BY verified_handle, handle_checked_at DESC NULLS LAST, did",
             sorted(handles),
         )
     }
@@ -1147,16 +1193,23 @@ async def _canonical_refs(
     return out
 
 
-async def _recanonicalize(
-    conn: asyncpg.Connection, handles: Sequence[str], dids: Sequence[str]
+async def canonicalize_refs(
+    conn: asyncpg.Connection, *, since: _dt.datetime | None = None
 ) -> int:
-    """Rewrite, in DID form, the reference columns still naming one of
-    ``handles`` (now claimed by ``dids``, pairwise); only rows in handle form are
-    read (partial indexes ``*_by_handle``). Returns the rows rewritten."""
+    """Rewrite in DID form the reference columns (``schema_ref``,
+    ``source_schema``, ``target_schema``, ``dataset_uri``, ``lens_uri``) still
+    naming their target by a handle that is now verified for a DID
+    (``appview_accounts.verified_handle``); with ``since``, only handles checked
+    at or after it (``handle_checked_at``). Reads only the rows in handle form
+    (partial expression indexes on the handle) and the accounts; a reference
+    already in DID form is never rewritten (bound to the DID the handle had when
+    it was resolved). In its own transaction or the caller's. Returns the rows
+    rewritten. :meth:`Indexer.run` calls it every :data:`LEASE_CHECK_SECONDS`."""
     total = 0
-    for sql in _RECANONICAL_SQL.values():
-        done = await conn.execute(sql, list(handles), list(dids))
-        total += int(done.rsplit(" ", 1)[-1])
+    async with conn.transaction():
+        for sql in _RECANONICAL_SQL.values():
+            done = await conn.execute(sql, since)
+            total += int(done.rsplit(" ", 1)[-1])
     return total
 
 
@@ -1927,6 +1980,7 @@ class Indexer:
         if lease_seconds <= 0:
             raise ValueError("lease_seconds must be > 0")
         self.lease_seconds = lease_seconds
+        self._canonical_since: _dt.datetime | None = None
         self.stats = ApplyResult()
         self.batches = 0
         self.last = ApplyResult()
@@ -2107,6 +2161,22 @@ class Indexer:
                 normalizer=self.normalizer,
             )
 
+    async def maintain(self) -> None:
+        """What :meth:`run` does every :data:`LEASE_CHECK_SECONDS`: end the
+        backfills past their lease (:meth:`expire_backfills`) and put in DID form
+        the references whose handle was verified since the last time
+        (:func:`canonicalize_refs`; all of them the first time)."""
+        await self.expire_backfills()
+        async with self.pool.acquire() as conn:
+            started = await conn.fetchval("SELECT now()")
+            since = self._canonical_since
+            if since is not None:
+                since -= _dt.timedelta(seconds=LEASE_CHECK_SECONDS)  # late commits
+            n = await canonicalize_refs(conn, since=since)
+            self._canonical_since = started
+        if n:
+            log.info("%d references by handle put in DID form", n)
+
     async def status(self) -> dict[str, Any]:
         """:func:`status` on a pool connection."""
         async with self.pool.acquire() as conn:
@@ -2152,9 +2222,10 @@ class Indexer:
     async def run(self, stop: asyncio.Event) -> None:
         """Fold until ``stop`` is set: a batch after another while batches are full,
         then wait for a NOTIFY on :data:`NOTIFY_CHANNEL` or ``poll_interval``.
-        Every :data:`LEASE_CHECK_SECONDS` (and first thing), backfills past their
-        lease are ended (:meth:`expire_backfills`), so a crashed backfiller never
-        leaves a repository's live rows buffered for good.
+        Every :data:`LEASE_CHECK_SECONDS` (and first thing), :meth:`maintain`:
+        backfills past their lease are ended (so a crashed backfiller never
+        leaves a repository's live rows buffered for good) and references by a
+        handle verified since are put in DID form.
         Transient database errors (connection lost, serialization, server
         shutdown) are logged (a WARNING at most once a minute) and retried with a
         backoff up to 30 s; other errors propagate (after the batch rolled back).
@@ -2172,7 +2243,7 @@ class Indexer:
                 self._wake.clear()
                 try:
                     if time.monotonic() - leases >= LEASE_CHECK_SECONDS:
-                        await self.expire_backfills()
+                        await self.maintain()
                         leases = time.monotonic()
                     await self.fold_once()
                 except _TRANSIENT as exc:

@@ -20,11 +20,15 @@ Record tables (one per ``science.alt.dataset.*`` record type), all keyed by
 
   References to other records (``schema_ref``, ``source_schema``/``target_schema``,
   ``dataset_uri``, ``lens_uri``) are stored in DID form (``at://did:.../...``)
-  when the record names its target by a handle the AppView knows
-  (``appview_accounts``); the ``record`` column keeps the text as published. A
-  handle not known when the record is folded stays (lower-cased) in handle form
-  until an ``#identity`` claims it (:mod:`.indexer`); partial indexes
-  ``*_by_handle`` hold those rows.
+  when the record names its target by a handle verified for a DID
+  (``appview_accounts.verified_handle``: a mere claim could be anyone's); the
+  ``record`` column keeps the text as published. A handle not verified when the
+  record is folded stays (lower-cased) in handle form until it is
+  (:func:`.indexer.canonicalize_refs`); partial expression indexes
+  ``appview_entries_schema_ref_handle``, ``appview_lenses_source_handle``,
+  ``appview_lenses_target_handle``, ``appview_labels_dataset_handle``,
+  ``appview_lens_verifications_lens_handle`` (on the handle, rows in handle form
+  only) find them.
 
 - ``appview_schemas``: ``name``, ``version`` (semver text), ``major``/``minor``/
   ``patch`` and ``prerelease`` (for ordering and ``^1``-style ranges), ``schema_type``,
@@ -358,18 +362,23 @@ CREATE INDEX IF NOT EXISTS appview_schemas_first_indexed
 CREATE INDEX IF NOT EXISTS appview_lenses_first_indexed
     ON appview_lenses (first_indexed_at DESC, did DESC, rkey DESC);
 
--- references still naming their target by handle (at://handle/...; the handle
--- was not known when folded): few rows, re-canonicalised on an #identity
-CREATE INDEX IF NOT EXISTS appview_entries_schema_by_handle ON appview_entries
-    (schema_ref) WHERE schema_ref NOT LIKE 'at://did:%';
-CREATE INDEX IF NOT EXISTS appview_lenses_source_by_handle ON appview_lenses
-    (source_schema) WHERE source_schema NOT LIKE 'at://did:%';
-CREATE INDEX IF NOT EXISTS appview_lenses_target_by_handle ON appview_lenses
-    (target_schema) WHERE target_schema NOT LIKE 'at://did:%';
-CREATE INDEX IF NOT EXISTS appview_labels_dataset_by_handle ON appview_labels
-    (dataset_uri) WHERE dataset_uri NOT LIKE 'at://did:%';
-CREATE INDEX IF NOT EXISTS appview_lens_verifications_lens_by_handle
-    ON appview_lens_verifications (lens_uri) WHERE lens_uri NOT LIKE 'at://did:%';
+-- references still naming their target by handle (at://handle/...; no verified
+-- handle known when folded): few rows, keyed by the handle, re-canonicalised
+-- once the handle is verified (atdata_appview.indexer.canonicalize_refs)
+DROP INDEX IF EXISTS appview_entries_schema_by_handle,
+    appview_lenses_source_by_handle, appview_lenses_target_by_handle,
+    appview_labels_dataset_by_handle, appview_lens_verifications_lens_by_handle;
+CREATE INDEX IF NOT EXISTS appview_entries_schema_ref_handle ON appview_entries
+    ((split_part(schema_ref, '/', 3))) WHERE schema_ref NOT LIKE 'at://did:%';
+CREATE INDEX IF NOT EXISTS appview_lenses_source_handle ON appview_lenses
+    ((split_part(source_schema, '/', 3))) WHERE source_schema NOT LIKE 'at://did:%';
+CREATE INDEX IF NOT EXISTS appview_lenses_target_handle ON appview_lenses
+    ((split_part(target_schema, '/', 3))) WHERE target_schema NOT LIKE 'at://did:%';
+CREATE INDEX IF NOT EXISTS appview_labels_dataset_handle ON appview_labels
+    ((split_part(dataset_uri, '/', 3))) WHERE dataset_uri NOT LIKE 'at://did:%';
+CREATE INDEX IF NOT EXISTS appview_lens_verifications_lens_handle
+    ON appview_lens_verifications ((split_part(lens_uri, '/', 3)))
+    WHERE lens_uri NOT LIKE 'at://did:%';
 """
 
 

@@ -1244,9 +1244,12 @@ def test_first_indexed_at_is_added_to_an_older_database(appview_dsn: str) -> Non
 def test_references_by_handle_are_stored_in_did_form(appview_dsn: str) -> None:
     """A schemaRef (and a lens's sourceSchema/targetSchema, a label's datasetUri,
     a verification's lens) naming its target by handle is stored in DID form when
-    the handle is known, so it joins; the record keeps the text as published. An
-    unknown handle stays (lower-cased) until an #identity claims it; a later move
-    of the handle does not rewrite references already resolved."""
+    the handle is verified for a DID, so it joins; the record keeps the text as
+    published. A handle only claimed (any PDS can claim any handle in an
+    #identity) is not enough: it stays in handle form (lower-cased) until the
+    handle is verified, then :func:`canonicalize_refs` (the indexer's loop)
+    rewrites it; a later move of the handle does not rewrite references already
+    resolved."""
     log = LogWriter()
     by_handle = "at://Alice.TEST/science.alt.dataset.schema/CellCrop:1.0.0"
     thumb = "at://bob.test/science.alt.dataset.schema/Thumb:1.0.0"
@@ -1261,11 +1264,24 @@ def test_references_by_handle_are_stored_in_did_form(appview_dsn: str) -> None:
         )
         return dict(row, lens=tuple(row["lens"]))
 
+    async def verify(pool: asyncpg.Pool, did: str, handle: str) -> None:
+        """What the handle verifier (atdata_appview.handles) writes."""
+        await pool.execute(
+            "INSERT INTO appview_accounts (did, verified_handle, handle_checked, "
+            "handle_checked_at) VALUES ($1, $2, $2, now()) ON CONFLICT (did) DO "
+            "UPDATE SET verified_handle = $2, handle_checked = $2, "
+            "handle_checked_at = now()",
+            did,
+            handle,
+        )
+
     async def body(pool: asyncpg.Pool) -> None:
+        await verify(pool, A, "alice.test")
         await append(
             pool,
             [
                 log.identity(A, "alice.test"),
+                log.identity(B, "bob.test"),  # claimed, not verified
                 log.create(A, SCHEMA, "CellCrop:1.0.0", schema()),
                 log.create(A, ENTRY, "3kaaaaaaaaaa2", entry(schemaRef=by_handle)),
                 log.create(
@@ -1284,7 +1300,7 @@ def test_references_by_handle_are_stored_in_did_form(appview_dsn: str) -> None:
                     A,
                     VERIFICATION,
                     "3kaaaaaaaaad2",
-                    verification(lens=f"at://bob.test/{LENS}/3kaaaaaaaaab2"),
+                    verification(lens=f"at://Bob.Test/{LENS}/3kaaaaaaaaab2"),
                 ),
             ],
         )
@@ -1306,15 +1322,35 @@ def test_references_by_handle_are_stored_in_did_form(appview_dsn: str) -> None:
             "SELECT record->>'schemaRef' FROM appview_entries"
         )
         assert published == by_handle
-        # bob.test is claimed: the references still in handle form follow
-        await append(pool, [log.identity(B, "Bob.Test")])
+        # a hostile claim of alice.test by C changes nothing: not verified
+        await append(
+            pool,
+            [
+                log.identity(C, "alice.test"),
+                log.create(C, ENTRY, "3kaaaaaaaaae2", entry(schemaRef=by_handle)),
+            ],
+        )
         await fold(pool)
+        assert await pool.fetchval(
+            "SELECT schema_ref FROM appview_entries WHERE did = $1", C
+        ) == schema_uri(A)
+        # bob.test verified: the references still in handle form follow
+        async with pool.acquire() as conn:
+            assert await ix.canonicalize_refs(conn) == 0
+        await verify(pool, B, "bob.test")
+        async with pool.acquire() as conn:
+            assert await ix.canonicalize_refs(conn) == 2
+            assert await ix.canonicalize_refs(conn) == 0
         got = await refs(pool)
         assert got["lens"] == (schema_uri(A), schema_uri(B, "Thumb"))
         assert got["verified_lens"] == f"at://{B}/{LENS}/3kaaaaaaaaab2"
-        # alice.test moves to C: references already resolved stay A's
-        await append(pool, [log.identity(C, "alice.test")])
-        await fold(pool)
+        # alice.test verified for C now: references already resolved stay A's
+        await pool.execute(
+            "UPDATE appview_accounts SET verified_handle = NULL WHERE did = $1", A
+        )
+        await verify(pool, C, "alice.test")
+        async with pool.acquire() as conn:
+            assert await ix.canonicalize_refs(conn) == 0
         assert (await refs(pool))["schema_ref"] == schema_uri(A)
         # a snapshot resolves them too
         async with pool.acquire() as conn:
@@ -1329,6 +1365,64 @@ def test_references_by_handle_are_stored_in_did_form(appview_dsn: str) -> None:
         assert await pool.fetchval(
             "SELECT schema_ref FROM appview_entries WHERE did = $1", B
         ) == schema_uri(B, "Thumb")
+
+    run(appview_dsn, body)
+
+
+def test_canonicalize_refs_reads_only_rows_in_handle_form(appview_dsn: str) -> None:
+    """The re-canonicalisation of one newly verified handle reads the rows that
+    name it (partial expression index), not the table: 2000 entries in DID form,
+    3 in handle form."""
+    log = LogWriter()
+
+    async def body(pool: asyncpg.Pool) -> None:
+        rows = [log.create(A, ENTRY, f"3kaa{i:09d}", entry()) for i in range(2000)]
+        rows += [
+            log.create(
+                A,
+                ENTRY,
+                f"3kbb{i:09d}",
+                entry(schemaRef=f"at://h{i}.test/{SCHEMA}/CellCrop:1.0.0"),
+            )
+            for i in range(3)
+        ]
+        await append(pool, rows)
+        await fold(pool)
+        await pool.execute(
+            "INSERT INTO appview_accounts (did, verified_handle, handle_checked_at) "
+            "VALUES ($1, 'h1.test', now())",
+            B,
+        )
+        await pool.execute("ANALYZE appview_entries; ANALYZE appview_accounts")
+        since = await pool.fetchval("SELECT now() - interval '1 minute'")
+        sql = ix._RECANONICAL_SQL[("appview_entries", "schema_ref")]
+        async with pool.acquire() as conn:
+            explained = conn.transaction()
+            await explained.start()
+            raw = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, since)
+            await explained.rollback()  # EXPLAIN ANALYZE ran the UPDATE
+            plan = orjson.loads(raw) if isinstance(raw, str) else raw
+        scans = []
+        stack = [plan[0]["Plan"]]
+        while stack:
+            node = stack.pop()
+            stack.extend(node.get("Plans", []))
+            if (
+                node.get("Relation Name") == "appview_entries"
+                and "Scan" in (node["Node Type"])
+            ):
+                scans.append((node["Node Type"], node.get("Index Name")))
+        assert scans and all(
+            kind in ("Index Scan", "Bitmap Heap Scan") for kind, _ in scans
+        ), scans
+        async with pool.acquire() as conn:
+            assert await ix.canonicalize_refs(conn, since=since) == 1
+        assert (
+            await pool.fetchval(
+                "SELECT count(*) FROM appview_entries WHERE schema_ref LIKE 'at://h%'"
+            )
+            == 2
+        )
 
     run(appview_dsn, body)
 
