@@ -541,6 +541,32 @@ def run_load(
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+def _cluster_cpu(pg: PostgresCluster) -> dict[int, float]:
+    """CPU seconds of every process of the cluster (the postmaster's children:
+    backends, WAL writer, checkpointer, autovacuum), by pid."""
+    try:
+        master = int((pg.data / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return {}
+    out: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat[1]) == master:
+            ticks = os.sysconf("SC_CLK_TCK")
+            out[int(entry.name)] = (int(stat[11]) + int(stat[12])) / ticks
+    return out
+
+
+def _cluster_spent(before: dict[int, float], after: dict[int, float]) -> float:
+    # processes that started meanwhile count whole; those that ended are lost
+    return sum(v - before.get(pid, 0.0) for pid, v in after.items())
+
+
 def measure_server(
     url: str,
     proc: subprocess.Popen[bytes],
@@ -548,22 +574,26 @@ def measure_server(
     methods: Sequence[str],
     args: argparse.Namespace,
     seed: int,
+    pg: PostgresCluster,
 ) -> dict[str, Any]:
     """Idle CPU, then the load at ``--concurrency`` and ``--latency-concurrency``
-    (server CPU seconds per request at the first)."""
+    (at the first: CPU milliseconds per request of the server process and of the
+    PostgreSQL cluster, warm-up requests included)."""
     c0, t0 = _cpu_seconds(proc.pid), time.perf_counter()
     time.sleep(args.idle_seconds)
     idle = (_cpu_seconds(proc.pid) - c0) / (time.perf_counter() - t0)
     out: dict[str, Any] = {"idle_cpu": idle, "load": {}, "latency": {}}
     for m in methods:
-        c0 = _cpu_seconds(proc.pid)
+        c0, p0 = _cpu_seconds(proc.pid), _cluster_cpu(pg)
         r = run_load(
             url, workload, [m], concurrency=args.concurrency,
             duration=args.duration, warmup=args.warmup, seed=seed,
         )[m]  # fmt: skip
         spent = _cpu_seconds(proc.pid) - c0
+        pg_spent = _cluster_spent(p0, _cluster_cpu(pg))
         total = r.get("requests", 0) + r.get("warmup_requests", 0)
         r["server_cpu_ms_per_request"] = spent / total * 1000 if total else 0.0
+        r["pg_cpu_ms_per_request"] = pg_spent / total * 1000 if total else 0.0
         out["load"][m] = r
     if args.latency_concurrency > 0:
         out["latency"] = run_load(
@@ -701,7 +731,8 @@ def summarize(
             vals = {
                 k: _med(runs, target, kind, m, k)
                 for k in ("rps", "p50_ms", "p99_ms", "p90_ms", "errors", "requests",
-                          "server_cpu_ms_per_request", "client_cpu_ms_per_request",
+                          "server_cpu_ms_per_request", "pg_cpu_ms_per_request",
+                          "client_cpu_ms_per_request",
                           "warmup_errors")
             }  # fmt: skip
             if vals["rps"]:
@@ -714,7 +745,7 @@ def summarize(
 def _cell(summary: dict[str, Any], target: str, method: str) -> tuple[str, ...]:
     s = summary.get(target, {}).get(method)
     if not s:
-        return ("—",) * 5
+        return ("—",) * 6
 
     def sp(x: dict[str, Any], fmt: str) -> str:
         if len(x["runs"]) == 1:
@@ -723,12 +754,14 @@ def _cell(summary: dict[str, Any], target: str, method: str) -> tuple[str, ...]:
         return f"{format(x['median'], fmt)} ({lo}-{hi})"
 
     cpu = s.get("server_cpu_ms_per_request")
+    pgc = s.get("pg_cpu_ms_per_request")
     return (
         sp(s["rps"], ",.0f"),
         sp(s["p50_ms"], ".1f"),
         sp(s["p99_ms"], ".1f"),
         str(s["errors_total"]),
         format(cpu["median"], ".2f") if cpu else "",
+        format(pgc["median"], ".2f") if pgc else "",
     )
 
 
@@ -736,22 +769,22 @@ def print_table(
     title: str, summary: dict[str, Any], methods: Sequence[str], *, cpu: bool = True
 ) -> None:
     """One line per method and server: requests/s, p50, p99 (median (min-max)
-    of the runs), errors (all runs), and the server process's CPU milliseconds
-    per request (median; PostgreSQL's not included)."""
+    of the runs), errors (all runs), and CPU milliseconds per request (medians)
+    of the server process and of the PostgreSQL cluster."""
     print(f"\n{title}")
     head = (
         f"{'method':22}{'':5}{'requests/s':>22}{'p50 ms':>21}{'p99 ms':>23}"
-        f"{'errors':>8}" + (f"{'srv ms/req':>11}" if cpu else "")
+        f"{'errors':>8}" + (f"{'srv ms/req':>11}{'pg ms/req':>10}" if cpu else "")
     )
     print(head)
     print("-" * len(head))
     for m in methods:
         for target in ("ours", "peer"):
-            rps, p50, p99, err, c = _cell(summary, target, m)
+            rps, p50, p99, err, c, pgc = _cell(summary, target, m)
             name = m if target == "ours" else ""
             print(
                 f"{name:22}{target:5}{rps:>22}{p50:>21}{p99:>23}{err:>8}"
-                + (f"{c:>11}" if cpu else "")
+                + (f"{c:>11}{pgc:>10}" if cpu else "")
             )
         o = summary.get("ours", {}).get(m)
         p = summary.get("peer", {}).get(m)
@@ -971,14 +1004,14 @@ def main() -> None:
                 one: dict[str, Any] = {}
                 with serve_ours(ours_dsn, work) as (url, proc):
                     one["ours"] = measure_server(
-                        url, proc, wfile, ours_methods, args, run + 1
+                        url, proc, wfile, ours_methods, args, run + 1, pg
                     )
                 with serve_peer(peer_dsn, peer_python, work, args.peer_stack) as (
                     url,
                     proc,
                 ):
                     one["peer"] = measure_server(
-                        url, proc, wfile, PEER_METHODS, args, run + 1
+                        url, proc, wfile, PEER_METHODS, args, run + 1, pg
                     )
                 for target in ("ours", "peer"):
                     bits = [
