@@ -232,6 +232,8 @@ class Demo:
             "ATDATA_INGEST_START": "oldest",
             "ATDATA_APPVIEW_DSN": self.dsn,
             "ATDATA_APPVIEW_PLC_URL": self.net.plc_url,
+            # handles are verified (handle -> DID by the PDS, alsoKnownAs in PLC)
+            "ATDATA_APPVIEW_HANDLE_SERVICE": self.net.pds_url,
             "ATDATA_APPVIEW_PORT": str(self.port),
         }
 

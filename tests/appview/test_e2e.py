@@ -57,6 +57,7 @@ import pytest
 import uvicorn
 from atdata_appview.app import create_app, server_config
 from atdata_appview.config import Settings
+from atdata_appview.handles import run_handle_verifier
 from atdata_appview.indexer import Indexer, status
 from atdata_appview.schema import RECORD_TABLES
 from atdata_gen.dynamic import compile_schema_record
@@ -254,7 +255,15 @@ class Stack:
                 stdin=subprocess.DEVNULL,
             )
         settings = Settings.from_env(
-            {"ATDATA_APPVIEW_DSN": self.dsn}, host="127.0.0.1", port=self.port
+            {
+                "ATDATA_APPVIEW_DSN": self.dsn,
+                # handles verified on the local network: PLC and the PDS's
+                # resolveHandle (as `atdata-appview run` would be configured)
+                "ATDATA_APPVIEW_PLC_URL": self.net.plc_url,
+                "ATDATA_APPVIEW_HANDLE_SERVICE": self.net.pds_url,
+            },
+            host="127.0.0.1",
+            port=self.port,
         )
         self.loop.run(self._start_appview(settings))
         handler = functools.partial(_QuietHandler, directory=str(self.shards))
@@ -273,6 +282,9 @@ class Stack:
         )
         self.stop_index = asyncio.Event()
         self.tasks["indexer"] = asyncio.create_task(self.indexer.run(self.stop_index))
+        self.tasks["handle verifier"] = asyncio.create_task(
+            run_handle_verifier(self.pool, settings, self.stop_index, idle_seconds=0.5)
+        )
         self.server = uvicorn.Server(
             server_config(create_app(settings), settings, log_level="warning")
         )
@@ -677,6 +689,22 @@ def test_publish_index_discover_load_delete_on_the_local_network(
         list(dids),
     )
     assert dead == [], f"our records were refused: {[dict(r) for r in dead]}"
+    # handles resolve once verified (handle -> DID on the PDS, alsoKnownAs in PLC)
+    stack.wait_until(
+        "the AppView to verify alice's and bob's handles",
+        lambda: stack.db(
+            "SELECT count(*) = 2 FROM appview_accounts WHERE did = ANY($1::text[]) "
+            "AND verified_handle = handle",
+            list(dids),
+        )[0][0],
+        explain=lambda: str(
+            stack.db(
+                "SELECT did, handle, verified_handle, handle_checked FROM "
+                "appview_accounts WHERE did = ANY($1::text[])",
+                list(dids),
+            )
+        ),
+    )
 
     # 3. discovery: atdata's client (its own process), the CLI, our client -----------
     ours = AppViewClient(stack.url)
