@@ -2243,7 +2243,12 @@ class Indexer:
                 self._wake.clear()
                 try:
                     if time.monotonic() - leases >= LEASE_CHECK_SECONDS:
-                        await self.maintain()
+                        try:
+                            await self.maintain()
+                        except _TRANSIENT:
+                            raise
+                        except Exception:  # maintenance never stops the fold
+                            log.exception("indexer maintenance failed; folding on")
                         leases = time.monotonic()
                     await self.fold_once()
                 except _TRANSIENT as exc:
