@@ -1435,8 +1435,11 @@ def test_a_new_relay_rewinds_the_cursor_and_queues_backfills(appview_dsn: str) -
     low): the AppView notices the source change, folds the new seq space from the
     start, skips the log rows stored before the ingester's restart (the old
     space: replaying its #identity would bring an old handle back), keeps what it
-    indexed and queues every known repository for a backfill."""
+    indexed and queues every known repository for a backfill; ``status`` says so."""
     import itertools
+
+    from atdata_appview import cli
+    from atdata_appview.config import Settings
 
     old = LogWriter(start=1000)
     new = LogWriter(start=1)
@@ -1484,6 +1487,9 @@ def test_a_new_relay_rewinds_the_cursor_and_queues_backfills(appview_dsn: str) -
         assert got["ingest_source"] == "wss://new.example"
         assert got["resets"]["count"] == 1 and got["resets"]["horizon"] is not None
         assert "wss://old.example" in got["resets"]["reason"]
+        async with pool.acquire() as conn:
+            report = await cli.status_report(conn, Settings(dsn=appview_dsn))
+        assert "RESETS      1 ingest cursor reset(s)" in cli._status_text(report)
 
     run(appview_dsn, body)
 
@@ -1529,8 +1535,12 @@ def test_rows_dropped_by_retention_before_folding_are_reported(
     appview_dsn: str,
 ) -> None:
     """The log's retention dropped rows the AppView had not folded: ``status``
-    says the cursor is behind the oldest retained row; the next batch records the
-    gap and queues every known repository for a backfill."""
+    says the cursor is behind the oldest retained row (``atdata-appview status``
+    too); the next batch records the gap and queues every known repository for a
+    backfill."""
+    from atdata_appview import cli
+    from atdata_appview.config import Settings
+
     log = LogWriter()
 
     async def body(pool: asyncpg.Pool) -> None:
@@ -1545,13 +1555,22 @@ def test_rows_dropped_by_retention_before_folding_are_reported(
             ],
         )
         await pool.execute("DELETE FROM ingest_events WHERE seq <= 3")
+        settings = Settings(dsn=appview_dsn)
         async with pool.acquire() as conn:
             before = await status(conn)
+            report = await cli.status_report(conn, settings)
         assert before["behind_retention"] and before["oldest_log_seq"] == 4
         assert before["gaps"]["count"] == 0
+        assert report["retention"] == {"oldest_seq": 4, "behind": True}
+        assert "BEHIND      the log's oldest row is seq 4" in cli._status_text(report)
         await fold(pool)
         async with pool.acquire() as conn:
             after = await status(conn)
+            report = await cli.status_report(conn, settings)
+        assert report["retention"]["behind"] is False
+        assert report["cursor"]["gaps"] == 1 and report["cursor"]["gap_seqs"] == [1, 4]
+        text = cli._status_text(report)
+        assert "GAPS        1 log gap(s)" in text and "BEHIND" not in text
         assert after["gaps"] == {"count": 1, "at": after["gaps"]["at"], "seqs": [1, 4]}
         assert after["gaps"]["at"] is not None and not after["behind_retention"]
         states = dict(await pool.fetch("SELECT did, state FROM appview_repos"))
