@@ -1033,14 +1033,14 @@ def _storage(
             out["endpoint"] = "https://s3.example-cloud.org"
         return out
     if kind == "blobs":
-        blobs = []
+        items: list[dict[str, Any]] = []
         for _ in range(shards):
             raw = bytes((1, 0x55, 0x12, 0x20)) + rng.getrandbits(256).to_bytes(
                 32, "big"
             )
             cid = "b" + base64.b32encode(raw).decode("ascii").lower().rstrip("=")
             size = max(1024, int(shard_bytes * rng.uniform(0.9, 1.1)))
-            blobs.append(
+            items.append(
                 {
                     "blob": {
                         "$type": "blob",
@@ -1051,7 +1051,7 @@ def _storage(
                     "checksum": checksum(),
                 }
             )
-        return {"$type": "science.alt.dataset.storageBlobs", "blobs": blobs}
+        return {"$type": "science.alt.dataset.storageBlobs", "blobs": items}
     host = rng.choice(_HOSTS).format(h=f"{host_of}.example.org")
     last = f"{shards - 1:06d}"
     return {
