@@ -8,13 +8,21 @@ wire it is base64url (RFC 4648 § 5, no padding) of::
 
 ``payload`` is ``[kind, *key]``: ``kind`` names the query and its order (e.g.
 ``"s.rel"``: searchDatasets by relevance), ``key`` the sort-key values of the last
-row (integers, floats, strings). ``tag`` is the first 8 bytes of a keyed BLAKE2b
-over the query's *fingerprint* (its filters: a cursor is only valid for the query
-that issued it) and the payload; a cursor edited by hand, truncated, or replayed on
-another query fails the tag and is refused (:class:`InvalidCursor`, served as the
-Lexicon error ``InvalidCursor``, HTTP 400). The tag protects nothing secret: the
-key values are checked for type and size again before they reach SQL, which takes
-them as parameters only.
+row (integers, floats, strings) and whatever else the next page must reuse (a
+relevance search's typo corrections). ``tag`` is the first 8 bytes of a keyed
+BLAKE2b over the query's *fingerprint* (its filters) and the payload.
+
+The tag is no secret and no authentication: its key is in this source, so anyone
+can mint a cursor for any query. It only binds a cursor to the query that issued
+it against mistakes (a cursor replayed on another query or another sort, a
+truncated or mangled one: :class:`InvalidCursor`, served as the Lexicon error
+``InvalidCursor``, HTTP 400). What a cursor carries is therefore checked as a
+parameter is, before it reaches SQL (which takes it as ``$n`` parameters only):
+each value's type and length, integers within 64 bits, floats finite and within
+IEEE 754 single precision (the relevance score is a PostgreSQL ``real``); the
+queries check the rest (timestamps within range; corrections: a few words for
+words of the text). A minted cursor asks for nothing that the query's own
+parameters could not (``q`` may OR any words).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ _VERSION: Final = 1
 _TAG: Final = 8
 _KEY: Final = b"atdata-appview cursor v1"
 _MAX_TEXT: Final = 400  # a key string longer than this never came from us
+_FLOAT32_MAX: Final = 3.4028234663852886e38  # a PostgreSQL real's largest value
 
 Key = int | float | str | None
 
@@ -75,7 +84,9 @@ def decode(
 ) -> list[Key]:
     """The sort key in ``cursor``, checked: issued for ``kind`` and ``fp``, with one
     value per entry of ``types`` (each an ``isinstance`` type; ``float`` accepts an
-    ``int``). Raises :class:`InvalidCursor` naming what is wrong."""
+    ``int``), strings of at most 400 characters, integers within 64 bits, floats
+    finite and within single precision. Raises :class:`InvalidCursor` naming what
+    is wrong."""
     if len(cursor) > MAX_CURSOR:
         raise InvalidCursor(f"cursor is longer than {MAX_CURSOR} characters")
     try:
@@ -110,5 +121,7 @@ def decode(
             raise InvalidCursor("cursor value is too long")
         if isinstance(value, int) and not -(2**63) <= value < 2**63:
             raise InvalidCursor("cursor value is out of range")
+        if isinstance(value, float) and not abs(value) <= _FLOAT32_MAX:
+            raise InvalidCursor("cursor value is out of range")  # inf, nan too
         out.append(_key(value))
     return out

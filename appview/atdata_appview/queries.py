@@ -9,11 +9,15 @@ is a ``$n`` parameter.
 Rules that hold for every query here:
 
 - records of an account whose ``appview_accounts.active`` is false (deactivated,
-  suspended, …) are never returned (deleted/taken-down accounts are purged by the
-  indexer);
-- lists are newest-indexed first, keyset-paginated (``cursors``: opaque, bound to
-  the query's filters; never ``OFFSET``); a page has a ``cursor`` only when a next
-  page may exist;
+  suspended, …) are never returned, nor shown through another record (an entry's
+  schema name, a filter by schema, a facet, a lens's verification count);
+  deleted/taken-down accounts are purged by the indexer;
+- lists are newest first by when each record was first indexed
+  (``first_indexed_at``: an update between two pages moves nothing),
+  keyset-paginated (``cursors``: opaque, bound to the query's filters; never
+  ``OFFSET``); a page has a ``cursor`` only when a next page may exist; a page
+  holds at most ``limit`` rows and :data:`MAX_PAGE_BYTES` of views (its first
+  row always), a short page is therefore not always the last;
 - a ``repo`` / ``handle`` argument is a DID or a handle; handles resolve through
   ``appview_accounts.verified_handle`` (a handle an account's events claimed and
   :mod:`.handles` verified both ways on the network; a claim alone resolves
@@ -345,32 +349,70 @@ def parse_schema_filter(text: str) -> tuple[str | None, str, VersionRange]:
 # searchDatasets
 
 WINDOW: Final = 300
-"""Relevance ranks the :data:`WINDOW` most recently indexed matches (all of them
-when there are fewer): ranking is per row (``ts_rank_cd`` reads every position of
-every match), so a term that half the index contains would otherwise cost a pass
-over half the index per page."""
+"""Relevance ranks the :data:`WINDOW` most recently (first) indexed matches (all
+of them when there are fewer): ranking is per row (``ts_rank_cd`` reads every
+position of every match), so a term that half the index contains would otherwise
+cost a pass over half the index per page. The last relevance page is the last of
+the window: a text with more matches than that pages through the newest
+:data:`WINDOW` of them, best first, and ends (no ``cursor``) without saying
+more exist; ``sort=recent`` with the same text reaches every match."""
+
+MAX_PAGE_BYTES: Final = 4 * 1024 * 1024
+"""Most bytes of the views of one page (counted as :data:`views.ENTRY_BYTES`
+and its kin say: the large fields and a bound of the rest). A page holds at most
+``limit`` rows and stops before the row that would take it past this budget (its
+first row always; a record is at most 1 MiB, ``records.MAX_RECORD_BYTES``), with
+the ``cursor`` at its last row: a short page is not the last, and every row is
+still reached once."""
 
 FACET_TTL_SECONDS: float = 30.0
-"""Facet counts of one query (its filters) are reused for this long (seconds)."""
+"""Facet counts of one query (its filters) are reused for this long (seconds),
+unless an account became inactive (deleted, taken down, deactivated, …) or active
+again since they were counted (:data:`_ACCOUNTS_MARK_SQL`)."""
+
+FACET_TIMEOUT_MS: int = 300
+"""Longest time the facet counts of one query may take (PostgreSQL
+``statement_timeout``, milliseconds): past it the page is answered without
+``facets`` (the Lexicon's ``facets`` is optional), and the same query is not
+counted again for :data:`FACET_TTL_SECONDS`."""
 
 FACET_CACHE_SIZE: Final = 512
 
-_facet_cache: OrderedDict[bytes, tuple[float, dict[str, list[dict[str, Any]]]]] = (
-    OrderedDict()
-)
+FIXES_MAX_CHARS: Final = 160
+"""Longest text of the typo corrections a relevance cursor carries (the
+Lexicon's cursor is at most 512 characters): a text with more corrections than fit
+is searched with those that fit, on every page alike."""
+
+_facet_cache: OrderedDict[
+    bytes, tuple[float, Any, dict[str, list[dict[str, Any]]] | None]
+] = OrderedDict()
+"""Query key → (when counted, accounts mark then, facets or ``None``: too slow)."""
 
 # The page query's sort keys, all DESC: sort -> (cursor kind, key columns of the
-# ranked/ordered subquery ``t``, the cursor's value types).
+# ranked/ordered subquery ``t``, the cursor's value types). A relevance cursor
+# also carries the time its first page was asked (``asof``: the window is pinned
+# to what was indexed by then); every cursor carries the first page's typo
+# corrections (``fixes``, last: "" without text).
 _SORTS: Final[dict[str, tuple[str, tuple[str, ...], tuple[type, ...]]]] = {
     "relevance": (
         "s.rel",
-        ("score", "indexed_at", "did", "rkey", "asof"),
-        (float, int, str, str, int),
+        ("score", "first_indexed_at", "did", "rkey", "asof", "fixes"),
+        (float, int, str, str, int, str),
     ),
-    "recent": ("s.rec", ("indexed_at", "did", "rkey"), (int, str, str)),
-    "size": ("s.size", ("size_key", "did", "rkey"), (int, str, str)),
+    "recent": (
+        "s.rec",
+        ("first_indexed_at", "did", "rkey", "fixes"),
+        (int, str, str, str),
+    ),
+    "size": ("s.size", ("size_key", "did", "rkey", "fixes"), (int, str, str, str)),
 }
-_TIMES: Final = frozenset({"indexed_at", "asof"})
+_TIMES: Final = frozenset({"first_indexed_at", "asof"})
+# The order of each sort over a page query's output columns.
+_ORDERS: Final = {
+    "relevance": "score DESC, first_indexed_at DESC, did DESC, rkey DESC",
+    "recent": "first_indexed_at DESC, did DESC, rkey DESC",
+    "size": "size_key DESC, did DESC, rkey DESC",
+}
 
 
 def _micros(value: _dt.datetime) -> int:
@@ -397,6 +439,36 @@ class _Sql:
         return f"${len(self.args)}"
 
 
+def _bounded(text: str, order: str, size: str) -> str:
+    # ``text`` (a page query whose rows come in ``order``, over its output
+    # columns) cut to MAX_PAGE_BYTES: each row's bytes (``size`` over the
+    # columns of ``{q}``), their running total ``_upto``. Kept: the rows within
+    # the budget (the first always) and the one after them, which tells that a
+    # next page exists (see _cut). ``OFFSET 0`` keeps ``text`` a subquery of its
+    # own, so that its columns (the storage text) are computed once.
+    return (
+        f"SELECT * FROM (SELECT q.*, sum(q._bytes) OVER w AS _upto, "
+        f"row_number() OVER w AS _n FROM (SELECT p.*, {size.format(q='p')} AS _bytes "
+        f"FROM ({text} OFFSET 0) p) q "
+        f"WINDOW w AS (ORDER BY {order} ROWS UNBOUNDED PRECEDING)) b "
+        f"WHERE b._n <= 2 OR b._upto - b._bytes <= {MAX_PAGE_BYTES} ORDER BY {order}"
+    )
+
+
+def _cut(rows: Sequence[Any], limit: int) -> tuple[list[Any], bool]:
+    # The rows of a page (at most ``limit``, within MAX_PAGE_BYTES but the first)
+    # and whether a next page exists, from the rows of a _bounded query.
+    out: list[Any] = []
+    for row in rows:
+        if len(out) >= limit or (out and row["_upto"] > MAX_PAGE_BYTES):
+            return out, True
+        out.append(row)
+    return out, False
+
+
+_ACTIVE_SCHEMA: Final = _ACTIVE.format(t="ss")
+
+
 async def _search_filters(db: Db, query: SearchQuery, sql: _Sql) -> None:
     # Adds the filters of ``query`` (not the text, not the cursor) to ``sql``.
     if query.tags:
@@ -411,7 +483,7 @@ async def _search_filters(db: Db, query: SearchQuery, sql: _Sql) -> None:
             f"({sql.arg(rng.lo[0])}, {sql.arg(rng.lo[1])}, {sql.arg(rng.lo[2])}) "
             f"AND (ss.major, ss.minor, ss.patch) < "
             f"({sql.arg(rng.hi[0])}, {sql.arg(rng.hi[1])}, {sql.arg(rng.hi[2])}) "
-            f"AND ss.prerelease = {sql.arg(rng.prerelease)}"
+            f"AND ss.prerelease = {sql.arg(rng.prerelease)} AND {_ACTIVE_SCHEMA}"
         )
         if publisher is not None:
             cond += f" AND ss.did = {sql.arg(await resolve_did(db, publisher))}"
@@ -456,6 +528,74 @@ def _tsquery(
     return expr
 
 
+Fixes = list[tuple[str, tuple[str, ...]]]
+
+_FIX_WORD: Final = re.compile(r"[^\W_]{3,80}")  # a vocabulary word's shape
+
+
+def _fixes_text(fixes: Fixes) -> str:
+    # "word:fix,fix;word:fix" (words and corrections are letters and digits)
+    return ";".join(f"{word}:{','.join(alts)}" for word, alts in fixes)
+
+
+def _fit_fixes(fixes: Fixes) -> Fixes:
+    # The corrections that fit a cursor (FIXES_MAX_CHARS), in order.
+    out: Fixes = []
+    for word, alts in fixes:
+        kept: list[str] = []
+        for alt in alts:
+            if len(_fixes_text([*out, (word, (*kept, alt))])) > FIXES_MAX_CHARS:
+                break
+            kept.append(alt)
+        if not kept:
+            break
+        out.append((word, tuple(kept)))
+    return out
+
+
+def _parse_fixes(text: str, value: str) -> Fixes:
+    # A cursor's corrections, checked: each for a word of ``text``, once, with
+    # 1..MAX_CORRECTIONS words of the vocabulary's shape.
+    if not value:
+        return []
+    bad = cursors.InvalidCursor("cursor corrections are not this query's")
+    if len(value) > FIXES_MAX_CHARS:
+        raise bad
+    words = set(vocabulary.query_words(text))
+    out: Fixes = []
+    for part in value.split(";"):
+        word, sep, rest = part.partition(":")
+        alts = tuple(rest.split(",")) if rest else ()
+        if (
+            not sep
+            or word not in words
+            or any(word == w for w, _ in out)
+            or not 1 <= len(alts) <= vocabulary.MAX_CORRECTIONS
+            or not all(_FIX_WORD.fullmatch(a) for a in alts)
+        ):
+            raise bad
+        out.append((word, alts))
+    return out
+
+
+_INDEXABLE_SQL: Final = "SELECT querytree(websearch_to_tsquery('english', $1))"
+
+
+async def _check_text(conn: Any, text: str) -> None:
+    # A text whose only words are exclusions ("-word": websearch's NOT) would
+    # match every entry through no index (querytree says "T": nothing
+    # indexable), and its facets would count them all.
+    if "-" not in text:
+        return
+    tree = await conn.fetchval(_INDEXABLE_SQL, text)
+    if tree == "T":
+        raise QueryError(
+            "InvalidRequest",
+            "q has only exclusions (-word): add a word to search for, or leave q "
+            "out to list every entry",
+        )
+
+
 _CUSTOM_PLANS: Final = "SET plan_cache_mode = force_custom_plan"
 
 
@@ -487,24 +627,32 @@ async def search_entries(db: Db, query: SearchQuery, *, pool: Any = None) -> Sea
     word of the text that no entry name contains OR-ed with the nearest name words
     by trigram similarity (:mod:`atdata_appview.vocabulary`), so "cel crops" finds
     "cell crops". Without text, every entry the filters keep. Only entries of
-    active accounts.
+    active accounts (and schema names of active accounts' schemas).
 
     Order: ``relevance`` = ``ts_rank_cd`` (cover density) + pg_trgm
-    ``word_similarity(q, name)``, then newest indexed, over the :data:`WINDOW` most
-    recently indexed matches (all of them when fewer); without text it is
-    ``recent``. ``recent``: newest indexed first. ``size``: most ``size.bytes``
-    first, unknown sizes last. Keyset pages: a relevance cursor also pins the
-    window to the rows indexed before its first page.
+    ``word_similarity(q, name)``, then newest, over the :data:`WINDOW` most
+    recently first-indexed matches (all of them when fewer; the last page of
+    the window is the last page); without text it is ``recent``. ``recent``:
+    newest first by when each entry was first indexed (``first_indexed_at``: an
+    update between two pages moves nothing). ``size``: most ``size.bytes``
+    first, unknown sizes last. Keyset pages of at most ``limit`` rows and
+    :data:`MAX_PAGE_BYTES`. A cursor carries the first page's typo corrections
+    (at most :data:`FIXES_MAX_CHARS`), so a vocabulary that changes between
+    pages changes no page; a relevance cursor also pins the window to the rows
+    first indexed before its first page. An entry updated between pages keeps
+    its place, unless its text (so its score) or its size changed.
 
     ``facets``: top :data:`FACET_LIMIT` tags, schema names, storage kinds and
     licences over every match (not only the window), reused for
-    :data:`FACET_TTL_SECONDS`.
+    :data:`FACET_TTL_SECONDS` while no account became inactive, counted within
+    :data:`FACET_TIMEOUT_MS` (else ``None``: left out).
 
     ``pool``: where a background vocabulary reload takes its connection.
 
     Errors (``QueryError``): ``InvalidCursor`` (a cursor not issued for this
     query), ``RepoNotFound`` (unknown handle in ``repo`` or ``schema``),
-    ``InvalidRequest`` (bad ``sort``, bad schema range)."""
+    ``InvalidRequest`` (bad ``sort``, bad schema range, a text of exclusions
+    only: ``-word``)."""
     text = (query.q or "").strip() or None
     sort = query.sort
     if sort not in _SORTS:
@@ -516,14 +664,17 @@ async def search_entries(db: Db, query: SearchQuery, *, pool: Any = None) -> Sea
     kind, keys, types = _SORTS[sort]
     fp = _search_fingerprint(query, text, sort)
     key = cursors.decode(query.cursor, kind, types, fp) if query.cursor else None
+    background = pool or (db if hasattr(db, "acquire") else None)
     async with _planned(db) as conn:
         sql = _Sql()
-        fixes: list[tuple[str, tuple[str, ...]]] = []
+        fixes: Fixes = []
         if text is not None:
-            vocab = await vocabulary.current(
-                conn, pool or (db if hasattr(db, "acquire") else None)
-            )
-            fixes = vocab.expansions(text)
+            await _check_text(conn, text)
+            if key is not None:  # the first page's corrections, whatever the
+                fixes = _parse_fixes(text, str(key[-1]))  # vocabulary is now
+            else:
+                vocab = await vocabulary.current(conn, background)
+                fixes = _fit_fixes(vocab.expansions(text))
             tsq = _tsquery(sql, text, fixes)
             src = f"appview_entries e, (SELECT {tsq} AS tsq, {sql.arg(text)}::text AS q) qq"
             sql.where.append("e.search @@ qq.tsq")
@@ -531,29 +682,30 @@ async def search_entries(db: Db, query: SearchQuery, *, pool: Any = None) -> Sea
             src = "appview_entries e"
         await _search_filters(conn, query, sql)
         where = " AND ".join(sql.where)
+        facet_args = list(sql.args)
+        rows = await conn.fetch(
+            *_page_sql(sql, src, where, sort, key, query.limit, fuzzy=bool(fixes))
+        )
         facets = (
             await _facets(
                 conn,
                 src,
                 where,
-                list(sql.args),
+                facet_args,
                 fp + repr(vocabulary.database_key(conn)).encode(),
-                pool or (db if hasattr(db, "acquire") else None),
+                background,
             )
             if query.facets
             else None
         )
-        rows = await conn.fetch(
-            *_page_sql(sql, src, where, sort, key, query.limit, fuzzy=bool(fixes))
-        )
-    more = len(rows) > query.limit
-    rows = rows[: query.limit]
+    rows, more = _cut(rows, query.limit)
     cursor = None
     if more and rows:
         last = rows[-1]
-        cursor = cursors.encode(
-            kind, [_micros(last[k]) if k in _TIMES else last[k] for k in keys], fp
-        )
+        values: list[Any] = [
+            _micros(last[k]) if k in _TIMES else last[k] for k in keys[:-1]
+        ]
+        cursor = cursors.encode(kind, [*values, _fixes_text(fixes)], fp)
     return SearchPage([_v.entry_view(r) for r in rows], cursor, facets)
 
 
@@ -576,41 +728,45 @@ def _page_sql(
     fuzzy: bool = False,
 ) -> tuple[Any, ...]:
     # The page query: candidate rows ``t`` (narrow: keys only) ordered and cut,
-    # then joined to their full rows and views' joins.
+    # then joined to their full rows and views' joins, then cut to the page's
+    # byte budget (_bounded).
     n = sql.arg(limit + 1)
     if sort == "relevance":
         asof = _from_micros(int(key[4])) if key else None
-        window_where = where + (f" AND e.indexed_at <= {sql.arg(asof)}" if asof else "")
+        window_where = where + (
+            f" AND e.first_indexed_at <= {sql.arg(asof)}" if asof else ""
+        )
         keyset = ""
         if key is not None:
             keyset = (
-                f"WHERE (s.score, s.indexed_at, s.did, s.rkey) < ({sql.arg(key[0])}::real, "
-                f"{sql.arg(_from_micros(int(key[1])))}, {sql.arg(key[2])}, {sql.arg(key[3])})"
+                f"WHERE (s.score, s.first_indexed_at, s.did, s.rkey) < ("
+                f"{sql.arg(key[0])}::real, {sql.arg(_from_micros(int(key[1])))}, "
+                f"{sql.arg(key[2])}, {sql.arg(key[3])})"
             )
         asof_col = sql.arg(asof) + "::timestamptz" if asof else "now()"
         t = (
-            f"SELECT * FROM (SELECT w.did, w.rkey, w.indexed_at, "
+            f"SELECT * FROM (SELECT w.did, w.rkey, w.first_indexed_at, "
             f"{_FUZZY_SCORE if fuzzy else _SCORE} AS score "
-            f"FROM (SELECT e.did, e.rkey, e.indexed_at, e.search, e.name, qq.tsq, qq.q "
-            f"FROM {src} WHERE {window_where} "
-            f"ORDER BY e.indexed_at DESC, e.did DESC, e.rkey DESC LIMIT {WINDOW}) w) s "
-            f"{keyset} ORDER BY s.score DESC, s.indexed_at DESC, s.did DESC, s.rkey DESC "
-            f"LIMIT {n}"
+            f"FROM (SELECT e.did, e.rkey, e.first_indexed_at, e.search, e.name, "
+            f"qq.tsq, qq.q FROM {src} WHERE {window_where} "
+            f"ORDER BY e.first_indexed_at DESC, e.did DESC, e.rkey DESC "
+            f"LIMIT {WINDOW}) w) s "
+            f"{keyset} ORDER BY s.score DESC, s.first_indexed_at DESC, s.did DESC, "
+            f"s.rkey DESC LIMIT {n}"
         )
-        order = "t.score DESC, t.indexed_at DESC, t.did DESC, t.rkey DESC"
         extra = f", t.score, {asof_col} AS asof"
     elif sort == "recent":
         keyset = ""
         if key is not None:
             keyset = (
-                f" AND (e.indexed_at, e.did, e.rkey) < ({sql.arg(_from_micros(int(key[0])))}, "
-                f"{sql.arg(key[1])}, {sql.arg(key[2])})"
+                f" AND (e.first_indexed_at, e.did, e.rkey) < ("
+                f"{sql.arg(_from_micros(int(key[0])))}, {sql.arg(key[1])}, "
+                f"{sql.arg(key[2])})"
             )
         t = (
-            f"SELECT e.did, e.rkey, e.indexed_at FROM {src} WHERE {where}{keyset} "
-            f"ORDER BY e.indexed_at DESC, e.did DESC, e.rkey DESC LIMIT {n}"
+            f"SELECT e.did, e.rkey FROM {src} WHERE {where}{keyset} "
+            f"ORDER BY e.first_indexed_at DESC, e.did DESC, e.rkey DESC LIMIT {n}"
         )
-        order = "t.indexed_at DESC, t.did DESC, t.rkey DESC"
         extra = ""
     else:
         keyset = ""
@@ -624,14 +780,14 @@ def _page_sql(
             f"FROM {src} WHERE {where}{keyset} "
             f"ORDER BY coalesce(e.size_bytes, -1) DESC, e.did DESC, e.rkey DESC LIMIT {n}"
         )
-        order = "t.size_key DESC, t.did DESC, t.rkey DESC"
         extra = ", t.size_key"
+    order = _ORDERS[sort]
     text = (
         f"SELECT {_v.ENTRY_COLUMNS}{extra} FROM ({t}) t "
         f"JOIN appview_entries e ON e.did = t.did AND e.rkey = t.rkey "
-        f"{_v.ENTRY_JOINS} ORDER BY {order}"
+        f"{_v.ENTRY_JOINS}"
     )
-    return (text, *sql.args)
+    return (_bounded(text, order, _v.ENTRY_BYTES), *sql.args)
 
 
 _FACETS_SQL: Final = (
@@ -641,7 +797,7 @@ _FACETS_SQL: Final = (
     "GROUP BY t ORDER BY n DESC, t LIMIT {n}) "
     "UNION ALL (SELECT 'schemas', s.name, sum(r.n)::bigint AS n FROM "
     "(SELECT schema_ref, count(*) AS n FROM m GROUP BY schema_ref) r "
-    "JOIN appview_schemas s ON s.uri = r.schema_ref "
+    "JOIN appview_schemas s ON s.uri = r.schema_ref AND {active} "
     "GROUP BY s.name ORDER BY n DESC, s.name LIMIT {n}) "
     "UNION ALL (SELECT 'storage', storage_kind, count(*) AS n FROM m "
     "GROUP BY storage_kind ORDER BY n DESC, storage_kind LIMIT {n}) "
@@ -650,28 +806,48 @@ _FACETS_SQL: Final = (
     "GROUP BY license ORDER BY n DESC, license LIMIT {n})"
 )
 
+_ACCOUNTS_MARK_SQL: Final = (
+    "SELECT count(*) AS n, coalesce(sum(hashtext(did)::bigint), 0) AS h "
+    "FROM appview_accounts WHERE NOT active"
+)
+"""Which accounts are inactive, in one cheap value (an index-only scan of
+``appview_accounts_inactive``): cached facets counted under another mark are not
+reused, so a deleted, taken-down or deactivated account's tags and licences
+leave them at once."""
+
 FACET_STALE_SECONDS: float = 300.0
 """Facet counts older than :data:`FACET_TTL_SECONDS` but younger than this are
-answered at once while a background task recounts them (when a pool is at hand)."""
+answered at once while a background task recounts them (when a pool is at hand
+and the accounts mark has not moved)."""
 
 _facet_refresh: dict[bytes, asyncio.Task[None]] = {}
 
 
+async def _accounts_mark(db: Db) -> tuple[int, int]:
+    row = await db.fetchrow(_ACCOUNTS_MARK_SQL)
+    return int(row["n"]), int(row["h"])
+
+
 async def _count_facets(
-    db: Db, src: str, where: str, args: list[Any], key: bytes
-) -> dict[str, list[dict[str, Any]]]:
-    rows = await db.fetch(
-        _FACETS_SQL.format(src=src, where=where, n=FACET_LIMIT), *args
+    db: Db, src: str, where: str, args: list[Any], key: bytes, mark: Any
+) -> dict[str, list[dict[str, Any]]] | None:
+    # The counts (or None: they took longer than FACET_TIMEOUT_MS), cached with
+    # the accounts mark read before counting.
+    sql = _FACETS_SQL.format(
+        src=src, where=where, n=FACET_LIMIT, active=_ACTIVE.format(t="s")
     )
-    out: dict[str, list[dict[str, Any]]] = {
-        "tags": [],
-        "schemas": [],
-        "storage": [],
-        "licenses": [],
-    }
-    for row in rows:
-        out[row["facet"]].append({"value": row["value"], "count": row["n"]})
-    _facet_cache[key] = (time.monotonic(), out)
+    out: dict[str, list[dict[str, Any]]] | None
+    try:
+        async with db.transaction(readonly=True):
+            await db.execute(f"SET LOCAL statement_timeout = {int(FACET_TIMEOUT_MS)}")
+            rows = await db.fetch(sql, *args)
+    except asyncpg.QueryCanceledError:
+        out = None
+    else:
+        out = {"tags": [], "schemas": [], "storage": [], "licenses": []}
+        for row in rows:
+            out[row["facet"]].append({"value": row["value"], "count": row["n"]})
+    _facet_cache[key] = (time.monotonic(), mark, out)
     _facet_cache.move_to_end(key)
     while len(_facet_cache) > FACET_CACHE_SIZE:
         _facet_cache.popitem(last=False)
@@ -683,7 +859,8 @@ async def _refresh_facets(
 ) -> None:
     try:
         async with _planned(pool) as conn:
-            await _count_facets(conn, src, where, args, key)
+            mark = await _accounts_mark(conn)
+            await _count_facets(conn, src, where, args, key, mark)
     except Exception:  # the stale counts keep answering; recounted next time
         log.warning("facet recount failed", exc_info=True)
     finally:
@@ -692,25 +869,27 @@ async def _refresh_facets(
 
 async def _facets(
     db: Db, src: str, where: str, args: list[Any], key: bytes, pool: Any = None
-) -> dict[str, list[dict[str, Any]]]:
+) -> dict[str, list[dict[str, Any]]] | None:
     # Top FACET_LIMIT values of each facet over every match (one statement: the
-    # matches are read once); cached per query and database for
-    # FACET_TTL_SECONDS, then answered stale while a background recount runs
-    # (up to FACET_STALE_SECONDS).
+    # matches are read once), or None when counting took too long; cached per
+    # query and database for FACET_TTL_SECONDS, then answered stale while a
+    # background recount runs (up to FACET_STALE_SECONDS); never reused once
+    # the accounts mark moved.
     now = time.monotonic()
+    mark = await _accounts_mark(db)
     hit = _facet_cache.get(key)
-    if hit is not None:
+    if hit is not None and hit[1] == mark:
         age = now - hit[0]
         if age < FACET_TTL_SECONDS:
             _facet_cache.move_to_end(key)
-            return hit[1]
+            return hit[2]
         if pool is not None and age < FACET_STALE_SECONDS:
             if key not in _facet_refresh:
                 _facet_refresh[key] = asyncio.create_task(
                     _refresh_facets(pool, src, where, list(args), key)
                 )
-            return hit[1]
-    return await _count_facets(db, src, where, args, key)
+            return hit[2]
+    return await _count_facets(db, src, where, args, key, mark)
 
 
 # --------------------------------------------------------------------------------
@@ -734,7 +913,9 @@ async def get_entry_view(db: Db, uri: str) -> dict[str, Any] | None:
 async def get_entries(db: Db, uris: Sequence[str]) -> list[dict[str, Any]]:
     """getEntries: the entry views of ``uris`` (at most :data:`MAX_GET_ENTRIES`,
     else ``QueryError`` InvalidRequest) in the order asked, each once; URIs not
-    indexed are left out."""
+    indexed are left out. Views of more than :data:`MAX_PAGE_BYTES` in all are
+    refused (``InvalidRequest``: ask for fewer at once); only the first of them
+    is read then."""
     if len(uris) > MAX_GET_ENTRIES:
         raise QueryError(
             "InvalidRequest", f"at most {MAX_GET_ENTRIES} uris per getEntries"
@@ -750,13 +931,23 @@ async def get_entries(db: Db, uris: Sequence[str]) -> list[dict[str, Any]]:
             rkeys.append(key[1])
     if not order:
         return []
+    size = _v.ENTRY_BYTES.format(q="p")
     rows = await db.fetch(
-        f"SELECT {_v.ENTRY_COLUMNS} FROM unnest($1::text[], $2::text[]) AS k(did, rkey) "
+        f"SELECT * FROM (SELECT p.*, sum({size}) OVER () AS _total, "
+        f"row_number() OVER () AS _n FROM (SELECT {_v.ENTRY_COLUMNS} "
+        f"FROM unnest($1::text[], $2::text[]) AS k(did, rkey) "
         f"JOIN appview_entries e ON e.did = k.did AND e.rkey = k.rkey "
-        f"{_v.ENTRY_JOINS} WHERE {_ACTIVE.format(t='e')}",
+        f"{_v.ENTRY_JOINS} WHERE {_ACTIVE.format(t='e')} OFFSET 0) p) b "
+        f"WHERE b._total <= {MAX_PAGE_BYTES} OR b._n = 1",
         dids,
         rkeys,
     )
+    if rows and rows[0]["_total"] > MAX_PAGE_BYTES:
+        raise QueryError(
+            "InvalidRequest",
+            f"the entries asked for are more than {MAX_PAGE_BYTES} bytes in all: "
+            "ask for fewer at once",
+        )
     found = {(r["did"], r["rkey"]): r for r in rows}
     return [_v.entry_view(found[k]) for k in order if k in found]
 
@@ -773,8 +964,11 @@ async def _list(
     filters: Sequence[tuple[str, Any]],
     limit: int,
     cursor: str | None,
+    size: str,
 ) -> Page:
-    # Newest indexed first, keyset (indexed_at, did, rkey) DESC.
+    # Newest first by first indexing, keyset (first_indexed_at, did, rkey) DESC
+    # (an update between two pages moves nothing), pages cut to MAX_PAGE_BYTES
+    # (``size``: a views.*_BYTES expression).
     sql = _Sql()
     for column, value in filters:
         sql.where.append(f"{alias}.{column} = {sql.arg(value)}")
@@ -784,23 +978,22 @@ async def _list(
         at, did, rkey = cursors.decode(cursor, kind, (int, str, str), fp)
         assert isinstance(at, int)
         sql.where.append(
-            f"({alias}.indexed_at, {alias}.did, {alias}.rkey) < "
+            f"({alias}.first_indexed_at, {alias}.did, {alias}.rkey) < "
             f"({sql.arg(_from_micros(at))}, {sql.arg(did)}, {sql.arg(rkey)})"
         )
-    rows = await db.fetch(
+    text = (
         f"SELECT {columns} FROM {table} {alias} {joins} "
         f"WHERE {' AND '.join(sql.where)} "
-        f"ORDER BY {alias}.indexed_at DESC, {alias}.did DESC, {alias}.rkey DESC "
-        f"LIMIT {sql.arg(limit + 1)}",
-        *sql.args,
+        f"ORDER BY {alias}.first_indexed_at DESC, {alias}.did DESC, "
+        f"{alias}.rkey DESC LIMIT {sql.arg(limit + 1)}"
     )
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows = await db.fetch(_bounded(text, _ORDERS["recent"], size), *sql.args)
+    rows, more = _cut(rows, limit)
     next_cursor = None
     if more and rows:
         last = rows[-1]
         next_cursor = cursors.encode(
-            kind, [_micros(last["indexed_at"]), last["did"], last["rkey"]], fp
+            kind, [_micros(last["first_indexed_at"]), last["did"], last["rkey"]], fp
         )
     return Page([view(r) for r in rows], next_cursor)
 
@@ -808,8 +1001,9 @@ async def _list(
 async def list_entries(
     db: Db, *, repo: str | None = None, limit: int = 50, cursor: str | None = None
 ) -> Page:
-    """listEntries: entry views, newest indexed first, of ``repo`` (DID or handle;
-    ``RepoNotFound``) or of everyone."""
+    """listEntries: entry views, newest first (by when first indexed), of ``repo``
+    (DID or handle; ``RepoNotFound``) or of everyone; pages of at most ``limit``
+    and :data:`MAX_PAGE_BYTES`."""
     filters = [] if not repo else [("did", await resolve_did(db, repo))]
     return await _list(
         db,
@@ -822,13 +1016,15 @@ async def list_entries(
         filters=filters,
         limit=limit,
         cursor=cursor,
+        size=_v.ENTRY_BYTES,
     )
 
 
 async def entries_of_schema(
     db: Db, uri: str, *, limit: int = 50, cursor: str | None = None
 ) -> Page:
-    """Entry views whose ``schemaRef`` is ``uri``, newest indexed first."""
+    """Entry views whose ``schemaRef`` is ``uri``, newest first (by when first
+    indexed)."""
     return await _list(
         db,
         table="appview_entries",
@@ -840,6 +1036,7 @@ async def entries_of_schema(
         filters=[("schema_ref", uri)],
         limit=limit,
         cursor=cursor,
+        size=_v.ENTRY_BYTES,
     )
 
 
@@ -876,8 +1073,9 @@ async def get_schema_view(db: Db, uri: str) -> dict[str, Any] | None:
 async def list_schemas(
     db: Db, *, repo: str | None = None, limit: int = 50, cursor: str | None = None
 ) -> Page:
-    """listSchemas: schema views, newest indexed first, of ``repo`` (DID or handle;
-    ``RepoNotFound``) or of everyone."""
+    """listSchemas: schema views, newest first (by when first indexed), of
+    ``repo`` (DID or handle; ``RepoNotFound``) or of everyone; pages of at most
+    ``limit`` and :data:`MAX_PAGE_BYTES`."""
     filters = [] if not repo else [("did", await resolve_did(db, repo))]
     return await _list(
         db,
@@ -890,21 +1088,35 @@ async def list_schemas(
         filters=filters,
         limit=limit,
         cursor=cursor,
+        size=_v.SCHEMA_BYTES,
     )
 
 
 async def list_schemas_of(
     db: Db, did: str, *, limit: int = 100, cursor: str | None = None
 ) -> Page:
-    """The schema views of one publisher ``did`` (a DID or handle), newest indexed
-    first."""
+    """The schema views of one publisher ``did`` (a DID or handle), newest first
+    (by when first indexed)."""
     return await list_schemas(db, repo=did, limit=limit, cursor=cursor)
 
 
+_PRERELEASE_KEY: Final = (
+    "(SELECT array_agg(CASE WHEN p ~ '^[0-9]+$' "
+    "THEN '0' || lpad(length(p)::text, 4, '0') || p ELSE '1' || p END "
+    "ORDER BY i) FROM unnest(string_to_array(nullif(s.prerelease, ''), '.')) "
+    'WITH ORDINALITY AS u(p, i)) COLLATE "C"'
+)
+"""A sortable key of ``s.prerelease`` in semver 2.0.0 § 11.4 precedence: per
+dot-separated identifier, numeric ones first and by value (length, then digits:
+they have no leading zeros), then alphanumeric ones in ASCII order (collation
+"C"); a longer list after its own prefix (as arrays compare)."""
+
 _LATEST: Final = (
     "ORDER BY (s.prerelease = '') DESC, s.major DESC, s.minor DESC, s.patch DESC, "
-    "s.prerelease DESC, s.indexed_at DESC"
+    f"{_PRERELEASE_KEY} DESC, s.indexed_at DESC"
 )
+"""The latest first: releases before prereleases (whatever their versions), then
+semver precedence."""
 
 
 async def resolve_schema(
@@ -1049,9 +1261,10 @@ async def list_lenses(
     cursor: str | None = None,
     kind: str = "l.lns",
 ) -> Page:
-    """listLenses: lens views, newest indexed first, filtered by ``repo`` (DID or
-    handle; ``RepoNotFound``), ``source_schema`` and ``target_schema``
-    (AT-URIs)."""
+    """listLenses: lens views, newest first (by when first indexed), filtered by
+    ``repo`` (DID or handle; ``RepoNotFound``), ``source_schema`` and
+    ``target_schema`` (AT-URIs); pages of at most ``limit`` and
+    :data:`MAX_PAGE_BYTES`."""
     filters: list[tuple[str, Any]] = []
     if repo:
         filters.append(("did", await resolve_did(db, repo)))
@@ -1070,6 +1283,7 @@ async def list_lenses(
         filters=filters,
         limit=limit,
         cursor=cursor,
+        size=_v.LENS_BYTES,
     )
 
 
@@ -1082,7 +1296,7 @@ async def search_lenses(
     cursor: str | None = None,
 ) -> Page:
     """searchLenses: lenses from ``source_schema`` and/or to ``target_schema``,
-    newest indexed first (as atdata-app 0.4 serves it)."""
+    newest first (as atdata-app 0.4 serves it; by when first indexed)."""
     return await list_lenses(
         db,
         source_schema=source_schema,

@@ -16,7 +16,9 @@ Record tables (one per ``science.alt.dataset.*`` record type), all keyed by
   same version), ``first_indexed_at`` (when the record was first indexed; never
   updated: "recent" pages are keyed on it, so an update between two pages moves
   nothing; indexes ``appview_{entries,schemas,lenses}_first_indexed`` on
-  ``(first_indexed_at DESC, did DESC, rkey DESC)``).
+  ``(first_indexed_at DESC, did DESC, rkey DESC)``, and for searchDatasets'
+  relevance window ``appview_entries_first_indexed_search``, the same key
+  including what the filters and the rank read).
 
   References to other records (``schema_ref``, ``source_schema``/``target_schema``,
   ``dataset_uri``, ``lens_uri``) are stored in DID form (``at://did:.../...``)
@@ -202,11 +204,6 @@ CREATE INDEX IF NOT EXISTS appview_entries_recent
     ON appview_entries (indexed_at DESC, did DESC, rkey DESC);
 CREATE INDEX IF NOT EXISTS appview_entries_size
     ON appview_entries (size_bytes DESC NULLS LAST, did DESC, rkey DESC);
--- searchDatasets relevance: the newest matches of a common term, filtered and
--- ranked from the index alone (index-only scan: what the filters and the rank read)
-CREATE INDEX IF NOT EXISTS appview_entries_recent_search
-    ON appview_entries (indexed_at DESC, did DESC, rkey DESC)
-    INCLUDE (search, name, tags, storage_kind, license);
 -- searchDatasets sort=size keyset: (coalesce(size_bytes, -1), did, rkey) < (...)
 CREATE INDEX IF NOT EXISTS appview_entries_size_key
     ON appview_entries ((coalesce(size_bytes, -1)) DESC, did DESC, rkey DESC);
@@ -361,6 +358,16 @@ CREATE INDEX IF NOT EXISTS appview_schemas_first_indexed
     ON appview_schemas (first_indexed_at DESC, did DESC, rkey DESC);
 CREATE INDEX IF NOT EXISTS appview_lenses_first_indexed
     ON appview_lenses (first_indexed_at DESC, did DESC, rkey DESC);
+-- searchDatasets relevance: the window of the newest (first indexed) matches,
+-- filtered and ranked from the index alone (as appview_entries_recent_search was
+-- on indexed_at, which an update moves)
+CREATE INDEX IF NOT EXISTS appview_entries_first_indexed_search
+    ON appview_entries (first_indexed_at DESC, did DESC, rkey DESC)
+    INCLUDE (search, name, tags, storage_kind, license);
+DROP INDEX IF EXISTS appview_entries_recent_search;
+-- the inactive accounts, read whole by the facet cache's check (queries)
+CREATE INDEX IF NOT EXISTS appview_accounts_inactive
+    ON appview_accounts (did) WHERE NOT active;
 
 -- references still naming their target by handle (at://handle/...; no verified
 -- handle known when folded): few rows, keyed by the handle, re-canonicalised

@@ -37,11 +37,14 @@ from atdata_runtime.lex.formats import is_handle
 
 __all__ = [
     "ARRAY_FORMAT_LABELS",
+    "ENTRY_BYTES",
     "ENTRY_COLUMNS",
     "ENTRY_JOINS",
     "LABEL_COLUMNS",
+    "LENS_BYTES",
     "LENS_COLUMNS",
     "LENS_JOINS",
+    "SCHEMA_BYTES",
     "SCHEMA_COLUMNS",
     "SCHEMA_JOINS",
     "entry_view",
@@ -66,23 +69,42 @@ ENTRY_COLUMNS: Final = (
     "e.did, e.rkey, e.uri, e.cid, e.name, e.description, e.tags, e.license, "
     "e.schema_ref, e.storage::text AS storage, e.storage_kind, e.shard_count, "
     "e.checksums, e.size_samples, e.size_bytes, e.size_shards, e.created_at, "
-    "e.indexed_at, acc.verified_handle AS handle, sch.name AS schema_name, sch.version AS schema_version"
+    "e.indexed_at, e.first_indexed_at, acc.verified_handle AS handle, "
+    "sch.name AS schema_name, sch.version AS schema_version"
 )
-"""Columns of :func:`entry_view`; needs ``appview_entries e`` and
-:data:`ENTRY_JOINS`."""
+"""Columns of :func:`entry_view` (and ``first_indexed_at``, the key of "recent"
+pages); needs ``appview_entries e`` and :data:`ENTRY_JOINS`."""
 
 ENTRY_JOINS: Final = (
     "LEFT JOIN appview_accounts acc ON acc.did = e.did "
-    "LEFT JOIN appview_schemas sch ON sch.uri = e.schema_ref"
+    "LEFT JOIN appview_schemas sch ON sch.uri = e.schema_ref AND NOT EXISTS ("
+    "SELECT 1 FROM appview_accounts sa WHERE sa.did = sch.did AND NOT sa.active)"
 )
+"""The entry's account (its verified handle) and its schema (name and version),
+unless the schema's publisher is inactive: a deactivated account's records show
+through no other record."""
+
+ENTRY_BYTES: Final = (
+    "octet_length({q}.storage) + coalesce(octet_length({q}.description), 0) + 2048"
+)
+"""About the bytes of one entry view, from the :data:`ENTRY_COLUMNS` of a
+subquery ``{q}`` (the storage and description, which may be large, and a bound of
+the rest: name, tags, URIs): what a page's byte budget counts."""
 
 SCHEMA_COLUMNS: Final = (
     "s.did, s.rkey, s.uri, s.cid, s.name, s.version, s.schema_type, "
     "(s.record->'schema')::text AS schema_body, s.description, s.created_at, "
-    "s.indexed_at, s.form, s.field_count, acc.verified_handle AS handle"
+    "s.indexed_at, s.first_indexed_at, s.form, s.field_count, "
+    "acc.verified_handle AS handle"
 )
-"""Columns of :func:`schema_view`; needs ``appview_schemas s`` and
-:data:`SCHEMA_JOINS`."""
+"""Columns of :func:`schema_view` (and ``first_indexed_at``); needs
+``appview_schemas s`` and :data:`SCHEMA_JOINS`."""
+
+SCHEMA_BYTES: Final = (
+    "coalesce(octet_length({q}.schema_body), 0) "
+    "+ coalesce(octet_length({q}.description), 0) + 2048"
+)
+"""About the bytes of one schema view (as :data:`ENTRY_BYTES`)."""
 
 SCHEMA_JOINS: Final = "LEFT JOIN appview_accounts acc ON acc.did = s.did"
 
@@ -90,11 +112,21 @@ LENS_COLUMNS: Final = (
     "l.did, l.rkey, l.uri, l.cid, l.name, l.source_schema, l.target_schema, "
     "(l.record->'getterCode')::text AS getter_code, "
     "(l.record->'putterCode')::text AS putter_code, l.description, l.language, "
-    "l.created_at, l.indexed_at, acc.verified_handle AS handle, "
-    "(SELECT count(*) FROM appview_lens_verifications v WHERE v.lens_uri = l.uri) "
-    "AS verifications"
+    "l.created_at, l.indexed_at, l.first_indexed_at, acc.verified_handle AS handle, "
+    "(SELECT count(*) FROM appview_lens_verifications v WHERE v.lens_uri = l.uri "
+    "AND NOT EXISTS (SELECT 1 FROM appview_accounts va WHERE va.did = v.did "
+    "AND NOT va.active)) AS verifications"
 )
-"""Columns of :func:`lens_view`; needs ``appview_lenses l`` and :data:`LENS_JOINS`."""
+"""Columns of :func:`lens_view` (and ``first_indexed_at``; ``verifications``
+counts those of active accounts); needs ``appview_lenses l`` and
+:data:`LENS_JOINS`."""
+
+LENS_BYTES: Final = (
+    "coalesce(octet_length({q}.getter_code), 0) "
+    "+ coalesce(octet_length({q}.putter_code), 0) "
+    "+ coalesce(octet_length({q}.description), 0) + 2048"
+)
+"""About the bytes of one lens view (as :data:`ENTRY_BYTES`)."""
 
 LENS_JOINS: Final = "LEFT JOIN appview_accounts acc ON acc.did = l.did"
 

@@ -355,6 +355,7 @@ def _fresh_caches(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(queries, "FACET_TTL_SECONDS", 0.0)
     monkeypatch.setattr(queries, "FACET_STALE_SECONDS", 0.0)
     monkeypatch.setattr(queries, "DESCRIBE_TTL_SECONDS", 0.0)
+    queries._facet_cache.clear()
     vocabulary.reset()
 
 
@@ -1194,3 +1195,269 @@ def test_vocabulary_corrections() -> None:
     assert vocabulary.osa_distance("abcd", "wxyz", 2) == 3
     # pg_trgm's trigrams: two spaces before, one after
     assert vocabulary.trigrams("Cel") == {"  c", " ce", "cel", "el "}
+
+
+# -- review fixes: paging, versions, inactive accounts, cost bounds --------------------
+
+
+def update_entry(w: World, uri: str, **changes: Any) -> None:
+    """Append an update of the entry ``uri`` (a new version, a new CID) to
+    ``w.rows``."""
+    did, _, rkey = uri[5:].split("/")
+    rec = w.records[uri] | changes
+    cid = record_cid(rec)
+    w.rows.append(w.log.update(did, ENTRY, rkey, rec, cid=cid))
+    w.records[uri] = rec
+    w.cids[uri] = cid
+
+
+def walk(
+    api: TestClient, method: str, params: dict[str, Any], between: Any = None
+) -> list[str]:
+    """The AT-URIs of every page of ``method`` (``between(seen)`` runs after the
+    first page)."""
+    seen: list[str] = []
+    cursor = None
+    for n in range(100):
+        body = get(api, method, params | ({"cursor": cursor} if cursor else {}))
+        key = "entries" if "entries" in body else next(iter(body))
+        seen += [e["uri"] for e in body[key]]
+        if n == 0 and between is not None:
+            between(seen)
+        cursor = body.get("cursor")
+        if not cursor:
+            return seen
+    raise AssertionError("no last page")
+
+
+def test_an_update_between_pages_moves_no_entry(
+    live: tuple[World, str, TestClient],
+) -> None:
+    """Pages are keyed on when a record was first indexed: an entry updated (a
+    new CID, so a new indexedAt) between two pages is still returned once."""
+    w, dsn, api = live
+    for method, params in (
+        ("listEntries", {"limit": 4}),
+        ("searchDatasets", {"sort": "recent", "limit": 4}),
+        ("searchDatasets", {"tags": "bulk", "sort": "recent", "limit": 4}),
+        ("searchDatasets", {"q": "bulk shard set", "limit": 4}),
+    ):
+
+        def edit(seen: list[str]) -> None:
+            w.rows = []
+            for uri in w.entry_records():
+                if uri not in seen and "bulk" in w.records[uri].get("tags", []):
+                    update_entry(w, uri, createdAt="2026-02-02T00:00:00Z")
+                    break
+            asyncio.run(fold(dsn, w.rows))
+
+        seen = walk(api, method, params, edit)
+        assert len(seen) == len(set(seen)), (method, params)
+        if "q" in params or "tags" in params:
+            want = {u for u, r in w.entry_records().items() if "bulk" in r["tags"]}
+        else:
+            want = set(w.entry_records())
+        assert set(seen) == want, (method, params, want - set(seen))
+
+
+def test_relevance_pages_keep_the_first_pages_corrections(
+    live: tuple[World, str, TestClient],
+) -> None:
+    """The typo corrections of a relevance search travel in its cursor: a name
+    that makes the typo a known word between two pages changes nothing."""
+    w, dsn, api = live
+
+    def teach(seen: list[str]) -> None:
+        w.rows = []
+        w.add_entry(ALICE, entry("Shrd cleaner", w.schemas["CellCrop@2.0.0"]))
+        asyncio.run(fold(dsn, w.rows))
+
+    bulk = {u for u, r in w.entry_records().items() if "bulk" in r.get("tags", [])}
+    seen = walk(api, "searchDatasets", {"q": "bulk shrd", "limit": 4}, teach)
+    assert len(seen) == len(set(seen))
+    assert set(seen) == bulk
+    # a new search sees the new word (no correction now: only that entry)
+    assert get(api, "searchDatasets", {"q": "shrd"})["entries"][0]["name"] == (
+        "Shrd cleaner"
+    )
+
+
+def test_a_cursor_that_carries_corrections_is_checked(api: TestClient) -> None:
+    cursor = get(api, "searchDatasets", {"q": "bulk shrd", "limit": 2})["cursor"]
+    fp = queries._search_fingerprint(
+        queries.SearchQuery(q="bulk shrd"), "bulk shrd", "relevance"
+    )
+    for fixes in (
+        "zzz:drop",  # a word the text does not have
+        "shrd:" + ",".join(f"w{i:03d}" for i in range(9)),  # too many corrections
+        "shrd:a b",  # not a word
+        "shrd:shard;shrd:shard",  # a word twice
+    ):
+        forged = reminted(cursor, fp, v5=fixes)
+        error(api, "searchDatasets", {"q": "bulk shrd", "cursor": forged}, 400,
+              "InvalidCursor")  # fmt: skip
+    assert get(api, "searchDatasets", {"q": "bulk shrd", "cursor": cursor})["entries"]
+
+
+def reminted(cursor: str, fp: bytes, **values: Any) -> str:
+    """``cursor`` with its key values at the given positions (``v0``, ``v1`` …)
+    replaced, tagged again: anyone can do this (the tag's key is in the source)."""
+    raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    kind, *key = json.loads(raw[9:])
+    for name, value in values.items():
+        key[int(name[1:])] = value
+    return queries.cursors.encode(kind, key, fp)
+
+
+def test_a_cursor_value_out_of_range_is_an_invalid_cursor(api: TestClient) -> None:
+    """A minted cursor's values are checked as parameters are, so an absurd
+    score is a 400, never a 5xx."""
+    cursor = get(api, "searchDatasets", {"q": "cell", "limit": 1})["cursor"]
+    fp = queries._search_fingerprint(queries.SearchQuery(q="cell"), "cell", "relevance")
+    assert get(api, "searchDatasets", {"q": "cell", "cursor": reminted(cursor, fp)})
+    for score in (1e300, -1e39, 3.5e38):
+        forged = reminted(cursor, fp, v0=score)
+        error(api, "searchDatasets", {"q": "cell", "cursor": forged}, 400,
+              "InvalidCursor")  # fmt: skip
+    cursor = get(api, "searchDatasets", {"sort": "recent", "limit": 1})["cursor"]
+    fp = queries._search_fingerprint(queries.SearchQuery(), None, "recent")
+    forged = reminted(cursor, fp, v0=2**62)
+    error(api, "searchDatasets", {"sort": "recent", "cursor": forged}, 400,
+          "InvalidCursor")  # fmt: skip
+
+
+def test_resolve_schema_latest_is_semver_precedence(appview_dsn: str) -> None:
+    """Without a version: the highest release; with none, the highest prerelease
+    by semver 2.0.0 § 11 (beta.11 after beta.2, numeric before alphanumeric)."""
+    w = World()
+    w.rows.append(w.log.identity(ALICE, "alice.test"))
+    for v in ("1.0.0-beta.2", "1.0.0-beta.11", "1.0.0-beta", "1.0.0-alpha.x"):
+        w.schemas[v] = w.put(
+            ALICE, SCHEMA, schema_rkey("Proto", v), cellcrop(v) | {"name": "Proto"}
+        )
+    asyncio.run(fold(appview_dsn, w.rows))
+    with make_client(appview_dsn) as api:
+        ask = {"handle": "alice.test", "schemaId": "Proto"}
+        assert get(api, "resolveSchema", ask)["uri"] == w.schemas["1.0.0-beta.11"]
+        w.rows = []
+        w.schemas["0.9.0"] = w.put(ALICE, SCHEMA, schema_rkey("Proto", "0.9.0"),
+                                   cellcrop("0.9.0") | {"name": "Proto"})  # fmt: skip
+        asyncio.run(fold(appview_dsn, w.rows))
+        # a release wins over any prerelease, even of a higher version
+        assert get(api, "resolveSchema", ask)["uri"] == w.schemas["0.9.0"]
+        got = get(api, "resolveSchema", ask | {"version": "1.0.0-beta.2"})
+        assert got["uri"] == w.schemas["1.0.0-beta.2"]
+
+
+def test_a_deactivated_publishers_schema_shows_through_no_other_record(
+    appview_dsn: str,
+) -> None:
+    """Bob's entry names Alice's schema, Alice's lens has Bob's and Carol's
+    verifications; Alice, then Carol, deactivate: no view, filter or facet shows
+    Alice's schema, no count counts Carol's verification."""
+    w = World()
+    w.rows.append(w.log.identity(ALICE, "alice.test"))
+    s = w.put(
+        ALICE,
+        SCHEMA,
+        schema_rkey("Secret", "1.0.0"),
+        cellcrop("1.0.0") | {"name": "Secret"},
+    )
+    img = w.put(
+        BOB, SCHEMA, schema_rkey("Img", "1.0.0"), cellcrop("1.0.0") | {"name": "Img"}
+    )
+    uri = w.add_entry(BOB, entry("Bob's data", s, tags=["x"]))
+    lens = w.put(BOB, LENS, "lens1", {
+        "$type": LENS, "name": "l", "sourceSchema": img, "targetSchema": img,
+        "getterCode": code("a:b"), "putterCode": code("a:c"), "createdAt": CREATED,
+    })  # fmt: skip
+    for did, rkey in ((BOB, "v1"), (CAROL, "v2")):
+        w.put(did, VERIFY, rkey, {
+            "$type": VERIFY, "lens": lens, "createdAt": CREATED,
+            "lensCommit": "0123456789abcdef0123456789abcdef01234567",
+            "verificationMethod": "automatedTest",
+        })  # fmt: skip
+    asyncio.run(fold(appview_dsn, w.rows))
+    with make_client(appview_dsn) as api:
+        view = get(api, "getEntry", {"uri": uri})["entry"]
+        assert view["schemaName"] == "Secret"
+        assert get(api, "listLenses", {})["lenses"][0]["verifications"] == 2
+        w.rows = [w.log.account(ALICE, False, "deactivated"),
+                  w.log.account(CAROL, False, "deactivated")]  # fmt: skip
+        asyncio.run(fold(appview_dsn, w.rows))
+        error(api, "getSchema", {"uri": s}, 404, "SchemaNotFound")
+        view = get(api, "getEntry", {"uri": uri})["entry"]
+        assert "schemaName" not in view and "schemaVersion" not in view
+        assert get(api, "searchDatasets", {"schema": "Secret"})["entries"] == []
+        body = get(api, "searchDatasets", {"facets": "true"})
+        assert [e["uri"] for e in body["entries"]] == [uri]
+        assert body["facets"]["schemas"] == []
+        assert get(api, "listLenses", {})["lenses"][0]["verifications"] == 1
+
+
+def test_cached_facets_forget_a_deleted_account_at_once(
+    live: tuple[World, str, TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the facet cache on (as served): a deleted (or deactivated) account's
+    tags and licences leave the facets with its entries, not a TTL later."""
+    w, dsn, api = live
+    monkeypatch.setattr(queries, "FACET_TTL_SECONDS", 3600.0)
+    monkeypatch.setattr(queries, "FACET_STALE_SECONDS", 7200.0)
+    queries._facet_cache.clear()
+    for did, status, tag, licence in (
+        (MALLORY, "deleted", SCRIPT, "<i>MIT</i>"),
+        (BOB, "deactivated", "benchmark", "Apache-2.0"),
+    ):
+        before = get(api, "searchDatasets", {"facets": "true"})["facets"]
+        assert tag in {f["value"] for f in before["tags"]}
+        assert get(api, "searchDatasets", {"facets": "true"})["facets"] == before
+        w.rows = [w.log.account(did, False, status)]
+        asyncio.run(fold(dsn, w.rows))
+        after = get(api, "searchDatasets", {"facets": "true"})["facets"]
+        assert tag not in {f["value"] for f in after["tags"]}, status
+        assert licence not in {f["value"] for f in after["licenses"]}, status
+
+
+def test_a_text_of_exclusions_only_is_refused(api: TestClient) -> None:
+    """``-word`` alone would match every entry through no index (and facets would
+    count them all): refused, with what to do."""
+    for q in ("-zzz", "-zzz -yyy", '-"cell crops"', "-cell or -bulk"):
+        msg = error(api, "searchDatasets", {"q": q, "facets": "true"}, 400,
+                    "InvalidRequest")  # fmt: skip
+        assert "exclu" in msg, msg
+    # with a word to find, exclusions narrow as usual
+    hits = names(get(api, "searchDatasets", {"q": "cell -debris"})["entries"])
+    assert hits and "Debris survey" not in hits
+    assert names(get(api, "searchDatasets", {"q": "single-cell"})["entries"])
+
+
+def test_facets_that_take_too_long_are_left_out(
+    api: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Facet counts are bounded by a statement timeout: past it the page is
+    served without ``facets`` (and the next identical query does not retry at
+    once)."""
+    slow = queries._FACETS_SQL.replace(
+        "FROM {src} WHERE {where})",
+        "FROM {src} WHERE {where} AND pg_sleep(0.05) IS NOT NULL)",
+    )
+    assert slow != queries._FACETS_SQL
+    monkeypatch.setattr(queries, "_FACETS_SQL", slow)
+    monkeypatch.setattr(queries, "FACET_TIMEOUT_MS", 50)
+    monkeypatch.setattr(queries, "FACET_TTL_SECONDS", 3600.0)
+    calls = 0
+    real = queries._count_facets
+
+    async def counting(*a: Any, **kw: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await real(*a, **kw)
+
+    monkeypatch.setattr(queries, "_count_facets", counting)
+    for _ in range(2):
+        body = get(
+            api, "searchDatasets", {"tags": "bulk", "facets": "true", "limit": 2}
+        )
+        assert len(body["entries"]) == 2 and "cursor" in body
+        assert "facets" not in body
+    assert calls == 1
