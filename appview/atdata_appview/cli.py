@@ -1029,21 +1029,44 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def rules_table(fmt: str) -> str:
-    """The AppView's validation rules (:data:`atdata_appview.records.RULES`, ID ->
-    summary) as ``text``, ``markdown`` (the README's table, as ``atdata-gen
-    rules --format markdown``) or ``json``, sorted by ID."""
+def rule_catalogue() -> list[tuple[str, str, str]]:
+    """Every rule ID the AppView reports, ``(id, stage, summary)`` sorted by stage
+    then ID: record validation (:data:`atdata_appview.records.RULES`), the fold
+    (:data:`atdata_appview.indexer.INDEXER_RULES`), schema history
+    (:data:`atdata_appview.history.HISTORY_RULES`) and backfill
+    (:data:`atdata_appview.backfill.RULES`)."""
+    from .backfill import RULES as BACKFILL_RULES
+    from .history import HISTORY_RULES
+    from .indexer import INDEXER_RULES
     from .records import RULES
 
-    rows = sorted((str(k), str(v)) for k, v in RULES.items())
+    stages = (
+        ("record", RULES),
+        ("fold", INDEXER_RULES),
+        ("history", HISTORY_RULES),
+        ("backfill", BACKFILL_RULES),
+    )
+    return [
+        (str(k), stage, str(v))
+        for stage, table in stages
+        for k, v in sorted(table.items())
+    ]
+
+
+def rules_table(fmt: str) -> str:
+    """The AppView's rules (:func:`rule_catalogue`) as ``text``, ``markdown`` (the
+    README's table, as ``atdata-gen rules --format markdown``) or ``json``."""
+    rows = rule_catalogue()
     if fmt == "json":
-        return json.dumps([{"id": i, "summary": s} for i, s in rows], indent=2)
+        return json.dumps(
+            [{"id": i, "stage": st, "summary": s} for i, st, s in rows], indent=2
+        )
     if fmt == "markdown":
-        lines = ["| rule | checks |", "|---|---|"]
-        lines += [f"| `{i}` | {_cell(s)} |" for i, s in rows]
+        lines = ["| rule | stage | checks |", "|---|---|---|"]
+        lines += [f"| `{i}` | {st} | {_cell(s)} |" for i, st, s in rows]
         return "\n".join(lines)
-    width = max((len(i) for i, _ in rows), default=0)
-    return "\n".join(f"{i:<{width}}  {s}" for i, s in rows)
+    width = max((len(i) for i, _, _ in rows), default=0)
+    return "\n".join(f"{i:<{width}}  {st:<8}  {s}" for i, st, s in rows)
 
 
 def _cmd_rules(args: argparse.Namespace) -> int:

@@ -193,21 +193,32 @@ def test_dead_letters_lists_newest_first_filtered_and_escaped(
     )
 
 
-def test_rules_markdown_is_the_av_rule_table() -> None:
+def test_rules_markdown_is_every_rule_registry() -> None:
+    """``rules`` lists the record, fold, history and backfill rules, each once."""
+    from atdata_appview.backfill import RULES as BACKFILL_RULES
+    from atdata_appview.history import HISTORY_RULES
+    from atdata_appview.indexer import INDEXER_RULES
+
+    every = {**RULES, **INDEXER_RULES, **HISTORY_RULES, **BACKFILL_RULES}
     done = cli("rules", "--format", "markdown")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[:2] == ["| rule | checks |", "|---|---|"]
+    assert lines[:2] == ["| rule | stage | checks |", "|---|---|---|"]
     rows = [
-        re.fullmatch(r"\| `(AV_[A-Z0-9_]+)` \| (.+) \|", line) for line in lines[2:]
+        re.fullmatch(r"\| `((?:AV|BF)_[A-Z0-9_]+)` \| ([a-z]+) \| (.+) \|", line)
+        for line in lines[2:]
     ]
     assert all(rows), lines
-    assert [m.group(1) for m in rows if m] == sorted(RULES)
-    assert {m.group(1): m.group(2) for m in rows if m}["AV_BAD_DID"] == RULES[
+    ids = [m.group(1) for m in rows if m]
+    assert sorted(ids) == sorted(every) and len(ids) == len(set(ids))
+    stage = {m.group(1): m.group(2) for m in rows if m}
+    assert stage["AV_BAD_DID"] == "record" and stage["AV_UNVERIFIED"] == "fold"
+    assert stage["BF_BLOCK_CID"] == "backfill"
+    assert {m.group(1): m.group(3) for m in rows if m}["AV_BAD_DID"] == RULES[
         "AV_BAD_DID"
     ]
     as_json = json.loads(cli("rules", "--format", "json").stdout)
-    assert {r["id"]: r["summary"] for r in as_json} == RULES
+    assert {r["id"]: r["summary"] for r in as_json} == every
     assert rules_table("text").splitlines()[0].startswith(min(RULES))
 
 
