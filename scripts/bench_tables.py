@@ -34,11 +34,13 @@ def appview_table(results: dict[str, Any]) -> str:
     s = results["settings"]
     m = results["machine"]
     lines = [
-        f"`scripts/bench_appview`, commit `{results['commit'][:7]}`, {results['date'][:10]}; "
-        f"{m['nproc']} cores (load average {m['load_before'][0]:.1f} before, "
-        f"{m['load_after'][0]:.1f} after); {s['entries']:,} entries, {s['schemas']:,} schemas, "
-        f"{s['lenses']:,} lenses; {s['concurrency']} connections from a separate load process; "
-        f"median (min–max) of {s['runs']} runs.",
+        (
+            f"`scripts/bench_appview`, commit `{results['commit'][:7]}`, {results['date'][:10]}; "
+            f"{m['nproc']} cores (load average {m['load_before'][0]:.1f} before, "
+            f"{m['load_after'][0]:.1f} after); {s['entries']:,} entries, {s['schemas']:,} schemas, "
+            f"{s['lenses']:,} lenses; {s['concurrency']} connections from a separate load process; "
+            f"median (min–max) of {s['runs']} runs."
+        ),
         "",
         "| method | ours: requests/s | ours: p50 / p99 ms | atdata-app: requests/s | atdata-app: p50 / p99 ms | ratio |",
         "|---|---|---|---|---|---|",
@@ -110,9 +112,11 @@ def render(readme: str) -> str:
     for name, make in BLOCKS.items():
         readme = re.sub(
             rf"(<!-- {name}:start -->\n).*?(\n?<!-- {name}:end -->)",
-            lambda mt, make=make: mt.group(1) + make() + f"\n<!-- {name}:end -->",
+            lambda mt, make=make, name=name: (
+                mt.group(1) + make() + f"\n<!-- {name}:end -->"
+            ),
             readme,
-            flags=re.S,
+            flags=re.DOTALL,
         )
     return readme
 
