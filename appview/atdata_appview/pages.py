@@ -562,6 +562,31 @@ _UNAVAILABLE: Final = (
 timeout): a 503 page."""
 
 
+_UNENCODABLE: Final = (
+    asyncpg.exceptions.CharacterNotInRepertoireError,
+    asyncpg.exceptions.UntranslatableCharacterError,
+)
+"""PostgreSQL refusing a parameter's text (U+0000 above all): a bad request."""
+
+
+def _refuse_nul(request: object) -> Response | None:
+    """A 404 page when a path part of ``request`` holds U+0000 (no record can be
+    named so), a 400 page when a query parameter does (PostgreSQL ``text`` cannot
+    hold it; XRPC refuses it the same way), else ``None``."""
+    if not isinstance(request, fastapi.Request):
+        return None
+    if any("\x00" in str(v) for v in request.path_params.values()):
+        return _render("error.html", 404, title="Not found", message="No such record.")
+    if any("\x00" in k + v for k, v in request.query_params.multi_items()):
+        return _render(
+            "error.html",
+            400,
+            title="Bad request",
+            message="A parameter holds U+0000 (NUL), which no value may contain.",
+        )
+    return None
+
+
 def _guarded(
     handler: Callable[P, Awaitable[Response]],
 ) -> Callable[P, Awaitable[Response]]:
@@ -570,12 +595,23 @@ def _guarded(
 
     @functools.wraps(handler)
     async def wrapped(*args: P.args, **kwargs: P.kwargs) -> Response:
+        refused = _refuse_nul(kwargs.get("request"))
+        if refused is not None:
+            return refused
         try:
             return await handler(*args, **kwargs)
         except _NotFound as exc:
             return _render("error.html", 404, title="Not found", message=exc.what)
         except _BadRequest as exc:
             return _render("error.html", 400, title="Bad request", message=exc.message)
+        except _UNENCODABLE as exc:  # text PostgreSQL cannot hold: the client's
+            log.info("page %s: refused text: %s", handler.__name__, exc.sqlstate)
+            return _render(
+                "error.html",
+                400,
+                title="Bad request",
+                message="The address holds a character the index cannot store.",
+            )
         except _UNAVAILABLE:
             log.exception("page %s: database unavailable", handler.__name__)
             return _render(

@@ -1021,3 +1021,39 @@ def test_links_and_commands_are_built_from_parts() -> None:
         "from atdata_runtime.shards import Dataset\n"
         'ds = Dataset.from_atproto("at://x/y/\\"z")'
     )
+
+
+# -- hostile addresses: a NUL byte (PostgreSQL text cannot hold U+0000) -------------
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/?q=%00", 400),
+        ("/?q=cells%00x", 400),
+        ("/?tags=%00", 400),
+        ("/?schema=%00", 400),
+        ("/?license=%00", 400),
+        ("/?storage=%00", 400),
+        ("/?cursor=%00", 400),
+        ("/schemas?cursor=%00", 400),
+        (f"/schema/{ALICE}/%00", 404),
+        (f"/schema/{ALICE}/%00/graph.svg", 404),
+        (f"/dataset/{ALICE}/%00", 404),
+        (f"/lens/{ALICE}/%00", 404),
+        ("/dataset/did:plc:x%00/3laaaaaaaaaa2", 404),
+        ("/profile/%00", 404),
+        ("/profile/alice%00.test", 404),
+    ],
+)
+def test_nul_bytes_are_a_client_error_page_not_a_500(
+    site: Site, caplog: pytest.LogCaptureFixture, path: str, status: int
+) -> None:
+    caplog.set_level("INFO")
+    r = httpx.get(site.url + path)
+    assert r.status_code == status, r.text[:300]
+    assert r.headers["content-security-policy"] == pages.CSP
+    assert "\x00" not in r.text
+    assert [
+        rec.getMessage() for rec in caplog.records if rec.exc_info is not None
+    ] == []
