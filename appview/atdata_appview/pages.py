@@ -68,11 +68,13 @@ from pydantic import ValidationError
 from . import cursors, queries, svg
 
 __all__ = [
+    "BIDI_CONTROLS",
     "CSP",
     "PAGE_SIZE",
     "FieldRow",
     "ShardRow",
     "load_snippet",
+    "neutral_text",
     "pull_line",
     "render_screenshot",
     "router",
@@ -111,6 +113,28 @@ router = fastapi.APIRouter(include_in_schema=False)
 
 # -- templates --------------------------------------------------------------------
 
+BIDI_CONTROLS: Final = (
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+"""The bidirectional formatting characters (UAX #9 § 2: ALM, LRM, RLM, the
+embeddings and overrides LRE RLE PDF LRO RLO, the isolates LRI RLI FSI PDI)."""
+_BIDI_MARKERS: Final = {ord(c): f"\u27e8U+{ord(c):04X}\u27e9" for c in BIDI_CONTROLS}
+
+
+def neutral_text(value: object) -> object:
+    """``value`` with every :data:`BIDI_CONTROLS` character replaced by a visible
+    marker (``⟨U+202E⟩``), so record text cannot reorder what follows it (an
+    override in a name would mirror the heading and the ``<title>``); other
+    values (and :class:`markupsafe.Markup` built by this module, such as the SVG,
+    whose own isolates are cleaned by :func:`atdata_appview.svg.xml_text`) as
+    they are. The environment's ``finalize`` hook: applied to every ``{{ }}``
+    output before autoescape. Right-to-left letters are kept (``dir="auto"`` and
+    ``<bdi>`` isolate them)."""
+    if isinstance(value, str) and not isinstance(value, markupsafe.Markup):
+        return value.translate(_BIDI_MARKERS)
+    return value
+
+
 _env = jinja2.Environment(
     loader=jinja2.PackageLoader("atdata_appview", "templates"),
     autoescape=True,
@@ -118,6 +142,7 @@ _env = jinja2.Environment(
     undefined=jinja2.Undefined,
     trim_blocks=True,
     lstrip_blocks=True,
+    finalize=neutral_text,
 )
 
 

@@ -81,10 +81,10 @@ _FONT: Final = "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif"
 
 _BAD_XML = re.compile(
     "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\ud800-\udfff\ufffe\uffff"
-    "\u202a-\u202e\u2066-\u2069]"
+    "\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]"
 )
 """Characters XML 1.0 (§ 2.2 ``Char``) forbids or discourages, and the bidi
-embedding/override/isolate controls (UAX #9 § 2)."""
+embedding/override/isolate controls and the marks LRM, RLM, ALM (UAX #9 § 2)."""
 
 # layout (user units; 1 unit = 1 CSS px at scale 1)
 _VW, _VH = 120, 44  # version box

@@ -15,6 +15,7 @@ printed.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import json
 import os
@@ -1057,3 +1058,82 @@ def test_nul_bytes_are_a_client_error_page_not_a_500(
     assert [
         rec.getMessage() for rec in caplog.records if rec.exc_info is not None
     ] == []
+
+
+# -- bidi controls in record text ------------------------------------------------------
+
+RLO_NAME = "\u202eevil.exe gpj"
+BIDI_TEXTS = {
+    "description": "before \u2066isolated\u2069 \u202bembedded\u202c \u200fmark\u200e end",
+    "tag": "\u061ctag\u202d",
+}
+
+
+def test_bidi_controls_are_shown_as_markers_on_every_page(
+    pg: PostgresCluster,
+) -> None:
+    """A record naming itself with U+202E (RIGHT-TO-LEFT OVERRIDE) must not mirror
+    the page's heading or ``<title>``: every bidi control of record text is
+    shown as a visible ``⟨U+XXXX⟩`` marker (UAX #9 § 2: embeddings, overrides,
+    isolates, marks); genuine right-to-left text keeps its letters."""
+    from fastapi.testclient import TestClient
+
+    log = LogWriter()
+    schema = cellcrop("1.0.0") | {"description": "\u2067schema text"}
+    s_uri = at(MALLORY, SCHEMA, schema_rkey("CellCrop", "1.0.0"))
+    rec = entry(
+        RLO_NAME,
+        s_uri,
+        http_storage("https://evil.example/bidi.tar"),
+        tags=[BIDI_TEXTS["tag"], HEBREW],
+        description=BIDI_TEXTS["description"] + " " + ARABIC,
+    )
+    rows = [
+        log.identity(MALLORY, "mallory.test"),
+        log.create(MALLORY, SCHEMA, schema_rkey("CellCrop", "1.0.0"), schema,
+                   cid=record_cid(schema)),
+        log.create(MALLORY, ENTRY, "3lbidiaaaaaa2", rec, cid=record_cid(rec)),
+    ]  # fmt: skip
+    dsn = pg.create_database("pages_bidi")
+    # in a thread: Playwright's sync API may hold this thread's event loop
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, fill(dsn, rows)).result(120)
+    app = create_app(Settings.from_env({"ATDATA_APPVIEW_DSN": dsn}, rate_per_second=0))
+    controls = (
+        "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+    )
+    with TestClient(app) as client:
+        r = client.get(f"/dataset/{MALLORY}/3lbidiaaaaaa2")
+        assert r.status_code == 200
+        text = r.text
+        assert not any(c in text for c in controls), [
+            f"U+{ord(c):04X}" for c in controls if c in text
+        ]
+        title = text.split("<title>", 1)[1].split("</title>", 1)[0]
+        assert title.startswith("⟨U+202E⟩evil.exe gpj")
+        assert '<h1 class="name" dir="auto">⟨U+202E⟩evil.exe gpj</h1>' in text
+        for marker in ("2066", "2069", "202B", "202C", "200F", "200E", "061C", "202D"):
+            assert f"⟨U+{marker}⟩" in text, marker
+        # right-to-left letters are untouched (and still isolated by dir="auto")
+        assert ARABIC in text and HEBREW in text
+        for path in ("/", "/?q=gpj", "/profile/mallory.test"):
+            page = client.get(path)
+            assert page.status_code == 200
+            assert "\u202e" not in page.text and "⟨U+202E⟩evil" in page.text, path
+        page = client.get("/schema/" + MALLORY + "/" + schema_rkey("CellCrop", "1.0.0"))
+        assert page.status_code == 200
+        # the SVG's own isolates (U+2068/U+2069 around each label) are the only ones
+        body = page.text.replace(
+            page.text[page.text.index("<svg") : page.text.index("</svg>")], ""
+        )
+        assert "\u2067" not in page.text and "⟨U+2067⟩schema text" in body
+
+
+def test_neutral_text_filter() -> None:
+    assert pages.neutral_text("a\u202eb") == "a⟨U+202E⟩b"
+    assert pages.neutral_text(ARABIC) == ARABIC
+    assert pages.neutral_text(7) == 7
+    html = pages._env.from_string('<p title="{{ x }}">{{ x }}</p>').render(
+        x="\u202e<b>"
+    )
+    assert html == '<p title="⟨U+202E⟩&lt;b&gt;">⟨U+202E⟩&lt;b&gt;</p>'

@@ -241,6 +241,8 @@ def test_xml_text() -> None:
     )
     assert xml_text("a\x00b\x1fc\ufffe\u202e") == "a\ufffdb\ufffdc\ufffd\ufffd"
     assert xml_text("tab\tnl\ncr\r") == "tab\tnl\ncr\r"
+    # the bidi marks too (LRM, RLM, ALM): the same as the pages' markers
+    assert xml_text("\u200ea\u200f\u061c") == "\ufffda\ufffd\ufffd"
 
 
 def test_semver_key_orders_by_precedence() -> None:
