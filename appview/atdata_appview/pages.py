@@ -287,6 +287,7 @@ _env.globals.update(
     profile_href=profile_href,
     search_href=_search_href,
     external_href=_external_href,
+    verdict_label=svg.verdict_label,
 )
 
 

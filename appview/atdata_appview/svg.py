@@ -9,8 +9,9 @@ document (text):
   by its text), the current one drawn thicker;
 - between two consecutive versions an arrow coloured by the verdict
   (``compatible`` green, ``breaking`` red, ``incomparable`` grey, no verdict
-  stored: dashed grey and ``unchecked``), labelled with the verdict and, when
-  they differ, the declared and the needed bump;
+  stored: dashed grey and ``unchecked``), labelled with the verdict (a
+  compatible change that needs a declared major bump: ``breaking ✓``, green;
+  :func:`verdict_label`) and, when they differ, the declared and the needed bump;
 - a lens from one of these versions to another schema is an arrow up to that
   schema's box (the row above); a lens from another schema is an arrow up from
   the row below; a lens between two versions of this name is an arc under the row.
@@ -56,6 +57,7 @@ __all__ = [
     "Version",
     "schema_graph",
     "semver_key",
+    "verdict_label",
     "xml_text",
 ]
 
@@ -224,8 +226,35 @@ def _window(count: int, current: int | None, size: int) -> tuple[int, int]:
 _BUMPS: Final = ("none", "patch", "minor", "major")
 
 
+def verdict_label(verdict: str, needed_bump: str | None) -> str:
+    """The verdict as a reader takes it: the checker's ``compatible`` only says
+    the declared bump covers the changes, so a change that needs a ``major`` bump
+    (and declares one) is ``breaking, declared major ✓``; other compatible
+    changes name the bump they need (``compatible (minor)``, ``compatible
+    (patch)``; ``compatible`` when none); any other verdict as stored. The XRPC
+    verdict values are not changed (Lexicon ``defs#compatVerdict``)."""
+    if verdict != "compatible":
+        return verdict
+    if needed_bump == "major":
+        return "breaking, declared major \u2713"
+    if needed_bump in ("minor", "patch"):
+        return f"compatible ({needed_bump})"
+    return "compatible"
+
+
+def _short_verdict(v: Verdict) -> str:
+    """The verdict line of an edge (at most 16 units): ``breaking ✓`` for a
+    declared major change, else the stored verdict."""
+    if v.verdict == "compatible" and v.needed_bump == "major":
+        return "breaking \u2713"
+    return v.verdict
+
+
 def _bump_text(v: Verdict) -> str:
-    """The declared bump, and the needed one when it is larger (semver order)."""
+    """The declared bump, and the needed one when it is larger (semver order);
+    ``declared major`` under a :func:`_short_verdict` of ``breaking ✓``."""
+    if v.verdict == "compatible" and v.needed_bump == "major":
+        return "declared major"
     d, n = v.declared_bump, v.needed_bump
     if d in _BUMPS and n in _BUMPS and _BUMPS.index(n) > _BUMPS.index(d):
         return f"{d}, needs {n}"
@@ -398,7 +427,11 @@ def schema_graph(
         x1, x2 = _vx(i) + _VW, _vx(i + 1)
         cy = row_y + _VH / 2
         dash = ' stroke-dasharray="5 4"' if vd is None else ""
-        tip = f"{a.version} → {b.version}: {verdict}"
+        shown_verdict = _short_verdict(vd) if vd is not None else verdict
+        long_verdict = (
+            verdict_label(vd.verdict, vd.needed_bump) if vd is not None else verdict
+        )
+        tip = f"{a.version} → {b.version}: {long_verdict}"
         if vd is not None:
             tip += f" ({vd.findings} finding{'s' if vd.findings != 1 else ''})"
             bump = _bump_text(vd)
@@ -411,7 +444,7 @@ def schema_graph(
             f'marker-end="url(#arrow-{key})"/>'
             f'<text class="verdict" x="{(x1 + x2) / 2:g}" y="{cy - 8:g}" '
             f'text-anchor="middle" font-size="12" font-weight="600" '
-            f'fill="{colour}">{_label(verdict, 16)}</text>'
+            f'fill="{colour}">{_label(shown_verdict, 16)}</text>'
         )
         if vd is not None and _bump_text(vd):
             out.append(
@@ -521,7 +554,8 @@ def _describe(
     parts = [f"{len(shown)} version{'s' if len(shown) != 1 else ''} of {name}"]
     for a, b in itertools.pairwise(shown):
         v = by_pair.get((a.version, b.version))
-        parts.append(f"{a.version} to {b.version}: {v.verdict if v else 'unchecked'}")
+        said = verdict_label(v.verdict, v.needed_bump) if v else "unchecked"
+        parts.append(f"{a.version} to {b.version}: {said}")
     n = len(up) + len(down) + len(inner)
     if n:
         parts.append(f"{n} lens{'es' if n != 1 else ''}")

@@ -126,7 +126,10 @@ def cellcrop(version: str) -> dict[str, Any]:
 
 
 CELLCROP_VERSIONS = ["1.0.0", "1.1.0", "1.2.0", "2.0.0"]
-EXPECTED_VERDICTS = ["compatible", "breaking", "compatible"]
+EXPECTED_VERDICTS = ["compatible", "breaking", "breaking ✓"]
+"""The graph's verdict lines: 2.0.0 removes what 1.2.0 had, under a declared
+major bump (the checker's ``compatible``: drawn as breaking, declared, green)."""
+EXPECTED_HISTORY = ["compatible (minor)", "breaking", "breaking, declared major ✓"]
 
 
 def checksum(n: int) -> dict[str, str]:
@@ -677,7 +680,11 @@ def test_schema_page_fields_history_and_graph(
     # the history lists the same verdicts
     assert [
         t for t in p.locator("ol.versions .verdict").all_inner_texts()
-    ] == EXPECTED_VERDICTS
+    ] == EXPECTED_HISTORY
+    # a declared major change is still drawn green (it is what the bump says)
+    assert p.locator("ol.versions .verdict").nth(2).get_attribute("class") == (
+        "verdict verdict-compatible"
+    )
     assert p.locator("section.pull pre").first.inner_text() == f"atdata-gen pull {uri}"
     assert (
         "atdata-gen pull @alice.test/CellCrop@1.1.0"

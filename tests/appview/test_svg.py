@@ -105,6 +105,54 @@ def test_versions_in_semver_order_with_verdicts_on_the_edges() -> None:
     assert "2.0.0" in "".join(current[0].itertext())
 
 
+def test_a_breaking_change_under_a_declared_major_bump_is_not_called_compatible() -> (
+    None
+):
+    """The checker's ``compatible`` only says the declared bump covers the changes:
+    a change that needs a major bump, declared as one, is drawn as breaking (and
+    declared, ✓, still green); the others name the bump they need."""
+    vs = versions("1.0.0", "1.1.0", "2.0.0", "2.0.1")
+    verdicts = [
+        Verdict("1.0.0", "1.1.0", "compatible", "minor", "minor"),
+        Verdict("1.1.0", "2.0.0", "compatible", "major", "major", 3),
+        Verdict("2.0.0", "2.0.1", "compatible", "patch", "none"),
+    ]
+    root = parse(schema_graph("CellCrop", vs, verdicts))
+    assert [strip_isolates(t) for t in texts(root, "verdict")] == [
+        "compatible",
+        "breaking ✓",
+        "compatible",
+    ]
+    assert [strip_isolates(t) for t in texts(root, "bump")] == [
+        "minor",
+        "declared major",
+        "patch",
+    ]
+    edges = groups(root, "compat")
+    assert [e.find("s:line", NS).get("stroke") for e in edges] == [  # type: ignore[union-attr]
+        VERDICT_COLOURS["compatible"]
+    ] * 3
+    tips = [e.find("s:title", NS).text or "" for e in edges]  # type: ignore[union-attr]
+    assert "breaking, declared major ✓" in tips[1]
+    assert "compatible (minor)" in tips[0]
+    desc = root.find("s:desc", NS)
+    assert desc is not None and "1.1.0 to 2.0.0: breaking, declared major ✓" in (
+        desc.text or ""
+    )
+
+
+def test_verdict_label() -> None:
+    from atdata_appview.svg import verdict_label
+
+    assert verdict_label("compatible", "major") == "breaking, declared major ✓"
+    assert verdict_label("compatible", "minor") == "compatible (minor)"
+    assert verdict_label("compatible", "patch") == "compatible (patch)"
+    assert verdict_label("compatible", "none") == "compatible"
+    assert verdict_label("compatible", None) == "compatible"
+    assert verdict_label("breaking", "major") == "breaking"
+    assert verdict_label("incomparable", None) == "incomparable"
+
+
 def test_lenses_are_drawn_to_and_from_other_schemas_and_inside_the_name() -> None:
     vs = versions("1.0.0", "2.0.0")
     other = uri("ImageSample", "1.0.0", "did:plc:b")
