@@ -28,8 +28,10 @@ task per request) before routing:
   (declared by ``Content-Length`` or counted as it streams);
 - rate limits: a token bucket per client address (``rate_per_second`` refill,
   ``rate_burst`` deep; :class:`atdata_ingest.ratelimit.RateLimiter`, the one the
-  ingester's consumer API uses), IPv6 clients counted per ``/64``. An empty
-  bucket is ``429 RateLimitExceeded`` with ``Retry-After`` (integer seconds).
+  ingester's consumer API uses), IPv6 clients counted per ``/64``. A request
+  takes one token, a dear one more (:func:`request_cost`: getLensPath 10,
+  facets 5). An empty bucket is ``429 RateLimitExceeded`` with ``Retry-After``
+  (integer seconds).
   ``/health`` and ``/static/`` are not counted. The client is the TCP peer;
   behind a reverse proxy list it in ``trusted_proxies`` (uvicorn then takes the
   client from ``X-Forwarded-For``);
@@ -56,6 +58,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
@@ -72,10 +75,12 @@ from .config import Settings
 
 __all__ = [
     "API_CSP",
+    "FACETS_COST",
     "HEALTH_TIMEOUT_S",
     "MAX_HEADERS",
     "MAX_PATH_BYTES",
     "PAGE_CSP",
+    "REQUEST_COSTS",
     "SERVICE_ID",
     "SERVICE_TYPE",
     "Guard",
@@ -85,6 +90,7 @@ __all__ = [
     "error_response",
     "health_status",
     "open_pool",
+    "request_cost",
     "server_config",
 ]
 
@@ -116,6 +122,30 @@ API_CSP: Final = "default-src 'none'; frame-ancestors 'none'"
 _CORS_PREFIXES: Final = ("/xrpc/", "/.well-known/")
 _UNCOUNTED_PREFIXES: Final = ("/static/",)
 _UNCOUNTED_PATHS: Final = frozenset({"/health"})
+
+REQUEST_COSTS: Final = {"/xrpc/science.alt.dataset.getLensPath": 10.0}
+"""Rate-limit tokens a request of these paths takes (any other: 1): a lens path
+may compile records and compare versions for up to
+:data:`atdata_appview.lenspath.SEARCH_BUDGET_SECONDS`."""
+
+FACETS_COST: Final = 5.0
+"""Tokens of a request that counts facets over every match: searchDatasets with
+``facets=true``, and the home page (``/``, which always shows them)."""
+
+_FACETED_PATHS: Final = frozenset({"/xrpc/science.alt.dataset.searchDatasets"})
+
+
+def request_cost(path: str, query: bytes) -> float:
+    """The rate-limit tokens of a request to ``path`` with query string ``query``
+    (:data:`REQUEST_COSTS`, :data:`FACETS_COST`; else 1)."""
+    if path == "/":
+        return FACETS_COST
+    if path in _FACETED_PATHS and b"facets" in query:
+        pairs = urllib.parse.parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+        if any(k == "facets" and v == "true" for k, v in pairs):
+            return FACETS_COST
+    return REQUEST_COSTS.get(path, 1.0)
+
 
 _HTTP_NAMES: Final = {
     400: "InvalidRequest",
@@ -399,15 +429,17 @@ class Guard:
             and path not in _UNCOUNTED_PATHS
             and not path.startswith(_UNCOUNTED_PREFIXES)
         ):
-            wait = self.limiter.check(_client_key(scope), self.rate, self.burst)
+            cost = request_cost(path, scope.get("query_string", b""))
+            wait = self.limiter.check(_client_key(scope), self.rate, self.burst, cost)
             if wait > 0:
                 after = retry_after_header(wait)
+                dear = f" (this request costs {cost:g})" if cost != 1 else ""
                 return (
                     429,
                     "RateLimitExceeded",
                     (
                         f"rate limit of {self.rate:g} requests/s per client (burst "
-                        f"{self.burst}) exceeded; retry after {after} s"
+                        f"{self.burst}) exceeded{dear}; retry after {after} s"
                     ),
                     [(b"retry-after", after.encode())],
                 )

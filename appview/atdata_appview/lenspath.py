@@ -25,12 +25,23 @@ How (bounded everywhere; nothing of a record is ever executed):
    to the target).
 3. Each kept schema record is compiled to a class
    (:func:`atdata_gen.dynamic.compile_schema_record`; records bounded to
-   :data:`atdata_appview.history.MAX_RECORD_BYTES`, ``MAX_FIELDS`` fields and the
-   compiler's JSON depth;
-   classes cached by AT-URI and CID, :data:`CACHE_SIZE`, LRU); a record that does
-   not compile is left out of the graph. Each lens record becomes a
-   :class:`~atdata_runtime.lenses.Lens` whose getter raises (it is never run);
-   the graph's :meth:`~atdata_runtime.lenses.LensGraph.path` gives the chain.
+   :data:`atdata_appview.history.MAX_RECORD_BYTES`, :data:`MAX_LENS_FIELDS`
+   fields and the compiler's JSON depth; classes cached by AT-URI and CID,
+   :data:`CACHE_SIZE`, LRU); a record that does not compile is left out of the
+   graph. The structural step between two versions of one name is
+   :func:`~atdata_runtime.lenses.structural_lens`, computed once per pair of
+   (AT-URI, CID) and cached (:data:`STRUCTURAL_CACHE_SIZE`). Each class is its own
+   schema to the runtime's :class:`~atdata_runtime.lenses.LensGraph` (its
+   ``schema_name`` is its AT-URI), which is given the lens records (as lenses
+   whose getter raises: never run) and those structural steps (``origin``
+   ``structural``); the graph's :meth:`~atdata_runtime.lenses.LensGraph.path`
+   gives the chain.
+4. Steps 3's work (compiling, structural steps, the graph search) runs in one
+   worker thread (:data:`WORKERS`), never on the event loop, within
+   :data:`SEARCH_BUDGET_SECONDS` of the request's start (time waiting for the
+   worker counts): past it the search stops and is :class:`LensPathNotFound`
+   with ``exhausted`` (what was compiled or compared is kept in the caches, so a
+   retry goes further).
 
 Errors: :class:`SchemaNotFound` (the source or target AT-URI is not indexed) and
 :class:`LensPathNotFound` (with the schemas the source does reach), the Lexicon's
@@ -40,6 +51,7 @@ Errors: :class:`SchemaNotFound` (the source or target AT-URI is not indexed) and
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import time
 from collections import OrderedDict, deque
@@ -50,18 +62,21 @@ from typing import Any, Final, NamedTuple
 import asyncpg
 from atdata_gen.dynamic import compile_schema_record
 from atdata_gen.sources import MAX_JSON_DEPTH, json_too_deep
-from atdata_runtime.lenses import Lens, LensGraph, LensNotFoundError
+from atdata_runtime.lenses import Lens, LensGraph, LensNotFoundError, structural_lens
 from atdata_runtime.samples import PackableSample
 
-from .history import MAX_FIELDS, MAX_RECORD_BYTES, field_count
+from .history import MAX_RECORD_BYTES, field_count
 
 __all__ = [
     "CACHE_SIZE",
-    "COMPILE_BUDGET_SECONDS",
     "MAX_CANDIDATES",
     "MAX_EDGES",
+    "MAX_LENS_FIELDS",
     "MAX_STEPS",
     "MAX_VERSIONS_PER_NAME",
+    "SEARCH_BUDGET_SECONDS",
+    "STRUCTURAL_CACHE_SIZE",
+    "WORKERS",
     "LensPathError",
     "LensPathNotFound",
     "SchemaNotFound",
@@ -76,10 +91,14 @@ MAX_STEPS: Final = 16
 MAX_CANDIDATES: Final = 500
 """At most this many schemas are gathered for one search."""
 
-MAX_VERSIONS_PER_NAME: Final = 64
+MAX_VERSIONS_PER_NAME: Final = 16
 """At most this many versions of one schema name are gathered (the given one and
-the newest): each pair of them is a candidate structural step, so the graph's work
-grows with the square of this."""
+the newest): each ordered pair of them is a candidate structural step, so the
+graph's work grows with the square of this."""
+
+MAX_LENS_FIELDS: Final = 256
+"""Schema records of more fields than this are left out of lens paths (a
+structural step compares every field of two versions)."""
 
 MAX_EDGES: Final = 2000
 """At most this many lens records are gathered for one search."""
@@ -87,13 +106,22 @@ MAX_EDGES: Final = 2000
 MAX_REACHABLE: Final = 100
 """At most this many reachable schemas are named by :class:`LensPathNotFound`."""
 
-COMPILE_BUDGET_SECONDS: Final = 2.0
-"""Compiling stops after this much time in one search; the schemas not compiled by
-then are left out (and the search says so, ``truncated``)."""
+SEARCH_BUDGET_SECONDS: float = 2.0
+"""Most time one search may take from its start to the end of its graph work
+(compiling, structural steps, the graph search), seconds; past it the search
+ends with :class:`LensPathNotFound` (``exhausted``)."""
+
+WORKERS: Final = 1
+"""Threads doing the graph work of every search of the process (one: the work
+is pure Python, so more threads would only contend for the interpreter with the
+event loop); searches queue for it, their budget running."""
 
 CACHE_SIZE: Final = 8192
 """Compiled classes kept in-process, keyed by (AT-URI, CID); about 8 KB each for
 atdata's corpus schemas, so at most ~64 MB. A class costs 1-2 ms to compile."""
+
+STRUCTURAL_CACHE_SIZE: Final = 65536
+"""Structural-step verdicts kept in-process, keyed by the two (AT-URI, CID)."""
 
 SCHEMA_COLLECTION: Final = "science.alt.dataset.schema"
 
@@ -125,12 +153,15 @@ class SchemaNotFound(LensPathError):
 
 class LensPathNotFound(LensPathError):
     """No chain of at most ``max_steps`` lenses leads from ``source`` to ``target``
-    (AT-URIs; XRPC error ``LensPathNotFound``). ``reachable``: the schemas (AT-URIs)
-    the source does reach within ``max_steps``, nearest first, at most
-    :data:`MAX_REACHABLE`; ``truncated``: the search hit a bound
-    (:data:`MAX_CANDIDATES`, :data:`MAX_EDGES`, the compile budget), so a longer
-    search might find more; ``uncompiled``: candidate schemas left out because
-    their record does not compile."""
+    (AT-URIs; XRPC error ``LensPathNotFound``), or none was found within the
+    search budget (``exhausted``: :data:`SEARCH_BUDGET_SECONDS`; the search may
+    go further when asked again). ``reachable``: the schemas (AT-URIs) the source
+    does reach within ``max_steps``, nearest first, at most :data:`MAX_REACHABLE`
+    (empty when ``exhausted``); ``truncated``: the search hit a bound
+    (:data:`MAX_CANDIDATES`, :data:`MAX_EDGES`, :data:`MAX_VERSIONS_PER_NAME`,
+    the budget), so a longer search might find more; ``uncompiled``: candidate
+    schemas left out because their record does not compile or has more than
+    :data:`MAX_LENS_FIELDS` fields."""
 
     def __init__(
         self,
@@ -141,18 +172,30 @@ class LensPathNotFound(LensPathError):
         max_steps: int,
         truncated: bool = False,
         uncompiled: Sequence[str] = (),
+        exhausted: bool = False,
     ) -> None:
         self.source, self.target = source, target
         self.reachable = list(reachable)[:MAX_REACHABLE]
         self.max_steps = max_steps
-        self.truncated = truncated
+        self.truncated = truncated or exhausted
+        self.exhausted = exhausted
         self.uncompiled = list(uncompiled)
+        if exhausted:
+            super().__init__(
+                f"no chain from {source} to {target} found within the search "
+                f"budget ({SEARCH_BUDGET_SECONDS:g} s): search budget exhausted; "
+                "asking again may go further"
+            )
+            return
         shown = ", ".join(self.reachable[:10]) or "none"
         if len(self.reachable) > 10:
             shown += f" and {len(self.reachable) - 10} more"
         note = " (search bounded: candidates truncated)" if truncated else ""
         if target in self.uncompiled or source in self.uncompiled:
-            note += " (a schema record of the pair does not compile)"
+            note += (
+                " (a schema record of the pair does not compile or has more than "
+                f"{MAX_LENS_FIELDS} fields)"
+            )
         super().__init__(
             f"no chain of at most {max_steps} lenses from {source} to {target}"
             f"{note}; the source reaches: {shown}"
@@ -274,9 +317,11 @@ handle as ``appview_accounts.verified_handle`` has it now: verified, never a mer
 claim)."""
 
 _RECORDS_SQL: Final = (
-    "SELECT uri, cid, record::text AS record FROM appview_schemas "
-    "WHERE uri = ANY($1::text[])"
+    "SELECT uri, cid, CASE WHEN field_count <= $2 THEN record::text END AS record "
+    "FROM appview_schemas WHERE uri = ANY($1::text[])"
 )
+"""The records of the schema AT-URIs ``$1``, their text only when they have at
+most ``$2`` fields."""
 
 _LENSES_SQL: Final = """
 SELECT l.*, a.verified_handle AS handle FROM appview_lenses l
@@ -488,49 +533,212 @@ def _distances(c: _Candidates, start: str, reverse: bool) -> dict[str, int]:
     return dist
 
 
-# -- classes ---------------------------------------------------------------------------
+# -- classes and the graph (the worker) ----------------------------------------------
 
 _classes: OrderedDict[tuple[str, str], type[PackableSample] | None] = OrderedDict()
+"""(AT-URI, CID) → class (``None``: does not compile); read and written on the
+event loop only."""
+
+_structural: OrderedDict[tuple[tuple[str, str], tuple[str, str]], bool] = OrderedDict()
+"""((AT-URI, CID) of a version, of another version of its name) → whether the
+structural lens between them exists; read and written in the worker only."""
+
+_executor: concurrent.futures.ThreadPoolExecutor | None = None
 
 
 def clear_cache() -> None:
-    """Forget every compiled class (tests, benchmarks)."""
+    """Forget every compiled class and structural verdict (tests, benchmarks)."""
     _classes.clear()
+    _structural.clear()
+
+
+def _worker() -> concurrent.futures.ThreadPoolExecutor:
+    global _executor
+    if _executor is None:
+        _executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=WORKERS, thread_name_prefix="atdata-lenspath"
+        )
+    return _executor
 
 
 def _compile(uri: str, cid: str, did: str, text: str) -> type[PackableSample] | None:
     """The class of one schema record's JSON text, or ``None`` when it does not
-    compile (or is too large or too deep). Its ``schema_name`` is made unique per
-    publisher (``did name``), so that structural lenses join only the versions of
-    one publisher's schema."""
+    compile (or is too large, too deep, or has more than :data:`MAX_LENS_FIELDS`
+    fields). Its ``schema_name`` is its AT-URI: to the graph, each record is a
+    schema of its own, the structural steps are given to it (:func:`_work`)."""
     if len(text) > MAX_RECORD_BYTES or json_too_deep(text, MAX_JSON_DEPTH):
         return None
     try:
         record = json.loads(text)
-        if not isinstance(record, dict) or field_count(record) > MAX_FIELDS:
+        if not isinstance(record, dict) or field_count(record) > MAX_LENS_FIELDS:
             return None
         cls = compile_schema_record(record, uri=uri, cid=cid)
     except Exception:  # noqa: BLE001 - a hostile record must not fail the query
         return None
-    cls.schema_name = f"{did} {cls.schema_name}"
+    cls.schema_name = uri
     return cls
 
 
-def _compile_all(
-    todo: list[tuple[str, str, str, str]], deadline: float
-) -> dict[tuple[str, str], type[PackableSample] | None]:
-    out: dict[tuple[str, str], type[PackableSample] | None] = {}
-    for uri, cid, did, text in todo:
-        if time.monotonic() > deadline:
-            break
-        out[(uri, cid)] = _compile(uri, cid, did, text)
-    return out
+def _never(*_: Any) -> Any:
+    raise RuntimeError("a lens record's code is never run by the AppView")
 
 
-async def _classes_for(
-    conn: asyncpg.Connection, nodes: Sequence[_Node]
-) -> tuple[dict[str, type[PackableSample]], list[str], bool]:
-    """(AT-URI → class, AT-URIs that do not compile, budget exceeded)."""
+@dataclass
+class _Job:
+    """The graph work of one search step, done in the worker: ``nodes`` (the
+    candidates to use), ``found`` (their cached classes), ``todo`` (records to
+    compile: AT-URI, CID, DID, JSON text), the lens ``edges``, the ``source``
+    and ``target`` (``None``: what the source reaches), ``bound`` (steps) and the
+    ``deadline`` (``time.monotonic()``)."""
+
+    nodes: list[_Node]
+    found: dict[str, type[PackableSample]]
+    todo: list[tuple[str, str, str, str]]
+    edges: list[_Edge]
+    source: str
+    target: str | None
+    bound: int
+    deadline: float
+
+
+@dataclass
+class _Outcome:
+    """What the worker did: ``made`` (compiled: (AT-URI, CID) → class or
+    ``None``), ``chain`` (``(kind, source, target, lens AT-URI or None)`` steps, or
+    ``None``), ``reachable`` (AT-URIs, nearest first), ``over`` (the deadline
+    passed: the rest is not to be trusted)."""
+
+    made: dict[tuple[str, str], type[PackableSample] | None]
+    chain: list[tuple[str, str, str, str | None]] | None = None
+    reachable: list[str] = field(default_factory=list)
+    over: bool = False
+
+
+def _structural_pairs(
+    nodes: Sequence[_Node], classes: dict[str, type[PackableSample]], deadline: float
+) -> tuple[list[tuple[str, str]], bool]:
+    """The structural steps (source, target AT-URIs) between the versions of each
+    name among ``nodes`` with a class, from the cache or
+    :func:`~atdata_runtime.lenses.structural_lens`; and whether the deadline
+    passed before all were known."""
+    groups: dict[tuple[str, str], list[_Node]] = {}
+    for n in nodes:
+        if n.uri in classes:
+            groups.setdefault((n.did, n.name), []).append(n)
+    out: list[tuple[str, str]] = []
+    computed = 0
+    for members in groups.values():
+        for a in members:
+            for b in members:
+                if a is b:
+                    continue
+                key = ((a.uri, a.cid), (b.uri, b.cid))
+                hit = _structural.get(key)
+                if hit is None:
+                    if time.monotonic() > deadline:
+                        return out, True
+                    made = structural_lens(
+                        classes[a.uri], classes[b.uri], same_schema=False
+                    )
+                    hit = _structural[key] = made is not None
+                    computed += 1
+                    if computed % 16 == 0:
+                        time.sleep(0)  # let the event loop run meanwhile
+                    while len(_structural) > STRUCTURAL_CACHE_SIZE:
+                        _structural.popitem(last=False)
+                else:
+                    _structural.move_to_end(key)
+                if hit:
+                    out.append((a.uri, b.uri))
+    return out, False
+
+
+def _graph(
+    edges: Sequence[_Edge],
+    classes: dict[str, type[PackableSample]],
+    pairs: Sequence[tuple[str, str]],
+) -> LensGraph:
+    """The runtime's graph over ``classes``: each lens record between two of them
+    as a lens whose getter raises (of several between the same two schemas, the
+    one with the smallest AT-URI), then the structural steps ``pairs`` where no
+    lens record is (a published lens wins over a structural step; the graph
+    tries each schema's lens records before its structural steps)."""
+    graph = LensGraph()
+    graph.add_class(*classes.values())
+    linked: set[tuple[str, str]] = set()
+    for e in sorted(edges, key=lambda e: e.uri, reverse=True):
+        a, b = classes.get(e.source), classes.get(e.target)
+        if a is None or b is None or a is b:
+            continue
+        graph.register(Lens(a, b, _never, name=e.uri, where=e.uri))
+        linked.add((e.source, e.target))
+    for src, dst in pairs:
+        if (src, dst) not in linked:
+            graph.register(
+                Lens(
+                    classes[src],
+                    classes[dst],
+                    _never,
+                    name=f"structural {src} -> {dst}",
+                    origin="structural",
+                )
+            )
+    return graph
+
+
+def _work(job: _Job) -> _Outcome:
+    """One search step in the worker (see :class:`_Job`)."""
+    made: dict[tuple[str, str], type[PackableSample] | None] = {}
+    for uri, cid, did, text in job.todo:
+        if time.monotonic() > job.deadline:
+            return _Outcome(made, over=True)
+        made[(uri, cid)] = _compile(uri, cid, did, text)
+        time.sleep(0)  # hand the interpreter to the event loop between records
+    classes = dict(job.found)
+    classes.update({uri: cls for (uri, _), cls in made.items() if cls is not None})
+    if job.source not in classes or (
+        job.target is not None and job.target not in classes
+    ):
+        return _Outcome(made)
+    pairs, over = _structural_pairs(job.nodes, classes, job.deadline)
+    if over:
+        return _Outcome(made, over=True)
+    graph = _graph(job.edges, classes, pairs)
+    uri_of = {cls: u for u, cls in classes.items()}
+    if job.target is None:
+        found = graph.reachable(classes[job.source], max_steps=job.bound)
+        return _Outcome(made, reachable=[uri_of[k] for k in found if k in uri_of])
+    try:
+        chain = graph.path(
+            classes[job.source], classes[job.target], max_steps=job.bound
+        )
+    except LensNotFoundError:
+        return _Outcome(made)
+    steps = [
+        (
+            "structural" if s.origin == "structural" else "lens",
+            uri_of[s.source],
+            uri_of[s.target],
+            None if s.origin == "structural" else s.where,
+        )
+        for s in chain
+    ]
+    return _Outcome(made, chain=steps)
+
+
+async def _solve(
+    conn: asyncpg.Connection,
+    c: _Candidates,
+    nodes: Sequence[_Node],
+    source: str,
+    target: str | None,
+    bound: int,
+    deadline: float,
+) -> tuple[_Outcome, list[str]]:
+    """The worker's :func:`_work` over ``nodes``: their classes from the cache,
+    the records of the others read here (their text only when they have at
+    most :data:`MAX_LENS_FIELDS` fields); with the AT-URIs that do not
+    compile."""
     found: dict[str, type[PackableSample]] = {}
     failed: list[str] = []
     missing: list[_Node] = []
@@ -545,49 +753,25 @@ async def _classes_for(
                 found[n.uri] = cls
         else:
             missing.append(n)
-    over = False
+    todo: list[tuple[str, str, str, str]] = []
     if missing:
         did_of = {n.uri: n.did for n in missing}
-        rows = await conn.fetch(_RECORDS_SQL, [n.uri for n in missing])
-        todo = [(r["uri"], r["cid"], did_of[r["uri"]], r["record"]) for r in rows]
-        deadline = time.monotonic() + COMPILE_BUDGET_SECONDS
-        if len(todo) > 8:  # let the event loop serve other requests meanwhile
-            made = await asyncio.to_thread(_compile_all, todo, deadline)
-        else:
-            made = _compile_all(todo, deadline)
-        over = len(made) < len(todo)
-        for (uri, _cid), cls in made.items():
-            _classes[(uri, _cid)] = cls
-            if cls is None:
-                failed.append(uri)
+        rows = await conn.fetch(_RECORDS_SQL, [n.uri for n in missing], MAX_LENS_FIELDS)
+        for r in rows:
+            if r["record"] is None:  # too many fields: never compiled
+                _classes[(r["uri"], r["cid"])] = None
+                failed.append(r["uri"])
             else:
-                found[uri] = cls
-        while len(_classes) > CACHE_SIZE:
-            _classes.popitem(last=False)
-    return found, failed, over
-
-
-def _never(*_: Any) -> Any:
-    raise RuntimeError("a lens record's code is never run by the AppView")
-
-
-def _graph(
-    c: _Candidates, classes: dict[str, type[PackableSample]]
-) -> tuple[LensGraph, dict[Lens[Any, Any], str]]:
-    """The runtime's graph over ``classes``: each lens record between two of them
-    as a lens whose getter raises. Of several records between the same two
-    schemas, the one with the smallest AT-URI is kept."""
-    graph = LensGraph()
-    graph.add_class(*classes.values())
-    lens_uri: dict[Lens[Any, Any], str] = {}
-    for e in sorted(c.edges, key=lambda e: e.uri, reverse=True):
-        a, b = classes.get(e.source), classes.get(e.target)
-        if a is None or b is None or a is b:
-            continue
-        made: Lens[Any, Any] = Lens(a, b, _never, name=e.uri, where=e.uri)
-        graph.register(made)  # a later (smaller) AT-URI replaces an earlier one
-        lens_uri[made] = e.uri
-    return graph, lens_uri
+                todo.append((r["uri"], r["cid"], did_of[r["uri"]], r["record"]))
+    job = _Job(list(nodes), found, todo, list(c.edges), source, target, bound, deadline)
+    out = await asyncio.get_running_loop().run_in_executor(_worker(), _work, job)
+    for key, cls in out.made.items():
+        _classes[key] = cls
+        if cls is None:
+            failed.append(key[0])
+    while len(_classes) > CACHE_SIZE:
+        _classes.popitem(last=False)
+    return out, failed
 
 
 # -- the query -------------------------------------------------------------------------
@@ -604,11 +788,14 @@ async def find_lens_path(
     (AT-URIs of schema records, DID or handle authority), at most ``max_steps``
     (1..:data:`MAX_STEPS`) steps, source first; ``[]`` when both name the same
     schema record. Ties: a published lens wins over a structural step between the
-    same two schemas; otherwise the runtime's breadth-first order. Raises
-    :class:`SchemaNotFound`, :class:`LensPathNotFound`, ``ValueError`` for a
-    ``max_steps`` out of range; database errors propagate."""
+    same two schemas; otherwise the runtime's breadth-first order. The graph work
+    runs in the worker thread, within :data:`SEARCH_BUDGET_SECONDS` of the call.
+    Raises :class:`SchemaNotFound`, :class:`LensPathNotFound` (``exhausted`` when
+    the budget ran out), ``ValueError`` for a ``max_steps`` out of range;
+    database errors propagate."""
     if not 1 <= max_steps <= MAX_STEPS:
         raise ValueError(f"max_steps must be 1..{MAX_STEPS}, not {max_steps}")
+    deadline = time.monotonic() + SEARCH_BUDGET_SECONDS
     gather = _Gather(conn, max_steps)
     source = await gather.start(source_uri)
     if source is None:
@@ -618,7 +805,6 @@ async def find_lens_path(
         return []
     c = gather.c
     failed: list[str] = []
-    over = False
     for depth in range(max_steps):
         more = await gather.expand(depth)
         target = target or gather.resolve(target_uri)
@@ -630,11 +816,16 @@ async def find_lens_path(
         # leaving those within depth: a chain of at most depth + 1 steps found in
         # them is a shortest one. When the search is exhausted, any chain is.
         bound = depth + 1 if more and depth + 1 < max_steps else max_steps
-        found = await _chain(conn, c, source, target, bound)
-        failed.extend(found[1])
-        over = over or found[2]
-        if found[0] is not None:
-            return found[0]
+        steps, not_compiled, over = await _chain(
+            conn, c, source, target, bound, deadline
+        )
+        failed.extend(not_compiled)
+        if over:
+            raise LensPathNotFound(
+                source, target, [], max_steps=max_steps, exhausted=True
+            )
+        if steps is not None:
+            return steps
         if not more:
             break
     if target is None:
@@ -643,15 +834,20 @@ async def find_lens_path(
             raise SchemaNotFound(target_uri)
         if target == source:
             return []
-    raise await _not_found(conn, c, source, target, max_steps, failed, over)
+    raise await _not_found(conn, c, source, target, max_steps, failed, deadline)
 
 
 async def _chain(
-    conn: asyncpg.Connection, c: _Candidates, source: str, target: str, bound: int
+    conn: asyncpg.Connection,
+    c: _Candidates,
+    source: str,
+    target: str,
+    bound: int,
+    deadline: float,
 ) -> tuple[list[Step] | None, list[str], bool]:
     """The shortest chain of at most ``bound`` steps among the candidates (only
     those on a candidate chain that short are compiled), or ``None``; with the
-    AT-URIs that did not compile and whether the compile budget ran out."""
+    AT-URIs that did not compile and whether the budget ran out."""
     from_source = _distances(c, source, reverse=False)
     to_target = _distances(c, target, reverse=True)
     far = MAX_STEPS + 1
@@ -662,27 +858,18 @@ async def _chain(
     ]
     if not on_path:
         return None, [], False
-    classes, failed, over = await _classes_for(conn, on_path)
-    if source not in classes or target not in classes:
-        return None, failed, over
-    graph, lens_uri = _graph(c, classes)
-    try:
-        chain = graph.path(classes[source], classes[target], max_steps=bound)
-    except LensNotFoundError:
-        return None, failed, over
-    uri_of = {cls: u for u, cls in classes.items()}
-    wanted = [lens_uri[s] for s in chain if s in lens_uri]
+    out, failed = await _solve(conn, c, on_path, source, target, bound, deadline)
+    if out.over or out.chain is None:
+        return None, failed, out.over
+    wanted = [lens for *_, lens in out.chain if lens is not None]
     lens_rows = (
         {r["uri"]: r for r in await conn.fetch(_LENSES_SQL, wanted)} if wanted else {}
     )
-    steps: list[Step] = []
-    for s in chain:
-        a, b = uri_of[s.source], uri_of[s.target]
-        if s.origin == "structural":
-            steps.append(Step("structural", a, b, None))
-        else:
-            steps.append(Step("lens", a, b, lens_rows.get(lens_uri[s])))
-    return steps, failed, over
+    steps = [
+        Step(kind, a, b, None if lens is None else lens_rows.get(lens))
+        for kind, a, b, lens in out.chain
+    ]
+    return steps, failed, False
 
 
 async def _indexed(conn: asyncpg.Connection, uri: str) -> str | None:
@@ -709,24 +896,20 @@ async def _not_found(
     target: str,
     max_steps: int,
     failed: list[str],
-    over: bool,
+    deadline: float,
 ) -> LensPathNotFound:
     """The error, with what the source does reach: the runtime's graph over the
-    whole forward candidate set."""
+    whole forward candidate set (``exhausted`` when the budget ran out)."""
     from_source = _distances(c, source, reverse=False)
     near = [n for u, n in c.nodes.items() if u in from_source]
-    classes, more_failed, more_over = await _classes_for(conn, near)
-    reachable: list[str] = []
-    if source in classes:
-        graph, _ = _graph(c, classes)
-        uri_of = {cls: u for u, cls in classes.items()}
-        found = graph.reachable(classes[source], max_steps=max_steps)
-        reachable = [uri_of[k] for k in found if k in uri_of]
+    out, more_failed = await _solve(conn, c, near, source, None, max_steps, deadline)
+    if out.over:
+        return LensPathNotFound(source, target, [], max_steps=max_steps, exhausted=True)
     return LensPathNotFound(
         source,
         target,
-        reachable,
+        out.reachable,
         max_steps=max_steps,
-        truncated=c.truncated or over or more_over,
+        truncated=c.truncated,
         uncompiled=sorted({*failed, *more_failed}),
     )

@@ -12,9 +12,11 @@ shapes atdata-app 0.4.0b1 serves, plus ours).
    ``400 InvalidRequest`` naming the parameter (the value is not echoed);
 2. :mod:`atdata_appview.queries` answers (one pooled connection per request);
 3. the response is validated with the method's generated ``…Output`` model
-   (``model_validate``: the full Lexicon constraints, formats included) and sent
+   (``model_validate``: the full Lexicon constraints, formats included; in a
+   worker thread when it is larger than :data:`VALIDATE_INLINE_BYTES`) and sent
    as the dict that was validated, encoded by orjson. A view that fails its own
-   Lexicon is a bug: ``500 InternalServerError``, logged, never sent.
+   Lexicon is a bug: ``500 InternalServerError``, logged, never sent. Pages are
+   at most :data:`atdata_appview.queries.MAX_PAGE_BYTES` of views.
 
 Errors have XRPC's shape ``{"error": Name, "message": text}``:
 
@@ -43,6 +45,7 @@ against atdata-app. Unknown methods under ``/xrpc/`` are left to the app (see
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
@@ -71,9 +74,15 @@ from fastapi.responses import Response
 from . import queries
 from .cursors import InvalidCursor
 
-__all__ = ["METHODS", "error_response", "router"]
+__all__ = ["METHODS", "VALIDATE_INLINE_BYTES", "error_response", "router"]
 
 log = logging.getLogger(__name__)
+
+VALIDATE_INLINE_BYTES: Final = 256 * 1024
+"""Responses larger than this (bytes of JSON) are validated in a worker thread:
+validating costs about 12 ms per MiB (a page is at most
+:data:`atdata_appview.queries.MAX_PAGE_BYTES`), which the event loop should
+not wait through."""
 
 router = APIRouter()
 """``GET /xrpc/science.alt.dataset.<method>`` for every method of :data:`METHODS`."""
@@ -264,12 +273,20 @@ async def _serve(method: Method, request: Request) -> Response:
         return error_response(exc.status, exc.name, exc.message)
     except InvalidCursor as exc:
         return error_response(400, "InvalidCursor", str(exc))
+    data = orjson.dumps(body)
     try:
-        method.output.model_validate(body, by_alias=True, by_name=False)
+        if len(data) > VALIDATE_INLINE_BYTES:  # tens of ms: off the event loop
+            await asyncio.to_thread(_validate, method.output, body)
+        else:
+            _validate(method.output, body)
     except pydantic.ValidationError:
         log.exception("%s: the response fails its Lexicon", method.nsid)
         return error_response(500, "InternalServerError", "internal error")
-    return Response(orjson.dumps(body), media_type="application/json")
+    return Response(data, media_type="application/json")
+
+
+def _validate(output: Any, body: dict[str, Any]) -> None:
+    output.model_validate(body, by_alias=True, by_name=False)
 
 
 def _route(method: Method) -> Callable[[Request], Awaitable[Response]]:

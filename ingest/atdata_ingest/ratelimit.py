@@ -86,10 +86,12 @@ class RateLimiter:
         self._max_keys = max_keys
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
-    def check(self, key: str, rate: float, burst: int) -> float:
-        """Take one request from ``key``'s bucket: ``0.0`` when allowed, else the
-        seconds to wait. A changed ``rate``/``burst`` (the row was edited) applies
-        at once, keeping the current fill (capped at the new burst)."""
+    def check(self, key: str, rate: float, burst: int, cost: float = 1.0) -> float:
+        """Take one request (``cost`` tokens, at most ``burst``: a request dearer
+        than the whole bucket costs the whole bucket) from ``key``'s bucket:
+        ``0.0`` when allowed, else the seconds to wait. A changed ``rate``/
+        ``burst`` (the row was edited) applies at once, keeping the current fill
+        (capped at the new burst)."""
         now = self._clock()
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -104,7 +106,7 @@ class RateLimiter:
                 bucket.rate = float(rate)
                 bucket.burst = float(burst)
                 bucket.tokens = min(bucket.tokens, bucket.burst)
-        return bucket.take(now)
+        return bucket.take(now, min(float(cost), bucket.burst))
 
     def __len__(self) -> int:
         return len(self._buckets)

@@ -444,3 +444,110 @@ def test_path_over_records_indexed_from_the_log(appview_dsn: str) -> None:
         ("lens", b, c, f"at://{ALICE}/{LENS}/optToScalar"),
     ]
     assert "no chain" in after
+
+
+# -- bounded work (review R1-2) -----------------------------------------------------
+
+
+def _where_called(calls: list[str]) -> Any:
+    """A wrapper recording, for each call, whether it ran on an event loop's
+    thread ("loop") or in a thread without one ("worker")."""
+
+    def wrap(fn: Any) -> Any:
+        def spy(*a: Any, **kw: Any) -> Any:
+            try:
+                asyncio.get_running_loop()
+                calls.append("loop")
+            except RuntimeError:
+                calls.append("worker")
+            return fn(*a, **kw)
+
+        return spy
+
+    return wrap
+
+
+def test_graph_work_runs_off_the_event_loop_and_is_cached(
+    appview_dsn: str, world: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compiling records, structural steps and the graph search run in the
+    worker thread, never on the event loop; a second search of the same schemas
+    compiles nothing and compares no two versions again."""
+    from atdata_runtime.lenses import core
+
+    calls: list[str] = []
+    wrap = _where_called(calls)
+    compiles: list[str] = []
+    structural: list[str] = []
+    real_compile, real_structural = lenspath.compile_schema_record, core.structural_lens
+    monkeypatch.setattr(
+        lenspath, "compile_schema_record", _where_called(compiles)(real_compile)
+    )
+    monkeypatch.setattr(
+        core, "structural_lens", _where_called(structural)(real_structural)
+    )
+    monkeypatch.setattr(
+        lenspath, "structural_lens", _where_called(structural)(real_structural),
+        raising=False,
+    )  # fmt: skip
+    monkeypatch.setattr(core.LensGraph, "path", wrap(core.LensGraph.path))
+    monkeypatch.setattr(core.LensGraph, "reachable", wrap(core.LensGraph.reachable))
+    lenspath.clear_cache()
+    steps = path(appview_dsn, world["o100"], world["image"])
+    assert [s.kind for s in steps] == ["structural", "lens", "lens"]
+    with pytest.raises(LensPathNotFound):
+        path(appview_dsn, world["o100"], world["bobList"])
+    assert compiles and structural and calls
+    assert set(compiles) == set(structural) == set(calls) == {"worker"}
+    compiles.clear()
+    structural.clear()
+    again = path(appview_dsn, world["o100"], world["image"])
+    assert kinds(again) == kinds(steps)
+    assert compiles == [] and structural == []
+
+
+def test_a_search_past_its_budget_ends_and_says_so(
+    appview_dsn: str, world: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of budget: LensPathNotFound ``exhausted`` ("search budget exhausted"),
+    and the work done is kept: asked again with a budget, the search ends."""
+    lenspath.clear_cache()
+    monkeypatch.setattr(lenspath, "SEARCH_BUDGET_SECONDS", 0.0, raising=False)
+    with pytest.raises(LensPathNotFound) as caught:
+        path(appview_dsn, world["o100"], world["image"])
+    assert caught.value.exhausted and caught.value.truncated
+    assert "search budget exhausted" in str(caught.value)
+    monkeypatch.setattr(lenspath, "SEARCH_BUDGET_SECONDS", 2.0)
+    assert [s.kind for s in path(appview_dsn, world["o100"], world["image"])] == [
+        "structural", "lens", "lens"
+    ]  # fmt: skip
+
+
+def test_records_of_too_many_fields_are_left_out(appview_dsn: str) -> None:
+    """A schema of more than MAX_LENS_FIELDS fields takes no part in a lens path
+    (each structural step compares every field); one of exactly that many does."""
+    lenspath.clear_cache()
+    base = corpus("ScalarSample")
+    cap = getattr(lenspath, "MAX_LENS_FIELDS", 256)
+
+    def wide(name: str, n: int) -> dict[str, Any]:
+        out = renamed(base, name)
+        props = {f"f{i:04d}": {"type": "string"} for i in range(n)}
+        out["schema"]["properties"] = props
+        out["schema"]["required"] = []
+        return out
+
+    async def go(conn: asyncpg.Connection) -> tuple[str, str, str]:
+        a = await put(conn, SCHEMA, ALICE, renamed(base, "A"))
+        ok = await put(conn, SCHEMA, ALICE, wide("Wide", cap))
+        too = await put(conn, SCHEMA, ALICE, wide("Wider", cap + 1))
+        await put(conn, LENS, ALICE, lens_record("a-ok", a, ok))
+        await put(conn, LENS, ALICE, lens_record("a-too", a, too))
+        return a, ok, too
+
+    a, ok, too = run(go, appview_dsn)
+    assert [s.kind for s in path(appview_dsn, a, ok)] == ["lens"]
+    with pytest.raises(LensPathNotFound) as caught:
+        path(appview_dsn, a, too)
+    assert too in caught.value.uncompiled
+    assert "fields" in str(caught.value)

@@ -1461,3 +1461,124 @@ def test_facets_that_take_too_long_are_left_out(
         assert len(body["entries"]) == 2 and "cursor" in body
         assert "facets" not in body
     assert calls == 1
+
+
+def test_pages_are_bounded_in_bytes(
+    appview_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries of ~0.6 MB each (many shards): a page stops before the byte budget
+    (at most ``limit`` rows and ~4 MiB), its cursor at its last row, and every
+    entry is reached once in every order; such a page is validated off the event
+    loop; getEntries refuses more than the budget."""
+    where: list[str] = []
+    real = getattr(xrpc, "_validate", None)
+
+    def spy(output: Any, body: Any) -> None:
+        try:
+            asyncio.get_running_loop()
+            where.append("loop")
+        except RuntimeError:
+            where.append("worker")
+        assert real is not None
+        real(output, body)
+
+    monkeypatch.setattr(xrpc, "_validate", spy, raising=False)
+    w = World()
+    w.rows.append(w.log.identity(ALICE, "alice.test"))
+    s = w.put(ALICE, SCHEMA, schema_rkey("CellCrop", "1.0.0"), cellcrop("1.0.0"))
+    urls = [f"https://data.example.org/{i:05d}/" + "a" * 160 for i in range(2600)]
+    big = [
+        w.add_entry(
+            ALICE,
+            entry(
+                f"Big plate {i}", s, http_storage(*urls), tags=["big"], size=1000 + i
+            ),
+        )  # fmt: skip
+        for i in range(12)
+    ]
+    asyncio.run(fold(appview_dsn, w.rows))
+    with make_client(appview_dsn) as api:
+        one = api.get(f"/xrpc/{NS}getEntry", params={"uri": big[0]}).content
+        assert 500_000 < len(one) < 1_000_000
+        for method, params in (
+            ("listEntries", {"limit": 100}),
+            ("listEntries", {"repo": "alice.test", "limit": 100}),
+            ("searchDatasets", {"limit": 100}),
+            ("searchDatasets", {"q": "big plate", "limit": 100}),
+            ("searchDatasets", {"tags": "big", "sort": "size", "limit": 100}),
+        ):
+            r = api.get(f"/xrpc/{NS}{method}", params=params)
+            assert r.status_code == 200, r.text
+            assert len(r.content) <= 4 * 2**20, (method, len(r.content))
+            body = r.json()
+            assert 1 < len(body["entries"]) < 12 and body["cursor"], method
+            assert where[-1:] == ["worker"], method
+            assert sorted(walk(api, method, params)) == sorted(big), method
+        msg = error(api, "getEntries", [("uris", u) for u in big], 400,
+                    "InvalidRequest")  # fmt: skip
+        assert "fewer" in msg
+        assert (
+            len(get(api, "getEntries", [("uris", u) for u in big[:3]])["entries"]) == 3
+        )
+
+
+def test_pages_cut_by_bytes_stay_exact(
+    api: TestClient, world: tuple[World, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a budget of about two views a page, every order walks the same rows,
+    in the same order, as with whole pages."""
+    w, _ = world
+    cases = (
+        ("listEntries", {}),
+        ("listSchemas", {}),
+        ("listLenses", {}),
+        ("searchDatasets", {}),
+        ("searchDatasets", {"q": "bulk shard set"}),
+        ("searchDatasets", {"q": "bulk", "sort": "size"}),
+    )
+    whole = {m + repr(p): walk(api, m, p | {"limit": 100}) for m, p in cases}
+    monkeypatch.setattr(queries, "MAX_PAGE_BYTES", 5000, raising=False)
+    for method, params in cases:
+        key = method + repr(params)
+        assert len(whole[key]) > 1
+        pages = []
+        cursor = None
+        while True:
+            q = params | {"limit": 10} | ({"cursor": cursor} if cursor else {})
+            body = get(api, method, q)
+            pages.append(len(body[next(k for k in body if k != "cursor")]))
+            cursor = body.get("cursor")
+            if not cursor:
+                break
+        assert max(pages) <= 2 < len(whole[key]) or len(pages) == 1, (key, pages)
+        assert walk(api, method, params | {"limit": 10}) == whole[key], key
+
+
+def test_dear_requests_take_more_of_the_rate_limit(
+    world: tuple[World, str],
+) -> None:
+    """getLensPath takes 10 tokens, facets (searchDatasets facets=true, the home
+    page) 5, anything else 1: a bucket of 10 (time frozen) serves one lens path,
+    two faceted searches, or ten plain ones."""
+    from atdata_ingest.ratelimit import RateLimiter
+
+    w, dsn = world
+    settings = Settings.from_env(
+        {"ATDATA_APPVIEW_DSN": dsn}, rate_per_second=1, rate_burst=10
+    )
+    lens = {"sourceSchema": w.schemas["CellCrop@1.1.0"],
+            "targetSchema": w.schemas["ImageSample@1.0.0"]}  # fmt: skip
+
+    def statuses(requests: list[tuple[str, Any]]) -> list[int]:
+        app = create_app(settings, limiter=RateLimiter(clock=lambda: 0.0))
+        with TestClient(app) as c:
+            return [c.get(path, params=p).status_code for path, p in requests]
+
+    x = f"/xrpc/{NS}"
+    assert statuses([(x + "getLensPath", lens)] * 2) == [200, 429]
+    assert statuses([(x + "searchDatasets", {"facets": "true"})] * 3) == [200, 200, 429]
+    # a percent-encoded "true" is facets all the same
+    assert statuses([(x + "searchDatasets?facets=%74rue", None)] * 3)[2] == 429
+    assert statuses([("/", None)] * 3) == [200, 200, 429]
+    plain = statuses([(x + "searchDatasets", {"facets": "false"})] * 11)
+    assert plain == [200] * 10 + [429]
