@@ -800,19 +800,31 @@ def _tags(value: Any) -> list[str]:
     return list(seen)
 
 
+DIGEST_HEX_LENGTHS: Final = {"sha256": 64, "sha384": 96, "sha512": 128, "blake3": 64}
+"""Checksum algorithms whose digest the index counts, and the length of their
+hex digest (FIPS 180-4 for SHA-2; BLAKE3's default 256-bit output). A shard
+checksum under another algorithm, or with a digest of another shape, counts as
+no checksum (the record is kept: the field is free text in the Lexicon)."""
+
+
 def _real_checksum(shard: Mapping[str, Any]) -> bool:
-    """Whether a shard entry carries a checksum one could verify: present, with
-    an algorithm other than ``none`` and a digest. (atdata 0.7 writes
-    ``{"algorithm": "none", "digest": ""}`` for HTTP shards it did not hash.)"""
+    """Whether a shard entry carries a checksum one could verify: its
+    ``algorithm`` (case and surrounding space ignored) one of
+    :data:`DIGEST_HEX_LENGTHS` and its ``digest`` hex of that algorithm's
+    length. (atdata 0.7 writes ``{"algorithm": "none", "digest": ""}`` for HTTP
+    shards it did not hash; ``{"algorithm": "sha256", "digest": "00"}`` checks
+    nothing either.)"""
     checksum = shard.get("checksum")
     if not isinstance(checksum, dict):
         return False
     algorithm, digest = checksum.get("algorithm"), checksum.get("digest")
+    if not isinstance(algorithm, str) or not isinstance(digest, str):
+        return False
+    length = DIGEST_HEX_LENGTHS.get(algorithm.strip().lower())
     return (
-        isinstance(algorithm, str)
-        and algorithm.strip().lower() not in ("", "none")
-        and isinstance(digest, str)
-        and digest.strip() != ""
+        length is not None
+        and len(digest) == length
+        and all(c in "0123456789abcdefABCDEF" for c in digest)
     )
 
 

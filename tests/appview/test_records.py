@@ -350,6 +350,65 @@ def test_typical_entry() -> None:
             2,
             "none",
         ),
+        # a digest counts only in its algorithm's shape (hex of its length)
+        (
+            {
+                "$type": "science.alt.dataset.storageHttp",
+                "shards": [
+                    dict(_shard(0), checksum={"algorithm": "sha256", "digest": "00"}),
+                    dict(
+                        _shard(1), checksum={"algorithm": "sha256", "digest": "zz" * 32}
+                    ),
+                    dict(
+                        _shard(2), checksum={"algorithm": "sha512", "digest": "ab" * 32}
+                    ),
+                    dict(
+                        _shard(3), checksum={"algorithm": "blake3", "digest": "ab" * 33}
+                    ),
+                    dict(_shard(4), checksum={"algorithm": "md5", "digest": "ab" * 8}),
+                    dict(
+                        _shard(5), checksum={"algorithm": "crc-9", "digest": "ab" * 32}
+                    ),
+                ],
+            },
+            "http",
+            6,
+            "none",
+        ),
+        (
+            {
+                "$type": "science.alt.dataset.storageHttp",
+                "shards": [
+                    dict(
+                        _shard(0), checksum={"algorithm": "sha256", "digest": "AB" * 32}
+                    ),
+                    dict(
+                        _shard(1), checksum={"algorithm": "sha512", "digest": "ab" * 64}
+                    ),
+                    dict(
+                        _shard(2), checksum={"algorithm": "blake3", "digest": "0f" * 32}
+                    ),
+                    dict(
+                        _shard(3), checksum={"algorithm": "SHA256", "digest": "1" * 64}
+                    ),
+                ],
+            },
+            "http",
+            4,
+            "all",
+        ),
+        (
+            {
+                "$type": "science.alt.dataset.storageHttp",
+                "shards": [
+                    _shard(0),
+                    dict(_shard(1), checksum={"algorithm": "sha256", "digest": "00"}),
+                ],
+            },
+            "http",
+            2,
+            "some",
+        ),
         (
             {
                 "$type": "science.alt.dataset.storageS3",
@@ -966,7 +1025,9 @@ def test_rows_insert_into_the_tables(appview_dsn: str) -> None:
                 ]
                 cls = next(type(r) for r in rows if type(r).table == table)
                 assert cls.columns() == tuple(
-                    c for c in table_cols if c not in ("indexed_at", "search")
+                    c
+                    for c in table_cols
+                    if c not in ("indexed_at", "first_indexed_at", "search")
                 )
             for row in rows:
                 cols = row.columns()
