@@ -1493,7 +1493,7 @@ def test_pages_are_bounded_in_bytes(
             entry(
                 f"Big plate {i}", s, http_storage(*urls), tags=["big"], size=1000 + i
             ),
-        )  # fmt: skip
+        )
         for i in range(12)
     ]
     asyncio.run(fold(appview_dsn, w.rows))
@@ -1523,11 +1523,10 @@ def test_pages_are_bounded_in_bytes(
 
 
 def test_pages_cut_by_bytes_stay_exact(
-    api: TestClient, world: tuple[World, str], monkeypatch: pytest.MonkeyPatch
+    api: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With a budget of about two views a page, every order walks the same rows,
     in the same order, as with whole pages."""
-    w, _ = world
     cases = (
         ("listEntries", {}),
         ("listSchemas", {}),
@@ -1582,3 +1581,31 @@ def test_dear_requests_take_more_of_the_rate_limit(
     assert statuses([("/", None)] * 3) == [200, 200, 429]
     plain = statuses([(x + "searchDatasets", {"facets": "false"})] * 11)
     assert plain == [200] * 10 + [429]
+
+
+def test_a_schema_named_by_handle_is_joined_once_the_handle_is_verified(
+    appview_dsn: str,
+) -> None:
+    """An entry whose schemaRef names the schema by its publisher's handle: once
+    the handle is verified (and the indexer has put the reference in DID form),
+    the entry shows the schema's name and version, and a schema filter and the
+    facets find it."""
+    w = World()
+    w.rows.append(w.log.identity(ALICE, "alice.test"))
+    s = w.put(ALICE, SCHEMA, schema_rkey("CellCrop", "1.0.0"), cellcrop("1.0.0"))
+    by_did = w.add_entry(ALICE, entry("By DID", s))
+    by_handle = w.add_entry(ALICE, entry("By handle", s.replace(ALICE, "alice.test")))
+    asyncio.run(fold(appview_dsn, w.rows))
+
+    async def maintain() -> None:
+        async with asyncpg.create_pool(appview_dsn, min_size=1, max_size=2) as pool:
+            await Indexer(pool).maintain()
+
+    asyncio.run(maintain())
+    with make_client(appview_dsn) as api:
+        for uri in (by_did, by_handle):
+            view = get(api, "getEntry", {"uri": uri})["entry"]
+            assert (view["schemaRef"], view["schemaName"]) == (s, "CellCrop"), view
+        body = get(api, "searchDatasets", {"schema": "CellCrop@1", "facets": "true"})
+        assert {e["uri"] for e in body["entries"]} == {by_did, by_handle}
+        assert body["facets"]["schemas"] == [{"value": "CellCrop", "count": 2}]
