@@ -92,7 +92,7 @@ from atdata_runtime.atmosphere.repo import (
     signing_key,
     verify_repo,
 )
-from atdata_runtime.lex.formats import is_did, is_nsid
+from atdata_runtime.lex.formats import is_did, is_handle, is_nsid
 from atdata_runtime.net.errors import (
     NetworkError,
     ResponseTooLargeError,
@@ -127,6 +127,7 @@ __all__ = [
     "RepoSnapshot",
     "SnapshotRecord",
     "fetch_repo",
+    "handle_claim",
     "list_client",
     "list_repos",
     "repo_client",
@@ -686,6 +687,21 @@ class RepoSnapshot:
     car_bytes: int
     blocks: int
     seconds: float
+    handle: str | None = None
+    """The handle the DID document claims (its first valid ``at://`` entry of
+    ``alsoKnownAs``, lower-cased), unverified; ``None`` when it claims none."""
+
+
+def handle_claim(handles: Iterable[str]) -> str | None:
+    """The handle a DID document claims: the first of its ``alsoKnownAs``
+    ``at://`` entries (``handles``, without the prefix) that is a valid handle
+    (AT Protocol "Handle" syntax, at most 253 characters), lower-cased; ``None``
+    when there is none. A claim only: :mod:`atdata_appview.handles` verifies it
+    both ways before any query resolves or shows it."""
+    for handle in list(handles)[:64]:
+        if isinstance(handle, str) and len(handle) <= 253 and is_handle(handle):
+            return handle.lower()
+    return None
 
 
 def _from_repo_error(exc: RecordVerificationError, did: str) -> BackfillError:
@@ -740,6 +756,8 @@ async def fetch_repo(
             cause_rule="DID_INVALID",
         )
 
+    claimed: list[str | None] = [None]
+
     async def resolve() -> tuple[str, str]:
         try:
             doc = await asyncio.to_thread(resolver.did_document, did)
@@ -747,6 +765,7 @@ async def fetch_repo(
             raise BackfillError(
                 "BF_IDENTITY", exc.reason, did=did, cause_rule=exc.rule
             ) from None
+        claimed[0] = handle_claim(doc.handles)
         try:
             return doc.pds, signing_key(doc.doc, did, uri=f"at://{did}")
         except RecordVerificationError as exc:
@@ -831,11 +850,23 @@ async def fetch_repo(
         car_bytes=len(car),
         blocks=repo.blocks,
         seconds=time.monotonic() - started,
+        handle=claimed[0],
     )
 
 
 # -- many repositories --------------------------------------------------------------
 
+
+_CLAIM_HANDLE_SQL: Final = (
+    "INSERT INTO appview_accounts (did, handle) VALUES ($1, $2) "
+    "ON CONFLICT (did) DO UPDATE SET handle = EXCLUDED.handle, updated_at = now() "
+    "WHERE appview_accounts.handle IS NULL"
+)
+"""Record the DID document's handle claim of a backfilled repository in
+``appview_accounts.handle`` when the index knows none (an ``#identity`` event's
+claim is newer than a cached document: it is kept). ``verified_handle`` is not
+touched: :mod:`atdata_appview.handles` checks the claim (it is due as soon as it
+differs from ``handle_checked``)."""
 
 MAX_REREADS: Final = 3
 """Reads of one repository in one :meth:`Backfiller.backfill_repo` call (a
@@ -1081,6 +1112,9 @@ class Backfiller:
                     # (its live rows buffered); shielded from a second cancel
                     await self._mark_failed(did, exc)
                     raise
+                if snapshot.handle is not None and result.state != "gone":
+                    async with self.pool.acquire() as conn:
+                        await conn.execute(_CLAIM_HANDLE_SQL, did, snapshot.handle)
                 if result.state not in ("pending", "stale"):
                     break
             return RepoOutcome(

@@ -109,9 +109,10 @@ class Pds:
     """XRPC writes to the local PDS as one account (async, so that an ingester in
     the same event loop keeps running)."""
 
-    def __init__(self, url: str, did: str, token: str) -> None:
+    def __init__(self, url: str, did: str, token: str, handle: str = "") -> None:
         self.url = url
         self.did = did
+        self.handle = handle
         self.http = httpx.AsyncClient(
             base_url=url, timeout=30, headers={"Authorization": f"Bearer {token}"}
         )
@@ -126,7 +127,7 @@ class Pds:
                 json={"identifier": account.handle, "password": account.password},
             )
         assert got.status_code == 200, got.text
-        return cls(net.pds_url, account.did, got.json()["accessJwt"])
+        return cls(net.pds_url, account.did, got.json()["accessJwt"], account.handle)
 
     async def _call(self, nsid: str, body: dict[str, Any]) -> dict[str, Any]:
         resp = await self.http.post(f"/xrpc/{nsid}", json=body)
@@ -747,9 +748,19 @@ def test_a_backfill_indexes_every_repository_and_resumes(
         for p in pubs:
             await p.close()
         dids = [p.did for p in pubs]
+        handles = {p.did: p.handle for p in pubs}
         first = await Backfiller(
             pool, source=net.pds_url, kind="pds", plc_url=net.plc_url
         ).run()
+        async with pool.acquire() as conn:
+            accounts = {
+                r["did"]: (r["handle"], r["verified_handle"])
+                for r in await conn.fetch(
+                    "SELECT did, handle, verified_handle FROM appview_accounts "
+                    "WHERE did = ANY($1::text[])",
+                    dids,
+                )
+            }
         tables = {
             did: (
                 await indexed(pool, "appview_schemas", did),
@@ -773,10 +784,17 @@ def test_a_backfill_indexes_every_repository_and_resumes(
             "second": second,
             "forced": forced,
             "after": after,
+            "handles": handles,
+            "accounts": accounts,
         }
 
     got = run(appview_dsn, go)
     first = got["first"]
+    # each DID document's handle claim (alsoKnownAs) is recorded, unverified: the
+    # handle verifier (atdata_appview.handles) checks it both ways
+    assert got["accounts"] == {
+        did: (handle.lower(), None) for did, handle in got["handles"].items()
+    }
     assert first.listed >= 3 and first.synced >= 3
     assert first.records >= 3 + 6 and first.records_per_second > 0
     for i, did in enumerate(got["dids"]):
@@ -1355,3 +1373,13 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+def test_handle_claim_is_the_first_valid_at_alias() -> None:
+    from atdata_appview.backfill import handle_claim
+
+    assert handle_claim(["not a handle", "Alice.Example.COM", "bob.test"]) == (
+        "alice.example.com"
+    )
+    assert handle_claim([]) is None
+    assert handle_claim(["x" * 300 + ".test", "-bad-.test"]) is None
