@@ -899,8 +899,9 @@ class BackfillStats:
     active), ``synced``, ``stale`` (every snapshot read was older than the index:
     left ``pending``), ``failed``; ``records`` verified and handed to
     the index, ``indexed`` and ``rejected`` (dead-lettered) of them, ``car_bytes``
-    downloaded, ``seconds`` of the run; ``failures``: ``(did, rule)`` of the
-    first 100 failures."""
+    downloaded, ``seconds`` of the run; ``failures``: ``(did, rule, reason)``
+    of the first 100 failures (``reason``: the short reason, URLs redacted, at
+    most :data:`MAX_FAILURE_REASON` characters; never a response body)."""
 
     listed: int = 0
     queued: int = 0
@@ -915,7 +916,7 @@ class BackfillStats:
     rejected: int = 0
     car_bytes: int = 0
     seconds: float = 0.0
-    failures: list[tuple[str, str]] = field(default_factory=list)
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def repos_per_second(self) -> float:
@@ -938,6 +939,28 @@ class BackfillStats:
             f"{self.seconds:.2f} s ({self.repos_per_second:.1f} repos/s, "
             f"{self.records_per_second:.0f} records/s)"
         )
+
+
+MAX_FAILURE_REASON: Final = 200
+"""Characters of a failure's reason in :attr:`BackfillStats.failures` at most."""
+
+
+def _failure_reason(exc: BackfillError) -> str:
+    """The short reason of a failed repository: the error's reason (no body;
+    URLs in it redacted), where it was (MST key, CID) and the runtime's rule,
+    cut to :data:`MAX_FAILURE_REASON` characters."""
+    text = exc.reason
+    if exc.key:
+        text += f" (key {exc.key})"
+    if exc.cause_rule and exc.cause_rule != exc.rule:
+        text += f" [{exc.cause_rule}]"
+    text = _URLISH.sub(lambda m: redact_url(m.group(0)), text)
+    if len(text) > MAX_FAILURE_REASON:
+        text = text[: MAX_FAILURE_REASON - 1] + "…"
+    return text
+
+
+_URLISH: Final = re.compile(r"https?://[^\s'\"<>]+")
 
 
 def _short_error(exc: BaseException) -> str:
@@ -1291,13 +1314,17 @@ class Backfiller:
                         except BackfillError as exc:
                             stats.failed += 1
                             if len(stats.failures) < 100:
-                                stats.failures.append((did, exc.rule))
+                                stats.failures.append(
+                                    (did, exc.rule, _failure_reason(exc))
+                                )
                             log.warning("backfill %s", exc)
                             result: RepoOutcome | BackfillError = exc
                         except Exception as exc:  # noqa: BLE001 - a repo's failure
                             stats.failed += 1
                             if len(stats.failures) < 100:
-                                stats.failures.append((did, "BF_INDEX_FAILED"))
+                                stats.failures.append(
+                                    (did, "BF_INDEX_FAILED", type(exc).__name__)
+                                )
                             log.warning(
                                 "backfill %s: %s [BF_INDEX_FAILED]",
                                 did,
@@ -1339,7 +1366,9 @@ class Backfiller:
                 await self._repo_http.aclose()
                 self._repo_http = None
             stats.seconds = time.monotonic() - started
-        log.info("%s", stats.summary())
+        # the periodic pass over queued repositories mostly finds nothing
+        busy = stats.listed or stats.queued or stats.expired or stats.failed
+        log.log(logging.INFO if busy else logging.DEBUG, "%s", stats.summary())
         return stats
 
     async def _produce(

@@ -872,8 +872,10 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
         "records_per_second": stats.records_per_second,
     }
     _print_json(summary)
-    for did, rule in stats.failures:
-        sys.stderr.write(f"{PROG}: backfill: {printable(did)} failed [{rule}]\n")
+    for did, rule, reason in stats.failures:
+        sys.stderr.write(
+            f"{PROG}: backfill: {printable(did)} failed: {printable(reason)} [{rule}]\n"
+        )
     if stats.failed > len(stats.failures):
         sys.stderr.write(
             f"{PROG}: backfill: {stats.failed - len(stats.failures)} more failed "

@@ -853,7 +853,10 @@ def test_failures_are_marked_redacted_and_retried(
     got = run(appview_dsn, go)
     stats0, row0 = got["failed0"]
     assert (stats0.failed, stats0.synced) == (1, 0)
-    assert stats0.failures == [(got["did"], "BF_BLOCK_CID")]
+    # each failure carries its short reason (redacted, bounded)
+    ((did0, rule0, reason0),) = stats0.failures
+    assert (did0, rule0) == (got["did"], "BF_BLOCK_CID")
+    assert reason0 and len(reason0) <= 200 and "hunter2" not in reason0
     assert row0["state"] == "failed" and row0["attempts"] == 1
     assert row0["error"].startswith("BF_BLOCK_CID: ") and len(row0["error"]) <= 300
     assert "hunter2" not in row0["source"] and "hunter2" not in row0["error"]
@@ -1383,3 +1386,23 @@ def test_handle_claim_is_the_first_valid_at_alias() -> None:
     )
     assert handle_claim([]) is None
     assert handle_claim(["x" * 300 + ".test", "-bad-.test"]) is None
+
+
+def test_a_pass_with_nothing_to_do_logs_at_debug(
+    appview_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The periodic pass over queued repositories (``run``) finds nothing most
+    of the time: its summary is not an INFO line every minute."""
+
+    async def go(pool: asyncpg.Pool) -> Any:
+        return await Backfiller(pool, source="", kind="pds").run(queued_only=True)
+
+    caplog.set_level("DEBUG", logger="atdata_appview.backfill")
+    stats = run(appview_dsn, go)
+    assert (stats.listed, stats.queued, stats.synced, stats.failed) == (0, 0, 0, 0)
+    said = [
+        (r.levelname, r.getMessage())
+        for r in caplog.records
+        if r.name == "atdata_appview.backfill" and "synced" in r.getMessage()
+    ]
+    assert said and all(level == "DEBUG" for level, _ in said), said
