@@ -1275,3 +1275,65 @@ def test_a_hostile_appview_cannot_substitute_a_labelled_entry(
         p.uris["alice crops 1.0.0"],
         p.uris["alice label"],
     )
+
+
+HINT = "is ATDATA_APPVIEW_URL the AppView's base URL (without /xrpc)?"
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (501, {"error": "MethodNotImplemented", "message": "Method Not Implemented"}),
+        (501, None),
+        (404, None),
+        (404, {"detail": "Not Found"}),  # FastAPI's answer for a path it has not
+    ],
+)
+def test_a_method_the_server_does_not_serve_fails_at_once_with_a_hint(
+    hostile: Hostile, status: int, body: Any
+) -> None:
+    """A URL that is not an AppView's base (a PDS, the AppView's /xrpc itself)
+    answers 501 or a bare 404: no retry, and the error says what to check."""
+
+    def reply(h: BaseHTTPRequestHandler) -> None:
+        if body is None:
+            h.send_response(status)
+            h.send_header("Content-Type", "text/html")
+            h.send_header("Content-Length", "9")
+            h.end_headers()
+            h.wfile.write(b"<p>no</p>")
+        else:
+            _json(h, status, body)
+
+    hostile.reply = reply
+    with pytest.raises(AppViewUnavailable) as info:
+        AppViewClient(hostile.url, timeout=5).get_entry(f"at://{ALICE}/{ENTRY}/3labc")
+    assert len(hostile.requests) == 1
+    assert info.value.status == status
+    assert HINT in str(info.value)
+    assert "keeps failing" not in str(info.value)
+
+
+def test_a_named_not_found_is_still_not_found(hostile: Hostile) -> None:
+    hostile.reply = lambda h: _json(
+        h, 404, {"error": "EntryNotFound", "message": "no such entry"}
+    )
+    with pytest.raises(AppViewNotFound):
+        AppViewClient(hostile.url).get_entry(f"at://{ALICE}/{ENTRY}/3labc")
+    assert len(hostile.requests) == 1
+
+
+def test_a_url_ending_in_xrpc_is_its_base(
+    hostile: Hostile, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hostile.reply = lambda h: _json(h, 200, {"entries": [_view()]})
+    caplog.set_level("WARNING")
+    for given in (hostile.url + "/xrpc", hostile.url + "/xrpc/"):
+        client = AppViewClient(given)
+        assert client.url == hostile.url
+        client.search_datasets("x")
+        assert hostile.requests[-1][0].startswith(f"/xrpc/{NS}searchDatasets?")
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 2 and all("/xrpc" in w for w in warned)
+    monkeypatch.setenv("ATDATA_APPVIEW_URL", hostile.url + "/xrpc")
+    assert AppViewClient().url == hostile.url

@@ -14,7 +14,10 @@ The server is not trusted with anything:
   that trickles bytes is cut off at the deadline).
 * **Retries.** Connection failures, 5xx and 429 are retried within the deadline
   (:class:`~atdata_runtime.net.retry.RetryPolicy`; ``Retry-After`` honoured),
-  then :class:`~.errors.AppViewUnavailable`.
+  then :class:`~.errors.AppViewUnavailable`. A 501 (``MethodNotImplemented``)
+  or 505, and a 404 without an XRPC error name, are final: at once
+  :class:`~.errors.AppViewUnavailable` with :data:`URL_HINT` (the URL is likely
+  no AppView's base). A URL ending in ``/xrpc`` is used without it (WARNING).
 * **Shape.** A body that is not JSON, or not the Lexicon's output, is
   :class:`~.errors.AppViewResponseError` with the JSON pointers of the problems
   (never the values).
@@ -35,7 +38,10 @@ becomes an AppView URL).
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
+import time
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -87,6 +93,7 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_TIMEOUT",
     "MAX_PAGES",
+    "URL_HINT",
     "AppViewClient",
     "configured_url",
 ]
@@ -103,6 +110,31 @@ MAX_PAGES = 50
 """Pages followed at most by the ``iter_*`` helpers (unless told otherwise)."""
 
 _NS = "science.alt.dataset"
+log = logging.getLogger("atdata_runtime.appview")
+
+URL_HINT = "is ATDATA_APPVIEW_URL the AppView's base URL (without /xrpc)?"
+"""Said with an answer that means the URL is no AppView's base: 501
+(``MethodNotImplemented``), or a 404 without an XRPC error name."""
+_NOT_RETRIED = frozenset({501, 505})
+"""5xx statuses that will not change on a retry (RFC 9110 § 15.6.2, § 15.6.6)."""
+
+
+def _base_url(url: str) -> str:
+    """``url`` without spaces, trailing ``/`` and a trailing ``/xrpc`` (the
+    client adds ``/xrpc/{method}`` itself: a URL ending in ``/xrpc`` would ask
+    ``/xrpc/xrpc/…``; stripped with a WARNING)."""
+    base = url.strip().rstrip("/")
+    if base.lower().endswith("/xrpc"):
+        log.warning(
+            "AppView URL %s ends in /xrpc: using %s (the base URL; the client "
+            "adds /xrpc/<method>)",
+            redact_url(base),
+            redact_url(base[: -len("/xrpc")]),
+        )
+        base = base[: -len("/xrpc")].rstrip("/")
+    return base
+
+
 _SHOWN_PROBLEMS = 5
 
 
@@ -176,6 +208,7 @@ class AppViewClient:
         retry: RetryPolicy | None = None,
     ) -> None:
         chosen = url.strip().rstrip("/") if url else configured_url()
+        chosen = _base_url(chosen) if chosen else chosen
         if not chosen:
             raise AppViewNotConfigured()
         parsed = check_url(chosen, what="AppView", trusted=True)
@@ -232,16 +265,43 @@ class AppViewClient:
         url = f"{self.url}/xrpc/{method}"
         if pairs:
             url += "?" + urllib.parse.urlencode(pairs)
-        try:
-            answer = fetch(
+        end = time.monotonic() + self.timeout
+        tries = [0]
+
+        def once() -> Fetched:
+            # the first attempt has the whole budget; a retry what is left of it
+            left = self.timeout if tries[0] == 0 else end - time.monotonic()
+            tries[0] += 1
+            if left <= 0:
+                raise DeadlineExceededError(
+                    where,
+                    f"{method}: no answer within {self.timeout:g} s",
+                    what=f"{method} answer",
+                    limit=self.timeout,
+                )
+            got = fetch(
                 url,
                 what=f"{method} answer",
                 max_bytes=self.max_bytes,
-                deadline=self.timeout,
+                deadline=left,
                 headers={"Accept": "application/json"},
                 trusted=True,
-                retry=self.retry,
+                retry=None,
             )
+            if got.status == 429 or (
+                got.status >= 500 and got.status not in _NOT_RETRIED
+            ):
+                raise HttpStatusError(
+                    where, f"{method} answer: HTTP {got.status}", response=got
+                )
+            return got
+
+        # retried here, not in fetch: a 501 is final
+        policy = dataclasses.replace(
+            self.retry, deadline=min(self.retry.deadline, self.timeout)
+        )
+        try:
+            answer = policy.run(once, what=where)
         except RetryExhaustedError as exc:
             cause = exc.__cause__
             status = getattr(getattr(cause, "response", None), "status", None)
@@ -263,6 +323,20 @@ class AppViewClient:
             raise  # a refused redirect: the server's fault, named by its rule
         if answer.status == 200:
             return answer
+        name, message = self._error_body(answer)
+        if answer.status in _NOT_RETRIED or (
+            answer.status == 404
+            and name is None
+            and (message is None or message == "Not Found")
+        ):
+            # no AppView method answered: the URL is likely not the base
+            raise AppViewUnavailable(
+                where,
+                f"{method}: HTTP {answer.status}, the server does not serve this "
+                f"method; {URL_HINT}",
+                method=method,
+                status=answer.status,
+            )
         if answer.status == 429 or answer.status >= 500:  # pragma: no cover - retried
             raise AppViewUnavailable(
                 where,
@@ -270,7 +344,6 @@ class AppViewClient:
                 method=method,
                 status=answer.status,
             )
-        name, message = self._error_body(answer)
         cls = (
             AppViewNotFound
             if (name or "").endswith("NotFound")
