@@ -12,6 +12,7 @@
     atdata-appview rules [--format text|markdown|json]
     atdata-appview dead-letters [--rule ID] [--did DID] [--limit N]
                                 [--format text|json]
+    atdata-appview verify-handles [--all] [--plc-url URL] [--format text|json]
 
 Every setting comes from the environment (``ATDATA_APPVIEW_*``,
 :mod:`atdata_appview.config`, whose table also fills each command's ``--help``;
@@ -101,6 +102,7 @@ _ALL: Final = (
     "status",
     "rules",
     "dead-letters",
+    "verify-handles",
 )
 _DB_COMMANDS: Final = tuple(c for c in _ALL if c != "rules")
 
@@ -664,6 +666,7 @@ _DSN_OPTION: Final = {"dsn": "--dsn"}
 _SERVE_OPTIONS: Final = {**_DSN_OPTION, "host": "--host", "port": "--port"}
 _INDEX_OPTIONS: Final = {**_DSN_OPTION, "index_batch_size": "--batch-size"}
 _RUN_OPTIONS: Final = {**_SERVE_OPTIONS, **_INDEX_OPTIONS}
+_VERIFY_OPTIONS: Final = {**_DSN_OPTION, "plc_url": "--plc-url"}
 _BACKFILL_OPTIONS: Final = {
     **_DSN_OPTION,
     "backfill_concurrency": "--concurrency",
@@ -908,7 +911,9 @@ async def status_report(conn: Any, settings: Settings) -> dict[str, Any]:
     an ingester is recorded as running), ``lag`` (``events``: ingested seq minus
     indexed seq; ``seconds``: how long the oldest row not yet folded has
     waited), ``counts`` per table, ``repos`` per backfill state,
-    ``dead_letters`` (``total`` and ``by_rule``), ``service_did``, ``retention``
+    ``dead_letters`` (``total`` and ``by_rule``), ``handles`` (accounts by
+    handle verification: ``verified``, ``refuted``, ``pending``, ``none``;
+    :func:`.handles.handle_counts`), ``service_did``, ``retention``
     (``oldest_seq`` of the log, ``behind``: the cursor is behind it, rows were
     dropped unfolded). ``cursor`` includes the ingest cursor resets and log
     gaps the indexer saw (``resets``, ``reset_at``, ``reset_reason``, ``gaps``,
@@ -942,6 +947,9 @@ async def status_report(conn: Any, settings: Settings) -> dict[str, Any]:
             "ORDER BY 2 DESC, 1"
         )
     }
+    from .handles import handle_counts
+
+    handles = await handle_counts(conn)
     oldest = await conn.fetchval(
         "SELECT seq FROM ingest_events ORDER BY seq, idx LIMIT 1"
     )
@@ -963,6 +971,7 @@ async def status_report(conn: Any, settings: Settings) -> dict[str, Any]:
         "counts": counts,
         "repos": repos,
         "dead_letters": {"total": sum(by_rule.values()), "by_rule": by_rule},
+        "handles": handles,
         # the log's retention dropped rows not folded yet (the next batch
         # records it in cursor.gaps and queues the known repositories)
         "retention": {
@@ -990,6 +999,11 @@ def _status_text(report: Mapping[str, Any]) -> str:
         "repos       "
         + (", ".join(f"{k} {v}" for k, v in report["repos"].items()) or "none"),
         f"dead letters {report['dead_letters']['total']}",
+        (
+            f"handles     {report['handles']['verified']} verified, "
+            f"{report['handles']['refuted']} refuted, "
+            f"{report['handles']['pending']} pending"
+        ),
     ]
     if cursor.get("resets"):
         lines.append(
@@ -1023,6 +1037,37 @@ def _cmd_status(args: argparse.Namespace) -> int:
         _print_json(report)
     else:
         print(_status_text(report))
+    return exits.OK
+
+
+def _cmd_verify_handles(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .handles import make_resolver, recheck_handles
+
+    settings, labels = _settings(_VERIFY_OPTIONS, _overrides(args, _VERIFY_OPTIONS))
+
+    async def go() -> Any:
+        pool = await _writer_pool(settings, labels["dsn"], "verify-handles")
+        try:
+            return await recheck_handles(
+                pool,
+                make_resolver(settings.plc_url, settings.handle_service),
+                everyone=args.all,
+            )
+        finally:
+            await pool.close()
+
+    stats = asyncio.run(go())
+    if args.format == "json":
+        _print_json(dataclasses.asdict(stats))
+    else:
+        print(
+            f"handles: {stats.checked} checked, {stats.verified} verified, "
+            f"{stats.refuted} refuted, {stats.inconclusive} inconclusive"
+        )
+        for did, why in stats.reasons.items():
+            print(f"  {printable(did)}: {printable(why)[:300]}")
     return exits.OK
 
 
@@ -1283,6 +1328,28 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--format", choices=["text", "json"], default="text")
     _dsn_option(st)
     st.set_defaults(handler=_cmd_status)
+
+    vh = add(
+        "verify-handles",
+        _VERIFY_OPTIONS,
+        help="check the accounts' handles now (after fixing PLC or handle "
+        "service settings)",
+        description="Check now, ignoring the re-check intervals, every account "
+        "whose handle is not verified (--all: every account with a handle), "
+        "against the PLC directory ($ATDATA_APPVIEW_PLC_URL) and the handle "
+        "service ($ATDATA_APPVIEW_HANDLE_SERVICE), both ways; print the counts "
+        "and why each account was not verified.",
+    )
+    vh.add_argument("--all", action="store_true", help="re-check verified handles too")
+    vh.add_argument(
+        "--plc-url",
+        dest="plc_url",
+        metavar="URL",
+        help="PLC directory (default https://plc.directory, $ATDATA_APPVIEW_PLC_URL)",
+    )
+    vh.add_argument("--format", choices=["text", "json"], default="text")
+    _dsn_option(vh)
+    vh.set_defaults(handler=_cmd_verify_handles)
 
     rl = add(
         "rules",

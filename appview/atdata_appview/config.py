@@ -81,6 +81,7 @@ COMMANDS: Final = (
     "status",
     "rules",
     "dead-letters",
+    "verify-handles",
 )
 
 #: Where the DSN is looked for, in order (the first one set wins).
@@ -101,7 +102,16 @@ EXTRA_VARIABLES: Final[dict[str, str]] = {
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
 
-_DB: Final = ("serve", "index", "run", "migrate", "backfill", "status", "dead-letters")
+_DB: Final = (
+    "serve",
+    "index",
+    "run",
+    "migrate",
+    "backfill",
+    "status",
+    "dead-letters",
+    "verify-handles",
+)
 _SERVE: Final = ("serve", "run")
 _INDEX: Final = ("index", "run", "backfill")
 
@@ -321,7 +331,7 @@ class Settings:
         "https://plc.directory",
         "the PLC directory resolving did:plc documents (a backfill verifies each "
         "repository's commit with its key; handle verification reads alsoKnownAs)",
-        commands=("backfill", "run", "index"),
+        commands=("backfill", "run", "index", "verify-handles"),
     )
     handle_service: str = _setting(
         "",
@@ -329,7 +339,7 @@ class Settings:
         "handles for verification (a PDS, or an AppView doing DNS TXT); empty: "
         "only https://<handle>/.well-known/atproto-did. Either way the DID "
         "document must list the handle",
-        commands=("run", "index"),
+        commands=("run", "index", "verify-handles"),
         shown="(none)",
     )
     application_name: str = _setting(

@@ -62,6 +62,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ import asyncpg
 from atdata_runtime.atmosphere.identity import IdentityResolver
 from atdata_runtime.lex.formats import is_handle
 from atdata_runtime.net.errors import NetworkError
+from atdata_runtime.net.redact import redact_url
 from atdata_runtime.net.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -80,7 +82,10 @@ __all__ = [
     "RECHECK_SECONDS",
     "RETRY_SECONDS",
     "VerifyStats",
+    "handle_counts",
+    "log_reasons",
     "make_resolver",
+    "recheck_handles",
     "run_handle_verifier",
     "verify_handles",
 ]
@@ -334,12 +339,12 @@ async def verify_handles(
             if did is None and key in still and still[key] is not False:
                 out.append(_Row(r["did"], handle, handle, age=keep_age))
                 stats.inconclusive += 1
-                stats.reasons[r["did"]] = f"{why} (kept: verified before)"
+                stats.reasons[r["did"]] = f"{handle}: {why} (kept: verified before)"
                 continue
             out.append(_Row(r["did"], handle, None))
             stats.refuted += 1
             stats.reasons[r["did"]] = (
-                why if did is None else f"{handle} resolves to {did}"
+                f"{handle}: {why}" if did is None else f"{handle} resolves to {did}"
             )
         if did is not None and did not in claimants:
             # the network names the handle's owner: an account whose claim the
@@ -376,8 +381,8 @@ async def run_handle_verifier(
     defaults to :func:`make_resolver` of ``settings.plc_url`` and
     ``settings.handle_service``. Transient database errors are logged (a WARNING
     at most once a minute) and retried with a backoff up to 30 s; other errors
-    propagate. Each round with work is logged at INFO (the reasons per account
-    at DEBUG). ``on_round`` (tests) sees each round's stats. Lookups run in this
+    propagate. Each round with work is logged at INFO, with the reason of each
+    account not verified (:func:`log_reasons`). ``on_round`` (tests) sees each round's stats. Lookups run in this
     function's own ``concurrency`` threads."""
     resolver = resolver or make_resolver(settings.plc_url, settings.handle_service)
     backoff = 0.0
@@ -405,8 +410,7 @@ async def run_handle_verifier(
                     await asyncio.wait_for(stop.wait(), backoff)
                 continue
             backoff = 0.0
-            for did, why in stats.reasons.items():
-                log.debug("handles: %s not verified: %s", did, why)
+            log_reasons(stats)
             if stats.checked:
                 log.info(
                     "handles: %d checked, %d verified, %d refuted, %d inconclusive",
@@ -421,3 +425,97 @@ async def run_handle_verifier(
     finally:
         # lookups in flight end on the resolver's own deadline; nobody waits
         executor.shutdown(wait=False, cancel_futures=True)
+
+
+MAX_REASONS_LOGGED: Final = 20
+"""Accounts whose reason :func:`log_reasons` logs per round at most."""
+MAX_REASON_CHARS: Final = 300
+"""Characters of one logged reason at most."""
+
+_URLISH: Final = re.compile(r"https?://[^\s'\"<>]+")
+
+
+def _shown_reason(why: str) -> str:
+    """``why`` fit for a log line: URLs redacted (no credentials or secret query
+    parameters), control characters escaped, at most :data:`MAX_REASON_CHARS`."""
+    text = _URLISH.sub(lambda m: redact_url(m.group(0)), why)
+    text = "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
+    if len(text) > MAX_REASON_CHARS:
+        text = text[: MAX_REASON_CHARS - 1] + "\u2026"
+    return text
+
+
+def log_reasons(stats: VerifyStats) -> None:
+    """Log at INFO why each account of ``stats`` was not verified (refuted or
+    inconclusive: ``"<handle>: <the resolver's reason>"``, redacted and bounded;
+    at most :data:`MAX_REASONS_LOGGED` accounts, then how many more), so an
+    operator sees e.g. a handle service or PLC directory that does not answer."""
+    items = list(stats.reasons.items())
+    for did, why in items[:MAX_REASONS_LOGGED]:
+        log.info("handles: %s not verified: %s", did[:200], _shown_reason(why))
+    if len(items) > MAX_REASONS_LOGGED:
+        log.info(
+            "handles: %d more accounts not verified",
+            len(items) - MAX_REASONS_LOGGED,
+        )
+
+
+_COUNTS_SQL: Final = """
+SELECT
+    count(*) FILTER (WHERE c IS NOT NULL AND c IS DISTINCT FROM handle_checked)
+        AS pending,
+    count(*) FILTER (WHERE c IS NOT DISTINCT FROM handle_checked
+                       AND verified_handle IS NOT NULL) AS verified,
+    count(*) FILTER (WHERE c IS NOT NULL AND c IS NOT DISTINCT FROM handle_checked
+                       AND verified_handle IS NULL) AS refuted,
+    count(*) FILTER (WHERE c IS NULL) AS none
+FROM (SELECT coalesce(handle, verified_handle) AS c, handle_checked,
+             verified_handle FROM appview_accounts) a
+"""
+
+
+async def handle_counts(conn: Any) -> dict[str, int]:
+    """Accounts by handle verification state (each in one): ``verified`` (the
+    handle checked is verified), ``refuted`` (checked, not verified; retried
+    after :data:`RETRY_SECONDS`), ``pending`` (a claim not checked yet), ``none``
+    (no handle to check). ``conn``: an asyncpg connection."""
+    row = await conn.fetchrow(_COUNTS_SQL)
+    return {k: int(row[k]) for k in ("verified", "refuted", "pending", "none")}
+
+
+_RECHECK_SQL: Final = """
+UPDATE appview_accounts SET handle_checked = NULL
+WHERE coalesce(handle, verified_handle) IS NOT NULL
+  AND ($1::bool OR verified_handle IS NULL)
+"""
+
+
+async def recheck_handles(
+    pool: Any,
+    resolver: IdentityResolver,
+    *,
+    everyone: bool = False,
+    batch: int = 100,
+    concurrency: int = 8,
+    max_rounds: int = 10_000,
+) -> VerifyStats:
+    """Check now, ignoring the re-check intervals, every account whose handle is
+    not verified (``everyone``: every account with a handle), then return the
+    summed stats of the :func:`verify_handles` rounds that did it (at most
+    ``max_rounds``; the reasons are logged by :func:`log_reasons`). The accounts
+    are marked unchecked first (``handle_checked`` NULL: the verifier's work
+    query takes them first). For ``atdata-appview verify-handles``: an account
+    that fixed its handle or DID document heals at once. Raises the database's
+    errors."""
+    async with pool.acquire() as conn:
+        await conn.execute(_RECHECK_SQL, everyone)
+    total = VerifyStats()
+    for _ in range(max_rounds):
+        stats = await verify_handles(
+            pool, resolver, batch=batch, concurrency=concurrency
+        )
+        log_reasons(stats)
+        if not stats.checked:
+            break
+        total.add(stats)
+    return total

@@ -356,3 +356,80 @@ def test_atdata_appview_index_verifies_handles(
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(60)
         assert code == 0, out.read_text()
+
+
+def test_a_user_who_fixes_their_handle_heals_without_sql(
+    appview_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refuted handle is not checked again before :data:`RETRY_SECONDS`;
+    ``atdata-appview verify-handles`` checks it now. ``status`` counts verified,
+    refuted and pending handles; each refutation's reason is logged at INFO."""
+    from atdata_appview.handles import handle_counts, log_reasons
+
+    log = LogWriter()
+    with IdentityDirectory({A: "a.test", B: "elsewhere.test"}) as net:
+        resolver = net.resolver()
+
+        async def before(pool: Any) -> tuple[dict[str, int], dict[str, int]]:
+            await fold(pool, [log.identity(A, "a.test"), log.identity(B, "b.test")])
+            async with pool.acquire() as conn:
+                pending = await handle_counts(conn)
+            stats = await verify_all(pool, resolver)
+            assert (stats.verified, stats.refuted) == (1, 1), stats
+            caplog.set_level("INFO", logger="atdata_appview.handles")
+            log_reasons(stats)
+            async with pool.acquire() as conn:
+                return pending, await handle_counts(conn)
+
+        pending, after = run(appview_dsn, before)
+        assert pending == {"verified": 0, "refuted": 0, "pending": 2, "none": 0}
+        assert after == {"verified": 1, "refuted": 1, "pending": 0, "none": 0}
+        said = [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "atdata_appview.handles" and r.levelname == "INFO"
+        ]
+        assert any(B in m and "b.test" in m and "not verified" in m for m in said), said
+        assert all(len(m) <= 400 for m in said)
+
+        # B fixes its handle on the network: the backoff would wait an hour
+        net.set(B, "b.test")
+        assert (
+            run(appview_dsn, lambda pool: verify_handles(pool, resolver)).checked == 0
+        )
+        env = {
+            "ATDATA_APPVIEW_DSN": appview_dsn,
+            "ATDATA_APPVIEW_PLC_URL": net.url,
+            "ATDATA_APPVIEW_HANDLE_SERVICE": net.url,
+        }
+        done = _cli("verify-handles", env=env)
+        assert done.returncode == 0, done.stderr
+        assert "1 checked" in done.stdout and "1 verified" in done.stdout, done.stdout
+        assert run(appview_dsn, accounts)[B] == ("b.test", "b.test")
+        # --all checks the verified ones too
+        done = _cli("verify-handles", "--all", env=env)
+        assert done.returncode == 0, done.stderr
+        assert "2 checked" in done.stdout and "2 verified" in done.stdout, done.stdout
+        status = _cli("status", "--format", "json", env=env)
+        assert status.returncode == 0, status.stderr
+        import json
+
+        assert json.loads(status.stdout)["handles"] == {
+            "verified": 2, "refuted": 0, "pending": 0, "none": 0
+        }  # fmt: skip
+        text = _cli("status", env=env)
+        assert "handles     2 verified, 0 refuted, 0 pending" in text.stdout
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ATDATA_")},
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "atdata_appview", *args],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
