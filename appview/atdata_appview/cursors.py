@@ -38,13 +38,15 @@ import orjson
 
 __all__ = ["MAX_CURSOR", "InvalidCursor", "decode", "encode", "fingerprint"]
 
-MAX_CURSOR: Final = 512
-"""Largest cursor accepted, in characters (the Lexicons' ``cursor`` maxLength)."""
+MAX_CURSOR: Final = 4096
+"""Largest cursor accepted, in characters (the Lexicons' ``cursor`` maxLength): room
+for a DID of 2,048 characters and a record key of 512 (the atproto spec's bounds) in
+base64url, so that no published record can make its page's cursor too long."""
 
 _VERSION: Final = 1
 _TAG: Final = 8
 _KEY: Final = b"atdata-appview cursor v1"
-_MAX_TEXT: Final = 400  # a key string longer than this never came from us
+_MAX_TEXT: Final = 2048  # a key string (DID: 2,048 at most; record key: 512) longer than this never came from us
 _FLOAT32_MAX: Final = 3.4028234663852886e38  # a PostgreSQL real's largest value
 
 Key = int | float | str | None

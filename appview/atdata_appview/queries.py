@@ -380,7 +380,7 @@ FACET_CACHE_SIZE: Final = 512
 
 FIXES_MAX_CHARS: Final = 160
 """Longest text of the typo corrections a relevance cursor carries (the
-Lexicon's cursor is at most 512 characters): a text with more corrections than fit
+cursor stays short): a text with more corrections than fit
 is searched with those that fit, on every page alike."""
 
 _facet_cache: OrderedDict[
