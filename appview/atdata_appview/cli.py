@@ -33,7 +33,7 @@ Exit statuses (those of :mod:`atdata_ingest.exits`, sysexits.h):
 {EXIT_STATUSES}
 
 Every message and log line has its DSN passwords redacted
-(:func:`atdata_ingest.cli.redact`).
+(:func:`atdata_ingest.cliutil.redact`).
 """
 
 from __future__ import annotations
@@ -55,8 +55,10 @@ from types import FrameType
 from typing import Any, Final, Literal, TypeVar
 
 from atdata_gen.diagnostics import printable
-from atdata_ingest import exits
-from atdata_ingest.cli import _Formatter, _remember_secrets, _setup_logging, redact
+from atdata_ingest import cliutil, exits
+from atdata_ingest.cli import QUIET_LOGGERS
+from atdata_ingest.cliutil import Formatter as _Formatter
+from atdata_ingest.cliutil import remember_secrets as _remember_secrets
 from atdata_runtime.net import redact_url
 
 from .config import (
@@ -82,7 +84,7 @@ log = logging.getLogger("atdata_appview.cli")
 
 PROG: Final = "atdata-appview"
 LOG_LEVEL_ENV: Final = f"{ENV_PREFIX}LOG_LEVEL"
-LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_LEVELS: Final = cliutil.LOG_LEVELS
 EXIT_USAGE: Final = 2
 #: ``backfill``: some repositories could not be read (they are listed; the
 #: others were indexed).
@@ -219,8 +221,7 @@ def _epilog(command: str | None, options: Mapping[str, str] | None = None) -> st
 # -- settings ---------------------------------------------------------------------
 
 
-class _Usage(Exception):
-    """Bad arguments found after parsing (exit 2, as argparse's own)."""
+_Usage = cliutil.Usage
 
 
 def _settings(
@@ -1378,53 +1379,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _log_level(option: str | None, environ: Mapping[str, str]) -> str:
-    if option:
-        return option
-    raw = environ.get(LOG_LEVEL_ENV)
-    if raw is None or not raw.strip():
-        return "INFO"
-    level = raw.strip().upper()
-    if level not in LOG_LEVELS:
-        raise ConfigError(
-            f"{LOG_LEVEL_ENV}: {raw!r} is not one of {', '.join(LOG_LEVELS)}"
-        )
-    return level
-
-
-def _warn_unknown_variables(environ: Mapping[str, str]) -> None:
-    for name, close in unknown_variables(environ):
-        hint = f"; did you mean {close}?" if close else ""
-        sys.stderr.write(
-            f"{PROG}: warning: {name} is not a setting of {PROG} (ignored){hint}\n"
-        )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (see the module doc)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        _warn_unknown_variables(os.environ)
-        args.log_level = _log_level(args.log_level, os.environ)
-        _setup_logging(args.log_level)
-        status = args.handler(args)
-    except exits.IngestExit as exc:
-        what = "error" if exc.status == exits.CONFIG else "failed"
-        sys.stderr.write(f"{PROG}: {what}: {printable(redact(str(exc)))}\n")
-        return exc.status
-    except _Usage as exc:
-        sys.stderr.write(f"{PROG}: error: {redact(str(exc))}\n")
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return exits.OK
-    except Exception as exc:  # noqa: BLE001 - a bug: the traceback, redacted
-        import traceback
-
-        text = "".join(traceback.format_exception(exc))
-        sys.stderr.write(f"{PROG}: internal error (a bug):\n{redact(text)}")
-        return exits.SOFTWARE
-    return int(status)
+    return cliutil.run_main(
+        PROG,
+        build_parser(),
+        argv,
+        unknown_variables=unknown_variables,
+        log_level_variable=LOG_LEVEL_ENV,
+        quiet_loggers=QUIET_LOGGERS,
+        exit_usage=EXIT_USAGE,
+        environ=os.environ,
+        clean=printable,
+    )
 
 
 def _statuses_rst() -> str:

@@ -51,17 +51,14 @@ import errno
 import json
 import logging
 import os
-import re
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
-from urllib.parse import unquote, urlsplit
 
-from atdata_runtime.net import redact_url
-
-from . import exits
+from . import cliutil, exits
+from .cliutil import redact
 from .config import (
     COMMANDS,
     ENV_PREFIX,
@@ -87,7 +84,7 @@ log = logging.getLogger("atdata_ingest.cli")
 
 PROG: Final = "atdata-ingest"
 LOG_LEVEL_ENV: Final = f"{ENV_PREFIX}LOG_LEVEL"
-LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_LEVELS: Final = cliutil.LOG_LEVELS
 EXIT_USAGE: Final = 2
 EXIT_NO_TOKEN: Final = 1
 #: Seconds one connection attempt of a command may take (TCP, TLS, startup and
@@ -230,83 +227,16 @@ def _exit_help(command: str, *, extra: str = "") -> str:
     return f"{text}\n\n{extra}" if extra else text
 
 
-# -- redaction ------------------------------------------------------------------------
+# -- redaction and logging (shared with atdata-appview: atdata_ingest.cliutil) --------
 
-_DSN_IN_TEXT: Final = re.compile(r"postgres(?:ql)?://[^\s'\"<>]+", re.IGNORECASE)
-_secrets: set[str] = set()
-
-
-def _remember_secrets(dsn: str | None) -> None:
-    """Record the password (raw and percent-decoded) of ``dsn`` so :func:`redact`
-    removes it even where it appears outside a URL (a driver's message)."""
-    if not dsn:
-        return
-    try:
-        password = urlsplit(dsn).password
-    except ValueError:
-        return
-    if password:
-        _secrets.update({password, unquote(password)})
-
-
-def redact(text: str) -> str:
-    """``text`` with every ``postgres[ql]://`` URL's userinfo removed
-    (:func:`atdata_runtime.net.redact_url`) and every password seen in a DSN of
-    this process replaced by ``REDACTED``."""
-    text = _DSN_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
-    for secret in sorted(_secrets, key=len, reverse=True):
-        if len(secret) >= 3:
-            text = text.replace(secret, "REDACTED")
-    return text
-
-
-class _RedactingFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
-
-
-def _log_level(option: str | None, environ: Mapping[str, str]) -> str:
-    """``--log-level``, else ``ATDATA_INGEST_LOG_LEVEL``, else ``INFO``. Raises
-    :class:`ConfigError` for a variable that is not a level (the option is checked
-    by argparse)."""
-    if option:
-        return option
-    raw = environ.get(LOG_LEVEL_ENV)
-    if raw is None or not raw.strip():
-        return "INFO"
-    level = raw.strip().upper()
-    if level not in LOG_LEVELS:
-        raise ConfigError(
-            f"{LOG_LEVEL_ENV}: {raw!r} is not one of {', '.join(LOG_LEVELS)}"
-        )
-    return level
+_remember_secrets = cliutil.remember_secrets
 
 
 def _setup_logging(level: str) -> None:
     """One redacting stderr handler on the root logger at ``level``; the
     :data:`QUIET_LOGGERS` at WARNING (or ``level`` when higher) unless ``level`` is
     DEBUG."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        _RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    numeric = logging.getLevelName(level)
-    quiet = logging.NOTSET if level == "DEBUG" else max(logging.WARNING, numeric)
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(quiet)
-
-
-def _warn_unknown_variables(environ: Mapping[str, str]) -> None:
-    """One ``atdata-ingest: warning:`` line on stderr per ``ATDATA_INGEST_*``
-    variable that nothing reads, with the closest known name."""
-    for name, close in unknown_variables(environ):
-        hint = f"; did you mean {close}?" if close else ""
-        sys.stderr.write(
-            f"{PROG}: warning: {name} is not a setting of {PROG} (ignored){hint}\n"
-        )
+    cliutil.setup_logging(level, QUIET_LOGGERS)
 
 
 # -- settings ---------------------------------------------------------------------
@@ -885,25 +815,8 @@ def _cmd_trim(args: argparse.Namespace) -> int:
     return exits.OK
 
 
-class _Usage(Exception):
-    """Bad arguments found after parsing (exit 2, as argparse's own)."""
-
-
-# -- the parser -----------------------------------------------------------------------
-
-
-class _Formatter(argparse.HelpFormatter):
-    """Wraps descriptions and epilogs paragraph by paragraph (blank lines kept);
-    a paragraph whose first line starts with a space is preformatted (tables)."""
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        out = []
-        for para in text.split("\n\n"):
-            if para.startswith(" ") or "\n  " in para:
-                out.append("\n".join(indent + line for line in para.splitlines()))
-            else:
-                out.append(super()._fill_text(para, width, indent))
-        return "\n\n".join(out)
+_Usage = cliutil.Usage
+_Formatter = cliutil.Formatter
 
 
 def _epilog(command: str, options: Mapping[str, str] | None = None) -> str:
@@ -1265,29 +1178,16 @@ def _short_statuses() -> list[tuple[int, str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (see the module doc)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        _warn_unknown_variables(os.environ)
-        args.log_level = _log_level(args.log_level, os.environ)
-        _setup_logging(args.log_level)
-        status = args.handler(args)
-    except exits.IngestExit as exc:
-        what = "error" if exc.status == exits.CONFIG else "failed"
-        sys.stderr.write(f"{PROG}: {what}: {redact(str(exc))}\n")
-        return exc.status
-    except _Usage as exc:
-        sys.stderr.write(f"{PROG}: error: {redact(str(exc))}\n")
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return exits.OK
-    except Exception as exc:  # noqa: BLE001 - a bug: the traceback, redacted
-        import traceback
-
-        text = "".join(traceback.format_exception(exc))
-        sys.stderr.write(f"{PROG}: internal error (a bug):\n{redact(text)}")
-        return exits.SOFTWARE
-    return int(status)
+    return cliutil.run_main(
+        PROG,
+        build_parser(),
+        argv,
+        unknown_variables=unknown_variables,
+        log_level_variable=LOG_LEVEL_ENV,
+        quiet_loggers=QUIET_LOGGERS,
+        exit_usage=EXIT_USAGE,
+        environ=os.environ,
+    )
 
 
 def _statuses_rst() -> str:
