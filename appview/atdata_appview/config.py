@@ -40,17 +40,17 @@ rule as :func:`atdata_ingest.config.unknown_variables`).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
-import textwrap
 from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
+from atdata_ingest import settings_base
 from atdata_ingest.config import ENV_PREFIX as INGEST_ENV_PREFIX
 from atdata_ingest.exits import ConfigError
+from atdata_ingest.settings_base import SettingInfo
 from atdata_runtime.net import redact_url
 
 __all__ = [
@@ -99,9 +99,6 @@ EXTRA_VARIABLES: Final[dict[str, str]] = {
     "and pull) query; not read by the server",
 }
 
-_TRUE: Final = frozenset({"1", "true", "yes", "on"})
-_FALSE: Final = frozenset({"0", "false", "no", "off"})
-
 _DB: Final = (
     "serve",
     "index",
@@ -121,7 +118,7 @@ _labels: ContextVar[Mapping[str, str]] = ContextVar("atdata_appview_setting_labe
 
 
 def _env_var(name: str) -> str:
-    return f"{ENV_PREFIX}{name.upper()}"
+    return settings_base.env_var(ENV_PREFIX, name)
 
 
 def _var(name: str) -> str:
@@ -508,15 +505,7 @@ class Settings:
                     raw = env.get(_env_var(name))
                 if raw is not None:
                     values[name] = _parse(name, kind, raw)
-            for name, value in overrides.items():
-                if name not in _FIELD_TYPES:
-                    raise ConfigError(f"unknown setting {name!r}")
-                if value is None:
-                    continue
-                kind = _FIELD_TYPES[name]
-                values[name] = (
-                    _parse(name, kind, value) if isinstance(value, str) else value
-                )
+            settings_base.apply_overrides(values, overrides, _FIELD_TYPES, _parse)
             if "dsn" not in values:
                 raise ConfigError(
                     f"{_env_var('dsn')}: missing (set it, ATDATA_INGEST_DATABASE_URL "
@@ -527,12 +516,8 @@ class Settings:
             _labels.reset(token)
 
 
-_TYPES: Final[dict[str, type]] = {"str": str, "int": int, "float": float, "bool": bool}
-
 #: field -> its type (from the annotations of :class:`Settings`).
-_FIELD_TYPES: Final[dict[str, type]] = {
-    f.name: _TYPES[str(f.type)] for f in dataclasses.fields(Settings)
-}
+_FIELD_TYPES: Final = settings_base.field_types(Settings)
 
 
 def setting_labels(
@@ -548,61 +533,32 @@ def setting_labels(
     found = next((v for v in DSN_VARIABLES if v in environ), None)
     if found is not None:
         labels["dsn"] = found
-    for name, value in (overrides or {}).items():
-        if value is not None and options and name in options:
-            labels[name] = options[name]
-    return labels
+    return settings_base.label_options(labels, overrides, options)
 
 
 # -- documentation of the settings ----------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class SettingInfo:
-    """One setting as the docs show it: ``field`` of :class:`Settings`, its
-    ``variable``, ``default`` (as text), ``meaning`` (with bounds or choices) and
-    the ``commands`` that read it."""
-
-    field: str
-    variable: str
-    default: str
-    meaning: str
-    commands: tuple[str, ...]
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
-
-
-def _shown_default(f: dataclasses.Field[Any]) -> str:
-    shown = f.metadata.get("shown")
-    if shown:
-        return str(shown)
-    value = f.default
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return _num(value)
-    return str(value)
+_num = settings_base.num
 
 
 def setting_infos() -> Iterator[SettingInfo]:
     """Every field of :class:`Settings`, in declaration order."""
-    for f in dataclasses.fields(Settings):
-        meaning = str(f.metadata["doc"])
-        bounds = f.metadata.get("bounds")
-        if bounds is not None:
-            meaning += f"; {_num(bounds[0])}..{_num(bounds[1])}"
-        choices = f.metadata.get("choices")
-        if choices is not None:
-            meaning += f"; one of {', '.join(choices)}"
-        yield SettingInfo(
-            field=f.name,
-            variable=_env_var(f.name),
-            default=_shown_default(f),
-            meaning=meaning,
-            commands=tuple(f.metadata["commands"]),
-        )
+    fields = dataclasses.fields(Settings)
+    return settings_base.setting_infos(
+        Settings,
+        ENV_PREFIX,
+        bounds={
+            f.name: f.metadata["bounds"]
+            for f in fields
+            if f.metadata.get("bounds") is not None
+        },
+        choices={
+            f.name: f.metadata["choices"]
+            for f in fields
+            if f.metadata.get("choices") is not None
+        },
+    )
 
 
 def _selected(command: str | None) -> list[SettingInfo]:
@@ -612,31 +568,7 @@ def _selected(command: str | None) -> list[SettingInfo]:
 def settings_table(*, width: int = 48) -> str:
     """The reStructuredText table of every setting (variable, default, meaning
     wrapped to ``width`` characters, the commands that read it)."""
-    head = ("variable", "default", "meaning", "read by")
-    rows: list[tuple[str, str, list[str], str]] = [
-        (
-            f"``{s.variable}``",
-            s.default,
-            textwrap.wrap(s.meaning, width) or [""],
-            ", ".join(s.commands),
-        )
-        for s in _selected(None)
-    ]
-    w_var = max(len(head[0]), *(len(r[0]) for r in rows))
-    w_def = max(len(head[1]), *(len(r[1]) for r in rows))
-    w_doc = max(len(head[2]), *(len(line) for r in rows for line in r[2]))
-    rule = "  ".join("=" * w for w in (w_var, w_def, w_doc, len(head[3])))
-    rule += "=" * (max(len(r[3]) for r in rows) - len(head[3]))
-
-    def line(a: str, b: str, c: str, d: str) -> str:
-        return f"{a:<{w_var}}  {b:<{w_def}}  {c:<{w_doc}}  {d}".rstrip()
-
-    out = [rule, line(*head), rule]
-    for var, default, doc, cmds in rows:
-        out.append(line(var, default, doc[0], cmds))
-        out.extend(line("", "", more, "") for more in doc[1:])
-    out.append(rule)
-    return "\n".join(out)
+    return settings_base.settings_table(_selected(None), width=width)
 
 
 def settings_help(
@@ -649,19 +581,7 @@ def settings_help(
           TCP port the server listens on; 1..65535
 
     ``options``: field -> the command's option for it, shown after the default."""
-    lines: list[str] = []
-    for s in _selected(command):
-        option = (options or {}).get(s.field)
-        head = f"  {s.variable} = {s.default}"
-        if option:
-            head += f"  (option {option})"
-        lines.append(head)
-        lines.extend(
-            textwrap.wrap(
-                s.meaning, width, initial_indent=" " * 6, subsequent_indent=" " * 6
-            )
-        )
-    return "\n".join(lines)
+    return settings_base.settings_help(_selected(command), options=options, width=width)
 
 
 # -- unknown variables -------------------------------------------------------------
@@ -669,9 +589,7 @@ def settings_help(
 
 def known_variables() -> frozenset[str]:
     """Every ``ATDATA_APPVIEW_*`` name something of this service reads."""
-    return frozenset(
-        [*(_env_var(n) for n in _FIELD_TYPES), *map(_env_var, EXTRA_VARIABLES)]
-    )
+    return settings_base.known_variables(ENV_PREFIX, _FIELD_TYPES, EXTRA_VARIABLES)
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
@@ -679,17 +597,7 @@ def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]
     sorted, each with the closest known name (:func:`difflib.get_close_matches`
     on the part after the prefix, cutoff 0.6) or ``None``. They are reported,
     never refused (forward compatibility)."""
-    known = known_variables()
-    suffixes = {name.removeprefix(ENV_PREFIX): name for name in known}
-    found: list[tuple[str, str | None]] = []
-    for name in sorted(environ):
-        if not name.startswith(ENV_PREFIX) or name in known:
-            continue
-        close = difflib.get_close_matches(
-            name.removeprefix(ENV_PREFIX).upper(), list(suffixes), n=1, cutoff=0.6
-        )
-        found.append((name, suffixes[close[0]] if close else None))
-    return found
+    return settings_base.unknown_variables(environ, ENV_PREFIX, known_variables())
 
 
 # -- parsing ------------------------------------------------------------------------
@@ -702,12 +610,7 @@ def _parse(name: str, kind: type, raw: str) -> Any:
         choices = Settings.__dataclass_fields__[name].metadata.get("choices")
         return text.lower() if choices else text
     if kind is bool:
-        low = text.lower()
-        if low in _TRUE:
-            return True
-        if low in _FALSE:
-            return False
-        raise ConfigError(f"{var}: {raw!r} is not a boolean (true/false, 1/0, on/off)")
+        return settings_base.parse_bool(var, raw)
     try:
         return int(text, 10) if kind is int else float(text)
     except ValueError:
@@ -720,9 +623,6 @@ __doc__ = (
     .replace("{SETTINGS_TABLE}", settings_table())
     .replace(
         "{EXTRA_VARIABLES}",
-        "\n".join(
-            f"- ``{_env_var(name)}``: {meaning}"
-            for name, meaning in EXTRA_VARIABLES.items()
-        ),
+        settings_base.extra_variables_doc(ENV_PREFIX, EXTRA_VARIABLES),
     )
 )

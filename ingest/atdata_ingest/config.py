@@ -29,9 +29,7 @@ name, and the command line warns about each one.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
-import textwrap
 from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -40,7 +38,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from atdata_runtime.net import redact_url
 
+from . import settings_base
 from .exits import ConfigError
+from .settings_base import SettingInfo
 
 __all__ = [
     "COMMANDS",
@@ -77,8 +77,6 @@ _SCHEMES: Final = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
 _VERIFY: Final = ("dataset", "all", "none")
 _START: Final = ("live", "oldest")
 _VALIDATE: Final = ("all", "dataset", "none")
-_TRUE: Final = frozenset({"1", "true", "yes", "on"})
-_FALSE: Final = frozenset({"0", "false", "no", "off"})
 
 #: field -> the values allowed (string settings with a fixed set of values).
 _CHOICES: Final[dict[str, tuple[str, ...]]] = {
@@ -111,7 +109,7 @@ _labels: ContextVar[Mapping[str, str]] = ContextVar("atdata_ingest_setting_label
 
 
 def _env_var(name: str) -> str:
-    return f"{ENV_PREFIX}{name.upper()}"
+    return settings_base.env_var(ENV_PREFIX, name)
 
 
 def _var(name: str) -> str:
@@ -377,15 +375,7 @@ class Settings:
                     raw = env.get("DATABASE_URL")
                 if raw is not None:
                     values[name] = _parse(name, kind, raw)
-            for name, value in overrides.items():
-                if name not in _FIELD_TYPES:
-                    raise ConfigError(f"unknown setting {name!r}")
-                if value is None:
-                    continue
-                kind = _FIELD_TYPES[name]
-                values[name] = (
-                    _parse(name, kind, value) if isinstance(value, str) else value
-                )
+            settings_base.apply_overrides(values, overrides, _FIELD_TYPES, _parse)
             if "database_url" not in values:
                 raise ConfigError(
                     f"{_env_var('database_url')}: missing (set it or DATABASE_URL "
@@ -430,12 +420,8 @@ class Settings:
         return f"Settings(database_url={self.redacted_database_url!r}, {shown})"
 
 
-_TYPES: Final[dict[str, type]] = {"str": str, "int": int, "float": float, "bool": bool}
-
 #: field -> its type (from the annotations of :class:`Settings`).
-_FIELD_TYPES: Final[dict[str, type]] = {
-    f.name: _TYPES[str(f.type)] for f in dataclasses.fields(Settings)
-}
+_FIELD_TYPES: Final = settings_base.field_types(Settings)
 
 
 def setting_labels(
@@ -451,57 +437,18 @@ def setting_labels(
     labels = {name: _env_var(name) for name in _FIELD_TYPES}
     if _env_var("database_url") not in environ and "DATABASE_URL" in environ:
         labels["database_url"] = "DATABASE_URL"
-    for name, value in (overrides or {}).items():
-        if value is not None and options and name in options:
-            labels[name] = options[name]
-    return labels
+    return settings_base.label_options(labels, overrides, options)
 
 
 # -- documentation of the settings ----------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class SettingInfo:
-    """One setting as the docs show it: ``field`` of :class:`Settings`, its
-    ``variable``, ``default`` (as text), ``meaning`` (with bounds or choices) and
-    the ``commands`` that read it."""
-
-    field: str
-    variable: str
-    default: str
-    meaning: str
-    commands: tuple[str, ...]
-
-
-def _shown_default(f: dataclasses.Field[Any]) -> str:
-    shown = f.metadata.get("shown")
-    if shown:
-        return str(shown)
-    value = f.default
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return _num(value)
-    return str(value)
-
-
 def setting_infos() -> Iterator[SettingInfo]:
     """Every field of :class:`Settings`, in declaration order, as
     :class:`SettingInfo` (defaults read from the dataclass itself)."""
-    for f in dataclasses.fields(Settings):
-        meaning = str(f.metadata["doc"])
-        if f.name in _BOUNDS:
-            lo, hi = _BOUNDS[f.name]
-            meaning += f"; {_num(lo)}..{_num(hi)}"
-        if f.name in _CHOICES:
-            meaning += f"; one of {', '.join(_CHOICES[f.name])}"
-        yield SettingInfo(
-            field=f.name,
-            variable=_env_var(f.name),
-            default=_shown_default(f),
-            meaning=meaning,
-            commands=tuple(f.metadata["commands"]),
-        )
+    return settings_base.setting_infos(
+        Settings, ENV_PREFIX, bounds=_BOUNDS, choices=_CHOICES
+    )
 
 
 def _selected(command: str | None) -> list[SettingInfo]:
@@ -512,32 +459,7 @@ def settings_table(*, width: int = 48) -> str:
     """The reStructuredText table of every setting (variable, default, meaning
     wrapped to ``width`` characters, the commands that read it) that the module
     doc shows."""
-    infos = _selected(None)
-    head = ("variable", "default", "meaning", "read by")
-    rows: list[tuple[str, str, list[str], str]] = [
-        (
-            f"``{s.variable}``",
-            s.default,
-            textwrap.wrap(s.meaning, width) or [""],
-            ", ".join(s.commands) if s.commands != _ALL else "all",
-        )
-        for s in infos
-    ]
-    w_var = max(len(head[0]), *(len(r[0]) for r in rows))
-    w_def = max(len(head[1]), *(len(r[1]) for r in rows))
-    w_doc = max(len(head[2]), *(len(line) for r in rows for line in r[2]))
-    w_cmd = max(len(head[3]), *(len(r[3]) for r in rows))
-    rule = "  ".join("=" * w for w in (w_var, w_def, w_doc, w_cmd))
-
-    def line(a: str, b: str, c: str, d: str) -> str:
-        return f"{a:<{w_var}}  {b:<{w_def}}  {c:<{w_doc}}  {d}".rstrip()
-
-    out = [rule, line(*head), rule]
-    for var, default, doc, cmds in rows:
-        out.append(line(var, default, doc[0], cmds))
-        out.extend(line("", "", more, "") for more in doc[1:])
-    out.append(rule)
-    return "\n".join(out)
+    return settings_base.settings_table(_selected(None), width=width, all_commands=_ALL)
 
 
 def settings_help(
@@ -551,19 +473,7 @@ def settings_help(
           events per COPY batch; 1..10000
 
     ``options``: field -> the command's option for it, shown after the default."""
-    lines: list[str] = []
-    for s in _selected(command):
-        option = (options or {}).get(s.field)
-        head = f"  {s.variable} = {s.default}"
-        if option:
-            head += f"  (option {option})"
-        lines.append(head)
-        lines.extend(
-            textwrap.wrap(
-                s.meaning, width, initial_indent=" " * 6, subsequent_indent=" " * 6
-            )
-        )
-    return "\n".join(lines)
+    return settings_base.settings_help(_selected(command), options=options, width=width)
 
 
 # -- unknown variables -------------------------------------------------------------
@@ -572,9 +482,7 @@ def settings_help(
 def known_variables() -> frozenset[str]:
     """Every ``ATDATA_INGEST_*`` name something of this service reads: one per
     :class:`Settings` field and :data:`EXTRA_VARIABLES`."""
-    return frozenset(
-        [*(_env_var(n) for n in _FIELD_TYPES), *map(_env_var, EXTRA_VARIABLES)]
-    )
+    return settings_base.known_variables(ENV_PREFIX, _FIELD_TYPES, EXTRA_VARIABLES)
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
@@ -582,24 +490,13 @@ def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]
     each with the closest known name (:func:`difflib.get_close_matches` on the
     part after the prefix, cutoff 0.6) or ``None``. Forward compatibility: they
     are reported, never refused."""
-    known = known_variables()
-    suffixes = {name.removeprefix(ENV_PREFIX): name for name in known}
-    found: list[tuple[str, str | None]] = []
-    for name in sorted(environ):
-        if not name.startswith(ENV_PREFIX) or name in known:
-            continue
-        close = difflib.get_close_matches(
-            name.removeprefix(ENV_PREFIX).upper(), list(suffixes), n=1, cutoff=0.6
-        )
-        found.append((name, suffixes[close[0]] if close else None))
-    return found
+    return settings_base.unknown_variables(environ, ENV_PREFIX, known_variables())
 
 
 # -- parsing ------------------------------------------------------------------------
 
 
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
+_num = settings_base.num
 
 
 def _parse(name: str, kind: type, raw: str) -> Any:
@@ -608,12 +505,7 @@ def _parse(name: str, kind: type, raw: str) -> Any:
     if kind is str:
         return text.lower() if name in _CHOICES else text
     if kind is bool:
-        low = text.lower()
-        if low in _TRUE:
-            return True
-        if low in _FALSE:
-            return False
-        raise ConfigError(f"{var}: {raw!r} is not a boolean (true/false, 1/0, on/off)")
+        return settings_base.parse_bool(var, raw)
     try:
         return int(text, 10) if kind is int else float(text)
     except ValueError:
@@ -629,9 +521,6 @@ __doc__ = (
     .replace("{SETTINGS_TABLE}", settings_table())
     .replace(
         "{EXTRA_VARIABLES}",
-        "\n".join(
-            f"- ``{_env_var(name)}``: {meaning}"
-            for name, meaning in EXTRA_VARIABLES.items()
-        ),
+        settings_base.extra_variables_doc(ENV_PREFIX, EXTRA_VARIABLES),
     )
 )
