@@ -27,7 +27,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -35,15 +34,13 @@ from typing import Any
 
 import asyncpg
 import pytest
-import uvicorn
-from atdata_appview.app import create_app
 from atdata_appview.backfill import Backfiller
-from atdata_appview.config import Settings
 from atdata_appview.handles import make_resolver
 from atdata_appview.indexer import Indexer
 from atdata_appview.schema import migrate as migrate_appview
-from atdata_appview.testing.identity import IdentityDirectory, verify_all
+from atdata_appview.testing.identity import verify_all
 from atdata_appview.testing.log import LogWriter, append_rows
+from atdata_appview.testing.serve import fold_log, serve_appview
 from atdata_gen.dynamic import compile_schema_record
 from atdata_ingest.schema import migrate as migrate_ingest
 from atdata_ingest.testing.postgres import PostgresCluster
@@ -298,60 +295,9 @@ def build_world() -> World:
 
 
 async def _fill(dsn: str, rows: list[dict[str, Any]]) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrate_ingest(conn)
-        await migrate_appview(conn)
-        await append_rows(conn, rows)
-    finally:
-        await conn.close()
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
-    try:
-        indexer = Indexer(pool)
-        while await indexer.fold_once():
-            pass
-        # queries resolve verified handles only (the seed's DIDs exist nowhere:
-        # a stand-in of the network's identity services tells HANDLES)
-        with IdentityDirectory(HANDLES) as network:
-            await verify_all(pool, network.resolver())
-        async with pool.acquire() as c:
-            dead = await c.fetch("SELECT rule, pointer FROM appview_dead_letters")
-        assert not dead, [dict(d) for d in dead]
-    finally:
-        await pool.close()
-
-
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # not the main thread
-        pass
-
-
-@contextmanager
-def serve_appview(dsn: str) -> Iterator[str]:
-    """The real AppView (create_app) on uvicorn on a free loopback port; yields
-    its base URL."""
-    app = create_app(
-        Settings.from_env({"ATDATA_APPVIEW_DSN": dsn}, rate_per_second=0, pool_max=4)
-    )
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = _Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, daemon=True
-    )
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("the AppView server did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    # queries resolve verified handles only (the seed's DIDs exist nowhere:
+    # a stand-in of the network's identity services tells HANDLES)
+    await fold_log(dsn, rows, HANDLES, migrate=True)
 
 
 @dataclass

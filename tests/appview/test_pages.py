@@ -19,9 +19,7 @@ import concurrent.futures
 import itertools
 import json
 import os
-import socket
 import threading
-import time
 import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -29,18 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
-import uvicorn
 from atdata_appview import pages
 from atdata_appview.app import create_app
 from atdata_appview.config import Settings
-from atdata_appview.indexer import Indexer
-from atdata_appview.schema import migrate as migrate_appview
-from atdata_appview.testing.identity import IdentityDirectory, verify_all
-from atdata_appview.testing.log import LogWriter, append_rows
-from atdata_ingest.schema import migrate as migrate_ingest
+from atdata_appview.testing.log import LogWriter
+from atdata_appview.testing.serve import fold_log, serve_appview
 from atdata_ingest.testing.postgres import PostgresCluster
 from atdata_runtime.atmosphere.cid import blob_cid, record_cid
 from atdata_runtime.atmosphere.records import schema_rkey
@@ -48,16 +41,22 @@ from atdata_runtime.samples.schema import convert_schema_record
 from playwright.sync_api import Browser, ConsoleMessage, Page, Request, sync_playwright
 
 from ..conftest import CORPUS, require_corpus
-
-SCHEMA = "science.alt.dataset.schema"
-ENTRY = "science.alt.dataset.entry"
-LENS = "science.alt.dataset.lens"
-VERIFY = "science.alt.dataset.lensVerification"
-LABEL = "science.alt.dataset.label"
-
-ALICE = "did:plc:" + "alice".ljust(24, "a")
-BOB = "did:plc:" + "bob".ljust(24, "b")
-MALLORY = "did:plc:" + "mallory".ljust(24, "m")
+from .helpers import (
+    ALICE,
+    BOB,
+    CREATED,
+    ENTRY,
+    LABEL,
+    LENS,
+    MALLORY,
+    SCHEMA,
+    VERIFY,
+    at,
+    checksum,
+    code,
+    entry,
+    http_storage,
+)
 
 SCRIPT_NAME = "<script>alert(1)</script>"
 IMG_TEXT = '"><img src=x onerror=alert(2)>'
@@ -68,11 +67,6 @@ LENS_HOSTILE = "<img src=x onerror=alert(7)>"
 FIELD_HOSTILE = '"><svg onload=alert(6)>'
 BULK = 22
 NDARRAY_11 = "https://alt.science/schemas/atdata-ndarray-bytes/1.1.0#/$defs/ndarray"
-CREATED = "2026-01-01T00:00:00Z"
-
-
-def at(did: str, collection: str, rkey: str) -> str:
-    return f"at://{did}/{collection}/{rkey}"
 
 
 def schema_uri(did: str, name: str, version: str) -> str:
@@ -130,53 +124,6 @@ EXPECTED_VERDICTS = ["compatible", "breaking", "breaking ✓"]
 """The graph's verdict lines: 2.0.0 removes what 1.2.0 had, under a declared
 major bump (the checker's ``compatible``: drawn as breaking, declared, green)."""
 EXPECTED_HISTORY = ["compatible (minor)", "breaking", "breaking, declared major ✓"]
-
-
-def checksum(n: int) -> dict[str, str]:
-    return {"algorithm": "sha256", "digest": f"{n:064x}"}
-
-
-def http_storage(*urls: str) -> dict[str, Any]:
-    return {
-        "$type": "science.alt.dataset.storageHttp",
-        "shards": [{"url": u, "checksum": checksum(i)} for i, u in enumerate(urls)],
-    }
-
-
-def entry(
-    name: str,
-    schema: str,
-    storage: dict[str, Any],
-    *,
-    tags: list[str] | None = None,
-    license: str | None = None,
-    size: int | None = None,
-    description: str | None = None,
-) -> dict[str, Any]:
-    rec: dict[str, Any] = {
-        "$type": ENTRY,
-        "name": name,
-        "schemaRef": schema,
-        "storage": storage,
-        "createdAt": CREATED,
-    }
-    if tags:
-        rec["tags"] = tags
-    if license:
-        rec["license"] = license
-    if size is not None:
-        rec["size"] = {"bytes": size, "samples": size // 1000, "shards": 1}
-    if description:
-        rec["description"] = description
-    return rec
-
-
-def code(path: str) -> dict[str, str]:
-    return {
-        "repository": "https://github.com/example/lenses",
-        "commit": "0123456789abcdef0123456789abcdef01234567",
-        "path": path,
-    }
 
 
 @dataclass
@@ -330,31 +277,14 @@ def build_seed() -> tuple[list[dict[str, Any]], Seed]:
 
 async def fill(dsn: str, rows: list[dict[str, Any]]) -> None:
     """Migrate, write ``rows`` into the log and fold them in with the indexer."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrate_ingest(conn)
-        await migrate_appview(conn)
-        await append_rows(conn, rows)
-    finally:
-        await conn.close()
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
-    try:
-        indexer = Indexer(pool)
-        while await indexer.fold_once():
-            pass
-        # queries resolve verified handles only: verify the seed's against a
-        # stand-in of the network's identity services (its DIDs exist nowhere)
-        with IdentityDirectory(
-            {ALICE: "alice.test", BOB: "bob.test", MALLORY: "mallory.test"}
-        ) as network:
-            await verify_all(pool, network.resolver())
-        async with pool.acquire() as conn:
-            dead = await conn.fetch(
-                "SELECT rule, pointer, message FROM appview_dead_letters"
-            )
-            assert not dead, [dict(d) for d in dead]
-    finally:
-        await pool.close()
+    # queries resolve verified handles only: verify the seed's against a
+    # stand-in of the network's identity services (its DIDs exist nowhere)
+    await fold_log(
+        dsn,
+        rows,
+        {ALICE: "alice.test", BOB: "bob.test", MALLORY: "mallory.test"},
+        migrate=True,
+    )
 
 
 # -- the server and the browser --------------------------------------------------------
@@ -372,11 +302,6 @@ class Site:
         return self.url + href
 
 
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # not the main thread
-        pass
-
-
 @pytest.fixture(scope="module")
 def site(
     pg: PostgresCluster, tmp_path_factory: pytest.TempPathFactory
@@ -384,32 +309,11 @@ def site(
     rows, seed = build_seed()
     dsn = pg.create_database("pages_browser")
     asyncio.run(fill(dsn, rows))
-    app = create_app(
-        Settings.from_env({"ATDATA_APPVIEW_DSN": dsn}, rate_per_second=0, pool_max=4)
-    )
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = _Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, daemon=True
-    )
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("the AppView server did not start")
-        time.sleep(0.05)
-    where = os.environ.get("ATDATA_TEST_ARTIFACTS")
-    artifacts = Path(where) if where else tmp_path_factory.mktemp("screenshots")
-    artifacts.mkdir(parents=True, exist_ok=True)
-    try:
+    with serve_appview(dsn) as url:
+        where = os.environ.get("ATDATA_TEST_ARTIFACTS")
+        artifacts = Path(where) if where else tmp_path_factory.mktemp("screenshots")
+        artifacts.mkdir(parents=True, exist_ok=True)
         yield Site(url, seed, artifacts)
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 @pytest.fixture(scope="module")

@@ -30,8 +30,8 @@ from atdata_appview.app import create_app
 from atdata_appview.config import Settings
 from atdata_appview.indexer import Indexer
 from atdata_appview.schema import migrate as migrate_appview
-from atdata_appview.testing.identity import IdentityDirectory, verify_all
-from atdata_appview.testing.log import LogWriter, append_rows
+from atdata_appview.testing.log import LogWriter
+from atdata_appview.testing.serve import fold_log
 from atdata_ingest.schema import migrate as migrate_ingest
 from atdata_ingest.testing.postgres import PostgresCluster
 from atdata_runtime.atmosphere.cid import blob_cid, record_cid
@@ -40,21 +40,28 @@ from atdata_runtime.lex.formats import is_datetime
 from fastapi.testclient import TestClient
 
 from ..conftest import CORPUS, ROOT, require_corpus
+from .helpers import (
+    ALICE,
+    BOB,
+    CREATED,
+    ENTRY,
+    LABEL,
+    LENS,
+    MALLORY,
+    SCHEMA,
+    VERIFY,
+    at,
+    checksum,
+    code,
+    entry,
+    http_storage,
+)
 
-SCHEMA = "science.alt.dataset.schema"
-ENTRY = "science.alt.dataset.entry"
-LENS = "science.alt.dataset.lens"
-VERIFY = "science.alt.dataset.lensVerification"
-LABEL = "science.alt.dataset.label"
 NS = "science.alt.dataset."
 
-ALICE = "did:plc:" + "alice".ljust(24, "a")
-BOB = "did:plc:" + "bob".ljust(24, "b")
-MALLORY = "did:plc:" + "mallory".ljust(24, "m")
 CAROL = "did:plc:" + "carol".ljust(24, "c")
 HANDLES = {ALICE: "alice.test", BOB: "bob.test", MALLORY: "mallory.test"}
 
-CREATED = "2026-01-01T00:00:00Z"
 NDARRAY = "https://alt.science/schemas/atdata-ndarray-bytes/1.1.0#/$defs/ndarray"
 SCRIPT = "<script>alert(1)</script>"
 HOSTILE_NAME = (
@@ -70,10 +77,6 @@ INJECTIONS = [
 ]
 BULK = 30
 EXPECTED_VERDICTS = ["compatible", "breaking", "compatible"]
-
-
-def at(did: str, collection: str, rkey: str) -> str:
-    return f"at://{did}/{collection}/{rkey}"
 
 
 # -- the seed -------------------------------------------------------------------------
@@ -113,54 +116,6 @@ def cellcrop(version: str, *, name: str = "CellCrop") -> dict[str, Any]:
         "description": "A crop of one cell from a microscopy plate",
         "createdAt": CREATED,
         "atdataSchemaVersion": 1,
-    }
-
-
-def checksum(n: int) -> dict[str, str]:
-    return {"algorithm": "sha256", "digest": f"{n:064x}"}
-
-
-def http_storage(*urls: str) -> dict[str, Any]:
-    return {
-        "$type": "science.alt.dataset.storageHttp",
-        "shards": [{"url": u, "checksum": checksum(i)} for i, u in enumerate(urls)],
-    }
-
-
-def entry(
-    name: str,
-    schema: str,
-    storage: dict[str, Any] | None = None,
-    *,
-    tags: list[str] | None = None,
-    license: str | None = None,
-    size: int | None = None,
-    description: str | None = None,
-    created: str = CREATED,
-) -> dict[str, Any]:
-    rec: dict[str, Any] = {
-        "$type": ENTRY,
-        "name": name,
-        "schemaRef": schema,
-        "storage": storage or http_storage(f"https://data.example.org/{len(name)}.tar"),
-        "createdAt": created,
-    }
-    if tags:
-        rec["tags"] = tags
-    if license:
-        rec["license"] = license
-    if size is not None:
-        rec["size"] = {"samples": size // 1000, "bytes": size, "shards": 1}
-    if description:
-        rec["description"] = description
-    return rec
-
-
-def code(path: str) -> dict[str, str]:
-    return {
-        "repository": "https://github.com/example/lenses",
-        "commit": "0123456789abcdef0123456789abcdef01234567",
-        "path": path,
     }
 
 
@@ -313,25 +268,7 @@ async def fold(
     letters allowed), then verify the handles claimed against a stand-in of the
     network's identity services telling ``handles`` (DID → handle; the seed's
     DIDs exist nowhere): queries resolve verified handles only."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        await append_rows(conn, rows)
-    finally:
-        await conn.close()
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
-    try:
-        indexer = Indexer(pool)
-        while await indexer.fold_once():
-            pass
-        with IdentityDirectory(handles) as network:
-            await verify_all(pool, network.resolver())
-        async with pool.acquire() as conn:
-            dead = await conn.fetch(
-                "SELECT rule, pointer, message FROM appview_dead_letters"
-            )
-        assert not dead, [dict(d) for d in dead]
-    finally:
-        await pool.close()
+    await fold_log(dsn, rows, handles)
 
 
 async def _migrate(dsn: str) -> None:
