@@ -41,15 +41,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as _dt
-import errno
 import json
 import logging
 import os
 import signal
-import socket
 import sys
-import textwrap
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import FrameType
 from typing import Any, Final, Literal, TypeVar
@@ -200,14 +196,7 @@ def exit_statuses(command: str | None = None) -> list[tuple[int, str]]:
 
 
 def _exit_help(command: str | None) -> str:
-    lines = ["exit statuses:"]
-    for status, meaning in exit_statuses(command):
-        lines.extend(
-            textwrap.wrap(
-                meaning, 76, initial_indent=f"  {status:<4}", subsequent_indent=" " * 6
-            )
-        )
-    return "\n".join(lines)
+    return cliutil.exit_help(exit_statuses(command))
 
 
 def _epilog(command: str | None, options: Mapping[str, str] | None = None) -> str:
@@ -441,64 +430,23 @@ async def _writer_pool(settings: Settings, label: str, suffix: str) -> Any:
         raise _connect_error(exc, settings, label) from None
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, _dt.datetime | _dt.date):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return str(value)
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(_jsonable(value), indent=2, sort_keys=True) + "\n")
+_jsonable = cliutil.jsonable
+_print_json = cliutil.print_json
 
 
 def _check_listen(settings: Settings, labels: Mapping[str, str]) -> None:
     """Bind (without listening) every address ``host`` resolves to, at ``port``,
     as uvicorn will, then release them; :class:`ConfigError` naming the option
     or variable when the port is in use, the address not of this host, or the
-    port privileged."""
-    host, port = settings.host, settings.port
-    host_label, port_label = labels["host"], labels["port"]
-    try:
-        infos = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except socket.gaierror as exc:
-        raise ConfigError(
-            f"{host_label}: {host!r} does not resolve ({exc.strerror})"
-        ) from None
-    for family, kind, proto, _, address in dict.fromkeys(infos):
-        with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                sock.bind(address)
-            except OSError as exc:
-                where = f"{host}:{port}"
-                if exc.errno == errno.EADDRINUSE:
-                    raise ConfigError(
-                        f"{port_label}: {where} is already in use (stop the other "
-                        "process or choose another port)"
-                    ) from None
-                if exc.errno == errno.EADDRNOTAVAIL:
-                    raise ConfigError(
-                        f"{host_label}: {host!r} is not an address of this host"
-                    ) from None
-                if exc.errno == errno.EACCES:
-                    raise ConfigError(
-                        f"{port_label}: {where}: permission denied (ports below "
-                        "1024 need privileges)"
-                    ) from None
-                raise ConfigError(
-                    f"{host_label}/{port_label}: cannot listen on {where}: "
-                    f"{exc.strerror}"
-                ) from None
+    port privileged (:func:`atdata_ingest.cliutil.check_listen`)."""
+    cliutil.check_listen(
+        settings.host,
+        settings.port,
+        host_label=labels["host"],
+        port_label=labels["port"],
+        in_use_hint="stop the other process or choose another port",
+        bracket_ipv6=False,
+    )
 
 
 # -- signals --------------------------------------------------------------------------

@@ -46,12 +46,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as _dt
-import errno
-import json
 import logging
 import os
-import socket
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -211,19 +207,7 @@ def exit_statuses(command: str | None = None) -> list[tuple[int, str]]:
 
 
 def _exit_help(command: str, *, extra: str = "") -> str:
-    import textwrap
-
-    lines = ["exit statuses:"]
-    for status, meaning in exit_statuses(command):
-        lines.extend(
-            textwrap.wrap(
-                meaning,
-                76,
-                initial_indent=f"  {status:<4}",
-                subsequent_indent=" " * 6,
-            )
-        )
-    text = "\n".join(lines)
+    text = cliutil.exit_help(exit_statuses(command))
     return f"{text}\n\n{extra}" if extra else text
 
 
@@ -490,20 +474,8 @@ def _db(
     return asyncio.run(go())
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, _dt.datetime | _dt.date):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return str(value)
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(_jsonable(value), indent=2, sort_keys=True) + "\n")
+_jsonable = cliutil.jsonable
+_print_json = cliutil.print_json
 
 
 # -- commands -------------------------------------------------------------------------
@@ -629,57 +601,15 @@ class _StartFailed(exits.IngestExit):
 
 
 def _check_listen(cfg: _Config) -> None:
-    """Bind (without listening) every address ``api_host`` resolves to, at
-    ``api_port``, as uvicorn will (``SO_REUSEADDR``; IPv6 sockets v6-only, as
-    :meth:`asyncio.loop.create_server`), then release them. Raises
-    :class:`ConfigError` naming the option or variable: the port in use, the
-    address not of this host, a privileged port, a host that does not
-    resolve."""
-    host, port = cfg.settings.api_host, cfg.settings.api_port
-    host_label, port_label = cfg.label("api_host"), cfg.label("api_port")
-    try:
-        infos = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except socket.gaierror as exc:
-        raise ConfigError(
-            f"{host_label}: {host!r} does not resolve ({exc.strerror})"
-        ) from None
-    seen: set[tuple[int, Any]] = set()
-    for family, kind, proto, _, address in infos:
-        if (family, address) in seen:
-            continue
-        seen.add((family, address))
-        with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                sock.bind(address)
-            except OSError as exc:
-                where = (
-                    f"{host}:{port}"
-                    if family != socket.AF_INET6
-                    else f"[{host}]:{port}"
-                )
-                if exc.errno == errno.EADDRINUSE:
-                    raise ConfigError(
-                        f"{port_label}: {where} is already in use (another process "
-                        "listens there: stop it or choose another port)"
-                    ) from None
-                if exc.errno == errno.EADDRNOTAVAIL:
-                    raise ConfigError(
-                        f"{host_label}: {host!r} is not an address of this host"
-                    ) from None
-                if exc.errno == errno.EACCES:
-                    raise ConfigError(
-                        f"{port_label}: {where}: permission denied (ports below "
-                        "1024 need privileges)"
-                    ) from None
-                raise ConfigError(
-                    f"{host_label}/{port_label}: cannot listen on {where}: "
-                    f"{exc.strerror}"
-                ) from None
+    """:func:`atdata_ingest.cliutil.check_listen` on ``api_host``/``api_port``."""
+    cliutil.check_listen(
+        cfg.settings.api_host,
+        cfg.settings.api_port,
+        host_label=cfg.label("api_host"),
+        port_label=cfg.label("api_port"),
+        in_use_hint="another process listens there: stop it or choose another port",
+        bracket_ipv6=True,
+    )
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

@@ -12,11 +12,16 @@ error (a bug):`` with the traceback (exit 70), each redacted by :func:`redact`.
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
+import errno
+import json
 import logging
 import re
+import socket
 import sys
+import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Final
+from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 from atdata_runtime.net import redact_url
@@ -29,7 +34,11 @@ __all__ = [
     "Formatter",
     "RedactingFormatter",
     "Usage",
+    "check_listen",
+    "exit_help",
+    "jsonable",
     "log_level",
+    "print_json",
     "redact",
     "remember_secrets",
     "run_main",
@@ -191,3 +200,95 @@ def run_main(
         sys.stderr.write(f"{prog}: internal error (a bug):\n{redact(text)}")
         return exits.SOFTWARE
     return int(status)
+
+
+# -- output, exit statuses and the listening address ------------------------------------
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with dates and datetimes as ISO 8601 text, mapping keys as text,
+    tuples as lists and anything else not JSON as its ``str``."""
+    if isinstance(value, _dt.datetime | _dt.date):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def print_json(value: Any) -> None:
+    """``value`` (:func:`jsonable`) on stdout as indented JSON, keys sorted."""
+    sys.stdout.write(json.dumps(jsonable(value), indent=2, sort_keys=True) + "\n")
+
+
+def exit_help(statuses: Iterable[tuple[int, str]]) -> str:
+    """An ``exit statuses:`` block for an argparse epilog: each ``(status,
+    meaning)`` wrapped to 76 columns under its number."""
+    lines = ["exit statuses:"]
+    for status, meaning in statuses:
+        lines.extend(
+            textwrap.wrap(
+                meaning, 76, initial_indent=f"  {status:<4}", subsequent_indent=" " * 6
+            )
+        )
+    return "\n".join(lines)
+
+
+def check_listen(
+    host: str,
+    port: int,
+    *,
+    host_label: str,
+    port_label: str,
+    in_use_hint: str,
+    bracket_ipv6: bool,
+) -> None:
+    """Bind (without listening) every address ``host`` resolves to, at ``port``,
+    as uvicorn will (``SO_REUSEADDR``; IPv6 sockets v6-only, as
+    :meth:`asyncio.loop.create_server`), then release them. Raises
+    :class:`ConfigError` naming ``host_label`` or ``port_label`` (the option or
+    variable): the port in use (the message ends with ``in_use_hint``), the
+    address not of this host, a privileged port, a host that does not resolve.
+    ``bracket_ipv6``: an IPv6 address is shown as ``[host]:port``."""
+    try:
+        infos = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ConfigError(
+            f"{host_label}: {host!r} does not resolve ({exc.strerror})"
+        ) from None
+    seen: set[tuple[int, Any]] = set()
+    for family, kind, proto, _, address in infos:
+        if (family, address) in seen:
+            continue
+        seen.add((family, address))
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                v6 = bracket_ipv6 and family == socket.AF_INET6
+                where = f"[{host}]:{port}" if v6 else f"{host}:{port}"
+                if exc.errno == errno.EADDRINUSE:
+                    raise ConfigError(
+                        f"{port_label}: {where} is already in use ({in_use_hint})"
+                    ) from None
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    raise ConfigError(
+                        f"{host_label}: {host!r} is not an address of this host"
+                    ) from None
+                if exc.errno == errno.EACCES:
+                    raise ConfigError(
+                        f"{port_label}: {where}: permission denied (ports below "
+                        "1024 need privileges)"
+                    ) from None
+                raise ConfigError(
+                    f"{host_label}/{port_label}: cannot listen on {where}: "
+                    f"{exc.strerror}"
+                ) from None
