@@ -699,6 +699,9 @@ def server_config(app: FastAPI, settings: Settings, *, log_level: str = "info") 
         forwarded_allow_ips=proxies or None,
         server_header=False,
         access_log=False,
+        # h11, chosen explicitly: its bound on the request head is the one set here
+        # (httptools, which "auto" would pick when installed, has none to set)
+        http="h11",
         h11_max_incomplete_event_size=settings.max_header_bytes,
         limit_concurrency=settings.max_connections,
         timeout_graceful_shutdown=5,
