@@ -739,7 +739,7 @@ def test_an_oversize_answer_is_refused(hostile: Hostile) -> None:
             json.dumps({"entries": [_view() | {"createdAt": 7}]}).encode(),
             "/entries/0/createdAt",
         ),
-        (json.dumps({"entries": [], "cursor": "c" * 513}).encode(), "/cursor"),
+        (json.dumps({"entries": [], "cursor": "c" * 4097}).encode(), "/cursor"),
     ],
 )
 def test_answers_of_the_wrong_shape_are_refused(
