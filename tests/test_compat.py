@@ -280,10 +280,32 @@ UPSTREAM_BREAKS = {
 each by rule and JSON pointer: nothing else may break."""
 
 
+#: Breaks of our own AppView query Lexicons made before any release, while they were
+#: being written (issue 16): the cursor's maxLength went 512 → 4096 so that a record
+#: with the longest legal DID and record key cannot make its page's cursor too long.
+#: (rule, subject, pointer); nothing else of ours may break.
+UNRELEASED_BREAKS = {
+    (rule, f"science.alt.dataset.{method}", pointer)
+    for rule in ("BOUND_WIDENED",)
+    for method in (
+        "listEntries",
+        "listLenses",
+        "listSchemas",
+        "searchDatasets",
+        "searchLenses",
+    )
+    for pointer in (
+        "/defs/main/parameters/properties/cursor",
+        "/defs/main/output/schema/properties/cursor",
+    )
+}
+
+
 def test_own_lexicons_across_git_history() -> None:
     """This repository's lexicons/ compared with every earlier revision that
     changed them: no breaking change was ever committed, but the ones upstream
-    made (:data:`UPSTREAM_BREAKS`)."""
+    made (:data:`UPSTREAM_BREAKS`) and the listed ones of our query Lexicons before
+    their release (:data:`UNRELEASED_BREAKS`)."""
     root = Path(__file__).parent.parent
     if subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True
@@ -296,7 +318,9 @@ def test_own_lexicons_across_git_history() -> None:
     assert [
         f
         for f in result.findings
-        if f.breaks and (f.rule, f.current.pointer) not in UPSTREAM_BREAKS
+        if f.breaks
+        and (f.rule, f.current.pointer) not in UPSTREAM_BREAKS
+        and (f.rule, f.subject, f.current.pointer) not in UNRELEASED_BREAKS
     ] == []
 
 

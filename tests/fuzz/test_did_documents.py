@@ -97,6 +97,17 @@ hostile_dids = st.one_of(
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_loopback_mode() -> Iterator[None]:
+    """These properties hold for the product's mode: the local network of another
+    test in this worker (the session fixture ``net``) turns the test-only loopback
+    mode on for its lifetime, so it is turned off here (tests that need it set it
+    themselves)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv(INSECURE_LOOPBACK_ENV, raising=False)
+        yield
+
+
 @settings(derandomize=True, max_examples=600, deadline=None)
 @given(hostile_dids)
 def test_hostile_dids_map_to_one_well_known_url_or_are_refused(did: str) -> None:
