@@ -30,6 +30,14 @@ than before (at most ``MAX_TYPE_DEPTH`` times). This follows pydantic's own orde
 On a hostile graph of recursive refs, after :data:`_EXACT_STEPS` types walked,
 roots share what was explored (the time stays linear in the input, the count may
 then miss a path that only a later root would take).
+
+Most roots never need that search. A first pass, linear in the defs and their
+types, gives every def an upper bound of the levels any path from it can reach
+(:func:`_upper_bounds`): exact where refs do not recurse, and for defs in a cycle
+of refs the sum of the levels at which each def of the cycle refers on into it (a
+path enters each at most once) plus the most the last one can add. A root whose bound is within the limit cannot
+be reported, so only the others are searched, each from the same state as before:
+the reports, their locations and their order are those of searching every root.
 """
 
 from __future__ import annotations
@@ -124,6 +132,123 @@ class _Search:
                 self.enter(r, level, stack)
 
 
+def _local(d: Def) -> tuple[int, list[tuple[DefId, int]]]:
+    """The deepest level of ``d``'s own type trees (refs not followed), and each
+    ref out of them with the level it is entered at (as :meth:`_Search.walk`
+    counts: a ref adds no level, a union's members are entered below it)."""
+    top = 0
+    exits: list[tuple[DefId, int]] = []
+    todo: list[tuple[object, int]] = [(root, 0) for root in _roots(d)]
+    while todo:
+        t, level = todo.pop()
+        if isinstance(t, RefType):
+            exits.append((t.target, level))
+            continue
+        if not isinstance(t, ObjectType | ArrayType | UnionType):
+            continue
+        level += 1
+        top = max(top, level)
+        if isinstance(t, ObjectType):
+            todo.extend((f.type, level) for f in t.fields)
+        elif isinstance(t, ArrayType):
+            todo.append((t.items, level))
+        else:
+            exits.extend((r, level) for r in t.refs)
+    return top, exits
+
+
+def _upper_bounds(defs: dict[DefId, Def], cap: int) -> dict[DefId, int]:
+    """Def → an upper bound (capped at ``cap``) of the levels :class:`_Search`
+    can reach from entering it at level 0.
+
+    Strongly connected components of the ref graph (Tarjan's algorithm, iterative:
+    a hostile chain of refs does not recurse), in reverse topological order. A def
+    in no cycle gets the exact depth: the deepest of its own levels and of each
+    ref's level plus its target's bound. A path through a cycle enters each of its defs
+    at most once and leaves all but the last by a ref to another def of the cycle,
+    so the cycle's defs all get the sum of their deepest such refs' levels plus
+    the most the last def can add (its own deepest level, or a way out of the
+    cycle), less its share of that sum."""
+    local: dict[DefId, tuple[int, list[tuple[DefId, int]]]] = {}
+    for key, d in defs.items():
+        local[key] = _local(d)
+    index: dict[DefId, int] = {}
+    low: dict[DefId, int] = {}
+    on_stack: set[DefId] = set()
+    stack: list[DefId] = []
+    bound: dict[DefId, int] = {}
+    counter = 0
+    for start in local:
+        if start in index:
+            continue
+        index[start] = low[start] = counter
+        counter += 1
+        stack.append(start)
+        on_stack.add(start)
+        work: list[tuple[DefId, int]] = [(start, 0)]
+        while work:
+            v, i = work[-1]
+            exits = local[v][1]
+            if i < len(exits):
+                work[-1] = (v, i + 1)
+                w = exits[i][0]
+                if w not in local:
+                    continue
+                if w not in index:
+                    index[w] = low[w] = counter
+                    counter += 1
+                    stack.append(w)
+                    on_stack.add(w)
+                    work.append((w, 0))
+                elif w in on_stack and index[w] < low[v]:
+                    low[v] = index[w]
+                continue
+            work.pop()
+            if work:
+                u = work[-1][0]
+                low[u] = min(low[u], low[v])
+            if low[v] != index[v]:
+                continue
+            comp: list[DefId] = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            members = set(comp)
+            if len(comp) == 1:
+                top, exits = local[v]
+                best = top
+                for target, level in exits:
+                    if target in bound:
+                        here = level + bound[target]
+                        best = max(best, here)
+                bound[v] = min(best, cap)
+                continue
+            # A path through the cycle enters distinct defs d1 … dk: each but the
+            # last is left by a ref to another def of the cycle (at most at its
+            # deepest such ref, `inner`); the last one ends in its own levels or
+            # leaves the cycle (`last`).
+            total = 0
+            extra = 0
+            for w in comp:
+                top, exits = local[w]
+                inner = 0
+                last = top
+                for target, level in exits:
+                    if target in members:
+                        if target != w and level > inner:
+                            inner = level
+                    elif target in bound and level + bound[target] > last:
+                        last = level + bound[target]
+                total += inner
+                extra = max(extra, last - inner)
+            for w in comp:
+                bound[w] = min(total + extra, cap)
+    return bound
+
+
 def check_type_depth(
     emitted: list[Def],
     defs: dict[DefId, Def],
@@ -135,7 +260,10 @@ def check_type_depth(
     the module doc), at the first type past the limit; one report per location."""
     search = _Search(defs, limit)
     seen: set[Span] = set()
+    bounds = _upper_bounds(defs, limit + 1)
     for d in emitted:
+        if bounds.get(d.id, limit + 1) <= limit:
+            continue  # no path from this root can pass the limit
         if search.steps < _EXACT_STEPS:
             search.explored.clear()
         try:
