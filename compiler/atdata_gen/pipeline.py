@@ -19,9 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .backend.format import format_sources
-from .backend.package import assemble_package
-from .backend.parallel import EmitPool
 from .checks.lint import lint
 from .diagnostics import Reporter
 from .frontend.lens_record import is_lens_record, parse_lens_record
@@ -152,6 +149,12 @@ _PARALLEL_MIN_FILES = 64
 
 def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
     """Run the whole pipeline up to (not including) writing."""
+    # The back end is imported here, not at module level: `check` and an
+    # up-to-date build never emit (lazy imports, issue 17).
+    from .backend.format import format_sources
+    from .backend.package import assemble_package
+    from .backend.parallel import EmitPool
+
     jobs = options.jobs if options.jobs is not None else (os.cpu_count() or 1)
     pool = None
     if (

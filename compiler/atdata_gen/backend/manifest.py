@@ -41,7 +41,6 @@ import re
 import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from importlib import metadata
 from pathlib import Path
 
 from .. import __version__
@@ -211,25 +210,69 @@ def read_manifest(root: Path) -> tuple[Manifest | None, str]:
 def _compiler_digest() -> str:
     """sha256 of the compiler's own code: every module of ``atdata_gen`` and the
     runtime modules it imports (formats, text); not the rest of the runtime, which
-    the generated code uses but the compiler's output does not depend on."""
-    import atdata_runtime.lex.formats
-    import atdata_runtime.lex.text
+    the generated code uses but the compiler's output does not depend on.
 
+    Nothing is imported to find them (``atdata_runtime.lex`` would import
+    pydantic): the runtime's files are located with ``find_spec`` of the
+    top-level package, whose ``__init__`` imports nothing, and ruff's version is
+    read from its installed metadata (:func:`_ruff_version`)."""
     h = hashlib.sha256(__version__.encode())
     root = Path(__file__).resolve().parent.parent
     paths = sorted(root.rglob("*.py"))
-    paths += [
-        Path(m.__file__ or "")
-        for m in (atdata_runtime.lex.formats, atdata_runtime.lex.text)
-    ]
+    paths += [_runtime_file("lex", "formats.py"), _runtime_file("lex", "text.py")]
     for path in paths:
         h.update(path.name.encode())
         h.update(path.read_bytes())
-    try:
-        h.update(metadata.version("ruff").encode())
-    except metadata.PackageNotFoundError:
-        h.update(b"no-ruff")
+    version = _ruff_version()
+    h.update(version.encode() if version is not None else b"no-ruff")
     return h.hexdigest()
+
+
+def _runtime_file(*parts: str) -> Path:
+    """The path of an ``atdata_runtime`` module file without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("atdata_runtime")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        path = Path(location).joinpath(*parts)
+        if path.is_file():
+            return path
+    raise OSError(f"atdata_runtime/{'/'.join(parts)} not found")
+
+
+def _ruff_version() -> str | None:
+    """``importlib.metadata.version("ruff")``, or ``None`` when ruff is not
+    installed; the ``ruff-*.dist-info/METADATA`` on ``sys.path`` is read directly
+    first (``importlib.metadata`` costs ~15 ms to import), the same first match
+    ``importlib.metadata`` takes."""
+    import sys
+
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in sorted(names):
+            if not (name.startswith("ruff-") and name.endswith(".dist-info")):
+                continue
+            try:
+                with open(os.path.join(entry, name, "METADATA"), "rb") as fh:
+                    head = fh.read(4096).decode("utf-8", "replace")
+            except OSError:
+                break
+            for line in head.splitlines():
+                if line.startswith("Name:") and line[5:].strip().lower() != "ruff":
+                    break
+                if line.startswith("Version:"):
+                    return line[8:].strip()
+            break
+    from importlib import metadata
+
+    try:
+        return metadata.version("ruff")
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def fingerprint(

@@ -13,9 +13,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from atdata_runtime.lex.formats import FORMAT_CHECKS, is_nsid
-from atdata_runtime.lex.text import count_graphemes
-
 from ..diagnostics import Diagnostic, Reporter, Severity, Span
 from ..frontend.lexicon import PRIMARY_TYPES
 from ..ir.link import LinkedModel
@@ -78,6 +75,8 @@ def rule(
 # -- schema rules ----------------------------------------------------------------------
 @rule("LEX_NSID_INVALID", "The Lexicon id must be a valid NSID (spec: NSID).", "schema")
 def _nsid_invalid(model: LinkedModel, schema: Schema) -> Iterator[Finding]:
+    from atdata_runtime.lex.formats import is_nsid
+
     if not is_nsid(schema.nsid):
         yield schema.span, f"{schema.nsid!r} is not a valid NSID"
 
@@ -216,6 +215,9 @@ def _range_inverted(model: LinkedModel, t: IRType, span: Span) -> Iterator[Findi
 
 
 def _string_violation(t: StringType, value: str) -> str | None:
+    from atdata_runtime.lex.formats import FORMAT_CHECKS
+    from atdata_runtime.lex.text import count_graphemes
+
     size = len(value.encode("utf-8"))
     if t.max_bytes is not None and size > t.max_bytes:
         return f"is {size} UTF-8 bytes, over maxLength {t.max_bytes}"

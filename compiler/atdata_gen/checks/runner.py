@@ -17,6 +17,7 @@ compile.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import subprocess
 import tarfile
@@ -26,8 +27,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..diagnostics import Diagnostic, Reporter, Span
-from ..ir.link import LinkedModel
-from ..pipeline import BuildOptions, compile_sources
+from ..pipeline import BuildOptions, BuildResult, compile_sources
+from ..sources import SourceDoc, discover, read_reported
 from .compat import Finding, compare
 from .policy import CheckPolicy
 
@@ -116,12 +117,35 @@ def materialize(rev: str, rels: Sequence[str], root: Path, tmp: Path) -> list[Pa
     return [tmp / r for r in present]
 
 
-def _compile(
+def _identity(paths: Sequence[Path]) -> list[tuple[str, str]] | None:
+    """``(path, sha256)`` of every source file ``paths`` expands to, in discovery
+    order, read with the loader's own limits; ``None`` when discovery or a read
+    reports anything (then the side is compiled, which reports it)."""
+    probe = Reporter()
+    found = discover(paths, probe)
+    out: list[tuple[str, str]] = []
+    for path, _rel in found:
+        data = read_reported(path, probe)
+        if data is None:
+            return None
+        out.append((str(path), hashlib.sha256(data).hexdigest()))
+    return None if len(probe) else out
+
+
+def _same_docs(docs: Sequence[SourceDoc], identity: list[tuple[str, str]]) -> bool:
+    """Whether the compiled ``docs`` are exactly the files of ``identity`` (the same
+    paths with the same bytes): the side would compile to the same model."""
+    return [(d.path, d.sha256) for d in docs] == identity
+
+
+def _compile_result(
     paths: Sequence[Path],
     externals: Sequence[Path],
     label: str,
     scratch: tuple[str, str] | None = None,
-) -> LinkedModel:
+) -> BuildResult:
+    """Compile one side; raises :class:`CheckError` (with its errors, the scratch
+    directory's paths relabelled) when it does not compile."""
     reporter = Reporter()
     result = compile_sources(BuildOptions(paths, externals=externals), reporter)
     if reporter.has_errors or result.model is None:
@@ -138,7 +162,7 @@ def _compile(
                 for d in errors
             ]
         raise CheckError(f"cannot compare: the {label} schemas do not compile", errors)
-    return result.model
+    return result
 
 
 def _relabel(findings: list[Finding], prefix: str, label: str) -> list[Finding]:
@@ -171,7 +195,9 @@ def run_check(
     :class:`CheckError` when a side cannot be read or compiled."""
     policy = policy or CheckPolicy()
     cwd = cwd or Path.cwd()
-    current = _compile(sources, externals, "current")
+    compiled = _compile_result(sources, externals, "current")
+    assert compiled.model is not None
+    current = compiled.model
     plain = [Path(a) for a in against if not a.startswith("git:")]
     revs = [a.removeprefix("git:") or "HEAD" for a in against if a.startswith("git:")]
     findings: set[Finding] = set()
@@ -207,7 +233,19 @@ def run_check(
             if not sides and plain:  # every git side skipped (no commit yet)
                 sides.append((", ".join(map(str, plain)), plain, None))
         for label, paths, scratch_label in sides:
-            previous = _compile(paths, externals, f"previous ({label})", scratch_label)
+            # The same files with the same bytes (`check DIR --against DIR`, or a
+            # revision equal to the working tree read from it) compile to the same
+            # model: it is reused, not compiled twice (issue 17). Externals are
+            # the same on both sides by construction.
+            identity = _identity(paths) if scratch_label is None else None
+            if identity is not None and _same_docs(compiled.docs, identity):
+                previous = current
+            else:
+                side = _compile_result(
+                    paths, externals, f"previous ({label})", scratch_label
+                )
+                assert side.model is not None
+                previous = side.model
             found = compare(previous, current, policy.mode, transitive=transitive)
             if scratch_label is not None:
                 found = _relabel(found, *scratch_label)

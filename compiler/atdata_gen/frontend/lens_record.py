@@ -21,8 +21,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from atdata_runtime.atmosphere.records import LENS, SCHEMA, AtUri
-
 from ..diagnostics import Reporter
 from ..ir.model import CodeRef, LensRecord, Origin
 from ..sources import SourceDoc
@@ -42,6 +40,12 @@ CODE_PATH_RE = re.compile(
 )
 """``module:function`` of a code reference (atdata's ``getter_path`` form)."""
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+LENS = "science.alt.dataset.lens"
+"""The lens record's NSID (``atdata_runtime.atmosphere.records.LENS``; spelled here
+so that recognising a lens record does not import the atmosphere client, ~160 ms;
+a test checks the two agree)."""
+SCHEMA = "science.alt.dataset.schema"
+"""The schema record's NSID (``atdata_runtime.atmosphere.records.SCHEMA``)."""
 MAX_LENS_NAME = 100
 """Longest lens name, in UTF-8 bytes: the ``maxLength`` of ``name`` in the Lexicon
 ``science.alt.dataset.lens`` (Lexicon string lengths count UTF-8 bytes; a name
@@ -131,6 +135,8 @@ class _Parser:
         uri = self.string(value, key, "", True)
         if uri is None:
             return None
+        from atdata_runtime.atmosphere.records import AtUri
+
         try:
             at = AtUri.parse(uri)
         except ValueError as exc:
