@@ -1,0 +1,63 @@
+"""The emitter pool: libcst is imported once (worker 0 forks the others after the
+import), a dead worker is an error and not a hang, and every worker exits."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from atdata_gen.backend.parallel import EmitPool, EmitWorkerError
+from atdata_gen.pipeline import BuildOptions, compile_sources
+
+from .conftest import OFFICIAL
+
+
+def test_a_dead_worker_raises_and_does_not_hang() -> None:
+    result = compile_sources(BuildOptions([OFFICIAL], "p"))
+    assert result.model is not None
+    pool = EmitPool(2)
+    try:
+        pool._proc.kill()  # worker 0 (and with it the pipe of worker 0)
+        pool._proc.join(timeout=10)
+        with pytest.raises(EmitWorkerError):
+            pool.emit(result.model, {})
+    finally:
+        pool.close()
+
+
+def test_workers_are_one_process_tree_and_all_exit() -> None:
+    # Run in a fresh interpreter: the workers are forked from worker 0, so they are
+    # its children and not ours; after close() none of them is left.
+    code = textwrap.dedent(
+        f"""
+        import os, sys
+        from pathlib import Path
+        from atdata_gen.backend.parallel import EmitPool
+        from atdata_gen.pipeline import BuildOptions, compile_sources
+        model = compile_sources(BuildOptions([Path({str(OFFICIAL)!r})], "p")).model
+        pool = EmitPool(3)
+        codes = pool.emit(model, {{}})
+        zygote = pool._proc.pid
+        kids = open(f"/proc/{{zygote}}/task/{{zygote}}/children").read().split()
+        assert len(kids) == 2, kids
+        assert "libcst" not in sys.modules  # the parent never imported it
+        pool.close()
+        for pid in [zygote, *map(int, kids)]:
+            assert not os.path.exists(f"/proc/{{pid}}/stat") or open(
+                f"/proc/{{pid}}/stat").read().split()[2] == "Z", pid
+        print(len(codes))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout.strip()) == len(list(OFFICIAL.rglob("*.json")))
