@@ -5,7 +5,8 @@ with ``list_records``, once per read mode: ``repo`` (the default: the
 ``com.atproto.sync.getRecord`` CAR proof, commit signature and MST path checked) and
 ``server-cid`` (the logged opt-out: ``com.atproto.repo.getRecord``, checked only
 against the CID the server returns). Prints medians of ``--runs`` runs and the
-ratio, measured in the same run.
+ratio, measured in the same run. ``--json PATH`` writes the benchlib part (table
+``verify``: the verified mode against the unverified one of the same run).
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 from atdata_gen.testing.localnet import LocalNetwork, free_port
 from atdata_runtime.atmosphere import AtmosphereClient, IdentityResolver
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib
 
 COLLECTION = "com.example.record"
 
@@ -28,7 +33,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=200)
     ap.add_argument("--runs", type=int, default=5)
+    benchlib.add_json_arg(ap)
     args = ap.parse_args()
+    report = benchlib.Report(
+        "verify", settings={"runs": args.runs, "records": args.records}
+    )
     logging.disable(logging.WARNING)  # the opt-out's warning, once per client
     with LocalNetwork.start() as net, tempfile.TemporaryDirectory() as tmp:
         account = net.create_account(f"bench{free_port()}")
@@ -50,20 +59,40 @@ def main() -> None:
             for i in range(args.records)
         ]
         medians: dict[str, tuple[float, float]] = {}
-        for mode in ("repo", "server-cid"):
-            client = AtmosphereClient(resolver=resolver, verify=mode)  # type: ignore[arg-type]
+        modes: tuple[Literal["repo", "server-cid"], ...] = ("repo", "server-cid")
+        clients = {m: AtmosphereClient(resolver=resolver, verify=m) for m in modes}
+        for client in clients.values():
             client.get_record(uris[0], validate=False)  # warm the caches
-            gets, lists = [], []
-            for _ in range(args.runs):
+        gets: dict[str, list[float]] = {m: [] for m in modes}
+        lists: dict[str, list[float]] = {m: [] for m in modes}
+        for _ in range(args.runs):  # interleaved, so drift hits both modes alike
+            for mode, client in clients.items():
                 t0 = time.perf_counter()
                 for uri in uris:
                     client.get_record(uri, validate=False)
-                gets.append(time.perf_counter() - t0)
+                gets[mode].append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 n = sum(1 for _ in client.list_records(account.did, COLLECTION))
-                lists.append(time.perf_counter() - t0)
+                lists[mode].append(time.perf_counter() - t0)
                 assert n == len(uris), n
-            medians[mode] = (statistics.median(gets), statistics.median(lists))
+        for mode in modes:
+            medians[mode] = (
+                statistics.median(gets[mode]),
+                statistics.median(lists[mode]),
+            )
+            key = mode.replace("-", "_")
+            report.metric(
+                f"get_record_{key}_ms",
+                [1000 * g / len(uris) for g in gets[mode]],
+                "ms",
+                label=f"get_record per record, verify={mode}",
+            )
+            report.metric(
+                f"list_records_{key}_s",
+                lists[mode],
+                "s",
+                label=f"list_records of {len(uris)} records, verify={mode}",
+            )
         n = len(uris)
         print(f"verified reads, {n} records on the local PDS, median of {args.runs}")
         for mode, (get, lst) in medians.items():
@@ -75,6 +104,29 @@ def main() -> None:
         print(
             f"  verified / unverified: get_record {vg / ug:.2f}x, list {vl / ul:.1f}x"
         )
+    report.row(
+        "verify",
+        "`get_record` (ms/record), repo-verified vs server CID",
+        "get_record_repo_ms",
+        peer="get_record_server_cid_ms",
+        peer_name="unverified (server-cid)",
+        fmt=".2f",
+    )
+    report.row(
+        "verify",
+        f"`list_records` of {args.records} records (s), repo-verified vs server CID",
+        "list_records_repo_s",
+        peer="list_records_server_cid_s",
+        peer_name="unverified (server-cid)",
+        fmt=".3f",
+    )
+    report.note(
+        "the two modes run interleaved against one local PDS; "
+        "repo = com.atproto.sync.getRecord CAR proof, commit signature and MST path "
+        "checked; server-cid = com.atproto.repo.getRecord, checked only against the "
+        "CID the server returns"
+    )
+    report.write(args.json)
     sys.stdout.flush()
 
 
