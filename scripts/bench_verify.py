@@ -95,9 +95,9 @@ def main() -> None:
             )
         n = len(uris)
         print(f"verified reads, {n} records on the local PDS, median of {args.runs}")
-        for mode, (get, lst) in medians.items():
+        for label, (get, lst) in medians.items():
             print(
-                f"  {mode:>10}: get_record {1000 * get / n:6.2f} ms/record   "
+                f"  {label:>10}: get_record {1000 * get / n:6.2f} ms/record   "
                 f"list_records {lst:.3f} s"
             )
         (vg, vl), (ug, ul) = medians["repo"], medians["server-cid"]
