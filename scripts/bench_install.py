@@ -3,8 +3,9 @@
 Builds both wheels (``uv build``), then for each install target makes a fresh venv,
 installs the target from the wheels (dependencies from the package index), and
 measures the venv's ``site-packages``: bytes on disk and the number of
-distributions, less the empty venv's (pip, setuptools). Prints a table, and with
-``--json`` one JSON document.
+distributions, less the empty venv's (pip, setuptools). Prints a table; ``--json
+PATH`` writes the benchlib part (table ``install``; each target's distributions in
+``extra``). The sizes are deterministic for a given lock, so each is one run.
 
 Targets: ``atdata-runtime`` alone, with each extra (``http``, ``s3``, ``atproto``,
 ``testing``; ``torch`` is listed but skipped unless ``--torch``, since it is a
@@ -15,7 +16,6 @@ brings the runtime with its ``atproto`` extra).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -23,6 +23,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib
+
 EXTRAS = ["http", "s3", "atproto", "testing"]
 
 
@@ -68,7 +72,7 @@ def _install(spec: str, wheels: Path, work: Path, python: str) -> dict[str, obje
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    benchlib.add_json_arg(parser)
     parser.add_argument("--torch", action="store_true", help="also measure [torch]")
     parser.add_argument("--python", default=sys.executable)
     args = parser.parse_args()
@@ -88,14 +92,37 @@ def main() -> None:
             "atdata-gen",
         ]
         rows = [_install(t, wheels, work, args.python) for t in targets]
-    if args.json:
-        print(json.dumps({"install": rows}, indent=2))
-        return
     print(f"{'target':<28} {'MB':>7} {'packages':>9}")
     for row in rows:
         print(f"{row['target']:<28} {row['megabytes']:>7} {row['packages']:>9}")
     core = rows[0]
     print(f"\natdata-runtime alone: {', '.join(core['distributions'])}")  # type: ignore[arg-type]
+    report = benchlib.Report("install", settings={"torch": args.torch})
+    for row in rows:
+        target = str(row["target"])
+        key = target.replace("-", "_").replace("[", "_").replace("]", "")
+        report.metric(
+            f"{key}_mb",
+            [float(row["megabytes"])],  # type: ignore[arg-type]
+            "MB",
+            label=f"{target}: installed size",
+        )
+        report.metric(
+            f"{key}_packages",
+            [float(row["packages"])],  # type: ignore[arg-type]
+            "packages",
+            label=f"{target}: distributions installed",
+        )
+    for suffix, what, fmt in (
+        ("mb", "installed MB", ".1f"),
+        ("packages", "packages", ".0f"),
+    ):
+        for row in rows:
+            target = str(row["target"])
+            key = target.replace("-", "_").replace("[", "_").replace("]", "")
+            report.row("install", f"`{target}`, {what}", f"{key}_{suffix}", fmt=fmt)
+    report.extra["distributions"] = {str(r["target"]): r["distributions"] for r in rows}
+    report.write(args.json)
 
 
 if __name__ == "__main__":
