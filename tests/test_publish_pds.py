@@ -220,7 +220,8 @@ def test_batch_of_100_through_faults_is_exactly_once(
         )
         proxy.enabled = True
         records = [dict(schema(), name=f"Batch{i}") for i in range(100)]
-        pubs = publish_schemas(client, records)
+        # small batches: many writes and read-backs for the faults to land on
+        pubs = publish_schemas(client, records, batch_size=4)
     stored = list(
         AtmosphereClient(resolver=resolver(net)).list_records(client.did, SCHEMA)
     )
@@ -251,7 +252,8 @@ def test_pds_killed_mid_batch_then_resumed(
 
     try:
         with pytest.raises(RetryExhaustedError):
-            publish_schemas(client, records, progress=crash)
+            # batches of 4: the PDS dies after the third (records 0-11) landed
+            publish_schemas(client, records, progress=crash, batch_size=4)
     finally:
         if not net.pds_running:
             net.start_pds()

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from typing import Any, Literal
@@ -60,7 +60,14 @@ from .records import AtUri, validate_record
 from .repo import MAX_CAR_BYTES, VerifiedRecord, signing_key, verify_record_proof
 from .session import SavedSession, Secret, SessionStore, default_session_path
 
-__all__ = ["AtmosphereClient", "FetchedRecord", "VerifyMode", "WriteResult"]
+__all__ = [
+    "MAX_BATCH_BYTES",
+    "MAX_BATCH_WRITES",
+    "AtmosphereClient",
+    "FetchedRecord",
+    "VerifyMode",
+    "WriteResult",
+]
 
 log = logging.getLogger("atdata_runtime.atmosphere")
 
@@ -103,6 +110,30 @@ class WriteResult:
     uri: str
     cid: str
     created: bool
+
+
+MAX_BATCH_WRITES = 200
+"""Writes in one ``com.atproto.repo.applyWrites`` call at most (the reference PDS,
+``@atproto/pds`` ``api/com/atproto/repo/applyWrites``: "Too many writes. Max: 200")."""
+
+MAX_BATCH_BYTES = 1_000_000
+"""JSON body bytes of one ``applyWrites`` call at most (the reference PDS's
+``jsonLimit`` for that method)."""
+
+_BATCH_OVERHEAD = 256
+"""Bytes of an ``applyWrites`` body around its writes (repo DID, flags), counted
+generously."""
+
+
+@dataclass(frozen=True)
+class _Write:
+    """One create of :meth:`AtmosphereClient.create_records`: its AT-URI, key, the
+    record's CID and its JSON-encoded ``#create`` operation."""
+
+    uri: str
+    rkey: str
+    cid: str
+    op: bytes
 
 
 def _sdk_client(base_url: str, timeout: float) -> Any:
@@ -706,6 +737,167 @@ class AtmosphereClient:
             return WriteResult(uri=uri, cid=cid, created=True)
 
         return self.retry.run(write, what=uri)
+
+    def create_records(
+        self,
+        collection: str,
+        items: Sequence[tuple[str, dict[str, Any]]],
+        *,
+        validate: bool = True,
+        batch_size: int = MAX_BATCH_WRITES,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+    ) -> list[WriteResult]:
+        """Create each ``(rkey, record)`` of ``items`` at
+        ``at://{did}/{collection}/{rkey}`` exactly once, in
+        ``com.atproto.repo.applyWrites`` batches; one :class:`WriteResult` per item,
+        in order.
+
+        A batch holds at most ``batch_size`` writes (capped at
+        :data:`MAX_BATCH_WRITES`, 200: the reference PDS refuses more) and at most
+        ``max_batch_bytes`` of JSON body (:data:`MAX_BATCH_BYTES`; the reference
+        PDS's ``applyWrites`` body limit is 1,000,000 bytes); a single record larger
+        than that goes alone, and the PDS's refusal (HTTP 413) is raised. Keys must
+        be distinct. The records are validated first (our models) unless
+        ``validate`` is false; the PDS is asked not to validate.
+
+        Exactly once: the keys are the caller's, so a re-sent batch targets the same
+        keys, and a batch is one repository commit (all of it lands, or none). When
+        an attempt's outcome is unknown (timeout, connection reset, 5xx or 429 —
+        which may come after the PDS applied it), each key still pending is read
+        back (:meth:`try_get_record`, verified as the client's reads are) before
+        the retry: a key holding our record (same CID) is done with
+        ``created=False``, a key holding another record is a
+        :class:`PublishConflictError` naming its AT-URI, and only the keys still
+        empty are sent again. Creating a key that is already taken fails the whole
+        commit on the PDS, so a re-sent batch can never land twice. Retries follow
+        ``retry``; a CID in the answer that is not ours is a
+        :class:`RecordVerificationError`."""
+        did = self.did
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        batch_size = min(batch_size, MAX_BATCH_WRITES)
+        writes: list[_Write] = []
+        seen: set[str] = set()
+        for rkey, record in items:
+            uri = f"at://{did}/{collection}/{rkey}"
+            if rkey in seen:
+                raise ValueError(f"{uri}: the same key twice in one call")
+            seen.add(rkey)
+            if validate:
+                validate_record(uri, collection, record)
+            op = json.dumps(
+                {
+                    "$type": "com.atproto.repo.applyWrites#create",
+                    "collection": collection,
+                    "rkey": rkey,
+                    "value": record,
+                },
+                ensure_ascii=False,
+            ).encode("utf-8")
+            writes.append(_Write(uri, rkey, record_cid(record), op))
+        results: dict[str, WriteResult] = {}
+        batch: list[_Write] = []
+        size = _BATCH_OVERHEAD
+        for w in writes:
+            if batch and (
+                len(batch) >= batch_size or size + len(w.op) + 1 > max_batch_bytes
+            ):
+                results.update(self._apply_creates(did, collection, batch))
+                batch, size = [], _BATCH_OVERHEAD
+            batch.append(w)
+            size += len(w.op) + 1
+        if batch:
+            results.update(self._apply_creates(did, collection, batch))
+        return [results[w.uri] for w in writes]
+
+    def _apply_creates(
+        self, did: str, collection: str, batch: list[_Write]
+    ) -> dict[str, WriteResult]:
+        """One batch of :meth:`create_records`: applyWrites, retried with a
+        read-back of every pending key before each re-send."""
+        from atproto_client.exceptions import RequestErrorBase
+
+        done: dict[str, WriteResult] = {}
+        pending = list(batch)
+        # whether the last attempt may have been applied: anything but a 429 (the
+        # PDS's rate limiter answers before the handler runs)
+        unknown = {"outcome": False}
+        what = f"at://{did}/{collection} applyWrites ({len(batch)} records)"
+
+        def read_back() -> None:
+            still: list[_Write] = []
+            for w in pending:
+                existing = self.try_get_record(w.uri, validate=False)
+                if existing is None:
+                    still.append(w)
+                elif existing.cid != w.cid:
+                    raise PublishConflictError(
+                        w.uri,
+                        f"a different record already exists here (CID "
+                        f"{existing.cid}, ours would be {w.cid})",
+                    )
+                else:
+                    done[w.uri] = WriteResult(uri=w.uri, cid=w.cid, created=False)
+            pending[:] = still
+
+        def retried(exc: BaseException) -> None:
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            unknown["outcome"] = unknown["outcome"] or status != 429
+
+        def attempt() -> None:
+            if unknown["outcome"]:
+                # The previous attempt may have been applied with its answer lost.
+                read_back()
+                unknown["outcome"] = False
+                if not pending:
+                    return
+            body = b"".join(
+                (
+                    b'{"repo":',
+                    json.dumps(did).encode(),
+                    b',"validate":false,"writes":[',
+                    b",".join(w.op for w in pending),
+                    b"]}",
+                )
+            )
+            try:
+                data = self._sdk.invoke_procedure(
+                    "com.atproto.repo.applyWrites",
+                    content=body,
+                    headers={"Content-Type": _JSON},
+                    output_encoding=_JSON,
+                ).content
+            except RequestErrorBase as exc:
+                status = getattr(exc.response, "status_code", None)
+                if status is None or status >= 500 or status == 429:
+                    raise  # retried: the outcome is unknown (a 429 excepted)
+                name = _xrpc_error(exc)
+                if not (isinstance(name, str) and len(name) <= 64 and name.isalnum()):
+                    name = None
+                raise NetworkError(
+                    what,
+                    f"applyWrites answered HTTP {status}"
+                    + (f" {name}" if name else ""),
+                    rule="XRPC_ERROR",
+                ) from None
+            answers = data.get("results") if isinstance(data, dict) else None
+            if not isinstance(answers, list) or len(answers) != len(pending):
+                raise RecordVerificationError(
+                    what,
+                    "applyWrites answered a malformed result list",
+                    rule="XRPC_MALFORMED",
+                )
+            for w, got in zip(pending, answers, strict=True):
+                cid = got.get("cid") if isinstance(got, dict) else None
+                if cid != w.cid:
+                    raise RecordVerificationError(
+                        w.uri, f"server stored CID {cid}, we computed {w.cid}"
+                    )
+                done[w.uri] = WriteResult(uri=w.uri, cid=w.cid, created=True)
+            pending.clear()
+
+        self.retry.run(attempt, what=what, on_retry=retried)
+        return done
 
     def upload_blob(self, data: bytes, mime_type: str) -> dict[str, Any]:
         """Upload ``data`` (``com.atproto.repo.uploadBlob``) and return the blob

@@ -34,9 +34,10 @@ from ..samples.schema import SchemaForm, convert_schema_record
 from ..shards.dataset import Sha256Reader
 from ..shards.errors import missing_extra
 from ..shards.tar import iter_samples
-from .client import AtmosphereClient, FetchedRecord, WriteResult
+from .cid import record_cid
+from .client import MAX_BATCH_WRITES, AtmosphereClient, FetchedRecord, WriteResult
 from .errors import AtmosphereError, PublishConflictError
-from .records import ENTRY, LENS, SCHEMA, is_semver, schema_rkey
+from .records import ENTRY, LENS, SCHEMA, is_semver, schema_rkey, validate_record
 
 __all__ = [
     "BLOB_LIMIT",
@@ -144,11 +145,29 @@ def publish_schema(
     different content; whatever ``check`` raises; the client's errors."""
     if form is not None:
         record = convert_schema_record(record, form)
-    name, version = str(record.get("name", "")), str(record.get("version", ""))
-    rkey = schema_rkey(name, version)
     if existing is None:
         existing = list(client.list_records(client.did, SCHEMA, validate=False))
-    same_name = _versions_of(existing, name)
+    name = str(record.get("name", ""))
+    plan = _plan_schema(client, record, _versions_of(existing, name), check)
+    if isinstance(plan, SchemaPublication):
+        return plan
+    rkey, previous = plan
+    return SchemaPublication(client.create_record(SCHEMA, rkey, record), previous)
+
+
+def _plan_schema(
+    client: AtmosphereClient,
+    record: dict[str, Any],
+    same_name: list[FetchedRecord],
+    check: CheckHook | None,
+) -> SchemaPublication | tuple[str, FetchedRecord | None]:
+    """What publishing ``record`` takes, given the published versions of its name
+    (``same_name``, oldest first): the :class:`SchemaPublication` of the same
+    version already there (a no-op), or ``(rkey, previous version)`` to create,
+    after ``check`` passed. Raises :class:`PublishConflictError`, ``ValueError``
+    for a bad name or version, and whatever ``check`` raises."""
+    name, version = str(record.get("name", "")), str(record.get("version", ""))
+    rkey = schema_rkey(name, version)
     for r in same_name:
         if r.value.get("version") == version:
             if _schema_content(r.value) != _schema_content(record):
@@ -165,7 +184,7 @@ def publish_schema(
     previous = _previous(same_name, version)
     if previous is not None and check is not None:
         check(previous, record)
-    return SchemaPublication(client.create_record(SCHEMA, rkey, record), previous)
+    return rkey, previous
 
 
 def _previous(records: list[FetchedRecord], version: str) -> FetchedRecord | None:
@@ -181,22 +200,89 @@ def publish_schemas(
     check: CheckHook | None = None,
     progress: Callable[[int, SchemaPublication], None] | None = None,
     form: SchemaForm | None = None,
+    batch_size: int = MAX_BATCH_WRITES,
 ) -> list[SchemaPublication]:
     """Publish many schema records (in ``form``, see :func:`publish_schema`); the
-    collection is listed once. A re-run after a crash (or a partial failure)
-    creates only the missing ones. ``progress`` is called after each record with
-    its index."""
-    existing = list(client.list_records(client.did, SCHEMA, validate=False))
-    out = []
-    for i, record in enumerate(records):
-        if form is not None:
-            record = convert_schema_record(record, form)
-        pub = publish_schema(client, record, check=check, existing=existing)
-        if pub.write.created:
-            existing.append(FetchedRecord(pub.write.uri, pub.write.cid, record))
-        out.append(pub)
-        if progress is not None:
-            progress(i, pub)
+    collection is listed once, and the new records are written in
+    ``com.atproto.repo.applyWrites`` batches of up to ``batch_size`` (at most
+    :data:`~.client.MAX_BATCH_WRITES`, 200), exactly once
+    (:meth:`AtmosphereClient.create_records`: deterministic keys, and a read-back of
+    the batch before any retry whose outcome is unknown).
+
+    Each record is checked in order as :func:`publish_schema` would (validated,
+    versions compared, ``check`` called), seeing the records before it in the same
+    call as published; when one fails, the records before it are written first and
+    then its error is raised, as publishing them one by one would. A re-run after a
+    crash (or a partial failure) creates only the missing ones. ``progress`` is
+    called with each record's index, in order, once its batch is written.
+    Raises what :func:`publish_schema` raises, and the client's errors."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    batch_size = min(batch_size, MAX_BATCH_WRITES)
+    did = client.did
+    by_name: dict[str, list[FetchedRecord]] = {}
+    for r in client.list_records(did, SCHEMA, validate=False):
+        by_name.setdefault(str(r.value.get("name")), []).append(r)
+    for name, found in by_name.items():
+        by_name[name] = _versions_of(found, name)
+    out: list[SchemaPublication] = []
+    # the records checked but not yet reported: a publication, or (rkey, record,
+    # previous) still to write
+    window: list[SchemaPublication | tuple[str, dict[str, Any], FetchedRecord | None]]
+    window = []
+
+    def flush() -> None:
+        creates = [w for w in window if not isinstance(w, SchemaPublication)]
+        written = iter(
+            client.create_records(
+                SCHEMA,
+                [(rkey, record) for rkey, record, _ in creates],
+                validate=False,
+                batch_size=batch_size,
+            )
+            if creates
+            else ()
+        )
+        for w in window:
+            pub = (
+                w
+                if isinstance(w, SchemaPublication)
+                else SchemaPublication(next(written), w[2])
+            )
+            out.append(pub)
+            if progress is not None:
+                progress(len(out) - 1, pub)
+        window.clear()
+
+    pending = 0
+    todo = iter(records)
+    while True:
+        try:
+            record = next(todo, None)
+            if record is None:
+                break
+            if form is not None:
+                record = convert_schema_record(record, form)
+            same_name = by_name.setdefault(str(record.get("name", "")), [])
+            plan = _plan_schema(client, record, same_name, check)
+            if not isinstance(plan, SchemaPublication):
+                uri = f"at://{did}/{SCHEMA}/{plan[0]}"
+                validate_record(uri, SCHEMA, record)
+        except Exception:
+            flush()  # the records checked before the failing one are published
+            raise
+        if isinstance(plan, SchemaPublication):
+            window.append(plan)
+            continue
+        rkey, previous = plan
+        window.append((rkey, record, previous))
+        same_name.append(FetchedRecord(uri, record_cid(record), record))
+        same_name.sort(key=lambda r: _semver_key(str(r.value["version"])))
+        pending += 1
+        if pending >= batch_size:
+            flush()
+            pending = 0
+    flush()
     return out
 
 
