@@ -5,8 +5,8 @@ Prints the median (and spread) of ``--runs`` timings for: the corpus against its
 and the corpus against a copy with ``--edits`` seeded random edits (the oracle's
 mutations: property deleted/added/retyped, bounds, formats, unions, refs, record
 keys). Each is timed in-process (compile both sides + compare + policy) and as a
-whole CLI process (the installed ``atdata-gen`` script, started with
-``posix_spawn`` so that its peak RSS is its own: see :func:`spawn`). With ``--json PATH`` writes the ``check`` part (tables
+whole CLI process (the installed ``atdata-gen`` script, started by a small
+launcher so that its peak RSS is its own: see :func:`spawn`). With ``--json PATH`` writes the ``check`` part (tables
 ``check`` and ``memory``). No other Lexicon breaking-change checker runs here
 (indigo's ``goat lex breaking`` is Go and needs the network to build), so there is
 no peer ratio.
@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -68,23 +68,36 @@ def timed(fn: Callable[[], object], runs: int) -> list[float]:
     return times
 
 
+_LAUNCHER = """
+import json, os, sys, time
+null = os.open(os.devnull, os.O_RDWR)
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.execv(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+elapsed = time.perf_counter() - start
+print(json.dumps([elapsed, usage.ru_maxrss, os.waitstatus_to_exitcode(status)]))
+"""
+
+
 def spawn(cmd: list[str]) -> tuple[float, float, int]:
     """One whole-process run of ``cmd`` (output discarded): wall seconds, peak RSS
-    in MiB and exit code. Started with ``posix_spawn`` (``vfork`` semantics), not
-    ``fork``: a forked child's ``ru_maxrss`` counts the parent's resident pages
-    copied at the fork, so a child of this (large) process would report this
-    process's size, not its own."""
-    null = os.devnull
-    actions = [
-        (os.POSIX_SPAWN_OPEN, 0, null, os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 1, null, os.O_WRONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 2, null, os.O_WRONLY, 0),
-    ]
-    start = time.perf_counter()
-    pid = os.posix_spawn(cmd[0], cmd, dict(os.environ), file_actions=actions)
-    _, status, usage = os.wait4(pid, 0)
-    elapsed = time.perf_counter() - start
-    return elapsed, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
+    in MiB and exit code, measured by a small launcher process. Linux's
+    ``ru_maxrss`` of a child counts the high-water mark of the memory it had
+    before ``exec`` (a fork of its parent, or the parent itself under
+    ``vfork``/``posix_spawn``), so a child of this (large) benchmark process
+    would report this process's size, not its own; the launcher is small."""
+    out = subprocess.run(
+        [sys.executable, "-c", _LAUNCHER, *cmd],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    elapsed, peak_kib, code = json.loads(out.stdout)
+    return float(elapsed), peak_kib / 1024, int(code)
 
 
 def cli_runs(cmd: list[str], runs: int) -> tuple[list[float], list[float]]:
