@@ -271,7 +271,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument(
-        "--warmup", type=int, default=5000, help="untimed records per Node run"
+        "--warmup",
+        type=int,
+        default=20000,
+        help="untimed records per validator before timing (and in each Node run)",
     )
     ap.add_argument(
         "--no-ts",
@@ -355,6 +358,8 @@ def main() -> None:
         if ts is not None:
             results[LEX] = []
             results[LEXICON] = []
+        for fn, arg in cases.values():  # untimed warm-up, as the Node runs have
+            rate(fn, arg, args.warmup)
         for _ in range(args.runs):
             for label, (fn, arg) in cases.items():
                 results[label].append(rate(fn, arg, args.n))
@@ -392,7 +397,7 @@ def main() -> None:
         settings={
             "runs": args.runs,
             "n": args.n,
-            "warmup_node": args.warmup,
+            "warmup": args.warmup,
             "ts_peers": ts is not None,
         },
     )
@@ -409,10 +414,10 @@ def main() -> None:
             peer_name="@atproto/lex",
             fmt=",.0f",
             goal={
-                "text": "ahead of @atproto/lex (≥ 1.0×)",
+                "text": "the lead stands (≥ 1.35× @atproto/lex)",
                 "of": "speedup",
                 "op": ">=",
-                "target": 1.0,
+                "target": 1.35,
             },
         )
         report.row(
