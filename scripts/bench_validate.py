@@ -182,33 +182,32 @@ class TsPeers:
         self.gen = self.dir / f"gen-{_tree_hash(CORPUS)}"
         if not (self.gen / ".complete").is_file():
             tmp = Path(tempfile.mkdtemp(prefix=".gen-", dir=self.dir))
+            lex_cli = self.dir / "node_modules" / "@atproto" / "lex" / "bin" / "lex"
             try:
-                subprocess.run(
-                    [
-                        str(self.node),
-                        str(
-                            self.dir
-                            / "node_modules"
-                            / "@atproto"
-                            / "lex"
-                            / "bin"
-                            / "lex"
-                        ),
-                        "build",
-                        "--lexicons",
-                        str(CORPUS),
-                        "--out",
-                        str(tmp),
-                        "--import-ext",
-                        ".ts",
-                        "--no-pretty",
-                    ],
+                # `lex build` of the whole corpus (its README's CLI); .ts imports so
+                # Node 22 loads the output directly, stripping the types.
+                cmd = [
+                    str(self.node),
+                    str(lex_cli),
+                    "build",
+                    "--lexicons",
+                    str(CORPUS),
+                    "--out",
+                    str(tmp),
+                    "--import-ext",
+                    ".ts",
+                    "--no-pretty",
+                ]
+                built = subprocess.run(
+                    cmd,
                     cwd=self.dir,
                     capture_output=True,
                     text=True,
                     timeout=NODE_TIMEOUT_S,
-                    check=True,
+                    check=False,
                 )
+                if built.returncode != 0:
+                    raise SystemExit(f"{' '.join(cmd)} failed:\n{built.stderr[-3000:]}")
                 (tmp / ".complete").touch()
                 shutil.rmtree(self.gen, ignore_errors=True)
                 os.replace(tmp, self.gen)
