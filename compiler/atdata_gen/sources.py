@@ -134,6 +134,80 @@ def _index_positions(text: str) -> dict[str, int]:
     return positions
 
 
+_PLAIN_KEY = re.compile(r'[^\s"\\/~,:\[\]{}\x00-\x1f][^"\\/~\x00-\x1f]*')
+"""Keys the fast index finds by search (every key of the official Lexicons): no
+quote, backslash, control character, ``/`` or ``~`` (so the key's text is the key
+itself, and needs no escaping in a JSON pointer), and a first character that is
+neither whitespace nor JSON structure."""
+_COLON = re.compile(r"[ \t\n\r]*:")
+
+
+class _NotPlain(Exception):
+    """The fast index cannot vouch for this text: use :func:`_index_positions`."""
+
+
+def _index_members(text: str, value: Any) -> dict[str, int] | None:
+    """The offsets :func:`_index_positions` gives the root and every object member
+    of ``text`` (``value`` must be ``json.loads(text)``), found by string search
+    instead of a scan: ``None`` when a key is not plain (:data:`_PLAIN_KEY`) or the
+    text holds a ``\\u`` escape (a key could be spelt with one).
+
+    Why a search finds the right key: the members are visited in document order
+    (``json.loads`` keeps it), each search starting after the previous member's
+    key. A plain key's text is ``"key"`` exactly (no ``\\u`` escape anywhere,
+    and no character a JSON string must or may otherwise escape); a match whose
+    quote follows no backslash opens a string (after a closing quote only
+    ``,:}]`` or whitespace may follow, none of them a plain key's first
+    character) that ends at the match's last quote (a plain key holds no quote
+    or backslash), so ``"key"`` followed by a colon is a key token named
+    ``key``, and the first one after the previous member is this member. Array elements
+    are not indexed (their offsets come from the full index, when asked)."""
+    if "\\u" in text:
+        return None
+    positions = {"": _WS.match(text, 0).end()}  # type: ignore[union-attr]
+    cursor = 0
+    find = text.find
+    plain = _PLAIN_KEY.fullmatch
+    colon = _COLON.match
+    needles: dict[str, str] = {}
+
+    def walk(node: Any, pointer: str) -> None:
+        nonlocal cursor
+        if type(node) is list:
+            for i, item in enumerate(node):
+                if type(item) is dict or type(item) is list:
+                    walk(item, f"{pointer}/{i}")
+            return
+        for key, item in node.items():
+            needle = needles.get(key)
+            if needle is None:
+                if plain(key) is None:
+                    raise _NotPlain
+                needle = needles[key] = f'"{key}"'
+            at = find(needle, cursor)
+            while True:
+                if at < 0:
+                    raise _NotPlain
+                end = at + len(needle)
+                if text[at - 1] != "\\" and (
+                    text.startswith(":", end) or colon(text, end)
+                ):
+                    break
+                at = find(needle, at + 1)
+            here = f"{pointer}/{key}"
+            positions[here] = at
+            cursor = end
+            if type(item) is dict or type(item) is list:
+                walk(item, here)
+
+    if type(value) is dict or type(value) is list:
+        try:
+            walk(value, "")
+        except _NotPlain:
+            return None
+    return positions
+
+
 @dataclass(eq=False)
 class SourceDoc:
     """One loaded JSON document: ``path`` (as given, for messages), ``text``, decoded
@@ -149,11 +223,26 @@ class SourceDoc:
     file, e.g. one record of ``atdata-gen.lock``); spans are located in ``text``."""
     _positions: dict[str, int] | None = field(default=None, repr=False)
     _line_starts: list[int] | None = field(default=None, repr=False)
+    _decoded: bool = field(default=False, repr=False)
+    """``value`` is ``json.loads(text)`` (set by :func:`load_text`): the members
+    can be indexed by :func:`_index_members` first."""
+    _complete: bool = field(default=False, repr=False)
 
     def offset(self, pointer: str) -> int | None:
+        """Offset in ``text`` of the value at ``pointer`` (of a member: of its key),
+        or ``None`` if there is none."""
         if self._positions is None:
+            if self._decoded and not self.base:
+                self._positions = _index_members(self.text, self.value)
+            if self._positions is None:
+                self._positions = _index_positions(self.text)
+                self._complete = True
+        found = self._positions.get(self.base + pointer)
+        if found is None and not self._complete:
             self._positions = _index_positions(self.text)
-        return self._positions.get(self.base + pointer)
+            self._complete = True
+            found = self._positions.get(self.base + pointer)
+        return found
 
     def position(self, offset: int) -> tuple[int, int]:
         """1-based (line, column) of a character offset."""
@@ -412,7 +501,7 @@ def load_text(
     except (RecursionError, ValueError) as exc:  # defensive: bounded above
         reporter.report(Span(path, 1, 1), "SRC_JSON_SYNTAX", f"unreadable JSON: {exc}")
         return None
-    doc = SourceDoc(path, text, value, digest, rel or Path(path).name)
+    doc = SourceDoc(path, text, value, digest, rel or Path(path).name, _decoded=True)
     if bad:
         found: list[tuple[str, _BadNumber]] = []
         _bad_numbers(value, "", found)
