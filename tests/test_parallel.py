@@ -61,3 +61,32 @@ def test_workers_are_one_process_tree_and_all_exit() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout.strip()) == len(list(OFFICIAL.rglob("*.json")))
+
+
+def test_the_fast_pickle_rebuilds_an_equal_model() -> None:
+    import pickle
+
+    from atdata_gen.backend.parallel import _dumps
+
+    model = compile_sources(BuildOptions([OFFICIAL], "p")).model
+    assert model is not None
+    data = _dumps(model)
+    assert data != pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)  # reduced
+    again = pickle.loads(data)
+    assert again == model
+    # Shared objects stay shared (the memo): a def is the same object in both places.
+    d = next(iter(again.schemas[0].defs))
+    assert any(v is d for v in again.defs.values())
+
+
+def test_the_fast_pickle_falls_back_on_a_cycle() -> None:
+    import pickle
+
+    from atdata_gen.backend.parallel import _dumps
+    from atdata_gen.ir.model import Origin
+
+    box: list[object] = []
+    origin = Origin("p", box)  # type: ignore[arg-type]
+    box.append(origin)  # origin -> box -> origin: cls(*values) cannot rebuild it
+    again = pickle.loads(_dumps(origin))
+    assert again.path == "p" and again.sha256[0] is again

@@ -151,7 +151,7 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
     """Run the whole pipeline up to (not including) writing."""
     # The back end is imported here, not at module level: `check` and an
     # up-to-date build never emit (lazy imports, issue 17).
-    from .backend.format import format_sources
+    from .backend.format import format_sources, start_format
     from .backend.package import assemble_package
     from .backend.parallel import EmitPool
 
@@ -170,13 +170,15 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
         model = result.model
         rels = {s.nsid: _rel_of(s, result.docs) for s in model.schemas}
         t0 = time.perf_counter()
+        fmt = options.format
         if pool is not None:
-            codes = pool.emit(model, rels)
+            # The workers emit their shares and, with `fmt`, run ruff on them.
+            pool.submit(model, rels, fmt, options.workdir)
         else:
             from .backend.emit import emit_modules
 
             codes = emit_modules(model, rels, range(len(model.schemas)))
-        files = assemble_package(model, options.package, codes)
+        extra: dict[str, str] | None = None
         if model.samples:
             from .backend.emit_samples import emit_samples
 
@@ -193,18 +195,46 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
                     for lens in model.lenses
                 }
                 extra.update(emit_lenses(model, lens_rels))
-            files = assemble_package(model, options.package, codes, extra)
-        t1 = time.perf_counter()
+        own = None
         try:
-            result.files = (
-                format_sources(files, options.workdir) if options.format else files
-            )
+            if pool is not None and fmt:
+                # What the parent emits (package __init__s, samples, lenses) is
+                # formatted by its own ruff run while the workers work.
+                modules = {
+                    "/".join(model.names.modules[s.nsid]) + ".py" for s in model.schemas
+                }
+                skeleton = assemble_package(
+                    model, options.package, [""] * len(model.schemas), extra
+                )
+                own = start_format(
+                    {
+                        k: v
+                        for k, v in skeleton.items()
+                        if k not in modules or k in (extra or {})
+                    },
+                    options.workdir,
+                )
+            if pool is not None:
+                codes = pool.collect()
+            files = assemble_package(model, options.package, codes, extra)
+            t1 = time.perf_counter()
+            if own is not None:
+                files.update(own.result())  # same keys: the order is kept
+                own = None
+            elif fmt:
+                files = format_sources(files, options.workdir)
+            result.files = files
         except OSError as exc:  # the formatter's scratch files: full disk, limits
             from .backend.write import WriteError
 
             where = exc.filename or options.workdir or _format_scratch()
             doing = "cannot write the formatter's scratch files (before any output)"
             raise WriteError(where, exc, doing) from exc
+        finally:
+            if own is not None:
+                own.close()
+        # With workers, "emit" includes their ruff runs (and "format" is the
+        # parent's own files).
         result.timings["emit"] = t1 - t0
         result.timings["format"] = time.perf_counter() - t1
         return result
