@@ -84,8 +84,21 @@ RESERVED_FIELD_NAMES = frozenset(
 _BUILTINS = frozenset(dir(builtins))
 
 
+_ONE_WORD = re.compile(r"[a-z0-9]+")
+# The word breaks of _CAMEL_1 and _CAMEL_2 as zero-width matches: the same breaks
+# (the character classes around each break do not overlap), replaced by a literal
+# "_", which re.sub does without a Python call per match.
+_CAMEL_1_BREAK = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_CAMEL_2_BREAK = re.compile(r"(?<=[A-Z])(?=[A-Z][a-z])")
+
+
 def _words(name: str) -> list[str]:
-    text = _CAMEL_2.sub(r"\1_\2", _CAMEL_1.sub(r"\1_\2", name))
+    """The words of ``name``: camel-case humps (``threadViewPost``, ``HTTPCode``
+    → ``HTTP``, ``Code``) and runs of ASCII letters and digits between other
+    characters."""
+    if _ONE_WORD.fullmatch(name):
+        return [name]
+    text = _CAMEL_2_BREAK.sub("_", _CAMEL_1_BREAK.sub("_", name))
     return [w for w in _NON_IDENT.sub("_", text).split("_") if w]
 
 

@@ -247,8 +247,12 @@ class SourceDoc:
     def position(self, offset: int) -> tuple[int, int]:
         """1-based (line, column) of a character offset."""
         if self._line_starts is None:
+            # line k + 1 starts after the k-th "\n": the running sum of line lengths
+            # plus their newlines (all in C; the last sum is past the text).
             starts = [0]
-            starts.extend(m.end() for m in re.finditer("\n", self.text))
+            lengths = map(len, self.text.split("\n"))
+            starts.extend(itertools.accumulate(map((1).__add__, lengths)))
+            starts.pop()
             self._line_starts = starts
         import bisect
 
