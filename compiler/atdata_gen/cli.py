@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import click
 
@@ -21,13 +21,6 @@ if TYPE_CHECKING:
     from .lock import Lock
 
 from . import __version__
-from .backend.manifest import (
-    MANIFEST_NAME,
-    fingerprint,
-    is_fresh,
-    manifest_text,
-    replay,
-)
 from .checks.report import render_findings, unlabel
 from .config import LOCK_NAME, ConfigError, load_config, shown_path
 from .diagnostics import (
@@ -70,7 +63,32 @@ def _fail_with(diagnostics: Iterable[Diagnostic], fmt: str) -> None:
     sys.exit(EXIT_ERROR)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group; the network commands (``pull``, ``publish``, ``search``)
+    are imported from :mod:`atdata_gen.remote` only when one is looked up (a build
+    never needs them)."""
+
+    LAZY: ClassVar[dict[str, str]] = {
+        "pull": "pull_cmd",
+        "publish": "publish_group",
+        "search": "search_cmd",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = super().get_command(ctx, cmd_name)
+        if found is None and cmd_name in self.LAZY:
+            from . import remote
+
+            found = getattr(remote, self.LAZY[cmd_name])
+            assert isinstance(found, click.Command)
+            self.add_command(found, cmd_name)
+        return found
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="atdata-gen")
 def main() -> None:
     """Compile Lexicons (and atdata schema records) into typed Python packages."""
@@ -152,6 +170,14 @@ def build_cmd(
     status (up-to-date, written, stale, error), the package path, the changed files
     and every diagnostic.
     """
+    from .backend.manifest import (
+        MANIFEST_NAME,
+        fingerprint,
+        is_fresh,
+        manifest_text,
+        replay,
+    )
+
     report = _BuildReport(fmt, quiet, fail_on)
     wanted: list[str] = []
     if not sources:
@@ -756,17 +782,6 @@ def new_lens_cmd(source: str, target: str, out_file: Path | None) -> None:
     except FileExistsError:
         _fail(f"{out_file} exists; not overwriting it")
     click.echo(f"wrote {out_file}", err=True)
-
-
-def _register_network_commands() -> None:
-    from .remote import publish_group, pull_cmd, search_cmd
-
-    main.add_command(pull_cmd)
-    main.add_command(publish_group)
-    main.add_command(search_cmd)
-
-
-_register_network_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover

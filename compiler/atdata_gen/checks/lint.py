@@ -215,23 +215,27 @@ def _range_inverted(model: LinkedModel, t: IRType, span: Span) -> Iterator[Findi
 
 
 def _string_violation(t: StringType, value: str) -> str | None:
-    from atdata_runtime.lex.formats import FORMAT_CHECKS
-    from atdata_runtime.lex.text import count_graphemes
-
     size = len(value.encode("utf-8"))
     if t.max_bytes is not None and size > t.max_bytes:
         return f"is {size} UTF-8 bytes, over maxLength {t.max_bytes}"
     if t.min_bytes is not None and size < t.min_bytes:
         return f"is {size} UTF-8 bytes, under minLength {t.min_bytes}"
-    g = count_graphemes(value)
-    if t.max_graphemes is not None and g > t.max_graphemes:
-        return f"has {g} graphemes, over maxGraphemes {t.max_graphemes}"
-    if t.min_graphemes is not None and g < t.min_graphemes:
-        return f"has {g} graphemes, under minGraphemes {t.min_graphemes}"
+    if t.max_graphemes is not None or t.min_graphemes is not None:
+        # the UAX #29 counter (and the `regex` module) only when a bound needs it
+        from atdata_runtime.lex.text import count_graphemes
+
+        g = count_graphemes(value)
+        if t.max_graphemes is not None and g > t.max_graphemes:
+            return f"has {g} graphemes, over maxGraphemes {t.max_graphemes}"
+        if t.min_graphemes is not None and g < t.min_graphemes:
+            return f"has {g} graphemes, under minGraphemes {t.min_graphemes}"
     if t.enum is not None and value not in t.enum:
         return "is not in enum"
-    if t.format is not None and not FORMAT_CHECKS[t.format](value):
-        return f"is not a valid {t.format}"
+    if t.format is not None:
+        from atdata_runtime.lex.formats import FORMAT_CHECKS
+
+        if not FORMAT_CHECKS[t.format](value):
+            return f"is not a valid {t.format}"
     return None
 
 

@@ -26,7 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .. import ircache
 from ..diagnostics import Diagnostic, Reporter, Span
+from ..ir.link import LinkedModel
 from ..pipeline import BuildOptions, BuildResult, compile_sources
 from ..sources import SourceDoc, discover, read_reported
 from .compat import Finding, compare
@@ -138,6 +140,70 @@ def _same_docs(docs: Sequence[SourceDoc], identity: list[tuple[str, str]]) -> bo
     return [(d.path, d.sha256) for d in docs] == identity
 
 
+@dataclass
+class _Side:
+    """A compiled side: its model and, when known, the identity of its sources
+    (:func:`_identity`)."""
+
+    model: LinkedModel
+    identity: list[tuple[str, str]] | None
+
+
+def _cache_key(
+    paths: Sequence[Path],
+    externals: Sequence[Path],
+    identity: list[tuple[str, str]],
+    ext_identity: list[tuple[str, str]],
+) -> str:
+    """The IR-cache key of one side: the paths as given (spans cite them), the
+    externals as given (``DIR=PACKAGE`` included), and every file's path and
+    sha256 (:mod:`atdata_gen.ircache` adds the compiler's own digest)."""
+    return ircache.entry_key(
+        [
+            "check-side",
+            *map(str, paths),
+            "|",
+            *map(str, externals),
+            "|",
+            *(f"{p}\0{h}" for p, h in identity),
+            "|",
+            *(f"{p}\0{h}" for p, h in ext_identity),
+        ]
+    )
+
+
+def _compile_side(
+    paths: Sequence[Path],
+    externals: Sequence[Path],
+    label: str,
+    scratch: tuple[str, str] | None = None,
+) -> _Side:
+    """Compile one side (see :func:`_compile_result`), through the IR cache when
+    its files can be identified: a side that compiled without errors is stored
+    under :func:`_cache_key` and a later check of the same bytes loads it instead
+    of compiling (a side with errors is never stored: it is compiled again, so its
+    errors are reported). A scratch side (a ``git:`` revision read into a fresh
+    temporary directory) is never cached."""
+    identity = _identity(paths) if scratch is None else None
+    ext_identity = _identity(externals) if identity is not None else None
+    key = None
+    if identity is not None and ext_identity is not None:
+        key = _cache_key(paths, externals, identity, ext_identity)
+        cached = ircache.load(key)
+        if isinstance(cached, LinkedModel):
+            return _Side(cached, identity)
+    result = _compile_result(paths, externals, label, scratch)
+    assert result.model is not None
+    if (
+        key is not None
+        and identity is not None
+        and _same_docs(result.docs, identity)
+        and _identity(externals) == ext_identity  # nothing changed meanwhile
+    ):
+        ircache.store(key, result.model)
+    return _Side(result.model, identity)
+
+
 def _compile_result(
     paths: Sequence[Path],
     externals: Sequence[Path],
@@ -195,8 +261,7 @@ def run_check(
     :class:`CheckError` when a side cannot be read or compiled."""
     policy = policy or CheckPolicy()
     cwd = cwd or Path.cwd()
-    compiled = _compile_result(sources, externals, "current")
-    assert compiled.model is not None
+    compiled = _compile_side(sources, externals, "current")
     current = compiled.model
     plain = [Path(a) for a in against if not a.startswith("git:")]
     revs = [a.removeprefix("git:") or "HEAD" for a in against if a.startswith("git:")]
@@ -237,15 +302,16 @@ def run_check(
             # revision equal to the working tree read from it) compile to the same
             # model: it is reused, not compiled twice (issue 17). Externals are
             # the same on both sides by construction.
-            identity = _identity(paths) if scratch_label is None else None
-            if identity is not None and _same_docs(compiled.docs, identity):
+            identity = None
+            if scratch_label is None:
+                same_paths = list(map(str, paths)) == list(map(str, sources))
+                identity = compiled.identity if same_paths else _identity(paths)
+            if identity is not None and identity == compiled.identity:
                 previous = current
             else:
-                side = _compile_result(
+                previous = _compile_side(
                     paths, externals, f"previous ({label})", scratch_label
-                )
-                assert side.model is not None
-                previous = side.model
+                ).model
             found = compare(previous, current, policy.mode, transitive=transitive)
             if scratch_label is not None:
                 found = _relabel(found, *scratch_label)
