@@ -444,3 +444,74 @@ def test_s3_entry_round_trip(
         assert len(samples) == record["size"]["samples"] > 0
     finally:
         server.stop()
+
+
+def test_blob_uploads_overlap_resume_and_keep_shard_order(
+    net: LocalNetwork, account: Account, tmp_path: Path
+) -> None:
+    """Six shards uploaded three at a time through a proxy that fails some uploads
+    (no retries): the failure is raised, the uploads that finished are journaled;
+    the re-run uploads only the rest, and the entry lists every shard's blob and
+    checksum in shard order; the dataset reads back whole."""
+    import hashlib
+
+    import numpy as np
+    from atdata_gen.dynamic import compile_schema_record
+    from atdata_runtime.shards import write_samples
+
+    client = login(net, account, tmp_path)
+    pub = publish_schema(client, schema("ImageSample"))
+    img = compile_schema_record(schema("ImageSample"))
+    rng = np.random.default_rng(5)
+    shards = write_samples(
+        (
+            img(image=rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), label=str(i))
+            for i in range(24)
+        ),
+        str(tmp_path / "s-%06d.tar"),
+        maxcount=4,
+        progress=False,
+    )
+    assert len(shards) == 6
+    journal = tmp_path / "journal"
+    with FaultProxy(
+        net.pds_url, {"500_before": 0.5}, seed=11, only=("uploadBlob",)
+    ) as proxy:
+        flaky = login(
+            net, account, tmp_path, pds_url=proxy.url, retry=RetryPolicy(attempts=1)
+        )
+        with pytest.raises(RetryExhaustedError):
+            publish_entry(
+                flaky,
+                shards,
+                schema_uri=pub.write.uri,
+                name="six",
+                storage=BlobStorage(),
+                journal_dir=journal,
+                upload_workers=3,
+            )
+    failed = proxy.counts["500_before"]
+    assert 1 <= failed < 6, proxy.counts
+    (state,) = journal.iterdir()
+    kept = json.loads(state.read_text())["blobs"]
+    assert 0 < len(kept) < 6
+    steps: list[tuple[str, int, int]] = []
+    entry = publish_entry(
+        client,
+        shards,
+        schema_uri=pub.write.uri,
+        name="six",
+        storage=BlobStorage(),
+        journal_dir=journal,
+        upload_workers=3,
+        progress=lambda step, done, total: steps.append((step, done, total)),
+    )
+    uploads = [s for s in steps if s[0] == "upload"]
+    assert uploads[0] == ("upload", len(kept), 6) and uploads[-1] == ("upload", 6, 6)
+    assert len(uploads) == 1 + 6 - len(kept)  # only the missing ones went again
+    blobs = client.get_record(entry.uri).value["storage"]["blobs"]
+    assert [b["checksum"]["digest"] for b in blobs] == [
+        hashlib.sha256(Path(s).read_bytes()).hexdigest() for s in shards
+    ]
+    got = list(Dataset.from_atproto(entry.uri, client=client, progress=False))
+    assert [s.label for s in got] == [str(i) for i in range(24)]

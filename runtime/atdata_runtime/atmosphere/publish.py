@@ -25,7 +25,9 @@ import os
 import random
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -41,6 +43,7 @@ from .records import ENTRY, LENS, SCHEMA, is_semver, schema_rkey, validate_recor
 
 __all__ = [
     "BLOB_LIMIT",
+    "UPLOAD_WORKERS",
     "BlobStorage",
     "HttpStorage",
     "S3Storage",
@@ -56,6 +59,10 @@ __all__ = [
 
 BLOB_LIMIT = 52_428_800
 """``maxSize`` of a shard blob in ``science.alt.dataset.storageBlobs`` (50 MiB)."""
+
+UPLOAD_WORKERS = 3
+"""Shard blobs uploaded at once by :func:`publish_entry` (each in memory while it
+goes: at most 3 × 50 MiB)."""
 
 _TID_CHARS = "234567abcdefghijklmnopqrstuvwxyz"
 
@@ -386,6 +393,7 @@ def publish_entry(
     license: str | None = None,
     journal_dir: str | os.PathLike[str] = ".atdata-gen/journal",
     progress: Callable[[str, int, int], None] | None = None,
+    upload_workers: int = UPLOAD_WORKERS,
 ) -> WriteResult:
     """Publish a ``science.alt.dataset.entry`` for local tar ``shards``.
 
@@ -396,6 +404,8 @@ def publish_entry(
     ``"upload"`` and ``"entry"`` steps. Resumable: the journal (one file per
     account, schema and shard set in ``journal_dir``) records the chosen TID and
     every finished upload, so a re-run finishes the job without duplicates.
+    PDS blobs are uploaded ``upload_workers`` at a time (default
+    :data:`UPLOAD_WORKERS`; each holds one shard, at most 50 MiB, in memory).
     Raises ``ValueError`` for a blob over 50 MiB or a URL count that does not
     match, and the client's errors."""
     paths = [str(p) for p in shards]
@@ -431,22 +441,13 @@ def publish_entry(
                     f"{info.path}: {info.size} bytes is over the 50 MiB blob limit of "
                     "science.alt.dataset.storageBlobs; write smaller shards"
                 )
-        uploaded: dict[str, Any] = journal.data.setdefault("blobs", {})
-        blobs = []
-        for i, info in enumerate(infos):
-            blob = uploaded.get(info.sha256)
-            if blob is None:
-                blob = client.upload_blob(
-                    Path(info.path).read_bytes(), "application/x-tar"
-                )
-                uploaded[info.sha256] = blob
-                journal.save()
-            blobs.append({"blob": blob, "checksum": _checksum(info)})
-            if progress:
-                progress("upload", i + 1, len(infos))
+        uploaded = _upload_blobs(client, infos, journal, upload_workers, progress)
         store: dict[str, Any] = {
             "$type": "science.alt.dataset.storageBlobs",
-            "blobs": blobs,
+            "blobs": [
+                {"blob": uploaded[info.sha256], "checksum": _checksum(info)}
+                for info in infos
+            ],
         }
     elif isinstance(storage, S3Storage):
         store = _upload_s3(storage, infos, journal, progress)
@@ -496,6 +497,57 @@ def publish_entry(
     if progress:
         progress("entry", 1, 1)
     return result
+
+
+def _upload_blobs(
+    client: AtmosphereClient,
+    infos: list[ShardInfo],
+    journal: _Journal,
+    workers: int,
+    progress: Callable[[str, int, int], None] | None,
+) -> dict[str, Any]:
+    """Upload the shards the journal does not list yet as PDS blobs, ``workers`` at
+    a time; each finished upload is journaled at once (from this thread). The first
+    failure cancels the uploads not started and is raised once the running ones
+    ended (theirs are journaled too). Returns the journal's sha256 → blob map."""
+    uploaded: dict[str, Any] = journal.data.setdefault("blobs", {})
+    todo: dict[str, ShardInfo] = {}
+    for info in infos:
+        if info.sha256 not in uploaded:
+            todo.setdefault(info.sha256, info)
+    done = len(infos) - sum(1 for info in infos if info.sha256 in todo)
+    if progress and done:
+        progress("upload", done, len(infos))
+    if not todo:
+        return uploaded
+    copies = Counter(info.sha256 for info in infos)
+
+    def upload(info: ShardInfo) -> dict[str, Any]:
+        return client.upload_blob(Path(info.path).read_bytes(), "application/x-tar")
+
+    failure: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo)))) as pool:
+        futures = {pool.submit(upload, info): info for info in todo.values()}
+        for future in as_completed(futures):
+            if future.cancelled():
+                continue
+            try:
+                blob = future.result()
+            except BaseException as exc:  # noqa: BLE001 - raised below
+                if failure is None:
+                    failure = exc
+                    for other in futures:
+                        other.cancel()
+                continue
+            sha = futures[future].sha256
+            uploaded[sha] = blob
+            journal.save()
+            done += copies[sha]
+            if progress:
+                progress("upload", done, len(infos))
+    if failure is not None:
+        raise failure
+    return uploaded
 
 
 def _upload_s3(
