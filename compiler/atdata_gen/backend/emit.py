@@ -56,9 +56,23 @@ from .printer import print_module
 __all__ = ["emit_modules"]
 
 
+# Nodes are immutable, so one node of each default (whitespace, brackets, line end)
+# is shared by every node built here: passing them saves constructing and
+# validating a fresh, equal default node for each field of each node (over half of
+# the nodes of a build). The trees, and so the code, are the same.
 _NO_WS = cst.SimpleWhitespace("")
-_BLANK = cst.EmptyLine()
+_SP = cst.SimpleWhitespace(" ")
+_BLANK = cst.EmptyLine(whitespace=_NO_WS, newline=cst.Newline())
 _EQ = cst.AssignEqual(whitespace_before=_NO_WS, whitespace_after=_NO_WS)
+_TRAIL = cst.TrailingWhitespace(whitespace=_NO_WS, newline=cst.Newline())
+_LSQB = cst.LeftSquareBracket(whitespace_after=_NO_WS)
+_RSQB = cst.RightSquareBracket(whitespace_before=_NO_WS)
+_BITOR = cst.BitOr(whitespace_before=_SP, whitespace_after=_SP)
+_EMPTY = cst.Module(body=[])
+
+
+def _as(alias: str) -> cst.AsName:
+    return cst.AsName(name(alias), whitespace_before_as=_SP, whitespace_after_as=_SP)
 
 
 # -- safe node builders ----------------------------------------------------------------
@@ -115,7 +129,9 @@ def literal(value: Any) -> cst.BaseExpression:
         return cst.SimpleString(_quote(value))
     if isinstance(value, list | tuple):
         elems = [cst.Element(literal(v)) for v in value]
-        return cst.List(elems) if isinstance(value, list) else cst.Tuple(elems)
+        if isinstance(value, list):
+            return cst.List(elems, lbracket=_LSQB, rbracket=_RSQB)
+        return cst.Tuple(elems)
     if isinstance(value, dict):
         return cst.Dict(
             [cst.DictElement(literal(str(k)), literal(v)) for k, v in value.items()]
@@ -182,26 +198,46 @@ def sub(base: str | cst.BaseExpression, *args: cst.BaseExpression) -> cst.Subscr
     return cst.Subscript(
         value=value,
         slice=[cst.SubscriptElement(cst.Index(a)) for a in args],
+        lbracket=_LSQB,
+        rbracket=_RSQB,
+        whitespace_after_value=_NO_WS,
     )
 
 
 def call(
     func: str, *args: cst.BaseExpression, **kwargs: cst.BaseExpression
 ) -> cst.Call:
-    arglist = [cst.Arg(a) for a in args]
-    arglist += [cst.Arg(v, keyword=name(k), equal=_EQ) for k, v in kwargs.items()]
-    return cst.Call(dotted(func), arglist)
+    arglist = [_arg(a) for a in args]
+    arglist += [_arg(v, name(k)) for k, v in kwargs.items()]
+    return cst.Call(
+        dotted(func),
+        arglist,
+        whitespace_after_func=_NO_WS,
+        whitespace_before_args=_NO_WS,
+    )
+
+
+def _arg(value: cst.BaseExpression, keyword: cst.Name | None = None) -> cst.Arg:
+    return cst.Arg(
+        value,
+        keyword=keyword,
+        equal=_EQ if keyword is not None else cst.MaybeSentinel.DEFAULT,
+        whitespace_after_star=_NO_WS,
+        whitespace_after_arg=_NO_WS,
+    )
 
 
 def union_of(items: Sequence[cst.BaseExpression]) -> cst.BaseExpression:
     node = items[0]
     for item in items[1:]:
-        node = cst.BinaryOperation(node, cst.BitOr(), item)
+        node = cst.BinaryOperation(node, _BITOR, item)
     return node
 
 
 def stmt(node: cst.BaseSmallStatement, blank: int = 0) -> cst.SimpleStatementLine:
-    return cst.SimpleStatementLine([node], leading_lines=[_BLANK] * blank)
+    return cst.SimpleStatementLine(
+        [node], leading_lines=[_BLANK] * blank, trailing_whitespace=_TRAIL
+    )
 
 
 def ann_assign(
@@ -210,13 +246,20 @@ def ann_assign(
     value: cst.BaseExpression | None = None,
     blank: int = 0,
 ) -> cst.SimpleStatementLine:
-    return stmt(cst.AnnAssign(name(target), cst.Annotation(annotation), value), blank)
+    return stmt(
+        cst.AnnAssign(
+            name(target),
+            cst.Annotation(annotation, whitespace_after_indicator=_SP),
+            value,
+        ),
+        blank,
+    )
 
 
 def import_as(module: str, alias: str, blank: int = 0) -> cst.SimpleStatementLine:
     """``import module as alias`` (``module`` may be dotted)."""
     return stmt(
-        cst.Import([cst.ImportAlias(_dotted(module), asname=cst.AsName(name(alias)))]),  # type: ignore[arg-type]
+        cst.Import([cst.ImportAlias(_dotted(module), asname=_as(alias))]),  # type: ignore[arg-type]
         blank,
     )
 
@@ -225,7 +268,7 @@ def from_import(
     module: str, item: str, alias: str | None = None, blank: int = 0
 ) -> cst.SimpleStatementLine:
     """``from module import item [as alias]`` (``module`` may be dotted)."""
-    asname = None if alias is None else cst.AsName(name(alias))
+    asname = None if alias is None else _as(alias)
     return stmt(
         cst.ImportFrom(
             module=_dotted(module),  # type: ignore[arg-type]
@@ -262,10 +305,10 @@ def _export_order(item: str) -> tuple[int, tuple[tuple[int, int | str], ...]]:
 def _import_order(node: cst.ImportFrom, alias: str) -> tuple[int, str, str]:
     """Relative-import order of isort (ruff I001): furthest first, then by module
     path, then by imported name (case-insensitive)."""
-    module = cst.Module(body=[]).code_for_node(node.module) if node.module else ""
+    module = _EMPTY.code_for_node(node.module) if node.module else ""
     names = node.names
     assert isinstance(names, Sequence)
-    imported = cst.Module(body=[]).code_for_node(names[0].name)
+    imported = _EMPTY.code_for_node(names[0].name)
     return -len(node.relative), module.lower(), imported.lower()
 
 
@@ -654,9 +697,13 @@ class _ModuleEmitter:
         (self.late if late else self.body).append(
             cst.ClassDef(
                 name=name(cls),
-                body=cst.IndentedBlock(body),
-                bases=[cst.Arg(dotted(base))] if base else [],
+                body=cst.IndentedBlock(body, header=_TRAIL),
+                bases=[_arg(dotted(base))] if base else [],
                 leading_lines=[_BLANK, _BLANK],
+                whitespace_after_class=_SP,
+                whitespace_after_name=_NO_WS,
+                whitespace_before_colon=_NO_WS,
+                whitespace_after_type_parameters=_NO_WS,
             )
         )
         self.exports.append(cls)
@@ -830,22 +877,14 @@ class _ModuleEmitter:
         if "_t" in used:
             head.append(
                 stmt(
-                    cst.Import(
-                        [cst.ImportAlias(name("typing"), asname=cst.AsName(name("_t")))]
-                    ),
+                    cst.Import([cst.ImportAlias(name("typing"), asname=_as("_t"))]),
                     blank=1,
                 )
             )
         if "_pd" in used:
             head.append(
                 stmt(
-                    cst.Import(
-                        [
-                            cst.ImportAlias(
-                                name("pydantic"), asname=cst.AsName(name("_pd"))
-                            )
-                        ]
-                    ),
+                    cst.Import([cst.ImportAlias(name("pydantic"), asname=_as("_pd"))]),
                     blank=1,
                 )
             )
@@ -862,7 +901,7 @@ class _ModuleEmitter:
             assert isinstance(mod_node, cst.Name | cst.Attribute)
             node = cst.ImportFrom(
                 module=mod_node,
-                names=[cst.ImportAlias(name(leaf), asname=cst.AsName(name(alias)))],
+                names=[cst.ImportAlias(name(leaf), asname=_as(alias))],
             )
             head.append(stmt(node, blank=1 if n == 0 and "_pd" not in used else 0))
         head.append(
@@ -937,7 +976,7 @@ class _ModuleEmitter:
         module_node = dotted(".".join(rest)) if rest else None
         return cst.ImportFrom(
             module=module_node,  # type: ignore[arg-type]
-            names=[cst.ImportAlias(name(mod[-1]), asname=cst.AsName(name(alias)))],
+            names=[cst.ImportAlias(name(mod[-1]), asname=_as(alias))],
             relative=[cst.Dot()] * level,
         )
 
