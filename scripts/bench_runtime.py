@@ -1,19 +1,31 @@
-"""Benchmark: the sample codec and shard reading, atdata 0.7.0b1 and us in the same
-run (atdata in its Python 3.12 environment, scripts/atdata-env). Medians of
-``--runs`` runs.
+"""Benchmark: the sample codec and shard reading, ours next to atdata 0.7.0b1 and
+bare msgpack in the same run (atdata in its Python 3.12 environment,
+``scripts/atdata-env``, one process answering round by round, so each of its rounds
+runs right next to ours: the ratios are of neighbours on a noisy machine). Medians
+of ``--runs`` rounds.
 
-* pack / unpack µs per sample: a small sample (int, float, str) and an image sample
+* pack / unpack µs per sample: a small sample (int, float, str), next to a bare
+  ``msgpack.packb`` / ``msgpack.unpackb`` of the same dict (the floor: a codec
+  cannot be faster than the one msgpack call it makes), and an image sample
   (3×224×224 uint8 + str);
 * pack / unpack GB/s for one 64 MiB float32 array, next to a plain 64 MiB memory copy
-  (into a preallocated buffer) and a fresh allocation + copy, in this process;
+  (into a preallocated buffer) and a fresh allocation + copy;
 * samples/s reading 10 shards × 1,000 samples (3×64×64 uint8 + str), ordered and
-  batched (32), next to raw ``webdataset.WebDataset`` iteration without decoding.
+  batched (32), next to raw ``webdataset.WebDataset`` iteration without decoding;
+* the size curve: samples/s and MB/s reading shards of samples whose payload is
+  1 KB, 10 KB, 100 KB, 1 MB and 10 MB (a uint8 array + str), about ``--curve-mb``
+  MB per point (at least 8 samples), ours, raw webdataset and atdata
+  (``read_size_<bytes>_samples_s``, ``read_size_<bytes>_mb_s``, with ``wds_`` and
+  ``atdata_`` prefixes).
+
+``--json PATH`` writes the benchlib part (table ``runtime``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import shutil
 import statistics
@@ -21,16 +33,24 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgpack  # type: ignore[import-untyped]
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib
+
+ROOT = benchlib.ROOT
 sys.path.insert(0, str(ROOT / "runtime"))
 
 from atdata_runtime.samples import FieldSpec, PackableSample
 from atdata_runtime.shards import Dataset, write_samples
+
+CURVE_SIZES = (1_000, 10_000, 100_000, 1_000_000, 10_000_000)
+"""Payload bytes per sample of the size curve's points."""
 
 
 @dataclasses.dataclass(kw_only=True, eq=False)
@@ -61,54 +81,116 @@ class Big(PackableSample):
     data: Any
 
 
-def per_call(fn: Any, n: int, runs: int) -> float:
-    out = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        out.append((time.perf_counter() - t) / n)
-    return statistics.median(out)
+@dataclasses.dataclass(kw_only=True, eq=False)
+class Blob(PackableSample):
+    sample_fields = (
+        FieldSpec("data", "data", "ndarray", dtype="uint8"),
+        FieldSpec("key", "key", "str"),
+    )
+    data: Any
+    key: str
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--runs", type=int, default=5)
-    args = ap.parse_args()
-    runs = args.runs
-    work = Path(tempfile.mkdtemp(prefix=".bench-runtime-", dir=ROOT))
-    try:
-        rng = np.random.default_rng(0)
-        samples = [
-            Image(
-                image=rng.integers(0, 255, (3, 64, 64), dtype=np.uint8),
-                label=f"img-{i}",
-            )
-            for i in range(10_000)
-        ]
-        write_samples(samples, str(work / "d-%06d.tar"), maxcount=1000)
-        url = str(work / "d-{000000..000009}.tar")
-        atdata_py = subprocess.run(
+def per_call(fn: Callable[[], Any], n: int) -> float:
+    """Seconds per call of ``fn`` over ``n`` calls (one round)."""
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t) / n
+
+
+class Atdata:
+    """atdata's side (scripts/bench_runtime_atdata.py), one process for the run."""
+
+    def __init__(self) -> None:
+        python = subprocess.run(
             [str(ROOT / "scripts" / "atdata-env")],
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
-        theirs = json.loads(
-            subprocess.run(
-                [
-                    atdata_py,
-                    str(ROOT / "scripts" / "bench_runtime_atdata.py"),
-                    url,
-                    str(runs),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
+        self.proc = subprocess.Popen(
+            [python, str(ROOT / "scripts" / "bench_runtime_atdata.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
+        self._read()  # {"ready": true}
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"atdata side exited ({self.proc.wait()})")
+        result: dict[str, Any] = json.loads(line)
+        if "error" in result:
+            raise SystemExit(f"atdata side: {result['error']}")
+        return result
+
+    def ask(self, **cmd: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.ask(op="quit")
+            except (SystemExit, BrokenPipeError, ValueError):
+                pass
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def rate(samples: int, seconds: float) -> float:
+    return samples / seconds if seconds > 0 else float("inf")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument(
+        "--curve-mb",
+        type=float,
+        default=40.0,
+        help="payload MB per size-curve point (default 40)",
+    )
+    ap.add_argument("--no-curve", action="store_true", help="skip the size curve")
+    benchlib.add_json_arg(ap)
+    args = ap.parse_args()
+    runs = args.runs
+    report = benchlib.Report(
+        "runtime", settings={"runs": runs, "curve_mb": args.curve_mb}
+    )
+    m: dict[str, list[float]] = {}
+
+    def add(key: str, value: float) -> None:
+        m.setdefault(key, []).append(value)
+
+    work = Path(tempfile.mkdtemp(prefix=".bench-runtime-", dir=ROOT))
+    atdata = Atdata()
+    try:
+        rng = np.random.default_rng(0)
+        write_samples(
+            (
+                Image(
+                    image=rng.integers(0, 255, (3, 64, 64), dtype=np.uint8),
+                    label=f"img-{i}",
+                )
+                for i in range(10_000)
+            ),
+            str(work / "d-%06d.tar"),
+            maxcount=1000,
+            progress=False,
+        )
+        url = str(work / "d-{000000..000009}.tar")
 
         small = Small(x=7, y=0.5, name="sample-000123")
+        small_dict = small.to_dict()
         image = Image(
             image=np.random.default_rng(0).integers(
                 0, 255, (3, 224, 224), dtype=np.uint8
@@ -119,80 +201,231 @@ def main() -> None:
             data=np.random.default_rng(1).random(16 * 1024 * 1024, dtype=np.float32)
         )
         sp, ip, bp = small.pack(), image.pack(), big.pack()
-        ours = {
-            "small_pack_us": per_call(small.pack, 20000, runs) * 1e6,
-            "small_unpack_us": per_call(lambda: Small.unpack(sp), 20000, runs) * 1e6,
-            "image_pack_us": per_call(image.pack, 2000, runs) * 1e6,
-            "image_unpack_us": per_call(lambda: Image.unpack(ip), 2000, runs) * 1e6,
-            "big_pack_s": per_call(big.pack, 3, runs),
-            "big_unpack_s": per_call(lambda: Big.unpack(bp), 3, runs),
-        }
+        if sp != msgpack.packb(small_dict):
+            raise SystemExit("our small payload differs from msgpack.packb's")
         src = big.data
         dst = np.empty_like(src)
-        memcpy = per_call(lambda: np.copyto(dst, src), 5, runs)
-        alloc_copy = per_call(lambda: src.copy(), 5, runs)
-
-        import webdataset as wds
-
-        raw, ordered, batched = [], [], []
+        gb = src.nbytes / 1e9
+        # Bare msgpack, called as directly as our bound methods are.
+        bare_pack = functools.partial(msgpack.packb, small_dict)
+        bare_unpack = functools.partial(msgpack.unpackb, sp)
+        ours_unpack_small = functools.partial(Small.unpack, sp)
+        ours_unpack_image = functools.partial(Image.unpack, ip)
+        ours_unpack_big = functools.partial(Big.unpack, bp)
+        ns, ni, nb = 20_000, 2_000, 3
         for _ in range(runs):
+            theirs = atdata.ask(op="codec", n_small=ns, n_image=ni, n_big=nb)
+            add("atdata_pack_small_us", theirs["small_pack_us"])
+            add("atdata_unpack_small_us", theirs["small_unpack_us"])
+            add("atdata_pack_image_us", theirs["image_pack_us"])
+            add("atdata_unpack_image_us", theirs["image_unpack_us"])
+            add("atdata_pack_64mib_gb_s", gb / theirs["big_pack_s"])
+            add("atdata_unpack_64mib_gb_s", gb / theirs["big_unpack_s"])
+            add("pack_small_us", per_call(small.pack, ns) * 1e6)
+            add("msgpack_pack_small_us", per_call(bare_pack, ns) * 1e6)
+            add("unpack_small_us", per_call(ours_unpack_small, ns) * 1e6)
+            add("msgpack_unpack_small_us", per_call(bare_unpack, ns) * 1e6)
+            add("pack_image_us", per_call(image.pack, ni) * 1e6)
+            add("unpack_image_us", per_call(ours_unpack_image, ni) * 1e6)
+            add("pack_64mib_gb_s", gb / per_call(big.pack, nb))
+            add("unpack_64mib_gb_s", gb / per_call(ours_unpack_big, nb))
+            add("memcpy_64mib_gb_s", gb / per_call(lambda: np.copyto(dst, src), 5))
+            add("alloc_copy_64mib_gb_s", gb / per_call(src.copy, 5))
+
+        import webdataset as wds  # type: ignore[import-untyped]
+
+        def raw_rate(url: str) -> float:
             t = time.perf_counter()
             n = sum(1 for _ in wds.WebDataset(url, shardshuffle=False))
-            raw.append(n / (time.perf_counter() - t))
+            return rate(n, time.perf_counter() - t)
+
+        def our_rate(cls: type[PackableSample], url: str, batch: int | None) -> float:
             t = time.perf_counter()
-            n = sum(1 for _ in Dataset[Image](url).ordered())
-            ordered.append(n / (time.perf_counter() - t))
-            t = time.perf_counter()
-            n = sum(len(b) for b in Dataset[Image](url).ordered(batch_size=32))
-            batched.append(n / (time.perf_counter() - t))
-        ours["read_ordered_per_s"] = statistics.median(ordered)
-        ours["read_batched_per_s"] = statistics.median(batched)
-        raw_rate = statistics.median(raw)
+            if batch:
+                n = sum(len(b) for b in Dataset[cls](url).ordered(batch_size=batch))
+            else:
+                n = sum(1 for _ in Dataset[cls](url).ordered())
+            return rate(n, time.perf_counter() - t)
+
+        def their_rate(cls: str, url: str, batch: int | None) -> float:
+            r = atdata.ask(op="read", url=url, cls=cls, batch=batch)
+            return rate(r["samples"], r["seconds"])
+
+        for _ in range(runs):
+            add("wds_read_samples_s", raw_rate(url))
+            add("atdata_read_ordered_samples_s", their_rate("Image", url, None))
+            add("read_ordered_samples_s", our_rate(Image, url, None))
+            add("atdata_read_batched_samples_s", their_rate("Image", url, 32))
+            add("read_batched_samples_s", our_rate(Image, url, 32))
+
+        curve: list[tuple[int, int, int]] = []  # (size, samples, payload bytes)
+        if not args.no_curve:
+            for size in CURVE_SIZES:
+                count = max(8, int(args.curve_mb * 1e6 // size))
+                # A payload of ``size`` bytes: the array plus ~40 bytes of map,
+                # keys, header and the str.
+                data = np.random.default_rng(size).integers(
+                    0, 255, max(1, size - 40), dtype=np.uint8
+                )
+                pattern = str(work / f"s{size}-%06d.tar")
+                written = write_samples(
+                    (Blob(data=data, key=f"k{i:06d}") for i in range(count)),
+                    pattern,
+                    maxcount=count,
+                    maxsize=1e12,
+                    progress=False,
+                )
+                if len(written) != 1:
+                    raise SystemExit(f"size {size}: expected one shard, {written}")
+                payload = len(Blob(data=data, key="k000000").pack())
+                curve.append((size, count, payload))
+                shard = written[0]
+                for _ in range(runs):
+                    w = raw_rate(shard)
+                    a = their_rate("Blob", shard, None)
+                    o = our_rate(Blob, shard, None)
+                    add(f"wds_read_size_{size}_samples_s", w)
+                    add(f"atdata_read_size_{size}_samples_s", a)
+                    add(f"read_size_{size}_samples_s", o)
+                    add(f"wds_read_size_{size}_mb_s", w * payload / 1e6)
+                    add(f"atdata_read_size_{size}_mb_s", a * payload / 1e6)
+                    add(f"read_size_{size}_mb_s", o * payload / 1e6)
+                Path(shard).unlink()
     finally:
+        atdata.close()
         shutil.rmtree(work, ignore_errors=True)
 
-    gb = src.nbytes / 1e9
-    print(f"runtime benchmark, median of {runs} runs (atdata 0.7.0b1 in the same run)")
-    print(f"{'':34}{'atdata-gen':>14}{'atdata':>14}{'ratio':>9}")
+    units = {
+        "_us": ("µs", "lower"),
+        "_gb_s": ("GB/s", "higher"),
+        "_samples_s": ("samples/s", "higher"),
+        "_mb_s": ("MB/s", "higher"),
+    }
+    for key, values in m.items():
+        unit, better = next(u for s, u in units.items() if key.endswith(s))
+        report.metric(key, values, unit, better=better)  # type: ignore[arg-type]
+    med = {k: statistics.median(v) for k, v in m.items()}
 
     def row(
-        label: str,
-        key: str,
-        unit: str,
-        higher_better: bool = False,
-        fmt: str = "{:.2f}",
+        measure: str, key: str, fmt: str, goal: dict[str, Any] | None = None
     ) -> None:
-        a, b = ours[key], theirs[key]
-        ratio = (a / b) if higher_better else (b / a)
-        print(
-            f"{label:34}{fmt.format(a) + unit:>14}{fmt.format(b) + unit:>14}"
-            f"{ratio:>8.2f}x"
+        report.row(
+            "runtime",
+            measure,
+            key,
+            peer=f"atdata_{key}",
+            peer_name="atdata 0.7.0b1",
+            fmt=fmt,
+            goal=goal,
         )
 
-    row("small sample pack", "small_pack_us", " µs")
-    row("small sample unpack", "small_unpack_us", " µs")
-    row("image sample pack", "image_pack_us", " µs")
-    row("image sample unpack", "image_unpack_us", " µs")
-    ours["big_pack_gbs"] = gb / ours["big_pack_s"]
-    ours["big_unpack_gbs"] = gb / ours["big_unpack_s"]
-    theirs["big_pack_gbs"] = gb / theirs["big_pack_s"]
-    theirs["big_unpack_gbs"] = gb / theirs["big_unpack_s"]
-    row("64 MiB float32 pack", "big_pack_gbs", " GB/s", True)
-    row("64 MiB float32 unpack", "big_unpack_gbs", " GB/s", True)
-    print(
-        f"  memcpy 64 MiB (preallocated): {gb / memcpy:.2f} GB/s; "
-        f"fresh alloc+copy: {gb / alloc_copy:.2f} GB/s"
+    row(
+        "small sample pack (µs)",
+        "pack_small_us",
+        ".2f",
+        {"text": "≥ 1.5× atdata", "of": "speedup", "op": ">=", "target": 1.5},
     )
-    print(
-        f"  our 64 MiB unpack takes {ours['big_unpack_s'] * 1e6:.1f} µs: the array is a "
-        f"view into the payload (memcpy would take {memcpy * 1e6:.0f} µs)"
+    report.row(
+        "runtime",
+        "small sample pack vs bare msgpack.packb (µs)",
+        "pack_small_us",
+        peer="msgpack_pack_small_us",
+        peer_name="msgpack.packb",
+        fmt=".2f",
+        goal={
+            "text": "≤ 1.3× msgpack.packb",
+            "of": "time_ratio",
+            "op": "<=",
+            "target": 1.3,
+        },
     )
-    row("read 10x1000 ordered", "read_ordered_per_s", "/s", True, "{:,.0f}")
-    row("read 10x1000 batched (32)", "read_batched_per_s", "/s", True, "{:,.0f}")
-    print(
-        f"  raw webdataset iteration (no decoding): {raw_rate:,.0f}/s; ours ordered "
-        f"= {ours['read_ordered_per_s'] / raw_rate:.0%} of it"
+    row(
+        "small sample unpack (µs)",
+        "unpack_small_us",
+        ".2f",
+        {"text": "≥ 2× atdata", "of": "speedup", "op": ">=", "target": 2.0},
     )
+    row("image sample pack (µs)", "pack_image_us", ".1f")
+    row("image sample unpack (µs)", "unpack_image_us", ".1f")
+    row("64 MiB float32 pack (GB/s)", "pack_64mib_gb_s", ".2f")
+    row("64 MiB float32 unpack (GB/s)", "unpack_64mib_gb_s", ".0f")
+    row("read 10×1,000 ordered (samples/s)", "read_ordered_samples_s", ",.0f")
+    row("read 10×1,000 batched 32 (samples/s)", "read_batched_samples_s", ",.0f")
+    report.row(
+        "runtime",
+        "read 10×1,000 ordered vs raw webdataset iteration (samples/s)",
+        "read_ordered_samples_s",
+        peer="wds_read_samples_s",
+        peer_name="webdataset (no decoding)",
+        fmt=",.0f",
+    )
+    report.note(
+        "64 MiB unpack is zero-copy: the array is a read-only view into the payload "
+        f"(memcpy of 64 MiB: {med['memcpy_64mib_gb_s']:.1f} GB/s)."
+    )
+    if curve:
+        report.extra["read_size_curve"] = [
+            {"size": size, "samples": count, "payload_bytes": payload}
+            for size, count, payload in curve
+        ]
+        report.note(
+            "Size curve: read_size_<bytes>_samples_s / _mb_s (ours), wds_… (raw "
+            "webdataset iteration, no decoding), atdata_… (atdata 0.7.0b1), one "
+            f"shard of ~{args.curve_mb:g} MB (at least 8 samples) per point."
+        )
+    report.write(args.json)
+
+    print(
+        f"runtime benchmark, median of {runs} rounds (atdata 0.7.0b1 and bare msgpack "
+        "in the same run, round by round)"
+    )
+    print(f"{'':38}{'atdata-gen':>13}{'atdata':>13}{'speedup':>9}")
+
+    def show(label: str, key: str, unit: str, fmt: str, peer: str = "atdata") -> None:
+        a, b = med[key], med[f"{peer}_{key}"]
+        speedup = b / a if unit == " µs" else a / b
+        print(
+            f"{label:38}{format(a, fmt) + unit:>13}{format(b, fmt) + unit:>13}"
+            f"{speedup:>8.2f}x"
+        )
+
+    show("small sample pack", "pack_small_us", " µs", ".2f")
+    print(
+        f"  bare msgpack.packb of the same dict: {med['msgpack_pack_small_us']:.2f} µs; "
+        f"ours = {med['pack_small_us'] / med['msgpack_pack_small_us']:.2f}× it"
+    )
+    show("small sample unpack", "unpack_small_us", " µs", ".2f")
+    print(
+        f"  bare msgpack.unpackb: {med['msgpack_unpack_small_us']:.2f} µs; "
+        f"ours = {med['unpack_small_us'] / med['msgpack_unpack_small_us']:.2f}× it"
+    )
+    show("image sample pack", "pack_image_us", " µs", ".1f")
+    show("image sample unpack", "unpack_image_us", " µs", ".1f")
+    show("64 MiB float32 pack", "pack_64mib_gb_s", " GB/s", ".2f")
+    show("64 MiB float32 unpack", "unpack_64mib_gb_s", " GB/s", ".0f")
+    print(
+        f"  memcpy 64 MiB (preallocated): {med['memcpy_64mib_gb_s']:.2f} GB/s; "
+        f"fresh alloc+copy: {med['alloc_copy_64mib_gb_s']:.2f} GB/s"
+    )
+    show("read 10x1000 ordered", "read_ordered_samples_s", "/s", ",.0f")
+    show("read 10x1000 batched (32)", "read_batched_samples_s", "/s", ",.0f")
+    print(
+        f"  raw webdataset iteration (no decoding): {med['wds_read_samples_s']:,.0f}/s;"
+        f" ours ordered = {med['read_ordered_samples_s'] / med['wds_read_samples_s']:.0%}"
+        " of it"
+    )
+    if curve:
+        print("read samples/s (MB/s) against payload size, one shard per point:")
+        print(
+            f"{'payload':>10}{'samples':>9}{'ours':>22}{'webdataset':>22}{'atdata':>22}"
+        )
+        for size, count, _ in curve:
+            cells = [
+                f"{med[f'{p}read_size_{size}_samples_s']:,.0f} "
+                f"({med[f'{p}read_size_{size}_mb_s']:,.0f})"
+                for p in ("", "wds_", "atdata_")
+            ]
+            print(f"{size:>10,}{count:>9,}" + "".join(f"{c:>22}" for c in cells))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import keyword
 import struct
 import sys
 import typing
@@ -1066,6 +1067,7 @@ class PackableSample(Generic[B_co]):
             _require_dataclass(cls)
             codec = _Codec(cls)
             cls._atdata_codec = codec  # type: ignore[attr-defined]
+            _install_fast(cls, codec)
         return codec
 
     def pack(self, *, member: str | None = None) -> bytes:
@@ -1167,6 +1169,185 @@ class PackableSample(Generic[B_co]):
         return (self.unknown_fields or {}) == (other.unknown_fields or {})
 
     __hash__ = None  # type: ignore[assignment]
+
+
+# -- per-class fast paths -------------------------------------------------------------
+# A sample class whose fields are all scalars (int, float, bool, str, bytes, optional
+# or not, str enums) gets a pack and an unpack compiled for it on first use (source
+# text built from its FieldSpecs, names passed as constants, never spliced in): one
+# attribute load and one exact-type test per field, one dict, one msgpack call. Any
+# value the fast path does not take as it is (a subclass, a numpy scalar, a missing
+# field, an unknown key, an error of any kind) goes to the general :class:`_Codec`
+# path, which gives exactly the result it always gave (bytes, sample or error).
+
+_FAST_KINDS: Final = {
+    "int": "type({v}) is int",
+    "float": "(type({v}) is float or type({v}) is int)",
+    "bool": "type({v}) is bool",
+    "str": "type({v}) is str",
+    "bytes": "type({v}) is bytes",
+}
+"""The exact-type test of each scalar kind: what msgpack decodes (``raw=False``)
+and what :meth:`_Codec.pack` takes without conversion (:data:`_KIND_TYPES`)."""
+
+_PACKERS: Final[list[Any]] = []
+"""Idle ``msgpack.Packer`` objects (default options: the bytes of ``msgpack.packb``).
+A call pops one (or makes one) and pushes it back, so no two calls, in two threads
+or nested in one (a finalizer packing during a pack), ever share a packer; list
+``pop``/``append`` are atomic. Its length is bounded by the most calls in flight
+at once."""
+
+
+def _fast_pack_fn(codec: _Codec) -> Any:
+    """The compiled pack of ``codec``'s class, or ``None`` when a field is not a
+    scalar (arrays, lists, encoded blobs take the general path)."""
+    fields = codec.fields
+    if not fields or not all(_fast_field(f) for f in fields):
+        return None
+    names: dict[str, Any] = {
+        "CLS": codec.cls,
+        "GENERIC": codec.pack,
+        "POP": _PACKERS.pop,
+        "PUSH": _PACKERS.append,
+        "Packer": msgpack.Packer,
+    }
+    loads, tests, items = [], [], []
+    for i, f in enumerate(fields):
+        v = f"v{i}"
+        names[f"K{i}"] = f.wire
+        loads.append(f"        {v} = self.{f.name}")
+        test = _FAST_KINDS[f.kind].format(v=v)
+        if f.enum is not None:
+            names[f"E{i}"] = frozenset(f.enum)
+            test = f"({test} and {v} in E{i})"
+        if f.optional:
+            test = f"({v} is None or {test})"
+        tests.append(test)
+        items.append(f"K{i}: {v}")
+    source = "\n".join(
+        [
+            "def pack(self, *, member=None):",
+            "    if type(self) is CLS and not self.unknown_fields:",
+            *loads,
+            "        if " + " and ".join(tests) + ":",
+            "            try:",
+            "                packer = POP()",
+            "            except IndexError:",
+            "                packer = Packer()",
+            "            try:",
+            "                return packer.pack({" + ", ".join(items) + "})",
+            "            finally:",
+            "                PUSH(packer)",
+            "    return GENERIC(self, member)",
+        ]
+    )
+    fn = _compile(source, "pack", names, codec.cls)
+    fn.__doc__ = PackableSample.pack.__doc__
+    return fn
+
+
+def _fast_unpack_fn(codec: _Codec) -> Any:
+    """The compiled unpack of ``codec``'s class (a function to wrap in
+    ``classmethod``), or ``None`` when a field is not a scalar."""
+    fields = codec.fields
+    if not fields or not all(_fast_field(f) for f in fields):
+        return None
+    names: dict[str, Any] = {
+        "CLS": codec.cls,
+        "GENERIC": codec.unpack,
+        "unpackb": msgpack.unpackb,
+        "refuse": _refuse_ext,
+        "LARGE": _LARGE,
+        "N": len(fields),
+        "ENUMS": bool(codec.enums),
+        "dict_": dict,
+    }
+    loads, tests, kwargs = [], [], []
+    for i, f in enumerate(fields):
+        v = f"v{i}"
+        names[f"K{i}"] = f.wire
+        loads.append(f"            {v} = data.get(K{i})")
+        test = _FAST_KINDS[f.kind].format(v=v)
+        # A required field's None fails its type test; an optional one's must be
+        # there (nil), or the map's N entries hold an unknown key.
+        tests.append(
+            f"({v} is not None and {test} or K{i} in data)" if f.optional else test
+        )
+        kwargs.append(f"{f.name}={v}")
+    # Every declared key present (N distinct keys in a map of N entries: nothing
+    # unknown), each of its exact kind, a required one not nil.
+    source = "\n".join(
+        [
+            "def unpack(cls, payload, *, member=None, shard=None, unknown='keep',",
+            "           validate=False, copy=False):",
+            "    if cls is CLS and not (validate and ENUMS):",
+            "        try:",
+            "            n = len(payload)",
+            "            data = unpackb(payload, raw=False, ext_hook=refuse,",
+            "                max_ext_len=0, max_str_len=n, max_bin_len=n,",
+            "                max_array_len=n, max_map_len=n // 2,",
+            "            ) if n < LARGE else None",
+            "        except Exception:",
+            "            data = None",
+            "        if type(data) is dict_ and len(data) == N:",
+            *loads,
+            "            if " + " and ".join(tests) + ":",
+            "                return cls(" + ", ".join(kwargs) + ")",
+            "    return GENERIC(payload, member, unknown, validate, copy, shard)",
+        ]
+    )
+    fn = _compile(source, "unpack", names, codec.cls)
+    fn.__doc__ = PackableSample.unpack.__doc__
+    return fn
+
+
+def _fast_field(f: FieldSpec) -> bool:
+    return (
+        f.kind in _FAST_KINDS
+        and f.name.isidentifier()
+        and not keyword.iskeyword(f.name)
+    )
+
+
+def _compile(source: str, name: str, names: dict[str, Any], cls: type) -> Any:
+    namespace: dict[str, Any] = {
+        "__builtins__": {
+            "len": len,
+            "type": type,
+            "IndexError": IndexError,
+            "Exception": Exception,
+            **{t.__name__: t for t in (int, float, bool, str, bytes)},
+        }
+    }
+    namespace.update(names)
+    code = compile(
+        source, f"<atdata_runtime fast {name} of {cls.__qualname__}>", "exec"
+    )
+    exec(code, namespace)  # noqa: S102 - source built above from constants only
+    fn = namespace[name]
+    fn.__qualname__ = f"{cls.__qualname__}.{name}"
+    fn.__module__ = cls.__module__
+    fn._atdata_fast = True
+    return fn
+
+
+def _owner(cls: type, name: str) -> type | None:
+    """The class in ``cls``'s MRO whose ``__dict__`` defines ``name``."""
+    return next((k for k in cls.__mro__ if name in k.__dict__), None)
+
+
+def _install_fast(cls: type[PackableSample], codec: _Codec) -> None:
+    """Set ``cls.pack`` / ``cls.unpack`` to the compiled fast paths, unless a class
+    in its MRO defines its own (then that one keeps running, unchanged)."""
+    for name, build in (("pack", _fast_pack_fn), ("unpack", _fast_unpack_fn)):
+        owner = _owner(cls, name)
+        current = owner.__dict__[name] if owner is not None else None
+        func = getattr(current, "__func__", current)
+        if owner is not PackableSample and not getattr(func, "_atdata_fast", False):
+            continue
+        fn = build(codec)
+        if fn is not None:
+            setattr(cls, name, classmethod(fn) if name == "unpack" else fn)
 
 
 def _require_dataclass(cls: type[PackableSample]) -> None:
