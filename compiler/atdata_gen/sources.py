@@ -274,11 +274,15 @@ class SourceDoc:
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, val in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = val
+    """The object of ``pairs``; raises :class:`_DuplicateKey` with the first key
+    (in document order) that repeats an earlier one."""
+    out = dict(pairs)  # in C; a repeated key makes the dict shorter
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
     return out
 
 
@@ -654,20 +658,27 @@ def _check_file(
     return True
 
 
-def _json_files(root: Path) -> list[Path]:
-    """Every ``*.json`` file below ``root``, sorted, pruning the directories that
+def _json_files(root: Path) -> list[tuple[Path, str]]:
+    """Every ``*.json`` file below ``root`` with its path relative to ``root``
+    (POSIX form), in the order of the paths, pruning the directories that
     :func:`discover` skips."""
-    out: list[Path] = []
+    out: list[tuple[tuple[str, ...], str]] = []
+    top = os.fspath(root)
     for directory, dirs, files in os.walk(root):
-        here = Path(directory)
-        if here != root and GENERATED_MANIFEST in files:
+        if directory != top and GENERATED_MANIFEST in files:
             dirs[:] = []
             continue
         dirs[:] = [d for d in dirs if not d.startswith(".") and d not in _SKIPPED_DIRS]
+        # os.walk joins names below `top` with the separator: the rest is relative
+        below = directory[len(top) :].lstrip(os.sep) if directory != top else ""
+        prefix = f"{below}/" if below else ""
         out.extend(
-            here / f for f in files if f.endswith(".json") and not f.startswith(".")
+            (tuple(f"{prefix}{f}".split("/")), f"{prefix}{f}")
+            for f in files
+            if f.endswith(".json") and not f.startswith(".")
         )
-    return sorted(out)
+    out.sort()  # by path components, as sorting the Paths does
+    return [(root / rel, rel) for _, rel in out]
 
 
 def discover(
@@ -721,8 +732,7 @@ def discover(
                 found.setdefault(str(root_path), (root_path, root_path.name))
             continue
         count = 0
-        for path in _json_files(root_path):
-            rel = path.relative_to(root_path).as_posix()
+        for path, rel in _json_files(root_path):
             if include and not _matches(rel, include):
                 continue
             if exclude and _matches(rel, exclude):
