@@ -5,8 +5,10 @@ Prints the median (and spread) of ``--runs`` timings for: the corpus against its
 and the corpus against a copy with ``--edits`` seeded random edits (the oracle's
 mutations: property deleted/added/retyped, bounds, formats, unions, refs, record
 keys). Each is timed in-process (compile both sides + compare + policy) and as a
-whole CLI process (the installed ``atdata-gen`` script, started by a small
-launcher so that its peak RSS is its own: see :func:`spawn`). With ``--json PATH`` writes the ``check`` part (tables
+whole CLI process (the installed ``atdata-gen`` script, started by a small launcher
+so that its peak RSS is its own: see :func:`spawn`), with the IR cache warm (the
+default: a repeated check) and off (``ATDATA_GEN_CACHE=0``: every side compiled,
+as a first check). With ``--json PATH`` writes the ``check`` part (tables
 ``check`` and ``memory``). No other Lexicon breaking-change checker runs here
 (indigo's ``goat lex breaking`` is Go and needs the network to build), so there is
 no peer ratio.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import statistics
@@ -83,7 +86,9 @@ print(json.dumps([elapsed, usage.ru_maxrss, os.waitstatus_to_exitcode(status)]))
 """
 
 
-def spawn(cmd: list[str]) -> tuple[float, float, int]:
+def spawn(
+    cmd: list[str], env: dict[str, str] | None = None
+) -> tuple[float, float, int]:
     """One whole-process run of ``cmd`` (output discarded): wall seconds, peak RSS
     in MiB and exit code, measured by a small launcher process. Linux's
     ``ru_maxrss`` of a child counts the high-water mark of the memory it had
@@ -95,20 +100,23 @@ def spawn(cmd: list[str]) -> tuple[float, float, int]:
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, **(env or {})},
     )
     elapsed, peak_kib, code = json.loads(out.stdout)
     return float(elapsed), peak_kib / 1024, int(code)
 
 
-def cli_runs(cmd: list[str], runs: int) -> tuple[list[float], list[float]]:
+def cli_runs(
+    cmd: list[str], runs: int, env: dict[str, str] | None = None
+) -> tuple[list[float], list[float]]:
     """Wall seconds and peak RSS (MiB) of ``runs`` whole-process runs of ``cmd``
     (after one warm-up run, which fills the page cache and writes bytecode). Exit 0
     and 1 (findings) are results; any other exit fails the benchmark (rerun with
     ``benchlib.run_process`` to show its output)."""
-    spawn(cmd)
+    spawn(cmd, env)
     seconds, rss = [], []
     for _ in range(runs):
-        elapsed, peak, code = spawn(cmd)
+        elapsed, peak, code = spawn(cmd, env)
         if code not in (0, 1):
             benchlib.run_process(cmd)  # raises SystemExit with the output
             raise SystemExit(f"{' '.join(cmd)} exited {code}")
@@ -161,11 +169,24 @@ def main() -> None:
             [*cli, str(copy), "--against", str(OFFICIAL), "--format", "json"],
             args.runs,
         )
+        # The same without the IR cache: every side compiled (a first check).
+        cold = {"ATDATA_GEN_CACHE": "0"}
+        self_cold, self_cold_rss = cli_runs(
+            [*cli, str(OFFICIAL), "--against", str(OFFICIAL)], args.runs, cold
+        )
+        edits_cold, _ = cli_runs(
+            [*cli, str(copy), "--against", str(OFFICIAL), "--format", "json"],
+            args.runs,
+            cold,
+        )
     show("self, in-process", self_in, "s")
     show(f"{args.edits} edits, in-process", edits_in, "s")
     show("self, CLI process", self_cli, "s")
     show(f"{args.edits} edits, CLI process", edits_cli, "s")
+    show("self, CLI, no IR cache", self_cold, "s")
+    show(f"{args.edits} edits, CLI, no IR cache", edits_cold, "s")
     show("self, CLI peak RSS", self_rss, "MiB", ".1f")
+    show("self, no cache, peak RSS", self_cold_rss, "MiB", ".1f")
     show(f"{args.edits} edits, CLI peak RSS", edits_rss, "MiB", ".1f")
 
     report.metric("check_self_cli_s", self_cli, "s", label="check, corpus vs itself")
@@ -176,7 +197,19 @@ def main() -> None:
     report.metric(
         "check_edits_inproc_s", edits_in, "s", label=f"in-process, {args.edits} edits"
     )
+    report.metric(
+        "check_self_nocache_cli_s", self_cold, "s", label="itself, no IR cache"
+    )
+    report.metric(
+        "check_edits_nocache_cli_s", edits_cold, "s", label="edits, no IR cache"
+    )
     report.metric("check_peak_rss_mib", self_rss, "MiB", label="check peak RSS")
+    report.metric(
+        "check_nocache_peak_rss_mib",
+        self_cold_rss,
+        "MiB",
+        label="check peak RSS, no IR cache",
+    )
     report.metric(
         "check_edits_peak_rss_mib", edits_rss, "MiB", label="check peak RSS, edits"
     )
@@ -192,6 +225,20 @@ def main() -> None:
         f"`atdata-gen check`, against {args.edits} random edits "
         f"({len(found)} findings; CLI process, s)",
         "check_edits_cli_s",
+        fmt=".2f",
+    )
+    report.row(
+        "check",
+        f"`atdata-gen check`, {n_files} Lexicons against themselves, IR cache off "
+        "(CLI process, s)",
+        "check_self_nocache_cli_s",
+        fmt=".2f",
+    )
+    report.row(
+        "check",
+        f"`atdata-gen check`, against {args.edits} edits, IR cache off "
+        "(CLI process, s)",
+        "check_edits_nocache_cli_s",
         fmt=".2f",
     )
     report.row(
@@ -217,6 +264,17 @@ def main() -> None:
         f"peak RSS of `atdata-gen check` against {args.edits} edits (MiB)",
         "check_edits_peak_rss_mib",
         fmt=".0f",
+    )
+    report.row(
+        "memory",
+        f"peak RSS of `atdata-gen check`, {n_files} Lexicons, IR cache off (MiB)",
+        "check_nocache_peak_rss_mib",
+        fmt=".0f",
+    )
+    report.note(
+        "The IR cache (atdata_gen.ircache) is warm in the default rows (a repeated "
+        "check of unchanged files); the 'IR cache off' rows compile every side "
+        "(ATDATA_GEN_CACHE=0), as a first check does."
     )
     report.note(
         "No other Lexicon breaking-change checker runs here (indigo's `goat lex "
