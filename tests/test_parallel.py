@@ -90,3 +90,18 @@ def test_the_fast_pickle_falls_back_on_a_cycle() -> None:
     box.append(origin)  # origin -> box -> origin: cls(*values) cannot rebuild it
     again = pickle.loads(_dumps(origin))
     assert again.path == "p" and again.sha256[0] is again
+
+
+def test_a_prestarted_pool_is_taken_by_the_build_and_emits_the_same() -> None:
+    from atdata_gen.backend import parallel
+    from atdata_gen.pipeline import build
+
+    serial = build(BuildOptions([OFFICIAL], "p", jobs=1)).files
+    parallel.prestart(2)
+    assert len(parallel._PRESTARTED) == 1
+    prestarted = build(BuildOptions([OFFICIAL], "p", jobs=2)).files
+    assert parallel._PRESTARTED == []  # taken (and closed by the build)
+    assert serial is not None and serial == prestarted
+    # A pool of the wrong size is closed, not used.
+    parallel.prestart(3)
+    assert parallel.take_prestarted(2) is None and parallel._PRESTARTED == []

@@ -153,11 +153,11 @@ def build(options: BuildOptions, reporter: Reporter | None = None) -> BuildResul
     # up-to-date build never emit (lazy imports, issue 17).
     from .backend.format import format_sources, start_format
     from .backend.package import assemble_package
-    from .backend.parallel import EmitPool
+    from .backend.parallel import EmitPool, take_prestarted
 
     jobs = options.jobs if options.jobs is not None else (os.cpu_count() or 1)
-    pool = None
-    if (
+    pool = take_prestarted(jobs)  # forked by the CLI (`prestart`), if it did
+    if pool is None and (
         jobs > 1
         and EmitPool.available()
         and _count_json(options.sources) >= (_PARALLEL_MIN_FILES)

@@ -31,7 +31,7 @@ from typing import Any, Self
 from ..ir.link import LinkedModel
 from .format import FormatError
 
-__all__ = ["EmitPool", "EmitWorkerError"]
+__all__ = ["EmitPool", "EmitWorkerError", "prestart", "take_prestarted"]
 
 
 class EmitWorkerError(RuntimeError):
@@ -135,6 +135,9 @@ class EmitPool:
         for c in children:
             c.close()
 
+    def __len__(self) -> int:
+        return len(self._conns)
+
     @staticmethod
     def available() -> bool:
         return "fork" in multiprocessing.get_all_start_methods()
@@ -220,6 +223,30 @@ def _failure(status: str, payload: Any) -> BaseException:
         errno, strerror, filename = payload
         return OSError(errno, strerror, filename)
     return EmitWorkerError(payload)
+
+
+_PRESTARTED: list[EmitPool] = []
+
+
+def prestart(n: int) -> None:
+    """Fork an ``n``-worker pool now, for a build that is about to start: the CLI
+    calls this as soon as it knows it will build (before its own checks), so that
+    libcst's import overlaps with more of the parent's work. The next
+    :func:`take_prestarted` hands it over; one that is never taken is stopped at
+    interpreter exit (its workers are daemonic). No-op without ``fork``."""
+    if n > 1 and not _PRESTARTED and EmitPool.available():
+        _PRESTARTED.append(EmitPool(n))
+
+
+def take_prestarted(n: int) -> EmitPool | None:
+    """The pool :func:`prestart` forked, if it has ``n`` workers; any other
+    prestarted pool is closed. The caller owns (and closes) the pool."""
+    while _PRESTARTED:
+        pool = _PRESTARTED.pop()
+        if len(pool) == n:
+            return pool
+        pool.close()
+    return None
 
 
 _Reducer = Callable[[Any], Any]
