@@ -104,13 +104,15 @@ _DIGEST: str | None = None
 
 
 def compiler_digest() -> str:
-    """sha256 of the compiler's code (see the build manifest's fingerprint), with
-    the Python version; computed once per process."""
+    """sha256 of the compiler's code (see the build manifest's fingerprint), the
+    runtime module the front end and linker call (``atmosphere/records.py``: AT-URIs
+    and schema record keys) and the Python version; computed once per process."""
     global _DIGEST
     if _DIGEST is None:
-        from .backend.manifest import _compiler_digest
+        from .backend.manifest import _compiler_digest, _runtime_file
 
         h = hashlib.sha256(_compiler_digest().encode())
+        h.update(_runtime_file("atmosphere", "records.py").read_bytes())
         h.update(sys.version.encode())
         _DIGEST = h.hexdigest()
     return _DIGEST
@@ -118,7 +120,8 @@ def compiler_digest() -> str:
 
 def entry_key(parts: Iterable[str]) -> str:
     """The key of an entry: sha256 of the compiler digest and ``parts`` (each
-    document's identity and the options), NUL-separated."""
+    document's identity and the options), NUL-separated. Raises ``OSError`` when
+    the compiler's own files cannot be read."""
     h = hashlib.sha256(compiler_digest().encode())
     for part in parts:
         h.update(b"\0")

@@ -188,8 +188,11 @@ def _compile_side(
     ext_identity = _identity(externals) if identity is not None else None
     key = None
     if identity is not None and ext_identity is not None:
-        key = _cache_key(paths, externals, identity, ext_identity)
-        cached = ircache.load(key)
+        try:
+            key = _cache_key(paths, externals, identity, ext_identity)
+        except OSError:  # the compiler's own files unreadable: no cache
+            key = None
+        cached = ircache.load(key) if key is not None else None
         if isinstance(cached, LinkedModel):
             return _Side(cached, identity)
     result = _compile_result(paths, externals, label, scratch)
