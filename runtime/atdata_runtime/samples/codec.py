@@ -1207,6 +1207,7 @@ def _fast_pack_fn(codec: _Codec) -> Any:
     names: dict[str, Any] = {
         "CLS": codec.cls,
         "GENERIC": codec.pack,
+        "BASE": PackableSample.pack,
         "POP": _PACKERS.pop,
         "PUSH": _PACKERS.append,
         "Packer": msgpack.Packer,
@@ -1227,7 +1228,9 @@ def _fast_pack_fn(codec: _Codec) -> Any:
     source = "\n".join(
         [
             "def pack(self, *, member=None):",
-            "    if type(self) is CLS and not self.unknown_fields:",
+            "    if type(self) is not CLS:",  # a subclass: its own codec
+            "        return BASE(self, member=member)",
+            "    if not self.unknown_fields:",
             *loads,
             "        if " + " and ".join(tests) + ":",
             "            try:",
@@ -1255,6 +1258,7 @@ def _fast_unpack_fn(codec: _Codec) -> Any:
     names: dict[str, Any] = {
         "CLS": codec.cls,
         "GENERIC": codec.unpack,
+        "BASE": PackableSample.unpack.__func__,  # type: ignore[attr-defined]
         "unpackb": msgpack.unpackb,
         "refuse": _refuse_ext,
         "LARGE": _LARGE,
@@ -1280,7 +1284,10 @@ def _fast_unpack_fn(codec: _Codec) -> Any:
         [
             "def unpack(cls, payload, *, member=None, shard=None, unknown='keep',",
             "           validate=False, copy=False):",
-            "    if cls is CLS and not (validate and ENUMS):",
+            "    if cls is not CLS:",  # a subclass: its own codec
+            "        return BASE(cls, payload, member=member, shard=shard,",
+            "            unknown=unknown, validate=validate, copy=copy)",
+            "    if not (validate and ENUMS):",
             "        try:",
             "            n = len(payload)",
             "            data = unpackb(payload, raw=False, ext_hook=refuse,",

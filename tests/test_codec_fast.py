@@ -1,0 +1,284 @@
+"""The compiled per-class fast paths of the sample codec (all-scalar classes) give
+exactly what the general path gives: the same bytes, the same sample, the same
+error (rule and text), for well-formed and hostile input alike; they are used only
+where no class in the MRO defines its own ``pack``/``unpack``; packers are never
+shared between calls in flight (threads)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import threading
+import warnings
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+from atdata_runtime.samples import FieldSpec, PackableSample, SampleFormatError
+from atdata_runtime.samples import codec as codec_mod
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+@dataclasses.dataclass(kw_only=True, eq=False)
+class Scalars(PackableSample):
+    sample_fields = (
+        FieldSpec("x", "x", "int"),
+        FieldSpec("y", "y", "float"),
+        FieldSpec("name", "name", "str"),
+        FieldSpec("flag", "flag", "bool", optional=True),
+        FieldSpec("raw", "raw", "bytes", optional=True),
+        FieldSpec("color", "color", "str", optional=True, enum=("red", "green")),
+        FieldSpec("class_", "class", "str", optional=True),
+    )
+    x: int
+    y: float
+    name: str
+    flag: bool | None = None
+    raw: bytes | None = None
+    color: str | None = None
+    class_: str | None = None
+
+
+@dataclasses.dataclass(kw_only=True, eq=False)
+class WithArray(PackableSample):
+    sample_fields = (
+        FieldSpec("a", "a", "ndarray", dtype="uint8"),
+        FieldSpec("s", "s", "str"),
+    )
+    a: Any
+    s: str
+
+
+def general_pack(sample: PackableSample) -> Any:
+    try:
+        return sample._codec().pack(sample, None)
+    except Exception as exc:  # noqa: BLE001 - the outcome is what is compared
+        return outcome(exc)
+
+
+def fast_pack(sample: PackableSample) -> Any:
+    try:
+        return sample.pack()
+    except Exception as exc:  # noqa: BLE001
+        return outcome(exc)
+
+
+def outcome(exc: Exception) -> tuple[str, str, str | None]:
+    return (type(exc).__name__, str(exc), getattr(exc, "rule", None))
+
+
+def as_tuple(sample: PackableSample) -> tuple[Any, ...]:
+    return (
+        type(sample),
+        *[getattr(sample, f.name) for f in sample.sample_fields],
+        sample.unknown_fields,
+    )
+
+
+def general_unpack(cls: type[PackableSample], payload: Any, **kw: Any) -> Any:
+    args = {"unknown": "keep", "validate": False, "copy": False, **kw}
+    try:
+        return as_tuple(
+            cls._codec().unpack(
+                payload, None, args["unknown"], args["validate"], args["copy"]
+            )
+        )
+    except Exception as exc:  # noqa: BLE001
+        return outcome(exc)
+
+
+def fast_unpack(cls: type[PackableSample], payload: Any, **kw: Any) -> Any:
+    try:
+        return as_tuple(cls.unpack(payload, **kw))
+    except Exception as exc:  # noqa: BLE001
+        return outcome(exc)
+
+
+def test_fast_paths_are_installed_for_scalar_classes_only() -> None:
+    Scalars(x=1, y=2.0, name="n").pack()
+    WithArray(a=np.zeros(3, np.uint8), s="s").pack()
+    assert getattr(Scalars.__dict__["pack"], "_atdata_fast", False)
+    assert getattr(Scalars.__dict__["unpack"].__func__, "_atdata_fast", False)
+    assert "pack" not in WithArray.__dict__  # arrays keep the general path
+
+
+def test_fast_pack_bytes_are_msgpack_packb_of_the_fields() -> None:
+    s = Scalars(x=7, y=0.5, name="sample", flag=True, raw=b"\x00", color="red")
+    payload = s.pack()
+    assert "pack" in Scalars.__dict__
+    assert payload == msgpack.packb(s.to_dict())
+    assert payload == s._codec().pack(s, None)
+
+
+class Color(enum.StrEnum):
+    RED = "red"
+
+
+class Big(enum.IntEnum):
+    ONE = 1
+
+
+PACK_CASES = [
+    Scalars(x=1, y=1, name="int for float"),
+    Scalars(x=np.int64(3), y=np.float32(0.25), name="numpy scalars"),
+    Scalars(x=Big.ONE, y=1.0, name="int enum"),
+    Scalars(x=1, y=1.0, name=Color.RED, color=Color.RED),
+    Scalars(x=True, y=1.0, name="bool for int"),
+    Scalars(x=None, y=1.0, name="required None"),  # type: ignore[arg-type]
+    Scalars(x=1, y=1.0, name="bad enum", color="blue"),
+    Scalars(x=1, y=1.0, name="dict for str", class_={"a": 1}),  # type: ignore[arg-type]
+    Scalars(x=1 << 70, y=1.0, name="int out of range"),
+    Scalars(x=1, y=1.0, name="unknown", unknown_fields={"z": [1, 2], "x": 9}),
+    Scalars(x=1, y=1.0, name="empty unknown", unknown_fields={}),
+]
+
+
+@pytest.mark.parametrize("sample", PACK_CASES, ids=lambda s: s.name)
+def test_fast_pack_matches_the_general_path(sample: Scalars) -> None:
+    assert fast_pack(sample) == general_pack(sample)
+
+
+def test_subclass_and_override_keep_their_own_pack() -> None:
+    @dataclasses.dataclass(kw_only=True, eq=False)
+    class More(Scalars):
+        sample_fields = (*Scalars.sample_fields, FieldSpec("z", "z", "int"))
+        z: int
+
+    @dataclasses.dataclass(kw_only=True, eq=False)
+    class Custom(Scalars):
+        def pack(self, *, member: str | None = None) -> bytes:
+            return b"custom"
+
+    Scalars(x=1, y=1.0, name="a").pack()  # the parent's fast path is installed
+    more = More(x=1, y=1.0, name="a", z=5)
+    assert msgpack.unpackb(more.pack())["z"] == 5
+    assert More.unpack(more.pack()).z == 5
+    assert Custom(x=1, y=1.0, name="a").pack() == b"custom"
+    assert "pack" in Custom.__dict__
+    assert Custom.__dict__["pack"](Custom(x=1, y=1.0, name="a")) == b"custom"
+    with pytest.raises(SampleFormatError, match="z"):  # More's field, not Scalars'
+        More.unpack(Scalars(x=1, y=1.0, name="a").pack())
+
+
+GOOD = {
+    "x": 1,
+    "y": 2.5,
+    "name": "n",
+    "flag": None,
+    "raw": b"r",
+    "color": "green",
+    "class": "c",
+}
+
+UNPACK_CASES = [
+    msgpack.packb(GOOD),
+    msgpack.packb({**GOOD, "y": 3}),  # an int in a float field
+    msgpack.packb({k: v for k, v in GOOD.items() if k != "raw"}),  # optional absent
+    msgpack.packb(
+        {**{k: v for k, v in GOOD.items() if k != "raw"}, "zz": 1}
+    ),  # same count
+    msgpack.packb({**{k: v for k, v in GOOD.items() if k != "x"}, "zz": 1}),
+    msgpack.packb({**GOOD, "x": True}),
+    msgpack.packb({**GOOD, "x": None}),
+    msgpack.packb({**GOOD, "name": {"a": 1}}),
+    msgpack.packb({**GOOD, "color": "blue"}),
+    msgpack.packb({**GOOD, "extra": [[1]]}),
+    msgpack.packb({**GOOD, 5: 1}),
+    msgpack.packb([1, 2, 3]),
+    msgpack.packb({**GOOD, "raw": msgpack.ExtType(3, b"x")}),
+    b"\xc1",
+    b"",
+    msgpack.packb(GOOD) + b"\x00",
+    msgpack.packb(GOOD)[:-2],
+    b"\x87" + b"\xa1x" * 20,
+]
+
+
+@pytest.mark.parametrize("payload", UNPACK_CASES)
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"validate": True}, {"unknown": "error"}, {"unknown": "drop"}],
+    ids=["default", "validate", "unknown-error", "unknown-drop"],
+)
+def test_fast_unpack_matches_the_general_path(
+    payload: bytes, kw: dict[str, Any]
+) -> None:
+    Scalars.unpack(msgpack.packb(GOOD))
+    assert "unpack" in Scalars.__dict__
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unknown="drop" warns (once per key set)
+        assert fast_unpack(Scalars, payload, **kw) == general_unpack(
+            Scalars, payload, **kw
+        )
+
+
+scalar = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(1 << 64), (1 << 64) - 1),
+    st.floats(allow_nan=False),
+    st.text(max_size=5),
+    st.binary(max_size=5),
+    st.sampled_from(["red", "green", "blue"]),
+)
+keys = st.sampled_from(["x", "y", "name", "flag", "raw", "color", "class", "zz"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(keys, scalar, max_size=8), st.booleans())
+def test_fast_unpack_matches_the_general_path_on_random_maps(
+    data: dict[str, Any], validate: bool
+) -> None:
+    payload = msgpack.packb(data)
+    assert fast_unpack(Scalars, payload, validate=validate) == general_unpack(
+        Scalars, payload, validate=validate
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {"x": scalar, "y": scalar, "name": scalar},
+        optional={"flag": scalar, "raw": scalar, "color": scalar, "class_": scalar},
+    )
+)
+def test_fast_pack_matches_the_general_path_on_random_values(
+    values: dict[str, Any],
+) -> None:
+    sample = Scalars(**values)
+    assert fast_pack(sample) == general_pack(sample)
+
+
+def test_packers_are_not_shared_between_threads() -> None:
+    samples = [Scalars(x=i, y=i / 2, name="s" * (i % 300)) for i in range(400)]
+    expected = [msgpack.packb(s.to_dict()) for s in samples]
+    failures: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def work(offset: int) -> None:
+        barrier.wait()
+        for _ in range(50):
+            for i in range(offset, len(samples), 8):
+                if samples[i].pack() != expected[i]:
+                    failures.append(i)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert 1 <= len(codec_mod._PACKERS) <= 8
+
+
+def test_unpack_of_a_fast_class_stays_bounded_on_hostile_lengths() -> None:
+    # A str header claiming 4 GiB in a 10-byte payload: refused by msgpack's
+    # limits (from the payload size), as on the general path.
+    payload = b"\x81\xa1x\xdb\xff\xff\xff\xff\x00\x00"
+    result = fast_unpack(Scalars, payload)
+    assert result == general_unpack(Scalars, payload)
+    assert result[0] == "SampleFormatError" and result[2] == "SAMPLE_MSGPACK"
+    with pytest.raises(SampleFormatError):
+        Scalars.unpack(payload)
