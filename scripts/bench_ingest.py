@@ -105,6 +105,9 @@ SECTIONS = ("throughput", "peer", "lag", "overload", "api", "retention")
 VERIFY_MODES = ("none", "dataset", "all")
 PEER_DEFAULT_FILTER = "science.alt.dataset.*"
 POLL = 0.05
+#: Every run's figures, by section, for ``--raw-json`` (``scripts/bench_all.py``
+#: turns them into the ingest part of ``bench/results.json``).
+RAW: dict[str, Any] = {}
 
 
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -681,6 +684,7 @@ def api_reads(
                         }
                     )
             results = {k: median_of(v) for k, v in per_run.items()}
+            RAW["api"] = per_run
     return results
 
 
@@ -793,6 +797,7 @@ def bench_retention(pg: PostgresCluster, rows: int, runs: int) -> None:
                 )
             finally:
                 asyncio.run(_drop_database(pg.dsn, name))
+    RAW["retention"] = {"rows": rows, "gone": rows * 2 // LOADED_DAYS, **results}
     drop, delete = median_of(results["drop"]), median_of(results["delete"])
     assert drop["left"] == delete["left"], (drop, delete)
     gone = rows * (LOADED_DAYS - KEPT_DAYS) // LOADED_DAYS
@@ -955,7 +960,18 @@ def main() -> None:
     ap.add_argument("--burst-seconds", type=float, default=5.0)
     ap.add_argument("--api-seconds", type=float, default=8.0)
     ap.add_argument("--retention-rows", type=int, default=1_000_000)
+    ap.add_argument(
+        "--raw-json",
+        type=Path,
+        default=None,
+        help="write every run's figures here (scripts/bench_all.py reads them)",
+    )
     args = ap.parse_args()
+    RAW.update(
+        settings={k: v for k, v in vars(args).items() if k != "raw_json"},
+        load_before=list(os.getloadavg()),
+        started=time.time(),
+    )
     only = set(args.only or SECTIONS)
     runs = args.runs
     work = Path(tempfile.mkdtemp(prefix="atdata-bench-ingest-"))
@@ -987,6 +1003,10 @@ def main() -> None:
             )
             for stream in (mixed, dataset):
                 print("  " + stream.describe())
+            RAW["streams"] = {
+                s.name: {"frames": len(s.frames), "events": sum(s.events)}
+                for s in (mixed, dataset)
+            }
             peer_python = peer_env()[0] if "peer" in only else ""
             for run in range(runs):
                 print(f"run {run + 1}/{runs} ...", flush=True)
@@ -1018,6 +1038,8 @@ def main() -> None:
                     ):
                         r = peer_throughput(pg, peer_python, stream, n, wanted, work)
                         peer.setdefault((stream.name, wanted), []).append(r)
+            RAW["ours"] = {"/".join(k): v for k, v in ours.items()}
+            RAW["peer"] = {"/".join(k): v for k, v in peer.items()}
             if ours or peer:
                 report_throughput(
                     {k: v for k, v in ours.items() if "throughput" in only}, peer, runs
@@ -1042,15 +1064,16 @@ def main() -> None:
                     f"{args.lag_seconds:.0f} s at each rate, median of {runs}"
                 )
                 for rate, verify in rates:
-                    m = median_of(
-                        [
-                            ours_lag(
-                                pg, net, mixed, rate, args.lag_seconds, verify, work
-                            )
-                            for _ in range(runs)
-                        ]
-                    )
+                    lag_runs = [
+                        ours_lag(pg, net, mixed, rate, args.lag_seconds, verify, work)
+                        for _ in range(runs)
+                    ]
+                    m = median_of(lag_runs)
                     ev = rate * sum(mixed.events) / len(mixed.frames)
+                    RAW.setdefault("lag", []).append(
+                        {"rate": rate, "events_s": ev, "verify": verify,
+                         "runs": lag_runs}
+                    )  # fmt: skip
                     print(
                         f"  {rate:>7,.0f} frames/s ({ev:>6,.0f} events/s), --verify "
                         f"{verify:7}: p50 {m['p50_ms']:>5.0f} ms, p99 "
@@ -1077,22 +1100,25 @@ def main() -> None:
                         "ATDATA_INGEST_PAUSE_MS": "0"
                     }),
                 ):  # fmt: skip
-                    m = median_of(
-                        [
-                            ours_overload(
-                                pg,
-                                net,
-                                mixed,
-                                steady,
-                                args.steady_seconds,
-                                args.burst_seconds,
-                                ov,
-                                work,
-                                extra,
-                            )
-                            for _ in range(runs)
-                        ]
-                    )
+                    ov_runs = [
+                        ours_overload(
+                            pg,
+                            net,
+                            mixed,
+                            steady,
+                            args.steady_seconds,
+                            args.burst_seconds,
+                            ov,
+                            work,
+                            extra,
+                        )
+                        for _ in range(runs)
+                    ]
+                    m = median_of(ov_runs)
+                    RAW.setdefault("overload", []).append(
+                        {"label": label, "steady": steady, "verify": ov,
+                         "runs": ov_runs}
+                    )  # fmt: skip
                     print(
                         f"  {label}: ingester RSS peak {m['rss_steady_mib']:.0f} MiB "
                         f"before the burst, {m['rss_peak_mib']:.0f} MiB overall "
@@ -1122,6 +1148,11 @@ def main() -> None:
         if "retention" in only:
             bench_retention(pg, args.retention_rows, runs)
     sys.stdout.flush()
+    if args.raw_json is not None:
+        RAW["load_after"] = list(os.getloadavg())
+        RAW["wall_s"] = time.time() - RAW.pop("started")
+        args.raw_json.parent.mkdir(parents=True, exist_ok=True)
+        args.raw_json.write_text(orjson.dumps(RAW, option=orjson.OPT_INDENT_2).decode())
 
 
 if __name__ == "__main__":
