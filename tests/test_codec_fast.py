@@ -181,6 +181,8 @@ UNPACK_CASES = [
     ),  # same count
     msgpack.packb({**{k: v for k, v in GOOD.items() if k != "x"}, "zz": 1}),
     msgpack.packb({**GOOD, "x": True}),
+    msgpack.packb({**GOOD, "flag": "yes"}),  # an optional field of the wrong kind
+    msgpack.packb({**GOOD, "raw": 5}),
     msgpack.packb({**GOOD, "x": None}),
     msgpack.packb({**GOOD, "name": {"a": 1}}),
     msgpack.packb({**GOOD, "color": "blue"}),
@@ -217,7 +219,7 @@ def test_fast_unpack_matches_the_general_path(
 scalar = st.one_of(
     st.none(),
     st.booleans(),
-    st.integers(-(1 << 64), (1 << 64) - 1),
+    st.integers(-(1 << 63), (1 << 64) - 1),
     st.floats(allow_nan=False),
     st.text(max_size=5),
     st.binary(max_size=5),
@@ -235,6 +237,16 @@ def test_fast_unpack_matches_the_general_path_on_random_maps(
     assert fast_unpack(Scalars, payload, validate=validate) == general_unpack(
         Scalars, payload, validate=validate
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({k: scalar for k in GOOD}))
+def test_fast_unpack_matches_the_general_path_on_complete_maps(
+    data: dict[str, Any],
+) -> None:
+    # Every declared key present: the maps the fast path takes (or refuses).
+    payload = msgpack.packb(data)
+    assert fast_unpack(Scalars, payload) == general_unpack(Scalars, payload)
 
 
 @settings(max_examples=300, deadline=None)

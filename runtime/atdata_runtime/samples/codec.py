@@ -1275,7 +1275,7 @@ def _fast_unpack_fn(codec: _Codec) -> Any:
         # A required field's None fails its type test; an optional one's must be
         # there (nil), or the map's N entries hold an unknown key.
         tests.append(
-            f"({v} is not None and {test} or K{i} in data)" if f.optional else test
+            f"({test} or {v} is None and K{i} in data)" if f.optional else test
         )
         kwargs.append(f"{f.name}={v}")
     # Every declared key present (N distinct keys in a map of N entries: nothing
