@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib
 from atdata_gen.dynamic import compile_schema_record
-from atdata_gen.testing.localnet import LocalNetwork
+from atdata_gen.testing.localnet import LocalNetwork, install_dir
 from atdata_runtime.atmosphere import AtmosphereClient, IdentityResolver
 from atdata_runtime.atmosphere.client import MAX_BATCH_WRITES
 from atdata_runtime.atmosphere.publish import publish_schemas
@@ -64,6 +64,11 @@ def atdata(python: str, jobs: list[dict[str, object]]) -> list[dict[str, object]
     return json.loads(proc.stdout)  # type: ignore[no-any-return]
 
 
+def pds_version() -> str:
+    package = install_dir() / "node_modules" / "@atproto" / "pds" / "package.json"
+    return str(json.loads(package.read_text())["version"])
+
+
 def figures(values: list[float]) -> str:
     return f"median {statistics.median(values):.1f} (runs: {', '.join(f'{v:.1f}' for v in values)})"
 
@@ -85,7 +90,7 @@ def main() -> None:
             "records": count,
             "batch_size": args.batch_size,
             "schema": "ImageSample",
-            "pds": "@atproto/pds 0.5.35 on loopback (scripts/pds-install)",
+            "pds": f"@atproto/pds {pds_version()} on loopback (scripts/pds-install)",
         },
     )
     base = json.loads((RECORDS / "ImageSample.schema.json").read_text())

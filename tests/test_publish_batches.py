@@ -20,6 +20,7 @@ from atdata_gen.testing.firehose import RepoOp, repo_ops
 from atdata_gen.testing.localnet import Account, LocalNetwork, free_port
 from atdata_runtime.atmosphere import (
     AtmosphereClient,
+    AtmosphereError,
     IdentityResolver,
     PublishConflictError,
     RetryPolicy,
@@ -112,7 +113,8 @@ def test_batches_respect_the_body_limit(
     net: LocalNetwork, account: Account, tmp_path: Path
 ) -> None:
     """Records of ~5.7 KB under a 12,400-byte body limit: two a call; a record
-    bigger than the limit on its own goes alone."""
+    bigger than the limit on its own goes alone; one bigger than the PDS takes is
+    its refusal (HTTP 413), at once."""
     client = login(net, account, tmp_path)
     records = schemas("Wide", 7, description="d" * 5000)
     items = [(schema_rkey(r["name"], r["version"]), r) for r in records]
@@ -131,6 +133,13 @@ def test_batches_respect_the_body_limit(
     assert all(r.created for r in huge)
     sizes = [len(c) for c in commits(repo_ops(net.pds_url, client.did))]
     assert sizes == [2, 2, 2, 2, 1, 1, 1]
+    # over the PDS's own limit (1,000,000 bytes a call): refused, not retried
+    giant = dict(records[0], name="Giant", description="g" * 1_100_000)
+    with pytest.raises(AtmosphereError) as info:
+        client.create_records(SCHEMA, [("Giant:1.0.0", giant)], validate=False)
+    assert info.value.rule == "XRPC_ERROR" and "HTTP 413" in str(info.value)
+    assert not client.retry.stats
+    assert len(commits(repo_ops(net.pds_url, client.did))) == 7
 
 
 def test_lost_and_refused_batches_land_exactly_once(

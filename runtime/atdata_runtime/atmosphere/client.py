@@ -33,6 +33,11 @@ What it adds to the SDK:
   caller; when a retried ``createRecord`` finds the key taken, it reads the record
   back and succeeds if it is the same record (same CID), so a lost response never
   produces a second record and never an error.
+  :meth:`AtmosphereClient.create_records` does the same for many records in
+  ``com.atproto.repo.applyWrites`` batches (one commit each, at most 200 writes and
+  1,000,000 bytes): before re-sending a batch whose outcome is unknown it reads
+  every pending key back and sends only the keys still empty; a key holding another
+  record is a :class:`~.errors.PublishConflictError` naming its AT-URI.
 """
 
 from __future__ import annotations

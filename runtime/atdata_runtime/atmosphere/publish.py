@@ -8,12 +8,15 @@ whichever form, envelope or flat, either copy has: see
 :mod:`atdata_runtime.samples.schema`), and a :class:`~.errors.PublishConflictError`
 advising a version bump when it differs. The same holds for a record of that name
 and version under any other key (atdata 0.7 keys its schema records by TID), found
-by listing the collection.
+by listing the collection. :func:`publish_schemas` lists once and writes the new
+records in ``com.atproto.repo.applyWrites`` batches (exactly once: see
+:meth:`~.client.AtmosphereClient.create_records`).
 
 Dataset entries go to ``science.alt.dataset.entry`` under a TID chosen by the client
 and saved in a journal before the first attempt, with everything already done
 (checksums, uploaded blobs, S3 objects). A re-run after a crash reads the journal,
 skips the finished steps and writes the entry under the same key: never twice.
+Shard blobs upload a few at a time (:data:`UPLOAD_WORKERS`).
 """
 
 from __future__ import annotations
