@@ -842,6 +842,25 @@ def _rules_for(target: str) -> list[CompatRule]:
     return _BY_TARGET.get(target, [])
 
 
+_APPLICABLE: dict[tuple[str, type, type], list[CompatRule]] = {}
+"""The rules :meth:`_Walker.emit` runs, by target and the classes of the pair (which
+rules apply depends only on them)."""
+
+_AT_FIELDS = frozenset(At.__dataclass_fields__)
+
+
+def _at(at: At, **changes: Any) -> At:
+    """``dataclasses.replace(at, **changes)`` without its per-call field walk (the
+    walker makes one per pair: ~15,000 for the official corpus). ``At`` is a plain
+    frozen dataclass with no ``__post_init__``, so a copy of its ``__dict__`` is
+    the same value."""
+    assert changes.keys() <= _AT_FIELDS, changes.keys() - _AT_FIELDS
+    new = object.__new__(At)
+    new.__dict__.update(at.__dict__)
+    new.__dict__.update(changes)
+    return new
+
+
 class _Walker:
     """Pairs elements of two linked models and runs the registered rules."""
 
@@ -851,9 +870,15 @@ class _Walker:
         self.seen: set[tuple[DefId, DefId]] = set()
 
     def emit(self, target: str, a: Any, b: Any, at: At) -> None:
-        for r in _rules_for(target):
-            if r.on is not None and not (type(a) is type(b) and isinstance(a, r.on)):
-                continue
+        key = (target, type(a), type(b))
+        rules = _APPLICABLE.get(key)
+        if rules is None:  # the rules for this target and pair of classes
+            rules = _APPLICABLE[key] = [
+                r
+                for r in _rules_for(target)
+                if r.on is None or (type(a) is type(b) and isinstance(a, r.on))
+            ]
+        for r in rules:
             for message in r.handler(a, b, at):
                 self.out.append(
                     Finding(at.curr, r.id, message, at.prev, r.breaks, at.subject)
@@ -899,7 +924,7 @@ class _Walker:
             self.names(
                 dict(zip(a, prev.fields, strict=True)),
                 dict(zip(b, obj.fields, strict=True)),
-                replace(at, where=label),
+                _at(at, where=label),
             )
 
     def names(self, a: dict[str, Field], b: dict[str, Field], at: At) -> None:
@@ -912,7 +937,7 @@ class _Walker:
                 "names",
                 PyName(py, f, b_of.get(f.name)),
                 PyName(py, g, a_of.get(g.name)),
-                replace(at, prev=f.span, curr=g.span),
+                _at(at, prev=f.span, curr=g.span),
             )
 
     def body(self, a: Any, b: Any, at: At) -> None:
@@ -920,7 +945,7 @@ class _Walker:
             self.fields(
                 a.object.fields,
                 b.object.fields,
-                replace(at, curr=b.object.span or at.curr),
+                _at(at, curr=b.object.span or at.curr),
             )
         elif isinstance(a, XrpcDef | SubscriptionDef) and isinstance(
             b, XrpcDef | SubscriptionDef
@@ -929,7 +954,7 @@ class _Walker:
             self.fields(
                 a.params.fields if a.params else (),
                 b.params.fields if b.params else (),
-                replace(at, where=f"the params of {at.where}"),
+                _at(at, where=f"the params of {at.where}"),
             )
             pairs: list[tuple[Any, Any, str]] = []
             if isinstance(a, XrpcDef) and isinstance(b, XrpcDef):
@@ -944,7 +969,7 @@ class _Walker:
                 pairs = [(a.message, b.message, "messages")]
             for x, y, which in pairs:
                 if x is not None and y is not None:
-                    self.types(x, y, replace(at, where=f"the {which} of {at.where}"))
+                    self.types(x, y, _at(at, where=f"the {which} of {at.where}"))
         elif _is_type(a) and _is_type(b):
             self.types(a, b, at)
 
@@ -955,7 +980,7 @@ class _Walker:
             f, g = old.get(name), new.get(name)
             here = at
             if not at.pinned:
-                here = replace(
+                here = _at(
                     at,
                     prev=f.span if f else _NOWHERE,
                     curr=g.span if g else at.curr,
@@ -965,12 +990,12 @@ class _Walker:
                 self.types(
                     f.type,
                     g.type,
-                    replace(here, where=f"property {name!r} of {at.where}"),
+                    _at(here, where=f"property {name!r} of {at.where}"),
                 )
 
     def types(self, a: Any, b: Any, at: At) -> None:
         if not at.pinned:
-            at = replace(
+            at = _at(
                 at,
                 prev=getattr(a, "span", None) or at.prev,
                 curr=getattr(b, "span", None) or at.curr,
@@ -983,13 +1008,13 @@ class _Walker:
             d, e = self.prev.resolve(a.target), self.curr.resolve(b.target)
             if key not in self.seen and d is not None and e is not None:
                 self.seen.add(key)
-                inner = replace(at, where=f"the ref target of {at.where}", pinned=True)
+                inner = _at(at, where=f"the ref target of {at.where}", pinned=True)
                 if d.kind != e.kind:
                     self.emit("type", d.body, e.body, inner)
                 else:
                     self.body(d.body, e.body, inner)
         elif isinstance(a, ArrayType):
-            self.types(a.items, b.items, replace(at, where=f"the items of {at.where}"))
+            self.types(a.items, b.items, _at(at, where=f"the items of {at.where}"))
         elif isinstance(a, ObjectType):
             self.fields(a.fields, b.fields, at)
 
@@ -1032,14 +1057,12 @@ class _Walker:
     def schema_pair(self, s: SampleSchema, t: SampleSchema, at: At) -> None:
         where = f"sample schema {s.name} ({s.version} → {t.version})"
         start = len(self.out)
-        self.emit("schema", s, t, replace(at, prev=s.span, curr=t.span))
-        self.fields(
-            s.fields, t.fields, replace(at, where=where, prev=s.span, curr=t.span)
-        )
+        self.emit("schema", s, t, _at(at, prev=s.span, curr=t.span))
+        self.fields(s.fields, t.fields, _at(at, where=where, prev=s.span, curr=t.span))
         self.names(
             _py_names(self.prev.names.samples, s),
             _py_names(self.curr.names.samples, t),
-            replace(at, where=f"sample schema {s.name} ({s.version} → {t.version})"),
+            _at(at, where=f"sample schema {s.name} ({s.version} → {t.version})"),
         )
         changes = self.out[start:]
         need = needed_bump(changes, self.mode)
@@ -1068,7 +1091,7 @@ class _Walker:
             "semver",
             s,
             t,
-            replace(at, prev=s.span, curr=t.span, needed=need, because=tuple(because)),
+            _at(at, prev=s.span, curr=t.span, needed=need, because=tuple(because)),
         )
 
 
