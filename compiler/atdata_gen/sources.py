@@ -28,6 +28,7 @@ command line uses.
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import hashlib
 import itertools
@@ -254,8 +255,6 @@ class SourceDoc:
             starts.extend(itertools.accumulate(map((1).__add__, lengths)))
             starts.pop()
             self._line_starts = starts
-        import bisect
-
         line = bisect.bisect_right(self._line_starts, offset)
         return line, offset - self._line_starts[line - 1] + 1
 

@@ -304,12 +304,20 @@ class _Parser:
             return None
         return value
 
+    # Each getter returns a well-typed value at once; anything else (absent, null,
+    # the wrong type, out of range) takes the checked path of `_get`.
     def str_(self, obj: dict[str, Any], key: str, ptr: str) -> str | None:
+        value = obj.get(key)
+        if type(value) is str:
+            return value
         return self._get(obj, key, ptr, (str,), "a string")  # type: ignore[no-any-return]
 
     def int_(
         self, obj: dict[str, Any], key: str, ptr: str, *, minimum: int | None = None
     ) -> int | None:
+        value = obj.get(key)
+        if type(value) is int and (minimum is None or value >= minimum):
+            return value
         value = self._get(obj, key, ptr, (int,), "an integer")
         if value is not None and minimum is not None and value < minimum:
             self.error(
@@ -321,6 +329,9 @@ class _Parser:
         return value  # type: ignore[no-any-return]
 
     def bool_(self, obj: dict[str, Any], key: str, ptr: str) -> bool | None:
+        value = obj.get(key)
+        if type(value) is bool:
+            return value
         return self._get(obj, key, ptr, (bool,), "a boolean")  # type: ignore[no-any-return]
 
     def list_(
@@ -396,16 +407,11 @@ class _Parser:
         return LexNull(p, d)
 
     def boolean(self, v: dict[str, Any], p: str, d: str | None) -> LexNode:
-        self.check_keys(v, p, frozenset({"default", "const"}), "boolean")
+        self.check_keys(v, p, _BOOLEAN_KEYS, "boolean")
         return LexBoolean(p, d, self.bool_(v, "default", p), self.bool_(v, "const", p))
 
     def integer(self, v: dict[str, Any], p: str, d: str | None) -> LexNode:
-        self.check_keys(
-            v,
-            p,
-            frozenset({"minimum", "maximum", "enum", "default", "const"}),
-            "integer",
-        )
+        self.check_keys(v, p, _INTEGER_KEYS, "integer")
         return LexInteger(
             p,
             d,
@@ -417,24 +423,7 @@ class _Parser:
         )
 
     def string(self, v: dict[str, Any], p: str, d: str | None) -> LexNode:
-        self.check_keys(
-            v,
-            p,
-            frozenset(
-                {
-                    "format",
-                    "maxLength",
-                    "minLength",
-                    "maxGraphemes",
-                    "minGraphemes",
-                    "knownValues",
-                    "enum",
-                    "default",
-                    "const",
-                }
-            ),
-            "string",
-        )
+        self.check_keys(v, p, _STRING_KEYS, "string")
         fmt = self.str_(v, "format", p)
         if fmt is not None and fmt not in _FORMATS:
             self.error(
@@ -494,7 +483,7 @@ class _Parser:
         return LexUnknown(p, d)
 
     def ref(self, v: dict[str, Any], p: str, d: str | None) -> LexNode | None:
-        self.check_keys(v, p, frozenset({"ref"}), "ref")
+        self.check_keys(v, p, _REF_KEYS, "ref")
         target = self.str_(v, "ref", p)
         if target is None:
             if "ref" not in v:
@@ -503,7 +492,7 @@ class _Parser:
         return LexRef(p, d, target)
 
     def union(self, v: dict[str, Any], p: str, d: str | None) -> LexNode | None:
-        self.check_keys(v, p, frozenset({"refs", "closed"}), "union")
+        self.check_keys(v, p, _UNION_KEYS, "union")
         refs = self.list_(v, "refs", p, str, "strings")
         if refs is None:
             if "refs" not in v:
@@ -512,7 +501,7 @@ class _Parser:
         return LexUnion(p, d, refs, bool(self.bool_(v, "closed", p)))
 
     def array(self, v: dict[str, Any], p: str, d: str | None) -> LexNode | None:
-        self.check_keys(v, p, frozenset({"items", "minLength", "maxLength"}), "array")
+        self.check_keys(v, p, _ARRAY_KEYS, "array")
         if "items" not in v:
             self.error(p, "LEX_FIELD_MISSING", "an 'array' needs 'items'")
             return None
@@ -596,9 +585,7 @@ class _Parser:
         return frozenset({f"{nsid}#{name}"})
 
     def object_(self, v: dict[str, Any], p: str, d: str | None) -> LexNode:
-        self.check_keys(
-            v, p, frozenset({"properties", "required", "nullable"}), "object"
-        )
+        self.check_keys(v, p, _OBJECT_KEYS, "object")
         return LexObject(
             p,
             d,
@@ -779,6 +766,26 @@ class _Parser:
         )
 
 
+# The keys each type allows besides 'type' and 'description' (see check_keys).
+_BOOLEAN_KEYS = frozenset({"default", "const"})
+_REF_KEYS = frozenset({"ref"})
+_UNION_KEYS = frozenset({"refs", "closed"})
+_ARRAY_KEYS = frozenset({"items", "minLength", "maxLength"})
+_OBJECT_KEYS = frozenset({"properties", "required", "nullable"})
+_INTEGER_KEYS = frozenset({"minimum", "maximum", "enum", "default", "const"})
+_STRING_KEYS = frozenset(
+    {
+        "format",
+        "maxLength",
+        "minLength",
+        "maxGraphemes",
+        "minGraphemes",
+        "knownValues",
+        "enum",
+        "default",
+        "const",
+    }
+)
 _PERMISSION_SET_KEYS = frozenset(
     {"title", "title:lang", "detail", "detail:lang", "permissions"}
 )
