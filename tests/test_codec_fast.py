@@ -74,6 +74,7 @@ def as_tuple(sample: PackableSample) -> tuple[Any, ...]:
         type(sample),
         *[getattr(sample, f.name) for f in sample.sample_fields],
         sample.unknown_fields,
+        list(vars(sample).items()),  # the same attributes, set in the same order
     )
 
 
@@ -294,3 +295,53 @@ def test_unpack_of_a_fast_class_stays_bounded_on_hostile_lengths() -> None:
     assert result[0] == "SampleFormatError" and result[2] == "SAMPLE_MSGPACK"
     with pytest.raises(SampleFormatError):
         Scalars.unpack(payload)
+
+
+def test_fast_unpack_runs_what_a_hand_written_init_does() -> None:
+    # Only an __init__ that @dataclass wrote is replaced by direct assignment; a
+    # __post_init__, a custom __setattr__ or __init__ still run.
+    calls: list[str] = []
+
+    @dataclasses.dataclass(kw_only=True, eq=False)
+    class Post(PackableSample):
+        sample_fields = (FieldSpec("x", "x", "int"),)
+        x: int
+
+        def __post_init__(self) -> None:
+            calls.append("post")
+
+    @dataclasses.dataclass(kw_only=True, eq=False)
+    class Watched(PackableSample):
+        sample_fields = (FieldSpec("x", "x", "int"),)
+        x: int
+
+        def __setattr__(self, name: str, value: Any) -> None:
+            calls.append(f"set {name}")
+            object.__setattr__(self, name, value)
+
+    @dataclasses.dataclass(kw_only=True, eq=False, init=False)
+    class Manual(PackableSample):
+        sample_fields = (FieldSpec("x", "x", "int"),)
+        x: int
+
+        def __init__(self, *, x: int, unknown_fields: Any = None) -> None:
+            calls.append("init")
+            self.x = x * 2
+            self.unknown_fields = unknown_fields
+
+    payload = msgpack.packb({"x": 3})
+    assert codec_mod._plain_init_order(Scalars) == [
+        "unknown_fields",
+        *[f.name for f in Scalars.sample_fields],
+    ]
+    for cls in (Post, Watched, Manual):
+        assert codec_mod._plain_init_order(cls) is None
+    calls.clear()
+    assert Post.unpack(payload).x == 3 and calls == ["post"]
+    calls.clear()
+    assert Watched.unpack(payload).x == 3
+    assert calls == ["set unknown_fields", "set x"]
+    calls.clear()
+    assert Manual.unpack(payload).x == 6 and calls == ["init"]
+    for cls in (Post, Watched, Manual):
+        assert getattr(cls.__dict__["unpack"].__func__, "_atdata_fast", False)

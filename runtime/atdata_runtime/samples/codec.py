@@ -1278,6 +1278,19 @@ def _fast_unpack_fn(codec: _Codec) -> Any:
             f"({test} or {v} is None and K{i} in data)" if f.optional else test
         )
         kwargs.append(f"{f.name}={v}")
+    order = _plain_init_order(codec.cls)
+    if order is None:
+        construct = ["                return cls(" + ", ".join(kwargs) + ")"]
+    else:
+        # What the dataclass __init__ does (``self.<f> = <f>`` in field order),
+        # without the call: only for an __init__ dataclasses wrote.
+        names["NEW"] = object.__new__
+        value = {f.name: f"v{i}" for i, f in enumerate(fields)}
+        construct = [
+            "                sample = NEW(cls)",
+            *(f"                sample.{a} = {value.get(a, 'None')}" for a in order),
+            "                return sample",
+        ]
     # Every declared key present (N distinct keys in a map of N entries: nothing
     # unknown), each of its exact kind, a required one not nil.
     source = "\n".join(
@@ -1299,13 +1312,51 @@ def _fast_unpack_fn(codec: _Codec) -> Any:
             "        if type(data) is dict_ and len(data) == N:",
             *loads,
             "            if " + " and ".join(tests) + ":",
-            "                return cls(" + ", ".join(kwargs) + ")",
+            *construct,
             "    return GENERIC(payload, member, unknown, validate, copy, shard)",
         ]
     )
     fn = _compile(source, "unpack", names, codec.cls)
     fn.__doc__ = PackableSample.unpack.__doc__
     return fn
+
+
+def _plain_init_order(cls: type[PackableSample]) -> list[str] | None:
+    """The attributes ``cls.__init__`` sets, in its order, when it is the
+    ``__init__`` that ``@dataclass`` wrote for ``cls`` itself and does nothing else
+    (not frozen, no ``__post_init__``, every field an ``__init__`` argument,
+    ``unknown_fields`` defaulting to ``None``, ``object.__new__`` and
+    ``__setattr__``, a plain metaclass); else ``None`` (the fast unpack then calls
+    the class)."""
+    params = cls.__dict__.get("__dataclass_params__")
+    init = cls.__dict__.get("__init__")
+    code = getattr(init, "__code__", None)
+    if (
+        params is None
+        or not params.init
+        or params.frozen
+        or code is None
+        or code.co_filename != "<string>"
+        or getattr(init, "__qualname__", "") != f"{cls.__qualname__}.__init__"
+        or hasattr(cls, "__post_init__")
+        or cls.__new__ is not object.__new__
+        or cls.__setattr__ is not object.__setattr__
+        or type(cls).__call__ is not type.__call__
+    ):
+        return None
+    declared = {f.name for f in cls.sample_fields}
+    order = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            return None
+        if f.name not in declared and (
+            f.name != "unknown_fields" or f.default is not None
+        ):
+            return None
+        order.append(f.name)
+    if set(order) != declared | {"unknown_fields"}:
+        return None
+    return order
 
 
 def _fast_field(f: FieldSpec) -> bool:
