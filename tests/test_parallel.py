@@ -105,3 +105,31 @@ def test_a_prestarted_pool_is_taken_by_the_build_and_emits_the_same() -> None:
     # A pool of the wrong size is closed, not used.
     parallel.prestart(3)
     assert parallel.take_prestarted(2) is None and parallel._PRESTARTED == []
+
+
+def test_a_worker_s_format_failures_keep_their_types(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The workers are forked after the patch, so they run the patched formatter.
+    import errno
+
+    from atdata_gen.backend import format as fmt
+    from atdata_gen.backend.format import FormatError
+    from atdata_gen.backend.write import WriteError
+    from atdata_gen.pipeline import build
+
+    def refuse(files: dict[str, str], workdir: object = None) -> dict[str, str]:
+        raise FormatError("ruff format failed: boom")
+
+    monkeypatch.setattr(fmt, "format_sources", refuse)
+    with pytest.raises(FormatError, match="boom"):
+        build(BuildOptions([OFFICIAL], "p", jobs=2))
+
+    def full(files: dict[str, str], workdir: object = None) -> dict[str, str]:
+        raise OSError(errno.ENOSPC, "No space left on device", "/scratch/m0.py")
+
+    monkeypatch.setattr(fmt, "format_sources", full)
+    with pytest.raises(WriteError) as info:
+        build(BuildOptions([OFFICIAL], "p", jobs=2))
+    assert isinstance(info.value.__cause__, OSError)
+    assert info.value.__cause__.errno == errno.ENOSPC
