@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from os import PathLike
 from typing import Any, Literal
@@ -124,6 +125,10 @@ MAX_BATCH_WRITES = 200
 MAX_BATCH_BYTES = 1_000_000
 """JSON body bytes of one ``applyWrites`` call at most (the reference PDS's
 ``jsonLimit`` for that method)."""
+
+_READ_BACK_WORKERS = 8
+"""Keys of a batch read back at once before a retry (requests to the account's own
+PDS)."""
 
 _BATCH_OVERHEAD = 256
 """Bytes of an ``applyWrites`` body around its writes (repo DID, flags), counted
@@ -769,8 +774,8 @@ class AtmosphereClient:
         keys, and a batch is one repository commit (all of it lands, or none). When
         an attempt's outcome is unknown (timeout, connection reset, 5xx or 429 —
         which may come after the PDS applied it), each key still pending is read
-        back (:meth:`try_get_record`, verified as the client's reads are) before
-        the retry: a key holding our record (same CID) is done with
+        back (:meth:`try_get_record`, verified as the client's reads are; 8 at a
+        time) before the retry: a key holding our record (same CID) is done with
         ``created=False``, a key holding another record is a
         :class:`PublishConflictError` naming its AT-URI, and only the keys still
         empty are sent again. Creating a key that is already taken fails the whole
@@ -831,8 +836,15 @@ class AtmosphereClient:
 
         def read_back() -> None:
             still: list[_Write] = []
-            for w in pending:
-                existing = self.try_get_record(w.uri, validate=False)
+            with ThreadPoolExecutor(
+                max_workers=min(_READ_BACK_WORKERS, len(pending))
+            ) as pool:
+                found = list(
+                    pool.map(
+                        lambda w: self.try_get_record(w.uri, validate=False), pending
+                    )
+                )
+            for w, existing in zip(pending, found, strict=True):
                 if existing is None:
                     still.append(w)
                 elif existing.cid != w.cid:
