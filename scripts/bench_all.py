@@ -25,6 +25,7 @@ Usage::
     scripts/bench --quick                 # fewer runs and sizes: a smoke run
     scripts/bench --tables                # only regenerate README tables + PNGs
     scripts/bench --adopt appview         # bench/appview.json as the appview part
+    scripts/bench --adopt ingest=RAW.json --quick   # a bench_ingest --raw-json file
     scripts/bench --list                  # the benchmarks and their arguments
 """
 
@@ -99,8 +100,8 @@ BENCHMARKS: tuple[Bench, ...] = (
         "bench_ingest",
         args=_argv(
             "--runs 3 --frames 30000 --dataset-frames 15000 --peer-frames 15000 "
-            "--peer-dataset-frames 3000 --lag-seconds 8 --steady-seconds 5 "
-            "--burst-seconds 3 --api-seconds 4 --retention-rows 300000"
+            "--peer-dataset-frames 3000 --lag-seconds 6 --steady-seconds 4 "
+            "--burst-seconds 2 --api-seconds 4 --retention-rows 300000"
         ),
         quick=_argv(
             "--runs 1 --frames 3000 --dataset-frames 2000 --peer-frames 2000 "
@@ -280,9 +281,9 @@ def ingest_part(
             pk = f"{peer_key}_events_s"
             has = pk in report.metrics
             tag = " (default)" if verify == "dataset" else ""
-            report.row("ingest", f"{label}, `--verify {verify}`{tag}, events/s", mk,
+            report.row("ingest", f"{label}, `--verify {verify}`{tag}", mk,
                        peer=pk if has else None,
-                       peer_name="atdata-app (unfiltered)" if has else None,
+                       peer_name="atdata-app, unfiltered" if has else None,
                        fmt=",.0f")  # fmt: skip
     if "peer_mixed_filtered_events_s" in report.metrics:
         f = report.metrics["peer_mixed_filtered_events_s"]["median"]
@@ -299,12 +300,12 @@ def ingest_part(
         report.row(
             "ingest",
             f"commit lag p50 at {lag['events_s']:,.0f} events/s "
-            f"(`--verify {lag['verify']}`), ms", f"{base}_p50_ms", fmt=",.0f",
+            f"(`--verify {lag['verify']}`)", f"{base}_p50_ms", fmt=",.0f",
         )  # fmt: skip
         report.row(
             "ingest",
             f"commit lag p99 at {lag['events_s']:,.0f} events/s "
-            f"(`--verify {lag['verify']}`), ms", f"{base}_p99_ms", fmt=",.0f",
+            f"(`--verify {lag['verify']}`)", f"{base}_p99_ms", fmt=",.0f",
         )  # fmt: skip
     for ov in raw.get("overload", []):
         tag = "default" if ov["label"].startswith("default") else "nopause"
@@ -312,9 +313,9 @@ def ingest_part(
         for key in ("rss_steady_mib", "rss_peak_mib", "exits_75"):
             report.metric(f"overload_{tag}_{key}", runs_of(ov["runs"], key),
                           "MiB" if key.endswith("mib") else "exits")  # fmt: skip
-        report.row("ingest", f"RSS before a 10× burst ({shown}), MiB",
+        report.row("ingest", f"RSS before a 10× burst ({shown})",
                    f"overload_{tag}_rss_steady_mib", fmt=",.0f")  # fmt: skip
-        report.row("ingest", f"RSS peak under a 10× burst ({shown}), MiB",
+        report.row("ingest", f"RSS peak under a 10× burst ({shown})",
                    f"overload_{tag}_rss_peak_mib", fmt=",.0f")  # fmt: skip
         report.row("ingest", f"child exits 75 under the burst ({shown})",
                    f"overload_{tag}_exits_75", fmt=".0f")  # fmt: skip
@@ -324,7 +325,7 @@ def ingest_part(
                       better="higher", label=f"GET /events {label}")  # fmt: skip
         report.metric(f"api_{tag}_events_s", runs_of(rs, "events_s"), ev,
                       better="higher", label=f"GET /events {label}")  # fmt: skip
-        report.row("ingest", f"`GET /events?limit=1000` ({label}), reads/s",
+        report.row("ingest", f"`GET /events?limit=1000` ({label})",
                    f"api_{tag}_reads_s", fmt=",.0f")  # fmt: skip
     ret = raw.get("retention")
     if ret:
@@ -335,10 +336,10 @@ def ingest_part(
             report.metric(f"retention_{method}_wal_mib",
                           [r["wal"] / 2**20 for r in rs], "MiB")  # fmt: skip
         report.row("ingest",
-                   f"retention: remove {ret['gone']:,} of {ret['rows']:,} events, ms",
+                   f"retention: remove {ret['gone']:,} of {ret['rows']:,} events",
                    "retention_drop_ms", peer="retention_delete_ms",
                    peer_name="row DELETE", fmt=",.0f")  # fmt: skip
-        report.row("ingest", "retention: WAL written, MiB", "retention_drop_wal_mib",
+        report.row("ingest", "retention: WAL written", "retention_drop_wal_mib",
                    peer="retention_delete_wal_mib", peer_name="row DELETE",
                    fmt=",.1f")  # fmt: skip
     streams = raw.get("streams", {})
@@ -357,7 +358,7 @@ def ingest_part(
         report,
         commit=commit,
         dirty=dirty,
-        date=date,
+        date=raw.get("date", date),
         load_before=raw.get("load_before", []),
         load_after=raw.get("load_after", []),
         wall_s=float(raw.get("wall_s", 0.0)),
@@ -527,8 +528,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="print the benchmarks")
     ap.add_argument("--tables", action="store_true",
                     help="only regenerate the README tables and PNGs")  # fmt: skip
-    ap.add_argument("--adopt", default="",
-                    help="appview: take bench/appview.json as the appview part")  # fmt: skip
+    ap.add_argument("--adopt", default="", metavar="NAME[=PATH],...",
+                    help="make parts of existing outputs: appview[=bench/appview.json], "
+                    "ingest=RAW.json (bench_ingest --raw-json); with --quick, marked "
+                    "as a smoke run")  # fmt: skip
     args = ap.parse_args(argv)
     if args.list:
         for b in BENCHMARKS:
@@ -539,11 +542,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     results = load_results()
     if args.adopt:
-        for name in _names(args.adopt):
-            if name != "appview":
-                raise SystemExit("--adopt knows appview (bench/appview.json) only")
-            part = appview_part(json.loads(APPVIEW_RAW.read_text()))
+        for item in args.adopt.split(","):
+            name, _, path = item.partition("=")
+            if name == "appview":
+                raw = json.loads(Path(path or APPVIEW_RAW).read_text())
+                part = appview_part(raw)
+            elif name == "ingest" and path:
+                sha, dirty = benchlib.git_state()
+                raw = json.loads(Path(path).read_text())
+                date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+                part = ingest_part(raw, commit=sha, dirty=dirty, date=date)
+            else:
+                raise SystemExit("--adopt takes appview[=PATH] or ingest=PATH")
             check_part(part, name)
+            part["bench_all"] = {
+                "quick": args.quick,
+                "adopted": path or str(APPVIEW_RAW),
+            }
             results["parts"][name] = part
         write_results(results)
         regenerate()

@@ -971,6 +971,7 @@ def main() -> None:
         settings={k: v for k, v in vars(args).items() if k != "raw_json"},
         load_before=list(os.getloadavg()),
         started=time.time(),
+        date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
     only = set(args.only or SECTIONS)
     runs = args.runs

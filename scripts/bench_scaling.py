@@ -11,7 +11,9 @@ Sections (``--only`` picks some; all by default):
   whole processes (:func:`benchlib.run_process`: wall seconds and the child's peak
   RSS), interleaved so that all see the same load: a cold ``atdata-gen build``
   (empty output; it must report no error), MarshalX's ``atproto gen models`` on the
-  same directory, and ``atdata-gen check DIR --against DIR``;
+  same directory, and ``atdata-gen check DIR --against DIR`` twice: with a fresh,
+  empty IR cache (``ATDATA_GEN_CACHE_DIR``: cold, it compiles both sides once) and
+  again (warm: it replays the cache, :mod:`atdata_gen.ircache`);
 * ``fold``: the AppView's fold (``scripts/bench_appview.py``'s ``seed_ours``: the
   seed written into ``ingest_events`` and folded by the indexer) at growing index
   sizes (``--fold-entries``; schemas = entries / 10, lenses = entries / 50, as the
@@ -22,8 +24,9 @@ Sections (``--only`` picks some; all by default):
   local PDS) over growing stream lengths (``--ingest-frames``): events/s.
 
 The shard-read curve (samples/s against sample size) is the runtime part's
-``read_size_<bytes>_samples_s`` metrics (``scripts/bench_runtime``); when
-``bench/parts/runtime.json`` exists, its fit is one of this part's notes.
+``read_size_<bytes>_samples_s`` metrics (``scripts/bench_runtime``); when a runtime
+part exists (``bench/parts/runtime.json``, else the one in ``bench/results.json``),
+its fit is one of this part's notes.
 
 Each curve gets a least-squares fit of log(cost) against log(size): an exponent
 near 1 for a total cost (time against size) is linear growth; the notes say
@@ -41,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import shutil
 import sys
@@ -209,11 +213,14 @@ def corpus_section(report: benchlib.Report, factors: Sequence[int], runs: int) -
 
         for run in range(runs):
             for n, d in zip(sizes, dirs, strict=True):
+                # A fresh IR cache (atdata_gen.ircache) for each size and run: the
+                # first check compiles (cold), the second replays the cache (warm).
+                env = {**os.environ, "ATDATA_GEN_CACHE_DIR": str(work / f"c{run}-{n}")}
                 out = work / "ours"
                 shutil.rmtree(out, ignore_errors=True)
                 r = benchlib.run_process(
                     [str(BIN / "atdata-gen"), "build", str(d), "--out", str(out),
-                     "--package", "bench_pkg", "-q"],
+                     "--package", "bench_pkg", "-q"], env=env,
                 )  # fmt: skip
                 if run == 0:
                     files = sum(1 for _ in out.rglob("*.py"))
@@ -229,11 +236,12 @@ def corpus_section(report: benchlib.Report, factors: Sequence[int], runs: int) -
                 )  # fmt: skip
                 add("marshalx_s", n, r.seconds)
                 add("marshalx_rss_mib", n, _mib(r.peak_rss))
-                r = benchlib.run_process(
-                    [str(BIN / "atdata-gen"), "check", str(d), "--against", str(d)],
-                )  # fmt: skip
+                check = [str(BIN / "atdata-gen"), "check", str(d), "--against", str(d)]
+                r = benchlib.run_process(check, env=env)
                 add("check_s", n, r.seconds)
                 add("check_rss_mib", n, _mib(r.peak_rss))
+                r = benchlib.run_process(check, env=env)
+                add("check_warm_s", n, r.seconds)
             print(f"  corpus run {run + 1}/{runs} done", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -242,7 +250,8 @@ def corpus_section(report: benchlib.Report, factors: Sequence[int], runs: int) -
         "build_rss_mib": ("atdata-gen build peak RSS", "MiB"),
         "marshalx_s": ("MarshalX atproto gen models", "s"),
         "marshalx_rss_mib": ("MarshalX peak RSS", "MiB"),
-        "check_s": ("atdata-gen check DIR --against DIR", "s"),
+        "check_s": ("atdata-gen check DIR --against DIR, cold IR cache", "s"),
+        "check_warm_s": ("atdata-gen check DIR --against DIR, warm IR cache", "s"),
         "check_rss_mib": ("atdata-gen check peak RSS", "MiB"),
     }
     for key, by_n in per.items():
@@ -256,8 +265,11 @@ def corpus_section(report: benchlib.Report, factors: Sequence[int], runs: int) -
         report.row("scaling", f"build peak RSS, {n} Lexicons", f"build_rss_mib_n{n}",
                    peer=f"marshalx_rss_mib_n{n}", peer_name="MarshalX", fmt=",.0f")  # fmt: skip
     for n in sizes:
-        report.row("scaling", f"`check` vs itself, {n} Lexicons", f"check_n{n}_s",
-                   fmt=".2f")  # fmt: skip
+        report.row("scaling", f"`check` vs itself, {n} Lexicons (cold IR cache)",
+                   f"check_n{n}_s", fmt=".2f")  # fmt: skip
+    for n in sizes:
+        report.row("scaling", f"`check` vs itself, {n} Lexicons (warm IR cache)",
+                   f"check_warm_n{n}_s", fmt=".2f")  # fmt: skip
     for n in sizes:
         report.row("scaling", f"`check` peak RSS, {n} Lexicons", f"check_rss_mib_n{n}",
                    fmt=",.0f")  # fmt: skip
@@ -267,7 +279,8 @@ def corpus_section(report: benchlib.Report, factors: Sequence[int], runs: int) -
     for key, what in (
         ("build_s", "cold build time vs Lexicons"),
         ("marshalx_s", "MarshalX time vs Lexicons"),
-        ("check_s", "check time vs Lexicons"),
+        ("check_s", "check time (cold IR cache) vs Lexicons"),
+        ("check_warm_s", "check time (warm IR cache) vs Lexicons"),
         ("build_rss_mib", "build peak RSS vs Lexicons"),
         ("marshalx_rss_mib", "MarshalX peak RSS vs Lexicons"),
         ("check_rss_mib", "check peak RSS vs Lexicons"),
@@ -409,6 +422,29 @@ def _series(part: dict[str, Any], pattern: str) -> list[tuple[float, dict[str, A
     return sorted(out, key=lambda t: t[0])
 
 
+PLOTS = {
+    "build": "build, MarshalX and check: time and peak RSS against Lexicons",
+    "read": "shard read samples/s against sample size",
+    "services": "AppView fold and ingestion against input size",
+}
+
+
+def plot_names(results: dict[str, Any]) -> list[str]:
+    """The plots :func:`plot` draws from ``results`` (those with data), in order."""
+    parts = results.get("parts", {})
+    scaling, runtime = parts.get("scaling", {}), parts.get("runtime", {})
+    names = []
+    if _series(scaling, r"build_n(\d+)_s"):
+        names.append("build")
+    if _series(runtime, r"read_size_(\d+)_samples_s"):
+        names.append("read")
+    if _series(scaling, r"fold_records_s_e(\d+)") or _series(
+        scaling, r"ingest_events_s_f(\d+)"
+    ):
+        names.append("services")
+    return names
+
+
 def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
     """Draw ``scaling-*.png`` into ``out_dir`` from merged results; returns the
     files written (a curve without data is skipped)."""
@@ -443,6 +479,7 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
         errbars(a1, build, "atdata-gen build", "o")
         errbars(a1, _series(scaling, r"marshalx_n(\d+)_s"), "MarshalX gen models", "s")
         errbars(a1, _series(scaling, r"check_n(\d+)_s"), "atdata-gen check", "^")
+        errbars(a1, _series(scaling, r"check_warm_n(\d+)_s"), "check, warm cache", "v")
         a1.set(xlabel="Lexicons", ylabel="seconds (whole process)", title="time")
         a1.set_ylim(bottom=0)
         a1.legend()
@@ -454,13 +491,20 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
         a2.legend()
         save(fig, "build")
 
-    read = [(float(b), m) for b, m in read_curve(parts.get("runtime", {}))]
+    runtime = parts.get("runtime", {})
+    read = _series(runtime, r"read_size_(\d+)_samples_s")
     if read:
-        fig, ax = plt.subplots(figsize=(5, 3.6))
-        errbars(ax, read, "samples/s", "o")
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        errbars(ax, read, "atdata-runtime", "o")
+        for prefix, label, marker in (("atdata_", "atdata 0.7.0b1", "s"),
+                                      ("wds_", "raw webdataset", "^")):  # fmt: skip
+            pts = _series(runtime, prefix + r"read_size_(\d+)_samples_s")
+            if pts:
+                errbars(ax, pts, label, marker)
         ax.set(xscale="log", yscale="log", xlabel="sample size (bytes)",
                ylabel="samples/s", title="shard read (runtime part)")  # fmt: skip
         ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
         save(fig, "read")
 
     fold = _series(scaling, r"fold_records_s_e(\d+)")
@@ -530,9 +574,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         ingest_section(report, _ints(args.ingest_frames))
     runtime = ROOT / "bench" / "parts" / "runtime.json"
     if runtime.exists():
-        note = read_note(json.loads(runtime.read_text()))
-        if note:
-            report.note(note)
+        rpart = json.loads(runtime.read_text())
+    elif RESULTS.exists():
+        rpart = json.loads(RESULTS.read_text()).get("parts", {}).get("runtime", {})
+    else:
+        rpart = {}
+    note = read_note(rpart)
+    if note:
+        report.note(note)
     for key, m in report.metrics.items():
         print(f"  {key:32} {m['median']:>12,.3f} {m['unit']}  ({m['label']})")
     for note in report.notes:

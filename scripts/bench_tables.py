@@ -166,10 +166,12 @@ def table(results: dict[str, Any], name: str) -> str:
         if part not in parts:
             parts.append(part)
     lines = [header(p) for p in parts]
+    with_goals = any(row.get("goal") for _, row in rows)
     lines += [
         "",
-        "| measure | ours: median (min–max) | peer: median | ratio | goal | met |",
-        "|---|---|---|---|---|---|",
+        "| measure | ours: median (min–max) | peer: median | ratio |"
+        + (" goal | met |" if with_goals else ""),
+        "|---|---|---|---|" + ("---|---|" if with_goals else ""),
     ]
     for part, row in rows:
         metrics = part["metrics"]
@@ -177,21 +179,39 @@ def table(results: dict[str, Any], name: str) -> str:
         fmt = row.get("fmt") or ".2f"
         if row.get("peer"):
             pm = metrics[row["peer"]]
-            peer = f"{_num(pm['median'], fmt)}{_unit(pm)} ({row.get('peer_name') or 'peer'})"
+            who = row.get("peer_name") or "peer"
+            peer = f"{_num(pm['median'], fmt)}{_unit(pm)} ({who})"
             ratio = f"{om['median'] / pm['median']:.2f}×" if pm["median"] else "—"
         else:
             peer, ratio = "—", "—"
-        goal, met = "", ""
-        if row.get("goal"):
-            goal, met = row["goal"]["text"], _met_cell(part, row)
-        lines.append(
-            f"| {row['measure']} | {ours_cell(om, fmt)} | {peer} | {ratio} | {goal} | {met} |"
-        )
+        cells = [row["measure"], ours_cell(om, fmt), peer, ratio]
+        if with_goals:
+            if row.get("goal"):
+                cells += [row["goal"]["text"], _met_cell(part, row)]
+            else:
+                cells += ["", ""]
+        lines.append("| " + " | ".join(cells) + " |")
     notes = [n for p in parts if _home_table(p) == name for n in p.get("notes", [])]
     if notes:
         lines.append("")
         lines += [f"- {n}" for n in notes]
+    if name == "scaling":
+        lines += ["", plots_line(results)]
     return "\n".join(lines)
+
+
+def plots_line(results: dict[str, Any]) -> str:
+    """Links to the ``bench/scaling-*.png`` drawn from ``results``."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_scaling
+
+    links = [
+        f"[{bench_scaling.PLOTS[n]}](bench/scaling-{n}.png)"
+        for n in bench_scaling.plot_names(results)
+    ]
+    return (
+        "Plots (drawn from `bench/results.json`): " + ("; ".join(links) or "none") + "."
+    )
 
 
 def goals_table(results: dict[str, Any]) -> str:
