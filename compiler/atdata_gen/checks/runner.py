@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import io
 import subprocess
-import tarfile
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -114,6 +113,8 @@ def materialize(rev: str, rels: Sequence[str], root: Path, tmp: Path) -> list[Pa
     archive = _git(["archive", "--format=tar", rev, "--", *present], root)
     if archive.returncode != 0:
         raise CheckError(f"git:{rev}: {archive.stderr.decode(errors='replace')}")
+    import tarfile  # only for a git: side
+
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(tmp, filter="data")
     return [tmp / r for r in present]
