@@ -38,3 +38,43 @@ def test_parallel_emission_equals_serial() -> None:
     three = build(BuildOptions([OFFICIAL], "p", jobs=3, format=False)).files
     assert serial is not None and len(serial) > 400
     assert serial == parallel == three
+
+
+def _descriptions(value: object) -> list[str]:
+    if isinstance(value, dict):
+        found = [
+            v for k, v in value.items() if k == "description" and isinstance(v, str)
+        ]
+        return found + [d for v in value.values() for d in _descriptions(v)]
+    if isinstance(value, list):
+        return [d for v in value for d in _descriptions(v)]
+    return []
+
+
+def test_fill_equals_textwrap_on_every_corpus_description_and_edge_cases() -> None:
+    import json
+    import random
+    import textwrap
+
+    texts = [
+        d
+        for path in sorted(OFFICIAL.rglob("*.json"))
+        for d in _descriptions(json.loads(path.read_text(encoding="utf-8")))
+    ]
+    assert len(texts) > 1000
+    rng = random.Random(17)
+    alphabet = ["a", "bb", "-", "é", "\u00a0", "\u3000", "\t", " ", "\n", "x" * 90]
+    texts += ["", " ", "word", "x" * 200, "a " * 100 + "y" * 100 + " z"]
+    texts += [
+        "".join(rng.choices(alphabet, k=rng.randint(0, 120))) for _ in range(3000)
+    ]
+    for text in texts:
+        for width in (70, 76, 80, 10, 1):
+            for para in (p.strip() for p in text.strip().split("\n\n")):
+                want = textwrap.fill(
+                    " ".join(para.split()),
+                    width=width,
+                    break_long_words=False,
+                    break_on_hyphens=False,
+                )
+                assert emit._fill(para.split(), width) == want, (para, width)
