@@ -345,3 +345,28 @@ def test_fast_unpack_runs_what_a_hand_written_init_does() -> None:
     assert Manual.unpack(payload).x == 6 and calls == ["init"]
     for cls in (Post, Watched, Manual):
         assert getattr(cls.__dict__["unpack"].__func__, "_atdata_fast", False)
+
+
+def test_wire_names_of_any_text_are_written_as_they_are() -> None:
+    # Wire names become literals in the compiled source: quotes, backslashes,
+    # newlines, braces and non-ASCII must come out as the same keys.
+    wires = ["a'b\"c", "back\\slash\n", "{x}", "ünï\u2028", "", "__import__('os')"]
+
+    @dataclasses.dataclass(kw_only=True, eq=False)
+    class Odd(PackableSample):
+        sample_fields = tuple(FieldSpec(f"f{i}", w, "int") for i, w in enumerate(wires))
+        f0: int
+        f1: int
+        f2: int
+        f3: int
+        f4: int
+        f5: int
+
+    sample = Odd(**{f"f{i}": i for i in range(len(wires))})
+    payload = sample.pack()
+    assert getattr(Odd.__dict__["pack"], "_atdata_fast", False)
+    assert payload == msgpack.packb({w: i for i, w in enumerate(wires)})
+    back = Odd.unpack(payload)
+    assert getattr(Odd.__dict__["unpack"].__func__, "_atdata_fast", False)
+    assert [getattr(back, f"f{i}") for i in range(len(wires))] == list(range(6))
+    assert back.unknown_fields is None

@@ -37,6 +37,7 @@ writable arrays).
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import itertools
@@ -1215,7 +1216,7 @@ def _fast_pack_fn(codec: _Codec) -> Any:
     loads, tests, items = [], [], []
     for i, f in enumerate(fields):
         v = f"v{i}"
-        names[f"K{i}"] = f.wire
+        key = _literal(f.wire)
         loads.append(f"        {v} = self.{f.name}")
         test = _FAST_KINDS[f.kind].format(v=v)
         if f.enum is not None:
@@ -1224,7 +1225,7 @@ def _fast_pack_fn(codec: _Codec) -> Any:
         if f.optional:
             test = f"({v} is None or {test})"
         tests.append(test)
-        items.append(f"K{i}: {v}")
+        items.append(f"{key}: {v}")
     source = "\n".join(
         [
             "def pack(self, *, member=None):",
@@ -1269,13 +1270,13 @@ def _fast_unpack_fn(codec: _Codec) -> Any:
     loads, tests, kwargs = [], [], []
     for i, f in enumerate(fields):
         v = f"v{i}"
-        names[f"K{i}"] = f.wire
-        loads.append(f"            {v} = data.get(K{i})")
+        key = _literal(f.wire)
+        loads.append(f"            {v} = data.get({key})")
         test = _FAST_KINDS[f.kind].format(v=v)
         # A required field's None fails its type test; an optional one's must be
         # there (nil), or the map's N entries hold an unknown key.
         tests.append(
-            f"({test} or {v} is None and K{i} in data)" if f.optional else test
+            f"({test} or {v} is None and {key} in data)" if f.optional else test
         )
         kwargs.append(f"{f.name}={v}")
     order = _plain_init_order(codec.cls)
@@ -1357,6 +1358,16 @@ def _plain_init_order(cls: type[PackableSample]) -> list[str] | None:
     if set(order) != declared | {"unknown_fields"}:
         return None
     return order
+
+
+def _literal(text: str) -> str:
+    """``text`` as a Python string literal (``repr`` of an exact ``str`` is one,
+    whatever it holds): a constant key lets CPython build the map with one
+    ``BUILD_CONST_KEY_MAP``."""
+    literal = str.__repr__(str(text))
+    if ast.literal_eval(literal) != text:  # pragma: no cover - repr guarantees it
+        raise ValueError(f"cannot write {text!r} as a literal")
+    return literal
 
 
 def _fast_field(f: FieldSpec) -> bool:
