@@ -32,12 +32,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -422,6 +425,24 @@ def check_part(part: dict[str, Any], name: str) -> None:
             raise ValueError(f"row {row['measure']!r}: a goal must not store a verdict")
 
 
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """Stop a benchmark we started: SIGINT first (its context managers stop its
+    PostgreSQL cluster and local network), then SIGTERM, then SIGKILL of its own
+    process group (it was started in a new session)."""
+    for sig, wait in ((signal.SIGINT, 60.0), (signal.SIGTERM, 30.0)):
+        if proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def run_one(b: Bench, *, quick: bool, log_dir: Path) -> dict[str, Any]:
     """Run one benchmark; returns its part. Raises ``RuntimeError`` on failure."""
     PARTS.mkdir(parents=True, exist_ok=True)
@@ -437,25 +458,31 @@ def run_one(b: Bench, *, quick: bool, log_dir: Path) -> dict[str, Any]:
     with log.open("w") as lf:
         proc = subprocess.Popen(
             argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, text=True, bufsize=1,
+            stdin=subprocess.DEVNULL, text=True, bufsize=1, start_new_session=True,
         )  # fmt: skip
         assert proc.stdout is not None
-        deadline = time.monotonic() + b.timeout_s
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            lf.write(line)
-            if time.monotonic() > deadline:
-                break
+        out = proc.stdout
+
+        def copy() -> None:
+            for line in out:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                lf.write(line)
+
+        reader = threading.Thread(target=copy, daemon=True)
+        reader.start()
         try:
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            proc.wait(timeout=b.timeout_s)
         except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            raise RuntimeError(f"timed out after {b.timeout_s:.0f} s (log {log})")
+            _stop(proc)
+            raise RuntimeError(
+                f"timed out after {b.timeout_s:.0f} s (log {log})"
+            ) from None
+        except KeyboardInterrupt:
+            _stop(proc)
+            raise
+        finally:
+            reader.join(10)
     if proc.returncode != 0:
         raise RuntimeError(f"exit status {proc.returncode} (log {log})")
     if not raw_out.exists():
@@ -534,9 +561,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "as a smoke run")  # fmt: skip
     args = ap.parse_args(argv)
     if args.list:
+        last = load_results()["parts"]
         for b in BENCHMARKS:
-            print(f"{b.name:10} ~{b.expect_s / 60:4.1f} min  scripts/{b.script}.py "
-                  + " ".join(b.args))  # fmt: skip
+            wall = last.get(b.name, {}).get("wall_s")
+            seen = f"last {wall / 60:4.1f} min" if wall else "not run yet  "
+            print(f"{b.name:10} ~{b.expect_s / 60:4.1f} min ({seen})  "
+                  f"scripts/{b.script}.py " + " ".join(b.args))  # fmt: skip
         total = sum(b.expect_s for b in BENCHMARKS)
         print(f"{'total':10} ~{total / 60:4.1f} min")
         return 0
