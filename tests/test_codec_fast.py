@@ -46,9 +46,11 @@ class WithArray(PackableSample):
     sample_fields = (
         FieldSpec("a", "a", "ndarray", dtype="uint8"),
         FieldSpec("s", "s", "str"),
+        FieldSpec("b", "b", "ndarray", optional=True, dtype="float32", shape=(2,)),
     )
     a: Any
     s: str
+    b: Any = None
 
 
 def general_pack(sample: PackableSample) -> Any:
@@ -102,7 +104,8 @@ def test_fast_paths_are_installed_for_scalar_classes_only() -> None:
     WithArray(a=np.zeros(3, np.uint8), s="s").pack()
     assert getattr(Scalars.__dict__["pack"], "_atdata_fast", False)
     assert getattr(Scalars.__dict__["unpack"].__func__, "_atdata_fast", False)
-    assert "pack" not in WithArray.__dict__  # arrays keep the general path
+    assert "pack" not in WithArray.__dict__  # arrays keep the general pack
+    assert "unpack" in WithArray.__dict__  # and take the fast unpack
 
 
 def test_fast_pack_bytes_are_msgpack_packb_of_the_fields() -> None:
@@ -370,3 +373,59 @@ def test_wire_names_of_any_text_are_written_as_they_are() -> None:
     assert getattr(Odd.__dict__["unpack"].__func__, "_atdata_fast", False)
     assert [getattr(back, f"f{i}") for i in range(len(wires))] == list(range(6))
     assert back.unknown_fields is None
+
+
+def array_outcome(result: Any) -> Any:
+    """An unpack outcome with arrays as (dtype, shape, bytes, writable, owner)."""
+    if not (isinstance(result, tuple) and isinstance(result[0], type)):
+        return result
+    return tuple(
+        (v.dtype.str, v.shape, v.tobytes(), v.flags.writeable, v.base is None)
+        if isinstance(v, np.ndarray)
+        else v
+        for v in result[:-1]
+    )
+
+
+def wire(a: Any, s: Any = "s", **extra: Any) -> bytes:
+    return msgpack.packb({"a": a, "s": s, **extra})
+
+
+A = WithArray(a=np.arange(6, dtype=np.uint8).reshape(2, 3), s="s").pack()
+A_BIN = msgpack.unpackb(A)["a"]
+ARRAY_CASES = [
+    A,
+    WithArray(a=np.arange(3, dtype=np.uint8), s="s", b=np.ones(2, np.float32)).pack(),
+    wire(A_BIN, b=None),
+    wire(A_BIN, b=A_BIN),  # wrong dtype and shape for b: validate refuses
+    wire(A_BIN[:-1]),  # data shorter than the shape
+    wire(A_BIN[:3]),  # header truncated
+    wire(b""),
+    wire(b"\x01|O\x01" + bytes(8)),  # object dtype
+    wire(b"\x93NUMPY\x01\x00\xff\xff"),  # .npy header past the payload
+    wire("not bytes"),
+    wire(A_BIN, s=b"bytes for str"),
+    wire(A_BIN, zz=1),
+    WithArray(a=np.zeros(70_000, np.uint8), s="s").pack(),  # the zero-copy walk
+]
+
+
+@pytest.mark.parametrize("payload", ARRAY_CASES)
+@pytest.mark.parametrize(
+    "kw", [{}, {"validate": True}, {"copy": True}], ids=["default", "validate", "copy"]
+)
+def test_fast_unpack_of_arrays_matches_the_general_path(
+    payload: bytes, kw: dict[str, Any]
+) -> None:
+    WithArray.unpack(A)
+    assert getattr(WithArray.__dict__["unpack"].__func__, "_atdata_fast", False)
+    assert array_outcome(fast_unpack(WithArray, payload, **kw)) == array_outcome(
+        general_unpack(WithArray, payload, **kw)
+    )
+
+
+def test_fast_unpack_arrays_are_views_of_the_payload() -> None:
+    sample = WithArray.unpack(A)
+    assert not sample.a.flags.writeable  # a view of the (immutable) payload
+    assert np.array_equal(sample.a, np.arange(6, dtype=np.uint8).reshape(2, 3))
+    assert WithArray.unpack(A, copy=True).a.flags.writeable

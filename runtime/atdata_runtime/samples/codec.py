@@ -1252,9 +1252,12 @@ def _fast_pack_fn(codec: _Codec) -> Any:
 
 def _fast_unpack_fn(codec: _Codec) -> Any:
     """The compiled unpack of ``codec``'s class (a function to wrap in
-    ``classmethod``), or ``None`` when a field is not a scalar."""
+    ``classmethod``), or ``None`` when a field is neither a scalar nor an array.
+    Array fields of payloads under 64 KiB are decoded as the general path decodes
+    them (:func:`~.ndarray.decode_array` of the bin value); 64 KiB and more take
+    the general path's zero-copy walk."""
     fields = codec.fields
-    if not fields or not all(_fast_field(f) for f in fields):
+    if not fields or not all(_fast_field(f, arrays=True) for f in fields):
         return None
     names: dict[str, Any] = {
         "CLS": codec.cls,
@@ -1264,15 +1267,21 @@ def _fast_unpack_fn(codec: _Codec) -> Any:
         "refuse": _refuse_ext,
         "LARGE": _LARGE,
         "N": len(fields),
-        "ENUMS": bool(codec.enums),
+        "CHECKS": bool(codec.enums or codec.arrays),
         "dict_": dict,
+        "DECODE": decode_array,
     }
-    loads, tests, kwargs = [], [], []
+    loads, tests, kwargs, decodes = [], [], [], []
     for i, f in enumerate(fields):
         v = f"v{i}"
         key = _literal(f.wire)
         loads.append(f"            {v} = data.get({key})")
-        test = _FAST_KINDS[f.kind].format(v=v)
+        test = _FAST_UNPACK_KINDS[f.kind].format(v=v)
+        if f.kind in _ARRAY_KINDS:
+            decode = f"{v} = DECODE({v}, copy=copy)"
+            decodes += (
+                [f"if {v} is not None:", f"    {decode}"] if f.optional else [decode]
+            )
         # A required field's None fails its type test; an optional one's must be
         # there (nil), or the map's N entries hold an unknown key.
         tests.append(
@@ -1301,7 +1310,7 @@ def _fast_unpack_fn(codec: _Codec) -> Any:
             "    if cls is not CLS:",  # a subclass: its own codec
             "        return BASE(cls, payload, member=member, shard=shard,",
             "            unknown=unknown, validate=validate, copy=copy)",
-            "    if not (validate and ENUMS):",
+            "    if not (validate and CHECKS):",
             "        try:",
             "            n = len(payload)",
             "            data = unpackb(payload, raw=False, ext_hook=refuse,",
@@ -1313,6 +1322,17 @@ def _fast_unpack_fn(codec: _Codec) -> Any:
             "        if type(data) is dict_ and len(data) == N:",
             *loads,
             "            if " + " and ".join(tests) + ":",
+            *(
+                [
+                    "                try:",
+                    *(f"                    {line}" for line in decodes),
+                    "                except Exception:",  # the general path says why
+                    "                    return GENERIC(payload, member, unknown,",
+                    "                        validate, copy, shard)",
+                ]
+                if decodes
+                else []
+            ),
             *construct,
             "    return GENERIC(payload, member, unknown, validate, copy, shard)",
         ]
@@ -1370,9 +1390,18 @@ def _literal(text: str) -> str:
     return literal
 
 
-def _fast_field(f: FieldSpec) -> bool:
+_ARRAY_KINDS: Final = frozenset({"ndarray", "structured"})
+_FAST_UNPACK_KINDS: Final = {
+    **_FAST_KINDS,
+    **dict.fromkeys(_ARRAY_KINDS, "type({v}) is bytes"),
+}
+"""What the fast unpack takes: the scalars, and arrays as the bin value msgpack
+decodes them to (:data:`_KIND_TYPES`)."""
+
+
+def _fast_field(f: FieldSpec, *, arrays: bool = False) -> bool:
     return (
-        f.kind in _FAST_KINDS
+        (f.kind in _FAST_KINDS or (arrays and f.kind in _ARRAY_KINDS))
         and f.name.isidentifier()
         and not keyword.iskeyword(f.name)
     )
