@@ -20,7 +20,10 @@ from atdata_gen.checks.runner import run_check
 
 from .conftest import ROOT, flat_schema_record
 
-HEAVY = ("libcst", "pydantic", "numpy", "httpx", "atdata_runtime.atmosphere")
+HEAVY = ("libcst", "pydantic", "numpy", "httpx", "atdata_runtime.atmosphere.client")
+"""Modules a stage that does not need them must not import (the package
+``atdata_runtime.atmosphere`` itself is empty until a name is used; its CID code,
+which the lock reader verifies with, is small)."""
 
 # Runs the CLI in-process with ARGV, then writes the sorted module names to OUT.
 _PROBE = """
@@ -110,6 +113,36 @@ def test_up_to_date_build_check_imports_no_heavy_module(tmp_path: Path) -> None:
     assert "atdata_gen.pipeline" not in modules  # recognised from the manifest
 
 
+def test_up_to_date_build_with_a_lock_imports_no_heavy_module(tmp_path: Path) -> None:
+    """Reading (and verifying) ``atdata-gen.lock`` does not import the network
+    client or pydantic either."""
+    from atdata_gen.lock import LockEntry, write_lock
+    from atdata_runtime.atmosphere.cid import record_cid
+
+    lex = _lexicons(tmp_path)
+    value = flat_schema_record("Frame", "1.0.0", {"a": {"type": "string"}})
+    did = "did:plc:abcdefghijklmnopqrstuvwx"
+    uri = f"at://{did}/science.alt.dataset.schema/frame@1.0.0"
+    lock = tmp_path / "atdata-gen.lock"
+    write_lock(lock, [LockEntry(uri, uri, did, record_cid(value), value)])
+    args = [str(lex), "--out", str(tmp_path / "out"), "--package", "lazy_pkg"]
+    args += ["--lock", str(lock)]
+    built = subprocess.run(
+        [sys.executable, "-m", "atdata_gen.cli", "build", *args],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    assert list((tmp_path / "out").rglob("frame*.py"))  # the pinned record built
+    code, modules = _modules(["build", *args, "--check"], tmp_path)
+    assert code == 0
+    assert "atdata_gen.lock" in modules  # the lock was read
+    assert _heavy(modules) == []
+
+
 def test_stale_build_check_does_import_the_emitter(tmp_path: Path) -> None:
     """The probe can fail: a build with work to do imports libcst."""
     lex = _lexicons(tmp_path)
@@ -142,11 +175,12 @@ def test_check_of_lexicons_imports_no_heavy_module(tmp_path: Path) -> None:
     assert _heavy(modules) == []
 
 
-def test_lens_record_nsids_are_the_runtimes() -> None:
+def test_nsids_spelled_in_the_compiler_are_the_runtimes() -> None:
+    from atdata_gen import lock
     from atdata_gen.frontend import lens_record
     from atdata_runtime.atmosphere import records
 
-    assert lens_record.LENS == records.LENS
+    assert lens_record.LENS == records.LENS == lock.LENS
     assert lens_record.SCHEMA == records.SCHEMA
 
 

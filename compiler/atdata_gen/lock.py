@@ -42,11 +42,15 @@ from pathlib import Path
 from typing import Any
 
 from atdata_runtime.atmosphere.cid import DataModelError, record_cid
-from atdata_runtime.atmosphere.records import LENS
 
 from .config import LOCK_NAME
 from .diagnostics import Reporter
 from .sources import SourceDoc, load_text, read_reported
+
+LENS = "science.alt.dataset.lens"
+"""The lens record NSID (``atdata_runtime.atmosphere.records.LENS``; spelled here so
+that reading the lock imports neither the front end nor pydantic; a test checks
+they agree)."""
 
 __all__ = [
     "LOCK_NAME",

@@ -1,26 +1,34 @@
 """The network half of the runtime: AT Protocol identity, login, reads verified by
 the repository (:mod:`.repo`: CAR proof, commit signature, MST path), exactly-once
-writes, blobs, publishing and loading (``science.alt.dataset.*``)."""
+writes, blobs, publishing and loading (``science.alt.dataset.*``).
 
-from ..net.retry import RetryPolicy
-from .cid import blob_cid, record_cid
-from .client import AtmosphereClient, FetchedRecord, VerifyMode, WriteResult
-from .errors import (
-    AtmosphereError,
-    AuthError,
-    BlobVerificationError,
-    IdentityError,
-    PublishConflictError,
-    RecordNotFoundError,
-    RecordValidationError,
-    RecordVerificationError,
-    RetryExhaustedError,
-    ShardChecksumError,
-)
-from .identity import DidDocument, IdentityResolver
-from .records import AtUri, parse_schema_rkey, schema_rkey, validate_record
-from .repo import VerifiedRecord, signing_key, verify_record_proof
-from .session import Secret, SessionStore
+The names below are imported from their submodules on first use, not by ``import
+atdata_runtime.atmosphere``: :mod:`.cid` (which the compiler's lock reader needs)
+does not pull in the HTTP client and pydantic (~160 ms; issue 17). Type checkers
+see the names as before."""
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..net.retry import RetryPolicy
+    from .cid import blob_cid, record_cid
+    from .client import AtmosphereClient, FetchedRecord, VerifyMode, WriteResult
+    from .errors import (
+        AtmosphereError,
+        AuthError,
+        BlobVerificationError,
+        IdentityError,
+        PublishConflictError,
+        RecordNotFoundError,
+        RecordValidationError,
+        RecordVerificationError,
+        RetryExhaustedError,
+        ShardChecksumError,
+    )
+    from .identity import DidDocument, IdentityResolver
+    from .records import AtUri, parse_schema_rkey, schema_rkey, validate_record
+    from .repo import VerifiedRecord, signing_key, verify_record_proof
+    from .session import Secret, SessionStore
 
 __all__ = [
     "AtUri",
@@ -52,3 +60,69 @@ __all__ = [
     "validate_record",
     "verify_record_proof",
 ]
+
+_WHERE = {
+    "AtUri": ".records",
+    "AtmosphereClient": ".client",
+    "AtmosphereError": ".errors",
+    "AuthError": ".errors",
+    "BlobVerificationError": ".errors",
+    "DidDocument": ".identity",
+    "FetchedRecord": ".client",
+    "IdentityError": ".errors",
+    "IdentityResolver": ".identity",
+    "PublishConflictError": ".errors",
+    "RecordNotFoundError": ".errors",
+    "RecordValidationError": ".errors",
+    "RecordVerificationError": ".errors",
+    "RetryExhaustedError": ".errors",
+    "RetryPolicy": "..net.retry",
+    "Secret": ".session",
+    "SessionStore": ".session",
+    "ShardChecksumError": ".errors",
+    "VerifiedRecord": ".repo",
+    "VerifyMode": ".client",
+    "WriteResult": ".client",
+    "blob_cid": ".cid",
+    "parse_schema_rkey": ".records",
+    "record_cid": ".cid",
+    "schema_rkey": ".records",
+    "signing_key": ".repo",
+    "validate_record": ".records",
+    "verify_record_proof": ".repo",
+}
+"""Which module (relative to this package) defines each exported name."""
+
+_SUBMODULES = frozenset(
+    {
+        "cid",
+        "client",
+        "errors",
+        "identity",
+        "load",
+        "publish",
+        "records",
+        "repo",
+        "s3resolver",
+        "session",
+    }
+)
+
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> object:
+        """An exported name (its module imported now, the value then cached here)
+        or a submodule; else ``AttributeError``."""
+        import importlib
+
+        if name in _SUBMODULES:
+            return importlib.import_module(f"{__name__}.{name}")
+        module = _WHERE.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module, __name__), name)
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})
