@@ -38,8 +38,10 @@ import re
 import sys
 import tarfile
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import (
     TYPE_CHECKING,
@@ -379,12 +381,18 @@ class Split:
 
     @classmethod
     def detect(cls) -> Split:
-        """The current consumer, from torch (if importable) or the environment."""
+        """The current consumer, from torch (when it is imported already) or the
+        environment. torch is never imported here: a DataLoader worker or an
+        initialized ``torch.distributed`` has imported it, and importing it
+        otherwise costs seconds and ~200 MiB of RSS for an answer it cannot
+        change."""
         rank, world = (
             int(os.environ.get("RANK", "0")),
             int(os.environ.get("WORLD_SIZE", "1")),
         )
         worker, workers = 0, 1
+        if "torch" not in sys.modules:
+            return cls(rank, world, worker, workers)
         try:
             import torch.distributed as dist  # type: ignore[import-not-found,unused-ignore]
             from torch.utils.data import (  # type: ignore[import-not-found,unused-ignore]
@@ -456,8 +464,11 @@ def _open(
     *,
     trusted: bool = True,
     entry: str | None = None,
+    buffered: bool = True,
 ) -> BinaryIO:
-    """A binary stream for one shard: local paths directly; ``http(s)://`` always
+    """A binary stream for one shard (``buffered=False``: an HTTP shard's
+    :class:`~atdata_runtime.shards.http.HttpShardStream` itself, not wrapped in a
+    1 MiB ``io.BufferedReader``, for readers of whole chunks): local paths directly; ``http(s)://`` always
     with :class:`~atdata_runtime.shards.http.HttpShardStream` (streaming,
     resumable, no cross-origin redirects, so headers never leave their origin;
     untrusted URLs, those a record named, are checked as URLs from the network),
@@ -497,7 +508,7 @@ def _open(
             timeout=float(storage_options.get("timeout", 30.0)),
             trusted=trusted,
         )
-        return io.BufferedReader(raw, 1 << 20)
+        return io.BufferedReader(raw, 1 << 20) if buffered else raw  # type: ignore[return-value]
     try:
         import fsspec
     except ImportError as exc:
@@ -542,19 +553,53 @@ class Sha256Reader:
         return self.hash.hexdigest()
 
 
+SPOOL_MEMORY_BYTES = 32 << 20
+"""A shard verified before use (``verify="before"``) is held in memory while it is
+at most this many bytes (32 MiB), else in an anonymous temporary file: the memory
+the verified copy of one shard can take, whatever the dataset's size."""
+
+
+PREFETCH_SHARDS = 1
+"""Shards verified before use (``verify="before"``) that are downloaded and hashed
+ahead of the one whose samples are being used, in background threads: 1, so at
+most two verified copies exist at once (each at most :data:`SPOOL_MEMORY_BYTES`
+in memory, the rest in a temporary file)."""
+
+
+class _Cancelled(Exception):
+    """A prefetch that its consumer no longer wants."""
+
+
 def _verified_copy(
-    raw: BinaryIO, sha256: str, shown: str, max_shard_bytes: int
+    raw: Any,
+    sha256: str,
+    shown: str,
+    max_shard_bytes: int,
+    cancel: threading.Event | None = None,
 ) -> BinaryIO:
-    """The whole of ``raw`` in an anonymous temporary file (``tempfile``'s
-    directory, ``TMPDIR``; deleted when closed), positioned at its start, once its
-    sha256 is ``sha256``. Raises :class:`ShardChecksumError` for another digest
+    """The whole of ``raw``, positioned at its start, once its sha256 is
+    ``sha256``: in memory while at most :data:`SPOOL_MEMORY_BYTES`, else in an
+    anonymous temporary file (``tempfile``'s directory, ``TMPDIR``; deleted when
+    closed). A stream with ``read_chunk`` (:class:`~.http.HttpShardStream`) is
+    read chunk by chunk as the network delivers them, without copying them into
+    an intermediate buffer. Raises :class:`ShardChecksumError` for another digest
     (``SHARD_CHECKSUM_MISMATCH``) or more than ``max_shard_bytes`` bytes
-    (``SHARD_TOO_LARGE``, nothing past the cap is read)."""
-    spool = tempfile.TemporaryFile(prefix="atdata-shard-")  # noqa: SIM115
+    (``SHARD_TOO_LARGE``; at most one read, 1 MiB or one network chunk, past the
+    cap), and :class:`_Cancelled` once ``cancel`` is set."""
+    read_chunk: Callable[[], Any] | None = getattr(raw, "read_chunk", None)
+    if read_chunk is None:
+
+        def read_chunk() -> bytes:
+            return raw.read(min(1 << 20, max_shard_bytes - size + 1))  # type: ignore[no-any-return]
+
+    digest = hashlib.sha256()
+    size = 0
+    parts: list[Any] = []  # chunks (immutable bytes or views of them) in memory
+    spool: Any = None
     try:
-        digest = hashlib.sha256()
-        size = 0
-        while chunk := raw.read(min(1 << 20, max_shard_bytes - size + 1)):
+        while chunk := read_chunk():
+            if cancel is not None and cancel.is_set():
+                raise _Cancelled
             size += len(chunk)
             if size > max_shard_bytes:
                 raise ShardChecksumError(
@@ -565,7 +610,15 @@ def _verified_copy(
                     rule="SHARD_TOO_LARGE",
                 )
             digest.update(chunk)
-            spool.write(chunk)
+            if spool is not None:
+                spool.write(chunk)
+                continue
+            parts.append(chunk)
+            if size > SPOOL_MEMORY_BYTES:
+                spool = tempfile.TemporaryFile(prefix="atdata-shard-")  # noqa: SIM115
+                for part in parts:
+                    spool.write(part)
+                parts.clear()
         actual = digest.hexdigest()
         if actual != sha256.lower():
             raise ShardChecksumError(
@@ -573,11 +626,55 @@ def _verified_copy(
                 f"shard sha256 is {actual}, its entry says {sha256}; "
                 "none of its samples was used",
             )
+        if spool is None:
+            data = b"".join(parts)
+            parts.clear()
+            return io.BytesIO(data)
         spool.seek(0)
     except BaseException:
-        spool.close()
+        if spool is not None:
+            spool.close()
         raise
-    return spool
+    return spool  # type: ignore[no-any-return]
+
+
+def _fetch_verified(
+    url: str,
+    storage_options: dict[str, Any],
+    sha256: str,
+    *,
+    trusted: bool,
+    entry: str | None,
+    max_shard_bytes: int,
+    cancel: threading.Event | None = None,
+) -> BinaryIO:
+    """Open shard ``url`` (:func:`_open`), read it whole and verify it
+    (:func:`_verified_copy`); the connection is closed before this returns."""
+    with _open(
+        url, storage_options, trusted=trusted, entry=entry, buffered=False
+    ) as raw:
+        return _verified_copy(raw, sha256, redact_url(url), max_shard_bytes, cancel)
+
+
+def _shard_samples(
+    stream: Any, shown: str, max_member_bytes: int, max_sample_bytes: int | None
+) -> Iterator[tuple[str, bytes]]:
+    """``(key, .msgpack payload)`` of each sample in the tar read from ``stream``."""
+    for key, group in iter_samples(
+        stream,
+        shard=shown,
+        max_member_bytes=max_member_bytes,
+        max_sample_bytes=max_sample_bytes,
+    ):
+        payload = group.get("msgpack")
+        if payload is None:
+            raise SampleFormatError(
+                f"sample has no .msgpack member (has: {', '.join(group)})",
+                shard=shown,
+                member=key,
+                rule="SAMPLE_NO_PAYLOAD",
+            )
+        yield key, payload
 
 
 def iter_shard(
@@ -601,7 +698,8 @@ def iter_shard(
 
     With ``sha256`` (hex) a mismatch raises
     :class:`~atdata_runtime.shards.errors.ShardChecksumError` naming the URL:
-    ``verify="before"``: the shard is read whole to a temporary file (at most
+    ``verify="before"``: the shard is read whole (in memory up to
+    :data:`SPOOL_MEMORY_BYTES`, 32 MiB, else to a temporary file; at most
     ``max_shard_bytes``, default :data:`MAX_SHARD_BYTES`, 4 GiB; over it:
     ``SHARD_TOO_LARGE``) and hashed before the first sample is yielded, so no
     sample of a tampered shard is ever used; ``"stream"`` (the default here): the
@@ -613,40 +711,72 @@ def iter_shard(
     if verify not in ("before", "stream"):
         raise ValueError(f"verify must be 'before' or 'stream', not {verify!r}")
     shown = redact_url(url)
-    with contextlib.ExitStack() as stack:
-        raw = stack.enter_context(
-            _open(url, storage_options or {}, trusted=trusted, entry=entry)
+    options = storage_options or {}
+    if sha256 and verify == "before":
+        spool = _fetch_verified(
+            url,
+            options,
+            sha256,
+            trusted=trusted,
+            entry=entry,
+            max_shard_bytes=max_shard_bytes,
         )
-        stream: Any = raw
-        if sha256 and verify == "before":
-            stream = stack.enter_context(
-                _verified_copy(raw, sha256, shown, max_shard_bytes)
-            )
-            raw.close()  # the connection, while the samples are used
-            sha256 = None
-        elif sha256:
-            stream = Sha256Reader(raw)
-        for key, group in iter_samples(
-            stream,
-            shard=shown,
-            max_member_bytes=max_member_bytes,
-            max_sample_bytes=max_sample_bytes,
-        ):
-            payload = group.get("msgpack")
-            if payload is None:
-                raise SampleFormatError(
-                    f"sample has no .msgpack member (has: {', '.join(group)})",
-                    shard=shown,
-                    member=key,
-                    rule="SAMPLE_NO_PAYLOAD",
-                )
-            yield key, payload
+        with spool:
+            yield from _shard_samples(spool, shown, max_member_bytes, max_sample_bytes)
+        return
+    with _open(url, options, trusted=trusted, entry=entry) as raw:
+        stream: Any = Sha256Reader(raw) if sha256 else raw
+        yield from _shard_samples(stream, shown, max_member_bytes, max_sample_bytes)
         if sha256:
             actual = stream.drain()
             if actual != sha256.lower():
                 raise ShardChecksumError(
                     shown, f"shard sha256 is {actual}, its entry says {sha256}"
                 )
+
+
+class _Prefetch:
+    """Verified shards fetched ahead of their consumer, each in its own daemon
+    thread: while shard *i* is downloaded or its samples are used, the next
+    :data:`PREFETCH_SHARDS` are downloaded and hashed. Errors are raised
+    where the shard is :meth:`take`-n, in shard order, as a serial read raises
+    them. :meth:`close` cancels what is pending (a running download stops at its
+    next chunk) and closes copies nobody took."""
+
+    def __init__(self, fetch: Callable[[int, threading.Event], BinaryIO]) -> None:
+        self._fetch = fetch
+        self._cancel = threading.Event()
+        self._jobs: dict[int, Future[BinaryIO]] = {}
+
+    def start(self, index: int) -> None:
+        if index in self._jobs or self._cancel.is_set():
+            return
+        future: Future[BinaryIO] = Future()
+        future.set_running_or_notify_cancel()
+
+        def run() -> None:
+            try:
+                future.set_result(self._fetch(index, self._cancel))
+            except BaseException as exc:  # noqa: BLE001 - re-raised by take()
+                future.set_exception(exc)
+
+        self._jobs[index] = future
+        threading.Thread(target=run, name="atdata-prefetch", daemon=True).start()
+
+    def take(self, index: int) -> BinaryIO:
+        self.start(index)
+        return self._jobs.pop(index).result()
+
+    def close(self) -> None:
+        self._cancel.set()
+        for future in self._jobs.values():
+            future.add_done_callback(_close_result)
+        self._jobs.clear()
+
+
+def _close_result(future: Future[BinaryIO]) -> None:
+    if future.exception() is None:
+        future.result().close()
 
 
 class Dataset(Generic[T_co]):
@@ -907,24 +1037,56 @@ class Dataset(Generic[T_co]):
         """``(shard, key, payload)``: ``shard`` is the URL as errors name it."""
         mine, stride, offset = self._plan(shards)
         index = 0
-        for url in tqdm(
-            mine, desc="shards", unit="shard", disable=_quiet(self.progress)
-        ):
-            shown = redact_url(url)
-            for key, payload in iter_shard(
+        ahead = [self.verify == "before" and bool(self.checksums.get(u)) for u in mine]
+
+        def fetch(i: int, cancel: threading.Event) -> BinaryIO:
+            url = mine[i]
+            return _fetch_verified(
                 url,
                 self._options_for(url),
-                self.checksums.get(url),
-                max_member_bytes=self.max_member_bytes,
-                max_sample_bytes=self.max_sample_bytes,
+                self.checksums[url],
                 trusted=self._trusted(url),
-                verify=self.verify,
-                max_shard_bytes=self.max_shard_bytes,
                 entry=self.entry,
+                max_shard_bytes=self.max_shard_bytes,
+                cancel=cancel,
+            )
+
+        prefetch = _Prefetch(fetch)
+        try:
+            for i, url in enumerate(
+                tqdm(mine, desc="shards", unit="shard", disable=_quiet(self.progress))
             ):
-                if stride == 1 or index % stride == offset:
-                    yield shown, key, payload
-                index += 1
+                shown = redact_url(url)
+                if ahead[i]:
+                    for j in range(i + 1, min(i + 1 + PREFETCH_SHARDS, len(mine))):
+                        if not ahead[j]:
+                            break
+                        prefetch.start(j)
+                    spool = prefetch.take(i)
+                    with spool:
+                        for key, payload in _shard_samples(
+                            spool, shown, self.max_member_bytes, self.max_sample_bytes
+                        ):
+                            if stride == 1 or index % stride == offset:
+                                yield shown, key, payload
+                            index += 1
+                    continue
+                for key, payload in iter_shard(
+                    url,
+                    self._options_for(url),
+                    self.checksums.get(url),
+                    max_member_bytes=self.max_member_bytes,
+                    max_sample_bytes=self.max_sample_bytes,
+                    trusted=self._trusted(url),
+                    verify=self.verify,
+                    max_shard_bytes=self.max_shard_bytes,
+                    entry=self.entry,
+                ):
+                    if stride == 1 or index % stride == offset:
+                        yield shown, key, payload
+                    index += 1
+        finally:
+            prefetch.close()
 
     @overload
     def ordered(

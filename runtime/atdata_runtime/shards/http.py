@@ -263,8 +263,9 @@ class HttpShardStream(io.RawIOBase):
         self._retry.sleep(self._retry.backoff(self.reconnects - 1))
         self._connect()
 
-    def readinto(self, buffer: Any) -> int:
-        """Fill ``buffer`` with up to ``len(buffer)`` bytes; 0 at the end."""
+    def _fill(self) -> bool:
+        """Make ``_buffer`` non-empty (resuming a dropped connection); ``False``
+        at the end of the body."""
         while not self._buffer:
             try:
                 chunk = self._next(self._chunks)
@@ -272,8 +273,25 @@ class HttpShardStream(io.RawIOBase):
                 self._resume(exc)
                 continue
             if not chunk:
-                return 0
+                return False
             self._buffer = memoryview(chunk)
+        return True
+
+    def read_chunk(self) -> memoryview:
+        """The next bytes as the socket delivered them (at most one network chunk,
+        64 KiB with httpcore), without copying them into a caller's buffer; an
+        empty view at the end. The view is valid until the next call. Same
+        errors, bounds and resumption as :meth:`readinto`."""
+        if not self._fill():
+            return memoryview(b"")
+        chunk, self._buffer = self._buffer, memoryview(b"")
+        self.position += len(chunk)
+        return chunk
+
+    def readinto(self, buffer: Any) -> int:
+        """Fill ``buffer`` with up to ``len(buffer)`` bytes; 0 at the end."""
+        if not self._fill():
+            return 0
         n = min(len(buffer), len(self._buffer))
         buffer[:n] = self._buffer[:n]
         self._buffer = self._buffer[n:]
