@@ -118,17 +118,24 @@ def test_a_worker_s_format_failures_keep_their_types(
     from atdata_gen.backend.write import WriteError
     from atdata_gen.pipeline import build
 
-    def refuse(files: dict[str, str], workdir: object = None) -> dict[str, str]:
+    parent = os.getpid()
+    real = fmt.start_format
+
+    def refuse(files: dict[str, str], workdir: object = None) -> fmt.FormatRun:
+        if os.getpid() == parent:  # the parent's own files format as usual
+            return real(files)
         raise FormatError("ruff format failed: boom")
 
-    monkeypatch.setattr(fmt, "format_sources", refuse)
+    monkeypatch.setattr(fmt, "start_format", refuse)
     with pytest.raises(FormatError, match="boom"):
         build(BuildOptions([OFFICIAL], "p", jobs=2))
 
-    def full(files: dict[str, str], workdir: object = None) -> dict[str, str]:
+    def full(files: dict[str, str], workdir: object = None) -> fmt.FormatRun:
+        if os.getpid() == parent:
+            return real(files)
         raise OSError(errno.ENOSPC, "No space left on device", "/scratch/m0.py")
 
-    monkeypatch.setattr(fmt, "format_sources", full)
+    monkeypatch.setattr(fmt, "start_format", full)
     with pytest.raises(WriteError) as info:
         build(BuildOptions([OFFICIAL], "p", jobs=2))
     assert isinstance(info.value.__cause__, OSError)

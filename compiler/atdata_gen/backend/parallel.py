@@ -55,9 +55,10 @@ def _serve(conn: Connection) -> None:
         try:
             share, fmt, workdir = conn.recv()
             model, rels = pickle.loads(data)
-            codes = emit.emit_modules(model, rels, share)
             if fmt:
-                codes = _format_share(codes, workdir)
+                codes = _emit_and_format(emit.emit_modules, model, rels, share, workdir)
+            else:
+                codes = emit.emit_modules(model, rels, share)
             conn.send(("ok", codes))
         except FormatError as exc:
             conn.send(("format", str(exc)))
@@ -72,13 +73,39 @@ def _serve(conn: Connection) -> None:
             gc.enable()
 
 
-def _format_share(codes: list[str], workdir: Path | None) -> list[str]:
-    """``codes`` through ruff (one run for this worker's share)."""
-    from .format import format_sources
+def _emit_and_format(
+    emit_modules: Callable[[LinkedModel, dict[str, str], list[int]], list[str]],
+    model: LinkedModel,
+    rels: dict[str, str],
+    share: list[int],
+    workdir: Path | None,
+) -> list[str]:
+    """Emit ``share`` and format it with ruff, pipelined: ruff formats the first
+    three quarters while the last quarter is emitted, so only a short ruff run is
+    left when emission ends."""
+    from .format import FormatRun, start_format
 
-    names = [f"m{i}.py" for i in range(len(codes))]
-    done = format_sources(dict(zip(names, codes, strict=True)), workdir)
-    return [done[n] for n in names]
+    cut = (len(share) * 3 + 3) // 4
+    runs: list[tuple[list[str], FormatRun]] = []
+    try:
+        for part in (share[:cut], share[cut:]):
+            if not part:
+                continue
+            codes = emit_modules(model, rels, part)
+            names = [f"m{i}.py" for i in part]
+            runs.append(
+                (names, start_format(dict(zip(names, codes, strict=True)), workdir))
+            )
+        out: list[str] = []
+        while runs:
+            names, run = runs[0]
+            done = run.result()
+            runs.pop(0)
+            out.extend(done[n] for n in names)
+        return out
+    finally:
+        for _, run in runs:
+            run.close()
 
 
 def _zygote(mine: list[Connection], theirs: list[Connection]) -> None:
