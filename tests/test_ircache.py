@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from atdata_gen import ircache
-from atdata_gen.checks import runner
+from atdata_gen import ircache, pipeline
 from atdata_gen.checks.runner import run_check
 
 THING = {
@@ -50,13 +49,13 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def compiles(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """How many sides were really compiled (``[n]``)."""
     count = [0]
-    real = runner.compile_sources
+    real = pipeline.compile_sources
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         count[0] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "compile_sources", counting)
+    monkeypatch.setattr(pipeline, "compile_sources", counting)
     return count
 
 

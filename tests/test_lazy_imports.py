@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from atdata_gen import pipeline
 from atdata_gen.checks import runner
 from atdata_gen.checks.runner import run_check
 
@@ -224,14 +225,14 @@ def test_reused_model_finds_what_two_compiles_find(
     lex = _lexicons(tmp_path)
     monkeypatch.setenv("ATDATA_GEN_CACHE", "0")  # count real compiles
     compiles = 0
-    real = runner.compile_sources
+    real = pipeline.compile_sources
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         nonlocal compiles
         compiles += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "compile_sources", counting)
+    monkeypatch.setattr(pipeline, "compile_sources", counting)
     reused = run_check([src, lex], [str(src), str(lex)], transitive=transitive)
     assert compiles == 1
     monkeypatch.setattr(runner, "_identity", lambda paths: None)

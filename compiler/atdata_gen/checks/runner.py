@@ -24,14 +24,17 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import ircache
 from ..diagnostics import Diagnostic, Reporter, Span
 from ..ir.link import LinkedModel
-from ..pipeline import BuildOptions, BuildResult, compile_sources
 from ..sources import SourceDoc, discover, read_reported
 from .compat import Finding, compare
 from .policy import CheckPolicy
+
+if TYPE_CHECKING:
+    from ..pipeline import BuildResult
 
 __all__ = ["CheckError", "CheckResult", "git_history", "run_check"]
 
@@ -216,6 +219,10 @@ def _compile_result(
 ) -> BuildResult:
     """Compile one side; raises :class:`CheckError` (with its errors, the scratch
     directory's paths relabelled) when it does not compile."""
+    # The front end is imported only when a side is compiled (not when both come
+    # from the IR cache).
+    from ..pipeline import BuildOptions, compile_sources
+
     reporter = Reporter()
     result = compile_sources(BuildOptions(paths, externals=externals), reporter)
     if reporter.has_errors or result.model is None:
