@@ -79,9 +79,9 @@ def cache_dir(create: bool = True) -> Path | None:
     if explicit:
         path = Path(explicit)
     else:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
-            os.path.expanduser("~"), ".cache"
-        )
+        base = os.environ.get("XDG_CACHE_HOME", "")
+        if not os.path.isabs(base):  # the XDG spec: a relative path is ignored
+            base = os.path.join(os.path.expanduser("~"), ".cache")
         path = Path(base) / "atdata-gen" / "ir"
     try:
         if create:
