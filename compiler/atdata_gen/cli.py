@@ -604,6 +604,8 @@ def check_cmd(
 
     With no SOURCE, compares the [tool.atdata-gen] sources with git:HEAD and reads
     [tool.atdata-gen.check] (mode, use, except, ignore, ignore_only, fail_on).
+    A side whose files were compiled before by the same atdata-gen is read from
+    the IR cache ($XDG_CACHE_HOME/atdata-gen/ir; ATDATA_GEN_CACHE=0 turns it off).
     """
     from dataclasses import replace
 
