@@ -45,7 +45,9 @@ def main() -> None:
     peer = None
     if not args.no_peer:
         try:
-            from atproto_lexicon.parser import lexicon_parse_dir
+            from atproto_lexicon.parser import (  # type: ignore[import-untyped]
+                lexicon_parse_dir,
+            )
         except ImportError:
             print("atproto_lexicon not installed: no MarshalX figure", file=sys.stderr)
         else:
@@ -133,11 +135,12 @@ def main() -> None:
         print(
             f"  {stage:12s} {m['median']:7.1f}  (min {m['min']:.1f}, max {m['max']:.1f})"
         )
-    m = statistics.median(front)
-    print(f"  {'load+parse':12s} {m:7.1f}")
+    ours = statistics.median(front)
+    print(f"  {'load+parse':12s} {ours:7.1f}")
     if runs["marshalx"]:
         p = statistics.median(runs["marshalx"])
-        print(f"  {'MarshalX':12s} {p:7.1f}  (load+parse / MarshalX = {m / p:.2f})")
+        print(f"  {'MarshalX':12s} {p:7.1f}  (load+parse / MarshalX = {ours / p:.2f})")
+    sys.stdout.flush()
     report.write(args.json)
 
 
