@@ -190,6 +190,31 @@ def describe_fit(
     )
 
 
+def describe_rate(what: str, xs: Sequence[float], rates: Sequence[float]) -> str:
+    """One note on a throughput ``rates`` (units/s) measured at sizes ``xs``: a
+    flat rate is a total cost linear in size. The log-log exponent of the rate (0:
+    flat), the change of each step, and a verdict on the last step (the largest
+    inputs, where start-up no longer counts): near-linear when the rate moved by at
+    most 20 %, super-linear when it fell by more (each unit costs more as the input
+    grows), still rising when it rose by more (start-up not yet amortized)."""
+    b, r2 = loglog_fit(xs, rates)
+    steps = [rates[i + 1] / rates[i] - 1 for i in range(len(xs) - 1)]
+    last = steps[-1]
+    if abs(last) <= 0.2:
+        kind = "near-linear (the rate is flat over the last step"
+        kind += ", after a start-up at small sizes)" if b > LINEAR_TOLERANCE else ")"
+    elif last < 0:
+        kind = "super-linear: the rate falls as the input grows"
+    else:
+        kind = "the rate still rises: start-up is not amortized at these sizes"
+    return (
+        f"{what}: rate {rates[0]:,.0f} → {rates[-1]:,.0f}/s, log-log exponent "
+        f"{b:.2f} (r² {r2:.3f}; per step "
+        + ", ".join(f"{100 * x:+.0f} %" for x in steps)
+        + f") — {kind}"
+    )
+
+
 # -- sections -----------------------------------------------------------------------
 
 
@@ -308,6 +333,7 @@ def fold_section(report: benchlib.Report, entries: Sequence[int]) -> None:
 
     records: list[float] = []
     rates: list[float] = []
+    by_phase: dict[str, list[tuple[float, float]]] = {}
     with PostgresCluster(fast=False, settings={"shared_buffers": "512MB"}) as pg:
         for n in entries:
             seed = generate(
@@ -324,13 +350,29 @@ def fold_section(report: benchlib.Report, entries: Sequence[int]) -> None:
             report.row("scaling", f"AppView fold, {int(total):,} records",
                        f"fold_records_s_e{n}", fmt=",.0f")  # fmt: skip
             records.append(total)
-            rates.append(float(r["fold_s"]))
+            rates.append(float(r["fold_records_s"]))
+            for phase, ph in r["phases"].items():
+                report.metric(f"fold_{phase}_records_s_e{n}", [ph["fold_records_s"]],
+                              "records/s", better="higher",
+                              label=f"fold of the {phase}, {ph['records']:,.0f} records")  # fmt: skip
+                by_phase.setdefault(phase, []).append(
+                    (float(ph["records"]), float(ph["fold_records_s"]))
+                )
             print(f"  fold {int(total):,} records: {r['fold_records_s']:,.0f} records/s",
                   flush=True)  # fmt: skip
     report.extra["fold_records"] = records
     if len(records) >= 2:
-        report.note(describe_fit("AppView fold time vs records", records, rates,
-                                 per="record", scale=1e6, per_unit="µs"))  # fmt: skip
+        report.note(describe_rate("AppView fold records/s vs records", records, rates))
+        for phase in ("entries", "schemas"):
+            pts = by_phase.get(phase, [])
+            if len(pts) >= 2 and min(x for x, _ in pts) > 0:
+                report.note(
+                    describe_rate(
+                        f"AppView fold, {phase} alone",
+                        [x for x, _ in pts],
+                        [y for _, y in pts],
+                    )
+                )
 
 
 def ingest_section(report: benchlib.Report, frames: Sequence[int]) -> None:
@@ -341,7 +383,7 @@ def ingest_section(report: benchlib.Report, frames: Sequence[int]) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="atdata-bench-scaling-"))
     events: list[float] = []
-    walls: list[float] = []
+    rates: list[float] = []
     try:
         with (
             PostgresCluster(
@@ -363,23 +405,14 @@ def ingest_section(report: benchlib.Report, frames: Sequence[int]) -> None:
                 report.row("scaling", f"ingest `--verify dataset`, {int(ev):,} events",
                            f"ingest_events_s_f{n}", fmt=",.0f")  # fmt: skip
                 events.append(ev)
-                walls.append(ev / r["events_s"])
+                rates.append(float(r["events_s"]))
                 print(f"  ingest {int(ev):,} events: {r['events_s']:,.0f} events/s",
                       flush=True)  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report.extra["ingest_events"] = events
     if len(events) >= 2:
-        report.note(
-            describe_fit(
-                "ingest time (events / events/s) vs events",
-                events,
-                walls,
-                per="event",
-                scale=1e6,
-                per_unit="µs",
-            )
-        )
+        report.note(describe_rate("ingest events/s vs events", events, rates))
 
 
 def read_curve(part: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
