@@ -97,6 +97,27 @@ class ProcessRun:
     stderr: str
 
 
+_LAUNCHER = """
+import json, os, sys, time
+fds = [os.open(sys.argv[1], os.O_RDONLY), os.open(sys.argv[2], os.O_WRONLY),
+       os.open(sys.argv[3], os.O_WRONLY)]
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+    os.execvp(sys.argv[4], sys.argv[4:])
+_, status, usage = os.wait4(pid, 0)
+elapsed = time.perf_counter() - start
+print(json.dumps([elapsed, usage.ru_maxrss, os.waitstatus_to_exitcode(status)]))
+"""
+"""Started as a small process of its own: Linux's ``ru_maxrss`` of a child counts
+the memory it had before ``exec`` (a fork of its parent, or the parent itself under
+``vfork``/``posix_spawn``), so a child of a large benchmark process would report the
+benchmark's size. A fork of this launcher starts at about 10 MiB, below any Python
+process it runs."""
+
+
 def run_process(
     cmd: Sequence[str],
     *,
@@ -105,34 +126,36 @@ def run_process(
     input: str | None = None,
     check: bool = True,
 ) -> ProcessRun:
-    """Run ``cmd`` to completion; time it and read its peak RSS. With ``check``, a
-    non-zero exit raises ``SystemExit`` with the command's output."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            list(cmd),
-            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
+    """Run ``cmd`` to completion; time it (from the fork to the exit, measured by
+    the launcher, so the launcher's own start-up is not counted) and read its peak
+    RSS. With ``check``, a non-zero exit raises ``SystemExit`` with its output."""
+    with tempfile.TemporaryDirectory(prefix="benchlib-") as tmp:
+        files = [Path(tmp) / name for name in ("stdin", "stdout", "stderr")]
+        files[0].write_text(input or "")
+        for f in files[1:]:
+            f.touch()
+        launcher = subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, *map(str, files), *cmd],
+            capture_output=True,
+            text=True,
             env=dict(env) if env is not None else None,
             cwd=cwd,
-            text=True,
+            check=False,
         )
-        if input is not None:
-            assert proc.stdin is not None
-            proc.stdin.write(input)
-            proc.stdin.close()
-        _, status, usage = os.wait4(proc.pid, 0)
-        elapsed = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
+        if launcher.returncode != 0:
+            raise SystemExit(f"cannot run {cmd[0]}: {launcher.stderr[-3000:]}")
+        elapsed, peak_kib, code = json.loads(launcher.stdout)
         run = ProcessRun(
-            elapsed, usage.ru_maxrss * 1024, proc.returncode, out.read(), err.read()
+            float(elapsed),
+            int(peak_kib) * 1024,
+            int(code),
+            files[1].read_text(errors="replace"),
+            files[2].read_text(errors="replace"),
         )
     if check and run.returncode != 0:
         raise SystemExit(
-            f"{' '.join(cmd)} failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+            f"{' '.join(cmd)} failed ({run.returncode}):\n"
+            f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
         )
     return run
 
