@@ -30,6 +30,17 @@ INTEROP = CORPUS / "interop"
 
 UV = shutil.which("uv") or "uv"
 
+# The compiler's IR cache (atdata_gen.ircache) goes to a private directory per test
+# process, never the user's ~/.cache: tests must not depend on, or fill, a cache a
+# previous run left. Subprocesses inherit it through the environment.
+if "ATDATA_GEN_CACHE_DIR" not in os.environ:
+    import atexit
+    import tempfile
+
+    _CACHE = tempfile.mkdtemp(prefix="atdata-gen-test-cache-")
+    os.environ["ATDATA_GEN_CACHE_DIR"] = _CACHE
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+
 # Property tests are deterministic (fixed seeds derived from each test), so a CI
 # run is reproducible and a failure reproduces locally; no per-example deadline
 # on a shared 2-core machine. A test's own @settings overrides single fields.
