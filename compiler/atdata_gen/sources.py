@@ -261,6 +261,13 @@ class SourceDoc:
     def span(self, pointer: str = "") -> Span:
         """The span of the value at ``pointer``; falls back to the nearest existing
         parent pointer (e.g. for a missing required key, the object that lacks it)."""
+        # Fast path (most calls): an indexed pointer whose line starts are known.
+        positions, starts = self._positions, self._line_starts
+        if positions is not None and starts is not None and not self.base:
+            off = positions.get(pointer)
+            if off is not None:
+                line = bisect.bisect_right(starts, off)
+                return Span(self.path, line, off - starts[line - 1] + 1, pointer)
         probe = pointer
         while True:
             off = self.offset(probe)
