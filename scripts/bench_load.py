@@ -3,7 +3,7 @@ atdata 0.7.0b1 (unverified) in the same run, and RSS while streaming ~10 GB over
 
 * ``network``: a ~100 MB dataset (4 shards of ~26 MB, 256×256×3 uint8 images)
   published on a real local PDS twice: as PDS blobs and as HTTP shards served from
-  loopback (``atdata_gen.testing.httpdir``). Ours reads each entry with
+  loopback by a separate `http.server` process. Ours reads each entry with
   ``Dataset.from_atproto`` (entry and schema verified, every shard's sha256
   checked before its samples are used, the HTTP shard URLs treated as URLs from
   the network under the test-only loopback mode); atdata reads the same entries
@@ -24,11 +24,13 @@ Usage: ``scripts/bench_load [--runs N] [--stream-gb G] [--skip-stream]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import http.server
 import json
 import os
 import resource
+import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +38,7 @@ import tarfile
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +81,39 @@ def figures(values: list[float]) -> str:
 # -- the network part -------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def served_directory(directory: str) -> Iterator[str]:
+    """Serve ``directory`` on loopback from *another process* (the standard
+    library's ``http.server``, the handler ``atdata_gen.testing.httpdir`` uses):
+    a server thread in this process would share our GIL while we read and not
+    while atdata's process does. Yields the base URL."""
+    from atdata_gen.testing.localnet import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)],
+        cwd=directory,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise SystemExit("the HTTP file server did not start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def network(args: argparse.Namespace, report: benchlib.Report) -> None:
     import numpy as np
     from atdata_gen.dynamic import compile_schema_record
-    from atdata_gen.testing.httpdir import serve_directory
     from atdata_gen.testing.localnet import LocalNetwork
     from atdata_runtime.atmosphere import AtmosphereClient, IdentityResolver
     from atdata_runtime.atmosphere.publish import (
@@ -96,7 +128,7 @@ def network(args: argparse.Namespace, report: benchlib.Report) -> None:
     with (
         LocalNetwork.start() as net,
         tempfile.TemporaryDirectory() as tmp,
-        serve_directory(tmp) as http_base,
+        served_directory(tmp) as http_base,
     ):
         res = IdentityResolver(plc_url=net.plc_url, handle_service=net.pds_url)
         acct = net.create_account("benchload")

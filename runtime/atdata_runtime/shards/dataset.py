@@ -41,7 +41,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import (
     TYPE_CHECKING,
@@ -585,7 +585,9 @@ def _verified_copy(
     an intermediate buffer. Raises :class:`ShardChecksumError` for another digest
     (``SHARD_CHECKSUM_MISMATCH``) or more than ``max_shard_bytes`` bytes
     (``SHARD_TOO_LARGE``; at most one read, 1 MiB or one network chunk, past the
-    cap), and :class:`_Cancelled` once ``cancel`` is set."""
+    cap), and :class:`_Cancelled` once ``cancel`` is set. A stream whose
+    ``length`` (an HTTP ``Content-Length``) is over :data:`SPOOL_MEMORY_BYTES`
+    goes to the file from its first byte."""
     read_chunk: Callable[[], Any] | None = getattr(raw, "read_chunk", None)
     if read_chunk is None:
 
@@ -596,6 +598,9 @@ def _verified_copy(
     size = 0
     parts: list[Any] = []  # chunks (immutable bytes or views of them) in memory
     spool: Any = None
+    announced = getattr(raw, "length", None)
+    if announced is not None and announced > SPOOL_MEMORY_BYTES:
+        spool = tempfile.TemporaryFile(prefix="atdata-shard-")  # noqa: SIM115
     try:
         while chunk := read_chunk():
             if cancel is not None and cancel.is_set():
@@ -747,21 +752,16 @@ class _Prefetch:
         self._fetch = fetch
         self._cancel = threading.Event()
         self._jobs: dict[int, Future[BinaryIO]] = {}
+        self._pool: ThreadPoolExecutor | None = None
 
     def start(self, index: int) -> None:
         if index in self._jobs or self._cancel.is_set():
             return
-        future: Future[BinaryIO] = Future()
-        future.set_running_or_notify_cancel()
-
-        def run() -> None:
-            try:
-                future.set_result(self._fetch(index, self._cancel))
-            except BaseException as exc:  # noqa: BLE001 - re-raised by take()
-                future.set_exception(exc)
-
-        self._jobs[index] = future
-        threading.Thread(target=run, name="atdata-prefetch", daemon=True).start()
+        if self._pool is None:  # a few long-lived threads: few malloc arenas
+            self._pool = ThreadPoolExecutor(
+                PREFETCH_SHARDS + 1, thread_name_prefix="atdata-prefetch"
+            )
+        self._jobs[index] = self._pool.submit(self._fetch, index, self._cancel)
 
     def take(self, index: int) -> BinaryIO:
         self.start(index)
@@ -772,10 +772,12 @@ class _Prefetch:
         for future in self._jobs.values():
             future.add_done_callback(_close_result)
         self._jobs.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _close_result(future: Future[BinaryIO]) -> None:
-    if future.exception() is None:
+    if not future.cancelled() and future.exception() is None:
         future.result().close()
 
 

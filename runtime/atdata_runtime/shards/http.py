@@ -83,7 +83,9 @@ class HttpShardStream(io.RawIOBase):
     headers of each attempt, and each ``stall_bytes`` of the body (see the module
     docstring); ``retry`` bounds reconnections (default: 6 attempts within 120 s);
     ``trusted`` is ``False`` for a URL that came from the network. ``position`` is
-    the number of bytes delivered; ``reconnects`` counts mid-body resumptions.
+    the number of bytes delivered; ``reconnects`` counts mid-body resumptions;
+    ``length`` is the first full answer's ``Content-Length`` (``None`` when it
+    announced none; a hint of the server's, never trusted as a bound).
 
     Raises :class:`~atdata_runtime.net.errors.HttpStatusError` (``HTTP_STATUS``)
     for a 4xx answer, :class:`~atdata_runtime.net.errors.RetryExhaustedError`
@@ -108,6 +110,7 @@ class HttpShardStream(io.RawIOBase):
         self.url = url
         self.position = 0
         self.reconnects = 0
+        self.length: int | None = None
         self.timeout = timeout
         self.stall_bytes = stall_bytes
         self._shown = redact_url(url)
@@ -220,6 +223,11 @@ class HttpShardStream(io.RawIOBase):
                     self._buffer = memoryview(chunk)[skip:]
                     break
                 skip -= len(chunk)
+            if self.length is None and response.status_code == 200:
+                try:
+                    self.length = int(response.headers.get("content-length", ""))
+                except ValueError:
+                    self.length = None
             return response, chunks
         except BaseException:
             response.close()
