@@ -24,9 +24,10 @@ Sections (``--only`` picks some; all by default):
   local PDS) over growing stream lengths (``--ingest-frames``): events/s.
 
 The shard-read curve (samples/s against sample size) is the runtime part's
-``read_size_<bytes>_samples_s`` metrics (``scripts/bench_runtime``); when a runtime
-part exists (``bench/parts/runtime.json``, else the one in ``bench/results.json``),
-its fit is one of this part's notes.
+``read_size_<bytes>_samples_s`` metrics (``scripts/bench_runtime``): its fit
+(:func:`read_note`) is computed when the README table is drawn
+(``scripts/bench_tables.py``), from whichever runtime part ``bench/results.json``
+holds, so it never goes stale when one part is rerun alone.
 
 Each curve gets a least-squares fit of log(cost) against log(size): an exponent
 near 1 for a total cost (time against size) is linear growth; the notes say
@@ -157,27 +158,23 @@ def describe_fit(
     per_unit: str = "ms",
 ) -> str:
     """One note on a cost ``ys`` (seconds, MiB…) against a size ``xs``: the fitted
-    log-log exponent (1: proportional), the exponent of each step, the straight
-    line ``c + k x`` (``k`` shown times ``scale`` in ``per_unit``), and a verdict:
+    log-log exponent (1: proportional), the local exponent of each step, the
+    straight line ``c + k x`` (``k`` shown times ``scale`` in ``per_unit``), and a
+    verdict on the largest sizes, where a fixed cost no longer hides growth:
 
-    * near-linear: the marginal cost of the last step (Δy/Δx) is within 1.5× of
-      the first step's and the exponent is at most 1 + :data:`LINEAR_TOLERANCE`
-      (an exponent below 1 then only says a fixed cost is amortized);
-    * super-linear: the marginal cost grows by more than 1.5× or the exponent is
-      above 1 + :data:`LINEAR_TOLERANCE`;
-    * sub-linear: the marginal cost falls by more than 1.5× (the cost flattens)."""
+    * near-linear: the last step's local exponent and the fitted one are at most
+      1 + :data:`LINEAR_TOLERANCE` (an exponent below 1 says a fixed cost, start-up
+      and imports for a process, is being amortized);
+    * super-linear: either is above it (the cost per added unit grows)."""
     b, r2 = loglog_fit(xs, ys)
     steps = [
         math.log(ys[i + 1] / ys[i]) / math.log(xs[i + 1] / xs[i])
         for i in range(len(xs) - 1)
     ]
     c, k = affine_fit(xs, ys)
-    marg = [(ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i]) for i in range(len(xs) - 1)]
-    grow = marg[-1] / marg[0] if marg[0] > 0 and len(marg) > 1 else 1.0
-    if b > 1 + LINEAR_TOLERANCE or grow > 1.5 or (marg[0] <= 0 < marg[-1]):
-        kind = "super-linear: the cost per added unit grows"
-    elif grow < 1 / 1.5 and b < 1 - LINEAR_TOLERANCE:
-        kind = "sub-linear: the cost per added unit falls"
+    last = steps[-1]
+    if last > 1 + LINEAR_TOLERANCE or b > 1 + LINEAR_TOLERANCE:
+        kind = f"super-linear: the last step grows as size^{last:.2f}"
     else:
         kind = "near-linear"
         if b < 1 - LINEAR_TOLERANCE:
@@ -605,16 +602,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "ingest" in only:
         print("ingest: atdata-ingest run over growing streams")
         ingest_section(report, _ints(args.ingest_frames))
-    runtime = ROOT / "bench" / "parts" / "runtime.json"
-    if runtime.exists():
-        rpart = json.loads(runtime.read_text())
-    elif RESULTS.exists():
-        rpart = json.loads(RESULTS.read_text()).get("parts", {}).get("runtime", {})
-    else:
-        rpart = {}
-    note = read_note(rpart)
-    if note:
-        report.note(note)
     for key, m in report.metrics.items():
         print(f"  {key:32} {m['median']:>12,.3f} {m['unit']}  ({m['label']})")
     for note in report.notes:

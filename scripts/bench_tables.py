@@ -121,8 +121,11 @@ def header(part: dict[str, Any]) -> str:
         or part.get("settings", {}).get("quick")
         else ""
     )
+    script = (
+        part.get("bench_all", {}).get("script") or f"scripts/bench_{part['benchmark']}"
+    )
     return (
-        f"`scripts/bench_{part['benchmark']}` at {commit}, {_short_date(part.get('date', ''))}; "
+        f"`{script}` at {commit}, {_short_date(part.get('date', ''))}; "
         f"{m.get('nproc', '?')} cores, load {lb[0]:.1f} → {la[0]:.1f}; {_runs(part)}{quick}."
     )
 
@@ -196,6 +199,12 @@ def table(results: dict[str, Any], name: str) -> str:
         lines.append("")
         lines += [f"- {n}" for n in notes]
     if name == "scaling":
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import bench_scaling
+
+        read = bench_scaling.read_note(results.get("parts", {}).get("runtime", {}))
+        if read:
+            lines += ([] if notes else [""]) + [f"- {read}"]
         lines += ["", plots_line(results)]
     return "\n".join(lines)
 
