@@ -25,6 +25,36 @@ def test_printer_matches_libcst_on_the_corpus(monkeypatch: pytest.MonkeyPatch) -
         assert ast.dump(ast.parse(ours)) == ast.dump(ast.parse(tree.code))
 
 
+def test_unvalidated_trees_equal_validated_ones_on_the_corpus() -> None:
+    result = compile_sources(BuildOptions([OFFICIAL, ATDATA_LEXICONS], "p"))
+    assert result.model is not None
+    model, every = result.model, range(len(result.model.schemas))
+    emit.name.cache_clear()  # shared name nodes: built validated here
+    emit._dotted.cache_clear()
+    checked = emit.module_trees(model, {}, every, validate=True)
+    fast = emit.module_trees(model, {}, every, validate=False)
+    assert len(checked) == len(fast) == 417
+    for a, b in zip(checked, fast, strict=True):
+        assert a is not b and a.deep_equals(b)
+    # And the printed code is what emit_modules (unvalidated) returns.
+    assert [printer.print_module(t) for t in checked] == emit.emit_modules(
+        model, {}, every
+    )
+
+
+def test_unvalidated_skips_validation_only_inside_the_block() -> None:
+    with pytest.raises(cst.CSTValidationError):
+        cst.SimpleString("not quoted")
+    with emit.unvalidated():
+        assert cst.SimpleString("not quoted").value == "not quoted"
+    with pytest.raises(cst.CSTValidationError):
+        cst.SimpleString("not quoted")
+    with pytest.raises(ValueError, match="boom"), emit.unvalidated():
+        raise ValueError("boom")
+    with pytest.raises(cst.CSTValidationError):
+        cst.SimpleString("not quoted")
+
+
 def test_fallback_handles_unknown_nodes() -> None:
     module = cst.parse_module("x = [i for i in range(3)]\nif x:\n    pass\n")
     assert ast.dump(ast.parse(printer.print_module(module))) == ast.dump(

@@ -13,11 +13,12 @@ generated. There are no timestamps: output is a pure function of the input.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import keyword
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -867,6 +868,9 @@ class _ModuleEmitter:
 
     # .. module ........................................................................
     def module(self) -> str:
+        return print_module(self.tree())
+
+    def tree(self) -> cst.Module:
         _ROOTS_USED.clear()
         for d in self.schema.defs:
             self.definition(d)
@@ -968,8 +972,7 @@ class _ModuleEmitter:
             # 1 before anything else.
             blanks = 2 if isinstance(first, cst.ClassDef) else 1
             late[0] = first.with_changes(leading_lines=[_BLANK] * blanks)
-        module = cst.Module(body=[*head, *self.body, *tail, *late])  # type: ignore[list-item]
-        return print_module(module)
+        return cst.Module(body=[*head, *self.body, *tail, *late])  # type: ignore[list-item]
 
     def schema_rel(self) -> str:
         return self.model_rel.get(self.schema.nsid, self.schema.origin.path)
@@ -996,14 +999,53 @@ class _ModuleEmitter:
         )
 
 
+def _no_check(self: cst.CSTNode) -> None:
+    pass
+
+
+@contextlib.contextmanager
+def unvalidated() -> Iterator[None]:
+    """Within this block, libcst nodes are built without libcst's per-node
+    ``_validate`` (run by ``CSTNode.__post_init__``; ≈18 % of emission): the nodes
+    are the same, equal objects, only unchecked. Safe for the emitter's own
+    construction, which only builds checked names (:func:`name`), literals from
+    ``repr`` of values (:func:`literal`) and fixed shapes;
+    ``tests/test_printer.py`` checks that over the whole official corpus the trees
+    equal validated ones (``deep_equals``). Not thread-safe: it patches the class
+    for the whole process while it lasts, so nothing else may build libcst nodes
+    meanwhile (emission is sequential)."""
+    base = cst.CSTNode
+    saved = base.__dict__["__post_init__"]
+    base.__post_init__ = _no_check  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        base.__post_init__ = saved  # type: ignore[method-assign]
+
+
+def module_trees(
+    model: LinkedModel,
+    rels: dict[str, str],
+    indices: Sequence[int],
+    validate: bool = True,
+) -> list[cst.Module]:
+    """The libcst trees :func:`emit_modules` prints (``validate=False``: built
+    :func:`unvalidated`)."""
+    with contextlib.nullcontext() if validate else unvalidated():
+        return [_emitter(model, rels, i).tree() for i in indices]
+
+
+def _emitter(model: LinkedModel, rels: dict[str, str], index: int) -> _ModuleEmitter:
+    schema = model.schemas[index]
+    path = model.names.modules[schema.nsid]
+    return _ModuleEmitter(model, schema, path, model_rel=rels)
+
+
 def emit_modules(
     model: LinkedModel, rels: dict[str, str], indices: Sequence[int]
 ) -> list[str]:
     """Source text (before formatting) of the modules of ``model.schemas[i]`` for
-    each ``i`` in ``indices``; ``rels`` maps NSID → source path cited in headers."""
-    out = []
-    for index in indices:
-        schema = model.schemas[index]
-        path = model.names.modules[schema.nsid]
-        out.append(_ModuleEmitter(model, schema, path, model_rel=rels).module())
-    return out
+    each ``i`` in ``indices``; ``rels`` maps NSID → source path cited in headers.
+    The trees are built :func:`unvalidated`."""
+    with unvalidated():
+        return [_emitter(model, rels, i).module() for i in indices]
