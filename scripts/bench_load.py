@@ -14,7 +14,7 @@ atdata 0.7.0b1 (unverified) in the same run, and RSS while streaming ~10 GB over
   local HTTP server in another process (nothing hits the disk but the verified
   spool of one shard at a time), read by a fresh process as a record's shard
   list (``urls_from="record"``, sha256 verified before use, the
-  ``load_dataset`` default): bytes, GB/s, that process's peak RSS (``ru_maxrss``)
+  ``load_dataset`` default): bytes, GB/s, that process's peak RSS (``VmHWM``)
   and its RSS at 1/4, 1/2, 3/4 and the end of the bytes.
 
 Usage: ``scripts/bench_load [--runs N] [--stream-gb G] [--skip-stream]
@@ -342,6 +342,17 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _hwm() -> int:
+    """This process's peak RSS in bytes: ``VmHWM`` of ``/proc/self/status``, the
+    high-water mark of this address space (``ru_maxrss`` would not do: Linux
+    carries the parent's peak across ``fork`` + ``exec``)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def stream_child(config: dict[str, Any]) -> None:
     """Child process: read the generated shards as a record's shard list; print
     JSON with bytes, seconds, peak RSS and (bytes, RSS) samples."""
@@ -380,7 +391,7 @@ def stream_child(config: dict[str, Any]) -> None:
     state["stop"] = True
     sampler.join()
     trace.append((time.perf_counter(), state["bytes"], _rss()))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _hwm()
     print(
         json.dumps(
             {
@@ -484,7 +495,7 @@ def memory(args: argparse.Namespace, report: benchlib.Report) -> None:
     print(
         f"  RSS MiB: start {out['start_rss'] / mib:.0f}, 1/4 {quarters[0.25]:.0f}, "
         f"1/2 {quarters[0.5]:.0f}, 3/4 {quarters[0.75]:.0f}, end {end:.0f}; "
-        f"peak {peak:.0f}"
+        f"peak {peak:.0f} (highest sampled {max(r for _, r in trace) / mib:.0f})"
     )
     report.metric("stream_bytes", [total], "bytes", better="higher", label="bytes")
     report.metric("stream_gb_s", [gbs], "GB/s", better="higher", label="GB/s")
