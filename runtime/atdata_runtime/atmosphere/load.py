@@ -702,8 +702,9 @@ def load_dataset(
     :class:`~atdata_runtime.shards.Dataset` (``max_member_bytes``, ``progress``,
     ``verify``, ``max_shard_bytes``…), which reads the URLs as
     ``urls_from="record"``: each shard with a sha256 is verified before any of its
-    samples is yielded (``verify="before"``, spooled to a temporary file of at
-    most ``max_shard_bytes``, default 4 GiB). Records are verified against a
+    samples is yielded (``verify="before"``: held in memory up to 32 MiB, else
+    spooled to a temporary file, at most ``max_shard_bytes``, default 4 GiB; the
+    next shard is downloaded and hashed while the current one is used). Records are verified against a
     validly signed commit of their repository, which may be an *older* one than
     the newest (no rollback protection: that needs a current ``rev`` from a
     relay). An S3 shard that cannot be opened or read raises
