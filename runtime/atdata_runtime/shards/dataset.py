@@ -95,8 +95,8 @@ before anything is expanded (``SHARD_LIST_TOO_LONG``); pass ``max_shards=`` to
 change it."""
 
 MAX_SHARD_BYTES = 4 << 30
-"""Default for ``max_shard_bytes``: the largest shard (4 GiB) read to a temporary
-file to verify its sha256 before any of its samples is used (``verify="before"``).
+"""Default for ``max_shard_bytes``: the largest shard (4 GiB) read whole (in memory
+up to :data:`SPOOL_MEMORY_BYTES`, else to a temporary file) to verify its sha256 before any of its samples is used (``verify="before"``).
 A larger one raises :class:`~atdata_runtime.shards.errors.ShardChecksumError`
 (``SHARD_TOO_LARGE``) once that many bytes were read."""
 
@@ -108,7 +108,8 @@ arrays are views that keep its whole payload alive)."""
 UrlsFrom = Literal["user", "record"]
 Verify = Literal["before", "stream"]
 """When a shard's sha256 is checked: ``"before"`` any sample of it is yielded (the
-shard is read to a temporary file first, at most ``max_shard_bytes``), or
+shard is read whole first, in memory up to :data:`SPOOL_MEMORY_BYTES` else to a
+temporary file, at most ``max_shard_bytes``), or
 ``"stream"``: while its samples are yielded, the mismatch raised after the last
 one (a consumer that stops early never learns of it)."""
 
