@@ -47,6 +47,7 @@ import json
 import math
 import os
 import re
+import resource
 import shutil
 import sys
 import tempfile
@@ -233,14 +234,28 @@ def corpus_section(report: benchlib.Report, factors: Sequence[int], runs: int) -
         def add(key: str, n: int, v: float) -> None:
             per.setdefault(key, {}).setdefault(n, []).append(v)
 
+        def timed(
+            argv: list[str], env: dict[str, str] | None = None
+        ) -> tuple[benchlib.ProcessRun, float]:
+            """run_process plus the CPU seconds (user + system) of the whole
+            process tree: RUSAGE_CHILDREN grows by each waited-for descendant."""
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            r = benchlib.run_process(argv, env=env)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+            return r, cpu
+
         for run in range(runs):
-            for n, d in zip(sizes, dirs, strict=True):
+            # Sizes ascending in even runs, descending in odd ones: a load trend
+            # during a run does not favour one end of the curve.
+            order = list(zip(sizes, dirs, strict=True))
+            for n, d in order if run % 2 == 0 else order[::-1]:
                 # A fresh IR cache (atdata_gen.ircache) for each size and run: the
                 # first check compiles (cold), the second replays the cache (warm).
                 env = {**os.environ, "ATDATA_GEN_CACHE_DIR": str(work / f"c{run}-{n}")}
                 out = work / "ours"
                 shutil.rmtree(out, ignore_errors=True)
-                r = benchlib.run_process(
+                r, cpu = timed(
                     [str(BIN / "atdata-gen"), "build", str(d), "--out", str(out),
                      "--package", "bench_pkg", "-q"], env=env,
                 )  # fmt: skip
@@ -248,19 +263,22 @@ def corpus_section(report: benchlib.Report, factors: Sequence[int], runs: int) -
                     files = sum(1 for _ in out.rglob("*.py"))
                     report.extra.setdefault("generated_files", {})[str(n)] = files
                 add("build_s", n, r.seconds)
+                add("build_cpu_s", n, cpu)
                 add("build_rss_mib", n, _mib(r.peak_rss))
                 mx = work / "marshalx"
                 shutil.rmtree(mx, ignore_errors=True)
                 mx.mkdir()
-                r = benchlib.run_process(
+                r, cpu = timed(
                     [str(BIN / "atproto"), "gen", "--lexicon-dir", str(d), "models",
                      "--output-dir", str(mx)],
                 )  # fmt: skip
                 add("marshalx_s", n, r.seconds)
+                add("marshalx_cpu_s", n, cpu)
                 add("marshalx_rss_mib", n, _mib(r.peak_rss))
                 check = [str(BIN / "atdata-gen"), "check", str(d), "--against", str(d)]
-                r = benchlib.run_process(check, env=env)
+                r, cpu = timed(check, env=env)
                 add("check_s", n, r.seconds)
+                add("check_cpu_s", n, cpu)
                 add("check_rss_mib", n, _mib(r.peak_rss))
                 r = benchlib.run_process(check, env=env)
                 add("check_warm_s", n, r.seconds)
@@ -272,7 +290,10 @@ def corpus_section(report: benchlib.Report, factors: Sequence[int], runs: int) -
         "build_rss_mib": ("atdata-gen build peak RSS", "MiB"),
         "marshalx_s": ("MarshalX atproto gen models", "s"),
         "marshalx_rss_mib": ("MarshalX peak RSS", "MiB"),
+        "build_cpu_s": ("cold atdata-gen build, CPU s of every process", "s"),
+        "marshalx_cpu_s": ("MarshalX atproto gen models, CPU s", "s"),
         "check_s": ("atdata-gen check DIR --against DIR, cold IR cache", "s"),
+        "check_cpu_s": ("atdata-gen check, cold IR cache, CPU s", "s"),
         "check_warm_s": ("atdata-gen check DIR --against DIR, warm IR cache", "s"),
         "check_rss_mib": ("atdata-gen check peak RSS", "MiB"),
     }
@@ -283,6 +304,10 @@ def corpus_section(report: benchlib.Report, factors: Sequence[int], runs: int) -
     for n in sizes:
         report.row("scaling", f"cold build, {n} Lexicons", f"build_n{n}_s",
                    peer=f"marshalx_n{n}_s", peer_name="MarshalX", fmt=".2f")  # fmt: skip
+    for n in sizes:
+        report.row("scaling", f"cold build CPU (every process), {n} Lexicons",
+                   f"build_cpu_n{n}_s", peer=f"marshalx_cpu_n{n}_s",
+                   peer_name="MarshalX", fmt=".2f")  # fmt: skip
     for n in sizes:
         report.row("scaling", f"build peak RSS, {n} Lexicons", f"build_rss_mib_n{n}",
                    peer=f"marshalx_rss_mib_n{n}", peer_name="MarshalX", fmt=",.0f")  # fmt: skip
@@ -301,6 +326,9 @@ def corpus_section(report: benchlib.Report, factors: Sequence[int], runs: int) -
     for key, what in (
         ("build_s", "cold build time vs Lexicons"),
         ("marshalx_s", "MarshalX time vs Lexicons"),
+        ("build_cpu_s", "cold build CPU seconds (all processes) vs Lexicons"),
+        ("marshalx_cpu_s", "MarshalX CPU seconds vs Lexicons"),
+        ("check_cpu_s", "check CPU seconds (cold IR cache) vs Lexicons"),
         ("check_s", "check time (cold IR cache) vs Lexicons"),
         ("check_warm_s", "check time (warm IR cache) vs Lexicons"),
         ("build_rss_mib", "build peak RSS vs Lexicons"),
