@@ -58,6 +58,30 @@ def goal_value(part: dict[str, Any], row: dict[str, Any]) -> float:
     raise ValueError(f"unknown goal kind {goal['of']!r}")
 
 
+_TIME_UNITS = {"s", "ms", "µs", "us", "ns"}
+_SIZE_UNITS = {"MiB", "MB", "KiB", "GiB", "bytes", "B"}
+
+
+def compare_cell(ours: dict[str, Any], peer: dict[str, Any]) -> str:
+    """How ours compares with the peer, from the medians: the factor by which ours
+    is better (``better`` of our metric: lower or higher), worded by unit —
+    faster/slower for times and rates, smaller/larger for sizes."""
+    o, p = float(ours["median"]), float(peer["median"])
+    if o <= 0 or p <= 0:
+        return "—"
+    factor = p / o if ours.get("better", "lower") == "lower" else o / p
+    unit = str(ours.get("unit", ""))
+    if unit in _TIME_UNITS or "/s" in unit:
+        good, bad = "faster", "slower"
+    elif unit in _SIZE_UNITS:
+        good, bad = "smaller", "larger"
+    else:
+        good, bad = "better", "worse"
+    if factor >= 1:
+        return f"{factor:.2f}× {good}"
+    return f"{1 / factor:.2f}× {bad}"
+
+
 def goal_met(part: dict[str, Any], row: dict[str, Any]) -> bool:
     goal = row["goal"]
     v, target = goal_value(part, row), float(goal["target"])
@@ -172,7 +196,7 @@ def table(results: dict[str, Any], name: str) -> str:
     with_goals = any(row.get("goal") for _, row in rows)
     lines += [
         "",
-        "| measure | ours: median (min–max) | peer: median | ratio |"
+        "| measure | ours: median (min–max) | peer: median | ours vs peer |"
         + (" goal | met |" if with_goals else ""),
         "|---|---|---|---|" + ("---|---|" if with_goals else ""),
     ]
@@ -184,7 +208,7 @@ def table(results: dict[str, Any], name: str) -> str:
             pm = metrics[row["peer"]]
             who = row.get("peer_name") or "peer"
             peer = f"{_num(pm['median'], fmt)}{_unit(pm)} ({who})"
-            ratio = f"{om['median'] / pm['median']:.2f}×" if pm["median"] else "—"
+            ratio = compare_cell(om, pm)
         else:
             peer, ratio = "—", "—"
         cells = [row["measure"], ours_cell(om, fmt), peer, ratio]
