@@ -116,13 +116,17 @@ def test_a_goal_verdict_follows_the_medians() -> None:
     results = {"parts": {"demo": part}}
     text = tables["block"](results, "bench-demo")
     assert (
-        "| thing | 1.00 s (0.90–1.10) | 2.00 s (Peer) | 0.50× | ≤ 0.6× Peer | yes (0.50) |"
+        "| thing | 1.00 s (0.90–1.10) | 2.00 s (Peer) | 2.00× faster | ≤ 0.6× Peer | yes (0.50) |"
         in text
     )
     assert "- a note" in text
     slower = copy.deepcopy(results)
     slower["parts"]["demo"]["metrics"]["ours_s"]["median"] = 1.5
     assert "**no** (0.75)" in tables["block"](slower, "bench-demo")
+    assert "1.33× faster" in tables["block"](slower, "bench-demo")
+    slowest = copy.deepcopy(results)
+    slowest["parts"]["demo"]["metrics"]["ours_s"]["median"] = 4.0
+    assert "2.00× slower" in tables["block"](slowest, "bench-demo")
     speed = copy.deepcopy(results)
     speed["parts"]["demo"]["rows"][0]["goal"] = {
         "text": "≥ 1.5× Peer", "of": "speedup", "op": ">=", "target": 1.5,
