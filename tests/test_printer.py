@@ -36,7 +36,7 @@ def test_unvalidated_trees_equal_validated_ones_on_the_corpus() -> None:
     assert len(checked) == len(fast) == 417
     for a, b in zip(checked, fast, strict=True):
         assert a is not b and a.deep_equals(b)
-    # And the printed code is what emit_modules (unvalidated) returns.
+    # And the printed code is what emit_modules returns.
     assert [printer.print_module(t) for t in checked] == emit.emit_modules(
         model, {}, every
     )
@@ -53,6 +53,24 @@ def test_unvalidated_skips_validation_only_inside_the_block() -> None:
         raise ValueError("boom")
     with pytest.raises(cst.CSTValidationError):
         cst.SimpleString("not quoted")
+
+
+def test_emission_in_the_callers_process_stays_validated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the single-threaded worker processes skip libcst's validation: in the
+    caller's process (small builds, compile_schema_record in a user's threads) a
+    node built during emit_modules is still checked."""
+
+    class Broken:
+        def module(self) -> str:
+            return cst.SimpleString("not quoted").value
+
+    monkeypatch.setattr(emit, "_emitter", lambda *_: Broken())
+    result = compile_sources(BuildOptions([OFFICIAL], "p"))
+    assert result.model is not None
+    with pytest.raises(cst.CSTValidationError):
+        emit.emit_modules(result.model, {}, [0])
 
 
 def test_fallback_handles_unknown_nodes() -> None:

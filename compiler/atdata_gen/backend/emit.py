@@ -1013,7 +1013,7 @@ def unvalidated() -> Iterator[None]:
     ``tests/test_printer.py`` checks that over the whole official corpus the trees
     equal validated ones (``deep_equals``). Not thread-safe: it patches the class
     for the whole process while it lasts, so nothing else may build libcst nodes
-    meanwhile (emission is sequential)."""
+    meanwhile; only the emitter's single-threaded worker processes use it."""
     base = cst.CSTNode
     saved = base.__dict__["__post_init__"]
     base.__post_init__ = _no_check  # type: ignore[method-assign]
@@ -1046,6 +1046,7 @@ def emit_modules(
 ) -> list[str]:
     """Source text (before formatting) of the modules of ``model.schemas[i]`` for
     each ``i`` in ``indices``; ``rels`` maps NSID → source path cited in headers.
-    The trees are built :func:`unvalidated`."""
-    with unvalidated():
-        return [_emitter(model, rels, i).module() for i in indices]
+    The emitter's worker processes (:mod:`.parallel`, single-threaded) call this
+    inside :func:`unvalidated`; in the caller's own process the trees are validated,
+    since another thread may be building libcst nodes there."""
+    return [_emitter(model, rels, i).module() for i in indices]

@@ -55,10 +55,13 @@ def _serve(conn: Connection) -> None:
         try:
             share, fmt, workdir = conn.recv()
             model, rels = pickle.loads(data)
-            if fmt:
-                codes = _emit_and_format(emit.emit_modules, model, rels, share, workdir)
-            else:
-                codes = emit.emit_modules(model, rels, share)
+            with emit.unvalidated():  # this process is single-threaded
+                if fmt:
+                    codes = _emit_and_format(
+                        emit.emit_modules, model, rels, share, workdir
+                    )
+                else:
+                    codes = emit.emit_modules(model, rels, share)
             conn.send(("ok", codes))
         except FormatError as exc:
             conn.send(("format", str(exc)))
