@@ -104,6 +104,7 @@ def _lie(monkeypatch: pytest.MonkeyPatch, rule: str, breaks: Direction) -> None:
         COMPAT_RULES, rule, dataclasses.replace(COMPAT_RULES[rule], breaks=breaks)
     )
     monkeypatch.setattr(compat, "_BY_TARGET", {})
+    monkeypatch.setattr(compat, "_APPLICABLE", {})  # the walker's per-pair cache
 
 
 def test_oracle_catches_a_missed_break(
