@@ -133,7 +133,9 @@ def header(part: dict[str, Any]) -> str:
     """One line: which script, commit, date, load and runs a part comes from."""
     m = part.get("machine", {})
     lb, la = m.get("load_before") or [0.0], m.get("load_after") or [0.0]
-    dirty = part.get("dirty") or []
+    # The benchmark run's own outputs (bench/results.json, bench/appview.json, the
+    # plots) are rewritten while it runs; only other uncommitted files are code.
+    dirty = [d for d in part.get("dirty") or [] if not d.startswith("bench/")]
     commit = f"`{part.get('commit', '')[:7]}`" + (
         f" + {len(dirty)} uncommitted file{'s' if len(dirty) != 1 else ''}"
         if dirty
