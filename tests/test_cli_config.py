@@ -482,3 +482,16 @@ def test_frozen_without_a_lock_is_one_json_document(tmp_path: Path) -> None:
     doc = json.loads(proc.stdout)
     assert doc["status"] == "error"
     assert [d["rule"] for d in doc["diagnostics"]] == ["LOCK_MISSING"]
+
+
+def test_check_against_a_missing_path_says_it_cannot_be_read(tmp_path: Path) -> None:
+    _project(tmp_path, GOOD)
+    proc = run_cli(["check", "lex", "--against", "nope"], tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "nope: error SRC_NOT_FOUND" in proc.stderr
+    assert "the previous (nope) schemas cannot be read" in proc.stderr
+    (tmp_path / "old" / "com" / "ex").mkdir(parents=True)
+    (tmp_path / "old" / "com" / "ex" / "a.json").write_text('{"lexicon": 1,')
+    proc = run_cli(["check", "lex", "--against", "old"], tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "the previous (old) schemas do not compile" in proc.stderr

@@ -121,15 +121,39 @@ def test_corrupted_entry_is_ignored(
     assert compiles[0] == 4  # both compiled again
 
 
+def test_an_entry_under_another_key_is_a_miss(
+    tmp_path: Path, cache: Path, compiles: list[int]
+) -> None:
+    """Two valid entries swapped (a copied or renamed cache): each is sealed to its
+    own key, so both miss and the check still finds the truth (a new user's trial
+    found a swapped pair reporting the opposite change)."""
+    new, old = _sides(tmp_path)
+    expected = run_check([new], [str(old)]).findings
+    a, b = _entries(cache)
+    data_a, data_b = a.read_bytes(), b.read_bytes()
+    a.write_bytes(data_b)
+    b.write_bytes(data_a)
+    assert run_check([new], [str(old)]).findings == expected
+    assert compiles[0] == 4  # both compiled again
+    key = ircache.entry_key(["one"])
+    assert ircache.store(key, {"a": 1})
+    other = ircache.entry_key(["two"])
+    (cache / f"{other}.ir").write_bytes((cache / f"{key}.ir").read_bytes())
+    (cache / f"{other}.ir").chmod(0o600)
+    assert ircache.load(key) == {"a": 1} and ircache.load(other) is None
+
+
 class _Evil:
     def __reduce__(self) -> Any:
         return (os.getpid, ())
 
 
-def _forge(path: Path, obj: Any) -> None:
-    """An entry with a valid header and checksum around ``obj``'s plain pickle."""
+def _forge(path: Path, obj: Any, key: str) -> None:
+    """An entry for ``key`` with a valid header and checksum around ``obj``'s plain
+    pickle."""
     payload = pickle.dumps(obj)
-    digest = hashlib.sha256(payload).hexdigest().encode() + b"\n"
+    digest = hashlib.sha256(key.encode() + b"\n" + payload).hexdigest().encode()
+    digest += b"\n"
     path.write_bytes(ircache.MAGIC + digest + payload)
     path.chmod(0o600)
 
@@ -137,9 +161,9 @@ def _forge(path: Path, obj: Any) -> None:
 def test_foreign_classes_are_not_unpickled(cache: Path) -> None:
     assert ircache.cache_dir() == cache
     key = ircache.entry_key(["forged"])
-    _forge(cache / f"{key}.ir", _Evil())
+    _forge(cache / f"{key}.ir", _Evil(), key)
     assert ircache.load(key) is None
-    _forge(cache / f"{key}.ir", {"a": 1})  # plain data is fine
+    _forge(cache / f"{key}.ir", {"a": 1}, key)  # plain data is fine
     assert ircache.load(key) == {"a": 1}
 
 
@@ -162,7 +186,7 @@ def test_linked_entry_is_not_followed(tmp_path: Path, cache: Path) -> None:
     key = ircache.entry_key(["linked"])
     assert ircache.cache_dir() == cache
     target = tmp_path / "elsewhere.ir"
-    _forge(target, {"a": 1})
+    _forge(target, {"a": 1}, key)
     (cache / f"{key}.ir").symlink_to(target)
     assert ircache.load(key) is None
 

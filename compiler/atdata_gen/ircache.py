@@ -19,7 +19,9 @@ others is not used.
 
 **Trust.** An entry is untrusted bytes: it is read only when it is a regular file
 (never through a link) owned by us, not writable by others, at most
-:data:`MAX_ENTRY_BYTES`; it must start with :data:`MAGIC` and the sha256 of the rest,
+:data:`MAX_ENTRY_BYTES`; it must start with :data:`MAGIC` and the sha256 of its own
+key and the rest (:func:`_seal`: an entry copied or renamed under another key is a
+miss, never another side's model),
 and it is unpickled by an unpickler that resolves only classes defined in
 ``atdata_gen``'s IR and diagnostics modules (never a function, never another
 module). Anything else — a truncated, corrupted or foreign entry — is ignored (a
@@ -54,7 +56,7 @@ __all__ = [
     "store",
 ]
 
-MAGIC = b"atdata-gen IR cache 1\n"
+MAGIC = b"atdata-gen IR cache 2\n"
 """The first bytes of every entry (the format version is in it)."""
 MAX_ENTRY_BYTES = 64 * 2**20
 """Largest entry read or written, in bytes (the 402 official Lexicons: ~1 MB)."""
@@ -188,6 +190,11 @@ def _entry(key: str) -> Path | None:
     return None if where is None else where / f"{key}.ir"
 
 
+def _seal(key: str, payload: bytes) -> bytes:
+    """The header line of an entry: sha256 of its key and payload, in hex."""
+    return hashlib.sha256(key.encode() + b"\n" + payload).hexdigest().encode() + b"\n"
+
+
 def load(key: str) -> Any | None:
     """The object stored under ``key``, or ``None`` (a miss: no entry, the cache
     off, or an entry that is not to be trusted; see the module docstring)."""
@@ -217,7 +224,7 @@ def load(key: str) -> Any | None:
     if len(data) <= head or not data.startswith(MAGIC):
         return None
     digest, payload = data[len(MAGIC) : head], data[head:]
-    if digest != hashlib.sha256(payload).hexdigest().encode() + b"\n":
+    if digest != _seal(key, payload):
         return None
     try:
         return _Unpickler(io.BytesIO(payload)).load()
@@ -243,7 +250,7 @@ def store(key: str, obj: Any) -> bool:
         return False
     if len(payload) + len(MAGIC) + 65 > MAX_ENTRY_BYTES:
         return False
-    digest = hashlib.sha256(payload).hexdigest().encode() + b"\n"
+    digest = _seal(key, payload)
     try:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=where)
         try:

@@ -238,7 +238,11 @@ def _compile_result(
                 else d
                 for d in errors
             ]
-        raise CheckError(f"cannot compare: the {label} schemas do not compile", errors)
+        unread = any(
+            d.rule in ("SRC_NOT_FOUND", "SRC_NOT_REGULAR", "SRC_READ") for d in errors
+        )
+        why = "cannot be read" if unread else "do not compile"
+        raise CheckError(f"cannot compare: the {label} schemas {why}", errors)
     return result
 
 
