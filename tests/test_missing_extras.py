@@ -154,3 +154,46 @@ def test_the_firehose_without_its_extra_names_the_pip_install(
         assert error["name"].split(".")[0] == missing
         assert "pip install 'atdata-runtime[firehose]'" in error["message"], error
         assert missing in error["message"]  # the original import error is kept
+
+
+ATMOSPHERE = r"""
+import json, sys
+sys.modules[sys.argv[1]] = None
+import atdata_runtime.atmosphere as atmosphere
+out = {"cid": callable(atmosphere.record_cid)}
+for name in ("AtmosphereClient", "publish"):
+    try:
+        getattr(atmosphere, name)
+    except ImportError as exc:
+        out[name] = {"type": type(exc).__name__, "message": str(exc), "name": exc.name}
+    else:
+        out[name] = None
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("missing", ["httpx"])
+def test_the_atmosphere_without_its_extra_names_the_pip_install(missing: str) -> None:
+    """Without the ``atproto`` extra, ``import atdata_runtime.atmosphere`` works and
+    its CID helpers (no HTTP) still load; the client and the publisher say
+    ``pip install 'atdata-runtime[atproto]'`` and keep the original error."""
+    proc = subprocess.run(
+        [sys.executable, "-c", ATMOSPHERE, missing],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out.pop("cid") is True
+    for what, error in out.items():
+        assert error is not None, what
+        assert error["type"] == "ModuleNotFoundError"
+        assert error["name"].split(".")[0] == missing
+        assert (
+            f"atdata_runtime.atmosphere.{what} needs the 'atproto' extra"
+            in error["message"]
+        )
+        assert "pip install 'atdata-runtime[atproto]'" in error["message"]
+        assert missing in error["message"]

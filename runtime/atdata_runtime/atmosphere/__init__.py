@@ -108,6 +108,12 @@ _SUBMODULES = frozenset(
     }
 )
 
+_EXTRA_MODULES = frozenset(
+    {"httpx", "atproto", "atproto_client", "atproto_core", "atproto_crypto"}
+)
+"""The top-level modules the ``atproto`` extra installs (a missing one gets the
+``pip install 'atdata-runtime[atproto]'`` hint)."""
+
 if not TYPE_CHECKING:
 
     def __getattr__(name: str) -> object:
@@ -116,11 +122,21 @@ if not TYPE_CHECKING:
         import importlib
 
         if name in _SUBMODULES:
-            return importlib.import_module(f"{__name__}.{name}")
-        module = _WHERE.get(name)
-        if module is None:
+            module, where = f".{name}", f"{__name__}.{name}"
+        elif name in _WHERE:
+            module, where = _WHERE[name], f"{__name__}.{name}"
+        else:
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(module, __name__), name)
+        try:
+            found = importlib.import_module(module, __name__)
+        except ModuleNotFoundError as exc:
+            root = (exc.name or "").partition(".")[0]
+            if root not in _EXTRA_MODULES or "atdata-runtime[" in str(exc):
+                raise
+            from ..shards.errors import missing_extra  # only on this error path
+
+            raise missing_extra(exc, where, "atproto") from exc
+        value = found if name in _SUBMODULES else getattr(found, name)
         globals()[name] = value
         return value
 
