@@ -22,7 +22,6 @@ import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -71,39 +70,13 @@ def timed(fn: Callable[[], object], runs: int) -> list[float]:
     return times
 
 
-_LAUNCHER = """
-import json, os, sys, time
-null = os.open(os.devnull, os.O_RDWR)
-start = time.perf_counter()
-pid = os.fork()
-if pid == 0:
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    os.execv(sys.argv[1], sys.argv[1:])
-_, status, usage = os.wait4(pid, 0)
-elapsed = time.perf_counter() - start
-print(json.dumps([elapsed, usage.ru_maxrss, os.waitstatus_to_exitcode(status)]))
-"""
-
-
 def spawn(
     cmd: list[str], env: dict[str, str] | None = None
 ) -> tuple[float, float, int]:
-    """One whole-process run of ``cmd`` (output discarded): wall seconds, peak RSS
-    in MiB and exit code, measured by a small launcher process. Linux's
-    ``ru_maxrss`` of a child counts the high-water mark of the memory it had
-    before ``exec`` (a fork of its parent, or the parent itself under
-    ``vfork``/``posix_spawn``), so a child of this (large) benchmark process
-    would report this process's size, not its own; the launcher is small."""
-    out = subprocess.run(
-        [sys.executable, "-c", _LAUNCHER, *cmd],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, **(env or {})},
-    )
-    elapsed, peak_kib, code = json.loads(out.stdout)
-    return float(elapsed), peak_kib / 1024, int(code)
+    """One whole-process run of ``cmd``: wall seconds, peak RSS in MiB and exit
+    code (``benchlib.run_process``: its own peak, through a small launcher)."""
+    run = benchlib.run_process(cmd, env={**os.environ, **(env or {})}, check=False)
+    return run.seconds, run.peak_rss / 2**20, run.returncode
 
 
 def cli_runs(
